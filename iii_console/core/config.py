@@ -1,0 +1,227 @@
+"""iii-config.yaml: one typed settings object, loaded with the line of every key.
+
+Sources, highest first: command-line flags (applied by the CLI through
+:meth:`Config.with_overrides`), environment (``${VAR:default}`` in the file and
+``REDIS_URL``), the file, the defaults here. Unknown keys and bad values raise
+:class:`ConfigError` naming the file, line and dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from iii_console.core.errors import ConfigError
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisConfig(_Section):
+    url: str = ""
+    """Redis URL (redis://, rediss://, unix://). Empty: start an embedded Redis under .iii/."""
+    prefix: str = Field(default="iii:", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
+    """Prefix of every key iii-console writes, so several projects can share one Redis."""
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=3111, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    """Request bodies above this answer 413 before they are read in full."""
+    max_json_depth: int = Field(default=64, ge=1, le=10_000)
+    """Deeper JSON answers 400; stops recursion bombs before they reach a parser."""
+
+
+class QueueConfig(_Section):
+    max_retries: int = Field(default=3, ge=0, le=1000)
+    """Retries after the first attempt; ``max_retries + 1`` attempts in all."""
+    retry_delay: int = Field(default=1000, ge=0, le=86_400_000)
+    """Milliseconds before the first retry."""
+    backoff: Literal["exponential", "fixed"] = "exponential"
+    """``exponential`` doubles the delay on each retry (capped by ``max_retry_delay``)."""
+    max_retry_delay: int = Field(default=3_600_000, ge=0, le=7 * 86_400_000)
+    concurrency: int = Field(default=10, ge=1, le=1000)
+    """Handlers of this queue that may run at once in one worker process."""
+    dead_letter_queue: str = Field(default="dead-letters", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    priority: Literal["high", "normal", "low"] = "normal"
+    """Default priority of messages enqueued to this topic without an explicit one."""
+
+    def delay_for(self, retry: int) -> int:
+        """Delay in ms before retry number ``retry`` (1-based)."""
+        if self.backoff == "fixed":
+            return self.retry_delay
+        return min(self.retry_delay * (2 ** (retry - 1)), self.max_retry_delay)
+
+
+class EventsConfig(_Section):
+    maxlen: int = Field(default=100_000, ge=100)
+    """The event stream is capped near this many entries (XADD MAXLEN ~)."""
+    echo: bool = True
+    """With --no-ui, also print each event as one JSON line on stdout."""
+
+
+class WorkersConfig(_Section):
+    processes: int = Field(default=1, ge=1, le=256)
+    threads: int = Field(default=8, ge=1, le=1000)
+    heartbeat_interval: float = Field(default=2.0, gt=0)
+    """Seconds between worker heartbeats."""
+    heartbeat_timeout: float = Field(default=15.0, gt=0)
+    """A worker silent this long is dead; its in-flight messages are redelivered."""
+    sweep_interval: float = Field(default=2.0, gt=0)
+    """Seconds between sweeps for dead workers' messages and unfinished state triggers."""
+    shutdown_timeout: float = Field(default=30.0, gt=0)
+    """Seconds SIGTERM waits for in-flight handlers before requeueing them."""
+
+
+class StateConfig(_Section):
+    finished_retention_s: int = Field(default=3600, ge=0)
+    """Used by the seed's cleanup step: finished messages older than this are removed."""
+
+
+class Config(_Section):
+    redis: RedisConfig = RedisConfig()
+    server: ServerConfig = ServerConfig()
+    queues: dict[str, QueueConfig] = Field(default_factory=dict)
+    events: EventsConfig = EventsConfig()
+    workers: WorkersConfig = WorkersConfig()
+    steps_dir: str = "steps"
+    project_dir: str = Field(default=".", exclude=True)
+    source: str = Field(default="", exclude=True)
+    """The file this came from, for messages; empty when built from defaults."""
+
+    def queue(self, topic: str) -> QueueConfig:
+        """Strategy for ``topic``: its own entry, keys it leaves out taken from ``default``."""
+        default = self.queues.get("default", QueueConfig())
+        own = self.queues.get(topic)
+        if own is None:
+            return default
+        merged = {**default.model_dump(), **own.model_dump(exclude_unset=True)}
+        return QueueConfig(**merged)
+
+    @property
+    def dead_letter_queues(self) -> list[str]:
+        return sorted({self.queue(t).dead_letter_queue for t in self.queues} | {self.queue("default").dead_letter_queue})
+
+    @property
+    def steps_path(self) -> Path:
+        return (Path(self.project_dir) / self.steps_dir).resolve()
+
+    @property
+    def data_dir(self) -> Path:
+        return (Path(self.project_dir) / ".iii").resolve()
+
+    def with_overrides(self, **values: Any) -> "Config":
+        """Apply command-line values given as dotted keys (``redis.url``); ``None`` means unset."""
+        data = self.model_dump()
+        data["project_dir"], data["source"] = self.project_dir, self.source
+        for dotted, v in values.items():
+            if v is None:
+                continue
+            node = data
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = v
+        return Config(**data)
+
+
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is None:
+            raise KeyError(name)
+        return default
+
+    return _VAR.sub(sub, text)
+
+
+def _lines(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """Map each dotted key path to the 1-based line it appears on."""
+    out: dict[tuple[Any, ...], int] = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = (*path, k.value)
+            out[key] = k.start_mark.line + 1
+            out.update({p: ln for p, ln in _lines(v, key).items() if p != key})
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out.update(_lines(v, (*path, i)))
+    return out
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, str] | None = None) -> Config:
+    """Load ``path`` (default ``./iii-config.yaml``; absent file = all defaults)."""
+    env = dict(os.environ if env is None else env)
+    explicit = path is not None
+    p = Path(path) if explicit else Path("iii-config.yaml")
+    if not p.exists():
+        if explicit:
+            raise ConfigError("file not found", file=str(p))
+        return Config(project_dir=str(Path.cwd()))
+    fname = str(p)
+    try:
+        raw_text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=fname) from None
+
+    try:
+        node = yaml.compose(raw_text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=fname, line=mark.line + 1 if mark else None) from None
+    lines = _lines(node) if node is not None else {}
+
+    # Interpolate per scalar so an error can name the key it came from.
+    def walk(n: yaml.Node, path: tuple[Any, ...]) -> Any:
+        if isinstance(n, yaml.MappingNode):
+            out = {}
+            for k, v in n.value:
+                if k.value in out:
+                    raise ConfigError("duplicate key", file=fname, line=k.start_mark.line + 1, key=".".join(map(str, (*path, k.value))))
+                out[k.value] = walk(v, (*path, k.value))
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [walk(v, (*path, i)) for i, v in enumerate(n.value)]
+        if n.tag == "tag:yaml.org,2002:str" and "${" in n.value:
+            try:
+                text = _interpolate(n.value, env)
+            except KeyError as missing:
+                raise ConfigError(f"environment variable {missing.args[0]} is not set and has no default", file=fname, line=n.start_mark.line + 1, key=".".join(map(str, path))) from None
+            return yaml.safe_load(text) if text.strip() else ""
+        return yaml.SafeLoader(raw_text).construct_object(n, deep=True) if n.tag != "tag:yaml.org,2002:str" else n.value
+
+    data = walk(node, ()) if node is not None else {}
+    if data is None or data == "":
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("top level must be a mapping", file=fname, line=1)
+    if not (data.get("redis") or {}).get("url") and env.get("REDIS_URL"):
+        data.setdefault("redis", {})
+        if isinstance(data["redis"], dict):
+            data["redis"]["url"] = env["REDIS_URL"]
+    try:
+        return Config(**data, project_dir=str(p.resolve().parent), source=fname)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(x for x in err["loc"])
+        key = ".".join(str(x) for x in loc)
+        line = None
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in lines:
+                line = lines[loc[:n]]
+                break
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise ConfigError(msg, file=fname, line=line, key=key) from None

@@ -1,0 +1,185 @@
+"""Lifecycle events through structlog into a batching Redis stream sink.
+
+The chain is small processors (timestamp, worker id, event shaping); only the
+last link does I/O, and it does not do it inline: it appends to a bounded buffer
+that a background thread flushes with one pipelined ``XADD MAXLEN ~`` batch every
+few milliseconds. A handler that emits never waits on Redis. If Redis is away the
+buffer holds events (up to ``buffer_max``; the oldest are dropped past that and
+counted) and the flusher retries, so a blip leaves no gap in the console's log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from typing import IO, Any, Callable
+
+import redis
+import structlog
+
+from iii_console.core.events import Event, now_ms
+
+log = logging.getLogger(__name__)
+
+
+class StreamSink:
+    """Buffers encoded events and flushes them to one capped Redis stream in batches."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        *,
+        maxlen: int = 100_000,
+        flush_interval: float = 0.005,
+        buffer_max: int = 200_000,
+        echo: IO[str] | None = None,
+    ) -> None:
+        self._client = client
+        self._key = key
+        self._maxlen = maxlen
+        self._interval = flush_interval
+        self._buf: deque[Event] = deque(maxlen=buffer_max)
+        self._cond = threading.Condition()
+        self._echo = echo
+        self._stop = False
+        self.dropped = 0
+        self.failures = 0
+        self._thread = threading.Thread(target=self._run, name="iii-event-sink", daemon=True)
+        self._thread.start()
+
+    def put(self, event: Event) -> None:
+        if len(self._buf) == self._buf.maxlen:
+            self.dropped += 1
+        self._buf.append(event)
+        if self._echo is not None:
+            try:
+                self._echo.write(json.dumps(event.as_dict(), default=str) + "\n")
+                self._echo.flush()
+            except (OSError, ValueError):
+                pass  # stdout closed (e.g. piped to head): events still reach Redis
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._buf and not self._stop:
+                    self._cond.wait(self._interval)
+                stopping = self._stop
+            if self._buf:
+                self._flush()
+            elif stopping:
+                return
+            else:
+                time.sleep(self._interval)
+
+    def _flush(self) -> bool:
+        batch = []
+        while self._buf and len(batch) < 2000:
+            batch.append(self._buf.popleft())
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for ev in batch:
+                pipe.xadd(self._key, ev.encode(), maxlen=self._maxlen, approximate=True)
+            pipe.execute()
+            return True
+        except redis.RedisError as exc:
+            self.failures += 1
+            # Put the batch back in order so nothing is lost while Redis is away.
+            self._buf.extendleft(reversed(batch))
+            if self.failures == 1 or self.failures % 100 == 0:
+                log.warning("event sink: Redis unavailable (%s); %d events buffered", exc, len(self._buf))
+            time.sleep(min(1.0, 0.05 * self.failures))
+            return False
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Block until the buffer is written (or ``timeout``); used at shutdown and in tests."""
+        deadline = time.monotonic() + timeout
+        while self._buf and time.monotonic() < deadline:
+            with self._cond:
+                self._cond.notify()
+            time.sleep(0.002)
+        return not self._buf
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.flush(timeout)
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+
+class _SinkLogger:
+    """structlog's terminal 'logger': hands the shaped Event to the sink."""
+
+    def __init__(self, sink: Callable[[Event], None]):
+        self._sink = sink
+
+    def msg(self, event: Event) -> None:
+        self._sink(event)
+
+
+    info = debug = warning = warn = error = critical = exception = msg
+
+
+_EVENT_KEYS = {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "duration_ms", "error", "data", "ts"}
+
+
+def _to_event(_logger: Any, method: str, ed: dict[str, Any]) -> Any:
+    """Shape a structlog event dict into an :class:`Event`.
+
+    ``emit("message.processed", step=...)`` arrives with ``event`` = the type.
+    ``ctx.logger.info("text", k=v)`` arrives with ``_log=True`` and becomes a
+    ``log`` event whose data holds the level, text and extra fields.
+    """
+    is_log = ed.pop("_log", False)
+    known = {k: ed.pop(k) for k in list(ed) if k in _EVENT_KEYS}
+    name = ed.pop("event")
+    if is_log:
+        extra = {k: v for k, v in ed.items()}
+        data = {"level": method if method != "msg" else "info", "message": str(name), **extra}
+        return (Event(type="log", data=data, **known),), {}
+    if ed:
+        data = known.pop("data", None)
+        merged = dict(data) if isinstance(data, dict) else ({"value": data} if data is not None else {})
+        merged.update(ed)
+        known["data"] = merged
+    return (Event(type=str(name), **known),), {}
+
+
+def _stamp(_logger: Any, _method: str, ed: dict[str, Any]) -> dict[str, Any]:
+    ed.setdefault("ts", now_ms())
+    return ed
+
+
+class Emitter:
+    """Front door for lifecycle events: ``emit(type, **fields)`` and bound step loggers."""
+
+    def __init__(self, sink: Callable[[Event], None], *, worker: str | None = None):
+        self._sink = sink
+        self._logger = structlog.wrap_logger(
+            _SinkLogger(sink),
+            processors=[_stamp, _to_event],
+            context_class=dict,
+            cache_logger_on_first_use=True,
+        )
+        if worker:
+            self._logger = self._logger.bind(worker=worker)
+
+    def emit(self, type: str, **fields: Any) -> None:
+        self._logger.info(type, **fields)
+
+    def logger(self, **bound: Any) -> Any:
+        """A structlog logger whose calls become ``log`` events bound to step and trace."""
+        return self._logger.bind(_log=True, **bound)
+
+
+def null_emitter() -> Emitter:
+    return Emitter(lambda _e: None)
+
+
+def stdout_echo() -> IO[str]:
+    return sys.stdout

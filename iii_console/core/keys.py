@@ -1,0 +1,74 @@
+"""Every Redis key iii-console touches, under one configurable prefix.
+
+Keeping names here (and nowhere else) is what lets the console attach to a
+deployment read-only and lets two projects share one Redis with different prefixes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "iii:"
+
+    @property
+    def events(self) -> str:
+        """The capped lifecycle event stream the console tails."""
+        return f"{self.prefix}events"
+
+    @property
+    def dramatiq_namespace(self) -> str:
+        """Namespace passed to Dramatiq's Redis broker for its own queue keys."""
+        return f"{self.prefix}q"
+
+    def state_group(self, group: str) -> str:
+        return f"{self.prefix}state:{group}"
+
+    @property
+    def state_groups(self) -> str:
+        """Set of group names that hold at least one key."""
+        return f"{self.prefix}state-groups"
+
+    @property
+    def state_changes(self) -> str:
+        """Stream of state changes read by the trigger dispatcher's consumer group."""
+        return f"{self.prefix}state-changes"
+
+    def dlq(self, name: str) -> str:
+        """Sorted set of dead-letter entry ids for one named DLQ, scored by last failure."""
+        return f"{self.prefix}dlq:{name}"
+
+    def dlq_entries(self, name: str) -> str:
+        """Hash: entry id -> JSON entry for one named DLQ."""
+        return f"{self.prefix}dlq:{name}:entries"
+
+    @property
+    def dlq_names(self) -> str:
+        return f"{self.prefix}dlq-names"
+
+    def cron_tick(self, step: str, scheduled_ms: int) -> str:
+        """Marker making one cron tick fire once across scheduler processes."""
+        return f"{self.prefix}cron:{step}:{scheduled_ms}"
+
+    def cron_last(self, step: str) -> str:
+        return f"{self.prefix}cron-last:{step}"
+
+    @property
+    def workers(self) -> str:
+        """Hash: worker id -> JSON description, refreshed by heartbeats."""
+        return f"{self.prefix}workers"
+
+    @property
+    def steps_registry(self) -> str:
+        """Hash: step name -> JSON description, published by the running project."""
+        return f"{self.prefix}steps"
+
+    @property
+    def queues_registry(self) -> str:
+        """Hash: topic -> JSON queue strategy, published by the running project."""
+        return f"{self.prefix}queues"
+
+    def counter(self, name: str) -> str:
+        return f"{self.prefix}count:{name}"
