@@ -1,0 +1,36 @@
+-- Compare-and-set one state key and record the change, atomically.
+--
+-- KEYS: hash, groups_set, changes_stream, events_stream
+-- ARGV: field, expected, new, group, changes_maxlen, events_maxlen,
+--       trace_id, ts, event_data, step
+-- expected/new use "\0" for "absent" (expected: key must not exist; new: delete).
+-- Returns 1 when written, 0 when the current value is not `expected`
+-- (the caller recomputes and retries), 2 when new equals current (no change).
+local ABSENT = "\0"
+local field, expected, new = ARGV[1], ARGV[2], ARGV[3]
+local cur = redis.call("HGET", KEYS[1], field)
+if cur == false then
+  if expected ~= ABSENT then return 0 end
+elseif cur ~= expected then
+  return 0
+end
+if (cur == false and new == ABSENT) or cur == new then return 2 end
+
+if new == ABSENT then
+  redis.call("HDEL", KEYS[1], field)
+  if redis.call("HLEN", KEYS[1]) == 0 then redis.call("SREM", KEYS[2], ARGV[4]) end
+else
+  redis.call("HSET", KEYS[1], field, new)
+  redis.call("SADD", KEYS[2], ARGV[4])
+end
+
+local old_json = cur or "null"
+local new_json = (new == ABSENT) and "null" or new
+redis.call("XADD", KEYS[3], "MAXLEN", "~", ARGV[5], "*",
+  "group", ARGV[4], "key", field, "old", old_json, "new", new_json,
+  "trace_id", ARGV[7], "ts", ARGV[8])
+local ev = {"type", "state.changed", "ts", ARGV[8], "data", ARGV[9]}
+if ARGV[7] ~= "" then table.insert(ev, "trace_id"); table.insert(ev, ARGV[7]) end
+if ARGV[10] ~= "" then table.insert(ev, "step"); table.insert(ev, ARGV[10]) end
+redis.call("XADD", KEYS[4], "MAXLEN", "~", ARGV[6], "*", unpack(ev))
+return 1

@@ -1,0 +1,222 @@
+"""The state store: JSON values in one Redis hash per group.
+
+Every change is a compare-and-set done by ``lua/state_cas.lua``, which in the
+same atomic step appends the change to the ``state-changes`` stream (read by the
+trigger dispatcher through a consumer group, so a trigger fires even if the
+writer dies right after) and a ``state.changed`` event to the event stream.
+
+Update operations are computed in Python on the value read (exact JSON, no Lua
+JSON quirks) and written only if the value is still what was read; on a race the
+op is recomputed. Contention is per key, not per group.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from copy import deepcopy
+from importlib import resources
+from typing import Any, Iterable, Mapping
+
+import redis
+import redis.asyncio as aredis
+
+from iii_console.core.errors import StateError
+from iii_console.core.events import encode_data, now_ms
+from iii_console.core.keys import Keys
+
+ABSENT = "\0"
+_SCRIPT = resources.files("iii_console.core").joinpath("lua/state_cas.lua").read_text()
+_OPS = ("set", "merge", "increment", "remove")
+MAX_CAS_TRIES = 100
+CHANGES_MAXLEN = 100_000
+
+
+def _path(path: str | list[str] | None) -> list[str]:
+    if path is None or path == "" or path == []:
+        return []
+    parts = path.split(".") if isinstance(path, str) else list(path)
+    if any(not isinstance(p, str) or p == "" for p in parts):
+        raise StateError(f"invalid path {path!r}")
+    return parts
+
+
+def apply_ops(value: Any, ops: Iterable[Mapping[str, Any]]) -> Any:
+    """Apply update ops to a JSON value and return the new value (input untouched).
+
+    Ops follow Motia's shape: ``{"type": "set", "path": "status", "value": "x"}``,
+    ``{"type": "merge", "path": "meta", "value": {...}}``, ``{"type": "increment",
+    "path": "attempts", "by": 1}``, ``{"type": "remove", "path": "error"}``.
+    An empty path means the whole value.
+    """
+    root = {"": deepcopy(value)}
+    for op in ops:
+        kind = op.get("type")
+        if kind not in _OPS:
+            raise StateError(f"unknown update op {kind!r}; expected one of {', '.join(_OPS)}")
+        parts = ["", *_path(op.get("path"))]
+        parent: Any = root
+        for p in parts[:-1]:
+            nxt = parent.get(p) if isinstance(parent, dict) else None
+            if nxt is None:
+                if kind == "remove":
+                    parent = None
+                    break
+                nxt = parent[p] = {}
+            if not isinstance(nxt, dict):
+                raise StateError(f"{op.get('path')!r}: {p!r} is not an object")
+            parent = nxt
+        if parent is None:
+            continue
+        leaf = parts[-1]
+        if kind == "set":
+            parent[leaf] = deepcopy(op.get("value"))
+        elif kind == "remove":
+            parent.pop(leaf, None)
+        elif kind == "increment":
+            by = op.get("by", 1)
+            cur = parent.get(leaf, 0)
+            if cur is None:
+                cur = 0
+            if isinstance(cur, bool) or not isinstance(cur, (int, float)) or isinstance(by, bool) or not isinstance(by, (int, float)):
+                raise StateError(f"increment {op.get('path')!r}: {cur!r} + {by!r} is not numeric")
+            parent[leaf] = cur + by
+        else:  # merge
+            patch = op.get("value")
+            cur = parent.get(leaf)
+            if cur is None:
+                cur = {}
+            if not isinstance(cur, dict) or not isinstance(patch, dict):
+                raise StateError(f"merge {op.get('path')!r}: both sides must be objects")
+            parent[leaf] = {**cur, **deepcopy(patch)}
+    return root.get("")
+
+
+def _dump(value: Any) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StateError(f"value is not JSON-serialisable: {exc}") from None
+
+
+def _load(raw: bytes | str | None) -> Any:
+    return None if raw is None else json.loads(raw)
+
+
+class _Base:
+    def __init__(self, keys: Keys, *, trace_id: str = "", step: str = "", events_maxlen: int = 100_000):
+        self.keys = keys
+        self.trace_id = trace_id
+        self.step = step
+        self.events_maxlen = events_maxlen
+
+    def _cas_args(self, group: str, key: str, old_raw: str | None, new: Any, op: str) -> tuple[list[str], list[Any]]:
+        if not group or not isinstance(group, str) or not isinstance(key, str) or not key:
+            raise StateError("group and key must be non-empty strings")
+        new_raw = ABSENT if new is None else _dump(new)
+        data = encode_data({"group": group, "key": key, "op": op, "old": _load(old_raw), "new": new})
+        keys = [self.keys.state_group(group), self.keys.state_groups, self.keys.state_changes, self.keys.events]
+        args = [key, ABSENT if old_raw is None else old_raw, new_raw, group, CHANGES_MAXLEN, self.events_maxlen, self.trace_id, now_ms(), data, self.step]
+        return keys, args
+
+
+class StateStore(_Base):
+    """Synchronous state store, for ``def`` handlers and the CLI."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, **kw: Any):
+        super().__init__(keys, **kw)
+        self.client = client
+        self._cas = client.register_script(_SCRIPT)
+
+    def bind(self, *, trace_id: str = "", step: str = "") -> "StateStore":
+        other = StateStore.__new__(StateStore)
+        other.__dict__.update(self.__dict__, trace_id=trace_id, step=step)
+        return other
+
+    def get(self, group: str, key: str) -> Any:
+        return _load(self.client.hget(self.keys.state_group(group), key))
+
+    def list(self, group: str) -> dict[str, Any]:
+        raw = self.client.hgetall(self.keys.state_group(group))
+        return {(k.decode() if isinstance(k, bytes) else k): _load(v) for k, v in sorted(raw.items())}
+
+    def groups(self) -> list[str]:
+        return sorted(g.decode() if isinstance(g, bytes) else g for g in self.client.smembers(self.keys.state_groups))
+
+    def set(self, group: str, key: str, value: Any) -> Any:
+        if value is None:
+            raise StateError("cannot set None; use delete")
+        return self._write(group, key, lambda _old: value, "set")
+
+    def update(self, group: str, key: str, ops: Iterable[Mapping[str, Any]]) -> Any:
+        ops = list(ops)
+        return self._write(group, key, lambda old: apply_ops(old, ops), "update")
+
+    def delete(self, group: str, key: str) -> Any:
+        """Delete and return the old value (``None`` if there was none)."""
+        old: list[Any] = []
+        self._write(group, key, lambda o: (old.append(o), None)[1], "delete")
+        return old[-1] if old else None
+
+    def _write(self, group: str, key: str, compute: Any, op: str) -> Any:
+        for attempt in range(MAX_CAS_TRIES):
+            raw = self.client.hget(self.keys.state_group(group), key)
+            old_raw = raw.decode() if isinstance(raw, bytes) else raw
+            new = compute(_load(old_raw))
+            keys, args = self._cas_args(group, key, old_raw, new, op)
+            if self._cas(keys=keys, args=args) != 0:
+                return new
+            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        raise StateError(f"state {group}/{key}: too much contention, gave up after {MAX_CAS_TRIES} tries")
+
+
+class AsyncStateStore(_Base):
+    """The same store for ``async def`` handlers and the HTTP server."""
+
+    def __init__(self, client: aredis.Redis, keys: Keys, **kw: Any):
+        super().__init__(keys, **kw)
+        self.client = client
+        self._cas = client.register_script(_SCRIPT)
+
+    def bind(self, *, trace_id: str = "", step: str = "") -> "AsyncStateStore":
+        other = AsyncStateStore.__new__(AsyncStateStore)
+        other.__dict__.update(self.__dict__, trace_id=trace_id, step=step)
+        return other
+
+    async def get(self, group: str, key: str) -> Any:
+        return _load(await self.client.hget(self.keys.state_group(group), key))
+
+    async def list(self, group: str) -> dict[str, Any]:
+        raw = await self.client.hgetall(self.keys.state_group(group))
+        return {(k.decode() if isinstance(k, bytes) else k): _load(v) for k, v in sorted(raw.items())}
+
+    async def groups(self) -> list[str]:
+        return sorted(g.decode() if isinstance(g, bytes) else g for g in await self.client.smembers(self.keys.state_groups))
+
+    async def set(self, group: str, key: str, value: Any) -> Any:
+        if value is None:
+            raise StateError("cannot set None; use delete")
+        return await self._write(group, key, lambda _old: value, "set")
+
+    async def update(self, group: str, key: str, ops: Iterable[Mapping[str, Any]]) -> Any:
+        ops = list(ops)
+        return await self._write(group, key, lambda old: apply_ops(old, ops), "update")
+
+    async def delete(self, group: str, key: str) -> Any:
+        old: list[Any] = []
+        await self._write(group, key, lambda o: (old.append(o), None)[1], "delete")
+        return old[-1] if old else None
+
+    async def _write(self, group: str, key: str, compute: Any, op: str) -> Any:
+        import asyncio
+
+        for attempt in range(MAX_CAS_TRIES):
+            raw = await self.client.hget(self.keys.state_group(group), key)
+            old_raw = raw.decode() if isinstance(raw, bytes) else raw
+            new = compute(_load(old_raw))
+            keys, args = self._cas_args(group, key, old_raw, new, op)
+            if await self._cas(keys=keys, args=args) != 0:
+                return new
+            await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        raise StateError(f"state {group}/{key}: too much contention, gave up after {MAX_CAS_TRIES} tries")
