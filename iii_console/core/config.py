@@ -94,8 +94,8 @@ class Config(_Section):
     events: EventsConfig = EventsConfig()
     workers: WorkersConfig = WorkersConfig()
     steps_dir: str = "steps"
-    project_dir: str = Field(default=".", exclude=True)
-    source: str = Field(default="", exclude=True)
+    project_dir: str = "."
+    source: str = ""
     """The file this came from, for messages; empty when built from defaults."""
 
     def queue(self, topic: str) -> QueueConfig:
@@ -122,7 +122,6 @@ class Config(_Section):
     def with_overrides(self, **values: Any) -> "Config":
         """Apply command-line values given as dotted keys (``redis.url``); ``None`` means unset."""
         data = self.model_dump()
-        data["project_dir"], data["source"] = self.project_dir, self.source
         for dotted, v in values.items():
             if v is None:
                 continue

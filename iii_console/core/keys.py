@@ -61,6 +61,15 @@ class Keys:
         return f"{self.prefix}workers"
 
     @property
+    def worker_heartbeats(self) -> str:
+        """Sorted set: worker id scored by its last heartbeat, in Redis server time (ms)."""
+        return f"{self.prefix}workers-hb"
+
+    def once(self, token: str) -> str:
+        """Marker that makes an enqueue happen once (state trigger dispatch)."""
+        return f"{self.prefix}once:{token}"
+
+    @property
     def steps_registry(self) -> str:
         """Hash: step name -> JSON description, published by the running project."""
         return f"{self.prefix}steps"

@@ -141,6 +141,9 @@ class Step(_Model):
     def of(self, kind: type) -> list[Any]:
         return [t for t in self.triggers if isinstance(t, kind)]
 
+    def cron_like(self) -> bool:
+        return bool(self.of(CronTrigger))
+
     @property
     def topics(self) -> list[str]:
         return [t.topic for t in self.of(QueueTrigger)]

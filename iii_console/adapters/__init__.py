@@ -1,0 +1,1 @@
+"""Adapters: the stock parts (Litestar, Dramatiq, APScheduler) wired to the core."""

@@ -1,0 +1,1 @@
+"""Queues on Dramatiq's Redis broker, with our fetch, retry, dead-letter and sweep."""

@@ -1,0 +1,217 @@
+"""Dramatiq's Redis broker with the weak spots closed.
+
+- **Fetch returns ids**: a body that cannot be decoded is quarantined into the
+  dead-letter store and acked, and the rest of the fetched batch flows on
+  (stock Dramatiq raises out of the consumer and strands the batch).
+- **Retry and dead-letter are atomic transitions done at ack time**
+  (``retry.lua``, ``dead.lua``): the new delayed copy or the DLQ entry is
+  written before the in-flight message is released, in one script. If Redis is
+  away the ack raises :class:`ConnectionClosed` and Dramatiq's own post-process
+  loop retries it until Redis is back, so a retry is never lost (stock Retries
+  re-enqueues, swallows the failure, then acks: the message is gone).
+- **Idle consumers block** on a per-queue wake list instead of polling with
+  backoff, so a new message is picked up in milliseconds on an idle system.
+- Stock maintenance (1 in 1000 commands, client clock, ``KEYS``) is off; the
+  worker's sweep (``sweep.py``) recovers dead workers' messages on a timer,
+  judged by Redis's clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import redis
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name, q_name
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+
+from iii_console.adapters.queue.names import parse_queue
+from iii_console.adapters.queue.scripts import Scripts
+from iii_console.core.dlq import DeadLetter
+from iii_console.core.events import now_ms
+from iii_console.core.keys import Keys
+
+log = logging.getLogger(__name__)
+
+#: How long an idle consumer blocks on its wake list before returning control
+#: to Dramatiq's consumer loop (which also releases due delayed messages).
+IDLE_BLOCK_S = 0.5
+DELAY_IDLE_BLOCK_S = 0.05
+
+
+class IIIBroker(RedisBroker):
+    def __init__(self, *, client: redis.Redis, keys: Keys, emitter: Any = None, middleware: list[Any] | None = None):
+        super().__init__(client=client, namespace=keys.dramatiq_namespace, middleware=middleware, maintenance_chance=0)
+        self.keys = keys
+        self.emitter = emitter
+        self.iii_scripts = Scripts(client)
+        # Blocking reads get their own connections so they never hold up acks.
+        self.blocking_client = redis.Redis(connection_pool=client.connection_pool)
+
+    @property
+    def consumer_class(self) -> type:
+        return IIIConsumer
+
+    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+        """Stock enqueue semantics through ``enqueue.lua`` (which also wakes idle consumers)."""
+        queue_name = message.queue_name
+        message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            message = message.copy(queue_name=queue_name, options={"eta": now_ms() + delay})
+        self.emit_before("enqueue", message, delay)
+        self.iii_scripts.enqueue(args=[self.namespace, "", 0, queue_name, message.options["redis_message_id"], message.encode()])
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def dead_letter(self, consumer_queue: str, message: Message, entry: DeadLetter) -> int:
+        return self.iii_scripts.dead(args=[
+            self.namespace, consumer_queue, self.broker_id, message.options["redis_message_id"],
+            entry.dlq, entry.id, entry.encode(), entry.last_failure_ms,
+            self.keys.dlq(entry.dlq), self.keys.dlq_entries(entry.dlq), self.keys.dlq_names,
+        ])
+
+
+class IIIConsumer(Consumer):
+    def __init__(self, broker: IIIBroker, queue_name: str, prefetch: int, timeout: int):
+        self.broker = broker
+        self.queue_name = queue_name
+        self.prefetch = prefetch
+        self.timeout = timeout
+        self.cache: list[tuple[str, bytes | None]] = []
+        self.queued_message_ids: set[str] = set()
+        self.wake_key = f"{broker.namespace}:{queue_name}.wake"
+        self.block_s = DELAY_IDLE_BLOCK_S if queue_name.endswith(".DQ") else IDLE_BLOCK_S
+
+    @property
+    def outstanding_message_count(self) -> int:
+        return len(self.queued_message_ids) + len(self.cache)
+
+    # -- settling -----------------------------------------------------------
+    def ack(self, message: MessageProxy) -> None:
+        outcome = message.options.get("iii_outcome")
+        try:
+            if outcome is None:
+                self.broker.do_ack(self.queue_name, message.options["redis_message_id"])
+            elif outcome["kind"] == "retry":
+                self._retry(message, outcome["delay_ms"])
+            else:
+                self._dead(message, outcome)
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
+        except redis.RedisError as e:
+            # Not a connection error but the write still failed (e.g. a key of
+            # the wrong type): keep the message in flight and let Dramatiq's
+            # post-process loop try again, rather than drop it.
+            log.error("settling message %s on %s failed: %s; will retry", message.message_id, self.queue_name, e)
+            raise ConnectionClosed(e) from None
+        self.queued_message_ids.discard(message.message_id)
+
+    def nack(self, message: MessageProxy) -> None:
+        # Dramatiq nacks what it cannot run at all (unknown actor, `throws`).
+        # Those go to our dead-letter store like any other dead message.
+        exc = getattr(message, "_exception", None)
+        error = f"{type(exc).__name__}: {exc}" if exc else "rejected"
+        entry = dead_letter_entry(message, dlq="dead-letters", error=error, traceback="", attempts=message.options.get("retries", 0) + 1)
+        message.options["iii_outcome"] = {"kind": "dead", "entry": json.loads(entry.encode())}
+        self.ack(message)
+
+    def _retry(self, message: MessageProxy, delay_ms: int) -> None:
+        base = q_name(self.queue_name)
+        options = {k: v for k, v in message.options.items() if k not in ("iii_outcome", "eta")}
+        options.update(redis_message_id=str(uuid.uuid4()), eta=now_ms() + delay_ms)
+        new = Message(queue_name=dq_name(base), actor_name=message.actor_name, args=message.args, kwargs=message.kwargs,
+                      options=options, message_id=message.message_id, message_timestamp=message.message_timestamp)
+        self.broker.iii_scripts.retry(args=[
+            self.broker.namespace, self.queue_name, self.broker.broker_id, message.options["redis_message_id"],
+            dq_name(base), options["redis_message_id"], new.encode(),
+        ])
+
+    def _dead(self, message: MessageProxy, outcome: dict[str, Any]) -> None:
+        entry = DeadLetter(**outcome["entry"])
+        self.broker.dead_letter(self.queue_name, message, entry)
+
+    def requeue(self, messages: Any) -> None:
+        ids = [m.options["redis_message_id"] for m in messages]
+        if ids:
+            self.broker.do_requeue(self.queue_name, *ids)
+
+    # -- fetching -----------------------------------------------------------
+    def __next__(self) -> MessageProxy | None:
+        try:
+            while True:
+                if self.cache:
+                    rid, data = self.cache.pop(0)
+                    if data is None:
+                        # Body vanished (purged): drop the dangling id.
+                        self.broker.do_ack(self.queue_name, rid)
+                        continue
+                    try:
+                        message = Message.decode(data)
+                    except Exception as exc:  # DecodeError and anything a hostile payload triggers
+                        self._quarantine(rid, data, exc)
+                        continue
+                    message.options["redis_message_id"] = rid
+                    self.queued_message_ids.add(message.message_id)
+                    return MessageProxy(message)
+
+                want = self.prefetch - self.outstanding_message_count
+                if want > 0:
+                    flat = self.broker.iii_scripts.fetch(args=[self.broker.namespace, self.queue_name, self.broker.broker_id, want])
+                    self.cache = [(_s(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+                    if self.cache:
+                        continue
+                # Idle (or at prefetch): wait for a wake token, then let the
+                # consumer thread run its delayed-message pass.
+                self.broker.blocking_client.blpop([self.wake_key], timeout=self.block_s)
+                return None
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
+
+    def _quarantine(self, rid: str, data: bytes, exc: BaseException) -> None:
+        topic = step = None
+        try:
+            topic, step, _ = parse_queue(self.queue_name)
+        except ValueError:
+            pass
+        now = now_ms()
+        entry = DeadLetter(
+            id=f"undecodable-{rid}", dlq="quarantine", error=f"undecodable message: {type(exc).__name__}: {exc}",
+            topic=topic, step=step, queue=self.queue_name, attempts=0, first_failure_ms=now, last_failure_ms=now,
+            raw=data.decode("utf-8", errors="replace")[:65536],
+        )
+        log.error("quarantined undecodable message %s on %s: %s", rid, self.queue_name, exc)
+        fake = Message(queue_name=self.queue_name, actor_name="", args=(), kwargs={}, options={"redis_message_id": rid})
+        self.broker.dead_letter(self.queue_name, fake, entry)
+        if self.broker.emitter is not None:
+            self.broker.emitter.emit("message.dead_lettered", step=step, topic=topic, queue=self.queue_name,
+                                     error=entry.error, data={"dlq": "quarantine", "entry": entry.id})
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def dead_letter_entry(message: Any, *, dlq: str, error: str, traceback: str, attempts: int) -> DeadLetter:
+    opts = message.options
+    try:
+        topic, step, _ = parse_queue(message.queue_name)
+    except ValueError:
+        topic, step = opts.get("topic"), None
+    now = now_ms()
+    original = {k: v for k, v in message.asdict().items()}
+    original["options"] = {k: v for k, v in opts.items() if k not in ("iii_outcome", "redis_message_id", "eta")}
+    return DeadLetter(
+        id=message.message_id, dlq=dlq, error=error, traceback=traceback,
+        topic=opts.get("topic", topic), step=step, queue=q_name(message.queue_name), message_id=message.message_id,
+        trace_id=opts.get("trace_id", ""), data=message.args[0] if message.args else None, attempts=attempts,
+        first_failure_ms=opts.get("first_failure_ms", now), last_failure_ms=now, priority=opts.get("priority", "normal"),
+        message=original,
+    )
+

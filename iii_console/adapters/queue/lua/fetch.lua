@@ -1,0 +1,16 @@
+-- Fetch up to N messages, recording them as in flight for this worker.
+-- ARGV: namespace, queue_name, worker_id, n
+-- Returns a flat list id1, data1, id2, data2...; data is false when the
+-- message body is missing. Unlike stock Dramatiq it returns ids, so a body
+-- that cannot be decoded can still be acked and quarantined.
+local q = ARGV[1] .. ":" .. ARGV[2]
+local acks = ARGV[1] .. ":__acks__." .. ARGV[3] .. "." .. ARGV[2]
+local out = {}
+for _ = 1, tonumber(ARGV[4]) do
+  local id = redis.call("LPOP", q)
+  if not id then break end
+  redis.call("SADD", acks, id)
+  table.insert(out, id)
+  table.insert(out, redis.call("HGET", q .. ".msgs", id))
+end
+return out

@@ -1,0 +1,96 @@
+"""Dramatiq middleware: the seams where lifecycle events and retry policy hang.
+
+``LifecycleEvents`` only reports; ``RetryPolicy`` only decides. The decision is
+written into the message's options and carried out atomically by the consumer
+when it settles the message (see ``broker.py``).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback as tb
+from dataclasses import asdict
+from typing import Any
+
+import dramatiq
+from dramatiq.common import q_name
+
+from iii_console.adapters.queue.broker import dead_letter_entry
+from iii_console.adapters.queue.names import parse_queue
+from iii_console.core.config import Config
+from iii_console.core.emitter import Emitter
+from iii_console.core.events import now_ms
+
+
+def _where(message: Any) -> dict[str, Any]:
+    try:
+        _topic, step, _ = parse_queue(message.queue_name)
+    except ValueError:
+        step = None
+    return {
+        "message_id": message.message_id,
+        "trace_id": message.options.get("trace_id", ""),
+        "step": step,
+        "topic": message.options.get("topic"),
+        "queue": q_name(message.queue_name),
+        "attempt": message.options.get("retries", 0) + 1,
+    }
+
+
+def non_retryable(exc: BaseException) -> bool:
+    """Errors that retrying cannot fix: invalid input, or ``exc.retryable = False``."""
+    from pydantic import ValidationError
+
+    return isinstance(exc, ValidationError) or getattr(exc, "retryable", True) is False
+
+
+class LifecycleEvents(dramatiq.Middleware):
+    def __init__(self, emitter: Emitter):
+        self.emitter = emitter
+        self._started: dict[str, float] = {}
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        self._started[message.message_id] = time.perf_counter()
+        self.emitter.emit("message.started", **_where(message))
+
+    def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None) -> None:
+        t0 = self._started.pop(message.message_id, None)
+        duration = round((time.perf_counter() - t0) * 1000, 3) if t0 is not None else None
+        if exception is None:
+            self.emitter.emit("message.processed", duration_ms=duration, **_where(message))
+        else:
+            self.emitter.emit("message.failed", duration_ms=duration, error=f"{type(exception).__name__}: {exception}",
+                              data={"traceback": "".join(tb.format_exception(exception))[-8000:]}, **_where(message))
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        self._started.pop(message.message_id, None)
+
+
+class RetryPolicy(dramatiq.Middleware):
+    """Per-topic retries with fixed or exponential delay, then the topic's dead-letter queue."""
+
+    def __init__(self, config: Config, emitter: Emitter):
+        self.config = config
+        self.emitter = emitter
+
+    def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None) -> None:
+        if exception is None:
+            return
+        opts = message.options
+        strategy = self.config.queue(opts.get("topic", ""))
+        retries = opts.get("retries", 0)
+        opts.setdefault("first_failure_ms", now_ms())
+        where = _where(message)
+        if retries < strategy.max_retries and not non_retryable(exception):
+            delay = strategy.delay_for(retries + 1)
+            opts["retries"] = retries + 1
+            opts["iii_outcome"] = {"kind": "retry", "delay_ms": delay}
+            self.emitter.emit("message.retrying", **{**where, "attempt": retries + 2},
+                              error=f"{type(exception).__name__}: {exception}", data={"delay_ms": delay})
+            return
+        entry = dead_letter_entry(
+            message, dlq=strategy.dead_letter_queue, error=f"{type(exception).__name__}: {exception}",
+            traceback="".join(tb.format_exception(exception)), attempts=retries + 1,
+        )
+        opts["iii_outcome"] = {"kind": "dead", "entry": asdict(entry)}
+        self.emitter.emit("message.dead_lettered", **where, error=entry.error, data={"dlq": entry.dlq, "attempts": entry.attempts})

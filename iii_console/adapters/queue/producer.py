@@ -1,0 +1,150 @@
+"""Enqueue to a topic: one Dramatiq message per subscribed step, in one atomic Redis call.
+
+Both a sync and an async flavour share the message building; the write is one
+``enqueue.lua`` call either way, so a fan-out is all-or-nothing and an HTTP
+request that got its 202 has its messages durably in Redis.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from dramatiq.common import dq_name
+from dramatiq.message import Message
+
+from iii_console.adapters.queue.names import Subscription
+from iii_console.adapters.queue.scripts import Scripts
+from iii_console.core.config import Config
+from iii_console.core.emitter import Emitter
+from iii_console.core.errors import IIIError
+from iii_console.core.events import now_ms
+from iii_console.core.keys import Keys
+from iii_console.core.steps import PRIORITIES
+
+
+class EnqueueError(IIIError):
+    """The message could not be enqueued (bad priority, not JSON...)."""
+
+
+Subscriptions = dict[str, list[Subscription]]
+
+
+class _Builder:
+    def __init__(self, keys: Keys, config: Config, subscriptions: Subscriptions, emitter: Emitter):
+        self.keys = keys
+        self.config = config
+        self.subscriptions = subscriptions
+        self.emitter = emitter
+
+    def build(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        trace_id: str,
+        priority: str | None,
+        delay_ms: int,
+        source: str | None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[list[Any], list[tuple[Subscription, Message]], str]:
+        subs = self.subscriptions.get(topic, [])
+        prio = priority or self.config.queue(topic).priority
+        if prio not in PRIORITIES:
+            raise EnqueueError(f"priority must be one of {', '.join(PRIORITIES)}, not {prio!r}")
+        if delay_ms < 0:
+            raise EnqueueError("delay_ms must be >= 0")
+        args: list[Any] = [self.keys.dramatiq_namespace]
+        copies = []
+        now = now_ms()
+        for sub in subs:
+            opts = {
+                "trace_id": trace_id,
+                "topic": topic,
+                "priority": prio,
+                "source": source or "",
+                "enqueued_ms": now,
+                "redis_message_id": str(uuid.uuid4()),
+                **(options or {}),
+            }
+            queue = sub.queue(prio)
+            if delay_ms:
+                queue = dq_name(queue)
+                opts["eta"] = now + delay_ms
+            msg = Message(queue_name=queue, actor_name=sub.actor(prio), args=(data,), kwargs={}, options=opts)
+            try:
+                encoded = msg.encode()
+            except (TypeError, ValueError) as exc:
+                raise EnqueueError(f"data for topic {topic!r} is not JSON-serialisable: {exc}") from None
+            args.extend([queue, opts["redis_message_id"], encoded])
+            copies.append((sub, msg))
+        return args, copies, prio
+
+    def announce(self, topic: str, data: Any, copies: list[tuple[Subscription, Message]], prio: str, delay_ms: int, source: str | None, trace_id: str) -> list[str]:
+        if not copies:
+            self.emitter.emit("log", trace_id=trace_id, step=source, topic=topic,
+                              data={"level": "warning", "message": f"no step subscribes to topic {topic!r}; message dropped"})
+        for sub, msg in copies:
+            self.emitter.emit(
+                "message.enqueued",
+                trace_id=trace_id,
+                message_id=msg.message_id,
+                step=sub.step,
+                topic=topic,
+                queue=sub.queue(prio),
+                data={"payload": data, "priority": prio, "delay_ms": delay_ms, "source": source},
+            )
+        return [m.message_id for _, m in copies]
+
+
+class Producer(_Builder):
+    """Synchronous producer for worker threads, the scheduler and the CLI."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, config: Config, subscriptions: Subscriptions, emitter: Emitter):
+        super().__init__(keys, config, subscriptions, emitter)
+        self.scripts = Scripts(client)
+
+    def enqueue(self, topic: str, data: Any, *, trace_id: str, priority: str | None = None, delay_ms: int = 0,
+                source: str | None = None, once: str | None = None, once_ttl_ms: int = 86_400_000,
+                options: dict[str, Any] | None = None) -> list[str] | None:
+        """Returns the message ids, or ``None`` when ``once`` was already used."""
+        args, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source, options=options)
+        args[1:1] = [once or "", once_ttl_ms]
+        if copies or once:
+            if self.scripts.enqueue(args=args) == 0 and once:
+                return None
+        return self.announce(topic, data, copies, prio, delay_ms, source, trace_id)
+
+
+class AsyncProducer(_Builder):
+    """The same for the HTTP server and ``async def`` handlers."""
+
+    def __init__(self, client: aredis.Redis, keys: Keys, config: Config, subscriptions: Subscriptions, emitter: Emitter):
+        super().__init__(keys, config, subscriptions, emitter)
+        self.scripts = Scripts(client)
+
+    async def enqueue(self, topic: str, data: Any, *, trace_id: str, priority: str | None = None, delay_ms: int = 0,
+                      source: str | None = None, options: dict[str, Any] | None = None) -> list[str]:
+        args, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source, options=options)
+        args[1:1] = ["", 0]
+        if copies:
+            await self.scripts.enqueue(args=args)
+        return self.announce(topic, data, copies, prio, delay_ms, source, trace_id)
+
+
+def subscriptions_for(steps: Any) -> Subscriptions:
+    """topic -> subscriptions, including the pseudo-topics of cron and state steps."""
+    from iii_console.adapters.queue.names import CRON_TOPIC, STATE_TOPIC
+    from iii_console.core.steps import CronTrigger, StateTrigger
+
+    subs: Subscriptions = {}
+    for step in steps:
+        for topic in step.topics:
+            subs.setdefault(topic, []).append(Subscription(topic, step.name))
+        if step.of(CronTrigger):
+            subs.setdefault(f"{CRON_TOPIC}.{step.name}", []).append(Subscription(CRON_TOPIC, step.name))
+        if step.of(StateTrigger):
+            subs.setdefault(f"{STATE_TOPIC}.{step.name}", []).append(Subscription(STATE_TOPIC, step.name))
+    return subs

@@ -1,0 +1,114 @@
+"""What a handler receives besides its input.
+
+There are two flavours with the same surface, like httpx's Client/AsyncClient:
+an ``async def`` handler gets :class:`Context` (``await ctx.enqueue(...)``,
+``await ctx.state.get(...)``), a ``def`` handler gets :class:`SyncContext`
+(plain calls). The runtime picks by inspecting the handler, so a sync handler
+running in a worker thread never needs an event loop.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping
+
+from iii_console.core.emitter import Emitter
+
+
+def new_trace_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """Input of an HTTP step: the validated body plus the request's parts."""
+
+    body: Any
+    path_params: Mapping[str, str]
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    method: str
+    path: str
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """Input of a state step: one change to one key."""
+
+    group: str
+    key: str
+    old: Any
+    new: Any
+    trace_id: str = ""
+
+
+@dataclass(frozen=True)
+class CronTick:
+    """Input of a cron step: when the tick was due and when it actually fired (ms)."""
+
+    scheduled_ms: int
+    fired_ms: int
+
+
+@dataclass
+class _BaseContext:
+    trace_id: str
+    step: str
+    emitter: Emitter
+    attempt: int = 1
+    trigger: Mapping[str, Any] = field(default_factory=dict)
+    message_id: str | None = None
+
+    @property
+    def logger(self) -> Any:
+        """structlog logger bound to this step and trace; lines become ``log`` events."""
+        return self.emitter.logger(step=self.step, trace_id=self.trace_id, message_id=self.message_id)
+
+    def emit(self, type: str, **fields: Any) -> None:
+        """Emit a domain event (``notification.sent``...) on the same trace. Never blocks."""
+        fields.setdefault("trace_id", self.trace_id)
+        fields.setdefault("step", self.step)
+        self.emitter.emit(type, **fields)
+
+
+Enqueue = Callable[..., Any]
+
+
+@dataclass
+class Context(_BaseContext):
+    """Context for ``async def`` handlers."""
+
+    state: Any = None
+    _enqueue: Callable[..., Awaitable[list[str]]] | None = None
+
+    async def enqueue(self, topic: str, data: Any, *, priority: str | None = None, delay_ms: int = 0) -> list[str]:
+        """Enqueue ``data`` to ``topic`` (one copy per subscribed step); returns the message ids."""
+        assert self._enqueue is not None
+        return await self._enqueue(topic, data, trace_id=self.trace_id, priority=priority, delay_ms=delay_ms, source=self.step)
+
+
+@dataclass
+class SyncContext(_BaseContext):
+    """Context for ``def`` handlers: the same methods, called without ``await``."""
+
+    state: Any = None
+    _enqueue: Callable[..., list[str]] | None = None
+
+    def enqueue(self, topic: str, data: Any, *, priority: str | None = None, delay_ms: int = 0) -> list[str]:
+        assert self._enqueue is not None
+        return self._enqueue(topic, data, trace_id=self.trace_id, priority=priority, delay_ms=delay_ms, source=self.step)
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+def call_arity(fn: Callable[..., Any]) -> int:
+    """1 for ``handler(ctx)``, 2 for ``handler(input, ctx)``."""
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return 2
+    return 1 if len(params) == 1 else 2

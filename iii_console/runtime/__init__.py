@@ -1,0 +1,1 @@
+"""Processes: the supervisor, queue worker processes, the scheduler."""

@@ -1,0 +1,103 @@
+"""Calling a step's handler: build its input and the right Context, sync or async.
+
+Sync handlers run on the calling thread with sync clients. Async handlers run
+on one event-loop thread per process (``LoopThread``) with async clients bound
+to that loop, so a worker thread can wait on an async handler without creating
+a loop per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Callable
+
+import redis.asyncio as aredis
+
+from iii_console.adapters.queue.producer import AsyncProducer, Producer, Subscriptions
+from iii_console.core.context import Context, SyncContext, call_arity, is_async
+from iii_console.core.state import AsyncStateStore, StateStore
+from iii_console.core.steps import Step
+from iii_console.runtime.services import Services
+
+
+class LoopThread:
+    """One asyncio loop in a daemon thread, for async handlers called from worker threads."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="iii-async-handlers", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class AsyncSide:
+    """Async clients that live on one loop (the server's, or a LoopThread's)."""
+
+    def __init__(self, services: Services, subscriptions: Subscriptions):
+        cfg = services.config
+        self.client = aredis.Redis.from_url(cfg.redis.url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=15)
+        self.state = AsyncStateStore(self.client, services.keys, events_maxlen=cfg.events.maxlen)
+        self.producer = AsyncProducer(self.client, services.keys, cfg, subscriptions, services.emitter)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class StepRunner:
+    def __init__(self, services: Services, subscriptions: Subscriptions, *, loop_thread: LoopThread | None = None, async_side: AsyncSide | None = None):
+        self.services = services
+        self.state = StateStore(services.client, services.keys, events_maxlen=services.config.events.maxlen)
+        self.producer = Producer(services.client, services.keys, services.config, subscriptions, services.emitter)
+        self.loop_thread = loop_thread
+        self._async = async_side
+        self._subs = subscriptions
+        if loop_thread is not None and async_side is None:
+            # Build the async clients on the loop they will be used from.
+            async def make() -> AsyncSide:
+                return AsyncSide(services, subscriptions)
+
+            self._async = loop_thread.run(make())
+
+    @property
+    def async_side(self) -> AsyncSide:
+        assert self._async is not None, "async handlers need an AsyncSide"
+        return self._async
+
+    def sync_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None, message_id: str | None = None) -> SyncContext:
+        return SyncContext(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
+                           message_id=message_id, state=self.state.bind(trace_id=trace_id, step=step.name), _enqueue=self.producer.enqueue)
+
+    def async_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None, message_id: str | None = None) -> Context:
+        side = self.async_side
+        return Context(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
+                       message_id=message_id, state=side.state.bind(trace_id=trace_id, step=step.name), _enqueue=side.producer.enqueue)
+
+    def call_sync(self, step: Step, input: Any, **ctx_kw: Any) -> Any:
+        """Run ``step``'s handler to completion from a plain (worker) thread."""
+        handler: Callable[..., Any] = step.handler  # type: ignore[assignment]
+        if is_async(handler):
+            assert self.loop_thread is not None
+            ctx = self.async_context(step, **ctx_kw)
+            return self.loop_thread.run(_invoke(handler, input, ctx))
+        ctx = self.sync_context(step, **ctx_kw)
+        return handler(ctx) if call_arity(handler) == 1 else handler(input, ctx)
+
+    async def call_async(self, step: Step, input: Any, **ctx_kw: Any) -> Any:
+        """Run ``step``'s handler from the server's loop; sync handlers go to a thread."""
+        handler: Callable[..., Any] = step.handler  # type: ignore[assignment]
+        if is_async(handler):
+            return await _invoke(handler, input, self.async_context(step, **ctx_kw))
+        ctx = self.sync_context(step, **ctx_kw)
+        fn = (lambda: handler(ctx)) if call_arity(handler) == 1 else (lambda: handler(input, ctx))
+        return await asyncio.to_thread(fn)
+
+
+async def _invoke(handler: Callable[..., Any], input: Any, ctx: Any) -> Any:
+    return await (handler(ctx) if call_arity(handler) == 1 else handler(input, ctx))

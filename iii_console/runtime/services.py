@@ -1,0 +1,50 @@
+"""The per-process bundle of clients every role needs: Redis, keys, event sink, emitter."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from iii_console.core.config import Config
+from iii_console.core.emitter import Emitter, StreamSink
+from iii_console.core.keys import Keys
+
+
+def redis_client(url: str, **kw: Any) -> redis.Redis:
+    """A client that fails fast instead of hanging when Redis is away."""
+    kw.setdefault("socket_connect_timeout", 2)
+    kw.setdefault("socket_timeout", 10)
+    kw.setdefault("health_check_interval", 15)
+    return redis.Redis.from_url(url, **kw)
+
+
+def process_name(role: str) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{role}"
+
+
+@dataclass
+class Services:
+    config: Config
+    role: str
+    client: redis.Redis
+    keys: Keys
+    sink: StreamSink
+    emitter: Emitter
+    name: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, config: Config, role: str) -> "Services":
+        client = redis_client(config.redis.url)
+        keys = Keys(config.redis.prefix)
+        sink = StreamSink(client, keys.events, maxlen=config.events.maxlen)
+        name = process_name(role)
+        return cls(config, role, client, keys, sink, Emitter(sink.put, worker=name), name)
+
+    def close(self) -> None:
+        self.sink.close()
+        self.client.close()

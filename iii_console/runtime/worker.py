@@ -1,0 +1,302 @@
+"""A queue worker process: Dramatiq workers for every subscription, plus the
+background duties that make the cluster self-healing.
+
+Per process:
+- one Dramatiq ``Worker`` per topic, with ``min(concurrency, threads)`` threads,
+  so each queue's ``concurrency`` holds in this process regardless of others;
+- a heartbeat (Redis clock) and a registry entry the console reads;
+- a sweep that returns dead workers' in-flight messages to their queues;
+- the state-trigger dispatcher, reading state changes through a consumer group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.middleware import CurrentMessage
+
+from iii_console.adapters.queue.broker import IIIBroker
+from iii_console.adapters.queue.middleware import LifecycleEvents, RetryPolicy
+from iii_console.adapters.queue.names import ACTOR_PRIORITY, CRON_TOPIC, STATE_TOPIC, Subscription
+from iii_console.adapters.queue.producer import subscriptions_for
+from iii_console.core.config import Config
+from iii_console.core.context import CronTick, StateChange
+from iii_console.core.discovery import StepSet, discover
+from iii_console.core.events import now_ms
+from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step
+from iii_console.runtime.runner import LoopThread, StepRunner
+from iii_console.runtime.services import Services
+
+log = logging.getLogger(__name__)
+TRIGGER_GROUP = "triggers"
+
+
+def ensure_trigger_group(client: redis.Redis, key: str) -> None:
+    """Create the state-trigger consumer group at the stream's end if missing.
+
+    Called by the supervisor before anything can change state, so no change
+    made while no worker is up is ever skipped.
+    """
+    try:
+        client.xgroup_create(key, TRIGGER_GROUP, id="$", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class WorkerRuntime:
+    def __init__(self, config: Config, steps: StepSet, *, threads: int | None = None, index: int = 0):
+        self.config = config
+        self.steps = steps
+        self.threads = threads or config.workers.threads
+        self.index = index
+        self.services = Services.open(config, f"worker{index}")
+        self.subscriptions = subscriptions_for(steps.steps)
+        self.loop_thread = LoopThread()
+        self.runner = StepRunner(self.services, self.subscriptions, loop_thread=self.loop_thread)
+        self.events = LifecycleEvents(self.services.emitter)
+        self.broker = IIIBroker(
+            client=self.services.client, keys=self.services.keys, emitter=self.services.emitter,
+            middleware=[CurrentMessage(), RetryPolicy(config, self.services.emitter), self.events],
+        )
+        self.workers: dict[str, dramatiq.Worker] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.started_ms = now_ms()
+
+    @property
+    def worker_id(self) -> str:
+        return self.broker.broker_id
+
+    # -- actors -------------------------------------------------------------
+    def _subscriptions(self) -> dict[str, list[tuple[Subscription, Step]]]:
+        """topic (the key for queue config and concurrency) -> its subscriptions."""
+        out: dict[str, list[tuple[Subscription, Step]]] = {}
+        for step in self.steps.steps:
+            for t in step.topics:
+                out.setdefault(t, []).append((Subscription(t, step.name), step))
+            if step.of(StateTrigger):
+                out.setdefault(f"{STATE_TOPIC}.{step.name}", []).append((Subscription(STATE_TOPIC, step.name), step))
+            if step.cron_like():
+                out.setdefault(f"{CRON_TOPIC}.{step.name}", []).append((Subscription(CRON_TOPIC, step.name), step))
+        return out
+
+    def _actor_fn(self, step: Step, sub: Subscription) -> Any:
+        runner = self.runner
+        trigger = step.of(QueueTrigger)
+        schema = next((t.input_schema for t in trigger if t.topic == sub.topic), None)
+
+        def run(data: Any) -> None:
+            msg = CurrentMessage.get_current_message()
+            opts = msg.options if msg else {}
+            if sub.topic == CRON_TOPIC:
+                value: Any = CronTick(**data)
+                trig = {"type": "cron", **data}
+            elif sub.topic == STATE_TOPIC:
+                value = StateChange(**data)
+                trig = {"type": "state", "group": data["group"], "key": data["key"]}
+            else:
+                value = schema.model_validate(data) if schema is not None else data
+                trig = {"type": "queue", "topic": sub.topic}
+            runner.call_sync(step, value, trace_id=opts.get("trace_id", ""), attempt=opts.get("retries", 0) + 1,
+                             trigger=trig, message_id=msg.message_id if msg else None)
+
+        run.__name__ = f"{step.name}_{sub.topic}"
+        return run
+
+    def declare(self) -> None:
+        for topic, subs in self._subscriptions().items():
+            queues: set[str] = set()
+            for sub, step in subs:
+                fn = self._actor_fn(step, sub)
+                for p in PRIORITIES:
+                    dramatiq.Actor(fn, broker=self.broker, actor_name=sub.actor(p), queue_name=sub.queue(p),
+                                   priority=ACTOR_PRIORITY[p], options={})
+                    queues.add(sub.queue(p))
+            conc = min(self.config.queue(topic).concurrency, self.threads)
+            self.workers[topic] = dramatiq.Worker(self.broker, queues=queues, worker_threads=conc, worker_timeout=200)
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        logging.getLogger("dramatiq.broker").setLevel(logging.ERROR)  # one Worker per topic shares the broker
+        self.declare()
+        self.heartbeat()
+        for w in self.workers.values():
+            w.start()
+        self._spawn(self._heartbeat_loop, "iii-heartbeat")
+        self._spawn(self._sweep_loop, "iii-sweep")
+        if self.steps.state_steps():
+            ensure_trigger_group(self.services.client, self.services.keys.state_changes)
+            self._spawn(self._dispatch_loop, "iii-state-dispatch")
+        self.services.emitter.emit("worker.started", data=self.info())
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Drain: running handlers finish, prefetched messages go back to their queues."""
+        timeout_ms = int((timeout_s or self.config.workers.shutdown_timeout) * 1000)
+        self._stop.set()
+        for w in self.workers.values():
+            w.stop(timeout=timeout_ms)
+        for t in self._threads:
+            t.join(5)
+        try:
+            self.services.client.zrem(self.services.keys.worker_heartbeats, self.worker_id)
+            self.services.client.hdel(self.services.keys.workers, self.worker_id)
+        except redis.RedisError:
+            pass
+        self.services.emitter.emit("worker.stopped", data={"id": self.worker_id, "reason": "shutdown"})
+        self.loop_thread.stop()
+        self.services.close()
+
+    def _spawn(self, fn: Any, name: str) -> None:
+        t = threading.Thread(target=self._guard(fn), name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _guard(self, fn: Any) -> Any:
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    fn()
+                    return
+                except redis.RedisError as exc:
+                    log.warning("%s: Redis error: %s; retrying", fn.__name__, exc)
+                except Exception:
+                    log.exception("%s crashed; restarting it", fn.__name__)
+                self._stop.wait(1.0)
+
+        return run
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.worker_id,
+            "name": self.services.name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": {t: min(self.config.queue(t).concurrency, self.threads) for t in self.workers},
+            "in_flight": len(self.events._started),
+            "started_ms": self.started_ms,
+        }
+
+    def heartbeat(self) -> None:
+        k = self.services.keys
+        self.broker.iii_scripts.heartbeat(args=[k.worker_heartbeats, k.workers, self.worker_id, json.dumps(self.info())])
+
+    def _heartbeat_loop(self) -> None:
+        n = 0
+        interval = self.config.workers.heartbeat_interval
+        while not self._stop.wait(interval):
+            self.heartbeat()
+            n += 1
+            if n % max(1, int(10 / interval)) == 0:
+                self.services.emitter.emit("worker.heartbeat", data=self.info())
+
+    # -- sweep --------------------------------------------------------------
+    def sweep_once(self) -> int:
+        """Return dead workers' in-flight messages to their queues; returns how many."""
+        k = self.services.keys
+        c = self.services.client
+        timeout_ms = int(self.config.workers.heartbeat_timeout * 1000)
+        moved = 0
+        for dead in self.broker.iii_scripts.sweep(args=[k.worker_heartbeats, timeout_ms]):
+            dead = dead.decode() if isinstance(dead, bytes) else dead
+            if dead == self.worker_id:
+                continue
+            prefix = f"{self.broker.namespace}:__acks__.{dead}."
+            n = 0
+            for key in c.scan_iter(match=prefix + "*", count=500):
+                queue = (key.decode() if isinstance(key, bytes) else key)[len(prefix):]
+                n += int(self.broker.iii_scripts.requeue_dead(args=[self.broker.namespace, queue, dead]))
+            c.zrem(k.worker_heartbeats, dead)
+            c.hdel(k.workers, dead)
+            moved += n
+            self.services.emitter.emit("worker.stopped", data={"id": dead, "reason": "heartbeat lost", "requeued": n})
+        moved += self._claim_stale_changes()
+        return moved
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.config.workers.sweep_interval):
+            self.sweep_once()
+
+    # -- state triggers -----------------------------------------------------
+    def _dispatch_loop(self) -> None:
+        c = self.services.client
+        key = self.services.keys.state_changes
+        while not self._stop.is_set():
+            got = c.xreadgroup(TRIGGER_GROUP, self.worker_id, {key: ">"}, count=100, block=500)
+            for _stream, entries in got or []:
+                for entry_id, fields in entries:
+                    self._dispatch(entry_id, fields)
+
+    def _claim_stale_changes(self) -> int:
+        if not self.steps.state_steps():
+            return 0
+        c = self.services.client
+        min_idle = int(self.config.workers.heartbeat_timeout * 1000)
+        try:
+            res = c.xautoclaim(self.services.keys.state_changes, TRIGGER_GROUP, self.worker_id, min_idle_time=min_idle, start_id="0-0", count=100)
+        except redis.ResponseError:
+            return 0
+        entries = res[1]
+        for entry_id, fields in entries:
+            if fields:
+                self._dispatch(entry_id, fields)
+            else:
+                c.xack(self.services.keys.state_changes, TRIGGER_GROUP, entry_id)
+        return len(entries)
+
+    def _dispatch(self, entry_id: Any, fields: dict[Any, Any]) -> None:
+        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
+        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        change = StateChange(group=f["group"], key=f["key"], old=json.loads(f["old"]), new=json.loads(f["new"]), trace_id=f.get("trace_id", ""))
+        for step in self.steps.state_steps():
+            if not any(t.matches(change.group, change.key) and self._condition(step, t, change) for t in step.of(StateTrigger)):
+                continue
+            self.runner.producer.enqueue(
+                f"{STATE_TOPIC}.{step.name}",
+                {"group": change.group, "key": change.key, "old": change.old, "new": change.new, "trace_id": change.trace_id},
+                trace_id=change.trace_id, source="state", once=self.services.keys.once(f"{eid}:{step.name}"),
+            )
+        self.services.client.xack(self.services.keys.state_changes, TRIGGER_GROUP, entry_id)
+
+    def _condition(self, step: Step, trig: StateTrigger, change: StateChange) -> bool:
+        if trig.condition is None:
+            return True
+        try:
+            return bool(trig.condition(change))
+        except Exception as exc:
+            self.services.emitter.emit("step.error", step=step.name, trace_id=change.trace_id,
+                                       error=f"state condition raised {type(exc).__name__}: {exc}", data={"file": step.file})
+            return False
+
+
+def main() -> int:
+    """Entry of a worker child process: config comes from the supervisor as JSON."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(process)d %(name)s: %(message)s", stream=sys.stderr)
+    config = Config(**json.loads(os.environ["III_CONFIG_JSON"]))
+    index = int(os.environ.get("III_WORKER_INDEX", "0"))
+    threads = int(os.environ.get("III_WORKER_THREADS", config.workers.threads))
+    steps = discover(config.steps_path)
+    rt = WorkerRuntime(config, steps, threads=threads, index=index)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    rt.start()
+    while not stop.wait(0.5):
+        if os.getppid() == 1:  # supervisor died without telling us
+            break
+    rt.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
