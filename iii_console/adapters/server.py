@@ -1,0 +1,160 @@
+"""HTTP steps on Litestar.
+
+Bodies are read raw and decoded here, not by Litestar's parser, because the
+stock path answers 500 to invalid UTF-8 and to deeply nested JSON and accepts
+JSON sent as ``text/plain`` (which a browser can send cross-site without a
+preflight). Every rejection is a 4xx naming what is wrong, and nothing is
+written to Redis for a rejected request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+import uuid
+from typing import Any
+
+import redis
+from litestar import Litestar, Request, Response, route
+from litestar.exceptions import HTTPException
+from litestar.types import ExceptionHandlersMap
+from pydantic import BaseModel, ValidationError
+
+from iii_console.core.context import HttpRequest
+from iii_console.core.steps import HttpTrigger, Step
+from iii_console.runtime.runner import AsyncSide, StepRunner
+
+log = logging.getLogger(__name__)
+
+JSON_TYPES = ("application/json",)
+BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+class Reject(Exception):
+    def __init__(self, status: int, error: str, **detail: Any):
+        self.status, self.error, self.detail = status, error, detail
+
+
+def _problem(status: int, error: str, headers: dict[str, str] | None = None, **detail: Any) -> Response[Any]:
+    return Response({"error": error, **detail}, status_code=status, headers=headers)
+
+
+def parse_json_body(raw: bytes, content_type: str, schema: type[BaseModel] | None) -> Any:
+    """Decode and validate a request body; raises :class:`Reject` with a 4xx."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if not (media in JSON_TYPES or (media.startswith("application/") and media.endswith("+json"))):
+        raise Reject(415, "unsupported media type", detail=f"send Content-Type: application/json, not {media or 'nothing'!r}")
+    if not raw.strip():
+        if schema is None:
+            return None
+        raise Reject(400, "request body is required")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Reject(400, "request body is not valid UTF-8", position=exc.start) from None
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise Reject(400, "request body is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise Reject(400, "request body is not valid JSON", detail=exc.msg, line=exc.lineno, column=exc.colno) from None
+    if schema is None:
+        return data
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        fields = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False, include_input=False)]
+        raise Reject(400, "invalid request body", fields=fields) from None
+    except RecursionError:
+        raise Reject(400, "request body is nested too deeply") from None
+
+
+def _litestar_path(path: str) -> str:
+    import re
+
+    return re.sub(r"{([A-Za-z_][A-Za-z0-9_]*)}", r"{\1:str}", path)
+
+
+class HttpSteps:
+    """Builds the Litestar app for a set of HTTP steps."""
+
+    def __init__(self, runner: StepRunner, steps: list[Step], *, max_body_bytes: int):
+        self.runner = runner
+        self.steps = steps
+        self.max_body_bytes = max_body_bytes
+
+    def _endpoint(self, step: Step, trig: HttpTrigger) -> Any:
+        runner = self.runner
+        emitter = runner.services.emitter
+
+        async def endpoint(request: Request[Any, Any, Any]) -> Response[Any]:
+            try:
+                body = None
+                if trig.method in BODY_METHODS or trig.body_schema is not None:
+                    raw = await request.body()
+                    body = parse_json_body(raw, request.headers.get("content-type", ""), trig.body_schema)
+            except Reject as rej:
+                return _problem(rej.status, rej.error, **rej.detail)
+            trace_id = uuid.uuid4().hex
+            req = HttpRequest(
+                body=body, path_params=dict(request.path_params), query=dict(request.query_params),
+                headers={k: v for k, v in request.headers.items()}, method=request.method, path=request.url.path,
+            )
+            emitter.emit("http.received", trace_id=trace_id, step=step.name,
+                         data={"method": req.method, "path": req.path, "body": body.model_dump(mode="json") if isinstance(body, BaseModel) else body})
+            try:
+                out = await runner.call_async(step, req, trace_id=trace_id, trigger={"type": "http", "method": trig.method, "path": trig.path})
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("step %s: Redis unavailable: %s", step.name, exc)
+                return _problem(503, "storage unavailable, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
+            except Exception as exc:
+                emitter.emit("step.error", trace_id=trace_id, step=step.name, error=f"{type(exc).__name__}: {exc}",
+                             data={"traceback": traceback.format_exc()[-8000:], "file": step.file})
+                return _problem(500, "handler failed", trace_id=trace_id)
+            return _to_response(out, trace_id)
+
+        endpoint.__name__ = f"{step.name}_{trig.method.lower()}"
+        return route(_litestar_path(trig.path), http_method=[trig.method], name=f"{step.name}:{trig.method}:{trig.path}",
+                     request_max_body_size=self.max_body_bytes)(endpoint)
+
+    def app(self, *, on_startup: list[Any] | None = None, on_shutdown: list[Any] | None = None) -> Litestar:
+        handlers = [self._endpoint(s, t) for s in self.steps for t in s.of(HttpTrigger)]
+        return Litestar(
+            route_handlers=handlers,
+            on_startup=on_startup or [],
+            on_shutdown=on_shutdown or [],
+            exception_handlers=_EXC_HANDLERS,
+            request_max_body_size=self.max_body_bytes,
+            openapi_config=None,
+            debug=False,
+        )
+
+
+def _to_response(out: Any, trace_id: str) -> Response[Any]:
+    headers = {"X-Trace-Id": trace_id}
+    if isinstance(out, dict) and "status" in out and set(out) <= {"status", "body", "headers"}:
+        headers.update(out.get("headers") or {})
+        return Response(out.get("body"), status_code=int(out["status"]), headers=headers)
+    return Response(out, status_code=200, headers=headers)
+
+
+def _http_exc(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    msg = {404: "no such route", 405: "method not allowed", 413: "request body too large"}.get(exc.status_code, exc.detail)
+    return _problem(exc.status_code, msg, path=request.url.path, method=request.method, headers=getattr(exc, "headers", None))
+
+
+_EXC_HANDLERS: ExceptionHandlersMap = {HTTPException: _http_exc}
+
+
+def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) -> Litestar:
+    """The app the ``server`` role serves. Async clients are created on the server's loop."""
+
+    async def startup(app: Litestar) -> None:
+        runner._async = AsyncSide(runner.services, runner._subs)
+
+    async def shutdown(app: Litestar) -> None:
+        if runner._async is not None:
+            await runner._async.aclose()
+
+    return HttpSteps(runner, steps, max_body_bytes=max_body_bytes).app(on_startup=[startup], on_shutdown=[shutdown])
