@@ -24,6 +24,6 @@ def handler(change: Any, ctx: Any) -> None:
     message = change.new
     ctx.emit(
         "notification.sent",
-        data={"channel": "log", "recipient": message.get("recipient"), "message_id": message["id"],
-              "summary": f"message {message['id'][:8]} processed"},
+        data={"channel": "log", "recipient": message.get("recipient"), "message_id": change.key,
+              "summary": f"message {change.key[:8]} processed ({message.get('result', {}).get('words', 0)} words)"},
     )

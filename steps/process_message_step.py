@@ -24,7 +24,11 @@ WORK_S = {"high": 0.005, "normal": 0.02, "low": 0.05}
 
 def handler(data: dict[str, Any], ctx: Any) -> None:
     message_id = data["id"]
-    current = ctx.state.get("messages", message_id) or {}
+    current = ctx.state.get("messages", message_id)
+    if current is None:
+        # Enqueued straight to the topic (e.g. `iii-console send --topic`): start its record here.
+        current = {"id": message_id, "text": data["text"], "priority": "normal", "status": "queued", "attempts": 0, "trace_id": ctx.trace_id}
+        ctx.state.set("messages", message_id, current)
     priority = current.get("priority", "normal")
     ctx.state.update("messages", message_id, [
         {"type": "set", "path": "status", "value": "processing"},

@@ -129,6 +129,8 @@ class WorkerRuntime:
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
         logging.getLogger("dramatiq.broker").setLevel(logging.ERROR)  # one Worker per topic shares the broker
+        # Handler failures reach the console as message.failed events with their traceback.
+        logging.getLogger("dramatiq.worker.WorkerThread").setLevel(logging.CRITICAL)
         self.declare()
         self.heartbeat()
         for w in self.workers.values():

@@ -1,0 +1,305 @@
+"""The command line: parse, call the runtime, render errors. Nothing else.
+
+Exit codes: 0 ok, 1 runtime error, 2 bad usage or invalid config/steps,
+3 Redis unreachable, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from iii_console.core.config import Config, load_config
+from iii_console.core.errors import IIIError, RedisUnavailable
+from iii_console.core.events import EVENT_TYPES, Event
+
+ROLE_CHOICES = ("all", "server", "worker", "scheduler")
+
+
+def _load(config_path: str | None, redis_url: str | None, **overrides: Any) -> Config:
+    cfg = load_config(config_path)
+    return cfg.with_overrides(**{"redis.url": redis_url, **overrides})
+
+
+def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, envvar="III_CONFIG",
+                      help="Path to iii-config.yaml (default: ./iii-config.yaml).")(fn)
+    fn = click.option("--redis", "redis_url", default=None, metavar="URL",
+                      help="Redis URL (redis://, rediss://, unix://). Overrides REDIS_URL and the config file.")(fn)
+    return fn
+
+
+def _existing_redis(cfg: Config) -> str:
+    """Redis for client commands: configured, or the running project's embedded one."""
+    from iii_console.runtime.embedded import running_url
+    from iii_console.runtime.supervisor import check_redis
+
+    url = cfg.redis.url or running_url(cfg.data_dir)
+    if not url:
+        raise RedisUnavailable("no Redis to talk to: start `iii-console` in this project first, or pass --redis URL")
+    check_redis(url)
+    return url
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--no-ui", is_flag=True, help="Run headless: one JSON event per line on stdout (for production).")
+@click.option("--role", type=click.Choice(ROLE_CHOICES), multiple=True, default=("all",), show_default=True,
+              help="Which parts this process runs; repeat for several.")
+@click.option("--processes", type=click.IntRange(1, 256), default=None, help="Worker processes (default: workers.processes).")
+@click.option("--threads", type=click.IntRange(1, 1000), default=None, help="Threads per worker process, capping each queue's concurrency.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="HTTP port (default: server.port).")
+@click.option("--host", default=None, help="HTTP bind address (default: server.host).")
+@_common
+@click.version_option(package_name="iii-console")
+@click.pass_context
+def cli(ctx: click.Context, no_ui: bool, role: tuple[str, ...], processes: int | None, threads: int | None,
+        port: int | None, host: str | None, config_path: str | None, redis_url: str | None) -> None:
+    """Run the project's steps: HTTP server, queue workers and cron scheduler, with a live console.
+
+    Without a subcommand it runs everything in this terminal. See `iii-console COMMAND --help`.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    cfg = _load(config_path, redis_url, **{"server.port": port, "server.host": host})
+    roles = ("server", "worker", "scheduler") if "all" in role else tuple(dict.fromkeys(role))
+    if no_ui or not sys.stdout.isatty():
+        render: Callable[[Event], None] = _print_json if no_ui else _print_human
+        code = asyncio.run(_run_headless(cfg, roles, processes, threads, render))
+    else:
+        code = asyncio.run(_run_headless(cfg, roles, processes, threads, _print_human))
+    ctx.exit(code)
+
+
+def _print_json(ev: Event) -> None:
+    from iii_console.format import json_line
+
+    try:
+        sys.stdout.write(json_line(ev) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
+
+
+def _print_human(ev: Event) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    from iii_console.format import TYPE_STYLE, line
+
+    con = _print_human.__dict__.setdefault("console", Console(highlight=False, soft_wrap=True))
+    con.print(Text(line(ev), style=TYPE_STYLE.get(ev.type, "")))
+
+
+async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | None, threads: int | None,
+                        render: Callable[[Event], None]) -> int:
+    from iii_console.runtime.supervisor import Supervisor
+
+    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, on_event=render)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await sup.start()
+    where = f" on http://{cfg.server.host}:{sup.port}" if sup.port else ""
+    print(f"iii-console: running {', '.join(roles)}{where} with Redis at {_redact_url(sup.config.redis.url)}; "
+          f"{len(sup.steps.steps)} steps, {len(sup.steps.errors)} errors. Ctrl+C to stop.", file=sys.stderr)
+    for err in sup.steps.errors:
+        print(f"step error: {err}", file=sys.stderr)
+    await stop.wait()
+    print("iii-console: stopping (draining in-flight work)...", file=sys.stderr)
+    await sup.stop()
+    bad = [c for c in sup.worker_codes if c not in (0, None, -signal.SIGTERM)]
+    return 1 if bad else 0
+
+
+def _redact_url(url: str) -> str:
+    from iii_console.runtime.supervisor import _safe
+
+    return _safe(url)
+
+
+# -- send ---------------------------------------------------------------------
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--topic", default=None, help="Enqueue straight to this topic instead of POSTing to the server.")
+@click.option("--data", default=None, metavar="JSON", help="Message data as JSON (with --topic).")
+@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None, help="Message priority.")
+@click.option("--count", type=click.IntRange(1, 1_000_000), default=1, show_default=True, help="How many to send.")
+@click.option("--url", default=None, help="Server base URL (default: from server.host/port).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per message sent.")
+@_common
+def send(text: str | None, topic: str | None, data: str | None, priority: str | None, count: int, url: str | None,
+         as_json: bool, config_path: str | None, redis_url: str | None) -> None:
+    """Inject test messages.
+
+    \b
+    iii-console send "hello" --priority high        POST to the running server's /messages
+    iii-console send --topic message.sent --data '{"text": "hi"}'   enqueue directly
+    """
+    if topic is None and data is not None:
+        raise click.UsageError("--data needs --topic (or pass TEXT to post to the server)")
+    if topic is None and not text:
+        raise click.UsageError("give TEXT to post, or --topic with --data")
+    if topic is not None and text:
+        raise click.UsageError("give either TEXT or --topic/--data, not both")
+    cfg = _load(config_path, redis_url)
+    sent = _send_topic(cfg, topic, data, priority, count, as_json) if topic else _send_http(cfg, url, text or "", priority, count, as_json)
+    if not as_json:
+        click.echo(f"sent {sent} message{'s' if sent != 1 else ''}", err=True)
+
+
+def _progress(count: int, as_json: bool) -> Any:
+    from rich.progress import Progress
+
+    return Progress(disable=count < 2 or as_json or not sys.stderr.isatty(), transient=True,
+                    console=__import__("rich.console").console.Console(stderr=True))
+
+
+def _send_http(cfg: Config, url: str | None, text: str, priority: str | None, count: int, as_json: bool) -> int:
+    import httpx
+
+    base = (url or f"http://{cfg.server.host}:{cfg.server.port}").rstrip("/")
+    body: dict[str, Any] = {"text": text}
+    if priority:
+        body["priority"] = priority
+    sent = 0
+    with httpx.Client(base_url=base, timeout=10) as client, _progress(count, as_json) as progress:
+        task = progress.add_task("sending", total=count)
+        for _ in range(count):
+            try:
+                r = client.post("/messages", json=body)
+            except httpx.ConnectError:
+                raise IIIError(f"no iii-console server at {base}: is `iii-console` running? (or pass --url)") from None
+            except httpx.HTTPError as exc:
+                raise IIIError(f"request to {base}/messages failed: {exc}") from None
+            if r.status_code >= 400:
+                raise IIIError(f"server answered {r.status_code}: {r.text[:500]}")
+            sent += 1
+            if as_json:
+                click.echo(json.dumps(r.json()))
+            progress.advance(task)
+    return sent
+
+
+def _send_topic(cfg: Config, topic: str, data: str | None, priority: str | None, count: int, as_json: bool) -> int:
+    from iii_console.adapters.queue.producer import subscriptions_for
+    from iii_console.core.discovery import discover
+    from iii_console.runtime.runner import StepRunner
+    from iii_console.runtime.services import Services
+
+    try:
+        payload = json.loads(data) if data is not None else {}
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
+    url = _existing_redis(cfg)
+    cfg = cfg.with_overrides(**{"redis.url": url})
+    steps = discover(cfg.steps_path)
+    subs = subscriptions_for(steps.steps)
+    if topic not in subs:
+        known = ", ".join(steps.topics) or "none"
+        raise click.BadParameter(f"no step subscribes to {topic!r} (topics: {known})", param_hint="--topic")
+    services = Services.open(cfg, "cli")
+    sent = 0
+    try:
+        runner = StepRunner(services, subs)
+        with _progress(count, as_json) as progress:
+            task = progress.add_task("enqueueing", total=count)
+            for _ in range(count):
+                trace_id = uuid.uuid4().hex
+                ids = runner.producer.enqueue(topic, payload, trace_id=trace_id, priority=priority, source="cli") or []
+                sent += 1
+                if as_json:
+                    click.echo(json.dumps({"trace_id": trace_id, "message_ids": ids, "topic": topic}))
+                progress.advance(task)
+    finally:
+        services.close()
+    return sent
+
+
+# -- tail ---------------------------------------------------------------------
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--type", "types", multiple=True, metavar="TYPE",
+              help="Only these event types; a trailing dot matches a family (message.). Repeatable.")
+@click.option("--trace", default=None, metavar="ID", help="Only events of this trace id (a prefix is enough).")
+@click.option("--history", type=click.IntRange(0, 100_000), default=0, help="First print up to N past events.")
+@_common
+def tail(as_json: bool, types: tuple[str, ...], trace: str | None, history: int, config_path: str | None, redis_url: str | None) -> None:
+    """Print live events from the event stream."""
+    import redis as _redis
+
+    for t in types:
+        if t not in EVENT_TYPES and not (t.endswith(".") and any(e.startswith(t) for e in EVENT_TYPES)):
+            raise click.BadParameter(f"unknown event type {t!r}; known: {', '.join(EVENT_TYPES)}", param_hint="--type")
+    cfg = _load(config_path, redis_url)
+    url = _existing_redis(cfg)
+    from iii_console.core.keys import Keys
+    from iii_console.runtime.services import redis_client
+
+    keys = Keys(cfg.redis.prefix)
+    client = redis_client(url, socket_timeout=None)
+    render = _print_json if as_json else _print_human
+
+    def wanted(ev: Event) -> bool:
+        if types and not any(ev.type == t or (t.endswith(".") and ev.type.startswith(t)) for t in types):
+            return False
+        return not trace or ev.trace_id.startswith(trace)
+
+    last = "$"
+    if history:
+        past = list(reversed(client.xrevrange(keys.events, count=history)))
+        for entry_id, fields in past:
+            ev = Event.decode(entry_id, fields)
+            if wanted(ev):
+                render(ev)
+        if past:
+            last = past[-1][0].decode()
+    try:
+        while True:
+            try:
+                got = client.xread({keys.events: last}, count=500, block=1000)
+            except _redis.ConnectionError:
+                click.echo("tail: lost Redis, reconnecting...", err=True)
+                time.sleep(1)
+                continue
+            for _s, entries in got or []:
+                for entry_id, fields in entries:
+                    last = entry_id.decode()
+                    ev = Event.decode(entry_id, fields)
+                    if wanted(ev):
+                        render(ev)
+    except KeyboardInterrupt:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="iii-console", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except IIIError as e:
+        click.echo(f"error: {e}", err=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

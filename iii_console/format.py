@@ -1,0 +1,87 @@
+"""How events read to a person: one summary line and a colour per type.
+
+Shared by ``iii-console tail``, the headless human output and the console, so an
+event looks the same everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from iii_console.core.events import Event
+
+TYPE_STYLE = {
+    "http.received": "cyan",
+    "message.enqueued": "blue",
+    "message.started": "yellow",
+    "message.processed": "green",
+    "message.failed": "red",
+    "message.retrying": "dark_orange",
+    "message.dead_lettered": "bold red",
+    "message.replayed": "magenta",
+    "state.changed": "bright_black",
+    "notification.sent": "bold green",
+    "cron.fired": "magenta",
+    "cron.skipped": "dark_orange",
+    "worker.started": "bright_blue",
+    "worker.heartbeat": "bright_black",
+    "worker.stopped": "bright_blue",
+    "log": "white",
+    "step.error": "bold red",
+    "config.reloaded": "bright_blue",
+}
+
+
+def clock(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000).strftime("%H:%M:%S.%f")[:-3]
+
+
+def short(v: Any, n: int = 60) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str, separators=(",", ":"))
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def detail(ev: Event) -> str:
+    d = ev.data if isinstance(ev.data, dict) else {}
+    t = ev.type
+    if t == "http.received":
+        return f"{d.get('method', '')} {d.get('path', '')} {short(d.get('body'), 50)}"
+    if t == "message.enqueued":
+        return f"→ {ev.topic} [{d.get('priority', 'normal')}] {short(d.get('payload'), 50)}"
+    if t in ("message.started",):
+        return f"{ev.topic} attempt {ev.attempt}"
+    if t == "message.processed":
+        return f"{ev.topic} in {ev.duration_ms:.1f} ms" if ev.duration_ms is not None else str(ev.topic)
+    if t == "message.failed":
+        return f"attempt {ev.attempt}: {ev.error}"
+    if t == "message.retrying":
+        return f"attempt {ev.attempt} in {d.get('delay_ms')} ms"
+    if t == "message.dead_lettered":
+        return f"→ {d.get('dlq')} after {d.get('attempts', '?')} attempts: {ev.error}"
+    if t == "state.changed":
+        new = d.get("new")
+        status = f" status={new.get('status')}" if isinstance(new, dict) and "status" in new else ""
+        return f"{d.get('group')}/{d.get('key')} {d.get('op', '')}{status}"
+    if t == "notification.sent":
+        return short(d.get("summary") or d, 70)
+    if t in ("cron.fired", "cron.skipped"):
+        return f"{d.get('expression', '')} drift {d.get('drift_ms', '?')} ms" if t == "cron.fired" else str(d.get("reason", ""))
+    if t.startswith("worker."):
+        return f"{d.get('name') or d.get('id', '')} {d.get('reason', '')}".strip()
+    if t == "log":
+        extra = {k: v for k, v in d.items() if k not in ("level", "message")}
+        return f"{d.get('level', 'info')}: {d.get('message', '')} {short(extra, 50) if extra else ''}".rstrip()
+    if t == "step.error":
+        return str(ev.error or "")
+    return short(d) if d else ""
+
+
+def line(ev: Event) -> str:
+    trace = ev.trace_id[:8] if ev.trace_id else "-" * 8
+    return f"{clock(ev.ts)}  {ev.type:<22} {(ev.step or '-'):<18} {trace}  {detail(ev)}"
+
+
+def json_line(ev: Event) -> str:
+    return json.dumps(ev.as_dict(), default=str, separators=(",", ":"))

@@ -1,0 +1,256 @@
+"""One supervisor per ``iii-console`` invocation.
+
+It owns the embedded Redis (if any), serves HTTP steps and runs the scheduler
+in its own process, and runs queue workers as child processes, so a CPU-bound
+handler never freezes the server or the console and a crashed worker is
+restarted. Shutdown order: stop accepting HTTP, stop the scheduler, SIGTERM the
+workers (they drain and requeue), read the last events, stop Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import redis
+import redis.asyncio as aredis
+import uvicorn
+
+from iii_console.adapters.queue.producer import subscriptions_for
+from iii_console.adapters.server import create_app
+from iii_console.core.config import Config
+from iii_console.core.discovery import StepSet, discover
+from iii_console.core.errors import IIIError, RedisUnavailable
+from iii_console.core.events import Event
+from iii_console.runtime.embedded import EmbeddedRedis
+from iii_console.runtime.runner import StepRunner
+from iii_console.runtime.scheduler import Scheduler
+from iii_console.runtime.services import Services, redis_client
+from iii_console.runtime.worker import ensure_trigger_group
+
+log = logging.getLogger(__name__)
+ROLES = ("server", "worker", "scheduler")
+RESTART_BACKOFF_MAX_S = 10.0
+
+
+def resolve_redis(config: Config) -> tuple[Config, EmbeddedRedis | None]:
+    """Use the configured Redis, or start (or join) the project's embedded one."""
+    if config.redis.url:
+        return config, None
+    emb = EmbeddedRedis(config.data_dir)
+    url = emb.start()
+    return config.with_overrides(**{"redis.url": url}), emb
+
+
+def check_redis(url: str) -> None:
+    c = redis_client(url, socket_timeout=3)
+    try:
+        c.ping()
+    except redis.AuthenticationError as exc:
+        raise RedisUnavailable(f"Redis at {_safe(url)} refused the credentials: {exc}") from None
+    except redis.RedisError as exc:
+        raise RedisUnavailable(f"cannot reach Redis at {_safe(url)}: {exc}") from None
+    finally:
+        c.close()
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    import re
+
+    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
+
+
+@dataclass
+class Child:
+    index: int
+    proc: subprocess.Popen[bytes]
+    started: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        roles: tuple[str, ...] = ROLES,
+        processes: int | None = None,
+        threads: int | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ):
+        self.config = config
+        self.roles = roles
+        self.processes = processes or config.workers.processes
+        self.threads = threads or config.workers.threads
+        self.on_event = on_event
+        self.embedded: EmbeddedRedis | None = None
+        self.steps = StepSet()
+        self.children: list[Child] = []
+        self.services: Services | None = None
+        self.scheduler: Scheduler | None = None
+        self.server: uvicorn.Server | None = None
+        self.port: int | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = False
+        self._tail_from = "0-0"
+
+    # -- start --------------------------------------------------------------
+    async def start(self) -> None:
+        self.config, self.embedded = resolve_redis(self.config)
+        try:
+            check_redis(self.config.redis.url)
+            self.services = Services.open(self.config, "supervisor")
+            last = self.services.client.xrevrange(self.services.keys.events, count=1)
+            self._tail_from = last[0][0].decode() if last else "0-0"
+            if self.on_event is not None:
+                self._tasks.append(asyncio.create_task(self._tail(), name="iii-tail"))
+            self.steps = discover(self.config.steps_path)
+            for err in self.steps.errors:
+                self.services.emitter.emit("step.error", step=err.step, error=str(err),
+                                           data={"file": err.file, "line": err.line, "field": err.field, "message": err.message})
+            self._publish_registry()
+            ensure_trigger_group(self.services.client, self.services.keys.state_changes)
+            if "server" in self.roles:
+                await self._start_server()
+            if "scheduler" in self.roles and self.steps.cron_steps():
+                runner = StepRunner(self.services, subscriptions_for(self.steps.steps))
+                self.scheduler = Scheduler(self.services, self.steps.cron_steps(), runner.producer)
+                self.scheduler.start()
+            if "worker" in self.roles:
+                for i in range(self.processes):
+                    self.children.append(Child(i, self._spawn(i)))
+                self._tasks.append(asyncio.create_task(self._monitor(), name="iii-monitor"))
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _publish_registry(self) -> None:
+        assert self.services is not None
+        c, k = self.services.client, self.services.keys
+        pipe = c.pipeline()
+        pipe.delete(k.steps_registry, k.queues_registry)
+        for s in self.steps.steps:
+            pipe.hset(k.steps_registry, s.name, json.dumps(s.describe()))
+        for t in sorted(set(self.steps.topics) | {"default"}):
+            pipe.hset(k.queues_registry, t, self.config.queue(t).model_dump_json())
+        pipe.execute()
+
+    async def _start_server(self) -> None:
+        assert self.services is not None
+        cfg = self.config.server
+        sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((cfg.host, cfg.port))
+        except OSError as exc:
+            sock.close()
+            raise IIIError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror} (set server.port or --port)") from None
+        sock.listen(2048)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        runner = StepRunner(self.services, subscriptions_for(self.steps.steps))
+        app = create_app(runner, self.steps.http_steps(), max_body_bytes=cfg.max_body_bytes)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=10))
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._tasks.append(asyncio.create_task(self.server.serve(sockets=[sock]), name="iii-server"))
+        for _ in range(500):
+            if self.server.started:
+                return
+            await asyncio.sleep(0.01)
+        raise IIIError("HTTP server did not start")
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env.update(III_CONFIG_JSON=self.config.model_dump_json(), III_WORKER_INDEX=str(index), III_WORKER_THREADS=str(self.threads))
+        return subprocess.Popen([sys.executable, "-m", "iii_console.runtime.worker"], env=env, stdin=subprocess.DEVNULL,
+                                cwd=self.config.project_dir)
+
+    async def _monitor(self) -> None:
+        assert self.services is not None
+        while not self._stopping:
+            for child in self.children:
+                code = child.proc.poll()
+                if code is None or self._stopping:
+                    continue
+                delay = min(RESTART_BACKOFF_MAX_S, 0.5 * (2 ** min(child.restarts, 5))) if time.monotonic() - child.started < 10 else 0.2
+                self.services.emitter.emit("log", data={"level": "error", "message": f"worker process {child.proc.pid} exited with {code}; restarting in {delay:.1f}s"})
+                await asyncio.sleep(delay)
+                if self._stopping:
+                    break
+                child.proc = self._spawn(child.index)
+                child.started = time.monotonic()
+                child.restarts += 1
+            await asyncio.sleep(0.2)
+
+    async def _tail(self) -> None:
+        assert self.services is not None and self.on_event is not None
+        client = aredis.Redis.from_url(self.config.redis.url, socket_connect_timeout=2)
+        last = self._tail_from
+        try:
+            while True:
+                try:
+                    got = await client.xread({self.services.keys.events: last}, count=500, block=200)
+                except (redis.ConnectionError, redis.TimeoutError):
+                    await asyncio.sleep(0.5)
+                    continue
+                for _stream, entries in got or []:
+                    for entry_id, fields in entries:
+                        last = entry_id.decode()
+                        self.on_event(Event.decode(entry_id, fields))
+                if not got and self._stopping:
+                    return
+        finally:
+            await client.aclose()
+
+    # -- stop ---------------------------------------------------------------
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self.server is not None:
+            self.server.should_exit = True
+        if self.scheduler is not None:
+            await asyncio.to_thread(self.scheduler.stop)
+        for child in self.children:
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.workers.shutdown_timeout + 5
+        for child in self.children:
+            while child.proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if child.proc.poll() is None:
+                child.proc.kill()
+                child.proc.wait()
+        if self.services is not None:
+            await asyncio.to_thread(self.services.sink.flush)
+        for task in self._tasks:
+            if task.get_name() == "iii-tail":
+                try:
+                    await asyncio.wait_for(task, 5)
+                except (asyncio.TimeoutError, Exception):
+                    task.cancel()
+            elif task.get_name() == "iii-server":
+                try:
+                    await asyncio.wait_for(task, 15)
+                except (asyncio.TimeoutError, Exception):
+                    task.cancel()
+            else:
+                task.cancel()
+        if self.services is not None:
+            self.services.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+    @property
+    def worker_codes(self) -> list[int | None]:
+        return [c.proc.returncode for c in self.children]
