@@ -153,10 +153,25 @@ class Step(_Model):
             "name": self.name,
             "file": self.file,
             "triggers": [t.describe() for t in self.triggers],
+            "trigger_specs": [_spec(t) for t in self.triggers],
             "enqueues": list(self.enqueues),
             "flows": list(self.flows),
             "description": self.description,
         }
+
+
+def _spec(t: Any) -> dict[str, Any]:
+    """A trigger as plain JSON (schemas by name, conditions as a flag) for registries."""
+    out: dict[str, Any] = {"type": t.type}
+    if isinstance(t, HttpTrigger):
+        out.update(method=t.method, path=t.path, body=getattr(t.body_schema, "__name__", None))
+    elif isinstance(t, QueueTrigger):
+        out.update(topic=t.topic, input=getattr(t.input_schema, "__name__", None))
+    elif isinstance(t, CronTrigger):
+        out.update(expression=t.expression)
+    elif isinstance(t, StateTrigger):
+        out.update(group=t.group, key=t.key, conditional=t.condition is not None)
+    return out
 
 
 def http(method: str, path: str, *, body: type[BaseModel] | None = None, responses: dict[int, Any] | None = None) -> HttpTrigger:
