@@ -121,14 +121,15 @@ class Config(_Section):
 
     def with_overrides(self, **values: Any) -> "Config":
         """Apply command-line values given as dotted keys (``redis.url``); ``None`` means unset."""
-        data = self.model_dump()
+        # exclude_unset: a per-topic queue entry must keep inheriting from ``default``.
+        data = self.model_dump(exclude_unset=True)
         for dotted, v in values.items():
             if v is None:
                 continue
             node = data
             *parents, leaf = dotted.split(".")
             for p in parents:
-                node = node[p]
+                node = node.setdefault(p, {})
             node[leaf] = v
         return Config(**data)
 
@@ -167,7 +168,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
     if not p.exists():
         if explicit:
             raise ConfigError("file not found", file=str(p))
-        return Config(project_dir=str(Path.cwd()))
+        from_env = {"redis": {"url": env["REDIS_URL"]}} if env.get("REDIS_URL") else {}
+        return Config(**from_env, project_dir=str(Path.cwd()))
     fname = str(p)
     try:
         raw_text = p.read_text(encoding="utf-8")
@@ -197,7 +199,9 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
                 text = _interpolate(n.value, env)
             except KeyError as missing:
                 raise ConfigError(f"environment variable {missing.args[0]} is not set and has no default", file=fname, line=n.start_mark.line + 1, key=".".join(map(str, path))) from None
-            return yaml.safe_load(text) if text.strip() else ""
+            # Kept a string (pydantic converts "3111" for int fields): re-parsing it as YAML
+            # turned "iii:" into a mapping and "[::1]" into a list, or raised outside ConfigError.
+            return text if text.strip() else ""
         return yaml.SafeLoader(raw_text).construct_object(n, deep=True) if n.tag != "tag:yaml.org,2002:str" else n.value
 
     data = walk(node, ()) if node is not None else {}

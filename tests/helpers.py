@@ -1,0 +1,45 @@
+"""Test helpers: build throwaway projects, wait for conditions, read events."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import redis
+
+from iii_console.core.config import Config, load_config
+from iii_console.core.events import Event
+from iii_console.core.keys import Keys
+
+
+def make_project(root: Path, steps: dict[str, str], config: str = "", *, redis_url: str = "") -> Config:
+    """Write ``steps/<name>`` files and an iii-config.yaml under ``root``; return the loaded config."""
+    (root / "steps").mkdir(parents=True, exist_ok=True)
+    for name, src in steps.items():
+        path = root / "steps" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(src))
+    cfg_text = textwrap.dedent(config)
+    if redis_url and "redis:" not in cfg_text:
+        cfg_text = f"redis:\n  url: {redis_url}\n" + cfg_text
+    (root / "iii-config.yaml").write_text(cfg_text)
+    return load_config(root / "iii-config.yaml", env={})
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``pred`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def events(client: redis.Redis, keys: Keys, type: str | None = None) -> list[Event]:
+    out = [Event.decode(i, f) for i, f in client.xrange(keys.events)]
+    return [e for e in out if type is None or e.type == type]

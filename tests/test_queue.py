@@ -1,0 +1,304 @@
+"""Queues on real Redis with in-process workers: fan-out, competing consumers,
+retries, dead letters, priority, and the stock-Dramatiq weak spots we close."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from iii_console.adapters.queue.producer import subscriptions_for
+from iii_console.core.discovery import discover
+from iii_console.core.dlq import DeadLetterStore
+from iii_console.runtime.runner import StepRunner
+from iii_console.runtime.services import Services
+from iii_console.runtime.worker import WorkerRuntime
+
+from .helpers import events, make_project, wait_for
+
+RECORDER = """
+from iii_console import Step, queue
+config = Step(name="{name}", triggers=[queue("{topic}")])
+def handler(data, ctx):
+    ctx.state.update("runs", "{name}", [{{"type": "increment", "path": data["k"]}}])
+    {extra}
+"""
+
+
+def recorder(name: str, topic: str = "jobs", extra: str = "pass") -> str:
+    return RECORDER.format(name=name, topic=topic, extra=extra)
+
+
+@pytest.fixture
+def project(tmp_path, redis_url):
+    def build(steps: dict[str, str], config: str = ""):
+        cfg = make_project(tmp_path, steps, config, redis_url=redis_url)
+        stepset = discover(cfg.steps_path)
+        assert not stepset.errors, stepset.errors
+        return cfg, stepset
+
+    return build
+
+
+@pytest.fixture
+def runtime():
+    started: list[WorkerRuntime] = []
+
+    def start(cfg, steps, **kw):
+        rt = WorkerRuntime(cfg, steps, **kw)
+        rt.start()
+        started.append(rt)
+        return rt
+
+    yield start
+    for rt in started:
+        if not rt._stop.is_set():
+            rt.stop(timeout_s=5)
+
+
+@pytest.fixture
+def producer():
+    opened: list[Services] = []
+
+    def make(cfg, steps):
+        svc = Services.open(cfg, "test")
+        opened.append(svc)
+        return StepRunner(svc, subscriptions_for(steps.steps)).producer
+
+    yield make
+    for s in opened:
+        s.close()
+
+
+def runs(r, keys, step):
+    raw = r.hget(keys.state_group("runs"), step)
+    return json.loads(raw) if raw else {}
+
+
+def test_enqueue_fans_out_one_copy_to_every_subscribed_step(project, runtime, producer, r, keys):
+    cfg, steps = project({"a_step.py": recorder("A"), "b_step.py": recorder("B"), "c_step.py": recorder("C", topic="other")})
+    runtime(cfg, steps)
+    ids = producer(cfg, steps).enqueue("jobs", {"k": "m1"}, trace_id="t1")
+    assert len(ids) == 2
+    wait_for(lambda: runs(r, keys, "A").get("m1") == 1 and runs(r, keys, "B").get("m1") == 1, what="both copies processed")
+    assert runs(r, keys, "C") == {}
+    processed = events(r, keys, "message.processed")
+    assert sorted(e.step for e in processed) == ["A", "B"] and {e.trace_id for e in processed} == {"t1"}
+
+
+def test_two_workers_share_a_topic_and_each_message_runs_once(project, runtime, producer, r, keys):
+    cfg, steps = project({"a_step.py": recorder("A", extra="import time; time.sleep(0.01)")})
+    w1, w2 = runtime(cfg, steps, threads=2), runtime(cfg, steps, threads=2)
+    p = producer(cfg, steps)
+    for i in range(60):
+        p.enqueue("jobs", {"k": f"m{i}"}, trace_id=f"t{i}")
+    wait_for(lambda: len(runs(r, keys, "A")) == 60, what="60 messages processed")
+    assert set(runs(r, keys, "A").values()) == {1}
+    by_worker = {e.worker for e in events(r, keys, "message.processed")}
+    assert by_worker == {w1.services.name, w2.services.name}
+
+
+FLAKY = """
+from iii_console import Step, queue
+config = Step(name="Flaky", triggers=[queue("jobs")])
+def handler(data, ctx):
+    ctx.state.update("runs", "Flaky", [{"type": "increment", "path": data["k"]}])
+    raise ValueError("boom " + data["k"])
+"""
+
+
+def test_failing_message_is_retried_max_retries_times_with_delay_then_dead_lettered(project, runtime, producer, r, keys):
+    cfg, steps = project({"flaky_step.py": FLAKY}, """
+        queues:
+          jobs:
+            max_retries: 2
+            retry_delay: 300
+            backoff: exponential
+            dead_letter_queue: jobs.dlq
+    """)
+    runtime(cfg, steps)
+    [mid] = producer(cfg, steps).enqueue("jobs", {"k": "m1", "secret": "s3"}, trace_id="trace-x")
+    store = DeadLetterStore(r, keys)
+    wait_for(lambda: store.count("jobs.dlq") == 1, what="dead letter")
+    assert runs(r, keys, "Flaky") == {"m1": 3}
+    started = [e for e in events(r, keys, "message.started") if e.message_id == mid]
+    assert [e.attempt for e in started] == [1, 2, 3]
+    gaps = [b.ts - a.ts for a, b in zip(started, started[1:])]
+    assert gaps[0] >= 300 and gaps[1] >= 600, gaps  # exponential: 300 ms, then 600 ms
+    retrying = events(r, keys, "message.retrying")
+    assert [e.data["delay_ms"] for e in retrying] == [300, 600]
+    [entry] = store.list("jobs.dlq")
+    assert entry.id == mid and entry.attempts == 3 and entry.trace_id == "trace-x"
+    assert entry.error == "ValueError: boom m1" and "raise ValueError" in entry.traceback
+    assert entry.data == {"k": "m1", "secret": "s3"} and entry.message["actor_name"]
+    [dead] = events(r, keys, "message.dead_lettered")
+    assert dead.message_id == mid and dead.data["dlq"] == "jobs.dlq"
+    # Nothing of the message is left in the queues.
+    assert not [k for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:jobs--*") if not k.endswith(b".wake")]
+
+
+def test_invalid_input_goes_straight_to_the_dead_letter_queue(project, runtime, producer, r, keys):
+    cfg, steps = project({"typed_step.py": """
+        from pydantic import BaseModel
+        from iii_console import Step, queue
+        class Job(BaseModel):
+            n: int
+        config = Step(name="Typed", triggers=[queue("jobs", input=Job)])
+        def handler(job, ctx):
+            ctx.state.set("runs", "Typed", {"n": job.n})
+    """}, "queues:\n  default:\n    max_retries: 5\n    retry_delay: 50\n")
+    runtime(cfg, steps)
+    p = producer(cfg, steps)
+    p.enqueue("jobs", {"n": "not a number"}, trace_id="bad")
+    p.enqueue("jobs", {"n": 7}, trace_id="good")
+    store = DeadLetterStore(r, keys)
+    wait_for(lambda: store.count("dead-letters") == 1 and r.hget(keys.state_group("runs"), "Typed"), what="dead letter and good run")
+    [entry] = store.list()
+    assert entry.attempts == 1 and "ValidationError" in entry.error and entry.trace_id == "bad"
+
+
+PRIO = """
+import time
+from iii_console import Step, queue
+config = Step(name="Ordered", triggers=[queue("jobs")])
+def handler(data, ctx):
+    ctx.state.update("runs", "order", [{"type": "merge", "value": {data["k"]: time.monotonic_ns()}}])
+    time.sleep(0.005)
+"""
+
+
+def test_high_priority_message_overtakes_a_waiting_backlog(project, runtime, producer, r, keys):
+    cfg, steps = project({"ordered_step.py": PRIO}, "queues:\n  jobs:\n    concurrency: 1\n")
+    p = producer(cfg, steps)
+    for i in range(300):
+        p.enqueue("jobs", {"k": f"n{i}"}, trace_id="n")
+    p.enqueue("jobs", {"k": "urgent"}, trace_id="h", priority="high")
+    runtime(cfg, steps, threads=1)
+    order = wait_for(lambda: (o := runs(r, keys, "order")) and "urgent" in o and o, what="urgent processed")
+    before = sum(1 for k, v in order.items() if k != "urgent" and v < order["urgent"])
+    # Only what the single worker had already fetched (prefetch = 2) may run first.
+    assert before <= 3, before
+
+
+def test_enqueue_with_delay_waits_before_running(project, runtime, producer, r, keys):
+    cfg, steps = project({"a_step.py": recorder("A")})
+    runtime(cfg, steps)
+    p = producer(cfg, steps)
+    p.enqueue("jobs", {"k": "later"}, trace_id="t", delay_ms=400)
+    p.enqueue("jobs", {"k": "now"}, trace_id="t")
+    later = [e for e in events(r, keys, "message.enqueued") if e.data["payload"]["k"] == "later"][0]
+    done = wait_for(lambda: [e for e in events(r, keys, "message.started") if e.message_id == later.message_id], what="delayed message")
+    first = [e for e in events(r, keys, "message.started") if e.message_id != later.message_id][0]
+    assert done[0].ts - later.ts >= 400
+    assert first.ts < done[0].ts  # the undelayed message sent after it ran first
+
+
+def _garbage(r, keys, queue: str) -> str:
+    rid = str(uuid.uuid4())
+    r.hset(f"{keys.dramatiq_namespace}:{queue}.msgs", rid, b"\xff\xfe not a dramatiq message")
+    r.rpush(f"{keys.dramatiq_namespace}:{queue}", rid)
+    return rid
+
+
+def test_undecodable_message_is_quarantined_and_the_rest_of_the_batch_flows(project, runtime, producer, r, keys):
+    cfg, steps = project({"a_step.py": recorder("A")})
+    p = producer(cfg, steps)
+    p.enqueue("jobs", {"k": "before"}, trace_id="t")
+    rid = _garbage(r, keys, "jobs--A--normal")
+    for i in range(5):
+        p.enqueue("jobs", {"k": f"after{i}"}, trace_id="t")
+    runtime(cfg, steps)
+    wait_for(lambda: len(runs(r, keys, "A")) == 6, what="all valid messages processed")
+    store = DeadLetterStore(r, keys)
+    [entry] = store.list("quarantine")
+    assert entry.id == f"undecodable-{rid}" and "undecodable" in entry.error and "not a dramatiq message" in entry.raw
+    assert entry.step == "A" and entry.topic == "jobs"
+
+
+def test_stock_dramatiq_strands_the_batch_behind_an_undecodable_message(redis_url):
+    """The weak spot we fix, shown on stock Dramatiq: valid messages fetched in the
+    same batch as a bad one are never processed while the worker lives."""
+    import dramatiq
+    import redis as _redis
+    from dramatiq.brokers.redis import RedisBroker
+
+    client = _redis.Redis.from_url(redis_url)
+    broker = RedisBroker(client=client, namespace="stock")
+    seen: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="q")
+    def work(i: int) -> None:
+        seen.append(i)
+
+    rid = str(uuid.uuid4())
+    client.hset("stock:q.msgs", rid, b"\xff garbage")
+    client.rpush("stock:q", rid)
+    for i in range(5):
+        work.send(i)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        import time
+
+        time.sleep(3)
+        assert sorted(seen) != [0, 1, 2, 3, 4]  # stranded: stock loses the batch to the bad message
+    finally:
+        worker.stop(timeout=2000)
+
+
+def test_failed_retry_write_keeps_the_message_until_redis_accepts_it(project, runtime, producer, r, keys, monkeypatch):
+    """A retry whose write fails (here: the delay queue's key has the wrong type)
+    must not be acked away; once Redis accepts writes again, the retry happens."""
+    import dramatiq.worker as dw
+
+    monkeypatch.setattr(dw, "POST_PROCESS_MESSAGE_RETRY_DELAY_SECS", 0.2)
+    cfg, steps = project({"flaky_step.py": FLAKY}, "queues:\n  jobs:\n    max_retries: 1\n    retry_delay: 10\n")
+    bad_key = f"{keys.dramatiq_namespace}:jobs--Flaky--normal.DQ.msgs"
+    r.set(bad_key, "wrong type")
+    runtime(cfg, steps)
+    [mid] = producer(cfg, steps).enqueue("jobs", {"k": "m1"}, trace_id="t")
+    wait_for(lambda: runs(r, keys, "Flaky").get("m1") == 1, what="first attempt")
+    import time
+
+    time.sleep(0.6)  # the settle keeps failing meanwhile
+    in_flight = [k for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:__acks__.*jobs--Flaky--normal") if r.scard(k)]
+    assert in_flight, "message must still be in flight, not acked away"
+    r.delete(bad_key)
+    store = DeadLetterStore(r, keys)
+    wait_for(lambda: store.count("dead-letters") == 1, what="retry then dead letter after Redis recovers")
+    assert runs(r, keys, "Flaky") == {"m1": 2}
+    assert store.get(mid).attempts == 2
+
+
+def test_stock_dramatiq_loses_a_message_whose_retry_write_fails(redis_url):
+    """The weak spot we fix, shown on stock Dramatiq's Retries middleware."""
+    import time
+
+    import dramatiq
+    import redis as _redis
+    from dramatiq.brokers.redis import RedisBroker
+    from dramatiq.middleware import Retries
+
+    client = _redis.Redis.from_url(redis_url)
+    broker = RedisBroker(client=client, namespace="stock2", middleware=[Retries(max_retries=3, min_backoff=10, max_backoff=10)])
+    calls: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="q", max_retries=3)
+    def flaky() -> None:
+        calls.append(1)
+        raise ValueError("boom")
+
+    client.set("stock2:q.DQ.msgs", "wrong type")
+    flaky.send()
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        wait_for(lambda: calls, what="first attempt")
+        time.sleep(0.5)
+        client.delete("stock2:q.DQ.msgs")
+        time.sleep(1.0)
+        leftovers = client.hlen("stock2:q.msgs") + client.hlen("stock2:q.DQ.msgs")
+        assert len(calls) == 1 and leftovers == 0  # acked after the failed re-enqueue: gone
+    finally:
+        worker.stop(timeout=2000)
