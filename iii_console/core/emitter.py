@@ -49,6 +49,8 @@ class StreamSink:
         self._stop = False
         self.dropped = 0
         self.failures = 0
+        #: True while a batch is out of the buffer but not yet written (or put back).
+        self._busy = False
         self._thread = threading.Thread(target=self._run, name="iii-event-sink", daemon=True)
         self._thread.start()
 
@@ -77,6 +79,13 @@ class StreamSink:
                 time.sleep(self._interval)
 
     def _flush(self) -> bool:
+        self._busy = True
+        try:
+            return self._write_batch()
+        finally:
+            self._busy = False
+
+    def _write_batch(self) -> bool:
         batch = []
         while self._buf and len(batch) < 2000:
             batch.append(self._buf.popleft())
@@ -98,11 +107,11 @@ class StreamSink:
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until the buffer is written (or ``timeout``); used at shutdown and in tests."""
         deadline = time.monotonic() + timeout
-        while self._buf and time.monotonic() < deadline:
+        while (self._buf or self._busy) and time.monotonic() < deadline:
             with self._cond:
                 self._cond.notify()
             time.sleep(0.002)
-        return not self._buf
+        return not self._buf and not self._busy
 
     def close(self, timeout: float = 5.0) -> None:
         self.flush(timeout)

@@ -1,0 +1,140 @@
+"""State triggers and crash recovery with real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from iii_console.core.state import StateStore
+from iii_console.runtime.worker import TRIGGER_GROUP, ensure_trigger_group
+
+from .helpers import events, make_project, wait_for
+from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
+
+WATCHER = """
+from iii_console import Step, state
+def done(change):
+    return (change.new or {}).get("status") == "done" and (change.old or {}).get("status") != "done"
+config = Step(name="Watcher", triggers=[state("jobs", "job-*", condition=done)])
+def handler(change, ctx):
+    ctx.state.update("seen", "Watcher", [{"type": "increment", "path": change.key}])
+    ctx.emit("notification.sent", data={"key": change.key})
+"""
+
+FAST = """
+workers:
+  heartbeat_interval: 0.2
+  heartbeat_timeout: 1.0
+  sweep_interval: 0.2
+"""
+
+
+def seen(r, keys):
+    raw = r.hget(keys.state_group("seen"), "Watcher")
+    return json.loads(raw) if raw else {}
+
+
+def test_state_trigger_fires_once_per_matching_change(project, runtime, r, keys):
+    cfg, steps = project({"watcher_step.py": WATCHER}, FAST)
+    runtime(cfg, steps)
+    s = StateStore(r, keys).bind(trace_id="trace-1")
+    s.set("jobs", "job-1", {"status": "new"})
+    s.update("jobs", "job-1", [{"type": "set", "path": "status", "value": "done"}])
+    s.update("jobs", "job-1", [{"type": "set", "path": "note", "value": "still done"}])  # condition false
+    s.set("jobs", "other", {"status": "done"})  # key pattern does not match
+    s.set("elsewhere", "job-2", {"status": "done"})  # group does not match
+    wait_for(lambda: seen(r, keys) == {"job-1": 1}, what="one trigger run")
+    time.sleep(0.5)
+    assert seen(r, keys) == {"job-1": 1}
+    [note] = wait_for(lambda: events(r, keys, "notification.sent"), what="notification event")
+    assert note.trace_id == "trace-1" and note.step == "Watcher"
+
+
+def test_change_made_while_no_worker_runs_fires_when_one_starts(project, runtime, r, keys):
+    cfg, steps = project({"watcher_step.py": WATCHER}, FAST)
+    ensure_trigger_group(r, keys.state_changes)  # what the supervisor does at start
+    StateStore(r, keys).set("jobs", "job-9", {"status": "done"})
+    runtime(cfg, steps)
+    wait_for(lambda: seen(r, keys) == {"job-9": 1}, what="trigger after start")
+
+
+def test_change_read_by_a_dispatcher_that_died_is_claimed_and_fires_once(project, runtime, r, keys):
+    cfg, steps = project({"watcher_step.py": WATCHER}, FAST)
+    ensure_trigger_group(r, keys.state_changes)
+    StateStore(r, keys).set("jobs", "job-7", {"status": "done"})
+    # A dispatcher reads the change and dies before acting on it.
+    got = r.xreadgroup(TRIGGER_GROUP, "ghost-worker", {keys.state_changes: ">"}, count=10)
+    assert got and got[0][1]
+    runtime(cfg, steps)
+    wait_for(lambda: seen(r, keys) == {"job-7": 1}, timeout=10, what="claimed change fires")
+    time.sleep(1.5)  # a later sweep must not fire it again
+    assert seen(r, keys) == {"job-7": 1}
+
+
+SLOW = """
+import time
+from iii_console import Step, queue
+config = Step(name="Slow", triggers=[queue("jobs")])
+def handler(data, ctx):
+    ctx.state.update("seen", "starts", [{"type": "increment", "path": data["k"]}])
+    time.sleep(data.get("sleep", 0))
+    ctx.state.update("seen", "done", [{"type": "increment", "path": data["k"]}])
+"""
+
+
+def _spawn_worker(cfg, index: int) -> subprocess.Popen:
+    env = dict(os.environ, III_CONFIG_JSON=cfg.model_dump_json(), III_WORKER_INDEX=str(index), III_WORKER_THREADS="2")
+    return subprocess.Popen([sys.executable, "-m", "iii_console.runtime.worker"], env=env, cwd=cfg.project_dir)
+
+
+def test_killed_workers_in_flight_message_is_redelivered_within_the_heartbeat_bound(project, producer, r, keys):
+    cfg, steps = project({"slow_step.py": SLOW}, FAST)
+    w1 = _spawn_worker(cfg, 0)
+    w2 = None
+    try:
+        wait_for(lambda: r.hlen(keys.workers) == 1, what="worker 1 registered")
+        producer(cfg, steps).enqueue("jobs", {"k": "m1", "sleep": 30}, trace_id="t")
+        starts = lambda: json.loads(r.hget(keys.state_group("seen"), "starts") or "{}")  # noqa: E731
+        wait_for(lambda: starts().get("m1") == 1, what="message started on worker 1")
+        w1.send_signal(signal.SIGKILL)
+        w1.wait()
+        killed_at = time.monotonic()
+        w2 = _spawn_worker(cfg, 1)
+        # heartbeat_timeout 1.0 + sweep_interval 0.2 + 2 s, plus the new process's start-up
+        wait_for(lambda: starts().get("m1") == 2, timeout=15, what="redelivery to worker 2")
+        assert time.monotonic() - killed_at < 1.0 + 0.2 + 2 + 8
+        stopped = [e for e in events(r, keys, "worker.stopped") if e.data.get("reason") == "heartbeat lost"]
+        assert stopped and stopped[0].data["requeued"] == 1
+    finally:
+        for p in (w1, w2):
+            if p and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_sigterm_drains_in_flight_work_and_requeues_the_rest(project, producer, r, keys):
+    cfg, steps = project({"slow_step.py": SLOW}, FAST)
+    w = _spawn_worker(cfg, 0)
+    try:
+        wait_for(lambda: r.hlen(keys.workers) == 1, what="worker registered")
+        p = producer(cfg, steps)
+        for i in range(10):
+            p.enqueue("jobs", {"k": f"m{i}", "sleep": 0.5}, trace_id="t")
+        wait_for(lambda: r.hget(keys.state_group("seen"), "starts"), what="work started")
+        w.send_signal(signal.SIGTERM)
+        assert w.wait(30) == 0
+        starts = json.loads(r.hget(keys.state_group("seen"), "starts") or "{}")
+        done = json.loads(r.hget(keys.state_group("seen"), "done") or "{}")
+        assert starts == done  # everything that started finished: nothing cut off mid-run
+        assert set(starts.values()) == {1}
+        left = sum(r.llen(k) for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:jobs--Slow--*") if r.type(k) == b"list" and not k.endswith(b".wake"))
+        assert len(done) + left == 10  # the rest is back in the queue, not lost
+    finally:
+        if w.poll() is None:
+            w.kill()
