@@ -87,6 +87,11 @@ def load_step_file(path: Path, root: Path) -> Step:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
         raise StepError(f"syntax error: {exc.msg}", file=file, line=exc.lineno) from None
+    except ValidationError as exc:
+        # A typed helper (Step(...), http(...)) rejected its arguments at import time.
+        err = exc.errors()[0]
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        raise StepError(msg, file=file, field=_field_of(err), line=_line_of(exc, file)) from None
     except Exception as exc:
         raise StepError(f"import failed: {type(exc).__name__}: {exc}", file=file, line=_line_of(exc, file)) from None
 

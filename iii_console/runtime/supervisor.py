@@ -17,12 +17,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import redis
-import redis.asyncio as aredis
 import uvicorn
 
 from iii_console.adapters.queue.producer import subscriptions_for
@@ -103,6 +103,8 @@ class Supervisor:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self._tail_from = "0-0"
+        self._tail_thread: threading.Thread | None = None
+        self._tail_done = threading.Event()
 
     # -- start --------------------------------------------------------------
     async def start(self) -> None:
@@ -113,7 +115,8 @@ class Supervisor:
             last = self.services.client.xrevrange(self.services.keys.events, count=1)
             self._tail_from = last[0][0].decode() if last else "0-0"
             if self.on_event is not None:
-                self._tasks.append(asyncio.create_task(self._tail(), name="iii-tail"))
+                self._tail_thread = threading.Thread(target=self._tail, name="iii-tail", daemon=True)
+                self._tail_thread.start()
             self.steps = discover(self.config.steps_path)
             for err in self.steps.errors:
                 self.services.emitter.emit("step.error", step=err.step, error=str(err),
@@ -192,25 +195,33 @@ class Supervisor:
                 child.restarts += 1
             await asyncio.sleep(0.2)
 
-    async def _tail(self) -> None:
+    def _tail(self) -> None:
+        """Feed ``on_event`` from the stream in its own thread.
+
+        A slow reader of our stdout (a log shipper, a pager) then only delays this
+        thread; the server, scheduler and workers never wait on it, and the events
+        are in Redis regardless.
+        """
         assert self.services is not None and self.on_event is not None
-        client = aredis.Redis.from_url(self.config.redis.url, socket_connect_timeout=2)
+        client = redis_client(self.config.redis.url, socket_timeout=5)
         last = self._tail_from
         try:
             while True:
                 try:
-                    got = await client.xread({self.services.keys.events: last}, count=500, block=200)
-                except (redis.ConnectionError, redis.TimeoutError):
-                    await asyncio.sleep(0.5)
+                    got = client.xread({self.services.keys.events: last}, count=500, block=200)
+                except redis.RedisError:
+                    if self._tail_done.is_set():
+                        return
+                    time.sleep(0.5)
                     continue
                 for _stream, entries in got or []:
                     for entry_id, fields in entries:
                         last = entry_id.decode()
                         self.on_event(Event.decode(entry_id, fields))
-                if not got and self._stopping:
+                if not got and self._tail_done.is_set():
                     return
         finally:
-            await client.aclose()
+            client.close()
 
     # -- stop ---------------------------------------------------------------
     async def stop(self) -> None:
@@ -233,13 +244,11 @@ class Supervisor:
                 child.proc.wait()
         if self.services is not None:
             await asyncio.to_thread(self.services.sink.flush)
+        self._tail_done.set()
+        if self._tail_thread is not None:
+            await asyncio.to_thread(self._tail_thread.join, 10)
         for task in self._tasks:
-            if task.get_name() == "iii-tail":
-                try:
-                    await asyncio.wait_for(task, 5)
-                except (asyncio.TimeoutError, Exception):
-                    task.cancel()
-            elif task.get_name() == "iii-server":
+            if task.get_name() == "iii-server":
                 try:
                     await asyncio.wait_for(task, 15)
                 except (asyncio.TimeoutError, Exception):

@@ -1,0 +1,209 @@
+"""End to end through the CLI: a real server on a real port, real worker and
+scheduler processes, real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from iii_console.core.dlq import DeadLetterStore
+
+from .conftest import ROOT
+from .helpers import events, make_project, wait_for
+
+pytestmark = pytest.mark.slow
+
+E2E_CONFIG = """
+server:
+  port: 0
+queues:
+  message.sent:
+    max_retries: 2
+    retry_delay: 300
+    backoff: exponential
+    dead_letter_queue: message.sent.dlq
+workers:
+  heartbeat_interval: 0.5
+  heartbeat_timeout: 3
+  sweep_interval: 0.5
+"""
+
+
+class Running:
+    def __init__(self, proc: subprocess.Popen, url: str | None):
+        self.proc, self.url = proc, url
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(40)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+def start_cli(project: Path, *args: str) -> Running:
+    out = open(project / f"stdout-{time.monotonic_ns()}.jsonl", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "iii_console.cli", *args], cwd=project, stdout=out,
+                            stderr=subprocess.PIPE, text=True)
+    proc.out = out  # type: ignore[attr-defined]
+    banner = proc.stderr.readline()
+    m = re.search(r"on (http://\S+) with", banner)
+    if "running" not in banner:
+        proc.kill()
+        raise AssertionError(f"iii-console did not start: {banner}{proc.stderr.read()}")
+    return Running(proc, m.group(1) if m else None)
+
+
+@pytest.fixture
+def seed_project(tmp_path, redis_url):
+    shutil.copytree(ROOT / "steps", tmp_path / "steps")
+    make_project(tmp_path, {}, E2E_CONFIG, redis_url=redis_url)
+    return tmp_path
+
+
+@pytest.fixture
+def running(seed_project):
+    started: list[Running] = []
+
+    def start(*args: str) -> Running:
+        run = start_cli(seed_project, "--no-ui", *args)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.stop()
+
+
+def test_posted_message_is_processed_and_notified_on_one_trace(running, r, keys):
+    app = running()
+    resp = httpx.post(f"{app.url}/messages", json={"text": "hello world", "recipient": "ada@example.com"})
+    assert resp.status_code == 202
+    body = resp.json()
+    trace = body["trace_id"]
+    assert resp.headers["x-trace-id"] == trace and body["status"] == "queued"
+    wait_for(lambda: events(r, keys, "notification.sent"), what="notification")
+    got = [e.type for e in events(r, keys) if e.trace_id == trace]
+    for t in ("http.received", "message.enqueued", "message.started", "message.processed", "state.changed", "notification.sent"):
+        assert t in got, (t, got)
+    record = json.loads(r.hget(keys.state_group("messages"), body["id"]))
+    assert record["status"] == "processed" and record["result"] == {"length": 11, "words": 2}
+    [note] = events(r, keys, "notification.sent")
+    assert note.data["recipient"] == "ada@example.com" and note.data["message_id"] == body["id"]
+
+
+def test_failing_message_retried_max_retries_times_then_dead_lettered_with_traceback(running, r, keys):
+    app = running()
+    resp = httpx.post(f"{app.url}/messages", json={"text": "doomed", "fail_times": 99})
+    mid = resp.json()["id"]
+    store = DeadLetterStore(r, keys)
+    wait_for(lambda: store.count("message.sent.dlq") == 1, timeout=20, what="dead letter")
+    started = [e for e in events(r, keys, "message.started") if e.step == "ProcessMessage"]
+    assert [e.attempt for e in started] == [1, 2, 3]  # max_retries: 2
+    gaps = [b.ts - a.ts for a, b in zip(started, started[1:])]
+    assert gaps[0] >= 300 and gaps[1] >= 600
+    [entry] = store.list("message.sent.dlq")
+    assert entry.attempts == 3 and entry.data["id"] == mid
+    assert "RuntimeError: simulated failure on attempt 3" in entry.error and "Traceback" in entry.traceback
+    record = json.loads(r.hget(keys.state_group("messages"), mid))
+    assert record["status"] == "failed" and record["attempts"] == 3
+    assert not events(r, keys, "notification.sent")
+
+
+@pytest.mark.parametrize("kwargs,status,needle", [
+    ({"json": {"txt": "x"}}, 400, '"field":"text"'),
+    ({"json": {"text": ""}}, 400, '"field":"text"'),
+    ({"json": {"text": "x", "priority": "urgent"}}, 400, '"field":"priority"'),
+    ({"content": b'{"text": "x"', "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+    ({"content": b'{"text": "\xc3\x28"}', "headers": {"content-type": "application/json"}}, 400, "UTF-8"),
+    ({"content": b"[" * 50_000 + b"]" * 50_000, "headers": {"content-type": "application/json"}}, 400, "nested"),
+    ({"content": b'{"text": "x"}', "headers": {"content-type": "text/plain"}}, 415, "application/json"),
+    ({"data": {"text": "x"}}, 415, "application/json"),
+    ({"content": b"{}" + b" " * 2_000_000, "headers": {"content-type": "application/json"}}, 413, "too large"),
+])
+def test_bad_request_gets_a_clear_4xx_and_writes_nothing(running, r, keys, kwargs, status, needle):
+    app = running()
+    resp = httpx.post(f"{app.url}/messages", **kwargs)
+    assert resp.status_code == status, resp.text
+    assert needle in resp.text or needle in resp.text.replace(" ", ""), resp.text
+    assert r.hlen(keys.state_group("messages")) == 0
+    assert not events(r, keys, "http.received") and not events(r, keys, "message.enqueued")
+
+
+def test_unknown_path_and_method_are_404_and_405(running):
+    app = running()
+    assert httpx.post(f"{app.url}/nope", json={}).status_code == 404
+    assert httpx.get(f"{app.url}/messages").status_code == 405
+
+
+def test_sigterm_exits_zero_after_draining(running, r, keys):
+    app = running()
+    ids = [httpx.post(f"{app.url}/messages", json={"text": f"m{i}"}).json()["id"] for i in range(20)]
+    assert app.stop() == 0
+    statuses = [json.loads(r.hget(keys.state_group("messages"), i))["status"] for i in ids]
+    queued = sum(r.llen(k) for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:message.sent--*") if r.type(k) == b"list" and not k.endswith(b".wake"))
+    # Every accepted message is either done or still waiting in its queue: nothing lost, nothing half-done.
+    assert statuses.count("processed") + queued == 20 and "processing" not in statuses
+    app.proc.out.seek(0)
+    lines = [json.loads(line) for line in app.proc.out.read().splitlines()]
+    assert {"http.received", "message.processed", "worker.started", "worker.stopped"} <= {e["type"] for e in lines}
+
+
+TICKER = """
+from iii_console import Step, cron
+config = Step(name="Ticker", triggers=[cron("* * * * * *")])
+def handler(tick, ctx):
+    ctx.state.update("ticks", "Ticker", [{"type": "increment", "path": str(tick.scheduled_ms)}])
+"""
+
+
+def test_two_scheduler_processes_fire_each_tick_once(tmp_path, redis_url, r, keys):
+    make_project(tmp_path, {"ticker_step.py": TICKER}, "server:\n  port: 0\n", redis_url=redis_url)
+    procs = [start_cli(tmp_path, "--no-ui", "--role", "scheduler"), start_cli(tmp_path, "--no-ui", "--role", "scheduler"),
+             start_cli(tmp_path, "--no-ui", "--role", "worker")]
+    try:
+        wait_for(lambda: len(events(r, keys, "cron.fired")) >= 4, timeout=20, what="4 ticks")
+    finally:
+        codes = [p.stop() for p in procs]
+    assert codes == [0, 0, 0]
+    fired = events(r, keys, "cron.fired")
+    scheduled = [e.data["scheduled_ms"] for e in fired]
+    assert len(scheduled) == len(set(scheduled))  # each tick once
+    assert all(s % 1000 == 0 for s in scheduled)
+    assert all(e.data["fired_ms"] >= e.data["scheduled_ms"] and e.data["drift_ms"] == e.data["fired_ms"] - e.data["scheduled_ms"] for e in fired)
+    runs = json.loads(r.hget(keys.state_group("ticks"), "Ticker") or "{}")
+    assert set(runs.values()) == {1} and {int(k) for k in runs} <= set(scheduled)
+    assert len({e.worker for e in fired}) >= 1
+
+
+def test_cli_errors_are_one_clear_line_and_non_zero(tmp_path):
+    from iii_console.core.redis_server import free_port
+
+    make_project(tmp_path, {}, "")
+    env = dict(os.environ)
+    env.pop("REDIS_URL", None)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "iii_console.cli", *a], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)  # noqa: E731
+    res = run("tail", "--redis", f"redis://127.0.0.1:{free_port()}/0")
+    assert res.returncode == 3 and res.stderr.startswith("error: cannot reach Redis") and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = run("send", "--topic", "x", "--data", "{not json", "--redis", "redis://127.0.0.1:1/0")
+    assert res.returncode == 2 and "--data" in res.stderr and "Traceback" not in res.stderr
+    res = run("--processes", "0")
+    assert res.returncode == 2 and "--processes" in res.stderr
+    res = run("send", "hi", "--url", f"http://127.0.0.1:{free_port()}")
+    assert res.returncode == 1 and "no iii-console server" in res.stderr
+    (tmp_path / "iii-config.yaml").write_text("queues:\n  default:\n    max_retrys: 3\n")
+    res = run("--no-ui")
+    assert res.returncode == 2 and "iii-config.yaml:3: queues.default.max_retrys: unknown key" in res.stderr
