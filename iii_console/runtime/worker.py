@@ -146,8 +146,12 @@ class WorkerRuntime:
         """Drain: running handlers finish, prefetched messages go back to their queues."""
         timeout_ms = int((timeout_s or self.config.workers.shutdown_timeout) * 1000)
         self._stop.set()
-        for w in self.workers.values():
-            w.stop(timeout=timeout_ms)
+        # Each topic's Worker drains independently; stop them side by side.
+        stoppers = [threading.Thread(target=w.stop, kwargs={"timeout": timeout_ms}) for w in self.workers.values()]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
         for t in self._threads:
             t.join(5)
         try:
