@@ -208,7 +208,7 @@ def test_delay_for_each_retry(backoff, base, cap, expected):
     assert [q.delay_for(n) for n in range(1, 6)] == expected
 
 
-@pytest.mark.parametrize("text", ["", "redis:\n  url: ''\n", "redis:\n  url: ${REDIS_URL:}\n", "redis:\n  prefix: app:\n"])
+@pytest.mark.parametrize("text", ["", "redis:\n  url: ''\n", "redis:\n  url: ${REDIS_URL:}\n", "redis:\n  prefix: 'app:'\n"])
 def test_redis_url_env_fills_an_empty_url(tmp_path, text):
     """Given a file that leaves redis.url empty, when REDIS_URL is set, then redis.url is REDIS_URL."""
     cfg = load_config(write(tmp_path, text or "# empty\n"), env={"REDIS_URL": "redis://h:1/3"})

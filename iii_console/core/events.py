@@ -119,7 +119,11 @@ EVENT_FIELDS = tuple(f.name for f in fields(Event) if f.name != "id")
 
 
 def encode_data(data: Any) -> str:
-    text = json.dumps(redact(data), default=str, separators=(",", ":"))
+    try:
+        text = json.dumps(redact(data), default=str, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        # Non-str keys or a cycle: keep the event (encoding runs on the sink's thread, which must not die).
+        text = json.dumps({"unencodable": True, "error": f"{type(exc).__name__}: {exc}"[:500]})
     if len(text) > DATA_MAX_BYTES:
         text = json.dumps({"truncated": True, "bytes": len(text), "preview": text[: DATA_MAX_BYTES // 2]})
     return text
