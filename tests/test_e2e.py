@@ -161,6 +161,26 @@ def test_sigterm_exits_zero_after_draining(running, r, keys):
     assert {"http.received", "message.processed", "worker.started", "worker.stopped"} <= {e["type"] for e in lines}
 
 
+def test_broken_step_is_reported_with_file_and_field_and_the_rest_run(seed_project, r, keys):
+    (seed_project / "steps" / "broken_step.py").write_text("from iii_console import Step, queue\nconfig = {'name': 'Broken', 'triggers': [{'type': 'queue', 'topic': 'x', 'colour': 1}]}\ndef handler(d, ctx): pass\n")
+    (seed_project / "steps" / "typo_step.py").write_text("import nothing_here\n")
+    run = start_cli(seed_project, "--no-ui", "--processes", "2", "--threads", "3")
+    try:
+        err_lines = [run.proc.stderr.readline() for _ in range(2)]
+        assert any("broken_step.py" in line and "step 'Broken'" in line and "triggers.0.colour" in line for line in err_lines), err_lines
+        assert any("typo_step.py:1" in line and "nothing_here" in line for line in err_lines), err_lines
+        errors = wait_for(lambda: len(events(r, keys, "step.error")) == 2 and events(r, keys, "step.error"), what="step.error events")
+        assert {e.data["file"].rsplit("/", 1)[1] for e in errors} == {"broken_step.py", "typo_step.py"}
+        resp = httpx.post(f"{run.url}/messages", json={"text": "still works"})
+        wait_for(lambda: events(r, keys, "notification.sent"), what="the good steps still run")
+        started = wait_for(lambda: len(events(r, keys, "worker.started")) == 2 and events(r, keys, "worker.started"), what="two worker processes")
+        assert len({e.data["pid"] for e in started}) == 2
+        assert all(e.data["queues"]["message.sent"] == 3 for e in started)  # min(concurrency 4, --threads 3)
+        assert resp.status_code == 202
+    finally:
+        assert run.stop() == 0
+
+
 TICKER = """
 from iii_console import Step, cron
 config = Step(name="Ticker", triggers=[cron("* * * * * *")])

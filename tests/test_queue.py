@@ -302,3 +302,34 @@ def test_stock_dramatiq_loses_a_message_whose_retry_write_fails(redis_url):
         assert len(calls) == 1 and leftovers == 0  # acked after the failed re-enqueue: gone
     finally:
         worker.stop(timeout=2000)
+
+
+ASYNC_MULTI = """
+import asyncio
+from iii_console import Step, queue
+config = Step(name="Both", triggers=[queue("a"), queue("b")], enqueues=["c"])
+async def handler(data, ctx):
+    await asyncio.sleep(0)
+    await ctx.state.update("runs", "Both", [{"type": "increment", "path": ctx.trigger["topic"] + ":" + data["k"]}])
+    await ctx.enqueue("c", {"k": data["k"], "attempt": ctx.attempt})
+"""
+
+CTX_ONLY = """
+from iii_console import Step, queue
+config = Step(name="Sink", triggers=[queue("c")])
+def handler(ctx):
+    ctx.state.set("runs", "Sink", {"trace": ctx.trace_id, "message_id": ctx.message_id})
+"""
+
+
+def test_async_handler_with_several_triggers_enqueues_on_the_same_trace(project, runtime, producer, r, keys):
+    cfg, steps = project({"both_step.py": ASYNC_MULTI, "sink_step.py": CTX_ONLY})
+    runtime(cfg, steps)
+    p = producer(cfg, steps)
+    p.enqueue("a", {"k": "x"}, trace_id="trace-a")
+    p.enqueue("b", {"k": "y"}, trace_id="trace-b")
+    wait_for(lambda: runs(r, keys, "Both") == {"a:x": 1, "b:y": 1}, what="both topics handled")
+    sink = wait_for(lambda: runs(r, keys, "Sink"), what="downstream step ran")
+    assert sink["trace"] in ("trace-a", "trace-b") and sink["message_id"]
+    enq = [e for e in events(r, keys, "message.enqueued") if e.topic == "c"]
+    assert sorted(e.trace_id for e in enq) == ["trace-a", "trace-b"] and {e.data["source"] for e in enq} == {"Both"}
