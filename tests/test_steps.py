@@ -318,10 +318,9 @@ def test_typed_helper_mistake_in_a_file_names_file_line_and_field(tmp_path, body
     (err,) = discover(root).errors
     assert err.line == 3
     assert err.field == field
-    assert str(err).startswith(f"{root.resolve() / 'typed_step.py'}:3, field {field!r}: ")
+    assert str(err).startswith(f"{root.resolve() / 'typed_step.py'}:3, step 'T', field {field!r}: ")
 
 
-@pytest.mark.xfail(strict=True, reason="a typed helper raises before Step() exists, so discovery cannot know the step name")
 def test_typed_helper_mistake_in_a_file_names_the_step(tmp_path):
     """Given Step(name="T", triggers=[http("FETCH", ...)]) in a file, when discovered, then the error names step 'T' like a dict config would."""
     text = 'from iii_console import Step, http\n\nconfig = Step(name="T", triggers=[http("FETCH", "/x")])\n\n\ndef handler(input, ctx):\n    return None\n'
@@ -330,7 +329,6 @@ def test_typed_helper_mistake_in_a_file_names_the_step(tmp_path):
     assert err.step == "T"
 
 
-@pytest.mark.xfail(strict=True, reason="call_arity() answers 2 for any signature that is not exactly one parameter, so this check never fires")
 def test_cron_only_handler_must_take_ctx_or_input_and_ctx(tmp_path):
     """Given a cron step whose handler takes three arguments, when discovered, then its error names the handler field."""
     text = 'from iii_console import Step, cron\n\nconfig = Step(name="C", triggers=[cron("* * * * *")])\n\n\ndef handler(a, b, c):\n    return None\n'

@@ -106,9 +106,15 @@ def is_async(fn: Callable[..., Any]) -> bool:
 
 
 def call_arity(fn: Callable[..., Any]) -> int:
-    """1 for ``handler(ctx)``, 2 for ``handler(input, ctx)``."""
+    """1 for ``handler(ctx)``, 2 for ``handler(input, ctx)``, 0 if it fits neither."""
     try:
         params = [p for p in inspect.signature(fn).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        varargs = any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return 2
-    return 1 if len(params) == 1 else 2
+    required = [p for p in params if p.default is p.empty]
+    if len(required) > 2:
+        return 0
+    if len(params) >= 2 or varargs:
+        return 2
+    return 1 if params else 0

@@ -8,6 +8,7 @@ A broken file never stops the others: each problem becomes a :class:`StepError`
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 
 from iii_console.core.context import call_arity
 from iii_console.core.errors import StepError
-from iii_console.core.steps import CronTrigger, HttpTrigger, QueueTrigger, StateTrigger, Step
+from iii_console.core.steps import CronTrigger, HttpTrigger, QueueTrigger, StateTrigger, Step  # noqa: F401
 
 RESERVED_TOPIC_PREFIX = "_"
 
@@ -75,6 +76,17 @@ def _field_of(err: dict[str, Any]) -> str:
     return ".".join(out)
 
 
+_NAME_IN_SOURCE = re.compile(r"""Step\(\s*name\s*=\s*["']([^"']+)["']|["']name["']\s*:\s*["']([^"']+)["']""")
+
+
+def _declared_name(path: Path) -> str | None:
+    try:
+        m = _NAME_IN_SOURCE.search(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
+    return (m.group(1) or m.group(2)) if m else None
+
+
 def load_step_file(path: Path, root: Path) -> Step:
     file = str(path)
     rel = path.relative_to(root).with_suffix("")
@@ -88,10 +100,11 @@ def load_step_file(path: Path, root: Path) -> Step:
     except SyntaxError as exc:
         raise StepError(f"syntax error: {exc.msg}", file=file, line=exc.lineno) from None
     except ValidationError as exc:
-        # A typed helper (Step(...), http(...)) rejected its arguments at import time.
+        # A typed helper (Step(...), http(...)) rejected its arguments at import time,
+        # before the Step object (and so its name) existed: read the name from the source.
         err = exc.errors()[0]
         msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise StepError(msg, file=file, field=_field_of(err), line=_line_of(exc, file)) from None
+        raise StepError(msg, file=file, step=_declared_name(path), field=_field_of(err), line=_line_of(exc, file)) from None
     except Exception as exc:
         raise StepError(f"import failed: {type(exc).__name__}: {exc}", file=file, line=_line_of(exc, file)) from None
 
@@ -116,8 +129,8 @@ def load_step_file(path: Path, root: Path) -> Step:
     handler = getattr(module, "handler", None)
     if not callable(handler):
         raise StepError("no callable `handler` defined", file=file, step=step.name, field="handler")
-    if step.of(CronTrigger) and not step.of(HttpTrigger) and call_arity(handler) not in (1, 2):
-        raise StepError("handler must take (ctx) or (input, ctx)", file=file, step=step.name, field="handler")
+    if call_arity(handler) == 0:
+        raise StepError("handler must take (input, ctx) or (ctx)", file=file, step=step.name, field="handler")
     for t in step.topics:
         if t.startswith(RESERVED_TOPIC_PREFIX):
             raise StepError(f"topic {t!r}: names starting with '_' are reserved", file=file, step=step.name, field="triggers")
