@@ -296,3 +296,22 @@ def test_unreachable_redis_never_blocks_emit_and_buffers_until_it_is_back(tmp_pa
         client.close()
         server.kill()  # stop() waits out redis-py's retries on the closed connection
 
+
+
+def test_sink_close_returns_while_redis_is_unreachable():
+    """Given a sink whose Redis is gone, when closed, then close returns within its timeout instead of retrying forever."""
+    import time as _time
+
+    from iii_console.core.emitter import StreamSink
+    from iii_console.core.events import Event
+    from iii_console.core.redis_server import free_port
+
+    from iii_console.runtime.services import redis_client
+
+    sink = StreamSink(redis_client(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.1), "k")
+    sink.put(Event(type="log"))
+    t0 = _time.monotonic()
+    sink.close(timeout=0.5)
+    sink._thread.join(3)
+    assert not sink._thread.is_alive()
+    assert _time.monotonic() - t0 < 3

@@ -10,13 +10,11 @@ counted) and the flusher retries, so a blip leaves no gap in the console's log.
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import threading
 import time
 from collections import deque
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 import redis
 import structlog
@@ -37,7 +35,6 @@ class StreamSink:
         maxlen: int = 100_000,
         flush_interval: float = 0.005,
         buffer_max: int = 200_000,
-        echo: IO[str] | None = None,
     ) -> None:
         self._client = client
         self._key = key
@@ -45,10 +42,11 @@ class StreamSink:
         self._interval = flush_interval
         self._buf: deque[Event] = deque(maxlen=buffer_max)
         self._cond = threading.Condition()
-        self._echo = echo
         self._stop = False
         self.dropped = 0
+        #: Consecutive failed writes (drives the retry delay); reset by a success.
         self.failures = 0
+        self.total_failures = 0
         #: True while a batch is out of the buffer but not yet written (or put back).
         self._busy = False
         self._thread = threading.Thread(target=self._run, name="iii-event-sink", daemon=True)
@@ -58,12 +56,6 @@ class StreamSink:
         if len(self._buf) == self._buf.maxlen:
             self.dropped += 1
         self._buf.append(event)
-        if self._echo is not None:
-            try:
-                self._echo.write(json.dumps(event.as_dict(), default=str) + "\n")
-                self._echo.flush()
-            except (OSError, ValueError):
-                pass  # stdout closed (e.g. piped to head): events still reach Redis
 
     def _run(self) -> None:
         while True:
@@ -72,11 +64,11 @@ class StreamSink:
                     self._cond.wait(self._interval)
                 stopping = self._stop
             if self._buf:
-                self._flush()
+                if not self._flush() and stopping:
+                    log.error("event sink: stopping with %d events unwritten (Redis unavailable)", len(self._buf))
+                    return
             elif stopping:
                 return
-            else:
-                time.sleep(self._interval)
 
     def _flush(self) -> bool:
         self._busy = True
@@ -94,12 +86,14 @@ class StreamSink:
             for ev in batch:
                 pipe.xadd(self._key, ev.encode(), maxlen=self._maxlen, approximate=True)
             pipe.execute()
+            self.failures = 0
             return True
         except redis.RedisError as exc:
             self.failures += 1
+            self.total_failures += 1
             # Put the batch back in order so nothing is lost while Redis is away.
             self._buf.extendleft(reversed(batch))
-            if self.failures == 1 or self.failures % 100 == 0:
+            if self.failures == 1 or self.total_failures % 100 == 0:
                 log.warning("event sink: Redis unavailable (%s); %d events buffered", exc, len(self._buf))
             time.sleep(min(1.0, 0.05 * self.failures))
             return False
@@ -188,7 +182,3 @@ class Emitter:
 
 def null_emitter() -> Emitter:
     return Emitter(lambda _e: None)
-
-
-def stdout_echo() -> IO[str]:
-    return sys.stdout

@@ -13,6 +13,8 @@ import threading
 from typing import Any, Callable
 
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from iii_console.adapters.queue.producer import AsyncProducer, Producer, Subscriptions
 from iii_console.core.context import Context, SyncContext, call_arity, is_async
@@ -42,7 +44,8 @@ class AsyncSide:
 
     def __init__(self, services: Services, subscriptions: Subscriptions):
         cfg = services.config
-        self.client = aredis.Redis.from_url(cfg.redis.url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=15)
+        self.client = aredis.Redis.from_url(cfg.redis.url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=15,
+                                            retry=AsyncRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3))
         self.state = AsyncStateStore(self.client, services.keys, events_maxlen=cfg.events.maxlen)
         self.producer = AsyncProducer(self.client, services.keys, cfg, subscriptions, services.emitter)
 

@@ -8,14 +8,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter, StreamSink
 from iii_console.core.keys import Keys
 
 
+def fast_retry() -> Retry:
+    """Retry a dropped connection a few times within ~0.5 s, then fail.
+
+    redis-py's default (10 tries, up to 1 s apart) makes every call hang for
+    seconds while Redis is down; our callers have their own recovery loops and
+    the HTTP server must answer 503 promptly instead.
+    """
+    return Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3)
+
+
 def redis_client(url: str, **kw: Any) -> redis.Redis:
     """A client that fails fast instead of hanging when Redis is away."""
+    kw.setdefault("retry", fast_retry())
     kw.setdefault("socket_connect_timeout", 2)
     kw.setdefault("socket_timeout", 10)
     kw.setdefault("health_check_interval", 15)
