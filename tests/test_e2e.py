@@ -227,3 +227,21 @@ def test_cli_errors_are_one_clear_line_and_non_zero(tmp_path):
     (tmp_path / "iii-config.yaml").write_text("queues:\n  default:\n    max_retrys: 3\n")
     res = run("--no-ui")
     assert res.returncode == 2 and "iii-config.yaml:3: queues.default.max_retrys: unknown key" in res.stderr
+
+
+def test_tail_prints_live_events_filtered_by_type_and_trace(running, seed_project, redis_url):
+    app = running()
+    tail = subprocess.Popen([sys.executable, "-m", "iii_console.cli", "tail", "--json", "--type", "message.", "--type", "notification.sent"],
+                            cwd=seed_project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)  # let tail subscribe before the message is sent
+        trace = httpx.post(f"{app.url}/messages", json={"text": "follow me"}).json()["trace_id"]
+        seen: list[dict] = []
+        while not any(e["type"] == "notification.sent" for e in seen):
+            seen.append(json.loads(tail.stdout.readline()))
+    finally:
+        tail.terminate()
+        tail.wait(10)
+    types = [e["type"] for e in seen]
+    assert {e["trace_id"] for e in seen} == {trace}
+    assert "message.enqueued" in types and "message.processed" in types and "state.changed" not in types and "http.received" not in types
