@@ -229,19 +229,56 @@ def test_cli_errors_are_one_clear_line_and_non_zero(tmp_path):
     assert res.returncode == 2 and "iii-config.yaml:3: queues.default.max_retrys: unknown key" in res.stderr
 
 
-def test_tail_prints_live_events_filtered_by_type_and_trace(running, seed_project, redis_url):
+def _read_json_lines(proc: subprocess.Popen, until: str, timeout: float = 20) -> list[dict]:
+    """Read JSON lines from ``proc`` until an event of type ``until``; fail, never hang."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while not any(e["type"] == until for e in seen):
+        left = deadline - time.monotonic()
+        assert left > 0 and sel.select(left), f"no {until} within {timeout}s; got {[e['type'] for e in seen]}"
+        seen.append(json.loads(proc.stdout.readline()))
+    return seen
+
+
+def test_tail_prints_events_filtered_by_type_and_trace(running, seed_project):
     app = running()
-    tail = subprocess.Popen([sys.executable, "-m", "iii_console.cli", "tail", "--json", "--type", "message.", "--type", "notification.sent"],
+    trace = httpx.post(f"{app.url}/messages", json={"text": "follow me"}).json()["trace_id"]
+    other = httpx.post(f"{app.url}/messages", json={"text": "not me"}).json()["trace_id"]
+    tail = subprocess.Popen([sys.executable, "-m", "iii_console.cli", "tail", "--json", "--history", "1000", "--trace", trace[:12],
+                             "--type", "message.", "--type", "notification.sent"],
                             cwd=seed_project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)  # let tail subscribe before the message is sent
-        trace = httpx.post(f"{app.url}/messages", json={"text": "follow me"}).json()["trace_id"]
-        seen: list[dict] = []
-        while not any(e["type"] == "notification.sent" for e in seen):
-            seen.append(json.loads(tail.stdout.readline()))
+        seen = _read_json_lines(tail, "notification.sent")
+        assert tail.poll() is None  # after the history it keeps following
     finally:
         tail.terminate()
         tail.wait(10)
     types = [e["type"] for e in seen]
-    assert {e["trace_id"] for e in seen} == {trace}
-    assert "message.enqueued" in types and "message.processed" in types and "state.changed" not in types and "http.received" not in types
+    assert {e["trace_id"] for e in seen} == {trace} and other not in {e["trace_id"] for e in seen}
+    assert "message.enqueued" in types and "message.processed" in types
+    assert "state.changed" not in types and "http.received" not in types
+
+
+def test_tail_follows_new_events_live(running, seed_project):
+    app = running()
+    tail = subprocess.Popen([sys.executable, "-m", "iii_console.cli", "tail", "--json", "--type", "http.received"],
+                            cwd=seed_project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Keep sending until tail (which starts at the live end) has picked one up.
+        deadline = time.monotonic() + 20
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(tail.stdout, selectors.EVENT_READ)
+        while not sel.select(0.5):
+            assert time.monotonic() < deadline, "tail printed nothing"
+            httpx.post(f"{app.url}/messages", json={"text": "live"})
+        ev = json.loads(tail.stdout.readline())
+        assert ev["type"] == "http.received" and ev["data"]["body"]["text"] == "live"
+    finally:
+        tail.terminate()
+        tail.wait(10)

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import redis
@@ -87,12 +88,16 @@ class Supervisor:
         processes: int | None = None,
         threads: int | None = None,
         on_event: Callable[[Event], None] | None = None,
+        log_dir: Path | None = None,
     ):
         self.config = config
         self.roles = roles
         self.processes = processes or config.workers.processes
         self.threads = threads or config.workers.threads
         self.on_event = on_event
+        #: When set (the interactive console owns the terminal), worker processes'
+        #: stderr goes to ``log_dir/worker-N.log`` instead of the screen.
+        self.log_dir = log_dir
         self.embedded: EmbeddedRedis | None = None
         self.steps = StepSet()
         self.children: list[Child] = []
@@ -175,8 +180,16 @@ class Supervisor:
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         env.update(III_CONFIG_JSON=self.config.model_dump_json(), III_WORKER_INDEX=str(index), III_WORKER_THREADS=str(self.threads))
-        return subprocess.Popen([sys.executable, "-m", "iii_console.runtime.worker"], env=env, stdin=subprocess.DEVNULL,
-                                cwd=self.config.project_dir)
+        stderr: Any = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            stderr = open(self.log_dir / f"worker-{index}.log", "ab")
+        try:
+            return subprocess.Popen([sys.executable, "-m", "iii_console.runtime.worker"], env=env, stdin=subprocess.DEVNULL,
+                                    stdout=stderr, stderr=stderr, cwd=self.config.project_dir)
+        finally:
+            if stderr is not None:
+                stderr.close()
 
     async def _monitor(self) -> None:
         assert self.services is not None
