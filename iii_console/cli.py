@@ -49,7 +49,28 @@ def _existing_redis(cfg: Config) -> str:
     return url
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+class UserError(click.ClickException):
+    """An :class:`IIIError` on its way out: one line on stderr, its own exit code."""
+
+    def __init__(self, err: IIIError):
+        super().__init__(str(err))
+        self.exit_code = err.exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class IIIGroup(click.Group):
+    """Renders our errors at the edge, for every subcommand, however it is invoked."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except IIIError as err:
+            raise UserError(err) from None
+
+
+@click.group(cls=IIIGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--no-ui", is_flag=True, help="Run headless: one JSON event per line on stdout (for production).")
 @click.option("--role", type=click.Choice(ROLE_CHOICES), multiple=True, default=("all",), show_default=True,
               help="Which parts this process runs; repeat for several.")
@@ -283,6 +304,8 @@ def tail(as_json: bool, types: tuple[str, ...], trace: str | None, history: int,
 
 
 def main(argv: list[str] | None = None) -> int:
+    import iii_console.cli_ops  # noqa: F401  (registers dlq/state/steps/config commands)
+
     try:
         cli.main(args=argv, prog_name="iii-console", standalone_mode=False)
         return 0
@@ -294,12 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         e.show()
         return e.exit_code
-    except IIIError as e:
-        click.echo(f"error: {e}", err=True)
-        return e.exit_code
     except KeyboardInterrupt:
         return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package module so the operator commands register on this group.
+    from iii_console.cli import main as _main
+
+    sys.exit(_main())

@@ -55,7 +55,7 @@ class Running:
 
 def start_cli(project: Path, *args: str) -> Running:
     out = open(project / f"stdout-{time.monotonic_ns()}.jsonl", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "iii_console.cli", *args], cwd=project, stdout=out,
+    proc = subprocess.Popen([sys.executable, "-m", "iii_console", *args], cwd=project, stdout=out,
                             stderr=subprocess.PIPE, text=True)
     proc.out = out  # type: ignore[attr-defined]
     banner = proc.stderr.readline()
@@ -214,7 +214,7 @@ def test_cli_errors_are_one_clear_line_and_non_zero(tmp_path):
     make_project(tmp_path, {}, "")
     env = dict(os.environ)
     env.pop("REDIS_URL", None)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "iii_console.cli", *a], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "iii_console", *a], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)  # noqa: E731
     res = run("tail", "--redis", f"redis://127.0.0.1:{free_port()}/0")
     assert res.returncode == 3 and res.stderr.startswith("error: cannot reach Redis") and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
@@ -248,7 +248,7 @@ def test_tail_prints_events_filtered_by_type_and_trace(running, seed_project):
     app = running()
     trace = httpx.post(f"{app.url}/messages", json={"text": "follow me"}).json()["trace_id"]
     other = httpx.post(f"{app.url}/messages", json={"text": "not me"}).json()["trace_id"]
-    tail = subprocess.Popen([sys.executable, "-m", "iii_console.cli", "tail", "--json", "--history", "1000", "--trace", trace[:12],
+    tail = subprocess.Popen([sys.executable, "-m", "iii_console", "tail", "--json", "--history", "1000", "--trace", trace[:12],
                              "--type", "message.", "--type", "notification.sent"],
                             cwd=seed_project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -265,7 +265,7 @@ def test_tail_prints_events_filtered_by_type_and_trace(running, seed_project):
 
 def test_tail_follows_new_events_live(running, seed_project):
     app = running()
-    tail = subprocess.Popen([sys.executable, "-m", "iii_console.cli", "tail", "--json", "--type", "http.received"],
+    tail = subprocess.Popen([sys.executable, "-m", "iii_console", "tail", "--json", "--type", "http.received"],
                             cwd=seed_project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # Keep sending until tail (which starts at the live end) has picked one up.

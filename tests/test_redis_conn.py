@@ -41,7 +41,7 @@ def test_no_url_starts_a_private_redis_under_dot_iii_and_stops_it_on_exit(tmp_pa
     shutil.copytree(ROOT / "steps", tmp_path / "steps")
     (tmp_path / "iii-config.yaml").write_text("redis:\n  url: ${REDIS_URL:}\nserver:\n  port: 0\n")
     env = _env_without_redis()
-    proc = subprocess.Popen([sys.executable, "-m", "iii_console.cli", "--no-ui"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         banner = proc.stderr.readline()
@@ -57,7 +57,7 @@ def test_no_url_starts_a_private_redis_under_dot_iii_and_stops_it_on_exit(tmp_pa
         wait_for(lambda: json.loads(c.hget(Keys().state_group("messages"), mid) or "{}").get("status") == "processed",
                  what="processed on the embedded Redis")
         # Another command of the project finds the same Redis by itself.
-        out = subprocess.run([sys.executable, "-m", "iii_console.cli", "send", "--topic", "message.sent", "--data",
+        out = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "message.sent", "--data",
                               '{"id": "direct", "text": "hi"}', "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         wait_for(lambda: c.hexists(Keys().state_group("messages"), "direct"), what="direct send on the embedded Redis")
@@ -83,7 +83,7 @@ def test_acl_user_and_password_in_the_url_work(tmp_path, acl_redis):
     make_project(tmp_path / "proj", {"echo_step.py": ECHO}, "server:\n  port: 0\n")
     run = start_cli(tmp_path / "proj", "--no-ui", "--role", "worker", "--redis", url)
     try:
-        out = subprocess.run([sys.executable, "-m", "iii_console.cli", "send", "--topic", "echo", "--data", '{"k": "a"}', "--redis", url],
+        out = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "echo", "--data", '{"k": "a"}', "--redis", url],
                              cwd=tmp_path / "proj", capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         c = redis.Redis.from_url(url)
@@ -94,7 +94,7 @@ def test_acl_user_and_password_in_the_url_work(tmp_path, acl_redis):
 
 def test_wrong_credentials_fail_closed_with_one_clear_line(tmp_path, acl_redis):
     make_project(tmp_path / "proj", {"echo_step.py": ECHO}, "")
-    res = subprocess.run([sys.executable, "-m", "iii_console.cli", "--no-ui", "--redis", f"redis://app:wrong@127.0.0.1:{acl_redis.port}/0"],
+    res = subprocess.run([sys.executable, "-m", "iii_console", "--no-ui", "--redis", f"redis://app:wrong@127.0.0.1:{acl_redis.port}/0"],
                          cwd=tmp_path / "proj", capture_output=True, text=True, timeout=60)
     assert res.returncode == 3
     assert "refused the credentials" in res.stderr and "wrong" not in res.stderr and "Traceback" not in res.stderr
@@ -128,7 +128,7 @@ def test_rediss_url_works(tmp_path):
         make_project(tmp_path / "proj", {"echo_step.py": ECHO}, "")
         run = start_cli(tmp_path / "proj", "--no-ui", "--role", "worker", "--redis", url)
         try:
-            out = subprocess.run([sys.executable, "-m", "iii_console.cli", "send", "--topic", "echo", "--data", '{"k": "t"}', "--redis", url],
+            out = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "echo", "--data", '{"k": "t"}', "--redis", url],
                                  cwd=tmp_path / "proj", capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, out.stderr
             wait_for(lambda: redis.Redis.from_url(url).hget(Keys().state_group("echo"), "t"), what="processed over TLS")

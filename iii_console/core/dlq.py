@@ -10,7 +10,9 @@ original message for replay.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Iterator
 
 import redis
@@ -83,3 +85,57 @@ class DeadLetterStore:
 
     def __iter__(self) -> Iterator[DeadLetter]:
         return iter(self.list())
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which entries a bulk action touches. Empty fields match everything."""
+
+    queue: str | None = None
+    """A dead-letter queue name or a topic."""
+    step: str | None = None
+    error: str | None = None
+    """Case-insensitive substring of the error."""
+    since_ms: int | None = None
+    """Only entries whose last failure is at or after this time."""
+
+    def matches(self, e: DeadLetter) -> bool:
+        if self.queue and self.queue not in (e.dlq, e.topic):
+            return False
+        if self.step and self.step != e.step:
+            return False
+        if self.error and self.error.lower() not in (e.error or "").lower():
+            return False
+        return not (self.since_ms is not None and e.last_failure_ms < self.since_ms)
+
+
+def select(store: DeadLetterStore, flt: DeadLetterFilter) -> list[DeadLetter]:
+    return [e for e in store.list() if flt.matches(e)]
+
+
+def purge(store: DeadLetterStore, entries: list[DeadLetter]) -> int:
+    """Delete exactly these entries; returns how many were still there."""
+    pipe = store.client.pipeline()
+    for e in entries:
+        pipe.hdel(store.keys.dlq_entries(e.dlq), e.id)
+        pipe.zrem(store.keys.dlq(e.dlq), e.id)
+    res = pipe.execute() if entries else []
+    return sum(int(x) for x in res[0::2])
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+
+
+def parse_since(text: str, now_ms: int) -> int:
+    """``30s``, ``10m``, ``2h``, ``7d`` (ago) or an ISO 8601 time -> epoch ms."""
+    m = _DURATION.match(text.strip())
+    if m:
+        factor = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return now_ms - int(float(m.group(1)) * factor * 1000)
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration (30s, 10m, 2h, 7d) nor an ISO time") from None
+    if dt.tzinfo is None:
+        dt = dt.astimezone()
+    return int(dt.timestamp() * 1000)

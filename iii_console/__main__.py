@@ -1,0 +1,7 @@
+"""``python -m iii_console`` is the ``iii-console`` command."""
+
+import sys
+
+from iii_console.cli import main
+
+sys.exit(main())
