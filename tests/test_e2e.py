@@ -282,3 +282,67 @@ def test_tail_follows_new_events_live(running, seed_project):
     finally:
         tail.terminate()
         tail.wait(10)
+
+
+def test_metrics_match_what_was_processed_and_health_reports_workers(running, r, keys):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    app = running()
+    for i in range(5):
+        httpx.post(f"{app.url}/messages", json={"text": f"ok {i}"})
+    httpx.post(f"{app.url}/messages", json={"text": "flaky", "fail_times": 1})
+    wait_for(lambda: len(events(r, keys, "notification.sent")) == 6, timeout=20, what="six notifications")
+    wait_for(lambda: 'outcome="processed",step="NotifyCompletion"' in httpx.get(f"{app.url}/metrics").text, what="metrics caught up")
+    text = httpx.get(f"{app.url}/metrics").text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    def val(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    proc = {"topic": "message.sent", "step": "ProcessMessage"}
+    assert val("iii_messages_total", outcome="processed", **proc) == 6
+    assert val("iii_messages_total", outcome="started", **proc) == 7
+    assert val("iii_messages_total", outcome="failed", **proc) == 1
+    assert val("iii_message_retries_total", **proc) == 1
+    assert val("iii_http_requests_total", step="SendMessage") == 6
+    assert val("iii_notifications_total", step="NotifyCompletion") == 6
+    assert val("iii_message_processing_seconds_count", **proc) == 7
+    assert val("iii_message_processing_seconds_bucket", le="+Inf", **proc) == 7
+    assert val("iii_workers") == 1
+    assert val("iii_queue_messages", topic="message.sent", state="waiting") == 0
+    health = httpx.get(f"{app.url}/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["workers"]["alive"] == 1
+
+
+def test_metrics_and_health_can_be_turned_off(seed_project):
+    (seed_project / "iii-config.yaml").write_text((seed_project / "iii-config.yaml").read_text()
+                                                 .replace("server:\n  port: 0\n", "server:\n  port: 0\n  metrics_path: ''\n  health_path: ''\n"))
+    run = start_cli(seed_project, "--no-ui", "--role", "server")
+    try:
+        assert httpx.get(f"{run.url}/metrics").status_code == 404
+        assert httpx.get(f"{run.url}/health").status_code == 404
+    finally:
+        assert run.stop() == 0
+
+
+def test_health_is_503_while_redis_is_down(tmp_path):
+    from iii_console.core.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    shutil.copytree(ROOT / "steps", tmp_path / "steps")
+    make_project(tmp_path, {}, "server:\n  port: 0\n", redis_url=server.url)
+    run = start_cli(tmp_path, "--no-ui", "--role", "server")
+    try:
+        assert httpx.get(f"{run.url}/health").json()["status"] == "degraded"  # no workers in this deployment
+        server.kill()
+        t0 = time.monotonic()
+        down = httpx.get(f"{run.url}/health", timeout=10)
+        assert down.status_code == 503 and down.headers["retry-after"] == "1" and time.monotonic() - t0 < 2
+        post = httpx.post(f"{run.url}/messages", json={"text": "while down"}, timeout=10)
+        assert post.status_code == 503 and post.headers["retry-after"] == "1"
+        server.start()
+        wait_for(lambda: httpx.get(f"{run.url}/health").status_code == 200, what="recovers without restart")
+        assert httpx.post(f"{run.url}/messages", json={"text": "back"}).status_code == 202
+    finally:
+        run.stop()
+        server.kill()

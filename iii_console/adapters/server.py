@@ -118,8 +118,8 @@ class HttpSteps:
         return route(_litestar_path(trig.path), http_method=[trig.method], name=f"{step.name}:{trig.method}:{trig.path}",
                      request_max_body_size=self.max_body_bytes)(endpoint)
 
-    def app(self, *, on_startup: list[Any] | None = None, on_shutdown: list[Any] | None = None) -> Litestar:
-        handlers = [self._endpoint(s, t) for s in self.steps for t in s.of(HttpTrigger)]
+    def app(self, *, on_startup: list[Any] | None = None, on_shutdown: list[Any] | None = None, extra: list[Any] | None = None) -> Litestar:
+        handlers = [self._endpoint(s, t) for s in self.steps for t in s.of(HttpTrigger)] + list(extra or [])
         return Litestar(
             route_handlers=handlers,
             on_startup=on_startup or [],
@@ -149,6 +149,14 @@ _EXC_HANDLERS: ExceptionHandlersMap = {HTTPException: _http_exc}
 
 def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) -> Litestar:
     """The app the ``server`` role serves. Async clients are created on the server's loop."""
+    from iii_console.adapters.observability import routes
+
+    cfg = runner.services.config
+    taken = {t.path for s in steps for t in s.of(HttpTrigger)}
+    extra = routes(runner.services.client, runner.services.keys,
+                   metrics_path="" if cfg.server.metrics_path in taken else cfg.server.metrics_path,
+                   health_path="" if cfg.server.health_path in taken else cfg.server.health_path,
+                   heartbeat_timeout=cfg.workers.heartbeat_timeout)
 
     async def startup(app: Litestar) -> None:
         runner._async = AsyncSide(runner.services, runner._subs)
@@ -157,4 +165,4 @@ def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) ->
         if runner._async is not None:
             await runner._async.aclose()
 
-    return HttpSteps(runner, steps, max_body_bytes=max_body_bytes).app(on_startup=[startup], on_shutdown=[shutdown])
+    return HttpSteps(runner, steps, max_body_bytes=max_body_bytes).app(on_startup=[startup], on_shutdown=[shutdown], extra=extra)

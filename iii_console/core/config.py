@@ -37,8 +37,10 @@ class ServerConfig(_Section):
     port: int = Field(default=3111, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     """Request bodies above this answer 413 before they are read in full."""
-    max_json_depth: int = Field(default=64, ge=1, le=10_000)
-    """Deeper JSON answers 400; stops recursion bombs before they reach a parser."""
+    metrics_path: str = Field(default="/metrics", pattern=r"^(/[A-Za-z0-9_./-]*)?$")
+    """Prometheus metrics for the whole deployment; empty turns it off."""
+    health_path: str = Field(default="/health", pattern=r"^(/[A-Za-z0-9_./-]*)?$")
+    """Redis reachability and worker heartbeats as JSON (503 if Redis is down); empty turns it off."""
 
 
 class QueueConfig(_Section):
@@ -67,6 +69,8 @@ class EventsConfig(_Section):
     """The event stream is capped near this many entries (XADD MAXLEN ~)."""
     echo: bool = True
     """With --no-ui, also print each event as one JSON line on stdout."""
+    enabled: bool = True
+    """Write lifecycle events to the stream. ``false`` makes every emit a no-op (for benchmarks)."""
 
 
 class WorkersConfig(_Section):

@@ -19,7 +19,9 @@ from typing import Any, Callable
 import redis
 import structlog
 
+from iii_console.core import metrics
 from iii_console.core.events import Event, now_ms
+from iii_console.core.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,10 @@ class StreamSink:
         maxlen: int = 100_000,
         flush_interval: float = 0.005,
         buffer_max: int = 200_000,
+        keys: Keys | None = None,
     ) -> None:
+        #: With ``keys``, the sink also keeps the cluster-wide metric counters.
+        self._keys = keys
         self._client = client
         self._key = key
         self._maxlen = maxlen
@@ -82,9 +87,13 @@ class StreamSink:
         while self._buf and len(batch) < 2000:
             batch.append(self._buf.popleft())
         try:
-            pipe = self._client.pipeline(transaction=False)
+            # One MULTI/EXEC: a batch and its counters land together or not at
+            # all, so a retry after a dropped connection cannot duplicate either.
+            pipe = self._client.pipeline(transaction=True)
             for ev in batch:
                 pipe.xadd(self._key, ev.encode(), maxlen=self._maxlen, approximate=True)
+            if self._keys is not None:
+                metrics.record(pipe, self._keys, batch)
             pipe.execute()
             self.failures = 0
             return True

@@ -79,5 +79,12 @@ class Keys:
         """Hash: topic -> JSON queue strategy, published by the running project."""
         return f"{self.prefix}queues"
 
-    def counter(self, name: str) -> str:
-        return f"{self.prefix}count:{name}"
+    @property
+    def metrics_counts(self) -> str:
+        """Hash: ``type|topic|step`` -> count of events, kept by the event sink."""
+        return f"{self.prefix}metrics:counts"
+
+    @property
+    def metrics_durations(self) -> str:
+        """Hash: ``topic|step|le`` -> processing-duration histogram buckets, plus ``…|sum`` and ``…|count``."""
+        return f"{self.prefix}metrics:durations"

@@ -12,7 +12,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from iii_console.core.config import Config
-from iii_console.core.emitter import Emitter, StreamSink
+from iii_console.core.emitter import Emitter, StreamSink, null_emitter
 from iii_console.core.keys import Keys
 
 
@@ -54,9 +54,10 @@ class Services:
     def open(cls, config: Config, role: str) -> "Services":
         client = redis_client(config.redis.url)
         keys = Keys(config.redis.prefix)
-        sink = StreamSink(client, keys.events, maxlen=config.events.maxlen)
+        sink = StreamSink(client, keys.events, maxlen=config.events.maxlen, keys=keys)
         name = process_name(role)
-        return cls(config, role, client, keys, sink, Emitter(sink.put, worker=name), name)
+        emitter = Emitter(sink.put, worker=name) if config.events.enabled else null_emitter()
+        return cls(config, role, client, keys, sink, emitter, name)
 
     def close(self) -> None:
         self.sink.close()

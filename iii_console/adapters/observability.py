@@ -1,0 +1,133 @@
+"""``/metrics`` (Prometheus) and ``/health`` for the HTTP server.
+
+Both read Redis, so any server of a deployment reports for all of it: counters
+kept by the event sinks of every process (``core/metrics.py``), queue depths,
+dead letters and worker heartbeats.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+import redis
+from litestar import Response, get
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from iii_console.core import metrics
+from iii_console.core.dlq import DeadLetterStore
+from iii_console.core.keys import Keys
+from iii_console.core.queues import queue_stats
+
+OUTCOMES = {
+    "message.enqueued": "enqueued", "message.started": "started", "message.processed": "processed",
+    "message.failed": "failed", "message.retrying": "retried", "message.dead_lettered": "dead_lettered",
+    "message.replayed": "replayed",
+}
+
+
+def live_workers(client: redis.Redis, keys: Keys, timeout_s: float) -> tuple[list[str], list[str], int]:
+    """(alive ids, stale ids, Redis now ms) judged by Redis's clock."""
+    sec, usec = client.time()
+    now = sec * 1000 + usec // 1000
+    alive, stale = [], []
+    for wid, score in client.zrange(keys.worker_heartbeats, 0, -1, withscores=True):
+        (alive if now - score <= timeout_s * 1000 else stale).append(wid.decode() if isinstance(wid, bytes) else wid)
+    return alive, stale, now
+
+
+class _Snapshot(Collector):
+    def __init__(self, client: redis.Redis, keys: Keys, heartbeat_timeout: float):
+        self.client, self.keys, self.timeout = client, keys, heartbeat_timeout
+
+    def collect(self) -> Iterator[Any]:
+        counts, hists = metrics.read(self.client, self.keys)
+        msgs = CounterMetricFamily("iii_messages", "Messages by topic, step and outcome", labels=["topic", "step", "outcome"])
+        retries = CounterMetricFamily("iii_message_retries", "Retries scheduled", labels=["topic", "step"])
+        http = CounterMetricFamily("iii_http_requests", "Accepted HTTP requests by step", labels=["step"])
+        notes = CounterMetricFamily("iii_notifications", "notification.sent events by step", labels=["step"])
+        cron = CounterMetricFamily("iii_cron_ticks", "Cron ticks by step and outcome", labels=["step", "outcome"])
+        errors = CounterMetricFamily("iii_step_errors", "step.error events by step", labels=["step"])
+        for (t, topic, step), n in sorted(counts.items()):
+            if t in OUTCOMES:
+                msgs.add_metric([topic, step, OUTCOMES[t]], n)
+                if t == "message.retrying":
+                    retries.add_metric([topic, step], n)
+            elif t == "http.received":
+                http.add_metric([step], n)
+            elif t == "notification.sent":
+                notes.add_metric([step], n)
+            elif t in ("cron.fired", "cron.skipped"):
+                cron.add_metric([step, t.split(".")[1]], n)
+            elif t == "step.error":
+                errors.add_metric([step], n)
+        yield from (msgs, retries, http, notes, cron, errors)
+
+        dur = HistogramMetricFamily("iii_message_processing_seconds", "Handler run time of finished attempts", labels=["topic", "step"])
+        for (topic, step), h in sorted(hists.items()):
+            bounds = [str(b) for b in metrics.BUCKETS] + ["+Inf"]
+            dur.add_metric([topic, step], [(b, h.buckets.get(b, 0)) for b in bounds], h.sum)
+        yield dur
+
+        topics = [t.decode() if isinstance(t, bytes) else t for t in self.client.hkeys(self.keys.queues_registry)]
+        depth = GaugeMetricFamily("iii_queue_messages", "Messages per topic by state", labels=["topic", "state"])
+        for topic, st in sorted(queue_stats(self.client, self.keys, [t for t in topics if t != "default"]).items()):
+            depth.add_metric([topic, "waiting"], st.waiting)
+            depth.add_metric([topic, "delayed"], st.delayed)
+            depth.add_metric([topic, "in_flight"], st.in_flight)
+        yield depth
+
+        store = DeadLetterStore(self.client, self.keys)
+        dead = GaugeMetricFamily("iii_dead_letters", "Entries per dead-letter queue", labels=["dlq"])
+        for name in store.names():
+            dead.add_metric([name], store.count(name))
+        yield dead
+
+        alive, _stale, _now = live_workers(self.client, self.keys, self.timeout)
+        yield GaugeMetricFamily("iii_workers", "Worker processes with a recent heartbeat", value=len(alive))
+
+
+def routes(client: redis.Redis, keys: Keys, *, metrics_path: str, health_path: str, heartbeat_timeout: float) -> list[Any]:
+    """Litestar handlers for the configured paths (an empty path is left out)."""
+    import anyio.to_thread
+
+    out: list[Any] = []
+    if metrics_path:
+        def render() -> bytes:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Snapshot(client, keys, heartbeat_timeout))
+            return generate_latest(registry)
+
+        @get(metrics_path, name="iii:metrics", include_in_schema=False)
+        async def metrics_endpoint() -> Response[bytes]:
+            try:
+                body = await anyio.to_thread.run_sync(render)
+            except redis.RedisError as exc:
+                return Response({"error": "storage unavailable", "detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+            return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+        out.append(metrics_endpoint)
+    if health_path:
+        def check() -> dict[str, Any]:
+            t0 = time.perf_counter()
+            client.ping()
+            latency = round((time.perf_counter() - t0) * 1000, 2)
+            alive, stale, now = live_workers(client, keys, heartbeat_timeout)
+            last = {w.decode() if isinstance(w, bytes) else w: int(now - s) for w, s in client.zrange(keys.worker_heartbeats, 0, -1, withscores=True)}
+            return {"status": "ok" if alive else "degraded", "redis": {"ok": True, "latency_ms": latency},
+                    "workers": {"alive": len(alive), "stale": stale, "ms_since_heartbeat": last}}
+
+        @get(health_path, name="iii:health", include_in_schema=False)
+        async def health_endpoint() -> Response[dict[str, Any]]:
+            try:
+                body = await anyio.to_thread.run_sync(check)
+            except redis.RedisError as exc:
+                return Response({"status": "unavailable", "redis": {"ok": False, "error": str(exc)}}, status_code=503,
+                                headers={"Retry-After": "1"})
+            return Response(body, status_code=200)
+
+        out.append(health_endpoint)
+    return out
