@@ -78,11 +78,12 @@ class IIIGroup(click.Group):
 @click.option("--threads", type=click.IntRange(1, 1000), default=None, help="Threads per worker process, capping each queue's concurrency.")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="HTTP port (default: server.port).")
 @click.option("--host", default=None, help="HTTP bind address (default: server.host).")
+@click.option("--reload/--no-reload", default=None, help="Reload steps when their files change (default: on in the console, off with --no-ui).")
 @_common
 @click.version_option(package_name="iii-console")
 @click.pass_context
 def cli(ctx: click.Context, no_ui: bool, role: tuple[str, ...], processes: int | None, threads: int | None,
-        port: int | None, host: str | None, config_path: str | None, redis_url: str | None) -> None:
+        port: int | None, host: str | None, reload: bool | None, config_path: str | None, redis_url: str | None) -> None:
     """Run the project's steps: HTTP server, queue workers and cron scheduler, with a live console.
 
     Without a subcommand it runs everything in this terminal. See `iii-console COMMAND --help`.
@@ -91,11 +92,12 @@ def cli(ctx: click.Context, no_ui: bool, role: tuple[str, ...], processes: int |
         return
     cfg = _load(config_path, redis_url, **{"server.port": port, "server.host": host})
     roles = ("server", "worker", "scheduler") if "all" in role else tuple(dict.fromkeys(role))
+    watch = (not no_ui) if reload is None else reload
     if no_ui or not sys.stdout.isatty():
         render: Callable[[Event], None] = _print_json if no_ui else _print_human
-        code = asyncio.run(_run_headless(cfg, roles, processes, threads, render))
+        code = asyncio.run(_run_headless(cfg, roles, processes, threads, render, watch))
     else:
-        code = asyncio.run(_run_headless(cfg, roles, processes, threads, _print_human))
+        code = asyncio.run(_run_headless(cfg, roles, processes, threads, _print_human, watch))
     ctx.exit(code)
 
 
@@ -120,7 +122,7 @@ def _print_human(ev: Event) -> None:
 
 
 async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | None, threads: int | None,
-                        render: Callable[[Event], None]) -> int:
+                        render: Callable[[Event], None], watch: bool = False) -> int:
     from iii_console.runtime.supervisor import Supervisor
 
     sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, on_event=render)
@@ -129,6 +131,8 @@ async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | No
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await sup.start()
+    if watch:
+        sup.watch()
     where = f" on http://{cfg.server.host}:{sup.port}" if sup.port else ""
     print(f"iii-console: running {', '.join(roles)}{where} with Redis at {_redact_url(sup.config.redis.url)}; "
           f"{len(sup.steps.steps)} steps, {len(sup.steps.errors)} errors. Ctrl+C to stop.", file=sys.stderr)

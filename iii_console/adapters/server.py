@@ -165,4 +165,7 @@ def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) ->
         if runner._async is not None:
             await runner._async.aclose()
 
-    return HttpSteps(runner, steps, max_body_bytes=max_body_bytes).app(on_startup=[startup], on_shutdown=[shutdown], extra=extra)
+    http = HttpSteps(runner, steps, max_body_bytes=max_body_bytes)
+    if runner._async is not None:  # built by a hot reload on a running loop: clients exist already
+        return http.app(extra=extra)
+    return http.app(on_startup=[startup], on_shutdown=[shutdown], extra=extra)

@@ -33,7 +33,7 @@ from iii_console.core.discovery import StepSet, discover
 from iii_console.core.errors import IIIError, RedisUnavailable
 from iii_console.core.events import Event
 from iii_console.runtime.embedded import EmbeddedRedis
-from iii_console.runtime.runner import StepRunner
+from iii_console.runtime.runner import AsyncSide, StepRunner
 from iii_console.runtime.scheduler import Scheduler
 from iii_console.runtime.services import Services, redis_client
 from iii_console.runtime.worker import ensure_trigger_group
@@ -41,6 +41,16 @@ from iii_console.runtime.worker import ensure_trigger_group
 log = logging.getLogger(__name__)
 ROLES = ("server", "worker", "scheduler")
 RESTART_BACKOFF_MAX_S = 10.0
+
+
+class SwappableApp:
+    """The ASGI app uvicorn serves; hot reload replaces ``app`` between requests."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
 
 
 def resolve_redis(config: Config) -> tuple[Config, EmbeddedRedis | None]:
@@ -104,6 +114,8 @@ class Supervisor:
         self.services: Services | None = None
         self.scheduler: Scheduler | None = None
         self.server: uvicorn.Server | None = None
+        self.app: SwappableApp | None = None
+        self._retired: list[AsyncSide] = []
         self.port: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
@@ -167,8 +179,8 @@ class Supervisor:
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
         runner = StepRunner(self.services, subscriptions_for(self.steps.steps))
-        app = create_app(runner, self.steps.http_steps(), max_body_bytes=cfg.max_body_bytes)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=10))
+        self.app = SwappableApp(create_app(runner, self.steps.http_steps(), max_body_bytes=cfg.max_body_bytes))
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=10))
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._tasks.append(asyncio.create_task(self.server.serve(sockets=[sock]), name="iii-server"))
         for _ in range(500):
@@ -176,6 +188,59 @@ class Supervisor:
                 return
             await asyncio.sleep(0.01)
         raise IIIError("HTTP server did not start")
+
+    # -- hot reload ---------------------------------------------------------
+    def watch(self) -> None:
+        """Reload steps whenever a file under the steps directory changes."""
+        self._tasks.append(asyncio.create_task(self._watch(), name="iii-watch"))
+
+    async def _watch(self) -> None:
+        from watchfiles import Change, awatch
+
+        def relevant(_change: Change, path: str) -> bool:
+            return path.endswith(".py") and "__pycache__" not in path
+
+        async for changes in awatch(self.config.steps_path, watch_filter=relevant, debounce=300, step=100):
+            if self._stopping:
+                return
+            await self.reload(sorted({p for _c, p in changes}))
+
+    async def reload(self, changed: list[str] | None = None) -> bool:
+        """Swap in the steps as they are on disk now; keep the running ones if any file is broken."""
+        assert self.services is not None
+        emit = self.services.emitter.emit
+        fresh = await asyncio.to_thread(discover, self.config.steps_path)
+        if fresh.errors:
+            for err in fresh.errors:
+                emit("step.error", step=err.step, error=str(err), data={"file": err.file, "line": err.line, "field": err.field, "message": err.message})
+            emit("config.reloaded", error=f"{len(fresh.errors)} step file(s) have errors; still running the previous version",
+                 data={"ok": False, "changed": changed or [], "errors": [str(e) for e in fresh.errors]})
+            return False
+        self.steps = fresh
+        self._publish_registry()
+        if self.app is not None:
+            runner = StepRunner(self.services, subscriptions_for(fresh.steps))
+            runner._async = AsyncSide(self.services, runner._subs)
+            self._retired.append(runner._async)
+            self.app.app = create_app(runner, fresh.http_steps(), max_body_bytes=self.config.server.max_body_bytes)
+        if self.scheduler is not None or ("scheduler" in self.roles and fresh.cron_steps()):
+            if self.scheduler is not None:
+                await asyncio.to_thread(self.scheduler.stop)
+                self.scheduler = None
+            if fresh.cron_steps():
+                runner = StepRunner(self.services, subscriptions_for(fresh.steps))
+                self.scheduler = Scheduler(self.services, fresh.cron_steps(), runner.producer)
+                self.scheduler.start()
+        for child in self.children:
+            # Rolling restart: the old process drains and requeues, then the new code takes over.
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+                while child.proc.poll() is None:
+                    await asyncio.sleep(0.05)
+            child.proc = self._spawn(child.index)
+            child.started = time.monotonic()
+        emit("config.reloaded", data={"ok": True, "changed": changed or [], "steps": [s.name for s in fresh.steps]})
+        return True
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
@@ -268,6 +333,8 @@ class Supervisor:
                     task.cancel()
             else:
                 task.cancel()
+        for side in self._retired:
+            await side.aclose()
         if self.services is not None:
             self.services.close()
         if self.embedded is not None:

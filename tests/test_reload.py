@@ -1,0 +1,54 @@
+"""Hot reload through the CLI: new code takes over without losing messages; a
+broken save is reported and the last good version keeps running."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import httpx
+import pytest
+
+from .helpers import events, make_project, wait_for
+from .test_e2e import start_cli
+
+pytestmark = pytest.mark.slow
+
+V1 = """
+from iii_console import Step, http, queue
+config = Step(name="Job", triggers=[queue("jobs"), http("POST", "/jobs")], enqueues=["jobs"])
+async def handler(input, ctx):
+    if ctx.trigger["type"] == "http":
+        await ctx.enqueue("jobs", input.body)
+        return {"status": 202, "body": {"ok": True}}
+    await ctx.state.set("jobs", input["k"], {"version": VERSION})
+VERSION = 1
+"""
+
+
+def test_saving_a_step_reloads_it_and_a_broken_save_keeps_the_last_good_version(tmp_path, r, keys, redis_url):
+    make_project(tmp_path, {"job_step.py": V1}, "server:\n  port: 0\n", redis_url=redis_url)
+    run = start_cli(tmp_path, "--no-ui", "--reload")
+    try:
+        version = lambda k: (json.loads(r.hget(keys.state_group("jobs"), k) or "null") or {}).get("version")  # noqa: E731
+        assert httpx.post(f"{run.url}/jobs", json={"k": "a"}).status_code == 202
+        wait_for(lambda: version("a") == 1, what="v1 handled a")
+
+        for i in range(20):  # in flight while the workers restart
+            httpx.post(f"{run.url}/jobs", json={"k": f"m{i}"})
+        (tmp_path / "steps" / "job_step.py").write_text(textwrap.dedent(V1).replace("VERSION = 1", "VERSION = 2")
+                                                       .replace('http("POST", "/jobs")', 'http("POST", "/jobs"), http("POST", "/v2/jobs")'))
+        wait_for(lambda: [e for e in events(r, keys, "config.reloaded") if e.data.get("ok")], timeout=20, what="reload")
+        assert httpx.post(f"{run.url}/v2/jobs", json={"k": "b"}).status_code == 202  # the new route is served
+        wait_for(lambda: version("b") == 2, timeout=20, what="new code handles b")
+        wait_for(lambda: all(version(f"m{i}") in (1, 2) for i in range(20)), timeout=20, what="no message lost across the reload")
+
+        (tmp_path / "steps" / "job_step.py").write_text("from iii_console import Step\nconfig = Step(name='Job', triggers=[])\n")
+        failed = wait_for(lambda: [e for e in events(r, keys, "config.reloaded") if e.data.get("ok") is False], timeout=20, what="failed reload")
+        assert "job_step.py" in failed[0].data["errors"][0] and "triggers" in failed[0].data["errors"][0]
+        errors = events(r, keys, "step.error")
+        assert errors and "job_step.py" in errors[-1].data["file"]
+        assert httpx.post(f"{run.url}/v2/jobs", json={"k": "c"}).status_code == 202  # last good version still serving
+        wait_for(lambda: version("c") == 2, timeout=20, what="last good version still processing")
+    finally:
+        assert run.stop() == 0
