@@ -76,6 +76,49 @@ def _litestar_path(path: str) -> str:
     return re.sub(r"{([A-Za-z_][A-Za-z0-9_]*)}", r"{\1:str}", path)
 
 
+class DepthGate:
+    """Back-pressure: is any topic an HTTP step enqueues to over ``limit`` waiting messages?
+
+    Depths are refreshed by one background task every ``interval`` seconds (one
+    pipelined ``LLEN`` round), never per request, so the check costs a request nothing.
+    """
+
+    def __init__(self, runner: StepRunner, topics: set[str], limit: int, interval: float = 0.1):
+        self.runner, self.limit, self.interval = runner, limit, interval
+        ns = runner.services.keys.dramatiq_namespace
+        self.queues = {t: [f"{ns}:{sub.queue(p)}" for sub in runner._subs.get(t, []) for p in ("high", "normal", "low")] for t in topics}
+        self.depth: dict[str, int] = {}
+        self._task: Any = None
+
+    def over(self, topics: list[str]) -> str | None:
+        if not self.limit:
+            return None
+        if self._task is None:
+            import asyncio
+
+            self._task = asyncio.get_running_loop().create_task(self._refresh())
+        return next((t for t in topics if self.depth.get(t, 0) > self.limit), None)
+
+    async def _refresh(self) -> None:
+        import asyncio
+
+        while True:
+            try:
+                client = self.runner.async_side.client
+                async with client.pipeline(transaction=False) as pipe:
+                    for qs in self.queues.values():
+                        for q in qs:
+                            pipe.llen(q)
+                    lens = await pipe.execute()
+                i = 0
+                for t, qs in self.queues.items():
+                    self.depth[t] = sum(lens[i:i + len(qs)])
+                    i += len(qs)
+            except (redis.RedisError, OSError):
+                pass  # Redis away: requests will get 503 from the handler path anyway
+            await asyncio.sleep(self.interval)
+
+
 class HttpSteps:
     """Builds the Litestar app for a set of HTTP steps."""
 
@@ -83,12 +126,20 @@ class HttpSteps:
         self.runner = runner
         self.steps = steps
         self.max_body_bytes = max_body_bytes
+        limit = runner.services.config.server.max_queue_depth
+        self.gate = DepthGate(runner, {t for s in steps for t in s.enqueues}, limit)
 
     def _endpoint(self, step: Step, trig: HttpTrigger) -> Any:
         runner = self.runner
         emitter = runner.services.emitter
 
+        gate = self.gate
+
         async def endpoint(request: Request[Any, Any, Any]) -> Response[Any]:
+            full = gate.over(step.enqueues)
+            if full is not None:
+                return _problem(429, f"topic {full!r} has more than {gate.limit} waiting messages; slow down",
+                                headers={"Retry-After": "1"})
             try:
                 body = None
                 if trig.method in BODY_METHODS or trig.body_schema is not None:
@@ -147,7 +198,7 @@ def _http_exc(request: Request[Any, Any, Any], exc: HTTPException) -> Response[A
 _EXC_HANDLERS: ExceptionHandlersMap = {HTTPException: _http_exc}
 
 
-def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) -> Litestar:
+def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) -> Any:
     """The app the ``server`` role serves. Async clients are created on the server's loop."""
     from iii_console.adapters.observability import routes
 
@@ -167,5 +218,10 @@ def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) ->
 
     http = HttpSteps(runner, steps, max_body_bytes=max_body_bytes)
     if runner._async is not None:  # built by a hot reload on a running loop: clients exist already
-        return http.app(extra=extra)
-    return http.app(on_startup=[startup], on_shutdown=[shutdown], extra=extra)
+        app = http.app(extra=extra)
+    else:
+        app = http.app(on_startup=[startup], on_shutdown=[shutdown], extra=extra)
+    from iii_console.adapters.guard import guard
+
+    return guard(app, allowed_hosts=cfg.server.hosts, token=cfg.server.auth_token,
+                 open_paths=(cfg.server.health_path,) if cfg.server.health_path else ())

@@ -41,6 +41,25 @@ class ServerConfig(_Section):
     """Prometheus metrics for the whole deployment; empty turns it off."""
     health_path: str = Field(default="/health", pattern=r"^(/[A-Za-z0-9_./-]*)?$")
     """Redis reachability and worker heartbeats as JSON (503 if Redis is down); empty turns it off."""
+    auth_token: str = ""
+    """When set, every request except the health check needs ``Authorization: Bearer <token>``.
+    Required to listen on anything but loopback."""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host header values accepted (DNS-rebinding guard). Empty: loopback names when bound to
+    loopback, any host otherwise (where the auth token guards instead)."""
+    max_queue_depth: int = Field(default=100_000, ge=0)
+    """Back-pressure: HTTP steps answer 429 while a topic they enqueue to has more waiting
+    messages than this (0 turns it off), so a flood cannot grow Redis without bound."""
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+    @property
+    def hosts(self) -> list[str]:
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        return ["127.0.0.1", "localhost", "[::1]", "::1"] if self.loopback else ["*"]
 
 
 class QueueConfig(_Section):

@@ -30,7 +30,7 @@ from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.adapters.server import create_app
 from iii_console.core.config import Config
 from iii_console.core.discovery import StepSet, discover
-from iii_console.core.errors import IIIError, RedisUnavailable
+from iii_console.core.errors import ConfigError, IIIError, RedisUnavailable
 from iii_console.core.events import Event
 from iii_console.runtime.embedded import EmbeddedRedis
 from iii_console.runtime.runner import AsyncSide, StepRunner
@@ -168,6 +168,9 @@ class Supervisor:
     async def _start_server(self) -> None:
         assert self.services is not None
         cfg = self.config.server
+        if not cfg.loopback and not cfg.auth_token:
+            raise ConfigError(f"refusing to listen on {cfg.host} without server.auth_token "
+                              "(anyone who can reach it could enqueue work); set one, or bind 127.0.0.1")
         sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
