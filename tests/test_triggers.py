@@ -138,3 +138,44 @@ def test_sigterm_drains_in_flight_work_and_requeues_the_rest(project, producer, 
     finally:
         if w.poll() is None:
             w.kill()
+
+
+KILLER = """
+import os, signal
+from iii_console import Step, queue
+config = Step(name="Killer", triggers=[queue("jobs")])
+def handler(data, ctx):
+    ctx.state.update("seen", "starts", [{"type": "increment", "path": data["k"]}])
+    if data.get("poison"):
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_message_that_kills_its_worker_is_dead_lettered_after_bounded_deliveries(project, producer, r, keys):
+    from iii_console.core.dlq import DeadLetterStore
+
+    cfg, steps = project({"killer_step.py": KILLER}, FAST + "queues:\n  jobs:\n    max_deliveries: 3\n    dead_letter_queue: jobs.dlq\n")
+    p = producer(cfg, steps)
+    p.enqueue("jobs", {"k": "poison", "poison": True}, trace_id="tp")
+    procs = []
+    store = DeadLetterStore(r, keys)
+    try:
+        deadline = time.monotonic() + 60
+        while store.count("jobs.dlq") == 0:  # a supervisor's restart loop, in small
+            assert time.monotonic() < deadline, "poison message never dead-lettered"
+            if not procs or procs[-1].poll() is not None:
+                procs.append(_spawn_worker(cfg, len(procs)))
+            time.sleep(0.1)
+        p.enqueue("jobs", {"k": "fine"}, trace_id="tf")
+        if procs[-1].poll() is not None:
+            procs.append(_spawn_worker(cfg, len(procs)))
+        starts = lambda: json.loads(r.hget(keys.state_group("seen"), "starts") or "{}")  # noqa: E731
+        wait_for(lambda: starts().get("fine") == 1, timeout=20, what="the queue flows on")
+    finally:
+        for pr in procs:
+            if pr.poll() is None:
+                pr.kill()
+                pr.wait()
+    assert starts()["poison"] == 3  # ran on each of its 3 deliveries, never a 4th time
+    [entry] = store.list("jobs.dlq")
+    assert "delivered 4 times without finishing" in entry.error and entry.trace_id == "tp" and entry.data["k"] == "poison"

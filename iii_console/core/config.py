@@ -73,6 +73,9 @@ class QueueConfig(_Section):
     concurrency: int = Field(default=10, ge=1, le=1000)
     """Handlers of this queue that may run at once in one worker process."""
     dead_letter_queue: str = Field(default="dead-letters", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    max_deliveries: int = Field(default=10, ge=1, le=10_000)
+    """A message handed to workers this many times without being settled (it killed or hung
+    them) goes to the dead-letter queue without running again."""
     priority: Literal["high", "normal", "low"] = "normal"
     """Default priority of messages enqueued to this topic without an explicit one."""
 

@@ -38,7 +38,7 @@ def queue_stats(client: redis.Redis, keys: Keys, topics: Iterable[str] = ()) -> 
     for raw in client.scan_iter(match=f"{ns}:*--*--*", count=1000):
         k = raw.decode() if isinstance(raw, bytes) else raw
         name = k[len(ns) + 1:]
-        if name.endswith((".msgs", ".wake")) or name.startswith("__acks__"):
+        if name.endswith((".msgs", ".wake", ".deliveries")) or name.startswith("__acks__"):
             continue
         names.add(name)
     pipe = client.pipeline(transaction=False)

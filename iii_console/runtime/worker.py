@@ -68,6 +68,8 @@ class WorkerRuntime:
         self.broker = IIIBroker(
             client=self.services.client, keys=self.services.keys, emitter=self.services.emitter,
             middleware=[CurrentMessage(), RetryPolicy(config, self.services.emitter), self.events],
+            max_deliveries=lambda topic: config.queue(topic).max_deliveries,
+            dead_letter_queue=lambda topic: config.queue(topic).dead_letter_queue,
         )
         self.workers: dict[str, dramatiq.Worker] = {}
         self._stop = threading.Event()

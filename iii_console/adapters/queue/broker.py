@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from typing import Any
@@ -46,9 +47,14 @@ DELAY_IDLE_BLOCK_S = 0.05
 
 
 class IIIBroker(RedisBroker):
-    def __init__(self, *, client: redis.Redis, keys: Keys, emitter: Any = None, middleware: list[Any] | None = None):
+    def __init__(self, *, client: redis.Redis, keys: Keys, emitter: Any = None, middleware: list[Any] | None = None,
+                 max_deliveries: Any = None, dead_letter_queue: Any = None):
         super().__init__(client=client, namespace=keys.dramatiq_namespace, middleware=middleware, maintenance_chance=0)
         self.keys = keys
+        #: topic -> how many deliveries a message may have before it is dead-lettered unrun.
+        self.max_deliveries = max_deliveries or (lambda _topic: 10)
+        #: topic -> its dead-letter queue name.
+        self.dead_letter_queue = dead_letter_queue or (lambda _topic: "dead-letters")
         self.emitter = emitter
         self.iii_scripts = Scripts(client)
         # Blocking reads get their own connections so they never hold up acks.
@@ -84,10 +90,12 @@ class IIIConsumer(Consumer):
         self.queue_name = queue_name
         self.prefetch = prefetch
         self.timeout = timeout
-        self.cache: list[tuple[str, bytes | None]] = []
+        self.cache: list[tuple[str, bytes | None, int]] = []
         self.queued_message_ids: set[str] = set()
         self.wake_key = f"{broker.namespace}:{queue_name}.wake"
         self.block_s = DELAY_IDLE_BLOCK_S if queue_name.endswith(".DQ") else IDLE_BLOCK_S
+        #: Set by ``ack`` (worker threads) so a consumer at prefetch wakes as soon as a slot frees.
+        self.slot_freed = threading.Event()
 
     @property
     def outstanding_message_count(self) -> int:
@@ -98,7 +106,8 @@ class IIIConsumer(Consumer):
         outcome = message.options.get("iii_outcome")
         try:
             if outcome is None:
-                self.broker.do_ack(self.queue_name, message.options["redis_message_id"])
+                self.broker.iii_scripts.ack(args=[self.broker.namespace, self.queue_name, self.broker.broker_id,
+                                                  message.options["redis_message_id"]])
             elif outcome["kind"] == "retry":
                 self._retry(message, outcome["delay_ms"])
             else:
@@ -112,6 +121,7 @@ class IIIConsumer(Consumer):
             log.error("settling message %s on %s failed: %s; will retry", message.message_id, self.queue_name, e)
             raise ConnectionClosed(e) from None
         self.queued_message_ids.discard(message.message_id)
+        self.slot_freed.set()
 
     def nack(self, message: MessageProxy) -> None:
         # Dramatiq nacks what it cannot run at all (unknown actor, `throws`).
@@ -147,10 +157,10 @@ class IIIConsumer(Consumer):
         try:
             while True:
                 if self.cache:
-                    rid, data = self.cache.pop(0)
+                    rid, data, deliveries = self.cache.pop(0)
                     if data is None:
                         # Body vanished (purged): drop the dangling id.
-                        self.broker.do_ack(self.queue_name, rid)
+                        self.broker.iii_scripts.ack(args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid])
                         continue
                     try:
                         message = Message.decode(data)
@@ -158,21 +168,48 @@ class IIIConsumer(Consumer):
                         self._quarantine(rid, data, exc)
                         continue
                     message.options["redis_message_id"] = rid
+                    limit = self.broker.max_deliveries(message.options.get("topic", ""))
+                    if deliveries > limit:
+                        self._poisoned(message, deliveries)
+                        continue
                     self.queued_message_ids.add(message.message_id)
                     return MessageProxy(message)
 
                 want = self.prefetch - self.outstanding_message_count
-                if want > 0:
-                    flat = self.broker.iii_scripts.fetch(args=[self.broker.namespace, self.queue_name, self.broker.broker_id, want])
-                    self.cache = [(_s(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
-                    if self.cache:
-                        continue
-                # Idle (or at prefetch): wait for a wake token, then let the
-                # consumer thread run its delayed-message pass.
+                if want <= 0:
+                    # At prefetch: wait for an ack to free a slot, not for a wake
+                    # token (a backlog pushes none, so that would stall the drain).
+                    self.slot_freed.clear()
+                    if self.prefetch - self.outstanding_message_count <= 0:
+                        self.slot_freed.wait(self.block_s)
+                    return None
+                flat = self.broker.iii_scripts.fetch(args=[self.broker.namespace, self.queue_name, self.broker.broker_id, want])
+                self.cache = [(_s(flat[i]), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+                if self.cache:
+                    continue
+                # Idle: wait for a wake token, then let the consumer thread run
+                # its delayed-message pass.
                 self.broker.blocking_client.blpop([self.wake_key], timeout=self.block_s)
                 return None
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
+
+    def _poisoned(self, message: Message, deliveries: int) -> None:
+        """Dead-letter, unrun, a message that keeps killing (or hanging) the workers that take it."""
+        error = (f"delivered {deliveries} times without finishing: it crashed or hung its worker each time "
+                 f"(limit {deliveries - 1}, queues.<topic>.max_deliveries)")
+        dlq = self.broker.dead_letter_queue(message.options.get("topic", ""))
+        entry = dead_letter_entry(message, dlq=dlq, error=error, traceback="", attempts=message.options.get("retries", 0) + 1)
+        log.error("dead-lettering %s on %s: %s", message.message_id, self.queue_name, error)
+        self.broker.dead_letter(self.queue_name, message, entry)
+        if self.broker.emitter is not None:
+            try:
+                _topic, step, _ = parse_queue(self.queue_name)
+            except ValueError:
+                step = None
+            self.broker.emitter.emit("message.dead_lettered", message_id=message.message_id, trace_id=message.options.get("trace_id", ""),
+                                     step=step, topic=message.options.get("topic"), queue=q_name(self.queue_name),
+                                     error=error, data={"dlq": dlq, "deliveries": deliveries})
 
     def _quarantine(self, rid: str, data: bytes, exc: BaseException) -> None:
         topic = step = None

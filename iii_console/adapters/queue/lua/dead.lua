@@ -11,4 +11,5 @@ redis.call("ZADD", ARGV[9], ARGV[8], ARGV[6])
 redis.call("SADD", ARGV[11], ARGV[5])
 redis.call("SREM", acks, id)
 redis.call("HDEL", ns .. ":" .. cur .. ".msgs", id)
+redis.call("HDEL", ns .. ":" .. cur .. ".deliveries", id)
 return 1

@@ -1,8 +1,10 @@
 -- Fetch up to N messages, recording them as in flight for this worker.
 -- ARGV: namespace, queue_name, worker_id, n
--- Returns a flat list id1, data1, id2, data2...; data is false when the
--- message body is missing. Unlike stock Dramatiq it returns ids, so a body
--- that cannot be decoded can still be acked and quarantined.
+-- Returns a flat list id1, data1, deliveries1, id2, ...; data is false when
+-- the body is missing. Unlike stock Dramatiq it returns ids (so a body that
+-- cannot be decoded can still be acked and quarantined) and counts deliveries
+-- (so a message that kills its worker every time is dead-lettered, not
+-- redelivered forever).
 local q = ARGV[1] .. ":" .. ARGV[2]
 local acks = ARGV[1] .. ":__acks__." .. ARGV[3] .. "." .. ARGV[2]
 local out = {}
@@ -12,5 +14,6 @@ for _ = 1, tonumber(ARGV[4]) do
   redis.call("SADD", acks, id)
   table.insert(out, id)
   table.insert(out, redis.call("HGET", q .. ".msgs", id))
+  table.insert(out, redis.call("HINCRBY", q .. ".deliveries", id, 1))
 end
 return out

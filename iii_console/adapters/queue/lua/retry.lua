@@ -15,4 +15,5 @@ redis.call("RPUSH", dq .. ".wake", "1")
 redis.call("LTRIM", dq .. ".wake", -64, -1)
 redis.call("SREM", acks, id)
 redis.call("HDEL", ns .. ":" .. cur .. ".msgs", id)
+redis.call("HDEL", ns .. ":" .. cur .. ".deliveries", id)
 return 1
