@@ -72,7 +72,12 @@ class IIIBroker(RedisBroker):
             queue_name = dq_name(queue_name)
             message = message.copy(queue_name=queue_name, options={"eta": now_ms() + delay})
         self.emit_before("enqueue", message, delay)
-        self.iii_scripts.enqueue(args=[self.namespace, "", 0, queue_name, message.options["redis_message_id"], message.encode()])
+        try:
+            self.iii_scripts.enqueue(args=[self.namespace, "", 0, queue_name, message.options["redis_message_id"], message.encode()])
+        except redis.ConnectionError as e:
+            # As a connection error, Dramatiq's consumer thread resets and reconnects
+            # (and the new delay-queue consumer reclaims what this worker held).
+            raise ConnectionClosed(e) from None
         self.emit_after("enqueue", message, delay)
         return message
 
@@ -94,6 +99,11 @@ class IIIConsumer(Consumer):
         self.queued_message_ids: set[str] = set()
         self.wake_key = f"{broker.namespace}:{queue_name}.wake"
         self.block_s = DELAY_IDLE_BLOCK_S if queue_name.endswith(".DQ") else IDLE_BLOCK_S
+        # Dramatiq's consumer thread drops its in-memory delayed messages when it
+        # reconnects after a Redis error; they stay in this worker's in-flight set
+        # and would be stranded while the worker lives. A new delay-queue consumer
+        # therefore first returns whatever this worker still holds to the queue.
+        self._reclaim = queue_name.endswith(".DQ")
         #: Set by ``ack`` (worker threads) so a consumer at prefetch wakes as soon as a slot frees.
         self.slot_freed = threading.Event()
 
@@ -155,6 +165,9 @@ class IIIConsumer(Consumer):
     # -- fetching -----------------------------------------------------------
     def __next__(self) -> MessageProxy | None:
         try:
+            if self._reclaim:
+                self.broker.iii_scripts.requeue_dead(args=[self.broker.namespace, self.queue_name, self.broker.broker_id])
+                self._reclaim = False
             while True:
                 if self.cache:
                     rid, data, deliveries = self.cache.pop(0)
