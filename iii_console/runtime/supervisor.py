@@ -150,6 +150,9 @@ class Supervisor:
                 for i in range(self.processes):
                     self.children.append(Child(i, self._spawn(i)))
                 self._tasks.append(asyncio.create_task(self._monitor(), name="iii-monitor"))
+                # The supervisor outlives its workers, so it sweeps too: a crashed
+                # worker's messages come back even while its replacement boots.
+                self._tasks.append(asyncio.create_task(self._sweep(), name="iii-sweep"))
         except BaseException:
             await self.stop()
             raise
@@ -258,6 +261,21 @@ class Supervisor:
         finally:
             if stderr is not None:
                 stderr.close()
+
+    async def _sweep(self) -> None:
+        from iii_console.adapters.queue.scripts import Scripts
+        from iii_console.adapters.queue.sweep import sweep_dead_workers
+
+        assert self.services is not None
+        svc = self.services
+        scripts = Scripts(svc.client)
+        timeout_ms = int(self.config.workers.heartbeat_timeout * 1000)
+        while not self._stopping:
+            await asyncio.sleep(self.config.workers.sweep_interval)
+            try:
+                await asyncio.to_thread(sweep_dead_workers, svc.client, svc.keys, scripts, svc.emitter, timeout_ms=timeout_ms)
+            except redis.RedisError as exc:
+                log.warning("sweep: Redis unavailable: %s", exc)
 
     async def _monitor(self) -> None:
         assert self.services is not None

@@ -29,6 +29,7 @@ from iii_console.adapters.queue.broker import IIIBroker
 from iii_console.adapters.queue.middleware import LifecycleEvents, RetryPolicy
 from iii_console.adapters.queue.names import ACTOR_PRIORITY, CRON_TOPIC, STATE_TOPIC, Subscription
 from iii_console.adapters.queue.producer import subscriptions_for
+from iii_console.adapters.queue.sweep import sweep_dead_workers
 from iii_console.core.config import Config
 from iii_console.core.context import CronTick, StateChange
 from iii_console.core.discovery import StepSet, discover
@@ -211,23 +212,8 @@ class WorkerRuntime:
     # -- sweep --------------------------------------------------------------
     def sweep_once(self) -> int:
         """Return dead workers' in-flight messages to their queues; returns how many."""
-        k = self.services.keys
-        c = self.services.client
-        timeout_ms = int(self.config.workers.heartbeat_timeout * 1000)
-        moved = 0
-        for dead in self.broker.iii_scripts.sweep(args=[k.worker_heartbeats, timeout_ms]):
-            dead = dead.decode() if isinstance(dead, bytes) else dead
-            if dead == self.worker_id:
-                continue
-            prefix = f"{self.broker.namespace}:__acks__.{dead}."
-            n = 0
-            for key in c.scan_iter(match=prefix + "*", count=500):
-                queue = (key.decode() if isinstance(key, bytes) else key)[len(prefix):]
-                n += int(self.broker.iii_scripts.requeue_dead(args=[self.broker.namespace, queue, dead]))
-            c.zrem(k.worker_heartbeats, dead)
-            c.hdel(k.workers, dead)
-            moved += n
-            self.services.emitter.emit("worker.stopped", data={"id": dead, "reason": "heartbeat lost", "requeued": n})
+        moved = sweep_dead_workers(self.services.client, self.services.keys, self.broker.iii_scripts, self.services.emitter,
+                                   timeout_ms=int(self.config.workers.heartbeat_timeout * 1000), self_id=self.worker_id)
         moved += self._claim_stale_changes()
         return moved
 

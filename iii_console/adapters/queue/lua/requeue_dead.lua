@@ -1,4 +1,5 @@
--- Return a dead worker's in-flight messages of one queue to that queue.
+-- Return a dead worker's in-flight messages of one queue to the head of that
+-- queue: they have waited longest, so they run next rather than behind a backlog.
 -- ARGV: namespace, queue_name, dead_worker_id. Returns how many were requeued.
 local ns, qn = ARGV[1], ARGV[2]
 local acks = ns .. ":__acks__." .. ARGV[3] .. "." .. qn
@@ -7,7 +8,7 @@ local ids = redis.call("SMEMBERS", acks)
 local n = 0
 for _, id in ipairs(ids) do
   if redis.call("HEXISTS", q .. ".msgs", id) == 1 then
-    redis.call("RPUSH", q, id)
+    redis.call("LPUSH", q, id)
     n = n + 1
   end
 end

@@ -1,0 +1,124 @@
+"""Fault injection: kill worker processes under load; the checker proves nothing is lost.
+
+The CI version is short. The full version (10,000 messages, a kill every 2 s for
+30 s) runs with::
+
+    III_CHAOS_FULL=1 python3 dev.py test tests/test_chaos.py -s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+
+import pytest
+
+from iii_console.adapters.queue.producer import subscriptions_for
+from iii_console.core.discovery import discover
+from iii_console.runtime.runner import StepRunner
+from iii_console.runtime.services import Services
+
+from .checker import EFFECT_STEP, check
+from .helpers import make_project, wait_for
+from .test_e2e import start_cli
+
+pytestmark = pytest.mark.slow
+
+FULL = os.environ.get("III_CHAOS_FULL") == "1"
+MESSAGES = 10_000 if FULL else 1_500
+KILL_EVERY_S = 2.0 if FULL else 1.0
+KILL_FOR_S = 30.0 if FULL else 6.0
+HB_TIMEOUT, SWEEP = 1.0, 0.2
+
+CONFIG = f"""
+server:
+  port: 0
+queues:
+  chaos:
+    concurrency: 8
+    max_deliveries: 50
+workers:
+  heartbeat_interval: 0.2
+  heartbeat_timeout: {HB_TIMEOUT}
+  sweep_interval: {SWEEP}
+  shutdown_timeout: 5
+"""
+
+
+def _worker_pids(client, keys) -> dict[int, str]:
+    """pid -> worker id (the broker id that names its in-flight sets)."""
+    out = {}
+    for raw in client.hvals(keys.workers):
+        info = json.loads(raw)
+        out[info["pid"]] = info["id"]
+    return out
+
+
+def _holds(client, keys, worker_id: str) -> int:
+    return sum(client.scard(k) for k in client.scan_iter(match=f"{keys.dramatiq_namespace}:__acks__.{worker_id}.*"))
+
+
+def test_killing_workers_under_load_loses_nothing(tmp_path, redis_url, r, keys):
+    cfg = make_project(tmp_path, {"effect_step.py": EFFECT_STEP}, CONFIG, redis_url=redis_url)
+    run = start_cli(tmp_path, "--no-ui", "--role", "worker", "--processes", "2", "--threads", "8")
+    services = Services.open(cfg, "chaos")
+    recoveries: list[tuple[int, float]] = []
+    try:
+        wait_for(lambda: len(_worker_pids(r, keys)) == 2, what="two workers up")
+        producer = StepRunner(services, subscriptions_for(discover(cfg.steps_path).steps)).producer
+        sent: set[str] = set()
+
+        def feed() -> None:  # a steady stream across the whole kill window
+            pace = KILL_FOR_S / MESSAGES
+            t0 = time.monotonic()
+            for i in range(MESSAGES):
+                key = f"k{i}"
+                producer.enqueue("chaos", {"key": key, "redis": redis_url, "work_ms": 20}, trace_id=key)
+                sent.add(key)
+                delay = t0 + (i + 1) * pace - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        rng = random.Random(7)
+        end = time.monotonic() + KILL_FOR_S
+        while time.monotonic() < end:
+            time.sleep(KILL_EVERY_S)
+            pids = _worker_pids(r, keys)
+            alive = [p for p in pids if _alive(p)]
+            if alive:
+                victim = rng.choice(alive)
+                wid = pids[victim]
+                os.kill(victim, signal.SIGKILL)
+                killed = time.monotonic()
+                held = _holds(r, keys, wid)
+                # Its in-flight messages must be back in the queue within the bound.
+                wait_for(lambda: _holds(r, keys, wid) == 0, timeout=HB_TIMEOUT + SWEEP + 10, interval=0.02, what="sweep")
+                recoveries.append((held, time.monotonic() - killed))
+        last_kill = time.monotonic()
+        feeder.join()
+        wait_for(lambda: r.llen("chaos:effects") >= MESSAGES or None, timeout=60, interval=0.2, what="all effects within 60 s of the last kill")
+        took = time.monotonic() - last_kill
+        report = check(r, keys, sent)
+        worst = max(t for _n, t in recoveries)
+        print(f"\nchaos: {MESSAGES} messages, {len(recoveries)} kills ({sum(n for n, _t in recoveries)} messages in flight),"
+              f" slowest recovery {worst:.2f}s, done {took:.1f}s after the last kill\n{report.table()}")
+        assert report.lost == 0 and report.unexpected == 0 and report.duplicated_effects == 0 and report.stuck == 0
+        assert len(recoveries) >= 3 and sum(n for n, _t in recoveries) > 0
+        assert worst <= HB_TIMEOUT + SWEEP + 2, recoveries
+    finally:
+        services.close()
+        run.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
