@@ -86,6 +86,13 @@ def test_killing_workers_under_load_loses_nothing(tmp_path, redis_url, r, keys):
         feeder = threading.Thread(target=feed)
         feeder.start()
         rng = random.Random(7)
+        watchers: list[threading.Thread] = []
+
+        def watch(wid: str, killed: float, held: int) -> None:
+            # Its in-flight messages must be back in the queue within the bound.
+            wait_for(lambda: _holds(r, keys, wid) == 0, timeout=HB_TIMEOUT + SWEEP + 10, interval=0.02, what="sweep")
+            recoveries.append((held, time.monotonic() - killed))
+
         end = time.monotonic() + KILL_FOR_S
         while time.monotonic() < end:
             time.sleep(KILL_EVERY_S)
@@ -95,11 +102,11 @@ def test_killing_workers_under_load_loses_nothing(tmp_path, redis_url, r, keys):
                 victim = rng.choice(alive)
                 wid = pids[victim]
                 os.kill(victim, signal.SIGKILL)
-                killed = time.monotonic()
-                held = _holds(r, keys, wid)
-                # Its in-flight messages must be back in the queue within the bound.
-                wait_for(lambda: _holds(r, keys, wid) == 0, timeout=HB_TIMEOUT + SWEEP + 10, interval=0.02, what="sweep")
-                recoveries.append((held, time.monotonic() - killed))
+                w = threading.Thread(target=watch, args=(wid, time.monotonic(), _holds(r, keys, wid)))
+                w.start()
+                watchers.append(w)
+        for w in watchers:
+            w.join()
         last_kill = time.monotonic()
         feeder.join()
         wait_for(lambda: r.llen("chaos:effects") >= MESSAGES or None, timeout=60, interval=0.2, what="all effects within 60 s of the last kill")
