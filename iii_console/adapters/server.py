@@ -208,6 +208,18 @@ def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) ->
                    metrics_path="" if cfg.server.metrics_path in taken else cfg.server.metrics_path,
                    health_path="" if cfg.server.health_path in taken else cfg.server.health_path,
                    heartbeat_timeout=cfg.workers.heartbeat_timeout)
+    if cfg.server.openapi_path and cfg.server.openapi_path not in taken:
+        from litestar import get
+
+        from iii_console.adapters.openapi import document
+
+        doc = document(steps)
+
+        @get(cfg.server.openapi_path, name="iii:openapi", include_in_schema=False)
+        async def openapi() -> dict[str, Any]:
+            return doc
+
+        extra.append(openapi)
 
     async def startup(app: Litestar) -> None:
         runner._async = AsyncSide(runner.services, runner._subs)

@@ -41,6 +41,8 @@ class ServerConfig(_Section):
     """Prometheus metrics for the whole deployment; empty turns it off."""
     health_path: str = Field(default="/health", pattern=r"^(/[A-Za-z0-9_./-]*)?$")
     """Redis reachability and worker heartbeats as JSON (503 if Redis is down); empty turns it off."""
+    openapi_path: str = Field(default="/openapi.json", pattern=r"^(/[A-Za-z0-9_./-]*)?$")
+    """OpenAPI document of the HTTP steps; empty turns it off."""
     auth_token: str = ""
     """When set, every request except the health check needs ``Authorization: Bearer <token>``.
     Required to listen on anything but loopback."""

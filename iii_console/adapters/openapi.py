@@ -1,0 +1,47 @@
+"""An OpenAPI 3.0 document for the project's HTTP steps, built from their schemas.
+
+Litestar's own OpenAPI cannot see our bodies (we read them raw, see
+``server.py``), so the document is built from each trigger's pydantic model.
+It also lists the error answers every step shares, which is what API fuzzers
+(schemathesis) and clients need to know.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iii_console.core.steps import HttpTrigger, Step
+
+_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+
+
+def _errors(with_body: bool) -> dict[str, Any]:
+    out = {
+        "404": "no such route", "405": "method not allowed", "429": "a topic this step enqueues to is full; retry later",
+        "503": "storage unavailable; retry later",
+    }
+    if with_body:
+        out.update({"400": "invalid body (fields lists each problem)", "413": "body too large", "415": "send application/json"})
+    return {code: {"description": d, "content": {"application/json": {"schema": _ERROR}}} for code, d in sorted(out.items())}
+
+
+def document(steps: list[Step], *, title: str = "iii-console steps") -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
+    for step in steps:
+        for t in step.of(HttpTrigger):
+            op: dict[str, Any] = {
+                "operationId": f"{step.name}_{t.method.lower()}",
+                "summary": step.description or step.name,
+                "tags": step.flows or ["steps"],
+                "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in t.path_params],
+                "responses": {"2XX": {"description": "accepted by the step", "content": {"application/json": {"schema": {}}}},
+                              **_errors(t.body_schema is not None or t.method in ("POST", "PUT", "PATCH"))},
+            }
+            if t.body_schema is not None:
+                js = t.body_schema.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(js.pop("$defs", {}))
+                schemas[t.body_schema.__name__] = js
+                op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{t.body_schema.__name__}"}}}}
+            paths.setdefault(t.path, {})[t.method.lower()] = op
+    return {"openapi": "3.0.3", "info": {"title": title, "version": "1"}, "paths": paths, "components": {"schemas": schemas}}
