@@ -130,7 +130,7 @@ def dlq_show(entry_id: str, as_json: bool, config_path: str | None, redis_url: s
 def dlq_replay(entry_ids: tuple[str, ...], replay_all: bool, queue: str | None, step: str | None, error_text: str | None,
                since: str | None, dry_run: bool, yes: bool, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
     """Put dead letters back on their queues with attempts reset (ENTRY_ID... or --all with filters)."""
-    from iii_console.adapters.queue.replay import Replayer, ReplayError
+    from iii_console.core.replay import Replayer, ReplayError
     from iii_console.runtime.services import Services
 
     if bool(entry_ids) == replay_all:

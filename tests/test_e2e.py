@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,8 +41,10 @@ workers:
 
 
 class Running:
-    def __init__(self, proc: subprocess.Popen, url: str | None):
+    def __init__(self, proc: subprocess.Popen, url: str | None, lines: list[str]):
         self.proc, self.url = proc, url
+        #: stderr lines after the banner, drained by a thread so the process never blocks on a full pipe.
+        self.lines = lines
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -63,7 +66,9 @@ def start_cli(project: Path, *args: str) -> Running:
     if "running" not in banner:
         proc.kill()
         raise AssertionError(f"iii-console did not start: {banner}{proc.stderr.read()}")
-    return Running(proc, m.group(1) if m else None)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    return Running(proc, m.group(1) if m else None, lines)
 
 
 @pytest.fixture
@@ -166,7 +171,7 @@ def test_broken_step_is_reported_with_file_and_field_and_the_rest_run(seed_proje
     (seed_project / "steps" / "typo_step.py").write_text("import nothing_here\n")
     run = start_cli(seed_project, "--no-ui", "--processes", "2", "--threads", "3")
     try:
-        err_lines = [run.proc.stderr.readline() for _ in range(2)]
+        err_lines = wait_for(lambda: len(run.lines) >= 2 and run.lines[:2], what="two step error lines")
         assert any("broken_step.py" in line and "step 'Broken'" in line and "triggers.0.colour" in line for line in err_lines), err_lines
         assert any("typo_step.py:1" in line and "nothing_here" in line for line in err_lines), err_lines
         errors = wait_for(lambda: len(events(r, keys, "step.error")) == 2 and events(r, keys, "step.error"), what="step.error events")
@@ -195,6 +200,7 @@ def test_two_scheduler_processes_fire_each_tick_once(tmp_path, redis_url, r, key
              start_cli(tmp_path, "--no-ui", "--role", "worker")]
     try:
         wait_for(lambda: len(events(r, keys, "cron.fired")) >= 4, timeout=20, what="4 ticks")
+        wait_for(lambda: len(json.loads(r.hget(keys.state_group("ticks"), "Ticker") or "{}")) >= 3, timeout=20, what="ticks handled")
     finally:
         codes = [p.stop() for p in procs]
     assert codes == [0, 0, 0]

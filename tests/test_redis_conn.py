@@ -46,6 +46,9 @@ def test_no_url_starts_a_private_redis_under_dot_iii_and_stops_it_on_exit(tmp_pa
     try:
         banner = proc.stderr.readline()
         assert "running" in banner, banner + proc.stderr.read()
+        import threading
+
+        threading.Thread(target=proc.stderr.read, daemon=True).start()  # never let a full pipe block it
         url = json.loads((tmp_path / ".iii" / "redis.json").read_text())["url"]
         assert url.startswith("redis://127.0.0.1:")
         c = redis.Redis.from_url(url)

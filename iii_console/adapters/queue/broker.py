@@ -106,6 +106,8 @@ class IIIConsumer(Consumer):
         self._reclaim = queue_name.endswith(".DQ")
         #: Set by ``ack`` (worker threads) so a consumer at prefetch wakes as soon as a slot frees.
         self.slot_freed = threading.Event()
+        #: Fetch only once this many slots are free (a quarter of prefetch = half the threads).
+        self.fetch_min = max(1, prefetch // 4)
 
     @property
     def outstanding_message_count(self) -> int:
@@ -189,11 +191,13 @@ class IIIConsumer(Consumer):
                     return MessageProxy(message)
 
                 want = self.prefetch - self.outstanding_message_count
-                if want <= 0:
-                    # At prefetch: wait for an ack to free a slot, not for a wake
-                    # token (a backlog pushes none, so that would stall the drain).
+                if want < self.fetch_min:
+                    # Near prefetch: wait for acks to free a few slots, not for a
+                    # wake token (a backlog pushes none, so that would stall the
+                    # drain), and fetch them in one call rather than one per ack.
+                    # More than `threads` messages are still waiting locally.
                     self.slot_freed.clear()
-                    if self.prefetch - self.outstanding_message_count <= 0:
+                    if self.prefetch - self.outstanding_message_count < self.fetch_min:
                         self.slot_freed.wait(self.block_s)
                     return None
                 flat = self.broker.iii_scripts.fetch(args=[self.broker.namespace, self.queue_name, self.broker.broker_id, want])
