@@ -190,7 +190,7 @@ def test_enqueue_with_delay_waits_before_running(project, runtime, producer, r, 
     sent_ms = int(time.time() * 1000)
     p.enqueue("jobs", {"k": "later"}, trace_id="t", delay_ms=400)
     p.enqueue("jobs", {"k": "now"}, trace_id="t")
-    later = [e for e in events(r, keys, "message.enqueued") if e.data["payload"]["k"] == "later"][0]
+    [later] = wait_for(lambda: [e for e in events(r, keys, "message.enqueued") if e.data["payload"]["k"] == "later"], what="enqueued event")
     done = wait_for(lambda: [e for e in events(r, keys, "message.started") if e.message_id == later.message_id], what="delayed message")
     first = [e for e in events(r, keys, "message.started") if e.message_id != later.message_id][0]
     assert done[0].ts - sent_ms >= 400
@@ -336,3 +336,14 @@ def test_async_handler_with_several_triggers_enqueues_on_the_same_trace(project,
     assert sink["trace"] in ("trace-a", "trace-b") and sink["message_id"]
     enq = [e for e in events(r, keys, "message.enqueued") if e.topic == "c"]
     assert sorted(e.trace_id for e in enq) == ["trace-a", "trace-b"] and {e.data["source"] for e in enq} == {"Both"}
+
+
+def test_tracebacks_start_at_the_step_not_the_framework(project, runtime, producer, r, keys):
+    cfg, steps = project({"flaky_step.py": FLAKY}, "queues:\n  jobs:\n    max_retries: 0\n")
+    runtime(cfg, steps)
+    producer(cfg, steps).enqueue("jobs", {"k": "m1"}, trace_id="t")
+    store = DeadLetterStore(r, keys)
+    wait_for(lambda: store.count("dead-letters") == 1, what="dead letter")
+    tb = store.list()[0].traceback
+    frames = [line for line in tb.splitlines() if line.strip().startswith("File ")]
+    assert frames and "flaky_step.py" in frames[0] and "dramatiq" not in tb and "runner.py" not in tb

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import traceback
 import uuid
 from typing import Any
 
@@ -22,6 +21,7 @@ from litestar.types import ExceptionHandlersMap
 from pydantic import BaseModel, ValidationError
 
 from iii_console.core.context import HttpRequest
+from iii_console.core.errors import user_traceback
 from iii_console.core.steps import HttpTrigger, Step
 from iii_console.runtime.runner import AsyncSide, StepRunner
 
@@ -161,7 +161,7 @@ class HttpSteps:
                 return _problem(503, "storage unavailable, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
             except Exception as exc:
                 emitter.emit("step.error", trace_id=trace_id, step=step.name, error=f"{type(exc).__name__}: {exc}",
-                             data={"traceback": traceback.format_exc()[-8000:], "file": step.file})
+                             data={"traceback": user_traceback(exc)[-8000:], "file": step.file})
                 return _problem(500, "handler failed", trace_id=trace_id)
             return _to_response(out, trace_id)
 

@@ -53,3 +53,21 @@ class DecodeError(IIIError):
 
 class StateError(IIIError):
     """A state operation was invalid (bad path, wrong type for increment...)."""
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback of a handler's exception starting at the first frame outside the
+    framework (Dramatiq, Litestar and iii_console's own runtime), so a person reads their
+    own code first. Falls back to the full traceback if every frame is framework."""
+    import os
+    import traceback
+
+    import iii_console
+
+    framework = (os.path.dirname(iii_console.__file__) + os.sep, f"{os.sep}dramatiq{os.sep}", f"{os.sep}litestar{os.sep}")
+    te = traceback.TracebackException.from_exception(exc)
+    frames = te.stack
+    first = next((i for i, f in enumerate(frames) if not any(p in f.filename for p in framework)), None)
+    if first:
+        te.stack = traceback.StackSummary.from_list(frames[first:])
+    return "".join(te.format())

@@ -8,7 +8,6 @@ when it settles the message (see ``broker.py``).
 from __future__ import annotations
 
 import time
-import traceback as tb
 from dataclasses import asdict
 from typing import Any
 
@@ -19,6 +18,7 @@ from iii_console.adapters.queue.broker import dead_letter_entry
 from iii_console.adapters.queue.names import parse_queue
 from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter
+from iii_console.core.errors import user_traceback
 from iii_console.core.events import now_ms
 
 
@@ -60,7 +60,7 @@ class LifecycleEvents(dramatiq.Middleware):
             self.emitter.emit("message.processed", duration_ms=duration, **_where(message))
         else:
             self.emitter.emit("message.failed", duration_ms=duration, error=f"{type(exception).__name__}: {exception}",
-                              data={"traceback": "".join(tb.format_exception(exception))[-8000:]}, **_where(message))
+                              data={"traceback": user_traceback(exception)[-8000:]}, **_where(message))
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         self._started.pop(message.message_id, None)
@@ -90,7 +90,7 @@ class RetryPolicy(dramatiq.Middleware):
             return
         entry = dead_letter_entry(
             message, dlq=strategy.dead_letter_queue, error=f"{type(exception).__name__}: {exception}",
-            traceback="".join(tb.format_exception(exception)), attempts=retries + 1,
+            traceback=user_traceback(exception), attempts=retries + 1,
         )
         opts["iii_outcome"] = {"kind": "dead", "entry": asdict(entry)}
         self.emitter.emit("message.dead_lettered", **where, error=entry.error, data={"dlq": entry.dlq, "attempts": entry.attempts})
