@@ -97,7 +97,7 @@ def cli(ctx: click.Context, no_ui: bool, role: tuple[str, ...], processes: int |
         render: Callable[[Event], None] = _print_json if no_ui else _print_human
         code = asyncio.run(_run_headless(cfg, roles, processes, threads, render, watch))
     else:
-        code = asyncio.run(_run_headless(cfg, roles, processes, threads, _print_human, watch))
+        code = asyncio.run(_run_console(cfg, roles, processes, threads, watch))
     ctx.exit(code)
 
 
@@ -125,7 +125,7 @@ async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | No
                         render: Callable[[Event], None], watch: bool = False) -> int:
     from iii_console.runtime.supervisor import Supervisor
 
-    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, on_event=render)
+    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, on_event=render if cfg.events.echo else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -145,10 +145,59 @@ async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | No
     return 1 if bad else 0
 
 
+async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | None, threads: int | None, watch: bool) -> int:
+    """The live console owns the terminal; the runtime runs in the same loop, its logs go to .iii/logs/."""
+    import logging
+
+    from iii_console.runtime.supervisor import Supervisor
+    from iii_console.tui.app import create_app
+
+    log_dir = cfg.data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.FileHandler(log_dir / "console.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, on_event=None, log_dir=log_dir)
+    await sup.start()
+    if watch:
+        sup.watch()
+    server_url = f"http://{'127.0.0.1' if cfg.server.host in ('0.0.0.0', '::') else cfg.server.host}:{sup.port}" if sup.port else None
+    app = create_app(redis_url=sup.config.redis.url, prefix=cfg.redis.prefix, server_url=server_url)
+    try:
+        await app.run_async()
+    finally:
+        await sup.stop()
+    return 0
+
+
 def _redact_url(url: str) -> str:
     from iii_console.runtime.supervisor import _safe
 
     return _safe(url)
+
+
+# -- attach -------------------------------------------------------------------
+
+@cli.command()
+@click.option("--read-only/--read-write", default=True, show_default=True,
+              help="Read-only hides every action that writes (send, replay, purge, state edits).")
+@click.option("--server-url", default=None, metavar="URL", help="Server to post test messages to (with --read-write).")
+@_common
+def attach(read_only: bool, server_url: str | None, config_path: str | None, redis_url: str | None) -> None:
+    """Open the console on a deployment that runs elsewhere; starts nothing."""
+    from iii_console.runtime.supervisor import check_redis
+    from iii_console.tui.app import create_app
+
+    cfg = _load(config_path, redis_url)
+    if not cfg.redis.url:
+        raise click.UsageError("attach needs --redis URL (or REDIS_URL / redis.url)")
+    check_redis(cfg.redis.url)
+    create_app(redis_url=cfg.redis.url, prefix=cfg.redis.prefix, server_url=None if read_only else server_url,
+               read_only=read_only, title="iii-console (attached)").run()
 
 
 # -- send ---------------------------------------------------------------------
