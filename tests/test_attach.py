@@ -1,0 +1,65 @@
+"""Attach read-only with a Redis user whose ACL allows only reads: the console
+shows everything and attempts no write at all (Redis's ACL LOG stays empty)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from textual.widgets import RichLog
+
+from iii_console.core.dlq import DeadLetter
+from iii_console.core.keys import Keys
+from iii_console.core.redis_server import RedisServer
+from iii_console.core.state import StateStore
+from iii_console.tui import create_app
+
+from .test_tui_helpers import anyio_backend, lifecycle, log_text, started, until, xadd  # noqa: F401
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+@pytest.fixture
+def acl_server(tmp_path):
+    server = RedisServer(tmp_path / "acl", appendonly=False, extra=[
+        "--user", "admin", "on", ">admin-pass", "~*", "&*", "+@all",
+        "--user", "viewer", "on", ">view-pass", "~*", "&*", "+@read", "+@connection", "-@write", "+time", "+info",
+        "--user", "default", "off",
+    ]).start()
+    yield server
+    server.kill()
+
+
+async def test_read_only_attach_with_a_read_only_user_views_everything_and_writes_nothing(acl_server):
+    import redis
+
+    keys = Keys()
+    admin = redis.Redis(port=acl_server.port, username="admin", password="admin-pass")
+    now = int(time.time() * 1000)
+    xadd(admin, keys, lifecycle(1, now - 5000) + lifecycle(2, now - 4000, fails=1))
+    StateStore(admin, keys).set("messages", "m1", {"status": "processed"})
+    entry = DeadLetter(id="dead-1", dlq="message.sent.dlq", error="RuntimeError: boom", topic="message.sent", step="ProcessMessage",
+                       attempts=3, first_failure_ms=now, last_failure_ms=now, trace_id="t")
+    admin.hset(keys.dlq_entries(entry.dlq), entry.id, entry.encode())
+    admin.zadd(keys.dlq(entry.dlq), {entry.id: now})
+    admin.sadd(keys.dlq_names, entry.dlq)
+    admin.execute_command("ACL", "LOG", "RESET")
+    # The viewer really cannot write.
+    viewer = redis.Redis(port=acl_server.port, username="viewer", password="view-pass")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        viewer.set("x", "1")
+    admin.execute_command("ACL", "LOG", "RESET")
+
+    app = create_app(redis_url=f"redis://viewer:view-pass@127.0.0.1:{acl_server.port}/0", read_only=True)
+    async with app.run_test(size=(160, 45)) as pilot:
+        await started(pilot)
+        await until(pilot, lambda: "message.processed" in log_text(app.query_one("#events", RichLog)), "events on screen")
+        for key in "12345678":  # every view, each of which reads Redis
+            await pilot.press(key)
+            await pilot.pause(0.3)
+        await pilot.press("s")  # the one action that would write is refused in the console
+        await pilot.pause(0.2)
+        assert any("read-only" in n.message for n in app._notifications)
+        await pilot.press("q")
+    denied = admin.execute_command("ACL", "LOG")
+    assert denied == [], denied
