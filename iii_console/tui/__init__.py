@@ -1,0 +1,5 @@
+"""The live console (Textual). It reads Redis only through the core, never the runtime."""
+
+from iii_console.tui.app import ConsoleApp, create_app
+
+__all__ = ["ConsoleApp", "create_app"]

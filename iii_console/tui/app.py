@@ -1,0 +1,578 @@
+"""The live console: a Textual app that tails the event stream and reads Redis.
+
+Structure (attributes down, messages up):
+
+- one thread worker reads the event stream into a bounded inbox (with back
+  pressure, so nothing is dropped and memory stays flat) and survives Redis
+  going away by resuming from the last id it saw;
+- one thread worker polls snapshots (registries, workers, queue depths, dead
+  letters, state, cron) for what the visible tab needs and posts them up;
+- a timer a few times a second moves the inbox into the plain
+  :class:`~iii_console.tui.model.ConsoleModel` and hands a :class:`View` down to
+  the visible tab, which renders it in one batch.
+
+The app never imports the runtime or the adapters: it can attach to any Redis.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import redis
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
+from textual.widgets._tabbed_content import ContentTabs
+from textual.worker import Worker, WorkerState
+
+from iii_console.core.events import Event
+from iii_console.core.keys import Keys
+from iii_console.tui import fmt
+from iii_console.tui.filter import EventFilter
+from iii_console.tui.messages import OpenTrace, StateGroupChosen
+from iii_console.tui.model import ConsoleModel
+from iii_console.tui.screens import HelpScreen, SendRequest, SendScreen, TraceScreen
+from iii_console.tui.source import Snapshot, StreamTail, connect, fetch, find_trace
+from iii_console.tui.tabs.live import LivePane
+from iii_console.tui.tabs.messages import MessagesPane
+from iii_console.tui.tabs.queues import DeadLettersPane, QueuesPane
+from iii_console.tui.tabs.state import StatePane
+from iii_console.tui.tabs.system import CronPane, StepsPane, WorkersPane
+from iii_console.tui.widgets import Pane, View, update
+
+#: (pane id, tab label, pane class); the number keys follow this order.
+TABS = (
+    ("live", "Live", LivePane),
+    ("messages", "Messages", MessagesPane),
+    ("queues", "Queues", QueuesPane),
+    ("dlq", "Dead letters", DeadLettersPane),
+    ("state", "State", StatePane),
+    ("cron", "Cron", CronPane),
+    ("workers", "Workers", WorkersPane),
+    ("steps", "Steps", StepsPane),
+)
+
+PANE_CLASSES: dict[str, type[Pane]] = {pid: cls for pid, _, cls in TABS}
+
+#: The reader stops reading while this many events wait to be rendered (back pressure, not loss).
+INBOX_HIGH_WATER = 50_000
+#: CPU time one render tick may spend moving events into the model, so keys never wait long;
+#: what is left stays in the inbox for the next tick (and back-pressures the reader).
+INGEST_BUDGET_S = 0.05
+INGEST_CHUNK = 500
+FILTER_DEBOUNCE_S = 0.2
+ANNOUNCED = frozenset({"step.error", "message.dead_lettered"})
+
+
+@dataclass
+class Link:
+    """The reader's view of Redis, written by its thread and read by the render tick."""
+
+    connected: bool | None = None  # None: not tried yet
+    error: str = ""
+    down_since: float = 0.0
+    outages: int = 0
+
+
+class SnapshotReady(Message):
+    def __init__(self, snap: Snapshot) -> None:
+        super().__init__()
+        self.snap = snap
+
+
+class TraceFound(Message):
+    def __init__(self, trace_id: str, events: list[Event]) -> None:
+        super().__init__()
+        self.trace_id = trace_id
+        self.events = events
+
+
+class ConsoleApp(App[None]):
+    CSS_PATH = Path(__file__).parent / "console.tcss"  # absolute, so subclasses elsewhere find it
+    AUTO_FOCUS = "#events"
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("p", "pause", "Pause"),
+        Binding("s", "send", "Send"),
+        Binding("escape", "back", "Back", show=False),
+        *[Binding(str(i), f"show_tab('{pid}')", label, show=False) for i, (pid, label, _) in enumerate(TABS, 1)],
+    ]
+
+    def __init__(self, *, redis_url: str, keys: Keys, server_url: str | None = None, read_only: bool = False,
+                 clock: Callable[[], float] = time.time, title: str = "iii-console", history: int = 2000,
+                 tick_s: float = 0.25, poll_s: float = 1.0):
+        super().__init__()
+        self.title = title
+        self.redis_url = redis_url
+        #: Where the console reads from, as shown in the status bar (no password).
+        self.where = f"{_redact(redis_url)} {keys.prefix}"
+        self.keys = keys
+        self.server_url = server_url.rstrip("/") if server_url else None
+        self.read_only = read_only
+        self.clock = clock
+        self.tick_s = tick_s
+        self.poll_s = poll_s
+        self.model = ConsoleModel()
+        self.snap = Snapshot()
+        self.filter = EventFilter()
+        self.paused = False
+        self.link = Link()
+        self.tail = StreamTail(keys.events, history=history)
+        self._inbox: deque[Event] = deque()
+        self._stop = threading.Event()
+        self._poke = threading.Event()
+        self._active = "live"
+        self._state_group: str | None = None
+        self._paused_at_seq = 0
+        self._filter_before = ""
+        self._filter_timer: Timer | None = None
+        #: A tab asked for (a number key) before the tab bar was mounted.
+        self._pending_tab: str | None = None
+        self._seen_link: tuple[bool | None, int] = (None, 0)
+        self._revs = (0, 0, 0)
+        self.render_count = 0
+        #: Largest backlog the reader has seen waiting for the render tick (bounded by back pressure).
+        self.inbox_peak = 0
+        #: Names of the reader loops still running; empty once they have stopped after quit.
+        self.readers: set[str] = set()
+
+    # -- layout -------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Static("", id="topbar")
+        with TabbedContent(id="tabs", initial="live"):
+            for i, (pid, label, cls) in enumerate(TABS, 1):
+                with TabPane(f"{i} {label}", id=pid):
+                    if pid == "live":
+                        yield cls(id=f"pane-{pid}")  # the others are mounted when first shown
+        yield Input(placeholder="filter: type:message.failed topic:… step:… trace:… status:… or words  (enter keeps, esc cancels)",
+                    id="filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        # The main screen's widgets, kept so they can be updated while another screen is on top.
+        self._topbar = self.query_one("#topbar", Static)
+        self._filter_box = self.query_one("#filter", Input)
+        self._tabs = self.query_one("#tabs", TabbedContent)
+        self._panes: dict[str, Pane] = {"live": self.query_one("#pane-live", LivePane)}
+        self._read_stream()
+        self._poll()
+        self.set_interval(self.tick_s, self._tick, name="render")
+        self._redraw(self.now_ms())
+        self.call_after_refresh(self._focus_pane)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- workers ------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="stream", name="event-stream", exit_on_error=False)
+    def _read_stream(self) -> None:
+        """The one reader of the event stream: Redis -> inbox, in order, resuming after outages."""
+        client: redis.Redis | None = None
+        failures = 0
+        self.readers.add("stream")
+        try:
+            while not self._stop.is_set():
+                try:
+                    if client is None:
+                        client = connect(self.redis_url)
+                        if failures:
+                            self.tail.resync(client)
+                    events = self.tail.read(client)
+                except redis.RedisError as exc:
+                    failures += 1
+                    if self.link.connected is not False:
+                        self.link.outages += 1
+                        self.link.down_since = time.monotonic()
+                    self.link.error = _short_error(exc)
+                    self.link.connected = False
+                    if client is not None:
+                        client.close()
+                        client = None
+                    self._stop.wait(min(2.0, 0.2 * failures))
+                    continue
+                failures = 0
+                self.link.connected = True
+                if events:
+                    while len(self._inbox) >= INBOX_HIGH_WATER and not self._stop.is_set():
+                        self._stop.wait(0.02)
+                    self._inbox.extend(events)
+                    self.inbox_peak = max(self.inbox_peak, len(self._inbox))
+        finally:
+            if client is not None:
+                client.close()
+            self.readers.discard("stream")
+
+    @work(thread=True, exclusive=True, group="poll", name="snapshots", exit_on_error=False)
+    def _poll(self) -> None:
+        """Registries, workers, queue depths, dead letters, state and cron, for the visible tab."""
+        client: redis.Redis | None = None
+        snap = self.snap
+        registry_at = 0.0
+        self.readers.add("poll")
+        try:
+            while not self._stop.is_set():
+                wants = {"workers", "dlq_counts"} | set(PANE_CLASSES[self._active].wants)
+                if time.monotonic() - registry_at > 5 or "registry" not in snap.loaded:
+                    wants.add("registry")
+                try:
+                    if client is None:
+                        client = connect(self.redis_url)
+                    snap = fetch(client, self.keys, snap, wants, state_group=self._state_group)
+                except redis.RedisError:
+                    if client is not None:
+                        client.close()
+                        client = None
+                else:
+                    if "registry" in wants:
+                        registry_at = time.monotonic()
+                    self.post_message(SnapshotReady(snap))
+                self._poke.wait(self.poll_s)
+                self._poke.clear()
+        finally:
+            if client is not None:
+                client.close()
+            self.readers.discard("poll")
+
+    @work(thread=True, group="trace", name="trace-search", exit_on_error=False)
+    def _search_trace(self, trace_id: str) -> None:
+        client = connect(self.redis_url)
+        try:
+            events = find_trace(client, self.keys.events, trace_id)
+        except redis.RedisError:
+            events = []
+        finally:
+            client.close()
+        self.post_message(TraceFound(trace_id, events))
+
+    @work(group="send", exit_on_error=False)
+    async def _send(self, req: SendRequest) -> None:
+        import httpx
+
+        assert self.server_url is not None
+        sent, problem, last = 0, "", None
+        async with httpx.AsyncClient(base_url=self.server_url, timeout=10) as client:
+            for _ in range(req.count):
+                try:
+                    resp = await client.post("/messages", json=req.body)
+                except httpx.ConnectError:
+                    problem = f"no server at {self.server_url}: is `iii-console` running?"
+                    break
+                except httpx.HTTPError as exc:
+                    problem = f"request failed: {exc}"
+                    break
+                if resp.status_code >= 400:
+                    problem = f"server answered {resp.status_code}: {resp.text[:300]}"
+                    break
+                sent += 1
+                last = resp
+        if problem:
+            self.notify(f"{problem}" + (f" (after {sent} sent)" if sent else ""), title="Send failed", severity="error",
+                        markup=False)
+            return
+        trace = ""
+        if last is not None:
+            try:
+                trace = f" · trace {str(last.json().get('trace_id', ''))[:8]}"
+            except ValueError:
+                pass
+        self.notify(f"{sent} message{'s' if sent != 1 else ''} sent to {self.server_url}/messages "
+                    f"({last.status_code if last is not None else '-'}){trace}", title="Sent", markup=False)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place worker failures land: say so, and restart the long-running ones."""
+        if event.state != WorkerState.ERROR or self._stop.is_set():
+            return
+        err = event.worker.error
+        self.notify(f"{event.worker.name}: {type(err).__name__}: {err}", title="Console worker failed; restarting",
+                    severity="error", markup=False)
+        if event.worker.group == "stream":
+            self.set_timer(1.0, self._read_stream)
+        elif event.worker.group == "poll":
+            self.set_timer(1.0, self._poll)
+
+    # -- the render tick ----------------------------------------------------
+    def _tick(self) -> None:
+        if not self.is_running:
+            return  # shutting down: the widgets are being removed
+        now = self.now_ms()
+        deadline = time.perf_counter() + INGEST_BUDGET_S
+        live: list[Event] = []
+        history = self.tail.history_count or 0
+        while self._inbox and time.perf_counter() < deadline:
+            batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), INGEST_CHUNK))]
+            first_seq = self.model.seq + 1
+            self.model.ingest(batch, now)
+            live.extend(e for e in batch[max(0, history - first_seq + 1):] if e.type in ANNOUNCED)
+        if live:
+            self._announce(live)
+        revs = (self.model.dlq_rev, self.model.state_rev, self.model.workers_rev)
+        if revs != self._revs:
+            self._revs = revs
+            self._poke.set()
+        self._announce_link()
+        self._redraw(now)
+        self.render_count += 1
+        if self._pending_tab and self.ready:
+            self._tabs.active, self._pending_tab = self._pending_tab, None
+
+    def _redraw(self, now: int) -> None:
+        if not self.is_running:
+            return  # shutting down: the widgets are being removed
+        self._render_topbar(now)
+        if self.paused:
+            return
+        view = View(self.model, self.snap, now, self.filter)
+        pane = self._pane(self._active)
+        if pane.ready:
+            pane.show(view)
+        screen = self.screen
+        if isinstance(screen, TraceScreen):
+            screen.add_events(self.model.traces.get(screen.trace_id))
+
+    def _render_topbar(self, now: int) -> None:
+        m, link = self.model, self.link
+        bar = Text.assemble((f" {self.title} ", "bold reverse"), " ")
+        if link.connected is False:
+            down = int(time.monotonic() - link.down_since)
+            bar.append(f"● disconnected {down}s: {link.error} · retrying", "bold red")
+        elif link.connected:
+            bar.append("● connected", "bold green")
+        else:
+            bar.append("○ connecting…", "yellow")
+        bar.append(f"  {self.where}", "bright_black")
+        if self.read_only:
+            bar.append("  read-only", "bold magenta")
+        bar.append("  │  ", "bright_black")
+        bar.append(f"{fmt.num(m.seq)} events", "bold")
+        bar.append(f" {fmt.rate(m.all_events.rate(now))}", "bright_black")
+        workers = len(self.snap.workers)
+        bar.append(f"  │  {workers} worker{'s' if workers != 1 else ''}", "" if workers else "yellow")
+        dead = sum(self.snap.dlq_counts.values())
+        bar.append(f"  │  {dead} dead", "bold red" if dead else "bright_black")
+        if m.step_errors:
+            bar.append(f"  │  {len(m.step_errors)} step error{'s' if len(m.step_errors) != 1 else ''}", "bold red")
+        if self.filter:
+            bar.append("  │  filter: ", "bright_black")
+            bar.append(self.filter.text, "bold cyan")
+        if self.paused:
+            bar.append(f"  │  ⏸ PAUSED · {fmt.num(m.seq - self._paused_at_seq)} new (p resumes)", "bold black on yellow")
+        update(self._topbar, bar, layout=False)
+
+    def _announce(self, live: list[Event]) -> None:
+        """Toasts for what must not scroll by unseen: step errors and dead letters (not the history read at start)."""
+        errors = [e for e in live if e.type == "step.error"]
+        for ev in errors[:3]:
+            self.notify(f"{ev.step or '?'}: {ev.error}", title="Step error", severity="error", timeout=8, markup=False)
+        dead = [e for e in live if e.type == "message.dead_lettered"]
+        if dead:
+            dlqs = sorted({str((e.data or {}).get("dlq", "?")) for e in dead if isinstance(e.data, dict)})
+            self.notify(f"{len(dead)} message{'s' if len(dead) != 1 else ''} dead-lettered → {', '.join(dlqs)}: "
+                        f"{dead[-1].error}", title="Dead letter", severity="warning", markup=False)
+
+    def _announce_link(self) -> None:
+        state = (self.link.connected, self.link.outages)
+        if state == self._seen_link:
+            return
+        before, self._seen_link = self._seen_link, state
+        if self.link.connected is False:
+            self.notify(f"Lost Redis: {self.link.error.rstrip('.')}. Retrying; the log resumes where it stopped.",
+                        title="Disconnected", severity="error", timeout=6, markup=False)
+        elif self.link.connected and before[0] is False:
+            self.notify(f"Redis is back; resumed after event {self.tail.last_id}.", title="Reconnected", markup=False)
+
+    # -- messages from workers and tabs ---------------------------------------
+    def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        if not self.is_running:
+            return
+        self.snap = message.snap
+        pane = self._pane(self._active)
+        if not self.paused and pane.wants and pane.ready:
+            pane.show(View(self.model, self.snap, self.now_ms(), self.filter))
+
+    def on_open_trace(self, message: OpenTrace) -> None:
+        self.push_screen(TraceScreen(message.trace_id, message.message_id, self.model.traces.get(message.trace_id)))
+        self._search_trace(message.trace_id)
+
+    def on_trace_found(self, message: TraceFound) -> None:
+        for screen in self.screen_stack:
+            if isinstance(screen, TraceScreen) and screen.trace_id == message.trace_id:
+                screen.add_events(message.events, searched=True)
+
+    def on_state_group_chosen(self, message: StateGroupChosen) -> None:
+        self._state_group = message.group
+        self._poke.set()
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self._active = event.pane.id or "live"
+        self._poke.set()
+        self._redraw(self.now_ms())
+        self._focus_pane()
+
+    def _pane(self, pid: str) -> Pane:
+        """The tab's body, mounted on first use (so start-up styles and lays out one tab, not eight)."""
+        pane = self._panes.get(pid)
+        if pane is None:
+            pane = self._panes[pid] = PANE_CLASSES[pid](id=f"pane-{pid}")
+            self._tabs.get_pane(pid).mount(pane)
+        return pane
+
+    def on_pane_ready(self, message: Pane.Ready) -> None:
+        if self._panes.get(self._active) is message.control:
+            self._redraw(self.now_ms())
+            self._focus_pane()
+
+    def _focus_pane(self) -> None:
+        """Focus the visible tab's main widget (a focus left in a hidden tab would switch back to it)."""
+        pane = self._pane(self._active)
+        if self.focused is not None and pane in self.focused.ancestors:
+            return
+        if not pane.ready:
+            self.set_focus(None)  # until it mounts (Pane.Ready), so the hidden tab does not take focus back
+            return
+        for selector in ("DataTable", "RichLog", "OptionList"):
+            for widget in pane.query(selector):
+                if widget.focusable:
+                    widget.focus()
+                    return
+
+    # -- filter -------------------------------------------------------------
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        """Filter as you type, once typing pauses (each change redraws the visible tab)."""
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        self._filter_timer = self.set_timer(FILTER_DEBOUNCE_S, lambda: self.set_filter(event.value))
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        self.set_filter(event.value)
+        self._close_filter()
+
+    def set_filter(self, text: str) -> None:
+        self.filter = EventFilter.parse(text)
+        self._redraw(self.now_ms())
+
+    def clear_filter(self) -> None:
+        self._filter_box.value = ""
+        self.set_filter("")
+
+    def _close_filter(self) -> None:
+        self._filter_box.display = False
+        self._focus_pane()
+
+    # -- actions --------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Tab keys and the filter belong to the main screen; over a trace or a form they are off."""
+        if action in ("show_tab", "filter") and len(self.screen_stack) > 1:
+            return False
+        return True
+
+    @property
+    def ready(self) -> bool:
+        """Drawn once, and the tab bar is mounted (before that, Textual would undo a tab switch)."""
+        return self.render_count > 0 and self._tabs.query_one(ContentTabs).is_mounted
+
+    def action_show_tab(self, pid: str) -> None:
+        if not self.ready:
+            self._pending_tab = pid  # applied by the first tick once the tabs are mounted
+            return
+        self._tabs.active = pid
+        self._active = pid
+        self._focus_pane()
+
+    def action_filter(self) -> None:
+        box = self._filter_box
+        self._filter_before = self.filter.text
+        box.value = self.filter.text
+        box.display = True
+        box.focus()
+
+    def action_back(self) -> None:
+        box = self._filter_box
+        if box.display:
+            if self._filter_timer is not None:
+                self._filter_timer.stop()
+            self.set_filter(self._filter_before)
+            self._close_filter()
+        elif len(self.screen_stack) > 1:
+            self.pop_screen()
+        elif self.filter:
+            self.clear_filter()
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        self._paused_at_seq = self.model.seq
+        self._redraw(self.now_ms())
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_send(self) -> None:
+        if self.read_only:
+            self.notify("This console is attached read-only: sending is disabled.", severity="warning")
+            return
+        if not self.server_url:
+            self.notify("Sending needs a running server: start `iii-console` in the project (this console has no server URL).",
+                        severity="warning", markup=False)
+            return
+        self.push_screen(SendScreen(f"{self.server_url}/messages"), self._sent_form)
+
+    def _sent_form(self, req: SendRequest | None) -> None:
+        if req is not None:
+            self._send(req)
+
+    async def action_quit(self) -> None:
+        self._stop.set()
+        self._poke.set()
+        self.exit()
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+        self._poke.set()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for i, (pid, label, _) in enumerate(TABS, 1):
+            yield SystemCommand(f"Go to {label}", f"Show the {label} tab (key {i})", lambda p=pid: self.action_show_tab(p))
+        yield SystemCommand("Pause / resume", "Freeze the view while events keep being read (p)", self.action_pause)
+        yield SystemCommand("Filter…", "Filter events, messages and dead letters (/)", self.action_filter)
+        yield SystemCommand("Clear filter", "Show everything again", self.clear_filter)
+        yield SystemCommand("Show failures only", "Filter: failed, retried and dead-lettered messages",
+                            lambda: self.set_filter("type:message.failed,message.retrying,message.dead_lettered"))
+        yield SystemCommand("Show errors only", "Filter: step errors", lambda: self.set_filter("type:step.error"))
+        yield SystemCommand("Send test message", "POST to the running server's /messages (s)", self.action_send)
+        yield SystemCommand("Help", "Keys and filter syntax (?)", self.action_help)
+
+
+def _short_error(exc: BaseException) -> str:
+    text = (str(exc) or type(exc).__name__).rstrip(".")
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _redact(url: str) -> str:
+    import re
+
+    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
+
+
+def create_app(*, redis_url: str, prefix: str = "iii:", server_url: str | None = None, read_only: bool = False,
+               clock: Callable[[], float] = time.time, title: str = "iii-console") -> ConsoleApp:
+    """The console the CLI runs: attach to ``redis_url`` under ``prefix``; ``s`` posts to ``server_url``."""
+    return ConsoleApp(redis_url=redis_url, keys=Keys(prefix), server_url=server_url, read_only=read_only,
+                      clock=clock, title=title)

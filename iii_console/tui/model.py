@@ -1,0 +1,369 @@
+"""What the console knows, as plain objects: no Textual, no Redis, no clock.
+
+The reader thread hands decoded events to :meth:`ConsoleModel.ingest` in
+batches; widgets read from the model when they render. Every buffer here is
+bounded, so memory stays flat however fast the stream runs. Time is passed in
+(``now_ms``) and rates are bucketed by each event's own timestamp, so the same
+events always give the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, NamedTuple
+
+from iii_console.core.events import Event
+from iii_console.tui.filter import EventFilter
+
+
+class Tile(NamedTuple):
+    name: str
+    type: str
+
+
+#: The Live tab's counters, in the order of a message's life.
+TILES: tuple[Tile, ...] = (
+    Tile("received", "http.received"),
+    Tile("enqueued", "message.enqueued"),
+    Tile("processing", "message.started"),
+    Tile("processed", "message.processed"),
+    Tile("failed", "message.failed"),
+    Tile("retrying", "message.retrying"),
+    Tile("dead-lettered", "message.dead_lettered"),
+    Tile("notifications", "notification.sent"),
+)
+_TILE_BY_TYPE = {t.type: t.name for t in TILES}
+
+
+class RateSeries:
+    """A running total plus counts per second (by event time) for the last ``window`` seconds."""
+
+    __slots__ = ("total", "window", "_buckets", "_newest")
+
+    def __init__(self, window: int = 120):
+        self.total = 0
+        self.window = window
+        self._buckets: dict[int, int] = {}
+        self._newest = 0
+
+    def add(self, ts_ms: int, now_ms: int, n: int = 1) -> None:
+        self.total += n
+        # A peer's clock running ahead must not push counts into the future.
+        sec = min(ts_ms, now_ms) // 1000
+        if sec <= now_ms // 1000 - self.window:
+            return
+        self._buckets[sec] = self._buckets.get(sec, 0) + n
+        if sec > self._newest:
+            self._newest = sec
+            if len(self._buckets) > self.window * 2:
+                floor = sec - self.window
+                self._buckets = {s: c for s, c in self._buckets.items() if s > floor}
+
+    def series(self, now_ms: int, seconds: int = 60) -> list[int]:
+        """Counts for each of the last ``seconds`` whole seconds, oldest first, ending now."""
+        now_s = now_ms // 1000
+        return [self._buckets.get(s, 0) for s in range(now_s - seconds + 1, now_s + 1)]
+
+    def rate(self, now_ms: int, over: int = 5) -> float:
+        """Events per second over the last ``over`` complete seconds."""
+        now_s = now_ms // 1000
+        return sum(self._buckets.get(s, 0) for s in range(now_s - over, now_s)) / over
+
+
+#: Message status after each lifecycle event, and its rank within one attempt.
+#: Events from different processes can reach the stream out of order (a worker
+#: may start a message before the producer's ``enqueued`` is flushed), so the
+#: status follows the furthest point of the life seen, not the last event read:
+#: ``(replays, attempt, rank)`` only ever moves forward.
+STATUS = {
+    "message.enqueued": ("queued", 0),
+    "message.replayed": ("queued", 0),
+    "message.started": ("running", 1),
+    "message.failed": ("failed", 2),
+    "message.retrying": ("retrying", 3),
+    "message.processed": ("processed", 4),
+    "message.dead_lettered": ("dead", 4),
+}
+TERMINAL = frozenset({"processed", "dead"})
+
+
+@dataclass(slots=True)
+class MessageRow:
+    message_id: str
+    trace_id: str = ""
+    topic: str | None = None
+    step: str | None = None
+    queue: str | None = None
+    status: str = "queued"
+    attempts: int = 0
+    priority: str = "normal"
+    created_ms: int = 0
+    updated_ms: int = 0
+    duration_ms: float | None = None
+    error: str | None = None
+    delay_ms: int = 0
+    last_type: str = ""
+    #: Model sequence number of the last change, so views update only what changed.
+    rev: int = 0
+    replays: int = 0
+    _status_at: tuple[int, int, int] = (-1, -1, -1)
+
+    def apply(self, ev: Event, rev: int) -> None:
+        self.rev = rev
+        self.trace_id = self.trace_id or ev.trace_id
+        self.topic = self.topic or ev.topic
+        self.step = self.step or ev.step
+        self.queue = ev.queue or self.queue
+        if not self.created_ms or ev.ts < self.created_ms:
+            self.created_ms = ev.ts
+        self.updated_ms = max(self.updated_ms, ev.ts)
+        d = ev.data if isinstance(ev.data, dict) else {}
+        if ev.type == "message.enqueued":
+            self.priority = str(d.get("priority") or self.priority)
+            self.delay_ms = int(d.get("delay_ms") or 0)
+        if ev.type in ("message.started", "message.failed", "message.processed") and ev.attempt:
+            self.attempts = max(self.attempts, ev.attempt)
+        if ev.type == "message.dead_lettered" and isinstance(d.get("attempts"), int):
+            self.attempts = max(self.attempts, d["attempts"])
+        if ev.duration_ms is not None and ev.type in ("message.processed", "message.failed"):
+            self.duration_ms = ev.duration_ms
+        if ev.error and ev.type in ("message.failed", "message.dead_lettered", "message.retrying"):
+            self.error = ev.error
+        if ev.type == "message.replayed":
+            self.replays += 1
+        status, rank = STATUS[ev.type]
+        if ev.type == "message.enqueued":
+            attempt = 0
+        elif ev.type == "message.retrying":
+            attempt = (ev.attempt or 2) - 1  # it names the attempt to come
+        elif ev.type == "message.dead_lettered":
+            attempt = max(self.attempts, 1)
+        else:
+            attempt = ev.attempt or 1
+        at = (self.replays, attempt, rank)
+        if at >= self._status_at:
+            self.status, self._status_at, self.last_type = status, at, ev.type
+
+
+class TraceIndex:
+    """Events per trace id, least recently touched evicted first."""
+
+    def __init__(self, max_traces: int = 5000, max_events: int = 300):
+        self.max_traces = max_traces
+        self.max_events = max_events
+        self._traces: OrderedDict[str, list[Event]] = OrderedDict()
+        self._revs: dict[str, int] = {}
+
+    def add(self, ev: Event, rev: int) -> None:
+        tid = ev.trace_id
+        if not tid:
+            return
+        events = self._traces.get(tid)
+        if events is None:
+            events = self._traces[tid] = []
+            if len(self._traces) > self.max_traces:
+                old, _ = self._traces.popitem(last=False)
+                self._revs.pop(old, None)
+        else:
+            self._traces.move_to_end(tid)
+        if len(events) < self.max_events:
+            events.append(ev)
+        self._revs[tid] = rev
+
+    def get(self, trace_id: str) -> list[Event] | None:
+        events = self._traces.get(trace_id)
+        return sorted(events, key=lambda e: (e.ts, e.id)) if events is not None else None
+
+    def rev(self, trace_id: str) -> int:
+        return self._revs.get(trace_id, 0)
+
+    def find(self, prefix: str) -> str | None:
+        """The most recent trace id starting with ``prefix``."""
+        for tid in reversed(self._traces):
+            if tid.startswith(prefix):
+                return tid
+        return None
+
+    def __len__(self) -> int:
+        return len(self._traces)
+
+
+@dataclass(slots=True)
+class TopicCounts:
+    enqueued: RateSeries = field(default_factory=RateSeries)
+    processed: RateSeries = field(default_factory=RateSeries)
+    failed: int = 0
+    retrying: int = 0
+    dead: int = 0
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class CronSeen:
+    fired: int = 0
+    skipped: int = 0
+    last_drift_ms: int | None = None
+    last_skip_reason: str | None = None
+
+
+class LogEntry(NamedTuple):
+    seq: int
+    event: Event
+
+
+class ConsoleModel:
+    def __init__(self, *, log_size: int = 5000, max_messages: int = 2000, max_traces: int = 5000,
+                 max_problems: int = 200, max_state_keys: int = 2000):
+        self.seq = 0
+        self.decode_errors = 0
+        self.last_event_ms = 0
+        self.log: deque[LogEntry] = deque(maxlen=log_size)
+        self.tiles: dict[str, RateSeries] = {t.name: RateSeries() for t in TILES}
+        self.all_events = RateSeries()
+        self.in_flight = 0
+        self.max_messages = max_messages
+        self.messages: OrderedDict[str, MessageRow] = OrderedDict()
+        self.traces = TraceIndex(max_traces)
+        self.topics: dict[str, TopicCounts] = {}
+        self.problems: deque[LogEntry] = deque(maxlen=max_problems)
+        #: Step load errors, latest per (step, file, message); cleared by config.reloaded.
+        self.step_errors: OrderedDict[tuple[str, str, str], Event] = OrderedDict()
+        self.max_state_keys = max_state_keys
+        self.state_changes: dict[str, OrderedDict[str, int]] = {}
+        self.state_rev = 0
+        #: Steps seen writing each state group (state steps are triggered by those writes).
+        self.state_writers: dict[str, set[str]] = {}
+        self.dlq_rev = 0
+        self.workers_rev = 0
+        self.cron: dict[str, CronSeen] = {}
+        #: Recent cron firings and skips, and worker starts and stops (heartbeats are not kept).
+        self.cron_events: deque[Event] = deque(maxlen=100)
+        self.worker_events: deque[Event] = deque(maxlen=100)
+
+    # -- write side ---------------------------------------------------------
+    def ingest(self, events: Iterable[Event], now_ms: int) -> None:
+        for ev in events:
+            self.seq += 1
+            seq = self.seq
+            self.last_event_ms = max(self.last_event_ms, ev.ts)
+            self.log.append(LogEntry(seq, ev))
+            self.all_events.add(ev.ts, now_ms)
+            self.traces.add(ev, seq)
+            t = ev.type
+            tile = _TILE_BY_TYPE.get(t)
+            if tile is not None:
+                self.tiles[tile].add(ev.ts, now_ms)
+            if t in STATUS and ev.message_id:
+                self._message(ev, seq)
+            if t.startswith("message.") and ev.topic:
+                self._topic(ev, now_ms)
+            if t in ("message.failed", "message.dead_lettered", "step.error") or (
+                    t == "log" and isinstance(ev.data, dict) and ev.data.get("level") in ("error", "critical")):
+                self.problems.append(LogEntry(seq, ev))
+            if t == "step.error":
+                d = ev.data if isinstance(ev.data, dict) else {}
+                self.step_errors[(ev.step or "", str(d.get("file", "")), ev.error or "")] = ev
+            elif t == "config.reloaded":
+                self.step_errors.clear()
+            elif t == "state.changed":
+                self._state(ev)
+            elif t in ("message.dead_lettered", "message.replayed"):
+                self.dlq_rev += 1
+            elif t.startswith("worker."):
+                self.workers_rev += 1
+                if t != "worker.heartbeat":
+                    self.worker_events.append(ev)
+            elif t in ("cron.fired", "cron.skipped") and ev.step:
+                self.cron_events.append(ev)
+                seen = self.cron.setdefault(ev.step, CronSeen())
+                d = ev.data if isinstance(ev.data, dict) else {}
+                if t == "cron.fired":
+                    seen.fired += 1
+                    seen.last_drift_ms = d.get("drift_ms")
+                else:
+                    seen.skipped += 1
+                    seen.last_skip_reason = d.get("reason")
+
+    def _message(self, ev: Event, seq: int) -> None:
+        mid = ev.message_id
+        assert mid is not None
+        row = self.messages.get(mid)
+        if row is None:
+            row = self.messages[mid] = MessageRow(mid)
+            if len(self.messages) > self.max_messages:
+                _, old = self.messages.popitem(last=False)
+                if old.status == "running":
+                    self.in_flight -= 1
+        was_running = row.status == "running"
+        row.apply(ev, seq)
+        self.in_flight += (row.status == "running") - was_running
+
+    def _topic(self, ev: Event, now_ms: int) -> None:
+        tc = self.topics.get(ev.topic or "")
+        if tc is None:
+            tc = self.topics[ev.topic or ""] = TopicCounts()
+        t = ev.type
+        if t == "message.enqueued":
+            tc.enqueued.add(ev.ts, now_ms)
+        elif t == "message.processed":
+            tc.processed.add(ev.ts, now_ms)
+        elif t == "message.failed":
+            tc.failed += 1
+            tc.last_error = ev.error
+        elif t == "message.retrying":
+            tc.retrying += 1
+        elif t == "message.dead_lettered":
+            tc.dead += 1
+
+    def _state(self, ev: Event) -> None:
+        d = ev.data if isinstance(ev.data, dict) else {}
+        group, key = d.get("group"), d.get("key")
+        if not isinstance(group, str) or not isinstance(key, str):
+            return
+        if ev.step:
+            self.state_writers.setdefault(group, set()).add(ev.step)
+        changes = self.state_changes.setdefault(group, OrderedDict())
+        changes.pop(key, None)
+        changes[key] = ev.ts
+        if len(changes) > self.max_state_keys:
+            changes.popitem(last=False)
+        self.state_rev += 1
+
+    # -- read side ----------------------------------------------------------
+    def log_since(self, seq: int) -> list[LogEntry]:
+        """Log entries after ``seq`` that are still buffered, oldest first."""
+        if not self.log or seq >= self.log[-1].seq:
+            return []
+        first = self.log[0].seq
+        start = max(0, seq + 1 - first)
+        return [self.log[i] for i in range(start, len(self.log))]
+
+    def log_tail(self, flt: EventFilter, limit: int) -> list[LogEntry]:
+        """The last ``limit`` buffered entries matching ``flt``, oldest first."""
+        out: list[LogEntry] = []
+        for entry in reversed(self.log):
+            if not flt or flt.matches(entry.event):
+                out.append(entry)
+                if len(out) >= limit:
+                    break
+        out.reverse()
+        return out
+
+    def message_rows(self, flt: EventFilter | None = None, limit: int = 500) -> list[MessageRow]:
+        """Newest first."""
+        out: list[MessageRow] = []
+        for row in reversed(self.messages.values()):
+            if flt and not flt.matches_values(type=row.last_type, topic=row.topic, step=row.step, trace=row.trace_id,
+                                              status=row.status, text=(row.message_id, row.error, row.priority)):
+                continue
+            out.append(row)
+            if len(out) >= limit:
+                break
+        return out
+
+    def iter_problems(self) -> Iterator[Event]:
+        return (e.event for e in self.problems)
+
+    def state_recent(self, group: str) -> dict[str, int]:
+        return dict(self.state_changes.get(group, {}))

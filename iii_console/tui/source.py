@@ -1,0 +1,238 @@
+"""The console's read side of Redis: the event stream and periodic snapshots.
+
+Only reads, and only through the core (keys, stores, queue stats), so the
+console can watch a remote deployment without running any of it. Nothing here
+knows about Textual: the app calls these from its worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import redis
+
+from iii_console.core.dlq import DeadLetter, DeadLetterStore
+from iii_console.core.errors import DecodeError
+from iii_console.core.events import Event
+from iii_console.core.keys import Keys
+from iii_console.core.queues import QueueStat, queue_stats
+from iii_console.core.state import StateStore
+
+
+def connect(url: str) -> redis.Redis:
+    """A client that fails fast (so the status bar says so) instead of hanging."""
+    return redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=3.0, health_check_interval=0)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class StreamTail:
+    """Reads the event stream in order from the last id it saw.
+
+    The first read loads up to ``history`` past events; later reads block
+    briefly for new ones. After a connection error the caller simply calls
+    :meth:`read` again (on a new connection) and it resumes from ``last_id``,
+    so a Redis blip leaves no gap.
+    """
+
+    def __init__(self, key: str, *, history: int = 2000, batch: int = 2000, block_ms: int = 250):
+        self.key = key
+        self.history = history
+        self.batch = batch
+        self.block_ms = block_ms
+        self.last_id: str | None = None
+        self.decode_errors = 0
+        #: How many events the first read loaded from the past (``None`` until it happened).
+        self.history_count: int | None = None
+
+    def read(self, client: redis.Redis) -> list[Event]:
+        if self.last_id is None:
+            past = client.xrevrange(self.key, count=self.history) if self.history else []
+            newest = client.xrevrange(self.key, count=1) if not past else past[:1]
+            self.last_id = _s(newest[0][0]) if newest else "0-0"
+            out = self._decode(reversed(past))
+            self.history_count = len(out)
+            return out
+        got = client.xread({self.key: self.last_id}, count=self.batch, block=self.block_ms)
+        entries = got[0][1] if got else []
+        if entries:
+            self.last_id = _s(entries[-1][0])
+        return self._decode(entries)
+
+    def resync(self, client: redis.Redis) -> None:
+        """After an outage: if the stream came back *behind* us (a Redis without persistence
+        restarted empty), read it from the start rather than wait for ids we already passed."""
+        if self.last_id in (None, "0-0"):
+            return
+        newest = client.xrevrange(self.key, count=1)
+        if not newest or _id(_s(newest[0][0])) < _id(self.last_id):
+            self.last_id = "0-0"
+
+    def _decode(self, entries: Any) -> list[Event]:
+        out = []
+        for entry_id, fields in entries:
+            try:
+                out.append(Event.decode(entry_id, fields))
+            except DecodeError:
+                self.decode_errors += 1
+        return out
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def find_trace(client: redis.Redis, key: str, trace_id: str, *, scan: int = 50_000, chunk: int = 5000) -> list[Event]:
+    """Every event of one trace still on the stream, oldest first (newest ``scan`` entries searched)."""
+    out: list[Event] = []
+    end = "+"
+    seen = 0
+    while seen < scan:
+        entries = client.xrevrange(key, max=end, count=chunk)
+        if not entries:
+            break
+        for entry_id, fields in entries:
+            raw = fields.get(b"trace_id") or fields.get("trace_id")
+            if raw is not None and _s(raw) == trace_id:
+                try:
+                    out.append(Event.decode(entry_id, fields))
+                except DecodeError:
+                    pass
+        seen += len(entries)
+        last = _s(entries[-1][0])
+        ms, _, sq = last.partition("-")
+        end = f"{ms}-{int(sq) - 1}" if int(sq) > 0 else f"{int(ms) - 1}"
+        if len(entries) < chunk:
+            break
+    out.sort(key=lambda e: (e.ts, e.id))
+    return out
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    id: str
+    name: str = ""
+    host: str = ""
+    pid: int | None = None
+    queues: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
+    started_ms: int = 0
+    heartbeat_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class CronInfo:
+    step: str
+    expression: str
+    last_scheduled_ms: int | None = None
+    last_fired_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the console shows that is not on the event stream, as of one poll."""
+
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    strategies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workers: tuple[WorkerInfo, ...] = ()
+    queues: dict[str, QueueStat] = field(default_factory=dict)
+    dlq_counts: dict[str, int] = field(default_factory=dict)
+    dead_letters: tuple[DeadLetter, ...] = ()
+    state_groups: dict[str, int] = field(default_factory=dict)
+    state_group: str | None = None
+    state_values: dict[str, Any] = field(default_factory=dict)
+    cron: tuple[CronInfo, ...] = ()
+    #: Which parts have been fetched at least once (a view says "loading" until then).
+    loaded: frozenset[str] = frozenset()
+    polls: int = 0
+
+
+#: Parts a poll can fetch; the app asks for the ones its visible tab needs.
+PARTS = ("registry", "workers", "queues", "dlq", "dlq_counts", "state", "cron")
+
+
+def fetch(client: redis.Redis, keys: Keys, prev: Snapshot, wants: set[str], *, state_group: str | None = None,
+          dlq_limit: int = 500) -> Snapshot:
+    """A new snapshot with the ``wants`` parts re-read and the rest carried over from ``prev``."""
+    upd: dict[str, Any] = {}
+    if "registry" in wants:
+        upd["steps"] = {_s(k): _json(v) for k, v in client.hgetall(keys.steps_registry).items()}
+        upd["strategies"] = {_s(k): _json(v) for k, v in client.hgetall(keys.queues_registry).items()}
+    steps = upd.get("steps", prev.steps)
+    if "workers" in wants:
+        upd["workers"] = _workers(client, keys)
+    if "queues" in wants:
+        topics = set(upd.get("strategies", prev.strategies)) - {"default"}
+        for s in steps.values():
+            for spec in s.get("trigger_specs", []):
+                if spec.get("type") == "queue":
+                    topics.add(spec["topic"])
+        upd["queues"] = queue_stats(client, keys, sorted(topics))
+    if wants & {"queues", "dlq", "dlq_counts"}:
+        store = DeadLetterStore(client, keys)
+        upd["dlq_counts"] = {n: store.count(n) for n in store.names()}
+    if "dlq" in wants:
+        upd["dead_letters"] = tuple(DeadLetterStore(client, keys).list(limit=dlq_limit))
+    if "state" in wants:
+        store_s = StateStore(client, keys)
+        groups = store_s.groups()
+        pipe = client.pipeline(transaction=False)
+        for g in groups:
+            pipe.hlen(keys.state_group(g))
+        upd["state_groups"] = dict(zip(groups, (int(n) for n in pipe.execute()))) if groups else {}
+        group = state_group if state_group in upd["state_groups"] else (groups[0] if groups else None)
+        upd["state_group"] = group
+        upd["state_values"] = store_s.list(group) if group else {}
+    if "cron" in wants:
+        upd["cron"] = _cron(client, keys, steps)
+    return replace(prev, **upd, loaded=prev.loaded | (wants & set(PARTS)), polls=prev.polls + 1)
+
+
+def _json(raw: Any) -> dict[str, Any]:
+    try:
+        v = json.loads(raw)
+        return v if isinstance(v, dict) else {"value": v}
+    except ValueError:
+        return {"error": "undecodable registry entry"}
+
+
+def _workers(client: redis.Redis, keys: Keys) -> tuple[WorkerInfo, ...]:
+    infos = client.hgetall(keys.workers)
+    beats = {_s(k): int(v) for k, v in client.zrange(keys.worker_heartbeats, 0, -1, withscores=True)}
+    out = []
+    for raw_id, raw in infos.items():
+        wid = _s(raw_id)
+        d = _json(raw)
+        queues = d.get("queues") if isinstance(d.get("queues"), dict) else {}
+        out.append(WorkerInfo(
+            id=wid, name=str(d.get("name", "")), host=str(d.get("host", "")), pid=d.get("pid"),
+            queues={str(k): int(v) for k, v in queues.items()}, in_flight=int(d.get("in_flight") or 0),
+            started_ms=int(d.get("started_ms") or 0), heartbeat_ms=beats.get(wid),
+        ))
+    out.sort(key=lambda w: (w.host, w.name, w.id))
+    return tuple(out)
+
+
+def cron_specs(steps: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """(step, expression) for every cron trigger in the steps registry."""
+    out = []
+    for name, s in sorted(steps.items()):
+        for spec in s.get("trigger_specs", []):
+            if spec.get("type") == "cron" and spec.get("expression"):
+                out.append((name, str(spec["expression"])))
+    return out
+
+
+def _cron(client: redis.Redis, keys: Keys, steps: dict[str, dict[str, Any]]) -> tuple[CronInfo, ...]:
+    specs = cron_specs(steps)
+    raws = client.mget([keys.cron_last(step) for step, _ in specs]) if specs else []
+    out = []
+    for (step, expr), raw in zip(specs, raws):
+        last = _json(raw) if raw else {}
+        out.append(CronInfo(step, expr, last.get("scheduled_ms"), last.get("fired_ms")))
+    return tuple(out)

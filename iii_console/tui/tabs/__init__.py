@@ -1,0 +1,1 @@
+"""One module per console tab; each tab is a dumb widget with ``show(view)``."""

@@ -1,0 +1,127 @@
+"""Live: counters with rates and sparklines, the event log, and a problems panel."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import RichLog
+
+from iii_console.tui import fmt
+from iii_console.tui.filter import EventFilter
+from iii_console.tui.model import TILES, LogEntry
+from iii_console.tui.widgets import Pane, CounterTile, View, retitle
+
+#: Lines written to the log per render tick; past this a marker says how many were skipped.
+MAX_LINES_PER_TICK = 80
+#: Lines the log keeps for scrolling back, and how many are redrawn when the filter changes.
+LOG_LINES = 2000
+REFILTER_LINES = 300
+
+
+class LivePane(Pane):
+
+    DEFAULT_CSS = """
+    LivePane #tiles { height: 5; }
+    LivePane CounterTile { width: 1fr; }
+    LivePane #live-body { height: 1fr; }
+    LivePane #events { width: 1fr; border: round $panel-lighten-2; border-title-color: $text; }
+    LivePane #problems { width: 56; border: round $error 60%; border-title-color: $error; }
+    LivePane #events:focus, LivePane #problems:focus { border: round $accent; }
+    """
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self._seq = 0
+        self._filter = EventFilter()
+        self._problems_key: tuple[int, int] = (-1, -1)
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="tiles"):
+            for tile in TILES:
+                yield CounterTile(tile.name, tile.type, id=f"tile-{tile.name}")
+        with Horizontal(id="live-body"):
+            log = RichLog(id="events", max_lines=LOG_LINES, wrap=False, markup=False, highlight=False, auto_scroll=True)
+            retitle(log, title="Events")
+            yield log
+            problems = RichLog(id="problems", max_lines=400, wrap=True, markup=False, highlight=False, auto_scroll=False)
+            retitle(problems, title="Problems")
+            yield problems
+
+    def on_resize(self) -> None:
+        # A narrow terminal gives the whole width to the event log.
+        self.query_one("#problems").display = self.size.width >= 140
+
+    def show(self, view: View) -> None:
+        m = view.model
+        for tile in TILES:
+            note = f"{m.in_flight} now" if tile.name == "processing" else ""
+            self.query_one(f"#tile-{tile.name}", CounterTile).show(m.tiles[tile.name], view.now_ms, note)
+        self._show_log(view)
+        self._show_problems(view)
+
+    def _show_log(self, view: View) -> None:
+        log = self.query_one("#events", RichLog)
+        m, flt = view.model, view.filter
+        follow = log.is_vertical_scroll_end or log.max_scroll_y == 0
+        if flt != self._filter:
+            self._filter = flt
+            log.clear()
+            entries = m.log_tail(flt, REFILTER_LINES)
+            skipped = 0
+        else:
+            new = m.log_since(self._seq)
+            entries = [e for e in new if flt.matches(e.event)] if flt else new
+            skipped = max(0, len(entries) - MAX_LINES_PER_TICK)
+            if self._seq and new and new[0].seq > self._seq + 1:
+                skipped += new[0].seq - self._seq - 1  # fell out of the buffer while not shown
+            entries = entries[-MAX_LINES_PER_TICK:]
+        self._seq = m.seq
+        out: list[Text] = []
+        if skipped:
+            out.append(Text(f"… {fmt.num(skipped)} events not shown (too fast to read; "
+                            "/ to filter, p to pause, Messages tab for each message)", style="bright_black italic"))
+        out.extend(fmt.event_line(e.event) for e in entries)
+        if out:
+            log.write(Text("\n").join(out), scroll_end=follow)
+        title = "Events"
+        if flt:
+            title += f" · filter: {flt.text}"
+        if not follow:
+            title += " · scrolled (end to follow)"
+        retitle(log, title=title)
+        retitle(log, subtitle=f"{fmt.num(m.seq)} read · {fmt.rate(m.all_events.rate(view.now_ms))}")
+
+    def _show_problems(self, view: View) -> None:
+        m = view.model
+        last = m.problems[-1].seq if m.problems else 0
+        key = (last, len(m.step_errors))
+        if key == self._problems_key:
+            return
+        self._problems_key = key
+        box = self.query_one("#problems", RichLog)
+        box.clear()
+        out: list[Text] = []
+        for ev in m.step_errors.values():
+            d = ev.data if isinstance(ev.data, dict) else {}
+            where = f"{d.get('file', '?')}:{d.get('line', '?')}" if d.get("line") else str(d.get("file") or ev.step or "")
+            out.append(Text.assemble(("step error ", "bold red"), (where, "bold"), "\n  ", (ev.error or "", "red")))
+        shown = 0
+        for entry in reversed(m.problems):
+            out.append(_problem_line(entry))
+            shown += 1
+            if shown >= 60:
+                break
+        if not out:
+            out.append(Text("No problems: no step errors, failures or dead letters.", style="green"))
+        box.write(Text("\n").join(out), scroll_end=False)
+        retitle(box, title=f"Problems ({len(m.step_errors)} step errors)" if m.step_errors else "Problems")
+
+
+def _problem_line(entry: LogEntry) -> Text:
+    ev = entry.event
+    style = "bold red" if ev.type in ("message.dead_lettered", "step.error") else "red"
+    label = {"message.failed": "failed", "message.dead_lettered": "dead", "step.error": "step.error", "log": "error log"}.get(ev.type, ev.type)
+    msg = ev.error or (ev.data.get("message") if isinstance(ev.data, dict) else "") or ""
+    return Text.assemble((fmt.hms(ev.ts), "bright_black"), " ", (f"{label:<10}", style), " ",
+                         ((ev.step or "-"), "bold"), " ", (ev.trace_id[:8], "bright_black"), "\n  ", (str(msg), style))

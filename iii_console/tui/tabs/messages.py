@@ -1,0 +1,84 @@
+"""Messages: one row per message, updated in place as its events arrive."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.widgets import DataTable, Static
+
+from iii_console.tui import fmt
+from iii_console.tui.messages import OpenTrace
+from iii_console.tui.model import MessageRow
+from iii_console.tui.widgets import Pane, Table, View, n, t, retitle
+
+#: Rows shown (newest first); older messages are still in the model, reachable with the filter.
+ROWS = 200
+#: A table rebuild (new rows) repaints every visible cell: at most this often.
+REBUILD_EVERY_S = 0.5
+COLUMNS = (("Message", 10), ("Topic", 24), ("Step", 18), ("Status", 10), ("Att", 4), ("Priority", 8),
+           ("Age", 7), ("Duration", 10), ("Trace", 9), ("Last error", None))
+
+
+class MessagesPane(Pane):
+
+    DEFAULT_CSS = """
+    MessagesPane Table { height: 1fr; }
+    MessagesPane #messages-hint { height: 1; color: $text-muted; padding: 0 1; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Table(COLUMNS, title="Messages", id="messages-table")
+        yield Static("enter: open trace · / filter (status:failed, topic:…, step:…) · newest first", id="messages-hint")
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self._traces: dict[str, str] = {}
+        self._shown: tuple[int, int, object] = (-1, -1, None)
+        self._rebuilt_at = 0.0
+
+    def show(self, view: View) -> None:
+        key = (view.model.seq, view.now_ms // 1000, view.filter)
+        if key == self._shown:
+            return  # nothing new, and ages only change by the second
+        table = self.query_one(Table)
+        rows = view.model.message_rows(view.filter, ROWS)
+        same_rows = [r.message_id for r in rows] == [k.value for k in table.rows]
+        mono = time.monotonic()
+        if not same_rows and view.filter == self._shown[2] and mono - self._rebuilt_at < REBUILD_EVERY_S:
+            return  # a rebuild just happened: a later tick shows these
+        self._shown = key
+        if not same_rows:
+            self._rebuilt_at = mono
+        self._traces = {r.message_id: r.trace_id for r in rows}
+        table.show_rows([(r.message_id, _cells(r, view.now_ms)) for r in rows])
+        total = len(view.model.messages)
+        title = f"Messages ({len(rows)} of {total})" if view.filter else f"Messages ({total})"
+        retitle(table, title=title + (f" · filter: {view.filter.text}" if view.filter else ""))
+        counts: dict[str, int] = {}
+        for r in view.model.messages.values():
+            counts[r.status] = counts.get(r.status, 0) + 1
+        retitle(table, subtitle=" ".join(f"{s} {c}" for s, c in sorted(counts.items())))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        key = event.row_key.value
+        trace = self._traces.get(key or "")
+        if key and trace:
+            self.post_message(OpenTrace(trace, key))
+
+
+def _cells(r: MessageRow, now_ms: int) -> tuple[Text, ...]:
+    return (
+        t(r.message_id[:8], "bold"),
+        t(r.topic),
+        t(r.step),
+        fmt.status(r.status),
+        n(r.attempts),
+        t(r.priority, fmt.PRIORITY_STYLE.get(r.priority, "")),
+        t(fmt.age(r.created_ms, now_ms), justify="right"),
+        t(fmt.duration(r.duration_ms), justify="right"),
+        t(r.trace_id[:8], "bright_black"),
+        t(r.error or "", "red" if r.status in ("failed", "retrying", "dead") else "bright_black"),
+    )

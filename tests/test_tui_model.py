@@ -1,0 +1,135 @@
+"""The console's data, without a screen: counters, message rows, traces, filters, bounds."""
+
+from __future__ import annotations
+
+from iii_console.core.events import Event
+from iii_console.tui.filter import EventFilter
+from iii_console.tui.model import ConsoleModel, RateSeries
+
+from .test_tui_helpers import T0_MS, lifecycle
+
+NOW = T0_MS + 60_000
+
+
+def test_rates_count_by_event_time_over_whole_seconds():
+    """Given 10 events in each of the last 5 complete seconds, when asked for the rate, then it is 10/s and the series shows them."""
+    series = RateSeries()
+    for sec in range(5):
+        for _ in range(10):
+            series.add(NOW - (5 - sec) * 1000, NOW)
+    assert series.total == 50
+    assert series.rate(NOW) == 10.0
+    assert series.series(NOW, 6) == [10, 10, 10, 10, 10, 0]
+
+
+def test_an_event_from_a_clock_running_ahead_counts_now_not_in_the_future():
+    """Given an event stamped a minute ahead of now, when counted, then it lands in the current second."""
+    series = RateSeries()
+    series.add(NOW + 60_000, NOW)
+    assert series.series(NOW, 1) == [1]
+
+
+def test_a_message_row_follows_its_lifecycle_through_retries_to_processed():
+    """Given a message that fails twice then succeeds, when its events are ingested, then its row is processed after 3 attempts."""
+    m = ConsoleModel()
+    m.ingest(lifecycle(1, T0_MS, fails=2), NOW)
+    (row,) = m.messages.values()
+    assert (row.status, row.attempts, row.topic, row.step) == ("processed", 3, "message.sent", "ProcessMessage")
+    assert row.error == "RuntimeError: simulated failure on attempt 2"
+    assert m.tiles["failed"].total == 2 and m.tiles["retrying"].total == 2 and m.tiles["processed"].total == 1
+
+
+def test_status_follows_the_furthest_point_reached_even_when_events_arrive_out_of_order():
+    """Given a worker's 'started' read before the producer's 'enqueued', when both are ingested, then the row stays running."""
+    evs = lifecycle(1, T0_MS)
+    enqueued = next(e for e in evs if e.type == "message.enqueued")
+    started = next(e for e in evs if e.type == "message.started")
+    m = ConsoleModel()
+    m.ingest([started, enqueued], NOW)
+    row = m.messages[started.message_id]
+    assert row.status == "running" and row.priority == "normal"
+    assert m.in_flight == 1
+
+
+def test_a_dead_lettered_message_is_dead_with_all_its_attempts():
+    """Given a message that fails every attempt, when ingested, then it is dead, counted, and listed as a problem."""
+    m = ConsoleModel()
+    m.ingest(lifecycle(1, T0_MS, fails=3, dead=True), NOW)
+    (row,) = m.messages.values()
+    assert (row.status, row.attempts) == ("dead", 3)
+    assert m.topics["message.sent"].dead == 1
+    assert [e.event.type for e in m.problems].count("message.dead_lettered") == 1
+
+
+def test_a_trace_holds_every_event_that_shares_its_id_in_time_order():
+    """Given two interleaved messages, when ingested, then each trace lists only its own events, oldest first."""
+    a, b = lifecycle(1, T0_MS, fails=1), lifecycle(2, T0_MS + 1)
+    m = ConsoleModel()
+    m.ingest(sorted(a + b, key=lambda e: e.ts), NOW)
+    got = m.traces.get(a[0].trace_id)
+    assert got is not None and [e.type for e in got] == [e.type for e in sorted(a, key=lambda e: e.ts)]
+    assert m.traces.find(b[0].trace_id[:6]) == b[0].trace_id
+
+
+def test_every_buffer_stays_bounded_however_many_events_arrive():
+    """Given 3,000 messages (24,000 events), when ingested, then log, rows, traces and problems stay within their caps."""
+    m = ConsoleModel(log_size=1000, max_messages=500, max_traces=400)
+    for n in range(3000):
+        m.ingest(lifecycle(n, T0_MS + n, fails=n % 3 == 0), NOW)
+    assert m.seq == 24_000
+    assert len(m.log) == 1000 and len(m.messages) == 500 and len(m.traces) == 400
+    assert len(m.problems) <= m.problems.maxlen
+    assert m.tiles["enqueued"].total == 3000  # counters still count everything
+    assert 0 <= m.in_flight <= 500
+
+
+def test_log_since_returns_only_new_entries_and_survives_the_buffer_wrapping():
+    """Given a full log, when asking for entries after a sequence number that fell out, then what is still buffered comes back."""
+    m = ConsoleModel(log_size=10)
+    m.ingest([Event("log", T0_MS + i, data={"message": str(i)}) for i in range(25)], NOW)
+    assert [e.seq for e in m.log_since(22)] == [23, 24, 25]
+    assert [e.seq for e in m.log_since(3)] == list(range(16, 26))
+    assert m.log_since(25) == []
+
+
+def test_filter_tokens_match_type_prefix_topic_step_trace_and_words():
+    """Given a failure and a success, when filtering by several fields, then only matching events pass."""
+    evs = lifecycle(1, T0_MS, fails=1)
+    failed = next(e for e in evs if e.type == "message.failed")
+    processed = next(e for e in evs if e.type == "message.processed")
+    assert EventFilter.parse("type:message.f").matches(failed)
+    assert not EventFilter.parse("type:message.f").matches(processed)
+    assert EventFilter.parse("type:message.failed,message.processed").matches(processed)
+    assert EventFilter.parse("topic:message.* step:process").matches(processed)
+    assert EventFilter.parse(f"trace:{failed.trace_id[:6]} simulated").matches(failed)
+    assert not EventFilter.parse("simulated").matches(processed)
+    assert not EventFilter.parse("step:Notify").matches(failed)
+    assert not EventFilter.parse("   ")  # an empty filter is falsy: everything shows
+
+
+def test_message_rows_filter_by_status():
+    """Given one processed and one dead message, when filtering rows by status, then only the dead one is listed."""
+    m = ConsoleModel()
+    m.ingest(lifecycle(1, T0_MS) + lifecycle(2, T0_MS + 5, fails=2, dead=True), NOW)
+    rows = m.message_rows(EventFilter.parse("status:dead"))
+    assert [r.status for r in rows] == ["dead"]
+    assert [r.message_id for r in m.message_rows()] == list(reversed(m.messages))  # newest first
+
+
+def test_state_changes_remember_recent_keys_and_who_wrote_them():
+    """Given state.changed events, when ingested, then the group's keys are ordered by change and writers are known."""
+    m = ConsoleModel()
+    m.ingest(lifecycle(1, T0_MS) + lifecycle(2, T0_MS + 100), NOW)
+    assert list(m.state_recent("messages")) == ["rec00001", "rec00002"]
+    assert m.state_writers["messages"] == {"SendMessage", "ProcessMessage"}
+
+
+def test_step_errors_are_kept_until_the_config_is_reloaded():
+    """Given a step load error, when a config.reloaded event follows, then the error is cleared."""
+    m = ConsoleModel()
+    err = Event("step.error", T0_MS, step="Broken", error="steps/broken_step.py:3: config.triggers: field required",
+                data={"file": "steps/broken_step.py", "line": 3, "field": "triggers", "message": "field required"})
+    m.ingest([err], NOW)
+    assert list(m.step_errors.values()) == [err]
+    m.ingest([Event("config.reloaded", T0_MS + 10)], NOW)
+    assert not m.step_errors
