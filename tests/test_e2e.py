@@ -235,7 +235,7 @@ def test_cli_errors_are_one_clear_line_and_non_zero(tmp_path):
     assert res.returncode == 2 and "iii-config.yaml:3: queues.default.max_retrys: unknown key" in res.stderr
 
 
-def _read_json_lines(proc: subprocess.Popen, until: str, timeout: float = 20) -> list[dict]:
+def _read_json_lines(proc: subprocess.Popen, until: str, timeout: float = 45) -> list[dict]:
     """Read JSON lines from ``proc`` until an event of type ``until``; fail, never hang."""
     import selectors
 

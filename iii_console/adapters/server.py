@@ -99,6 +99,16 @@ class DepthGate:
             self._task = asyncio.get_running_loop().create_task(self._refresh())
         return next((t for t in topics if self.depth.get(t, 0) > self.limit), None)
 
+    async def aclose(self) -> None:
+        """Stop the refresh task (before the Redis client it uses is closed)."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except BaseException:  # cancelled, or it had already failed
+                pass
+            self._task = None
+
     async def _refresh(self) -> None:
         import asyncio
 
@@ -225,6 +235,7 @@ def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) ->
         runner._async = AsyncSide(runner.services, runner._subs)
 
     async def shutdown(app: Litestar) -> None:
+        await http.gate.aclose()
         if runner._async is not None:
             await runner._async.aclose()
 

@@ -232,7 +232,11 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
             return text if text.strip() else ""
         return yaml.SafeLoader(raw_text).construct_object(n, deep=True) if n.tag != "tag:yaml.org,2002:str" else n.value
 
-    data = walk(node, ()) if node is not None else {}
+    try:
+        data = walk(node, ()) if node is not None else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=fname, line=mark.line + 1 if mark else None) from None
     if data is None or data == "":
         data = {}
     if not isinstance(data, dict):
