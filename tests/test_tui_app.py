@@ -381,7 +381,7 @@ async def test_5000_events_a_second_keep_keys_responsive_and_buffers_bounded(red
             handled_at.clear()
             for key, tab in (("2", "messages"), ("3", "queues"), ("1", "live")):
                 send_key(app, key)  # as the terminal driver does, without Pilot's wait for an idle CPU
-                await until(pilot, lambda: app._tabs.active == tab, f"the {tab} tab", timeout=5)
+                await until(pilot, lambda: app._tabs.active == tab, f"the {tab} tab", timeout=15)
             assert handled_at and handled_at[0] < len(encoded)  # handled while the stream was still being read
             await until(pilot, lambda: app.model.seq == len(encoded), "every event read")
         finally:

@@ -9,6 +9,7 @@ running in a worker thread never needs an event loop.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import uuid
 from dataclasses import dataclass, field
@@ -106,7 +107,17 @@ def is_async(fn: Callable[..., Any]) -> bool:
 
 
 def call_arity(fn: Callable[..., Any]) -> int:
-    """1 for ``handler(ctx)``, 2 for ``handler(input, ctx)``, 0 if it fits neither."""
+    """1 for ``handler(ctx)``, 2 for ``handler(input, ctx)``, 0 if it fits neither.
+
+    Memoised: it runs on every message and ``inspect.signature`` is not cheap.
+    """
+    try:
+        return _call_arity_cached(fn)
+    except TypeError:  # an unhashable callable object
+        return _call_arity(fn)
+
+
+def _call_arity(fn: Callable[..., Any]) -> int:
     try:
         params = [p for p in inspect.signature(fn).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         varargs = any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values())
@@ -118,3 +129,6 @@ def call_arity(fn: Callable[..., Any]) -> int:
     if len(params) >= 2 or varargs:
         return 2
     return 1 if params else 0
+
+
+_call_arity_cached = functools.lru_cache(maxsize=512)(_call_arity)
