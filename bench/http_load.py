@@ -1,0 +1,80 @@
+"""Drive an HTTP endpoint from outside the server process: ``wrk`` if installed, else ``bench.loadgen``."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+from bench.env import PY, Bench
+from bench.procs import Proc, wait_until
+
+BODY = '{"text": "hello from the benchmark", "recipient": "bench@example.com"}'
+_WRK_SCRIPT = f"""wrk.method = "POST"
+wrk.body = '{BODY}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+@dataclass
+class Load:
+    tool: str
+    rps: float
+    requests: int
+    errors: int
+    non2xx: int
+    #: percentile ("50", "75", "90", "99") -> milliseconds
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+def post_once(url: str) -> int:
+    req = urllib.request.Request(url, data=BODY.encode(), headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def wait_http(bench: Bench, url: str, server: Proc) -> None:
+    def ready() -> bool:
+        try:
+            return post_once(url) < 300
+        except OSError:
+            return False
+
+    assert bench.procs is not None
+    wait_until(ready, timeout=60, interval=0.1, what=f"{url} to answer", watch=lambda: bench.procs.check(server))  # type: ignore[union-attr]
+
+
+def closed_load(bench: Bench, url: str, *, connections: int, seconds: float) -> Load:
+    assert bench.procs is not None
+    wrk = shutil.which("wrk")
+    if wrk:
+        script = bench.tmp / "post.lua"
+        script.write_text(_WRK_SCRIPT)
+        proc = bench.procs.run("wrk", [wrk, "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
+                               timeout=seconds + 30)
+        return parse_wrk(proc.log.read_text())
+    out = bench.tmp / "loadgen.json"
+    bench.procs.run("loadgen", [PY, "-m", "bench.loadgen", "closed", "--url", url, "--connections", str(connections),
+                                "--seconds", str(seconds), "--body", BODY, "--out", str(out)], timeout=seconds + 30)
+    r = json.loads(out.read_text())
+    return Load("bench.loadgen", r["rps"], r["requests"], r["errors"], r["non2xx"], r["latencies_ms"])
+
+
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def parse_wrk(text: str) -> Load:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
+    lat = {m.group(1): float(m.group(2)) * _UNIT[m.group(3)]
+           for m in re.finditer(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M)}
+    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", text)) else 0
+    errors = sum(int(x) for x in m.groups()) if (m := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)) else 0
+    return Load("wrk", rps, requests, errors, non2xx, lat)

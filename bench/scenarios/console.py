@@ -1,0 +1,141 @@
+"""6. Console: the live console fed 5,000 events/s for 60 s.
+
+The console runs in its own process (``bench/console_driver.py``, the CLI's
+``create_app`` under Textual's headless test harness). This process feeds the
+event stream with realistic message lifecycles (enqueued, started, processed,
+state.changed, notification.sent, log) at a steady rate in 20 ms batches, and
+samples the console process's CPU and RSS. Events rendered per second = events
+taken into the console's model (which the 4 Hz render tick draws in batches).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import psutil
+
+from bench.env import PY, Bench
+from bench.procs import BenchError, wait_until
+from bench.report import Section
+from bench.stats import fmt, percentiles
+from iii_console.core.events import Event
+from iii_console.core.keys import Keys
+
+NAME = "console"
+TITLE = "6. Console: live console fed 5,000 events/s"
+BATCH_S = 0.02
+
+
+def console_available() -> str | None:
+    """None if the console can be built, else why not."""
+    try:
+        from iii_console.tui.app import create_app  # noqa: F401
+    except Exception as exc:  # the console is being built; any import failure means "not available"
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _lifecycle(now_ms: int) -> list[dict[str, str]]:
+    trace, mid = uuid.uuid4().hex, str(uuid.uuid4())
+    base: dict[str, Any] = {"trace_id": trace, "message_id": mid, "topic": "message.sent", "step": "ProcessMessage",
+                            "queue": "message.sent--ProcessMessage--normal", "worker": "bench:1:worker0"}
+    evs = [
+        Event(type="message.enqueued", ts=now_ms, **base, data={"payload": {"id": mid[:8], "text": "hello"}, "priority": "normal"}),
+        Event(type="message.started", ts=now_ms, attempt=1, **base),
+        Event(type="message.processed", ts=now_ms, attempt=1, duration_ms=20.5, **base),
+        Event(type="state.changed", ts=now_ms, trace_id=trace, step="ProcessMessage",
+              data={"group": "messages", "key": mid[:8], "op": "update", "new": {"status": "processed"}}),
+        Event(type="notification.sent", ts=now_ms, trace_id=trace, step="NotifyCompletion", data={"channel": "log"}),
+        Event(type="log", ts=now_ms, trace_id=trace, step="ProcessMessage", data={"level": "info", "message": "message processed"}),
+    ]
+    return [e.encode() for e in evs]
+
+
+def _feed(bench: Bench, rate: int, seconds: float, console: psutil.Process) -> tuple[int, float, list[float], float]:
+    """Feed ``rate`` events/s; returns (events fed, feed seconds, console RSS samples MB, console CPU %)."""
+    key = Keys().events
+    per_batch = max(1, int(rate * BATCH_S))
+    fed = 0
+    rss: list[float] = []
+    t0 = time.perf_counter()
+    cpu0 = sum(console.cpu_times()[:2])
+    next_sample = t0
+    pending: list[dict[str, str]] = []
+    for i in range(int(seconds / BATCH_S)):
+        delay = t0 + i * BATCH_S - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        pipe = bench.redis.pipeline(transaction=False)
+        for _ in range(per_batch):
+            if not pending:
+                pending = _lifecycle(int(time.time() * 1000))
+            pipe.xadd(key, pending.pop(), maxlen=100_000, approximate=True)
+        pipe.execute()
+        fed += per_batch
+        if time.perf_counter() >= next_sample:
+            rss.append(console.memory_info().rss / 2**20)
+            next_sample += 1.0
+    elapsed = time.perf_counter() - t0
+    cpu = (sum(console.cpu_times()[:2]) - cpu0) / elapsed * 100
+    return fed, elapsed, rss, cpu
+
+
+def run(bench: Bench) -> Section:
+    sec = Section(TITLE)
+    why = console_available()
+    if why is not None:
+        sec.note(f"skipped: console not available ({why})")
+        return sec
+    assert bench.procs is not None
+    o = bench.options
+    bench.flush()
+    ready, stop, out = bench.tmp / "console.ready", bench.tmp / "console.stop", bench.tmp / "console.json"
+    for f in (ready, stop, out):
+        f.unlink(missing_ok=True)
+    driver = bench.procs.start("console", [PY, "-m", "bench.console_driver", "--redis", bench.url, "--ready", str(ready),
+                                           "--stop", str(stop), "--out", str(out), "--max-seconds", str(o.console_seconds + 60)])
+    try:
+        wait_until(ready.exists, timeout=60, interval=0.1, what="the console to start",
+                   watch=lambda: bench.procs.check(driver))  # type: ignore[union-attr]
+        console = psutil.Process(driver.pid)
+        t_start = time.time()
+        fed, elapsed, rss, cpu = _feed(bench, o.console_rate, o.console_seconds, console)
+        t_end = time.time()
+        time.sleep(2.0)  # let it catch up, so "behind" below is a real backlog
+        stop.write_text("stop")
+        wait_until(out.exists, timeout=60, interval=0.1, what="the console driver to finish",
+                   watch=lambda: bench.procs.check(driver))  # type: ignore[union-attr]
+    except BenchError as exc:
+        sec.note(f"skipped: console failed while running ({exc})")
+        return sec
+    finally:
+        stop.write_text("stop")
+        bench.procs.stop(driver, grace_s=10)
+    result = json.loads(out.read_text())
+    samples = result["samples"]
+    within = [s for s in samples if t_start <= s[0] <= t_end + 0.5]
+    if len(within) < 2 or within[0][1] < 0:
+        sec.note("skipped: the console exposes no event counter (`app.model.seq`) to measure")
+        return sec
+    ingested = within[-1][1] - within[0][1]
+    window = within[-1][0] - within[0][0]
+    ticks = (within[-1][2] - within[0][2]) / window if window > 0 else float("nan")
+    final_seq = samples[-1][1]
+    keys = [k for k in result["key_ms"] if k == k]
+    kp = percentiles(keys, (50, 95, 100))
+    sec.header = ["metric", "value"]
+    sec.row("events fed / s (target rate)", f"{fed / elapsed:,.0f} ({o.console_rate:,})")
+    sec.row("events taken into the console / s", fmt(ingested / window if window else float("nan")))
+    sec.row("render ticks / s", fmt(ticks, 1))
+    sec.row("behind at the end (fed − ingested, 2 s after feeding stopped)", fmt(max(0, fed - final_seq)))
+    sec.row("console CPU, % of one core", fmt(cpu))
+    sec.row("console RSS start → end (max), MB", f"{rss[0]:.0f} → {rss[-1]:.0f} ({max(rss):.0f})" if rss else "—")
+    sec.row(f"key press → repaint, ms, p50 / p95 / max ({len(keys)} presses)", f"{fmt(kp[50], 1)} / {fmt(kp[95], 1)} / {fmt(kp[100], 1)}")
+    sec.row("inbox peak (events waiting for the render tick)", fmt(result.get("inbox_peak")))
+    sec.note(f"{o.console_seconds:g} s of feeding. Headless Textual at 160×48: frames are composed but not written to a "
+             "terminal, so terminal output cost is not included. Key press = switching tabs (2 / 1), timed from the "
+             "press to the first refresh after it was handled.")
+    return sec

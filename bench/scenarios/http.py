@@ -1,0 +1,104 @@
+"""2. HTTP ingest: POST /messages on one server process, 32 connections, load from outside.
+
+Ours: ``iii-console --no-ui --role server`` serving the seed's SendMessage step
+(validate, store state as ``queued``, enqueue to ``message.sent``, answer 202).
+Peer: a bare Litestar endpoint on uvicorn (one process) that only enqueues a
+Dramatiq message. No workers run: queued messages just wait.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import psutil
+
+from bench import contenders as c
+from bench.env import PY, SEED_STEPS, Bench
+from bench.http_load import Load, closed_load, wait_http
+from bench.procs import Proc
+from bench.report import Section
+from bench.stats import fmt, fmt_ratio, median, ratio
+from iii_console.core.redis_server import free_port
+
+NAME = "http"
+TITLE = "2. HTTP ingest (POST /messages, one server process, 32 connections)"
+CONNECTIONS = 32
+WARMUP_S = 1.0
+
+OURS = "iii-console (SendMessage step)"
+OURS_QUIET = "iii-console, `events.echo: false`"
+PEER = "Litestar + Dramatiq send (bare)"
+
+
+def _start_ours(bench: Bench, port: int) -> Proc:
+    return c.start_our_server(bench, c.our_config(bench, steps=SEED_STEPS, port=port))
+
+
+def _start_ours_quiet(bench: Bench, port: int) -> Proc:
+    """The same without ``--no-ui``'s JSON echo of every event on stdout."""
+    return c.start_our_server(bench, c.our_config(bench, steps=SEED_STEPS, port=port, events__echo=False))
+
+
+def _start_peer(bench: Bench, port: int) -> Proc:
+    assert bench.procs is not None
+    return bench.procs.start("litestar", [PY, "-m", "uvicorn", "bench.peers.litestar_app:app", "--host", "127.0.0.1",
+                                          "--port", str(port), "--log-level", "warning", "--no-access-log"])
+
+
+def one_run(bench: Bench, start: Callable[[Bench, int], Proc], seconds: float) -> tuple[Load, float]:
+    """(load result, server CPU % of one core during the load)."""
+    assert bench.procs is not None
+    bench.flush()
+    port = free_port()
+    server = start(bench, port)
+    try:
+        url = f"http://127.0.0.1:{port}/messages"
+        wait_http(bench, url, server)
+        closed_load(bench, url, connections=CONNECTIONS, seconds=WARMUP_S)
+        cpu0, t0 = _cpu(server), time.monotonic()
+        load = closed_load(bench, url, connections=CONNECTIONS, seconds=seconds)
+        cpu = (_cpu(server) - cpu0) / (time.monotonic() - t0) * 100
+        bench.procs.check(server)
+    finally:
+        bench.procs.stop(server)
+    return load, cpu
+
+
+def _cpu(proc: Proc) -> float:
+    total = 0.0
+    for p in proc.tree():
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def run(bench: Bench) -> Section:
+    seconds = bench.options.http_seconds
+    runs: dict[str, list[tuple[Load, float]]] = {OURS: [], OURS_QUIET: [], PEER: []}
+    for rnd in range(bench.options.rounds):
+        for name, start in ((OURS, _start_ours), (OURS_QUIET, _start_ours_quiet), (PEER, _start_peer)):
+            load, cpu = one_run(bench, start, seconds)
+            runs[name].append((load, cpu))
+            print(f"  [{NAME}] round {rnd + 1} {name}: {load.rps:,.0f} req/s, p99 {load.latency_ms.get('99', 0):.1f} ms "
+                  f"({load.non2xx} non-2xx, {load.errors} errors)", flush=True)
+
+    med_rps = {n: median(l.rps for l, _ in r) for n, r in runs.items()}
+    sec = Section(TITLE, header=["contender", "req/s", "p50 ms", "p90 ms", "p99 ms", "server CPU %", "non-2xx / errors",
+                                 "÷ bare peer"])
+    for name, r in runs.items():
+        p = {k: median(l.latency_ms.get(k, float("nan")) for l, _ in r) for k in ("50", "90", "99")}
+        sec.row(name, fmt(med_rps[name]), fmt(p["50"], 2), fmt(p["90"], 2), fmt(p["99"], 2), fmt(median(x for _, x in r)),
+                f"{sum(l.non2xx for l, _ in r)} / {sum(l.errors for l, _ in r)}", fmt_ratio(ratio(med_rps[name], med_rps[PEER])))
+    sec.target("≥ 1.0 × the bare Litestar + Dramatiq endpoint (defaults)", ratio(med_rps[OURS], med_rps[PEER]) >= 1.0)
+    sec.target("≥ 1.0 × the bare endpoint with `events.echo: false`", ratio(med_rps[OURS_QUIET], med_rps[PEER]) >= 1.0)
+    tool = runs[OURS][0][0].tool
+    sec.note(f"{seconds:g} s per run after a {WARMUP_S:g} s warm-up, load from `{tool}` ({CONNECTIONS} connections) in its "
+             "own process. Ours per request: JSON body validated by the step's pydantic model, `state.set` (one CAS "
+             "script that also appends `state.changed`), one `enqueue.lua`, events `http.received`, "
+             "`message.enqueued`, `log`; `--no-ui` also tails and prints the event stream in the same process. "
+             "Server CPU is the server process's CPU time over the run (100 = one core).")
+    return sec
