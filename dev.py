@@ -44,7 +44,14 @@ def main(argv: list[str]) -> int:
     else:
         cmd = [str(BIN / "iii-console"), *argv]
     os.chdir(ROOT)
-    return subprocess.call(cmd)
+    # The child handles Ctrl+C / SIGTERM itself (it drains and stops its Redis);
+    # this wrapper only waits for it and passes SIGTERM on.
+    import signal
+
+    child = subprocess.Popen(cmd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
+    return child.wait()
 
 
 if __name__ == "__main__":
