@@ -13,11 +13,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import psutil
 
 from bench.contenders import QueueContender
 from bench.env import Bench
-from bench.procs import Proc, wait_until
+from bench.procs import Proc, cpu_seconds, wait_until
 
 _snapshots: dict[tuple[str, int, str], dict[bytes, bytes]] = {}
 
@@ -76,15 +75,7 @@ def drain(bench: Bench, contender: QueueContender, processes: int, threads: int,
 
 
 def _cpu_s(procs: list[Proc]) -> float:
-    total = 0.0
-    for proc in procs:
-        for p in proc.tree():
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-    return total
+    return cpu_seconds(p for proc in procs for p in proc.tree())
 
 
 def _redis_cpu_s(bench: Bench) -> float:

@@ -13,7 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import psutil
 
@@ -148,3 +148,15 @@ def rss_mb(procs: Sequence[psutil.Process]) -> float:
         except psutil.NoSuchProcess:
             pass
     return total / 2**20
+
+
+def cpu_seconds(processes: "Iterable[psutil.Process]") -> float:
+    """User + system CPU seconds of ``processes`` (those that have exited count as 0)."""
+    total = 0.0
+    for p in processes:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total

@@ -11,12 +11,11 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import psutil
 
 from bench import contenders as c
 from bench.env import PY, SEED_STEPS, Bench
 from bench.http_load import Load, closed_load, wait_http
-from bench.procs import Proc
+from bench.procs import Proc, cpu_seconds
 from bench.report import Section
 from bench.stats import fmt, fmt_ratio, median, ratio
 from iii_console.core.redis_server import free_port
@@ -66,14 +65,7 @@ def one_run(bench: Bench, start: Callable[[Bench, int], Proc], seconds: float) -
 
 
 def _cpu(proc: Proc) -> float:
-    total = 0.0
-    for p in proc.tree():
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    return cpu_seconds(proc.tree())
 
 
 def run(bench: Bench) -> Section:

@@ -15,7 +15,7 @@ import psutil
 from bench import contenders as c
 from bench.drain import drain
 from bench.env import Bench
-from bench.procs import Proc, rss_mb
+from bench.procs import Proc, cpu_seconds, rss_mb
 from bench.report import Section
 from bench.stats import fmt
 from iii_console.core.keys import Keys
@@ -34,14 +34,7 @@ def _workers(procs: list[Proc], *, skip_root: bool) -> list[psutil.Process]:
 
 
 def _cpu_s(ps: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in ps:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    return cpu_seconds(ps)
 
 
 def _measure(bench: Bench, contender: c.QueueContender, n: int, *, skip_root: bool) -> dict[str, float]:
