@@ -12,7 +12,6 @@ import signal
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Callable
 
 import click

@@ -18,7 +18,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from typing import Any
 
 import dramatiq
