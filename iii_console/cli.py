@@ -165,7 +165,8 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     if watch:
         sup.watch()
     server_url = f"http://{'127.0.0.1' if cfg.server.host in ('0.0.0.0', '::') else cfg.server.host}:{sup.port}" if sup.port else None
-    app = create_app(redis_url=sup.config.redis.url, prefix=cfg.redis.prefix, server_url=server_url)
+    app = create_app(redis_url=sup.config.redis.url, prefix=cfg.redis.prefix, server_url=server_url,
+                     events_maxlen=cfg.events.maxlen)
     try:
         await app.run_async()
     finally:
@@ -196,7 +197,7 @@ def attach(read_only: bool, server_url: str | None, config_path: str | None, red
         raise click.UsageError("attach needs --redis URL (or REDIS_URL / redis.url)")
     check_redis(cfg.redis.url)
     create_app(redis_url=cfg.redis.url, prefix=cfg.redis.prefix, server_url=None if read_only else server_url,
-               read_only=read_only, title="iii-console (attached)").run()
+               read_only=read_only, title="iii-console (attached)", events_maxlen=cfg.events.maxlen).run()
 
 
 # -- send ---------------------------------------------------------------------

@@ -11,6 +11,10 @@ Structure (attributes down, messages up):
   :class:`~iii_console.tui.model.ConsoleModel` and hands a :class:`View` down to
   the visible tab, which renders it in one batch.
 
+Writes (replay, purge, state edits) are confirmed in a modal, then done in a
+worker thread through the core, as the CLI does them; a read-only console has
+no writer at all and hides those actions.
+
 The app never imports the runtime or the adapters: it can attach to any Redis.
 """
 
@@ -35,13 +39,17 @@ from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 from textual.widgets._tabbed_content import ContentTabs
 from textual.worker import Worker, WorkerState
 
+from iii_console.core.dlq import DeadLetter
+from iii_console.core.errors import IIIError
 from iii_console.core.events import Event
 from iii_console.core.keys import Keys
 from iii_console.tui import fmt
 from iii_console.tui.filter import EventFilter
-from iii_console.tui.messages import OpenTrace, StateGroupChosen
+from iii_console.tui.messages import DeadLettersChosen, InspectDeadLetter, OpenTrace, StateGroupChosen, StateKeyChosen
 from iii_console.tui.model import ConsoleModel
-from iii_console.tui.screens import HelpScreen, SendRequest, SendScreen, TraceScreen
+from iii_console.tui.ops import Writer
+from iii_console.tui.screens import (ConfirmScreen, DeadLetterScreen, HelpScreen, SendRequest, SendScreen, StateEdit,
+                                     StateEditScreen, TraceScreen)
 from iii_console.tui.source import Snapshot, StreamTail, connect, fetch, find_trace
 from iii_console.tui.tabs.live import LivePane
 from iii_console.tui.tabs.messages import MessagesPane
@@ -106,13 +114,14 @@ class ConsoleApp(App[None]):
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("p", "pause", "Pause"),
         Binding("s", "send", "Send"),
+        Binding("s", "read_only", show=False),  # what s does on a read-only console
         Binding("escape", "back", "Back", show=False),
         *[Binding(str(i), f"show_tab('{pid}')", label, show=False) for i, (pid, label, _) in enumerate(TABS, 1)],
     ]
 
     def __init__(self, *, redis_url: str, keys: Keys, server_url: str | None = None, read_only: bool = False,
                  clock: Callable[[], float] = time.time, title: str = "iii-console", history: int = 2000,
-                 tick_s: float = 0.25, poll_s: float = 1.0):
+                 tick_s: float = 0.25, poll_s: float = 1.0, events_maxlen: int = 100_000):
         super().__init__()
         self.title = title
         self.redis_url = redis_url
@@ -121,6 +130,8 @@ class ConsoleApp(App[None]):
         self.keys = keys
         self.server_url = server_url.rstrip("/") if server_url else None
         self.read_only = read_only
+        #: Replay, purge and state edits; a read-only console has none, so it cannot write by mistake.
+        self.writer = None if read_only else Writer(redis_url, keys, events_maxlen=events_maxlen)
         self.clock = clock
         self.tick_s = tick_s
         self.poll_s = poll_s
@@ -414,6 +425,77 @@ class ConsoleApp(App[None]):
         self._state_group = message.group
         self._poke.set()
 
+    # -- writes: confirmed here, done by the writer in a worker thread --------
+    def on_inspect_dead_letter(self, message: InspectDeadLetter) -> None:
+        self.push_screen(DeadLetterScreen(message.entry, read_only=self.read_only))
+
+    def on_dead_letters_chosen(self, message: DeadLettersChosen) -> None:
+        if self.writer is None:
+            self.action_read_only()
+            return
+        entries, verb = message.entries, message.action
+        if not entries:
+            self.notify(f"No dead letters to {verb}" + (f" under the filter {self.filter.text}" if self.filter else "") + ".",
+                        severity="warning", markup=False)
+            return
+        n = len(entries)
+        noun = f"{n} dead letter{'s' if n != 1 else ''}"
+        question = f"{verb.capitalize()} {noun} from {', '.join(sorted({e.dlq for e in entries}))}?"
+        if verb == "replay":
+            what = ("Each goes back to its queue as a new message with attempts reset and its trace id, "
+                    "and leaves the dead-letter queue.")
+        else:
+            what = "They are deleted for good and cannot be replayed afterwards."
+        detail = f"{message.scope[:1].upper()}{message.scope[1:]}.\n{what}" if message.scope else what
+        if n == 1:
+            detail += f"\n{entries[0].step or '?'}: {fmt.one_line(entries[0].error, 70)}"
+
+        def confirmed(ok: bool | None) -> None:
+            if ok:
+                self._write(verb.capitalize(), lambda w: _dlq_write(w, verb, entries))
+
+        self.push_screen(ConfirmScreen(question, detail, confirm=f"{verb.capitalize()} {n}", danger=verb == "purge"), confirmed)
+
+    def on_state_key_chosen(self, message: StateKeyChosen) -> None:
+        if self.writer is None:
+            self.action_read_only()
+            return
+        group, key = message.group, message.key
+        if message.action == "edit":
+            self.push_screen(StateEditScreen(group, key, message.value), self._state_edited)
+            return
+
+        def confirmed(ok: bool | None) -> None:
+            if ok:
+                self._write("Delete", lambda w: f"deleted {group}/{key}" if w.delete_state(group, key) is not None
+                            else f"{group}/{key} was already gone")
+
+        self.push_screen(ConfirmScreen(f"Delete state {group}/{key}?", "A state.changed event is written and state "
+                                       "triggers on this key fire.", confirm="Delete", danger=True), confirmed)
+
+    def _state_edited(self, edit: StateEdit | None) -> None:
+        if edit is None:
+            return
+
+        def save(writer: Writer) -> str:
+            writer.set_state(edit.group, edit.key, edit.value)
+            return f"{edit.group}/{edit.key} saved"
+
+        self._write("Saved", save)
+
+    @work(thread=True, group="write", name="write", exit_on_error=False)
+    def _write(self, title: str, do: Callable[[Writer], str]) -> None:
+        """One confirmed write, off the UI thread; its outcome is a notification, then the view is re-read."""
+        assert self.writer is not None
+        try:
+            done = do(self.writer)
+        except (redis.RedisError, IIIError) as exc:
+            self.notify(f"{type(exc).__name__}: {exc}", title=f"{title} failed", severity="error", markup=False)
+        else:
+            self.notify(done, title=title, markup=False)
+        finally:
+            self._poke.set()
+
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
         self._active = event.pane.id or "live"
@@ -425,7 +507,7 @@ class ConsoleApp(App[None]):
         """The tab's body, mounted on first use (so start-up styles and lays out one tab, not eight)."""
         pane = self._panes.get(pid)
         if pane is None:
-            pane = self._panes[pid] = PANE_CLASSES[pid](id=f"pane-{pid}")
+            pane = self._panes[pid] = PANE_CLASSES[pid](id=f"pane-{pid}", read_only=self.read_only)
             self._tabs.get_pane(pid).mount(pane)
         return pane
 
@@ -477,10 +559,19 @@ class ConsoleApp(App[None]):
 
     # -- actions --------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Tab keys and the filter belong to the main screen; over a trace or a form they are off."""
+        """Tab keys and the filter belong to the main screen; over a trace or a form they are off.
+        Read-only, sending is off and ``read_only`` (bound, hidden, to the writing keys) says why."""
         if action in ("show_tab", "filter") and len(self.screen_stack) > 1:
             return False
+        if action == "send":
+            return not self.read_only
+        if action == "read_only":
+            return self.read_only
         return True
+
+    def action_read_only(self) -> None:
+        self.notify("This console is attached read-only: sending, replay, purge and state edits are off.",
+                    severity="warning")
 
     @property
     def ready(self) -> bool:
@@ -525,7 +616,7 @@ class ConsoleApp(App[None]):
 
     def action_send(self) -> None:
         if self.read_only:
-            self.notify("This console is attached read-only: sending is disabled.", severity="warning")
+            self.action_read_only()
             return
         if not self.server_url:
             self.notify("Sending needs a running server: start `iii-console` in the project (this console has no server URL).",
@@ -556,8 +647,31 @@ class ConsoleApp(App[None]):
         yield SystemCommand("Show failures only", "Filter: failed, retried and dead-lettered messages",
                             lambda: self.set_filter("type:message.failed,message.retrying,message.dead_lettered"))
         yield SystemCommand("Show errors only", "Filter: step errors", lambda: self.set_filter("type:step.error"))
-        yield SystemCommand("Send test message", "POST to the running server's /messages (s)", self.action_send)
+        if not self.read_only:
+            yield SystemCommand("Send test message", "POST to the running server's /messages (s)", self.action_send)
+            pane = self._panes.get(self._active) if screen is self.screen_stack[0] else None
+            if isinstance(pane, DeadLettersPane) and pane.ready:
+                yield SystemCommand("Replay dead letters shown", "Every entry listed under the filter, after confirming (R)",
+                                    pane.action_replay_shown)
+                yield SystemCommand("Purge dead letters shown", "Delete every entry listed under the filter, after confirming (D)",
+                                    pane.action_purge_shown)
+            if isinstance(pane, StatePane) and pane.ready:
+                yield SystemCommand("Edit state value", "Edit the highlighted key's JSON (e)", pane.action_edit)
         yield SystemCommand("Help", "Keys and filter syntax (?)", self.action_help)
+
+
+def _dlq_write(writer: Writer, verb: str, entries: tuple[DeadLetter, ...]) -> str:
+    """Replay or purge, and say how many it touched (entries replayed or purged meanwhile are skipped)."""
+    n = len(entries)
+    if verb == "purge":
+        purged = writer.purge(entries)
+        return f"purged {purged} dead letter{'s' if purged != 1 else ''}" + (f" ({n - purged} already gone)" if purged < n else "")
+    res = writer.replay(entries)
+    done = len(res.replayed)
+    out = f"replayed {done} dead letter{'s' if done != 1 else ''}"
+    if res.skipped:
+        out += f"; skipped {len(res.skipped)}: {res.skipped[0]}" + (" …" if len(res.skipped) > 1 else "")
+    return out
 
 
 def _short_error(exc: BaseException) -> str:
@@ -572,7 +686,8 @@ def _redact(url: str) -> str:
 
 
 def create_app(*, redis_url: str, prefix: str = "iii:", server_url: str | None = None, read_only: bool = False,
-               clock: Callable[[], float] = time.time, title: str = "iii-console") -> ConsoleApp:
-    """The console the CLI runs: attach to ``redis_url`` under ``prefix``; ``s`` posts to ``server_url``."""
+               clock: Callable[[], float] = time.time, title: str = "iii-console", events_maxlen: int = 100_000) -> ConsoleApp:
+    """The console the CLI runs: attach to ``redis_url`` under ``prefix``; ``s`` posts to ``server_url``;
+    the events its writes add trim the stream to ``events_maxlen`` (the deployment's ``events.maxlen``)."""
     return ConsoleApp(redis_url=redis_url, keys=Keys(prefix), server_url=server_url, read_only=read_only,
-                      clock=clock, title=title)
+                      clock=clock, title=title, events_maxlen=events_maxlen)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from textual.message import Message
+
+from iii_console.core.dlq import DeadLetter
 
 
 class OpenTrace(Message):
@@ -20,3 +24,33 @@ class StateGroupChosen(Message):
     def __init__(self, group: str) -> None:
         super().__init__()
         self.group = group
+
+
+class DeadLettersChosen(Message):
+    """Replay or purge these entries (the highlighted one, or every one shown under the filter)."""
+
+    def __init__(self, action: str, entries: tuple[DeadLetter, ...], *, scope: str = "") -> None:
+        super().__init__()
+        self.action = action  # "replay" or "purge"
+        self.entries = entries
+        #: How the entries were chosen, for the confirmation ("the 12 shown under filter step:X").
+        self.scope = scope
+
+
+class InspectDeadLetter(Message):
+    """Show one dead letter in full."""
+
+    def __init__(self, entry: DeadLetter) -> None:
+        super().__init__()
+        self.entry = entry
+
+
+class StateKeyChosen(Message):
+    """Edit or delete one state key."""
+
+    def __init__(self, action: str, group: str, key: str, value: Any) -> None:
+        super().__init__()
+        self.action = action  # "edit" or "delete"
+        self.group = group
+        self.key = key
+        self.value = value

@@ -1,4 +1,5 @@
-"""Screens over the tabs: a trace's timeline, the send form, the key help."""
+"""Screens over the tabs: a trace's timeline, a dead letter in full, the send form,
+confirmations, the state editor, the key help."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, RadioButton, RadioSet, Select, Static
+from textual.widgets import Button, DataTable, Footer, Input, Label, RadioButton, RadioSet, Select, Static, TextArea
 
+from iii_console.core.dlq import DeadLetter
 from iii_console.core.events import Event
 from iii_console.format import TYPE_STYLE, detail
 from iii_console.tui import fmt
+from iii_console.tui.messages import DeadLettersChosen, OpenTrace
 from iii_console.tui.model import STATUS, MessageRow
+from iii_console.tui.tabs.queues import dead_letter_text
 from iii_console.tui.widgets import Table, cursor_key, lines, t, retitle
 
 
@@ -255,6 +259,181 @@ class SendScreen(ModalScreen[SendRequest | None]):
         self.dismiss(None)
 
 
+class DeadLetterScreen(Screen[None]):
+    """One dead letter in full, with room for a long traceback; replay or purge it from here."""
+
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("enter,t", "trace", "Trace"),
+        Binding("r", "replay", "Replay"),
+        Binding("d", "purge", "Purge"),
+        Binding("r,d", "app.read_only", show=False),  # what those keys do on a read-only console
+    ]
+
+    DEFAULT_CSS = """
+    DeadLetterScreen #dlq-entry { height: 1fr; border: round $error 60%; padding: 0 1; }
+    """
+
+    def __init__(self, entry: DeadLetter, *, read_only: bool = False):
+        super().__init__()
+        self.entry = entry
+        self.read_only = read_only
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="dlq-entry") as box:
+            retitle(box, title=f"Dead letter {self.entry.id}", subtitle=self.entry.dlq)
+            yield Static(dead_letter_text(self.entry), id="dlq-entry-detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#dlq-entry", VerticalScroll).focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return not (self.read_only and action in ("replay", "purge"))
+
+    def action_trace(self) -> None:
+        if self.entry.trace_id:
+            self.post_message(OpenTrace(self.entry.trace_id, self.entry.message_id))
+
+    def action_replay(self) -> None:
+        self._chosen("replay")
+
+    def action_purge(self) -> None:
+        self._chosen("purge")
+
+    def _chosen(self, action: str) -> None:
+        self.app.post_message(DeadLettersChosen(action, (self.entry,), scope=f"the entry {self.entry.id}"))
+        self.dismiss()
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Asks before a write, naming what it will touch; anything but confirming changes nothing."""
+
+    BINDINGS = [Binding("escape,n", "cancel", "Cancel"), Binding("y", "confirm", "Confirm")]
+
+    DEFAULT_CSS = """
+    ConfirmScreen { align: center middle; }
+    ConfirmScreen #confirm-dialog { width: 84; height: auto; border: thick $warning; background: $surface; padding: 1 2; }
+    ConfirmScreen #confirm-question { text-style: bold; width: 1fr; }
+    ConfirmScreen #confirm-detail { color: $text-muted; margin-top: 1; height: auto; }
+    ConfirmScreen #confirm-buttons { height: 3; margin-top: 1; align-horizontal: right; }
+    ConfirmScreen #confirm-hint { color: $text-muted; width: 1fr; padding-top: 1; }
+    ConfirmScreen Button { margin-left: 2; }
+    """
+
+    def __init__(self, question: str, detail: str = "", *, confirm: str = "OK", danger: bool = False):
+        super().__init__()
+        self.question = question
+        self.detail = detail
+        self.confirm = confirm
+        self.danger = danger
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm-dialog"):
+            yield Label(self.question, id="confirm-question", markup=False)
+            if self.detail:
+                yield Static(Text(self.detail), id="confirm-detail")
+            with Horizontal(id="confirm-buttons"):
+                yield Label("enter / y confirms · esc / n cancels", id="confirm-hint")
+                yield Button("Cancel", id="confirm-cancel")
+                yield Button(self.confirm, variant="error" if self.danger else "warning", id="confirm-ok")
+
+    def on_mount(self) -> None:
+        self.query_one("#confirm-ok", Button).focus()
+
+    @on(Button.Pressed, "#confirm-ok")
+    def action_confirm(self) -> None:
+        self.dismiss(True)
+
+    @on(Button.Pressed, "#confirm-cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(False)
+
+
+@dataclass(frozen=True)
+class StateEdit:
+    """A checked new value for one state key (the editor closes with this only when the JSON is valid)."""
+
+    group: str
+    key: str
+    value: Any
+
+
+class InvalidValue(ValueError):
+    """Why the editor's text cannot be stored, and where (1-based line and column), when it is a syntax error."""
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None):
+        super().__init__(message)
+        self.line = line
+        self.column = column
+
+
+def parse_state_value(text: str) -> Any:
+    def no_constant(name: str) -> Any:
+        raise InvalidValue(f"{name} is not JSON (the state store keeps strict JSON)")
+
+    try:
+        value = json.loads(text, parse_constant=no_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidValue(f"Not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}", exc.lineno, exc.colno) from None
+    if value is None:
+        raise InvalidValue("null is not a value: to remove the key, close this and press d")
+    return value
+
+
+class StateEditScreen(ModalScreen[StateEdit | None]):
+    """Edit one state value as pretty JSON; invalid JSON keeps the editor open with the error."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Save")]
+
+    DEFAULT_CSS = """
+    StateEditScreen { align: center middle; }
+    StateEditScreen #edit-dialog { width: 90%; height: 80%; border: thick $accent; background: $surface; padding: 0 1; }
+    StateEditScreen #edit-title { text-style: bold; margin: 1 0; }
+    StateEditScreen #state-editor { height: 1fr; }
+    StateEditScreen #edit-error { color: $error; height: auto; }
+    StateEditScreen #edit-buttons { height: 3; align-horizontal: right; }
+    StateEditScreen #edit-hint { color: $text-muted; width: 1fr; padding-top: 1; }
+    StateEditScreen Button { margin-left: 2; }
+    """
+
+    def __init__(self, group: str, key: str, value: Any):
+        super().__init__()
+        self.group = group
+        self.key = key
+        self.value = value
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="edit-dialog"):
+            yield Label(f"Edit state {self.group}/{self.key}", id="edit-title", markup=False)
+            yield TextArea(fmt.pretty_json(self.value), id="state-editor", show_line_numbers=True, soft_wrap=False)
+            yield Static("", id="edit-error")
+            with Horizontal(id="edit-buttons"):
+                yield Label("ctrl+s saves (a state.changed event; state triggers fire) · esc cancels", id="edit-hint")
+                yield Button("Cancel", id="edit-cancel")
+                yield Button("Save", variant="primary", id="edit-save")
+
+    def on_mount(self) -> None:
+        self.query_one("#state-editor", TextArea).focus()
+
+    @on(Button.Pressed, "#edit-save")
+    def action_save(self) -> None:
+        editor = self.query_one("#state-editor", TextArea)
+        try:
+            value = parse_state_value(editor.text)
+        except InvalidValue as exc:
+            self.query_one("#edit-error", Static).update(Text(str(exc)))
+            if exc.line is not None and exc.column is not None:
+                editor.cursor_location = (exc.line - 1, exc.column - 1)  # on the mistake
+            editor.focus()
+            return
+        self.dismiss(StateEdit(self.group, self.key, value))
+
+    @on(Button.Pressed, "#edit-cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 HELP = [
     ("Tabs", [("1 … 8", "Live, Messages, Queues, Dead letters, State, Cron, Workers, Steps"),
               ("tab / shift+tab", "move focus"), ("↑ ↓ pgup pgdn home end", "move in tables and logs")]),
@@ -263,6 +442,13 @@ HELP = [
                  ("p", "pause rendering (events keep being read; resumes where it was)"),
                  ("s", "send a test message (text or JSON, priority, count)"),
                  ("ctrl+p", "command palette"), ("?", "this help"), ("q", "quit")]),
+    ("Dead letters (4)", [("i", "inspect the highlighted entry: payload, error, traceback, attempts, trace"),
+                          ("r / R", "replay the highlighted entry / every entry shown under the filter"),
+                          ("d / D", "purge the highlighted entry / every entry shown under the filter"),
+                          ("", "each asks first, naming how many entries it will touch")]),
+    ("State (5)", [("e", "edit the highlighted key's JSON value (ctrl+s saves, esc cancels)"),
+                   ("d", "delete the highlighted key (asks first)"),
+                   ("", "read-only consoles (attach) hide r R d D e s and never write")]),
     ("Filter", [("type:message.failed", "one event type; type:message. for a family"),
                 ("topic:… step:… queue:…", "substring, or a glob with * ?"),
                 ("trace:1a2b", "trace id prefix"), ("status:dead", "message status (Messages tab)"),

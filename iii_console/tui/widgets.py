@@ -38,10 +38,16 @@ class Pane(Widget):
 
     #: Snapshot parts (see :data:`iii_console.tui.source.PARTS`) to poll while this tab is visible.
     wants: frozenset[str] = frozenset()
+    #: This tab's actions that write to Redis: on a read-only console they leave the footer and do not run.
+    writes: frozenset[str] = frozenset()
 
-    def __init__(self, **kw: Any) -> None:
+    def __init__(self, *, read_only: bool = False, **kw: Any) -> None:
         super().__init__(**kw)
         self.ready = False
+        self.read_only = read_only
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return not (self.read_only and action in self.writes)
 
     class Ready(Message):
         """A pane mounted (tabs other than Live mount when first shown): time to draw and focus it."""

@@ -6,12 +6,13 @@ from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static
 
 from iii_console.core.dlq import DeadLetter
 from iii_console.tui import fmt
-from iii_console.tui.messages import OpenTrace
+from iii_console.tui.messages import DeadLettersChosen, InspectDeadLetter, OpenTrace
 from iii_console.tui.model import TopicCounts
 from iii_console.tui.widgets import Pane, Table, View, cursor_key, lines, n, t, retitle
 
@@ -118,8 +119,34 @@ DLQ_COLUMNS = (("Failed", 8), ("DLQ", 20), ("Topic", 18), ("Step", 18), ("Att", 
                ("Trace", 9), ("Error", None))
 
 
+def dead_letter_text(e: DeadLetter) -> Text:
+    """Everything a person needs to decide between replay and purge."""
+    return lines([
+        Text.assemble(("entry ", "bright_black"), (e.id, "bold"), ("  message ", "bright_black"), str(e.message_id or "-"),
+                      ("  trace ", "bright_black"), e.trace_id or "-"),
+        Text.assemble(("dlq ", "bright_black"), (e.dlq, "bold red"), ("  topic ", "bright_black"), str(e.topic),
+                      ("  step ", "bright_black"), str(e.step), ("  attempts ", "bright_black"), str(e.attempts),
+                      ("  first failure ", "bright_black"), fmt.hms(e.first_failure_ms),
+                      ("  last ", "bright_black"), fmt.hms(e.last_failure_ms)),
+        Text.assemble(("error ", "bright_black"), (e.error, "bold red")),
+        Text("payload", style="bright_black"),
+        Text(fmt.pretty_json(e.data if e.raw is None else e.raw)),
+        Text("traceback", style="bright_black"),
+        Text(e.traceback.rstrip() or "-", style="red"),
+    ])
+
+
 class DeadLettersPane(Pane):
     wants = frozenset({"dlq"})
+    writes = frozenset({"replay", "replay_shown", "purge", "purge_shown"})
+    BINDINGS = [
+        Binding("i", "inspect", "Inspect"),
+        Binding("r", "replay", "Replay"),
+        Binding("R", "replay_shown", "Replay shown", key_display="R"),
+        Binding("d", "purge", "Purge"),
+        Binding("D", "purge_shown", "Purge shown", key_display="D"),
+        Binding("r,R,d,D", "app.read_only", show=False),  # what those keys do on a read-only console
+    ]
 
     DEFAULT_CSS = """
     DeadLettersPane #dlq-table { height: auto; min-height: 5; max-height: 45%; }
@@ -131,6 +158,8 @@ class DeadLettersPane(Pane):
         super().__init__(**kw)  # type: ignore[arg-type]
         self._entries: dict[str, DeadLetter] = {}
         self._shown: str | None = "-"
+        self._filter_text = ""
+        self._truncated = False
 
     def compose(self) -> ComposeResult:
         yield Table(DLQ_COLUMNS, title="Dead letters", id="dlq-table")
@@ -148,12 +177,14 @@ class DeadLettersPane(Pane):
                    if not flt or flt.matches_values(type="message.dead_lettered", topic=e.topic, step=e.step,
                                                     trace=e.trace_id, status="dead", text=(e.error, e.dlq, e.id))]
         self._entries = {e.id: e for e in entries}
+        self._filter_text = flt.text if flt else ""
+        total = sum(view.snap.dlq_counts.values())
+        self._truncated = len(view.snap.dead_letters) < total
         table.show_rows([(e.id, (
             t(fmt.ago(e.last_failure_ms, view.now_ms), justify="right"),
             t(e.dlq, "bold red"), t(e.topic), t(e.step), n(e.attempts), t(e.priority, fmt.PRIORITY_STYLE.get(e.priority, "")),
             t(e.trace_id[:8], "bright_black"), t(e.error, "red"),
         )) for e in entries])
-        total = sum(view.snap.dlq_counts.values())
         retitle(table, title=f"Dead letters ({total})" + (f" · filter: {flt.text}" if flt else ""))
         retitle(table, subtitle="  ".join(f"{k}: {v}" for k, v in sorted(view.snap.dlq_counts.items())) or "none")
         self._detail(cursor_key(table))
@@ -178,18 +209,39 @@ class DeadLettersPane(Pane):
             text = Text("No dead letters: every message that ran out of retries would be listed here "
                         "with its error and traceback.", style="green")
         else:
-            text = lines([
-                Text.assemble(("entry ", "bright_black"), (e.id, "bold"), ("  message ", "bright_black"), str(e.message_id or "-"),
-                              ("  trace ", "bright_black"), e.trace_id or "-"),
-                Text.assemble(("dlq ", "bright_black"), (e.dlq, "bold red"), ("  topic ", "bright_black"), str(e.topic),
-                              ("  step ", "bright_black"), str(e.step), ("  attempts ", "bright_black"), str(e.attempts),
-                              ("  first failure ", "bright_black"), fmt.hms(e.first_failure_ms),
-                              ("  last ", "bright_black"), fmt.hms(e.last_failure_ms)),
-                Text.assemble(("error ", "bright_black"), (e.error, "bold red")),
-                Text("payload", style="bright_black"),
-                Text(fmt.pretty_json(e.data if e.raw is None else e.raw)),
-                Text("traceback", style="bright_black"),
-                Text(e.traceback.rstrip() or "-", style="red"),
-                Text("enter: open the message's trace", style="bright_black italic"),
-            ])
+            keys = "enter: open the message's trace · i: inspect"
+            if not self.read_only:
+                keys += " · r: replay · d: purge · R / D: replay / purge every entry shown"
+            text = lines([dead_letter_text(e), Text(keys, style="bright_black italic")])
         self.query_one("#dlq-detail", Static).update(text)
+
+    def _selected(self) -> DeadLetter | None:
+        e = self._entries.get(cursor_key(self.query_one(Table)) or "")
+        if e is None:
+            self.notify("No dead letter is highlighted.", severity="warning")
+        return e
+
+    def action_inspect(self) -> None:
+        if (e := self._selected()) is not None:
+            self.post_message(InspectDeadLetter(e))
+
+    def action_replay(self) -> None:
+        if (e := self._selected()) is not None:
+            self.post_message(DeadLettersChosen("replay", (e,), scope=f"the highlighted entry {e.id}"))
+
+    def action_purge(self) -> None:
+        if (e := self._selected()) is not None:
+            self.post_message(DeadLettersChosen("purge", (e,), scope=f"the highlighted entry {e.id}"))
+
+    def action_replay_shown(self) -> None:
+        self.post_message(DeadLettersChosen("replay", tuple(self._entries.values()), scope=self._scope()))
+
+    def action_purge_shown(self) -> None:
+        self.post_message(DeadLettersChosen("purge", tuple(self._entries.values()), scope=self._scope()))
+
+    def _scope(self) -> str:
+        n = len(self._entries)
+        scope = f"the {n} shown" + (f" under the filter {self._filter_text}" if self._filter_text else "")
+        if self._truncated:
+            scope += " (only the newest are listed: act again for older ones)"
+        return scope

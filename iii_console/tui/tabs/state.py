@@ -7,12 +7,13 @@ from typing import Any
 from rich.syntax import Syntax
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, OptionList, Static
 from textual.widgets.option_list import Option
 
 from iii_console.tui import fmt
-from iii_console.tui.messages import StateGroupChosen
+from iii_console.tui.messages import StateGroupChosen, StateKeyChosen
 from iii_console.tui.widgets import Pane, Table, View, cursor_key, t, retitle
 
 MAX_KEYS = 1000
@@ -29,6 +30,12 @@ def summary(value: Any) -> str:
 
 class StatePane(Pane):
     wants = frozenset({"state"})
+    writes = frozenset({"edit", "delete"})
+    BINDINGS = [
+        Binding("e", "edit", "Edit"),
+        Binding("d", "delete", "Delete"),
+        Binding("e,d", "app.read_only", show=False),  # what those keys do on a read-only console
+    ]
 
     DEFAULT_CSS = """
     StatePane { layout: horizontal; }
@@ -115,3 +122,16 @@ class StatePane(Pane):
             widget.update(Text("Select a key to see its value.", style="bright_black"))
         else:
             widget.update(Syntax(text, "json", theme="ansi_dark", word_wrap=True, background_color="default"))
+
+    def _chosen(self, action: str) -> None:
+        key = cursor_key(self.query_one("#state-keys", Table))
+        if self._group is None or key is None or key not in self._values:
+            self.notify("No state key is highlighted.", severity="warning")
+            return
+        self.post_message(StateKeyChosen(action, self._group, key, self._values[key]))
+
+    def action_edit(self) -> None:
+        self._chosen("edit")
+
+    def action_delete(self) -> None:
+        self._chosen("delete")
