@@ -164,6 +164,33 @@ def test_state(app, snap_compare):
     assert snap_compare(app, terminal_size=SIZE, run_before=ready("state", keys=("5",)))
 
 
+def test_replay_confirmation(app, snap_compare):
+    """Replaying every dead letter shown asks first, with the count and the dead-letter queue."""
+
+    async def run_before(pilot: Any) -> None:
+        await ready("dlq", keys=("4",))(pilot)
+        await pilot.press("R")
+        await until(pilot, lambda: pilot.app.screen.query("#confirm-question"), "the confirmation")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_state_editor_with_a_json_error(app, snap_compare):
+    """The editor keeps invalid JSON open, naming the line and column of the mistake."""
+
+    async def run_before(pilot: Any) -> None:
+        await ready("state", keys=("5",))(pilot)
+        await pilot.press("e")
+        await until(pilot, lambda: pilot.app.screen.query("#state-editor"), "the editor")
+        editor = pilot.app.screen.query_one("#state-editor")
+        editor.load_text('{\n  "status": "processed",\n  "attempts": 1,\n}')
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
 def test_cron(app, snap_compare):
     """Each cron step's expression, next fire, last run and drift, and recent runs."""
     assert snap_compare(app, terminal_size=SIZE, run_before=ready("cron", keys=("6",)))

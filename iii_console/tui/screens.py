@@ -309,7 +309,7 @@ class DeadLetterScreen(Screen[None]):
 class ConfirmScreen(ModalScreen[bool]):
     """Asks before a write, naming what it will touch; anything but confirming changes nothing."""
 
-    BINDINGS = [Binding("escape,n", "cancel", "Cancel"), Binding("y", "confirm", "Confirm")]
+    BINDINGS = [Binding("y", "confirm", "Confirm"), Binding("escape,n", "cancel", "Cancel", key_display="esc")]
 
     DEFAULT_CSS = """
     ConfirmScreen { align: center middle; }
@@ -317,7 +317,6 @@ class ConfirmScreen(ModalScreen[bool]):
     ConfirmScreen #confirm-question { text-style: bold; width: 1fr; }
     ConfirmScreen #confirm-detail { color: $text-muted; margin-top: 1; height: auto; }
     ConfirmScreen #confirm-buttons { height: 3; margin-top: 1; align-horizontal: right; }
-    ConfirmScreen #confirm-hint { color: $text-muted; width: 1fr; padding-top: 1; }
     ConfirmScreen Button { margin-left: 2; }
     """
 
@@ -334,9 +333,9 @@ class ConfirmScreen(ModalScreen[bool]):
             if self.detail:
                 yield Static(Text(self.detail), id="confirm-detail")
             with Horizontal(id="confirm-buttons"):
-                yield Label("enter / y confirms · esc / n cancels", id="confirm-hint")
                 yield Button("Cancel", id="confirm-cancel")
                 yield Button(self.confirm, variant="error" if self.danger else "warning", id="confirm-ok")
+        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#confirm-ok", Button).focus()
@@ -384,7 +383,7 @@ def parse_state_value(text: str) -> Any:
 class StateEditScreen(ModalScreen[StateEdit | None]):
     """Edit one state value as pretty JSON; invalid JSON keeps the editor open with the error."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Save")]
+    BINDINGS = [Binding("ctrl+s", "save", "Save"), Binding("escape", "cancel", "Cancel", key_display="esc")]
 
     DEFAULT_CSS = """
     StateEditScreen { align: center middle; }
@@ -409,9 +408,10 @@ class StateEditScreen(ModalScreen[StateEdit | None]):
             yield TextArea(fmt.pretty_json(self.value), id="state-editor", show_line_numbers=True, soft_wrap=False)
             yield Static("", id="edit-error")
             with Horizontal(id="edit-buttons"):
-                yield Label("ctrl+s saves (a state.changed event; state triggers fire) · esc cancels", id="edit-hint")
+                yield Label("Saving is an ordinary change: a state.changed event, and state triggers fire.", id="edit-hint")
                 yield Button("Cancel", id="edit-cancel")
                 yield Button("Save", variant="primary", id="edit-save")
+        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#state-editor", TextArea).focus()

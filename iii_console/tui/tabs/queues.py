@@ -241,7 +241,8 @@ class DeadLettersPane(Pane):
 
     def _scope(self) -> str:
         n = len(self._entries)
-        scope = f"the {n} shown" + (f" under the filter {self._filter_text}" if self._filter_text else "")
+        scope = ("the one entry listed" if n == 1 else f"all {n} entries listed") + (
+            f" under the filter {self._filter_text}" if self._filter_text else "")
         if self._truncated:
             scope += " (only the newest are listed: act again for older ones)"
         return scope
