@@ -1,5 +1,6 @@
 """Attach read-only with a Redis user whose ACL allows only reads: the console
-shows everything and attempts no write at all (Redis's ACL LOG stays empty)."""
+shows everything, offers no action that writes (send, replay, purge, state edits)
+and attempts no write at all (Redis's ACL LOG stays empty)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import time
 import pytest
 from textual.widgets import RichLog
 
-from iii_console.core.dlq import DeadLetter
+from iii_console.core.dlq import DeadLetter, DeadLetterStore
 from iii_console.core.keys import Keys
 from iii_console.core.redis_server import RedisServer
 from iii_console.core.state import StateStore
 from iii_console.tui import create_app
+from iii_console.tui.messages import DeadLettersChosen, StateKeyChosen
+from iii_console.tui.screens import ConfirmScreen, DeadLetterScreen, StateEditScreen
 
 from .test_tui_helpers import anyio_backend, lifecycle, log_text, started, until, xadd  # noqa: F401
 
@@ -31,6 +34,8 @@ def acl_server(tmp_path):
 
 
 async def test_read_only_attach_with_a_read_only_user_views_everything_and_writes_nothing(acl_server):
+    """Given a viewer-only ACL user, when every tab is opened and every writing key pressed (and writes requested
+    directly), then the footer and palette offer none of them, each is refused with a notice, and Redis saw no write."""
     import redis
 
     keys = Keys()
@@ -51,15 +56,44 @@ async def test_read_only_attach_with_a_read_only_user_views_everything_and_write
     admin.execute_command("ACL", "LOG", "RESET")
 
     app = create_app(redis_url=f"redis://viewer:view-pass@127.0.0.1:{acl_server.port}/0", read_only=True)
+    app.NOTIFICATION_TIMEOUT = 120  # every refusal stays countable
     async with app.run_test(size=(160, 45)) as pilot:
         await started(pilot)
         await until(pilot, lambda: "message.processed" in log_text(app.query_one("#events", RichLog)), "events on screen")
         for key in "12345678":  # every view, each of which reads Redis
             await pilot.press(key)
             await pilot.pause(0.3)
-        await pilot.press("s")  # the one action that would write is refused in the console
-        await pilot.pause(0.2)
-        assert any("read-only" in n.message for n in app._notifications)
+        assert app.writer is None
+
+        def shown() -> set[str]:
+            """What the footer offers, and what the command palette offers."""
+            footer = {b.binding.description for b in app.screen.active_bindings.values() if b.binding.show}
+            return footer | {c.title for c in app.get_system_commands(app.screen)}
+
+        writes = {"Send", "Replay", "Replay shown", "Purge", "Purge shown", "Edit", "Delete", "Send test message",
+                  "Replay dead letters shown", "Purge dead letters shown", "Edit state value"}
+        await pilot.press("4")
+        await until(pilot, lambda: app.query_one("#dlq-table").row_count == 1, "the dead letter listed")
+        assert "Inspect" in shown() and not shown() & writes
+        await pilot.press("i")  # reading an entry in full is fine
+        await until(pilot, lambda: isinstance(app.screen, DeadLetterScreen), "the entry screen")
+        assert "Trace" in shown() and not shown() & writes
+        await pilot.press("r", "d", "escape")
+        for key in ("r", "R", "d", "D"):  # each writing key only says why it is off
+            await pilot.press(key)
+        await pilot.press("5")
+        await until(pilot, lambda: app.query_one("#state-keys").row_count == 1, "the state key listed")
+        assert not shown() & writes
+        await pilot.press("e", "d", "s")
+        # Invoked some other way, the writes are refused too.
+        app.post_message(DeadLettersChosen("purge", (entry,)))
+        app.post_message(StateKeyChosen("edit", "messages", "m1", {"status": "processed"}))
+        await pilot.pause(0.3)
+        refusals = [n for n in app._notifications if "read-only" in n.message]
+        assert len(refusals) == 11, [n.message for n in app._notifications]  # 9 keys, 2 messages: each refused once
+        assert not isinstance(app.screen, (ConfirmScreen, StateEditScreen, DeadLetterScreen))
         await pilot.press("q")
     denied = admin.execute_command("ACL", "LOG")
     assert denied == [], denied
+    assert [e.id for e in DeadLetterStore(admin, keys).list()] == ["dead-1"]
+    assert StateStore(admin, keys).get("messages", "m1") == {"status": "processed"}
