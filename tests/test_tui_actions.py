@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from textual.command import CommandInput, CommandList, CommandPalette
 from textual.widgets import Input, Label, OptionList, Static, TextArea
 
 from iii_console.core.dlq import DeadLetter, DeadLetterStore
@@ -300,3 +301,24 @@ async def test_state_edit_refuses_invalid_json_and_saves_valid_json_as_an_ordina
 
     assert store.get("settings", "mode") is None
     assert [e.data["op"] for e in changes()] == ["set", "set", "delete"]
+
+
+async def test_the_palette_offers_the_visible_tabs_writes_and_cancelling_changes_nothing(dead, r, keys):
+    """Given the Dead letters tab, when the palette's replay command is chosen and then cancelled, then the confirmation named all five entries and both queues, and nothing moved."""
+    cfg, _steps, store = dead
+    before = {e.id for e in store.list()}
+    app = console(redis_url=cfg.redis.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await dead_letters_tab(pilot, 5)
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette), "the command palette")
+        app.screen.query_one(CommandInput).insert_text_at_cursor("replay dead letters shown")
+        await until(pilot, lambda: app.screen.query_one(CommandList).option_count > 0, "the replay command")
+        await pilot.press("enter")
+        screen = await confirm_screen(pilot)
+        assert question(screen) == "Replay 5 dead letters from emails.dlq, orders.dlq?"
+        await pilot.click("#confirm-cancel")
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), "the confirmation closed")
+        await pilot.pause(0.3)
+    assert {e.id for e in store.list()} == before
+    assert events(r, keys, "message.replayed") == [] and queued(r, keys, "orders", "ImportOrders") == []
