@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Screenshots of the live console on a real running project, for the README and reviews.
 
-    .venv/bin/python scripts/screenshots.py [--out screenshots] [--size 160x45]
+    .venv/bin/python scripts/screenshots.py [--out screenshots] [--size 160x45] [--only VIEW]...
 
 Copies the seed project (steps/ and iii-config.yaml) to a temporary directory, adds one
 demo cron step so the Cron tab has runs to show, starts the real runtime in-process
 (embedded Redis, HTTP server, worker process, scheduler), sends traffic through
 ``POST /messages`` (normal, high and low priority, some with ``fail_times`` so there are
 retries and a dead letter), then drives the console with Pilot to each view and saves
-``<out>/<view>.svg``. PNGs are written too when ``rsvg-convert`` (Debian: librsvg2-bin) or
+``<out>/<view>.svg`` (with ``--only``, just those views). PNGs are written too when ``rsvg-convert`` (Debian: librsvg2-bin) or
 a headless Chromium is found; otherwise that step is skipped with a note.
 """
 
@@ -96,7 +96,7 @@ async def wait(pilot: Any, cond: Callable[[], Any], what: str, timeout: float = 
         await pilot.pause(0.1)
 
 
-async def shoot(out: Path, size: tuple[int, int]) -> list[Path]:
+async def shoot(out: Path, size: tuple[int, int], only: set[str] | None = None) -> list[Path]:
     from iii_console.core.config import load_config
     from iii_console.runtime.supervisor import Supervisor
     from iii_console.tui import create_app
@@ -124,6 +124,8 @@ async def shoot(out: Path, size: tuple[int, int]) -> list[Path]:
                 async def save(name: str, before: Callable[[], Awaitable[None]] | None = None) -> None:
                     if before is not None:
                         await before()
+                    if only and name not in only:
+                        return  # still navigated: later views start from where this one left the console
                     start = app.render_count
                     await wait(pilot, lambda: app.render_count >= start + 3, "a few render ticks")
                     path = out / f"{name}.svg"
@@ -212,11 +214,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "screenshots"), help="Directory for the SVG/PNG files.")
     parser.add_argument("--size", default="160x45", help="Terminal size, COLSxROWS.")
+    parser.add_argument("--only", action="append", metavar="VIEW",
+                        help="Save just this view (live, messages, trace, queues, dead-letters, state, ...); repeatable.")
     args = parser.parse_args()
     cols, rows = (int(x) for x in args.size.lower().split("x"))
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    svgs = asyncio.run(shoot(out, (cols, rows)))
+    svgs = asyncio.run(shoot(out, (cols, rows), set(args.only or ())))
     to_png(svgs)
 
 
