@@ -1,4 +1,4 @@
-"""The live console (Textual). It reads Redis only through the core, never the runtime."""
+"""The live console (Textual). It reads Redis, and writes it unless read-only, only through the core, never the runtime."""
 
 from iii_console.tui.app import ConsoleApp, create_app
 
