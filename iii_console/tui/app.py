@@ -445,7 +445,7 @@ class ConsoleApp(App[None]):
             what = ("Each goes back to its queue as a new message with attempts reset and its trace id, "
                     "and leaves the dead-letter queue.")
         else:
-            what = "They are deleted for good and cannot be replayed afterwards."
+            what = "Deleted for good: a purged entry cannot be replayed."
         detail = f"{message.scope[:1].upper()}{message.scope[1:]}.\n{what}" if message.scope else what
         if n == 1:
             detail += f"\n{entries[0].step or '?'}: {fmt.one_line(entries[0].error, 70)}"
