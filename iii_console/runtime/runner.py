@@ -39,13 +39,24 @@ class LoopThread:
         self._thread.join(5)
 
 
+#: Redis connections one loop's async client may hold at once.
+POOL_SIZE = 64
+#: How long a call waits for a free connection when all are busy before failing
+#: (as a connection error, so the HTTP server answers 503). redis-py's default
+#: asyncio pool instead fails at once past 100 ("Too many connections"), which
+#: turned every burst of more than 100 concurrent requests into 503s.
+POOL_WAIT_S = 5.0
+
+
 class AsyncSide:
     """Async clients that live on one loop (the server's, or a LoopThread's)."""
 
     def __init__(self, services: Services, subscriptions: Subscriptions):
         cfg = services.config
-        self.client = aredis.Redis.from_url(cfg.redis.url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=15,
-                                            retry=AsyncRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3))
+        pool = aredis.BlockingConnectionPool.from_url(
+            cfg.redis.url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S, socket_connect_timeout=2, socket_timeout=10,
+            health_check_interval=15, retry=AsyncRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3))
+        self.client = aredis.Redis.from_pool(pool)
         self.state = AsyncStateStore(self.client, services.keys, events_maxlen=cfg.events.maxlen)
         self.producer = AsyncProducer(self.client, services.keys, cfg, subscriptions, services.emitter)
 
