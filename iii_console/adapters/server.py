@@ -81,6 +81,9 @@ class DepthGate:
 
     Depths are refreshed by one background task every ``interval`` seconds (one
     pipelined ``LLEN`` round), never per request, so the check costs a request nothing.
+    Requests let through since the last refresh count as waiting too: on a busy loop
+    a refresh can lag by a second, and a flood would otherwise overshoot the limit
+    by everything it sent in that time.
     """
 
     def __init__(self, runner: StepRunner, topics: set[str], limit: int, interval: float = 0.1):
@@ -88,6 +91,8 @@ class DepthGate:
         ns = runner.services.keys.dramatiq_namespace
         self.queues = {t: [f"{ns}:{sub.queue(p)}" for sub in runner._subs.get(t, []) for p in ("high", "normal", "low")] for t in topics}
         self.depth: dict[str, int] = {}
+        #: topic -> requests let through since the depths were last read
+        self.admitted: dict[str, int] = {}
         self._task: Any = None
 
     def over(self, topics: list[str]) -> str | None:
@@ -97,7 +102,11 @@ class DepthGate:
             import asyncio
 
             self._task = asyncio.get_running_loop().create_task(self._refresh())
-        return next((t for t in topics if self.depth.get(t, 0) > self.limit), None)
+        full = next((t for t in topics if self.depth.get(t, 0) + self.admitted.get(t, 0) > self.limit), None)
+        if full is None:
+            for t in topics:
+                self.admitted[t] = self.admitted.get(t, 0) + 1
+        return full
 
     async def aclose(self) -> None:
         """Stop the refresh task (before the Redis client it uses is closed)."""
@@ -115,6 +124,7 @@ class DepthGate:
         while True:
             try:
                 client = self.runner.async_side.client
+                counted = dict(self.admitted)  # what the LLENs below will include (or nearly)
                 async with client.pipeline(transaction=False) as pipe:
                     for qs in self.queues.values():
                         for q in qs:
@@ -123,9 +133,12 @@ class DepthGate:
                 i = 0
                 for t, qs in self.queues.items():
                     self.depth[t] = sum(lens[i:i + len(qs)])
+                    self.admitted[t] = self.admitted.get(t, 0) - counted.get(t, 0)
                     i += len(qs)
             except (redis.RedisError, OSError):
                 pass  # Redis away: requests will get 503 from the handler path anyway
+            except Exception:
+                log.exception("queue depth refresh failed; retrying")
             await asyncio.sleep(self.interval)
 
 
