@@ -43,3 +43,18 @@ def wait_for(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0
 def events(client: redis.Redis, keys: Keys, type: str | None = None) -> list[Event]:
     out = [Event.decode(i, f) for i, f in client.xrange(keys.events)]
     return [e for e in out if type is None or e.type == type]
+
+
+def events_once(client: redis.Redis, keys: Keys, type: str, count: int, where: Callable[[Event], bool] = lambda _e: True,
+                timeout: float = 15.0) -> list[Event]:
+    """The events of ``type`` matching ``where`` once there are at least ``count`` of them.
+
+    Events are written by a batching background sink, so they can land a few
+    milliseconds after the effects a test waited for (a state write, a
+    dead-letter entry); reading them straight away races the sink.
+    """
+    def ready() -> list[Event] | None:
+        got = [e for e in events(client, keys, type) if where(e)]
+        return got if len(got) >= count else None
+
+    return wait_for(ready, timeout=timeout, what=f"{count} {type} event(s)")

@@ -235,18 +235,40 @@ def test_cli_errors_are_one_clear_line_and_non_zero(tmp_path):
     assert res.returncode == 2 and "iii-config.yaml:3: queues.default.max_retrys: unknown key" in res.stderr
 
 
-def _read_json_lines(proc: subprocess.Popen, until: str, timeout: float = 45) -> list[dict]:
-    """Read JSON lines from ``proc`` until an event of type ``until``; fail, never hang."""
-    import selectors
+class Lines:
+    """A subprocess's stdout as a queue of lines, read by a thread.
 
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    ``select()`` on the pipe and ``readline()`` on its buffered wrapper do not mix:
+    lines that arrived in one burst sit in Python's buffer, where ``select`` never
+    sees them, and the reader waits for data it already has.
+    """
+
+    def __init__(self, proc: subprocess.Popen):
+        import queue
+
+        self._q: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self._q.put(line) for line in iter(proc.stdout.readline, "")], daemon=True).start()
+
+    def next(self, timeout: float) -> str | None:
+        import queue
+
+        try:
+            return self._q.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+
+
+def _read_json_lines(proc: subprocess.Popen, until: str, timeout: float = 45, app: Running | None = None) -> list[dict]:
+    """Read JSON lines from ``proc`` until an event of type ``until``; fail, never hang."""
+    lines = Lines(proc)
     seen: list[dict] = []
     deadline = time.monotonic() + timeout
     while not any(e["type"] == until for e in seen):
-        left = deadline - time.monotonic()
-        assert left > 0 and sel.select(left), f"no {until} within {timeout}s; got {[e['type'] for e in seen]}"
-        seen.append(json.loads(proc.stdout.readline()))
+        line = lines.next(deadline - time.monotonic())
+        if line is None:
+            app_log = "".join(app.lines[-30:]) if app else ""
+            raise AssertionError(f"no {until} within {timeout}s; got {[e['type'] for e in seen]}\napp stderr:\n{app_log}")
+        seen.append(json.loads(line))
     return seen
 
 
@@ -258,7 +280,7 @@ def test_tail_prints_events_filtered_by_type_and_trace(running, seed_project):
                              "--type", "message.", "--type", "notification.sent"],
                             cwd=seed_project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        seen = _read_json_lines(tail, "notification.sent")
+        seen = _read_json_lines(tail, "notification.sent", app=app)
         assert tail.poll() is None  # after the history it keeps following
     finally:
         tail.terminate()
@@ -276,14 +298,11 @@ def test_tail_follows_new_events_live(running, seed_project):
     try:
         # Keep sending until tail (which starts at the live end) has picked one up.
         deadline = time.monotonic() + 20
-        import selectors
-
-        sel = selectors.DefaultSelector()
-        sel.register(tail.stdout, selectors.EVENT_READ)
-        while not sel.select(0.5):
+        lines = Lines(tail)
+        while (line := lines.next(0.5)) is None:
             assert time.monotonic() < deadline, "tail printed nothing"
             httpx.post(f"{app.url}/messages", json={"text": "live"})
-        ev = json.loads(tail.stdout.readline())
+        ev = json.loads(line)
         assert ev["type"] == "http.received" and ev["data"]["body"]["text"] == "live"
     finally:
         tail.terminate()

@@ -15,7 +15,7 @@ from iii_console.runtime.runner import StepRunner
 from iii_console.runtime.services import Services
 from iii_console.runtime.worker import WorkerRuntime
 
-from .helpers import events, make_project, wait_for
+from .helpers import events, events_once, make_project, wait_for
 
 RECORDER = """
 from iii_console import Step, queue
@@ -83,7 +83,7 @@ def test_enqueue_fans_out_one_copy_to_every_subscribed_step(project, runtime, pr
     assert len(ids) == 2
     wait_for(lambda: runs(r, keys, "A").get("m1") == 1 and runs(r, keys, "B").get("m1") == 1, what="both copies processed")
     assert runs(r, keys, "C") == {}
-    processed = events(r, keys, "message.processed")
+    processed = events_once(r, keys, "message.processed", 2)
     assert sorted(e.step for e in processed) == ["A", "B"] and {e.trace_id for e in processed} == {"t1"}
 
 
@@ -95,7 +95,7 @@ def test_two_workers_share_a_topic_and_each_message_runs_once(project, runtime, 
         p.enqueue("jobs", {"k": f"m{i}"}, trace_id=f"t{i}")
     wait_for(lambda: len(runs(r, keys, "A")) == 60, what="60 messages processed")
     assert set(runs(r, keys, "A").values()) == {1}
-    by_worker = {e.worker for e in events(r, keys, "message.processed")}
+    by_worker = {e.worker for e in events_once(r, keys, "message.processed", 60)}
     assert by_worker == {w1.services.name, w2.services.name}
 
 
@@ -132,7 +132,7 @@ def test_failing_message_is_retried_max_retries_times_with_delay_then_dead_lette
     assert entry.id == mid and entry.attempts == 3 and entry.trace_id == "trace-x"
     assert entry.error == "ValueError: boom m1" and "raise ValueError" in entry.traceback
     assert entry.data == {"k": "m1", "secret": "s3"} and entry.message["actor_name"]
-    [dead] = events(r, keys, "message.dead_lettered")
+    [dead] = events_once(r, keys, "message.dead_lettered", 1)
     assert dead.message_id == mid and dead.data["dlq"] == "jobs.dlq"
     # Nothing of the message is left in the queues.
     assert not [k for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:jobs--*") if not k.endswith(b".wake")]
@@ -334,7 +334,7 @@ def test_async_handler_with_several_triggers_enqueues_on_the_same_trace(project,
     wait_for(lambda: runs(r, keys, "Both") == {"a:x": 1, "b:y": 1}, what="both topics handled")
     sink = wait_for(lambda: runs(r, keys, "Sink"), what="downstream step ran")
     assert sink["trace"] in ("trace-a", "trace-b") and sink["message_id"]
-    enq = [e for e in events(r, keys, "message.enqueued") if e.topic == "c"]
+    enq = events_once(r, keys, "message.enqueued", 2, where=lambda e: e.topic == "c")
     assert sorted(e.trace_id for e in enq) == ["trace-a", "trace-b"] and {e.data["source"] for e in enq} == {"Both"}
 
 
