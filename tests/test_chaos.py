@@ -8,6 +8,7 @@ The CI version is short. The full version (10,000 messages, a kill every 2 s for
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
@@ -23,7 +24,7 @@ from iii_console.runtime.runner import StepRunner
 from iii_console.runtime.services import Services
 
 from .checker import EFFECT_STEP, check
-from .helpers import make_project, wait_for
+from .helpers import events, make_project, wait_for
 from .test_e2e import start_cli
 
 pytestmark = pytest.mark.slow
@@ -132,3 +133,73 @@ def _alive(pid: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def _held(client, keys, worker_id: str) -> dict[str, str]:
+    """redis message id -> queue, for every message ``worker_id`` holds (in flight or prefetched)."""
+    prefix = f"{keys.dramatiq_namespace}:__acks__.{worker_id}."
+    out = {}
+    for k in client.scan_iter(match=prefix + "*"):
+        for rid in client.smembers(k):
+            out[rid.decode()] = k.decode()[len(prefix):]
+    return out
+
+
+def test_stopped_worker_is_swept_and_after_continue_its_late_acks_change_nothing(tmp_path, redis_url, r, keys):
+    """SIGSTOP stands in for a long GC pause or a frozen VM: the worker looks dead, its
+    messages go to the other worker, and when it wakes it finishes and acks messages it
+    no longer owns. Those acks must be no-ops (ack.lua releases only what the acking
+    worker's own in-flight set still holds), so nothing is lost or applied twice."""
+    cfg = make_project(tmp_path, {"effect_step.py": EFFECT_STEP}, CONFIG, redis_url=redis_url)
+    run = start_cli(tmp_path, "--no-ui", "--role", "worker", "--processes", "2", "--threads", "8")
+    services = Services.open(cfg, "chaos")
+    stopped = None
+    try:
+        wait_for(lambda: len(_worker_pids(r, keys)) == 2, what="two workers up")
+        producer = StepRunner(services, subscriptions_for(discover(cfg.steps_path).steps)).producer
+        first = [f"a{i}" for i in range(800)]
+        for key in first:
+            producer.enqueue("chaos", {"key": key, "redis": redis_url, "work_ms": 40}, trace_id=key)
+        wait_for(lambda: r.scard("chaos:done") >= 50, what="both workers busy")
+        pids = _worker_pids(r, keys)
+        stopped, survivor = sorted(pids)
+        wid = pids[stopped]
+        os.kill(stopped, signal.SIGSTOP)
+        t_stop = time.monotonic()
+        held = _held(r, keys, wid)  # frozen: a stopped process cannot fetch or ack
+        assert held, "the stopped worker held no messages"
+        wait_for(lambda: not _holds(r, keys, wid), timeout=HB_TIMEOUT + SWEEP + 10, interval=0.02, what="the sweep to take its messages")
+        swept_after = time.monotonic() - t_stop
+        assert swept_after <= HB_TIMEOUT + SWEEP + 2
+        ns = keys.dramatiq_namespace
+        # Let the survivor finish every message the stopped worker held, so all its acks on waking are late.
+        wait_for(lambda: not any(r.hexists(f"{ns}:{q}.msgs", rid) for rid, q in held.items()), timeout=30,
+                 what="the survivor to settle the stopped worker's messages")
+        os.kill(stopped, signal.SIGCONT)
+        resumed = stopped
+        stopped = None
+        wait_for(lambda: resumed in _worker_pids(r, keys), timeout=10, what="the resumed worker to heartbeat again")
+        # It goes on working normally: a second batch is shared by both workers.
+        second = [f"b{i}" for i in range(300)]
+        for key in second:
+            producer.enqueue("chaos", {"key": key, "redis": redis_url, "work_ms": 20}, trace_id=key)
+        sent = set(first) | set(second)
+        wait_for(lambda: (rep := check(r, keys, sent)).effects >= len(sent) and rep.stuck == 0, timeout=60, interval=0.2,
+                 what="every message processed and settled")
+        report = check(r, keys, sent)
+        later = set(second)
+        done_events = lambda: [e for e in events(r, keys, "message.processed") if e.trace_id in later]  # noqa: E731
+        wait_for(lambda: {e.trace_id for e in done_events()} == later, what="the second batch's events")
+        by_pid = collections.Counter(int(e.worker.split(":")[-2]) for e in done_events())
+        print(f"\nstop/continue: held {len(held)} messages when stopped, swept after {swept_after:.2f}s;"
+              f" second batch by pid {dict(by_pid)}\n{report.table()}")
+        assert report.lost == 0 and report.unexpected == 0 and report.duplicated_effects == 0 and report.stuck == 0
+        # Handlers that were running when it stopped ran again on the survivor; nothing
+        # outside what it held can have run twice.
+        assert 1 <= report.duplicate_executions <= len(held)
+        assert by_pid[resumed] > 0 and by_pid[survivor] > 0
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        services.close()
+        run.stop()
