@@ -49,6 +49,7 @@ def test_two_processes_share_the_load_and_concurrency_holds_per_process(tmp_path
     peak = {k: int(v) for k, v in r.hgetall("g:max").items()}
     assert len(done) == 2 and min(done.values()) >= 20  # both processes took a real share
     assert max(peak.values()) == 3  # the limit is reached and never exceeded in a process
-    assert int(r.get("g:maxtotal")) <= 6  # so the cluster runs at most 2 × 3
+    # The limit is per process, as documented: the cluster went past one process's 3, never past 2 × 3.
+    assert 3 < int(r.get("g:maxtotal")) <= 6
     started = [e for e in events(r, keys, "worker.started")]
     assert {json.dumps(e.data["queues"]) for e in started} == {'{"load": 3}'}
