@@ -83,6 +83,20 @@ def test_every_buffer_stays_bounded_however_many_events_arrive():
     assert 0 <= m.in_flight <= 500
 
 
+def test_long_traces_state_groups_and_step_errors_are_bounded_too():
+    """Given long traces, thousands of state groups and ever-new step errors, when ingested, then each container stays capped."""
+    m = ConsoleModel(max_traces=100, max_step_errors=20, max_state_groups=30)
+    m.traces.max_total = 1000
+    for n in range(50):
+        m.ingest([Event("log", T0_MS + i, f"trace{n:03d}", data={"message": str(i)}) for i in range(200)], NOW)
+    assert m.traces.total <= 1000 and sum(len(m.traces.get(t) or []) for t in m.traces._traces) == m.traces.total
+    assert m.traces.get("trace049") is not None and m.traces.get("trace000") is None  # the oldest went first
+    m.ingest([Event("state.changed", T0_MS + n, step="S", data={"group": f"g{n}", "key": "k"}) for n in range(500)], NOW)
+    assert len(m.state_changes) == 30 and len(m.state_writers) <= 30 and "g499" in m.state_changes
+    m.ingest([Event("step.error", T0_MS + n, step="S", error=f"boom {n}", data={"file": "s.py"}) for n in range(500)], NOW)
+    assert len(m.step_errors) == 20
+
+
 def test_log_since_returns_only_new_entries_and_survives_the_buffer_wrapping():
     """Given a full log, when asking for entries after a sequence number that fell out, then what is still buffered comes back."""
     m = ConsoleModel(log_size=10)

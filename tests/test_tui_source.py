@@ -31,6 +31,26 @@ def test_a_foreign_entry_on_the_stream_is_skipped_and_counted(r, keys):
     assert [e.type for e in tail.read(r)] == ["log"] and tail.decode_errors == 1
 
 
+def test_the_console_s_stream_client_decodes_the_same_events_as_a_plain_client(r, keys, redis_url):
+    """Given every kind of event and a foreign entry, when read with the console's raw stream client, then the events equal the plain decode."""
+    from iii_console.tui.source import connect_stream
+
+    evs = lifecycle(1, T0_MS) + lifecycle(2, T0_MS + 10, fails=3, dead=True)
+    xadd(r, keys, evs)
+    r.xadd(keys.events, {"something": "else"})
+    r.xadd(keys.events, {"type": "log", "ts": "not a number"})
+    plain, raw = StreamTail(keys.events, history=0), StreamTail(keys.events, history=0)
+    for tail in (plain, raw):
+        tail.last_id = "0-0"
+    fast = connect_stream(redis_url)
+    try:
+        got = raw.read(fast)
+    finally:
+        fast.close()
+    assert got == plain.read(r) and len(got) == len(evs)
+    assert [e.type for e in got] == [e.type for e in evs] and raw.decode_errors == plain.decode_errors == 2
+
+
 def test_after_an_empty_restart_the_tail_reads_the_new_stream_from_its_start(r, keys):
     """Given a tail that has read far, when the stream is recreated with smaller ids, then resync makes it read them."""
     xadd(r, keys, [Event("log", T0_MS + 5000)])

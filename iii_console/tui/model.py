@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Iterable, Iterator, NamedTuple
 
 from iii_console.core.events import Event
@@ -147,11 +148,18 @@ class MessageRow:
 
 
 class TraceIndex:
-    """Events per trace id, least recently touched evicted first."""
+    """Events per trace id, least recently touched evicted first.
 
-    def __init__(self, max_traces: int = 5000, max_events: int = 300):
+    Bounded by traces, by events per trace, and by events in all: a few long traces
+    must not hold ``max_traces × max_events`` events (every one is an object the
+    garbage collector walks, and its full passes pause the UI thread).
+    """
+
+    def __init__(self, max_traces: int = 2000, max_events: int = 300, max_total: int = 20_000):
         self.max_traces = max_traces
         self.max_events = max_events
+        self.max_total = max_total
+        self.total = 0
         self._traces: OrderedDict[str, list[Event]] = OrderedDict()
         self._revs: dict[str, int] = {}
 
@@ -163,13 +171,20 @@ class TraceIndex:
         if events is None:
             events = self._traces[tid] = []
             if len(self._traces) > self.max_traces:
-                old, _ = self._traces.popitem(last=False)
-                self._revs.pop(old, None)
+                self._evict()
         else:
             self._traces.move_to_end(tid)
         if len(events) < self.max_events:
             events.append(ev)
+            self.total += 1
+            while self.total > self.max_total and len(self._traces) > 1:
+                self._evict()
         self._revs[tid] = rev
+
+    def _evict(self) -> None:
+        old, events = self._traces.popitem(last=False)
+        self.total -= len(events)
+        self._revs.pop(old, None)
 
     def get(self, trace_id: str) -> list[Event] | None:
         events = self._traces.get(trace_id)
@@ -213,8 +228,9 @@ class LogEntry(NamedTuple):
 
 
 class ConsoleModel:
-    def __init__(self, *, log_size: int = 5000, max_messages: int = 2000, max_traces: int = 5000,
-                 max_problems: int = 200, max_state_keys: int = 2000):
+    def __init__(self, *, log_size: int = 5000, max_messages: int = 2000, max_traces: int = 2000,
+                 max_problems: int = 200, max_state_keys: int = 2000, max_step_errors: int = 200,
+                 max_state_groups: int = 200):
         self.seq = 0
         self.decode_errors = 0
         self.last_event_ms = 0
@@ -229,6 +245,8 @@ class ConsoleModel:
         self.problems: deque[LogEntry] = deque(maxlen=max_problems)
         #: Step load errors, latest per (step, file, message); cleared by config.reloaded.
         self.step_errors: OrderedDict[tuple[str, str, str], Event] = OrderedDict()
+        self.max_step_errors = max_step_errors
+        self.max_state_groups = max_state_groups
         self.max_state_keys = max_state_keys
         self.state_changes: dict[str, OrderedDict[str, int]] = {}
         self.state_rev = 0
@@ -263,7 +281,10 @@ class ConsoleModel:
                 self.problems.append(LogEntry(seq, ev))
             if t == "step.error":
                 d = ev.data if isinstance(ev.data, dict) else {}
-                self.step_errors[(ev.step or "", str(d.get("file", "")), ev.error or "")] = ev
+                err_key = (ev.step or "", str(d.get("file", "")), ev.error or "")
+                self.step_errors[err_key] = ev
+                if len(self.step_errors) > self.max_step_errors:
+                    self.step_errors.popitem(last=False)
             elif t == "config.reloaded":
                 self.step_errors.clear()
             elif t == "state.changed":
@@ -323,7 +344,14 @@ class ConsoleModel:
             return
         if ev.step:
             self.state_writers.setdefault(group, set()).add(ev.step)
-        changes = self.state_changes.setdefault(group, OrderedDict())
+        changes = self.state_changes.get(group)
+        if changes is None:
+            changes = self.state_changes[group] = OrderedDict()
+            if len(self.state_changes) > self.max_state_groups:
+                quiet = min((g for g in self.state_changes if g != group),
+                            key=lambda g: next(reversed(self.state_changes[g].values()), 0))
+                del self.state_changes[quiet]
+                self.state_writers.pop(quiet, None)
         changes.pop(key, None)
         changes[key] = ev.ts
         if len(changes) > self.max_state_keys:
@@ -337,7 +365,9 @@ class ConsoleModel:
             return []
         first = self.log[0].seq
         start = max(0, seq + 1 - first)
-        return [self.log[i] for i in range(start, len(self.log))]
+        out = list(islice(reversed(self.log), len(self.log) - start))  # from the end: a deque indexes in O(n)
+        out.reverse()
+        return out
 
     def log_tail(self, flt: EventFilter, limit: int) -> list[LogEntry]:
         """The last ``limit`` buffered entries matching ``flt``, oldest first."""

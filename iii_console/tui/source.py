@@ -26,6 +26,26 @@ def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=3.0, health_check_interval=0)
 
 
+def _raw_reply(response: Any, **_: Any) -> Any:
+    return response
+
+
+def connect_stream(url: str) -> redis.Redis:
+    """A client for :class:`StreamTail` that hands stream entries over as the parser built them.
+
+    At thousands of events a second, redis-py's per-entry reshaping (``pairs_to_dict``,
+    the RESP3-to-RESP2 conversion) and decoding bytes field by field in Python were most
+    of the reader's CPU; here the parser (hiredis, when installed) decodes UTF-8 in C and
+    :meth:`StreamTail._decode` pairs the flat field list itself. Undecodable bytes become
+    U+FFFD rather than failing the whole read.
+    """
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=3.0, health_check_interval=0,
+                                  decode_responses=True, encoding_errors="replace")
+    for command in ("XREAD", "XREVRANGE"):
+        client.set_response_callback(command, _raw_reply)
+    return client
+
+
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -58,7 +78,12 @@ class StreamTail:
             self.history_count = len(out)
             return out
         got = client.xread({self.key: self.last_id}, count=self.batch, block=self.block_ms)
-        entries = got[0][1] if got else []
+        if not got:
+            entries: Any = []
+        elif isinstance(got, dict):  # RESP3 map, as :func:`connect_stream` leaves it
+            entries = next(iter(got.values()))
+        else:
+            entries = got[0][1]
         if entries:
             self.last_id = _s(entries[-1][0])
         return self._decode(entries)
@@ -74,12 +99,53 @@ class StreamTail:
 
     def _decode(self, entries: Any) -> list[Event]:
         out = []
+        append = out.append
         for entry_id, fields in entries:
             try:
-                out.append(Event.decode(entry_id, fields))
+                if isinstance(fields, list) and isinstance(entry_id, str):
+                    append(_decode_flat(entry_id, fields))
+                else:
+                    append(Event.decode(entry_id, fields))
             except DecodeError:
                 self.decode_errors += 1
         return out
+
+
+_loads = json.loads
+#: Values repeated across events (types, steps, topics, queues, workers) are kept once, not once per event.
+_INTERNED = ("type", "step", "topic", "queue", "worker")
+_intern_cache: dict[str, str] = {}
+
+
+def _decode_flat(entry_id: str, flat: list[Any]) -> Event:
+    """:meth:`Event.decode` for an entry whose fields arrive as one flat list of str.
+
+    The same result, about a third of the cost: no per-field bytes check, and
+    repeated names shared, so the trace index holds fewer copies of the same string.
+    """
+    it = iter(flat)
+    f = dict(zip(it, it))
+    cache = _intern_cache
+    for name in _INTERNED:
+        v = f.get(name)
+        if v is not None:
+            shared = cache.get(v)
+            if shared is None:
+                if len(cache) > 10_000:
+                    cache.clear()  # names are few; this only bounds a stream of ever-new ones
+                shared = cache[v] = v
+            f[name] = shared
+    try:
+        data = f.get("data")
+        attempt = f.get("attempt")
+        duration = f.get("duration_ms")
+        return Event(type=f["type"], ts=int(f.get("ts", 0)), trace_id=f.get("trace_id", ""),
+                     message_id=f.get("message_id"), step=f.get("step"), topic=f.get("topic"), queue=f.get("queue"),
+                     attempt=int(attempt) if attempt is not None else None, worker=f.get("worker"),
+                     duration_ms=float(duration) if duration is not None else None, error=f.get("error"),
+                     data=_loads(data) if data is not None else None, id=entry_id)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise DecodeError(f"not an iii event: {entry_id!r}: {exc}") from exc
 
 
 def _id(entry_id: str) -> tuple[int, int]:

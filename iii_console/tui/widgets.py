@@ -135,6 +135,14 @@ class Table(DataTable[Text]):
         sync_table(self, rows)
         self.fit()
 
+    def _update_dimensions(self, new_rows: Iterable[Any]) -> None:
+        # Textual measures every cell of every new row to size auto-width columns. Ours have
+        # fixed widths and one-line rows, so that was pure cost: with a 200-row table rebuilt
+        # every second at 5,000 events/s it was ~15 % of the console's CPU.
+        if not any(c.auto_width for c in self.columns.values()):
+            new_rows = ()
+        super()._update_dimensions(new_rows)
+
     def on_resize(self) -> None:
         self.fit()
 
