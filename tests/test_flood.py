@@ -19,6 +19,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from .checker import EFFECT_STEP, check
 from .helpers import make_project, wait_for
@@ -213,3 +214,34 @@ def _settle(r, keys, accepted: set[str], timeout: float) -> float:
     except AssertionError:
         pass  # the checker's report says what is missing
     return time.monotonic() - t0
+
+
+def test_redis_out_of_memory_answers_503_not_500(tmp_path):
+    """With ``noeviction`` a full Redis refuses writes ("OOM command not allowed"): that is
+    storage being unavailable, so the client is told to retry, not that the handler is broken."""
+    from iii_console.core.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis", appendonly=False, extra=["--maxmemory-policy", "noeviction"]).start()
+    client = redis.Redis.from_url(server.url)
+    steps = {"flood_step.py": FLOOD_HTTP.format(redis=server.url, work_ms=0), "effect_step.py": EFFECT_STEP}
+    make_project(tmp_path, steps, "server:\n  port: 0\n", redis_url=server.url)
+    run = start_cli(tmp_path, "--no-ui", "--role", "server")
+    try:
+        host_url = run.url + "/messages"
+        assert _post(host_url, "before") == (202, None)
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) // 2)  # every write is now refused
+        status, retry_after = _post(host_url, "full")
+        assert (status, retry_after) == (503, "1")
+        client.config_set("maxmemory", 0)
+        assert _post(host_url, "after") == (202, None)
+    finally:
+        run.stop()
+        client.close()
+        server.stop()
+
+
+def _post(url: str, key: str) -> tuple[int, str | None]:
+    import httpx
+
+    resp = httpx.post(url, json={"key": key}, timeout=10)
+    return resp.status_code, resp.headers.get("retry-after")

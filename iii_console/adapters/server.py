@@ -182,6 +182,9 @@ class HttpSteps:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("step %s: Redis unavailable: %s", step.name, exc)
                 return _problem(503, "storage unavailable, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
+            except redis.OutOfMemoryError as exc:  # Redis at maxmemory with noeviction refuses writes
+                log.warning("step %s: Redis is full: %s", step.name, exc)
+                return _problem(503, "storage full, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
             except Exception as exc:
                 emitter.emit("step.error", trace_id=trace_id, step=step.name, error=f"{type(exc).__name__}: {exc}",
                              data={"traceback": user_traceback(exc)[-8000:], "file": step.file})
