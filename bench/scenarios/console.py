@@ -132,9 +132,10 @@ def run(bench: Bench) -> Section:
     sec.row("render ticks / s", fmt(ticks, 1))
     sec.row("behind at the end (fed − ingested, 2 s after feeding stopped)", fmt(max(0, fed - final_seq)))
     sec.row("console CPU, % of one core", fmt(cpu))
-    sec.row("console RSS start → end (max), MB", f"{rss[0]:.0f} → {rss[-1]:.0f} ({max(rss):.0f})" if rss else "—")
+    sec.row("console RSS start → half-way → end (max), MB",
+            f"{rss[0]:.0f} → {rss[len(rss) // 2]:.0f} → {rss[-1]:.0f} ({max(rss):.0f})" if rss else "—")
     sec.row(f"key press → repaint, ms, p50 / p95 / max ({len(keys)} presses)", f"{fmt(kp[50], 1)} / {fmt(kp[95], 1)} / {fmt(kp[100], 1)}")
-    sec.row("inbox peak (events waiting for the render tick)", fmt(result.get("inbox_peak")))
+    sec.row("most events read at once, not yet in the model", fmt(result.get("inbox_peak")))
     sec.note(f"{o.console_seconds:g} s of feeding. Headless Textual at 160×48: frames are composed but not written to a "
              "terminal, so terminal output cost is not included. Key press = switching tabs (2 / 1), timed from the "
              "press to the first refresh after it was handled.")
