@@ -163,6 +163,20 @@ class IIIConsumer(Consumer):
         if ids:
             self.broker.do_requeue(self.queue_name, *ids)
 
+    def close(self) -> None:
+        """Return fetched messages not yet handed to Dramatiq to the queue.
+
+        They sit in this worker's in-flight set; Dramatiq requeues only what
+        reached its work queue, so without this a drained worker would leave
+        them for the sweep to find after its heartbeat times out.
+        """
+        ids, self.cache = [rid for rid, _data, _n in self.cache], []
+        if ids:
+            try:
+                self.broker.do_requeue(self.queue_name, *ids)
+            except redis.ConnectionError as e:
+                raise ConnectionClosed(e) from None
+
     # -- fetching -----------------------------------------------------------
     def __next__(self) -> MessageProxy | None:
         try:
