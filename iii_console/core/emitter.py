@@ -2,9 +2,9 @@
 
 The chain is small processors (timestamp, worker id, event shaping); only the
 last link does I/O, and it does not do it inline: it appends to a bounded buffer
-that a background thread flushes with one pipelined ``XADD MAXLEN ~`` batch every
-few milliseconds. A handler that emits never waits on Redis. If Redis is away the
-buffer holds events (up to ``buffer_max``; the oldest are dropped past that and
+that a background thread flushes with one script call (``lua/events_add.lua``:
+the batch's ``XADD``s, one trim, the metric counters) every few milliseconds.
+A handler that emits never waits on Redis. If Redis is away the buffer holds events (up to ``buffer_max``; the oldest are dropped past that and
 counted) and the flusher retries, so a blip leaves no gap in the console's log.
 """
 
@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
+from importlib import resources
 from typing import Any, Callable
 
 import redis
@@ -24,6 +25,8 @@ from iii_console.core.events import Event, now_ms
 from iii_console.core.keys import Keys
 
 log = logging.getLogger(__name__)
+
+_EVENTS_ADD = resources.files("iii_console.core").joinpath("lua/events_add.lua").read_text()
 
 
 class StreamSink:
@@ -54,6 +57,9 @@ class StreamSink:
         self.total_failures = 0
         #: True while a batch is out of the buffer but not yet written (or put back).
         self._busy = False
+        self._script = client.register_script(_EVENTS_ADD)
+        metric_keys = (keys.metrics_counts, keys.metrics_durations) if keys else (key, key)
+        self._script_keys = [key, *metric_keys]
         self._thread = threading.Thread(target=self._run, name="iii-event-sink", daemon=True)
         self._thread.start()
 
@@ -87,14 +93,9 @@ class StreamSink:
         while self._buf and len(batch) < 2000:
             batch.append(self._buf.popleft())
         try:
-            # One MULTI/EXEC: a batch and its counters land together or not at
-            # all, so a retry after a dropped connection cannot duplicate either.
-            pipe = self._client.pipeline(transaction=True)
-            for ev in batch:
-                pipe.xadd(self._key, ev.encode(), maxlen=self._maxlen, approximate=True)
-            if self._keys is not None:
-                metrics.record(pipe, self._keys, batch)
-            pipe.execute()
+            # One atomic script call: a batch and its counters land together or
+            # not at all, and the client packs one command instead of N.
+            self._script(keys=self._script_keys, args=self._args(batch))
             self.failures = 0
             return True
         except redis.RedisError as exc:
@@ -106,6 +107,23 @@ class StreamSink:
                 log.warning("event sink: Redis unavailable (%s); %d events buffered", exc, len(self._buf))
             time.sleep(min(1.0, 0.05 * self.failures))
             return False
+
+    def _args(self, batch: list[Event]) -> list[Any]:
+        args: list[Any] = [self._maxlen, len(batch)]
+        for ev in batch:
+            fields = ev.encode()
+            args.append(2 * len(fields))
+            for kv in fields.items():
+                args.extend(kv)
+        if self._keys is None:
+            args.extend((0, 0, 0))
+            return args
+        counts, buckets, sums = metrics.aggregate(batch)
+        for table in (counts, buckets, sums):
+            args.append(len(table))
+            for kv in table.items():
+                args.extend(kv)
+        return args
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until the buffer is written (or ``timeout``); used at shutdown and in tests."""

@@ -1,7 +1,7 @@
 """Cluster-wide counters, kept in Redis by the event sink as it writes events.
 
 Every process's sink adds its batch's counts with ``HINCRBY`` in the same
-MULTI/EXEC as the ``XADD``s, so counters and the event stream never disagree
+script call as the ``XADD``s (``lua/events_add.lua``), so counters and the event stream never disagree
 and any server can expose metrics for the whole deployment (no per-process
 scrape, no multiprocess registry).
 """
@@ -46,16 +46,6 @@ def aggregate(batch: Iterable[Event]) -> tuple[Counter[str], Counter[str], dict[
             buckets[f"{base}|count"] += 1
             sums[f"{base}|sum"] = sums.get(f"{base}|sum", 0.0) + secs
     return counts, buckets, sums
-
-
-def record(pipe: redis.client.Pipeline, keys: Keys, batch: list[Event]) -> None:
-    counts, buckets, sums = aggregate(batch)
-    for f, n in counts.items():
-        pipe.hincrby(keys.metrics_counts, f, n)
-    for f, n in buckets.items():
-        pipe.hincrby(keys.metrics_durations, f, n)
-    for f, v in sums.items():
-        pipe.hincrbyfloat(keys.metrics_durations, f, v)
 
 
 @dataclass
