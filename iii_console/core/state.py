@@ -7,7 +7,10 @@ writer dies right after) and a ``state.changed`` event to the event stream.
 
 Update operations are computed in Python on the value read (exact JSON, no Lua
 JSON quirks) and written only if the value is still what was read; on a race the
-op is recomputed. Contention is per key, not per group.
+script hands back the current value and the op is recomputed from it.
+Contention is per key, not per group. ``set`` and ``delete`` do not depend on
+the old value, so they skip the read and first guess "absent": a new key (the
+common case: a new message's record) costs one round trip, an existing one two.
 """
 
 from __future__ import annotations
@@ -104,6 +107,23 @@ def _load(raw: bytes | str | None) -> Any:
     return None if raw is None else json.loads(raw)
 
 
+def _text(raw: bytes | str | None) -> str | None:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+#: Ops whose new value does not depend on the old one (see the module docstring).
+_BLIND = ("set", "delete")
+#: "Not read yet": the first try of an op that needs the old value reads it.
+_UNREAD = object()
+
+
+def _outcome(reply: list[Any]) -> tuple[bool, str | None]:
+    """(written or unchanged, else False with the current raw value to recompute from)."""
+    if reply[0] != 0:
+        return True, None
+    return False, _text(reply[1]) if len(reply) > 1 and reply[1] is not None else None
+
+
 class _Base:
     def __init__(self, keys: Keys, *, trace_id: str = "", step: str = "", events_maxlen: int = 100_000):
         self.keys = keys
@@ -160,14 +180,17 @@ class StateStore(_Base):
         return old[-1] if old else None
 
     def _write(self, group: str, key: str, compute: Any, op: str) -> Any:
+        old_raw: Any = None if op in _BLIND else _UNREAD
         for attempt in range(MAX_CAS_TRIES):
-            raw = self.client.hget(self.keys.state_group(group), key)
-            old_raw = raw.decode() if isinstance(raw, bytes) else raw
+            if old_raw is _UNREAD:
+                old_raw = _text(self.client.hget(self.keys.state_group(group), key))
             new = compute(_load(old_raw))
             keys, args = self._cas_args(group, key, old_raw, new, op)
-            if self._cas(keys=keys, args=args) != 0:
+            written, old_raw = _outcome(self._cas(keys=keys, args=args))
+            if written:
                 return new
-            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+            if attempt:
+                time.sleep(random.uniform(0, 0.002 * attempt))
         raise StateError(f"state {group}/{key}: too much contention, gave up after {MAX_CAS_TRIES} tries")
 
 
@@ -211,12 +234,15 @@ class AsyncStateStore(_Base):
     async def _write(self, group: str, key: str, compute: Any, op: str) -> Any:
         import asyncio
 
+        old_raw: Any = None if op in _BLIND else _UNREAD
         for attempt in range(MAX_CAS_TRIES):
-            raw = await self.client.hget(self.keys.state_group(group), key)
-            old_raw = raw.decode() if isinstance(raw, bytes) else raw
+            if old_raw is _UNREAD:
+                old_raw = _text(await self.client.hget(self.keys.state_group(group), key))
             new = compute(_load(old_raw))
             keys, args = self._cas_args(group, key, old_raw, new, op)
-            if await self._cas(keys=keys, args=args) != 0:
+            written, old_raw = _outcome(await self._cas(keys=keys, args=args))
+            if written:
                 return new
-            await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+            if attempt:
+                await asyncio.sleep(random.uniform(0, 0.002 * attempt))
         raise StateError(f"state {group}/{key}: too much contention, gave up after {MAX_CAS_TRIES} tries")

@@ -4,17 +4,18 @@
 -- ARGV: field, expected, new, group, changes_maxlen, events_maxlen,
 --       trace_id, ts, event_data, step
 -- expected/new use "\0" for "absent" (expected: key must not exist; new: delete).
--- Returns 1 when written, 0 when the current value is not `expected`
--- (the caller recomputes and retries), 2 when new equals current (no change).
+-- Returns {1} when written, {2} when new equals current (no change), and
+-- {0, current} when the current value is not `expected` (current is false when
+-- absent): the caller recomputes from it and retries without another read.
 local ABSENT = "\0"
 local field, expected, new = ARGV[1], ARGV[2], ARGV[3]
 local cur = redis.call("HGET", KEYS[1], field)
 if cur == false then
-  if expected ~= ABSENT then return 0 end
+  if expected ~= ABSENT then return {0, false} end
 elseif cur ~= expected then
-  return 0
+  return {0, cur}
 end
-if (cur == false and new == ABSENT) or cur == new then return 2 end
+if (cur == false and new == ABSENT) or cur == new then return {2} end
 
 if new == ABSENT then
   redis.call("HDEL", KEYS[1], field)
@@ -33,4 +34,4 @@ local ev = {"type", "state.changed", "ts", ARGV[8], "data", ARGV[9]}
 if ARGV[7] ~= "" then table.insert(ev, "trace_id"); table.insert(ev, ARGV[7]) end
 if ARGV[10] ~= "" then table.insert(ev, "step"); table.insert(ev, ARGV[10]) end
 redis.call("XADD", KEYS[4], "MAXLEN", "~", ARGV[6], "*", unpack(ev))
-return 1
+return {1}
