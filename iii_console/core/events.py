@@ -46,10 +46,29 @@ REDACTED = "[redacted]"
 _SCALARS = ("type", "ts", "trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "duration_ms", "error")
 
 
+#: Key -> is it secret-looking. Payload keys repeat endlessly ("id", "text",
+#: "status"), so the regex runs once per distinct key, not once per event.
+_secret_keys: dict[str, bool] = {}
+
+
+def _is_secret(k: Any) -> bool:
+    if not isinstance(k, str):
+        return False
+    hit = _secret_keys.get(k)
+    if hit is None:
+        hit = _SECRET_KEY.search(k) is not None
+        if len(_secret_keys) < 10_000:
+            _secret_keys[k] = hit
+    return hit
+
+
 def redact(value: Any) -> Any:
     """Replace values under secret-looking keys, at any depth, so payloads can be shown safely."""
+    if isinstance(value, dict):
+        return {k: (REDACTED if _is_secret(k) else redact(v) if isinstance(v, (dict, list, tuple, Mapping)) else v)
+                for k, v in value.items()}
     if isinstance(value, Mapping):
-        return {k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else redact(v)) for k, v in value.items()}
+        return {k: (REDACTED if _is_secret(k) else redact(v)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return value
