@@ -197,10 +197,12 @@ class StateStore(_Base):
 class AsyncStateStore(_Base):
     """The same store for ``async def`` handlers and the HTTP server."""
 
-    def __init__(self, client: aredis.Redis, keys: Keys, **kw: Any):
+    def __init__(self, client: aredis.Redis, keys: Keys, *, autopipe: Any = None, **kw: Any):
         super().__init__(keys, **kw)
         self.client = client
-        self._cas = client.register_script(_SCRIPT)
+        #: With an :class:`~iii_console.core.autopipe.AutoPipeline`, concurrent
+        #: writes (the server's requests) share round trips.
+        self._cas = autopipe.script(_SCRIPT) if autopipe is not None else client.register_script(_SCRIPT)
 
     def bind(self, *, trace_id: str = "", step: str = "") -> "AsyncStateStore":
         other = AsyncStateStore.__new__(AsyncStateStore)

@@ -17,6 +17,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from iii_console.adapters.queue.producer import AsyncProducer, Producer, Subscriptions
+from iii_console.core.autopipe import AutoPipeline
 from iii_console.core.context import Context, SyncContext, call_arity, is_async
 from iii_console.core.state import AsyncStateStore, StateStore
 from iii_console.core.steps import Step
@@ -57,8 +58,9 @@ class AsyncSide:
             cfg.redis.url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S, socket_connect_timeout=2, socket_timeout=10,
             health_check_interval=15, retry=AsyncRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3))
         self.client = aredis.Redis.from_pool(pool)
-        self.state = AsyncStateStore(self.client, services.keys, events_maxlen=cfg.events.maxlen)
-        self.producer = AsyncProducer(self.client, services.keys, cfg, subscriptions, services.emitter)
+        self.autopipe = AutoPipeline(self.client)
+        self.state = AsyncStateStore(self.client, services.keys, events_maxlen=cfg.events.maxlen, autopipe=self.autopipe)
+        self.producer = AsyncProducer(self.client, services.keys, cfg, subscriptions, services.emitter, autopipe=self.autopipe)
 
     async def aclose(self) -> None:
         await self.client.aclose()

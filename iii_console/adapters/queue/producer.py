@@ -16,7 +16,7 @@ from dramatiq.common import dq_name
 from dramatiq.message import Message
 
 from iii_console.adapters.queue.names import Subscription
-from iii_console.adapters.queue.scripts import Scripts
+from iii_console.adapters.queue.scripts import SOURCES, Scripts
 from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter
 from iii_console.core.errors import IIIError
@@ -121,16 +121,18 @@ class Producer(_Builder):
 class AsyncProducer(_Builder):
     """The same for the HTTP server and ``async def`` handlers."""
 
-    def __init__(self, client: aredis.Redis, keys: Keys, config: Config, subscriptions: Subscriptions, emitter: Emitter):
+    def __init__(self, client: aredis.Redis, keys: Keys, config: Config, subscriptions: Subscriptions, emitter: Emitter,
+                 *, autopipe: Any = None):
         super().__init__(keys, config, subscriptions, emitter)
-        self.scripts = Scripts(client)
+        #: With an AutoPipeline, concurrent enqueues share round trips.
+        self._enqueue = autopipe.script(SOURCES["enqueue"]) if autopipe is not None else Scripts(client).enqueue
 
     async def enqueue(self, topic: str, data: Any, *, trace_id: str, priority: str | None = None, delay_ms: int = 0,
                       source: str | None = None, options: dict[str, Any] | None = None) -> list[str]:
         args, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source, options=options)
         args[1:1] = ["", 0]
         if copies:
-            await self.scripts.enqueue(args=args)
+            await self._enqueue(args=args)
         return self.announce(topic, data, copies, prio, delay_ms, source, trace_id)
 
 

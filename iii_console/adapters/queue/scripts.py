@@ -6,10 +6,10 @@ from importlib import resources
 from typing import Any
 
 _NAMES = ("enqueue", "fetch", "retry", "dead", "heartbeat", "sweep", "requeue_dead", "ack")
-_SOURCES = {n: resources.files(__package__).joinpath(f"lua/{n}.lua").read_text() for n in _NAMES}
+SOURCES = {n: resources.files(__package__).joinpath(f"lua/{n}.lua").read_text() for n in _NAMES}
 
 
 class Scripts:
     def __init__(self, client: Any):
-        for name, src in _SOURCES.items():
+        for name, src in SOURCES.items():
             setattr(self, name, client.register_script(src))
