@@ -268,6 +268,48 @@ def test_one_unencodable_event_does_not_stop_the_sink(r, keys, sinks):
     assert [e.ts for e in got] == [1, 2]
     assert got[0].data["unencodable"] is True and got[1].data == {"ok": True}
 
+def test_text_that_utf8_cannot_hold_is_replaced_not_fatal_to_the_sink(r, keys, sinks):
+    """Given an error text with a lone surrogate and a non-ASCII step name, when written, then both events land and the text keeps what it can."""
+    sink = StreamSink(r, keys.events)
+    sinks.append(sink)
+    sink.put(Event(type="step.error", ts=1, step="Übersetzer", error="bad \ud800 char"))
+    sink.put(Event(type="log", ts=2, data={"text": "naïve ✓"}))
+    assert sink.flush(timeout=2.0) is True
+    got = stream(r, keys.events)
+    assert [e.ts for e in got] == [1, 2]
+    assert got[0].step == "Übersetzer" and got[0].error == "bad ? char" and got[1].data == {"text": "naïve ✓"}
+
+
+def test_a_batch_redis_refuses_is_dropped_and_later_events_still_flow(r, keys, sinks):
+    """Given the stream key holding a string (Redis answers WRONGTYPE), when events are put, then the sink counts them dropped and, once the key is fixed, writes the next ones."""
+    r.set(keys.events, "not a stream")
+    sink = StreamSink(r, keys.events)
+    sinks.append(sink)
+    sink.put(Event(type="log", ts=1))
+    assert sink.flush(timeout=2.0) is True and sink.dropped == 1
+    r.delete(keys.events)
+    sink.put(Event(type="log", ts=2))
+    assert sink.flush(timeout=2.0) is True
+    assert [e.ts for e in stream(r, keys.events)] == [2]
+
+
+def test_metric_counters_are_written_with_the_batch(r, keys, sinks):
+    """Given a sink that keeps metrics, when processed events with durations are written, then counts and cumulative buckets match them."""
+    from iii_console.core import metrics
+
+    sink = StreamSink(r, keys.events, keys=keys)
+    sinks.append(sink)
+    for ms in (3, 3, 40, 7000):
+        sink.put(Event(type="message.processed", topic="t", step="S", duration_ms=ms))
+    sink.put(Event(type="message.failed", topic="t", step="S", duration_ms=12))
+    assert sink.flush(timeout=2.0) is True
+    counts, hists = metrics.read(r, keys)
+    assert counts[("message.processed", "t", "S")] == 4 and counts[("message.failed", "t", "S")] == 1
+    h = hists[("t", "S")]
+    assert h.count == 5 and h.sum == pytest.approx(7.058)
+    assert h.buckets["0.005"] == 2 and h.buckets["0.025"] == 3 and h.buckets["0.05"] == 4 and h.buckets["10.0"] == 5
+
+
 def test_unreachable_redis_never_blocks_emit_and_buffers_until_it_is_back(tmp_path, sinks):
     """Given Redis unreachable, when 2,000 events are emitted, then emit neither raises nor blocks, flush() stays False, and once Redis is up they all arrive in order."""
     port = free_port()

@@ -10,6 +10,7 @@ counted) and the flusher retries, so a blip leaves no gap in the console's log.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -93,37 +94,50 @@ class StreamSink:
         while self._buf and len(batch) < 2000:
             batch.append(self._buf.popleft())
         try:
+            args = self._args(batch)
+        except Exception:  # an event that cannot be encoded must not stop the sink
+            log.exception("event sink: dropping a batch of %d events that cannot be encoded", len(batch))
+            self.dropped += len(batch)
+            return True
+        try:
             # One atomic script call: a batch and its counters land together or
-            # not at all, and the client packs one command instead of N.
-            self._script(keys=self._script_keys, args=self._args(batch))
+            # not at all, and the client packs one argument instead of N commands.
+            self._script(keys=self._script_keys, args=args)
             self.failures = 0
             return True
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:
+            return self._retry_later(batch, exc)
+        except redis.ResponseError as exc:
+            if _transient(exc):
+                return self._retry_later(batch, exc)
+            # Refused for what it is (never for where Redis is): retrying would
+            # block every later event behind it.
+            log.error("event sink: Redis refused a batch of %d events (%s); dropped", len(batch), exc)
+            self.dropped += len(batch)
+            return True
         except redis.RedisError as exc:
-            self.failures += 1
-            self.total_failures += 1
-            # Put the batch back in order so nothing is lost while Redis is away.
-            self._buf.extendleft(reversed(batch))
-            if self.failures == 1 or self.total_failures % 100 == 0:
-                log.warning("event sink: Redis unavailable (%s); %d events buffered", exc, len(self._buf))
-            time.sleep(min(1.0, 0.05 * self.failures))
-            return False
+            return self._retry_later(batch, exc)
+
+    def _retry_later(self, batch: list[Event], exc: Exception) -> bool:
+        self.failures += 1
+        self.total_failures += 1
+        # Put the batch back in order so nothing is lost while Redis is away.
+        self._buf.extendleft(reversed(batch))
+        if self.failures == 1 or self.total_failures % 100 == 0:
+            log.warning("event sink: Redis unavailable (%s); %d events buffered", exc, len(self._buf))
+        time.sleep(min(1.0, 0.05 * self.failures))
+        return False
 
     def _args(self, batch: list[Event]) -> list[Any]:
-        args: list[Any] = [self._maxlen, len(batch)]
-        for ev in batch:
-            fields = ev.encode()
-            args.append(2 * len(fields))
-            for kv in fields.items():
-                args.extend(kv)
-        if self._keys is None:
-            args.extend((0, 0, 0))
-            return args
-        counts, buckets, sums = metrics.aggregate(batch)
-        for table in (counts, buckets, sums):
-            args.append(len(table))
-            for kv in table.items():
-                args.extend(kv)
-        return args
+        # ensure_ascii=False keeps the JSON small; 'replace' turns lone surrogates
+        # (which no Redis string can hold as UTF-8) into '?' instead of failing.
+        events = json.dumps([ev.flat() for ev in batch], ensure_ascii=False, separators=(",", ":"))
+        tables: list[list[Any]] = [[], [], []]
+        if self._keys is not None:
+            for table, agg in zip(tables, metrics.aggregate(batch)):
+                for kv in agg.items():
+                    table.extend(kv)
+        return [self._maxlen, events.encode("utf-8", "replace"), json.dumps(tables, separators=(",", ":"))]
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until the buffer is written (or ``timeout``); used at shutdown and in tests."""
@@ -178,6 +192,14 @@ def _to_event(_logger: Any, method: str, ed: dict[str, Any]) -> Any:
         merged.update(ed)
         known["data"] = merged
     return (Event(type=str(name), **known),), {}
+
+
+def _transient(exc: redis.ResponseError) -> bool:
+    """Errors that clear by themselves: out of memory, busy script, failover."""
+    if isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.BusyLoadingError, redis.exceptions.NoScriptError,
+                        redis.exceptions.ReadOnlyError)):
+        return True
+    return str(exc).split(" ", 1)[0] in ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "OOM")
 
 
 def _stamp(_logger: Any, _method: str, ed: dict[str, Any]) -> dict[str, Any]:

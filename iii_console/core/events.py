@@ -97,13 +97,18 @@ class Event:
 
     def encode(self) -> dict[str, str]:
         """Flatten to stream fields; ``None`` fields are omitted to keep entries small."""
-        out: dict[str, str] = {}
+        flat = self.flat()
+        return dict(zip(flat[::2], flat[1::2]))
+
+    def flat(self) -> list[str]:
+        """The stream fields as ``[name, value, name, value, ...]`` (what ``XADD`` takes)."""
+        out: list[str] = []
         for name in _SCALARS:
             v = getattr(self, name)
             if v is not None and v != "":
-                out[name] = str(v)
+                out += (name, v if isinstance(v, str) else str(v))
         if self.data is not None:
-            out["data"] = encode_data(self.data)
+            out += ("data", encode_data(self.data))
         return out
 
     @classmethod

@@ -8,6 +8,7 @@ scrape, no multiprocess registry).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -27,25 +28,37 @@ COUNTED = {
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def aggregate(batch: Iterable[Event]) -> tuple[Counter[str], Counter[str], dict[str, float]]:
-    """(event counts, duration bucket counts, duration sums) for one batch."""
-    counts: Counter[str] = Counter()
-    buckets: Counter[str] = Counter()
-    sums: dict[str, float] = {}
+def aggregate(batch: Iterable[Event]) -> tuple[dict[str, int], dict[str, int], dict[str, float]]:
+    """(event counts, duration bucket counts, duration sums) for one batch.
+
+    Counted by tuple first and formatted once per distinct key: the sink runs
+    this for every batch on every worker, so it stays off the per-event path.
+    """
+    counts: Counter[tuple[str, str, str]] = Counter()
+    slots: Counter[tuple[str, str, int]] = Counter()
+    sums: dict[tuple[str, str], float] = {}
     for ev in batch:
-        if ev.type not in COUNTED:
+        t = ev.type
+        if t not in COUNTED:
             continue
-        counts[f"{ev.type}|{ev.topic or ''}|{ev.step or ''}"] += 1
-        if ev.type in ("message.processed", "message.failed") and ev.duration_ms is not None:
-            base = f"{ev.topic or ''}|{ev.step or ''}"
+        topic, step = ev.topic or "", ev.step or ""
+        counts[(t, topic, step)] += 1
+        if ev.duration_ms is not None and t in _TIMED:
             secs = ev.duration_ms / 1000
-            for le in BUCKETS:
-                if secs <= le:
-                    buckets[f"{base}|{le}"] += 1
-            buckets[f"{base}|+Inf"] += 1
-            buckets[f"{base}|count"] += 1
-            sums[f"{base}|sum"] = sums.get(f"{base}|sum", 0.0) + secs
-    return counts, buckets, sums
+            slots[(topic, step, bisect_left(BUCKETS, secs))] += 1
+            sums[(topic, step)] = sums.get((topic, step), 0.0) + secs
+    buckets: Counter[str] = Counter()
+    for (topic, step, slot), n in slots.items():
+        base = f"{topic}|{step}"
+        for le in BUCKETS[slot:]:  # cumulative: every bucket at or above the value
+            buckets[f"{base}|{le}"] += n
+        buckets[f"{base}|+Inf"] += n
+        buckets[f"{base}|count"] += n
+    return ({f"{t}|{topic}|{step}": n for (t, topic, step), n in counts.items()}, buckets,
+            {f"{topic}|{step}|sum": v for (topic, step), v in sums.items()})
+
+
+_TIMED = ("message.processed", "message.failed")
 
 
 @dataclass
