@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from .helpers import events, make_project, wait_for
+from .test_tui_helpers import anyio_backend  # noqa: F401
 from .test_e2e import start_cli
 
 pytestmark = pytest.mark.slow
@@ -52,3 +53,42 @@ def test_saving_a_step_reloads_it_and_a_broken_save_keeps_the_last_good_version(
         wait_for(lambda: version("c") == 2, timeout=20, what="last good version still processing")
     finally:
         assert run.stop() == 0
+
+
+@pytest.mark.anyio
+async def test_a_reload_retires_the_replaced_apps_depth_gate_and_clients(tmp_path, redis_url, monkeypatch):
+    """Given a server that hot-reloads three times, when the grace period has passed, then only the serving app's
+    queue-depth refresher is left, and stopping leaves none (each replaced app used to keep polling Redis forever)."""
+    import asyncio
+    import shutil
+
+    from iii_console.core.config import load_config
+    from iii_console.runtime import supervisor
+    from iii_console.runtime.supervisor import Supervisor
+
+    from .conftest import ROOT
+
+    monkeypatch.setattr(supervisor, "RETIRE_GRACE_S", 0.05)
+    shutil.copytree(ROOT / "steps", tmp_path / "steps")
+    (tmp_path / "iii-config.yaml").write_text(f"redis:\n  url: {redis_url}\nserver:\n  port: 0\n  max_queue_depth: 1000\n")
+    sup = Supervisor(load_config(tmp_path / "iii-config.yaml", env={}), roles=("server",))
+    await sup.start()
+
+    def refreshers() -> list[asyncio.Task]:
+        return [t for t in asyncio.all_tasks() if not t.done() and getattr(t.get_coro(), "__qualname__", "") == "DepthGate._refresh"]
+
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sup.port}") as client:
+            for i in range(3):
+                assert (await client.post("/messages", json={"text": f"before reload {i}"})).status_code == 202
+                assert await sup.reload(["steps/send_message_step.py"])
+            assert (await client.post("/messages", json={"text": "after"})).status_code == 202
+        for _ in range(100):
+            if len(refreshers()) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert len(refreshers()) == 1
+    finally:
+        await sup.stop()
+    await asyncio.sleep(0)
+    assert refreshers() == []

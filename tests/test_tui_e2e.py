@@ -3,7 +3,6 @@ event loop as the app (as ``iii-console`` runs them), the seed steps, a real Red
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -54,14 +53,6 @@ async def runtime(project: Config) -> AsyncIterator[Supervisor]:
     try:
         yield sup
     finally:
-        # Supervisor.stop() leaves the HTTP adapter's queue-depth refresher (DepthGate._refresh) running;
-        # cancelled later, with the Redis client already closed, it can hang the loop's shutdown.
-        # Stop it first, while its client is healthy (reported to the runtime's owner).
-        refreshers = [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "DepthGate._refresh"]
-        for task in refreshers:
-            task.cancel()
-        if refreshers:
-            await asyncio.wait(refreshers, timeout=5)
         await sup.stop()
 
 

@@ -262,5 +262,9 @@ def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) ->
         app = http.app(on_startup=[startup], on_shutdown=[shutdown], extra=extra)
     from iii_console.adapters.guard import guard
 
-    return guard(app, allowed_hosts=cfg.server.hosts, token=cfg.server.auth_token,
-                 open_paths=(cfg.server.health_path,) if cfg.server.health_path else ())
+    guarded = guard(app, allowed_hosts=cfg.server.hosts, token=cfg.server.auth_token,
+                    open_paths=(cfg.server.health_path,) if cfg.server.health_path else ())
+    #: What a hot reload must stop once this app is replaced (its lifespan hooks never run then).
+    guarded.gate = http.gate  # type: ignore[attr-defined]
+    guarded.runner = runner  # type: ignore[attr-defined]
+    return guarded

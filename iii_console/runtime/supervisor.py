@@ -43,6 +43,25 @@ ROLES = ("server", "worker", "scheduler")
 RESTART_BACKOFF_MAX_S = 10.0
 
 
+#: How long a hot-reloaded app's old clients stay open for requests still running on it.
+RETIRE_GRACE_S = 30.0
+
+
+def _held(app: Any) -> tuple[Any, Any]:
+    """(depth gate, async clients) an app built by ``create_app`` holds."""
+    runner = getattr(app, "runner", None)
+    return getattr(app, "gate", None), getattr(runner, "_async", None)
+
+
+async def _close_quietly(gate: Any, side: Any) -> None:
+    for closer in (gate, side):
+        if closer is not None:
+            try:
+                await closer.aclose()
+            except Exception:  # closing at shutdown or after a reload; nothing to report to
+                log.debug("closing %r failed", closer, exc_info=True)
+
+
 class SwappableApp:
     """The ASGI app uvicorn serves; hot reload replaces ``app`` between requests."""
 
@@ -115,7 +134,9 @@ class Supervisor:
         self.scheduler: Scheduler | None = None
         self.server: uvicorn.Server | None = None
         self.app: SwappableApp | None = None
-        self._retired: list[AsyncSide] = []
+        #: Replaced apps waiting out their grace period, and what they hold.
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._unretired: list[tuple[Any, AsyncSide | None]] = []
         self.port: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
@@ -230,8 +251,11 @@ class Supervisor:
         if self.app is not None:
             runner = StepRunner(self.services, subscriptions_for(fresh.steps))
             runner._async = AsyncSide(self.services, runner._subs)
-            self._retired.append(runner._async)
+            old_app = self.app.app
             self.app.app = create_app(runner, fresh.http_steps(), max_body_bytes=self.config.server.max_body_bytes)
+            retire = asyncio.create_task(self._retire(old_app), name="iii-retire")
+            self._retiring.add(retire)
+            retire.add_done_callback(self._retiring.discard)
         if self.scheduler is not None or ("scheduler" in self.roles and fresh.cron_steps()):
             if self.scheduler is not None:
                 await asyncio.to_thread(self.scheduler.stop)
@@ -357,12 +381,28 @@ class Supervisor:
                     task.cancel()
             else:
                 task.cancel()
-        for side in self._retired:
-            await side.aclose()
+        for task in list(self._retiring):
+            task.cancel()
+        # The app being served now was never retired; its lifespan hooks only
+        # exist (and have run) if it is the one the server started with.
+        for gate, side in (_held(self.app.app) if self.app else (None, None), *self._unretired):
+            await _close_quietly(gate, side)
         if self.services is not None:
             self.services.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
+
+    async def _retire(self, app: Any) -> None:
+        """Stop a replaced app's depth gate and async clients once its last requests are done.
+
+        Requests that started on the old app may still be awaiting Redis through
+        them, so they are closed after a grace period, not at the swap.
+        """
+        entry = _held(app)
+        self._unretired.append(entry)
+        await asyncio.sleep(RETIRE_GRACE_S)
+        self._unretired.remove(entry)
+        await _close_quietly(*entry)
 
     @property
     def worker_codes(self) -> list[int | None]:
