@@ -101,13 +101,23 @@ def cli(ctx: click.Context, no_ui: bool, role: tuple[str, ...], processes: int |
 
 
 def _print_json(ev: Event) -> None:
+    """One JSON line; flushed by the caller once per batch read (``flush``), not per event."""
     from iii_console.format import json_line
 
     try:
         sys.stdout.write(json_line(ev) + "\n")
+    except BrokenPipeError:
+        pass
+
+
+def _flush_stdout() -> None:
+    try:
         sys.stdout.flush()
     except BrokenPipeError:
         pass
+
+
+_print_json.flush = _flush_stdout  # type: ignore[attr-defined]
 
 
 def _print_human(ev: Event) -> None:
@@ -336,6 +346,7 @@ def tail(as_json: bool, types: tuple[str, ...], trace: str | None, history: int,
             ev = Event.decode(entry_id, fields)
             if wanted(ev):
                 render(ev)
+        getattr(render, "flush", _flush_stdout)()
         if past:
             last = past[-1][0].decode()
     try:
@@ -352,6 +363,7 @@ def tail(as_json: bool, types: tuple[str, ...], trace: str | None, history: int,
                     ev = Event.decode(entry_id, fields)
                     if wanted(ev):
                         render(ev)
+            getattr(render, "flush", _flush_stdout)()
     except KeyboardInterrupt:
         pass
 

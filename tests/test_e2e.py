@@ -156,6 +156,8 @@ def test_unknown_path_and_method_are_404_and_405(running):
 def test_sigterm_exits_zero_after_draining(running, r, keys):
     app = running()
     ids = [httpx.post(f"{app.url}/messages", json={"text": f"m{i}"}).json()["id"] for i in range(20)]
+    # Stop once the worker runs (a worker stopped while still importing never starts, so has nothing to drain).
+    wait_for(lambda: events(r, keys, "worker.started"), what="worker started")
     assert app.stop() == 0
     statuses = [json.loads(r.hget(keys.state_group("messages"), i))["status"] for i in ids]
     queued = sum(r.llen(k) for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:message.sent--*") if r.type(k) == b"list" and not k.endswith(b".wake"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from iii_console.core.errors import DecodeError
@@ -136,10 +136,17 @@ class Event:
             raise DecodeError(f"not an iii event: {entry_id!r}: {exc}") from exc
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None and v != ""}
+        """The set fields, shallow (``asdict`` would deep-copy ``data`` for every echoed event)."""
+        out = {}
+        for name in _ALL_FIELDS:
+            v = getattr(self, name)
+            if v is not None and v != "":
+                out[name] = v
+        return out
 
 
 EVENT_FIELDS = tuple(f.name for f in fields(Event) if f.name != "id")
+_ALL_FIELDS = tuple(f.name for f in fields(Event))
 
 
 def encode_data(data: Any) -> str:

@@ -344,6 +344,8 @@ class Supervisor:
                     for entry_id, fields in entries:
                         last = entry_id.decode()
                         self.on_event(Event.decode(entry_id, fields))
+                if got and hasattr(self.on_event, "flush"):
+                    self.on_event.flush()  # once per batch read: a write per event would cost a syscall each
                 if not got and self._tail_done.is_set():
                     return
         finally:
