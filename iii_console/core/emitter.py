@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 _EVENTS_ADD = resources.files("iii_console.core").joinpath("lua/events_add.lua").read_text()
 
 
+#: Longest an idle flusher sleeps without a wake-up (a safety net, not a poll).
+IDLE_WAIT_S = 1.0
+
+
 class StreamSink:
     """Buffers encoded events and flushes them to one capped Redis stream in batches."""
 
@@ -58,6 +62,7 @@ class StreamSink:
         self.total_failures = 0
         #: True while a batch is out of the buffer but not yet written (or put back).
         self._busy = False
+        self._idle = False
         self._script = client.register_script(_EVENTS_ADD)
         metric_keys = (keys.metrics_counts, keys.metrics_durations) if keys else (key, key)
         self._script_keys = [key, *metric_keys]
@@ -68,12 +73,25 @@ class StreamSink:
         if len(self._buf) == self._buf.maxlen:
             self.dropped += 1
         self._buf.append(event)
+        # Only an idle flusher needs waking; appending first and reading the flag
+        # second (the flusher sets it before looking at the buffer) loses no wake-up.
+        if self._idle:
+            with self._cond:
+                self._cond.notify()
 
     def _run(self) -> None:
         while True:
             with self._cond:
+                # Asleep until an event arrives (an idle process does not wake 200
+                # times a second for nothing), then a few milliseconds more so a
+                # burst goes out as one batch rather than one event at a time.
+                self._idle = True
                 if not self._buf and not self._stop:
-                    self._cond.wait(self._interval)
+                    self._cond.wait(IDLE_WAIT_S)
+                    if self._buf and not self._stop:
+                        self._idle = False
+                        self._cond.wait(self._interval)
+                self._idle = False
                 stopping = self._stop
             if self._buf:
                 if not self._flush() and stopping:
