@@ -172,8 +172,8 @@ def run(bench: Bench) -> Section:
     sec.target("p50 ≤ 5 ms / p99 ≤ 25 ms taken literally (includes the seed handler's 20 ms sleep)", raw[50] <= 5 and raw[99] <= 25)
     sent = sum(statuses.values())
     sec.note(f"HTTP answers: {', '.join(f'{n:,} × {code}' for code, n in sorted(statuses.items()))} of {sent:,} sent; "
-             "only 202s are traced. A non-202 (503 'storage unavailable') means the server ran out of Redis connections "
-             "under the backlog (see README).")
+             "only 202s are traced. A 503 means Redis could not be reached in time; a 429 "
+             "means back-pressure (`server.max_queue_depth`).")
     sec.note(f"{o.latency_rate}/s for {o.latency_seconds:g} s per round, {o.rounds} round(s) pooled. Event timestamps "
              "are whole milliseconds (±1 ms). The seed's ProcessMessage does state get + 2 updates and sleeps 20 ms; "
              "notification.sent comes after the state trigger (state-changes stream → dispatcher → NotifyCompletion step).")
