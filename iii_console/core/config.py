@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from iii_console.core.errors import ConfigError
 
@@ -125,15 +125,22 @@ class Config(_Section):
     project_dir: str = "."
     source: str = ""
     """The file this came from, for messages; empty when built from defaults."""
+    _queue_cache: dict[str, QueueConfig] = PrivateAttr(default_factory=dict)
 
     def queue(self, topic: str) -> QueueConfig:
-        """Strategy for ``topic``: its own entry, keys it leaves out taken from ``default``."""
-        default = self.queues.get("default", QueueConfig())
-        own = self.queues.get(topic)
-        if own is None:
-            return default
-        merged = {**default.model_dump(), **own.model_dump(exclude_unset=True)}
-        return QueueConfig(**merged)
+        """Strategy for ``topic``: its own entry, keys it leaves out taken from ``default``.
+
+        Asked for on every message a worker fetches and settles, so each topic's
+        merged strategy is built once (the config is frozen).
+        """
+        got = self._queue_cache.get(topic)
+        if got is None:
+            default = self.queues.get("default", QueueConfig())
+            own = self.queues.get(topic)
+            got = default if own is None else QueueConfig(**{**default.model_dump(), **own.model_dump(exclude_unset=True)})
+            if len(self._queue_cache) < 10_000:
+                self._queue_cache[topic] = got
+        return got
 
     @property
     def dead_letter_queues(self) -> list[str]:
