@@ -132,7 +132,8 @@ class IIIConsumer(Consumer):
             log.error("settling message %s on %s failed: %s; will retry", message.message_id, self.queue_name, e)
             raise ConnectionClosed(e) from None
         self.queued_message_ids.discard(message.message_id)
-        self.slot_freed.set()
+        if not self.slot_freed.is_set():  # set() takes a lock and notifies even when already set
+            self.slot_freed.set()
 
     def nack(self, message: MessageProxy) -> None:
         # Dramatiq nacks what it cannot run at all (unknown actor, `throws`).
