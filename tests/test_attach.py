@@ -88,9 +88,11 @@ async def test_read_only_attach_with_a_read_only_user_views_everything_and_write
         # Invoked some other way, the writes are refused too.
         app.post_message(DeadLettersChosen("purge", (entry,)))
         app.post_message(StateKeyChosen("edit", "messages", "m1", {"status": "processed"}))
-        await pilot.pause(0.3)
-        refusals = [n for n in app._notifications if "read-only" in n.message]
-        assert len(refusals) == 11, [n.message for n in app._notifications]  # 9 keys, 2 messages: each refused once
+        def refusals() -> list[object]:
+            return [n for n in app._notifications if "read-only" in n.message]
+
+        await until(pilot, lambda: len(refusals()) >= 11, "every writing key and message refused")
+        assert len(refusals()) == 11, [n.message for n in app._notifications]  # 9 keys, 2 messages: each refused once
         assert not isinstance(app.screen, (ConfirmScreen, StateEditScreen, DeadLetterScreen))
         await pilot.press("q")
     denied = admin.execute_command("ACL", "LOG")

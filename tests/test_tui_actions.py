@@ -103,9 +103,13 @@ def question(screen: ConfirmScreen) -> str:
 
 
 async def filter_by(pilot: Any, text: str) -> None:
+    """Type a filter and keep it (each step waits for what its key does: Pilot's press may return first)."""
+    box = pilot.app.query_one("#filter", Input)
     await pilot.press("slash")
-    pilot.app.query_one("#filter", Input).insert_text_at_cursor(text)
+    await until(pilot, lambda: box.has_focus, "the filter box to take the keys")
+    box.insert_text_at_cursor(text)
     await pilot.press("enter")
+    await until(pilot, lambda: not box.display and pilot.app.filter.text == text, "the filter kept")
 
 
 async def dead_letters_tab(pilot: Any, n: int) -> None:
@@ -270,10 +274,12 @@ async def test_state_edit_refuses_invalid_json_and_saves_valid_json_as_an_ordina
         editor = app.screen.query_one("#state-editor", TextArea)
         assert json.loads(editor.text) == {"dark": True} and editor.text == '{\n  "dark": true\n}'
         editor.load_text('{\n  "dark": false,\n  "size": \n}')
+        form = app.screen
         await pilot.press("ctrl+s")
-        await pilot.pause(0.2)
-        assert isinstance(app.screen, StateEditScreen)
-        error = plain(app.screen.query_one("#edit-error", Static).content)
+        shown = form.query_one("#edit-error", Static)
+        await until(pilot, lambda: plain(shown.content), "the reason the JSON is refused")
+        assert app.screen is form
+        error = plain(shown.content)
         assert error.startswith("Not valid JSON: line 4, column 1:"), error
         assert editor.cursor_location == (3, 0)
         assert store.get("settings", "mode") == {"dark": True} and len(changes()) == 1

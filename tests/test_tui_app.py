@@ -132,19 +132,25 @@ async def test_filter_narrows_the_log_and_the_messages_and_esc_clears_it(redis_u
     async with app.run_test(size=SIZE) as pilot:
         events = app.query_one("#events", RichLog)
         await until(pilot, lambda: "message.dead_lettered" in log_text(events), "both messages in the log")
-        await pilot.press("slash")
         box = app.query_one("#filter", Input)
-        assert box.has_focus
+        # Pilot's press returns once the app looks idle, which on a loaded machine can be before
+        # the key has reached its binding: each step waits for what the key does.
+        await pilot.press("slash")
+        await until(pilot, lambda: box.has_focus, "the filter box to take the keys")
         await pilot.press(*"type:")
+        await until(pilot, lambda: box.value == "type:", "the typed keys in the filter box")
         box.insert_text_at_cursor("message.dead")  # the rest of the typing, in one go
         await pilot.press("enter")
-        assert not box.display
+        await until(pilot, lambda: not box.display, "the filter box to close")
         await settle(pilot)
         lines = [ln for ln in log_text(events).splitlines() if ln.strip()]
         assert lines and all("message.dead_lettered" in ln for ln in lines)
         assert "filter: type:message.dead" in topbar(app)
 
-        await pilot.press("slash", "ctrl+u")
+        await pilot.press("slash")
+        await until(pilot, lambda: box.has_focus and box.value == "type:message.dead", "the filter box, reopened")
+        await pilot.press("ctrl+u")
+        await until(pilot, lambda: not box.value, "the filter box emptied")
         box.insert_text_at_cursor("status:dead")
         await pilot.press("enter", "2")
         await until(pilot, lambda: len(table_rows(app, "#messages-table")) == 1, "only the dead row")
@@ -300,9 +306,12 @@ async def test_send_form_posts_text_with_priority_count_times_and_raw_json(redis
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot)
         await pilot.press("s")
-        assert isinstance(app.screen, SendScreen)
+        await until(pilot, lambda: isinstance(app.screen, SendScreen), "the send form")
+        text = app.screen.query_one("#send-text", Input)
+        await until(pilot, lambda: text.has_focus, "the text box to take the keys")
         await pilot.press(*"hi")
-        app.screen.query_one("#send-text", Input).insert_text_at_cursor(" there")
+        await until(pilot, lambda: text.value == "hi", "the typed keys in the text box")
+        text.insert_text_at_cursor(" there")
         app.screen.query_one("#send-priority").value = "high"
         count = app.screen.query_one("#send-count", Input)
         count.value = "3"
@@ -312,12 +321,20 @@ async def test_send_form_posts_text_with_priority_count_times_and_raw_json(redis
         await until(pilot, lambda: "3 messages sent" in notes(app), "the result as a notification")
 
         await pilot.press("s")
-        app.screen.query_one("#mode-json").value = True
-        await pilot.pause()
+        await until(pilot, lambda: isinstance(app.screen, SendScreen), "the send form again")
+        await json_mode(pilot, app.screen)
         app.screen.query_one("#send-text", Input).insert_text_at_cursor('{"text": "boom", "fail_times": 2}')
         await pilot.press("enter")
         await until(pilot, lambda: len(got) == 4, "the JSON POST")
         assert got[-1]["body"] == {"text": "boom", "fail_times": 2}
+
+
+async def json_mode(pilot: Any, form: SendScreen) -> Input:
+    """Switch the send form to a raw JSON body; the text box, once it has the keys again."""
+    form.query_one("#mode-json").value = True
+    text = form.query_one("#send-text", Input)
+    await until(pilot, lambda: text.placeholder.startswith("{") and text.has_focus, "the form in JSON mode")
+    return text
 
 
 async def test_send_form_refuses_invalid_json_and_reports_an_unreachable_server(redis_url):
@@ -326,14 +343,17 @@ async def test_send_form_refuses_invalid_json_and_reports_an_unreachable_server(
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot)
         await pilot.press("s")
-        app.screen.query_one("#mode-json").value = True
-        await pilot.pause()
-        app.screen.query_one("#send-text", Input).insert_text_at_cursor("[1, 2")
+        await until(pilot, lambda: isinstance(app.screen, SendScreen), "the send form")
+        form = app.screen
+        text = await json_mode(pilot, form)
+        text.insert_text_at_cursor("[1, 2")
         await pilot.press("enter")
-        assert isinstance(app.screen, SendScreen)
-        assert "not valid JSON" in plain(app.screen.query_one("#send-error", Static).content)
+        error = form.query_one("#send-error", Static)
+        await until(pilot, lambda: "not valid JSON" in plain(error.content), "the reason the JSON is refused")
+        assert app.screen is form and text.has_focus
         await pilot.press("ctrl+u")
-        app.screen.query_one("#send-text", Input).insert_text_at_cursor('{"text": "x"}')
+        await until(pilot, lambda: not text.value, "the text box emptied")
+        text.insert_text_at_cursor('{"text": "x"}')
         await pilot.press("enter")
         await until(pilot, lambda: "no server at http://127.0.0.1:9" in notes(app), "the connection error")
 

@@ -103,9 +103,11 @@ async def test_a_failing_message_retries_then_lands_in_dead_letters_with_its_tra
         await pilot.press("s")
         await until(pilot, lambda: isinstance(app.screen, SendScreen), "the send form")
         app.screen.query_one("#mode-json").value = True
-        await pilot.pause()
-        app.screen.query_one("#send-text", Input).insert_text_at_cursor('{"text": "boom", "fail_times": 9}')
+        text = app.screen.query_one("#send-text", Input)
+        await until(pilot, lambda: text.placeholder.startswith("{") and text.has_focus, "the form in JSON mode")
+        text.insert_text_at_cursor('{"text": "boom", "fail_times": 9}')
         await pilot.press("enter")
+        await until(pilot, lambda: not isinstance(app.screen, SendScreen), "the form sent")
 
         await pilot.press("2")
         dead = lambda: [r for r in rows(app, "#messages-table").values() if r[3] == "dead"]  # noqa: E731

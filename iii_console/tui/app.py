@@ -184,8 +184,6 @@ class ConsoleApp(App[None]):
         self._poll()
         self.set_interval(self.tick_s, self._tick, name="render")
         self._redraw(self.now_ms())
-        self.call_after_refresh(self._focus_pane)
-        self.call_after_refresh(_settle_gc)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -347,6 +345,10 @@ class ConsoleApp(App[None]):
         self._announce_link()
         self._redraw(now)
         self.render_count += 1
+        if self.render_count == 2:
+            # After the first frame. Not call_after_refresh: that waits for a repaint with nothing
+            # dirty, which a busy stream may not leave for seconds.
+            _settle_gc()
         if self._pending_tab and self.ready:
             self._tabs.active, self._pending_tab = self._pending_tab, None
 
@@ -536,9 +538,14 @@ class ConsoleApp(App[None]):
             self._focus_pane()
 
     def _focus_pane(self) -> None:
-        """Focus the visible tab's main widget (a focus left in a hidden tab would switch back to it)."""
+        """Focus the visible tab's main widget (a focus left in a hidden tab would switch back to it).
+
+        Never while the filter box is open: a tab that finishes mounting after ``/`` was
+        pressed would otherwise take the keys being typed into the filter.
+        """
         pane = self._pane(self._active)
-        if self.focused is not None and pane in self.focused.ancestors:
+        focused = self.focused
+        if focused is not None and (pane in focused.ancestors or (focused is self._filter_box and focused.display)):
             return
         if not pane.ready:
             self.set_focus(None)  # until it mounts (Pane.Ready), so the hidden tab does not take focus back
