@@ -3,6 +3,7 @@
 
     python3 dev.py [ARGS...]     run iii-console (the live console by default) with ARGS
     python3 dev.py test [ARGS]   run the test suite (pytest ARGS)
+    python3 dev.py bench [ARGS]  run the benchmarks (bench/README.md; installs the peers)
 
 Both create ``.venv/`` on first use and (re)install the project into it whenever
 ``pyproject.toml`` changes, so a clone needs no manual setup and no system Redis:
@@ -41,6 +42,8 @@ def main(argv: list[str]) -> int:
     _ensure_env()
     if argv[:1] == ["test"]:
         cmd = [str(BIN / "python"), "-m", "pytest", *argv[1:]]
+    elif argv[:1] == ["bench"]:
+        cmd = [str(BIN / "python"), "-m", "bench", *argv[1:]]
     else:
         cmd = [str(BIN / "iii-console"), *argv]
     os.chdir(ROOT)
