@@ -37,7 +37,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
+from textual.widgets import Input, Static, TabbedContent, TabPane
 from textual.widgets._tabbed_content import ContentTabs
 from textual.worker import Worker, WorkerState
 
@@ -58,7 +58,7 @@ from iii_console.tui.tabs.messages import MessagesPane
 from iii_console.tui.tabs.queues import DeadLettersPane, QueuesPane
 from iii_console.tui.tabs.state import StatePane
 from iii_console.tui.tabs.system import CronPane, StepsPane, WorkersPane
-from iii_console.tui.widgets import Pane, View, update
+from iii_console.tui.widgets import KeysFooter, Pane, View, update
 
 #: (pane id, tab label, pane class); the number keys follow this order.
 TABS = (
@@ -172,7 +172,7 @@ class ConsoleApp(App[None]):
                         yield cls(id=f"pane-{pid}")  # the others are mounted when first shown
         yield Input(placeholder="filter: type:message.failed topic:… step:… trace:… status:… or words  (enter keeps, esc cancels)",
                     id="filter")
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         # The main screen's widgets, kept so they can be updated while another screen is on top.

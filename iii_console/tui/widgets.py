@@ -11,7 +11,7 @@ from textual.color import Color
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import DataTable, RichLog, Sparkline, Static
+from textual.widgets import DataTable, Footer, RichLog, Sparkline, Static
 from textual.widgets.data_table import CellDoesNotExist, ColumnKey
 
 from iii_console.format import TYPE_STYLE
@@ -98,6 +98,32 @@ class CounterTile(Vertical):
         spark = self.query_one(Sparkline)
         if spark.data != data:
             spark.data = data
+
+
+class KeysFooter(Footer):
+    """A footer that rebuilds only when the keys it shows change.
+
+    Textual's recomposes on every change of focus, so every tab switch remounted its
+    dozen keys and laid the whole screen out twice more, though Live and Messages show
+    the same keys.
+    """
+
+    _shown: tuple[Any, ...] | None = None
+
+    def bindings_changed(self, screen: Any) -> None:
+        shown = _shown_keys(screen, self.app.COMMAND_PALETTE_BINDING)
+        if self._bindings_ready and shown == self._shown and screen is self.screen:
+            return
+        if screen.app.app_focus and self.is_attached and screen is self.screen:
+            self._shown = shown
+        super().bindings_changed(screen)
+
+
+def _shown_keys(screen: Any, palette_key: str) -> tuple[Any, ...]:
+    """What a footer draws from the screen's active bindings (node identity aside)."""
+    return tuple((key, b.action, b.description, b.key_display, b.group, enabled, tooltip)
+                 for key, (_node, b, enabled, tooltip) in screen.active_bindings.items()
+                 if b.show or key == palette_key)
 
 
 def update(widget: Static, content: Any, *, layout: bool = True) -> None:
