@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import threading
@@ -41,8 +42,8 @@ log = logging.getLogger(__name__)
 
 #: How long an idle consumer blocks on its wake list before returning control
 #: to Dramatiq's consumer loop (which also releases due delayed messages).
+#: A delay-queue consumer holding messages blocks only until the earliest is due.
 IDLE_BLOCK_S = 0.5
-DELAY_IDLE_BLOCK_S = 0.05
 
 
 class IIIBroker(RedisBroker):
@@ -97,7 +98,11 @@ class IIIConsumer(Consumer):
         self.cache: list[tuple[str, bytes | None, int]] = []
         self.queued_message_ids: set[str] = set()
         self.wake_key = f"{broker.namespace}:{queue_name}.wake"
-        self.block_s = DELAY_IDLE_BLOCK_S if queue_name.endswith(".DQ") else IDLE_BLOCK_S
+        self.block_s = IDLE_BLOCK_S
+        #: Delay queue only: etas (ms) of the messages handed to Dramatiq's consumer
+        #: thread, which holds them in memory and releases each when due, but only
+        #: between calls to ``__next__``: an idle wait must not outlast the earliest.
+        self._delays: list[int] | None = [] if queue_name.endswith(".DQ") else None
         # Dramatiq's consumer thread drops its in-memory delayed messages when it
         # reconnects after a Redis error; they stay in this worker's in-flight set
         # and would be stranded while the worker lives. A new delay-queue consumer
@@ -202,6 +207,8 @@ class IIIConsumer(Consumer):
                         self._poisoned(message, deliveries)
                         continue
                     self.queued_message_ids.add(message.message_id)
+                    if self._delays is not None and message.options.get("eta"):
+                        heapq.heappush(self._delays, int(message.options["eta"]))
                     return MessageProxy(message)
 
                 want = self.prefetch - self.outstanding_message_count
@@ -212,7 +219,7 @@ class IIIConsumer(Consumer):
                     # More than `threads` messages are still waiting locally.
                     self.slot_freed.clear()
                     if self.prefetch - self.outstanding_message_count < self.fetch_min:
-                        self.slot_freed.wait(self.block_s)
+                        self.slot_freed.wait(self._idle_wait())
                     return None
                 flat = self.broker.iii_scripts.fetch(args=[self.broker.namespace, self.queue_name, self.broker.broker_id, want])
                 self.cache = [(_s(flat[i]), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
@@ -220,10 +227,25 @@ class IIIConsumer(Consumer):
                     continue
                 # Idle: wait for a wake token, then let the consumer thread run
                 # its delayed-message pass.
-                self.broker.blocking_client.blpop([self.wake_key], timeout=self.block_s)
+                wait = self._idle_wait()
+                if wait > 0:
+                    self.broker.blocking_client.blpop([self.wake_key], timeout=wait)
                 return None
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
+
+    def _idle_wait(self) -> float:
+        """Seconds to wait for work: the usual block, or less if a held delayed message falls due sooner."""
+        if not self._delays:
+            return self.block_s
+        now = now_ms()
+        if self._delays[0] <= now:
+            # Due now: return at once so the consumer thread releases it. Its
+            # entry goes; any later ones stay for the next wait.
+            while self._delays and self._delays[0] <= now:
+                heapq.heappop(self._delays)
+            return 0.0
+        return min(self.block_s, max(0.001, (self._delays[0] - now) / 1000))
 
     def _poisoned(self, message: Message, deliveries: int) -> None:
         """Dead-letter, unrun, a message that keeps killing (or hanging) the workers that take it."""
