@@ -99,3 +99,11 @@ def test_async_store_matches_sync(redis_url, keys, r):
     assert got == ({"a": 1, "b": 2}, {"k": {"a": 1, "b": 2}}, ["g"])
     assert StateStore(r, keys).get("g", "k") is None
     assert [e.trace_id for e in events(r, keys)] == ["t2"] * 3
+
+
+def test_replace_writes_only_over_the_value_it_expects(r, keys):
+    s = StateStore(r, keys)
+    assert s.replace("g", "k", None, {"v": 1}) is True  # absent, as expected
+    assert s.replace("g", "k", None, {"v": 2}) is False  # no longer absent
+    assert s.replace("g", "k", {"v": 9}, {"v": 2}) is False and s.get("g", "k") == {"v": 1}
+    assert s.replace("g", "k", {"v": 1}, {"v": 2}) is True and s.get("g", "k") == {"v": 2}

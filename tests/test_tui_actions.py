@@ -309,6 +309,28 @@ async def test_state_edit_refuses_invalid_json_and_saves_valid_json_as_an_ordina
     assert [e.data["op"] for e in changes()] == ["set", "set", "delete"]
 
 
+async def test_a_state_edit_is_refused_when_the_value_changed_while_the_editor_was_open(project, r, keys):  # noqa: F811
+    """Given the editor open on a key, when a step changes that key before the save, then the save writes nothing and says why."""
+    cfg, _steps = project({})
+    store = StateStore(r, keys)
+    store.set("settings", "mode", {"dark": True})
+    app = console(redis_url=cfg.redis.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await pilot.press("5")
+        keys_table = app.query_one("#state-keys", Table)
+        await until(pilot, lambda: "mode" in table_rows(app, "#state-keys"), "the key listed")
+        highlight(app, "#state-keys", "mode")
+        await pilot.press("e")
+        await until(pilot, lambda: isinstance(app.screen, StateEditScreen), "the editor")
+        store.set("settings", "mode", {"dark": True, "by": "a step"})  # someone else's change, meanwhile
+        app.screen.query_one("#state-editor", TextArea).load_text('{"dark": false}')
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: "changed since the editor opened" in notes(app), "the refusal")
+        assert keys_table is not None
+    assert store.get("settings", "mode") == {"dark": True, "by": "a step"}
+
+
 async def test_the_palette_offers_the_visible_tabs_writes_and_cancelling_changes_nothing(dead, r, keys):
     """Given the Dead letters tab, when the palette's replay command is chosen and then cancelled, then the confirmation named all five entries and both queues, and nothing moved."""
     cfg, _steps, store = dead

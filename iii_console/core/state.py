@@ -179,6 +179,18 @@ class StateStore(_Base):
         self._write(group, key, lambda o: (old.append(o), None)[1], "delete")
         return old[-1] if old else None
 
+    def replace(self, group: str, key: str, expected: Any, value: Any) -> bool:
+        """Set ``value`` only if the key still holds ``expected`` (``None``: absent); False if it changed.
+
+        For a person editing a value they read a while ago: their save must not
+        silently undo a change a step made in the meantime.
+        """
+        if value is None:
+            raise StateError("cannot set None; use delete")
+        keys, args = self._cas_args(group, key, None if expected is None else _dump(expected), value, "set")
+        written, _current = _outcome(self._cas(keys=keys, args=args))
+        return written
+
     def _write(self, group: str, key: str, compute: Any, op: str) -> Any:
         old_raw: Any = None if op in _BLIND else _UNREAD
         for attempt in range(MAX_CAS_TRIES):

@@ -42,7 +42,7 @@ from textual.widgets._tabbed_content import ContentTabs
 from textual.worker import Worker, WorkerState
 
 from iii_console.core.dlq import DeadLetter
-from iii_console.core.errors import IIIError
+from iii_console.core.errors import IIIError, StateError
 from iii_console.core.events import Event
 from iii_console.core.keys import Keys
 from iii_console.tui import fmt
@@ -499,7 +499,9 @@ class ConsoleApp(App[None]):
             return
 
         def save(writer: Writer) -> str:
-            writer.set_state(edit.group, edit.key, edit.value)
+            if not writer.replace_state(edit.group, edit.key, edit.original, edit.value):
+                raise StateError(f"{edit.group}/{edit.key} changed since the editor opened; nothing was written. "
+                                 "Open it again (e) to edit the current value.")
             return f"{edit.group}/{edit.key} saved"
 
         self._write("Saved", save)

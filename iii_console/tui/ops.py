@@ -76,6 +76,11 @@ class Writer:
         with self._client() as client:
             self._store(client).set(group, key, value)
 
+    def replace_state(self, group: str, key: str, expected: Any, value: Any) -> bool:
+        """Write ``value`` only if the key still holds ``expected``; False (nothing written) if it changed."""
+        with self._client() as client:
+            return self._store(client).replace(group, key, expected, value)
+
     def delete_state(self, group: str, key: str) -> Any:
         """The old value, ``None`` if the key was already gone."""
         with self._client() as client:

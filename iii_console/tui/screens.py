@@ -356,6 +356,8 @@ class StateEdit:
     group: str
     key: str
     value: Any
+    #: The value the editor opened with: the save only lands if the key still holds it.
+    original: Any = None
 
 
 class InvalidValue(ValueError):
@@ -427,7 +429,7 @@ class StateEditScreen(ModalScreen[StateEdit | None]):
                 editor.cursor_location = (exc.line - 1, exc.column - 1)  # on the mistake
             editor.focus()
             return
-        self.dismiss(StateEdit(self.group, self.key, value))
+        self.dismiss(StateEdit(self.group, self.key, value, self.value))
 
     @on(Button.Pressed, "#edit-cancel")
     def action_cancel(self) -> None:
@@ -447,6 +449,7 @@ HELP = [
                           ("d / D", "purge the highlighted entry / every entry shown under the filter"),
                           ("", "each asks first, naming how many entries it will touch")]),
     ("State (5)", [("e", "edit the highlighted key's JSON value (ctrl+s saves, esc cancels)"),
+                   ("", "a save is refused if the value changed after the editor opened"),
                    ("d", "delete the highlighted key (asks first)")]),
     ("Read-only (attach)", [("s r R d D e", "hidden: a read-only console never writes to Redis")]),
     ("Filter", [("type:message.failed", "one event type; type:message. for a family"),
