@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import pytest
 from textual.widgets import Input, RichLog
 
 from iii_console.core.config import Config, load_config
 from iii_console.runtime.supervisor import Supervisor
-from iii_console.tui import create_app
 from iii_console.tui.screens import SendScreen, TraceScreen
 from iii_console.tui.widgets import Table
 
 from .conftest import ROOT
+from .test_tui_app import console, table_rows
 from .test_tui_helpers import anyio_backend, log_text, plain, started, until  # noqa: F401
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -56,16 +56,9 @@ async def runtime(project: Config) -> AsyncIterator[Supervisor]:
         await sup.stop()
 
 
-def rows(app: Any, selector: str) -> dict[str, list[str]]:
-    table = app.query_one(selector, Table)
-    return {r.key.value: [plain(c) for c in table.get_row(r.key)] for r in table.ordered_rows}
-
-
 async def test_a_message_sent_with_s_is_processed_and_its_trace_shows_every_hop(runtime, redis_url):
     """Given the seed project running, when a message is sent from the console's form, then Live and Messages show it reach processed, and its trace runs from HTTP to the notification."""
-    app = create_app(redis_url=redis_url, server_url=f"http://127.0.0.1:{runtime.port}")
-    app.animation_level = "none"
-    app.tick_s, app.poll_s = 0.1, 0.3
+    app = console(redis_url=redis_url, server_url=f"http://127.0.0.1:{runtime.port}")
     async with app.run_test(size=(160, 45)) as pilot:
         await started(pilot)
         await pilot.press("s")
@@ -79,7 +72,7 @@ async def test_a_message_sent_with_s_is_processed_and_its_trace_shows_every_hop(
         assert "http.received" in log_text(events) and "message.processed" in log_text(events)
 
         await pilot.press("2")
-        processed = lambda: [k for k, r in rows(app, "#messages-table").items() if r[1] == "message.sent" and r[3] == "processed"]  # noqa: E731
+        processed = lambda: [k for k, r in table_rows(app, "#messages-table").items() if r[1] == "message.sent" and r[3] == "processed"]  # noqa: E731
         await until(pilot, processed, "the message row at processed")
         table = app.query_one("#messages-table", Table)
         table.move_cursor(row=[r.key.value for r in table.ordered_rows].index(processed()[0]))
@@ -95,9 +88,7 @@ async def test_a_message_sent_with_s_is_processed_and_its_trace_shows_every_hop(
 
 async def test_a_failing_message_retries_then_lands_in_dead_letters_with_its_traceback(runtime, redis_url):
     """Given the seed project running, when a JSON message that always fails is sent, then its row ends dead and the Dead letters tab shows its traceback."""
-    app = create_app(redis_url=redis_url, server_url=f"http://127.0.0.1:{runtime.port}")
-    app.animation_level = "none"
-    app.tick_s, app.poll_s = 0.1, 0.3
+    app = console(redis_url=redis_url, server_url=f"http://127.0.0.1:{runtime.port}")
     async with app.run_test(size=(160, 45)) as pilot:
         await started(pilot)
         await pilot.press("s")
@@ -110,11 +101,11 @@ async def test_a_failing_message_retries_then_lands_in_dead_letters_with_its_tra
         await until(pilot, lambda: not isinstance(app.screen, SendScreen), "the form sent")
 
         await pilot.press("2")
-        dead = lambda: [r for r in rows(app, "#messages-table").values() if r[3] == "dead"]  # noqa: E731
+        dead = lambda: [r for r in table_rows(app, "#messages-table").values() if r[3] == "dead"]  # noqa: E731
         await until(pilot, dead, "the message row at dead")
         assert dead()[0][4] == "2"  # max_retries 1: two attempts
         await pilot.press("4")
-        await until(pilot, lambda: rows(app, "#dlq-table"), "the dead-letter entry")
+        await until(pilot, lambda: table_rows(app, "#dlq-table"), "the dead-letter entry")
         detail = app.query_one("#dlq-detail")
         await until(pilot, lambda: "Traceback" in plain(detail.content), "its traceback")
         assert "simulated failure on attempt 2" in plain(detail.content)
