@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 _EVENTS_ADD = resources.files("iii_console.core").joinpath("lua/events_add.lua").read_text()
 
 
+#: Errors that clear by themselves (Redis away, loading, out of memory, failing
+#: over, scripts flushed): the batch waits for them instead of being dropped.
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
+              redis.exceptions.NoScriptError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+
 #: Longest an idle flusher sleeps without a wake-up (a safety net, not a poll).
 IDLE_WAIT_S = 1.0
 
@@ -123,10 +128,10 @@ class StreamSink:
             self._script(keys=self._script_keys, args=args)
             self.failures = 0
             return True
-        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:
+        except _TRANSIENT as exc:
             return self._retry_later(batch, exc)
         except redis.ResponseError as exc:
-            if _transient(exc):
+            if str(exc).startswith("BUSY "):  # a long script is running; redis-py has no class for it
                 return self._retry_later(batch, exc)
             # Refused for what it is (never for where Redis is): retrying would
             # block every later event behind it.
@@ -210,14 +215,6 @@ def _to_event(_logger: Any, method: str, ed: dict[str, Any]) -> Any:
         merged.update(ed)
         known["data"] = merged
     return (Event(type=str(name), **known),), {}
-
-
-def _transient(exc: redis.ResponseError) -> bool:
-    """Errors that clear by themselves: out of memory, busy script, failover."""
-    if isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.BusyLoadingError, redis.exceptions.NoScriptError,
-                        redis.exceptions.ReadOnlyError)):
-        return True
-    return str(exc).split(" ", 1)[0] in ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "OOM")
 
 
 def _stamp(_logger: Any, _method: str, ed: dict[str, Any]) -> dict[str, Any]:
