@@ -346,7 +346,7 @@ def tail(as_json: bool, types: tuple[str, ...], trace: str | None, history: int,
             ev = Event.decode(entry_id, fields)
             if wanted(ev):
                 render(ev)
-        getattr(render, "flush", _flush_stdout)()
+        _flush_stdout()
         if past:
             last = past[-1][0].decode()
     try:
@@ -363,7 +363,7 @@ def tail(as_json: bool, types: tuple[str, ...], trace: str | None, history: int,
                     ev = Event.decode(entry_id, fields)
                     if wanted(ev):
                         render(ev)
-            getattr(render, "flush", _flush_stdout)()
+            _flush_stdout()
     except KeyboardInterrupt:
         pass
 

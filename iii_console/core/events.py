@@ -64,11 +64,10 @@ def _is_secret(k: Any) -> bool:
 
 def redact(value: Any) -> Any:
     """Replace values under secret-looking keys, at any depth, so payloads can be shown safely."""
-    if isinstance(value, dict):
-        return {k: (REDACTED if _is_secret(k) else redact(v) if isinstance(v, (dict, list, tuple, Mapping)) else v)
-                for k, v in value.items()}
     if isinstance(value, Mapping):
-        return {k: (REDACTED if _is_secret(k) else redact(v)) for k, v in value.items()}
+        # Scalars are kept as they are without a call per value: this runs for every event.
+        return {k: (REDACTED if _is_secret(k) else redact(v) if isinstance(v, (Mapping, list, tuple)) else v)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return value

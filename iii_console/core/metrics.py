@@ -28,6 +28,10 @@ COUNTED = {
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+#: Events whose ``duration_ms`` feeds the histograms.
+_TIMED = ("message.processed", "message.failed")
+
+
 def aggregate(batch: Iterable[Event]) -> tuple[dict[str, int], dict[str, int], dict[str, float]]:
     """(event counts, duration bucket counts, duration sums) for one batch.
 
@@ -56,9 +60,6 @@ def aggregate(batch: Iterable[Event]) -> tuple[dict[str, int], dict[str, int], d
         buckets[f"{base}|count"] += n
     return ({f"{t}|{topic}|{step}": n for (t, topic, step), n in counts.items()}, buckets,
             {f"{topic}|{step}|sum": v for (topic, step), v in sums.items()})
-
-
-_TIMED = ("message.processed", "message.failed")
 
 
 @dataclass
