@@ -20,7 +20,7 @@ import pytest
 from iii_console.core.dlq import DeadLetterStore
 
 from .conftest import ROOT
-from .helpers import events, make_project, wait_for
+from .helpers import events, events_once, make_project, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -127,24 +127,50 @@ def test_failing_message_retried_max_retries_times_then_dead_lettered_with_trace
     assert not events(r, keys, "notification.sent")
 
 
-@pytest.mark.parametrize("kwargs,status,needle", [
-    ({"json": {"txt": "x"}}, 400, '"field":"text"'),
-    ({"json": {"text": ""}}, 400, '"field":"text"'),
-    ({"json": {"text": "x", "priority": "urgent"}}, 400, '"field":"priority"'),
-    ({"content": b'{"text": "x"', "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
-    ({"content": b'{"text": "\xc3\x28"}', "headers": {"content-type": "application/json"}}, 400, "UTF-8"),
-    ({"content": b"[" * 50_000 + b"]" * 50_000, "headers": {"content-type": "application/json"}}, 400, "nested"),
-    ({"content": b'{"text": "x"}', "headers": {"content-type": "text/plain"}}, 415, "application/json"),
-    ({"data": {"text": "x"}}, 415, "application/json"),
-    ({"content": b"{}" + b" " * 2_000_000, "headers": {"content-type": "application/json"}}, 413, "too large"),
-])
-def test_bad_request_gets_a_clear_4xx_and_writes_nothing(running, r, keys, kwargs, status, needle):
-    app = running()
-    resp = httpx.post(f"{app.url}/messages", **kwargs)
-    assert resp.status_code == status, resp.text
-    assert needle in resp.text or needle in resp.text.replace(" ", ""), resp.text
-    assert r.hlen(keys.state_group("messages")) == 0
-    assert not events(r, keys, "http.received") and not events(r, keys, "message.enqueued")
+JSON = {"content-type": "application/json"}
+
+#: (what, request kwargs, status, text the answer must hold). Schema violations name the field.
+BAD_REQUESTS = [
+    ("missing field", {"json": {"txt": "x"}}, 400, '"field":"text"'),
+    ("empty string", {"json": {"text": ""}}, 400, '"field":"text"'),
+    ("wrong type", {"json": {"text": 123}}, 400, '"field":"text"'),
+    ("null field", {"json": {"text": None}}, 400, '"field":"text"'),
+    ("wrong type, second field", {"json": {"text": "x", "fail_times": "many"}}, 400, '"field":"fail_times"'),
+    ("not a literal", {"json": {"text": "x", "priority": "urgent"}}, 400, '"field":"priority"'),
+    ("NaN", {"content": b'{"text": "x", "fail_times": NaN}', "headers": JSON}, 400, '"field":"fail_times"'),
+    ("array instead of object", {"json": [{"text": "x"}]}, 400, '"field":"(body)"'),
+    ("null body", {"content": b"null", "headers": JSON}, 400, '"field":"(body)"'),
+    ("empty body", {"content": b"", "headers": JSON}, 400, "required"),
+    ("invalid JSON", {"content": b'{"text": "x"', "headers": JSON}, 400, "not valid JSON"),
+    ("trailing garbage", {"content": b'{"text": "x"} x', "headers": JSON}, 400, "not valid JSON"),
+    ("BOM", {"content": b'\xef\xbb\xbf{"text": "x"}', "headers": JSON}, 400, "not valid JSON"),
+    ("5,000-digit integer", {"content": b'{"text": "x", "fail_times": ' + b"9" * 5000 + b"}", "headers": JSON}, 400, "not valid JSON"),
+    ("invalid UTF-8", {"content": b'{"text": "\xc3\x28"}', "headers": JSON}, 400, "UTF-8"),
+    ("UTF-16", {"content": '{"text": "x"}'.encode("utf-16"), "headers": JSON}, 400, "UTF-8"),
+    ("nested arrays", {"content": b"[" * 50_000 + b"]" * 50_000, "headers": JSON}, 400, "nested"),
+    ("nested objects", {"content": b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "headers": JSON}, 400, "nested"),
+    ("nested inside a field", {"content": b'{"text": "x", "recipient": ' + b"[" * 5000 + b"]" * 5000 + b"}", "headers": JSON}, 400, "nested"),
+    ("text/plain", {"content": b'{"text": "x"}', "headers": {"content-type": "text/plain"}}, 415, "application/json"),
+    ("no content-type", {"content": b'{"text": "x"}'}, 415, "application/json"),
+    ("form", {"data": {"text": "x"}}, 415, "application/json"),
+    ("too large", {"content": b"{}" + b" " * 2_000_000, "headers": JSON}, 413, "too large"),
+]
+
+
+def test_bad_requests_get_a_clear_4xx_naming_the_problem_and_write_nothing(running, r, keys):
+    app = running("--role", "server")
+    wrong = []
+    for what, kwargs, status, needle in BAD_REQUESTS:
+        resp = httpx.post(f"{app.url}/messages", **kwargs)
+        if resp.status_code != status or needle not in (resp.text + resp.text.replace(" ", "")):
+            wrong.append((what, resp.status_code, resp.text[:200]))
+        assert r.hlen(keys.state_group("messages")) == 0, what
+    assert not wrong, wrong
+    # A good request afterwards: once its event is on the stream, any event of the rejected ones would be too.
+    good = httpx.post(f"{app.url}/messages", json={"text": "fine"}).json()
+    [received] = events_once(r, keys, "http.received", 1)
+    assert received.trace_id == good["trace_id"]
+    assert [e.trace_id for e in events(r, keys, "message.enqueued")] == [good["trace_id"]]
 
 
 def test_unknown_path_and_method_are_404_and_405(running):

@@ -59,6 +59,10 @@ def parse_json_body(raw: bytes, content_type: str, schema: type[BaseModel] | Non
         raise Reject(400, "request body is nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise Reject(400, "request body is not valid JSON", detail=exc.msg, line=exc.lineno, column=exc.colno) from None
+    except ValueError as exc:
+        # Python refuses integers of more than 4,300 digits (a CPU guard against
+        # quadratic parsing); that is the client's body, not our failure.
+        raise Reject(400, "request body is not valid JSON", detail=str(exc)) from None
     if schema is None:
         return data
     try:
