@@ -219,37 +219,6 @@ def test_undecodable_message_is_quarantined_and_the_rest_of_the_batch_flows(proj
     assert entry.step == "A" and entry.topic == "jobs"
 
 
-def test_stock_dramatiq_strands_the_batch_behind_an_undecodable_message(redis_url):
-    """The weak spot we fix, shown on stock Dramatiq: valid messages fetched in the
-    same batch as a bad one are never processed while the worker lives."""
-    import dramatiq
-    import redis as _redis
-    from dramatiq.brokers.redis import RedisBroker
-
-    client = _redis.Redis.from_url(redis_url)
-    broker = RedisBroker(client=client, namespace="stock")
-    seen: list[int] = []
-
-    @dramatiq.actor(broker=broker, queue_name="q")
-    def work(i: int) -> None:
-        seen.append(i)
-
-    rid = str(uuid.uuid4())
-    client.hset("stock:q.msgs", rid, b"\xff garbage")
-    client.rpush("stock:q", rid)
-    for i in range(5):
-        work.send(i)
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
-    worker.start()
-    try:
-        import time
-
-        time.sleep(3)
-        assert sorted(seen) != [0, 1, 2, 3, 4]  # stranded: stock loses the batch to the bad message
-    finally:
-        worker.stop(timeout=2000)
-
-
 def test_failed_retry_write_keeps_the_message_until_redis_accepts_it(project, runtime, producer, r, keys, monkeypatch):
     """A retry whose write fails (here: the delay queue's key has the wrong type)
     must not be acked away; once Redis accepts writes again, the retry happens."""
@@ -274,37 +243,132 @@ def test_failed_retry_write_keeps_the_message_until_redis_accepts_it(project, ru
     assert store.get(mid).attempts == 2
 
 
-def test_stock_dramatiq_loses_a_message_whose_retry_write_fails(redis_url):
-    """The weak spot we fix, shown on stock Dramatiq's Retries middleware."""
+# -- The stock weak spots: one scenario, run on stock Dramatiq and on ours ------
+#
+# Each test below builds either stock Dramatiq (``RedisBroker`` + ``Retries``) or
+# our broker and middleware around the same bare actor, injects the same fault
+# and asserts the same outcome. The stock run is expected to fail that
+# assertion (strict xfail: should stock ever pass, the test fails and says so).
+
+STOCK = pytest.param("stock", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason="the stock weak spot"))
+
+
+def _bare_broker(impl: str, client, *, max_retries: int = 1):
+    """A broker with one actor-less setup: stock RedisBroker + Retries, or ours."""
+    from dramatiq.brokers.redis import RedisBroker
+    from dramatiq.middleware import CurrentMessage, Retries
+
+    from iii_console.adapters.queue.broker import IIIBroker
+    from iii_console.adapters.queue.middleware import LifecycleEvents, RetryPolicy
+    from iii_console.core.config import Config
+    from iii_console.core.emitter import null_emitter
+    from iii_console.core.keys import Keys
+
+    if impl == "stock":
+        return RedisBroker(client=client, namespace="stock",
+                           middleware=[Retries(max_retries=max_retries, min_backoff=10, max_backoff=10)])
+    cfg = Config(queues={"default": {"max_retries": max_retries, "retry_delay": 10}})
+    emitter = null_emitter()
+    return IIIBroker(client=client, keys=Keys(), emitter=emitter,
+                     middleware=[CurrentMessage(), RetryPolicy(cfg, emitter), LifecycleEvents(emitter)])
+
+
+def _declare(broker, fn, impl: str):
+    import dramatiq
+
+    return dramatiq.Actor(fn, broker=broker, actor_name="work", queue_name="q", priority=0,
+                          options={"max_retries": 1} if impl == "stock" else {})
+
+
+def _dead_lettered(impl: str, r, keys, ns: str, rid: str) -> bool:
+    if impl == "stock":  # stock's dead letters: the queue's .XQ set, by redis message id
+        return r.zscore(f"{ns}:q.XQ", rid) is not None
+    return DeadLetterStore(r, keys).get(f"undecodable-{rid}") is not None
+
+
+@pytest.mark.parametrize("impl", [STOCK, "iii"])
+def test_undecodable_message_neither_strands_its_batch_nor_escapes_the_dead_letters(impl, redis_url, r, keys):
+    """A bad body fetched in the same batch as valid messages: every valid one
+    runs and the bad one is dead-lettered. Stock Dramatiq raises out of the
+    consumer, drops the fetched batch (stranded in the live worker's in-flight
+    set) and never dead-letters the bad body."""
+    import dramatiq
+
+    from iii_console.runtime.services import redis_client
+
+    client = redis_client(redis_url)
+    broker = _bare_broker(impl, client)
+    seen: list[int] = []
+    _declare(broker, seen.append, impl)
+    ns = broker.namespace
+    rid = str(uuid.uuid4())
+    client.hset(f"{ns}:q.msgs", rid, b"\xff\xfe not a dramatiq message")
+    client.rpush(f"{ns}:q", rid)
+    for i in range(5):
+        broker.get_actor("work").send(i)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)  # prefetch 2: the bad body shares a batch
+    worker.start()
+    try:
+        wait_for(lambda: sorted(seen) == [0, 1, 2, 3, 4], timeout=10, what="every valid message processed")
+        wait_for(lambda: _dead_lettered(impl, r, keys, ns, rid), timeout=5, what="the bad message dead-lettered")
+        stranded = sum(r.scard(k) for k in r.scan_iter(match=f"{ns}:__acks__.*"))
+        assert stranded == 0
+    finally:
+        worker.stop(timeout=2000)
+        client.close()
+
+
+@pytest.mark.parametrize("fault", ["connection-drop", "write-refused"])
+@pytest.mark.parametrize("impl", [STOCK, "iii"])
+def test_a_retry_whose_write_fails_is_retried_not_lost(impl, fault, redis_server, redis_url, r, monkeypatch):
+    """The handler fails once; at that moment the write of its retry fails,
+    either because the link to Redis drops for 2 s (a real TCP cut) or because
+    Redis refuses the write. The message must still run again once Redis takes
+    writes. Stock Retries swallows the failed re-enqueue and acks: the message
+    is gone."""
+    import threading
     import time
 
     import dramatiq
-    import redis as _redis
-    from dramatiq.brokers.redis import RedisBroker
-    from dramatiq.middleware import Retries
+    import dramatiq.worker as dw
 
-    client = _redis.Redis.from_url(redis_url)
-    broker = RedisBroker(client=client, namespace="stock2", middleware=[Retries(max_retries=3, min_backoff=10, max_backoff=10)])
-    calls: list[int] = []
+    from iii_console.runtime.services import redis_client
 
-    @dramatiq.actor(broker=broker, queue_name="q", max_retries=3)
-    def flaky() -> None:
-        calls.append(1)
-        raise ValueError("boom")
+    from .tcpproxy import TcpProxy
 
-    client.set("stock2:q.DQ.msgs", "wrong type")
-    flaky.send()
+    monkeypatch.setattr(dw, "POST_PROCESS_MESSAGE_RETRY_DELAY_SECS", 0.2)  # both: retry the settle promptly
+    proxy = TcpProxy("127.0.0.1", redis_server.port)
+    client = redis_client(proxy.url)
+    broker = _bare_broker(impl, client)
+    ns = broker.namespace
+    bad_key = f"{ns}:q.DQ.msgs"  # where a retry's body is written, for both brokers
+    calls: list[float] = []
+
+    def fail_now() -> None:
+        if fault == "connection-drop":
+            proxy.cut(2.0)
+        else:
+            r.set(bad_key, "not a hash")  # WRONGTYPE for the retry's write until removed
+            threading.Timer(1.0, r.delete, args=[bad_key]).start()
+
+    def work() -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            fail_now()
+            raise ValueError("boom")
+
+    _declare(broker, work, impl)
+    broker.get_actor("work").send()
     worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
     worker.start()
     try:
         wait_for(lambda: calls, what="first attempt")
-        time.sleep(0.5)
-        client.delete("stock2:q.DQ.msgs")
-        time.sleep(1.0)
-        leftovers = client.hlen("stock2:q.msgs") + client.hlen("stock2:q.DQ.msgs")
-        assert len(calls) == 1 and leftovers == 0  # acked after the failed re-enqueue: gone
+        wait_for(lambda: len(calls) == 2, timeout=15, what="the retry after Redis takes writes again")
+        wait_for(lambda: not r.hlen(f"{ns}:q.msgs") and not r.exists(f"{ns}:q.DQ.msgs"), what="the retried message settled")
     finally:
         worker.stop(timeout=2000)
+        client.close()
+        proxy.close()
 
 
 ASYNC_MULTI = """
