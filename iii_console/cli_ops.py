@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from typing import Any
 
 import click
@@ -212,7 +213,8 @@ def _store(config_path: str | None, redis_url: str | None) -> Any:
     from iii_console.core.state import StateStore
 
     cfg, client, keys = _client(config_path, redis_url)
-    return StateStore(client, keys, trace_id="", step="cli", events_maxlen=cfg.events.maxlen)
+    # Each command is its own trace, so the steps its change triggers are followed like any other.
+    return StateStore(client, keys, trace_id=uuid.uuid4().hex, step="cli", events_maxlen=cfg.events.maxlen)
 
 
 def _dump(value: Any, as_json: bool) -> None:

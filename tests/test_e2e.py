@@ -110,21 +110,63 @@ def test_posted_message_is_processed_and_notified_on_one_trace(running, r, keys)
 
 
 def test_failing_message_retried_max_retries_times_then_dead_lettered_with_traceback(running, r, keys):
+    """max_retries 2, retry_delay 300 ms, exponential: attempts 1-3, at least 300 then 600 ms apart, then the DLQ."""
+    from iii_console.core.queues import queue_stats
+
     app = running()
     resp = httpx.post(f"{app.url}/messages", json={"text": "doomed", "fail_times": 99})
-    mid = resp.json()["id"]
+    mid, trace = resp.json()["id"], resp.json()["trace_id"]
     store = DeadLetterStore(r, keys)
-    wait_for(lambda: store.count("message.sent.dlq") == 1, timeout=20, what="dead letter")
-    started = [e for e in events(r, keys, "message.started") if e.step == "ProcessMessage"]
-    assert [e.attempt for e in started] == [1, 2, 3]  # max_retries: 2
-    gaps = [b.ts - a.ts for a, b in zip(started, started[1:])]
-    assert gaps[0] >= 300 and gaps[1] >= 600
+    [dead] = events_once(r, keys, "message.dead_lettered", 1, timeout=20)
+    mine = [e for e in events(r, keys) if e.trace_id == trace and e.step == "ProcessMessage"]
+    started = [e for e in mine if e.type == "message.started"]
+    retrying = [e for e in mine if e.type == "message.retrying"]
+    failed = [e for e in mine if e.type == "message.failed"]
+    assert [e.attempt for e in started] == [1, 2, 3]
+    assert [e.attempt for e in failed] == [1, 2, 3] and all("Traceback" in e.data["traceback"] for e in failed)
+    assert [(e.attempt, e.data["delay_ms"]) for e in retrying] == [(2, 300), (3, 600)]  # exactly max_retries retries
+    assert (dead.attempt, dead.data, dead.trace_id) == (3, {"dlq": "message.sent.dlq", "attempts": 3}, trace)
+    assert len({e.message_id for e in mine if e.message_id}) == 1  # a retry is the same message, not a new one
+    # Each retry ran no earlier than its delay after it was scheduled (one host's clock stamps both).
+    assert started[1].ts - retrying[0].ts >= 300 and started[2].ts - retrying[1].ts >= 600
     [entry] = store.list("message.sent.dlq")
-    assert entry.attempts == 3 and entry.data["id"] == mid
-    assert "RuntimeError: simulated failure on attempt 3" in entry.error and "Traceback" in entry.traceback
+    assert entry.attempts == 3 and entry.data["id"] == mid and entry.trace_id == trace and entry.step == "ProcessMessage"
+    assert entry.error == "RuntimeError: simulated failure on attempt 3"
+    assert entry.traceback.startswith("Traceback") and "process_message_step.py" in entry.traceback
+    assert entry.traceback.rstrip().endswith("RuntimeError: simulated failure on attempt 3")
+    assert entry.first_failure_ms < entry.last_failure_ms
+    stat = queue_stats(r, keys, ["message.sent"])["message.sent"]
+    assert (stat.waiting, stat.delayed, stat.in_flight) == (0, 0, 0)  # no fourth attempt is pending anywhere
     record = json.loads(r.hget(keys.state_group("messages"), mid))
     assert record["status"] == "failed" and record["attempts"] == 3
     assert not events(r, keys, "notification.sent")
+
+
+def test_state_change_made_from_the_cli_triggers_the_state_step_once(running, seed_project, r, keys):
+    """A state change from outside any step (`iii-console state set`) reaches a real worker's state trigger."""
+    app = running()
+    wait_for(lambda: events(r, keys, "worker.started"), what="worker started")
+
+    def state_set(key: str, value: dict) -> None:
+        res = subprocess.run([sys.executable, "-m", "iii_console", "state", "set", "messages", key, json.dumps(value)],
+                             cwd=seed_project, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+
+    state_set("m-queued", {"id": "m-queued", "status": "queued", "recipient": "q@example.com"})  # condition false
+    state_set("m-done", {"id": "m-done", "status": "processed", "recipient": "d@example.com", "result": {"words": 4}})
+    [note] = events_once(r, keys, "notification.sent", 1)
+    assert note.data["message_id"] == "m-done" and note.data["recipient"] == "d@example.com"
+    [change] = [e for e in events(r, keys, "state.changed") if e.data["key"] == "m-done"]
+    assert change.step == "cli" and len(change.trace_id) == 32  # a command is a trace of its own ...
+    assert note.trace_id == change.trace_id  # ... followed into the step it triggered
+    state_set("m-done", {"id": "m-done", "status": "processed", "recipient": "d@example.com", "result": {"words": 5}})
+    # That write changed the value but not the status, so the condition is false. A message sent afterwards is
+    # dispatched after it by the same worker, whose events reach the stream in order: once that message's
+    # notification is there, a wrongly triggered run would show as a third NotifyCompletion enqueue.
+    httpx.post(f"{app.url}/messages", json={"text": "a marker after the CLI writes"})
+    events_once(r, keys, "notification.sent", 2)
+    assert len([e for e in events(r, keys, "message.enqueued") if e.step == "NotifyCompletion"]) == 2
+    assert events(r, keys, "notification.sent")[0].data["message_id"] == "m-done"
 
 
 JSON = {"content-type": "application/json"}

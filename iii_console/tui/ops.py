@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -87,4 +88,5 @@ class Writer:
             return self._store(client).delete(group, key)
 
     def _store(self, client: redis.Redis) -> StateStore:
-        return StateStore(client, self.keys, step="console", events_maxlen=self.events_maxlen)
+        # Each edit is its own trace, so the steps it triggers are followed like any other change.
+        return StateStore(client, self.keys, trace_id=uuid.uuid4().hex, step="console", events_maxlen=self.events_maxlen)
