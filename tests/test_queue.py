@@ -168,6 +168,10 @@ def handler(data, ctx):
 """
 
 
+def _order(r, keys) -> dict[str, int]:
+    return runs(r, keys, "order")
+
+
 def test_high_priority_message_overtakes_a_waiting_backlog(project, runtime, producer, r, keys):
     cfg, steps = project({"ordered_step.py": PRIO}, "queues:\n  jobs:\n    concurrency: 1\n")
     p = producer(cfg, steps)
@@ -175,10 +179,58 @@ def test_high_priority_message_overtakes_a_waiting_backlog(project, runtime, pro
         p.enqueue("jobs", {"k": f"n{i}"}, trace_id="n")
     p.enqueue("jobs", {"k": "urgent"}, trace_id="h", priority="high")
     runtime(cfg, steps, threads=1)
-    order = wait_for(lambda: (o := runs(r, keys, "order")) and "urgent" in o and o, what="urgent processed")
+    order = wait_for(lambda: (o := _order(r, keys)) and "urgent" in o and o, what="urgent processed")
     before = sum(1 for k, v in order.items() if k != "urgent" and v < order["urgent"])
     # Only what the single worker had already fetched (prefetch = 2) may run first.
     assert before <= 3, before
+
+
+def test_high_priority_message_sent_into_a_running_backlog_runs_next(project, runtime, producer, r, keys):
+    """The backlog is being worked through when the high message arrives: it
+    must not wait behind the ~200 normal ones still in Redis."""
+    import time
+
+    cfg, steps = project({"ordered_step.py": PRIO}, "queues:\n  jobs:\n    concurrency: 1\n")
+    runtime(cfg, steps, threads=1)
+    p = producer(cfg, steps)
+    for i in range(200):
+        p.enqueue("jobs", {"k": f"n{i}"}, trace_id="n")
+    wait_for(lambda: len(_order(r, keys)) >= 10, what="the backlog being worked through")
+    sent = time.monotonic_ns()
+    p.enqueue("jobs", {"k": "urgent"}, trace_id="h", priority="high")
+    order = wait_for(lambda: (o := _order(r, keys)) and "urgent" in o and o, what="urgent processed")
+    ahead = sum(1 for k, v in order.items() if k != "urgent" and sent < v < order["urgent"])
+    assert ahead <= 3, ahead  # the running one and what was already fetched (prefetch 2)
+    assert len(order) < 100  # and the backlog was far from done
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["backlog-then-worker", "worker-then-backlog"])
+def test_low_priority_messages_wait_behind_the_normal_backlog(project, runtime, producer, r, keys, running):
+    """Low messages enqueued among a normal backlog run after every normal
+    message, whether the worker starts on the backlog or was running (busy on a
+    slow message while the backlog built up). The handler does not sleep, so
+    the worker thread often finishes before the normal consumer has fetched the
+    next one: a low message fetched early would run then."""
+    cfg, steps = project({"ordered_step.py": PRIO.replace("time.sleep(0.005)", "data.get('sleep') and time.sleep(data['sleep'])")},
+                         "queues:\n  jobs:\n    concurrency: 1\n")
+    p = producer(cfg, steps)
+    if running:
+        runtime(cfg, steps, threads=1)
+        p.enqueue("jobs", {"k": "busy", "sleep": 2}, trace_id="b")
+        wait_for(lambda: "busy" in _order(r, keys), what="the worker busy")
+    for i in range(200):
+        p.enqueue("jobs", {"k": f"n{i}"}, trace_id="n")
+        if i % 10 == 9:
+            p.enqueue("jobs", {"k": f"low{i}"}, trace_id="l", priority="low")
+    if running:
+        assert list(_order(r, keys)) == ["busy"], "the backlog must be complete before the worker is free"
+    else:
+        runtime(cfg, steps, threads=1)
+    order = wait_for(lambda: (o := _order(r, keys)) and len([k for k in o if k != "busy"]) == 220 and o, timeout=60,
+                     what="all 220 processed")
+    first_low = min(v for k, v in order.items() if k.startswith("low"))
+    overtaken = sorted(k for k, v in order.items() if k.startswith("n") and v > first_low)
+    assert overtaken == [], overtaken
 
 
 def test_enqueue_with_delay_waits_before_running(project, runtime, producer, r, keys):

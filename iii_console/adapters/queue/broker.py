@@ -9,6 +9,10 @@
   away the ack raises :class:`ConnectionClosed` and Dramatiq's own post-process
   loop retries it until Redis is back, so a retry is never lost (stock Retries
   re-enqueues, swallows the failure, then acks: the message is gone).
+- **Strict priority in Redis**: a subscription's normal consumer fetches
+  nothing while its high queue has messages waiting, and its low consumer
+  nothing while high or normal do; otherwise a lower message, once fetched,
+  runs whenever the higher consumer is between fetches.
 - **Idle consumers block** on a per-queue wake list instead of polling with
   backoff, so a new message is picked up in milliseconds on an idle system.
 - Stock maintenance (1 in 1000 commands, client clock, ``KEYS``) is off; the
@@ -22,6 +26,7 @@ import heapq
 import json
 import logging
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -32,11 +37,12 @@ from dramatiq.common import dq_name, q_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
-from iii_console.adapters.queue.names import parse_queue
+from iii_console.adapters.queue.names import Subscription, parse_queue
 from iii_console.adapters.queue.scripts import Scripts
 from iii_console.core.dlq import DeadLetter
 from iii_console.core.events import now_ms
 from iii_console.core.keys import Keys
+from iii_console.core.steps import PRIORITIES
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,10 @@ log = logging.getLogger(__name__)
 #: to Dramatiq's consumer loop (which also releases due delayed messages).
 #: A delay-queue consumer holding messages blocks only until the earliest is due.
 IDLE_BLOCK_S = 0.5
+#: How often a consumer held back by a higher-priority backlog looks again.
+#: A backlog pushes no wake token, so this is a poll; it bounds how long a
+#: lower-priority message waits after the higher queue empties.
+YIELD_POLL_S = 0.05
 
 
 class IIIBroker(RedisBroker):
@@ -112,6 +122,9 @@ class IIIConsumer(Consumer):
         self.slot_freed = threading.Event()
         #: Fetch only once this many slots are free (a quarter of prefetch = half the threads).
         self.fetch_min = max(1, prefetch // 4)
+        #: Queues of higher priority for the same subscription: this consumer
+        #: fetches nothing while any has messages waiting (strict priority).
+        self.higher: list[str] = [] if self._delays is not None else _higher_queues(queue_name)
 
     @property
     def outstanding_message_count(self) -> int:
@@ -221,7 +234,10 @@ class IIIConsumer(Consumer):
                     if self.prefetch - self.outstanding_message_count < self.fetch_min:
                         self.slot_freed.wait(self._idle_wait())
                     return None
-                flat = self.broker.iii_scripts.fetch(args=[self.broker.namespace, self.queue_name, self.broker.broker_id, want])
+                flat = self.broker.iii_scripts.fetch(args=[self.broker.namespace, self.queue_name, self.broker.broker_id, want, *self.higher])
+                if flat == -1:  # a higher-priority backlog goes first
+                    time.sleep(YIELD_POLL_S)
+                    return None
                 self.cache = [(_s(flat[i]), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
                 if self.cache:
                     continue
@@ -282,6 +298,18 @@ class IIIConsumer(Consumer):
         if self.broker.emitter is not None:
             self.broker.emitter.emit("message.dead_lettered", step=step, topic=topic, queue=self.queue_name,
                                      error=entry.error, data={"dlq": "quarantine", "entry": entry.id})
+
+
+def _higher_queues(queue_name: str) -> list[str]:
+    """``t--S--low`` -> [``t--S--high``, ``t--S--normal``]; [] for high or a name we did not make."""
+    try:
+        topic, step, priority = parse_queue(queue_name)
+    except ValueError:
+        return []
+    if priority not in PRIORITIES:
+        return []
+    sub = Subscription(topic, step)
+    return [sub.queue(p) for p in PRIORITIES[:PRIORITIES.index(priority)]]
 
 
 def _s(v: Any) -> str:
