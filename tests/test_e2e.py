@@ -256,34 +256,6 @@ def test_broken_step_is_reported_with_file_and_field_and_the_rest_run(seed_proje
         assert run.stop() == 0
 
 
-TICKER = """
-from iii_console import Step, cron
-config = Step(name="Ticker", triggers=[cron("* * * * * *")])
-def handler(tick, ctx):
-    ctx.state.update("ticks", "Ticker", [{"type": "increment", "path": str(tick.scheduled_ms)}])
-"""
-
-
-def test_two_scheduler_processes_fire_each_tick_once(tmp_path, redis_url, r, keys):
-    make_project(tmp_path, {"ticker_step.py": TICKER}, "server:\n  port: 0\n", redis_url=redis_url)
-    procs = [start_cli(tmp_path, "--no-ui", "--role", "scheduler"), start_cli(tmp_path, "--no-ui", "--role", "scheduler"),
-             start_cli(tmp_path, "--no-ui", "--role", "worker")]
-    try:
-        wait_for(lambda: len(events(r, keys, "cron.fired")) >= 4, timeout=20, what="4 ticks")
-        wait_for(lambda: len(json.loads(r.hget(keys.state_group("ticks"), "Ticker") or "{}")) >= 3, timeout=20, what="ticks handled")
-    finally:
-        codes = [p.stop() for p in procs]
-    assert codes == [0, 0, 0]
-    fired = events(r, keys, "cron.fired")
-    scheduled = [e.data["scheduled_ms"] for e in fired]
-    assert len(scheduled) == len(set(scheduled))  # each tick once
-    assert all(s % 1000 == 0 for s in scheduled)
-    assert all(e.data["fired_ms"] >= e.data["scheduled_ms"] and e.data["drift_ms"] == e.data["fired_ms"] - e.data["scheduled_ms"] for e in fired)
-    runs = json.loads(r.hget(keys.state_group("ticks"), "Ticker") or "{}")
-    assert set(runs.values()) == {1} and {int(k) for k in runs} <= set(scheduled)
-    assert len({e.worker for e in fired}) >= 1
-
-
 def test_cli_errors_are_one_clear_line_and_non_zero(tmp_path):
     from iii_console.core.redis_server import free_port
 

@@ -51,6 +51,8 @@ class _Snapshot(Collector):
         notes = CounterMetricFamily("iii_notifications", "notification.sent events by step", labels=["step"])
         cron = CounterMetricFamily("iii_cron_ticks", "Cron ticks by step and outcome", labels=["step", "outcome"])
         errors = CounterMetricFamily("iii_step_errors", "step.error events by step", labels=["step"])
+        #: Summed by label set: a counter may have been kept under more than one topic (cron events gained theirs).
+        ticks: dict[tuple[str, str], int] = {}
         for (t, topic, step), n in sorted(counts.items()):
             if t in OUTCOMES:
                 msgs.add_metric([topic, step, OUTCOMES[t]], n)
@@ -61,9 +63,12 @@ class _Snapshot(Collector):
             elif t == "notification.sent":
                 notes.add_metric([step], n)
             elif t in ("cron.fired", "cron.skipped"):
-                cron.add_metric([step, t.split(".")[1]], n)
+                outcome = (step, t.split(".")[1])
+                ticks[outcome] = ticks.get(outcome, 0) + n
             elif t == "step.error":
                 errors.add_metric([step], n)
+        for (step, outcome), n in sorted(ticks.items()):
+            cron.add_metric([step, outcome], n)
         yield from (msgs, retries, http, notes, cron, errors)
 
         dur = HistogramMetricFamily("iii_message_processing_seconds", "Handler run time of finished attempts", labels=["topic", "step"])

@@ -1,27 +1,83 @@
-"""Cron expressions: 5 fields, or 6 with a leading seconds field.
+"""Cron expressions: 5 fields, or 6 with a leading seconds field, or an ``@daily``-style alias.
 
-Parsing is delegated to APScheduler's field parser (so the scheduler and validation
-agree), but time is always passed in: ``next_fire(expr, after)`` never reads the clock.
+Field values are parsed by APScheduler's field parser (ranges, steps, lists, month and day
+names), but the meaning is classic cron's where the two differ:
+
+- day of week counts from Sunday = 0 (7 is Sunday too), not APScheduler's Monday = 0;
+- when both day of month and day of week are restricted (neither starts with ``*``), a
+  day matching *either* fires, as in Vixie cron and POSIX (``0 0 1 * mon`` is the 1st of
+  every month and every Monday); APScheduler alone would require both;
+- digits are ASCII only (APScheduler's ``\\d`` would take ``٣`` for 3);
+- an expression that no date can ever match (``0 0 30 2 *``) is an error, not a step
+  that silently never runs.
+
+Time is always passed in: ``next_fire(expr, after)`` never reads the clock. Times are in
+the timezone of ``after`` (the scheduler passes UTC).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
 
 from apscheduler.triggers.cron import CronTrigger as _APCron
 
 FIELDS5 = ("minute", "hour", "day", "month", "day_of_week")
 FIELDS6 = ("second", *FIELDS5)
 
+#: The nicknames of Vixie cron, as the 5-field expressions they stand for.
+ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
 
-def parse_cron(expr: str, tz: timezone = timezone.utc) -> _APCron:
-    parts = expr.split()
+#: A fixed start for the "can this ever fire" check, so validation never reads the clock.
+_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class CronSchedule:
+    """A parsed expression: one trigger, or two whose union is the schedule (day-of-month OR day-of-week)."""
+
+    expression: str
+    triggers: tuple[_APCron, ...]
+
+    def next_after(self, after: datetime) -> datetime | None:
+        """The first fire time strictly after ``after`` (timezone-aware), ``None`` if there is none."""
+        start = after + timedelta(microseconds=1)
+        found = [t for t in (trig.get_next_fire_time(None, start) for trig in self.triggers) if t is not None]
+        return min(found) if found else None
+
+
+def parse_cron(expr: str, tz: tzinfo = timezone.utc) -> CronSchedule:
+    """Parse ``expr``; a mistake raises ``ValueError`` naming the field and its value."""
+    return _parse(expr, tz)
+
+
+@lru_cache(maxsize=256)
+def _parse(expr: str, tz: tzinfo) -> CronSchedule:
+    text = expr.strip()
+    if text.startswith("@"):
+        if text.lower() == "@reboot":
+            raise ValueError("cron expression '@reboot' is not supported: cron steps run on a schedule, not at start-up")
+        if text.lower() not in ALIASES:
+            raise ValueError(f"cron expression {expr!r} is not a known alias; use one of {', '.join(ALIASES)}")
+        text = ALIASES[text.lower()]
+    parts = text.split()
     if len(parts) not in (5, 6):
         raise ValueError(f"cron expression {expr!r} has {len(parts)} fields; expected 5, or 6 with leading seconds")
     names = FIELDS6 if len(parts) == 6 else FIELDS5
     kwargs = {"second": "0"}
     for name, raw in zip(names, parts):
         try:
+            if not raw.isascii():
+                raise ValueError("only ASCII letters, digits and * , - / are allowed")
             # Cron's day-of-week counts from Sunday=0 (7 is Sunday too); APScheduler's from
             # Monday=0, so translate before validating, not after.
             value = _cron_dow(raw) if name == "day_of_week" else raw
@@ -29,7 +85,15 @@ def parse_cron(expr: str, tz: timezone = timezone.utc) -> _APCron:
         except ValueError as exc:
             raise ValueError(f"cron field {name} {raw!r}: {exc}") from None
         kwargs[name] = value
-    return _APCron(**kwargs, timezone=tz)
+    given = dict(zip(names, parts))
+    if given["day"].startswith("*") or given["day_of_week"].startswith("*"):
+        triggers: tuple[_APCron, ...] = (_APCron(**kwargs, timezone=tz),)
+    else:
+        triggers = (_APCron(**{**kwargs, "day_of_week": "*"}, timezone=tz), _APCron(**{**kwargs, "day": "*"}, timezone=tz))
+    schedule = CronSchedule(expr, triggers)
+    if schedule.next_after(_EPOCH.astimezone(tz)) is None:
+        raise ValueError(f"cron expression {expr!r} never fires: no date matches its day and month fields")
+    return schedule
 
 
 _DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -72,7 +136,4 @@ def _cron_dow(field: str) -> str:
 
 def next_fire(expr: str, after: datetime) -> datetime | None:
     """The first fire time strictly after ``after`` (timezone-aware)."""
-    trig = parse_cron(expr, after.tzinfo or timezone.utc)
-    from datetime import timedelta
-
-    return trig.get_next_fire_time(None, after + timedelta(microseconds=1))
+    return parse_cron(expr, after.tzinfo or timezone.utc).next_after(after)

@@ -46,7 +46,8 @@ def aggregate(batch: Iterable[Event]) -> tuple[dict[str, int], dict[str, int], d
         if t not in COUNTED:
             continue
         topic, step = ev.topic or "", ev.step or ""
-        counts[(t, topic, step)] += 1
+        # One cron.skipped stands for a batch of missed ticks; the metric counts ticks.
+        counts[(t, topic, step)] += ev.data.get("count", 1) if t == "cron.skipped" and isinstance(ev.data, dict) else 1
         if ev.duration_ms is not None and t in _TIMED:
             secs = ev.duration_ms / 1000
             slots[(topic, step, bisect_left(BUCKETS, secs))] += 1

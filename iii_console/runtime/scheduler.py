@@ -1,16 +1,26 @@
 """Cron steps: fire each tick once across any number of scheduler processes.
 
-Fire times come from APScheduler's cron trigger (``core/cronexpr.py``). APScheduler
-3's own executor is not used: it neither tells a job which tick it is running
-for nor coordinates processes. Instead each process computes the same schedule
-and races for the tick with ``enqueue.lua``'s once-key (``SET NX PX`` keyed by
-step and scheduled time) in the same atomic step that enqueues the cron
-message, so a tick is enqueued exactly once and never lost between "won" and
-"enqueued". The handler then runs on a worker with the queue's retries.
+Fire times come from ``core/cronexpr.py`` (APScheduler's field parser, cron's
+meaning). APScheduler 3's own executor is not used: it neither tells a job which
+tick it is running for nor coordinates processes. Instead each process computes
+the same schedule and races for the tick with ``enqueue.lua``'s once-key
+(``SET NX PX`` keyed by step and scheduled time) in the same atomic step that
+enqueues the cron message, so a tick is enqueued exactly once and never lost
+between "won" and "enqueued". The handler then runs on a worker with the queue's
+retries.
+
+Misfires. A tick is fired if some scheduler reaches it within ``misfire_grace_ms``
+of its scheduled time (late, with its drift on ``cron.fired``). A tick no
+scheduler reached in time is not run: it is claimed with the same once-key as
+"skipped" and reported in one ``cron.skipped`` event per batch. That covers a
+scheduler that lagged (Redis away, the process stopped) and ticks missed while no
+scheduler ran at all: a starting scheduler resumes after the last tick any
+scheduler fired (``cron-last``), looking back at most ``lookback_ms``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,26 +30,32 @@ from typing import Callable
 
 import redis
 
-from iii_console.adapters.queue.names import CRON_TOPIC
+from iii_console.adapters.queue.names import CRON_TOPIC, Subscription
 from iii_console.adapters.queue.producer import Producer
-from iii_console.core.cronexpr import next_fire
+from iii_console.core.cronexpr import parse_cron
 from iii_console.core.steps import CronTrigger, Step
 from iii_console.runtime.services import Services
 
 log = logging.getLogger(__name__)
 
-#: A tick found later than this is reported as ``cron.skipped`` instead of fired.
+#: A tick reached later than this is reported as ``cron.skipped`` instead of fired.
 MISFIRE_GRACE_MS = 60_000
-#: How long a tick's once-marker lives: long enough for any lagging peer.
+#: How far back a starting (or long-stalled) scheduler looks for ticks nobody handled.
+#: Only this window is accounted tick by tick; anything older is summed up by
+#: ``last_fired_ms`` on the ``cron.skipped`` event.
+LOOKBACK_MS = 300_000
+#: How long a tick's once-marker lives: longer than the look-back plus the grace, so a
+#: tick some scheduler fired is never claimed as skipped by another.
 TICK_MARKER_TTL_MS = 600_000
 
 
 def due_ticks(expr: str, after_ms: int, until_ms: int) -> list[int]:
-    """Scheduled times (ms) in ``(after_ms, until_ms]``. Pure: time is passed in."""
+    """Scheduled times (ms) in ``(after_ms, until_ms]``, at most 1001. Pure: time is passed in."""
     out: list[int] = []
+    sched = parse_cron(expr)
     cur = datetime.fromtimestamp(after_ms / 1000, tz=timezone.utc)
     while True:
-        nxt = next_fire(expr, cur)
+        nxt = sched.next_after(cur)
         if nxt is None:
             return out
         ms = int(nxt.timestamp() * 1000)
@@ -51,12 +67,23 @@ def due_ticks(expr: str, after_ms: int, until_ms: int) -> list[int]:
             return out
 
 
+def next_tick(expr: str, after_ms: int) -> int | None:
+    nxt = parse_cron(expr).next_after(datetime.fromtimestamp(after_ms / 1000, tz=timezone.utc))
+    return int(nxt.timestamp() * 1000) if nxt else None
+
+
 class Scheduler:
-    def __init__(self, services: Services, steps: list[Step], producer: Producer, *, clock: Callable[[], float] = time.time):
+    def __init__(self, services: Services, steps: list[Step], producer: Producer, *, clock: Callable[[], float] = time.time,
+                 misfire_grace_ms: int = MISFIRE_GRACE_MS, lookback_ms: int = LOOKBACK_MS):
         self.services = services
         self.producer = producer
         self.clock = clock
+        self.misfire_grace_ms = misfire_grace_ms
+        self.lookback_ms = lookback_ms
         self.jobs = [(s, t.expression) for s in steps for t in s.of(CronTrigger)]
+        #: Per job: the last tick this process has dealt with (fired, lost to a peer, or
+        #: skipped); ``None`` until the resume point has been read from Redis.
+        self.cursors: list[int | None] = [None] * len(self.jobs)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -73,43 +100,96 @@ class Scheduler:
             self._thread.join(5)
 
     def _run(self) -> None:
-        last = {id(job): self.now_ms() for job in self.jobs}
         while not self._stop.is_set():
-            now = self.now_ms()
-            wait = 1.0
-            for job in self.jobs:
-                step, expr = job
-                ticks = due_ticks(expr, last[id(job)], now)
-                for scheduled in ticks:
-                    try:
-                        self.fire(step, expr, scheduled, now)
-                    except redis.RedisError as exc:
-                        log.warning("cron %s: Redis unavailable (%s); will retry the tick", step.name, exc)
-                        break
-                    last[id(job)] = scheduled
-                nxt = due_ticks(expr, last[id(job)], now + 60_000)
-                if nxt:
-                    wait = min(wait, max(0.0, (nxt[0] - self.now_ms()) / 1000))
-            self._stop.wait(max(0.001, wait))
+            self._stop.wait(self.run_once())
+
+    def run_once(self) -> float:
+        """Deal with every tick due by now; returns how long to sleep before the next one (s)."""
+        now = self.now_ms()
+        wait = 1.0
+        for i, (step, expr) in enumerate(self.jobs):
+            try:
+                self._advance(i, step, expr, now)
+            except redis.RedisError as exc:
+                log.warning("cron %s: Redis unavailable (%s); will retry the tick", step.name, exc)
+                continue
+            nxt = next_tick(expr, self.cursors[i] if self.cursors[i] is not None else now)
+            if nxt is not None:
+                wait = min(wait, (nxt - self.now_ms()) / 1000)
+        return max(0.001, wait)
+
+    def _advance(self, i: int, step: Step, expr: str, now: int) -> None:
+        cursor = self.cursors[i]
+        if cursor is None or now - cursor > self.misfire_grace_ms:
+            cursor = self.cursors[i] = self._catch_up_point(step, expr, cursor, now)
+        ticks = due_ticks(expr, cursor, now)
+        late = [t for t in ticks if now - t > self.misfire_grace_ms]
+        if late:
+            self.skip(step, expr, late, now)
+            self.cursors[i] = late[-1]
+        for scheduled in ticks[len(late):]:
+            self.fire(step, expr, scheduled, now)
+            self.cursors[i] = scheduled
+
+    def _catch_up_point(self, step: Step, expr: str, cursor: int | None, now: int) -> int:
+        """Where to resume: after the last tick any scheduler fired, but no further back than the look-back.
+
+        Read when this process starts and whenever it finds itself behind by more than the
+        grace (stopped, or Redis was away): peers may have fired those ticks meanwhile, and
+        their markers may have expired, so only ``cron-last`` still says so.
+        """
+        last = self.last_fired(step, expr)
+        if cursor is None and last is None:
+            return now  # nothing fired before (or under another expression): start from here
+        known = max(c for c in (cursor, last) if c is not None)
+        return min(now, max(known, now - self.lookback_ms))
+
+    def last_fired(self, step: Step, expr: str) -> int | None:
+        raw = self.services.client.get(self.services.keys.cron_last(step.name))
+        try:
+            last = json.loads(raw) if raw else {}
+        except ValueError:
+            return None
+        if last.get("expression", expr) != expr:
+            return None
+        scheduled = last.get("scheduled_ms")
+        return scheduled if isinstance(scheduled, int) else None
 
     def fire(self, step: Step, expr: str, scheduled_ms: int, now_ms: int | None = None) -> bool:
         """Race for one tick; returns True if this process enqueued it."""
         now = self.now_ms() if now_ms is None else now_ms
         keys = self.services.keys
         trace_id = uuid.uuid4().hex
-        if now - scheduled_ms > MISFIRE_GRACE_MS:
-            won = self.services.client.set(keys.cron_tick(step.name, scheduled_ms), "skipped", nx=True, px=TICK_MARKER_TTL_MS)
-            if won:
-                self.services.emitter.emit("cron.skipped", step=step.name, trace_id=trace_id,
-                                           data={"expression": expr, "scheduled_ms": scheduled_ms, "now_ms": now, "reason": "missed by more than the grace period"})
-            return False
+        topic = f"{CRON_TOPIC}.{step.name}"
         ids = self.producer.enqueue(
-            f"{CRON_TOPIC}.{step.name}", {"scheduled_ms": scheduled_ms, "fired_ms": now}, trace_id=trace_id, source="scheduler",
+            topic, {"scheduled_ms": scheduled_ms, "fired_ms": now}, trace_id=trace_id, source="scheduler",
             once=keys.cron_tick(step.name, scheduled_ms), once_ttl_ms=TICK_MARKER_TTL_MS,
         )
         if ids is None:
             return False
-        self.services.emitter.emit("cron.fired", step=step.name, trace_id=trace_id,
+        queue = Subscription(CRON_TOPIC, step.name).queue(self.services.config.queue(topic).priority)
+        self.services.emitter.emit("cron.fired", step=step.name, trace_id=trace_id, message_id=ids[0] if ids else None,
+                                   topic=topic, queue=queue,
                                    data={"expression": expr, "scheduled_ms": scheduled_ms, "fired_ms": now, "drift_ms": now - scheduled_ms})
-        self.services.client.set(keys.cron_last(step.name), f'{{"scheduled_ms":{scheduled_ms},"fired_ms":{now}}}')
+        self.services.client.set(keys.cron_last(step.name),
+                                 json.dumps({"scheduled_ms": scheduled_ms, "fired_ms": now, "expression": expr}, separators=(",", ":")))
         return True
+
+    def skip(self, step: Step, expr: str, ticks: list[int], now: int) -> int:
+        """Claim ``ticks`` (all past the grace) as skipped; one ``cron.skipped`` for those this process won.
+
+        A claim is the tick's once-key, so a tick a peer fired in time is never also
+        reported as skipped, and two lagging schedulers never report the same tick.
+        """
+        keys = self.services.keys
+        pipe = self.services.client.pipeline(transaction=False)
+        for t in ticks:
+            pipe.set(keys.cron_tick(step.name, t), "skipped", nx=True, px=TICK_MARKER_TTL_MS)
+        won = [t for t, ok in zip(ticks, pipe.execute()) if ok]
+        if won:
+            self.services.emitter.emit("cron.skipped", step=step.name, trace_id=uuid.uuid4().hex, data={
+                "expression": expr, "scheduled_ms": won[0], "last_scheduled_ms": won[-1], "count": len(won), "now_ms": now,
+                "last_fired_ms": self.last_fired(step, expr),
+                "reason": f"no scheduler reached {'it' if len(won) == 1 else 'them'} within {self.misfire_grace_ms // 1000} s",
+            })
+        return len(won)

@@ -303,7 +303,7 @@ class ConsoleModel:
                     seen.fired += 1
                     seen.last_drift_ms = d.get("drift_ms")
                 else:
-                    seen.skipped += 1
+                    seen.skipped += d.get("count", 1)  # one event per batch of missed ticks
                     seen.last_skip_reason = d.get("reason")
 
     def _message(self, ev: Event, seq: int) -> None:
