@@ -132,10 +132,116 @@ def test_failing_message_is_retried_max_retries_times_with_delay_then_dead_lette
     assert entry.id == mid and entry.attempts == 3 and entry.trace_id == "trace-x"
     assert entry.error == "ValueError: boom m1" and "raise ValueError" in entry.traceback
     assert entry.data == {"k": "m1", "secret": "s3"} and entry.message["actor_name"]
+    failed = events_once(r, keys, "message.failed", 3, where=lambda e: e.message_id == mid)
+    # first failure: stamped between the first attempt's failed and retrying events; last: at the third failure
+    assert failed[0].ts <= entry.first_failure_ms <= retrying[0].ts and entry.last_failure_ms >= failed[-1].ts
+    # Kept until purged: nothing of the store expires.
+    assert r.ttl(keys.dlq("jobs.dlq")) == -1 and r.ttl(keys.dlq_entries("jobs.dlq")) == -1
     [dead] = events_once(r, keys, "message.dead_lettered", 1)
     assert dead.message_id == mid and dead.data["dlq"] == "jobs.dlq"
     # Nothing of the message is left in the queues.
     assert not [k for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:jobs--*") if not k.endswith(b".wake")]
+
+
+def test_a_failing_subscriber_is_retried_and_dead_lettered_alone(project, runtime, producer, r, keys):
+    """Fan-out copies are independent: the failing step's copy is retried and
+    dead-lettered on its own, and the step that succeeded runs exactly once."""
+    cfg, steps = project({"a_step.py": recorder("A"), "flaky_step.py": FLAKY},
+                         "queues:\n  jobs:\n    max_retries: 2\n    retry_delay: 50\n    dead_letter_queue: jobs.dlq\n")
+    runtime(cfg, steps)
+    ids = producer(cfg, steps).enqueue("jobs", {"k": "m1"}, trace_id="t1")
+    assert len(ids) == 2 and len(set(ids)) == 2
+    store = DeadLetterStore(r, keys)
+    wait_for(lambda: store.count("jobs.dlq") == 1, what="the failing copy dead-lettered")
+    assert runs(r, keys, "A") == {"m1": 1} and runs(r, keys, "Flaky") == {"m1": 3}
+    [entry] = store.list("jobs.dlq")
+    assert entry.step == "Flaky" and entry.attempts == 3
+    started = events_once(r, keys, "message.started", 4)
+    assert sorted((e.step, e.attempt) for e in started) == [("A", 1), ("Flaky", 1), ("Flaky", 2), ("Flaky", 3)]
+    assert [e.step for e in events(r, keys, "message.processed")] == ["A"]
+
+
+@pytest.mark.parametrize("backoff,delays", [("fixed", [200, 200, 200]), ("exponential", [200, 400, 800])])
+def test_retry_delays_follow_the_queues_backoff(project, runtime, producer, r, keys, backoff, delays):
+    cfg, steps = project({"flaky_step.py": FLAKY},
+                         f"queues:\n  jobs:\n    max_retries: 3\n    retry_delay: 200\n    backoff: {backoff}\n")
+    runtime(cfg, steps)
+    [mid] = producer(cfg, steps).enqueue("jobs", {"k": "m1"}, trace_id="t1")
+    wait_for(lambda: DeadLetterStore(r, keys).count("dead-letters") == 1, what="dead letter")
+    retrying = events_once(r, keys, "message.retrying", 3, where=lambda e: e.message_id == mid)
+    assert [e.data["delay_ms"] for e in retrying] == delays
+    assert [e.attempt for e in retrying] == [2, 3, 4]  # the attempt being scheduled
+    started = [e for e in events(r, keys, "message.started") if e.message_id == mid]
+    assert [e.attempt for e in started] == [1, 2, 3, 4]  # max_retries 3: three retries after the first attempt
+    # Each retry started no earlier than its delay after the failure that scheduled it.
+    waited = [s.ts - f.ts for f, s in zip(retrying, started[1:])]
+    assert all(w >= d for w, d in zip(waited, delays)), (waited, delays)
+
+
+CONFIGURED = """
+from iii_console import Step, queue
+config = Step(name="{name}", triggers=[queue("{topic}")])
+def handler(data, ctx):
+    ctx.state.update("runs", "{name}", [{{"type": "increment", "path": data["k"]}}])
+    raise ValueError("boom")
+"""
+
+
+def test_unlisted_topics_take_default_and_a_partial_entry_inherits_the_rest(project, runtime, producer, r, keys):
+    cfg, steps = project({
+        "plain_step.py": CONFIGURED.format(name="Plain", topic="plain"),
+        "partial_step.py": CONFIGURED.format(name="Partial", topic="partial"),
+    }, """
+        queues:
+          default:
+            max_retries: 1
+            retry_delay: 20
+            backoff: fixed
+            dead_letter_queue: all-dead
+          partial:
+            dead_letter_queue: partial.dlq
+    """)
+    runtime(cfg, steps)
+    p = producer(cfg, steps)
+    p.enqueue("plain", {"k": "m"}, trace_id="t")
+    p.enqueue("partial", {"k": "m"}, trace_id="t")
+    store = DeadLetterStore(r, keys)
+    wait_for(lambda: store.count("all-dead") == 1 and store.count("partial.dlq") == 1, what="one dead letter in each DLQ")
+    assert runs(r, keys, "Plain") == {"m": 2} and runs(r, keys, "Partial") == {"m": 2}  # both: max_retries 1 from default
+    assert [e.step for e in store.list("all-dead")] == ["Plain"] and [e.step for e in store.list("partial.dlq")] == ["Partial"]
+    assert {e.data["delay_ms"] for e in events(r, keys, "message.retrying")} == {20}
+
+
+GAUGED = """
+import time
+from iii_console import Step, queue
+config = Step(name="{name}", triggers=[queue("{topic}")])
+ENTER = ("local n = redis.call('INCR', KEYS[1]); "
+         "if n > tonumber(redis.call('GET', KEYS[2]) or 0) then redis.call('SET', KEYS[2], n) end; return n")
+def handler(data, ctx):
+    from iii_console.runtime.services import redis_client
+    r = redis_client(data["redis"])
+    r.eval(ENTER, 2, "now:{topic}", "peak:{topic}")
+    time.sleep(0.03)
+    r.decr("now:{topic}")
+    r.incr("done:{topic}")
+    r.close()
+"""
+
+
+def test_each_topics_concurrency_holds_in_a_worker_process(project, runtime, producer, r, keys, redis_url):
+    """Measured in Redis from inside the handlers: a topic with concurrency 2 never
+    runs more than 2 at once however many threads the process has, and reaches 2;
+    another topic's limit is its own."""
+    cfg, steps = project({"a_step.py": GAUGED.format(name="A", topic="two"), "b_step.py": GAUGED.format(name="B", topic="three")},
+                         "queues:\n  two:\n    concurrency: 2\n  three:\n    concurrency: 3\n")
+    runtime(cfg, steps, threads=8)
+    p = producer(cfg, steps)
+    for i in range(30):
+        p.enqueue("two", {"redis": redis_url}, trace_id="t")
+        p.enqueue("three", {"redis": redis_url}, trace_id="t")
+    wait_for(lambda: r.get("done:two") == b"30" and r.get("done:three") == b"30", timeout=30, what="all done")
+    assert (int(r.get("peak:two")), int(r.get("peak:three"))) == (2, 3)
 
 
 def test_invalid_input_goes_straight_to_the_dead_letter_queue(project, runtime, producer, r, keys):
