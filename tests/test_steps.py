@@ -54,6 +54,9 @@ def test_typed_helpers_and_motia_dict_build_the_same_step():
     ("/users/:user_id/posts/:postId", "/users/{user_id}/posts/{postId}", ["user_id", "postId"]),
     ("/users/{id}", "/users/{id}", ["id"]),
     ("/health", "/health", []),
+    ("/health/", "/health", []),
+    ("/", "/", []),
+    ("/files/v1.2/~me", "/files/v1.2/~me", []),
 ])
 def test_colon_params_are_normalised_to_braces(path, normalised, params):
     """Given a Motia-style :param path, when building an http trigger, then it becomes {param} and is listed as a path param."""
@@ -71,11 +74,17 @@ def test_method_is_upper_cased():
     (lambda: http("FETCH", "/x"), "method", "must be one of GET, POST"),
     (lambda: http("GET", "x"), "path", "must start with '/'"),
     (lambda: http("GET", "/a b"), "path", "may contain only"),
+    (lambda: http("GET", "/x/{id"), "path", "a parameter is a whole segment"),
+    (lambda: http("GET", "/x/a{id}"), "path", "a parameter is a whole segment"),
+    (lambda: http("GET", "/x/{id}/{id}"), "path", "appears twice"),
+    (lambda: http("GET", "/x//y"), "path", "empty segment"),
+    (lambda: http("GET", "/x", responses={99: None}), "response_schema", "not an HTTP status code"),
+    (lambda: http("POST", "/x", body={"type": "objekt"}), "body_schema", "not a valid JSON schema at type"),
     (lambda: cron("* * *"), "expression", "has 3 fields"),
     (lambda: cron("61 * * * *"), "expression", "cron field minute"),
     (lambda: queue("bad topic"), "topic", "pattern"),
     (lambda: state("bad group"), "group", "pattern"),
-    (lambda: http("GET", "/x", body=dict), "body_schema", "pydantic model class"),
+    (lambda: http("GET", "/x", body=dict), "body_schema", "pydantic model class or a JSON-schema dict"),
 ])
 def test_typed_helper_mistakes_name_the_field(build, field, words):
     """Given a bad argument to a typed helper, when it is called, then the validation error names the field and says why."""
@@ -176,7 +185,7 @@ FILES = {
     "nested/deeper/route_step.py": """
         from iii_console import Step, http
 
-        config = Step(name="SameRoute", triggers=[http("GET", "/things/{id}")])
+        config = Step(name="SameRoute", triggers=[http("GET", "/things/{key}")])
 
 
         def handler(input, ctx):
@@ -237,11 +246,12 @@ def test_each_broken_file_yields_exactly_one_error(found):
     assert sorted(e.file for e in result.errors) == sorted(str(root.resolve() / b) for b in broken)
 
 
-def test_syntax_error_names_file_and_line(found):
-    """Given a file with an unclosed bracket, when discovered, then its error names the file, line 6 and says syntax error."""
+def test_syntax_error_names_file_line_and_declared_step(found):
+    """Given a file with an unclosed bracket, when discovered, then its error names the file, line 6, the step
+    name the source declares, and says syntax error."""
     err = error_for(found, "c_syntax_step.py")
-    assert err.line == 6
-    assert str(err).startswith(f"{err.file}:6: syntax error")
+    assert (err.line, err.step) == (6, "Broken")
+    assert str(err).startswith(f"{err.file}:6, step 'Broken': syntax error")
 
 
 def test_import_error_names_file_line_and_exception(found):
@@ -254,8 +264,8 @@ def test_import_error_names_file_line_and_exception(found):
 def test_invalid_config_dict_names_file_step_and_field(found):
     """Given a dict config with a bad method, when discovered, then its error names the file, the step and triggers.0.method."""
     err = error_for(found, "e_invalid_step.py")
-    assert (err.step, err.field) == ("BadMethod", "triggers.0.method")
-    assert str(err) == f"{err.file}, step 'BadMethod', field 'triggers.0.method': must be one of GET, POST, PUT, PATCH, DELETE"
+    assert (err.step, err.field, err.line) == ("BadMethod", "triggers.0.method", 1)
+    assert str(err) == f"{err.file}:1, step 'BadMethod', field 'triggers.0.method': must be one of GET, POST, PUT, PATCH, DELETE"
 
 
 def test_missing_handler_names_file_step_and_field(found):
@@ -275,10 +285,11 @@ def test_duplicate_step_name_names_both_files(found):
 
 
 def test_duplicate_route_names_the_step_already_serving_it(found):
-    """Given GET /things/:id and GET /things/{id} in two steps, when discovered, then the second is rejected naming the first."""
+    """Given GET /things/:id and GET /things/{key} in two steps, when discovered, then the second is rejected
+    naming the first: the parameter's name does not make it another route."""
     err = error_for(found, "nested/deeper/route_step.py")
-    assert (err.step, err.field) == ("SameRoute", "triggers")
-    assert "route GET /things/{id} is already served by step 'Good'" in str(err)
+    assert (err.step, err.field, err.line) == ("SameRoute", "triggers.0", 3)
+    assert "route GET /things/{key} is already served by step 'Good'" in str(err)
 
 
 def test_nested_step_files_are_found_and_others_ignored(found):
@@ -334,7 +345,7 @@ def test_cron_only_handler_must_take_ctx_or_input_and_ctx(tmp_path):
     text = 'from iii_console import Step, cron\n\nconfig = Step(name="C", triggers=[cron("* * * * *")])\n\n\ndef handler(a, b, c):\n    return None\n'
     root = make_steps(tmp_path / "steps", {"c_step.py": text})
     (err,) = discover(root).errors
-    assert (err.step, err.field) == ("C", "handler")
+    assert (err.step, err.field, err.line) == ("C", "handler", 6)
 
 
 def test_reserved_topic_prefix_is_rejected(tmp_path):
@@ -344,5 +355,137 @@ def test_reserved_topic_prefix_is_rejected(tmp_path):
     result = discover(root)
     assert result.steps == []
     (err,) = result.errors
-    assert (err.step, err.field) == ("R", "triggers")
+    assert (err.step, err.field) == ("R", "triggers.0.topic")
     assert "'_internal'" in str(err)
+
+
+# --- every kind of broken step file -----------------------------------------------------------
+
+GOOD = 'from iii_console import Step, queue\nconfig = Step(name="StillHere", triggers=[queue("ok")])\ndef handler(data, ctx):\n    return None\n'
+
+#: id -> (source, line, step, field, words in the message). Lines are 1-based and exact.
+BROKEN = {
+    "syntax error": ('config = {"name": "Syn", "triggers": [\n\ndef handler(x, ctx):\n    pass\n', 1, "Syn", None,
+                     "syntax error: '[' was never closed"),
+    "import error": ('import no_such_module_here\nconfig = {"name": "Imp", "triggers": [{"type": "queue", "topic": "t"}]}\n',
+                     1, "Imp", None, "import failed: ModuleNotFoundError: No module named 'no_such_module_here'"),
+    "raises at import": ('x = 1\n\nraise ValueError("bad at import")\n', 3, None, None, "import failed: ValueError: bad at import"),
+    "no config": ("def handler(x, ctx):\n    pass\n", None, None, "config", "no `config` defined"),
+    "config not a dict": ('config = "hello"\ndef handler(x, ctx):\n    pass\n', 1, None, "config", "must be a Step or a dict, not str"),
+    "no handler": ('config = {"name": "NoHandler", "triggers": [{"type": "queue", "topic": "t"}]}\n', None, "NoHandler", "handler",
+                   "no `handler` defined"),
+    "handler not callable": ('config = {"name": "NotCallable", "triggers": [{"type": "queue", "topic": "t"}]}\nhandler = 42\n',
+                             2, "NotCallable", "handler", "`handler` must be a function, not int"),
+    "misspelt key": ('config = {\n    "name": "Typo",\n    "trigers": [{"type": "queue", "topic": "t"}],\n}\n'
+                     'def handler(x, ctx):\n    pass\n', 3, "Typo", "trigers", "unknown field 'trigers'; did you mean 'triggers'?"),
+    "misspelt trigger key": ('config = {\n    "name": "Typo2",\n    "triggers": [\n        {"type": "queue", "topic": "a"},\n'
+                             '        {"type": "queue",\n         "topc": "b"},\n    ],\n}\ndef handler(x, ctx):\n    pass\n',
+                             6, "Typo2", "triggers.1.topc", "unknown field 'topc'; did you mean 'topic'?"),
+    "wrong trigger type": ('config = {"name": "Hook", "triggers": [{"type": "webhook", "topic": "t"}]}\ndef handler(x, ctx):\n    pass\n',
+                           1, "Hook", "triggers.0.type", "'webhook' is not a trigger type; use http, queue, cron or state"),
+    "trigger without type": ('config = {"name": "NoType", "triggers": [{"topic": "t"}]}\ndef handler(x, ctx):\n    pass\n',
+                             1, "NoType", "triggers.0.type", "missing; use http, queue, cron or state"),
+    "bad http method": ('config = {"name": "Fetch", "triggers": [\n    {"type": "http", "method": "FETCH", "path": "/x"}]}\n'
+                        'def handler(x, ctx):\n    pass\n', 2, "Fetch", "triggers.0.method", "must be one of GET, POST"),
+    "unbalanced path param": ('config = {"name": "Brace", "triggers": [{"type": "http", "path": "/x/{id"}]}\ndef handler(x, ctx):\n    pass\n',
+                              1, "Brace", "triggers.0.path", "segment '{id': a parameter is a whole segment"),
+    "path with a space (typed)": ('from iii_console import Step, http, queue\n\nconfig = Step(\n    name="Space",\n    triggers=[\n'
+                                  '        queue("ok2"),\n        http("GET", "/a b"),\n    ],\n)\ndef handler(x, ctx):\n    pass\n',
+                                  7, "Space", "path", "segment 'a b' may contain only"),
+    "cron, 6 fields": ('config = {"name": "Six", "triggers": [{"type": "cron", "cron": "99 * * * * *"}]}\ndef handler(x, ctx):\n    pass\n',
+                       1, "Six", "triggers.0.cron", "cron field second '99'"),
+    "cron, 5 fields (typed)": ('from iii_console import Step, cron\nconfig = Step(name="Five", triggers=[cron("* 25 * * *")])\n'
+                               'def handler(x, ctx):\n    pass\n', 2, "Five", "expression", "cron field hour '25'"),
+    "cron, 3 fields": ('config = {"name": "Three", "triggers": [{"type": "cron", "cron": "* * *"}]}\ndef handler(x, ctx):\n    pass\n',
+                       1, "Three", "triggers.0.cron", "has 3 fields"),
+    "state without group": ('config = {"name": "NoGroup", "triggers": [{"type": "state", "key": "*"}]}\ndef handler(x, ctx):\n    pass\n',
+                            1, "NoGroup", "triggers.0.group", "Field required"),
+    "queue without topic": ('config = {"name": "NoTopic", "triggers": [{"type": "queue"}]}\ndef handler(x, ctx):\n    pass\n',
+                            1, "NoTopic", "triggers.0.topic", "Field required"),
+    "handler with three arguments": ('config = {"name": "Three", "triggers": [{"type": "queue", "topic": "t"}]}\n\n\n'
+                                     'def handler(a, b, c):\n    pass\n', 4, "Three", "handler", "handler must take (input, ctx) or (ctx)"),
+    "handler with none": ('config = {"name": "Zero", "triggers": [{"type": "queue", "topic": "t"}]}\nasync def handler():\n    pass\n',
+                          2, "Zero", "handler", "handler must take (input, ctx) or (ctx)"),
+    "keyword-only ctx": ('config = {"name": "Kw", "triggers": [{"type": "queue", "topic": "t"}]}\ndef handler(data, *, ctx):\n    pass\n',
+                         2, "Kw", "handler", "handler must take (input, ctx) or (ctx)"),
+    "invalid JSON schema": ('config = {"name": "Js", "triggers": [{"type": "http", "path": "/js", "bodySchema": {"type": "objekt"}}]}\n'
+                            'def handler(x, ctx):\n    pass\n', 1, "Js", "triggers.0.bodySchema", "not a valid JSON schema at type"),
+    "Motia's older event shape": ('config = {\n    "type": "event",\n    "name": "OldEvent",\n    "subscribes": ["t1"],\n'
+                                  '    "emits": ["t2", {"topic": "t3", "label": "x"}],\n}\ndef handler(x, ctx):\n    pass\n',
+                                  2, "OldEvent", "type",
+                                  'older step shape ("type": "event" with "subscribes"); write "triggers": [{"type": "queue", '
+                                  '"topic": "t1"}], "enqueues": ["t2", "t3"] instead, and call ctx.enqueue(topic, data)'),
+    "Motia's older api shape": ('config = {"type": "api", "name": "OldApi", "path": "/old", "method": "PUT", "emits": ["t2"]}\n'
+                                'def handler(x, ctx):\n    pass\n', 1, "OldApi", "type",
+                                '"triggers": [{"type": "http", "method": "PUT", "path": "/old"}], "enqueues": ["t2"]'),
+    "syntax error in a helper it imports": ("import broken_helper\n", 1, None, None,
+                                            "import failed: syntax error in {root}/broken_helper.py:1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN), ids=list(BROKEN))
+def test_a_broken_step_file_is_reported_with_file_line_step_and_field_and_the_rest_load(tmp_path, case):
+    """Given one broken step file next to a good one, when discovered, then there is exactly one error, naming the
+    file, the line (where there is one), the step (where it can be known) and the field, with a message that says
+    what to fix; and the good step loads."""
+    source, line, step, field, words = BROKEN[case]
+    root = make_steps(tmp_path / "steps", {"broken_step.py": source, "good_step.py": GOOD})
+    (root / "broken_helper.py").write_text("def f(:\n    pass\n")
+    result = discover(root)
+    assert [s.name for s in result.steps] == ["StillHere"]
+    (err,) = result.errors
+    file = str(root.resolve() / "broken_step.py")
+    assert (err.file, err.line, err.step, err.field) == (file, line, step, field)
+    assert words.replace("{root}", str(root.resolve())) in err.message, err.message
+    where = file + (f":{line}" if line else "")
+    assert str(err).startswith(where + (f", step {step!r}" if step else "") + (f", field {field!r}" if field else "") + ": ")
+
+
+def test_a_misspelling_is_not_also_reported_as_the_missing_key_it_stands_for(tmp_path):
+    """Given "trigers" for "triggers" and a second, unrelated mistake, when discovered, then the message points at
+    the misspelling and mentions the other mistake, but not the "missing triggers" the misspelling causes."""
+    src = 'config = {"name": "T", "trigers": [], "enqueues": "not-a-list"}\ndef handler(x, ctx):\n    pass\n'
+    (err,) = discover(make_steps(tmp_path / "steps", {"t_step.py": src})).errors
+    assert err.field == "trigers"
+    assert err.message == "unknown field 'trigers'; did you mean 'triggers'? (also check: enqueues)"
+
+
+def test_ctx_emit_with_a_motia_style_dict_says_to_use_enqueue():
+    """Given a handler porting Motia's emit({"topic", "data"}), when it calls ctx.emit with a dict, then it gets a
+    TypeError that names ctx.enqueue, and nothing is emitted."""
+    from iii_console.core.context import SyncContext
+    from iii_console.core.emitter import Emitter
+
+    sent: list = []
+    ctx = SyncContext(trace_id="t", step="S", emitter=Emitter(sent.append, worker="w"))
+    with pytest.raises(TypeError, match=r"ctx.enqueue\(topic, data\)"):
+        ctx.emit({"topic": "x", "data": {}})
+    ctx.emit("notification.sent", data={"to": "a"})
+    assert [e.type for e in sent] == ["notification.sent"] and sent[0].trace_id == "t" and sent[0].step == "S"
+
+
+# --- JSON-schema dicts as schemas ----------------------------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}, "tags": {"type": "array", "items": {"type": "string"}}},
+          "required": ["n"], "additionalProperties": False, "title": "Counted"}
+
+
+def test_a_json_schema_dict_validates_like_motia_and_names_every_problem():
+    """Given a Motia dict whose bodySchema and queue input are JSON-schema dicts, when validated, then the step
+    loads, good data passes unchanged, and bad data raises InvalidInput listing each field, not retryable."""
+    from iii_console.core.steps import InvalidInput, JsonSchema, validate_input
+
+    step = Step.model_validate({"name": "J", "triggers": [{"type": "http", "path": "/j", "bodySchema": SCHEMA},
+                                                          {"type": "queue", "topic": "j", "input": SCHEMA}]})
+    body, inp = step.triggers[0].body_schema, step.triggers[1].input_schema
+    assert isinstance(body, JsonSchema) and body == inp
+    assert step == Step(name="J", triggers=[http("POST", "/j", body=SCHEMA), queue("j", input=SCHEMA)])
+    assert step.describe()["trigger_specs"][0]["body"] == "Counted"
+    assert validate_input(body, {"n": 2, "tags": ["a"]}) == {"n": 2, "tags": ["a"]}
+    with pytest.raises(InvalidInput) as info:
+        validate_input(body, {"n": 0, "tags": [1], "x": True})
+    assert sorted(f["field"] for f in info.value.fields) == ["(body)", "n", "tags.0"]
+    assert info.value.retryable is False
+    with pytest.raises(InvalidInput) as info:
+        validate_input(body, {})
+    assert info.value.fields == [{"field": "n", "message": '"n" is a required property', "type": "required"}]

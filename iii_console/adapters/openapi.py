@@ -1,16 +1,17 @@
 """An OpenAPI 3.0 document for the project's HTTP steps, built from their schemas.
 
 Litestar's own OpenAPI cannot see our bodies (we read them raw, see
-``server.py``), so the document is built from each trigger's pydantic model.
+``server.py``), so the document is built from each trigger's schema (a pydantic model or a JSON-schema dict).
 It also lists the error answers every step shares, which is what API fuzzers
 (schemathesis) and clients need to know.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from iii_console.core.steps import HttpTrigger, Step
+from iii_console.core.steps import HttpTrigger, JsonSchema, Step
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 
@@ -23,6 +24,23 @@ def _errors(with_body: bool) -> dict[str, Any]:
     if with_body:
         out.update({"400": "invalid body (fields lists each problem)", "413": "body too large", "415": "send application/json"})
     return {code: {"description": d, "content": {"application/json": {"schema": _ERROR}}} for code, d in sorted(out.items())}
+
+
+def _schema(schema: Any, components: dict[str, Any]) -> dict[str, Any]:
+    """A trigger's schema for the document: a pydantic model as a shared component, a
+    JSON-schema dict inline (it has no name to share it by)."""
+    if schema is None:
+        return {}
+    if isinstance(schema, JsonSchema):
+        # References into the dict's own $defs become references to shared components.
+        text = json.dumps({k: v for k, v in schema.schema.items() if k not in ("$schema", "$id")})
+        js = json.loads(text.replace('"#/$defs/', '"#/components/schemas/'))
+        components.update(js.pop("$defs", {}))
+        return js
+    js = schema.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(js.pop("$defs", {}))
+    components[schema.__name__] = js
+    return {"$ref": f"#/components/schemas/{schema.__name__}"}
 
 
 def document(steps: list[Step], *, title: str = "iii-console steps") -> dict[str, Any]:
@@ -39,9 +57,9 @@ def document(steps: list[Step], *, title: str = "iii-console steps") -> dict[str
                               **_errors(t.body_schema is not None or t.method in ("POST", "PUT", "PATCH"))},
             }
             if t.body_schema is not None:
-                js = t.body_schema.model_json_schema(ref_template="#/components/schemas/{model}")
-                schemas.update(js.pop("$defs", {}))
-                schemas[t.body_schema.__name__] = js
-                op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{t.body_schema.__name__}"}}}}
+                op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(t.body_schema, schemas)}}}
+            for code, schema in sorted(t.response_schema.items()):
+                op["responses"][str(code)] = {"description": f"{code} from the step",
+                                              "content": {"application/json": {"schema": _schema(schema, schemas)}}}
             paths.setdefault(t.path, {})[t.method.lower()] = op
     return {"openapi": "3.0.3", "info": {"title": title, "version": "1"}, "paths": paths, "components": {"schemas": schemas}}

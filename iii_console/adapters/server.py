@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from iii_console.core.context import HttpRequest
 from iii_console.core.errors import user_traceback
-from iii_console.core.steps import HttpTrigger, Step
+from iii_console.core.steps import HttpTrigger, InvalidInput, JsonSchema, Step, validate_input
 from iii_console.runtime.runner import AsyncSide, StepRunner
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def _problem(status: int, error: str, headers: dict[str, str] | None = None, **d
     return Response({"error": error, **detail}, status_code=status, headers=headers)
 
 
-def parse_json_body(raw: bytes, content_type: str, schema: type[BaseModel] | None) -> Any:
+def parse_json_body(raw: bytes, content_type: str, schema: type[BaseModel] | JsonSchema | None) -> Any:
     """Decode and validate a request body; raises :class:`Reject` with a 4xx."""
     media = content_type.split(";", 1)[0].strip().lower()
     if not (media in JSON_TYPES or (media.startswith("application/") and media.endswith("+json"))):
@@ -66,10 +66,12 @@ def parse_json_body(raw: bytes, content_type: str, schema: type[BaseModel] | Non
     if schema is None:
         return data
     try:
-        return schema.model_validate(data)
+        return validate_input(schema, data)
     except ValidationError as exc:
         fields = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False, include_input=False)]
         raise Reject(400, "invalid request body", fields=fields) from None
+    except InvalidInput as exc:
+        raise Reject(400, "invalid request body", fields=exc.fields) from None
     except RecursionError:
         raise Reject(400, "request body is nested too deeply") from None
 

@@ -61,6 +61,9 @@ class _BaseContext:
     attempt: int = 1
     trigger: Mapping[str, Any] = field(default_factory=dict)
     message_id: str | None = None
+    #: The last attempt the queue's strategy allows (``max_retries + 1``; 1 for HTTP), so a
+    #: handler can tell "will be retried" from "this failure is final" when it records one.
+    max_attempts: int = 1
 
     @property
     def logger(self) -> Any:
@@ -69,6 +72,10 @@ class _BaseContext:
 
     def emit(self, type: str, **fields: Any) -> None:
         """Emit a domain event (``notification.sent``...) on the same trace. Never blocks."""
+        if not isinstance(type, str):
+            # Motia's emit({"topic": ..., "data": ...}) sends to a topic; here that is enqueue.
+            raise TypeError("ctx.emit(type, **fields) records an event such as 'notification.sent'; "
+                            "to send data to a topic use ctx.enqueue(topic, data)")
         fields.setdefault("trace_id", self.trace_id)
         fields.setdefault("step", self.step)
         self.emitter.emit(type, **fields)
@@ -119,13 +126,14 @@ def call_arity(fn: Callable[..., Any]) -> int:
 
 def _call_arity(fn: Callable[..., Any]) -> int:
     try:
-        params = [p for p in inspect.signature(fn).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        varargs = any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values())
+        every = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return 2
+    params = [p for p in every if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in every)
     required = [p for p in params if p.default is p.empty]
-    if len(required) > 2:
-        return 0
+    if len(required) > 2 or any(p.kind == p.KEYWORD_ONLY and p.default is p.empty for p in every):
+        return 0  # arguments are passed by position: a required keyword-only one would never be given
     if len(params) >= 2 or varargs:
         return 2
     return 1 if params else 0

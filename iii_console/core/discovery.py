@@ -7,6 +7,8 @@ A broken file never stops the others: each problem becomes a :class:`StepError`
 
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib.util
 import re
 import sys
@@ -20,6 +22,8 @@ from pydantic import ValidationError
 from iii_console.core.context import call_arity
 from iii_console.core.errors import StepError
 from iii_console.core.steps import CronTrigger, HttpTrigger, QueueTrigger, StateTrigger, Step  # noqa: F401
+
+TRIGGER_MODELS = {"http": HttpTrigger, "queue": QueueTrigger, "cron": CronTrigger, "state": StateTrigger}
 
 RESERVED_TOPIC_PREFIX = "_"
 
@@ -65,32 +69,179 @@ def _line_of(exc: BaseException, file: str) -> int | None:
     return getattr(exc, "lineno", None)
 
 
-def _field_of(err: dict[str, Any]) -> str:
-    loc = [str(x) for x in err["loc"]]
-    # Discriminated unions insert the tag ("http") into the path; drop it.
-    out = []
+def _path_of(loc: tuple[Any, ...]) -> list[str]:
+    """A pydantic error location as the user wrote it: discriminated unions insert the
+    tag ("http") after a list index; drop it."""
+    out: list[str] = []
     for i, part in enumerate(loc):
-        if i > 0 and loc[i - 1].isdigit() and part in ("http", "queue", "cron", "state"):
+        part = str(part)
+        if i > 0 and str(loc[i - 1]).isdigit() and part in TRIGGER_MODELS:
             continue
         out.append(part)
-    return ".".join(out)
+    return out
+
+
+def _accepted_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the model at ``loc``'s parent accepts (aliases too), for "did you mean"."""
+    parent = loc[:-1]
+    model: Any = Step
+    if parent and str(parent[-1]) in TRIGGER_MODELS:
+        model = TRIGGER_MODELS[str(parent[-1])]
+    elif parent:
+        return []
+    keys = []
+    for name, info in model.model_fields.items():
+        if name not in ("handler", "file"):
+            keys.append(info.alias or name)
+    return keys
+
+
+def _explain(exc: ValidationError) -> tuple[str, str, list[str]]:
+    """(message, field, location) of the error a person should fix first.
+
+    An unknown key comes before anything else: a misspelt ``trigers`` also makes
+    ``triggers`` missing, and "unknown field 'trigers', did you mean 'triggers'?"
+    is the useful half. Other problems in the same config are listed after it.
+    """
+    errors = exc.errors()
+    rank = {"extra_forbidden": 0, "union_tag_invalid": 1, "union_tag_not_found": 1}
+    ordered = sorted(errors, key=lambda e: rank.get(e["type"], 2))
+    first = ordered[0]
+    path = _path_of(first["loc"])
+    kind = first["type"]
+    close: list[str] = []
+    if kind == "extra_forbidden":
+        key = path[-1] if path else "?"
+        close = difflib.get_close_matches(key, _accepted_keys(first["loc"]), n=1, cutoff=0.6)
+        msg = f"unknown field {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        path = path + ["type"]
+        tag = (first.get("ctx") or {}).get("tag")
+        choices = "http, queue, cron or state"
+        msg = f"{tag!r} is not a trigger type; use {choices}" if kind == "union_tag_invalid" else f"missing; use {choices}"
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+    fixed_by_it = {".".join(path[:-1] + [close[0]])} if kind == "extra_forbidden" and close else set()
+    others = [".".join(_path_of(e["loc"])) or "(config)" for e in ordered[1:]]
+    others = [o for o in dict.fromkeys(others) if o != ".".join(path) and o not in fixed_by_it]
+    if others:
+        msg += f" (also check: {', '.join(others[:5])}{', ...' if len(others) > 5 else ''})"
+    return msg, ".".join(path), path
 
 
 _NAME_IN_SOURCE = re.compile(r"""Step\(\s*name\s*=\s*["']([^"']+)["']|["']name["']\s*:\s*["']([^"']+)["']""")
 
 
-def _declared_name(path: Path) -> str | None:
-    try:
-        m = _NAME_IN_SOURCE.search(path.read_text(encoding="utf-8", errors="replace"))
-    except OSError:
-        return None
+def _declared_name(source: str) -> str | None:
+    m = _NAME_IN_SOURCE.search(source)
     return (m.group(1) or m.group(2)) if m else None
+
+
+class _Source:
+    """The step file's text and syntax tree, to point errors at a line.
+
+    A dict config raises nothing at import, so its mistakes have no traceback;
+    the line comes from walking the ``config = {...}`` literal to the offending key.
+    """
+
+    def __init__(self, path: Path):
+        try:
+            self.text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            self.text = ""
+        try:
+            self.tree: ast.Module | None = ast.parse(self.text)
+        except (SyntaxError, ValueError):
+            self.tree = None
+
+    def _assigned(self, name: str) -> ast.AST | None:
+        found = None
+        for node in self.tree.body if self.tree else []:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+                found = node
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
+                found = node
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+                found = node
+        return found
+
+    def line_of_def(self, name: str) -> int | None:
+        node = self._assigned(name)
+        return node.lineno if node else None
+
+    def line_in_config(self, path: list[str]) -> int | None:
+        """The line of ``config``'s part at ``path`` (or of the deepest part that exists)."""
+        top = self._assigned("config")
+        if top is None:
+            return None
+        node: ast.AST | None = getattr(top, "value", None)
+        line = top.lineno
+        for part in path:
+            if node is None:
+                break
+            line = getattr(node, "lineno", line)
+            nxt: ast.AST | None = None
+            if isinstance(node, ast.Dict):
+                for k, v in zip(node.keys, node.values):
+                    if isinstance(k, ast.Constant) and k.value == part:
+                        nxt = v
+                        line = k.lineno
+            elif isinstance(node, (ast.List, ast.Tuple)) and part.isdigit() and int(part) < len(node.elts):
+                nxt = node.elts[int(part)]
+            elif isinstance(node, ast.Call):
+                for kw in node.keywords:
+                    if kw.arg == part:
+                        nxt = kw.value
+                        line = kw.value.lineno
+            if nxt is None:
+                break
+            node = nxt
+            line = getattr(node, "lineno", line)
+        return line
+
+
+#: Keys of Motia's older step shape, where the step's ``type`` was its one trigger.
+_LEGACY_TYPES = {"event", "api", "cron", "noop"}
+
+
+def _legacy_shape(raw: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, message) if ``raw`` is Motia's older shape, with the same step written the current way.
+
+    Not translated silently: in that shape handlers call ``emit({"topic", "data"})``,
+    which here is ``ctx.enqueue(topic, data)``, so the handler needs a look too.
+    """
+    kind = raw.get("type")
+    if "triggers" in raw or not (kind in _LEGACY_TYPES or "subscribes" in raw or "emits" in raw):
+        return None
+    topics = [t if isinstance(t, str) else (t.get("topic") if isinstance(t, dict) else str(t)) for t in raw.get("emits") or []]
+    if kind == "event" or (kind is None and "subscribes" in raw):
+        extra = ', "input": ...' if "input" in raw else ""
+        trig = [f'{{"type": "queue", "topic": "{t}"{extra}}}' for t in raw.get("subscribes") or []]
+        was = '"type": "event" with "subscribes"'
+    elif kind == "api":
+        extra = ', "bodySchema": ...' if "bodySchema" in raw else ""
+        trig = [f'{{"type": "http", "method": "{raw.get("method", "POST")}", "path": "{raw.get("path", "/...")}"{extra}}}']
+        was = '"type": "api"'
+    elif kind == "cron":
+        trig = [f'{{"type": "cron", "cron": "{raw.get("cron", "...")}"}}']
+        was = '"type": "cron" with "cron"'
+    else:
+        trig = []
+        was = f'"type": {kind!r}' if kind else '"emits"'
+    if kind == "noop":
+        return "type", "noop steps (no trigger) are not supported: a step needs at least one trigger in \"triggers\""
+    rewrite = f'"triggers": [{", ".join(trig) or "..."}]' + (f', "enqueues": {list(topics)!r}'.replace("'", '"') if topics else "")
+    return ("type" if kind else "emits"), (
+        f"this is Motia's older step shape ({was}); write {rewrite} instead, "
+        f"and call ctx.enqueue(topic, data) where the handler called emit(...)")
 
 
 def load_step_file(path: Path, root: Path) -> Step:
     file = str(path)
     rel = path.relative_to(root).with_suffix("")
     mod_name = "iii_steps." + ".".join(rel.parts)
+    src = _Source(path)
+    declared = _declared_name(src.text)
     try:
         spec = importlib.util.spec_from_file_location(mod_name, path)
         assert spec and spec.loader
@@ -98,42 +249,54 @@ def load_step_file(path: Path, root: Path) -> Step:
         sys.modules[mod_name] = module
         spec.loader.exec_module(module)
     except SyntaxError as exc:
-        raise StepError(f"syntax error: {exc.msg}", file=file, line=exc.lineno) from None
+        if exc.filename and exc.filename != file:  # in a module the step imports
+            raise StepError(f"import failed: syntax error in {exc.filename}:{exc.lineno}: {exc.msg}", file=file,
+                            step=declared, line=_line_of(exc, file)) from None
+        raise StepError(f"syntax error: {exc.msg}", file=file, step=declared, line=exc.lineno) from None
     except ValidationError as exc:
         # A typed helper (Step(...), http(...)) rejected its arguments at import time,
         # before the Step object (and so its name) existed: read the name from the source.
-        err = exc.errors()[0]
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise StepError(msg, file=file, step=_declared_name(path), field=_field_of(err), line=_line_of(exc, file)) from None
+        msg, fld, where = _explain(exc)
+        line = _line_of(exc, file)
+        if exc.title == "Step":  # Step(...) spans lines; point at the keyword, not the call
+            line = src.line_in_config(where) or line
+        raise StepError(msg, file=file, step=declared, field=fld, line=line) from None
     except Exception as exc:
-        raise StepError(f"import failed: {type(exc).__name__}: {exc}", file=file, line=_line_of(exc, file)) from None
+        raise StepError(f"import failed: {type(exc).__name__}: {exc}", file=file, step=declared, line=_line_of(exc, file)) from None
 
     raw = getattr(module, "config", None)
     if raw is None:
-        raise StepError("no `config` defined", file=file, field="config")
+        raise StepError("no `config` defined", file=file, step=declared, field="config")
     name = raw.name if isinstance(raw, Step) else (raw.get("name") if isinstance(raw, dict) else None)
-    try:
-        if isinstance(raw, Step):
-            step = raw
-        elif isinstance(raw, dict):
+    name = name if isinstance(name, str) else None
+    if isinstance(raw, Step):
+        step = raw
+    elif isinstance(raw, dict):
+        legacy = _legacy_shape(raw)
+        if legacy:
+            raise StepError(legacy[1], file=file, step=name, field=legacy[0], line=src.line_in_config([legacy[0]]))
+        try:
             step = Step.model_validate(raw)
-        else:
-            raise StepError(f"`config` must be a Step or a dict, not {type(raw).__name__}", file=file, field="config")
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        raise StepError(msg, file=file, step=name if isinstance(name, str) else None, field=_field_of(err)) from None
+        except ValidationError as exc:
+            msg, fld, where = _explain(exc)
+            raise StepError(msg, file=file, step=name, field=fld, line=src.line_in_config(where)) from None
+    else:
+        raise StepError(f"`config` must be a Step or a dict, not {type(raw).__name__}", file=file, field="config",
+                        line=src.line_of_def("config"))
 
     handler = getattr(module, "handler", None)
+    if handler is None:
+        raise StepError("no `handler` defined", file=file, step=step.name, field="handler")
     if not callable(handler):
-        raise StepError("no callable `handler` defined", file=file, step=step.name, field="handler")
+        raise StepError(f"`handler` must be a function, not {type(handler).__name__}", file=file, step=step.name,
+                        field="handler", line=src.line_of_def("handler"))
     if call_arity(handler) == 0:
-        raise StepError("handler must take (input, ctx) or (ctx)", file=file, step=step.name, field="handler")
-    for t in step.topics:
-        if t.startswith(RESERVED_TOPIC_PREFIX):
-            raise StepError(f"topic {t!r}: names starting with '_' are reserved", file=file, step=step.name, field="triggers")
+        raise StepError("handler must take (input, ctx) or (ctx)", file=file, step=step.name, field="handler",
+                        line=src.line_of_def("handler"))
+    for i, t in enumerate(step.triggers):
+        if isinstance(t, QueueTrigger) and t.topic.startswith(RESERVED_TOPIC_PREFIX):
+            raise StepError(f"topic {t.topic!r}: names starting with '_' are reserved", file=file, step=step.name,
+                            field=f"triggers.{i}.topic", line=src.line_in_config(["triggers", str(i)]))
     return step.model_copy(update={"handler": handler, "file": file})
 
 
@@ -156,17 +319,21 @@ def discover(steps_dir: str | Path) -> StepSet:
             out.errors.append(err)
             continue
         if step.name in names:
-            out.errors.append(StepError(f"duplicate step name; also defined in {names[step.name]}", file=str(path), step=step.name, field="name"))
+            out.errors.append(StepError(f"duplicate step name; also defined in {names[step.name]}", file=str(path), step=step.name,
+                                        field="name", line=_Source(path).line_in_config(["name"])))
             continue
         names[step.name] = str(path)
         out.steps.append(step)
     routes: dict[tuple[str, str], str] = {}
     for step in list(out.steps):
-        for t in step.of(HttpTrigger):
-            key = (t.method, t.path)
-            if key in routes:
-                out.errors.append(StepError(f"route {t.describe()} is already served by step {routes[key]!r}", file=step.file, step=step.name, field="triggers"))
-                out.steps.remove(step)
-                break
-            routes[key] = step.name
+        mine = [(i, t) for i, t in enumerate(step.triggers) if isinstance(t, HttpTrigger)]
+        clash = next(((i, t) for i, t in mine if t.route_key in routes), None)
+        if clash is not None:
+            i, t = clash
+            out.errors.append(StepError(f"route {t.describe()} is already served by step {routes[t.route_key]!r}", file=step.file,
+                                        step=step.name, field=f"triggers.{i}",
+                                        line=_Source(Path(step.file)).line_in_config(["triggers", str(i)])))
+            out.steps.remove(step)
+            continue
+        routes.update({t.route_key: step.name for _i, t in mine})
     return out

@@ -23,10 +23,87 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, populate_by_name=True)
 
 
+class InvalidInput(ValueError):
+    """Data that does not match a JSON-schema dict; ``fields`` lists each problem.
+
+    Not retryable: the same data would fail the same way on every attempt.
+    """
+
+    retryable = False
+
+    def __init__(self, fields: list[dict[str, str]]):
+        self.fields = fields
+        super().__init__("; ".join(f"{f['field']}: {f['message']}" for f in fields))
+
+
+class JsonSchema:
+    """A JSON-schema dict used as a body or input schema, as Motia's Python steps write them.
+
+    Compiled once when the step loads, so a schema that is not valid JSON Schema is a
+    step error naming the field, not a failure on the first request.
+    """
+
+    def __init__(self, schema: dict[str, Any]):
+        import jsonschema_rs
+
+        try:
+            self._validator = jsonschema_rs.validator_for(schema)
+        except jsonschema_rs.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.instance_path)
+            raise ValueError(f"not a valid JSON schema{f' at {where}' if where else ''}: {exc.message.splitlines()[0]}") from None
+        self.schema = schema
+        self.name: str | None = schema.get("title") if isinstance(schema.get("title"), str) else None
+
+    def validate(self, data: Any) -> Any:
+        """``data`` itself if it matches; :class:`InvalidInput` naming every problem if not."""
+        problems = []
+        for err in self._validator.iter_errors(data):
+            path = [str(p) for p in err.instance_path]
+            kind = err.kind
+            if hasattr(kind, "property"):  # a missing required property is reported on its parent
+                path.append(str(kind.property))
+            problems.append({"field": ".".join(path) or "(body)", "message": err.message, "type": type(kind).__name__.lower()})
+        if problems:
+            raise InvalidInput(problems)
+        return data
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JsonSchema) and other.schema == self.schema
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return f"JsonSchema({self.schema!r})"
+
+
 def _schema_ok(v: Any) -> Any:
-    if v is None or (isinstance(v, type) and issubclass(v, BaseModel)):
+    if v is None or isinstance(v, JsonSchema) or (isinstance(v, type) and issubclass(v, BaseModel)):
         return v
-    raise ValueError("must be a pydantic model class")
+    if isinstance(v, dict):
+        return JsonSchema(v)
+    raise ValueError("must be a pydantic model class or a JSON-schema dict")
+
+
+def schema_name(schema: Any) -> str | None:
+    """How registries and the console name a schema: the model's class name or the dict's title."""
+    if isinstance(schema, JsonSchema):
+        return schema.name or "JSON schema"
+    return getattr(schema, "__name__", None)
+
+
+def validate_input(schema: Any, data: Any) -> Any:
+    """Check ``data`` against a trigger's schema: a model instance for a pydantic class
+    (raising pydantic's ValidationError), the data itself for a JSON-schema dict."""
+    if schema is None:
+        return data
+    if isinstance(schema, JsonSchema):
+        return schema.validate(data)
+    return schema.model_validate(data)
+
+
+_PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)}")
+_LITERAL = re.compile(r"[A-Za-z0-9_.~-]+")
 
 
 class HttpTrigger(_Model):
@@ -49,17 +126,43 @@ class HttpTrigger(_Model):
     def _path(cls, v: str) -> str:
         if not v.startswith("/"):
             raise ValueError("must start with '/'")
+        if len(v) > 1:
+            v = v.rstrip("/")  # the server does not tell /orders/ from /orders
         # Motia writes params as :id; normalise to {id}.
-        v = re.sub(r":([A-Za-z_][A-Za-z0-9_]*)", r"{\1}", v)
-        if not re.fullmatch(r"(/[A-Za-z0-9_.~{}-]*)+", v):
-            raise ValueError("may contain only /, letters, digits, _ . ~ - and {param}")
+        v = re.sub(r"(?<=/):([A-Za-z_][A-Za-z0-9_]*)(?=/|$)", r"{\1}", v)
+        seen: set[str] = set()
+        for seg in v[1:].split("/") if len(v) > 1 else []:
+            if not seg:
+                raise ValueError(f"{v!r} has an empty segment ('//')")
+            m = _PARAM.fullmatch(seg)
+            if m:
+                if m.group(1) in seen:
+                    raise ValueError(f"parameter {{{m.group(1)}}} appears twice")
+                seen.add(m.group(1))
+            elif "{" in seg or "}" in seg or seg.startswith(":"):
+                raise ValueError(f"segment {seg!r}: a parameter is a whole segment, {{name}} or :name")
+            elif not _LITERAL.fullmatch(seg):
+                raise ValueError(f"segment {seg!r} may contain only letters, digits and _ . ~ -")
         return v
+
+    @field_validator("response_schema")
+    @classmethod
+    def _responses(cls, v: dict[int, Any]) -> dict[int, Any]:
+        for code in v:
+            if not 100 <= code <= 599:
+                raise ValueError(f"{code} is not an HTTP status code")
+        return {code: _schema_ok(schema) for code, schema in v.items()}
 
     _check_body = field_validator("body_schema")(classmethod(lambda cls, v: _schema_ok(v)))
 
     @property
     def path_params(self) -> list[str]:
-        return re.findall(r"{([A-Za-z_][A-Za-z0-9_]*)}", self.path)
+        return _PARAM.findall(self.path)
+
+    @property
+    def route_key(self) -> tuple[str, str]:
+        """What the server routes on: /orders/{id} and /orders/{key} are the same route."""
+        return self.method, _PARAM.sub("{}", self.path)
 
     def describe(self) -> str:
         return f"{self.method} {self.path}"
@@ -133,9 +236,9 @@ class Step(_Model):
         seen = set()
         for t in self.triggers:
             if isinstance(t, HttpTrigger):
-                if (t.method, t.path) in seen:
+                if t.route_key in seen:
                     raise ValueError(f"duplicate http trigger {t.describe()}")
-                seen.add((t.method, t.path))
+                seen.add(t.route_key)
         return self
 
     def of(self, kind: type) -> list[Any]:
@@ -164,9 +267,9 @@ def _spec(t: Any) -> dict[str, Any]:
     """A trigger as plain JSON (schemas by name, conditions as a flag) for registries."""
     out: dict[str, Any] = {"type": t.type}
     if isinstance(t, HttpTrigger):
-        out.update(method=t.method, path=t.path, body=getattr(t.body_schema, "__name__", None))
+        out.update(method=t.method, path=t.path, body=schema_name(t.body_schema))
     elif isinstance(t, QueueTrigger):
-        out.update(topic=t.topic, input=getattr(t.input_schema, "__name__", None))
+        out.update(topic=t.topic, input=schema_name(t.input_schema))
     elif isinstance(t, CronTrigger):
         out.update(expression=t.expression)
     elif isinstance(t, StateTrigger):
@@ -174,12 +277,14 @@ def _spec(t: Any) -> dict[str, Any]:
     return out
 
 
-def http(method: str, path: str, *, body: type[BaseModel] | None = None, responses: dict[int, Any] | None = None) -> HttpTrigger:
-    """An HTTP trigger: ``http("POST", "/messages", body=MessageIn)``."""
+def http(method: str, path: str, *, body: type[BaseModel] | dict[str, Any] | None = None,
+         responses: dict[int, Any] | None = None) -> HttpTrigger:
+    """An HTTP trigger: ``http("POST", "/messages", body=MessageIn)``; ``body`` may also be a
+    JSON-schema dict (the handler then gets the parsed JSON, checked against it)."""
     return HttpTrigger(method=method, path=path, body_schema=body, response_schema=responses or {})
 
 
-def queue(topic: str, *, input: type[BaseModel] | None = None) -> QueueTrigger:
+def queue(topic: str, *, input: type[BaseModel] | dict[str, Any] | None = None) -> QueueTrigger:
     """A queue trigger: the step receives one copy of every message enqueued to ``topic``."""
     return QueueTrigger(topic=topic, input_schema=input)
 

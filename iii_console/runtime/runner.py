@@ -9,7 +9,10 @@ a loop per message.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import inspect
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import redis.asyncio as aredis
@@ -49,6 +52,10 @@ POOL_SIZE = 64
 POOL_WAIT_S = 5.0
 
 
+#: ``def`` handlers of HTTP steps running at once per server (beyond that, requests wait for a thread).
+SYNC_HANDLER_THREADS = 64
+
+
 class AsyncSide:
     """Async clients that live on one loop (the server's, or a LoopThread's)."""
 
@@ -61,8 +68,13 @@ class AsyncSide:
         self.autopipe = AutoPipeline(self.client)
         self.state = AsyncStateStore(self.client, services.keys, events_maxlen=cfg.events.maxlen, autopipe=self.autopipe)
         self.producer = AsyncProducer(self.client, services.keys, cfg, subscriptions, services.emitter, autopipe=self.autopipe)
+        #: Threads for ``def`` handlers called from this loop. Not the loop's default executor:
+        #: that has min(32, CPUs + 4) threads (6 on two cores), so six slow handlers would queue
+        #: every other request, and the loop's own DNS lookups, behind them.
+        self.handler_pool = ThreadPoolExecutor(max_workers=SYNC_HANDLER_THREADS, thread_name_prefix="iii-handler")
 
     async def aclose(self) -> None:
+        self.handler_pool.shutdown(wait=False)
         await self.client.aclose()
 
 
@@ -86,14 +98,18 @@ class StepRunner:
         assert self._async is not None, "async handlers need an AsyncSide"
         return self._async
 
-    def sync_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None, message_id: str | None = None) -> SyncContext:
+    def sync_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
+                     message_id: str | None = None, max_attempts: int = 1) -> SyncContext:
         return SyncContext(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
-                           message_id=message_id, state=self.state.bind(trace_id=trace_id, step=step.name), _enqueue=self.producer.enqueue)
+                           message_id=message_id, max_attempts=max_attempts, state=self.state.bind(trace_id=trace_id, step=step.name),
+                           _enqueue=self.producer.enqueue)
 
-    def async_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None, message_id: str | None = None) -> Context:
+    def async_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
+                      message_id: str | None = None, max_attempts: int = 1) -> Context:
         side = self.async_side
         return Context(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
-                       message_id=message_id, state=side.state.bind(trace_id=trace_id, step=step.name), _enqueue=side.producer.enqueue)
+                       message_id=message_id, max_attempts=max_attempts, state=side.state.bind(trace_id=trace_id, step=step.name),
+                       _enqueue=side.producer.enqueue)
 
     def call_sync(self, step: Step, input: Any, **ctx_kw: Any) -> Any:
         """Run ``step``'s handler to completion from a plain (worker) thread."""
@@ -103,7 +119,7 @@ class StepRunner:
             ctx = self.async_context(step, **ctx_kw)
             return self.loop_thread.run(_invoke(handler, input, ctx))
         ctx = self.sync_context(step, **ctx_kw)
-        return handler(ctx) if call_arity(handler) == 1 else handler(input, ctx)
+        return _not_awaitable(handler(ctx) if call_arity(handler) == 1 else handler(input, ctx))
 
     async def call_async(self, step: Step, input: Any, **ctx_kw: Any) -> Any:
         """Run ``step``'s handler from the server's loop; sync handlers go to a thread."""
@@ -112,8 +128,21 @@ class StepRunner:
             return await _invoke(handler, input, self.async_context(step, **ctx_kw))
         ctx = self.sync_context(step, **ctx_kw)
         fn = (lambda: handler(ctx)) if call_arity(handler) == 1 else (lambda: handler(input, ctx))
-        return await asyncio.to_thread(fn)
+        ctxvars = contextvars.copy_context()
+        out = await asyncio.get_running_loop().run_in_executor(self.async_side.handler_pool, ctxvars.run, fn)
+        return _not_awaitable(out)
 
 
 async def _invoke(handler: Callable[..., Any], input: Any, ctx: Any) -> Any:
     return await (handler(ctx) if call_arity(handler) == 1 else handler(input, ctx))
+
+
+def _not_awaitable(out: Any) -> Any:
+    """A ``def`` handler that returns a coroutine (an ``async def`` hidden behind a plain
+    wrapper) got the sync context and its work would silently never run: say so."""
+    if inspect.isawaitable(out):
+        if inspect.iscoroutine(out):
+            out.close()
+        raise TypeError("the handler returned an awaitable but is not `async def` (a decorator hides it?); "
+                        "declare the handler itself `async def` so it gets the async context")
+    return out

@@ -243,6 +243,7 @@ class Supervisor:
         if fresh.errors:
             for err in fresh.errors:
                 emit("step.error", step=err.step, error=str(err), data={"file": err.file, "line": err.line, "field": err.field, "message": err.message})
+                log.warning("step error: %s", err)  # headless: stderr, next to the start-up ones; console: .iii/logs/
             emit("config.reloaded", error=f"{len(fresh.errors)} step file(s) have errors; still running the previous version",
                  data={"ok": False, "changed": changed or [], "errors": [str(e) for e in fresh.errors]})
             return False

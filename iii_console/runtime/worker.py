@@ -26,14 +26,14 @@ from dramatiq.middleware import CurrentMessage
 
 from iii_console.adapters.queue.broker import IIIBroker
 from iii_console.adapters.queue.middleware import LifecycleEvents, RetryPolicy
-from iii_console.adapters.queue.names import ACTOR_PRIORITY, CRON_TOPIC, STATE_TOPIC, Subscription
+from iii_console.adapters.queue.names import ACTOR_PRIORITY, CRON_TOPIC, STATE_TOPIC, Subscription, parse_queue
 from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.adapters.queue.sweep import sweep_dead_workers
 from iii_console.core.config import Config
 from iii_console.core.context import CronTick, StateChange
 from iii_console.core.discovery import StepSet, discover
 from iii_console.core.events import now_ms
-from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step
+from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step, validate_input
 from iii_console.runtime.runner import LoopThread, StepRunner
 from iii_console.runtime.services import Services
 
@@ -108,10 +108,11 @@ class WorkerRuntime:
                 value = StateChange(**data)
                 trig = {"type": "state", "group": data["group"], "key": data["key"]}
             else:
-                value = schema.model_validate(data) if schema is not None else data
-                trig = {"type": "queue", "topic": sub.topic}
+                value = validate_input(schema, data)
+                trig = {"type": "queue", "topic": sub.topic, "priority": parse_queue(msg.queue_name)[2] if msg else "normal"}
             runner.call_sync(step, value, trace_id=opts.get("trace_id", ""), attempt=opts.get("retries", 0) + 1,
-                             trigger=trig, message_id=msg.message_id if msg else None)
+                             trigger=trig, message_id=msg.message_id if msg else None,
+                             max_attempts=self.config.queue(opts.get("topic", "")).max_retries + 1)
 
         run.__name__ = f"{step.name}_{sub.topic}"
         return run
