@@ -244,6 +244,54 @@ def test_each_topics_concurrency_holds_in_a_worker_process(project, runtime, pro
     assert (int(r.get("peak:two")), int(r.get("peak:three"))) == (2, 3)
 
 
+WEIRD = """
+from iii_console import Step, queue
+config = Step(name="Weird", triggers=[queue("jobs")])
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no description")
+def handler(data, ctx):
+    ctx.state.update("runs", "Weird", [{"type": "increment", "path": data["k"]}])
+    if data.get("unprintable"):
+        raise Unprintable()
+    raise ValueError("boom")
+"""
+
+
+def test_an_exception_that_cannot_be_printed_is_still_retried_and_dead_lettered(project, runtime, producer, r, keys):
+    cfg, steps = project({"weird_step.py": WEIRD}, "queues:\n  jobs:\n    max_retries: 1\n    retry_delay: 10\n    dead_letter_queue: jobs.dlq\n")
+    runtime(cfg, steps)
+    [mid] = producer(cfg, steps).enqueue("jobs", {"k": "m1", "unprintable": True}, trace_id="t1")
+    store = DeadLetterStore(r, keys)
+    wait_for(lambda: store.count("jobs.dlq") == 1, what="dead letter")
+    assert runs(r, keys, "Weird") == {"m1": 2}
+    [entry] = store.list("jobs.dlq")
+    assert entry.id == mid and entry.attempts == 2 and entry.error.startswith("Unprintable: ") and "raise Unprintable" in entry.traceback
+
+
+def test_a_failed_message_the_retry_policy_cannot_decide_on_is_dead_lettered_not_acked(project, runtime, producer, r, keys, monkeypatch):
+    """Fault injection: the retry policy itself raises. Dramatiq only logs a
+    middleware's exception, so without a decision the failed message would be
+    acked as if it had succeeded; it goes to its dead-letter queue instead."""
+    from iii_console.adapters.queue.middleware import RetryPolicy
+
+    def broken(self, broker, message, *, result=None, exception=None):
+        raise RuntimeError("policy bug")
+
+    monkeypatch.setattr(RetryPolicy, "after_process_message", broken)
+    cfg, steps = project({"weird_step.py": WEIRD}, "queues:\n  jobs:\n    dead_letter_queue: jobs.dlq\n")
+    runtime(cfg, steps)
+    p = producer(cfg, steps)
+    [bad] = p.enqueue("jobs", {"k": "m1"}, trace_id="t1")
+    store = DeadLetterStore(r, keys)
+    wait_for(lambda: store.count("jobs.dlq") == 1, what="dead letter")
+    [entry] = store.list("jobs.dlq")
+    assert entry.id == bad and entry.trace_id == "t1" and entry.error.startswith("ValueError: boom") and "raise ValueError" in entry.traceback
+    [dead] = events_once(r, keys, "message.dead_lettered", 1)
+    assert dead.message_id == bad and dead.step == "Weird"
+    assert runs(r, keys, "Weird") == {"m1": 1}
+
+
 def test_invalid_input_goes_straight_to_the_dead_letter_queue(project, runtime, producer, r, keys):
     cfg, steps = project({"typed_step.py": """
         from pydantic import BaseModel

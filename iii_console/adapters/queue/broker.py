@@ -40,6 +40,7 @@ from dramatiq.message import Message
 from iii_console.adapters.queue.names import Subscription, parse_queue
 from iii_console.adapters.queue.scripts import Scripts
 from iii_console.core.dlq import DeadLetter
+from iii_console.core.errors import user_traceback
 from iii_console.core.events import now_ms
 from iii_console.core.keys import Keys
 from iii_console.core.steps import PRIORITIES
@@ -133,6 +134,11 @@ class IIIConsumer(Consumer):
     # -- settling -----------------------------------------------------------
     def ack(self, message: MessageProxy) -> None:
         outcome = message.options.get("iii_outcome")
+        if outcome is None and getattr(message, "_exception", None) is not None:
+            # The handler failed but no retry decision was written (the policy
+            # itself raised, and Dramatiq only logs that): dead-letter rather
+            # than ack a failed message as done.
+            outcome = message.options["iii_outcome"] = self._undecided(message, message._exception)
         try:
             if outcome is None:
                 self.broker.iii_scripts.ack(args=[self.broker.namespace, self.queue_name, self.broker.broker_id,
@@ -157,10 +163,27 @@ class IIIConsumer(Consumer):
         # Dramatiq nacks what it cannot run at all (unknown actor, `throws`).
         # Those go to our dead-letter store like any other dead message.
         exc = getattr(message, "_exception", None)
-        error = f"{type(exc).__name__}: {exc}" if exc else "rejected"
-        entry = dead_letter_entry(message, dlq="dead-letters", error=error, traceback="", attempts=message.options.get("retries", 0) + 1)
+        dlq = self.broker.dead_letter_queue(message.options.get("topic", ""))
+        entry = dead_letter_entry(message, dlq=dlq, error=describe(exc) if exc else "rejected", traceback="",
+                                  attempts=message.options.get("retries", 0) + 1)
         message.options["iii_outcome"] = {"kind": "dead", "entry": json.loads(entry.encode())}
         self.ack(message)
+
+    def _undecided(self, message: MessageProxy, exc: BaseException) -> dict[str, Any]:
+        dlq = self.broker.dead_letter_queue(message.options.get("topic", ""))
+        try:
+            tb = user_traceback(exc)
+        except Exception:
+            tb = ""
+        error = f"{describe(exc)} (no retry decision could be made for it)"
+        log.error("dead-lettering %s on %s: %s", message.message_id, self.queue_name, error)
+        retries = message.options.get("retries", 0)
+        entry = dead_letter_entry(message, dlq=dlq, error=error, traceback=tb, attempts=retries + 1 if isinstance(retries, int) else 1)
+        if self.broker.emitter is not None:
+            self.broker.emitter.emit("message.dead_lettered", message_id=message.message_id, trace_id=entry.trace_id,
+                                     step=entry.step, topic=entry.topic, queue=entry.queue, error=error,
+                                     data={"dlq": dlq, "attempts": entry.attempts})
+        return {"kind": "dead", "entry": json.loads(entry.encode())}
 
     def _retry(self, message: MessageProxy, delay_ms: int) -> None:
         base = q_name(self.queue_name)
@@ -310,6 +333,20 @@ def _higher_queues(queue_name: str) -> list[str]:
         return []
     sub = Subscription(topic, step)
     return [sub.queue(p) for p in PRIORITIES[:PRIORITIES.index(priority)]]
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message``, even for an exception whose ``str()`` itself raises.
+
+    The description goes into events and dead-letter entries; if building it
+    raised inside the retry policy, no decision would be written and the
+    message would be acked as if it had succeeded.
+    """
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<str() of the exception failed>"
+    return f"{type(exc).__name__}: {text}"
 
 
 def _s(v: Any) -> str:

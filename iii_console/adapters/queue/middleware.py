@@ -14,7 +14,7 @@ from typing import Any
 import dramatiq
 from dramatiq.common import q_name
 
-from iii_console.adapters.queue.broker import dead_letter_entry
+from iii_console.adapters.queue.broker import dead_letter_entry, describe
 from iii_console.adapters.queue.names import parse_queue
 from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter
@@ -59,7 +59,7 @@ class LifecycleEvents(dramatiq.Middleware):
         if exception is None:
             self.emitter.emit("message.processed", duration_ms=duration, **_where(message))
         else:
-            self.emitter.emit("message.failed", duration_ms=duration, error=f"{type(exception).__name__}: {exception}",
+            self.emitter.emit("message.failed", duration_ms=duration, error=describe(exception),
                               data={"traceback": user_traceback(exception)[-8000:]}, **_where(message))
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
@@ -86,10 +86,10 @@ class RetryPolicy(dramatiq.Middleware):
             opts["retries"] = retries + 1
             opts["iii_outcome"] = {"kind": "retry", "delay_ms": delay}
             self.emitter.emit("message.retrying", **{**where, "attempt": retries + 2},
-                              error=f"{type(exception).__name__}: {exception}", data={"delay_ms": delay})
+                              error=describe(exception), data={"delay_ms": delay})
             return
         entry = dead_letter_entry(
-            message, dlq=strategy.dead_letter_queue, error=f"{type(exception).__name__}: {exception}",
+            message, dlq=strategy.dead_letter_queue, error=describe(exception),
             traceback=user_traceback(exception), attempts=retries + 1,
         )
         opts["iii_outcome"] = {"kind": "dead", "entry": asdict(entry)}
