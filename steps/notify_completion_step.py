@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from iii_console import Step, state
+from iii_console import StateChange, SyncContext
 
 
-def became_processed(change: Any) -> bool:
+def became_processed(change: StateChange) -> bool:
+    """True only on the transition: a later write to a processed message (or deleting
+    it) must not notify again."""
     new, old = change.new or {}, change.old or {}
     return new.get("status") == "processed" and old.get("status") != "processed"
 
 
+# A Motia-shaped dict; `Step(..., triggers=[state("messages", condition=became_processed)])` is the same.
 config = {
     "name": "NotifyCompletion",
     "description": "Notifies the recipient when their message is processed",
@@ -20,7 +21,7 @@ config = {
 }
 
 
-def handler(change: Any, ctx: Any) -> None:
+def handler(change: StateChange, ctx: SyncContext) -> None:
     message = change.new
     ctx.emit(
         "notification.sent",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from iii_console import Step, http
+from iii_console import Context, HttpRequest, Step, http
 
 
 class MessageIn(BaseModel):
@@ -27,10 +28,12 @@ config = Step(
 )
 
 
-async def handler(request: Any, ctx: Any) -> dict[str, Any]:
+async def handler(request: HttpRequest, ctx: Context) -> dict[str, Any]:
     body: MessageIn = request.body
     message_id = uuid.uuid4().hex
-    record = {
+    # The record goes in before the message: a worker can pick the message up
+    # before this handler returns, and it expects to find the record.
+    await ctx.state.set("messages", message_id, {
         "id": message_id,
         "text": body.text,
         "recipient": body.recipient,
@@ -38,15 +41,8 @@ async def handler(request: Any, ctx: Any) -> dict[str, Any]:
         "status": "queued",
         "attempts": 0,
         "trace_id": ctx.trace_id,
-        "created_ms": _now_ms(),
-    }
-    await ctx.state.set("messages", message_id, record)
+        "created_ms": int(time.time() * 1000),
+    })
     await ctx.enqueue("message.sent", {"id": message_id, "text": body.text, "fail_times": body.fail_times}, priority=body.priority)
     ctx.logger.info("message accepted", id=message_id, priority=body.priority)
     return {"status": 202, "body": {"id": message_id, "trace_id": ctx.trace_id, "status": "queued"}}
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)
