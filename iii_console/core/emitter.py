@@ -223,9 +223,15 @@ def _stamp(_logger: Any, _method: str, ed: dict[str, Any]) -> dict[str, Any]:
 
 
 class Emitter:
-    """Front door for lifecycle events: ``emit(type, **fields)`` and bound step loggers."""
+    """Front door for lifecycle events: ``emit(type, **fields)`` and bound step loggers.
 
-    def __init__(self, sink: Callable[[Event], None], *, worker: str | None = None):
+    ``trace_id`` is the process's own trace: events that belong to no request (the
+    worker's start, heartbeats and stop, a reload and its step errors) carry it, so
+    every event has a trace id and a process's own story can be followed like a
+    message's. An event emitted with a trace id keeps that one.
+    """
+
+    def __init__(self, sink: Callable[[Event], None], *, worker: str | None = None, trace_id: str | None = None):
         self._sink = sink
         self._logger = structlog.wrap_logger(
             _SinkLogger(sink),
@@ -233,8 +239,9 @@ class Emitter:
             context_class=dict,
             cache_logger_on_first_use=True,
         )
-        if worker:
-            self._logger = self._logger.bind(worker=worker)
+        bound = {k: v for k, v in (("worker", worker), ("trace_id", trace_id)) if v}
+        if bound:
+            self._logger = self._logger.bind(**bound)
 
     def emit(self, type: str, **fields: Any) -> None:
         self._logger.info(type, **fields)

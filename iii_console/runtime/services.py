@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,7 @@ class Services:
         keys = Keys(config.redis.prefix)
         sink = StreamSink(client, keys.events, maxlen=config.events.maxlen, keys=keys)
         name = process_name(role)
-        emitter = Emitter(sink.put, worker=name) if config.events.enabled else null_emitter()
+        emitter = Emitter(sink.put, worker=name, trace_id=uuid.uuid4().hex) if config.events.enabled else null_emitter()
         return cls(config, role, client, keys, sink, emitter, name)
 
     def close(self) -> None:

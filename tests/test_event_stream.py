@@ -1,0 +1,234 @@
+"""The event stream end to end: a real `iii-console --no-ui` (server, worker process, scheduler)
+on a real port against real Redis. Every event type reaches the stream with the fields that
+apply to it; one trace follows a message through retries, state changes and the state step it
+triggers; and emitting never waits on Redis."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+import redis
+
+from iii_console.core.events import DATA_MAX_BYTES, EVENT_TYPES, REDACTED, Event
+
+from .conftest import ROOT
+from .helpers import events, events_once, make_project, wait_for
+from .test_e2e import start_cli
+
+pytestmark = pytest.mark.slow
+
+TICKER = """
+from iii_console import Step, cron
+config = Step(name="Ticker", triggers=[cron("*/2 * * * * *")])
+def handler(tick, ctx):
+    ctx.logger.info("tick", password="hunter2", scheduled=tick.scheduled_ms)
+"""
+
+CONFIG = """
+server:
+  port: 0
+queues:
+  message.sent:
+    max_retries: 3
+    retry_delay: 200
+    backoff: exponential
+    dead_letter_queue: message.sent.dlq
+workers:
+  heartbeat_interval: 0.2
+"""
+
+#: Fields each type must carry beyond ``type`` and ``ts``: what applies to it.
+REQUIRED = {
+    "http.received": {"trace_id", "step", "worker", "data"},
+    "message.enqueued": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
+    "message.started": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker"},
+    "message.processed": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "duration_ms"},
+    "message.failed": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "duration_ms", "error", "data"},
+    "message.retrying": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "error", "data"},
+    "message.dead_lettered": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "error", "data"},
+    "message.replayed": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
+    "state.changed": {"trace_id", "step", "data"},  # written by the state script, in the same atomic step as the change
+    "notification.sent": {"trace_id", "step", "worker", "data"},
+    "cron.fired": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
+    "cron.skipped": {"trace_id", "step", "worker", "data"},
+    "worker.started": {"trace_id", "worker", "data"},
+    "worker.heartbeat": {"trace_id", "worker", "data"},
+    "worker.stopped": {"trace_id", "worker", "data"},
+    "log": {"trace_id", "step", "worker", "data"},
+    "step.error": {"trace_id", "step", "worker", "error", "data"},
+    "config.reloaded": {"trace_id", "worker", "data"},
+}
+
+
+@pytest.fixture
+def seed(tmp_path, redis_url):
+    shutil.copytree(ROOT / "steps", tmp_path / "steps")
+    make_project(tmp_path, {"ticker_step.py": TICKER}, CONFIG, redis_url=redis_url)
+    return tmp_path
+
+
+def raw_stream(r: redis.Redis, key: str) -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in r.xrange(key)]
+
+
+def test_the_required_table_names_every_event_type():
+    assert set(REQUIRED) == set(EVENT_TYPES)
+
+
+def test_every_event_type_reaches_the_stream_with_the_fields_that_apply(seed, r, keys):
+    """Given a real deployment, when it serves, fails, retries, dead-letters, replays, fires and skips cron ticks,
+    reloads a broken step and stops, then every event type is on the stream with its fields, data is JSON,
+    capped and redacted."""
+    # The ticker last fired two minutes ago: the scheduler fires what is within the grace and reports the rest skipped.
+    two_min_ago = (int(time.time()) - 120) // 2 * 2 * 1000
+    r.set(keys.cron_last("Ticker"), json.dumps({"scheduled_ms": two_min_ago, "fired_ms": two_min_ago, "expression": "*/2 * * * * *"}))
+    t0 = int(time.time() * 1000)
+    app = start_cli(seed, "--no-ui", "--reload")
+    try:
+        ok = httpx.post(f"{app.url}/messages", json={"text": "x" * 10_000, "recipient": "a@example.com"})
+        doomed = httpx.post(f"{app.url}/messages", json={"text": "doomed", "fail_times": 99})
+        assert ok.status_code == doomed.status_code == 202
+        events_once(r, keys, "message.dead_lettered", 1, timeout=30)
+        res = subprocess.run([sys.executable, "-m", "iii_console", "dlq", "replay", "--all", "--yes"], cwd=seed,
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        events_once(r, keys, "message.replayed", 1)
+        (seed / "steps" / "broken_step.py").write_text("config = {'name': 'Broken', 'triggers': [{'type': 'cron', 'cron': '* * *'}]}\n"
+                                                     "def handler(ctx): pass\n")
+        events_once(r, keys, "config.reloaded", 1, timeout=30)
+        (seed / "steps" / "broken_step.py").unlink()
+        events_once(r, keys, "config.reloaded", 2, timeout=30)
+        events_once(r, keys, "worker.heartbeat", 1, timeout=30)  # one every ~10 s per worker
+        events_once(r, keys, "notification.sent", 1)
+    finally:
+        assert app.stop() == 0
+    events_once(r, keys, "worker.stopped", 1)
+    t1 = int(time.time() * 1000)
+
+    raw = raw_stream(r, keys.events)
+    seen = {e["type"] for e in raw}
+    assert seen >= set(EVENT_TYPES), f"never produced: {set(EVENT_TYPES) - seen}"
+    missing = {}
+    for e in raw:
+        lacking = {f for f in REQUIRED[e["type"]] if not e.get(f)}
+        if lacking:
+            missing.setdefault(e["type"], lacking)
+        assert e["ts"].isdigit() and t0 - 1000 <= int(e["ts"]) <= t1 + 1000, e  # epoch milliseconds
+        if "data" in e:
+            assert len(e["data"].encode()) <= DATA_MAX_BYTES and json.loads(e["data"]) is not None
+    assert not missing, missing
+
+    evs = events(r, keys)
+    assert "hunter2" not in json.dumps(raw)
+    assert any(e.type == "log" and e.step == "Ticker" and e.data["password"] == REDACTED for e in evs)
+    [big] = [e for e in evs if e.type == "http.received" and e.trace_id == ok.json()["trace_id"]]
+    assert big.data["truncated"] is True and big.data["bytes"] > 10_000
+    [skipped] = [e for e in evs if e.type == "cron.skipped"]
+    assert skipped.data["count"] >= 25 and skipped.data["last_fired_ms"] == two_min_ago
+    assert all(e.data["drift_ms"] >= 0 for e in evs if e.type == "cron.fired")
+    [bad] = [e for e in evs if e.type == "step.error"]
+    [failed_reload] = [e for e in evs if e.type == "config.reloaded" and not e.data["ok"]]
+    assert "broken_step.py" in bad.data["file"] and bad.trace_id == failed_reload.trace_id  # a reload and its errors: one trace
+    # A worker's start, heartbeats and stop share its process's trace.
+    started = {(e.worker, e.trace_id) for e in evs if e.type == "worker.started"}
+    assert {(e.worker, e.trace_id) for e in evs if e.type in ("worker.heartbeat", "worker.stopped")} <= started
+
+
+def test_one_trace_follows_a_message_through_retries_state_and_the_state_step(seed, r, keys):
+    """Given a message that fails twice then succeeds, when it has been notified, then every event about it —
+    from http.received through the retries, its state changes and the state step's notification — has one trace id."""
+    app = start_cli(seed, "--no-ui")
+    try:
+        resp = httpx.post(f"{app.url}/messages", json={"text": "flaky one", "fail_times": 2, "recipient": "f@example.com"})
+        assert resp.status_code == 202
+        mid, trace = resp.json()["id"], resp.json()["trace_id"]
+        [note] = events_once(r, keys, "notification.sent", 1, timeout=30)
+    finally:
+        app.stop()
+    evs = events(r, keys)
+
+    def about(e: Event) -> bool:
+        d = e.data if isinstance(e.data, dict) else {}
+        payload = d.get("payload") if isinstance(d.get("payload"), dict) else {}
+        return mid in (d.get("key"), d.get("message_id"), payload.get("id"), payload.get("key"), (d.get("body") or {}).get("id"))
+
+    related = [e for e in evs if about(e) or e.trace_id == trace]
+    assert {e.trace_id for e in related} == {trace}
+
+    def chain(step: str, *skip: str) -> list[tuple[str, int | None]]:
+        return [(e.type, e.attempt) for e in related if e.step == step and e.type not in ("state.changed", "log", *skip)]
+
+    # Events of one thread reach the stream in order; across processes only their timestamps order them.
+    assert chain("SendMessage") == [("http.received", None)]
+    assert chain("ProcessMessage", "message.enqueued") == [
+        ("message.started", 1), ("message.failed", 1), ("message.retrying", 2),
+        ("message.started", 2), ("message.failed", 2), ("message.retrying", 3),
+        ("message.started", 3), ("message.processed", 3),
+    ]
+    assert chain("ProcessMessage").count(("message.enqueued", None)) == 1
+    assert sorted(chain("NotifyCompletion"), key=str) == sorted([("message.enqueued", None), ("message.started", 1),
+                                                                 ("notification.sent", None), ("message.processed", 1)], key=str)
+    assert chain("NotifyCompletion", "message.enqueued") == [("message.started", 1), ("notification.sent", None), ("message.processed", 1)]
+    statuses = [e.data["new"]["status"] for e in related if e.type == "state.changed"]
+    assert statuses[0] == "queued" and statuses[-1] == "processed"
+    assert {e.step for e in related if e.type == "state.changed"} == {"SendMessage", "ProcessMessage"}
+    assert note.trace_id == trace and note.data["message_id"] == mid
+    # The causal order holds on the clock too (one host stamps every event here).
+    ts = {t: min(e.ts for e in related if e.type == t) for t in ("http.received", "message.started", "message.processed", "notification.sent")}
+    assert ts["http.received"] <= ts["message.started"] <= ts["message.processed"] <= ts["notification.sent"]
+
+
+HANDSHAKE = """
+import os, time
+from iii_console import Step, queue
+config = Step(name="Chatty", triggers=[queue("chatty")])
+def handler(data, ctx):
+    open(data["started"], "w").close()
+    while not os.path.exists(data["go"]):
+        time.sleep(0.005)
+    for i in range(data["n"]):
+        ctx.logger.info("line", i=i)
+        ctx.emit("notification.sent", data={"i": i})
+    open(data["done"], "w").close()
+"""
+
+
+def test_a_handler_emits_thousands_of_events_while_redis_answers_nothing(tmp_path, redis_url, r, keys):
+    """Given a real worker running a handler, when every Redis client is paused (CLIENT PAUSE ALL) and the handler then
+    emits 4,000 events, then the handler finishes while Redis is still paused — emitting made no round trip — and
+    every event reaches the stream once Redis answers again."""
+    make_project(tmp_path, {"chatty_step.py": HANDSHAKE}, "workers:\n  heartbeat_timeout: 60\n", redis_url=redis_url)
+    worker = start_cli(tmp_path, "--no-ui", "--role", "worker")
+    files = {k: str(tmp_path / k) for k in ("started", "go", "done")}
+    n = 2000
+    try:
+        wait_for(lambda: events(r, keys, "worker.started"), timeout=30, what="worker started")
+        res = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "chatty", "--data", json.dumps({**files, "n": n})],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        wait_for(lambda: (tmp_path / "started").exists(), timeout=30, what="the handler to start")
+
+        pauser = redis.Redis.from_url(redis_url)
+        pauser.execute_command("CLIENT", "PAUSE", 8000, "ALL")
+        answered = threading.Event()
+        probe = redis.Redis.from_url(redis_url, socket_timeout=30)
+        threading.Thread(target=lambda: (probe.ping(), answered.set()), daemon=True).start()
+        (tmp_path / "go").touch()
+        wait_for(lambda: (tmp_path / "done").exists(), timeout=7, interval=0.01, what="the handler to finish emitting")
+        # The probe's PING is still unanswered: Redis was paused for the whole of the handler's emitting.
+        assert not answered.is_set()
+        assert answered.wait(30)
+        lines = events_once(r, keys, "log", n, where=lambda e: e.step == "Chatty", timeout=30)
+        notes = events_once(r, keys, "notification.sent", n, where=lambda e: e.step == "Chatty", timeout=30)
+        assert [e.data["i"] for e in lines] == list(range(n)) and [e.data["i"] for e in notes] == list(range(n))
+        assert len({e.trace_id for e in lines + notes}) == 1
+        events_once(r, keys, "message.processed", 1, where=lambda e: e.step == "Chatty")
+    finally:
+        assert worker.stop() == 0
