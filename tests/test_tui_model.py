@@ -147,3 +147,19 @@ def test_step_errors_are_kept_until_the_config_is_reloaded():
     assert list(m.step_errors.values()) == [err]
     m.ingest([Event("config.reloaded", T0_MS + 10)], NOW)
     assert not m.step_errors
+
+
+def test_step_errors_stay_through_a_failed_reload_and_clear_on_a_good_one():
+    """Given two broken files at start, when a reload fixes one but not the other, then the console still shows the
+    one it reports again (the failed config.reloaded follows its step.error events); when a reload succeeds, none."""
+    a = "steps/a_step.py, step 'A', field 'name': bad"
+    b = "steps/b_step.py, step 'B', field 'triggers.0.topic': Field required"
+    m = ConsoleModel()
+    m.ingest([Event("step.error", T0_MS, step="A", error=a, data={"file": "steps/a_step.py"}),
+              Event("step.error", T0_MS, step="B", error=b, data={"file": "steps/b_step.py"})], NOW)
+    assert len(m.step_errors) == 2
+    m.ingest([Event("step.error", T0_MS + 1, step="B", error=b, data={"file": "steps/b_step.py"}),
+              Event("config.reloaded", T0_MS + 1, error="1 step file(s) have errors", data={"ok": False, "errors": [b]})], NOW)
+    assert [e.error for e in m.step_errors.values()] == [b]
+    m.ingest([Event("config.reloaded", T0_MS + 2, data={"ok": True, "steps": ["A", "B"]})], NOW)
+    assert not m.step_errors

@@ -243,7 +243,7 @@ class ConsoleModel:
         self.traces = TraceIndex(max_traces)
         self.topics: dict[str, TopicCounts] = {}
         self.problems: deque[LogEntry] = deque(maxlen=max_problems)
-        #: Step load errors, latest per (step, file, message); cleared by config.reloaded.
+        #: Step load errors, latest per (step, file, message); a reload keeps only those it still reports.
         self.step_errors: OrderedDict[tuple[str, str, str], Event] = OrderedDict()
         self.max_step_errors = max_step_errors
         self.max_state_groups = max_state_groups
@@ -286,7 +286,12 @@ class ConsoleModel:
                 if len(self.step_errors) > self.max_step_errors:
                     self.step_errors.popitem(last=False)
             elif t == "config.reloaded":
-                self.step_errors.clear()
+                # A failed reload comes right after the step.error events of what is still
+                # broken and lists them; a good one lists none. Keep exactly those.
+                d = ev.data if isinstance(ev.data, dict) else {}
+                broken = set(d.get("errors") or [])
+                for key in [k for k, e in self.step_errors.items() if e.error not in broken]:
+                    del self.step_errors[key]
             elif t == "state.changed":
                 self._state(ev)
             elif t in ("message.dead_lettered", "message.replayed"):
