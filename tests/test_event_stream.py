@@ -55,7 +55,7 @@ REQUIRED = {
     "message.dead_lettered": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "error", "data"},
     "message.replayed": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
     "state.changed": {"trace_id", "step", "data"},  # written by the state script, in the same atomic step as the change
-    "notification.sent": {"trace_id", "step", "worker", "data"},
+    "notification.sent": {"trace_id", "message_id", "step", "worker", "data"},  # emitted here by a state step's run
     "cron.fired": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
     "cron.skipped": {"trace_id", "step", "worker", "data"},
     "worker.started": {"trace_id", "worker", "data"},
@@ -180,6 +180,8 @@ def test_one_trace_follows_a_message_through_retries_state_and_the_state_step(se
     assert statuses[0] == "queued" and statuses[-1] == "processed"
     assert {e.step for e in related if e.type == "state.changed"} == {"SendMessage", "ProcessMessage"}
     assert note.trace_id == trace and note.data["message_id"] == mid
+    [notify_run] = [e for e in related if e.type == "message.started" and e.step == "NotifyCompletion"]
+    assert note.message_id == notify_run.message_id  # the run that sent it
     # The causal order holds on the clock too (one host stamps every event here).
     ts = {t: min(e.ts for e in related if e.type == t) for t in ("http.received", "message.started", "message.processed", "notification.sent")}
     assert ts["http.received"] <= ts["message.started"] <= ts["message.processed"] <= ts["notification.sent"]

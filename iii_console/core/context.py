@@ -78,6 +78,8 @@ class _BaseContext:
                             "to send data to a topic use ctx.enqueue(topic, data)")
         fields.setdefault("trace_id", self.trace_id)
         fields.setdefault("step", self.step)
+        if self.message_id:  # the queue message whose run emitted it, like the step's log lines
+            fields.setdefault("message_id", self.message_id)
         self.emitter.emit(type, **fields)
 
 
