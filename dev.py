@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -23,23 +24,90 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".iii-installed"
+LOCK = ROOT / ".venv.lock"
+
+if sys.version_info < (3, 11):
+    sys.exit(f"dev.py: iii-console needs Python 3.11 or newer; this is {sys.version.split()[0]} ({sys.executable})")
+
+
+class SetupFailed(Exception):
+    pass
+
+
+def _locked(fn):  # type: ignore[no-untyped-def]
+    """Run ``fn`` holding an exclusive lock on ``.venv.lock``.
+
+    Two first runs at once (``dev.py`` in one terminal, ``dev.py test`` in another)
+    would otherwise both create the virtualenv and run pip into it together, and
+    one of them fails half-way.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; concurrent first runs are the user's to avoid
+        return fn()
+    with open(LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            return fn()
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _installed(digest: str) -> bool:
+    return STAMP.exists() and STAMP.read_text() == digest and (BIN / "python").exists()
 
 
 def _ensure_env() -> None:
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if STAMP.exists() and STAMP.read_text() == digest:
+    if _installed(digest):
         return
-    if not (BIN / "python").exists():
-        print("dev.py: creating .venv", file=sys.stderr)
-        venv.EnvBuilder(with_pip=True).create(VENV)
-    print("dev.py: installing iii-console and its test dependencies into .venv", file=sys.stderr)
-    pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "-e", f"{ROOT}[test]"], check=True)
-    STAMP.write_text(digest)
+
+    def install() -> None:
+        if _installed(digest):  # another dev.py finished it while we waited for the lock
+            return
+        if not (BIN / "python").exists():
+            print("dev.py: creating .venv", file=sys.stderr)
+            venv.EnvBuilder(with_pip=True, clear=VENV.exists()).create(VENV)
+        print("dev.py: installing iii-console and its test dependencies into .venv", file=sys.stderr)
+        pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+        if subprocess.run([*pip, "install", "-e", f"{ROOT}[test]"]).returncode != 0:
+            raise SetupFailed("pip could not install the project into .venv (see pip's output above)")
+        STAMP.write_text(digest)
+
+    _locked(install)
+
+
+def _child_setup() -> None:
+    """In the child, between fork and exec (POSIX).
+
+    Ctrl+C goes to the child again: this wrapper ignores SIGINT, and an ignored
+    signal stays ignored across exec. On Linux the child also gets SIGTERM if
+    this wrapper dies: an IDE's stop button or ``kill -9`` on the wrapper would
+    otherwise leave iii-console running in the background, holding its port and
+    its Redis; SIGTERM lets it drain and stop its Redis as on Ctrl+C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            _libc().prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def _libc():  # type: ignore[no-untyped-def]
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def main(argv: list[str]) -> int:
-    _ensure_env()
+    try:
+        _ensure_env()
+    except (SetupFailed, OSError, subprocess.SubprocessError) as exc:
+        print(f"dev.py: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     if argv[:1] == ["test"]:
         cmd = [str(BIN / "python"), "-m", "pytest", *argv[1:]]
     elif argv[:1] == ["bench"]:
@@ -49,12 +117,17 @@ def main(argv: list[str]) -> int:
     os.chdir(ROOT)
     # The child handles Ctrl+C / SIGTERM itself (it drains and stops its Redis);
     # this wrapper only waits for it and passes SIGTERM on.
-    import signal
-
-    child = subprocess.Popen(cmd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            _libc()  # loaded before fork: the child only calls into it
+        except OSError:
+            pass
+    child = subprocess.Popen(cmd, preexec_fn=_child_setup if os.name != "nt" else None)
     signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
-    return child.wait()
+    code = child.wait()
+    # A child killed by a signal reports -N; a shell reports 128+N.
+    return 128 - code if code < 0 else code
 
 
 if __name__ == "__main__":
