@@ -242,13 +242,13 @@ def test_state_trigger_runs_an_async_handler_on_the_writers_trace(app, rc):
 
 def test_cron_handlers_sync_with_ctx_only_and_async_with_the_tick(app, rc):
     """Given a sync (ctx) and an async (tick, ctx) cron step every second, when they fire, then each gets its kind
-    of context and ctx.trigger says cron with the tick's times."""
+    of context and ctx.trigger says cron, with the expression that fired and the tick's times."""
     sync = wait_for(lambda: seen(rc, "cron-sync"), what="the sync cron run")
     assert sync["ctx"] == "SyncContext" and sync["trigger"]["type"] == "cron" and sync["trace"]
     asyn = wait_for(lambda: seen(rc, "cron-async"), what="the async cron run")
     scheduled, fired = asyn["tick"]
     assert asyn["ctx"] == "Context" and scheduled % 1000 == 0 and fired >= scheduled
-    assert asyn["trigger"] == {"type": "cron", "scheduled_ms": scheduled, "fired_ms": fired}
+    assert asyn["trigger"] == {"type": "cron", "expression": "* * * * * *", "scheduled_ms": scheduled, "fired_ms": fired}
 
 
 def test_enqueue_with_delay_ms_starts_no_sooner(app, rc):

@@ -162,7 +162,7 @@ class Scheduler:
         trace_id = uuid.uuid4().hex
         topic = f"{CRON_TOPIC}.{step.name}"
         ids = self.producer.enqueue(
-            topic, {"scheduled_ms": scheduled_ms, "fired_ms": now}, trace_id=trace_id, source="scheduler",
+            topic, {"scheduled_ms": scheduled_ms, "fired_ms": now, "expression": expr}, trace_id=trace_id, source="scheduler",
             once=keys.cron_tick(step.name, scheduled_ms), once_ttl_ms=TICK_MARKER_TTL_MS,
         )
         if ids is None:

@@ -102,8 +102,8 @@ class WorkerRuntime:
             msg = CurrentMessage.get_current_message()
             opts = msg.options if msg else {}
             if sub.topic == CRON_TOPIC:
-                value: Any = CronTick(**data)
-                trig = {"type": "cron", **data}
+                value: Any = CronTick(scheduled_ms=data["scheduled_ms"], fired_ms=data["fired_ms"])
+                trig = {"type": "cron", **data}  # with the expression, which tells a step's cron triggers apart
             elif sub.topic == STATE_TOPIC:
                 value = StateChange(**data)
                 trig = {"type": "state", "group": data["group"], "key": data["key"]}
