@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -43,24 +48,79 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class RedisServer:
-    """Start/stop one redis-server bound to 127.0.0.1 on ``port`` with data in ``data_dir``."""
+class _PortTaken(Exception):
+    pass
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None, appendonly: bool = True, extra: list[str] | None = None):
+
+def _pdeathsig_preexec() -> Any:
+    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux).
+
+    Without it a ``kill -9`` of the owner leaves redis-server running with nobody
+    to stop it. The C function is looked up here, before the fork, so the child
+    only calls it. ``None`` where that is not possible.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    # The kernel sends the signal when the *thread* that forked exits, so only a
+    # main-thread start is tied to the process's life.
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return preexec
+
+
+class RedisServer:
+    """Start/stop one redis-server bound to 127.0.0.1 on ``port`` with data in ``data_dir``.
+
+    ``password`` reaches redis-server on its stdin, not its command line (which
+    every local user can read in ``ps``). ``die_with_parent`` ties the server's
+    life to this process even if it is killed outright. ``pass_fds`` are left
+    open in the server (a lock it then holds for as long as it runs).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None, appendonly: bool = True,
+                 extra: list[str] | None = None, password: str | None = None, die_with_parent: bool = False,
+                 pass_fds: tuple[int, ...] = ()):
         self.data_dir = Path(data_dir)
+        self._port_chosen = port is None
         self.port = port or free_port()
         self.appendonly = appendonly
         self.extra = extra or []
+        self.password = password
+        self.die_with_parent = die_with_parent
+        self.pass_fds = pass_fds
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> "RedisServer":
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                # The free port we picked was taken before redis-server bound it.
+                if not self._port_chosen or attempt == 2:
+                    raise IIIError(f"redis-server could not listen on port {self.port}: address already in use") from None
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> "RedisServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             find_redis_server(),
+            "-",  # read the configuration (the password) from stdin first
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.data_dir),
@@ -72,8 +132,17 @@ class RedisServer:
             "--logfile", str(self.data_dir / "redis.log"),
             *self.extra,
         ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True, pass_fds=self.pass_fds,
+                                     preexec_fn=_pdeathsig_preexec() if self.die_with_parent else None)
+        assert self.proc.stdin is not None
+        try:
+            if self.password:
+                self.proc.stdin.write(f'requirepass "{self.password}"\n'.encode())
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it exited at once; reported below with its error
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -81,6 +150,8 @@ class RedisServer:
                     err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace")
                     log = (self.data_dir / "redis.log")
                     tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
+                    if "already in use" in (err or tail)[-500:]:
+                        raise _PortTaken()
                     raise IIIError(f"redis-server exited at start (port {self.port}): {err or tail}")
                 try:
                     if client.ping():

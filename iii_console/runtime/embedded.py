@@ -1,64 +1,206 @@
 """The project's embedded Redis: started when no URL is configured, shared by
-every iii-console process of the project through ``.iii/redis.json``."""
+every iii-console process of the project through ``.iii/redis.json``.
+
+Who owns it, and so stops it, is decided under a lock on ``.iii/redis.lock``,
+so two ``iii-console`` started at once never start two servers on one
+append-only file. The server itself holds a second lock (``.iii/redis/owner.lock``,
+inherited) for as long as it runs: whether a redis-server still uses the data
+directory is then a question the kernel answers, whatever ``redis.json`` says.
+
+The owner's death takes the server with it (on Linux, by a parent-death
+signal). Where that does not hold, or the server outlived its owner anyway, the
+next runtime to start adopts it and stops it when it exits.
+
+The server requires a random password (kept in ``redis.json``, readable only by
+its owner), because anyone on the machine can connect to a loopback port.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import signal
+import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import redis
 
+from iii_console.core.errors import IIIError
 from iii_console.core.redis_server import RedisServer
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the redis.json checks alone
+    fcntl = None  # type: ignore[assignment]
 
 
 def _info_path(data_dir: Path) -> Path:
     return data_dir / "redis.json"
 
 
+def _read_info(data_dir: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(_info_path(data_dir).read_text())
+        return info if isinstance(info, dict) and isinstance(info.get("url"), str) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_info(data_dir: Path, info: dict[str, Any]) -> None:
+    """Replace ``redis.json`` atomically, readable by this user only (it holds the password)."""
+    tmp = _info_path(data_dir).with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(info, fh)
+    os.replace(tmp, _info_path(data_dir))
+
+
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2)
+
+
+def _answers(url: str) -> bool:
+    c = _client(url)
+    try:
+        return bool(c.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        c.close()
+
+
 def running_url(data_dir: Path) -> str | None:
     """URL of this project's embedded Redis if one is up (started by another process)."""
-    p = _info_path(data_dir)
+    url = _read_info(data_dir).get("url")
+    return str(url) if url and _answers(url) else None
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
-        info = json.loads(p.read_text())
-        c = redis.Redis.from_url(info["url"], socket_connect_timeout=0.5)
-        try:
-            if c.ping():
-                return str(info["url"])
-        finally:
-            c.close()
-    except (OSError, ValueError, KeyError, redis.RedisError):
-        pass
-    return None
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _flock(path: Path, *, blocking: bool = True) -> Iterator[Any]:
+    """An exclusive flock on ``path``; yields the open file, or ``None`` if not ``blocking`` and held."""
+    fh = open(path, "a")
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                fh.close()
+                yield None
+                return
+        yield fh
+    finally:
+        fh.close()
 
 
 class EmbeddedRedis:
-    """Start a private Redis (AOF on, loopback only) unless the project already has one."""
+    """Start a private Redis (AOF on, loopback only, password) unless the project already has one."""
 
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
         self.server: RedisServer | None = None
+        #: pid of a server this process adopted from a dead owner (not its child).
+        self.adopted_pid: int | None = None
         self.url = ""
 
+    @property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
     def start(self) -> str:
-        existing = running_url(self.data_dir)
-        if existing:
-            self.url = existing
-            return existing
-        self.server = RedisServer(self.data_dir / "redis", appendonly=True).start()
-        self.url = self.server.url
-        _info_path(self.data_dir).write_text(json.dumps({"url": self.url, "pid": os.getpid()}))
+        self.redis_dir.mkdir(parents=True, exist_ok=True)
+        for d in (self.data_dir, self.redis_dir):
+            try:
+                os.chmod(d, 0o700)  # the append-only file holds the project's data
+            except OSError:
+                pass
+        with _flock(self.data_dir / "redis.lock"):
+            return self._start_locked()
+
+    def _start_locked(self) -> str:
+        info = _read_info(self.data_dir)
+        if info.get("url") and _answers(info["url"]):
+            return self._join_or_adopt(info)
+        with _flock(self.redis_dir / "owner.lock", blocking=False) as free:
+            if free is not None:
+                # No redis-server uses the directory: start ours, and hand it the lock.
+                self.server = RedisServer(self.redis_dir, appendonly=True, password=secrets.token_hex(24), die_with_parent=True,
+                                          pass_fds=(free.fileno(),) if fcntl is not None else ()).start()
+                self.url = self.server.url
+                _write_info(self.data_dir, {"url": self.url, "pid": os.getpid(), "redis_pid": self.server.proc.pid})  # type: ignore[union-attr]
+                return self.url
+        # A redis-server holds the directory but is not the one redis.json names, or hangs:
+        # a second server on the same append-only file would corrupt it.
+        where = f" (pid {info['redis_pid']})" if isinstance(info.get("redis_pid"), int) else ""
+        said = "names no server that answers" if info else "is missing"
+        raise IIIError(f"a redis-server{where} still uses {self.redis_dir} (it holds owner.lock there) but "
+                       f"{_info_path(self.data_dir)} {said}; stop that redis-server, or pass --redis URL")
+
+    def _join_or_adopt(self, info: dict[str, Any]) -> str:
+        self.url = info["url"]
+        if _alive(info.get("pid")):
+            return self.url  # another runtime of the project owns it; it stops it
+        # Its owner is gone (killed where no parent-death signal exists, or the server
+        # survived it): this process stops it on exit instead of leaving it forever.
+        c = _client(self.url)
+        try:
+            self.adopted_pid = int(c.info("server")["process_id"])
+        except (redis.RedisError, KeyError, ValueError):
+            return self.url
+        finally:
+            c.close()
+        _write_info(self.data_dir, {**info, "pid": os.getpid(), "redis_pid": self.adopted_pid})
         return self.url
 
     @property
     def owned(self) -> bool:
-        return self.server is not None
+        return self.server is not None or self.adopted_pid is not None
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         if self.server is not None:
             self.server.stop()
+            self.server = None
+        elif self.adopted_pid is not None:
+            self._stop_adopted(self.adopted_pid, timeout)
+            self.adopted_pid = None
+        else:
+            return
+        if _read_info(self.data_dir).get("pid") == os.getpid():
             try:
                 _info_path(self.data_dir).unlink()
             except OSError:
                 pass
-            self.server = None
+
+    def _stop_adopted(self, pid: int, timeout: float) -> None:
+        """SIGTERM (Redis's graceful shutdown) and wait until it is gone; it is not our child."""
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if fcntl is not None:
+                with _flock(self.redis_dir / "owner.lock", blocking=False) as free:
+                    if free is not None:
+                        return
+            elif not _alive(pid):
+                return
+            time.sleep(0.05)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
