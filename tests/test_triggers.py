@@ -12,7 +12,7 @@ import time
 import pytest
 
 from iii_console.core.state import StateStore
-from iii_console.runtime.worker import TRIGGER_GROUP, ensure_trigger_group
+from iii_console.runtime.worker import TRIGGER_GROUP, trim_dispatched_changes, watch_state_triggers
 
 from .helpers import events, make_project, wait_for
 from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
@@ -58,7 +58,7 @@ def test_state_trigger_fires_once_per_matching_change(project, runtime, r, keys)
 
 def test_change_made_while_no_worker_runs_fires_when_one_starts(project, runtime, r, keys):
     cfg, steps = project({"watcher_step.py": WATCHER}, FAST)
-    ensure_trigger_group(r, keys.state_changes)  # what the supervisor does at start
+    watch_state_triggers(r, keys, steps)  # what the supervisor does at start
     StateStore(r, keys).set("jobs", "job-9", {"status": "done"})
     runtime(cfg, steps)
     wait_for(lambda: seen(r, keys) == {"job-9": 1}, what="trigger after start")
@@ -66,7 +66,7 @@ def test_change_made_while_no_worker_runs_fires_when_one_starts(project, runtime
 
 def test_change_read_by_a_dispatcher_that_died_is_claimed_and_fires_once(project, runtime, r, keys):
     cfg, steps = project({"watcher_step.py": WATCHER}, FAST)
-    ensure_trigger_group(r, keys.state_changes)
+    watch_state_triggers(r, keys, steps)
     StateStore(r, keys).set("jobs", "job-7", {"status": "done"})
     # A dispatcher reads the change and dies before acting on it.
     got = r.xreadgroup(TRIGGER_GROUP, "ghost-worker", {keys.state_changes: ">"}, count=10)
@@ -179,3 +179,106 @@ def test_message_that_kills_its_worker_is_dead_lettered_after_bounded_deliveries
     assert starts()["poison"] == 3  # ran on each of its 3 deliveries, never a 4th time
     [entry] = store.list("jobs.dlq")
     assert "delivered 4 times without finishing" in entry.error and entry.trace_id == "tp" and entry.data["k"] == "poison"
+
+
+COUNTER = """
+from iii_console import Step, state
+config = Step(name="Counter", triggers=[state("w")])
+def handler(change, ctx):
+    ctx.state.update("seen", "Counter", [{"type": "increment", "path": change.key}])
+"""
+
+def counted(r, keys) -> dict[str, int]:
+    raw = r.hget(keys.state_group("seen"), "Counter")
+    return json.loads(raw) if raw else {}
+
+
+WRITER = """
+import sys, redis
+from iii_console.core.keys import Keys
+from iii_console.core.state import StateStore
+s = StateStore(redis.Redis.from_url(sys.argv[1]), Keys())
+i = 0
+while True:
+    s.set("w", f"k{i}", {"i": i})
+    i += 1
+"""
+
+
+def test_a_writer_killed_mid_stream_leaves_no_change_without_its_trigger(project, runtime, r, keys, redis_url):
+    """A process writing state as fast as it can is SIGKILLed at an arbitrary
+    moment (between two writes or inside one). Every change that is in the
+    store fires its state step exactly once; none fires that is not there."""
+    cfg, steps = project({"counter_step.py": COUNTER}, FAST)
+    watch_state_triggers(r, keys, steps)  # what the supervisor does at start
+    runtime(cfg, steps)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, redis_url])
+    try:
+        wait_for(lambda: r.hlen(keys.state_group("w")) >= 300, what="the writer writing")
+        writer.send_signal(signal.SIGKILL)
+        assert writer.wait(10) == -signal.SIGKILL
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    written = {k.decode() for k in r.hkeys(keys.state_group("w"))}
+    wait_for(lambda: set(counted(r, keys)) == written, timeout=30, what="every written change's trigger")
+    time.sleep(0.5)  # a late duplicate would show up now
+    assert counted(r, keys) == {k: 1 for k in written}
+
+
+KILLED_AFTER_WRITE = """
+import os, signal
+from iii_console import Step, queue
+config = Step(name="Writer", triggers=[queue("jobs")])
+def handler(data, ctx):
+    ctx.state.set("w", data["k"], {"status": "done"})
+    if os.environ.get("KILL_AFTER_STATE_WRITE"):
+        os.kill(os.getpid(), signal.SIGKILL)  # dies the instant the change is made
+"""
+
+
+def test_a_worker_killed_right_after_its_state_write_still_fires_the_trigger_once(project, producer, r, keys):
+    """The handler's process is SIGKILLed on the line after its state write: it
+    can do nothing more (no dispatch, no ack). Another worker picks up both the
+    trigger and the message; the rerun's identical write is no new change, so
+    the state step runs exactly once."""
+    cfg, steps = project({"writer_step.py": KILLED_AFTER_WRITE, "counter_step.py": COUNTER}, FAST)
+    watch_state_triggers(r, keys, steps)
+    victim = subprocess.Popen([sys.executable, "-m", "iii_console.runtime.worker"], cwd=cfg.project_dir,
+                              env=dict(os.environ, III_CONFIG_JSON=cfg.model_dump_json(), III_WORKER_THREADS="2", KILL_AFTER_STATE_WRITE="1"))
+    survivor = None
+    try:
+        wait_for(lambda: r.hlen(keys.workers) == 1, what="the victim registered")
+        producer(cfg, steps).enqueue("jobs", {"k": "k1"}, trace_id="t-kill")
+        assert victim.wait(30) == -signal.SIGKILL
+        assert StateStore(r, keys).get("w", "k1") == {"status": "done"}  # the change was made before the kill
+        survivor = _spawn_worker(cfg, 1)
+        wait_for(lambda: counted(r, keys) == {"k1": 1}, timeout=30, what="the trigger fired by the survivor")
+        wait_for(lambda: [e for e in events(r, keys, "message.processed") if e.step == "Writer"], timeout=30,
+                 what="the killed message rerun by the survivor")
+        time.sleep(1.0)
+        assert counted(r, keys) == {"k1": 1}
+        changes = [e for e in events(r, keys, "state.changed") if e.data["group"] == "w"]
+        assert len(changes) == 1 and changes[0].trace_id == "t-kill"
+    finally:
+        for p in (victim, survivor):
+            if p and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_trigger_records_are_dropped_once_dispatched_and_kept_until_then(project, runtime, r, keys):
+    """Each record carries the whole old and new value; once dispatched it goes,
+    so large values do not pile up in Redis to the stream's cap. Records not yet
+    read, or read by a dispatcher that died, stay until they are dispatched."""
+    cfg, steps = project({"counter_step.py": COUNTER}, FAST)
+    watch_state_triggers(r, keys, steps)
+    s = StateStore(r, keys)
+    for i in range(40):
+        s.set("w", f"k{i % 4}", {"blob": "x" * 200_000, "i": i})
+    r.xreadgroup(TRIGGER_GROUP, "ghost-worker", {keys.state_changes: ">"}, count=5)  # read, never acknowledged
+    trim_dispatched_changes(r, keys.state_changes)
+    assert r.xlen(keys.state_changes) == 40
+    runtime(cfg, steps)
+    wait_for(lambda: sum(counted(r, keys).values()) == 40, timeout=30, what="all 40 changes dispatched")
+    wait_for(lambda: r.xlen(keys.state_changes) <= 1, timeout=10, what="the dispatched records trimmed")

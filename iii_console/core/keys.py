@@ -36,6 +36,11 @@ class Keys:
         """Stream of state changes read by the trigger dispatcher's consumer group."""
         return f"{self.prefix}state-changes"
 
+    @property
+    def state_watched(self) -> str:
+        """Set of groups some state step watches: only their changes go to ``state_changes``."""
+        return f"{self.prefix}state-watched"
+
     def dlq(self, name: str) -> str:
         """Sorted set of dead-letter entry ids for one named DLQ, scored by last failure."""
         return f"{self.prefix}dlq:{name}"

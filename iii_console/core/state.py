@@ -4,6 +4,10 @@ Every change is a compare-and-set done by ``lua/state_cas.lua``, which in the
 same atomic step appends the change to the ``state-changes`` stream (read by the
 trigger dispatcher through a consumer group, so a trigger fires even if the
 writer dies right after) and a ``state.changed`` event to the event stream.
+Only groups some state step watches (``state-watched``, registered by the
+supervisor and workers at start) get the stream record: it carries the whole
+old and new value, and nothing reads it for other groups. A write that leaves
+the value as it was (same JSON) is no change: no event, no trigger.
 
 Update operations are computed in Python on the value read (exact JSON, no Lua
 JSON quirks) and written only if the value is still what was read; on a race the
@@ -34,6 +38,8 @@ _SCRIPT = resources.files("iii_console.core").joinpath("lua/state_cas.lua").read
 _OPS = ("set", "merge", "increment", "remove")
 MAX_CAS_TRIES = 100
 CHANGES_MAXLEN = 100_000
+#: Keys per HSCAN page when listing a group.
+LIST_PAGE = 1000
 
 
 def _path(path: str | list[str] | None) -> list[str]:
@@ -62,10 +68,10 @@ def apply_ops(value: Any, ops: Iterable[Mapping[str, Any]]) -> Any:
         parent: Any = root
         for p in parts[:-1]:
             nxt = parent.get(p) if isinstance(parent, dict) else None
+            if kind == "remove" and not isinstance(nxt, dict):
+                parent = None  # the path does not exist: nothing to remove
+                break
             if nxt is None:
-                if kind == "remove":
-                    parent = None
-                    break
                 nxt = parent[p] = {}
             if not isinstance(nxt, dict):
                 raise StateError(f"{op.get('path')!r}: {p!r} is not an object")
@@ -107,6 +113,10 @@ def _load(raw: bytes | str | None) -> Any:
     return None if raw is None else json.loads(raw)
 
 
+def _listing(raw: Mapping[Any, Any]) -> dict[str, Any]:
+    return {(k.decode() if isinstance(k, bytes) else k): _load(v) for k, v in sorted(raw.items())}
+
+
 def _text(raw: bytes | str | None) -> str | None:
     return raw.decode() if isinstance(raw, bytes) else raw
 
@@ -136,7 +146,7 @@ class _Base:
             raise StateError("group and key must be non-empty strings")
         new_raw = ABSENT if new is None else _dump(new)
         data = encode_data({"group": group, "key": key, "op": op, "old": _load(old_raw), "new": new})
-        keys = [self.keys.state_group(group), self.keys.state_groups, self.keys.state_changes, self.keys.events]
+        keys = [self.keys.state_group(group), self.keys.state_groups, self.keys.state_changes, self.keys.events, self.keys.state_watched]
         args = [key, ABSENT if old_raw is None else old_raw, new_raw, group, CHANGES_MAXLEN, self.events_maxlen, self.trace_id, now_ms(), data, self.step]
         return keys, args
 
@@ -157,9 +167,19 @@ class StateStore(_Base):
     def get(self, group: str, key: str) -> Any:
         return _load(self.client.hget(self.keys.state_group(group), key))
 
-    def list(self, group: str) -> dict[str, Any]:
-        raw = self.client.hgetall(self.keys.state_group(group))
-        return {(k.decode() if isinstance(k, bytes) else k): _load(v) for k, v in sorted(raw.items())}
+    def list(self, group: str, *, limit: int | None = None) -> dict[str, Any]:
+        """The group's keys and values, sorted by key; with ``limit``, at most that many
+        (some of the group's keys, not necessarily the first ones in order).
+
+        Read with ``HSCAN`` in pages, so a large group does not hold Redis up the
+        way one ``HGETALL`` would, and ``limit`` stops reading early.
+        """
+        raw: dict[Any, Any] = {}
+        for k, v in self.client.hscan_iter(self.keys.state_group(group), count=LIST_PAGE):
+            raw[k] = v
+            if limit is not None and len(raw) >= limit:
+                break
+        return _listing(raw)
 
     def groups(self) -> list[str]:
         return sorted(g.decode() if isinstance(g, bytes) else g for g in self.client.smembers(self.keys.state_groups))
@@ -224,9 +244,13 @@ class AsyncStateStore(_Base):
     async def get(self, group: str, key: str) -> Any:
         return _load(await self.client.hget(self.keys.state_group(group), key))
 
-    async def list(self, group: str) -> dict[str, Any]:
-        raw = await self.client.hgetall(self.keys.state_group(group))
-        return {(k.decode() if isinstance(k, bytes) else k): _load(v) for k, v in sorted(raw.items())}
+    async def list(self, group: str, *, limit: int | None = None) -> dict[str, Any]:
+        raw: dict[Any, Any] = {}
+        async for k, v in self.client.hscan_iter(self.keys.state_group(group), count=LIST_PAGE):
+            raw[k] = v
+            if limit is not None and len(raw) >= limit:
+                break
+        return _listing(raw)
 
     async def groups(self) -> list[str]:
         return sorted(g.decode() if isinstance(g, bytes) else g for g in await self.client.smembers(self.keys.state_groups))

@@ -36,7 +36,7 @@ from iii_console.runtime.embedded import EmbeddedRedis
 from iii_console.runtime.runner import AsyncSide, StepRunner
 from iii_console.runtime.scheduler import Scheduler
 from iii_console.runtime.services import Services, redis_client
-from iii_console.runtime.worker import ensure_trigger_group
+from iii_console.runtime.worker import watch_state_triggers
 
 log = logging.getLogger(__name__)
 ROLES = ("server", "worker", "scheduler")
@@ -160,7 +160,6 @@ class Supervisor:
                 self.services.emitter.emit("step.error", step=err.step, error=str(err),
                                            data={"file": err.file, "line": err.line, "field": err.field, "message": err.message})
             self._publish_registry()
-            ensure_trigger_group(self.services.client, self.services.keys.state_changes)
             if "server" in self.roles:
                 await self._start_server()
             if "scheduler" in self.roles and self.steps.cron_steps():
@@ -188,6 +187,9 @@ class Supervisor:
         for t in sorted(set(self.steps.topics) | {"default"}):
             pipe.hset(k.queues_registry, t, self.config.queue(t).model_dump_json())
         pipe.execute()
+        # Before anything of this version can change state: changes to the groups
+        # its state steps watch are recorded from now on, and fire once a worker runs.
+        watch_state_triggers(c, k, self.steps)
 
     async def _start_server(self) -> None:
         assert self.services is not None

@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 import dramatiq
@@ -39,6 +40,9 @@ from iii_console.runtime.services import Services
 
 log = logging.getLogger(__name__)
 TRIGGER_GROUP = "triggers"
+#: At most this often the dispatcher drops the trigger records it is done with
+#: (the sweep does too, every ``sweep_interval``).
+TRIM_EVERY_S = 1.0
 
 
 def ensure_trigger_group(client: redis.Redis, key: str) -> None:
@@ -52,6 +56,43 @@ def ensure_trigger_group(client: redis.Redis, key: str) -> None:
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+def watch_state_triggers(client: redis.Redis, keys: Any, steps: StepSet) -> None:
+    """Record the groups these steps' state triggers watch, then make sure the consumer group exists.
+
+    Only changes to watched groups are written to the trigger stream (each
+    record holds the whole old and new value). The supervisor calls this when it
+    publishes the steps, at start and on every reload, before anything of the
+    new version can write state; each worker calls it as it starts. Groups are
+    only ever added: another process may still run a version that watches one.
+    """
+    groups = sorted({t.group for step in steps.state_steps() for t in step.of(StateTrigger)})
+    if groups:
+        client.sadd(keys.state_watched, *groups)
+    ensure_trigger_group(client, keys.state_changes)
+
+
+def trim_dispatched_changes(client: redis.Redis, key: str) -> None:
+    """Drop the trigger records every dispatcher is done with.
+
+    The stream is also capped (``CHANGES_MAXLEN``), but its records carry whole
+    values: kept to the cap, large values would fill Redis. What is pending (read
+    by a dispatcher, not acknowledged) or not yet delivered stays.
+    """
+    try:
+        group = next((g for g in client.xinfo_groups(key) if _s(g["name"]) == TRIGGER_GROUP), None)
+    except redis.ResponseError:  # no stream yet
+        return
+    if group is None:
+        return
+    keep_from = _s(client.xpending(key, TRIGGER_GROUP)["min"]) if group["pending"] else _s(group["last-delivered-id"])
+    if keep_from and keep_from != "0-0":
+        client.xtrim(key, minid=keep_from, approximate=False)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else v
 
 
 class WorkerRuntime:
@@ -141,7 +182,7 @@ class WorkerRuntime:
         self._spawn(self._heartbeat_loop, "iii-heartbeat")
         self._spawn(self._sweep_loop, "iii-sweep")
         if self.steps.state_steps():
-            ensure_trigger_group(self.services.client, self.services.keys.state_changes)
+            watch_state_triggers(self.services.client, self.services.keys, self.steps)
             self._spawn(self._dispatch_loop, "iii-state-dispatch")
         self.services.emitter.emit("worker.started", data=self.info())
 
@@ -225,11 +266,15 @@ class WorkerRuntime:
     def _dispatch_loop(self) -> None:
         c = self.services.client
         key = self.services.keys.state_changes
+        trimmed = time.monotonic()
         while not self._stop.is_set():
             got = c.xreadgroup(TRIGGER_GROUP, self.worker_id, {key: ">"}, count=100, block=500)
             for _stream, entries in got or []:
                 for entry_id, fields in entries:
                     self._dispatch(entry_id, fields)
+            if got and time.monotonic() - trimmed >= TRIM_EVERY_S:
+                trim_dispatched_changes(c, key)
+                trimmed = time.monotonic()
 
     def _claim_stale_changes(self) -> int:
         if not self.steps.state_steps():
@@ -246,6 +291,7 @@ class WorkerRuntime:
                 self._dispatch(entry_id, fields)
             else:
                 c.xack(self.services.keys.state_changes, TRIGGER_GROUP, entry_id)
+        trim_dispatched_changes(c, self.services.keys.state_changes)
         return len(entries)
 
     def _dispatch(self, entry_id: Any, fields: dict[Any, Any]) -> None:

@@ -1,6 +1,6 @@
 -- Compare-and-set one state key and record the change, atomically.
 --
--- KEYS: hash, groups_set, changes_stream, events_stream
+-- KEYS: hash, groups_set, changes_stream, events_stream, watched_groups_set
 -- ARGV: field, expected, new, group, changes_maxlen, events_maxlen,
 --       trace_id, ts, event_data, step
 -- expected/new use "\0" for "absent" (expected: key must not exist; new: delete).
@@ -27,9 +27,13 @@ end
 
 local old_json = cur or "null"
 local new_json = (new == ABSENT) and "null" or new
-redis.call("XADD", KEYS[3], "MAXLEN", "~", ARGV[5], "*",
-  "group", ARGV[4], "key", field, "old", old_json, "new", new_json,
-  "trace_id", ARGV[7], "ts", ARGV[8])
+-- The trigger record (full old and new values) only for groups a state step
+-- watches: nothing reads the others, and large values would fill Redis.
+if redis.call("SISMEMBER", KEYS[5], ARGV[4]) == 1 then
+  redis.call("XADD", KEYS[3], "MAXLEN", "~", ARGV[5], "*",
+    "group", ARGV[4], "key", field, "old", old_json, "new", new_json,
+    "trace_id", ARGV[7], "ts", ARGV[8])
+end
 local ev = {"type", "state.changed", "ts", ARGV[8], "data", ARGV[9]}
 if ARGV[7] ~= "" then table.insert(ev, "trace_id"); table.insert(ev, ARGV[7]) end
 if ARGV[10] ~= "" then table.insert(ev, "step"); table.insert(ev, ARGV[10]) end
