@@ -128,6 +128,28 @@ STEPS = {
                 await asyncio.sleep(0.01)
             return {{"ctx": type(ctx).__name__, "ids": await ctx.enqueue("fan.none", {{}})}}
         """,
+    "answer_step.py": """
+        import dataclasses
+        from pydantic import BaseModel
+        from iii_console import Step, http
+
+        class Out(BaseModel):
+            a: int
+
+        @dataclasses.dataclass
+        class Row:
+            b: int
+
+        config = Step(name="Answer", triggers=[http("GET", "/answer/{kind}")])
+
+        def handler(req, ctx):
+            return {
+                "model": Out(a=1),
+                "wrapped": {"status": 201, "body": [Out(a=2), Row(b=3)], "headers": {"x-n": 2}},
+                "object": object(),
+                "status": {"status": "ok"},
+            }[req.path_params["kind"]]
+        """,
     # Broken: must be reported, and must not stop anything above.
     "broken_step.py": """
         config = {"name": "Broken", "triggers": [{"type": "queue", "topic": "t", "colour": "red"}]}
@@ -296,3 +318,19 @@ def test_json_schema_body_is_checked_and_names_each_field(app, rc):
     doc = httpx.get(f"{app.url}/openapi.json").json()
     schema = doc["paths"]["/both/{kind}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert schema["required"] == ["k"]
+
+
+def test_what_a_handler_returns_becomes_the_answer_or_a_reported_500(app, rc):
+    """Given handlers returning a pydantic model, a {status, body, headers} dict with models and dataclasses, an
+    object JSON cannot hold and a bad status, then the first two are sent as JSON and the last two answer 500 with
+    the trace id, each with a step.error on that trace saying what was wrong."""
+    model = httpx.get(f"{app.url}/answer/model")
+    assert (model.status_code, model.json()) == (200, {"a": 1})
+    wrapped = httpx.get(f"{app.url}/answer/wrapped")
+    assert (wrapped.status_code, wrapped.json(), wrapped.headers["x-n"]) == (201, [{"a": 2}, {"b": 3}], "2")
+    for kind, words in (("object", "cannot be sent as JSON"), ("status", "status 'ok': not an HTTP status code")):
+        resp = httpx.get(f"{app.url}/answer/{kind}")
+        assert resp.status_code == 500 and resp.json()["error"] == "handler failed"
+        trace = resp.json()["trace_id"]
+        [err] = wait_for(lambda: [e for e in events(rc, KEYS, "step.error") if e.trace_id == trace], what=f"the {kind} step.error")
+        assert err.step == "Answer" and words in err.error

@@ -19,6 +19,7 @@ from litestar import Litestar, Request, Response, route
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from iii_console.core.context import HttpRequest
 from iii_console.core.errors import user_traceback
@@ -195,7 +196,11 @@ class HttpSteps:
                 emitter.emit("step.error", trace_id=trace_id, step=step.name, error=f"{type(exc).__name__}: {exc}",
                              data={"traceback": user_traceback(exc)[-8000:], "file": step.file})
                 return _problem(500, "handler failed", trace_id=trace_id)
-            return _to_response(out, trace_id)
+            try:
+                return _to_response(out, trace_id)
+            except BadReturn as exc:
+                emitter.emit("step.error", trace_id=trace_id, step=step.name, error=f"handler returned {exc}", data={"file": step.file})
+                return _problem(500, "handler failed", trace_id=trace_id)
 
         endpoint.__name__ = f"{step.name}_{trig.method.lower()}"
         return route(_litestar_path(trig.path), http_method=[trig.method], name=f"{step.name}:{trig.method}:{trig.path}",
@@ -214,12 +219,32 @@ class HttpSteps:
         )
 
 
+class BadReturn(Exception):
+    """A handler's return value that cannot become an HTTP answer."""
+
+
 def _to_response(out: Any, trace_id: str) -> Response[Any]:
+    """``{"status", "body", "headers"}`` or a bare body (200) as a response.
+
+    The body is turned into plain JSON values here (pydantic models, dataclasses, dates
+    and UUIDs included), not when Litestar sends it: a value that cannot be sent then
+    becomes a 500 after the handler ran, with no trace id and no ``step.error``.
+    """
     headers = {"X-Trace-Id": trace_id}
+    status, body = 200, out
     if isinstance(out, dict) and "status" in out and set(out) <= {"status", "body", "headers"}:
-        headers.update(out.get("headers") or {})
-        return Response(out.get("body"), status_code=int(out["status"]), headers=headers)
-    return Response(out, status_code=200, headers=headers)
+        status, body = out["status"], out.get("body")
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            raise BadReturn(f"status {status!r}: not an HTTP status code")
+        extra = out.get("headers") or {}
+        if not isinstance(extra, dict):
+            raise BadReturn(f"headers of type {type(extra).__name__}: not a dict")
+        headers.update({str(k): str(v) for k, v in extra.items()})
+    try:
+        body = to_jsonable_python(body)
+    except PydanticSerializationError as exc:
+        raise BadReturn(f"a body that cannot be sent as JSON: {exc}") from None
+    return Response(body, status_code=status, headers=headers)
 
 
 def _http_exc(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
