@@ -102,6 +102,7 @@ def test_typed_helper_mistakes_name_the_field(build, field, words):
     ({"name": "S", "triggers": [{"type": "queue", "topic": "t", "bogus": 1}]}, ("triggers", 0, "queue", "bogus"), "Extra inputs"),
     ({"name": "S", "triggers": [{"type": "queue", "topic": "t"}], "colour": "red"}, ("colour",), "Extra inputs"),
     ({"triggers": [{"type": "queue", "topic": "t"}]}, ("name",), "Field required"),
+    ({"name": "Send--Mail", "triggers": [{"type": "queue", "topic": "t"}]}, ("name",), "may not contain '--'"),
     ({"name": "S", "triggers": []}, ("triggers",), "at least 1"),
     ({"name": "S", "triggers": [{"type": "queue", "topic": "t"}], "enqueues": ["a b"]}, ("enqueues",), "not a valid topic"),
     ({"name": "S", "triggers": [{"type": "http", "path": "/a"}, {"type": "http", "method": "post", "path": "/a"}]}, (), "duplicate http trigger POST /a"),

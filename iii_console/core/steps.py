@@ -223,6 +223,13 @@ class Step(_Model):
     handler: Callable[..., Any] | None = Field(default=None, exclude=True)
     file: str = ""
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if "--" in v:
+            raise ValueError("may not contain '--': it separates topic, step and priority in queue names")
+        return v
+
     @field_validator("enqueues")
     @classmethod
     def _topics(cls, v: list[str]) -> list[str]:
