@@ -110,11 +110,6 @@ class WorkersConfig(_Section):
     """Seconds SIGTERM waits for in-flight handlers before requeueing them."""
 
 
-class StateConfig(_Section):
-    finished_retention_s: int = Field(default=3600, ge=0)
-    """Used by the seed's cleanup step: finished messages older than this are removed."""
-
-
 class Config(_Section):
     redis: RedisConfig = RedisConfig()
     server: ServerConfig = ServerConfig()
