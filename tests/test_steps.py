@@ -490,3 +490,11 @@ def test_a_json_schema_dict_validates_like_motia_and_names_every_problem():
     with pytest.raises(InvalidInput) as info:
         validate_input(body, {})
     assert info.value.fields == [{"field": "n", "message": '"n" is a required property', "type": "required"}]
+
+
+def test_a_queue_priority_is_not_a_step_setting():
+    """Given a step config with "priority" (priority belongs to queues in iii-config.yaml and to each enqueue), when
+    validated, then it is an unknown field rather than a setting silently ignored."""
+    with pytest.raises(ValidationError) as info:
+        Step.model_validate({"name": "P", "priority": "high", "triggers": [{"type": "queue", "topic": "t"}]})
+    assert first_error(info.value)[0] == ("priority",)

@@ -219,7 +219,6 @@ class Step(_Model):
     enqueues: list[str] = Field(default_factory=list)
     flows: list[str] = Field(default_factory=list)
     description: str = ""
-    priority: Literal["high", "normal", "low"] = "normal"
     handler: Callable[..., Any] | None = Field(default=None, exclude=True)
     file: str = ""
 
