@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 import click
 
-from iii_console.core.config import Config, load_config
+from iii_console.core.config import Config, load_config, redis_url_problem
 from iii_console.core.errors import IIIError, RedisUnavailable
 from iii_console.core.events import EVENT_TYPES, Event
 
@@ -24,8 +25,15 @@ ROLE_CHOICES = ("all", "server", "worker", "scheduler")
 
 
 def _load(config_path: str | None, redis_url: str | None, **overrides: Any) -> Config:
-    cfg = load_config(config_path)
-    return cfg.with_overrides(**{"redis.url": redis_url, **overrides})
+    env = None
+    if redis_url is not None:
+        problem = redis_url_problem(redis_url.strip())
+        if problem:
+            raise click.BadParameter(problem, param_hint="--redis")
+        # The flag wins over the environment, so a bad REDIS_URL it replaces is no error.
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    cfg = load_config(config_path, env=env)
+    return cfg.with_overrides(**{"redis.url": redis_url.strip() if redis_url else redis_url, **overrides})
 
 
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -94,10 +102,47 @@ def cli(ctx: click.Context, no_ui: bool, role: tuple[str, ...], processes: int |
     watch = (not no_ui) if reload is None else reload
     if no_ui or not sys.stdout.isatty():
         render: Callable[[Event], None] = _print_json if no_ui else _print_human
+        _reserve_stdout()
         code = asyncio.run(_run_headless(cfg, roles, processes, threads, render, watch))
     else:
         code = asyncio.run(_run_console(cfg, roles, processes, threads, watch))
     ctx.exit(code)
+
+
+#: Where events are printed: stdout, or a private copy of it once ``_reserve_stdout`` ran.
+_events_out: Any = None
+#: Set when the reader of our stdout went away (``| head``): there is nobody left to print to.
+_stdout_closed = False
+
+
+def _out() -> Any:
+    return _events_out if _events_out is not None else sys.stdout
+
+
+def _reserve_stdout() -> None:
+    """Keep stdout for the event lines alone: anything else written to it goes to stderr.
+
+    A ``print()`` in a step handler, a library that logs to stdout, or a worker
+    process (they inherit the descriptor) would otherwise interleave with the JSON
+    lines and break whatever parses them. Events keep a private duplicate of the
+    original stdout; descriptor 1 then points at stderr.
+    """
+    global _events_out
+    sys.stdout.flush()
+    _events_out = os.fdopen(os.dup(1), "w", encoding="utf-8", errors="replace")
+    os.dup2(2, 1)
+    sys.stdout.reconfigure(line_buffering=True)  # now stderr-bound: shown as it is printed
+
+
+def _stdout_gone() -> None:
+    """Point the event stream at /dev/null, so what is buffered and any later write go nowhere quietly."""
+    global _stdout_closed
+    _stdout_closed = True
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, _out().fileno())
+    finally:
+        os.close(devnull)
 
 
 def _print_json(ev: Event) -> None:
@@ -105,16 +150,16 @@ def _print_json(ev: Event) -> None:
     from iii_console.format import json_line
 
     try:
-        sys.stdout.write(json_line(ev) + "\n")
+        _out().write(json_line(ev) + "\n")
     except BrokenPipeError:
-        pass
+        _stdout_gone()
 
 
 def _flush_stdout() -> None:
     try:
-        sys.stdout.flush()
+        _out().flush()
     except BrokenPipeError:
-        pass
+        _stdout_gone()
 
 
 _print_json.flush = _flush_stdout  # type: ignore[attr-defined]
@@ -126,8 +171,11 @@ def _print_human(ev: Event) -> None:
 
     from iii_console.format import TYPE_STYLE, line
 
-    con = _print_human.__dict__.setdefault("console", Console(highlight=False, soft_wrap=True))
-    con.print(Text(line(ev), style=TYPE_STYLE.get(ev.type, "")))
+    con = _print_human.__dict__.setdefault("console", Console(file=_out(), highlight=False, soft_wrap=True))
+    try:
+        con.print(Text(line(ev), style=TYPE_STYLE.get(ev.type, "")))
+    except BrokenPipeError:
+        _stdout_gone()
 
 
 async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | None, threads: int | None,
@@ -364,8 +412,14 @@ def tail(as_json: bool, types: tuple[str, ...], trace: str | None, history: int,
                     if wanted(ev):
                         render(ev)
             _flush_stdout()
+            if _stdout_closed:
+                return  # `tail | head -5` got its lines
     except KeyboardInterrupt:
         pass
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -379,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.UsageError as e:
+        # click's own rendering is a usage block, a blank line and the error: one line instead.
+        where = e.ctx.command_path if e.ctx is not None else "iii-console"
+        click.echo(f"error: {_one_line(e.format_message())} (see '{where} --help')", err=True)
+        return e.exit_code
     except click.ClickException as e:
         e.show()
         return e.exit_code

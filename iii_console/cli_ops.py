@@ -7,6 +7,7 @@ register on the same click group.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import uuid
 from typing import Any
@@ -82,8 +83,9 @@ def dlq() -> None:
 def dlq_list(queue: str | None, step: str | None, error_text: str | None, since: str | None, as_json: bool,
              config_path: str | None, redis_url: str | None) -> None:
     """List dead letters, newest first."""
+    flt = _filter(queue, step, error_text, since)
     _cfg, client, keys = _client(config_path, redis_url)
-    entries = select(DeadLetterStore(client, keys), _filter(queue, step, error_text, since))
+    entries = select(DeadLetterStore(client, keys), flt)
     if as_json:
         for e in entries:
             click.echo(json.dumps(_entry_json(e)))
@@ -136,8 +138,9 @@ def dlq_replay(entry_ids: tuple[str, ...], replay_all: bool, queue: str | None, 
 
     if bool(entry_ids) == replay_all:
         raise click.UsageError("give ENTRY_ID... or --all (with optional filters), not both and not neither")
+    flt = _filter(queue, step, error_text, since)
     cfg, client, keys = _client(config_path, redis_url)
-    entries = _targets(DeadLetterStore(client, keys), entry_ids, _filter(queue, step, error_text, since))
+    entries = _targets(DeadLetterStore(client, keys), entry_ids, flt)
     if dry_run:
         for e in entries:
             click.echo(json.dumps(_entry_json(e)) if as_json else f"would replay {e.id} ({e.dlq}, {e.step}): {short(e.error, 60)}")
@@ -177,9 +180,10 @@ def dlq_purge(entry_ids: tuple[str, ...], purge_all: bool, queue: str | None, st
     """Delete dead letters for good (ENTRY_ID... or --all with filters)."""
     if bool(entry_ids) == purge_all:
         raise click.UsageError("give ENTRY_ID... or --all (with optional filters), not both and not neither")
+    flt = _filter(queue, step, error_text, since)
     _cfg, client, keys = _client(config_path, redis_url)
     store = DeadLetterStore(client, keys)
-    entries = _targets(store, entry_ids, _filter(queue, step, error_text, since))
+    entries = _targets(store, entry_ids, flt)
     if dry_run:
         for e in entries:
             click.echo(f"would purge {e.id} ({e.dlq}, {e.step}): {short(e.error, 60)}")
@@ -291,13 +295,12 @@ def state_delete(group: str, key: str, config_path: str | None, redis_url: str |
 
 @cli.command("steps")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, envvar="III_CONFIG")
-def steps_cmd(as_json: bool, config_path: str | None) -> None:
-    """List every step with its triggers, what it enqueues and its flows."""
-    from iii_console.core.config import load_config
+@_common
+def steps_cmd(as_json: bool, config_path: str | None, redis_url: str | None) -> None:
+    """List every step with its triggers, what it enqueues and its flows (reads files; Redis is not needed)."""
     from iii_console.core.discovery import discover
 
-    cfg = load_config(config_path)
+    cfg = _load(config_path, redis_url)
     found = discover(cfg.steps_path)
     if as_json:
         click.echo(json.dumps({"steps": [s.describe() for s in found.steps], "errors": [str(e) for e in found.errors]}))
@@ -318,17 +321,22 @@ def config_cmd() -> None:
 
 
 @config_cmd.command("check")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, envvar="III_CONFIG")
-def config_check(config_path: str | None) -> None:
-    """Validate iii-config.yaml and every step file; print each problem with file, line and field."""
-    from iii_console.core.config import load_config
+@_common
+def config_check(config_path: str | None, redis_url: str | None) -> None:
+    """Validate iii-config.yaml and every step file; print each problem with file, line and field.
+
+    Reads files only (a --redis URL is checked for form, not reached).
+    """
     from iii_console.core.discovery import discover
     from iii_console.core.errors import ConfigError
 
     try:
-        cfg = load_config(config_path)
+        cfg = _load(config_path, redis_url)
     except ConfigError as exc:
-        click.echo(str(exc))
+        if config_path is not None and not os.path.exists(config_path):
+            raise  # nothing to check: a usage error, not a finding
+        click.echo(str(exc))  # a problem the check found: the report, like every other
+        click.echo("1 problem in the configuration; steps not checked", err=True)
         sys.exit(2)
     found = discover(cfg.steps_path)
     problems = [str(e) for e in found.errors]

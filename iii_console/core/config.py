@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from iii_console.core.errors import ConfigError
 
@@ -25,11 +25,50 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def redis_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a Redis URL, or ``None``.
+
+    Checked when the configuration is built, so a typo is one clear error naming
+    where the URL came from, not a stack trace from the first connection.
+    """
+    if not url:
+        return None
+    from urllib.parse import urlsplit
+
+    from redis.connection import parse_url
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        got = f"scheme {parts.scheme + '://'!r}" if parts.scheme else "no scheme"
+        shown = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)  # no password in messages
+        return f"{shown!r} has {got}; a Redis URL starts with redis://, rediss:// or unix://"
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        return f"not a valid Redis URL: {exc}"
+    if parts.scheme == "unix":
+        return None if parts.path else "a unix:// URL needs the socket's path (unix:///path/to/redis.sock)"
+    if not parts.hostname:
+        return "the URL has no host (redis://HOST:PORT/DB)"
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        return f"the database in the URL must be a number, not {db!r}"
+    return None
+
+
 class RedisConfig(_Section):
     url: str = ""
     """Redis URL (redis://, rediss://, unix://). Empty: start an embedded Redis under .iii/."""
     prefix: str = Field(default="iii:", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
     """Prefix of every key iii-console writes, so several projects can share one Redis."""
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, v: str) -> str:
+        problem = redis_url_problem(v.strip())
+        if problem:
+            raise ValueError(problem)
+        return v.strip()
 
 
 class ServerConfig(_Section):
@@ -161,7 +200,11 @@ class Config(_Section):
             for p in parents:
                 node = node.setdefault(p, {})
             node[leaf] = v
-        return Config(**data)
+        try:
+            return Config(**data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(_message(err), key=".".join(str(x) for x in err["loc"])) from None
 
 
 def _interpolate(text: str, env: dict[str, str]) -> str:
@@ -198,6 +241,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
     if not p.exists():
         if explicit:
             raise ConfigError("file not found", file=str(p))
+        _check_env_url(env)
         from_env = {"redis": {"url": env["REDIS_URL"]}} if env.get("REDIS_URL") else {}
         return Config(**from_env, project_dir=str(Path.cwd()))
     fname = str(p)
@@ -244,6 +288,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
     if not isinstance(data, dict):
         raise ConfigError("top level must be a mapping", file=fname, line=1)
     if not (data.get("redis") or {}).get("url") and env.get("REDIS_URL"):
+        _check_env_url(env)
         data.setdefault("redis", {})
         if isinstance(data["redis"], dict):
             data["redis"]["url"] = env["REDIS_URL"]
@@ -258,7 +303,17 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
             if loc[:n] in lines:
                 line = lines[loc[:n]]
                 break
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        raise ConfigError(msg, file=fname, line=line, key=key) from None
+        raise ConfigError(_message(err), file=fname, line=line, key=key) from None
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _check_env_url(env: dict[str, str]) -> None:
+    problem = redis_url_problem(env.get("REDIS_URL", "").strip())
+    if problem:
+        raise ConfigError(problem, key="REDIS_URL (environment)")
