@@ -86,6 +86,11 @@ def check_redis(url: str) -> None:
     try:
         c.ping()
     except redis.AuthenticationError as exc:
+        from urllib.parse import urlsplit
+
+        if not urlsplit(url).password:
+            raise RedisUnavailable(f"Redis at {_safe(url)} needs a password: put it in the URL "
+                                   "(redis://:PASSWORD@host:port/0, or redis://USER:PASSWORD@... for an ACL user)") from None
         raise RedisUnavailable(f"Redis at {_safe(url)} refused the credentials: {exc}") from None
     except redis.RedisError as exc:
         raise RedisUnavailable(f"cannot reach Redis at {_safe(url)}: {exc}") from None
