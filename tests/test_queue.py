@@ -449,6 +449,26 @@ def test_failed_retry_write_keeps_the_message_until_redis_accepts_it(project, ru
     assert store.get(mid).attempts == 2
 
 
+def test_a_message_no_actor_can_run_is_dead_lettered_in_its_topics_queue(project, runtime, producer, r, keys):
+    """A well-formed message naming an actor no worker declares (say, written by
+    an older version) cannot run; it goes to the topic's dead-letter queue, and
+    the queue flows on."""
+    from dramatiq.message import Message
+
+    cfg, steps = project({"a_step.py": recorder("A")}, "queues:\n  jobs:\n    dead_letter_queue: jobs.dlq\n")
+    rid = str(uuid.uuid4())
+    stray = Message(queue_name="jobs--A--normal", actor_name="Gone:jobs:normal", args=({"k": "x"},), kwargs={},
+                    options={"topic": "jobs", "trace_id": "t-stray", "redis_message_id": rid})
+    r.hset(f"{keys.dramatiq_namespace}:jobs--A--normal.msgs", rid, stray.encode())
+    r.rpush(f"{keys.dramatiq_namespace}:jobs--A--normal", rid)
+    producer(cfg, steps).enqueue("jobs", {"k": "after"}, trace_id="t")
+    runtime(cfg, steps)
+    store = DeadLetterStore(r, keys)
+    wait_for(lambda: store.count("jobs.dlq") == 1 and runs(r, keys, "A") == {"after": 1}, what="stray dead-lettered, queue flowing")
+    [entry] = store.list("jobs.dlq")
+    assert entry.id == stray.message_id and entry.trace_id == "t-stray" and "Gone:jobs:normal" in entry.error
+
+
 # -- The stock weak spots: one scenario, run on stock Dramatiq and on ours ------
 #
 # Each test below builds either stock Dramatiq (``RedisBroker`` + ``Retries``) or
