@@ -282,3 +282,44 @@ def test_trigger_records_are_dropped_once_dispatched_and_kept_until_then(project
     runtime(cfg, steps)
     wait_for(lambda: sum(counted(r, keys).values()) == 40, timeout=30, what="all 40 changes dispatched")
     wait_for(lambda: r.xlen(keys.state_changes) <= 1, timeout=10, what="the dispatched records trimmed")
+
+
+RETRY_ONCE = """
+from iii_console import Step, queue
+config = Step(name="RetryOnce", triggers=[queue("jobs")])
+def handler(data, ctx):
+    ctx.state.update("seen", "attempts", [{"type": "increment", "path": str(ctx.attempt)}])
+    if ctx.attempt == 1:
+        raise ValueError("first attempt fails")
+"""
+
+
+def test_a_stalled_worker_that_held_a_delayed_retry_does_not_run_it_again_on_waking(project, producer, r, keys):
+    """A worker holds a retry in memory until it is due, and is stopped (SIGSTOP:
+    a long GC pause, a frozen VM). The sweep gives the retry to another worker,
+    which runs it when due. When the stalled worker wakes, its copy is no longer
+    its own: promoting it to the queue must do nothing, or the retry runs twice."""
+    cfg, steps = project({"retry_once_step.py": RETRY_ONCE}, FAST + "queues:\n  jobs:\n    retry_delay: 3000\n")
+    attempts = lambda: json.loads(r.hget(keys.state_group("seen"), "attempts") or "{}")  # noqa: E731
+    ns = keys.dramatiq_namespace
+    stalled = _spawn_worker(cfg, 0)
+    other = None
+    try:
+        wait_for(lambda: r.hlen(keys.workers) == 1, what="the first worker registered")
+        producer(cfg, steps).enqueue("jobs", {"k": "m1"}, trace_id="t")
+        # The retry is in the first worker's hands (its delay-queue in-flight set), waiting for its eta.
+        wait_for(lambda: attempts() == {"1": 1} and any(r.scard(k) for k in r.scan_iter(match=f"{ns}:__acks__.*.DQ")),
+                 what="the retry held by the first worker")
+        stalled.send_signal(signal.SIGSTOP)
+        other = _spawn_worker(cfg, 1)
+        wait_for(lambda: attempts().get("2") == 1, timeout=20, what="the retry run by the other worker")
+        stalled.send_signal(signal.SIGCONT)
+        wait_for(lambda: r.hlen(keys.workers) == 2, timeout=10, what="the stalled worker heartbeating again")
+        time.sleep(1.5)  # its delay-queue thread has woken and handled its (past-due) copy by now
+        assert attempts() == {"1": 1, "2": 1}
+    finally:
+        for p in (stalled, other):
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+                p.wait()

@@ -76,8 +76,17 @@ class IIIBroker(RedisBroker):
         return IIIConsumer
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
-        """Stock enqueue semantics through ``enqueue.lua`` (which also wakes idle consumers)."""
+        """Stock enqueue semantics through ``enqueue.lua`` (which also wakes idle consumers).
+
+        Dramatiq's consumer thread also calls this to move a due delayed message
+        to its queue (a copy that still carries the delayed one's Redis id); that
+        is done by ``promote.lua`` instead, atomically and only if this worker
+        still owns the delayed message.
+        """
         queue_name = message.queue_name
+        held = message.options.get("redis_message_id")
+        if held and delay is None and "eta" not in message.options:
+            return self._promote(message, held)
         message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
         if delay is not None:
             queue_name = dq_name(queue_name)
@@ -91,6 +100,20 @@ class IIIBroker(RedisBroker):
             raise ConnectionClosed(e) from None
         self.emit_after("enqueue", message, delay)
         return message
+
+    def _promote(self, message: Message, held: str) -> Message:
+        new = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+        self.emit_before("enqueue", new, None)
+        try:
+            moved = self.iii_scripts.promote(args=[self.namespace, dq_name(message.queue_name), self.broker_id, held,
+                                                   message.queue_name, new.options["redis_message_id"], new.encode()])
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
+        if moved == 1:
+            self.emit_after("enqueue", new, None)
+        else:
+            log.warning("not promoting delayed message %s: this worker no longer holds it (swept while stalled)", message.message_id)
+        return new
 
     def dead_letter(self, consumer_queue: str, message: Message, entry: DeadLetter) -> int:
         return self.iii_scripts.dead(args=[
