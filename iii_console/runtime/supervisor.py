@@ -285,7 +285,8 @@ class Supervisor:
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
-        env.update(III_CONFIG_JSON=self.config.model_dump_json(), III_WORKER_INDEX=str(index), III_WORKER_THREADS=str(self.threads))
+        env.update(III_CONFIG_JSON=self.config.model_dump_json(), III_WORKER_INDEX=str(index), III_WORKER_THREADS=str(self.threads),
+                   III_SUPERVISOR_PID=str(os.getpid()))
         stderr: Any = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)

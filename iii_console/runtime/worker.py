@@ -327,12 +327,15 @@ def main() -> int:
     threads = int(os.environ.get("III_WORKER_THREADS", config.workers.threads))
     steps = discover(config.steps_path)
     rt = WorkerRuntime(config, steps, threads=threads, index=index)
+    # From the supervisor itself: one that died while we were still importing would
+    # otherwise be mistaken for whoever adopted us.
+    supervisor = int(os.environ.get("III_SUPERVISOR_PID") or os.getppid())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     rt.start()
     while not stop.wait(0.5):
-        if os.getppid() == 1:  # supervisor died without telling us
+        if os.getppid() != supervisor:  # it died without telling us; we were handed to init or a subreaper
             break
     rt.stop()
     return 0
