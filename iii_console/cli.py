@@ -299,6 +299,9 @@ def _progress(count: int, as_json: bool) -> Any:
 def _send_http(cfg: Config, url: str | None, text: str, priority: str | None, count: int, as_json: bool) -> int:
     import httpx
 
+    if url is None and cfg.server.port == 0:
+        raise click.UsageError("server.port is 0 (any free port), so the server's address is not known here: "
+                               "pass --url with the address the running server printed")
     base = (url or f"http://{cfg.server.host}:{cfg.server.port}").rstrip("/")
     body: dict[str, Any] = {"text": text}
     if priority:
