@@ -54,7 +54,7 @@ REQUIRED = {
     "message.retrying": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "error", "data"},
     "message.dead_lettered": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "error", "data"},
     "message.replayed": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
-    "state.changed": {"trace_id", "step", "data"},  # written by the state script, in the same atomic step as the change
+    "state.changed": {"trace_id", "step", "worker", "data"},  # written by the state script, in the same atomic step as the change
     "notification.sent": {"trace_id", "message_id", "step", "worker", "data"},  # emitted here by a state step's run
     "cron.fired": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
     "cron.skipped": {"trace_id", "step", "worker", "data"},
@@ -179,6 +179,11 @@ def test_one_trace_follows_a_message_through_retries_state_and_the_state_step(se
     statuses = [e.data["new"]["status"] for e in related if e.type == "state.changed"]
     assert statuses[0] == "queued" and statuses[-1] == "processed"
     assert {e.step for e in related if e.type == "state.changed"} == {"SendMessage", "ProcessMessage"}
+    # A queue run's state changes name the delivery that made them, like its other events.
+    runs = {e.message_id for e in related if e.type == "message.started" and e.step == "ProcessMessage"}
+    assert {e.message_id for e in related if e.type == "state.changed" and e.step == "ProcessMessage"} == runs
+    [received] = [e for e in related if e.type == "http.received"]
+    assert {e.worker for e in related if e.type == "state.changed" and e.step == "SendMessage"} == {received.worker}
     assert note.trace_id == trace and note.data["message_id"] == mid
     [notify_run] = [e for e in related if e.type == "message.started" and e.step == "NotifyCompletion"]
     assert note.message_id == notify_run.message_id  # the run that sent it

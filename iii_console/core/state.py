@@ -135,11 +135,22 @@ def _outcome(reply: list[Any]) -> tuple[bool, str | None]:
 
 
 class _Base:
-    def __init__(self, keys: Keys, *, trace_id: str = "", step: str = "", events_maxlen: int = 100_000):
+    def __init__(self, keys: Keys, *, trace_id: str = "", step: str = "", message_id: str = "", worker: str = "",
+                 events_maxlen: int = 100_000):
         self.keys = keys
         self.trace_id = trace_id
         self.step = step
+        #: Which run and which process made the change: the ``state.changed`` event is
+        #: written by the script itself (atomically with the change), not by the
+        #: emitter that stamps these on every other event.
+        self.message_id = message_id
+        self.worker = worker
         self.events_maxlen = events_maxlen
+
+    def _bound(self, trace_id: str, step: str, message_id: str | None) -> Any:
+        other = type(self).__new__(type(self))
+        other.__dict__.update(self.__dict__, trace_id=trace_id, step=step, message_id=message_id or "")
+        return other
 
     def _cas_args(self, group: str, key: str, old_raw: str | None, new: Any, op: str) -> tuple[list[str], list[Any]]:
         if not group or not isinstance(group, str) or not isinstance(key, str) or not key:
@@ -147,7 +158,8 @@ class _Base:
         new_raw = ABSENT if new is None else _dump(new)
         data = encode_data({"group": group, "key": key, "op": op, "old": _load(old_raw), "new": new})
         keys = [self.keys.state_group(group), self.keys.state_groups, self.keys.state_changes, self.keys.events, self.keys.state_watched]
-        args = [key, ABSENT if old_raw is None else old_raw, new_raw, group, CHANGES_MAXLEN, self.events_maxlen, self.trace_id, now_ms(), data, self.step]
+        args = [key, ABSENT if old_raw is None else old_raw, new_raw, group, CHANGES_MAXLEN, self.events_maxlen, self.trace_id, now_ms(), data,
+                "step", self.step, "message_id", self.message_id, "worker", self.worker]
         return keys, args
 
 
@@ -159,10 +171,8 @@ class StateStore(_Base):
         self.client = client
         self._cas = client.register_script(_SCRIPT)
 
-    def bind(self, *, trace_id: str = "", step: str = "") -> "StateStore":
-        other = StateStore.__new__(StateStore)
-        other.__dict__.update(self.__dict__, trace_id=trace_id, step=step)
-        return other
+    def bind(self, *, trace_id: str = "", step: str = "", message_id: str | None = None) -> "StateStore":
+        return self._bound(trace_id, step, message_id)
 
     def get(self, group: str, key: str) -> Any:
         return _load(self.client.hget(self.keys.state_group(group), key))
@@ -236,10 +246,8 @@ class AsyncStateStore(_Base):
         #: writes (the server's requests) share round trips.
         self._cas = autopipe.script(_SCRIPT) if autopipe is not None else client.register_script(_SCRIPT)
 
-    def bind(self, *, trace_id: str = "", step: str = "") -> "AsyncStateStore":
-        other = AsyncStateStore.__new__(AsyncStateStore)
-        other.__dict__.update(self.__dict__, trace_id=trace_id, step=step)
-        return other
+    def bind(self, *, trace_id: str = "", step: str = "", message_id: str | None = None) -> "AsyncStateStore":
+        return self._bound(trace_id, step, message_id)
 
     async def get(self, group: str, key: str) -> Any:
         return _load(await self.client.hget(self.keys.state_group(group), key))

@@ -66,7 +66,7 @@ class AsyncSide:
             health_check_interval=15, retry=AsyncRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3))
         self.client = aredis.Redis.from_pool(pool)
         self.autopipe = AutoPipeline(self.client)
-        self.state = AsyncStateStore(self.client, services.keys, events_maxlen=cfg.events.maxlen, autopipe=self.autopipe)
+        self.state = AsyncStateStore(self.client, services.keys, events_maxlen=cfg.events.maxlen, worker=services.name, autopipe=self.autopipe)
         self.producer = AsyncProducer(self.client, services.keys, cfg, subscriptions, services.emitter, autopipe=self.autopipe)
         #: Threads for ``def`` handlers called from this loop. Not the loop's default executor:
         #: that has min(32, CPUs + 4) threads (6 on two cores), so six slow handlers would queue
@@ -81,7 +81,7 @@ class AsyncSide:
 class StepRunner:
     def __init__(self, services: Services, subscriptions: Subscriptions, *, loop_thread: LoopThread | None = None, async_side: AsyncSide | None = None):
         self.services = services
-        self.state = StateStore(services.client, services.keys, events_maxlen=services.config.events.maxlen)
+        self.state = StateStore(services.client, services.keys, events_maxlen=services.config.events.maxlen, worker=services.name)
         self.producer = Producer(services.client, services.keys, services.config, subscriptions, services.emitter)
         self.loop_thread = loop_thread
         self._async = async_side
@@ -101,14 +101,14 @@ class StepRunner:
     def sync_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
                      message_id: str | None = None, max_attempts: int = 1) -> SyncContext:
         return SyncContext(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
-                           message_id=message_id, max_attempts=max_attempts, state=self.state.bind(trace_id=trace_id, step=step.name),
+                           message_id=message_id, max_attempts=max_attempts, state=self.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
                            _enqueue=self.producer.enqueue)
 
     def async_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
                       message_id: str | None = None, max_attempts: int = 1) -> Context:
         side = self.async_side
         return Context(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
-                       message_id=message_id, max_attempts=max_attempts, state=side.state.bind(trace_id=trace_id, step=step.name),
+                       message_id=message_id, max_attempts=max_attempts, state=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
                        _enqueue=side.producer.enqueue)
 
     def call_sync(self, step: Step, input: Any, **ctx_kw: Any) -> Any:

@@ -2,7 +2,8 @@
 --
 -- KEYS: hash, groups_set, changes_stream, events_stream, watched_groups_set
 -- ARGV: field, expected, new, group, changes_maxlen, events_maxlen,
---       trace_id, ts, event_data, step
+--       trace_id, ts, event_data, then name/value pairs of the event's other
+--       fields (step, message_id, worker; an empty value is left out)
 -- expected/new use "\0" for "absent" (expected: key must not exist; new: delete).
 -- Returns {1} when written, {2} when new equals current (no change), and
 -- {0, current} when the current value is not `expected` (current is false when
@@ -36,6 +37,8 @@ if redis.call("SISMEMBER", KEYS[5], ARGV[4]) == 1 then
 end
 local ev = {"type", "state.changed", "ts", ARGV[8], "data", ARGV[9]}
 if ARGV[7] ~= "" then table.insert(ev, "trace_id"); table.insert(ev, ARGV[7]) end
-if ARGV[10] ~= "" then table.insert(ev, "step"); table.insert(ev, ARGV[10]) end
+for i = 10, #ARGV - 1, 2 do
+  if ARGV[i + 1] ~= "" then table.insert(ev, ARGV[i]); table.insert(ev, ARGV[i + 1]) end
+end
 redis.call("XADD", KEYS[4], "MAXLEN", "~", ARGV[6], "*", unpack(ev))
 return {1}
