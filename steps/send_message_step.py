@@ -6,12 +6,16 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from iii_console import Context, HttpRequest, Step, http
 
 
 class MessageIn(BaseModel):
+    # A misspelt field ("txt", "prority") is a 400 naming it, not a silent default;
+    # strict: `true` is not a count and 7 is not a text.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     text: str = Field(min_length=1, max_length=10_000)
     priority: Literal["high", "normal", "low"] = "normal"
     recipient: str | None = Field(default=None, max_length=320)

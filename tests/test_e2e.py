@@ -179,6 +179,8 @@ BAD_REQUESTS = [
     ("null field", {"json": {"text": None}}, 400, '"field":"text"'),
     ("wrong type, second field", {"json": {"text": "x", "fail_times": "many"}}, 400, '"field":"fail_times"'),
     ("not a literal", {"json": {"text": "x", "priority": "urgent"}}, 400, '"field":"priority"'),
+    ("misspelt field", {"json": {"text": "x", "prority": "high"}}, 400, '"field":"prority"'),
+    ("boolean for a count", {"json": {"text": "x", "fail_times": True}}, 400, '"field":"fail_times"'),
     ("NaN", {"content": b'{"text": "x", "fail_times": NaN}', "headers": JSON}, 400, '"field":"fail_times"'),
     ("array instead of object", {"json": [{"text": "x"}]}, 400, '"field":"(body)"'),
     ("null body", {"content": b"null", "headers": JSON}, 400, '"field":"(body)"'),
