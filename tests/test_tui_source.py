@@ -106,3 +106,19 @@ def test_a_partial_snapshot_keeps_the_other_parts(r, keys):
     r.delete(keys.workers)
     second = fetch(r, keys, first, {"registry"})
     assert [w.id for w in second.workers] == ["w1"] and second.polls == 2
+
+
+def test_a_large_state_group_is_read_up_to_the_limit_plus_the_keys_seen_changing(r, keys):
+    """Given a group of 3,000 keys, when the State tab's snapshot is read with a limit of 100 and two recently
+    changed keys, then it holds at most 100 listed keys plus those two, the group's full count, and no HGETALL ran."""
+    pipe = r.pipeline(transaction=False)
+    for i in range(3000):
+        pipe.hset(keys.state_group("big"), f"k{i:04d}", json.dumps({"n": i}))
+    pipe.sadd(keys.state_groups, "big")
+    pipe.execute()
+    r.config_resetstat()
+    snap = fetch(r, keys, Snapshot(), {"state"}, state_group="big", state_limit=100, state_recent=["k2999", "k0007", "gone"])
+    assert snap.state_groups == {"big": 3000}
+    assert 100 <= len(snap.state_values) <= 102
+    assert snap.state_values["k2999"] == {"n": 2999} and snap.state_values["k0007"] == {"n": 7} and "gone" not in snap.state_values
+    assert "cmdstat_hgetall" not in r.info("commandstats")

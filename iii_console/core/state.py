@@ -24,7 +24,7 @@ import random
 import time
 from copy import deepcopy
 from importlib import resources
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import redis
 import redis.asyncio as aredis
@@ -176,6 +176,13 @@ class StateStore(_Base):
 
     def get(self, group: str, key: str) -> Any:
         return _load(self.client.hget(self.keys.state_group(group), key))
+
+    def get_many(self, group: str, keys: Sequence[str]) -> dict[str, Any]:
+        """The values of those ``keys`` that exist, in one round trip."""
+        if not keys:
+            return {}
+        raws = self.client.hmget(self.keys.state_group(group), list(keys))
+        return {k: _load(v) for k, v in zip(keys, raws) if v is not None}
 
     def list(self, group: str, *, limit: int | None = None) -> dict[str, Any]:
         """The group's keys and values, sorted by key; with ``limit``, at most that many

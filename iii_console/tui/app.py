@@ -79,6 +79,10 @@ PANE_CLASSES: dict[str, type[Pane]] = {pid: cls for pid, _, cls in TABS}
 INGEST_CHUNK = 500
 FILTER_DEBOUNCE_S = 0.2
 ANNOUNCED = frozenset({"step.error", "message.dead_lettered"})
+#: A state group is read this many keys at a time (the State tab lists at most that),
+#: plus the keys the console saw change most recently, fetched by name.
+STATE_KEYS = 1000
+STATE_RECENT_KEYS = 200
 
 
 @dataclass
@@ -255,7 +259,12 @@ class ConsoleApp(App[None]):
                 try:
                     if client is None:
                         client = connect(self.redis_url)
-                    snap = fetch(client, self.keys, snap, wants, state_group=self._state_group)
+                    recent: list[str] = []
+                    if "state" in wants and self._state_group:
+                        with self.model_lock:
+                            recent = list(self.model.state_recent(self._state_group))[-STATE_RECENT_KEYS:]
+                    snap = fetch(client, self.keys, snap, wants, state_group=self._state_group,
+                                 state_limit=STATE_KEYS, state_recent=recent)
                 except redis.RedisError:
                     if client is not None:
                         client.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 import redis
 
@@ -223,8 +223,13 @@ PARTS = ("registry", "workers", "queues", "dlq", "dlq_counts", "state", "cron")
 
 
 def fetch(client: redis.Redis, keys: Keys, prev: Snapshot, wants: set[str], *, state_group: str | None = None,
-          dlq_limit: int = 500) -> Snapshot:
-    """A new snapshot with the ``wants`` parts re-read and the rest carried over from ``prev``."""
+          dlq_limit: int = 500, state_limit: int = 1000, state_recent: Sequence[str] = ()) -> Snapshot:
+    """A new snapshot with the ``wants`` parts re-read and the rest carried over from ``prev``.
+
+    A state group is read up to ``state_limit`` keys (a group of a million keys must not
+    be copied into the console every second), plus the ``state_recent`` keys, the ones
+    the console saw change, so what is moving is always on screen.
+    """
     upd: dict[str, Any] = {}
     if "registry" in wants:
         upd["steps"] = {_s(k): _json(v) for k, v in client.hgetall(keys.steps_registry).items()}
@@ -253,7 +258,10 @@ def fetch(client: redis.Redis, keys: Keys, prev: Snapshot, wants: set[str], *, s
         upd["state_groups"] = dict(zip(groups, (int(n) for n in pipe.execute()))) if groups else {}
         group = state_group if state_group in upd["state_groups"] else (groups[0] if groups else None)
         upd["state_group"] = group
-        upd["state_values"] = store_s.list(group) if group else {}
+        values = store_s.list(group, limit=state_limit) if group else {}
+        if group and group == state_group:
+            values.update(store_s.get_many(group, [k for k in state_recent if k not in values]))
+        upd["state_values"] = values
     if "cron" in wants:
         upd["cron"] = _cron(client, keys, steps)
     return replace(prev, **upd, loaded=prev.loaded | (wants & set(PARTS)), polls=prev.polls + 1)

@@ -94,7 +94,9 @@ class StatePane(Pane):
               justify="right"),
             t(summary(self._values[k])),
         )) for k in keys])
-        retitle(table, title=f"Keys in {self._group} ({len(self._values)})" if self._group else "Keys (no state yet)")
+        total = snap.state_groups.get(self._group or "", len(self._values))
+        count = f"{len(keys):,} of {total:,}" if len(keys) < total else f"{total:,}"
+        retitle(table, title=f"Keys in {self._group} ({count})" if self._group else "Keys (no state yet)")
         retitle(table, subtitle="recently changed first" if recent else "")
         self._value(cursor_key(table), force=False)
 
