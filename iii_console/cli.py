@@ -128,10 +128,21 @@ def _reserve_stdout() -> None:
     original stdout; descriptor 1 then points at stderr.
     """
     global _events_out
+    try:
+        os.fstat(1)
+    except OSError:
+        # Started with stdout closed (`>&-`): Python left sys.stdout None, which breaks
+        # libraries that log to it (uvicorn's logging config). Nobody reads events then.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        if devnull != 1:
+            os.dup2(devnull, 1)
+            os.close(devnull)
+        sys.stdout = open(1, "w", closefd=False)
     sys.stdout.flush()
     _events_out = os.fdopen(os.dup(1), "w", encoding="utf-8", errors="replace")
     os.dup2(2, 1)
-    sys.stdout.reconfigure(line_buffering=True)  # now stderr-bound: shown as it is printed
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # now stderr-bound: shown as it is printed
 
 
 def _stdout_gone() -> None:
