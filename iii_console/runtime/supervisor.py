@@ -234,6 +234,9 @@ class Supervisor:
     async def _watch(self) -> None:
         from watchfiles import Change, awatch
 
+        # Its "1 change detected" lines say nothing our config.reloaded event does not.
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
+
         def relevant(_change: Change, path: str) -> bool:
             return path.endswith(".py") and "__pycache__" not in path
 
