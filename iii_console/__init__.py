@@ -7,10 +7,39 @@ The public API a step file uses::
 and, for type hints, what handlers receive: ``HttpRequest``, ``CronTick``,
 ``StateChange`` (inputs) and ``Context`` / ``SyncContext`` (``async def`` / ``def``).
 Everything else is runtime machinery.
+
+The names are imported on first use (PEP 562), so ``import iii_console`` itself
+costs nothing: the command's entry point (:mod:`iii_console.entry`) is then
+running, and can turn a Ctrl+C during the heavy imports into a quiet exit, before
+pydantic and friends load.
 """
 
-from iii_console.core.context import Context, CronTick, HttpRequest, StateChange, SyncContext
-from iii_console.core.steps import Step, cron, http, queue, state
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from iii_console.core.context import Context, CronTick, HttpRequest, StateChange, SyncContext
+    from iii_console.core.steps import Step, cron, http, queue, state
+
+_WHERE = {
+    **dict.fromkeys(("Context", "CronTick", "HttpRequest", "StateChange", "SyncContext"), "iii_console.core.context"),
+    **dict.fromkeys(("Step", "cron", "http", "queue", "state"), "iii_console.core.steps"),
+}
 
 __all__ = ["Context", "CronTick", "HttpRequest", "StateChange", "Step", "SyncContext", "cron", "http", "queue", "state"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'iii_console' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -2,6 +2,6 @@
 
 import sys
 
-from iii_console.cli import main
+from iii_console.entry import main
 
 sys.exit(main())
