@@ -298,7 +298,7 @@ def test_cron_fired_names_the_tick_and_the_message_it_enqueued(schedulers, r, ke
     assert ev.data == {"expression": "* * * * * *", "scheduled_ms": T0 + 1000, "fired_ms": T0 + 1400, "drift_ms": 400}
     assert (ev.step, ev.topic, ev.queue) == ("Ticker", "_cron.Ticker", "_cron--Ticker--normal")
     assert ev.message_id == enq.message_id and ev.trace_id == enq.trace_id != ""
-    assert json.loads(r.get(keys.cron_last("Ticker"))) == {"scheduled_ms": T0 + 1000, "fired_ms": T0 + 1400, "expression": "* * * * * *"}
+    assert json.loads(r.get(keys.cron_last("Ticker", "* * * * * *"))) == {"scheduled_ms": T0 + 1000, "fired_ms": T0 + 1400, "expression": "* * * * * *"}
 
 
 def test_a_restarted_scheduler_fires_the_ticks_it_missed_within_the_grace(schedulers, r, keys):
@@ -383,7 +383,7 @@ def test_a_stalled_scheduler_reports_nothing_its_peer_fired_even_after_the_marke
 
 def test_a_changed_expression_does_not_resume_from_the_old_ones_last_tick(schedulers, r, keys):
     """Given cron-last written under another expression an hour ago, when a scheduler starts, then it starts from now: nothing skipped, nothing fired late."""
-    r.set(keys.cron_last("Ticker"), json.dumps({"scheduled_ms": T0 - 3_600_000, "fired_ms": T0 - 3_600_000, "expression": "0 * * * *"}))
+    r.set(keys.cron_last("Ticker", "0 * * * *"), json.dumps({"scheduled_ms": T0 - 3_600_000, "fired_ms": T0 - 3_600_000, "expression": "0 * * * *"}))
     clock = Clock(T0)
     run_until(schedulers(clock), clock, T0 + 2500)
     schedulers.flush()
@@ -397,12 +397,46 @@ def test_ticks_a_peer_fired_are_never_reported_skipped_even_if_cron_last_lags(sc
     b = schedulers(b_clock)
     b.run_once()  # starts at T0, so its first tick is T0 + 1 s
     run_until(b, b_clock, T0 + 130_000, step_ms=1000)
-    r.set(keys.cron_last("Ticker"), json.dumps({"scheduled_ms": T0, "fired_ms": T0, "expression": "* * * * * *"}))
+    r.set(keys.cron_last("Ticker", "* * * * * *"), json.dumps({"scheduled_ms": T0, "fired_ms": T0, "expression": "* * * * * *"}))
     a = schedulers(Clock(T0 + 130_000))
     a.run_once()
     schedulers.flush()
     assert not events(r, keys, "cron.skipped")
     assert fired(r, keys) == [T0 + i * 1000 for i in range(1, 131)]
+
+
+TWO_TRIGGERS = """
+from iii_console import Step, cron
+config = Step(name="Twice", triggers=[cron("* * * * * *"), cron("*/2 * * * * *")])
+def handler(tick, ctx):
+    pass
+"""
+
+
+def test_each_cron_trigger_of_a_step_fires_its_own_ticks_and_resumes_from_its_own_last_one(tmp_path, redis_url, r, keys):
+    """Given a step with two cron triggers whose ticks coincide every 2 s, when a scheduler runs 10 s, stops for 10 s
+    and another starts, then every tick of each trigger fires once, the shared ones twice (once per trigger)."""
+    from iii_console.adapters.queue.producer import Producer, subscriptions_for
+    from iii_console.core.discovery import discover
+    from iii_console.runtime.scheduler import Scheduler
+    from iii_console.runtime.services import Services
+
+    cfg = make_project(tmp_path, {"twice_step.py": TWO_TRIGGERS}, redis_url=redis_url)
+    steps = discover(cfg.steps_path)
+    clock = Clock(T0)
+    for run in (lambda s: run_until(s, clock, T0 + 10_000), lambda s: s.run_once()):
+        svc = Services.open(cfg, "scheduler")
+        try:
+            run(Scheduler(svc, steps.cron_steps(), Producer(svc.client, svc.keys, cfg, subscriptions_for(steps.steps), svc.emitter),
+                          clock=clock))
+        finally:
+            svc.close()
+        clock.ms = T0 + 20_000  # no scheduler for 10 s: the next one fires those ticks late
+    by_expr = Counter((e.data["expression"], e.data["scheduled_ms"]) for e in events(r, keys, "cron.fired"))
+    assert sorted(t - T0 for (x, t) in by_expr if x == "* * * * * *") == [i * 1000 for i in range(1, 21)]
+    assert sorted(t - T0 for (x, t) in by_expr if x == "*/2 * * * * *") == [i * 1000 for i in range(2, 21, 2)]
+    assert set(by_expr.values()) == {1}
+    assert not events(r, keys, "cron.skipped")
 
 
 # --- real scheduler processes -------------------------------------------------------------------

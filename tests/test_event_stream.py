@@ -88,7 +88,7 @@ def test_every_event_type_reaches_the_stream_with_the_fields_that_apply(seed, r,
     capped and redacted."""
     # The ticker last fired two minutes ago: the scheduler fires what is within the grace and reports the rest skipped.
     two_min_ago = (int(time.time()) - 120) // 2 * 2 * 1000
-    r.set(keys.cron_last("Ticker"), json.dumps({"scheduled_ms": two_min_ago, "fired_ms": two_min_ago, "expression": "*/2 * * * * *"}))
+    r.set(keys.cron_last("Ticker", "*/2 * * * * *"), json.dumps({"scheduled_ms": two_min_ago, "fired_ms": two_min_ago, "expression": "*/2 * * * * *"}))
     t0 = int(time.time() * 1000)
     app = start_cli(seed, "--no-ui", "--reload")
     try:

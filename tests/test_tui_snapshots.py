@@ -90,7 +90,7 @@ def seed(r: redis.Redis, keys: Keys) -> int:
         pipe.hset(keys.state_group("messages"), f"rec{n:05d}", json.dumps(
             {"id": f"rec{n:05d}", "status": status, "priority": "normal", "attempts": 1 + (n == 2) + 2 * (n == 3),
              "text": "boom" if n == 3 else "hello"}, sort_keys=True))
-    pipe.set(keys.cron_last("CleanupMessages"), json.dumps({"scheduled_ms": T0_MS + 480, "fired_ms": T0_MS + 492}))
+    pipe.set(keys.cron_last("CleanupMessages", "*/5 * * * *"), json.dumps({"scheduled_ms": T0_MS + 480, "fired_ms": T0_MS + 492}))
     pipe.execute()
     return len(events)
 

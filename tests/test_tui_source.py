@@ -85,7 +85,7 @@ def test_a_snapshot_reads_registries_workers_queues_dead_letters_state_and_cron(
     r.zadd(keys.dlq("jobs.dlq"), {"d1": T0_MS})
     r.hset(keys.dlq_entries("jobs.dlq"), "d1", entry.encode())
     StateStore(r, keys).set("orders", "o1", {"status": "new"})
-    r.set(keys.cron_last("Tick"), json.dumps({"scheduled_ms": T0_MS, "fired_ms": T0_MS + 7}))
+    r.set(keys.cron_last("Tick", "*/5 * * * *"), json.dumps({"scheduled_ms": T0_MS, "fired_ms": T0_MS + 7}))
 
     snap = fetch(r, keys, Snapshot(), {"registry", "workers", "queues", "dlq", "state", "cron"})
     assert set(snap.steps) == {"Tick", "Proc"} and snap.strategies["jobs"]["max_retries"] == 2

@@ -53,12 +53,17 @@ class Keys:
     def dlq_names(self) -> str:
         return f"{self.prefix}dlq-names"
 
-    def cron_tick(self, step: str, scheduled_ms: int) -> str:
-        """Marker making one cron tick fire once across scheduler processes."""
-        return f"{self.prefix}cron:{step}:{scheduled_ms}"
+    def cron_tick(self, step: str, expression: str, scheduled_ms: int) -> str:
+        """Marker making one tick of one of a step's cron triggers fire once across scheduler processes.
 
-    def cron_last(self, step: str) -> str:
-        return f"{self.prefix}cron-last:{step}"
+        Keyed by the expression too: a step's triggers have ticks of their own, even
+        when two fall on the same time.
+        """
+        return f"{self.prefix}cron:{step}:{expression}:{scheduled_ms}"
+
+    def cron_last(self, step: str, expression: str) -> str:
+        """JSON of the last tick any scheduler fired for this cron trigger of ``step``."""
+        return f"{self.prefix}cron-last:{step}:{expression}"
 
     @property
     def workers(self) -> str:

@@ -4,7 +4,7 @@ Fire times come from ``core/cronexpr.py`` (APScheduler's field parser, cron's
 meaning). APScheduler 3's own executor is not used: it neither tells a job which
 tick it is running for nor coordinates processes. Instead each process computes
 the same schedule and races for the tick with ``enqueue.lua``'s once-key
-(``SET NX PX`` keyed by step and scheduled time) in the same atomic step that
+(``SET NX PX`` keyed by step, expression and scheduled time) in the same atomic step that
 enqueues the cron message, so a tick is enqueued exactly once and never lost
 between "won" and "enqueued". The handler then runs on a worker with the queue's
 retries.
@@ -140,17 +140,18 @@ class Scheduler:
         """
         last = self.last_fired(step, expr)
         if cursor is None and last is None:
-            return now  # nothing fired before (or under another expression): start from here
+            return now  # this trigger never fired before: start from here
         known = max(c for c in (cursor, last) if c is not None)
         return min(now, max(known, now - self.lookback_ms))
 
     def last_fired(self, step: Step, expr: str) -> int | None:
-        raw = self.services.client.get(self.services.keys.cron_last(step.name))
+        """The last tick any scheduler fired for this trigger (``cron-last`` is kept per expression)."""
+        raw = self.services.client.get(self.services.keys.cron_last(step.name, expr))
         try:
             last = json.loads(raw) if raw else {}
         except ValueError:
             return None
-        if last.get("expression", expr) != expr:
+        if not isinstance(last, dict):
             return None
         scheduled = last.get("scheduled_ms")
         return scheduled if isinstance(scheduled, int) else None
@@ -163,7 +164,7 @@ class Scheduler:
         topic = f"{CRON_TOPIC}.{step.name}"
         ids = self.producer.enqueue(
             topic, {"scheduled_ms": scheduled_ms, "fired_ms": now, "expression": expr}, trace_id=trace_id, source="scheduler",
-            once=keys.cron_tick(step.name, scheduled_ms), once_ttl_ms=TICK_MARKER_TTL_MS,
+            once=keys.cron_tick(step.name, expr, scheduled_ms), once_ttl_ms=TICK_MARKER_TTL_MS,
         )
         if ids is None:
             return False
@@ -171,7 +172,7 @@ class Scheduler:
         self.services.emitter.emit("cron.fired", step=step.name, trace_id=trace_id, message_id=ids[0] if ids else None,
                                    topic=topic, queue=queue,
                                    data={"expression": expr, "scheduled_ms": scheduled_ms, "fired_ms": now, "drift_ms": now - scheduled_ms})
-        self.services.client.set(keys.cron_last(step.name),
+        self.services.client.set(keys.cron_last(step.name, expr),
                                  json.dumps({"scheduled_ms": scheduled_ms, "fired_ms": now, "expression": expr}, separators=(",", ":")))
         return True
 
@@ -184,7 +185,7 @@ class Scheduler:
         keys = self.services.keys
         pipe = self.services.client.pipeline(transaction=False)
         for t in ticks:
-            pipe.set(keys.cron_tick(step.name, t), "skipped", nx=True, px=TICK_MARKER_TTL_MS)
+            pipe.set(keys.cron_tick(step.name, expr, t), "skipped", nx=True, px=TICK_MARKER_TTL_MS)
         won = [t for t, ok in zip(ticks, pipe.execute()) if ok]
         if won:
             self.services.emitter.emit("cron.skipped", step=step.name, trace_id=uuid.uuid4().hex, data={

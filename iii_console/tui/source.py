@@ -304,7 +304,7 @@ def cron_specs(steps: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
 
 def _cron(client: redis.Redis, keys: Keys, steps: dict[str, dict[str, Any]]) -> tuple[CronInfo, ...]:
     specs = cron_specs(steps)
-    raws = client.mget([keys.cron_last(step) for step, _ in specs]) if specs else []
+    raws = client.mget([keys.cron_last(step, expr) for step, expr in specs]) if specs else []
     out = []
     for (step, expr), raw in zip(specs, raws):
         last = _json(raw) if raw else {}
