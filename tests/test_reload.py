@@ -92,3 +92,51 @@ async def test_a_reload_retires_the_replaced_apps_depth_gate_and_clients(tmp_pat
         await sup.stop()
     await asyncio.sleep(0)
     assert refreshers() == []
+
+
+def _worker_children() -> list[int]:
+    """Live (not zombie) worker processes whose parent is this test process."""
+    import os
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"iii_console.runtime.worker" in cmdline:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
+async def test_a_worker_the_monitor_is_restarting_when_a_reload_comes_is_replaced_once(tmp_path, redis_url):
+    """Given a worker process that died and whose restart the monitor has scheduled, when a reload replaces the
+    workers before that restart is due, then one worker process runs afterwards, not one the reload started plus
+    one the monitor started over it (the first would run untracked: never drained, never stopped)."""
+    import asyncio
+    import shutil
+    import signal
+
+    from iii_console.core.config import load_config
+    from iii_console.runtime.supervisor import Supervisor
+
+    from .conftest import ROOT
+
+    shutil.copytree(ROOT / "steps", tmp_path / "steps")
+    (tmp_path / "iii-config.yaml").write_text(f"redis:\n  url: {redis_url}\n")
+    sup = Supervisor(load_config(tmp_path / "iii-config.yaml", env={}), roles=("worker",), processes=1)
+    await sup.start()
+    try:
+        [child] = sup.children
+        child.proc.send_signal(signal.SIGKILL)
+        await asyncio.sleep(0.3)  # the monitor (every 0.2 s) has seen it and waits 0.5 s before restarting it
+        assert await sup.reload(["steps/send_message_step.py"])
+        await asyncio.sleep(1.5)  # past the monitor's restart delay
+        assert _worker_children() == [sup.children[0].proc.pid]
+    finally:
+        await sup.stop()
+    assert _worker_children() == []

@@ -111,6 +111,8 @@ class Child:
     proc: subprocess.Popen[bytes]
     started: float = field(default_factory=time.monotonic)
     restarts: int = 0
+    #: Set while a reload replaces the process, so the monitor does not restart it as well.
+    reloading: bool = False
 
 
 class Supervisor:
@@ -277,12 +279,17 @@ class Supervisor:
                 self.scheduler.start()
         for child in self.children:
             # Rolling restart: the old process drains and requeues, then the new code takes over.
-            if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
-                while child.proc.poll() is None:
-                    await asyncio.sleep(0.05)
-            child.proc = self._spawn(child.index)
-            child.started = time.monotonic()
+            child.reloading = True
+            try:
+                old = child.proc
+                if old.poll() is None:
+                    old.send_signal(signal.SIGTERM)
+                    while old.poll() is None:
+                        await asyncio.sleep(0.05)
+                child.proc = self._spawn(child.index)
+                child.started = time.monotonic()
+            finally:
+                child.reloading = False
         emit("config.reloaded", data={"ok": True, "changed": changed or [], "steps": [s.name for s in fresh.steps]})
         return True
 
@@ -320,14 +327,17 @@ class Supervisor:
         assert self.services is not None
         while not self._stopping:
             for child in self.children:
-                code = child.proc.poll()
-                if code is None or self._stopping:
+                proc = child.proc
+                code = proc.poll()
+                if code is None or self._stopping or child.reloading:
                     continue
                 delay = min(RESTART_BACKOFF_MAX_S, 0.5 * (2 ** min(child.restarts, 5))) if time.monotonic() - child.started < 10 else 0.2
-                self.services.emitter.emit("log", data={"level": "error", "message": f"worker process {child.proc.pid} exited with {code}; restarting in {delay:.1f}s"})
+                self.services.emitter.emit("log", data={"level": "error", "message": f"worker process {proc.pid} exited with {code}; restarting in {delay:.1f}s"})
                 await asyncio.sleep(delay)
                 if self._stopping:
                     break
+                if child.proc is not proc or child.reloading:
+                    continue  # a reload has replaced it meanwhile (or is doing so)
                 child.proc = self._spawn(child.index)
                 child.started = time.monotonic()
                 child.restarts += 1
