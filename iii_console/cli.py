@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import click
 
-from iii_console.core.config import Config, load_config, redis_url_problem
+from iii_console.core.config import Config, load_config, redact_url, redis_url_problem
 from iii_console.core.errors import IIIError, RedisUnavailable
 from iii_console.core.events import EVENT_TYPES, Event
 
@@ -202,7 +202,7 @@ async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | No
     if watch:
         sup.watch()
     where = f" on http://{cfg.server.host}:{sup.port}" if sup.port else ""
-    print(f"iii-console: running {', '.join(roles)}{where} with Redis at {_redact_url(sup.config.redis.url)}; "
+    print(f"iii-console: running {', '.join(roles)}{where} with Redis at {redact_url(sup.config.redis.url)}; "
           f"{len(sup.steps.steps)} steps, {len(sup.steps.errors)} errors. Ctrl+C to stop.", file=sys.stderr)
     for err in sup.steps.errors:
         print(f"step error: {err}", file=sys.stderr)
@@ -241,12 +241,6 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     finally:
         await sup.stop()
     return 0
-
-
-def _redact_url(url: str) -> str:
-    from iii_console.runtime.supervisor import _safe
-
-    return _safe(url)
 
 
 # -- attach -------------------------------------------------------------------

@@ -25,6 +25,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def redact_url(url: str) -> str:
+    """``url`` without its password, for messages and the screen."""
+    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
+
+
 def redis_url_problem(url: str) -> str | None:
     """Why ``url`` cannot be a Redis URL, or ``None``.
 
@@ -40,8 +45,7 @@ def redis_url_problem(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         got = f"scheme {parts.scheme + '://'!r}" if parts.scheme else "no scheme"
-        shown = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)  # no password in messages
-        return f"{shown!r} has {got}; a Redis URL starts with redis://, rediss:// or unix://"
+        return f"{redact_url(url)!r} has {got}; a Redis URL starts with redis://, rediss:// or unix://"
     try:
         parse_url(url)
     except ValueError as exc:

@@ -28,7 +28,7 @@ import uvicorn
 
 from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.adapters.server import create_app
-from iii_console.core.config import Config
+from iii_console.core.config import Config, redact_url
 from iii_console.core.discovery import StepSet, discover
 from iii_console.core.errors import ConfigError, IIIError, RedisUnavailable
 from iii_console.core.events import Event
@@ -89,20 +89,13 @@ def check_redis(url: str) -> None:
         from urllib.parse import urlsplit
 
         if not urlsplit(url).password:
-            raise RedisUnavailable(f"Redis at {_safe(url)} needs a password: put it in the URL "
+            raise RedisUnavailable(f"Redis at {redact_url(url)} needs a password: put it in the URL "
                                    "(redis://:PASSWORD@host:port/0, or redis://USER:PASSWORD@... for an ACL user)") from None
-        raise RedisUnavailable(f"Redis at {_safe(url)} refused the credentials: {exc}") from None
+        raise RedisUnavailable(f"Redis at {redact_url(url)} refused the credentials: {exc}") from None
     except redis.RedisError as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {_safe(url)}: {exc}") from None
+        raise RedisUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
     finally:
         c.close()
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    import re
-
-    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
 
 
 @dataclass

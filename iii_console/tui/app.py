@@ -41,6 +41,7 @@ from textual.widgets import Input, Static, TabbedContent, TabPane
 from textual.widgets._tabbed_content import ContentTabs
 from textual.worker import Worker, WorkerState
 
+from iii_console.core.config import redact_url
 from iii_console.core.dlq import DeadLetter
 from iii_console.core.errors import IIIError, StateError
 from iii_console.core.events import Event
@@ -129,7 +130,7 @@ class ConsoleApp(App[None]):
         self.title = title
         self.redis_url = redis_url
         #: Where the console reads from, as shown in the status bar (no password).
-        self.where = f"{_redact(redis_url)} {keys.prefix}"
+        self.where = f"{redact_url(redis_url)} {keys.prefix}"
         self.keys = keys
         self.server_url = server_url.rstrip("/") if server_url else None
         self.read_only = read_only
@@ -736,12 +737,6 @@ def _settle_gc() -> None:
 def _short_error(exc: BaseException) -> str:
     text = (str(exc) or type(exc).__name__).rstrip(".")
     return text if len(text) <= 60 else text[:59] + "…"
-
-
-def _redact(url: str) -> str:
-    import re
-
-    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
 
 
 def create_app(*, redis_url: str, prefix: str = "iii:", server_url: str | None = None, read_only: bool = False,
