@@ -64,6 +64,19 @@ def test_change_made_while_no_worker_runs_fires_when_one_starts(project, runtime
     wait_for(lambda: seen(r, keys) == {"job-9": 1}, what="trigger after start")
 
 
+def test_state_triggers_resume_after_redis_loses_its_data(project, runtime, r, keys):
+    """Given a running worker with a state step, when Redis loses everything (a restart without persistence, a
+    flush), then the worker registers its watched group and consumer group again, and a later change fires."""
+    cfg, steps = project({"watcher_step.py": WATCHER}, FAST)
+    runtime(cfg, steps)
+    StateStore(r, keys).set("jobs", "job-1", {"status": "done"})
+    wait_for(lambda: seen(r, keys) == {"job-1": 1}, what="the trigger before the loss")
+    r.flushall()
+    wait_for(lambda: r.sismember(keys.state_watched, "jobs"), timeout=10, what="the watched group registered again")
+    StateStore(r, keys).set("jobs", "job-2", {"status": "done"})
+    wait_for(lambda: seen(r, keys) == {"job-2": 1}, timeout=10, what="the trigger after the loss")
+
+
 def test_change_read_by_a_dispatcher_that_died_is_claimed_and_fires_once(project, runtime, r, keys):
     cfg, steps = project({"watcher_step.py": WATCHER}, FAST)
     watch_state_triggers(r, keys, steps)

@@ -64,8 +64,9 @@ def watch_state_triggers(client: redis.Redis, keys: Any, steps: StepSet) -> None
     Only changes to watched groups are written to the trigger stream (each
     record holds the whole old and new value). The supervisor calls this when it
     publishes the steps, at start and on every reload, before anything of the
-    new version can write state; each worker calls it as it starts. Groups are
-    only ever added: another process may still run a version that watches one.
+    new version can write state; each worker with state steps calls it as it
+    starts and on every sweep (Redis may have lost its data). Groups are only
+    ever added: another process may still run a version that watches one.
     """
     groups = sorted({t.group for step in steps.state_steps() for t in step.of(StateTrigger)})
     if groups:
@@ -268,7 +269,14 @@ class WorkerRuntime:
         key = self.services.keys.state_changes
         trimmed = time.monotonic()
         while not self._stop.is_set():
-            got = c.xreadgroup(TRIGGER_GROUP, self.worker_id, {key: ">"}, count=100, block=500)
+            try:
+                got = c.xreadgroup(TRIGGER_GROUP, self.worker_id, {key: ">"}, count=100, block=500)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis lost its data (a restart without persistence, a flush): register again.
+                watch_state_triggers(c, self.services.keys, self.steps)
+                continue
             for _stream, entries in got or []:
                 for entry_id, fields in entries:
                     self._dispatch(entry_id, fields)
@@ -280,6 +288,9 @@ class WorkerRuntime:
         if not self.steps.state_steps():
             return 0
         c = self.services.client
+        # Registered at start, and again here: if Redis lost the watched set (a restart
+        # without persistence, a flush), no trigger record would be written again.
+        watch_state_triggers(c, self.services.keys, self.steps)
         min_idle = int(self.config.workers.heartbeat_timeout * 1000)
         try:
             res = c.xautoclaim(self.services.keys.state_changes, TRIGGER_GROUP, self.worker_id, min_idle_time=min_idle, start_id="0-0", count=100)
