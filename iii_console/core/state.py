@@ -5,9 +5,10 @@ same atomic step appends the change to the ``state-changes`` stream (read by the
 trigger dispatcher through a consumer group, so a trigger fires even if the
 writer dies right after) and a ``state.changed`` event to the event stream.
 Only groups some state step watches (``state-watched``, registered by the
-supervisor and workers at start) get the stream record: it carries the whole
-old and new value, and nothing reads it for other groups. A write that leaves
-the value as it was (same JSON) is no change: no event, no trigger.
+supervisor at start and on reload, and by workers at start and on every sweep)
+get the stream record: it carries the whole old and new value, and nothing
+reads it for other groups. A write that leaves the value as it was (same JSON)
+is no change: no event, no trigger.
 
 Update operations are computed in Python on the value read (exact JSON, no Lua
 JSON quirks) and written only if the value is still what was read; on a race the
