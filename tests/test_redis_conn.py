@@ -291,13 +291,23 @@ def test_a_redis_whose_owner_died_is_adopted_and_stopped_by_the_next_run(tmp_pat
     url = owner.stdout.readline().strip()
     owner.kill()
     owner.wait()
-    assert _ping(url)  # left running, owner gone
-    proc, joined = _start_embedded(project, "--role", "worker")
-    assert joined == url
-    assert json.loads((project / ".iii" / "redis.json").read_text())["pid"] == proc.pid
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 0
-    assert not _ping(url)
+    orphan_pid = int(redis.Redis.from_url(url).info("server")["process_id"])
+    proc = None
+    try:
+        assert _ping(url)  # left running, owner gone
+        proc, joined = _start_embedded(project, "--role", "worker")
+        assert joined == url
+        assert json.loads((project / ".iii" / "redis.json").read_text())["pid"] == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert not _ping(url)
+    finally:
+        # Nothing else would ever stop these if an assertion above failed.
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if _ping(url):
+            os.kill(orphan_pid, signal.SIGKILL)
     assert not (project / ".iii" / "redis.json").exists()
     wait_for(lambda: _owner_lock_free(project), what="the adopted server to be gone")
 
