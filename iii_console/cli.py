@@ -251,15 +251,12 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
 @click.option("--server-url", default=None, metavar="URL", help="Server to post test messages to (with --read-write).")
 @_common
 def attach(read_only: bool, server_url: str | None, config_path: str | None, redis_url: str | None) -> None:
-    """Open the console on a deployment that runs elsewhere; starts nothing."""
-    from iii_console.runtime.supervisor import check_redis
+    """Open the console on a deployment that runs elsewhere, or on this project's running one; starts nothing."""
     from iii_console.tui.app import create_app
 
     cfg = _load(config_path, redis_url)
-    if not cfg.redis.url:
-        raise click.UsageError("attach needs --redis URL (or REDIS_URL / redis.url)")
-    check_redis(cfg.redis.url)
-    create_app(redis_url=cfg.redis.url, prefix=cfg.redis.prefix, server_url=None if read_only else server_url,
+    url = _existing_redis(cfg)
+    create_app(redis_url=url, prefix=cfg.redis.prefix, server_url=None if read_only else server_url,
                read_only=read_only, title="iii-console (attached)", events_maxlen=cfg.events.maxlen).run()
 
 

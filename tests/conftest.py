@@ -13,6 +13,11 @@ from iii_console.core.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# REDIS_URL overrides a project's redis.url, so a developer's own would send the
+# commands the tests start to their Redis instead of the test's.
+for _var in ("REDIS_URL", "III_CONFIG"):
+    os.environ.pop(_var, None)
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory):

@@ -66,6 +66,7 @@ CASES = [
     (["send", "--topic", "message.sent", "--data", "{}", "--redis", UNREACHABLE], {}, 3, "cannot reach Redis"),
     (["tail", "--redis", UNREACHABLE], {}, 3, "cannot reach Redis"),
     (["attach", "--redis", UNREACHABLE], {}, 3, "cannot reach Redis"),
+    (["attach"], {}, 3, "start `iii-console` in this project first, or pass --redis URL"),
     (["dlq", "list", "--redis", UNREACHABLE], {}, 3, "cannot reach Redis"),
     (["state", "groups", "--redis", UNREACHABLE], {}, 3, "cannot reach Redis"),
     (["tail"], {"REDIS_URL": UNREACHABLE}, 3, "cannot reach Redis"),

@@ -215,10 +215,12 @@ def test_redis_url_env_fills_an_empty_url(tmp_path, text):
     assert cfg.redis.url == "redis://h:1/3"
 
 
-def test_url_in_file_wins_over_redis_url_env(tmp_path):
-    """Given redis.url written in the file, when REDIS_URL is also set, then the file's URL is kept."""
-    cfg = load_config(write(tmp_path, "redis:\n  url: redis://file:1/0\n"), env={"REDIS_URL": "redis://env:2/0"})
-    assert cfg.redis.url == "redis://file:1/0"
+def test_redis_url_env_wins_over_a_url_in_the_file(tmp_path):
+    """Given redis.url written in the file, when REDIS_URL is also set, then REDIS_URL is used (environment over file),
+    and without it the file's URL is."""
+    path = write(tmp_path, "redis:\n  url: redis://file:1/0\n")
+    assert load_config(path, env={"REDIS_URL": "redis://env:2/0"}).redis.url == "redis://env:2/0"
+    assert load_config(path, env={}).redis.url == "redis://file:1/0"
 
 
 def test_load_config_does_not_read_os_environ_when_env_is_given(tmp_path, monkeypatch):

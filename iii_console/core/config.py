@@ -291,7 +291,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("top level must be a mapping", file=fname, line=1)
-    if not (data.get("redis") or {}).get("url") and env.get("REDIS_URL"):
+    if env.get("REDIS_URL"):  # the environment over the file: the same file serves dev and each deployment
         _check_env_url(env)
         data.setdefault("redis", {})
         if isinstance(data["redis"], dict):
