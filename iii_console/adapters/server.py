@@ -101,11 +101,12 @@ class DepthGate:
         #: topic -> requests let through since the depths were last read
         self.admitted: dict[str, int] = {}
         self._task: Any = None
+        self._closed = False
 
     def over(self, topics: list[str]) -> str | None:
         if not self.limit:
             return None
-        if self._task is None:
+        if self._task is None and not self._closed:  # a request still on a retired app must not restart it
             import asyncio
 
             self._task = asyncio.get_running_loop().create_task(self._refresh())
@@ -116,19 +117,26 @@ class DepthGate:
         return full
 
     async def aclose(self) -> None:
-        """Stop the refresh task (before the Redis client it uses is closed)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except BaseException:  # cancelled, or it had already failed
-                pass
-            self._task = None
+        """Stop the refresh task (before the Redis client it uses is closed).
+
+        A cancellation that lands inside a redis-py call can be absorbed by its
+        connection cleanup, so the loop also checks ``_closed`` and the cancel is
+        repeated until the task has ended.
+        """
+        import asyncio
+
+        self._closed = True
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.debug("queue depth refresher ended with %r", task.exception())
 
     async def _refresh(self) -> None:
         import asyncio
 
-        while True:
+        while not self._closed:
             try:
                 client = self.runner.async_side.client
                 counted = dict(self.admitted)  # what the LLENs below will include (or nearly)
