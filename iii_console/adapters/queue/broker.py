@@ -4,7 +4,7 @@
   dead-letter store and acked, and the rest of the fetched batch flows on
   (stock Dramatiq raises out of the consumer and strands the batch).
 - **Retry and dead-letter are atomic transitions done at ack time**
-  (``retry.lua``, ``dead.lua``): the new delayed copy or the DLQ entry is
+  (``move.lua``, ``dead.lua``): the new delayed copy or the DLQ entry is
   written before the in-flight message is released, in one script. If Redis is
   away the ack raises :class:`ConnectionClosed` and Dramatiq's own post-process
   loop retries it until Redis is back, so a retry is never lost (stock Retries
@@ -80,8 +80,8 @@ class IIIBroker(RedisBroker):
 
         Dramatiq's consumer thread also calls this to move a due delayed message
         to its queue (a copy that still carries the delayed one's Redis id); that
-        is done by ``promote.lua`` instead, atomically and only if this worker
-        still owns the delayed message.
+        is done by ``move.lua`` instead (the script that also writes retries),
+        atomically and only if this worker still owns the delayed message.
         """
         queue_name = message.queue_name
         held = message.options.get("redis_message_id")
@@ -105,7 +105,7 @@ class IIIBroker(RedisBroker):
         new = message.copy(options={"redis_message_id": str(uuid.uuid4())})
         self.emit_before("enqueue", new, None)
         try:
-            moved = self.iii_scripts.promote(args=[self.namespace, dq_name(message.queue_name), self.broker_id, held,
+            moved = self.iii_scripts.move(args=[self.namespace, dq_name(message.queue_name), self.broker_id, held,
                                                    message.queue_name, new.options["redis_message_id"], new.encode()])
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
@@ -214,7 +214,7 @@ class IIIConsumer(Consumer):
         options.update(redis_message_id=str(uuid.uuid4()), eta=now_ms() + delay_ms)
         new = Message(queue_name=dq_name(base), actor_name=message.actor_name, args=message.args, kwargs=message.kwargs,
                       options=options, message_id=message.message_id, message_timestamp=message.message_timestamp)
-        self.broker.iii_scripts.retry(args=[
+        self.broker.iii_scripts.move(args=[
             self.broker.namespace, self.queue_name, self.broker.broker_id, message.options["redis_message_id"],
             dq_name(base), options["redis_message_id"], new.encode(),
         ])

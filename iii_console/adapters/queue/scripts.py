@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-_NAMES = ("enqueue", "fetch", "retry", "dead", "heartbeat", "sweep", "requeue_dead", "ack", "promote")
+_NAMES = ("enqueue", "fetch", "move", "dead", "heartbeat", "sweep", "requeue_dead", "ack")
 SOURCES = {n: resources.files(__package__).joinpath(f"lua/{n}.lua").read_text() for n in _NAMES}
 
 
