@@ -7,6 +7,12 @@ deployment read-only and lets two projects share one Redis with different prefix
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+
+def as_str(v: Any) -> str:
+    """A key, member or stream id read back from Redis (bytes: our clients do not decode) as text."""
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from iii_console.core.config import Config
 from iii_console.core.context import CronTick, StateChange
 from iii_console.core.discovery import StepSet, discover
 from iii_console.core.events import now_ms
+from iii_console.core.keys import as_str
 from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step, validate_input
 from iii_console.runtime.runner import LoopThread, StepRunner
 from iii_console.runtime.services import Services
@@ -82,18 +83,15 @@ def trim_dispatched_changes(client: redis.Redis, key: str) -> None:
     by a dispatcher, not acknowledged) or not yet delivered stays.
     """
     try:
-        group = next((g for g in client.xinfo_groups(key) if _s(g["name"]) == TRIGGER_GROUP), None)
+        group = next((g for g in client.xinfo_groups(key) if as_str(g["name"]) == TRIGGER_GROUP), None)
     except redis.ResponseError:  # no stream yet
         return
     if group is None:
         return
-    keep_from = _s(client.xpending(key, TRIGGER_GROUP)["min"]) if group["pending"] else _s(group["last-delivered-id"])
+    keep_from = as_str(client.xpending(key, TRIGGER_GROUP)["min"]) if group["pending"] else as_str(group["last-delivered-id"])
     if keep_from and keep_from != "0-0":
         client.xtrim(key, minid=keep_from, approximate=False)
 
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 class WorkerRuntime:

@@ -16,7 +16,7 @@ import redis
 from iii_console.core.dlq import DeadLetter, DeadLetterStore
 from iii_console.core.errors import DecodeError
 from iii_console.core.events import Event
-from iii_console.core.keys import Keys
+from iii_console.core.keys import Keys, as_str
 from iii_console.core.queues import QueueStat, queue_stats
 from iii_console.core.state import StateStore
 
@@ -46,9 +46,6 @@ def connect_stream(url: str) -> redis.Redis:
     return client
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
 
 class StreamTail:
     """Reads the event stream in order from the last id it saw.
@@ -73,7 +70,7 @@ class StreamTail:
         if self.last_id is None:
             past = client.xrevrange(self.key, count=self.history) if self.history else []
             newest = client.xrevrange(self.key, count=1) if not past else past[:1]
-            self.last_id = _s(newest[0][0]) if newest else "0-0"
+            self.last_id = as_str(newest[0][0]) if newest else "0-0"
             out = self._decode(reversed(past))
             self.history_count = len(out)
             return out
@@ -85,7 +82,7 @@ class StreamTail:
         else:
             entries = got[0][1]
         if entries:
-            self.last_id = _s(entries[-1][0])
+            self.last_id = as_str(entries[-1][0])
         return self._decode(entries)
 
     def resync(self, client: redis.Redis) -> None:
@@ -94,7 +91,7 @@ class StreamTail:
         if self.last_id in (None, "0-0"):
             return
         newest = client.xrevrange(self.key, count=1)
-        if not newest or _id(_s(newest[0][0])) < _id(self.last_id):
+        if not newest or _id(as_str(newest[0][0])) < _id(self.last_id):
             self.last_id = "0-0"
 
     def _decode(self, entries: Any) -> list[Event]:
@@ -164,13 +161,13 @@ def find_trace(client: redis.Redis, key: str, trace_id: str, *, scan: int = 50_0
             break
         for entry_id, fields in entries:
             raw = fields.get(b"trace_id") or fields.get("trace_id")
-            if raw is not None and _s(raw) == trace_id:
+            if raw is not None and as_str(raw) == trace_id:
                 try:
                     out.append(Event.decode(entry_id, fields))
                 except DecodeError:
                     pass
         seen += len(entries)
-        last = _s(entries[-1][0])
+        last = as_str(entries[-1][0])
         ms, _, sq = last.partition("-")
         end = f"{ms}-{int(sq) - 1}" if int(sq) > 0 else f"{int(ms) - 1}"
         if len(entries) < chunk:
@@ -232,8 +229,8 @@ def fetch(client: redis.Redis, keys: Keys, prev: Snapshot, wants: set[str], *, s
     """
     upd: dict[str, Any] = {}
     if "registry" in wants:
-        upd["steps"] = {_s(k): _json(v) for k, v in client.hgetall(keys.steps_registry).items()}
-        upd["strategies"] = {_s(k): _json(v) for k, v in client.hgetall(keys.queues_registry).items()}
+        upd["steps"] = {as_str(k): _json(v) for k, v in client.hgetall(keys.steps_registry).items()}
+        upd["strategies"] = {as_str(k): _json(v) for k, v in client.hgetall(keys.queues_registry).items()}
     steps = upd.get("steps", prev.steps)
     if "workers" in wants:
         upd["workers"] = _workers(client, keys)
@@ -277,10 +274,10 @@ def _json(raw: Any) -> dict[str, Any]:
 
 def _workers(client: redis.Redis, keys: Keys) -> tuple[WorkerInfo, ...]:
     infos = client.hgetall(keys.workers)
-    beats = {_s(k): int(v) for k, v in client.zrange(keys.worker_heartbeats, 0, -1, withscores=True)}
+    beats = {as_str(k): int(v) for k, v in client.zrange(keys.worker_heartbeats, 0, -1, withscores=True)}
     out = []
     for raw_id, raw in infos.items():
-        wid = _s(raw_id)
+        wid = as_str(raw_id)
         d = _json(raw)
         queues = d.get("queues") if isinstance(d.get("queues"), dict) else {}
         out.append(WorkerInfo(

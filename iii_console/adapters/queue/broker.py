@@ -42,7 +42,7 @@ from iii_console.adapters.queue.scripts import Scripts
 from iii_console.core.dlq import DeadLetter
 from iii_console.core.errors import user_traceback
 from iii_console.core.events import now_ms
-from iii_console.core.keys import Keys
+from iii_console.core.keys import Keys, as_str
 from iii_console.core.steps import PRIORITIES
 
 log = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ class IIIConsumer(Consumer):
                 if flat == -1:  # a higher-priority backlog goes first
                     time.sleep(YIELD_POLL_S)
                     return None
-                self.cache = [(_s(flat[i]), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+                self.cache = [(as_str(flat[i]), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
                 if self.cache:
                     continue
                 # Idle: wait for a wake token, then let the consumer thread run
@@ -371,9 +371,6 @@ def describe(exc: BaseException) -> str:
         text = "<str() of the exception failed>"
     return f"{type(exc).__name__}: {text}"
 
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 def dead_letter_entry(message: Any, *, dlq: str, error: str, traceback: str, attempts: int) -> DeadLetter:
