@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 _EVENTS_ADD = resources.files("iii_console.core").joinpath("lua/events_add.lua").read_text()
 
 
-#: Errors that clear by themselves (Redis away, loading, out of memory, failing
-#: over, scripts flushed): the batch waits for them instead of being dropped.
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
-              redis.exceptions.NoScriptError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+#: Errors that clear by themselves (Redis away, loading, failing over, scripts
+#: flushed): the batch waits for them instead of being dropped. Full or read-only
+#: is told by :func:`redis_refuses_writes`, which also knows Redis 6's wording.
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoScriptError, redis.exceptions.TryAgainError,
+              redis.exceptions.ClusterDownError)
 
 #: Longest an idle flusher sleeps without a wake-up (a safety net, not a poll).
 IDLE_WAIT_S = 1.0
