@@ -8,6 +8,7 @@ mistake is reported the same way: file, step, field.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from typing import Annotated, Any, Callable, Literal, Union
 
@@ -70,8 +71,8 @@ class JsonSchema:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, JsonSchema) and other.schema == self.schema
 
-    def __hash__(self) -> int:
-        return id(self)
+    def __hash__(self) -> int:  # equal schemas hash alike, as __eq__ requires
+        return hash(json.dumps(self.schema, sort_keys=True, default=str))
 
     def __repr__(self) -> str:
         return f"JsonSchema({self.schema!r})"
