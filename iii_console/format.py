@@ -21,6 +21,7 @@ TYPE_STYLE = {
     "message.retrying": "dark_orange",
     "message.dead_lettered": "bold red",
     "message.replayed": "magenta",
+    "message.redelivered": "dark_orange",
     "state.changed": "bright_black",
     "notification.sent": "bold green",
     "cron.fired": "magenta",
@@ -60,6 +61,8 @@ def detail(ev: Event) -> str:
         return f"attempt {ev.attempt} in {d.get('delay_ms')} ms"
     if t == "message.dead_lettered":
         return f"→ {d.get('dlq')} after {d.get('attempts', '?')} attempts: {ev.error}"
+    if t == "message.redelivered":
+        return f"back to {ev.queue}: {d.get('reason', '')} ({ev.worker or d.get('worker_id', '?')}, delivery {d.get('deliveries', '?')})"
     if t == "state.changed":
         new = d.get("new")
         status = f" status={new.get('status')}" if isinstance(new, dict) and "status" in new else ""
@@ -69,7 +72,10 @@ def detail(ev: Event) -> str:
     if t in ("cron.fired", "cron.skipped"):
         return f"{d.get('expression', '')} drift {d.get('drift_ms', '?')} ms" if t == "cron.fired" else str(d.get("reason", ""))
     if t.startswith("worker."):
-        return f"{d.get('name') or d.get('id', '')} {d.get('reason', '')}".strip()
+        how = d.get("signal") or (f"exit {d['exit_code']}" if "exit_code" in d else "")
+        back = f"requeued {d['requeued']}" if "requeued" in d else ""
+        gave_up = f"abandoned {d['abandoned']}" if d.get("abandoned") else ""
+        return " ".join(str(x) for x in (d.get("name") or d.get("id", ""), d.get("reason", ""), how, back, gave_up) if x)
     if t == "log":
         extra = {k: v for k, v in d.items() if k not in ("level", "message")}
         return f"{d.get('level', 'info')}: {d.get('message', '')} {short(extra, 50) if extra else ''}".rstrip()

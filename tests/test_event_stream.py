@@ -31,6 +31,14 @@ def handler(tick, ctx):
     ctx.logger.info("tick", password="hunter2", scheduled=tick.scheduled_ms)
 """
 
+SLEEPER = """
+import time
+from iii_console import Step, queue
+config = Step(name="Sleeper", triggers=[queue("slow")])
+def handler(data, ctx):
+    time.sleep(60)
+"""
+
 CONFIG = """
 server:
   port: 0
@@ -42,6 +50,7 @@ queues:
     dead_letter_queue: message.sent.dlq
 workers:
   heartbeat_interval: 0.2
+  shutdown_timeout: 1
 """
 
 #: Fields each type must carry beyond ``type`` and ``ts``: what applies to it.
@@ -54,6 +63,8 @@ REQUIRED = {
     "message.retrying": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "error", "data"},
     "message.dead_lettered": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "error", "data"},
     "message.replayed": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
+    # written by the script that gives the message back; worker = the one that held it
+    "message.redelivered": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
     "state.changed": {"trace_id", "step", "worker", "data"},  # written by the state script, in the same atomic step as the change
     "notification.sent": {"trace_id", "message_id", "step", "worker", "data"},  # emitted here by a state step's run
     "cron.fired": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
@@ -70,7 +81,7 @@ REQUIRED = {
 @pytest.fixture
 def seed(tmp_path, redis_url):
     shutil.copytree(ROOT / "steps", tmp_path / "steps")
-    make_project(tmp_path, {"ticker_step.py": TICKER}, CONFIG, redis_url=redis_url)
+    make_project(tmp_path, {"ticker_step.py": TICKER, "sleeper_step.py": SLEEPER}, CONFIG, redis_url=redis_url)
     return tmp_path
 
 
@@ -107,9 +118,17 @@ def test_every_event_type_reaches_the_stream_with_the_fields_that_apply(seed, r,
         events_once(r, keys, "config.reloaded", 2, timeout=30)
         events_once(r, keys, "worker.heartbeat", 1, timeout=30)  # one every ~10 s per worker
         events_once(r, keys, "notification.sent", 1)
+        # A handler still running when the stop's shutdown_timeout ends gives its message back.
+        res = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "slow", "--data", "{}"], cwd=seed,
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        events_once(r, keys, "message.started", 1, where=lambda e: e.step == "Sleeper", timeout=30)
     finally:
         assert app.stop() == 0
     events_once(r, keys, "worker.stopped", 1)
+    [back] = events_once(r, keys, "message.redelivered", 1)
+    assert back.step == "Sleeper" and back.data["reason"] == "abandoned at shutdown" and back.data["deliveries"] == 1
+    assert r.llen(f"{keys.dramatiq_namespace}:slow--Sleeper--normal") == 1  # back in its queue for the next start
     t1 = int(time.time() * 1000)
 
     raw = raw_stream(r, keys.events)

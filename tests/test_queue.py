@@ -432,7 +432,7 @@ def test_failed_retry_write_keeps_the_message_until_redis_accepts_it(project, ru
 
     monkeypatch.setattr(dw, "POST_PROCESS_MESSAGE_RETRY_DELAY_SECS", 0.2)
     cfg, steps = project({"flaky_step.py": FLAKY}, "queues:\n  jobs:\n    max_retries: 1\n    retry_delay: 10\n")
-    bad_key = f"{keys.dramatiq_namespace}:jobs--Flaky--normal.DQ.msgs"
+    bad_key = f"{keys.dramatiq_namespace}:jobs--Flaky--normal.delayed"
     r.set(bad_key, "wrong type")
     runtime(cfg, steps)
     [mid] = producer(cfg, steps).enqueue("jobs", {"k": "m1"}, trace_id="t")
@@ -541,6 +541,7 @@ def test_undecodable_message_neither_strands_its_batch_nor_escapes_the_dead_lett
         assert stranded == 0
     finally:
         worker.stop(timeout=2000)
+        broker.close()
         client.close()
 
 
@@ -567,7 +568,8 @@ def test_a_retry_whose_write_fails_is_retried_not_lost(impl, fault, redis_server
     client = redis_client(proxy.url)
     broker = _bare_broker(impl, client)
     ns = broker.namespace
-    bad_key = f"{ns}:q.DQ.msgs"  # where a retry's body is written, for both brokers
+    # Where a retry is written: stock's delay queue body hash, our queue's delayed set.
+    bad_key = f"{ns}:q.DQ.msgs" if impl == "stock" else f"{ns}:q.delayed"
     calls: list[float] = []
 
     def fail_now() -> None:
@@ -601,6 +603,7 @@ def test_a_retry_whose_write_fails_is_retried_not_lost(impl, fault, redis_server
         wait_for(lambda: not r.hlen(f"{ns}:q.msgs") and not r.exists(f"{ns}:q.DQ.msgs"), what="the retried message settled")
     finally:
         worker.stop(timeout=2000)
+        broker.close()
         client.close()
         proxy.close()
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from importlib import resources
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import redis
 import structlog
@@ -60,7 +60,17 @@ class StreamSink:
         self._key = key
         self._maxlen = maxlen
         self._interval = flush_interval
-        self._buf: deque[Event] = deque(maxlen=buffer_max)
+        #: (sequence number, event), in sequence order.
+        self._buf: deque[tuple[int, Event]] = deque(maxlen=buffer_max)
+        self._put_lock = threading.Lock()
+        #: Sequence number of the last event put.
+        self.seq = 0
+        #: Every event whose sequence number is at most this is written (or was dropped).
+        self._written = 0
+        #: Held while a batch is out of the buffer and being written, by the flusher
+        #: or by a transition that takes the buffer along (:meth:`transition`), so
+        #: batches reach Redis in the order they were put.
+        self._flush_lock = threading.Lock()
         self._cond = threading.Condition()
         self._stop = False
         self.dropped = 0
@@ -73,13 +83,17 @@ class StreamSink:
         self._script = client.register_script(_EVENTS_ADD)
         metric_keys = (keys.metrics_counts, keys.metrics_durations) if keys else (key, key)
         self._script_keys = [key, *metric_keys]
+        #: Stream and counter keys handed to transition scripts ("" for no counters).
+        self._event_keys = [key, *(metric_keys if keys else ("", ""))]
         self._thread = threading.Thread(target=self._run, name="iii-event-sink", daemon=True)
         self._thread.start()
 
     def put(self, event: Event) -> None:
-        if len(self._buf) == self._buf.maxlen:
-            self.dropped += 1
-        self._buf.append(event)
+        with self._put_lock:
+            self.seq += 1
+            if len(self._buf) == self._buf.maxlen:
+                self.dropped += 1
+            self._buf.append((self.seq, event))
         # Only an idle flusher needs waking; appending first and reading the flag
         # second (the flusher sets it before looking at the buffer) loses no wake-up.
         if self._idle:
@@ -108,27 +122,35 @@ class StreamSink:
                 return
 
     def _flush(self) -> bool:
-        self._busy = True
-        try:
-            return self._write_batch()
-        finally:
-            self._busy = False
+        with self._flush_lock:
+            self._busy = True
+            try:
+                return self._write_batch(self._take())
+            finally:
+                self._busy = False
 
-    def _write_batch(self) -> bool:
-        batch = []
+    def _take(self) -> list[tuple[int, Event]]:
+        batch: list[tuple[int, Event]] = []
         while self._buf and len(batch) < 2000:
             batch.append(self._buf.popleft())
+        return batch
+
+    def _write_batch(self, batch: list[tuple[int, Event]]) -> bool:
+        if not batch:
+            return True
         try:
-            args = self._args(batch)
+            args = self._args([ev for _, ev in batch])
         except Exception:  # an event that cannot be encoded must not stop the sink
             log.exception("event sink: dropping a batch of %d events that cannot be encoded", len(batch))
             self.dropped += len(batch)
+            self._written = max(self._written, batch[-1][0])
             return True
         try:
             # One atomic script call: a batch and its counters land together or
             # not at all, and the client packs one argument instead of N commands.
             self._script(keys=self._script_keys, args=args)
             self.failures = 0
+            self._written = max(self._written, batch[-1][0])
             return True
         except _TRANSIENT as exc:
             return self._retry_later(batch, exc)
@@ -141,11 +163,12 @@ class StreamSink:
             # block every later event behind it.
             log.error("event sink: Redis refused a batch of %d events (%s); dropped", len(batch), exc)
             self.dropped += len(batch)
+            self._written = max(self._written, batch[-1][0])
             return True
         except redis.RedisError as exc:
             return self._retry_later(batch, exc)
 
-    def _retry_later(self, batch: list[Event], exc: Exception) -> bool:
+    def _retry_later(self, batch: list[tuple[int, Event]], exc: Exception) -> bool:
         self.failures += 1
         self.total_failures += 1
         # Put the batch back in order so nothing is lost while Redis is away.
@@ -154,6 +177,60 @@ class StreamSink:
             log.warning("event sink: Redis unavailable (%s); %d events buffered", exc, len(self._buf))
         time.sleep(min(1.0, 0.05 * self.failures))
         return False
+
+    # -- transitions ----------------------------------------------------------
+    def transition(self, run: Callable[[bytes], Any], settle: Sequence[Event], *, through: int | None = None) -> Any:
+        """Run a transition script that writes ``settle`` itself, after every event put so far.
+
+        ``run`` gets the events argument for the script (``lua/_events.lua`` of
+        the queue adapter explains it). The transition's own events are written
+        by the script only if the transition applies, so they can be neither
+        lost (a crash right after it) nor wrong (a refused transition writes
+        none). Events this process put before (``through``, default: all so
+        far; a message's ``message.started``, its handler's logs) must reach the
+        stream before them: if any are still buffered, they ride along in the
+        same script call (written whatever it decides), holding the flush lock
+        so no batch the flusher has taken can land after it.
+        """
+        through = self.seq if through is None else through
+        if self._written >= through:
+            return run(self.payload((), settle))
+        with self._flush_lock:
+            while True:
+                if self._written >= through or not self._buf:
+                    return run(self.payload((), settle))
+                batch = self._take()
+                if batch[-1][0] >= through or not self._buf:
+                    try:
+                        pre = [ev for _, ev in batch]
+                        payload = self.payload(pre, settle)
+                    except Exception:
+                        log.exception("event sink: dropping %d events that cannot be encoded", len(batch))
+                        self.dropped += len(batch)
+                        payload = self.payload((), settle)
+                    try:
+                        result = run(payload)
+                    except BaseException:
+                        self._buf.extendleft(reversed(batch))
+                        raise
+                    self._written = max(self._written, batch[-1][0])
+                    return result
+                if not self._write_batch(batch):
+                    raise redis.ConnectionError("event sink: Redis unavailable")
+
+    def payload(self, pre: Sequence[Event], settle: Sequence[Event]) -> bytes:
+        """The events argument of a transition script: ``pre`` always written, ``settle`` with the transition."""
+        def tables(batch: Sequence[Event]) -> list[list[Any]]:
+            out: list[list[Any]] = [[], [], []]
+            if self._keys is not None and batch:
+                for table, agg in zip(out, metrics.aggregate(batch)):
+                    for kv in agg.items():
+                        table.extend(kv)
+            return out
+
+        body = {"k": self._event_keys, "m": self._maxlen, "p": [ev.flat() for ev in pre], "pt": tables(pre),
+                "s": [ev.flat() for ev in settle], "st": tables(settle)}
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
     def _args(self, batch: list[Event]) -> list[Any]:
         # ensure_ascii=False keeps the JSON small; 'replace' turns lone surrogates
@@ -235,8 +312,14 @@ class Emitter:
     message's. An event emitted with a trace id keeps that one.
     """
 
-    def __init__(self, sink: Callable[[Event], None], *, worker: str | None = None, trace_id: str | None = None):
+    def __init__(self, sink: Callable[[Event], None], *, worker: str | None = None, trace_id: str | None = None,
+                 stream: StreamSink | None = None):
         self._sink = sink
+        #: The sink whose stream transition scripts write to (None: events are off or not in Redis).
+        self.stream = stream
+        #: The process name its events carry as ``worker``.
+        self.worker = worker or ""
+        self._bound = {k: v for k, v in (("worker", worker), ("trace_id", trace_id)) if v}
         self._logger = structlog.wrap_logger(
             _SinkLogger(sink),
             processors=[_stamp, _to_event],
@@ -249,6 +332,21 @@ class Emitter:
 
     def emit(self, type: str, **fields: Any) -> None:
         self._logger.info(type, **fields)
+
+    def make(self, type: str, **fields: Any) -> Event:
+        """The event ``emit`` would send, shaped the same way but not sent: a transition script writes it."""
+        ed = {**self._bound, **fields, "event": type}
+        (event,), _ = _to_event(None, "info", _stamp(None, "info", ed))
+        return event
+
+    def transition(self, run: Callable[[bytes | str], Any], *events: Event | None) -> Any:
+        """Run a transition script (``run(events_arg)``) that writes ``events`` only if it applies.
+
+        With events off, the script gets no events to write.
+        """
+        if self.stream is None:
+            return run("")
+        return self.stream.transition(run, [e for e in events if e is not None])
 
     def logger(self, **bound: Any) -> Any:
         """A structlog logger whose calls become ``log`` events bound to step and trace."""

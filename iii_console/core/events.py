@@ -25,6 +25,7 @@ EVENT_TYPES = (
     "message.retrying",
     "message.dead_lettered",
     "message.replayed",
+    "message.redelivered",
     "state.changed",
     "notification.sent",
     "cron.fired",

@@ -2,7 +2,8 @@
 
 Queue layout (written by the queue adapter): each (topic, step) subscription
 has one Dramatiq list per priority, ``{ns}:{topic}--{step}--{priority}``, a
-body hash ``….msgs``, a delay queue ``….DQ`` and per-worker in-flight sets
+body hash ``….msgs``, a sorted set of delayed messages ``….delayed`` (retries
+and ``delay_ms``, scored by due time) and per-worker in-flight sets
 ``{ns}:__acks__.{worker}.{queue}``. This module only reads those keys.
 """
 
@@ -44,10 +45,16 @@ def queue_stats(client: redis.Redis, keys: Keys, topics: Iterable[str] = ()) -> 
     pipe = client.pipeline(transaction=False)
     ordered = sorted(names)
     for name in ordered:
-        pipe.llen(f"{ns}:{name}")
+        if name.endswith(".delayed"):
+            pipe.zcard(f"{ns}:{name}")
+        else:
+            pipe.llen(f"{ns}:{name}")
     lens = pipe.execute() if ordered else []
     for name, n in zip(ordered, lens):
-        base, delayed = (name[:-3], True) if name.endswith(".DQ") else (name, False)
+        if name.endswith(".delayed"):
+            base, delayed = name[:-8], True
+        else:  # ".DQ": an older version's delay queue, until it is moved
+            base, delayed = (name[:-3], True) if name.endswith(".DQ") else (name, False)
         try:
             topic, step, prio = base.rsplit("--", 2)
         except ValueError:

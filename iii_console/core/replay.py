@@ -27,7 +27,8 @@ from iii_console.core.errors import IIIError
 from iii_console.core.events import now_ms
 from iii_console.core.keys import Keys
 
-_SCRIPT = resources.files("iii_console.core").joinpath("lua/replay.lua").read_text()
+_LUA = resources.files("iii_console.core")
+_SCRIPT = _LUA.joinpath("lua/_events.lua").read_text() + "\n" + _LUA.joinpath("lua/replay.lua").read_text()
 _DROP = ("retries", "first_failure_ms", "iii_outcome", "eta", "redis_message_id", "traceback", "requeue_timestamp")
 
 
@@ -57,12 +58,13 @@ class Replayer:
     def replay(self, entry: DeadLetter) -> str:
         """Returns the new message id."""
         msg = build_message(entry)
-        moved = self._replay(args=[
+        event = self.emitter.make("message.replayed", trace_id=entry.trace_id, message_id=msg["message_id"], step=entry.step,
+                                  topic=entry.topic, queue=entry.queue,
+                                  data={"replay_of": entry.id, "dlq": entry.dlq, "payload": entry.data})
+        moved = self.emitter.transition(lambda ev: self._replay(args=[
             self.keys.dramatiq_namespace, entry.queue, msg["options"]["redis_message_id"],
-            json.dumps(msg, separators=(",", ":")), self.keys.dlq_entries(entry.dlq), self.keys.dlq(entry.dlq), entry.id,
-        ])
+            json.dumps(msg, separators=(",", ":")), self.keys.dlq_entries(entry.dlq), self.keys.dlq(entry.dlq), entry.id, ev,
+        ]), event)
         if not moved:
             raise ReplayError(f"{entry.id}: no longer in {entry.dlq} (replayed or purged meanwhile)")
-        self.emitter.emit("message.replayed", trace_id=entry.trace_id, message_id=msg["message_id"], step=entry.step,
-                          topic=entry.topic, queue=entry.queue, data={"replay_of": entry.id, "dlq": entry.dlq, "payload": entry.data})
         return str(msg["message_id"])

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -98,10 +99,22 @@ def check_redis(url: str) -> None:
         c.close()
 
 
+def exit_description(code: int) -> dict[str, Any]:
+    """``{"exit_code": 1}`` or ``{"signal": "SIGKILL"}`` for a child's return code."""
+    if code < 0:
+        try:
+            return {"signal": signal.Signals(-code).name}
+        except ValueError:
+            return {"signal": str(-code)}
+    return {"exit_code": code}
+
+
 @dataclass
 class Child:
     index: int
     proc: subprocess.Popen[bytes]
+    #: The worker id the process runs under (its in-flight sets are named by it).
+    worker_id: str = ""
     started: float = field(default_factory=time.monotonic)
     restarts: int = 0
     #: Set while a reload replaces the process, so the monitor does not restart it as well.
@@ -168,11 +181,12 @@ class Supervisor:
                 self.scheduler.start()
             if "worker" in self.roles:
                 for i in range(self.processes):
-                    self.children.append(Child(i, self._spawn(i)))
+                    self.children.append(Child(i, *self._spawn(i)))
                 self._tasks.append(asyncio.create_task(self._monitor(), name="iii-monitor"))
-                # The supervisor outlives its workers, so it sweeps too: a crashed
-                # worker's messages come back even while its replacement boots.
-                self._tasks.append(asyncio.create_task(self._sweep(), name="iii-sweep"))
+            # The supervisor outlives its workers, so it sweeps too: a crashed
+            # worker's messages come back even while its replacement boots (and
+            # the workers of a host that is gone, whatever roles this one runs).
+            self._tasks.append(asyncio.create_task(self._sweep(), name="iii-sweep"))
         except BaseException:
             await self.stop()
             raise
@@ -274,29 +288,33 @@ class Supervisor:
             # Rolling restart: the old process drains and requeues, then the new code takes over.
             child.reloading = True
             try:
-                old = child.proc
+                old, old_id = child.proc, child.worker_id
                 if old.poll() is None:
                     old.send_signal(signal.SIGTERM)
                     while old.poll() is None:
                         await asyncio.sleep(0.05)
-                child.proc = self._spawn(child.index)
+                if old.returncode != 0:
+                    await self._recover(old_id, old.returncode)
+                child.proc, child.worker_id = self._spawn(child.index)
                 child.started = time.monotonic()
             finally:
                 child.reloading = False
         emit("config.reloaded", data={"ok": True, "changed": changed or [], "steps": [s.name for s in fresh.steps]})
         return True
 
-    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+    def _spawn(self, index: int) -> tuple[subprocess.Popen[bytes], str]:
+        """Start worker process ``index``; returns it and the worker id it runs under."""
+        worker_id = str(uuid.uuid4())
         env = dict(os.environ)
         env.update(III_CONFIG_JSON=self.config.model_dump_json(), III_WORKER_INDEX=str(index), III_WORKER_THREADS=str(self.threads),
-                   III_SUPERVISOR_PID=str(os.getpid()))
+                   III_SUPERVISOR_PID=str(os.getpid()), III_WORKER_ID=worker_id)
         stderr: Any = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             stderr = open(self.log_dir / f"worker-{index}.log", "ab")
         try:
             return subprocess.Popen([sys.executable, "-m", "iii_console.runtime.worker"], env=env, stdin=subprocess.DEVNULL,
-                                    stdout=stderr, stderr=stderr, cwd=self.config.project_dir)
+                                    stdout=stderr, stderr=stderr, cwd=self.config.project_dir), worker_id
         finally:
             if stderr is not None:
                 stderr.close()
@@ -313,8 +331,40 @@ class Supervisor:
             await asyncio.sleep(self.config.workers.sweep_interval)
             try:
                 await asyncio.to_thread(sweep_dead_workers, svc.client, svc.keys, scripts, svc.emitter, timeout_ms=timeout_ms)
+                # Again and again: a Redis that lost its data has lost the watched
+                # groups too, and until they are back every change is recorded.
+                await asyncio.to_thread(watch_state_triggers, svc.client, svc.keys, self.steps)
             except redis.RedisError as exc:
                 log.warning("sweep: Redis unavailable: %s", exc)
+
+    async def _recover(self, worker_id: str, code: int) -> int:
+        """A child exited without its clean stop: give back what it held, now.
+
+        Its in-flight messages return to the head of their queues (one
+        ``message.redelivered`` each) and ``worker.stopped`` names the exit
+        signal, without waiting for its heartbeat to age past
+        ``heartbeat_timeout``. Retried until Redis answers (nothing is lost
+        meanwhile: the sweep would find them too); at a stop, for a bounded time.
+        """
+        from iii_console.adapters.queue.scripts import Scripts
+        from iii_console.adapters.queue.sweep import recover_worker
+
+        assert self.services is not None
+        svc = self.services
+        how = exit_description(code)
+        delay = 0.1
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return await asyncio.to_thread(recover_worker, svc.client, svc.keys, Scripts(svc.client), svc.emitter, worker_id,
+                                               reason="crashed", **how)
+            except redis.RedisError as exc:
+                if self._stopping and time.monotonic() > deadline:
+                    log.warning("could not recover worker %s's messages (%s); the next sweep will", worker_id, exc)
+                    return 0
+                log.warning("recovering worker %s: Redis unavailable (%s); retrying", worker_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     async def _monitor(self) -> None:
         assert self.services is not None
@@ -324,6 +374,8 @@ class Supervisor:
                 code = proc.poll()
                 if code is None or self._stopping or child.reloading:
                     continue
+                if code != 0:
+                    await self._recover(child.worker_id, code)
                 delay = min(RESTART_BACKOFF_MAX_S, 0.5 * (2 ** min(child.restarts, 5))) if time.monotonic() - child.started < 10 else 0.2
                 self.services.emitter.emit("log", data={"level": "error", "message": f"worker process {proc.pid} exited with {code}; restarting in {delay:.1f}s"})
                 await asyncio.sleep(delay)
@@ -331,10 +383,10 @@ class Supervisor:
                     break
                 if child.proc is not proc or child.reloading:
                     continue  # a reload has replaced it meanwhile (or is doing so)
-                child.proc = self._spawn(child.index)
+                child.proc, child.worker_id = self._spawn(child.index)
                 child.started = time.monotonic()
                 child.restarts += 1
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)
 
     def _tail(self) -> None:
         """Feed ``on_event`` from the stream in its own thread.
@@ -385,6 +437,8 @@ class Supervisor:
             if child.proc.poll() is None:
                 child.proc.kill()
                 child.proc.wait()
+            if child.proc.returncode != 0 and self.services is not None:
+                await self._recover(child.worker_id, child.proc.returncode)
         if self.services is not None:
             await asyncio.to_thread(self.services.sink.flush)
         self._tail_done.set()

@@ -6,6 +6,7 @@ Per process:
   so each queue's ``concurrency`` holds in this process regardless of others;
 - a heartbeat (Redis clock) and a registry entry the console reads;
 - a sweep that returns dead workers' in-flight messages to their queues;
+- a promoter that moves due delayed messages (retries, ``delay_ms``) onto their queues;
 - the state-trigger dispatcher, reading state changes through a consumer group.
 """
 
@@ -29,7 +30,7 @@ from iii_console.adapters.queue.broker import IIIBroker
 from iii_console.adapters.queue.middleware import LifecycleEvents, RetryPolicy
 from iii_console.adapters.queue.names import ACTOR_PRIORITY, CRON_TOPIC, STATE_TOPIC, Subscription, parse_queue
 from iii_console.adapters.queue.producer import subscriptions_for
-from iii_console.adapters.queue.sweep import sweep_dead_workers
+from iii_console.adapters.queue.sweep import requeue_worker, sweep_dead_workers
 from iii_console.core.config import Config
 from iii_console.core.context import CronTick, StateChange
 from iii_console.core.discovery import StepSet, discover
@@ -47,13 +48,17 @@ TRIM_EVERY_S = 1.0
 
 
 def ensure_trigger_group(client: redis.Redis, key: str) -> None:
-    """Create the state-trigger consumer group at the stream's end if missing.
+    """Create the state-trigger consumer group, from the stream's start, if missing.
 
-    Called by the supervisor before anything can change state, so no change
-    made while no worker is up is ever skipped.
+    Called by the supervisor before anything can change state, and by a
+    dispatcher that finds the group gone (Redis lost its data). From the start,
+    not the end: records written before the group existed (the first changes
+    after a restart without persistence) are changes like any other, and the
+    once-key per change and step stops a record already dispatched from firing
+    again.
     """
     try:
-        client.xgroup_create(key, TRIGGER_GROUP, id="$", mkstream=True)
+        client.xgroup_create(key, TRIGGER_GROUP, id="0", mkstream=True)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
@@ -70,8 +75,11 @@ def watch_state_triggers(client: redis.Redis, keys: Any, steps: StepSet) -> None
     ever added: another process may still run a version that watches one.
     """
     groups = sorted({t.group for step in steps.state_steps() for t in step.of(StateTrigger)})
-    if groups:
-        client.sadd(keys.state_watched, *groups)
+    # The "" member keeps the set in existence even when nothing is watched: a
+    # state write that finds no set at all (Redis lost its data and nobody has
+    # registered again yet) records its change whatever the group, so no change
+    # to a watched group is missed in that window.
+    client.sadd(keys.state_watched, "", *groups)
     ensure_trigger_group(client, keys.state_changes)
 
 
@@ -111,8 +119,17 @@ class WorkerRuntime:
             max_deliveries=lambda topic: config.queue(topic).max_deliveries,
             dead_letter_queue=lambda topic: config.queue(topic).dead_letter_queue,
         )
+        # The supervisor names its child, so it can recover the child's messages
+        # the moment it exits without its clean stop.
+        if os.environ.get("III_WORKER_ID"):
+            self.broker.broker_id = os.environ["III_WORKER_ID"]
         self.workers: dict[str, dramatiq.Worker] = {}
         self._stop = threading.Event()
+        #: Set only once the last handler returned (or was abandoned): a draining
+        #: worker keeps heartbeating, or it would be swept while its handlers run.
+        self._hb_stop = threading.Event()
+        #: Messages this process gave up at its last stop (handlers still running at the timeout).
+        self.abandoned = 0
         self._threads: list[threading.Thread] = []
         self.started_ms = now_ms()
 
@@ -178,7 +195,8 @@ class WorkerRuntime:
         self.heartbeat()
         for w in self.workers.values():
             w.start()
-        self._spawn(self._heartbeat_loop, "iii-heartbeat")
+        self._hb_thread = threading.Thread(target=self._guard(self._heartbeat_loop, self._hb_stop), name="iii-heartbeat", daemon=True)
+        self._hb_thread.start()
         self._spawn(self._sweep_loop, "iii-sweep")
         if self.steps.state_steps():
             watch_state_triggers(self.services.client, self.services.keys, self.steps)
@@ -186,7 +204,15 @@ class WorkerRuntime:
         self.services.emitter.emit("worker.started", data=self.info())
 
     def stop(self, timeout_s: float | None = None) -> None:
-        """Drain: running handlers finish, prefetched messages go back to their queues."""
+        """Drain: running handlers finish, prefetched messages go back to their queues.
+
+        The heartbeat goes on until the last handler has returned, so a long
+        drain is not mistaken for a dead worker. A handler still running when
+        ``shutdown_timeout`` ends is abandoned: its message goes back to the
+        head of its queue (a ``message.redelivered``, counted as a delivery,
+        since the handler did start) and the stop says so on stderr and in its
+        ``worker.stopped`` event.
+        """
         timeout_ms = int((timeout_s or self.config.workers.shutdown_timeout) * 1000)
         self._stop.set()
         # Each topic's Worker drains independently; stop them side by side.
@@ -197,23 +223,47 @@ class WorkerRuntime:
             t.join()
         for t in self._threads:
             t.join(5)
+        running = [t for w in self.workers.values() for t in w.workers if t.is_alive()]
+        data: dict[str, Any] = {"id": self.worker_id, "reason": "shutdown"}
+        if running:
+            self.abandoned = self._give_up_running()
+            data["abandoned"] = self.abandoned
+            print(f"iii-console worker {self.services.name}: {len(running)} handler(s) still running after "
+                  f"shutdown_timeout ({timeout_ms / 1000:g} s); {self.abandoned} message(s) returned to their queues "
+                  "to run again", file=sys.stderr, flush=True)
+        self._hb_stop.set()
+        self._hb_thread.join(5)
         try:
             self.services.client.zrem(self.services.keys.worker_heartbeats, self.worker_id)
             self.services.client.hdel(self.services.keys.workers, self.worker_id)
         except redis.RedisError:
             pass
-        self.services.emitter.emit("worker.stopped", data={"id": self.worker_id, "reason": "shutdown"})
+        self.services.emitter.emit("worker.stopped", data=data)
+        self.broker.close()
         self.loop_thread.stop()
         self.services.close()
+
+    def _give_up_running(self) -> int:
+        """Return the messages of handlers still running at the stop's timeout to their queues."""
+        for _ in range(50):
+            try:
+                return requeue_worker(self.services.client, self.services.keys, self.broker.iii_scripts,
+                                      self.services.emitter, self.worker_id, reason="abandoned at shutdown")
+            except redis.RedisError as exc:
+                log.warning("returning abandoned messages: Redis error: %s; retrying", exc)
+                time.sleep(0.2)
+        return 0
 
     def _spawn(self, fn: Any, name: str) -> None:
         t = threading.Thread(target=self._guard(fn), name=name, daemon=True)
         t.start()
         self._threads.append(t)
 
-    def _guard(self, fn: Any) -> Any:
+    def _guard(self, fn: Any, stop: threading.Event | None = None) -> Any:
+        stop = stop or self._stop
+
         def run() -> None:
-            while not self._stop.is_set():
+            while not stop.is_set():
                 try:
                     fn()
                     return
@@ -221,7 +271,7 @@ class WorkerRuntime:
                     log.warning("%s: Redis error: %s; retrying", fn.__name__, exc)
                 except Exception:
                     log.exception("%s crashed; restarting it", fn.__name__)
-                self._stop.wait(1.0)
+                stop.wait(1.0)
 
         return run
 
@@ -243,7 +293,7 @@ class WorkerRuntime:
     def _heartbeat_loop(self) -> None:
         n = 0
         interval = self.config.workers.heartbeat_interval
-        while not self._stop.wait(interval):
+        while not self._hb_stop.wait(interval):
             self.heartbeat()
             n += 1
             if n % max(1, int(10 / interval)) == 0:

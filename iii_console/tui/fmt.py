@@ -21,6 +21,7 @@ STATUS_STYLE = {
     "processed": "green",
     "failed": "red",
     "retrying": "dark_orange",
+    "redelivered": "dark_orange",
     "dead": "bold red",
 }
 PRIORITY_STYLE = {"high": "bold magenta", "normal": "", "low": "bright_black"}

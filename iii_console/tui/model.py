@@ -85,6 +85,9 @@ STATUS = {
     "message.retrying": ("retrying", 3),
     "message.processed": ("processed", 4),
     "message.dead_lettered": ("dead", 4),
+    # Its worker died (or gave it up at a stop) mid-run: back in its queue, the
+    # same attempt to run again. Ranked by the redelivery count (see apply).
+    "message.redelivered": ("redelivered", 0),
 }
 TERMINAL = frozenset({"processed", "dead"})
 
@@ -108,7 +111,9 @@ class MessageRow:
     #: Model sequence number of the last change, so views update only what changed.
     rev: int = 0
     replays: int = 0
-    _status_at: tuple[int, int, int] = (-1, -1, -1)
+    #: Times a worker holding it died (or gave it up) mid-run.
+    redeliveries: int = 0
+    _status_at: tuple[int, int, int, int] = (-1, -1, -1, -1)
 
     def apply(self, ev: Event, rev: int) -> None:
         self.rev = rev
@@ -133,6 +138,10 @@ class MessageRow:
             self.error = ev.error
         if ev.type == "message.replayed":
             self.replays += 1
+        if ev.type == "message.redelivered":
+            # Written by the script that put it back, after anything of the run it
+            # ends: what follows (the next start) moves on from here.
+            self.redeliveries += 1
         status, rank = STATUS[ev.type]
         if ev.type == "message.enqueued":
             attempt = 0
@@ -140,9 +149,11 @@ class MessageRow:
             attempt = (ev.attempt or 2) - 1  # it names the attempt to come
         elif ev.type == "message.dead_lettered":
             attempt = max(self.attempts, 1)
+        elif ev.type == "message.redelivered":
+            attempt = max(self.attempts, 1)
         else:
             attempt = ev.attempt or 1
-        at = (self.replays, attempt, rank)
+        at = (self.replays, attempt, self.redeliveries, rank)
         if at >= self._status_at:
             self.status, self._status_at, self.last_type = status, at, ev.type
 
@@ -276,7 +287,7 @@ class ConsoleModel:
                 self._message(ev, seq)
             if t.startswith("message.") and ev.topic:
                 self._topic(ev, now_ms)
-            if t in ("message.failed", "message.dead_lettered", "step.error") or (
+            if t in ("message.failed", "message.dead_lettered", "message.redelivered", "step.error") or (
                     t == "log" and isinstance(ev.data, dict) and ev.data.get("level") in ("error", "critical")):
                 self.problems.append(LogEntry(seq, ev))
             if t == "step.error":

@@ -15,14 +15,27 @@
   runs whenever the higher consumer is between fetches.
 - **Idle consumers block** on a per-queue wake list instead of polling with
   backoff, so a new message is picked up in milliseconds on an idle system.
+- **Delayed messages wait in Redis**, not in worker memory: a retry or a
+  ``delay_ms`` message goes into its queue's ``.delayed`` sorted set, due at
+  Redis's clock + delay, and ``promote.lua`` (run by every worker's promoter,
+  ``delays.py``) moves due ones onto the queue. No worker holds a message it
+  cannot run yet, so far-future messages cannot crowd out due ones, and a
+  stop or a restart does not touch them.
+- **Every settle writes its own event**: ``ack.lua``, ``move.lua`` and
+  ``dead.lua`` write ``message.processed``, ``message.retrying`` and
+  ``message.dead_lettered`` (with the metric counters) in the script that
+  makes the transition (``lua/_events.lua``); a refused settle writes none.
+- **A graceful return is not a delivery**: messages fetched but never started
+  go back to the head of their queue with their delivery count undone
+  (``requeue.lua``), so restarts never push a message to ``max_deliveries``.
 - Stock maintenance (1 in 1000 commands, client clock, ``KEYS``) is off; the
   worker's sweep (``sweep.py``) recovers dead workers' messages on a timer,
-  judged by Redis's clock.
+  judged by Redis's clock, and a supervisor recovers its own crashed
+  children's at once.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import threading
@@ -33,7 +46,7 @@ from typing import Any
 import redis
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import dq_name, q_name
+from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
@@ -48,8 +61,7 @@ from iii_console.core.steps import PRIORITIES
 log = logging.getLogger(__name__)
 
 #: How long an idle consumer blocks on its wake list before returning control
-#: to Dramatiq's consumer loop (which also releases due delayed messages).
-#: A delay-queue consumer holding messages blocks only until the earliest is due.
+#: to Dramatiq's consumer loop (so a stopping worker notices within this).
 IDLE_BLOCK_S = 0.5
 #: How often a consumer held back by a higher-priority backlog looks again.
 #: A backlog pushes no wake token, so this is a poll; it bounds how long a
@@ -70,57 +82,83 @@ class IIIBroker(RedisBroker):
         self.iii_scripts = Scripts(client)
         # Blocking reads get their own connections so they never hold up acks.
         self.blocking_client = redis.Redis(connection_pool=client.connection_pool)
+        #: Moves due delayed messages onto their queues; started with the first consumer.
+        self._promoter: threading.Thread | None = None
+        self._promoter_stop = threading.Event()
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Consumer:
+        self.start_promoter()
+        return super().consume(queue_name, prefetch, timeout)
+
+    def start_promoter(self) -> None:
+        """Run this broker's promoter (``delays.py``) if it is not running yet."""
+        from iii_console.adapters.queue.delays import Promoter
+
+        if self._promoter is None or not self._promoter.is_alive():
+            self._promoter_stop.clear()
+            promoter = Promoter(self.client, self.keys, self.iii_scripts, self._promoter_stop)
+            self._promoter = threading.Thread(target=promoter.run_forever, name="iii-promoter", daemon=True)
+            self._promoter.start()
+
+    def close(self) -> None:
+        self._promoter_stop.set()
+        super().close()
 
     @property
     def consumer_class(self) -> type:
         return IIIConsumer
 
+    def declare_queue(self, queue_name: str) -> None:
+        """Declare a queue, without Dramatiq's delay queue: delayed messages wait in Redis (``.delayed``)."""
+        if queue_name not in self.queues:
+            self.emit_before("declare_queue", queue_name)
+            self.queues.add(queue_name)
+            self.emit_after("declare_queue", queue_name)
+
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
         """Stock enqueue semantics through ``enqueue.lua`` (which also wakes idle consumers).
 
-        Dramatiq's consumer thread also calls this to move a due delayed message
-        to its queue (a copy that still carries the delayed one's Redis id); that
-        is done by ``move.lua`` instead (the script that also writes retries),
-        atomically and only if this worker still owns the delayed message.
+        A delayed message goes into its queue's ``.delayed`` set, due at Redis's
+        clock + ``delay``. The runtime enqueues through ``producer.py``; this is
+        for code that sends with Dramatiq's own ``actor.send``.
         """
-        queue_name = message.queue_name
-        held = message.options.get("redis_message_id")
-        if held and delay is None and "eta" not in message.options:
-            return self._promote(message, held)
         message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
-        if delay is not None:
-            queue_name = dq_name(queue_name)
-            message = message.copy(queue_name=queue_name, options={"eta": now_ms() + delay})
+        message.options.pop("eta", None)
         self.emit_before("enqueue", message, delay)
         try:
-            self.iii_scripts.enqueue(args=[self.namespace, "", 0, queue_name, message.options["redis_message_id"], message.encode()])
+            self.iii_scripts.enqueue(args=[self.namespace, "", 0, int(delay or 0), "", "", 0, "",
+                                           message.queue_name, message.options["redis_message_id"], message.encode()])
         except redis.ConnectionError as e:
-            # As a connection error, Dramatiq's consumer thread resets and reconnects
-            # (and the new delay-queue consumer reclaims what this worker held).
             raise ConnectionClosed(e) from None
         self.emit_after("enqueue", message, delay)
         return message
 
-    def _promote(self, message: Message, held: str) -> Message:
-        new = message.copy(options={"redis_message_id": str(uuid.uuid4())})
-        self.emit_before("enqueue", new, None)
-        try:
-            moved = self.iii_scripts.move(args=[self.namespace, dq_name(message.queue_name), self.broker_id, held,
-                                                   message.queue_name, new.options["redis_message_id"], new.encode()])
-        except redis.ConnectionError as e:
-            raise ConnectionClosed(e) from None
-        if moved == 1:
-            self.emit_after("enqueue", new, None)
-        else:
-            log.warning("not promoting delayed message %s: this worker no longer holds it (swept while stalled)", message.message_id)
-        return new
+    def transition(self, run: Any, *events: Any) -> Any:
+        """Run a settle script with its events (see ``Emitter.transition``)."""
+        if self.emitter is None:
+            return run("")
+        return self.emitter.transition(run, *events)
 
-    def dead_letter(self, consumer_queue: str, message: Message, entry: DeadLetter) -> int:
-        return self.iii_scripts.dead(args=[
+    def dead_letter(self, consumer_queue: str, message: Message, entry: DeadLetter, event: Any = None) -> int:
+        """Move an in-flight message into its dead-letter queue, with its ``message.dead_lettered`` event."""
+        return int(self.transition(lambda ev: self.iii_scripts.dead(args=[
             self.namespace, consumer_queue, self.broker_id, message.options["redis_message_id"],
             entry.dlq, entry.id, entry.encode(), entry.last_failure_ms,
-            self.keys.dlq(entry.dlq), self.keys.dlq_entries(entry.dlq), self.keys.dlq_names,
-        ])
+            self.keys.dlq(entry.dlq), self.keys.dlq_entries(entry.dlq), self.keys.dlq_names, ev,
+        ]), event))
+
+    def dead_event(self, message: Any, entry: DeadLetter, **data: Any) -> Any:
+        """The ``message.dead_lettered`` event of ``entry`` (None with no emitter)."""
+        if self.emitter is None:
+            return None
+        try:
+            _topic, step, _ = parse_queue(message.queue_name)
+        except ValueError:
+            step = entry.step
+        return self.emitter.make("message.dead_lettered", message_id=entry.message_id, trace_id=entry.trace_id, step=step,
+                                 topic=entry.topic, queue=q_name(message.queue_name) if message.queue_name else entry.queue,
+                                 attempt=message.options.get("retries", 0) + 1 if isinstance(message.options.get("retries", 0), int) else None,
+                                 error=entry.error, data={"dlq": entry.dlq, "attempts": entry.attempts, **data})
 
 
 class IIIConsumer(Consumer):
@@ -133,22 +171,13 @@ class IIIConsumer(Consumer):
         self.queued_message_ids: set[str] = set()
         self.wake_key = f"{broker.namespace}:{queue_name}.wake"
         self.block_s = IDLE_BLOCK_S
-        #: Delay queue only: etas (ms) of the messages handed to Dramatiq's consumer
-        #: thread, which holds them in memory and releases each when due, but only
-        #: between calls to ``__next__``: an idle wait must not outlast the earliest.
-        self._delays: list[int] | None = [] if queue_name.endswith(".DQ") else None
-        # Dramatiq's consumer thread drops its in-memory delayed messages when it
-        # reconnects after a Redis error; they stay in this worker's in-flight set
-        # and would be stranded while the worker lives. A new delay-queue consumer
-        # therefore first returns whatever this worker still holds to the queue.
-        self._reclaim = queue_name.endswith(".DQ")
         #: Set by ``ack`` (worker threads) so a consumer at prefetch wakes as soon as a slot frees.
         self.slot_freed = threading.Event()
         #: Fetch only once this many slots are free (a quarter of prefetch = half the threads).
         self.fetch_min = max(1, prefetch // 4)
         #: Queues of higher priority for the same subscription: this consumer
         #: fetches nothing while any has messages waiting (strict priority).
-        self.higher: list[str] = [] if self._delays is not None else _higher_queues(queue_name)
+        self.higher: list[str] = _higher_queues(queue_name)
 
     @property
     def outstanding_message_count(self) -> int:
@@ -164,8 +193,10 @@ class IIIConsumer(Consumer):
             outcome = message.options["iii_outcome"] = self._undecided(message, message._exception)
         try:
             if outcome is None:
-                self.broker.iii_scripts.ack(args=[self.broker.namespace, self.queue_name, self.broker.broker_id,
-                                                  message.options["redis_message_id"]])
+                rid = message.options["redis_message_id"]
+                self.broker.transition(lambda ev: self.broker.iii_scripts.ack(
+                    args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, ev]),
+                    getattr(message, "iii_event", None))
             elif outcome["kind"] == "retry":
                 self._retry(message, outcome["delay_ms"])
             else:
@@ -190,6 +221,7 @@ class IIIConsumer(Consumer):
         entry = dead_letter_entry(message, dlq=dlq, error=describe(exc) if exc else "rejected", traceback="",
                                   attempts=message.options.get("retries", 0) + 1)
         message.options["iii_outcome"] = {"kind": "dead", "entry": json.loads(entry.encode())}
+        message.iii_event = self.broker.dead_event(message, entry)
         self.ack(message)
 
     def _undecided(self, message: MessageProxy, exc: BaseException) -> dict[str, Any]:
@@ -202,31 +234,30 @@ class IIIConsumer(Consumer):
         log.error("dead-lettering %s on %s: %s", message.message_id, self.queue_name, error)
         retries = message.options.get("retries", 0)
         entry = dead_letter_entry(message, dlq=dlq, error=error, traceback=tb, attempts=retries + 1 if isinstance(retries, int) else 1)
-        if self.broker.emitter is not None:
-            self.broker.emitter.emit("message.dead_lettered", message_id=message.message_id, trace_id=entry.trace_id,
-                                     step=entry.step, topic=entry.topic, queue=entry.queue, error=error,
-                                     data={"dlq": dlq, "attempts": entry.attempts})
+        message.iii_event = self.broker.dead_event(message, entry)
         return {"kind": "dead", "entry": json.loads(entry.encode())}
 
     def _retry(self, message: MessageProxy, delay_ms: int) -> None:
         base = q_name(self.queue_name)
         options = {k: v for k, v in message.options.items() if k not in ("iii_outcome", "eta")}
-        options.update(redis_message_id=str(uuid.uuid4()), eta=now_ms() + delay_ms)
-        new = Message(queue_name=dq_name(base), actor_name=message.actor_name, args=message.args, kwargs=message.kwargs,
+        options.update(redis_message_id=str(uuid.uuid4()))
+        new = Message(queue_name=base, actor_name=message.actor_name, args=message.args, kwargs=message.kwargs,
                       options=options, message_id=message.message_id, message_timestamp=message.message_timestamp)
-        self.broker.iii_scripts.move(args=[
-            self.broker.namespace, self.queue_name, self.broker.broker_id, message.options["redis_message_id"],
-            dq_name(base), options["redis_message_id"], new.encode(),
-        ])
+        args = [self.broker.namespace, self.queue_name, self.broker.broker_id, message.options["redis_message_id"],
+                base, options["redis_message_id"], new.encode(), int(delay_ms)]
+        self.broker.transition(lambda ev: self.broker.iii_scripts.move(args=[*args, ev]), getattr(message, "iii_event", None))
 
     def _dead(self, message: MessageProxy, outcome: dict[str, Any]) -> None:
         entry = DeadLetter(**outcome["entry"])
-        self.broker.dead_letter(self.queue_name, message, entry)
+        self.broker.dead_letter(self.queue_name, message, entry, getattr(message, "iii_event", None))
 
     def requeue(self, messages: Any) -> None:
-        ids = [m.options["redis_message_id"] for m in messages]
+        """Give back messages Dramatiq fetched but never ran (a stop): not a delivery."""
+        self._give_back([m.options["redis_message_id"] for m in messages])
+
+    def _give_back(self, ids: list[str]) -> None:
         if ids:
-            self.broker.do_requeue(self.queue_name, *ids)
+            self.broker.iii_scripts.requeue(args=[self.broker.namespace, self.queue_name, self.broker.broker_id, *ids])
 
     def close(self) -> None:
         """Return fetched messages not yet handed to Dramatiq to the queue.
@@ -236,24 +267,20 @@ class IIIConsumer(Consumer):
         them for the sweep to find after its heartbeat times out.
         """
         ids, self.cache = [rid for rid, _data, _n in self.cache], []
-        if ids:
-            try:
-                self.broker.do_requeue(self.queue_name, *ids)
-            except redis.ConnectionError as e:
-                raise ConnectionClosed(e) from None
+        try:
+            self._give_back(ids)
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
 
     # -- fetching -----------------------------------------------------------
     def __next__(self) -> MessageProxy | None:
         try:
-            if self._reclaim:
-                self.broker.iii_scripts.requeue_dead(args=[self.broker.namespace, self.queue_name, self.broker.broker_id])
-                self._reclaim = False
             while True:
                 if self.cache:
                     rid, data, deliveries = self.cache.pop(0)
                     if data is None:
                         # Body vanished (purged): drop the dangling id.
-                        self.broker.iii_scripts.ack(args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid])
+                        self.broker.iii_scripts.ack(args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, ""])
                         continue
                     try:
                         message = Message.decode(data)
@@ -261,13 +288,12 @@ class IIIConsumer(Consumer):
                         self._quarantine(rid, data, exc)
                         continue
                     message.options["redis_message_id"] = rid
+                    message.options.pop("eta", None)  # written by an older version's delay queue
                     limit = self.broker.max_deliveries(message.options.get("topic", ""))
                     if deliveries > limit:
                         self._poisoned(message, deliveries)
                         continue
                     self.queued_message_ids.add(message.message_id)
-                    if self._delays is not None and message.options.get("eta"):
-                        heapq.heappush(self._delays, int(message.options["eta"]))
                     return MessageProxy(message)
 
                 want = self.prefetch - self.outstanding_message_count
@@ -278,7 +304,7 @@ class IIIConsumer(Consumer):
                     # More than `threads` messages are still waiting locally.
                     self.slot_freed.clear()
                     if self.prefetch - self.outstanding_message_count < self.fetch_min:
-                        self.slot_freed.wait(self._idle_wait())
+                        self.slot_freed.wait(self.block_s)
                     return None
                 flat = self.broker.iii_scripts.fetch(args=[self.broker.namespace, self.queue_name, self.broker.broker_id, want, *self.higher])
                 if flat == -1:  # a higher-priority backlog goes first
@@ -287,27 +313,11 @@ class IIIConsumer(Consumer):
                 self.cache = [(as_str(flat[i]), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
                 if self.cache:
                     continue
-                # Idle: wait for a wake token, then let the consumer thread run
-                # its delayed-message pass.
-                wait = self._idle_wait()
-                if wait > 0:
-                    self.broker.blocking_client.blpop([self.wake_key], timeout=wait)
+                # Idle: wait for a wake token.
+                self.broker.blocking_client.blpop([self.wake_key], timeout=self.block_s)
                 return None
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
-
-    def _idle_wait(self) -> float:
-        """Seconds to wait for work: the usual block, or less if a held delayed message falls due sooner."""
-        if not self._delays:
-            return self.block_s
-        now = now_ms()
-        if self._delays[0] <= now:
-            # Due now: return at once so the consumer thread releases it. Its
-            # entry goes; any later ones stay for the next wait.
-            while self._delays and self._delays[0] <= now:
-                heapq.heappop(self._delays)
-            return 0.0
-        return min(self.block_s, max(0.001, (self._delays[0] - now) / 1000))
 
     def _poisoned(self, message: Message, deliveries: int) -> None:
         """Dead-letter, unrun, a message that keeps killing (or hanging) the workers that take it."""
@@ -316,15 +326,7 @@ class IIIConsumer(Consumer):
         dlq = self.broker.dead_letter_queue(message.options.get("topic", ""))
         entry = dead_letter_entry(message, dlq=dlq, error=error, traceback="", attempts=message.options.get("retries", 0) + 1)
         log.error("dead-lettering %s on %s: %s", message.message_id, self.queue_name, error)
-        self.broker.dead_letter(self.queue_name, message, entry)
-        if self.broker.emitter is not None:
-            try:
-                _topic, step, _ = parse_queue(self.queue_name)
-            except ValueError:
-                step = None
-            self.broker.emitter.emit("message.dead_lettered", message_id=message.message_id, trace_id=message.options.get("trace_id", ""),
-                                     step=step, topic=message.options.get("topic"), queue=q_name(self.queue_name),
-                                     error=error, data={"dlq": dlq, "deliveries": deliveries})
+        self.broker.dead_letter(self.queue_name, message, entry, self.broker.dead_event(message, entry, deliveries=deliveries))
 
     def _quarantine(self, rid: str, data: bytes, exc: BaseException) -> None:
         topic = step = None
@@ -340,10 +342,11 @@ class IIIConsumer(Consumer):
         )
         log.error("quarantined undecodable message %s on %s: %s", rid, self.queue_name, exc)
         fake = Message(queue_name=self.queue_name, actor_name="", args=(), kwargs={}, options={"redis_message_id": rid})
-        self.broker.dead_letter(self.queue_name, fake, entry)
+        event = None
         if self.broker.emitter is not None:
-            self.broker.emitter.emit("message.dead_lettered", step=step, topic=topic, queue=self.queue_name,
-                                     error=entry.error, data={"dlq": "quarantine", "entry": entry.id})
+            event = self.broker.emitter.make("message.dead_lettered", step=step, topic=topic, queue=self.queue_name,
+                                             error=entry.error, data={"dlq": "quarantine", "entry": entry.id})
+        self.broker.dead_letter(self.queue_name, fake, entry, event)
 
 
 def _higher_queues(queue_name: str) -> list[str]:

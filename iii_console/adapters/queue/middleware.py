@@ -2,7 +2,11 @@
 
 ``LifecycleEvents`` only reports; ``RetryPolicy`` only decides. The decision is
 written into the message's options and carried out atomically by the consumer
-when it settles the message (see ``broker.py``).
+when it settles the message (see ``broker.py``). The events of a settle
+(``message.processed``, ``message.retrying``, ``message.dead_lettered``) are
+shaped here but written by the settle's own script, so they exist exactly when
+the settle does; ``message.started`` and ``message.failed`` mark no move in
+Redis and go through the process's event buffer.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class LifecycleEvents(dramatiq.Middleware):
         t0 = self._started.pop(message.message_id, None)
         duration = round((time.perf_counter() - t0) * 1000, 3) if t0 is not None else None
         if exception is None:
-            self.emitter.emit("message.processed", duration_ms=duration, **_where(message))
+            message.iii_event = self.emitter.make("message.processed", duration_ms=duration, **_where(message))
         else:
             self.emitter.emit("message.failed", duration_ms=duration, error=describe(exception),
                               data={"traceback": user_traceback(exception)[-8000:]}, **_where(message))
@@ -85,12 +89,13 @@ class RetryPolicy(dramatiq.Middleware):
             delay = strategy.delay_for(retries + 1)
             opts["retries"] = retries + 1
             opts["iii_outcome"] = {"kind": "retry", "delay_ms": delay}
-            self.emitter.emit("message.retrying", **{**where, "attempt": retries + 2},
-                              error=describe(exception), data={"delay_ms": delay})
+            message.iii_event = self.emitter.make("message.retrying", **{**where, "attempt": retries + 2},
+                                                  error=describe(exception), data={"delay_ms": delay})
             return
         entry = dead_letter_entry(
             message, dlq=strategy.dead_letter_queue, error=describe(exception),
             traceback=user_traceback(exception), attempts=retries + 1,
         )
         opts["iii_outcome"] = {"kind": "dead", "entry": asdict(entry)}
-        self.emitter.emit("message.dead_lettered", **where, error=entry.error, data={"dlq": entry.dlq, "attempts": entry.attempts})
+        message.iii_event = self.emitter.make("message.dead_lettered", **where, error=entry.error,
+                                              data={"dlq": entry.dlq, "attempts": entry.attempts})

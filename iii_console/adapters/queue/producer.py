@@ -2,7 +2,10 @@
 
 Both a sync and an async flavour share the message building; the write is one
 ``enqueue.lua`` call either way, so a fan-out is all-or-nothing and an HTTP
-request that got its 202 has its messages durably in Redis.
+request that got its 202 has its messages durably in Redis. The same call
+writes each copy's ``message.enqueued`` event, so the stream shows a message
+exactly when Redis holds it. A delayed message waits in Redis (its queue's
+``.delayed`` set), due by Redis's clock.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
-from dramatiq.common import dq_name
 from dramatiq.message import Message
 
 from iii_console.adapters.queue.names import Subscription
@@ -56,7 +58,7 @@ class _Builder:
             raise EnqueueError(f"priority must be one of {', '.join(PRIORITIES)}, not {prio!r}")
         if delay_ms < 0:
             raise EnqueueError("delay_ms must be >= 0")
-        args: list[Any] = [self.keys.dramatiq_namespace]
+        args: list[Any] = []
         copies = []
         now = now_ms()
         for sub in subs:
@@ -70,9 +72,6 @@ class _Builder:
                 **(options or {}),
             }
             queue = sub.queue(prio)
-            if delay_ms:
-                queue = dq_name(queue)
-                opts["eta"] = now + delay_ms
             msg = Message(queue_name=queue, actor_name=sub.actor(prio), args=(data,), kwargs={}, options=opts)
             try:
                 encoded = msg.encode()
@@ -82,21 +81,23 @@ class _Builder:
             copies.append((sub, msg))
         return args, copies, prio
 
-    def announce(self, topic: str, data: Any, copies: list[tuple[Subscription, Message]], prio: str, delay_ms: int, source: str | None, trace_id: str) -> list[str]:
+    def events(self, topic: str, data: Any, copies: list[tuple[Subscription, Message]], prio: str, delay_ms: int,
+               source: str | None, trace_id: str) -> list[Any]:
+        """The copies' ``message.enqueued`` events, written by the enqueue script itself."""
         if not copies:
             self.emitter.emit("log", trace_id=trace_id, step=source, topic=topic,
                               data={"level": "warning", "message": f"no step subscribes to topic {topic!r}; message dropped"})
-        for sub, msg in copies:
-            self.emitter.emit(
-                "message.enqueued",
-                trace_id=trace_id,
-                message_id=msg.message_id,
-                step=sub.step,
-                topic=topic,
-                queue=sub.queue(prio),
-                data={"payload": data, "priority": prio, "delay_ms": delay_ms, "source": source},
-            )
-        return [m.message_id for _, m in copies]
+        return [
+            self.emitter.make("message.enqueued", trace_id=trace_id, message_id=msg.message_id, step=sub.step, topic=topic,
+                              queue=sub.queue(prio), data={"payload": data, "priority": prio, "delay_ms": delay_ms, "source": source})
+            for sub, msg in copies
+        ]
+
+
+def _script_args(ns: str, triples: list[Any], *, once: str | None, once_ttl_ms: int, delay_ms: int, events: Any,
+                 floor: tuple[str, int, str] | None) -> list[Any]:
+    f_key, f_ms, f_json = floor or ("", 0, "")
+    return [ns, once or "", once_ttl_ms, delay_ms, events, f_key, f_ms, f_json, *triples]
 
 
 class Producer(_Builder):
@@ -108,14 +109,22 @@ class Producer(_Builder):
 
     def enqueue(self, topic: str, data: Any, *, trace_id: str, priority: str | None = None, delay_ms: int = 0,
                 source: str | None = None, once: str | None = None, once_ttl_ms: int = 86_400_000,
-                options: dict[str, Any] | None = None) -> list[str] | None:
-        """Returns the message ids, or ``None`` when ``once`` was already used."""
-        args, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source, options=options)
-        args[1:1] = [once or "", once_ttl_ms]
-        if copies or once:
-            if self.scripts.enqueue(args=args) == 0 and once:
+                options: dict[str, Any] | None = None, floor: tuple[str, int, str] | None = None) -> list[str] | None:
+        """Returns the message ids, or ``None`` when ``once`` was already used (or ``floor`` refused it).
+
+        ``floor`` is ``(key, ms, json)``: enqueue only if ``key`` records no
+        ``scheduled_ms`` at or after ``ms``, and then set it to ``json`` (a cron
+        trigger's last fired tick).
+        """
+        triples, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source, options=options)
+        events = self.events(topic, data, copies, prio, delay_ms, source, trace_id)
+        if copies or once or floor:
+            ns = self.keys.dramatiq_namespace
+            n = self.emitter.transition(lambda ev: self.scripts.enqueue(args=_script_args(
+                ns, triples, once=once, once_ttl_ms=once_ttl_ms, delay_ms=delay_ms, events=ev, floor=floor)), *events)
+            if n == 0 and (once or floor):
                 return None
-        return self.announce(topic, data, copies, prio, delay_ms, source, trace_id)
+        return [m.message_id for _, m in copies]
 
 
 class AsyncProducer(_Builder):
@@ -129,11 +138,17 @@ class AsyncProducer(_Builder):
 
     async def enqueue(self, topic: str, data: Any, *, trace_id: str, priority: str | None = None, delay_ms: int = 0,
                       source: str | None = None, options: dict[str, Any] | None = None) -> list[str]:
-        args, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source, options=options)
-        args[1:1] = ["", 0]
+        triples, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source, options=options)
+        events = self.events(topic, data, copies, prio, delay_ms, source, trace_id)
         if copies:
-            await self._enqueue(args=args)
-        return self.announce(topic, data, copies, prio, delay_ms, source, trace_id)
+            # On the server's loop the script cannot wait for the event buffer (it
+            # would block the loop): events buffered before it (``http.received``)
+            # may land after the message's ``message.enqueued``.
+            stream = self.emitter.stream
+            ev = stream.payload((), events) if stream is not None else ""
+            await self._enqueue(args=_script_args(self.keys.dramatiq_namespace, triples, once=None, once_ttl_ms=0,
+                                                  delay_ms=delay_ms, events=ev, floor=None))
+        return [m.message_id for _, m in copies]
 
 
 def subscriptions_for(steps: Any) -> Subscriptions:

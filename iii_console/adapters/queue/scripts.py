@@ -1,15 +1,36 @@
-"""Load the broker's Lua scripts once per client."""
+"""Load the broker's Lua scripts once per client.
+
+Scripts that move messages start with the core's ``lua/_events.lua``: the
+helpers with which each writes the events of its own transition (see that file).
+"""
 
 from __future__ import annotations
 
 from importlib import resources
 from typing import Any
 
-_NAMES = ("enqueue", "fetch", "move", "dead", "heartbeat", "sweep", "requeue_dead", "ack")
-SOURCES = {n: resources.files(__package__).joinpath(f"lua/{n}.lua").read_text() for n in _NAMES}
+_NAMES = ("enqueue", "fetch", "move", "dead", "heartbeat", "sweep", "requeue_dead", "requeue", "ack", "promote")
+#: Scripts that write events and so need the shared prelude.
+_WITH_EVENTS = {"enqueue", "move", "dead", "requeue_dead", "ack", "promote"}
+_PRELUDE = resources.files("iii_console.core").joinpath("lua/_events.lua").read_text()
+SOURCES = {
+    n: (_PRELUDE + "\n" if n in _WITH_EVENTS else "") + resources.files(__package__).joinpath(f"lua/{n}.lua").read_text()
+    for n in _NAMES
+}
 
 
 class Scripts:
+    enqueue: Any
+    fetch: Any
+    move: Any
+    dead: Any
+    heartbeat: Any
+    sweep: Any
+    requeue_dead: Any
+    requeue: Any
+    ack: Any
+    promote: Any
+
     def __init__(self, client: Any):
         for name, src in SOURCES.items():
             setattr(self, name, client.register_script(src))

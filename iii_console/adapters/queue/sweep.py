@@ -1,38 +1,76 @@
-"""Recover dead workers' in-flight messages.
+"""Recover the messages of workers that are gone.
 
 A worker is dead when its last heartbeat (written with Redis's clock) is older
 than ``heartbeat_timeout``. Every live worker and the supervisor sweep on a
-timer, so recovery does not wait for a restarted worker to boot; sweeping is
-idempotent (``requeue_dead.lua`` empties the in-flight set as it requeues), so
-concurrent sweepers cannot duplicate a message.
+timer, so recovery does not wait for a restarted worker to boot; a supervisor
+also recovers a child of its own the moment it sees it exit without its clean
+stop (:func:`recover_worker`), without waiting for the heartbeat to age.
+Recovery is idempotent (``requeue_dead.lua`` empties the in-flight set as it
+requeues, writing one ``message.redelivered`` per message it returns), so
+concurrent sweepers cannot duplicate a message or its event.
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import redis
 
 from iii_console.adapters.queue.scripts import Scripts
 from iii_console.core.emitter import Emitter
-from iii_console.core.keys import Keys
+from iii_console.core.keys import Keys, as_str
+
+
+def requeue_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: Emitter, worker_id: str, *,
+                   reason: str, by: str = "") -> int:
+    """Return every message ``worker_id`` holds to the head of its queue; returns how many.
+
+    The worker must be gone (or be the caller, giving up handlers it abandons):
+    nothing checks that it is not still running them.
+    """
+    ns = keys.dramatiq_namespace
+    prefix = f"{ns}:__acks__.{worker_id}."
+    name = ""
+    try:
+        info = json.loads(client.hget(keys.workers, worker_id) or b"{}")
+        name = str(info.get("name") or "") if isinstance(info, dict) else ""
+    except ValueError:
+        pass
+    stream = emitter.stream
+    events: Any = stream.payload((), ()) if stream is not None else ""
+    n = 0
+    for key in client.scan_iter(match=prefix + "*", count=1000):
+        queue = as_str(key)[len(prefix):]
+        n += int(scripts.requeue_dead(args=[ns, queue, worker_id, reason, by or emitter.worker, events, name]))
+    return n
+
+
+def forget_worker(client: redis.Redis, keys: Keys, worker_id: str) -> bool:
+    """Remove a gone worker's heartbeat and registry entry; True if this call removed the heartbeat."""
+    removed = bool(client.zrem(keys.worker_heartbeats, worker_id))
+    client.hdel(keys.workers, worker_id)
+    return removed
+
+
+def recover_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: Emitter, worker_id: str, **event: Any) -> int:
+    """A supervisor's child exited without its clean stop: give its messages back now and say so."""
+    n = requeue_worker(client, keys, scripts, emitter, worker_id, reason=str(event.get("reason", "crashed")))
+    forget_worker(client, keys, worker_id)
+    emitter.emit("worker.stopped", data={"id": worker_id, "requeued": n, **event})
+    return n
 
 
 def sweep_dead_workers(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: Emitter, *, timeout_ms: int,
                        self_id: str | None = None) -> int:
     """Requeue every dead worker's in-flight messages; returns how many."""
-    ns = keys.dramatiq_namespace
     moved = 0
     for raw in scripts.sweep(args=[keys.worker_heartbeats, timeout_ms]):
-        dead = raw.decode() if isinstance(raw, bytes) else raw
+        dead = as_str(raw)
         if dead == self_id:
             continue
-        prefix = f"{ns}:__acks__.{dead}."
-        n = 0
-        for key in client.scan_iter(match=prefix + "*", count=1000):
-            queue = (key.decode() if isinstance(key, bytes) else key)[len(prefix):]
-            n += int(scripts.requeue_dead(args=[ns, queue, dead]))
-        removed = client.zrem(keys.worker_heartbeats, dead)
-        client.hdel(keys.workers, dead)
+        n = requeue_worker(client, keys, scripts, emitter, dead, reason="heartbeat lost")
         moved += n
-        if removed:  # one report per dead worker, however many sweepers saw it
+        if forget_worker(client, keys, dead):  # one report per dead worker, however many sweepers saw it
             emitter.emit("worker.stopped", data={"id": dead, "reason": "heartbeat lost", "requeued": n})
     return moved

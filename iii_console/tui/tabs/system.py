@@ -134,7 +134,11 @@ def worker_line(ev: Any) -> Text:
         what = Text.assemble((str(d.get("name") or d.get("id", "")), "bold"), f"  host {d.get('host', '?')} pid {d.get('pid', '?')}  ",
                              ("  ".join(f"{q}×{c}" for q, c in queues.items()), "bright_black"))
     else:
-        extra = f"  requeued {d['requeued']}" if "requeued" in d else ""
+        how = d.get("signal") or (f"exit code {d['exit_code']}" if "exit_code" in d else "")
+        extra = (f" ({how})" if how else "") + (f"  gave back {d['requeued']} message(s)" if "requeued" in d else "")
+        if d.get("abandoned"):
+            extra += f"  abandoned {d['abandoned']} running handler message(s)"
+        style = "bold red" if d.get("reason") in ("crashed", "heartbeat lost") else style
         what = Text.assemble((str(d.get("id", ""))[:8], "bold"), f"  {d.get('reason', '')}{extra}")
     return Text.assemble((clock(ev.ts), "bright_black"), "  ", (f"{ev.type:<16}", style), what)
 

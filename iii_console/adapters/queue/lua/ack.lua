@@ -1,9 +1,18 @@
--- Acknowledge a processed message: release it and forget its body and delivery count.
--- ARGV: namespace, queue_name, worker_id, redis_message_id
+-- Acknowledge a processed message: release it, forget its body and delivery
+-- count, and write its message.processed event, all only if this worker still
+-- holds it. ARGV: namespace, queue_name, worker_id, redis_message_id, events (E).
+local E = iii_decode(ARGV[5])
 local q = ARGV[1] .. ":" .. ARGV[2]
+local err = iii_checks(iii_event_keys(E, {{ARGV[1] .. ":__acks__." .. ARGV[3] .. "." .. ARGV[2], "set"},
+  {q .. ".msgs", "hash"}, {q .. ".deliveries", "hash"}}))
+if err then return err end
+iii_pre(E)
+local r = 0
 if redis.call("SREM", ARGV[1] .. ":__acks__." .. ARGV[3] .. "." .. ARGV[2], ARGV[4]) > 0 then
   redis.call("HDEL", q .. ".msgs", ARGV[4])
   redis.call("HDEL", q .. ".deliveries", ARGV[4])
-  return 1
+  iii_settle(E)
+  r = 1
 end
-return 0
+iii_trim(E)
+return r
