@@ -327,16 +327,25 @@ def _send_http(cfg: Config, url: str | None, text: str, priority: str | None, co
     return sent
 
 
+def parse_json_arg(text: str, hint: str) -> Any:
+    """JSON given on the command line, or a one-line ``BadParameter`` naming ``hint``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=hint) from None
+    except RecursionError:
+        raise click.BadParameter("JSON nested too deeply (more than ~900 levels)", param_hint=hint) from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=hint) from None
+
+
 def _send_topic(cfg: Config, topic: str, data: str | None, priority: str | None, count: int, as_json: bool) -> int:
     from iii_console.adapters.queue.producer import subscriptions_for
     from iii_console.core.discovery import discover
     from iii_console.runtime.runner import StepRunner
     from iii_console.runtime.services import Services
 
-    try:
-        payload = json.loads(data) if data is not None else {}
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
+    payload = parse_json_arg(data, "--data") if data is not None else {}
     url = _existing_redis(cfg)
     cfg = cfg.with_overrides(**{"redis.url": url})
     steps = discover(cfg.steps_path)

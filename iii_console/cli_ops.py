@@ -269,10 +269,9 @@ def state_get(group: str, key: str, as_json: bool, config_path: str | None, redi
 @_common
 def state_set(group: str, key: str, value: str, config_path: str | None, redis_url: str | None) -> None:
     """Set GROUP/KEY to a JSON value."""
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="JSON") from None
+    from iii_console.cli import parse_json_arg
+
+    parsed = parse_json_arg(value, "JSON")
     if parsed is None:
         raise click.BadParameter("null is not a value; use `state delete`", param_hint="JSON")
     _store(config_path, redis_url).set(group, key, parsed)

@@ -58,6 +58,10 @@ CASES = [
     (["send", "hi", "--count", "-1"], {}, 2, "--count"),
     (["send", "--topic", "message.sent", "--data", "not json"], {}, 2, "--data"),
     (["send", "--data", "{}"], {}, 2, "--topic"),
+    (["send", "--topic", "message.sent", "--data", "[" * 5000 + "]" * 5000], {}, 2, "nested too deeply"),
+    (["send", "--topic", "message.sent", "--data", "[" * 40000 + "]" * 40000], {}, 2, "nested too deeply"),
+    (["state", "set", "g", "k", "{\"a\":" * 5000 + "1" + "}" * 5000], {}, 2, "nested too deeply"),
+    (["state", "set", "g", "k", "[" * 40000 + "]" * 40000], {}, 2, "nested too deeply"),
     (["tail", "--type", "bogus"], {}, 2, "--type"),
     (["dlq", "replay"], {}, 2, "--all"),
     (["dlq", "list", "--since", "bogus", "--redis", UNREACHABLE], {}, 2, "--since"),
@@ -101,7 +105,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("args", "env", "code", "needle"), CASES, ids=[" ".join(c[0]) + "".join(f" {k}={v}" for k, v in c[1].items()) for c in CASES])
+@pytest.mark.parametrize(("args", "env", "code", "needle"), CASES, ids=[(" ".join(c[0]) + "".join(f" {k}={v}" for k, v in c[1].items()))[:100] for c in CASES])
 def test_mistakes_are_one_line_on_stderr_and_a_non_zero_exit(project, args, env, code, needle):
     res = _run(project, *args, **env)
     lines = res.stderr.splitlines()

@@ -413,6 +413,52 @@ def handler(tick, ctx):
 """
 
 
+def test_a_scheduler_whose_clock_runs_ahead_by_more_than_a_markers_life_never_fires_a_tick_twice(schedulers, r, keys, monkeypatch):
+    """Given two schedulers, one whose clock is 2 s ahead, and tick markers that live 0.1 s (standing in for a clock
+    620 s ahead of markers that live 600 s), when both run for 20 s, then every tick is enqueued exactly once: the
+    fast one claims each tick early and its marker expires before the on-time one gets there, but no tick is ever
+    fired at or before the last one fired."""
+    import time as _time
+
+    from iii_console.runtime import scheduler as sched_mod
+
+    monkeypatch.setattr(sched_mod, "TICK_MARKER_TTL_MS", 100)
+    on_time, fast = Clock(T0), Clock(T0 + 2000)
+    a, b = schedulers(on_time), schedulers(fast)
+    a.run_once()
+    b.run_once()
+    for _ in range(80):  # 20 s of both clocks, in real time steps long enough for markers to expire
+        on_time.ms += 250
+        fast.ms += 250
+        b.run_once()
+        _time.sleep(0.02)
+        a.run_once()
+    schedulers.flush()
+    counts = Counter(fired(r, keys))
+    assert counts and set(counts.values()) == {1}, {t - T0: n for t, n in counts.items() if n > 1}
+    assert r.llen(f"{keys.dramatiq_namespace}:_cron--Ticker--normal") == len(counts)
+
+
+def test_schedulers_judge_ticks_by_redis_clock_not_their_own(schedulers, r, keys):
+    """Given a scheduler whose host clock is 620 s ahead of Redis, when it runs with the default (Redis-corrected)
+    clock, then it fires the tick that is due by Redis's clock, not one 620 s early."""
+    import time as _time
+
+    from iii_console.runtime.scheduler import RedisClock
+
+    s = schedulers(Clock(0))
+    s.clock = RedisClock(s.services.client, local=lambda: _time.time() + 620)
+    s.run_once()
+    deadline = _time.monotonic() + 5
+    while not fired(r, keys) and _time.monotonic() < deadline:
+        _time.sleep(s.run_once())
+    schedulers.flush()
+    secs, micros = r.time()
+    redis_now = secs * 1000 + micros // 1000
+    [first, *_] = fired(r, keys)
+    assert redis_now - 3000 <= first <= redis_now, (first - redis_now)
+
+
 def test_each_cron_trigger_of_a_step_fires_its_own_ticks_and_resumes_from_its_own_last_one(tmp_path, redis_url, r, keys):
     """Given a step with two cron triggers whose ticks coincide every 2 s, when a scheduler runs 10 s, stops for 10 s
     and another starts, then every tick of each trigger fires once, the shared ones twice (once per trigger)."""

@@ -16,6 +16,13 @@ scheduler reached in time is not run: it is claimed with the same once-key as
 scheduler that lagged (Redis away, the process stopped) and ticks missed while no
 scheduler ran at all: a starting scheduler resumes after the last tick any
 scheduler fired (``cron-last``), looking back at most ``lookback_ms``.
+
+Clocks. Schedulers judge "now" by Redis's clock (their own clock plus an
+offset read from ``TIME`` every few seconds), so a host whose clock is off does
+not fire ticks early or late. And a tick is never fired at or before the last
+tick any scheduler fired for the trigger: the enqueue script checks and moves
+``cron-last`` in the same atomic step as the tick's once-key, so neither an
+expired once-key nor a clock that jumps back can fire a tick twice.
 """
 
 from __future__ import annotations
@@ -47,6 +54,35 @@ LOOKBACK_MS = 300_000
 #: How long a tick's once-marker lives: longer than the look-back plus the grace, so a
 #: tick some scheduler fired is never claimed as skipped by another.
 TICK_MARKER_TTL_MS = 600_000
+#: How often a scheduler reads Redis's clock to correct its own.
+CLOCK_SYNC_S = 5.0
+
+
+class RedisClock:
+    """This host's clock corrected to Redis's: the one clock every scheduler agrees on.
+
+    The offset is read with ``TIME`` at most every ``CLOCK_SYNC_S`` (taking half
+    the round trip as the one-way delay); while Redis is away the last offset holds.
+    """
+
+    def __init__(self, client: redis.Redis, local: Callable[[], float] = time.time):
+        self.client = client
+        self.local = local
+        self.offset = 0.0
+        self._synced = float("-inf")
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        if now - self._synced >= CLOCK_SYNC_S:
+            try:
+                t0 = self.local()
+                secs, micros = self.client.time()
+                t1 = self.local()
+                self.offset = (secs + micros / 1e6) - (t0 + t1) / 2
+                self._synced = now
+            except redis.RedisError:
+                pass
+        return self.local() + self.offset
 
 
 def due_ticks(expr: str, after_ms: int, until_ms: int) -> list[int]:
@@ -73,11 +109,11 @@ def next_tick(expr: str, after_ms: int) -> int | None:
 
 
 class Scheduler:
-    def __init__(self, services: Services, steps: list[Step], producer: Producer, *, clock: Callable[[], float] = time.time,
+    def __init__(self, services: Services, steps: list[Step], producer: Producer, *, clock: Callable[[], float] | None = None,
                  misfire_grace_ms: int = MISFIRE_GRACE_MS, lookback_ms: int = LOOKBACK_MS):
         self.services = services
         self.producer = producer
-        self.clock = clock
+        self.clock = clock or RedisClock(services.client)
         self.misfire_grace_ms = misfire_grace_ms
         self.lookback_ms = lookback_ms
         self.jobs = [(s, t.expression) for s in steps for t in s.of(CronTrigger)]
@@ -162,9 +198,11 @@ class Scheduler:
         keys = self.services.keys
         trace_id = uuid.uuid4().hex
         topic = f"{CRON_TOPIC}.{step.name}"
+        last = json.dumps({"scheduled_ms": scheduled_ms, "fired_ms": now, "expression": expr}, separators=(",", ":"))
         ids = self.producer.enqueue(
             topic, {"scheduled_ms": scheduled_ms, "fired_ms": now, "expression": expr}, trace_id=trace_id, source="scheduler",
             once=keys.cron_tick(step.name, expr, scheduled_ms), once_ttl_ms=TICK_MARKER_TTL_MS,
+            floor=(keys.cron_last(step.name, expr), scheduled_ms, last),
         )
         if ids is None:
             return False
@@ -172,8 +210,6 @@ class Scheduler:
         self.services.emitter.emit("cron.fired", step=step.name, trace_id=trace_id, message_id=ids[0] if ids else None,
                                    topic=topic, queue=queue,
                                    data={"expression": expr, "scheduled_ms": scheduled_ms, "fired_ms": now, "drift_ms": now - scheduled_ms})
-        self.services.client.set(keys.cron_last(step.name, expr),
-                                 json.dumps({"scheduled_ms": scheduled_ms, "fired_ms": now, "expression": expr}, separators=(",", ":")))
         return True
 
     def skip(self, step: Step, expr: str, ticks: list[int], now: int) -> int:
@@ -183,6 +219,10 @@ class Scheduler:
         reported as skipped, and two lagging schedulers never report the same tick.
         """
         keys = self.services.keys
+        fired = self.last_fired(step, expr)
+        ticks = [t for t in ticks if fired is None or t > fired]  # at or before a fired tick: decided already
+        if not ticks:
+            return 0
         pipe = self.services.client.pipeline(transaction=False)
         for t in ticks:
             pipe.set(keys.cron_tick(step.name, expr, t), "skipped", nx=True, px=TICK_MARKER_TTL_MS)
