@@ -72,3 +72,84 @@ def check(client: redis.Redis, keys: Keys, sent: set[str]) -> Report:
         duplicate_executions=sum(n - 1 for n in execs.values() if n > 1),
         stuck=stuck,
     )
+
+
+#: Lifecycle events, in the order of one delivery.
+LIFECYCLE = ("message.enqueued", "message.started", "message.failed", "message.retrying", "message.redelivered",
+             "message.processed", "message.dead_lettered")
+
+
+@dataclass
+class StreamReport:
+    """Where the event stream and Redis disagree about the messages of a run (all zero when they agree)."""
+
+    messages: int
+    #: Gone from Redis (acked) without a message.processed event.
+    acked_without_event: int
+    #: A message.processed event while Redis still holds the message.
+    processed_but_held: int
+    #: More than one message.processed for one message.
+    settled_twice: int
+    #: Back in its queue after a start, with no message.redelivered after that start.
+    requeued_without_event: int
+    #: Metric counters that differ from the stream's count of that event type.
+    counters_off: dict[str, tuple[int, int]]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.acked_without_event or self.processed_but_held or self.settled_twice
+                    or self.requeued_without_event or self.counters_off)
+
+
+def check_stream(client: redis.Redis, keys: Keys, sent: set[str], topic: str = "chaos") -> StreamReport:
+    """Compare, for every message sent (trace id = its key), the stream's last lifecycle event with where Redis holds it.
+
+    Call it while nothing moves messages (every worker stopped or frozen): then a
+    message Redis no longer holds must have exactly one ``message.processed``; one
+    Redis holds must have none; and one waiting in its queue after a start must have
+    been given back with a ``message.redelivered``. The metric counters must match
+    the stream's counts.
+    """
+    import json
+
+    from iii_console.core.events import Event
+    from iii_console.core.metrics import read
+
+    ns = keys.dramatiq_namespace
+    held: dict[str, str] = {}  # trace id -> "waiting" / "in flight" / "delayed"
+    for k in client.scan_iter(match=f"{ns}:{topic}--*.msgs"):
+        queue = k.decode()[len(ns) + 1:-len(".msgs")]
+        waiting = {x.decode() for x in client.lrange(f"{ns}:{queue}", 0, -1)}
+        delayed = {x.decode() for x in client.zrange(f"{ns}:{queue}.delayed", 0, -1)}
+        for rid, body in client.hgetall(k).items():
+            trace = json.loads(body)["options"]["trace_id"]
+            rid_s = rid.decode()
+            held[trace] = "waiting" if rid_s in waiting else "delayed" if rid_s in delayed else "in flight"
+    life: dict[str, list[str]] = {}
+    counted: dict[str, int] = {}
+    for eid, fields in client.xrange(keys.events):
+        ev = Event.decode(eid, fields)
+        if ev.type in LIFECYCLE and ev.trace_id in sent:
+            life.setdefault(ev.trace_id, []).append(ev.type)
+        if ev.type in LIFECYCLE and ev.topic == topic:
+            counted[ev.type] = counted.get(ev.type, 0) + 1
+    acked_without = processed_held = twice = requeued_without = 0
+    for trace in sent:
+        types = life.get(trace, [])
+        processed = types.count("message.processed")
+        twice += processed > 1
+        if trace in held:
+            processed_held += processed > 0
+            if held[trace] == "waiting" and "message.started" in types:
+                last_start = len(types) - 1 - types[::-1].index("message.started")
+                requeued_without += "message.redelivered" not in types[last_start:]
+        else:
+            acked_without += processed == 0
+    counts, _ = read(client, keys)
+    by_type: dict[str, int] = {}
+    for (t, tp, _step), n in counts.items():
+        if tp == topic and t in LIFECYCLE:
+            by_type[t] = by_type.get(t, 0) + n
+    off = {t: (by_type.get(t, 0), counted.get(t, 0)) for t in set(by_type) | set(counted)
+           if by_type.get(t, 0) != counted.get(t, 0)}
+    return StreamReport(len(sent), acked_without, processed_held, twice, requeued_without, off)

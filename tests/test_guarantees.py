@@ -177,3 +177,24 @@ def test_a_state_write_with_no_watched_set_records_its_change(r, keys, redis_url
     r.sadd(keys.state_watched, "")
     store.set("any", "k", 2)
     assert r.xlen(keys.state_changes) == 1
+
+
+def test_an_older_versions_delay_queue_is_moved_into_the_delayed_sets(project, runtime, r, keys):
+    """Given a message an older version left in a `.DQ` delay queue (due in 300 ms), when a supervisor starts, then
+    it is moved into its queue's delayed set and runs when due."""
+    from dramatiq.message import Message
+
+    from iii_console.adapters.queue.delays import migrate_legacy_delay_queues
+
+    cfg, steps = project({"slow_step.py": SLOW})
+    ns = keys.dramatiq_namespace
+    rid = "legacy-1"
+    eta = int(time.time() * 1000) + 300
+    old = Message(queue_name="jobs--Slow--normal.DQ", actor_name="Slow:jobs:normal", args=({"k": "legacy", "sleep": 0},), kwargs={},
+                  options={"topic": "jobs", "trace_id": "t-legacy", "eta": eta, "redis_message_id": rid})
+    r.hset(f"{ns}:jobs--Slow--normal.DQ.msgs", rid, old.encode())
+    r.rpush(f"{ns}:jobs--Slow--normal.DQ", rid)
+    assert migrate_legacy_delay_queues(r, keys) == 1
+    assert not r.exists(f"{ns}:jobs--Slow--normal.DQ") and r.zscore(f"{ns}:jobs--Slow--normal.delayed", rid) == eta
+    runtime(cfg, steps)
+    wait_for(lambda: runs(r, keys, "Slow").get("legacy") == 1, what="the legacy message, run when due")

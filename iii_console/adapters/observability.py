@@ -26,6 +26,7 @@ OUTCOMES = {
     "message.enqueued": "enqueued", "message.started": "started", "message.processed": "processed",
     "message.failed": "failed", "message.retrying": "retried", "message.dead_lettered": "dead_lettered",
     "message.replayed": "replayed",
+    "message.redelivered": "redelivered",
 }
 
 

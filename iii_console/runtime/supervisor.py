@@ -173,6 +173,10 @@ class Supervisor:
                 self.services.emitter.emit("step.error", step=err.step, error=str(err),
                                            data={"file": err.file, "line": err.line, "field": err.field, "message": err.message})
             self._publish_registry()
+            from iii_console.adapters.queue.delays import migrate_legacy_delay_queues
+
+            if moved := migrate_legacy_delay_queues(self.services.client, self.services.keys):
+                log.warning("moved %d delayed message(s) from an older version's delay queues", moved)
             if "server" in self.roles:
                 await self._start_server()
             if "scheduler" in self.roles and self.steps.cron_steps():

@@ -65,9 +65,58 @@ class Promoter:
                 self.run()
             except redis.RedisError as exc:
                 failures += 1
+                if self.stop.is_set():
+                    return
                 if failures == 1 or failures % 120 == 0:
                     log.warning("promoting delayed messages: Redis error: %s; retrying", exc)
                 self.stop.wait(0.5)
             except Exception:
                 log.exception("promoting delayed messages failed; retrying")
                 time.sleep(0.5)
+
+
+_MIGRATE = """
+-- Move one message of an older version's delay queue (a `.DQ` list holding it
+-- until due) into the delayed set of its queue. KEYS: dq list, dq bodies,
+-- queue bodies, queue delayed set, index. ARGV: redis id, body without eta, eta ms, queue name.
+if redis.call("LREM", KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call("HDEL", KEYS[2], ARGV[1])
+redis.call("HSET", KEYS[3], ARGV[1], ARGV[2])
+redis.call("ZADD", KEYS[4], ARGV[3], ARGV[1])
+redis.call("ZADD", KEYS[5], "LT", ARGV[3], ARGV[4])
+return 1
+"""
+
+
+def migrate_legacy_delay_queues(client: redis.Redis, keys: Keys) -> int:
+    """Move messages waiting in an older version's ``.DQ`` delay queues into the delayed sets; returns how many.
+
+    Those versions held delayed messages in worker memory, fetched from ``{queue}.DQ``;
+    this version has no consumer for those lists, so without the move they would wait
+    there for good. Run by a supervisor as it starts.
+    """
+    import json
+
+    ns = keys.dramatiq_namespace
+    move = client.register_script(_MIGRATE)
+    moved = 0
+    for raw in client.scan_iter(match=f"{ns}:*.DQ", count=1000):
+        dq = raw.decode() if isinstance(raw, bytes) else raw
+        if client.type(dq) != b"list":
+            continue
+        queue = dq[len(ns) + 1:-3]
+        for rid_raw in client.lrange(dq, 0, -1):
+            rid = rid_raw.decode()
+            body = client.hget(f"{dq}.msgs", rid)
+            if body is None:
+                client.lrem(dq, 1, rid)
+                continue
+            try:
+                msg = json.loads(body)
+                eta = int(msg["options"].pop("eta", 0) or 0)
+                msg["queue_name"] = queue
+            except (ValueError, KeyError, TypeError):
+                continue  # not ours to read; left where it is
+            moved += int(move(keys=[dq, f"{dq}.msgs", f"{ns}:{queue}.msgs", f"{ns}:{queue}.delayed", delayed_index(keys)],
+                              args=[rid, json.dumps(msg, separators=(",", ":")), eta, queue]))
+    return moved
