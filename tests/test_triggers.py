@@ -308,11 +308,11 @@ def handler(data, ctx):
 """
 
 
-def test_a_stalled_worker_that_held_a_delayed_retry_does_not_run_it_again_on_waking(project, producer, r, keys):
-    """A worker holds a retry in memory until it is due, and is stopped (SIGSTOP:
-    a long GC pause, a frozen VM). The sweep gives the retry to another worker,
-    which runs it when due. When the stalled worker wakes, its copy is no longer
-    its own: promoting it to the queue must do nothing, or the retry runs twice."""
+def test_a_stalled_worker_that_scheduled_a_retry_does_not_run_it_again_on_waking(project, producer, r, keys):
+    """A worker schedules a retry and is stopped (SIGSTOP: a long GC pause, a frozen
+    VM) while it waits. The retry waits in Redis, not in the worker, so another
+    worker runs it when due; when the stalled worker wakes it holds no copy of its
+    own, and the retry has run once."""
     cfg, steps = project({"retry_once_step.py": RETRY_ONCE}, FAST + "queues:\n  jobs:\n    retry_delay: 3000\n")
     attempts = lambda: json.loads(r.hget(keys.state_group("seen"), "attempts") or "{}")  # noqa: E731
     ns = keys.dramatiq_namespace
@@ -321,9 +321,10 @@ def test_a_stalled_worker_that_held_a_delayed_retry_does_not_run_it_again_on_wak
     try:
         wait_for(lambda: r.hlen(keys.workers) == 1, what="the first worker registered")
         producer(cfg, steps).enqueue("jobs", {"k": "m1"}, trace_id="t")
-        # The retry is in the first worker's hands (its delay-queue in-flight set), waiting for its eta.
-        wait_for(lambda: attempts() == {"1": 1} and any(r.scard(k) for k in r.scan_iter(match=f"{ns}:__acks__.*.DQ")),
-                 what="the retry held by the first worker")
+        # The retry waits in Redis for its due time, held by no worker.
+        wait_for(lambda: attempts() == {"1": 1} and any(r.zcard(k) for k in r.scan_iter(match=f"{ns}:*.delayed")),
+                 what="the retry waiting in its queue's delayed set")
+        assert not any(r.scard(k) for k in r.scan_iter(match=f"{ns}:__acks__.*"))
         stalled.send_signal(signal.SIGSTOP)
         other = _spawn_worker(cfg, 1)
         wait_for(lambda: attempts().get("2") == 1, timeout=20, what="the retry run by the other worker")
