@@ -119,6 +119,8 @@ class Child:
     restarts: int = 0
     #: Set while a reload replaces the process, so the monitor does not restart it as well.
     reloading: bool = False
+    #: Set from the monitor seeing it exit until its replacement is started.
+    restarting: bool = False
 
 
 class Supervisor:
@@ -152,6 +154,7 @@ class Supervisor:
         self._unretired: list[tuple[Any, AsyncSide | None]] = []
         self.port: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._restarts: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._tail_from = "0-0"
         self._tail_thread: threading.Thread | None = None
@@ -297,7 +300,7 @@ class Supervisor:
                     old.send_signal(signal.SIGTERM)
                     while old.poll() is None:
                         await asyncio.sleep(0.05)
-                if old.returncode != 0:
+                if old.returncode != 0 and not child.restarting:  # (the monitor recovered a crash it saw)
                     await self._recover(old_id, old.returncode)
                 child.proc, child.worker_id = self._spawn(child.index)
                 child.started = time.monotonic()
@@ -371,26 +374,38 @@ class Supervisor:
                 delay = min(2.0, delay * 2)
 
     async def _monitor(self) -> None:
+        """Notice a worker process's exit at once: recover what it held now, restart it after a backoff.
+
+        The restart waits in a task of its own, so a backoff for one child never
+        delays noticing (and recovering) another.
+        """
         assert self.services is not None
         while not self._stopping:
             for child in self.children:
                 proc = child.proc
                 code = proc.poll()
-                if code is None or self._stopping or child.reloading:
+                if code is None or self._stopping or child.reloading or child.restarting:
                     continue
+                child.restarting = True
                 if code != 0:
                     await self._recover(child.worker_id, code)
                 delay = min(RESTART_BACKOFF_MAX_S, 0.5 * (2 ** min(child.restarts, 5))) if time.monotonic() - child.started < 10 else 0.2
                 self.services.emitter.emit("log", data={"level": "error", "message": f"worker process {proc.pid} exited with {code}; restarting in {delay:.1f}s"})
-                await asyncio.sleep(delay)
-                if self._stopping:
-                    break
-                if child.proc is not proc or child.reloading:
-                    continue  # a reload has replaced it meanwhile (or is doing so)
-                child.proc, child.worker_id = self._spawn(child.index)
-                child.started = time.monotonic()
-                child.restarts += 1
+                task = asyncio.create_task(self._restart_later(child, proc, delay), name="iii-restart")
+                self._restarts.add(task)
+                task.add_done_callback(self._restarts.discard)
             await asyncio.sleep(0.05)
+
+    async def _restart_later(self, child: Child, proc: subprocess.Popen[bytes], delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+            if self._stopping or child.proc is not proc or child.reloading:
+                return  # a reload has replaced it meanwhile (or is doing so)
+            child.proc, child.worker_id = self._spawn(child.index)
+            child.started = time.monotonic()
+            child.restarts += 1
+        finally:
+            child.restarting = False
 
     def _tail(self) -> None:
         """Feed ``on_event`` from the stream in its own thread.
@@ -441,7 +456,7 @@ class Supervisor:
             if child.proc.poll() is None:
                 child.proc.kill()
                 child.proc.wait()
-            if child.proc.returncode != 0 and self.services is not None:
+            if child.proc.returncode != 0 and not child.restarting and self.services is not None:
                 await self._recover(child.worker_id, child.proc.returncode)
         if self.services is not None:
             await asyncio.to_thread(self.services.sink.flush)
@@ -456,7 +471,7 @@ class Supervisor:
                     task.cancel()
             else:
                 task.cancel()
-        for task in list(self._retiring):
+        for task in list(self._retiring) + list(self._restarts):
             task.cancel()
         # The app being served now was never retired; its lifespan hooks only
         # exist (and have run) if it is the one the server started with.
