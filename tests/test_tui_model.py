@@ -163,3 +163,37 @@ def test_step_errors_stay_through_a_failed_reload_and_clear_on_a_good_one():
     assert [e.error for e in m.step_errors.values()] == [b]
     m.ingest([Event("config.reloaded", T0_MS + 2, data={"ok": True, "steps": ["A", "B"]})], NOW)
     assert not m.step_errors
+
+
+def test_a_redelivered_message_shows_the_redelivery_between_its_two_starts():
+    """Given a message whose worker died mid-run, when its events are ingested (start, redelivered, start, processed),
+    then its row goes running → redelivered → running → processed, its trace shows the redelivery between the two
+    starts naming the dead worker, and the redelivery is listed among the problems."""
+    from iii_console.format import detail
+
+    base = dict(message_id="m1", trace_id="t1", step="Work", topic="jobs", queue="jobs--Work--normal")
+    m = ConsoleModel()
+    m.ingest([Event("message.enqueued", ts=T0_MS, **base), Event("message.started", ts=T0_MS + 1, attempt=1, worker="h:1:worker0", **base)], NOW)
+    assert m.messages["m1"].status == "running"
+    back = Event("message.redelivered", ts=T0_MS + 2, worker="h:1:worker0",
+                 data={"reason": "crashed", "deliveries": 1, "worker_id": "w-1", "by": "h:9:supervisor"}, **base)
+    m.ingest([back], NOW)
+    assert m.messages["m1"].status == "redelivered" and m.in_flight == 0
+    m.ingest([Event("message.started", ts=T0_MS + 3, attempt=1, worker="h:2:worker1", **base)], NOW)
+    assert m.messages["m1"].status == "running"
+    m.ingest([Event("message.processed", ts=T0_MS + 4, attempt=1, worker="h:2:worker1", duration_ms=1.0, **base)], NOW)
+    assert m.messages["m1"].status == "processed"
+    trace = [e.type for e in m.traces.get("t1") or []]
+    assert trace == ["message.enqueued", "message.started", "message.redelivered", "message.started", "message.processed"]
+    assert "crashed" in detail(back) and "h:1:worker0" in detail(back)
+    assert any(p.event.type == "message.redelivered" for p in m.problems)
+
+
+def test_the_workers_view_names_a_crashed_process_signal_and_what_it_gave_back():
+    """Given a worker.stopped from a supervisor's recovery, when it is shown, then the line names the signal and the count."""
+    from iii_console.tui.tabs.system import worker_line
+
+    ev = Event("worker.stopped", ts=T0_MS, worker="h:9:supervisor",
+               data={"id": "0123456789", "reason": "crashed", "signal": "SIGKILL", "requeued": 3})
+    text = worker_line(ev).plain
+    assert "crashed" in text and "SIGKILL" in text and "gave back 3" in text
