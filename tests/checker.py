@@ -84,7 +84,7 @@ class StreamReport:
     """Where the event stream and Redis disagree about the messages of a run (all zero when they agree)."""
 
     messages: int
-    #: Gone from Redis (acked) without a message.processed event.
+    #: Gone from Redis (acked or dead-lettered) without a message.processed or message.dead_lettered event.
     acked_without_event: int
     #: A message.processed event while Redis still holds the message.
     processed_but_held: int
@@ -129,7 +129,7 @@ def check_stream(client: redis.Redis, keys: Keys, sent: set[str], topic: str = "
     counted: dict[str, int] = {}
     for eid, fields in client.xrange(keys.events):
         ev = Event.decode(eid, fields)
-        if ev.type in LIFECYCLE and ev.trace_id in sent:
+        if ev.type in LIFECYCLE and ev.trace_id in sent and ev.topic == topic:
             life.setdefault(ev.trace_id, []).append(ev.type)
         if ev.type in LIFECYCLE and ev.topic == topic:
             counted[ev.type] = counted.get(ev.type, 0) + 1
@@ -144,7 +144,7 @@ def check_stream(client: redis.Redis, keys: Keys, sent: set[str], topic: str = "
                 last_start = len(types) - 1 - types[::-1].index("message.started")
                 requeued_without += "message.redelivered" not in types[last_start:]
         else:
-            acked_without += processed == 0
+            acked_without += processed == 0 and "message.dead_lettered" not in types
     counts, _ = read(client, keys)
     by_type: dict[str, int] = {}
     for (t, tp, _step), n in counts.items():

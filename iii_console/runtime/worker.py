@@ -224,7 +224,7 @@ class WorkerRuntime:
         for t in self._threads:
             t.join(5)
         running = [t for w in self.workers.values() for t in w.workers if t.is_alive()]
-        data: dict[str, Any] = {"id": self.worker_id, "reason": "shutdown"}
+        data: dict[str, Any] = {"id": self.worker_id, "name": self.services.name, "reason": "shutdown"}
         if running:
             self.abandoned = self._give_up_running()
             data["abandoned"] = self.abandoned

@@ -22,6 +22,15 @@ from iii_console.core.emitter import Emitter
 from iii_console.core.keys import Keys, as_str
 
 
+def worker_name(client: redis.Redis, keys: Keys, worker_id: str) -> str:
+    """The process name a worker registered (what its events carry as ``worker``), or ""."""
+    try:
+        info = json.loads(client.hget(keys.workers, worker_id) or b"{}")
+    except ValueError:
+        return ""
+    return str(info.get("name") or "") if isinstance(info, dict) else ""
+
+
 def requeue_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: Emitter, worker_id: str, *,
                    reason: str, by: str = "") -> int:
     """Return every message ``worker_id`` holds to the head of its queue; returns how many.
@@ -31,12 +40,7 @@ def requeue_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: E
     """
     ns = keys.dramatiq_namespace
     prefix = f"{ns}:__acks__.{worker_id}."
-    name = ""
-    try:
-        info = json.loads(client.hget(keys.workers, worker_id) or b"{}")
-        name = str(info.get("name") or "") if isinstance(info, dict) else ""
-    except ValueError:
-        pass
+    name = worker_name(client, keys, worker_id)
     stream = emitter.stream
     events: Any = stream.payload((), ()) if stream is not None else ""
     n = 0
@@ -55,9 +59,10 @@ def forget_worker(client: redis.Redis, keys: Keys, worker_id: str) -> bool:
 
 def recover_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: Emitter, worker_id: str, **event: Any) -> int:
     """A supervisor's child exited without its clean stop: give its messages back now and say so."""
+    name = worker_name(client, keys, worker_id)
     n = requeue_worker(client, keys, scripts, emitter, worker_id, reason=str(event.get("reason", "crashed")))
     forget_worker(client, keys, worker_id)
-    emitter.emit("worker.stopped", data={"id": worker_id, "requeued": n, **event})
+    emitter.emit("worker.stopped", data={"id": worker_id, **({"name": name} if name else {}), "requeued": n, **event})
     return n
 
 
@@ -69,8 +74,9 @@ def sweep_dead_workers(client: redis.Redis, keys: Keys, scripts: Scripts, emitte
         dead = as_str(raw)
         if dead == self_id:
             continue
+        name = worker_name(client, keys, dead)
         n = requeue_worker(client, keys, scripts, emitter, dead, reason="heartbeat lost")
         moved += n
         if forget_worker(client, keys, dead):  # one report per dead worker, however many sweepers saw it
-            emitter.emit("worker.stopped", data={"id": dead, "reason": "heartbeat lost", "requeued": n})
+            emitter.emit("worker.stopped", data={"id": dead, **({"name": name} if name else {}), "reason": "heartbeat lost", "requeued": n})
     return moved

@@ -127,8 +127,13 @@ class LivePane(Pane):
 
 def _problem_line(entry: LogEntry) -> Text:
     ev = entry.event
-    style = "bold red" if ev.type in ("message.dead_lettered", "step.error") else "red"
-    label = {"message.failed": "failed", "message.dead_lettered": "dead", "step.error": "step.error", "log": "error log"}.get(ev.type, ev.type)
-    msg = ev.error or (ev.data.get("message") if isinstance(ev.data, dict) else "") or ""
+    style = "bold red" if ev.type in ("message.dead_lettered", "step.error") else "dark_orange" if ev.type == "message.redelivered" else "red"
+    label = {"message.failed": "failed", "message.dead_lettered": "dead", "step.error": "step.error", "log": "error log",
+             "message.redelivered": "redelivered"}.get(ev.type, ev.type)
+    if ev.type == "message.redelivered":
+        d = ev.data if isinstance(ev.data, dict) else {}
+        msg = f"{d.get('reason', '')}: {ev.worker or d.get('worker_id', '?')} held it (delivery {d.get('deliveries', '?')})"
+    else:
+        msg = ev.error or (ev.data.get("message") if isinstance(ev.data, dict) else "") or ""
     return Text.assemble((fmt.hms(ev.ts), "bright_black"), " ", (f"{label:<10}", style), " ",
                          ((ev.step or "-"), "bold"), " ", (ev.trace_id[:8], "bright_black"), "\n  ", (str(msg), style))

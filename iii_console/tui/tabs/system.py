@@ -139,7 +139,7 @@ def worker_line(ev: Any) -> Text:
         if d.get("abandoned"):
             extra += f"  abandoned {d['abandoned']} running handler message(s)"
         style = "bold red" if d.get("reason") in ("crashed", "heartbeat lost") else style
-        what = Text.assemble((str(d.get("id", ""))[:8], "bold"), f"  {d.get('reason', '')}{extra}")
+        what = Text.assemble((str(d.get("name") or str(d.get("id", ""))[:8]), "bold"), f"  {d.get('reason', '')}{extra}")
     return Text.assemble((clock(ev.ts), "bright_black"), "  ", (f"{ev.type:<16}", style), what)
 
 
