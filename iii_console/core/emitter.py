@@ -312,8 +312,15 @@ class Emitter:
     message's. An event emitted with a trace id keeps that one.
     """
 
-    def __init__(self, sink: Callable[[Event], None], *, worker: str | None = None, trace_id: str | None = None,
+    def __init__(self, sink: Callable[[Event], None] | StreamSink, *, worker: str | None = None, trace_id: str | None = None,
                  stream: StreamSink | None = None):
+        # A StreamSink (or its ``put``) is also where transition scripts write: the
+        # settle events of a process must go to the stream its other events go to.
+        owner = sink if isinstance(sink, StreamSink) else getattr(sink, "__self__", None)
+        if stream is None and isinstance(owner, StreamSink):
+            stream = owner
+        if isinstance(sink, StreamSink):
+            sink = sink.put
         self._sink = sink
         #: The sink whose stream transition scripts write to (None: events are off or not in Redis).
         self.stream = stream
