@@ -62,7 +62,7 @@ def detail(ev: Event) -> str:
     if t == "message.dead_lettered":
         return f"→ {d.get('dlq')} after {d.get('attempts', '?')} attempts: {ev.error}"
     if t == "message.redelivered":
-        return f"back to {ev.queue}: {d.get('reason', '')} ({ev.worker or d.get('worker_id', '?')}, delivery {d.get('deliveries', '?')})"
+        return f"{d.get('reason', '')}: {ev.worker or d.get('worker_id', '?')} held it; back at the head of its queue (delivery {d.get('deliveries', '?')})"
     if t == "state.changed":
         new = d.get("new")
         status = f" status={new.get('status')}" if isinstance(new, dict) and "status" in new else ""
