@@ -20,6 +20,7 @@ import click
 from iii_console.core.config import Config, load_config, redact_url, redis_url_problem
 from iii_console.core.errors import IIIError, RedisUnavailable
 from iii_console.core.events import EVENT_TYPES, Event
+from iii_console.core.text import printable
 
 ROLE_CHOICES = ("all", "server", "worker", "scheduler")
 
@@ -64,7 +65,7 @@ class UserError(click.ClickException):
         self.exit_code = err.exit_code
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.message}", err=True)
+        click.echo(f"error: {printable(self.message)}", err=True)
 
 
 class IIIGroup(click.Group):
@@ -205,7 +206,7 @@ async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | No
     print(f"iii-console: running {', '.join(roles)}{where} with Redis at {redact_url(sup.config.redis.url)}; "
           f"{len(sup.steps.steps)} steps, {len(sup.steps.errors)} errors. Ctrl+C to stop.", file=sys.stderr)
     for err in sup.steps.errors:
-        print(f"step error: {err}", file=sys.stderr)
+        print(f"step error: {printable(err)}", file=sys.stderr)
     await stop.wait()
     print("iii-console: stopping (draining in-flight work)...", file=sys.stderr)
     await sup.stop()
@@ -319,7 +320,7 @@ def _send_http(cfg: Config, url: str | None, text: str, priority: str | None, co
             except httpx.HTTPError as exc:
                 raise IIIError(f"request to {base}/messages failed: {exc}") from None
             if r.status_code >= 400:
-                raise IIIError(f"server answered {r.status_code}: {r.text[:500]}")
+                raise IIIError(f"server answered {r.status_code}: {printable(r.text[:500])}")
             sent += 1
             if as_json:
                 click.echo(json.dumps(r.json()))
@@ -441,10 +442,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.UsageError as e:
         # click's own rendering is a usage block, a blank line and the error: one line instead.
         where = e.ctx.command_path if e.ctx is not None else "iii-console"
-        click.echo(f"error: {_one_line(e.format_message())} (see '{where} --help')", err=True)
+        click.echo(f"error: {printable(_one_line(e.format_message()))} (see '{where} --help')", err=True)
         return e.exit_code
     except click.ClickException as e:
-        e.show()
+        if isinstance(e, UserError):
+            e.show()
+        else:
+            click.echo(f"error: {printable(e.format_message())}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
         return 130

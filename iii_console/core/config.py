@@ -17,17 +17,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from iii_console.core.errors import ConfigError
+from iii_console.core.redact import DEFAULT_WORDS, redact_url, words
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, for messages and the screen."""
-    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
 
 
 def redis_url_problem(url: str) -> str | None:
@@ -44,10 +40,22 @@ def redis_url_problem(url: str) -> str | None:
 
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
-        got = f"scheme {parts.scheme + '://'!r}" if parts.scheme else "no scheme"
-        return f"{redact_url(url)!r} has {got}; a Redis URL starts with redis://, rediss:// or unix://"
+        # The value itself is not repeated: it may have come from an environment variable holding a secret.
+        got = f"the scheme {parts.scheme + '://'!r}" if parts.scheme and parts.scheme.isalnum() else "no scheme"
+        return f"not a Redis URL: it has {got}; a Redis URL starts with redis://, rediss:// or unix://"
     try:
         parse_url(url)
+    except ValueError as exc:
+        return f"not a valid Redis URL: {exc}"
+    from redis import ConnectionPool
+
+    try:  # builds a connection object from the query's options (connects to nothing)
+        ConnectionPool.from_url(url).make_connection()
+    except TypeError as exc:
+        m = re.search(r"argument '([^']*)'", str(exc))
+        name = m.group(1) if m else "?"
+        hint = " (TLS options need a rediss:// URL)" if name.startswith("ssl") and parts.scheme != "rediss" else ""
+        return f"unknown option {name!r} in the URL's query{hint}"
     except ValueError as exc:
         return f"not a valid Redis URL: {exc}"
     if parts.scheme == "unix":
@@ -138,6 +146,17 @@ class EventsConfig(_Section):
     """With --no-ui, also print each event as one JSON line on stdout."""
     enabled: bool = True
     """Write lifecycle events to the stream. ``false`` makes every emit a no-op (for benchmarks)."""
+    redact: list[str] = Field(default_factory=lambda: list(DEFAULT_WORDS))
+    """Names whose values events never show: a name matches when one of these is a whole word of it
+    (``privateKey`` matches ``private_key``, ``secretary`` does not match ``secret``)."""
+
+    @field_validator("redact")
+    @classmethod
+    def _words(cls, v: list[str]) -> list[str]:
+        bad = [w for w in v if not words(w)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} has no letters or digits to match")
+        return v
 
 
 class WorkersConfig(_Section):

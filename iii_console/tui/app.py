@@ -46,6 +46,7 @@ from iii_console.core.dlq import DeadLetter
 from iii_console.core.errors import IIIError, StateError
 from iii_console.core.events import Event
 from iii_console.core.keys import Keys
+from iii_console.core.text import printable
 from iii_console.tui import fmt
 from iii_console.tui.filter import EventFilter
 from iii_console.tui.messages import DeadLettersChosen, InspectDeadLetter, OpenTrace, StateGroupChosen, StateKeyChosen
@@ -413,12 +414,12 @@ class ConsoleApp(App[None]):
         """Toasts for what must not scroll by unseen: step errors and dead letters (not the history read at start)."""
         errors = [e for e in live if e.type == "step.error"]
         for ev in errors[:3]:
-            self.notify(f"{ev.step or '?'}: {ev.error}", title="Step error", severity="error", timeout=8, markup=False)
+            self.notify(printable(f"{ev.step or '?'}: {ev.error}"), title="Step error", severity="error", timeout=8, markup=False)
         dead = [e for e in live if e.type == "message.dead_lettered"]
         if dead:
             dlqs = sorted({str((e.data or {}).get("dlq", "?")) for e in dead if isinstance(e.data, dict)})
-            self.notify(f"{len(dead)} message{'s' if len(dead) != 1 else ''} dead-lettered → {', '.join(dlqs)}: "
-                        f"{dead[-1].error}", title="Dead letter", severity="warning", markup=False)
+            self.notify(printable(f"{len(dead)} message{'s' if len(dead) != 1 else ''} dead-lettered → {', '.join(dlqs)}: "
+                          f"{dead[-1].error}"), title="Dead letter", severity="warning", markup=False)
 
     def _announce_link(self) -> None:
         state = (self.link.connected, self.link.outages)
