@@ -334,9 +334,11 @@ def _send_topic(cfg: Config, topic: str, data: str | None, priority: str | None,
     from iii_console.runtime.runner import StepRunner
     from iii_console.runtime.services import Services
 
+    from iii_console.core.events import loads_finite
+
     try:
-        payload = json.loads(data) if data is not None else {}
-    except json.JSONDecodeError as exc:
+        payload = loads_finite(data) if data is not None else {}
+    except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
     url = _existing_redis(cfg)
     cfg = cfg.with_overrides(**{"redis.url": url})

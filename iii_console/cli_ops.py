@@ -276,9 +276,11 @@ def state_get(group: str, key: str, as_json: bool, config_path: str | None, redi
 @_common
 def state_set(group: str, key: str, value: str, config_path: str | None, redis_url: str | None) -> None:
     """Set GROUP/KEY to a JSON value."""
+    from iii_console.core.events import loads_finite
+
     try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
+        parsed = loads_finite(value)
+    except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="JSON") from None
     if parsed is None:
         raise click.BadParameter("null is not a value; use `state delete`", param_hint="JSON")

@@ -100,6 +100,13 @@ class ServerConfig(_Section):
     allowed_hosts: list[str] = Field(default_factory=list)
     """Host header values accepted (DNS-rebinding guard). Empty: loopback names when bound to
     loopback, any host otherwise (where the auth token guards instead)."""
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    """A connection whose request headers are not complete this many seconds after it opened (or
+    after the request's first byte) is closed: slow senders cannot hold connections for good."""
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    """A request whose body is not complete this many seconds after its headers is dropped."""
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    """Connections and requests in progress at once; past this the server answers 503."""
     max_queue_depth: int = Field(default=100_000, ge=0)
     """Back-pressure: HTTP steps answer 429 while a topic they enqueue to has more waiting
     messages than this (0 turns it off), so a flood cannot grow Redis without bound."""

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import redis
 import uvicorn
 
+from iii_console.adapters.http_timeouts import timed_protocol
 from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.adapters.server import create_app
 from iii_console.core.config import Config, redact_url
@@ -212,7 +213,10 @@ class Supervisor:
         self.port = sock.getsockname()[1]
         runner = StepRunner(self.services, subscriptions_for(self.steps.steps))
         self.app = SwappableApp(create_app(runner, self.steps.http_steps(), max_body_bytes=cfg.max_body_bytes))
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=10))
+        srv = self.config.server
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=10,
+                                                    http=timed_protocol(srv.header_timeout, srv.body_timeout),
+                                                    limit_concurrency=srv.max_connections))
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._tasks.append(asyncio.create_task(self.server.serve(sockets=[sock]), name="iii-server"))
         for _ in range(500):
