@@ -221,12 +221,13 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     from iii_console.runtime.supervisor import Supervisor
     from iii_console.tui.app import create_app
 
-    log_dir = cfg.data_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    from iii_console.core.files import private_dir, private_file
+
+    log_dir = private_dir(cfg.data_dir / "logs")  # step output and tracebacks: this user's only
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = logging.FileHandler(log_dir / "console.log")
+    handler = logging.FileHandler(private_file(log_dir / "console.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.WARNING)

@@ -263,6 +263,28 @@ def _lines(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...],
     return out
 
 
+#: Most YAML nodes a configuration may expand to, aliases included. A real file has a few
+#: hundred; nested aliases ("billion laughs") expand a few lines into billions.
+MAX_NODES = 20_000
+
+
+def _check_expansion(root: yaml.Node, fname: str) -> None:
+    """Refuse a document whose aliases expand beyond :data:`MAX_NODES` (counted without expanding it)."""
+    seen = 0
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise ConfigError(f"the file expands to more than {MAX_NODES:,} values through its aliases (*name); "
+                              "write the values out", file=fname, line=n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                stack += (k, v)
+        elif isinstance(n, yaml.SequenceNode):
+            stack += n.value
+
+
 def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, str] | None = None) -> Config:
     """Load ``path`` (default ``./iii-config.yaml``; absent file = all defaults)."""
     env = dict(os.environ if env is None else env)
@@ -285,6 +307,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=fname, line=mark.line + 1 if mark else None) from None
+    if node is not None:
+        _check_expansion(node, fname)
     lines = _lines(node) if node is not None else {}
 
     # Interpolate per scalar so an error can name the key it came from.

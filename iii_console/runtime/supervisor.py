@@ -33,6 +33,7 @@ from iii_console.core.config import Config, redact_url
 from iii_console.core.discovery import StepSet, discover
 from iii_console.core.errors import ConfigError, IIIError, RedisUnavailable
 from iii_console.core.events import Event
+from iii_console.core.files import open_private_log, private_dir
 from iii_console.runtime.embedded import EmbeddedRedis
 from iii_console.runtime.runner import AsyncSide, StepRunner
 from iii_console.runtime.scheduler import Scheduler
@@ -296,8 +297,7 @@ class Supervisor:
                    III_SUPERVISOR_PID=str(os.getpid()))
         stderr: Any = None
         if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            stderr = open(self.log_dir / f"worker-{index}.log", "ab")
+            stderr = open_private_log(private_dir(self.log_dir) / f"worker-{index}.log")
         try:
             return subprocess.Popen([sys.executable, "-m", "iii_console.runtime.worker"], env=env, stdin=subprocess.DEVNULL,
                                     stdout=stderr, stderr=stderr, cwd=self.config.project_dir)
