@@ -203,8 +203,11 @@ async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | No
     if watch:
         sup.watch()
     where = f" on http://{cfg.server.host}:{sup.port}" if sup.port else ""
-    print(f"iii-console: running {', '.join(roles)}{where} with Redis at {redact_url(sup.config.redis.url)}; "
+    version, warning = _redis_version(sup.config.redis.url)
+    print(f"iii-console: running {', '.join(roles)}{where} with Redis {version} at {redact_url(sup.config.redis.url)}; "
           f"{len(sup.steps.steps)} steps, {len(sup.steps.errors)} errors. Ctrl+C to stop.", file=sys.stderr)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     for err in sup.steps.errors:
         print(f"step error: {printable(err)}", file=sys.stderr)
     await stop.wait()
@@ -212,6 +215,23 @@ async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | No
     await sup.stop()
     bad = [c for c in sup.worker_codes if c not in (0, None, -signal.SIGTERM)]
     return 1 if bad else 0
+
+
+def _redis_version(url: str) -> tuple[str, str | None]:
+    """The Redis server's version for the banner, and a warning if it has known security issues."""
+    import redis as _redis
+
+    from iii_console.core.redis_server import server_version, version_warning
+    from iii_console.runtime.services import redis_client
+
+    client = redis_client(url, socket_timeout=3)
+    try:
+        version = server_version(client)
+    except _redis.RedisError:
+        return "(version unknown)", None
+    finally:
+        client.close()
+    return version, version_warning(version)
 
 
 async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | None, threads: int | None, watch: bool) -> int:
@@ -310,8 +330,10 @@ def _send_http(cfg: Config, url: str | None, text: str, priority: str | None, co
     body: dict[str, Any] = {"text": text}
     if priority:
         body["priority"] = priority
+    token = cfg.server.auth_token or os.environ.get("III_AUTH_TOKEN", "")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     sent = 0
-    with httpx.Client(base_url=base, timeout=10) as client, _progress(count, as_json) as progress:
+    with httpx.Client(base_url=base, timeout=10, headers=headers) as client, _progress(count, as_json) as progress:
         task = progress.add_task("sending", total=count)
         for _ in range(count):
             try:

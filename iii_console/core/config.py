@@ -73,6 +73,9 @@ class RedisConfig(_Section):
     """Redis URL (redis://, rediss://, unix://). Empty: start an embedded Redis under .iii/."""
     prefix: str = Field(default="iii:", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
     """Prefix of every key iii-console writes, so several projects can share one Redis."""
+    maxmemory: str = Field(default="1gb", pattern=r"^(?i:[1-9][0-9]*(b|kb|mb|gb)?)$")
+    """Memory the embedded Redis may use (``512mb``, ``2gb``). When full it refuses writes (HTTP steps
+    answer 503) rather than evicting queue data. Not applied to a Redis given by URL."""
 
     @field_validator("url")
     @classmethod

@@ -78,7 +78,7 @@ def resolve_redis(config: Config) -> tuple[Config, EmbeddedRedis | None]:
     """Use the configured Redis, or start (or join) the project's embedded one."""
     if config.redis.url:
         return config, None
-    emb = EmbeddedRedis(config.data_dir)
+    emb = EmbeddedRedis(config.data_dir, maxmemory=config.redis.maxmemory)
     url = emb.start()
     return config.with_overrides(**{"redis.url": url}), emb
 
