@@ -442,3 +442,53 @@ def test_console_logs_are_private_with_an_external_redis(project, redis_url, tmp
     assert oct(log_dir.stat().st_mode & 0o777) == "0o700"
     logs = list(log_dir.glob("worker-*.log"))
     assert logs and all(oct(p.stat().st_mode & 0o777) == "0o600" for p in logs)
+
+
+HOSTILE_STEP = """
+from iii_console import Step, queue
+config = Step(name="Hostile", triggers=[queue("hostile")])
+def handler(data, ctx):
+    ctx.state.set(data["group"], data["key"], {"v": data["group"]})
+    raise ValueError(data["group"] + " [bold red]MARKUP[/]")
+"""
+
+HOSTILE_TEXT = "grp\nFAKE 09:00:00 message.processed\x1b[31mRED\x1b]0;pwned\x07\x1b[2J"
+
+
+def test_operator_commands_print_no_control_characters_or_markup_from_stored_text(project, runtime, producer, r, keys):  # noqa: F811
+    """Given state and a dead letter whose group, key and error hold newlines, ESC sequences and Rich markup, when `tail`,
+    `dlq list/show` and `state groups/list/get` print them, then no ESC, BEL or forged line reaches the terminal and markup shows as text."""
+    from .test_ops import cli
+
+    cfg, steps = project({"hostile_step.py": HOSTILE_STEP}, "queues:\n  hostile:\n    max_retries: 0\n")
+    runtime(cfg, steps)
+    producer(cfg, steps).enqueue("hostile", {"group": HOSTILE_TEXT, "key": "k\x1b[31mRED"}, trace_id="t")
+    wait_for(lambda: events(r, keys, "message.dead_lettered"), what="dead letter")
+    [entry] = [json.loads(x) for x in cli(cfg, "dlq", "list", "--json").stdout.splitlines()]
+    tail = subprocess.Popen([sys.executable, "-m", "iii_console", "tail", "--history", "50", "--type", "state.changed",
+                             "--type", "message.failed", "--redis", cfg.redis.url], cwd=cfg.project_dir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        tail_out, tail_err = tail.communicate(timeout=4)
+    except subprocess.TimeoutExpired:  # it follows the stream until stopped
+        tail.terminate()
+        tail_out, tail_err = tail.communicate(timeout=10)
+    assert tail_out.count(b"\n") == 2, tail_out  # one line per event: no forged ones
+    outputs = {
+        "tail": __import__("types").SimpleNamespace(stdout=tail_out.decode(), stderr=tail_err.decode()),
+        "dlq list": cli(cfg, "dlq", "list"),
+        "dlq show": cli(cfg, "dlq", "show", entry["id"]),
+        "state groups": cli(cfg, "state", "groups"),
+        "state list": cli(cfg, "state", "list", HOSTILE_TEXT),
+        "state get": cli(cfg, "state", "get", HOSTILE_TEXT, "k\x1b[31mRED"),
+    }
+    for name, res in outputs.items():
+        text = res.stdout + res.stderr
+        assert "\x1b" not in text and "\x07" not in text, name
+        if name != "dlq show":  # a traceback keeps its lines (the exception's text among them)
+            assert "\nFAKE" not in text, name
+        assert "\\x1b[31mRED" in text or "\\u001b[31mRED" in text or name == "dlq list", (name, text)
+    shown = outputs["dlq show"].stdout.replace("\n", "")  # the console wraps at its width
+    assert "[bold red]MARKUP[/]" in shown and "grp\\nFAKE" in shown
+    # The JSON output keeps the exact text (escaped by JSON itself).
+    assert json.loads(cli(cfg, "state", "groups", "--json").stdout) == [HOSTILE_TEXT]
