@@ -88,11 +88,23 @@ class Redactor:
     def __call__(self, value: Any) -> Any:
         """``value`` with secrets replaced, at any depth (a new object; ``value`` is not changed)."""
         if isinstance(value, Mapping):
-            pair_name = value.get("name", value.get("key")) if "value" in value else None
-            hide_value = self.is_secret(pair_name)
-            return {k: (REDACTED if self.is_secret(k) or (hide_value and k == "value")
-                        else self(v) if isinstance(v, (Mapping, list, tuple, str)) else v)
-                    for k, v in value.items()}
+            # Runs for every event: scalars and plain strings are kept without a call per value.
+            hide_value = "value" in value and self.is_secret(value.get("name", value.get("key")))
+            seen = self._seen
+            out = {}
+            for k, v in value.items():
+                secret = seen.get(k) if type(k) is str else None
+                if secret is None:
+                    secret = self.is_secret(k)
+                if secret or (hide_value and k == "value"):
+                    out[k] = REDACTED
+                elif type(v) is str:
+                    out[k] = self.scrub(v) if ("=" in v or "@" in v or "earer" in v) else v
+                elif isinstance(v, (Mapping, list, tuple)):
+                    out[k] = self(v)
+                else:
+                    out[k] = v
+            return out
         if isinstance(value, (list, tuple)):
             if len(value) == 2 and isinstance(value[0], str) and self.is_secret(value[0]):
                 return [value[0], REDACTED]  # a header as a (name, value) pair
