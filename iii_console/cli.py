@@ -258,6 +258,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     server_url = f"http://{'127.0.0.1' if cfg.server.host in ('0.0.0.0', '::') else cfg.server.host}:{sup.port}" if sup.port else None
     app = create_app(redis_url=sup.config.redis.url, prefix=cfg.redis.prefix, server_url=server_url,
                      events_maxlen=cfg.events.maxlen)
+    app.notice = _redis_version(sup.config.redis.url)[1]
     try:
         await app.run_async()
     finally:

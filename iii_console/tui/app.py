@@ -132,6 +132,8 @@ class ConsoleApp(App[None]):
         self.redis_url = redis_url
         #: Where the console reads from, as shown in the status bar (no password).
         self.where = f"{redact_url(redis_url)} {keys.prefix}"
+        #: Shown once the console is up (the Redis version's security warning, say).
+        self.notice: str | None = None
         self.keys = keys
         self.server_url = server_url.rstrip("/") if server_url else None
         self.read_only = read_only
@@ -188,6 +190,8 @@ class ConsoleApp(App[None]):
         self._panes: dict[str, Pane] = {"live": self.query_one("#pane-live", LivePane)}
         self._read_stream()
         self._poll()
+        if self.notice:
+            self.notify(printable(self.notice), title="Warning", severity="warning", timeout=15, markup=False)
         self.set_interval(self.tick_s, self._tick, name="render")
         self._redraw(self.now_ms())
 
