@@ -20,6 +20,7 @@ import click
 from iii_console.core.config import Config, load_config, redact_url, redis_url_problem
 from iii_console.core.errors import IIIError, RedisUnavailable
 from iii_console.core.events import EVENT_TYPES, Event
+from iii_console.core.text import printable
 
 ROLE_CHOICES = ("all", "server", "worker", "scheduler")
 
@@ -64,7 +65,7 @@ class UserError(click.ClickException):
         self.exit_code = err.exit_code
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.message}", err=True)
+        click.echo(f"error: {printable(self.message)}", err=True)
 
 
 class IIIGroup(click.Group):
@@ -202,15 +203,35 @@ async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | No
     if watch:
         sup.watch()
     where = f" on http://{cfg.server.host}:{sup.port}" if sup.port else ""
-    print(f"iii-console: running {', '.join(roles)}{where} with Redis at {redact_url(sup.config.redis.url)}; "
+    version, warning = _redis_version(sup.config.redis.url)
+    print(f"iii-console: running {', '.join(roles)}{where} with Redis {version} at {redact_url(sup.config.redis.url)}; "
           f"{len(sup.steps.steps)} steps, {len(sup.steps.errors)} errors. Ctrl+C to stop.", file=sys.stderr)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     for err in sup.steps.errors:
-        print(f"step error: {err}", file=sys.stderr)
+        print(f"step error: {printable(err)}", file=sys.stderr)
     await stop.wait()
     print("iii-console: stopping (draining in-flight work)...", file=sys.stderr)
     await sup.stop()
     bad = [c for c in sup.worker_codes if c not in (0, None, -signal.SIGTERM)]
     return 1 if bad else 0
+
+
+def _redis_version(url: str) -> tuple[str, str | None]:
+    """The Redis server's version for the banner, and a warning if it has known security issues."""
+    import redis as _redis
+
+    from iii_console.core.redis_server import server_version, version_warning
+    from iii_console.runtime.services import redis_client
+
+    client = redis_client(url, socket_timeout=3)
+    try:
+        version = server_version(client)
+    except _redis.RedisError:
+        return "(version unknown)", None
+    finally:
+        client.close()
+    return version, version_warning(version)
 
 
 async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | None, threads: int | None, watch: bool) -> int:
@@ -220,12 +241,13 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     from iii_console.runtime.supervisor import Supervisor
     from iii_console.tui.app import create_app
 
-    log_dir = cfg.data_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    from iii_console.core.files import private_dir, private_file
+
+    log_dir = private_dir(cfg.data_dir / "logs")  # step output and tracebacks: this user's only
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = logging.FileHandler(log_dir / "console.log")
+    handler = logging.FileHandler(private_file(log_dir / "console.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
@@ -236,6 +258,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     server_url = f"http://{'127.0.0.1' if cfg.server.host in ('0.0.0.0', '::') else cfg.server.host}:{sup.port}" if sup.port else None
     app = create_app(redis_url=sup.config.redis.url, prefix=cfg.redis.prefix, server_url=server_url,
                      events_maxlen=cfg.events.maxlen)
+    app.notice = _redis_version(sup.config.redis.url)[1]
     try:
         await app.run_async()
     finally:
@@ -308,8 +331,10 @@ def _send_http(cfg: Config, url: str | None, text: str, priority: str | None, co
     body: dict[str, Any] = {"text": text}
     if priority:
         body["priority"] = priority
+    token = cfg.server.auth_token or os.environ.get("III_AUTH_TOKEN", "")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     sent = 0
-    with httpx.Client(base_url=base, timeout=10) as client, _progress(count, as_json) as progress:
+    with httpx.Client(base_url=base, timeout=10, headers=headers) as client, _progress(count, as_json) as progress:
         task = progress.add_task("sending", total=count)
         for _ in range(count):
             try:
@@ -319,7 +344,7 @@ def _send_http(cfg: Config, url: str | None, text: str, priority: str | None, co
             except httpx.HTTPError as exc:
                 raise IIIError(f"request to {base}/messages failed: {exc}") from None
             if r.status_code >= 400:
-                raise IIIError(f"server answered {r.status_code}: {r.text[:500]}")
+                raise IIIError(f"server answered {r.status_code}: {printable(r.text[:500])}")
             sent += 1
             if as_json:
                 click.echo(json.dumps(r.json()))
@@ -329,13 +354,15 @@ def _send_http(cfg: Config, url: str | None, text: str, priority: str | None, co
 
 def parse_json_arg(text: str, hint: str) -> Any:
     """JSON given on the command line, or a one-line ``BadParameter`` naming ``hint``."""
+    from iii_console.core.events import loads_finite
+
     try:
-        return json.loads(text)
+        return loads_finite(text)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint=hint) from None
     except RecursionError:
         raise click.BadParameter("JSON nested too deeply (more than ~900 levels)", param_hint=hint) from None
-    except ValueError as exc:  # an integer of more than 4,300 digits
+    except ValueError as exc:  # NaN, Infinity, a number too large for a float, an integer of more than 4,300 digits
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint=hint) from None
 
 
@@ -450,10 +477,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.UsageError as e:
         # click's own rendering is a usage block, a blank line and the error: one line instead.
         where = e.ctx.command_path if e.ctx is not None else "iii-console"
-        click.echo(f"error: {_one_line(e.format_message())} (see '{where} --help')", err=True)
+        click.echo(f"error: {printable(_one_line(e.format_message()))} (see '{where} --help')", err=True)
         return e.exit_code
     except click.ClickException as e:
-        e.show()
+        if isinstance(e, UserError):
+            e.show()
+        else:
+            click.echo(f"error: {printable(e.format_message())}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
         return 130

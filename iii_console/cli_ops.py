@@ -15,16 +15,23 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from iii_console.cli import _common, _existing_redis, _load, cli
 from iii_console.core.dlq import DeadLetter, DeadLetterFilter, DeadLetterStore, parse_since, purge, select
 from iii_console.core.events import now_ms
 from iii_console.core.keys import Keys
+from iii_console.core.text import printable
 from iii_console.format import clock, short
 
 
 def _out() -> Console:
     return Console(highlight=False, soft_wrap=False)
+
+
+def _cell(value: Any) -> Text:
+    """A table cell from stored text: never read as Rich markup, control characters escaped."""
+    return Text(printable(value))
 
 
 def _client(config_path: str | None, redis_url: str | None) -> tuple[Any, Any, Keys]:
@@ -92,7 +99,7 @@ def dlq_list(queue: str | None, step: str | None, error_text: str | None, since:
         return
     table = Table("id", "dlq", "step", "attempts", "last failure", "error", box=None, header_style="bold")
     for e in entries:
-        table.add_row(e.id[:36], e.dlq, e.step or "-", str(e.attempts), clock(e.last_failure_ms), short(e.error, 70))
+        table.add_row(*map(_cell, (e.id[:36], e.dlq, e.step or "-", str(e.attempts), clock(e.last_failure_ms), short(e.error, 70))))
     _out().print(table)
     click.echo(f"{len(entries)} dead letter{'s' if len(entries) != 1 else ''}", err=True)
 
@@ -114,12 +121,12 @@ def dlq_show(entry_id: str, as_json: bool, config_path: str | None, redis_url: s
     for label, value in (("id", e.id), ("dead-letter queue", e.dlq), ("topic / step", f"{e.topic} / {e.step}"),
                          ("attempts", e.attempts), ("first failure", clock(e.first_failure_ms)),
                          ("last failure", clock(e.last_failure_ms)), ("trace id", e.trace_id), ("error", e.error)):
-        con.print(f"[bold]{label:>18}[/] {value}", markup=True, highlight=False)
+        con.print(Text.assemble((f"{label:>18}", "bold"), " ", printable(value)), highlight=False)
     con.print("[bold]           payload[/]", markup=True)
-    con.print(json.dumps(e.data, indent=2, default=str) if e.raw is None else e.raw, markup=False)
+    con.print(Text(printable(json.dumps(e.data, indent=2, default=str) if e.raw is None else e.raw, keep_lines=True)))
     if e.traceback:
         con.print("[bold]         traceback[/]", markup=True)
-        con.print(e.traceback.rstrip(), markup=False)
+        con.print(Text(printable(e.traceback.rstrip(), keep_lines=True)))
 
 
 @dlq.command("replay")
@@ -143,7 +150,7 @@ def dlq_replay(entry_ids: tuple[str, ...], replay_all: bool, queue: str | None, 
     entries = _targets(DeadLetterStore(client, keys), entry_ids, flt)
     if dry_run:
         for e in entries:
-            click.echo(json.dumps(_entry_json(e)) if as_json else f"would replay {e.id} ({e.dlq}, {e.step}): {short(e.error, 60)}")
+            click.echo(json.dumps(_entry_json(e)) if as_json else printable(f"would replay {e.id} ({e.dlq}, {e.step}): {short(e.error, 60)}"))
         click.echo(f"{len(entries)} would be replayed", err=True)
         return
     if not _confirm("replay", len(entries), yes):
@@ -156,7 +163,7 @@ def dlq_replay(entry_ids: tuple[str, ...], replay_all: bool, queue: str | None, 
             try:
                 new_id = replayer.replay(e)
             except ReplayError as exc:
-                click.echo(f"skipped: {exc}", err=True)
+                click.echo(f"skipped: {printable(exc)}", err=True)
                 continue
             done += 1
             if as_json:
@@ -186,7 +193,7 @@ def dlq_purge(entry_ids: tuple[str, ...], purge_all: bool, queue: str | None, st
     entries = _targets(store, entry_ids, flt)
     if dry_run:
         for e in entries:
-            click.echo(f"would purge {e.id} ({e.dlq}, {e.step}): {short(e.error, 60)}")
+            click.echo(printable(f"would purge {e.id} ({e.dlq}, {e.step}): {short(e.error, 60)}"))
         click.echo(f"{len(entries)} would be purged", err=True)
         return
     if not _confirm("purge", len(entries), yes):
@@ -222,7 +229,7 @@ def _store(config_path: str | None, redis_url: str | None) -> Any:
 
 
 def _dump(value: Any, as_json: bool) -> None:
-    click.echo(json.dumps(value) if as_json else json.dumps(value, indent=2, ensure_ascii=False))
+    click.echo(json.dumps(value) if as_json else printable(json.dumps(value, indent=2, ensure_ascii=False), keep_lines=True))
 
 
 @state_cmd.command("groups")
@@ -231,7 +238,7 @@ def _dump(value: Any, as_json: bool) -> None:
 def state_groups(as_json: bool, config_path: str | None, redis_url: str | None) -> None:
     """List state groups."""
     groups = _store(config_path, redis_url).groups()
-    click.echo(json.dumps(groups)) if as_json else [click.echo(g) for g in groups]
+    click.echo(json.dumps(groups)) if as_json else [click.echo(printable(g)) for g in groups]
 
 
 @state_cmd.command("list")
@@ -245,7 +252,7 @@ def state_list(group: str, as_json: bool, config_path: str | None, redis_url: st
         click.echo(json.dumps(values))
         return
     for k, v in values.items():
-        click.echo(f"{k}\t{short(v, 120)}")
+        click.echo(f"{printable(k)}\t{printable(short(v, 120))}")
     click.echo(f"{len(values)} keys", err=True)
 
 
@@ -275,7 +282,7 @@ def state_set(group: str, key: str, value: str, config_path: str | None, redis_u
     if parsed is None:
         raise click.BadParameter("null is not a value; use `state delete`", param_hint="JSON")
     _store(config_path, redis_url).set(group, key, parsed)
-    click.echo(f"set {group}/{key}", err=True)
+    click.echo(printable(f"set {group}/{key}"), err=True)
 
 
 @state_cmd.command("delete")
@@ -287,7 +294,7 @@ def state_delete(group: str, key: str, config_path: str | None, redis_url: str |
     old = _store(config_path, redis_url).delete(group, key)
     if old is None:
         raise click.BadParameter(f"no key {key!r} in group {group!r}", param_hint="KEY")
-    click.echo(f"deleted {group}/{key}", err=True)
+    click.echo(printable(f"deleted {group}/{key}"), err=True)
 
 
 # -- steps and config -------------------------------------------------------
@@ -306,10 +313,10 @@ def steps_cmd(as_json: bool, config_path: str | None, redis_url: str | None) -> 
     else:
         table = Table("step", "triggers", "enqueues", "flows", box=None, header_style="bold")
         for s in found.steps:
-            table.add_row(s.name, ", ".join(t.describe() for t in s.triggers), ", ".join(s.enqueues) or "-", ", ".join(s.flows) or "-")
+            table.add_row(*map(_cell, (s.name, ", ".join(t.describe() for t in s.triggers), ", ".join(s.enqueues) or "-", ", ".join(s.flows) or "-")))
         _out().print(table)
         for e in found.errors:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {printable(e)}", err=True)
     if found.errors:
         sys.exit(2)
 
@@ -334,7 +341,7 @@ def config_check(config_path: str | None, redis_url: str | None) -> None:
     except ConfigError as exc:
         if config_path is not None and not os.path.exists(config_path):
             raise  # nothing to check: a usage error, not a finding
-        click.echo(str(exc))  # a problem the check found: the report, like every other
+        click.echo(printable(exc))  # a problem the check found: the report, like every other
         click.echo("1 problem in the configuration; steps not checked", err=True)
         sys.exit(2)
     found = discover(cfg.steps_path)
@@ -348,7 +355,7 @@ def config_check(config_path: str | None, redis_url: str | None) -> None:
         if topic != "default" and topic not in subscribed:
             problems.append(f"{cfg.source or 'iii-config.yaml'}: queues.{topic}: no step subscribes to this topic")
     for p in problems:
-        click.echo(p)
+        click.echo(printable(p))
     click.echo(f"{len(found.steps)} steps, {len(problems)} problem{'s' if len(problems) != 1 else ''}", err=True)
     if problems:
         sys.exit(2)

@@ -10,7 +10,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-from iii_console.core.events import Event
+from iii_console.core.events import Event, dumps_strict
+from iii_console.core.text import printable
 
 TYPE_STYLE = {
     "http.received": "cyan",
@@ -85,9 +86,11 @@ def detail(ev: Event) -> str:
 
 
 def line(ev: Event) -> str:
+    """One line, whatever the event holds: control characters in it are escaped (:func:`printable`)."""
     trace = ev.trace_id[:8] if ev.trace_id else "-" * 8
-    return f"{clock(ev.ts)}  {ev.type:<22} {(ev.step or '-'):<18} {trace}  {detail(ev)}"
+    return printable(f"{clock(ev.ts)}  {ev.type:<22} {(ev.step or '-'):<18} {trace}  {detail(ev)}")
 
 
 def json_line(ev: Event) -> str:
-    return json.dumps(ev.as_dict(), default=str, separators=(",", ":"))
+    """Strict JSON (no ``NaN``/``Infinity``, which jq refuses); control characters are escaped by JSON itself."""
+    return dumps_strict(ev.as_dict(), default=str, separators=(",", ":"))

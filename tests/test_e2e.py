@@ -68,7 +68,9 @@ def start_cli(project: Path, *args: str) -> Running:
         raise AssertionError(f"iii-console did not start: {banner}{proc.stderr.read()}")
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
-    return Running(proc, m.group(1) if m else None, lines)
+    run = Running(proc, m.group(1) if m else None, lines)
+    run.banner = banner  # type: ignore[attr-defined]
+    return run
 
 
 @pytest.fixture

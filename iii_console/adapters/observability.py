@@ -7,6 +7,7 @@ dead letters and worker heartbeats.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Iterator
 
@@ -21,6 +22,9 @@ from iii_console.core import metrics
 from iii_console.core.dlq import DeadLetterStore
 from iii_console.core.keys import Keys
 from iii_console.core.queues import queue_stats
+from iii_console.core.redis_server import server_version, version_warning
+
+log = logging.getLogger(__name__)
 
 OUTCOMES = {
     "message.enqueued": "enqueued", "message.started": "started", "message.processed": "processed",
@@ -123,7 +127,9 @@ def routes(client: redis.Redis, keys: Keys, *, metrics_path: str, health_path: s
             latency = round((time.perf_counter() - t0) * 1000, 2)
             alive, stale, now = live_workers(client, keys, heartbeat_timeout)
             last = {w.decode() if isinstance(w, bytes) else w: int(now - s) for w, s in client.zrange(keys.worker_heartbeats, 0, -1, withscores=True)}
-            return {"status": "ok" if alive else "degraded", "redis": {"ok": True, "latency_ms": latency},
+            version = server_version(client)
+            return {"status": "ok" if alive else "degraded",
+                    "redis": {"ok": True, "latency_ms": latency, "version": version, "warning": version_warning(version)},
                     "workers": {"alive": len(alive), "stale": stale, "ms_since_heartbeat": last}}
 
         @get(health_path, name="iii:health", include_in_schema=False)
@@ -131,7 +137,9 @@ def routes(client: redis.Redis, keys: Keys, *, metrics_path: str, health_path: s
             try:
                 body = await anyio.to_thread.run_sync(check)
             except redis.RedisError as exc:
-                return Response({"status": "unavailable", "redis": {"ok": False, "error": str(exc)}}, status_code=503,
+                # The health check is open without the token: say what, not where (no host, port or user).
+                log.warning("health check: Redis unavailable: %s", exc)
+                return Response({"status": "unavailable", "redis": {"ok": False, "error": type(exc).__name__}}, status_code=503,
                                 headers={"Retry-After": "1"})
             return Response(body, status_code=200)
 

@@ -23,6 +23,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from iii_console.core.context import HttpRequest
 from iii_console.core.errors import redis_refuses_writes, user_traceback
+from iii_console.core.events import loads_finite
 from iii_console.core.steps import HttpTrigger, InvalidInput, JsonSchema, Step, validate_input
 from iii_console.runtime.runner import AsyncSide, StepRunner
 
@@ -55,14 +56,14 @@ def parse_json_body(raw: bytes, content_type: str, schema: type[BaseModel] | Jso
     except UnicodeDecodeError as exc:
         raise Reject(400, "request body is not valid UTF-8", position=exc.start) from None
     try:
-        data = json.loads(text)
+        data = loads_finite(text)  # NaN, Infinity and 1e999 are no JSON numbers: events must stay strict JSON
     except RecursionError:
         raise Reject(400, "request body is nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise Reject(400, "request body is not valid JSON", detail=exc.msg, line=exc.lineno, column=exc.colno) from None
     except ValueError as exc:
         # Python refuses integers of more than 4,300 digits (a CPU guard against
-        # quadratic parsing); that is the client's body, not our failure.
+        # quadratic parsing), and loads_finite non-finite numbers; that is the client's body, not our failure.
         raise Reject(400, "request body is not valid JSON", detail=str(exc)) from None
     if schema is None:
         return data

@@ -17,17 +17,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from iii_console.core.errors import ConfigError
+from iii_console.core.redact import DEFAULT_WORDS, redact_url, words
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, for messages and the screen."""
-    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
 
 
 def redis_url_problem(url: str) -> str | None:
@@ -44,10 +40,22 @@ def redis_url_problem(url: str) -> str | None:
 
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
-        got = f"scheme {parts.scheme + '://'!r}" if parts.scheme else "no scheme"
-        return f"{redact_url(url)!r} has {got}; a Redis URL starts with redis://, rediss:// or unix://"
+        # The value itself is not repeated: it may have come from an environment variable holding a secret.
+        got = f"the scheme {parts.scheme + '://'!r}" if parts.scheme and parts.scheme.isalnum() else "no scheme"
+        return f"not a Redis URL: it has {got}; a Redis URL starts with redis://, rediss:// or unix://"
     try:
         parse_url(url)
+    except ValueError as exc:
+        return f"not a valid Redis URL: {exc}"
+    from redis import ConnectionPool
+
+    try:  # builds a connection object from the query's options (connects to nothing)
+        ConnectionPool.from_url(url).make_connection()
+    except TypeError as exc:
+        m = re.search(r"argument '([^']*)'", str(exc))
+        name = m.group(1) if m else "?"
+        hint = " (TLS options need a rediss:// URL)" if name.startswith("ssl") and parts.scheme != "rediss" else ""
+        return f"unknown option {name!r} in the URL's query{hint}"
     except ValueError as exc:
         return f"not a valid Redis URL: {exc}"
     if parts.scheme == "unix":
@@ -65,6 +73,9 @@ class RedisConfig(_Section):
     """Redis URL (redis://, rediss://, unix://). Empty: start an embedded Redis under .iii/."""
     prefix: str = Field(default="iii:", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
     """Prefix of every key iii-console writes, so several projects can share one Redis."""
+    maxmemory: str = Field(default="1gb", pattern=r"^(?i:[1-9][0-9]*(b|kb|mb|gb)?)$")
+    """Memory the embedded Redis may use (``512mb``, ``2gb``). When full it refuses writes (HTTP steps
+    answer 503) rather than evicting queue data. Not applied to a Redis given by URL."""
 
     @field_validator("url")
     @classmethod
@@ -92,6 +103,13 @@ class ServerConfig(_Section):
     allowed_hosts: list[str] = Field(default_factory=list)
     """Host header values accepted (DNS-rebinding guard). Empty: loopback names when bound to
     loopback, any host otherwise (where the auth token guards instead)."""
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    """A connection whose request headers are not complete this many seconds after it opened (or
+    after the request's first byte) is closed: slow senders cannot hold connections for good."""
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    """A request whose body is not complete this many seconds after its headers is dropped."""
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    """Connections and requests in progress at once; past this the server answers 503."""
     max_queue_depth: int = Field(default=100_000, ge=0)
     """Back-pressure: HTTP steps answer 429 while a topic they enqueue to has more waiting
     messages than this (0 turns it off), so a flood cannot grow Redis without bound."""
@@ -138,6 +156,17 @@ class EventsConfig(_Section):
     """With --no-ui, also print each event as one JSON line on stdout."""
     enabled: bool = True
     """Write lifecycle events to the stream. ``false`` makes every emit a no-op (for benchmarks)."""
+    redact: list[str] = Field(default_factory=lambda: list(DEFAULT_WORDS))
+    """Names whose values events never show: a name matches when one of these is a whole word of it
+    (``privateKey`` matches ``private_key``, ``secretary`` does not match ``secret``)."""
+
+    @field_validator("redact")
+    @classmethod
+    def _words(cls, v: list[str]) -> list[str]:
+        bad = [w for w in v if not words(w)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} has no letters or digits to match")
+        return v
 
 
 class WorkersConfig(_Section):
@@ -237,6 +266,28 @@ def _lines(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...],
     return out
 
 
+#: Most YAML nodes a configuration may expand to, aliases included. A real file has a few
+#: hundred; nested aliases ("billion laughs") expand a few lines into billions.
+MAX_NODES = 20_000
+
+
+def _check_expansion(root: yaml.Node, fname: str) -> None:
+    """Refuse a document whose aliases expand beyond :data:`MAX_NODES` (counted without expanding it)."""
+    seen = 0
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise ConfigError(f"the file expands to more than {MAX_NODES:,} values through its aliases (*name); "
+                              "write the values out", file=fname, line=n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                stack += (k, v)
+        elif isinstance(n, yaml.SequenceNode):
+            stack += n.value
+
+
 def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, str] | None = None) -> Config:
     """Load ``path`` (default ``./iii-config.yaml``; absent file = all defaults)."""
     env = dict(os.environ if env is None else env)
@@ -259,6 +310,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=fname, line=mark.line + 1 if mark else None) from None
+    if node is not None:
+        _check_expansion(node, fname)
     lines = _lines(node) if node is not None else {}
 
     # Interpolate per scalar so an error can name the key it came from.

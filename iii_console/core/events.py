@@ -8,12 +8,13 @@ nested field; it is JSON, size-capped and redacted at encode time.
 from __future__ import annotations
 
 import json
-import re
+import math
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from iii_console.core.errors import DecodeError
+from iii_console.core.redact import REDACTED, Redactor  # noqa: F401  (REDACTED is part of this module's names)
 
 #: Every event type the runtime emits, in the order of a message's life.
 EVENT_TYPES = (
@@ -41,37 +42,21 @@ EVENT_TYPES = (
 #: Largest encoded ``data`` kept on the stream; bigger payloads are truncated with a marker.
 DATA_MAX_BYTES = 8192
 
-_SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|authorization|api[_-]?key|cookie|credential", re.I)
-REDACTED = "[redacted]"
-
 _SCALARS = ("type", "ts", "trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "duration_ms", "error")
 
-
-#: Key -> is it secret-looking. Payload keys repeat endlessly ("id", "text",
-#: "status"), so the regex runs once per distinct key, not once per event.
-_secret_keys: dict[str, bool] = {}
+#: The process's redaction rule (``events.redact``), set once at start by :func:`set_redaction`.
+_redactor = Redactor()
 
 
-def _is_secret(k: Any) -> bool:
-    if not isinstance(k, str):
-        return False
-    hit = _secret_keys.get(k)
-    if hit is None:
-        hit = _SECRET_KEY.search(k) is not None
-        if len(_secret_keys) < 10_000:
-            _secret_keys[k] = hit
-    return hit
+def set_redaction(patterns: Iterable[str]) -> None:
+    """Use ``patterns`` (whole words, see :mod:`iii_console.core.redact`) for every event this process encodes."""
+    global _redactor
+    _redactor = Redactor(patterns)
 
 
 def redact(value: Any) -> Any:
-    """Replace values under secret-looking keys, at any depth, so payloads can be shown safely."""
-    if isinstance(value, Mapping):
-        # Scalars are kept as they are without a call per value: this runs for every event.
-        return {k: (REDACTED if _is_secret(k) else redact(v) if isinstance(v, (Mapping, list, tuple)) else v)
-                for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    return value
+    """Replace values under secret-looking keys, at any depth, and credentials inside strings."""
+    return _redactor(value)
 
 
 def now_ms() -> int:
@@ -107,6 +92,8 @@ class Event:
             v = getattr(self, name)
             if v is not None and v != "":
                 out += (name, v if isinstance(v, str) else str(v))
+        if self.error:  # an exception's text can carry a URL with its password (last field of _SCALARS)
+            out[-1] = _redactor.scrub(out[-1])
         if self.data is not None:
             out += ("data", encode_data(self.data))
         return out
@@ -149,9 +136,46 @@ EVENT_FIELDS = tuple(f.name for f in fields(Event) if f.name != "id")
 _ALL_FIELDS = tuple(f.name for f in fields(Event))
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and the infinities as strings: strict JSON parsers (jq) refuse them as numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps_strict(value: Any, **kw: Any) -> str:
+    """JSON with no ``NaN``/``Infinity`` (written as strings instead), which every JSON parser reads."""
+    try:
+        return json.dumps(value, allow_nan=False, **kw)
+    except ValueError as exc:
+        if "Out of range float" not in str(exc):
+            raise
+        return json.dumps(_finite(value), allow_nan=False, **kw)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    f = float(text)
+    if not math.isfinite(f):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return f
+
+
+def loads_finite(text: str | bytes) -> Any:
+    """``json.loads`` that refuses ``NaN``, ``Infinity`` and numbers too large for a float (``ValueError``)."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+
+
 def encode_data(data: Any) -> str:
     try:
-        text = json.dumps(redact(data), default=str, separators=(",", ":"))
+        text = dumps_strict(redact(data), default=str, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError) as exc:
         # Non-str keys or a cycle: keep the event (encoding runs on the sink's thread, which must not die).
         text = json.dumps({"unencodable": True, "error": f"{type(exc).__name__}: {exc}"[:500]})

@@ -52,6 +52,52 @@ class _PortTaken(Exception):
     pass
 
 
+#: Limits that keep one client from taking the server's memory: ``normal`` clients
+#: (every client but replicas and pub/sub) are dropped once their unread replies pass
+#: 64 MB, or stay above 16 MB for 60 s. Before 6.2.18 (CVE-2025-21605) a client that
+#: never sent the password could otherwise grow its reply buffer without end.
+OUTPUT_BUFFER_LIMIT = "normal 64mb 16mb 60"
+
+
+def hardening(maxmemory: str) -> dict[str, str]:
+    """Settings of a server this project starts: bounded memory that never evicts (queue data
+    would silently go), bounded reply buffers, and protected mode."""
+    return {"maxmemory": maxmemory, "maxmemory-policy": "noeviction",
+            "client-output-buffer-limit": OUTPUT_BUFFER_LIMIT, "protected-mode": "yes"}
+
+
+#: Per release line, the first release with every security fix known here: CVE-2025-21605
+#: (unauthenticated reply-buffer growth: 6.2.18, 7.2.8, 7.4.3) and the Lua fixes of 2025
+#: (CVE-2025-49844 and others: 6.2.20, 7.2.11, 7.4.6, 8.0.4, 8.2.2).
+FIXED_IN = {(6, 2): (6, 2, 20), (7, 2): (7, 2, 11), (7, 4): (7, 4, 6), (8, 0): (8, 0, 4), (8, 2): (8, 2, 2)}
+
+
+def version_warning(version: str) -> str | None:
+    """One line if Redis ``version`` has security issues fixed in a later release; ``None`` otherwise."""
+    try:
+        v = tuple(int(x) for x in version.split(".")[:3])
+    except ValueError:
+        return None
+    if len(v) < 3:
+        return None
+    fixed = FIXED_IN.get(v[:2])
+    if fixed is not None:
+        if v >= fixed:
+            return None
+        return (f"Redis {version} has known security issues fixed in {'.'.join(map(str, fixed))}; "
+                "install a current redis-server, or pass --redis URL")
+    if v[:2] < max(FIXED_IN):
+        latest = ", ".join(".".join(map(str, f)) for f in FIXED_IN.values())
+        return (f"Redis {version}: release line {v[0]}.{v[1]} did not get the 2025 security fixes upstream "
+                f"(a distribution may have backported them); current: {latest} or later")
+    return None
+
+
+def server_version(client: redis.Redis) -> str:
+    """``redis_version`` of the server ``client`` talks to (``""`` if it does not say)."""
+    return str(client.info("server").get("redis_version", ""))
+
+
 def _pdeathsig_preexec() -> Any:
     """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux).
 
@@ -89,7 +135,7 @@ class RedisServer:
 
     def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None, appendonly: bool = True,
                  extra: list[str] | None = None, password: str | None = None, die_with_parent: bool = False,
-                 pass_fds: tuple[int, ...] = (), binary: str | None = None):
+                 pass_fds: tuple[int, ...] = (), binary: str | None = None, maxmemory: str | None = None):
         self.data_dir = Path(data_dir)
         self.binary = binary
         self._port_chosen = port is None
@@ -99,6 +145,8 @@ class RedisServer:
         self.password = password
         self.die_with_parent = die_with_parent
         self.pass_fds = pass_fds
+        #: With a size, the server is started with :func:`hardening` (the embedded default).
+        self.maxmemory = maxmemory
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -138,8 +186,11 @@ class RedisServer:
                                      preexec_fn=_pdeathsig_preexec() if self.die_with_parent else None)
         assert self.proc.stdin is not None
         try:
-            if self.password:
-                self.proc.stdin.write(f'requirepass "{self.password}"\n'.encode())
+            config = [f'requirepass "{self.password}"'] if self.password else []
+            if self.maxmemory is not None:
+                config += [f"{name} {value}" for name, value in hardening(self.maxmemory).items()]
+            if config:
+                self.proc.stdin.write("".join(f"{line}\n" for line in config).encode())
             self.proc.stdin.close()
         except BrokenPipeError:
             pass  # it exited at once; reported below with its error

@@ -37,6 +37,17 @@ class InvalidInput(ValueError):
         super().__init__("; ".join(f"{f['field']}: {f['message']}" for f in fields))
 
 
+def _local_only(uri: str) -> Any:
+    """Resolve a ``$ref`` to a local file; never fetch a URL (loading steps must not reach the network)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+        raise ValueError(f"$ref {uri!r} refused: only local files (file://) are read, nothing is fetched")
+    with open(unquote(parts.path), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
 class JsonSchema:
     """A JSON-schema dict used as a body or input schema, as Motia's Python steps write them.
 
@@ -48,7 +59,7 @@ class JsonSchema:
         import jsonschema_rs
 
         try:
-            self._validator = jsonschema_rs.validator_for(schema)
+            self._validator = jsonschema_rs.validator_for(schema, retriever=_local_only)
         except jsonschema_rs.ValidationError as exc:
             where = "/".join(str(p) for p in exc.instance_path)
             raise ValueError(f"not a valid JSON schema{f' at {where}' if where else ''}: {exc.message.splitlines()[0]}") from None

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import redis
 
 from iii_console.core.errors import IIIError
-from iii_console.core.redis_server import RedisServer
+from iii_console.core.redis_server import RedisServer, hardening
 
 try:
     import fcntl
@@ -110,8 +110,10 @@ def _flock(path: Path, *, blocking: bool = True) -> Iterator[Any]:
 class EmbeddedRedis:
     """Start a private Redis (AOF on, loopback only, password) unless the project already has one."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, *, maxmemory: str = "1gb", binary: str | None = None):
         self.data_dir = data_dir
+        self.maxmemory = maxmemory
+        self.binary = binary
         self.server: RedisServer | None = None
         #: pid of a server this process adopted from a dead owner (not its child).
         self.adopted_pid: int | None = None
@@ -139,7 +141,8 @@ class EmbeddedRedis:
             if free is not None:
                 # No redis-server uses the directory: start ours, and hand it the lock.
                 self.server = RedisServer(self.redis_dir, appendonly=True, password=secrets.token_hex(24), die_with_parent=True,
-                                          pass_fds=(free.fileno(),) if fcntl is not None else ()).start()
+                                          pass_fds=(free.fileno(),) if fcntl is not None else (), binary=self.binary,
+                                          maxmemory=self.maxmemory).start()
                 self.url = self.server.url
                 _write_info(self.data_dir, {"url": self.url, "pid": os.getpid(), "redis_pid": self.server.proc.pid})  # type: ignore[union-attr]
                 return self.url
@@ -152,6 +155,7 @@ class EmbeddedRedis:
 
     def _join_or_adopt(self, info: dict[str, Any]) -> str:
         self.url = info["url"]
+        self._harden()  # a server started by an earlier version may run without the limits
         if _alive(info.get("pid")):
             return self.url  # another runtime of the project owns it; it stops it
         # Its owner is gone (killed where no parent-death signal exists, or the server
@@ -165,6 +169,16 @@ class EmbeddedRedis:
             c.close()
         _write_info(self.data_dir, {**info, "pid": os.getpid(), "redis_pid": self.adopted_pid})
         return self.url
+
+    def _harden(self) -> None:
+        c = _client(self.url)
+        try:
+            for name, value in hardening(self.maxmemory).items():
+                c.config_set(name, value)
+        except redis.RedisError:
+            pass  # it keeps running as it was started; a start of ours always sets them
+        finally:
+            c.close()
 
     @property
     def owned(self) -> bool:

@@ -14,6 +14,7 @@ from redis.retry import Retry
 
 from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter, StreamSink, null_emitter
+from iii_console.core.events import set_redaction
 from iii_console.core.keys import Keys
 
 
@@ -53,6 +54,7 @@ class Services:
 
     @classmethod
     def open(cls, config: Config, role: str) -> "Services":
+        set_redaction(config.events.redact)
         client = redis_client(config.redis.url)
         keys = Keys(config.redis.prefix)
         sink = StreamSink(client, keys.events, maxlen=config.events.maxlen, keys=keys)

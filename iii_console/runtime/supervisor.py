@@ -27,12 +27,14 @@ from typing import Any, Callable
 import redis
 import uvicorn
 
+from iii_console.adapters.http_timeouts import timed_protocol
 from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.adapters.server import create_app
 from iii_console.core.config import Config, redact_url
 from iii_console.core.discovery import StepSet, discover
 from iii_console.core.errors import ConfigError, IIIError, RedisUnavailable
 from iii_console.core.events import Event
+from iii_console.core.files import open_private_log, private_dir
 from iii_console.runtime.embedded import EmbeddedRedis
 from iii_console.runtime.runner import AsyncSide, StepRunner
 from iii_console.runtime.scheduler import Scheduler
@@ -77,7 +79,7 @@ def resolve_redis(config: Config) -> tuple[Config, EmbeddedRedis | None]:
     """Use the configured Redis, or start (or join) the project's embedded one."""
     if config.redis.url:
         return config, None
-    emb = EmbeddedRedis(config.data_dir)
+    emb = EmbeddedRedis(config.data_dir, maxmemory=config.redis.maxmemory)
     url = emb.start()
     return config.with_overrides(**{"redis.url": url}), emb
 
@@ -233,7 +235,10 @@ class Supervisor:
         self.port = sock.getsockname()[1]
         runner = StepRunner(self.services, subscriptions_for(self.steps.steps))
         self.app = SwappableApp(create_app(runner, self.steps.http_steps(), max_body_bytes=cfg.max_body_bytes))
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=10))
+        srv = self.config.server
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=10,
+                                                    http=timed_protocol(srv.header_timeout, srv.body_timeout),
+                                                    limit_concurrency=srv.max_connections))
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._tasks.append(asyncio.create_task(self.server.serve(sockets=[sock]), name="iii-server"))
         for _ in range(500):
@@ -317,8 +322,7 @@ class Supervisor:
                    III_SUPERVISOR_PID=str(os.getpid()), III_WORKER_ID=worker_id)
         stderr: Any = None
         if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            stderr = open(self.log_dir / f"worker-{index}.log", "ab")
+            stderr = open_private_log(private_dir(self.log_dir) / f"worker-{index}.log")
         try:
             return subprocess.Popen([sys.executable, "-m", "iii_console.runtime.worker"], env=env, stdin=subprocess.DEVNULL,
                                     stdout=stderr, stderr=stderr, cwd=self.config.project_dir), worker_id

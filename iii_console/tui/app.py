@@ -46,6 +46,7 @@ from iii_console.core.dlq import DeadLetter
 from iii_console.core.errors import IIIError, StateError
 from iii_console.core.events import Event
 from iii_console.core.keys import Keys
+from iii_console.core.text import printable
 from iii_console.tui import fmt
 from iii_console.tui.filter import EventFilter
 from iii_console.tui.messages import DeadLettersChosen, InspectDeadLetter, OpenTrace, StateGroupChosen, StateKeyChosen
@@ -131,6 +132,8 @@ class ConsoleApp(App[None]):
         self.redis_url = redis_url
         #: Where the console reads from, as shown in the status bar (no password).
         self.where = f"{redact_url(redis_url)} {keys.prefix}"
+        #: Shown once the console is up (the Redis version's security warning, say).
+        self.notice: str | None = None
         self.keys = keys
         self.server_url = server_url.rstrip("/") if server_url else None
         self.read_only = read_only
@@ -187,6 +190,8 @@ class ConsoleApp(App[None]):
         self._panes: dict[str, Pane] = {"live": self.query_one("#pane-live", LivePane)}
         self._read_stream()
         self._poll()
+        if self.notice:
+            self.notify(printable(self.notice), title="Warning", severity="warning", timeout=15, markup=False)
         self.set_interval(self.tick_s, self._tick, name="render")
         self._redraw(self.now_ms())
 
@@ -413,12 +418,12 @@ class ConsoleApp(App[None]):
         """Toasts for what must not scroll by unseen: step errors and dead letters (not the history read at start)."""
         errors = [e for e in live if e.type == "step.error"]
         for ev in errors[:3]:
-            self.notify(f"{ev.step or '?'}: {ev.error}", title="Step error", severity="error", timeout=8, markup=False)
+            self.notify(printable(f"{ev.step or '?'}: {ev.error}"), title="Step error", severity="error", timeout=8, markup=False)
         dead = [e for e in live if e.type == "message.dead_lettered"]
         if dead:
             dlqs = sorted({str((e.data or {}).get("dlq", "?")) for e in dead if isinstance(e.data, dict)})
-            self.notify(f"{len(dead)} message{'s' if len(dead) != 1 else ''} dead-lettered → {', '.join(dlqs)}: "
-                        f"{dead[-1].error}", title="Dead letter", severity="warning", markup=False)
+            self.notify(printable(f"{len(dead)} message{'s' if len(dead) != 1 else ''} dead-lettered → {', '.join(dlqs)}: "
+                          f"{dead[-1].error}"), title="Dead letter", severity="warning", markup=False)
 
     def _announce_link(self) -> None:
         state = (self.link.connected, self.link.outages)

@@ -13,6 +13,7 @@ from typing import Any
 from rich.text import Text
 
 from iii_console.core.events import Event
+from iii_console.core.text import printable
 from iii_console.format import TYPE_STYLE, clock, detail, short
 
 STATUS_STYLE = {
@@ -106,10 +107,10 @@ def event_line(ev: Event) -> Text:
     trace = ev.trace_id[:8] if ev.trace_id else "-" * 8
     line = Text.assemble(
         (clock(ev.ts), "bright_black"), "  ",
-        (f"{ev.type:<21}", style), " ",
-        (f"{(ev.step or '-')[:18]:<18}", "bold" if ev.step else "bright_black"), " ",
-        (trace, "bright_black"), "  ",
-        (detail(ev), style if ev.type in ("message.failed", "message.dead_lettered", "step.error") else ""),
+        (printable(f"{ev.type:<21}"), style), " ",
+        (printable(f"{(ev.step or '-')[:18]:<18}"), "bold" if ev.step else "bright_black"), " ",
+        (printable(trace), "bright_black"), "  ",
+        (printable(detail(ev)), style if ev.type in ("message.failed", "message.dead_lettered", "step.error") else ""),
         no_wrap=True, overflow="ellipsis",
     )
     if ev.type == "worker.heartbeat":
@@ -119,10 +120,15 @@ def event_line(ev: Event) -> Text:
 
 def pretty_json(value: Any) -> str:
     try:
-        return json.dumps(value, indent=2, default=str, ensure_ascii=False)
+        return printable(json.dumps(value, indent=2, default=str, ensure_ascii=False), keep_lines=True)
     except (TypeError, ValueError):
-        return repr(value)
+        return printable(repr(value))
 
 
 def one_line(value: Any, n: int = 60) -> str:
-    return short(value, n) if value is not None else "-"
+    return printable(short(value, n)) if value is not None else "-"
+
+
+def plain(value: Any, *, keep_lines: bool = False) -> str:
+    """Stored or received text for the screen: control characters escaped (never markup: use it in ``Text``)."""
+    return printable("" if value is None else value, keep_lines=keep_lines)

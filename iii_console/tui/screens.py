@@ -110,16 +110,16 @@ class TraceScreen(Screen[None]):
         for r in rows.values():
             mark = "▶ " if r.message_id == self.message_id else "  "
             out.append(Text.assemble(mark, ("message ", "bright_black"), (r.message_id[:8], "bold"), "  ",
-                                     (r.topic or "-", "blue"), " → ", (r.step or "-", "bold"), "  ",
+                                     (fmt.plain(r.topic or "-"), "blue"), " → ", (fmt.plain(r.step or "-"), "bold"), "  ",
                                      fmt.status(r.status), f"  {r.attempts} attempt{'s' if r.attempts != 1 else ''}",
                                      f"  {r.priority} priority",
-                                     (f"  {r.error}" if r.error and r.status != "processed" else "", "red")))
+                                     (fmt.plain(f"  {r.error}") if r.error and r.status != "processed" else "", "red")))
         payload = _payload(evs)
         if payload is not None:
             out.append(Text.assemble(("payload ", "bright_black"), fmt.one_line(payload, 140)))
         errors = [e for e in evs if e.error]
         if errors:
-            out.append(Text.assemble(("last error ", "bright_black"), (errors[-1].error or "", "bold red"),
+            out.append(Text.assemble(("last error ", "bright_black"), (fmt.plain(errors[-1].error), "bold red"),
                                      ("  (select a failed event below for its traceback)", "bright_black")))
         return lines(out)
 
@@ -138,10 +138,10 @@ class TraceScreen(Screen[None]):
             return
         retitle(box, title=f"Event {ev.id or ''}")
         fields = [f for f in ("message_id", "step", "topic", "queue", "attempt", "worker", "duration_ms") if getattr(ev, f) is not None]
-        parts: list[Text] = [Text.assemble((ev.type, TYPE_STYLE.get(ev.type, "") + " bold"), "  ", (fmt.utc_iso(ev.ts), "bright_black"))]
-        parts.append(Text.assemble(*[x for f in fields for x in ((f"{f} ", "bright_black"), (f"{getattr(ev, f)}  ", ""))]))
+        parts: list[Text] = [Text.assemble((fmt.plain(ev.type), TYPE_STYLE.get(ev.type, "") + " bold"), "  ", (fmt.utc_iso(ev.ts), "bright_black"))]
+        parts.append(Text.assemble(*[x for f in fields for x in ((f"{f} ", "bright_black"), (fmt.plain(f"{getattr(ev, f)}  "), ""))]))
         if ev.error:
-            parts.append(Text.assemble(("error ", "bright_black"), (ev.error, "bold red")))
+            parts.append(Text.assemble(("error ", "bright_black"), (fmt.plain(ev.error), "bold red")))
         data = ev.data if isinstance(ev.data, dict) else ({"value": ev.data} if ev.data is not None else {})
         tb = data.get("traceback") if isinstance(data.get("traceback"), str) else None
         rest = {k: v for k, v in data.items() if k != "traceback"}
@@ -150,7 +150,7 @@ class TraceScreen(Screen[None]):
             parts.append(Text(fmt.pretty_json(rest)))
         if tb:
             parts.append(Text("traceback", style="bright_black"))
-            parts.append(Text(tb.rstrip(), style="red"))
+            parts.append(Text(fmt.plain(tb.rstrip(), keep_lines=True), style="red"))
         self.query_one("#event-detail", Static).update(lines(parts))
 
 

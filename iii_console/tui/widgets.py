@@ -259,7 +259,7 @@ def cursor_key(table: DataTable) -> str | None:
 
 def t(value: Any, style: str = "", *, justify: str | None = None) -> Text:
     """A cell: always Text, so user data with brackets is never read as markup."""
-    return Text("-" if value is None or value == "" else str(value), style=style, justify=justify,  # type: ignore[arg-type]
+    return Text("-" if value is None or value == "" else fmt.plain(value), style=style, justify=justify,  # type: ignore[arg-type]
                 no_wrap=True, overflow="ellipsis")
 
 
@@ -270,4 +270,4 @@ def n(value: int | float | None, style: str = "") -> Text:
 
 
 def lines(parts: Iterable[Text | str]) -> Text:
-    return Text("\n").join(p if isinstance(p, Text) else Text(p) for p in parts)
+    return Text("\n").join(p if isinstance(p, Text) else Text(fmt.plain(p, keep_lines=True)) for p in parts)

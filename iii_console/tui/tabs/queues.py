@@ -122,17 +122,17 @@ DLQ_COLUMNS = (("Failed", 8), ("DLQ", 20), ("Topic", 18), ("Step", 18), ("Att", 
 def dead_letter_text(e: DeadLetter) -> Text:
     """Everything a person needs to decide between replay and purge."""
     return lines([
-        Text.assemble(("entry ", "bright_black"), (e.id, "bold"), ("  message ", "bright_black"), str(e.message_id or "-"),
-                      ("  trace ", "bright_black"), e.trace_id or "-"),
-        Text.assemble(("dlq ", "bright_black"), (e.dlq, "bold red"), ("  topic ", "bright_black"), str(e.topic),
-                      ("  step ", "bright_black"), str(e.step), ("  attempts ", "bright_black"), str(e.attempts),
+        Text.assemble(("entry ", "bright_black"), (fmt.plain(e.id), "bold"), ("  message ", "bright_black"), fmt.plain(e.message_id or "-"),
+                      ("  trace ", "bright_black"), fmt.plain(e.trace_id or "-")),
+        Text.assemble(("dlq ", "bright_black"), (fmt.plain(e.dlq), "bold red"), ("  topic ", "bright_black"), fmt.plain(e.topic),
+                      ("  step ", "bright_black"), fmt.plain(e.step), ("  attempts ", "bright_black"), str(e.attempts),
                       ("  first failure ", "bright_black"), fmt.hms(e.first_failure_ms),
                       ("  last ", "bright_black"), fmt.hms(e.last_failure_ms)),
-        Text.assemble(("error ", "bright_black"), (e.error, "bold red")),
+        Text.assemble(("error ", "bright_black"), (fmt.plain(e.error), "bold red")),
         Text("payload", style="bright_black"),
-        Text(fmt.pretty_json(e.data if e.raw is None else e.raw)),
+        Text(fmt.pretty_json(e.data) if e.raw is None else fmt.plain(e.raw, keep_lines=True)),
         Text("traceback", style="bright_black"),
-        Text(e.traceback.rstrip() or "-", style="red"),
+        Text(fmt.plain(e.traceback.rstrip(), keep_lines=True) or "-", style="red"),
     ])
 
 

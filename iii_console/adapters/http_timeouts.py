@@ -1,0 +1,82 @@
+"""Read timeouts for the HTTP server's connections.
+
+uvicorn closes a connection idle *between* requests (``timeout_keep_alive``),
+but not one that sends a request slowly: headers a byte at a time, a body
+that never arrives, or nothing at all after connecting. Each such connection
+would stay open for good, before any token check, with the file-descriptor
+limit as the only bound. This protocol closes a connection whose request
+headers are not complete within ``header_timeout`` seconds of its first byte
+(or of the connection, for a new one), or whose body is not complete within
+``body_timeout`` seconds of its headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+
+class TimedH11Protocol(H11Protocol):
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._waiting_for: str = ""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm("headers", self.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._waiting_for and not self._in_request():
+            self._arm("headers", self.header_timeout)  # the first bytes of the next request on a kept-alive connection
+        super().data_received(data)
+        self._track()
+
+    def on_response_complete(self) -> None:
+        self._disarm()
+        super().on_response_complete()
+        self._track()  # a pipelined request may have started
+
+    def _in_request(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _track(self) -> None:
+        """Move the deadline along: headers done -> the body's; body done -> none."""
+        if not self._in_request():
+            return
+        if self.cycle.more_body:
+            if self._waiting_for != "body":
+                self._arm("body", self.body_timeout)
+        elif self._waiting_for:
+            self._disarm()
+
+    def _arm(self, what: str, seconds: float) -> None:
+        self._disarm()
+        self._waiting_for = what
+        self._deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = None
+        self._waiting_for = ""
+
+    def _expired(self) -> None:
+        self._deadline = None
+        self._waiting_for = ""
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def timed_protocol(header_timeout: float, body_timeout: float) -> type[TimedH11Protocol]:
+    """The protocol class for ``uvicorn.Config(http=...)`` with these timeouts."""
+    return type("TimedH11Protocol", (TimedH11Protocol,), {"header_timeout": header_timeout, "body_timeout": body_timeout})
