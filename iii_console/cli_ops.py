@@ -341,15 +341,16 @@ def config_check(config_path: str | None, redis_url: str | None) -> None:
     found = discover(cfg.steps_path)
     problems = [str(e) for e in found.errors]
     subscribed = {t for s in found.steps for t in s.topics}
-    for s in found.steps:
-        for t in s.enqueues:
-            if t not in subscribed:
-                problems.append(f"{s.file}, step {s.name!r}, field 'enqueues': no step subscribes to topic {t!r}")
+    # `enqueues` declares what a step may send (as in Motia): a topic nobody subscribes to
+    # yet is worth a warning, not a failed check; messages sent to it are dropped with a `log` event.
+    warnings = [f"warning: {s.file}, step {s.name!r}, field 'enqueues': no step subscribes to topic {t!r}"
+                for s in found.steps for t in s.enqueues if t not in subscribed]
     for topic in cfg.queues:
         if topic != "default" and topic not in subscribed:
             problems.append(f"{cfg.source or 'iii-config.yaml'}: queues.{topic}: no step subscribes to this topic")
-    for p in problems:
+    for p in problems + warnings:
         click.echo(p)
-    click.echo(f"{len(found.steps)} steps, {len(problems)} problem{'s' if len(problems) != 1 else ''}", err=True)
+    tail = f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""
+    click.echo(f"{len(found.steps)} steps, {len(problems)} problem{'s' if len(problems) != 1 else ''}{tail}", err=True)
     if problems:
         sys.exit(2)

@@ -196,17 +196,27 @@ class CronTrigger(_Model):
         return f"cron {self.expression}"
 
 
+#: What the watched-groups set holds for a state trigger without a group (it watches every group).
+ANY_GROUP = "*"
+
+
 class StateTrigger(_Model):
     type: Literal["state"] = "state"
-    group: str = Field(pattern=NAME_RE)
+    #: ``None``: every group (Motia's state triggers have no group; their condition filters).
+    group: str | None = Field(default=None, pattern=NAME_RE)
     key: str = "*"
     condition: Callable[[Any], bool] | None = None
 
+    @property
+    def watched(self) -> str:
+        """The group's name in the watched-groups set (:data:`ANY_GROUP` for every group)."""
+        return self.group if self.group is not None else ANY_GROUP
+
     def matches(self, group: str, key: str) -> bool:
-        return group == self.group and fnmatch.fnmatchcase(key, self.key)
+        return (self.group is None or group == self.group) and fnmatch.fnmatchcase(key, self.key)
 
     def describe(self) -> str:
-        return f"state {self.group}/{self.key}" + (" (conditional)" if self.condition else "")
+        return f"state {self.group if self.group is not None else '*'}/{self.key}" + (" (conditional)" if self.condition else "")
 
 
 Trigger = Annotated[Union[HttpTrigger, QueueTrigger, CronTrigger, StateTrigger], Field(discriminator="type")]
@@ -218,6 +228,10 @@ class Step(_Model):
     name: str = Field(pattern=NAME_RE)
     triggers: list[Trigger] = Field(min_length=1)
     enqueues: list[str] = Field(default_factory=list)
+    #: Drawn in the Steps view's flow graph only (Motia's ``virtualEnqueues``/``virtualSubscribes``):
+    #: links the code makes some other way, e.g. an HTTP call or a person.
+    virtual_enqueues: list[str] = Field(default_factory=list, alias="virtualEnqueues")
+    virtual_subscribes: list[str] = Field(default_factory=list, alias="virtualSubscribes")
     flows: list[str] = Field(default_factory=list)
     description: str = ""
     handler: Callable[..., Any] | None = Field(default=None, exclude=True)
@@ -265,6 +279,8 @@ class Step(_Model):
             "triggers": [t.describe() for t in self.triggers],
             "trigger_specs": [_spec(t) for t in self.triggers],
             "enqueues": list(self.enqueues),
+            "virtual_enqueues": list(self.virtual_enqueues),
+            "virtual_subscribes": list(self.virtual_subscribes),
             "flows": list(self.flows),
             "description": self.description,
         }
@@ -301,7 +317,7 @@ def cron(expression: str) -> CronTrigger:
     return CronTrigger(expression=expression)
 
 
-def state(group: str, key: str = "*", *, condition: Callable[[Any], bool] | None = None) -> StateTrigger:
-    """A state trigger: fires on every change in ``group`` whose key matches the glob ``key``
-    and for which ``condition(change)`` (if given) is true."""
+def state(group: str | None, key: str = "*", *, condition: Callable[[Any], bool] | None = None) -> StateTrigger:
+    """A state trigger: fires on every change in ``group`` (``None``: any group) whose key matches
+    the glob ``key`` and for which ``condition(change)`` (if given) is true."""
     return StateTrigger(group=group, key=key, condition=condition)

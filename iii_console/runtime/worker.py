@@ -69,7 +69,7 @@ def watch_state_triggers(client: redis.Redis, keys: Any, steps: StepSet) -> None
     starts and on every sweep (Redis may have lost its data). Groups are only
     ever added: another process may still run a version that watches one.
     """
-    groups = sorted({t.group for step in steps.state_steps() for t in step.of(StateTrigger)})
+    groups = sorted({t.watched for step in steps.state_steps() for t in step.of(StateTrigger)})
     if groups:
         client.sadd(keys.state_watched, *groups)
     ensure_trigger_group(client, keys.state_changes)

@@ -29,8 +29,9 @@ end
 local old_json = cur or "null"
 local new_json = (new == ABSENT) and "null" or new
 -- The trigger record (full old and new values) only for groups a state step
--- watches: nothing reads the others, and large values would fill Redis.
-if redis.call("SISMEMBER", KEYS[5], ARGV[4]) == 1 then
+-- watches ("*" in the set: a trigger without a group watches them all): nothing
+-- reads the others, and large values would fill Redis.
+if redis.call("SISMEMBER", KEYS[5], ARGV[4]) == 1 or redis.call("SISMEMBER", KEYS[5], "*") == 1 then
   redis.call("XADD", KEYS[3], "MAXLEN", "~", ARGV[5], "*",
     "group", ARGV[4], "key", field, "old", old_json, "new", new_json,
     "trace_id", ARGV[7], "ts", ARGV[8])
