@@ -302,9 +302,12 @@ def steps_cmd(as_json: bool, config_path: str | None, redis_url: str | None) -> 
 
     cfg = _load(config_path, redis_url)
     found = discover(cfg.steps_path)
+    motia = {"motia": found.motia} if found.motia_steps else {}
     if as_json:
-        click.echo(json.dumps({"steps": [s.describe() for s in found.steps], "errors": [str(e) for e in found.errors]}))
+        click.echo(json.dumps({"steps": [s.describe() for s in found.steps], "errors": [str(e) for e in found.errors], **motia}))
     else:
+        if motia:
+            click.echo(f"{len(found.motia_steps)} Motia step files run on {found.motia}", err=True)
         table = Table("step", "triggers", "enqueues", "flows", box=None, header_style="bold")
         for s in found.steps:
             table.add_row(s.name, ", ".join(t.describe() for t in s.triggers), ", ".join(s.enqueues) or "-", ", ".join(s.flows) or "-")

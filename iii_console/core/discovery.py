@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import json
 import re
 import sys
 import traceback
@@ -260,8 +261,8 @@ def _between_shape(raw: dict[str, Any]) -> tuple[str, str] | None:
                                           f'{{"type": "http", "method": "{t.get("method", "POST")}", "path": "{t.get("path", "/...")}"}}')
     if "emits" in raw:
         topics = [e if isinstance(e, str) else (e.get("topic") if isinstance(e, dict) else str(e)) for e in raw.get("emits") or []]
-        return "emits", (f"'emits' is Motia's older name for 'enqueues': write \"enqueues\": {topics!r}".replace("'", '"')
-                         + ", and call ctx.enqueue(topic, data) (or motia's enqueue({\"topic\", \"data\"})) where the handler called emit(...)")
+        return "emits", (f"'emits' is Motia's older name for 'enqueues': write \"enqueues\": {json.dumps(topics)}, and call "
+                         "ctx.enqueue(topic, data) (or motia's enqueue({\"topic\", \"data\"})) where the handler called emit(...)")
     return None
 
 

@@ -196,6 +196,8 @@ class CronTrigger(_Model):
         return f"cron {self.expression}"
 
 
+#: State groups that hold Motia streams (``core/motia/run.py``): stream ``todo`` is ``_stream.todo``.
+STREAM_GROUP_PREFIX = "_stream."
 #: What the watched-groups set holds for a state trigger without a group (it watches every group).
 ANY_GROUP = "*"
 
@@ -216,7 +218,10 @@ class StateTrigger(_Model):
         return (self.group is None or group == self.group) and fnmatch.fnmatchcase(key, self.key)
 
     def describe(self) -> str:
-        return f"state {self.group if self.group is not None else '*'}/{self.key}" + (" (conditional)" if self.condition else "")
+        cond = " (conditional)" if self.condition else ""
+        if self.group is not None and self.group.startswith(STREAM_GROUP_PREFIX):
+            return f"stream {self.group[len(STREAM_GROUP_PREFIX):]} {self.key}{cond}"
+        return f"state {self.group if self.group is not None else '*'}/{self.key}{cond}"
 
 
 Trigger = Annotated[Union[HttpTrigger, QueueTrigger, CronTrigger, StateTrigger], Field(discriminator="type")]

@@ -17,13 +17,11 @@ import time
 from typing import Any, Generic, TypeVar
 
 from iii_console.core.context import SyncContext
+from iii_console.core.steps import STREAM_GROUP_PREFIX  # stream NAME is the state group _stream.NAME, items GROUP_ID/ITEM_ID
 
 _current: contextvars.ContextVar[SyncContext | None] = contextvars.ContextVar("iii_motia_run", default=None)
 _stdlib = logging.getLogger("motia")
 
-#: State groups that hold Motia streams: stream ``todo`` is the group ``_stream.todo``,
-#: its items keyed ``{group_id}/{item_id}``.
-STREAM_GROUP_PREFIX = "_stream."
 #: Field names a ``log`` event uses itself; a Motia log field of that name is kept as ``name_``.
 _RESERVED_LOG_KEYS = {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "duration_ms", "error",
                       "data", "ts", "event", "level", "message", "_log"}

@@ -1,0 +1,247 @@
+"""Motia 1.0 Python step files on iii-console: Motia's own playground steps, unmodified
+(``tests/motia_steps/``), and the Motia-shaped example (``examples/motia/``), each run under
+a real ``iii-console --no-ui`` with real HTTP requests, queues, state, streams and cron."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from iii_console.core.cronexpr import next_fire, parse_cron
+from iii_console.core.discovery import discover
+
+from .conftest import ROOT
+from .helpers import events, events_once, make_project, wait_for
+from .test_e2e import start_cli
+
+PLAYGROUND = ROOT / "tests" / "motia_steps" / "playground" / "steps"
+UNSUPPORTED = ROOT / "tests" / "motia_steps" / "unsupported"
+EXAMPLE = ROOT / "examples" / "motia" / "steps"
+CONFIG = """
+server:
+  port: 0
+workers:
+  heartbeat_interval: 0.5
+"""
+
+
+def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "iii_console", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+# ---- loading ----------------------------------------------------------------------------
+
+def test_motias_playground_steps_load_unmodified_and_config_check_passes(tmp_path):
+    found = discover(PLAYGROUND)
+    assert found.errors == []
+    assert len(found.steps) == 28 and len(found.motia_steps) == 28
+    assert "compatibility module" in found.motia
+    by = {s.name: s for s in found.steps}
+    assert [t.describe() for t in by["on-user-state-change"].triggers] == ["state */* (conditional)"]
+    assert [t.describe() for t in by["on-todo-stream-event"].triggers] == ["stream todo */* (conditional)"]
+    assert [t.describe() for t in by["CronWithCondition"].triggers] == ["cron 5 * * * * * *"]
+
+    shutil.copytree(PLAYGROUND, tmp_path / "steps")
+    make_project(tmp_path, {})
+    res = _cli(tmp_path, "config", "check")
+    assert res.returncode == 0, res.stdout + res.stderr
+    warnings = res.stdout.splitlines()
+    # `enqueues` is a declaration: topics nobody subscribes to are warnings, not problems
+    assert warnings and all(w.startswith("warning: ") and "no step subscribes to topic" for w in warnings)
+    assert any("'user.status.changed'" in w for w in warnings)
+    assert "28 steps, 0 problems" in res.stderr
+    listed = _cli(tmp_path, "steps", "--json")
+    assert listed.returncode == 0 and "compatibility module" in json.loads(listed.stdout)["motia"]
+
+
+def _load_one(tmp_path: Path, source: str):
+    (tmp_path / "steps").mkdir(exist_ok=True)
+    (tmp_path / "steps" / "x_step.py").write_text(textwrap.dedent(source))
+    found = discover(tmp_path / "steps")
+    assert found.steps == [] and len(found.errors) == 1, found
+    return found.errors[0]
+
+
+@pytest.mark.parametrize("source, line, field, says", [
+    ("from motia import http, init_iii\nconfig = {'name': 'X', 'triggers': [http('GET', '/x')]}\ndef handler(r): pass\n",
+     1, None, "motia.init_iii is not available on iii-console (the engine client"),
+    ("from motia import ChannelReader\n", 1, None, "channels (streamed request bodies)"),
+    ("from motia import http\n\nconfig = {\n    'name': 'X',\n    'triggers': [\n        http('GET', '/x', middleware=[lambda r, c, n: n()]),\n    ],\n}\n"
+     "def handler(r): pass\n", 6, "triggers.0.middleware", "middleware is not supported"),
+    ("from motia import queue\nconfig = {'name': 'X', 'triggers': [queue('t', config={'maxRetries': 9})]}\ndef handler(d): pass\n",
+     2, "triggers.0.config", "queues.TOPIC.max_retries"),
+    ("from motia import queue\nconfig = {'name': 'X', 'triggers': [queue('t')]}\n\ndef handler():\n    pass\n",
+     4, "handler", "takes (input) or (input, ctx)"),
+    ("from motia import logger\nconfig = {\n    'name': 'X',\n    'triggers': [{'type': 'event', 'topic': 'orders'}],\n"
+     "    'emits': ['done'],\n}\ndef handler(d, ctx): pass\n", 4, "triggers.0.type",
+     '\'event\' triggers are Motia\'s older name for queue triggers: write {"type": "queue", "topic": "orders"}, and "enqueues" for "emits"'),
+    ("config = {\n    'name': 'X',\n    'triggers': [{'type': 'queue', 'topic': 'orders'}],\n    'emits': ['done'],\n}\n"
+     "def handler(d, ctx): pass\n", 4, "emits", "'emits' is Motia's older name for 'enqueues': write \"enqueues\": [\"done\"]"),
+])
+def test_what_motia_has_and_iii_console_cannot_do_fails_at_load_naming_file_line_and_the_equivalent(tmp_path, source, line, field, says):
+    err = _load_one(tmp_path, source)
+    assert err.file.endswith("x_step.py") and err.line == line and err.field == field, err
+    assert says in str(err), str(err)
+
+
+def test_a_streamed_http_handler_is_refused_at_load_with_the_json_equivalent(tmp_path):
+    found = discover(UNSUPPORTED)
+    [err] = found.errors
+    assert err.file.endswith("api_steps/sse_step.py") and err.line == 23 and err.field == "handler"
+    assert "MotiaHttpArgs" in str(err) and "take an ApiRequest" in str(err) and "return ApiResponse" in str(err)
+
+
+def test_the_installed_motia_package_is_used_and_named_when_there_is_one(tmp_path):
+    (tmp_path / "motia").mkdir()
+    (tmp_path / "motia" / "__init__.py").write_text("REAL = True\n")
+    code = "from iii_console.core.motia.adapt import install; import motia; print(install()); print(motia.REAL)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"the installed motia package ({tmp_path / 'motia' / '__init__.py'})", "True"]
+
+
+def test_motias_seven_field_cron_has_seconds_first_and_a_year_last():
+    after = datetime(2030, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+    assert next_fire("5 * * * * * *", after) == datetime(2030, 5, 1, 12, 0, 5, tzinfo=timezone.utc)
+    assert next_fire("0 30 9 1 1 * 2031", after) == datetime(2031, 1, 1, 9, 30, tzinfo=timezone.utc)
+    with pytest.raises(ValueError, match="cron field year '20x1'"):
+        parse_cron("0 0 0 1 1 * 20x1")
+
+
+# ---- end to end -------------------------------------------------------------------------
+
+@pytest.fixture
+def project(tmp_path, redis_url):
+    started = []
+
+    def start(steps: Path, config: str = CONFIG):
+        shutil.copytree(steps, tmp_path / "steps")
+        make_project(tmp_path, {}, config, redis_url=redis_url)
+        run = start_cli(tmp_path, "--no-ui")
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.stop()
+
+
+def _logs(r, keys, step: str, message: str | None = None):
+    return [e for e in events(r, keys, "log") if e.step == step and (message is None or e.data["message"] == message)]
+
+
+@pytest.mark.slow
+def test_motias_playground_answers_enqueues_and_reacts_as_under_motia(project, r, keys):
+    app = project(PLAYGROUND)
+    url = app.url
+    with httpx.Client(base_url=url, timeout=10) as http:
+        # ApiResponse objects are the answer; a one-argument handler gets the request
+        greet = http.get("/greet", params={"name": "ada"})
+        assert greet.status_code == 200 and greet.json() == {"name": "ada", "message": "Hello, ada!"}
+        assert http.get("/greetings/ada").json() == {"name": "ada", "message": "Hello, ada!"}  # :name path, stream get
+        assert http.get("/greetings").json() == {"greetings": [{"name": "ada", "message": "Hello, ada!"}]}
+        assert http.get("/greetings/summary").json()["count"] == 1  # ctx.match from a sync handler
+        deleted = http.delete("/greetings/ada")
+        assert deleted.status_code == 204 and deleted.content == b""
+        assert http.get("/greetings/ada").status_code == 404
+
+        # a condition false on an HTTP trigger is Motia's 422; true runs the handler
+        assert http.post("/orders/premium", json={"amount": 5000, "user": {"verified": True}}).json() == \
+            {"error": "Request condition not met", "skipped": True}
+        assert http.post("/orders/manual", json={"user": {"verified": False}}).status_code == 422
+        manual = http.post("/orders/manual", json={"user": {"verified": True}})
+        assert manual.status_code == 200 and manual.json() == {"message": "Order processed via API"}
+
+        # dict answers, module-level stateManager, a state trigger with only a condition
+        user = http.post("/users/u1/status", json={"status": "away"})
+        assert user.status_code == 200 and user.json() == {"user_id": "u1", "status": "away"}
+
+        # streams: set returns Motia's {old_value, new_value}; a stream trigger fires
+        todo = http.post("/todo", json={"description": "buy milk"}).json()
+        assert todo["old_value"] is None and todo["new_value"]["description"] == "buy milk"
+        created = http.post("/todos", json={"description": "x", "group_id": "g1"})
+        assert created.status_code == 201
+        # a DELETE with a JSON body reaches the handler
+        assert http.request("DELETE", "/todo", json={"todo_id": todo["new_value"]["id"]}).json() == {"success": True}
+
+        # module-level enqueue from an HTTP step, queue conditions, ctx.trigger.topic
+        order = http.post("/orders", json={"description": "d", "amount": 5000})
+        assert order.status_code == 201
+        trace = order.headers["x-trace-id"]
+
+    [changed] = wait_for(lambda: _logs(r, keys, "on-user-state-change", "User state changed"), what="state trigger")
+    assert changed.data["group_id"] == "users" and changed.data["item_id"] == "u1"
+    assert changed.data["new_value"] == {"status": "away"}
+    kinds = lambda: sorted((e.data["group_id"], e.data["event_type"]) for e in _logs(r, keys, "on-todo-stream-event", "Todo stream event"))  # noqa: E731
+    wait_for(lambda: len(kinds()) == 3, what="3 stream events")
+    assert kinds() == [("g1", "create"), ("inbox", "create"), ("inbox", "delete")]
+    [todo_event] = [e for e in _logs(r, keys, "on-todo-stream-event", "Todo stream event") if e.data["group_id"] == "g1"]
+    assert todo_event.data["stream_name"] == "todo" and todo_event.data["data_"]["description"] == "x"
+    assert not _logs(r, keys, "on-user-state-change", "User state changed")[1:]  # stream items are not state there
+
+    [high] = wait_for(lambda: _logs(r, keys, "SingleConditionTest", "Processing high-value order"), what="queue step")
+    assert high.trace_id == trace and high.message_id and high.data["data_"]["amount"] == 5000  # log fields kept
+    [mixed] = wait_for(lambda: _logs(r, keys, "MixedTriggersWithConditions", "Processing order (event)"), what="mixed")
+    assert mixed.data["topic_"] == "order.created"
+    [skipped] = wait_for(lambda: _logs(r, keys, "MultipleConditionsTest"), what="condition skip")
+    assert skipped.data["message"] == "skipped: the trigger's condition is false" and skipped.trace_id == trace
+    assert not [e for e in events(r, keys, "message.failed")]
+
+    # cron: GreetingsSummary runs every 5 s (6 fields, seconds first) through the ctx.match cron branch
+    [tick, *_] = events_once(r, keys, "log", 1, where=lambda e: e.data.get("message") == "Greetings summary (cron)", timeout=15)
+    assert tick.step == "GreetingsSummary" and tick.data["count"] == 0 and tick.message_id
+    assert not [e for e in events(r, keys, "step.error")]
+
+
+@pytest.mark.slow
+def test_motia_shaped_example_runs_http_queue_threads_state_streams_and_cron(project, r, keys):
+    app = project(EXAMPLE)
+    with httpx.Client(base_url=app.url, timeout=10) as http:
+        placed = http.post("/orders/eu", json={"id": "o1", "sku": "tea", "qty": 2})
+        assert placed.status_code == 201 and placed.headers["location"] == "/orders/eu/o1"
+        trace = placed.headers["x-trace-id"]
+        assert placed.json() == {"id": "o1", "trace_id": trace}
+        dry = http.post("/orders/eu", params={"dry_run": "1"}, json={"id": "o2", "sku": "tea", "qty": 1})
+        assert dry.status_code == 200 and dry.json() == {"would_place": {"id": "o2", "sku": "tea", "qty": 1, "region": "eu"}}
+        bad = http.post("/orders/eu", json={"id": "o3", "sku": "tea", "qty": "lots"})
+        assert bad.status_code == 400 and "qty" in bad.text
+        assert http.post("/orders/eu", json={"id": "o0", "sku": "tea", "qty": 0}).status_code == 201
+
+        wait_for(lambda: r.hget(keys.state_group("stats"), "receipts"), what="receipt counted")
+        assert json.loads(r.hget(keys.state_group("orders"), "o1"))["status"] == "fulfilled"
+        assert json.loads(r.hget(keys.state_group("_stream.receipts"), "shop/o1")) == {"order_id": "o1", "qty": 2}
+        assert json.loads(r.hget(keys.state_group("stats"), "receipts")) == {"count": 1}
+        assert http.get("/orders/eu/o1").json()["status"] == "fulfilled"
+        missing = http.get("/orders/eu/nope")
+        assert missing.status_code == 404 and missing.json() == {"error": "no such order"}
+
+    # the thread the handler started logged, wrote state and enqueued on the run's trace and message
+    [fulfil] = _logs(r, keys, "FulfilOrder", "fulfilling")
+    assert fulfil.trace_id == trace and fulfil.message_id
+    assert fulfil.data["order_id"] == "o1" and fulfil.data["topic_"] == "order.placed" and fulfil.data["qty"] == 2
+    [write] = [e for e in events(r, keys, "state.changed") if e.data["group"] == "orders" and e.data["new"]["status"] == "fulfilled"]
+    assert write.trace_id == trace and write.step == "FulfilOrder" and write.message_id == fulfil.message_id
+    [seen] = wait_for(lambda: _logs(r, keys, "LookupOrder", "fulfilment seen"), what="async match branch")
+    assert seen.trace_id == trace and seen.data["order_id"] == "o1"
+    [receipt] = _logs(r, keys, "WriteReceipt", "receipt written")
+    assert receipt.trace_id == trace and receipt.data["old_status"] == "placed"
+    [counted] = _logs(r, keys, "CountReceipts", "receipt counted")
+    assert counted.data == {"level": "info", "message": "receipt counted", "stream": "receipts", "item": "o1", "kind": "create"}
+    [placed_log] = [e for e in _logs(r, keys, "PlaceOrder", "order placed") if e.trace_id == trace]
+    assert placed_log.data["path"] == "/orders/:region" and placed_log.data["api"] is True
+    # qty 0: the queue condition skipped the run; the order stays placed
+    [skip] = _logs(r, keys, "FulfilOrder", "skipped: the trigger's condition is false")
+    assert json.loads(r.hget(keys.state_group("orders"), "o0"))["status"] == "placed" and skip.message_id
+
+    # cron in Motia's 7-field form, every 2 s; the handler gets None
+    wait_for(lambda: (json.loads(r.hget(keys.state_group("clock"), "ticks") or "{}")).get("n", 0) >= 2, timeout=15, what="2 ticks")
+    assert not [e for e in events(r, keys, "step.error")] and not [e for e in events(r, keys, "message.failed")]
