@@ -245,3 +245,36 @@ def test_motia_shaped_example_runs_http_queue_threads_state_streams_and_cron(pro
     # cron in Motia's 7-field form, every 2 s; the handler gets None
     wait_for(lambda: (json.loads(r.hget(keys.state_group("clock"), "ticks") or "{}")).get("n", 0) >= 2, timeout=15, what="2 ticks")
     assert not [e for e in events(r, keys, "step.error")] and not [e for e in events(r, keys, "message.failed")]
+
+
+def test_the_steps_view_draws_virtual_links_condition_only_state_triggers_and_streams():
+    from iii_console.tui.tabs.system import flow_text
+
+    steps = {s.name: s.describe() for s in discover(EXAMPLE).steps}
+    writers = {"orders": {"PlaceOrder", "FulfilOrder"}, "_stream.receipts": {"WriteReceipt"}}
+    text = flow_text(steps, [], writers).plain
+    assert "virtual shop.checkout ┈▷ PlaceOrder" in text
+    assert "virtual warehouse.pick-list ┈▷ (outside)" in text
+    assert "state */* if … ─▶ WriteReceipt" in text  # reached from the steps seen writing "orders"
+    assert "stream receipts shop/* if … ─▶ CountReceipts" in text
+    assert "queue order.placed ─▶ FulfilOrder" in text
+
+
+@pytest.mark.slow
+def test_a_project_with_many_subscriptions_starts_its_worker_without_running_out_of_connections(tmp_path, redis_url, r, keys):
+    """30 subscriptions are 90 queues (and their delay queues), each with a consumer blocked on a
+    connection of the worker's pool; redis-py 8 caps a pool at 100 by default, which crashed the
+    worker at start ("Too many connections") as soon as Motia's playground was loaded."""
+    steps = {f"s{i}_step.py": f"from iii_console import Step, queue\nconfig = Step(name='S{i}', triggers=[queue('fan')])\n"
+                              f"def handler(data, ctx):\n    pass\n" for i in range(30)}
+    steps["in_step.py"] = ("from iii_console import Step, http\nconfig = Step(name='In', triggers=[http('POST', '/in')], enqueues=['fan'])\n"
+                           "def handler(req, ctx):\n    ctx.enqueue('fan', {})\n    return {'status': 202, 'body': {}}\n")
+    make_project(tmp_path, steps, CONFIG, redis_url=redis_url)
+    app = start_cli(tmp_path, "--no-ui")
+    try:
+        assert httpx.post(f"{app.url}/in", json={}).status_code == 202
+        events_once(r, keys, "message.processed", 30, timeout=30)
+        crashed = [e for e in events(r, keys, "log") if "exited with" in e.data.get("message", "")]
+        assert crashed == [] and not [x for x in app.lines if "Too many connections" in x]
+    finally:
+        assert app.stop() == 0

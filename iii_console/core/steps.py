@@ -204,10 +204,17 @@ ANY_GROUP = "*"
 
 class StateTrigger(_Model):
     type: Literal["state"] = "state"
+    condition: Callable[[Any], bool] | None = None  # before ``group``: its check reads it
     #: ``None``: every group (Motia's state triggers have no group; their condition filters).
-    group: str | None = Field(default=None, pattern=NAME_RE)
+    group: str | None = Field(default=None, pattern=NAME_RE, validate_default=True)
     key: str = "*"
-    condition: Callable[[Any], bool] | None = None
+
+    @field_validator("group")
+    @classmethod
+    def _group_or_condition(cls, v: str | None, info: Any) -> str | None:
+        if v is None and info.data.get("condition") is None:
+            raise ValueError("a state trigger needs a group, or a condition to pick its changes from every group")
+        return v
 
     @property
     def watched(self) -> str:
