@@ -109,6 +109,19 @@ def test_the_installed_motia_package_is_used_and_named_when_there_is_one(tmp_pat
     assert out.stdout.splitlines() == [f"the installed motia package ({tmp_path / 'motia' / '__init__.py'})", "True"]
 
 
+def test_a_dotenv_file_is_read_under_the_environment_and_a_bad_line_is_named(tmp_path):
+    from iii_console.core.config import load_dotenv
+    from iii_console.core.errors import ConfigError
+
+    (tmp_path / ".env").write_text("# comment\nA=1\nexport B='two words'\nC=\"x # y\"\nD=3 # note\nKEEP=file\n")
+    env = {"KEEP": "environment"}
+    assert load_dotenv(tmp_path, env) == {"A": "1", "B": "two words", "C": "x # y", "D": "3"}
+    assert env["KEEP"] == "environment"
+    (tmp_path / ".env").write_text("A=1\nthis is not a variable\n")
+    with pytest.raises(ConfigError, match=r"\.env:2: expected KEY=value"):
+        load_dotenv(tmp_path, {})
+
+
 def test_motias_seven_field_cron_has_seconds_first_and_a_year_last():
     after = datetime(2030, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
     assert next_fire("5 * * * * * *", after) == datetime(2030, 5, 1, 12, 0, 5, tzinfo=timezone.utc)
@@ -123,9 +136,11 @@ def test_motias_seven_field_cron_has_seconds_first_and_a_year_last():
 def project(tmp_path, redis_url):
     started = []
 
-    def start(steps: Path, config: str = CONFIG):
+    def start(steps: Path, config: str = CONFIG, dotenv: str = ""):
         shutil.copytree(steps, tmp_path / "steps")
         make_project(tmp_path, {}, config, redis_url=redis_url)
+        if dotenv:
+            (tmp_path / ".env").write_text(dotenv)
         run = start_cli(tmp_path, "--no-ui")
         started.append(run)
         return run
@@ -141,9 +156,12 @@ def _logs(r, keys, step: str, message: str | None = None):
 
 @pytest.mark.slow
 def test_motias_playground_answers_enqueues_and_reacts_as_under_motia(project, r, keys):
-    app = project(PLAYGROUND)
+    # the playground's .env.example, as its README says to copy it
+    app = project(PLAYGROUND, dotenv="GREETING_PREFIX=hello\nAPP_NAME=MotiaPlayground\nSECRET_KEY=my-secret-key-123\n")
     url = app.url
     with httpx.Client(base_url=url, timeout=10) as http:
+        # the project's .env is in the environment of the steps
+        assert http.get("/dotenv-check").json() == {"greeting_prefix": "hello", "app_name": "MotiaPlayground", "has_secret_key": True}
         # ApiResponse objects are the answer; a one-argument handler gets the request
         greet = http.get("/greet", params={"name": "ada"})
         assert greet.status_code == 200 and greet.json() == {"name": "ada", "message": "Hello, ada!"}
