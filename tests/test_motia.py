@@ -254,6 +254,8 @@ def test_motia_shaped_example_runs_http_queue_threads_state_streams_and_cron(pro
     assert receipt.trace_id == trace and receipt.data["old_status"] == "placed"
     [counted] = _logs(r, keys, "CountReceipts", "receipt counted")
     assert counted.data == {"level": "info", "message": "receipt counted", "stream": "receipts", "item": "o1", "kind": "create"}
+    [placing] = [e for e in _logs(r, keys, "PlaceOrder", "placing") if e.trace_id == trace]
+    assert placing.data["order_id"] == "o1"
     [placed_log] = [e for e in _logs(r, keys, "PlaceOrder", "order placed") if e.trace_id == trace]
     assert placed_log.data["path"] == "/orders/:region" and placed_log.data["api"] is True
     # qty 0: the queue condition skipped the run; the order stays placed
@@ -276,6 +278,7 @@ def test_the_steps_view_draws_virtual_links_condition_only_state_triggers_and_st
     assert "state */* if … ─▶ WriteReceipt" in text  # reached from the steps seen writing "orders"
     assert "stream receipts shop/* if … ─▶ CountReceipts" in text
     assert "queue order.placed ─▶ FulfilOrder" in text
+    assert "virtual order.approved ┈▷ (outside)" in text and "ManualApproval" in text  # a noop step, drawn only
 
 
 @pytest.mark.slow

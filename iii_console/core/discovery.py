@@ -238,7 +238,8 @@ def _legacy_shape(raw: dict[str, Any]) -> tuple[str, str] | None:
         trig = []
         was = f'"type": {kind!r}' if kind else '"emits"'
     if kind == "noop":
-        return "type", "noop steps (no trigger) are not supported: a step needs at least one trigger in \"triggers\""
+        return "type", ("noop steps are drawn, not run: write \"triggers\": [], \"virtualSubscribes\": [...] and "
+                        "\"virtualEnqueues\": [...] (the topics it stands between) instead of \"type\": \"noop\"")
     rewrite = f'"triggers": [{", ".join(trig) or "..."}]' + (f', "enqueues": {list(topics)!r}'.replace("'", '"') if topics else "")
     return ("type" if kind else "emits"), (
         f"this is Motia's older step shape ({was}); write {rewrite} instead, "
@@ -342,6 +343,8 @@ def load_step_file(path: Path, root: Path) -> Step:
                         line=src.line_of_def("config"))
 
     handler = motia_handler if motia_handler is not None else getattr(module, "handler", None)
+    if handler is None and not step.triggers:  # drawn in the flow graph, never run
+        return step.model_copy(update={"file": file})
     if handler is None:
         raise StepError("no `handler` defined", file=file, step=step.name, field="handler")
     if not callable(handler):

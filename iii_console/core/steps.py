@@ -238,7 +238,8 @@ class Step(_Model):
     """A step's declaration. ``handler`` and ``file`` are filled in by discovery."""
 
     name: str = Field(pattern=NAME_RE)
-    triggers: list[Trigger] = Field(min_length=1)
+    #: Empty only for a step drawn in the flow graph and never run (virtual links only; Motia's noop steps).
+    triggers: list[Trigger] = Field(default_factory=list)
     enqueues: list[str] = Field(default_factory=list)
     #: Drawn in the Steps view's flow graph only (Motia's ``virtualEnqueues``/``virtualSubscribes``):
     #: links the code makes some other way, e.g. an HTTP call or a person.
@@ -263,6 +264,13 @@ class Step(_Model):
             if not re.fullmatch(TOPIC_RE, t):
                 raise ValueError(f"{t!r} is not a valid topic name")
         return v
+
+    @model_validator(mode="after")
+    def _some_trigger(self) -> "Step":
+        if not self.triggers and not (self.virtual_enqueues or self.virtual_subscribes):
+            raise ValueError("a step needs at least one trigger in 'triggers' (a step only drawn in the flow graph, "
+                             "like Motia's noop steps, has virtualSubscribes/virtualEnqueues instead)")
+        return self
 
     @model_validator(mode="after")
     def _unique_http(self) -> "Step":

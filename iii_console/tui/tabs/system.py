@@ -243,6 +243,12 @@ def flow_text(steps: dict[str, dict[str, Any]], errors: Sequence[Any] = (),
             for sub in subs:
                 if sub not in seen:
                     walk(sub, depth + 1, seen | {sub})
+            watchers = sorted(virtual_subs.get(topic, []))
+            if watchers:
+                out.append(Text.assemble("    " * depth + "└┈▷ ", (f"queue {topic}", "blue"), " ┈▷ ", (", ".join(watchers), "bold")))
+                for sub in watchers:
+                    if sub not in seen:
+                        walk(sub, depth + 1, seen | {sub})
         for topic in steps.get(step, {}).get("virtual_enqueues", []):
             subs = sorted(set(by_topic.get(topic, []) + virtual_subs.get(topic, [])))
             out.append(Text.assemble("    " * depth + "└┈▷ ", (f"virtual {topic}", "blue"), " ┈▷ ",
@@ -273,8 +279,10 @@ def flow_text(steps: dict[str, dict[str, Any]], errors: Sequence[Any] = (),
                 kind = sp.get("type")
                 if kind == "queue" and sp.get("topic") in produced:
                     continue  # reached through the step that enqueues it
-                if kind == "state" and writers.get(sp.get("group", "")):
-                    continue  # reached through the steps seen writing the group
+                group = sp.get("group", "")
+                if kind == "state" and (writers.get(group) if group is not None
+                                        else any(not g.startswith("_stream.") for g in writers)):
+                    continue  # reached through the steps seen writing the group (any group, for a trigger without one)
                 entries.append((order.get(kind, 9), name, sp))
         for _, name, sp in sorted(entries, key=lambda e: (e[0], e[1])):
             label, style = _trigger_label(sp)

@@ -4,7 +4,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from motia import ApiRequest, ApiResponse, FlowContext, QueryParam, http
+from motia import ApiRequest, ApiResponse, FlowContext, QueryParam, http, logger
 
 
 class NewOrder(BaseModel):
@@ -35,6 +35,7 @@ async def handler(request: ApiRequest[Any], ctx: FlowContext[Any]) -> Any:
     order = {**request.body, "region": request.path_params["region"]}
     if request.query_params.get("dry_run"):
         return {"status": 200, "body": {"would_place": order}}
+    logger.info("placing", {"order_id": order["id"]})  # the module-level logger, from an async handler
     await ctx.state.set("orders", order["id"], {**order, "status": "placed"})
     await ctx.enqueue({"topic": "order.placed", "data": order})
     ctx.logger.info("order placed", {"order_id": order["id"], "path": ctx.trigger.path, "api": ctx.is_api()})
