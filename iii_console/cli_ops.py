@@ -353,6 +353,8 @@ def config_check(config_path: str | None, redis_url: str | None) -> None:
             problems.append(f"{cfg.source or 'iii-config.yaml'}: queues.{topic}: no step subscribes to this topic")
     for p in problems + warnings:
         click.echo(p)
+    if found.motia_steps:
+        click.echo(f"{len(found.motia_steps)} Motia step files run on {found.motia}", err=True)
     tail = f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""
     click.echo(f"{len(found.steps)} steps, {len(problems)} problem{'s' if len(problems) != 1 else ''}{tail}", err=True)
     if problems:
