@@ -264,6 +264,10 @@ def test_motia_shaped_example_runs_http_queue_threads_state_streams_and_cron(pro
 
     # cron in Motia's 7-field form, every 2 s; the handler gets None
     wait_for(lambda: (json.loads(r.hget(keys.state_group("clock"), "ticks") or "{}")).get("n", 0) >= 2, timeout=15, what="2 ticks")
+    # its condition reads state through the module-level stateManager: paused, a tick is skipped
+    r.hset(keys.state_group("clock"), "paused", "true")
+    [paused, *_] = wait_for(lambda: _logs(r, keys, "Tick", "skipped: the trigger's condition is false"), what="a paused tick")
+    assert paused.data["trigger"] == "cron" and paused.message_id
     assert not [e for e in events(r, keys, "step.error")] and not [e for e in events(r, keys, "message.failed")]
 
 

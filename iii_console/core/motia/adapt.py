@@ -216,8 +216,8 @@ def _trigger(t: Any, i: int) -> tuple[Any, Plan | None]:
     return t, None
 
 
-def _condition_ctx(info: TriggerInfo, value: Any) -> FlowContext[Any]:
-    return FlowContext(trace_id="", trigger=info, input_value=value, logger=_run.Logger(), state=_run.StateManager(),
+def _condition_ctx(info: TriggerInfo, value: Any, trace_id: str = "") -> FlowContext[Any]:
+    return FlowContext(trace_id=trace_id, trigger=info, input_value=value, logger=_run.Logger(), state=_run.StateManager(),
                        streams=_run.Streams(), enqueue_fn=_run.enqueue)
 
 
@@ -231,7 +231,8 @@ def _state_condition(plan: Plan) -> Callable[[Any], bool]:
             return False
         if plan.condition is None:
             return True
-        return bool(_resolve(plan.condition(value, _condition_ctx(TriggerInfo(type=plan.kind, index=plan.index), value))))
+        ctx = _condition_ctx(TriggerInfo(type=plan.kind, index=plan.index), value, getattr(change, "trace_id", ""))
+        return bool(_resolve(plan.condition(value, ctx)))
 
     return condition
 
