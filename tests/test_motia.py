@@ -21,6 +21,7 @@ from iii_console.core.discovery import discover
 from .conftest import ROOT
 from .helpers import events, events_once, make_project, wait_for
 from .test_e2e import start_cli
+from .test_tui_helpers import anyio_backend  # noqa: F401  (the console test runs on asyncio)
 
 PLAYGROUND = ROOT / "tests" / "motia_steps" / "playground" / "steps"
 UNSUPPORTED = ROOT / "tests" / "motia_steps" / "unsupported"
@@ -303,3 +304,73 @@ def test_a_project_with_many_subscriptions_starts_its_worker_without_running_out
         assert crashed == [] and not [x for x in app.lines if "Too many connections" in x]
     finally:
         assert app.stop() == 0
+
+
+def _run_ctx(r, keys):
+    from iii_console.core.context import SyncContext
+    from iii_console.core.emitter import null_emitter
+    from iii_console.core.state import StateStore
+
+    return SyncContext(trace_id="t-1", step="Test", emitter=null_emitter(), state=StateStore(r, keys).bind(trace_id="t-1", step="Test"))
+
+
+def test_streams_and_state_manager_speak_motias_api_on_the_state_store(r, keys):
+    from iii_console.core.motia import run as motia_run
+
+    todo, manager = motia_run.Stream("todo"), motia_run.StateManager()
+    with pytest.raises(RuntimeError, match="outside a step run"):
+        todo.get("inbox", "t1")
+    token = motia_run.run_in(_run_ctx(r, keys))
+    try:
+        assert todo.set("inbox", "t1", {"done": False}) == {"old_value": None, "new_value": {"done": False}}
+        assert todo.update("inbox", "t1", [{"type": "set", "path": "done", "value": True}]) == \
+            {"old_value": {"done": False}, "new_value": {"done": True}}
+        todo.set("work", "t2", {"done": False})
+        assert todo.get("inbox", "t1") == {"done": True} and todo.get_group("inbox") == [{"done": True}]
+        assert todo.list("work") == [{"done": False}] and todo.list_groups() == ["inbox", "work"]
+        with pytest.raises(ValueError, match="without '/'"):
+            todo.set("a/b", "t3", {})
+        todo.delete("inbox", "t1")
+        assert todo.get("inbox", "t1") is None and json.loads(r.hget(keys.state_group("_stream.todo"), "work/t2")) == {"done": False}
+
+        assert manager.set("users", "u1", {"n": 1}) == {"old_value": None, "new_value": {"n": 1}}
+        assert manager.update("users", "u1", [{"type": "increment", "path": "n", "by": 2}])["new_value"] == {"n": 3}
+        manager.set("users", "u2", {"n": 0})
+        assert sorted(manager.list("users"), key=lambda v: v["n"]) == [{"n": 0}, {"n": 3}]
+        assert manager.list_groups() == ["users"]  # streams are not state groups to Motia code
+        assert manager.delete("users", "u2") == {"n": 0}
+        manager.clear("users")
+        assert manager.list("users") == [] and manager.get("users", "u1") is None
+    finally:
+        motia_run.leave(token)
+
+
+
+@pytest.mark.anyio
+async def test_the_state_view_shows_a_stream_and_its_items_live(redis_url, r, keys):
+    from textual.widgets import OptionList
+
+    from iii_console.core.motia import run as motia_run
+
+    from .test_tui_app import SIZE, console
+    from .test_tui_helpers import started, until
+
+    def write(item: str) -> None:
+        token = motia_run.run_in(_run_ctx(r, keys))
+        try:
+            motia_run.Stream("todo").set("inbox", item, {"text": item})
+        finally:
+            motia_run.leave(token)
+
+    write("t1")
+    app = console(redis_url=redis_url)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await pilot.press("5")
+        groups = app.query_one("#state-groups", OptionList)
+        await until(pilot, lambda: groups.option_count == 1, "the stream's group")
+        assert str(groups.get_option_at_index(0).prompt).startswith("stream todo")
+        keys_table = app.query_one("#state-keys")
+        await until(pilot, lambda: "inbox/t1" in [str(k.value) for k in keys_table.rows], "the stream's item")
+        write("t2")
+        await until(pilot, lambda: "inbox/t2" in [str(k.value) for k in keys_table.rows], "an item written after opening")
