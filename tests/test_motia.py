@@ -123,6 +123,22 @@ def test_a_dotenv_file_is_read_under_the_environment_and_a_bad_line_is_named(tmp
         load_dotenv(tmp_path, {})
 
 
+def test_motias_cron_days_of_week_count_from_sunday_1_as_its_engine_does(tmp_path):
+    """Motia's engine parses cron with the Rust `cron` crate, which numbers days 1 (Sunday) to 7
+    (Saturday), Quartz-style; classic cron's 2 would be Tuesday."""
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "weekly_step.py").write_text(
+        "from motia import cron\nconfig = {'name': 'Weekly', 'triggers': [cron('0 0 9 ? * 2'), cron('0 0 9 * * 2-6/2,1')]}\n"
+        "def handler(input):\n    pass\n")
+    [step] = discover(tmp_path / "steps").steps
+    monday_trigger, other = (t.expression for t in step.triggers)
+    assert (monday_trigger, other) == ("0 0 9 * * mon", "0 0 9 * * mon-fri/2,sun")
+    saturday = datetime(2030, 6, 1, 12, tzinfo=timezone.utc)  # a Saturday
+    assert next_fire(monday_trigger, saturday) == datetime(2030, 6, 3, 9, tzinfo=timezone.utc)
+    assert next_fire(other, saturday) == datetime(2030, 6, 2, 9, tzinfo=timezone.utc)  # Sunday, then Mon, Wed, Fri
+    assert next_fire(other, datetime(2030, 6, 3, 10, tzinfo=timezone.utc)) == datetime(2030, 6, 5, 9, tzinfo=timezone.utc)
+
+
 def test_motias_seven_field_cron_has_seconds_first_and_a_year_last():
     after = datetime(2030, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
     assert next_fire("5 * * * * * *", after) == datetime(2030, 5, 1, 12, 0, 5, tzinfo=timezone.utc)

@@ -106,6 +106,27 @@ class Plan:
     expression: str | None = None
     stream: str | None = None
     body_model: bool = False
+    written: str | None = None  # a cron expression as the step wrote it
+
+
+_QUARTZ_DAYS = {str(n): name for n, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"), 1)}
+
+
+def quartz_cron(expr: str) -> str:
+    """Motia's cron (the Rust ``cron`` crate: 6 or 7 fields, seconds first) in iii-console's
+    syntax. The crate numbers days of the week as Quartz does, 1 (Sunday) to 7 (Saturday),
+    where classic cron has 0 (Sunday) to 6: the numbers become day names, and Quartz's ``?``
+    ("no value", day of month or week) becomes ``*``."""
+    fields = expr.split()
+    if len(fields) not in (6, 7):
+        return expr
+    fields = ["*" if f == "?" else f for f in fields]
+    parts = []
+    for part in fields[5].split(","):
+        base, slash, step = part.partition("/")
+        parts.append("-".join(_QUARTZ_DAYS.get(x, x) for x in base.split("-")) + slash + step)
+    fields[5] = ",".join(parts)
+    return " ".join(fields)
 
 
 def _as_dict(trigger: Any) -> Any:
@@ -197,9 +218,10 @@ def _trigger(t: Any, i: int) -> tuple[Any, Plan | None]:
         return t, Plan("queue", i, cond, topic=t.get("topic"))
     if kind == "cron":
         ours = {k: v for k, v in t.items() if k != "expression"}
-        ours["cron"] = t.get("expression", t.get("cron"))
+        written = t.get("expression", t.get("cron"))
+        ours["cron"] = quartz_cron(written) if isinstance(written, str) else written
         ours.pop("expression", None)
-        return ours, Plan("cron", i, cond, expression=ours["cron"])
+        return ours, Plan("cron", i, cond, expression=ours["cron"], written=written)
     if kind == "state":
         plan = Plan("state", i, cond)
         return {**t, "condition": _state_condition(plan)}, plan
@@ -347,7 +369,7 @@ def wrap(handler: Callable[..., Any], plans: list[Plan]) -> Callable[..., Any]:
         data = _motia_input(plan, value)
         info = TriggerInfo(type=plan.kind, index=plan.index, path=plan.path, method=plan.method,
                            topic=ctx.trigger.get("topic") if plan.kind == "queue" else None,
-                           expression=plan.expression)
+                           expression=plan.written)
         manager = _run.StateManager()
         flow = FlowContext(trace_id=ctx.trace_id, trigger=info, input_value=data, logger=_run.Logger(ctx),
                            state=_Awaitable(manager) if is_async else manager, streams=_run.Streams(),
