@@ -103,11 +103,18 @@ def test_a_streamed_http_handler_is_refused_at_load_with_the_json_equivalent(tmp
 def test_the_installed_motia_package_is_used_and_named_when_there_is_one(tmp_path):
     (tmp_path / "motia").mkdir()
     (tmp_path / "motia" / "__init__.py").write_text("REAL = True\n")
-    code = "from iii_console.core.motia.adapt import install; import motia; print(install()); print(motia.REAL)"
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "real_step.py").write_text("from motia import REAL\nconfig = {'name': 'Real', 'triggers': []}\n")
+    code = ("from iii_console.core.motia.adapt import install; import motia; print(install()); print(motia.REAL)\n"
+            "from iii_console.core.discovery import discover; [e] = discover('steps').errors; print(e)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                          env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [f"the installed motia package ({tmp_path / 'motia' / '__init__.py'})", "True"]
+    installed = f"the installed motia package ({tmp_path / 'motia' / '__init__.py'})"
+    assert out.stdout.splitlines()[:2] == [installed, "True"]
+    assert out.stdout.splitlines()[2] == (f"{tmp_path / 'steps' / 'real_step.py'}, step 'Real': this step imports {installed}, whose "
+                                          "objects need Motia's engine; run iii-console from an environment without it, where "
+                                          "`import motia` gets iii-console's compatibility module")
 
 
 def test_a_dotenv_file_is_read_under_the_environment_and_a_bad_line_is_named(tmp_path):

@@ -323,7 +323,7 @@ def load_step_file(path: Path, root: Path) -> Step:
     if raw is None:
         raise StepError("no `config` defined", file=file, step=declared, field="config")
     motia_handler = None
-    if _uses_motia(module):
+    if _uses_motia(module, src, file, declared):
         raw, motia_handler = _motia(module, raw, src, file, declared)
     name = raw.name if isinstance(raw, Step) else (raw.get("name") if isinstance(raw, dict) else None)
     name = name if isinstance(name, str) else None
@@ -360,12 +360,26 @@ def load_step_file(path: Path, root: Path) -> Step:
     return step.model_copy(update={"handler": handler, "file": file})
 
 
-def _uses_motia(module: Any) -> bool:
-    if "iii_console.core.motia" not in sys.modules:
-        return False
-    from iii_console.core.motia.adapt import is_motia_step
+def _imports_motia(tree: ast.Module | None) -> bool:
+    for node in ast.walk(tree) if tree else []:
+        if isinstance(node, ast.Import) and any(a.name == "motia" or a.name.startswith("motia.") for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \
+                (node.module == "motia" or node.module.startswith("motia.")):
+            return True
+    return False
 
-    return is_motia_step(module)
+
+def _uses_motia(module: Any, src: "_Source", file: str, declared: str | None) -> bool:
+    """Whether the step file was written against ``motia`` (and gets iii-console's)."""
+    from iii_console.core.motia.adapt import PACKAGE, install, is_motia_step
+
+    imports = _imports_motia(src.tree)
+    if imports and getattr(sys.modules.get("motia"), "__name__", PACKAGE) != PACKAGE:
+        raise StepError(f"this step imports {install()}, whose objects need Motia's engine; run iii-console from an "
+                        f"environment without it, where `import motia` gets iii-console's compatibility module",
+                        file=file, step=declared)
+    return imports or is_motia_step(module)
 
 
 def discover(steps_dir: str | Path) -> StepSet:
