@@ -398,3 +398,20 @@ async def test_the_state_view_shows_a_stream_and_its_items_live(redis_url, r, ke
         await until(pilot, lambda: "inbox/t1" in [str(k.value) for k in keys_table.rows], "the stream's item")
         write("t2")
         await until(pilot, lambda: "inbox/t2" in [str(k.value) for k in keys_table.rows], "an item written after opening")
+
+
+@pytest.mark.parametrize("result, answer", [
+    ("ApiResponse", {"status": 201, "body": {"id": 1}, "headers": {"X-A": "b"}}),
+    ({"status": 202, "body": [1], "headers": {"X-A": "b"}}, {"status": 202, "body": [1], "headers": {"X-A": "b"}}),
+    ({"status_code": 418, "body": "tea"}, {"status": 418, "body": "tea", "headers": {}}),
+    ({"id": 1}, {"status": 200, "body": None, "headers": {}}),  # a dict is read as an answer, as Motia's runtime does
+    ("text", {"status": 200, "body": None, "headers": {}}),
+    (None, {"status": 200, "body": None, "headers": {}}),
+])
+def test_a_handlers_result_becomes_the_http_answer_motia_would_send(result, answer):
+    from iii_console.core.motia import ApiResponse
+    from iii_console.core.motia.adapt import http_answer
+
+    if result == "ApiResponse":
+        result = ApiResponse(status=201, body={"id": 1}, headers={"X-A": "b"})
+    assert http_answer(result) == answer

@@ -347,13 +347,15 @@ def _motia_input(plan: Plan, value: Any) -> Any:
 
 
 def http_answer(out: Any) -> Any:
-    """What Motia's runtime sends for a handler's result, as iii-console's ``{"status", "body", "headers"}``."""
+    """What Motia's runtime sends for a handler's result, as iii-console's ``{"status", "body", "headers"}``:
+    a model (``ApiResponse``) or a dict gives its ``status`` (or ``status_code``, default 200), ``body``
+    and ``headers``; anything else, no body."""
     if isinstance(out, BaseModel):
         out = out.model_dump(mode="json")
-    if isinstance(out, dict) and ("status" in out or "status_code" in out):
+    if isinstance(out, dict):
         status = out.get("status_code", out.get("status", 200))
         return {"status": status, "body": out.get("body"), "headers": out.get("headers") or {}}
-    return {"status": 200, "body": out, "headers": {}}
+    return {"status": 200, "body": None, "headers": {}}
 
 
 NOT_MET = {"error": "Request condition not met", "skipped": True}
