@@ -238,13 +238,13 @@ class Step(_Model):
     """A step's declaration. ``handler`` and ``file`` are filled in by discovery."""
 
     name: str = Field(pattern=NAME_RE)
-    #: Empty only for a step drawn in the flow graph and never run (virtual links only; Motia's noop steps).
-    triggers: list[Trigger] = Field(default_factory=list)
-    enqueues: list[str] = Field(default_factory=list)
     #: Drawn in the Steps view's flow graph only (Motia's ``virtualEnqueues``/``virtualSubscribes``):
-    #: links the code makes some other way, e.g. an HTTP call or a person.
+    #: links the code makes some other way, e.g. an HTTP call or a person. Before ``triggers``: its check reads them.
     virtual_enqueues: list[str] = Field(default_factory=list, alias="virtualEnqueues")
     virtual_subscribes: list[str] = Field(default_factory=list, alias="virtualSubscribes")
+    #: Empty only for a step drawn in the flow graph and never run (virtual links only; Motia's noop steps).
+    triggers: list[Trigger]
+    enqueues: list[str] = Field(default_factory=list)
     flows: list[str] = Field(default_factory=list)
     description: str = ""
     handler: Callable[..., Any] | None = Field(default=None, exclude=True)
@@ -265,12 +265,13 @@ class Step(_Model):
                 raise ValueError(f"{t!r} is not a valid topic name")
         return v
 
-    @model_validator(mode="after")
-    def _some_trigger(self) -> "Step":
-        if not self.triggers and not (self.virtual_enqueues or self.virtual_subscribes):
-            raise ValueError("a step needs at least one trigger in 'triggers' (a step only drawn in the flow graph, "
-                             "like Motia's noop steps, has virtualSubscribes/virtualEnqueues instead)")
-        return self
+    @field_validator("triggers")
+    @classmethod
+    def _some_trigger(cls, v: list[Any], info: Any) -> list[Any]:
+        if not v and not (info.data.get("virtual_enqueues") or info.data.get("virtual_subscribes")):
+            raise ValueError("a step needs at least 1 trigger (a step only drawn in the flow graph, like Motia's noop "
+                             "steps, has virtualSubscribes/virtualEnqueues instead)")
+        return v
 
     @model_validator(mode="after")
     def _unique_http(self) -> "Step":
