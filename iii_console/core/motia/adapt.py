@@ -72,7 +72,6 @@ def install() -> str:
     return f"the installed motia package ({getattr(mod, '__file__', '?')})"
 
 
-
 def is_motia_step(module: ModuleType) -> bool:
     """Whether a loaded step module was written against ``motia`` (it imported it or its names)."""
     for value in vars(module).values():
