@@ -264,6 +264,7 @@ def test_motia_shaped_example_runs_http_queue_threads_state_streams_and_cron(pro
         assert json.loads(r.hget(keys.state_group("_stream.receipts"), "shop/o1")) == {"order_id": "o1", "qty": 2}
         assert json.loads(r.hget(keys.state_group("stats"), "receipts")) == {"count": 1}
         assert http.get("/orders/eu/o1").json()["status"] == "fulfilled"
+        wait_for(lambda: http.get("/audit").json() == {"n": 1}, what="multi_trigger_step's queue handler")
         missing = http.get("/orders/eu/nope")
         assert missing.status_code == 404 and missing.json() == {"error": "no such order"}
 
@@ -415,3 +416,53 @@ def test_a_handlers_result_becomes_the_http_answer_motia_would_send(result, answ
     if result == "ApiResponse":
         result = ApiResponse(status=201, body={"id": 1}, headers={"X-A": "b"})
     assert http_answer(result) == answer
+
+
+#: The public names of motia's ``__init__.py`` (``__all__`` at MotiaDev/motia 9fd2644).
+MOTIA_ALL = [
+    "get_instance", "init_iii", "ChannelReader", "ChannelWriter", "Motia", "setup_step_endpoint", "generate_step_id",
+    "api", "http", "queue", "cron", "state", "stream", "schema_to_json_schema", "step", "StepDefinition", "StepBuilder",
+    "multi_trigger_step", "MultiTriggerStepBuilder", "ApiMiddleware", "ApiRequest", "ApiResponse", "ApiRouteMethod",
+    "MotiaHttpRequest", "MotiaHttpArgs", "MotiaHttpResponse", "ApiTrigger", "CronTrigger", "Enqueue", "Enqueuer",
+    "FlowContext", "QueryParam", "QueueTrigger", "StateTrigger", "StateTriggerInput", "Step", "StepConfig", "StreamConfig",
+    "StreamAuthInput", "StreamAuthResult", "StreamEvent", "StreamSubscription", "StreamTrigger", "StreamTriggerInput",
+    "TriggerCondition", "TriggerConfig", "TriggerInfo", "TriggerInput", "enqueue", "logger", "Stream", "StateManager",
+    "stateManager", "is_api_trigger", "is_queue_trigger", "is_cron_trigger", "is_state_trigger", "is_stream_trigger",
+    "is_api_step", "is_queue_step", "is_cron_step", "is_state_step", "is_stream_step", "get_api_triggers",
+    "get_queue_triggers", "get_cron_triggers", "get_state_triggers", "get_stream_triggers", "tracing",
+]
+
+
+def test_every_public_name_of_motia_is_there_or_says_what_to_use_instead():
+    import iii_console.core.motia as compat
+
+    missing = []
+    for name in MOTIA_ALL:
+        try:
+            getattr(compat, name)
+        except compat.Unsupported as exc:
+            assert name in compat.UNSUPPORTED and f"motia.{name} is not available on iii-console (" in str(exc)
+        except AttributeError:
+            missing.append(name)
+    assert missing == []
+    assert set(compat.__all__) | set(compat.UNSUPPORTED) == set(MOTIA_ALL)
+
+
+def test_step_builders_and_guards_work_on_motias_objects(tmp_path):
+    from iii_console.core.motia import (Step, StepConfig, cron, get_api_triggers, http, is_api_step, is_api_trigger,
+                                        is_cron_step, is_queue_trigger, queue, step)
+
+    config = {"name": "Built", "triggers": [http("GET", "/built"), cron("0 0 * * * *")]}
+    built = step(config).handle(lambda request, ctx: {"status": 200, "body": "ok"})
+    assert isinstance(built.config, StepConfig) and is_api_trigger(built.config.triggers[0])
+    assert is_queue_trigger(queue("t")) and not is_queue_trigger(http("GET", "/x"))
+    motia_step = Step(file_path="x_step.py", config=built.config)
+    assert is_api_step(motia_step) and is_cron_step(motia_step) and get_api_triggers(motia_step)[0].path == "/built"
+
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "built_step.py").write_text(
+        "from motia import http, step\n"
+        "def answer(request, ctx):\n    return {'status': 200, 'body': ctx.trigger.path}\n"
+        "config = step({'name': 'Built', 'triggers': [http('GET', '/built')]}, answer)\n")
+    [loaded] = discover(tmp_path / "steps").steps  # config is a StepDefinition: its handler is the step's
+    assert loaded.name == "Built" and loaded.handler.motia_handler.__name__ == "answer"
