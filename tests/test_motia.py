@@ -258,27 +258,35 @@ def test_motia_shaped_example_runs_http_queue_threads_state_streams_and_cron(pro
         bad = http.post("/orders/eu", json={"id": "o3", "sku": "tea", "qty": "lots"})
         assert bad.status_code == 400 and "qty" in bad.text
         assert http.post("/orders/eu", json={"id": "o0", "sku": "tea", "qty": 0}).status_code == 201
+        trace5 = http.post("/orders/us", json={"id": "o5", "sku": "tea", "qty": 1}).headers["x-trace-id"]
 
         wait_for(lambda: r.hget(keys.state_group("stats"), "receipts"), timeout=45, what="receipt counted")  # the worker may be starting
         assert json.loads(r.hget(keys.state_group("orders"), "o1"))["status"] == "fulfilled"
         assert json.loads(r.hget(keys.state_group("_stream.receipts"), "shop/o1")) == {"order_id": "o1", "qty": 2}
-        assert json.loads(r.hget(keys.state_group("stats"), "receipts")) == {"count": 1}
+        wait_for(lambda: json.loads(r.hget(keys.state_group("stats"), "receipts")) == {"count": 2}, what="two receipts")
         assert http.get("/orders/eu/o1").json()["status"] == "fulfilled"
-        wait_for(lambda: http.get("/audit").json() == {"n": 1}, what="multi_trigger_step's queue handler")
+        wait_for(lambda: http.get("/audit").json() == {"n": 2}, what="multi_trigger_step's queue handler")
         missing = http.get("/orders/eu/nope")
         assert missing.status_code == 404 and missing.json() == {"error": "no such order"}
 
     # the thread the handler started logged, wrote state and enqueued on the run's trace and message
-    [fulfil] = _logs(r, keys, "FulfilOrder", "fulfilling")
+    [fulfil] = [e for e in _logs(r, keys, "FulfilOrder", "fulfilling") if e.data["order_id"] == "o1"]
     assert fulfil.trace_id == trace and fulfil.message_id
     assert fulfil.data["order_id"] == "o1" and fulfil.data["topic_"] == "order.placed" and fulfil.data["qty"] == 2
-    [write] = [e for e in events(r, keys, "state.changed") if e.data["group"] == "orders" and e.data["new"]["status"] == "fulfilled"]
+    checks = {e.data["order_id"]: e for e in _logs(r, keys, "FulfilOrder", "checked")}  # from the shared thread pool
+    assert checks["o1"].trace_id == trace and checks["o1"].message_id == fulfil.message_id
+    wait_for(lambda: "o5" in {e.data["order_id"] for e in _logs(r, keys, "FulfilOrder", "checked")}, what="the second order's check")
+    [check5] = [e for e in _logs(r, keys, "FulfilOrder", "checked") if e.data["order_id"] == "o5"]
+    assert check5.trace_id == trace5 != trace  # each task in the run that submitted it, though the pool's threads are reused
+    [write] = [e for e in events(r, keys, "state.changed")
+               if e.data["group"] == "orders" and e.data["key"] == "o1" and e.data["new"]["status"] == "fulfilled"]
     assert write.trace_id == trace and write.step == "FulfilOrder" and write.message_id == fulfil.message_id
-    [seen] = wait_for(lambda: _logs(r, keys, "LookupOrder", "fulfilment seen"), what="async match branch")
+    [seen] = wait_for(lambda: [e for e in _logs(r, keys, "LookupOrder", "fulfilment seen") if e.data["order_id"] == "o1"],
+                      what="async match branch")
     assert seen.trace_id == trace and seen.data["order_id"] == "o1"
-    [receipt] = _logs(r, keys, "WriteReceipt", "receipt written")
+    [receipt] = [e for e in _logs(r, keys, "WriteReceipt", "receipt written") if e.data["order_id"] == "o1"]
     assert receipt.trace_id == trace and receipt.data["old_status"] == "placed"
-    [counted] = _logs(r, keys, "CountReceipts", "receipt counted")
+    [counted] = [e for e in _logs(r, keys, "CountReceipts", "receipt counted") if e.data["item"] == "o1"]
     assert counted.data == {"level": "info", "message": "receipt counted", "stream": "receipts", "item": "o1", "kind": "create"}
     [placing] = [e for e in _logs(r, keys, "PlaceOrder", "placing") if e.trace_id == trace]
     assert placing.data["order_id"] == "o1"

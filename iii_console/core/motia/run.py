@@ -44,27 +44,37 @@ def leave(token: contextvars.Token[SyncContext | None]) -> None:
 
 
 def inherit_in_threads() -> None:
-    """Make threads started during a Motia run inherit the run (its context variables).
+    """Make threads started during a Motia run, and thread-pool tasks submitted during one,
+    inherit the run (its context variables).
 
     Python 3.11 starts every thread in an empty context; Python 3.14 copies the starter's
-    when ``thread_inherit_context`` is on. This does the same, only for threads started
-    while a Motia run is current, and not for a thread pool's workers (reused by later
-    runs, they would keep the first run's trace).
+    when ``thread_inherit_context`` is on. This does the same, only while a Motia run is
+    current. A thread pool's worker threads are left alone (reused by later runs, they would
+    keep the first run's trace): each task submitted to a pool runs in a copy of its
+    submitter's context instead, as ``asyncio.to_thread`` does.
     """
     if getattr(threading.Thread.start, "_iii_motia", False):
         return
-    original = threading.Thread.start
+    from concurrent.futures import ThreadPoolExecutor
     from concurrent.futures import thread as _pool
+
+    start_thread, submit_task = threading.Thread.start, ThreadPoolExecutor.submit
 
     def start(self: threading.Thread) -> None:
         if _current.get() is not None and getattr(self, "_target", None) is not _pool._worker:
             copied = contextvars.copy_context()
             run = self.run
             self.run = lambda: copied.run(run)  # type: ignore[method-assign]
-        original(self)
+        start_thread(self)
+
+    def submit(self: ThreadPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if _current.get() is not None:
+            return submit_task(self, contextvars.copy_context().run, fn, *args, **kwargs)
+        return submit_task(self, fn, *args, **kwargs)
 
     start._iii_motia = True  # type: ignore[attr-defined]
     threading.Thread.start = start  # type: ignore[method-assign]
+    ThreadPoolExecutor.submit = submit  # type: ignore[method-assign]
 
 
 class Logger:

@@ -1,12 +1,16 @@
-"""queue order.placed — a sync Motia queue step whose work runs in a thread it starts:
-the module-level logger, stateManager and enqueue act on the run from there too."""
+"""queue order.placed — a sync Motia queue step whose work runs in a thread it starts (and a
+check on a shared thread pool): the module-level logger, stateManager and enqueue act on the
+run from there too."""
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from motia import FlowContext, enqueue, logger, queue, stateManager
 
 ORDER = {"type": "object", "required": ["id", "qty"], "properties": {"id": {"type": "string"}, "qty": {"type": "integer"}}}
+
+POOL = ThreadPoolExecutor(max_workers=2)  # shared by every run of this step
 
 config = {
     "name": "FulfilOrder",
@@ -26,3 +30,4 @@ def handler(order: dict[str, Any], ctx: FlowContext[Any]) -> None:
     worker = threading.Thread(target=work)
     worker.start()
     worker.join()
+    POOL.submit(logger.info, "checked", {"order_id": order["id"]}).result()
