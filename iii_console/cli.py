@@ -13,11 +13,12 @@ import signal
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from iii_console.core.config import Config, load_config, redact_url, redis_url_problem
+from iii_console.core.config import Config, load_config, load_dotenv, redact_url, redis_url_problem
 from iii_console.core.errors import IIIError, RedisUnavailable
 from iii_console.core.events import EVENT_TYPES, Event
 from iii_console.core.text import printable
@@ -26,6 +27,8 @@ ROLE_CHOICES = ("all", "server", "worker", "scheduler")
 
 
 def _load(config_path: str | None, redis_url: str | None, **overrides: Any) -> Config:
+    # The project's .env (beside iii-config.yaml), as Motia reads it: under the environment.
+    load_dotenv(Path(config_path).resolve().parent if config_path else Path.cwd())
     env = None
     if redis_url is not None:
         problem = redis_url_problem(redis_url.strip())

@@ -308,9 +308,12 @@ def steps_cmd(as_json: bool, config_path: str | None, redis_url: str | None) -> 
 
     cfg = _load(config_path, redis_url)
     found = discover(cfg.steps_path)
+    motia = {"motia": found.motia} if found.motia_steps else {}
     if as_json:
-        click.echo(json.dumps({"steps": [s.describe() for s in found.steps], "errors": [str(e) for e in found.errors]}))
+        click.echo(json.dumps({"steps": [s.describe() for s in found.steps], "errors": [str(e) for e in found.errors], **motia}))
     else:
+        if motia:
+            click.echo(f"{len(found.motia_steps)} Motia step files run on {found.motia}", err=True)
         table = Table("step", "triggers", "enqueues", "flows", box=None, header_style="bold")
         for s in found.steps:
             table.add_row(*map(_cell, (s.name, ", ".join(t.describe() for t in s.triggers), ", ".join(s.enqueues) or "-", ", ".join(s.flows) or "-")))
@@ -347,15 +350,18 @@ def config_check(config_path: str | None, redis_url: str | None) -> None:
     found = discover(cfg.steps_path)
     problems = [str(e) for e in found.errors]
     subscribed = {t for s in found.steps for t in s.topics}
-    for s in found.steps:
-        for t in s.enqueues:
-            if t not in subscribed:
-                problems.append(f"{s.file}, step {s.name!r}, field 'enqueues': no step subscribes to topic {t!r}")
+    # `enqueues` declares what a step may send (as in Motia): a topic nobody subscribes to
+    # yet is worth a warning, not a failed check; messages sent to it are dropped with a `log` event.
+    warnings = [f"warning: {s.file}, step {s.name!r}, field 'enqueues': no step subscribes to topic {t!r}"
+                for s in found.steps for t in s.enqueues if t not in subscribed]
     for topic in cfg.queues:
         if topic != "default" and topic not in subscribed:
             problems.append(f"{cfg.source or 'iii-config.yaml'}: queues.{topic}: no step subscribes to this topic")
-    for p in problems:
+    for p in problems + warnings:
         click.echo(printable(p))
-    click.echo(f"{len(found.steps)} steps, {len(problems)} problem{'s' if len(problems) != 1 else ''}", err=True)
+    if found.motia_steps:
+        click.echo(f"{len(found.motia_steps)} Motia step files run on {found.motia}", err=True)
+    tail = f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""
+    click.echo(f"{len(found.steps)} steps, {len(problems)} problem{'s' if len(problems) != 1 else ''}{tail}", err=True)
     if problems:
         sys.exit(2)

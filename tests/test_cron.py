@@ -110,10 +110,10 @@ def test_next_fire_keeps_the_timezone_of_after():
     assert got.utcoffset() == timedelta(hours=2)
 
 
-@pytest.mark.parametrize("expr,count", [("* * * *", 4), ("* * * * * * *", 7), ("", 0)])
+@pytest.mark.parametrize("expr,count", [("* * * *", 4), ("* * * * * * * *", 8), ("", 0)])
 def test_wrong_number_of_fields_is_rejected(expr, count):
-    """Given an expression with other than 5 or 6 fields, when parsed, then ValueError says how many it has."""
-    with pytest.raises(ValueError, match=f"has {count} fields; expected 5, or 6 with leading seconds"):
+    """Given an expression with other than 5, 6 or 7 fields, when parsed, then ValueError says how many it has."""
+    with pytest.raises(ValueError, match=f"has {count} fields; expected 5, 6 with leading seconds, or 7 with leading seconds and a trailing year"):
         parse_cron(expr)
 
 

@@ -400,7 +400,7 @@ BROKEN = {
     "cron, 3 fields": ('config = {"name": "Three", "triggers": [{"type": "cron", "cron": "* * *"}]}\ndef handler(x, ctx):\n    pass\n',
                        1, "Three", "triggers.0.cron", "has 3 fields"),
     "state without group": ('config = {"name": "NoGroup", "triggers": [{"type": "state", "key": "*"}]}\ndef handler(x, ctx):\n    pass\n',
-                            1, "NoGroup", "triggers.0.group", "Field required"),
+                            1, "NoGroup", "triggers.0.group", "needs a group, or a condition to pick its changes from every group"),
     "queue without topic": ('config = {"name": "NoTopic", "triggers": [{"type": "queue"}]}\ndef handler(x, ctx):\n    pass\n',
                             1, "NoTopic", "triggers.0.topic", "Field required"),
     "handler with three arguments": ('config = {"name": "Three", "triggers": [{"type": "queue", "topic": "t"}]}\n\n\n'

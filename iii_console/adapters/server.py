@@ -181,7 +181,8 @@ class HttpSteps:
                                 headers={"Retry-After": "1"})
             try:
                 body = None
-                if trig.method in BODY_METHODS or trig.body_schema is not None:
+                if trig.method in BODY_METHODS or trig.body_schema is not None or (
+                        trig.method == "DELETE" and request.headers.get("content-length", "0") != "0"):
                     raw = await request.body()
                     body = parse_json_body(raw, request.headers.get("content-type", ""), trig.body_schema)
             except Reject as rej:
@@ -212,8 +213,9 @@ class HttpSteps:
                 return _problem(500, "handler failed", trace_id=trace_id)
 
         endpoint.__name__ = f"{step.name}_{trig.method.lower()}"
+        # status_code: Litestar's default for DELETE is 204, which refuses the handler's answer body.
         return route(_litestar_path(trig.path), http_method=[trig.method], name=f"{step.name}:{trig.method}:{trig.path}",
-                     request_max_body_size=self.max_body_bytes)(endpoint)
+                     status_code=200, request_max_body_size=self.max_body_bytes)(endpoint)
 
     def app(self, *, on_startup: list[Any] | None = None, on_shutdown: list[Any] | None = None, extra: list[Any] | None = None) -> Litestar:
         handlers = [self._endpoint(s, t) for s in self.steps for t in s.of(HttpTrigger)] + list(extra or [])
@@ -249,6 +251,8 @@ def _to_response(out: Any, trace_id: str) -> Response[Any]:
         if not isinstance(extra, dict):
             raise BadReturn(f"headers of type {type(extra).__name__}: not a dict")
         headers.update({str(k): str(v) for k, v in extra.items()})
+    if status < 200 or status in (204, 304):
+        return Response(None, status_code=status, headers=headers)  # answers that carry no body
     try:
         body = to_jsonable_python(body)
     except PydanticSerializationError as exc:

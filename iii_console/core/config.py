@@ -288,6 +288,44 @@ def _check_expansion(root: yaml.Node, fname: str) -> None:
             stack += n.value
 
 
+_DOTENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """The variables of a ``.env`` file (``KEY=value``, ``export KEY=value``, quotes, ``#`` comments),
+    as Motia and python-dotenv read it; a line that is none of these is a :class:`ConfigError`."""
+    out: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=str(path)) from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _DOTENV_LINE.match(line)
+        if m is None:
+            raise ConfigError("expected KEY=value", file=str(path), line=n)
+        key, value = m.groups()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        else:
+            value = value.split(" #", 1)[0].rstrip()
+        out[key] = value
+    return out
+
+
+def load_dotenv(project_dir: Path, environ: Any = None) -> dict[str, str]:
+    """Put the project's ``.env`` variables into the environment, under variables already set
+    (the environment wins); returns those it set. Steps and worker processes see them."""
+    environ = os.environ if environ is None else environ
+    dotenv = project_dir / ".env"
+    if not dotenv.is_file():
+        return {}
+    added = {k: v for k, v in read_dotenv(dotenv).items() if k not in environ}
+    environ.update(added)
+    return added
+
+
 def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, str] | None = None) -> Config:
     """Load ``path`` (default ``./iii-config.yaml``; absent file = all defaults)."""
     env = dict(os.environ if env is None else env)

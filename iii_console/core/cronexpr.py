@@ -1,4 +1,5 @@
-"""Cron expressions: 5 fields, or 6 with a leading seconds field, or an ``@daily``-style alias.
+"""Cron expressions: 5 fields, 6 with a leading seconds field, 7 with seconds and a trailing year
+(Motia's long form), or an ``@daily``-style alias.
 
 Field values are parsed by APScheduler's field parser (ranges, steps, lists, month and day
 names), but the meaning is classic cron's where the two differ:
@@ -25,6 +26,8 @@ from apscheduler.triggers.cron import CronTrigger as _APCron
 
 FIELDS5 = ("minute", "hour", "day", "month", "day_of_week")
 FIELDS6 = ("second", *FIELDS5)
+#: Motia's (the Rust ``cron`` crate's) long form: seconds first, year last.
+FIELDS7 = (*FIELDS6, "year")
 
 #: The nicknames of Vixie cron, as the 5-field expressions they stand for.
 ALIASES = {
@@ -70,9 +73,10 @@ def _parse(expr: str, tz: tzinfo) -> CronSchedule:
             raise ValueError(f"cron expression {expr!r} is not a known alias; use one of {', '.join(ALIASES)}")
         text = ALIASES[text.lower()]
     parts = text.split()
-    if len(parts) not in (5, 6):
-        raise ValueError(f"cron expression {expr!r} has {len(parts)} fields; expected 5, or 6 with leading seconds")
-    names = FIELDS6 if len(parts) == 6 else FIELDS5
+    if len(parts) not in (5, 6, 7):
+        raise ValueError(f"cron expression {expr!r} has {len(parts)} fields; expected 5, 6 with leading seconds, "
+                         f"or 7 with leading seconds and a trailing year")
+    names = {5: FIELDS5, 6: FIELDS6, 7: FIELDS7}[len(parts)]
     kwargs = {"second": "0"}
     for name, raw in zip(names, parts):
         try:

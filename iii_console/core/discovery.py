@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import json
 import re
 import sys
 import traceback
@@ -32,6 +33,12 @@ RESERVED_TOPIC_PREFIX = "_"
 class StepSet:
     steps: list[Step] = field(default_factory=list)
     errors: list[StepError] = field(default_factory=list)
+    #: Which ``motia`` package step files import (see ``core/motia/adapt.install``).
+    motia: str = ""
+
+    @property
+    def motia_steps(self) -> list[Step]:
+        return [s for s in self.steps if getattr(s.handler, "motia_handler", None) is not None]
 
     def by_name(self, name: str) -> Step:
         for s in self.steps:
@@ -211,7 +218,9 @@ def _legacy_shape(raw: dict[str, Any]) -> tuple[str, str] | None:
     which here is ``ctx.enqueue(topic, data)``, so the handler needs a look too.
     """
     kind = raw.get("type")
-    if "triggers" in raw or not (kind in _LEGACY_TYPES or "subscribes" in raw or "emits" in raw):
+    if "triggers" in raw:
+        return _between_shape(raw)
+    if not (kind in _LEGACY_TYPES or "subscribes" in raw or "emits" in raw):
         return None
     topics = [t if isinstance(t, str) else (t.get("topic") if isinstance(t, dict) else str(t)) for t in raw.get("emits") or []]
     if kind == "event" or (kind is None and "subscribes" in raw):
@@ -229,11 +238,55 @@ def _legacy_shape(raw: dict[str, Any]) -> tuple[str, str] | None:
         trig = []
         was = f'"type": {kind!r}' if kind else '"emits"'
     if kind == "noop":
-        return "type", "noop steps (no trigger) are not supported: a step needs at least one trigger in \"triggers\""
+        return "type", ("noop steps are drawn, not run: write \"triggers\": [], \"virtualSubscribes\": [...] and "
+                        "\"virtualEnqueues\": [...] (the topics it stands between) instead of \"type\": \"noop\"")
     rewrite = f'"triggers": [{", ".join(trig) or "..."}]' + (f', "enqueues": {list(topics)!r}'.replace("'", '"') if topics else "")
     return ("type" if kind else "emits"), (
         f"this is Motia's older step shape ({was}); write {rewrite} instead, "
         f"and call ctx.enqueue(topic, data) where the handler called emit(...)")
+
+
+def _between_shape(raw: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, message) for the shape between Motia's older one and 1.0: ``triggers`` holding
+    ``{"type": "event", "topic"}`` (now ``queue``) or ``{"type": "api"}`` (now ``http``), and ``emits``
+    (now ``enqueues``)."""
+    triggers = raw.get("triggers") if isinstance(raw.get("triggers"), list) else []
+    for i, t in enumerate(triggers):
+        kind = t.get("type") if isinstance(t, dict) else None
+        if kind == "event":
+            topic = t.get("topic", "...")
+            return f"triggers.{i}.type", (f"'event' triggers are Motia's older name for queue triggers: write "
+                                          f'{{"type": "queue", "topic": "{topic}"}}' + (', and "enqueues" for "emits"' if "emits" in raw else ""))
+        if kind == "api":
+            return f"triggers.{i}.type", (f"'api' triggers are Motia's older name for http triggers: write "
+                                          f'{{"type": "http", "method": "{t.get("method", "POST")}", "path": "{t.get("path", "/...")}"}}')
+    if "emits" in raw:
+        topics = [e if isinstance(e, str) else (e.get("topic") if isinstance(e, dict) else str(e)) for e in raw.get("emits") or []]
+        return "emits", (f"'emits' is Motia's older name for 'enqueues': write \"enqueues\": {json.dumps(topics)}, and call "
+                         "ctx.enqueue(topic, data) (or motia's enqueue({\"topic\", \"data\"})) where the handler called emit(...)")
+    return None
+
+
+def _motia(module: Any, raw: Any, src: "_Source", file: str, declared: str | None) -> tuple[Any, Any]:
+    """A Motia step file's config and handler, translated (see :mod:`iii_console.core.motia.adapt`)."""
+    from iii_console.core.motia import adapt
+
+    name = getattr(raw, "name", None) or (raw.get("name") if isinstance(raw, dict) else None) or declared
+    handler = getattr(module, "handler", None)
+    if isinstance(raw, dict):
+        legacy = _legacy_shape(raw)
+        if legacy:
+            raise StepError(legacy[1], file=file, step=name, field=legacy[0], line=src.line_in_config(legacy[0].split(".")))
+    try:
+        config, plans, defined = adapt.translate(raw)
+        handler = handler if handler is not None else defined
+        if callable(handler):
+            adapt.check_handler(handler)
+            handler = adapt.wrap(handler, plans)
+    except adapt.Refused as exc:
+        line = src.line_in_config(exc.path) if exc.path is not None else src.line_of_def("handler")
+        raise StepError(str(exc), file=file, step=name, field=exc.field, line=line) from None
+    return config, handler
 
 
 def load_step_file(path: Path, root: Path) -> Step:
@@ -262,11 +315,16 @@ def load_step_file(path: Path, root: Path) -> Step:
             line = src.line_in_config(where) or line
         raise StepError(msg, file=file, step=declared, field=fld, line=line) from None
     except Exception as exc:
+        if type(exc).__name__ == "Unsupported" and getattr(exc, "name", None) == "motia":
+            raise StepError(str(exc), file=file, step=declared, line=_line_of(exc, file)) from None
         raise StepError(f"import failed: {type(exc).__name__}: {exc}", file=file, step=declared, line=_line_of(exc, file)) from None
 
     raw = getattr(module, "config", None)
     if raw is None:
         raise StepError("no `config` defined", file=file, step=declared, field="config")
+    motia_handler = None
+    if _uses_motia(module, src, file, declared):
+        raw, motia_handler = _motia(module, raw, src, file, declared)
     name = raw.name if isinstance(raw, Step) else (raw.get("name") if isinstance(raw, dict) else None)
     name = name if isinstance(name, str) else None
     if isinstance(raw, Step):
@@ -274,7 +332,7 @@ def load_step_file(path: Path, root: Path) -> Step:
     elif isinstance(raw, dict):
         legacy = _legacy_shape(raw)
         if legacy:
-            raise StepError(legacy[1], file=file, step=name, field=legacy[0], line=src.line_in_config([legacy[0]]))
+            raise StepError(legacy[1], file=file, step=name, field=legacy[0], line=src.line_in_config(legacy[0].split(".")))
         try:
             step = Step.model_validate(raw)
         except ValidationError as exc:
@@ -284,7 +342,9 @@ def load_step_file(path: Path, root: Path) -> Step:
         raise StepError(f"`config` must be a Step or a dict, not {type(raw).__name__}", file=file, field="config",
                         line=src.line_of_def("config"))
 
-    handler = getattr(module, "handler", None)
+    handler = motia_handler if motia_handler is not None else getattr(module, "handler", None)
+    if handler is None and not step.triggers:  # drawn in the flow graph, never run
+        return step.model_copy(update={"file": file})
     if handler is None:
         raise StepError("no `handler` defined", file=file, step=step.name, field="handler")
     if not callable(handler):
@@ -300,9 +360,34 @@ def load_step_file(path: Path, root: Path) -> Step:
     return step.model_copy(update={"handler": handler, "file": file})
 
 
+def _imports_motia(tree: ast.Module | None) -> bool:
+    for node in ast.walk(tree) if tree else []:
+        if isinstance(node, ast.Import) and any(a.name == "motia" or a.name.startswith("motia.") for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \
+                (node.module == "motia" or node.module.startswith("motia.")):
+            return True
+    return False
+
+
+def _uses_motia(module: Any, src: "_Source", file: str, declared: str | None) -> bool:
+    """Whether the step file was written against ``motia`` (and gets iii-console's)."""
+    from iii_console.core.motia.adapt import PACKAGE, install, is_motia_step
+
+    imports = _imports_motia(src.tree)
+    if imports and getattr(sys.modules.get("motia"), "__name__", PACKAGE) != PACKAGE:
+        raise StepError(f"this step imports {install()}, whose objects need Motia's engine; run iii-console from an "
+                        f"environment without it, where `import motia` gets iii-console's compatibility module",
+                        file=file, step=declared)
+    return imports or is_motia_step(module)
+
+
 def discover(steps_dir: str | Path) -> StepSet:
     root = Path(steps_dir).resolve()
     out = StepSet()
+    from iii_console.core.motia.adapt import install
+
+    out.motia = install()
     if not root.is_dir():
         out.errors.append(StepError("steps directory not found", file=str(root)))
         return out

@@ -207,17 +207,39 @@ class CronTrigger(_Model):
         return f"cron {self.expression}"
 
 
+#: State groups that hold Motia streams (``core/motia/run.py``): stream ``todo`` is ``_stream.todo``.
+STREAM_GROUP_PREFIX = "_stream."
+#: What the watched-groups set holds for a state trigger without a group (it watches every group).
+ANY_GROUP = "*"
+
+
 class StateTrigger(_Model):
     type: Literal["state"] = "state"
-    group: str = Field(pattern=NAME_RE)
+    condition: Callable[[Any], bool] | None = None  # before ``group``: its check reads it
+    #: ``None``: every group (Motia's state triggers have no group; their condition filters).
+    group: str | None = Field(default=None, pattern=NAME_RE, validate_default=True)
     key: str = "*"
-    condition: Callable[[Any], bool] | None = None
+
+    @field_validator("group")
+    @classmethod
+    def _group_or_condition(cls, v: str | None, info: Any) -> str | None:
+        if v is None and info.data.get("condition") is None:
+            raise ValueError("a state trigger needs a group, or a condition to pick its changes from every group")
+        return v
+
+    @property
+    def watched(self) -> str:
+        """The group's name in the watched-groups set (:data:`ANY_GROUP` for every group)."""
+        return self.group if self.group is not None else ANY_GROUP
 
     def matches(self, group: str, key: str) -> bool:
-        return group == self.group and fnmatch.fnmatchcase(key, self.key)
+        return (self.group is None or group == self.group) and fnmatch.fnmatchcase(key, self.key)
 
     def describe(self) -> str:
-        return f"state {self.group}/{self.key}" + (" (conditional)" if self.condition else "")
+        cond = " (conditional)" if self.condition else ""
+        if self.group is not None and self.group.startswith(STREAM_GROUP_PREFIX):
+            return f"stream {self.group[len(STREAM_GROUP_PREFIX):]} {self.key}{cond}"
+        return f"state {self.group if self.group is not None else '*'}/{self.key}{cond}"
 
 
 Trigger = Annotated[Union[HttpTrigger, QueueTrigger, CronTrigger, StateTrigger], Field(discriminator="type")]
@@ -227,7 +249,12 @@ class Step(_Model):
     """A step's declaration. ``handler`` and ``file`` are filled in by discovery."""
 
     name: str = Field(pattern=NAME_RE)
-    triggers: list[Trigger] = Field(min_length=1)
+    #: Drawn in the Steps view's flow graph only (Motia's ``virtualEnqueues``/``virtualSubscribes``):
+    #: links the code makes some other way, e.g. an HTTP call or a person. Before ``triggers``: its check reads them.
+    virtual_enqueues: list[str] = Field(default_factory=list, alias="virtualEnqueues")
+    virtual_subscribes: list[str] = Field(default_factory=list, alias="virtualSubscribes")
+    #: Empty only for a step drawn in the flow graph and never run (virtual links only; Motia's noop steps).
+    triggers: list[Trigger]
     enqueues: list[str] = Field(default_factory=list)
     flows: list[str] = Field(default_factory=list)
     description: str = ""
@@ -247,6 +274,14 @@ class Step(_Model):
         for t in v:
             if not re.fullmatch(TOPIC_RE, t):
                 raise ValueError(f"{t!r} is not a valid topic name")
+        return v
+
+    @field_validator("triggers")
+    @classmethod
+    def _some_trigger(cls, v: list[Any], info: Any) -> list[Any]:
+        if not v and not (info.data.get("virtual_enqueues") or info.data.get("virtual_subscribes")):
+            raise ValueError("a step needs at least 1 trigger (a step only drawn in the flow graph, like Motia's noop "
+                             "steps, has virtualSubscribes/virtualEnqueues instead)")
         return v
 
     @model_validator(mode="after")
@@ -276,6 +311,8 @@ class Step(_Model):
             "triggers": [t.describe() for t in self.triggers],
             "trigger_specs": [_spec(t) for t in self.triggers],
             "enqueues": list(self.enqueues),
+            "virtual_enqueues": list(self.virtual_enqueues),
+            "virtual_subscribes": list(self.virtual_subscribes),
             "flows": list(self.flows),
             "description": self.description,
         }
@@ -312,7 +349,7 @@ def cron(expression: str) -> CronTrigger:
     return CronTrigger(expression=expression)
 
 
-def state(group: str, key: str = "*", *, condition: Callable[[Any], bool] | None = None) -> StateTrigger:
-    """A state trigger: fires on every change in ``group`` whose key matches the glob ``key``
-    and for which ``condition(change)`` (if given) is true."""
+def state(group: str | None, key: str = "*", *, condition: Callable[[Any], bool] | None = None) -> StateTrigger:
+    """A state trigger: fires on every change in ``group`` (``None``: any group) whose key matches
+    the glob ``key`` and for which ``condition(change)`` (if given) is true."""
     return StateTrigger(group=group, key=key, condition=condition)

@@ -34,6 +34,11 @@ def redis_client(url: str, **kw: Any) -> redis.Redis:
     kw.setdefault("socket_connect_timeout", 2)
     kw.setdefault("socket_timeout", 10)
     kw.setdefault("health_check_interval", 15)
+    # A worker's idle queue consumers each block on a connection of this pool (BLPOP on the
+    # queue's wake list), one per queue: three priorities and a delay queue per subscription.
+    # redis-py 8 caps a pool at 100 connections by default ("Too many connections" past ~25
+    # subscriptions, which crashed the worker at start); the need is bounded by the steps.
+    kw.setdefault("max_connections", 10_000)
     return redis.Redis.from_url(url, **kw)
 
 

@@ -74,7 +74,7 @@ def watch_state_triggers(client: redis.Redis, keys: Any, steps: StepSet) -> None
     starts and on every sweep (Redis may have lost its data). Groups are only
     ever added: another process may still run a version that watches one.
     """
-    groups = sorted({t.group for step in steps.state_steps() for t in step.of(StateTrigger)})
+    groups = sorted({t.watched for step in steps.state_steps() for t in step.of(StateTrigger)})
     # The "" member keeps the set in existence even when nothing is watched: a
     # state write that finds no set at all (Redis lost its data and nobody has
     # registered again yet) records its change whatever the group, so no change

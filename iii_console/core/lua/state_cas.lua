@@ -29,11 +29,13 @@ end
 local old_json = cur or "null"
 local new_json = (new == ABSENT) and "null" or new
 -- The trigger record (full old and new values) only for groups a state step
--- watches: nothing reads the others, and large values would fill Redis. With
--- no watched set at all (Redis lost its data and no process has registered
--- its groups again yet; a registered set always holds at least ""), record
--- every change rather than miss one a step watches: dispatchers drop the rest.
-if redis.call("SISMEMBER", KEYS[5], ARGV[4]) == 1 or redis.call("EXISTS", KEYS[5]) == 0 then
+-- watches ("*" in the set: a trigger without a group watches them all): nothing
+-- reads the others, and large values would fill Redis. With no watched set at
+-- all (Redis lost its data and no process has registered its groups again yet;
+-- a registered set always holds at least ""), record every change rather than
+-- miss one a step watches: dispatchers drop the rest.
+if redis.call("SISMEMBER", KEYS[5], ARGV[4]) == 1 or redis.call("SISMEMBER", KEYS[5], "*") == 1
+    or redis.call("EXISTS", KEYS[5]) == 0 then
   redis.call("XADD", KEYS[3], "MAXLEN", "~", ARGV[5], "*",
     "group", ARGV[4], "key", field, "old", old_json, "new", new_json,
     "trace_id", ARGV[7], "ts", ARGV[8])

@@ -28,6 +28,17 @@ def summary(value: Any) -> str:
     return fmt.one_line(value, 70)
 
 
+#: State groups that hold Motia streams (``core/motia``): ``_stream.todo`` is the stream ``todo``.
+STREAM_PREFIX = "_stream."
+
+
+def group_label(group: str, count: int) -> Text:
+    """A group as the Groups list shows it; a Motia stream as ``stream NAME``."""
+    if group.startswith(STREAM_PREFIX):
+        return Text.assemble(("stream ", "magenta"), (group[len(STREAM_PREFIX):], "bold"), f"  {count}")
+    return Text.assemble((group, "bold"), f"  {count}")
+
+
 class StatePane(Pane):
     wants = frozenset({"state"})
     writes = frozenset({"edit", "delete"})
@@ -75,14 +86,14 @@ class StatePane(Pane):
             self._groups = names
             highlighted = opts.highlighted
             opts.clear_options()
-            opts.add_options([Option(Text.assemble((g, "bold"), f"  {snap.state_groups[g]}"), id=g) for g in names])
+            opts.add_options([Option(group_label(g, snap.state_groups[g]), id=g) for g in names])
             if names:
                 want = snap.state_group if snap.state_group in names else names[0]
                 opts.highlighted = names.index(want) if highlighted is None else min(highlighted, len(names) - 1)
         else:
             for i, g in enumerate(names):
                 if snap.state_groups[g] != self._counts.get(g):
-                    opts.replace_option_prompt_at_index(i, Text.assemble((g, "bold"), f"  {snap.state_groups[g]}"))
+                    opts.replace_option_prompt_at_index(i, group_label(g, snap.state_groups[g]))
         self._counts = dict(snap.state_groups)
         self._group = snap.state_group
         self._values = snap.state_values

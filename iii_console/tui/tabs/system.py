@@ -205,8 +205,10 @@ def _trigger_label(spec: dict[str, Any]) -> tuple[str, str]:
     if kind == "cron":
         return f"cron {spec.get('expression')}", TYPE_STYLE["cron.fired"]
     if kind == "state":
-        label = f"state {spec.get('group')}/{spec.get('key', '*')}" + (" if …" if spec.get("conditional") else "")
-        return label, "bright_black"
+        group, cond = spec.get("group"), (" if …" if spec.get("conditional") else "")
+        if isinstance(group, str) and group.startswith("_stream."):  # a Motia stream (core/motia)
+            return f"stream {group[len('_stream.'):]} {spec.get('key', '*')}{cond}", "bright_black"
+        return f"state {group if group is not None else '*'}/{spec.get('key', '*')}{cond}", "bright_black"
     return str(kind), ""
 
 
@@ -228,6 +230,12 @@ def flow_text(steps: dict[str, dict[str, Any]], errors: Sequence[Any] = (),
             elif sp.get("type") == "state":
                 by_group.setdefault(sp.get("group", ""), []).append((name, sp))
     produced = {topic for s in steps.values() for topic in s.get("enqueues", [])}
+    # Motia's virtualEnqueues / virtualSubscribes: links drawn, not run (dotted arrows)
+    virtual_subs: dict[str, list[str]] = {}
+    for name, s in steps.items():
+        for topic in s.get("virtual_subscribes", []):
+            virtual_subs.setdefault(topic, []).append(name)
+    virtually_produced = {topic for s in steps.values() for topic in s.get("virtual_enqueues", [])}
     out: list[Text] = []
 
     def walk(step: str, depth: int, seen: frozenset[str]) -> None:
@@ -239,10 +247,24 @@ def flow_text(steps: dict[str, dict[str, Any]], errors: Sequence[Any] = (),
             for sub in subs:
                 if sub not in seen:
                     walk(sub, depth + 1, seen | {sub})
+            watchers = sorted(virtual_subs.get(topic, []))
+            if watchers:
+                out.append(Text.assemble("    " * depth + "└┈▷ ", (f"queue {topic}", "blue"), " ┈▷ ", (", ".join(watchers), "bold")))
+                for sub in watchers:
+                    if sub not in seen:
+                        walk(sub, depth + 1, seen | {sub})
+        for topic in steps.get(step, {}).get("virtual_enqueues", []):
+            subs = sorted(set(by_topic.get(topic, []) + virtual_subs.get(topic, [])))
+            out.append(Text.assemble("    " * depth + "└┈▷ ", (f"virtual {topic}", "blue"), " ┈▷ ",
+                                     (", ".join(subs) if subs else "(outside)", "bold" if subs else "bright_black")))
+            for sub in subs:
+                if sub not in seen:
+                    walk(sub, depth + 1, seen | {sub})
         for group, ws in sorted(writers.items()):
             if step not in ws:
                 continue
-            for sub, sp in sorted(by_group.get(group, []), key=lambda x: x[0]):
+            reached = by_group.get(group, []) + ([] if group.startswith("_stream.") else by_group.get(None, []))  # type: ignore[arg-type]
+            for sub, sp in sorted(reached, key=lambda x: x[0]):
                 label, style = _trigger_label(sp)
                 out.append(Text.assemble(pad, (label, style), " ─▶ ", (sub, "bold"), ("  (writes seen)", "bright_black")))
                 if sub not in seen:
@@ -261,13 +283,20 @@ def flow_text(steps: dict[str, dict[str, Any]], errors: Sequence[Any] = (),
                 kind = sp.get("type")
                 if kind == "queue" and sp.get("topic") in produced:
                     continue  # reached through the step that enqueues it
-                if kind == "state" and writers.get(sp.get("group", "")):
-                    continue  # reached through the steps seen writing the group
+                group = sp.get("group", "")
+                if kind == "state" and (writers.get(group) if group is not None
+                                        else any(not g.startswith("_stream.") for g in writers)):
+                    continue  # reached through the steps seen writing the group (any group, for a trigger without one)
                 entries.append((order.get(kind, 9), name, sp))
         for _, name, sp in sorted(entries, key=lambda e: (e[0], e[1])):
             label, style = _trigger_label(sp)
             out.append(Text.assemble("  ", (label, style), " ─▶ ", (name, "bold")))
             walk(name, 1, frozenset({name}))
+        for name in names:
+            for topic in steps[name].get("virtual_subscribes", []):
+                if topic not in virtually_produced and topic not in produced:
+                    out.append(Text.assemble("  ", (f"virtual {topic}", "blue"), " ┈▷ ", (name, "bold")))
+                    walk(name, 1, frozenset({name}))
         out.append(Text(""))
     for ev in errors:
         d = ev.data if isinstance(ev.data, dict) else {}
