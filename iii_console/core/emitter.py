@@ -71,6 +71,9 @@ class StreamSink:
         #: or by a transition that takes the buffer along (:meth:`transition`), so
         #: batches reach Redis in the order they were put.
         self._flush_lock = threading.Lock()
+        #: Settle events written by transition scripts whose processing time the next
+        #: batch adds to the duration histograms (see :meth:`transition`).
+        self._timed: list[Event] = []
         self._cond = threading.Condition()
         self._stop = False
         self.dropped = 0
@@ -114,7 +117,7 @@ class StreamSink:
                         self._cond.wait(self._interval)
                 self._idle = False
                 stopping = self._stop
-            if self._buf:
+            if self._buf or self._timed:
                 if not self._flush() and stopping:
                     log.error("event sink: stopping with %d events unwritten (Redis unavailable)", len(self._buf))
                     return
@@ -136,43 +139,51 @@ class StreamSink:
         return batch
 
     def _write_batch(self, batch: list[tuple[int, Event]]) -> bool:
-        if not batch:
+        with self._put_lock:
+            timed, self._timed = self._timed, []
+        if not batch and not timed:
             return True
         try:
-            args = self._args([ev for _, ev in batch])
+            args = self._args([ev for _, ev in batch], timed)
         except Exception:  # an event that cannot be encoded must not stop the sink
             log.exception("event sink: dropping a batch of %d events that cannot be encoded", len(batch))
             self.dropped += len(batch)
-            self._written = max(self._written, batch[-1][0])
+            if batch:
+                self._written = max(self._written, batch[-1][0])
             return True
         try:
             # One atomic script call: a batch and its counters land together or
             # not at all, and the client packs one argument instead of N commands.
             self._script(keys=self._script_keys, args=args)
             self.failures = 0
-            self._written = max(self._written, batch[-1][0])
+            if batch:
+                self._written = max(self._written, batch[-1][0])
             return True
         except _TRANSIENT as exc:
-            return self._retry_later(batch, exc)
+            return self._retry_later(batch, exc, timed)
         except redis.ResponseError as exc:
             # A long script is running (redis-py has no class for it), or Redis is full
             # or read-only and older than 7, which wraps those inside our script.
             if str(exc).startswith("BUSY ") or redis_refuses_writes(exc):
-                return self._retry_later(batch, exc)
+                return self._retry_later(batch, exc, timed)
             # Refused for what it is (never for where Redis is): retrying would
             # block every later event behind it.
             log.error("event sink: Redis refused a batch of %d events (%s); dropped", len(batch), exc)
             self.dropped += len(batch)
-            self._written = max(self._written, batch[-1][0])
+            if batch:
+                self._written = max(self._written, batch[-1][0])
             return True
         except redis.RedisError as exc:
-            return self._retry_later(batch, exc)
+            return self._retry_later(batch, exc, timed)
 
-    def _retry_later(self, batch: list[tuple[int, Event]], exc: Exception) -> bool:
+    def _retry_later(self, batch: list[tuple[int, Event]], exc: Exception, timed: list[Event] | None = None) -> bool:
         self.failures += 1
         self.total_failures += 1
         # Put the batch back in order so nothing is lost while Redis is away.
         self._buf.extendleft(reversed(batch))
+        if timed:
+            with self._put_lock:
+                self._timed[:0] = timed
         if self.failures == 1 or self.total_failures % 100 == 0:
             log.warning("event sink: Redis unavailable (%s); %d events buffered", exc, len(self._buf))
         time.sleep(min(1.0, 0.05 * self.failures))
@@ -194,11 +205,15 @@ class StreamSink:
         """
         through = self.seq if through is None else through
         if self._written >= through:
-            return run(self.payload((), settle))
+            result = run(self.payload((), settle))
+            self._observe(settle)
+            return result
         with self._flush_lock:
             while True:
                 if self._written >= through or not self._buf:
-                    return run(self.payload((), settle))
+                    result = run(self.payload((), settle))
+                    self._observe(settle)
+                    return result
                 batch = self._take()
                 if batch[-1][0] >= through or not self._buf:
                     try:
@@ -214,31 +229,56 @@ class StreamSink:
                         self._buf.extendleft(reversed(batch))
                         raise
                     self._written = max(self._written, batch[-1][0])
+                    self._observe(settle)
                     return result
                 if not self._write_batch(batch):
                     raise redis.ConnectionError("event sink: Redis unavailable")
 
+    def _observe(self, settle: Sequence[Event]) -> None:
+        """Hand the processing times of settle events just written to the next batch's histograms."""
+        timed = [ev for ev in settle if ev.duration_ms is not None]
+        if timed and self._keys is not None:
+            with self._put_lock:
+                self._timed.extend(timed)
+            if self._idle:
+                with self._cond:
+                    self._cond.notify()
+
     def payload(self, pre: Sequence[Event], settle: Sequence[Event]) -> bytes:
-        """The events argument of a transition script: ``pre`` always written, ``settle`` with the transition."""
-        def tables(batch: Sequence[Event]) -> list[list[Any]]:
+        """The events argument of a transition script: ``pre`` always written, ``settle`` with the transition.
+
+        A settle event's counter goes with it; its processing time does not: the
+        histogram buckets (a dozen fields per observation) are added by the next
+        batch the flusher writes, aggregated over many settles, so they are best
+        effort on a crash, like the events that mark no move.
+        """
+        def tables(batch: Sequence[Event], *, counts_only: bool = False) -> list[list[Any]]:
             out: list[list[Any]] = [[], [], []]
             if self._keys is not None and batch:
-                for table, agg in zip(out, metrics.aggregate(batch)):
+                for table, agg in zip(out[:1] if counts_only else out, metrics.aggregate(batch)):
                     for kv in agg.items():
                         table.extend(kv)
             return out
 
         body = {"k": self._event_keys, "m": self._maxlen, "p": [ev.flat() for ev in pre], "pt": tables(pre),
-                "s": [ev.flat() for ev in settle], "st": tables(settle)}
+                "s": [ev.flat() for ev in settle], "st": tables(settle, counts_only=True)}
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
-    def _args(self, batch: list[Event]) -> list[Any]:
+    def _args(self, batch: list[Event], timed: Sequence[Event] = ()) -> list[Any]:
         # ensure_ascii=False keeps the JSON small; 'replace' turns lone surrogates
         # (which no Redis string can hold as UTF-8) into '?' instead of failing.
         events = json.dumps([ev.flat() for ev in batch], ensure_ascii=False, separators=(",", ":"))
         tables: list[list[Any]] = [[], [], []]
         if self._keys is not None:
-            for table, agg in zip(tables, metrics.aggregate(batch)):
+            counts, buckets, sums = metrics.aggregate(batch)
+            if timed:  # settles' processing times: their counts went with their transition
+                _counts, more_buckets, more_sums = metrics.aggregate(timed)
+                buckets, sums = dict(buckets), dict(sums)
+                for k, n in more_buckets.items():
+                    buckets[k] = buckets.get(k, 0) + n
+                for k, v in more_sums.items():
+                    sums[k] = sums.get(k, 0.0) + v
+            for table, agg in zip(tables, (counts, buckets, sums)):
                 for kv in agg.items():
                     table.extend(kv)
         return [self._maxlen, events.encode("utf-8", "replace"), json.dumps(tables, separators=(",", ":"))]
@@ -246,11 +286,11 @@ class StreamSink:
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until the buffer is written (or ``timeout``); used at shutdown and in tests."""
         deadline = time.monotonic() + timeout
-        while (self._buf or self._busy) and time.monotonic() < deadline:
+        while (self._buf or self._busy or self._timed) and time.monotonic() < deadline:
             with self._cond:
                 self._cond.notify()
             time.sleep(0.002)
-        return not self._buf and not self._busy
+        return not self._buf and not self._busy and not self._timed
 
     def close(self, timeout: float = 5.0) -> None:
         self.flush(timeout)

@@ -41,7 +41,7 @@ local function iii_event_keys(E, out)
   if E ~= nil then
     table.insert(out, {E.k[1], "stream"})
     if E.k[2] ~= "" then table.insert(out, {E.k[2], "hash"}) end
-    if E.k[3] ~= "" then table.insert(out, {E.k[3], "hash"}) end
+    if E.k[3] ~= "" and E.pt and E.pt[2] and #E.pt[2] > 0 then table.insert(out, {E.k[3], "hash"}) end
   end
   return out
 end
@@ -74,8 +74,12 @@ local function iii_settle(E)
   return iii_write(E, E.s, E.st)
 end
 
+-- Trim the stream back to about its cap, but only once it is well past it: a
+-- trim costs as much as the rest of a settle, and settles are one per message.
 local function iii_trim(E)
-  if E ~= nil then redis.call("XTRIM", E.k[1], "MAXLEN", "~", E.m) end
+  if E ~= nil and redis.call("XLEN", E.k[1]) > E.m + 1000 then
+    redis.call("XTRIM", E.k[1], "MAXLEN", "~", E.m)
+  end
 end
 
 local function iii_now_ms()
