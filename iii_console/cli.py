@@ -209,10 +209,10 @@ async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | No
     version, warning = _redis_version(sup.config.redis.url)
     print(f"iii-console: running {', '.join(roles)}{where} with Redis {version} at {redact_url(sup.config.redis.url)}; "
           f"{len(sup.steps.steps)} steps, {len(sup.steps.errors)} errors. Ctrl+C to stop.", file=sys.stderr)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
     for err in sup.steps.errors:
         print(f"step error: {printable(err)}", file=sys.stderr)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     await stop.wait()
     print("iii-console: stopping (draining in-flight work)...", file=sys.stderr)
     await sup.stop()

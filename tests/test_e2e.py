@@ -183,7 +183,7 @@ BAD_REQUESTS = [
     ("not a literal", {"json": {"text": "x", "priority": "urgent"}}, 400, '"field":"priority"'),
     ("misspelt field", {"json": {"text": "x", "prority": "high"}}, 400, '"field":"prority"'),
     ("boolean for a count", {"json": {"text": "x", "fail_times": True}}, 400, '"field":"fail_times"'),
-    ("NaN", {"content": b'{"text": "x", "fail_times": NaN}', "headers": JSON}, 400, '"field":"fail_times"'),
+    ("NaN", {"content": b'{"text": "x", "fail_times": NaN}', "headers": JSON}, 400, '"detail":"NaN is not a JSON number"'),
     ("array instead of object", {"json": [{"text": "x"}]}, 400, '"field":"(body)"'),
     ("null body", {"content": b"null", "headers": JSON}, 400, '"field":"(body)"'),
     ("empty body", {"content": b"", "headers": JSON}, 400, "required"),

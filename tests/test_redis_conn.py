@@ -322,7 +322,7 @@ def test_runtimes_started_together_share_one_redis_and_its_owner_stops_it(tmp_pa
         for p in procs:
             threading.Thread(target=p.stderr.read, daemon=True).start()
         assert all("running" in b for b in banners), banners
-        assert len({b.split("Redis at ")[1].split(";")[0] for b in banners}) == 1, banners
+        assert len({re.search(r"with Redis \S+ at (\S+);", b).group(1) for b in banners}) == 1, banners
         info = json.loads((project / ".iii" / "redis.json").read_text())
         owner = next(p for p in procs if p.pid == info["pid"])
         joiner = next(p for p in procs if p is not owner)

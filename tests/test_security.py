@@ -492,3 +492,28 @@ def test_operator_commands_print_no_control_characters_or_markup_from_stored_tex
     assert "[bold red]MARKUP[/]" in shown and "grp\\nFAKE" in shown
     # The JSON output keeps the exact text (escaped by JSON itself).
     assert json.loads(cli(cfg, "state", "groups", "--json").stdout) == [HOSTILE_TEXT]
+
+
+def test_passwords_in_redis_urls_never_reach_the_screen(tmp_path):
+    """Given a Redis with a password, when the URL carries it as ?password= (right or wrong) or with an unescaped @,
+    then neither the banner nor the error prints any part of it, and a URL option the client does not know is one clear error."""
+    from iii_console.core.redis_server import RedisServer
+
+    srv = RedisServer(tmp_path / "redis", appendonly=False, password="s3cr3t@LEAK9").start()
+    proj = tmp_path / "proj"
+    make_project(proj, {"ping_step.py": PING}, "server:\n  port: 0\n")
+    try:
+        good = f"redis://127.0.0.1:{srv.port}/0?password=s3cr3t@LEAK9"
+        run = start_cli(proj, "--no-ui", "--role", "server", "--redis", good)
+        run.stop()
+        assert "LEAK9" not in run.banner and "s3cr3t" not in run.banner and "?password=***" in run.banner
+        for url in (f"redis://127.0.0.1:{srv.port}/0?password=wrong-pw1", f"redis://user:wrong@pw2@127.0.0.1:{srv.port}/0"):
+            res = subprocess.run([sys.executable, "-m", "iii_console", "state", "groups", "--redis", url], cwd=proj,
+                                 capture_output=True, text=True, timeout=60)
+            assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr
+            assert "pw1" not in res.stderr and "pw2" not in res.stderr and "wrong" not in res.stderr, res.stderr
+        res = subprocess.run([sys.executable, "-m", "iii_console", "state", "groups", "--redis", f"redis://127.0.0.1:{srv.port}/0?foo=bar"],
+                             cwd=proj, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and "unknown option 'foo'" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    finally:
+        srv.stop()

@@ -431,3 +431,21 @@ async def test_quit_stops_the_readers(redis_url):
     while app.readers and time.monotonic() < deadline:
         await anyio.sleep(0.05)
     assert app.readers == set()
+
+
+async def test_hostile_text_in_events_reaches_the_console_escaped_and_a_startup_notice_is_shown(redis_url, emit):
+    """Given a console with a startup notice, when events arrive whose step, error and data hold ESC sequences, newlines and
+    markup, then the log and the toasts show them escaped (no control character, markup as text) and the notice is a toast."""
+    hostile = "x\nFAKE 09:00:00 message.processed\x1b[31mRED\x1b]0;pwned\x07 [bold]B[/]"
+    app = console(redis_url=redis_url)
+    app.notice = "Redis 6.2.14 has known security issues fixed in 6.2.20"
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        emit([Event(type="step.error", ts=T0_MS, trace_id="t1", step="Bad\x1b[2J", error=hostile),
+              Event(type="state.changed", ts=T0_MS + 1, trace_id="t2", step="S", data={"group": hostile, "key": "k\x1b[31m", "op": "set"})])
+        events = app.query_one("#events", RichLog)
+        await until(pilot, lambda: "state.changed" in log_text(events) and "FAKE" in notes(app), "both events")
+        shown = log_text(events) + notes(app)
+        assert "\x1b" not in shown and "\x07" not in shown and "\nFAKE" not in shown
+        assert "x\\nFAKE" in shown and "[bold]B[/]" in notes(app)
+        assert "6.2.20" in notes(app)
