@@ -246,6 +246,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
 
     from iii_console.core.files import private_dir, private_file
 
+    private_dir(cfg.data_dir)
     log_dir = private_dir(cfg.data_dir / "logs")  # step output and tracebacks: this user's only
     root = logging.getLogger()
     for h in list(root.handlers):

@@ -517,3 +517,21 @@ def test_passwords_in_redis_urls_never_reach_the_screen(tmp_path):
         assert res.returncode == 2 and "unknown option 'foo'" in res.stderr and "Traceback" not in res.stderr, res.stderr
     finally:
         srv.stop()
+
+
+def test_connections_beyond_the_limit_get_503_until_others_close(ping_project):
+    """Given server.max_connections: 4, when 4 connections are held open without a request, then a further request gets 503;
+    once they close, requests are served again."""
+    import socket
+
+    run = start_cli(ping_project("  max_connections: 4\n  header_timeout: 30\n"), "--no-ui", "--role", "server")
+    try:
+        host, port = run.url.removeprefix("http://").rsplit(":", 1)
+        held = [socket.create_connection((host, int(port))) for _ in range(4)]
+        time.sleep(0.3)
+        assert httpx.get(f"{run.url}/health").status_code == 503
+        for s in held:
+            s.close()
+        wait_for(lambda: httpx.get(f"{run.url}/health").status_code == 200, timeout=10, what="capacity back")
+    finally:
+        run.stop()

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from iii_console.core.errors import ConfigError
-from iii_console.core.redact import DEFAULT_WORDS, redact_url, words
+from iii_console.core.redact import DEFAULT_WORDS, redact_url, words  # noqa: F401  (redact_url: imported from here by the CLI, runtime and console)
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 

@@ -12,14 +12,22 @@ from typing import IO
 
 
 def private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) and make it and ``path.parent`` ``0700`` when this user owns them."""
-    path.mkdir(parents=True, exist_ok=True)
-    for d in (path.parent, path):
-        try:
-            if d.stat().st_uid == os.getuid():
-                os.chmod(d, 0o700)
-        except OSError:
-            pass
+    """Create ``path`` and any missing parents ``0700``, and make ``path`` itself ``0700`` if this user owns it.
+
+    Existing parents are left as they are (``.iii`` is the project's; its logs directory is what must be private).
+    """
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+    try:
+        if path.stat().st_uid == os.getuid():
+            os.chmod(path, 0o700)
+    except OSError:
+        pass
     return path
 
 
