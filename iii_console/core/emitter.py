@@ -386,14 +386,21 @@ class Emitter:
         (event,), _ = _to_event(None, "info", _stamp(None, "info", ed))
         return event
 
-    def transition(self, run: Callable[[bytes | str], Any], *events: Event | None) -> Any:
+    def transition(self, run: Callable[[bytes | str], Any], *events: Event | None, through: int | None = None) -> Any:
         """Run a transition script (``run(events_arg)``) that writes ``events`` only if it applies.
 
-        With events off, the script gets no events to write.
+        ``through``: the sequence number (:attr:`seq`) of the last buffered event that
+        must be on the stream first (default: every event put so far). With events
+        off, the script gets no events to write.
         """
         if self.stream is None:
             return run("")
-        return self.stream.transition(run, [e for e in events if e is not None])
+        return self.stream.transition(run, [e for e in events if e is not None], through=through)
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the last event put to the stream (0 with events off)."""
+        return self.stream.seq if self.stream is not None else 0
 
     def logger(self, **bound: Any) -> Any:
         """A structlog logger whose calls become ``log`` events bound to step and trace."""

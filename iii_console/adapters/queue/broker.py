@@ -133,11 +133,16 @@ class IIIBroker(RedisBroker):
         self.emit_after("enqueue", message, delay)
         return message
 
-    def transition(self, run: Any, *events: Any) -> Any:
-        """Run a settle script with its events (see ``Emitter.transition``)."""
+    def transition(self, run: Any, *events: Any, message: Any = None) -> Any:
+        """Run a settle script with its events (see ``Emitter.transition``).
+
+        For a message, only its own lifecycle events so far (``iii_seq``, set by
+        ``LifecycleEvents``) must reach the stream before its settle: a settle
+        does not wait for other messages' events.
+        """
         if self.emitter is None:
             return run("")
-        return self.emitter.transition(run, *events)
+        return self.emitter.transition(run, *events, through=getattr(message, "iii_seq", None))
 
     def dead_letter(self, consumer_queue: str, message: Message, entry: DeadLetter, event: Any = None) -> int:
         """Move an in-flight message into its dead-letter queue, with its ``message.dead_lettered`` event."""
@@ -145,7 +150,7 @@ class IIIBroker(RedisBroker):
             self.namespace, consumer_queue, self.broker_id, message.options["redis_message_id"],
             entry.dlq, entry.id, entry.encode(), entry.last_failure_ms,
             self.keys.dlq(entry.dlq), self.keys.dlq_entries(entry.dlq), self.keys.dlq_names, ev,
-        ]), event))
+        ]), event, message=message))
 
     def dead_event(self, message: Any, entry: DeadLetter, **data: Any) -> Any:
         """The ``message.dead_lettered`` event of ``entry`` (None with no emitter)."""
@@ -196,7 +201,7 @@ class IIIConsumer(Consumer):
                 rid = message.options["redis_message_id"]
                 self.broker.transition(lambda ev: self.broker.iii_scripts.ack(
                     args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, ev]),
-                    getattr(message, "iii_event", None))
+                    getattr(message, "iii_event", None), message=message)
             elif outcome["kind"] == "retry":
                 self._retry(message, outcome["delay_ms"])
             else:
@@ -245,7 +250,8 @@ class IIIConsumer(Consumer):
                       options=options, message_id=message.message_id, message_timestamp=message.message_timestamp)
         args = [self.broker.namespace, self.queue_name, self.broker.broker_id, message.options["redis_message_id"],
                 base, options["redis_message_id"], new.encode(), int(delay_ms)]
-        self.broker.transition(lambda ev: self.broker.iii_scripts.move(args=[*args, ev]), getattr(message, "iii_event", None))
+        self.broker.transition(lambda ev: self.broker.iii_scripts.move(args=[*args, ev]), getattr(message, "iii_event", None),
+                               message=message)
 
     def _dead(self, message: MessageProxy, outcome: dict[str, Any]) -> None:
         entry = DeadLetter(**outcome["entry"])

@@ -56,6 +56,8 @@ class LifecycleEvents(dramatiq.Middleware):
     def before_process_message(self, broker: Any, message: Any) -> None:
         self._started[message.message_id] = time.perf_counter()
         self.emitter.emit("message.started", **_where(message))
+        # Its settle writes only after this (an upper bound: another thread may have put one since).
+        message.iii_seq = self.emitter.seq
 
     def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None) -> None:
         t0 = self._started.pop(message.message_id, None)
@@ -65,6 +67,7 @@ class LifecycleEvents(dramatiq.Middleware):
         else:
             self.emitter.emit("message.failed", duration_ms=duration, error=describe(exception),
                               data={"traceback": user_traceback(exception)[-8000:]}, **_where(message))
+            message.iii_seq = self.emitter.seq
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         self._started.pop(message.message_id, None)
