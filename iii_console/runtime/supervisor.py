@@ -33,6 +33,7 @@ from iii_console.core.discovery import StepSet, discover
 from iii_console.core.errors import ConfigError, IIIError, RedisUnavailable
 from iii_console.core.events import Event
 from iii_console.runtime.embedded import EmbeddedRedis
+from iii_console.runtime.recycling import RECYCLE_EXIT
 from iii_console.runtime.runner import AsyncSide, StepRunner
 from iii_console.runtime.scheduler import Scheduler
 from iii_console.runtime.services import Services, redis_client
@@ -324,8 +325,11 @@ class Supervisor:
                 code = proc.poll()
                 if code is None or self._stopping or child.reloading:
                     continue
-                delay = min(RESTART_BACKOFF_MAX_S, 0.5 * (2 ** min(child.restarts, 5))) if time.monotonic() - child.started < 10 else 0.2
-                self.services.emitter.emit("log", data={"level": "error", "message": f"worker process {proc.pid} exited with {code}; restarting in {delay:.1f}s"})
+                if code == RECYCLE_EXIT:
+                    delay = 0.0  # it asked to be replaced (and its worker.stopped said why): not a crash
+                else:
+                    delay = min(RESTART_BACKOFF_MAX_S, 0.5 * (2 ** min(child.restarts, 5))) if time.monotonic() - child.started < 10 else 0.2
+                    self.services.emitter.emit("log", data={"level": "error", "message": f"worker process {proc.pid} exited with {code}; restarting in {delay:.1f}s"})
                 await asyncio.sleep(delay)
                 if self._stopping:
                     break
@@ -333,7 +337,7 @@ class Supervisor:
                     continue  # a reload has replaced it meanwhile (or is doing so)
                 child.proc = self._spawn(child.index)
                 child.started = time.monotonic()
-                child.restarts += 1
+                child.restarts += code != RECYCLE_EXIT
             await asyncio.sleep(0.2)
 
     def _tail(self) -> None:

@@ -30,12 +30,14 @@ from iii_console.adapters.queue.middleware import LifecycleEvents, RetryPolicy
 from iii_console.adapters.queue.names import ACTOR_PRIORITY, CRON_TOPIC, STATE_TOPIC, Subscription, parse_queue
 from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.adapters.queue.sweep import sweep_dead_workers
+from iii_console.adapters.queue.timelimit import Running, TimeLimits
 from iii_console.core.config import Config
 from iii_console.core.context import CronTick, StateChange
 from iii_console.core.discovery import StepSet, discover
 from iii_console.core.events import now_ms
 from iii_console.core.keys import as_str
 from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step, validate_input
+from iii_console.runtime.recycling import Recycler
 from iii_console.runtime.runner import LoopThread, StepRunner
 from iii_console.runtime.services import Services
 
@@ -105,9 +107,13 @@ class WorkerRuntime:
         self.loop_thread = LoopThread()
         self.runner = StepRunner(self.services, self.subscriptions, loop_thread=self.loop_thread)
         self.events = LifecycleEvents(self.services.emitter)
+        # Supervision: when this process asks to be replaced, and the handlers' time limits.
+        self.recycler = Recycler(max_messages=config.workers.max_messages_per_process, max_memory_mb=config.workers.max_memory_mb)
+        self.time_limits = TimeLimits(lambda topic: (config.queue(topic).soft_time_limit_ms, config.queue(topic).time_limit_ms),
+                                      self._stuck)
         self.broker = IIIBroker(
             client=self.services.client, keys=self.services.keys, emitter=self.services.emitter,
-            middleware=[CurrentMessage(), RetryPolicy(config, self.services.emitter), self.events],
+            middleware=[CurrentMessage(), RetryPolicy(config, self.services.emitter), self.events, self.recycler],
             max_deliveries=lambda topic: config.queue(topic).max_deliveries,
             dead_letter_queue=lambda topic: config.queue(topic).dead_letter_queue,
         )
@@ -150,9 +156,13 @@ class WorkerRuntime:
             else:
                 value = validate_input(schema, data)
                 trig = {"type": "queue", "topic": sub.topic, "priority": parse_queue(msg.queue_name)[2] if msg else "normal"}
-            runner.call_sync(step, value, trace_id=opts.get("trace_id", ""), attempt=opts.get("retries", 0) + 1,
-                             trigger=trig, message_id=msg.message_id if msg else None,
-                             max_attempts=self.config.queue(opts.get("topic", "")).max_retries + 1)
+            def call() -> None:
+                runner.call_sync(step, value, trace_id=opts.get("trace_id", ""), attempt=opts.get("retries", 0) + 1,
+                                 trigger=trig, message_id=msg.message_id if msg else None,
+                                 max_attempts=self.config.queue(opts.get("topic", "")).max_retries + 1)
+
+            self.time_limits.call(call, topic=opts.get("topic", ""), message_id=msg.message_id if msg else "",
+                                  queue=msg.queue_name if msg else "", redis_message_id=opts.get("redis_message_id", ""))
 
         run.__name__ = f"{step.name}_{sub.topic}"
         return run
@@ -184,11 +194,16 @@ class WorkerRuntime:
             watch_state_triggers(self.services.client, self.services.keys, self.steps)
             self._spawn(self._dispatch_loop, "iii-state-dispatch")
         self.services.emitter.emit("worker.started", data=self.info())
+        if self.recycler.max_memory_mb and self.recycler.rss_at_start_mb > self.recycler.max_memory_mb:
+            self.services.emitter.emit("log", data={"level": "warning", "message": (
+                f"worker process starts at {self.recycler.rss_at_start_mb:.0f} MiB, above workers.max_memory_mb "
+                f"({self.recycler.max_memory_mb}): it will be replaced after every message")})
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Drain: running handlers finish, prefetched messages go back to their queues."""
         timeout_ms = int((timeout_s or self.config.workers.shutdown_timeout) * 1000)
         self._stop.set()
+        stuck = self.time_limits.detach_stuck(self.workers.values())
         # Each topic's Worker drains independently; stop them side by side.
         stoppers = [threading.Thread(target=w.stop, kwargs={"timeout": timeout_ms}) for w in self.workers.values()]
         for t in stoppers:
@@ -197,14 +212,42 @@ class WorkerRuntime:
             t.join()
         for t in self._threads:
             t.join(5)
+        self._return_stuck(stuck)
+        self.time_limits.close()
         try:
             self.services.client.zrem(self.services.keys.worker_heartbeats, self.worker_id)
             self.services.client.hdel(self.services.keys.workers, self.worker_id)
         except redis.RedisError:
             pass
-        self.services.emitter.emit("worker.stopped", data={"id": self.worker_id, "reason": "shutdown"})
+        self.services.emitter.emit("worker.stopped", data={"id": self.worker_id, **self.recycler.stop_data()})
         self.loop_thread.stop()
         self.services.close()
+
+    # -- time limits --------------------------------------------------------
+    def _stuck(self, run: Running) -> None:
+        """A handler ignored its hard time limit (blocked in a C call): recycle this process."""
+        grace = self.time_limits.grace_s
+        try:
+            _topic, step, _ = parse_queue(run.queue)
+        except ValueError:
+            step = None
+        self.services.emitter.emit(
+            "message.failed", message_id=run.message_id, step=step, topic=run.topic, queue=run.queue,
+            error=(f"TimeLimitExceeded: handler ran past queues.{run.topic}.time_limit_ms ({run.hard_ms} ms) and did not "
+                   f"stop within {grace:g} s (blocked in a call that ignores it); its worker process is recycled and "
+                   "the message redelivered"),
+            data={"stuck": True})
+        self.recycler.request("time_limit", f"the handler of message {run.message_id} on {run.queue} ignored "
+                                            f"queues.{run.topic}.time_limit_ms ({run.hard_ms} ms)")
+
+    def _return_stuck(self, stuck: list[Running]) -> None:
+        """Put stuck handlers' messages back at the head of their queues (the drain is over:
+        nothing else of this worker is in flight there); the redelivery counts as a delivery."""
+        for queue in sorted({r.queue for r in stuck}):
+            try:
+                self.broker.iii_scripts.requeue_dead(args=[self.broker.namespace, queue, self.worker_id])
+            except redis.RedisError as exc:
+                log.warning("returning the stuck message(s) on %s failed: %s; the sweep will", queue, exc)
 
     def _spawn(self, fn: Any, name: str) -> None:
         t = threading.Thread(target=self._guard(fn), name=name, daemon=True)
@@ -339,7 +382,7 @@ def main() -> int:
     # From the supervisor itself: one that died while we were still importing would
     # otherwise be mistaken for whoever adopted us.
     supervisor = int(os.environ.get("III_SUPERVISOR_PID") or os.getppid())
-    stop = threading.Event()
+    stop = rt.recycler.requested  # set by SIGTERM, or when this process should be replaced
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     rt.start()
@@ -347,7 +390,7 @@ def main() -> int:
         if os.getppid() != supervisor:  # it died without telling us; we were handed to init or a subreaper
             break
     rt.stop()
-    return 0
+    return rt.recycler.exit_code
 
 
 if __name__ == "__main__":
