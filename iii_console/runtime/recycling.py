@@ -22,7 +22,7 @@ import dramatiq
 
 #: Exit status of a worker process that asks to be replaced (``EX_TEMPFAIL``).
 RECYCLE_EXIT = 75
-#: Resident memory is read at most this often (after a message settles).
+#: Resident memory is read at most this often (after a message settles) while below 80 % of the limit.
 RSS_EVERY_S = 0.05
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -46,17 +46,20 @@ class Recycler(dramatiq.Middleware):
     """
 
     def __init__(self, *, max_messages: int = 0, max_memory_mb: int = 0, rss: Callable[[], int] = rss_bytes,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, on_request: Callable[[], None] = lambda: None):
         self.max_messages = max_messages
         self.max_memory_mb = max_memory_mb
         self.rss = rss
         self.clock = clock
+        #: Called once, on the first request: the process stops taking new messages at once.
+        self.on_request = on_request
         self.settled = 0
         self.requested = threading.Event()
         self.cause: str | None = None
         self.detail = ""
         self._lock = threading.Lock()
         self._rss_read = float("-inf")
+        self._rss_mb = 0.0
         self.rss_at_start_mb = rss() / 2**20 if max_memory_mb else 0.0
 
     def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None) -> None:
@@ -68,9 +71,10 @@ class Recycler(dramatiq.Middleware):
                          f"settled {settled} messages (workers.max_messages_per_process: {self.max_messages})")
         if self.max_memory_mb:
             now = self.clock()
-            if now - self._rss_read >= RSS_EVERY_S:
+            # Near the limit, after every message; below, at most every RSS_EVERY_S.
+            if self._rss_mb > 0.8 * self.max_memory_mb or now - self._rss_read >= RSS_EVERY_S:
                 self._rss_read = now
-                mb = self.rss() / 2**20
+                mb = self._rss_mb = self.rss() / 2**20
                 if mb > self.max_memory_mb:
                     self.request("max_memory_mb", f"resident memory {mb:.0f} MiB after {settled} messages "
                                                   f"(workers.max_memory_mb: {self.max_memory_mb})")
@@ -78,8 +82,11 @@ class Recycler(dramatiq.Middleware):
     def request(self, cause: str, detail: str) -> None:
         """Ask for this process to be replaced; the first cause wins."""
         with self._lock:
-            if self.cause is None:
+            first = self.cause is None
+            if first:
                 self.cause, self.detail = cause, detail
+        if first:
+            self.on_request()
         self.requested.set()
 
     def stop_data(self) -> dict[str, Any]:

@@ -108,7 +108,8 @@ class WorkerRuntime:
         self.runner = StepRunner(self.services, self.subscriptions, loop_thread=self.loop_thread)
         self.events = LifecycleEvents(self.services.emitter)
         # Supervision: when this process asks to be replaced, and the handlers' time limits.
-        self.recycler = Recycler(max_messages=config.workers.max_messages_per_process, max_memory_mb=config.workers.max_memory_mb)
+        self.recycler = Recycler(max_messages=config.workers.max_messages_per_process, max_memory_mb=config.workers.max_memory_mb,
+                                 on_request=self._take_no_more)
         self.time_limits = TimeLimits(lambda topic: (config.queue(topic).soft_time_limit_ms, config.queue(topic).time_limit_ms),
                                       self._stuck)
         self.broker = IIIBroker(
@@ -222,6 +223,13 @@ class WorkerRuntime:
         self.services.emitter.emit("worker.stopped", data={"id": self.worker_id, **self.recycler.stop_data()})
         self.loop_thread.stop()
         self.services.close()
+
+    def _take_no_more(self) -> None:
+        """About to be recycled: each worker thread finishes the message it runs and takes no other
+        (what was prefetched goes back to the queues when the process stops)."""
+        for w in list(self.workers.values()):
+            for thread in list(w.workers):
+                thread.stop()
 
     # -- time limits --------------------------------------------------------
     def _stuck(self, run: Running) -> None:
