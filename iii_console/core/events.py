@@ -32,6 +32,8 @@ EVENT_TYPES = (
     "worker.started",
     "worker.heartbeat",
     "worker.stopped",
+    "redis.down",
+    "redis.restarted",
     "log",
     "step.error",
     "config.reloaded",

@@ -110,8 +110,10 @@ def _flock(path: Path, *, blocking: bool = True) -> Iterator[Any]:
 class EmbeddedRedis:
     """Start a private Redis (AOF on, loopback only, password) unless the project already has one."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, *, appendfsync: str = "everysec"):
         self.data_dir = data_dir
+        #: ``redis.appendfsync``: when the append-only file is fsynced (everysec, always, no).
+        self.appendfsync = appendfsync
         self.server: RedisServer | None = None
         #: pid of a server this process adopted from a dead owner (not its child).
         self.adopted_pid: int | None = None
@@ -138,8 +140,7 @@ class EmbeddedRedis:
         with _flock(self.redis_dir / "owner.lock", blocking=False) as free:
             if free is not None:
                 # No redis-server uses the directory: start ours, and hand it the lock.
-                self.server = RedisServer(self.redis_dir, appendonly=True, password=secrets.token_hex(24), die_with_parent=True,
-                                          pass_fds=(free.fileno(),) if fcntl is not None else ()).start()
+                self.server = self._launch(free, port=None, password=secrets.token_hex(24))
                 self.url = self.server.url
                 _write_info(self.data_dir, {"url": self.url, "pid": os.getpid(), "redis_pid": self.server.proc.pid})  # type: ignore[union-attr]
                 return self.url
@@ -149,6 +150,39 @@ class EmbeddedRedis:
         said = "names no server that answers" if info else "is missing"
         raise IIIError(f"a redis-server{where} still uses {self.redis_dir} (it holds owner.lock there) but "
                        f"{_info_path(self.data_dir)} {said}; stop that redis-server, or pass --redis URL")
+
+    def _launch(self, lock: Any, *, port: int | None, password: str) -> RedisServer:
+        """Start redis-server on the data directory, handing it the owner lock ``lock``."""
+        return RedisServer(self.redis_dir, port=port, appendonly=True, password=password, die_with_parent=True,
+                           pass_fds=(lock.fileno(),) if fcntl is not None else (),
+                           extra=["--appendfsync", self.appendfsync]).start()
+
+    # -- supervision (runtime/redis_watchdog.py) ------------------------------
+    def exit_status(self) -> int | None:
+        """``None`` while the server this process owns runs; once it has exited, its status
+        (negative: the signal that killed it), reaping it. Always ``None`` when not the owner."""
+        if self.server is not None and self.server.proc is not None:
+            return self.server.proc.poll()
+        if self.adopted_pid is not None and not _alive(self.adopted_pid):
+            return -1 if os.name != "nt" else 1  # not our child: how it ended is not ours to know
+        return None
+
+    def restart(self) -> int:
+        """Start the server again on the same data directory (its append-only file), port and
+        password, so every client reconnects by itself; returns its pid. Raises ``IIIError``."""
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(self.url)
+        port, password = parts.port, unquote(parts.password or "")
+        with _flock(self.data_dir / "redis.lock"):
+            with _flock(self.redis_dir / "owner.lock", blocking=False) as free:
+                if free is None:
+                    raise IIIError(f"cannot restart the embedded Redis: another redis-server holds {self.redis_dir}")
+                self.server = self._launch(free, port=port, password=password)
+                self.adopted_pid = None
+                pid = self.server.proc.pid  # type: ignore[union-attr]
+                _write_info(self.data_dir, {"url": self.url, "pid": os.getpid(), "redis_pid": pid})
+                return pid
 
     def _join_or_adopt(self, info: dict[str, Any]) -> str:
         self.url = info["url"]

@@ -34,6 +34,7 @@ from iii_console.core.errors import ConfigError, IIIError, RedisUnavailable
 from iii_console.core.events import Event
 from iii_console.runtime.embedded import EmbeddedRedis
 from iii_console.runtime.recycling import RECYCLE_EXIT
+from iii_console.runtime.redis_watchdog import RedisWatchdog
 from iii_console.runtime.runner import AsyncSide, StepRunner
 from iii_console.runtime.scheduler import Scheduler
 from iii_console.runtime.services import Services, redis_client
@@ -77,7 +78,7 @@ def resolve_redis(config: Config) -> tuple[Config, EmbeddedRedis | None]:
     """Use the configured Redis, or start (or join) the project's embedded one."""
     if config.redis.url:
         return config, None
-    emb = EmbeddedRedis(config.data_dir)
+    emb = EmbeddedRedis(config.data_dir, appendfsync=config.redis.appendfsync)
     url = emb.start()
     return config.with_overrides(**{"redis.url": url}), emb
 
@@ -161,6 +162,9 @@ class Supervisor:
                 self.services.emitter.emit("step.error", step=err.step, error=str(err),
                                            data={"file": err.file, "line": err.line, "field": err.field, "message": err.message})
             self._publish_registry()
+            if self.embedded is not None and self.embedded.owned:
+                watchdog = RedisWatchdog(self.embedded, self.services.emitter.emit, stopping=lambda: self._stopping)
+                self._tasks.append(asyncio.create_task(watchdog.run(), name="iii-redis-watchdog"))
             if "server" in self.roles:
                 await self._start_server()
             if "scheduler" in self.roles and self.steps.cron_steps():

@@ -1,0 +1,107 @@
+"""The embedded Redis, supervised: reaped when it dies, started again on the same
+data directory (its append-only file), port and password, so every client of
+the project reconnects on its own.
+
+Runs as a task on the supervisor's loop, which owns the server: the restart
+forks from that (main) thread so the new server still dies with its owner
+(``PR_SET_PDEATHSIG`` follows the forking thread), and the loop waits the few
+milliseconds redis-server takes to answer. Each death is a ``redis.down``
+event, each successful start a ``redis.restarted`` (both reach the stream once
+Redis is back: the emitter holds them meanwhile). A server that keeps dying is
+restarted after growing delays (:class:`RestartBackoff`), never in a hot loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from iii_console.core.errors import IIIError
+from iii_console.runtime.embedded import EmbeddedRedis
+
+log = logging.getLogger(__name__)
+
+#: How often the watchdog looks whether the server is still running (and reaps it if not).
+POLL_S = 0.2
+
+
+@dataclass
+class RestartBackoff:
+    """Delay before restart number n: none for a server that ran ``stable_s`` or more, then
+    ``base_s`` doubling per quick death (or failed start) up to ``max_s``."""
+
+    base_s: float = 0.5
+    max_s: float = 30.0
+    stable_s: float = 30.0
+    quick_deaths: int = 0
+
+    def next_delay(self, ran_s: float) -> float:
+        if ran_s >= self.stable_s:
+            self.quick_deaths = 0
+        delay = 0.0 if self.quick_deaths == 0 else min(self.max_s, self.base_s * 2 ** (self.quick_deaths - 1))
+        self.quick_deaths += 1
+        return delay
+
+
+def describe_exit(status: int) -> str:
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+class RedisWatchdog:
+    def __init__(self, embedded: EmbeddedRedis, emit: Callable[..., Any], *, stopping: Callable[[], bool] = lambda: False,
+                 backoff: RestartBackoff | None = None, poll_s: float = POLL_S, clock: Callable[[], float] = time.monotonic):
+        self.embedded = embedded
+        self.emit = emit
+        self.stopping = stopping
+        self.backoff = backoff or RestartBackoff()
+        self.poll_s = poll_s
+        self.clock = clock
+        self.restarts = 0
+        self._up_since = clock()
+
+    async def run(self) -> None:
+        while not self.stopping():
+            await asyncio.sleep(self.poll_s)
+            status = self.embedded.exit_status()  # reaps it: no zombie
+            if status is not None and not self.stopping():
+                await self._recover(status)
+
+    async def _recover(self, status: int) -> None:
+        down_at = self.clock()
+        pid = self.embedded.server.proc.pid if self.embedded.server and self.embedded.server.proc else self.embedded.adopted_pid
+        how = describe_exit(status)
+        ran_s = down_at - self._up_since
+        attempt = 0
+        error: str | None = None
+        while not self.stopping():
+            delay = self.backoff.next_delay(ran_s)
+            ran_s = 0.0
+            self.emit("redis.down", error=error or f"embedded redis-server (pid {pid}) {how}",
+                      data={"pid": pid, "exit": how, "attempt": attempt, "restart_in_ms": int(delay * 1000),
+                            "restarts": self.restarts})
+            log.warning("embedded Redis %s; restarting it in %.1f s", error or f"(pid {pid}) {how}", delay)
+            await asyncio.sleep(delay)
+            if self.stopping():
+                return
+            attempt += 1
+            try:
+                new_pid = self.embedded.restart()
+            except IIIError as exc:
+                error = f"restarting the embedded Redis failed: {exc}"
+                continue
+            self.restarts += 1
+            self._up_since = self.clock()
+            down_ms = int((self._up_since - down_at) * 1000)
+            self.emit("redis.restarted", data={"pid": new_pid, "previous_pid": pid, "exit": how, "down_ms": down_ms,
+                                               "attempts": attempt, "restarts": self.restarts})
+            log.warning("embedded Redis restarted (pid %s) after %d ms down", new_pid, down_ms)
+            return

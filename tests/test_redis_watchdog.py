@@ -1,0 +1,178 @@
+"""The embedded Redis, supervised: SIGKILLed under load it is reaped, started again on
+the same append-only file, port and password, everything reconnects, and every
+message accepted before the kill is processed. Repeated failures back off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from iii_console.core.events import Event
+from iii_console.core.keys import Keys
+from iii_console.runtime.embedded import EmbeddedRedis
+from iii_console.runtime.redis_watchdog import RedisWatchdog, RestartBackoff, describe_exit
+
+from .conftest import ROOT
+from .helpers import make_project, wait_for
+from .test_redis_conn import _env_without_redis, _owner_lock_free, _ping
+
+CONFIG = """
+redis:
+  url: ${REDIS_URL:}
+  appendfsync: always
+server:
+  port: 0
+workers:
+  heartbeat_interval: 0.5
+  heartbeat_timeout: 5
+  sweep_interval: 0.5
+"""
+
+
+def _zombie_or_alive(pid: int) -> str | None:
+    """The process's state letter (``Z`` for a zombie), or ``None`` once it is gone for good."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_embedded_redis_killed_under_load_comes_back_by_itself_and_loses_no_accepted_message(tmp_path):
+    shutil.copytree(ROOT / "steps", tmp_path / "steps")
+    make_project(tmp_path, {}, CONFIG)
+    proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui"], cwd=tmp_path, env=_env_without_redis(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    banner = proc.stderr.readline()
+    assert "running" in banner, banner + proc.stderr.read()
+    stderr: list[str] = []
+    threading.Thread(target=lambda: stderr.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    base = re.search(r"on (http://\S+) with", banner).group(1)
+    info = json.loads((tmp_path / ".iii" / "redis.json").read_text())
+    url, old_pid = info["url"], info["redis_pid"]
+    accepted: list[str] = []
+    answers: dict[int, int] = {}
+    stop_load = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=10) as http:
+            while not stop_load.is_set():
+                try:
+                    resp = http.post(f"{base}/messages", json={"text": "under load"})
+                except httpx.HTTPError:
+                    answers[0] = answers.get(0, 0) + 1
+                    continue
+                answers[resp.status_code] = answers.get(resp.status_code, 0) + 1
+                if resp.status_code == 202:
+                    accepted.append(resp.json()["id"])
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        wait_for(lambda: len(accepted) >= 50, timeout=30, what="load before the kill")
+        before = len(accepted)
+        os.kill(old_pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        wait_for(lambda: _ping(url), timeout=15, interval=0.02, what="the embedded Redis back on the same URL")
+        back_s = time.monotonic() - t0
+        wait_for(lambda: _zombie_or_alive(old_pid) is None, timeout=5, what="the killed redis-server reaped (no zombie)")
+        wait_for(lambda: len(accepted) >= before + 50, timeout=30, what="requests accepted again after the restart")
+    finally:
+        stop_load.set()
+        loader.join(30)
+    try:
+        client = redis.Redis.from_url(url)
+        new_info = json.loads((tmp_path / ".iii" / "redis.json").read_text())
+        assert new_info["url"] == url and new_info["redis_pid"] != old_pid and new_info["pid"] == proc.pid
+        keys = Keys()
+
+        def unprocessed() -> list[str]:
+            raw = client.hmget(keys.state_group("messages"), accepted)
+            return [i for i, v in zip(accepted, raw) if v is None or json.loads(v).get("status") != "processed"]
+
+        wait_for(lambda: not unprocessed(), timeout=90, what="every accepted message processed")
+        assert set(answers) <= {202, 503, 0}, answers  # never a 500 while Redis was away
+        evs = [Event.decode(i, f) for i, f in client.xrange(keys.events)]
+        down = [e for e in evs if e.type == "redis.down"]
+        up = [e for e in evs if e.type == "redis.restarted"]
+        assert len(down) == 1 and down[0].data["exit"] == "killed by SIGKILL" and down[0].data["pid"] == old_pid
+        assert len(up) == 1 and up[0].data["pid"] == new_info["redis_pid"] and up[0].data["down_ms"] < 10_000
+        print(f"\nRedis answered again {back_s:.2f} s after SIGKILL (down {up[0].data['down_ms']} ms by the watchdog); "
+              f"{len(accepted)} accepted, all processed; answers {answers}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, "".join(stderr)
+    assert not _ping(url) and _owner_lock_free(tmp_path)
+
+
+def test_restart_backoff_grows_for_quick_deaths_and_resets_after_a_stable_run():
+    b = RestartBackoff(base_s=0.5, max_s=4.0, stable_s=30.0)
+    assert [b.next_delay(ran) for ran in (100, 1, 0, 0, 0, 0, 0)] == [0.0, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert b.next_delay(31) == 0.0 and b.next_delay(2) == 0.5
+
+
+def test_exits_are_described_by_signal_or_status():
+    assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(1) == "exited with status 1"
+
+
+def test_a_restart_that_cannot_bind_its_port_is_reported_and_retried_with_backoff_until_it_can(tmp_path):
+    """The port is taken by someone else when Redis dies: every failed start is a redis.down
+    with the error and a growing delay, and the restart succeeds once the port is free."""
+    emb = EmbeddedRedis(tmp_path / ".iii")
+    url = emb.start()
+    emitted: list[tuple[str, dict]] = []
+    stopping = threading.Event()
+    dog = RedisWatchdog(emb, lambda type, **kw: emitted.append((type, kw)), stopping=stopping.is_set,
+                        backoff=RestartBackoff(base_s=0.2, max_s=0.4), poll_s=0.05)
+    port = emb.server.port
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(dog.run())
+        emb.server.proc.kill()
+        for _ in range(200):  # take the port before the watchdog restarts Redis on it
+            try:
+                squatter.bind(("127.0.0.1", port))
+                squatter.listen(1)
+                break
+            except OSError:
+                await asyncio.sleep(0.001)
+        else:
+            pytest.skip("could not take the port in time")
+        while sum(t == "redis.down" for t, _ in emitted) < 4:
+            await asyncio.sleep(0.02)
+        squatter.close()
+        while not any(t == "redis.restarted" for t, _ in emitted):
+            await asyncio.sleep(0.02)
+        stopping.set()
+        await task
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+        assert _ping(url)
+        downs = [kw for t, kw in emitted if t == "redis.down"]
+        assert downs[0]["data"]["exit"] == "killed by SIGKILL"
+        assert all("address already in use" in d["error"] for d in downs[1:]), downs
+        delays = [d["data"]["restart_in_ms"] for d in downs]
+        assert delays[:4] == [0, 200, 400, 400], delays
+        [(_, up)] = [(t, kw) for t, kw in emitted if t == "redis.restarted"]
+        assert up["data"]["attempts"] == len(downs) and up["data"]["restarts"] == 1
+    finally:
+        squatter.close()
+        emb.stop()
