@@ -125,3 +125,16 @@ def pretty_json(value: Any) -> str:
 
 def one_line(value: Any, n: int = 60) -> str:
     return short(value, n) if value is not None else "-"
+
+
+def timed_out(ev: Event) -> bool:
+    """A failure by a time limit (hard or soft, or a handler stuck past it)."""
+    return bool(ev.error) and ev.error.startswith(("TimeLimitExceeded", "SoftTimeLimitExceeded"))
+
+
+def redis_status(restarts: int, last: Event) -> str:
+    """The header's word on the embedded Redis once it has died at least once."""
+    at = clock(last.ts)[:8]
+    if last.type == "redis.down":
+        return f"Redis down since {at}, restarting" + (f" ({restarts} restart{'s' if restarts != 1 else ''} so far)" if restarts else "")
+    return f"Redis restarted {restarts}× (last {at})"

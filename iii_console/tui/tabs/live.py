@@ -128,7 +128,14 @@ class LivePane(Pane):
 def _problem_line(entry: LogEntry) -> Text:
     ev = entry.event
     style = "bold red" if ev.type in ("message.dead_lettered", "step.error") else "red"
-    label = {"message.failed": "failed", "message.dead_lettered": "dead", "step.error": "step.error", "log": "error log"}.get(ev.type, ev.type)
+    label = {"message.failed": "failed", "message.dead_lettered": "dead", "step.error": "step.error", "log": "error log",
+             "redis.down": "redis down"}.get(ev.type, ev.type)
+    if ev.type == "message.failed" and fmt.timed_out(ev):
+        label = "timed out"
+    if ev.type == "redis.down":
+        msg_data = ev.data if isinstance(ev.data, dict) else {}
+        return Text.assemble((fmt.hms(ev.ts), "bright_black"), " ", (f"{label:<10}", "bold red"), "\n  ",
+                             (f"{ev.error}; restart {msg_data.get('attempt', 0) + 1} in {msg_data.get('restart_in_ms', '?')} ms", "bold red"))
     msg = ev.error or (ev.data.get("message") if isinstance(ev.data, dict) else "") or ""
     return Text.assemble((fmt.hms(ev.ts), "bright_black"), " ", (f"{label:<10}", style), " ",
                          ((ev.step or "-"), "bold"), " ", (ev.trace_id[:8], "bright_black"), "\n  ", (str(msg), style))
