@@ -158,14 +158,28 @@ class EmbeddedRedis:
                            extra=["--appendfsync", self.appendfsync]).start()
 
     # -- supervision (runtime/redis_watchdog.py) ------------------------------
-    def exit_status(self) -> int | None:
-        """``None`` while the server this process owns runs; once it has exited, its status
-        (negative: the signal that killed it), reaping it. Always ``None`` when not the owner."""
+    def exited(self) -> str | None:
+        """``None`` while the server this process owns runs; once it has exited, how (reaping it,
+        so it leaves no zombie). Always ``None`` when another process owns it."""
         if self.server is not None and self.server.proc is not None:
-            return self.server.proc.poll()
+            code = self.server.proc.poll()
+            if code is None:
+                return None
+            if code < 0:
+                try:
+                    return f"killed by {signal.Signals(-code).name}"
+                except ValueError:
+                    return f"killed by signal {-code}"
+            return f"exited with status {code}"
         if self.adopted_pid is not None and not _alive(self.adopted_pid):
-            return -1 if os.name != "nt" else 1  # not our child: how it ended is not ours to know
+            return "is gone (adopted, not our child: how it ended is unknown)"
         return None
+
+    @property
+    def pid(self) -> int | None:
+        if self.server is not None and self.server.proc is not None:
+            return self.server.proc.pid
+        return self.adopted_pid
 
     def restart(self) -> int:
         """Start the server again on the same data directory (its append-only file), port and

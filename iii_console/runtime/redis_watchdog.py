@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -47,15 +46,6 @@ class RestartBackoff:
         return delay
 
 
-def describe_exit(status: int) -> str:
-    if status < 0:
-        try:
-            return f"killed by {signal.Signals(-status).name}"
-        except ValueError:
-            return f"killed by signal {-status}"
-    return f"exited with status {status}"
-
-
 class RedisWatchdog:
     def __init__(self, embedded: EmbeddedRedis, emit: Callable[..., Any], *, stopping: Callable[[], bool] = lambda: False,
                  backoff: RestartBackoff | None = None, poll_s: float = POLL_S, clock: Callable[[], float] = time.monotonic):
@@ -71,14 +61,13 @@ class RedisWatchdog:
     async def run(self) -> None:
         while not self.stopping():
             await asyncio.sleep(self.poll_s)
-            status = self.embedded.exit_status()  # reaps it: no zombie
-            if status is not None and not self.stopping():
-                await self._recover(status)
+            pid = self.embedded.pid
+            how = self.embedded.exited()  # reaps it: no zombie
+            if how is not None and not self.stopping():
+                await self._recover(pid, how)
 
-    async def _recover(self, status: int) -> None:
+    async def _recover(self, pid: int | None, how: str) -> None:
         down_at = self.clock()
-        pid = self.embedded.server.proc.pid if self.embedded.server and self.embedded.server.proc else self.embedded.adopted_pid
-        how = describe_exit(status)
         ran_s = down_at - self._up_since
         attempt = 0
         error: str | None = None

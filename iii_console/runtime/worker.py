@@ -23,6 +23,7 @@ from typing import Any
 
 import dramatiq
 import redis
+from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage
 
 from iii_console.adapters.queue.broker import IIIBroker
@@ -163,7 +164,8 @@ class WorkerRuntime:
                                  max_attempts=self.config.queue(opts.get("topic", "")).max_retries + 1)
 
             self.time_limits.call(call, topic=opts.get("topic", ""), message_id=msg.message_id if msg else "",
-                                  queue=msg.queue_name if msg else "", redis_message_id=opts.get("redis_message_id", ""))
+                                  queue=msg.queue_name if msg else "", redis_message_id=opts.get("redis_message_id", ""),
+                                  attempt=opts.get("retries", 0) + 1)
 
         run.__name__ = f"{step.name}_{sub.topic}"
         return run
@@ -240,7 +242,7 @@ class WorkerRuntime:
         except ValueError:
             step = None
         self.services.emitter.emit(
-            "message.failed", message_id=run.message_id, step=step, topic=run.topic, queue=run.queue,
+            "message.failed", message_id=run.message_id, step=step, topic=run.topic, queue=q_name(run.queue), attempt=run.attempt,
             error=(f"TimeLimitExceeded: handler ran past queues.{run.topic}.time_limit_ms ({run.hard_ms} ms) and did not "
                    f"stop within {grace:g} s (blocked in a call that ignores it); its worker process is recycled and "
                    "the message redelivered"),

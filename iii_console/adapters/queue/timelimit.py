@@ -60,6 +60,7 @@ class Running:
     hard_ms: int
     soft_at: float | None
     hard_at: float | None
+    attempt: int | None = None
     #: "soft" or "hard": the last limit raised in the thread.
     fired: str | None = None
     stuck: bool = False
@@ -87,17 +88,20 @@ class TimeLimits:
         self._running: dict[int, Running] = {}
         self._thread: threading.Thread | None = None
         self._closed = False
+        #: When the monitor will next wake by itself; an entry due earlier wakes it.
+        self._wake_at = float("inf")
         #: Handlers found stuck; their messages are returned when the process stops.
         self.stuck: list[Running] = []
 
     # -- the handler's side ------------------------------------------------
-    def call(self, fn: Callable[[], Any], *, topic: str, message_id: str, queue: str, redis_message_id: str) -> Any:
+    def call(self, fn: Callable[[], Any], *, topic: str, message_id: str, queue: str, redis_message_id: str,
+             attempt: int | None = None) -> Any:
         soft_ms, hard_ms = self.limits(topic)
         if not soft_ms and not hard_ms:
             return fn()
         now = self.clock()
         entry = Running(threading.get_ident(), topic, message_id, queue, redis_message_id, soft_ms, hard_ms,
-                        now + soft_ms / 1000 if soft_ms else None, now + hard_ms / 1000 if hard_ms else None)
+                        now + soft_ms / 1000 if soft_ms else None, now + hard_ms / 1000 if hard_ms else None, attempt)
         self._add(entry)
         try:
             try:
@@ -125,7 +129,11 @@ class TimeLimits:
                 self._thread = threading.Thread(target=self._monitor, name="iii-time-limits", daemon=True)
                 self._thread.start()
             self._running[entry.tid] = entry
-            self._cond.notify()
+            due = entry.next_due(self.grace_s)
+            if due is not None and due < self._wake_at:
+                # Only then: at thousands of messages a second under a long limit the monitor sleeps on.
+                self._wake_at = due
+                self._cond.notify()
 
     def _remove(self, entry: Running) -> None:
         with self._cond:
@@ -152,6 +160,7 @@ class TimeLimits:
                     if due is not None:
                         wait = due - now if wait is None else min(wait, due - now)
                 if not stuck:
+                    self._wake_at = now + wait if wait is not None else float("inf")
                     self._cond.wait(wait)
             for entry in stuck:
                 try:
