@@ -101,20 +101,26 @@ def test_a_leaking_worker_is_replaced_at_max_memory_mb_with_nothing_lost(tmp_pat
 
 
 STUCK = """
-import threading, time
+import socket, threading, time
 from iii_console import Step, queue
 config = Step(name="Stuck", triggers=[queue("jobs")])
+KEEP = []
 def handler(data, ctx):
     ctx.state.update("runs", data["k"], [{"type": "increment", "path": "n"}])
-    if data["k"] == "stuck":
-        threading.Event().wait()        # blocked in C: the asynchronous exception never lands
+    if data["k"] == "stuck":            # blocked in C: the asynchronous exception never lands
+        {block}
     ctx.state.set("done", data["k"], True)
 """
+BLOCKS = {
+    "lock-wait": "threading.Event().wait()",
+    "socket-read": "KEEP.append(socket.socketpair()); KEEP[-1][0].recv(1)",  # a read without a timeout
+}
 
 
+@pytest.mark.parametrize("block", sorted(BLOCKS))
 def test_a_handler_stuck_in_a_c_call_does_not_hold_the_queue_its_process_is_recycled_and_the_message_redelivered(
-        tmp_path, redis_url, r, keys):
-    make_project(tmp_path, {"stuck_step.py": STUCK}, BASE + "  threads: 2\n" + """
+        tmp_path, redis_url, r, keys, block):
+    make_project(tmp_path, {"stuck_step.py": STUCK.replace("{block}", BLOCKS[block])}, BASE + "  threads: 2\n" + """
 queues:
   jobs:
     time_limit_ms: 500

@@ -65,6 +65,7 @@ def test_embedded_redis_killed_under_load_comes_back_by_itself_and_loses_no_acce
     base = re.search(r"on (http://\S+) with", banner).group(1)
     info = json.loads((tmp_path / ".iii" / "redis.json").read_text())
     url, old_pid = info["url"], info["redis_pid"]
+    assert redis.Redis.from_url(url).config_get("appendfsync") == {"appendfsync": "always"}  # redis.appendfsync
     accepted: list[str] = []
     answers: dict[int, int] = {}
     stop_load = threading.Event()
@@ -98,6 +99,7 @@ def test_embedded_redis_killed_under_load_comes_back_by_itself_and_loses_no_acce
     try:
         client = redis.Redis.from_url(url)
         new_info = json.loads((tmp_path / ".iii" / "redis.json").read_text())
+        assert client.config_get("appendfsync") == {"appendfsync": "always"}  # the restart keeps it
         assert new_info["url"] == url and new_info["redis_pid"] != old_pid and new_info["pid"] == proc.pid
         keys = Keys()
 

@@ -215,11 +215,12 @@ class WorkerRuntime:
             t.join()
         for t in self._threads:
             t.join(5)
-        self._return_stuck(stuck)
+        returned = self._return_stuck(stuck)
         self.time_limits.close()
         try:
-            self.services.client.zrem(self.services.keys.worker_heartbeats, self.worker_id)
-            self.services.client.hdel(self.services.keys.workers, self.worker_id)
+            if returned:  # else the heartbeat stays: the sweep finds this worker dead and requeues what it held
+                self.services.client.zrem(self.services.keys.worker_heartbeats, self.worker_id)
+                self.services.client.hdel(self.services.keys.workers, self.worker_id)
         except redis.RedisError:
             pass
         self.services.emitter.emit("worker.stopped", data={"id": self.worker_id, **self.recycler.stop_data()})
@@ -250,14 +251,17 @@ class WorkerRuntime:
         self.recycler.request("time_limit", f"the handler of message {run.message_id} on {run.queue} ignored "
                                             f"queues.{run.topic}.time_limit_ms ({run.hard_ms} ms)")
 
-    def _return_stuck(self, stuck: list[Running]) -> None:
+    def _return_stuck(self, stuck: list[Running]) -> bool:
         """Put stuck handlers' messages back at the head of their queues (the drain is over:
-        nothing else of this worker is in flight there); the redelivery counts as a delivery."""
+        nothing else of this worker is in flight there); the redelivery counts as a delivery.
+        ``False`` if Redis refused: the sweep returns them once this worker's heartbeat expires."""
         for queue in sorted({r.queue for r in stuck}):
             try:
                 self.broker.iii_scripts.requeue_dead(args=[self.broker.namespace, queue, self.worker_id])
             except redis.RedisError as exc:
                 log.warning("returning the stuck message(s) on %s failed: %s; the sweep will", queue, exc)
+                return False
+        return True
 
     def _spawn(self, fn: Any, name: str) -> None:
         t = threading.Thread(target=self._guard(fn), name=name, daemon=True)
