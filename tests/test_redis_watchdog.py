@@ -28,6 +28,7 @@ from iii_console.runtime.redis_watchdog import RedisWatchdog, RestartBackoff
 
 from .conftest import ROOT
 from .helpers import make_project, wait_for
+from .test_event_stream import REQUIRED
 from .test_redis_conn import _env_without_redis, _owner_lock_free, _ping
 
 CONFIG = """
@@ -114,6 +115,12 @@ def test_embedded_redis_killed_under_load_comes_back_by_itself_and_loses_no_acce
         up = [e for e in evs if e.type == "redis.restarted"]
         assert len(down) == 1 and down[0].data["exit"] == "killed by SIGKILL" and down[0].data["pid"] == old_pid
         assert len(up) == 1 and up[0].data["pid"] == new_info["redis_pid"] and up[0].data["down_ms"] < 10_000
+        for e in (*down, *up):  # the fields the event table promises
+            raw = {k: v for k, v in e.as_dict().items() if v}
+            assert REQUIRED[e.type] <= set(raw), (e.type, REQUIRED[e.type] - set(raw))
+        # Headless, the outage is also a line on stderr at once (the events wait for Redis).
+        assert any("embedded Redis" in line and "killed by SIGKILL" in line for line in stderr), stderr
+        assert not any("Traceback" in line for line in stderr), "".join(stderr)
         print(f"\nRedis answered again {back_s:.2f} s after SIGKILL (down {up[0].data['down_ms']} ms by the watchdog); "
               f"{len(accepted)} accepted, all processed; answers {answers}")
     finally:
@@ -176,3 +183,54 @@ def _bound(sock: socket.socket, port: int) -> bool:
         return False
     sock.listen(1)
     return True
+
+
+ECHO = """
+from iii_console import Step, queue
+config = Step(name="Echo", triggers=[queue("jobs")])
+def handler(data, ctx):
+    ctx.state.set("echo", data["k"], True)
+"""
+
+
+def test_a_worker_started_while_redis_is_away_waits_for_it_instead_of_dying(tmp_path, caplog):
+    """A worker process (re)started during a Redis restart waits for Redis, then works."""
+    from iii_console.adapters.queue.producer import subscriptions_for
+    from iii_console.core.discovery import discover
+    from iii_console.core.redis_server import RedisServer
+    from iii_console.runtime.runner import StepRunner
+    from iii_console.runtime.services import Services
+    from iii_console.runtime.worker import WorkerRuntime
+
+    server = RedisServer(tmp_path / "redis", appendonly=True).start()
+    cfg = make_project(tmp_path, {"echo_step.py": ECHO}, "", redis_url=server.url)
+    steps = discover(cfg.steps_path)
+    server.stop()
+    rt = WorkerRuntime(cfg, steps, threads=2)
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            rt.start()
+        except BaseException as exc:  # noqa: BLE001  (what the test is about)
+            failed.append(exc)
+
+    starter = threading.Thread(target=start)
+    try:
+        starter.start()
+        time.sleep(1.5)
+        assert starter.is_alive() and not failed  # waiting, not dead
+        assert "Redis unavailable" in caplog.text and "waiting for it" in caplog.text
+        server.start()
+        starter.join(15)
+        assert not starter.is_alive() and not failed, failed
+        client = redis.Redis.from_url(server.url)
+        assert client.zscore(rt.services.keys.worker_heartbeats, rt.worker_id) is not None
+        svc = Services.open(cfg, "test")
+        StepRunner(svc, subscriptions_for(steps.steps)).producer.enqueue("jobs", {"k": "after"}, trace_id="t")
+        svc.close()
+        wait_for(lambda: client.hget(Keys().state_group("echo"), "after") == b"true", what="the worker to run a message")
+    finally:
+        if not starter.is_alive():
+            rt.stop(timeout_s=5)
+        server.stop()

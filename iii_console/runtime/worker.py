@@ -188,13 +188,13 @@ class WorkerRuntime:
         # Handler failures reach the console as message.failed events with their traceback.
         logging.getLogger("dramatiq.worker.WorkerThread").setLevel(logging.CRITICAL)
         self.declare()
-        self.heartbeat()
+        self._when_redis_answers(self.heartbeat)
         for w in self.workers.values():
             w.start()
         self._spawn(self._heartbeat_loop, "iii-heartbeat")
         self._spawn(self._sweep_loop, "iii-sweep")
         if self.steps.state_steps():
-            watch_state_triggers(self.services.client, self.services.keys, self.steps)
+            self._when_redis_answers(lambda: watch_state_triggers(self.services.client, self.services.keys, self.steps))
             self._spawn(self._dispatch_loop, "iii-state-dispatch")
         self.services.emitter.emit("worker.started", data=self.info())
         if self.recycler.max_memory_mb and self.recycler.rss_at_start_mb > self.recycler.max_memory_mb:
@@ -226,6 +226,22 @@ class WorkerRuntime:
         self.services.emitter.emit("worker.stopped", data={"id": self.worker_id, **self.recycler.stop_data()})
         self.loop_thread.stop()
         self.services.close()
+
+    def _when_redis_answers(self, fn: Any) -> None:
+        """Run a start-up call, waiting for Redis if it is away (a process started while the
+        embedded Redis restarts, say) instead of dying with a traceback. Gives up only when
+        the process is told to stop."""
+        warned = False
+        while True:
+            try:
+                fn()
+                return
+            except redis.ConnectionError as exc:
+                if not warned:
+                    log.warning("worker starting: Redis unavailable (%s); waiting for it", exc)
+                    warned = True
+            if self.recycler.requested.wait(0.5) or self._stop.is_set():
+                return
 
     def _take_no_more(self) -> None:
         """About to be recycled: each worker thread finishes the message it runs and takes no other
