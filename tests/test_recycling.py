@@ -146,6 +146,7 @@ queues:
         failed = events_once(r, keys, "message.failed", 2, where=lambda e: e.message_id == stuck)
         assert all(e.error.startswith("TimeLimitExceeded: handler ran past queues.jobs.time_limit_ms (500 ms) and did not stop")
                    and e.data["stuck"] for e in failed)
+        assert [e.attempt for e in failed] == [1, 1] and all(e.trace_id == "t" and e.duration_ms >= 2400 for e in failed)
         runs = _runs(r, keys)
         assert all(runs[f"q{i}"]["n"] == 1 for i in range(10))  # the rest ran once each
         assert {e.message_id for e in events(r, keys, "message.processed")} == set(quick)

@@ -165,7 +165,7 @@ class WorkerRuntime:
 
             self.time_limits.call(call, topic=opts.get("topic", ""), message_id=msg.message_id if msg else "",
                                   queue=msg.queue_name if msg else "", redis_message_id=opts.get("redis_message_id", ""),
-                                  attempt=opts.get("retries", 0) + 1)
+                                  attempt=opts.get("retries", 0) + 1, trace_id=opts.get("trace_id", ""))
 
         run.__name__ = f"{step.name}_{sub.topic}"
         return run
@@ -259,7 +259,9 @@ class WorkerRuntime:
         except ValueError:
             step = None
         self.services.emitter.emit(
-            "message.failed", message_id=run.message_id, step=step, topic=run.topic, queue=q_name(run.queue), attempt=run.attempt,
+            "message.failed", message_id=run.message_id, **({"trace_id": run.trace_id} if run.trace_id else {}),
+            step=step, topic=run.topic, queue=q_name(run.queue),
+            attempt=run.attempt, duration_ms=round((self.time_limits.clock() - run.started) * 1000, 3),
             error=(f"TimeLimitExceeded: handler ran past queues.{run.topic}.time_limit_ms ({run.hard_ms} ms) and did not "
                    f"stop within {grace:g} s (blocked in a call that ignores it); its worker process is recycled and "
                    "the message redelivered"),

@@ -61,6 +61,8 @@ class Running:
     soft_at: float | None
     hard_at: float | None
     attempt: int | None = None
+    trace_id: str = ""
+    started: float = 0.0
     #: "soft" or "hard": the last limit raised in the thread.
     fired: str | None = None
     stuck: bool = False
@@ -95,13 +97,14 @@ class TimeLimits:
 
     # -- the handler's side ------------------------------------------------
     def call(self, fn: Callable[[], Any], *, topic: str, message_id: str, queue: str, redis_message_id: str,
-             attempt: int | None = None) -> Any:
+             attempt: int | None = None, trace_id: str = "") -> Any:
         soft_ms, hard_ms = self.limits(topic)
         if not soft_ms and not hard_ms:
             return fn()
         now = self.clock()
         entry = Running(threading.get_ident(), topic, message_id, queue, redis_message_id, soft_ms, hard_ms,
-                        now + soft_ms / 1000 if soft_ms else None, now + hard_ms / 1000 if hard_ms else None, attempt)
+                        now + soft_ms / 1000 if soft_ms else None, now + hard_ms / 1000 if hard_ms else None, attempt,
+                        trace_id, now)
         self._add(entry)
         try:
             try:
