@@ -234,3 +234,39 @@ def test_a_worker_started_while_redis_is_away_waits_for_it_instead_of_dying(tmp_
         if not starter.is_alive():
             rt.stop(timeout_s=5)
         server.stop()
+
+
+def test_an_adopted_redis_that_dies_is_restarted_too(tmp_path):
+    """A server adopted from a dead owner is not our child; its death is noticed all the same."""
+    from .test_redis_conn import ORPHAN
+
+    data = tmp_path / ".iii"
+    owner = subprocess.Popen([sys.executable, "-c", ORPHAN, str(data)], stdout=subprocess.PIPE, text=True)
+    url = owner.stdout.readline().strip()
+    owner.kill()
+    owner.wait()
+    emb = EmbeddedRedis(data)
+    assert emb.start() == url and emb.adopted_pid is not None
+    orphan = emb.adopted_pid
+    emitted: list[tuple[str, dict]] = []
+    stopping = threading.Event()
+    dog = RedisWatchdog(emb, lambda type, **kw: emitted.append((type, kw)), stopping=stopping.is_set, poll_s=0.05)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(dog.run())
+        os.kill(orphan, signal.SIGKILL)
+        while not any(t == "redis.restarted" for t, _ in emitted):
+            await asyncio.sleep(0.02)
+        stopping.set()
+        await task
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+        assert _ping(url) and emb.server is not None and emb.adopted_pid is None  # ours now, stopped with us
+        [(_, down)] = [(t, kw) for t, kw in emitted if t == "redis.down"]
+        assert down["data"]["pid"] == orphan and "adopted" in down["data"]["exit"]
+    finally:
+        emb.stop()
+        if _zombie_or_alive(orphan) not in (None, "Z"):
+            os.kill(orphan, signal.SIGKILL)
+    assert not _ping(url)
