@@ -59,6 +59,15 @@ def test_embedded_redis_killed_under_load_comes_back_by_itself_and_loses_no_acce
     make_project(tmp_path, {}, CONFIG)
     proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui"], cwd=tmp_path, env=_env_without_redis(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _killed_under_load(proc, tmp_path)
+    finally:  # whatever failed, leave no runtime (and its Redis) behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _killed_under_load(proc: subprocess.Popen, tmp_path: Path) -> None:
     banner = proc.stderr.readline()
     assert "running" in banner, banner + proc.stderr.read()
     stderr: list[str] = []
@@ -270,3 +279,16 @@ def test_an_adopted_redis_that_dies_is_restarted_too(tmp_path):
         if _zombie_or_alive(orphan) not in (None, "Z"):
             os.kill(orphan, signal.SIGKILL)
     assert not _ping(url)
+
+
+def test_a_worker_waiting_for_redis_at_start_exits_once_its_supervisor_is_gone(tmp_path):
+    """Waiting for Redis must not outlive the supervisor (with the embedded Redis gone too,
+    nobody would ever stop the process): it exits with one line, no traceback."""
+    from iii_console.core.redis_server import free_port
+
+    cfg = make_project(tmp_path, {"echo_step.py": ECHO}, "", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    env = {**_env_without_redis(), "III_CONFIG_JSON": cfg.model_dump_json(), "III_SUPERVISOR_PID": "1"}  # not its parent: gone
+    res = subprocess.run([sys.executable, "-m", "iii_console.runtime.worker"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1, res.stderr
+    assert "waiting for it" in res.stderr and "supervisor is gone" in res.stderr and "Traceback" not in res.stderr, res.stderr

@@ -122,6 +122,8 @@ class WorkerRuntime:
         self.workers: dict[str, dramatiq.Worker] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: Whether the process that started this one has died (set by ``main``).
+        self.orphaned: Any = lambda: False
         self.started_ms = now_ms()
 
     @property
@@ -229,8 +231,9 @@ class WorkerRuntime:
 
     def _when_redis_answers(self, fn: Any) -> None:
         """Run a start-up call, waiting for Redis if it is away (a process started while the
-        embedded Redis restarts, say) instead of dying with a traceback. Gives up only when
-        the process is told to stop."""
+        embedded Redis restarts, say) instead of dying with a traceback. Gives up when the
+        process is told to stop, and exits if its supervisor is gone meanwhile (nobody would
+        ever stop it, and the embedded Redis went with the supervisor)."""
         warned = False
         while True:
             try:
@@ -242,6 +245,9 @@ class WorkerRuntime:
                     warned = True
             if self.recycler.requested.wait(0.5) or self._stop.is_set():
                 return
+            if self.orphaned():
+                log.warning("worker starting: its supervisor is gone and Redis is unavailable; exiting")
+                raise SystemExit(1)
 
     def _take_no_more(self) -> None:
         """About to be recycled: each worker thread finishes the message it runs and takes no other
@@ -414,6 +420,7 @@ def main() -> int:
     # From the supervisor itself: one that died while we were still importing would
     # otherwise be mistaken for whoever adopted us.
     supervisor = int(os.environ.get("III_SUPERVISOR_PID") or os.getppid())
+    rt.orphaned = lambda: os.getppid() != supervisor
     stop = rt.recycler.requested  # set by SIGTERM, or when this process should be replaced
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
