@@ -11,14 +11,22 @@ once, without the backoff it applies to crashes.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import dramatiq
+import redis
+from dramatiq.common import q_name
+
+from iii_console.adapters.queue.names import parse_queue
+from iii_console.adapters.queue.timelimit import Running, TimeLimits
+
+log = logging.getLogger(__name__)
 
 #: Exit status of a worker process that asks to be replaced (``EX_TEMPFAIL``).
 RECYCLE_EXIT = 75
@@ -99,3 +107,44 @@ class Recycler(dramatiq.Middleware):
     @property
     def exit_code(self) -> int:
         return RECYCLE_EXIT if self.cause is not None else 0
+
+
+def stop_intake(workers: Iterable[dramatiq.Worker]) -> None:
+    """About to be recycled: each worker thread finishes the message it runs and takes no
+    other (what was prefetched goes back to the queues when the process stops)."""
+    for w in list(workers):
+        for thread in list(w.workers):
+            thread.stop()
+
+
+def report_stuck(run: Running, limits: TimeLimits, recycler: Recycler, emitter: Any) -> None:
+    """A handler ignored its hard time limit (blocked in a C call): report the failed run on
+    its message's trace and ask for this process to be recycled."""
+    try:
+        _topic, step, _ = parse_queue(run.queue)
+    except ValueError:
+        step = None
+    emitter.emit(
+        "message.failed", message_id=run.message_id, **({"trace_id": run.trace_id} if run.trace_id else {}),
+        step=step, topic=run.topic, queue=q_name(run.queue), attempt=run.attempt,
+        duration_ms=round((limits.clock() - run.started) * 1000, 3),
+        error=(f"TimeLimitExceeded: handler ran past queues.{run.topic}.time_limit_ms ({run.hard_ms} ms) and did not "
+               f"stop within {limits.grace_s:g} s (blocked in a call that ignores it); its worker process is recycled "
+               "and the message redelivered"),
+        data={"stuck": True})
+    recycler.request("time_limit", f"the handler of message {run.message_id} on {run.queue} ignored "
+                                   f"queues.{run.topic}.time_limit_ms ({run.hard_ms} ms)")
+
+
+def return_stuck(stuck: list[Running], scripts: Any, namespace: str, worker_id: str) -> bool:
+    """Put stuck handlers' messages back at the head of their queues once the drain is over
+    (nothing else of this worker is in flight there); the redelivery counts as a delivery.
+    ``False`` if Redis refused: the sweep returns them once this worker's heartbeat expires,
+    so the caller must then leave the heartbeat entry in place."""
+    for queue in sorted({r.queue for r in stuck}):
+        try:
+            scripts.requeue_dead(args=[namespace, queue, worker_id])
+        except redis.RedisError as exc:
+            log.warning("returning the stuck message(s) on %s failed: %s; the sweep will", queue, exc)
+            return False
+    return True

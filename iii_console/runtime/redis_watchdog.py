@@ -9,15 +9,21 @@ milliseconds redis-server takes to answer. Each death is a ``redis.down``
 event, each successful start a ``redis.restarted`` (both reach the stream once
 Redis is back: the emitter holds them meanwhile). A server that keeps dying is
 restarted after growing delays (:class:`RestartBackoff`), never in a hot loop.
+
+On the other side of a restart, a worker process that starts while Redis is away
+waits for it (:func:`wait_for_redis`) rather than dying on its first heartbeat.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import redis
 
 from iii_console.core.errors import IIIError
 from iii_console.runtime.embedded import EmbeddedRedis
@@ -94,3 +100,23 @@ class RedisWatchdog:
                                                "attempts": attempt, "restarts": self.restarts})
             log.warning("embedded Redis restarted (pid %s) after %d ms down", new_pid, down_ms)
             return
+
+
+def wait_for_redis(fn: Callable[[], Any], *, stop: threading.Event, orphaned: Callable[[], bool]) -> None:
+    """Run a worker's start-up call, waiting for Redis if it is away (a process started while
+    the embedded Redis restarts) instead of dying with a traceback. Returns early once ``stop``
+    is set; exits the process if ``orphaned()`` (its supervisor gone, nobody would stop it)."""
+    warned = False
+    while True:
+        try:
+            fn()
+            return
+        except redis.ConnectionError as exc:
+            if not warned:
+                log.warning("worker starting: Redis unavailable (%s); waiting for it", exc)
+                warned = True
+        if stop.wait(0.5):
+            return
+        if orphaned():
+            log.warning("worker starting: its supervisor is gone and Redis is unavailable; exiting")
+            raise SystemExit(1)

@@ -23,7 +23,6 @@ from typing import Any
 
 import dramatiq
 import redis
-from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage
 
 from iii_console.adapters.queue.broker import IIIBroker
@@ -31,14 +30,15 @@ from iii_console.adapters.queue.middleware import LifecycleEvents, RetryPolicy
 from iii_console.adapters.queue.names import ACTOR_PRIORITY, CRON_TOPIC, STATE_TOPIC, Subscription, parse_queue
 from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.adapters.queue.sweep import sweep_dead_workers
-from iii_console.adapters.queue.timelimit import Running, TimeLimits
+from iii_console.adapters.queue.timelimit import TimeLimits
 from iii_console.core.config import Config
 from iii_console.core.context import CronTick, StateChange
 from iii_console.core.discovery import StepSet, discover
 from iii_console.core.events import now_ms
 from iii_console.core.keys import as_str
 from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step, validate_input
-from iii_console.runtime.recycling import Recycler
+from iii_console.runtime.recycling import Recycler, report_stuck, return_stuck, stop_intake
+from iii_console.runtime.redis_watchdog import wait_for_redis
 from iii_console.runtime.runner import LoopThread, StepRunner
 from iii_console.runtime.services import Services
 
@@ -110,9 +110,9 @@ class WorkerRuntime:
         self.events = LifecycleEvents(self.services.emitter)
         # Supervision: when this process asks to be replaced, and the handlers' time limits.
         self.recycler = Recycler(max_messages=config.workers.max_messages_per_process, max_memory_mb=config.workers.max_memory_mb,
-                                 on_request=self._take_no_more)
+                                 on_request=lambda: stop_intake(self.workers.values()))
         self.time_limits = TimeLimits(lambda topic: (config.queue(topic).soft_time_limit_ms, config.queue(topic).time_limit_ms),
-                                      self._stuck)
+                                      lambda run: report_stuck(run, self.time_limits, self.recycler, self.services.emitter))
         self.broker = IIIBroker(
             client=self.services.client, keys=self.services.keys, emitter=self.services.emitter,
             middleware=[CurrentMessage(), RetryPolicy(config, self.services.emitter), self.events, self.recycler],
@@ -190,13 +190,14 @@ class WorkerRuntime:
         # Handler failures reach the console as message.failed events with their traceback.
         logging.getLogger("dramatiq.worker.WorkerThread").setLevel(logging.CRITICAL)
         self.declare()
-        self._when_redis_answers(self.heartbeat)
+        wait_for_redis(self.heartbeat, stop=self.recycler.requested, orphaned=self.orphaned)
         for w in self.workers.values():
             w.start()
         self._spawn(self._heartbeat_loop, "iii-heartbeat")
         self._spawn(self._sweep_loop, "iii-sweep")
         if self.steps.state_steps():
-            self._when_redis_answers(lambda: watch_state_triggers(self.services.client, self.services.keys, self.steps))
+            wait_for_redis(lambda: watch_state_triggers(self.services.client, self.services.keys, self.steps),
+                           stop=self.recycler.requested, orphaned=self.orphaned)
             self._spawn(self._dispatch_loop, "iii-state-dispatch")
         self.services.emitter.emit("worker.started", data=self.info())
         if self.recycler.max_memory_mb and self.recycler.rss_at_start_mb > self.recycler.max_memory_mb:
@@ -217,7 +218,7 @@ class WorkerRuntime:
             t.join()
         for t in self._threads:
             t.join(5)
-        returned = self._return_stuck(stuck)
+        returned = return_stuck(stuck, self.broker.iii_scripts, self.broker.namespace, self.worker_id)
         self.time_limits.close()
         try:
             if returned:  # else the heartbeat stays: the sweep finds this worker dead and requeues what it held
@@ -228,64 +229,6 @@ class WorkerRuntime:
         self.services.emitter.emit("worker.stopped", data={"id": self.worker_id, **self.recycler.stop_data()})
         self.loop_thread.stop()
         self.services.close()
-
-    def _when_redis_answers(self, fn: Any) -> None:
-        """Run a start-up call, waiting for Redis if it is away (a process started while the
-        embedded Redis restarts, say) instead of dying with a traceback. Gives up when the
-        process is told to stop, and exits if its supervisor is gone meanwhile (nobody would
-        ever stop it, and the embedded Redis went with the supervisor)."""
-        warned = False
-        while True:
-            try:
-                fn()
-                return
-            except redis.ConnectionError as exc:
-                if not warned:
-                    log.warning("worker starting: Redis unavailable (%s); waiting for it", exc)
-                    warned = True
-            if self.recycler.requested.wait(0.5) or self._stop.is_set():
-                return
-            if self.orphaned():
-                log.warning("worker starting: its supervisor is gone and Redis is unavailable; exiting")
-                raise SystemExit(1)
-
-    def _take_no_more(self) -> None:
-        """About to be recycled: each worker thread finishes the message it runs and takes no other
-        (what was prefetched goes back to the queues when the process stops)."""
-        for w in list(self.workers.values()):
-            for thread in list(w.workers):
-                thread.stop()
-
-    # -- time limits --------------------------------------------------------
-    def _stuck(self, run: Running) -> None:
-        """A handler ignored its hard time limit (blocked in a C call): recycle this process."""
-        grace = self.time_limits.grace_s
-        try:
-            _topic, step, _ = parse_queue(run.queue)
-        except ValueError:
-            step = None
-        self.services.emitter.emit(
-            "message.failed", message_id=run.message_id, **({"trace_id": run.trace_id} if run.trace_id else {}),
-            step=step, topic=run.topic, queue=q_name(run.queue),
-            attempt=run.attempt, duration_ms=round((self.time_limits.clock() - run.started) * 1000, 3),
-            error=(f"TimeLimitExceeded: handler ran past queues.{run.topic}.time_limit_ms ({run.hard_ms} ms) and did not "
-                   f"stop within {grace:g} s (blocked in a call that ignores it); its worker process is recycled and "
-                   "the message redelivered"),
-            data={"stuck": True})
-        self.recycler.request("time_limit", f"the handler of message {run.message_id} on {run.queue} ignored "
-                                            f"queues.{run.topic}.time_limit_ms ({run.hard_ms} ms)")
-
-    def _return_stuck(self, stuck: list[Running]) -> bool:
-        """Put stuck handlers' messages back at the head of their queues (the drain is over:
-        nothing else of this worker is in flight there); the redelivery counts as a delivery.
-        ``False`` if Redis refused: the sweep returns them once this worker's heartbeat expires."""
-        for queue in sorted({r.queue for r in stuck}):
-            try:
-                self.broker.iii_scripts.requeue_dead(args=[self.broker.namespace, queue, self.worker_id])
-            except redis.RedisError as exc:
-                log.warning("returning the stuck message(s) on %s failed: %s; the sweep will", queue, exc)
-                return False
-        return True
 
     def _spawn(self, fn: Any, name: str) -> None:
         t = threading.Thread(target=self._guard(fn), name=name, daemon=True)
