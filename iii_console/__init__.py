@@ -21,14 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from iii_console.core.context import Context, CronTick, HttpRequest, StateChange, SyncContext
+    from iii_console.core.errors import SoftTimeLimitExceeded, TimeLimitExceeded
     from iii_console.core.steps import Step, cron, http, queue, state
 
 _WHERE = {
     **dict.fromkeys(("Context", "CronTick", "HttpRequest", "StateChange", "SyncContext"), "iii_console.core.context"),
     **dict.fromkeys(("Step", "cron", "http", "queue", "state"), "iii_console.core.steps"),
+    **dict.fromkeys(("SoftTimeLimitExceeded", "TimeLimitExceeded"), "iii_console.core.errors"),
 }
 
-__all__ = ["Context", "CronTick", "HttpRequest", "StateChange", "Step", "SyncContext", "cron", "http", "queue", "state"]
+__all__ = ["Context", "CronTick", "HttpRequest", "SoftTimeLimitExceeded", "StateChange", "Step", "SyncContext", "TimeLimitExceeded",
+           "cron", "http", "queue", "state"]
 __version__ = "0.1.0"
 
 

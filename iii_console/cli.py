@@ -195,6 +195,7 @@ def _print_human(ev: Event) -> None:
 
 async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | None, threads: int | None,
                         render: Callable[[Event], None], watch: bool = False) -> int:
+    from iii_console.runtime.recycling import RECYCLE_EXIT
     from iii_console.runtime.supervisor import Supervisor
 
     sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, on_event=render if cfg.events.echo else None)
@@ -216,7 +217,7 @@ async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | No
     await stop.wait()
     print("iii-console: stopping (draining in-flight work)...", file=sys.stderr)
     await sup.stop()
-    bad = [c for c in sup.worker_codes if c not in (0, None, -signal.SIGTERM)]
+    bad = [c for c in sup.worker_codes if c not in (0, None, -signal.SIGTERM, RECYCLE_EXIT)]
     return 1 if bad else 0
 
 

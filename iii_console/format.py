@@ -30,6 +30,8 @@ TYPE_STYLE = {
     "worker.started": "bright_blue",
     "worker.heartbeat": "bright_black",
     "worker.stopped": "bright_blue",
+    "redis.down": "bold red",
+    "redis.restarted": "bold yellow",
     "log": "white",
     "step.error": "bold red",
     "config.reloaded": "bright_blue",
@@ -57,7 +59,7 @@ def detail(ev: Event) -> str:
     if t == "message.processed":
         return f"{ev.topic} in {ev.duration_ms:.1f} ms" if ev.duration_ms is not None else str(ev.topic)
     if t == "message.failed":
-        return f"attempt {ev.attempt}: {ev.error}"
+        return f"attempt {ev.attempt}: {ev.error}" if ev.attempt is not None else str(ev.error)
     if t == "message.retrying":
         return f"attempt {ev.attempt} in {d.get('delay_ms')} ms"
     if t == "message.dead_lettered":
@@ -74,9 +76,14 @@ def detail(ev: Event) -> str:
         return f"{d.get('expression', '')} drift {d.get('drift_ms', '?')} ms" if t == "cron.fired" else str(d.get("reason", ""))
     if t.startswith("worker."):
         how = d.get("signal") or (f"exit {d['exit_code']}" if "exit_code" in d else "")
+        why = f"{d.get('reason', '')} ({d['cause']}): {d.get('detail', '')}" if d.get("cause") else d.get("reason", "")
         back = f"requeued {d['requeued']}" if "requeued" in d else ""
         gave_up = f"abandoned {d['abandoned']}" if d.get("abandoned") else ""
-        return " ".join(str(x) for x in (d.get("name") or d.get("id", ""), d.get("reason", ""), how, back, gave_up) if x)
+        return " ".join(str(x) for x in (d.get("name") or d.get("id", ""), why, how, back, gave_up) if x)
+    if t == "redis.down":
+        return f"{ev.error or ''}; restarting in {d.get('restart_in_ms', '?')} ms"
+    if t == "redis.restarted":
+        return f"pid {d.get('pid')} after {d.get('down_ms', '?')} ms down (restart {d.get('restarts', '?')})"
     if t == "log":
         extra = {k: v for k, v in d.items() if k not in ("level", "message")}
         return f"{d.get('level', 'info')}: {d.get('message', '')} {short(extra, 50) if extra else ''}".rstrip()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from iii_console.core.errors import ConfigError
 from iii_console.core.redact import DEFAULT_WORDS, redact_url, words  # noqa: F401  (redact_url: imported from here by the CLI, runtime and console)
@@ -76,6 +76,10 @@ class RedisConfig(_Section):
     maxmemory: str = Field(default="1gb", pattern=r"^(?i:[1-9][0-9]*(b|kb|mb|gb)?)$")
     """Memory the embedded Redis may use (``512mb``, ``2gb``). When full it refuses writes (HTTP steps
     answer 503) rather than evicting queue data. Not applied to a Redis given by URL."""
+    appendfsync: Literal["everysec", "always", "no"] = "everysec"
+    """Embedded Redis only: when its append-only file is fsynced. ``everysec`` can lose up to
+    about a second of acknowledged writes if the machine (not just Redis) crashes; ``always``
+    loses none, at the cost of one fsync per write."""
 
     @field_validator("url")
     @classmethod
@@ -141,6 +145,19 @@ class QueueConfig(_Section):
     them) goes to the dead-letter queue without running again."""
     priority: Literal["high", "normal", "low"] = "normal"
     """Default priority of messages enqueued to this topic without an explicit one."""
+    time_limit_ms: int = Field(default=600_000, ge=0, le=7 * 86_400_000)
+    """Hard limit of one run of a handler (0 = none). Past it the handler gets
+    ``TimeLimitExceeded`` and the attempt fails (then the retry strategy); a handler that does
+    not stop within a grace has its worker process recycled and the message redelivered."""
+    soft_time_limit_ms: int = Field(default=0, ge=0, le=7 * 86_400_000)
+    """Optional earlier limit (0 = none): ``SoftTimeLimitExceeded`` is raised inside the handler,
+    which may catch it to clean up; below ``time_limit_ms``."""
+
+    @model_validator(mode="after")
+    def _soft_below_hard(self) -> "QueueConfig":
+        if self.soft_time_limit_ms and self.time_limit_ms and self.soft_time_limit_ms >= self.time_limit_ms:
+            raise ValueError(f"soft_time_limit_ms ({self.soft_time_limit_ms}) must be below time_limit_ms ({self.time_limit_ms})")
+        return self
 
     def delay_for(self, retry: int) -> int:
         """Delay in ms before retry number ``retry`` (1-based)."""
@@ -180,6 +197,10 @@ class WorkersConfig(_Section):
     """Seconds between sweeps for dead workers' messages and unfinished state triggers."""
     shutdown_timeout: float = Field(default=30.0, gt=0)
     """Seconds SIGTERM waits for in-flight handlers before requeueing them."""
+    max_messages_per_process: int = Field(default=0, ge=0)
+    """Replace a worker process after it has settled this many messages (0 = never)."""
+    max_memory_mb: int = Field(default=0, ge=0)
+    """Replace a worker process once its resident memory (RSS) exceeds this many MiB (0 = never)."""
 
 
 class Config(_Section):
@@ -193,6 +214,17 @@ class Config(_Section):
     source: str = ""
     """The file this came from, for messages; empty when built from defaults."""
     _queue_cache: dict[str, QueueConfig] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _merged_strategies_valid(self) -> "Config":
+        """A topic's entry is merged with ``default``; the merge must be valid too (a soft limit
+        inherited from ``default`` above the topic's own hard limit)."""
+        for topic in self.queues:
+            try:
+                self.queue(topic)
+            except ValidationError as exc:
+                raise ValueError(f"queues.{topic}, with what it inherits from queues.default: {_message(exc.errors()[0])}") from None
+        return self
 
     def queue(self, topic: str) -> QueueConfig:
         """Strategy for ``topic``: its own entry, keys it leaves out taken from ``default``.

@@ -57,6 +57,19 @@ class StateError(IIIError):
     """A state operation was invalid (bad path, wrong type for increment...)."""
 
 
+class TimeLimitExceeded(IIIError):
+    """A queue handler ran past its queue's ``time_limit_ms``: the attempt failed.
+
+    Raised inside the handler's thread (or its coroutine is cancelled); the queue's
+    retry strategy then applies. Catching it does not save the attempt.
+    """
+
+
+class SoftTimeLimitExceeded(TimeLimitExceeded):
+    """A queue handler ran past its queue's ``soft_time_limit_ms``; catch it to clean up
+    before the hard limit (``time_limit_ms``)."""
+
+
 def user_traceback(exc: BaseException) -> str:
     """The traceback of a handler's exception starting at the first frame outside the
     framework (Dramatiq, Litestar and iii_console's own runtime), so a person reads their

@@ -34,6 +34,8 @@ EVENT_TYPES = (
     "worker.started",
     "worker.heartbeat",
     "worker.stopped",
+    "redis.down",
+    "redis.restarted",
     "log",
     "step.error",
     "config.reloaded",

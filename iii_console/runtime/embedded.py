@@ -110,10 +110,12 @@ def _flock(path: Path, *, blocking: bool = True) -> Iterator[Any]:
 class EmbeddedRedis:
     """Start a private Redis (AOF on, loopback only, password) unless the project already has one."""
 
-    def __init__(self, data_dir: Path, *, maxmemory: str = "1gb", binary: str | None = None):
+    def __init__(self, data_dir: Path, *, maxmemory: str = "1gb", binary: str | None = None, appendfsync: str = "everysec"):
         self.data_dir = data_dir
         self.maxmemory = maxmemory
         self.binary = binary
+        #: ``redis.appendfsync``: when the append-only file is fsynced (everysec, always, no).
+        self.appendfsync = appendfsync
         self.server: RedisServer | None = None
         #: pid of a server this process adopted from a dead owner (not its child).
         self.adopted_pid: int | None = None
@@ -140,9 +142,7 @@ class EmbeddedRedis:
         with _flock(self.redis_dir / "owner.lock", blocking=False) as free:
             if free is not None:
                 # No redis-server uses the directory: start ours, and hand it the lock.
-                self.server = RedisServer(self.redis_dir, appendonly=True, password=secrets.token_hex(24), die_with_parent=True,
-                                          pass_fds=(free.fileno(),) if fcntl is not None else (), binary=self.binary,
-                                          maxmemory=self.maxmemory).start()
+                self.server = self._launch(free, port=None, password=secrets.token_hex(24))
                 self.url = self.server.url
                 _write_info(self.data_dir, {"url": self.url, "pid": os.getpid(), "redis_pid": self.server.proc.pid})  # type: ignore[union-attr]
                 return self.url
@@ -152,6 +152,53 @@ class EmbeddedRedis:
         said = "names no server that answers" if info else "is missing"
         raise IIIError(f"a redis-server{where} still uses {self.redis_dir} (it holds owner.lock there) but "
                        f"{_info_path(self.data_dir)} {said}; stop that redis-server, or pass --redis URL")
+
+    def _launch(self, lock: Any, *, port: int | None, password: str) -> RedisServer:
+        """Start redis-server on the data directory, handing it the owner lock ``lock``."""
+        return RedisServer(self.redis_dir, port=port, appendonly=True, password=password, die_with_parent=True,
+                           pass_fds=(lock.fileno(),) if fcntl is not None else (), binary=self.binary,
+                           maxmemory=self.maxmemory, extra=["--appendfsync", self.appendfsync]).start()
+
+    # -- supervision (runtime/redis_watchdog.py) ------------------------------
+    def exited(self) -> str | None:
+        """``None`` while the server this process owns runs; once it has exited, how (reaping it,
+        so it leaves no zombie). Always ``None`` when another process owns it."""
+        if self.server is not None and self.server.proc is not None:
+            code = self.server.proc.poll()
+            if code is None:
+                return None
+            if code < 0:
+                try:
+                    return f"killed by {signal.Signals(-code).name}"
+                except ValueError:
+                    return f"killed by signal {-code}"
+            return f"exited with status {code}"
+        if self.adopted_pid is not None and not _alive(self.adopted_pid):
+            return "is gone (adopted, not our child: how it ended is unknown)"
+        return None
+
+    @property
+    def pid(self) -> int | None:
+        if self.server is not None and self.server.proc is not None:
+            return self.server.proc.pid
+        return self.adopted_pid
+
+    def restart(self) -> int:
+        """Start the server again on the same data directory (its append-only file), port and
+        password, so every client reconnects by itself; returns its pid. Raises ``IIIError``."""
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(self.url)
+        port, password = parts.port, unquote(parts.password or "")
+        with _flock(self.data_dir / "redis.lock"):
+            with _flock(self.redis_dir / "owner.lock", blocking=False) as free:
+                if free is None:
+                    raise IIIError(f"cannot restart the embedded Redis: another redis-server holds {self.redis_dir}")
+                self.server = self._launch(free, port=port, password=password)
+                self.adopted_pid = None
+                pid = self.server.proc.pid  # type: ignore[union-attr]
+                _write_info(self.data_dir, {"url": self.url, "pid": os.getpid(), "redis_pid": pid})
+                return pid
 
     def _join_or_adopt(self, info: dict[str, Any]) -> str:
         self.url = info["url"]

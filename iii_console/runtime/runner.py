@@ -13,6 +13,7 @@ import contextvars
 import inspect
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any, Callable
 
 import redis.asyncio as aredis
@@ -27,6 +28,10 @@ from iii_console.core.steps import Step
 from iii_console.runtime.services import Services
 
 
+#: How often a thread waiting on an async handler wakes to take an asynchronous exception.
+WAIT_SLICE_S = 0.1
+
+
 class LoopThread:
     """One asyncio loop in a daemon thread, for async handlers called from worker threads."""
 
@@ -36,7 +41,19 @@ class LoopThread:
         self._thread.start()
 
     def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            # In slices, so this thread runs Python code often enough to receive an
+            # asynchronous exception (a time limit) while the coroutine runs.
+            while True:
+                try:
+                    return fut.result(timeout=WAIT_SLICE_S)
+                except FuturesTimeout:
+                    if fut.done():  # the coroutine's own TimeoutError (the same class since 3.11)
+                        return fut.result()
+        except BaseException:
+            fut.cancel()  # a time limit (or any interruption) cancels the coroutine
+            raise
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

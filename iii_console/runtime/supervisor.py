@@ -36,6 +36,8 @@ from iii_console.core.errors import ConfigError, IIIError, RedisUnavailable
 from iii_console.core.events import Event
 from iii_console.core.files import open_private_log, private_dir
 from iii_console.runtime.embedded import EmbeddedRedis
+from iii_console.runtime.recycling import RECYCLE_EXIT
+from iii_console.runtime.redis_watchdog import RedisWatchdog
 from iii_console.runtime.runner import AsyncSide, StepRunner
 from iii_console.runtime.scheduler import Scheduler
 from iii_console.runtime.services import Services, redis_client
@@ -79,7 +81,7 @@ def resolve_redis(config: Config) -> tuple[Config, EmbeddedRedis | None]:
     """Use the configured Redis, or start (or join) the project's embedded one."""
     if config.redis.url:
         return config, None
-    emb = EmbeddedRedis(config.data_dir, maxmemory=config.redis.maxmemory)
+    emb = EmbeddedRedis(config.data_dir, maxmemory=config.redis.maxmemory, appendfsync=config.redis.appendfsync)
     url = emb.start()
     return config.with_overrides(**{"redis.url": url}), emb
 
@@ -182,6 +184,9 @@ class Supervisor:
 
             if moved := migrate_legacy_delay_queues(self.services.client, self.services.keys):
                 log.warning("moved %d delayed message(s) from an older version's delay queues", moved)
+            if self.embedded is not None and self.embedded.owned:
+                watchdog = RedisWatchdog(self.embedded, self.services.emitter.emit, stopping=lambda: self._stopping)
+                self._tasks.append(asyncio.create_task(watchdog.run(), name="iii-redis-watchdog"))
             if "server" in self.roles:
                 await self._start_server()
             if "scheduler" in self.roles and self.steps.cron_steps():
@@ -305,7 +310,7 @@ class Supervisor:
                     old.send_signal(signal.SIGTERM)
                     while old.poll() is None:
                         await asyncio.sleep(0.05)
-                if old.returncode != 0 and not child.restarting:  # (the monitor recovered a crash it saw)
+                if old.returncode not in (0, RECYCLE_EXIT) and not child.restarting:  # (the monitor recovered a crash it saw)
                     await self._recover(old_id, old.returncode)
                 child.proc, child.worker_id = self._spawn(child.index)
                 child.started = time.monotonic()
@@ -391,23 +396,26 @@ class Supervisor:
                 if code is None or self._stopping or child.reloading or child.restarting:
                     continue
                 child.restarting = True
-                if code != 0:
-                    await self._recover(child.worker_id, code)
-                delay = min(RESTART_BACKOFF_MAX_S, 0.5 * (2 ** min(child.restarts, 5))) if time.monotonic() - child.started < 10 else 0.2
-                self.services.emitter.emit("log", data={"level": "error", "message": f"worker process {proc.pid} exited with {code}; restarting in {delay:.1f}s"})
-                task = asyncio.create_task(self._restart_later(child, proc, delay), name="iii-restart")
+                if code == RECYCLE_EXIT:
+                    delay = 0.0  # it asked to be replaced (and its worker.stopped said why): not a crash
+                else:
+                    if code != 0:
+                        await self._recover(child.worker_id, code)
+                    delay = min(RESTART_BACKOFF_MAX_S, 0.5 * (2 ** min(child.restarts, 5))) if time.monotonic() - child.started < 10 else 0.2
+                    self.services.emitter.emit("log", data={"level": "error", "message": f"worker process {proc.pid} exited with {code}; restarting in {delay:.1f}s"})
+                task = asyncio.create_task(self._restart_later(child, proc, delay, counts=code != RECYCLE_EXIT), name="iii-restart")
                 self._restarts.add(task)
                 task.add_done_callback(self._restarts.discard)
             await asyncio.sleep(0.05)
 
-    async def _restart_later(self, child: Child, proc: subprocess.Popen[bytes], delay: float) -> None:
+    async def _restart_later(self, child: Child, proc: subprocess.Popen[bytes], delay: float, *, counts: bool = True) -> None:
         try:
             await asyncio.sleep(delay)
             if self._stopping or child.proc is not proc or child.reloading:
                 return  # a reload has replaced it meanwhile (or is doing so)
             child.proc, child.worker_id = self._spawn(child.index)
             child.started = time.monotonic()
-            child.restarts += 1
+            child.restarts += counts
         finally:
             child.restarting = False
 
@@ -460,7 +468,7 @@ class Supervisor:
             if child.proc.poll() is None:
                 child.proc.kill()
                 child.proc.wait()
-            if child.proc.returncode != 0 and not child.restarting and self.services is not None:
+            if child.proc.returncode not in (0, RECYCLE_EXIT) and not child.restarting and self.services is not None:
                 await self._recover(child.worker_id, child.proc.returncode)
         if self.services is not None:
             await asyncio.to_thread(self.services.sink.flush)

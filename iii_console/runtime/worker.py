@@ -31,12 +31,15 @@ from iii_console.adapters.queue.middleware import LifecycleEvents, RetryPolicy
 from iii_console.adapters.queue.names import ACTOR_PRIORITY, CRON_TOPIC, STATE_TOPIC, Subscription, parse_queue
 from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.adapters.queue.sweep import requeue_worker, sweep_dead_workers
+from iii_console.adapters.queue.timelimit import TimeLimits
 from iii_console.core.config import Config
 from iii_console.core.context import CronTick, StateChange
 from iii_console.core.discovery import StepSet, discover
 from iii_console.core.events import now_ms
 from iii_console.core.keys import as_str
 from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step, validate_input
+from iii_console.runtime.recycling import Recycler, report_stuck, stop_intake
+from iii_console.runtime.redis_watchdog import wait_for_redis
 from iii_console.runtime.runner import LoopThread, StepRunner
 from iii_console.runtime.services import Services
 
@@ -113,9 +116,14 @@ class WorkerRuntime:
         self.loop_thread = LoopThread()
         self.runner = StepRunner(self.services, self.subscriptions, loop_thread=self.loop_thread)
         self.events = LifecycleEvents(self.services.emitter)
+        # Supervision: when this process asks to be replaced, and the handlers' time limits.
+        self.recycler = Recycler(max_messages=config.workers.max_messages_per_process, max_memory_mb=config.workers.max_memory_mb,
+                                 on_request=lambda: stop_intake(self.workers.values()))
+        self.time_limits = TimeLimits(lambda topic: (config.queue(topic).soft_time_limit_ms, config.queue(topic).time_limit_ms),
+                                      lambda run: report_stuck(run, self.time_limits, self.recycler, self.services.emitter))
         self.broker = IIIBroker(
             client=self.services.client, keys=self.services.keys, emitter=self.services.emitter,
-            middleware=[CurrentMessage(), RetryPolicy(config, self.services.emitter), self.events],
+            middleware=[CurrentMessage(), RetryPolicy(config, self.services.emitter), self.events, self.recycler],
             max_deliveries=lambda topic: config.queue(topic).max_deliveries,
             dead_letter_queue=lambda topic: config.queue(topic).dead_letter_queue,
         )
@@ -131,6 +139,8 @@ class WorkerRuntime:
         #: Messages this process gave up at its last stop (handlers still running at the timeout).
         self.abandoned = 0
         self._threads: list[threading.Thread] = []
+        #: Whether the process that started this one has died (set by ``main``).
+        self.orphaned: Any = lambda: False
         self.started_ms = now_ms()
 
     @property
@@ -167,9 +177,14 @@ class WorkerRuntime:
             else:
                 value = validate_input(schema, data)
                 trig = {"type": "queue", "topic": sub.topic, "priority": parse_queue(msg.queue_name)[2] if msg else "normal"}
-            runner.call_sync(step, value, trace_id=opts.get("trace_id", ""), attempt=opts.get("retries", 0) + 1,
-                             trigger=trig, message_id=msg.message_id if msg else None,
-                             max_attempts=self.config.queue(opts.get("topic", "")).max_retries + 1)
+            def call() -> None:
+                runner.call_sync(step, value, trace_id=opts.get("trace_id", ""), attempt=opts.get("retries", 0) + 1,
+                                 trigger=trig, message_id=msg.message_id if msg else None,
+                                 max_attempts=self.config.queue(opts.get("topic", "")).max_retries + 1)
+
+            self.time_limits.call(call, topic=opts.get("topic", ""), message_id=msg.message_id if msg else "",
+                                  queue=msg.queue_name if msg else "", redis_message_id=opts.get("redis_message_id", ""),
+                                  attempt=opts.get("retries", 0) + 1, trace_id=opts.get("trace_id", ""))
 
         run.__name__ = f"{step.name}_{sub.topic}"
         return run
@@ -192,16 +207,21 @@ class WorkerRuntime:
         # Handler failures reach the console as message.failed events with their traceback.
         logging.getLogger("dramatiq.worker.WorkerThread").setLevel(logging.CRITICAL)
         self.declare()
-        self.heartbeat()
+        wait_for_redis(self.heartbeat, stop=self.recycler.requested, orphaned=self.orphaned)
         for w in self.workers.values():
             w.start()
         self._hb_thread = threading.Thread(target=self._guard(self._heartbeat_loop, self._hb_stop), name="iii-heartbeat", daemon=True)
         self._hb_thread.start()
         self._spawn(self._sweep_loop, "iii-sweep")
         if self.steps.state_steps():
-            watch_state_triggers(self.services.client, self.services.keys, self.steps)
+            wait_for_redis(lambda: watch_state_triggers(self.services.client, self.services.keys, self.steps),
+                           stop=self.recycler.requested, orphaned=self.orphaned)
             self._spawn(self._dispatch_loop, "iii-state-dispatch")
         self.services.emitter.emit("worker.started", data=self.info())
+        if self.recycler.max_memory_mb and self.recycler.rss_at_start_mb > self.recycler.max_memory_mb:
+            self.services.emitter.emit("log", data={"level": "warning", "message": (
+                f"worker process starts at {self.recycler.rss_at_start_mb:.0f} MiB, above workers.max_memory_mb "
+                f"({self.recycler.max_memory_mb}): it will be replaced after every message")})
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Drain: running handlers finish, prefetched messages go back to their queues.
@@ -215,6 +235,7 @@ class WorkerRuntime:
         """
         timeout_ms = int((timeout_s or self.config.workers.shutdown_timeout) * 1000)
         self._stop.set()
+        stuck = self.time_limits.detach_stuck(self.workers.values())
         # Each topic's Worker drains independently; stop them side by side.
         stoppers = [threading.Thread(target=w.stop, kwargs={"timeout": timeout_ms}) for w in self.workers.values()]
         for t in stoppers:
@@ -224,18 +245,28 @@ class WorkerRuntime:
         for t in self._threads:
             t.join(5)
         running = [t for w in self.workers.values() for t in w.workers if t.is_alive()]
-        data: dict[str, Any] = {"id": self.worker_id, "name": self.services.name, "reason": "shutdown"}
-        if running:
-            self.abandoned = self._give_up_running()
+        data: dict[str, Any] = {"id": self.worker_id, "name": self.services.name, **self.recycler.stop_data()}
+        returned = True
+        if running or stuck:
+            # Everything this worker still holds belongs to a handler that is
+            # still running: one past its time limit and stuck in C code, or
+            # one the shutdown timeout ran out on.
+            reason = "abandoned at shutdown" if running else "stuck past its time limit"
+            gave_back = self._give_up_running(reason)
+            returned = gave_back is not None
+            self.abandoned = gave_back or 0
             data["abandoned"] = self.abandoned
-            print(f"iii-console worker {self.services.name}: {len(running)} handler(s) still running after "
-                  f"shutdown_timeout ({timeout_ms / 1000:g} s); {self.abandoned} message(s) returned to their queues "
-                  "to run again", file=sys.stderr, flush=True)
+            if running:
+                print(f"iii-console worker {self.services.name}: {len(running)} handler(s) still running after "
+                      f"shutdown_timeout ({timeout_ms / 1000:g} s); {self.abandoned} message(s) returned to their queues "
+                      "to run again", file=sys.stderr, flush=True)
+        self.time_limits.close()
         self._hb_stop.set()
         self._hb_thread.join(5)
         try:
-            self.services.client.zrem(self.services.keys.worker_heartbeats, self.worker_id)
-            self.services.client.hdel(self.services.keys.workers, self.worker_id)
+            if returned:  # else the heartbeat stays: the sweep finds this worker dead and requeues what it held
+                self.services.client.zrem(self.services.keys.worker_heartbeats, self.worker_id)
+                self.services.client.hdel(self.services.keys.workers, self.worker_id)
         except redis.RedisError:
             pass
         self.services.emitter.emit("worker.stopped", data=data)
@@ -243,16 +274,20 @@ class WorkerRuntime:
         self.loop_thread.stop()
         self.services.close()
 
-    def _give_up_running(self) -> int:
-        """Return the messages of handlers still running at the stop's timeout to their queues."""
+    def _give_up_running(self, reason: str) -> int | None:
+        """Return the messages of handlers still running at the end of the stop to their queues.
+
+        ``None`` if Redis refused for 10 s: the heartbeat entry then stays, so the
+        sweep finds this worker dead and returns them.
+        """
         for _ in range(50):
             try:
                 return requeue_worker(self.services.client, self.services.keys, self.broker.iii_scripts,
-                                      self.services.emitter, self.worker_id, reason="abandoned at shutdown")
+                                      self.services.emitter, self.worker_id, reason=reason)
             except redis.RedisError as exc:
                 log.warning("returning abandoned messages: Redis error: %s; retrying", exc)
                 time.sleep(0.2)
-        return 0
+        return None
 
     def _spawn(self, fn: Any, name: str) -> None:
         t = threading.Thread(target=self._guard(fn), name=name, daemon=True)
@@ -389,7 +424,8 @@ def main() -> int:
     # From the supervisor itself: one that died while we were still importing would
     # otherwise be mistaken for whoever adopted us.
     supervisor = int(os.environ.get("III_SUPERVISOR_PID") or os.getppid())
-    stop = threading.Event()
+    rt.orphaned = lambda: os.getppid() != supervisor
+    stop = rt.recycler.requested  # set by SIGTERM, or when this process should be replaced
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     rt.start()
@@ -397,7 +433,7 @@ def main() -> int:
         if os.getppid() != supervisor:  # it died without telling us; we were handed to init or a subreaper
             break
     rt.stop()
-    return 0
+    return rt.recycler.exit_code
 
 
 if __name__ == "__main__":

@@ -407,6 +407,8 @@ class ConsoleApp(App[None]):
         bar.append(f"  │  {dead} dead", "bold red" if dead else "bright_black")
         if m.step_errors:
             bar.append(f"  │  {len(m.step_errors)} step error{'s' if len(m.step_errors) != 1 else ''}", "bold red")
+        if m.redis_last is not None:
+            bar.append(f"  │  {fmt.redis_status(m.redis_restarts, m.redis_last)}", "bold yellow")
         if self.filter:
             bar.append("  │  filter: ", "bright_black")
             bar.append(self.filter.text, "bold cyan")

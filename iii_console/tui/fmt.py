@@ -132,3 +132,16 @@ def one_line(value: Any, n: int = 60) -> str:
 def plain(value: Any, *, keep_lines: bool = False) -> str:
     """Stored or received text for the screen: control characters escaped (never markup: use it in ``Text``)."""
     return printable("" if value is None else value, keep_lines=keep_lines)
+
+
+def timed_out(ev: Event) -> bool:
+    """A failure by a time limit (hard or soft, or a handler stuck past it)."""
+    return bool(ev.error) and ev.error.startswith(("TimeLimitExceeded", "SoftTimeLimitExceeded"))
+
+
+def redis_status(restarts: int, last: Event) -> str:
+    """The header's word on the embedded Redis once it has died at least once."""
+    at = clock(last.ts)[:8]
+    if last.type == "redis.down":
+        return f"Redis down since {at}, restarting" + (f" ({restarts} restart{'s' if restarts != 1 else ''} so far)" if restarts else "")
+    return f"Redis restarted {restarts}× (last {at})"

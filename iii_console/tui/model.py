@@ -269,6 +269,9 @@ class ConsoleModel:
         #: Recent cron firings and skips, and worker starts and stops (heartbeats are not kept).
         self.cron_events: deque[Event] = deque(maxlen=100)
         self.worker_events: deque[Event] = deque(maxlen=100)
+        #: Restarts of the embedded Redis seen on the stream, and the last ``redis.*`` event.
+        self.redis_restarts = 0
+        self.redis_last: Event | None = None
 
     # -- write side ---------------------------------------------------------
     def ingest(self, events: Iterable[Event], now_ms: int) -> None:
@@ -287,7 +290,7 @@ class ConsoleModel:
                 self._message(ev, seq)
             if t.startswith("message.") and ev.topic:
                 self._topic(ev, now_ms)
-            if t in ("message.failed", "message.dead_lettered", "message.redelivered", "step.error") or (
+            if t in ("message.failed", "message.dead_lettered", "message.redelivered", "step.error", "redis.down") or (
                     t == "log" and isinstance(ev.data, dict) and ev.data.get("level") in ("error", "critical")):
                 self.problems.append(LogEntry(seq, ev))
             if t == "step.error":
@@ -307,6 +310,9 @@ class ConsoleModel:
                 self._state(ev)
             elif t in ("message.dead_lettered", "message.replayed"):
                 self.dlq_rev += 1
+            elif t in ("redis.down", "redis.restarted"):
+                self.redis_last = ev
+                self.redis_restarts += t == "redis.restarted"
             elif t.startswith("worker."):
                 self.workers_rev += 1
                 if t != "worker.heartbeat":

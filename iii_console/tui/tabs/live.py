@@ -129,7 +129,13 @@ def _problem_line(entry: LogEntry) -> Text:
     ev = entry.event
     style = "bold red" if ev.type in ("message.dead_lettered", "step.error") else "dark_orange" if ev.type == "message.redelivered" else "red"
     label = {"message.failed": "failed", "message.dead_lettered": "dead", "step.error": "step.error", "log": "error log",
-             "message.redelivered": "redelivered"}.get(ev.type, ev.type)
+             "message.redelivered": "redelivered", "redis.down": "redis down"}.get(ev.type, ev.type)
+    if ev.type == "message.failed" and fmt.timed_out(ev):
+        label = "timed out"
+    if ev.type == "redis.down":
+        msg_data = ev.data if isinstance(ev.data, dict) else {}
+        return Text.assemble((fmt.hms(ev.ts), "bright_black"), " ", (f"{label:<10}", "bold red"), "\n  ",
+                             (f"{ev.error}; restart {msg_data.get('attempt', 0) + 1} in {msg_data.get('restart_in_ms', '?')} ms", "bold red"))
     if ev.type == "message.redelivered":
         d = ev.data if isinstance(ev.data, dict) else {}
         msg = f"{d.get('reason', '')}: {ev.worker or d.get('worker_id', '?')} held it (delivery {d.get('deliveries', '?')})"

@@ -133,6 +133,10 @@ def worker_line(ev: Any) -> Text:
         queues = d.get("queues") if isinstance(d.get("queues"), dict) else {}
         what = Text.assemble((str(d.get("name") or d.get("id", "")), "bold"), f"  host {d.get('host', '?')} pid {d.get('pid', '?')}  ",
                              ("  ".join(f"{q}×{c}" for q, c in queues.items()), "bright_black"))
+    elif d.get("reason") == "recycled":
+        style = "yellow"
+        what = Text.assemble((str(d.get("id", ""))[:8], "bold"), "  ", (f"recycled ({d.get('cause', '?')})", "bold yellow"),
+                             f"  {d.get('detail', '')}")
     else:
         how = d.get("signal") or (f"exit code {d['exit_code']}" if "exit_code" in d else "")
         extra = (f" ({how})" if how else "") + (f"  gave back {d['requeued']} message(s)" if "requeued" in d else "")
