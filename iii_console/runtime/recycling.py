@@ -20,7 +20,6 @@ import time
 from typing import Any, Callable, Iterable
 
 import dramatiq
-import redis
 from dramatiq.common import q_name
 
 from iii_console.adapters.queue.names import parse_queue
