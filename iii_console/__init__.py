@@ -21,14 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from iii_console.core.context import Context, CronTick, HttpRequest, StateChange, SyncContext
+    from iii_console.core.retry import Retry
     from iii_console.core.steps import Step, cron, http, queue, state
 
 _WHERE = {
     **dict.fromkeys(("Context", "CronTick", "HttpRequest", "StateChange", "SyncContext"), "iii_console.core.context"),
     **dict.fromkeys(("Step", "cron", "http", "queue", "state"), "iii_console.core.steps"),
+    "Retry": "iii_console.core.retry",
 }
 
-__all__ = ["Context", "CronTick", "HttpRequest", "StateChange", "Step", "SyncContext", "cron", "http", "queue", "state"]
+__all__ = ["Context", "CronTick", "HttpRequest", "Retry", "StateChange", "Step", "SyncContext", "cron", "http", "queue", "state"]
 __version__ = "0.1.0"
 
 
