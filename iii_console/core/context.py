@@ -64,6 +64,9 @@ class _BaseContext:
     #: The last attempt the queue's strategy allows (``max_retries + 1``; 1 for HTTP), so a
     #: handler can tell "will be retried" from "this failure is final" when it records one.
     max_attempts: int = 1
+    #: An HTTP request's ``Idempotency-Key`` header (``None`` without one, and outside HTTP steps):
+    #: pass it as ``dedup_key`` so a client's retried request enqueues its work once.
+    idempotency_key: str | None = None
 
     @property
     def logger(self) -> Any:
@@ -93,10 +96,16 @@ class Context(_BaseContext):
     state: Any = None
     _enqueue: Callable[..., Awaitable[list[str]]] | None = None
 
-    async def enqueue(self, topic: str, data: Any, *, priority: str | None = None, delay_ms: int = 0) -> list[str]:
-        """Enqueue ``data`` to ``topic`` (one copy per subscribed step); returns the message ids."""
+    async def enqueue(self, topic: str, data: Any, *, priority: str | None = None, delay_ms: int = 0,
+                      dedup_key: str | None = None, dedup_ttl_ms: int | None = None) -> list[str]:
+        """Enqueue ``data`` to ``topic`` (one copy per subscribed step); returns the message ids.
+
+        With ``dedup_key``, an enqueue to the same topic under the same key within
+        ``dedup_ttl_ms`` (default 24 h) enqueues nothing and returns the first one's ids.
+        """
         assert self._enqueue is not None
-        return await self._enqueue(topic, data, trace_id=self.trace_id, priority=priority, delay_ms=delay_ms, source=self.step)
+        return await self._enqueue(topic, data, trace_id=self.trace_id, priority=priority, delay_ms=delay_ms, source=self.step,
+                                   **_dedup(dedup_key, dedup_ttl_ms))
 
 
 @dataclass
@@ -106,9 +115,19 @@ class SyncContext(_BaseContext):
     state: Any = None
     _enqueue: Callable[..., list[str]] | None = None
 
-    def enqueue(self, topic: str, data: Any, *, priority: str | None = None, delay_ms: int = 0) -> list[str]:
+    def enqueue(self, topic: str, data: Any, *, priority: str | None = None, delay_ms: int = 0,
+                dedup_key: str | None = None, dedup_ttl_ms: int | None = None) -> list[str]:
         assert self._enqueue is not None
-        return self._enqueue(topic, data, trace_id=self.trace_id, priority=priority, delay_ms=delay_ms, source=self.step)
+        return self._enqueue(topic, data, trace_id=self.trace_id, priority=priority, delay_ms=delay_ms, source=self.step,
+                             **_dedup(dedup_key, dedup_ttl_ms))
+
+
+def _dedup(key: str | None, ttl_ms: int | None) -> dict[str, Any]:
+    if key is None:
+        if ttl_ms is not None:
+            raise TypeError("dedup_ttl_ms is given without a dedup_key")
+        return {}
+    return {"dedup_key": key} if ttl_ms is None else {"dedup_key": key, "dedup_ttl_ms": ttl_ms}
 
 
 def is_async(fn: Callable[..., Any]) -> bool:

@@ -26,6 +26,7 @@ EVENT_TYPES = (
     "message.dead_lettered",
     "message.replayed",
     "message.redelivered",
+    "message.deduplicated",
     "state.changed",
     "notification.sent",
     "cron.fired",

@@ -85,6 +85,10 @@ class Keys:
         """Marker that makes an enqueue happen once (state trigger dispatch)."""
         return f"{self.prefix}once:{token}"
 
+    def dedup(self, topic: str, key: str) -> str:
+        """Dedup key of an enqueue to ``topic``: holds the first message's ids (JSON) for its TTL."""
+        return f"{self.prefix}dedup:{topic}:{key}"
+
     @property
     def steps_registry(self) -> str:
         """Hash: step name -> JSON description, published by the running project."""

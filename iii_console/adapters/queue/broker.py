@@ -126,7 +126,7 @@ class IIIBroker(RedisBroker):
         message.options.pop("eta", None)
         self.emit_before("enqueue", message, delay)
         try:
-            self.iii_scripts.enqueue(args=[self.namespace, "", 0, int(delay or 0), "", "", 0, "",
+            self.iii_scripts.enqueue(args=[self.namespace, "", 0, int(delay or 0), "", "", 0, "", "",
                                            message.queue_name, message.options["redis_message_id"], message.encode()])
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
