@@ -85,6 +85,9 @@ class _BaseContext:
             fields.setdefault("message_id", self.message_id)
         self.emitter.emit(type, **fields)
 
+    def _progress_kw(self) -> dict[str, Any]:
+        return {"trace_id": self.trace_id, "step": self.step, "message_id": self.message_id}
+
 
 Enqueue = Callable[..., Any]
 
@@ -95,6 +98,12 @@ class Context(_BaseContext):
 
     state: Any = None
     _enqueue: Callable[..., Awaitable[list[str]]] | None = None
+    _progress: Any = None
+
+    async def progress(self, done: float, total: float, note: str | None = None) -> None:
+        """Report how far this run has got: a ``progress`` event, and the trace's latest value kept in Redis."""
+        assert self._progress is not None
+        await self._progress.report(done, total, note, **self._progress_kw())
 
     async def enqueue(self, topic: str, data: Any, *, priority: str | None = None, delay_ms: int = 0,
                       dedup_key: str | None = None, dedup_ttl_ms: int | None = None) -> list[str]:
@@ -114,6 +123,11 @@ class SyncContext(_BaseContext):
 
     state: Any = None
     _enqueue: Callable[..., list[str]] | None = None
+    _progress: Any = None
+
+    def progress(self, done: float, total: float, note: str | None = None) -> None:
+        assert self._progress is not None
+        self._progress.report(done, total, note, **self._progress_kw())
 
     def enqueue(self, topic: str, data: Any, *, priority: str | None = None, delay_ms: int = 0,
                 dedup_key: str | None = None, dedup_ttl_ms: int | None = None) -> list[str]:

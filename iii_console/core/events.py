@@ -29,6 +29,7 @@ EVENT_TYPES = (
     "message.deduplicated",
     "state.changed",
     "notification.sent",
+    "progress",
     "cron.fired",
     "cron.skipped",
     "worker.started",

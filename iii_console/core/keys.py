@@ -85,6 +85,10 @@ class Keys:
         """Marker that makes an enqueue happen once (state trigger dispatch)."""
         return f"{self.prefix}once:{token}"
 
+    def progress(self, trace_id: str) -> str:
+        """JSON of the latest ``ctx.progress`` of a trace (kept 24 h after its last update)."""
+        return f"{self.prefix}progress:{trace_id}"
+
     def dedup(self, topic: str, key: str) -> str:
         """Dedup key of an enqueue to ``topic``: holds the first message's ids (JSON) for its TTL."""
         return f"{self.prefix}dedup:{topic}:{key}"
