@@ -99,6 +99,15 @@ class Context(_BaseContext):
     state: Any = None
     _enqueue: Callable[..., Awaitable[list[str]]] | None = None
     _progress: Any = None
+    _enqueue_group: Any = None
+
+    async def enqueue_group(self, topic: str, items: list[Any], *, then: str, group_id: str | None = None,
+                            priority: str | None = None) -> str:
+        """Fan out one child per item to ``topic``; when every child is settled (processed or
+        dead-lettered, for any reason) one message goes to ``then`` with the counts. Returns the group id."""
+        assert self._enqueue_group is not None
+        return await self._enqueue_group(topic, items, then=then, group_id=group_id, priority=priority,
+                                         trace_id=self.trace_id, source=self.step)
 
     async def progress(self, done: float, total: float, note: str | None = None) -> None:
         """Report how far this run has got: a ``progress`` event, and the trace's latest value kept in Redis."""
@@ -124,6 +133,13 @@ class SyncContext(_BaseContext):
     state: Any = None
     _enqueue: Callable[..., list[str]] | None = None
     _progress: Any = None
+    _enqueue_group: Any = None
+
+    def enqueue_group(self, topic: str, items: list[Any], *, then: str, group_id: str | None = None,
+                      priority: str | None = None) -> str:
+        assert self._enqueue_group is not None
+        return self._enqueue_group(topic, items, then=then, group_id=group_id, priority=priority,
+                                   trace_id=self.trace_id, source=self.step)
 
     def progress(self, done: float, total: float, note: str | None = None) -> None:
         assert self._progress is not None

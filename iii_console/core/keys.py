@@ -89,6 +89,10 @@ class Keys:
         """JSON of the latest ``ctx.progress`` of a trace (kept 24 h after its last update)."""
         return f"{self.prefix}progress:{trace_id}"
 
+    def group(self, group_id: str) -> str:
+        """Hash: a fan-in group's record (counts, children, its completion until it is enqueued)."""
+        return f"{self.prefix}group:{group_id}"
+
     def dedup(self, topic: str, key: str) -> str:
         """Dedup key of an enqueue to ``topic``: holds the first message's ids (JSON) for its TTL."""
         return f"{self.prefix}dedup:{topic}:{key}"

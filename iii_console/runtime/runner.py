@@ -105,14 +105,16 @@ class StepRunner:
                      message_id: str | None = None, max_attempts: int = 1, idempotency_key: str | None = None) -> SyncContext:
         return SyncContext(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
                            message_id=message_id, max_attempts=max_attempts, idempotency_key=idempotency_key, state=self.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
-                           _enqueue=self.producer.enqueue, _progress=self.progress)
+                           _enqueue=self.producer.enqueue, _progress=self.progress,
+                           _enqueue_group=self.producer.enqueue_group)
 
     def async_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
                       message_id: str | None = None, max_attempts: int = 1, idempotency_key: str | None = None) -> Context:
         side = self.async_side
         return Context(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
                        message_id=message_id, max_attempts=max_attempts, idempotency_key=idempotency_key, state=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
-                       _enqueue=side.producer.enqueue, _progress=side.progress)
+                       _enqueue=side.producer.enqueue, _progress=side.progress,
+                       _enqueue_group=side.producer.enqueue_group)
 
     def call_sync(self, step: Step, input: Any, **ctx_kw: Any) -> Any:
         """Run ``step``'s handler to completion from a plain (worker) thread."""

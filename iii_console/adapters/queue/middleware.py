@@ -108,6 +108,12 @@ class RetryPolicy(dramatiq.Middleware):
             message, dlq=strategy.dead_letter_queue, error=describe(exception),
             traceback=user_traceback(exception), attempts=retries + 1,
         )
-        opts["iii_outcome"] = {"kind": "dead", "entry": asdict(entry)}
+        from pydantic import ValidationError
+
+        from iii_console.core.steps import InvalidInput
+
+        # For a fan-in group: invalid input never ran to a result ("dead"); anything else failed.
+        invalid = isinstance(exception, (ValidationError, InvalidInput))
+        opts["iii_outcome"] = {"kind": "dead", "entry": asdict(entry), "fanin": "dead" if invalid else "failed"}
         message.iii_event = self.emitter.make("message.dead_lettered", **where, error=entry.error,
                                               data={"dlq": entry.dlq, "attempts": entry.attempts})

@@ -11,6 +11,7 @@ exactly when Redis holds it. A delayed message waits in Redis (its queue's
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -30,6 +31,14 @@ from iii_console.core.steps import PRIORITIES
 
 class EnqueueError(IIIError):
     """The message could not be enqueued (bad priority, not JSON...)."""
+
+
+#: A fan-in group id (part of Redis keys).
+GROUP_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+#: Most children one group may have.
+GROUP_MAX = 100_000
+#: Where a completion's result goes in its pre-built message and event (see ``lua/_fanin.lua``).
+RESULT_MARK = "__III_GROUP_RESULT__"
 
 
 Subscriptions = dict[str, list[Subscription]]
@@ -81,6 +90,51 @@ class _Builder:
             args.extend([queue, opts["redis_message_id"], encoded])
             copies.append((sub, msg))
         return args, copies, prio
+
+    def group(self, topic: str, items: Any, *, then: str, group_id: str | None, trace_id: str, priority: str | None,
+              source: str | None) -> tuple[str, list[Any], list[Any], dict[str, Any]]:
+        """A fan-in group: ``(id, the children's script triples, their events, the script's X with the record)``.
+
+        The record holds the completion ready-made (its copies' bodies and
+        events, with a mark where the result goes), so the settle that finishes
+        the group enqueues it in the same script (``lua/_fanin.lua``).
+        """
+        if isinstance(items, (str, bytes, dict)) or not hasattr(items, "__iter__"):
+            raise EnqueueError(f"enqueue_group takes a list of the children's data, not {type(items).__name__}")
+        items = list(items)
+        if len(items) > GROUP_MAX:
+            raise EnqueueError(f"a group has at most {GROUP_MAX} children, not {len(items)}")
+        if not isinstance(then, str) or not then:
+            raise EnqueueError("enqueue_group needs then=<completion topic>")
+        gid = uuid.uuid4().hex if group_id is None else group_id
+        if not isinstance(gid, str) or not GROUP_ID.fullmatch(gid):
+            raise EnqueueError(f"group_id must be 1 to 128 of A-Z a-z 0-9 _ . : -, not {gid!r}")
+        done, c_copies, c_prio = self.build(then, RESULT_MARK, trace_id=trace_id, priority=None, delay_ms=0, source=source,
+                                            options={"group_of": gid})
+        if not c_copies:
+            raise EnqueueError(f"no step subscribes to the completion topic {then!r}")
+        triples: list[Any] = []
+        events: list[Any] = []
+        ids: list[str] = []
+        for item in items:
+            t, copies, prio = self.build(topic, item, trace_id=trace_id, priority=priority, delay_ms=0, source=source,
+                                         options={"iii_group": gid})
+            triples.extend(t)
+            events.extend(self.events(topic, item, copies, prio, 0, source, trace_id))
+            ids.extend(m.message_id for _, m in copies)
+        c_events = self.events(then, RESULT_MARK, c_copies, c_prio, 0, source, trace_id)
+        stream = self.emitter.stream
+        ev = json.loads(stream.payload((), c_events)) if stream is not None else {"s": [], "st": [[], [], []]}
+        fields: list[Any] = ["id", gid, "topic", topic, "then", then, "trace_id", trace_id, "created_ms", now_ms(),
+                             "total", len(ids), "pending", len(ids), "ok", 0, "failed", 0, "dead", 0,
+                             "ids", json.dumps(ids), "done", json.dumps([[done[i], done[i + 1], done[i + 2].decode()] for i in range(0, len(done), 3)]),
+                             "ev", json.dumps({"s": ev["s"], "st": ev["st"]})]
+        for mid in ids:
+            fields.extend([f"c:{mid}", "pending"])
+        return gid, triples, events, {"g": {"key": self.keys.group(gid), "fields": fields}}
+
+    def empty_result(self, gid: str) -> dict[str, Any]:
+        return {"group_id": gid, "total": 0, "ok": 0, "failed": 0, "dead": 0, "children": [], "failed_ids": [], "dead_ids": []}
 
     def events(self, topic: str, data: Any, copies: list[tuple[Subscription, Message]], prio: str, delay_ms: int,
                source: str | None, trace_id: str) -> list[Any]:
@@ -165,6 +219,24 @@ class Producer(_Builder):
         return ids
 
 
+    def enqueue_group(self, topic: str, items: Any, *, then: str, trace_id: str, group_id: str | None = None,
+                      priority: str | None = None, source: str | None = None) -> str:
+        """Enqueue one child per item to ``topic`` and, once every child is settled, one message to ``then``.
+
+        Returns the group id. A group id used before (within 24 h) enqueues nothing again.
+        """
+        gid, triples, events, extras = self.group(topic, items, then=then, group_id=group_id, trace_id=trace_id,
+                                                  priority=priority, source=source)
+        once = self.keys.once(f"group:{gid}")
+        if not triples:  # no child at all: the group is complete now
+            self.enqueue(then, self.empty_result(gid), trace_id=trace_id, source=source, once=once, options={"group_of": gid})
+            return gid
+        ns = self.keys.dramatiq_namespace
+        self.emitter.transition(lambda ev: self.scripts.enqueue(args=_script_args(
+            ns, triples, once=once, once_ttl_ms=86_400_000, delay_ms=0, events=ev, floor=None, extras=extras)), *events)
+        return gid
+
+
 class AsyncProducer(_Builder):
     """The same for the HTTP server and ``async def`` handlers."""
 
@@ -197,6 +269,22 @@ class AsyncProducer(_Builder):
             if isinstance(n, (bytes, str)):
                 return list(json.loads(n))
         return ids
+
+
+    async def enqueue_group(self, topic: str, items: Any, *, then: str, trace_id: str, group_id: str | None = None,
+                            priority: str | None = None, source: str | None = None) -> str:
+        gid, triples, events, extras = self.group(topic, items, then=then, group_id=group_id, trace_id=trace_id,
+                                                  priority=priority, source=source)
+        once = self.keys.once(f"group:{gid}")
+        if not triples:
+            triples, copies, prio = self.build(then, self.empty_result(gid), trace_id=trace_id, priority=None, delay_ms=0,
+                                               source=source, options={"group_of": gid})
+            events, extras = self.events(then, self.empty_result(gid), copies, prio, 0, source, trace_id), {}
+        stream = self.emitter.stream
+        ev = stream.payload((), events) if stream is not None else ""
+        await self._enqueue(args=_script_args(self.keys.dramatiq_namespace, triples, once=once, once_ttl_ms=86_400_000,
+                                              delay_ms=0, events=ev, floor=None, extras=extras))
+        return gid
 
 
 def subscriptions_for(steps: Any) -> Subscriptions:
