@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from iii_console.core.errors import ConfigError
 
@@ -107,6 +107,20 @@ class ServerConfig(_Section):
         return ["127.0.0.1", "localhost", "[::1]", "::1"] if self.loopback else ["*"]
 
 
+class ThrottleConfig(_Section):
+    key: str = Field(pattern=r"^[^.\s]+(\.[^.\s]+)*$", max_length=200)
+    """Dotted path into the message data (``customer.id``) whose value names the throttled key."""
+    limit: int | None = Field(default=None, ge=1, le=1_000_000)
+    """At most this many handler starts per key in any ``period_ms`` window, cluster-wide."""
+    period_ms: int | None = Field(default=None, ge=1, le=86_400_000)
+
+    @model_validator(mode="after")
+    def _both(self) -> "ThrottleConfig":
+        if (self.limit is None) != (self.period_ms is None):
+            raise ValueError("limit and period_ms go together")
+        return self
+
+
 class QueueConfig(_Section):
     max_retries: int = Field(default=3, ge=0, le=1000)
     """Retries after the first attempt; ``max_retries + 1`` attempts in all."""
@@ -123,6 +137,16 @@ class QueueConfig(_Section):
     them) goes to the dead-letter queue without running again."""
     priority: Literal["high", "normal", "low"] = "normal"
     """Default priority of messages enqueued to this topic without an explicit one."""
+    throttle: ThrottleConfig | None = None
+    """Per-key rate limit across every worker process; an over-limit message waits (re-delayed) without spending an attempt."""
+    concurrency_per_key: int | None = Field(default=None, ge=1, le=10_000)
+    """Handlers running at once per ``throttle.key`` value, across every worker process."""
+
+    @model_validator(mode="after")
+    def _per_key(self) -> "QueueConfig":
+        if self.concurrency_per_key is not None and self.throttle is None:
+            raise ValueError("concurrency_per_key needs throttle.key: the path to the key in the message data")
+        return self
 
     def delay_for(self, retry: int) -> int:
         """Delay in ms before retry number ``retry`` (1-based)."""

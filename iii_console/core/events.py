@@ -27,6 +27,8 @@ EVENT_TYPES = (
     "message.replayed",
     "message.redelivered",
     "message.deduplicated",
+    "message.throttled",
+    "group.completed",
     "state.changed",
     "notification.sent",
     "progress",

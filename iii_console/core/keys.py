@@ -93,6 +93,14 @@ class Keys:
         """Hash: a fan-in group's record (counts, children, its completion until it is enqueued)."""
         return f"{self.prefix}group:{group_id}"
 
+    def throttle(self, topic: str, step: str, key: str) -> str:
+        """Sorted set: the recent handler starts of one throttle key of a subscription (Redis-clock ms)."""
+        return f"{self.prefix}throttle:{topic}:{step}:{key}"
+
+    def throttle_running(self, topic: str, step: str, key: str) -> str:
+        """Sorted set: ``worker|message`` holding one of a throttle key's running slots."""
+        return f"{self.prefix}throttle-running:{topic}:{step}:{key}"
+
     def dedup(self, topic: str, key: str) -> str:
         """Dedup key of an enqueue to ``topic``: holds the first message's ids (JSON) for its TTL."""
         return f"{self.prefix}dedup:{topic}:{key}"

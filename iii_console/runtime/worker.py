@@ -31,6 +31,7 @@ from iii_console.adapters.queue.middleware import LifecycleEvents, RetryPolicy
 from iii_console.adapters.queue.names import ACTOR_PRIORITY, CRON_TOPIC, STATE_TOPIC, Subscription, parse_queue
 from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.adapters.queue.sweep import requeue_worker, sweep_dead_workers
+from iii_console.adapters.queue.throttle import Throttle
 from iii_console.core.config import Config
 from iii_console.core.context import CronTick, StateChange
 from iii_console.core.discovery import StepSet, discover
@@ -115,7 +116,8 @@ class WorkerRuntime:
         self.events = LifecycleEvents(self.services.emitter)
         self.broker = IIIBroker(
             client=self.services.client, keys=self.services.keys, emitter=self.services.emitter,
-            middleware=[CurrentMessage(), RetryPolicy(config, self.services.emitter), self.events],
+            middleware=[CurrentMessage(), RetryPolicy(config, self.services.emitter),
+                        Throttle(config, self.services.emitter), self.events],
             max_deliveries=lambda topic: config.queue(topic).max_deliveries,
             dead_letter_queue=lambda topic: config.queue(topic).dead_letter_queue,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-_NAMES = ("enqueue", "fetch", "move", "dead", "heartbeat", "sweep", "requeue_dead", "requeue", "ack", "promote")
+_NAMES = ("enqueue", "fetch", "move", "dead", "heartbeat", "sweep", "requeue_dead", "requeue", "ack", "promote", "throttle")
 #: Scripts that write events and so need the shared prelude.
 _WITH_EVENTS = {"enqueue", "move", "dead", "requeue_dead", "ack", "promote"}
 #: Scripts that settle a message, and so may settle its fan-in group (``lua/_fanin.lua``).
@@ -34,6 +34,7 @@ class Scripts:
     requeue: Any
     ack: Any
     promote: Any
+    throttle: Any
 
     def __init__(self, client: Any):
         for name, src in SOURCES.items():
