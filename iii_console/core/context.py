@@ -47,10 +47,12 @@ class StateChange:
 
 @dataclass(frozen=True)
 class CronTick:
-    """Input of a cron step: when the tick was due and when it actually fired (ms)."""
+    """Input of a cron step: when the tick was due and when it actually fired (ms), and whether it was run by hand."""
 
     scheduled_ms: int
     fired_ms: int
+    #: True for a tick fired by ``iii-console cron run`` rather than the schedule.
+    manual: bool = False
 
 
 @dataclass
@@ -100,6 +102,12 @@ class Context(_BaseContext):
     _enqueue: Callable[..., Awaitable[list[str]]] | None = None
     _progress: Any = None
     _enqueue_group: Any = None
+    _leases: Any = None
+
+    async def lock(self, name: str, ttl_ms: int) -> Any:
+        """Take the lease ``name`` for ``ttl_ms`` (``LockTaken`` if held): an ``AsyncLease`` with a fencing token."""
+        assert self._leases is not None
+        return await self._leases.acquire(name, ttl_ms)
 
     async def enqueue_group(self, topic: str, items: list[Any], *, then: str, group_id: str | None = None,
                             priority: str | None = None) -> str:
@@ -134,6 +142,12 @@ class SyncContext(_BaseContext):
     _enqueue: Callable[..., list[str]] | None = None
     _progress: Any = None
     _enqueue_group: Any = None
+    _leases: Any = None
+
+    def lock(self, name: str, ttl_ms: int) -> Any:
+        """Take the lease ``name`` for ``ttl_ms`` (``LockTaken`` if held): a ``Lease`` with a fencing token."""
+        assert self._leases is not None
+        return self._leases.acquire(name, ttl_ms)
 
     def enqueue_group(self, topic: str, items: list[Any], *, then: str, group_id: str | None = None,
                       priority: str | None = None) -> str:

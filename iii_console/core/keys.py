@@ -101,6 +101,18 @@ class Keys:
         """Sorted set: ``worker|message`` holding one of a throttle key's running slots."""
         return f"{self.prefix}throttle-running:{topic}:{step}:{key}"
 
+    def lock(self, name: str) -> str:
+        """A lease (``ctx.lock``): holds its fencing token, expires with the lease."""
+        return f"{self.prefix}lock:{name}"
+
+    def lock_tokens(self, name: str) -> str:
+        """Counter of a lock's fencing tokens (never expires, so tokens only grow)."""
+        return f"{self.prefix}lock-tokens:{name}"
+
+    def fence(self, resource: str) -> str:
+        """The newest fencing token that touched ``resource`` (``lease.fence``)."""
+        return f"{self.prefix}fence:{resource}"
+
     def dedup(self, topic: str, key: str) -> str:
         """Dedup key of an enqueue to ``topic``: holds the first message's ids (JSON) for its TTL."""
         return f"{self.prefix}dedup:{topic}:{key}"

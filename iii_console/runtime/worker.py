@@ -161,7 +161,7 @@ class WorkerRuntime:
             msg = CurrentMessage.get_current_message()
             opts = msg.options if msg else {}
             if sub.topic == CRON_TOPIC:
-                value: Any = CronTick(scheduled_ms=data["scheduled_ms"], fired_ms=data["fired_ms"])
+                value: Any = CronTick(scheduled_ms=data["scheduled_ms"], fired_ms=data["fired_ms"], manual=bool(data.get("manual")))
                 trig = {"type": "cron", **data}  # with the expression, which tells a step's cron triggers apart
             elif sub.topic == STATE_TOPIC:
                 value = StateChange(**data)
