@@ -137,6 +137,8 @@ class QueueConfig(_Section):
     them) goes to the dead-letter queue without running again."""
     priority: Literal["high", "normal", "low"] = "normal"
     """Default priority of messages enqueued to this topic without an explicit one."""
+    dead_letter_ttl: int | None = Field(default=None, ge=1000, le=366 * 86_400_000)
+    """Milliseconds a dead letter of this topic is kept after its last failure; unset: until purged or replayed."""
     throttle: ThrottleConfig | None = None
     """Per-key rate limit across every worker process; an over-limit message waits (re-delayed) without spending an attempt."""
     concurrency_per_key: int | None = Field(default=None, ge=1, le=10_000)
@@ -203,6 +205,11 @@ class Config(_Section):
             if len(self._queue_cache) < 10_000:
                 self._queue_cache[topic] = got
         return got
+
+    def dead_letter_ttls(self) -> tuple[Any, int | None]:
+        """``(topic -> its dead_letter_ttl or None, the shortest one configured or None)``."""
+        ttls = [q.dead_letter_ttl for q in self.queues.values() if q.dead_letter_ttl is not None]
+        return (lambda topic: self.queue(topic).dead_letter_ttl), (min(ttls) if ttls else None)
 
     @property
     def dead_letter_queues(self) -> list[str]:

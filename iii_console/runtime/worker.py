@@ -307,7 +307,17 @@ class WorkerRuntime:
         moved = sweep_dead_workers(self.services.client, self.services.keys, self.broker.iii_scripts, self.services.emitter,
                                    timeout_ms=int(self.config.workers.heartbeat_timeout * 1000), self_id=self.worker_id)
         moved += self._claim_stale_changes()
+        self.expire_dead_letters()
         return moved
+
+    def expire_dead_letters(self) -> int:
+        """Drop dead letters past their topic's ``dead_letter_ttl`` (none unless one is configured)."""
+        ttl_for, shortest = self.config.dead_letter_ttls()
+        if shortest is None:
+            return 0
+        from iii_console.core.dlq import DeadLetterStore, expire
+
+        return expire(DeadLetterStore(self.services.client, self.services.keys), ttl_for, now_ms(), shortest_ms=shortest)
 
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.config.workers.sweep_interval):
