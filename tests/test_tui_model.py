@@ -197,3 +197,28 @@ def test_the_workers_view_names_a_crashed_process_signal_and_what_it_gave_back()
                data={"id": "0123456789", "reason": "crashed", "signal": "SIGKILL", "requeued": 3})
     text = worker_line(ev).plain
     assert "crashed" in text and "SIGKILL" in text and "gave back 3" in text
+
+
+def test_throttled_messages_progress_and_groups_show_in_the_console():
+    """Given a message throttled on a key, then started with progress reported, and a completed group, when the
+    events are ingested, then the row goes throttled → running with its progress, the Queues view can list what
+    waits on which key, and each event reads as one line."""
+    from iii_console.format import detail
+    from iii_console.tui.tabs.messages import _duration
+
+    base = dict(message_id="m1", trace_id="t1", step="Mail", topic="mails", queue="mails--Mail--normal")
+    m = ConsoleModel()
+    throttled = Event("message.throttled", ts=T0_MS + 1, attempt=1,
+                      data={"key": "acme", "reason": "limit", "wait_ms": 400, "limit": 3, "period_ms": 1000}, **base)
+    m.ingest([Event("message.enqueued", ts=T0_MS, **base), throttled], NOW)
+    assert m.messages["m1"].status == "throttled" and m.throttled() == {"mails": {"acme": 1}}
+    progress = Event("progress", ts=T0_MS + 3, data={"done": 3, "total": 10, "percent": 30.0, "note": "rows"}, **base)
+    m.ingest([Event("message.started", ts=T0_MS + 2, attempt=1, **base), progress], NOW)
+    row = m.messages["m1"]
+    assert row.status == "running" and row.progress == (3.0, 10.0) and m.throttled() == {}
+    assert _duration(row).plain == "██░░░ 30%"
+    assert detail(throttled) == "key acme: over limit; waits 400 ms (attempt not spent)"
+    assert detail(progress) == "███░░░░░░░ 3/10 rows"
+    done = Event("group.completed", ts=T0_MS, trace_id="t1", data={"group_id": "g", "total": 4, "ok": 2, "failed": 1, "dead": 1})
+    assert detail(done) == "group g: 2 ok, 1 failed, 1 dead of 4"
+    assert [e.type for e in m.traces.get("t1") or []][-1] == "progress"

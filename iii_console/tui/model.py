@@ -88,6 +88,8 @@ STATUS = {
     # Its worker died (or gave it up at a stop) mid-run: back in its queue, the
     # same attempt to run again. Ranked by the redelivery count (see apply).
     "message.redelivered": ("redelivered", 0),
+    # Over its key's throttle: back in the delayed set, the same attempt to come.
+    "message.throttled": ("throttled", 0),
 }
 TERMINAL = frozenset({"processed", "dead"})
 
@@ -113,6 +115,10 @@ class MessageRow:
     replays: int = 0
     #: Times a worker holding it died (or gave it up) mid-run.
     redeliveries: int = 0
+    #: The latest ``ctx.progress`` of its run: (done, total).
+    progress: tuple[float, float] | None = None
+    #: The throttle key it last waited on.
+    throttle_key: str | None = None
     _status_at: tuple[int, int, int, int] = (-1, -1, -1, -1)
 
     def apply(self, ev: Event, rev: int) -> None:
@@ -138,6 +144,8 @@ class MessageRow:
             self.error = ev.error
         if ev.type == "message.replayed":
             self.replays += 1
+        if ev.type == "message.throttled":
+            self.throttle_key = str(d.get("key", "")) or None
         if ev.type == "message.redelivered":
             # Written by the script that put it back, after anything of the run it
             # ends: what follows (the next start) moves on from here.
@@ -285,6 +293,8 @@ class ConsoleModel:
                 self.tiles[tile].add(ev.ts, now_ms)
             if t in STATUS and ev.message_id:
                 self._message(ev, seq)
+            elif t == "progress" and ev.message_id in self.messages:
+                self._progress(ev, seq)
             if t.startswith("message.") and ev.topic:
                 self._topic(ev, now_ms)
             if t in ("message.failed", "message.dead_lettered", "message.redelivered", "step.error") or (
@@ -335,6 +345,13 @@ class ConsoleModel:
         was_running = row.status == "running"
         row.apply(ev, seq)
         self.in_flight += (row.status == "running") - was_running
+
+    def _progress(self, ev: Event, seq: int) -> None:
+        d = ev.data if isinstance(ev.data, dict) else {}
+        done, total = d.get("done"), d.get("total")
+        if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:
+            row = self.messages[ev.message_id or ""]
+            row.progress, row.rev = (float(done), float(total)), seq
 
     def _topic(self, ev: Event, now_ms: int) -> None:
         tc = self.topics.get(ev.topic or "")
@@ -406,6 +423,15 @@ class ConsoleModel:
             out.append(row)
             if len(out) >= limit:
                 break
+        return out
+
+    def throttled(self) -> dict[str, dict[str, int]]:
+        """topic -> throttle key -> messages waiting on it (their last event was ``message.throttled``)."""
+        out: dict[str, dict[str, int]] = {}
+        for row in self.messages.values():
+            if row.status == "throttled":
+                keys = out.setdefault(row.topic or "", {})
+                keys[row.throttle_key or "?"] = keys.get(row.throttle_key or "?", 0) + 1
         return out
 
     def iter_problems(self) -> Iterator[Event]:

@@ -70,6 +70,13 @@ class MessagesPane(Pane):
             self.post_message(OpenTrace(trace, key))
 
 
+def _duration(r: MessageRow) -> Text:
+    """How long its run took; while it runs, the progress it last reported (``ctx.progress``)."""
+    if r.status == "running" and r.progress is not None:
+        return t(fmt.progress_bar(*r.progress, width=5), "cyan", justify="right")
+    return t(fmt.duration(r.duration_ms), justify="right")
+
+
 def _cells(r: MessageRow, now_ms: int) -> tuple[Text, ...]:
     return (
         t(r.message_id[:8], "bold"),
@@ -79,7 +86,7 @@ def _cells(r: MessageRow, now_ms: int) -> tuple[Text, ...]:
         n(r.attempts),
         t(r.priority, fmt.PRIORITY_STYLE.get(r.priority, "")),
         t(fmt.age(r.created_ms, now_ms), justify="right"),
-        t(fmt.duration(r.duration_ms), justify="right"),
+        _duration(r),
         t(r.trace_id[:8], "bright_black"),
         t(r.error or "", "red" if r.status in ("failed", "retrying", "dead") else "bright_black"),
     )
