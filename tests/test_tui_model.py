@@ -222,3 +222,18 @@ def test_throttled_messages_progress_and_groups_show_in_the_console():
     done = Event("group.completed", ts=T0_MS, trace_id="t1", data={"group_id": "g", "total": 4, "ok": 2, "failed": 1, "dead": 1})
     assert detail(done) == "group g: 2 ok, 1 failed, 1 dead of 4"
     assert [e.type for e in m.traces.get("t1") or []][-1] == "progress"
+
+
+def test_a_fan_in_group_shows_its_children_settled_then_its_completion():
+    """Given a group of two children enqueued, one processed, when the last is dead-lettered and the group
+    completes, then the console's group goes 0/2 → 1/2 → done with the completion's counts."""
+    m = ConsoleModel()
+    kids = [dict(message_id=f"c{i}", trace_id="t", step="Part", topic="parts", queue="parts--Part--normal") for i in (1, 2)]
+    m.ingest([Event("message.enqueued", ts=T0_MS, data={"payload": {}, "group_id": "g1"}, **k) for k in kids], NOW)
+    assert (m.groups["g1"].total, m.groups["g1"].settled) == (2, 0)
+    m.ingest([Event("message.processed", ts=T0_MS + 1, attempt=1, **kids[0])], NOW)
+    m.ingest([Event("message.processed", ts=T0_MS + 1, attempt=1, **kids[0])], NOW)  # seen twice: settled once
+    assert m.groups["g1"].settled == 1 and m.groups["g1"].done is None
+    m.ingest([Event("message.dead_lettered", ts=T0_MS + 2, attempt=1, data={"dlq": "d", "attempts": 1}, **kids[1]),
+              Event("group.completed", ts=T0_MS + 2, trace_id="t", data={"group_id": "g1", "total": 2, "ok": 1, "failed": 0, "dead": 1})], NOW)
+    assert m.groups["g1"].settled == 2 and m.groups["g1"].done["dead"] == 1

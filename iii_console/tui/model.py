@@ -234,6 +234,15 @@ class TopicCounts:
 
 
 @dataclass(slots=True)
+class GroupSeen:
+    """A fan-in group as the console has seen it: children enqueued, settled, and its completion."""
+
+    total: int = 0
+    settled: int = 0
+    done: dict | None = None
+
+
+@dataclass(slots=True)
 class CronSeen:
     fired: int = 0
     skipped: int = 0
@@ -274,6 +283,9 @@ class ConsoleModel:
         self.dlq_rev = 0
         self.workers_rev = 0
         self.cron: dict[str, CronSeen] = {}
+        #: Fan-in groups by id (newest last), and the group of each child message seen.
+        self.groups: OrderedDict[str, GroupSeen] = OrderedDict()
+        self._child_group: OrderedDict[str, str] = OrderedDict()
         #: Recent cron firings and skips, and worker starts and stops (heartbeats are not kept).
         self.cron_events: deque[Event] = deque(maxlen=100)
         self.worker_events: deque[Event] = deque(maxlen=100)
@@ -293,8 +305,12 @@ class ConsoleModel:
                 self.tiles[tile].add(ev.ts, now_ms)
             if t in STATUS and ev.message_id:
                 self._message(ev, seq)
+                self._group_child(ev)
             elif t == "progress" and ev.message_id in self.messages:
                 self._progress(ev, seq)
+            elif t == "group.completed" and isinstance(ev.data, dict) and ev.data.get("group_id"):
+                seen = self._group(str(ev.data["group_id"]))
+                seen.done = ev.data
             if t.startswith("message.") and ev.topic:
                 self._topic(ev, now_ms)
             if t in ("message.failed", "message.dead_lettered", "message.redelivered", "step.error") or (
@@ -345,6 +361,28 @@ class ConsoleModel:
         was_running = row.status == "running"
         row.apply(ev, seq)
         self.in_flight += (row.status == "running") - was_running
+
+    def _group(self, gid: str) -> GroupSeen:
+        seen = self.groups.get(gid)
+        if seen is None:
+            seen = self.groups[gid] = GroupSeen()
+            if len(self.groups) > 200:
+                self.groups.popitem(last=False)
+        return seen
+
+    def _group_child(self, ev: Event) -> None:
+        d = ev.data if isinstance(ev.data, dict) else {}
+        mid = ev.message_id or ""
+        if ev.type == "message.enqueued" and d.get("group_id"):
+            if mid not in self._child_group:
+                self._child_group[mid] = str(d["group_id"])
+                if len(self._child_group) > self.max_messages * 5:
+                    self._child_group.popitem(last=False)
+                self._group(str(d["group_id"])).total += 1
+        elif ev.type in ("message.processed", "message.dead_lettered") and mid in self._child_group:
+            gid = self._child_group.pop(mid)  # settled once
+            if gid in self.groups:
+                self.groups[gid].settled += 1
 
     def _progress(self, ev: Event, seq: int) -> None:
         d = ev.data if isinstance(ev.data, dict) else {}

@@ -120,7 +120,7 @@ class _Builder:
             t, copies, prio = self.build(topic, item, trace_id=trace_id, priority=priority, delay_ms=0, source=source,
                                          options={"iii_group": gid})
             triples.extend(t)
-            events.extend(self.events(topic, item, copies, prio, 0, source, trace_id))
+            events.extend(self.events(topic, item, copies, prio, 0, source, trace_id, group=gid))
             ids.extend(m.message_id for _, m in copies)
         c_events = self.events(then, RESULT_MARK, c_copies, c_prio, 0, source, trace_id)
         stream = self.emitter.stream
@@ -137,14 +137,15 @@ class _Builder:
         return {"group_id": gid, "total": 0, "ok": 0, "failed": 0, "dead": 0, "children": [], "failed_ids": [], "dead_ids": []}
 
     def events(self, topic: str, data: Any, copies: list[tuple[Subscription, Message]], prio: str, delay_ms: int,
-               source: str | None, trace_id: str) -> list[Any]:
+               source: str | None, trace_id: str, group: str | None = None) -> list[Any]:
         """The copies' ``message.enqueued`` events, written by the enqueue script itself."""
         if not copies:
             self.emitter.emit("log", trace_id=trace_id, step=source, topic=topic,
                               data={"level": "warning", "message": f"no step subscribes to topic {topic!r}; message dropped"})
         return [
             self.emitter.make("message.enqueued", trace_id=trace_id, message_id=msg.message_id, step=sub.step, topic=topic,
-                              queue=sub.queue(prio), data={"payload": data, "priority": prio, "delay_ms": delay_ms, "source": source})
+                              queue=sub.queue(prio), data={"payload": data, "priority": prio, "delay_ms": delay_ms, "source": source,
+                                                           **({"group_id": group} if group else {})})
             for sub, msg in copies
         ]
 

@@ -60,7 +60,13 @@ class MessagesPane(Pane):
         counts: dict[str, int] = {}
         for r in view.model.messages.values():
             counts[r.status] = counts.get(r.status, 0) + 1
-        retitle(table, subtitle=" ".join(f"{s} {c}" for s, c in sorted(counts.items())))
+        sub = " ".join(f"{s} {c}" for s, c in sorted(counts.items()))
+        groups = list(view.model.groups.items())[-3:]
+        if groups:  # the latest fan-in groups: children settled of those seen enqueued, or the completion's counts
+            sub += " · groups: " + ", ".join(
+                f"{gid[:8]} " + (f"done {g.done.get('ok')}/{g.done.get('total')} ok" if g.done else f"{g.settled}/{g.total}")
+                for gid, g in groups)
+        retitle(table, subtitle=sub)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
