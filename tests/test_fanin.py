@@ -188,3 +188,29 @@ def test_with_two_worker_processes_killed_at_random_the_completion_fires_exactly
         svc.close()
     finally:
         run.stop()
+
+
+FLAKY_PARENT = """
+from iii_console import Step, queue
+config = Step(name="Split", triggers=[queue("jobs")])
+def handler(job, ctx):
+    gid = ctx.enqueue_group("parts", job["parts"], then="parts.done")
+    ctx.state.update("groups", "made", [{"type": "set", "path": [str(ctx.attempt)], "value": gid}])
+    if ctx.attempt == 1:
+        raise RuntimeError("the parent fails after making its group")
+"""
+
+
+def test_a_parent_run_twice_makes_its_group_once(project, runtime, producer, r, keys):
+    cfg, steps = project({"part_step.py": CHILD, "done_step.py": DONE, "split_step.py": FLAKY_PARENT},
+                         "queues:\n  jobs:\n    retry_delay: 20\n")
+    runtime(cfg, steps)
+    [mid] = producer(cfg, steps).enqueue("jobs", {"parts": parts(3, 0, 0)}, trace_id="t")
+    wait_for(lambda: completions(r, keys), what="completion")
+    wait_for(lambda: len(json.loads(r.hget(keys.state_group("groups"), "made") or "{}")) == 2, what="two parent runs")
+    time.sleep(0.3)
+    made = json.loads(r.hget(keys.state_group("groups"), "made"))
+    assert made["1"] == made["2"] == f"{mid}.0"  # the same group id on the rerun: enqueued once
+    [result] = completions(r, keys)
+    assert result["total"] == 3 and result["ok"] == 3
+    assert len([e for e in events(r, keys, "message.enqueued") if e.topic == "parts"]) == 3

@@ -87,6 +87,18 @@ class _BaseContext:
             fields.setdefault("message_id", self.message_id)
         self.emitter.emit(type, **fields)
 
+    def _group_id(self, group_id: str | None) -> str | None:
+        """A group id that a rerun of this message's handler gives again (so the group is not made twice).
+
+        The n-th group a queue run makes is ``{message_id}.{n}``; outside a queue
+        run (HTTP) a fresh id is made by the producer.
+        """
+        if group_id is not None or not self.message_id:
+            return group_id
+        n = self.__dict__.get("_groups_made", 0)
+        self.__dict__["_groups_made"] = n + 1
+        return f"{self.message_id}.{n}"
+
     def _progress_kw(self) -> dict[str, Any]:
         return {"trace_id": self.trace_id, "step": self.step, "message_id": self.message_id}
 
@@ -114,7 +126,7 @@ class Context(_BaseContext):
         """Fan out one child per item to ``topic``; when every child is settled (processed or
         dead-lettered, for any reason) one message goes to ``then`` with the counts. Returns the group id."""
         assert self._enqueue_group is not None
-        return await self._enqueue_group(topic, items, then=then, group_id=group_id, priority=priority,
+        return await self._enqueue_group(topic, items, then=then, group_id=self._group_id(group_id), priority=priority,
                                          trace_id=self.trace_id, source=self.step)
 
     async def progress(self, done: float, total: float, note: str | None = None) -> None:
@@ -152,7 +164,7 @@ class SyncContext(_BaseContext):
     def enqueue_group(self, topic: str, items: list[Any], *, then: str, group_id: str | None = None,
                       priority: str | None = None) -> str:
         assert self._enqueue_group is not None
-        return self._enqueue_group(topic, items, then=then, group_id=group_id, priority=priority,
+        return self._enqueue_group(topic, items, then=then, group_id=self._group_id(group_id), priority=priority,
                                    trace_id=self.trace_id, source=self.step)
 
     def progress(self, done: float, total: float, note: str | None = None) -> None:
