@@ -83,6 +83,12 @@ def test_the_completion_carries_counts_and_child_ids_once_every_child_is_settled
     assert done.trace_id == "trace-g" and done.data == {"group_id": "g1", "total": 8, "ok": 5, "failed": 2, "dead": 1}
     [enq] = [e for e in events(r, keys, "message.enqueued") if e.topic == "parts.done"]
     assert enq.data["payload"]["ok"] == 5 and enq.trace_id == "trace-g"
+    from iii_console.core.groups import read_group
+
+    assert read_group(r, keys, "g1") == {"group_id": "g1", "total": 8, "pending": 0, "ok": 5, "failed": 2, "dead": 1,
+                                         "settled": 8, "percent": 100.0, "completed_ms": read_group(r, keys, "g1")["completed_ms"],
+                                         "topic": "parts", "then": "parts.done"}
+    assert read_group(r, keys, "g1")["completed_ms"] > 0 and read_group(r, keys, "nope") is None
     record = r.hgetall(keys.group("g1"))
     assert record[b"pending"] == b"0" and b"completed_ms" in record and b"done" not in record
     assert 0 < r.pttl(keys.group("g1")) <= 7 * 86_400_000
