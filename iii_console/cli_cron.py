@@ -20,11 +20,9 @@ def cron_cmd() -> None:
 @_common
 def cron_run(step_name: str, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
     """Fire cron step STEP now, outside its schedule (marked manual in its events and ctx.trigger)."""
-    from iii_console.adapters.queue.producer import subscriptions_for
+    from iii_console.core.cronrun import run_now
     from iii_console.core.discovery import discover
-    from iii_console.core.events import now_ms
-    from iii_console.runtime.runner import StepRunner
-    from iii_console.runtime.scheduler import run_now
+    from iii_console.core.steps import CronTrigger
     from iii_console.runtime.services import Services
 
     cfg = _load(config_path, redis_url)
@@ -37,8 +35,10 @@ def cron_run(step_name: str, as_json: bool, config_path: str | None, redis_url: 
     cfg = cfg.with_overrides(**{"redis.url": _existing_redis(cfg)})
     services = Services.open(cfg, "cli")
     try:
-        runner = StepRunner(services, subscriptions_for(steps.steps))
-        trace_id, ids = run_now(runner.producer, services.emitter, cfg, step, now_ms=now_ms())
+        topic = f"_cron.{step.name}"
+        trace_id, mid = run_now(services.client, services.keys, services.emitter, step.name, step.of(CronTrigger)[0].expression,
+                                priority=cfg.queue(topic).priority)
+        ids = [mid]
     finally:
         services.close()
     if as_json:

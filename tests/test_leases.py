@@ -101,3 +101,13 @@ def test_cron_run_fires_a_cron_step_now_marked_manual(project, runtime, r, keys,
     assert fired[0].data["manual"] is True and fired[0].trace_id == out["trace_id"]
     bad = subprocess.run([*cmd[:5], "Nope", "--redis", redis_url], cwd=cfg.project_dir, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no cron step named 'Nope' (cron steps: Cleanup)" in bad.stderr
+
+
+def test_a_manual_tick_is_written_on_the_queue_the_adapter_names():
+    """The core writes the tick without the queue adapter: its queue and actor names must be the adapter's."""
+    from iii_console.adapters.queue.names import CRON_TOPIC, Subscription
+    from iii_console.core import cronrun
+
+    sub = Subscription(CRON_TOPIC, "Cleanup")
+    assert cronrun.CRON_TOPIC == CRON_TOPIC
+    assert (sub.queue("high"), sub.actor("high")) == ("_cron--Cleanup--high", "Cleanup:_cron:high")

@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Callable
 
 import redis
 
@@ -234,22 +234,3 @@ class Scheduler:
                 "reason": f"no scheduler reached {'it' if len(won) == 1 else 'them'} within {self.misfire_grace_ms // 1000} s",
             })
         return len(won)
-
-
-def run_now(producer: Any, emitter: Any, config: Any, step: Step, *, now_ms: int, source: str = "cli") -> tuple[str, list[str]]:
-    """Fire ``step``'s (first) cron trigger now, outside its schedule: ``(trace id, message ids)``.
-
-    The tick is marked ``manual`` (in its data, ``ctx.trigger`` and ``cron.fired``)
-    and claims no tick marker, so the schedule's own ticks fire as usual.
-    """
-    from iii_console.core.steps import CronTrigger
-
-    expr = step.of(CronTrigger)[0].expression
-    trace_id = uuid.uuid4().hex
-    topic = f"{CRON_TOPIC}.{step.name}"
-    data = {"scheduled_ms": now_ms, "fired_ms": now_ms, "expression": expr, "manual": True}
-    ids = producer.enqueue(topic, data, trace_id=trace_id, source=source) or []
-    queue = Subscription(CRON_TOPIC, step.name).queue(config.queue(topic).priority)
-    emitter.emit("cron.fired", step=step.name, trace_id=trace_id, message_id=ids[0] if ids else None, topic=topic, queue=queue,
-                 data={"expression": expr, "scheduled_ms": now_ms, "fired_ms": now_ms, "drift_ms": 0, "manual": True})
-    return trace_id, ids
