@@ -14,7 +14,12 @@ import threading
 import time
 from typing import Any, Callable
 
-from iii_console.core.batch import outcomes
+from dramatiq.middleware import CurrentMessage
+
+from iii_console.adapters.queue.names import parse_queue
+from iii_console.adapters.queue.throttle import key_value
+from iii_console.core.batch import describe_batch, outcomes
+from iii_console.core.steps import InvalidInput, Step, validate_input
 
 
 class _Batch:
@@ -81,3 +86,32 @@ class Batcher:
             if len(batch.results) != len(values):
                 batch.results = [RuntimeError("the batch did not run")] * len(values)
             batch.done.set()
+
+
+def batched_actor(runner: Any, step: Step, topic: str, schema: Any, spec: Any, *, max_attempts: int) -> Callable[[Any], None]:
+    """The actor function of a batched subscription: each message is validated, then joins its key's batch."""
+
+    def run_batch(values: list[Any], metas: list[dict[str, Any]]) -> None:
+        trig = {"type": "queue", "topic": topic, "priority": metas[0]["priority"], "batch": describe_batch(metas)}
+        runner.call_sync(step, values, trace_id=metas[0]["trace_id"], attempt=max(m["attempt"] for m in metas),
+                         trigger=trig, message_id=None, max_attempts=max_attempts)
+
+    batcher = Batcher(spec.max_size, spec.max_wait_ms, run_batch)
+
+    def run(data: Any) -> None:
+        msg = CurrentMessage.get_current_message()
+        opts = msg.options if msg else {}
+        value = validate_input(schema, data)
+        key = ""
+        if spec.key is not None:
+            found = key_value(data, spec.key)
+            if found is None:
+                raise InvalidInput([{"field": spec.key, "message": "the batch key has no value in the message data "
+                                                                   "(a string or number of 1 to 256 characters is needed)"}])
+            key = found
+        batcher.submit(key, value, {"message_id": msg.message_id if msg else None, "trace_id": opts.get("trace_id", ""),
+                                    "attempt": opts.get("retries", 0) + 1,
+                                    "priority": parse_queue(msg.queue_name)[2] if msg else "normal"})
+
+    run.__name__ = f"{step.name}_{topic}_batch"
+    return run

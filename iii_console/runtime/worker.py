@@ -37,10 +37,8 @@ from iii_console.core.context import CronTick, StateChange
 from iii_console.core.discovery import StepSet, discover
 from iii_console.core.events import now_ms
 from iii_console.core.keys import as_str
-from iii_console.adapters.queue.throttle import key_value
-from iii_console.core.batch import describe_batch
-from iii_console.core.steps import PRIORITIES, InvalidInput, QueueTrigger, StateTrigger, Step, validate_input
-from iii_console.runtime.batch import Batcher
+from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step, validate_input
+from iii_console.runtime.batch import batched_actor
 from iii_console.runtime.runner import LoopThread, StepRunner
 from iii_console.runtime.services import Services
 
@@ -158,43 +156,13 @@ class WorkerRuntime:
     def _batch_spec(self, step: Step, topic: str) -> Any:
         return next((t.batch for t in step.of(QueueTrigger) if t.topic == topic and t.batch is not None), None)
 
-    def _batched_fn(self, step: Step, sub: Subscription, schema: Any, spec: Any) -> Any:
-        """The actor of a batched subscription: each message joins a batch (``batch.py``)."""
-        runner = self.runner
-        max_attempts = self.config.queue(sub.topic).max_retries + 1
-
-        def run_batch(values: list[Any], metas: list[dict[str, Any]]) -> None:
-            trig = {"type": "queue", "topic": sub.topic, "priority": metas[0]["priority"], "batch": describe_batch(metas)}
-            runner.call_sync(step, values, trace_id=metas[0]["trace_id"], attempt=max(m["attempt"] for m in metas),
-                             trigger=trig, message_id=None, max_attempts=max_attempts)
-
-        batcher = Batcher(spec.max_size, spec.max_wait_ms, run_batch)
-
-        def run(data: Any) -> None:
-            msg = CurrentMessage.get_current_message()
-            opts = msg.options if msg else {}
-            value = validate_input(schema, data)
-            key = ""
-            if spec.key is not None:
-                found = key_value(data, spec.key)
-                if found is None:
-                    raise InvalidInput([{"field": spec.key, "message": "the batch key has no value in the message data "
-                                                                       "(a string or number of 1 to 256 characters is needed)"}])
-                key = found
-            batcher.submit(key, value, {"message_id": msg.message_id if msg else None, "trace_id": opts.get("trace_id", ""),
-                                        "attempt": opts.get("retries", 0) + 1,
-                                        "priority": parse_queue(msg.queue_name)[2] if msg else "normal"})
-
-        run.__name__ = f"{step.name}_{sub.topic}_batch"
-        return run
-
     def _actor_fn(self, step: Step, sub: Subscription) -> Any:
         runner = self.runner
         trigger = step.of(QueueTrigger)
         schema = next((t.input_schema for t in trigger if t.topic == sub.topic), None)
         spec = self._batch_spec(step, sub.topic)
         if spec is not None:
-            return self._batched_fn(step, sub, schema, spec)
+            return batched_actor(runner, step, sub.topic, schema, spec, max_attempts=self.config.queue(sub.topic).max_retries + 1)
 
         def run(data: Any) -> None:
             msg = CurrentMessage.get_current_message()

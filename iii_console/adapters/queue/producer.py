@@ -11,7 +11,6 @@ exactly when Redis holds it. A delayed message waits in Redis (its queue's
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from typing import Any
 
@@ -19,26 +18,15 @@ import redis
 import redis.asyncio as aredis
 from dramatiq.message import Message
 
+from iii_console.adapters.queue.errors import EnqueueError
+from iii_console.adapters.queue.fanin import build_group, empty_result
 from iii_console.adapters.queue.names import Subscription
 from iii_console.adapters.queue.scripts import SOURCES, Scripts
 from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter
-from iii_console.core.errors import IIIError
 from iii_console.core.events import now_ms
 from iii_console.core.keys import Keys
 from iii_console.core.steps import PRIORITIES
-
-
-class EnqueueError(IIIError):
-    """The message could not be enqueued (bad priority, not JSON...)."""
-
-
-#: A fan-in group id (part of Redis keys).
-GROUP_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-#: Most children one group may have.
-GROUP_MAX = 100_000
-#: Where a completion's result goes in its pre-built message and event (see ``lua/_fanin.lua``).
-RESULT_MARK = "__III_GROUP_RESULT__"
 
 
 Subscriptions = dict[str, list[Subscription]]
@@ -90,51 +78,6 @@ class _Builder:
             args.extend([queue, opts["redis_message_id"], encoded])
             copies.append((sub, msg))
         return args, copies, prio
-
-    def group(self, topic: str, items: Any, *, then: str, group_id: str | None, trace_id: str, priority: str | None,
-              source: str | None) -> tuple[str, list[Any], list[Any], dict[str, Any]]:
-        """A fan-in group: ``(id, the children's script triples, their events, the script's X with the record)``.
-
-        The record holds the completion ready-made (its copies' bodies and
-        events, with a mark where the result goes), so the settle that finishes
-        the group enqueues it in the same script (``lua/_fanin.lua``).
-        """
-        if isinstance(items, (str, bytes, dict)) or not hasattr(items, "__iter__"):
-            raise EnqueueError(f"enqueue_group takes a list of the children's data, not {type(items).__name__}")
-        items = list(items)
-        if len(items) > GROUP_MAX:
-            raise EnqueueError(f"a group has at most {GROUP_MAX} children, not {len(items)}")
-        if not isinstance(then, str) or not then:
-            raise EnqueueError("enqueue_group needs then=<completion topic>")
-        gid = uuid.uuid4().hex if group_id is None else group_id
-        if not isinstance(gid, str) or not GROUP_ID.fullmatch(gid):
-            raise EnqueueError(f"group_id must be 1 to 128 of A-Z a-z 0-9 _ . : -, not {gid!r}")
-        done, c_copies, c_prio = self.build(then, RESULT_MARK, trace_id=trace_id, priority=None, delay_ms=0, source=source,
-                                            options={"group_of": gid})
-        if not c_copies:
-            raise EnqueueError(f"no step subscribes to the completion topic {then!r}")
-        triples: list[Any] = []
-        events: list[Any] = []
-        ids: list[str] = []
-        for item in items:
-            t, copies, prio = self.build(topic, item, trace_id=trace_id, priority=priority, delay_ms=0, source=source,
-                                         options={"iii_group": gid})
-            triples.extend(t)
-            events.extend(self.events(topic, item, copies, prio, 0, source, trace_id, group=gid))
-            ids.extend(m.message_id for _, m in copies)
-        c_events = self.events(then, RESULT_MARK, c_copies, c_prio, 0, source, trace_id)
-        stream = self.emitter.stream
-        ev = json.loads(stream.payload((), c_events)) if stream is not None else {"s": [], "st": [[], [], []]}
-        fields: list[Any] = ["id", gid, "topic", topic, "then", then, "trace_id", trace_id, "created_ms", now_ms(),
-                             "total", len(ids), "pending", len(ids), "ok", 0, "failed", 0, "dead", 0,
-                             "ids", json.dumps(ids), "done", json.dumps([[done[i], done[i + 1], done[i + 2].decode()] for i in range(0, len(done), 3)]),
-                             "ev", json.dumps({"s": ev["s"], "st": ev["st"]})]
-        for mid in ids:
-            fields.extend([f"c:{mid}", "pending"])
-        return gid, triples, events, {"g": {"key": self.keys.group(gid), "fields": fields}}
-
-    def empty_result(self, gid: str) -> dict[str, Any]:
-        return {"group_id": gid, "total": 0, "ok": 0, "failed": 0, "dead": 0, "children": [], "failed_ids": [], "dead_ids": []}
 
     def events(self, topic: str, data: Any, copies: list[tuple[Subscription, Message]], prio: str, delay_ms: int,
                source: str | None, trace_id: str, group: str | None = None) -> list[Any]:
@@ -226,11 +169,11 @@ class Producer(_Builder):
 
         Returns the group id. A group id used before (within 24 h) enqueues nothing again.
         """
-        gid, triples, events, extras = self.group(topic, items, then=then, group_id=group_id, trace_id=trace_id,
-                                                  priority=priority, source=source)
+        gid, triples, events, extras = build_group(self, topic, items, then=then, group_id=group_id, trace_id=trace_id,
+                                                   priority=priority, source=source)
         once = self.keys.once(f"group:{gid}")
         if not triples:  # no child at all: the group is complete now
-            self.enqueue(then, self.empty_result(gid), trace_id=trace_id, source=source, once=once, options={"group_of": gid})
+            self.enqueue(then, empty_result(gid), trace_id=trace_id, source=source, once=once, options={"group_of": gid})
             return gid
         ns = self.keys.dramatiq_namespace
         self.emitter.transition(lambda ev: self.scripts.enqueue(args=_script_args(
@@ -274,13 +217,13 @@ class AsyncProducer(_Builder):
 
     async def enqueue_group(self, topic: str, items: Any, *, then: str, trace_id: str, group_id: str | None = None,
                             priority: str | None = None, source: str | None = None) -> str:
-        gid, triples, events, extras = self.group(topic, items, then=then, group_id=group_id, trace_id=trace_id,
-                                                  priority=priority, source=source)
+        gid, triples, events, extras = build_group(self, topic, items, then=then, group_id=group_id, trace_id=trace_id,
+                                                   priority=priority, source=source)
         once = self.keys.once(f"group:{gid}")
         if not triples:
-            triples, copies, prio = self.build(then, self.empty_result(gid), trace_id=trace_id, priority=None, delay_ms=0,
+            triples, copies, prio = self.build(then, empty_result(gid), trace_id=trace_id, priority=None, delay_ms=0,
                                                source=source, options={"group_of": gid})
-            events, extras = self.events(then, self.empty_result(gid), copies, prio, 0, source, trace_id), {}
+            events, extras = self.events(then, empty_result(gid), copies, prio, 0, source, trace_id), {}
         stream = self.emitter.stream
         ev = stream.payload((), events) if stream is not None else ""
         await self._enqueue(args=_script_args(self.keys.dramatiq_namespace, triples, once=once, once_ttl_ms=86_400_000,
