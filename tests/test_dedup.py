@@ -33,6 +33,7 @@ def test_a_second_enqueue_under_a_dedup_key_returns_the_first_ids_and_runs_nothi
     [hit] = events(r, keys, "message.deduplicated")
     assert hit.trace_id == "t2" and hit.topic == "jobs" and hit.data == {"dedup_key": "order-7", "message_ids": first}
     assert 0 < r.pttl(keys.dedup("jobs", "order-7")) <= 60_000
+    assert int(r.hget(keys.metrics_counts, "message.deduplicated|jobs|") or 0) == 1
 
 
 def test_after_the_ttl_the_same_key_enqueues_again(project, producer, r, keys):

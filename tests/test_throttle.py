@@ -95,6 +95,8 @@ def test_the_rate_limit_per_key_holds_across_two_processes_and_waiting_spends_no
     throttled = events(r, keys, "message.throttled")
     assert throttled and {e.data["reason"] for e in throttled} == {"limit"} and all(e.data["wait_ms"] > 0 for e in throttled)
     assert {e.data["key"] for e in throttled} <= {"a", "b"}
+    # Counted with the event, by the script that re-delays the message.
+    assert int(r.hget(keys.metrics_counts, "message.throttled|calls|CallApi") or 0) == len(throttled)
     by_worker = {e.worker for e in events(r, keys, "message.processed")}
     assert len(by_worker) == 2  # both processes ran calls
     # A message without the key is dead-lettered, naming the path.

@@ -107,6 +107,7 @@ def _dedup_extras(builder: "_Builder", topic: str, key: str, ids: list[str], tra
         ev = builder.emitter.make("message.deduplicated", trace_id=trace_id, step=source, topic=topic,
                                   data={"dedup_key": key, "message_ids": "__III_IDS__"})
         x["dev"] = [ev.flat()]
+        x["dst"] = json.loads(stream.payload((), [ev]))["st"]  # its counter
     return x
 
 

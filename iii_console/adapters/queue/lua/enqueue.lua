@@ -8,7 +8,7 @@
 -- processes. X.v makes it a dedup key: the key holds X.v (the message ids, as
 -- JSON) and a second enqueue under it returns what it holds (a string) and
 -- writes X.dev (a message.deduplicated event whose "__III_IDS__" becomes those
--- ids) instead of enqueueing. X.g = {key, fields} writes a fan-in group's
+-- ids, with its counters X.dst) instead of enqueueing. X.g = {key, fields} writes a fan-in group's
 -- record (fanin.lua) with its children, so a group exists exactly when they do. With floor_key (a cron trigger's `cron-last`), nothing is
 -- enqueued either if that key records a tick at or after floor_ms, and on
 -- success it is set to floor_json: a tick is never fired at or before the last
@@ -58,7 +58,7 @@ if ARGV[2] ~= "" then
         for _, f in ipairs(X.dev) do
           for j = 2, #f, 2 do f[j] = iii_fill(f[j], '"__III_IDS__"', first) end
         end
-        iii_write(E, X.dev, nil)
+        iii_write(E, X.dev, X.dst)
       end
       iii_trim(E)
       return first
