@@ -90,3 +90,25 @@ def test_http_idempotency_key_header_makes_a_retried_request_enqueue_once(tmp_pa
         assert json.loads(r.hget(keys.state_group("shipped"), "count")) == {"s1": 2}
     finally:
         assert run.stop() == 0
+
+
+def test_racing_enqueues_under_one_key_enqueue_once_and_all_get_the_same_ids(project, producer, r, keys):
+    import threading
+
+    cfg, steps = project({"a_step.py": recorder("A")})
+    producers = [producer(cfg, steps) for _ in range(8)]
+    got: list[list[str]] = []
+    go = threading.Barrier(len(producers))
+
+    def send(p):
+        go.wait()
+        got.append(p.enqueue("jobs", {"k": "m"}, trace_id="t", dedup_key="race"))
+
+    threads = [threading.Thread(target=send, args=(p,)) for p in producers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and all(ids == got[0] for ids in got) and len(got[0]) == 1
+    assert len(events(r, keys, "message.enqueued")) == 1 and len(events(r, keys, "message.deduplicated")) == 7
+    assert r.llen(f"{keys.dramatiq_namespace}:jobs--A--normal") == 1

@@ -189,6 +189,8 @@ class QueueTrigger(_Model):
     _check_input = field_validator("input_schema")(classmethod(lambda cls, v: _schema_ok(v)))
 
     def describe(self) -> str:
+        if self.batch is not None:
+            return f"queue {self.topic} (batches of up to {self.batch.max_size})"
         return f"queue {self.topic}"
 
 
@@ -289,6 +291,8 @@ def _spec(t: Any) -> dict[str, Any]:
         out.update(method=t.method, path=t.path, body=schema_name(t.body_schema))
     elif isinstance(t, QueueTrigger):
         out.update(topic=t.topic, input=schema_name(t.input_schema))
+        if t.batch is not None:
+            out.update(batch=t.batch.model_dump(exclude_none=True))
     elif isinstance(t, CronTrigger):
         out.update(expression=t.expression)
     elif isinstance(t, StateTrigger):
