@@ -129,3 +129,35 @@ def test_key_paths_read_scalars_only():
     assert key_value(data, "customer.id") == "7" and key_value(data, "customer.tags.1") == "y"
     for path in ("customer", "customer.nope", "flag", "empty", "customer.tags.9", "customer.id.x"):
         assert key_value(data, path) is None, path
+
+
+def test_the_rate_limit_holds_while_worker_processes_are_killed(cluster, r, keys):
+    """Given two worker processes sharing throttled calls, when one is SIGKILLed twice mid-run (the supervisor
+    restarts it and gives back what it held), then every call still runs and no key's window ever held more starts
+    than the limit: a redelivered call is admitted again, so it counts again."""
+    import os
+    import random
+    import signal
+
+    run, p = cluster
+    wait_for(lambda: len(r.hgetall(keys.workers)) == 2, what="two workers")
+    for i in range(20):
+        for cust in ("a", "b"):
+            p.enqueue("calls", {"customer": {"id": cust}, "i": i}, trace_id=f"{cust}{i}")
+    rng = random.Random(5)
+    kills = 0
+    for _ in range(2):
+        time.sleep(rng.uniform(0.4, 1.0))
+        pids = [json.loads(v)["pid"] for v in r.hgetall(keys.workers).values()]
+        if pids:
+            os.kill(rng.choice(pids), signal.SIGKILL)
+            kills += 1
+        wait_for(lambda: len(r.hgetall(keys.workers)) >= 2, timeout=30, what="the killed worker replaced")
+    wait_for(lambda: len({e.message_id for e in events(r, keys, "message.processed")}) == 40, timeout=60,
+             what="all 40 calls processed")
+    assert kills == 2
+    for cust in ("a", "b"):
+        ts = sorted(json.loads(x)[0] for x in r.lrange(f"test:starts:{cust}", 0, -1))
+        assert len(ts) >= 20
+        tightest = min(b - a for a, b in zip(ts, ts[3:]))
+        assert tightest >= 540, (cust, tightest)
