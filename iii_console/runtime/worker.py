@@ -293,7 +293,7 @@ class WorkerRuntime:
             "name": self.services.name,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "queues": {t: min(self.config.queue(t).concurrency, self.threads) for t in self.workers},
+            "queues": {t: w.worker_threads for t, w in self.workers.items()},
             "in_flight": len(self.events._started),
             "started_ms": self.started_ms,
         }
