@@ -161,3 +161,19 @@ def test_the_rate_limit_holds_while_worker_processes_are_killed(cluster, r, keys
         assert len(ts) >= 20
         tightest = min(b - a for a, b in zip(ts, ts[3:]))
         assert tightest >= 540, (cust, tightest)
+
+
+def test_a_default_throttle_leaves_cron_and_state_queues_alone(tmp_path):
+    """A throttle in `default` names a path into messages' data; cron ticks and state changes are not throttled
+    by it (their queues take a throttle only from an entry of their own)."""
+    from types import SimpleNamespace
+
+    from iii_console.adapters.queue.throttle import Throttle
+    from iii_console.core.emitter import null_emitter
+
+    f = tmp_path / "iii-config.yaml"
+    f.write_text("queues:\n  default:\n    throttle: {key: customer, limit: 1, period_ms: 1000}\n")
+    mw = Throttle(load_config(f), null_emitter())
+    tick = SimpleNamespace(options={"topic": "_cron.Cleanup"}, queue_name="_cron--Cleanup--normal", args=({"x": 1},),
+                           message_id="m")
+    assert mw.before_process_message(object(), tick) is None  # returns without asking Redis: the broker is not one

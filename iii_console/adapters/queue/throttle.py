@@ -64,6 +64,9 @@ class Throttle(dramatiq.Middleware):
         th = strategy.throttle
         if th is None:
             return
+        own = self.config.queues.get(topic)
+        if topic.startswith(("_cron.", "_state.")) and (own is None or own.throttle is None):
+            return  # a throttle in `default` is about messages' data, not cron ticks or state changes
         try:
             _t, step, _p = parse_queue(message.queue_name)
         except ValueError:
