@@ -22,16 +22,22 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from iii_console.core.context import Context, CronTick, HttpRequest, StateChange, SyncContext
     from iii_console.core.errors import SoftTimeLimitExceeded, TimeLimitExceeded
+    from iii_console.core.batch import BatchFailures
+    from iii_console.core.lease import LockLost, LockTaken
+    from iii_console.core.retry import Retry
     from iii_console.core.steps import Step, cron, http, queue, state
 
 _WHERE = {
     **dict.fromkeys(("Context", "CronTick", "HttpRequest", "StateChange", "SyncContext"), "iii_console.core.context"),
     **dict.fromkeys(("Step", "cron", "http", "queue", "state"), "iii_console.core.steps"),
     **dict.fromkeys(("SoftTimeLimitExceeded", "TimeLimitExceeded"), "iii_console.core.errors"),
+    "Retry": "iii_console.core.retry",
+    "BatchFailures": "iii_console.core.batch",
+    **dict.fromkeys(("LockLost", "LockTaken"), "iii_console.core.lease"),
 }
 
-__all__ = ["Context", "CronTick", "HttpRequest", "SoftTimeLimitExceeded", "StateChange", "Step", "SyncContext", "TimeLimitExceeded",
-           "cron", "http", "queue", "state"]
+__all__ = ["BatchFailures", "Context", "CronTick", "HttpRequest", "LockLost", "LockTaken", "Retry", "SoftTimeLimitExceeded",
+           "StateChange", "Step", "SyncContext", "TimeLimitExceeded", "cron", "http", "queue", "state"]
 __version__ = "0.1.0"
 
 

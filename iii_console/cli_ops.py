@@ -365,3 +365,4 @@ def config_check(config_path: str | None, redis_url: str | None) -> None:
     click.echo(f"{len(found.steps)} steps, {len(problems)} problem{'s' if len(problems) != 1 else ''}{tail}", err=True)
     if problems:
         sys.exit(2)
+import iii_console.cli_cron  # noqa: E402,F401  (registers `cron run`)

@@ -23,6 +23,10 @@ TYPE_STYLE = {
     "message.dead_lettered": "bold red",
     "message.replayed": "magenta",
     "message.redelivered": "dark_orange",
+    "message.throttled": "orange3",
+    "message.deduplicated": "bright_black",
+    "group.completed": "bold green",
+    "progress": "cyan",
     "state.changed": "bright_black",
     "notification.sent": "bold green",
     "cron.fired": "magenta",
@@ -61,7 +65,20 @@ def detail(ev: Event) -> str:
     if t == "message.failed":
         return f"attempt {ev.attempt}: {ev.error}" if ev.attempt is not None else str(ev.error)
     if t == "message.retrying":
-        return f"attempt {ev.attempt} in {d.get('delay_ms')} ms"
+        how = ("" if not d.get("retry_after") else " (Retry)" if d.get("counts", True) else " (Retry, attempt not spent)")
+        return f"attempt {ev.attempt} in {d.get('delay_ms')} ms{how}"
+    if t == "message.throttled":
+        return f"key {d.get('key')}: over {d.get('reason')}; waits {d.get('wait_ms')} ms (attempt not spent)"
+    if t == "message.deduplicated":
+        return f"dedup key {d.get('dedup_key')}: already enqueued as {short(d.get('message_ids'), 40)}"
+    if t == "group.completed":
+        return (f"group {d.get('group_id')}: {d.get('ok')} ok, {d.get('failed')} failed, {d.get('dead')} dead "
+                f"of {d.get('total')}")
+    if t == "progress":
+        done, total = d.get("done"), d.get("total")
+        frac = done / total if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total else 0
+        bar = "█" * round(frac * 10) + "░" * (10 - round(frac * 10))
+        return f"{bar} {done}/{total}" + (f" {d['note']}" if d.get("note") else "")
     if t == "message.dead_lettered":
         return f"→ {d.get('dlq')} after {d.get('attempts', '?')} attempts: {ev.error}"
     if t == "message.redelivered":
@@ -73,7 +90,9 @@ def detail(ev: Event) -> str:
     if t == "notification.sent":
         return short(d.get("summary") or d, 70)
     if t in ("cron.fired", "cron.skipped"):
-        return f"{d.get('expression', '')} drift {d.get('drift_ms', '?')} ms" if t == "cron.fired" else str(d.get("reason", ""))
+        if t == "cron.skipped":
+            return str(d.get("reason", ""))
+        return f"{d.get('expression', '')} " + ("run by hand" if d.get("manual") else f"drift {d.get('drift_ms', '?')} ms")
     if t.startswith("worker."):
         how = d.get("signal") or (f"exit {d['exit_code']}" if "exit_code" in d else "")
         why = f"{d.get('reason', '')} ({d['cause']}): {d.get('detail', '')}" if d.get("cause") else d.get("reason", "")

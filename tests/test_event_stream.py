@@ -39,10 +39,30 @@ def handler(data, ctx):
     time.sleep(60)
 """
 
+PRIMS = """
+from iii_console import Step, queue
+config = Step(name="Prims", triggers=[queue("prims")])
+def handler(data, ctx):
+    ctx.progress(1, 2, note="half")
+    ctx.enqueue("prims.child", {"n": 1}, dedup_key="d1")
+    ctx.enqueue("prims.child", {"n": 1}, dedup_key="d1")  # deduplicated
+    ctx.enqueue("prims.child", {"n": 1, "again": True})   # throttled: one start per key a minute
+    ctx.enqueue_group("prims.child", [{"n": 2}], then="prims.done")
+"""
+
+CHILD = """
+from iii_console import Step, queue
+config = Step(name="PrimsChild", triggers=[queue("prims.child"), queue("prims.done")])
+def handler(data, ctx):
+    pass
+"""
+
 CONFIG = """
 server:
   port: 0
 queues:
+  prims.child:
+    throttle: {key: n, limit: 1, period_ms: 60000}
   message.sent:
     max_retries: 3
     retry_delay: 200
@@ -65,6 +85,10 @@ REQUIRED = {
     "message.replayed": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
     # written by the script that gives the message back; worker = the one that held it
     "message.redelivered": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
+    "message.throttled": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "data"},
+    "message.deduplicated": {"trace_id", "step", "topic", "worker", "data"},
+    "group.completed": {"trace_id", "data"},  # written by the last child's settle script
+    "progress": {"trace_id", "message_id", "step", "worker", "data"},
     "state.changed": {"trace_id", "step", "worker", "data"},  # written by the state script, in the same atomic step as the change
     "notification.sent": {"trace_id", "message_id", "step", "worker", "data"},  # emitted here by a state step's run
     "cron.fired": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
@@ -88,7 +112,8 @@ ELSEWHERE = {
 @pytest.fixture
 def seed(tmp_path, redis_url):
     shutil.copytree(ROOT / "steps", tmp_path / "steps")
-    make_project(tmp_path, {"ticker_step.py": TICKER, "sleeper_step.py": SLEEPER}, CONFIG, redis_url=redis_url)
+    make_project(tmp_path, {"ticker_step.py": TICKER, "sleeper_step.py": SLEEPER, "prims_step.py": PRIMS,
+                            "prims_child_step.py": CHILD}, CONFIG, redis_url=redis_url)
     return tmp_path
 
 
@@ -125,6 +150,11 @@ def test_every_event_type_reaches_the_stream_with_the_fields_that_apply(seed, r,
         events_once(r, keys, "config.reloaded", 2, timeout=30)
         events_once(r, keys, "worker.heartbeat", 1, timeout=30)  # one every ~10 s per worker
         events_once(r, keys, "notification.sent", 1)
+        res = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "prims", "--data", "{}"], cwd=seed,
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        events_once(r, keys, "group.completed", 1, timeout=30)
+        events_once(r, keys, "message.throttled", 1, timeout=30)
         # A handler still running when the stop's shutdown_timeout ends gives its message back.
         res = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "slow", "--data", "{}"], cwd=seed,
                              capture_output=True, text=True, timeout=60)

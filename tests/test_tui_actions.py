@@ -350,3 +350,52 @@ async def test_the_palette_offers_the_visible_tabs_writes_and_cancelling_changes
         await pilot.pause(0.3)
     assert {e.id for e in store.list()} == before
     assert events(r, keys, "message.replayed") == [] and queued(r, keys, "orders", "ImportOrders") == []
+
+
+TICK = """
+from iii_console import Step, cron
+config = Step(name="Cleanup", triggers=[cron("0 3 * * *")])
+def handler(tick, ctx):
+    ctx.state.set("ticks", ctx.message_id, {"manual": tick.manual})
+"""
+
+
+async def test_r_on_cron_runs_the_highlighted_step_now_marked_manual(project, runtime, r, keys):  # noqa: F811
+    """Given a cron step published by a running project, when r is pressed on Cron and confirmed, then one manual
+    tick is enqueued (message.enqueued and cron.fired marked manual) and a worker runs it; cancelling runs nothing."""
+    cfg, steps = project({"cleanup_step.py": TICK})
+    r.hset(keys.steps_registry, mapping={s.name: json.dumps(s.describe()) for s in steps.steps})
+    app = console(redis_url=cfg.redis.url, events_maxlen=cfg.events.maxlen)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await pilot.press("6")
+        await until(pilot, lambda: "Cleanup|0 3 * * *" in table_rows(app, "#cron-table"), "the cron step listed")
+        await pilot.press("r")
+        screen = await confirm_screen(pilot)
+        assert question(screen) == "Run cron step Cleanup now?"
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), "the dialog closed")
+        assert events(r, keys, "cron.fired") == []
+        await pilot.press("r")
+        await confirm_screen(pilot)
+        await pilot.press("enter")
+        await until(pilot, lambda: "Cleanup fired now" in notes(app), "the result as a notification")
+    [fired] = events(r, keys, "cron.fired")
+    assert fired.data["manual"] is True and fired.worker.endswith(":console")
+    runtime(cfg, steps)
+    wait_for(lambda: r.hget(keys.state_group("ticks"), fired.message_id), what="the tick ran")
+    assert json.loads(r.hget(keys.state_group("ticks"), fired.message_id)) == {"manual": True}
+
+
+async def test_a_read_only_console_runs_no_cron_step(project, r, keys):  # noqa: F811
+    cfg, steps = project({"cleanup_step.py": TICK})
+    r.hset(keys.steps_registry, mapping={s.name: json.dumps(s.describe()) for s in steps.steps})
+    app = console(redis_url=cfg.redis.url, read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await pilot.press("6")
+        await until(pilot, lambda: "Cleanup|0 3 * * *" in table_rows(app, "#cron-table"), "the cron step listed")
+        await pilot.press("r")
+        await until(pilot, lambda: "read-only" in notes(app), "the read-only note")
+        assert not isinstance(app.screen, ConfirmScreen)
+    assert events(r, keys, "cron.fired") == [] and events(r, keys, "message.enqueued") == []

@@ -197,3 +197,43 @@ def test_the_workers_view_names_a_crashed_process_signal_and_what_it_gave_back()
                data={"id": "0123456789", "reason": "crashed", "signal": "SIGKILL", "requeued": 3})
     text = worker_line(ev).plain
     assert "crashed" in text and "SIGKILL" in text and "gave back 3" in text
+
+
+def test_throttled_messages_progress_and_groups_show_in_the_console():
+    """Given a message throttled on a key, then started with progress reported, and a completed group, when the
+    events are ingested, then the row goes throttled → running with its progress, the Queues view can list what
+    waits on which key, and each event reads as one line."""
+    from iii_console.format import detail
+    from iii_console.tui.tabs.messages import _duration
+
+    base = dict(message_id="m1", trace_id="t1", step="Mail", topic="mails", queue="mails--Mail--normal")
+    m = ConsoleModel()
+    throttled = Event("message.throttled", ts=T0_MS + 1, attempt=1,
+                      data={"key": "acme", "reason": "limit", "wait_ms": 400, "limit": 3, "period_ms": 1000}, **base)
+    m.ingest([Event("message.enqueued", ts=T0_MS, **base), throttled], NOW)
+    assert m.messages["m1"].status == "throttled" and m.throttled() == {"mails": {"acme": 1}}
+    progress = Event("progress", ts=T0_MS + 3, data={"done": 3, "total": 10, "percent": 30.0, "note": "rows"}, **base)
+    m.ingest([Event("message.started", ts=T0_MS + 2, attempt=1, **base), progress], NOW)
+    row = m.messages["m1"]
+    assert row.status == "running" and row.progress == (3.0, 10.0) and m.throttled() == {}
+    assert _duration(row).plain == "██░░░ 30%"
+    assert detail(throttled) == "key acme: over limit; waits 400 ms (attempt not spent)"
+    assert detail(progress) == "███░░░░░░░ 3/10 rows"
+    done = Event("group.completed", ts=T0_MS, trace_id="t1", data={"group_id": "g", "total": 4, "ok": 2, "failed": 1, "dead": 1})
+    assert detail(done) == "group g: 2 ok, 1 failed, 1 dead of 4"
+    assert [e.type for e in m.traces.get("t1") or []][-1] == "progress"
+
+
+def test_a_fan_in_group_shows_its_children_settled_then_its_completion():
+    """Given a group of two children enqueued, one processed, when the last is dead-lettered and the group
+    completes, then the console's group goes 0/2 → 1/2 → done with the completion's counts."""
+    m = ConsoleModel()
+    kids = [dict(message_id=f"c{i}", trace_id="t", step="Part", topic="parts", queue="parts--Part--normal") for i in (1, 2)]
+    m.ingest([Event("message.enqueued", ts=T0_MS, data={"payload": {}, "group_id": "g1"}, **k) for k in kids], NOW)
+    assert (m.groups["g1"].total, m.groups["g1"].settled) == (2, 0)
+    m.ingest([Event("message.processed", ts=T0_MS + 1, attempt=1, **kids[0])], NOW)
+    m.ingest([Event("message.processed", ts=T0_MS + 1, attempt=1, **kids[0])], NOW)  # seen twice: settled once
+    assert m.groups["g1"].settled == 1 and m.groups["g1"].done is None
+    m.ingest([Event("message.dead_lettered", ts=T0_MS + 2, attempt=1, data={"dlq": "d", "attempts": 1}, **kids[1]),
+              Event("group.completed", ts=T0_MS + 2, trace_id="t", data={"group_id": "g1", "total": 2, "ok": 1, "failed": 0, "dead": 1})], NOW)
+    assert m.groups["g1"].settled == 2 and m.groups["g1"].done["dead"] == 1

@@ -31,6 +31,7 @@ OUTCOMES = {
     "message.failed": "failed", "message.retrying": "retried", "message.dead_lettered": "dead_lettered",
     "message.replayed": "replayed",
     "message.redelivered": "redelivered",
+    "message.throttled": "throttled", "message.deduplicated": "deduplicated",
 }
 
 

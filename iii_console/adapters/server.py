@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -36,6 +37,10 @@ BODY_METHODS = ("POST", "PUT", "PATCH")
 class Reject(Exception):
     def __init__(self, status: int, error: str, **detail: Any):
         self.status, self.error, self.detail = status, error, detail
+
+
+#: An ``Idempotency-Key`` header value ctx.idempotency_key accepts (it becomes part of a Redis key).
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def _problem(status: int, error: str, headers: dict[str, str] | None = None, **detail: Any) -> Response[Any]:
@@ -187,6 +192,10 @@ class HttpSteps:
                     body = parse_json_body(raw, request.headers.get("content-type", ""), trig.body_schema)
             except Reject as rej:
                 return _problem(rej.status, rej.error, **rej.detail)
+            idem = request.headers.get("idempotency-key")
+            if idem is not None and not _IDEMPOTENCY_KEY.fullmatch(idem):
+                return _problem(400, "invalid Idempotency-Key header: 1 to 255 visible ASCII characters",
+                                errors=[{"field": "headers.Idempotency-Key", "message": "1 to 255 visible ASCII characters"}])
             trace_id = uuid.uuid4().hex
             req = HttpRequest(
                 body=body, path_params=dict(request.path_params), query=dict(request.query_params),
@@ -195,7 +204,8 @@ class HttpSteps:
             emitter.emit("http.received", trace_id=trace_id, step=step.name,
                          data={"method": req.method, "path": req.path, "body": body.model_dump(mode="json") if isinstance(body, BaseModel) else body})
             try:
-                out = await runner.call_async(step, req, trace_id=trace_id, trigger={"type": "http", "method": trig.method, "path": trig.path})
+                out = await runner.call_async(step, req, trace_id=trace_id, trigger={"type": "http", "method": trig.method, "path": trig.path},
+                                              idempotency_key=idem)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("step %s: Redis unavailable: %s", step.name, exc)
                 return _problem(503, "storage unavailable, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)

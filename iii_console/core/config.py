@@ -129,6 +129,20 @@ class ServerConfig(_Section):
         return ["127.0.0.1", "localhost", "[::1]", "::1"] if self.loopback else ["*"]
 
 
+class ThrottleConfig(_Section):
+    key: str = Field(pattern=r"^[^.\s]+(\.[^.\s]+)*$", max_length=200)
+    """Dotted path into the message data (``customer.id``) whose value names the throttled key."""
+    limit: int | None = Field(default=None, ge=1, le=1_000_000)
+    """At most this many handler starts per key in any ``period_ms`` window, cluster-wide."""
+    period_ms: int | None = Field(default=None, ge=1, le=86_400_000)
+
+    @model_validator(mode="after")
+    def _both(self) -> "ThrottleConfig":
+        if (self.limit is None) != (self.period_ms is None):
+            raise ValueError("limit and period_ms go together")
+        return self
+
+
 class QueueConfig(_Section):
     max_retries: int = Field(default=3, ge=0, le=1000)
     """Retries after the first attempt; ``max_retries + 1`` attempts in all."""
@@ -153,10 +167,23 @@ class QueueConfig(_Section):
     """Optional earlier limit (0 = none): ``SoftTimeLimitExceeded`` is raised inside the handler,
     which may catch it to clean up; below ``time_limit_ms``."""
 
+    dead_letter_ttl: int | None = Field(default=None, ge=1000, le=366 * 86_400_000)
+    """Milliseconds a dead letter of this topic is kept after its last failure; unset: until purged or replayed."""
+    throttle: ThrottleConfig | None = None
+    """Per-key rate limit across every worker process; an over-limit message waits (re-delayed) without spending an attempt."""
+    concurrency_per_key: int | None = Field(default=None, ge=1, le=10_000)
+    """Handlers running at once per ``throttle.key`` value, across every worker process."""
+
     @model_validator(mode="after")
     def _soft_below_hard(self) -> "QueueConfig":
         if self.soft_time_limit_ms and self.time_limit_ms and self.soft_time_limit_ms >= self.time_limit_ms:
             raise ValueError(f"soft_time_limit_ms ({self.soft_time_limit_ms}) must be below time_limit_ms ({self.time_limit_ms})")
+        return self
+
+    @model_validator(mode="after")
+    def _per_key(self) -> "QueueConfig":
+        if self.concurrency_per_key is not None and self.throttle is None:
+            raise ValueError("concurrency_per_key needs throttle.key: the path to the key in the message data")
         return self
 
     def delay_for(self, retry: int) -> int:
@@ -240,6 +267,11 @@ class Config(_Section):
             if len(self._queue_cache) < 10_000:
                 self._queue_cache[topic] = got
         return got
+
+    def dead_letter_ttls(self) -> tuple[Any, int | None]:
+        """``(topic -> its dead_letter_ttl or None, the shortest one configured or None)``."""
+        ttls = [q.dead_letter_ttl for q in self.queues.values() if q.dead_letter_ttl is not None]
+        return (lambda topic: self.queue(topic).dead_letter_ttl), (min(ttls) if ttls else None)
 
     @property
     def dead_letter_queues(self) -> list[str]:

@@ -47,10 +47,12 @@ class StateChange:
 
 @dataclass(frozen=True)
 class CronTick:
-    """Input of a cron step: when the tick was due and when it actually fired (ms)."""
+    """Input of a cron step: when the tick was due and when it actually fired (ms), and whether it was run by hand."""
 
     scheduled_ms: int
     fired_ms: int
+    #: True for a tick fired by ``iii-console cron run`` rather than the schedule.
+    manual: bool = False
 
 
 @dataclass
@@ -64,6 +66,9 @@ class _BaseContext:
     #: The last attempt the queue's strategy allows (``max_retries + 1``; 1 for HTTP), so a
     #: handler can tell "will be retried" from "this failure is final" when it records one.
     max_attempts: int = 1
+    #: An HTTP request's ``Idempotency-Key`` header (``None`` without one, and outside HTTP steps):
+    #: pass it as ``dedup_key`` so a client's retried request enqueues its work once.
+    idempotency_key: str | None = None
 
     @property
     def logger(self) -> Any:
@@ -82,6 +87,21 @@ class _BaseContext:
             fields.setdefault("message_id", self.message_id)
         self.emitter.emit(type, **fields)
 
+    def _group_id(self, group_id: str | None) -> str | None:
+        """A group id that a rerun of this message's handler gives again (so the group is not made twice).
+
+        The n-th group a queue run makes is ``{message_id}.{n}``; outside a queue
+        run (HTTP) a fresh id is made by the producer.
+        """
+        if group_id is not None or not self.message_id:
+            return group_id
+        n = self.__dict__.get("_groups_made", 0)
+        self.__dict__["_groups_made"] = n + 1
+        return f"{self.message_id}.{n}"
+
+    def _progress_kw(self) -> dict[str, Any]:
+        return {"trace_id": self.trace_id, "step": self.step, "message_id": self.message_id}
+
 
 Enqueue = Callable[..., Any]
 
@@ -92,11 +112,38 @@ class Context(_BaseContext):
 
     state: Any = None
     _enqueue: Callable[..., Awaitable[list[str]]] | None = None
+    _progress: Any = None
+    _enqueue_group: Any = None
+    _leases: Any = None
 
-    async def enqueue(self, topic: str, data: Any, *, priority: str | None = None, delay_ms: int = 0) -> list[str]:
-        """Enqueue ``data`` to ``topic`` (one copy per subscribed step); returns the message ids."""
+    async def lock(self, name: str, ttl_ms: int) -> Any:
+        """Take the lease ``name`` for ``ttl_ms`` (``LockTaken`` if held): an ``AsyncLease`` with a fencing token."""
+        assert self._leases is not None
+        return await self._leases.acquire(name, ttl_ms)
+
+    async def enqueue_group(self, topic: str, items: list[Any], *, then: str, group_id: str | None = None,
+                            priority: str | None = None) -> str:
+        """Fan out one child per item to ``topic``; when every child is settled (processed or
+        dead-lettered, for any reason) one message goes to ``then`` with the counts. Returns the group id."""
+        assert self._enqueue_group is not None
+        return await self._enqueue_group(topic, items, then=then, group_id=self._group_id(group_id), priority=priority,
+                                         trace_id=self.trace_id, source=self.step)
+
+    async def progress(self, done: float, total: float, note: str | None = None) -> None:
+        """Report how far this run has got: a ``progress`` event, and the trace's latest value kept in Redis."""
+        assert self._progress is not None
+        await self._progress.report(done, total, note, **self._progress_kw())
+
+    async def enqueue(self, topic: str, data: Any, *, priority: str | None = None, delay_ms: int = 0,
+                      dedup_key: str | None = None, dedup_ttl_ms: int | None = None) -> list[str]:
+        """Enqueue ``data`` to ``topic`` (one copy per subscribed step); returns the message ids.
+
+        With ``dedup_key``, an enqueue to the same topic under the same key within
+        ``dedup_ttl_ms`` (default 24 h) enqueues nothing and returns the first one's ids.
+        """
         assert self._enqueue is not None
-        return await self._enqueue(topic, data, trace_id=self.trace_id, priority=priority, delay_ms=delay_ms, source=self.step)
+        return await self._enqueue(topic, data, trace_id=self.trace_id, priority=priority, delay_ms=delay_ms, source=self.step,
+                                   **_dedup(dedup_key, dedup_ttl_ms))
 
 
 @dataclass
@@ -105,10 +152,38 @@ class SyncContext(_BaseContext):
 
     state: Any = None
     _enqueue: Callable[..., list[str]] | None = None
+    _progress: Any = None
+    _enqueue_group: Any = None
+    _leases: Any = None
 
-    def enqueue(self, topic: str, data: Any, *, priority: str | None = None, delay_ms: int = 0) -> list[str]:
+    def lock(self, name: str, ttl_ms: int) -> Any:
+        """Take the lease ``name`` for ``ttl_ms`` (``LockTaken`` if held): a ``Lease`` with a fencing token."""
+        assert self._leases is not None
+        return self._leases.acquire(name, ttl_ms)
+
+    def enqueue_group(self, topic: str, items: list[Any], *, then: str, group_id: str | None = None,
+                      priority: str | None = None) -> str:
+        assert self._enqueue_group is not None
+        return self._enqueue_group(topic, items, then=then, group_id=self._group_id(group_id), priority=priority,
+                                   trace_id=self.trace_id, source=self.step)
+
+    def progress(self, done: float, total: float, note: str | None = None) -> None:
+        assert self._progress is not None
+        self._progress.report(done, total, note, **self._progress_kw())
+
+    def enqueue(self, topic: str, data: Any, *, priority: str | None = None, delay_ms: int = 0,
+                dedup_key: str | None = None, dedup_ttl_ms: int | None = None) -> list[str]:
         assert self._enqueue is not None
-        return self._enqueue(topic, data, trace_id=self.trace_id, priority=priority, delay_ms=delay_ms, source=self.step)
+        return self._enqueue(topic, data, trace_id=self.trace_id, priority=priority, delay_ms=delay_ms, source=self.step,
+                             **_dedup(dedup_key, dedup_ttl_ms))
+
+
+def _dedup(key: str | None, ttl_ms: int | None) -> dict[str, Any]:
+    if key is None:
+        if ttl_ms is not None:
+            raise TypeError("dedup_ttl_ms is given without a dedup_key")
+        return {}
+    return {"dedup_key": key} if ttl_ms is None else {"dedup_key": key, "dedup_ttl_ms": ttl_ms}
 
 
 def is_async(fn: Callable[..., Any]) -> bool:

@@ -123,6 +123,30 @@ def purge(store: DeadLetterStore, entries: list[DeadLetter]) -> int:
     return sum(int(x) for x in res[0::2])
 
 
+def expire(store: DeadLetterStore, ttl_ms: Any, now_ms: int, *, shortest_ms: int, batch: int = 500) -> int:
+    """Delete entries older than their topic's ``dead_letter_ttl`` (``ttl_ms(topic)``, None = kept).
+
+    Only entries older than ``shortest_ms`` (the shortest TTL configured) are read.
+    Returns how many were deleted.
+    """
+    gone: list[DeadLetter] = []
+    for name in store.names():
+        ids = store.client.zrangebyscore(store.keys.dlq(name), "-inf", now_ms - shortest_ms, start=0, num=batch)
+        if not ids:
+            continue
+        for raw in store.client.hmget(store.keys.dlq_entries(name), ids):
+            if not raw:
+                continue
+            try:
+                e = DeadLetter.decode(raw)
+            except Exception:
+                continue
+            ttl = ttl_ms(e.topic or "")
+            if ttl is not None and e.last_failure_ms <= now_ms - ttl:
+                gone.append(e)
+    return purge(store, gone) if gone else 0
+
+
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 
 

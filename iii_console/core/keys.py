@@ -85,6 +85,38 @@ class Keys:
         """Marker that makes an enqueue happen once (state trigger dispatch)."""
         return f"{self.prefix}once:{token}"
 
+    def progress(self, trace_id: str) -> str:
+        """JSON of the latest ``ctx.progress`` of a trace (kept 24 h after its last update)."""
+        return f"{self.prefix}progress:{trace_id}"
+
+    def group(self, group_id: str) -> str:
+        """Hash: a fan-in group's record (counts, children, its completion until it is enqueued)."""
+        return f"{self.prefix}group:{group_id}"
+
+    def throttle(self, topic: str, step: str, key: str) -> str:
+        """Sorted set: the recent handler starts of one throttle key of a subscription (Redis-clock ms)."""
+        return f"{self.prefix}throttle:{topic}:{step}:{key}"
+
+    def throttle_running(self, topic: str, step: str, key: str) -> str:
+        """Sorted set: ``worker|message`` holding one of a throttle key's running slots."""
+        return f"{self.prefix}throttle-running:{topic}:{step}:{key}"
+
+    def lock(self, name: str) -> str:
+        """A lease (``ctx.lock``): holds its fencing token, expires with the lease."""
+        return f"{self.prefix}lock:{name}"
+
+    def lock_tokens(self, name: str) -> str:
+        """Counter of a lock's fencing tokens (never expires, so tokens only grow)."""
+        return f"{self.prefix}lock-tokens:{name}"
+
+    def fence(self, resource: str) -> str:
+        """The newest fencing token that touched ``resource`` (``lease.fence``)."""
+        return f"{self.prefix}fence:{resource}"
+
+    def dedup(self, topic: str, key: str) -> str:
+        """Dedup key of an enqueue to ``topic``: holds the first message's ids (JSON) for its TTL."""
+        return f"{self.prefix}dedup:{topic}:{key}"
+
     @property
     def steps_registry(self) -> str:
         """Hash: step name -> JSON description, published by the running project."""

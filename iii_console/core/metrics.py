@@ -21,7 +21,8 @@ from iii_console.core.keys import Keys
 #: Events counted, by type.
 COUNTED = {
     "http.received", "message.enqueued", "message.started", "message.processed", "message.failed",
-    "message.retrying", "message.dead_lettered", "message.replayed", "message.redelivered", "notification.sent", "cron.fired",
+    "message.retrying", "message.dead_lettered", "message.replayed", "message.redelivered", "message.throttled",
+    "message.deduplicated", "notification.sent", "cron.fired",
     "cron.skipped", "step.error",
 }
 #: Histogram bucket upper bounds, seconds.

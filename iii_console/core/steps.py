@@ -180,14 +180,28 @@ class HttpTrigger(_Model):
         return f"{self.method} {self.path}"
 
 
+class BatchSpec(_Model):
+    """``batch`` of a queue trigger: the handler gets a list of up to ``max_size`` messages' data."""
+
+    max_size: int = Field(ge=1, le=1000)
+    """Most messages in one batch (each holds a worker thread while it waits)."""
+    max_wait_ms: int = Field(ge=1, le=600_000)
+    """How long the first message of a batch waits for the rest before the batch runs as it is."""
+    key: str | None = Field(default=None, pattern=r"^[^.\s]+(\.[^.\s]+)*$", max_length=200)
+    """Dotted path into the data: only messages with the same value there share a batch."""
+
+
 class QueueTrigger(_Model):
     type: Literal["queue"] = "queue"
     topic: str = Field(pattern=TOPIC_RE)
     input_schema: Any = Field(default=None, alias="input")
+    batch: BatchSpec | None = None
 
     _check_input = field_validator("input_schema")(classmethod(lambda cls, v: _schema_ok(v)))
 
     def describe(self) -> str:
+        if self.batch is not None:
+            return f"queue {self.topic} (batches of up to {self.batch.max_size})"
         return f"queue {self.topic}"
 
 
@@ -325,6 +339,8 @@ def _spec(t: Any) -> dict[str, Any]:
         out.update(method=t.method, path=t.path, body=schema_name(t.body_schema))
     elif isinstance(t, QueueTrigger):
         out.update(topic=t.topic, input=schema_name(t.input_schema))
+        if t.batch is not None:
+            out.update(batch=t.batch.model_dump(exclude_none=True))
     elif isinstance(t, CronTrigger):
         out.update(expression=t.expression)
     elif isinstance(t, StateTrigger):
@@ -339,9 +355,13 @@ def http(method: str, path: str, *, body: type[BaseModel] | dict[str, Any] | Non
     return HttpTrigger(method=method, path=path, body_schema=body, response_schema=responses or {})
 
 
-def queue(topic: str, *, input: type[BaseModel] | dict[str, Any] | None = None) -> QueueTrigger:
-    """A queue trigger: the step receives one copy of every message enqueued to ``topic``."""
-    return QueueTrigger(topic=topic, input_schema=input)
+def queue(topic: str, *, input: type[BaseModel] | dict[str, Any] | None = None,
+          batch: BatchSpec | dict[str, Any] | None = None) -> QueueTrigger:
+    """A queue trigger: the step receives one copy of every message enqueued to ``topic``.
+
+    With ``batch={"max_size": N, "max_wait_ms": T, "key": "path"}`` the handler gets a list
+    of up to N messages' data (retried and dead-lettered per message)."""
+    return QueueTrigger(topic=topic, input_schema=input, batch=batch)
 
 
 def cron(expression: str) -> CronTrigger:

@@ -23,6 +23,8 @@ from redis.backoff import ExponentialWithJitterBackoff
 from iii_console.adapters.queue.producer import AsyncProducer, Producer, Subscriptions
 from iii_console.core.autopipe import AutoPipeline
 from iii_console.core.context import Context, SyncContext, call_arity, is_async
+from iii_console.core.lease import AsyncLeases, Leases
+from iii_console.core.progress import AsyncProgressStore, ProgressStore
 from iii_console.core.state import AsyncStateStore, StateStore
 from iii_console.core.steps import Step
 from iii_console.runtime.services import Services
@@ -85,6 +87,8 @@ class AsyncSide:
         self.autopipe = AutoPipeline(self.client)
         self.state = AsyncStateStore(self.client, services.keys, events_maxlen=cfg.events.maxlen, worker=services.name, autopipe=self.autopipe)
         self.producer = AsyncProducer(self.client, services.keys, cfg, subscriptions, services.emitter, autopipe=self.autopipe)
+        self.progress = AsyncProgressStore(self.client, services.keys, services.emitter)
+        self.leases = AsyncLeases(self.client, services.keys)
         #: Threads for ``def`` handlers called from this loop. Not the loop's default executor:
         #: that has min(32, CPUs + 4) threads (6 on two cores), so six slow handlers would queue
         #: every other request, and the loop's own DNS lookups, behind them.
@@ -100,6 +104,8 @@ class StepRunner:
         self.services = services
         self.state = StateStore(services.client, services.keys, events_maxlen=services.config.events.maxlen, worker=services.name)
         self.producer = Producer(services.client, services.keys, services.config, subscriptions, services.emitter)
+        self.progress = ProgressStore(services.client, services.keys, services.emitter)
+        self.leases = Leases(services.client, services.keys)
         self.loop_thread = loop_thread
         self._async = async_side
         self._subs = subscriptions
@@ -116,17 +122,19 @@ class StepRunner:
         return self._async
 
     def sync_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
-                     message_id: str | None = None, max_attempts: int = 1) -> SyncContext:
+                     message_id: str | None = None, max_attempts: int = 1, idempotency_key: str | None = None) -> SyncContext:
         return SyncContext(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
-                           message_id=message_id, max_attempts=max_attempts, state=self.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
-                           _enqueue=self.producer.enqueue)
+                           message_id=message_id, max_attempts=max_attempts, idempotency_key=idempotency_key, state=self.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
+                           _enqueue=self.producer.enqueue, _progress=self.progress,
+                           _enqueue_group=self.producer.enqueue_group, _leases=self.leases)
 
     def async_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
-                      message_id: str | None = None, max_attempts: int = 1) -> Context:
+                      message_id: str | None = None, max_attempts: int = 1, idempotency_key: str | None = None) -> Context:
         side = self.async_side
         return Context(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
-                       message_id=message_id, max_attempts=max_attempts, state=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
-                       _enqueue=side.producer.enqueue)
+                       message_id=message_id, max_attempts=max_attempts, idempotency_key=idempotency_key, state=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
+                       _enqueue=side.producer.enqueue, _progress=side.progress,
+                       _enqueue_group=side.producer.enqueue_group, _leases=side.leases)
 
     def call_sync(self, step: Step, input: Any, **ctx_kw: Any) -> Any:
         """Run ``step``'s handler to completion from a plain (worker) thread."""

@@ -32,6 +32,7 @@ from iii_console.adapters.queue.names import ACTOR_PRIORITY, CRON_TOPIC, STATE_T
 from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.adapters.queue.sweep import requeue_worker, sweep_dead_workers
 from iii_console.adapters.queue.timelimit import TimeLimits
+from iii_console.adapters.queue.throttle import Throttle
 from iii_console.core.config import Config
 from iii_console.core.context import CronTick, StateChange
 from iii_console.core.discovery import StepSet, discover
@@ -40,6 +41,7 @@ from iii_console.core.keys import as_str
 from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step, validate_input
 from iii_console.runtime.recycling import Recycler, report_stuck, stop_intake
 from iii_console.runtime.redis_watchdog import wait_for_redis
+from iii_console.runtime.batch import batched_actor
 from iii_console.runtime.runner import LoopThread, StepRunner
 from iii_console.runtime.services import Services
 
@@ -123,7 +125,8 @@ class WorkerRuntime:
                                       lambda run: report_stuck(run, self.time_limits, self.recycler, self.services.emitter))
         self.broker = IIIBroker(
             client=self.services.client, keys=self.services.keys, emitter=self.services.emitter,
-            middleware=[CurrentMessage(), RetryPolicy(config, self.services.emitter), self.events, self.recycler],
+            middleware=[CurrentMessage(), RetryPolicy(config, self.services.emitter),
+                        Throttle(config, self.services.emitter), self.events, self.recycler],
             max_deliveries=lambda topic: config.queue(topic).max_deliveries,
             dead_letter_queue=lambda topic: config.queue(topic).dead_letter_queue,
         )
@@ -160,16 +163,22 @@ class WorkerRuntime:
                 out.setdefault(f"{CRON_TOPIC}.{step.name}", []).append((Subscription(CRON_TOPIC, step.name), step))
         return out
 
+    def _batch_spec(self, step: Step, topic: str) -> Any:
+        return next((t.batch for t in step.of(QueueTrigger) if t.topic == topic and t.batch is not None), None)
+
     def _actor_fn(self, step: Step, sub: Subscription) -> Any:
         runner = self.runner
         trigger = step.of(QueueTrigger)
         schema = next((t.input_schema for t in trigger if t.topic == sub.topic), None)
+        spec = self._batch_spec(step, sub.topic)
+        if spec is not None:
+            return batched_actor(runner, step, sub.topic, schema, spec, max_attempts=self.config.queue(sub.topic).max_retries + 1)
 
         def run(data: Any) -> None:
             msg = CurrentMessage.get_current_message()
             opts = msg.options if msg else {}
             if sub.topic == CRON_TOPIC:
-                value: Any = CronTick(scheduled_ms=data["scheduled_ms"], fired_ms=data["fired_ms"])
+                value: Any = CronTick(scheduled_ms=data["scheduled_ms"], fired_ms=data["fired_ms"], manual=bool(data.get("manual")))
                 trig = {"type": "cron", **data}  # with the expression, which tells a step's cron triggers apart
             elif sub.topic == STATE_TOPIC:
                 value = StateChange(**data)
@@ -199,6 +208,9 @@ class WorkerRuntime:
                                    priority=ACTOR_PRIORITY[p], options={})
                     queues.add(sub.queue(p))
             conc = min(self.config.queue(topic).concurrency, self.threads)
+            # A batch of N holds N threads while it gathers: give a batched topic at least that many.
+            sizes = [spec.max_size for sub, step in subs if (spec := self._batch_spec(step, sub.topic)) is not None]
+            conc = max([conc, *sizes])
             self.workers[topic] = dramatiq.Worker(self.broker, queues=queues, worker_threads=conc, worker_timeout=200)
 
     # -- lifecycle ----------------------------------------------------------
@@ -316,7 +328,7 @@ class WorkerRuntime:
             "name": self.services.name,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "queues": {t: min(self.config.queue(t).concurrency, self.threads) for t in self.workers},
+            "queues": {t: w.worker_threads for t, w in self.workers.items()},
             "in_flight": len(self.events._started),
             "started_ms": self.started_ms,
         }
@@ -340,7 +352,17 @@ class WorkerRuntime:
         moved = sweep_dead_workers(self.services.client, self.services.keys, self.broker.iii_scripts, self.services.emitter,
                                    timeout_ms=int(self.config.workers.heartbeat_timeout * 1000), self_id=self.worker_id)
         moved += self._claim_stale_changes()
+        self.expire_dead_letters()
         return moved
+
+    def expire_dead_letters(self) -> int:
+        """Drop dead letters past their topic's ``dead_letter_ttl`` (none unless one is configured)."""
+        ttl_for, shortest = self.config.dead_letter_ttls()
+        if shortest is None:
+            return 0
+        from iii_console.core.dlq import DeadLetterStore, expire
+
+        return expire(DeadLetterStore(self.services.client, self.services.keys), ttl_for, now_ms(), shortest_ms=shortest)
 
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.config.workers.sweep_interval):

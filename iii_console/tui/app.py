@@ -49,7 +49,8 @@ from iii_console.core.keys import Keys
 from iii_console.core.text import printable
 from iii_console.tui import fmt
 from iii_console.tui.filter import EventFilter
-from iii_console.tui.messages import DeadLettersChosen, InspectDeadLetter, OpenTrace, StateGroupChosen, StateKeyChosen
+from iii_console.tui.messages import (CronRunChosen, DeadLettersChosen, InspectDeadLetter, OpenTrace, StateGroupChosen,
+                                     StateKeyChosen)
 from iii_console.tui.model import ConsoleModel
 from iii_console.tui.ops import Writer
 from iii_console.tui.screens import (ConfirmScreen, DeadLetterScreen, HelpScreen, SendRequest, SendScreen, StateEdit,
@@ -493,6 +494,21 @@ class ConsoleApp(App[None]):
                 self._write(verb.capitalize(), lambda w: _dlq_write(w, verb, entries))
 
         self.push_screen(ConfirmScreen(question, detail, confirm=f"{verb.capitalize()} {n}", danger=verb == "purge"), confirmed)
+
+    def on_cron_run_chosen(self, message: CronRunChosen) -> None:
+        if self.writer is None:
+            self.action_read_only()
+            return
+        step, expression = message.step, message.expression
+        strategy = self.snap.strategies.get(f"_cron.{step}") or self.snap.strategies.get("default") or {}
+        priority = str(strategy.get("priority") or "normal")
+
+        def confirmed(ok: bool | None) -> None:
+            if ok:
+                self._write("Run now", lambda w: f"{step} fired now (message {w.run_cron(step, expression, priority)[:8]})")
+
+        self.push_screen(ConfirmScreen(f"Run cron step {step} now?", f"One tick of {expression}, outside the schedule and "
+                                       "marked manual; the schedule's own ticks fire as usual.", confirm="Run"), confirmed)
 
     def on_state_key_chosen(self, message: StateKeyChosen) -> None:
         if self.writer is None:

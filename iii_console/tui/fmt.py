@@ -23,6 +23,7 @@ STATUS_STYLE = {
     "failed": "red",
     "retrying": "dark_orange",
     "redelivered": "dark_orange",
+    "throttled": "orange3",
     "dead": "bold red",
 }
 PRIORITY_STYLE = {"high": "bold magenta", "normal": "", "low": "bright_black"}
@@ -99,6 +100,13 @@ def rate(r: float) -> str:
 
 def status(s: str) -> Text:
     return Text(s, style=STATUS_STYLE.get(s, ""))
+
+
+def progress_bar(done: float, total: float, width: int = 10) -> str:
+    """``███░░░░░░░ 30%`` for a ``ctx.progress``."""
+    frac = max(0.0, min(1.0, done / total)) if total > 0 else 0.0
+    full = round(frac * width)
+    return "█" * full + "░" * (width - full) + f" {frac * 100:.0f}%"
 
 
 def event_line(ev: Event) -> Text:

@@ -54,3 +54,12 @@ class StateKeyChosen(Message):
         self.group = group
         self.key = key
         self.value = value
+
+
+class CronRunChosen(Message):
+    """Run one cron step's trigger now (``iii-console cron run``)."""
+
+    def __init__(self, step: str, expression: str) -> None:
+        super().__init__()
+        self.step = step
+        self.expression = expression

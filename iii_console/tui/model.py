@@ -88,6 +88,8 @@ STATUS = {
     # Its worker died (or gave it up at a stop) mid-run: back in its queue, the
     # same attempt to run again. Ranked by the redelivery count (see apply).
     "message.redelivered": ("redelivered", 0),
+    # Over its key's throttle: back in the delayed set, the same attempt to come.
+    "message.throttled": ("throttled", 0),
 }
 TERMINAL = frozenset({"processed", "dead"})
 
@@ -113,6 +115,10 @@ class MessageRow:
     replays: int = 0
     #: Times a worker holding it died (or gave it up) mid-run.
     redeliveries: int = 0
+    #: The latest ``ctx.progress`` of its run: (done, total).
+    progress: tuple[float, float] | None = None
+    #: The throttle key it last waited on.
+    throttle_key: str | None = None
     _status_at: tuple[int, int, int, int] = (-1, -1, -1, -1)
 
     def apply(self, ev: Event, rev: int) -> None:
@@ -138,6 +144,8 @@ class MessageRow:
             self.error = ev.error
         if ev.type == "message.replayed":
             self.replays += 1
+        if ev.type == "message.throttled":
+            self.throttle_key = str(d.get("key", "")) or None
         if ev.type == "message.redelivered":
             # Written by the script that put it back, after anything of the run it
             # ends: what follows (the next start) moves on from here.
@@ -226,6 +234,15 @@ class TopicCounts:
 
 
 @dataclass(slots=True)
+class GroupSeen:
+    """A fan-in group as the console has seen it: children enqueued, settled, and its completion."""
+
+    total: int = 0
+    settled: int = 0
+    done: dict | None = None
+
+
+@dataclass(slots=True)
 class CronSeen:
     fired: int = 0
     skipped: int = 0
@@ -266,6 +283,9 @@ class ConsoleModel:
         self.dlq_rev = 0
         self.workers_rev = 0
         self.cron: dict[str, CronSeen] = {}
+        #: Fan-in groups by id (newest last), and the group of each child message seen.
+        self.groups: OrderedDict[str, GroupSeen] = OrderedDict()
+        self._child_group: OrderedDict[str, str] = OrderedDict()
         #: Recent cron firings and skips, and worker starts and stops (heartbeats are not kept).
         self.cron_events: deque[Event] = deque(maxlen=100)
         self.worker_events: deque[Event] = deque(maxlen=100)
@@ -288,6 +308,12 @@ class ConsoleModel:
                 self.tiles[tile].add(ev.ts, now_ms)
             if t in STATUS and ev.message_id:
                 self._message(ev, seq)
+                self._group_child(ev)
+            elif t == "progress" and ev.message_id in self.messages:
+                self._progress(ev, seq)
+            elif t == "group.completed" and isinstance(ev.data, dict) and ev.data.get("group_id"):
+                seen = self._group(str(ev.data["group_id"]))
+                seen.done = ev.data
             if t.startswith("message.") and ev.topic:
                 self._topic(ev, now_ms)
             if t in ("message.failed", "message.dead_lettered", "message.redelivered", "step.error", "redis.down") or (
@@ -341,6 +367,35 @@ class ConsoleModel:
         was_running = row.status == "running"
         row.apply(ev, seq)
         self.in_flight += (row.status == "running") - was_running
+
+    def _group(self, gid: str) -> GroupSeen:
+        seen = self.groups.get(gid)
+        if seen is None:
+            seen = self.groups[gid] = GroupSeen()
+            if len(self.groups) > 200:
+                self.groups.popitem(last=False)
+        return seen
+
+    def _group_child(self, ev: Event) -> None:
+        d = ev.data if isinstance(ev.data, dict) else {}
+        mid = ev.message_id or ""
+        if ev.type == "message.enqueued" and d.get("group_id"):
+            if mid not in self._child_group:
+                self._child_group[mid] = str(d["group_id"])
+                if len(self._child_group) > self.max_messages * 5:
+                    self._child_group.popitem(last=False)
+                self._group(str(d["group_id"])).total += 1
+        elif ev.type in ("message.processed", "message.dead_lettered") and mid in self._child_group:
+            gid = self._child_group.pop(mid)  # settled once
+            if gid in self.groups:
+                self.groups[gid].settled += 1
+
+    def _progress(self, ev: Event, seq: int) -> None:
+        d = ev.data if isinstance(ev.data, dict) else {}
+        done, total = d.get("done"), d.get("total")
+        if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:
+            row = self.messages[ev.message_id or ""]
+            row.progress, row.rev = (float(done), float(total)), seq
 
     def _topic(self, ev: Event, now_ms: int) -> None:
         tc = self.topics.get(ev.topic or "")
@@ -412,6 +467,15 @@ class ConsoleModel:
             out.append(row)
             if len(out) >= limit:
                 break
+        return out
+
+    def throttled(self) -> dict[str, dict[str, int]]:
+        """topic -> throttle key -> messages waiting on it (their last event was ``message.throttled``)."""
+        out: dict[str, dict[str, int]] = {}
+        for row in self.messages.values():
+            if row.status == "throttled":
+                keys = out.setdefault(row.topic or "", {})
+                keys[row.throttle_key or "?"] = keys.get(row.throttle_key or "?", 0) + 1
         return out
 
     def iter_problems(self) -> Iterator[Event]:

@@ -87,6 +87,19 @@ class Writer:
         with self._client() as client:
             return self._store(client).delete(group, key)
 
+    def run_cron(self, step: str, expression: str, priority: str = "normal") -> str:
+        """Fire ``step``'s cron trigger now (marked manual); returns the message id."""
+        from iii_console.core.cronrun import run_now
+
+        with self._client() as client:
+            sink = StreamSink(client, self.keys.events, maxlen=self.events_maxlen, keys=self.keys)
+            try:
+                _trace, mid = run_now(client, self.keys, Emitter(sink.put, worker=self.worker), step, expression,
+                                      priority=priority, source="console")
+            finally:
+                sink.close()
+        return mid
+
     def _store(self, client: redis.Redis) -> StateStore:
         # Each edit is its own trace, so the steps it triggers are followed like any other change.
         return StateStore(client, self.keys, trace_id=uuid.uuid4().hex, step="console", events_maxlen=self.events_maxlen)

@@ -451,6 +451,7 @@ HELP = [
     ("State (5)", [("e", "edit the highlighted key's JSON value (ctrl+s saves, esc cancels)"),
                    ("", "a save is refused if the value changed after the editor opened"),
                    ("d", "delete the highlighted key (asks first)")]),
+    ("Cron (6)", [("r", "run the highlighted cron step now, outside its schedule (asks first; marked manual)")]),
     ("Read-only (attach)", [("s r R d D e", "hidden: a read-only console never writes to Redis")]),
     ("Filter", [("type:message.failed", "one event type; type:message. for a family"),
                 ("topic:… step:… queue:…", "substring, or a glob with * ?"),

@@ -126,7 +126,7 @@ class IIIBroker(RedisBroker):
         message.options.pop("eta", None)
         self.emit_before("enqueue", message, delay)
         try:
-            self.iii_scripts.enqueue(args=[self.namespace, "", 0, int(delay or 0), "", "", 0, "",
+            self.iii_scripts.enqueue(args=[self.namespace, "", 0, int(delay or 0), "", "", 0, "", "",
                                            message.queue_name, message.options["redis_message_id"], message.encode()])
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
@@ -144,13 +144,24 @@ class IIIBroker(RedisBroker):
             return run("")
         return self.emitter.transition(run, *events, through=getattr(message, "iii_seq", None))
 
-    def dead_letter(self, consumer_queue: str, message: Message, entry: DeadLetter, event: Any = None) -> int:
-        """Move an in-flight message into its dead-letter queue, with its ``message.dead_lettered`` event."""
+    def dead_letter(self, consumer_queue: str, message: Message, entry: DeadLetter, event: Any = None, *,
+                    outcome: str = "failed") -> int:
+        """Move an in-flight message into its dead-letter queue, with its ``message.dead_lettered`` event.
+
+        A fan-in child settles its group in the same script as ``outcome``:
+        ``failed`` (its handler raised) or ``dead`` (it never ran to a result).
+        """
         return int(self.transition(lambda ev: self.iii_scripts.dead(args=[
             self.namespace, consumer_queue, self.broker_id, message.options["redis_message_id"],
             entry.dlq, entry.id, entry.encode(), entry.last_failure_ms,
             self.keys.dlq(entry.dlq), self.keys.dlq_entries(entry.dlq), self.keys.dlq_names, ev,
+            *self.group_args(message), outcome,
         ]), event, message=message))
+
+    def group_args(self, message: Any) -> list[str]:
+        """The settle scripts' fan-in arguments: the group's key (or "") and the message id."""
+        gid = message.options.get("iii_group")
+        return [self.keys.group(gid) if isinstance(gid, str) and gid else "", message.message_id or ""]
 
     def dead_event(self, message: Any, entry: DeadLetter, **data: Any) -> Any:
         """The ``message.dead_lettered`` event of ``entry`` (None with no emitter)."""
@@ -199,8 +210,9 @@ class IIIConsumer(Consumer):
         try:
             if outcome is None:
                 rid = message.options["redis_message_id"]
+                group = self.broker.group_args(message)
                 self.broker.transition(lambda ev: self.broker.iii_scripts.ack(
-                    args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, ev]),
+                    args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, ev, *group]),
                     getattr(message, "iii_event", None), message=message)
             elif outcome["kind"] == "retry":
                 self._retry(message, outcome["delay_ms"])
@@ -225,7 +237,7 @@ class IIIConsumer(Consumer):
         dlq = self.broker.dead_letter_queue(message.options.get("topic", ""))
         entry = dead_letter_entry(message, dlq=dlq, error=describe(exc) if exc else "rejected", traceback="",
                                   attempts=message.options.get("retries", 0) + 1)
-        message.options["iii_outcome"] = {"kind": "dead", "entry": json.loads(entry.encode())}
+        message.options["iii_outcome"] = {"kind": "dead", "entry": json.loads(entry.encode()), "fanin": "dead"}
         message.iii_event = self.broker.dead_event(message, entry)
         self.ack(message)
 
@@ -255,7 +267,8 @@ class IIIConsumer(Consumer):
 
     def _dead(self, message: MessageProxy, outcome: dict[str, Any]) -> None:
         entry = DeadLetter(**outcome["entry"])
-        self.broker.dead_letter(self.queue_name, message, entry, getattr(message, "iii_event", None))
+        self.broker.dead_letter(self.queue_name, message, entry, getattr(message, "iii_event", None),
+                                outcome=outcome.get("fanin", "failed"))
 
     def requeue(self, messages: Any) -> None:
         """Give back messages Dramatiq fetched but never ran (a stop): not a delivery."""
@@ -332,7 +345,8 @@ class IIIConsumer(Consumer):
         dlq = self.broker.dead_letter_queue(message.options.get("topic", ""))
         entry = dead_letter_entry(message, dlq=dlq, error=error, traceback="", attempts=message.options.get("retries", 0) + 1)
         log.error("dead-lettering %s on %s: %s", message.message_id, self.queue_name, error)
-        self.broker.dead_letter(self.queue_name, message, entry, self.broker.dead_event(message, entry, deliveries=deliveries))
+        self.broker.dead_letter(self.queue_name, message, entry, self.broker.dead_event(message, entry, deliveries=deliveries),
+                                outcome="dead")
 
     def _quarantine(self, rid: str, data: bytes, exc: BaseException) -> None:
         topic = step = None

@@ -24,6 +24,7 @@ from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter
 from iii_console.core.errors import user_traceback
 from iii_console.core.events import now_ms
+from iii_console.core.retry import Retry
 
 
 def _where(message: Any) -> dict[str, Any]:
@@ -88,17 +89,34 @@ class RetryPolicy(dramatiq.Middleware):
         retries = opts.get("retries", 0)
         opts.setdefault("first_failure_ms", now_ms())
         where = _where(message)
+        if isinstance(exception, Retry) and not exception.counts:
+            # A wait the handler asked for, not a failure: run again then, attempt not spent.
+            delay = exception.delay_ms()
+            opts["deferrals"] = int(opts.get("deferrals", 0) or 0) + 1
+            opts["iii_outcome"] = {"kind": "retry", "delay_ms": delay}
+            message.iii_event = self.emitter.make("message.retrying", **where, error=describe(exception),
+                                                  data={"delay_ms": delay, "retry_after": True, "counts": False})
+            return
         if retries < strategy.max_retries and not non_retryable(exception):
-            delay = strategy.delay_for(retries + 1)
+            if isinstance(exception, Retry):
+                delay, extra = exception.delay_ms(), {"retry_after": True, "counts": True}
+            else:
+                delay, extra = strategy.delay_for(retries + 1), {}
             opts["retries"] = retries + 1
             opts["iii_outcome"] = {"kind": "retry", "delay_ms": delay}
             message.iii_event = self.emitter.make("message.retrying", **{**where, "attempt": retries + 2},
-                                                  error=describe(exception), data={"delay_ms": delay})
+                                                  error=describe(exception), data={"delay_ms": delay, **extra})
             return
         entry = dead_letter_entry(
             message, dlq=strategy.dead_letter_queue, error=describe(exception),
             traceback=user_traceback(exception), attempts=retries + 1,
         )
-        opts["iii_outcome"] = {"kind": "dead", "entry": asdict(entry)}
+        from pydantic import ValidationError
+
+        from iii_console.core.steps import InvalidInput
+
+        # For a fan-in group: invalid input never ran to a result ("dead"); anything else failed.
+        invalid = isinstance(exception, (ValidationError, InvalidInput))
+        opts["iii_outcome"] = {"kind": "dead", "entry": asdict(entry), "fanin": "dead" if invalid else "failed"}
         message.iii_event = self.emitter.make("message.dead_lettered", **where, error=entry.error,
                                               data={"dlq": entry.dlq, "attempts": entry.attempts})

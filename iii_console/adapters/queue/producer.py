@@ -10,6 +10,7 @@ exactly when Redis holds it. A delayed message waits in Redis (its queue's
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -17,18 +18,15 @@ import redis
 import redis.asyncio as aredis
 from dramatiq.message import Message
 
+from iii_console.adapters.queue.errors import EnqueueError
+from iii_console.adapters.queue.fanin import build_group, empty_result
 from iii_console.adapters.queue.names import Subscription
 from iii_console.adapters.queue.scripts import SOURCES, Scripts
 from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter
-from iii_console.core.errors import IIIError
 from iii_console.core.events import now_ms
 from iii_console.core.keys import Keys
 from iii_console.core.steps import PRIORITIES
-
-
-class EnqueueError(IIIError):
-    """The message could not be enqueued (bad priority, not JSON...)."""
 
 
 Subscriptions = dict[str, list[Subscription]]
@@ -82,22 +80,49 @@ class _Builder:
         return args, copies, prio
 
     def events(self, topic: str, data: Any, copies: list[tuple[Subscription, Message]], prio: str, delay_ms: int,
-               source: str | None, trace_id: str) -> list[Any]:
+               source: str | None, trace_id: str, group: str | None = None) -> list[Any]:
         """The copies' ``message.enqueued`` events, written by the enqueue script itself."""
         if not copies:
             self.emitter.emit("log", trace_id=trace_id, step=source, topic=topic,
                               data={"level": "warning", "message": f"no step subscribes to topic {topic!r}; message dropped"})
         return [
             self.emitter.make("message.enqueued", trace_id=trace_id, message_id=msg.message_id, step=sub.step, topic=topic,
-                              queue=sub.queue(prio), data={"payload": data, "priority": prio, "delay_ms": delay_ms, "source": source})
+                              queue=sub.queue(prio), data={"payload": data, "priority": prio, "delay_ms": delay_ms, "source": source,
+                                                           **({"group_id": group} if group else {})})
             for sub, msg in copies
         ]
 
 
+#: How long a dedup key holds when ``dedup_ttl_ms`` is not given (24 h, as Inngest's event ids).
+DEDUP_TTL_MS = 86_400_000
+#: Longest dedup key accepted (it is part of a Redis key).
+DEDUP_KEY_MAX = 512
+
+
+def _dedup_extras(builder: "_Builder", topic: str, key: str, ids: list[str], trace_id: str, source: str | None) -> dict[str, Any]:
+    """The enqueue script's ``X`` for a dedup key: the ids it keeps, and the event of a hit."""
+    x: dict[str, Any] = {"v": json.dumps(ids, separators=(",", ":"))}
+    stream = builder.emitter.stream
+    if stream is not None:
+        ev = builder.emitter.make("message.deduplicated", trace_id=trace_id, step=source, topic=topic,
+                                  data={"dedup_key": key, "message_ids": "__III_IDS__"})
+        x["dev"] = [ev.flat()]
+        x["dst"] = json.loads(stream.payload((), [ev]))["st"]  # its counter
+    return x
+
+
 def _script_args(ns: str, triples: list[Any], *, once: str | None, once_ttl_ms: int, delay_ms: int, events: Any,
-                 floor: tuple[str, int, str] | None) -> list[Any]:
+                 floor: tuple[str, int, str] | None, extras: dict[str, Any] | None = None) -> list[Any]:
     f_key, f_ms, f_json = floor or ("", 0, "")
-    return [ns, once or "", once_ttl_ms, delay_ms, events, f_key, f_ms, f_json, *triples]
+    x = json.dumps(extras, separators=(",", ":")) if extras else ""
+    return [ns, once or "", once_ttl_ms, delay_ms, events, f_key, f_ms, f_json, x, *triples]
+
+
+def check_dedup(dedup_key: Any, dedup_ttl_ms: Any) -> None:
+    if not isinstance(dedup_key, str) or not dedup_key or len(dedup_key) > DEDUP_KEY_MAX:
+        raise EnqueueError(f"dedup_key must be a non-empty string of at most {DEDUP_KEY_MAX} characters, not {dedup_key!r}")
+    if isinstance(dedup_ttl_ms, bool) or not isinstance(dedup_ttl_ms, int) or dedup_ttl_ms < 1:
+        raise EnqueueError(f"dedup_ttl_ms must be a whole number of milliseconds >= 1, not {dedup_ttl_ms!r}")
 
 
 class Producer(_Builder):
@@ -109,22 +134,52 @@ class Producer(_Builder):
 
     def enqueue(self, topic: str, data: Any, *, trace_id: str, priority: str | None = None, delay_ms: int = 0,
                 source: str | None = None, once: str | None = None, once_ttl_ms: int = 86_400_000,
-                options: dict[str, Any] | None = None, floor: tuple[str, int, str] | None = None) -> list[str] | None:
+                options: dict[str, Any] | None = None, floor: tuple[str, int, str] | None = None,
+                dedup_key: str | None = None, dedup_ttl_ms: int = DEDUP_TTL_MS,
+                extras: dict[str, Any] | None = None) -> list[str] | None:
         """Returns the message ids, or ``None`` when ``once`` was already used (or ``floor`` refused it).
 
         ``floor`` is ``(key, ms, json)``: enqueue only if ``key`` records no
         ``scheduled_ms`` at or after ``ms``, and then set it to ``json`` (a cron
-        trigger's last fired tick).
+        trigger's last fired tick). With ``dedup_key``, a second enqueue to the
+        topic under the same key within ``dedup_ttl_ms`` enqueues nothing and
+        returns the first one's ids.
         """
         triples, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source, options=options)
+        ids = [m.message_id for _, m in copies]
+        extras = dict(extras or {})
+        if dedup_key is not None:
+            check_dedup(dedup_key, dedup_ttl_ms)
+            once, once_ttl_ms = self.keys.dedup(topic, dedup_key), dedup_ttl_ms
+            extras.update(_dedup_extras(self, topic, dedup_key, ids, trace_id, source))
         events = self.events(topic, data, copies, prio, delay_ms, source, trace_id)
         if copies or once or floor:
             ns = self.keys.dramatiq_namespace
             n = self.emitter.transition(lambda ev: self.scripts.enqueue(args=_script_args(
-                ns, triples, once=once, once_ttl_ms=once_ttl_ms, delay_ms=delay_ms, events=ev, floor=floor)), *events)
-            if n == 0 and (once or floor):
+                ns, triples, once=once, once_ttl_ms=once_ttl_ms, delay_ms=delay_ms, events=ev, floor=floor, extras=extras)), *events)
+            if isinstance(n, (bytes, str)):  # a dedup hit: the first enqueue's ids
+                return list(json.loads(n))
+            if n == 0 and (once or floor) and dedup_key is None:
                 return None
-        return [m.message_id for _, m in copies]
+        return ids
+
+
+    def enqueue_group(self, topic: str, items: Any, *, then: str, trace_id: str, group_id: str | None = None,
+                      priority: str | None = None, source: str | None = None) -> str:
+        """Enqueue one child per item to ``topic`` and, once every child is settled, one message to ``then``.
+
+        Returns the group id. A group id used before (within 24 h) enqueues nothing again.
+        """
+        gid, triples, events, extras = build_group(self, topic, items, then=then, group_id=group_id, trace_id=trace_id,
+                                                   priority=priority, source=source)
+        once = self.keys.once(f"group:{gid}")
+        if not triples:  # no child at all: the group is complete now
+            self.enqueue(then, empty_result(gid), trace_id=trace_id, source=source, once=once, options={"group_of": gid})
+            return gid
+        ns = self.keys.dramatiq_namespace
+        self.emitter.transition(lambda ev: self.scripts.enqueue(args=_script_args(
+            ns, triples, once=once, once_ttl_ms=86_400_000, delay_ms=0, events=ev, floor=None, extras=extras)), *events)
+        return gid
 
 
 class AsyncProducer(_Builder):
@@ -137,18 +192,44 @@ class AsyncProducer(_Builder):
         self._enqueue = autopipe.script(SOURCES["enqueue"]) if autopipe is not None else Scripts(client).enqueue
 
     async def enqueue(self, topic: str, data: Any, *, trace_id: str, priority: str | None = None, delay_ms: int = 0,
-                      source: str | None = None, options: dict[str, Any] | None = None) -> list[str]:
+                      source: str | None = None, options: dict[str, Any] | None = None,
+                      dedup_key: str | None = None, dedup_ttl_ms: int = DEDUP_TTL_MS,
+                      extras: dict[str, Any] | None = None) -> list[str]:
         triples, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source, options=options)
+        ids = [m.message_id for _, m in copies]
+        once, extras = None, dict(extras or {})
+        if dedup_key is not None:
+            check_dedup(dedup_key, dedup_ttl_ms)
+            once = self.keys.dedup(topic, dedup_key)
+            extras.update(_dedup_extras(self, topic, dedup_key, ids, trace_id, source))
         events = self.events(topic, data, copies, prio, delay_ms, source, trace_id)
-        if copies:
+        if copies or once:
             # On the server's loop the script cannot wait for the event buffer (it
             # would block the loop): events buffered before it (``http.received``)
             # may land after the message's ``message.enqueued``.
             stream = self.emitter.stream
             ev = stream.payload((), events) if stream is not None else ""
-            await self._enqueue(args=_script_args(self.keys.dramatiq_namespace, triples, once=None, once_ttl_ms=0,
-                                                  delay_ms=delay_ms, events=ev, floor=None))
-        return [m.message_id for _, m in copies]
+            n = await self._enqueue(args=_script_args(self.keys.dramatiq_namespace, triples, once=once, once_ttl_ms=dedup_ttl_ms,
+                                                      delay_ms=delay_ms, events=ev, floor=None, extras=extras))
+            if isinstance(n, (bytes, str)):
+                return list(json.loads(n))
+        return ids
+
+
+    async def enqueue_group(self, topic: str, items: Any, *, then: str, trace_id: str, group_id: str | None = None,
+                            priority: str | None = None, source: str | None = None) -> str:
+        gid, triples, events, extras = build_group(self, topic, items, then=then, group_id=group_id, trace_id=trace_id,
+                                                   priority=priority, source=source)
+        once = self.keys.once(f"group:{gid}")
+        if not triples:
+            triples, copies, prio = self.build(then, empty_result(gid), trace_id=trace_id, priority=None, delay_ms=0,
+                                               source=source, options={"group_of": gid})
+            events, extras = self.events(then, empty_result(gid), copies, prio, 0, source, trace_id), {}
+        stream = self.emitter.stream
+        ev = stream.payload((), events) if stream is not None else ""
+        await self._enqueue(args=_script_args(self.keys.dramatiq_namespace, triples, once=once, once_ttl_ms=86_400_000,
+                                              delay_ms=0, events=ev, floor=None, extras=extras))
+        return gid
 
 
 def subscriptions_for(steps: Any) -> Subscriptions:

@@ -82,6 +82,13 @@ local function iii_trim(E)
   end
 end
 
+-- s with the first plain occurrence of placeholder replaced by value.
+local function iii_fill(s, placeholder, value)
+  local a, b = string.find(s, placeholder, 1, true)
+  if not a then return s end
+  return string.sub(s, 1, a - 1) .. value .. string.sub(s, b + 1)
+end
+
 local function iii_now_ms()
   local t = redis.call("TIME")
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -60,7 +60,13 @@ class MessagesPane(Pane):
         counts: dict[str, int] = {}
         for r in view.model.messages.values():
             counts[r.status] = counts.get(r.status, 0) + 1
-        retitle(table, subtitle=" ".join(f"{s} {c}" for s, c in sorted(counts.items())))
+        sub = " ".join(f"{s} {c}" for s, c in sorted(counts.items()))
+        groups = list(view.model.groups.items())[-3:]
+        if groups:  # the latest fan-in groups: children settled of those seen enqueued, or the completion's counts
+            sub += " · groups: " + ", ".join(
+                f"{gid[:8]} " + (f"done {g.done.get('ok')}/{g.done.get('total')} ok" if g.done else f"{g.settled}/{g.total}")
+                for gid, g in groups)
+        retitle(table, subtitle=sub)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
@@ -68,6 +74,13 @@ class MessagesPane(Pane):
         trace = self._traces.get(key or "")
         if key and trace:
             self.post_message(OpenTrace(trace, key))
+
+
+def _duration(r: MessageRow) -> Text:
+    """How long its run took; while it runs, the progress it last reported (``ctx.progress``)."""
+    if r.status == "running" and r.progress is not None:
+        return t(fmt.progress_bar(*r.progress, width=5), "cyan", justify="right")
+    return t(fmt.duration(r.duration_ms), justify="right")
 
 
 def _cells(r: MessageRow, now_ms: int) -> tuple[Text, ...]:
@@ -79,7 +92,7 @@ def _cells(r: MessageRow, now_ms: int) -> tuple[Text, ...]:
         n(r.attempts),
         t(r.priority, fmt.PRIORITY_STYLE.get(r.priority, "")),
         t(fmt.age(r.created_ms, now_ms), justify="right"),
-        t(fmt.duration(r.duration_ms), justify="right"),
+        _duration(r),
         t(r.trace_id[:8], "bright_black"),
         t(r.error or "", "red" if r.status in ("failed", "retrying", "dead") else "bright_black"),
     )

@@ -107,7 +107,13 @@ class QueuesPane(Pane):
             strategies.append((topic, strategy_cells(topic, strat, f"queues.{topic}" if configured else "default (not configured)")))
         table.show_rows(rows)
         retitle(table, title=f"Queues ({len(rows)})")
-        retitle(table, subtitle="depths every second · h/n/l: waiting by priority · counts since the console started")
+        sub = "depths every second · h/n/l: waiting by priority · counts since the console started"
+        waiting = m.throttled()
+        if waiting:  # messages over a per-key throttle, and the keys they wait on
+            sub += " · throttled: " + "; ".join(
+                f"{topic} " + ", ".join(f"{k}×{c}" for k, c in sorted(keys.items(), key=lambda kv: -kv[1])[:5])
+                for topic, keys in sorted(waiting.items()))
+        retitle(table, subtitle=sub)
         st_table = self.query_one("#strategies-table", Table)
         if default:
             strategies.append(("default", strategy_cells("(default)", default, "queues.default")))

@@ -7,13 +7,15 @@ from typing import Any, Sequence
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from iii_console.core.cronexpr import next_fire
 from iii_console.format import TYPE_STYLE, clock
 from iii_console.tui import fmt
-from iii_console.tui.widgets import Pane, EventList, Table, View, lines, n, t, retitle
+from iii_console.tui.messages import CronRunChosen
+from iii_console.tui.widgets import Pane, EventList, Table, View, cursor_key, lines, n, t, retitle
 
 #: A worker whose last heartbeat is older than this looks stale (the runtime's default timeout is 30 s).
 STALE_AFTER_MS = 15_000
@@ -24,6 +26,11 @@ CRON_COLUMNS = (("Step", 22), ("Expression", 16), ("Next fire (UTC)", 16), ("In"
 
 class CronPane(Pane):
     wants = frozenset({"cron"})
+    writes = frozenset({"run_now"})
+    BINDINGS = [
+        Binding("r", "run_now", "Run now"),
+        Binding("r", "app.read_only", show=False),  # what r does on a read-only console
+    ]
 
     DEFAULT_CSS = """
     CronPane #cron-table { height: auto; max-height: 60%; }
@@ -72,6 +79,15 @@ class CronPane(Pane):
         table.show_rows(rows)
         retitle(table, title=f"Cron ({len(rows)} schedules)")
         retitle(table, subtitle="times in UTC, as the scheduler runs them" if rows else "no cron steps")
+
+
+    def action_run_now(self) -> None:
+        key = cursor_key(self.query_one(Table))
+        if not key or "|" not in key:
+            self.notify("No cron step is highlighted.", severity="warning")
+            return
+        step, expression = key.split("|", 1)
+        self.post_message(CronRunChosen(step, expression))
 
 
 def _drift_style(drift: int | None) -> str:

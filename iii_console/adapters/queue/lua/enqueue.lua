@@ -1,11 +1,15 @@
 -- Enqueue copies of a message to several Dramatiq queues in one atomic step,
 -- with their message.enqueued events.
 -- ARGV: namespace, once_key ("" for none), once_ttl_ms, delay_ms, events (E),
---       floor_key ("" for none), floor_ms, floor_json,
+--       floor_key ("" for none), floor_ms, floor_json, extras (X, JSON or ""),
 --       then triples of (queue_name, redis_message_id, encoded_message).
 -- With once_key, nothing is enqueued if the key already exists (returns 0):
 -- this is how a cron tick or a state trigger is enqueued exactly once across
--- processes. With floor_key (a cron trigger's `cron-last`), nothing is
+-- processes. X.v makes it a dedup key: the key holds X.v (the message ids, as
+-- JSON) and a second enqueue under it returns what it holds (a string) and
+-- writes X.dev (a message.deduplicated event whose "__III_IDS__" becomes those
+-- ids, with its counters X.dst) instead of enqueueing. X.g = {key, fields} writes a fan-in group's
+-- record (fanin.lua) with its children, so a group exists exactly when they do. With floor_key (a cron trigger's `cron-last`), nothing is
 -- enqueued either if that key records a tick at or after floor_ms, and on
 -- success it is set to floor_json: a tick is never fired at or before the last
 -- one fired, whatever the schedulers' clocks say and however long ago the
@@ -18,7 +22,8 @@ local ns = ARGV[1]
 local E = iii_decode(ARGV[5])
 local delayed = tonumber(ARGV[4]) > 0
 local checks = iii_event_keys(E, delayed and {{ns .. ":__delayed__", "zset"}, {ns .. ":__delayed__.wake", "list"}} or {})
-for i = 9, #ARGV, 3 do
+local X = iii_decode(ARGV[9])
+for i = 10, #ARGV, 3 do
   local q = ns .. ":" .. ARGV[i]
   table.insert(checks, {q .. ".msgs", "hash"})
   if delayed then
@@ -30,6 +35,7 @@ for i = 9, #ARGV, 3 do
 end
 if ARGV[6] ~= "" then table.insert(checks, {ARGV[6], "string"}) end
 if ARGV[2] ~= "" then table.insert(checks, {ARGV[2], "string"}) end
+if X ~= nil and X.g ~= nil then table.insert(checks, {X.g.key, "hash"}) end
 local err = iii_checks(checks)
 if err then return err end
 iii_pre(E)
@@ -44,16 +50,29 @@ if ARGV[6] ~= "" then
   end
 end
 if ARGV[2] ~= "" then
-  if not redis.call("SET", ARGV[2], "1", "NX", "PX", ARGV[3]) then
+  local value = (X ~= nil and X.v) or "1"
+  if not redis.call("SET", ARGV[2], value, "NX", "PX", ARGV[3]) then
+    if X ~= nil and X.v then
+      local first = redis.call("GET", ARGV[2])
+      if E ~= nil and X.dev then
+        for _, f in ipairs(X.dev) do
+          for j = 2, #f, 2 do f[j] = iii_fill(f[j], '"__III_IDS__"', first) end
+        end
+        iii_write(E, X.dev, X.dst)
+      end
+      iii_trim(E)
+      return first
+    end
     iii_trim(E)
     return 0
   end
 end
+if X ~= nil and X.g ~= nil then redis.call("HSET", X.g.key, unpack(X.g.fields)) end
 local delay = tonumber(ARGV[4])
 local due = 0
 if delay > 0 then due = iii_now_ms() + delay end
 local n = 0
-for i = 9, #ARGV, 3 do
+for i = 10, #ARGV, 3 do
   local q = ns .. ":" .. ARGV[i]
   redis.call("HSET", q .. ".msgs", ARGV[i + 1], ARGV[i + 2])
   if delay > 0 then

@@ -1,0 +1,73 @@
+"""Fan-in groups: the children and the record ``enqueue.lua`` writes with them.
+
+The record holds the completion ready-made (each copy's queue, id and encoded
+body, and its ``message.enqueued`` events, with ``RESULT_MARK`` where the result
+goes), so the settle that finishes the group (``lua/_fanin.lua``, in
+``ack.lua`` and ``dead.lua``) can enqueue it in its own script.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from iii_console.adapters.queue.errors import EnqueueError
+from iii_console.core.events import now_ms
+
+#: A fan-in group id (part of Redis keys).
+GROUP_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+#: Most children one group may have.
+GROUP_MAX = 100_000
+#: Where a completion's result goes in its pre-built message and event.
+RESULT_MARK = "__III_GROUP_RESULT__"
+
+
+def build_group(builder: Any, topic: str, items: Any, *, then: str, group_id: str | None, trace_id: str,
+                priority: str | None, source: str | None) -> tuple[str, list[Any], list[Any], dict[str, Any]]:
+    """A fan-in group: ``(id, the children's script triples, their events, the script's X with the record)``.
+
+    The record holds the completion ready-made (its copies' bodies and
+    events, with a mark where the result goes), so the settle that finishes
+    the group enqueues it in the same script (``lua/_fanin.lua``).
+    """
+    if isinstance(items, (str, bytes, dict)) or not hasattr(items, "__iter__"):
+        raise EnqueueError(f"enqueue_group takes a list of the children's data, not {type(items).__name__}")
+    items = list(items)
+    if len(items) > GROUP_MAX:
+        raise EnqueueError(f"a group has at most {GROUP_MAX} children, not {len(items)}")
+    if not isinstance(then, str) or not then:
+        raise EnqueueError("enqueue_group needs then=<completion topic>")
+    gid = uuid.uuid4().hex if group_id is None else group_id
+    if not isinstance(gid, str) or not GROUP_ID.fullmatch(gid):
+        raise EnqueueError(f"group_id must be 1 to 128 of A-Z a-z 0-9 _ . : -, not {gid!r}")
+    done, c_copies, c_prio = builder.build(then, RESULT_MARK, trace_id=trace_id, priority=None, delay_ms=0, source=source,
+                                           options={"group_of": gid})
+    if not c_copies:
+        raise EnqueueError(f"no step subscribes to the completion topic {then!r}")
+    triples: list[Any] = []
+    events: list[Any] = []
+    ids: list[str] = []
+    for item in items:
+        t, copies, prio = builder.build(topic, item, trace_id=trace_id, priority=priority, delay_ms=0, source=source,
+                                        options={"iii_group": gid})
+        triples.extend(t)
+        events.extend(builder.events(topic, item, copies, prio, 0, source, trace_id, group=gid))
+        ids.extend(m.message_id for _, m in copies)
+    c_events = builder.events(then, RESULT_MARK, c_copies, c_prio, 0, source, trace_id)
+    stream = builder.emitter.stream
+    ev = json.loads(stream.payload((), c_events)) if stream is not None else {"s": [], "st": [[], [], []]}
+    fields: list[Any] = ["id", gid, "topic", topic, "then", then, "trace_id", trace_id, "created_ms", now_ms(),
+                         "total", len(ids), "pending", len(ids), "ok", 0, "failed", 0, "dead", 0,
+                         "ids", json.dumps(ids),
+                         "done", json.dumps([[done[i], done[i + 1], done[i + 2].decode()] for i in range(0, len(done), 3)]),
+                         "ev", json.dumps({"s": ev["s"], "st": ev["st"]})]
+    for mid in ids:
+        fields.extend([f"c:{mid}", "pending"])
+    return gid, triples, events, {"g": {"key": builder.keys.group(gid), "fields": fields}}
+
+
+def empty_result(gid: str) -> dict[str, Any]:
+    """The completion of a group with no children (enqueued at once)."""
+    return {"group_id": gid, "total": 0, "ok": 0, "failed": 0, "dead": 0, "children": [], "failed_ids": [], "dead_ids": []}

@@ -1,0 +1,126 @@
+"""Per-key throttling across every worker process (``queues.TOPIC.throttle``,
+``queues.TOPIC.concurrency_per_key``).
+
+Checked as a message is about to start, in Redis (``lua/throttle.lua``): a
+sliding window of the key's recent starts, and the key's running slots held
+by live workers. A message over either limit does not start: it goes back to
+its queue's delayed set until the window has room (``move.lua`` through the
+consumer's settle, with a ``message.throttled`` event), its attempt not spent.
+A message whose data has no value at the key's path is dead-lettered, since
+waiting cannot give it one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.middleware import SkipMessage
+
+from iii_console.adapters.queue.broker import dead_letter_entry
+from iii_console.adapters.queue.names import parse_queue
+from iii_console.core.config import Config
+from iii_console.core.emitter import Emitter
+
+log = logging.getLogger(__name__)
+#: How long a message waits when Redis cannot be asked (it is not run unthrottled).
+UNKNOWN_WAIT_MS = 1000
+_MISSING = object()
+
+
+def key_value(data: Any, path: str) -> str | None:
+    """The throttle key named by ``path`` (dotted) in ``data``, as text; None if absent or not a scalar."""
+    node = data
+    for part in path.split("."):
+        if isinstance(node, dict):
+            node = node.get(part, _MISSING)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+        if node is _MISSING:
+            return None
+    if isinstance(node, bool) or node is None or not isinstance(node, (str, int, float)):
+        return None
+    text = str(node)
+    return text if 0 < len(text) <= 256 else None
+
+
+class Throttle(dramatiq.Middleware):
+    def __init__(self, config: Config, emitter: Emitter):
+        self.config = config
+        self.emitter = emitter
+        #: message id -> (running key, member) for messages holding a running slot.
+        self._held: dict[str, tuple[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        topic = message.options.get("topic", "")
+        strategy = self.config.queue(topic)
+        th = strategy.throttle
+        if th is None:
+            return
+        own = self.config.queues.get(topic)
+        if topic.startswith(("_cron.", "_state.")) and (own is None or own.throttle is None):
+            return  # a throttle in `default` is about messages' data, not cron ticks or state changes
+        try:
+            _t, step, _p = parse_queue(message.queue_name)
+        except ValueError:
+            return
+        where = {"message_id": message.message_id, "trace_id": message.options.get("trace_id", ""), "step": step,
+                 "topic": topic, "queue": message.queue_name, "attempt": message.options.get("retries", 0) + 1}
+        value = key_value(message.args[0] if message.args else None, th.key)
+        if value is None:
+            error = (f"throttle key {th.key!r} has no value in the message data (a string or number of 1 to 256 "
+                     f"characters is needed; queues.{topic}.throttle.key)")
+            entry = dead_letter_entry(message, dlq=strategy.dead_letter_queue, error=error, traceback="",
+                                      attempts=message.options.get("retries", 0) + 1)
+            message.options["iii_outcome"] = {"kind": "dead", "entry": asdict(entry), "fanin": "dead"}
+            message.iii_event = broker.dead_event(message, entry)
+            raise SkipMessage(error)
+        keys = broker.keys
+        win = keys.throttle(topic, step, value) if th.limit else ""
+        running = keys.throttle_running(topic, step, value) if strategy.concurrency_per_key else ""
+        member = f"{broker.broker_id}|{message.message_id}"
+        try:
+            verdict, wait = broker.iii_scripts.throttle(args=[
+                win, th.limit or 0, th.period_ms or 0, running, strategy.concurrency_per_key or 0, member,
+                keys.worker_heartbeats, int(self.config.workers.heartbeat_timeout * 1000)])
+            reason = {1: "concurrency_per_key", 2: "limit"}.get(int(verdict), "")
+        except redis.RedisError as exc:
+            log.warning("throttle check for %s failed: %s; it waits %d ms", message.message_id, exc, UNKNOWN_WAIT_MS)
+            verdict, wait, reason = -1, UNKNOWN_WAIT_MS, "redis unavailable"
+        if int(verdict) == 0:
+            if running:
+                with self._lock:
+                    self._held[message.message_id] = (running, member)
+            return
+        message.options["throttled"] = int(message.options.get("throttled", 0) or 0) + 1
+        message.options["iii_outcome"] = {"kind": "retry", "delay_ms": int(wait)}
+        message.iii_event = self.emitter.make("message.throttled", **where, data={
+            "key": value, "reason": reason, "wait_ms": int(wait), "limit": th.limit, "period_ms": th.period_ms,
+            "concurrency_per_key": strategy.concurrency_per_key})
+        raise SkipMessage("throttled")
+
+    def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None) -> None:
+        self._release(broker, message)
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        self._release(broker, message)
+
+    def _release(self, broker: Any, message: Any) -> None:
+        with self._lock:
+            held = self._held.pop(message.message_id, None)
+        if held is None:
+            return
+        for _ in range(20):
+            try:
+                broker.client.zrem(*held)
+                return
+            except redis.RedisError as exc:
+                log.warning("releasing the throttle slot of %s: %s; retrying", message.message_id, exc)
+                threading.Event().wait(0.25)

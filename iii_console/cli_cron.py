@@ -1,0 +1,47 @@
+"""``iii-console cron run STEP``: fire a cron step now."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from iii_console.cli import _common, _existing_redis, _load, cli
+
+
+@cli.group("cron")
+def cron_cmd() -> None:
+    """Cron steps."""
+
+
+@cron_cmd.command("run")
+@click.argument("step_name", metavar="STEP")
+@click.option("--json", "as_json", is_flag=True, help="Print the trace and message ids as JSON.")
+@_common
+def cron_run(step_name: str, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
+    """Fire cron step STEP now, outside its schedule (marked manual in its events and ctx.trigger)."""
+    from iii_console.core.cronrun import run_now
+    from iii_console.core.discovery import discover
+    from iii_console.core.steps import CronTrigger
+    from iii_console.runtime.services import Services
+
+    cfg = _load(config_path, redis_url)
+    steps = discover(cfg.steps_path)
+    crons = sorted(s.name for s in steps.steps if s.cron_like())
+    step = next((s for s in steps.steps if s.name == step_name and s.cron_like()), None)
+    if step is None:
+        raise click.BadParameter(f"no cron step named {step_name!r} (cron steps: {', '.join(crons) or 'none'})",
+                                 param_hint="STEP")
+    cfg = cfg.with_overrides(**{"redis.url": _existing_redis(cfg)})
+    services = Services.open(cfg, "cli")
+    try:
+        topic = f"_cron.{step.name}"
+        trace_id, mid = run_now(services.client, services.keys, services.emitter, step.name, step.of(CronTrigger)[0].expression,
+                                priority=cfg.queue(topic).priority)
+        ids = [mid]
+    finally:
+        services.close()
+    if as_json:
+        click.echo(json.dumps({"step": step.name, "trace_id": trace_id, "message_ids": ids}))
+    else:
+        click.echo(f"fired {step.name} now (trace {trace_id})")

@@ -1,0 +1,32 @@
+-- Leases with fencing tokens (core/lease.py). ARGV[1] is the operation:
+--   acquire lock_key fence_key ttl_ms     -> the new token, or 0 if the lock is held
+--   extend  lock_key token ttl_ms         -> 1, or 0 if the lock is no longer this token's
+--   release lock_key token                -> 1, or 0 (a lease that expired never deletes its successor's lock)
+--   fence   resource_key token            -> 1 if token is the newest that touched the resource
+--                                            (it is recorded), 0 if a newer token has: the late writer is refused
+--   held    lock_key token                -> 1 if the lock is still this token's
+local op, key = ARGV[1], ARGV[2]
+local t = redis.call("TYPE", key)["ok"]
+if t ~= "none" and t ~= "string" then return redis.error_reply("WRONGTYPE " .. key .. " holds a " .. t) end
+if op == "acquire" then
+  if redis.call("EXISTS", key) == 1 then return 0 end
+  local token = redis.call("INCR", ARGV[3])
+  redis.call("SET", key, token, "PX", ARGV[4])
+  return token
+elseif op == "extend" then
+  if redis.call("GET", key) ~= ARGV[3] then return 0 end
+  redis.call("PEXPIRE", key, ARGV[4])
+  return 1
+elseif op == "release" then
+  if redis.call("GET", key) ~= ARGV[3] then return 0 end
+  redis.call("DEL", key)
+  return 1
+elseif op == "fence" then
+  local seen = tonumber(redis.call("GET", key) or "0")
+  if tonumber(ARGV[3]) < seen then return 0 end
+  redis.call("SET", key, ARGV[3])
+  return 1
+elseif op == "held" then
+  return redis.call("GET", key) == ARGV[3] and 1 or 0
+end
+return redis.error_reply("unknown lease operation " .. tostring(op))
