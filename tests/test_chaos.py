@@ -127,16 +127,15 @@ def test_killing_workers_under_load_loses_nothing(tmp_path, redis_url, r, keys):
             w.join()
         last_kill = time.monotonic()
         feeder.join()
-        # Mid-run, right after the kills: freeze every worker (nothing moves a message), then the stream
-        # must agree with Redis about every message sent so far.
-        frozen = [p for p in _worker_pids(r, keys) if _alive(p)]
-        for p in frozen:
-            os.kill(p, signal.SIGSTOP)
+        # Mid-run, right after the kills: freeze the supervisor (so it starts no worker) and then every
+        # worker process it has (nothing moves a message), and the stream must agree with Redis about
+        # every message sent so far.
+        frozen = _freeze(run.proc.pid)
         try:
             time.sleep(0.3)
             mid = check_stream(r, keys, set(sent))
         finally:
-            for p in frozen:
+            for p in reversed(frozen):
                 os.kill(p, signal.SIGCONT)
         assert mid.ok, mid
         wait_for(lambda: r.llen("chaos:effects") >= MESSAGES or None, timeout=60, interval=0.2, what="all effects within 60 s of the last kill")
@@ -158,6 +157,31 @@ def test_killing_workers_under_load_loses_nothing(tmp_path, redis_url, r, keys):
     finally:
         services.close()
         run.stop()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                out += [int(c) for c in fh.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _freeze(supervisor: int) -> list[int]:
+    """SIGSTOP a supervisor, then every process it has started; returns them in the order stopped."""
+    os.kill(supervisor, signal.SIGSTOP)
+    time.sleep(0.05)  # a child it was spawning is in the list now
+    stopped = [supervisor]
+    for child in _children(supervisor):
+        try:
+            os.kill(child, signal.SIGSTOP)
+            stopped.append(child)
+        except OSError:
+            pass
+    return stopped
 
 
 def _alive(pid: int) -> bool:
