@@ -42,6 +42,24 @@ def handler(tick, ctx):
     ctx.logger.info("tick", scheduled_ms=tick.scheduled_ms)
 '''
 
+DEMO_SLOW_STEP = '''
+"""Demo only (added by scripts/screenshots.py): a long import, so a worker can be killed holding it."""
+
+import time
+
+from iii_console import Step, http, queue
+
+config = Step(name="ImportBatch", description="Demo: a 3-second import", flows=["demo"],
+              triggers=[http("POST", "/demo/import"), queue("demo.import")], enqueues=["demo.import"])
+
+
+def handler(data, ctx):
+    if ctx.trigger.get("type") == "http":
+        ctx.enqueue("demo.import", {"batch": "2026-12"})
+        return {"status": 202, "body": {}}
+    time.sleep(3)
+'''
+
 CONFIG = """
 redis:
   url: ""
@@ -69,6 +87,7 @@ workers:
 def make_project(root: Path) -> Path:
     shutil.copytree(ROOT / "steps", root / "steps")
     (root / "steps" / "heartbeat_step.py").write_text(textwrap.dedent(DEMO_CRON_STEP))
+    (root / "steps" / "import_batch_step.py").write_text(textwrap.dedent(DEMO_SLOW_STEP))
     (root / "iii-config.yaml").write_text(CONFIG)
     return root / "iii-config.yaml"
 
@@ -119,6 +138,17 @@ async def shoot(out: Path, size: tuple[int, int], only: set[str] | None = None) 
                 await wait(pilot, lambda: model.tiles["dead-lettered"].total >= 1 and model.tiles["notifications"].total >= 20,
                            "traffic to settle (a dead letter and the notifications)", timeout=60)
                 await wait(pilot, lambda: model.cron.get("Heartbeat") and model.cron["Heartbeat"].fired >= 2, "cron runs")
+                # A worker process killed (as the OOM killer would) while it holds a long import:
+                # its supervisor gives the message back at once and the Workers view says so.
+                import httpx
+
+                async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+                    (await client.post("/demo/import", json={})).raise_for_status()
+                await wait(pilot, lambda: any(r.step == "ImportBatch" and r.status == "running" for r in model.messages.values()),
+                           "the import to start")
+                sup.children[0].proc.kill()
+                await wait(pilot, lambda: any(r.step == "ImportBatch" and r.status == "processed" for r in model.messages.values()),
+                           "the import, redelivered, to finish", timeout=60)
                 await pilot.pause(1.0)
 
                 async def save(name: str, before: Callable[[], Awaitable[None]] | None = None) -> None:
