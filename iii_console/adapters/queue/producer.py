@@ -18,7 +18,7 @@ import redis
 import redis.asyncio as aredis
 from dramatiq.message import Message
 
-from iii_console.adapters.queue.errors import EnqueueError
+from iii_console.adapters.queue.errors import EnqueueError, PayloadTooLarge
 from iii_console.adapters.queue.fanin import build_group, empty_result
 from iii_console.adapters.queue.names import Subscription
 from iii_console.adapters.queue.scripts import SOURCES, Scripts
@@ -59,6 +59,7 @@ class _Builder:
         args: list[Any] = []
         copies = []
         now = now_ms()
+        limit = self.config.queue(topic).max_payload_bytes
         for sub in subs:
             opts = {
                 "trace_id": trace_id,
@@ -75,6 +76,8 @@ class _Builder:
                 encoded = msg.encode()
             except (TypeError, ValueError) as exc:
                 raise EnqueueError(f"data for topic {topic!r} is not JSON-serialisable: {exc}") from None
+            if len(encoded) > limit:
+                raise PayloadTooLarge(topic, len(encoded), limit)
             args.extend([queue, opts["redis_message_id"], encoded])
             copies.append((sub, msg))
         return args, copies, prio
