@@ -145,3 +145,15 @@ def test_an_oversized_payload_is_refused_at_enqueue_and_nothing_is_written(redis
 def test_max_payload_bytes_is_validated(tmp_path):
     with pytest.raises(Exception, match="max_payload_bytes"):
         Config(queues={"t": {"max_payload_bytes": 10}})
+
+
+def test_tail_and_the_console_show_a_ref_as_name_size_and_type():
+    """Given a message.enqueued event whose payload holds a blob ref, when tail formats it, then the line shows the
+    blob's name, size and type, not the ref's JSON."""
+    from iii_console.core.events import Event
+    from iii_console.format import line
+
+    ref = BlobRef.make("ab" * 32, 5_300_000, "image/png", "cat.png")
+    ev = Event(type="message.enqueued", ts=0, trace_id="t" * 32, topic="images", data={"payload": {"image": ref}})
+    text = line(ev)
+    assert "blob cat.png (5.1 MiB, image/png)" in text and "$blob" not in text
