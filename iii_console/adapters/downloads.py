@@ -45,10 +45,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
         return max(0, size - n), size - 1
     first = int(m.group(1))
     last = int(m.group(2)) if m.group(2) else size - 1
-    if last < first:
-        return None
     if first >= size:
         return False
+    if last < first:
+        return None
     return first, min(last, size - 1)
 
 

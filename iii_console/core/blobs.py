@@ -44,17 +44,15 @@ class BlobRef(dict):  # type: ignore[type-arg]
 
     @classmethod
     def make(cls, sha256: str, size: int, content_type: str | None = None, name: str | None = None) -> "BlobRef":
-        ref = cls({REF_KEY: f"sha256:{sha256}", "size": size, "content_type": content_type or "application/octet-stream"})
-        if name:
-            ref["name"] = name
-        return ref
+        return cls({REF_KEY: f"sha256:{sha256}", "size": size, "content_type": content_type or "application/octet-stream",
+                    "name": name or None})
 
     @classmethod
     def of(cls, value: Any) -> "BlobRef":
         """The ref in ``value`` (a ref dict or a ``"sha256:<hex>"`` string); :class:`BlobError` otherwise."""
         if isinstance(value, str):
             if _HASH.fullmatch(value):
-                return cls({REF_KEY: value, "size": None, "content_type": "application/octet-stream"})
+                return cls({REF_KEY: value, "size": None, "content_type": "application/octet-stream", "name": None})
         elif isinstance(value, dict) and isinstance(value.get(REF_KEY), str) and _HASH.fullmatch(value[REF_KEY]):
             return value if isinstance(value, BlobRef) else cls(value)
         raise BlobError(f"not a blob ref: {_short(value)} (expected what ctx.blobs.put returned, "
