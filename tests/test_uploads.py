@@ -61,7 +61,7 @@ STEPS = {
         """,
     "download_step.py": """
         from iii_console import Step, http
-        from iii_console.core.answers import download
+        from iii_console import download
         config = Step(name="Download", triggers=[http("GET", "/files/{sha}")])
 
         def handler(req, ctx):
@@ -72,7 +72,7 @@ STEPS = {
         """,
     "report_step.py": """
         from iii_console import Step, http
-        from iii_console.core.answers import download
+        from iii_console import download
         config = Step(name="Report", triggers=[http("GET", "/report.csv")])
 
         def handler(ctx):
@@ -80,7 +80,7 @@ STEPS = {
         """,
     "progress_step.py": """
         from iii_console import Step, http
-        from iii_console.core.answers import progress_stream
+        from iii_console import progress_stream
         config = Step(name="Progress", triggers=[http("GET", "/progress/{trace}")])
 
         def handler(req, ctx):
@@ -294,3 +294,25 @@ def test_a_progress_endpoint_streams_server_sent_events_until_done(app):
     assert [d["done"] for d in progress] == sorted(d["done"] for d in progress)
     assert len(progress) >= 2
     assert seen[-1] == ("done", {"trace_id": trace})
+
+
+def test_openapi_lists_the_raw_body_types(app):
+    doc = httpx.get(f"{app.url}/openapi.json").json()
+    body = doc["paths"]["/images"]["post"]["requestBody"]
+    assert set(body["content"]) == {"image/*", "application/octet-stream", "text/csv"}
+
+
+def test_with_a_token_a_cross_site_upload_is_left_to_the_token(tmp_path, redis_url):
+    """Given server.auth_token, when a cross-site upload comes without the token it is 401, with it 201: the token,
+    not the browser's site marking, decides (the same rule as every other request)."""
+    make_project(tmp_path, {"upload_step.py": STEPS["upload_step.py"], "process_step.py": STEPS["process_step.py"]},
+                 "server:\n  port: 0\n  auth_token: s3cret-token\n", redis_url=redis_url)
+    run = start_cli(tmp_path, "--no-ui")
+    try:
+        cross = {"content-type": "text/csv", "origin": "http://evil.example", "sec-fetch-site": "cross-site"}
+        assert httpx.post(f"{run.url}/images", content=b"a\n1\n", headers=cross).status_code == 401
+        ok = httpx.post(f"{run.url}/images", content=b"a\n1\n", headers={**cross, "authorization": "Bearer s3cret-token"})
+        assert ok.status_code == 201 and ok.json()["ref"]["size"] == 4
+        assert (tmp_path / ".iii" / "blobs" / "sha256").is_dir()
+    finally:
+        assert run.stop() == 0
