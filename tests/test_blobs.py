@@ -157,3 +157,12 @@ def test_tail_and_the_console_show_a_ref_as_name_size_and_type():
     ev = Event(type="message.enqueued", ts=0, trace_id="t" * 32, topic="images", data={"payload": {"image": ref}})
     text = line(ev)
     assert "blob cat.png (5.1 MiB, image/png)" in text and "$blob" not in text
+
+
+def test_the_consoles_event_line_shows_a_ref_the_same_way():
+    from iii_console.core.events import Event
+    from iii_console.tui.fmt import event_line
+
+    ref = BlobRef.make("cd" * 32, 1200, "text/csv", "orders.csv")
+    ev = Event(type="http.received", ts=0, trace_id="t" * 32, step="Upload", data={"method": "POST", "path": "/u", "body": ref})
+    assert "blob orders.csv (1.2 KiB, text/csv)" in event_line(ev).plain
