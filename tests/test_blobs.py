@@ -166,3 +166,12 @@ def test_the_consoles_event_line_shows_a_ref_the_same_way():
     ref = BlobRef.make("cd" * 32, 1200, "text/csv", "orders.csv")
     ev = Event(type="http.received", ts=0, trace_id="t" * 32, step="Upload", data={"method": "POST", "path": "/u", "body": ref})
     assert "blob orders.csv (1.2 KiB, text/csv)" in event_line(ev).plain
+
+
+def test_a_shared_store_leaves_its_folder_modes_and_makes_group_readable_files(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o750)
+    os.chmod(shared, 0o750)
+    store = BlobStore.from_config(shared.as_uri(), tmp_path / ".iii")
+    ref = store.put(b"group data")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o750 and stat.S_IMODE(store.path(ref).stat().st_mode) == 0o640

@@ -316,3 +316,20 @@ def test_with_a_token_a_cross_site_upload_is_left_to_the_token(tmp_path, redis_u
         assert (tmp_path / ".iii" / "blobs" / "sha256").is_dir()
     finally:
         assert run.stop() == 0
+
+
+def test_an_upload_the_store_cannot_write_is_a_503_not_a_500(app):
+    """Given a blob store whose folder cannot take a file (its tmp folder replaced by a file: as root, modes would not
+    stop the write), when an upload arrives, then 503, and uploads work again once the folder is back."""
+    import shutil
+
+    tmp = app.shared / "tmp"
+    shutil.rmtree(tmp)
+    tmp.write_bytes(b"")
+    try:
+        resp = httpx.post(f"{app.url}/images", content=b"\x00" * 1000, headers={"content-type": "application/octet-stream"})
+        assert resp.status_code == 503 and resp.json()["error"] == "blob store unavailable, try again shortly"
+    finally:
+        tmp.unlink()
+        tmp.mkdir(mode=0o700)
+    assert httpx.post(f"{app.url}/images", content=b"\x00" * 1000, headers={"content-type": "application/octet-stream"}).status_code == 201

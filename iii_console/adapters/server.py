@@ -291,21 +291,31 @@ async def receive_blob(request: Request[Any, Any, Any], trig: HttpTrigger, store
         raise Reject(413, "request body too large", limit=limit, fields=[{"field": "body", "message": f"at most {limit} bytes"}])
     m = _FILENAME.search(request.headers.get("content-disposition", ""))
     name = (m.group(1) or m.group(2)).rsplit("/", 1)[-1] if m else None
-    writer = await asyncio.to_thread(store.writer, limit)
+    writer = None
     try:
+        writer = await asyncio.to_thread(store.writer, limit)
         async for chunk in request.stream():
             if chunk:
                 await asyncio.to_thread(writer.write, chunk)
         return await asyncio.to_thread(writer.commit, ctype.split(";", 1)[0].strip().lower(), name)
     except (RequestEntityTooLarge, BlobTooLarge):
-        writer.abort()
+        _abort(writer)
         raise Reject(413, "request body too large", limit=limit, fields=[{"field": "body", "message": f"at most {limit} bytes"}]) from None
     except InternalServerException:  # the client went away mid-body
-        writer.abort()
+        _abort(writer)
         raise Reject(400, "request body cut short") from None
+    except OSError as exc:  # the store's disk is full or gone: the client may retry later
+        _abort(writer)
+        log.warning("upload to %s failed: %s", trig.path, exc)
+        raise Reject(503, "blob store unavailable, try again shortly", detail=exc.strerror or type(exc).__name__) from None
     except BaseException:
-        writer.abort()
+        _abort(writer)
         raise
+
+
+def _abort(writer: Any) -> None:
+    if writer is not None:
+        writer.abort()
 
 
 def _streamed(out: Any) -> tuple[int, dict[str, str], Any] | None:

@@ -154,7 +154,7 @@ class Writer:
             os.unlink(self._tmp)
         else:
             final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self._tmp, 0o600)
+            os.chmod(self._tmp, 0o600 if self.store.private else 0o640)
             os.replace(self._tmp, final)
         return BlobRef.make(digest, self.size, content_type, name)
 
@@ -177,17 +177,21 @@ class BlobTooLarge(BlobError):
 class BlobStore:
     """A content-addressed folder: ``ROOT/sha256/ab/<hex>``; temporary files in ``ROOT/tmp``."""
 
-    def __init__(self, root: Path, url: str = ""):
+    def __init__(self, root: Path, url: str = "", *, private: bool = True):
         self.root = Path(root)
         self.url = url or self.root.as_uri()
+        #: The project's own store is ``0700`` with ``0600`` files; in a shared folder files are
+        #: ``0640`` and the folder keeps the modes its hosts set up (they may run as users of one group).
+        self.private = private
         for d in (self.root, self.root / "sha256", self.root / "tmp"):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
+        if private:
+            os.chmod(self.root, 0o700)
         self.tmp_dir = self.root / "tmp"
 
     @classmethod
     def from_config(cls, url: str, data_dir: Path) -> "BlobStore":
-        return cls(store_root(url, data_dir), url)
+        return cls(store_root(url, data_dir), url, private=not url)
 
     def _file(self, digest: str) -> Path:
         return self.root / "sha256" / digest[:2] / digest
