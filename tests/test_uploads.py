@@ -107,6 +107,13 @@ STEPS = {
         def handler(req, ctx):
             return {"status": 202, "body": {"ids": ctx.enqueue("big.in", req.body)}}
         """,
+    "big_state_step.py": """
+        from iii_console import Step, state
+        config = Step(name="BigState", triggers=[state("big-values")])
+
+        def handler(change, ctx):
+            ctx.state.set("seen-big", change.key, {"len": len(change.new["blob"])})
+        """,
     "big_in_step.py": """
         from iii_console import Step, queue
         config = Step(name="BigIn", triggers=[queue("big.in")])
@@ -333,3 +340,13 @@ def test_an_upload_the_store_cannot_write_is_a_503_not_a_500(app):
         tmp.unlink()
         tmp.mkdir(mode=0o700)
     assert httpx.post(f"{app.url}/images", content=b"\x00" * 1000, headers={"content-type": "application/octet-stream"}).status_code == 201
+
+
+def test_a_state_change_larger_than_max_payload_bytes_still_fires_its_step(app, rc):
+    """Given the payload limit, when a 400 KB state value changes, then its state step still runs: the limit is for
+    data a handler enqueues, not for the runtime's own trigger messages of a change already stored."""
+    from iii_console.core.state import StateStore
+
+    StateStore(rc, KEYS).set("big-values", "k1", {"blob": "v" * 400_000})
+    got = wait_for(lambda: rc.hget(KEYS.state_group("seen-big"), "k1"), what="the state step's run")
+    assert json.loads(got) == {"len": 400_000}
