@@ -49,7 +49,12 @@ def clock(ts_ms: int) -> str:
 
 def short(v: Any, n: int = 60) -> str:
     """``v`` in at most ``n`` characters; a blob ref in it reads as its name, size and type."""
-    s = v if isinstance(v, str) else json.dumps(summarise_refs(v), default=str, separators=(",", ":"), ensure_ascii=False)
+    if isinstance(v, str):
+        s = v
+    else:
+        s = json.dumps(v, default=str, separators=(",", ":"))
+        if '"$blob"' in s:  # walked only when there is a ref to show
+            s = json.dumps(summarise_refs(v), default=str, separators=(",", ":"))
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
