@@ -175,3 +175,24 @@ def test_a_shared_store_leaves_its_folder_modes_and_makes_group_readable_files(t
     store = BlobStore.from_config(shared.as_uri(), tmp_path / ".iii")
     ref = store.put(b"group data")
     assert stat.S_IMODE(shared.stat().st_mode) == 0o750 and stat.S_IMODE(store.path(ref).stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("header, size, expected", [
+    (None, 100, None),
+    ("bytes=0-9", 100, (0, 9)),
+    ("bytes=90-", 100, (90, 99)),
+    ("bytes=-10", 100, (90, 99)),
+    ("bytes=-500", 100, (0, 99)),
+    ("bytes=50-5000", 100, (50, 99)),
+    ("bytes=100-", 100, False),
+    ("bytes=-0", 100, False),
+    ("bytes=0-", 0, False),
+    ("bytes=9-3", 100, None),          # invalid: ignored, the whole file
+    ("bytes=0-1,5-6", 100, None),      # several ranges: the whole file
+    ("items=0-5", 100, None),
+    ("bytes=x-y", 100, None),
+])
+def test_range_headers_read_as_rfc_9110_says(header, size, expected):
+    from iii_console.adapters.downloads import parse_range
+
+    assert parse_range(header, size) == expected

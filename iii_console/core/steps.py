@@ -212,7 +212,7 @@ class HttpTrigger(_Model):
         return self.method, _PARAM.sub("{}", self.path)
 
     def describe(self) -> str:
-        return f"{self.method} {self.path}"
+        return f"{self.method} {self.path}" + (f" ({', '.join(self.accept)})" if self.accept else "")
 
 
 class BatchSpec(_Model):
