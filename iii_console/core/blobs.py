@@ -119,7 +119,11 @@ def store_root(url: str, data_dir: Path) -> Path:
         return data_dir / "blobs"
     parts = urlsplit(url)
     if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-        raise BlobError(f"blobs.url must be empty (the project's .iii/blobs) or file:///absolute/path, not {url!r}")
+        if parts.scheme == "file":
+            raise BlobError("a file:// URL names an absolute path on this host, file:///mnt/shared/blobs "
+                            "(three slashes; file://HOST/... is not supported: mount the share instead)")
+        got = f"a {parts.scheme}:// URL" if parts.scheme.isalnum() else "no URL"
+        raise BlobError(f"must be empty (the project's .iii/blobs) or file:///absolute/path (a folder every host mounts), not {got}")
     return Path(unquote(parts.path))
 
 

@@ -138,7 +138,7 @@ class HttpTrigger(_Model):
         for t in v:
             t = t.strip().lower()
             if not _MEDIA.fullmatch(t):
-                raise ValueError(f"{t!r} is not a media type (type/subtype, or type/* )")
+                raise ValueError(f"{t!r} is not a media type: type/subtype, or type/*")
             out.append(t)
         return out
 
