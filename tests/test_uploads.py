@@ -309,11 +309,12 @@ def test_openapi_lists_the_raw_body_types(app):
     assert set(body["content"]) == {"image/*", "application/octet-stream", "text/csv"}
 
 
-def test_with_a_token_a_cross_site_upload_is_left_to_the_token(tmp_path, redis_url):
+def test_with_a_token_a_cross_site_upload_is_left_to_the_token(tmp_path, redis_server):
     """Given server.auth_token, when a cross-site upload comes without the token it is 401, with it 201: the token,
     not the browser's site marking, decides (the same rule as every other request)."""
     make_project(tmp_path, {"upload_step.py": STEPS["upload_step.py"], "process_step.py": STEPS["process_step.py"]},
-                 "server:\n  port: 0\n  auth_token: s3cret-token\n", redis_url=redis_url)
+                 # A prefix of its own: the module's running app shares this Redis and must not see it.
+                 f"redis:\n  url: {redis_server.url}\n  prefix: 'tok:'\nserver:\n  port: 0\n  auth_token: s3cret-token\n")
     run = start_cli(tmp_path, "--no-ui")
     try:
         cross = {"content-type": "text/csv", "origin": "http://evil.example", "sec-fetch-site": "cross-site"}
