@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from iii_console.core.context import Context, CronTick, HttpRequest, StateChange, SyncContext
     from iii_console.core.errors import SoftTimeLimitExceeded, TimeLimitExceeded
+    from iii_console.core.answers import download, progress_stream
     from iii_console.core.batch import BatchFailures
+    from iii_console.core.blobs import BlobError, BlobNotFound, BlobRef
     from iii_console.core.lease import LockLost, LockTaken
     from iii_console.core.retry import Retry
     from iii_console.core.steps import Step, cron, http, queue, state
@@ -32,12 +34,15 @@ _WHERE = {
     **dict.fromkeys(("Step", "cron", "http", "queue", "state"), "iii_console.core.steps"),
     **dict.fromkeys(("SoftTimeLimitExceeded", "TimeLimitExceeded"), "iii_console.core.errors"),
     "Retry": "iii_console.core.retry",
+    **dict.fromkeys(("download", "progress_stream"), "iii_console.core.answers"),
+    **dict.fromkeys(("BlobError", "BlobNotFound", "BlobRef"), "iii_console.core.blobs"),
     "BatchFailures": "iii_console.core.batch",
     **dict.fromkeys(("LockLost", "LockTaken"), "iii_console.core.lease"),
 }
 
-__all__ = ["BatchFailures", "Context", "CronTick", "HttpRequest", "LockLost", "LockTaken", "Retry", "SoftTimeLimitExceeded",
-           "StateChange", "Step", "SyncContext", "TimeLimitExceeded", "cron", "http", "queue", "state"]
+__all__ = ["BatchFailures", "BlobError", "BlobNotFound", "BlobRef", "Context", "CronTick", "HttpRequest", "LockLost", "LockTaken", "Retry", "SoftTimeLimitExceeded",
+           "StateChange", "Step", "SyncContext", "TimeLimitExceeded", "cron", "download", "http",
+           "progress_stream", "queue", "state"]
 __version__ = "0.1.0"
 
 

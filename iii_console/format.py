@@ -10,6 +10,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from iii_console.core.blobs import summarise_refs
 from iii_console.core.events import Event, dumps_strict
 from iii_console.core.text import printable
 
@@ -47,7 +48,13 @@ def clock(ts_ms: int) -> str:
 
 
 def short(v: Any, n: int = 60) -> str:
-    s = v if isinstance(v, str) else json.dumps(v, default=str, separators=(",", ":"))
+    """``v`` in at most ``n`` characters; a blob ref in it reads as its name, size and type."""
+    if isinstance(v, str):
+        s = v
+    else:
+        s = json.dumps(v, default=str, separators=(",", ":"))
+        if '"$blob"' in s:  # walked only when there is a ref to show
+            s = json.dumps(summarise_refs(v), default=str, separators=(",", ":"))
     return s if len(s) <= n else s[: n - 1] + "…"
 
 

@@ -56,7 +56,11 @@ def document(steps: list[Step], *, title: str = "iii-console steps") -> dict[str
                 "responses": {"2XX": {"description": "accepted by the step", "content": {"application/json": {"schema": {}}}},
                               **_errors(t.body_schema is not None or t.method in ("POST", "PUT", "PATCH"))},
             }
-            if t.body_schema is not None:
+            if t.accept:
+                op["requestBody"] = {"required": True, "description": "stored as a blob; the handler gets its ref",
+                                     "content": {a: {"schema": {"type": "string", "format": "binary"}} for a in t.accept}}
+                op["responses"]["415"]["description"] = f"send one of {', '.join(t.accept)}"
+            elif t.body_schema is not None:
                 op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(t.body_schema, schemas)}}}
             for code, schema in sorted(t.response_schema.items()):
                 op["responses"][str(code)] = {"description": f"{code} from the step",

@@ -17,11 +17,16 @@ from typing import Any
 
 import redis
 from litestar import Litestar, Request, Response, route
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, InternalServerException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.types import ExceptionHandlersMap
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from iii_console.adapters.downloads import NotFound, download_response, progress_response
+from iii_console.adapters.queue.errors import PayloadTooLarge
+from iii_console.core.answers import ProgressStream, is_answer
+from iii_console.core.blobs import BlobError, BlobNotFound, BlobTooLarge
 from iii_console.core.context import HttpRequest
 from iii_console.core.errors import redis_refuses_writes, user_traceback
 from iii_console.core.events import loads_finite
@@ -186,7 +191,9 @@ class HttpSteps:
                                 headers={"Retry-After": "1"})
             try:
                 body = None
-                if trig.method in BODY_METHODS or trig.body_schema is not None or (
+                if trig.accept:
+                    body = await receive_blob(request, trig, runner.services.blobs, trig.max_body_bytes or self.max_body_bytes)
+                elif trig.method in BODY_METHODS or trig.body_schema is not None or (
                         trig.method == "DELETE" and request.headers.get("content-length", "0") != "0"):
                     raw = await request.body()
                     body = parse_json_body(raw, request.headers.get("content-type", ""), trig.body_schema)
@@ -209,6 +216,13 @@ class HttpSteps:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("step %s: Redis unavailable: %s", step.name, exc)
                 return _problem(503, "storage unavailable, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
+            except PayloadTooLarge as exc:
+                return _problem(413, str(exc), topic=exc.topic, size=exc.size, limit=exc.limit, trace_id=trace_id,
+                                fields=[{"field": "body", "message": f"over queues.{exc.topic}.max_payload_bytes ({exc.limit})"}])
+            except BlobNotFound as exc:
+                return _problem(404, str(exc), trace_id=trace_id)
+            except BlobError as exc:
+                return _problem(400, str(exc), trace_id=trace_id)
             except Exception as exc:
                 if redis_refuses_writes(exc):  # full (maxmemory with noeviction) or a read-only replica
                     log.warning("step %s: Redis refuses writes: %s", step.name, exc)
@@ -217,6 +231,17 @@ class HttpSteps:
                              data={"traceback": user_traceback(exc)[-8000:], "file": step.file})
                 return _problem(500, "handler failed", trace_id=trace_id)
             try:
+                streamed = _streamed(out)
+                if streamed is not None:
+                    status, headers, answer = streamed
+                    headers = {**headers, "X-Trace-Id": trace_id}
+                    if isinstance(answer, ProgressStream):
+                        return progress_response(answer, runner.async_side.client, runner.services.keys, headers)
+                    try:
+                        return download_response(answer, runner.services.blobs, status=status, headers=headers,
+                                                 range_header=request.headers.get("range"))
+                    except NotFound as exc:
+                        return _problem(404, str(exc), trace_id=trace_id)
                 return _to_response(out, trace_id)
             except BadReturn as exc:
                 emitter.emit("step.error", trace_id=trace_id, step=step.name, error=f"handler returned {exc}", data={"file": step.file})
@@ -225,7 +250,8 @@ class HttpSteps:
         endpoint.__name__ = f"{step.name}_{trig.method.lower()}"
         # status_code: Litestar's default for DELETE is 204, which refuses the handler's answer body.
         return route(_litestar_path(trig.path), http_method=[trig.method], name=f"{step.name}:{trig.method}:{trig.path}",
-                     status_code=200, request_max_body_size=self.max_body_bytes)(endpoint)
+                     status_code=200, request_max_body_size=(trig.max_body_bytes or self.max_body_bytes) if trig.accept
+                     else self.max_body_bytes)(endpoint)
 
     def app(self, *, on_startup: list[Any] | None = None, on_shutdown: list[Any] | None = None, extra: list[Any] | None = None) -> Litestar:
         handlers = [self._endpoint(s, t) for s in self.steps for t in s.of(HttpTrigger)] + list(extra or [])
@@ -242,6 +268,67 @@ class HttpSteps:
 
 class BadReturn(Exception):
     """A handler's return value that cannot become an HTTP answer."""
+
+
+_FILENAME = re.compile(r"""filename\s*=\s*(?:"([^"]{1,255})"|([^;\s]{1,255}))""", re.I)
+
+
+async def receive_blob(request: Request[Any, Any, Any], trig: HttpTrigger, store: Any, limit: int) -> Any:
+    """Stream a raw request body of a declared type into the blob store; its ref, or :class:`Reject`.
+
+    The name comes from a ``Content-Disposition: ...; filename="x.png"`` request header, if sent.
+    Nothing is kept of a body that is refused or cut short.
+    """
+    import asyncio
+
+    ctype = request.headers.get("content-type", "")
+    if not trig.accepts(ctype):
+        media = ctype.split(";", 1)[0].strip() or "nothing"
+        raise Reject(415, "unsupported media type", detail=f"this route takes {', '.join(trig.accept)}, not {media!r}",
+                     accept=list(trig.accept), fields=[{"field": "headers.Content-Type", "message": f"one of {', '.join(trig.accept)}"}])
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise Reject(413, "request body too large", limit=limit, fields=[{"field": "body", "message": f"at most {limit} bytes"}])
+    m = _FILENAME.search(request.headers.get("content-disposition", ""))
+    name = (m.group(1) or m.group(2)).rsplit("/", 1)[-1] if m else None
+    writer = None
+    try:
+        writer = await asyncio.to_thread(store.writer, limit)
+        async for chunk in request.stream():
+            if chunk:
+                await asyncio.to_thread(writer.write, chunk)
+        return await asyncio.to_thread(writer.commit, ctype.split(";", 1)[0].strip().lower(), name)
+    except (RequestEntityTooLarge, BlobTooLarge):
+        _abort(writer)
+        raise Reject(413, "request body too large", limit=limit, fields=[{"field": "body", "message": f"at most {limit} bytes"}]) from None
+    except InternalServerException:  # the client went away mid-body
+        _abort(writer)
+        raise Reject(400, "request body cut short") from None
+    except OSError as exc:  # the store's disk is full or gone: the client may retry later
+        _abort(writer)
+        log.warning("upload to %s failed: %s", trig.path, exc)
+        raise Reject(503, "blob store unavailable, try again shortly", detail=exc.strerror or type(exc).__name__) from None
+    except BaseException:
+        _abort(writer)
+        raise
+
+
+def _abort(writer: Any) -> None:
+    if writer is not None:
+        writer.abort()
+
+
+def _streamed(out: Any) -> tuple[int, dict[str, str], Any] | None:
+    """``(status, headers, answer)`` when a handler answers with a file or a progress stream."""
+    status, headers, body = 200, {}, out
+    if isinstance(out, dict) and "status" in out and set(out) <= {"status", "body", "headers"}:
+        status, body = out["status"], out.get("body")
+        headers = {str(k): str(v) for k, v in (out.get("headers") or {}).items()} if isinstance(out.get("headers") or {}, dict) else {}
+    if not is_answer(body):
+        return None
+    if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 299:
+        raise BadReturn(f"status {status!r} with a file or stream body: use a 2xx status")
+    return status, headers, body
 
 
 def _to_response(out: Any, trace_id: str) -> Response[Any]:

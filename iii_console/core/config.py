@@ -167,6 +167,9 @@ class QueueConfig(_Section):
     """Optional earlier limit (0 = none): ``SoftTimeLimitExceeded`` is raised inside the handler,
     which may catch it to clean up; below ``time_limit_ms``."""
 
+    max_payload_bytes: int = Field(default=262_144, ge=1024, le=512 * 1_048_576)
+    """Largest encoded message accepted by an enqueue to this topic; larger data is refused
+    (``PayloadTooLarge``): put it in ``ctx.blobs`` and enqueue the ref."""
     dead_letter_ttl: int | None = Field(default=None, ge=1000, le=366 * 86_400_000)
     """Milliseconds a dead letter of this topic is kept after its last failure; unset: until purged or replayed."""
     throttle: ThrottleConfig | None = None
@@ -213,6 +216,23 @@ class EventsConfig(_Section):
         return v
 
 
+class BlobsConfig(_Section):
+    url: str = ""
+    """Where ``ctx.blobs`` keeps blobs: empty = the project's ``.iii/blobs/``; ``file:///path`` =
+    a folder every host mounts (NFS, EFS, SMB), for workers on several hosts."""
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, v: str) -> str:
+        from iii_console.core.blobs import BlobError, store_root
+
+        try:
+            store_root(v.strip(), Path("."))
+        except BlobError as exc:
+            raise ValueError(str(exc)) from None
+        return v.strip()
+
+
 class WorkersConfig(_Section):
     processes: int = Field(default=1, ge=1, le=256)
     threads: int = Field(default=8, ge=1, le=1000)
@@ -236,6 +256,7 @@ class Config(_Section):
     queues: dict[str, QueueConfig] = Field(default_factory=dict)
     events: EventsConfig = EventsConfig()
     workers: WorkersConfig = WorkersConfig()
+    blobs: BlobsConfig = BlobsConfig()
     steps_dir: str = "steps"
     project_dir: str = "."
     source: str = ""

@@ -111,6 +111,8 @@ class Context(_BaseContext):
     """Context for ``async def`` handlers."""
 
     state: Any = None
+    #: ``await ctx.blobs.put(data)`` -> a ref; ``open``, ``read``, ``delete``, ``path`` (``core/blobs.py``).
+    blobs: Any = None
     _enqueue: Callable[..., Awaitable[list[str]]] | None = None
     _progress: Any = None
     _enqueue_group: Any = None
@@ -151,6 +153,8 @@ class SyncContext(_BaseContext):
     """Context for ``def`` handlers: the same methods, called without ``await``."""
 
     state: Any = None
+    #: ``ctx.blobs.put(data)`` -> a ref; ``open``, ``read``, ``delete``, ``path`` (``core/blobs.py``).
+    blobs: Any = None
     _enqueue: Callable[..., list[str]] | None = None
     _progress: Any = None
     _enqueue_group: Any = None

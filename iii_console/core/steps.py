@@ -115,6 +115,7 @@ def validate_input(schema: Any, data: Any) -> Any:
 
 
 _PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)}")
+_MEDIA = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/(\*|[a-z0-9][a-z0-9!#$&^_.+-]{0,126})")
 _LITERAL = re.compile(r"[A-Za-z0-9_.~-]+")
 
 
@@ -124,6 +125,40 @@ class HttpTrigger(_Model):
     path: str
     body_schema: Any = Field(default=None, alias="bodySchema")
     response_schema: dict[int, Any] = Field(default_factory=dict, alias="responseSchema")
+    #: Raw body types this trigger takes (``image/*``, ``text/csv``): the body is streamed into the
+    #: blob store and the handler gets its ref as ``req.body``. Empty: a JSON body, as usual.
+    accept: list[str] = Field(default_factory=list)
+    #: Largest raw body accepted (413 past it); ``None``: ``server.max_body_bytes``. Only with ``accept``.
+    max_body_bytes: int | None = Field(default=None, ge=1, le=1 << 40, alias="maxBodyBytes")
+
+    @field_validator("accept")
+    @classmethod
+    def _accept(cls, v: list[str]) -> list[str]:
+        out = []
+        for t in v:
+            t = t.strip().lower()
+            if not _MEDIA.fullmatch(t):
+                raise ValueError(f"{t!r} is not a media type: type/subtype, or type/*")
+            out.append(t)
+        return out
+
+    @model_validator(mode="after")
+    def _raw_body(self) -> "HttpTrigger":
+        if self.accept:
+            if self.method not in ("POST", "PUT", "PATCH"):
+                raise ValueError(f"accept (a raw request body) needs POST, PUT or PATCH, not {self.method}")
+            if self.body_schema is not None:
+                raise ValueError("accept (a raw body, stored as a blob) and bodySchema (a JSON body) exclude each other")
+        elif self.max_body_bytes is not None:
+            raise ValueError("max_body_bytes applies to raw bodies: declare their types in accept")
+        return self
+
+    def accepts(self, content_type: str) -> bool:
+        """Whether a request's ``Content-Type`` is one of :attr:`accept` (``image/*`` matches ``image/png``)."""
+        media = content_type.split(";", 1)[0].strip().lower()
+        if not _MEDIA.fullmatch(media) or media.endswith("/*"):
+            return False
+        return any(media == a or (a.endswith("/*") and media.startswith(a[:-1])) for a in self.accept)
 
     @field_validator("method")
     @classmethod
@@ -177,7 +212,7 @@ class HttpTrigger(_Model):
         return self.method, _PARAM.sub("{}", self.path)
 
     def describe(self) -> str:
-        return f"{self.method} {self.path}"
+        return f"{self.method} {self.path}" + (f" ({', '.join(self.accept)})" if self.accept else "")
 
 
 class BatchSpec(_Model):
@@ -337,6 +372,8 @@ def _spec(t: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"type": t.type}
     if isinstance(t, HttpTrigger):
         out.update(method=t.method, path=t.path, body=schema_name(t.body_schema))
+        if t.accept:
+            out.update(accept=list(t.accept), max_body_bytes=t.max_body_bytes)
     elif isinstance(t, QueueTrigger):
         out.update(topic=t.topic, input=schema_name(t.input_schema))
         if t.batch is not None:
@@ -349,10 +386,15 @@ def _spec(t: Any) -> dict[str, Any]:
 
 
 def http(method: str, path: str, *, body: type[BaseModel] | dict[str, Any] | None = None,
-         responses: dict[int, Any] | None = None) -> HttpTrigger:
+         responses: dict[int, Any] | None = None, accept: list[str] | None = None,
+         max_body_bytes: int | None = None) -> HttpTrigger:
     """An HTTP trigger: ``http("POST", "/messages", body=MessageIn)``; ``body`` may also be a
-    JSON-schema dict (the handler then gets the parsed JSON, checked against it)."""
-    return HttpTrigger(method=method, path=path, body_schema=body, response_schema=responses or {})
+    JSON-schema dict (the handler then gets the parsed JSON, checked against it).
+
+    ``accept=["image/*", "text/csv"]`` takes a raw body of those types instead: it is streamed
+    into the blob store (at most ``max_body_bytes``) and ``req.body`` is its ref."""
+    return HttpTrigger(method=method, path=path, body_schema=body, response_schema=responses or {},
+                       accept=accept or [], max_body_bytes=max_body_bytes)
 
 
 def queue(topic: str, *, input: type[BaseModel] | dict[str, Any] | None = None,

@@ -22,6 +22,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from iii_console.adapters.queue.producer import AsyncProducer, Producer, Subscriptions
 from iii_console.core.autopipe import AutoPipeline
+from iii_console.core.blobs import AsyncBlobs
 from iii_console.core.context import Context, SyncContext, call_arity, is_async
 from iii_console.core.lease import AsyncLeases, Leases
 from iii_console.core.progress import AsyncProgressStore, ProgressStore
@@ -125,7 +126,7 @@ class StepRunner:
                      message_id: str | None = None, max_attempts: int = 1, idempotency_key: str | None = None) -> SyncContext:
         return SyncContext(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
                            message_id=message_id, max_attempts=max_attempts, idempotency_key=idempotency_key, state=self.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
-                           _enqueue=self.producer.enqueue, _progress=self.progress,
+                           blobs=self.services.blobs, _enqueue=self.producer.enqueue, _progress=self.progress,
                            _enqueue_group=self.producer.enqueue_group, _leases=self.leases)
 
     def async_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
@@ -133,7 +134,7 @@ class StepRunner:
         side = self.async_side
         return Context(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
                        message_id=message_id, max_attempts=max_attempts, idempotency_key=idempotency_key, state=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
-                       _enqueue=side.producer.enqueue, _progress=side.progress,
+                       blobs=AsyncBlobs(self.services.blobs), _enqueue=side.producer.enqueue, _progress=side.progress,
                        _enqueue_group=side.producer.enqueue_group, _leases=side.leases)
 
     def call_sync(self, step: Step, input: Any, **ctx_kw: Any) -> Any:

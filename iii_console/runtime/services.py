@@ -68,6 +68,16 @@ class Services:
                    else null_emitter())
         return cls(config, role, client, keys, sink, emitter, name)
 
+    @property
+    def blobs(self) -> Any:
+        """The blob store of ``ctx.blobs`` (``blobs.url``), its folder made on first use."""
+        store = self.extras.get("blobs")
+        if store is None:
+            from iii_console.core.blobs import BlobStore
+
+            store = self.extras["blobs"] = BlobStore.from_config(self.config.blobs.url, self.config.data_dir)
+        return store
+
     def close(self) -> None:
         self.sink.close()
         self.client.close()

@@ -421,6 +421,7 @@ class WorkerRuntime:
                 f"{STATE_TOPIC}.{step.name}",
                 {"group": change.group, "key": change.key, "old": change.old, "new": change.new, "trace_id": change.trace_id},
                 trace_id=change.trace_id, source="state", once=self.services.keys.once(f"{eid}:{step.name}"),
+                limit_size=False,  # the change is already stored: its trigger must not be refused for its size
             )
         self.services.client.xack(self.services.keys.state_changes, TRIGGER_GROUP, entry_id)
 

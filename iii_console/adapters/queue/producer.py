@@ -18,7 +18,7 @@ import redis
 import redis.asyncio as aredis
 from dramatiq.message import Message
 
-from iii_console.adapters.queue.errors import EnqueueError
+from iii_console.adapters.queue.errors import EnqueueError, PayloadTooLarge
 from iii_console.adapters.queue.fanin import build_group, empty_result
 from iii_console.adapters.queue.names import Subscription
 from iii_console.adapters.queue.scripts import SOURCES, Scripts
@@ -49,6 +49,7 @@ class _Builder:
         delay_ms: int,
         source: str | None,
         options: dict[str, Any] | None = None,
+        limit_size: bool = True,
     ) -> tuple[list[Any], list[tuple[Subscription, Message]], str]:
         subs = self.subscriptions.get(topic, [])
         prio = priority or self.config.queue(topic).priority
@@ -59,6 +60,7 @@ class _Builder:
         args: list[Any] = []
         copies = []
         now = now_ms()
+        limit = self.config.queue(topic).max_payload_bytes if limit_size else None
         for sub in subs:
             opts = {
                 "trace_id": trace_id,
@@ -75,6 +77,8 @@ class _Builder:
                 encoded = msg.encode()
             except (TypeError, ValueError) as exc:
                 raise EnqueueError(f"data for topic {topic!r} is not JSON-serialisable: {exc}") from None
+            if limit is not None and len(encoded) > limit:
+                raise PayloadTooLarge(topic, len(encoded), limit)
             args.extend([queue, opts["redis_message_id"], encoded])
             copies.append((sub, msg))
         return args, copies, prio
@@ -136,7 +140,7 @@ class Producer(_Builder):
                 source: str | None = None, once: str | None = None, once_ttl_ms: int = 86_400_000,
                 options: dict[str, Any] | None = None, floor: tuple[str, int, str] | None = None,
                 dedup_key: str | None = None, dedup_ttl_ms: int = DEDUP_TTL_MS,
-                extras: dict[str, Any] | None = None) -> list[str] | None:
+                extras: dict[str, Any] | None = None, limit_size: bool = True) -> list[str] | None:
         """Returns the message ids, or ``None`` when ``once`` was already used (or ``floor`` refused it).
 
         ``floor`` is ``(key, ms, json)``: enqueue only if ``key`` records no
@@ -145,7 +149,8 @@ class Producer(_Builder):
         topic under the same key within ``dedup_ttl_ms`` enqueues nothing and
         returns the first one's ids.
         """
-        triples, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source, options=options)
+        triples, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source,
+                                           options=options, limit_size=limit_size)
         ids = [m.message_id for _, m in copies]
         extras = dict(extras or {})
         if dedup_key is not None:
