@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Any, Callable
 
 import redis
 
@@ -199,18 +199,19 @@ class Scheduler:
         trace_id = uuid.uuid4().hex
         topic = f"{CRON_TOPIC}.{step.name}"
         last = json.dumps({"scheduled_ms": scheduled_ms, "fired_ms": now, "expression": expr}, separators=(",", ":"))
+        queue = Subscription(CRON_TOPIC, step.name).queue(self.services.config.queue(topic).priority)
+
+        def fired(ids: list[str]) -> list[Any]:  # written by the enqueue script, only if it wins the tick
+            return [self.services.emitter.make(
+                "cron.fired", step=step.name, trace_id=trace_id, message_id=ids[0] if ids else None, topic=topic, queue=queue,
+                data={"expression": expr, "scheduled_ms": scheduled_ms, "fired_ms": now, "drift_ms": now - scheduled_ms})]
+
         ids = self.producer.enqueue(
             topic, {"scheduled_ms": scheduled_ms, "fired_ms": now, "expression": expr}, trace_id=trace_id, source="scheduler",
             once=keys.cron_tick(step.name, expr, scheduled_ms), once_ttl_ms=TICK_MARKER_TTL_MS,
-            floor=(keys.cron_last(step.name, expr), scheduled_ms, last),
+            floor=(keys.cron_last(step.name, expr), scheduled_ms, last), announce=fired,
         )
-        if ids is None:
-            return False
-        queue = Subscription(CRON_TOPIC, step.name).queue(self.services.config.queue(topic).priority)
-        self.services.emitter.emit("cron.fired", step=step.name, trace_id=trace_id, message_id=ids[0] if ids else None,
-                                   topic=topic, queue=queue,
-                                   data={"expression": expr, "scheduled_ms": scheduled_ms, "fired_ms": now, "drift_ms": now - scheduled_ms})
-        return True
+        return ids is not None
 
     def skip(self, step: Step, expr: str, ticks: list[int], now: int) -> int:
         """Claim ``ticks`` (all past the grace) as skipped; one ``cron.skipped`` for those this process won.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import redis
 import redis.asyncio as aredis
@@ -140,14 +140,17 @@ class Producer(_Builder):
                 source: str | None = None, once: str | None = None, once_ttl_ms: int = 86_400_000,
                 options: dict[str, Any] | None = None, floor: tuple[str, int, str] | None = None,
                 dedup_key: str | None = None, dedup_ttl_ms: int = DEDUP_TTL_MS,
-                extras: dict[str, Any] | None = None, limit_size: bool = True) -> list[str] | None:
+                extras: dict[str, Any] | None = None, limit_size: bool = True,
+                announce: Callable[[list[str]], list[Any]] | None = None) -> list[str] | None:
         """Returns the message ids, or ``None`` when ``once`` was already used (or ``floor`` refused it).
 
         ``floor`` is ``(key, ms, json)``: enqueue only if ``key`` records no
         ``scheduled_ms`` at or after ``ms``, and then set it to ``json`` (a cron
         trigger's last fired tick). With ``dedup_key``, a second enqueue to the
         topic under the same key within ``dedup_ttl_ms`` enqueues nothing and
-        returns the first one's ids.
+        returns the first one's ids. ``announce(ids)`` gives more events the
+        enqueue script writes with the messages' own, only if it enqueues them
+        (a cron tick's ``cron.fired``).
         """
         triples, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source,
                                            options=options, limit_size=limit_size)
@@ -158,6 +161,8 @@ class Producer(_Builder):
             once, once_ttl_ms = self.keys.dedup(topic, dedup_key), dedup_ttl_ms
             extras.update(_dedup_extras(self, topic, dedup_key, ids, trace_id, source))
         events = self.events(topic, data, copies, prio, delay_ms, source, trace_id)
+        if announce is not None:
+            events += announce(ids)
         if copies or once or floor:
             ns = self.keys.dramatiq_namespace
             n = self.emitter.transition(lambda ev: self.scripts.enqueue(args=_script_args(
