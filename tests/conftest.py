@@ -44,3 +44,11 @@ def r(redis_url: str):
 @pytest.fixture
 def keys() -> Keys:
     return Keys()
+
+
+@pytest.fixture
+def rc(app, redis_server):
+    """A client of the Redis a module's ``app`` fixture (a running ``iii-console``) serves on."""
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()

@@ -186,12 +186,6 @@ def app(tmp_path_factory, redis_server):
     client.close()
 
 
-@pytest.fixture
-def rc(app, redis_server):
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
-
 
 def test_the_broken_step_is_reported_and_the_others_serve(app, rc):
     """Given a project with one broken step, when it runs, then stderr and a step.error event name the file, step

@@ -152,12 +152,6 @@ def app(tmp_path_factory, redis_server):
     client.close()
 
 
-@pytest.fixture
-def rc(app, redis_server):
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
-
 
 def stored(app) -> list:
     return sorted(p for p in (app.shared / "sha256").rglob("*") if p.is_file())
