@@ -96,14 +96,15 @@ class _Project:
                  timeout: float = 15.0) -> Event:
         """The ``count``-th event of ``type`` (for ``step``, on ``trace``); fails the test after ``timeout``.
 
-        Fails at once, with the error, when the awaited message is dead-lettered instead.
+        With ``trace``, fails at once, with the step's error, when that trace's message is
+        dead-lettered instead.
         """
         deadline = time.monotonic() + timeout
         while True:
             got = self.events(type, step=step, trace=trace)
             if len(got) >= count:
                 return got[count - 1]
-            if type != "message.dead_lettered":
+            if trace and type != "message.dead_lettered":
                 dead = self.events("message.dead_lettered", step=step, trace=trace)
                 if dead:
                     raise StepFailed(f"waiting for {type}: step {dead[0].step} dead-lettered its message: {dead[0].error}")
@@ -144,8 +145,11 @@ class IIIApp(_Project):
         finally:
             timer.cancel()
         if "running" not in banner:
-            rest = self._proc.stderr.read() if self._proc.poll() is not None else ""  # type: ignore[union-attr]
-            self._proc.kill()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+            rest = self._proc.stderr.read()  # type: ignore[union-attr]
             raise StepFailed(f"iii-console did not start: {(banner + rest).strip()}")
         threading.Thread(target=lambda: self.stderr.extend(iter(self._proc.stderr.readline, "")),  # type: ignore[union-attr]
                          daemon=True).start()
