@@ -82,3 +82,22 @@ def test_a_run_with_no_server_anywhere_exits_with_one_line_and_starts_nothing(tm
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: no redis-server found: ") and "--redis URL" in lines[0]
     assert not (tmp_path / ".iii" / "redis.json").exists()
+
+
+def test_dev_py_keeps_a_virtualenv_per_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from .conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("dev_under_test", ROOT / "dev.py")
+    assert spec and spec.loader
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    monkeypatch.setattr(dev, "ROOT", tmp_path)
+    mine = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert dev._pick_venv() == tmp_path / ".venv"  # none yet: this Python makes .venv
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "pyvenv.cfg").write_text(f"home = /usr/bin\nversion = {mine}.9\n")
+    assert dev._pick_venv() == tmp_path / ".venv"
+    (tmp_path / ".venv" / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 3.9.18\n")
+    assert dev._pick_venv() == tmp_path / f".venv-{mine}"
