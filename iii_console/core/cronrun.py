@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from importlib import resources
 from typing import Any
 
 from iii_console.core.emitter import Emitter
 from iii_console.core.events import now_ms
 from iii_console.core.keys import Keys
+from iii_console.core.luasrc import core_script
 
-_LUA = resources.files("iii_console.core")
-_SCRIPT = _LUA.joinpath("lua/_events.lua").read_text() + "\n" + _LUA.joinpath("lua/manual_tick.lua").read_text()
+_SCRIPT = core_script("manual_tick")
 CRON_TOPIC = "_cron"
 
 

@@ -193,8 +193,8 @@ class StreamSink:
     def transition(self, run: Callable[[bytes], Any], settle: Sequence[Event], *, through: int | None = None) -> Any:
         """Run a transition script that writes ``settle`` itself, after every event put so far.
 
-        ``run`` gets the events argument for the script (``lua/_events.lua`` of
-        the queue adapter explains it). The transition's own events are written
+        ``run`` gets the events argument for the script (the core's
+        ``lua/_events.lua`` explains it). The transition's own events are written
         by the script only if the transition applies, so they can be neither
         lost (a crash right after it) nor wrong (a refused transition writes
         none). Events this process put before (``through``, default: all so
@@ -204,35 +204,34 @@ class StreamSink:
         so no batch the flusher has taken can land after it.
         """
         through = self.seq if through is None else through
-        if self._written >= through:
-            result = run(self.payload((), settle))
-            self._observe(settle)
-            return result
-        with self._flush_lock:
-            while True:
-                if self._written >= through or not self._buf:
-                    result = run(self.payload((), settle))
-                    self._observe(settle)
-                    return result
-                batch = self._take()
-                if batch[-1][0] >= through or not self._buf:
-                    try:
-                        pre = [ev for _, ev in batch]
-                        payload = self.payload(pre, settle)
-                    except Exception:
-                        log.exception("event sink: dropping %d events that cannot be encoded", len(batch))
-                        self.dropped += len(batch)
-                        payload = self.payload((), settle)
-                    try:
-                        result = run(payload)
-                    except BaseException:
-                        self._buf.extendleft(reversed(batch))
-                        raise
-                    self._written = max(self._written, batch[-1][0])
-                    self._observe(settle)
-                    return result
-                if not self._write_batch(batch):
-                    raise redis.ConnectionError("event sink: Redis unavailable")
+        if self._written < through:
+            with self._flush_lock:
+                while self._written < through and self._buf:
+                    batch = self._take()
+                    if batch[-1][0] >= through or not self._buf:
+                        return self._settle(run, settle, batch)
+                    if not self._write_batch(batch):
+                        raise redis.ConnectionError("event sink: Redis unavailable")
+        # Everything it had to follow is on the stream (or was dropped): no lock needed.
+        return self._settle(run, settle, [])
+
+    def _settle(self, run: Callable[[bytes], Any], settle: Sequence[Event], batch: list[tuple[int, Event]]) -> Any:
+        """Run the transition with ``batch`` (taken from the buffer, flush lock held) riding along."""
+        last = batch[-1][0] if batch else 0
+        try:
+            payload = self.payload([ev for _, ev in batch], settle)
+        except Exception:  # an event that cannot be encoded must not block the settle
+            log.exception("event sink: dropping %d events that cannot be encoded", len(batch))
+            self.dropped += len(batch)
+            payload, batch = self.payload((), settle), []
+        try:
+            result = run(payload)
+        except BaseException:
+            self._buf.extendleft(reversed(batch))  # written by a later call, in order
+            raise
+        self._written = max(self._written, last)
+        self._observe(settle)
+        return result
 
     def _observe(self, settle: Sequence[Event]) -> None:
         """Hand the processing times of settle events just written to the next batch's histograms."""

@@ -8,15 +8,14 @@ script call (``lua/progress.lua``), so the value and its event never disagree.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from typing import Any
 
 from iii_console.core.emitter import Emitter
 from iii_console.core.events import now_ms
 from iii_console.core.keys import Keys
+from iii_console.core.luasrc import core_script
 
-_LUA = resources.files("iii_console.core")
-_SCRIPT = _LUA.joinpath("lua/_events.lua").read_text() + "\n" + _LUA.joinpath("lua/progress.lua").read_text()
+_SCRIPT = core_script("progress")
 #: How long a trace's latest progress is kept after its last update.
 PROGRESS_TTL_MS = 86_400_000
 NOTE_MAX = 500

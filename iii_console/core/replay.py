@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from importlib import resources
 from typing import Any
 
 import redis
@@ -26,9 +25,9 @@ from iii_console.core.emitter import Emitter
 from iii_console.core.errors import IIIError
 from iii_console.core.events import now_ms
 from iii_console.core.keys import Keys
+from iii_console.core.luasrc import core_script
 
-_LUA = resources.files("iii_console.core")
-_SCRIPT = _LUA.joinpath("lua/_events.lua").read_text() + "\n" + _LUA.joinpath("lua/replay.lua").read_text()
+_SCRIPT = core_script("replay")
 _DROP = ("retries", "first_failure_ms", "iii_outcome", "eta", "redis_message_id", "traceback", "requeue_timestamp")
 
 

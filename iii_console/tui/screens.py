@@ -478,8 +478,8 @@ class HelpScreen(ModalScreen[None]):
         out.append(Text(""))
         out.append(Text("Colours", style="bold underline"))
         legend = Text("  ")
-        for i, (typ, style) in enumerate((t, s) for t, s in TYPE_STYLE.items()
-                                         if t.startswith(("message.", "http.", "notification.", "step.", "cron.fired", "state."))):
+        for i, (typ, style) in enumerate((name, st) for name, st in TYPE_STYLE.items()
+                                         if name.startswith(("message.", "http.", "notification.", "step.", "cron.fired", "state."))):
             if i and i % 5 == 0:
                 legend.append("\n  ")
             legend.append(typ, style)

@@ -1,7 +1,8 @@
 """Load the broker's Lua scripts once per client.
 
-Scripts that move messages start with the core's ``lua/_events.lua``: the
-helpers with which each writes the events of its own transition (see that file).
+Scripts that move messages start with the core's ``lua/_events.lua``
+(``core/luasrc.py``): the helpers with which each checks its keys, writes the
+events of its own transition and wakes whoever waits on a queue.
 """
 
 from __future__ import annotations
@@ -9,18 +10,23 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
+from iii_console.core.luasrc import with_prelude
+
 _NAMES = ("enqueue", "fetch", "move", "dead", "heartbeat", "sweep", "requeue_dead", "requeue", "ack", "promote", "throttle")
-#: Scripts that write events and so need the shared prelude.
-_WITH_EVENTS = {"enqueue", "move", "dead", "requeue_dead", "ack", "promote"}
+#: Scripts that move messages or write events, and so start with the shared prelude.
+_WITH_PRELUDE = {"enqueue", "move", "dead", "requeue_dead", "requeue", "ack", "promote"}
 #: Scripts that settle a message, and so may settle its fan-in group (``lua/_fanin.lua``).
 _SETTLES = {"ack", "dead"}
-_PRELUDE = resources.files("iii_console.core").joinpath("lua/_events.lua").read_text()
-_FANIN = resources.files(__package__).joinpath("lua/_fanin.lua").read_text()
-SOURCES = {
-    n: (_PRELUDE + "\n" if n in _WITH_EVENTS else "") + (_FANIN + "\n" if n in _SETTLES else "")
-    + resources.files(__package__).joinpath(f"lua/{n}.lua").read_text()
-    for n in _NAMES
-}
+_LUA = resources.files(__package__).joinpath("lua")
+
+
+def _source(name: str) -> str:
+    parts = [_LUA.joinpath("_fanin.lua")] if name in _SETTLES else []
+    parts.append(_LUA.joinpath(f"{name}.lua"))
+    return with_prelude(*parts) if name in _WITH_PRELUDE else parts[-1].read_text()
+
+
+SOURCES = {n: _source(n) for n in _NAMES}
 
 
 class Scripts:

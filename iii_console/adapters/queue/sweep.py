@@ -32,7 +32,7 @@ def worker_name(client: redis.Redis, keys: Keys, worker_id: str) -> str:
 
 
 def requeue_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: Emitter, worker_id: str, *,
-                   reason: str, by: str = "") -> int:
+                   reason: str, by: str = "", name: str | None = None) -> int:
     """Return every message ``worker_id`` holds to the head of its queue; returns how many.
 
     The worker must be gone (or be the caller, giving up handlers it abandons):
@@ -40,7 +40,8 @@ def requeue_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: E
     """
     ns = keys.dramatiq_namespace
     prefix = f"{ns}:__acks__.{worker_id}."
-    name = worker_name(client, keys, worker_id)
+    if name is None:
+        name = worker_name(client, keys, worker_id)
     stream = emitter.stream
     events: Any = stream.payload((), ()) if stream is not None else ""
     n = 0
@@ -57,13 +58,24 @@ def forget_worker(client: redis.Redis, keys: Keys, worker_id: str) -> bool:
     return removed
 
 
+def reclaim_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: Emitter, worker_id: str, *, reason: str,
+                   report_once: bool = False, **event: Any) -> int:
+    """Give back everything a gone worker held, forget it, and say so in ``worker.stopped``.
+
+    With ``report_once`` (sweepers racing for the same dead worker) only the one
+    that removed its heartbeat reports it.
+    """
+    name = worker_name(client, keys, worker_id)
+    n = requeue_worker(client, keys, scripts, emitter, worker_id, reason=reason, name=name)
+    if forget_worker(client, keys, worker_id) or not report_once:
+        emitter.emit("worker.stopped", data={"id": worker_id, **({"name": name} if name else {}), "reason": reason,
+                                             "requeued": n, **event})
+    return n
+
+
 def recover_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: Emitter, worker_id: str, **event: Any) -> int:
     """A supervisor's child exited without its clean stop: give its messages back now and say so."""
-    name = worker_name(client, keys, worker_id)
-    n = requeue_worker(client, keys, scripts, emitter, worker_id, reason=str(event.get("reason", "crashed")))
-    forget_worker(client, keys, worker_id)
-    emitter.emit("worker.stopped", data={"id": worker_id, **({"name": name} if name else {}), "requeued": n, **event})
-    return n
+    return reclaim_worker(client, keys, scripts, emitter, worker_id, **{"reason": "crashed", **event})
 
 
 def sweep_dead_workers(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: Emitter, *, timeout_ms: int,
@@ -72,11 +84,6 @@ def sweep_dead_workers(client: redis.Redis, keys: Keys, scripts: Scripts, emitte
     moved = 0
     for raw in scripts.sweep(args=[keys.worker_heartbeats, timeout_ms]):
         dead = as_str(raw)
-        if dead == self_id:
-            continue
-        name = worker_name(client, keys, dead)
-        n = requeue_worker(client, keys, scripts, emitter, dead, reason="heartbeat lost")
-        moved += n
-        if forget_worker(client, keys, dead):  # one report per dead worker, however many sweepers saw it
-            emitter.emit("worker.stopped", data={"id": dead, **({"name": name} if name else {}), "reason": "heartbeat lost", "requeued": n})
+        if dead != self_id:
+            moved += reclaim_worker(client, keys, scripts, emitter, dead, reason="heartbeat lost", report_once=True)
     return moved

@@ -89,6 +89,13 @@ local function iii_fill(s, placeholder, value)
   return string.sub(s, 1, a - 1) .. value .. string.sub(s, b + 1)
 end
 
+-- Drop a token on a wake list (a queue's, or `__delayed__.wake`): whoever blocks
+-- on it (an idle consumer, a promoter) looks at once. Capped, so it never grows.
+local function iii_wake(key)
+  redis.call("RPUSH", key, "1")
+  redis.call("LTRIM", key, -64, -1)
+end
+
 local function iii_now_ms()
   local t = redis.call("TIME")
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -8,8 +8,7 @@ if err then return err end
 iii_pre(E)
 redis.call("HSET", q .. ".msgs", ARGV[3], ARGV[4])
 redis.call("RPUSH", q, ARGV[3])
-redis.call("RPUSH", q .. ".wake", "1")
-redis.call("LTRIM", q .. ".wake", -64, -1)
+iii_wake(q .. ".wake")
 iii_settle(E)
 iii_trim(E)
 return 1

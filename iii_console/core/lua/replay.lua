@@ -17,8 +17,7 @@ end
 local q = ARGV[1] .. ":" .. ARGV[2]
 redis.call("HSET", q .. ".msgs", ARGV[3], ARGV[4])
 redis.call("RPUSH", q, ARGV[3])
-redis.call("RPUSH", q .. ".wake", "1")
-redis.call("LTRIM", q .. ".wake", -64, -1)
+iii_wake(q .. ".wake")
 redis.call("HDEL", ARGV[5], ARGV[7])
 redis.call("ZREM", ARGV[6], ARGV[7])
 iii_settle(E)

@@ -39,8 +39,7 @@ local function iii_fanin(ns, gkey, mid, outcome, E)
     local q = ns .. ":" .. c[1]
     redis.call("HSET", q .. ".msgs", c[2], iii_fill(c[3], '"__III_GROUP_RESULT__"', result))
     redis.call("RPUSH", q, c[2])
-    redis.call("RPUSH", q .. ".wake", "1")
-    redis.call("LTRIM", q .. ".wake", -64, -1)
+    iii_wake(q .. ".wake")
   end
   local now = iii_now_ms()
   if E ~= nil then

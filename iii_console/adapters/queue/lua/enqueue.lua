@@ -80,14 +80,12 @@ for i = 10, #ARGV, 3 do
     redis.call("ZADD", ns .. ":__delayed__", "LT", due, ARGV[i])
   else
     redis.call("RPUSH", q, ARGV[i + 1])
-    redis.call("RPUSH", q .. ".wake", "1")
-    redis.call("LTRIM", q .. ".wake", -64, -1)
+    iii_wake(q .. ".wake")
   end
   n = n + 1
 end
 if delay > 0 and n > 0 then
-  redis.call("RPUSH", ns .. ":__delayed__.wake", "1")
-  redis.call("LTRIM", ns .. ":__delayed__.wake", -64, -1)
+  iii_wake(ns .. ":__delayed__.wake")
 end
 if ARGV[6] ~= "" then redis.call("SET", ARGV[6], ARGV[8]) end
 iii_settle(E)

@@ -20,8 +20,7 @@ for _, qn in ipairs(redis.call("ZRANGEBYSCORE", index, "-inf", now, "LIMIT", 0, 
     end
   end
   if pushed > 0 then
-    redis.call("RPUSH", q .. ".wake", "1")
-    redis.call("LTRIM", q .. ".wake", -64, -1)
+    iii_wake(q .. ".wake")
   end
   moved = moved + pushed
   local first = redis.call("ZRANGE", q .. ".delayed", 0, 0, "WITHSCORES")

@@ -21,7 +21,6 @@ for i = #ARGV, 4, -1 do
   end
 end
 if n > 0 then
-  redis.call("RPUSH", q .. ".wake", "1")
-  redis.call("LTRIM", q .. ".wake", -64, -1)
+  iii_wake(q .. ".wake")
 end
 return n

@@ -22,8 +22,7 @@ for _, id in ipairs(ids) do
 end
 redis.call("DEL", acks)
 if n > 0 then
-  redis.call("RPUSH", q .. ".wake", "1")
-  redis.call("LTRIM", q .. ".wake", -64, -1)
+  iii_wake(q .. ".wake")
   iii_trim(E)
 end
 return n
