@@ -23,6 +23,10 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+# The optional extras ``dev.py test`` installs besides the package (pyproject.toml).
+EXTRAS = [
+    "test",
+]
 
 
 def _venv_version(venv_dir: Path) -> str | None:
@@ -93,7 +97,7 @@ def _ensure_env() -> None:
             venv.EnvBuilder(with_pip=True, clear=VENV.exists()).create(VENV)
         print(f"dev.py: installing iii-console and its test dependencies into {VENV.name}", file=sys.stderr)
         pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-        if subprocess.run([*pip, "install", "-e", f"{ROOT}[test]"]).returncode != 0:
+        if subprocess.run([*pip, "install", "-e", f"{ROOT}[{','.join(EXTRAS)}]"]).returncode != 0:
             raise SetupFailed(f"pip could not install the project into {VENV.name} (see pip's output above)")
         STAMP.write_text(digest)
 
