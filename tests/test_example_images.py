@@ -1,0 +1,137 @@
+"""examples/images end to end: uploads and an inbox, a probe that fans out one render per size, renders
+upright with alpha kept, bad images dead-lettered at once, resubmits deduplicated, and one completion per
+image even when a worker is SIGKILLed mid-render. Real server, real worker processes, real Pillow."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+
+import pytest
+from PIL import Image
+
+from iii_console.testing import IIIApp
+
+from .conftest import ROOT
+from .helpers import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def jpeg_with_orientation_6() -> bytes:
+    """2400x1600 as stored, top rows red: displayed (rotated a quarter turn clockwise) 1600x2400, red on the right."""
+    img = Image.new("RGB", (2400, 1600), (20, 90, 200))
+    img.paste((230, 20, 20), (0, 0, 2400, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    img.save(out, "JPEG", exif=exif, quality=90)
+    return out.getvalue()
+
+
+def rgba_png() -> bytes:
+    img = Image.new("RGBA", (300, 200), (0, 160, 0, 255))
+    img.paste((0, 0, 0, 0), (0, 0, 150, 200))  # the left half fully transparent
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+def small_png(size: int, color: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def app(tmp_path, redis_server, monkeypatch):
+    project = tmp_path / "images"
+    shutil.copytree(ROOT / "examples" / "images", project, ignore=shutil.ignore_patterns(".iii", "inbox", "__pycache__"))
+    (tmp_path / "inbox").mkdir()
+    monkeypatch.setenv("IMAGES_INBOX", str(tmp_path / "inbox"))
+    monkeypatch.setenv("IMAGES_MAX_PIXELS", "5000000")   # the 3000x3000 "bomb" is over it, the photo is not
+    monkeypatch.setenv("IMAGES_SLOW_MS", "700")          # renders last long enough to be killed in the middle
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushall()
+    running = IIIApp(project, redis_server.url).start()
+    yield running
+    running.stop()
+
+
+def upload(app: IIIApp, body: bytes, name: str, content_type: str) -> dict:
+    resp = app.post("/images", content=body, headers={"content-type": content_type,
+                                                      "content-disposition": f'attachment; filename="{name}"'})
+    assert resp.status_code == 202, resp.text
+    return resp.json()
+
+
+def test_the_image_pipeline(app, tmp_path):
+    photo = jpeg_with_orientation_6()
+    sent = {
+        "photo": upload(app, photo, "photo.jpg", "image/jpeg"),
+        "logo": upload(app, rgba_png(), "logo.png", "image/png"),
+        "truncated": upload(app, photo[: len(photo) // 2], "cut.jpg", "image/jpeg"),
+        "bomb": upload(app, small_png(3000, (0, 0, 0)), "bomb.png", "image/png"),
+    }
+    # SIGKILL the worker process running the photo's first render, in the middle of it.
+    started = app.wait_for("message.started", step="RenderImage", trace=sent["photo"]["trace_id"])
+    os.kill(int(started.worker.split(":")[-2]), signal.SIGKILL)
+    (tmp_path / "inbox" / "drop.png").write_bytes(small_png(64, (200, 200, 0)))  # the cron step picks it up
+
+    ready = [app.wait_for("image.ready", count=n, timeout=40) for n in (1, 2, 3)][-1]
+    assert ready is not None
+    app.wait_for("message.redelivered", step="RenderImage")
+
+    # Sizes and orientation: displayed upright, longest side per size, red band on the right.
+    rec = app.state.get("images", sent["photo"]["image"])
+    assert (rec["status"], rec["width"], rec["height"], rec["format"]) == ("done", 1600, 2400, "JPEG")
+    assert {k: (v["width"], v["height"]) for k, v in rec["renders"].items()} == {
+        "thumb": (107, 160), "medium": (533, 800), "large": (1067, 1600)}
+    large = app.request("GET", f"/images/{sent['photo']['image']}/large")
+    assert large.status_code == 200 and large.headers["content-type"] == "image/jpeg"
+    img = Image.open(io.BytesIO(large.content))
+    assert img.size == (1067, 1600) and img.getexif().get(0x0112) is None
+    right, left = img.getpixel((1060, 800)), img.getpixel((10, 800))
+    assert right[0] > 180 and right[2] < 80 and left[2] > 150, (right, left)
+
+    # Alpha kept: WebP with the transparent half still transparent.
+    logo = app.state.get("images", sent["logo"]["image"])
+    assert logo["alpha"] is True and logo["status"] == "done"
+    thumb = app.request("GET", f"/images/{sent['logo']['image']}/thumb")
+    assert thumb.headers["content-type"] == "image/webp"
+    img = Image.open(io.BytesIO(thumb.content))
+    assert (img.format, img.mode, img.size) == ("WEBP", "RGBA", (160, 107))
+    assert img.getpixel((10, 50))[3] == 0 and img.getpixel((150, 50))[3] == 255
+
+    # The inbox file went through the same pipeline and left the inbox.
+    assert [r for r in app.state.list("images").values() if r["name"] == "drop.png"][0]["status"] == "done"
+    assert list((tmp_path / "inbox").iterdir()) == []
+
+    # Corrupt and oversized images: dead-lettered after one attempt, with the reason.
+    dead = {d.trace_id: d for d in app.dead_letters("images.dlq")}
+    for which, reason in (("truncated", "truncated"), ("bomb", "decompression bomb")):
+        letter = dead[sent[which]["trace_id"]]
+        assert letter.attempts == 1 and reason in letter.error and letter.step == "ProbeImage", letter
+        assert len(app.events("message.started", trace=sent[which]["trace_id"])) == 1
+    assert len(dead) == 2
+
+    # Resubmitting the same bytes enqueues nothing.
+    submitted = len([e for e in app.events("message.enqueued") if e.topic == "images.submitted"])
+    again = upload(app, photo, "photo-again.jpg", "image/jpeg")
+    app.wait_for("message.deduplicated", trace=again["trace_id"])
+    assert len([e for e in app.events("message.enqueued") if e.topic == "images.submitted"]) == submitted == 5
+
+    # Thumbnails first, and every message small: data travels by blob ref.
+    renders = [e for e in app.events("message.enqueued") if e.topic == "images.render"]
+    assert {e.data["payload"]["size"]: e.data["priority"] for e in renders} == {"thumb": "high", "medium": "normal", "large": "low"}
+    sizes = [len(json.dumps(e.data["payload"])) for e in app.events("message.enqueued")]
+    assert max(sizes) < 1024, max(sizes)
+
+    # One completion per image, the kill notwithstanding.
+    assert len(app.events("group.completed")) == 3
+    assert len(app.events("message.processed", step="ImageDone")) == 3
+    assert sorted(e.data["status"] for e in app.events("image.ready")) == ["done"] * 3
