@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import time
 
 import pytest
 from PIL import Image
@@ -77,9 +78,16 @@ def test_the_image_pipeline(app, tmp_path):
         "truncated": upload(app, photo[: len(photo) // 2], "cut.jpg", "image/jpeg"),
         "bomb": upload(app, small_png(3000, (0, 0, 0)), "bomb.png", "image/png"),
     }
-    # SIGKILL the worker process running the photo's first render, in the middle of it.
-    started = app.wait_for("message.started", step="RenderImage", trace=sent["photo"]["trace_id"])
-    os.kill(int(started.worker.split(":")[-2]), signal.SIGKILL)
+    for which in ("truncated", "bomb"):
+        app.wait_for("message.dead_lettered", trace=sent[which]["trace_id"])
+    # SIGKILL a worker process in the middle of a render (renders pause 700 ms after decoding).
+    def just_started():
+        done = {e.message_id for e in app.events("message.processed", step="RenderImage")}
+        return next((e for e in app.events("message.started", step="RenderImage")
+                     if e.message_id not in done and time.time() * 1000 - e.ts < 400), None)
+
+    victim = wait_for(just_started, timeout=20, interval=0.02, what="a render just started")
+    os.kill(int(victim.worker.split(":")[-2]), signal.SIGKILL)
     (tmp_path / "inbox" / "drop.png").write_bytes(small_png(64, (200, 200, 0)))  # the cron step picks it up
 
     ready = [app.wait_for("image.ready", count=n, timeout=40) for n in (1, 2, 3)][-1]
