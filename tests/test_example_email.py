@@ -22,7 +22,6 @@ from iii_console.testing import IIIApp
 from .conftest import ROOT
 from .helpers import wait_for
 
-pytestmark = pytest.mark.slow
 
 DOMAINS = ["alpha.test", "beta.test", "gamma.test", "delta.test"]
 RECIPIENTS = [f"user{i:03d}@{DOMAINS[i % 4]}" for i in range(200)]
@@ -98,6 +97,40 @@ def app(tmp_path, redis_server, smtp, monkeypatch):
     running.stop()
 
 
+@pytest.fixture
+def kit(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "examples" / "email" / "steps"))
+    import mailer_kit
+
+    return mailer_kit
+
+
+@pytest.mark.parametrize("reply, ms", [
+    ("4.7.1 Greylisted, please try again in 1 second", 1000),
+    ("Try again in 300 seconds", 300_000),
+    ("4.2.1 rate limited, retry in 5 min", 300_000),
+    ("Service busy; wait 2.5s", 2500),
+    ("4.3.2 try again later", 60_000),
+])
+def test_a_deferral_waits_for_the_delay_the_server_names(kit, reply, ms):
+    assert kit.retry_delay_ms(reply) == ms
+
+
+def test_message_ids_are_stable_per_campaign_and_address_and_templates_are_checked(kit, monkeypatch):
+    monkeypatch.setenv("EMAIL_FROM", "news@shop.test")
+    one = kit.message_id("c1", "Ann@Example.org")
+    assert one == kit.message_id("c1", "ann@example.org") and one.endswith("@shop.test>")
+    assert one != kit.message_id("c2", "ann@example.org") and one != kit.message_id("c1", "bob@example.org")
+    msg = kit.build("c1", "News for $name", "Hello $name <$email>", {"email": "ann@example.org", "name": "Ann"})
+    assert (msg["Subject"], msg["Message-ID"], msg.get_content().strip()) == ("News for Ann", one, "Hello Ann <ann@example.org>")
+    assert kit.template_problems("Hi $name, $$5 off") == []
+    assert kit.template_problems("Hi $nmae") == ["unknown placeholder $nmae (use $name, $email)"]
+    assert kit.template_problems("Hi $") != []
+    with pytest.raises(ValueError, match="SMTP_URL"):
+        kit.connect("http://mail.test")
+
+
+@pytest.mark.slow
 def test_bad_campaigns_are_refused_naming_the_field(app):
     for body, field in (({"subject": "Hi", "template": "Hello $name", "recipients": [{"email": "not-an-address"}]},
                          "recipients.0.email"),
@@ -108,6 +141,7 @@ def test_bad_campaigns_are_refused_naming_the_field(app):
     assert app.state.list("campaigns") == {}
 
 
+@pytest.mark.slow
 def test_a_campaign_of_200_with_bounces_deferrals_a_throttle_and_a_replay(app, smtp, tmp_path):
     server, _url = smtp
     body = {"subject": "News for $name", "template": "Hello $name,\nthis is for $email.\n", "batch_size": 10,

@@ -37,7 +37,14 @@ def handler(batch: Batch, ctx):
     if len(todo) < len(batch.recipients):
         ctx.logger.info("skipping recipients already settled", skipped=len(batch.recipients) - len(todo))
     wait_ms, deferred = 0, []
-    with connect() as smtp:  # one session for the whole batch
+    try:
+        session = connect()
+    except smtplib.SMTPConnectError as exc:  # a greeting of 421 ("too many connections"): wait as told
+        code, text = reply_of(exc, "")
+        if code >= 500:
+            raise
+        raise Retry(after_ms=retry_delay_ms(text), reason=f"the server deferred the session: {code} {text[:200]}") from None
+    with session as smtp:  # one session for the whole batch
         for n, person in enumerate(todo, 1):
             address = person["email"]
             msg = build(batch.campaign, campaign["subject"], campaign["template"], person)
