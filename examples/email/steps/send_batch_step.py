@@ -36,6 +36,8 @@ def handler(batch: Batch, ctx):
     todo = [r for r in batch.recipients if ctx.state.get(book, r["email"].lower()) is None]
     if len(todo) < len(batch.recipients):
         ctx.logger.info("skipping recipients already settled", skipped=len(batch.recipients) - len(todo))
+    if not todo:
+        return
     wait_ms, deferred = 0, []
     try:
         session = connect()
@@ -52,6 +54,8 @@ def handler(batch: Batch, ctx):
                 smtp.send_message(msg, from_addr=sender(), to_addrs=[address])
             except (smtplib.SMTPRecipientsRefused, smtplib.SMTPResponseException, smtplib.SMTPServerDisconnected) as exc:
                 code, text = reply_of(exc, address)
+                if isinstance(exc, smtplib.SMTPSenderRefused) and code >= 500:
+                    raise  # our sender is refused, not this recipient: fail the batch (fix EMAIL_FROM, replay it)
                 if code >= 500:  # permanent: recorded, never sent again
                     ctx.state.set(book, address.lower(), {"status": "failed", "code": code, "reply": text[:300],
                                                           "ms": int(time.time() * 1000)})
