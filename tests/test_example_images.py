@@ -19,7 +19,6 @@ from iii_console.testing import IIIApp
 from .conftest import ROOT
 from .helpers import wait_for
 
-pytestmark = pytest.mark.slow
 
 
 def jpeg_with_orientation_6() -> bytes:
@@ -48,6 +47,68 @@ def small_png(size: int, color: tuple[int, int, int]) -> bytes:
 
 
 @pytest.fixture
+def kit(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "examples" / "images" / "steps"))
+    import picture_kit
+
+    return picture_kit
+
+
+def oriented(orientation: int) -> bytes:
+    """400x200 as stored, its top-left quarter red, with that EXIF orientation."""
+    img = Image.new("RGB", (400, 200), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 200, 100))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    img.save(out, "JPEG", exif=exif, quality=95)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("orientation, size, red_at", [
+    (1, (400, 200), (10, 10)),      # as stored
+    (3, (400, 200), (390, 190)),    # upside down
+    (6, (200, 400), (190, 10)),     # a quarter turn clockwise
+    (8, (200, 400), (10, 390)),     # a quarter turn counter-clockwise
+])
+def test_renders_are_upright_whatever_the_exif_orientation(kit, orientation, size, red_at):
+    assert (kit.probe(io.BytesIO(oriented(orientation)))["width"], kit.probe(io.BytesIO(oriented(orientation)))["height"]) == size
+    body, content_type, got = kit.render(io.BytesIO(oriented(orientation)), 400)
+    img = Image.open(io.BytesIO(body))
+    assert content_type == "image/jpeg" and got == img.size == size
+    r, g, b = img.getpixel(red_at)
+    assert r > 200 and b < 60, (orientation, img.getpixel(red_at))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparency_is_kept_in_every_mode_that_has_it(kit, mode):
+    img = Image.new("RGBA", (100, 100), (0, 128, 0, 255))
+    img.paste((0, 0, 0, 0), (0, 0, 50, 100))
+    src = img.convert(mode) if mode != "P" else img.convert("P", palette=Image.Palette.ADAPTIVE)
+    if mode == "P":
+        src.info["transparency"] = src.getpixel((10, 10))
+    buf = io.BytesIO()
+    src.save(buf, "PNG")
+    body, content_type, _ = kit.render(io.BytesIO(buf.getvalue()), 50)
+    out = Image.open(io.BytesIO(body))
+    assert content_type == "image/webp" and out.mode == "RGBA"
+    assert out.getpixel((5, 25))[3] == 0 and out.getpixel((45, 25))[3] == 255
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"", "not an image"),
+    (small_png(64, (9, 9, 9))[:45] + b"\xff" * 30 + small_png(64, (9, 9, 9))[75:], "corrupt image"),  # a broken chunk
+    (jpeg_with_orientation_6()[:3000], "truncated"),
+    (small_png(3000, (0, 0, 0)), "decompression bomb: 3000x3000"),
+])
+def test_bad_images_raise_a_non_retryable_error_saying_why(kit, monkeypatch, body, reason):
+    monkeypatch.setenv("IMAGES_MAX_PIXELS", "5000000")
+    with pytest.raises(kit.BadImage, match=reason) as info:
+        kit.probe(io.BytesIO(body))
+    assert info.value.retryable is False
+
+
+@pytest.fixture
 def app(tmp_path, redis_server, monkeypatch):
     project = tmp_path / "images"
     shutil.copytree(ROOT / "examples" / "images", project, ignore=shutil.ignore_patterns(".iii", "inbox", "__pycache__"))
@@ -70,6 +131,7 @@ def upload(app: IIIApp, body: bytes, name: str, content_type: str) -> dict:
     return resp.json()
 
 
+@pytest.mark.slow
 def test_the_image_pipeline(app, tmp_path):
     photo = jpeg_with_orientation_6()
     sent = {
