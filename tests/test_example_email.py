@@ -158,11 +158,14 @@ def test_a_campaign_of_200_with_bounces_deferrals_a_throttle_and_a_replay(app, s
     assert done.data["bounced"] == {a: 550 for a in BOUNCING}
 
     # The Maildir holds each delivered address's message once, with its stable Message-ID.
-    ids = [m["Message-ID"] for m in server.box]
+    in_maildir = {m["To"]: m["Message-ID"] for m in server.box if m["To"] in RECIPIENTS}
+    assert len(set(in_maildir.values())) == 195 and set(in_maildir) == set(RECIPIENTS) - BOUNCING
     first_campaign = [r for r in server.received if r[2] in RECIPIENTS]
-    assert len(first_campaign) == len({r[3] for r in first_campaign}) == 195
-    assert {r[2] for r in first_campaign} == set(RECIPIENTS) - BOUNCING
-    assert len(ids) == len(set(ids))
+    assert len(first_campaign) == 195  # no address received twice
+    assert all(in_maildir[r[2]] == r[3] for r in first_campaign)
+    ledger = app.state.list(f"email.ledger.{first.json()['campaign']}")
+    assert {a: o["message_id"] for a, o in ledger.items() if o["status"] == "sent"} == in_maildir
+    assert {a: o["code"] for a, o in ledger.items() if o["status"] == "failed"} == {a: 550 for a in BOUNCING}
     # The deferred ones were delivered on a retry after the server's delay.
     assert SLOW <= server.deferred and all(server.delivered(a) == 1 for a in SLOW)
     waits = [e for e in app.events("message.retrying", trace=first.json()["trace_id"]) if e.data.get("retry_after")]
@@ -195,6 +198,8 @@ def test_a_campaign_of_200_with_bounces_deferrals_a_throttle_and_a_replay(app, s
     wait_for(lambda: server.delivered(STUCK) == 1, timeout=20, what="the stuck address delivered after the replay")
     app.wait_for("message.processed", step="SendBatch", trace=stuck["trace_id"])
     assert [server.delivered(f"ok{i}@epsilon.test") for i in range(3)] == [1, 1, 1]  # never re-sent
+    ids = [m["Message-ID"] for m in server.box]
+    assert len(ids) == len(set(ids)) == 199  # the Maildir: every delivered address once, nothing else
 
     # One completion per campaign.
     time.sleep(0.3)
