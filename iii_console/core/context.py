@@ -124,9 +124,11 @@ class Context(_BaseContext):
         return await self._leases.acquire(name, ttl_ms)
 
     async def enqueue_group(self, topic: str, items: list[Any], *, then: str, group_id: str | None = None,
-                            priority: str | None = None) -> str:
+                            priority: str | list[str | None] | None = None) -> str:
         """Fan out one child per item to ``topic``; when every child is settled (processed or
-        dead-lettered, for any reason) one message goes to ``then`` with the counts. Returns the group id."""
+        dead-lettered, for any reason) one message goes to ``then`` with the counts. Returns the group id.
+
+        ``priority`` is one for every child, or a list of one per item."""
         assert self._enqueue_group is not None
         return await self._enqueue_group(topic, items, then=then, group_id=self._group_id(group_id), priority=priority,
                                          trace_id=self.trace_id, source=self.step)
@@ -166,7 +168,7 @@ class SyncContext(_BaseContext):
         return self._leases.acquire(name, ttl_ms)
 
     def enqueue_group(self, topic: str, items: list[Any], *, then: str, group_id: str | None = None,
-                      priority: str | None = None) -> str:
+                      priority: str | list[str | None] | None = None) -> str:
         assert self._enqueue_group is not None
         return self._enqueue_group(topic, items, then=then, group_id=self._group_id(group_id), priority=priority,
                                    trace_id=self.trace_id, source=self.step)

@@ -175,7 +175,7 @@ class Producer(_Builder):
 
 
     def enqueue_group(self, topic: str, items: Any, *, then: str, trace_id: str, group_id: str | None = None,
-                      priority: str | None = None, source: str | None = None) -> str:
+                      priority: str | list[str | None] | None = None, source: str | None = None) -> str:
         """Enqueue one child per item to ``topic`` and, once every child is settled, one message to ``then``.
 
         Returns the group id. A group id used before (within 24 h) enqueues nothing again.
@@ -227,7 +227,7 @@ class AsyncProducer(_Builder):
 
 
     async def enqueue_group(self, topic: str, items: Any, *, then: str, trace_id: str, group_id: str | None = None,
-                            priority: str | None = None, source: str | None = None) -> str:
+                            priority: str | list[str | None] | None = None, source: str | None = None) -> str:
         gid, triples, events, extras = build_group(self, topic, items, then=then, group_id=group_id, trace_id=trace_id,
                                                    priority=priority, source=source)
         once = self.keys.once(f"group:{gid}")
