@@ -52,3 +52,28 @@ def rc(app, redis_server):
     client = redis.Redis.from_url(redis_server.url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL database of this test's own (``iii_test_<random>``), dropped afterwards.
+
+    The server is ``III_TEST_POSTGRES_URL``, else ``postgresql://postgres@127.0.0.1:5432/postgres``;
+    the test is skipped, saying why, when psycopg is missing or no server answers.
+    """
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (the examples extra)")
+    admin = os.environ.get("III_TEST_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+    try:
+        conn = psycopg.connect(admin, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        pytest.skip(f"no PostgreSQL at {admin.split('@')[-1]} (set III_TEST_POSTGRES_URL): {str(exc).strip()[:200]}")
+    name = f"iii_test_{uuid.uuid4().hex[:12]}"
+    conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        base, _, _ = admin.rpartition("/")
+        yield f"{base}/{name}"
+    finally:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
