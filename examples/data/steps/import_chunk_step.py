@@ -9,7 +9,7 @@ import os
 import time
 
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from iii_console import Step, queue
 
@@ -41,7 +41,7 @@ def handler(job: ChunkJob, ctx):
                 good.append({**parse(raw, job.format, job.header), "import_id": job.import_id, "line": line})
             except BadRecord as exc:
                 bad.append({"import_id": job.import_id, "line": line, "error": str(exc),
-                            "record": raw.decode("utf-8", "replace")[:2000]})
+                            "record": raw.decode("utf-8", "replace").rstrip("\r\n")[:2000]})
     seen: dict[int, int] = {}
     for row in list(good):  # an id twice in one chunk: the later record is the bad one
         if row["id"] in seen:

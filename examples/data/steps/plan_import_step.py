@@ -36,7 +36,6 @@ def handler(req: ImportRequest, ctx):
             header, chunks = plan(fh, req.format, size)
         except BadRecord as exc:  # nothing importable: say so, do not retry
             ctx.state.set(GROUP, req.import_id, {"status": "failed", "error": str(exc), "file": req.file, "run": req.run})
-            exc.retryable = False
             raise
     with engine().connect() as conn:
         done = applied_chunks(conn, req.import_id)

@@ -22,7 +22,12 @@ FORMATS = {"csv", "jsonl"}
 
 
 class BadRecord(ValueError):
-    """A record that cannot be imported; its message goes to the errors file."""
+    """A record (or a file) that cannot be imported; its message goes to the errors file.
+
+    Not retryable: the same bytes fail the same way on every attempt.
+    """
+
+    retryable = False
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import BigInteger, Column, Date, Integer, MetaData, String, Table, create_engine, func, insert, select
+from sqlalchemy import BigInteger, Column, Date, MetaData, String, Table, create_engine, func, insert, select
 from sqlalchemy.engine import Engine
 
 PROJECT = Path(__file__).resolve().parents[2]
