@@ -27,13 +27,15 @@ sqlalchemy = pytest.importorskip("sqlalchemy", reason="the examples extra is not
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "data"
 FULL = os.environ.get("III_EXAMPLES_FULL") == "1"
 ROWS = 50_000 if FULL else 5_000
+CHUNK = 2_000 if FULL else 500
 BAD = 37
 BAD_KINDS = [("amount", "12,5x"), ("amount", "-3.00"), ("placed_on", "2026-13-01"), ("id", "x12"),
              ("customer", "   "), ("amount", "1.234"), ("fields", None)]
 
 
-def make_orders(n: int, bad: int, seed: int = 7) -> tuple[bytes, dict[int, dict], list[int]]:
-    """A CSV of ``n`` records, ``bad`` of them invalid: (file, good records by id, the bad records' lines)."""
+def make_orders(n: int, bad: int, seed: int = 7) -> tuple[bytes, dict[int, dict], list[int], list[int]]:
+    """A CSV of ``n`` records, ``bad`` of them invalid: (file, good records by id, the bad records' lines,
+    the line each record starts on)."""
     rnd = random.Random(seed)
     bad_at = set(rnd.sample(range(n), bad))
     out = io.StringIO(newline="")
@@ -42,7 +44,9 @@ def make_orders(n: int, bad: int, seed: int = 7) -> tuple[bytes, dict[int, dict]
     line = 2
     good: dict[int, dict] = {}
     bad_lines: list[int] = []
+    line_of: list[int] = []
     for i in range(n):
+        line_of.append(line)
         oid = i + 1
         customer = rnd.choice(["Zoë Ångström", "李雷", "José Ñúñez", "Ørjan Ødegård", "Acme, Inc."])
         note = rnd.choice(["plain", 'said "hi", then left', "two\nlines, one comma", "émoji ☕ and \"quotes\"", ""])
@@ -60,7 +64,7 @@ def make_orders(n: int, bad: int, seed: int = 7) -> tuple[bytes, dict[int, dict]
             good[oid] = {"customer": customer, "note": note, "amount_cents": cents, "placed_on": day}
         w.writerow(row)
         line += 1 + note.count("\n")
-    return out.getvalue().encode("utf-8"), good, bad_lines
+    return out.getvalue().encode("utf-8"), good, bad_lines, line_of
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +120,10 @@ def _upload(app: IIIApp, body: bytes, name: str = "orders.csv", ctype: str = "te
 def test_a_csv_imports_once_with_its_bad_lines_listed_and_exports_back(data_app, db, orders):
     """Given a CSV with quoted commas and newlines and 37 bad records, when it is posted twice at once and once more
     after it finished, then the orders' count and sum match, the errors file lists the 37 lines, the import completes
-    once, the later post is a no-op, a JSON-lines file imports too, and an export reads back as what went in."""
-    body, good, bad_lines = orders
-    app = data_app(DATA_CHUNK_ROWS="500" if not FULL else "2000")
+    once and the later post is a no-op; a run left incomplete resumes with only its missing chunks; a JSON-lines file
+    imports too; and an export reads back as what went in."""
+    body, good, bad_lines, line_of = orders
+    app = data_app(DATA_CHUNK_ROWS=str(CHUNK))
     first, twin = _upload(app, body), _upload(app, body)
     assert first.status_code == twin.status_code == 202, first.text
     iid, trace = first.json()["import_id"], first.json()["trace_id"]
@@ -137,6 +142,22 @@ def test_a_csv_imports_once_with_its_bad_lines_listed_and_exports_back(data_app,
     again = _upload(app, body)
     assert again.status_code == 200 and again.json()["already"] is True
     assert len(app.events("message.enqueued", step="PlanImport")) == 1 and _count_sum(db)[0] == len(good)
+
+    # A run that ended incomplete (its last two chunks undone, as if they had been dead-lettered):
+    # posting the file again runs only those two chunks.
+    first_undone = len(range(0, ROWS, CHUNK)) - 2
+    with db.begin() as conn:
+        for sql in ("DELETE FROM import_chunks WHERE import_id = :i AND chunk >= :c", "DELETE FROM orders WHERE id > :n",
+                    "DELETE FROM import_errors WHERE import_id = :i AND line >= :l"):
+            conn.execute(sqlalchemy.text(sql), {"i": iid, "c": first_undone, "n": first_undone * CHUNK,
+                                                "l": line_of[first_undone * CHUNK]})
+    app.state.set("imports", iid, {**app.state.get("imports", iid), "status": "incomplete"})
+    resumed = _upload(app, body)
+    assert resumed.status_code == 202 and resumed.json()["run"] == 1
+    app.wait_for("data.imported", trace=resumed.json()["trace_id"], timeout=40)
+    assert len(app.events("message.enqueued", step="ImportChunk", trace=resumed.json()["trace_id"])) == 2
+    assert _count_sum(db) == (len(good), len(good), sum(r["amount_cents"] for r in good.values()))
+    assert app.request("GET", f"/imports/{iid}").json()["errors"] == BAD
 
     lines = [json.dumps({"id": ROWS + i, "customer": "Jürgen", "note": "a\nb", "amount": "1.00", "placed_on": "2026-01-01"})
              for i in range(1, 21)]
@@ -163,8 +184,8 @@ def test_a_csv_imports_once_with_its_bad_lines_listed_and_exports_back(data_app,
 def test_a_worker_killed_mid_chunk_leaves_no_duplicate_rows(data_app, db, orders):
     """Given an import whose chunks take a while, when a worker process is SIGKILLed while it holds a chunk, then
     the chunk is redelivered and applied once: every good order is there once and the import completes once."""
-    body, good, _ = orders
-    app = data_app(DATA_CHUNK_ROWS=str(ROWS // 5), DATA_CHUNK_PAUSE_MS="250")
+    body, good, _, _ = orders
+    app = data_app(DATA_CHUNK_ROWS=str(ROWS // 5), DATA_CHUNK_PAUSE_MS="150")
     trace = _upload(app, body).json()["trace_id"]
     victim = None
     deadline = time.monotonic() + 30
