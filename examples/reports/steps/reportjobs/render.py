@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from pathlib import Path
 
 import matplotlib
@@ -45,6 +46,11 @@ def pdf(sales: Sales, title: str, chart_png: bytes) -> bytes:
     doc = FPDF()
     doc.add_font("DejaVu", "", str(FONTS / "DejaVuSans.ttf"))
     doc.add_font("DejaVu", "B", str(FONTS / "DejaVuSans-Bold.ttf"))
+    # DejaVu has Latin, Greek, Cyrillic and more, not CJK: a TTF that has them fills the gaps.
+    fallback = os.environ.get("REPORTS_FALLBACK_FONT")
+    if fallback:
+        doc.add_font("Fallback", "", fallback)
+        doc.set_fallback_fonts(["Fallback"], exact_match=False)
     doc.set_title(title)
     doc.add_page()
     doc.set_font("DejaVu", "B", 16)
