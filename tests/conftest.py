@@ -54,9 +54,9 @@ def rc(app, redis_server):
     client.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def postgres_url():
-    """A PostgreSQL database of this test's own (``iii_test_<random>``), dropped afterwards.
+    """A PostgreSQL database of this test module's own (``iii_test_<random>``), dropped afterwards.
 
     The server is ``III_TEST_POSTGRES_URL``, else ``postgresql://postgres@127.0.0.1:5432/postgres``;
     the test is skipped, saying why, when psycopg is missing or no server answers.

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from iii_console.testing import IIIApp
 
@@ -33,7 +34,7 @@ BAD_KINDS = [("amount", "12,5x"), ("amount", "-3.00"), ("placed_on", "2026-13-01
              ("customer", "   "), ("amount", "1.234"), ("fields", None)]
 
 
-def make_orders(n: int, bad: int, seed: int = 7) -> tuple[bytes, dict[int, dict], list[int], list[int]]:
+def make_orders(n: int, bad: int, seed: int = 7, first_id: int = 1) -> tuple[bytes, dict[int, dict], list[int], list[int]]:
     """A CSV of ``n`` records, ``bad`` of them invalid: (file, good records by id, the bad records' lines,
     the line each record starts on)."""
     rnd = random.Random(seed)
@@ -47,7 +48,7 @@ def make_orders(n: int, bad: int, seed: int = 7) -> tuple[bytes, dict[int, dict]
     line_of: list[int] = []
     for i in range(n):
         line_of.append(line)
-        oid = i + 1
+        oid = first_id + i
         customer = rnd.choice(["Zoë Ångström", "李雷", "José Ñúñez", "Ørjan Ødegård", "Acme, Inc."])
         note = rnd.choice(["plain", 'said "hi", then left', "two\nlines, one comma", "émoji ☕ and \"quotes\"", ""])
         cents = rnd.randrange(0, 1_000_000)
@@ -72,33 +73,34 @@ def orders():
     return make_orders(ROWS, BAD)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, tmp_path) -> str:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database(request, tmp_path_factory) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'data.sqlite'}"
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'data.sqlite'}"
     return request.getfixturevalue("postgres_url")
 
 
-@pytest.fixture
-def data_app(tmp_path, redis_url, database, monkeypatch):
-    """Start examples/data (a copy in tmp_path, on its own blobs and database) with extra environment."""
-    apps: list[IIIApp] = []
+@pytest.fixture(scope="module")
+def app(database, tmp_path_factory, redis_server):
+    """examples/data running (a copy, on its own blobs and database) for the module's tests on one backend.
 
-    def start(**env: str) -> IIIApp:
-        project = tmp_path / "data"
-        shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns(".iii", "__pycache__"))
-        monkeypatch.setenv("DATABASE_URL", database)
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        apps.append(IIIApp(project, redis_url).start())
-        return apps[-1]
+    Each chunk pauses 150 ms inside its transaction, so a worker can be killed mid-chunk.
+    """
+    project = tmp_path_factory.mktemp("example") / "data"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns(".iii", "__pycache__"))
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DATABASE_URL", database)
+        mp.setenv("DATA_CHUNK_ROWS", str(CHUNK))
+        mp.setenv("DATA_CHUNK_PAUSE_MS", "150")
+        running = IIIApp(project, redis_server.url).start()
+    yield running
+    running.stop()
 
-    yield start
-    for app in apps:
-        app.stop()
 
-
-@pytest.fixture
+@pytest.fixture(scope="module")
 def db(database):
     url = database if database.startswith("sqlite") else "postgresql+psycopg://" + database.split("://", 1)[1]
     engine = sqlalchemy.create_engine(url)
@@ -106,10 +108,11 @@ def db(database):
     engine.dispose()
 
 
-def _count_sum(db) -> tuple[int, int, int]:
+def _count_sum(db, ids: range) -> tuple[int, int, int]:
     with db.connect() as conn:
         return tuple(conn.execute(sqlalchemy.text(
-            "SELECT count(*), count(DISTINCT id), coalesce(sum(amount_cents), 0) FROM orders")).one())
+            "SELECT count(*), count(DISTINCT id), coalesce(sum(amount_cents), 0) FROM orders WHERE id BETWEEN :a AND :b"),
+            {"a": ids.start, "b": ids.stop - 1}).one())
 
 
 def _upload(app: IIIApp, body: bytes, name: str = "orders.csv", ctype: str = "text/csv"):
@@ -117,46 +120,48 @@ def _upload(app: IIIApp, body: bytes, name: str = "orders.csv", ctype: str = "te
                                                          "content-disposition": f'attachment; filename="{name}"'})
 
 
-def test_a_csv_imports_once_with_its_bad_lines_listed_and_exports_back(data_app, db, orders):
+def test_a_csv_imports_once_with_its_bad_lines_listed_and_exports_back(app, db, orders):
     """Given a CSV with quoted commas and newlines and 37 bad records, when it is posted twice at once and once more
     after it finished, then the orders' count and sum match, the errors file lists the 37 lines, the import completes
     once and the later post is a no-op; a run left incomplete resumes with only its missing chunks; a JSON-lines file
     imports too; and an export reads back as what went in."""
     body, good, bad_lines, line_of = orders
-    app = data_app(DATA_CHUNK_ROWS=str(CHUNK))
+    ids = range(1, ROWS + 1)
     first, twin = _upload(app, body), _upload(app, body)
     assert first.status_code == twin.status_code == 202, first.text
     iid, trace = first.json()["import_id"], first.json()["trace_id"]
     app.wait_for("data.imported", trace=trace, timeout=120 if FULL else 40)
 
-    assert _count_sum(db) == (len(good), len(good), sum(r["amount_cents"] for r in good.values()))
+    assert _count_sum(db, ids) == (len(good), len(good), sum(r["amount_cents"] for r in good.values()))
     record = app.request("GET", f"/imports/{iid}").json()
     assert (record["status"], record["rows"], record["errors"]) == ("done", len(good), BAD)
     errors = list(csv.DictReader(io.StringIO(app.request("GET", f"/imports/{iid}/errors").text)))
     assert [int(e["line"]) for e in errors] == bad_lines
     assert any("amount" in e["error"] for e in errors) and any("placed_on" in e["error"] for e in errors)
-    assert len(app.events("data.imported")) == 1 and len(app.events("group.completed")) == 1
-    assert len(app.events("message.enqueued", step="PlanImport")) == 1   # the twin post was deduplicated
-    assert len(app.events("progress", step="ImportChunk")) == record["chunks"]
+    assert len(app.events("data.imported", trace=trace)) == 1 and len(app.events("group.completed", trace=trace)) == 1
+    assert len(app.events("message.enqueued", step="PlanImport", trace=trace)) == 1
+    assert len(app.events("message.enqueued", step="PlanImport", trace=twin.json()["trace_id"])) == 0   # deduplicated
+    assert len(app.events("progress", step="ImportChunk", trace=trace)) == record["chunks"]
 
+    planned = len(app.events("message.enqueued", step="PlanImport"))
     again = _upload(app, body)
     assert again.status_code == 200 and again.json()["already"] is True
-    assert len(app.events("message.enqueued", step="PlanImport")) == 1 and _count_sum(db)[0] == len(good)
+    assert len(app.events("message.enqueued", step="PlanImport")) == planned and _count_sum(db, ids)[0] == len(good)
 
     # A run that ended incomplete (its last two chunks undone, as if they had been dead-lettered):
     # posting the file again runs only those two chunks.
     first_undone = len(range(0, ROWS, CHUNK)) - 2
     with db.begin() as conn:
-        for sql in ("DELETE FROM import_chunks WHERE import_id = :i AND chunk >= :c", "DELETE FROM orders WHERE id > :n",
+        for sql in ("DELETE FROM import_chunks WHERE import_id = :i AND chunk >= :c", "DELETE FROM orders WHERE id > :n AND id <= :last",
                     "DELETE FROM import_errors WHERE import_id = :i AND line >= :l"):
-            conn.execute(sqlalchemy.text(sql), {"i": iid, "c": first_undone, "n": first_undone * CHUNK,
+            conn.execute(sqlalchemy.text(sql), {"i": iid, "c": first_undone, "n": first_undone * CHUNK, "last": ROWS,
                                                 "l": line_of[first_undone * CHUNK]})
     app.state.set("imports", iid, {**app.state.get("imports", iid), "status": "incomplete"})
     resumed = _upload(app, body)
     assert resumed.status_code == 202 and resumed.json()["run"] == 1
     app.wait_for("data.imported", trace=resumed.json()["trace_id"], timeout=40)
     assert len(app.events("message.enqueued", step="ImportChunk", trace=resumed.json()["trace_id"])) == 2
-    assert _count_sum(db) == (len(good), len(good), sum(r["amount_cents"] for r in good.values()))
+    assert _count_sum(db, ids) == (len(good), len(good), sum(r["amount_cents"] for r in good.values()))
     assert app.request("GET", f"/imports/{iid}").json()["errors"] == BAD
 
     lines = [json.dumps({"id": ROWS + i, "customer": "Jürgen", "note": "a\nb", "amount": "1.00", "placed_on": "2026-01-01"})
@@ -181,24 +186,23 @@ def test_a_csv_imports_once_with_its_bad_lines_listed_and_exports_back(data_app,
     assert app.post("/exports", json={"table": "secrets"}).status_code == 400
 
 
-def test_a_worker_killed_mid_chunk_leaves_no_duplicate_rows(data_app, db, orders):
+def test_a_worker_killed_mid_chunk_leaves_no_duplicate_rows(app, db):
     """Given an import whose chunks take a while, when a worker process is SIGKILLed while it holds a chunk, then
     the chunk is redelivered and applied once: every good order is there once and the import completes once."""
-    body, good, _, _ = orders
-    app = data_app(DATA_CHUNK_ROWS=str(ROWS // 5), DATA_CHUNK_PAUSE_MS="150")
-    trace = _upload(app, body).json()["trace_id"]
+    first = 1_000_001
+    body, good, _, _ = make_orders(CHUNK * 5, 3, seed=11, first_id=first)
+    trace = _upload(app, body, "more-orders.csv").json()["trace_id"]
     victim = None
     deadline = time.monotonic() + 30
     while victim is None and time.monotonic() < deadline:
-        settled = {e.message_id for e in app.events("message.processed", step="ImportChunk")}
-        running = [e for e in app.events("message.started", step="ImportChunk") if e.message_id not in settled]
+        settled = {e.message_id for e in app.events("message.processed", step="ImportChunk", trace=trace)}
+        running = [e for e in app.events("message.started", step="ImportChunk", trace=trace) if e.message_id not in settled]
         if running and settled:   # one chunk committed already, another in its transaction
             victim = running[-1]
         time.sleep(0.02)
     assert victim is not None, "no chunk was seen running"
     os.kill(int(victim.worker.split(":")[-2]), signal.SIGKILL)
     app.wait_for("data.imported", trace=trace, timeout=60)
-    assert _count_sum(db) == (len(good), len(good), sum(r["amount_cents"] for r in good.values()))
-    redelivered = app.events("message.redelivered", step="ImportChunk")
-    assert victim.message_id in {e.message_id for e in redelivered}
-    assert len(app.events("data.imported")) == 1
+    assert _count_sum(db, range(first, first + CHUNK * 5)) == (len(good), len(good), sum(r["amount_cents"] for r in good.values()))
+    assert victim.message_id in {e.message_id for e in app.events("message.redelivered", step="ImportChunk")}
+    assert len(app.events("data.imported", trace=trace)) == 1
