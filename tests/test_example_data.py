@@ -141,7 +141,9 @@ def test_a_csv_imports_once_with_its_bad_lines_listed_and_exports_back(app, db, 
     assert len(app.events("data.imported", trace=trace)) == 1 and len(app.events("group.completed", trace=trace)) == 1
     assert len(app.events("message.enqueued", step="PlanImport", trace=trace)) == 1
     assert len(app.events("message.enqueued", step="PlanImport", trace=twin.json()["trace_id"])) == 0   # deduplicated
-    assert len(app.events("progress", step="ImportChunk", trace=trace)) == record["chunks"]
+    progress = app.events("progress", step="ImportChunk", trace=trace)
+    assert len(progress) == 2 * record["chunks"]        # as each chunk starts, and once it is committed
+    assert max(e.data["done"] for e in progress) == record["chunks"] == len(range(0, ROWS, CHUNK))
 
     planned = len(app.events("message.enqueued", step="PlanImport"))
     again = _upload(app, body)

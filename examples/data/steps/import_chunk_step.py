@@ -33,6 +33,9 @@ config = Step(name="ImportChunk", triggers=[queue("data.import.chunk", input=Chu
 
 
 def handler(job: ChunkJob, ctx):
+    with engine().connect() as conn:  # the import's progress, shown on this running chunk too
+        before = ledger(conn, job.import_id)
+    ctx.progress(min(before["chunks"], job.total), job.total, note=f"chunk {job.chunk + 1} of {job.total}")
     good, bad = [], []
     with ctx.blobs.open(job.file) as fh:
         fh.seek(job.start)
