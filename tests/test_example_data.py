@@ -206,5 +206,6 @@ def test_a_worker_killed_mid_chunk_leaves_no_duplicate_rows(app, db):
     os.kill(int(victim.worker.split(":")[-2]), signal.SIGKILL)
     app.wait_for("data.imported", trace=trace, timeout=60)
     assert _count_sum(db, range(first, first + CHUNK * 5)) == (len(good), len(good), sum(r["amount_cents"] for r in good.values()))
-    assert victim.message_id in {e.message_id for e in app.events("message.redelivered", step="ImportChunk")}
+    # The killed worker held a chunk of this import (the one seen running, or the next it took): it came back.
+    assert app.events("message.redelivered", step="ImportChunk", trace=trace)
     assert len(app.events("data.imported", trace=trace)) == 1
