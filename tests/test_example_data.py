@@ -188,6 +188,19 @@ def test_a_csv_imports_once_with_its_bad_lines_listed_and_exports_back(app, db, 
     assert app.post("/exports", json={"table": "secrets"}).status_code == 400
 
 
+def test_bad_input_is_refused_naming_the_field_or_dead_lettered_with_the_reason(app):
+    """Given a path outside the imports folder, a body that is not CSV and a CSV whose header lacks columns, then the
+    first two are answered 400 and 415 naming what is wrong, and the third's plan is dead-lettered after one attempt
+    with the missing columns in its error and in the import's record."""
+    outside = app.post("/imports/from-path", json={"path": "../iii-config.yaml"})
+    assert outside.status_code == 400 and outside.json()["fields"][0]["field"] == "path"
+    assert _upload(app, b"<html/>", "page.html", "text/html").status_code == 415
+    bad = _upload(app, b"id,name\n1,x\n", "wrong.csv").json()
+    dead = app.wait_for("message.dead_lettered", step="PlanImport", trace=bad["trace_id"])
+    assert "the header lacks customer, note, amount, placed_on" in dead.error and dead.attempt == 1
+    assert app.state.get("imports", bad["import_id"])["status"] == "failed"
+
+
 def test_a_worker_killed_mid_chunk_leaves_no_duplicate_rows(app, db):
     """Given an import whose chunks take a while, when a worker process is SIGKILLed while it holds a chunk, then
     the chunk is redelivered and applied once: every good order is there once and the import completes once."""
