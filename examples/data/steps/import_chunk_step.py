@@ -36,23 +36,25 @@ def handler(job: ChunkJob, ctx):
     with engine().connect() as conn:  # the import's progress, shown on this running chunk too
         before = ledger(conn, job.import_id)
     ctx.progress(min(before["chunks"], job.total), job.total, note=f"chunk {job.chunk + 1} of {job.total}")
-    good, bad = [], []
+    good: dict[int, tuple[int, str, dict]] = {}   # id -> (line, record, row)
+    bad: list[dict] = []
+
+    def reject(line: int, record: str, error: str) -> None:
+        bad.append({"import_id": job.import_id, "line": line, "error": error, "record": record[:2000]})
+
     with ctx.blobs.open(job.file) as fh:
         fh.seek(job.start)
         for line, _start, _end, raw in records(fh, job.format, job.end, job.line):
+            record = raw.decode("utf-8", "replace").rstrip("\r\n")
             try:
-                good.append({**parse(raw, job.format, job.header), "import_id": job.import_id, "line": line})
+                row = parse(raw, job.format, job.header)
             except BadRecord as exc:
-                bad.append({"import_id": job.import_id, "line": line, "error": str(exc),
-                            "record": raw.decode("utf-8", "replace").rstrip("\r\n")[:2000]})
-    seen: dict[int, int] = {}
-    for row in list(good):  # an id twice in one chunk: the later record is the bad one
-        if row["id"] in seen:
-            good.remove(row)
-            bad.append({"import_id": job.import_id, "line": row["line"], "error": f"id {row['id']} is also on line {seen[row['id']]}",
-                        "record": ""})
-        else:
-            seen[row["id"]] = row["line"]
+                reject(line, record, str(exc))
+                continue
+            if row["id"] in good:  # an id twice in one chunk: the later record is the bad one
+                reject(line, record, f"id {row['id']} is also on line {good[row['id']][0]}")
+            else:
+                good[row["id"]] = (line, record, {**row, "import_id": job.import_id})
     pause_ms = int(os.environ.get("DATA_CHUNK_PAUSE_MS", "0"))
     with engine().begin() as conn:
         claim = conn.execute(insert(import_chunks, conn).on_conflict_do_nothing(),
@@ -62,14 +64,13 @@ def handler(job: ChunkJob, ctx):
             return {"chunk": job.chunk, "already": True}
         inserted: set[int] = set()
         if good:
-            lines = {r["id"]: r["line"] for r in good}
             stmt = insert(orders, conn).on_conflict_do_nothing(index_elements=["id"]).returning(orders.c.id)
-            inserted = set(conn.execute(stmt, [{k: v for k, v in r.items() if k != "line"} for r in good]).scalars())
-            taken = [i for i in lines if i not in inserted]
-            if taken:  # ids an earlier import (or chunk) holds already: reported, not overwritten
+            inserted = set(conn.execute(stmt, [row for _line, _record, row in good.values()]).scalars())
+            taken = [i for i in good if i not in inserted]
+            if taken:  # ids an earlier import holds already: reported, not overwritten
                 owners = dict(conn.execute(select(orders.c.id, orders.c.import_id).where(orders.c.id.in_(taken))).all())
-                bad += [{"import_id": job.import_id, "line": lines[i], "error": f"id {i} exists already (import {owners.get(i)})",
-                         "record": ""} for i in taken]
+                for i in taken:
+                    reject(good[i][0], good[i][1], f"id {i} exists already (import {owners.get(i)})")
         if bad:
             conn.execute(insert(import_errors, conn).on_conflict_do_nothing(), bad)
         conn.execute(import_chunks.update().where((import_chunks.c.import_id == job.import_id) & (import_chunks.c.chunk == job.chunk))
