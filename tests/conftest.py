@@ -62,6 +62,7 @@ def postgres_url():
     the test is skipped, saying why, when psycopg is missing or no server answers.
     """
     import uuid
+    from urllib.parse import urlsplit, urlunsplit
 
     psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (the examples extra)")
     admin = os.environ.get("III_TEST_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -72,8 +73,10 @@ def postgres_url():
     name = f"iii_test_{uuid.uuid4().hex[:12]}"
     conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        base, _, _ = admin.rpartition("/")
-        yield f"{base}/{name}"
+        yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
     finally:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        # Connections the test left (a killed worker's, a pool's) would block a plain DROP.
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                     (name,))
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.close()

@@ -6,7 +6,7 @@ from iii_console import Step, cron
 
 from cleanupjobs import settings
 from cleanupjobs.db import audit_log, engine
-from cleanupjobs.sweep import run
+from cleanupjobs.sweep import LEASE_MS, run
 
 config = Step(name="PruneRows", triggers=[cron(settings.schedule("20 3 * * *"))], flows=["cleanup"])
 
@@ -26,7 +26,7 @@ def handler(tick, ctx):
                 break
             removed, batches = removed + n, batches + 1
             ctx.progress(min(removed, total), max(total, removed), note=f"{removed} rows")
-            lease.extend(300_000)  # LockLost if another run took over: stop rather than race it
+            lease.extend(LEASE_MS)  # LockLost if another run took over: stop rather than race it
         return {"removed": removed, "batches": batches}
 
     return run("rows", tick, ctx, sweep)

@@ -3,7 +3,7 @@
 from iii_console import Step, cron
 
 from cleanupjobs import settings
-from cleanupjobs.sweep import blob_refs, run
+from cleanupjobs.sweep import LEASE_MS, blob_refs, run
 
 config = Step(name="SweepBlobs", triggers=[cron(settings.schedule("10 3 * * *"))], flows=["cleanup"])
 
@@ -23,12 +23,12 @@ def handler(tick, ctx):
             blob_refs(ctx.state.list(group), used)
         for dead in ctx.dead_letters.list():
             blob_refs(dead.data, used)
+        lease.extend(LEASE_MS)  # LockLost (the run fails, and is retried) if another run took over
         removed = freed = 0
         for b in old:
             if b.ref.sha256 not in used and ctx.blobs.delete(b.ref, stored_before_ms=cutoff):
                 removed += 1
                 freed += b.ref.size
-        lease.check()
         return {"removed": removed, "kept": len(old) - removed, "freed_bytes": freed}
 
     return run("blobs", tick, ctx, sweep)
