@@ -15,9 +15,9 @@ def handler(tick, ctx):
         if not old:
             return {"removed": 0, "kept": 0}
         # Referenced: reachable from a state value (a report's PDF, an import's file) or from
-        # a dead letter's data (a replay needs its file). Read after listing the old blobs, so a
-        # ref written meanwhile is seen; a blob put again meanwhile is younger than the cutoff
-        # and delete(..., stored_before_ms=) keeps it.
+        # a dead letter's data (a replay needs its file). A new ref is written right after its
+        # put, which makes the blob young: bytes put again after the scan above are kept by
+        # delete(..., stored_before_ms=), which reads their time again.
         used: set[str] = set()
         for group in ctx.state.groups():
             blob_refs(ctx.state.list(group), used)
