@@ -1,8 +1,10 @@
 """Delete ``audit_log`` rows older than the retention, a batch per transaction, so the table is never locked long."""
 
+from typing import Any
+
 from sqlalchemy import delete, func, select
 
-from iii_console import Step, cron
+from iii_console import CronTick, Step, SyncContext, cron
 
 from cleanupjobs import settings
 from cleanupjobs.db import audit_log, engine
@@ -11,8 +13,8 @@ from cleanupjobs.sweep import LEASE_MS, run
 config = Step(name="PruneRows", triggers=[cron(settings.schedule("20 3 * * *"))], flows=["cleanup"])
 
 
-def handler(tick, ctx):
-    def sweep(now_ms, lease):
+def handler(tick: CronTick, ctx: SyncContext) -> Any:
+    def sweep(now_ms: int, lease: Any) -> dict[str, Any]:
         cutoff = now_ms - settings.ROW_MAX_AGE_S * 1000
         old = audit_log.c.created_ms < cutoff
         with engine().connect() as conn:

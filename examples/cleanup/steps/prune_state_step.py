@@ -1,7 +1,9 @@
 """Delete finished entries (``status`` done, processed, failed or cancelled) of the watched state groups
 whose ``finished_ms`` is older than the retention; running ones are never touched."""
 
-from iii_console import Step, cron
+from typing import Any
+
+from iii_console import CronTick, Step, SyncContext, cron
 
 from cleanupjobs import settings
 from cleanupjobs.sweep import run
@@ -9,8 +11,8 @@ from cleanupjobs.sweep import run
 config = Step(name="PruneState", triggers=[cron(settings.schedule("*/15 * * * *"))], flows=["cleanup"])
 
 
-def handler(tick, ctx):
-    def sweep(now_ms, lease):
+def handler(tick: CronTick, ctx: SyncContext) -> Any:
+    def sweep(now_ms: int, lease: Any) -> dict[str, Any]:
         cutoff = now_ms - settings.STATE_MAX_AGE_S * 1000
         removed = 0
         for group in settings.STATE_GROUPS:

@@ -1,6 +1,8 @@
 """Delete blobs last put before the retention that no state value and no dead letter refers to."""
 
-from iii_console import Step, cron
+from typing import Any
+
+from iii_console import CronTick, Step, SyncContext, cron
 
 from cleanupjobs import settings
 from cleanupjobs.sweep import LEASE_MS, blob_refs, run
@@ -8,8 +10,8 @@ from cleanupjobs.sweep import LEASE_MS, blob_refs, run
 config = Step(name="SweepBlobs", triggers=[cron(settings.schedule("10 3 * * *"))], flows=["cleanup"])
 
 
-def handler(tick, ctx):
-    def sweep(now_ms, lease):
+def handler(tick: CronTick, ctx: SyncContext) -> Any:
+    def sweep(now_ms: int, lease: Any) -> dict[str, Any]:
         cutoff = now_ms - settings.BLOB_MAX_AGE_S * 1000
         old = [b for b in ctx.blobs.scan() if b.stored_ms < cutoff]
         if not old:

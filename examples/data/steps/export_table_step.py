@@ -4,11 +4,12 @@ import csv
 import datetime as dt
 import json
 import tempfile
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from iii_console import Step, queue
+from iii_console import Step, SyncContext, queue
 
 from datajobs.db import EXPORTABLE, engine
 
@@ -24,11 +25,11 @@ config = Step(name="ExportTable", triggers=[queue("data.export.requested", input
 BATCH = 2000
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, (dt.date, dt.datetime)) else value
 
 
-def handler(job: ExportJob, ctx):
+def handler(job: ExportJob, ctx: SyncContext) -> Any:
     table = EXPORTABLE[job.table]
     columns = [c.name for c in table.columns]
     key = list(table.primary_key.columns)

@@ -2,11 +2,12 @@
 
 import csv
 import tempfile
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from iii_console import Step, queue
+from iii_console import Step, SyncContext, queue
 
 from datajobs.db import engine, import_errors, ledger
 from datajobs.start import GROUP
@@ -23,7 +24,7 @@ class Completed(BaseModel):
 config = Step(name="FinishImport", triggers=[queue("data.import.finished", input=Completed)], flows=["data"])
 
 
-def handler(done: Completed, ctx):
+def handler(done: Completed, ctx: SyncContext) -> Any:
     _, import_id, run = done.group_id.split(".")
     record = ctx.state.get(GROUP, import_id) or {}
     if record.get("status") in ("done", "incomplete") and record.get("run") == int(run):

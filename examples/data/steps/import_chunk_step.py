@@ -7,11 +7,12 @@ worker killed before the commit leaves nothing, and the redelivered chunk applie
 
 import os
 import time
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from iii_console import Step, queue
+from iii_console import Step, SyncContext, queue
 
 from datajobs.db import engine, import_chunks, import_errors, insert, ledger, orders
 from datajobs.records import BadRecord, parse, records
@@ -32,7 +33,7 @@ class ChunkJob(BaseModel):
 config = Step(name="ImportChunk", triggers=[queue("data.import.chunk", input=ChunkJob)], flows=["data"])
 
 
-def handler(job: ChunkJob, ctx):
+def handler(job: ChunkJob, ctx: SyncContext) -> Any:
     with engine().connect() as conn:  # the import's progress, shown on this running chunk too
         before = ledger(conn, job.import_id)
     ctx.progress(min(before["chunks"], job.total), job.total, note=f"chunk {job.chunk + 1} of {job.total}")

@@ -1,13 +1,15 @@
 """``GET /imports/{id}``: the import's record; ``GET /imports/{id}/errors``: its errors file (CSV)."""
 
-from iii_console import Step, http
+from typing import Any
+
+from iii_console import HttpRequest, Step, SyncContext, http
 
 from datajobs.start import GROUP
 
 config = Step(name="ImportStatus", triggers=[http("GET", "/imports/{id}"), http("GET", "/imports/{id}/errors")], flows=["data"])
 
 
-def handler(req, ctx):
+def handler(req: HttpRequest, ctx: SyncContext) -> Any:
     record = ctx.state.get(GROUP, req.path_params["id"])
     if record is None:
         return {"status": 404, "body": {"error": f"no import {req.path_params['id']}"}}

@@ -2,10 +2,11 @@
 
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
-from iii_console import Step, http
+from iii_console import HttpRequest, Step, SyncContext, http
 
 from datajobs.db import PROJECT
 from datajobs.records import format_of
@@ -24,7 +25,7 @@ config = Step(
 )
 
 
-def handler(req, ctx):
+def handler(req: HttpRequest, ctx: SyncContext) -> Any:
     # Only files under one folder: a request must not read whatever the server can.
     root = Path(os.environ.get("DATA_IMPORT_DIR") or PROJECT / "imports").resolve()
     path = (root / req.body.path).resolve()

@@ -1,10 +1,11 @@
 """Plan an import with one scan of the file, then fan the chunks out; the last one settled finishes it."""
 
 import os
+from typing import Any
 
 from pydantic import BaseModel
 
-from iii_console import Step, queue
+from iii_console import Step, SyncContext, queue
 
 from datajobs.db import applied_chunks, engine
 from datajobs.records import BadRecord, plan
@@ -26,7 +27,7 @@ config = Step(
 )
 
 
-def handler(req: ImportRequest, ctx):
+def handler(req: ImportRequest, ctx: SyncContext) -> Any:
     if (ctx.state.get(GROUP, req.import_id) or {}).get("status") == "done":
         ctx.logger.info("already imported", import_id=req.import_id)
         return

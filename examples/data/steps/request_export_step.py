@@ -1,11 +1,11 @@
 """``POST /exports`` ``{"table": "orders", "format": "csv"}``: export a table in the background."""
 
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from iii_console import Step, http
+from iii_console import HttpRequest, Step, SyncContext, http
 
 from datajobs.db import EXPORTABLE
 
@@ -19,7 +19,7 @@ config = Step(name="RequestExport", triggers=[http("POST", "/exports", body=Expo
               enqueues=["data.export.requested"], flows=["data"])
 
 
-def handler(req, ctx):
+def handler(req: HttpRequest, ctx: SyncContext) -> Any:
     if req.body.table not in EXPORTABLE:
         return {"status": 400, "body": {"error": f"tables that export: {', '.join(EXPORTABLE)}",
                                         "fields": [{"field": "table", "message": f"no table {req.body.table!r}"}]}}

@@ -1,6 +1,8 @@
 """``POST /imports``: a CSV or JSON-lines file as the request body, streamed into the blob store."""
 
-from iii_console import Step, http
+from typing import Any
+
+from iii_console import HttpRequest, Step, SyncContext, http
 
 from datajobs.start import start
 
@@ -13,5 +15,5 @@ config = Step(
 )
 
 
-def handler(req, ctx):
+def handler(req: HttpRequest, ctx: SyncContext) -> Any:
     return start(req.body, None, ctx)

@@ -1,10 +1,11 @@
 """Build one report: query, chart, PDF, HTML, each stage a step of its progress; the files go to the blob store."""
 
 import datetime as dt
+from typing import Any
 
 from pydantic import BaseModel
 
-from iii_console import Step, queue
+from iii_console import Step, SyncContext, queue
 
 from reportjobs import render
 from reportjobs.requests import GROUP
@@ -21,7 +22,7 @@ class ReportJob(BaseModel):
 config = Step(name="BuildReport", triggers=[queue("reports.requested", input=ReportJob)], flows=["reports"])
 
 
-def handler(job: ReportJob, ctx):
+def handler(job: ReportJob, ctx: SyncContext) -> Any:
     if (ctx.state.get(GROUP, job.report_id) or {}).get("status") == "done":
         return  # a redelivery after the report was stored
     title = f"Sales report {job.start} to {job.end}"

@@ -1,6 +1,8 @@
 """``GET /reports/{id}`` (its record), ``/reports/{id}/pdf``, ``/html`` and ``/chart`` (the files)."""
 
-from iii_console import Step, download, http
+from typing import Any
+
+from iii_console import HttpRequest, Step, SyncContext, download, http
 
 from reportjobs.requests import GROUP
 
@@ -10,7 +12,7 @@ config = Step(name="GetReport", triggers=[http("GET", "/reports/{id}"), http("GE
 FILES = {"pdf", "html", "chart"}
 
 
-def handler(req, ctx):
+def handler(req: HttpRequest, ctx: SyncContext) -> Any:
     rid = req.path_params["id"]
     report = ctx.state.get(GROUP, rid)
     if report is None:

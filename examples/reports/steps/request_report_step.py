@@ -1,10 +1,11 @@
 """``POST /reports`` ``{"start": "2026-11-01", "end": "2026-11-30"}``: a sales report for a period."""
 
 import datetime as dt
+from typing import Any
 
 from pydantic import BaseModel, model_validator
 
-from iii_console import Step, http
+from iii_console import HttpRequest, Step, SyncContext, http
 
 from reportjobs.requests import request
 
@@ -26,7 +27,7 @@ config = Step(name="RequestReport", triggers=[http("POST", "/reports", body=Peri
               flows=["reports"])
 
 
-def handler(req, ctx):
+def handler(req: HttpRequest, ctx: SyncContext) -> Any:
     rid, built = request(req.body.start, req.body.end, ctx, "http")
     if built:
         return {"status": 200, "body": {"report_id": rid, **built}}
