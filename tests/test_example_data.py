@@ -225,3 +225,35 @@ def test_a_worker_killed_mid_chunk_leaves_no_duplicate_rows(app, db):
     # The killed worker held a chunk of this import (the one seen running, or the next it took): it came back.
     assert app.events("message.redelivered", step="ImportChunk", trace=trace)
     assert len(app.events("data.imported", trace=trace)) == 1
+
+
+@pytest.fixture(scope="module")
+def records_module():
+    """The example's file scanner, imported from its steps folder as its steps import it."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(EXAMPLE / "steps"))
+    try:
+        yield importlib.import_module("datajobs.records")
+    finally:
+        sys.path.remove(str(EXAMPLE / "steps"))
+
+
+@pytest.mark.parametrize("text, size, chunks, lines", [
+    ("id,customer,note,amount,placed_on\r\n1,a,x,1,2026-01-01\r\n2,b,y,2,2026-01-02\r\n", 1, 2, [2, 3]),   # CRLF
+    ("\ufeffid,customer,note,amount,placed_on\n1,a,\"q\n\nr\",1,2026-01-01\n\n2,b,y,2,2026-01-02\n", 5, 1, [2, 6]),
+    ("id,customer,note,amount,placed_on\n1,a,\"say \"\"hi\"\"\n,\",1,2026-01-01\n2,b,\"never closed,2,2026-01-02\n3,c,z,3,2026-01-03\n",
+     2, 1, [2, 4]),
+])
+def test_one_scan_plans_chunks_at_record_boundaries(records_module, text, size, chunks, lines):
+    """Given CSVs with CRLF line ends, a BOM, quoted newlines, blank lines, doubled quotes and a quote never closed,
+    when planned and each chunk read back, then chunks cut between records and every record keeps its first line."""
+    data = text.encode("utf-8")
+    header, planned = records_module.plan(io.BytesIO(data), "csv", size)
+    assert header == ["id", "customer", "note", "amount", "placed_on"] and len(planned) == chunks
+    fh, seen = io.BytesIO(data), []
+    for c in planned:
+        fh.seek(c.start)
+        seen += [line for line, _s, _e, _raw in records_module.records(fh, "csv", c.end, c.line)]
+    assert seen == lines
