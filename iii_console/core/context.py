@@ -113,6 +113,9 @@ class Context(_BaseContext):
     state: Any = None
     #: ``await ctx.blobs.put(data)`` -> a ref; ``open``, ``read``, ``delete``, ``path`` (``core/blobs.py``).
     blobs: Any = None
+    #: The dead-letter store, for retention sweeps written as steps: ``await ctx.dead_letters.list(name)``,
+    #: ``purge_before(ms, name=None)`` (``core/dlq.py``).
+    dead_letters: Any = None
     _enqueue: Callable[..., Awaitable[list[str]]] | None = None
     _progress: Any = None
     _enqueue_group: Any = None
@@ -157,6 +160,8 @@ class SyncContext(_BaseContext):
     state: Any = None
     #: ``ctx.blobs.put(data)`` -> a ref; ``open``, ``read``, ``delete``, ``path`` (``core/blobs.py``).
     blobs: Any = None
+    #: The dead-letter store: ``list(name=None)``, ``count(name)``, ``purge_before(ms, name=None)`` (``core/dlq.py``).
+    dead_letters: Any = None
     _enqueue: Callable[..., list[str]] | None = None
     _progress: Any = None
     _enqueue_group: Any = None

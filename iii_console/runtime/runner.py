@@ -24,6 +24,7 @@ from iii_console.adapters.queue.producer import AsyncProducer, Producer, Subscri
 from iii_console.core.autopipe import AutoPipeline
 from iii_console.core.blobs import AsyncBlobs
 from iii_console.core.context import Context, SyncContext, call_arity, is_async
+from iii_console.core.dlq import AsyncDeadLetters, DeadLetterStore
 from iii_console.core.lease import AsyncLeases, Leases
 from iii_console.core.progress import AsyncProgressStore, ProgressStore
 from iii_console.core.state import AsyncStateStore, StateStore
@@ -107,6 +108,7 @@ class StepRunner:
         self.producer = Producer(services.client, services.keys, services.config, subscriptions, services.emitter)
         self.progress = ProgressStore(services.client, services.keys, services.emitter)
         self.leases = Leases(services.client, services.keys)
+        self.dead_letters = DeadLetterStore(services.client, services.keys)
         self.loop_thread = loop_thread
         self._async = async_side
         self._subs = subscriptions
@@ -126,7 +128,7 @@ class StepRunner:
                      message_id: str | None = None, max_attempts: int = 1, idempotency_key: str | None = None) -> SyncContext:
         return SyncContext(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
                            message_id=message_id, max_attempts=max_attempts, idempotency_key=idempotency_key, state=self.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
-                           blobs=self.services.blobs, _enqueue=self.producer.enqueue, _progress=self.progress,
+                           blobs=self.services.blobs, dead_letters=self.dead_letters, _enqueue=self.producer.enqueue, _progress=self.progress,
                            _enqueue_group=self.producer.enqueue_group, _leases=self.leases)
 
     def async_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
@@ -134,7 +136,7 @@ class StepRunner:
         side = self.async_side
         return Context(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
                        message_id=message_id, max_attempts=max_attempts, idempotency_key=idempotency_key, state=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
-                       blobs=AsyncBlobs(self.services.blobs), _enqueue=side.producer.enqueue, _progress=side.progress,
+                       blobs=AsyncBlobs(self.services.blobs), dead_letters=AsyncDeadLetters(self.dead_letters), _enqueue=side.producer.enqueue, _progress=side.progress,
                        _enqueue_group=side.producer.enqueue_group, _leases=side.leases)
 
     def call_sync(self, step: Step, input: Any, **ctx_kw: Any) -> Any:
