@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent
 EXTRAS = [
     "test",
     "otel",
+    "web",
 ]
 
 
