@@ -100,39 +100,66 @@ def web(project, traffic):
     proc.stop()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (apt-get install chromium)")
-def test_the_console_runs_in_a_browser_with_the_token_and_is_read_only(web, traffic):
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no Chromium found (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 800})
-            page.add_init_script(HOOK)
-            page.goto(f"{web.url}/?token={TOKEN}")
-            assert "token" not in page.url  # the redirect took it out of the address bar
-            shown = [t[:8] for t in traffic.traces]  # how the Live view shows a trace id
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
 
-            def live(screen: str) -> bool:
-                ours = [ln for ln in screen.splitlines() if any(t in ln for t in shown)]
-                return any("http.received" in ln and "POST /messages" in ln for ln in ours) \
-                    and any("message.dead_lettered" in ln for ln in ours)
 
-            screen = until(page, live, "the Live view with the traffic's events", timeout=20)
-            assert "read-only" in screen
-            page.wait_for_timeout(300)  # a frame for the canvas to catch up with the buffer
-            shot = page.screenshot()
-            assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 20_000
-            if os.environ.get("III_SAVE_SCREENSHOTS"):
-                (ROOT / "screenshots" / "web-console.png").write_bytes(shot)
+def console_page(browser, url: str, size: tuple[int, int] = (1400, 800)):
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    page.add_init_script(HOOK)
+    page.goto(url)
+    return page
 
-            page.focus(".xterm-helper-textarea")
-            page.keyboard.press("3")
-            until(page, lambda screen: "Waiting" in screen and "message.sent" in screen and "http.received" not in screen,
-                  "the Queues view")
-            page.keyboard.press("s")  # send: refused, visibly
-            until(page, lambda screen: "attached read-only" in " ".join(screen.split()), "the read-only notice")
-        finally:
-            browser.close()
+
+def test_the_console_runs_in_a_browser_with_the_token_and_is_read_only(browser, web, traffic):
+    page = console_page(browser, f"{web.url}/?token={TOKEN}")
+    try:
+        assert "token" not in page.url  # the redirect took it out of the address bar
+        shown = [t[:8] for t in traffic.traces]  # how the Live view shows a trace id
+
+        def live(screen: str) -> bool:
+            ours = [ln for ln in screen.splitlines() if any(t in ln for t in shown)]
+            return any("http.received" in ln and "POST /messages" in ln for ln in ours) \
+                and any("message.dead_lettered" in ln for ln in ours)
+
+        screen = until(page, live, "the Live view with the traffic's events", timeout=20)
+        assert "read-only" in screen
+        page.wait_for_timeout(300)  # a frame for the canvas to catch up with the buffer
+        shot = page.screenshot()
+        assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 20_000
+        if os.environ.get("III_SAVE_SCREENSHOTS"):
+            (ROOT / "screenshots" / "web-console.png").write_bytes(shot)
+
+        page.focus(".xterm-helper-textarea")
+        page.keyboard.press("3")
+        until(page, lambda screen: "Waiting" in screen and "message.sent" in screen and "http.received" not in screen,
+              "the Queues view")
+        page.keyboard.press("s")  # send: refused, visibly
+        until(page, lambda screen: "attached read-only" in " ".join(screen.split()), "the read-only notice")
+    finally:
+        page.close()
+
+
+def test_with_allow_actions_the_browser_console_can_send(browser, project, traffic):
+    env = {k: v for k, v in os.environ.items() if k != "III_AUTH_TOKEN"}
+    web = Proc(["web", "--port", "0", "--allow-actions", "--server-url", traffic.url], project, env=env)
+    page = console_page(browser, web.url, size=(1000, 560))
+    try:
+        screen = until(page, lambda screen: "connected" in screen and "1 Live" in screen, "the console")
+        assert "read-only" not in screen
+        page.focus(".xterm-helper-textarea")
+        page.keyboard.press("s")
+        until(page, lambda screen: f"Send a test message → POST {traffic.url}/messages" in screen, "the send form")
+    finally:
+        page.close()
+        web.stop()
 
 
 def test_every_route_needs_the_token_and_the_page_s_own_origin(web):
