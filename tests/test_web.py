@@ -198,3 +198,12 @@ def test_the_console_command_is_read_only_unless_actions_are_allowed_and_holds_n
     assert ro.endswith("attach --read-only") and "3111" not in ro
     rw = console_command(allow_actions=True, server_url="http://127.0.0.1:3111", config_path="iii-config.yaml")
     assert "--read-write --server-url http://127.0.0.1:3111 --config " in rw and "redis://" not in rw
+
+
+def test_without_the_web_extra_it_says_what_to_install(project):
+    code = ("import sys; sys.modules['textual_serve'] = None\n"
+            "from iii_console.cli import main\n"
+            "sys.exit(main(['web']))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "pip install 'iii-console[web]'" in out.stderr and "Traceback" not in out.stderr
