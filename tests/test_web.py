@@ -111,8 +111,8 @@ def browser():
         chromium.close()
 
 
-def console_page(browser, url: str, size: tuple[int, int] = (1400, 800)):
-    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+def console_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 800})
     page.add_init_script(HOOK)
     page.goto(url)
     return page
@@ -145,21 +145,6 @@ def test_the_console_runs_in_a_browser_with_the_token_and_is_read_only(browser, 
         until(page, lambda screen: "attached read-only" in " ".join(screen.split()), "the read-only notice")
     finally:
         page.close()
-
-
-def test_with_allow_actions_the_browser_console_can_send(browser, project, traffic):
-    env = {k: v for k, v in os.environ.items() if k != "III_AUTH_TOKEN"}
-    web = Proc(["web", "--port", "0", "--allow-actions", "--server-url", traffic.url], project, env=env)
-    page = console_page(browser, web.url, size=(1000, 560))
-    try:
-        screen = until(page, lambda screen: "connected" in screen and "1 Live" in screen, "the console")
-        assert "read-only" not in screen
-        page.focus(".xterm-helper-textarea")
-        page.keyboard.press("s")
-        until(page, lambda screen: f"Send a test message → POST {traffic.url}/messages" in screen, "the send form")
-    finally:
-        page.close()
-        web.stop()
 
 
 def test_every_route_needs_the_token_and_the_page_s_own_origin(web):
