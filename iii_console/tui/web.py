@@ -29,6 +29,8 @@ from textual_serve.server import Server
 
 COOKIE = "iii_console_web"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+#: How long a stop waits for the browser sessions' consoles to quit.
+SESSION_STOP_S = 5.0
 
 
 def is_loopback(host: str) -> bool:
@@ -54,6 +56,8 @@ class ConsoleServer(Server):
         self.token = token
         self.fixed_url = public_url
         self.on_ready = on_ready
+        #: Handlers of open browser sessions, ended at shutdown (aiohttp would wait a minute for them).
+        self._sessions: set[asyncio.Task[Any]] = set()
         #: What the cookie holds: a digest of the token, not the token.
         self._cookie = hmac.new(token.encode(), b"iii-console web session", hashlib.sha256).hexdigest() if token else ""
 
@@ -130,9 +134,26 @@ class ConsoleServer(Server):
     async def on_startup(self, app: web.Application) -> None:
         pass  # textual-serve prints a logo; the CLI prints one line once the socket is bound
 
+    async def handle_websocket(self, request: web.Request) -> web.WebSocketResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        try:
+            return await super().handle_websocket(request)
+        finally:
+            self._sessions.discard(task)
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        """Close every browser session: each closes its websocket and tells its console to quit."""
+        sessions = list(self._sessions)
+        for task in sessions:
+            task.cancel()
+        if sessions:
+            await asyncio.wait(sessions, timeout=SESSION_STOP_S)
+
     # -- running --------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        runner = web.AppRunner(await self._make_app(), handle_signals=False, access_log=None)
+        runner = web.AppRunner(await self._make_app(), handle_signals=False, access_log=None, shutdown_timeout=SESSION_STOP_S)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         await site.start()
