@@ -195,6 +195,10 @@ class HttpSteps:
                                    traceparent=request.headers.get("traceparent")).enter()
             try:
                 response = await handle(request, run.trace_id)
+            except HTTPException as exc:  # the framework's 4xx (a body over the limit) is the client's, not ours
+                run.answered(exc.status_code)
+                run.end(exc if exc.status_code >= 500 else None)
+                raise
             except BaseException as exc:
                 run.end(exc)
                 raise
