@@ -33,6 +33,12 @@ STEPS = {
             ctx.enqueue("orders.placed", req.body)
             return {"status": 202, "body": {"trace_id": ctx.trace_id}}
     """,
+    "boom_step.py": """
+        from iii_console import Step, http
+        config = Step(name="Boom", triggers=[http("POST", "/boom")])
+        def handler(req, ctx):
+            raise ValueError("no stock")
+    """,
     "place_step.py": """
         from iii_console import Step, queue
         config = Step(name="PlaceOrder", triggers=[queue("orders.placed")], enqueues=["orders.billed"])
@@ -209,6 +215,16 @@ def test_a_failing_message_has_error_spans_with_its_retry_and_dead_letter(app, r
     assert not any(e.name == "retry" for e in second.events)
     with receiver.lock:
         assert {svc for svc, s in receiver.spans if s.trace_id.hex() == trace_id} == {"shop"}
+
+
+def test_a_failing_http_handler_s_span_has_error_status_and_the_exception(app, receiver):
+    resp = httpx.post(f"{app}/boom", json={})
+    assert resp.status_code == 500
+    [span] = spans_of(receiver, resp.json()["trace_id"], 1)["Boom"]
+    assert span.status.code == span.status.STATUS_CODE_ERROR and "no stock" in span.status.message
+    assert attrs(span.attributes)["http.response.status_code"] == 500
+    exc = next(e for e in span.events if e.name == "exception")
+    assert attrs(exc.attributes)["exception.type"] == "ValueError" and "no stock" in attrs(exc.attributes)["exception.message"]
 
 
 def test_without_an_endpoint_nothing_of_opentelemetry_is_imported(tmp_path: Path):
