@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent
 EXTRAS = [
     "test",
     "examples",
+    "otel",
+    "web",
 ]
 
 

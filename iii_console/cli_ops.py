@@ -370,3 +370,4 @@ def config_check(config_path: str | None, redis_url: str | None) -> None:
         sys.exit(2)
 import iii_console.cli_cron  # noqa: E402,F401  (registers `cron run`)
 import iii_console.cli_new  # noqa: E402,F401  (registers `new`)
+import iii_console.cli_web  # noqa: E402,F401  (registers `web`)

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
+from iii_console.core import spans
 from iii_console.core.emitter import Emitter
 
 
@@ -73,7 +74,7 @@ class _BaseContext:
     @property
     def logger(self) -> Any:
         """structlog logger bound to this step and trace; lines become ``log`` events."""
-        return self.emitter.logger(step=self.step, trace_id=self.trace_id, message_id=self.message_id)
+        return self.emitter.logger(step=self.step, trace_id=self.trace_id, message_id=self.message_id, **spans.log_fields())
 
     def emit(self, type: str, **fields: Any) -> None:
         """Emit a domain event (``notification.sent``...) on the same trace. Never blocks."""

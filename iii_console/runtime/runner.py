@@ -21,6 +21,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from iii_console.adapters.queue.producer import AsyncProducer, Producer, Subscriptions
+from iii_console.core import spans
 from iii_console.core.autopipe import AutoPipeline
 from iii_console.core.blobs import AsyncBlobs
 from iii_console.core.context import Context, SyncContext, call_arity, is_async
@@ -145,7 +146,10 @@ class StepRunner:
         if is_async(handler):
             assert self.loop_thread is not None
             ctx = self.async_context(step, **ctx_kw)
-            return self.loop_thread.run(_invoke(handler, input, ctx))
+            coro = _invoke(handler, input, ctx)
+            if spans.current() is not None:  # the loop thread's task would not see this thread's span
+                coro = _carrying(contextvars.copy_context(), coro)
+            return self.loop_thread.run(coro)
         ctx = self.sync_context(step, **ctx_kw)
         return _not_awaitable(handler(ctx) if call_arity(handler) == 1 else handler(input, ctx))
 
@@ -159,6 +163,13 @@ class StepRunner:
         ctxvars = contextvars.copy_context()
         out = await asyncio.get_running_loop().run_in_executor(self.async_side.handler_pool, ctxvars.run, fn)
         return _not_awaitable(out)
+
+
+async def _carrying(ctxvars: contextvars.Context, coro: Any) -> Any:
+    """Run ``coro`` with the caller's context variables (the task it runs in has its own copy)."""
+    for var, value in ctxvars.items():
+        var.set(value)
+    return await coro
 
 
 async def _invoke(handler: Callable[..., Any], input: Any, ctx: Any) -> Any:
