@@ -130,7 +130,6 @@ def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tupl
 
 
 def test_every_command_takes_redis_and_config_and_has_help(project):
-    import iii_console.cli_ops  # noqa: F401  (registers its commands)
     from iii_console.cli import cli
 
     commands = _commands(cli)

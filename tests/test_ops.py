@@ -41,7 +41,6 @@ def cli(cfg, *args: str) -> "Result":
 
     from click.testing import CliRunner
 
-    import iii_console.cli_ops  # noqa: F401
     from iii_console.cli import cli as group
 
     cwd = os.getcwd()

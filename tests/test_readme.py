@@ -36,8 +36,6 @@ def test_the_writing_steps_example_pasted_as_two_files_passes_config_check_witho
 
 
 def test_send_helps_example_data_is_valid_input_for_the_seed_step_it_names() -> None:
-    import iii_console.cli_ops  # noqa: F401  (registers the commands as the CLI does)
-
     helptext = CliRunner().invoke(cli, ["send", "--help"]).output
     line = next(ln for ln in helptext.splitlines() if "--topic" in ln and "--data" in ln and "iii-console send" in ln)
     args = shlex.split(line.split("iii-console", 1)[1])

@@ -30,9 +30,10 @@ import uvicorn
 from iii_console.adapters.http_timeouts import timed_protocol
 from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.adapters.server import create_app
-from iii_console.core.config import Config, redact_url
+from iii_console.core.config import Config
+from iii_console.core.connection import check_redis
 from iii_console.core.discovery import StepSet, discover
-from iii_console.core.errors import ConfigError, IIIError, RedisUnavailable
+from iii_console.core.errors import ConfigError, IIIError
 from iii_console.core.events import Event
 from iii_console.core.files import open_private_log, private_dir
 from iii_console.runtime.embedded import EmbeddedRedis
@@ -84,23 +85,6 @@ def resolve_redis(config: Config) -> tuple[Config, EmbeddedRedis | None]:
     emb = EmbeddedRedis(config.data_dir, maxmemory=config.redis.maxmemory, appendfsync=config.redis.appendfsync)
     url = emb.start()
     return config.with_overrides(**{"redis.url": url}), emb
-
-
-def check_redis(url: str) -> None:
-    c = redis_client(url, socket_timeout=3)
-    try:
-        c.ping()
-    except redis.AuthenticationError as exc:
-        from urllib.parse import urlsplit
-
-        if not urlsplit(url).password:
-            raise RedisUnavailable(f"Redis at {redact_url(url)} needs a password: put it in the URL "
-                                   "(redis://:PASSWORD@host:port/0, or redis://USER:PASSWORD@... for an ACL user)") from None
-        raise RedisUnavailable(f"Redis at {redact_url(url)} refused the credentials: {exc}") from None
-    except redis.RedisError as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
-    finally:
-        c.close()
 
 
 def exit_description(code: int) -> dict[str, Any]:
