@@ -122,6 +122,22 @@ class StepRunner:
         assert self._async is not None, "async handlers need an AsyncSide"
         return self._async
 
+    @property
+    def has_async_side(self) -> bool:
+        return self._async is not None
+
+    def open_async_side(self) -> None:
+        """Build the async clients; call it on the loop that will use them (the server's, at startup)."""
+        self._async = AsyncSide(self.services, self._subs)
+
+    async def close_async_side(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+
+    def queue_names(self, topic: str) -> list[str]:
+        """The queues (every priority of every subscription) a message to ``topic`` lands on."""
+        return [sub.queue(p) for sub in self._subs.get(topic, []) for p in ("high", "normal", "low")]
+
     def sync_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
                      message_id: str | None = None, max_attempts: int = 1, idempotency_key: str | None = None) -> SyncContext:
         return SyncContext(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
