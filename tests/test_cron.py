@@ -496,7 +496,7 @@ def _ticks_run(r, keys) -> dict[int, int]:
 @pytest.mark.parametrize("n", [2, 3])
 def test_scheduler_processes_fire_every_tick_exactly_once(n, tmp_path, redis_url, r, keys):
     """Given n `--role scheduler` processes and a worker on one Redis and a cron every second, when they run for ~10 ticks, then each tick from the first to the last fired once, none is missing, and each ran once."""
-    from .test_e2e import start_cli
+    from .helpers import start_cli
 
     make_project(tmp_path, {"ticker_step.py": TICKER}, "server:\n  port: 0\n", redis_url=redis_url)
     procs = [start_cli(tmp_path, "--no-ui", "--role", "scheduler") for _ in range(n)]
@@ -520,7 +520,7 @@ def test_scheduler_processes_fire_every_tick_exactly_once(n, tmp_path, redis_url
 @pytest.mark.slow
 def test_a_scheduler_process_restarted_after_a_pause_fires_the_ticks_it_missed(tmp_path, redis_url, r, keys):
     """Given the only scheduler process stopped for ~3 s, when it starts again, then the ticks of the pause fire late (drift >= 1 s), so the sequence has no gap and nothing is skipped."""
-    from .test_e2e import start_cli
+    from .helpers import start_cli
 
     make_project(tmp_path, {"ticker_step.py": TICKER}, "server:\n  port: 0\n", redis_url=redis_url)
     worker = start_cli(tmp_path, "--no-ui", "--role", "worker")

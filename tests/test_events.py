@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-import time
 from datetime import datetime, timezone
 
 import pytest
@@ -355,7 +354,6 @@ def test_sink_close_returns_while_redis_is_unreachable():
     from iii_console.core.emitter import StreamSink
     from iii_console.core.events import Event
     from iii_console.core.redis_server import free_port
-
     from iii_console.runtime.services import redis_client
 
     sink = StreamSink(redis_client(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.1), "k")

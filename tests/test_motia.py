@@ -19,9 +19,7 @@ from iii_console.core.cronexpr import next_fire, parse_cron
 from iii_console.core.discovery import discover
 
 from .conftest import ROOT
-from .helpers import events, events_once, make_project, wait_for
-from .test_e2e import start_cli
-from .test_tui_helpers import anyio_backend  # noqa: F401  (the console test runs on asyncio)
+from .helpers import events, events_once, make_project, start_cli, wait_for
 
 PLAYGROUND = ROOT / "tests" / "motia_steps" / "playground" / "steps"
 UNSUPPORTED = ROOT / "tests" / "motia_steps" / "unsupported"
@@ -385,8 +383,7 @@ async def test_the_state_view_shows_a_stream_and_its_items_live(redis_url, r, ke
 
     from iii_console.core.motia import run as motia_run
 
-    from .test_tui_app import SIZE, console
-    from .test_tui_helpers import started, until
+    from .helpers import SIZE, console, started, until
 
     def write(item: str) -> None:
         token = motia_run.run_in(_run_ctx(r, keys))
@@ -457,8 +454,19 @@ def test_every_public_name_of_motia_is_there_or_says_what_to_use_instead():
 
 
 def test_step_builders_and_guards_work_on_motias_objects(tmp_path):
-    from iii_console.core.motia import (Step, StepConfig, cron, get_api_triggers, http, is_api_step, is_api_trigger,
-                                        is_cron_step, is_queue_trigger, queue, step)
+    from iii_console.core.motia import (
+        Step,
+        StepConfig,
+        cron,
+        get_api_triggers,
+        http,
+        is_api_step,
+        is_api_trigger,
+        is_cron_step,
+        is_queue_trigger,
+        queue,
+        step,
+    )
 
     config = {"name": "Built", "triggers": [http("GET", "/built"), cron("0 0 * * * *")]}
     built = step(config).handle(lambda request, ctx: {"status": 200, "body": "ok"})

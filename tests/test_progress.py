@@ -7,7 +7,6 @@ import pytest
 from iii_console.core.progress import progress_value, read_progress
 
 from .helpers import events, wait_for
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
 
 IMPORT = """
 from iii_console import Step, queue

@@ -3,77 +3,13 @@ retries, dead letters, priority, and the stock-Dramatiq weak spots we close."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
 
-from iii_console.adapters.queue.producer import subscriptions_for
-from iii_console.core.discovery import discover
 from iii_console.core.dlq import DeadLetterStore
-from iii_console.runtime.runner import StepRunner
-from iii_console.runtime.services import Services
-from iii_console.runtime.worker import WorkerRuntime
 
-from .helpers import events, events_once, make_project, wait_for
-
-RECORDER = """
-from iii_console import Step, queue
-config = Step(name="{name}", triggers=[queue("{topic}")])
-def handler(data, ctx):
-    ctx.state.update("runs", "{name}", [{{"type": "increment", "path": data["k"]}}])
-    {extra}
-"""
-
-
-def recorder(name: str, topic: str = "jobs", extra: str = "pass") -> str:
-    return RECORDER.format(name=name, topic=topic, extra=extra)
-
-
-@pytest.fixture
-def project(tmp_path, redis_url):
-    def build(steps: dict[str, str], config: str = ""):
-        cfg = make_project(tmp_path, steps, config, redis_url=redis_url)
-        stepset = discover(cfg.steps_path)
-        assert not stepset.errors, stepset.errors
-        return cfg, stepset
-
-    return build
-
-
-@pytest.fixture
-def runtime():
-    started: list[WorkerRuntime] = []
-
-    def start(cfg, steps, **kw):
-        rt = WorkerRuntime(cfg, steps, **kw)
-        rt.start()
-        started.append(rt)
-        return rt
-
-    yield start
-    for rt in started:
-        if not rt._stop.is_set():
-            rt.stop(timeout_s=5)
-
-
-@pytest.fixture
-def producer():
-    opened: list[Services] = []
-
-    def make(cfg, steps):
-        svc = Services.open(cfg, "test")
-        opened.append(svc)
-        return StepRunner(svc, subscriptions_for(steps.steps)).producer
-
-    yield make
-    for s in opened:
-        s.close()
-
-
-def runs(r, keys, step):
-    raw = r.hget(keys.state_group("runs"), step)
-    return json.loads(raw) if raw else {}
+from .helpers import events, events_once, recorder, runs, wait_for
 
 
 def test_enqueue_fans_out_one_copy_to_every_subscribed_step(project, runtime, producer, r, keys):

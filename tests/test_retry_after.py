@@ -11,7 +11,6 @@ from iii_console import Retry
 from iii_console.core.dlq import DeadLetterStore
 
 from .helpers import events, wait_for
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
 
 SMTP = """
 import time

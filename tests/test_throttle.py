@@ -18,8 +18,7 @@ from iii_console.core.dlq import DeadLetterStore
 from iii_console.runtime.runner import StepRunner
 from iii_console.runtime.services import Services
 
-from .helpers import events, make_project, wait_for
-from .test_e2e import start_cli
+from .helpers import events, make_project, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
