@@ -15,8 +15,9 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import redis
 from rich.text import Text
@@ -123,7 +124,7 @@ class Running:
 
 
 def start_cli(project: Path, *args: str) -> Running:
-    out = open(project / f"stdout-{time.monotonic_ns()}.jsonl", "w+")
+    out = open(project / f"stdout-{time.monotonic_ns()}.jsonl", "w+")  # noqa: SIM115  (the process's stdout while it runs)
     proc = subprocess.Popen([sys.executable, "-m", "iii_console", *args], cwd=project, stdout=out,
                             stderr=subprocess.PIPE, text=True)
     proc.out = out  # type: ignore[attr-defined]
@@ -139,7 +140,7 @@ def start_cli(project: Path, *args: str) -> Running:
     return run
 
 
-def cli_in_process(cfg, *args: str) -> "Result":
+def cli_in_process(cfg, *args: str) -> Result:
     """Run the real command line in-process (same group, same error rendering as the binary)."""
     import os
 

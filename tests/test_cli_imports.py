@@ -67,7 +67,7 @@ def _start(project: Path, redis_url: str, args: list[str], **env: str) -> tuple[
 
 
 def _loaded(proc: subprocess.Popen[str], out: Path) -> list[str]:
-    stdout, stderr = proc.communicate(timeout=60)
+    _stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     return json.loads(out.read_text())
 

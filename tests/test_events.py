@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -67,7 +67,7 @@ def test_data_is_json(data):
 
 def test_non_json_data_values_are_stringified():
     """Given a datetime inside data, when encoded, then it is written as its str() instead of failing."""
-    when = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    when = datetime(2024, 1, 1, tzinfo=UTC)
     assert json.loads(Event(type="log", ts=1, data={"at": when}).encode()["data"]) == {"at": str(when)}
 
 

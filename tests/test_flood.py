@@ -146,7 +146,7 @@ class Sampler:
             self.max_backlog = max(self.max_backlog, sum(lens))
             self.samples += 1
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 

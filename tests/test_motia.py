@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -138,16 +138,16 @@ def test_motias_cron_days_of_week_count_from_sunday_1_as_its_engine_does(tmp_pat
     [step] = discover(tmp_path / "steps").steps
     monday_trigger, other = (t.expression for t in step.triggers)
     assert (monday_trigger, other) == ("0 0 9 * * mon", "0 0 9 * * mon-fri/2,sun")
-    saturday = datetime(2030, 6, 1, 12, tzinfo=timezone.utc)  # a Saturday
-    assert next_fire(monday_trigger, saturday) == datetime(2030, 6, 3, 9, tzinfo=timezone.utc)
-    assert next_fire(other, saturday) == datetime(2030, 6, 2, 9, tzinfo=timezone.utc)  # Sunday, then Mon, Wed, Fri
-    assert next_fire(other, datetime(2030, 6, 3, 10, tzinfo=timezone.utc)) == datetime(2030, 6, 5, 9, tzinfo=timezone.utc)
+    saturday = datetime(2030, 6, 1, 12, tzinfo=UTC)  # a Saturday
+    assert next_fire(monday_trigger, saturday) == datetime(2030, 6, 3, 9, tzinfo=UTC)
+    assert next_fire(other, saturday) == datetime(2030, 6, 2, 9, tzinfo=UTC)  # Sunday, then Mon, Wed, Fri
+    assert next_fire(other, datetime(2030, 6, 3, 10, tzinfo=UTC)) == datetime(2030, 6, 5, 9, tzinfo=UTC)
 
 
 def test_motias_seven_field_cron_has_seconds_first_and_a_year_last():
-    after = datetime(2030, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
-    assert next_fire("5 * * * * * *", after) == datetime(2030, 5, 1, 12, 0, 5, tzinfo=timezone.utc)
-    assert next_fire("0 30 9 1 1 * 2031", after) == datetime(2031, 1, 1, 9, 30, tzinfo=timezone.utc)
+    after = datetime(2030, 5, 1, 12, 0, 0, tzinfo=UTC)
+    assert next_fire("5 * * * * * *", after) == datetime(2030, 5, 1, 12, 0, 5, tzinfo=UTC)
+    assert next_fire("0 30 9 1 1 * 2031", after) == datetime(2031, 1, 1, 9, 30, tzinfo=UTC)
     with pytest.raises(ValueError, match="cron field year '20x1'"):
         parse_cron("0 0 0 1 1 * 20x1")
 

@@ -3,6 +3,7 @@ retries, dead letters, priority, and the stock-Dramatiq weak spots we close."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 
 import pytest
@@ -60,7 +61,7 @@ def test_failing_message_is_retried_max_retries_times_with_delay_then_dead_lette
     assert runs(r, keys, "Flaky") == {"m1": 3}
     started = [e for e in events(r, keys, "message.started") if e.message_id == mid]
     assert [e.attempt for e in started] == [1, 2, 3]
-    gaps = [b.ts - a.ts for a, b in zip(started, started[1:])]
+    gaps = [b.ts - a.ts for a, b in itertools.pairwise(started)]
     assert gaps[0] >= 300 and gaps[1] >= 600, gaps  # exponential: 300 ms, then 600 ms
     retrying = events(r, keys, "message.retrying")
     assert [e.data["delay_ms"] for e in retrying] == [300, 600]
@@ -173,7 +174,7 @@ def test_each_topics_concurrency_holds_in_a_worker_process(project, runtime, pro
                          "queues:\n  two:\n    concurrency: 2\n  three:\n    concurrency: 3\n")
     runtime(cfg, steps, threads=8)
     p = producer(cfg, steps)
-    for i in range(30):
+    for _i in range(30):
         p.enqueue("two", {"redis": redis_url}, trace_id="t")
         p.enqueue("three", {"redis": redis_url}, trace_id="t")
     wait_for(lambda: r.get("done:two") == b"30" and r.get("done:three") == b"30", timeout=30, what="all done")
@@ -334,7 +335,7 @@ def test_enqueue_with_delay_waits_before_running(project, runtime, producer, r, 
     p.enqueue("jobs", {"k": "now"}, trace_id="t")
     [later] = wait_for(lambda: [e for e in events(r, keys, "message.enqueued") if e.data["payload"]["k"] == "later"], what="enqueued event")
     done = wait_for(lambda: [e for e in events(r, keys, "message.started") if e.message_id == later.message_id], what="delayed message")
-    first = [e for e in events(r, keys, "message.started") if e.message_id != later.message_id][0]
+    first = next(e for e in events(r, keys, "message.started") if e.message_id != later.message_id)
     assert done[0].ts - sent_ms >= 400
     assert first.ts < done[0].ts  # the undelayed message sent after it ran first
 

@@ -219,7 +219,7 @@ def test_a_worker_started_while_redis_is_away_waits_for_it_instead_of_dying(tmp_
     def start() -> None:
         try:
             rt.start()
-        except BaseException as exc:  # noqa: BLE001  (what the test is about)
+        except BaseException as exc:
             failed.append(exc)
 
     starter = threading.Thread(target=start)

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -387,7 +388,7 @@ def test_the_embedded_redis_bounds_memory_and_drops_a_client_that_never_reads(tm
         assert dropped and used < 32 << 20, (dropped, sent, used)
         # The password is never on a command line (every local user can read those in ps).
         password = url.split(":")[2].split("@")[0]
-        cmdline = open(f"/proc/{emb.server.proc.pid}/cmdline", "rb").read()
+        cmdline = Path(f"/proc/{emb.server.proc.pid}/cmdline").read_bytes()
         assert password.encode() not in cmdline
         assert oct((tmp_path / ".iii").stat().st_mode & 0o777) == "0o700"
         assert oct((tmp_path / ".iii" / "redis.json").stat().st_mode & 0o777) == "0o600"

@@ -75,7 +75,7 @@ def cluster(tmp_path, redis_url, r, monkeypatch):
 
 
 def test_the_rate_limit_per_key_holds_across_two_processes_and_waiting_spends_no_attempt(cluster, r, keys):
-    run, p = cluster
+    _run, p = cluster
     wait_for(lambda: len(r.hgetall(keys.workers)) == 2, what="two workers")
     for i in range(15):
         for cust in ("a", "b"):
@@ -105,7 +105,7 @@ def test_the_rate_limit_per_key_holds_across_two_processes_and_waiting_spends_no
 
 
 def test_concurrency_per_key_holds_across_two_processes(cluster, r, keys):
-    run, p = cluster
+    _run, p = cluster
     wait_for(lambda: len(r.hgetall(keys.workers)) == 2, what="two workers")
     for i in range(10):
         for tenant in ("t1", "t2"):
@@ -138,7 +138,7 @@ def test_the_rate_limit_holds_while_worker_processes_are_killed(cluster, r, keys
     import random
     import signal
 
-    run, p = cluster
+    _run, p = cluster
     wait_for(lambda: len(r.hgetall(keys.workers)) == 2, what="two workers")
     for i in range(20):
         for cust in ("a", "b"):

@@ -4,8 +4,8 @@ event loop as the app (as ``iii-console`` runs them), the seed steps, a real Red
 from __future__ import annotations
 
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 from textual.widgets import Input, RichLog

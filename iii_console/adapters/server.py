@@ -13,13 +13,13 @@ import json
 import logging
 import re
 import uuid
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import redis
 from litestar import Litestar, Request, Response, route
 from litestar.exceptions import HTTPException, InternalServerException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
-from litestar.types import ExceptionHandlersMap
+from litestar.types import ExceptionHandlersMap, Method
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
@@ -280,7 +280,7 @@ class HttpSteps:
 
         endpoint.__name__ = f"{step.name}_{trig.method.lower()}"
         # status_code: Litestar's default for DELETE is 204, which refuses the handler's answer body.
-        return route(_litestar_path(trig.path), http_method=[trig.method], name=f"{step.name}:{trig.method}:{trig.path}",
+        return route(_litestar_path(trig.path), http_method=[cast(Method, trig.method)], name=f"{step.name}:{trig.method}:{trig.path}",
                      status_code=200, request_max_body_size=(trig.max_body_bytes or self.max_body_bytes) if trig.accept
                      else self.max_body_bytes)(endpoint)
 

@@ -44,7 +44,7 @@ def reserve_stdout() -> None:
         if devnull != 1:
             os.dup2(devnull, 1)
             os.close(devnull)
-        sys.stdout = open(1, "w", closefd=False)
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115  (stdout for the life of the process)
     sys.stdout.flush()
     _events_out = os.fdopen(os.dup(1), "w", encoding="utf-8", errors="replace")
     os.dup2(2, 1)

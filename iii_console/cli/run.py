@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from iii_console.cli.output import print_human, print_json, reserve_stdout
 from iii_console.core.config import Config, redact_url

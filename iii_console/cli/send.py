@@ -91,8 +91,8 @@ def _send_http(cfg: Config, url: str | None, text: str, priority: str | None, co
 def _send_topic(cfg: Config, topic: str, data: str | None, priority: str | None, count: int, as_json: bool) -> int:
     from iii_console.adapters.queue.producer import subscriptions_for
     from iii_console.core.discovery import discover
-    from iii_console.runtime.runner import StepRunner
     from iii_console.core.services import Services
+    from iii_console.runtime.runner import StepRunner
 
     payload = parse_json_arg(data, "--data") if data is not None else {}
     url = existing_redis(cfg)

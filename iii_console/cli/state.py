@@ -36,7 +36,11 @@ def _dump(value: Any, as_json: bool) -> None:
 def state_groups(as_json: bool, config_path: str | None, redis_url: str | None) -> None:
     """List state groups."""
     groups = _store(config_path, redis_url).groups()
-    click.echo(json.dumps(groups)) if as_json else [click.echo(printable(g)) for g in groups]
+    if as_json:
+        click.echo(json.dumps(groups))
+        return
+    for g in groups:
+        click.echo(printable(g))
 
 
 @state_cmd.command("list")

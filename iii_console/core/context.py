@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import inspect
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from iii_console.core.emitter import Emitter
 
@@ -155,7 +156,7 @@ class SyncContext(_BaseContext):
     state: Any = None
     #: ``ctx.blobs.put(data)`` -> a ref; ``open``, ``read``, ``delete``, ``path`` (``core/blobs.py``).
     blobs: Any = None
-    _enqueue: Callable[..., list[str]] | None = None
+    _enqueue: Callable[..., Any] | None = None
     _progress: Any = None
     _enqueue_group: Any = None
     _leases: Any = None
@@ -191,7 +192,7 @@ def _dedup(key: str | None, ttl_ms: int | None) -> dict[str, Any]:
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004  (the method, not callability)
 
 
 def call_arity(fn: Callable[..., Any]) -> int:

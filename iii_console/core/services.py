@@ -37,7 +37,7 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, config: Config, role: str) -> "Services":
+    def open(cls, config: Config, role: str) -> Services:
         set_redaction(config.events.redact)
         client = redis_client(config.redis.url)
         keys = Keys(config.redis.prefix)

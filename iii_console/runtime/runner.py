@@ -12,9 +12,10 @@ import asyncio
 import contextvars
 import inspect
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import Any, Callable
+from typing import Any
 
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -29,7 +30,6 @@ from iii_console.core.progress import AsyncProgressStore, ProgressStore
 from iii_console.core.state import AsyncStateStore, StateStore
 from iii_console.core.steps import Step
 from iii_console.runtime.services import Services
-
 
 #: How often a thread waiting on an async handler wakes to take an asynchronous exception.
 WAIT_SLICE_S = 0.1
@@ -158,8 +158,8 @@ class StepRunner:
         handler: Callable[..., Any] = step.handler  # type: ignore[assignment]
         if is_async(handler):
             assert self.loop_thread is not None
-            ctx = self.async_context(step, **ctx_kw)
-            return self.loop_thread.run(_invoke(handler, input, ctx))
+            actx = self.async_context(step, **ctx_kw)
+            return self.loop_thread.run(_invoke(handler, input, actx))
         ctx = self.sync_context(step, **ctx_kw)
         return _not_awaitable(handler(ctx) if call_arity(handler) == 1 else handler(input, ctx))
 

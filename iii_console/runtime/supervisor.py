@@ -20,9 +20,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis
 import uvicorn
@@ -228,7 +229,7 @@ class Supervisor:
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=10,
                                                     http=timed_protocol(srv.header_timeout, srv.body_timeout),
                                                     limit_concurrency=srv.max_connections))
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
         self._tasks.append(asyncio.create_task(self.server.serve(sockets=[sock]), name="iii-server"))
         for _ in range(500):
             if self.server.started:
@@ -463,7 +464,7 @@ class Supervisor:
             if task.get_name() == "iii-server":
                 try:
                     await asyncio.wait_for(task, 15)
-                except (asyncio.TimeoutError, Exception):
+                except (TimeoutError, Exception):
                     task.cancel()
             else:
                 task.cancel()

@@ -25,9 +25,9 @@ import gc
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import redis
 from rich.text import Text
@@ -49,12 +49,26 @@ from iii_console.core.keys import Keys
 from iii_console.core.text import printable
 from iii_console.tui import fmt
 from iii_console.tui.filter import EventFilter
-from iii_console.tui.messages import (CronRunChosen, DeadLettersChosen, InspectDeadLetter, OpenTrace, StateGroupChosen,
-                                     StateKeyChosen)
+from iii_console.tui.messages import (
+    CronRunChosen,
+    DeadLettersChosen,
+    InspectDeadLetter,
+    OpenTrace,
+    StateGroupChosen,
+    StateKeyChosen,
+)
 from iii_console.tui.model import ConsoleModel
 from iii_console.tui.ops import Writer
-from iii_console.tui.screens import (ConfirmScreen, DeadLetterScreen, HelpScreen, SendRequest, SendScreen, StateEdit,
-                                     StateEditScreen, TraceScreen)
+from iii_console.tui.screens import (
+    ConfirmScreen,
+    DeadLetterScreen,
+    HelpScreen,
+    SendRequest,
+    SendScreen,
+    StateEdit,
+    StateEditScreen,
+    TraceScreen,
+)
 from iii_console.tui.source import Snapshot, StreamTail, connect, connect_stream, fetch, find_trace
 from iii_console.tui.tabs.live import LivePane
 from iii_console.tui.tabs.messages import MessagesPane
@@ -654,7 +668,7 @@ class ConsoleApp(App[None]):
         box.display = True
         box.focus()
 
-    def action_back(self) -> None:
+    async def action_back(self) -> None:
         box = self._filter_box
         if box.display:
             if self._filter_timer is not None:

@@ -22,7 +22,7 @@ from iii_console.tui import fmt
 from iii_console.tui.messages import DeadLettersChosen, OpenTrace
 from iii_console.tui.model import STATUS, MessageRow
 from iii_console.tui.tabs.queues import dead_letter_text
-from iii_console.tui.widgets import Table, cursor_key, lines, t, retitle
+from iii_console.tui.widgets import Table, cursor_key, lines, retitle, t
 
 
 class TraceScreen(Screen[None]):

@@ -8,8 +8,9 @@ knows about Textual: the app calls these from its worker threads.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import redis
 
@@ -95,7 +96,7 @@ class StreamTail:
             self.last_id = "0-0"
 
     def _decode(self, entries: Any) -> list[Event]:
-        out = []
+        out: list[Event] = []
         append = out.append
         for entry_id, fields in entries:
             try:
@@ -279,7 +280,8 @@ def _workers(client: redis.Redis, keys: Keys) -> tuple[WorkerInfo, ...]:
     for raw_id, raw in infos.items():
         wid = as_str(raw_id)
         d = _json(raw)
-        queues = d.get("queues") if isinstance(d.get("queues"), dict) else {}
+        raw_queues = d.get("queues")
+        queues = raw_queues if isinstance(raw_queues, dict) else {}
         out.append(WorkerInfo(
             id=wid, name=str(d.get("name", "")), host=str(d.get("host", "")), pid=d.get("pid"),
             queues={str(k): int(v) for k, v in queues.items()}, in_flight=int(d.get("in_flight") or 0),
