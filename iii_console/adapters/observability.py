@@ -25,6 +25,11 @@ from iii_console.core.keys import Keys
 from iii_console.core.queues import queue_stats
 from iii_console.core.redis_server import server_version, version_warning
 
+#: Prometheus's exposition type without its charset: Litestar adds ``; charset=utf-8`` to every
+#: ``text/`` type it answers with, and would otherwise say it twice.
+METRICS_MEDIA_TYPE = "; ".join(p for p in CONTENT_TYPE_LATEST.split("; ") if not p.startswith("charset="))
+
+
 log = logging.getLogger(__name__)
 
 OUTCOMES = {
@@ -120,7 +125,7 @@ def routes(client: redis.Redis, keys: Keys, *, metrics_path: str, health_path: s
                 body = await anyio.to_thread.run_sync(render)
             except redis.RedisError as exc:
                 return Response({"error": "storage unavailable", "detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
-            return Response(body, media_type=CONTENT_TYPE_LATEST)
+            return Response(body, media_type=METRICS_MEDIA_TYPE)
 
         out.append(metrics_endpoint)
     if health_path:
