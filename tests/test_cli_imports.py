@@ -34,7 +34,7 @@ def while_the_console_runs():
     while time.monotonic() < deadline:
         app = sys.modules.get("iii_console.tui.app")
         if app is not None and "textual.drivers.headless_driver" in sys.modules:
-            time.sleep(1.5)
+            time.sleep(0.5)  # mounted, its reader connecting: what it loads lazily is loaded
             dump()
             os._exit(0)
         time.sleep(0.05)
@@ -98,7 +98,7 @@ def test_tail_follows_the_stream_without_them(project: Path, redis_url: str, r) 
     line = proc.stdout.readline()
     assert json.loads(line)["type"] == "log"
     proc.send_signal(signal.SIGINT)
-    loaded = _loaded(proc, out)
+    loaded = _loaded(proc, out, ok=(0, 130))  # 130: the interrupt landed before it began to follow
     assert "iii_console.cli.tail" in loaded
     assert [m for m in loaded if m.split(".")[0] in HEAVY] == []
 

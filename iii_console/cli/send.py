@@ -18,7 +18,6 @@ from iii_console.cli.common import (
 )
 from iii_console.core.config import Config
 from iii_console.core.errors import IIIError
-from iii_console.core.text import printable
 
 
 @click.command()
@@ -58,7 +57,7 @@ def _progress(count: int, as_json: bool) -> Any:
 
 
 def _send_http(cfg: Config, url: str | None, text: str, priority: str | None, count: int, as_json: bool) -> int:
-    import httpx
+    from iii_console.core.send import SendFailed, post_messages
 
     if url is None and cfg.server.port == 0:
         raise click.UsageError("server.port is 0 (any free port), so the server's address is not known here: "
@@ -68,24 +67,21 @@ def _send_http(cfg: Config, url: str | None, text: str, priority: str | None, co
     if priority:
         body["priority"] = priority
     token = cfg.server.auth_token or os.environ.get("III_AUTH_TOKEN", "")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    sent = 0
-    with httpx.Client(base_url=base, timeout=10, headers=headers) as client, _progress(count, as_json) as progress:
+    with _progress(count, as_json) as progress:
         task = progress.add_task("sending", total=count)
-        for _ in range(count):
-            try:
-                r = client.post("/messages", json=body)
-            except httpx.ConnectError:
-                raise IIIError(f"no iii-console server at {base}: is `iii-console` running? (or pass --url)") from None
-            except httpx.HTTPError as exc:
-                raise IIIError(f"request to {base}/messages failed: {exc}") from None
-            if r.status_code >= 400:
-                raise IIIError(f"server answered {r.status_code}: {printable(r.text[:500])}")
-            sent += 1
+
+        def answered(resp: Any) -> None:
             if as_json:
-                click.echo(json.dumps(r.json()))
+                click.echo(json.dumps(resp.json()))
             progress.advance(task)
-    return sent
+
+        try:
+            post_messages(base, body, count, token=token, on_answer=answered)
+        except SendFailed as exc:
+            if exc.unreachable:
+                raise IIIError(f"no iii-console server at {base}: is `iii-console` running? (or pass --url)") from None
+            raise
+    return count
 
 
 def _send_topic(cfg: Config, topic: str, data: str | None, priority: str | None, count: int, as_json: bool) -> int:

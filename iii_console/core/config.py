@@ -4,6 +4,10 @@ Sources, highest first: command-line flags (applied by the CLI through
 :meth:`Config.with_overrides`), environment (``${VAR:default}`` in the file and
 ``REDIS_URL``), the file, the defaults here. Unknown keys and bad values raise
 :class:`ConfigError` naming the file, line and dotted key.
+
+One module because it is one schema: the section models, the loader that maps every
+pydantic error back to its file line, and the URL checks all describe ``iii-config.yaml``
+(``with_overrides`` and the defaults of every key are read together with them).
 """
 
 from __future__ import annotations

@@ -2,12 +2,13 @@
 
 Structure (attributes down, messages up):
 
-- one thread worker reads the event stream, decodes it and applies it to the
-  plain :class:`~iii_console.tui.model.ConsoleModel` (every buffer in it is
-  bounded; a backlog waits in Redis, so nothing is dropped and memory stays
-  flat), and survives Redis going away by resuming from the last id it saw;
-- one thread worker polls snapshots (registries, workers, queue depths, dead
-  letters, state, cron) for what the visible tab needs and posts them up;
+- one thread worker reads the event stream (:func:`~iii_console.tui.source.follow_stream`),
+  decodes it and applies it to the plain :class:`~iii_console.tui.model.ConsoleModel`
+  (every buffer in it is bounded; a backlog waits in Redis, so nothing is dropped and
+  memory stays flat), and survives Redis going away by resuming from the last id it saw;
+- one thread worker polls snapshots (:func:`~iii_console.tui.source.poll_snapshots`:
+  registries, workers, queue depths, dead letters, state, cron) for what the visible
+  tab needs and posts them up;
 - a timer a few times a second hands a :class:`View` of the model down to the
   visible tab, which draws what changed in one batch; the model lock keeps the
   reader out while it does.
@@ -17,6 +18,12 @@ worker thread through the core, as the CLI does them; a read-only console has
 no writer at all and hides those actions.
 
 The app never imports the runtime or the adapters: it can attach to any Redis.
+
+What reads Redis is in ``source.py``, the screens in ``screens/``, the tabs in ``tabs/``,
+the messages in ``messages.py`` and the send form's post in ``core/send.py`` (shared with
+``iii-console send``). What stays here is long because it is one object in Textual's
+model: the bindings, the actions they name, and the handlers of every message the tabs
+and screens post up are methods of the :class:`ConsoleApp` itself.
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -34,7 +40,6 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Input, Static, TabbedContent, TabPane
@@ -54,8 +59,10 @@ from iii_console.tui.messages import (
     DeadLettersChosen,
     InspectDeadLetter,
     OpenTrace,
+    SnapshotReady,
     StateGroupChosen,
     StateKeyChosen,
+    TraceFound,
 )
 from iii_console.tui.model import ConsoleModel
 from iii_console.tui.ops import Writer
@@ -69,7 +76,7 @@ from iii_console.tui.screens import (
     StateEditScreen,
     TraceScreen,
 )
-from iii_console.tui.source import Snapshot, StreamTail, connect, connect_stream, fetch, find_trace
+from iii_console.tui.source import Link, Snapshot, StreamTail, connect, find_trace, follow_stream, poll_snapshots
 from iii_console.tui.tabs.live import LivePane
 from iii_console.tui.tabs.messages import MessagesPane
 from iii_console.tui.tabs.queues import DeadLettersPane, QueuesPane
@@ -100,29 +107,6 @@ ANNOUNCED = frozenset({"step.error", "message.dead_lettered"})
 #: plus the keys the console saw change most recently, fetched by name.
 STATE_KEYS = 1000
 STATE_RECENT_KEYS = 200
-
-
-@dataclass
-class Link:
-    """The reader's view of Redis, written by its thread and read by the render tick."""
-
-    connected: bool | None = None  # None: not tried yet
-    error: str = ""
-    down_since: float = 0.0
-    outages: int = 0
-
-
-class SnapshotReady(Message):
-    def __init__(self, snap: Snapshot) -> None:
-        super().__init__()
-        self.snap = snap
-
-
-class TraceFound(Message):
-    def __init__(self, trace_id: str, events: list[Event]) -> None:
-        super().__init__()
-        self.trace_id = trace_id
-        self.events = events
 
 
 class ConsoleApp(App[None]):
@@ -216,40 +200,16 @@ class ConsoleApp(App[None]):
     # -- workers ------------------------------------------------------------
     @work(thread=True, exclusive=True, group="stream", name="event-stream", exit_on_error=False)
     def _read_stream(self) -> None:
-        """The one reader of the event stream: Redis -> inbox, in order, resuming after outages."""
-        client: redis.Redis | None = None
-        failures = 0
+        """The one reader of the event stream: Redis -> model, in order, resuming after outages."""
         self.readers.add("stream")
         try:
-            while not self._stop.is_set():
-                try:
-                    if client is None:
-                        client = connect_stream(self.redis_url)
-                        if failures:
-                            self.tail.resync(client)
-                    history = self.tail.last_id is None
-                    events = self.tail.read(client)
-                except redis.RedisError as exc:
-                    failures += 1
-                    if self.link.connected is not False:
-                        self.link.outages += 1
-                        self.link.down_since = time.monotonic()
-                    self.link.error = _short_error(exc)
-                    self.link.connected = False
-                    if client is not None:
-                        client.close()
-                        client = None
-                    self._stop.wait(min(2.0, 0.2 * failures))
-                    continue
-                failures = 0
-                self.link.connected = True
-                if events:
-                    self.inbox_peak = max(self.inbox_peak, len(events))
-                    self._ingest(events, announce=not history)
+            follow_stream(self.redis_url, self.tail, self.link, self._stop, self._deliver)
         finally:
-            if client is not None:
-                client.close()
             self.readers.discard("stream")
+
+    def _deliver(self, events: list[Event], history: bool) -> None:
+        self.inbox_peak = max(self.inbox_peak, len(events))
+        self._ingest(events, announce=not history)
 
     def _ingest(self, events: list[Event], *, announce: bool) -> None:
         """On the reader thread: decoded events into the model, so the UI thread only draws.
@@ -268,38 +228,19 @@ class ConsoleApp(App[None]):
     @work(thread=True, exclusive=True, group="poll", name="snapshots", exit_on_error=False)
     def _poll(self) -> None:
         """Registries, workers, queue depths, dead letters, state and cron, for the visible tab."""
-        client: redis.Redis | None = None
-        snap = self.snap
-        registry_at = 0.0
         self.readers.add("poll")
         try:
-            while not self._stop.is_set():
-                wants = {"workers", "dlq_counts"} | set(PANE_CLASSES[self._active].wants)
-                if time.monotonic() - registry_at > 5 or "registry" not in snap.loaded:
-                    wants.add("registry")
-                try:
-                    if client is None:
-                        client = connect(self.redis_url)
-                    recent: list[str] = []
-                    if "state" in wants and self._state_group:
-                        with self.model_lock:
-                            recent = list(self.model.state_recent(self._state_group))[-STATE_RECENT_KEYS:]
-                    snap = fetch(client, self.keys, snap, wants, state_group=self._state_group,
-                                 state_limit=STATE_KEYS, state_recent=recent)
-                except redis.RedisError:
-                    if client is not None:
-                        client.close()
-                        client = None
-                else:
-                    if "registry" in wants:
-                        registry_at = time.monotonic()
-                    self.post_message(SnapshotReady(snap))
-                self._poke.wait(self.poll_s)
-                self._poke.clear()
+            poll_snapshots(self.redis_url, self.keys, self._stop, self._poke, snap=self.snap,
+                           wants=lambda: {"workers", "dlq_counts"} | set(PANE_CLASSES[self._active].wants),
+                           state_group=lambda: self._state_group, recent_keys=self._recent_state_keys,
+                           interval=lambda: self.poll_s, publish=lambda snap: self.post_message(SnapshotReady(snap)),
+                           state_limit=STATE_KEYS)
         finally:
-            if client is not None:
-                client.close()
             self.readers.discard("poll")
+
+    def _recent_state_keys(self, group: str) -> list[str]:
+        with self.model_lock:
+            return list(self.model.state_recent(group))[-STATE_RECENT_KEYS:]
 
     @work(thread=True, group="trace", name="trace-search", exit_on_error=False)
     def _search_trace(self, trace_id: str) -> None:
@@ -312,30 +253,18 @@ class ConsoleApp(App[None]):
             client.close()
         self.post_message(TraceFound(trace_id, events))
 
-    @work(group="send", exit_on_error=False)
-    async def _send(self, req: SendRequest) -> None:
-        import httpx
+    @work(thread=True, group="send", exit_on_error=False)
+    def _send(self, req: SendRequest) -> None:
+        """Post the form's message ``req.count`` times (``core/send.py``, as ``iii-console send``)."""
+        from iii_console.core.send import SendFailed, post_messages
 
         assert self.server_url is not None
-        sent, problem, last = 0, "", None
-        async with httpx.AsyncClient(base_url=self.server_url, timeout=10) as client:
-            for _ in range(req.count):
-                try:
-                    resp = await client.post("/messages", json=req.body)
-                except httpx.ConnectError:
-                    problem = f"no server at {self.server_url}: is `iii-console` running?"
-                    break
-                except httpx.HTTPError as exc:
-                    problem = f"request failed: {exc}"
-                    break
-                if resp.status_code >= 400:
-                    problem = f"server answered {resp.status_code}: {resp.text[:300]}"
-                    break
-                sent += 1
-                last = resp
-        if problem:
-            self.notify(f"{problem}" + (f" (after {sent} sent)" if sent else ""), title="Send failed", severity="error",
-                        markup=False)
+        try:
+            last = post_messages(self.server_url, req.body, req.count)
+        except SendFailed as exc:
+            problem = f"no server at {self.server_url}: is `iii-console` running?" if exc.unreachable else str(exc)
+            self.call_from_thread(self.notify, problem + (f" (after {exc.sent} sent)" if exc.sent else ""),
+                                  title="Send failed", severity="error", markup=False)
             return
         trace = ""
         if last is not None:
@@ -343,8 +272,9 @@ class ConsoleApp(App[None]):
                 trace = f" · trace {str(last.json().get('trace_id', ''))[:8]}"
             except ValueError:
                 pass
-        self.notify(f"{sent} message{'s' if sent != 1 else ''} sent to {self.server_url}/messages "
-                    f"({last.status_code if last is not None else '-'}){trace}", title="Sent", markup=False)
+        n = req.count
+        self.call_from_thread(self.notify, f"{n} message{'s' if n != 1 else ''} sent to {self.server_url}/messages "
+                              f"({last.status_code if last is not None else '-'}){trace}", title="Sent", markup=False)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place worker failures land: say so, and restart the long-running ones."""
@@ -769,11 +699,6 @@ def _settle_gc() -> None:
     gc.freeze()
     young, middle, old = gc.get_threshold()
     gc.set_threshold(max(young, 10_000), middle, old)
-
-
-def _short_error(exc: BaseException) -> str:
-    text = (str(exc) or type(exc).__name__).rstrip(".")
-    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def create_app(*, redis_url: str, prefix: str = "iii:", server_url: str | None = None, read_only: bool = False,

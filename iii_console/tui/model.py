@@ -5,6 +5,10 @@ batches; widgets read from the model when they render. Every buffer here is
 bounded, so memory stays flat however fast the stream runs. Time is passed in
 (``now_ms``) and rates are bucketed by each event's own timestamp, so the same
 events always give the same numbers.
+
+One module because it is one object: ``ingest`` is the single pass that keeps every view
+(tiles, rates, message rows, traces, problems, cron, workers) in step under one lock, and
+its parts read each other's state; split, each part would need the others back.
 """
 
 from __future__ import annotations
