@@ -13,9 +13,9 @@ Structure (attributes down, messages up):
   visible tab, which draws what changed in one batch; the model lock keeps the
   reader out while it does.
 
-Writes (replay, purge, state edits) are confirmed in a modal, then done in a
-worker thread through the core, as the CLI does them; a read-only console has
-no writer at all and hides those actions.
+Writes (replay, purge, state edits, a cron run) are confirmed in a modal, then done
+in a worker thread through the core, as the CLI does them (``writes.py``); a
+read-only console has no writer at all and hides those actions.
 
 The app never imports the runtime or the adapters: it can attach to any Redis.
 
@@ -38,7 +38,7 @@ from pathlib import Path
 import redis
 from rich.text import Text
 from textual import on, work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.timer import Timer
@@ -47,33 +47,23 @@ from textual.widgets._tabbed_content import ContentTabs
 from textual.worker import Worker, WorkerState
 
 from iii_console.core.config import redact_url
-from iii_console.core.dlq import DeadLetter
-from iii_console.core.errors import IIIError, StateError
 from iii_console.core.events import Event
 from iii_console.core.keys import Keys
 from iii_console.core.text import printable
 from iii_console.tui import fmt
 from iii_console.tui.filter import EventFilter
 from iii_console.tui.messages import (
-    CronRunChosen,
-    DeadLettersChosen,
-    InspectDeadLetter,
     OpenTrace,
     SnapshotReady,
     StateGroupChosen,
-    StateKeyChosen,
     TraceFound,
 )
 from iii_console.tui.model import ConsoleModel
 from iii_console.tui.ops import Writer
 from iii_console.tui.screens import (
-    ConfirmScreen,
-    DeadLetterScreen,
     HelpScreen,
     SendRequest,
     SendScreen,
-    StateEdit,
-    StateEditScreen,
     TraceScreen,
 )
 from iii_console.tui.source import Link, Snapshot, StreamTail, connect, find_trace, follow_stream, poll_snapshots
@@ -83,6 +73,7 @@ from iii_console.tui.tabs.queues import DeadLettersPane, QueuesPane
 from iii_console.tui.tabs.state import StatePane
 from iii_console.tui.tabs.system import CronPane, StepsPane, WorkersPane
 from iii_console.tui.widgets import KeysFooter, Pane, View, update
+from iii_console.tui.writes import WriteFlows
 
 #: (pane id, tab label, pane class); the number keys follow this order.
 TABS = (
@@ -109,7 +100,7 @@ STATE_KEYS = 1000
 STATE_RECENT_KEYS = 200
 
 
-class ConsoleApp(App[None]):
+class ConsoleApp(WriteFlows):
     CSS_PATH = Path(__file__).parent / "console.tcss"  # absolute, so subclasses elsewhere find it
     AUTO_FOCUS = "#events"
     BINDINGS = [
@@ -408,94 +399,6 @@ class ConsoleApp(App[None]):
         self._state_group = message.group
         self._poke.set()
 
-    # -- writes: confirmed here, done by the writer in a worker thread --------
-    def on_inspect_dead_letter(self, message: InspectDeadLetter) -> None:
-        self.push_screen(DeadLetterScreen(message.entry, read_only=self.read_only))
-
-    def on_dead_letters_chosen(self, message: DeadLettersChosen) -> None:
-        if self.writer is None:
-            self.action_read_only()
-            return
-        entries, verb = message.entries, message.action
-        if not entries:
-            self.notify(f"No dead letters to {verb}" + (f" under the filter {self.filter.text}" if self.filter else "") + ".",
-                        severity="warning", markup=False)
-            return
-        n = len(entries)
-        noun = f"{n} dead letter{'s' if n != 1 else ''}"
-        question = f"{verb.capitalize()} {noun} from {', '.join(sorted({e.dlq for e in entries}))}?"
-        if verb == "replay":
-            what = ("Each goes back to its queue as a new message with attempts reset and its trace id, "
-                    "and leaves the dead-letter queue.")
-        else:
-            what = "Deleted for good: a purged entry cannot be replayed."
-        detail = f"{message.scope[:1].upper()}{message.scope[1:]}.\n{what}" if message.scope else what
-        if n == 1:
-            detail += f"\n{entries[0].step or '?'}: {fmt.one_line(entries[0].error, 70)}"
-
-        def confirmed(ok: bool | None) -> None:
-            if ok:
-                self._write(verb.capitalize(), lambda w: _dlq_write(w, verb, entries))
-
-        self.push_screen(ConfirmScreen(question, detail, confirm=f"{verb.capitalize()} {n}", danger=verb == "purge"), confirmed)
-
-    def on_cron_run_chosen(self, message: CronRunChosen) -> None:
-        if self.writer is None:
-            self.action_read_only()
-            return
-        step, expression = message.step, message.expression
-        strategy = self.snap.strategies.get(f"_cron.{step}") or self.snap.strategies.get("default") or {}
-        priority = str(strategy.get("priority") or "normal")
-
-        def confirmed(ok: bool | None) -> None:
-            if ok:
-                self._write("Run now", lambda w: f"{step} fired now (message {w.run_cron(step, expression, priority)[:8]})")
-
-        self.push_screen(ConfirmScreen(f"Run cron step {step} now?", f"One tick of {expression}, outside the schedule and "
-                                       "marked manual; the schedule's own ticks fire as usual.", confirm="Run"), confirmed)
-
-    def on_state_key_chosen(self, message: StateKeyChosen) -> None:
-        if self.writer is None:
-            self.action_read_only()
-            return
-        group, key = message.group, message.key
-        if message.action == "edit":
-            self.push_screen(StateEditScreen(group, key, message.value), self._state_edited)
-            return
-
-        def confirmed(ok: bool | None) -> None:
-            if ok:
-                self._write("Delete", lambda w: f"deleted {group}/{key}" if w.delete_state(group, key) is not None
-                            else f"{group}/{key} was already gone")
-
-        self.push_screen(ConfirmScreen(f"Delete state {group}/{key}?", "A state.changed event is written and state "
-                                       "triggers on this key fire.", confirm="Delete", danger=True), confirmed)
-
-    def _state_edited(self, edit: StateEdit | None) -> None:
-        if edit is None:
-            return
-
-        def save(writer: Writer) -> str:
-            if not writer.replace_state(edit.group, edit.key, edit.original, edit.value):
-                raise StateError(f"{edit.group}/{edit.key} changed since the editor opened; nothing was written. "
-                                 "Open it again (e) to edit the current value.")
-            return f"{edit.group}/{edit.key} saved"
-
-        self._write("Saved", save)
-
-    @work(thread=True, group="write", name="write", exit_on_error=False)
-    def _write(self, title: str, do: Callable[[Writer], str]) -> None:
-        """One confirmed write, off the UI thread; its outcome is a notification, then the view is re-read."""
-        assert self.writer is not None
-        try:
-            done = do(self.writer)
-        except (redis.RedisError, IIIError) as exc:
-            self.notify(f"{type(exc).__name__}: {exc}", title=f"{title} failed", severity="error", markup=False)
-        else:
-            self.notify(done, title=title, markup=False)
-        finally:
-            self._poke.set()
-
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
         self._active = event.pane.id or "live"
@@ -663,20 +566,6 @@ class ConsoleApp(App[None]):
             if isinstance(pane, StatePane) and pane.ready:
                 yield SystemCommand("Edit state value", "Edit the highlighted key's JSON (e)", pane.action_edit)
         yield SystemCommand("Help", "Keys and filter syntax (?)", self.action_help)
-
-
-def _dlq_write(writer: Writer, verb: str, entries: tuple[DeadLetter, ...]) -> str:
-    """Replay or purge, and say how many it touched (entries replayed or purged meanwhile are skipped)."""
-    n = len(entries)
-    if verb == "purge":
-        purged = writer.purge(entries)
-        return f"purged {purged} dead letter{'s' if purged != 1 else ''}" + (f" ({n - purged} already gone)" if purged < n else "")
-    res = writer.replay(entries)
-    done = len(res.replayed)
-    out = f"replayed {done} dead letter{'s' if done != 1 else ''}"
-    if res.skipped:
-        out += f"; skipped {len(res.skipped)}: {res.skipped[0]}" + (" …" if len(res.skipped) > 1 else "")
-    return out
 
 
 _gc_settled = False
