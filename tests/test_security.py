@@ -7,14 +7,13 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from .conftest import ROOT
-from .helpers import events, make_project, redis_binaries, wait_for
-from .test_e2e import start_cli
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
+from .helpers import events, make_project, redis_binaries, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +91,7 @@ def handler(data, ctx):
 """
 
 
-def test_secrets_are_redacted_in_events_and_logs(project, runtime, producer, r, keys):  # noqa: F811
+def test_secrets_are_redacted_in_events_and_logs(project, runtime, producer, r, keys):
     cfg, steps = project({"leaky_step.py": LEAKY})
     runtime(cfg, steps)
     producer(cfg, steps).enqueue("leak", {"token": "t-999", "text": "hi"}, trace_id="t")
@@ -104,7 +103,7 @@ def test_secrets_are_redacted_in_events_and_logs(project, runtime, producer, r, 
     assert log.data["api_key"] == "[redacted]" and log.data["user"] == {"name": "ada", "password": "[redacted]"}
 
 
-def test_messages_are_json_never_pickle(project, runtime, producer, r, keys):  # noqa: F811
+def test_messages_are_json_never_pickle(project, runtime, producer, r, keys):
     """A pickled payload smuggled into a queue is never unpickled: it is quarantined as undecodable."""
     import pickle
     import uuid
@@ -389,7 +388,7 @@ def test_the_embedded_redis_bounds_memory_and_drops_a_client_that_never_reads(tm
         assert dropped and used < 32 << 20, (dropped, sent, used)
         # The password is never on a command line (every local user can read those in ps).
         password = url.split(":")[2].split("@")[0]
-        cmdline = open(f"/proc/{emb.server.proc.pid}/cmdline", "rb").read()
+        cmdline = Path(f"/proc/{emb.server.proc.pid}/cmdline").read_bytes()
         assert password.encode() not in cmdline
         assert oct((tmp_path / ".iii").stat().st_mode & 0o777) == "0o700"
         assert oct((tmp_path / ".iii" / "redis.json").stat().st_mode & 0o777) == "0o600"
@@ -419,7 +418,7 @@ def test_a_joined_embedded_redis_gets_the_limits_too(tmp_path):
         old.stop()
 
 
-def test_console_logs_are_private_with_an_external_redis(project, redis_url, tmp_path):  # noqa: F811
+def test_console_logs_are_private_with_an_external_redis(project, redis_url, tmp_path):
     """Given umask 022 and a Redis given by URL, when the supervisor writes worker logs, then .iii and .iii/logs are 0700 and the logs 0600."""
     import asyncio
     import os
@@ -455,10 +454,10 @@ def handler(data, ctx):
 HOSTILE_TEXT = "grp\nFAKE 09:00:00 message.processed\x1b[31mRED\x1b]0;pwned\x07\x1b[2J"
 
 
-def test_operator_commands_print_no_control_characters_or_markup_from_stored_text(project, runtime, producer, r, keys):  # noqa: F811
+def test_operator_commands_print_no_control_characters_or_markup_from_stored_text(project, runtime, producer, r, keys):
     """Given state and a dead letter whose group, key and error hold newlines, ESC sequences and Rich markup, when `tail`,
     `dlq list/show` and `state groups/list/get` print them, then no ESC, BEL or forged line reaches the terminal and markup shows as text."""
-    from .test_ops import cli
+    from .helpers import cli_in_process as cli
 
     cfg, steps = project({"hostile_step.py": HOSTILE_STEP}, "queues:\n  hostile:\n    max_retries: 0\n")
     runtime(cfg, steps)

@@ -197,7 +197,7 @@ def test_list_reads_a_large_group_in_pages_and_can_stop_early(r, keys):
     s = StateStore(r, keys)
     pipe = r.pipeline(transaction=False)
     for i in range(20_000):
-        pipe.hset(keys.state_group("big"), f"k{i:05}", '{"i": %d}' % i)
+        pipe.hset(keys.state_group("big"), f"k{i:05}", f'{{"i": {i}}}')
     pipe.execute()
     r.config_resetstat()
     everything = s.list("big")

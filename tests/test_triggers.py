@@ -9,13 +9,10 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from iii_console.core.state import StateStore
 from iii_console.runtime.worker import TRIGGER_GROUP, trim_dispatched_changes, watch_state_triggers
 
-from .helpers import events, events_once, make_project, wait_for
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
+from .helpers import events, events_once, wait_for
 
 WATCHER = """
 from iii_console import Step, state

@@ -13,13 +13,13 @@ import json
 import logging
 import re
 import uuid
-from typing import Any
+from typing import Any, Protocol, cast
 
 import redis
 from litestar import Litestar, Request, Response, route
 from litestar.exceptions import HTTPException, InternalServerException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
-from litestar.types import ExceptionHandlersMap
+from litestar.types import ExceptionHandlersMap, Method
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
@@ -31,10 +31,41 @@ from iii_console.core.blobs import BlobError, BlobNotFound, BlobTooLarge
 from iii_console.core.context import HttpRequest
 from iii_console.core.errors import redis_refuses_writes, user_traceback
 from iii_console.core.events import loads_finite
+from iii_console.core.services import Services
 from iii_console.core.steps import HttpTrigger, InvalidInput, JsonSchema, Step, validate_input
-from iii_console.runtime.runner import AsyncSide, StepRunner
 
 log = logging.getLogger(__name__)
+
+
+class AsyncClients(Protocol):
+    """The async clients a runner keeps on the server's loop; the server reads their Redis client."""
+
+    @property
+    def client(self) -> Any: ...
+
+
+class Runner(Protocol):
+    """What the server needs of the step runner (:class:`iii_console.runtime.runner.StepRunner`).
+
+    The server is an adapter: it states what it calls instead of importing the runtime
+    that builds it.
+    """
+
+    services: Services
+
+    @property
+    def async_side(self) -> AsyncClients: ...
+
+    @property
+    def has_async_side(self) -> bool: ...
+
+    def open_async_side(self) -> None: ...
+
+    async def close_async_side(self) -> None: ...
+
+    def queue_names(self, topic: str) -> list[str]: ...
+
+    async def call_async(self, step: Step, input: Any, **ctx_kw: Any) -> Any: ...
 
 JSON_TYPES = ("application/json",)
 BODY_METHODS = ("POST", "PUT", "PATCH")
@@ -105,10 +136,10 @@ class DepthGate:
     by everything it sent in that time.
     """
 
-    def __init__(self, runner: StepRunner, topics: set[str], limit: int, interval: float = 0.1):
+    def __init__(self, runner: Runner, topics: set[str], limit: int, interval: float = 0.1):
         self.runner, self.limit, self.interval = runner, limit, interval
         ns = runner.services.keys.dramatiq_namespace
-        self.queues = {t: [f"{ns}:{sub.queue(p)}" for sub in runner._subs.get(t, []) for p in ("high", "normal", "low")] for t in topics}
+        self.queues = {t: [f"{ns}:{q}" for q in runner.queue_names(t)] for t in topics}
         self.depth: dict[str, int] = {}
         #: topic -> requests let through since the depths were last read
         self.admitted: dict[str, int] = {}
@@ -172,7 +203,7 @@ class DepthGate:
 class HttpSteps:
     """Builds the Litestar app for a set of HTTP steps."""
 
-    def __init__(self, runner: StepRunner, steps: list[Step], *, max_body_bytes: int):
+    def __init__(self, runner: Runner, steps: list[Step], *, max_body_bytes: int):
         self.runner = runner
         self.steps = steps
         self.max_body_bytes = max_body_bytes
@@ -272,7 +303,7 @@ class HttpSteps:
 
         endpoint.__name__ = f"{step.name}_{trig.method.lower()}"
         # status_code: Litestar's default for DELETE is 204, which refuses the handler's answer body.
-        return route(_litestar_path(trig.path), http_method=[trig.method], name=f"{step.name}:{trig.method}:{trig.path}",
+        return route(_litestar_path(trig.path), http_method=[cast(Method, trig.method)], name=f"{step.name}:{trig.method}:{trig.path}",
                      status_code=200, request_max_body_size=(trig.max_body_bytes or self.max_body_bytes) if trig.accept
                      else self.max_body_bytes)(endpoint)
 
@@ -388,7 +419,7 @@ def _http_exc(request: Request[Any, Any, Any], exc: HTTPException) -> Response[A
 _EXC_HANDLERS: ExceptionHandlersMap = {HTTPException: _http_exc}
 
 
-def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) -> Any:
+def create_app(runner: Runner, steps: list[Step], *, max_body_bytes: int) -> Any:
     """The app the ``server`` role serves. Async clients are created on the server's loop."""
     from iii_console.adapters.observability import routes
 
@@ -412,15 +443,14 @@ def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) ->
         extra.append(openapi)
 
     async def startup(app: Litestar) -> None:
-        runner._async = AsyncSide(runner.services, runner._subs)
+        runner.open_async_side()
 
     async def shutdown(app: Litestar) -> None:
         await http.gate.aclose()
-        if runner._async is not None:
-            await runner._async.aclose()
+        await runner.close_async_side()
 
     http = HttpSteps(runner, steps, max_body_bytes=max_body_bytes)
-    if runner._async is not None:  # built by a hot reload on a running loop: clients exist already
+    if runner.has_async_side:  # built by a hot reload on a running loop: clients exist already
         app = http.app(extra=extra)
     else:
         app = http.app(on_startup=[startup], on_shutdown=[shutdown], extra=extra)

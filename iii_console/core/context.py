@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import inspect
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from iii_console.core import spans
 from iii_console.core.emitter import Emitter
@@ -163,7 +164,7 @@ class SyncContext(_BaseContext):
     blobs: Any = None
     #: The dead-letter store: ``list(name=None)``, ``count(name)``, ``purge_before(ms, name=None)`` (``core/dlq.py``).
     dead_letters: Any = None
-    _enqueue: Callable[..., list[str]] | None = None
+    _enqueue: Callable[..., Any] | None = None
     _progress: Any = None
     _enqueue_group: Any = None
     _leases: Any = None
@@ -199,7 +200,7 @@ def _dedup(key: str | None, ttl_ms: int | None) -> dict[str, Any]:
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004  (the method, not callability)
 
 
 def call_arity(fn: Callable[..., Any]) -> int:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 import redis
 
@@ -48,7 +49,7 @@ class DeadLetter:
         return json.dumps(asdict(self), default=str, separators=(",", ":"))
 
     @classmethod
-    def decode(cls, raw: bytes | str) -> "DeadLetter":
+    def decode(cls, raw: bytes | str) -> DeadLetter:
         try:
             return cls(**json.loads(raw))
         except (TypeError, ValueError) as exc:

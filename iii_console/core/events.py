@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from iii_console.core.errors import DecodeError
 from iii_console.core.redact import REDACTED, Redactor  # noqa: F401  (REDACTED is part of this module's names)
@@ -105,7 +106,7 @@ class Event:
         return out
 
     @classmethod
-    def decode(cls, entry_id: str | bytes, raw: Mapping[Any, Any]) -> "Event":
+    def decode(cls, entry_id: str | bytes, raw: Mapping[Any, Any]) -> Event:
         """Build an event from a stream entry; raises :class:`DecodeError` on a foreign entry."""
         try:
             f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}

@@ -9,8 +9,8 @@ and ``delay_ms``, scored by due time) and per-worker in-flight sets
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import redis
 

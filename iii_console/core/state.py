@@ -20,12 +20,14 @@ common case: a new message's record) costs one round trip, an existing one two.
 
 from __future__ import annotations
 
+import builtins
 import json
 import random
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from copy import deepcopy
 from importlib import resources
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
@@ -173,7 +175,7 @@ class StateStore(_Base):
         self.client = client
         self._cas = client.register_script(_SCRIPT)
 
-    def bind(self, *, trace_id: str = "", step: str = "", message_id: str | None = None) -> "StateStore":
+    def bind(self, *, trace_id: str = "", step: str = "", message_id: str | None = None) -> StateStore:
         return self._bound(trace_id, step, message_id)
 
     def get(self, group: str, key: str) -> Any:
@@ -200,7 +202,7 @@ class StateStore(_Base):
                 break
         return _listing(raw)
 
-    def groups(self) -> list[str]:
+    def groups(self) -> builtins.list[str]:
         return sorted(g.decode() if isinstance(g, bytes) else g for g in self.client.smembers(self.keys.state_groups))
 
     def set(self, group: str, key: str, value: Any) -> Any:
@@ -214,8 +216,12 @@ class StateStore(_Base):
 
     def delete(self, group: str, key: str) -> Any:
         """Delete and return the old value (``None`` if there was none)."""
-        old: list[Any] = []
-        self._write(group, key, lambda o: (old.append(o), None)[1], "delete")
+        old: builtins.list[Any] = []
+
+        def remember(o: Any) -> None:
+            old.append(o)  # the value it had; None writes nothing, so the key is deleted
+
+        self._write(group, key, remember, "delete")
         return old[-1] if old else None
 
     def replace(self, group: str, key: str, expected: Any, value: Any) -> bool:
@@ -256,7 +262,7 @@ class AsyncStateStore(_Base):
         #: writes (the server's requests) share round trips.
         self._cas = autopipe.script(_SCRIPT) if autopipe is not None else client.register_script(_SCRIPT)
 
-    def bind(self, *, trace_id: str = "", step: str = "", message_id: str | None = None) -> "AsyncStateStore":
+    def bind(self, *, trace_id: str = "", step: str = "", message_id: str | None = None) -> AsyncStateStore:
         return self._bound(trace_id, step, message_id)
 
     async def get(self, group: str, key: str) -> Any:
@@ -270,7 +276,7 @@ class AsyncStateStore(_Base):
                 break
         return _listing(raw)
 
-    async def groups(self) -> list[str]:
+    async def groups(self) -> builtins.list[str]:
         return sorted(g.decode() if isinstance(g, bytes) else g for g in await self.client.smembers(self.keys.state_groups))
 
     async def set(self, group: str, key: str, value: Any) -> Any:
@@ -283,8 +289,12 @@ class AsyncStateStore(_Base):
         return await self._write(group, key, lambda old: apply_ops(old, ops), "update")
 
     async def delete(self, group: str, key: str) -> Any:
-        old: list[Any] = []
-        await self._write(group, key, lambda o: (old.append(o), None)[1], "delete")
+        old: builtins.list[Any] = []
+
+        def remember(o: Any) -> None:
+            old.append(o)  # the value it had; None writes nothing, so the key is deleted
+
+        await self._write(group, key, remember, "delete")
         return old[-1] if old else None
 
     async def _write(self, group: str, key: str, compute: Any, op: str) -> Any:

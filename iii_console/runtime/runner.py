@@ -12,9 +12,10 @@ import asyncio
 import contextvars
 import inspect
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import Any, Callable
+from typing import Any
 
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -31,7 +32,6 @@ from iii_console.core.progress import AsyncProgressStore, ProgressStore
 from iii_console.core.state import AsyncStateStore, StateStore
 from iii_console.core.steps import Step
 from iii_console.runtime.services import Services
-
 
 #: How often a thread waiting on an async handler wakes to take an asynchronous exception.
 WAIT_SLICE_S = 0.1
@@ -125,6 +125,22 @@ class StepRunner:
         assert self._async is not None, "async handlers need an AsyncSide"
         return self._async
 
+    @property
+    def has_async_side(self) -> bool:
+        return self._async is not None
+
+    def open_async_side(self) -> None:
+        """Build the async clients; call it on the loop that will use them (the server's, at startup)."""
+        self._async = AsyncSide(self.services, self._subs)
+
+    async def close_async_side(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+
+    def queue_names(self, topic: str) -> list[str]:
+        """The queues (every priority of every subscription) a message to ``topic`` lands on."""
+        return [sub.queue(p) for sub in self._subs.get(topic, []) for p in ("high", "normal", "low")]
+
     def sync_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
                      message_id: str | None = None, max_attempts: int = 1, idempotency_key: str | None = None) -> SyncContext:
         return SyncContext(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
@@ -145,8 +161,8 @@ class StepRunner:
         handler: Callable[..., Any] = step.handler  # type: ignore[assignment]
         if is_async(handler):
             assert self.loop_thread is not None
-            ctx = self.async_context(step, **ctx_kw)
-            coro = _invoke(handler, input, ctx)
+            actx = self.async_context(step, **ctx_kw)
+            coro = _invoke(handler, input, actx)
             if spans.current() is not None:  # the loop thread's task would not see this thread's span
                 coro = _carrying(contextvars.copy_context(), coro)
             return self.loop_thread.run(coro)

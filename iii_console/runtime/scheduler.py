@@ -32,8 +32,9 @@ import logging
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import redis
 
@@ -89,7 +90,7 @@ def due_ticks(expr: str, after_ms: int, until_ms: int) -> list[int]:
     """Scheduled times (ms) in ``(after_ms, until_ms]``, at most 1001. Pure: time is passed in."""
     out: list[int] = []
     sched = parse_cron(expr)
-    cur = datetime.fromtimestamp(after_ms / 1000, tz=timezone.utc)
+    cur = datetime.fromtimestamp(after_ms / 1000, tz=UTC)
     while True:
         nxt = sched.next_after(cur)
         if nxt is None:
@@ -104,7 +105,7 @@ def due_ticks(expr: str, after_ms: int, until_ms: int) -> list[int]:
 
 
 def next_tick(expr: str, after_ms: int) -> int | None:
-    nxt = parse_cron(expr).next_after(datetime.fromtimestamp(after_ms / 1000, tz=timezone.utc))
+    nxt = parse_cron(expr).next_after(datetime.fromtimestamp(after_ms / 1000, tz=UTC))
     return int(nxt.timestamp() * 1000) if nxt else None
 
 
@@ -149,7 +150,8 @@ class Scheduler:
             except redis.RedisError as exc:
                 log.warning("cron %s: Redis unavailable (%s); will retry the tick", step.name, exc)
                 continue
-            nxt = next_tick(expr, self.cursors[i] if self.cursors[i] is not None else now)
+            cursor = self.cursors[i]
+            nxt = next_tick(expr, cursor if cursor is not None else now)
             if nxt is not None:
                 wait = min(wait, (nxt - self.now_ms()) / 1000)
         return max(0.001, wait)

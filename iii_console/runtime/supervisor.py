@@ -20,9 +20,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis
 import uvicorn
@@ -30,9 +31,10 @@ import uvicorn
 from iii_console.adapters.http_timeouts import timed_protocol
 from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.adapters.server import create_app
-from iii_console.core.config import Config, redact_url
+from iii_console.core.config import Config
+from iii_console.core.connection import check_redis
 from iii_console.core.discovery import StepSet, discover
-from iii_console.core.errors import ConfigError, IIIError, RedisUnavailable
+from iii_console.core.errors import ConfigError, IIIError
 from iii_console.core.events import Event
 from iii_console.core.files import open_private_log, private_dir
 from iii_console.runtime.embedded import EmbeddedRedis
@@ -40,7 +42,7 @@ from iii_console.runtime.recycling import RECYCLE_EXIT
 from iii_console.runtime.redis_watchdog import RedisWatchdog
 from iii_console.runtime.runner import AsyncSide, StepRunner
 from iii_console.runtime.scheduler import Scheduler
-from iii_console.runtime.services import Services, redis_client
+from iii_console.runtime.services import Services, open_services, redis_client
 from iii_console.runtime.worker import watch_state_triggers
 
 log = logging.getLogger(__name__)
@@ -84,23 +86,6 @@ def resolve_redis(config: Config) -> tuple[Config, EmbeddedRedis | None]:
     emb = EmbeddedRedis(config.data_dir, maxmemory=config.redis.maxmemory, appendfsync=config.redis.appendfsync)
     url = emb.start()
     return config.with_overrides(**{"redis.url": url}), emb
-
-
-def check_redis(url: str) -> None:
-    c = redis_client(url, socket_timeout=3)
-    try:
-        c.ping()
-    except redis.AuthenticationError as exc:
-        from urllib.parse import urlsplit
-
-        if not urlsplit(url).password:
-            raise RedisUnavailable(f"Redis at {redact_url(url)} needs a password: put it in the URL "
-                                   "(redis://:PASSWORD@host:port/0, or redis://USER:PASSWORD@... for an ACL user)") from None
-        raise RedisUnavailable(f"Redis at {redact_url(url)} refused the credentials: {exc}") from None
-    except redis.RedisError as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
-    finally:
-        c.close()
 
 
 def exit_description(code: int) -> dict[str, Any]:
@@ -169,7 +154,7 @@ class Supervisor:
         self.config, self.embedded = resolve_redis(self.config)
         try:
             check_redis(self.config.redis.url)
-            self.services = Services.open(self.config, "supervisor", traced="server" in self.roles)
+            self.services = open_services(self.config, "supervisor", traced="server" in self.roles)
             last = self.services.client.xrevrange(self.services.keys.events, count=1)
             self._tail_from = last[0][0].decode() if last else "0-0"
             if self.on_event is not None:
@@ -244,7 +229,7 @@ class Supervisor:
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=10,
                                                     http=timed_protocol(srv.header_timeout, srv.body_timeout),
                                                     limit_concurrency=srv.max_connections))
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
         self._tasks.append(asyncio.create_task(self.server.serve(sockets=[sock]), name="iii-server"))
         for _ in range(500):
             if self.server.started:
@@ -479,7 +464,7 @@ class Supervisor:
             if task.get_name() == "iii-server":
                 try:
                     await asyncio.wait_for(task, 15)
-                except (asyncio.TimeoutError, Exception):
+                except (TimeoutError, Exception):
                     task.cancel()
             else:
                 task.cancel()

@@ -31,19 +31,19 @@ from iii_console.adapters.queue.middleware import LifecycleEvents, RetryPolicy
 from iii_console.adapters.queue.names import ACTOR_PRIORITY, CRON_TOPIC, STATE_TOPIC, Subscription, parse_queue
 from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.adapters.queue.sweep import requeue_worker, sweep_dead_workers
-from iii_console.adapters.queue.timelimit import TimeLimits
 from iii_console.adapters.queue.throttle import Throttle
+from iii_console.adapters.queue.timelimit import TimeLimits
 from iii_console.core.config import Config
 from iii_console.core.context import CronTick, StateChange
 from iii_console.core.discovery import StepSet, discover
 from iii_console.core.events import now_ms
 from iii_console.core.keys import as_str
 from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step, validate_input
+from iii_console.runtime.batch import batched_actor
 from iii_console.runtime.recycling import Recycler, report_stuck, stop_intake
 from iii_console.runtime.redis_watchdog import wait_for_redis
-from iii_console.runtime.batch import batched_actor
 from iii_console.runtime.runner import LoopThread, StepRunner
-from iii_console.runtime.services import Services
+from iii_console.runtime.services import Services, open_services
 
 log = logging.getLogger(__name__)
 TRIGGER_GROUP = "triggers"
@@ -113,7 +113,7 @@ class WorkerRuntime:
         self.steps = steps
         self.threads = threads or config.workers.threads
         self.index = index
-        self.services = Services.open(config, f"worker{index}", traced=True)
+        self.services = open_services(config, f"worker{index}", traced=True)
         self.subscriptions = subscriptions_for(steps.steps)
         self.loop_thread = LoopThread()
         self.runner = StepRunner(self.services, self.subscriptions, loop_thread=self.loop_thread)

@@ -29,7 +29,7 @@ class IIIApp(_Project):
         self._http: httpx.Client | None = None
         self._services: Any = None
 
-    def start(self, timeout: float = 60.0) -> "IIIApp":
+    def start(self, timeout: float = 60.0) -> IIIApp:
         cmd = [sys.executable, "-m", "iii_console", "--no-ui", "--port", "0", "--redis", self.config.redis.url,
                "--config", str(self.project / "iii-config.yaml")]
         self._proc = subprocess.Popen(cmd, cwd=self.project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -144,7 +144,7 @@ class IIIBroker(RedisBroker):
             return run("")
         return self.emitter.transition(run, *events, through=getattr(message, "iii_seq", None))
 
-    def dead_letter(self, consumer_queue: str, message: Message, entry: DeadLetter, event: Any = None, *,
+    def dead_letter(self, consumer_queue: str, message: Message[Any] | MessageProxy, entry: DeadLetter, event: Any = None, *,
                     outcome: str = "failed") -> int:
         """Move an in-flight message into its dead-letter queue, with its ``message.dead_lettered`` event.
 
@@ -167,6 +167,7 @@ class IIIBroker(RedisBroker):
         """The ``message.dead_lettered`` event of ``entry`` (None with no emitter)."""
         if self.emitter is None:
             return None
+        step: str | None
         try:
             _topic, step, _ = parse_queue(message.queue_name)
         except ValueError:
@@ -202,11 +203,12 @@ class IIIConsumer(Consumer):
     # -- settling -----------------------------------------------------------
     def ack(self, message: MessageProxy) -> None:
         outcome = message.options.get("iii_outcome")
-        if outcome is None and getattr(message, "_exception", None) is not None:
+        failure = getattr(message, "_exception", None)
+        if outcome is None and failure is not None:
             # The handler failed but no retry decision was written (the policy
             # itself raised, and Dramatiq only logs that): dead-letter rather
             # than ack a failed message as done.
-            outcome = message.options["iii_outcome"] = self._undecided(message, message._exception)
+            outcome = message.options["iii_outcome"] = self._undecided(message, failure)
         try:
             if outcome is None:
                 rid = message.options["redis_message_id"]
@@ -238,7 +240,7 @@ class IIIConsumer(Consumer):
         entry = dead_letter_entry(message, dlq=dlq, error=describe(exc) if exc else "rejected", traceback="",
                                   attempts=message.options.get("retries", 0) + 1)
         message.options["iii_outcome"] = {"kind": "dead", "entry": json.loads(entry.encode()), "fanin": "dead"}
-        message.iii_event = self.broker.dead_event(message, entry)
+        message.iii_event = self.broker.dead_event(message, entry)  # type: ignore[attr-defined]  # ours, on Dramatiq's proxy
         self.ack(message)
 
     def _undecided(self, message: MessageProxy, exc: BaseException) -> dict[str, Any]:
@@ -251,14 +253,14 @@ class IIIConsumer(Consumer):
         log.error("dead-lettering %s on %s: %s", message.message_id, self.queue_name, error)
         retries = message.options.get("retries", 0)
         entry = dead_letter_entry(message, dlq=dlq, error=error, traceback=tb, attempts=retries + 1 if isinstance(retries, int) else 1)
-        message.iii_event = self.broker.dead_event(message, entry)
+        message.iii_event = self.broker.dead_event(message, entry)  # type: ignore[attr-defined]  # ours, on Dramatiq's proxy
         return {"kind": "dead", "entry": json.loads(entry.encode())}
 
     def _retry(self, message: MessageProxy, delay_ms: int) -> None:
         base = q_name(self.queue_name)
         options = {k: v for k, v in message.options.items() if k not in ("iii_outcome", "eta")}
         options.update(redis_message_id=str(uuid.uuid4()), due_ms=now_ms() + int(delay_ms))
-        new = Message(queue_name=base, actor_name=message.actor_name, args=message.args, kwargs=message.kwargs,
+        new: Message[Any] = Message(queue_name=base, actor_name=message.actor_name, args=message.args, kwargs=message.kwargs,
                       options=options, message_id=message.message_id, message_timestamp=message.message_timestamp)
         args = [self.broker.namespace, self.queue_name, self.broker.broker_id, message.options["redis_message_id"],
                 base, options["redis_message_id"], new.encode(), int(delay_ms)]
@@ -361,7 +363,7 @@ class IIIConsumer(Consumer):
             raw=data.decode("utf-8", errors="replace")[:65536],
         )
         log.error("quarantined undecodable message %s on %s: %s", rid, self.queue_name, exc)
-        fake = Message(queue_name=self.queue_name, actor_name="", args=(), kwargs={}, options={"redis_message_id": rid})
+        fake: Message[Any] = Message(queue_name=self.queue_name, actor_name="", args=(), kwargs={}, options={"redis_message_id": rid})
         event = None
         if self.broker.emitter is not None:
             event = self.broker.emitter.make("message.dead_lettered", step=step, topic=topic, queue=self.queue_name,
