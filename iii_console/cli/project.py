@@ -51,8 +51,8 @@ def config_check(config_path: str | None, redis_url: str | None) -> None:
 
     Reads files only (a --redis URL is checked for form, not reached).
     """
-    from iii_console.core.discovery import discover
     from iii_console.adapters.queue.names import CRON_TOPIC, STATE_TOPIC
+    from iii_console.core.discovery import discover
     from iii_console.core.errors import ConfigError
     from iii_console.core.steps import CronTrigger, StateTrigger
 

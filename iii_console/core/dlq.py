@@ -10,6 +10,7 @@ original message for replay.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import re
 from collections.abc import Iterator
@@ -114,13 +115,13 @@ class AsyncDeadLetters:
     def __init__(self, store: DeadLetterStore):
         self.store = store
 
-    async def list(self, name: str | None = None, *, limit: int | None = None) -> list[DeadLetter]:
+    async def list(self, name: str | None = None, *, limit: int | None = None) -> builtins.list[DeadLetter]:
         return await asyncio.to_thread(lambda: self.store.list(name, limit=limit))
 
     async def count(self, name: str) -> int:
         return await asyncio.to_thread(self.store.count, name)
 
-    async def names(self) -> list[str]:
+    async def names(self) -> builtins.list[str]:
         return await asyncio.to_thread(self.store.names)
 
     async def purge_before(self, before_ms: int, name: str | None = None, *, batch: int = 500) -> int:

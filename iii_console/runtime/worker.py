@@ -43,7 +43,7 @@ from iii_console.runtime.batch import batched_actor
 from iii_console.runtime.recycling import Recycler, report_stuck, stop_intake
 from iii_console.runtime.redis_watchdog import wait_for_redis
 from iii_console.runtime.runner import LoopThread, StepRunner
-from iii_console.runtime.services import Services, open_services
+from iii_console.runtime.services import open_services
 
 log = logging.getLogger(__name__)
 TRIGGER_GROUP = "triggers"
