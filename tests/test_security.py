@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -467,11 +468,25 @@ def test_operator_commands_print_no_control_characters_or_markup_from_stored_tex
     tail = subprocess.Popen([sys.executable, "-m", "iii_console", "tail", "--history", "50", "--type", "state.changed",
                              "--type", "message.failed", "--redis", cfg.redis.url], cwd=cfg.project_dir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        tail_out, tail_err = tail.communicate(timeout=4)
-    except subprocess.TimeoutExpired:  # it follows the stream until stopped
-        tail.terminate()
-        tail_out, tail_err = tail.communicate(timeout=10)
+    # It follows the stream until stopped: read until its two events are printed (or 30 s), then stop it
+    # and take the rest, so a slow start on a busy machine is waited for, not read as silence.
+    got = bytearray()
+
+    def read() -> None:
+        while chunk := tail.stdout.read1(4096):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 30
+    while got.count(b"\n") < 2 and time.monotonic() < deadline and tail.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a forged extra line would arrive with them
+    tail.terminate()
+    tail.wait(10)
+    reader.join(10)
+    tail_err = tail.stderr.read()
+    tail_out = bytes(got)
     assert tail_out.count(b"\n") == 2, tail_out  # one line per event: no forged ones
     outputs = {
         "tail": __import__("types").SimpleNamespace(stdout=tail_out.decode(), stderr=tail_err.decode()),
