@@ -106,8 +106,8 @@ class DepthGate:
 
     def __init__(self, runner: StepRunner, topics: set[str], limit: int, interval: float = 0.1):
         self.runner, self.limit, self.interval = runner, limit, interval
-        ns = runner.services.keys.dramatiq_namespace
-        self.queues = {t: [f"{ns}:{sub.queue(p)}" for sub in runner._subs.get(t, []) for p in ("high", "normal", "low")] for t in topics}
+        keys = runner.services.keys
+        self.queues = {t: [keys.queue(q) for sub in runner._subs.get(t, []) for q in sub.queues] for t in topics}
         self.depth: dict[str, int] = {}
         #: topic -> requests let through since the depths were last read
         self.admitted: dict[str, int] = {}
