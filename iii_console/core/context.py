@@ -13,9 +13,12 @@ import functools
 import inspect
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, cast
 
 from iii_console.core.emitter import Emitter
+
+if TYPE_CHECKING:
+    from iii_console.core.state import AsyncState, State
 
 
 def new_trace_id() -> str:
@@ -110,7 +113,8 @@ Enqueue = Callable[..., Any]
 class Context(_BaseContext):
     """Context for ``async def`` handlers."""
 
-    state: Any = None
+    #: ``await ctx.state.get(group, key)``, ``set``, ``update``, ``delete``... (``core/state.py``).
+    state: AsyncState = cast("AsyncState", None)
     #: ``await ctx.blobs.put(data)`` -> a ref; ``open``, ``read``, ``delete``, ``path`` (``core/blobs.py``).
     blobs: Any = None
     _enqueue: Callable[..., Awaitable[list[str]]] | None = None
@@ -152,7 +156,8 @@ class Context(_BaseContext):
 class SyncContext(_BaseContext):
     """Context for ``def`` handlers: the same methods, called without ``await``."""
 
-    state: Any = None
+    #: ``ctx.state.get(group, key)``, ``set``, ``update``, ``delete``... (``core/state.py``).
+    state: State = cast("State", None)
     #: ``ctx.blobs.put(data)`` -> a ref; ``open``, ``read``, ``delete``, ``path`` (``core/blobs.py``).
     blobs: Any = None
     _enqueue: Callable[..., list[str]] | None = None

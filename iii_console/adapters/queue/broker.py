@@ -152,7 +152,7 @@ class IIIBroker(RedisBroker):
             return run("")
         return self.emitter.transition(run, *events, through=getattr(message, "iii_seq", None))
 
-    def dead_letter(self, consumer_queue: str, message: Message, entry: DeadLetter, *, outcome: FaninOutcome = "failed",
+    def dead_letter(self, consumer_queue: str, message: Message[Any] | MessageProxy, entry: DeadLetter, *, outcome: FaninOutcome = "failed",
                     deliveries: int | None = None) -> int:
         """Move an in-flight message into its dead-letter queue, with its ``message.dead_lettered`` event.
 
@@ -201,11 +201,12 @@ class IIIConsumer(Consumer):
     # -- settling -----------------------------------------------------------
     def ack(self, message: MessageProxy) -> None:
         outcome = message.options.get("iii_outcome")
-        if outcome is None and getattr(message, "_exception", None) is not None:
+        failure = getattr(message, "_exception", None)
+        if outcome is None and failure is not None:
             # The handler failed but no retry decision was written (the policy
             # itself raised, and Dramatiq only logs that): dead-letter rather
             # than ack a failed message as done.
-            outcome = message.options["iii_outcome"] = self._undecided(message, message._exception)
+            outcome = message.options["iii_outcome"] = self._undecided(message, failure)
         try:
             if outcome is None:
                 rid = message.options["redis_message_id"]
@@ -251,14 +252,14 @@ class IIIConsumer(Consumer):
         base = q_name(self.queue_name)
         options = {k: v for k, v in message.options.items() if k not in ("iii_outcome", "eta")}
         options.update(redis_message_id=str(uuid.uuid4()))
-        new = Message(queue_name=base, actor_name=message.actor_name, args=message.args, kwargs=message.kwargs,
+        new: Message[Any] = Message(queue_name=base, actor_name=message.actor_name, args=message.args, kwargs=message.kwargs,
                       options=options, message_id=message.message_id, message_timestamp=message.message_timestamp)
         args = [self.broker.namespace, self.queue_name, self.broker.broker_id, message.options["redis_message_id"],
                 base, options["redis_message_id"], new.encode(), int(delay_ms)]
         self.broker.transition(lambda ev: self.broker.iii_scripts.move(args=[*args, ev]), getattr(message, "iii_event", None),
                                message=message)
 
-    def _dead(self, message: MessageProxy, decision: DeadDecision) -> None:
+    def _dead(self, message: Message[Any] | MessageProxy, decision: DeadDecision) -> None:
         self.broker.dead_letter(self.queue_name, message, entry_for(message, decision), outcome=decision["fanin"],
                                 deliveries=decision.get("deliveries"))
 
@@ -340,7 +341,7 @@ class IIIConsumer(Consumer):
 
     def _quarantine(self, rid: str, data: bytes, exc: BaseException) -> None:
         log.error("quarantined undecodable message %s on %s: %s", rid, self.queue_name, exc)
-        fake = Message(queue_name=self.queue_name, actor_name="", args=(), kwargs={}, options={"redis_message_id": rid})
+        fake: Message[Any] = Message(queue_name=self.queue_name, actor_name="", args=(), kwargs={}, options={"redis_message_id": rid})
         self.broker.dead_letter(self.queue_name, fake, undecodable_entry(self.queue_name, rid, data, exc))
 
 
