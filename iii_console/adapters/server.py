@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -28,10 +29,11 @@ from iii_console.adapters.queue.errors import PayloadTooLarge
 from iii_console.core.answers import ProgressStream, is_answer
 from iii_console.core.blobs import BlobError, BlobNotFound, BlobTooLarge
 from iii_console.core.context import HttpRequest
+from iii_console.core.discovery import emit_step_error
 from iii_console.core.errors import redis_refuses_writes, user_traceback
 from iii_console.core.events import loads_finite
 from iii_console.core.steps import HttpTrigger, InvalidInput, JsonSchema, Step, validate_input
-from iii_console.runtime.runner import AsyncSide, StepRunner
+from iii_console.runtime.runner import StepRunner
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +229,8 @@ class HttpSteps:
                 if redis_refuses_writes(exc):  # full (maxmemory with noeviction) or a read-only replica
                     log.warning("step %s: Redis refuses writes: %s", step.name, exc)
                     return _problem(503, "storage full, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
-                emitter.emit("step.error", trace_id=trace_id, step=step.name, error=f"{type(exc).__name__}: {exc}",
-                             data={"traceback": user_traceback(exc)[-8000:], "file": step.file})
+                emit_step_error(emitter, f"{type(exc).__name__}: {exc}", step=step.name, file=step.file, trace_id=trace_id,
+                                traceback=user_traceback(exc)[-8000:])
                 return _problem(500, "handler failed", trace_id=trace_id)
             try:
                 streamed = _streamed(out)
@@ -244,7 +246,7 @@ class HttpSteps:
                         return _problem(404, str(exc), trace_id=trace_id)
                 return _to_response(out, trace_id)
             except BadReturn as exc:
-                emitter.emit("step.error", trace_id=trace_id, step=step.name, error=f"handler returned {exc}", data={"file": step.file})
+                emit_step_error(emitter, f"handler returned {exc}", step=step.name, file=step.file, trace_id=trace_id)
                 return _problem(500, "handler failed", trace_id=trace_id)
 
         endpoint.__name__ = f"{step.name}_{trig.method.lower()}"
@@ -365,10 +367,24 @@ def _http_exc(request: Request[Any, Any, Any], exc: HTTPException) -> Response[A
 _EXC_HANDLERS: ExceptionHandlersMap = {HTTPException: _http_exc}
 
 
-def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) -> Any:
-    """The app the ``server`` role serves. Async clients are created on the server's loop."""
-    from iii_console.adapters.observability import routes
+@dataclass
+class ServedApp:
+    """An app the ``server`` role serves and what it holds that the role must stop with it.
 
+    The runner (and its async clients) belongs to whoever built it; the depth gate
+    is built here, so :meth:`aclose` stops it.
+    """
+
+    asgi: Any
+    gate: "DepthGate"
+
+    async def aclose(self) -> None:
+        await self.gate.aclose()
+
+
+def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) -> ServedApp:
+    """The app the ``server`` role serves. ``runner`` must have its async clients, built on the server's loop."""
+    from iii_console.adapters.observability import routes
     cfg = runner.services.config
     taken = {t.path for s in steps for t in s.of(HttpTrigger)}
     extra = routes(runner.services.client, runner.services.keys,
@@ -388,24 +404,10 @@ def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) ->
 
         extra.append(openapi)
 
-    async def startup(app: Litestar) -> None:
-        runner._async = AsyncSide(runner.services, runner._subs)
-
-    async def shutdown(app: Litestar) -> None:
-        await http.gate.aclose()
-        if runner._async is not None:
-            await runner._async.aclose()
-
     http = HttpSteps(runner, steps, max_body_bytes=max_body_bytes)
-    if runner._async is not None:  # built by a hot reload on a running loop: clients exist already
-        app = http.app(extra=extra)
-    else:
-        app = http.app(on_startup=[startup], on_shutdown=[shutdown], extra=extra)
+    app = http.app(extra=extra)
     from iii_console.adapters.guard import guard
 
     guarded = guard(app, allowed_hosts=cfg.server.hosts, token=cfg.server.auth_token,
                     open_paths=(cfg.server.health_path,) if cfg.server.health_path else ())
-    #: What a hot reload must stop once this app is replaced (its lifespan hooks never run then).
-    guarded.gate = http.gate  # type: ignore[attr-defined]
-    guarded.runner = runner  # type: ignore[attr-defined]
-    return guarded
+    return ServedApp(guarded, http.gate)

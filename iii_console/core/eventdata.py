@@ -149,6 +149,8 @@ class Log(TypedDict):
 
 
 class StepError(TypedDict, total=False):
+    #: The handler's own frames, for a handler that raised (HTTP steps).
+    traceback: str
     file: str | None
     line: int | None
     field: str | None
