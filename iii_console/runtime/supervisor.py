@@ -30,7 +30,7 @@ from iii_console.core.events import Event
 from iii_console.runtime.dispatcher import watch_state_triggers
 from iii_console.runtime.echo import EventEcho
 from iii_console.runtime.embedded import EmbeddedRedis
-from iii_console.runtime.http_server import HttpServer
+from iii_console.runtime.http_server import RETIRE_GRACE_S, HttpServer
 from iii_console.runtime.pool import Child, WorkerPool, exit_description  # noqa: F401  (part of this module's names)
 from iii_console.runtime.redis_watchdog import RedisWatchdog
 from iii_console.runtime.scheduler import CronScheduler
@@ -39,9 +39,6 @@ from iii_console.runtime.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 ROLES = ("server", "worker", "scheduler")
-
-#: How long a hot-reloaded app's old clients stay open for requests still running on it.
-RETIRE_GRACE_S = 30.0
 
 
 def resolve_redis(config: Config) -> tuple[Config, EmbeddedRedis | None]:

@@ -7,7 +7,7 @@ Per process:
 - a heartbeat (Redis clock) and a registry entry the console reads;
 - a sweep that returns dead workers' in-flight messages to their queues;
 - a promoter that moves due delayed messages (retries, ``delay_ms``) onto their queues;
-- the state-trigger dispatcher, reading state changes through a consumer group.
+- the state-trigger dispatcher (``dispatcher.py``), reading state changes through a consumer group.
 """
 
 from __future__ import annotations
