@@ -12,6 +12,7 @@ Per process:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import dramatiq
@@ -51,6 +53,8 @@ from iii_console.runtime.runner import LoopThread, make_runner
 from iii_console.runtime.services import Services
 
 log = logging.getLogger(__name__)
+#: How long a stop waits for the async handlers' clients to close.
+ASYNC_CLOSE_S = 2.0
 
 __all__ = ["TRIGGER_GROUP", "WorkerRuntime", "ensure_trigger_group", "trim_dispatched_changes", "watch_state_triggers"]
 
@@ -83,6 +87,8 @@ class WorkerRuntime:
             self.broker.broker_id = os.environ["III_WORKER_ID"]
         #: Enqueues the state steps whose triggers a state change matches (started by ``start``).
         self.dispatcher = TriggerDispatcher(self.services, self.runner.producer, steps, consumer=self.worker_id, guard=self._guard)
+        #: The roles this process enters at ``start`` and leaves at ``stop`` (its dispatcher).
+        self._roles = ExitStack()
         self.workers: dict[str, dramatiq.Worker] = {}
         self._stop = threading.Event()
         #: Set only once the last handler returned (or was abandoned): a draining
@@ -177,7 +183,7 @@ class WorkerRuntime:
         if self.steps.state_steps():
             wait_for_redis(lambda: watch_state_triggers(self.services.client, self.services.keys, self.steps),
                            stop=self.recycler.requested, orphaned=self.orphaned)
-        self.dispatcher.__enter__()
+        self._roles.enter_context(self.dispatcher)
         self.services.emitter.emit("worker.started", data=self.info())
         if self.recycler.max_memory_mb and self.recycler.rss_at_start_mb > self.recycler.max_memory_mb:
             self.services.emitter.emit("log", data={"level": "warning", "message": (
@@ -205,7 +211,7 @@ class WorkerRuntime:
             t.join()
         for t in self._threads:
             t.join(5)
-        self.dispatcher.__exit__(None, None, None)
+        self._roles.close()
         running = [t for w in self.workers.values() for t in w.workers if t.is_alive()]
         data: dict[str, Any] = {"id": self.worker_id, "name": self.services.name, **self.recycler.stop_data()}
         returned = True
@@ -233,8 +239,20 @@ class WorkerRuntime:
             pass
         self.services.emitter.emit("worker.stopped", data=data)
         self.broker.close()
+        self._close_async_clients()
         self.loop_thread.stop()
         self.services.close()
+
+    def _close_async_clients(self) -> None:
+        """Close the async clients the runner built on the loop thread (async handlers' ``ctx``)."""
+        # Bounded from here, not on the loop: a handler stuck past its time limit may
+        # hold the loop, and a stop must never wait on it.
+        closing = asyncio.run_coroutine_threadsafe(self.runner.aclose(), self.loop_thread.loop)
+        try:
+            closing.result(ASYNC_CLOSE_S)
+        except Exception as exc:  # a stop must go on: the process is about to exit anyway
+            closing.cancel()
+            log.warning("closing the async clients failed: %r", exc)
 
     def _give_up_running(self, reason: str) -> int | None:
         """Return the messages of handlers still running at the end of the stop to their queues.
