@@ -33,6 +33,7 @@ from typing import Any, Callable, Generator, Iterable, Mapping, Protocol, Sequen
 import redis
 import redis.asyncio as aredis
 
+from iii_console.core import spans
 from iii_console.core.errors import StateError
 from iii_console.core.events import encode_data, now_ms
 from iii_console.core.keys import Keys
@@ -294,6 +295,7 @@ class _Base:
             keys, args = self._cas_args(group, key, old_raw, new, op)
             written, old_raw = _outcome((yield _Call("cas", (keys, args))))
             if written:
+                spans.event(f"state.{op}", **{"iii.group": group, "iii.key": key})
                 return new
             if attempt:
                 yield _Pause(random.uniform(0, 0.002 * attempt))

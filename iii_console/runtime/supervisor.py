@@ -113,7 +113,7 @@ class Supervisor:
         if self.embedded is not None:
             stack.push_async_callback(asyncio.to_thread, self.embedded.stop)
         check_redis(self.config.redis.url)
-        self.services = services = Services.open(self.config, "supervisor")
+        self.services = services = Services.open(self.config, "supervisor", traced="server" in self.roles)
         stack.callback(services.close)
         if self.on_event is not None:
             stack.enter_context(EventEcho(services, self.on_event))

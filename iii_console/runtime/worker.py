@@ -65,7 +65,7 @@ class WorkerRuntime:
         self.steps = steps
         self.threads = threads or config.workers.threads
         self.index = index
-        self.services = Services.open(config, f"worker{index}")
+        self.services = Services.open(config, f"worker{index}", traced=True)
         self.loop_thread = LoopThread()
         self.runner = make_runner(self.services, steps, loop_thread=self.loop_thread)
         self.events = LifecycleEvents(self.services.emitter)
@@ -74,10 +74,16 @@ class WorkerRuntime:
                                  on_request=lambda: stop_intake(self.workers.values()))
         self.time_limits = TimeLimits(lambda topic: (config.queue(topic).soft_time_limit_ms, config.queue(topic).time_limit_ms),
                                       lambda run: report_stuck(run, self.time_limits, self.recycler, self.services.emitter))
+        middleware = [CurrentMessage(), RetryPolicy(config, self.services.emitter),
+                      Throttle(config, self.services.emitter), self.events, self.recycler]
+        if self.services.tracing is not None:
+            from iii_console.adapters.telemetry.queue import CloseRun, OpenRun
+
+            # Opens once the throttle let the message through; closes after the retry policy decided.
+            middleware = [CloseRun(), *middleware[:3], OpenRun(self.services.tracing), *middleware[3:]]
         self.broker = IIIBroker(
             client=self.services.client, keys=self.services.keys, emitter=self.services.emitter,
-            middleware=[CurrentMessage(), RetryPolicy(config, self.services.emitter),
-                        Throttle(config, self.services.emitter), self.events, self.recycler],
+            middleware=middleware,
             max_deliveries=lambda topic: config.queue(topic).max_deliveries,
             dead_letter_queue=lambda topic: config.queue(topic).dead_letter_queue,
         )
