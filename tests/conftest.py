@@ -7,19 +7,24 @@ core's tests does not load Dramatiq.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aredis
 
 from iii_console.core.events import Event
 from iii_console.core.keys import Keys
 from iii_console.core.redis_server import RedisServer
+from iii_console.core.state import AsyncStateStore, StateStore
 
 from .helpers import E2E_CONFIG, Running, make_project, start_cli
 
@@ -170,6 +175,40 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     monkeypatch.undo()
     time.tzset()
+
+
+class _Awaited:
+    """An :class:`AsyncStateStore` called like the sync one: each call is awaited on a loop
+    thread of its own, so one test body drives both stores (threads calling at once run
+    their coroutines concurrently on that loop)."""
+
+    def __init__(self, store: AsyncStateStore, loop: asyncio.AbstractEventLoop) -> None:
+        self._store, self._loop = store, loop
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if name == "bind":
+            return lambda **kw: _Awaited(attr(**kw), self._loop)
+        if inspect.iscoroutinefunction(attr):
+            return lambda *a, **kw: asyncio.run_coroutine_threadsafe(attr(*a, **kw), self._loop).result(30)
+        return attr
+
+
+@pytest.fixture(params=["sync", "async"])
+def state_store(request: pytest.FixtureRequest, r: redis.Redis, redis_url: str) -> Iterator[Callable[..., Any]]:
+    """``state_store(keys, **kw)``: a :class:`StateStore`, then an :class:`AsyncStateStore` on the same Redis."""
+    if request.param == "sync":
+        yield lambda keys, **kw: StateStore(r, keys, **kw)
+        return
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="state-store-loop", daemon=True)
+    thread.start()
+    client = aredis.Redis.from_url(redis_url)
+    yield lambda keys, **kw: _Awaited(AsyncStateStore(client, keys, **kw), loop)
+    asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
 
 
 @pytest.fixture(scope="module")

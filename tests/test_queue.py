@@ -360,6 +360,10 @@ def test_undecodable_message_is_quarantined_and_the_rest_of_the_batch_flows(proj
     [entry] = store.list("quarantine")
     assert entry.id == f"undecodable-{rid}" and "undecodable" in entry.error and "not a dramatiq message" in entry.raw
     assert entry.step == "A" and entry.topic == "jobs"
+    # Written with the entry, in the one shape every dead letter's event has; the entry id names it.
+    [dead] = events(r, keys, "message.dead_lettered")
+    assert dead.data == {"dlq": "quarantine", "attempts": 0, "entry": entry.id} and dead.error == entry.error
+    assert (dead.message_id, dead.step, dead.topic, dead.queue) == (None, "A", "jobs", "jobs--A--normal")
 
 
 def test_failed_retry_write_keeps_the_message_until_redis_accepts_it(project, runtime, producer, r, keys, monkeypatch):

@@ -14,10 +14,13 @@ import inspect
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iii_console.core import spans
 from iii_console.core.emitter import Emitter
+
+if TYPE_CHECKING:
+    from iii_console.core.state import AsyncState, State
 
 
 def new_trace_id() -> str:
@@ -112,7 +115,8 @@ Enqueue = Callable[..., Any]
 class Context(_BaseContext):
     """Context for ``async def`` handlers."""
 
-    state: Any = None
+    #: ``await ctx.state.get(group, key)``, ``set``, ``update``, ``delete``... (``core/state.py``).
+    state: AsyncState = None  # type: ignore[assignment]  # set by the runner that builds the context
     #: ``await ctx.blobs.put(data)`` -> a ref; ``open``, ``read``, ``delete``, ``path`` (``core/blobs.py``).
     blobs: Any = None
     #: The dead-letter store, for retention sweeps written as steps: ``await ctx.dead_letters.list(name)``,
@@ -159,7 +163,8 @@ class Context(_BaseContext):
 class SyncContext(_BaseContext):
     """Context for ``def`` handlers: the same methods, called without ``await``."""
 
-    state: Any = None
+    #: ``ctx.state.get(group, key)``, ``set``, ``update``, ``delete``... (``core/state.py``).
+    state: State = None  # type: ignore[assignment]  # set by the runner that builds the context
     #: ``ctx.blobs.put(data)`` -> a ref; ``open``, ``read``, ``delete``, ``path`` (``core/blobs.py``).
     blobs: Any = None
     #: The dead-letter store: ``list(name=None)``, ``count(name)``, ``purge_before(ms, name=None)`` (``core/dlq.py``).

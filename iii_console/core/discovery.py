@@ -20,13 +20,31 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from iii_console.core import eventdata
 from iii_console.core.context import call_arity
+from iii_console.core.emitter import Emitter
 from iii_console.core.errors import StepError
 from iii_console.core.steps import CronTrigger, HttpTrigger, QueueTrigger, StateTrigger, Step
 
 TRIGGER_MODELS = {"http": HttpTrigger, "queue": QueueTrigger, "cron": CronTrigger, "state": StateTrigger}
 
 RESERVED_TOPIC_PREFIX = "_"
+
+
+def emit_step_error(emitter: Emitter, error: StepError | str, *, step: str | None = None, file: str | None = None,
+                    trace_id: str | None = None, traceback: str | None = None) -> None:
+    """The one place a ``step.error`` event is built: a step file that did not load (a
+    :class:`StepError`, at start or on a reload), or a step's code that failed around its
+    handler (a state condition, an HTTP answer that cannot be sent) with the file it is in."""
+    if isinstance(error, StepError):
+        data = eventdata.StepError(file=error.file, line=error.line, field=error.field, message=error.message)
+        emitter.emit("step.error", step=error.step, error=str(error), data=data)
+        return
+    where = {"trace_id": trace_id} if trace_id is not None else {}
+    data = eventdata.StepError(file=file)
+    if traceback is not None:
+        data = eventdata.StepError(traceback=traceback, file=file)  # the traceback first, as the console shows it
+    emitter.emit("step.error", **where, step=step, error=error, data=data)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import asyncio
 import contextvars
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
@@ -21,11 +21,12 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from iii_console.adapters.queue.producer import AsyncProducer, Producer, Subscriptions
+from iii_console.adapters.queue.producer import AsyncProducer, Producer, Subscriptions, subscriptions_for
 from iii_console.core import spans
 from iii_console.core.autopipe import AutoPipeline
 from iii_console.core.blobs import AsyncBlobs
 from iii_console.core.context import Context, SyncContext, call_arity, is_async
+from iii_console.core.discovery import StepSet
 from iii_console.core.dlq import AsyncDeadLetters, DeadLetterStore
 from iii_console.core.lease import AsyncLeases, Leases
 from iii_console.core.progress import AsyncProgressStore, ProgressStore
@@ -102,6 +103,20 @@ class AsyncSide:
         await self.client.aclose()
 
 
+def make_runner(services: Services, steps: StepSet | Iterable[Step], *, loop_thread: LoopThread | None = None,
+                async_side: bool = False) -> StepRunner:
+    """The one way the runtime builds a :class:`StepRunner` for a set of steps.
+
+    Its producer sends to the subscriptions of ``steps``. Async handlers need
+    async clients on the loop they run on: pass ``loop_thread`` (a worker: the
+    clients are built on that loop), or ``async_side=True`` from a coroutine on
+    the loop that will run them (the HTTP server). Whoever asks for them closes
+    them: :meth:`StepRunner.aclose`.
+    """
+    subs = subscriptions_for(list(steps.steps if isinstance(steps, StepSet) else steps))
+    return StepRunner(services, subs, loop_thread=loop_thread, async_side=AsyncSide(services, subs) if async_side else None)
+
+
 class StepRunner:
     def __init__(self, services: Services, subscriptions: Subscriptions, *, loop_thread: LoopThread | None = None, async_side: AsyncSide | None = None):
         self.services = services
@@ -119,6 +134,12 @@ class StepRunner:
                 return AsyncSide(services, subscriptions)
 
             self._async = loop_thread.run(make())
+
+    async def aclose(self) -> None:
+        """Close the async clients (on the loop they were used from)."""
+        if self._async is not None:
+            side, self._async = self._async, None
+            await side.aclose()
 
     @property
     def async_side(self) -> AsyncSide:
@@ -139,7 +160,7 @@ class StepRunner:
 
     def queue_names(self, topic: str) -> list[str]:
         """The queues (every priority of every subscription) a message to ``topic`` lands on."""
-        return [sub.queue(p) for sub in self._subs.get(topic, []) for p in ("high", "normal", "low")]
+        return [q for sub in self._subs.get(topic, []) for q in sub.queues]
 
     def sync_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
                      message_id: str | None = None, max_attempts: int = 1, idempotency_key: str | None = None) -> SyncContext:

@@ -27,6 +27,7 @@ expired once-key nor a clock that jumps back can fire a tick twice.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -41,6 +42,7 @@ import redis
 from iii_console.adapters.queue.names import CRON_TOPIC, Subscription
 from iii_console.adapters.queue.producer import Producer
 from iii_console.core.cronexpr import parse_cron
+from iii_console.core.discovery import StepSet
 from iii_console.core.steps import CronTrigger, Step
 from iii_console.runtime.services import Services
 
@@ -237,3 +239,41 @@ class Scheduler:
                 "reason": f"no scheduler reached {'it' if len(won) == 1 else 'them'} within {self.misfire_grace_ms // 1000} s",
             })
         return len(won)
+
+
+class CronScheduler:
+    """The ``scheduler`` role: a :class:`Scheduler` for the cron triggers of the steps it is given.
+
+    Entered, it starts one if any step has a cron trigger; :meth:`reload` stops it
+    and starts one for the new steps (ticks stay exactly-once across the swap: the
+    once-key and ``cron-last`` live in Redis); exited, it stops its thread.
+    """
+
+    def __init__(self, services: Services, steps: StepSet) -> None:
+        self.services = services
+        self.steps = steps
+        self.scheduler: Scheduler | None = None
+
+    async def __aenter__(self) -> CronScheduler:
+        self._start(self.steps)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stop()
+
+    async def reload(self, steps: StepSet) -> None:
+        await self._stop()
+        self.steps = steps
+        self._start(steps)
+
+    def _start(self, steps: StepSet) -> None:
+        from iii_console.runtime.runner import make_runner
+
+        if steps.cron_steps():
+            self.scheduler = Scheduler(self.services, steps.cron_steps(), make_runner(self.services, steps).producer)
+            self.scheduler.start()
+
+    async def _stop(self) -> None:
+        if self.scheduler is not None:
+            scheduler, self.scheduler = self.scheduler, None
+            await asyncio.to_thread(scheduler.stop)
