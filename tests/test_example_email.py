@@ -169,14 +169,15 @@ def test_a_campaign_of_200_with_bounces_deferrals_a_throttle_and_a_replay(app, s
     assert waits and all(e.data["delay_ms"] == 1000 for e in waits)
 
     # The throttle (2 sessions per domain per second) held, measured by the server's clock: any three
-    # sessions of one domain span a second (less the jitter between a batch's start and its EHLO).
+    # sessions of one domain span a second, less the jitter between a batch's admission and its EHLO (up to a few
+    # hundred ms on a loaded machine; a broken throttle puts three sessions within milliseconds).
     sessions: dict[str, set[int]] = defaultdict(set)
     for _t, session, rcpt, _mid in first_campaign:
         sessions[rcpt.rpartition("@")[2]].add(session)
     for domain, ids in sessions.items():
         times = sorted(server.sessions[s] for s in ids)
         assert len(times) >= 5, (domain, times)
-        assert all(times[i + 2] - times[i] > 0.8 for i in range(len(times) - 2)), (domain, times)
+        assert all(times[i + 2] - times[i] > 0.5 for i in range(len(times) - 2)), (domain, times)
     per_session: dict[int, int] = defaultdict(int)
     for _t, session, _r, _m in first_campaign:
         per_session[session] += 1

@@ -366,7 +366,7 @@ async def test_5000_events_a_second_keep_keys_responsive_and_buffers_bounded(red
             handled_at.clear()
             for key, tab in (("2", "messages"), ("3", "queues"), ("1", "live")):
                 send_key(app, key)  # as the terminal driver does, without Pilot's wait for an idle CPU
-                await until(pilot, lambda: app._tabs.active == tab, f"the {tab} tab", timeout=15)
+                await until(pilot, lambda: app._tabs.active == tab, f"the {tab} tab", timeout=60)
             assert len(handled_at) >= 3  # each tab switch was handled (the message is seen once per node it bubbles through)
             await until(pilot, lambda: app.model.seq == len(encoded), "every event read")
         finally:
