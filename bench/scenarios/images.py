@@ -17,7 +17,6 @@ completion. Worker and Redis CPU are counted over the same span.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import time
@@ -286,6 +285,8 @@ def run(bench: Bench) -> Section:
             f"{fmt(ratio(ours['p95'], p['p95']), 2)}×", f"{fmt(ratio(ours['max'], p['max']), 2)}×",
             f"{fmt(ratio(ours['cpu'], p['cpu']), 2)}×", f"{fmt(ratio(ours['redis'], p['redis']), 2)}×", "")
     sec.target(f"images/s ≥ 1.0× the faster peer ({peer})", ratio(ours["rate"], p["rate"]) >= 1.0)
+    sec.note("Images/s per round: " + "; ".join(
+        f"{who.name} " + ", ".join(fmt(x.rate, 2) for x in runs[who.name]) for who in contenders) + ".")
     sec.note(f"{n} JPEGs of {megapixels:.1f} MP on average ({mean_kb:.0f} KB), each probed, rendered to 160/800/1600 px "
              f"boxes and completed once; all submitted at once; {PROCESSES} worker processes × {THREADS} threads each "
              f"(Celery: {PROCESSES} `celery worker -P threads -c {THREADS}`; Dramatiq: `--processes {PROCESSES} "
