@@ -15,7 +15,7 @@ from types import ModuleType
 from bench import deps
 
 #: Scenario modules in run order (the console last: it is being built).
-ORDER = ("queue", "http", "latency", "events", "priority", "memory", "console", "prims")
+ORDER = ("queue", "http", "latency", "events", "priority", "memory", "console", "prims", "images")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
