@@ -107,7 +107,9 @@ def cli(ctx: click.Context, no_ui: bool, role: tuple[str, ...], processes: int |
     if no_ui or not sys.stdout.isatty():
         render: Callable[[Event], None] = _print_json if no_ui else _print_human
         _reserve_stdout()
-        code = asyncio.run(_run_headless(cfg, roles, processes, threads, render, watch))
+        from iii_console.runtime.loop import run as run_loop
+
+        code = run_loop(_run_headless(cfg, roles, processes, threads, render, watch))
     else:
         code = asyncio.run(_run_console(cfg, roles, processes, threads, watch))
     ctx.exit(code)
