@@ -4,6 +4,7 @@
     python3 dev.py [ARGS...]     run iii-console (the live console by default) with ARGS
     python3 dev.py test [ARGS]   run the test suite (pytest ARGS)
     python3 dev.py bench [ARGS]  run the benchmarks (bench/README.md; installs the peers)
+    python3 dev.py lint          ruff check, mypy and lint-imports; non-zero on any finding
 
 Both create ``.venv/`` on first use and (re)install the project into it whenever
 ``pyproject.toml`` changes, so a clone needs no manual setup. Run with another
@@ -29,6 +30,7 @@ EXTRAS = [
     "examples",
     "otel",
     "web",
+    "lint",
 ]
 
 
@@ -56,7 +58,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".iii-installed"
 LOCK = ROOT / f"{VENV.name}.lock"
 
-if sys.version_info < (3, 11):
+if sys.version_info < (3, 11):  # noqa: UP036  (dev.py runs under any python3, to say which one it needs)
     sys.exit(f"dev.py: iii-console needs Python 3.11 or newer; this is {sys.version.split()[0]} ({sys.executable})")
 
 
@@ -124,7 +126,7 @@ def _child_setup() -> None:
             pass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _libc():  # type: ignore[no-untyped-def]
     """libc, opened once: the parent opens it before the fork, the child reuses that handle."""
     import ctypes
@@ -147,6 +149,22 @@ def _parallel(args: list[str]) -> list[str]:
     env = os.environ.get("III_TEST_WORKERS", "")
     n = int(env) if env.isdigit() else min(4, (os.cpu_count() or 1) + 1)
     return ["-n", str(n), "--dist", "worksteal"] if n > 1 else []
+#: What ``dev.py lint`` runs, in order; every one runs, and any finding fails the whole.
+LINTERS = [
+    ["ruff", "check", "."],
+    ["mypy"],
+    ["lint-imports"],
+]
+
+
+def lint() -> int:
+    """Run every linter (configured in pyproject.toml); the first non-zero exit code, or 0."""
+    code = 0
+    for cmd in LINTERS:
+        print(f"dev.py lint: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        done = subprocess.run([str(BIN / cmd[0]), *cmd[1:]])
+        code = code or done.returncode
+    return code
 
 
 def main(argv: list[str]) -> int:
@@ -157,6 +175,9 @@ def main(argv: list[str]) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    if argv[:1] == ["lint"]:
+        os.chdir(ROOT)
+        return lint()
     if argv[:1] == ["test"]:
         cmd = [str(BIN / "python"), "-m", "pytest", *_parallel(argv[1:]), *argv[1:]]
     elif argv[:1] == ["bench"]:

@@ -69,7 +69,7 @@ async def _key_to_repaint(app: Any, pilot: Any, key: str) -> float:
         t0 = time.perf_counter()
         app.simulate_key(key)
         t1 = await asyncio.wait_for(painted, 10)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return float("nan")
     finally:
         del app.action_show_tab  # back to the class's method

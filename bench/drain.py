@@ -10,9 +10,9 @@ recorded by the task itself (``bench/work.py``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
-
+from typing import Any
 
 from bench.contenders import QueueContender
 from bench.env import Bench

@@ -40,7 +40,7 @@ class Options:
     memory_messages: int = 100_000
 
     @classmethod
-    def quick_mode(cls, **kw: object) -> "Options":
+    def quick_mode(cls, **kw: object) -> Options:
         base = dict(quick=True, rounds=1, messages=4_000, http_seconds=3.0, latency_seconds=4.0, priority_backlog=2_000,
                     priority_trials=2, console_seconds=10.0, memory_messages=10_000)
         base.update(kw)
@@ -68,7 +68,7 @@ class Bench:
         assert self.r is not None
         return self.r
 
-    def __enter__(self) -> "Bench":
+    def __enter__(self) -> Bench:
         self.redis_server.start()
         self.r = redis.Redis.from_url(self.url)
         # The peers' modules and the work function read the URL from the environment.

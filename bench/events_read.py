@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import redis
 
 from iii_console.core.events import Event
 from iii_console.core.keys import Keys
 
+_KEYS = Keys()
 
-def read_all(client: redis.Redis, keys: Keys = Keys(), *, types: Iterable[str] | None = None, chunk: int = 5000) -> list[Event]:
+
+def read_all(client: redis.Redis, keys: Keys = _KEYS, *, types: Iterable[str] | None = None, chunk: int = 5000) -> list[Event]:
     wanted = set(types) if types is not None else None
     out: list[Event] = []
     last = "-"

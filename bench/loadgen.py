@@ -124,7 +124,7 @@ def _pcts(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
     s = sorted(values)
-    return {str(p): s[min(len(s) - 1, max(0, int(round(p / 100 * len(s))) - 1))] for p in (50, 75, 90, 99)}
+    return {str(p): s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))] for p in (50, 75, 90, 99)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import psutil
 
@@ -113,7 +113,7 @@ class Procs:
             if not p.alive():
                 raise BenchError(f"{p.name} (pid {p.pid}) exited with {p.popen.returncode}:\n{p.tail()}")
 
-    def __enter__(self) -> "Procs":
+    def __enter__(self) -> Procs:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -150,7 +150,7 @@ def rss_mb(procs: Sequence[psutil.Process]) -> float:
     return total / 2**20
 
 
-def cpu_seconds(processes: "Iterable[psutil.Process]") -> float:
+def cpu_seconds(processes: Iterable[psutil.Process]) -> float:
     """User + system CPU seconds of ``processes`` (those that have exited count as 0)."""
     total = 0.0
     for p in processes:

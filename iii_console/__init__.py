@@ -20,11 +20,11 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from iii_console.core.context import Context, CronTick, HttpRequest, StateChange, SyncContext
-    from iii_console.core.errors import SoftTimeLimitExceeded, TimeLimitExceeded
     from iii_console.core.answers import download, progress_stream
     from iii_console.core.batch import BatchFailures
     from iii_console.core.blobs import BlobError, BlobNotFound, BlobRef
+    from iii_console.core.context import Context, CronTick, HttpRequest, StateChange, SyncContext
+    from iii_console.core.errors import SoftTimeLimitExceeded, TimeLimitExceeded
     from iii_console.core.lease import LockLost, LockTaken
     from iii_console.core.retry import Retry
     from iii_console.core.steps import Step, cron, http, queue, state

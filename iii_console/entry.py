@@ -12,7 +12,6 @@ import sys
 
 def main() -> int:
     try:
-        import iii_console.cli_ops  # noqa: F401  (the operator commands, registered on the group)
         from iii_console.cli import main as cli_main
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)

@@ -11,7 +11,6 @@ strategy in iii-config.yaml (retries with backoff, then the dead-letter queue) t
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from pydantic import BaseModel, Field
 

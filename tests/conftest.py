@@ -1,15 +1,32 @@
-"""Fixtures: one real redis-server per test session, a clean database per test."""
+"""Fixtures: one real redis-server per test session, a clean database per test; projects,
+workers and producers on it; the command line run for real; events written as the runtime does.
+
+The runtime's modules are imported inside the fixtures that use them, so a run of the
+core's tests does not load Dramatiq.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aredis
 
+from iii_console.core.events import Event
 from iii_console.core.keys import Keys
 from iii_console.core.redis_server import RedisServer
+from iii_console.core.state import AsyncStateStore, StateStore
+
+from .helpers import E2E_CONFIG, Running, make_project, start_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +69,146 @@ def rc(app, redis_server):
     client = redis.Redis.from_url(redis_server.url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def seed_project(tmp_path, redis_url):
+    shutil.copytree(ROOT / "steps", tmp_path / "steps")
+    make_project(tmp_path, {}, E2E_CONFIG, redis_url=redis_url)
+    return tmp_path
+
+
+@pytest.fixture
+def running(seed_project):
+    started: list[Running] = []
+
+    def start(*args: str) -> Running:
+        run = start_cli(seed_project, "--no-ui", *args)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.stop()
+
+
+@pytest.fixture
+def project(tmp_path, redis_url):
+    """``build(steps, config)``: a project under tmp_path on the test's Redis, its steps loaded without errors."""
+    from iii_console.core.discovery import discover
+
+    def build(steps: dict[str, str], config: str = ""):
+        cfg = make_project(tmp_path, steps, config, redis_url=redis_url)
+        stepset = discover(cfg.steps_path)
+        assert not stepset.errors, stepset.errors
+        return cfg, stepset
+
+    return build
+
+
+@pytest.fixture
+def runtime():
+    """``start(cfg, steps, **kw)``: an in-process WorkerRuntime, stopped after the test."""
+    from iii_console.runtime.worker import WorkerRuntime
+
+    started: list[WorkerRuntime] = []
+
+    def start(cfg, steps, **kw):
+        rt = WorkerRuntime(cfg, steps, **kw)
+        rt.start()
+        started.append(rt)
+        return rt
+
+    yield start
+    for rt in started:
+        if not rt._stop.is_set():
+            rt.stop(timeout_s=5)
+
+
+@pytest.fixture
+def producer():
+    """``make(cfg, steps)``: the producer a step runner enqueues with, its clients closed after the test."""
+    from iii_console.adapters.queue.producer import subscriptions_for
+    from iii_console.core.services import Services
+    from iii_console.runtime.runner import StepRunner
+
+    opened: list[Services] = []
+
+    def make(cfg, steps):
+        svc = Services.open(cfg, "test")
+        opened.append(svc)
+        return StepRunner(svc, subscriptions_for(steps.steps)).producer
+
+    yield make
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def emit(r: redis.Redis, keys: Keys) -> Iterator[Any]:
+    """Write events the way the runtime does: an Emitter over the batching StreamSink."""
+    from iii_console.core.emitter import Emitter, StreamSink
+
+    sink = StreamSink(r, keys.events)
+    emitter = Emitter(sink.put, worker="test-host:1:worker0")
+
+    def write(events: list[Event]) -> None:
+        for ev in events:
+            emitter.emit(ev.type, **{k: v for k, v in ev.as_dict().items() if k not in ("type", "id", "worker")})
+        assert sink.flush()
+
+    yield write
+    sink.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The console tests run on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Wall-clock renderings (HH:MM:SS) in UTC, so they read the same on every machine."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+class _Awaited:
+    """An :class:`AsyncStateStore` called like the sync one: each call is awaited on a loop
+    thread of its own, so one test body drives both stores (threads calling at once run
+    their coroutines concurrently on that loop)."""
+
+    def __init__(self, store: AsyncStateStore, loop: asyncio.AbstractEventLoop) -> None:
+        self._store, self._loop = store, loop
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if name == "bind":
+            return lambda **kw: _Awaited(attr(**kw), self._loop)
+        if inspect.iscoroutinefunction(attr):
+            return lambda *a, **kw: asyncio.run_coroutine_threadsafe(attr(*a, **kw), self._loop).result(30)
+        return attr
+
+
+@pytest.fixture(params=["sync", "async"])
+def state_store(request: pytest.FixtureRequest, r: redis.Redis, redis_url: str) -> Iterator[Callable[..., Any]]:
+    """``state_store(keys, **kw)``: a :class:`StateStore`, then an :class:`AsyncStateStore` on the same Redis."""
+    if request.param == "sync":
+        yield lambda keys, **kw: StateStore(r, keys, **kw)
+        return
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="state-store-loop", daemon=True)
+    thread.start()
+    client = aredis.Redis.from_url(redis_url)
+    yield lambda keys, **kw: _Awaited(AsyncStateStore(client, keys, **kw), loop)
+    asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from iii_console.tui import create_app
 from iii_console.tui.messages import DeadLettersChosen, StateKeyChosen
 from iii_console.tui.screens import ConfirmScreen, DeadLetterScreen, StateEditScreen
 
-from .test_tui_helpers import anyio_backend, lifecycle, log_text, started, until, xadd  # noqa: F401
+from .helpers import lifecycle, log_text, started, until, xadd
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

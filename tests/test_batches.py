@@ -12,7 +12,6 @@ from iii_console.core.batch import BatchFailures, outcomes
 from iii_console.core.dlq import DeadLetterStore
 
 from .helpers import events, wait_for
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
 
 SENDER = """
 import json, os

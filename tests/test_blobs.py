@@ -65,7 +65,7 @@ def test_unknown_and_malformed_refs_are_clear_errors_and_delete_removes(tmp_path
     and where; delete says whether there was anything to delete."""
     store = BlobStore(tmp_path / "b")
     missing = "sha256:" + "0" * 64
-    with pytest.raises(BlobNotFound, match="no blob sha256:0000.* in the blob store file://"):
+    with pytest.raises(BlobNotFound, match=r"no blob sha256:0000.* in the blob store file://"):
         store.open(missing)
     for bad in ("abc", {"$blob": "md5:x"}, 42, {"sha": 1}):
         with pytest.raises(BlobError, match="not a blob ref"):

@@ -9,7 +9,6 @@ The CI version is short. The full version (10,000 messages, a kill every 2 s for
 from __future__ import annotations
 
 import collections
-import json
 import os
 import random
 import signal
@@ -24,8 +23,7 @@ from iii_console.runtime.runner import StepRunner
 from iii_console.runtime.services import Services
 
 from .checker import EFFECT_STEP, check, check_stream
-from .helpers import events, make_project, wait_for
-from .test_e2e import start_cli
+from .helpers import CHAOS_CONFIG, HB_TIMEOUT, SWEEP, events, make_project, start_cli, wait_for, worker_holds, worker_pids
 
 pytestmark = pytest.mark.slow
 
@@ -33,46 +31,18 @@ FULL = os.environ.get("III_CHAOS_FULL") == "1"
 MESSAGES = 10_000 if FULL else 1_500
 KILL_EVERY_S = 2.0 if FULL else 1.0
 KILL_FOR_S = 30.0 if FULL else 8.0
-HB_TIMEOUT, SWEEP = 1.0, 0.2
-
-CONFIG = f"""
-server:
-  port: 0
-queues:
-  chaos:
-    concurrency: 8
-    max_deliveries: 50
-workers:
-  heartbeat_interval: 0.2
-  heartbeat_timeout: {HB_TIMEOUT}
-  sweep_interval: {SWEEP}
-  shutdown_timeout: 5
-"""
-
-
-def _worker_pids(client, keys) -> dict[int, str]:
-    """pid -> worker id (the broker id that names its in-flight sets)."""
-    out = {}
-    for raw in client.hvals(keys.workers):
-        info = json.loads(raw)
-        out[info["pid"]] = info["id"]
-    return out
-
-
-def _holds(client, keys, worker_id: str) -> int:
-    return sum(client.scard(k) for k in client.scan_iter(match=f"{keys.dramatiq_namespace}:__acks__.{worker_id}.*"))
 
 
 def test_killing_workers_under_load_loses_nothing(tmp_path, redis_url, r, keys):
     """Workers are SIGKILLed under a steady load, with graceful stops (SIGTERM: the supervisor starts a
     new one) and hot reloads (a step file saved) mixed in; nothing is lost, nothing is applied twice,
     and the event stream agrees with Redis about every message."""
-    cfg = make_project(tmp_path, {"effect_step.py": EFFECT_STEP}, CONFIG, redis_url=redis_url)
+    cfg = make_project(tmp_path, {"effect_step.py": EFFECT_STEP}, CHAOS_CONFIG, redis_url=redis_url)
     run = start_cli(tmp_path, "--no-ui", "--role", "worker", "--processes", "2", "--threads", "8", "--reload")
     services = Services.open(cfg, "chaos")
     recoveries: list[tuple[int, float]] = []
     try:
-        wait_for(lambda: len(_worker_pids(r, keys)) == 2, what="two workers up")
+        wait_for(lambda: len(worker_pids(r, keys)) == 2, what="two workers up")
         producer = StepRunner(services, subscriptions_for(discover(cfg.steps_path).steps)).producer
         sent: set[str] = set()
 
@@ -95,7 +65,7 @@ def test_killing_workers_under_load_loses_nothing(tmp_path, redis_url, r, keys):
         def watch(wid: str, killed: float, held: int) -> None:
             # Its in-flight messages must be back in the queue within the bound.
             deadline = killed + HB_TIMEOUT + SWEEP + 10
-            while _holds(r, keys, wid) and time.monotonic() < deadline:
+            while worker_holds(r, keys, wid) and time.monotonic() < deadline:
                 time.sleep(0.02)
             recoveries.append((held, time.monotonic() - killed))
 
@@ -117,7 +87,7 @@ def test_killing_workers_under_load_loses_nothing(tmp_path, redis_url, r, keys):
 
             def live_worker() -> bool:
                 nonlocal pids, alive
-                pids = _worker_pids(r, keys)
+                pids = worker_pids(r, keys)
                 alive = [p for p in pids if _alive(p)]
                 return bool(alive)
 
@@ -130,7 +100,7 @@ def test_killing_workers_under_load_loses_nothing(tmp_path, redis_url, r, keys):
             wid = pids[victim]
             os.kill(victim, signal.SIGKILL)
             faults["sigkill"] += 1
-            w = threading.Thread(target=watch, args=(wid, time.monotonic(), _holds(r, keys, wid)))
+            w = threading.Thread(target=watch, args=(wid, time.monotonic(), worker_holds(r, keys, wid)))
             w.start()
             watchers.append(w)
         for w in watchers:
@@ -218,25 +188,25 @@ def test_stopped_worker_is_swept_and_after_continue_its_late_acks_change_nothing
     messages go to the other worker, and when it wakes it finishes and acks messages it
     no longer owns. Those acks must be no-ops (ack.lua releases only what the acking
     worker's own in-flight set still holds), so nothing is lost or applied twice."""
-    cfg = make_project(tmp_path, {"effect_step.py": EFFECT_STEP}, CONFIG, redis_url=redis_url)
+    cfg = make_project(tmp_path, {"effect_step.py": EFFECT_STEP}, CHAOS_CONFIG, redis_url=redis_url)
     run = start_cli(tmp_path, "--no-ui", "--role", "worker", "--processes", "2", "--threads", "8")
     services = Services.open(cfg, "chaos")
     stopped = None
     try:
-        wait_for(lambda: len(_worker_pids(r, keys)) == 2, what="two workers up")
+        wait_for(lambda: len(worker_pids(r, keys)) == 2, what="two workers up")
         producer = StepRunner(services, subscriptions_for(discover(cfg.steps_path).steps)).producer
         first = [f"a{i}" for i in range(800)]
         for key in first:
             producer.enqueue("chaos", {"key": key, "redis": redis_url, "work_ms": 40}, trace_id=key)
         wait_for(lambda: r.scard("chaos:done") >= 50, what="both workers busy")
-        pids = _worker_pids(r, keys)
+        pids = worker_pids(r, keys)
         stopped, survivor = sorted(pids)
         wid = pids[stopped]
         os.kill(stopped, signal.SIGSTOP)
         t_stop = time.monotonic()
         held = _held(r, keys, wid)  # frozen: a stopped process cannot fetch or ack
         assert held, "the stopped worker held no messages"
-        wait_for(lambda: not _holds(r, keys, wid), timeout=HB_TIMEOUT + SWEEP + 10, interval=0.02, what="the sweep to take its messages")
+        wait_for(lambda: not worker_holds(r, keys, wid), timeout=HB_TIMEOUT + SWEEP + 10, interval=0.02, what="the sweep to take its messages")
         swept_after = time.monotonic() - t_stop
         assert swept_after <= HB_TIMEOUT + SWEEP + 2
         ns = keys.dramatiq_namespace
@@ -246,7 +216,7 @@ def test_stopped_worker_is_swept_and_after_continue_its_late_acks_change_nothing
         os.kill(stopped, signal.SIGCONT)
         resumed = stopped
         stopped = None
-        wait_for(lambda: resumed in _worker_pids(r, keys), timeout=10, what="the resumed worker to heartbeat again")
+        wait_for(lambda: resumed in worker_pids(r, keys), timeout=10, what="the resumed worker to heartbeat again")
         # It goes on working normally: a second batch is shared by both workers.
         second = [f"b{i}" for i in range(300)]
         for key in second:
@@ -283,14 +253,14 @@ def test_a_crashed_worker_is_recovered_by_its_supervisor_at_once(tmp_path, redis
     them), when a worker holding messages is SIGKILLed 20 times, then each time its supervisor gives its messages back
     at once (one message.redelivered each, naming the dead worker) and another worker starts one of them: kill → first
     redelivered start is reported, and well under the heartbeat bound."""
-    config = CONFIG.replace(f"heartbeat_timeout: {HB_TIMEOUT}", "heartbeat_timeout: 30")
+    config = CHAOS_CONFIG.replace(f"heartbeat_timeout: {HB_TIMEOUT}", "heartbeat_timeout: 30")
     cfg = make_project(tmp_path, {"effect_step.py": EFFECT_STEP}, config, redis_url=redis_url)
     run = start_cli(tmp_path, "--no-ui", "--role", "worker", "--processes", "3", "--threads", "4")
     services = Services.open(cfg, "chaos")
     stop = threading.Event()
     figures: list[float] = []
     try:
-        wait_for(lambda: len(_worker_pids(r, keys)) == 3, timeout=30, what="three workers up")
+        wait_for(lambda: len(worker_pids(r, keys)) == 3, timeout=30, what="three workers up")
         producer = StepRunner(services, subscriptions_for(discover(cfg.steps_path).steps)).producer
 
         def feed() -> None:
@@ -307,8 +277,8 @@ def test_a_crashed_worker_is_recovered_by_its_supervisor_at_once(tmp_path, redis
         rng = random.Random(11)
         for _ in range(KILLS):
             def victim() -> tuple[int, str] | None:
-                alive = {p: w for p, w in _worker_pids(r, keys).items() if _alive(p)}
-                busy = [(p, w) for p, w in alive.items() if _holds(r, keys, w)]
+                alive = {p: w for p, w in worker_pids(r, keys).items() if _alive(p)}
+                busy = [(p, w) for p, w in alive.items() if worker_holds(r, keys, w)]
                 return rng.choice(busy) if len(alive) >= 2 and busy else None
 
             pid, wid = wait_for(victim, timeout=60, interval=0.02, what="a busy worker with a live peer")

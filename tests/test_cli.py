@@ -19,7 +19,6 @@ import pytest
 from iii_console.core.redis_server import free_port
 
 from .helpers import make_project, wait_for
-from .test_e2e import running, seed_project  # noqa: F401  (fixtures)
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
@@ -132,7 +131,6 @@ def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tupl
 
 
 def test_every_command_takes_redis_and_config_and_has_help(project):
-    import iii_console.cli_ops  # noqa: F401  (registers its commands)
     from iii_console.cli import cli
 
     commands = _commands(cli)
@@ -216,7 +214,7 @@ def test_no_ui_stdout_is_only_json_and_sigterm_lets_a_running_handler_finish(tmp
     assert "print from an HTTP handler" in stderr and "print from a queue handler" in stderr and "a library warning" in stderr
 
 
-def test_send_json_prints_one_object_per_message(running, seed_project, redis_url):  # noqa: F811
+def test_send_json_prints_one_object_per_message(running, seed_project, redis_url):
     app = running()
     res = _run(seed_project, "send", "hello", "--priority", "high", "--count", "3", "--json", "--url", app.url)
     assert res.returncode == 0, res.stderr

@@ -4,11 +4,12 @@ scheduler processes against one Redis."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -17,7 +18,7 @@ from iii_console.runtime.scheduler import due_ticks
 
 from .helpers import events, make_project, wait_for
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def at(*args: int) -> datetime:
@@ -204,7 +205,7 @@ def test_due_ticks_are_exactly_those_in_the_half_open_window(expr, after_ms, unt
 def test_due_ticks_of_consecutive_windows_neither_skip_nor_repeat():
     """Given an hour cut into uneven consecutive windows, when listing each window's ticks, then together they are every tick once."""
     bounds = [T0, T0 + 1, T0 + 7_000, T0 + 60_000, T0 + 61_000, T0 + 1_799_999, T0 + 1_800_000, T0 + 3_600_000]
-    got = [t for a, b in zip(bounds, bounds[1:]) for t in due_ticks("*/30 * * * * *", a, b)]
+    got = [t for a, b in itertools.pairwise(bounds) for t in due_ticks("*/30 * * * * *", a, b)]
     assert got == [T0 + i * 30_000 for i in range(1, 121)]
 
 
@@ -496,7 +497,7 @@ def _ticks_run(r, keys) -> dict[int, int]:
 @pytest.mark.parametrize("n", [2, 3])
 def test_scheduler_processes_fire_every_tick_exactly_once(n, tmp_path, redis_url, r, keys):
     """Given n `--role scheduler` processes and a worker on one Redis and a cron every second, when they run for ~10 ticks, then each tick from the first to the last fired once, none is missing, and each ran once."""
-    from .test_e2e import start_cli
+    from .helpers import start_cli
 
     make_project(tmp_path, {"ticker_step.py": TICKER}, "server:\n  port: 0\n", redis_url=redis_url)
     procs = [start_cli(tmp_path, "--no-ui", "--role", "scheduler") for _ in range(n)]
@@ -523,7 +524,7 @@ def test_scheduler_processes_fire_every_tick_exactly_once(n, tmp_path, redis_url
 @pytest.mark.slow
 def test_a_scheduler_process_restarted_after_a_pause_fires_the_ticks_it_missed(tmp_path, redis_url, r, keys):
     """Given the only scheduler process stopped for ~3 s, when it starts again, then the ticks of the pause fire late (drift >= 1 s), so the sequence has no gap and nothing is skipped."""
-    from .test_e2e import start_cli
+    from .helpers import start_cli
 
     make_project(tmp_path, {"ticker_step.py": TICKER}, "server:\n  port: 0\n", redis_url=redis_url)
     worker = start_cli(tmp_path, "--no-ui", "--role", "worker")

@@ -9,7 +9,6 @@ from iii_console.core.config import load_config
 from iii_console.core.dlq import AsyncDeadLetters, DeadLetter, DeadLetterStore
 
 from .helpers import wait_for
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
 
 FAIL = """
 from iii_console import Step, queue

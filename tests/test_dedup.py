@@ -12,9 +12,7 @@ import pytest
 
 from iii_console.adapters.queue.producer import EnqueueError
 
-from .helpers import events, make_project, wait_for
-from .test_e2e import start_cli
-from .test_queue import producer, project, recorder, runtime, runs  # noqa: F401  (fixtures)
+from .helpers import events, make_project, recorder, runs, start_cli, wait_for
 
 
 def test_a_second_enqueue_under_a_dedup_key_returns_the_first_ids_and_runs_nothing(project, runtime, producer, r, keys):

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,78 +17,9 @@ import pytest
 from iii_console.core.dlq import DeadLetterStore
 
 from .conftest import ROOT
-from .helpers import events, events_once, make_project, wait_for
+from .helpers import Running, events, events_once, make_project, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
-
-E2E_CONFIG = """
-server:
-  port: 0
-queues:
-  message.sent:
-    max_retries: 2
-    retry_delay: 300
-    backoff: exponential
-    dead_letter_queue: message.sent.dlq
-workers:
-  heartbeat_interval: 0.5
-  heartbeat_timeout: 3
-  sweep_interval: 0.5
-"""
-
-
-class Running:
-    def __init__(self, proc: subprocess.Popen, url: str | None, lines: list[str]):
-        self.proc, self.url = proc, url
-        #: stderr lines after the banner, drained by a thread so the process never blocks on a full pipe.
-        self.lines = lines
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(40)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-
-
-def start_cli(project: Path, *args: str) -> Running:
-    out = open(project / f"stdout-{time.monotonic_ns()}.jsonl", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "iii_console", *args], cwd=project, stdout=out,
-                            stderr=subprocess.PIPE, text=True)
-    proc.out = out  # type: ignore[attr-defined]
-    banner = proc.stderr.readline()
-    m = re.search(r"on (http://\S+) with", banner)
-    if "running" not in banner:
-        proc.kill()
-        raise AssertionError(f"iii-console did not start: {banner}{proc.stderr.read()}")
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
-    run = Running(proc, m.group(1) if m else None, lines)
-    run.banner = banner  # type: ignore[attr-defined]
-    return run
-
-
-@pytest.fixture
-def seed_project(tmp_path, redis_url):
-    shutil.copytree(ROOT / "steps", tmp_path / "steps")
-    make_project(tmp_path, {}, E2E_CONFIG, redis_url=redis_url)
-    return tmp_path
-
-
-@pytest.fixture
-def running(seed_project):
-    started: list[Running] = []
-
-    def start(*args: str) -> Running:
-        run = start_cli(seed_project, "--no-ui", *args)
-        started.append(run)
-        return run
-
-    yield start
-    for run in started:
-        run.stop()
 
 
 def test_posted_message_is_processed_and_notified_on_one_trace(running, r, keys):

@@ -19,8 +19,7 @@ import redis
 from iii_console.core.events import DATA_MAX_BYTES, EVENT_TYPES, REDACTED, Event
 
 from .conftest import ROOT
-from .helpers import events, events_once, make_project, wait_for
-from .test_e2e import start_cli
+from .helpers import REQUIRED, events, events_once, make_project, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -73,35 +72,6 @@ workers:
   shutdown_timeout: 1
 """
 
-#: Fields each type must carry beyond ``type`` and ``ts``: what applies to it.
-REQUIRED = {
-    "http.received": {"trace_id", "step", "worker", "data"},
-    "message.enqueued": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
-    "message.started": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker"},
-    "message.processed": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "duration_ms"},
-    "message.failed": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "duration_ms", "error", "data"},
-    "message.retrying": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "error", "data"},
-    "message.dead_lettered": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "error", "data"},
-    "message.replayed": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
-    # written by the script that gives the message back; worker = the one that held it
-    "message.redelivered": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
-    "message.throttled": {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "data"},
-    "message.deduplicated": {"trace_id", "step", "topic", "worker", "data"},
-    "group.completed": {"trace_id", "data"},  # written by the last child's settle script
-    "progress": {"trace_id", "message_id", "step", "worker", "data"},
-    "state.changed": {"trace_id", "step", "worker", "data"},  # written by the state script, in the same atomic step as the change
-    "notification.sent": {"trace_id", "message_id", "step", "worker", "data"},  # emitted here by a state step's run
-    "cron.fired": {"trace_id", "message_id", "step", "topic", "queue", "worker", "data"},
-    "cron.skipped": {"trace_id", "step", "worker", "data"},
-    "worker.started": {"trace_id", "worker", "data"},
-    "worker.heartbeat": {"trace_id", "worker", "data"},
-    "worker.stopped": {"trace_id", "worker", "data"},
-    "log": {"trace_id", "step", "worker", "data"},
-    "step.error": {"trace_id", "step", "worker", "error", "data"},
-    "config.reloaded": {"trace_id", "worker", "data"},
-    "redis.down": {"trace_id", "worker", "error", "data"},
-    "redis.restarted": {"trace_id", "worker", "data"},
-}
 #: Types a healthy deployment never produces; the test named checks their fields instead.
 ELSEWHERE = {
     "redis.down": "test_redis_watchdog.py::test_embedded_redis_killed_under_load_comes_back_by_itself_and_loses_no_accepted_message",

@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -68,7 +67,7 @@ def test_data_is_json(data):
 
 def test_non_json_data_values_are_stringified():
     """Given a datetime inside data, when encoded, then it is written as its str() instead of failing."""
-    when = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    when = datetime(2024, 1, 1, tzinfo=UTC)
     assert json.loads(Event(type="log", ts=1, data={"at": when}).encode()["data"]) == {"at": str(when)}
 
 
@@ -355,7 +354,6 @@ def test_sink_close_returns_while_redis_is_unreachable():
     from iii_console.core.emitter import StreamSink
     from iii_console.core.events import Event
     from iii_console.core.redis_server import free_port
-
     from iii_console.runtime.services import redis_client
 
     sink = StreamSink(redis_client(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.1), "k")

@@ -20,7 +20,6 @@ from .conftest import ROOT
 from .helpers import wait_for
 
 
-
 def jpeg_with_orientation_6() -> bytes:
     """2400x1600 as stored, top rows red: displayed (rotated a quarter turn clockwise) 1600x2400, red on the right."""
     img = Image.new("RGB", (2400, 1600), (20, 90, 200))
@@ -76,7 +75,7 @@ def test_renders_are_upright_whatever_the_exif_orientation(kit, orientation, siz
     body, content_type, got = kit.render(io.BytesIO(oriented(orientation)), 400)
     img = Image.open(io.BytesIO(body))
     assert content_type == "image/jpeg" and got == img.size == size
-    r, g, b = img.getpixel(red_at)
+    r, _g, b = img.getpixel(red_at)
     assert r > 200 and b < 60, (orientation, img.getpixel(red_at))
 
 
@@ -178,7 +177,7 @@ def test_the_image_pipeline(app, tmp_path):
     assert img.getpixel((10, 50))[3] == 0 and img.getpixel((150, 50))[3] == 255
 
     # The inbox file went through the same pipeline and left the inbox.
-    assert [r for r in app.state.list("images").values() if r["name"] == "drop.png"][0]["status"] == "done"
+    assert next(r for r in app.state.list("images").values() if r["name"] == "drop.png")["status"] == "done"
     assert list((tmp_path / "inbox").iterdir()) == []
 
     # Corrupt and oversized images: dead-lettered after one attempt, with the reason.

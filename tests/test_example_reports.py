@@ -86,5 +86,5 @@ def test_the_weekly_cron_step_builds_last_weeks_report_once(reports):
     app.wait_for("message.processed", step="WeeklyReport", trace=app.run_cron("WeeklyReport"))
     [built] = [e for e in app.events("report.built") if e.data["requested_by"] == "cron"]
     start = dt.date.fromisoformat(built.data["report_id"].split("-", 1)[1][:10])
-    assert start.weekday() == 0 and (dt.datetime.now(dt.timezone.utc).date() - start).days in range(7, 14)
+    assert start.weekday() == 0 and (dt.datetime.now(dt.UTC).date() - start).days in range(7, 14)
     assert built.data["requested_by"] == "cron"

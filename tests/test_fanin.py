@@ -16,9 +16,7 @@ import pytest
 from iii_console.adapters.queue.producer import EnqueueError
 from iii_console.core.dlq import DeadLetterStore
 
-from .helpers import events, events_once, make_project, wait_for
-from .test_e2e import start_cli
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
+from .helpers import events, events_once, make_project, start_cli, wait_for
 
 CHILD = """
 import os, signal, time
@@ -163,9 +161,9 @@ def test_with_two_worker_processes_killed_at_random_the_completion_fires_exactly
     rng = random.Random(13)
     try:
         wait_for(lambda: len(_worker_pids(r, keys)) == 2, what="two workers up")
+        from iii_console.adapters.queue.producer import subscriptions_for
         from iii_console.core.config import load_config
         from iii_console.core.discovery import discover
-        from iii_console.adapters.queue.producer import subscriptions_for
         from iii_console.runtime.runner import StepRunner
         from iii_console.runtime.services import Services
 

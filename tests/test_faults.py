@@ -15,8 +15,7 @@ from iii_console.core.redis_server import RedisServer
 
 from .checker import check_stream
 from .conftest import ROOT
-from .helpers import events, make_project, wait_for
-from .test_e2e import start_cli
+from .helpers import events, make_project, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -110,11 +109,11 @@ def test_a_crash_while_redis_is_down_is_recovered_once_redis_is_back(tmp_path):
     try:
         wait_for(lambda: client.hlen(keys.workers) == 1, timeout=30, what="the worker up")
         [info] = [json.loads(v) for v in client.hvals(keys.workers)]
-        from iii_console.core.config import load_config
-        from iii_console.runtime.services import Services
-        from iii_console.runtime.runner import StepRunner
         from iii_console.adapters.queue.producer import subscriptions_for
+        from iii_console.core.config import load_config
         from iii_console.core.discovery import discover
+        from iii_console.runtime.runner import StepRunner
+        from iii_console.runtime.services import Services
 
         cfg = load_config(tmp_path / "iii-config.yaml", env={})
         svc = Services.open(cfg, "test")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import threading
 import time
 
@@ -22,10 +23,9 @@ import pytest
 import redis
 
 from .checker import EFFECT_STEP, check
-from .helpers import make_project, redis_binaries, wait_for
-from .test_chaos import FULL
-from .test_e2e import start_cli
+from .helpers import make_project, redis_binaries, start_cli, wait_for
 
+FULL = os.environ.get("III_CHAOS_FULL") == "1"
 pytestmark = pytest.mark.slow
 
 REQUESTS = 50_000 if FULL else 5_000
@@ -146,7 +146,7 @@ class Sampler:
             self.max_backlog = max(self.max_backlog, sum(lens))
             self.samples += 1
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 

@@ -18,8 +18,7 @@ from iii_console.core.discovery import discover
 from iii_console.core.errors import ConfigError
 
 from .conftest import ROOT
-from .helpers import make_project
-from .test_e2e import start_cli
+from .helpers import make_project, start_cli
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ import time
 
 from iii_console.core.dlq import DeadLetterStore
 
-from .helpers import events, events_once, wait_for
-from .test_queue import producer, project, runs, runtime  # noqa: F401  (fixtures)
+from .helpers import events, events_once, runs, wait_for
 
 SLOW = """
 import time

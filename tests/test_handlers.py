@@ -16,8 +16,7 @@ import redis
 
 from iii_console.core.keys import Keys
 
-from .helpers import events, make_project, wait_for
-from .test_e2e import start_cli
+from .helpers import events, make_project, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -312,6 +311,40 @@ def test_json_schema_body_is_checked_and_names_each_field(app, rc):
     doc = httpx.get(f"{app.url}/openapi.json").json()
     schema = doc["paths"]["/both/{kind}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert schema["required"] == ["k"]
+
+
+def test_openapi_json_is_a_valid_openapi_3_1_document(app):
+    """Given the running server, when /openapi.json is read, then it says 3.1 and the OpenAPI validator accepts it."""
+    from openapi_spec_validator import validate
+
+    doc = httpx.get(f"{app.url}/openapi.json").json()
+    assert doc["openapi"].startswith("3.1.")
+    validate(doc)  # raises, naming the first offending part, if it is not valid OpenAPI
+
+
+def test_an_optional_field_is_valid_in_the_document_and_was_not_in_3_0(app):
+    """Given the seed project's steps (pydantic models with optional fields: {"type": "null"}), when their document
+    is built, then it validates as 3.1, and the same document labelled 3.0.3 does not (why it is 3.1)."""
+    from openapi_spec_validator import validate
+    from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+
+    from iii_console.adapters.openapi import document
+    from iii_console.core.discovery import discover
+
+    from .conftest import ROOT
+
+    doc = document(discover(ROOT / "steps").steps)
+    assert '{"type": "null"}' in json.dumps(doc)
+    validate(doc)
+    with pytest.raises(OpenAPIValidationError):
+        validate({**doc, "openapi": "3.0.3"})
+
+
+def test_metrics_name_their_content_type_and_charset_once(app):
+    """Given the running server, when /metrics is read, then its content-type is Prometheus's text format with one charset."""
+    resp = httpx.get(f"{app.url}/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "text/plain; version=1.0.0; charset=utf-8"
 
 
 def test_what_a_handler_returns_becomes_the_answer_or_a_reported_500(app, rc):

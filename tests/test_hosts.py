@@ -26,8 +26,7 @@ from iii_console.runtime.runner import StepRunner
 from iii_console.runtime.services import Services
 
 from .checker import check
-from .helpers import make_project, wait_for
-from .test_chaos import CONFIG, HB_TIMEOUT, SWEEP, _holds, _worker_pids
+from .helpers import CHAOS_CONFIG, HB_TIMEOUT, SWEEP, make_project, wait_for, worker_holds, worker_pids
 
 pytestmark = pytest.mark.slow
 
@@ -142,10 +141,10 @@ def test_workers_on_two_network_hosts_share_the_load_and_losing_one_loses_nothin
         for n, addr in enumerate(here):
             url = f"redis://{addr}:{server.port}/0"
             project = tmp_path / f"host{n + 1}"
-            make_project(project, {"effect_step.py": HOST_STEP}, CONFIG, redis_url=url)
+            make_project(project, {"effect_step.py": HOST_STEP}, CHAOS_CONFIG, redis_url=url)
             running.append(HostWorkers(hosts.names[n], project, url))
-        wait_for(lambda: len(_worker_pids(r, keys)) == 2, timeout=30, what="a worker on each host")
-        cfg = make_project(tmp_path / "producer", {"effect_step.py": HOST_STEP}, CONFIG, redis_url=server.url)
+        wait_for(lambda: len(worker_pids(r, keys)) == 2, timeout=30, what="a worker on each host")
+        cfg = make_project(tmp_path / "producer", {"effect_step.py": HOST_STEP}, CHAOS_CONFIG, redis_url=server.url)
         services = Services.open(cfg, "producer")
         producer = StepRunner(services, subscriptions_for(discover(cfg.steps_path).steps)).producer
         sent = [f"k{i}" for i in range(600)]
@@ -157,12 +156,12 @@ def test_workers_on_two_network_hosts_share_the_load_and_losing_one_loses_nothin
         share = lambda: {k.decode(): int(v) for k, v in r.hgetall("chaos:by_netns").items()}  # noqa: E731
         wait_for(lambda: len(share()) == 2 and min(share().values()) >= 20, timeout=30, what="both hosts working")
         before_loss = share()
-        pids = _worker_pids(r, keys)
+        pids = worker_pids(r, keys)
         lost_host = next(wid for pid, wid in pids.items() if _netns_of(pid) == hosts.inode(0))
-        held = _holds(r, keys, lost_host)
+        held = worker_holds(r, keys, lost_host)
         running[0].kill()
         t_loss = time.monotonic()
-        wait_for(lambda: not _holds(r, keys, lost_host), timeout=HB_TIMEOUT + SWEEP + 10, interval=0.02,
+        wait_for(lambda: not worker_holds(r, keys, lost_host), timeout=HB_TIMEOUT + SWEEP + 10, interval=0.02,
                  what="the lost host's messages back in the queue")
         recovered_after = time.monotonic() - t_loss
         feeder.join()

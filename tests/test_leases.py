@@ -13,7 +13,6 @@ from iii_console import LockLost, LockTaken
 from iii_console.core.lease import Leases
 
 from .helpers import events, wait_for
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
 
 NIGHTLY = """
 import json, time

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -19,9 +19,7 @@ from iii_console.core.cronexpr import next_fire, parse_cron
 from iii_console.core.discovery import discover
 
 from .conftest import ROOT
-from .helpers import events, events_once, make_project, wait_for
-from .test_e2e import start_cli
-from .test_tui_helpers import anyio_backend  # noqa: F401  (the console test runs on asyncio)
+from .helpers import events, events_once, make_project, start_cli, wait_for
 
 PLAYGROUND = ROOT / "tests" / "motia_steps" / "playground" / "steps"
 UNSUPPORTED = ROOT / "tests" / "motia_steps" / "unsupported"
@@ -140,16 +138,16 @@ def test_motias_cron_days_of_week_count_from_sunday_1_as_its_engine_does(tmp_pat
     [step] = discover(tmp_path / "steps").steps
     monday_trigger, other = (t.expression for t in step.triggers)
     assert (monday_trigger, other) == ("0 0 9 * * mon", "0 0 9 * * mon-fri/2,sun")
-    saturday = datetime(2030, 6, 1, 12, tzinfo=timezone.utc)  # a Saturday
-    assert next_fire(monday_trigger, saturday) == datetime(2030, 6, 3, 9, tzinfo=timezone.utc)
-    assert next_fire(other, saturday) == datetime(2030, 6, 2, 9, tzinfo=timezone.utc)  # Sunday, then Mon, Wed, Fri
-    assert next_fire(other, datetime(2030, 6, 3, 10, tzinfo=timezone.utc)) == datetime(2030, 6, 5, 9, tzinfo=timezone.utc)
+    saturday = datetime(2030, 6, 1, 12, tzinfo=UTC)  # a Saturday
+    assert next_fire(monday_trigger, saturday) == datetime(2030, 6, 3, 9, tzinfo=UTC)
+    assert next_fire(other, saturday) == datetime(2030, 6, 2, 9, tzinfo=UTC)  # Sunday, then Mon, Wed, Fri
+    assert next_fire(other, datetime(2030, 6, 3, 10, tzinfo=UTC)) == datetime(2030, 6, 5, 9, tzinfo=UTC)
 
 
 def test_motias_seven_field_cron_has_seconds_first_and_a_year_last():
-    after = datetime(2030, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
-    assert next_fire("5 * * * * * *", after) == datetime(2030, 5, 1, 12, 0, 5, tzinfo=timezone.utc)
-    assert next_fire("0 30 9 1 1 * 2031", after) == datetime(2031, 1, 1, 9, 30, tzinfo=timezone.utc)
+    after = datetime(2030, 5, 1, 12, 0, 0, tzinfo=UTC)
+    assert next_fire("5 * * * * * *", after) == datetime(2030, 5, 1, 12, 0, 5, tzinfo=UTC)
+    assert next_fire("0 30 9 1 1 * 2031", after) == datetime(2031, 1, 1, 9, 30, tzinfo=UTC)
     with pytest.raises(ValueError, match="cron field year '20x1'"):
         parse_cron("0 0 0 1 1 * 20x1")
 
@@ -385,8 +383,7 @@ async def test_the_state_view_shows_a_stream_and_its_items_live(redis_url, r, ke
 
     from iii_console.core.motia import run as motia_run
 
-    from .test_tui_app import SIZE, console
-    from .test_tui_helpers import started, until
+    from .helpers import SIZE, console, started, until
 
     def write(item: str) -> None:
         token = motia_run.run_in(_run_ctx(r, keys))
@@ -457,8 +454,19 @@ def test_every_public_name_of_motia_is_there_or_says_what_to_use_instead():
 
 
 def test_step_builders_and_guards_work_on_motias_objects(tmp_path):
-    from iii_console.core.motia import (Step, StepConfig, cron, get_api_triggers, http, is_api_step, is_api_trigger,
-                                        is_cron_step, is_queue_trigger, queue, step)
+    from iii_console.core.motia import (
+        Step,
+        StepConfig,
+        cron,
+        get_api_triggers,
+        http,
+        is_api_step,
+        is_api_trigger,
+        is_cron_step,
+        is_queue_trigger,
+        queue,
+        step,
+    )
 
     config = {"name": "Built", "triggers": [http("GET", "/built"), cron("0 0 * * * *")]}
     built = step(config).handle(lambda request, ctx: {"status": 200, "body": "ok"})

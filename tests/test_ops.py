@@ -12,8 +12,7 @@ import pytest
 from iii_console.core.dlq import DeadLetterStore
 from iii_console.core.state import StateStore
 
-from .helpers import events, make_project, wait_for
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
+from .helpers import cli_in_process, events, make_project, wait_for
 
 FAILS = """
 from iii_console import Step, queue
@@ -35,31 +34,8 @@ queues:
 """
 
 
-def cli(cfg, *args: str) -> "Result":
-    """Run the real command line in-process (same group, same error rendering as the binary)."""
-    import os
-
-    from click.testing import CliRunner
-
-    import iii_console.cli_ops  # noqa: F401
-    from iii_console.cli import cli as group
-
-    cwd = os.getcwd()
-    os.chdir(cfg.project_dir)
-    try:
-        res = CliRunner().invoke(group, [*args, "--redis", cfg.redis.url], catch_exceptions=False)
-    finally:
-        os.chdir(cwd)
-    return Result(res.exit_code, res.stdout, res.stderr)
-
-
-class Result:
-    def __init__(self, returncode: int, stdout: str, stderr: str):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
 @pytest.fixture
-def dead(project, runtime, producer, r, keys):  # noqa: F811
+def dead(project, runtime, producer, r, keys):
     """Five dead letters: 3 from step A (topic alpha: two ValueError, one KeyError), 2 from step B (topic beta)."""
     cfg, steps = project({
         "a_step.py": FAILS.format(name="A", topic="alpha", exc="ValueError"),
@@ -79,36 +55,36 @@ def dead(project, runtime, producer, r, keys):  # noqa: F811
 
 def test_list_filters_by_queue_step_error_and_since(dead):
     cfg, _steps, _store = dead
-    rows = lambda *a: [json.loads(line) for line in cli(cfg, "dlq", "list", "--json", *a).stdout.splitlines()]  # noqa: E731
+    rows = lambda *a: [json.loads(line) for line in cli_in_process(cfg, "dlq", "list", "--json", *a).stdout.splitlines()]  # noqa: E731
     assert len(rows()) == 4
     assert {r["step"] for r in rows("--queue", "alpha.dlq")} == {"A"}
     assert {r["step"] for r in rows("--queue", "beta")} == {"B"}  # a topic works too
     assert {r["step"] for r in rows("--step", "B")} == {"B"} and len(rows("--step", "B")) == 2
     assert [r["error"] for r in rows("--error", "failed on a2")] == ["ValueError: A failed on a2"]
     assert len(rows("--since", "1h")) == 4 and rows("--since", "2999-01-01T00:00:00") == []
-    bad = cli(cfg, "dlq", "list", "--since", "yesterday-ish")
+    bad = cli_in_process(cfg, "dlq", "list", "--since", "yesterday-ish")
     assert bad.returncode == 2 and "--since" in bad.stderr
 
 
 def test_show_prints_payload_error_traceback_attempts_and_trace(dead):
     cfg, _steps, store = dead
     entry = next(e for e in store.list() if e.data["k"] == "b1")
-    out = json.loads(cli(cfg, "dlq", "show", entry.id, "--json").stdout)
+    out = json.loads(cli_in_process(cfg, "dlq", "show", entry.id, "--json").stdout)
     assert out["data"] == {"k": "b1", "fail": True} and out["attempts"] == 1 and out["trace_id"] == "trace-b1"
     assert out["error"] == "RuntimeError: B failed on b1" and "raise RuntimeError" in out["traceback"]
     assert out["first_failure_ms"] <= out["last_failure_ms"]
-    human = cli(cfg, "dlq", "show", entry.id).stdout
+    human = cli_in_process(cfg, "dlq", "show", entry.id).stdout
     assert "trace-b1" in human and "Traceback" in human
-    assert cli(cfg, "dlq", "show", "nope").returncode == 2
+    assert cli_in_process(cfg, "dlq", "show", "nope").returncode == 2
 
 
-def test_replay_moves_exactly_the_filtered_set_and_nothing_else(dead, runtime, r, keys):  # noqa: F811
+def test_replay_moves_exactly_the_filtered_set_and_nothing_else(dead, runtime, r, keys):
     cfg, steps, store = dead
     before = {e.id for e in store.list()}
     a_ids = {e.id for e in store.list() if e.step == "A"}
-    dry = cli(cfg, "dlq", "replay", "--all", "--step", "A", "--dry-run")
+    dry = cli_in_process(cfg, "dlq", "replay", "--all", "--step", "A", "--dry-run")
     assert dry.returncode == 0 and "2 would be replayed" in dry.stderr and store.count("alpha.dlq") == 2
-    res = cli(cfg, "dlq", "replay", "--all", "--step", "A", "--yes", "--json")
+    res = cli_in_process(cfg, "dlq", "replay", "--all", "--step", "A", "--yes", "--json")
     assert res.returncode == 0, res.stderr
     replayed = [json.loads(line) for line in res.stdout.splitlines()]
     assert {x["replayed"] for x in replayed} == a_ids
@@ -126,21 +102,21 @@ def test_replay_moves_exactly_the_filtered_set_and_nothing_else(dead, runtime, r
 def test_replay_by_id_and_a_second_replay_of_the_same_entry_is_refused(dead):
     cfg, _steps, store = dead
     entry = store.list("beta.dlq")[0]
-    assert cli(cfg, "dlq", "replay", entry.id, "--yes").returncode == 0
-    second = cli(cfg, "dlq", "replay", entry.id, "--yes")
+    assert cli_in_process(cfg, "dlq", "replay", entry.id, "--yes").returncode == 0
+    second = cli_in_process(cfg, "dlq", "replay", entry.id, "--yes")
     assert second.returncode == 2 and "no dead letter" in second.stderr
     assert store.count("beta.dlq") == 1
 
 
 def test_bulk_action_states_the_count_and_needs_confirmation(dead):
     cfg, _steps, store = dead
-    declined = cli(cfg, "dlq", "purge", "--all")  # no terminal, no --yes
+    declined = cli_in_process(cfg, "dlq", "purge", "--all")  # no terminal, no --yes
     assert declined.returncode == 2 and "4 entries" in declined.stderr and store.count("alpha.dlq") == 2
 
 
 def test_purge_removes_exactly_the_filtered_set(dead):
     cfg, _steps, store = dead
-    res = cli(cfg, "dlq", "purge", "--all", "--error", "RuntimeError", "--yes")
+    res = cli_in_process(cfg, "dlq", "purge", "--all", "--error", "RuntimeError", "--yes")
     assert res.returncode == 0 and "purged 2" in res.stderr
     assert store.count("beta.dlq") == 0 and store.count("alpha.dlq") == 2
 
@@ -153,22 +129,22 @@ def handler(change, ctx):
 """
 
 
-def test_state_commands_read_edit_and_fire_triggers(project, runtime, r, keys):  # noqa: F811
+def test_state_commands_read_edit_and_fire_triggers(project, runtime, r, keys):
     cfg, steps = project({"watch_step.py": WATCH})
     from iii_console.runtime.worker import ensure_trigger_group
 
     ensure_trigger_group(r, keys.state_changes)
     runtime(cfg, steps)
-    assert cli(cfg, "state", "set", "settings", "mode", '{"dark": true}').returncode == 0
-    assert json.loads(cli(cfg, "state", "get", "settings", "mode", "--json").stdout) == {"dark": True}
-    assert json.loads(cli(cfg, "state", "list", "settings", "--json").stdout) == {"mode": {"dark": True}}
+    assert cli_in_process(cfg, "state", "set", "settings", "mode", '{"dark": true}').returncode == 0
+    assert json.loads(cli_in_process(cfg, "state", "get", "settings", "mode", "--json").stdout) == {"dark": True}
+    assert json.loads(cli_in_process(cfg, "state", "list", "settings", "--json").stdout) == {"mode": {"dark": True}}
     wait_for(lambda: StateStore(r, keys).get("audit", "mode") == {"new": {"dark": True}}, what="trigger fired by the CLI edit")
-    assert "settings" in json.loads(cli(cfg, "state", "groups", "--json").stdout)
-    bad = cli(cfg, "state", "set", "settings", "mode", "{oops")
+    assert "settings" in json.loads(cli_in_process(cfg, "state", "groups", "--json").stdout)
+    bad = cli_in_process(cfg, "state", "set", "settings", "mode", "{oops")
     assert bad.returncode == 2 and "not valid JSON" in bad.stderr
     assert StateStore(r, keys).get("settings", "mode") == {"dark": True}
-    assert cli(cfg, "state", "delete", "settings", "mode").returncode == 0
-    assert cli(cfg, "state", "get", "settings", "mode").returncode == 2
+    assert cli_in_process(cfg, "state", "delete", "settings", "mode").returncode == 0
+    assert cli_in_process(cfg, "state", "get", "settings", "mode").returncode == 2
     changed = [e for e in events(r, keys, "state.changed") if e.data["group"] == "settings"]
     assert [e.step for e in changed] == ["cli", "cli"]
 

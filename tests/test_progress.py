@@ -7,7 +7,6 @@ import pytest
 from iii_console.core.progress import progress_value, read_progress
 
 from .helpers import events, wait_for
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
 
 IMPORT = """
 from iii_console import Step, queue
@@ -56,5 +55,5 @@ def test_sync_and_async_handlers_report_progress_as_events_and_the_latest_value(
 
 @pytest.mark.parametrize("args", [(True, 3), ("1", 3), (1, 0), (-1, 3), (4, 3), (1, float("nan")), (1, 3, 7)])
 def test_bad_progress_values_are_refused_naming_the_argument(args):
-    with pytest.raises((TypeError, ValueError), match="ctx.progress: (done|total|note)"):
+    with pytest.raises((TypeError, ValueError), match=r"ctx.progress: (done|total|note)"):
         progress_value(*args)

@@ -3,77 +3,14 @@ retries, dead letters, priority, and the stock-Dramatiq weak spots we close."""
 
 from __future__ import annotations
 
-import json
+import itertools
 import uuid
 
 import pytest
 
-from iii_console.adapters.queue.producer import subscriptions_for
-from iii_console.core.discovery import discover
 from iii_console.core.dlq import DeadLetterStore
-from iii_console.runtime.runner import StepRunner
-from iii_console.runtime.services import Services
-from iii_console.runtime.worker import WorkerRuntime
 
-from .helpers import events, events_once, make_project, wait_for
-
-RECORDER = """
-from iii_console import Step, queue
-config = Step(name="{name}", triggers=[queue("{topic}")])
-def handler(data, ctx):
-    ctx.state.update("runs", "{name}", [{{"type": "increment", "path": data["k"]}}])
-    {extra}
-"""
-
-
-def recorder(name: str, topic: str = "jobs", extra: str = "pass") -> str:
-    return RECORDER.format(name=name, topic=topic, extra=extra)
-
-
-@pytest.fixture
-def project(tmp_path, redis_url):
-    def build(steps: dict[str, str], config: str = ""):
-        cfg = make_project(tmp_path, steps, config, redis_url=redis_url)
-        stepset = discover(cfg.steps_path)
-        assert not stepset.errors, stepset.errors
-        return cfg, stepset
-
-    return build
-
-
-@pytest.fixture
-def runtime():
-    started: list[WorkerRuntime] = []
-
-    def start(cfg, steps, **kw):
-        rt = WorkerRuntime(cfg, steps, **kw)
-        rt.start()
-        started.append(rt)
-        return rt
-
-    yield start
-    for rt in started:
-        if not rt._stop.is_set():
-            rt.stop(timeout_s=5)
-
-
-@pytest.fixture
-def producer():
-    opened: list[Services] = []
-
-    def make(cfg, steps):
-        svc = Services.open(cfg, "test")
-        opened.append(svc)
-        return StepRunner(svc, subscriptions_for(steps.steps)).producer
-
-    yield make
-    for s in opened:
-        s.close()
-
-
-def runs(r, keys, step):
-    raw = r.hget(keys.state_group("runs"), step)
-    return json.loads(raw) if raw else {}
+from .helpers import events, events_once, recorder, runs, wait_for
 
 
 def test_enqueue_fans_out_one_copy_to_every_subscribed_step(project, runtime, producer, r, keys):
@@ -124,7 +61,7 @@ def test_failing_message_is_retried_max_retries_times_with_delay_then_dead_lette
     assert runs(r, keys, "Flaky") == {"m1": 3}
     started = [e for e in events(r, keys, "message.started") if e.message_id == mid]
     assert [e.attempt for e in started] == [1, 2, 3]
-    gaps = [b.ts - a.ts for a, b in zip(started, started[1:])]
+    gaps = [b.ts - a.ts for a, b in itertools.pairwise(started)]
     assert gaps[0] >= 300 and gaps[1] >= 600, gaps  # exponential: 300 ms, then 600 ms
     retrying = events(r, keys, "message.retrying")
     assert [e.data["delay_ms"] for e in retrying] == [300, 600]
@@ -237,7 +174,7 @@ def test_each_topics_concurrency_holds_in_a_worker_process(project, runtime, pro
                          "queues:\n  two:\n    concurrency: 2\n  three:\n    concurrency: 3\n")
     runtime(cfg, steps, threads=8)
     p = producer(cfg, steps)
-    for i in range(30):
+    for _i in range(30):
         p.enqueue("two", {"redis": redis_url}, trace_id="t")
         p.enqueue("three", {"redis": redis_url}, trace_id="t")
     wait_for(lambda: r.get("done:two") == b"30" and r.get("done:three") == b"30", timeout=30, what="all done")
@@ -398,7 +335,7 @@ def test_enqueue_with_delay_waits_before_running(project, runtime, producer, r, 
     p.enqueue("jobs", {"k": "now"}, trace_id="t")
     [later] = wait_for(lambda: [e for e in events(r, keys, "message.enqueued") if e.data["payload"]["k"] == "later"], what="enqueued event")
     done = wait_for(lambda: [e for e in events(r, keys, "message.started") if e.message_id == later.message_id], what="delayed message")
-    first = [e for e in events(r, keys, "message.started") if e.message_id != later.message_id][0]
+    first = next(e for e in events(r, keys, "message.started") if e.message_id != later.message_id)
     assert done[0].ts - sent_ms >= 400
     assert first.ts < done[0].ts  # the undelayed message sent after it ran first
 
@@ -423,6 +360,10 @@ def test_undecodable_message_is_quarantined_and_the_rest_of_the_batch_flows(proj
     [entry] = store.list("quarantine")
     assert entry.id == f"undecodable-{rid}" and "undecodable" in entry.error and "not a dramatiq message" in entry.raw
     assert entry.step == "A" and entry.topic == "jobs"
+    # Written with the entry, in the one shape every dead letter's event has; the entry id names it.
+    [dead] = events(r, keys, "message.dead_lettered")
+    assert dead.data == {"dlq": "quarantine", "attempts": 0, "entry": entry.id} and dead.error == entry.error
+    assert (dead.message_id, dead.step, dead.topic, dead.queue) == (None, "A", "jobs", "jobs--A--normal")
 
 
 def test_failed_retry_write_keeps_the_message_until_redis_accepts_it(project, runtime, producer, r, keys, monkeypatch):

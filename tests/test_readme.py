@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from iii_console.cli import cli
 from iii_console.core.discovery import discover
+from iii_console.core.events import EVENT_TYPES
 from iii_console.core.steps import QueueTrigger, validate_input
 
 from .conftest import ROOT
@@ -36,8 +37,6 @@ def test_the_writing_steps_example_pasted_as_two_files_passes_config_check_witho
 
 
 def test_send_helps_example_data_is_valid_input_for_the_seed_step_it_names() -> None:
-    import iii_console.cli_ops  # noqa: F401  (registers the commands as the CLI does)
-
     helptext = CliRunner().invoke(cli, ["send", "--help"]).output
     line = next(ln for ln in helptext.splitlines() if "--topic" in ln and "--data" in ln and "iii-console send" in ln)
     args = shlex.split(line.split("iii-console", 1)[1])
@@ -49,3 +48,15 @@ def test_send_helps_example_data_is_valid_input_for_the_seed_step_it_names() -> 
 
     for schema in schemas:
         validate_input(schema, json.loads(data))  # raises (the message would be dead-lettered) if it does not fit
+
+
+def test_the_events_table_lists_exactly_the_event_types_the_code_has() -> None:
+    """Given README's event table, when its type column is read, then it names each type of core/events.py once, and no other."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("\n## Events\n", 1)[1].split("\n\n| type |", 1)[1].split("\n\n", 1)[0]
+    names: list[str] = []
+    for row in table.splitlines()[2:]:
+        names += re.findall(r"`([a-z_.]+)`", row.split("|")[1])
+    assert sorted(names) == sorted(EVENT_TYPES)
+    assert len(names) == len(set(names))
+

@@ -17,8 +17,7 @@ from iii_console.runtime.recycling import RECYCLE_EXIT, Recycler
 from iii_console.runtime.runner import StepRunner
 from iii_console.runtime.services import Services
 
-from .helpers import events, events_once, make_project, wait_for
-from .test_e2e import start_cli
+from .helpers import events, events_once, make_project, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 

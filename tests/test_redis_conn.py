@@ -21,8 +21,7 @@ from iii_console.core.keys import Keys
 from iii_console.core.redis_server import RedisServer, find_redis_server
 
 from .conftest import ROOT
-from .helpers import make_project, wait_for
-from .test_e2e import start_cli
+from .helpers import ORPHAN, env_without_redis, make_project, owner_lock_free, ping, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -34,16 +33,10 @@ def handler(data, ctx):
 """
 
 
-def _env_without_redis() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("REDIS_URL", None)
-    return env
-
-
 def test_no_url_starts_a_private_redis_under_dot_iii_and_stops_it_on_exit(tmp_path):
     shutil.copytree(ROOT / "steps", tmp_path / "steps")
     (tmp_path / "iii-config.yaml").write_text("redis:\n  url: ${REDIS_URL:}\nserver:\n  port: 0\n")
-    env = _env_without_redis()
+    env = env_without_redis()
     proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -144,7 +137,7 @@ def tls_redis(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=(d / "stderr.txt").open("wb"))
     url = f"rediss://:tls-secret@127.0.0.1:{port}/0"
     try:
-        wait_for(lambda: proc.poll() is not None or _ping(f"{url}?ssl_ca_certs={cert}"), what="TLS redis up or refusing TLS")
+        wait_for(lambda: proc.poll() is not None or ping(f"{url}?ssl_ca_certs={cert}"), what="TLS redis up or refusing TLS")
         if proc.poll() is not None:
             said = [line for f in ("stderr.txt", "redis.log") if (d / f).exists()
                     for line in (d / f).read_text(errors="replace").splitlines() if line.strip()]
@@ -168,7 +161,7 @@ def test_rediss_urls_work_with_a_ca_file_or_without_verification(tmp_path, tls_r
         wait_for(lambda: json.loads(c.hget(Keys().state_group("messages"), mid) or "{}").get("status") == "processed",
                  what="processed over TLS")
         # REDIS_URL works as well as --redis, and ssl_cert_reqs=none skips verification.
-        env = {**_env_without_redis(), "REDIS_URL": f"{url}?ssl_cert_reqs=none"}
+        env = {**env_without_redis(), "REDIS_URL": f"{url}?ssl_cert_reqs=none"}
         out = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "echo", "--data", '{"k": "t"}'],
                              cwd=tmp_path / "proj", env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
@@ -193,7 +186,7 @@ def test_password_url_from_redis_url_or_flag(tmp_path):
         url = f"redis://:{quote(password, safe='')}@127.0.0.1:{server.port}/0"
         shutil.copytree(ROOT / "steps", tmp_path / "proj" / "steps")
         make_project(tmp_path / "proj", {"echo_step.py": ECHO}, "server:\n  port: 0\n")
-        env = {**_env_without_redis(), "REDIS_URL": url}
+        env = {**env_without_redis(), "REDIS_URL": url}
         proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui"], cwd=tmp_path / "proj", env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
@@ -206,12 +199,12 @@ def test_password_url_from_redis_url_or_flag(tmp_path):
             wait_for(lambda: json.loads(c.hget(Keys().state_group("messages"), mid) or "{}").get("status") == "processed",
                      what="processed through a password URL")
             out = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "echo", "--data", '{"k": "p"}', "--redis", url],
-                                 cwd=tmp_path / "proj", env=_env_without_redis(), capture_output=True, text=True, timeout=60)
+                                 cwd=tmp_path / "proj", env=env_without_redis(), capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, out.stderr
             wait_for(lambda: c.hget(Keys().state_group("echo"), "p"), what="sent with --redis")
             # No password at all: one line that says so, exit 3.
             out = subprocess.run([sys.executable, "-m", "iii_console", "state", "groups", "--redis", f"redis://127.0.0.1:{server.port}/0"],
-                                 cwd=tmp_path / "proj", env=_env_without_redis(), capture_output=True, text=True, timeout=60)
+                                 cwd=tmp_path / "proj", env=env_without_redis(), capture_output=True, text=True, timeout=60)
             assert out.returncode == 3 and len(out.stderr.splitlines()) == 1 and "needs a password" in out.stderr, out.stderr
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -230,7 +223,7 @@ def _embedded_project(root: Path) -> Path:
 
 def _start_embedded(project: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """``iii-console --no-ui`` on the project's embedded Redis; returns it and the Redis URL from its redis.json."""
-    proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui", *args], cwd=project, env=_env_without_redis(),
+    proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui", *args], cwd=project, env=env_without_redis(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     banner = proc.stderr.readline()
     if "running" not in banner:
@@ -240,19 +233,6 @@ def _start_embedded(project: Path, *args: str) -> tuple[subprocess.Popen, str]:
     return proc, json.loads((project / ".iii" / "redis.json").read_text())["url"]
 
 
-def _owner_lock_free(project: Path) -> bool:
-    """No redis-server holds the data directory (each one holds this lock for as long as it runs)."""
-    import fcntl
-
-    with open(project / ".iii" / "redis" / "owner.lock", "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return True
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_owner_killed_outright_takes_its_redis_with_it_and_the_data_survives(tmp_path):
     project = _embedded_project(tmp_path)
@@ -260,8 +240,8 @@ def test_owner_killed_outright_takes_its_redis_with_it_and_the_data_survives(tmp
     redis.Redis.from_url(url).set("kept", "yes")
     proc.kill()
     proc.wait()
-    wait_for(lambda: not _ping(url), what="the embedded Redis to stop with its owner")
-    wait_for(lambda: _owner_lock_free(project), what="the data directory to be released")
+    wait_for(lambda: not ping(url), what="the embedded Redis to stop with its owner")
+    wait_for(lambda: owner_lock_free(project), what="the data directory to be released")
     # The next start brings up a new server on the same append-only file.
     proc, url2 = _start_embedded(project, "--role", "worker")
     try:
@@ -270,21 +250,7 @@ def test_owner_killed_outright_takes_its_redis_with_it_and_the_data_survives(tmp
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    assert not _ping(url2) and _owner_lock_free(project)
-
-
-ORPHAN = """
-import sys, threading, time
-from pathlib import Path
-from iii_console.runtime.embedded import EmbeddedRedis
-
-# Started off the main thread, so nothing ties the server's life to this process:
-# what a platform without a parent-death signal gets.
-t = threading.Thread(target=lambda: print(EmbeddedRedis(Path(sys.argv[1])).start(), flush=True))
-t.start()
-t.join()
-time.sleep(3600)
-"""
+    assert not ping(url2) and owner_lock_free(project)
 
 
 def test_a_redis_whose_owner_died_is_adopted_and_stopped_by_the_next_run(tmp_path):
@@ -296,28 +262,28 @@ def test_a_redis_whose_owner_died_is_adopted_and_stopped_by_the_next_run(tmp_pat
     orphan_pid = int(redis.Redis.from_url(url).info("server")["process_id"])
     proc = None
     try:
-        assert _ping(url)  # left running, owner gone
+        assert ping(url)  # left running, owner gone
         proc, joined = _start_embedded(project, "--role", "worker")
         assert joined == url
         assert json.loads((project / ".iii" / "redis.json").read_text())["pid"] == proc.pid
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-        assert not _ping(url)
+        assert not ping(url)
     finally:
         # Nothing else would ever stop these if an assertion above failed.
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
-        if _ping(url):
+        if ping(url):
             os.kill(orphan_pid, signal.SIGKILL)
     assert not (project / ".iii" / "redis.json").exists()
-    wait_for(lambda: _owner_lock_free(project), what="the adopted server to be gone")
+    wait_for(lambda: owner_lock_free(project), what="the adopted server to be gone")
 
 
 def test_runtimes_started_together_share_one_redis_and_its_owner_stops_it(tmp_path):
     project = _embedded_project(tmp_path)
     procs = [subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui", "--role", "worker"], cwd=project,
-                              env=_env_without_redis(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              env=env_without_redis(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     try:
         banners = [p.stderr.readline() for p in procs]
@@ -330,10 +296,10 @@ def test_runtimes_started_together_share_one_redis_and_its_owner_stops_it(tmp_pa
         joiner = next(p for p in procs if p is not owner)
         joiner.send_signal(signal.SIGTERM)
         assert joiner.wait(60) == 0
-        assert _ping(info["url"])  # the joiner leaves it to its owner
+        assert ping(info["url"])  # the joiner leaves it to its owner
         owner.send_signal(signal.SIGTERM)
         assert owner.wait(60) == 0
-        assert not _ping(info["url"])
+        assert not ping(info["url"])
     finally:
         for p in procs:
             if p.poll() is None:
@@ -349,17 +315,12 @@ def test_a_redis_holding_the_data_dir_that_redis_json_does_not_name_is_refused(t
     held.start()
     try:
         (project / ".iii" / "redis.json").unlink()
-        res = subprocess.run([sys.executable, "-m", "iii_console", "--no-ui"], cwd=project, env=_env_without_redis(),
+        res = subprocess.run([sys.executable, "-m", "iii_console", "--no-ui"], cwd=project, env=env_without_redis(),
                              capture_output=True, text=True, timeout=60)
         assert res.returncode != 0 and len(res.stderr.splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr
         assert "still uses" in res.stderr and str(project / ".iii" / "redis") in res.stderr
-        assert _ping(held.url)  # untouched
+        assert ping(held.url)  # untouched
     finally:
         held.stop()
 
 
-def _ping(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
-    except redis.RedisError:
-        return False

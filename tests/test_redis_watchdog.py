@@ -27,9 +27,7 @@ from iii_console.runtime.embedded import EmbeddedRedis
 from iii_console.runtime.redis_watchdog import RedisWatchdog, RestartBackoff
 
 from .conftest import ROOT
-from .helpers import make_project, wait_for
-from .test_event_stream import REQUIRED
-from .test_redis_conn import _env_without_redis, _owner_lock_free, _ping
+from .helpers import REQUIRED, env_without_redis, make_project, owner_lock_free, ping, wait_for
 
 CONFIG = """
 redis:
@@ -57,7 +55,7 @@ def _zombie_or_alive(pid: int) -> str | None:
 def test_embedded_redis_killed_under_load_comes_back_by_itself_and_loses_no_accepted_message(tmp_path):
     shutil.copytree(ROOT / "steps", tmp_path / "steps")
     make_project(tmp_path, {}, CONFIG)
-    proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui"], cwd=tmp_path, env=_env_without_redis(),
+    proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui"], cwd=tmp_path, env=env_without_redis(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _killed_under_load(proc, tmp_path)
@@ -99,7 +97,7 @@ def _killed_under_load(proc: subprocess.Popen, tmp_path: Path) -> None:
         before = len(accepted)
         os.kill(old_pid, signal.SIGKILL)
         t0 = time.monotonic()
-        wait_for(lambda: _ping(url), timeout=15, interval=0.02, what="the embedded Redis back on the same URL")
+        wait_for(lambda: ping(url), timeout=15, interval=0.02, what="the embedded Redis back on the same URL")
         back_s = time.monotonic() - t0
         wait_for(lambda: _zombie_or_alive(old_pid) is None, timeout=5, what="the killed redis-server reaped (no zombie)")
         wait_for(lambda: len(accepted) >= before + 50, timeout=30, what="requests accepted again after the restart")
@@ -135,7 +133,7 @@ def _killed_under_load(proc: subprocess.Popen, tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, "".join(stderr)
-    assert not _ping(url) and _owner_lock_free(tmp_path)
+    assert not ping(url) and owner_lock_free(tmp_path)
 
 
 def test_restart_backoff_grows_for_quick_deaths_and_resets_after_a_stable_run():
@@ -157,7 +155,7 @@ def test_a_restart_that_cannot_bind_its_port_is_reported_and_retried_with_backof
     squatter = socket.socket()
     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     os.kill(emb.server.proc.pid, signal.SIGKILL)
-    wait_for(lambda: not _ping(url), what="the server gone")
+    wait_for(lambda: not ping(url), what="the server gone")
     wait_for(lambda: _bound(squatter, port), what="the port taken by someone else")
 
     async def scenario() -> None:
@@ -172,7 +170,7 @@ def test_a_restart_that_cannot_bind_its_port_is_reported_and_retried_with_backof
 
     try:
         asyncio.run(asyncio.wait_for(scenario(), 30))
-        assert _ping(url)
+        assert ping(url)
         downs = [kw for t, kw in emitted if t == "redis.down"]
         assert downs[0]["data"]["exit"] == "killed by SIGKILL" and downs[0]["error"].endswith("killed by SIGKILL")
         assert all("address already in use" in d["error"] for d in downs[1:]), downs
@@ -221,7 +219,7 @@ def test_a_worker_started_while_redis_is_away_waits_for_it_instead_of_dying(tmp_
     def start() -> None:
         try:
             rt.start()
-        except BaseException as exc:  # noqa: BLE001  (what the test is about)
+        except BaseException as exc:
             failed.append(exc)
 
     starter = threading.Thread(target=start)
@@ -247,7 +245,7 @@ def test_a_worker_started_while_redis_is_away_waits_for_it_instead_of_dying(tmp_
 
 def test_an_adopted_redis_that_dies_is_restarted_too(tmp_path):
     """A server adopted from a dead owner is not our child; its death is noticed all the same."""
-    from .test_redis_conn import ORPHAN
+    from .helpers import ORPHAN
 
     data = tmp_path / ".iii"
     owner = subprocess.Popen([sys.executable, "-c", ORPHAN, str(data)], stdout=subprocess.PIPE, text=True)
@@ -271,14 +269,14 @@ def test_an_adopted_redis_that_dies_is_restarted_too(tmp_path):
 
     try:
         asyncio.run(asyncio.wait_for(scenario(), 30))
-        assert _ping(url) and emb.server is not None and emb.adopted_pid is None  # ours now, stopped with us
+        assert ping(url) and emb.server is not None and emb.adopted_pid is None  # ours now, stopped with us
         [(_, down)] = [(t, kw) for t, kw in emitted if t == "redis.down"]
         assert down["data"]["pid"] == orphan and "adopted" in down["data"]["exit"]
     finally:
         emb.stop()
         if _zombie_or_alive(orphan) not in (None, "Z"):
             os.kill(orphan, signal.SIGKILL)
-    assert not _ping(url)
+    assert not ping(url)
 
 
 def test_a_worker_waiting_for_redis_at_start_exits_once_its_supervisor_is_gone(tmp_path):
@@ -287,7 +285,7 @@ def test_a_worker_waiting_for_redis_at_start_exits_once_its_supervisor_is_gone(t
     from iii_console.core.redis_server import free_port
 
     cfg = make_project(tmp_path, {"echo_step.py": ECHO}, "", redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    env = {**_env_without_redis(), "III_CONFIG_JSON": cfg.model_dump_json(), "III_SUPERVISOR_PID": "1"}  # not its parent: gone
+    env = {**env_without_redis(), "III_CONFIG_JSON": cfg.model_dump_json(), "III_SUPERVISOR_PID": "1"}  # not its parent: gone
     res = subprocess.run([sys.executable, "-m", "iii_console.runtime.worker"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1, res.stderr

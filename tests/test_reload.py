@@ -9,9 +9,7 @@ import textwrap
 import httpx
 import pytest
 
-from .helpers import events, make_project, wait_for
-from .test_tui_helpers import anyio_backend  # noqa: F401
-from .test_e2e import start_cli
+from .helpers import events, make_project, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 

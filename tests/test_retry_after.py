@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,7 +12,6 @@ from iii_console import Retry
 from iii_console.core.dlq import DeadLetterStore
 
 from .helpers import events, wait_for
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
 
 SMTP = """
 import time
@@ -38,7 +38,7 @@ def test_retry_after_ms_runs_the_message_again_no_sooner_and_spends_an_attempt(p
     wait_for(lambda: len(runs(r, keys, "a")) == 3, what="three runs")
     got = runs(r, keys, "a")
     assert [a for _, a in got] == [1, 2, 3]  # each Retry spent an attempt
-    gaps = [b[0] - a[0] for a, b in zip(got, got[1:])]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(got)]
     assert all(g >= 590 for g in gaps), gaps  # not the queue's 10 ms backoff
     retrying = [e for e in events(r, keys, "message.retrying") if e.message_id == mid]
     assert [e.data["delay_ms"] for e in retrying] == [600, 600]
@@ -85,9 +85,9 @@ def test_retry_values_are_checked_and_parsed():
     assert Retry(after_ms=1500).delay_ms() == 1500
     assert Retry.after_header("120").delay_ms() == 120_000
     assert Retry.after_header(3).delay_ms() == 3000
-    soon = datetime.now(timezone.utc) + timedelta(seconds=30)
+    soon = datetime.now(UTC) + timedelta(seconds=30)
     assert 28_000 <= Retry(at=soon).delay_ms() <= 30_000
-    assert Retry(at=datetime.now(timezone.utc) - timedelta(hours=1)).delay_ms() == 0  # past: now
+    assert Retry(at=datetime.now(UTC) - timedelta(hours=1)).delay_ms() == 0  # past: now
     assert Retry(at=1_000_000, counts=False).delay_ms(now_ms=400_000) == 600_000
     for bad in (lambda: Retry(), lambda: Retry(after_ms=1, at=2), lambda: Retry(after_ms=-1),
                 lambda: Retry(at=datetime(2030, 1, 1)), lambda: Retry.after_header("soon"),

@@ -7,9 +7,7 @@ import json
 
 import pytest
 
-from .helpers import events, make_project, wait_for
-from .test_e2e import start_cli
-from .test_queue import producer  # noqa: F401  (fixture)
+from .helpers import events, make_project, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +30,7 @@ def handler(data, ctx):
 """
 
 
-def test_two_processes_share_the_load_and_concurrency_holds_per_process(tmp_path, redis_url, r, keys, producer):  # noqa: F811
+def test_two_processes_share_the_load_and_concurrency_holds_per_process(tmp_path, redis_url, r, keys, producer):
     from iii_console.core.discovery import discover
 
     cfg = make_project(tmp_path, {"gauge_step.py": GAUGE}, "server:\n  port: 0\nqueues:\n  load:\n    concurrency: 3\n", redis_url=redis_url)

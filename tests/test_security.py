@@ -6,15 +6,15 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from .conftest import ROOT
-from .helpers import events, make_project, redis_binaries, wait_for
-from .test_e2e import start_cli
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
+from .helpers import events, make_project, redis_binaries, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def handler(data, ctx):
 """
 
 
-def test_secrets_are_redacted_in_events_and_logs(project, runtime, producer, r, keys):  # noqa: F811
+def test_secrets_are_redacted_in_events_and_logs(project, runtime, producer, r, keys):
     cfg, steps = project({"leaky_step.py": LEAKY})
     runtime(cfg, steps)
     producer(cfg, steps).enqueue("leak", {"token": "t-999", "text": "hi"}, trace_id="t")
@@ -104,7 +104,7 @@ def test_secrets_are_redacted_in_events_and_logs(project, runtime, producer, r, 
     assert log.data["api_key"] == "[redacted]" and log.data["user"] == {"name": "ada", "password": "[redacted]"}
 
 
-def test_messages_are_json_never_pickle(project, runtime, producer, r, keys):  # noqa: F811
+def test_messages_are_json_never_pickle(project, runtime, producer, r, keys):
     """A pickled payload smuggled into a queue is never unpickled: it is quarantined as undecodable."""
     import pickle
     import uuid
@@ -389,7 +389,7 @@ def test_the_embedded_redis_bounds_memory_and_drops_a_client_that_never_reads(tm
         assert dropped and used < 32 << 20, (dropped, sent, used)
         # The password is never on a command line (every local user can read those in ps).
         password = url.split(":")[2].split("@")[0]
-        cmdline = open(f"/proc/{emb.server.proc.pid}/cmdline", "rb").read()
+        cmdline = Path(f"/proc/{emb.server.proc.pid}/cmdline").read_bytes()
         assert password.encode() not in cmdline
         assert oct((tmp_path / ".iii").stat().st_mode & 0o777) == "0o700"
         assert oct((tmp_path / ".iii" / "redis.json").stat().st_mode & 0o777) == "0o600"
@@ -419,7 +419,7 @@ def test_a_joined_embedded_redis_gets_the_limits_too(tmp_path):
         old.stop()
 
 
-def test_console_logs_are_private_with_an_external_redis(project, redis_url, tmp_path):  # noqa: F811
+def test_console_logs_are_private_with_an_external_redis(project, redis_url, tmp_path):
     """Given umask 022 and a Redis given by URL, when the supervisor writes worker logs, then .iii and .iii/logs are 0700 and the logs 0600."""
     import asyncio
     import os
@@ -455,10 +455,10 @@ def handler(data, ctx):
 HOSTILE_TEXT = "grp\nFAKE 09:00:00 message.processed\x1b[31mRED\x1b]0;pwned\x07\x1b[2J"
 
 
-def test_operator_commands_print_no_control_characters_or_markup_from_stored_text(project, runtime, producer, r, keys):  # noqa: F811
+def test_operator_commands_print_no_control_characters_or_markup_from_stored_text(project, runtime, producer, r, keys):
     """Given state and a dead letter whose group, key and error hold newlines, ESC sequences and Rich markup, when `tail`,
     `dlq list/show` and `state groups/list/get` print them, then no ESC, BEL or forged line reaches the terminal and markup shows as text."""
-    from .test_ops import cli
+    from .helpers import cli_in_process as cli
 
     cfg, steps = project({"hostile_step.py": HOSTILE_STEP}, "queues:\n  hostile:\n    max_retries: 0\n")
     runtime(cfg, steps)
@@ -468,11 +468,25 @@ def test_operator_commands_print_no_control_characters_or_markup_from_stored_tex
     tail = subprocess.Popen([sys.executable, "-m", "iii_console", "tail", "--history", "50", "--type", "state.changed",
                              "--type", "message.failed", "--redis", cfg.redis.url], cwd=cfg.project_dir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        tail_out, tail_err = tail.communicate(timeout=4)
-    except subprocess.TimeoutExpired:  # it follows the stream until stopped
-        tail.terminate()
-        tail_out, tail_err = tail.communicate(timeout=10)
+    # It follows the stream until stopped: read until its two events are printed (or 30 s), then stop it
+    # and take the rest, so a slow start on a busy machine is waited for, not read as silence.
+    got = bytearray()
+
+    def read() -> None:
+        while chunk := tail.stdout.read1(4096):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 30
+    while got.count(b"\n") < 2 and time.monotonic() < deadline and tail.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a forged extra line would arrive with them
+    tail.terminate()
+    tail.wait(10)
+    reader.join(10)
+    tail_err = tail.stderr.read()
+    tail_out = bytes(got)
     assert tail_out.count(b"\n") == 2, tail_out  # one line per event: no forged ones
     outputs = {
         "tail": __import__("types").SimpleNamespace(stdout=tail_out.decode(), stderr=tail_err.decode()),

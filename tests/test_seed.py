@@ -18,8 +18,7 @@ from iii_console.core.events import Event
 from iii_console.core.keys import Keys
 
 from .conftest import ROOT
-from .helpers import events, make_project, wait_for
-from .test_e2e import start_cli
+from .helpers import events, make_project, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 

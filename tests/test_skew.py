@@ -14,7 +14,6 @@ import pytest
 
 from .checker import EFFECT_STEP, check
 from .helpers import events, make_project, wait_for
-from .test_queue import producer, project  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 SHIM = str(Path(__file__).parent / "clockshim")
@@ -32,7 +31,7 @@ def test_the_shim_really_skews_a_child_clock():
     assert abs(float(out.stdout) - (time.time() - 30)) < 5
 
 
-def test_skewed_worker_clocks_do_not_make_healthy_workers_look_dead(project, producer, r, keys):  # noqa: F811
+def test_skewed_worker_clocks_do_not_make_healthy_workers_look_dead(project, producer, r, keys):
     cfg, steps = project({"effect_step.py": EFFECT_STEP},
                          "workers:\n  heartbeat_interval: 0.2\n  heartbeat_timeout: 1.0\n  sweep_interval: 0.2\n")
     procs = [spawn(cfg, ["--no-ui", "--role", "worker"], -8.0), spawn(cfg, ["--no-ui", "--role", "worker"], +8.0)]

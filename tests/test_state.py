@@ -1,4 +1,8 @@
-"""The state store against real Redis: ops, change records, events, atomicity."""
+"""The state store against real Redis: ops, change records, events, atomicity.
+
+Tests taking ``state_store`` run twice, on :class:`StateStore` and on
+:class:`AsyncStateStore` (see ``tests/conftest.py``): one suite for both.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,15 @@ import redis.asyncio as aredis
 
 from iii_console.core.errors import StateError
 from iii_console.core.events import Event
-from iii_console.core.state import AsyncStateStore, StateStore, apply_ops
+from iii_console.core.state import AsyncState, AsyncStateStore, State, StateStore, apply_ops
 
 
 def events(r, keys):
     return [Event.decode(i, f) for i, f in r.xrange(keys.events)]
 
 
-def test_set_get_list_groups_delete(r, keys):
-    s = StateStore(r, keys)
+def test_set_get_list_groups_delete(state_store, r, keys):
+    s = state_store(keys)
     s.set("messages", "a", {"status": "queued"})
     s.set("messages", "b", {"status": "done"})
     s.set("other", "x", 1)
@@ -30,9 +34,9 @@ def test_set_get_list_groups_delete(r, keys):
     assert s.groups() == ["messages"]
 
 
-def test_each_change_is_one_event_and_one_change_record(r, keys):
+def test_each_change_is_one_event_and_one_change_record(state_store, r, keys):
     r.sadd(keys.state_watched, "g")  # a state step watches g
-    s = StateStore(r, keys).bind(trace_id="t1", step="Writer")
+    s = state_store(keys).bind(trace_id="t1", step="Writer")
     s.set("g", "k", {"n": 1})
     s.set("g", "k", {"n": 1})  # same value: not a change
     s.update("g", "k", [{"type": "increment", "path": "n", "by": 2}])
@@ -68,9 +72,9 @@ def test_bad_ops_raise_state_error(ops, msg):
         apply_ops({"status": "queued"}, ops)
 
 
-def test_concurrent_increments_lose_nothing(r, keys):
+def test_concurrent_increments_lose_nothing(state_store, r, keys):
     r.sadd(keys.state_watched, "c")
-    s = StateStore(r, keys)
+    s = state_store(keys)
     s.set("c", "n", {"v": 0})
 
     def bump():
@@ -103,8 +107,8 @@ def test_async_store_matches_sync(redis_url, keys, r):
     assert [e.trace_id for e in events(r, keys)] == ["t2"] * 3
 
 
-def test_replace_writes_only_over_the_value_it_expects(r, keys):
-    s = StateStore(r, keys)
+def test_replace_writes_only_over_the_value_it_expects(state_store, r, keys):
+    s = state_store(keys)
     assert s.replace("g", "k", None, {"v": 1}) is True  # absent, as expected
     assert s.replace("g", "k", None, {"v": 2}) is False  # no longer absent
     assert s.replace("g", "k", {"v": 9}, {"v": 2}) is False and s.get("g", "k") == {"v": 1}
@@ -128,9 +132,9 @@ def _recorded(r, keys) -> tuple[int, int]:
     # a valid op before the bad one: the update is all or nothing
     ([{"type": "set", "path": "status", "value": "new"}, {"type": "increment", "path": "status"}], "not numeric"),
 ])
-def test_a_bad_update_raises_a_clear_error_and_writes_nothing(r, keys, ops, msg):
+def test_a_bad_update_raises_a_clear_error_and_writes_nothing(state_store, r, keys, ops, msg):
     r.sadd(keys.state_watched, "g")
-    s = StateStore(r, keys)
+    s = state_store(keys)
     s.set("g", "k", {"status": "queued", "n": 1, "meta": {"a": 0}})
     before = _recorded(r, keys)
     with pytest.raises(StateError, match=msg):
@@ -139,9 +143,9 @@ def test_a_bad_update_raises_a_clear_error_and_writes_nothing(r, keys, ops, msg)
     assert _recorded(r, keys) == before
 
 
-def test_updates_create_missing_paths_and_keys_and_a_no_op_is_no_change(r, keys):
+def test_updates_create_missing_paths_and_keys_and_a_no_op_is_no_change(state_store, r, keys):
     r.sadd(keys.state_watched, "g")
-    s = StateStore(r, keys)
+    s = state_store(keys)
     assert s.update("g", "new", [{"type": "increment", "path": "counts.seen"}]) == {"counts": {"seen": 1}}
     assert s.update("g", "new", [{"type": "merge", "path": "meta.tags", "value": {"a": 1}}]) == {"counts": {"seen": 1}, "meta": {"tags": {"a": 1}}}
     assert s.update("g", "n", [{"type": "increment", "by": 2.5}]) == 2.5  # empty path: the whole value
@@ -165,9 +169,9 @@ def test_updates_create_missing_paths_and_keys_and_a_no_op_is_no_change(r, keys)
 @pytest.mark.parametrize("group,key", [
     ("a:b", "c:d"), ("with/slash", "x/y/z"), ("ünï cödé ✓", "k e y ✓"), ("*", "[x]?"), ("g", "line\nbreak"), ("state", "groups"),
 ])
-def test_groups_and_keys_with_special_characters(r, keys, group, key):
+def test_groups_and_keys_with_special_characters(state_store, r, keys, group, key):
     r.sadd(keys.state_watched, group)
-    s = StateStore(r, keys)
+    s = state_store(keys)
     s.set("plain", "k", 1)
     s.set(group, key, {"v": key})
     s.update(group, key, [{"type": "increment", "path": "n"}])
@@ -179,11 +183,11 @@ def test_groups_and_keys_with_special_characters(r, keys, group, key):
     assert s.delete(group, key) == {"v": key, "n": 1} and s.groups() == ["plain"]
 
 
-def test_only_watched_groups_get_trigger_records(r, keys):
+def test_only_watched_groups_get_trigger_records(state_store, r, keys):
     """A trigger record carries the whole old and new value, so it is kept only
     for groups some state step watches; every change still has its event."""
     r.sadd(keys.state_watched, "watched")
-    s = StateStore(r, keys)
+    s = state_store(keys)
     big = {"blob": "x" * 1_000_000}
     for i in range(5):
         s.set("unwatched", "k", {**big, "i": i})
@@ -193,11 +197,11 @@ def test_only_watched_groups_get_trigger_records(r, keys):
     assert all(len(f[b"data"]) < 10_000 for _i, f in r.xrange(keys.events))  # event data is capped
 
 
-def test_list_reads_a_large_group_in_pages_and_can_stop_early(r, keys):
-    s = StateStore(r, keys)
+def test_list_reads_a_large_group_in_pages_and_can_stop_early(state_store, r, keys):
+    s = state_store(keys)
     pipe = r.pipeline(transaction=False)
     for i in range(20_000):
-        pipe.hset(keys.state_group("big"), f"k{i:05}", '{"i": %d}' % i)
+        pipe.hset(keys.state_group("big"), f"k{i:05}", f'{{"i": {i}}}')
     pipe.execute()
     r.config_resetstat()
     everything = s.list("big")
@@ -224,7 +228,10 @@ def test_concurrent_increments_from_processes_lose_nothing(redis_url, r, keys):
     import multiprocessing
 
     r.sadd(keys.state_watched, "c")
-    ctx = multiprocessing.get_context("spawn")
+    # Forked from a server that has the store imported already: four interpreters
+    # starting from scratch took most of this test's time.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["redis", "iii_console.core.state", "iii_console.core.keys"])
     procs = [ctx.Process(target=_increment_in_a_process, args=(redis_url, keys.prefix, 100)) for _ in range(4)]
     for p in procs:
         p.start()
@@ -235,3 +242,16 @@ def test_concurrent_increments_from_processes_lose_nothing(redis_url, r, keys):
     assert r.xlen(keys.state_changes) == 400  # one record per effective change, none lost or doubled
     news = [Event.decode(i, f).data["new"] for i, f in r.xrange(keys.events)]
     assert sorted(n["v"] for n in news) == list(range(1, 401))
+
+
+def test_both_stores_offer_the_whole_protocol_and_read_what_the_other_wrote(state_store, r, keys, redis_url):
+    s = state_store(keys)
+    s.set("g", "a", {"v": 1})
+    s.set("g", "b", [1, 2])
+    assert s.get_many("g", ["a", "b", "absent"]) == {"a": {"v": 1}, "b": [1, 2]} and s.get_many("g", []) == {}
+    assert StateStore(r, keys).list("g") == {"a": {"v": 1}, "b": [1, 2]}
+    sync_methods = {m for m in dir(State) if not m.startswith("_")}
+    assert sync_methods == {m for m in dir(AsyncState) if not m.startswith("_")}
+    assert isinstance(StateStore(r, keys), State)
+    assert isinstance(AsyncStateStore(aredis.Redis.from_url(redis_url), keys), AsyncState)
+    assert all(callable(getattr(s, m)) for m in sync_methods)

@@ -18,8 +18,7 @@ from iii_console.core.dlq import DeadLetterStore
 from iii_console.runtime.runner import StepRunner
 from iii_console.runtime.services import Services
 
-from .helpers import events, make_project, wait_for
-from .test_e2e import start_cli
+from .helpers import events, make_project, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +75,7 @@ def cluster(tmp_path, redis_url, r, monkeypatch):
 
 
 def test_the_rate_limit_per_key_holds_across_two_processes_and_waiting_spends_no_attempt(cluster, r, keys):
-    run, p = cluster
+    _run, p = cluster
     wait_for(lambda: len(r.hgetall(keys.workers)) == 2, what="two workers")
     for i in range(15):
         for cust in ("a", "b"):
@@ -106,7 +105,7 @@ def test_the_rate_limit_per_key_holds_across_two_processes_and_waiting_spends_no
 
 
 def test_concurrency_per_key_holds_across_two_processes(cluster, r, keys):
-    run, p = cluster
+    _run, p = cluster
     wait_for(lambda: len(r.hgetall(keys.workers)) == 2, what="two workers")
     for i in range(10):
         for tenant in ("t1", "t2"):
@@ -139,7 +138,7 @@ def test_the_rate_limit_holds_while_worker_processes_are_killed(cluster, r, keys
     import random
     import signal
 
-    run, p = cluster
+    _run, p = cluster
     wait_for(lambda: len(r.hgetall(keys.workers)) == 2, what="two workers")
     for i in range(20):
         for cust in ("a", "b"):

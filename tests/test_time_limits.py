@@ -16,7 +16,6 @@ from iii_console.core.dlq import DeadLetterStore
 from iii_console.core.errors import ConfigError, SoftTimeLimitExceeded, TimeLimitExceeded
 
 from .helpers import events, events_once, wait_for
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
 
 SLOW = """
 import time

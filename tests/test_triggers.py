@@ -9,13 +9,10 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from iii_console.core.state import StateStore
 from iii_console.runtime.worker import TRIGGER_GROUP, trim_dispatched_changes, watch_state_triggers
 
-from .helpers import events, events_once, make_project, wait_for
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
+from .helpers import events, events_once, wait_for
 
 WATCHER = """
 from iii_console import Step, state
@@ -193,6 +190,9 @@ def test_message_that_kills_its_worker_is_dead_lettered_after_bounded_deliveries
     assert starts()["poison"] == 3  # ran on each of its 3 deliveries, never a 4th time
     [entry] = store.list("jobs.dlq")
     assert "delivered 4 times without finishing" in entry.error and entry.trace_id == "tp" and entry.data["k"] == "poison"
+    [dead] = events_once(r, keys, "message.dead_lettered", 1)
+    assert dead.data == {"dlq": "jobs.dlq", "attempts": 1, "deliveries": 4}
+    assert (dead.message_id, dead.trace_id, dead.step, dead.error) == (entry.message_id, "tp", "Killer", entry.error)
 
 
 COUNTER = """

@@ -23,10 +23,7 @@ from iii_console.core.state import StateStore
 from iii_console.tui.screens import ConfirmScreen, DeadLetterScreen, StateEditScreen
 from iii_console.tui.widgets import Table
 
-from .helpers import events, wait_for
-from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
-from .test_tui_app import SIZE, console, notes, table_rows
-from .test_tui_helpers import anyio_backend, plain, started, until  # noqa: F401
+from .helpers import SIZE, console, events, notes, plain, started, table_rows, until, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -57,7 +54,7 @@ def handler(change, ctx):
 
 
 @pytest.fixture
-def dead(project, runtime, producer, r, keys):  # noqa: F811
+def dead(project, runtime, producer, r, keys):
     """Five real dead letters: three of ImportOrders (orders.dlq), two of SendEmails (emails.dlq); no worker running."""
     cfg, steps = project({
         "import_step.py": FAILS.format(name="ImportOrders", topic="orders", exc="ValueError"),
@@ -118,7 +115,7 @@ async def dead_letters_tab(pilot: Any, n: int) -> None:
     await until(pilot, lambda: len(table_rows(pilot.app, "#dlq-table")) == n, f"{n} dead letters listed")
 
 
-async def test_replay_one_puts_exactly_the_highlighted_entry_back_on_its_queue(dead, runtime, r, keys):  # noqa: F811
+async def test_replay_one_puts_exactly_the_highlighted_entry_back_on_its_queue(dead, runtime, r, keys):
     """Given five dead letters, when o2 is highlighted and r confirmed, then only o2 leaves the DLQ, its message waits on its queue with attempts reset and its trace, message.replayed is emitted, and a worker runs it again."""
     cfg, steps, store = dead
     target = by_key(store)["o2"]
@@ -243,7 +240,7 @@ async def test_inspect_shows_the_whole_entry_and_can_replay_it(dead, r, keys):
     assert msg["options"]["replay_of"] == target.id
 
 
-async def test_state_edit_refuses_invalid_json_and_saves_valid_json_as_an_ordinary_change(project, runtime, r, keys):  # noqa: F811
+async def test_state_edit_refuses_invalid_json_and_saves_valid_json_as_an_ordinary_change(project, runtime, r, keys):
     """Given a state key, when its edit has a JSON error, then the editor stays open naming line and column and nothing is written; when valid, then it is written, state.changed is emitted and the state trigger fires; d deletes after confirming."""
     from iii_console.runtime.worker import ensure_trigger_group
 
@@ -309,7 +306,7 @@ async def test_state_edit_refuses_invalid_json_and_saves_valid_json_as_an_ordina
     assert [e.data["op"] for e in changes()] == ["set", "set", "delete"]
 
 
-async def test_a_state_edit_is_refused_when_the_value_changed_while_the_editor_was_open(project, r, keys):  # noqa: F811
+async def test_a_state_edit_is_refused_when_the_value_changed_while_the_editor_was_open(project, r, keys):
     """Given the editor open on a key, when a step changes that key before the save, then the save writes nothing and says why."""
     cfg, _steps = project({})
     store = StateStore(r, keys)
@@ -360,7 +357,7 @@ def handler(tick, ctx):
 """
 
 
-async def test_r_on_cron_runs_the_highlighted_step_now_marked_manual(project, runtime, r, keys):  # noqa: F811
+async def test_r_on_cron_runs_the_highlighted_step_now_marked_manual(project, runtime, r, keys):
     """Given a cron step published by a running project, when r is pressed on Cron and confirmed, then one manual
     tick is enqueued (message.enqueued and cron.fired marked manual) and a worker runs it; cancelling runs nothing."""
     cfg, steps = project({"cleanup_step.py": TICK})
@@ -387,7 +384,7 @@ async def test_r_on_cron_runs_the_highlighted_step_now_marked_manual(project, ru
     assert json.loads(r.hget(keys.state_group("ticks"), fired.message_id)) == {"manual": True}
 
 
-async def test_a_read_only_console_runs_no_cron_step(project, r, keys):  # noqa: F811
+async def test_a_read_only_console_runs_no_cron_step(project, r, keys):
     cfg, steps = project({"cleanup_step.py": TICK})
     r.hset(keys.steps_registry, mapping={s.name: json.dumps(s.describe()) for s in steps.steps})
     app = console(redis_url=cfg.redis.url, read_only=True)

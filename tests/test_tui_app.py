@@ -10,8 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -20,58 +21,17 @@ from textual import events
 from textual.command import CommandInput, CommandList, CommandPalette
 from textual.widgets import Input, RichLog, Static, TabbedContent
 
-from iii_console.core.emitter import Emitter, StreamSink
 from iii_console.core.events import Event
-from iii_console.core.keys import Keys
 from iii_console.core.redis_server import RedisServer
 from iii_console.core.state import StateStore
-from iii_console.tui import ConsoleApp, create_app
+from iii_console.tui import ConsoleApp
 from iii_console.tui.model import TILES
 from iii_console.tui.screens import HelpScreen, SendScreen, TraceScreen
 from iii_console.tui.widgets import Table
 
-from .test_tui_helpers import (  # noqa: F401
-    T0_MS, anyio_backend, lifecycle, log_text, plain, settle, started, until, xadd)
+from .helpers import SIZE, T0_MS, console, lifecycle, log_text, notes, plain, settle, started, table_rows, topbar, until, xadd
 
 pytestmark = pytest.mark.anyio
-SIZE = (160, 45)
-
-
-@pytest.fixture
-def emit(r: redis.Redis, keys: Keys) -> Iterator[Any]:
-    """Write events the way the runtime does: an Emitter over the batching StreamSink."""
-    sink = StreamSink(r, keys.events)
-    emitter = Emitter(sink.put, worker="test-host:1:worker0")
-
-    def write(events: list[Event]) -> None:
-        for ev in events:
-            emitter.emit(ev.type, **{k: v for k, v in ev.as_dict().items() if k not in ("type", "id", "worker")})
-        assert sink.flush()
-
-    yield write
-    sink.close()
-
-
-def console(**kw: Any) -> ConsoleApp:
-    """The CLI's factory; animations off and faster ticks, so key presses and waits settle quickly in tests."""
-    app = create_app(**kw)
-    app.animation_level = "none"
-    app.tick_s, app.poll_s = 0.1, 0.3
-    return app
-
-
-def topbar(app: ConsoleApp) -> str:
-    return plain(app.query_one("#topbar", Static).content)
-
-
-def table_rows(app: ConsoleApp, selector: str) -> dict[str, list[str]]:
-    table = app.query_one(selector, Table)
-    return {row.key.value: [plain(c) for c in table.get_row(row.key)] for row in table.ordered_rows}
-
-
-def notes(app: ConsoleApp) -> str:
-    """Every notification the app has raised (Textual posts them, so they land a moment later)."""
-    return "\n".join(n.message for n in app._notifications)
 
 
 async def test_live_shows_past_events_then_follows_new_ones(redis_url, emit):
@@ -278,7 +238,7 @@ def http_sink() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     got: list[dict[str, Any]] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
             got.append({"path": self.path, "body": body})
             out = json.dumps({"id": f"m{len(got)}", "trace_id": f"{len(got):08d}ffff", "status": "queued"}).encode()
@@ -366,6 +326,7 @@ def send_key(app: ConsoleApp, key: str) -> None:
 
 PRODUCER = """
 import sys, time, json, redis
+
 key, url, rate = sys.argv[1], sys.argv[2], float(sys.argv[3])
 entries = [json.loads(line) for line in sys.stdin]
 client = redis.Redis.from_url(url)

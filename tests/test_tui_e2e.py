@@ -4,8 +4,8 @@ event loop as the app (as ``iii-console`` runs them), the seed steps, a real Red
 from __future__ import annotations
 
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 from textual.widgets import Input, RichLog
@@ -16,8 +16,7 @@ from iii_console.tui.screens import SendScreen, TraceScreen
 from iii_console.tui.widgets import Table
 
 from .conftest import ROOT
-from .test_tui_app import console, table_rows
-from .test_tui_helpers import anyio_backend, log_text, plain, started, until  # noqa: F401
+from .helpers import console, log_text, plain, started, table_rows, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

@@ -6,7 +6,7 @@ from iii_console.core.events import Event
 from iii_console.tui.filter import EventFilter
 from iii_console.tui.model import ConsoleModel, RateSeries
 
-from .test_tui_helpers import T0_MS, lifecycle
+from .helpers import T0_MS, lifecycle
 
 NOW = T0_MS + 60_000
 

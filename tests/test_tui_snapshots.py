@@ -17,7 +17,7 @@ from iii_console.core.events import Event
 from iii_console.core.keys import Keys
 from iii_console.tui import ConsoleApp, create_app
 
-from .test_tui_helpers import T0_MS, lifecycle, until, utc, xadd  # noqa: F401
+from .helpers import T0_MS, lifecycle, until, xadd
 
 NOW_MS = T0_MS + 12_500
 SIZE = (160, 45)
@@ -96,7 +96,7 @@ def seed(r: redis.Redis, keys: Keys) -> int:
 
 
 @pytest.fixture
-def app(r, keys, redis_url, utc) -> ConsoleApp:  # noqa: F811
+def app(r, keys, redis_url, utc) -> ConsoleApp:
     n = seed(r, keys)
     console = create_app(redis_url=redis_url, clock=lambda: NOW_MS / 1000)
     console.where = "redis://127.0.0.1:6379/0 iii:"  # the test Redis port changes every run

@@ -9,7 +9,7 @@ from iii_console.core.events import Event
 from iii_console.core.state import StateStore
 from iii_console.tui.source import Snapshot, StreamTail, cron_specs, fetch, find_trace
 
-from .test_tui_helpers import T0_MS, lifecycle, xadd
+from .helpers import T0_MS, lifecycle, xadd
 
 
 def test_the_tail_loads_recent_history_then_follows_in_order(r, keys):

@@ -11,8 +11,7 @@ from textual.widgets import RichLog
 from iii_console.core.events import Event
 from iii_console.tui.widgets import EventList
 
-from .test_tui_app import SIZE, console, emit, topbar  # noqa: F401  (fixture)
-from .test_tui_helpers import anyio_backend, log_text, started, until  # noqa: F401
+from .helpers import SIZE, console, log_text, started, topbar, until
 
 pytestmark = pytest.mark.anyio
 

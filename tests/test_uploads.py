@@ -14,8 +14,7 @@ import redis
 
 from iii_console.core.keys import Keys
 
-from .helpers import events, make_project, wait_for
-from .test_e2e import start_cli
+from .helpers import events, make_project, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 

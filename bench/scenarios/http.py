@@ -9,8 +9,7 @@ Dramatiq message. No workers run: queued messages just wait.
 from __future__ import annotations
 
 import time
-from typing import Callable
-
+from collections.abc import Callable
 
 from bench import contenders as c
 from bench.env import PY, SEED_STEPS, Bench
@@ -78,13 +77,13 @@ def run(bench: Bench) -> Section:
             print(f"  [{NAME}] round {rnd + 1} {name}: {load.rps:,.0f} req/s, p99 {load.latency_ms.get('99', 0):.1f} ms "
                   f"({load.non2xx} non-2xx, {load.errors} errors)", flush=True)
 
-    med_rps = {n: median(l.rps for l, _ in r) for n, r in runs.items()}
+    med_rps = {n: median(ld.rps for ld, _ in r) for n, r in runs.items()}
     sec = Section(TITLE, header=["contender", "req/s", "p50 ms", "p90 ms", "p99 ms", "server CPU %", "non-2xx / errors",
                                  "÷ bare peer"])
     for name, r in runs.items():
-        p = {k: median(l.latency_ms.get(k, float("nan")) for l, _ in r) for k in ("50", "90", "99")}
+        p = {k: median(ld.latency_ms.get(k, float("nan")) for ld, _ in r) for k in ("50", "90", "99")}
         sec.row(name, fmt(med_rps[name]), fmt(p["50"], 2), fmt(p["90"], 2), fmt(p["99"], 2), fmt(median(x for _, x in r)),
-                f"{sum(l.non2xx for l, _ in r)} / {sum(l.errors for l, _ in r)}", fmt_ratio(ratio(med_rps[name], med_rps[PEER])))
+                f"{sum(ld.non2xx for ld, _ in r)} / {sum(ld.errors for ld, _ in r)}", fmt_ratio(ratio(med_rps[name], med_rps[PEER])))
     sec.target("≥ 1.0 × the bare Litestar + Dramatiq endpoint (defaults)", ratio(med_rps[OURS], med_rps[PEER]) >= 1.0)
     sec.target("≥ 1.0 × the bare endpoint with `events.echo: false`", ratio(med_rps[OURS_QUIET], med_rps[PEER]) >= 1.0)
     tool = runs[OURS][0][0].tool

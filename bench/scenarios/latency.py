@@ -18,7 +18,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from bench import contenders as c
 from bench import work

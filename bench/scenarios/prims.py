@@ -54,7 +54,7 @@ def _throttle(bench: Bench, calls_per_key: int) -> Section:
     expect_s = calls_per_key / LIMIT * PERIOD_MS / 1000
     wait_until(lambda: all(bench.redis.llen(f"bench:calls:{k}") >= calls_per_key for k in KEYS),
                timeout=expect_s * 3 + 60, what="every throttled call", watch=lambda: bench.procs.check(*procs))  # type: ignore[union-attr]
-    sec = Section("8a. Per-key throttle (limit %d per %d ms, 4 keys, 2 processes × 8 threads)" % (LIMIT, PERIOD_MS),
+    sec = Section(f"8a. Per-key throttle (limit {LIMIT} per {PERIOD_MS} ms, 4 keys, 2 processes × 8 threads)",
                   header=["key", "calls", f"busiest {PERIOD_MS} ms", f"busiest {PERIOD_MS - SLACK_MS} ms",
                           "steady rate /s", "limit /s"])
     worst = 0

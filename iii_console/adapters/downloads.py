@@ -12,8 +12,9 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import quote
 
 from litestar import Response
@@ -30,7 +31,7 @@ class NotFound(Exception):
     """A download whose file or blob is not there."""
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
+def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
     """``(first, last)`` of one satisfiable ``bytes=`` range; ``None`` for no usable range
     (absent, malformed, several: the whole file is sent); ``False`` if unsatisfiable (416)."""
     if not header or "," in header:
@@ -85,6 +86,8 @@ def download_response(answer: Any, store: BlobStore, *, status: int, headers: di
     dl = answer if isinstance(answer, Download) else Download(answer)
     src = dl.source
     out = dict(headers)
+    ctype: str | None
+    name: str | None
     if is_ref(src):
         ref = BlobRef.of(src)
         try:
@@ -112,7 +115,7 @@ def download_response(answer: Any, store: BlobStore, *, status: int, headers: di
         if rng is False:
             out["Content-Range"] = f"bytes */{size}"
             return Response({"error": "range not satisfiable", "size": size}, status_code=416, headers=out)
-        if rng:
+        if isinstance(rng, tuple):
             first, last = rng
             status = 206
             out["Content-Range"] = f"bytes {first}-{last}/{size}"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
@@ -86,9 +87,8 @@ def guard(app: ASGIApp, *, allowed_hosts: list[str], token: str, open_paths: tup
             if headers.get(b"sec-fetch-site", b"").lower() == b"cross-site":
                 return await deny(send, 403, "cross-site request refused (Sec-Fetch-Site: cross-site)")
             origin = headers.get(b"origin")
-            if origin is not None and not allow_any:
-                if _origin_host(origin.decode("latin-1").lower()) not in allowed:
-                    return await deny(send, 403, "cross-site request refused (Origin is not an allowed host)")
+            if origin is not None and not allow_any and _origin_host(origin.decode("latin-1").lower()) not in allowed:
+                return await deny(send, 403, "cross-site request refused (Origin is not an allowed host)")
         if scope.get("method") == "HEAD":
             return await app({**scope, "method": "GET"}, receive, _without_body(send))
         await app(scope, receive, send)

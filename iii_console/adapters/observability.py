@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import redis
 from litestar import Response, get
@@ -23,6 +24,11 @@ from iii_console.core.dlq import DeadLetterStore
 from iii_console.core.keys import Keys
 from iii_console.core.queues import queue_stats
 from iii_console.core.redis_server import server_version, version_warning
+
+#: Prometheus's exposition type without its charset: Litestar adds ``; charset=utf-8`` to every
+#: ``text/`` type it answers with, and would otherwise say it twice.
+METRICS_MEDIA_TYPE = "; ".join(p for p in CONTENT_TYPE_LATEST.split("; ") if not p.startswith("charset="))
+
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,8 @@ def live_workers(client: redis.Redis, keys: Keys, timeout_s: float) -> tuple[lis
     """(alive ids, stale ids, Redis now ms) judged by Redis's clock."""
     sec, usec = client.time()
     now = sec * 1000 + usec // 1000
-    alive, stale = [], []
+    alive: list[str] = []
+    stale: list[str] = []
     for wid, score in client.zrange(keys.worker_heartbeats, 0, -1, withscores=True):
         (alive if now - score <= timeout_s * 1000 else stale).append(wid.decode() if isinstance(wid, bytes) else wid)
     return alive, stale, now
@@ -73,8 +80,8 @@ class _Snapshot(Collector):
                 ticks[outcome] = ticks.get(outcome, 0) + n
             elif t == "step.error":
                 errors.add_metric([step], n)
-        for (step, outcome), n in sorted(ticks.items()):
-            cron.add_metric([step, outcome], n)
+        for (step, kind), n in sorted(ticks.items()):
+            cron.add_metric([step, kind], n)
         yield from (msgs, retries, http, notes, cron, errors)
 
         dur = HistogramMetricFamily("iii_message_processing_seconds", "Handler run time of finished attempts", labels=["topic", "step"])
@@ -113,12 +120,12 @@ def routes(client: redis.Redis, keys: Keys, *, metrics_path: str, health_path: s
             return generate_latest(registry)
 
         @get(metrics_path, name="iii:metrics", include_in_schema=False)
-        async def metrics_endpoint() -> Response[bytes]:
+        async def metrics_endpoint() -> Response[Any]:
             try:
                 body = await anyio.to_thread.run_sync(render)
             except redis.RedisError as exc:
                 return Response({"error": "storage unavailable", "detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
-            return Response(body, media_type=CONTENT_TYPE_LATEST)
+            return Response(body, media_type=METRICS_MEDIA_TYPE)
 
         out.append(metrics_endpoint)
     if health_path:

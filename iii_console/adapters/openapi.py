@@ -1,9 +1,12 @@
-"""An OpenAPI 3.0 document for the project's HTTP steps, built from their schemas.
+"""An OpenAPI 3.1 document for the project's HTTP steps, built from their schemas.
 
 Litestar's own OpenAPI cannot see our bodies (we read them raw, see
 ``server.py``), so the document is built from each trigger's schema (a pydantic model or a JSON-schema dict).
 It also lists the error answers every step shares, which is what API fuzzers
 (schemathesis) and clients need to know.
+
+3.1, because its schemas are JSON Schema (2020-12) as pydantic writes them: an optional
+field is ``anyOf: [..., {"type": "null"}]``, which 3.0's schema dialect does not have.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from iii_console.core.steps import HttpTrigger, JsonSchema, Step
 
+OPENAPI_VERSION = "3.1.0"
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 
 
@@ -66,4 +70,4 @@ def document(steps: list[Step], *, title: str = "iii-console steps") -> dict[str
                 op["responses"][str(code)] = {"description": f"{code} from the step",
                                               "content": {"application/json": {"schema": _schema(schema, schemas)}}}
             paths.setdefault(t.path, {})[t.method.lower()] = op
-    return {"openapi": "3.0.3", "info": {"title": title, "version": "1"}, "paths": paths, "components": {"schemas": schemas}}
+    return {"openapi": OPENAPI_VERSION, "info": {"title": title, "version": "1"}, "paths": paths, "components": {"schemas": schemas}}

@@ -13,13 +13,14 @@ import json
 import logging
 import re
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import redis
 from litestar import Litestar, Request, Response, route
 from litestar.exceptions import HTTPException, InternalServerException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
-from litestar.types import ExceptionHandlersMap
+from litestar.types import ExceptionHandlersMap, Method
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
@@ -29,12 +30,44 @@ from iii_console.core import spans
 from iii_console.core.answers import ProgressStream, is_answer
 from iii_console.core.blobs import BlobError, BlobNotFound, BlobTooLarge
 from iii_console.core.context import HttpRequest
+from iii_console.core.discovery import emit_step_error
 from iii_console.core.errors import redis_refuses_writes, user_traceback
 from iii_console.core.events import loads_finite
+from iii_console.core.services import Services
 from iii_console.core.steps import HttpTrigger, InvalidInput, JsonSchema, Step, validate_input
-from iii_console.runtime.runner import AsyncSide, StepRunner
 
 log = logging.getLogger(__name__)
+
+
+class AsyncClients(Protocol):
+    """The async clients a runner keeps on the server's loop; the server reads their Redis client."""
+
+    @property
+    def client(self) -> Any: ...
+
+
+class Runner(Protocol):
+    """What the server needs of the step runner (:class:`iii_console.runtime.runner.StepRunner`).
+
+    The server is an adapter: it states what it calls instead of importing the runtime
+    that builds it.
+    """
+
+    services: Services
+
+    @property
+    def async_side(self) -> AsyncClients: ...
+
+    @property
+    def has_async_side(self) -> bool: ...
+
+    def open_async_side(self) -> None: ...
+
+    async def close_async_side(self) -> None: ...
+
+    def queue_names(self, topic: str) -> list[str]: ...
+
+    async def call_async(self, step: Step, input: Any, **ctx_kw: Any) -> Any: ...
 
 JSON_TYPES = ("application/json",)
 BODY_METHODS = ("POST", "PUT", "PATCH")
@@ -105,10 +138,10 @@ class DepthGate:
     by everything it sent in that time.
     """
 
-    def __init__(self, runner: StepRunner, topics: set[str], limit: int, interval: float = 0.1):
+    def __init__(self, runner: Runner, topics: set[str], limit: int, interval: float = 0.1):
         self.runner, self.limit, self.interval = runner, limit, interval
-        ns = runner.services.keys.dramatiq_namespace
-        self.queues = {t: [f"{ns}:{sub.queue(p)}" for sub in runner._subs.get(t, []) for p in ("high", "normal", "low")] for t in topics}
+        keys = runner.services.keys
+        self.queues = {t: [keys.queue(q) for q in runner.queue_names(t)] for t in topics}
         self.depth: dict[str, int] = {}
         #: topic -> requests let through since the depths were last read
         self.admitted: dict[str, int] = {}
@@ -172,7 +205,7 @@ class DepthGate:
 class HttpSteps:
     """Builds the Litestar app for a set of HTTP steps."""
 
-    def __init__(self, runner: StepRunner, steps: list[Step], *, max_body_bytes: int):
+    def __init__(self, runner: Runner, steps: list[Step], *, max_body_bytes: int):
         self.runner = runner
         self.steps = steps
         self.max_body_bytes = max_body_bytes
@@ -249,8 +282,8 @@ class HttpSteps:
                     log.warning("step %s: Redis refuses writes: %s", step.name, exc)
                     return _problem(503, "storage full, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
                 spans.fail(exc)
-                emitter.emit("step.error", trace_id=trace_id, step=step.name, error=f"{type(exc).__name__}: {exc}",
-                             data={"traceback": user_traceback(exc)[-8000:], "file": step.file})
+                emit_step_error(emitter, f"{type(exc).__name__}: {exc}", step=step.name, file=step.file, trace_id=trace_id,
+                                traceback=user_traceback(exc)[-8000:])
                 return _problem(500, "handler failed", trace_id=trace_id)
             try:
                 streamed = _streamed(out)
@@ -267,12 +300,12 @@ class HttpSteps:
                 return _to_response(out, trace_id)
             except BadReturn as exc:
                 spans.fail(exc)
-                emitter.emit("step.error", trace_id=trace_id, step=step.name, error=f"handler returned {exc}", data={"file": step.file})
+                emit_step_error(emitter, f"handler returned {exc}", step=step.name, file=step.file, trace_id=trace_id)
                 return _problem(500, "handler failed", trace_id=trace_id)
 
         endpoint.__name__ = f"{step.name}_{trig.method.lower()}"
         # status_code: Litestar's default for DELETE is 204, which refuses the handler's answer body.
-        return route(_litestar_path(trig.path), http_method=[trig.method], name=f"{step.name}:{trig.method}:{trig.path}",
+        return route(_litestar_path(trig.path), http_method=[cast(Method, trig.method)], name=f"{step.name}:{trig.method}:{trig.path}",
                      status_code=200, request_max_body_size=(trig.max_body_bytes or self.max_body_bytes) if trig.accept
                      else self.max_body_bytes)(endpoint)
 
@@ -388,8 +421,23 @@ def _http_exc(request: Request[Any, Any, Any], exc: HTTPException) -> Response[A
 _EXC_HANDLERS: ExceptionHandlersMap = {HTTPException: _http_exc}
 
 
-def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) -> Any:
-    """The app the ``server`` role serves. Async clients are created on the server's loop."""
+@dataclass
+class ServedApp:
+    """An app the ``server`` role serves and what it holds that the role must stop with it.
+
+    The runner (and its async clients) belongs to whoever built it; the depth gate
+    is built here, so :meth:`aclose` stops it.
+    """
+
+    asgi: Any
+    gate: DepthGate
+
+    async def aclose(self) -> None:
+        await self.gate.aclose()
+
+
+def create_app(runner: Runner, steps: list[Step], *, max_body_bytes: int) -> ServedApp:
+    """The app the ``server`` role serves. ``runner`` must have its async clients, built on the server's loop."""
     from iii_console.adapters.observability import routes
 
     cfg = runner.services.config
@@ -411,24 +459,10 @@ def create_app(runner: StepRunner, steps: list[Step], *, max_body_bytes: int) ->
 
         extra.append(openapi)
 
-    async def startup(app: Litestar) -> None:
-        runner._async = AsyncSide(runner.services, runner._subs)
-
-    async def shutdown(app: Litestar) -> None:
-        await http.gate.aclose()
-        if runner._async is not None:
-            await runner._async.aclose()
-
     http = HttpSteps(runner, steps, max_body_bytes=max_body_bytes)
-    if runner._async is not None:  # built by a hot reload on a running loop: clients exist already
-        app = http.app(extra=extra)
-    else:
-        app = http.app(on_startup=[startup], on_shutdown=[shutdown], extra=extra)
+    app = http.app(extra=extra)
     from iii_console.adapters.guard import guard
 
     guarded = guard(app, allowed_hosts=cfg.server.hosts, token=cfg.server.auth_token,
                     open_paths=(cfg.server.health_path,) if cfg.server.health_path else ())
-    #: What a hot reload must stop once this app is replaced (its lifespan hooks never run then).
-    guarded.gate = http.gate  # type: ignore[attr-defined]
-    guarded.runner = runner  # type: ignore[attr-defined]
-    return guarded
+    return ServedApp(guarded, http.gate)

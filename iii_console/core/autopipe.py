@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
@@ -81,7 +82,7 @@ class AutoPipeline:
                 redo = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
                 for i, r in zip(redo, await self._execute([batch[i] for i in redo])):
                     results[i] = r
-        except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
+        except BaseException as exc:
             for *_, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc if isinstance(exc, Exception) else redis.ConnectionError(str(exc) or "cancelled"))

@@ -8,7 +8,8 @@ exception fails the whole batch.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 class BatchFailures(Exception):

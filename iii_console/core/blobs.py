@@ -38,7 +38,7 @@ class BlobNotFound(BlobError, LookupError):
     """A well-formed ref whose bytes this store does not hold."""
 
 
-class BlobRef(dict):  # type: ignore[type-arg]
+class BlobRef(dict):
     """``{"$blob": "sha256:<hex>", "size": n, "content_type": ..., "name": ...}``.
 
     A dict, so it travels in messages, events and HTTP answers as plain JSON; a ref
@@ -46,12 +46,12 @@ class BlobRef(dict):  # type: ignore[type-arg]
     """
 
     @classmethod
-    def make(cls, sha256: str, size: int, content_type: str | None = None, name: str | None = None) -> "BlobRef":
+    def make(cls, sha256: str, size: int, content_type: str | None = None, name: str | None = None) -> BlobRef:
         return cls({REF_KEY: f"sha256:{sha256}", "size": size, "content_type": content_type or "application/octet-stream",
                     "name": name or None})
 
     @classmethod
-    def of(cls, value: Any) -> "BlobRef":
+    def of(cls, value: Any) -> BlobRef:
         """The ref in ``value`` (a ref dict or a ``"sha256:<hex>"`` string); :class:`BlobError` otherwise."""
         if isinstance(value, str):
             if _HASH.fullmatch(value):
@@ -133,7 +133,7 @@ def store_root(url: str, data_dir: Path) -> Path:
 class Writer:
     """A blob being written: feed chunks, then :meth:`commit` (or :meth:`abort`)."""
 
-    def __init__(self, store: "BlobStore", limit: int | None = None):
+    def __init__(self, store: BlobStore, limit: int | None = None):
         self.store, self.limit = store, limit
         self.size = 0
         self._hash = hashlib.sha256()
@@ -208,7 +208,7 @@ class BlobStore:
         self.tmp_dir = self.root / "tmp"
 
     @classmethod
-    def from_config(cls, url: str, data_dir: Path) -> "BlobStore":
+    def from_config(cls, url: str, data_dir: Path) -> BlobStore:
         return cls(store_root(url, data_dir), url, private=not url)
 
     def _file(self, digest: str) -> Path:

@@ -4,6 +4,10 @@ Sources, highest first: command-line flags (applied by the CLI through
 :meth:`Config.with_overrides`), environment (``${VAR:default}`` in the file and
 ``REDIS_URL``), the file, the defaults here. Unknown keys and bad values raise
 :class:`ConfigError` naming the file, line and dotted key.
+
+One module because it is one schema: the section models, the loader that maps every
+pydantic error back to its file line, and the URL checks all describe ``iii-config.yaml``
+(``with_overrides`` and the defaults of every key are read together with them).
 """
 
 from __future__ import annotations
@@ -137,7 +141,7 @@ class ThrottleConfig(_Section):
     period_ms: int | None = Field(default=None, ge=1, le=86_400_000)
 
     @model_validator(mode="after")
-    def _both(self) -> "ThrottleConfig":
+    def _both(self) -> ThrottleConfig:
         if (self.limit is None) != (self.period_ms is None):
             raise ValueError("limit and period_ms go together")
         return self
@@ -178,13 +182,13 @@ class QueueConfig(_Section):
     """Handlers running at once per ``throttle.key`` value, across every worker process."""
 
     @model_validator(mode="after")
-    def _soft_below_hard(self) -> "QueueConfig":
+    def _soft_below_hard(self) -> QueueConfig:
         if self.soft_time_limit_ms and self.time_limit_ms and self.soft_time_limit_ms >= self.time_limit_ms:
             raise ValueError(f"soft_time_limit_ms ({self.soft_time_limit_ms}) must be below time_limit_ms ({self.time_limit_ms})")
         return self
 
     @model_validator(mode="after")
-    def _per_key(self) -> "QueueConfig":
+    def _per_key(self) -> QueueConfig:
         if self.concurrency_per_key is not None and self.throttle is None:
             raise ValueError("concurrency_per_key needs throttle.key: the path to the key in the message data")
         return self
@@ -285,7 +289,7 @@ class Config(_Section):
     _queue_cache: dict[str, QueueConfig] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
-    def _merged_strategies_valid(self) -> "Config":
+    def _merged_strategies_valid(self) -> Config:
         """A topic's entry is merged with ``default``; the merge must be valid too (a soft limit
         inherited from ``default`` above the topic's own hard limit)."""
         for topic in self.queues:
@@ -327,7 +331,7 @@ class Config(_Section):
     def data_dir(self) -> Path:
         return (Path(self.project_dir) / ".iii").resolve()
 
-    def with_overrides(self, **values: Any) -> "Config":
+    def with_overrides(self, **values: Any) -> Config:
         """Apply command-line values given as dotted keys (``redis.url``); ``None`` means unset."""
         # exclude_unset: a per-topic queue entry must keep inheriting from ``default``.
         data = self.model_dump(exclude_unset=True)
@@ -436,7 +440,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
     """Load ``path`` (default ``./iii-config.yaml``; absent file = all defaults)."""
     env = dict(os.environ if env is None else env)
     explicit = path is not None
-    p = Path(path) if explicit else Path("iii-config.yaml")
+    p = Path(path) if path is not None else Path("iii-config.yaml")
     if not p.exists():
         if explicit:
             raise ConfigError("file not found", file=str(p))

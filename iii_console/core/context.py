@@ -12,11 +12,15 @@ from __future__ import annotations
 import functools
 import inspect
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from iii_console.core import spans
 from iii_console.core.emitter import Emitter
+
+if TYPE_CHECKING:
+    from iii_console.core.state import AsyncState, State
 
 
 def new_trace_id() -> str:
@@ -111,7 +115,8 @@ Enqueue = Callable[..., Any]
 class Context(_BaseContext):
     """Context for ``async def`` handlers."""
 
-    state: Any = None
+    #: ``await ctx.state.get(group, key)``, ``set``, ``update``, ``delete``... (``core/state.py``).
+    state: AsyncState = None  # type: ignore[assignment]  # set by the runner that builds the context
     #: ``await ctx.blobs.put(data)`` -> a ref; ``open``, ``read``, ``delete``, ``path`` (``core/blobs.py``).
     blobs: Any = None
     #: The dead-letter store, for retention sweeps written as steps: ``await ctx.dead_letters.list(name)``,
@@ -158,12 +163,13 @@ class Context(_BaseContext):
 class SyncContext(_BaseContext):
     """Context for ``def`` handlers: the same methods, called without ``await``."""
 
-    state: Any = None
+    #: ``ctx.state.get(group, key)``, ``set``, ``update``, ``delete``... (``core/state.py``).
+    state: State = None  # type: ignore[assignment]  # set by the runner that builds the context
     #: ``ctx.blobs.put(data)`` -> a ref; ``open``, ``read``, ``delete``, ``path`` (``core/blobs.py``).
     blobs: Any = None
     #: The dead-letter store: ``list(name=None)``, ``count(name)``, ``purge_before(ms, name=None)`` (``core/dlq.py``).
     dead_letters: Any = None
-    _enqueue: Callable[..., list[str]] | None = None
+    _enqueue: Callable[..., Any] | None = None
     _progress: Any = None
     _enqueue_group: Any = None
     _leases: Any = None
@@ -199,7 +205,7 @@ def _dedup(key: str | None, ttl_ms: int | None) -> dict[str, Any]:
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004  (the method, not callability)
 
 
 def call_arity(fn: Callable[..., Any]) -> int:

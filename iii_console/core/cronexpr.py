@@ -19,7 +19,7 @@ the timezone of ``after`` (the scheduler passes UTC).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 
 from apscheduler.triggers.cron import CronTrigger as _APCron
@@ -41,7 +41,7 @@ ALIASES = {
 }
 
 #: A fixed start for the "can this ever fire" check, so validation never reads the clock.
-_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class CronSchedule:
         return min(found) if found else None
 
 
-def parse_cron(expr: str, tz: tzinfo = timezone.utc) -> CronSchedule:
+def parse_cron(expr: str, tz: tzinfo = UTC) -> CronSchedule:
     """Parse ``expr``; a mistake raises ``ValueError`` naming the field and its value."""
     return _parse(expr, tz)
 
@@ -140,4 +140,4 @@ def _cron_dow(field: str) -> str:
 
 def next_fire(expr: str, after: datetime) -> datetime | None:
     """The first fire time strictly after ``after`` (timezone-aware)."""
-    return parse_cron(expr, after.tzinfo or timezone.utc).next_after(after)
+    return parse_cron(expr, after.tzinfo or UTC).next_after(after)

@@ -20,13 +20,31 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from iii_console.core import eventdata
 from iii_console.core.context import call_arity
+from iii_console.core.emitter import Emitter
 from iii_console.core.errors import StepError
-from iii_console.core.steps import CronTrigger, HttpTrigger, QueueTrigger, StateTrigger, Step  # noqa: F401
+from iii_console.core.steps import CronTrigger, HttpTrigger, QueueTrigger, StateTrigger, Step
 
 TRIGGER_MODELS = {"http": HttpTrigger, "queue": QueueTrigger, "cron": CronTrigger, "state": StateTrigger}
 
 RESERVED_TOPIC_PREFIX = "_"
+
+
+def emit_step_error(emitter: Emitter, error: StepError | str, *, step: str | None = None, file: str | None = None,
+                    trace_id: str | None = None, traceback: str | None = None) -> None:
+    """The one place a ``step.error`` event is built: a step file that did not load (a
+    :class:`StepError`, at start or on a reload), or a step's code that failed around its
+    handler (a state condition, an HTTP answer that cannot be sent) with the file it is in."""
+    if isinstance(error, StepError):
+        data = eventdata.StepError(file=error.file, line=error.line, field=error.field, message=error.message)
+        emitter.emit("step.error", step=error.step, error=str(error), data=data)
+        return
+    where = {"trace_id": trace_id} if trace_id is not None else {}
+    data = eventdata.StepError(file=file)
+    if traceback is not None:
+        data = eventdata.StepError(traceback=traceback, file=file)  # the traceback first, as the console shows it
+    emitter.emit("step.error", **where, step=step, error=error, data=data)
 
 
 @dataclass
@@ -122,13 +140,13 @@ def _explain(exc: ValidationError) -> tuple[str, str, list[str]]:
         close = difflib.get_close_matches(key, _accepted_keys(first["loc"]), n=1, cutoff=0.6)
         msg = f"unknown field {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
     elif kind in ("union_tag_invalid", "union_tag_not_found"):
-        path = path + ["type"]
+        path = [*path, "type"]
         tag = (first.get("ctx") or {}).get("tag")
         choices = "http, queue, cron or state"
         msg = f"{tag!r} is not a trigger type; use {choices}" if kind == "union_tag_invalid" else f"missing; use {choices}"
     else:
         msg = first["msg"].removeprefix("Value error, ")
-    fixed_by_it = {".".join(path[:-1] + [close[0]])} if kind == "extra_forbidden" and close else set()
+    fixed_by_it = {".".join([*path[:-1], close[0]])} if kind == "extra_forbidden" and close else set()
     others = [".".join(_path_of(e["loc"])) or "(config)" for e in ordered[1:]]
     others = [o for o in dict.fromkeys(others) if o != ".".join(path) and o not in fixed_by_it]
     if others:
@@ -161,14 +179,10 @@ class _Source:
         except (SyntaxError, ValueError):
             self.tree = None
 
-    def _assigned(self, name: str) -> ast.AST | None:
+    def _assigned(self, name: str) -> ast.stmt | None:
         found = None
         for node in self.tree.body if self.tree else []:
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
-                found = node
-            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
-                found = node
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)) or (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name) or (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name):
                 found = node
         return found
 
@@ -250,7 +264,8 @@ def _between_shape(raw: dict[str, Any]) -> tuple[str, str] | None:
     """(field, message) for the shape between Motia's older one and 1.0: ``triggers`` holding
     ``{"type": "event", "topic"}`` (now ``queue``) or ``{"type": "api"}`` (now ``http``), and ``emits``
     (now ``enqueues``)."""
-    triggers = raw.get("triggers") if isinstance(raw.get("triggers"), list) else []
+    raw_triggers = raw.get("triggers")
+    triggers = raw_triggers if isinstance(raw_triggers, list) else []
     for i, t in enumerate(triggers):
         kind = t.get("type") if isinstance(t, dict) else None
         if kind == "event":
@@ -267,7 +282,7 @@ def _between_shape(raw: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _motia(module: Any, raw: Any, src: "_Source", file: str, declared: str | None) -> tuple[Any, Any]:
+def _motia(module: Any, raw: Any, src: _Source, file: str, declared: str | None) -> tuple[Any, Any]:
     """A Motia step file's config and handler, translated (see :mod:`iii_console.core.motia.adapt`)."""
     from iii_console.core.motia import adapt
 
@@ -370,7 +385,7 @@ def _imports_motia(tree: ast.Module | None) -> bool:
     return False
 
 
-def _uses_motia(module: Any, src: "_Source", file: str, declared: str | None) -> bool:
+def _uses_motia(module: Any, src: _Source, file: str, declared: str | None) -> bool:
     """Whether the step file was written against ``motia`` (and gets iii-console's)."""
     from iii_console.core.motia.adapt import PACKAGE, install, is_motia_step
 

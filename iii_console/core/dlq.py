@@ -10,11 +10,13 @@ original message for replay.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 import redis
 
@@ -48,7 +50,7 @@ class DeadLetter:
         return json.dumps(asdict(self), default=str, separators=(",", ":"))
 
     @classmethod
-    def decode(cls, raw: bytes | str) -> "DeadLetter":
+    def decode(cls, raw: bytes | str) -> DeadLetter:
         try:
             return cls(**json.loads(raw))
         except (TypeError, ValueError) as exc:
@@ -113,13 +115,13 @@ class AsyncDeadLetters:
     def __init__(self, store: DeadLetterStore):
         self.store = store
 
-    async def list(self, name: str | None = None, *, limit: int | None = None) -> list[DeadLetter]:
+    async def list(self, name: str | None = None, *, limit: int | None = None) -> builtins.list[DeadLetter]:
         return await asyncio.to_thread(lambda: self.store.list(name, limit=limit))
 
     async def count(self, name: str) -> int:
         return await asyncio.to_thread(self.store.count, name)
 
-    async def names(self) -> list[str]:
+    async def names(self) -> builtins.list[str]:
         return await asyncio.to_thread(self.store.names)
 
     async def purge_before(self, before_ms: int, name: str | None = None, *, batch: int = 500) -> int:

@@ -15,8 +15,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import redis
 import structlog
@@ -254,7 +255,8 @@ class StreamSink:
         def tables(batch: Sequence[Event], *, counts_only: bool = False) -> list[list[Any]]:
             out: list[list[Any]] = [[], [], []]
             if self._keys is not None and batch:
-                for table, agg in zip(out[:1] if counts_only else out, metrics.aggregate(batch)):
+                aggs: tuple[Mapping[str, float], ...] = metrics.aggregate(batch)
+                for table, agg in zip(out[:1] if counts_only else out, aggs):
                     for kv in agg.items():
                         table.extend(kv)
             return out
@@ -277,7 +279,8 @@ class StreamSink:
                     buckets[k] = buckets.get(k, 0) + n
                 for k, v in more_sums.items():
                     sums[k] = sums.get(k, 0.0) + v
-            for table, agg in zip(tables, (counts, buckets, sums)):
+            aggs: tuple[Mapping[str, float], ...] = (counts, buckets, sums)
+            for table, agg in zip(tables, aggs):
                 for kv in agg.items():
                     table.extend(kv)
         return [self._maxlen, events.encode("utf-8", "replace"), json.dumps(tables, separators=(",", ":"))]
@@ -368,7 +371,7 @@ class Emitter:
         self._bound = {k: v for k, v in (("worker", worker), ("trace_id", trace_id)) if v}
         self._logger = structlog.wrap_logger(
             _SinkLogger(sink),
-            processors=[_stamp, _to_event],
+            processors=[_stamp, _to_event],  # type: ignore[list-item]  # structlog types an event dict as MutableMapping
             context_class=dict,
             cache_logger_on_first_use=True,
         )

@@ -77,9 +77,9 @@ def user_traceback(exc: BaseException) -> str:
     import os
     import traceback
 
-    import iii_console
-
-    framework = (os.path.dirname(iii_console.__file__) + os.sep, f"{os.sep}dramatiq{os.sep}", f"{os.sep}litestar{os.sep}")
+    # The package's folder, from this module's place in it (core/errors.py): the core does not import the package root.
+    package = os.path.dirname(os.path.dirname(__file__))
+    framework = (package + os.sep, f"{os.sep}dramatiq{os.sep}", f"{os.sep}litestar{os.sep}")
     te = traceback.TracebackException.from_exception(exc)
     frames = te.stack
     first = next((i for i, f in enumerate(frames) if not any(p in f.filename for p in framework)), None)

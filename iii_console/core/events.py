@@ -10,40 +10,16 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable, Mapping
+from typing import Any, get_args
 
 from iii_console.core.errors import DecodeError
+from iii_console.core.eventdata import EventType
 from iii_console.core.redact import REDACTED, Redactor  # noqa: F401  (REDACTED is part of this module's names)
 
 #: Every event type the runtime emits, in the order of a message's life.
-EVENT_TYPES = (
-    "http.received",
-    "message.enqueued",
-    "message.started",
-    "message.processed",
-    "message.failed",
-    "message.retrying",
-    "message.dead_lettered",
-    "message.replayed",
-    "message.redelivered",
-    "message.deduplicated",
-    "message.throttled",
-    "group.completed",
-    "state.changed",
-    "notification.sent",
-    "progress",
-    "cron.fired",
-    "cron.skipped",
-    "worker.started",
-    "worker.heartbeat",
-    "worker.stopped",
-    "redis.down",
-    "redis.restarted",
-    "log",
-    "step.error",
-    "config.reloaded",
-)
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 
 #: Largest encoded ``data`` kept on the stream; bigger payloads are truncated with a marker.
 DATA_MAX_BYTES = 8192
@@ -105,7 +81,7 @@ class Event:
         return out
 
     @classmethod
-    def decode(cls, entry_id: str | bytes, raw: Mapping[Any, Any]) -> "Event":
+    def decode(cls, entry_id: str | bytes, raw: Mapping[Any, Any]) -> Event:
         """Build an event from a stream entry; raises :class:`DecodeError` on a foreign entry."""
         try:
             f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}

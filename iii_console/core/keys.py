@@ -29,6 +29,59 @@ class Keys:
         """Namespace passed to Dramatiq's Redis broker for its own queue keys."""
         return f"{self.prefix}q"
 
+    # -- Dramatiq's queue layout. The queue adapter's Lua scripts build the same names from
+    # -- the namespace they are given; Python spells them only here.
+    def queue(self, name: str) -> str:
+        """The list of message ids waiting on a Dramatiq queue (``topic--step--priority``)."""
+        return f"{self.dramatiq_namespace}:{name}"
+
+    def queue_bodies(self, name: str) -> str:
+        """Hash: redis message id -> encoded message, for a queue (or an older version's ``.DQ``)."""
+        return f"{self.queue(name)}.msgs"
+
+    def queue_delayed(self, name: str) -> str:
+        """Sorted set of a queue's delayed messages (retries, ``delay_ms``), scored by due time on Redis's clock."""
+        return f"{self.queue(name)}.delayed"
+
+    def queue_deliveries(self, name: str) -> str:
+        """Hash: redis message id -> how many times it was fetched (``max_deliveries``)."""
+        return f"{self.queue(name)}.deliveries"
+
+    def queue_wake(self, name: str) -> str:
+        """List an enqueue pushes a token to, so an idle consumer blocked on it wakes at once."""
+        return f"{self.queue(name)}.wake"
+
+    @staticmethod
+    def legacy_delay_name(name: str) -> str:
+        """An older version's delay queue of ``name`` (Dramatiq's ``.DQ``); its messages are migrated at start."""
+        return f"{name}.DQ"
+
+    def legacy_delay_queue(self, name: str) -> str:
+        """The list of :meth:`legacy_delay_name` (its bodies: ``queue_bodies(legacy_delay_name(name))``)."""
+        return self.queue(self.legacy_delay_name(name))
+
+    @property
+    def delayed_index(self) -> str:
+        """Sorted set: queues with delayed messages, scored by their earliest due time."""
+        return f"{self.dramatiq_namespace}:__delayed__"
+
+    @property
+    def delayed_wake(self) -> str:
+        """List a delayed enqueue pushes a token to, waking the promoters."""
+        return f"{self.delayed_index}.wake"
+
+    def in_flight(self, worker_id: str, queue: str = "") -> str:
+        """Set of redis message ids ``worker_id`` holds from ``queue``; with no queue, the prefix of its sets."""
+        return f"{self.dramatiq_namespace}:__acks__.{worker_id}.{queue}"
+
+    def in_flight_queue(self, key: str) -> tuple[str, str] | None:
+        """``(worker id, queue)`` of an in-flight set's key (the worker id has no dots); None for another key."""
+        prefix = f"{self.dramatiq_namespace}:__acks__."
+        if not key.startswith(prefix) or "." not in key[len(prefix):]:
+            return None
+        worker, queue = key[len(prefix):].split(".", 1)
+        return worker, queue
+
     def state_group(self, group: str) -> str:
         return f"{self.prefix}state:{group}"
 

@@ -70,7 +70,7 @@ class Lease:
         """Give the lease up; False if it had already expired (a successor's lock is never deleted)."""
         return bool(self._run("release", self._keys.lock(self.name), self.token))
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -106,7 +106,7 @@ class AsyncLease:
     async def release(self) -> bool:
         return bool(await self._run("release", self._keys.lock(self.name), self.token))
 
-    async def __aenter__(self) -> "AsyncLease":
+    async def __aenter__(self) -> AsyncLease:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

@@ -9,12 +9,12 @@ and ``delay_ms``, scored by due time) and per-worker in-flight sets
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import redis
 
-from iii_console.core.keys import Keys
+from iii_console.core.keys import Keys, as_str
 
 
 @dataclass
@@ -33,28 +33,30 @@ def queue_stats(client: redis.Redis, keys: Keys, topics: Iterable[str] = ()) -> 
     ``topics`` are always present in the result, even when their queues are empty
     (Redis drops empty lists, so an idle topic has no keys at all).
     """
-    ns = keys.dramatiq_namespace
     out: dict[str, QueueStat] = {t: QueueStat(t) for t in topics}
     names: set[str] = set()
-    for raw in client.scan_iter(match=f"{ns}:*--*--*", count=1000):
-        k = raw.decode() if isinstance(raw, bytes) else raw
-        name = k[len(ns) + 1:]
-        if name.endswith((".msgs", ".wake", ".deliveries")) or name.startswith("__acks__"):
+    side = tuple(k.removeprefix(keys.queue("")) for k in (keys.queue_bodies(""), keys.queue_wake(""), keys.queue_deliveries("")))
+    delayed_suffix = keys.queue_delayed("").removeprefix(keys.queue(""))
+    legacy_suffix = keys.legacy_delay_name("")
+    acks = keys.in_flight("", "").removeprefix(keys.queue("")).rstrip(".")
+    for raw in client.scan_iter(match=keys.queue("*--*--*"), count=1000):
+        name = as_str(raw)[len(keys.queue("")):]
+        if name.endswith(side) or name.startswith(acks):
             continue
         names.add(name)
     pipe = client.pipeline(transaction=False)
     ordered = sorted(names)
     for name in ordered:
-        if name.endswith(".delayed"):
-            pipe.zcard(f"{ns}:{name}")
+        if name.endswith(delayed_suffix):
+            pipe.zcard(keys.queue(name))
         else:
-            pipe.llen(f"{ns}:{name}")
+            pipe.llen(keys.queue(name))
     lens = pipe.execute() if ordered else []
     for name, n in zip(ordered, lens):
-        if name.endswith(".delayed"):
-            base, delayed = name[:-8], True
+        if name.endswith(delayed_suffix):
+            base, delayed = name.removesuffix(delayed_suffix), True
         else:  # ".DQ": an older version's delay queue, until it is moved
-            base, delayed = (name[:-3], True) if name.endswith(".DQ") else (name, False)
+            base, delayed = (name.removesuffix(legacy_suffix), True) if name.endswith(legacy_suffix) else (name, False)
         try:
             topic, step, prio = base.rsplit("--", 2)
         except ValueError:
@@ -66,19 +68,18 @@ def queue_stats(client: redis.Redis, keys: Keys, topics: Iterable[str] = ()) -> 
         else:
             st.waiting += int(n)
             st.by_priority[prio] = st.by_priority.get(prio, 0) + int(n)
-    for raw in client.scan_iter(match=f"{ns}:__acks__.*", count=1000):
-        k = raw.decode() if isinstance(raw, bytes) else raw
-        # key: {ns}:__acks__.{worker-uuid}.{queue}; the worker id has no dots.
-        rest = k[len(f"{ns}:__acks__."):]
-        queue = rest.split(".", 1)[1] if "." in rest else ""
-        base = queue[:-3] if queue.endswith(".DQ") else queue
+    for raw in client.scan_iter(match=keys.in_flight("*", "*"), count=1000):
+        k = as_str(raw)
+        held = keys.in_flight_queue(k)
+        queue = held[1] if held else ""
+        base = queue.removesuffix(legacy_suffix)
         try:
             topic, step, _ = base.rsplit("--", 2)
         except ValueError:
             continue
         st = out.setdefault(topic, QueueStat(topic))
         n = int(client.scard(k))
-        if queue.endswith(".DQ"):
+        if queue.endswith(legacy_suffix):
             st.delayed += n
         else:
             st.in_flight += n

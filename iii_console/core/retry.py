@@ -10,7 +10,7 @@ attempt number unchanged, as often as the handler asks.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -56,7 +56,7 @@ class Retry(Exception):
         return int(min(MAX_AFTER_MS, max(0.0, self.due_ms - now)))
 
     @classmethod
-    def after_header(cls, value: str | int | float, *, counts: bool = True, reason: str = "") -> "Retry":
+    def after_header(cls, value: str | int | float, *, counts: bool = True, reason: str = "") -> Retry:
         """From an HTTP ``Retry-After`` value: seconds (``"120"``) or an HTTP date
         (``"Wed, 21 Oct 2026 07:28:00 GMT"``)."""
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -81,7 +81,7 @@ def _epoch_ms(at: Any) -> float:
     if isinstance(at, datetime):
         if at.tzinfo is None:
             raise ValueError("Retry(at=...) needs an aware datetime (tzinfo set), e.g. datetime.now(timezone.utc)")
-        return at.astimezone(timezone.utc).timestamp() * 1000
+        return at.astimezone(UTC).timestamp() * 1000
     if isinstance(at, bool) or not isinstance(at, (int, float)) or at != at:
         raise ValueError(f"Retry(at=...) must be an aware datetime or epoch milliseconds, not {at!r}")
     return float(at)

@@ -20,12 +20,16 @@ common case: a new message's record) costs one round trip, an existing one two.
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import json
 import random
 import time
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from copy import deepcopy
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import redis
 import redis.asyncio as aredis
@@ -42,6 +46,8 @@ MAX_CAS_TRIES = 100
 CHANGES_MAXLEN = 100_000
 #: Keys per HSCAN page when listing a group.
 LIST_PAGE = 1000
+
+T = TypeVar("T")
 
 
 def _path(path: str | list[str] | None) -> list[str]:
@@ -136,6 +142,58 @@ def _outcome(reply: list[Any]) -> tuple[bool, str | None]:
     return False, _text(reply[1]) if len(reply) > 1 and reply[1] is not None else None
 
 
+# -- one implementation, two drivers -----------------------------------------------
+#
+# Each operation is written once, as a plan: a generator that yields the Redis
+# commands it needs (and the pauses between compare-and-set tries) and gets each
+# reply sent back. ``StateStore`` runs a plan with blocking calls, ``AsyncStateStore``
+# awaits the same steps, so the two stores cannot drift apart.
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One Redis command of a plan: ``client.<name>(*args)``, or the CAS script with ``keys``/``args``."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Pause:
+    seconds: float
+
+
+_Plan = Generator["_Call | _Pause", Any, T]
+
+
+@runtime_checkable
+class State(Protocol):
+    """The state a ``def`` handler gets as ``ctx.state`` (and the CLI and console use)."""
+
+    def get(self, group: str, key: str) -> Any: ...
+    def get_many(self, group: str, keys: Sequence[str]) -> dict[str, Any]: ...
+    def list(self, group: str, *, limit: int | None = None) -> dict[str, Any]: ...
+    def groups(self) -> builtins.list[str]: ...
+    def set(self, group: str, key: str, value: Any) -> Any: ...
+    def update(self, group: str, key: str, ops: Iterable[Mapping[str, Any]]) -> Any: ...
+    def delete(self, group: str, key: str) -> Any: ...
+    def replace(self, group: str, key: str, expected: Any, value: Any) -> bool: ...
+
+
+@runtime_checkable
+class AsyncState(Protocol):
+    """The state an ``async def`` handler gets as ``ctx.state``: :class:`State`, awaited."""
+
+    async def get(self, group: str, key: str) -> Any: ...
+    async def get_many(self, group: str, keys: Sequence[str]) -> dict[str, Any]: ...
+    async def list(self, group: str, *, limit: int | None = None) -> dict[str, Any]: ...
+    async def groups(self) -> builtins.list[str]: ...
+    async def set(self, group: str, key: str, value: Any) -> Any: ...
+    async def update(self, group: str, key: str, ops: Iterable[Mapping[str, Any]]) -> Any: ...
+    async def delete(self, group: str, key: str) -> Any: ...
+    async def replace(self, group: str, key: str, expected: Any, value: Any) -> bool: ...
+
+
 class _Base:
     def __init__(self, keys: Keys, *, trace_id: str = "", step: str = "", message_id: str = "", worker: str = "",
                  events_maxlen: int = 100_000):
@@ -164,6 +222,86 @@ class _Base:
                 "step", self.step, "message_id", self.message_id, "worker", self.worker]
         return keys, args
 
+    # -- plans -------------------------------------------------------------------
+    def _get(self, group: str, key: str) -> _Plan[Any]:
+        return _load((yield _Call("hget", (self.keys.state_group(group), key))))
+
+    def _get_many(self, group: str, keys: Sequence[str]) -> _Plan[dict[str, Any]]:
+        """The values of those ``keys`` that exist, in one round trip."""
+        if not keys:
+            return {}
+        raws = yield _Call("hmget", (self.keys.state_group(group), list(keys)))
+        return {k: _load(v) for k, v in zip(keys, raws) if v is not None}
+
+    def _list(self, group: str, limit: int | None) -> _Plan[dict[str, Any]]:
+        """The group's keys and values, sorted by key; with ``limit``, at most that many
+        (some of the group's keys, not necessarily the first ones in order).
+
+        Read with ``HSCAN`` in pages, so a large group does not hold Redis up the
+        way one ``HGETALL`` would, and ``limit`` stops reading early.
+        """
+        raw: dict[Any, Any] = {}
+        cursor = 0
+        while True:
+            cursor, page = yield _Call("hscan", (self.keys.state_group(group), cursor, None, LIST_PAGE))
+            for k, v in page.items():
+                raw[k] = v
+                if limit is not None and len(raw) >= limit:
+                    return _listing(raw)
+            if not cursor:
+                return _listing(raw)
+
+    def _groups(self) -> _Plan[list[str]]:
+        return sorted(_text(g) or "" for g in (yield _Call("smembers", (self.keys.state_groups,))))
+
+    def _set(self, group: str, key: str, value: Any) -> _Plan[Any]:
+        if value is None:
+            raise StateError("cannot set None; use delete")
+        return (yield from self._write(group, key, lambda _old: value, "set"))
+
+    def _update(self, group: str, key: str, ops: Iterable[Mapping[str, Any]]) -> _Plan[Any]:
+        ops = list(ops)
+        return (yield from self._write(group, key, lambda old: apply_ops(old, ops), "update"))
+
+    def _delete(self, group: str, key: str) -> _Plan[Any]:
+        """Delete and return the old value (``None`` if there was none)."""
+        old: list[Any] = []
+
+        def gone(value: Any) -> None:
+            old.append(value)  # the last value read is the one the winning try deleted
+            return None
+
+        yield from self._write(group, key, gone, "delete")
+        return old[-1] if old else None
+
+    def _replace(self, group: str, key: str, expected: Any, value: Any) -> _Plan[bool]:
+        """Set ``value`` only if the key still holds ``expected`` (``None``: absent); False if it changed.
+
+        For a person editing a value they read a while ago: their save must not
+        silently undo a change a step made in the meantime.
+        """
+        if value is None:
+            raise StateError("cannot set None; use delete")
+        keys, args = self._cas_args(group, key, None if expected is None else _dump(expected), value, "set")
+        written, _current = _outcome((yield _Call("cas", (keys, args))))
+        return written
+
+    def _write(self, group: str, key: str, compute: Callable[[Any], Any], op: str) -> _Plan[Any]:
+        """The compare-and-set loop: compute from the value read, write only if it is still that value."""
+        old_raw: Any = None if op in _BLIND else _UNREAD
+        for attempt in range(MAX_CAS_TRIES):
+            if old_raw is _UNREAD:
+                old_raw = _text((yield _Call("hget", (self.keys.state_group(group), key))))
+            new = compute(_load(old_raw))
+            keys, args = self._cas_args(group, key, old_raw, new, op)
+            written, old_raw = _outcome((yield _Call("cas", (keys, args))))
+            if written:
+                spans.event(f"state.{op}", **{"iii.group": group, "iii.key": key})
+                return new
+            if attempt:
+                yield _Pause(random.uniform(0, 0.002 * attempt))
+        raise StateError(f"state {group}/{key}: too much contention, gave up after {MAX_CAS_TRIES} tries")
+
 
 class StateStore(_Base):
     """Synchronous state store, for ``def`` handlers and the CLI."""
@@ -173,77 +311,48 @@ class StateStore(_Base):
         self.client = client
         self._cas = client.register_script(_SCRIPT)
 
-    def bind(self, *, trace_id: str = "", step: str = "", message_id: str | None = None) -> "StateStore":
+    def _run(self, plan: _Plan[T]) -> T:
+        reply: Any = None
+        try:
+            while True:
+                step = plan.send(reply)
+                if isinstance(step, _Pause):
+                    time.sleep(step.seconds)
+                    reply = None
+                elif step.name == "cas":
+                    keys, args = step.args
+                    reply = self._cas(keys=keys, args=args)
+                else:
+                    reply = getattr(self.client, step.name)(*step.args)
+        except StopIteration as done:
+            return done.value
+
+    def bind(self, *, trace_id: str = "", step: str = "", message_id: str | None = None) -> StateStore:
         return self._bound(trace_id, step, message_id)
 
     def get(self, group: str, key: str) -> Any:
-        return _load(self.client.hget(self.keys.state_group(group), key))
+        return self._run(self._get(group, key))
 
     def get_many(self, group: str, keys: Sequence[str]) -> dict[str, Any]:
-        """The values of those ``keys`` that exist, in one round trip."""
-        if not keys:
-            return {}
-        raws = self.client.hmget(self.keys.state_group(group), list(keys))
-        return {k: _load(v) for k, v in zip(keys, raws) if v is not None}
+        return self._run(self._get_many(group, keys))
 
     def list(self, group: str, *, limit: int | None = None) -> dict[str, Any]:
-        """The group's keys and values, sorted by key; with ``limit``, at most that many
-        (some of the group's keys, not necessarily the first ones in order).
+        return self._run(self._list(group, limit))
 
-        Read with ``HSCAN`` in pages, so a large group does not hold Redis up the
-        way one ``HGETALL`` would, and ``limit`` stops reading early.
-        """
-        raw: dict[Any, Any] = {}
-        for k, v in self.client.hscan_iter(self.keys.state_group(group), count=LIST_PAGE):
-            raw[k] = v
-            if limit is not None and len(raw) >= limit:
-                break
-        return _listing(raw)
-
-    def groups(self) -> list[str]:
-        return sorted(g.decode() if isinstance(g, bytes) else g for g in self.client.smembers(self.keys.state_groups))
+    def groups(self) -> builtins.list[str]:
+        return self._run(self._groups())
 
     def set(self, group: str, key: str, value: Any) -> Any:
-        if value is None:
-            raise StateError("cannot set None; use delete")
-        return self._write(group, key, lambda _old: value, "set")
+        return self._run(self._set(group, key, value))
 
     def update(self, group: str, key: str, ops: Iterable[Mapping[str, Any]]) -> Any:
-        ops = list(ops)
-        return self._write(group, key, lambda old: apply_ops(old, ops), "update")
+        return self._run(self._update(group, key, ops))
 
     def delete(self, group: str, key: str) -> Any:
-        """Delete and return the old value (``None`` if there was none)."""
-        old: list[Any] = []
-        self._write(group, key, lambda o: (old.append(o), None)[1], "delete")
-        return old[-1] if old else None
+        return self._run(self._delete(group, key))
 
     def replace(self, group: str, key: str, expected: Any, value: Any) -> bool:
-        """Set ``value`` only if the key still holds ``expected`` (``None``: absent); False if it changed.
-
-        For a person editing a value they read a while ago: their save must not
-        silently undo a change a step made in the meantime.
-        """
-        if value is None:
-            raise StateError("cannot set None; use delete")
-        keys, args = self._cas_args(group, key, None if expected is None else _dump(expected), value, "set")
-        written, _current = _outcome(self._cas(keys=keys, args=args))
-        return written
-
-    def _write(self, group: str, key: str, compute: Any, op: str) -> Any:
-        old_raw: Any = None if op in _BLIND else _UNREAD
-        for attempt in range(MAX_CAS_TRIES):
-            if old_raw is _UNREAD:
-                old_raw = _text(self.client.hget(self.keys.state_group(group), key))
-            new = compute(_load(old_raw))
-            keys, args = self._cas_args(group, key, old_raw, new, op)
-            written, old_raw = _outcome(self._cas(keys=keys, args=args))
-            if written:
-                spans.event(f"state.{op}", **{"iii.group": group, "iii.key": key})
-                return new
-            if attempt:
-                time.sleep(random.uniform(0, 0.002 * attempt))
-        raise StateError(f"state {group}/{key}: too much contention, gave up after {MAX_CAS_TRIES} tries")
+        return self._run(self._replace(group, key, expected, value))
 
 
 class AsyncStateStore(_Base):
@@ -256,50 +365,45 @@ class AsyncStateStore(_Base):
         #: writes (the server's requests) share round trips.
         self._cas = autopipe.script(_SCRIPT) if autopipe is not None else client.register_script(_SCRIPT)
 
-    def bind(self, *, trace_id: str = "", step: str = "", message_id: str | None = None) -> "AsyncStateStore":
+    async def _run(self, plan: _Plan[T]) -> T:
+        reply: Any = None
+        try:
+            while True:
+                step = plan.send(reply)
+                if isinstance(step, _Pause):
+                    await asyncio.sleep(step.seconds)
+                    reply = None
+                elif step.name == "cas":
+                    keys, args = step.args
+                    reply = await self._cas(keys=keys, args=args)
+                else:
+                    reply = await getattr(self.client, step.name)(*step.args)
+        except StopIteration as done:
+            return done.value
+
+    def bind(self, *, trace_id: str = "", step: str = "", message_id: str | None = None) -> AsyncStateStore:
         return self._bound(trace_id, step, message_id)
 
     async def get(self, group: str, key: str) -> Any:
-        return _load(await self.client.hget(self.keys.state_group(group), key))
+        return await self._run(self._get(group, key))
+
+    async def get_many(self, group: str, keys: Sequence[str]) -> dict[str, Any]:
+        return await self._run(self._get_many(group, keys))
 
     async def list(self, group: str, *, limit: int | None = None) -> dict[str, Any]:
-        raw: dict[Any, Any] = {}
-        async for k, v in self.client.hscan_iter(self.keys.state_group(group), count=LIST_PAGE):
-            raw[k] = v
-            if limit is not None and len(raw) >= limit:
-                break
-        return _listing(raw)
+        return await self._run(self._list(group, limit))
 
-    async def groups(self) -> list[str]:
-        return sorted(g.decode() if isinstance(g, bytes) else g for g in await self.client.smembers(self.keys.state_groups))
+    async def groups(self) -> builtins.list[str]:
+        return await self._run(self._groups())
 
     async def set(self, group: str, key: str, value: Any) -> Any:
-        if value is None:
-            raise StateError("cannot set None; use delete")
-        return await self._write(group, key, lambda _old: value, "set")
+        return await self._run(self._set(group, key, value))
 
     async def update(self, group: str, key: str, ops: Iterable[Mapping[str, Any]]) -> Any:
-        ops = list(ops)
-        return await self._write(group, key, lambda old: apply_ops(old, ops), "update")
+        return await self._run(self._update(group, key, ops))
 
     async def delete(self, group: str, key: str) -> Any:
-        old: list[Any] = []
-        await self._write(group, key, lambda o: (old.append(o), None)[1], "delete")
-        return old[-1] if old else None
+        return await self._run(self._delete(group, key))
 
-    async def _write(self, group: str, key: str, compute: Any, op: str) -> Any:
-        import asyncio
-
-        old_raw: Any = None if op in _BLIND else _UNREAD
-        for attempt in range(MAX_CAS_TRIES):
-            if old_raw is _UNREAD:
-                old_raw = _text(await self.client.hget(self.keys.state_group(group), key))
-            new = compute(_load(old_raw))
-            keys, args = self._cas_args(group, key, old_raw, new, op)
-            written, old_raw = _outcome(await self._cas(keys=keys, args=args))
-            if written:
-                spans.event(f"state.{op}", **{"iii.group": group, "iii.key": key})
-                return new
-            if attempt:
-                await asyncio.sleep(random.uniform(0, 0.002 * attempt))
-        raise StateError(f"state {group}/{key}: too much contention, gave up after {MAX_CAS_TRIES} tries")
+    async def replace(self, group: str, key: str, expected: Any, value: Any) -> bool:
+        return await self._run(self._replace(group, key, expected, value))

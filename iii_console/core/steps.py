@@ -10,7 +10,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from typing import Annotated, Any, Callable, Literal, Union
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -143,7 +144,7 @@ class HttpTrigger(_Model):
         return out
 
     @model_validator(mode="after")
-    def _raw_body(self) -> "HttpTrigger":
+    def _raw_body(self) -> HttpTrigger:
         if self.accept:
             if self.method not in ("POST", "PUT", "PATCH"):
                 raise ValueError(f"accept (a raw request body) needs POST, PUT or PATCH, not {self.method}")
@@ -291,7 +292,7 @@ class StateTrigger(_Model):
         return f"state {self.group if self.group is not None else '*'}/{self.key}{cond}"
 
 
-Trigger = Annotated[Union[HttpTrigger, QueueTrigger, CronTrigger, StateTrigger], Field(discriminator="type")]
+Trigger = Annotated[HttpTrigger | QueueTrigger | CronTrigger | StateTrigger, Field(discriminator="type")]
 
 
 class Step(_Model):
@@ -334,7 +335,7 @@ class Step(_Model):
         return v
 
     @model_validator(mode="after")
-    def _unique_http(self) -> "Step":
+    def _unique_http(self) -> Step:
         seen = set()
         for t in self.triggers:
             if isinstance(t, HttpTrigger):

@@ -23,8 +23,9 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import redis
 
@@ -93,7 +94,7 @@ def _alive(pid: Any) -> bool:
 @contextlib.contextmanager
 def _flock(path: Path, *, blocking: bool = True) -> Iterator[Any]:
     """An exclusive flock on ``path``; yields the open file, or ``None`` if not ``blocking`` and held."""
-    fh = open(path, "a")
+    fh = open(path, "a")  # noqa: SIM115  (closed below, or by the caller once the lock is given up)
     try:
         if fcntl is not None:
             try:
@@ -190,15 +191,14 @@ class EmbeddedRedis:
 
         parts = urlsplit(self.url)
         port, password = parts.port, unquote(parts.password or "")
-        with _flock(self.data_dir / "redis.lock"):
-            with _flock(self.redis_dir / "owner.lock", blocking=False) as free:
-                if free is None:
-                    raise IIIError(f"cannot restart the embedded Redis: another redis-server holds {self.redis_dir}")
-                self.server = self._launch(free, port=port, password=password)
-                self.adopted_pid = None
-                pid = self.server.proc.pid  # type: ignore[union-attr]
-                _write_info(self.data_dir, {"url": self.url, "pid": os.getpid(), "redis_pid": pid})
-                return pid
+        with _flock(self.data_dir / "redis.lock"), _flock(self.redis_dir / "owner.lock", blocking=False) as free:
+            if free is None:
+                raise IIIError(f"cannot restart the embedded Redis: another redis-server holds {self.redis_dir}")
+            self.server = self._launch(free, port=port, password=password)
+            self.adopted_pid = None
+            pid = self.server.proc.pid  # type: ignore[union-attr]
+            _write_info(self.data_dir, {"url": self.url, "pid": os.getpid(), "redis_pid": pid})
+            return pid
 
     def _join_or_adopt(self, info: dict[str, Any]) -> str:
         self.url = info["url"]

@@ -17,7 +17,8 @@ import resource
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import dramatiq
 from dramatiq.common import q_name

@@ -12,26 +12,27 @@ import asyncio
 import contextvars
 import inspect
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import Any, Callable
+from typing import Any
 
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from iii_console.adapters.queue.producer import AsyncProducer, Producer, Subscriptions
+from iii_console.adapters.queue.producer import AsyncProducer, Producer, Subscriptions, subscriptions_for
 from iii_console.core import spans
 from iii_console.core.autopipe import AutoPipeline
 from iii_console.core.blobs import AsyncBlobs
 from iii_console.core.context import Context, SyncContext, call_arity, is_async
+from iii_console.core.discovery import StepSet
 from iii_console.core.dlq import AsyncDeadLetters, DeadLetterStore
 from iii_console.core.lease import AsyncLeases, Leases
 from iii_console.core.progress import AsyncProgressStore, ProgressStore
 from iii_console.core.state import AsyncStateStore, StateStore
 from iii_console.core.steps import Step
 from iii_console.runtime.services import Services
-
 
 #: How often a thread waiting on an async handler wakes to take an asynchronous exception.
 WAIT_SLICE_S = 0.1
@@ -102,6 +103,20 @@ class AsyncSide:
         await self.client.aclose()
 
 
+def make_runner(services: Services, steps: StepSet | Iterable[Step], *, loop_thread: LoopThread | None = None,
+                async_side: bool = False) -> StepRunner:
+    """The one way the runtime builds a :class:`StepRunner` for a set of steps.
+
+    Its producer sends to the subscriptions of ``steps``. Async handlers need
+    async clients on the loop they run on: pass ``loop_thread`` (a worker: the
+    clients are built on that loop), or ``async_side=True`` from a coroutine on
+    the loop that will run them (the HTTP server). Whoever asks for them closes
+    them: :meth:`StepRunner.aclose`.
+    """
+    subs = subscriptions_for(list(steps.steps if isinstance(steps, StepSet) else steps))
+    return StepRunner(services, subs, loop_thread=loop_thread, async_side=AsyncSide(services, subs) if async_side else None)
+
+
 class StepRunner:
     def __init__(self, services: Services, subscriptions: Subscriptions, *, loop_thread: LoopThread | None = None, async_side: AsyncSide | None = None):
         self.services = services
@@ -120,10 +135,32 @@ class StepRunner:
 
             self._async = loop_thread.run(make())
 
+    async def aclose(self) -> None:
+        """Close the async clients (on the loop they were used from)."""
+        if self._async is not None:
+            side, self._async = self._async, None
+            await side.aclose()
+
     @property
     def async_side(self) -> AsyncSide:
         assert self._async is not None, "async handlers need an AsyncSide"
         return self._async
+
+    @property
+    def has_async_side(self) -> bool:
+        return self._async is not None
+
+    def open_async_side(self) -> None:
+        """Build the async clients; call it on the loop that will use them (the server's, at startup)."""
+        self._async = AsyncSide(self.services, self._subs)
+
+    async def close_async_side(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+
+    def queue_names(self, topic: str) -> list[str]:
+        """The queues (every priority of every subscription) a message to ``topic`` lands on."""
+        return [q for sub in self._subs.get(topic, []) for q in sub.queues]
 
     def sync_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
                      message_id: str | None = None, max_attempts: int = 1, idempotency_key: str | None = None) -> SyncContext:
@@ -145,8 +182,8 @@ class StepRunner:
         handler: Callable[..., Any] = step.handler  # type: ignore[assignment]
         if is_async(handler):
             assert self.loop_thread is not None
-            ctx = self.async_context(step, **ctx_kw)
-            coro = _invoke(handler, input, ctx)
+            actx = self.async_context(step, **ctx_kw)
+            coro = _invoke(handler, input, actx)
             if spans.current() is not None:  # the loop thread's task would not see this thread's span
                 coro = _carrying(contextvars.copy_context(), coro)
             return self.loop_thread.run(coro)

@@ -27,19 +27,22 @@ expired once-key nor a clock that jumps back can fire a tick twice.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import redis
 
 from iii_console.adapters.queue.names import CRON_TOPIC, Subscription
 from iii_console.adapters.queue.producer import Producer
 from iii_console.core.cronexpr import parse_cron
+from iii_console.core.discovery import StepSet
 from iii_console.core.steps import CronTrigger, Step
 from iii_console.runtime.services import Services
 
@@ -89,7 +92,7 @@ def due_ticks(expr: str, after_ms: int, until_ms: int) -> list[int]:
     """Scheduled times (ms) in ``(after_ms, until_ms]``, at most 1001. Pure: time is passed in."""
     out: list[int] = []
     sched = parse_cron(expr)
-    cur = datetime.fromtimestamp(after_ms / 1000, tz=timezone.utc)
+    cur = datetime.fromtimestamp(after_ms / 1000, tz=UTC)
     while True:
         nxt = sched.next_after(cur)
         if nxt is None:
@@ -104,7 +107,7 @@ def due_ticks(expr: str, after_ms: int, until_ms: int) -> list[int]:
 
 
 def next_tick(expr: str, after_ms: int) -> int | None:
-    nxt = parse_cron(expr).next_after(datetime.fromtimestamp(after_ms / 1000, tz=timezone.utc))
+    nxt = parse_cron(expr).next_after(datetime.fromtimestamp(after_ms / 1000, tz=UTC))
     return int(nxt.timestamp() * 1000) if nxt else None
 
 
@@ -149,7 +152,8 @@ class Scheduler:
             except redis.RedisError as exc:
                 log.warning("cron %s: Redis unavailable (%s); will retry the tick", step.name, exc)
                 continue
-            nxt = next_tick(expr, self.cursors[i] if self.cursors[i] is not None else now)
+            cursor = self.cursors[i]
+            nxt = next_tick(expr, cursor if cursor is not None else now)
             if nxt is not None:
                 wait = min(wait, (nxt - self.now_ms()) / 1000)
         return max(0.001, wait)
@@ -235,3 +239,41 @@ class Scheduler:
                 "reason": f"no scheduler reached {'it' if len(won) == 1 else 'them'} within {self.misfire_grace_ms // 1000} s",
             })
         return len(won)
+
+
+class CronScheduler:
+    """The ``scheduler`` role: a :class:`Scheduler` for the cron triggers of the steps it is given.
+
+    Entered, it starts one if any step has a cron trigger; :meth:`reload` stops it
+    and starts one for the new steps (ticks stay exactly-once across the swap: the
+    once-key and ``cron-last`` live in Redis); exited, it stops its thread.
+    """
+
+    def __init__(self, services: Services, steps: StepSet) -> None:
+        self.services = services
+        self.steps = steps
+        self.scheduler: Scheduler | None = None
+
+    async def __aenter__(self) -> CronScheduler:
+        self._start(self.steps)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stop()
+
+    async def reload(self, steps: StepSet) -> None:
+        await self._stop()
+        self.steps = steps
+        self._start(steps)
+
+    def _start(self, steps: StepSet) -> None:
+        from iii_console.runtime.runner import make_runner
+
+        if steps.cron_steps():
+            self.scheduler = Scheduler(self.services, steps.cron_steps(), make_runner(self.services, steps).producer)
+            self.scheduler.start()
+
+    async def _stop(self) -> None:
+        if self.scheduler is not None:
+            scheduler, self.scheduler = self.scheduler, None
+            await asyncio.to_thread(scheduler.stop)

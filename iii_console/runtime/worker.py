@@ -7,11 +7,12 @@ Per process:
 - a heartbeat (Redis clock) and a registry entry the console reads;
 - a sweep that returns dead workers' in-flight messages to their queues;
 - a promoter that moves due delayed messages (retries, ``delay_ms``) onto their queues;
-- the state-trigger dispatcher, reading state changes through a consumer group.
+- the state-trigger dispatcher (``dispatcher.py``), reading state changes through a consumer group.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import dramatiq
@@ -29,82 +31,32 @@ from dramatiq.middleware import CurrentMessage
 from iii_console.adapters.queue.broker import IIIBroker
 from iii_console.adapters.queue.middleware import LifecycleEvents, RetryPolicy
 from iii_console.adapters.queue.names import ACTOR_PRIORITY, CRON_TOPIC, STATE_TOPIC, Subscription, parse_queue
-from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.adapters.queue.sweep import requeue_worker, sweep_dead_workers
-from iii_console.adapters.queue.timelimit import TimeLimits
 from iii_console.adapters.queue.throttle import Throttle
+from iii_console.adapters.queue.timelimit import TimeLimits
 from iii_console.core.config import Config
 from iii_console.core.context import CronTick, StateChange
 from iii_console.core.discovery import StepSet, discover
 from iii_console.core.events import now_ms
-from iii_console.core.keys import as_str
 from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step, validate_input
+from iii_console.runtime.batch import batched_actor
+from iii_console.runtime.dispatcher import (
+    TRIGGER_GROUP,
+    TriggerDispatcher,
+    ensure_trigger_group,
+    trim_dispatched_changes,
+    watch_state_triggers,
+)
 from iii_console.runtime.recycling import Recycler, report_stuck, stop_intake
 from iii_console.runtime.redis_watchdog import wait_for_redis
-from iii_console.runtime.batch import batched_actor
-from iii_console.runtime.runner import LoopThread, StepRunner
-from iii_console.runtime.services import Services
+from iii_console.runtime.runner import LoopThread, make_runner
+from iii_console.runtime.services import open_services
 
 log = logging.getLogger(__name__)
-TRIGGER_GROUP = "triggers"
-#: At most this often the dispatcher drops the trigger records it is done with
-#: (the sweep does too, every ``sweep_interval``).
-TRIM_EVERY_S = 1.0
+#: How long a stop waits for the async handlers' clients to close.
+ASYNC_CLOSE_S = 2.0
 
-
-def ensure_trigger_group(client: redis.Redis, key: str) -> None:
-    """Create the state-trigger consumer group, from the stream's start, if missing.
-
-    Called by the supervisor before anything can change state, and by a
-    dispatcher that finds the group gone (Redis lost its data). From the start,
-    not the end: records written before the group existed (the first changes
-    after a restart without persistence) are changes like any other, and the
-    once-key per change and step stops a record already dispatched from firing
-    again.
-    """
-    try:
-        client.xgroup_create(key, TRIGGER_GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
-def watch_state_triggers(client: redis.Redis, keys: Any, steps: StepSet) -> None:
-    """Record the groups these steps' state triggers watch, then make sure the consumer group exists.
-
-    Only changes to watched groups are written to the trigger stream (each
-    record holds the whole old and new value). The supervisor calls this when it
-    publishes the steps, at start and on every reload, before anything of the
-    new version can write state; each worker with state steps calls it as it
-    starts and on every sweep (Redis may have lost its data). Groups are only
-    ever added: another process may still run a version that watches one.
-    """
-    groups = sorted({t.watched for step in steps.state_steps() for t in step.of(StateTrigger)})
-    # The "" member keeps the set in existence even when nothing is watched: a
-    # state write that finds no set at all (Redis lost its data and nobody has
-    # registered again yet) records its change whatever the group, so no change
-    # to a watched group is missed in that window.
-    client.sadd(keys.state_watched, "", *groups)
-    ensure_trigger_group(client, keys.state_changes)
-
-
-def trim_dispatched_changes(client: redis.Redis, key: str) -> None:
-    """Drop the trigger records every dispatcher is done with.
-
-    The stream is also capped (``CHANGES_MAXLEN``), but its records carry whole
-    values: kept to the cap, large values would fill Redis. What is pending (read
-    by a dispatcher, not acknowledged) or not yet delivered stays.
-    """
-    try:
-        group = next((g for g in client.xinfo_groups(key) if as_str(g["name"]) == TRIGGER_GROUP), None)
-    except redis.ResponseError:  # no stream yet
-        return
-    if group is None:
-        return
-    keep_from = as_str(client.xpending(key, TRIGGER_GROUP)["min"]) if group["pending"] else as_str(group["last-delivered-id"])
-    if keep_from and keep_from != "0-0":
-        client.xtrim(key, minid=keep_from, approximate=False)
-
+__all__ = ["TRIGGER_GROUP", "WorkerRuntime", "ensure_trigger_group", "trim_dispatched_changes", "watch_state_triggers"]
 
 
 class WorkerRuntime:
@@ -113,10 +65,9 @@ class WorkerRuntime:
         self.steps = steps
         self.threads = threads or config.workers.threads
         self.index = index
-        self.services = Services.open(config, f"worker{index}", traced=True)
-        self.subscriptions = subscriptions_for(steps.steps)
+        self.services = open_services(config, f"worker{index}", traced=True)
         self.loop_thread = LoopThread()
-        self.runner = StepRunner(self.services, self.subscriptions, loop_thread=self.loop_thread)
+        self.runner = make_runner(self.services, steps, loop_thread=self.loop_thread)
         self.events = LifecycleEvents(self.services.emitter)
         # Supervision: when this process asks to be replaced, and the handlers' time limits.
         self.recycler = Recycler(max_messages=config.workers.max_messages_per_process, max_memory_mb=config.workers.max_memory_mb,
@@ -140,6 +91,10 @@ class WorkerRuntime:
         # the moment it exits without its clean stop.
         if os.environ.get("III_WORKER_ID"):
             self.broker.broker_id = os.environ["III_WORKER_ID"]
+        #: Enqueues the state steps whose triggers a state change matches (started by ``start``).
+        self.dispatcher = TriggerDispatcher(self.services, self.runner.producer, steps, consumer=self.worker_id, guard=self._guard)
+        #: The roles this process enters at ``start`` and leaves at ``stop`` (its dispatcher).
+        self._roles = ExitStack()
         self.workers: dict[str, dramatiq.Worker] = {}
         self._stop = threading.Event()
         #: Set only once the last handler returned (or was abandoned): a draining
@@ -234,7 +189,7 @@ class WorkerRuntime:
         if self.steps.state_steps():
             wait_for_redis(lambda: watch_state_triggers(self.services.client, self.services.keys, self.steps),
                            stop=self.recycler.requested, orphaned=self.orphaned)
-            self._spawn(self._dispatch_loop, "iii-state-dispatch")
+        self._roles.enter_context(self.dispatcher)
         self.services.emitter.emit("worker.started", data=self.info())
         if self.recycler.max_memory_mb and self.recycler.rss_at_start_mb > self.recycler.max_memory_mb:
             self.services.emitter.emit("log", data={"level": "warning", "message": (
@@ -262,6 +217,7 @@ class WorkerRuntime:
             t.join()
         for t in self._threads:
             t.join(5)
+        self._roles.close()
         running = [t for w in self.workers.values() for t in w.workers if t.is_alive()]
         data: dict[str, Any] = {"id": self.worker_id, "name": self.services.name, **self.recycler.stop_data()}
         returned = True
@@ -289,8 +245,20 @@ class WorkerRuntime:
             pass
         self.services.emitter.emit("worker.stopped", data=data)
         self.broker.close()
+        self._close_async_clients()
         self.loop_thread.stop()
         self.services.close()
+
+    def _close_async_clients(self) -> None:
+        """Close the async clients the runner built on the loop thread (async handlers' ``ctx``)."""
+        # Bounded from here, not on the loop: a handler stuck past its time limit may
+        # hold the loop, and a stop must never wait on it.
+        closing = asyncio.run_coroutine_threadsafe(self.runner.aclose(), self.loop_thread.loop)
+        try:
+            closing.result(ASYNC_CLOSE_S)
+        except Exception as exc:  # a stop must go on: the process is about to exit anyway
+            closing.cancel()
+            log.warning("closing the async clients failed: %r", exc)
 
     def _give_up_running(self, reason: str) -> int | None:
         """Return the messages of handlers still running at the end of the stop to their queues.
@@ -357,7 +325,7 @@ class WorkerRuntime:
         """Return dead workers' in-flight messages to their queues; returns how many."""
         moved = sweep_dead_workers(self.services.client, self.services.keys, self.broker.iii_scripts, self.services.emitter,
                                    timeout_ms=int(self.config.workers.heartbeat_timeout * 1000), self_id=self.worker_id)
-        moved += self._claim_stale_changes()
+        moved += self.dispatcher.claim_stale(int(self.config.workers.heartbeat_timeout * 1000))
         self.expire_dead_letters()
         return moved
 
@@ -373,74 +341,6 @@ class WorkerRuntime:
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.config.workers.sweep_interval):
             self.sweep_once()
-
-    # -- state triggers -----------------------------------------------------
-    def _dispatch_loop(self) -> None:
-        c = self.services.client
-        key = self.services.keys.state_changes
-        trimmed = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                got = c.xreadgroup(TRIGGER_GROUP, self.worker_id, {key: ">"}, count=100, block=500)
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                # Redis lost its data (a restart without persistence, a flush): register again.
-                watch_state_triggers(c, self.services.keys, self.steps)
-                continue
-            for _stream, entries in got or []:
-                for entry_id, fields in entries:
-                    self._dispatch(entry_id, fields)
-            if got and time.monotonic() - trimmed >= TRIM_EVERY_S:
-                trim_dispatched_changes(c, key)
-                trimmed = time.monotonic()
-
-    def _claim_stale_changes(self) -> int:
-        if not self.steps.state_steps():
-            return 0
-        c = self.services.client
-        # Registered at start, and again here: if Redis lost the watched set (a restart
-        # without persistence, a flush), no trigger record would be written again.
-        watch_state_triggers(c, self.services.keys, self.steps)
-        min_idle = int(self.config.workers.heartbeat_timeout * 1000)
-        try:
-            res = c.xautoclaim(self.services.keys.state_changes, TRIGGER_GROUP, self.worker_id, min_idle_time=min_idle, start_id="0-0", count=100)
-        except redis.ResponseError:
-            return 0
-        entries = res[1]
-        for entry_id, fields in entries:
-            if fields:
-                self._dispatch(entry_id, fields)
-            else:
-                c.xack(self.services.keys.state_changes, TRIGGER_GROUP, entry_id)
-        trim_dispatched_changes(c, self.services.keys.state_changes)
-        return len(entries)
-
-    def _dispatch(self, entry_id: Any, fields: dict[Any, Any]) -> None:
-        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
-        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-        change = StateChange(group=f["group"], key=f["key"], old=json.loads(f["old"]), new=json.loads(f["new"]), trace_id=f.get("trace_id", ""))
-        for step in self.steps.state_steps():
-            if not any(t.matches(change.group, change.key) and self._condition(step, t, change) for t in step.of(StateTrigger)):
-                continue
-            self.runner.producer.enqueue(
-                f"{STATE_TOPIC}.{step.name}",
-                {"group": change.group, "key": change.key, "old": change.old, "new": change.new, "trace_id": change.trace_id},
-                trace_id=change.trace_id, source="state", once=self.services.keys.once(f"{eid}:{step.name}"),
-                limit_size=False,  # the change is already stored: its trigger must not be refused for its size
-            )
-        self.services.client.xack(self.services.keys.state_changes, TRIGGER_GROUP, entry_id)
-
-    def _condition(self, step: Step, trig: StateTrigger, change: StateChange) -> bool:
-        if trig.condition is None:
-            return True
-        try:
-            return bool(trig.condition(change))
-        except Exception as exc:
-            self.services.emitter.emit("step.error", step=step.name, trace_id=change.trace_id,
-                                       error=f"state condition raised {type(exc).__name__}: {exc}", data={"file": step.file})
-            return False
-
 
 def main() -> int:
     """Entry of a worker child process: config comes from the supervisor as JSON."""

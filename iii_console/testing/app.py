@@ -29,7 +29,7 @@ class IIIApp(_Project):
         self._http: httpx.Client | None = None
         self._services: Any = None
 
-    def start(self, timeout: float = 60.0) -> "IIIApp":
+    def start(self, timeout: float = 60.0) -> IIIApp:
         cmd = [sys.executable, "-m", "iii_console", "--no-ui", "--port", "0", "--redis", self.config.redis.url,
                "--config", str(self.project / "iii-config.yaml")]
         self._proc = subprocess.Popen(cmd, cwd=self.project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -65,17 +65,15 @@ class IIIApp(_Project):
 
     def enqueue(self, topic: str, data: Any, *, priority: str | None = None) -> str:
         """Put ``data`` on ``topic`` as a step's ``ctx.enqueue`` would; returns the trace id."""
-        from iii_console.adapters.queue.producer import subscriptions_for
-        from iii_console.runtime.runner import StepRunner
+        from iii_console.runtime.runner import make_runner
         from iii_console.runtime.services import Services
 
-        subs = subscriptions_for(self.steps.steps)
-        if topic not in subs:
+        if topic not in self.steps.topics:
             raise StepFailed(f"no step subscribes to {topic!r} (topics: {', '.join(self.steps.topics) or 'none'})")
         if self._services is None:
             self._services = Services.open(self.config, "test")
         trace_id = uuid.uuid4().hex
-        StepRunner(self._services, subs).producer.enqueue(topic, data, trace_id=trace_id, priority=priority, source="test")
+        make_runner(self._services, self.steps).producer.enqueue(topic, data, trace_id=trace_id, priority=priority, source="test")
         self._services.sink.flush()
         return trace_id
 

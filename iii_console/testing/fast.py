@@ -21,15 +21,14 @@ class IIISteps(_Project):
     def run(self, step: str, input: Any = None, *, trace_id: str | None = None, attempt: int = 1) -> Any:
         """Run ``step``'s handler on ``input`` (validated as its queue trigger validates it; for an HTTP
         step a request body, or an ``HttpRequest``) and return its result; its exception propagates."""
-        from iii_console.adapters.queue.producer import subscriptions_for
         from iii_console.core.context import HttpRequest
-        from iii_console.runtime.runner import LoopThread, StepRunner
+        from iii_console.runtime.runner import LoopThread, make_runner
         from iii_console.runtime.services import Services
 
         found = self.step(step)
         if self._runner is None:
             self._services = Services.open(self.config, "test")
-            self._runner = StepRunner(self._services, subscriptions_for(self.steps.steps), loop_thread=LoopThread())
+            self._runner = make_runner(self._services, self.steps, loop_thread=LoopThread())
         trigger: dict[str, Any] = {"type": "test"}
         value = input
         if queues := found.of(QueueTrigger):

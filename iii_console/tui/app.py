@@ -2,21 +2,28 @@
 
 Structure (attributes down, messages up):
 
-- one thread worker reads the event stream, decodes it and applies it to the
-  plain :class:`~iii_console.tui.model.ConsoleModel` (every buffer in it is
-  bounded; a backlog waits in Redis, so nothing is dropped and memory stays
-  flat), and survives Redis going away by resuming from the last id it saw;
-- one thread worker polls snapshots (registries, workers, queue depths, dead
-  letters, state, cron) for what the visible tab needs and posts them up;
+- one thread worker reads the event stream (:func:`~iii_console.tui.source.follow_stream`),
+  decodes it and applies it to the plain :class:`~iii_console.tui.model.ConsoleModel`
+  (every buffer in it is bounded; a backlog waits in Redis, so nothing is dropped and
+  memory stays flat), and survives Redis going away by resuming from the last id it saw;
+- one thread worker polls snapshots (:func:`~iii_console.tui.source.poll_snapshots`:
+  registries, workers, queue depths, dead letters, state, cron) for what the visible
+  tab needs and posts them up;
 - a timer a few times a second hands a :class:`View` of the model down to the
   visible tab, which draws what changed in one batch; the model lock keeps the
   reader out while it does.
 
-Writes (replay, purge, state edits) are confirmed in a modal, then done in a
-worker thread through the core, as the CLI does them; a read-only console has
-no writer at all and hides those actions.
+Writes (replay, purge, state edits, a cron run) are confirmed in a modal, then done
+in a worker thread through the core, as the CLI does them (``writes.py``); a
+read-only console has no writer at all and hides those actions.
 
 The app never imports the runtime or the adapters: it can attach to any Redis.
+
+What reads Redis is in ``source.py``, the screens in ``screens/``, the tabs in ``tabs/``,
+the messages in ``messages.py`` and the send form's post in ``core/send.py`` (shared with
+``iii-console send``). What stays here is long because it is one object in Textual's
+model: the bindings, the actions they name, and the handlers of every message the tabs
+and screens post up are methods of the :class:`ConsoleApp` itself.
 """
 
 from __future__ import annotations
@@ -25,16 +32,14 @@ import gc
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import redis
 from rich.text import Text
 from textual import on, work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Input, Static, TabbedContent, TabPane
@@ -42,26 +47,33 @@ from textual.widgets._tabbed_content import ContentTabs
 from textual.worker import Worker, WorkerState
 
 from iii_console.core.config import redact_url
-from iii_console.core.dlq import DeadLetter
-from iii_console.core.errors import IIIError, StateError
 from iii_console.core.events import Event
 from iii_console.core.keys import Keys
 from iii_console.core.text import printable
 from iii_console.tui import fmt
 from iii_console.tui.filter import EventFilter
-from iii_console.tui.messages import (CronRunChosen, DeadLettersChosen, InspectDeadLetter, OpenTrace, StateGroupChosen,
-                                     StateKeyChosen)
+from iii_console.tui.messages import (
+    OpenTrace,
+    SnapshotReady,
+    StateGroupChosen,
+    TraceFound,
+)
 from iii_console.tui.model import ConsoleModel
 from iii_console.tui.ops import Writer
-from iii_console.tui.screens import (ConfirmScreen, DeadLetterScreen, HelpScreen, SendRequest, SendScreen, StateEdit,
-                                     StateEditScreen, TraceScreen)
-from iii_console.tui.source import Snapshot, StreamTail, connect, connect_stream, fetch, find_trace
+from iii_console.tui.screens import (
+    HelpScreen,
+    SendRequest,
+    SendScreen,
+    TraceScreen,
+)
+from iii_console.tui.source import Link, Snapshot, StreamTail, connect, find_trace, follow_stream, poll_snapshots
 from iii_console.tui.tabs.live import LivePane
 from iii_console.tui.tabs.messages import MessagesPane
 from iii_console.tui.tabs.queues import DeadLettersPane, QueuesPane
 from iii_console.tui.tabs.state import StatePane
 from iii_console.tui.tabs.system import CronPane, StepsPane, WorkersPane
 from iii_console.tui.widgets import KeysFooter, Pane, View, update
+from iii_console.tui.writes import WriteFlows
 
 #: (pane id, tab label, pane class); the number keys follow this order.
 TABS = (
@@ -88,30 +100,7 @@ STATE_KEYS = 1000
 STATE_RECENT_KEYS = 200
 
 
-@dataclass
-class Link:
-    """The reader's view of Redis, written by its thread and read by the render tick."""
-
-    connected: bool | None = None  # None: not tried yet
-    error: str = ""
-    down_since: float = 0.0
-    outages: int = 0
-
-
-class SnapshotReady(Message):
-    def __init__(self, snap: Snapshot) -> None:
-        super().__init__()
-        self.snap = snap
-
-
-class TraceFound(Message):
-    def __init__(self, trace_id: str, events: list[Event]) -> None:
-        super().__init__()
-        self.trace_id = trace_id
-        self.events = events
-
-
-class ConsoleApp(App[None]):
+class ConsoleApp(WriteFlows):
     CSS_PATH = Path(__file__).parent / "console.tcss"  # absolute, so subclasses elsewhere find it
     AUTO_FOCUS = "#events"
     BINDINGS = [
@@ -202,40 +191,16 @@ class ConsoleApp(App[None]):
     # -- workers ------------------------------------------------------------
     @work(thread=True, exclusive=True, group="stream", name="event-stream", exit_on_error=False)
     def _read_stream(self) -> None:
-        """The one reader of the event stream: Redis -> inbox, in order, resuming after outages."""
-        client: redis.Redis | None = None
-        failures = 0
+        """The one reader of the event stream: Redis -> model, in order, resuming after outages."""
         self.readers.add("stream")
         try:
-            while not self._stop.is_set():
-                try:
-                    if client is None:
-                        client = connect_stream(self.redis_url)
-                        if failures:
-                            self.tail.resync(client)
-                    history = self.tail.last_id is None
-                    events = self.tail.read(client)
-                except redis.RedisError as exc:
-                    failures += 1
-                    if self.link.connected is not False:
-                        self.link.outages += 1
-                        self.link.down_since = time.monotonic()
-                    self.link.error = _short_error(exc)
-                    self.link.connected = False
-                    if client is not None:
-                        client.close()
-                        client = None
-                    self._stop.wait(min(2.0, 0.2 * failures))
-                    continue
-                failures = 0
-                self.link.connected = True
-                if events:
-                    self.inbox_peak = max(self.inbox_peak, len(events))
-                    self._ingest(events, announce=not history)
+            follow_stream(self.redis_url, self.tail, self.link, self._stop, self._deliver)
         finally:
-            if client is not None:
-                client.close()
             self.readers.discard("stream")
+
+    def _deliver(self, events: list[Event], history: bool) -> None:
+        self.inbox_peak = max(self.inbox_peak, len(events))
+        self._ingest(events, announce=not history)
 
     def _ingest(self, events: list[Event], *, announce: bool) -> None:
         """On the reader thread: decoded events into the model, so the UI thread only draws.
@@ -254,38 +219,19 @@ class ConsoleApp(App[None]):
     @work(thread=True, exclusive=True, group="poll", name="snapshots", exit_on_error=False)
     def _poll(self) -> None:
         """Registries, workers, queue depths, dead letters, state and cron, for the visible tab."""
-        client: redis.Redis | None = None
-        snap = self.snap
-        registry_at = 0.0
         self.readers.add("poll")
         try:
-            while not self._stop.is_set():
-                wants = {"workers", "dlq_counts"} | set(PANE_CLASSES[self._active].wants)
-                if time.monotonic() - registry_at > 5 or "registry" not in snap.loaded:
-                    wants.add("registry")
-                try:
-                    if client is None:
-                        client = connect(self.redis_url)
-                    recent: list[str] = []
-                    if "state" in wants and self._state_group:
-                        with self.model_lock:
-                            recent = list(self.model.state_recent(self._state_group))[-STATE_RECENT_KEYS:]
-                    snap = fetch(client, self.keys, snap, wants, state_group=self._state_group,
-                                 state_limit=STATE_KEYS, state_recent=recent)
-                except redis.RedisError:
-                    if client is not None:
-                        client.close()
-                        client = None
-                else:
-                    if "registry" in wants:
-                        registry_at = time.monotonic()
-                    self.post_message(SnapshotReady(snap))
-                self._poke.wait(self.poll_s)
-                self._poke.clear()
+            poll_snapshots(self.redis_url, self.keys, self._stop, self._poke, snap=self.snap,
+                           wants=lambda: {"workers", "dlq_counts"} | set(PANE_CLASSES[self._active].wants),
+                           state_group=lambda: self._state_group, recent_keys=self._recent_state_keys,
+                           interval=lambda: self.poll_s, publish=lambda snap: self.post_message(SnapshotReady(snap)),
+                           state_limit=STATE_KEYS)
         finally:
-            if client is not None:
-                client.close()
             self.readers.discard("poll")
+
+    def _recent_state_keys(self, group: str) -> list[str]:
+        with self.model_lock:
+            return list(self.model.state_recent(group))[-STATE_RECENT_KEYS:]
 
     @work(thread=True, group="trace", name="trace-search", exit_on_error=False)
     def _search_trace(self, trace_id: str) -> None:
@@ -298,30 +244,18 @@ class ConsoleApp(App[None]):
             client.close()
         self.post_message(TraceFound(trace_id, events))
 
-    @work(group="send", exit_on_error=False)
-    async def _send(self, req: SendRequest) -> None:
-        import httpx
+    @work(thread=True, group="send", exit_on_error=False)
+    def _send(self, req: SendRequest) -> None:
+        """Post the form's message ``req.count`` times (``core/send.py``, as ``iii-console send``)."""
+        from iii_console.core.send import SendFailed, post_messages
 
         assert self.server_url is not None
-        sent, problem, last = 0, "", None
-        async with httpx.AsyncClient(base_url=self.server_url, timeout=10) as client:
-            for _ in range(req.count):
-                try:
-                    resp = await client.post("/messages", json=req.body)
-                except httpx.ConnectError:
-                    problem = f"no server at {self.server_url}: is `iii-console` running?"
-                    break
-                except httpx.HTTPError as exc:
-                    problem = f"request failed: {exc}"
-                    break
-                if resp.status_code >= 400:
-                    problem = f"server answered {resp.status_code}: {resp.text[:300]}"
-                    break
-                sent += 1
-                last = resp
-        if problem:
-            self.notify(f"{problem}" + (f" (after {sent} sent)" if sent else ""), title="Send failed", severity="error",
-                        markup=False)
+        try:
+            last = post_messages(self.server_url, req.body, req.count)
+        except SendFailed as exc:
+            problem = f"no server at {self.server_url}: is `iii-console` running?" if exc.unreachable else str(exc)
+            self.call_from_thread(self.notify, problem + (f" (after {exc.sent} sent)" if exc.sent else ""),
+                                  title="Send failed", severity="error", markup=False)
             return
         trace = ""
         if last is not None:
@@ -329,8 +263,9 @@ class ConsoleApp(App[None]):
                 trace = f" · trace {str(last.json().get('trace_id', ''))[:8]}"
             except ValueError:
                 pass
-        self.notify(f"{sent} message{'s' if sent != 1 else ''} sent to {self.server_url}/messages "
-                    f"({last.status_code if last is not None else '-'}){trace}", title="Sent", markup=False)
+        n = req.count
+        self.call_from_thread(self.notify, f"{n} message{'s' if n != 1 else ''} sent to {self.server_url}/messages "
+                              f"({last.status_code if last is not None else '-'}){trace}", title="Sent", markup=False)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place worker failures land: say so, and restart the long-running ones."""
@@ -464,94 +399,6 @@ class ConsoleApp(App[None]):
         self._state_group = message.group
         self._poke.set()
 
-    # -- writes: confirmed here, done by the writer in a worker thread --------
-    def on_inspect_dead_letter(self, message: InspectDeadLetter) -> None:
-        self.push_screen(DeadLetterScreen(message.entry, read_only=self.read_only))
-
-    def on_dead_letters_chosen(self, message: DeadLettersChosen) -> None:
-        if self.writer is None:
-            self.action_read_only()
-            return
-        entries, verb = message.entries, message.action
-        if not entries:
-            self.notify(f"No dead letters to {verb}" + (f" under the filter {self.filter.text}" if self.filter else "") + ".",
-                        severity="warning", markup=False)
-            return
-        n = len(entries)
-        noun = f"{n} dead letter{'s' if n != 1 else ''}"
-        question = f"{verb.capitalize()} {noun} from {', '.join(sorted({e.dlq for e in entries}))}?"
-        if verb == "replay":
-            what = ("Each goes back to its queue as a new message with attempts reset and its trace id, "
-                    "and leaves the dead-letter queue.")
-        else:
-            what = "Deleted for good: a purged entry cannot be replayed."
-        detail = f"{message.scope[:1].upper()}{message.scope[1:]}.\n{what}" if message.scope else what
-        if n == 1:
-            detail += f"\n{entries[0].step or '?'}: {fmt.one_line(entries[0].error, 70)}"
-
-        def confirmed(ok: bool | None) -> None:
-            if ok:
-                self._write(verb.capitalize(), lambda w: _dlq_write(w, verb, entries))
-
-        self.push_screen(ConfirmScreen(question, detail, confirm=f"{verb.capitalize()} {n}", danger=verb == "purge"), confirmed)
-
-    def on_cron_run_chosen(self, message: CronRunChosen) -> None:
-        if self.writer is None:
-            self.action_read_only()
-            return
-        step, expression = message.step, message.expression
-        strategy = self.snap.strategies.get(f"_cron.{step}") or self.snap.strategies.get("default") or {}
-        priority = str(strategy.get("priority") or "normal")
-
-        def confirmed(ok: bool | None) -> None:
-            if ok:
-                self._write("Run now", lambda w: f"{step} fired now (message {w.run_cron(step, expression, priority)[:8]})")
-
-        self.push_screen(ConfirmScreen(f"Run cron step {step} now?", f"One tick of {expression}, outside the schedule and "
-                                       "marked manual; the schedule's own ticks fire as usual.", confirm="Run"), confirmed)
-
-    def on_state_key_chosen(self, message: StateKeyChosen) -> None:
-        if self.writer is None:
-            self.action_read_only()
-            return
-        group, key = message.group, message.key
-        if message.action == "edit":
-            self.push_screen(StateEditScreen(group, key, message.value), self._state_edited)
-            return
-
-        def confirmed(ok: bool | None) -> None:
-            if ok:
-                self._write("Delete", lambda w: f"deleted {group}/{key}" if w.delete_state(group, key) is not None
-                            else f"{group}/{key} was already gone")
-
-        self.push_screen(ConfirmScreen(f"Delete state {group}/{key}?", "A state.changed event is written and state "
-                                       "triggers on this key fire.", confirm="Delete", danger=True), confirmed)
-
-    def _state_edited(self, edit: StateEdit | None) -> None:
-        if edit is None:
-            return
-
-        def save(writer: Writer) -> str:
-            if not writer.replace_state(edit.group, edit.key, edit.original, edit.value):
-                raise StateError(f"{edit.group}/{edit.key} changed since the editor opened; nothing was written. "
-                                 "Open it again (e) to edit the current value.")
-            return f"{edit.group}/{edit.key} saved"
-
-        self._write("Saved", save)
-
-    @work(thread=True, group="write", name="write", exit_on_error=False)
-    def _write(self, title: str, do: Callable[[Writer], str]) -> None:
-        """One confirmed write, off the UI thread; its outcome is a notification, then the view is re-read."""
-        assert self.writer is not None
-        try:
-            done = do(self.writer)
-        except (redis.RedisError, IIIError) as exc:
-            self.notify(f"{type(exc).__name__}: {exc}", title=f"{title} failed", severity="error", markup=False)
-        else:
-            self.notify(done, title=title, markup=False)
-        finally:
-            self._poke.set()
-
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
         self._active = event.pane.id or "live"
@@ -654,7 +501,7 @@ class ConsoleApp(App[None]):
         box.display = True
         box.focus()
 
-    def action_back(self) -> None:
+    async def action_back(self) -> None:
         box = self._filter_box
         if box.display:
             if self._filter_timer is not None:
@@ -721,20 +568,6 @@ class ConsoleApp(App[None]):
         yield SystemCommand("Help", "Keys and filter syntax (?)", self.action_help)
 
 
-def _dlq_write(writer: Writer, verb: str, entries: tuple[DeadLetter, ...]) -> str:
-    """Replay or purge, and say how many it touched (entries replayed or purged meanwhile are skipped)."""
-    n = len(entries)
-    if verb == "purge":
-        purged = writer.purge(entries)
-        return f"purged {purged} dead letter{'s' if purged != 1 else ''}" + (f" ({n - purged} already gone)" if purged < n else "")
-    res = writer.replay(entries)
-    done = len(res.replayed)
-    out = f"replayed {done} dead letter{'s' if done != 1 else ''}"
-    if res.skipped:
-        out += f"; skipped {len(res.skipped)}: {res.skipped[0]}" + (" …" if len(res.skipped) > 1 else "")
-    return out
-
-
 _gc_settled = False
 
 
@@ -755,11 +588,6 @@ def _settle_gc() -> None:
     gc.freeze()
     young, middle, old = gc.get_threshold()
     gc.set_threshold(max(young, 10_000), middle, old)
-
-
-def _short_error(exc: BaseException) -> str:
-    text = (str(exc) or type(exc).__name__).rstrip(".")
-    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def create_app(*, redis_url: str, prefix: str = "iii:", server_url: str | None = None, read_only: bool = False,

@@ -9,8 +9,8 @@ against the event's one-line summary. All tokens must match.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from iii_console.core.events import Event
 from iii_console.format import detail
@@ -26,7 +26,7 @@ class EventFilter:
     errors: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
-    def parse(cls, text: str) -> "EventFilter":
+    def parse(cls, text: str) -> EventFilter:
         fields: list[tuple[str, str]] = []
         words: list[str] = []
         errors: list[str] = []

@@ -7,7 +7,7 @@ reads the same here as in ``iii-console tail``.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.text import Text
@@ -87,7 +87,7 @@ def hms(ms: int | float | None) -> str:
 
 
 def utc_iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def num(n: int | float) -> str:
@@ -144,7 +144,7 @@ def plain(value: Any, *, keep_lines: bool = False) -> str:
 
 def timed_out(ev: Event) -> bool:
     """A failure by a time limit (hard or soft, or a handler stuck past it)."""
-    return bool(ev.error) and ev.error.startswith(("TimeLimitExceeded", "SoftTimeLimitExceeded"))
+    return ev.error is not None and ev.error.startswith(("TimeLimitExceeded", "SoftTimeLimitExceeded"))
 
 
 def redis_status(restarts: int, last: Event) -> str:

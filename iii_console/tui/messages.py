@@ -1,4 +1,4 @@
-"""Messages the tabs post up to the app."""
+"""Messages the tabs post up to the app, and the app's reader threads post to itself."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 from textual.message import Message
 
 from iii_console.core.dlq import DeadLetter
+from iii_console.core.events import Event
+from iii_console.tui.source import Snapshot
 
 
 class OpenTrace(Message):
@@ -63,3 +65,20 @@ class CronRunChosen(Message):
         super().__init__()
         self.step = step
         self.expression = expression
+
+
+class SnapshotReady(Message):
+    """The poller read a new snapshot (queues, workers, dead letters, state, cron)."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        super().__init__()
+        self.snap = snap
+
+
+class TraceFound(Message):
+    """A trace searched for on the stream, with every event of it found."""
+
+    def __init__(self, trace_id: str, events: list[Event]) -> None:
+        super().__init__()
+        self.trace_id = trace_id
+        self.events = events

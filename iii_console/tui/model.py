@@ -5,14 +5,19 @@ batches; widgets read from the model when they render. Every buffer here is
 bounded, so memory stays flat however fast the stream runs. Time is passed in
 (``now_ms``) and rates are bucketed by each event's own timestamp, so the same
 events always give the same numbers.
+
+One module because it is one object: ``ingest`` is the single pass that keeps every view
+(tiles, rates, message rows, traces, problems, cron, workers) in step under one lock, and
+its parts read each other's state; split, each part would need the others back.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 from iii_console.core.events import Event
 from iii_console.tui.filter import EventFilter
@@ -40,7 +45,7 @@ _TILE_BY_TYPE = {t.type: t.name for t in TILES}
 class RateSeries:
     """A running total plus counts per second (by event time) for the last ``window`` seconds."""
 
-    __slots__ = ("total", "window", "_buckets", "_newest")
+    __slots__ = ("_buckets", "_newest", "total", "window")
 
     def __init__(self, window: int = 120):
         self.total = 0
@@ -155,9 +160,7 @@ class MessageRow:
             attempt = 0
         elif ev.type == "message.retrying":
             attempt = (ev.attempt or 2) - 1  # it names the attempt to come
-        elif ev.type == "message.dead_lettered":
-            attempt = max(self.attempts, 1)
-        elif ev.type == "message.redelivered":
+        elif ev.type == "message.dead_lettered" or ev.type == "message.redelivered":
             attempt = max(self.attempts, 1)
         else:
             attempt = ev.attempt or 1
@@ -345,14 +348,14 @@ class ConsoleModel:
                     self.worker_events.append(ev)
             elif t in ("cron.fired", "cron.skipped") and ev.step:
                 self.cron_events.append(ev)
-                seen = self.cron.setdefault(ev.step, CronSeen())
+                cron_seen = self.cron.setdefault(ev.step, CronSeen())
                 d = ev.data if isinstance(ev.data, dict) else {}
                 if t == "cron.fired":
-                    seen.fired += 1
-                    seen.last_drift_ms = d.get("drift_ms")
+                    cron_seen.fired += 1
+                    cron_seen.last_drift_ms = d.get("drift_ms")
                 else:
-                    seen.skipped += d.get("count", 1)  # one event per batch of missed ticks
-                    seen.last_skip_reason = d.get("reason")
+                    cron_seen.skipped += d.get("count", 1)  # one event per batch of missed ticks
+                    cron_seen.last_skip_reason = d.get("reason")
 
     def _message(self, ev: Event, seq: int) -> None:
         mid = ev.message_id

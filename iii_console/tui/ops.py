@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import redis
 

@@ -2,14 +2,18 @@
 
 Only reads, and only through the core (keys, stores, queue stats), so the
 console can watch a remote deployment without running any of it. Nothing here
-knows about Textual: the app calls these from its worker threads.
+knows about Textual: the app runs :func:`follow_stream` and :func:`poll_snapshots`
+on its worker threads, and they hand what they read to callbacks.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import redis
 
@@ -19,6 +23,9 @@ from iii_console.core.events import Event
 from iii_console.core.keys import Keys, as_str
 from iii_console.core.queues import QueueStat, queue_stats
 from iii_console.core.state import StateStore
+
+#: Registries (steps, topics, cron) change only on a deploy or reload: re-read this often.
+REGISTRY_EVERY_S = 5.0
 
 
 def connect(url: str) -> redis.Redis:
@@ -95,7 +102,7 @@ class StreamTail:
             self.last_id = "0-0"
 
     def _decode(self, entries: Any) -> list[Event]:
-        out = []
+        out: list[Event] = []
         append = out.append
         for entry_id, fields in entries:
             try:
@@ -279,7 +286,8 @@ def _workers(client: redis.Redis, keys: Keys) -> tuple[WorkerInfo, ...]:
     for raw_id, raw in infos.items():
         wid = as_str(raw_id)
         d = _json(raw)
-        queues = d.get("queues") if isinstance(d.get("queues"), dict) else {}
+        raw_queues = d.get("queues")
+        queues = raw_queues if isinstance(raw_queues, dict) else {}
         out.append(WorkerInfo(
             id=wid, name=str(d.get("name", "")), host=str(d.get("host", "")), pid=d.get("pid"),
             queues={str(k): int(v) for k, v in queues.items()}, in_flight=int(d.get("in_flight") or 0),
@@ -307,3 +315,93 @@ def _cron(client: redis.Redis, keys: Keys, steps: dict[str, dict[str, Any]]) -> 
         last = _json(raw) if raw else {}
         out.append(CronInfo(step, expr, last.get("scheduled_ms"), last.get("fired_ms")))
     return tuple(out)
+
+
+@dataclass
+class Link:
+    """The reader's view of Redis, written by its thread and read by the render tick."""
+
+    connected: bool | None = None  # None: not tried yet
+    error: str = ""
+    down_since: float = 0.0
+    outages: int = 0
+
+
+def short_error(exc: BaseException) -> str:
+    """An error in at most 60 characters, for the status bar."""
+    text = (str(exc) or type(exc).__name__).rstrip(".")
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def follow_stream(url: str, tail: StreamTail, link: Link, stop: threading.Event,
+                  deliver: Callable[[list[Event], bool], None]) -> None:
+    """Read the event stream through ``tail`` until ``stop`` is set, reconnecting after outages.
+
+    ``deliver(events, history)`` gets each read in order (``history``: the first read, of
+    past events). ``link`` says whether Redis answers; after an outage the tail resyncs,
+    so a restarted Redis with a shorter stream is read from its start, not skipped.
+    """
+    client: redis.Redis | None = None
+    failures = 0
+    try:
+        while not stop.is_set():
+            try:
+                if client is None:
+                    client = connect_stream(url)
+                    if failures:
+                        tail.resync(client)
+                history = tail.last_id is None
+                events = tail.read(client)
+            except redis.RedisError as exc:
+                failures += 1
+                if link.connected is not False:
+                    link.outages += 1
+                    link.down_since = time.monotonic()
+                link.error = short_error(exc)
+                link.connected = False
+                if client is not None:
+                    client.close()
+                    client = None
+                stop.wait(min(2.0, 0.2 * failures))
+                continue
+            failures = 0
+            link.connected = True
+            if events:
+                deliver(events, history)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def poll_snapshots(url: str, keys: Keys, stop: threading.Event, poke: threading.Event, *, snap: Snapshot,
+                   wants: Callable[[], set[str]], state_group: Callable[[], str | None],
+                   recent_keys: Callable[[str], list[str]], interval: Callable[[], float],
+                   publish: Callable[[Snapshot], object], state_limit: int = 1000) -> None:
+    """Fetch a :class:`Snapshot` of what ``wants()`` names every ``interval()`` s (or at once on ``poke``)
+    until ``stop`` is set, and ``publish`` each; a Redis error skips a round and reconnects."""
+    client: redis.Redis | None = None
+    registry_at = 0.0
+    try:
+        while not stop.is_set():
+            want = wants()
+            if time.monotonic() - registry_at > REGISTRY_EVERY_S or "registry" not in snap.loaded:
+                want.add("registry")
+            try:
+                if client is None:
+                    client = connect(url)
+                group = state_group()
+                recent = recent_keys(group) if "state" in want and group else []
+                snap = fetch(client, keys, snap, want, state_group=group, state_limit=state_limit, state_recent=recent)
+            except redis.RedisError:
+                if client is not None:
+                    client.close()
+                    client = None
+            else:
+                if "registry" in want:
+                    registry_at = time.monotonic()
+                publish(snap)
+            poke.wait(interval())
+            poke.clear()
+    finally:
+        if client is not None:
+            client.close()

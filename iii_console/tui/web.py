@@ -21,7 +21,8 @@ import os
 import shlex
 import signal
 import sys
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -124,7 +125,7 @@ class ConsoleServer(Server):
         app.middlewares.append(self._guard)
         return app
 
-    async def handle_index(self, request: web.Request) -> web.StreamResponse:  # type: ignore[override]
+    async def handle_index(self, request: web.Request) -> web.StreamResponse:
         """The page, with asset and websocket URLs on the address the browser used (behind a
         proxy, ``--public-url``): bound to 0.0.0.0 there is no one right name to print."""
         if self.fixed_url is None:
@@ -166,7 +167,7 @@ class ConsoleServer(Server):
         finally:
             await runner.cleanup()
 
-    def serve(self, debug: bool = False) -> None:  # type: ignore[override]
+    def serve(self, debug: bool = False) -> None:
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -52,12 +53,12 @@ class Pane(Widget):
     class Ready(Message):
         """A pane mounted (tabs other than Live mount when first shown): time to draw and focus it."""
 
-        def __init__(self, pane: "Pane") -> None:
+        def __init__(self, pane: Pane) -> None:
             super().__init__()
             self.pane = pane
 
         @property
-        def control(self) -> "Pane":
+        def control(self) -> Pane:
             return self.pane
 
     def on_mount(self) -> None:

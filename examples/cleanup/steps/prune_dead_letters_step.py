@@ -2,10 +2,10 @@
 
 from typing import Any
 
-from iii_console import CronTick, Step, SyncContext, cron
-
 from cleanupjobs import settings
 from cleanupjobs.sweep import run
+
+from iii_console import CronTick, Step, SyncContext, cron
 
 config = Step(name="PruneDeadLetters", triggers=[cron(settings.schedule("30 3 * * *"))], flows=["cleanup"])
 

@@ -2,13 +2,12 @@
 
 from typing import Any
 
-from sqlalchemy import delete, func, select
-
-from iii_console import CronTick, Step, SyncContext, cron
-
 from cleanupjobs import settings
 from cleanupjobs.db import audit_log, engine
 from cleanupjobs.sweep import LEASE_MS, run
+from sqlalchemy import delete, func, select
+
+from iii_console import CronTick, Step, SyncContext, cron
 
 config = Step(name="PruneRows", triggers=[cron(settings.schedule("20 3 * * *"))], flows=["cleanup"])
 

@@ -3,10 +3,10 @@ whose ``finished_ms`` is older than the retention; running ones are never touche
 
 from typing import Any
 
-from iii_console import CronTick, Step, SyncContext, cron
-
 from cleanupjobs import settings
 from cleanupjobs.sweep import run
+
+from iii_console import CronTick, Step, SyncContext, cron
 
 config = Step(name="PruneState", triggers=[cron(settings.schedule("*/15 * * * *"))], flows=["cleanup"])
 

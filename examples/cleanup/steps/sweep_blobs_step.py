@@ -2,10 +2,10 @@
 
 from typing import Any
 
-from iii_console import CronTick, Step, SyncContext, cron
-
 from cleanupjobs import settings
 from cleanupjobs.sweep import LEASE_MS, blob_refs, run
+
+from iii_console import CronTick, Step, SyncContext, cron
 
 config = Step(name="SweepBlobs", triggers=[cron(settings.schedule("10 3 * * *"))], flows=["cleanup"])
 

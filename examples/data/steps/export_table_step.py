@@ -6,12 +6,11 @@ import json
 import tempfile
 from typing import Any
 
+from datajobs.db import EXPORTABLE, engine
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from iii_console import Step, SyncContext, queue
-
-from datajobs.db import EXPORTABLE, engine
 
 
 class ExportJob(BaseModel):

@@ -4,13 +4,12 @@ import csv
 import tempfile
 from typing import Any
 
+from datajobs.db import engine, import_errors, ledger
+from datajobs.start import GROUP
 from pydantic import BaseModel
 from sqlalchemy import select
 
 from iii_console import Step, SyncContext, queue
-
-from datajobs.db import engine, import_errors, ledger
-from datajobs.start import GROUP
 
 
 class Completed(BaseModel):

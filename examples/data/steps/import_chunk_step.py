@@ -9,13 +9,12 @@ import os
 import time
 from typing import Any
 
+from datajobs.db import engine, import_chunks, import_errors, insert, ledger, orders
+from datajobs.records import BadRecord, parse, records
 from pydantic import BaseModel
 from sqlalchemy import select
 
 from iii_console import Step, SyncContext, queue
-
-from datajobs.db import engine, import_chunks, import_errors, insert, ledger, orders
-from datajobs.records import BadRecord, parse, records
 
 
 class ChunkJob(BaseModel):

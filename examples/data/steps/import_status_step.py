@@ -2,9 +2,9 @@
 
 from typing import Any
 
-from iii_console import HttpRequest, Step, SyncContext, http
-
 from datajobs.start import GROUP
+
+from iii_console import HttpRequest, Step, SyncContext, http
 
 config = Step(name="ImportStatus", triggers=[http("GET", "/imports/{id}"), http("GET", "/imports/{id}/errors")], flows=["data"])
 

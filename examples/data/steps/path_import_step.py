@@ -4,13 +4,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-from iii_console import HttpRequest, Step, SyncContext, http
-
 from datajobs.db import PROJECT
 from datajobs.records import format_of
 from datajobs.start import start
+from pydantic import BaseModel
+
+from iii_console import HttpRequest, Step, SyncContext, http
 
 
 class FromPath(BaseModel):

@@ -3,13 +3,12 @@
 import os
 from typing import Any
 
-from pydantic import BaseModel
-
-from iii_console import Step, SyncContext, queue
-
 from datajobs.db import applied_chunks, engine
 from datajobs.records import BadRecord, plan
 from datajobs.start import GROUP
+from pydantic import BaseModel
+
+from iii_console import Step, SyncContext, queue
 
 
 class ImportRequest(BaseModel):

@@ -3,11 +3,10 @@
 import uuid
 from typing import Any, Literal
 
+from datajobs.db import EXPORTABLE
 from pydantic import BaseModel
 
 from iii_console import HttpRequest, Step, SyncContext, http
-
-from datajobs.db import EXPORTABLE
 
 
 class ExportRequest(BaseModel):

@@ -2,9 +2,9 @@
 
 from typing import Any
 
-from iii_console import HttpRequest, Step, SyncContext, http
-
 from datajobs.start import start
+
+from iii_console import HttpRequest, Step, SyncContext, http
 
 config = Step(
     name="UploadImport",

@@ -2,7 +2,6 @@
 
 from iii_console import Step, queue
 
-
 config = Step(
     name="CampaignDone",
     description="Counts what the ledger says was sent and failed, once every batch settled",

@@ -3,10 +3,10 @@
 import hashlib
 import uuid
 
+from mailer_kit import template_problems
 from pydantic import BaseModel, Field, field_validator
 
 from iii_console import Step, http
-from mailer_kit import template_problems
 
 ADDRESS = r"^[^@\s<>,;]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$"
 

@@ -3,10 +3,10 @@
 import smtplib
 import time
 
+from mailer_kit import build, connect, reply_of, retry_delay_ms, sender
 from pydantic import BaseModel
 
 from iii_console import Retry, Step, queue
-from mailer_kit import build, connect, reply_of, retry_delay_ms, sender
 
 
 class Batch(BaseModel):

@@ -1,7 +1,8 @@
 """Once every size of an image is settled (rendered, or failed for good): the image's outcome, once."""
 
-from iii_console import Step, queue
 from picture_kit import SIZES
+
+from iii_console import Step, queue
 
 config = Step(
     name="ImageDone",

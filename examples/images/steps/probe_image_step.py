@@ -1,7 +1,8 @@
 """Decode the image once, record what it is, and fan out one render per size."""
 
-from iii_console import Step, queue
 from picture_kit import SIZES, probe
+
+from iii_console import Step, queue
 
 config = Step(
     name="ProbeImage",

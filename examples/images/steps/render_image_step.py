@@ -4,8 +4,9 @@ import os
 import time
 from pathlib import PurePath
 
-from iii_console import Step, queue
 from picture_kit import render
+
+from iii_console import Step, queue
 
 config = Step(
     name="RenderImage",

@@ -4,12 +4,11 @@ import datetime as dt
 from typing import Any
 
 from pydantic import BaseModel
-
-from iii_console import Step, SyncContext, queue
-
 from reportjobs import render
 from reportjobs.requests import GROUP
 from reportjobs.sales import money, query
+
+from iii_console import Step, SyncContext, queue
 
 
 class ReportJob(BaseModel):

@@ -2,9 +2,9 @@
 
 from typing import Any
 
-from iii_console import HttpRequest, Step, SyncContext, download, http
-
 from reportjobs.requests import GROUP
+
+from iii_console import HttpRequest, Step, SyncContext, download, http
 
 config = Step(name="GetReport", triggers=[http("GET", "/reports/{id}"), http("GET", "/reports/{id}/{file}")],
               flows=["reports"])

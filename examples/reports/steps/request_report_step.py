@@ -4,10 +4,9 @@ import datetime as dt
 from typing import Any
 
 from pydantic import BaseModel, model_validator
+from reportjobs.requests import request
 
 from iii_console import HttpRequest, Step, SyncContext, http
-
-from reportjobs.requests import request
 
 
 class Period(BaseModel):

@@ -3,14 +3,14 @@
 import datetime as dt
 from typing import Any
 
-from iii_console import CronTick, Step, SyncContext, cron
-
 from reportjobs.requests import request
+
+from iii_console import CronTick, Step, SyncContext, cron
 
 config = Step(name="WeeklyReport", triggers=[cron("0 6 * * mon")], enqueues=["reports.requested"], flows=["reports"])
 
 
 def handler(tick: CronTick, ctx: SyncContext) -> Any:
-    today = dt.datetime.fromtimestamp(tick.scheduled_ms / 1000, dt.timezone.utc).date()
+    today = dt.datetime.fromtimestamp(tick.scheduled_ms / 1000, dt.UTC).date()
     start = today - dt.timedelta(days=today.weekday() + 7)
     request(start, start + dt.timedelta(days=6), ctx, "cron")

@@ -36,7 +36,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -50,6 +49,16 @@ from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
+from iii_console.adapters.queue.deadletters import (
+    DeadDecision,
+    FaninOutcome,
+    attempts_of,
+    dead,
+    dead_lettered,
+    describe,
+    entry_for,
+    undecodable_entry,
+)
 from iii_console.adapters.queue.names import Subscription, parse_queue
 from iii_console.adapters.queue.scripts import Scripts
 from iii_console.core.dlq import DeadLetter
@@ -144,13 +153,17 @@ class IIIBroker(RedisBroker):
             return run("")
         return self.emitter.transition(run, *events, through=getattr(message, "iii_seq", None))
 
-    def dead_letter(self, consumer_queue: str, message: Message, entry: DeadLetter, event: Any = None, *,
-                    outcome: str = "failed") -> int:
+    def dead_letter(self, consumer_queue: str, message: Message[Any] | MessageProxy, entry: DeadLetter, *, outcome: FaninOutcome = "failed",
+                    deliveries: int | None = None) -> int:
         """Move an in-flight message into its dead-letter queue, with its ``message.dead_lettered`` event.
 
-        A fan-in child settles its group in the same script as ``outcome``:
-        ``failed`` (its handler raised) or ``dead`` (it never ran to a result).
+        The one place a dead letter is written: whoever decided it (the retry
+        policy, the throttle, the consumer) hands over the entry, and ``dead.lua``
+        stores it, releases the message and writes the event in one step. A fan-in
+        child settles its group in the same script as ``outcome``: ``failed`` (its
+        handler raised) or ``dead`` (it never ran to a result).
         """
+        event = dead_lettered(self.emitter, entry, deliveries=deliveries) if self.emitter is not None else None
         return int(self.transition(lambda ev: self.iii_scripts.dead(args=[
             self.namespace, consumer_queue, self.broker_id, message.options["redis_message_id"],
             entry.dlq, entry.id, entry.encode(), entry.last_failure_ms,
@@ -163,19 +176,6 @@ class IIIBroker(RedisBroker):
         gid = message.options.get("iii_group")
         return [self.keys.group(gid) if isinstance(gid, str) and gid else "", message.message_id or ""]
 
-    def dead_event(self, message: Any, entry: DeadLetter, **data: Any) -> Any:
-        """The ``message.dead_lettered`` event of ``entry`` (None with no emitter)."""
-        if self.emitter is None:
-            return None
-        try:
-            _topic, step, _ = parse_queue(message.queue_name)
-        except ValueError:
-            step = entry.step
-        return self.emitter.make("message.dead_lettered", message_id=entry.message_id, trace_id=entry.trace_id, step=step,
-                                 topic=entry.topic, queue=q_name(message.queue_name) if message.queue_name else entry.queue,
-                                 attempt=message.options.get("retries", 0) + 1 if isinstance(message.options.get("retries", 0), int) else None,
-                                 error=entry.error, data={"dlq": entry.dlq, "attempts": entry.attempts, **data})
-
 
 class IIIConsumer(Consumer):
     def __init__(self, broker: IIIBroker, queue_name: str, prefetch: int, timeout: int):
@@ -185,7 +185,7 @@ class IIIConsumer(Consumer):
         self.timeout = timeout
         self.cache: list[tuple[str, bytes | None, int]] = []
         self.queued_message_ids: set[str] = set()
-        self.wake_key = f"{broker.namespace}:{queue_name}.wake"
+        self.wake_key = broker.keys.queue_wake(queue_name)
         self.block_s = IDLE_BLOCK_S
         #: Set by ``ack`` (worker threads) so a consumer at prefetch wakes as soon as a slot frees.
         self.slot_freed = threading.Event()
@@ -202,11 +202,12 @@ class IIIConsumer(Consumer):
     # -- settling -----------------------------------------------------------
     def ack(self, message: MessageProxy) -> None:
         outcome = message.options.get("iii_outcome")
-        if outcome is None and getattr(message, "_exception", None) is not None:
+        failure = getattr(message, "_exception", None)
+        if outcome is None and failure is not None:
             # The handler failed but no retry decision was written (the policy
             # itself raised, and Dramatiq only logs that): dead-letter rather
             # than ack a failed message as done.
-            outcome = message.options["iii_outcome"] = self._undecided(message, message._exception)
+            outcome = message.options["iii_outcome"] = self._undecided(message, failure)
         try:
             if outcome is None:
                 rid = message.options["redis_message_id"]
@@ -234,41 +235,34 @@ class IIIConsumer(Consumer):
         # Dramatiq nacks what it cannot run at all (unknown actor, `throws`).
         # Those go to our dead-letter store like any other dead message.
         exc = getattr(message, "_exception", None)
-        dlq = self.broker.dead_letter_queue(message.options.get("topic", ""))
-        entry = dead_letter_entry(message, dlq=dlq, error=describe(exc) if exc else "rejected", traceback="",
-                                  attempts=message.options.get("retries", 0) + 1)
-        message.options["iii_outcome"] = {"kind": "dead", "entry": json.loads(entry.encode()), "fanin": "dead"}
-        message.iii_event = self.broker.dead_event(message, entry)
+        message.options["iii_outcome"] = dead(self.broker.dead_letter_queue(message.options.get("topic", "")),
+                                              describe(exc) if exc else "rejected", attempts=attempts_of(message), fanin="dead")
         self.ack(message)
 
-    def _undecided(self, message: MessageProxy, exc: BaseException) -> dict[str, Any]:
-        dlq = self.broker.dead_letter_queue(message.options.get("topic", ""))
+    def _undecided(self, message: MessageProxy, exc: BaseException) -> DeadDecision:
         try:
             tb = user_traceback(exc)
         except Exception:
             tb = ""
         error = f"{describe(exc)} (no retry decision could be made for it)"
         log.error("dead-lettering %s on %s: %s", message.message_id, self.queue_name, error)
-        retries = message.options.get("retries", 0)
-        entry = dead_letter_entry(message, dlq=dlq, error=error, traceback=tb, attempts=retries + 1 if isinstance(retries, int) else 1)
-        message.iii_event = self.broker.dead_event(message, entry)
-        return {"kind": "dead", "entry": json.loads(entry.encode())}
+        return dead(self.broker.dead_letter_queue(message.options.get("topic", "")), error, traceback=tb,
+                    attempts=attempts_of(message))
 
     def _retry(self, message: MessageProxy, delay_ms: int) -> None:
         base = q_name(self.queue_name)
         options = {k: v for k, v in message.options.items() if k not in ("iii_outcome", "eta")}
         options.update(redis_message_id=str(uuid.uuid4()), due_ms=now_ms() + int(delay_ms))
-        new = Message(queue_name=base, actor_name=message.actor_name, args=message.args, kwargs=message.kwargs,
+        new: Message[Any] = Message(queue_name=base, actor_name=message.actor_name, args=message.args, kwargs=message.kwargs,
                       options=options, message_id=message.message_id, message_timestamp=message.message_timestamp)
         args = [self.broker.namespace, self.queue_name, self.broker.broker_id, message.options["redis_message_id"],
                 base, options["redis_message_id"], new.encode(), int(delay_ms)]
         self.broker.transition(lambda ev: self.broker.iii_scripts.move(args=[*args, ev]), getattr(message, "iii_event", None),
                                message=message)
 
-    def _dead(self, message: MessageProxy, outcome: dict[str, Any]) -> None:
-        entry = DeadLetter(**outcome["entry"])
-        self.broker.dead_letter(self.queue_name, message, entry, getattr(message, "iii_event", None),
-                                outcome=outcome.get("fanin", "failed"))
+    def _dead(self, message: Message[Any] | MessageProxy, decision: DeadDecision) -> None:
+        self.broker.dead_letter(self.queue_name, message, entry_for(message, decision), outcome=decision["fanin"],
+                                deliveries=decision.get("deliveries"))
 
     def requeue(self, messages: Any) -> None:
         """Give back messages Dramatiq fetched but never ran (a stop): not a delivery."""
@@ -342,31 +336,14 @@ class IIIConsumer(Consumer):
         """Dead-letter, unrun, a message that keeps killing (or hanging) the workers that take it."""
         error = (f"delivered {deliveries} times without finishing: it crashed or hung its worker each time "
                  f"(limit {deliveries - 1}, queues.<topic>.max_deliveries)")
-        dlq = self.broker.dead_letter_queue(message.options.get("topic", ""))
-        entry = dead_letter_entry(message, dlq=dlq, error=error, traceback="", attempts=message.options.get("retries", 0) + 1)
         log.error("dead-lettering %s on %s: %s", message.message_id, self.queue_name, error)
-        self.broker.dead_letter(self.queue_name, message, entry, self.broker.dead_event(message, entry, deliveries=deliveries),
-                                outcome="dead")
+        self._dead(message, dead(self.broker.dead_letter_queue(message.options.get("topic", "")), error,
+                                 attempts=attempts_of(message), fanin="dead", deliveries=deliveries))
 
     def _quarantine(self, rid: str, data: bytes, exc: BaseException) -> None:
-        topic = step = None
-        try:
-            topic, step, _ = parse_queue(self.queue_name)
-        except ValueError:
-            pass
-        now = now_ms()
-        entry = DeadLetter(
-            id=f"undecodable-{rid}", dlq="quarantine", error=f"undecodable message: {type(exc).__name__}: {exc}",
-            topic=topic, step=step, queue=self.queue_name, attempts=0, first_failure_ms=now, last_failure_ms=now,
-            raw=data.decode("utf-8", errors="replace")[:65536],
-        )
         log.error("quarantined undecodable message %s on %s: %s", rid, self.queue_name, exc)
-        fake = Message(queue_name=self.queue_name, actor_name="", args=(), kwargs={}, options={"redis_message_id": rid})
-        event = None
-        if self.broker.emitter is not None:
-            event = self.broker.emitter.make("message.dead_lettered", step=step, topic=topic, queue=self.queue_name,
-                                             error=entry.error, data={"dlq": "quarantine", "entry": entry.id})
-        self.broker.dead_letter(self.queue_name, fake, entry, event)
+        fake: Message[Any] = Message(queue_name=self.queue_name, actor_name="", args=(), kwargs={}, options={"redis_message_id": rid})
+        self.broker.dead_letter(self.queue_name, fake, undecodable_entry(self.queue_name, rid, data, exc))
 
 
 def _higher_queues(queue_name: str) -> list[str]:
@@ -379,37 +356,3 @@ def _higher_queues(queue_name: str) -> list[str]:
         return []
     sub = Subscription(topic, step)
     return [sub.queue(p) for p in PRIORITIES[:PRIORITIES.index(priority)]]
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: message``, even for an exception whose ``str()`` itself raises.
-
-    The description goes into events and dead-letter entries; if building it
-    raised inside the retry policy, no decision would be written and the
-    message would be acked as if it had succeeded.
-    """
-    try:
-        text = str(exc)
-    except Exception:
-        text = "<str() of the exception failed>"
-    return f"{type(exc).__name__}: {text}"
-
-
-
-def dead_letter_entry(message: Any, *, dlq: str, error: str, traceback: str, attempts: int) -> DeadLetter:
-    opts = message.options
-    try:
-        topic, step, _ = parse_queue(message.queue_name)
-    except ValueError:
-        topic, step = opts.get("topic"), None
-    now = now_ms()
-    original = {k: v for k, v in message.asdict().items()}
-    original["options"] = {k: v for k, v in opts.items() if k not in ("iii_outcome", "redis_message_id", "eta")}
-    return DeadLetter(
-        id=message.message_id, dlq=dlq, error=error, traceback=traceback,
-        topic=opts.get("topic", topic), step=step, queue=q_name(message.queue_name), message_id=message.message_id,
-        trace_id=opts.get("trace_id", ""), data=message.args[0] if message.args else None, attempts=attempts,
-        first_failure_ms=opts.get("first_failure_ms", now), last_failure_ms=now, priority=opts.get("priority", "normal"),
-        message=original,
-    )
-

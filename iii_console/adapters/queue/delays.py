@@ -30,7 +30,7 @@ BATCH = 1000
 
 
 def delayed_index(keys: Keys) -> str:
-    return f"{keys.dramatiq_namespace}:__delayed__"
+    return keys.delayed_index
 
 
 def promote_due(scripts: Scripts, keys: Keys) -> tuple[int, int]:
@@ -46,7 +46,7 @@ class Promoter:
         self.stop = stop
         # Its own connection: a BLPOP holds one for up to a second.
         self.blocking = redis.Redis(connection_pool=client.connection_pool)
-        self.wake = f"{delayed_index(keys)}.wake"
+        self.wake = keys.delayed_wake
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -97,17 +97,16 @@ def migrate_legacy_delay_queues(client: redis.Redis, keys: Keys) -> int:
     """
     import json
 
-    ns = keys.dramatiq_namespace
     move = client.register_script(_MIGRATE)
     moved = 0
-    for raw in client.scan_iter(match=f"{ns}:*.DQ", count=1000):
+    for raw in client.scan_iter(match=keys.legacy_delay_queue("*"), count=1000):
         dq = raw.decode() if isinstance(raw, bytes) else raw
         if client.type(dq) != b"list":
             continue
-        queue = dq[len(ns) + 1:-3]
+        queue = dq.removeprefix(keys.queue("")).removesuffix(keys.legacy_delay_name(""))
         for rid_raw in client.lrange(dq, 0, -1):
             rid = rid_raw.decode()
-            body = client.hget(f"{dq}.msgs", rid)
+            body = client.hget(keys.queue_bodies(keys.legacy_delay_name(queue)), rid)
             if body is None:
                 client.lrem(dq, 1, rid)
                 continue
@@ -117,6 +116,7 @@ def migrate_legacy_delay_queues(client: redis.Redis, keys: Keys) -> int:
                 msg["queue_name"] = queue
             except (ValueError, KeyError, TypeError):
                 continue  # not ours to read; left where it is
-            moved += int(move(keys=[dq, f"{dq}.msgs", f"{ns}:{queue}.msgs", f"{ns}:{queue}.delayed", delayed_index(keys)],
+            moved += int(move(keys=[dq, keys.queue_bodies(keys.legacy_delay_name(queue)), keys.queue_bodies(queue),
+                                    keys.queue_delayed(queue), keys.delayed_index],
                               args=[rid, json.dumps(msg, separators=(",", ":")), eta, queue]))
     return moved

@@ -3,8 +3,9 @@
 ``LifecycleEvents`` only reports; ``RetryPolicy`` only decides. The decision is
 written into the message's options and carried out atomically by the consumer
 when it settles the message (see ``broker.py``). The events of a settle
-(``message.processed``, ``message.retrying``, ``message.dead_lettered``) are
-shaped here but written by the settle's own script, so they exist exactly when
+(``message.processed``, ``message.retrying``) are shaped here, and
+``message.dead_lettered`` by the broker's one dead-letter path, but all are
+written by the settle's own script, so they exist exactly when
 the settle does; ``message.started`` and ``message.failed`` mark no move in
 Redis and go through the process's event buffer.
 """
@@ -12,17 +13,17 @@ Redis and go through the process's event buffer.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from typing import Any
 
 import dramatiq
 from dramatiq.common import q_name
 
-from iii_console.adapters.queue.broker import dead_letter_entry, describe
+from iii_console.adapters.queue.deadletters import dead, describe
 from iii_console.adapters.queue.names import parse_queue
 from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter
 from iii_console.core.errors import user_traceback
+from iii_console.core.eventdata import MessageFailed, MessageRetrying
 from iii_console.core.events import now_ms
 from iii_console.core.retry import Retry
 
@@ -67,7 +68,7 @@ class LifecycleEvents(dramatiq.Middleware):
             message.iii_event = self.emitter.make("message.processed", duration_ms=duration, **_where(message))
         else:
             self.emitter.emit("message.failed", duration_ms=duration, error=describe(exception),
-                              data={"traceback": user_traceback(exception)[-8000:]}, **_where(message))
+                              data=MessageFailed(traceback=user_traceback(exception)[-8000:]), **_where(message))
             message.iii_seq = self.emitter.seq
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
@@ -95,28 +96,26 @@ class RetryPolicy(dramatiq.Middleware):
             opts["deferrals"] = int(opts.get("deferrals", 0) or 0) + 1
             opts["iii_outcome"] = {"kind": "retry", "delay_ms": delay}
             message.iii_event = self.emitter.make("message.retrying", **where, error=describe(exception),
-                                                  data={"delay_ms": delay, "retry_after": True, "counts": False})
+                                                  data=MessageRetrying(delay_ms=delay, retry_after=True, counts=False))
             return
         if retries < strategy.max_retries and not non_retryable(exception):
             if isinstance(exception, Retry):
-                delay, extra = exception.delay_ms(), {"retry_after": True, "counts": True}
+                delay = exception.delay_ms()
+                data = MessageRetrying(delay_ms=delay, retry_after=True, counts=True)
             else:
-                delay, extra = strategy.delay_for(retries + 1), {}
+                delay = strategy.delay_for(retries + 1)
+                data = MessageRetrying(delay_ms=delay)
             opts["retries"] = retries + 1
             opts["iii_outcome"] = {"kind": "retry", "delay_ms": delay}
             message.iii_event = self.emitter.make("message.retrying", **{**where, "attempt": retries + 2},
-                                                  error=describe(exception), data={"delay_ms": delay, **extra})
+                                                  error=describe(exception), data=data)
             return
-        entry = dead_letter_entry(
-            message, dlq=strategy.dead_letter_queue, error=describe(exception),
-            traceback=user_traceback(exception), attempts=retries + 1,
-        )
         from pydantic import ValidationError
 
         from iii_console.core.steps import InvalidInput
 
         # For a fan-in group: invalid input never ran to a result ("dead"); anything else failed.
         invalid = isinstance(exception, (ValidationError, InvalidInput))
-        opts["iii_outcome"] = {"kind": "dead", "entry": asdict(entry), "fanin": "dead" if invalid else "failed"}
-        message.iii_event = self.emitter.make("message.dead_lettered", **where, error=entry.error,
-                                              data={"dlq": entry.dlq, "attempts": entry.attempts})
+        # Carried out by the consumer's settle (``IIIBroker.dead_letter``), which writes the entry and its event.
+        opts["iii_outcome"] = dead(strategy.dead_letter_queue, describe(exception), traceback=user_traceback(exception),
+                                   attempts=retries + 1, fanin="dead" if invalid else "failed")

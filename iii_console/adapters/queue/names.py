@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from iii_console.core.keys import Keys
 from iii_console.core.steps import PRIORITIES
 
 #: Dramatiq orders its work queue by actor priority, lowest first.
@@ -38,6 +39,6 @@ class Subscription:
 
 def parse_queue(queue_name: str) -> tuple[str, str, str]:
     """``message.sent--ProcessMessage--high`` -> (topic, step, priority)."""
-    base = queue_name.removesuffix(".DQ")
+    base = queue_name.removesuffix(Keys.legacy_delay_name(""))
     topic, step, priority = base.rsplit("--", 2)
     return topic, step, priority

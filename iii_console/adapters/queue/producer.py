@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
@@ -28,7 +29,6 @@ from iii_console.core.emitter import Emitter
 from iii_console.core.events import now_ms
 from iii_console.core.keys import Keys
 from iii_console.core.steps import PRIORITIES
-
 
 Subscriptions = dict[str, list[Subscription]]
 
@@ -79,7 +79,7 @@ class _Builder:
             if delay_ms:
                 opts["due_ms"] = now + delay_ms
             queue = sub.queue(prio)
-            msg = Message(queue_name=queue, actor_name=sub.actor(prio), args=(data,), kwargs={}, options=opts)
+            msg: Message[Any] = Message(queue_name=queue, actor_name=sub.actor(prio), args=(data,), kwargs={}, options=opts)
             try:
                 encoded = msg.encode()
             except (TypeError, ValueError) as exc:
@@ -113,7 +113,7 @@ DEDUP_TTL_MS = 86_400_000
 DEDUP_KEY_MAX = 512
 
 
-def _dedup_extras(builder: "_Builder", topic: str, key: str, ids: list[str], trace_id: str, source: str | None) -> dict[str, Any]:
+def _dedup_extras(builder: _Builder, topic: str, key: str, ids: list[str], trace_id: str, source: str | None) -> dict[str, Any]:
     """The enqueue script's ``X`` for a dedup key: the ids it keeps, and the event of a hit."""
     x: dict[str, Any] = {"v": json.dumps(ids, separators=(",", ":"))}
     stream = builder.emitter.stream

@@ -39,7 +39,7 @@ def requeue_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: E
     nothing checks that it is not still running them.
     """
     ns = keys.dramatiq_namespace
-    prefix = f"{ns}:__acks__.{worker_id}."
+    prefix = keys.in_flight(worker_id)
     if name is None:
         name = worker_name(client, keys, worker_id)
     stream = emitter.stream

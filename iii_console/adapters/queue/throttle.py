@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import asdict
 from typing import Any
 
 import dramatiq
 import redis
 from dramatiq.middleware import SkipMessage
 
-from iii_console.adapters.queue.broker import dead_letter_entry
+from iii_console.adapters.queue.deadletters import attempts_of, dead
 from iii_console.adapters.queue.names import parse_queue
 from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter
@@ -77,10 +76,7 @@ class Throttle(dramatiq.Middleware):
         if value is None:
             error = (f"throttle key {th.key!r} has no value in the message data (a string or number of 1 to 256 "
                      f"characters is needed; queues.{topic}.throttle.key)")
-            entry = dead_letter_entry(message, dlq=strategy.dead_letter_queue, error=error, traceback="",
-                                      attempts=message.options.get("retries", 0) + 1)
-            message.options["iii_outcome"] = {"kind": "dead", "entry": asdict(entry), "fanin": "dead"}
-            message.iii_event = broker.dead_event(message, entry)
+            message.options["iii_outcome"] = dead(strategy.dead_letter_queue, error, attempts=attempts_of(message), fanin="dead")
             raise SkipMessage(error)
         keys = broker.keys
         win = keys.throttle(topic, step, value) if th.limit else ""

@@ -28,8 +28,9 @@ import ctypes
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from iii_console.core.errors import SoftTimeLimitExceeded, TimeLimitExceeded
 

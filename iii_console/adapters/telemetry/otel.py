@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Any, Mapping
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -87,7 +88,7 @@ class Run:
         if status >= 500 and not self.failed:
             self.span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
 
-    def enter(self) -> "Run":
+    def enter(self) -> Run:
         self._tokens = (spans.use(self), otel_context.attach(trace.set_span_in_context(self.span)))
         return self
 

@@ -50,9 +50,8 @@ class CloseRun(dramatiq.Middleware):
         if outcome is not None and outcome.get("kind") == "retry":
             run.event("retry", {"iii.delay_ms": outcome.get("delay_ms"),
                                 "iii.next_attempt": int(message.options.get("retries", 0) or 0) + 1})
-        elif outcome is not None:
-            entry = outcome.get("entry") or {}
-            run.event("dead_letter", {"iii.dlq": entry.get("dlq"), "iii.attempts": entry.get("attempts")})
+        elif outcome is not None:  # a DeadDecision (adapters/queue/deadletters.py)
+            run.event("dead_letter", {"iii.dlq": outcome.get("dlq"), "iii.attempts": outcome.get("attempts")})
         run.end(exception)
 
     def after_skip_message(self, broker: Any, message: Any) -> None:

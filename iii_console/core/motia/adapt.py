@@ -27,17 +27,25 @@ import importlib.util
 import inspect
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel
 
 from iii_console.core.context import call_arity
 from iii_console.core.motia import run as _run
 from iii_console.core.motia.helpers import StepDefinition
-from iii_console.core.motia.types import (ApiRequest, FlowContext, StateTriggerInput, StepConfig, StreamTriggerInput,
-                                          TriggerInfo, _Trigger)
+from iii_console.core.motia.types import (
+    ApiRequest,
+    FlowContext,
+    StateTriggerInput,
+    StepConfig,
+    StreamTriggerInput,
+    TriggerInfo,
+    _Trigger,
+)
 
 PACKAGE = "iii_console.core.motia"
 SUBMODULES = ("types", "triggers", "state", "streams", "enqueue", "logger", "guards", "step", "multi_trigger", "types_stream")
@@ -143,7 +151,7 @@ def _route(path: str) -> str:
 
 def _topic(entry: Any) -> Any:
     if isinstance(entry, BaseModel) and hasattr(entry, "topic"):
-        return entry.topic  # type: ignore[attr-defined]
+        return entry.topic
     if isinstance(entry, dict) and "topic" in entry:
         return entry["topic"]
     return entry
@@ -195,7 +203,7 @@ def _trigger(t: Any, i: int) -> tuple[Any, Plan | None]:
         if t.pop("middleware", None):
             raise Refused("middleware is not supported: do its work at the start of the handler (or in a function it "
                           "calls); for authentication set server.auth_token in iii-config.yaml", f"triggers.{i}.middleware",
-                          where + ["middleware"])
+                          [*where, "middleware"])
         t.pop("query_params", None)  # documentation only
         body = t.pop("body_schema", None)
         resp = t.pop("response_schema", None)
@@ -211,7 +219,7 @@ def _trigger(t: Any, i: int) -> tuple[Any, Plan | None]:
     if kind == "queue":
         if t.pop("config", None) is not None:
             raise Refused("a queue config on the trigger is not supported: set queues.TOPIC.max_retries, retry_delay, "
-                          "backoff and concurrency in iii-config.yaml", f"triggers.{i}.config", where + ["config"])
+                          "backoff and concurrency in iii-config.yaml", f"triggers.{i}.config", [*where, "config"])
         if t.get("input") is None:
             t.pop("input", None)
         return t, Plan("queue", i, cond, topic=t.get("topic"))
@@ -297,6 +305,12 @@ def _resolve(value: Any) -> Any:
     return asyncio.run(wait())
 
 
+def _awaitable_enqueue(event: dict[str, Any]) -> _Done:
+    """``enqueue`` for an ``async def`` handler: done at once, and awaitable (``await enqueue(...)``)."""
+    _run.enqueue(event)
+    return _Done(None)
+
+
 class _Done:
     """A result already computed that may also be awaited (``await ctx.state.get(...)`` in ``async def``)."""
 
@@ -372,17 +386,16 @@ def wrap(handler: Callable[..., Any], plans: list[Plan]) -> Callable[..., Any]:
                            topic=ctx.trigger.get("topic") if plan.kind == "queue" else None,
                            expression=plan.written)
         manager = _run.StateManager()
-        flow = FlowContext(trace_id=ctx.trace_id, trigger=info, input_value=data, logger=_run.Logger(ctx),
+        flow: FlowContext[Any] = FlowContext(trace_id=ctx.trace_id, trigger=info, input_value=data, logger=_run.Logger(ctx),
                            state=_Awaitable(manager) if is_async else manager, streams=_run.Streams(),
-                           enqueue_fn=(lambda ev: _Done(_run.enqueue(ev))) if is_async else _run.enqueue)
+                           enqueue_fn=_awaitable_enqueue if is_async else _run.enqueue)
         token = _run.run_in(ctx)
         try:
-            if plan.condition is not None and plan.kind in _COND_TYPES:
-                if not _resolve(plan.condition(data, flow)):
-                    if plan.kind == "http":
-                        return {"status": 422, "body": NOT_MET, "headers": {}}
-                    ctx.logger.info("skipped: the trigger's condition is false", trigger=plan.kind)
-                    return None
+            if plan.condition is not None and plan.kind in _COND_TYPES and not _resolve(plan.condition(data, flow)):
+                if plan.kind == "http":
+                    return {"status": 422, "body": NOT_MET, "headers": {}}
+                ctx.logger.info("skipped: the trigger's condition is false", trigger=plan.kind)
+                return None
             out = _resolve(handler(data, flow) if two else handler(data))
         finally:
             _run.leave(token)

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from iii_console.core.motia.types import (ApiTrigger, CronTrigger, QueueTrigger, StateTrigger, Step, StepConfig,
-                                          StreamTrigger)
+from iii_console.core.motia.types import ApiTrigger, CronTrigger, QueueTrigger, StateTrigger, Step, StepConfig, StreamTrigger
 
 
 def http(method: str, path: str, *, body_schema: Any = None, response_schema: dict[int, Any] | None = None,
@@ -83,23 +83,23 @@ class MultiTriggerStepBuilder:
 
         return unified_handler
 
-    def on_queue(self, handler: Callable[..., Any]) -> "MultiTriggerStepBuilder":
+    def on_queue(self, handler: Callable[..., Any]) -> MultiTriggerStepBuilder:
         self._handlers["queue"] = handler
         return self
 
-    def on_http(self, handler: Callable[..., Any]) -> "MultiTriggerStepBuilder":
+    def on_http(self, handler: Callable[..., Any]) -> MultiTriggerStepBuilder:
         self._handlers["http"] = handler
         return self
 
-    def on_cron(self, handler: Callable[..., Any]) -> "MultiTriggerStepBuilder":
+    def on_cron(self, handler: Callable[..., Any]) -> MultiTriggerStepBuilder:
         self._handlers["cron"] = handler
         return self
 
-    def on_state(self, handler: Callable[..., Any]) -> "MultiTriggerStepBuilder":
+    def on_state(self, handler: Callable[..., Any]) -> MultiTriggerStepBuilder:
         self._handlers["state"] = handler
         return self
 
-    def on_stream(self, handler: Callable[..., Any]) -> "MultiTriggerStepBuilder":
+    def on_stream(self, handler: Callable[..., Any]) -> MultiTriggerStepBuilder:
         self._handlers["stream"] = handler
         return self
 

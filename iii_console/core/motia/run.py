@@ -10,6 +10,7 @@ it (see :func:`inherit_in_threads`), as they would under Python 3.14's
 
 from __future__ import annotations
 
+import builtins
 import contextvars
 import logging
 import threading
@@ -74,7 +75,7 @@ def inherit_in_threads() -> None:
 
     start._iii_motia = True  # type: ignore[attr-defined]
     threading.Thread.start = start  # type: ignore[method-assign]
-    ThreadPoolExecutor.submit = submit  # type: ignore[method-assign]
+    ThreadPoolExecutor.submit = submit  # type: ignore[method-assign, assignment]
 
 
 class Logger:
@@ -148,7 +149,7 @@ class StateManager:
     def list(self, scope: str) -> list[Any]:
         return list(self._store().list(scope).values())
 
-    def list_groups(self) -> list[str]:
+    def list_groups(self) -> builtins.list[str]:
         return [g for g in self._store().groups() if not g.startswith(STREAM_GROUP_PREFIX)]
 
     def clear(self, scope: str) -> None:
@@ -209,7 +210,7 @@ class Stream(Generic[TData]):
 
     list = get_group
 
-    def list_groups(self) -> list[str]:
+    def list_groups(self) -> builtins.list[str]:
         items = self._store().list(stream_group(self.stream_name))
         return sorted({k.split("/", 1)[0] for k in items})
 

@@ -8,7 +8,8 @@ them behave the same; what a step may do with them at run time is decided by
 from __future__ import annotations
 
 import inspect
-from typing import Any, Awaitable, Callable, Generic, Literal, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 

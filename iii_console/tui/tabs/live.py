@@ -10,7 +10,7 @@ from textual.widgets import RichLog
 from iii_console.tui import fmt
 from iii_console.tui.filter import EventFilter
 from iii_console.tui.model import TILES, LogEntry
-from iii_console.tui.widgets import Pane, CounterTile, View, retitle
+from iii_console.tui.widgets import CounterTile, Pane, View, retitle
 
 #: Lines written to the log per render tick; past this a marker says how many were skipped, and
 #: only as many as the log shows at once are written (each costs a Rich render, and lines
@@ -113,12 +113,7 @@ class LivePane(Pane):
             d = ev.data if isinstance(ev.data, dict) else {}
             where = f"{d.get('file', '?')}:{d.get('line', '?')}" if d.get("line") else str(d.get("file") or ev.step or "")
             out.append(Text.assemble(("step error ", "bold red"), (where, "bold"), "\n  ", (ev.error or "", "red")))
-        shown = 0
-        for entry in reversed(m.problems):
-            out.append(_problem_line(entry))
-            shown += 1
-            if shown >= 60:
-                break
+        out.extend(_problem_line(entry) for entry in list(reversed(m.problems))[:60])
         if not out:
             out.append(Text("No problems: no step errors, failures or dead letters.", style="green"))
         box.write(Text("\n").join(out), scroll_end=False)

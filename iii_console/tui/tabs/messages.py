@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Static
 from iii_console.tui import fmt
 from iii_console.tui.messages import OpenTrace
 from iii_console.tui.model import MessageRow
-from iii_console.tui.widgets import Pane, Table, View, n, t, retitle
+from iii_console.tui.widgets import Pane, Table, View, n, retitle, t
 
 #: Rows shown (newest first); older messages are still in the model, reachable with the filter.
 ROWS = 200

@@ -14,7 +14,7 @@ from iii_console.core.dlq import DeadLetter
 from iii_console.tui import fmt
 from iii_console.tui.messages import DeadLettersChosen, InspectDeadLetter, OpenTrace
 from iii_console.tui.model import TopicCounts
-from iii_console.tui.widgets import Pane, Table, View, cursor_key, lines, n, t, retitle
+from iii_console.tui.widgets import Pane, Table, View, cursor_key, lines, n, retitle, t
 
 QUEUE_COLUMNS = (("Topic", 24), ("Subscribers", 18), ("Waiting", 7), ("h / n / l", 11), ("Delayed", 7),
                  ("In flight", 9), ("Processed/s", 11), ("Processed", 9), ("Failed", 6), ("Retried", 7),

@@ -14,7 +14,7 @@ from textual.widgets.option_list import Option
 
 from iii_console.tui import fmt
 from iii_console.tui.messages import StateGroupChosen, StateKeyChosen
-from iii_console.tui.widgets import Pane, Table, View, cursor_key, t, retitle
+from iii_console.tui.widgets import Pane, Table, View, cursor_key, retitle, t
 
 MAX_KEYS = 1000
 

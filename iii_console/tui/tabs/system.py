@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Sequence
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -15,7 +16,7 @@ from iii_console.core.cronexpr import next_fire
 from iii_console.format import TYPE_STYLE, clock
 from iii_console.tui import fmt
 from iii_console.tui.messages import CronRunChosen
-from iii_console.tui.widgets import Pane, EventList, Table, View, cursor_key, lines, n, t, retitle
+from iii_console.tui.widgets import EventList, Pane, Table, View, cursor_key, lines, n, retitle, t
 
 #: A worker whose last heartbeat is older than this looks stale (the runtime's default timeout is 30 s).
 STALE_AFTER_MS = 15_000
@@ -52,7 +53,7 @@ class CronPane(Pane):
         if "cron" not in view.snap.loaded:
             retitle(table, subtitle="loading…")
             return
-        now = datetime.fromtimestamp(view.now_ms / 1000, timezone.utc)
+        now = datetime.fromtimestamp(view.now_ms / 1000, UTC)
         rows = []
         for c in view.snap.cron:
             try:
@@ -67,9 +68,9 @@ class CronPane(Pane):
                 note = note or f"last skip: {seen.last_skip_reason}"
             rows.append((f"{c.step}|{c.expression}", (
                 t(c.step, "bold"), t(c.expression, "magenta"),
-                t(datetime.fromtimestamp(nxt_ms / 1000, timezone.utc).strftime("%m-%d %H:%M:%S") if nxt_ms else "-"),
+                t(datetime.fromtimestamp(nxt_ms / 1000, UTC).strftime("%m-%d %H:%M:%S") if nxt_ms else "-"),
                 t(fmt.until(nxt_ms, view.now_ms), "cyan", justify="right"),
-                t(datetime.fromtimestamp(c.last_scheduled_ms / 1000, timezone.utc).strftime("%H:%M:%S") if c.last_scheduled_ms else "never",
+                t(datetime.fromtimestamp(c.last_scheduled_ms / 1000, UTC).strftime("%H:%M:%S") if c.last_scheduled_ms else "never",
                   "" if c.last_scheduled_ms else "bright_black"),
                 t(fmt.ago(c.last_fired_ms, view.now_ms) + " ago" if c.last_fired_ms else "-", justify="right"),
                 t(f"{drift} ms" if drift is not None else "-", _drift_style(drift), justify="right"),
@@ -146,7 +147,8 @@ def worker_line(ev: Any) -> Text:
     d = ev.data if isinstance(ev.data, dict) else {}
     style = "bright_blue" if ev.type == "worker.started" else "dark_orange"
     if ev.type == "worker.started":
-        queues = d.get("queues") if isinstance(d.get("queues"), dict) else {}
+        raw_queues = d.get("queues")
+        queues = raw_queues if isinstance(raw_queues, dict) else {}
         what = Text.assemble((str(d.get("name") or d.get("id", "")), "bold"), f"  host {d.get('host', '?')} pid {d.get('pid', '?')}  ",
                              ("  ".join(f"{q}×{c}" for q, c in queues.items()), "bright_black"))
     elif d.get("reason") == "recycled":
@@ -242,7 +244,7 @@ def flow_text(steps: dict[str, dict[str, Any]], errors: Sequence[Any] = (),
     writers = writers or {}
     specs = {name: s.get("trigger_specs", []) for name, s in steps.items()}
     by_topic: dict[str, list[str]] = {}
-    by_group: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    by_group: dict[str | None, list[tuple[str, dict[str, Any]]]] = {}
     for name, sp_list in specs.items():
         for sp in sp_list:
             if sp.get("type") == "queue":
@@ -283,7 +285,7 @@ def flow_text(steps: dict[str, dict[str, Any]], errors: Sequence[Any] = (),
         for group, ws in sorted(writers.items()):
             if step not in ws:
                 continue
-            reached = by_group.get(group, []) + ([] if group.startswith("_stream.") else by_group.get(None, []))  # type: ignore[arg-type]
+            reached = by_group.get(group, []) + ([] if group.startswith("_stream.") else by_group.get(None, []))
             for sub, sp in sorted(reached, key=lambda x: x[0]):
                 label, style = _trigger_label(sp)
                 out.append(Text.assemble(pad, (label, style), " ─▶ ", (sub, "bold"), ("  (writes seen)", "bright_black")))

@@ -12,8 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (BigInteger, Column, Date, Integer, MetaData, String, Table, Text, create_engine, event,
-                        func, select)
+from sqlalchemy import BigInteger, Column, Date, Integer, MetaData, String, Table, Text, create_engine, event, func, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 

@@ -2,9 +2,8 @@
 
 from typing import Any
 
-from pydantic import BaseModel
-
 from motia import ApiRequest, ApiResponse, FlowContext, QueryParam, http, logger
+from pydantic import BaseModel
 
 
 class NewOrder(BaseModel):

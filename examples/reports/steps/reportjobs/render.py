@@ -11,11 +11,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: a worker has no display
 
-import matplotlib.pyplot as plt  # noqa: E402
-from fpdf import FPDF  # noqa: E402
-from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
+import matplotlib.pyplot as plt
+from fpdf import FPDF
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from reportjobs.sales import Sales, money  # noqa: E402
+from reportjobs.sales import Sales, money
 
 #: DejaVu Sans ships with matplotlib: a Unicode font for the PDF (the PDF core fonts are Latin-1 only).
 FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"

@@ -49,10 +49,10 @@ async def handler(args: MotiaHttpArgs[Any]) -> None:
     items = _generate_random_items(parts)
 
     for item in items:
-        response.writer.stream.write(f"event: item\ndata: {json.dumps(item)}\n\n".encode("utf-8"))
+        response.writer.stream.write(f"event: item\ndata: {json.dumps(item)}\n\n".encode())
         time.sleep(0.3 + random.random() * 0.7)
 
-    response.writer.stream.write(f"event: done\ndata: {json.dumps({'total': len(items)})}\n\n".encode("utf-8"))
+    response.writer.stream.write(f"event: done\ndata: {json.dumps({'total': len(items)})}\n\n".encode())
     response.close()
 
 

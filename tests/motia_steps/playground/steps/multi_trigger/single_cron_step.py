@@ -1,6 +1,5 @@
 """Test single cron trigger."""
 
-from typing import Any
 
 from motia import cron, logger
 

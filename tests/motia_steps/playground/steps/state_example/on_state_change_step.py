@@ -1,6 +1,5 @@
 """Step that reacts to state changes."""
 
-from typing import Any
 
 from motia import StateTriggerInput, enqueue, logger, state
 
@@ -18,7 +17,7 @@ config = {
 def handler(input: StateTriggerInput) -> None:
     """Handle user state change."""
     logger.info(
-        f"User state changed",
+        "User state changed",
         {
             "group_id": input.group_id,
             "item_id": input.item_id,

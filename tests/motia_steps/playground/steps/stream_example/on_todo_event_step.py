@@ -1,6 +1,5 @@
 """Step that reacts to stream events."""
 
-from typing import Any
 
 from motia import StreamTriggerInput, enqueue, logger, stream
 
@@ -18,7 +17,7 @@ config = {
 def handler(input: StreamTriggerInput) -> None:
     """Handle todo stream event."""
     logger.info(
-        f"Todo stream event",
+        "Todo stream event",
         {
             "stream_name": input.stream_name,
             "group_id": input.group_id,

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import click
 
-from iii_console.cli import cli
 
-
-@cli.command("new")
+@click.command("new")
 @click.argument("name")
 def new(name: str) -> None:
     """Create project NAME: an HTTP step feeding a queue step, iii-config.yaml, a test, .gitignore, a README."""

@@ -6,10 +6,10 @@ import json
 
 import click
 
-from iii_console.cli import _common, _existing_redis, _load, cli
+from iii_console.cli.common import common_options, existing_redis, load_project
 
 
-@cli.group("cron")
+@click.group("cron")
 def cron_cmd() -> None:
     """Cron steps."""
 
@@ -17,22 +17,22 @@ def cron_cmd() -> None:
 @cron_cmd.command("run")
 @click.argument("step_name", metavar="STEP")
 @click.option("--json", "as_json", is_flag=True, help="Print the trace and message ids as JSON.")
-@_common
+@common_options
 def cron_run(step_name: str, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
     """Fire cron step STEP now, outside its schedule (marked manual in its events and ctx.trigger)."""
     from iii_console.core.cronrun import run_now
     from iii_console.core.discovery import discover
+    from iii_console.core.services import Services
     from iii_console.core.steps import CronTrigger
-    from iii_console.runtime.services import Services
 
-    cfg = _load(config_path, redis_url)
+    cfg = load_project(config_path, redis_url)
     steps = discover(cfg.steps_path)
     crons = sorted(s.name for s in steps.steps if s.cron_like())
     step = next((s for s in steps.steps if s.name == step_name and s.cron_like()), None)
     if step is None:
         raise click.BadParameter(f"no cron step named {step_name!r} (cron steps: {', '.join(crons) or 'none'})",
                                  param_hint="STEP")
-    cfg = cfg.with_overrides(**{"redis.url": _existing_redis(cfg)})
+    cfg = cfg.with_overrides(**{"redis.url": existing_redis(cfg)})
     services = Services.open(cfg, "cli")
     try:
         topic = f"_cron.{step.name}"

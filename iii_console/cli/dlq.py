@@ -1,0 +1,195 @@
+"""``iii-console dlq``: inspect, replay and purge dead letters."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from iii_console.cli.common import common_options, open_client
+from iii_console.cli.output import cell, table_console
+from iii_console.core.dlq import (
+    DeadLetter,
+    DeadLetterFilter,
+    DeadLetterStore,
+    parse_since,
+    purge,
+    select,
+)
+from iii_console.core.events import now_ms
+from iii_console.core.text import printable
+from iii_console.format import clock, short
+
+
+def _dlq_filters(fn: Any) -> Any:
+    fn = click.option("--since", default=None, metavar="T", help="Only entries that last failed within T (30s, 10m, 2h, 7d) or since an ISO time.")(fn)
+    fn = click.option("--error", "error_text", default=None, metavar="TEXT", help="Only entries whose error contains TEXT.")(fn)
+    fn = click.option("--step", default=None, help="Only entries of this step.")(fn)
+    fn = click.option("--queue", default=None, metavar="Q", help="Only this dead-letter queue (or topic).")(fn)
+    return fn
+
+
+def _filter(queue: str | None, step: str | None, error_text: str | None, since: str | None) -> DeadLetterFilter:
+    try:
+        since_ms = parse_since(since, now_ms()) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    return DeadLetterFilter(queue=queue, step=step, error=error_text, since_ms=since_ms)
+
+
+def _entry_json(e: DeadLetter, *, full: bool = False) -> dict[str, Any]:
+    d = {"id": e.id, "dlq": e.dlq, "topic": e.topic, "step": e.step, "error": e.error, "attempts": e.attempts,
+         "first_failure_ms": e.first_failure_ms, "last_failure_ms": e.last_failure_ms, "trace_id": e.trace_id, "priority": e.priority}
+    if full:
+        d.update(data=e.data, traceback=e.traceback, raw=e.raw, message_id=e.message_id, queue=e.queue)
+    return d
+
+
+def _confirm(action: str, n: int, yes: bool) -> bool:
+    if n == 0:
+        click.echo(f"nothing to {action}", err=True)
+        return False
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise click.UsageError(f"{action} would touch {n} entries; pass --yes to confirm when not on a terminal")
+    return click.confirm(f"{action} {n} dead letter{'s' if n != 1 else ''}?", default=False, err=True)
+
+
+@click.group()
+def dlq() -> None:
+    """Inspect, replay and purge dead letters."""
+
+
+@dlq.command("list")
+@_dlq_filters
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
+@common_options
+def dlq_list(queue: str | None, step: str | None, error_text: str | None, since: str | None, as_json: bool,
+             config_path: str | None, redis_url: str | None) -> None:
+    """List dead letters, newest first."""
+    flt = _filter(queue, step, error_text, since)
+    _cfg, client, keys = open_client(config_path, redis_url)
+    entries = select(DeadLetterStore(client, keys), flt)
+    if as_json:
+        for e in entries:
+            click.echo(json.dumps(_entry_json(e)))
+        return
+    table = Table("id", "dlq", "step", "attempts", "last failure", "error", box=None, header_style="bold")
+    for e in entries:
+        table.add_row(*map(cell, (e.id[:36], e.dlq, e.step or "-", str(e.attempts), clock(e.last_failure_ms), short(e.error, 70))))
+    table_console().print(table)
+    click.echo(f"{len(entries)} dead letter{'s' if len(entries) != 1 else ''}", err=True)
+
+
+@dlq.command("show")
+@click.argument("entry_id")
+@click.option("--json", "as_json", is_flag=True)
+@common_options
+def dlq_show(entry_id: str, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
+    """Show one dead letter: payload, error, traceback, attempts, failures, trace id."""
+    _cfg, client, keys = open_client(config_path, redis_url)
+    e = DeadLetterStore(client, keys).get(entry_id)
+    if e is None:
+        raise click.BadParameter(f"no dead letter {entry_id!r}", param_hint="ENTRY_ID")
+    if as_json:
+        click.echo(json.dumps(_entry_json(e, full=True), default=str))
+        return
+    con = table_console()
+    for label, value in (("id", e.id), ("dead-letter queue", e.dlq), ("topic / step", f"{e.topic} / {e.step}"),
+                         ("attempts", e.attempts), ("first failure", clock(e.first_failure_ms)),
+                         ("last failure", clock(e.last_failure_ms)), ("trace id", e.trace_id), ("error", e.error)):
+        con.print(Text.assemble((f"{label:>18}", "bold"), " ", printable(value)), highlight=False)
+    con.print("[bold]           payload[/]", markup=True)
+    con.print(Text(printable(json.dumps(e.data, indent=2, default=str) if e.raw is None else e.raw, keep_lines=True)))
+    if e.traceback:
+        con.print("[bold]         traceback[/]", markup=True)
+        con.print(Text(printable(e.traceback.rstrip(), keep_lines=True)))
+
+
+@dlq.command("replay")
+@click.argument("entry_ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every entry matching the filters.")
+@_dlq_filters
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True)
+@common_options
+def dlq_replay(entry_ids: tuple[str, ...], replay_all: bool, queue: str | None, step: str | None, error_text: str | None,
+               since: str | None, dry_run: bool, yes: bool, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
+    """Put dead letters back on their queues with attempts reset (ENTRY_ID... or --all with filters)."""
+    from iii_console.core.replay import Replayer, ReplayError
+    from iii_console.core.services import Services
+
+    if bool(entry_ids) == replay_all:
+        raise click.UsageError("give ENTRY_ID... or --all (with optional filters), not both and not neither")
+    flt = _filter(queue, step, error_text, since)
+    cfg, client, keys = open_client(config_path, redis_url)
+    entries = _targets(DeadLetterStore(client, keys), entry_ids, flt)
+    if dry_run:
+        for e in entries:
+            click.echo(json.dumps(_entry_json(e)) if as_json else printable(f"would replay {e.id} ({e.dlq}, {e.step}): {short(e.error, 60)}"))
+        click.echo(f"{len(entries)} would be replayed", err=True)
+        return
+    if not _confirm("replay", len(entries), yes):
+        return
+    services = Services.open(cfg, "cli")
+    done = 0
+    try:
+        replayer = Replayer(services.client, services.keys, services.emitter)
+        for e in entries:
+            try:
+                new_id = replayer.replay(e)
+            except ReplayError as exc:
+                click.echo(f"skipped: {printable(exc)}", err=True)
+                continue
+            done += 1
+            if as_json:
+                click.echo(json.dumps({"replayed": e.id, "message_id": new_id, "queue": e.queue}))
+    finally:
+        services.close()
+    click.echo(f"replayed {done} of {len(entries)}", err=True)
+    if done < len(entries):
+        sys.exit(1)
+
+
+@dlq.command("purge")
+@click.argument("entry_ids", nargs=-1)
+@click.option("--all", "purge_all", is_flag=True, help="Purge every entry matching the filters.")
+@_dlq_filters
+@click.option("--dry-run", is_flag=True, help="Show what would be purged; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@common_options
+def dlq_purge(entry_ids: tuple[str, ...], purge_all: bool, queue: str | None, step: str | None, error_text: str | None,
+              since: str | None, dry_run: bool, yes: bool, config_path: str | None, redis_url: str | None) -> None:
+    """Delete dead letters for good (ENTRY_ID... or --all with filters)."""
+    if bool(entry_ids) == purge_all:
+        raise click.UsageError("give ENTRY_ID... or --all (with optional filters), not both and not neither")
+    flt = _filter(queue, step, error_text, since)
+    _cfg, client, keys = open_client(config_path, redis_url)
+    store = DeadLetterStore(client, keys)
+    entries = _targets(store, entry_ids, flt)
+    if dry_run:
+        for e in entries:
+            click.echo(printable(f"would purge {e.id} ({e.dlq}, {e.step}): {short(e.error, 60)}"))
+        click.echo(f"{len(entries)} would be purged", err=True)
+        return
+    if not _confirm("purge", len(entries), yes):
+        return
+    click.echo(f"purged {purge(store, entries)}", err=True)
+
+
+def _targets(store: DeadLetterStore, ids: tuple[str, ...], flt: DeadLetterFilter) -> list[DeadLetter]:
+    if not ids:
+        return select(store, flt)
+    out = []
+    for i in ids:
+        e = store.get(i)
+        if e is None:
+            raise click.BadParameter(f"no dead letter {i!r}", param_hint="ENTRY_ID")
+        out.append(e)
+    return out

@@ -1,0 +1,87 @@
+"""``iii-console steps`` and ``config check``: the project's files, read without Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+from rich.table import Table
+
+from iii_console.cli.common import common_options, load_project
+from iii_console.cli.output import cell, table_console
+from iii_console.core.text import printable
+
+
+@click.command("steps")
+@click.option("--json", "as_json", is_flag=True)
+@common_options
+def steps_cmd(as_json: bool, config_path: str | None, redis_url: str | None) -> None:
+    """List every step with its triggers, what it enqueues and its flows (reads files; Redis is not needed)."""
+    from iii_console.core.discovery import discover
+
+    cfg = load_project(config_path, redis_url)
+    found = discover(cfg.steps_path)
+    motia = {"motia": found.motia} if found.motia_steps else {}
+    if as_json:
+        click.echo(json.dumps({"steps": [s.describe() for s in found.steps], "errors": [str(e) for e in found.errors], **motia}))
+    else:
+        if motia:
+            click.echo(f"{len(found.motia_steps)} Motia step files run on {found.motia}", err=True)
+        table = Table("step", "triggers", "enqueues", "flows", box=None, header_style="bold")
+        for s in found.steps:
+            table.add_row(*map(cell, (s.name, ", ".join(t.describe() for t in s.triggers), ", ".join(s.enqueues) or "-", ", ".join(s.flows) or "-")))
+        table_console().print(table)
+        for e in found.errors:
+            click.echo(f"error: {printable(e)}", err=True)
+    if found.errors:
+        sys.exit(2)
+
+
+@click.group("config")
+def config_cmd() -> None:
+    """Configuration tools."""
+
+
+@config_cmd.command("check")
+@common_options
+def config_check(config_path: str | None, redis_url: str | None) -> None:
+    """Validate iii-config.yaml and every step file; print each problem with file, line and field.
+
+    Reads files only (a --redis URL is checked for form, not reached).
+    """
+    from iii_console.adapters.queue.names import CRON_TOPIC, STATE_TOPIC
+    from iii_console.core.discovery import discover
+    from iii_console.core.errors import ConfigError
+    from iii_console.core.steps import CronTrigger, StateTrigger
+
+    try:
+        cfg = load_project(config_path, redis_url)
+    except ConfigError as exc:
+        if config_path is not None and not os.path.exists(config_path):
+            raise  # nothing to check: a usage error, not a finding
+        click.echo(printable(exc))  # a problem the check found: the report, like every other
+        click.echo("1 problem in the configuration; steps not checked", err=True)
+        sys.exit(2)
+    found = discover(cfg.steps_path)
+    problems = [str(e) for e in found.errors]
+    subscribed = {t for s in found.steps for t in s.topics}
+    # `enqueues` declares what a step may send (as in Motia): a topic nobody subscribes to
+    # yet is worth a warning, not a failed check; messages sent to it are dropped with a `log` event.
+    warnings = [f"warning: {s.file}, step {s.name!r}, field 'enqueues': no step subscribes to topic {t!r}"
+                for s in found.steps for t in s.enqueues if t not in subscribed]
+    # A cron or state step's own queue (`_cron.STEP`, `_state.STEP`) is configured like a topic's.
+    queues = subscribed | {f"{CRON_TOPIC}.{s.name}" for s in found.steps if s.of(CronTrigger)} \
+        | {f"{STATE_TOPIC}.{s.name}" for s in found.steps if s.of(StateTrigger)}
+    for topic in cfg.queues:
+        if topic != "default" and topic not in queues:
+            problems.append(f"{cfg.source or 'iii-config.yaml'}: queues.{topic}: no step subscribes to this topic")
+    for p in problems + warnings:
+        click.echo(printable(p))
+    if found.motia_steps:
+        click.echo(f"{len(found.motia_steps)} Motia step files run on {found.motia}", err=True)
+    tail = f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""
+    click.echo(f"{len(found.steps)} steps, {len(problems)} problem{'s' if len(problems) != 1 else ''}{tail}", err=True)
+    if problems:
+        sys.exit(2)

@@ -1,0 +1,106 @@
+"""``iii-console`` without a subcommand: run the project's roles, headless or with the live console."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+
+from iii_console.cli.output import print_human, print_json, reserve_stdout
+from iii_console.core.config import Config, redact_url
+from iii_console.core.events import Event
+from iii_console.core.text import printable
+
+ROLE_CHOICES = ("all", "server", "worker", "scheduler")
+
+
+def run_project(cfg: Config, role: tuple[str, ...], processes: int | None, threads: int | None, no_ui: bool,
+                reload: bool | None) -> int:
+    """Run the roles ``role`` names until Ctrl+C / SIGTERM; the exit code."""
+    roles = ("server", "worker", "scheduler") if "all" in role else tuple(dict.fromkeys(role))
+    watch = (not no_ui) if reload is None else reload
+    if no_ui or not sys.stdout.isatty():
+        render: Callable[[Event], None] = print_json if no_ui else print_human
+        reserve_stdout()
+        from iii_console.runtime.loop import run as run_loop
+
+        return run_loop(_run_headless(cfg, roles, processes, threads, render, watch))
+    return asyncio.run(_run_console(cfg, roles, processes, threads, watch))
+
+
+async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | None, threads: int | None,
+                        render: Callable[[Event], None], watch: bool = False) -> int:
+    from iii_console.runtime.recycling import RECYCLE_EXIT
+    from iii_console.runtime.supervisor import Supervisor
+
+    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, on_event=render if cfg.events.echo else None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await sup.start()
+    if watch:
+        sup.watch()
+    where = f" on http://{cfg.server.host}:{sup.port}" if sup.port else ""
+    version, warning = _redis_version(sup.config.redis.url)
+    print(f"iii-console: running {', '.join(roles)}{where} with Redis {version} at {redact_url(sup.config.redis.url)}; "
+          f"{len(sup.steps.steps)} steps, {len(sup.steps.errors)} errors. Ctrl+C to stop.", file=sys.stderr)
+    for err in sup.steps.errors:
+        print(f"step error: {printable(err)}", file=sys.stderr)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    await stop.wait()
+    print("iii-console: stopping (draining in-flight work)...", file=sys.stderr)
+    await sup.stop()
+    bad = [c for c in sup.worker_codes if c not in (0, None, -signal.SIGTERM, RECYCLE_EXIT)]
+    return 1 if bad else 0
+
+
+def _redis_version(url: str) -> tuple[str, str | None]:
+    """The Redis server's version for the banner, and a warning if it has known security issues."""
+    import redis as _redis
+
+    from iii_console.core.connection import redis_client
+    from iii_console.core.redis_server import server_version, version_warning
+
+    client = redis_client(url, socket_timeout=3)
+    try:
+        version = server_version(client)
+    except _redis.RedisError:
+        return "(version unknown)", None
+    finally:
+        client.close()
+    return version, version_warning(version)
+
+
+async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | None, threads: int | None, watch: bool) -> int:
+    """The live console owns the terminal; the runtime runs in the same loop, its logs go to .iii/logs/."""
+    import logging
+
+    from iii_console.core.files import private_dir, private_file
+    from iii_console.runtime.supervisor import Supervisor
+    from iii_console.tui.app import create_app
+
+    private_dir(cfg.data_dir)
+    log_dir = private_dir(cfg.data_dir / "logs")  # step output and tracebacks: this user's only
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.FileHandler(private_file(log_dir / "console.log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, on_event=None, log_dir=log_dir)
+    await sup.start()
+    if watch:
+        sup.watch()
+    server_url = f"http://{'127.0.0.1' if cfg.server.host in ('0.0.0.0', '::') else cfg.server.host}:{sup.port}" if sup.port else None
+    app = create_app(redis_url=sup.config.redis.url, prefix=cfg.redis.prefix, server_url=server_url,
+                     events_maxlen=cfg.events.maxlen)
+    app.notice = _redis_version(sup.config.redis.url)[1]
+    try:
+        await app.run_async()
+    finally:
+        await sup.stop()
+    return 0

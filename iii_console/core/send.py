@@ -1,0 +1,51 @@
+"""Test messages posted to a running server's ``POST /messages``.
+
+What ``iii-console send TEXT`` and the console's send form (``s``) share: one body posted
+``count`` times on one connection, stopping at the first failure and saying how many went
+before it. Each caller words an unreachable server its own way (the command line can point
+at ``--url``, the console cannot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+
+from iii_console.core.errors import IIIError
+from iii_console.core.text import printable
+
+
+class SendFailed(IIIError):
+    """A post failed; ``sent`` went before it. ``unreachable``: nothing answered at all."""
+
+    def __init__(self, problem: str, *, sent: int, unreachable: bool = False):
+        super().__init__(problem)
+        self.sent = sent
+        self.unreachable = unreachable
+
+
+def post_messages(base_url: str, body: dict[str, object], count: int, *, token: str = "",
+                  on_answer: Callable[[httpx.Response], None] | None = None) -> httpx.Response | None:
+    """POST ``body`` to ``base_url``/messages ``count`` times; the last answer (``None`` if ``count`` is 0).
+
+    ``on_answer`` sees each accepted answer as it comes (a progress bar, a JSON line).
+    """
+    base = base_url.rstrip("/")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    sent, last = 0, None
+    with httpx.Client(base_url=base, timeout=10, headers=headers) as client:
+        for _ in range(count):
+            try:
+                resp = client.post("/messages", json=body)
+            except httpx.ConnectError:
+                raise SendFailed(f"nothing answers at {base}", sent=sent, unreachable=True) from None
+            except httpx.HTTPError as exc:
+                raise SendFailed(f"request to {base}/messages failed: {exc}", sent=sent) from None
+            if resp.status_code >= 400:
+                raise SendFailed(f"server answered {resp.status_code}: {printable(resp.text[:500])}", sent=sent)
+            sent += 1
+            last = resp
+            if on_answer is not None:
+                on_answer(resp)
+    return last

@@ -1,0 +1,209 @@
+"""The worker pool: queue workers as child processes, supervised.
+
+Entered, it starts ``processes`` workers (``runtime/worker.py``) and a monitor
+that notices a child's exit at once: what the child held goes back to its
+queues now (``sweep.recover_worker``), and the child is restarted after a
+backoff. :meth:`WorkerPool.reload` replaces the children one by one (each drains
+and requeues, then the new code takes over). Exited, it SIGTERMs every child,
+waits up to ``shutdown_timeout`` (+5 s) for them to drain, kills what is left,
+and recovers the messages of any that did not stop cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from iii_console.core.config import Config
+from iii_console.core.discovery import StepSet
+from iii_console.core.files import open_private_log, private_dir
+from iii_console.runtime.recycling import RECYCLE_EXIT
+from iii_console.runtime.services import Services
+
+log = logging.getLogger(__name__)
+RESTART_BACKOFF_MAX_S = 10.0
+
+
+def exit_description(code: int) -> dict[str, Any]:
+    """``{"exit_code": 1}`` or ``{"signal": "SIGKILL"}`` for a child's return code."""
+    if code < 0:
+        try:
+            return {"signal": signal.Signals(-code).name}
+        except ValueError:
+            return {"signal": str(-code)}
+    return {"exit_code": code}
+
+
+@dataclass
+class Child:
+    index: int
+    proc: subprocess.Popen[bytes]
+    #: The worker id the process runs under (its in-flight sets are named by it).
+    worker_id: str = ""
+    started: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    #: Set while a reload replaces the process, so the monitor does not restart it as well.
+    reloading: bool = False
+    #: Set from the monitor seeing it exit until its replacement is started.
+    restarting: bool = False
+
+
+class WorkerPool:
+    """``processes`` worker processes with ``threads`` threads each, restarted when they exit."""
+
+    def __init__(self, config: Config, services: Services, *, processes: int, threads: int, log_dir: Path | None = None,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
+        self.config = config
+        self.services = services
+        self.processes = processes
+        self.threads = threads
+        #: When set, each child's stderr goes to ``log_dir/worker-N.log`` instead of ours.
+        self.log_dir = log_dir
+        #: True once the supervisor is stopping: exits are no longer restarted.
+        self._stopping = stopping
+        self.children: list[Child] = []
+        self._monitor_task: asyncio.Task[None] | None = None
+        self._restarts: set[asyncio.Task[None]] = set()
+
+    def stopping(self) -> bool:
+        return self._stopping()
+
+    async def __aenter__(self) -> WorkerPool:
+        for i in range(self.processes):
+            self.children.append(Child(i, *self._spawn(i)))
+        self._monitor_task = asyncio.create_task(self._monitor(), name="iii-monitor")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for child in self.children:
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.workers.shutdown_timeout + 5
+        for child in self.children:
+            while child.proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if child.proc.poll() is None:
+                child.proc.kill()
+                child.proc.wait()
+            if child.proc.returncode not in (0, RECYCLE_EXIT) and not child.restarting:
+                await self._recover(child.worker_id, child.proc.returncode)
+        for task in [self._monitor_task, *self._restarts]:
+            if task is not None:
+                task.cancel()
+
+    async def reload(self, steps: StepSet) -> None:
+        """Rolling restart: each old process drains and requeues, then the new code takes over.
+
+        The children discover the steps themselves as they start; ``steps`` is what
+        every role's ``reload`` takes.
+        """
+        for child in self.children:
+            child.reloading = True
+            try:
+                old, old_id = child.proc, child.worker_id
+                if old.poll() is None:
+                    old.send_signal(signal.SIGTERM)
+                    while old.poll() is None:
+                        await asyncio.sleep(0.05)
+                if old.returncode not in (0, RECYCLE_EXIT) and not child.restarting:  # (the monitor recovered a crash it saw)
+                    await self._recover(old_id, old.returncode)
+                child.proc, child.worker_id = self._spawn(child.index)
+                child.started = time.monotonic()
+            finally:
+                child.reloading = False
+
+    @property
+    def codes(self) -> list[int | None]:
+        return [c.proc.returncode for c in self.children]
+
+    def _spawn(self, index: int) -> tuple[subprocess.Popen[bytes], str]:
+        """Start worker process ``index``; returns it and the worker id it runs under."""
+        worker_id = str(uuid.uuid4())
+        env = dict(os.environ)
+        env.update(III_CONFIG_JSON=self.config.model_dump_json(), III_WORKER_INDEX=str(index), III_WORKER_THREADS=str(self.threads),
+                   III_SUPERVISOR_PID=str(os.getpid()), III_WORKER_ID=worker_id)
+        stderr: Any = None
+        if self.log_dir is not None:
+            stderr = open_private_log(private_dir(self.log_dir) / f"worker-{index}.log")
+        try:
+            return subprocess.Popen([sys.executable, "-m", "iii_console.runtime.worker"], env=env, stdin=subprocess.DEVNULL,
+                                    stdout=stderr, stderr=stderr, cwd=self.config.project_dir), worker_id
+        finally:
+            if stderr is not None:
+                stderr.close()
+
+    async def _recover(self, worker_id: str, code: int) -> int:
+        """A child exited without its clean stop: give back what it held, now.
+
+        Its in-flight messages return to the head of their queues (one
+        ``message.redelivered`` each) and ``worker.stopped`` names the exit
+        signal, without waiting for its heartbeat to age past
+        ``heartbeat_timeout``. Retried until Redis answers (nothing is lost
+        meanwhile: the sweep would find them too); at a stop, for a bounded time.
+        """
+        from iii_console.adapters.queue.scripts import Scripts
+        from iii_console.adapters.queue.sweep import recover_worker
+
+        svc = self.services
+        how = exit_description(code)
+        delay = 0.1
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return await asyncio.to_thread(recover_worker, svc.client, svc.keys, Scripts(svc.client), svc.emitter, worker_id,
+                                               reason="crashed", **how)
+            except redis.RedisError as exc:
+                if self.stopping() and time.monotonic() > deadline:
+                    log.warning("could not recover worker %s's messages (%s); the next sweep will", worker_id, exc)
+                    return 0
+                log.warning("recovering worker %s: Redis unavailable (%s); retrying", worker_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    async def _monitor(self) -> None:
+        """Notice a worker process's exit at once: recover what it held now, restart it after a backoff.
+
+        The restart waits in a task of its own, so a backoff for one child never
+        delays noticing (and recovering) another.
+        """
+        while not self.stopping():
+            for child in self.children:
+                proc = child.proc
+                code = proc.poll()
+                if code is None or self.stopping() or child.reloading or child.restarting:
+                    continue
+                child.restarting = True
+                if code == RECYCLE_EXIT:
+                    delay = 0.0  # it asked to be replaced (and its worker.stopped said why): not a crash
+                else:
+                    if code != 0:
+                        await self._recover(child.worker_id, code)
+                    delay = min(RESTART_BACKOFF_MAX_S, 0.5 * (2 ** min(child.restarts, 5))) if time.monotonic() - child.started < 10 else 0.2
+                    self.services.emitter.emit("log", data={"level": "error", "message": f"worker process {proc.pid} exited with {code}; restarting in {delay:.1f}s"})
+                task = asyncio.create_task(self._restart_later(child, proc, delay, counts=code != RECYCLE_EXIT), name="iii-restart")
+                self._restarts.add(task)
+                task.add_done_callback(self._restarts.discard)
+            await asyncio.sleep(0.05)
+
+    async def _restart_later(self, child: Child, proc: subprocess.Popen[bytes], delay: float, *, counts: bool = True) -> None:
+        try:
+            await asyncio.sleep(delay)
+            if self.stopping() or child.proc is not proc or child.reloading:
+                return  # a reload has replaced it meanwhile (or is doing so)
+            child.proc, child.worker_id = self._spawn(child.index)
+            child.started = time.monotonic()
+            child.restarts += counts
+        finally:
+            child.restarting = False
