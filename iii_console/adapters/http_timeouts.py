@@ -13,7 +13,7 @@ headers are not complete within ``header_timeout`` seconds of its first byte
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -23,7 +23,13 @@ except ImportError:  # pragma: no cover - httptools is a dependency where it has
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 
-class _Timed:
+if TYPE_CHECKING:  # the attributes the mixin uses, typed as uvicorn's h11 protocol has them
+    _Protocol = H11Protocol
+else:
+    _Protocol = object
+
+
+class _Timed(_Protocol):
     """The deadlines, for either of uvicorn's HTTP/1.1 protocols (both keep the request in ``self.cycle``)."""
 
     header_timeout: float = 10.0
@@ -84,7 +90,7 @@ class _Timed:
             self.transport.close()
 
 
-class TimedH11Protocol(_Timed, H11Protocol):  # type: ignore[misc]
+class TimedH11Protocol(_Timed, H11Protocol):
     pass
 
 
