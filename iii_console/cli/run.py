@@ -23,7 +23,9 @@ def run_project(cfg: Config, role: tuple[str, ...], processes: int | None, threa
     if no_ui or not sys.stdout.isatty():
         render: Callable[[Event], None] = print_json if no_ui else print_human
         reserve_stdout()
-        return asyncio.run(_run_headless(cfg, roles, processes, threads, render, watch))
+        from iii_console.runtime.loop import run as run_loop
+
+        return run_loop(_run_headless(cfg, roles, processes, threads, render, watch))
     return asyncio.run(_run_console(cfg, roles, processes, threads, watch))
 
 
