@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent
 # The optional extras ``dev.py test`` installs besides the package (pyproject.toml).
 EXTRAS = [
     "test",
+    "rabbitmq",
 ]
 
 

@@ -140,7 +140,8 @@ def dlq_show(entry_id: str, as_json: bool, config_path: str | None, redis_url: s
 def dlq_replay(entry_ids: tuple[str, ...], replay_all: bool, queue: str | None, step: str | None, error_text: str | None,
                since: str | None, dry_run: bool, yes: bool, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
     """Put dead letters back on their queues with attempts reset (ENTRY_ID... or --all with filters)."""
-    from iii_console.core.replay import Replayer, ReplayError
+    from iii_console.core.replay import ReplayError
+    from iii_console.runtime.brokers import make_replayer
     from iii_console.runtime.services import Services
 
     if bool(entry_ids) == replay_all:
@@ -158,7 +159,7 @@ def dlq_replay(entry_ids: tuple[str, ...], replay_all: bool, queue: str | None, 
     services = Services.open(cfg, "cli")
     done = 0
     try:
-        replayer = Replayer(services.client, services.keys, services.emitter)
+        replayer = make_replayer(services)
         for e in entries:
             try:
                 new_id = replayer.replay(e)

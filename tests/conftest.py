@@ -52,3 +52,24 @@ def rc(app, redis_server):
     client = redis.Redis.from_url(redis_server.url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def rabbit_node(tmp_path_factory: pytest.TempPathFactory):
+    """One RabbitMQ node of our own per session (free ports, temp data); tests separate by ``rabbitmq.prefix``."""
+    from tests.rabbitnode import RabbitNode, rabbit_bin
+
+    if rabbit_bin("rabbitmq-server") is None:
+        pytest.skip("rabbitmq-server is not installed")
+    node = RabbitNode(tmp_path_factory.mktemp("rabbit")).start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def rabbit_prefix(request: pytest.FixtureRequest) -> str:
+    """Exchange and queue names of this test alone, on the session's node."""
+    import re
+    import uuid
+
+    return f"t{uuid.uuid4().hex[:8]}-{re.sub(r'[^A-Za-z0-9_-]', '', request.node.name)[:40]}"

@@ -250,8 +250,29 @@ class WorkersConfig(_Section):
     """Replace a worker process once its resident memory (RSS) exceeds this many MiB (0 = never)."""
 
 
+class RabbitmqConfig(_Section):
+    url: str = ""
+    """AMQP URL of a RabbitMQ node (amqp://user:pass@host:5672/vhost); used when ``broker: rabbitmq``.
+    Several nodes of one cluster: separate the URLs with ``;`` (tried in turn)."""
+    prefix: str = Field(default="iii", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Start of every exchange and queue name this project declares, so projects can share a vhost."""
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, v: str) -> str:
+        v = v.strip()
+        for part in filter(None, v.split(";")):
+            if not part.startswith(("amqp://", "amqps://")):
+                raise ValueError(f"not an AMQP URL: {redact_url(part)!r}; it starts with amqp:// or amqps://")
+        return v
+
+
 class Config(_Section):
+    broker: Literal["redis", "rabbitmq"] = "redis"
+    """Where queue messages live: ``redis`` (the default) or ``rabbitmq`` (quorum queues, ``rabbitmq.url``).
+    Redis is still used for state, events, metrics, cron once-keys and the dead-letter store."""
     redis: RedisConfig = RedisConfig()
+    rabbitmq: RabbitmqConfig = RabbitmqConfig()
     server: ServerConfig = ServerConfig()
     queues: dict[str, QueueConfig] = Field(default_factory=dict)
     events: EventsConfig = EventsConfig()
@@ -272,6 +293,12 @@ class Config(_Section):
                 self.queue(topic)
             except ValidationError as exc:
                 raise ValueError(f"queues.{topic}, with what it inherits from queues.default: {_message(exc.errors()[0])}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _broker_reachable(self) -> "Config":
+        if self.broker == "rabbitmq" and not self.rabbitmq.url:
+            raise ValueError("broker: rabbitmq needs rabbitmq.url (amqp://HOST:5672/VHOST)")
         return self
 
     def queue(self, topic: str) -> QueueConfig:

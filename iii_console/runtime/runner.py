@@ -20,7 +20,7 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from iii_console.adapters.queue.producer import AsyncProducer, Producer, Subscriptions
+from iii_console.adapters.queue.producer import Subscriptions
 from iii_console.core.autopipe import AutoPipeline
 from iii_console.core.blobs import AsyncBlobs
 from iii_console.core.context import Context, SyncContext, call_arity, is_async
@@ -28,6 +28,7 @@ from iii_console.core.lease import AsyncLeases, Leases
 from iii_console.core.progress import AsyncProgressStore, ProgressStore
 from iii_console.core.state import AsyncStateStore, StateStore
 from iii_console.core.steps import Step
+from iii_console.runtime.brokers import make_async_producer, make_producer
 from iii_console.runtime.services import Services
 
 
@@ -87,7 +88,7 @@ class AsyncSide:
         self.client = aredis.Redis.from_pool(pool)
         self.autopipe = AutoPipeline(self.client)
         self.state = AsyncStateStore(self.client, services.keys, events_maxlen=cfg.events.maxlen, worker=services.name, autopipe=self.autopipe)
-        self.producer = AsyncProducer(self.client, services.keys, cfg, subscriptions, services.emitter, autopipe=self.autopipe)
+        self.producer = make_async_producer(services, subscriptions, self.client, self.autopipe)
         self.progress = AsyncProgressStore(self.client, services.keys, services.emitter)
         self.leases = AsyncLeases(self.client, services.keys)
         #: Threads for ``def`` handlers called from this loop. Not the loop's default executor:
@@ -104,7 +105,7 @@ class StepRunner:
     def __init__(self, services: Services, subscriptions: Subscriptions, *, loop_thread: LoopThread | None = None, async_side: AsyncSide | None = None):
         self.services = services
         self.state = StateStore(services.client, services.keys, events_maxlen=services.config.events.maxlen, worker=services.name)
-        self.producer = Producer(services.client, services.keys, services.config, subscriptions, services.emitter)
+        self.producer = make_producer(services, subscriptions)
         self.progress = ProgressStore(services.client, services.keys, services.emitter)
         self.leases = Leases(services.client, services.keys)
         self.loop_thread = loop_thread

@@ -26,7 +26,6 @@ import dramatiq
 import redis
 from dramatiq.middleware import CurrentMessage
 
-from iii_console.adapters.queue.broker import IIIBroker
 from iii_console.adapters.queue.middleware import LifecycleEvents, RetryPolicy
 from iii_console.adapters.queue.names import ACTOR_PRIORITY, CRON_TOPIC, STATE_TOPIC, Subscription, parse_queue
 from iii_console.adapters.queue.producer import subscriptions_for
@@ -42,6 +41,7 @@ from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step,
 from iii_console.runtime.recycling import Recycler, report_stuck, stop_intake
 from iii_console.runtime.redis_watchdog import wait_for_redis
 from iii_console.runtime.batch import batched_actor
+from iii_console.runtime.brokers import make_broker
 from iii_console.runtime.runner import LoopThread, StepRunner
 from iii_console.runtime.services import Services
 
@@ -123,13 +123,9 @@ class WorkerRuntime:
                                  on_request=lambda: stop_intake(self.workers.values()))
         self.time_limits = TimeLimits(lambda topic: (config.queue(topic).soft_time_limit_ms, config.queue(topic).time_limit_ms),
                                       lambda run: report_stuck(run, self.time_limits, self.recycler, self.services.emitter))
-        self.broker = IIIBroker(
-            client=self.services.client, keys=self.services.keys, emitter=self.services.emitter,
-            middleware=[CurrentMessage(), RetryPolicy(config, self.services.emitter),
-                        Throttle(config, self.services.emitter), self.events, self.recycler],
-            max_deliveries=lambda topic: config.queue(topic).max_deliveries,
-            dead_letter_queue=lambda topic: config.queue(topic).dead_letter_queue,
-        )
+        self.broker = make_broker(config, self.services, self.subscriptions,
+                                  [CurrentMessage(), RetryPolicy(config, self.services.emitter),
+                                   Throttle(config, self.services.emitter), self.events, self.recycler])
         # The supervisor names its child, so it can recover the child's messages
         # the moment it exits without its clean stop.
         if os.environ.get("III_WORKER_ID"):

@@ -1,0 +1,61 @@
+"""The one place the queue broker is chosen (``broker: redis | rabbitmq``).
+
+Workers, producers and dead-letter replay ask here, so the rest of the
+runtime does not know which broker holds the messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iii_console.core.config import Config
+
+
+def make_broker(config: Config, services: Any, subscriptions: Any, middleware: list[Any]) -> Any:
+    """The worker's Dramatiq broker."""
+    max_deliveries = lambda topic: config.queue(topic).max_deliveries  # noqa: E731
+    dead_letter_queue = lambda topic: config.queue(topic).dead_letter_queue  # noqa: E731
+    if config.broker == "rabbitmq":
+        from iii_console.adapters.queue.rmq_broker import RabbitBroker
+
+        exchange_topics = {q: topic for topic, subs in subscriptions.items() for s in subs for q in s.queues}
+        return RabbitBroker(url=config.rabbitmq.url, prefix=config.rabbitmq.prefix, client=services.client, keys=services.keys,
+                            exchange_topics=exchange_topics, emitter=services.emitter, middleware=middleware,
+                            max_deliveries=max_deliveries, dead_letter_queue=dead_letter_queue)
+    from iii_console.adapters.queue.broker import IIIBroker
+
+    return IIIBroker(client=services.client, keys=services.keys, emitter=services.emitter, middleware=middleware,
+                     max_deliveries=max_deliveries, dead_letter_queue=dead_letter_queue)
+
+
+def make_producer(services: Any, subscriptions: Any) -> Any:
+    """The sync producer (``ctx.enqueue`` in ``def`` handlers, the scheduler, state triggers)."""
+    if services.config.broker == "rabbitmq":
+        from iii_console.adapters.queue.rmq_producer import RabbitProducer
+
+        return RabbitProducer(services.client, services.keys, services.config, subscriptions, services.emitter)
+    from iii_console.adapters.queue.producer import Producer
+
+    return Producer(services.client, services.keys, services.config, subscriptions, services.emitter)
+
+
+def make_async_producer(services: Any, subscriptions: Any, client: Any, autopipe: Any) -> Any:
+    """The async producer (the HTTP server, ``async def`` handlers)."""
+    if services.config.broker == "rabbitmq":
+        from iii_console.adapters.queue.rmq_producer import AsyncRabbitProducer, RabbitProducer
+
+        return AsyncRabbitProducer(RabbitProducer(services.client, services.keys, services.config, subscriptions, services.emitter))
+    from iii_console.adapters.queue.producer import AsyncProducer
+
+    return AsyncProducer(client, services.keys, services.config, subscriptions, services.emitter, autopipe=autopipe)
+
+
+def make_replayer(services: Any) -> Any:
+    """``iii-console dlq replay``'s replayer: back onto the broker the messages live on."""
+    if services.config.broker == "rabbitmq":
+        from iii_console.adapters.queue.rmq_producer import RabbitReplayer
+
+        return RabbitReplayer(services.client, services.keys, services.emitter, services.config)
+    from iii_console.core.replay import Replayer
+
+    return Replayer(services.client, services.keys, services.emitter)
