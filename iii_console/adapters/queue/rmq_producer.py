@@ -91,6 +91,13 @@ class RabbitProducer(_Builder):
         events = self.events(topic, data, copies, prio, delay_ms, source, trace_id)
         if announce is not None:
             events += announce(ids)
+        if (once or floor) and copies:
+            # A claim already taken needs no publish (a race between the check and the claim still can publish one).
+            held = self.client.get(once) if once else None
+            if held is not None:
+                return list(json.loads(held)) if dedup_key is not None else None
+            if floor is not None and _at_or_after(self.client.get(floor[0]), floor[1]):
+                return None
         if copies:
             self._publish(topic, copies, prio, delay_ms, once)
         if not (once or floor):
@@ -113,6 +120,14 @@ class RabbitProducer(_Builder):
 
     def enqueue_group(self, *args: Any, **kwargs: Any) -> str:
         raise EnqueueError("fan-in groups (enqueue_group) need broker: redis")
+
+
+def _at_or_after(last: bytes | None, ms: int) -> bool:
+    """Whether a cron trigger's last fired tick (``cron-last`` JSON) is at or after ``ms``."""
+    try:
+        return last is not None and int(json.loads(last)["scheduled_ms"]) >= ms
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 class AsyncRabbitProducer:
