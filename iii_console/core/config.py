@@ -38,11 +38,15 @@ def redis_url_problem(url: str) -> str | None:
 
     from redis.connection import parse_url
 
+    from iii_console.core.redis_url import is_sentinel, sentinel_url_problem
+
+    if is_sentinel(url):
+        return sentinel_url_problem(url)
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         # The value itself is not repeated: it may have come from an environment variable holding a secret.
         got = f"the scheme {parts.scheme + '://'!r}" if parts.scheme and parts.scheme.isalnum() else "no scheme"
-        return f"not a Redis URL: it has {got}; a Redis URL starts with redis://, rediss:// or unix://"
+        return f"not a Redis URL: it has {got}; a Redis URL starts with redis://, rediss://, unix:// or redis+sentinel://"
     try:
         parse_url(url)
     except ValueError as exc:

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any, Callable
 
-import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
@@ -25,6 +24,7 @@ from iii_console.core.autopipe import AutoPipeline
 from iii_console.core.blobs import AsyncBlobs
 from iii_console.core.context import Context, SyncContext, call_arity, is_async
 from iii_console.core.lease import AsyncLeases, Leases
+from iii_console.core.redis_url import async_client_from_url
 from iii_console.core.progress import AsyncProgressStore, ProgressStore
 from iii_console.core.state import AsyncStateStore, StateStore
 from iii_console.core.steps import Step
@@ -82,10 +82,9 @@ class AsyncSide:
 
     def __init__(self, services: Services, subscriptions: Subscriptions):
         cfg = services.config
-        pool = aredis.BlockingConnectionPool.from_url(
+        self.client = async_client_from_url(
             cfg.redis.url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S, socket_connect_timeout=2, socket_timeout=10,
             health_check_interval=15, retry=AsyncRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3))
-        self.client = aredis.Redis.from_pool(pool)
         self.autopipe = AutoPipeline(self.client)
         self.state = AsyncStateStore(self.client, services.keys, events_maxlen=cfg.events.maxlen, worker=services.name, autopipe=self.autopipe)
         self.producer = make_async_producer(services, subscriptions, self.client, self.autopipe)

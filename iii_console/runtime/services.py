@@ -16,6 +16,7 @@ from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter, StreamSink, null_emitter
 from iii_console.core.events import set_redaction
 from iii_console.core.keys import Keys
+from iii_console.core.redis_url import client_from_url
 
 
 def fast_retry() -> Retry:
@@ -39,7 +40,7 @@ def redis_client(url: str, **kw: Any) -> redis.Redis:
     # redis-py 8 caps a pool at 100 connections by default ("Too many connections" past ~25
     # subscriptions, which crashed the worker at start); the need is bounded by the steps.
     kw.setdefault("max_connections", 10_000)
-    return redis.Redis.from_url(url, **kw)
+    return client_from_url(url, **kw)
 
 
 def process_name(role: str) -> str:
