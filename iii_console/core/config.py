@@ -46,7 +46,7 @@ def redis_url_problem(url: str) -> str | None:
     if parts.scheme not in ("redis", "rediss", "unix"):
         # The value itself is not repeated: it may have come from an environment variable holding a secret.
         got = f"the scheme {parts.scheme + '://'!r}" if parts.scheme and parts.scheme.isalnum() else "no scheme"
-        return f"not a Redis URL: it has {got}; a Redis URL starts with redis://, rediss://, unix:// or redis+sentinel://"
+        return f"not a Redis URL: it has {got}; a Redis URL starts with redis://, rediss:// or unix:// (redis+sentinel:// under Sentinel)"
     try:
         parse_url(url)
     except ValueError as exc:
