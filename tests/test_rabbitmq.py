@@ -395,3 +395,31 @@ def test_a_second_copy_of_a_once_only_message_runs_once(rproject, rruntime, rpro
     events_once(r, keys, "log", 1, where=lambda e: "second copy" in str(e.data.get("message")))
     time.sleep(0.3)
     assert runs(r, keys, "Rec") == {"once": 1}
+
+
+@pytest.mark.slow
+def test_http_answers_503_not_500_while_rabbitmq_is_unreachable(tmp_path, redis_url, procs):
+    """Given a server whose rabbitmq.url points at a closed port, when a step enqueues, then the answer is 503 with
+    Retry-After (try again), not 500."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    api = """
+from iii_console import Step, http
+config = Step(name="Post", triggers=[http("POST", "/jobs")], enqueues=["jobs"])
+def handler(req, ctx):
+    ctx.enqueue("jobs", req.body)
+    return {"status": 202, "body": {}}
+"""
+    make_project(tmp_path, {"rec_step.py": RECORD, "post_step.py": api},
+                 f"broker: rabbitmq\nrabbitmq:\n  url: amqp://guest:guest@127.0.0.1:{closed}/%2F\n", redis_url=redis_url)
+    app = procs(tmp_path, "--role", "server", "--port", "0")
+    url = app.banner.split(" on ", 1)[1].split(" with", 1)[0]
+    t0 = time.monotonic()
+    resp = httpx.post(f"{url}/jobs", json={"k": "x"}, timeout=30)
+    assert resp.status_code == 503 and resp.headers.get("retry-after"), (resp.status_code, resp.text)
+    assert time.monotonic() - t0 < 5

@@ -30,13 +30,24 @@ from typing import Any, Callable
 
 import pika
 import pika.exceptions
+import redis
 from dramatiq.errors import ConnectionClosed
 
 log = logging.getLogger(__name__)
 
 #: Publish attempts (each on a fresh connection after the first fails) before giving up.
-PUBLISH_ATTEMPTS = 5
+PUBLISH_ATTEMPTS = 3
 AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)
+
+
+class BrokerUnavailable(ConnectionClosed, redis.ConnectionError):
+    """RabbitMQ refused or could not be reached: the caller may try again.
+
+    Both a Dramatiq ``ConnectionClosed`` (a worker's settle is retried until it
+    goes through) and a ``redis.ConnectionError``, which the HTTP server and the
+    runtime's retry loops already treat as "storage away": a ``503`` with
+    ``Retry-After``, never a ``500``.
+    """
 
 
 def parameters(url: str) -> list[pika.URLParameters]:
@@ -44,8 +55,7 @@ def parameters(url: str) -> list[pika.URLParameters]:
     out = []
     for u in filter(None, url.split(";")):
         p = pika.URLParameters(u)
-        p.connection_attempts = 2
-        p.retry_delay = 0.5
+        p.connection_attempts = 1
         p.socket_timeout = 5
         p.blocked_connection_timeout = 30
         out.append(p)
@@ -169,7 +179,7 @@ class Publisher:
                 last = exc
                 self._drop()
             time.sleep(min(0.1 * 2 ** attempt, 1.0))
-        raise ConnectionClosed(last) from None
+        raise BrokerUnavailable(f"RabbitMQ: {type(last).__name__}: {last}") from None
 
     def publish(self, exchange: str, routing_key: str, body: bytes, *, declare: list[tuple[Any, Callable[[Any], None]]] = (),
                 headers: dict[str, Any] | None = None) -> None:
