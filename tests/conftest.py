@@ -73,3 +73,17 @@ def rabbit_prefix(request: pytest.FixtureRequest) -> str:
     import uuid
 
     return f"t{uuid.uuid4().hex[:8]}-{re.sub(r'[^A-Za-z0-9_-]', '', request.node.name)[:40]}"
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest) -> str:
+    """Config lines for the broker a test runs on: "" for Redis (the default), or RabbitMQ on the session's node.
+
+    Parametrize a test with ``@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)``.
+    """
+    kind = getattr(request, "param", "redis")
+    if kind == "redis":
+        return ""
+    node = request.getfixturevalue("rabbit_node")
+    prefix = request.getfixturevalue("rabbit_prefix")
+    return f"broker: rabbitmq\nrabbitmq:\n  url: {node.url}\n  prefix: {prefix}\n"

@@ -4,6 +4,7 @@ retries, dead letters, priority, and the stock-Dramatiq weak spots we close."""
 from __future__ import annotations
 
 import json
+import textwrap
 import uuid
 
 import pytest
@@ -31,9 +32,9 @@ def recorder(name: str, topic: str = "jobs", extra: str = "pass") -> str:
 
 
 @pytest.fixture
-def project(tmp_path, redis_url):
+def project(tmp_path, redis_url, broker):
     def build(steps: dict[str, str], config: str = ""):
-        cfg = make_project(tmp_path, steps, config, redis_url=redis_url)
+        cfg = make_project(tmp_path, steps, textwrap.dedent(config) + broker, redis_url=redis_url)
         stepset = discover(cfg.steps_path)
         assert not stepset.errors, stepset.errors
         return cfg, stepset
@@ -76,6 +77,7 @@ def runs(r, keys, step):
     return json.loads(raw) if raw else {}
 
 
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_enqueue_fans_out_one_copy_to_every_subscribed_step(project, runtime, producer, r, keys):
     cfg, steps = project({"a_step.py": recorder("A"), "b_step.py": recorder("B"), "c_step.py": recorder("C", topic="other")})
     runtime(cfg, steps)
@@ -108,6 +110,7 @@ def handler(data, ctx):
 """
 
 
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_failing_message_is_retried_max_retries_times_with_delay_then_dead_lettered(project, runtime, producer, r, keys):
     cfg, steps = project({"flaky_step.py": FLAKY}, """
         queues:
@@ -143,6 +146,7 @@ def test_failing_message_is_retried_max_retries_times_with_delay_then_dead_lette
     assert not [k for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:jobs--*") if not k.endswith(b".wake")]
 
 
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_a_failing_subscriber_is_retried_and_dead_lettered_alone(project, runtime, producer, r, keys):
     """Fan-out copies are independent: the failing step's copy is retried and
     dead-lettered on its own, and the step that succeeded runs exactly once."""
