@@ -272,7 +272,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
         sup.watch()
     server_url = f"http://{'127.0.0.1' if cfg.server.host in ('0.0.0.0', '::') else cfg.server.host}:{sup.port}" if sup.port else None
     app = create_app(redis_url=sup.config.redis.url, prefix=cfg.redis.prefix, server_url=server_url,
-                     events_maxlen=cfg.events.maxlen)
+                     events_maxlen=cfg.events.maxlen, broker=cfg if cfg.broker != "redis" else None)
     app.notice = _redis_version(sup.config.redis.url)[1]
     try:
         await app.run_async()
@@ -295,7 +295,8 @@ def attach(read_only: bool, server_url: str | None, config_path: str | None, red
     cfg = _load(config_path, redis_url)
     url = _existing_redis(cfg)
     create_app(redis_url=url, prefix=cfg.redis.prefix, server_url=None if read_only else server_url,
-               read_only=read_only, title="iii-console (attached)", events_maxlen=cfg.events.maxlen).run()
+               read_only=read_only, title="iii-console (attached)", events_maxlen=cfg.events.maxlen,
+               broker=cfg if cfg.broker != "redis" else None).run()
 
 
 # -- send ---------------------------------------------------------------------

@@ -423,3 +423,26 @@ def handler(req, ctx):
     resp = httpx.post(f"{url}/jobs", json={"k": "x"}, timeout=30)
     assert resp.status_code == 503 and resp.headers.get("retry-after"), (resp.status_code, resp.text)
     assert time.monotonic() - t0 < 5
+
+
+def test_the_consoles_replay_and_run_now_go_to_rabbitmq(rproject, rruntime, rproducer, r, keys, redis_url):
+    """Given a console on a RabbitMQ deployment, when it replays a dead letter and fires a cron step now, then both are
+    published to RabbitMQ and run (not written to Redis queues no worker reads)."""
+    from iii_console.tui.ops import Writer
+
+    cron_step = TICKER.replace('cron("* * * * * *")', 'cron("0 0 1 1 *")')
+    cfg, steps = rproject({"flaky_step.py": FLAKY, "ticker_step.py": cron_step}, "queues:\n  flaky:\n    max_retries: 0\n")
+    r.hset(keys.state_group("switch"), "broken", "true")
+    rruntime(cfg, steps)
+    rproducer(cfg, steps).enqueue("flaky", {"k": "c"}, trace_id="t-console")
+    store = DeadLetterStore(r, keys)
+    [entry] = wait_for(lambda: store.list("dead-letters"), what="the dead letter")
+    r.hdel(keys.state_group("switch"), "broken")
+    writer = Writer(redis_url, keys, broker=cfg)
+    result = writer.replay([entry])
+    assert [old for old, _new in result.replayed] == [entry.id] and not result.skipped
+    wait_for(lambda: runs(r, keys, "Flaky") == {"c": 2}, what="the replayed message to run")
+    mid = writer.run_cron("Ticker", "0 0 1 1 *")
+    assert mid
+    wait_for(lambda: r.hget(keys.state_group("ticks"), "Ticker"), what="the manual tick to run")
+    assert [e.message_id for e in events_once(r, keys, "cron.fired", 1)] == [mid]

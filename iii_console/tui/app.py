@@ -27,7 +27,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import redis
 from rich.text import Text
@@ -127,7 +127,7 @@ class ConsoleApp(App[None]):
 
     def __init__(self, *, redis_url: str, keys: Keys, server_url: str | None = None, read_only: bool = False,
                  clock: Callable[[], float] = time.time, title: str = "iii-console", history: int = 2000,
-                 tick_s: float = 0.25, poll_s: float = 1.0, events_maxlen: int = 100_000):
+                 tick_s: float = 0.25, poll_s: float = 1.0, events_maxlen: int = 100_000, broker: Any = None):
         super().__init__()
         self.title = title
         self.redis_url = redis_url
@@ -139,7 +139,7 @@ class ConsoleApp(App[None]):
         self.server_url = server_url.rstrip("/") if server_url else None
         self.read_only = read_only
         #: Replay, purge and state edits; a read-only console has none, so it cannot write by mistake.
-        self.writer = None if read_only else Writer(redis_url, keys, events_maxlen=events_maxlen)
+        self.writer = None if read_only else Writer(redis_url, keys, events_maxlen=events_maxlen, broker=broker)
         self.clock = clock
         self.tick_s = tick_s
         self.poll_s = poll_s
@@ -763,8 +763,10 @@ def _short_error(exc: BaseException) -> str:
 
 
 def create_app(*, redis_url: str, prefix: str = "iii:", server_url: str | None = None, read_only: bool = False,
-               clock: Callable[[], float] = time.time, title: str = "iii-console", events_maxlen: int = 100_000) -> ConsoleApp:
+               clock: Callable[[], float] = time.time, title: str = "iii-console", events_maxlen: int = 100_000,
+               broker: Any = None) -> ConsoleApp:
     """The console the CLI runs: attach to ``redis_url`` under ``prefix``; ``s`` posts to ``server_url``;
-    the events its writes add trim the stream to ``events_maxlen`` (the deployment's ``events.maxlen``)."""
+    the events its writes add trim the stream to ``events_maxlen`` (the deployment's ``events.maxlen``).
+    ``broker``: the deployment's config when its queue messages live in RabbitMQ (replay and run-now go there)."""
     return ConsoleApp(redis_url=redis_url, keys=Keys(prefix), server_url=server_url, read_only=read_only,
-                      clock=clock, title=title, events_maxlen=events_maxlen)
+                      clock=clock, title=title, events_maxlen=events_maxlen, broker=broker)

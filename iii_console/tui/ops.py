@@ -38,9 +38,12 @@ class ReplayResult:
 class Writer:
     """Opens a short-lived connection per action, so an idle console holds no write connection."""
 
-    def __init__(self, redis_url: str, keys: Keys, *, events_maxlen: int = 100_000, worker: str | None = None):
+    def __init__(self, redis_url: str, keys: Keys, *, events_maxlen: int = 100_000, worker: str | None = None,
+                 broker: Any = None):
         self.redis_url = redis_url
         self.keys = keys
+        #: The deployment's config when its queue messages live in RabbitMQ: replay and run-now publish there.
+        self.broker = broker
         #: The deployment's ``events.maxlen``: the console's XADDs trim the stream to it, never shorter.
         self.events_maxlen = events_maxlen
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:console"
@@ -57,14 +60,22 @@ class Writer:
         out = ReplayResult()
         with self._client() as client:
             sink = StreamSink(client, self.keys.events, maxlen=self.events_maxlen, keys=self.keys)
+            emitter = Emitter(sink.put, worker=self.worker)
+            if self.broker is not None:
+                from iii_console.adapters.queue.rmq_producer import RabbitReplayer
+
+                replayer: Any = RabbitReplayer(client, self.keys, emitter, self.broker)
+            else:
+                replayer = Replayer(client, self.keys, emitter)
             try:
-                replayer = Replayer(client, self.keys, Emitter(sink.put, worker=self.worker))
                 for e in entries:
                     try:
                         out.replayed.append((e.id, replayer.replay(e)))
                     except ReplayError as exc:
                         out.skipped.append(str(exc))
             finally:
+                if self.broker is not None:
+                    replayer.close()
                 sink.close()  # the message.replayed events are on the stream before the console says "done"
         return out
 
@@ -94,11 +105,31 @@ class Writer:
         with self._client() as client:
             sink = StreamSink(client, self.keys.events, maxlen=self.events_maxlen, keys=self.keys)
             try:
+                if self.broker is not None:
+                    return self._run_cron_on_broker(client, Emitter(sink.put, worker=self.worker), step, expression, priority)
                 _trace, mid = run_now(client, self.keys, Emitter(sink.put, worker=self.worker), step, expression,
                                       priority=priority, source="console")
             finally:
                 sink.close()
         return mid
+
+    def _run_cron_on_broker(self, client: redis.Redis, emitter: Emitter, step: str, expression: str, priority: str) -> str:
+        """A manual tick published to RabbitMQ (``broker: rabbitmq``), with its ``cron.fired``; returns the message id."""
+        from iii_console.adapters.queue.names import CRON_TOPIC, Subscription
+        from iii_console.adapters.queue.rmq_producer import RabbitProducer
+        from iii_console.core.events import now_ms
+
+        topic, now, trace_id = f"{CRON_TOPIC}.{step}", now_ms(), uuid.uuid4().hex
+        data = {"scheduled_ms": now, "fired_ms": now, "expression": expression, "manual": True}
+        fired = lambda ids: [emitter.make(  # noqa: E731
+            "cron.fired", trace_id=trace_id, message_id=ids[0] if ids else None, step=step, topic=topic,
+            data={"expression": expression, "scheduled_ms": now, "fired_ms": now, "drift_ms": 0, "manual": True})]
+        producer = RabbitProducer(client, self.keys, self.broker, {topic: [Subscription(CRON_TOPIC, step)]}, emitter)
+        try:
+            ids = producer.enqueue(topic, data, trace_id=trace_id, priority=priority, source="console", announce=fired)
+        finally:
+            producer.publisher.close()
+        return (ids or [""])[0]
 
     def _store(self, client: redis.Redis) -> StateStore:
         # Each edit is its own trace, so the steps it triggers are followed like any other change.
