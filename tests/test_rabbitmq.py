@@ -446,3 +446,14 @@ def test_the_consoles_replay_and_run_now_go_to_rabbitmq(rproject, rruntime, rpro
     assert mid
     wait_for(lambda: r.hget(keys.state_group("ticks"), "Ticker"), what="the manual tick to run")
     assert [e.message_id for e in events_once(r, keys, "cron.fired", 1)] == [mid]
+
+
+def test_delays_share_a_bounded_set_of_delay_queues_and_never_run_early():
+    """Configured delays keep their own queue; computed ones are rounded up to two significant digits (never early, at
+    most 10 % late), so a throttle's waits do not make a quorum queue each."""
+    from iii_console.adapters.queue.rmq_topology import delay_bucket
+
+    assert [delay_bucket(ms) for ms in (1, 99, 300, 1500, 3000, 60_000)] == [1, 99, 300, 1500, 3000, 60_000]
+    waits = range(1, 3_600_000, 997)
+    assert all(ms <= delay_bucket(ms) <= ms * 1.1 for ms in waits)
+    assert len({delay_bucket(ms) for ms in waits}) < 500

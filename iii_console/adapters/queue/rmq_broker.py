@@ -48,7 +48,7 @@ from dramatiq.message import Message
 
 from iii_console.adapters.queue.broker import IIIBroker, IIIConsumer, _higher_queues, dead_letter_entry, describe
 from iii_console.adapters.queue.names import Subscription, parse_queue
-from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, Publisher, Topology, parameters
+from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, Publisher, Topology, delay_bucket, parameters
 from iii_console.adapters.queue.scripts import Scripts
 from iii_console.core.dlq import DeadLetter
 from iii_console.core.events import now_ms
@@ -134,7 +134,7 @@ class RabbitBroker(RabbitmqBroker):
         target = self.topology.queue(queue_name)
         declare = [self.declaration(queue_name)]
         if delay_ms > 0:
-            declare.append((("delay", delay_ms), lambda ch: self.topology.declare_delay(ch, delay_ms)))
+            declare.append((("delay", delay_bucket(delay_ms)), lambda ch: self.topology.declare_delay(ch, delay_ms)))
             self.publisher.publish(self.topology.delay(delay_ms), target, body, declare=declare)
         else:
             self.publisher.publish("", target, body, declare=declare)

@@ -27,7 +27,7 @@ from dramatiq.message import Message
 
 from iii_console.adapters.queue.errors import EnqueueError
 from iii_console.adapters.queue.producer import DEDUP_TTL_MS, Subscriptions, _Builder, _dedup_extras, _script_args, check_dedup
-from iii_console.adapters.queue.rmq_topology import Publisher, Topology
+from iii_console.adapters.queue.rmq_topology import Publisher, Topology, delay_bucket
 from iii_console.adapters.queue.scripts import Scripts
 from iii_console.core.config import Config
 from iii_console.core.dlq import DeadLetter
@@ -55,7 +55,7 @@ class RabbitProducer(_Builder):
 
     def _publish(self, topic: str, copies: list[Any], prio: str, delay_ms: int, run_key: str | None) -> None:
         if delay_ms > 0:
-            declare = [*self._declares(topic), (("delay", delay_ms), lambda ch: self.topology.declare_delay(ch, delay_ms))]
+            declare = [*self._declares(topic), (("delay", delay_bucket(delay_ms)), lambda ch: self.topology.declare_delay(ch, delay_ms))]
             for sub, msg in copies:
                 msg = msg.copy(options={"iii_run_key": run_key} if run_key else {})
                 msg.options.pop("redis_message_id", None)

@@ -62,6 +62,19 @@ def parameters(url: str) -> list[pika.URLParameters]:
     return out
 
 
+def delay_bucket(delay_ms: int) -> int:
+    """``delay_ms`` rounded up to two significant digits: the delay queue that holds it.
+
+    Configured delays (300, 1500, 60000) keep their value; computed ones (a
+    throttle's wait, a ``Retry-After``) share a bounded set of queues (at most
+    90 per power of ten) instead of one quorum queue each. A message never runs
+    early, at most 10 % late.
+    """
+    ms = max(1, int(delay_ms))
+    step = 10 ** max(0, len(str(ms)) - 2)
+    return -(-ms // step) * step
+
+
 class Topology:
     def __init__(self, prefix: str, max_deliveries: Callable[[str], int]):
         self.prefix = prefix
@@ -80,7 +93,7 @@ class Topology:
         return f"{self.prefix}.topic.{topic}"
 
     def delay(self, delay_ms: int) -> str:
-        return f"{self.prefix}.delay.{int(delay_ms)}"
+        return f"{self.prefix}.delay.{delay_bucket(delay_ms)}"
 
     @property
     def dead(self) -> str:
@@ -111,6 +124,7 @@ class Topology:
             channel.queue_bind(self.queue(q), self.exchange(topic), routing_key=priority)
 
     def declare_delay(self, channel: Any, delay_ms: int) -> None:
+        delay_ms = delay_bucket(delay_ms)
         name = self.delay(delay_ms)
         channel.exchange_declare(name, exchange_type="fanout", durable=True)
         channel.queue_declare(name, durable=True, arguments={
