@@ -457,3 +457,29 @@ def test_delays_share_a_bounded_set_of_delay_queues_and_never_run_early():
     waits = range(1, 3_600_000, 997)
     assert all(ms <= delay_bucket(ms) <= ms * 1.1 for ms in waits)
     assert len({delay_bucket(ms) for ms in waits}) < 500
+
+
+@pytest.mark.slow
+def test_http_answers_429_past_max_queue_depth_counted_in_rabbitmq(rproject, procs, rabbit_node, rabbit_prefix, tmp_path):
+    """Given server.max_queue_depth 5 and no worker, when 30 requests arrive one after another, then the first ones are
+    accepted up to the limit (read from the RabbitMQ queues), the rest answer 429, and every 202 is in its queue."""
+    import httpx
+
+    api = """
+from iii_console import Step, http
+config = Step(name="Post", triggers=[http("POST", "/jobs")], enqueues=["jobs"])
+def handler(req, ctx):
+    ctx.enqueue("jobs", req.body)
+    return {"status": 202, "body": {}}
+"""
+    rproject({"rec_step.py": RECORD, "post_step.py": api}, "server:\n  max_queue_depth: 5\n")
+    app = procs(tmp_path, "--role", "server", "--port", "0")
+    url = app.banner.split(" on ", 1)[1].split(" with", 1)[0]
+    codes = []
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for i in range(30):
+            codes.append(http.post("/jobs", json={"k": f"m{i}"}).status_code)
+            time.sleep(0.02)
+    assert set(codes) == {202, 429}, codes
+    assert 5 <= codes.count(202) <= 7, codes
+    assert ready(rabbit_node, f"{rabbit_prefix}.jobs--Rec--normal") == codes.count(202)

@@ -121,6 +121,16 @@ class RabbitProducer(_Builder):
     def enqueue_group(self, *args: Any, **kwargs: Any) -> str:
         raise EnqueueError("fan-in groups (enqueue_group) need broker: redis")
 
+    def depths(self, topics: list[str]) -> dict[str, int]:
+        """topic -> messages ready in its subscriptions' queues (passive declares, after declaring what is missing)."""
+        out: dict[str, int] = {}
+        for topic in topics:
+            names = [self.topology.queue(s.queue(p)) for s in self.subscriptions.get(topic, []) for p in ("high", "normal", "low")]
+            out[topic] = self.publisher.run(
+                lambda ch: sum(ch.queue_declare(q, passive=True).method.message_count for q in names),  # noqa: B023
+                declare=self._declares(topic))
+        return out
+
 
 def _at_or_after(last: bytes | None, ms: int) -> bool:
     """Whether a cron trigger's last fired tick (``cron-last`` JSON) is at or after ``ms``."""
@@ -142,6 +152,10 @@ class AsyncRabbitProducer:
 
     async def enqueue_group(self, *args: Any, **kwargs: Any) -> str:
         raise EnqueueError("fan-in groups (enqueue_group) need broker: redis")
+
+    async def depths(self, topics: list[str]) -> dict[str, int]:
+        """topic -> messages ready in its subscriptions' queues (for the server's ``max_queue_depth`` gate)."""
+        return await asyncio.to_thread(self.sync.depths, topics)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sync, name)
