@@ -483,3 +483,21 @@ def handler(req, ctx):
     assert set(codes) == {202, 429}, codes
     assert 5 <= codes.count(202) <= 7, codes
     assert ready(rabbit_node, f"{rabbit_prefix}.jobs--Rec--normal") == codes.count(202)
+
+
+@pytest.mark.slow
+def test_graceful_restarts_do_not_count_as_deliveries_on_rabbitmq(rproject, rruntime, rproducer, r, keys):
+    """Given max_deliveries 2 and messages waiting in a worker's prefetch behind a slow one, when the worker is stopped
+    gracefully and started again 5 times, then nothing is dead-lettered and every message runs exactly once (prefetched
+    messages go back as fresh copies, not as returns a quorum queue would count)."""
+    cfg, steps = rproject({"rec_step.py": RECORD}, "queues:\n  jobs:\n    concurrency: 1\n    max_deliveries: 2\nworkers:\n  threads: 1\n")
+    p = rproducer(cfg, steps)
+    for i in range(6):
+        p.enqueue("jobs", {"k": f"m{i}", "sleep": 0.3}, trace_id=f"t{i}")
+    for _ in range(5):
+        rt = rruntime(cfg, steps, threads=1)
+        time.sleep(0.4)  # one handler runs; the next ones wait in the worker's prefetch
+        rt.stop(timeout_s=10)
+    rruntime(cfg, steps, threads=1)
+    wait_for(lambda: runs(r, keys, "Rec") == {f"m{i}": 1 for i in range(6)}, timeout=30, what="every message, once")
+    assert DeadLetterStore(r, keys).count("dead-letters") == 0

@@ -368,9 +368,50 @@ class RabbitConsumer(Consumer):
         self.ack(message)
 
     def requeue(self, messages: Any) -> None:
-        """Closing the connection gives back what it holds (a quorum queue counts that as a delivery)."""
+        """Give back messages fetched but never started (a stop): not a delivery.
+
+        A quorum queue counts every return (a nack, a closed channel) as a
+        delivery, so restarts would push prefetched messages toward
+        ``max_deliveries``. Instead each goes back as a fresh copy, confirmed,
+        and only then is the original acked (it joins the back of its queue; a
+        crash in between leaves both, so it may run twice). Called by Dramatiq
+        once the consumer thread has ended, so this thread owns the connection.
+        """
+        for message in messages:
+            tag = getattr(message, "_tag", None)
+            if tag in self.tags:
+                self._give_back(tag, message._message.encode())
+                self.tags.discard(tag)
+
+    def _give_back(self, tag: int, body: bytes) -> None:
+        try:
+            self.broker.publish_to_queue(self.queue_name, body)
+            self.channel.basic_ack(tag)
+        except Exception as exc:  # not acked: closing the connection returns it (counted as a delivery)
+            log.warning("returning a prefetched message to %s failed (%s); RabbitMQ redelivers it", self.queue_name, exc)
 
     def close(self) -> None:
+        """Stop consuming, give back what was delivered but not handed over, flush the acks, close.
+
+        Deliveries pika holds for the generator (pushed after an ack freed a
+        prefetch slot, once the consumer thread stopped reading) are taken out
+        first: cancelling would nack them, and a quorum queue counts a nack as a
+        delivery. The cancel then flushes the worker threads' acks; the server
+        has stopped pushing by the time it reads them.
+        """
+        back, self.held = list(self.held), []
+        try:
+            pending = getattr(getattr(self.channel, "_queue_consumer_generator", None), "pending_events", None)
+            while pending:
+                method, _props, body = next(self.iterator)
+                if method is None:
+                    break
+                back.append((method, body))
+            self.channel.cancel()
+        except Exception as exc:
+            log.debug("cancelling the consumer of %s: %s", self.queue_name, exc)
+        for method, body in back:
+            self._give_back(method.delivery_tag, body)
         try:
             done = threading.Event()
             self.connection.add_callback_threadsafe(done.set)
