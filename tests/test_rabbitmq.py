@@ -488,16 +488,36 @@ def handler(req, ctx):
 @pytest.mark.slow
 def test_graceful_restarts_do_not_count_as_deliveries_on_rabbitmq(rproject, rruntime, rproducer, r, keys):
     """Given max_deliveries 2 and messages waiting in a worker's prefetch behind a slow one, when the worker is stopped
-    gracefully and started again 5 times, then nothing is dead-lettered and every message runs exactly once (prefetched
+    gracefully and started again 3 times, then nothing is dead-lettered and every message runs exactly once (prefetched
     messages go back as fresh copies, not as returns a quorum queue would count)."""
     cfg, steps = rproject({"rec_step.py": RECORD}, "queues:\n  jobs:\n    concurrency: 1\n    max_deliveries: 2\nworkers:\n  threads: 1\n")
     p = rproducer(cfg, steps)
     for i in range(6):
         p.enqueue("jobs", {"k": f"m{i}", "sleep": 0.3}, trace_id=f"t{i}")
-    for _ in range(5):
+    for _ in range(3):
         rt = rruntime(cfg, steps, threads=1)
         time.sleep(0.4)  # one handler runs; the next ones wait in the worker's prefetch
         rt.stop(timeout_s=10)
     rruntime(cfg, steps, threads=1)
     wait_for(lambda: runs(r, keys, "Rec") == {f"m{i}": 1 for i in range(6)}, timeout=30, what="every message, once")
     assert DeadLetterStore(r, keys).count("dead-letters") == 0
+
+
+def test_a_replayed_once_only_message_runs_again(rproject, rruntime, rproducer, r, keys):
+    """Given a once-only message (a state trigger's, say) that failed into the dead letters, when it is replayed, then it
+    runs: the replay is a new message, not a second copy its run-key would skip."""
+    from iii_console.runtime.brokers import make_replayer
+
+    cfg, steps = rproject({"flaky_step.py": FLAKY}, "queues:\n  flaky:\n    max_retries: 0\n")
+    r.hset(keys.state_group("switch"), "broken", "true")
+    rruntime(cfg, steps)
+    assert rproducer(cfg, steps).enqueue("flaky", {"k": "o"}, trace_id="t", once=keys.once("change-9:Flaky"))
+    store = DeadLetterStore(r, keys)
+    [entry] = wait_for(lambda: store.list("dead-letters"), what="the dead letter")
+    r.hdel(keys.state_group("switch"), "broken")
+    svc = Services.open(cfg, "test")
+    try:
+        make_replayer(svc).replay(entry)
+    finally:
+        svc.close()
+    wait_for(lambda: runs(r, keys, "Flaky") == {"o": 2}, what="the replayed message to run")

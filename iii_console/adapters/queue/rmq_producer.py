@@ -177,7 +177,9 @@ class RabbitReplayer:
 
     def replay(self, entry: DeadLetter) -> str:
         msg = build_message(entry)
-        msg["options"].pop("redis_message_id", None)
+        # A replay is a new message: it must not be taken for a second copy of a once-only one.
+        for key in ("redis_message_id", "iii_run_key", "iii_ids"):
+            msg["options"].pop(key, None)
         raw = self.client.hget(self.keys.dlq_entries(entry.dlq), entry.id)
         if not self.client.hdel(self.keys.dlq_entries(entry.dlq), entry.id):
             raise ReplayError(f"{entry.id}: no longer in {entry.dlq} (replayed or purged meanwhile)")
