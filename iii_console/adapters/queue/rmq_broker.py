@@ -119,8 +119,11 @@ class RabbitBroker(RabbitmqBroker):
             self.emit_after("declare_queue", queue_name)
 
     def declaration(self, queue_name: str) -> tuple[Any, Callable[[Any], None]]:
-        topic = self.exchange_topics.get(queue_name) or parse_queue(queue_name)[0]
-        return ("queue", queue_name), lambda ch: self.topology.declare_subscription(ch, topic, [queue_name])
+        """Declare ``queue_name`` with its subscription's other priorities (a consumer looks at those too)."""
+        sub_topic, step, _ = parse_queue(queue_name)
+        topic = self.exchange_topics.get(queue_name) or sub_topic
+        queues = Subscription(sub_topic, step).queues
+        return ("queues", tuple(queues)), lambda ch: self.topology.declare_subscription(ch, topic, queues)
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
         """Publish one message to its queue (for Dramatiq's own ``actor.send``); the runtime uses ``rmq_producer``."""
