@@ -521,3 +521,17 @@ def test_a_replayed_once_only_message_runs_again(rproject, rruntime, rproducer, 
     finally:
         svc.close()
     wait_for(lambda: runs(r, keys, "Flaky") == {"o": 2}, what="the replayed message to run")
+
+
+def test_cron_run_from_the_cli_publishes_the_tick_to_rabbitmq(rproject, rruntime, r, keys, tmp_path):
+    """`iii-console cron run STEP` on a RabbitMQ project publishes the manual tick there, and the worker runs it."""
+    cfg, steps = rproject({"ticker_step.py": TICKER.replace('cron("* * * * * *")', 'cron("0 0 1 1 *")')})
+    rruntime(cfg, steps)
+    out = subprocess.run([sys.executable, "-m", "iii_console", "cron", "run", "Ticker", "--json", "--config", str(tmp_path / "iii-config.yaml")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    [mid] = json.loads(out.stdout)["message_ids"]
+    wait_for(lambda: r.hget(keys.state_group("ticks"), "Ticker"), what="the manual tick to run")
+    [fired] = events_once(r, keys, "cron.fired", 1)
+    assert fired.message_id == mid and fired.data["manual"] is True
+    events_once(r, keys, "message.processed", 1, where=lambda e: e.message_id == mid)

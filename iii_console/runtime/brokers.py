@@ -59,3 +59,35 @@ def make_replayer(services: Any) -> Any:
     from iii_console.core.replay import Replayer
 
     return Replayer(services.client, services.keys, services.emitter)
+
+
+def fire_cron_now(client: Any, keys: Any, emitter: Any, config: Config, step: str, expression: str, *,
+                  priority: str = "normal", source: str = "cli") -> tuple[str, str]:
+    """A manual tick of ``step``'s cron trigger on the configured broker (``core.cronrun.run_now`` for Redis).
+
+    Returns ``(trace id, message id)``. On RabbitMQ the tick is published, then
+    its ``message.enqueued`` and ``cron.fired`` events are written.
+    """
+    if config.broker != "rabbitmq":
+        from iii_console.core.cronrun import run_now
+
+        return run_now(client, keys, emitter, step, expression, priority=priority, source=source)
+    import uuid
+
+    from iii_console.adapters.queue.names import CRON_TOPIC, Subscription
+    from iii_console.adapters.queue.rmq_producer import RabbitProducer
+    from iii_console.core.events import now_ms
+
+    topic, now, trace_id = f"{CRON_TOPIC}.{step}", now_ms(), uuid.uuid4().hex
+    data = {"scheduled_ms": now, "fired_ms": now, "expression": expression, "manual": True}
+
+    def fired(ids: list[str]) -> list[Any]:
+        return [emitter.make("cron.fired", trace_id=trace_id, message_id=ids[0] if ids else None, step=step, topic=topic,
+                             data={"expression": expression, "scheduled_ms": now, "fired_ms": now, "drift_ms": 0, "manual": True})]
+
+    producer = RabbitProducer(client, keys, config, {topic: [Subscription(CRON_TOPIC, step)]}, emitter)
+    try:
+        ids = producer.enqueue(topic, data, trace_id=trace_id, priority=priority, source=source, announce=fired) or []
+    finally:
+        producer.publisher.close()
+    return trace_id, (ids[0] if ids else "")

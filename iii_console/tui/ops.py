@@ -106,30 +106,16 @@ class Writer:
             sink = StreamSink(client, self.keys.events, maxlen=self.events_maxlen, keys=self.keys)
             try:
                 if self.broker is not None:
-                    return self._run_cron_on_broker(client, Emitter(sink.put, worker=self.worker), step, expression, priority)
-                _trace, mid = run_now(client, self.keys, Emitter(sink.put, worker=self.worker), step, expression,
-                                      priority=priority, source="console")
+                    from iii_console.runtime.brokers import fire_cron_now
+
+                    _trace, mid = fire_cron_now(client, self.keys, Emitter(sink.put, worker=self.worker), self.broker, step,
+                                                expression, priority=priority, source="console")
+                else:
+                    _trace, mid = run_now(client, self.keys, Emitter(sink.put, worker=self.worker), step, expression,
+                                          priority=priority, source="console")
             finally:
                 sink.close()
         return mid
-
-    def _run_cron_on_broker(self, client: redis.Redis, emitter: Emitter, step: str, expression: str, priority: str) -> str:
-        """A manual tick published to RabbitMQ (``broker: rabbitmq``), with its ``cron.fired``; returns the message id."""
-        from iii_console.adapters.queue.names import CRON_TOPIC, Subscription
-        from iii_console.adapters.queue.rmq_producer import RabbitProducer
-        from iii_console.core.events import now_ms
-
-        topic, now, trace_id = f"{CRON_TOPIC}.{step}", now_ms(), uuid.uuid4().hex
-        data = {"scheduled_ms": now, "fired_ms": now, "expression": expression, "manual": True}
-        fired = lambda ids: [emitter.make(  # noqa: E731
-            "cron.fired", trace_id=trace_id, message_id=ids[0] if ids else None, step=step, topic=topic,
-            data={"expression": expression, "scheduled_ms": now, "fired_ms": now, "drift_ms": 0, "manual": True})]
-        producer = RabbitProducer(client, self.keys, self.broker, {topic: [Subscription(CRON_TOPIC, step)]}, emitter)
-        try:
-            ids = producer.enqueue(topic, data, trace_id=trace_id, priority=priority, source="console", announce=fired)
-        finally:
-            producer.publisher.close()
-        return (ids or [""])[0]
 
     def _store(self, client: redis.Redis) -> StateStore:
         # Each edit is its own trace, so the steps it triggers are followed like any other change.
