@@ -268,7 +268,8 @@ class RabbitConsumer(Consumer):
             self.connection = pika.BlockingConnection(broker.parameters)
             self.channel = self.connection.channel()
             self.channel.basic_qos(prefetch_count=prefetch)
-            self.iterator = self.channel.consume(self.rabbit_queue, inactivity_timeout=0.5)
+            # Idle, it returns to Dramatiq's loop every worker timeout (so a stop is noticed within it).
+            self.iterator = self.channel.consume(self.rabbit_queue, inactivity_timeout=max(0.05, timeout / 1000))
         except AMQP_ERRORS as e:
             raise ConnectionClosed(e) from None
 
