@@ -337,6 +337,7 @@ def config_check(config_path: str | None, redis_url: str | None) -> None:
 
     Reads files only (a --redis URL is checked for form, not reached).
     """
+    from iii_console.adapters.queue.producer import subscriptions_for
     from iii_console.core.discovery import discover
     from iii_console.core.errors import ConfigError
 
@@ -355,8 +356,10 @@ def config_check(config_path: str | None, redis_url: str | None) -> None:
     # yet is worth a warning, not a failed check; messages sent to it are dropped with a `log` event.
     warnings = [f"warning: {s.file}, step {s.name!r}, field 'enqueues': no step subscribes to topic {t!r}"
                 for s in found.steps for t in s.enqueues if t not in subscribed]
+    # A cron or state step's own queue (`_cron.STEP`, `_state.STEP`) is configured like a topic's.
+    queues = set(subscriptions_for(found.steps))
     for topic in cfg.queues:
-        if topic != "default" and topic not in subscribed:
+        if topic != "default" and topic not in queues:
             problems.append(f"{cfg.source or 'iii-config.yaml'}: queues.{topic}: no step subscribes to this topic")
     for p in problems + warnings:
         click.echo(printable(p))
@@ -368,3 +371,4 @@ def config_check(config_path: str | None, redis_url: str | None) -> None:
         sys.exit(2)
 import iii_console.cli_cron  # noqa: E402,F401  (registers `cron run`)
 import iii_console.cli_new  # noqa: E402,F401  (registers `new`)
+import iii_console.cli_web  # noqa: E402,F401  (registers `web`)

@@ -54,6 +54,34 @@ def rc(app, redis_server):
     client.close()
 
 
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A PostgreSQL database of this test module's own (``iii_test_<random>``), dropped afterwards.
+
+    The server is ``III_TEST_POSTGRES_URL``, else ``postgresql://postgres@127.0.0.1:5432/postgres``;
+    the test is skipped, saying why, when psycopg is missing or no server answers.
+    """
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (the examples extra)")
+    admin = os.environ.get("III_TEST_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+    try:
+        conn = psycopg.connect(admin, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        pytest.skip(f"no PostgreSQL at {admin.split('@')[-1]} (set III_TEST_POSTGRES_URL): {str(exc).strip()[:200]}")
+    name = f"iii_test_{uuid.uuid4().hex[:12]}"
+    conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
+    finally:
+        # Connections the test left (a killed worker's, a pool's) would block a plain DROP.
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                     (name,))
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.close()
+
+
 @pytest.fixture(scope="session")
 def rabbit_node(tmp_path_factory: pytest.TempPathFactory):
     """One RabbitMQ node of our own per session (free ports, temp data); tests separate by ``rabbitmq.prefix``."""

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 
 import pytest
@@ -196,3 +197,24 @@ def test_range_headers_read_as_rfc_9110_says(header, size, expected):
     from iii_console.adapters.downloads import parse_range
 
     assert parse_range(header, size) == expected
+
+
+def test_a_sweep_sees_each_blob_with_when_it_was_last_put_and_keeps_what_was_put_again(tmp_path):
+    """Given two blobs stored an hour ago, when one is put again and a sweep deletes those stored before ten minutes
+    ago, then scan listed both with their age, only the one not put again is deleted, and a missing one is False."""
+    store = BlobStore(tmp_path / "b")
+    old, again = store.put(b"old bytes"), store.put(b"put again")
+    hour_ago = time.time() - 3600
+    for ref in (old, again):
+        os.utime(store.path(ref), (hour_ago, hour_ago))
+    seen = {info.ref.sha256: info for info in store.scan()}
+    assert set(seen) == {old.sha256, again.sha256}
+    assert seen[old.sha256].ref.size == len(b"old bytes")
+    assert abs(seen[old.sha256].stored_ms - hour_ago * 1000) < 2000
+    store.put(b"put again")                                  # a new use of the same bytes
+    cutoff = int((time.time() - 600) * 1000)
+    assert store.delete(again, stored_before_ms=cutoff) is False
+    assert store.delete(old, stored_before_ms=cutoff) is True
+    assert [i.ref.sha256 for i in store.scan()] == [again.sha256]
+    assert store.delete(old, stored_before_ms=cutoff) is False
+    assert [i.ref.sha256 for i in asyncio.run(AsyncBlobs(store).scan())] == [again.sha256]

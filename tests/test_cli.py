@@ -101,13 +101,15 @@ CASES = [
     (["config", "check", "--config", "missing.yaml"], {}, 2, "missing.yaml"),
     (["--no-ui"], {"III_CONFIG": "unknown.yaml"}, 2, "unknown.yaml:5"),
     # `send TEXT` with no server to post to, or no way to know where it listens.
-    (["send", "hi", "--url", f"http://127.0.0.1:{free_port()}"], {}, 1, "no iii-console server"),
+    # (FREE_PORT is a free port picked when the test runs: test ids stay the same in every process.)
+    (["send", "hi", "--url", "http://127.0.0.1:FREE_PORT"], {}, 1, "no iii-console server"),
     (["send", "hi"], {}, 2, "server.port is 0"),
 ]
 
 
 @pytest.mark.parametrize(("args", "env", "code", "needle"), CASES, ids=[(" ".join(c[0]) + "".join(f" {k}={v}" for k, v in c[1].items()))[:100] for c in CASES])
 def test_mistakes_are_one_line_on_stderr_and_a_non_zero_exit(project, args, env, code, needle):
+    args = [a.replace("FREE_PORT", str(free_port())) for a in args]
     res = _run(project, *args, **env)
     lines = res.stderr.splitlines()
     assert res.returncode == code, res.stderr

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from iii_console.core.config import load_config
-from iii_console.core.dlq import DeadLetterStore
+from iii_console.core.dlq import AsyncDeadLetters, DeadLetter, DeadLetterStore
 
 from .helpers import wait_for
 from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
@@ -47,3 +48,49 @@ def test_dead_letter_ttl_is_validated_with_file_line_and_key(tmp_path):
         assert f"{f}:3: queues.a.dead_letter_ttl:" in str(exc) and "1000" in str(exc)
     else:
         raise AssertionError("a 5 ms dead_letter_ttl was accepted")
+
+
+def test_purge_before_deletes_only_entries_that_failed_before_the_time_in_every_queue_or_one(r, keys):
+    """Given dead letters in two queues that failed at 1000, 2000 and 3000 ms, when purged before 2500 in one queue and
+    then in all (awaited, as async handlers do), then exactly the older entries go, in batches smaller than their
+    number, and the count is returned."""
+    store = DeadLetterStore(r, keys)
+    for dlq, ms in (("a.dlq", 1000), ("a.dlq", 2000), ("a.dlq", 3000), ("b.dlq", 1000), ("b.dlq", 3000)):
+        entry = DeadLetter(id=f"{dlq}-{ms}", dlq=dlq, error="boom", last_failure_ms=ms)
+        r.hset(keys.dlq_entries(dlq), entry.id, entry.encode())
+        r.zadd(keys.dlq(dlq), {entry.id: ms})
+        r.sadd(keys.dlq_names, dlq)
+    assert store.purge_before(2500, "a.dlq", batch=1) == 2
+    assert sorted(e.id for e in store.list()) == ["a.dlq-3000", "b.dlq-1000", "b.dlq-3000"]
+    assert asyncio.run(AsyncDeadLetters(store).purge_before(2500)) == 1    # what an async handler's ctx awaits
+    assert sorted(e.id for e in store.list()) == ["a.dlq-3000", "b.dlq-3000"]
+    assert store.purge_before(2500) == 0
+
+
+def test_handlers_reach_the_store_as_ctx_dead_letters_sync_and_async(tmp_path, redis_url, r, keys):
+    """Given a def and an async def handler, when each purges through ctx.dead_letters, then each deletes the entry
+    that failed before the time it gives, in the store the runtime writes."""
+    from iii_console.testing import IIISteps
+
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "iii-config.yaml").write_text("steps_dir: steps\n")
+    (tmp_path / "steps" / "purge_step.py").write_text(
+        "from iii_console import Step, queue\n"
+        "config = Step(name='Purge', triggers=[queue('purge')])\n"
+        "def handler(data, ctx):\n"
+        "    return ctx.dead_letters.purge_before(data['before'])\n")
+    (tmp_path / "steps" / "apurge_step.py").write_text(
+        "from iii_console import Step, queue\n"
+        "config = Step(name='APurge', triggers=[queue('apurge')])\n"
+        "async def handler(data, ctx):\n"
+        "    return [await ctx.dead_letters.purge_before(data['before']), await ctx.dead_letters.count('x.dlq')]\n")
+    for entry_id, ms in (("a", 1000), ("b", 2000), ("c", 3000)):
+        r.hset(keys.dlq_entries("x.dlq"), entry_id, DeadLetter(id=entry_id, dlq="x.dlq", error="e", last_failure_ms=ms).encode())
+        r.zadd(keys.dlq("x.dlq"), {entry_id: ms})
+        r.sadd(keys.dlq_names, "x.dlq")
+    steps = IIISteps(tmp_path, redis_url)
+    try:
+        assert steps.run("Purge", {"before": 1500}) == 1
+        assert steps.run("APurge", {"before": 2500}) == [1, 1]
+    finally:
+        steps.stop()

@@ -16,7 +16,7 @@ import pytest
 from iii_console.adapters.queue.producer import EnqueueError
 from iii_console.core.dlq import DeadLetterStore
 
-from .helpers import events, make_project, wait_for
+from .helpers import events, events_once, make_project, wait_for
 from .test_e2e import start_cli
 from .test_queue import producer, project, runtime  # noqa: F401  (fixtures)
 
@@ -113,6 +113,21 @@ def test_an_empty_group_completes_at_once_and_bad_groups_are_refused(project, ru
             p.enqueue_group("parts", [{"n": 1}], trace_id="t", **kw)
     with pytest.raises(EnqueueError, match="list"):
         p.enqueue_group("parts", {"n": 1}, then="parts.done", trace_id="t")
+
+
+def test_each_child_may_have_its_own_priority(project, producer, r, keys):
+    cfg, steps = project({"part_step.py": CHILD, "done_step.py": DONE})
+    p = producer(cfg, steps)
+    p.enqueue_group("parts", [{"n": 0}, {"n": 1}, {"n": 2}], then="parts.done", priority=["high", None, "low"],
+                    group_id="prio", trace_id="t")
+    enq = {e.data["payload"]["n"]: e for e in events_once(r, keys, "message.enqueued", 3)}
+    assert [enq[n].data["priority"] for n in range(3)] == ["high", "normal", "low"]
+    assert len({enq[n].queue for n in range(3)}) == 3
+    for bad, msg in ((["high"], "1 priorities for 3 items"), ({"n": "high"}, "list of one per item"),
+                     (["high", "urgent", "low"], "priority must be one of")):
+        with pytest.raises(EnqueueError, match=msg):
+            p.enqueue_group("parts", [{"n": 0}, {"n": 1}, {"n": 2}], then="parts.done", priority=bad, trace_id="t")
+    assert len(events(r, keys, "message.enqueued")) == 3  # nothing of a refused group was enqueued
 
 
 CONFIG = """

@@ -177,7 +177,8 @@ def test_steps_and_config_check_report_problems_with_file_line_and_field(tmp_pat
     cfg = make_project(tmp_path, {
         "ok_step.py": "from iii_console import Step, queue\nconfig = Step(name='Ok', triggers=[queue('t')], enqueues=['nowhere'])\ndef handler(d, ctx): pass\n",
         "bad_step.py": "config = {'name': 'Bad', 'triggers': [{'type': 'cron', 'cron': '* * *'}]}\ndef handler(ctx): pass\n",
-    }, "queues:\n  ghost:\n    max_retries: 1\n")
+        "tick_step.py": "from iii_console import Step, cron\nconfig = Step(name='Tick', triggers=[cron('* * * * *')])\ndef handler(ctx): pass\n",
+    }, "queues:\n  ghost:\n    max_retries: 1\n  _cron.Tick:\n    concurrency: 1\n  _cron.Gone:\n    concurrency: 1\n")
     run = lambda *a: subprocess.run([sys.executable, "-m", "iii_console", *a], cwd=tmp_path, capture_output=True, text=True, timeout=60)  # noqa: E731
     res = run("config", "check")
     assert res.returncode == 2
@@ -185,8 +186,9 @@ def test_steps_and_config_check_report_problems_with_file_line_and_field(tmp_pat
     assert any("bad_step.py" in x and "'Bad'" in x and "triggers.0.cron" in x and "3 fields" in x for x in lines), lines
     assert any("ok_step.py" in x and "'enqueues'" in x and "nowhere" in x for x in lines), lines
     assert any("queues.ghost" in x for x in lines), lines
+    assert any("queues._cron.Gone" in x for x in lines) and not any("_cron.Tick" in x for x in lines), lines
     listed = json.loads(run("steps", "--json").stdout)
-    assert [s["name"] for s in listed["steps"]] == ["Ok"] and len(listed["errors"]) == 1
+    assert [s["name"] for s in listed["steps"]] == ["Ok", "Tick"] and len(listed["errors"]) == 1
     (tmp_path / "iii-config.yaml").write_text("queues:\n  t:\n    retry_delay: -5\n")
     res = run("config", "check")
     assert res.returncode == 2 and "iii-config.yaml:3: queues.t.retry_delay" in res.stdout

@@ -25,6 +25,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from iii_console.adapters.downloads import NotFound, download_response, progress_response
 from iii_console.adapters.queue.errors import PayloadTooLarge
+from iii_console.core import spans
 from iii_console.core.answers import ProgressStream, is_answer
 from iii_console.core.blobs import BlobError, BlobNotFound, BlobTooLarge
 from iii_console.core.context import HttpRequest
@@ -192,8 +193,29 @@ class HttpSteps:
         emitter = runner.services.emitter
 
         gate = self.gate
+        tracing = runner.services.tracing
 
         async def endpoint(request: Request[Any, Any, Any]) -> Response[Any]:
+            if tracing is None:
+                return await handle(request, uuid.uuid4().hex)
+            # Traced: the request's span is current while it runs (its enqueues carry it), and an
+            # incoming W3C traceparent gives the request its trace id.
+            run = tracing.http_run(step=step.name, method=request.method, route=trig.path, path=request.url.path,
+                                   traceparent=request.headers.get("traceparent")).enter()
+            try:
+                response = await handle(request, run.trace_id)
+            except HTTPException as exc:  # the framework's 4xx (a body over the limit) is the client's, not ours
+                run.answered(exc.status_code)
+                run.end(exc if exc.status_code >= 500 else None)
+                raise
+            except BaseException as exc:
+                run.end(exc)
+                raise
+            run.answered(response.status_code)
+            run.end()
+            return response
+
+        async def handle(request: Request[Any, Any, Any], trace_id: str) -> Response[Any]:
             full = gate.over(step.enqueues)
             if full is not None:
                 return _problem(429, f"topic {full!r} has more than {gate.limit} waiting messages; slow down",
@@ -212,7 +234,6 @@ class HttpSteps:
             if idem is not None and not _IDEMPOTENCY_KEY.fullmatch(idem):
                 return _problem(400, "invalid Idempotency-Key header: 1 to 255 visible ASCII characters",
                                 errors=[{"field": "headers.Idempotency-Key", "message": "1 to 255 visible ASCII characters"}])
-            trace_id = uuid.uuid4().hex
             req = HttpRequest(
                 body=body, path_params=dict(request.path_params), query=dict(request.query_params),
                 headers={k: v for k, v in request.headers.items()}, method=request.method, path=request.url.path,
@@ -236,6 +257,7 @@ class HttpSteps:
                 if redis_refuses_writes(exc):  # full (maxmemory with noeviction) or a read-only replica
                     log.warning("step %s: Redis refuses writes: %s", step.name, exc)
                     return _problem(503, "storage full, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
+                spans.fail(exc)
                 emitter.emit("step.error", trace_id=trace_id, step=step.name, error=f"{type(exc).__name__}: {exc}",
                              data={"traceback": user_traceback(exc)[-8000:], "file": step.file})
                 return _problem(500, "handler failed", trace_id=trace_id)
@@ -253,6 +275,7 @@ class HttpSteps:
                         return _problem(404, str(exc), trace_id=trace_id)
                 return _to_response(out, trace_id)
             except BadReturn as exc:
+                spans.fail(exc)
                 emitter.emit("step.error", trace_id=trace_id, step=step.name, error=f"handler returned {exc}", data={"file": step.file})
                 return _problem(500, "handler failed", trace_id=trace_id)
 

@@ -15,6 +15,8 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -24,6 +26,7 @@ from iii_console.core.errors import IIIError
 #: The key that marks a JSON object as a blob ref.
 REF_KEY = "$blob"
 _HASH = re.compile(r"sha256:([0-9a-f]{64})")
+_HEX = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1 << 20
 
 
@@ -156,6 +159,9 @@ class Writer:
         final = self.store._file(digest)
         if final.exists():  # content-addressed: the same bytes are there already
             os.unlink(self._tmp)
+            # A put is a use: a sweep that deletes blobs stored before some time must not
+            # take bytes that were put again just now (and may ride in a message already).
+            os.utime(final)
         else:
             final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self._tmp, 0o600 if self.store.private else 0o640)
@@ -170,6 +176,14 @@ class Writer:
             os.unlink(self._tmp)
         except FileNotFoundError:
             pass
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """One blob of a store as a sweep sees it: its ref (hash and size) and when it was last put."""
+
+    ref: BlobRef
+    stored_ms: int
 
 
 class BlobTooLarge(BlobError):
@@ -252,13 +266,34 @@ class BlobStore:
     def exists(self, ref: Any) -> bool:
         return self._file(BlobRef.of(ref).sha256).is_file()
 
-    def delete(self, ref: Any) -> bool:
-        """Remove the blob; ``False`` if it was not there. Every ref to the same bytes loses them."""
+    def delete(self, ref: Any, *, stored_before_ms: int | None = None) -> bool:
+        """Remove the blob; ``False`` if it was not there. Every ref to the same bytes loses them.
+
+        With ``stored_before_ms``, only if it was last put before that time (epoch ms), read
+        again just before the unlink: a sweep keeps bytes that were put again since it looked.
+        """
+        f = self._file(BlobRef.of(ref).sha256)
         try:
-            os.unlink(self._file(BlobRef.of(ref).sha256))
+            if stored_before_ms is not None and f.stat().st_mtime_ns // 1_000_000 >= stored_before_ms:
+                return False
+            os.unlink(f)
             return True
         except FileNotFoundError:
             return False
+
+    def scan(self) -> Iterator[BlobInfo]:
+        """Every blob in the store with when it was last put, in no particular order (for sweeps)."""
+        for sub in (self.root / "sha256").iterdir():
+            if not sub.is_dir():
+                continue
+            for f in sub.iterdir():
+                if not _HEX.fullmatch(f.name):
+                    continue
+                try:
+                    st = f.stat()
+                except FileNotFoundError:  # deleted while we walked
+                    continue
+                yield BlobInfo(BlobRef.make(f.name, st.st_size), st.st_mtime_ns // 1_000_000)
 
 
 class AsyncBlobs:
@@ -279,8 +314,11 @@ class AsyncBlobs:
     async def exists(self, ref: Any) -> bool:
         return await asyncio.to_thread(self.store.exists, ref)
 
-    async def delete(self, ref: Any) -> bool:
-        return await asyncio.to_thread(self.store.delete, ref)
+    async def delete(self, ref: Any, *, stored_before_ms: int | None = None) -> bool:
+        return await asyncio.to_thread(lambda: self.store.delete(ref, stored_before_ms=stored_before_ms))
+
+    async def scan(self) -> list[BlobInfo]:
+        return await asyncio.to_thread(lambda: list(self.store.scan()))
 
     def path(self, ref: Any) -> Path:
         return self.store.path(ref)

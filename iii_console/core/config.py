@@ -237,6 +237,26 @@ class BlobsConfig(_Section):
         return v.strip()
 
 
+class TelemetryConfig(_Section):
+    otlp_endpoint: str = ""
+    """Base URL of an OpenTelemetry collector speaking OTLP/HTTP (``http://localhost:4318``): spans of
+    HTTP requests and message runs go to ``{otlp_endpoint}/v1/traces``. Empty: no tracing, unless
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) is set, which wins over this.
+    Needs the ``otel`` extra (``pip install 'iii-console[otel]'``)."""
+    service_name: str = Field(default="", max_length=200)
+    """``service.name`` of the spans (default ``iii-console``); ``OTEL_SERVICE_NAME`` wins over this."""
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        v = v.strip()
+        if v and (urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).hostname):
+            raise ValueError("an OTLP/HTTP endpoint is an http:// or https:// URL with a host (http://localhost:4318)")
+        return v.rstrip("/")
+
+
 class WorkersConfig(_Section):
     processes: int = Field(default=1, ge=1, le=256)
     threads: int = Field(default=8, ge=1, le=1000)
@@ -282,6 +302,7 @@ class Config(_Section):
     events: EventsConfig = EventsConfig()
     workers: WorkersConfig = WorkersConfig()
     blobs: BlobsConfig = BlobsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     steps_dir: str = "steps"
     project_dir: str = "."
     source: str = ""

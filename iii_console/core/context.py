@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
+from iii_console.core import spans
 from iii_console.core.emitter import Emitter
 
 
@@ -73,7 +74,7 @@ class _BaseContext:
     @property
     def logger(self) -> Any:
         """structlog logger bound to this step and trace; lines become ``log`` events."""
-        return self.emitter.logger(step=self.step, trace_id=self.trace_id, message_id=self.message_id)
+        return self.emitter.logger(step=self.step, trace_id=self.trace_id, message_id=self.message_id, **spans.log_fields())
 
     def emit(self, type: str, **fields: Any) -> None:
         """Emit a domain event (``notification.sent``...) on the same trace. Never blocks."""
@@ -113,6 +114,9 @@ class Context(_BaseContext):
     state: Any = None
     #: ``await ctx.blobs.put(data)`` -> a ref; ``open``, ``read``, ``delete``, ``path`` (``core/blobs.py``).
     blobs: Any = None
+    #: The dead-letter store, for retention sweeps written as steps: ``await ctx.dead_letters.list(name)``,
+    #: ``purge_before(ms, name=None)`` (``core/dlq.py``).
+    dead_letters: Any = None
     _enqueue: Callable[..., Awaitable[list[str]]] | None = None
     _progress: Any = None
     _enqueue_group: Any = None
@@ -124,9 +128,11 @@ class Context(_BaseContext):
         return await self._leases.acquire(name, ttl_ms)
 
     async def enqueue_group(self, topic: str, items: list[Any], *, then: str, group_id: str | None = None,
-                            priority: str | None = None) -> str:
+                            priority: str | list[str | None] | None = None) -> str:
         """Fan out one child per item to ``topic``; when every child is settled (processed or
-        dead-lettered, for any reason) one message goes to ``then`` with the counts. Returns the group id."""
+        dead-lettered, for any reason) one message goes to ``then`` with the counts. Returns the group id.
+
+        ``priority`` is one for every child, or a list of one per item."""
         assert self._enqueue_group is not None
         return await self._enqueue_group(topic, items, then=then, group_id=self._group_id(group_id), priority=priority,
                                          trace_id=self.trace_id, source=self.step)
@@ -155,6 +161,8 @@ class SyncContext(_BaseContext):
     state: Any = None
     #: ``ctx.blobs.put(data)`` -> a ref; ``open``, ``read``, ``delete``, ``path`` (``core/blobs.py``).
     blobs: Any = None
+    #: The dead-letter store: ``list(name=None)``, ``count(name)``, ``purge_before(ms, name=None)`` (``core/dlq.py``).
+    dead_letters: Any = None
     _enqueue: Callable[..., list[str]] | None = None
     _progress: Any = None
     _enqueue_group: Any = None
@@ -166,7 +174,7 @@ class SyncContext(_BaseContext):
         return self._leases.acquire(name, ttl_ms)
 
     def enqueue_group(self, topic: str, items: list[Any], *, then: str, group_id: str | None = None,
-                      priority: str | None = None) -> str:
+                      priority: str | list[str | None] | None = None) -> str:
         assert self._enqueue_group is not None
         return self._enqueue_group(topic, items, then=then, group_id=self._group_id(group_id), priority=priority,
                                    trace_id=self.trace_id, source=self.step)

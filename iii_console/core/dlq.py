@@ -9,6 +9,7 @@ original message for replay.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -85,6 +86,44 @@ class DeadLetterStore:
 
     def __iter__(self) -> Iterator[DeadLetter]:
         return iter(self.list())
+
+    def purge_before(self, before_ms: int, name: str | None = None, *, batch: int = 500) -> int:
+        """Delete the entries (of dead-letter queue ``name``, or of every one) whose last failure
+        is before ``before_ms`` (epoch ms), ``batch`` at a time; returns how many went.
+
+        For retention sweeps written as steps (``ctx.dead_letters``); ``dead_letter_ttl`` does
+        the same per topic from the config.
+        """
+        gone = 0
+        for n in [name] if name else self.names():
+            while True:
+                ids = self.client.zrangebyscore(self.keys.dlq(n), "-inf", f"({int(before_ms)}", start=0, num=batch)
+                if not ids:
+                    break
+                pipe = self.client.pipeline()
+                pipe.hdel(self.keys.dlq_entries(n), *ids)
+                pipe.zrem(self.keys.dlq(n), *ids)
+                gone += int(pipe.execute()[1])
+        return gone
+
+
+class AsyncDeadLetters:
+    """``ctx.dead_letters`` of ``async def`` handlers: the store's methods, awaited (run in a thread)."""
+
+    def __init__(self, store: DeadLetterStore):
+        self.store = store
+
+    async def list(self, name: str | None = None, *, limit: int | None = None) -> list[DeadLetter]:
+        return await asyncio.to_thread(lambda: self.store.list(name, limit=limit))
+
+    async def count(self, name: str) -> int:
+        return await asyncio.to_thread(self.store.count, name)
+
+    async def names(self) -> list[str]:
+        return await asyncio.to_thread(self.store.names)
+
+    async def purge_before(self, before_ms: int, name: str | None = None, *, batch: int = 500) -> int:
+        return await asyncio.to_thread(lambda: self.store.purge_before(before_ms, name, batch=batch))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import redis
 import redis.asyncio as aredis
 
+from iii_console.core import spans
 from iii_console.core.errors import StateError
 from iii_console.core.events import encode_data, now_ms
 from iii_console.core.keys import Keys
@@ -238,6 +239,7 @@ class StateStore(_Base):
             keys, args = self._cas_args(group, key, old_raw, new, op)
             written, old_raw = _outcome(self._cas(keys=keys, args=args))
             if written:
+                spans.event(f"state.{op}", **{"iii.group": group, "iii.key": key})
                 return new
             if attempt:
                 time.sleep(random.uniform(0, 0.002 * attempt))
@@ -296,6 +298,7 @@ class AsyncStateStore(_Base):
             keys, args = self._cas_args(group, key, old_raw, new, op)
             written, old_raw = _outcome(await self._cas(keys=keys, args=args))
             if written:
+                spans.event(f"state.{op}", **{"iii.group": group, "iii.key": key})
                 return new
             if attempt:
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))

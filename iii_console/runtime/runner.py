@@ -20,9 +20,11 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from iii_console.adapters.queue.producer import Subscriptions
+from iii_console.core import spans
 from iii_console.core.autopipe import AutoPipeline
 from iii_console.core.blobs import AsyncBlobs
 from iii_console.core.context import Context, SyncContext, call_arity, is_async
+from iii_console.core.dlq import AsyncDeadLetters, DeadLetterStore
 from iii_console.core.lease import AsyncLeases, Leases
 from iii_console.core.redis_url import async_client_from_url
 from iii_console.core.progress import AsyncProgressStore, ProgressStore
@@ -107,6 +109,7 @@ class StepRunner:
         self.producer = make_producer(services, subscriptions)
         self.progress = ProgressStore(services.client, services.keys, services.emitter)
         self.leases = Leases(services.client, services.keys)
+        self.dead_letters = DeadLetterStore(services.client, services.keys)
         self.loop_thread = loop_thread
         self._async = async_side
         self._subs = subscriptions
@@ -126,7 +129,7 @@ class StepRunner:
                      message_id: str | None = None, max_attempts: int = 1, idempotency_key: str | None = None) -> SyncContext:
         return SyncContext(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
                            message_id=message_id, max_attempts=max_attempts, idempotency_key=idempotency_key, state=self.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
-                           blobs=self.services.blobs, _enqueue=self.producer.enqueue, _progress=self.progress,
+                           blobs=self.services.blobs, dead_letters=self.dead_letters, _enqueue=self.producer.enqueue, _progress=self.progress,
                            _enqueue_group=self.producer.enqueue_group, _leases=self.leases)
 
     def async_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
@@ -134,7 +137,7 @@ class StepRunner:
         side = self.async_side
         return Context(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
                        message_id=message_id, max_attempts=max_attempts, idempotency_key=idempotency_key, state=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
-                       blobs=AsyncBlobs(self.services.blobs), _enqueue=side.producer.enqueue, _progress=side.progress,
+                       blobs=AsyncBlobs(self.services.blobs), dead_letters=AsyncDeadLetters(self.dead_letters), _enqueue=side.producer.enqueue, _progress=side.progress,
                        _enqueue_group=side.producer.enqueue_group, _leases=side.leases)
 
     def call_sync(self, step: Step, input: Any, **ctx_kw: Any) -> Any:
@@ -143,7 +146,10 @@ class StepRunner:
         if is_async(handler):
             assert self.loop_thread is not None
             ctx = self.async_context(step, **ctx_kw)
-            return self.loop_thread.run(_invoke(handler, input, ctx))
+            coro = _invoke(handler, input, ctx)
+            if spans.current() is not None:  # the loop thread's task would not see this thread's span
+                coro = _carrying(contextvars.copy_context(), coro)
+            return self.loop_thread.run(coro)
         ctx = self.sync_context(step, **ctx_kw)
         return _not_awaitable(handler(ctx) if call_arity(handler) == 1 else handler(input, ctx))
 
@@ -157,6 +163,13 @@ class StepRunner:
         ctxvars = contextvars.copy_context()
         out = await asyncio.get_running_loop().run_in_executor(self.async_side.handler_pool, ctxvars.run, fn)
         return _not_awaitable(out)
+
+
+async def _carrying(ctxvars: contextvars.Context, coro: Any) -> Any:
+    """Run ``coro`` with the caller's context variables (the task it runs in has its own copy)."""
+    for var, value in ctxvars.items():
+        var.set(value)
+    return await coro
 
 
 async def _invoke(handler: Callable[..., Any], input: Any, ctx: Any) -> Any:

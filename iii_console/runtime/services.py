@@ -57,9 +57,13 @@ class Services:
     emitter: Emitter
     name: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
+    #: Span export (``adapters/telemetry``) when this process traces, else ``None``.
+    tracing: Any = None
 
     @classmethod
-    def open(cls, config: Config, role: str) -> "Services":
+    def open(cls, config: Config, role: str, *, traced: bool = False) -> "Services":
+        """``traced``: this process serves requests or runs messages, so it exports spans when
+        tracing is configured (the CLI's one-shot commands do not)."""
         set_redaction(config.events.redact)
         client = redis_client(config.redis.url)
         keys = Keys(config.redis.prefix)
@@ -67,7 +71,12 @@ class Services:
         name = process_name(role)
         emitter = (Emitter(sink, worker=name, trace_id=uuid.uuid4().hex) if config.events.enabled
                    else null_emitter())
-        return cls(config, role, client, keys, sink, emitter, name)
+        tracing = None
+        if traced:
+            from iii_console.adapters.telemetry import start
+
+            tracing = start(config, role)
+        return cls(config, role, client, keys, sink, emitter, name, tracing=tracing)
 
     @property
     def blobs(self) -> Any:
@@ -80,5 +89,7 @@ class Services:
         return store
 
     def close(self) -> None:
+        if self.tracing is not None:
+            self.tracing.close()
         self.sink.close()
         self.client.close()

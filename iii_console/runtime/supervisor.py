@@ -169,7 +169,7 @@ class Supervisor:
         self.config, self.embedded = resolve_redis(self.config)
         try:
             check_redis(self.config.redis.url)
-            self.services = Services.open(self.config, "supervisor")
+            self.services = Services.open(self.config, "supervisor", traced="server" in self.roles)
             last = self.services.client.xrevrange(self.services.keys.events, count=1)
             self._tail_from = last[0][0].decode() if last else "0-0"
             if self.on_event is not None:

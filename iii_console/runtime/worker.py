@@ -113,7 +113,7 @@ class WorkerRuntime:
         self.steps = steps
         self.threads = threads or config.workers.threads
         self.index = index
-        self.services = Services.open(config, f"worker{index}")
+        self.services = Services.open(config, f"worker{index}", traced=True)
         self.subscriptions = subscriptions_for(steps.steps)
         self.loop_thread = LoopThread()
         self.runner = StepRunner(self.services, self.subscriptions, loop_thread=self.loop_thread)
@@ -123,9 +123,14 @@ class WorkerRuntime:
                                  on_request=lambda: stop_intake(self.workers.values()))
         self.time_limits = TimeLimits(lambda topic: (config.queue(topic).soft_time_limit_ms, config.queue(topic).time_limit_ms),
                                       lambda run: report_stuck(run, self.time_limits, self.recycler, self.services.emitter))
-        self.broker = make_broker(config, self.services, self.subscriptions,
-                                  [CurrentMessage(), RetryPolicy(config, self.services.emitter),
-                                   Throttle(config, self.services.emitter), self.events, self.recycler])
+        middleware = [CurrentMessage(), RetryPolicy(config, self.services.emitter),
+                      Throttle(config, self.services.emitter), self.events, self.recycler]
+        if self.services.tracing is not None:
+            from iii_console.adapters.telemetry.queue import CloseRun, OpenRun
+
+            # Opens once the throttle let the message through; closes after the retry policy decided.
+            middleware = [CloseRun(), *middleware[:3], OpenRun(self.services.tracing), *middleware[3:]]
+        self.broker = make_broker(config, self.services, self.subscriptions, middleware)
         # The supervisor names its child, so it can recover the child's messages
         # the moment it exits without its clean stop.
         if os.environ.get("III_WORKER_ID"):

@@ -257,7 +257,7 @@ class IIIConsumer(Consumer):
     def _retry(self, message: MessageProxy, delay_ms: int) -> None:
         base = q_name(self.queue_name)
         options = {k: v for k, v in message.options.items() if k not in ("iii_outcome", "eta")}
-        options.update(redis_message_id=str(uuid.uuid4()))
+        options.update(redis_message_id=str(uuid.uuid4()), due_ms=now_ms() + int(delay_ms))
         new = Message(queue_name=base, actor_name=message.actor_name, args=message.args, kwargs=message.kwargs,
                       options=options, message_id=message.message_id, message_timestamp=message.message_timestamp)
         args = [self.broker.namespace, self.queue_name, self.broker.broker_id, message.options["redis_message_id"],

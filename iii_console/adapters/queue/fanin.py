@@ -25,8 +25,12 @@ RESULT_MARK = "__III_GROUP_RESULT__"
 
 
 def build_group(builder: Any, topic: str, items: Any, *, then: str, group_id: str | None, trace_id: str,
-                priority: str | None, source: str | None) -> tuple[str, list[Any], list[Any], dict[str, Any]]:
+                priority: str | list[str | None] | None, source: str | None) -> tuple[str, list[Any], list[Any], dict[str, Any]]:
     """A fan-in group: ``(id, the children's script triples, their events, the script's X with the record)``.
+
+    ``priority`` is one priority for every child or a list of one per item, so
+    a group can start its cheap, most wanted child first (a thumbnail before
+    the large renders) and still complete as one.
 
     The record holds the completion ready-made (its copies' bodies and
     events, with a mark where the result goes), so the settle that finishes
@@ -39,6 +43,7 @@ def build_group(builder: Any, topic: str, items: Any, *, then: str, group_id: st
         raise EnqueueError(f"a group has at most {GROUP_MAX} children, not {len(items)}")
     if not isinstance(then, str) or not then:
         raise EnqueueError("enqueue_group needs then=<completion topic>")
+    priorities = _priorities(priority, len(items))
     gid = uuid.uuid4().hex if group_id is None else group_id
     if not isinstance(gid, str) or not GROUP_ID.fullmatch(gid):
         raise EnqueueError(f"group_id must be 1 to 128 of A-Z a-z 0-9 _ . : -, not {gid!r}")
@@ -49,8 +54,8 @@ def build_group(builder: Any, topic: str, items: Any, *, then: str, group_id: st
     triples: list[Any] = []
     events: list[Any] = []
     ids: list[str] = []
-    for item in items:
-        t, copies, prio = builder.build(topic, item, trace_id=trace_id, priority=priority, delay_ms=0, source=source,
+    for item, item_priority in zip(items, priorities):
+        t, copies, prio = builder.build(topic, item, trace_id=trace_id, priority=item_priority, delay_ms=0, source=source,
                                         options={"iii_group": gid})
         triples.extend(t)
         events.extend(builder.events(topic, item, copies, prio, 0, source, trace_id, group=gid))
@@ -66,6 +71,17 @@ def build_group(builder: Any, topic: str, items: Any, *, then: str, group_id: st
     for mid in ids:
         fields.extend([f"c:{mid}", "pending"])
     return gid, triples, events, {"g": {"key": builder.keys.group(gid), "fields": fields}}
+
+
+def _priorities(priority: Any, n: int) -> list[str | None]:
+    """One priority per child: ``priority`` repeated, or the list given (as long as ``items``)."""
+    if priority is None or isinstance(priority, str):
+        return [priority] * n
+    if not isinstance(priority, (list, tuple)):
+        raise EnqueueError(f"priority must be a priority or a list of one per item, not {type(priority).__name__}")
+    if len(priority) != n:
+        raise EnqueueError(f"priority lists {len(priority)} priorities for {n} items; give one per item")
+    return list(priority)
 
 
 def empty_result(gid: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from iii_console.adapters.queue.errors import EnqueueError, PayloadTooLarge
 from iii_console.adapters.queue.fanin import build_group, empty_result
 from iii_console.adapters.queue.names import Subscription
 from iii_console.adapters.queue.scripts import SOURCES, Scripts
+from iii_console.core import spans
 from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter
 from iii_console.core.events import now_ms
@@ -61,6 +62,8 @@ class _Builder:
         copies = []
         now = now_ms()
         limit = self.config.queue(topic).max_payload_bytes if limit_size else None
+        #: The span enqueueing it (tracing on): the message's run becomes its child.
+        parent = spans.traceparent()
         for sub in subs:
             opts = {
                 "trace_id": trace_id,
@@ -71,6 +74,10 @@ class _Builder:
                 "redis_message_id": str(uuid.uuid4()),
                 **(options or {}),
             }
+            if parent is not None:
+                opts.setdefault("traceparent", parent)
+            if delay_ms:
+                opts["due_ms"] = now + delay_ms
             queue = sub.queue(prio)
             msg = Message(queue_name=queue, actor_name=sub.actor(prio), args=(data,), kwargs={}, options=opts)
             try:
@@ -81,6 +88,9 @@ class _Builder:
                 raise PayloadTooLarge(topic, len(encoded), limit)
             args.extend([queue, opts["redis_message_id"], encoded])
             copies.append((sub, msg))
+        if parent is not None:
+            spans.event("enqueue", **{"iii.topic": topic, "iii.priority": prio, "iii.delay_ms": delay_ms,
+                                      "messaging.message.id": [m.message_id for _, m in copies]})
         return args, copies, prio
 
     def events(self, topic: str, data: Any, copies: list[tuple[Subscription, Message]], prio: str, delay_ms: int,
@@ -175,7 +185,7 @@ class Producer(_Builder):
 
 
     def enqueue_group(self, topic: str, items: Any, *, then: str, trace_id: str, group_id: str | None = None,
-                      priority: str | None = None, source: str | None = None) -> str:
+                      priority: str | list[str | None] | None = None, source: str | None = None) -> str:
         """Enqueue one child per item to ``topic`` and, once every child is settled, one message to ``then``.
 
         Returns the group id. A group id used before (within 24 h) enqueues nothing again.
@@ -227,7 +237,7 @@ class AsyncProducer(_Builder):
 
 
     async def enqueue_group(self, topic: str, items: Any, *, then: str, trace_id: str, group_id: str | None = None,
-                            priority: str | None = None, source: str | None = None) -> str:
+                            priority: str | list[str | None] | None = None, source: str | None = None) -> str:
         gid, triples, events, extras = build_group(self, topic, items, then=then, group_id=group_id, trace_id=trace_id,
                                                    priority=priority, source=source)
         once = self.keys.once(f"group:{gid}")

@@ -1,0 +1,48 @@
+"""Build one report: query, chart, PDF, HTML, each stage a step of its progress; the files go to the blob store."""
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel
+
+from iii_console import Step, SyncContext, queue
+
+from reportjobs import render
+from reportjobs.requests import GROUP
+from reportjobs.sales import money, query
+
+
+class ReportJob(BaseModel):
+    report_id: str
+    start: dt.date
+    end: dt.date
+    requested_by: str = "http"
+
+
+config = Step(name="BuildReport", triggers=[queue("reports.requested", input=ReportJob)], flows=["reports"])
+
+
+def handler(job: ReportJob, ctx: SyncContext) -> Any:
+    if (ctx.state.get(GROUP, job.report_id) or {}).get("status") == "done":
+        return  # a redelivery after the report was stored
+    title = f"Sales report {job.start} to {job.end}"
+    ctx.progress(0, 4, note="query")
+    sales = query(job.start, job.end)
+    ctx.progress(1, 4, note="chart")
+    png = render.chart(sales)
+    ctx.progress(2, 4, note="pdf")
+    pdf = render.pdf(sales, title, png)
+    ctx.progress(3, 4, note="html")
+    page = render.html(sales, title, png)
+    name = f"{job.report_id}"
+    report = {
+        "status": "done", "start": str(job.start), "end": str(job.end), "orders": sales.orders,
+        "revenue": money(sales.total_cents), "revenue_cents": sales.total_cents,
+        "pdf": ctx.blobs.put(pdf, content_type="application/pdf", name=f"{name}.pdf"),
+        "html": ctx.blobs.put(page, content_type="text/html; charset=utf-8", name=f"{name}.html"),
+        "chart": ctx.blobs.put(png, content_type="image/png", name=f"{name}.png"),
+    }
+    ctx.state.set(GROUP, job.report_id, report)
+    ctx.progress(4, 4, note="done")
+    ctx.emit("report.built", data={"report_id": job.report_id, "orders": sales.orders, "revenue": report["revenue"],
+                                   "requested_by": job.requested_by})

@@ -1,0 +1,1 @@
+"""The reports example's helpers: the sales query (``sales``) and the renderers (``render``)."""
