@@ -84,14 +84,18 @@ def postgres_url():
 
 @pytest.fixture(scope="session")
 def rabbit_node(tmp_path_factory: pytest.TempPathFactory):
-    """One RabbitMQ node of our own per session (free ports, temp data); tests separate by ``rabbitmq.prefix``."""
-    from tests.rabbitnode import RabbitNode, rabbit_bin
+    """One RabbitMQ node of our own per run (free ports, temp data; pytest-xdist workers share it);
+    tests keep apart by ``rabbitmq.prefix``."""
+    from tests.rabbitnode import SharedNode, rabbit_bin
 
     if rabbit_bin("rabbitmq-server") is None:
         pytest.skip("rabbitmq-server is not installed")
-    node = RabbitNode(tmp_path_factory.mktemp("rabbit")).start()
+    # Under xdist each worker has its own base temp dir; their parent is the run's.
+    base = tmp_path_factory.getbasetemp()
+    shared = SharedNode((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "rabbit")
+    node = shared.acquire()
     yield node
-    node.stop()
+    shared.release()
 
 
 @pytest.fixture

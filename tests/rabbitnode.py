@@ -6,6 +6,8 @@ else of theirs: the system node keeps 5672 and its own data.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
 import signal
@@ -31,12 +33,14 @@ def rabbit_bin(name: str) -> str | None:
 
 
 class RabbitNode:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, port: int | None = None, dist_port: int | None = None, pid: int | None = None):
         self.root = root
-        self.port = _free_port()
-        self.dist_port = _free_port()
+        self.port = port or _free_port()
+        self.dist_port = dist_port or _free_port()
         self.name = f"iii-test-{self.port}@localhost"
         self.proc: subprocess.Popen[bytes] | None = None
+        #: The node's process (also when another pytest process started it).
+        self.pid = pid
 
     @property
     def url(self) -> str:
@@ -68,6 +72,7 @@ class RabbitNode:
         self.log = open(self.root / "server.out", "wb")
         self.proc = subprocess.Popen([rabbit_bin("rabbitmq-server") or "rabbitmq-server"], env=self.env(), stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -80,17 +85,74 @@ class RabbitNode:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        if self.proc is None:
+        if self.pid is None:
             return
         self.ctl("stop", timeout=30)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        if self.proc is not None:
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+            self.log.close()
         # The Erlang VM's epmd registration and child port programs go with its process group.
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self.log.close()
+        if self.proc is not None:
+            self.proc.wait(5)
+
+
+class SharedNode:
+    """One node for every pytest process of a run (pytest-xdist workers share ``root``).
+
+    The first to arrive starts it, the others attach; the last to leave stops it.
+    A counter under a file lock keeps the tally.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.node: RabbitNode | None = None
+
+    def _locked(self) -> "_Lock":
+        return _Lock(self.root / "lock")
+
+    def acquire(self) -> RabbitNode:
+        info = self.root / "node.json"
+        with self._locked():
+            state = json.loads(info.read_text()) if info.exists() else {"users": 0}
+            if state["users"] == 0:
+                self.node = RabbitNode(self.root / f"node-{os.getpid()}").start()
+                state = {"users": 0, "root": str(self.node.root), "port": self.node.port, "dist_port": self.node.dist_port,
+                         "pid": self.node.pid}
+            else:
+                self.node = RabbitNode(Path(state["root"]), state["port"], state["dist_port"], state["pid"])
+            state["users"] += 1
+            info.write_text(json.dumps(state))
+        return self.node
+
+    def release(self) -> None:
+        info = self.root / "node.json"
+        with self._locked():
+            state = json.loads(info.read_text())
+            state["users"] -= 1
+            if state["users"] == 0 and self.node is not None:
+                self.node.stop()
+                info.unlink()
+            else:
+                info.write_text(json.dumps(state))
+
+
+class _Lock:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> "_Lock":
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
