@@ -57,7 +57,7 @@ class SentinelSet:
             conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.root}\n"
                             f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} 2\n"
                             f"sentinel down-after-milliseconds {SERVICE} 1000\n"
-                            f"sentinel failover-timeout {SERVICE} 5000\n"
+                            f"sentinel failover-timeout {SERVICE} 2000\n"
                             f"sentinel parallel-syncs {SERVICE} 1\n")
             self.procs[port] = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -130,8 +130,17 @@ def ready(node, queue: str) -> int:
 
 
 def worker_children(pid: int) -> list[int]:
+    """Live worker processes of supervisor ``pid`` (not one killed and not yet reaped)."""
     out = subprocess.run(["pgrep", "-P", str(pid), "-f", "iii_console.runtime.worker"], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
+    live = []
+    for child in map(int, out.split()):
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            live.append(child)
+    return live
 
 
 def test_fan_out_to_quorum_queues_runs_each_step_once_with_its_events(rproject, rruntime, rproducer, r, keys, rabbit_node, rabbit_prefix):
@@ -296,11 +305,16 @@ def test_sigkill_of_workers_under_load_loses_nothing_on_rabbitmq(rproject, procs
     finally:
         svc.close()
     sup = procs(tmp_path, "--role", "worker", "--processes", "2", "--threads", "4")
-    for _ in range(3):
-        wait_for(lambda: r.hlen("chaos:executions") > 0, what="work under way")
+    kills = 0
+    wait_for(lambda: r.hlen("chaos:executions") > 0, what="work under way")
+    while kills < 3:
         kids = wait_for(lambda: worker_children(sup.pid), what="a worker child")
         time.sleep(0.4)
-        os.kill(kids[0], signal.SIGKILL)
+        try:
+            os.kill(kids[0], signal.SIGKILL)
+            kills += 1
+        except ProcessLookupError:  # it was being replaced: take the next one
+            continue
     wait_for(lambda: r.scard("chaos:done") >= len(sent), timeout=60, what="every message's effect")
     report = check(r, keys, sent)
     print("\n" + report.table())
