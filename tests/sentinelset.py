@@ -64,8 +64,11 @@ class SentinelSet:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
+                # Every sentinel must know the others (to elect a leader) and the replica (to promote it:
+                # sentinels learn replicas from the primary's INFO, so not once it is dead).
+                masters = [self.sentinel(p).sentinel_master(SERVICE) for p in self.sentinel_ports]
                 if (redis.Redis(port=self.replica_port).info("replication").get("master_link_status") == "up"
-                        and all(self.sentinel(p).sentinel_master(SERVICE).get("num-other-sentinels", 0) >= 2 for p in self.sentinel_ports)):
+                        and all(m.get("num-other-sentinels", 0) >= 2 and m.get("num-slaves", 0) >= 1 for m in masters)):
                     return self
             except redis.RedisError:
                 pass

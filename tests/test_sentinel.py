@@ -85,16 +85,33 @@ def test_the_app_carries_on_on_the_promoted_replica_after_its_primary_is_killed(
         t0 = time.monotonic()
         codes: list[int] = []
 
+        timeline: list[str] = []
+
         def accepted() -> bool:
+            t = time.monotonic()
             try:
-                code = http.post("/jobs", json={"k": "after"}).status_code
-            except httpx.HTTPError:
+                resp = http.post("/jobs", json={"k": "after"})
+                code = resp.status_code
+            except httpx.HTTPError as exc:
+                timeline.append(f"{t - t0:.1f}s {type(exc).__name__} after {time.monotonic() - t:.1f}s")
                 return False
             codes.append(code)
+            if not timeline or not timeline[-1].endswith(f"{code} {resp.text[:60]}"):
+                timeline.append(f"{t - t0:.1f}s took {time.monotonic() - t:.1f}s {code} {resp.text[:60]}")
             return code == 202
 
         # Typically 2-3 s; a split vote among the sentinels retries after 2 x failover-timeout.
-        wait_for(accepted, timeout=60, interval=0.1, what="HTTP to accept again after the failover")
+        try:
+            wait_for(accepted, timeout=60, interval=0.1, what="HTTP to accept again after the failover")
+        except AssertionError:
+            views = []
+            for port in s.sentinel_ports:
+                try:
+                    views.append(s.sentinel(port).sentinel_get_master_addr_by_name("iiimaster"))
+                except Exception as exc:
+                    views.append(repr(exc))
+            raise AssertionError(f"no 202 after the failover; answers {sorted(set(codes))}, sentinels say {views}, "
+                                 f"replica at {s.replica_port}; server stderr: {proc.stderr.read(4000) if proc.poll() is not None else ''}")
         reconnect = time.monotonic() - t0
         assert set(codes) <= {202, 503}, codes  # never a 500 while the primary is away
         wait_for(lambda: runs().get("after") == 1, timeout=30, what="the message posted after the failover")
@@ -103,6 +120,8 @@ def test_the_app_carries_on_on_the_promoted_replica_after_its_primary_is_killed(
         assert health["redis"]["primary"] == f"127.0.0.1:{s.replica_port}" == f"127.0.0.1:{s.primary()}"
         print(f"\nfailover: HTTP accepted again {reconnect:.2f} s after the kill (sentinel down-after 1 s), "
               f"processed by the worker at {done:.2f} s; answers meanwhile: {sorted(set(codes))}")
+        if reconnect > 5:
+            print("\n".join(timeline))
         http.close()
         client.close()
     finally:
