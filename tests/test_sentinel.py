@@ -100,7 +100,7 @@ def test_the_app_carries_on_on_the_promoted_replica_after_its_primary_is_killed(
                 timeline.append(f"{t - t0:.1f}s took {time.monotonic() - t:.1f}s {code} {resp.text[:60]}")
             return code == 202
 
-        # Typically 2-3 s; a split vote among the sentinels retries after 2 x failover-timeout.
+        # Typically 2-3 s; a failed election is retried after 2 x failover-timeout.
         try:
             wait_for(accepted, timeout=60, interval=0.1, what="HTTP to accept again after the failover")
         except AssertionError:
