@@ -31,6 +31,7 @@ EXTRAS = [
     "otel",
     "web",
     "lint",
+    "rabbitmq",
 ]
 
 

@@ -237,3 +237,42 @@ def postgres_url():
                      (name,))
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def rabbit_node(tmp_path_factory: pytest.TempPathFactory):
+    """One RabbitMQ node of our own per run (free ports, temp data; pytest-xdist workers share it);
+    tests keep apart by ``rabbitmq.prefix``."""
+    from tests.rabbitnode import SharedNode, rabbit_bin
+
+    if rabbit_bin("rabbitmq-server") is None:
+        pytest.skip("rabbitmq-server is not installed")
+    # Under xdist each worker has its own base temp dir; their parent is the run's.
+    base = tmp_path_factory.getbasetemp()
+    shared = SharedNode((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "rabbit")
+    node = shared.acquire()
+    yield node
+    shared.release()
+
+
+@pytest.fixture
+def rabbit_prefix(request: pytest.FixtureRequest) -> str:
+    """Exchange and queue names of this test alone, on the session's node."""
+    import re
+    import uuid
+
+    return f"t{uuid.uuid4().hex[:8]}-{re.sub(r'[^A-Za-z0-9_-]', '', request.node.name)[:40]}"
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest) -> str:
+    """Config lines for the broker a test runs on: "" for Redis (the default), or RabbitMQ on the session's node.
+
+    Parametrize a test with ``@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)``.
+    """
+    kind = getattr(request, "param", "redis")
+    if kind == "redis":
+        return ""
+    node = request.getfixturevalue("rabbit_node")
+    prefix = request.getfixturevalue("rabbit_prefix")
+    return f"broker: rabbitmq\nrabbitmq:\n  url: {node.url}\n  prefix: {prefix}\n"

@@ -4,15 +4,31 @@ retries, dead letters, priority, and the stock-Dramatiq weak spots we close."""
 from __future__ import annotations
 
 import itertools
+import textwrap
 import uuid
 
 import pytest
 
+from iii_console.core.discovery import discover
 from iii_console.core.dlq import DeadLetterStore
 
-from .helpers import events, events_once, recorder, runs, wait_for
+from .helpers import events, events_once, make_project, recorder, runs, wait_for
 
 
+@pytest.fixture
+def project(tmp_path, redis_url, broker):
+    """The conftest's ``project``, on the broker this test runs on (``broker``: a config fragment)."""
+
+    def build(steps: dict[str, str], config: str = ""):
+        cfg = make_project(tmp_path, steps, textwrap.dedent(config) + broker, redis_url=redis_url)
+        stepset = discover(cfg.steps_path)
+        assert not stepset.errors, stepset.errors
+        return cfg, stepset
+
+    return build
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_enqueue_fans_out_one_copy_to_every_subscribed_step(project, runtime, producer, r, keys):
     cfg, steps = project({"a_step.py": recorder("A"), "b_step.py": recorder("B"), "c_step.py": recorder("C", topic="other")})
     runtime(cfg, steps)
@@ -45,6 +61,7 @@ def handler(data, ctx):
 """
 
 
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_failing_message_is_retried_max_retries_times_with_delay_then_dead_lettered(project, runtime, producer, r, keys):
     cfg, steps = project({"flaky_step.py": FLAKY}, """
         queues:
@@ -80,6 +97,7 @@ def test_failing_message_is_retried_max_retries_times_with_delay_then_dead_lette
     assert not [k for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:jobs--*") if not k.endswith(b".wake")]
 
 
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_a_failing_subscriber_is_retried_and_dead_lettered_alone(project, runtime, producer, r, keys):
     """Fan-out copies are independent: the failing step's copy is retried and
     dead-lettered on its own, and the step that succeeded runs exactly once."""

@@ -25,7 +25,7 @@ DONE = "bench:images:done"
 #: Set of worker pids that answered a ping (all processes up before the clock starts).
 PIDS = "bench:images:pids"
 
-__all__ = ["SIZES", "probe", "render", "render_to_file", "probe_file", "record_done", "record_pid"]
+__all__ = ["SIZES", "probe", "probe_file", "record_done", "record_pid", "render", "render_to_file"]
 
 
 def probe_file(path: str) -> dict:

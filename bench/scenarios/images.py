@@ -21,9 +21,10 @@ import random
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench import contenders as c
 from bench.env import PY, ROOT, Bench

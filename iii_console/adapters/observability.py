@@ -24,6 +24,7 @@ from iii_console.core.dlq import DeadLetterStore
 from iii_console.core.keys import Keys
 from iii_console.core.queues import queue_stats
 from iii_console.core.redis_server import server_version, version_warning
+from iii_console.core.redis_url import primary_of
 
 #: Prometheus's exposition type without its charset: Litestar adds ``; charset=utf-8`` to every
 #: ``text/`` type it answers with, and would otherwise say it twice.
@@ -137,7 +138,8 @@ def routes(client: redis.Redis, keys: Keys, *, metrics_path: str, health_path: s
             last = {w.decode() if isinstance(w, bytes) else w: int(now - s) for w, s in client.zrange(keys.worker_heartbeats, 0, -1, withscores=True)}
             version = server_version(client)
             return {"status": "ok" if alive else "degraded",
-                    "redis": {"ok": True, "latency_ms": latency, "version": version, "warning": version_warning(version)},
+                    "redis": {"ok": True, "latency_ms": latency, "version": version, "warning": version_warning(version),
+                              **({"primary": primary} if (primary := primary_of(client)) else {})},
                     "workers": {"alive": len(alive), "stale": stale, "ms_since_heartbeat": last}}
 
         @get(health_path, name="iii:health", include_in_schema=False)

@@ -45,6 +45,9 @@ class AsyncClients(Protocol):
     @property
     def client(self) -> Any: ...
 
+    @property
+    def producer(self) -> Any: ...
+
 
 class Runner(Protocol):
     """What the server needs of the step runner (:class:`iii_console.runtime.runner.StepRunner`).
@@ -183,23 +186,32 @@ class DepthGate:
 
         while not self._closed:
             try:
-                client = self.runner.async_side.client
-                counted = dict(self.admitted)  # what the LLENs below will include (or nearly)
-                async with client.pipeline(transaction=False) as pipe:
-                    for qs in self.queues.values():
-                        for q in qs:
-                            pipe.llen(q)
-                    lens = await pipe.execute()
-                i = 0
-                for t, qs in self.queues.items():
-                    self.depth[t] = sum(lens[i:i + len(qs)])
+                counted = dict(self.admitted)  # what the reads below will include (or nearly)
+                # A broker other than Redis (RabbitMQ) counts its own queues.
+                depths = getattr(self.runner.async_side.producer, "depths", None)
+                if depths is not None:
+                    self.depth.update(await depths(list(self.queues)))
+                else:
+                    await self._read_redis_depths()
+                for t in self.queues:
                     self.admitted[t] = self.admitted.get(t, 0) - counted.get(t, 0)
-                    i += len(qs)
             except (redis.RedisError, OSError):
                 pass  # Redis away: requests will get 503 from the handler path anyway
             except Exception:
                 log.exception("queue depth refresh failed; retrying")
             await asyncio.sleep(self.interval)
+
+
+    async def _read_redis_depths(self) -> None:
+        async with self.runner.async_side.client.pipeline(transaction=False) as pipe:
+            for qs in self.queues.values():
+                for q in qs:
+                    pipe.llen(q)
+            lens = await pipe.execute()
+        i = 0
+        for t, qs in self.queues.items():
+            self.depth[t] = sum(lens[i:i + len(qs)])
+            i += len(qs)
 
 
 class HttpSteps:

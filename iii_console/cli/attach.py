@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from iii_console.cli.common import common_options, existing_redis, load_project
+from iii_console.runtime.brokers import console_broker
 
 
 @click.command()
@@ -19,4 +20,5 @@ def attach(read_only: bool, server_url: str | None, config_path: str | None, red
     cfg = load_project(config_path, redis_url)
     url = existing_redis(cfg)
     create_app(redis_url=url, prefix=cfg.redis.prefix, server_url=None if read_only else server_url,
-               read_only=read_only, title="iii-console (attached)", events_maxlen=cfg.events.maxlen).run()
+               read_only=read_only, title="iii-console (attached)", events_maxlen=cfg.events.maxlen,
+               broker=console_broker(cfg)).run()

@@ -33,7 +33,9 @@ def load_project(config_path: str | None, redis_url: str | None, **overrides: An
         # The flag wins over the environment, so a bad REDIS_URL it replaces is no error.
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     cfg = load_config(config_path, env=env)
-    return cfg.with_overrides(**{"redis.url": redis_url.strip() if redis_url else redis_url, **overrides})
+    # --broker (every command) and RABBITMQ_URL, over the file.
+    broker = {"broker": os.environ.get("III_BROKER") or None, "rabbitmq.url": os.environ.get("RABBITMQ_URL") or None}
+    return cfg.with_overrides(**{"redis.url": redis_url.strip() if redis_url else redis_url, **broker, **overrides})
 
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -42,7 +44,15 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                       help="Path to iii-config.yaml (default: ./iii-config.yaml).")(fn)
     fn = click.option("--redis", "redis_url", default=None, metavar="URL",
                       help="Redis URL (redis://, rediss://, unix://). Overrides REDIS_URL and the config file.")(fn)
+    fn = click.option("--broker", type=click.Choice(("redis", "rabbitmq")), default=None, expose_value=False, is_eager=True,
+                      callback=_set_broker, help="Where queue messages live (default: broker in the config, else redis).")(fn)
     return fn
+
+
+def _set_broker(_ctx: click.Context, _param: Any, value: str | None) -> None:
+    """``--broker`` is read by ``load_project`` (through III_BROKER, which worker processes inherit)."""
+    if value:
+        os.environ["III_BROKER"] = value
 
 
 def existing_redis(cfg: Config) -> str:

@@ -20,10 +20,10 @@ def cron_cmd() -> None:
 @common_options
 def cron_run(step_name: str, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
     """Fire cron step STEP now, outside its schedule (marked manual in its events and ctx.trigger)."""
-    from iii_console.core.cronrun import run_now
     from iii_console.core.discovery import discover
     from iii_console.core.services import Services
     from iii_console.core.steps import CronTrigger
+    from iii_console.runtime.brokers import fire_cron_now
 
     cfg = load_project(config_path, redis_url)
     steps = discover(cfg.steps_path)
@@ -36,8 +36,8 @@ def cron_run(step_name: str, as_json: bool, config_path: str | None, redis_url: 
     services = Services.open(cfg, "cli")
     try:
         topic = f"_cron.{step.name}"
-        trace_id, mid = run_now(services.client, services.keys, services.emitter, step.name, step.of(CronTrigger)[0].expression,
-                                priority=cfg.queue(topic).priority)
+        trace_id, mid = fire_cron_now(services.client, services.keys, services.emitter, cfg, step.name,
+                                      step.of(CronTrigger)[0].expression, priority=cfg.queue(topic).priority)
         ids = [mid]
     finally:
         services.close()
@@ -45,3 +45,4 @@ def cron_run(step_name: str, as_json: bool, config_path: str | None, redis_url: 
         click.echo(json.dumps({"step": step.name, "trace_id": trace_id, "message_ids": ids}))
     else:
         click.echo(f"fired {step.name} now (trace {trace_id})")
+

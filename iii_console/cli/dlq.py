@@ -122,8 +122,9 @@ def dlq_show(entry_id: str, as_json: bool, config_path: str | None, redis_url: s
 def dlq_replay(entry_ids: tuple[str, ...], replay_all: bool, queue: str | None, step: str | None, error_text: str | None,
                since: str | None, dry_run: bool, yes: bool, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
     """Put dead letters back on their queues with attempts reset (ENTRY_ID... or --all with filters)."""
-    from iii_console.core.replay import Replayer, ReplayError
+    from iii_console.core.replay import ReplayError
     from iii_console.core.services import Services
+    from iii_console.runtime.brokers import make_replayer
 
     if bool(entry_ids) == replay_all:
         raise click.UsageError("give ENTRY_ID... or --all (with optional filters), not both and not neither")
@@ -140,7 +141,7 @@ def dlq_replay(entry_ids: tuple[str, ...], replay_all: bool, queue: str | None, 
     services = Services.open(cfg, "cli")
     done = 0
     try:
-        replayer = Replayer(services.client, services.keys, services.emitter)
+        replayer = make_replayer(services)
         for e in entries:
             try:
                 new_id = replayer.replay(e)

@@ -11,6 +11,7 @@ from iii_console.cli.output import print_human, print_json, reserve_stdout
 from iii_console.core.config import Config, redact_url
 from iii_console.core.events import Event
 from iii_console.core.text import printable
+from iii_console.runtime.brokers import console_broker
 
 ROLE_CHOICES = ("all", "server", "worker", "scheduler")
 
@@ -97,7 +98,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
         sup.watch()
     server_url = f"http://{'127.0.0.1' if cfg.server.host in ('0.0.0.0', '::') else cfg.server.host}:{sup.port}" if sup.port else None
     app = create_app(redis_url=sup.config.redis.url, prefix=cfg.redis.prefix, server_url=server_url,
-                     events_maxlen=cfg.events.maxlen)
+                     events_maxlen=cfg.events.maxlen, broker=console_broker(cfg))
     app.notice = _redis_version(sup.config.redis.url)[1]
     try:
         await app.run_async()

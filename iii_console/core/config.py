@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from iii_console.core.errors import ConfigError
-from iii_console.core.redact import DEFAULT_WORDS, redact_url, words  # noqa: F401  (redact_url: imported from here by the CLI, runtime and console)
+from iii_console.core.redact import DEFAULT_WORDS, redact_url, words
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
@@ -42,11 +42,15 @@ def redis_url_problem(url: str) -> str | None:
 
     from redis.connection import parse_url
 
+    from iii_console.core.redis_url import is_sentinel, sentinel_url_problem
+
+    if is_sentinel(url):
+        return sentinel_url_problem(url)
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         # The value itself is not repeated: it may have come from an environment variable holding a secret.
         got = f"the scheme {parts.scheme + '://'!r}" if parts.scheme and parts.scheme.isalnum() else "no scheme"
-        return f"not a Redis URL: it has {got}; a Redis URL starts with redis://, rediss:// or unix://"
+        return f"not a Redis URL: it has {got}; a Redis URL starts with redis://, rediss:// or unix:// (redis+sentinel:// under Sentinel)"
     try:
         parse_url(url)
     except ValueError as exc:
@@ -274,8 +278,29 @@ class WorkersConfig(_Section):
     """Replace a worker process once its resident memory (RSS) exceeds this many MiB (0 = never)."""
 
 
+class RabbitmqConfig(_Section):
+    url: str = ""
+    """AMQP URL of a RabbitMQ node (amqp://user:pass@host:5672/vhost); used when ``broker: rabbitmq``.
+    Several nodes of one cluster: separate the URLs with ``;`` (tried in turn)."""
+    prefix: str = Field(default="iii", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Start of every exchange and queue name this project declares, so projects can share a vhost."""
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, v: str) -> str:
+        v = v.strip()
+        for part in filter(None, v.split(";")):
+            if not part.startswith(("amqp://", "amqps://")):
+                raise ValueError(f"not an AMQP URL: {redact_url(part)!r}; it starts with amqp:// or amqps://")
+        return v
+
+
 class Config(_Section):
+    broker: Literal["redis", "rabbitmq"] = "redis"
+    """Where queue messages live: ``redis`` (the default) or ``rabbitmq`` (quorum queues, ``rabbitmq.url``).
+    Redis is still used for state, events, metrics, cron once-keys and the dead-letter store."""
     redis: RedisConfig = RedisConfig()
+    rabbitmq: RabbitmqConfig = RabbitmqConfig()
     server: ServerConfig = ServerConfig()
     queues: dict[str, QueueConfig] = Field(default_factory=dict)
     events: EventsConfig = EventsConfig()
@@ -297,6 +322,12 @@ class Config(_Section):
                 self.queue(topic)
             except ValidationError as exc:
                 raise ValueError(f"queues.{topic}, with what it inherits from queues.default: {_message(exc.errors()[0])}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _broker_reachable(self) -> Config:
+        if self.broker == "rabbitmq" and not self.rabbitmq.url:
+            raise ValueError("broker: rabbitmq needs rabbitmq.url (amqp://HOST:5672/VHOST)")
         return self
 
     def queue(self, topic: str) -> QueueConfig:

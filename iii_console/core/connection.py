@@ -15,6 +15,7 @@ from redis.retry import Retry
 
 from iii_console.core.config import redact_url
 from iii_console.core.errors import RedisUnavailable
+from iii_console.core.redis_url import client_from_url
 
 
 def fast_retry() -> Retry:
@@ -38,7 +39,7 @@ def redis_client(url: str, **kw: Any) -> redis.Redis:
     # redis-py 8 caps a pool at 100 connections by default ("Too many connections" past ~25
     # subscriptions, which crashed the worker at start); the need is bounded by the steps.
     kw.setdefault("max_connections", 10_000)
-    return redis.Redis.from_url(url, **kw)
+    return client_from_url(url, **kw)
 
 
 def check_redis(url: str) -> None:

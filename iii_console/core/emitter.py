@@ -382,6 +382,12 @@ class Emitter:
     def emit(self, type: str, **fields: Any) -> None:
         self._logger.info(type, **fields)
 
+    def put(self, *events: Event | None) -> None:
+        """Send events shaped by :meth:`make` through the buffer, when no script writes them (RabbitMQ settles)."""
+        for event in events:
+            if event is not None:
+                self._sink(event)
+
     def make(self, type: str, **fields: Any) -> Event:
         """The event ``emit`` would send, shaped the same way but not sent: a transition script writes it."""
         ed = {**self._bound, **fields, "event": type}

@@ -131,4 +131,4 @@ def redact_url(url: str) -> str:
     return _URL_SECRET_PARAM.sub(r"\1***", out)
 
 
-_URL_SECRET_PARAM = re.compile(r"(?i)([?&](?:password|passwd|pwd|ssl_password|auth|token)=)[^&#\s]*")
+_URL_SECRET_PARAM = re.compile(r"(?i)([?&](?:password|passwd|pwd|ssl_password|sentinel_password|auth|token)=)[^&#\s]*")

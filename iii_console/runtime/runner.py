@@ -17,11 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
 
-import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from iii_console.adapters.queue.producer import AsyncProducer, Producer, Subscriptions, subscriptions_for
+from iii_console.adapters.queue.producer import Subscriptions, subscriptions_for
 from iii_console.core import spans
 from iii_console.core.autopipe import AutoPipeline
 from iii_console.core.blobs import AsyncBlobs
@@ -30,8 +29,10 @@ from iii_console.core.discovery import StepSet
 from iii_console.core.dlq import AsyncDeadLetters, DeadLetterStore
 from iii_console.core.lease import AsyncLeases, Leases
 from iii_console.core.progress import AsyncProgressStore, ProgressStore
+from iii_console.core.redis_url import async_client_from_url
 from iii_console.core.state import AsyncStateStore, StateStore
 from iii_console.core.steps import Step
+from iii_console.runtime.brokers import make_async_producer, make_producer
 from iii_console.runtime.services import Services
 
 #: How often a thread waiting on an async handler wakes to take an asynchronous exception.
@@ -84,13 +85,12 @@ class AsyncSide:
 
     def __init__(self, services: Services, subscriptions: Subscriptions):
         cfg = services.config
-        pool = aredis.BlockingConnectionPool.from_url(
+        self.client = async_client_from_url(
             cfg.redis.url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S, socket_connect_timeout=2, socket_timeout=10,
             health_check_interval=15, retry=AsyncRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3))
-        self.client = aredis.Redis.from_pool(pool)
         self.autopipe = AutoPipeline(self.client)
         self.state = AsyncStateStore(self.client, services.keys, events_maxlen=cfg.events.maxlen, worker=services.name, autopipe=self.autopipe)
-        self.producer = AsyncProducer(self.client, services.keys, cfg, subscriptions, services.emitter, autopipe=self.autopipe)
+        self.producer = make_async_producer(services, subscriptions, self.client, self.autopipe)
         self.progress = AsyncProgressStore(self.client, services.keys, services.emitter)
         self.leases = AsyncLeases(self.client, services.keys)
         #: Threads for ``def`` handlers called from this loop. Not the loop's default executor:
@@ -121,7 +121,7 @@ class StepRunner:
     def __init__(self, services: Services, subscriptions: Subscriptions, *, loop_thread: LoopThread | None = None, async_side: AsyncSide | None = None):
         self.services = services
         self.state = StateStore(services.client, services.keys, events_maxlen=services.config.events.maxlen, worker=services.name)
-        self.producer = Producer(services.client, services.keys, services.config, subscriptions, services.emitter)
+        self.producer = make_producer(services, subscriptions)
         self.progress = ProgressStore(services.client, services.keys, services.emitter)
         self.leases = Leases(services.client, services.keys)
         self.dead_letters = DeadLetterStore(services.client, services.keys)

@@ -28,7 +28,6 @@ import dramatiq
 import redis
 from dramatiq.middleware import CurrentMessage
 
-from iii_console.adapters.queue.broker import IIIBroker
 from iii_console.adapters.queue.middleware import LifecycleEvents, RetryPolicy
 from iii_console.adapters.queue.names import ACTOR_PRIORITY, CRON_TOPIC, STATE_TOPIC, Subscription, parse_queue
 from iii_console.adapters.queue.sweep import requeue_worker, sweep_dead_workers
@@ -40,6 +39,7 @@ from iii_console.core.discovery import StepSet, discover
 from iii_console.core.events import now_ms
 from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step, validate_input
 from iii_console.runtime.batch import batched_actor
+from iii_console.runtime.brokers import make_broker
 from iii_console.runtime.dispatcher import (
     TRIGGER_GROUP,
     TriggerDispatcher,
@@ -81,12 +81,7 @@ class WorkerRuntime:
 
             # Opens once the throttle let the message through; closes after the retry policy decided.
             middleware = [CloseRun(), *middleware[:3], OpenRun(self.services.tracing), *middleware[3:]]
-        self.broker = IIIBroker(
-            client=self.services.client, keys=self.services.keys, emitter=self.services.emitter,
-            middleware=middleware,
-            max_deliveries=lambda topic: config.queue(topic).max_deliveries,
-            dead_letter_queue=lambda topic: config.queue(topic).dead_letter_queue,
-        )
+        self.broker = make_broker(config, self.services, self.runner._subs, middleware)
         # The supervisor names its child, so it can recover the child's messages
         # the moment it exits without its clean stop.
         if os.environ.get("III_WORKER_ID"):

@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 
-from iii_console.core.cronrun import run_now
 from iii_console.core.steps import CronTrigger
 from iii_console.testing.project import StepFailed, _Project
 
@@ -87,8 +86,10 @@ class IIIApp(_Project):
 
         if self._services is None:
             self._services = Services.open(self.config, "test")
-        trace_id, _mid = run_now(self.redis, self.keys, self._services.emitter, found.name, crons[0].expression,
-                                 priority=self.config.queue(f"_cron.{found.name}").priority, source="test")
+        from iii_console.runtime.brokers import fire_cron_now
+
+        trace_id, _mid = fire_cron_now(self.redis, self.keys, self._services.emitter, self.config, found.name, crons[0].expression,
+                                       priority=self.config.queue(f"_cron.{found.name}").priority, source="test")
         return trace_id
 
     def stop(self) -> None:

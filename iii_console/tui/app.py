@@ -34,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import redis
 from rich.text import Text
@@ -116,7 +117,7 @@ class ConsoleApp(WriteFlows):
 
     def __init__(self, *, redis_url: str, keys: Keys, server_url: str | None = None, read_only: bool = False,
                  clock: Callable[[], float] = time.time, title: str = "iii-console", history: int = 2000,
-                 tick_s: float = 0.25, poll_s: float = 1.0, events_maxlen: int = 100_000):
+                 tick_s: float = 0.25, poll_s: float = 1.0, events_maxlen: int = 100_000, broker: Any = None):
         super().__init__()
         self.title = title
         self.redis_url = redis_url
@@ -128,7 +129,7 @@ class ConsoleApp(WriteFlows):
         self.server_url = server_url.rstrip("/") if server_url else None
         self.read_only = read_only
         #: Replay, purge and state edits; a read-only console has none, so it cannot write by mistake.
-        self.writer = None if read_only else Writer(redis_url, keys, events_maxlen=events_maxlen)
+        self.writer = None if read_only else Writer(redis_url, keys, events_maxlen=events_maxlen, broker=broker)
         self.clock = clock
         self.tick_s = tick_s
         self.poll_s = poll_s
@@ -591,8 +592,10 @@ def _settle_gc() -> None:
 
 
 def create_app(*, redis_url: str, prefix: str = "iii:", server_url: str | None = None, read_only: bool = False,
-               clock: Callable[[], float] = time.time, title: str = "iii-console", events_maxlen: int = 100_000) -> ConsoleApp:
+               clock: Callable[[], float] = time.time, title: str = "iii-console", events_maxlen: int = 100_000,
+               broker: Any = None) -> ConsoleApp:
     """The console the CLI runs: attach to ``redis_url`` under ``prefix``; ``s`` posts to ``server_url``;
-    the events its writes add trim the stream to ``events_maxlen`` (the deployment's ``events.maxlen``)."""
+    the events its writes add trim the stream to ``events_maxlen`` (the deployment's ``events.maxlen``).
+    ``broker``: replay and run-now on a broker other than Redis (``runtime.brokers.console_broker``), else ``None``."""
     return ConsoleApp(redis_url=redis_url, keys=Keys(prefix), server_url=server_url, read_only=read_only,
-                      clock=clock, title=title, events_maxlen=events_maxlen)
+                      clock=clock, title=title, events_maxlen=events_maxlen, broker=broker)

@@ -39,9 +39,13 @@ class ReplayResult:
 class Writer:
     """Opens a short-lived connection per action, so an idle console holds no write connection."""
 
-    def __init__(self, redis_url: str, keys: Keys, *, events_maxlen: int = 100_000, worker: str | None = None):
+    def __init__(self, redis_url: str, keys: Keys, *, events_maxlen: int = 100_000, worker: str | None = None,
+                 broker: Any = None):
         self.redis_url = redis_url
         self.keys = keys
+        #: Replay and run-now on a broker other than Redis (``runtime.brokers.ConsoleBroker``, handed in
+        #: by the command line), else ``None``: they write Redis through the core.
+        self.broker = broker
         #: The deployment's ``events.maxlen``: the console's XADDs trim the stream to it, never shorter.
         self.events_maxlen = events_maxlen
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:console"
@@ -58,14 +62,20 @@ class Writer:
         out = ReplayResult()
         with self._client() as client:
             sink = StreamSink(client, self.keys.events, maxlen=self.events_maxlen, keys=self.keys)
+            emitter = Emitter(sink.put, worker=self.worker)
+            if self.broker is not None:
+                replayer: Any = self.broker.replayer(client, self.keys, emitter)
+            else:
+                replayer = Replayer(client, self.keys, emitter)
             try:
-                replayer = Replayer(client, self.keys, Emitter(sink.put, worker=self.worker))
                 for e in entries:
                     try:
                         out.replayed.append((e.id, replayer.replay(e)))
                     except ReplayError as exc:
                         out.skipped.append(str(exc))
             finally:
+                if self.broker is not None:
+                    replayer.close()
                 sink.close()  # the message.replayed events are on the stream before the console says "done"
         return out
 
@@ -95,8 +105,12 @@ class Writer:
         with self._client() as client:
             sink = StreamSink(client, self.keys.events, maxlen=self.events_maxlen, keys=self.keys)
             try:
-                _trace, mid = run_now(client, self.keys, Emitter(sink.put, worker=self.worker), step, expression,
-                                      priority=priority, source="console")
+                if self.broker is not None:
+                    _trace, mid = self.broker.run_cron(client, self.keys, Emitter(sink.put, worker=self.worker), step,
+                                                       expression, priority=priority, source="console")
+                else:
+                    _trace, mid = run_now(client, self.keys, Emitter(sink.put, worker=self.worker), step, expression,
+                                          priority=priority, source="console")
             finally:
                 sink.close()
         return mid

@@ -22,6 +22,7 @@ from iii_console.core.errors import DecodeError
 from iii_console.core.events import Event
 from iii_console.core.keys import Keys, as_str
 from iii_console.core.queues import QueueStat, queue_stats
+from iii_console.core.redis_url import client_from_url
 from iii_console.core.state import StateStore
 
 #: Registries (steps, topics, cron) change only on a deploy or reload: re-read this often.
@@ -30,7 +31,7 @@ REGISTRY_EVERY_S = 5.0
 
 def connect(url: str) -> redis.Redis:
     """A client that fails fast (so the status bar says so) instead of hanging."""
-    return redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=3.0, health_check_interval=0)
+    return client_from_url(url, socket_connect_timeout=1.0, socket_timeout=3.0, health_check_interval=0)
 
 
 def _raw_reply(response: Any, **_: Any) -> Any:
@@ -46,7 +47,7 @@ def connect_stream(url: str) -> redis.Redis:
     :meth:`StreamTail._decode` pairs the flat field list itself. Undecodable bytes become
     U+FFFD rather than failing the whole read.
     """
-    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=3.0, health_check_interval=0,
+    client = client_from_url(url, socket_connect_timeout=1.0, socket_timeout=3.0, health_check_interval=0,
                                   decode_responses=True, encoding_errors="replace")
     for command in ("XREAD", "XREVRANGE"):
         client.set_response_callback(command, _raw_reply)

@@ -1,0 +1,207 @@
+"""Enqueue to a topic on RabbitMQ, and replay dead letters onto it.
+
+One publish per enqueue: the body goes to the topic's exchange with the
+priority as routing key and is routed to every subscribed step's queue; the
+confirm covers every copy (a fan-out is whole or refused). Each step's
+message id travels in ``iii_ids`` (``rmq_broker.localize``). A delayed message
+is published once per copy to the delay queue of its delay.
+
+Once-only enqueues (a cron tick's ``once``/``floor``, a state trigger's
+once-key, a dedup key) cannot be one atomic step across RabbitMQ and Redis.
+The message is published first, then the claim is taken in Redis by
+``enqueue.lua`` (with no message to write): a publish that fails takes no
+claim (the caller tries again), and a crash between the two leaves a message
+whose claim the next attempt finds free. A copy published by an attempt that
+then lost the claim carries the same run-key (``iii_run_key``) and the
+consumer runs only the first copy it sees for that key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from dramatiq.message import Message
+
+from iii_console.adapters.queue.errors import EnqueueError
+from iii_console.adapters.queue.producer import DEDUP_TTL_MS, Subscriptions, _Builder, _dedup_extras, _script_args, check_dedup
+from iii_console.adapters.queue.rmq_topology import Publisher, Topology, delay_bucket
+from iii_console.adapters.queue.scripts import Scripts
+from iii_console.core.config import Config
+from iii_console.core.dlq import DeadLetter
+from iii_console.core.emitter import Emitter
+from iii_console.core.keys import Keys
+from iii_console.core.replay import ReplayError, build_message
+
+
+def topology_of(config: Config) -> Topology:
+    return Topology(config.rabbitmq.prefix, lambda topic: config.queue(topic).max_deliveries)
+
+
+class RabbitProducer(_Builder):
+    def __init__(self, client: redis.Redis, keys: Keys, config: Config, subscriptions: Subscriptions, emitter: Emitter,
+                 *, publisher: Publisher | None = None):
+        super().__init__(keys, config, subscriptions, emitter)
+        self.client = client
+        self.scripts = Scripts(client)
+        self.topology = topology_of(config)
+        self.publisher = publisher or Publisher(config.rabbitmq.url)
+
+    def _declares(self, topic: str) -> list[tuple[Any, Callable[[Any], object]]]:
+        subs = self.subscriptions.get(topic, [])
+
+        def declare(ch: Any) -> None:
+            for s in subs:
+                self.topology.declare_subscription(ch, topic, s.queues)
+
+        return [(("topic", topic), declare)]
+
+    def _publish(self, topic: str, copies: list[Any], prio: str, delay_ms: int, run_key: str | None) -> None:
+        if delay_ms > 0:
+            declare = [*self._declares(topic), (("delay", delay_bucket(delay_ms)), lambda ch: self.topology.declare_delay(ch, delay_ms))]
+            for sub, msg in copies:
+                msg = msg.copy(options={"iii_run_key": run_key} if run_key else {})
+                msg.options.pop("redis_message_id", None)
+                self.publisher.publish(self.topology.delay(delay_ms), self.topology.queue(sub.queue(prio)), msg.encode(),
+                                       declare=declare)
+            return
+        first = copies[0][1]
+        options = {k: v for k, v in first.options.items() if k != "redis_message_id"}
+        options["iii_ids"] = {sub.step: m.message_id for sub, m in copies}
+        if run_key:
+            options["iii_run_key"] = run_key
+        body = Message(queue_name=topic, actor_name="", args=first.args, kwargs={}, options=options,
+                       message_id=first.message_id, message_timestamp=first.message_timestamp).encode()
+        self.publisher.publish(self.topology.exchange(topic), prio, body, declare=self._declares(topic))
+
+    def enqueue(self, topic: str, data: Any, *, trace_id: str, priority: str | None = None, delay_ms: int = 0,
+                source: str | None = None, once: str | None = None, once_ttl_ms: int = 86_400_000,
+                options: dict[str, Any] | None = None, floor: tuple[str, int, str] | None = None,
+                dedup_key: str | None = None, dedup_ttl_ms: int = DEDUP_TTL_MS,
+                extras: dict[str, Any] | None = None, limit_size: bool = True,
+                announce: Callable[[list[str]], list[Any]] | None = None) -> list[str] | None:
+        """The Redis producer's contract (``producer.Producer.enqueue``) on RabbitMQ."""
+        if options and options.get("group_of") is not None:
+            raise EnqueueError("fan-in groups (enqueue_group) need broker: redis")
+        _triples, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source,
+                                           options=options, limit_size=limit_size)
+        ids = [m.message_id for _, m in copies]
+        extras = dict(extras or {})
+        if dedup_key is not None:
+            check_dedup(dedup_key, dedup_ttl_ms)
+            once, once_ttl_ms = self.keys.dedup(topic, dedup_key), dedup_ttl_ms
+            extras.update(_dedup_extras(self, topic, dedup_key, ids, trace_id, source))
+        events = self.events(topic, data, copies, prio, delay_ms, source, trace_id)
+        if announce is not None:
+            events += announce(ids)
+        if (once or floor) and copies:
+            # A claim already taken needs no publish (a race between the check and the claim still can publish one).
+            held = self.client.get(once) if once else None
+            if held is not None:
+                return list(json.loads(held)) if dedup_key is not None else None
+            if floor is not None and _at_or_after(self.client.get(floor[0]), floor[1]):
+                return None
+        if copies:
+            self._publish(topic, copies, prio, delay_ms, once)
+        if not (once or floor):
+            self.emitter.put(*events)
+            return ids
+        # The claim, with the events: written only if it is taken.
+        mark = json.dumps(ids, separators=(",", ":"))
+        if once:
+            extras.setdefault("v", mark)
+        ns = self.keys.dramatiq_namespace
+        n = self.emitter.transition(lambda ev: self.scripts.enqueue(args=_script_args(
+            ns, [], once=once, once_ttl_ms=once_ttl_ms, delay_ms=0, events=ev, floor=floor, extras=extras)), *events)
+        if isinstance(n, (bytes, str)):
+            held = n.decode() if isinstance(n, bytes) else n
+            if dedup_key is not None:
+                return list(json.loads(held))
+            return None  # the once-key was taken before
+        taken = (self.client.get(once) == extras["v"].encode()) if once else (self.client.get(floor[0]) == floor[2].encode())  # type: ignore[index]
+        return ids if taken else None
+
+    def enqueue_group(self, *args: Any, **kwargs: Any) -> str:
+        raise EnqueueError("fan-in groups (enqueue_group) need broker: redis")
+
+    def depths(self, topics: list[str]) -> dict[str, int]:
+        """topic -> messages ready in its subscriptions' queues (passive declares, after declaring what is missing)."""
+        out: dict[str, int] = {}
+        for topic in topics:
+            names = [self.topology.queue(s.queue(p)) for s in self.subscriptions.get(topic, []) for p in ("high", "normal", "low")]
+            out[topic] = self.publisher.run(
+                lambda ch: sum(ch.queue_declare(q, passive=True).method.message_count for q in names),  # noqa: B023
+                declare=self._declares(topic))
+        return out
+
+
+def _at_or_after(last: bytes | None, ms: int) -> bool:
+    """Whether a cron trigger's last fired tick (``cron-last`` JSON) is at or after ``ms``."""
+    try:
+        return last is not None and int(json.loads(last)["scheduled_ms"]) >= ms
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+class AsyncRabbitProducer:
+    """The same for the HTTP server and ``async def`` handlers: the confirmed publish runs in a thread."""
+
+    def __init__(self, sync: RabbitProducer):
+        self.sync = sync
+
+    async def enqueue(self, topic: str, data: Any, **kwargs: Any) -> list[str]:
+        got = await asyncio.to_thread(lambda: self.sync.enqueue(topic, data, **kwargs))
+        return got or []
+
+    async def enqueue_group(self, *args: Any, **kwargs: Any) -> str:
+        raise EnqueueError("fan-in groups (enqueue_group) need broker: redis")
+
+    async def depths(self, topics: list[str]) -> dict[str, int]:
+        """topic -> messages ready in its subscriptions' queues (for the server's ``max_queue_depth`` gate)."""
+        return await asyncio.to_thread(self.sync.depths, topics)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sync, name)
+
+
+class RabbitReplayer:
+    """``core.replay.Replayer`` on RabbitMQ: take the entry out of the store, publish it, put it back if that fails.
+
+    Taking the entry first (one ``HDEL`` that only one caller can win) keeps two
+    operators replaying at once from running it twice.
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys, emitter: Emitter, config: Config):
+        self.client = client
+        self.keys = keys
+        self.emitter = emitter
+        self.topology = topology_of(config)
+        self.publisher = Publisher(config.rabbitmq.url)
+
+    def replay(self, entry: DeadLetter) -> str:
+        msg = build_message(entry)
+        # A replay is a new message: it must not be taken for a second copy of a once-only one.
+        for key in ("redis_message_id", "iii_run_key", "iii_ids"):
+            msg["options"].pop(key, None)
+        raw = self.client.hget(self.keys.dlq_entries(entry.dlq), entry.id)
+        if not self.client.hdel(self.keys.dlq_entries(entry.dlq), entry.id):
+            raise ReplayError(f"{entry.id}: no longer in {entry.dlq} (replayed or purged meanwhile)")
+        try:
+            topic = msg["options"].get("topic") or entry.topic or ""
+            queue = str(entry.queue)
+            declare = [(("queue", queue), lambda ch: self.topology.declare_subscription(ch, topic, [queue]))]
+            self.publisher.publish("", self.topology.queue(queue), json.dumps(msg, separators=(",", ":")).encode(), declare=declare)
+        except Exception:
+            if raw is not None:
+                self.client.hset(self.keys.dlq_entries(entry.dlq), entry.id, raw)
+            raise
+        self.client.zrem(self.keys.dlq(entry.dlq), entry.id)
+        self.emitter.emit("message.replayed", trace_id=entry.trace_id, message_id=msg["message_id"], step=entry.step,
+                          topic=entry.topic, queue=entry.queue, data={"replay_of": entry.id, "dlq": entry.dlq, "payload": entry.data})
+        return str(msg["message_id"])
+
+    def close(self) -> None:
+        self.publisher.close()

@@ -1,0 +1,212 @@
+"""RabbitMQ names, declarations and confirmed publishing, shared by producers, workers and replay.
+
+Topology (``P`` is ``rabbitmq.prefix``):
+
+- ``P.topic.TOPIC``: a direct exchange per topic; routing key = the priority.
+  Each subscribed step's queue of that priority is bound to it, so one
+  publish fans out to every step (and one confirm covers every copy).
+- ``P.TOPIC--STEP--PRIORITY``: a quorum queue per subscription and priority,
+  with ``x-delivery-limit`` (``max_deliveries - 1`` redeliveries) and
+  at-least-once dead-lettering into ``P.dead``.
+- ``P.delay.MS``: one quorum queue (behind a fanout exchange of the same name)
+  per distinct delay, with ``x-message-ttl = MS`` and the default exchange as
+  its dead-letter exchange: a message published there with the routing key of
+  its target queue lands on that queue when its time is up. Every message in
+  one delay queue has the same TTL, so expiry order is queue order.
+- ``P.dead``: the dead-letter exchange (fanout) and its quorum queue, read by
+  the ingester that writes our dead-letter store in Redis.
+
+Quorum queues refuse ``x-max-priority``; priority is three queues (see
+``rmq_broker.py``). At-least-once dead-lettering needs ``x-overflow:
+reject-publish``: a publish to a full queue is refused (nack), never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pika
+import pika.exceptions
+import redis
+from dramatiq.errors import ConnectionClosed
+
+log = logging.getLogger(__name__)
+
+#: Publish attempts (each on a fresh connection after the first fails) before giving up.
+PUBLISH_ATTEMPTS = 3
+AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)
+
+
+class BrokerUnavailable(ConnectionClosed, redis.ConnectionError):
+    """RabbitMQ refused or could not be reached: the caller may try again.
+
+    Both a Dramatiq ``ConnectionClosed`` (a worker's settle is retried until it
+    goes through) and a ``redis.ConnectionError``, which the HTTP server and the
+    runtime's retry loops already treat as "storage away": a ``503`` with
+    ``Retry-After``, never a ``500``.
+    """
+
+
+def parameters(url: str) -> list[pika.URLParameters]:
+    """Connection parameters of each ``;``-separated URL (pika tries them in turn)."""
+    out = []
+    for u in filter(None, url.split(";")):
+        p = pika.URLParameters(u)
+        p.connection_attempts = 1
+        p.socket_timeout = 5
+        p.blocked_connection_timeout = 30
+        out.append(p)
+    return out
+
+
+def delay_bucket(delay_ms: int) -> int:
+    """``delay_ms`` rounded up to two significant digits: the delay queue that holds it.
+
+    Configured delays (300, 1500, 60000) keep their value; computed ones (a
+    throttle's wait, a ``Retry-After``) share a bounded set of queues (at most
+    90 per power of ten) instead of one quorum queue each. A message never runs
+    early, at most 10 % late.
+    """
+    ms = max(1, int(delay_ms))
+    step = 10 ** max(0, len(str(ms)) - 2)
+    return -(-ms // step) * step
+
+
+class Topology:
+    def __init__(self, prefix: str, max_deliveries: Callable[[str], int]):
+        self.prefix = prefix
+        #: topic -> its ``max_deliveries`` (the queue's delivery limit is one less: redeliveries).
+        self.max_deliveries = max_deliveries
+
+    # -- names --------------------------------------------------------------
+    def queue(self, queue_name: str) -> str:
+        return f"{self.prefix}.{queue_name}"
+
+    def local(self, rabbit_queue: str) -> str:
+        """``P.t--S--normal`` -> ``t--S--normal``."""
+        return rabbit_queue.removeprefix(f"{self.prefix}.")
+
+    def exchange(self, topic: str) -> str:
+        return f"{self.prefix}.topic.{topic}"
+
+    def delay(self, delay_ms: int) -> str:
+        return f"{self.prefix}.delay.{delay_bucket(delay_ms)}"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}.dead"
+
+    # -- declarations -------------------------------------------------------
+    def work_queue_args(self, topic: str) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": max(0, int(self.max_deliveries(topic)) - 1),
+            "x-dead-letter-exchange": self.dead,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    def declare_dead(self, channel: Any) -> None:
+        channel.exchange_declare(self.dead, exchange_type="fanout", durable=True)
+        channel.queue_declare(self.dead, durable=True, arguments={"x-queue-type": "quorum"})
+        channel.queue_bind(self.dead, self.dead)
+
+    def declare_subscription(self, channel: Any, topic: str, queue_names: list[str]) -> None:
+        """Declare the exchange of ``topic`` (the topic enqueues name) and queues bound to it by priority."""
+        self.declare_dead(channel)
+        channel.exchange_declare(self.exchange(topic), exchange_type="direct", durable=True)
+        for q in queue_names:
+            priority = q.rsplit("--", 1)[1]
+            channel.queue_declare(self.queue(q), durable=True, arguments=self.work_queue_args(topic))
+            channel.queue_bind(self.queue(q), self.exchange(topic), routing_key=priority)
+
+    def declare_delay(self, channel: Any, delay_ms: int) -> None:
+        delay_ms = delay_bucket(delay_ms)
+        name = self.delay(delay_ms)
+        channel.exchange_declare(name, exchange_type="fanout", durable=True)
+        channel.queue_declare(name, durable=True, arguments={
+            "x-queue-type": "quorum", "x-message-ttl": int(delay_ms), "x-dead-letter-exchange": "",
+            "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+        channel.queue_bind(name, name)
+
+
+class Publisher:
+    """Confirmed publishing from any thread: one connection and confirm channel per thread.
+
+    ``publish`` returns only once RabbitMQ confirmed the message (written to a
+    majority of each quorum queue it was routed to); a message it could route
+    nowhere (``mandatory``) or a nack raises. ``declare(fn)`` runs ``fn(channel)``
+    once per key and process, before the first publish that needs it.
+    """
+
+    def __init__(self, url: str):
+        self.params = parameters(url)
+        self._local = threading.local()
+        self._declared: set[Any] = set()
+        self._lock = threading.Lock()
+        self._all: list[Any] = []
+
+    def channel(self) -> Any:
+        ch = getattr(self._local, "channel", None)
+        if ch is None or not ch.is_open:
+            self._drop()
+            conn = pika.BlockingConnection(self.params)
+            ch = conn.channel()
+            ch.confirm_delivery()
+            self._local.connection, self._local.channel = conn, ch
+            with self._lock:
+                self._all.append(conn)
+        return ch
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "connection", None)
+        self._local.connection = self._local.channel = None
+        if conn is not None:
+            with self._lock:
+                if conn in self._all:
+                    self._all.remove(conn)
+            try:
+                if conn.is_open:
+                    conn.close()
+            except Exception:
+                pass
+
+    def run(self, fn: Callable[[Any], Any], *, declare: Sequence[tuple[Any, Callable[[Any], object]]] = ()) -> Any:
+        """Run ``fn(channel)`` after the ``declare`` steps not yet done, retrying on a new connection."""
+        last: BaseException | None = None
+        for attempt in range(PUBLISH_ATTEMPTS):
+            try:
+                ch = self.channel()
+                for key, how in declare:
+                    if key not in self._declared:
+                        how(ch)
+                        self._declared.add(key)
+                return fn(ch)
+            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                # A confirm that says no: the queue was gone (redeclare) or full.
+                last = exc
+                self._declared.difference_update(k for k, _ in declare)
+            except AMQP_ERRORS as exc:
+                last = exc
+                self._drop()
+            time.sleep(min(0.1 * 2 ** attempt, 1.0))
+        raise BrokerUnavailable(f"RabbitMQ: {type(last).__name__}: {last}") from None
+
+    def publish(self, exchange: str, routing_key: str, body: bytes, *, declare: Sequence[tuple[Any, Callable[[Any], object]]] = (),
+                headers: dict[str, Any] | None = None) -> None:
+        props = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=headers)
+        self.run(lambda ch: ch.basic_publish(exchange, routing_key, body, properties=props, mandatory=True), declare=declare)
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                if conn.is_open:
+                    conn.close()
+            except Exception:
+                pass
