@@ -13,11 +13,11 @@ its parts read each other's state; split, each part would need the others back.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-import json
 from typing import Any, NamedTuple
 
 from iii_console.core.events import Event
