@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import RichLog
 
+from iii_console.core.text import first_line
 from iii_console.tui import fmt
 from iii_console.tui.filter import EventFilter
 from iii_console.tui.model import TILES, LogEntry
@@ -112,7 +113,7 @@ class LivePane(Pane):
         for ev in m.step_errors.values():
             d = ev.data if isinstance(ev.data, dict) else {}
             where = f"{d.get('file', '?')}:{d.get('line', '?')}" if d.get("line") else str(d.get("file") or ev.step or "")
-            out.append(Text.assemble(("step error ", "bold red"), (where, "bold"), "\n  ", (ev.error or "", "red")))
+            out.append(Text.assemble(("step error ", "bold red"), (where, "bold"), "\n  ", (fmt.plain(first_line(ev.error or "")), "red")))
         out.extend(_problem_line(entry) for entry in list(reversed(m.problems))[:60])
         if not out:
             out.append(Text("No problems: no step errors, failures or dead letters.", style="green"))
@@ -137,4 +138,4 @@ def _problem_line(entry: LogEntry) -> Text:
     else:
         msg = ev.error or (ev.data.get("message") if isinstance(ev.data, dict) else "") or ""
     return Text.assemble((fmt.hms(ev.ts), "bright_black"), " ", (f"{label:<10}", style), " ",
-                         ((ev.step or "-"), "bold"), " ", (ev.trace_id[:8], "bright_black"), "\n  ", (str(msg), style))
+                         ((ev.step or "-"), "bold"), " ", (ev.trace_id[:8], "bright_black"), "\n  ", (fmt.plain(first_line(msg)), style))

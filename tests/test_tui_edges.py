@@ -1,0 +1,49 @@
+"""Rough edges of the console a new user meets first, driven with Pilot against a real Redis."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import RichLog, Static
+
+from iii_console.core.events import Event
+from iii_console.tui.screens import TraceScreen
+from iii_console.tui.widgets import Table
+
+from .helpers import SIZE, T0_MS, console, lifecycle, log_text, plain, started, until
+
+pytestmark = pytest.mark.anyio
+
+VALIDATION_ERROR = ("ValidationError: 2 validation errors for Order\nquantity\n"
+                    "  Input should be greater than 0 [type=greater_than, input_value=-1]\n"
+                    "sku\n  Field required [type=missing, input_value={}, input_type=dict]")
+
+
+async def test_a_multi_line_error_is_one_line_in_the_log_and_problems_and_whole_in_the_detail(redis_url, emit):
+    """Given a failure whose error spans five lines, when it is read, then the log and Problems show its first line and the trace detail all of it."""
+    evs = lifecycle(1, T0_MS)
+    started_at = next(i for i, e in enumerate(evs) if e.type == "message.started")
+    s = evs[started_at]
+    failed = Event("message.failed", s.ts + 2, s.trace_id, s.message_id, s.step, s.topic, attempt=1,
+                   worker=s.worker, duration_ms=1.0, error=VALIDATION_ERROR, data={"traceback": "Traceback…\n"})
+    emit([*evs[: started_at + 1], failed])
+    app = console(redis_url=redis_url)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        log, problems = app.query_one("#events", RichLog), app.query_one("#problems", RichLog)
+        await until(pilot, lambda: "2 validation errors for Order" in log_text(log), "the failure in the log")
+        line = next(x for x in log_text(log).splitlines() if "validation errors" in x)
+        assert "(+4 lines)" in line and "quantity" not in log_text(log) and "\\n" not in line
+        await until(pilot, lambda: "validation errors" in log_text(problems), "the failure in Problems")
+        text = " ".join(log_text(problems).split())
+        assert "(+4 lines)" in text and "Field required" not in text
+
+        await pilot.press("2")
+        await until(pilot, lambda: app.query_one("#messages-table", Table).row_count == 1, "the message row")
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, TraceScreen), "the trace screen")
+        timeline = app.screen.query_one("#timeline", Table)
+        await until(pilot, lambda: timeline.row_count == started_at + 2, "the trace's events")
+        timeline.move_cursor(row=timeline.row_count - 1)
+        await pilot.pause()
+        detail = plain(app.screen.query_one("#event-detail", Static).content)
+        assert "quantity\n" in detail and "Field required [type=missing" in detail
