@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from textual.widgets import RichLog, Static
+from textual import events
+from textual.widgets import Input, RichLog, Static
 
 from iii_console.core.events import Event
+from iii_console.tui import ConsoleApp
 from iii_console.tui.screens import TraceScreen
 from iii_console.tui.widgets import Table
 
@@ -47,3 +49,25 @@ async def test_a_multi_line_error_is_one_line_in_the_log_and_problems_and_whole_
         await pilot.pause()
         detail = plain(app.screen.query_one("#event-detail", Static).content)
         assert "quantity\n" in detail and "Field required [type=missing" in detail
+
+
+def burst(app: ConsoleApp, keys: str) -> None:
+    """Keys as a paste or a fast typist sends them: all queued before the app handles the first."""
+    for key in keys:
+        name = {"/": "slash", " ": "space", ":": "colon"}.get(key, key)
+        event = events.Key(name, key)
+        event.set_sender(app)
+        app._driver.send_message(event)  # type: ignore[union-attr]
+
+
+async def test_keys_typed_in_one_burst_after_slash_go_to_the_filter_not_to_shortcuts(redis_url, emit):
+    """Given the Live tab, when `/status:dead` arrives in one burst, then the filter holds the text and no shortcut fired (s opens Send, p pauses, 2 switches tab)."""
+    emit(lifecycle(1, T0_MS))
+    app = console(redis_url=redis_url, server_url="http://127.0.0.1:9")
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        burst(app, "/status:dead p2q")
+        box = app.query_one("#filter", Input)
+        await until(pilot, lambda: box.value == "status:dead p2q", "the whole text in the filter", timeout=3)
+        assert len(app.screen_stack) == 1 and not app.paused and app._active == "live"
+        assert app.is_running

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import redis
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -106,7 +106,9 @@ class ConsoleApp(WriteFlows):
     BINDINGS = [
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help", key_display="?"),
-        Binding("slash", "filter", "Filter", key_display="/"),
+        # A priority binding runs as the key is read, before the keys after it are routed: a
+        # burst (``/status`` pasted or typed fast) then goes to the box `/` opened.
+        Binding("slash", "filter", "Filter", key_display="/", priority=True),
         Binding("p", "pause", "Pause"),
         Binding("s", "send", "Send"),
         Binding("s", "read_only", show=False),  # what s does on a read-only console
@@ -471,6 +473,8 @@ class ConsoleApp(WriteFlows):
         Read-only, sending is off and ``read_only`` (bound, hidden, to the writing keys) says why."""
         if action in ("show_tab", "filter") and len(self.screen_stack) > 1:
             return False
+        if action == "filter" and isinstance(self.focused, Input):
+            return False  # `/` typed into the filter box (or any field) is text
         if action == "send":
             return not self.read_only
         if action == "read_only":
@@ -499,7 +503,22 @@ class ConsoleApp(WriteFlows):
         self._filter_before = self.filter.text
         box.value = self.filter.text
         box.display = True
-        box.focus()
+        # Now, not at the next idle (``focus()``): keys pasted or typed in the same burst as
+        # ``/`` are already queued, and each must reach the box, not fire a shortcut.
+        self.set_focus(box)
+
+    async def on_event(self, event: events.Event) -> None:
+        """While the filter box is open, printable keys are text for it, whatever holds the focus."""
+        box = getattr(self, "_filter_box", None)
+        if (isinstance(event, events.Key) and not event.is_forwarded and event.is_printable
+                and box is not None and box.display
+                and self.focused is not box and len(self.screen_stack) == 1):
+            self.set_focus(box)
+            box.insert_text_at_cursor(event.character or "")
+            event.prevent_default()
+            event.stop()
+            return
+        await super().on_event(event)
 
     async def action_back(self) -> None:
         box = self._filter_box
