@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from textual import events
 from textual.widgets import Input, RichLog, Static
@@ -11,7 +13,7 @@ from iii_console.tui import ConsoleApp
 from iii_console.tui.screens import TraceScreen
 from iii_console.tui.widgets import Table
 
-from .helpers import SIZE, T0_MS, console, lifecycle, log_text, plain, started, until
+from .helpers import SIZE, T0_MS, console, lifecycle, log_text, notes, plain, started, until
 
 pytestmark = pytest.mark.anyio
 
@@ -71,3 +73,30 @@ async def test_keys_typed_in_one_burst_after_slash_go_to_the_filter_not_to_short
         await until(pilot, lambda: box.value == "status:dead p2q", "the whole text in the filter", timeout=3)
         assert len(app.screen_stack) == 1 and not app.paused and app._active == "live"
         assert app.is_running
+
+
+async def test_quit_says_it_is_stopping_and_how_many_are_in_flight_until_the_runtime_stopped(redis_url, emit):
+    """Given one message running, when q is pressed on a console that runs the runtime, then a stopping notice names the one in flight and the console exits only once the runtime stopped."""
+    evs = lifecycle(1, T0_MS)
+    emit(evs[: next(i for i, e in enumerate(evs) if e.type == "message.started") + 1])
+    released = asyncio.Event()
+    stops: list[str] = []
+
+    async def stop_runtime() -> None:
+        stops.append("called")
+        await released.wait()
+        stops.append("done")
+
+    app = console(redis_url=redis_url)
+    app.stop_runtime = stop_runtime
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await until(pilot, lambda: app.model.in_flight == 1, "the running message")
+        await pilot.press("q")
+        await until(pilot, lambda: "stopping… (draining 1 in flight)" in notes(app), "the stopping notice")
+        await pilot.press("q")  # a second q waits for the same stop
+        await pilot.pause(0.2)
+        assert app.is_running and stops == ["called"]
+        released.set()
+        await until(pilot, lambda: not app.is_running, "the exit once stopped")
+    assert stops == ["called", "done"]

@@ -97,6 +97,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     app = create_app(redis_url=sup.config.redis.url, prefix=cfg.redis.prefix, server_url=server_url,
                      events_maxlen=cfg.events.maxlen)
     app.notice = _redis_version(sup.config.redis.url)[1]
+    app.stop_runtime = sup.stop
     try:
         await app.run_async()
     finally:

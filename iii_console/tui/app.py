@@ -32,7 +32,7 @@ import gc
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import redis
@@ -126,6 +126,10 @@ class ConsoleApp(WriteFlows):
         self.where = f"{redact_url(redis_url)} {keys.prefix}"
         #: Shown once the console is up (the Redis version's security warning, say).
         self.notice: str | None = None
+        #: Stops the runtime this console runs in (``iii-console`` sets it); ``q`` awaits it with
+        #: the console still up and saying so, rather than a blank terminal while work drains.
+        self.stop_runtime: Callable[[], Awaitable[None]] | None = None
+        self._quitting = False
         self.keys = keys
         self.server_url = server_url.rstrip("/") if server_url else None
         self.read_only = read_only
@@ -556,9 +560,26 @@ class ConsoleApp(WriteFlows):
             self._send(req)
 
     async def action_quit(self) -> None:
-        self._stop.set()
-        self._poke.set()
-        self.exit()
+        if self.stop_runtime is None:
+            self._stop.set()
+            self._poke.set()
+            self.exit()
+            return
+        if self._quitting:
+            return
+        self._quitting = True
+        n = self.model.in_flight
+        self.notify(f"stopping… (draining {n} in flight)", title="Quit", timeout=3600, markup=False)
+        self.run_worker(self._drain_then_exit(self.stop_runtime), name="quit", exit_on_error=False)
+
+    async def _drain_then_exit(self, stop: Callable[[], Awaitable[None]]) -> None:
+        """Stop the runtime (running handlers finish, prefetched messages go back), then exit."""
+        try:
+            await stop()
+        finally:
+            self._stop.set()
+            self._poke.set()
+            self.exit()
 
     def on_unmount(self) -> None:
         self._stop.set()
