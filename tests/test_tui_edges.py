@@ -13,7 +13,7 @@ from iii_console.tui import ConsoleApp
 from iii_console.tui.screens import TraceScreen
 from iii_console.tui.widgets import Table
 
-from .helpers import SIZE, T0_MS, console, lifecycle, log_text, notes, plain, started, until
+from .helpers import SIZE, T0_MS, console, lifecycle, log_text, notes, plain, started, topbar, until
 
 pytestmark = pytest.mark.anyio
 
@@ -100,3 +100,19 @@ async def test_quit_says_it_is_stopping_and_how_many_are_in_flight_until_the_run
         released.set()
         await until(pilot, lambda: not app.is_running, "the exit once stopped")
     assert stops == ["called", "done"]
+
+
+async def test_the_header_says_dead_letters_and_keeps_both_counts_at_80_columns(redis_url, emit):
+    """Given a console 80 columns wide, when it is up, then the header fits and still names the workers and the dead letters."""
+    emit(lifecycle(1, T0_MS))
+    app = console(redis_url=redis_url)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(pilot)
+        await until(pilot, lambda: "events" in topbar(app), "the header")
+        bar = topbar(app)
+        assert "0 workers" in bar and "0 dead letters" in bar and len(bar) <= 80
+    wide = console(redis_url=redis_url)
+    async with wide.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await until(pilot, lambda: "0 dead letters" in topbar(wide), "the wide header")
+        assert wide.where in topbar(wide)  # room enough: nothing shortened

@@ -93,6 +93,8 @@ PANE_CLASSES: dict[str, type[Pane]] = {pid: cls for pid, _, cls in TABS}
 #: (and so a key press) never waits for more than one chunk (a few ms).
 INGEST_CHUNK = 500
 FILTER_DEBOUNCE_S = 0.2
+#: How many ways the status bar can be shortened (:meth:`ConsoleApp._topbar_text`).
+TOPBAR_LEVELS = 5
 ANNOUNCED = frozenset({"step.error", "message.dead_lettered"})
 #: A state group is read this many keys at a time (the State tab lists at most that),
 #: plus the keys the console saw change most recently, fetched by name.
@@ -328,35 +330,52 @@ class ConsoleApp(WriteFlows):
             screen.add_events(self.model.traces.get(screen.trace_id))
 
     def _render_topbar(self, now: int) -> None:
+        width = self._topbar.size.width or self.size.width
+        for level in range(TOPBAR_LEVELS):
+            bar = self._topbar_text(now, level)
+            if bar.cell_len <= width:
+                break
+        update(self._topbar, bar, layout=False)
+
+    def _topbar_text(self, now: int, level: int = 0) -> Text:
+        """The status bar, shortened by ``level`` (0 = whole) to fit a narrow terminal.
+
+        The worker and dead-letter counts stay whole at every level: the address goes
+        first, then the event rate, the link's words and the title.
+        """
         m, link = self.model, self.link
-        bar = Text.assemble((f" {self.title} ", "bold reverse"), " ")
+        bar = Text.assemble((f" {self.title if level < 4 else 'iii'} ", "bold reverse"), " ")
         if link.connected is False:
             down = int(time.monotonic() - link.down_since)
-            bar.append(f"● disconnected {down}s: {link.error} · retrying", "bold red")
+            bar.append(f"● disconnected {down}s: {link.error} · retrying" if level < 3 else f"● down {down}s", "bold red")
         elif link.connected:
-            bar.append("● connected", "bold green")
+            bar.append("● connected" if level < 3 else "●", "bold green")
         else:
-            bar.append("○ connecting…", "yellow")
-        bar.append(f"  {self.where}", "bright_black")
+            bar.append("○ connecting…" if level < 3 else "○", "yellow")
+        if level < 1:
+            bar.append(f"  {self.where}", "bright_black")
         if self.read_only:
-            bar.append("  read-only", "bold magenta")
-        bar.append("  │  ", "bright_black")
+            bar.append("  read-only" if level < 3 else " ro", "bold magenta")
+        bar.append("  │  " if level < 3 else " │ ", "bright_black")
         bar.append(f"{fmt.num(m.seq)} events", "bold")
-        bar.append(f" {fmt.rate(m.all_events.rate(now))}", "bright_black")
+        if level < 2:
+            bar.append(f" {fmt.rate(m.all_events.rate(now))}", "bright_black")
+        sep = "  │  " if level < 3 else " │ "
         workers = len(self.snap.workers)
-        bar.append(f"  │  {workers} worker{'s' if workers != 1 else ''}", "" if workers else "yellow")
+        bar.append(f"{sep}{workers} worker{'s' if workers != 1 else ''}", "" if workers else "yellow")
         dead = sum(self.snap.dlq_counts.values())
-        bar.append(f"  │  {dead} dead", "bold red" if dead else "bright_black")
+        # "dead" alone reads as dead workers next to the worker count.
+        bar.append(f"{sep}{dead} dead letter{'s' if dead != 1 else ''}", "bold red" if dead else "bright_black")
         if m.step_errors:
-            bar.append(f"  │  {len(m.step_errors)} step error{'s' if len(m.step_errors) != 1 else ''}", "bold red")
+            bar.append(f"{sep}{len(m.step_errors)} step error{'s' if len(m.step_errors) != 1 else ''}", "bold red")
         if m.redis_last is not None:
-            bar.append(f"  │  {fmt.redis_status(m.redis_restarts, m.redis_last)}", "bold yellow")
+            bar.append(f"{sep}{fmt.redis_status(m.redis_restarts, m.redis_last)}", "bold yellow")
         if self.filter:
-            bar.append("  │  filter: ", "bright_black")
+            bar.append(f"{sep}filter: ", "bright_black")
             bar.append(self.filter.text, "bold cyan")
         if self.paused:
-            bar.append(f"  │  ⏸ PAUSED · {fmt.num(m.seq - self._paused_at_seq)} new (p resumes)", "bold black on yellow")
-        update(self._topbar, bar, layout=False)
+            bar.append(f"{sep}⏸ PAUSED · {fmt.num(m.seq - self._paused_at_seq)} new (p resumes)", "bold black on yellow")
+        return bar
 
     def _announce(self, live: list[Event]) -> None:
         """Toasts for what must not scroll by unseen: step errors and dead letters (not the history read at start)."""
