@@ -116,3 +116,17 @@ async def test_the_header_says_dead_letters_and_keeps_both_counts_at_80_columns(
         await started(pilot)
         await until(pilot, lambda: "0 dead letters" in topbar(wide), "the wide header")
         assert wide.where in topbar(wide)  # room enough: nothing shortened
+
+
+async def test_history_read_at_start_is_not_counted_as_too_fast_to_read(redis_url, emit):
+    """Given a thousand events already on the stream, when the console opens, then the log says they are history, not "too fast to read"."""
+    emit([e for n in range(80) for e in lifecycle(n, T0_MS + n * 10)])
+    app = console(redis_url=redis_url)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        log = app.query_one("#events", RichLog)
+        await until(pilot, lambda: app.model.seq >= 80 * 7 and "notification.sent" in log_text(log), "the history")
+        await pilot.pause(0.3)
+        text = log_text(log)
+        assert "earlier events read from the stream's history" in text
+        assert "too fast to read" not in text

@@ -220,7 +220,7 @@ class ConsoleApp(WriteFlows):
             chunk = events[i:i + INGEST_CHUNK]
             now = self.now_ms()
             with self.model_lock:
-                self.model.ingest(chunk, now)
+                self.model.ingest(chunk, now, history=not announce)
             if announce:
                 self._announce_q.extend(e for e in chunk if e.type in ANNOUNCED)
 

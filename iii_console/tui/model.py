@@ -285,6 +285,9 @@ class ConsoleModel:
                  max_problems: int = 200, max_state_keys: int = 2000, max_step_errors: int = 200,
                  max_state_groups: int = 200):
         self.seq = 0
+        #: The last sequence number of history (events read back at start or on a catch-up,
+        #: not as they happened): the log does not call those "too fast to read".
+        self.history_seq = 0
         self.decode_errors = 0
         self.last_event_ms = 0
         self.log: deque[LogEntry] = deque(maxlen=log_size)
@@ -319,9 +322,11 @@ class ConsoleModel:
         self.redis_last: Event | None = None
 
     # -- write side ---------------------------------------------------------
-    def ingest(self, events: Iterable[Event], now_ms: int) -> None:
+    def ingest(self, events: Iterable[Event], now_ms: int, *, history: bool = False) -> None:
         for ev in events:
             self.seq += 1
+            if history:
+                self.history_seq = self.seq
             seq = self.seq
             self.last_event_ms = max(self.last_event_ms, ev.ts)
             self.log.append(LogEntry(seq, ev))

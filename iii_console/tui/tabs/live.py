@@ -72,7 +72,7 @@ class LivePane(Pane):
             self._filter = flt
             log.clear()
             entries = m.log_tail(flt, REFILTER_LINES)
-            skipped = 0
+            skipped = earlier = 0
         else:
             new = m.log_since(self._seq)
             entries = [e for e in new if flt.matches(e.event)] if flt else new
@@ -80,12 +80,21 @@ class LivePane(Pane):
             height = log.scrollable_content_region.height
             if len(entries) > limit and height > 1:
                 limit = min(limit, height - 1)  # the marker takes a line
-            skipped = max(0, len(entries) - limit)
+            cut = entries[:-limit] if len(entries) > limit else []
+            # History read back at start is not "too fast": only live events passed over count.
+            earlier = sum(1 for e in cut if e.seq <= m.history_seq)
+            skipped = len(cut) - earlier
             if self._seq and new and new[0].seq > self._seq + 1:
-                skipped += new[0].seq - self._seq - 1  # fell out of the buffer while not shown
+                gap = range(self._seq + 1, new[0].seq)  # fell out of the buffer while not shown
+                in_history = max(0, min(gap.stop, m.history_seq + 1) - gap.start)
+                earlier += in_history
+                skipped += len(gap) - in_history
             entries = entries[-limit:]
         self._seq = m.seq
         out: list[Text] = []
+        if earlier:
+            out.append(Text(f"… {fmt.num(earlier)} earlier events read from the stream's history "
+                            "(Messages tab for each message, / to filter)", style="bright_black italic"))
         if skipped:
             out.append(Text(f"… {fmt.num(skipped)} events not shown (too fast to read; "
                             "/ to filter, p to pause, Messages tab for each message)", style="bright_black italic"))
