@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
 
 from iii_console.core.dlq import DeadLetter, DeadLetterStore
+from iii_console.core.errors import IIIError
+from iii_console.runtime.http_server import listen
 
 from .helpers import cli_in_process
 
@@ -53,3 +56,17 @@ def test_dlq_list_piped_keeps_whole_ids_and_show_replay_purge_take_a_unique_pref
     assert store.count("orders.dlq") == 3
     assert cli_in_process(cfg, "dlq", "purge", "77aa", "--yes").returncode == 0
     assert {e.id for e in store.list()} == set(IDS[:2])
+
+
+def test_a_second_server_on_a_port_in_use_points_to_attach(project):
+    """Given the configured port already taken (a first `iii-console`), when a second one listens, then the error names `iii-console attach`."""
+    first = socket.socket()
+    first.bind(("127.0.0.1", 0))
+    first.listen(1)
+    try:
+        cfg, _steps = project({})
+        cfg = cfg.with_overrides(**{"server.host": "127.0.0.1", "server.port": first.getsockname()[1]})
+        with pytest.raises(IIIError, match=r"address already in use.*iii-console attach"):
+            listen(cfg)
+    finally:
+        first.close()

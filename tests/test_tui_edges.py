@@ -130,3 +130,19 @@ async def test_history_read_at_start_is_not_counted_as_too_fast_to_read(redis_ur
         text = log_text(log)
         assert "earlier events read from the stream's history" in text
         assert "too fast to read" not in text
+
+
+async def test_an_empty_live_view_says_how_to_send_the_first_message_until_one_arrives(redis_url, emit):
+    """Given an empty stream, when the console opens, then Live says how to send (s, curl, iii-console send), and the hint goes once events arrive."""
+    app = console(redis_url=redis_url, server_url="http://127.0.0.1:4321")
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        log = app.query_one("#events", RichLog)
+        await until(pilot, lambda: "No events yet" in log_text(log), "the hint")
+        text = log_text(log)
+        assert "curl -X POST http://127.0.0.1:4321/messages" in text and "iii-console send hello" in text
+        assert any(line.lstrip().startswith("s ") for line in text.splitlines())
+        emit(lifecycle(1, T0_MS))
+        await until(pilot, lambda: "message.processed" in log_text(log), "the first events")
+        assert "No events yet" not in log_text(log)
+

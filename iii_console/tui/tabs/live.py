@@ -39,6 +39,7 @@ class LivePane(Pane):
         self._seq = 0
         self._filter = EventFilter()
         self._problems_key: tuple[int, int] = (-1, -1)
+        self._hint_shown = False
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="tiles"):
@@ -67,6 +68,14 @@ class LivePane(Pane):
     def _show_log(self, view: View) -> None:
         log = self.query_one("#events", RichLog)
         m, flt = view.model, view.filter
+        if m.seq == 0:
+            if not self._hint_shown:
+                self._hint_shown = True
+                log.write(first_message_hint(getattr(self.app, "server_url", None), read_only=getattr(self.app, "read_only", False)))
+            return
+        if self._hint_shown:
+            self._hint_shown = False
+            log.clear()
         follow = log.is_vertical_scroll_end or log.max_scroll_y == 0
         if flt != self._filter:
             self._filter = flt
@@ -148,3 +157,16 @@ def _problem_line(entry: LogEntry) -> Text:
         msg = ev.error or (ev.data.get("message") if isinstance(ev.data, dict) else "") or ""
     return Text.assemble((fmt.hms(ev.ts), "bright_black"), " ", (f"{label:<10}", style), " ",
                          ((ev.step or "-"), "bold"), " ", (ev.trace_id[:8], "bright_black"), "\n  ", (fmt.plain(first_line(msg)), style))
+
+
+def first_message_hint(server_url: str | None, *, read_only: bool = False) -> Text:
+    """What an empty log says: nothing has happened yet, and how to send the first message."""
+    url = server_url or "http://127.0.0.1:3111"
+    out = Text("No events yet. Send a first message:\n", style="bold")
+    if not read_only and server_url:
+        out.append("  s", "bold cyan")
+        out.append("  here, to open the send form\n")
+    out.append(f"  curl -X POST {url}/messages -H 'content-type: application/json' -d '{{\"text\": \"hello\"}}'\n", "cyan")
+    out.append("  iii-console send hello", "cyan")
+    out.append("   (from the project's folder)", "bright_black")
+    return out
