@@ -101,5 +101,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     try:
         await app.run_async()
     finally:
-        await sup.stop()
+        await sup.stop()  # at once if `q` already stopped it
+    if app.stop_error is not None:
+        raise app.stop_error
     return 0

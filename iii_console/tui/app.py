@@ -132,6 +132,8 @@ class ConsoleApp(WriteFlows):
         #: the console still up and saying so, rather than a blank terminal while work drains.
         self.stop_runtime: Callable[[], Awaitable[None]] | None = None
         self._quitting = False
+        #: What ``stop_runtime`` raised, for the caller to report once the terminal is back.
+        self.stop_error: BaseException | None = None
         self.keys = keys
         self.server_url = server_url.rstrip("/") if server_url else None
         self.read_only = read_only
@@ -595,6 +597,8 @@ class ConsoleApp(WriteFlows):
         """Stop the runtime (running handlers finish, prefetched messages go back), then exit."""
         try:
             await stop()
+        except Exception as exc:  # reported by the caller after the terminal is restored
+            self.stop_error = exc
         finally:
             self._stop.set()
             self._poke.set()
