@@ -285,7 +285,7 @@ class ConsoleModel:
                  max_problems: int = 200, max_state_keys: int = 2000, max_step_errors: int = 200,
                  max_state_groups: int = 200):
         self.seq = 0
-        #: The last sequence number of history (events read back at start or on a catch-up,
+        #: The last sequence number of history (the events read back at start,
         #: not as they happened): the log does not call those "too fast to read".
         self.history_seq = 0
         self.decode_errors = 0
