@@ -12,7 +12,7 @@ from typing import Any
 
 from iii_console.core.blobs import summarise_refs
 from iii_console.core.events import Event, dumps_strict
-from iii_console.core.text import printable
+from iii_console.core.text import first_line, printable
 
 TYPE_STYLE = {
     "http.received": "cyan",
@@ -59,6 +59,11 @@ def short(v: Any, n: int = 60) -> str:
 
 
 def detail(ev: Event) -> str:
+    """The event's summary on one line: a multi-line error gives its first line and how many follow."""
+    return first_line(_detail(ev))
+
+
+def _detail(ev: Event) -> str:
     d = ev.data if isinstance(ev.data, dict) else {}
     t = ev.type
     if t == "http.received":

@@ -324,6 +324,11 @@ async def test_a_state_edit_is_refused_when_the_value_changed_while_the_editor_w
         app.screen.query_one("#state-editor", TextArea).load_text('{"dark": false}')
         await pilot.press("ctrl+s")
         await until(pilot, lambda: "changed since the editor opened" in notes(app), "the refusal")
+        assert "Save failed: " in notes(app) and "Saved failed" not in notes(app)
+        # The editor stays open with the text as typed, and says why in it.
+        assert isinstance(app.screen, StateEditScreen)
+        assert app.screen.query_one("#state-editor", TextArea).text == '{"dark": false}'
+        assert plain(app.screen.query_one("#edit-error", Static).content).startswith("Save failed: ")
         assert keys_table is not None
     assert store.get("settings", "mode") == {"dark": True, "by": "a step"}
 

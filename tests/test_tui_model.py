@@ -130,6 +130,19 @@ def test_message_rows_filter_by_status():
     assert [r.message_id for r in m.message_rows()] == list(reversed(m.messages))  # newest first
 
 
+def test_message_rows_free_text_matches_the_payload_sent_within_a_bound():
+    """Given messages sent with different texts, when filtering by a word of one text, then that message is listed."""
+    m = ConsoleModel()
+    m.ingest(lifecycle(1, T0_MS, text="Bonjour Alice") + lifecycle(2, T0_MS + 5, text="hello bob"), NOW)
+    rows = m.message_rows(EventFilter.parse("alice"))
+    assert [r.message_id for r in rows] == [lifecycle(1, T0_MS)[2].message_id]
+    assert m.message_rows(EventFilter.parse("status:processed bob"))[0].message_id == lifecycle(2, T0_MS)[2].message_id
+    big = lifecycle(3, T0_MS + 9, text="x" * 10_000 + " needle")
+    m.ingest(big, NOW)
+    assert len(m.messages[big[2].message_id or ""].payload) <= 4096  # bounded: the far end is not kept
+    assert not m.message_rows(EventFilter.parse("needle"))
+
+
 def test_state_changes_remember_recent_keys_and_who_wrote_them():
     """Given state.changed events, when ingested, then the group's keys are ordered by change and writers are known."""
     m = ConsoleModel()

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import click
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -21,7 +22,7 @@ from iii_console.core.dlq import (
     select,
 )
 from iii_console.core.events import now_ms
-from iii_console.core.text import printable
+from iii_console.core.text import first_line, printable
 from iii_console.format import clock, short
 
 
@@ -79,10 +80,17 @@ def dlq_list(queue: str | None, step: str | None, error_text: str | None, since:
         for e in entries:
             click.echo(json.dumps(_entry_json(e)))
         return
-    table = Table("id", "dlq", "step", "attempts", "last failure", "error", box=None, header_style="bold")
+    # Ids are what `show`, `replay` and `purge` take: the other columns shrink, the ids never do.
+    table = Table(box=None, header_style="bold")
+    table.add_column("id", no_wrap=True, min_width=max((len(e.id) for e in entries), default=2))
+    for name in ("dlq", "step", "attempts", "last failure", "error"):
+        table.add_column(name)
     for e in entries:
-        table.add_row(*map(cell, (e.id[:36], e.dlq, e.step or "-", str(e.attempts), clock(e.last_failure_ms), short(e.error, 70))))
-    table_console().print(table)
+        table.add_row(*map(cell, (e.id, e.dlq, e.step or "-", str(e.attempts), clock(e.last_failure_ms), short(first_line(e.error), 70))))
+    con = table_console()
+    if not sys.stdout.isatty():
+        con = Console(highlight=False, soft_wrap=False, width=max(con.width, 200))  # piped: no terminal to fit
+    con.print(table)
     click.echo(f"{len(entries)} dead letter{'s' if len(entries) != 1 else ''}", err=True)
 
 
@@ -93,9 +101,7 @@ def dlq_list(queue: str | None, step: str | None, error_text: str | None, since:
 def dlq_show(entry_id: str, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
     """Show one dead letter: payload, error, traceback, attempts, failures, trace id."""
     _cfg, client, keys = open_client(config_path, redis_url)
-    e = DeadLetterStore(client, keys).get(entry_id)
-    if e is None:
-        raise click.BadParameter(f"no dead letter {entry_id!r}", param_hint="ENTRY_ID")
+    e = _resolve(DeadLetterStore(client, keys), entry_id)
     if as_json:
         click.echo(json.dumps(_entry_json(e, full=True), default=str))
         return
@@ -187,10 +193,22 @@ def dlq_purge(entry_ids: tuple[str, ...], purge_all: bool, queue: str | None, st
 def _targets(store: DeadLetterStore, ids: tuple[str, ...], flt: DeadLetterFilter) -> list[DeadLetter]:
     if not ids:
         return select(store, flt)
-    out = []
-    for i in ids:
-        e = store.get(i)
-        if e is None:
-            raise click.BadParameter(f"no dead letter {i!r}", param_hint="ENTRY_ID")
-        out.append(e)
-    return out
+    return [_resolve(store, i) for i in ids]
+
+
+def _resolve(store: DeadLetterStore, entry_id: str) -> DeadLetter:
+    """The entry ``entry_id`` names: its whole id, or any prefix of it that no other id shares."""
+    e = store.get(entry_id)
+    if e is not None:
+        return e
+    prefix = entry_id.rstrip("…").rstrip(".")  # copied from a cut listing: ``04f9308c-92…``
+    found = store.matching(prefix) if prefix else []
+    if len(found) > 1:
+        shown = "\n  ".join(found[:10]) + ("\n  …" if len(found) > 10 else "")
+        raise click.BadParameter(f"{entry_id!r} is ambiguous; it starts {len(found)}{'+' if len(found) >= 20 else ''} "
+                                 f"dead letters:\n  {shown}", param_hint="ENTRY_ID")
+    e = store.get(found[0]) if found else None
+    if e is None:
+        raise click.BadParameter(f"no dead letter {entry_id!r} (an id or a unique prefix of one; see `iii-console dlq list`)",
+                                 param_hint="ENTRY_ID")
+    return e

@@ -100,8 +100,11 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     app = create_app(redis_url=sup.config.redis.url, prefix=cfg.redis.prefix, server_url=server_url,
                      events_maxlen=cfg.events.maxlen, broker=console_broker(cfg))
     app.notice = _redis_version(sup.config.redis.url)[1]
+    app.stop_runtime = sup.stop
     try:
         await app.run_async()
     finally:
-        await sup.stop()
+        await sup.stop()  # at once if `q` already stopped it
+    if app.stop_error is not None:
+        raise app.stop_error
     return 0

@@ -71,8 +71,13 @@ def _send_http(cfg: Config, url: str | None, text: str, priority: str | None, co
         task = progress.add_task("sending", total=count)
 
         def answered(resp: Any) -> None:
+            body = resp.json()
             if as_json:
-                click.echo(json.dumps(resp.json()))
+                click.echo(json.dumps(body))
+            else:
+                # The id the server gave, one line per message (``ID=$(iii-console send hi)`` works).
+                click.echo(body["id"] if isinstance(body, dict) and isinstance(body.get("id"), str)
+                           else json.dumps(body, separators=(",", ":")))
             progress.advance(task)
 
         try:
@@ -110,6 +115,8 @@ def _send_topic(cfg: Config, topic: str, data: str | None, priority: str | None,
                 sent += 1
                 if as_json:
                     click.echo(json.dumps({"trace_id": trace_id, "message_ids": ids, "topic": topic}))
+                else:
+                    click.echo(" ".join(ids) or f"trace {trace_id}")
                 progress.advance(task)
     finally:
         services.close()

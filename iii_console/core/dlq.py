@@ -86,6 +86,21 @@ class DeadLetterStore:
                 return DeadLetter.decode(v)
         return None
 
+    def matching(self, prefix: str, *, limit: int = 20) -> builtins.list[str]:
+        """Entry ids that start with ``prefix`` (sorted, at most ``limit``), as git takes a short hash.
+
+        A listing cut to the width of a terminal shows ``04f9308c-92…``; what was copied
+        from it still names one entry when no other id starts the same way.
+        """
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+        found: set[str] = set()
+        for n in self.names():
+            for entry_id, _ in self.client.hscan_iter(self.keys.dlq_entries(n), match=pattern, count=1000):
+                found.add(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+                if len(found) > limit:
+                    break
+        return sorted(found)[:limit]
+
     def __iter__(self) -> Iterator[DeadLetter]:
         return iter(self.list())
 

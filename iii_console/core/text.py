@@ -38,3 +38,18 @@ def printable(text: object, *, keep_lines: bool = False) -> str:
     s = text if isinstance(text, str) else str(text)
     pattern = _CONTROL_KEEP_LINES if keep_lines else _CONTROL
     return pattern.sub(_escape, s) if pattern.search(s) else s
+
+
+def first_line(text: object) -> str:
+    """The first non-blank line of ``text``, plus ``(+N lines)`` when there are more.
+
+    A multi-line error (a pydantic ``ValidationError`` names each field on its own
+    lines) reads as one line in a log or a list; the whole text is for a detail view.
+    """
+    s = text if isinstance(text, str) else str(text)
+    if "\n" not in s:
+        return s
+    rows = [r for r in s.splitlines() if r.strip()]
+    if len(rows) <= 1:
+        return rows[0] if rows else ""
+    return f"{rows[0].rstrip()} (+{len(rows) - 1} lines)"

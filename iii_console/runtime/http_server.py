@@ -12,6 +12,7 @@ app it built, the one serving and any still in their grace period.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from dataclasses import dataclass
@@ -75,6 +76,12 @@ def listen(config: Config) -> socket.socket:
         sock.bind((cfg.host, cfg.port))
     except OSError as exc:
         sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            # Most often a second `iii-console` in the same project: the first one's console
+            # is what was wanted, and `attach` opens it on the same Redis.
+            raise IIIError(f"cannot listen on {cfg.host}:{cfg.port}: address already in use. If `iii-console` is "
+                           "already running for this project, open its console with `iii-console attach`; "
+                           "to run another server, set server.port or --port") from None
         raise IIIError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror} (set server.port or --port)") from None
     sock.listen(2048)
     sock.setblocking(False)

@@ -32,13 +32,13 @@ import gc
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import redis
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -94,6 +94,8 @@ PANE_CLASSES: dict[str, type[Pane]] = {pid: cls for pid, _, cls in TABS}
 #: (and so a key press) never waits for more than one chunk (a few ms).
 INGEST_CHUNK = 500
 FILTER_DEBOUNCE_S = 0.2
+#: How many ways the status bar can be shortened (:meth:`ConsoleApp._topbar_text`).
+TOPBAR_LEVELS = 5
 ANNOUNCED = frozenset({"step.error", "message.dead_lettered"})
 #: A state group is read this many keys at a time (the State tab lists at most that),
 #: plus the keys the console saw change most recently, fetched by name.
@@ -107,7 +109,9 @@ class ConsoleApp(WriteFlows):
     BINDINGS = [
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help", key_display="?"),
-        Binding("slash", "filter", "Filter", key_display="/"),
+        # A priority binding runs as the key is read, before the keys after it are routed: a
+        # burst (``/status`` pasted or typed fast) then goes to the box `/` opened.
+        Binding("slash", "filter", "Filter", key_display="/", priority=True),
         Binding("p", "pause", "Pause"),
         Binding("s", "send", "Send"),
         Binding("s", "read_only", show=False),  # what s does on a read-only console
@@ -125,6 +129,12 @@ class ConsoleApp(WriteFlows):
         self.where = f"{redact_url(redis_url)} {keys.prefix}"
         #: Shown once the console is up (the Redis version's security warning, say).
         self.notice: str | None = None
+        #: Stops the runtime this console runs in (``iii-console`` sets it); ``q`` awaits it with
+        #: the console still up and saying so, rather than a blank terminal while work drains.
+        self.stop_runtime: Callable[[], Awaitable[None]] | None = None
+        self._quitting = False
+        #: What ``stop_runtime`` raised, for the caller to report once the terminal is back.
+        self.stop_error: BaseException | None = None
         self.keys = keys
         self.server_url = server_url.rstrip("/") if server_url else None
         self.read_only = read_only
@@ -213,7 +223,7 @@ class ConsoleApp(WriteFlows):
             chunk = events[i:i + INGEST_CHUNK]
             now = self.now_ms()
             with self.model_lock:
-                self.model.ingest(chunk, now)
+                self.model.ingest(chunk, now, history=not announce)
             if announce:
                 self._announce_q.extend(e for e in chunk if e.type in ANNOUNCED)
 
@@ -323,35 +333,52 @@ class ConsoleApp(WriteFlows):
             screen.add_events(self.model.traces.get(screen.trace_id))
 
     def _render_topbar(self, now: int) -> None:
+        width = self._topbar.size.width or self.size.width
+        for level in range(TOPBAR_LEVELS):
+            bar = self._topbar_text(now, level)
+            if bar.cell_len <= width:
+                break
+        update(self._topbar, bar, layout=False)
+
+    def _topbar_text(self, now: int, level: int = 0) -> Text:
+        """The status bar, shortened by ``level`` (0 = whole) to fit a narrow terminal.
+
+        The worker and dead-letter counts stay whole at every level: the address goes
+        first, then the event rate, the link's words and the title.
+        """
         m, link = self.model, self.link
-        bar = Text.assemble((f" {self.title} ", "bold reverse"), " ")
+        bar = Text.assemble((f" {self.title if level < 4 else 'iii'} ", "bold reverse"), " ")
         if link.connected is False:
             down = int(time.monotonic() - link.down_since)
-            bar.append(f"● disconnected {down}s: {link.error} · retrying", "bold red")
+            bar.append(f"● disconnected {down}s: {link.error} · retrying" if level < 3 else f"● down {down}s", "bold red")
         elif link.connected:
-            bar.append("● connected", "bold green")
+            bar.append("● connected" if level < 3 else "●", "bold green")
         else:
-            bar.append("○ connecting…", "yellow")
-        bar.append(f"  {self.where}", "bright_black")
+            bar.append("○ connecting…" if level < 3 else "○", "yellow")
+        if level < 1:
+            bar.append(f"  {self.where}", "bright_black")
         if self.read_only:
-            bar.append("  read-only", "bold magenta")
-        bar.append("  │  ", "bright_black")
+            bar.append("  read-only" if level < 3 else " ro", "bold magenta")
+        bar.append("  │  " if level < 3 else " │ ", "bright_black")
         bar.append(f"{fmt.num(m.seq)} events", "bold")
-        bar.append(f" {fmt.rate(m.all_events.rate(now))}", "bright_black")
+        if level < 2:
+            bar.append(f" {fmt.rate(m.all_events.rate(now))}", "bright_black")
+        sep = "  │  " if level < 3 else " │ "
         workers = len(self.snap.workers)
-        bar.append(f"  │  {workers} worker{'s' if workers != 1 else ''}", "" if workers else "yellow")
+        bar.append(f"{sep}{workers} worker{'s' if workers != 1 else ''}", "" if workers else "yellow")
         dead = sum(self.snap.dlq_counts.values())
-        bar.append(f"  │  {dead} dead", "bold red" if dead else "bright_black")
+        # "dead" alone reads as dead workers next to the worker count.
+        bar.append(f"{sep}{dead} dead letter{'s' if dead != 1 else ''}", "bold red" if dead else "bright_black")
         if m.step_errors:
-            bar.append(f"  │  {len(m.step_errors)} step error{'s' if len(m.step_errors) != 1 else ''}", "bold red")
+            bar.append(f"{sep}{len(m.step_errors)} step error{'s' if len(m.step_errors) != 1 else ''}", "bold red")
         if m.redis_last is not None:
-            bar.append(f"  │  {fmt.redis_status(m.redis_restarts, m.redis_last)}", "bold yellow")
+            bar.append(f"{sep}{fmt.redis_status(m.redis_restarts, m.redis_last)}", "bold yellow")
         if self.filter:
-            bar.append("  │  filter: ", "bright_black")
+            bar.append(f"{sep}filter: ", "bright_black")
             bar.append(self.filter.text, "bold cyan")
         if self.paused:
-            bar.append(f"  │  ⏸ PAUSED · {fmt.num(m.seq - self._paused_at_seq)} new (p resumes)", "bold black on yellow")
-        update(self._topbar, bar, layout=False)
+            bar.append(f"{sep}⏸ PAUSED · {fmt.num(m.seq - self._paused_at_seq)} new (p resumes)", "bold black on yellow")
+        return bar
 
     def _announce(self, live: list[Event]) -> None:
         """Toasts for what must not scroll by unseen: step errors and dead letters (not the history read at start)."""
@@ -472,6 +499,8 @@ class ConsoleApp(WriteFlows):
         Read-only, sending is off and ``read_only`` (bound, hidden, to the writing keys) says why."""
         if action in ("show_tab", "filter") and len(self.screen_stack) > 1:
             return False
+        if action == "filter" and isinstance(self.focused, Input):
+            return False  # `/` typed into the filter box (or any field) is text
         if action == "send":
             return not self.read_only
         if action == "read_only":
@@ -500,7 +529,22 @@ class ConsoleApp(WriteFlows):
         self._filter_before = self.filter.text
         box.value = self.filter.text
         box.display = True
-        box.focus()
+        # Now, not at the next idle (``focus()``): keys pasted or typed in the same burst as
+        # ``/`` are already queued, and each must reach the box, not fire a shortcut.
+        self.set_focus(box)
+
+    async def on_event(self, event: events.Event) -> None:
+        """While the filter box is open, printable keys are text for it, whatever holds the focus."""
+        box = getattr(self, "_filter_box", None)
+        if (isinstance(event, events.Key) and not event.is_forwarded and event.is_printable
+                and box is not None and box.display
+                and self.focused is not box and len(self.screen_stack) == 1):
+            self.set_focus(box)
+            box.insert_text_at_cursor(event.character or "")
+            event.prevent_default()
+            event.stop()
+            return
+        await super().on_event(event)
 
     async def action_back(self) -> None:
         box = self._filter_box
@@ -538,9 +582,28 @@ class ConsoleApp(WriteFlows):
             self._send(req)
 
     async def action_quit(self) -> None:
-        self._stop.set()
-        self._poke.set()
-        self.exit()
+        if self.stop_runtime is None:
+            self._stop.set()
+            self._poke.set()
+            self.exit()
+            return
+        if self._quitting:
+            return
+        self._quitting = True
+        n = self.model.in_flight
+        self.notify(f"stopping… (draining {n} in flight)", title="Quit", timeout=3600, markup=False)
+        self.run_worker(self._drain_then_exit(self.stop_runtime), name="quit", exit_on_error=False)
+
+    async def _drain_then_exit(self, stop: Callable[[], Awaitable[None]]) -> None:
+        """Stop the runtime (running handlers finish, prefetched messages go back), then exit."""
+        try:
+            await stop()
+        except Exception as exc:  # reported by the caller after the terminal is restored
+            self.stop_error = exc
+        finally:
+            self._stop.set()
+            self._poke.set()
+            self.exit()
 
     def on_unmount(self) -> None:
         self._stop.set()

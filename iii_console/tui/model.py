@@ -13,11 +13,12 @@ its parts read each other's state; split, each part would need the others back.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from iii_console.core.events import Event
 from iii_console.tui.filter import EventFilter
@@ -98,6 +99,23 @@ STATUS = {
 }
 TERMINAL = frozenset({"processed", "dead"})
 
+#: Characters of a message's payload kept for the `/` filter: enough to find the
+#: text that was sent, bounded so a row costs the same whatever the payload.
+PAYLOAD_TEXT = 2048
+
+
+def payload_text(payload: Any) -> str:
+    """A payload as searchable text (its JSON, strings unescaped), cut to :data:`PAYLOAD_TEXT`."""
+    if payload is None:
+        return ""
+    if isinstance(payload, str):
+        return payload[:PAYLOAD_TEXT]
+    try:
+        text = json.dumps(payload, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        text = str(payload)
+    return text[:PAYLOAD_TEXT]
+
 
 @dataclass(slots=True)
 class MessageRow:
@@ -124,6 +142,8 @@ class MessageRow:
     progress: tuple[float, float] | None = None
     #: The throttle key it last waited on.
     throttle_key: str | None = None
+    #: The start of its payload (from ``message.enqueued``), for the `/` filter's free text.
+    payload: str = ""
     _status_at: tuple[int, int, int, int] = (-1, -1, -1, -1)
 
     def apply(self, ev: Event, rev: int) -> None:
@@ -139,6 +159,8 @@ class MessageRow:
         if ev.type == "message.enqueued":
             self.priority = str(d.get("priority") or self.priority)
             self.delay_ms = int(d.get("delay_ms") or 0)
+        if ev.type in ("message.enqueued", "message.replayed") and "payload" in d and not self.payload:
+            self.payload = payload_text(d["payload"])
         if ev.type in ("message.started", "message.failed", "message.processed") and ev.attempt:
             self.attempts = max(self.attempts, ev.attempt)
         if ev.type == "message.dead_lettered" and isinstance(d.get("attempts"), int):
@@ -263,6 +285,9 @@ class ConsoleModel:
                  max_problems: int = 200, max_state_keys: int = 2000, max_step_errors: int = 200,
                  max_state_groups: int = 200):
         self.seq = 0
+        #: The last sequence number of history (the events read back at start,
+        #: not as they happened): the log does not call those "too fast to read".
+        self.history_seq = 0
         self.decode_errors = 0
         self.last_event_ms = 0
         self.log: deque[LogEntry] = deque(maxlen=log_size)
@@ -297,9 +322,11 @@ class ConsoleModel:
         self.redis_last: Event | None = None
 
     # -- write side ---------------------------------------------------------
-    def ingest(self, events: Iterable[Event], now_ms: int) -> None:
+    def ingest(self, events: Iterable[Event], now_ms: int, *, history: bool = False) -> None:
         for ev in events:
             self.seq += 1
+            if history:
+                self.history_seq = self.seq
             seq = self.seq
             self.last_event_ms = max(self.last_event_ms, ev.ts)
             self.log.append(LogEntry(seq, ev))
@@ -465,7 +492,7 @@ class ConsoleModel:
         out: list[MessageRow] = []
         for row in reversed(self.messages.values()):
             if flt and not flt.matches_values(type=row.last_type, topic=row.topic, step=row.step, trace=row.trace_id,
-                                              status=row.status, text=(row.message_id, row.error, row.priority)):
+                                              status=row.status, text=(row.message_id, row.error, row.priority, row.payload)):
                 continue
             out.append(row)
             if len(out) >= limit:

@@ -92,7 +92,9 @@ class WriteFlows(App[None]):
             return
         group, key = message.group, message.key
         if message.action == "edit":
-            self.push_screen(StateEditScreen(group, key, message.value), self._state_edited)
+            writer = self.writer
+            self.push_screen(StateEditScreen(group, key, message.value, lambda edit: _save_state(writer, edit)),
+                             self._state_edited)
             return
 
         def confirmed(ok: bool | None) -> None:
@@ -104,16 +106,10 @@ class WriteFlows(App[None]):
                                        "triggers on this key fire.", confirm="Delete", danger=True), confirmed)
 
     def _state_edited(self, edit: StateEdit | None) -> None:
-        if edit is None:
-            return
-
-        def save(writer: Writer) -> str:
-            if not writer.replace_state(edit.group, edit.key, edit.original, edit.value):
-                raise StateError(f"{edit.group}/{edit.key} changed since the editor opened; nothing was written. "
-                                 "Open it again (e) to edit the current value.")
-            return f"{edit.group}/{edit.key} saved"
-
-        self._write("Saved", save)
+        """The editor closes with an edit only once it is stored (a refusal keeps it open)."""
+        if edit is not None:
+            self.notify(f"{edit.group}/{edit.key} saved", title="Saved", markup=False)
+            self._poke.set()
 
     @work(thread=True, group="write", name="write", exit_on_error=False)
     def _write(self, title: str, do: Callable[[Writer], str]) -> None:
@@ -122,11 +118,18 @@ class WriteFlows(App[None]):
         try:
             done = do(self.writer)
         except (redis.RedisError, IIIError) as exc:
-            self.notify(f"{type(exc).__name__}: {exc}", title=f"{title} failed", severity="error", markup=False)
+            self.notify(f"{title} failed: {type(exc).__name__}: {exc}", severity="error", markup=False)
         else:
             self.notify(done, title=title, markup=False)
         finally:
             self._poke.set()
+
+
+def _save_state(writer: Writer, edit: StateEdit) -> None:
+    """Store an edit only if the key still holds what the editor opened with."""
+    if not writer.replace_state(edit.group, edit.key, edit.original, edit.value):
+        raise StateError(f"{edit.group}/{edit.key} changed since the editor opened; nothing was written. "
+                         "Copy your text, close (esc) and open it again (e) to edit the current value.")
 
 
 def _dlq_write(writer: Writer, verb: str, entries: tuple[DeadLetter, ...]) -> str:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -51,7 +52,12 @@ def parse_state_value(text: str) -> Any:
 
 
 class StateEditScreen(ModalScreen[StateEdit | None]):
-    """Edit one state value as pretty JSON; invalid JSON keeps the editor open with the error."""
+    """Edit one state value as pretty JSON; invalid JSON keeps the editor open with the error.
+
+    With ``save``, the editor writes the value itself (in a thread) and closes only once it
+    is stored: a refused save (the key changed meanwhile, Redis away) leaves it open with the
+    text as typed and the reason, so nothing typed is lost.
+    """
 
     BINDINGS = [Binding("ctrl+s", "save", "Save"), Binding("escape", "cancel", "Cancel", key_display="esc")]
 
@@ -66,11 +72,13 @@ class StateEditScreen(ModalScreen[StateEdit | None]):
     StateEditScreen Button { margin-left: 2; }
     """
 
-    def __init__(self, group: str, key: str, value: Any):
+    def __init__(self, group: str, key: str, value: Any, save: Callable[[StateEdit], None] | None = None):
         super().__init__()
         self.group = group
         self.key = key
         self.value = value
+        self._save = save
+        self._saving = False
 
     def compose(self) -> ComposeResult:
         with Vertical(id="edit-dialog"):
@@ -97,7 +105,31 @@ class StateEditScreen(ModalScreen[StateEdit | None]):
                 editor.cursor_location = (exc.line - 1, exc.column - 1)  # on the mistake
             editor.focus()
             return
-        self.dismiss(StateEdit(self.group, self.key, value, self.value))
+        edit = StateEdit(self.group, self.key, value, self.value)
+        if self._save is None:
+            self.dismiss(edit)
+            return
+        if self._saving:
+            return
+        self._saving = True
+        self.query_one("#edit-error", Static).update(Text("saving…", style="bright_black"))
+        self._store(edit)
+
+    @work(thread=True, group="state-save", exit_on_error=False)
+    def _store(self, edit: StateEdit) -> None:
+        assert self._save is not None
+        try:
+            self._save(edit)
+        except Exception as exc:  # any refusal is shown in the editor, which keeps the text
+            self.app.call_from_thread(self._refused, str(exc) or type(exc).__name__)
+        else:
+            self.app.call_from_thread(self.dismiss, edit)
+
+    def _refused(self, reason: str) -> None:
+        self._saving = False
+        self.query_one("#edit-error", Static).update(Text(f"Save failed: {reason}"))
+        self.app.notify(f"Save failed: {reason}", severity="error", markup=False)
+        self.query_one("#state-editor", TextArea).focus()
 
     @on(Button.Pressed, "#edit-cancel")
     def action_cancel(self) -> None:

@@ -13,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from iii_console.core.events import Event
+from iii_console.core.text import first_line
 from iii_console.format import TYPE_STYLE, detail
 from iii_console.tui import fmt
 from iii_console.tui.model import STATUS, MessageRow
@@ -107,13 +108,13 @@ class TraceScreen(Screen[None]):
                                      (fmt.plain(r.topic or "-"), "blue"), " → ", (fmt.plain(r.step or "-"), "bold"), "  ",
                                      fmt.status(r.status), f"  {r.attempts} attempt{'s' if r.attempts != 1 else ''}",
                                      f"  {r.priority} priority",
-                                     (fmt.plain(f"  {r.error}") if r.error and r.status != "processed" else "", "red")))
+                                     (fmt.plain(f"  {first_line(r.error)}") if r.error and r.status != "processed" else "", "red")))
         payload = _payload(evs)
         if payload is not None:
             out.append(Text.assemble(("payload ", "bright_black"), fmt.one_line(payload, 140)))
         errors = [e for e in evs if e.error]
         if errors:
-            out.append(Text.assemble(("last error ", "bright_black"), (fmt.plain(errors[-1].error), "bold red"),
+            out.append(Text.assemble(("last error ", "bright_black"), (fmt.plain(first_line(errors[-1].error)), "bold red"),
                                      ("  (select a failed event below for its traceback)", "bright_black")))
         return lines(out)
 
@@ -135,7 +136,7 @@ class TraceScreen(Screen[None]):
         parts: list[Text] = [Text.assemble((fmt.plain(ev.type), TYPE_STYLE.get(ev.type, "") + " bold"), "  ", (fmt.utc_iso(ev.ts), "bright_black"))]
         parts.append(Text.assemble(*[x for f in fields for x in ((f"{f} ", "bright_black"), (fmt.plain(f"{getattr(ev, f)}  "), ""))]))
         if ev.error:
-            parts.append(Text.assemble(("error ", "bright_black"), (fmt.plain(ev.error), "bold red")))
+            parts.append(Text.assemble(("error ", "bright_black"), (fmt.plain(ev.error, keep_lines=True), "bold red")))
         data = ev.data if isinstance(ev.data, dict) else ({"value": ev.data} if ev.data is not None else {})
         tb = data.get("traceback") if isinstance(data.get("traceback"), str) else None
         rest = {k: v for k, v in data.items() if k != "traceback"}

@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import RichLog
 
+from iii_console.core.text import first_line
 from iii_console.tui import fmt
 from iii_console.tui.filter import EventFilter
 from iii_console.tui.model import TILES, LogEntry
@@ -38,6 +39,7 @@ class LivePane(Pane):
         self._seq = 0
         self._filter = EventFilter()
         self._problems_key: tuple[int, int] = (-1, -1)
+        self._hint_shown = False
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="tiles"):
@@ -66,12 +68,20 @@ class LivePane(Pane):
     def _show_log(self, view: View) -> None:
         log = self.query_one("#events", RichLog)
         m, flt = view.model, view.filter
+        if m.seq == 0:
+            if not self._hint_shown:
+                self._hint_shown = True
+                log.write(first_message_hint(getattr(self.app, "server_url", None), read_only=getattr(self.app, "read_only", False)))
+            return
+        if self._hint_shown:
+            self._hint_shown = False
+            log.clear()
         follow = log.is_vertical_scroll_end or log.max_scroll_y == 0
         if flt != self._filter:
             self._filter = flt
             log.clear()
             entries = m.log_tail(flt, REFILTER_LINES)
-            skipped = 0
+            skipped = earlier = 0
         else:
             new = m.log_since(self._seq)
             entries = [e for e in new if flt.matches(e.event)] if flt else new
@@ -79,12 +89,21 @@ class LivePane(Pane):
             height = log.scrollable_content_region.height
             if len(entries) > limit and height > 1:
                 limit = min(limit, height - 1)  # the marker takes a line
-            skipped = max(0, len(entries) - limit)
+            cut = entries[:-limit] if len(entries) > limit else []
+            # History read back at start is not "too fast": only live events passed over count.
+            earlier = sum(1 for e in cut if e.seq <= m.history_seq)
+            skipped = len(cut) - earlier
             if self._seq and new and new[0].seq > self._seq + 1:
-                skipped += new[0].seq - self._seq - 1  # fell out of the buffer while not shown
+                gap = range(self._seq + 1, new[0].seq)  # fell out of the buffer while not shown
+                in_history = max(0, min(gap.stop, m.history_seq + 1) - gap.start)
+                earlier += in_history
+                skipped += len(gap) - in_history
             entries = entries[-limit:]
         self._seq = m.seq
         out: list[Text] = []
+        if earlier:
+            out.append(Text(f"… {fmt.num(earlier)} earlier events read from the stream's history "
+                            "(Messages tab for each message, / to filter)", style="bright_black italic"))
         if skipped:
             out.append(Text(f"… {fmt.num(skipped)} events not shown (too fast to read; "
                             "/ to filter, p to pause, Messages tab for each message)", style="bright_black italic"))
@@ -112,7 +131,7 @@ class LivePane(Pane):
         for ev in m.step_errors.values():
             d = ev.data if isinstance(ev.data, dict) else {}
             where = f"{d.get('file', '?')}:{d.get('line', '?')}" if d.get("line") else str(d.get("file") or ev.step or "")
-            out.append(Text.assemble(("step error ", "bold red"), (where, "bold"), "\n  ", (ev.error or "", "red")))
+            out.append(Text.assemble(("step error ", "bold red"), (where, "bold"), "\n  ", (fmt.plain(first_line(ev.error or "")), "red")))
         out.extend(_problem_line(entry) for entry in list(reversed(m.problems))[:60])
         if not out:
             out.append(Text("No problems: no step errors, failures or dead letters.", style="green"))
@@ -137,4 +156,17 @@ def _problem_line(entry: LogEntry) -> Text:
     else:
         msg = ev.error or (ev.data.get("message") if isinstance(ev.data, dict) else "") or ""
     return Text.assemble((fmt.hms(ev.ts), "bright_black"), " ", (f"{label:<10}", style), " ",
-                         ((ev.step or "-"), "bold"), " ", (ev.trace_id[:8], "bright_black"), "\n  ", (str(msg), style))
+                         ((ev.step or "-"), "bold"), " ", (ev.trace_id[:8], "bright_black"), "\n  ", (fmt.plain(first_line(msg)), style))
+
+
+def first_message_hint(server_url: str | None, *, read_only: bool = False) -> Text:
+    """What an empty log says: nothing has happened yet, and how to send the first message."""
+    url = server_url or "http://127.0.0.1:3111"
+    out = Text("No events yet. Send a first message:\n", style="bold")
+    if not read_only and server_url:
+        out.append("  s", "bold cyan")
+        out.append("  here, to open the send form\n")
+    out.append(f"  curl -X POST {url}/messages -H 'content-type: application/json' -d '{{\"text\": \"hello\"}}'\n", "cyan")
+    out.append("  iii-console send hello", "cyan")
+    out.append("   (from the project's folder)", "bright_black")
+    return out

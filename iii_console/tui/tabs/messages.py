@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
+from iii_console.core.text import first_line
 from iii_console.tui import fmt
 from iii_console.tui.messages import OpenTrace
 from iii_console.tui.model import MessageRow
@@ -94,5 +95,5 @@ def _cells(r: MessageRow, now_ms: int) -> tuple[Text, ...]:
         t(fmt.age(r.created_ms, now_ms), justify="right"),
         _duration(r),
         t(r.trace_id[:8], "bright_black"),
-        t(r.error or "", "red" if r.status in ("failed", "retrying", "dead") else "bright_black"),
+        t(first_line(r.error or ""), "red" if r.status in ("failed", "retrying", "dead") else "bright_black"),
     )

@@ -11,6 +11,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static
 
 from iii_console.core.dlq import DeadLetter
+from iii_console.core.text import first_line
 from iii_console.tui import fmt
 from iii_console.tui.messages import DeadLettersChosen, InspectDeadLetter, OpenTrace
 from iii_console.tui.model import TopicCounts
@@ -134,7 +135,7 @@ def dead_letter_text(e: DeadLetter) -> Text:
                       ("  step ", "bright_black"), fmt.plain(e.step), ("  attempts ", "bright_black"), str(e.attempts),
                       ("  first failure ", "bright_black"), fmt.hms(e.first_failure_ms),
                       ("  last ", "bright_black"), fmt.hms(e.last_failure_ms)),
-        Text.assemble(("error ", "bright_black"), (fmt.plain(e.error), "bold red")),
+        Text.assemble(("error ", "bright_black"), (fmt.plain(e.error, keep_lines=True), "bold red")),
         Text("payload", style="bright_black"),
         Text(fmt.pretty_json(e.data) if e.raw is None else fmt.plain(e.raw, keep_lines=True)),
         Text("traceback", style="bright_black"),
@@ -189,7 +190,7 @@ class DeadLettersPane(Pane):
         table.show_rows([(e.id, (
             t(fmt.ago(e.last_failure_ms, view.now_ms), justify="right"),
             t(e.dlq, "bold red"), t(e.topic), t(e.step), n(e.attempts), t(e.priority, fmt.PRIORITY_STYLE.get(e.priority, "")),
-            t(e.trace_id[:8], "bright_black"), t(e.error, "red"),
+            t(e.trace_id[:8], "bright_black"), t(first_line(e.error or ""), "red"),
         )) for e in entries])
         retitle(table, title=f"Dead letters ({total})" + (f" · filter: {flt.text}" if flt else ""))
         retitle(table, subtitle="  ".join(f"{k}: {v}" for k, v in sorted(view.snap.dlq_counts.items())) or "none")

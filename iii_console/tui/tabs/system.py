@@ -13,6 +13,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from iii_console.core.cronexpr import next_fire
+from iii_console.core.text import first_line
 from iii_console.format import TYPE_STYLE, clock
 from iii_console.tui import fmt
 from iii_console.tui.messages import CronRunChosen
@@ -323,7 +324,7 @@ def flow_text(steps: dict[str, dict[str, Any]], errors: Sequence[Any] = (),
     for ev in errors:
         d = ev.data if isinstance(ev.data, dict) else {}
         where = f"{d.get('file', '?')}:{d.get('line')}" if d.get("line") else str(d.get("file") or "")
-        out.append(Text.assemble(("✗ ", "bold red"), (ev.step or "?", "bold"), f"  {where}  ", (ev.error or "", "red")))
+        out.append(Text.assemble(("✗ ", "bold red"), (ev.step or "?", "bold"), f"  {where}  ", (fmt.plain(first_line(ev.error or "")), "red")))
     if not steps and not errors:
         out.append(Text("No steps registered yet: the running project publishes them at start.", style="bright_black"))
     return lines(out)
