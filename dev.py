@@ -144,15 +144,20 @@ def _parallel(args: list[str]) -> list[str]:
     A run given a selection (a path, ``-k``, a node id) or its own ``-n``/``-p``
     stays in one process. ``III_TEST_WORKERS=N`` sets the count (0: one process).
     """
-    if any(not a.startswith("-") or a in ("-k", "-m", "-n", "-p") or a.startswith(("-n", "--numprocesses", "--lf", "--last-failed"))
-           for a in args):
+    if any(
+        not a.startswith("-") or a in ("-k", "-m", "-n", "-p") or a.startswith(("-n", "--numprocesses", "--lf", "--last-failed"))
+        for a in args
+    ):
         return []
     env = os.environ.get("III_TEST_WORKERS", "")
     n = int(env) if env.isdigit() else min(4, (os.cpu_count() or 1) + 1)
     return ["-n", str(n), "--dist", "worksteal"] if n > 1 else []
+
+
 #: What ``dev.py lint`` runs, in order; every one runs, and any finding fails the whole.
 LINTERS = [
     ["ruff", "check", "."],
+    ["ruff", "format", "--check", "."],
     ["mypy"],
     ["lint-imports"],
 ]

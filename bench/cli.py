@@ -55,15 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     from bench.procs import BenchError
     from bench.report import Section, preamble, write
 
-    overrides = {k: v for k, v in (("rounds", args.rounds), ("messages", args.messages),
-                                   ("latency_rate", args.latency_rate)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("rounds", args.rounds), ("messages", args.messages), ("latency_rate", args.latency_rate))
+        if v is not None
+    }
     options = Options.quick_mode(**overrides) if args.quick else Options(**overrides)
     modules: list[ModuleType] = [importlib.import_module(f"bench.scenarios.{n}") for n in ORDER if n in names]
     started = dt.datetime.now()
     sections: list[str] = []
     with Bench(options) as bench:
-        head = preamble(started=started, mode="quick" if options.quick else "full", rounds=options.rounds,
-                        redis_version=bench.redis_version())
+        head = preamble(
+            started=started, mode="quick" if options.quick else "full", rounds=options.rounds, redis_version=bench.redis_version()
+        )
         for mod in modules:
             print(f"== {mod.TITLE}", file=sys.stderr, flush=True)
             t0 = time.monotonic()

@@ -28,6 +28,7 @@ FILL_BATCH = 500
 
 # -- ours -----------------------------------------------------------------------
 
+
 def our_config(bench: Bench, *, steps: Path = BENCH_STEPS, events: bool = True, port: int = 0, **extra: Any) -> Config:
     data: dict[str, Any] = {
         "redis": {"url": bench.url},
@@ -48,10 +49,17 @@ def our_config(bench: Bench, *, steps: Path = BENCH_STEPS, events: bool = True, 
 def start_our_workers(bench: Bench, config: Config, processes: int, threads: int, *, target: int = 0) -> list[Proc]:
     assert bench.procs is not None
     return [
-        bench.procs.start(f"ours-worker{i}", [PY, "-m", "iii_console.runtime.worker"], cwd=bench.project_dir, env={
-            "III_CONFIG_JSON": config.model_dump_json(), "III_WORKER_INDEX": str(i), "III_WORKER_THREADS": str(threads),
-            "BENCH_TARGET": str(target),
-        })
+        bench.procs.start(
+            f"ours-worker{i}",
+            [PY, "-m", "iii_console.runtime.worker"],
+            cwd=bench.project_dir,
+            env={
+                "III_CONFIG_JSON": config.model_dump_json(),
+                "III_WORKER_INDEX": str(i),
+                "III_WORKER_THREADS": str(threads),
+                "BENCH_TARGET": str(target),
+            },
+        )
         for i in range(processes)
     ]
 
@@ -59,8 +67,12 @@ def start_our_workers(bench: Bench, config: Config, processes: int, threads: int
 def wait_our_workers(bench: Bench, procs: list[Proc], config: Config) -> None:
     keys = Keys(config.redis.prefix)
     assert bench.procs is not None
-    wait_until(lambda: bench.redis.hlen(keys.workers) >= len(procs), timeout=60, what="our workers to register",
-               watch=lambda: bench.procs.check(*procs))  # type: ignore[union-attr]
+    wait_until(
+        lambda: bench.redis.hlen(keys.workers) >= len(procs),
+        timeout=60,
+        what="our workers to register",
+        watch=lambda: bench.procs.check(*procs),
+    )  # type: ignore[union-attr]
 
 
 def start_our_server(bench: Bench, config: Config, *, roles: tuple[str, ...] = ("server",)) -> Proc:
@@ -93,10 +105,14 @@ def fill_ours(bench: Bench, config: Config, n: int, data: dict[str, Any] | None 
 
 # -- Dramatiq -------------------------------------------------------------------
 
+
 def start_dramatiq(bench: Bench, processes: int, threads: int, *, target: int = 0) -> Proc:
     assert bench.procs is not None
-    return bench.procs.start("dramatiq", [PY, "-m", "dramatiq", "bench.peers.dramatiq_app", "--processes", str(processes),
-                                          "--threads", str(threads)], env={"BENCH_TARGET": str(target)})
+    return bench.procs.start(
+        "dramatiq",
+        [PY, "-m", "dramatiq", "bench.peers.dramatiq_app", "--processes", str(processes), "--threads", str(threads)],
+        env={"BENCH_TARGET": str(target)},
+    )
 
 
 def fill_dramatiq(n: int, data: dict[str, Any] | None = None, *, actor: str = "work") -> None:
@@ -109,13 +125,33 @@ def fill_dramatiq(n: int, data: dict[str, Any] | None = None, *, actor: str = "w
 
 # -- Celery ---------------------------------------------------------------------
 
+
 def start_celery(bench: Bench, instances: int, pool: str, concurrency: int, *, target: int = 0) -> list[Proc]:
     assert bench.procs is not None
     return [
-        bench.procs.start(f"celery-{pool}{i}", [
-            PY, "-m", "celery", "-A", "bench.peers.celery_app", "worker", "-P", pool, "-c", str(concurrency),
-            "-n", f"bench{i}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING",
-        ], env={"BENCH_TARGET": str(target)})
+        bench.procs.start(
+            f"celery-{pool}{i}",
+            [
+                PY,
+                "-m",
+                "celery",
+                "-A",
+                "bench.peers.celery_app",
+                "worker",
+                "-P",
+                pool,
+                "-c",
+                str(concurrency),
+                "-n",
+                f"bench{i}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "WARNING",
+            ],
+            env={"BENCH_TARGET": str(target)},
+        )
         for i in range(instances)
     ]
 
@@ -147,15 +183,24 @@ def ours(*, events: bool = True) -> QueueContender:
     def start(bench: Bench, processes: int, threads: int, target: int) -> list[Proc]:
         return start_our_workers(bench, our_config(bench, events=events), processes, threads, target=target)
 
-    return QueueContender("iii-console" + ("" if events else " (events off)"), "ours",
-                          lambda b, n, d: fill_ours(b, our_config(b), n, d), start)
+    return QueueContender(
+        "iii-console" + ("" if events else " (events off)"), "ours", lambda b, n, d: fill_ours(b, our_config(b), n, d), start
+    )
 
 
 def dramatiq() -> QueueContender:
-    return QueueContender("Dramatiq (RedisBroker)", "dramatiq", lambda b, n, d: fill_dramatiq(n, d),
-                          lambda b, p, t, target: [start_dramatiq(b, p, t, target=target)])
+    return QueueContender(
+        "Dramatiq (RedisBroker)",
+        "dramatiq",
+        lambda b, n, d: fill_dramatiq(n, d),
+        lambda b, p, t, target: [start_dramatiq(b, p, t, target=target)],
+    )
 
 
 def celery(pool: str) -> QueueContender:
-    return QueueContender(f"Celery ({pool})", "celery", lambda b, n, d: fill_celery(n, d),
-                          lambda b, p, t, target: start_celery(b, p, pool, t, target=target))
+    return QueueContender(
+        f"Celery ({pool})",
+        "celery",
+        lambda b, n, d: fill_celery(n, d),
+        lambda b, p, t, target: start_celery(b, p, pool, t, target=target),
+    )

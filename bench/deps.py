@@ -34,8 +34,13 @@ def ensure_wrk() -> None:
         return
     print("bench: installing wrk (apt-get install -y wrk)...", file=sys.stderr, flush=True)
     try:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=300, check=False)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "wrk"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=300,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         pass
     if not shutil.which("wrk"):

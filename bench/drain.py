@@ -46,8 +46,16 @@ class Drained:
     redis_us: float
 
 
-def drain(bench: Bench, contender: QueueContender, processes: int, threads: int, n: int,
-          data: dict[str, Any] | None = None, *, before_stop: Callable[[list[Proc]], None] | None = None) -> Drained:
+def drain(
+    bench: Bench,
+    contender: QueueContender,
+    processes: int,
+    threads: int,
+    n: int,
+    data: dict[str, Any] | None = None,
+    *,
+    before_stop: Callable[[list[Proc]], None] | None = None,
+) -> Drained:
     """Start ``contender``'s workers on a queue holding ``n`` messages; time the drain; stop them."""
     assert bench.procs is not None
     restore_filled(bench, contender, n, data or {})
@@ -57,8 +65,13 @@ def drain(bench: Bench, contender: QueueContender, processes: int, threads: int,
         # CPU is counted from the first completion on, so imports and startup do not count.
         wait_until(lambda: bench.done() > 0, timeout=120, interval=0.01, what=f"{contender.name} to start", watch=watch)
         done0, cpu0, redis0 = bench.done(), _cpu_s(procs), _redis_cpu_s(bench)
-        wait_until(lambda: bench.drain_window() is not None, timeout=max(120.0, n / 100), interval=0.05,
-                   what=f"{contender.name} to process {n} messages (done: {bench.done()})", watch=watch)
+        wait_until(
+            lambda: bench.drain_window() is not None,
+            timeout=max(120.0, n / 100),
+            interval=0.05,
+            what=f"{contender.name} to process {n} messages (done: {bench.done()})",
+            watch=watch,
+        )
         cpu1, redis1 = _cpu_s(procs), _redis_cpu_s(bench)
         window = bench.drain_window()
         assert window is not None
@@ -70,8 +83,9 @@ def drain(bench: Bench, contender: QueueContender, processes: int, threads: int,
     first, last = window
     seconds = max(last - first, 1e-6)
     counted = max(1, n - done0)
-    return Drained(rate=(n - 1) / seconds, seconds=seconds, cpu_ms=(cpu1 - cpu0) * 1000 / counted,
-                   redis_us=(redis1 - redis0) * 1e6 / counted)
+    return Drained(
+        rate=(n - 1) / seconds, seconds=seconds, cpu_ms=(cpu1 - cpu0) * 1000 / counted, redis_us=(redis1 - redis0) * 1e6 / counted
+    )
 
 
 def _cpu_s(procs: list[Proc]) -> float:

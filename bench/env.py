@@ -41,8 +41,17 @@ class Options:
 
     @classmethod
     def quick_mode(cls, **kw: object) -> Options:
-        base = dict(quick=True, rounds=1, messages=4_000, http_seconds=3.0, latency_seconds=4.0, priority_backlog=2_000,
-                    priority_trials=2, console_seconds=10.0, memory_messages=10_000)
+        base = dict(
+            quick=True,
+            rounds=1,
+            messages=4_000,
+            http_seconds=3.0,
+            latency_seconds=4.0,
+            priority_backlog=2_000,
+            priority_trials=2,
+            console_seconds=10.0,
+            memory_messages=10_000,
+        )
         base.update(kw)
         return cls(**base)  # type: ignore[arg-type]
 
@@ -73,8 +82,11 @@ class Bench:
         self.r = redis.Redis.from_url(self.url)
         # The peers' modules and the work function read the URL from the environment.
         os.environ["BENCH_REDIS_URL"] = self.url
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "PYTHONUNBUFFERED": "1",
+        }
         self.procs = Procs(self.tmp / "logs", env)
         return self
 

@@ -56,12 +56,31 @@ def closed_load(bench: Bench, url: str, *, connections: int, seconds: float) -> 
     if wrk:
         script = bench.tmp / "post.lua"
         script.write_text(_WRK_SCRIPT)
-        proc = bench.procs.run("wrk", [wrk, "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
-                               timeout=seconds + 30)
+        proc = bench.procs.run(
+            "wrk", [wrk, "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url], timeout=seconds + 30
+        )
         return parse_wrk(proc.log.read_text())
     out = bench.tmp / "loadgen.json"
-    bench.procs.run("loadgen", [PY, "-m", "bench.loadgen", "closed", "--url", url, "--connections", str(connections),
-                                "--seconds", str(seconds), "--body", BODY, "--out", str(out)], timeout=seconds + 30)
+    bench.procs.run(
+        "loadgen",
+        [
+            PY,
+            "-m",
+            "bench.loadgen",
+            "closed",
+            "--url",
+            url,
+            "--connections",
+            str(connections),
+            "--seconds",
+            str(seconds),
+            "--body",
+            BODY,
+            "--out",
+            str(out),
+        ],
+        timeout=seconds + 30,
+    )
     r = json.loads(out.read_text())
     return Load("bench.loadgen", r["rps"], r["requests"], r["errors"], r["non2xx"], r["latencies_ms"])
 
@@ -72,9 +91,14 @@ _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 def parse_wrk(text: str) -> Load:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
-    lat = {m.group(1): float(m.group(2)) * _UNIT[m.group(3)]
-           for m in re.finditer(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M)}
+    lat = {
+        m.group(1): float(m.group(2)) * _UNIT[m.group(3)]
+        for m in re.finditer(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M)
+    }
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", text)) else 0
-    errors = sum(int(x) for x in m.groups()) if (m := re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)) else 0
+    errors = (
+        sum(int(x) for x in m.groups())
+        if (m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text))
+        else 0
+    )
     return Load("wrk", rps, requests, errors, non2xx, lat)

@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 class Conn:
     def __init__(self, host: str, port: int, path: str, body: bytes):
         self.host, self.port = host, port
-        self.request = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        self.request = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -80,8 +82,14 @@ async def closed(url: str, connections: int, seconds: float, body: bytes) -> dic
     t0 = time.perf_counter()
     await asyncio.gather(*(loop() for _ in range(connections)))
     elapsed = time.perf_counter() - t0
-    return {"requests": len(latencies), "seconds": elapsed, "rps": len(latencies) / elapsed, "errors": errors,
-            "non2xx": non2xx, "latencies_ms": _pcts([x * 1000 for x in latencies])}
+    return {
+        "requests": len(latencies),
+        "seconds": elapsed,
+        "rps": len(latencies) / elapsed,
+        "errors": errors,
+        "non2xx": non2xx,
+        "latencies_ms": _pcts([x * 1000 for x in latencies]),
+    }
 
 
 async def paced(url: str, rate: float, seconds: float, body: bytes) -> dict:

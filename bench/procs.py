@@ -62,8 +62,15 @@ class Procs:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{self._n:03d}-{name}.log"
         with open(log, "wb") as out:
-            popen = subprocess.Popen(list(argv), env={**self.env, **(env or {})}, cwd=cwd, stdin=subprocess.DEVNULL,
-                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            popen = subprocess.Popen(
+                list(argv),
+                env={**self.env, **(env or {})},
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         proc = Proc(name, popen, log)
         self.started.append(proc)
         return proc
@@ -127,8 +134,9 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def wait_until(pred: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.02,
-               watch: Callable[[], None] | None = None) -> float:
+def wait_until(
+    pred: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.02, watch: Callable[[], None] | None = None
+) -> float:
     """Poll ``pred`` until true; returns the seconds waited. ``watch`` may raise (a dead process)."""
     t0 = time.monotonic()
     while not pred():

@@ -57,15 +57,17 @@ def _version(dist: str) -> str:
 def preamble(*, started: dt.datetime, mode: str, rounds: int, redis_version: str) -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     versions = ", ".join(f"{d} {_version(d)}" for d in ("iii-console", "dramatiq", "celery", "litestar", "uvicorn", "redis"))
-    return "\n".join([
-        f"# iii-console benchmarks — {started:%Y-%m-%d %H:%M:%S}",
-        "",
-        f"- mode: {mode}, {rounds} round(s) per scenario, contenders alternated within each round, medians reported",
-        f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, load average at start {load}",
-        f"- Redis {redis_version} (one private server for the whole run, appendonly off, flushed between runs)",
-        f"- {versions}",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# iii-console benchmarks — {started:%Y-%m-%d %H:%M:%S}",
+            "",
+            f"- mode: {mode}, {rounds} round(s) per scenario, contenders alternated within each round, medians reported",
+            f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, load average at start {load}",
+            f"- Redis {redis_version} (one private server for the whole run, appendonly off, flushed between runs)",
+            f"- {versions}",
+            "",
+        ]
+    )
 
 
 def write(text: str, results_dir: Path, started: dt.datetime) -> Path:

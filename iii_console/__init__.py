@@ -40,9 +40,29 @@ _WHERE = {
     **dict.fromkeys(("LockLost", "LockTaken"), "iii_console.core.lease"),
 }
 
-__all__ = ["BatchFailures", "BlobError", "BlobNotFound", "BlobRef", "Context", "CronTick", "HttpRequest", "LockLost", "LockTaken", "Retry", "SoftTimeLimitExceeded",
-           "StateChange", "Step", "SyncContext", "TimeLimitExceeded", "cron", "download", "http",
-           "progress_stream", "queue", "state"]
+__all__ = [
+    "BatchFailures",
+    "BlobError",
+    "BlobNotFound",
+    "BlobRef",
+    "Context",
+    "CronTick",
+    "HttpRequest",
+    "LockLost",
+    "LockTaken",
+    "Retry",
+    "SoftTimeLimitExceeded",
+    "StateChange",
+    "Step",
+    "SyncContext",
+    "TimeLimitExceeded",
+    "cron",
+    "download",
+    "http",
+    "progress_stream",
+    "queue",
+    "state",
+]
 __version__ = "0.1.0"
 
 

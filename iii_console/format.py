@@ -77,15 +77,14 @@ def _detail(ev: Event) -> str:
     if t == "message.failed":
         return f"attempt {ev.attempt}: {ev.error}" if ev.attempt is not None else str(ev.error)
     if t == "message.retrying":
-        how = ("" if not d.get("retry_after") else " (Retry)" if d.get("counts", True) else " (Retry, attempt not spent)")
+        how = "" if not d.get("retry_after") else " (Retry)" if d.get("counts", True) else " (Retry, attempt not spent)"
         return f"attempt {ev.attempt} in {d.get('delay_ms')} ms{how}"
     if t == "message.throttled":
         return f"key {d.get('key')}: over {d.get('reason')}; waits {d.get('wait_ms')} ms (attempt not spent)"
     if t == "message.deduplicated":
         return f"dedup key {d.get('dedup_key')}: already enqueued as {short(d.get('message_ids'), 40)}"
     if t == "group.completed":
-        return (f"group {d.get('group_id')}: {d.get('ok')} ok, {d.get('failed')} failed, {d.get('dead')} dead "
-                f"of {d.get('total')}")
+        return f"group {d.get('group_id')}: {d.get('ok')} ok, {d.get('failed')} failed, {d.get('dead')} dead of {d.get('total')}"
     if t == "progress":
         done, total = d.get("done"), d.get("total")
         frac = done / total if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total else 0

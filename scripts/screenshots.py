@@ -98,7 +98,9 @@ async def traffic(base: str) -> None:
 
     bodies: list[dict[str, Any]] = []
     for i in range(18):
-        bodies.append({"text": f"hello number {i}", "priority": ("normal", "high", "low")[i % 3], "recipient": f"user{i}@example.com"})
+        bodies.append(
+            {"text": f"hello number {i}", "priority": ("normal", "high", "low")[i % 3], "recipient": f"user{i}@example.com"}
+        )
     bodies.insert(4, {"text": "flaky once", "fail_times": 1})
     bodies.insert(9, {"text": "flaky twice", "fail_times": 2, "priority": "high"})
     bodies.insert(12, {"text": "always fails", "fail_times": 9})
@@ -136,8 +138,12 @@ async def shoot(out: Path, size: tuple[int, int], only: set[str] | None = None) 
                 await wait(pilot, lambda: app.ready and app.link.connected, "the console")
                 await traffic(base)
                 model = app.model
-                await wait(pilot, lambda: model.tiles["dead-lettered"].total >= 1 and model.tiles["notifications"].total >= 20,
-                           "traffic to settle (a dead letter and the notifications)", timeout=60)
+                await wait(
+                    pilot,
+                    lambda: model.tiles["dead-lettered"].total >= 1 and model.tiles["notifications"].total >= 20,
+                    "traffic to settle (a dead letter and the notifications)",
+                    timeout=60,
+                )
                 await wait(pilot, lambda: model.cron.get("Heartbeat") and model.cron["Heartbeat"].fired >= 2, "cron runs")
                 # A worker process killed (as the OOM killer would) while it holds a long import:
                 # its supervisor gives the message back at once and the Workers view says so.
@@ -145,11 +151,18 @@ async def shoot(out: Path, size: tuple[int, int], only: set[str] | None = None) 
 
                 async with httpx.AsyncClient(base_url=base, timeout=10) as client:
                     (await client.post("/demo/import", json={})).raise_for_status()
-                await wait(pilot, lambda: any(r.step == "ImportBatch" and r.status == "running" for r in model.messages.values()),
-                           "the import to start")
+                await wait(
+                    pilot,
+                    lambda: any(r.step == "ImportBatch" and r.status == "running" for r in model.messages.values()),
+                    "the import to start",
+                )
                 sup.children[0].proc.kill()
-                await wait(pilot, lambda: any(r.step == "ImportBatch" and r.status == "processed" for r in model.messages.values()),
-                           "the import, redelivered, to finish", timeout=60)
+                await wait(
+                    pilot,
+                    lambda: any(r.step == "ImportBatch" and r.status == "processed" for r in model.messages.values()),
+                    "the import, redelivered, to finish",
+                    timeout=60,
+                )
                 await pilot.pause(1.0)
 
                 async def save(name: str, before: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -175,7 +188,9 @@ async def shoot(out: Path, size: tuple[int, int], only: set[str] | None = None) 
                 async def open_trace() -> None:
                     table = app.query_one("#messages-table")
                     keys = [r.key.value for r in table.ordered_rows]
-                    retried = [k for k in keys if (row := model.messages.get(k)) and row.attempts >= 2 and row.status == "processed"]
+                    retried = [
+                        k for k in keys if (row := model.messages.get(k)) and row.attempts >= 2 and row.status == "processed"
+                    ]
                     table.move_cursor(row=keys.index(retried[0] if retried else keys[0]))
                     await pilot.press("enter")
                     await wait(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen.searched, "the trace")
@@ -231,8 +246,19 @@ def to_png(svgs: list[Path]) -> None:
             if rsvg:
                 subprocess.run([rsvg, "-w", "1600", fixed.name, "-o", str(png)], check=True)
             else:
-                subprocess.run([chrome, "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={png}",
-                                "--window-size=1600,940", f"file://{fixed.name}"], check=True, capture_output=True)
+                subprocess.run(
+                    [
+                        chrome,
+                        "--headless",
+                        "--disable-gpu",
+                        "--no-sandbox",
+                        f"--screenshot={png}",
+                        "--window-size=1600,940",
+                        f"file://{fixed.name}",
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
             print(f"screenshots: {png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}")
         except subprocess.CalledProcessError as exc:
             print(f"screenshots: PNG conversion of {svg.name} failed ({exc}); SVG kept")
@@ -245,8 +271,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "screenshots"), help="Directory for the SVG/PNG files.")
     parser.add_argument("--size", default="160x45", help="Terminal size, COLSxROWS.")
-    parser.add_argument("--only", action="append", metavar="VIEW",
-                        help="Save just this view (live, messages, trace, queues, dead-letters, state, ...); repeatable.")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="VIEW",
+        help="Save just this view (live, messages, trace, queues, dead-letters, state, ...); repeatable.",
+    )
     args = parser.parse_args()
     cols, rows = (int(x) for x in args.size.lower().split("x"))
     out = Path(args.out).resolve()

@@ -57,8 +57,9 @@ async def images_traffic(base: str) -> None:
 
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         for name, body, ctype in _images():
-            resp = await client.post("/images", content=body, headers={
-                "content-type": ctype, "content-disposition": f'attachment; filename="{name}"'})
+            resp = await client.post(
+                "/images", content=body, headers={"content-type": ctype, "content-disposition": f'attachment; filename="{name}"'}
+            )
             resp.raise_for_status()
             await asyncio.sleep(0.2)
         await client.post("/images", content=_images()[1][1], headers={"content-type": "image/jpeg"})  # a resubmit
@@ -93,9 +94,16 @@ async def email_traffic(base: str) -> None:
         local = "bounce" if i % 41 == 5 else "slow" if i % 37 == 8 else "reader"
         recipients.append({"email": f"{local}{i}@{domain}", "name": f"Reader {i}"})
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        resp = await client.post("/campaigns", headers={"idempotency-key": "december-news"}, json={
-            "subject": "December news for $name", "template": "Hello $name,\nthe news for $email.\n",
-            "batch_size": 10, "recipients": recipients})
+        resp = await client.post(
+            "/campaigns",
+            headers={"idempotency-key": "december-news"},
+            json={
+                "subject": "December news for $name",
+                "template": "Hello $name,\nthe news for $email.\n",
+                "batch_size": 10,
+                "recipients": recipients,
+            },
+        )
         resp.raise_for_status()
 
 
@@ -106,7 +114,9 @@ async def shoot(name: str, out: Path, size: tuple[int, int]) -> Path:
 
     with tempfile.TemporaryDirectory(prefix=f"iii-shots-{name}-") as tmp:
         project = Path(tmp) / name
-        shutil.copytree(ROOT / "examples" / name, project, ignore=shutil.ignore_patterns(".iii", "inbox", "Maildir", "__pycache__"))
+        shutil.copytree(
+            ROOT / "examples" / name, project, ignore=shutil.ignore_patterns(".iii", "inbox", "Maildir", "__pycache__")
+        )
         controller = None
         if name == "images":
             os.environ["IMAGES_SLOW_MS"] = "2500"  # renders stay on screen with their progress
@@ -133,16 +143,29 @@ async def shoot(name: str, out: Path, size: tuple[int, int]) -> Path:
                 if name == "images":
                     await images_traffic(base)
                     await wait(pilot, lambda: model.tiles["dead-lettered"].total >= 1, "the broken image's dead letter")
-                    await wait(pilot, lambda: sum(1 for r in model.messages.values()
-                                                  if r.step == "RenderImage" and r.status == "processed") >= 3
-                               and any(r.step == "RenderImage" and r.status == "running" and r.progress
-                                       for r in model.messages.values()), "renders done and running", timeout=60)
+                    await wait(
+                        pilot,
+                        lambda: (
+                            sum(1 for r in model.messages.values() if r.step == "RenderImage" and r.status == "processed") >= 3
+                            and any(
+                                r.step == "RenderImage" and r.status == "running" and r.progress for r in model.messages.values()
+                            )
+                        ),
+                        "renders done and running",
+                        timeout=60,
+                    )
                 else:
                     await email_traffic(base)
-                    await wait(pilot, lambda: any(r.status == "throttled" for r in model.messages.values())
-                               and sum(1 for r in model.messages.values() if r.step == "SendBatch" and r.status == "processed") >= 4
-                               and any(r.step == "SendBatch" and r.status == "running" for r in model.messages.values()),
-                               "batches sent, sending and throttled", timeout=60)
+                    await wait(
+                        pilot,
+                        lambda: (
+                            any(r.status == "throttled" for r in model.messages.values())
+                            and sum(1 for r in model.messages.values() if r.step == "SendBatch" and r.status == "processed") >= 4
+                            and any(r.step == "SendBatch" and r.status == "running" for r in model.messages.values())
+                        ),
+                        "batches sent, sending and throttled",
+                        timeout=60,
+                    )
                 await pilot.press("2")
                 start = app.render_count
                 await wait(pilot, lambda: app.render_count >= start + 3, "a few render ticks")

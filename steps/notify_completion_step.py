@@ -25,6 +25,10 @@ def handler(change: StateChange, ctx: SyncContext) -> None:
     message = change.new
     ctx.emit(
         "notification.sent",
-        data={"channel": "log", "recipient": message.get("recipient"), "message_id": change.key,
-              "summary": f"message {change.key[:8]} processed ({message.get('result', {}).get('words', 0)} words)"},
+        data={
+            "channel": "log",
+            "recipient": message.get("recipient"),
+            "message_id": change.key,
+            "summary": f"message {change.key[:8]} processed ({message.get('result', {}).get('words', 0)} words)",
+        },
     )

@@ -43,19 +43,30 @@ def handler(message: MessageSent, ctx: SyncContext) -> None:
     record = ctx.state.get("messages", message.id)
     if record is None:
         # Enqueued straight to the topic (`iii-console send --topic`): start its record here.
-        record = {"id": message.id, "text": message.text, "priority": ctx.trigger.get("priority", "normal"),
-                  "status": "queued", "attempts": 0, "trace_id": ctx.trace_id, "created_ms": now}
+        record = {
+            "id": message.id,
+            "text": message.text,
+            "priority": ctx.trigger.get("priority", "normal"),
+            "status": "queued",
+            "attempts": 0,
+            "trace_id": ctx.trace_id,
+            "created_ms": now,
+        }
         ctx.state.set("messages", message.id, record)
     elif record.get("status") == "processed":
         # Delivery is at least once: a copy redelivered after a worker died must not
         # process (and notify) a second time.
         ctx.logger.info("already processed; skipping the redelivered copy", id=message.id)
         return
-    ctx.state.update("messages", message.id, [
-        {"type": "set", "path": "status", "value": "processing"},
-        {"type": "increment", "path": "attempts", "by": 1},
-        {"type": "set", "path": "started_ms", "value": now},
-    ])
+    ctx.state.update(
+        "messages",
+        message.id,
+        [
+            {"type": "set", "path": "status", "value": "processing"},
+            {"type": "increment", "path": "attempts", "by": 1},
+            {"type": "set", "path": "started_ms", "value": now},
+        ],
+    )
     try:
         if ctx.attempt <= message.fail_times:
             raise RuntimeError(f"simulated failure on attempt {ctx.attempt}")
@@ -65,18 +76,26 @@ def handler(message: MessageSent, ctx: SyncContext) -> None:
         result = {"length": len(message.text), "words": len(message.text.split())}
     except Exception as exc:
         final = ctx.attempt >= ctx.max_attempts or getattr(exc, "retryable", True) is False
-        ctx.state.update("messages", message.id, [
-            {"type": "set", "path": "status", "value": "failed" if final else "retrying"},
-            {"type": "set", "path": "error", "value": f"{type(exc).__name__}: {exc}"},
-            *([{"type": "set", "path": "finished_ms", "value": _now_ms()}] if final else []),
-        ])
+        ctx.state.update(
+            "messages",
+            message.id,
+            [
+                {"type": "set", "path": "status", "value": "failed" if final else "retrying"},
+                {"type": "set", "path": "error", "value": f"{type(exc).__name__}: {exc}"},
+                *([{"type": "set", "path": "finished_ms", "value": _now_ms()}] if final else []),
+            ],
+        )
         raise
-    ctx.state.update("messages", message.id, [
-        {"type": "set", "path": "status", "value": "processed"},
-        {"type": "set", "path": "result", "value": result},
-        {"type": "set", "path": "finished_ms", "value": _now_ms()},
-        {"type": "remove", "path": "error"},
-    ])
+    ctx.state.update(
+        "messages",
+        message.id,
+        [
+            {"type": "set", "path": "status", "value": "processed"},
+            {"type": "set", "path": "result", "value": result},
+            {"type": "set", "path": "finished_ms", "value": _now_ms()},
+            {"type": "remove", "path": "error"},
+        ],
+    )
     ctx.logger.info("message processed", id=message.id, work_ms=round(work_s * 1000), **result)
 
 

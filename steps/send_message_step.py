@@ -37,16 +37,22 @@ async def handler(request: HttpRequest, ctx: Context) -> dict[str, Any]:
     message_id = uuid.uuid4().hex
     # The record goes in before the message: a worker can pick the message up
     # before this handler returns, and it expects to find the record.
-    await ctx.state.set("messages", message_id, {
-        "id": message_id,
-        "text": body.text,
-        "recipient": body.recipient,
-        "priority": body.priority,
-        "status": "queued",
-        "attempts": 0,
-        "trace_id": ctx.trace_id,
-        "created_ms": int(time.time() * 1000),
-    })
-    await ctx.enqueue("message.sent", {"id": message_id, "text": body.text, "fail_times": body.fail_times}, priority=body.priority)
+    await ctx.state.set(
+        "messages",
+        message_id,
+        {
+            "id": message_id,
+            "text": body.text,
+            "recipient": body.recipient,
+            "priority": body.priority,
+            "status": "queued",
+            "attempts": 0,
+            "trace_id": ctx.trace_id,
+            "created_ms": int(time.time() * 1000),
+        },
+    )
+    await ctx.enqueue(
+        "message.sent", {"id": message_id, "text": body.text, "fail_times": body.fail_times}, priority=body.priority
+    )
     ctx.logger.info("message accepted", id=message_id, priority=body.priority)
     return {"status": 202, "body": {"id": message_id, "trace_id": ctx.trace_id, "status": "queued"}}

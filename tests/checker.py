@@ -48,7 +48,10 @@ class Report:
     stuck: int
 
     def table(self) -> str:
-        rows = [(k, getattr(self, k)) for k in ("sent", "effects", "lost", "unexpected", "duplicated_effects", "duplicate_executions", "stuck")]
+        rows = [
+            (k, getattr(self, k))
+            for k in ("sent", "effects", "lost", "unexpected", "duplicated_effects", "duplicate_executions", "stuck")
+        ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(["| check | count |", "|---|---:|", *(f"| {k:<{width}} | {v} |" for k, v in rows)])
 
@@ -75,8 +78,15 @@ def check(client: redis.Redis, keys: Keys, sent: set[str]) -> Report:
 
 
 #: Lifecycle events, in the order of one delivery.
-LIFECYCLE = ("message.enqueued", "message.started", "message.failed", "message.retrying", "message.redelivered",
-             "message.processed", "message.dead_lettered")
+LIFECYCLE = (
+    "message.enqueued",
+    "message.started",
+    "message.failed",
+    "message.retrying",
+    "message.redelivered",
+    "message.processed",
+    "message.dead_lettered",
+)
 
 
 @dataclass
@@ -97,8 +107,13 @@ class StreamReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.acked_without_event or self.processed_but_held or self.settled_twice
-                    or self.requeued_without_event or self.counters_off)
+        return not (
+            self.acked_without_event
+            or self.processed_but_held
+            or self.settled_twice
+            or self.requeued_without_event
+            or self.counters_off
+        )
 
 
 def check_stream(client: redis.Redis, keys: Keys, sent: set[str], topic: str = "chaos") -> StreamReport:
@@ -118,7 +133,7 @@ def check_stream(client: redis.Redis, keys: Keys, sent: set[str], topic: str = "
     ns = keys.dramatiq_namespace
     held: dict[str, str] = {}  # trace id -> "waiting" / "in flight" / "delayed"
     for k in client.scan_iter(match=f"{ns}:{topic}--*.msgs"):
-        queue = k.decode()[len(ns) + 1:-len(".msgs")]
+        queue = k.decode()[len(ns) + 1 : -len(".msgs")]
         waiting = {x.decode() for x in client.lrange(f"{ns}:{queue}", 0, -1)}
         delayed = {x.decode() for x in client.zrange(f"{ns}:{queue}.delayed", 0, -1)}
         for rid, body in client.hgetall(k).items():
@@ -150,6 +165,7 @@ def check_stream(client: redis.Redis, keys: Keys, sent: set[str], topic: str = "
     for (t, tp, _step), n in counts.items():
         if tp == topic and t in LIFECYCLE:
             by_type[t] = by_type.get(t, 0) + n
-    off = {t: (by_type.get(t, 0), counted.get(t, 0)) for t in set(by_type) | set(counted)
-           if by_type.get(t, 0) != counted.get(t, 0)}
+    off = {
+        t: (by_type.get(t, 0), counted.get(t, 0)) for t in set(by_type) | set(counted) if by_type.get(t, 0) != counted.get(t, 0)
+    }
     return StreamReport(len(sent), acked_without, processed_held, twice, requeued_without, off)

@@ -233,8 +233,9 @@ def postgres_url():
         yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
     finally:
         # Connections the test left (a killed worker's, a pool's) would block a plain DROP.
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                     (name,))
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,)
+        )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.close()
 

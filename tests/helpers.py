@@ -61,14 +61,21 @@ def events(client: redis.Redis, keys: Keys, type: str | None = None) -> list[Eve
     return [e for e in out if type is None or e.type == type]
 
 
-def events_once(client: redis.Redis, keys: Keys, type: str, count: int, where: Callable[[Event], bool] = lambda _e: True,
-                timeout: float = 15.0) -> list[Event]:
+def events_once(
+    client: redis.Redis,
+    keys: Keys,
+    type: str,
+    count: int,
+    where: Callable[[Event], bool] = lambda _e: True,
+    timeout: float = 15.0,
+) -> list[Event]:
     """The events of ``type`` matching ``where`` once there are at least ``count`` of them.
 
     Events are written by a batching background sink, so they can land a few
     milliseconds after the effects a test waited for (a state write, a
     dead-letter entry); reading them straight away races the sink.
     """
+
     def ready() -> list[Event] | None:
         got = [e for e in events(client, keys, type) if where(e)]
         return got if len(got) >= count else None
@@ -125,8 +132,9 @@ class Running:
 
 def start_cli(project: Path, *args: str) -> Running:
     out = open(project / f"stdout-{time.monotonic_ns()}.jsonl", "w+")  # noqa: SIM115  (the process's stdout while it runs)
-    proc = subprocess.Popen([sys.executable, "-m", "iii_console", *args], cwd=project, stdout=out,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", *args], cwd=project, stdout=out, stderr=subprocess.PIPE, text=True
+    )
     proc.out = out  # type: ignore[attr-defined]
     banner = proc.stderr.readline()
     m = re.search(r"on (http://\S+) with", banner)
@@ -303,20 +311,48 @@ def xadd(client: redis.Redis, keys: Keys, events: list[Event]) -> None:
     pipe.execute()
 
 
-def lifecycle(n: int, ts: int, *, fails: int = 0, dead: bool = False, priority: str = "normal",
-              text: str = "hello", worker: str = "host-a:101:worker0", topic: str = "message.sent") -> list[Event]:
+def lifecycle(
+    n: int,
+    ts: int,
+    *,
+    fails: int = 0,
+    dead: bool = False,
+    priority: str = "normal",
+    text: str = "hello",
+    worker: str = "host-a:101:worker0",
+    topic: str = "message.sent",
+) -> list[Event]:
     """Every event of one message's life, as the runtime writes them: HTTP, queue hops, state, notification."""
     trace = f"{n:04d}" + "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"[:28]
     mid = f"{n:04d}beef-0000-4000-8000-00000000{n:04d}"
     record = f"rec{n:05d}"
     out = [
-        Event("http.received", ts, trace, step="SendMessage", worker="host-a:100:supervisor",
-              data={"method": "POST", "path": "/messages", "body": {"text": text, "priority": priority}}),
-        Event("state.changed", ts + 1, trace, step="SendMessage",
-              data={"group": "messages", "key": record, "op": "set", "old": None, "new": {"status": "queued"}}),
-        Event("message.enqueued", ts + 2, trace, mid, "ProcessMessage", topic, f"{topic}--ProcessMessage--{priority}",
-              worker="host-a:100:supervisor",
-              data={"payload": {"id": record, "text": text}, "priority": priority, "delay_ms": 0, "source": "SendMessage"}),
+        Event(
+            "http.received",
+            ts,
+            trace,
+            step="SendMessage",
+            worker="host-a:100:supervisor",
+            data={"method": "POST", "path": "/messages", "body": {"text": text, "priority": priority}},
+        ),
+        Event(
+            "state.changed",
+            ts + 1,
+            trace,
+            step="SendMessage",
+            data={"group": "messages", "key": record, "op": "set", "old": None, "new": {"status": "queued"}},
+        ),
+        Event(
+            "message.enqueued",
+            ts + 2,
+            trace,
+            mid,
+            "ProcessMessage",
+            topic,
+            f"{topic}--ProcessMessage--{priority}",
+            worker="host-a:100:supervisor",
+            data={"payload": {"id": record, "text": text}, "priority": priority, "delay_ms": 0, "source": "SendMessage"},
+        ),
     ]
     t = ts + 5
     attempts = fails + (0 if dead else 1)
@@ -324,26 +360,99 @@ def lifecycle(n: int, ts: int, *, fails: int = 0, dead: bool = False, priority: 
         out.append(Event("message.started", t, trace, mid, "ProcessMessage", topic, attempt=attempt, worker=worker))
         if attempt <= fails:
             err = f"RuntimeError: simulated failure on attempt {attempt}"
-            tb = ("Traceback (most recent call last):\n  File \"steps/process_message_step.py\", line 37, in handler\n"
-                  f"    raise RuntimeError(f\"simulated failure on attempt {{ctx.attempt}}\")\n{err}\n")
-            out.append(Event("message.failed", t + 3, trace, mid, "ProcessMessage", topic, attempt=attempt, worker=worker,
-                             duration_ms=3.2, error=err, data={"traceback": tb}))
+            tb = (
+                'Traceback (most recent call last):\n  File "steps/process_message_step.py", line 37, in handler\n'
+                f'    raise RuntimeError(f"simulated failure on attempt {{ctx.attempt}}")\n{err}\n'
+            )
+            out.append(
+                Event(
+                    "message.failed",
+                    t + 3,
+                    trace,
+                    mid,
+                    "ProcessMessage",
+                    topic,
+                    attempt=attempt,
+                    worker=worker,
+                    duration_ms=3.2,
+                    error=err,
+                    data={"traceback": tb},
+                )
+            )
             if dead and attempt == attempts:
-                out.append(Event("message.dead_lettered", t + 4, trace, mid, "ProcessMessage", topic, attempt=attempt,
-                                 worker=worker, error=err, data={"dlq": f"{topic}.dlq", "attempts": attempts}))
+                out.append(
+                    Event(
+                        "message.dead_lettered",
+                        t + 4,
+                        trace,
+                        mid,
+                        "ProcessMessage",
+                        topic,
+                        attempt=attempt,
+                        worker=worker,
+                        error=err,
+                        data={"dlq": f"{topic}.dlq", "attempts": attempts},
+                    )
+                )
             else:
-                out.append(Event("message.retrying", t + 4, trace, mid, "ProcessMessage", topic, attempt=attempt + 1,
-                                 worker=worker, error=err, data={"delay_ms": 1000 * 2 ** (attempt - 1)}))
+                out.append(
+                    Event(
+                        "message.retrying",
+                        t + 4,
+                        trace,
+                        mid,
+                        "ProcessMessage",
+                        topic,
+                        attempt=attempt + 1,
+                        worker=worker,
+                        error=err,
+                        data={"delay_ms": 1000 * 2 ** (attempt - 1)},
+                    )
+                )
             t += 1000 * 2 ** (attempt - 1)
         else:
-            out.append(Event("message.processed", t + 20, trace, mid, "ProcessMessage", topic, attempt=attempt,
-                             worker=worker, duration_ms=20.4))
-            out.append(Event("state.changed", t + 21, trace, step="ProcessMessage",
-                             data={"group": "messages", "key": record, "op": "update", "old": {"status": "processing"},
-                                   "new": {"status": "processed"}}))
-            out.append(Event("notification.sent", t + 23, trace, step="NotifyCompletion",
-                             data={"channel": "log", "recipient": None, "message_id": record,
-                                   "summary": f"message {record} processed (1 words)"}))
+            out.append(
+                Event(
+                    "message.processed",
+                    t + 20,
+                    trace,
+                    mid,
+                    "ProcessMessage",
+                    topic,
+                    attempt=attempt,
+                    worker=worker,
+                    duration_ms=20.4,
+                )
+            )
+            out.append(
+                Event(
+                    "state.changed",
+                    t + 21,
+                    trace,
+                    step="ProcessMessage",
+                    data={
+                        "group": "messages",
+                        "key": record,
+                        "op": "update",
+                        "old": {"status": "processing"},
+                        "new": {"status": "processed"},
+                    },
+                )
+            )
+            out.append(
+                Event(
+                    "notification.sent",
+                    t + 23,
+                    trace,
+                    step="NotifyCompletion",
+                    data={
+                        "channel": "log",
+                        "recipient": None,
+                        "message_id": record,
+                        "summary": f"message {record} processed (1 words)",
+                    },
+                )
+            )
     return out
 
 

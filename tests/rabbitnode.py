@@ -48,16 +48,28 @@ class RabbitNode:
 
     def env(self) -> dict[str, str]:
         home = self.root / "home"
-        return {**os.environ, "HOME": str(home), "RABBITMQ_NODE_PORT": str(self.port), "RABBITMQ_DIST_PORT": str(self.dist_port),
-                "RABBITMQ_NODENAME": self.name, "RABBITMQ_MNESIA_BASE": str(self.root / "mnesia"),
-                "RABBITMQ_LOG_BASE": str(self.root / "log"), "RABBITMQ_CONFIG_FILE": str(self.root / "rabbitmq"),
-                "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.root / "enabled_plugins"),
-                "RABBITMQ_PLUGINS_EXPAND_DIR": str(self.root / "plugins-expand"), "RABBITMQ_PID_FILE": str(self.root / "pid"),
-                "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.root / "advanced.config")}
+        return {
+            **os.environ,
+            "HOME": str(home),
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_MNESIA_BASE": str(self.root / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.root / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.root / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.root / "enabled_plugins"),
+            "RABBITMQ_PLUGINS_EXPAND_DIR": str(self.root / "plugins-expand"),
+            "RABBITMQ_PID_FILE": str(self.root / "pid"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.root / "advanced.config"),
+        }
 
     def ctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([rabbit_bin("rabbitmqctl") or "rabbitmqctl", "--node", self.name, *args], env=self.env(),
-                              capture_output=True, timeout=timeout)
+        return subprocess.run(
+            [rabbit_bin("rabbitmqctl") or "rabbitmqctl", "--node", self.name, *args],
+            env=self.env(),
+            capture_output=True,
+            timeout=timeout,
+        )
 
     def start(self, timeout: float = 60) -> RabbitNode:
         home = self.root / "home"
@@ -67,17 +79,26 @@ class RabbitNode:
         cookie.write_text(f"iiitest{self.port}{os.getpid()}")
         cookie.chmod(0o400)
         (self.root / "enabled_plugins").write_text("[].\n")
-        (self.root / "rabbitmq.conf").write_text(f"listeners.tcp.default = {self.port}\nloopback_users = none\n"
-                                                 "vm_memory_high_watermark.relative = 0.6\ndisk_free_limit.absolute = 50MB\n")
+        (self.root / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = {self.port}\nloopback_users = none\n"
+            "vm_memory_high_watermark.relative = 0.6\ndisk_free_limit.absolute = 50MB\n"
+        )
         self.log = open(self.root / "server.out", "wb")  # noqa: SIM115  (the node's output, open while it runs)
-        self.proc = subprocess.Popen([rabbit_bin("rabbitmq-server") or "rabbitmq-server"], env=self.env(), stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [rabbit_bin("rabbitmq-server") or "rabbitmq-server"],
+            env=self.env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.pid = self.proc.pid
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"rabbitmq-server exited {self.proc.returncode}: "
-                                   f"{(self.root / 'server.out').read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"rabbitmq-server exited {self.proc.returncode}: "
+                    f"{(self.root / 'server.out').read_text(errors='replace')[-2000:]}"
+                )
             if self.ctl("await_startup", "--timeout", "20").returncode == 0:
                 return self
             if time.monotonic() > deadline:
@@ -124,8 +145,13 @@ class SharedNode:
             state = json.loads(info.read_text()) if info.exists() else {"users": 0}
             if state["users"] == 0:
                 self.node = RabbitNode(self.root / f"node-{os.getpid()}").start()
-                state = {"users": 0, "root": str(self.node.root), "port": self.node.port, "dist_port": self.node.dist_port,
-                         "pid": self.node.pid}
+                state = {
+                    "users": 0,
+                    "root": str(self.node.root),
+                    "port": self.node.port,
+                    "dist_port": self.node.dist_port,
+                    "pid": self.node.pid,
+                }
             else:
                 self.node = RabbitNode(Path(state["root"]), state["port"], state["dist_port"], state["pid"])
             state["users"] += 1

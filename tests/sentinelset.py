@@ -45,30 +45,49 @@ class SentinelSet:
     def _server(self, port: int, *args: str) -> None:
         d = self.root / str(port)
         d.mkdir(parents=True, exist_ok=True)
-        self.procs[port] = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
-                                             "--save", "", "--appendonly", "no", *args],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs[port] = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(d),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def start(self) -> SentinelSet:
         self._server(self.primary_port)
         self._server(self.replica_port, "--replicaof", "127.0.0.1", str(self.primary_port))
         for port in self.sentinel_ports:
             conf = self.root / f"sentinel-{port}.conf"
-            conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.root}\n"
-                            f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} 2\n"
-                            f"sentinel down-after-milliseconds {SERVICE} 1000\n"
-                            f"sentinel failover-timeout {SERVICE} 2000\n"
-                            f"sentinel parallel-syncs {SERVICE} 1\n")
-            self.procs[port] = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.root}\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} 2\n"
+                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+                f"sentinel failover-timeout {SERVICE} 2000\n"
+                f"sentinel parallel-syncs {SERVICE} 1\n"
+            )
+            self.procs[port] = subprocess.Popen(
+                ["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
                 # Every sentinel must know the others (to elect a leader) and the replica (to promote it:
                 # sentinels learn replicas from the primary's INFO, so not once it is dead).
                 masters = [self.sentinel(p).sentinel_master(SERVICE) for p in self.sentinel_ports]
-                if (redis.Redis(port=self.replica_port).info("replication").get("master_link_status") == "up"
-                        and all(m.get("num-other-sentinels", 0) >= 2 and m.get("num-slaves", 0) >= 1 for m in masters)):
+                if redis.Redis(port=self.replica_port).info("replication").get("master_link_status") == "up" and all(
+                    m.get("num-other-sentinels", 0) >= 2 and m.get("num-slaves", 0) >= 1 for m in masters
+                ):
                     return self
             except redis.RedisError:
                 pass

@@ -24,11 +24,33 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 @pytest.fixture
 def acl_server(tmp_path):
-    server = RedisServer(tmp_path / "acl", appendonly=False, extra=[
-        "--user", "admin", "on", ">admin-pass", "~*", "&*", "+@all",
-        "--user", "viewer", "on", ">view-pass", "~*", "&*", "+@read", "+@connection", "-@write", "+time", "+info",
-        "--user", "default", "off",
-    ]).start()
+    server = RedisServer(
+        tmp_path / "acl",
+        appendonly=False,
+        extra=[
+            "--user",
+            "admin",
+            "on",
+            ">admin-pass",
+            "~*",
+            "&*",
+            "+@all",
+            "--user",
+            "viewer",
+            "on",
+            ">view-pass",
+            "~*",
+            "&*",
+            "+@read",
+            "+@connection",
+            "-@write",
+            "+time",
+            "+info",
+            "--user",
+            "default",
+            "off",
+        ],
+    ).start()
     yield server
     server.kill()
 
@@ -43,8 +65,17 @@ async def test_read_only_attach_with_a_read_only_user_views_everything_and_write
     now = int(time.time() * 1000)
     xadd(admin, keys, lifecycle(1, now - 5000) + lifecycle(2, now - 4000, fails=1))
     StateStore(admin, keys).set("messages", "m1", {"status": "processed"})
-    entry = DeadLetter(id="dead-1", dlq="message.sent.dlq", error="RuntimeError: boom", topic="message.sent", step="ProcessMessage",
-                       attempts=3, first_failure_ms=now, last_failure_ms=now, trace_id="t")
+    entry = DeadLetter(
+        id="dead-1",
+        dlq="message.sent.dlq",
+        error="RuntimeError: boom",
+        topic="message.sent",
+        step="ProcessMessage",
+        attempts=3,
+        first_failure_ms=now,
+        last_failure_ms=now,
+        trace_id="t",
+    )
     admin.hset(keys.dlq_entries(entry.dlq), entry.id, entry.encode())
     admin.zadd(keys.dlq(entry.dlq), {entry.id: now})
     admin.sadd(keys.dlq_names, entry.dlq)
@@ -70,8 +101,19 @@ async def test_read_only_attach_with_a_read_only_user_views_everything_and_write
             footer = {b.binding.description for b in app.screen.active_bindings.values() if b.binding.show}
             return footer | {c.title for c in app.get_system_commands(app.screen)}
 
-        writes = {"Send", "Replay", "Replay shown", "Purge", "Purge shown", "Edit", "Delete", "Send test message",
-                  "Replay dead letters shown", "Purge dead letters shown", "Edit state value"}
+        writes = {
+            "Send",
+            "Replay",
+            "Replay shown",
+            "Purge",
+            "Purge shown",
+            "Edit",
+            "Delete",
+            "Send test message",
+            "Replay dead letters shown",
+            "Purge dead letters shown",
+            "Edit state value",
+        }
         await pilot.press("4")
         await until(pilot, lambda: app.query_one("#dlq-table").row_count == 1, "the dead letter listed")
         assert "Inspect" in shown() and not shown() & writes
@@ -88,6 +130,7 @@ async def test_read_only_attach_with_a_read_only_user_views_everything_and_write
         # Invoked some other way, the writes are refused too.
         app.post_message(DeadLettersChosen("purge", (entry,)))
         app.post_message(StateKeyChosen("edit", "messages", "m1", {"status": "processed"}))
+
         def refusals() -> list[object]:
             return [n for n in app._notifications if "read-only" in n.message]
 

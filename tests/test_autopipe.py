@@ -39,8 +39,9 @@ def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(redis_ur
 def test_an_error_reaches_only_its_caller(redis_url, r):
     async def body(client, pipe):
         incr = pipe.script(FAIL_ON_BAD)
-        return await asyncio.gather(*(incr(keys=["n"], args=["bad" if i == 3 else "ok"]) for i in range(10)),
-                                    return_exceptions=True)
+        return await asyncio.gather(
+            *(incr(keys=["n"], args=["bad" if i == 3 else "ok"]) for i in range(10)), return_exceptions=True
+        )
 
     got = run(redis_url, body)
     assert isinstance(got[3], redis.ResponseError) and "bad input" in str(got[3])

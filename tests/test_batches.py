@@ -67,8 +67,10 @@ def test_a_lone_message_waits_at_most_max_wait_ms_then_runs_alone(project, runti
 
 
 def test_failed_items_are_retried_and_dead_lettered_alone_and_the_rest_processed_once(project, runtime, producer, r, keys):
-    cfg, steps = project({"send_step.py": SENDER.format(batch='{"max_size": 5, "max_wait_ms": 200}')},
-                         "queues:\n  mails:\n    max_retries: 1\n    retry_delay: 50\n    dead_letter_queue: mails.dlq\n")
+    cfg, steps = project(
+        {"send_step.py": SENDER.format(batch='{"max_size": 5, "max_wait_ms": 200}')},
+        "queues:\n  mails:\n    max_retries: 1\n    retry_delay: 50\n    dead_letter_queue: mails.dlq\n",
+    )
     p = producer(cfg, steps)
     ids = {}
     for i in range(5):
@@ -90,8 +92,10 @@ def test_failed_items_are_retried_and_dead_lettered_alone_and_the_rest_processed
 
 
 def test_a_batch_key_keeps_keys_apart_and_a_message_without_it_is_dead_lettered(project, runtime, producer, r, keys):
-    cfg, steps = project({"send_step.py": SENDER.format(batch='{"max_size": 10, "max_wait_ms": 300, "key": "customer"}')},
-                         "queues:\n  mails:\n    dead_letter_queue: mails.dlq\n")
+    cfg, steps = project(
+        {"send_step.py": SENDER.format(batch='{"max_size": 10, "max_wait_ms": 300, "key": "customer"}')},
+        "queues:\n  mails:\n    dead_letter_queue: mails.dlq\n",
+    )
     p = producer(cfg, steps)
     for i in range(6):
         p.enqueue("mails", {"to": f"u{i}", "customer": "ab"[i % 2]}, trace_id=f"t{i}")

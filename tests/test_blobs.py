@@ -135,7 +135,9 @@ def test_an_oversized_payload_is_refused_at_enqueue_and_nothing_is_written(redis
     before = r.dbsize()
     with pytest.raises(PayloadTooLarge) as err:
         prod.enqueue("big", {"pixels": "x" * 300_000}, trace_id=uuid.uuid4().hex)
-    assert "topic 'big'" in str(err.value) and "max_payload_bytes (262144)" in str(err.value) and "ctx.blobs.put" in str(err.value)
+    assert (
+        "topic 'big'" in str(err.value) and "max_payload_bytes (262144)" in str(err.value) and "ctx.blobs.put" in str(err.value)
+    )
     with pytest.raises(PayloadTooLarge, match=r"queues.small.max_payload_bytes \(4096\)"):
         prod.enqueue("small", {"rows": "y" * 5000}, trace_id=uuid.uuid4().hex)
     assert r.dbsize() == before
@@ -178,21 +180,24 @@ def test_a_shared_store_leaves_its_folder_modes_and_makes_group_readable_files(t
     assert stat.S_IMODE(shared.stat().st_mode) == 0o750 and stat.S_IMODE(store.path(ref).stat().st_mode) == 0o640
 
 
-@pytest.mark.parametrize("header, size, expected", [
-    (None, 100, None),
-    ("bytes=0-9", 100, (0, 9)),
-    ("bytes=90-", 100, (90, 99)),
-    ("bytes=-10", 100, (90, 99)),
-    ("bytes=-500", 100, (0, 99)),
-    ("bytes=50-5000", 100, (50, 99)),
-    ("bytes=100-", 100, False),
-    ("bytes=-0", 100, False),
-    ("bytes=0-", 0, False),
-    ("bytes=9-3", 100, None),          # invalid: ignored, the whole file
-    ("bytes=0-1,5-6", 100, None),      # several ranges: the whole file
-    ("items=0-5", 100, None),
-    ("bytes=x-y", 100, None),
-])
+@pytest.mark.parametrize(
+    "header, size, expected",
+    [
+        (None, 100, None),
+        ("bytes=0-9", 100, (0, 9)),
+        ("bytes=90-", 100, (90, 99)),
+        ("bytes=-10", 100, (90, 99)),
+        ("bytes=-500", 100, (0, 99)),
+        ("bytes=50-5000", 100, (50, 99)),
+        ("bytes=100-", 100, False),
+        ("bytes=-0", 100, False),
+        ("bytes=0-", 0, False),
+        ("bytes=9-3", 100, None),  # invalid: ignored, the whole file
+        ("bytes=0-1,5-6", 100, None),  # several ranges: the whole file
+        ("items=0-5", 100, None),
+        ("bytes=x-y", 100, None),
+    ],
+)
 def test_range_headers_read_as_rfc_9110_says(header, size, expected):
     from iii_console.adapters.downloads import parse_range
 
@@ -211,7 +216,7 @@ def test_a_sweep_sees_each_blob_with_when_it_was_last_put_and_keeps_what_was_put
     assert set(seen) == {old.sha256, again.sha256}
     assert seen[old.sha256].ref.size == len(b"old bytes")
     assert abs(seen[old.sha256].stored_ms - hour_ago * 1000) < 2000
-    store.put(b"put again")                                  # a new use of the same bytes
+    store.put(b"put again")  # a new use of the same bytes
     cutoff = int((time.time() - 600) * 1000)
     assert store.delete(again, stored_before_ms=cutoff) is False
     assert store.delete(old, stored_before_ms=cutoff) is True

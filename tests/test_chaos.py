@@ -118,7 +118,12 @@ def test_killing_workers_under_load_loses_nothing(tmp_path, redis_url, r, keys):
             for p in reversed(frozen):
                 os.kill(p, signal.SIGCONT)
         assert mid.ok, mid
-        wait_for(lambda: r.llen("chaos:effects") >= MESSAGES or None, timeout=60, interval=0.2, what="all effects within 60 s of the last kill")
+        wait_for(
+            lambda: r.llen("chaos:effects") >= MESSAGES or None,
+            timeout=60,
+            interval=0.2,
+            what="all effects within 60 s of the last kill",
+        )
         took = time.monotonic() - last_kill
         # The last effects land before their messages are acked, and a redelivered
         # copy of a done message may still be running: give them time to settle, so
@@ -128,8 +133,10 @@ def test_killing_workers_under_load_loses_nothing(tmp_path, redis_url, r, keys):
         stream = check_stream(r, keys, sent)
         worst = max(t for _n, t in recoveries)
         kills = len(recoveries)
-        print(f"\nchaos: {MESSAGES} messages, faults {dict(faults)}, {kills} kills ({sum(n for n, _t in recoveries)} messages in flight),"
-              f" slowest recovery {worst:.2f}s, done {took:.1f}s after the last kill\n{report.table()}\n{stream}")
+        print(
+            f"\nchaos: {MESSAGES} messages, faults {dict(faults)}, {kills} kills ({sum(n for n, _t in recoveries)} messages in flight),"
+            f" slowest recovery {worst:.2f}s, done {took:.1f}s after the last kill\n{report.table()}\n{stream}"
+        )
         assert report.lost == 0 and report.unexpected == 0 and report.duplicated_effects == 0 and report.stuck == 0
         assert stream.ok, stream  # every message: exactly one message.processed, and the counters agree
         assert faults["sigkill"] == len(recoveries) >= 3 and sum(n for n, _t in recoveries) > 0
@@ -179,7 +186,7 @@ def _held(client, keys, worker_id: str) -> dict[str, str]:
     out = {}
     for k in client.scan_iter(match=prefix + "*"):
         for rid in client.smembers(k):
-            out[rid.decode()] = k.decode()[len(prefix):]
+            out[rid.decode()] = k.decode()[len(prefix) :]
     return out
 
 
@@ -206,13 +213,21 @@ def test_stopped_worker_is_swept_and_after_continue_its_late_acks_change_nothing
         t_stop = time.monotonic()
         held = _held(r, keys, wid)  # frozen: a stopped process cannot fetch or ack
         assert held, "the stopped worker held no messages"
-        wait_for(lambda: not worker_holds(r, keys, wid), timeout=HB_TIMEOUT + SWEEP + 10, interval=0.02, what="the sweep to take its messages")
+        wait_for(
+            lambda: not worker_holds(r, keys, wid),
+            timeout=HB_TIMEOUT + SWEEP + 10,
+            interval=0.02,
+            what="the sweep to take its messages",
+        )
         swept_after = time.monotonic() - t_stop
         assert swept_after <= HB_TIMEOUT + SWEEP + 2
         ns = keys.dramatiq_namespace
         # Let the survivor finish every message the stopped worker held, so all its acks on waking are late.
-        wait_for(lambda: not any(r.hexists(f"{ns}:{q}.msgs", rid) for rid, q in held.items()), timeout=30,
-                 what="the survivor to settle the stopped worker's messages")
+        wait_for(
+            lambda: not any(r.hexists(f"{ns}:{q}.msgs", rid) for rid, q in held.items()),
+            timeout=30,
+            what="the survivor to settle the stopped worker's messages",
+        )
         os.kill(stopped, signal.SIGCONT)
         resumed = stopped
         stopped = None
@@ -222,8 +237,12 @@ def test_stopped_worker_is_swept_and_after_continue_its_late_acks_change_nothing
         for key in second:
             producer.enqueue("chaos", {"key": key, "redis": redis_url, "work_ms": 20}, trace_id=key)
         sent = set(first) | set(second)
-        wait_for(lambda: (rep := check(r, keys, sent)).effects >= len(sent) and rep.stuck == 0, timeout=60, interval=0.2,
-                 what="every message processed and settled")
+        wait_for(
+            lambda: (rep := check(r, keys, sent)).effects >= len(sent) and rep.stuck == 0,
+            timeout=60,
+            interval=0.2,
+            what="every message processed and settled",
+        )
         report = check(r, keys, sent)
         stream = check_stream(r, keys, sent)
         assert stream.ok, stream  # the woken worker's late settles wrote no second message.processed
@@ -231,8 +250,10 @@ def test_stopped_worker_is_swept_and_after_continue_its_late_acks_change_nothing
         done_events = lambda: [e for e in events(r, keys, "message.processed") if e.trace_id in later]  # noqa: E731
         wait_for(lambda: {e.trace_id for e in done_events()} == later, what="the second batch's events")
         by_pid = collections.Counter(int(e.worker.split(":")[-2]) for e in done_events())
-        print(f"\nstop/continue: held {len(held)} messages when stopped, swept after {swept_after:.2f}s;"
-              f" second batch by pid {dict(by_pid)}\n{report.table()}")
+        print(
+            f"\nstop/continue: held {len(held)} messages when stopped, swept after {swept_after:.2f}s;"
+            f" second batch by pid {dict(by_pid)}\n{report.table()}"
+        )
         assert report.lost == 0 and report.unexpected == 0 and report.duplicated_effects == 0 and report.stuck == 0
         # Handlers that were running when it stopped ran again on the survivor; nothing
         # outside what it held can have run twice.
@@ -276,6 +297,7 @@ def test_a_crashed_worker_is_recovered_by_its_supervisor_at_once(tmp_path, redis
         feeder.start()
         rng = random.Random(11)
         for _ in range(KILLS):
+
             def victim() -> tuple[int, str] | None:
                 alive = {p: w for p, w in worker_pids(r, keys).items() if _alive(p)}
                 busy = [(p, w) for p, w in alive.items() if worker_holds(r, keys, w)]
@@ -300,6 +322,8 @@ def test_a_crashed_worker_is_recovered_by_its_supervisor_at_once(tmp_path, redis
         run.stop()
     figures.sort()
     p50, p95 = figures[len(figures) // 2], figures[int(len(figures) * 0.95) - 1]
-    print(f"\nsupervisor recovery over {len(figures)} kills: kill → first redelivered start p50 {p50:.0f} ms,"
-          f" p95 {p95:.0f} ms, max {figures[-1]:.0f} ms (heartbeat timeout 30 s)")
+    print(
+        f"\nsupervisor recovery over {len(figures)} kills: kill → first redelivered start p50 {p50:.0f} ms,"
+        f" p95 {p95:.0f} ms, max {figures[-1]:.0f} ms (heartbeat timeout 30 s)"
+    )
     assert p95 <= 5000, [round(f) for f in figures]  # generous: the target is 2 s; the sweep alone would take 30 s

@@ -30,8 +30,15 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "iii_console", *args], cwd=cwd, env=_env(**env),
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "iii_console", *args],
+        cwd=cwd,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +66,7 @@ CASES = [
     (["send", "--data", "{}"], {}, 2, "--topic"),
     (["send", "--topic", "message.sent", "--data", "[" * 5000 + "]" * 5000], {}, 2, "nested too deeply"),
     (["send", "--topic", "message.sent", "--data", "[" * 40000 + "]" * 40000], {}, 2, "nested too deeply"),
-    (["state", "set", "g", "k", "{\"a\":" * 5000 + "1" + "}" * 5000], {}, 2, "nested too deeply"),
+    (["state", "set", "g", "k", '{"a":' * 5000 + "1" + "}" * 5000], {}, 2, "nested too deeply"),
     (["state", "set", "g", "k", "[" * 40000 + "]" * 40000], {}, 2, "nested too deeply"),
     (["tail", "--type", "bogus"], {}, 2, "--type"),
     (["dlq", "replay"], {}, 2, "--all"),
@@ -106,7 +113,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("args", "env", "code", "needle"), CASES, ids=[(" ".join(c[0]) + "".join(f" {k}={v}" for k, v in c[1].items()))[:100] for c in CASES])
+@pytest.mark.parametrize(
+    ("args", "env", "code", "needle"),
+    CASES,
+    ids=[(" ".join(c[0]) + "".join(f" {k}={v}" for k, v in c[1].items()))[:100] for c in CASES],
+)
 def test_mistakes_are_one_line_on_stderr_and_a_non_zero_exit(project, args, env, code, needle):
     args = [a.replace("FREE_PORT", str(free_port())) for a in args]
     res = _run(project, *args, **env)
@@ -176,24 +187,45 @@ def handler(data, ctx):
 
 def test_no_ui_stdout_is_only_json_and_sigterm_lets_a_running_handler_finish(tmp_path, redis_url, r, keys):
     make_project(tmp_path, {"loud_step.py": LOUD, "gated_step.py": GATED}, "server:\n  port: 0\n", redis_url=redis_url)
-    proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui"], cwd=tmp_path, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", "--no-ui"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     err: list[str] = []
     out: list[str] = []
     banner = proc.stderr.readline()
     assert "running" in banner, banner + proc.stderr.read()
-    readers = [threading.Thread(target=lambda: err.extend(iter(proc.stderr.readline, "")), daemon=True),
-               threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True)]
+    readers = [
+        threading.Thread(target=lambda: err.extend(iter(proc.stderr.readline, "")), daemon=True),
+        threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True),
+    ]
     for t in readers:
         t.start()
     gate = tmp_path / "gate"
     try:
         url = banner.split(" on ")[1].split(" ")[0]
         assert httpx.get(f"{url}/loud").json() == {"ok": True}
-        sent = _run(tmp_path, "send", "--topic", "gated", "--data", json.dumps({"k": "a", "gate": str(gate)}), "--json", "--redis", redis_url)
+        sent = _run(
+            tmp_path,
+            "send",
+            "--topic",
+            "gated",
+            "--data",
+            json.dumps({"k": "a", "gate": str(gate)}),
+            "--json",
+            "--redis",
+            redis_url,
+        )
         assert sent.returncode == 0, sent.stderr
         message_id = json.loads(sent.stdout)["message_ids"][0]
-        wait_for(lambda: json.loads(r.hget(keys.state_group("gated"), "a") or "{}").get("status") == "running", what="the handler to start")
+        wait_for(
+            lambda: json.loads(r.hget(keys.state_group("gated"), "a") or "{}").get("status") == "running",
+            what="the handler to start",
+        )
         proc.send_signal(signal.SIGTERM)
         wait_for(lambda: any("stopping" in line for line in err), what="the stop to begin")
         assert proc.poll() is None  # waiting for the running handler, which waits for the gate
@@ -220,8 +252,19 @@ def test_send_json_prints_one_object_per_message(running, seed_project, redis_ur
     assert res.returncode == 0, res.stderr
     sent = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(sent) == 3 and all(s["status"] == "queued" and s["id"] and s["trace_id"] for s in sent)
-    res = _run(seed_project, "send", "--topic", "message.sent", "--data", '{"id": "d1", "text": "hi"}', "--count", "2", "--json",
-               "--redis", redis_url)
+    res = _run(
+        seed_project,
+        "send",
+        "--topic",
+        "message.sent",
+        "--data",
+        '{"id": "d1", "text": "hi"}',
+        "--count",
+        "2",
+        "--json",
+        "--redis",
+        redis_url,
+    )
     assert res.returncode == 0, res.stderr
     direct = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(direct) == 2 and all(d["topic"] == "message.sent" and len(d["message_ids"]) == 1 for d in direct)
@@ -237,8 +280,15 @@ def test_ctrl_c_at_any_moment_of_start_up_exits_quietly(tmp_path, redis_url, del
     import time
 
     make_project(tmp_path, {}, "server:\n  port: 0\n", redis_url=redis_url)
-    proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui"], cwd=tmp_path, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", "--no-ui"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=60)

@@ -23,9 +23,18 @@ def dead_ids(project, r, keys):
     cfg, _steps = project({})
     now = int(time.time() * 1000)
     for n, entry_id in enumerate(IDS):
-        e = DeadLetter(id=entry_id, dlq="orders.dlq", topic="orders", step="Charge", attempts=3, trace_id=f"t{n}",
-                       error="ValidationError: 1 validation error for Order " + "x" * 120 + "\nsku\n  Field required",
-                       data={"n": n}, first_failure_ms=now - n, last_failure_ms=now - n)
+        e = DeadLetter(
+            id=entry_id,
+            dlq="orders.dlq",
+            topic="orders",
+            step="Charge",
+            attempts=3,
+            trace_id=f"t{n}",
+            error="ValidationError: 1 validation error for Order " + "x" * 120 + "\nsku\n  Field required",
+            data={"n": n},
+            first_failure_ms=now - n,
+            last_failure_ms=now - n,
+        )
         r.hset(keys.dlq_entries(e.dlq), e.id, e.encode())
         r.zadd(keys.dlq(e.dlq), {e.id: e.last_failure_ms})
         r.sadd(keys.dlq_names, e.dlq)

@@ -61,8 +61,15 @@ def _start(project: Path, redis_url: str, args: list[str], **env: str) -> tuple[
     out.unlink(missing_ok=True)
     full_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "III_CONFIG")}
     full_env.update(III_MODULES_OUT=str(out), **env)
-    proc = subprocess.Popen([sys.executable, str(project / "wrapper.py"), *args, "--redis", redis_url], cwd=project,
-                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(project / "wrapper.py"), *args, "--redis", redis_url],
+        cwd=project,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     return proc, out
 
 
@@ -72,11 +79,14 @@ def _loaded(proc: subprocess.Popen[str], out: Path, ok: tuple[int, ...] = (0,)) 
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("args", [
-    ["dlq", "list"],
-    ["dlq", "replay", "--all", "--yes"],
-    ["state", "set", "orders", "A1", '{"qty": 2}'],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["dlq", "list"],
+        ["dlq", "replay", "--all", "--yes"],
+        ["state", "set", "orders", "A1", '{"qty": 2}'],
+    ],
+)
 def test_a_client_command_runs_without_the_server_or_queue_libraries(project: Path, redis_url: str, args: list[str]) -> None:
     """Given a real Redis, when dlq or state runs against it, then it succeeds and loaded no Litestar, uvicorn or Dramatiq."""
     loaded = _loaded(*_start(project, redis_url, args))

@@ -60,12 +60,15 @@ def test_empty_file_gives_defaults_and_records_its_source(tmp_path):
     assert Path(cfg.project_dir) == tmp_path.resolve()
 
 
-@pytest.mark.parametrize("text,env,port,url", [
-    ("server:\n  port: ${PORT:4000}\n", {}, 4000, ""),
-    ("server:\n  port: ${PORT:4000}\n", {"PORT": "5000"}, 5000, ""),
-    ("redis:\n  url: ${REDIS_URL:}\n", {}, 3111, ""),
-    ("redis:\n  url: redis://${HOST:localhost}:${RPORT:6379}/0\n", {"HOST": "cache"}, 3111, "redis://cache:6379/0"),
-])
+@pytest.mark.parametrize(
+    "text,env,port,url",
+    [
+        ("server:\n  port: ${PORT:4000}\n", {}, 4000, ""),
+        ("server:\n  port: ${PORT:4000}\n", {"PORT": "5000"}, 5000, ""),
+        ("redis:\n  url: ${REDIS_URL:}\n", {}, 3111, ""),
+        ("redis:\n  url: redis://${HOST:localhost}:${RPORT:6379}/0\n", {"HOST": "cache"}, 3111, "redis://cache:6379/0"),
+    ],
+)
 def test_interpolation_uses_env_then_default(tmp_path, text, env, port, url):
     """Given ${VAR:default} values, when loading with env, then the env value wins and the default fills in otherwise."""
     cfg = load_config(write(tmp_path, text), env=env)
@@ -94,12 +97,19 @@ def test_unset_var_without_default_names_file_line_and_key(tmp_path):
     assert "PORT" in str(err) and "not set" in str(err)
 
 
-@pytest.mark.parametrize("text,line,key", [
-    ("server:\n  port: 1\nbogus: 2\n", 3, "bogus"),
-    ("server:\n  host: a\n  prot: 1\n", 3, "server.prot"),
-    ("queues:\n  default:\n    max_retries: 2\n  message.sent:\n    retry_delay: 5\n    concurency: 3\n", 6, "queues.message.sent.concurency"),
-    ("events:\n\n\n  maxlenn: 500\n", 4, "events.maxlenn"),
-])
+@pytest.mark.parametrize(
+    "text,line,key",
+    [
+        ("server:\n  port: 1\nbogus: 2\n", 3, "bogus"),
+        ("server:\n  host: a\n  prot: 1\n", 3, "server.prot"),
+        (
+            "queues:\n  default:\n    max_retries: 2\n  message.sent:\n    retry_delay: 5\n    concurency: 3\n",
+            6,
+            "queues.message.sent.concurency",
+        ),
+        ("events:\n\n\n  maxlenn: 500\n", 4, "events.maxlenn"),
+    ],
+)
 def test_unknown_keys_name_file_line_and_dotted_key(tmp_path, text, line, key):
     """Given an unknown key at any depth, when loading, then ConfigError says "unknown key" with its 1-based line and dotted key."""
     err = config_error(tmp_path, text)
@@ -107,15 +117,18 @@ def test_unknown_keys_name_file_line_and_dotted_key(tmp_path, text, line, key):
     assert str(err) == f"{tmp_path / 'iii-config.yaml'}:{line}: {key}: unknown key"
 
 
-@pytest.mark.parametrize("text,line,key,words", [
-    ("server:\n  port: abc\n", 2, "server.port", "integer"),
-    ("server:\n  port: 70000\n", 2, "server.port", "65535"),
-    ("queues:\n  default:\n    concurrency: 0\n", 3, "queues.default.concurrency", "greater than or equal to 1"),
-    ("queues:\n  default:\n    backoff: linear\n", 3, "queues.default.backoff", "exponential"),
-    ("queues:\n  q:\n    dead_letter_queue: 'has space'\n", 3, "queues.q.dead_letter_queue", "pattern"),
-    ("events:\n  maxlen: 10\n", 2, "events.maxlen", "100"),
-    ("server: 5\n", 1, "server", "valid dictionary"),
-])
+@pytest.mark.parametrize(
+    "text,line,key,words",
+    [
+        ("server:\n  port: abc\n", 2, "server.port", "integer"),
+        ("server:\n  port: 70000\n", 2, "server.port", "65535"),
+        ("queues:\n  default:\n    concurrency: 0\n", 3, "queues.default.concurrency", "greater than or equal to 1"),
+        ("queues:\n  default:\n    backoff: linear\n", 3, "queues.default.backoff", "exponential"),
+        ("queues:\n  q:\n    dead_letter_queue: 'has space'\n", 3, "queues.q.dead_letter_queue", "pattern"),
+        ("events:\n  maxlen: 10\n", 2, "events.maxlen", "100"),
+        ("server: 5\n", 1, "server", "valid dictionary"),
+    ],
+)
 def test_bad_values_name_file_line_and_dotted_key(tmp_path, text, line, key, words):
     """Given a value of the wrong type or out of range, when loading, then ConfigError names its line and key and says why."""
     err = config_error(tmp_path, text)
@@ -139,10 +152,13 @@ def test_invalid_yaml_bad_indent_reports_the_offending_line(tmp_path):
     assert err.line == 2
 
 
-@pytest.mark.parametrize("text,line,key", [
-    ("server:\n  port: 1\n  port: 2\n", 3, "server.port"),
-    ("events:\n  maxlen: 500\nevents:\n  maxlen: 600\n", 3, "events"),
-])
+@pytest.mark.parametrize(
+    "text,line,key",
+    [
+        ("server:\n  port: 1\n  port: 2\n", 3, "server.port"),
+        ("events:\n  maxlen: 500\nevents:\n  maxlen: 600\n", 3, "events"),
+    ],
+)
 def test_duplicate_keys_are_rejected_at_the_second_occurrence(tmp_path, text, line, key):
     """Given a key repeated in one mapping, when loading, then ConfigError "duplicate key" names the repeat's line and key."""
     err = config_error(tmp_path, text)
@@ -195,13 +211,16 @@ def test_dead_letter_queues_lists_every_named_dlq_once(tmp_path):
     assert load_config(write(tmp_path, text), env={}).dead_letter_queues == ["all-dead", "sent.dlq"]
 
 
-@pytest.mark.parametrize("backoff,base,cap,expected", [
-    ("exponential", 1000, 3_600_000, [1000, 2000, 4000, 8000, 16000]),
-    ("exponential", 1000, 5000, [1000, 2000, 4000, 5000, 5000]),
-    ("exponential", 0, 3_600_000, [0, 0, 0, 0, 0]),
-    ("fixed", 1500, 3_600_000, [1500, 1500, 1500, 1500, 1500]),
-    ("fixed", 9000, 5000, [9000, 9000, 9000, 9000, 9000]),
-])
+@pytest.mark.parametrize(
+    "backoff,base,cap,expected",
+    [
+        ("exponential", 1000, 3_600_000, [1000, 2000, 4000, 8000, 16000]),
+        ("exponential", 1000, 5000, [1000, 2000, 4000, 5000, 5000]),
+        ("exponential", 0, 3_600_000, [0, 0, 0, 0, 0]),
+        ("fixed", 1500, 3_600_000, [1500, 1500, 1500, 1500, 1500]),
+        ("fixed", 9000, 5000, [9000, 9000, 9000, 9000, 9000]),
+    ],
+)
 def test_delay_for_each_retry(backoff, base, cap, expected):
     """Given a backoff strategy, when asking the delay for retries 1..5, then exponential doubles up to the cap and fixed repeats."""
     q = QueueConfig(backoff=backoff, retry_delay=base, max_retry_delay=cap)

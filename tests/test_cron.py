@@ -33,66 +33,69 @@ def ms(dt: datetime) -> int:
 MONDAY = at(2024, 1, 1, 0, 0, 0)
 
 
-@pytest.mark.parametrize("expr,after,expected", [
-    # minutes and steps
-    ("*/15 * * * *", MONDAY, at(2024, 1, 1, 0, 15)),
-    ("*/15 * * * *", at(2024, 1, 1, 0, 15), at(2024, 1, 1, 0, 30)),  # strictly after
-    ("*/15 * * * *", at(2024, 1, 1, 0, 14, 59, 999999), at(2024, 1, 1, 0, 15)),
-    ("*/15 * * * *", at(2024, 1, 1, 23, 50), at(2024, 1, 2, 0, 0)),
-    ("0 * * * *", at(2024, 1, 1, 0, 0, 0, 500000), at(2024, 1, 1, 1, 0)),
-    ("5,35 * * * *", at(2024, 1, 1, 0, 10), at(2024, 1, 1, 0, 35)),
-    ("10-12 3 * * *", at(2024, 1, 1, 3, 10), at(2024, 1, 1, 3, 11)),
-    # day of month / month / leap day
-    ("0 12 1 * *", MONDAY, at(2024, 1, 1, 12, 0)),
-    ("0 0 1 * *", MONDAY, at(2024, 2, 1)),
-    ("0 0 29 2 *", MONDAY, at(2024, 2, 29)),
-    ("0 0 31 * *", at(2024, 1, 31, 0, 0), at(2024, 3, 31)),
-    # day of week, cron numbering: 0 and 7 are Sunday, 1 is Monday
-    ("0 0 * * 0", MONDAY, at(2024, 1, 7)),
-    ("0 0 * * 7", MONDAY, at(2024, 1, 7)),
-    ("0 0 * * 1", MONDAY, at(2024, 1, 8)),
-    ("0 0 * * 6", MONDAY, at(2024, 1, 6)),
-    ("0 0 * * 6,0", MONDAY, at(2024, 1, 6)),
-    ("0 0 * * sun", MONDAY, at(2024, 1, 7)),
-    ("0 9 * * 1-5", MONDAY, at(2024, 1, 1, 9, 0)),
-    ("0 9 * * 1-5", at(2024, 1, 5, 9, 0), at(2024, 1, 8, 9, 0)),  # Friday -> Monday
-    ("0 9 * * mon-fri", at(2024, 1, 5, 9, 0), at(2024, 1, 8, 9, 0)),
-    ("0 0 * * 0-2", MONDAY, at(2024, 1, 2)),  # a range starting on Sunday
-    ("0 0 * * 5-7", MONDAY, at(2024, 1, 5)),  # a range ending on Sunday (7)
-    ("0 0 * * */2", MONDAY, at(2024, 1, 2)),  # Sun, Tue, Thu, Sat
-    ("0 0 * * */2", at(2024, 1, 6), at(2024, 1, 7)),
-    # six fields: a leading seconds field
-    ("*/10 * * * * *", MONDAY, at(2024, 1, 1, 0, 0, 10)),
-    ("*/10 * * * * *", at(2024, 1, 1, 0, 0, 55), at(2024, 1, 1, 0, 1, 0)),
-    ("30 0 12 * * *", MONDAY, at(2024, 1, 1, 12, 0, 30)),
-    ("0 */15 * * * *", at(2024, 1, 1, 0, 0, 1), at(2024, 1, 1, 0, 15, 0)),
-    ("15 0 0 * * 0", MONDAY, at(2024, 1, 7, 0, 0, 15)),
-    # month names and ranges of them
-    ("0 0 1 jan,jul *", MONDAY, at(2024, 7, 1)),
-    ("0 0 1 FEB-APR *", MONDAY, at(2024, 2, 1)),
-    ("0 0 1 */4 *", MONDAY, at(2024, 5, 1)),  # months 1, 5, 9
-    ("0 0-23/6 * * *", MONDAY, at(2024, 1, 1, 6)),
-    ("5/15 * * * *", MONDAY, at(2024, 1, 1, 0, 5)),
-    ("0 0 1,15 * *", MONDAY, at(2024, 1, 15)),
-    ("0 0 * * MON", MONDAY, at(2024, 1, 8)),
-    ("0 0 * * 1/2", MONDAY, at(2024, 1, 3)),  # Mon, Wed, Fri
-    # day of month and day of week both restricted: either one fires (cron's OR), ...
-    ("0 0 1 * mon", MONDAY, at(2024, 1, 8)),
-    ("0 0 1 * mon", at(2024, 1, 29), at(2024, 2, 1)),
-    ("0 0 13 * fri", MONDAY, at(2024, 1, 5)),
-    ("0 0 30 2 mon", MONDAY, at(2024, 2, 5)),  # no 30 February, but Mondays in February
-    # ... unless one of them starts with `*`: then both must match
-    ("0 0 */2 * mon", MONDAY, at(2024, 1, 15)),  # odd days that are Mondays
-    # aliases
-    ("@hourly", MONDAY, at(2024, 1, 1, 1)),
-    ("@daily", MONDAY, at(2024, 1, 2)),
-    ("@midnight", MONDAY, at(2024, 1, 2)),
-    ("@weekly", MONDAY, at(2024, 1, 7)),
-    ("@monthly", MONDAY, at(2024, 2, 1)),
-    ("@yearly", MONDAY, at(2025, 1, 1)),
-    ("@annually", MONDAY, at(2025, 1, 1)),
-    ("@DAILY", MONDAY, at(2024, 1, 2)),
-])
+@pytest.mark.parametrize(
+    "expr,after,expected",
+    [
+        # minutes and steps
+        ("*/15 * * * *", MONDAY, at(2024, 1, 1, 0, 15)),
+        ("*/15 * * * *", at(2024, 1, 1, 0, 15), at(2024, 1, 1, 0, 30)),  # strictly after
+        ("*/15 * * * *", at(2024, 1, 1, 0, 14, 59, 999999), at(2024, 1, 1, 0, 15)),
+        ("*/15 * * * *", at(2024, 1, 1, 23, 50), at(2024, 1, 2, 0, 0)),
+        ("0 * * * *", at(2024, 1, 1, 0, 0, 0, 500000), at(2024, 1, 1, 1, 0)),
+        ("5,35 * * * *", at(2024, 1, 1, 0, 10), at(2024, 1, 1, 0, 35)),
+        ("10-12 3 * * *", at(2024, 1, 1, 3, 10), at(2024, 1, 1, 3, 11)),
+        # day of month / month / leap day
+        ("0 12 1 * *", MONDAY, at(2024, 1, 1, 12, 0)),
+        ("0 0 1 * *", MONDAY, at(2024, 2, 1)),
+        ("0 0 29 2 *", MONDAY, at(2024, 2, 29)),
+        ("0 0 31 * *", at(2024, 1, 31, 0, 0), at(2024, 3, 31)),
+        # day of week, cron numbering: 0 and 7 are Sunday, 1 is Monday
+        ("0 0 * * 0", MONDAY, at(2024, 1, 7)),
+        ("0 0 * * 7", MONDAY, at(2024, 1, 7)),
+        ("0 0 * * 1", MONDAY, at(2024, 1, 8)),
+        ("0 0 * * 6", MONDAY, at(2024, 1, 6)),
+        ("0 0 * * 6,0", MONDAY, at(2024, 1, 6)),
+        ("0 0 * * sun", MONDAY, at(2024, 1, 7)),
+        ("0 9 * * 1-5", MONDAY, at(2024, 1, 1, 9, 0)),
+        ("0 9 * * 1-5", at(2024, 1, 5, 9, 0), at(2024, 1, 8, 9, 0)),  # Friday -> Monday
+        ("0 9 * * mon-fri", at(2024, 1, 5, 9, 0), at(2024, 1, 8, 9, 0)),
+        ("0 0 * * 0-2", MONDAY, at(2024, 1, 2)),  # a range starting on Sunday
+        ("0 0 * * 5-7", MONDAY, at(2024, 1, 5)),  # a range ending on Sunday (7)
+        ("0 0 * * */2", MONDAY, at(2024, 1, 2)),  # Sun, Tue, Thu, Sat
+        ("0 0 * * */2", at(2024, 1, 6), at(2024, 1, 7)),
+        # six fields: a leading seconds field
+        ("*/10 * * * * *", MONDAY, at(2024, 1, 1, 0, 0, 10)),
+        ("*/10 * * * * *", at(2024, 1, 1, 0, 0, 55), at(2024, 1, 1, 0, 1, 0)),
+        ("30 0 12 * * *", MONDAY, at(2024, 1, 1, 12, 0, 30)),
+        ("0 */15 * * * *", at(2024, 1, 1, 0, 0, 1), at(2024, 1, 1, 0, 15, 0)),
+        ("15 0 0 * * 0", MONDAY, at(2024, 1, 7, 0, 0, 15)),
+        # month names and ranges of them
+        ("0 0 1 jan,jul *", MONDAY, at(2024, 7, 1)),
+        ("0 0 1 FEB-APR *", MONDAY, at(2024, 2, 1)),
+        ("0 0 1 */4 *", MONDAY, at(2024, 5, 1)),  # months 1, 5, 9
+        ("0 0-23/6 * * *", MONDAY, at(2024, 1, 1, 6)),
+        ("5/15 * * * *", MONDAY, at(2024, 1, 1, 0, 5)),
+        ("0 0 1,15 * *", MONDAY, at(2024, 1, 15)),
+        ("0 0 * * MON", MONDAY, at(2024, 1, 8)),
+        ("0 0 * * 1/2", MONDAY, at(2024, 1, 3)),  # Mon, Wed, Fri
+        # day of month and day of week both restricted: either one fires (cron's OR), ...
+        ("0 0 1 * mon", MONDAY, at(2024, 1, 8)),
+        ("0 0 1 * mon", at(2024, 1, 29), at(2024, 2, 1)),
+        ("0 0 13 * fri", MONDAY, at(2024, 1, 5)),
+        ("0 0 30 2 mon", MONDAY, at(2024, 2, 5)),  # no 30 February, but Mondays in February
+        # ... unless one of them starts with `*`: then both must match
+        ("0 0 */2 * mon", MONDAY, at(2024, 1, 15)),  # odd days that are Mondays
+        # aliases
+        ("@hourly", MONDAY, at(2024, 1, 1, 1)),
+        ("@daily", MONDAY, at(2024, 1, 2)),
+        ("@midnight", MONDAY, at(2024, 1, 2)),
+        ("@weekly", MONDAY, at(2024, 1, 7)),
+        ("@monthly", MONDAY, at(2024, 2, 1)),
+        ("@yearly", MONDAY, at(2025, 1, 1)),
+        ("@annually", MONDAY, at(2025, 1, 1)),
+        ("@DAILY", MONDAY, at(2024, 1, 2)),
+    ],
+)
 def test_next_fire(expr, after, expected):
     """Given an expression and a time, when asking for the next fire, then it is the first matching time strictly after."""
     assert next_fire(expr, after) == expected
@@ -114,48 +117,56 @@ def test_next_fire_keeps_the_timezone_of_after():
 @pytest.mark.parametrize("expr,count", [("* * * *", 4), ("* * * * * * * *", 8), ("", 0)])
 def test_wrong_number_of_fields_is_rejected(expr, count):
     """Given an expression with other than 5, 6 or 7 fields, when parsed, then ValueError says how many it has."""
-    with pytest.raises(ValueError, match=f"has {count} fields; expected 5, 6 with leading seconds, or 7 with leading seconds and a trailing year"):
+    with pytest.raises(
+        ValueError, match=f"has {count} fields; expected 5, 6 with leading seconds, or 7 with leading seconds and a trailing year"
+    ):
         parse_cron(expr)
 
 
-@pytest.mark.parametrize("expr,field", [
-    ("60 * * * *", "minute '60'"),
-    ("* 24 * * *", "hour '24'"),
-    ("* * 0 * *", "day '0'"),
-    ("* * 32 * *", "day '32'"),
-    ("* * * 13 *", "month '13'"),
-    ("* * * * 8", "day_of_week '8'"),
-    ("* * * * 3-1", "day_of_week '3-1'"),
-    ("* * * * */0", "day_of_week '*/0'"),
-    ("* * * * funday", "day_of_week 'funday'"),
-    ("x * * * *", "minute 'x'"),
-    ("60 * * * * *", "second '60'"),
-    ("0 60 * * * *", "minute '60'"),
-    ("*/0 * * * *", "minute '*/0'"),
-    ("1-60 * * * *", "minute '1-60'"),
-    ("0 0 * feb-jan *", "month 'feb-jan'"),
-    ("0 0 * 0 *", "month '0'"),
-    ("0 0 L * *", "day 'L'"),
-    ("0 0 ? * *", "day '?'"),
-    ("0 0 * * 1#2", "day_of_week '1#2'"),
-    ("0 0 * * sat-mon", "day_of_week 'sat-mon'"),
-    ("0 0 * * 1,,2", "day_of_week '1,,2'"),
-    ("\u0663 * * * *", "minute '\u0663'"),  # ARABIC-INDIC DIGIT THREE: a digit to a regex's \d, not to cron
-])
+@pytest.mark.parametrize(
+    "expr,field",
+    [
+        ("60 * * * *", "minute '60'"),
+        ("* 24 * * *", "hour '24'"),
+        ("* * 0 * *", "day '0'"),
+        ("* * 32 * *", "day '32'"),
+        ("* * * 13 *", "month '13'"),
+        ("* * * * 8", "day_of_week '8'"),
+        ("* * * * 3-1", "day_of_week '3-1'"),
+        ("* * * * */0", "day_of_week '*/0'"),
+        ("* * * * funday", "day_of_week 'funday'"),
+        ("x * * * *", "minute 'x'"),
+        ("60 * * * * *", "second '60'"),
+        ("0 60 * * * *", "minute '60'"),
+        ("*/0 * * * *", "minute '*/0'"),
+        ("1-60 * * * *", "minute '1-60'"),
+        ("0 0 * feb-jan *", "month 'feb-jan'"),
+        ("0 0 * 0 *", "month '0'"),
+        ("0 0 L * *", "day 'L'"),
+        ("0 0 ? * *", "day '?'"),
+        ("0 0 * * 1#2", "day_of_week '1#2'"),
+        ("0 0 * * sat-mon", "day_of_week 'sat-mon'"),
+        ("0 0 * * 1,,2", "day_of_week '1,,2'"),
+        ("\u0663 * * * *", "minute '\u0663'"),  # ARABIC-INDIC DIGIT THREE: a digit to a regex's \d, not to cron
+    ],
+)
 def test_out_of_range_fields_are_rejected_naming_the_field(expr, field):
     """Given one bad field, when parsed, then ValueError names that field and its value."""
     with pytest.raises(ValueError, match=re.escape(f"cron field {field}: ")):
         parse_cron(expr)
 
 
-@pytest.mark.parametrize("expr,words", [
-    ("@reboot", "'@reboot' is not supported"),
-    ("@every 5m", "'@every 5m' is not a known alias; use one of @yearly"),
-    ("@fortnightly", "not a known alias"),
-    ("0 0 30 2 *", "'0 0 30 2 *' never fires"),
-    ("0 0 31 4,6,9,11 *", "never fires"),
-    ("0 0 0 31 2 *", "never fires"),
-])
+@pytest.mark.parametrize(
+    "expr,words",
+    [
+        ("@reboot", "'@reboot' is not supported"),
+        ("@every 5m", "'@every 5m' is not a known alias; use one of @yearly"),
+        ("@fortnightly", "not a known alias"),
+        ("0 0 30 2 *", "'0 0 30 2 *' never fires"),
+        ("0 0 31 4,6,9,11 *", "never fires"),
+        ("0 0 0 31 2 *", "never fires"),
+    ],
+)
 def test_unsupported_aliases_and_expressions_that_never_fire_are_rejected(expr, words):
     """Given an alias cron has no schedule for, or fields no date matches, when parsed, then ValueError says so."""
     with pytest.raises(ValueError, match=re.escape(words)):
@@ -171,10 +182,15 @@ def test_a_bad_cron_expression_is_reported_with_the_step_and_field(tmp_path):
     """Given a step whose cron has a bad day of week, when checked, then the error names file, step, field and value."""
     from iii_console.core.discovery import discover
 
-    make_project(tmp_path, {"bad_step.py": """
+    make_project(
+        tmp_path,
+        {
+            "bad_step.py": """
         config = {"name": "Nightly", "triggers": [{"type": "cron", "cron": "0 3 * * 8"}]}
         def handler(ctx): pass
-    """})
+    """
+        },
+    )
     [err] = discover(tmp_path / "steps").errors
     text = str(err)
     assert "bad_step.py" in text and "Nightly" in text and "cron" in text and "day_of_week '8'" in text
@@ -183,20 +199,22 @@ def test_a_bad_cron_expression_is_reported_with_the_step_and_field(tmp_path):
 T0 = ms(MONDAY)
 
 
-@pytest.mark.parametrize("expr,after_ms,until_ms,expected", [
-    # (after, until]: the start is excluded, the end included
-    ("*/15 * * * *", T0, T0 + 3_600_000, [T0 + 900_000, T0 + 1_800_000, T0 + 2_700_000, T0 + 3_600_000]),
-    ("*/15 * * * *", T0 - 1, T0 + 899_999, [T0]),
-    ("*/15 * * * *", T0, T0 + 899_999, []),
-    ("*/15 * * * *", T0, T0, []),
-    ("* * * * * *", T0, T0 + 3000, [T0 + 1000, T0 + 2000, T0 + 3000]),
-    ("* * * * * *", T0 + 500, T0 + 2500, [T0 + 1000, T0 + 2000]),
-    ("0 9 * * 1-5", T0, T0 + 7 * 86_400_000,
-     [T0 + d * 86_400_000 + 9 * 3_600_000 for d in range(5)]),
-    ("0 0 * * 0", T0, T0 + 6 * 86_400_000 - 1, []),
-    ("0 0 * * 0", T0, T0 + 6 * 86_400_000, [T0 + 6 * 86_400_000]),  # Sunday 00:00 is the end: included
-    ("0 0 * * 7", T0 + 6 * 86_400_000, T0 + 13 * 86_400_000, [T0 + 13 * 86_400_000]),  # ... and as the start: excluded
-])
+@pytest.mark.parametrize(
+    "expr,after_ms,until_ms,expected",
+    [
+        # (after, until]: the start is excluded, the end included
+        ("*/15 * * * *", T0, T0 + 3_600_000, [T0 + 900_000, T0 + 1_800_000, T0 + 2_700_000, T0 + 3_600_000]),
+        ("*/15 * * * *", T0 - 1, T0 + 899_999, [T0]),
+        ("*/15 * * * *", T0, T0 + 899_999, []),
+        ("*/15 * * * *", T0, T0, []),
+        ("* * * * * *", T0, T0 + 3000, [T0 + 1000, T0 + 2000, T0 + 3000]),
+        ("* * * * * *", T0 + 500, T0 + 2500, [T0 + 1000, T0 + 2000]),
+        ("0 9 * * 1-5", T0, T0 + 7 * 86_400_000, [T0 + d * 86_400_000 + 9 * 3_600_000 for d in range(5)]),
+        ("0 0 * * 0", T0, T0 + 6 * 86_400_000 - 1, []),
+        ("0 0 * * 0", T0, T0 + 6 * 86_400_000, [T0 + 6 * 86_400_000]),  # Sunday 00:00 is the end: included
+        ("0 0 * * 7", T0 + 6 * 86_400_000, T0 + 13 * 86_400_000, [T0 + 13 * 86_400_000]),  # ... and as the start: excluded
+    ],
+)
 def test_due_ticks_are_exactly_those_in_the_half_open_window(expr, after_ms, until_ms, expected):
     """Given an expression and a window (after, until], when listing due ticks, then exactly the scheduled times in it come back."""
     assert due_ticks(expr, after_ms, until_ms) == expected
@@ -299,7 +317,11 @@ def test_cron_fired_names_the_tick_and_the_message_it_enqueued(schedulers, r, ke
     assert ev.data == {"expression": "* * * * * *", "scheduled_ms": T0 + 1000, "fired_ms": T0 + 1400, "drift_ms": 400}
     assert (ev.step, ev.topic, ev.queue) == ("Ticker", "_cron.Ticker", "_cron--Ticker--normal")
     assert ev.message_id == enq.message_id and ev.trace_id == enq.trace_id != ""
-    assert json.loads(r.get(keys.cron_last("Ticker", "* * * * * *"))) == {"scheduled_ms": T0 + 1000, "fired_ms": T0 + 1400, "expression": "* * * * * *"}
+    assert json.loads(r.get(keys.cron_last("Ticker", "* * * * * *"))) == {
+        "scheduled_ms": T0 + 1000,
+        "fired_ms": T0 + 1400,
+        "expression": "* * * * * *",
+    }
 
 
 def test_a_restarted_scheduler_fires_the_ticks_it_missed_within_the_grace(schedulers, r, keys):
@@ -384,7 +406,10 @@ def test_a_stalled_scheduler_reports_nothing_its_peer_fired_even_after_the_marke
 
 def test_a_changed_expression_does_not_resume_from_the_old_ones_last_tick(schedulers, r, keys):
     """Given cron-last written under another expression an hour ago, when a scheduler starts, then it starts from now: nothing skipped, nothing fired late."""
-    r.set(keys.cron_last("Ticker", "0 * * * *"), json.dumps({"scheduled_ms": T0 - 3_600_000, "fired_ms": T0 - 3_600_000, "expression": "0 * * * *"}))
+    r.set(
+        keys.cron_last("Ticker", "0 * * * *"),
+        json.dumps({"scheduled_ms": T0 - 3_600_000, "fired_ms": T0 - 3_600_000, "expression": "0 * * * *"}),
+    )
     clock = Clock(T0)
     run_until(schedulers(clock), clock, T0 + 2500)
     schedulers.flush()
@@ -414,7 +439,9 @@ def handler(tick, ctx):
 """
 
 
-def test_a_scheduler_whose_clock_runs_ahead_by_more_than_a_markers_life_never_fires_a_tick_twice(schedulers, r, keys, monkeypatch):
+def test_a_scheduler_whose_clock_runs_ahead_by_more_than_a_markers_life_never_fires_a_tick_twice(
+    schedulers, r, keys, monkeypatch
+):
     """Given two schedulers, one whose clock is 2 s ahead, and tick markers that live 0.1 s (standing in for a clock
     620 s ahead of markers that live 600 s), when both run for 20 s, then every tick is enqueued exactly once: the
     fast one claims each tick early and its marker expires before the on-time one gets there, but no tick is ever
@@ -457,7 +484,7 @@ def test_schedulers_judge_ticks_by_redis_clock_not_their_own(schedulers, r, keys
     secs, micros = r.time()
     redis_now = secs * 1000 + micros // 1000
     [first, *_] = fired(r, keys)
-    assert redis_now - 3000 <= first <= redis_now, (first - redis_now)
+    assert redis_now - 3000 <= first <= redis_now, first - redis_now
 
 
 def test_each_cron_trigger_of_a_step_fires_its_own_ticks_and_resumes_from_its_own_last_one(tmp_path, redis_url, r, keys):
@@ -474,8 +501,14 @@ def test_each_cron_trigger_of_a_step_fires_its_own_ticks_and_resumes_from_its_ow
     for run in (lambda s: run_until(s, clock, T0 + 10_000), lambda s: s.run_once()):
         svc = Services.open(cfg, "scheduler")
         try:
-            run(Scheduler(svc, steps.cron_steps(), Producer(svc.client, svc.keys, cfg, subscriptions_for(steps.steps), svc.emitter),
-                          clock=clock))
+            run(
+                Scheduler(
+                    svc,
+                    steps.cron_steps(),
+                    Producer(svc.client, svc.keys, cfg, subscriptions_for(steps.steps), svc.emitter),
+                    clock=clock,
+                )
+            )
         finally:
             svc.close()
         clock.ms = T0 + 20_000  # no scheduler for 10 s: the next one fires those ticks late
@@ -512,8 +545,10 @@ def test_scheduler_processes_fire_every_tick_exactly_once(n, tmp_path, redis_url
         scheduled = sorted(e.data["scheduled_ms"] for e in ev)
         assert len(scheduled) == len(set(scheduled)), Counter(scheduled).most_common(3)  # no tick twice
         assert scheduled == list(range(scheduled[0], scheduled[-1] + 1, 1000))  # and none missing
-        assert all(e.data["fired_ms"] >= e.data["scheduled_ms"] and e.data["drift_ms"] == e.data["fired_ms"] - e.data["scheduled_ms"]
-                   for e in ev)
+        assert all(
+            e.data["fired_ms"] >= e.data["scheduled_ms"] and e.data["drift_ms"] == e.data["fired_ms"] - e.data["scheduled_ms"]
+            for e in ev
+        )
         assert not events(r, keys, "cron.skipped")
         wait_for(lambda: set(_ticks_run(r, keys)) >= set(scheduled), timeout=20, what="every tick handled")
     finally:

@@ -19,12 +19,15 @@ def handler(data, ctx):
 
 
 def test_dead_letters_past_their_topics_ttl_are_dropped_and_the_rest_kept(project, runtime, producer, r, keys):
-    cfg, steps = project({"a_step.py": FAIL.format(t="a"), "b_step.py": FAIL.format(t="b")}, """
+    cfg, steps = project(
+        {"a_step.py": FAIL.format(t="a"), "b_step.py": FAIL.format(t="b")},
+        """
         queues:
           default: {max_retries: 0}
           a: {dead_letter_ttl: 1000}
         workers: {sweep_interval: 0.2}
-    """)
+    """,
+    )
     runtime(cfg, steps)
     p = producer(cfg, steps)
     [a] = p.enqueue("a", {}, trace_id="t")
@@ -61,7 +64,7 @@ def test_purge_before_deletes_only_entries_that_failed_before_the_time_in_every_
         r.sadd(keys.dlq_names, dlq)
     assert store.purge_before(2500, "a.dlq", batch=1) == 2
     assert sorted(e.id for e in store.list()) == ["a.dlq-3000", "b.dlq-1000", "b.dlq-3000"]
-    assert asyncio.run(AsyncDeadLetters(store).purge_before(2500)) == 1    # what an async handler's ctx awaits
+    assert asyncio.run(AsyncDeadLetters(store).purge_before(2500)) == 1  # what an async handler's ctx awaits
     assert sorted(e.id for e in store.list()) == ["a.dlq-3000", "b.dlq-3000"]
     assert store.purge_before(2500) == 0
 
@@ -77,12 +80,14 @@ def test_handlers_reach_the_store_as_ctx_dead_letters_sync_and_async(tmp_path, r
         "from iii_console import Step, queue\n"
         "config = Step(name='Purge', triggers=[queue('purge')])\n"
         "def handler(data, ctx):\n"
-        "    return ctx.dead_letters.purge_before(data['before'])\n")
+        "    return ctx.dead_letters.purge_before(data['before'])\n"
+    )
     (tmp_path / "steps" / "apurge_step.py").write_text(
         "from iii_console import Step, queue\n"
         "config = Step(name='APurge', triggers=[queue('apurge')])\n"
         "async def handler(data, ctx):\n"
-        "    return [await ctx.dead_letters.purge_before(data['before']), await ctx.dead_letters.count('x.dlq')]\n")
+        "    return [await ctx.dead_letters.purge_before(data['before']), await ctx.dead_letters.count('x.dlq')]\n"
+    )
     for entry_id, ms in (("a", 1000), ("b", 2000), ("c", 3000)):
         r.hset(keys.dlq_entries("x.dlq"), entry_id, DeadLetter(id=entry_id, dlq="x.dlq", error="e", last_failure_ms=ms).encode())
         r.zadd(keys.dlq("x.dlq"), {entry_id: ms})

@@ -46,8 +46,13 @@ def test_after_the_ttl_the_same_key_enqueues_again(project, producer, r, keys):
 def test_invalid_dedup_arguments_are_clear_errors_that_enqueue_nothing(project, producer, r, keys):
     cfg, steps = project({"a_step.py": recorder("A")})
     p = producer(cfg, steps)
-    for kw in ({"dedup_key": ""}, {"dedup_key": 5}, {"dedup_key": "x" * 600}, {"dedup_key": "k", "dedup_ttl_ms": 0},
-               {"dedup_key": "k", "dedup_ttl_ms": 1.5}):
+    for kw in (
+        {"dedup_key": ""},
+        {"dedup_key": 5},
+        {"dedup_key": "x" * 600},
+        {"dedup_key": "k", "dedup_ttl_ms": 0},
+        {"dedup_key": "k", "dedup_ttl_ms": 1.5},
+    ):
         with pytest.raises(EnqueueError, match="dedup_"):
             p.enqueue("jobs", {"k": "m"}, trace_id="t", **kw)
     assert events(r, keys, "message.enqueued") == []

@@ -78,8 +78,13 @@ def test_state_change_made_from_the_cli_triggers_the_state_step_once(running, se
     wait_for(lambda: events(r, keys, "worker.started"), what="worker started")
 
     def state_set(key: str, value: dict) -> None:
-        res = subprocess.run([sys.executable, "-m", "iii_console", "state", "set", "messages", key, json.dumps(value)],
-                             cwd=seed_project, capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [sys.executable, "-m", "iii_console", "state", "set", "messages", key, json.dumps(value)],
+            cwd=seed_project,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert res.returncode == 0, res.stderr
 
     state_set("m-queued", {"id": "m-queued", "status": "queued", "recipient": "q@example.com"})  # condition false
@@ -118,12 +123,22 @@ BAD_REQUESTS = [
     ("invalid JSON", {"content": b'{"text": "x"', "headers": JSON}, 400, "not valid JSON"),
     ("trailing garbage", {"content": b'{"text": "x"} x', "headers": JSON}, 400, "not valid JSON"),
     ("BOM", {"content": b'\xef\xbb\xbf{"text": "x"}', "headers": JSON}, 400, "not valid JSON"),
-    ("5,000-digit integer", {"content": b'{"text": "x", "fail_times": ' + b"9" * 5000 + b"}", "headers": JSON}, 400, "not valid JSON"),
+    (
+        "5,000-digit integer",
+        {"content": b'{"text": "x", "fail_times": ' + b"9" * 5000 + b"}", "headers": JSON},
+        400,
+        "not valid JSON",
+    ),
     ("invalid UTF-8", {"content": b'{"text": "\xc3\x28"}', "headers": JSON}, 400, "UTF-8"),
     ("UTF-16", {"content": '{"text": "x"}'.encode("utf-16"), "headers": JSON}, 400, "UTF-8"),
     ("nested arrays", {"content": b"[" * 50_000 + b"]" * 50_000, "headers": JSON}, 400, "nested"),
     ("nested objects", {"content": b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "headers": JSON}, 400, "nested"),
-    ("nested inside a field", {"content": b'{"text": "x", "recipient": ' + b"[" * 5000 + b"]" * 5000 + b"}", "headers": JSON}, 400, "nested"),
+    (
+        "nested inside a field",
+        {"content": b'{"text": "x", "recipient": ' + b"[" * 5000 + b"]" * 5000 + b"}", "headers": JSON},
+        400,
+        "nested",
+    ),
     ("text/plain", {"content": b'{"text": "x"}', "headers": {"content-type": "text/plain"}}, 415, "application/json"),
     ("no content-type", {"content": b'{"text": "x"}'}, 415, "application/json"),
     ("form", {"data": {"text": "x"}}, 415, "application/json"),
@@ -160,7 +175,11 @@ def test_sigterm_exits_zero_after_draining(running, r, keys):
     wait_for(lambda: events(r, keys, "worker.started"), what="worker started")
     assert app.stop() == 0
     statuses = [json.loads(r.hget(keys.state_group("messages"), i))["status"] for i in ids]
-    queued = sum(r.llen(k) for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:message.sent--*") if r.type(k) == b"list" and not k.endswith(b".wake"))
+    queued = sum(
+        r.llen(k)
+        for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:message.sent--*")
+        if r.type(k) == b"list" and not k.endswith(b".wake")
+    )
     # Every accepted message is either done or still waiting in its queue: nothing lost, nothing half-done.
     assert statuses.count("processed") + queued == 20 and "processing" not in statuses
     app.proc.out.seek(0)
@@ -169,18 +188,26 @@ def test_sigterm_exits_zero_after_draining(running, r, keys):
 
 
 def test_broken_step_is_reported_with_file_and_field_and_the_rest_run(seed_project, r, keys):
-    (seed_project / "steps" / "broken_step.py").write_text("from iii_console import Step, queue\nconfig = {'name': 'Broken', 'triggers': [{'type': 'queue', 'topic': 'x', 'colour': 1}]}\ndef handler(d, ctx): pass\n")
+    (seed_project / "steps" / "broken_step.py").write_text(
+        "from iii_console import Step, queue\nconfig = {'name': 'Broken', 'triggers': [{'type': 'queue', 'topic': 'x', 'colour': 1}]}\ndef handler(d, ctx): pass\n"
+    )
     (seed_project / "steps" / "typo_step.py").write_text("import nothing_here\n")
     run = start_cli(seed_project, "--no-ui", "--processes", "2", "--threads", "3")
     try:
         err_lines = wait_for(lambda: len(run.lines) >= 2 and run.lines[:2], what="two step error lines")
-        assert any("broken_step.py" in line and "step 'Broken'" in line and "triggers.0.colour" in line for line in err_lines), err_lines
+        assert any("broken_step.py" in line and "step 'Broken'" in line and "triggers.0.colour" in line for line in err_lines), (
+            err_lines
+        )
         assert any("typo_step.py:1" in line and "nothing_here" in line for line in err_lines), err_lines
-        errors = wait_for(lambda: len(events(r, keys, "step.error")) == 2 and events(r, keys, "step.error"), what="step.error events")
+        errors = wait_for(
+            lambda: len(events(r, keys, "step.error")) == 2 and events(r, keys, "step.error"), what="step.error events"
+        )
         assert {e.data["file"].rsplit("/", 1)[1] for e in errors} == {"broken_step.py", "typo_step.py"}
         resp = httpx.post(f"{run.url}/messages", json={"text": "still works"})
         wait_for(lambda: events(r, keys, "notification.sent"), what="the good steps still run")
-        started = wait_for(lambda: len(events(r, keys, "worker.started")) == 2 and events(r, keys, "worker.started"), what="two worker processes")
+        started = wait_for(
+            lambda: len(events(r, keys, "worker.started")) == 2 and events(r, keys, "worker.started"), what="two worker processes"
+        )
         assert len({e.data["pid"] for e in started}) == 2
         assert all(e.data["queues"]["message.sent"] == 3 for e in started)  # min(concurrency 4, --threads 3)
         assert resp.status_code == 202
@@ -194,7 +221,12 @@ def test_cli_errors_are_one_clear_line_and_non_zero(tmp_path):
     make_project(tmp_path, {}, "")
     env = dict(os.environ)
     env.pop("REDIS_URL", None)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "iii_console", *a], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)  # noqa: E731
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "iii_console", *a], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60
+        )
+
     res = run("tail", "--redis", f"redis://127.0.0.1:{free_port()}/0")
     assert res.returncode == 3 and res.stderr.startswith("error: cannot reach Redis") and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
@@ -232,7 +264,9 @@ class Lines:
             return None
 
 
-def _read_json_lines(proc: subprocess.Popen, until: str | set[str], timeout: float = 45, app: Running | None = None) -> list[dict]:
+def _read_json_lines(
+    proc: subprocess.Popen, until: str | set[str], timeout: float = 45, app: Running | None = None
+) -> list[dict]:
     """Read JSON lines from ``proc`` until it has printed an event of each type in ``until``; fail, never hang."""
     lines = Lines(proc)
     seen: list[dict] = []
@@ -251,9 +285,27 @@ def test_tail_prints_events_filtered_by_type_and_trace(running, seed_project):
     app = running()
     trace = httpx.post(f"{app.url}/messages", json={"text": "follow me"}).json()["trace_id"]
     other = httpx.post(f"{app.url}/messages", json={"text": "not me"}).json()["trace_id"]
-    tail = subprocess.Popen([sys.executable, "-m", "iii_console", "tail", "--json", "--history", "1000", "--trace", trace[:12],
-                             "--type", "message.", "--type", "notification.sent"],
-                            cwd=seed_project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "iii_console",
+            "tail",
+            "--json",
+            "--history",
+            "1000",
+            "--trace",
+            trace[:12],
+            "--type",
+            "message.",
+            "--type",
+            "notification.sent",
+        ],
+        cwd=seed_project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # The worker's message.processed and the state step's notification.sent come from
         # different runs: either can reach the stream first.
@@ -270,8 +322,13 @@ def test_tail_prints_events_filtered_by_type_and_trace(running, seed_project):
 
 def test_tail_follows_new_events_live(running, seed_project):
     app = running()
-    tail = subprocess.Popen([sys.executable, "-m", "iii_console", "tail", "--json", "--type", "http.received"],
-                            cwd=seed_project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", "tail", "--json", "--type", "http.received"],
+        cwd=seed_project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # Keep sending until tail (which starts at the live end) has picked one up.
         deadline = time.monotonic() + 20
@@ -294,9 +351,13 @@ def test_metrics_match_what_was_processed_and_health_reports_workers(running, r,
         httpx.post(f"{app.url}/messages", json={"text": f"ok {i}"})
     httpx.post(f"{app.url}/messages", json={"text": "flaky", "fail_times": 1})
     wait_for(lambda: len(events(r, keys, "notification.sent")) == 6, timeout=20, what="six notifications")
-    wait_for(lambda: 'outcome="processed",step="NotifyCompletion"' in httpx.get(f"{app.url}/metrics").text, what="metrics caught up")
+    wait_for(
+        lambda: 'outcome="processed",step="NotifyCompletion"' in httpx.get(f"{app.url}/metrics").text, what="metrics caught up"
+    )
     text = httpx.get(f"{app.url}/metrics").text
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in text_string_to_metric_families(text) for s in fam.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+    }
 
     def val(name: str, **labels: str) -> float:
         return samples.get((name, tuple(sorted(labels.items()))), 0.0)
@@ -317,8 +378,11 @@ def test_metrics_match_what_was_processed_and_health_reports_workers(running, r,
 
 
 def test_metrics_and_health_can_be_turned_off(seed_project):
-    (seed_project / "iii-config.yaml").write_text((seed_project / "iii-config.yaml").read_text()
-                                                 .replace("server:\n  port: 0\n", "server:\n  port: 0\n  metrics_path: ''\n  health_path: ''\n"))
+    (seed_project / "iii-config.yaml").write_text(
+        (seed_project / "iii-config.yaml")
+        .read_text()
+        .replace("server:\n  port: 0\n", "server:\n  port: 0\n  metrics_path: ''\n  health_path: ''\n")
+    )
     run = start_cli(seed_project, "--no-ui", "--role", "server")
     try:
         assert httpx.get(f"{run.url}/metrics").status_code == 404

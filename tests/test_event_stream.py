@@ -82,8 +82,12 @@ ELSEWHERE = {
 @pytest.fixture
 def seed(tmp_path, redis_url):
     shutil.copytree(ROOT / "steps", tmp_path / "steps")
-    make_project(tmp_path, {"ticker_step.py": TICKER, "sleeper_step.py": SLEEPER, "prims_step.py": PRIMS,
-                            "prims_child_step.py": CHILD}, CONFIG, redis_url=redis_url)
+    make_project(
+        tmp_path,
+        {"ticker_step.py": TICKER, "sleeper_step.py": SLEEPER, "prims_step.py": PRIMS, "prims_child_step.py": CHILD},
+        CONFIG,
+        redis_url=redis_url,
+    )
     return tmp_path
 
 
@@ -101,7 +105,10 @@ def test_every_event_type_reaches_the_stream_with_the_fields_that_apply(seed, r,
     capped and redacted."""
     # The ticker last fired two minutes ago: the scheduler fires what is within the grace and reports the rest skipped.
     two_min_ago = (int(time.time()) - 120) // 2 * 2 * 1000
-    r.set(keys.cron_last("Ticker", "*/2 * * * * *"), json.dumps({"scheduled_ms": two_min_ago, "fired_ms": two_min_ago, "expression": "*/2 * * * * *"}))
+    r.set(
+        keys.cron_last("Ticker", "*/2 * * * * *"),
+        json.dumps({"scheduled_ms": two_min_ago, "fired_ms": two_min_ago, "expression": "*/2 * * * * *"}),
+    )
     t0 = int(time.time() * 1000)
     app = start_cli(seed, "--no-ui", "--reload")
     try:
@@ -109,25 +116,41 @@ def test_every_event_type_reaches_the_stream_with_the_fields_that_apply(seed, r,
         doomed = httpx.post(f"{app.url}/messages", json={"text": "doomed", "fail_times": 99})
         assert ok.status_code == doomed.status_code == 202
         events_once(r, keys, "message.dead_lettered", 1, timeout=30)
-        res = subprocess.run([sys.executable, "-m", "iii_console", "dlq", "replay", "--all", "--yes"], cwd=seed,
-                             capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [sys.executable, "-m", "iii_console", "dlq", "replay", "--all", "--yes"],
+            cwd=seed,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert res.returncode == 0, res.stderr
         events_once(r, keys, "message.replayed", 1)
-        (seed / "steps" / "broken_step.py").write_text("config = {'name': 'Broken', 'triggers': [{'type': 'cron', 'cron': '* * *'}]}\n"
-                                                     "def handler(ctx): pass\n")
+        (seed / "steps" / "broken_step.py").write_text(
+            "config = {'name': 'Broken', 'triggers': [{'type': 'cron', 'cron': '* * *'}]}\ndef handler(ctx): pass\n"
+        )
         events_once(r, keys, "config.reloaded", 1, timeout=30)
         (seed / "steps" / "broken_step.py").unlink()
         events_once(r, keys, "config.reloaded", 2, timeout=30)
         events_once(r, keys, "worker.heartbeat", 1, timeout=30)  # one every ~10 s per worker
         events_once(r, keys, "notification.sent", 1)
-        res = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "prims", "--data", "{}"], cwd=seed,
-                             capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [sys.executable, "-m", "iii_console", "send", "--topic", "prims", "--data", "{}"],
+            cwd=seed,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert res.returncode == 0, res.stderr
         events_once(r, keys, "group.completed", 1, timeout=30)
         events_once(r, keys, "message.throttled", 1, timeout=30)
         # A handler still running when the stop's shutdown_timeout ends gives its message back.
-        res = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "slow", "--data", "{}"], cwd=seed,
-                             capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [sys.executable, "-m", "iii_console", "send", "--topic", "slow", "--data", "{}"],
+            cwd=seed,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert res.returncode == 0, res.stderr
         events_once(r, keys, "message.started", 1, where=lambda e: e.step == "Sleeper", timeout=30)
     finally:
@@ -194,14 +217,24 @@ def test_one_trace_follows_a_message_through_retries_state_and_the_state_step(se
     # Events of one thread reach the stream in order; across processes only their timestamps order them.
     assert chain("SendMessage") == [("http.received", None)]
     assert chain("ProcessMessage", "message.enqueued") == [
-        ("message.started", 1), ("message.failed", 1), ("message.retrying", 2),
-        ("message.started", 2), ("message.failed", 2), ("message.retrying", 3),
-        ("message.started", 3), ("message.processed", 3),
+        ("message.started", 1),
+        ("message.failed", 1),
+        ("message.retrying", 2),
+        ("message.started", 2),
+        ("message.failed", 2),
+        ("message.retrying", 3),
+        ("message.started", 3),
+        ("message.processed", 3),
     ]
     assert chain("ProcessMessage").count(("message.enqueued", None)) == 1
-    assert sorted(chain("NotifyCompletion"), key=str) == sorted([("message.enqueued", None), ("message.started", 1),
-                                                                 ("notification.sent", None), ("message.processed", 1)], key=str)
-    assert chain("NotifyCompletion", "message.enqueued") == [("message.started", 1), ("notification.sent", None), ("message.processed", 1)]
+    assert sorted(chain("NotifyCompletion"), key=str) == sorted(
+        [("message.enqueued", None), ("message.started", 1), ("notification.sent", None), ("message.processed", 1)], key=str
+    )
+    assert chain("NotifyCompletion", "message.enqueued") == [
+        ("message.started", 1),
+        ("notification.sent", None),
+        ("message.processed", 1),
+    ]
     statuses = [e.data["new"]["status"] for e in related if e.type == "state.changed"]
     assert statuses[0] == "queued" and statuses[-1] == "processed"
     assert {e.step for e in related if e.type == "state.changed"} == {"SendMessage", "ProcessMessage"}
@@ -214,7 +247,10 @@ def test_one_trace_follows_a_message_through_retries_state_and_the_state_step(se
     [notify_run] = [e for e in related if e.type == "message.started" and e.step == "NotifyCompletion"]
     assert note.message_id == notify_run.message_id  # the run that sent it
     # The causal order holds on the clock too (one host stamps every event here).
-    ts = {t: min(e.ts for e in related if e.type == t) for t in ("http.received", "message.started", "message.processed", "notification.sent")}
+    ts = {
+        t: min(e.ts for e in related if e.type == t)
+        for t in ("http.received", "message.started", "message.processed", "notification.sent")
+    }
     assert ts["http.received"] <= ts["message.started"] <= ts["message.processed"] <= ts["notification.sent"]
 
 
@@ -243,8 +279,13 @@ def test_a_handler_emits_thousands_of_events_while_redis_answers_nothing(tmp_pat
     n = 2000
     try:
         wait_for(lambda: events(r, keys, "worker.started"), timeout=30, what="worker started")
-        res = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "chatty", "--data", json.dumps({**files, "n": n})],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [sys.executable, "-m", "iii_console", "send", "--topic", "chatty", "--data", json.dumps({**files, "n": n})],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert res.returncode == 0, res.stderr
         wait_for(lambda: (tmp_path / "started").exists(), timeout=30, what="the handler to start")
 

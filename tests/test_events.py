@@ -20,9 +20,18 @@ from iii_console.core.redis_server import RedisServer, free_port
 from .helpers import redis_binaries
 
 FULL = Event(
-    type="message.failed", ts=1_700_000_000_123, trace_id="t-1", message_id="m-1", step="Process",
-    topic="message.sent", queue="message.sent--Process--normal", attempt=3, worker="host:42",
-    duration_ms=12.5, error="ValueError: nope", data={"text": "hi", "n": [1, 2, {"deep": None}]},
+    type="message.failed",
+    ts=1_700_000_000_123,
+    trace_id="t-1",
+    message_id="m-1",
+    step="Process",
+    topic="message.sent",
+    queue="message.sent--Process--normal",
+    attempt=3,
+    worker="host:42",
+    duration_ms=12.5,
+    error="ValueError: nope",
+    data={"text": "hi", "n": [1, 2, {"deep": None}]},
 )
 
 
@@ -71,23 +80,42 @@ def test_non_json_data_values_are_stringified():
     assert json.loads(Event(type="log", ts=1, data={"at": when}).encode()["data"]) == {"at": str(when)}
 
 
-@pytest.mark.parametrize("raw", [
-    {"foo": "bar"},
-    {"ts": "1"},
-    {"type": "log", "ts": "yesterday"},
-    {"type": "log", "attempt": "one"},
-    {"type": "log", "duration_ms": "fast"},
-    {"type": "log", "data": "{not json"},
-    {b"type": b"\xff\xfe"},
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"foo": "bar"},
+        {"ts": "1"},
+        {"type": "log", "ts": "yesterday"},
+        {"type": "log", "attempt": "one"},
+        {"type": "log", "duration_ms": "fast"},
+        {"type": "log", "data": "{not json"},
+        {b"type": b"\xff\xfe"},
+    ],
+)
 def test_foreign_entries_raise_decode_error(raw):
     """Given a stream entry not written by iii-console, when decoded, then DecodeError names the entry id."""
     with pytest.raises(DecodeError, match="not an iii event: '9-9'"):
         Event.decode("9-9", raw)
 
 
-@pytest.mark.parametrize("key", ["password", "Password", "passwd", "db_pass", "token", "access_token", "secret",
-                                 "client_secret", "authorization", "Authorization", "api_key", "apiKey", "api-key"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "password",
+        "Password",
+        "passwd",
+        "db_pass",
+        "token",
+        "access_token",
+        "secret",
+        "client_secret",
+        "authorization",
+        "Authorization",
+        "api_key",
+        "apiKey",
+        "api-key",
+    ],
+)
 def test_secret_keys_are_redacted(key):
     """Given a secret-looking key, when redacted, then its value is replaced and a neighbour is kept."""
     assert redact({key: "s3cr3t", "user": "bob"}) == {key: REDACTED, "user": "bob"}
@@ -134,7 +162,6 @@ def test_data_just_under_the_cap_is_kept_whole():
     assert json.loads(encode_data(data)) == data
 
 
-
 def cyclic() -> dict:
     d: dict = {}
     d["self"] = d
@@ -149,14 +176,16 @@ def test_unencodable_data_becomes_a_marker_instead_of_an_error(make, words):
     assert out["unencodable"] is True
     assert words in out["error"]
 
+
 # --- the emitter ------------------------------------------------------------------------------
 
 
 def test_emit_builds_the_event_with_fields_and_extra_data():
     """Given an emitter bound to a worker, when emitting with event fields and extras, then the event has the fields and extras merged into data."""
     out: list[Event] = []
-    Emitter(out.append, worker="w1").emit("message.enqueued", trace_id="t1", topic="orders", message_id="m1",
-                                           data={"k": 1}, priority="high")
+    Emitter(out.append, worker="w1").emit(
+        "message.enqueued", trace_id="t1", topic="orders", message_id="m1", data={"k": 1}, priority="high"
+    )
     (e,) = out
     assert (e.type, e.trace_id, e.topic, e.message_id, e.worker) == ("message.enqueued", "t1", "orders", "m1", "w1")
     assert e.data == {"k": 1, "priority": "high"}
@@ -258,7 +287,6 @@ def test_secrets_logged_by_a_step_never_reach_the_stream(r, keys, sinks):
     assert stream(r, keys.events)[0].data == {"level": "info", "message": "login", "user": "bob", "password": REDACTED}
 
 
-
 def test_one_unencodable_event_does_not_stop_the_sink(r, keys, sinks):
     """Given an event whose data has a tuple key, when it and a normal event are put, then both reach the stream in order."""
     sink = StreamSink(r, keys.events)
@@ -269,6 +297,7 @@ def test_one_unencodable_event_does_not_stop_the_sink(r, keys, sinks):
     got = stream(r, keys.events)
     assert [e.ts for e in got] == [1, 2]
     assert got[0].data["unencodable"] is True and got[1].data == {"ok": True}
+
 
 def test_text_that_utf8_cannot_hold_is_replaced_not_fatal_to_the_sink(r, keys, sinks):
     """Given an error text with a lone surrogate and a non-ASCII step name, when written, then both events land and the text keeps what it can."""
@@ -344,7 +373,6 @@ def test_unreachable_redis_never_blocks_emit_and_buffers_until_it_is_back(tmp_pa
     finally:
         client.close()
         server.kill()  # stop() waits out redis-py's retries on the closed connection
-
 
 
 def test_sink_close_returns_while_redis_is_unreachable():

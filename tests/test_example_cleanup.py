@@ -41,15 +41,19 @@ def _seed(project: Path, now_ms: int) -> dict:
     """Old and new items of each kind; returns what must go and what must stay."""
     store = BlobStore.from_config("", project / ".iii")
     month_ago = time.time() - 30 * 86400
-    blobs = {name: store.put(name.encode() * 100, name=name) for name in
-             ("old-unreferenced", "old-in-state", "old-in-dead-letter", "new-unreferenced")}
+    blobs = {
+        name: store.put(name.encode() * 100, name=name)
+        for name in ("old-unreferenced", "old-in-state", "old-in-dead-letter", "new-unreferenced")
+    }
     for name, ref in blobs.items():
         if name.startswith("old"):
             os.utime(store.path(ref), (month_ago, month_ago))
     with sqlite3.connect(project / ".iii" / "cleanup.sqlite") as db:
         db.execute("CREATE TABLE audit_log (id INTEGER PRIMARY KEY, created_ms BIGINT NOT NULL, message TEXT NOT NULL)")
-        db.executemany("INSERT INTO audit_log (created_ms, message) VALUES (?, ?)",
-                       [(now_ms - 40 * DAY_MS, "old")] * 2500 + [(now_ms - DAY_MS, "new")] * 100)
+        db.executemany(
+            "INSERT INTO audit_log (created_ms, message) VALUES (?, ?)",
+            [(now_ms - 40 * DAY_MS, "old")] * 2500 + [(now_ms - DAY_MS, "new")] * 100,
+        )
     return blobs
 
 
@@ -60,8 +64,10 @@ def _seed_redis(app: IIIApp, r, keys: Keys, blobs: dict, now_ms: int) -> None:
     app.state.set("jobs", "old-failed", {"status": "failed", "finished_ms": old})
     app.state.set("jobs", "new-done", {"status": "done", "finished_ms": new})
     app.state.set("jobs", "old-running", {"status": "running", "started_ms": old})
-    for entry_id, ms, data in (("d-old", now_ms - 20 * DAY_MS, {}),
-                               ("d-new", now_ms - DAY_MS, {"file": blobs["old-in-dead-letter"]})):
+    for entry_id, ms, data in (
+        ("d-old", now_ms - 20 * DAY_MS, {}),
+        ("d-new", now_ms - DAY_MS, {"file": blobs["old-in-dead-letter"]}),
+    ):
         entry = DeadLetter(id=entry_id, dlq="x.dlq", error="boom", data=data, last_failure_ms=ms)
         r.hset(keys.dlq_entries("x.dlq"), entry_id, entry.encode())
         r.zadd(keys.dlq("x.dlq"), {entry_id: ms})
@@ -73,7 +79,9 @@ def _sweep(app: IIIApp, step: str) -> dict:
     return app.wait_for("cleanup.swept", trace=trace, timeout=30).data
 
 
-def test_sweeps_remove_exactly_the_old_unreferenced_items_once_and_skip_while_the_lease_is_held(tmp_path, redis_url, r, keys, monkeypatch):
+def test_sweeps_remove_exactly_the_old_unreferenced_items_once_and_skip_while_the_lease_is_held(
+    tmp_path, redis_url, r, keys, monkeypatch
+):
     """Given old and new blobs (some referenced from state or a dead letter), rows, finished and running state and
     dead letters, when each sweep runs, then exactly the old unreferenced items go, rows in batches; a second run
     removes nothing; and a sweep whose lease another holder has is skipped, saying so, removing nothing."""
@@ -85,8 +93,12 @@ def test_sweeps_remove_exactly_the_old_unreferenced_items_once_and_skip_while_th
     try:
         _seed_redis(app, r, keys, blobs, now_ms)
         lease = Leases(r, keys).acquire("cleanup.blobs", 30_000)
-        assert _sweep(app, "SweepBlobs") == {"sweep": "blobs", "removed": 0, "skipped": "another run holds the lease",
-                                             "duration_ms": pytest.approx(0, abs=5000)}
+        assert _sweep(app, "SweepBlobs") == {
+            "sweep": "blobs",
+            "removed": 0,
+            "skipped": "another run holds the lease",
+            "duration_ms": pytest.approx(0, abs=5000),
+        }
         lease.release()
 
         first = {step: _sweep(app, step) for step in SWEEPS}
@@ -109,9 +121,23 @@ def test_sweeps_remove_exactly_the_old_unreferenced_items_once_and_skip_while_th
 
 
 def _role(project: Path, redis_url: str, role: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui", "--role", role, "--redis", redis_url,
-                             "--config", str(project / "iii-config.yaml")], cwd=project,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "iii_console",
+            "--no-ui",
+            "--role",
+            role,
+            "--redis",
+            redis_url,
+            "--config",
+            str(project / "iii-config.yaml"),
+        ],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_two_schedulers_fire_each_sweeps_tick_once_and_one_goes_on_when_the_other_stops(tmp_path, redis_url, monkeypatch):
@@ -120,7 +146,7 @@ def test_two_schedulers_fire_each_sweeps_tick_once_and_one_goes_on_when_the_othe
     once and run once."""
     monkeypatch.setenv("CLEANUP_CRON", "* * * * * *")
     project = _copy(tmp_path)
-    seen = IIIApp(project, redis_url)   # not started: reads the events on the shared Redis
+    seen = IIIApp(project, redis_url)  # not started: reads the events on the shared Redis
     procs = [_role(project, redis_url, "worker"), _role(project, redis_url, "scheduler"), _role(project, redis_url, "scheduler")]
     schedulers = {p.pid: p for p in procs[1:]}
 
@@ -130,7 +156,7 @@ def test_two_schedulers_fire_each_sweeps_tick_once_and_one_goes_on_when_the_othe
     try:
         wait_for(lambda: all(seen.events("cron.fired", step=s) for s in SWEEPS), timeout=20, what="a tick of every sweep")
         assert firing() <= set(schedulers)
-        stopped = int(seen.events("cron.fired")[-1].worker.split(":")[-2])   # the one that fired last
+        stopped = int(seen.events("cron.fired")[-1].worker.split(":")[-2])  # the one that fired last
         schedulers[stopped].terminate()
         schedulers[stopped].wait(20)
         n = len(seen.events("cron.fired"))
@@ -140,8 +166,11 @@ def test_two_schedulers_fire_each_sweeps_tick_once_and_one_goes_on_when_the_othe
         for step in SWEEPS:
             ticks = seen.events("cron.fired", step=step)
             assert len({e.data["scheduled_ms"] for e in ticks}) == len(ticks), f"{step}: a tick fired twice"
-            wait_for(lambda: {e.trace_id for e in ticks} <= {e.trace_id for e in seen.events("cleanup.swept", step=step)},
-                     timeout=10, what=f"{step}'s runs")
+            wait_for(
+                lambda: {e.trace_id for e in ticks} <= {e.trace_id for e in seen.events("cleanup.swept", step=step)},
+                timeout=10,
+                what=f"{step}'s runs",
+            )
             runs = [e.trace_id for e in seen.events("cleanup.swept", step=step)]
             assert all(runs.count(t.trace_id) == 1 for t in ticks), f"{step}: a tick ran twice"
     finally:

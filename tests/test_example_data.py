@@ -30,8 +30,15 @@ FULL = os.environ.get("III_EXAMPLES_FULL") == "1"
 ROWS = 50_000 if FULL else 5_000
 CHUNK = 2_000 if FULL else 500
 BAD = 37
-BAD_KINDS = [("amount", "12,5x"), ("amount", "-3.00"), ("placed_on", "2026-13-01"), ("id", "x12"),
-             ("customer", "   "), ("amount", "1.234"), ("fields", None)]
+BAD_KINDS = [
+    ("amount", "12,5x"),
+    ("amount", "-3.00"),
+    ("placed_on", "2026-13-01"),
+    ("id", "x12"),
+    ("customer", "   "),
+    ("amount", "1.234"),
+    ("fields", None),
+]
 
 
 def make_orders(n: int, bad: int, seed: int = 7, first_id: int = 1) -> tuple[bytes, dict[int, dict], list[int], list[int]]:
@@ -50,7 +57,7 @@ def make_orders(n: int, bad: int, seed: int = 7, first_id: int = 1) -> tuple[byt
         line_of.append(line)
         oid = first_id + i
         customer = rnd.choice(["Zoë Ångström", "李雷", "José Ñúñez", "Ørjan Ødegård", "Acme, Inc."])
-        note = rnd.choice(["plain", 'said "hi", then left', "two\nlines, one comma", "émoji ☕ and \"quotes\"", ""])
+        note = rnd.choice(["plain", 'said "hi", then left', "two\nlines, one comma", 'émoji ☕ and "quotes"', ""])
         cents = rnd.randrange(0, 1_000_000)
         day = f"2026-{rnd.randrange(1, 13):02d}-{rnd.randrange(1, 29):02d}"
         row = [str(oid), customer, note, f"{cents // 100}.{cents % 100:02d}", day]
@@ -110,14 +117,20 @@ def db(database):
 
 def _count_sum(db, ids: range) -> tuple[int, int, int]:
     with db.connect() as conn:
-        return tuple(conn.execute(sqlalchemy.text(
-            "SELECT count(*), count(DISTINCT id), coalesce(sum(amount_cents), 0) FROM orders WHERE id BETWEEN :a AND :b"),
-            {"a": ids.start, "b": ids.stop - 1}).one())
+        return tuple(
+            conn.execute(
+                sqlalchemy.text(
+                    "SELECT count(*), count(DISTINCT id), coalesce(sum(amount_cents), 0) FROM orders WHERE id BETWEEN :a AND :b"
+                ),
+                {"a": ids.start, "b": ids.stop - 1},
+            ).one()
+        )
 
 
 def _upload(app: IIIApp, body: bytes, name: str = "orders.csv", ctype: str = "text/csv"):
-    return app.post("/imports", content=body, headers={"content-type": ctype,
-                                                         "content-disposition": f'attachment; filename="{name}"'})
+    return app.post(
+        "/imports", content=body, headers={"content-type": ctype, "content-disposition": f'attachment; filename="{name}"'}
+    )
 
 
 def test_a_csv_imports_once_with_its_bad_lines_listed_and_exports_back(app, db, orders):
@@ -140,9 +153,9 @@ def test_a_csv_imports_once_with_its_bad_lines_listed_and_exports_back(app, db, 
     assert any("amount" in e["error"] for e in errors) and any("placed_on" in e["error"] for e in errors)
     assert len(app.events("data.imported", trace=trace)) == 1 and len(app.events("group.completed", trace=trace)) == 1
     assert len(app.events("message.enqueued", step="PlanImport", trace=trace)) == 1
-    assert len(app.events("message.enqueued", step="PlanImport", trace=twin.json()["trace_id"])) == 0   # deduplicated
+    assert len(app.events("message.enqueued", step="PlanImport", trace=twin.json()["trace_id"])) == 0  # deduplicated
     progress = app.events("progress", step="ImportChunk", trace=trace)
-    assert len(progress) == 2 * record["chunks"]        # as each chunk starts, and once it is committed
+    assert len(progress) == 2 * record["chunks"]  # as each chunk starts, and once it is committed
     assert max(e.data["done"] for e in progress) == record["chunks"] == len(range(0, ROWS, CHUNK))
 
     planned = len(app.events("message.enqueued", step="PlanImport"))
@@ -154,10 +167,15 @@ def test_a_csv_imports_once_with_its_bad_lines_listed_and_exports_back(app, db, 
     # posting the file again runs only those two chunks.
     first_undone = len(range(0, ROWS, CHUNK)) - 2
     with db.begin() as conn:
-        for sql in ("DELETE FROM import_chunks WHERE import_id = :i AND chunk >= :c", "DELETE FROM orders WHERE id > :n AND id <= :last",
-                    "DELETE FROM import_errors WHERE import_id = :i AND line >= :l"):
-            conn.execute(sqlalchemy.text(sql), {"i": iid, "c": first_undone, "n": first_undone * CHUNK, "last": ROWS,
-                                                "l": line_of[first_undone * CHUNK]})
+        for sql in (
+            "DELETE FROM import_chunks WHERE import_id = :i AND chunk >= :c",
+            "DELETE FROM orders WHERE id > :n AND id <= :last",
+            "DELETE FROM import_errors WHERE import_id = :i AND line >= :l",
+        ):
+            conn.execute(
+                sqlalchemy.text(sql),
+                {"i": iid, "c": first_undone, "n": first_undone * CHUNK, "last": ROWS, "l": line_of[first_undone * CHUNK]},
+            )
     app.state.set("imports", iid, {**app.state.get("imports", iid), "status": "incomplete"})
     resumed = _upload(app, body)
     assert resumed.status_code == 202 and resumed.json()["run"] == 1
@@ -166,10 +184,12 @@ def test_a_csv_imports_once_with_its_bad_lines_listed_and_exports_back(app, db, 
     assert _count_sum(db, ids) == (len(good), len(good), sum(r["amount_cents"] for r in good.values()))
     assert app.request("GET", f"/imports/{iid}").json()["errors"] == BAD
 
-    lines = [json.dumps({"id": ROWS + i, "customer": "Jürgen", "note": "a\nb", "amount": "1.00", "placed_on": "2026-01-01"})
-             for i in range(1, 21)]
+    lines = [
+        json.dumps({"id": ROWS + i, "customer": "Jürgen", "note": "a\nb", "amount": "1.00", "placed_on": "2026-01-01"})
+        for i in range(1, 21)
+    ]
     lines[4], lines[9] = "{not json", json.dumps({"id": ROWS + 10, "customer": "x"})
-    lines[14] = lines[14].replace(f'"id": {ROWS + 15}', '"id": 1')   # taken by the CSV import: reported, not overwritten
+    lines[14] = lines[14].replace(f'"id": {ROWS + 15}', '"id": 1')  # taken by the CSV import: reported, not overwritten
     jl = _upload(app, ("\n".join(lines) + "\n").encode(), "more.jsonl", "application/x-ndjson").json()
     app.wait_for("data.imported", trace=jl["trace_id"])
     jrec = app.request("GET", f"/imports/{jl['import_id']}").json()
@@ -182,9 +202,15 @@ def test_a_csv_imports_once_with_its_bad_lines_listed_and_exports_back(app, db, 
     app.wait_for("message.processed", step="ExportTable", trace=exp["trace_id"])
     download = app.request("GET", f"/exports/{exp['export_id']}")
     assert download.status_code == 200 and download.headers["content-type"].startswith("text/csv")
-    back = {int(r["id"]): {"customer": r["customer"], "note": r["note"], "amount_cents": int(r["amount_cents"]),
-                           "placed_on": r["placed_on"]}
-            for r in csv.DictReader(io.StringIO(download.content.decode("utf-8"), newline=""))}
+    back = {
+        int(r["id"]): {
+            "customer": r["customer"],
+            "note": r["note"],
+            "amount_cents": int(r["amount_cents"]),
+            "placed_on": r["placed_on"],
+        }
+        for r in csv.DictReader(io.StringIO(download.content.decode("utf-8"), newline=""))
+    }
     assert {k: v for k, v in back.items() if k <= ROWS} == good
     assert len(back) == len(good) + 17
 
@@ -215,13 +241,17 @@ def test_a_worker_killed_mid_chunk_leaves_no_duplicate_rows(app, db):
     while victim is None and time.monotonic() < deadline:
         settled = {e.message_id for e in app.events("message.processed", step="ImportChunk", trace=trace)}
         running = [e for e in app.events("message.started", step="ImportChunk", trace=trace) if e.message_id not in settled]
-        if running and settled:   # one chunk committed already, another in its transaction
+        if running and settled:  # one chunk committed already, another in its transaction
             victim = running[-1]
         time.sleep(0.02)
     assert victim is not None, "no chunk was seen running"
     os.kill(int(victim.worker.split(":")[-2]), signal.SIGKILL)
     app.wait_for("data.imported", trace=trace, timeout=60)
-    assert _count_sum(db, range(first, first + CHUNK * 5)) == (len(good), len(good), sum(r["amount_cents"] for r in good.values()))
+    assert _count_sum(db, range(first, first + CHUNK * 5)) == (
+        len(good),
+        len(good),
+        sum(r["amount_cents"] for r in good.values()),
+    )
     # The killed worker held a chunk of this import (the one seen running, or the next it took): it came back.
     assert app.events("message.redelivered", step="ImportChunk", trace=trace)
     assert len(app.events("data.imported", trace=trace)) == 1
@@ -240,12 +270,19 @@ def records_module():
         sys.path.remove(str(EXAMPLE / "steps"))
 
 
-@pytest.mark.parametrize("text, size, chunks, lines", [
-    ("id,customer,note,amount,placed_on\r\n1,a,x,1,2026-01-01\r\n2,b,y,2,2026-01-02\r\n", 1, 2, [2, 3]),   # CRLF
-    ("\ufeffid,customer,note,amount,placed_on\n1,a,\"q\n\nr\",1,2026-01-01\n\n2,b,y,2,2026-01-02\n", 5, 1, [2, 6]),
-    ("id,customer,note,amount,placed_on\n1,a,\"say \"\"hi\"\"\n,\",1,2026-01-01\n2,b,\"never closed,2,2026-01-02\n3,c,z,3,2026-01-03\n",
-     2, 1, [2, 4]),
-])
+@pytest.mark.parametrize(
+    "text, size, chunks, lines",
+    [
+        ("id,customer,note,amount,placed_on\r\n1,a,x,1,2026-01-01\r\n2,b,y,2,2026-01-02\r\n", 1, 2, [2, 3]),  # CRLF
+        ('\ufeffid,customer,note,amount,placed_on\n1,a,"q\n\nr",1,2026-01-01\n\n2,b,y,2,2026-01-02\n', 5, 1, [2, 6]),
+        (
+            'id,customer,note,amount,placed_on\n1,a,"say ""hi""\n,",1,2026-01-01\n2,b,"never closed,2,2026-01-02\n3,c,z,3,2026-01-03\n',
+            2,
+            1,
+            [2, 4],
+        ),
+    ],
+)
 def test_one_scan_plans_chunks_at_record_boundaries(records_module, text, size, chunks, lines):
     """Given CSVs with CRLF line ends, a BOM, quoted newlines, blank lines, doubled quotes and a quote never closed,
     when planned and each chunk read back, then chunks cut between records and every record keeps its first line."""

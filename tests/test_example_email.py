@@ -24,9 +24,9 @@ from .helpers import wait_for
 
 DOMAINS = ["alpha.test", "beta.test", "gamma.test", "delta.test"]
 RECIPIENTS = [f"user{i:03d}@{DOMAINS[i % 4]}" for i in range(200)]
-BOUNCING = set(RECIPIENTS[3:200:40])      # 5 addresses: 550
-SLOW = set(RECIPIENTS[7:200:40])          # 5 addresses: 451 once, then accepted
-STUCK = "stuck@epsilon.test"              # 451 until the test lets it through
+BOUNCING = set(RECIPIENTS[3:200:40])  # 5 addresses: 550
+SLOW = set(RECIPIENTS[7:200:40])  # 5 addresses: 451 once, then accepted
+STUCK = "stuck@epsilon.test"  # 451 until the test lets it through
 
 
 class Server:
@@ -37,8 +37,8 @@ class Server:
         self.lock = threading.Lock()
         self.deferred: set[str] = set()
         self.stuck = {STUCK}
-        self.received: list[tuple[float, int, str, str]] = []   # (time, session, recipient, Message-ID)
-        self.sessions: dict[int, float] = {}                     # session -> when it said EHLO
+        self.received: list[tuple[float, int, str, str]] = []  # (time, session, recipient, Message-ID)
+        self.sessions: dict[int, float] = {}  # session -> when it said EHLO
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -104,13 +104,16 @@ def kit(monkeypatch):
     return mailer_kit
 
 
-@pytest.mark.parametrize("reply, ms", [
-    ("4.7.1 Greylisted, please try again in 1 second", 1000),
-    ("Try again in 300 seconds", 300_000),
-    ("4.2.1 rate limited, retry in 5 min", 300_000),
-    ("Service busy; wait 2.5s", 2500),
-    ("4.3.2 try again later", 60_000),
-])
+@pytest.mark.parametrize(
+    "reply, ms",
+    [
+        ("4.7.1 Greylisted, please try again in 1 second", 1000),
+        ("Try again in 300 seconds", 300_000),
+        ("4.2.1 rate limited, retry in 5 min", 300_000),
+        ("Service busy; wait 2.5s", 2500),
+        ("4.3.2 try again later", 60_000),
+    ],
+)
 def test_a_deferral_waits_for_the_delay_the_server_names(kit, reply, ms):
     assert kit.retry_delay_ms(reply) == ms
 
@@ -133,22 +136,33 @@ def test_message_ids_are_stable_per_campaign_and_address_and_templates_are_check
 def test_a_campaign_of_200_with_bounces_deferrals_a_throttle_and_a_replay(app, smtp):
     server, _url = smtp
     # Bad input: a 400 naming the field, nothing stored or sent.
-    for body, field in (({"subject": "Hi", "template": "Hello $name", "recipients": [{"email": "not-an-address"}]},
-                         "recipients.0.email"),
-                        ({"subject": "Hi", "template": "Hello $nmae", "recipients": [{"email": "a@b.test"}]}, "template"),
-                        ({"subject": "Hi", "template": "Hello", "recipients": []}, "recipients")):
+    for body, field in (
+        ({"subject": "Hi", "template": "Hello $name", "recipients": [{"email": "not-an-address"}]}, "recipients.0.email"),
+        ({"subject": "Hi", "template": "Hello $nmae", "recipients": [{"email": "a@b.test"}]}, "template"),
+        ({"subject": "Hi", "template": "Hello", "recipients": []}, "recipients"),
+    ):
         resp = app.post("/campaigns", json=body)
         assert resp.status_code == 400 and field in resp.text, resp.text
     assert app.state.list("campaigns") == {}
 
-    body = {"subject": "News for $name", "template": "Hello $name,\nthis is for $email.\n", "batch_size": 10,
-            "recipients": [{"email": a, "name": a.split("@")[0].title()} for a in RECIPIENTS]}
+    body = {
+        "subject": "News for $name",
+        "template": "Hello $name,\nthis is for $email.\n",
+        "batch_size": 10,
+        "recipients": [{"email": a, "name": a.split("@")[0].title()} for a in RECIPIENTS],
+    }
     first = app.post("/campaigns", json=body, headers={"idempotency-key": "december-news"})
     assert first.status_code == 202 and first.json()["batches"] == 20, first.text
     again = app.post("/campaigns", json=body, headers={"idempotency-key": "december-news"})
     assert again.json()["campaign"] == first.json()["campaign"]  # the same campaign: its batches are not sent twice
-    stuck = app.post("/campaigns", json={"subject": "Hi", "template": "Hi $name", "recipients": [
-        {"email": STUCK}, *({"email": f"ok{i}@epsilon.test"} for i in range(3))]}).json()
+    stuck = app.post(
+        "/campaigns",
+        json={
+            "subject": "Hi",
+            "template": "Hi $name",
+            "recipients": [{"email": STUCK}, *({"email": f"ok{i}@epsilon.test"} for i in range(3))],
+        },
+    ).json()
 
     done = app.wait_for("campaign.completed", trace=first.json()["trace_id"], timeout=40)
     assert (done.data["sent"], done.data["failed"], done.data["unsent"]) == (195, 5, 0), done.data
@@ -189,9 +203,26 @@ def test_a_campaign_of_200_with_bounces_deferrals_a_throttle_and_a_replay(app, s
     assert f"1 deferred by the server, retry in 1000 ms: {STUCK}: 451 4.7.1 Greylisted" in letter.error, letter.error
     app.wait_for("campaign.completed", trace=stuck["trace_id"])
     server.stuck.clear()
-    replay = subprocess.run([sys.executable, "-m", "iii_console", "dlq", "replay", "--all", "--yes", "--queue", "email.dlq",
-                             "--redis", app.config.redis.url, "--config", str(app.project / "iii-config.yaml")],
-                            capture_output=True, text=True, timeout=60)
+    replay = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iii_console",
+            "dlq",
+            "replay",
+            "--all",
+            "--yes",
+            "--queue",
+            "email.dlq",
+            "--redis",
+            app.config.redis.url,
+            "--config",
+            str(app.project / "iii-config.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert replay.returncode == 0, replay.stderr
     wait_for(lambda: server.delivered(STUCK) == 1, timeout=20, what="the stuck address delivered after the replay")
     app.wait_for("message.processed", step="SendBatch", trace=stuck["trace_id"])
@@ -203,4 +234,8 @@ def test_a_campaign_of_200_with_bounces_deferrals_a_throttle_and_a_replay(app, s
     time.sleep(0.3)
     assert len(app.events("message.processed", step="CampaignDone")) == 2
     assert len(app.events("campaign.completed")) == 2
-    assert app.request("GET", f"/campaigns/{first.json()['campaign']}").json()["so_far"] == {"sent": 195, "failed": 5, "pending": 0}
+    assert app.request("GET", f"/campaigns/{first.json()['campaign']}").json()["so_far"] == {
+        "sent": 195,
+        "failed": 5,
+        "pending": 0,
+    }

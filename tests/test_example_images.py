@@ -64,12 +64,15 @@ def oriented(orientation: int) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("orientation, size, red_at", [
-    (1, (400, 200), (10, 10)),      # as stored
-    (3, (400, 200), (390, 190)),    # upside down
-    (6, (200, 400), (190, 10)),     # a quarter turn clockwise
-    (8, (200, 400), (10, 390)),     # a quarter turn counter-clockwise
-])
+@pytest.mark.parametrize(
+    "orientation, size, red_at",
+    [
+        (1, (400, 200), (10, 10)),  # as stored
+        (3, (400, 200), (390, 190)),  # upside down
+        (6, (200, 400), (190, 10)),  # a quarter turn clockwise
+        (8, (200, 400), (10, 390)),  # a quarter turn counter-clockwise
+    ],
+)
 def test_renders_are_upright_whatever_the_exif_orientation(kit, orientation, size, red_at):
     assert (kit.probe(io.BytesIO(oriented(orientation)))["width"], kit.probe(io.BytesIO(oriented(orientation)))["height"]) == size
     body, content_type, got = kit.render(io.BytesIO(oriented(orientation)), 400)
@@ -94,12 +97,15 @@ def test_transparency_is_kept_in_every_mode_that_has_it(kit, mode):
     assert out.getpixel((5, 25))[3] == 0 and out.getpixel((45, 25))[3] == 255
 
 
-@pytest.mark.parametrize("body, reason", [
-    (b"", "not an image"),
-    (small_png(64, (9, 9, 9))[:45] + b"\xff" * 30 + small_png(64, (9, 9, 9))[75:], "corrupt image"),  # a broken chunk
-    (jpeg_with_orientation_6()[:3000], "truncated"),
-    (small_png(3000, (0, 0, 0)), "decompression bomb: 3000x3000"),
-])
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b"", "not an image"),
+        (small_png(64, (9, 9, 9))[:45] + b"\xff" * 30 + small_png(64, (9, 9, 9))[75:], "corrupt image"),  # a broken chunk
+        (jpeg_with_orientation_6()[:3000], "truncated"),
+        (small_png(3000, (0, 0, 0)), "decompression bomb: 3000x3000"),
+    ],
+)
 def test_bad_images_raise_a_non_retryable_error_saying_why(kit, monkeypatch, body, reason):
     monkeypatch.setenv("IMAGES_MAX_PIXELS", "5000000")
     with pytest.raises(kit.BadImage, match=reason) as info:
@@ -113,8 +119,8 @@ def app(tmp_path, redis_server, monkeypatch):
     shutil.copytree(ROOT / "examples" / "images", project, ignore=shutil.ignore_patterns(".iii", "inbox", "__pycache__"))
     (tmp_path / "inbox").mkdir()
     monkeypatch.setenv("IMAGES_INBOX", str(tmp_path / "inbox"))
-    monkeypatch.setenv("IMAGES_MAX_PIXELS", "5000000")   # the 3000x3000 "bomb" is over it, the photo is not
-    monkeypatch.setenv("IMAGES_SLOW_MS", "700")          # renders last long enough to be killed in the middle
+    monkeypatch.setenv("IMAGES_MAX_PIXELS", "5000000")  # the 3000x3000 "bomb" is over it, the photo is not
+    monkeypatch.setenv("IMAGES_SLOW_MS", "700")  # renders last long enough to be killed in the middle
     import redis
 
     redis.Redis.from_url(redis_server.url).flushall()
@@ -124,8 +130,9 @@ def app(tmp_path, redis_server, monkeypatch):
 
 
 def upload(app: IIIApp, body: bytes, name: str, content_type: str) -> dict:
-    resp = app.post("/images", content=body, headers={"content-type": content_type,
-                                                      "content-disposition": f'attachment; filename="{name}"'})
+    resp = app.post(
+        "/images", content=body, headers={"content-type": content_type, "content-disposition": f'attachment; filename="{name}"'}
+    )
     assert resp.status_code == 202, resp.text
     return resp.json()
 
@@ -141,11 +148,18 @@ def test_the_image_pipeline(app, tmp_path):
     }
     for which in ("truncated", "bomb"):
         app.wait_for("message.dead_lettered", trace=sent[which]["trace_id"])
+
     # SIGKILL a worker process in the middle of a render (renders pause 700 ms after decoding).
     def just_started():
         done = {e.message_id for e in app.events("message.processed", step="RenderImage")}
-        return next((e for e in app.events("message.started", step="RenderImage")
-                     if e.message_id not in done and time.time() * 1000 - e.ts < 400), None)
+        return next(
+            (
+                e
+                for e in app.events("message.started", step="RenderImage")
+                if e.message_id not in done and time.time() * 1000 - e.ts < 400
+            ),
+            None,
+        )
 
     victim = wait_for(just_started, timeout=20, interval=0.02, what="a render just started")
     os.kill(int(victim.worker.split(":")[-2]), signal.SIGKILL)
@@ -159,7 +173,10 @@ def test_the_image_pipeline(app, tmp_path):
     rec = app.state.get("images", sent["photo"]["image"])
     assert (rec["status"], rec["width"], rec["height"], rec["format"]) == ("done", 1600, 2400, "JPEG")
     assert {k: (v["width"], v["height"]) for k, v in rec["renders"].items()} == {
-        "thumb": (107, 160), "medium": (533, 800), "large": (1067, 1600)}
+        "thumb": (107, 160),
+        "medium": (533, 800),
+        "large": (1067, 1600),
+    }
     large = app.request("GET", f"/images/{sent['photo']['image']}/large")
     assert large.status_code == 200 and large.headers["content-type"] == "image/jpeg"
     img = Image.open(io.BytesIO(large.content))
@@ -196,7 +213,11 @@ def test_the_image_pipeline(app, tmp_path):
 
     # Thumbnails first, and every message small: data travels by blob ref.
     renders = [e for e in app.events("message.enqueued") if e.topic == "images.render"]
-    assert {e.data["payload"]["size"]: e.data["priority"] for e in renders} == {"thumb": "high", "medium": "normal", "large": "low"}
+    assert {e.data["payload"]["size"]: e.data["priority"] for e in renders} == {
+        "thumb": "high",
+        "medium": "normal",
+        "large": "low",
+    }
     sizes = [len(json.dumps(e.data["payload"])) for e in app.events("message.enqueued")]
     assert max(sizes) < 1024, max(sizes)
 

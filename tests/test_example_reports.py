@@ -38,8 +38,9 @@ def reports(tmp_path_factory, redis_server):
 
 def _totals(project: Path, start: str, end: str) -> tuple[int, int]:
     with sqlite3.connect(project / ".iii" / "reports.sqlite") as db:
-        return db.execute("SELECT count(*), sum(amount_cents) FROM orders WHERE placed_on BETWEEN ? AND ?",
-                          (start, end)).fetchone()
+        return db.execute(
+            "SELECT count(*), sum(amount_cents) FROM orders WHERE placed_on BETWEEN ? AND ?", (start, end)
+        ).fetchone()
 
 
 def test_a_report_is_built_once_into_a_pdf_with_its_period_and_totals_and_a_real_chart(reports):
@@ -67,7 +68,7 @@ def test_a_report_is_built_once_into_a_pdf_with_its_period_and_totals_and_a_real
     png = Image.open(io.BytesIO(app.request("GET", f"/reports/{rid}/chart").content)).convert("RGB")
     colours = png.getcolors(maxcolors=1 << 20)
     assert png.size[0] > 400 and len(colours) > 50
-    assert max(n for n, _ in colours) < 0.9 * png.size[0] * png.size[1]   # not a blank page with a frame
+    assert max(n for n, _ in colours) < 0.9 * png.size[0] * png.size[1]  # not a blank page with a frame
     page = app.request("GET", f"/reports/{rid}/html").text
     assert f"Revenue: {revenue}" in page and "data:image/png;base64," in page
 

@@ -67,8 +67,10 @@ def parts(n_ok: int, n_fail: int, n_invalid: int, crash: int = 0) -> list[dict]:
 
 
 def test_the_completion_carries_counts_and_child_ids_once_every_child_is_settled(project, runtime, producer, r, keys):
-    cfg, steps = project({"part_step.py": CHILD, "done_step.py": DONE, "split_step.py": PARENT},
-                         "queues:\n  parts:\n    max_retries: 1\n    retry_delay: 20\n")
+    cfg, steps = project(
+        {"part_step.py": CHILD, "done_step.py": DONE, "split_step.py": PARENT},
+        "queues:\n  parts:\n    max_retries: 1\n    retry_delay: 20\n",
+    )
     runtime(cfg, steps)
     producer(cfg, steps).enqueue("jobs", {"parts": parts(5, 2, 1), "id": "g1"}, trace_id="trace-g")
     wait_for(lambda: completions(r, keys), what="completion")
@@ -83,16 +85,28 @@ def test_the_completion_carries_counts_and_child_ids_once_every_child_is_settled
     assert enq.data["payload"]["ok"] == 5 and enq.trace_id == "trace-g"
     from iii_console.core.groups import read_group
 
-    assert read_group(r, keys, "g1") == {"group_id": "g1", "total": 8, "pending": 0, "ok": 5, "failed": 2, "dead": 1,
-                                         "settled": 8, "percent": 100.0, "completed_ms": read_group(r, keys, "g1")["completed_ms"],
-                                         "topic": "parts", "then": "parts.done"}
+    assert read_group(r, keys, "g1") == {
+        "group_id": "g1",
+        "total": 8,
+        "pending": 0,
+        "ok": 5,
+        "failed": 2,
+        "dead": 1,
+        "settled": 8,
+        "percent": 100.0,
+        "completed_ms": read_group(r, keys, "g1")["completed_ms"],
+        "topic": "parts",
+        "then": "parts.done",
+    }
     assert read_group(r, keys, "g1")["completed_ms"] > 0 and read_group(r, keys, "nope") is None
     record = r.hgetall(keys.group("g1"))
     assert record[b"pending"] == b"0" and b"completed_ms" in record and b"done" not in record
     assert 0 < r.pttl(keys.group("g1")) <= 7 * 86_400_000
     # The same group id again enqueues nothing.
     producer(cfg, steps).enqueue("jobs", {"parts": parts(2, 0, 0), "id": "g1"}, trace_id="again")
-    wait_for(lambda: len([e for e in events(r, keys, "message.processed") if e.step == "Split"]) == 2, what="second split processed")
+    wait_for(
+        lambda: len([e for e in events(r, keys, "message.processed") if e.step == "Split"]) == 2, what="second split processed"
+    )
     time.sleep(0.3)
     assert len(completions(r, keys)) == 1 and json.loads(r.hget(keys.state_group("parts"), "0"))["runs"] == 1
 
@@ -103,10 +117,14 @@ def test_an_empty_group_completes_at_once_and_bad_groups_are_refused(project, ru
     p = producer(cfg, steps)
     gid = p.enqueue_group("parts", [], then="parts.done", trace_id="t")
     wait_for(lambda: completions(r, keys), what="empty completion")
-    assert completions(r, keys) == [{"group_id": gid, "total": 0, "ok": 0, "failed": 0, "dead": 0,
-                                     "children": [], "failed_ids": [], "dead_ids": []}]
-    for kw, msg in (({"then": "nobody.listens"}, "no step subscribes"), ({"then": "parts.done", "group_id": "a b"}, "group_id"),
-                    ({"then": ""}, "then=")):
+    assert completions(r, keys) == [
+        {"group_id": gid, "total": 0, "ok": 0, "failed": 0, "dead": 0, "children": [], "failed_ids": [], "dead_ids": []}
+    ]
+    for kw, msg in (
+        ({"then": "nobody.listens"}, "no step subscribes"),
+        ({"then": "parts.done", "group_id": "a b"}, "group_id"),
+        ({"then": ""}, "then="),
+    ):
         with pytest.raises(EnqueueError, match=msg):
             p.enqueue_group("parts", [{"n": 1}], trace_id="t", **kw)
     with pytest.raises(EnqueueError, match="list"):
@@ -116,13 +134,17 @@ def test_an_empty_group_completes_at_once_and_bad_groups_are_refused(project, ru
 def test_each_child_may_have_its_own_priority(project, producer, r, keys):
     cfg, steps = project({"part_step.py": CHILD, "done_step.py": DONE})
     p = producer(cfg, steps)
-    p.enqueue_group("parts", [{"n": 0}, {"n": 1}, {"n": 2}], then="parts.done", priority=["high", None, "low"],
-                    group_id="prio", trace_id="t")
+    p.enqueue_group(
+        "parts", [{"n": 0}, {"n": 1}, {"n": 2}], then="parts.done", priority=["high", None, "low"], group_id="prio", trace_id="t"
+    )
     enq = {e.data["payload"]["n"]: e for e in events_once(r, keys, "message.enqueued", 3)}
     assert [enq[n].data["priority"] for n in range(3)] == ["high", "normal", "low"]
     assert len({enq[n].queue for n in range(3)}) == 3
-    for bad, msg in ((["high"], "1 priorities for 3 items"), ({"n": "high"}, "list of one per item"),
-                     (["high", "urgent", "low"], "priority must be one of")):
+    for bad, msg in (
+        (["high"], "1 priorities for 3 items"),
+        ({"n": "high"}, "list of one per item"),
+        (["high", "urgent", "low"], "priority must be one of"),
+    ):
         with pytest.raises(EnqueueError, match=msg):
             p.enqueue_group("parts", [{"n": 0}, {"n": 1}, {"n": 2}], then="parts.done", priority=bad, trace_id="t")
     assert len(events(r, keys, "message.enqueued")) == 3  # nothing of a refused group was enqueued
@@ -221,8 +243,9 @@ def handler(job, ctx):
 
 
 def test_a_parent_run_twice_makes_its_group_once(project, runtime, producer, r, keys):
-    cfg, steps = project({"part_step.py": CHILD, "done_step.py": DONE, "split_step.py": FLAKY_PARENT},
-                         "queues:\n  jobs:\n    retry_delay: 20\n")
+    cfg, steps = project(
+        {"part_step.py": CHILD, "done_step.py": DONE, "split_step.py": FLAKY_PARENT}, "queues:\n  jobs:\n    retry_delay: 20\n"
+    )
     runtime(cfg, steps)
     [mid] = producer(cfg, steps).enqueue("jobs", {"parts": parts(3, 0, 0)}, trace_id="t")
     wait_for(lambda: completions(r, keys), what="completion")

@@ -58,15 +58,29 @@ def test_redis_restart_mid_retries_loses_nothing_and_everything_reconnects(tmp_p
         server.start()
 
         client = server_client(server)
-        status = lambda: {n: (json.loads(client.hget(keys.state_group("messages"), i) or "{}")).get("status") for n, i in ids.items()}  # noqa: E731
+
+        def status():
+            return {n: (json.loads(client.hget(keys.state_group("messages"), i) or "{}")).get("status") for n, i in ids.items()}
+
         store = DeadLetterStore(client, keys)
-        wait_for(lambda: store.count("message.sent.dlq") == 5 and all(v == "processed" for n, v in status().items() if not n.startswith("doomed")),
-                 timeout=60, what="every message processed or dead-lettered after the restart")
+        wait_for(
+            lambda: (
+                store.count("message.sent.dlq") == 5
+                and all(v == "processed" for n, v in status().items() if not n.startswith("doomed"))
+            ),
+            timeout=60,
+            what="every message processed or dead-lettered after the restart",
+        )
         assert {e.data["id"] for e in store.list("message.sent.dlq")} == {ids[f"doomed{i}"] for i in range(5)}
         after = httpx.post(f"{run.url}/messages", json={"text": "after"})
         assert after.status_code == 202  # the server reconnected by itself
-        wait_for(lambda: json.loads(client.hget(keys.state_group("messages"), after.json()["id"]) or "{}").get("status") == "processed",
-                 timeout=30, what="new work flows after the restart")
+        wait_for(
+            lambda: (
+                json.loads(client.hget(keys.state_group("messages"), after.json()["id"]) or "{}").get("status") == "processed"
+            ),
+            timeout=30,
+            what="new work flows after the restart",
+        )
         notes = {e.data["message_id"] for e in events(client, keys, "notification.sent")}
         assert {ids[n] for n in plan if not n.startswith("doomed")} <= notes
         # Every message settled: the stream says so exactly once each, and the counters agree with it.
@@ -102,8 +116,12 @@ def test_a_crash_while_redis_is_down_is_recovered_once_redis_is_back(tmp_path):
 
     keys = Keys()
     server = RedisServer(tmp_path / "redis", appendonly=True, extra=["--appendfsync", "always"]).start()
-    make_project(tmp_path, {"slow_step.py": SLOW_STEP},
-                 "workers:\n  heartbeat_interval: 0.5\n  heartbeat_timeout: 60\n  sweep_interval: 0.5\n", redis_url=server.url)
+    make_project(
+        tmp_path,
+        {"slow_step.py": SLOW_STEP},
+        "workers:\n  heartbeat_interval: 0.5\n  heartbeat_timeout: 60\n  sweep_interval: 0.5\n",
+        redis_url=server.url,
+    )
     run = start_cli(tmp_path, "--no-ui", "--role", "worker")
     client = server_client(server)
     try:
@@ -119,22 +137,35 @@ def test_a_crash_while_redis_is_down_is_recovered_once_redis_is_back(tmp_path):
         svc = Services.open(cfg, "test")
         try:
             StepRunner(svc, subscriptions_for(discover(cfg.steps_path).steps)).producer.enqueue(
-                "slow", {"k": "m", "sleep": 3}, trace_id="t-slow")
+                "slow", {"k": "m", "sleep": 3}, trace_id="t-slow"
+            )
         finally:
             svc.close()
-        wait_for(lambda: json.loads(client.hget(keys.state_group("runs"), "Slow") or "{}").get("m") == 1, what="the handler to start")
+        wait_for(
+            lambda: json.loads(client.hget(keys.state_group("runs"), "Slow") or "{}").get("m") == 1, what="the handler to start"
+        )
         server.kill()
         os.kill(info["pid"], signal.SIGKILL)
         time.sleep(2.0)  # the supervisor is retrying its recovery meanwhile
         server.start()
         client = server_client(server)
-        wait_for(lambda: json.loads(client.hget(keys.state_group("runs"), "Slow") or "{}").get("m") == 2, timeout=30,
-                 what="the message run again after Redis came back")
-        wait_for(lambda: [e for e in events(client, keys, "message.processed") if e.trace_id == "t-slow"], timeout=30,
-                 what="it processed")
+        wait_for(
+            lambda: json.loads(client.hget(keys.state_group("runs"), "Slow") or "{}").get("m") == 2,
+            timeout=30,
+            what="the message run again after Redis came back",
+        )
+        wait_for(
+            lambda: [e for e in events(client, keys, "message.processed") if e.trace_id == "t-slow"],
+            timeout=30,
+            what="it processed",
+        )
         [back] = [e for e in events(client, keys, "message.redelivered") if e.trace_id == "t-slow"]
         assert back.data["reason"] == "crashed"
-        assert [e for e in events(client, keys, "worker.stopped") if e.data.get("id") == info["id"] and e.data.get("signal") == "SIGKILL"]
+        assert [
+            e
+            for e in events(client, keys, "worker.stopped")
+            if e.data.get("id") == info["id"] and e.data.get("signal") == "SIGKILL"
+        ]
     finally:
         run.stop()
         server.stop()

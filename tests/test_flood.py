@@ -51,7 +51,7 @@ BACKLOG_BOUND = MAX_QUEUE_DEPTH + 2 * CONNECTIONS
 #: What the workers hold besides the backlog: in flight plus prefetched.
 HELD_BOUND = PROCESSES * 2 * THREADS
 
-FLOOD_HTTP = '''
+FLOOD_HTTP = """
 from pydantic import BaseModel
 from iii_console import Step, http
 
@@ -66,7 +66,7 @@ config = Step(name="Flood", triggers=[http("POST", "/messages", body=Body)], enq
 async def handler(request, ctx):
     await ctx.enqueue("chaos", {{"key": request.body.key, "redis": {redis!r}, "work_ms": {work_ms}}})
     return {{"status": 202, "body": {{"id": request.body.key}}}}
-'''
+"""
 
 CONFIG = f"""
 server:
@@ -99,8 +99,10 @@ async def _flood(url: str, n: int, connections: int) -> tuple[dict[str, int | st
         for i in counter:
             key = f"k{i}"
             body = json.dumps({"key": key}).encode()
-            request = (f"POST /messages HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            request = (
+                f"POST /messages HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
             try:
                 if writer is None:
                     reader, writer = await asyncio.open_connection(host, int(port))
@@ -156,7 +158,12 @@ class Sampler:
 
 
 def test_flood_answers_only_202_429_503_keeps_every_accepted_message_and_bounds_memory(tmp_path, redis_url, r, keys):
-    make_project(tmp_path, {"flood_step.py": FLOOD_HTTP.format(redis=redis_url, work_ms=WORK_MS), "effect_step.py": EFFECT_STEP}, CONFIG, redis_url=redis_url)
+    make_project(
+        tmp_path,
+        {"flood_step.py": FLOOD_HTTP.format(redis=redis_url, work_ms=WORK_MS), "effect_step.py": EFFECT_STEP},
+        CONFIG,
+        redis_url=redis_url,
+    )
     run = start_cli(tmp_path, "--no-ui", "--processes", str(PROCESSES), "--threads", str(THREADS))
     try:
         wait_for(lambda: r.hlen(keys.workers) == PROCESSES, what="workers up")
@@ -176,17 +183,28 @@ def test_flood_answers_only_202_429_503_keeps_every_accepted_message_and_bounds_
         # The checker's own records are the workload's data: they grow with the work done, by design.
         checker_bytes = sum(r.memory_usage(k, samples=0) or 0 for k in ("chaos:done", "chaos:effects", "chaos:executions"))
         event_bytes = (r.memory_usage(keys.events, samples=0) or 0) / max(1, r.xlen(keys.events))
-        bound = (baseline + FIXED_BYTES + (EVENTS_MAXLEN + 100) * EVENT_BYTES
-                 + (BACKLOG_BOUND + HELD_BOUND) * MESSAGE_BYTES + checker_bytes)
-        print(f"\nflood: {REQUESTS} requests over {CONNECTIONS} connections in {took:.1f}s ({REQUESTS / took:.0f}/s),"
-              f" all accepted processed {settled:.1f}s later")
+        bound = (
+            baseline
+            + FIXED_BYTES
+            + (EVENTS_MAXLEN + 100) * EVENT_BYTES
+            + (BACKLOG_BOUND + HELD_BOUND) * MESSAGE_BYTES
+            + checker_bytes
+        )
+        print(
+            f"\nflood: {REQUESTS} requests over {CONNECTIONS} connections in {took:.1f}s ({REQUESTS / took:.0f}/s),"
+            f" all accepted processed {settled:.1f}s later"
+        )
         print("| answer | count |\n|---|---:|")
         for status, count in sorted(by_status.items(), key=lambda kv: str(kv[0])):
             print(f"| {status} | {count} |")
-        print(f"redis used_memory: baseline {baseline / 2**20:.1f} MiB, max {mem.max_used / 2**20:.1f} MiB"
-              f" (bound {bound / 2**20:.1f} MiB; {mem.samples} samples), evicted_keys {stats['evicted_keys']}")
-        print(f"max backlog {mem.max_backlog} (limit {MAX_QUEUE_DEPTH}, bound {BACKLOG_BOUND}),"
-              f" {event_bytes:.0f} bytes/event, checker records {checker_bytes / 2**20:.1f} MiB")
+        print(
+            f"redis used_memory: baseline {baseline / 2**20:.1f} MiB, max {mem.max_used / 2**20:.1f} MiB"
+            f" (bound {bound / 2**20:.1f} MiB; {mem.samples} samples), evicted_keys {stats['evicted_keys']}"
+        )
+        print(
+            f"max backlog {mem.max_backlog} (limit {MAX_QUEUE_DEPTH}, bound {BACKLOG_BOUND}),"
+            f" {event_bytes:.0f} bytes/event, checker records {checker_bytes / 2**20:.1f} MiB"
+        )
         print(f"processed: {len(effects & accepted)} of {len(accepted)} accepted\n{report.table()}")
         assert set(by_status) <= {202, 429, 503}, by_status
         # Redis is up throughout, so "storage unavailable" would be wrong: bursts must
@@ -209,8 +227,12 @@ def _settle(r, keys, accepted: set[str], timeout: float) -> float:
     """Wait until every accepted message took effect and none is left in a queue; seconds waited."""
     t0 = time.monotonic()
     try:
-        wait_for(lambda: (rep := check(r, keys, accepted)).effects >= len(accepted) and rep.stuck == 0,
-                 timeout=timeout, interval=0.2, what="every accepted message processed")
+        wait_for(
+            lambda: (rep := check(r, keys, accepted)).effects >= len(accepted) and rep.stuck == 0,
+            timeout=timeout,
+            interval=0.2,
+            what="every accepted message processed",
+        )
     except AssertionError:
         pass  # the checker's report says what is missing
     return time.monotonic() - t0

@@ -58,18 +58,28 @@ def test_schemathesis_finds_no_server_error(server):
 
 
 yaml_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=12,
 )
-config_like = st.fixed_dictionaries({}, optional={
-    "redis": st.dictionaries(st.sampled_from(["url", "prefix", "bogus"]), yaml_values, max_size=2),
-    "server": st.dictionaries(st.sampled_from(["host", "port", "max_body_bytes", "auth_token"]), yaml_values, max_size=3),
-    "queues": st.dictionaries(st.sampled_from(["default", "message.sent", "x"]),
-                              st.dictionaries(st.sampled_from(["max_retries", "retry_delay", "backoff", "concurrency", "dead_letter_queue", "nope"]), yaml_values, max_size=3), max_size=2),
-    "events": yaml_values,
-    "extra": yaml_values,
-})
+config_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "redis": st.dictionaries(st.sampled_from(["url", "prefix", "bogus"]), yaml_values, max_size=2),
+        "server": st.dictionaries(st.sampled_from(["host", "port", "max_body_bytes", "auth_token"]), yaml_values, max_size=3),
+        "queues": st.dictionaries(
+            st.sampled_from(["default", "message.sent", "x"]),
+            st.dictionaries(
+                st.sampled_from(["max_retries", "retry_delay", "backoff", "concurrency", "dead_letter_queue", "nope"]),
+                yaml_values,
+                max_size=3,
+            ),
+            max_size=2,
+        ),
+        "events": yaml_values,
+        "extra": yaml_values,
+    },
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -96,11 +106,28 @@ def test_config_loader_survives_arbitrary_text(text):
             pass
 
 
-trigger_like = st.fixed_dictionaries({"type": st.sampled_from(["http", "queue", "cron", "state", "bogus"])},
-                                     optional={"method": yaml_values, "path": yaml_values, "topic": yaml_values, "cron": yaml_values,
-                                               "group": yaml_values, "key": yaml_values, "extra": yaml_values})
-step_like = st.fixed_dictionaries({}, optional={"name": yaml_values | st.text(max_size=10), "triggers": st.lists(trigger_like, max_size=3) | yaml_values,
-                                                 "enqueues": yaml_values, "flows": yaml_values, "colour": yaml_values})
+trigger_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(["http", "queue", "cron", "state", "bogus"])},
+    optional={
+        "method": yaml_values,
+        "path": yaml_values,
+        "topic": yaml_values,
+        "cron": yaml_values,
+        "group": yaml_values,
+        "key": yaml_values,
+        "extra": yaml_values,
+    },
+)
+step_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": yaml_values | st.text(max_size=10),
+        "triggers": st.lists(trigger_like, max_size=3) | yaml_values,
+        "enqueues": yaml_values,
+        "flows": yaml_values,
+        "colour": yaml_values,
+    },
+)
 
 
 @settings(max_examples=150, deadline=None)

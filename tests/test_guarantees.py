@@ -31,14 +31,20 @@ def test_graceful_restarts_never_count_as_deliveries(project, runtime, producer,
     """Given max_deliveries 2, a message delayed 240 s, a retry waiting out a 120 s backoff, and messages waiting in a
     worker's prefetch behind a slow one, when the worker is stopped gracefully and started again 8 times, then nothing
     is dead-lettered, the delayed ones still wait for their time, and every other message runs exactly once."""
-    cfg, steps = project({"slow_step.py": SLOW, "flaky_step.py": """
+    cfg, steps = project(
+        {
+            "slow_step.py": SLOW,
+            "flaky_step.py": """
 from iii_console import Step, queue
 config = Step(name="Flaky", triggers=[queue("flaky")])
 def handler(data, ctx):
     raise RuntimeError("fails once, retried in 120 s")
-"""}, "queues:\n  jobs:\n    concurrency: 1\n    max_deliveries: 2\n"
-       "  flaky:\n    max_retries: 1\n    retry_delay: 120000\n    max_deliveries: 2\n"
-       "workers:\n  threads: 1\n")
+""",
+        },
+        "queues:\n  jobs:\n    concurrency: 1\n    max_deliveries: 2\n"
+        "  flaky:\n    max_retries: 1\n    retry_delay: 120000\n    max_deliveries: 2\n"
+        "workers:\n  threads: 1\n",
+    )
     p = producer(cfg, steps)
     p.enqueue("jobs", {"k": "later"}, trace_id="t-later", delay_ms=240_000)
     p.enqueue("flaky", {"k": "retry"}, trace_id="t-retry")
@@ -70,7 +76,12 @@ def test_a_handler_still_running_at_the_stops_timeout_gives_its_message_back(pro
     ns = keys.dramatiq_namespace
     assert r.llen(f"{ns}:jobs--Slow--normal") == 1 and acks(r, keys) == 0
     [back] = events_once(r, keys, "message.redelivered", 1)
-    assert (back.message_id, back.trace_id, back.data["reason"], back.data["deliveries"]) == (mid, "t-long", "abandoned at shutdown", 1)
+    assert (back.message_id, back.trace_id, back.data["reason"], back.data["deliveries"]) == (
+        mid,
+        "t-long",
+        "abandoned at shutdown",
+        1,
+    )
     [stopped] = events_once(r, keys, "worker.stopped", 1)
     assert stopped.data["abandoned"] == 1
     # The next worker runs it (quickly this time: the sleep came from the data, so shorten it in place).
@@ -85,7 +96,9 @@ def test_a_handler_still_running_at_the_stops_timeout_gives_its_message_back(pro
 def test_a_draining_worker_keeps_heartbeating_and_is_not_swept(project, runtime, producer, r, keys):
     """Given a 1 s heartbeat timeout and a second worker sweeping every 0.2 s, when a worker running a 3 s handler is
     stopped, then it drains without being swept: the handler runs once and no 'heartbeat lost' is reported."""
-    cfg, steps = project({"slow_step.py": SLOW}, "workers:\n  heartbeat_interval: 0.2\n  heartbeat_timeout: 1.0\n  sweep_interval: 0.2\n")
+    cfg, steps = project(
+        {"slow_step.py": SLOW}, "workers:\n  heartbeat_interval: 0.2\n  heartbeat_timeout: 1.0\n  sweep_interval: 0.2\n"
+    )
     draining = runtime(cfg, steps)
     producer(cfg, steps).enqueue("jobs", {"k": "long", "sleep": 3}, trace_id="t")
     wait_for(lambda: runs(r, keys, "Slow").get("long") == 1, what="the handler to start")
@@ -154,7 +167,7 @@ def test_state_changes_right_after_redis_lost_its_data_still_fire(project, runti
     finally:
         stop.set()
         writer.join()
-    after = written[cut + 1:]  # the one racing the flush may have been written before it
+    after = written[cut + 1 :]  # the one racing the flush may have been written before it
     assert len(after) > 50
 
     def fired() -> dict[str, int]:
@@ -189,8 +202,13 @@ def test_an_older_versions_delay_queue_is_moved_into_the_delayed_sets(project, r
     ns = keys.dramatiq_namespace
     rid = "legacy-1"
     eta = int(time.time() * 1000) + 300
-    old = Message(queue_name="jobs--Slow--normal.DQ", actor_name="Slow:jobs:normal", args=({"k": "legacy", "sleep": 0},), kwargs={},
-                  options={"topic": "jobs", "trace_id": "t-legacy", "eta": eta, "redis_message_id": rid})
+    old = Message(
+        queue_name="jobs--Slow--normal.DQ",
+        actor_name="Slow:jobs:normal",
+        args=({"k": "legacy", "sleep": 0},),
+        kwargs={},
+        options={"topic": "jobs", "trace_id": "t-legacy", "eta": eta, "redis_message_id": rid},
+    )
     r.hset(f"{ns}:jobs--Slow--normal.DQ.msgs", rid, old.encode())
     r.rpush(f"{ns}:jobs--Slow--normal.DQ", rid)
     assert migrate_legacy_delay_queues(r, keys) == 1

@@ -185,7 +185,6 @@ def app(tmp_path_factory, redis_server):
     client.close()
 
 
-
 def test_the_broken_step_is_reported_and_the_others_serve(app, rc):
     """Given a project with one broken step, when it runs, then stderr and a step.error event name the file, step
     and field, and every other step is served (checked by the tests below)."""
@@ -218,8 +217,25 @@ def test_one_handler_on_http_and_queue_knows_which_trigger_fired(app, rc):
 
 def send_topic(app, topic: str, data: dict, priority: str) -> str:
     """Enqueue through the real CLI (``send --topic``), as a user would; returns the trace id."""
-    out = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", topic, "--data", json.dumps(data),
-                          "--priority", priority, "--json"], cwd=app.root, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iii_console",
+            "send",
+            "--topic",
+            topic,
+            "--data",
+            json.dumps(data),
+            "--priority",
+            priority,
+            "--json",
+        ],
+        cwd=app.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])["trace_id"]
 
@@ -239,8 +255,10 @@ def test_enqueue_fans_out_to_sync_and_async_subscribers_on_one_trace_with_attemp
     assert a == {"trigger": {"type": "queue", "topic": "fan", "priority": "high"}, "ctx": "Context", "trace": trace}
     [log] = [e for e in events(rc, KEYS, "log") if e.trace_id == trace and e.data.get("message") == "both ran"]
     assert log.step == "Both" and log.data["k"] == "f1"
-    wait_for(lambda: [e for e in events(rc, KEYS, "message.processed") if e.trace_id == trace and e.step == "FanB"],
-             what="FanB processed on the request's trace")
+    wait_for(
+        lambda: [e for e in events(rc, KEYS, "message.processed") if e.trace_id == trace and e.step == "FanB"],
+        what="FanB processed on the request's trace",
+    )
 
 
 def test_state_trigger_runs_an_async_handler_on_the_writers_trace(app, rc):
@@ -249,8 +267,12 @@ def test_state_trigger_runs_an_async_handler_on_the_writers_trace(app, rc):
     resp = httpx.post(f"{app.url}/both/web", json={"k": "s1"})
     trace = resp.headers["x-trace-id"]
     watched = wait_for(lambda: seen(rc, "both-s1", group="watched"), what="the state trigger")
-    assert watched == {"trigger": {"type": "state", "group": "seen", "key": "both-s1"}, "trace": trace,
-                       "change_trace": trace, "ctx": "Context"}
+    assert watched == {
+        "trigger": {"type": "state", "group": "seen", "key": "both-s1"},
+        "trace": trace,
+        "change_trace": trace,
+        "ctx": "Context",
+    }
     note = wait_for(lambda: [e for e in events(rc, KEYS, "notification.sent") if e.trace_id == trace], what="notification")
     assert note[0].step == "Watch" and note[0].data == {"key": "both-s1"}
 
@@ -306,7 +328,8 @@ def test_json_schema_body_is_checked_and_names_each_field(app, rc):
     fields = {f["field"]: f["type"] for f in resp.json()["fields"]}
     assert fields == {"k": "minlength", "(body)": "additionalproperties"}
     assert httpx.post(f"{app.url}/both/web", json={}).json()["fields"] == [
-        {"field": "k", "message": '"k" is a required property', "type": "required"}]
+        {"field": "k", "message": '"k" is a required property', "type": "required"}
+    ]
     assert seen(rc, "both-") is None
     doc = httpx.get(f"{app.url}/openapi.json").json()
     schema = doc["paths"]["/both/{kind}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -359,5 +382,7 @@ def test_what_a_handler_returns_becomes_the_answer_or_a_reported_500(app, rc):
         resp = httpx.get(f"{app.url}/answer/{kind}")
         assert resp.status_code == 500 and resp.json()["error"] == "handler failed"
         trace = resp.json()["trace_id"]
-        [err] = wait_for(lambda: [e for e in events(rc, KEYS, "step.error") if e.trace_id == trace], what=f"the {kind} step.error")
+        [err] = wait_for(
+            lambda: [e for e in events(rc, KEYS, "step.error") if e.trace_id == trace], what=f"the {kind} step.error"
+        )
         assert err.step == "Answer" and words in err.error

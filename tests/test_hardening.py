@@ -22,9 +22,31 @@ from iii_console.format import json_line, line
 # -- redaction ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["pwd", "private_key", "privateKey", "jwt", "session", "sessionid", "sessionId", "auth",
-                                 "bearer", "signature", "otp", "pin", "ssh_key", "X-API-Key", "Set-Cookie", "tokens",
-                                 "oauth_token", "client_secret", "password", "db_pass"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "pwd",
+        "private_key",
+        "privateKey",
+        "jwt",
+        "session",
+        "sessionid",
+        "sessionId",
+        "auth",
+        "bearer",
+        "signature",
+        "otp",
+        "pin",
+        "ssh_key",
+        "X-API-Key",
+        "Set-Cookie",
+        "tokens",
+        "oauth_token",
+        "client_secret",
+        "password",
+        "db_pass",
+    ],
+)
 def test_secret_words_are_redacted_as_whole_words(key):
     """Given a name holding a secret word as a whole word (any case, camelCase or separators), when redacted, then its value is hidden."""
     assert redact({key: "s3cr3t", "user": "bob"}) == {key: REDACTED, "user": "bob"}
@@ -38,17 +60,30 @@ def test_words_that_merely_contain_a_secret_word_are_kept(key):
 
 def test_headers_as_pairs_and_name_value_objects_are_redacted():
     """Given headers as [name, value] pairs and as {"name", "value"} objects, when redacted, then secret headers' values are hidden."""
-    got = redact({"headers": [["Authorization", "Bearer abc"], ["Accept", "json"]],
-                  "har": [{"name": "Cookie", "value": "sid=1"}, {"name": "Accept", "value": "json"}]})
-    assert got == {"headers": [["Authorization", REDACTED], ["Accept", "json"]],
-                   "har": [{"name": "Cookie", "value": REDACTED}, {"name": "Accept", "value": "json"}]}
+    got = redact(
+        {
+            "headers": [["Authorization", "Bearer abc"], ["Accept", "json"]],
+            "har": [{"name": "Cookie", "value": "sid=1"}, {"name": "Accept", "value": "json"}],
+        }
+    )
+    assert got == {
+        "headers": [["Authorization", REDACTED], ["Accept", "json"]],
+        "har": [{"name": "Cookie", "value": REDACTED}, {"name": "Accept", "value": "json"}],
+    }
 
 
 def test_credentials_inside_strings_are_scrubbed():
     """Given URLs with passwords, secret query parameters and bearer tokens inside strings, when redacted, then only the secrets go."""
-    got = redact({"dsn": "redis://:pw1@host:6379/0", "db": "postgres://ada:p@ss2@db.example/app?sslmode=require",
-                  "url": "https://api.example/x?api_key=k3y&page=2", "msg": "retry with password=hunter2 now",
-                  "trace": "Authorization: Bearer eyJhbGciOi.abc", "plain": "a = b, user@example.com"})
+    got = redact(
+        {
+            "dsn": "redis://:pw1@host:6379/0",
+            "db": "postgres://ada:p@ss2@db.example/app?sslmode=require",
+            "url": "https://api.example/x?api_key=k3y&page=2",
+            "msg": "retry with password=hunter2 now",
+            "trace": "Authorization: Bearer eyJhbGciOi.abc",
+            "plain": "a = b, user@example.com",
+        }
+    )
     text = json.dumps(got)
     for secret in ("pw1", "p@ss2", "ss2", "k3y", "hunter2", "eyJhbGciOi"):
         assert secret not in text
@@ -89,8 +124,7 @@ def test_printable_escapes_every_control_character():
 
 def test_tail_lines_of_hostile_events_are_one_line_without_escapes():
     """Given a state.changed event whose group and key hold a newline and ESC sequences, when tail renders it, then it is one line with no ESC."""
-    ev = Event(type="state.changed", step=HOSTILE, trace_id="t" * 32,
-               data={"group": HOSTILE, "key": "k\x1b[31mRED", "op": "set"})
+    ev = Event(type="state.changed", step=HOSTILE, trace_id="t" * 32, data={"group": HOSTILE, "key": "k\x1b[31mRED", "op": "set"})
     out = line(ev)
     assert "\n" not in out and "\x1b" not in out and "\x07" not in out
     assert "\\x1b[31mRED" in out
@@ -107,9 +141,23 @@ def test_console_renderings_of_hostile_text_hold_no_control_characters():
     assert "\x1b" not in event_line(ev).plain and "\n" not in event_line(ev).plain
     assert "\x1b" not in t(HOSTILE).plain and "\x1b" not in lines([HOSTILE]).plain
     assert "\x1b" not in pretty_json({"v": HOSTILE, "\x9b": 1}) and "\x9b" not in pretty_json({"\x9b": 1})
-    entry = DeadLetter(id="e1", dlq="dead-letters", topic="t", step="s", queue="q", message_id="m", trace_id="tr",
-                       error=HOSTILE, traceback=f"Traceback:\n  {HOSTILE}", attempts=1, first_failure_ms=1,
-                       last_failure_ms=2, data={"x": HOSTILE}, raw=None, priority="normal")
+    entry = DeadLetter(
+        id="e1",
+        dlq="dead-letters",
+        topic="t",
+        step="s",
+        queue="q",
+        message_id="m",
+        trace_id="tr",
+        error=HOSTILE,
+        traceback=f"Traceback:\n  {HOSTILE}",
+        attempts=1,
+        first_failure_ms=1,
+        last_failure_ms=2,
+        data={"x": HOSTILE},
+        raw=None,
+        priority="normal",
+    )
     shown = dead_letter_text(entry).plain
     assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
 
@@ -117,22 +165,28 @@ def test_console_renderings_of_hostile_text_hold_no_control_characters():
 # -- Redis URLs -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "secret"), [
-    ("redis://127.0.0.1:6380/0?password=s3cr3t", "s3cr3t"),
-    ("redis://user:x@LEAK9@127.0.0.1:6380/0", "LEAK9"),
-    ("redis://:pw@127.0.0.1:6380/0", "pw@"),
-    ("rediss://user:hunter2@h:6380/0?ssl_cert_reqs=none", "hunter2"),
-])
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("redis://127.0.0.1:6380/0?password=s3cr3t", "s3cr3t"),
+        ("redis://user:x@LEAK9@127.0.0.1:6380/0", "LEAK9"),
+        ("redis://:pw@127.0.0.1:6380/0", "pw@"),
+        ("rediss://user:hunter2@h:6380/0?ssl_cert_reqs=none", "hunter2"),
+    ],
+)
 def test_redacted_urls_hold_no_password(url, secret):
     """Given a Redis URL with a password in its query or an unescaped @ in it, when redacted, then no part of the password is left."""
     assert secret not in redact_url(url) and "***" in redact_url(url)
 
 
-@pytest.mark.parametrize(("url", "needle"), [
-    ("redis://127.0.0.1:6379/0?foo=bar", "unknown option 'foo'"),
-    ("redis://127.0.0.1:6379/0?ssl_cert_reqs=none", "TLS options need a rediss:// URL"),
-    ("redis://127.0.0.1:6379/0?socket_timeout=abc", "not a valid Redis URL"),
-])
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("redis://127.0.0.1:6379/0?foo=bar", "unknown option 'foo'"),
+        ("redis://127.0.0.1:6379/0?ssl_cert_reqs=none", "TLS options need a rediss:// URL"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=abc", "not a valid Redis URL"),
+    ],
+)
 def test_bad_url_options_are_one_clear_problem(url, needle):
     """Given a Redis URL whose query the client cannot use, when checked, then it is a problem naming the option (not a TypeError later)."""
     assert needle in (redis_url_problem(url) or "")
@@ -146,10 +200,20 @@ def test_a_config_error_does_not_repeat_a_value_from_the_environment(tmp_path):
     assert "AKIA" not in str(exc.value) and "iii-config.yaml:2: redis.url" in str(exc.value)
 
 
-@pytest.mark.parametrize(("version", "warns"), [
-    ("6.2.14", "fixed in 6.2.20"), ("6.2.20", None), ("7.2.4", "fixed in 7.2.11"), ("7.4.6", None), ("8.2.2", None),
-    ("8.4.0", None), ("7.0.15", "did not get the 2025 security fixes"), ("5.0.7", "did not get"), ("weird", None),
-])
+@pytest.mark.parametrize(
+    ("version", "warns"),
+    [
+        ("6.2.14", "fixed in 6.2.20"),
+        ("6.2.20", None),
+        ("7.2.4", "fixed in 7.2.11"),
+        ("7.4.6", None),
+        ("8.2.2", None),
+        ("8.4.0", None),
+        ("7.0.15", "did not get the 2025 security fixes"),
+        ("5.0.7", "did not get"),
+        ("weird", None),
+    ],
+)
 def test_redis_versions_with_known_fixed_issues_are_warned_about(version, warns):
     """Given a Redis version, when judged, then releases older than their line's security fixes get one line naming the fix."""
     got = version_warning(version)
@@ -159,7 +223,7 @@ def test_redis_versions_with_known_fixed_issues_are_warned_about(version, warns)
 # -- JSON at the edge ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("body", ['{"n": 1e999999}', '{"n": NaN}', '{"n": -Infinity}', '[Infinity]'])
+@pytest.mark.parametrize("body", ['{"n": 1e999999}', '{"n": NaN}', '{"n": -Infinity}', "[Infinity]"])
 def test_non_finite_numbers_are_refused_at_the_edge(body):
     """Given a JSON body with a non-finite number, when parsed for a step without a schema, then it is a 400, not accepted."""
     from iii_console.adapters.server import Reject, parse_json_body
@@ -196,8 +260,7 @@ def test_yaml_alias_bombs_are_refused_quickly(tmp_path):
 
 def test_a_few_aliases_still_work(tmp_path):
     """Given a config that reuses one queue strategy through an alias, when loaded, then both topics get it."""
-    (tmp_path / "iii-config.yaml").write_text(
-        "queues:\n  a: &strategy {max_retries: 7}\n  b: *strategy\n")
+    (tmp_path / "iii-config.yaml").write_text("queues:\n  a: &strategy {max_retries: 7}\n  b: *strategy\n")
     cfg = load_config(tmp_path / "iii-config.yaml", env={})
     assert cfg.queue("a").max_retries == 7 and cfg.queue("b").max_retries == 7
 

@@ -112,10 +112,30 @@ class HostWorkers:
 
     def __init__(self, ns: str, project: Path, redis_url: str):
         env = dict(os.environ, III_TEST_REDIS=redis_url)
-        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "iii_console", "--no-ui", "--role", "worker",
-                                      "--processes", "1", "--threads", "4"],
-                                     cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                "-m",
+                "iii_console",
+                "--no-ui",
+                "--role",
+                "worker",
+                "--processes",
+                "1",
+                "--threads",
+                "4",
+            ],
+            cwd=project,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         banner = self.proc.stderr.readline()
         if "running" not in banner:
             self.kill()
@@ -133,7 +153,9 @@ class HostWorkers:
 
 def test_workers_on_two_network_hosts_share_the_load_and_losing_one_loses_nothing(tmp_path, hosts):
     here = [a for a, _there in hosts.addrs]
-    server = RedisServer(tmp_path / "redis", appendonly=False, extra=["--bind", "127.0.0.1", *here, "--protected-mode", "no"]).start()
+    server = RedisServer(
+        tmp_path / "redis", appendonly=False, extra=["--bind", "127.0.0.1", *here, "--protected-mode", "no"]
+    ).start()
     keys = Keys()
     r = redis.Redis.from_url(server.url)
     running: list[HostWorkers] = []
@@ -150,8 +172,9 @@ def test_workers_on_two_network_hosts_share_the_load_and_losing_one_loses_nothin
         sent = [f"k{i}" for i in range(600)]
         # ~200 messages/s against 2 hosts x 4 threads x 50 ms (160/s): a backlog builds,
         # so each host always holds messages, as it would when it is lost.
-        feeder = threading.Thread(target=lambda: [
-            (producer.enqueue("chaos", {"key": k, "work_ms": 50}, trace_id=k), time.sleep(0.005)) for k in sent])
+        feeder = threading.Thread(
+            target=lambda: [(producer.enqueue("chaos", {"key": k, "work_ms": 50}, trace_id=k), time.sleep(0.005)) for k in sent]
+        )
         feeder.start()
         share = lambda: {k.decode(): int(v) for k, v in r.hgetall("chaos:by_netns").items()}  # noqa: E731
         wait_for(lambda: len(share()) == 2 and min(share().values()) >= 20, timeout=30, what="both hosts working")
@@ -161,17 +184,27 @@ def test_workers_on_two_network_hosts_share_the_load_and_losing_one_loses_nothin
         held = worker_holds(r, keys, lost_host)
         running[0].kill()
         t_loss = time.monotonic()
-        wait_for(lambda: not worker_holds(r, keys, lost_host), timeout=HB_TIMEOUT + SWEEP + 10, interval=0.02,
-                 what="the lost host's messages back in the queue")
+        wait_for(
+            lambda: not worker_holds(r, keys, lost_host),
+            timeout=HB_TIMEOUT + SWEEP + 10,
+            interval=0.02,
+            what="the lost host's messages back in the queue",
+        )
         recovered_after = time.monotonic() - t_loss
         feeder.join()
-        wait_for(lambda: (rep := check(r, keys, set(sent))).effects >= len(sent) and rep.stuck == 0, timeout=60, interval=0.2,
-                 what="every message processed on the surviving host")
+        wait_for(
+            lambda: (rep := check(r, keys, set(sent))).effects >= len(sent) and rep.stuck == 0,
+            timeout=60,
+            interval=0.2,
+            what="every message processed on the surviving host",
+        )
         report = check(r, keys, set(sent))
         after = share()
         services.close()
-        print(f"\nhosts: executions by network namespace before the loss {before_loss}, at the end {after};"
-              f" host 1 lost holding {held} messages, recovered after {recovered_after:.2f}s\n{report.table()}")
+        print(
+            f"\nhosts: executions by network namespace before the loss {before_loss}, at the end {after};"
+            f" host 1 lost holding {held} messages, recovered after {recovered_after:.2f}s\n{report.table()}"
+        )
         assert set(after) == {hosts.inode(0), hosts.inode(1)}  # every execution ran on one of the two hosts
         assert os.readlink("/proc/self/ns/net") not in after
         assert report.lost == 0 and report.unexpected == 0 and report.duplicated_effects == 0 and report.stuck == 0

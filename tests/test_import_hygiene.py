@@ -10,8 +10,20 @@ import sys
 import iii_console.core
 
 FORBIDDEN = ("textual", "litestar", "dramatiq")
-CORE_MODULES = ("config", "steps", "discovery", "events", "emitter", "state", "dlq", "keys", "errors",
-                "context", "cronexpr", "redis_server")
+CORE_MODULES = (
+    "config",
+    "steps",
+    "discovery",
+    "events",
+    "emitter",
+    "state",
+    "dlq",
+    "keys",
+    "errors",
+    "context",
+    "cronexpr",
+    "redis_server",
+)
 
 
 def loaded_after(imports: list[str]) -> dict[str, list[str]]:

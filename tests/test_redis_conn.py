@@ -37,8 +37,14 @@ def test_no_url_starts_a_private_redis_under_dot_iii_and_stops_it_on_exit(tmp_pa
     shutil.copytree(ROOT / "steps", tmp_path / "steps")
     (tmp_path / "iii-config.yaml").write_text("redis:\n  url: ${REDIS_URL:}\nserver:\n  port: 0\n")
     env = env_without_redis()
-    proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", "--no-ui"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         banner = proc.stderr.readline()
         assert "running" in banner, banner + proc.stderr.read()
@@ -61,11 +67,29 @@ def test_no_url_starts_a_private_redis_under_dot_iii_and_stops_it_on_exit(tmp_pa
         assert c.config_get("unixsocket")["unixsocket"] == ""
         server_url = banner.split(" on ")[1].split(" ")[0]
         mid = httpx.post(f"{server_url}/messages", json={"text": "embedded"}).json()["id"]
-        wait_for(lambda: json.loads(c.hget(Keys().state_group("messages"), mid) or "{}").get("status") == "processed",
-                 what="processed on the embedded Redis")
+        wait_for(
+            lambda: json.loads(c.hget(Keys().state_group("messages"), mid) or "{}").get("status") == "processed",
+            what="processed on the embedded Redis",
+        )
         # Another command of the project finds the same Redis by itself.
-        out = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "message.sent", "--data",
-                              '{"id": "direct", "text": "hi"}', "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "iii_console",
+                "send",
+                "--topic",
+                "message.sent",
+                "--data",
+                '{"id": "direct", "text": "hi"}',
+                "--json",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         wait_for(lambda: c.hexists(Keys().state_group("messages"), "direct"), what="direct send on the embedded Redis")
     finally:
@@ -79,8 +103,11 @@ def test_no_url_starts_a_private_redis_under_dot_iii_and_stops_it_on_exit(tmp_pa
 
 @pytest.fixture
 def acl_redis(tmp_path):
-    server = RedisServer(tmp_path / "acl", appendonly=False,
-                         extra=["--user", "default", "off", "--user", "app", "on", ">s3cret pass", "~*", "&*", "+@all"]).start()
+    server = RedisServer(
+        tmp_path / "acl",
+        appendonly=False,
+        extra=["--user", "default", "off", "--user", "app", "on", ">s3cret pass", "~*", "&*", "+@all"],
+    ).start()
     yield server
     server.kill()
 
@@ -90,8 +117,13 @@ def test_acl_user_and_password_in_the_url_work(tmp_path, acl_redis):
     make_project(tmp_path / "proj", {"echo_step.py": ECHO}, "server:\n  port: 0\n")
     run = start_cli(tmp_path / "proj", "--no-ui", "--role", "worker", "--redis", url)
     try:
-        out = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "echo", "--data", '{"k": "a"}', "--redis", url],
-                             cwd=tmp_path / "proj", capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "iii_console", "send", "--topic", "echo", "--data", '{"k": "a"}', "--redis", url],
+            cwd=tmp_path / "proj",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         c = redis.Redis.from_url(url)
         wait_for(lambda: c.hget(Keys().state_group("echo"), "a"), what="processed through the ACL user")
@@ -101,17 +133,41 @@ def test_acl_user_and_password_in_the_url_work(tmp_path, acl_redis):
 
 def test_wrong_credentials_fail_closed_with_one_clear_line(tmp_path, acl_redis):
     make_project(tmp_path / "proj", {"echo_step.py": ECHO}, "")
-    res = subprocess.run([sys.executable, "-m", "iii_console", "--no-ui", "--redis", f"redis://app:wrong@127.0.0.1:{acl_redis.port}/0"],
-                         cwd=tmp_path / "proj", capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "iii_console", "--no-ui", "--redis", f"redis://app:wrong@127.0.0.1:{acl_redis.port}/0"],
+        cwd=tmp_path / "proj",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 3
     assert "refused the credentials" in res.stderr and "wrong" not in res.stderr and "Traceback" not in res.stderr
 
 
 def _openssl_cert(d: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(d / "key.pem"),
+            "-out",
+            str(d / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return d / "cert.pem"
 
 
@@ -130,17 +186,46 @@ def tls_redis(tmp_path):
     d = tmp_path / "tls"
     cert = _openssl_cert(d)
     port = free_port()
-    proc = subprocess.Popen([find_redis_server(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-                             "--tls-cert-file", str(cert), "--tls-key-file", str(d / "key.pem"), "--tls-ca-cert-file", str(cert),
-                             "--tls-auth-clients", "no", "--requirepass", "tls-secret", "--save", "", "--dir", str(d),
-                             "--logfile", str(d / "redis.log")],
-                            stdout=subprocess.DEVNULL, stderr=(d / "stderr.txt").open("wb"))
+    proc = subprocess.Popen(
+        [
+            find_redis_server(),
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(d / "key.pem"),
+            "--tls-ca-cert-file",
+            str(cert),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "tls-secret",
+            "--save",
+            "",
+            "--dir",
+            str(d),
+            "--logfile",
+            str(d / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(d / "stderr.txt").open("wb"),
+    )
     url = f"rediss://:tls-secret@127.0.0.1:{port}/0"
     try:
         wait_for(lambda: proc.poll() is not None or ping(f"{url}?ssl_ca_certs={cert}"), what="TLS redis up or refusing TLS")
         if proc.poll() is not None:
-            said = [line for f in ("stderr.txt", "redis.log") if (d / f).exists()
-                    for line in (d / f).read_text(errors="replace").splitlines() if line.strip()]
+            said = [
+                line
+                for f in ("stderr.txt", "redis.log")
+                if (d / f).exists()
+                for line in (d / f).read_text(errors="replace").splitlines()
+                if line.strip()
+            ]
             reason = said[-1].strip() if said else f"it exited {proc.returncode} without a message"
             pytest.skip(f"{find_redis_server()} was built without TLS support: {reason}")
         yield url, cert
@@ -158,18 +243,32 @@ def test_rediss_urls_work_with_a_ca_file_or_without_verification(tmp_path, tls_r
     try:
         mid = httpx.post(f"{run.url}/messages", json={"text": "over tls"}).json()["id"]
         c = redis.Redis.from_url(verified)
-        wait_for(lambda: json.loads(c.hget(Keys().state_group("messages"), mid) or "{}").get("status") == "processed",
-                 what="processed over TLS")
+        wait_for(
+            lambda: json.loads(c.hget(Keys().state_group("messages"), mid) or "{}").get("status") == "processed",
+            what="processed over TLS",
+        )
         # REDIS_URL works as well as --redis, and ssl_cert_reqs=none skips verification.
         env = {**env_without_redis(), "REDIS_URL": f"{url}?ssl_cert_reqs=none"}
-        out = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "echo", "--data", '{"k": "t"}'],
-                             cwd=tmp_path / "proj", env=env, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "iii_console", "send", "--topic", "echo", "--data", '{"k": "t"}'],
+            cwd=tmp_path / "proj",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         wait_for(lambda: c.hget(Keys().state_group("echo"), "t"), what="sent over unverified TLS")
         # Verification is on by default: a self-signed certificate without its CA is refused, in one line.
         env["REDIS_URL"] = url
-        out = subprocess.run([sys.executable, "-m", "iii_console", "state", "groups"], cwd=tmp_path / "proj", env=env,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "iii_console", "state", "groups"],
+            cwd=tmp_path / "proj",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 3 and "certificate verify failed" in out.stderr and len(out.stderr.splitlines()) == 1
         assert "tls-secret" not in out.stderr
     finally:
@@ -187,8 +286,14 @@ def test_password_url_from_redis_url_or_flag(tmp_path):
         shutil.copytree(ROOT / "steps", tmp_path / "proj" / "steps")
         make_project(tmp_path / "proj", {"echo_step.py": ECHO}, "server:\n  port: 0\n")
         env = {**env_without_redis(), "REDIS_URL": url}
-        proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui"], cwd=tmp_path / "proj", env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iii_console", "--no-ui"],
+            cwd=tmp_path / "proj",
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             banner = proc.stderr.readline()
             assert "running" in banner and password not in banner and ":***@" in banner, banner
@@ -196,15 +301,29 @@ def test_password_url_from_redis_url_or_flag(tmp_path):
             server_url = banner.split(" on ")[1].split(" ")[0]
             mid = httpx.post(f"{server_url}/messages", json={"text": "with a password"}).json()["id"]
             c = redis.Redis.from_url(url)
-            wait_for(lambda: json.loads(c.hget(Keys().state_group("messages"), mid) or "{}").get("status") == "processed",
-                     what="processed through a password URL")
-            out = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "echo", "--data", '{"k": "p"}', "--redis", url],
-                                 cwd=tmp_path / "proj", env=env_without_redis(), capture_output=True, text=True, timeout=60)
+            wait_for(
+                lambda: json.loads(c.hget(Keys().state_group("messages"), mid) or "{}").get("status") == "processed",
+                what="processed through a password URL",
+            )
+            out = subprocess.run(
+                [sys.executable, "-m", "iii_console", "send", "--topic", "echo", "--data", '{"k": "p"}', "--redis", url],
+                cwd=tmp_path / "proj",
+                env=env_without_redis(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert out.returncode == 0, out.stderr
             wait_for(lambda: c.hget(Keys().state_group("echo"), "p"), what="sent with --redis")
             # No password at all: one line that says so, exit 3.
-            out = subprocess.run([sys.executable, "-m", "iii_console", "state", "groups", "--redis", f"redis://127.0.0.1:{server.port}/0"],
-                                 cwd=tmp_path / "proj", env=env_without_redis(), capture_output=True, text=True, timeout=60)
+            out = subprocess.run(
+                [sys.executable, "-m", "iii_console", "state", "groups", "--redis", f"redis://127.0.0.1:{server.port}/0"],
+                cwd=tmp_path / "proj",
+                env=env_without_redis(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert out.returncode == 3 and len(out.stderr.splitlines()) == 1 and "needs a password" in out.stderr, out.stderr
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -223,8 +342,14 @@ def _embedded_project(root: Path) -> Path:
 
 def _start_embedded(project: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """``iii-console --no-ui`` on the project's embedded Redis; returns it and the Redis URL from its redis.json."""
-    proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui", *args], cwd=project, env=env_without_redis(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", "--no-ui", *args],
+        cwd=project,
+        env=env_without_redis(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     banner = proc.stderr.readline()
     if "running" not in banner:
         proc.kill()
@@ -282,9 +407,17 @@ def test_a_redis_whose_owner_died_is_adopted_and_stopped_by_the_next_run(tmp_pat
 
 def test_runtimes_started_together_share_one_redis_and_its_owner_stops_it(tmp_path):
     project = _embedded_project(tmp_path)
-    procs = [subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui", "--role", "worker"], cwd=project,
-                              env=env_without_redis(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "iii_console", "--no-ui", "--role", "worker"],
+            cwd=project,
+            env=env_without_redis(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     try:
         banners = [p.stderr.readline() for p in procs]
         for p in procs:
@@ -315,12 +448,16 @@ def test_a_redis_holding_the_data_dir_that_redis_json_does_not_name_is_refused(t
     held.start()
     try:
         (project / ".iii" / "redis.json").unlink()
-        res = subprocess.run([sys.executable, "-m", "iii_console", "--no-ui"], cwd=project, env=env_without_redis(),
-                             capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [sys.executable, "-m", "iii_console", "--no-ui"],
+            cwd=project,
+            env=env_without_redis(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert res.returncode != 0 and len(res.stderr.splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr
         assert "still uses" in res.stderr and str(project / ".iii" / "redis") in res.stderr
         assert ping(held.url)  # untouched
     finally:
         held.stop()
-
-

@@ -55,8 +55,14 @@ def _zombie_or_alive(pid: int) -> str | None:
 def test_embedded_redis_killed_under_load_comes_back_by_itself_and_loses_no_accepted_message(tmp_path):
     shutil.copytree(ROOT / "steps", tmp_path / "steps")
     make_project(tmp_path, {}, CONFIG)
-    proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui"], cwd=tmp_path, env=env_without_redis(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", "--no-ui"],
+        cwd=tmp_path,
+        env=env_without_redis(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _killed_under_load(proc, tmp_path)
     finally:  # whatever failed, leave no runtime (and its Redis) behind
@@ -128,8 +134,10 @@ def _killed_under_load(proc: subprocess.Popen, tmp_path: Path) -> None:
         # Headless, the outage is also a line on stderr at once (the events wait for Redis).
         assert any("embedded Redis" in line and "killed by SIGKILL" in line for line in stderr), stderr
         assert not any("Traceback" in line for line in stderr), "".join(stderr)
-        print(f"\nRedis answered again {back_s:.2f} s after SIGKILL (down {up[0].data['down_ms']} ms by the watchdog); "
-              f"{len(accepted)} accepted, all processed; answers {answers}")
+        print(
+            f"\nRedis answered again {back_s:.2f} s after SIGKILL (down {up[0].data['down_ms']} ms by the watchdog); "
+            f"{len(accepted)} accepted, all processed; answers {answers}"
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, "".join(stderr)
@@ -149,8 +157,13 @@ def test_a_restart_that_cannot_bind_its_port_is_reported_and_retried_with_backof
     url = emb.start()
     emitted: list[tuple[str, dict]] = []
     stopping = threading.Event()
-    dog = RedisWatchdog(emb, lambda type, **kw: emitted.append((type, kw)), stopping=stopping.is_set,
-                        backoff=RestartBackoff(base_s=0.2, max_s=0.4), poll_s=0.05)
+    dog = RedisWatchdog(
+        emb,
+        lambda type, **kw: emitted.append((type, kw)),
+        stopping=stopping.is_set,
+        backoff=RestartBackoff(base_s=0.2, max_s=0.4),
+        poll_s=0.05,
+    )
     port = emb.server.port
     squatter = socket.socket()
     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -286,7 +299,8 @@ def test_a_worker_waiting_for_redis_at_start_exits_once_its_supervisor_is_gone(t
 
     cfg = make_project(tmp_path, {"echo_step.py": ECHO}, "", redis_url=f"redis://127.0.0.1:{free_port()}/0")
     env = {**env_without_redis(), "III_CONFIG_JSON": cfg.model_dump_json(), "III_SUPERVISOR_PID": "1"}  # not its parent: gone
-    res = subprocess.run([sys.executable, "-m", "iii_console.runtime.worker"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "iii_console.runtime.worker"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 1, res.stderr
     assert "waiting for it" in res.stderr and "supervisor is gone" in res.stderr and "Traceback" not in res.stderr, res.stderr

@@ -35,15 +35,20 @@ def test_saving_a_step_reloads_it_and_a_broken_save_keeps_the_last_good_version(
 
         for i in range(20):  # in flight while the workers restart
             httpx.post(f"{run.url}/jobs", json={"k": f"m{i}"})
-        (tmp_path / "steps" / "job_step.py").write_text(textwrap.dedent(V1).replace("VERSION = 1", "VERSION = 2")
-                                                       .replace('http("POST", "/jobs")', 'http("POST", "/jobs"), http("POST", "/v2/jobs")'))
+        (tmp_path / "steps" / "job_step.py").write_text(
+            textwrap.dedent(V1)
+            .replace("VERSION = 1", "VERSION = 2")
+            .replace('http("POST", "/jobs")', 'http("POST", "/jobs"), http("POST", "/v2/jobs")')
+        )
         wait_for(lambda: [e for e in events(r, keys, "config.reloaded") if e.data.get("ok")], timeout=20, what="reload")
         assert httpx.post(f"{run.url}/v2/jobs", json={"k": "b"}).status_code == 202  # the new route is served
         wait_for(lambda: version("b") == 2, timeout=20, what="new code handles b")
         wait_for(lambda: all(version(f"m{i}") in (1, 2) for i in range(20)), timeout=20, what="no message lost across the reload")
 
         (tmp_path / "steps" / "job_step.py").write_text("from iii_console import Step\nconfig = Step(name='Job', triggers=[])\n")
-        failed = wait_for(lambda: [e for e in events(r, keys, "config.reloaded") if e.data.get("ok") is False], timeout=20, what="failed reload")
+        failed = wait_for(
+            lambda: [e for e in events(r, keys, "config.reloaded") if e.data.get("ok") is False], timeout=20, what="failed reload"
+        )
         assert "job_step.py" in failed[0].data["errors"][0] and "triggers" in failed[0].data["errors"][0]
         errors = events(r, keys, "step.error")
         assert errors and "job_step.py" in errors[-1].data["file"]
@@ -73,7 +78,9 @@ async def test_a_reload_retires_the_replaced_apps_depth_gate_and_clients(tmp_pat
     await sup.start()
 
     def refreshers() -> list[asyncio.Task]:
-        return [t for t in asyncio.all_tasks() if not t.done() and getattr(t.get_coro(), "__qualname__", "") == "DepthGate._refresh"]
+        return [
+            t for t in asyncio.all_tasks() if not t.done() and getattr(t.get_coro(), "__qualname__", "") == "DepthGate._refresh"
+        ]
 
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sup.port}") as client:

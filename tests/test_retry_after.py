@@ -31,8 +31,10 @@ def runs(r, keys, k):
 
 
 def test_retry_after_ms_runs_the_message_again_no_sooner_and_spends_an_attempt(project, runtime, producer, r, keys):
-    cfg, steps = project({"smtp_step.py": SMTP.format(raise_="raise Retry(after_ms=600, reason='421 try later')")},
-                         "queues:\n  mail:\n    max_retries: 5\n    retry_delay: 10\n")
+    cfg, steps = project(
+        {"smtp_step.py": SMTP.format(raise_="raise Retry(after_ms=600, reason='421 try later')")},
+        "queues:\n  mail:\n    max_retries: 5\n    retry_delay: 10\n",
+    )
     runtime(cfg, steps)
     [mid] = producer(cfg, steps).enqueue("mail", {"k": "a", "defer": 2}, trace_id="t")
     wait_for(lambda: len(runs(r, keys, "a")) == 3, what="three runs")
@@ -47,8 +49,9 @@ def test_retry_after_ms_runs_the_message_again_no_sooner_and_spends_an_attempt(p
 
 
 def test_a_retry_that_does_not_count_keeps_its_attempt_past_max_retries(project, runtime, producer, r, keys):
-    cfg, steps = project({"smtp_step.py": SMTP.format(raise_="raise Retry(after_ms=50, counts=False)")},
-                         "queues:\n  mail:\n    max_retries: 1\n")
+    cfg, steps = project(
+        {"smtp_step.py": SMTP.format(raise_="raise Retry(after_ms=50, counts=False)")}, "queues:\n  mail:\n    max_retries: 1\n"
+    )
     runtime(cfg, steps)
     [mid] = producer(cfg, steps).enqueue("mail", {"k": "b", "defer": 4}, trace_id="t")
     wait_for(lambda: len(runs(r, keys, "b")) == 5 and events(r, keys, "message.processed"), what="five runs, then processed")
@@ -59,8 +62,10 @@ def test_a_retry_that_does_not_count_keeps_its_attempt_past_max_retries(project,
 
 
 def test_counted_retries_past_max_retries_dead_letter_the_message(project, runtime, producer, r, keys):
-    cfg, steps = project({"smtp_step.py": SMTP.format(raise_="raise Retry(after_ms=20)")},
-                         "queues:\n  mail:\n    max_retries: 1\n    dead_letter_queue: mail.dlq\n")
+    cfg, steps = project(
+        {"smtp_step.py": SMTP.format(raise_="raise Retry(after_ms=20)")},
+        "queues:\n  mail:\n    max_retries: 1\n    dead_letter_queue: mail.dlq\n",
+    )
     runtime(cfg, steps)
     [mid] = producer(cfg, steps).enqueue("mail", {"k": "c", "defer": 9}, trace_id="t")
     store = DeadLetterStore(r, keys)
@@ -71,8 +76,13 @@ def test_counted_retries_past_max_retries_dead_letter_the_message(project, runti
 
 
 def test_retry_at_a_date_from_a_retry_after_header_waits_until_then(project, runtime, producer, r, keys):
-    cfg, steps = project({"smtp_step.py": SMTP.format(
-        raise_="import email.utils; raise Retry.after_header(email.utils.formatdate(time.time() + 2, usegmt=True))")})
+    cfg, steps = project(
+        {
+            "smtp_step.py": SMTP.format(
+                raise_="import email.utils; raise Retry.after_header(email.utils.formatdate(time.time() + 2, usegmt=True))"
+            )
+        }
+    )
     runtime(cfg, steps)
     producer(cfg, steps).enqueue("mail", {"k": "d", "defer": 1}, trace_id="t")
     wait_for(lambda: len(runs(r, keys, "d")) == 2, what="second run")
@@ -89,8 +99,14 @@ def test_retry_values_are_checked_and_parsed():
     assert 28_000 <= Retry(at=soon).delay_ms() <= 30_000
     assert Retry(at=datetime.now(UTC) - timedelta(hours=1)).delay_ms() == 0  # past: now
     assert Retry(at=1_000_000, counts=False).delay_ms(now_ms=400_000) == 600_000
-    for bad in (lambda: Retry(), lambda: Retry(after_ms=1, at=2), lambda: Retry(after_ms=-1),
-                lambda: Retry(at=datetime(2030, 1, 1)), lambda: Retry.after_header("soon"),
-                lambda: Retry.after_header("-5"), lambda: Retry(after_ms=8 * 86_400_000)):
+    for bad in (
+        lambda: Retry(),
+        lambda: Retry(after_ms=1, at=2),
+        lambda: Retry(after_ms=-1),
+        lambda: Retry(at=datetime(2030, 1, 1)),
+        lambda: Retry.after_header("soon"),
+        lambda: Retry.after_header("-5"),
+        lambda: Retry(after_ms=8 * 86_400_000),
+    ):
         with pytest.raises((TypeError, ValueError)):
             bad()

@@ -33,7 +33,9 @@ def handler(data, ctx):
 def test_two_processes_share_the_load_and_concurrency_holds_per_process(tmp_path, redis_url, r, keys, producer):
     from iii_console.core.discovery import discover
 
-    cfg = make_project(tmp_path, {"gauge_step.py": GAUGE}, "server:\n  port: 0\nqueues:\n  load:\n    concurrency: 3\n", redis_url=redis_url)
+    cfg = make_project(
+        tmp_path, {"gauge_step.py": GAUGE}, "server:\n  port: 0\nqueues:\n  load:\n    concurrency: 3\n", redis_url=redis_url
+    )
     run = start_cli(tmp_path, "--no-ui", "--role", "worker", "--processes", "2", "--threads", "8")
     try:
         wait_for(lambda: r.hlen(keys.workers) == 2, what="two workers")

@@ -32,8 +32,9 @@ def seed(tmp_path, redis_url):
 
 def test_refuses_to_listen_beyond_loopback_without_a_token(seed):
     proj = seed("  host: 0.0.0.0\n")
-    res = subprocess.run([sys.executable, "-m", "iii_console", "--no-ui", "--role", "server"], cwd=proj,
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "iii_console", "--no-ui", "--role", "server"], cwd=proj, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 2 and "refusing to listen on 0.0.0.0 without server.auth_token" in res.stderr
 
 
@@ -74,7 +75,11 @@ def test_flooded_topic_answers_429_and_every_accepted_message_is_kept(seed, r, k
                 codes.append(client.post(f"{run.url}/messages", json={"text": f"m{i}"}).status_code)
         assert set(codes) <= {202, 429} and codes.count(429) > 0
         accepted = codes.count(202)
-        queued = sum(r.llen(k) for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:message.sent--*") if r.type(k) == b"list" and not k.endswith(b".wake"))
+        queued = sum(
+            r.llen(k)
+            for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:message.sent--*")
+            if r.type(k) == b"list" and not k.endswith(b".wake")
+        )
         assert queued == accepted and accepted < 200
         assert r.hlen(keys.state_group("messages")) == accepted  # rejected requests wrote nothing
         limited = httpx.post(f"{run.url}/messages", json={"text": "more"})
@@ -180,7 +185,12 @@ def test_cross_site_requests_are_refused_without_a_token(ping_project, r, keys):
         assert "cross-site" in refused[0].json()["error"]
         assert r.hlen(keys.state_group("pings")) == 0
         port = run.url.rsplit(":", 1)[1]
-        assert httpx.get(f"{run.url}/ping", headers={"Origin": f"http://localhost:{port}", "Sec-Fetch-Site": "same-origin"}).status_code == 200
+        assert (
+            httpx.get(
+                f"{run.url}/ping", headers={"Origin": f"http://localhost:{port}", "Sec-Fetch-Site": "same-origin"}
+            ).status_code
+            == 200
+        )
         assert httpx.get(f"{run.url}/ping").status_code == 200  # curl and scripts send neither header
     finally:
         run.stop()
@@ -191,23 +201,39 @@ def test_with_a_token_cross_site_is_left_to_the_token_and_the_scheme_is_case_ins
     run = start_cli(ping_project("  auth_token: s3cret-token\n"), "--no-ui", "--role", "server")
     try:
         for scheme in ("Bearer", "bearer", "BEARER"):
-            got = httpx.get(f"{run.url}/ping", headers={"Authorization": f"{scheme} s3cret-token", "Sec-Fetch-Site": "cross-site"})
+            got = httpx.get(
+                f"{run.url}/ping", headers={"Authorization": f"{scheme} s3cret-token", "Sec-Fetch-Site": "cross-site"}
+            )
             assert got.status_code == 200, scheme
         assert httpx.get(f"{run.url}/ping", headers={"Authorization": "Bearer s3cret-tokenX"}).status_code == 401
         assert httpx.get(f"{run.url}/ping", headers={"Authorization": "Bearers3cret-token"}).status_code == 401
         host = run.url.removeprefix("http://")
         # What held up: path variants, query tokens, prefixes, Basic auth, OPTIONS and HEAD, absolute-form URIs.
         probes = [
-            b"GET /ping/ HTTP/1.1", b"GET //ping HTTP/1.1", b"GET /%70ing HTTP/1.1", b"GET /ping;x HTTP/1.1",
-            b"GET /PING HTTP/1.1", b"GET /health/../ping HTTP/1.1", b"GET /ping?token=s3cret-token HTTP/1.1",
-            b"GET /ping?access_token=s3cret-token HTTP/1.1", b"OPTIONS /ping HTTP/1.1", b"HEAD /ping HTTP/1.1",
+            b"GET /ping/ HTTP/1.1",
+            b"GET //ping HTTP/1.1",
+            b"GET /%70ing HTTP/1.1",
+            b"GET /ping;x HTTP/1.1",
+            b"GET /PING HTTP/1.1",
+            b"GET /health/../ping HTTP/1.1",
+            b"GET /ping?token=s3cret-token HTTP/1.1",
+            b"GET /ping?access_token=s3cret-token HTTP/1.1",
+            b"OPTIONS /ping HTTP/1.1",
+            b"HEAD /ping HTTP/1.1",
             b"GET http://" + host.encode() + b"/ping HTTP/1.1",
         ]
         for first in probes:
             status, _ = _raw(run.url, first + b"\r\nHost: " + host.encode() + b"\r\nConnection: close\r\n\r\n")
             assert status == 401, first
         for auth in (b"Basic czNjcmV0LXRva2VuOg==", b"Bearer s3cret", b"s3cret-token", b"Bearer  "):
-            status, _ = _raw(run.url, b"GET /ping HTTP/1.1\r\nHost: " + host.encode() + b"\r\nAuthorization: " + auth + b"\r\nConnection: close\r\n\r\n")
+            status, _ = _raw(
+                run.url,
+                b"GET /ping HTTP/1.1\r\nHost: "
+                + host.encode()
+                + b"\r\nAuthorization: "
+                + auth
+                + b"\r\nConnection: close\r\n\r\n",
+            )
             assert status == 401, auth
     finally:
         run.stop()
@@ -217,8 +243,20 @@ def test_bad_host_headers_answer_400_and_head_is_a_bodiless_get(ping_project, r,
     """Given the server, when Host has an impossible port or a foreign name, then 400 and nothing runs; HEAD on a GET step is GET without a body."""
     run = start_cli(ping_project(), "--no-ui", "--role", "server")
     try:
-        hosts = [b"127.0.0.1:99999", b"127.0.0.1:abc", b"localhost:0", b"[::1]:x", b"evil.example", b"127.0.0.1.evil.example",
-                 b"localhost.", b"127.1", b"2130706433", b"0.0.0.0", b"[::ffff:127.0.0.1]", b""]
+        hosts = [
+            b"127.0.0.1:99999",
+            b"127.0.0.1:abc",
+            b"localhost:0",
+            b"[::1]:x",
+            b"evil.example",
+            b"127.0.0.1.evil.example",
+            b"localhost.",
+            b"127.1",
+            b"2130706433",
+            b"0.0.0.0",
+            b"[::ffff:127.0.0.1]",
+            b"",
+        ]
         for host in hosts:
             status, answer = _raw(run.url, b"GET /ping HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
             assert status == 400, (host, answer)
@@ -267,8 +305,10 @@ def test_slow_clients_are_dropped_and_health_stays_up(ping_project):
         silent = socket.create_connection((host, int(port)))
         trickle = socket.create_connection((host, int(port)))
         half = socket.create_connection((host, int(port)))
-        half.sendall(b"POST /echo HTTP/1.1\r\nHost: " + f"{host}:{port}".encode() + b"\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100\r\n\r\n{\"a\":")
+        half.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: " + f"{host}:{port}".encode() + b"\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"a":'
+        )
         request = b"GET /ping HTTP/1.1\r\nHost: " + f"{host}:{port}".encode() + b"\r\nX-Slow: " + b"a" * 200
         t0 = time.monotonic()
         closed: dict[str, float] = {}
@@ -278,7 +318,7 @@ def test_slow_clients_are_dropped_and_health_stays_up(ping_project):
         while len(closed) < 3 and time.monotonic() - t0 < 15:
             if "trickle" not in closed and i < len(request):
                 try:
-                    trickle.send(request[i:i + 1])
+                    trickle.send(request[i : i + 1])
                     i += 1
                 except OSError:
                     closed["trickle"] = time.monotonic() - t0
@@ -307,13 +347,25 @@ def test_send_carries_the_configured_token(ping_project, tmp_path):
     shutil.copytree(ROOT / "steps", tmp_path / "steps", dirs_exist_ok=True)
     proj = ping_project("  auth_token: ${III_AUTH_TOKEN:}\n")
     env = {**__import__("os").environ, "III_AUTH_TOKEN": "tok-123"}
-    run = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui", "--role", "server"], cwd=proj, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", "--no-ui", "--role", "server"],
+        cwd=proj,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         banner = run.stderr.readline()
         url = banner.split(" on ", 1)[1].split(" ", 1)[0]
-        res = subprocess.run([sys.executable, "-m", "iii_console", "send", "hello", "--url", url, "--json"], cwd=proj, env=env,
-                             capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [sys.executable, "-m", "iii_console", "send", "hello", "--url", url, "--json"],
+            cwd=proj,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert res.returncode == 0, res.stderr
         assert json.loads(res.stdout.splitlines()[0])["status"] == "queued"
     finally:
@@ -347,6 +399,7 @@ def test_banner_and_health_say_which_redis_runs_and_health_names_no_host_when_it
 
 
 # -- the embedded Redis ----------------------------------------------------------
+
 
 def _flood_unauthenticated(port: int, megabytes: int = 24) -> tuple[bool, int]:
     """Send PINGs without the password and without reading replies: (was the connection dropped, MB sent)."""
@@ -430,6 +483,7 @@ def test_console_logs_are_private_with_an_external_redis(project, redis_url, tmp
     log_dir = cfg.data_dir / "logs"
     old = os.umask(0o022)
     try:
+
         async def run() -> None:
             sup = Supervisor(cfg, roles=("worker",), processes=1, on_event=None, log_dir=log_dir)
             await sup.start()
@@ -465,9 +519,25 @@ def test_operator_commands_print_no_control_characters_or_markup_from_stored_tex
     producer(cfg, steps).enqueue("hostile", {"group": HOSTILE_TEXT, "key": "k\x1b[31mRED"}, trace_id="t")
     wait_for(lambda: events(r, keys, "message.dead_lettered"), what="dead letter")
     [entry] = [json.loads(x) for x in cli(cfg, "dlq", "list", "--json").stdout.splitlines()]
-    tail = subprocess.Popen([sys.executable, "-m", "iii_console", "tail", "--history", "50", "--type", "state.changed",
-                             "--type", "message.failed", "--redis", cfg.redis.url], cwd=cfg.project_dir,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tail = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "iii_console",
+            "tail",
+            "--history",
+            "50",
+            "--type",
+            "state.changed",
+            "--type",
+            "message.failed",
+            "--redis",
+            cfg.redis.url,
+        ],
+        cwd=cfg.project_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     # It follows the stream until stopped: read until its two events are printed (or 30 s), then stop it
     # and take the rest, so a slow start on a busy machine is waited for, not read as silence.
     got = bytearray()
@@ -522,12 +592,22 @@ def test_passwords_in_redis_urls_never_reach_the_screen(tmp_path):
         run.stop()
         assert "LEAK9" not in run.banner and "s3cr3t" not in run.banner and "?password=***" in run.banner
         for url in (f"redis://127.0.0.1:{srv.port}/0?password=wrong-pw1", f"redis://user:wrong@pw2@127.0.0.1:{srv.port}/0"):
-            res = subprocess.run([sys.executable, "-m", "iii_console", "state", "groups", "--redis", url], cwd=proj,
-                                 capture_output=True, text=True, timeout=60)
+            res = subprocess.run(
+                [sys.executable, "-m", "iii_console", "state", "groups", "--redis", url],
+                cwd=proj,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr
             assert "pw1" not in res.stderr and "pw2" not in res.stderr and "wrong" not in res.stderr, res.stderr
-        res = subprocess.run([sys.executable, "-m", "iii_console", "state", "groups", "--redis", f"redis://127.0.0.1:{srv.port}/0?foo=bar"],
-                             cwd=proj, capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [sys.executable, "-m", "iii_console", "state", "groups", "--redis", f"redis://127.0.0.1:{srv.port}/0?foo=bar"],
+            cwd=proj,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert res.returncode == 2 and "unknown option 'foo'" in res.stderr and "Traceback" not in res.stderr, res.stderr
     finally:
         srv.stop()

@@ -70,8 +70,25 @@ def mine(r: redis.Redis, trace: str, type: str) -> list[Event]:
 
 
 def send_topic(app, data: dict, priority: str = "normal") -> str:
-    out = subprocess.run([sys.executable, "-m", "iii_console", "send", "--topic", "message.sent", "--data", json.dumps(data),
-                          "--priority", priority, "--json"], cwd=app.root, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iii_console",
+            "send",
+            "--topic",
+            "message.sent",
+            "--data",
+            json.dumps(data),
+            "--priority",
+            priority,
+            "--json",
+        ],
+        cwd=app.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])["trace_id"]
 
@@ -80,7 +97,9 @@ def test_a_message_is_queued_processed_and_notified_once_with_its_priority(app, 
     """Given POST /messages with priority high, then the answer is 202 with id and trace, the record goes
     queued -> processing -> processed with its timestamps, the work is the high-priority path, and exactly one
     notification names the recipient, all on the request's trace."""
-    resp = httpx.post(f"{app.url}/messages", json={"text": "hello there world", "priority": "high", "recipient": "ada@example.com"})
+    resp = httpx.post(
+        f"{app.url}/messages", json={"text": "hello there world", "priority": "high", "recipient": "ada@example.com"}
+    )
     assert resp.status_code == 202
     body = resp.json()
     mid, trace = body["id"], body["trace_id"]
@@ -107,9 +126,17 @@ def test_a_failing_message_is_recorded_as_retrying_then_failed_and_dead_lettered
     wait_for(lambda: mine(rc, trace, "message.dead_lettered"), what="the dead letter")
     values = lifecycle(rc, mid)
     assert [(v["status"], v["attempts"]) for v in values] == [
-        ("queued", 0), ("processing", 1), ("retrying", 1), ("processing", 2), ("retrying", 2), ("processing", 3), ("failed", 3)]
+        ("queued", 0),
+        ("processing", 1),
+        ("retrying", 1),
+        ("processing", 2),
+        ("retrying", 2),
+        ("processing", 3),
+        ("failed", 3),
+    ]
     assert [v.get("error") for v in values if v["status"] in ("retrying", "failed")] == [
-        f"RuntimeError: simulated failure on attempt {n}" for n in (1, 2, 3)]
+        f"RuntimeError: simulated failure on attempt {n}" for n in (1, 2, 3)
+    ]
     assert [("finished_ms" in v) for v in values] == [False] * 6 + [True]
     assert [e.attempt for e in mine(rc, trace, "message.failed")] == [1, 2, 3]
     [entry] = [e for e in DeadLetterStore(rc, KEYS).list("message.sent.dlq") if e.trace_id == trace]
@@ -222,8 +249,15 @@ def test_cleanup_removes_finished_messages_older_than_the_retention(tmp_path, re
         for k, v in messages.items():
             store.set("messages", k, v)
         StepRunner(services, subscriptions_for(found.steps)).call_sync(
-            step, CronTick(scheduled_ms=tick_ms, fired_ms=tick_ms), trace_id="t-cleanup", trigger={"type": "cron"})
-        assert sorted(store.list("messages")) == ["failed-recent", "processed-recent", "processing-old", "queued-old", "retrying-old"]
+            step, CronTick(scheduled_ms=tick_ms, fired_ms=tick_ms), trace_id="t-cleanup", trigger={"type": "cron"}
+        )
+        assert sorted(store.list("messages")) == [
+            "failed-recent",
+            "processed-recent",
+            "processing-old",
+            "queued-old",
+            "retrying-old",
+        ]
     finally:
         services.close()
         for k in client.scan_iter(match="cleanup-test:*"):

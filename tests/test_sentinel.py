@@ -35,14 +35,17 @@ def handler(data, ctx):
 """
 
 
-@pytest.mark.parametrize("url,problem", [
-    ("redis+sentinel://127.0.0.1:26379,10.0.0.2:26380/mymaster/2", None),
-    ("redis+sentinel://:secret@h1:26379/mymaster?sentinel_password=s2", None),
-    ("redis+sentinel://h1:26379", "no service name"),
-    ("redis+sentinel://h1:port/mymaster", "bad sentinel port"),
-    ("redis+sentinel://h1:26379/mymaster/zero", "DB a number"),
-    ("redis+sentinel://h1:26379/mymaster?timeout=1", "unknown option 'timeout'"),
-])
+@pytest.mark.parametrize(
+    "url,problem",
+    [
+        ("redis+sentinel://127.0.0.1:26379,10.0.0.2:26380/mymaster/2", None),
+        ("redis+sentinel://:secret@h1:26379/mymaster?sentinel_password=s2", None),
+        ("redis+sentinel://h1:26379", "no service name"),
+        ("redis+sentinel://h1:port/mymaster", "bad sentinel port"),
+        ("redis+sentinel://h1:26379/mymaster/zero", "DB a number"),
+        ("redis+sentinel://h1:26379/mymaster?timeout=1", "unknown option 'timeout'"),
+    ],
+)
 def test_sentinel_urls_are_checked_like_redis_urls(url, problem):
     got = redis_url_problem(url)
     assert (got is None) if problem is None else (problem in (got or "")), got
@@ -60,9 +63,25 @@ def test_the_app_carries_on_on_the_promoted_replica_after_its_primary_is_killed(
     proc = None
     try:
         make_project(tmp_path / "app", {"post_step.py": POST, "rec_step.py": RECORD})
-        proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui", "--port", "0", "--redis", s.url,
-                                 "--config", str(tmp_path / "app" / "iii-config.yaml")], cwd=tmp_path / "app",
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "iii_console",
+                "--no-ui",
+                "--port",
+                "0",
+                "--redis",
+                s.url,
+                "--config",
+                str(tmp_path / "app" / "iii-config.yaml"),
+            ],
+            cwd=tmp_path / "app",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         banner = proc.stderr.readline()  # type: ignore[union-attr]
         assert "running" in banner, banner
         url = banner.split(" on ", 1)[1].split(" with", 1)[0]
@@ -110,17 +129,20 @@ def test_the_app_carries_on_on_the_promoted_replica_after_its_primary_is_killed(
                     views.append(s.sentinel(port).sentinel_get_master_addr_by_name("iiimaster"))
                 except Exception as exc:
                     views.append(repr(exc))
-            raise AssertionError(f"no 202 after the failover; answers {sorted(set(codes))}, sentinels say {views}, "
-                                 f"replica at {s.replica_port}; server stderr: {proc.stderr.read(4000) if proc.poll() is not None else ''}"
-                                 ) from None
+            raise AssertionError(
+                f"no 202 after the failover; answers {sorted(set(codes))}, sentinels say {views}, "
+                f"replica at {s.replica_port}; server stderr: {proc.stderr.read(4000) if proc.poll() is not None else ''}"
+            ) from None
         reconnect = time.monotonic() - t0
         assert set(codes) <= {202, 503}, codes  # never a 500 while the primary is away
         wait_for(lambda: runs().get("after") == 1, timeout=30, what="the message posted after the failover")
         done = time.monotonic() - t0
         health = http.get("/health").json()
         assert health["redis"]["primary"] == f"127.0.0.1:{s.replica_port}" == f"127.0.0.1:{s.primary()}"
-        print(f"\nfailover: HTTP accepted again {reconnect:.2f} s after the kill (sentinel down-after 1 s), "
-              f"processed by the worker at {done:.2f} s; answers meanwhile: {sorted(set(codes))}")
+        print(
+            f"\nfailover: HTTP accepted again {reconnect:.2f} s after the kill (sentinel down-after 1 s), "
+            f"processed by the worker at {done:.2f} s; answers meanwhile: {sorted(set(codes))}"
+        )
         if reconnect > 5:
             print("\n".join(timeline))
         http.close()

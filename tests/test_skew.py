@@ -20,9 +20,16 @@ SHIM = str(Path(__file__).parent / "clockshim")
 
 
 def spawn(cfg, args: list[str], offset_s: float) -> subprocess.Popen:
-    env = dict(os.environ, III_TEST_CLOCK_OFFSET_S=str(offset_s), PYTHONPATH=os.pathsep.join([SHIM, os.environ.get("PYTHONPATH", "")]))
-    return subprocess.Popen([sys.executable, "-m", "iii_console", *args, "--redis", cfg.redis.url], cwd=cfg.project_dir, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(
+        os.environ, III_TEST_CLOCK_OFFSET_S=str(offset_s), PYTHONPATH=os.pathsep.join([SHIM, os.environ.get("PYTHONPATH", "")])
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "iii_console", *args, "--redis", cfg.redis.url],
+        cwd=cfg.project_dir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_the_shim_really_skews_a_child_clock():
@@ -32,8 +39,9 @@ def test_the_shim_really_skews_a_child_clock():
 
 
 def test_skewed_worker_clocks_do_not_make_healthy_workers_look_dead(project, producer, r, keys):
-    cfg, steps = project({"effect_step.py": EFFECT_STEP},
-                         "workers:\n  heartbeat_interval: 0.2\n  heartbeat_timeout: 1.0\n  sweep_interval: 0.2\n")
+    cfg, steps = project(
+        {"effect_step.py": EFFECT_STEP}, "workers:\n  heartbeat_interval: 0.2\n  heartbeat_timeout: 1.0\n  sweep_interval: 0.2\n"
+    )
     procs = [spawn(cfg, ["--no-ui", "--role", "worker"], -8.0), spawn(cfg, ["--no-ui", "--role", "worker"], +8.0)]
     try:
         wait_for(lambda: r.hlen(keys.workers) == 2, timeout=20, what="two skewed workers up")
@@ -69,8 +77,11 @@ def test_three_skewed_schedulers_with_a_kill_enqueue_each_tick_exactly_once(tmp_
         scheds[2].kill()  # the one whose clock runs ahead, so it was winning the ticks
         scheds[2].wait()
         first_after_kill = time.time() * 1000
-        wait_for(lambda: [e for e in events(r, keys, "cron.fired") if e.data["scheduled_ms"] > first_after_kill + 2000], timeout=30,
-                 what="ticks keep firing after the kill")
+        wait_for(
+            lambda: [e for e in events(r, keys, "cron.fired") if e.data["scheduled_ms"] > first_after_kill + 2000],
+            timeout=30,
+            what="ticks keep firing after the kill",
+        )
     finally:
         for pr in scheds[:2]:
             pr.send_signal(signal.SIGTERM)
@@ -79,7 +90,11 @@ def test_three_skewed_schedulers_with_a_kill_enqueue_each_tick_exactly_once(tmp_
     assert len(fired) == len(set(fired)), "a tick was enqueued twice"
     # No tick skipped between the first and the last (one per second).
     assert fired == list(range(fired[0], fired[-1] + 1, 1000))
-    wait_for(lambda: len(json.loads(r.hget(keys.state_group("ticks"), "Ticker") or "{}")) == len(fired), timeout=20, what="every tick ran")
+    wait_for(
+        lambda: len(json.loads(r.hget(keys.state_group("ticks"), "Ticker") or "{}")) == len(fired),
+        timeout=20,
+        what="every tick ran",
+    )
     runs = json.loads(r.hget(keys.state_group("ticks"), "Ticker"))
     assert set(runs.values()) == {1}
     worker.send_signal(signal.SIGTERM)

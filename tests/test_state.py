@@ -50,23 +50,29 @@ def test_each_change_is_one_event_and_one_change_record(state_store, r, keys):
 
 def test_update_ops_on_paths():
     v = {"status": "queued", "meta": {"a": 1}, "attempts": 0, "error": "x"}
-    out = apply_ops(v, [
-        {"type": "set", "path": "status", "value": "processing"},
-        {"type": "merge", "path": "meta", "value": {"b": 2}},
-        {"type": "increment", "path": "attempts", "by": 1},
-        {"type": "remove", "path": "error"},
-        {"type": "set", "path": "deep.er.x", "value": True},
-    ])
+    out = apply_ops(
+        v,
+        [
+            {"type": "set", "path": "status", "value": "processing"},
+            {"type": "merge", "path": "meta", "value": {"b": 2}},
+            {"type": "increment", "path": "attempts", "by": 1},
+            {"type": "remove", "path": "error"},
+            {"type": "set", "path": "deep.er.x", "value": True},
+        ],
+    )
     assert out == {"status": "processing", "meta": {"a": 1, "b": 2}, "attempts": 1, "deep": {"er": {"x": True}}}
     assert v["status"] == "queued"  # input untouched
 
 
-@pytest.mark.parametrize("ops,msg", [
-    ([{"type": "increment", "path": "status"}], "not numeric"),
-    ([{"type": "explode"}], "unknown update op"),
-    ([{"type": "merge", "path": "status", "value": {}}], "must be objects"),
-    ([{"type": "set", "path": "status.x", "value": 1}], "not an object"),
-])
+@pytest.mark.parametrize(
+    "ops,msg",
+    [
+        ([{"type": "increment", "path": "status"}], "not numeric"),
+        ([{"type": "explode"}], "unknown update op"),
+        ([{"type": "merge", "path": "status", "value": {}}], "must be objects"),
+        ([{"type": "set", "path": "status.x", "value": 1}], "not an object"),
+    ],
+)
 def test_bad_ops_raise_state_error(ops, msg):
     with pytest.raises(StateError, match=msg):
         apply_ops({"status": "queued"}, ops)
@@ -120,18 +126,21 @@ def _recorded(r, keys) -> tuple[int, int]:
     return r.xlen(keys.events), r.xlen(keys.state_changes)
 
 
-@pytest.mark.parametrize("ops,msg", [
-    ([{"type": "increment", "path": "status"}], "not numeric"),
-    ([{"type": "increment", "path": "n", "by": "1"}], "not numeric"),
-    ([{"type": "increment", "path": "n", "by": True}], "not numeric"),
-    ([{"type": "increment", "path": "n", "by": float("inf")}], "not JSON"),
-    ([{"type": "merge", "path": "status", "value": {"a": 1}}], "must be objects"),
-    ([{"type": "merge", "path": "meta", "value": [1]}], "must be objects"),
-    ([{"type": "set", "path": "status.x", "value": 1}], "not an object"),
-    ([{"type": "set", "path": "a..b", "value": 1}], "invalid path"),
-    # a valid op before the bad one: the update is all or nothing
-    ([{"type": "set", "path": "status", "value": "new"}, {"type": "increment", "path": "status"}], "not numeric"),
-])
+@pytest.mark.parametrize(
+    "ops,msg",
+    [
+        ([{"type": "increment", "path": "status"}], "not numeric"),
+        ([{"type": "increment", "path": "n", "by": "1"}], "not numeric"),
+        ([{"type": "increment", "path": "n", "by": True}], "not numeric"),
+        ([{"type": "increment", "path": "n", "by": float("inf")}], "not JSON"),
+        ([{"type": "merge", "path": "status", "value": {"a": 1}}], "must be objects"),
+        ([{"type": "merge", "path": "meta", "value": [1]}], "must be objects"),
+        ([{"type": "set", "path": "status.x", "value": 1}], "not an object"),
+        ([{"type": "set", "path": "a..b", "value": 1}], "invalid path"),
+        # a valid op before the bad one: the update is all or nothing
+        ([{"type": "set", "path": "status", "value": "new"}, {"type": "increment", "path": "status"}], "not numeric"),
+    ],
+)
 def test_a_bad_update_raises_a_clear_error_and_writes_nothing(state_store, r, keys, ops, msg):
     r.sadd(keys.state_watched, "g")
     s = state_store(keys)
@@ -147,7 +156,10 @@ def test_updates_create_missing_paths_and_keys_and_a_no_op_is_no_change(state_st
     r.sadd(keys.state_watched, "g")
     s = state_store(keys)
     assert s.update("g", "new", [{"type": "increment", "path": "counts.seen"}]) == {"counts": {"seen": 1}}
-    assert s.update("g", "new", [{"type": "merge", "path": "meta.tags", "value": {"a": 1}}]) == {"counts": {"seen": 1}, "meta": {"tags": {"a": 1}}}
+    assert s.update("g", "new", [{"type": "merge", "path": "meta.tags", "value": {"a": 1}}]) == {
+        "counts": {"seen": 1},
+        "meta": {"tags": {"a": 1}},
+    }
     assert s.update("g", "n", [{"type": "increment", "by": 2.5}]) == 2.5  # empty path: the whole value
     assert _recorded(r, keys) == (3, 3)
     # Nothing to do: removing what is not there (also through a non-object), an update
@@ -166,9 +178,17 @@ def test_updates_create_missing_paths_and_keys_and_a_no_op_is_no_change(state_st
     assert s.get("g", "n") is None and _recorded(r, keys) == (4, 4)
 
 
-@pytest.mark.parametrize("group,key", [
-    ("a:b", "c:d"), ("with/slash", "x/y/z"), ("ünï cödé ✓", "k e y ✓"), ("*", "[x]?"), ("g", "line\nbreak"), ("state", "groups"),
-])
+@pytest.mark.parametrize(
+    "group,key",
+    [
+        ("a:b", "c:d"),
+        ("with/slash", "x/y/z"),
+        ("ünï cödé ✓", "k e y ✓"),
+        ("*", "[x]?"),
+        ("g", "line\nbreak"),
+        ("state", "groups"),
+    ],
+)
 def test_groups_and_keys_with_special_characters(state_store, r, keys, group, key):
     r.sadd(keys.state_watched, group)
     s = state_store(keys)

@@ -29,35 +29,45 @@ def test_typed_helpers_and_motia_dict_build_the_same_step():
     """Given one step written with typed helpers and as a Motia dict, when validated, then both are equal."""
     typed = Step(
         name="Multi",
-        triggers=[http("post", "/items/:id", body=Body), queue("items.new", input=Body), cron("*/5 * * * *"), state("items", "a*")],
+        triggers=[
+            http("post", "/items/:id", body=Body),
+            queue("items.new", input=Body),
+            cron("*/5 * * * *"),
+            state("items", "a*"),
+        ],
         enqueues=["items.done"],
         flows=["items"],
     )
-    motia = Step.model_validate({
-        "name": "Multi",
-        "triggers": [
-            {"type": "http", "method": "post", "path": "/items/:id", "bodySchema": Body},
-            {"type": "queue", "topic": "items.new", "input": Body},
-            {"type": "cron", "cron": "*/5 * * * *"},
-            {"type": "state", "group": "items", "key": "a*"},
-        ],
-        "enqueues": ["items.done"],
-        "flows": ["items"],
-    })
+    motia = Step.model_validate(
+        {
+            "name": "Multi",
+            "triggers": [
+                {"type": "http", "method": "post", "path": "/items/:id", "bodySchema": Body},
+                {"type": "queue", "topic": "items.new", "input": Body},
+                {"type": "cron", "cron": "*/5 * * * *"},
+                {"type": "state", "group": "items", "key": "a*"},
+            ],
+            "enqueues": ["items.done"],
+            "flows": ["items"],
+        }
+    )
     assert typed == motia
     assert [type(t) for t in typed.triggers] == [HttpTrigger, QueueTrigger, CronTrigger, StateTrigger]
     assert typed.topics == ["items.new"]
 
 
-@pytest.mark.parametrize("path,normalised,params", [
-    ("/users/:id", "/users/{id}", ["id"]),
-    ("/users/:user_id/posts/:postId", "/users/{user_id}/posts/{postId}", ["user_id", "postId"]),
-    ("/users/{id}", "/users/{id}", ["id"]),
-    ("/health", "/health", []),
-    ("/health/", "/health", []),
-    ("/", "/", []),
-    ("/files/v1.2/~me", "/files/v1.2/~me", []),
-])
+@pytest.mark.parametrize(
+    "path,normalised,params",
+    [
+        ("/users/:id", "/users/{id}", ["id"]),
+        ("/users/:user_id/posts/:postId", "/users/{user_id}/posts/{postId}", ["user_id", "postId"]),
+        ("/users/{id}", "/users/{id}", ["id"]),
+        ("/health", "/health", []),
+        ("/health/", "/health", []),
+        ("/", "/", []),
+        ("/files/v1.2/~me", "/files/v1.2/~me", []),
+    ],
+)
 def test_colon_params_are_normalised_to_braces(path, normalised, params):
     """Given a Motia-style :param path, when building an http trigger, then it becomes {param} and is listed as a path param."""
     t = http("GET", path)
@@ -70,22 +80,25 @@ def test_method_is_upper_cased():
     assert http("patch", "/x").method == "PATCH"
 
 
-@pytest.mark.parametrize("build,field,words", [
-    (lambda: http("FETCH", "/x"), "method", "must be one of GET, POST"),
-    (lambda: http("GET", "x"), "path", "must start with '/'"),
-    (lambda: http("GET", "/a b"), "path", "may contain only"),
-    (lambda: http("GET", "/x/{id"), "path", "a parameter is a whole segment"),
-    (lambda: http("GET", "/x/a{id}"), "path", "a parameter is a whole segment"),
-    (lambda: http("GET", "/x/{id}/{id}"), "path", "appears twice"),
-    (lambda: http("GET", "/x//y"), "path", "empty segment"),
-    (lambda: http("GET", "/x", responses={99: None}), "response_schema", "not an HTTP status code"),
-    (lambda: http("POST", "/x", body={"type": "objekt"}), "body_schema", "not a valid JSON schema at type"),
-    (lambda: cron("* * *"), "expression", "has 3 fields"),
-    (lambda: cron("61 * * * *"), "expression", "cron field minute"),
-    (lambda: queue("bad topic"), "topic", "pattern"),
-    (lambda: state("bad group"), "group", "pattern"),
-    (lambda: http("GET", "/x", body=dict), "body_schema", "pydantic model class or a JSON-schema dict"),
-])
+@pytest.mark.parametrize(
+    "build,field,words",
+    [
+        (lambda: http("FETCH", "/x"), "method", "must be one of GET, POST"),
+        (lambda: http("GET", "x"), "path", "must start with '/'"),
+        (lambda: http("GET", "/a b"), "path", "may contain only"),
+        (lambda: http("GET", "/x/{id"), "path", "a parameter is a whole segment"),
+        (lambda: http("GET", "/x/a{id}"), "path", "a parameter is a whole segment"),
+        (lambda: http("GET", "/x/{id}/{id}"), "path", "appears twice"),
+        (lambda: http("GET", "/x//y"), "path", "empty segment"),
+        (lambda: http("GET", "/x", responses={99: None}), "response_schema", "not an HTTP status code"),
+        (lambda: http("POST", "/x", body={"type": "objekt"}), "body_schema", "not a valid JSON schema at type"),
+        (lambda: cron("* * *"), "expression", "has 3 fields"),
+        (lambda: cron("61 * * * *"), "expression", "cron field minute"),
+        (lambda: queue("bad topic"), "topic", "pattern"),
+        (lambda: state("bad group"), "group", "pattern"),
+        (lambda: http("GET", "/x", body=dict), "body_schema", "pydantic model class or a JSON-schema dict"),
+    ],
+)
 def test_typed_helper_mistakes_name_the_field(build, field, words):
     """Given a bad argument to a typed helper, when it is called, then the validation error names the field and says why."""
     with pytest.raises(ValidationError) as info:
@@ -95,18 +108,33 @@ def test_typed_helper_mistakes_name_the_field(build, field, words):
     assert words in msg
 
 
-@pytest.mark.parametrize("raw,loc,words", [
-    ({"name": "S", "triggers": [{"type": "http", "method": "FETCH", "path": "/x"}]}, ("triggers", 0, "http", "method"), "must be one of"),
-    ({"name": "S", "triggers": [{"type": "http", "path": "nope"}]}, ("triggers", 0, "http", "path"), "must start with '/'"),
-    ({"name": "S", "triggers": [{"type": "cron", "cron": "* * * * 9"}]}, ("triggers", 0, "cron", "cron"), "day_of_week"),
-    ({"name": "S", "triggers": [{"type": "queue", "topic": "t", "bogus": 1}]}, ("triggers", 0, "queue", "bogus"), "Extra inputs"),
-    ({"name": "S", "triggers": [{"type": "queue", "topic": "t"}], "colour": "red"}, ("colour",), "Extra inputs"),
-    ({"triggers": [{"type": "queue", "topic": "t"}]}, ("name",), "Field required"),
-    ({"name": "Send--Mail", "triggers": [{"type": "queue", "topic": "t"}]}, ("name",), "may not contain '--'"),
-    ({"name": "S", "triggers": []}, ("triggers",), "at least 1"),
-    ({"name": "S", "triggers": [{"type": "queue", "topic": "t"}], "enqueues": ["a b"]}, ("enqueues",), "not a valid topic"),
-    ({"name": "S", "triggers": [{"type": "http", "path": "/a"}, {"type": "http", "method": "post", "path": "/a"}]}, (), "duplicate http trigger POST /a"),
-])
+@pytest.mark.parametrize(
+    "raw,loc,words",
+    [
+        (
+            {"name": "S", "triggers": [{"type": "http", "method": "FETCH", "path": "/x"}]},
+            ("triggers", 0, "http", "method"),
+            "must be one of",
+        ),
+        ({"name": "S", "triggers": [{"type": "http", "path": "nope"}]}, ("triggers", 0, "http", "path"), "must start with '/'"),
+        ({"name": "S", "triggers": [{"type": "cron", "cron": "* * * * 9"}]}, ("triggers", 0, "cron", "cron"), "day_of_week"),
+        (
+            {"name": "S", "triggers": [{"type": "queue", "topic": "t", "bogus": 1}]},
+            ("triggers", 0, "queue", "bogus"),
+            "Extra inputs",
+        ),
+        ({"name": "S", "triggers": [{"type": "queue", "topic": "t"}], "colour": "red"}, ("colour",), "Extra inputs"),
+        ({"triggers": [{"type": "queue", "topic": "t"}]}, ("name",), "Field required"),
+        ({"name": "Send--Mail", "triggers": [{"type": "queue", "topic": "t"}]}, ("name",), "may not contain '--'"),
+        ({"name": "S", "triggers": []}, ("triggers",), "at least 1"),
+        ({"name": "S", "triggers": [{"type": "queue", "topic": "t"}], "enqueues": ["a b"]}, ("enqueues",), "not a valid topic"),
+        (
+            {"name": "S", "triggers": [{"type": "http", "path": "/a"}, {"type": "http", "method": "post", "path": "/a"}]},
+            (),
+            "duplicate http trigger POST /a",
+        ),
+    ],
+)
 def test_motia_dict_mistakes_name_the_field(raw, loc, words):
     """Given a Motia dict with one mistake, when validated, then the error's location is the field and the message says why."""
     with pytest.raises(ValidationError) as info:
@@ -243,7 +271,14 @@ def test_good_steps_load_alongside_broken_ones(found):
 def test_each_broken_file_yields_exactly_one_error(found):
     """Given six broken step files, when discovered, then there are six errors, one per broken file."""
     root, result = found
-    broken = {"c_syntax_step.py", "d_raises_step.py", "e_invalid_step.py", "f_nohandler_step.py", "g_dupname_step.py", "nested/deeper/route_step.py"}
+    broken = {
+        "c_syntax_step.py",
+        "d_raises_step.py",
+        "e_invalid_step.py",
+        "f_nohandler_step.py",
+        "g_dupname_step.py",
+        "nested/deeper/route_step.py",
+    }
     assert sorted(e.file for e in result.errors) == sorted(str(root.resolve() / b) for b in broken)
 
 
@@ -319,10 +354,13 @@ def test_missing_steps_dir_is_one_error(tmp_path):
     assert [e.file for e in result.errors] == [str((tmp_path / "nowhere").resolve())]
 
 
-@pytest.mark.parametrize("body,field", [
-    ('config = Step(name="T", triggers=[http("FETCH", "/x")])', "method"),
-    ('config = Step(name="T", triggers=[queue("t")], colour="red")', "colour"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ('config = Step(name="T", triggers=[http("FETCH", "/x")])', "method"),
+        ('config = Step(name="T", triggers=[queue("t")], colour="red")', "colour"),
+    ],
+)
 def test_typed_helper_mistake_in_a_file_names_file_line_and_field(tmp_path, body, field):
     """Given a step file whose typed config is invalid, when discovered, then its error names the file, the line and the field."""
     text = f"from iii_console import Step, http, queue\n\n{body}\n\n\ndef handler(input, ctx):\n    return None\n"
@@ -366,61 +404,190 @@ GOOD = 'from iii_console import Step, queue\nconfig = Step(name="StillHere", tri
 
 #: id -> (source, line, step, field, words in the message). Lines are 1-based and exact.
 BROKEN = {
-    "syntax error": ('config = {"name": "Syn", "triggers": [\n\ndef handler(x, ctx):\n    pass\n', 1, "Syn", None,
-                     "syntax error: '[' was never closed"),
-    "import error": ('import no_such_module_here\nconfig = {"name": "Imp", "triggers": [{"type": "queue", "topic": "t"}]}\n',
-                     1, "Imp", None, "import failed: ModuleNotFoundError: No module named 'no_such_module_here'"),
-    "raises at import": ('x = 1\n\nraise ValueError("bad at import")\n', 3, None, None, "import failed: ValueError: bad at import"),
+    "syntax error": (
+        'config = {"name": "Syn", "triggers": [\n\ndef handler(x, ctx):\n    pass\n',
+        1,
+        "Syn",
+        None,
+        "syntax error: '[' was never closed",
+    ),
+    "import error": (
+        'import no_such_module_here\nconfig = {"name": "Imp", "triggers": [{"type": "queue", "topic": "t"}]}\n',
+        1,
+        "Imp",
+        None,
+        "import failed: ModuleNotFoundError: No module named 'no_such_module_here'",
+    ),
+    "raises at import": (
+        'x = 1\n\nraise ValueError("bad at import")\n',
+        3,
+        None,
+        None,
+        "import failed: ValueError: bad at import",
+    ),
     "no config": ("def handler(x, ctx):\n    pass\n", None, None, "config", "no `config` defined"),
-    "config not a dict": ('config = "hello"\ndef handler(x, ctx):\n    pass\n', 1, None, "config", "must be a Step or a dict, not str"),
-    "no handler": ('config = {"name": "NoHandler", "triggers": [{"type": "queue", "topic": "t"}]}\n', None, "NoHandler", "handler",
-                   "no `handler` defined"),
-    "handler not callable": ('config = {"name": "NotCallable", "triggers": [{"type": "queue", "topic": "t"}]}\nhandler = 42\n',
-                             2, "NotCallable", "handler", "`handler` must be a function, not int"),
-    "misspelt key": ('config = {\n    "name": "Typo",\n    "trigers": [{"type": "queue", "topic": "t"}],\n}\n'
-                     'def handler(x, ctx):\n    pass\n', 3, "Typo", "trigers", "unknown field 'trigers'; did you mean 'triggers'?"),
-    "misspelt trigger key": ('config = {\n    "name": "Typo2",\n    "triggers": [\n        {"type": "queue", "topic": "a"},\n'
-                             '        {"type": "queue",\n         "topc": "b"},\n    ],\n}\ndef handler(x, ctx):\n    pass\n',
-                             6, "Typo2", "triggers.1.topc", "unknown field 'topc'; did you mean 'topic'?"),
-    "wrong trigger type": ('config = {"name": "Hook", "triggers": [{"type": "webhook", "topic": "t"}]}\ndef handler(x, ctx):\n    pass\n',
-                           1, "Hook", "triggers.0.type", "'webhook' is not a trigger type; use http, queue, cron or state"),
-    "trigger without type": ('config = {"name": "NoType", "triggers": [{"topic": "t"}]}\ndef handler(x, ctx):\n    pass\n',
-                             1, "NoType", "triggers.0.type", "missing; use http, queue, cron or state"),
-    "bad http method": ('config = {"name": "Fetch", "triggers": [\n    {"type": "http", "method": "FETCH", "path": "/x"}]}\n'
-                        'def handler(x, ctx):\n    pass\n', 2, "Fetch", "triggers.0.method", "must be one of GET, POST"),
-    "unbalanced path param": ('config = {"name": "Brace", "triggers": [{"type": "http", "path": "/x/{id"}]}\ndef handler(x, ctx):\n    pass\n',
-                              1, "Brace", "triggers.0.path", "segment '{id': a parameter is a whole segment"),
-    "path with a space (typed)": ('from iii_console import Step, http, queue\n\nconfig = Step(\n    name="Space",\n    triggers=[\n'
-                                  '        queue("ok2"),\n        http("GET", "/a b"),\n    ],\n)\ndef handler(x, ctx):\n    pass\n',
-                                  7, "Space", "path", "segment 'a b' may contain only"),
-    "cron, 6 fields": ('config = {"name": "Six", "triggers": [{"type": "cron", "cron": "99 * * * * *"}]}\ndef handler(x, ctx):\n    pass\n',
-                       1, "Six", "triggers.0.cron", "cron field second '99'"),
-    "cron, 5 fields (typed)": ('from iii_console import Step, cron\nconfig = Step(name="Five", triggers=[cron("* 25 * * *")])\n'
-                               'def handler(x, ctx):\n    pass\n', 2, "Five", "expression", "cron field hour '25'"),
-    "cron, 3 fields": ('config = {"name": "Three", "triggers": [{"type": "cron", "cron": "* * *"}]}\ndef handler(x, ctx):\n    pass\n',
-                       1, "Three", "triggers.0.cron", "has 3 fields"),
-    "state without group": ('config = {"name": "NoGroup", "triggers": [{"type": "state", "key": "*"}]}\ndef handler(x, ctx):\n    pass\n',
-                            1, "NoGroup", "triggers.0.group", "needs a group, or a condition to pick its changes from every group"),
-    "queue without topic": ('config = {"name": "NoTopic", "triggers": [{"type": "queue"}]}\ndef handler(x, ctx):\n    pass\n',
-                            1, "NoTopic", "triggers.0.topic", "Field required"),
-    "handler with three arguments": ('config = {"name": "Three", "triggers": [{"type": "queue", "topic": "t"}]}\n\n\n'
-                                     'def handler(a, b, c):\n    pass\n', 4, "Three", "handler", "handler must take (input, ctx) or (ctx)"),
-    "handler with none": ('config = {"name": "Zero", "triggers": [{"type": "queue", "topic": "t"}]}\nasync def handler():\n    pass\n',
-                          2, "Zero", "handler", "handler must take (input, ctx) or (ctx)"),
-    "keyword-only ctx": ('config = {"name": "Kw", "triggers": [{"type": "queue", "topic": "t"}]}\ndef handler(data, *, ctx):\n    pass\n',
-                         2, "Kw", "handler", "handler must take (input, ctx) or (ctx)"),
-    "invalid JSON schema": ('config = {"name": "Js", "triggers": [{"type": "http", "path": "/js", "bodySchema": {"type": "objekt"}}]}\n'
-                            'def handler(x, ctx):\n    pass\n', 1, "Js", "triggers.0.bodySchema", "not a valid JSON schema at type"),
-    "Motia's older event shape": ('config = {\n    "type": "event",\n    "name": "OldEvent",\n    "subscribes": ["t1"],\n'
-                                  '    "emits": ["t2", {"topic": "t3", "label": "x"}],\n}\ndef handler(x, ctx):\n    pass\n',
-                                  2, "OldEvent", "type",
-                                  'older step shape ("type": "event" with "subscribes"); write "triggers": [{"type": "queue", '
-                                  '"topic": "t1"}], "enqueues": ["t2", "t3"] instead, and call ctx.enqueue(topic, data)'),
-    "Motia's older api shape": ('config = {"type": "api", "name": "OldApi", "path": "/old", "method": "PUT", "emits": ["t2"]}\n'
-                                'def handler(x, ctx):\n    pass\n', 1, "OldApi", "type",
-                                '"triggers": [{"type": "http", "method": "PUT", "path": "/old"}], "enqueues": ["t2"]'),
-    "syntax error in a helper it imports": ("import broken_helper\n", 1, None, None,
-                                            "import failed: syntax error in {root}/broken_helper.py:1"),
+    "config not a dict": (
+        'config = "hello"\ndef handler(x, ctx):\n    pass\n',
+        1,
+        None,
+        "config",
+        "must be a Step or a dict, not str",
+    ),
+    "no handler": (
+        'config = {"name": "NoHandler", "triggers": [{"type": "queue", "topic": "t"}]}\n',
+        None,
+        "NoHandler",
+        "handler",
+        "no `handler` defined",
+    ),
+    "handler not callable": (
+        'config = {"name": "NotCallable", "triggers": [{"type": "queue", "topic": "t"}]}\nhandler = 42\n',
+        2,
+        "NotCallable",
+        "handler",
+        "`handler` must be a function, not int",
+    ),
+    "misspelt key": (
+        'config = {\n    "name": "Typo",\n    "trigers": [{"type": "queue", "topic": "t"}],\n}\ndef handler(x, ctx):\n    pass\n',
+        3,
+        "Typo",
+        "trigers",
+        "unknown field 'trigers'; did you mean 'triggers'?",
+    ),
+    "misspelt trigger key": (
+        'config = {\n    "name": "Typo2",\n    "triggers": [\n        {"type": "queue", "topic": "a"},\n'
+        '        {"type": "queue",\n         "topc": "b"},\n    ],\n}\ndef handler(x, ctx):\n    pass\n',
+        6,
+        "Typo2",
+        "triggers.1.topc",
+        "unknown field 'topc'; did you mean 'topic'?",
+    ),
+    "wrong trigger type": (
+        'config = {"name": "Hook", "triggers": [{"type": "webhook", "topic": "t"}]}\ndef handler(x, ctx):\n    pass\n',
+        1,
+        "Hook",
+        "triggers.0.type",
+        "'webhook' is not a trigger type; use http, queue, cron or state",
+    ),
+    "trigger without type": (
+        'config = {"name": "NoType", "triggers": [{"topic": "t"}]}\ndef handler(x, ctx):\n    pass\n',
+        1,
+        "NoType",
+        "triggers.0.type",
+        "missing; use http, queue, cron or state",
+    ),
+    "bad http method": (
+        'config = {"name": "Fetch", "triggers": [\n    {"type": "http", "method": "FETCH", "path": "/x"}]}\n'
+        "def handler(x, ctx):\n    pass\n",
+        2,
+        "Fetch",
+        "triggers.0.method",
+        "must be one of GET, POST",
+    ),
+    "unbalanced path param": (
+        'config = {"name": "Brace", "triggers": [{"type": "http", "path": "/x/{id"}]}\ndef handler(x, ctx):\n    pass\n',
+        1,
+        "Brace",
+        "triggers.0.path",
+        "segment '{id': a parameter is a whole segment",
+    ),
+    "path with a space (typed)": (
+        'from iii_console import Step, http, queue\n\nconfig = Step(\n    name="Space",\n    triggers=[\n'
+        '        queue("ok2"),\n        http("GET", "/a b"),\n    ],\n)\ndef handler(x, ctx):\n    pass\n',
+        7,
+        "Space",
+        "path",
+        "segment 'a b' may contain only",
+    ),
+    "cron, 6 fields": (
+        'config = {"name": "Six", "triggers": [{"type": "cron", "cron": "99 * * * * *"}]}\ndef handler(x, ctx):\n    pass\n',
+        1,
+        "Six",
+        "triggers.0.cron",
+        "cron field second '99'",
+    ),
+    "cron, 5 fields (typed)": (
+        'from iii_console import Step, cron\nconfig = Step(name="Five", triggers=[cron("* 25 * * *")])\n'
+        "def handler(x, ctx):\n    pass\n",
+        2,
+        "Five",
+        "expression",
+        "cron field hour '25'",
+    ),
+    "cron, 3 fields": (
+        'config = {"name": "Three", "triggers": [{"type": "cron", "cron": "* * *"}]}\ndef handler(x, ctx):\n    pass\n',
+        1,
+        "Three",
+        "triggers.0.cron",
+        "has 3 fields",
+    ),
+    "state without group": (
+        'config = {"name": "NoGroup", "triggers": [{"type": "state", "key": "*"}]}\ndef handler(x, ctx):\n    pass\n',
+        1,
+        "NoGroup",
+        "triggers.0.group",
+        "needs a group, or a condition to pick its changes from every group",
+    ),
+    "queue without topic": (
+        'config = {"name": "NoTopic", "triggers": [{"type": "queue"}]}\ndef handler(x, ctx):\n    pass\n',
+        1,
+        "NoTopic",
+        "triggers.0.topic",
+        "Field required",
+    ),
+    "handler with three arguments": (
+        'config = {"name": "Three", "triggers": [{"type": "queue", "topic": "t"}]}\n\n\ndef handler(a, b, c):\n    pass\n',
+        4,
+        "Three",
+        "handler",
+        "handler must take (input, ctx) or (ctx)",
+    ),
+    "handler with none": (
+        'config = {"name": "Zero", "triggers": [{"type": "queue", "topic": "t"}]}\nasync def handler():\n    pass\n',
+        2,
+        "Zero",
+        "handler",
+        "handler must take (input, ctx) or (ctx)",
+    ),
+    "keyword-only ctx": (
+        'config = {"name": "Kw", "triggers": [{"type": "queue", "topic": "t"}]}\ndef handler(data, *, ctx):\n    pass\n',
+        2,
+        "Kw",
+        "handler",
+        "handler must take (input, ctx) or (ctx)",
+    ),
+    "invalid JSON schema": (
+        'config = {"name": "Js", "triggers": [{"type": "http", "path": "/js", "bodySchema": {"type": "objekt"}}]}\n'
+        "def handler(x, ctx):\n    pass\n",
+        1,
+        "Js",
+        "triggers.0.bodySchema",
+        "not a valid JSON schema at type",
+    ),
+    "Motia's older event shape": (
+        'config = {\n    "type": "event",\n    "name": "OldEvent",\n    "subscribes": ["t1"],\n'
+        '    "emits": ["t2", {"topic": "t3", "label": "x"}],\n}\ndef handler(x, ctx):\n    pass\n',
+        2,
+        "OldEvent",
+        "type",
+        'older step shape ("type": "event" with "subscribes"); write "triggers": [{"type": "queue", '
+        '"topic": "t1"}], "enqueues": ["t2", "t3"] instead, and call ctx.enqueue(topic, data)',
+    ),
+    "Motia's older api shape": (
+        'config = {"type": "api", "name": "OldApi", "path": "/old", "method": "PUT", "emits": ["t2"]}\n'
+        "def handler(x, ctx):\n    pass\n",
+        1,
+        "OldApi",
+        "type",
+        '"triggers": [{"type": "http", "method": "PUT", "path": "/old"}], "enqueues": ["t2"]',
+    ),
+    "syntax error in a helper it imports": (
+        "import broken_helper\n",
+        1,
+        None,
+        None,
+        "import failed: syntax error in {root}/broken_helper.py:1",
+    ),
 }
 
 
@@ -467,8 +634,13 @@ def test_ctx_emit_with_a_motia_style_dict_says_to_use_enqueue():
 
 # --- JSON-schema dicts as schemas ----------------------------------------------------------------
 
-SCHEMA = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}, "tags": {"type": "array", "items": {"type": "string"}}},
-          "required": ["n"], "additionalProperties": False, "title": "Counted"}
+SCHEMA = {
+    "type": "object",
+    "properties": {"n": {"type": "integer", "minimum": 1}, "tags": {"type": "array", "items": {"type": "string"}}},
+    "required": ["n"],
+    "additionalProperties": False,
+    "title": "Counted",
+}
 
 
 def test_a_json_schema_dict_validates_like_motia_and_names_every_problem():
@@ -476,8 +648,12 @@ def test_a_json_schema_dict_validates_like_motia_and_names_every_problem():
     loads, good data passes unchanged, and bad data raises InvalidInput listing each field, not retryable."""
     from iii_console.core.steps import InvalidInput, JsonSchema, validate_input
 
-    step = Step.model_validate({"name": "J", "triggers": [{"type": "http", "path": "/j", "bodySchema": SCHEMA},
-                                                          {"type": "queue", "topic": "j", "input": SCHEMA}]})
+    step = Step.model_validate(
+        {
+            "name": "J",
+            "triggers": [{"type": "http", "path": "/j", "bodySchema": SCHEMA}, {"type": "queue", "topic": "j", "input": SCHEMA}],
+        }
+    )
     body, inp = step.triggers[0].body_schema, step.triggers[1].input_schema
     assert isinstance(body, JsonSchema) and body == inp
     assert step == Step(name="J", triggers=[http("POST", "/j", body=SCHEMA), queue("j", input=SCHEMA)])

@@ -19,8 +19,10 @@ import pytest
 
 from .helpers import events, make_project, wait_for
 
-otlp = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2",
-                           reason="the otel extra is not installed (pip install -e '.[otel]')")
+otlp = pytest.importorskip(
+    "opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+    reason="the otel extra is not installed (pip install -e '.[otel]')",
+)
 pytest.importorskip("opentelemetry.sdk", reason="the otel extra is not installed (pip install -e '.[otel]')")
 
 pytestmark = pytest.mark.slow
@@ -132,8 +134,14 @@ def app(receiver, redis_server, tmp_path_factory):
     make_project(root, STEPS, CONFIG.format(endpoint=receiver.url), redis_url=redis_server.url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(OTEL_SERVICE_NAME="shop", OTEL_BSP_SCHEDULE_DELAY="50")
-    proc = subprocess.Popen([sys.executable, "-m", "iii_console", "--no-ui"], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", "--no-ui"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     banner = proc.stderr.readline()
     m = re.search(r"on (http://\S+) with", banner)
     if m is None:
@@ -151,8 +159,11 @@ def app(receiver, redis_server, tmp_path_factory):
 
 def spans_of(receiver: Receiver, trace_id: str, count: int) -> dict[str, list[Any]]:
     """The trace's spans by step once ``count`` have arrived."""
-    got = wait_for(lambda: (lambda s: s if len(s) >= count else None)(receiver.trace(trace_id)), timeout=20,
-                   what=f"{count} spans of trace {trace_id}")
+    got = wait_for(
+        lambda: (lambda s: s if len(s) >= count else None)(receiver.trace(trace_id)),
+        timeout=20,
+        what=f"{count} spans of trace {trace_id}",
+    )
     by: dict[str, list[Any]] = {}
     for s in sorted(got, key=lambda s: s.start_time_unix_nano):
         by.setdefault(attrs(s.attributes)["iii.step"], []).append(s)
@@ -176,7 +187,9 @@ def test_a_request_and_the_messages_it_leads_to_are_one_trace_with_parent_links(
     assert 0 <= a["iii.queue_wait_ms"] < 10_000
     names = [e.name for e in place.events]
     assert "state.set" in names and "enqueue" in names
-    assert {"iii.group": "orders", "iii.key": "o1"}.items() <= attrs(next(e for e in place.events if e.name == "state.set").attributes).items()
+    assert {"iii.group": "orders", "iii.key": "o1"}.items() <= attrs(
+        next(e for e in place.events if e.name == "state.set").attributes
+    ).items()
     assert bill.status.code == bill.status.STATUS_CODE_UNSET
     # The step's log line names the span it was written in (and the trace, which is the span's).
     [line] = [e for e in events(rc, Keys(), "log") if e.trace_id == trace_id and e.data.get("message") == "placing"]
@@ -280,8 +293,16 @@ def test_traceparent_parsing_follows_the_w3c_rules():
     tid, pid = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     assert parse_traceparent(f"00-{tid}-{pid}-01") == (tid, pid, "01")
     assert parse_traceparent(f"01-{tid}-{pid}-00-later") == (tid, pid, "00")  # a later version may add fields
-    for bad in (None, "", f"00-{tid}-{pid}-01-extra", f"ff-{tid}-{pid}-01", f"00-{'0' * 32}-{pid}-01",
-                f"00-{tid}-{'0' * 16}-01", f"00-{tid.upper()}-{pid}-01", f"00-{tid[:-1]}-{pid}-01"):
+    for bad in (
+        None,
+        "",
+        f"00-{tid}-{pid}-01-extra",
+        f"ff-{tid}-{pid}-01",
+        f"00-{'0' * 32}-{pid}-01",
+        f"00-{tid}-{'0' * 16}-01",
+        f"00-{tid.upper()}-{pid}-01",
+        f"00-{tid[:-1]}-{pid}-01",
+    ):
         assert parse_traceparent(bad) is None, bad
 
 

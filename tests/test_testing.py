@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 STEPS = {
-    "charge_step.py": '''
+    "charge_step.py": """
         from pydantic import BaseModel
         from iii_console import Step, http, queue
 
@@ -26,8 +26,8 @@ STEPS = {
         def handler(req, ctx):
             ctx.enqueue("charges.new", req.body.model_dump())
             return {"status": 202, "body": {"trace_id": ctx.trace_id}}
-    ''',
-    "settle_step.py": '''
+    """,
+    "settle_step.py": """
         from pydantic import BaseModel
         from iii_console import Step, queue
 
@@ -41,15 +41,15 @@ STEPS = {
             if charge.card == "declined":
                 raise RuntimeError("card declined by the bank")
             ctx.state.set("charges", charge.card, {"cents": charge.cents})
-    ''',
-    "tick_step.py": '''
+    """,
+    "tick_step.py": """
         from iii_console import Step, cron
 
         config = Step(name="Nightly", triggers=[cron("0 3 * * *")])
 
         def handler(tick, ctx):
             ctx.state.set("nightly", "last", {"manual": tick.manual})
-    ''',
+    """,
 }
 
 CONFIG = """
@@ -59,7 +59,7 @@ queues:
     dead_letter_queue: charges.dlq
 """
 
-USER_TESTS = '''
+USER_TESTS = """
 import pytest
 
 def test_ok_a_charge_is_settled(iii_app):
@@ -92,7 +92,7 @@ def test_fails_fast_mode_runs_a_declined_charge(iii_steps):
 
 def test_fails_waiting_for_what_never_comes(iii_app):
     iii_app.wait_for("notification.sent", step="Settle", timeout=1)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +106,13 @@ def user_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | None]:
     (project / "pytest.ini").write_text("[pytest]\n")
     (project / "test_charges.py").write_text(USER_TESTS)
     report = project / "report.xml"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"],
-                          cwd=project, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.exists(), proc.stdout + proc.stderr
     out: dict[str, str | None] = {}
     for case in ET.parse(report).getroot().iter("testcase"):
@@ -120,7 +125,9 @@ def user_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | None]:
 
 def test_the_plugin_passes_a_users_steps_that_work(user_run: dict[str, str | None]) -> None:
     passed = {name for name, failure in user_run.items() if name.startswith("test_ok_") and failure is None}
-    assert passed == {n for n in user_run if n.startswith("test_ok_")}, {n: user_run[n] for n in user_run if n.startswith("test_ok_")}
+    assert passed == {n for n in user_run if n.startswith("test_ok_")}, {
+        n: user_run[n] for n in user_run if n.startswith("test_ok_")
+    }
     assert len(passed) == 4
 
 

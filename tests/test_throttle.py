@@ -152,8 +152,9 @@ def test_the_rate_limit_holds_while_worker_processes_are_killed(cluster, r, keys
             os.kill(rng.choice(pids), signal.SIGKILL)
             kills += 1
         wait_for(lambda: len(r.hgetall(keys.workers)) >= 2, timeout=30, what="the killed worker replaced")
-    wait_for(lambda: len({e.message_id for e in events(r, keys, "message.processed")}) == 40, timeout=60,
-             what="all 40 calls processed")
+    wait_for(
+        lambda: len({e.message_id for e in events(r, keys, "message.processed")}) == 40, timeout=60, what="all 40 calls processed"
+    )
     assert kills == 2
     for cust in ("a", "b"):
         ts = sorted(json.loads(x)[0] for x in r.lrange(f"test:starts:{cust}", 0, -1))
@@ -173,6 +174,7 @@ def test_a_default_throttle_leaves_cron_and_state_queues_alone(tmp_path):
     f = tmp_path / "iii-config.yaml"
     f.write_text("queues:\n  default:\n    throttle: {key: customer, limit: 1, period_ms: 1000}\n")
     mw = Throttle(load_config(f), null_emitter())
-    tick = SimpleNamespace(options={"topic": "_cron.Cleanup"}, queue_name="_cron--Cleanup--normal", args=({"x": 1},),
-                           message_id="m")
+    tick = SimpleNamespace(
+        options={"topic": "_cron.Cleanup"}, queue_name="_cron--Cleanup--normal", args=({"x": 1},), message_id="m"
+    )
     assert mw.before_process_message(object(), tick) is None  # returns without asking Redis: the broker is not one

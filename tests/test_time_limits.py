@@ -31,15 +31,19 @@ def handler(data, ctx):
 
 
 def test_a_handler_past_its_limit_fails_with_time_limit_exceeded_and_is_retried_while_other_threads_keep_working(
-        project, runtime, producer, r, keys):
-    cfg, steps = project({"slow_step.py": SLOW}, """
+    project, runtime, producer, r, keys
+):
+    cfg, steps = project(
+        {"slow_step.py": SLOW},
+        """
         queues:
           jobs:
             time_limit_ms: 1000
             max_retries: 1
             retry_delay: 100
             dead_letter_queue: jobs.dlq
-    """)
+    """,
+    )
     runtime(cfg, steps, threads=3)
     prod = producer(cfg, steps)
     t0 = int(time.time() * 1000)
@@ -64,8 +68,10 @@ def test_a_handler_past_its_limit_fails_with_time_limit_exceeded_and_is_retried_
     first_failure = min(e.ts for e in failed)
     assert max(done.values()) < first_failure, "the quick messages waited for the slow one"
     assert {e.message_id for e in events(r, keys, "message.processed")} == set(quick)
-    print(f"\nquick messages done {max(done.values()) - t0} ms after sending; slow attempt ran "
-          f"{[e.duration_ms for e in failed]} ms against a 1000 ms limit")
+    print(
+        f"\nquick messages done {max(done.values()) - t0} ms after sending; slow attempt ran "
+        f"{[e.duration_ms for e in failed]} ms against a 1000 ms limit"
+    )
 
 
 SOFT = """
@@ -91,13 +97,16 @@ def handler(data, ctx):
 
 
 def test_the_soft_limit_lets_a_handler_clean_up_and_the_hard_limit_fails_it_even_if_caught(project, runtime, producer, r, keys):
-    cfg, steps = project({"soft_step.py": SOFT}, """
+    cfg, steps = project(
+        {"soft_step.py": SOFT},
+        """
         queues:
           jobs:
             soft_time_limit_ms: 200
             time_limit_ms: 600
             max_retries: 0
-    """)
+    """,
+    )
     runtime(cfg, steps, threads=3)
     prod = producer(cfg, steps)
     ids = {k: prod.enqueue("jobs", {"k": k}, trace_id="t")[0] for k in ("clean", "reraise", "stubborn")}
@@ -205,13 +214,23 @@ def test_a_thread_stuck_in_a_c_call_is_reported_once_after_the_grace():
     limits.close()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("queues:\n  jobs:\n    time_limit_ms: 100\n    soft_time_limit_ms: 100\n",
-     "iii-config.yaml:2: queues.jobs: soft_time_limit_ms (100) must be below time_limit_ms (100)"),
-    ("queues:\n  default:\n    soft_time_limit_ms: 5000\n  jobs:\n    time_limit_ms: 3000\n",
-     "queues.jobs, with what it inherits from queues.default: soft_time_limit_ms (5000) must be below time_limit_ms (3000)"),
-    ("queues:\n  jobs:\n    time_limit_ms: -1\n", "iii-config.yaml:3: queues.jobs.time_limit_ms: Input should be greater than or equal to 0"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "queues:\n  jobs:\n    time_limit_ms: 100\n    soft_time_limit_ms: 100\n",
+            "iii-config.yaml:2: queues.jobs: soft_time_limit_ms (100) must be below time_limit_ms (100)",
+        ),
+        (
+            "queues:\n  default:\n    soft_time_limit_ms: 5000\n  jobs:\n    time_limit_ms: 3000\n",
+            "queues.jobs, with what it inherits from queues.default: soft_time_limit_ms (5000) must be below time_limit_ms (3000)",
+        ),
+        (
+            "queues:\n  jobs:\n    time_limit_ms: -1\n",
+            "iii-config.yaml:3: queues.jobs.time_limit_ms: Input should be greater than or equal to 0",
+        ),
+    ],
+)
 def test_inconsistent_limits_are_config_errors_naming_the_key(tmp_path, text, message):
     (tmp_path / "iii-config.yaml").write_text(text)
     with pytest.raises(ConfigError) as err:

@@ -144,7 +144,11 @@ def test_sigterm_drains_in_flight_work_and_requeues_the_rest(project, producer, 
         done = json.loads(r.hget(keys.state_group("seen"), "done") or "{}")
         assert starts == done  # everything that started finished: nothing cut off mid-run
         assert set(starts.values()) == {1}
-        left = sum(r.llen(k) for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:jobs--Slow--*") if r.type(k) == b"list" and not k.endswith(b".wake"))
+        left = sum(
+            r.llen(k)
+            for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:jobs--Slow--*")
+            if r.type(k) == b"list" and not k.endswith(b".wake")
+        )
         assert len(done) + left == 10  # the rest is back in the queue, not lost
     finally:
         if w.poll() is None:
@@ -165,7 +169,9 @@ def handler(data, ctx):
 def test_message_that_kills_its_worker_is_dead_lettered_after_bounded_deliveries(project, producer, r, keys):
     from iii_console.core.dlq import DeadLetterStore
 
-    cfg, steps = project({"killer_step.py": KILLER}, FAST + "queues:\n  jobs:\n    max_deliveries: 3\n    dead_letter_queue: jobs.dlq\n")
+    cfg, steps = project(
+        {"killer_step.py": KILLER}, FAST + "queues:\n  jobs:\n    max_deliveries: 3\n    dead_letter_queue: jobs.dlq\n"
+    )
     p = producer(cfg, steps)
     p.enqueue("jobs", {"k": "poison", "poison": True}, trace_id="tp")
     procs = []
@@ -201,6 +207,7 @@ config = Step(name="Counter", triggers=[state("w")])
 def handler(change, ctx):
     ctx.state.update("seen", "Counter", [{"type": "increment", "path": change.key}])
 """
+
 
 def counted(r, keys) -> dict[str, int]:
     raw = r.hget(keys.state_group("seen"), "Counter")
@@ -258,8 +265,11 @@ def test_a_worker_killed_right_after_its_state_write_still_fires_the_trigger_onc
     the state step runs exactly once."""
     cfg, steps = project({"writer_step.py": KILLED_AFTER_WRITE, "counter_step.py": COUNTER}, FAST)
     watch_state_triggers(r, keys, steps)
-    victim = subprocess.Popen([sys.executable, "-m", "iii_console.runtime.worker"], cwd=cfg.project_dir,
-                              env=dict(os.environ, III_CONFIG_JSON=cfg.model_dump_json(), III_WORKER_THREADS="2", KILL_AFTER_STATE_WRITE="1"))
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "iii_console.runtime.worker"],
+        cwd=cfg.project_dir,
+        env=dict(os.environ, III_CONFIG_JSON=cfg.model_dump_json(), III_WORKER_THREADS="2", KILL_AFTER_STATE_WRITE="1"),
+    )
     survivor = None
     try:
         wait_for(lambda: r.hlen(keys.workers) == 1, what="the victim registered")
@@ -268,8 +278,11 @@ def test_a_worker_killed_right_after_its_state_write_still_fires_the_trigger_onc
         assert StateStore(r, keys).get("w", "k1") == {"status": "done"}  # the change was made before the kill
         survivor = _spawn_worker(cfg, 1)
         wait_for(lambda: counted(r, keys) == {"k1": 1}, timeout=30, what="the trigger fired by the survivor")
-        wait_for(lambda: [e for e in events(r, keys, "message.processed") if e.step == "Writer"], timeout=30,
-                 what="the killed message rerun by the survivor")
+        wait_for(
+            lambda: [e for e in events(r, keys, "message.processed") if e.step == "Writer"],
+            timeout=30,
+            what="the killed message rerun by the survivor",
+        )
         time.sleep(1.0)
         assert counted(r, keys) == {"k1": 1}
         changes = [e for e in events(r, keys, "state.changed") if e.data["group"] == "w"]
@@ -322,8 +335,10 @@ def test_a_stalled_worker_that_scheduled_a_retry_does_not_run_it_again_on_waking
         wait_for(lambda: r.hlen(keys.workers) == 1, what="the first worker registered")
         producer(cfg, steps).enqueue("jobs", {"k": "m1"}, trace_id="t")
         # The retry waits in Redis for its due time, held by no worker.
-        wait_for(lambda: attempts() == {"1": 1} and any(r.zcard(k) for k in r.scan_iter(match=f"{ns}:*.delayed")),
-                 what="the retry waiting in its queue's delayed set")
+        wait_for(
+            lambda: attempts() == {"1": 1} and any(r.zcard(k) for k in r.scan_iter(match=f"{ns}:*.delayed")),
+            what="the retry waiting in its queue's delayed set",
+        )
         assert not any(r.scard(k) for k in r.scan_iter(match=f"{ns}:__acks__.*"))
         stalled.send_signal(signal.SIGSTOP)
         other = _spawn_worker(cfg, 1)

@@ -56,10 +56,13 @@ def handler(change, ctx):
 @pytest.fixture
 def dead(project, runtime, producer, r, keys):
     """Five real dead letters: three of ImportOrders (orders.dlq), two of SendEmails (emails.dlq); no worker running."""
-    cfg, steps = project({
-        "import_step.py": FAILS.format(name="ImportOrders", topic="orders", exc="ValueError"),
-        "email_step.py": FAILS.format(name="SendEmails", topic="emails", exc="RuntimeError"),
-    }, CONFIG)
+    cfg, steps = project(
+        {
+            "import_step.py": FAILS.format(name="ImportOrders", topic="orders", exc="ValueError"),
+            "email_step.py": FAILS.format(name="SendEmails", topic="emails", exc="RuntimeError"),
+        },
+        CONFIG,
+    )
     rt = runtime(cfg, steps)
     p = producer(cfg, steps)
     for k in ("o1", "o2", "o3"):
@@ -225,8 +228,17 @@ async def test_inspect_shows_the_whole_entry_and_can_replay_it(dead, r, keys):
         await pilot.press("i")
         await until(pilot, lambda: isinstance(app.screen, DeadLetterScreen), "the entry screen")
         shown = plain(app.screen.query_one("#dlq-entry-detail", Static).content)
-        for part in (target.id, "trace-e1", "emails.dlq", "SendEmails", "attempts 1", "RuntimeError: SendEmails failed on e1",
-                     '"k": "e1"', "Traceback (most recent call last)", 'raise RuntimeError("SendEmails failed on "'):
+        for part in (
+            target.id,
+            "trace-e1",
+            "emails.dlq",
+            "SendEmails",
+            "attempts 1",
+            "RuntimeError: SendEmails failed on e1",
+            '"k": "e1"',
+            "Traceback (most recent call last)",
+            'raise RuntimeError("SendEmails failed on "',
+        ):
             assert part in shown, part
         await pilot.press("r")
         screen = await confirm_screen(pilot)
@@ -262,8 +274,11 @@ async def test_state_edit_refuses_invalid_json_and_saves_valid_json_as_an_ordina
         await until(pilot, lambda: groups.option_count == 2, "the groups listed")  # audit, settings
         groups.highlighted = 1
         keys_table = app.query_one("#state-keys", Table)
-        await until(pilot, lambda: str(keys_table.border_title).startswith("Keys in settings")
-                    and "mode" in table_rows(app, "#state-keys"), "the group's key listed")
+        await until(
+            pilot,
+            lambda: str(keys_table.border_title).startswith("Keys in settings") and "mode" in table_rows(app, "#state-keys"),
+            "the group's key listed",
+        )
         highlight(app, "#state-keys", "mode")
 
         await pilot.press("e")

@@ -61,7 +61,7 @@ async def test_message_rows_update_in_place_and_enter_opens_the_whole_trace(redi
         await pilot.press("2")
         mid = evs[2].message_id
         await until(pilot, lambda: table_rows(app, "#messages-table").get(mid, [""] * 4)[3] == "running", "a running row")
-        emit(evs[first_started + 1:])
+        emit(evs[first_started + 1 :])
         await until(pilot, lambda: table_rows(app, "#messages-table")[mid][3] == "processed", "the row to reach processed")
         rows = table_rows(app, "#messages-table")
         assert list(rows) == [mid]  # the same row, updated in place
@@ -190,8 +190,17 @@ async def test_step_errors_are_shown_in_the_bar_the_problems_panel_and_a_toast(r
     app = console(redis_url=redis_url)
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot)
-        emit([Event("step.error", int(time.time() * 1000), step="Broken", error="steps/broken_step.py:3: triggers: field required",
-                    data={"file": "steps/broken_step.py", "line": 3, "field": "triggers", "message": "field required"})])
+        emit(
+            [
+                Event(
+                    "step.error",
+                    int(time.time() * 1000),
+                    step="Broken",
+                    error="steps/broken_step.py:3: triggers: field required",
+                    data={"file": "steps/broken_step.py", "line": 3, "field": "triggers", "message": "field required"},
+                )
+            ]
+        )
         problems = app.query_one("#problems", RichLog)
         await until(pilot, lambda: "steps/broken_step.py:3" in log_text(problems), "the error in Problems")
         assert "1 step error" in topbar(app)
@@ -356,8 +365,9 @@ async def test_5000_events_a_second_keep_keys_responsive_and_buffers_bounded(red
     app = console(redis_url=redis_url)
     async with app.run_test(size=SIZE, message_hook=hook) as pilot:
         await started(pilot)
-        producer = subprocess.Popen([sys.executable, "-c", PRODUCER, keys.events, redis_url, "5000"],
-                                    stdin=subprocess.PIPE, text=True)
+        producer = subprocess.Popen(
+            [sys.executable, "-c", PRODUCER, keys.events, redis_url, "5000"], stdin=subprocess.PIPE, text=True
+        )
         assert producer.stdin is not None
         producer.stdin.write("".join(json.dumps(f) + "\n" for f in encoded))
         producer.stdin.close()
@@ -402,8 +412,18 @@ async def test_hostile_text_in_events_reaches_the_console_escaped_and_a_startup_
     app.notice = "Redis 6.2.14 has known security issues fixed in 6.2.20"
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot)
-        emit([Event(type="step.error", ts=T0_MS, trace_id="t1", step="Bad\x1b[2J", error=hostile),
-              Event(type="state.changed", ts=T0_MS + 1, trace_id="t2", step="S", data={"group": hostile, "key": "k\x1b[31m", "op": "set"})])
+        emit(
+            [
+                Event(type="step.error", ts=T0_MS, trace_id="t1", step="Bad\x1b[2J", error=hostile),
+                Event(
+                    type="state.changed",
+                    ts=T0_MS + 1,
+                    trace_id="t2",
+                    step="S",
+                    data={"group": hostile, "key": "k\x1b[31m", "op": "set"},
+                ),
+            ]
+        )
         events = app.query_one("#events", RichLog)
         await until(pilot, lambda: "state.changed" in log_text(events) and "FAKE" in notes(app), "both events")
         shown = log_text(events) + notes(app)

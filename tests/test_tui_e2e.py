@@ -71,7 +71,10 @@ async def test_a_message_sent_with_s_is_processed_and_its_trace_shows_every_hop(
         assert "http.received" in log_text(events) and "message.processed" in log_text(events)
 
         await pilot.press("2")
-        processed = lambda: [k for k, r in table_rows(app, "#messages-table").items() if r[1] == "message.sent" and r[3] == "processed"]  # noqa: E731
+
+        def processed():
+            return [k for k, r in table_rows(app, "#messages-table").items() if r[1] == "message.sent" and r[3] == "processed"]
+
         await until(pilot, processed, "the message row at processed")
         table = app.query_one("#messages-table", Table)
         table.move_cursor(row=[r.key.value for r in table.ordered_rows].index(processed()[0]))
@@ -79,8 +82,14 @@ async def test_a_message_sent_with_s_is_processed_and_its_trace_shows_every_hop(
         await until(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen.searched, "the trace")
         timeline = app.screen.query_one("#timeline", Table)
         kinds = [plain(timeline.get_row(r.key)[2]) for r in timeline.ordered_rows]
-        for hop in ("http.received", "message.enqueued", "message.started", "message.processed", "state.changed",
-                    "notification.sent"):
+        for hop in (
+            "http.received",
+            "message.enqueued",
+            "message.started",
+            "message.processed",
+            "state.changed",
+            "notification.sent",
+        ):
             assert hop in kinds, hop
         assert "hello from the console" in plain(app.screen.query_one("#trace-summary").content)
 

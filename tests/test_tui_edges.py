@@ -17,9 +17,11 @@ from .helpers import SIZE, T0_MS, console, lifecycle, log_text, notes, plain, st
 
 pytestmark = pytest.mark.anyio
 
-VALIDATION_ERROR = ("ValidationError: 2 validation errors for Order\nquantity\n"
-                    "  Input should be greater than 0 [type=greater_than, input_value=-1]\n"
-                    "sku\n  Field required [type=missing, input_value={}, input_type=dict]")
+VALIDATION_ERROR = (
+    "ValidationError: 2 validation errors for Order\nquantity\n"
+    "  Input should be greater than 0 [type=greater_than, input_value=-1]\n"
+    "sku\n  Field required [type=missing, input_value={}, input_type=dict]"
+)
 
 
 async def test_a_multi_line_error_is_one_line_in_the_log_and_problems_and_whole_in_the_detail(redis_url, emit):
@@ -27,8 +29,19 @@ async def test_a_multi_line_error_is_one_line_in_the_log_and_problems_and_whole_
     evs = lifecycle(1, T0_MS)
     started_at = next(i for i, e in enumerate(evs) if e.type == "message.started")
     s = evs[started_at]
-    failed = Event("message.failed", s.ts + 2, s.trace_id, s.message_id, s.step, s.topic, attempt=1,
-                   worker=s.worker, duration_ms=1.0, error=VALIDATION_ERROR, data={"traceback": "Traceback…\n"})
+    failed = Event(
+        "message.failed",
+        s.ts + 2,
+        s.trace_id,
+        s.message_id,
+        s.step,
+        s.topic,
+        attempt=1,
+        worker=s.worker,
+        duration_ms=1.0,
+        error=VALIDATION_ERROR,
+        data={"traceback": "Traceback…\n"},
+    )
     emit([*evs[: started_at + 1], failed])
     app = console(redis_url=redis_url)
     async with app.run_test(size=SIZE) as pilot:
@@ -145,4 +158,3 @@ async def test_an_empty_live_view_says_how_to_send_the_first_message_until_one_a
         emit(lifecycle(1, T0_MS))
         await until(pilot, lambda: "message.processed" in log_text(log), "the first events")
         assert "No events yet" not in log_text(log)
-

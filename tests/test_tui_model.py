@@ -154,8 +154,13 @@ def test_state_changes_remember_recent_keys_and_who_wrote_them():
 def test_step_errors_are_kept_until_the_config_is_reloaded():
     """Given a step load error, when a config.reloaded event follows, then the error is cleared."""
     m = ConsoleModel()
-    err = Event("step.error", T0_MS, step="Broken", error="steps/broken_step.py:3: config.triggers: field required",
-                data={"file": "steps/broken_step.py", "line": 3, "field": "triggers", "message": "field required"})
+    err = Event(
+        "step.error",
+        T0_MS,
+        step="Broken",
+        error="steps/broken_step.py:3: config.triggers: field required",
+        data={"file": "steps/broken_step.py", "line": 3, "field": "triggers", "message": "field required"},
+    )
     m.ingest([err], NOW)
     assert list(m.step_errors.values()) == [err]
     m.ingest([Event("config.reloaded", T0_MS + 10)], NOW)
@@ -168,11 +173,21 @@ def test_step_errors_stay_through_a_failed_reload_and_clear_on_a_good_one():
     a = "steps/a_step.py, step 'A', field 'name': bad"
     b = "steps/b_step.py, step 'B', field 'triggers.0.topic': Field required"
     m = ConsoleModel()
-    m.ingest([Event("step.error", T0_MS, step="A", error=a, data={"file": "steps/a_step.py"}),
-              Event("step.error", T0_MS, step="B", error=b, data={"file": "steps/b_step.py"})], NOW)
+    m.ingest(
+        [
+            Event("step.error", T0_MS, step="A", error=a, data={"file": "steps/a_step.py"}),
+            Event("step.error", T0_MS, step="B", error=b, data={"file": "steps/b_step.py"}),
+        ],
+        NOW,
+    )
     assert len(m.step_errors) == 2
-    m.ingest([Event("step.error", T0_MS + 1, step="B", error=b, data={"file": "steps/b_step.py"}),
-              Event("config.reloaded", T0_MS + 1, error="1 step file(s) have errors", data={"ok": False, "errors": [b]})], NOW)
+    m.ingest(
+        [
+            Event("step.error", T0_MS + 1, step="B", error=b, data={"file": "steps/b_step.py"}),
+            Event("config.reloaded", T0_MS + 1, error="1 step file(s) have errors", data={"ok": False, "errors": [b]}),
+        ],
+        NOW,
+    )
     assert [e.error for e in m.step_errors.values()] == [b]
     m.ingest([Event("config.reloaded", T0_MS + 2, data={"ok": True, "steps": ["A", "B"]})], NOW)
     assert not m.step_errors
@@ -186,10 +201,21 @@ def test_a_redelivered_message_shows_the_redelivery_between_its_two_starts():
 
     base = dict(message_id="m1", trace_id="t1", step="Work", topic="jobs", queue="jobs--Work--normal")
     m = ConsoleModel()
-    m.ingest([Event("message.enqueued", ts=T0_MS, **base), Event("message.started", ts=T0_MS + 1, attempt=1, worker="h:1:worker0", **base)], NOW)
+    m.ingest(
+        [
+            Event("message.enqueued", ts=T0_MS, **base),
+            Event("message.started", ts=T0_MS + 1, attempt=1, worker="h:1:worker0", **base),
+        ],
+        NOW,
+    )
     assert m.messages["m1"].status == "running"
-    back = Event("message.redelivered", ts=T0_MS + 2, worker="h:1:worker0",
-                 data={"reason": "crashed", "deliveries": 1, "worker_id": "w-1", "by": "h:9:supervisor"}, **base)
+    back = Event(
+        "message.redelivered",
+        ts=T0_MS + 2,
+        worker="h:1:worker0",
+        data={"reason": "crashed", "deliveries": 1, "worker_id": "w-1", "by": "h:9:supervisor"},
+        **base,
+    )
     m.ingest([back], NOW)
     assert m.messages["m1"].status == "redelivered" and m.in_flight == 0
     m.ingest([Event("message.started", ts=T0_MS + 3, attempt=1, worker="h:2:worker1", **base)], NOW)
@@ -206,8 +232,12 @@ def test_the_workers_view_names_a_crashed_process_signal_and_what_it_gave_back()
     """Given a worker.stopped from a supervisor's recovery, when it is shown, then the line names the signal and the count."""
     from iii_console.tui.tabs.system import worker_line
 
-    ev = Event("worker.stopped", ts=T0_MS, worker="h:9:supervisor",
-               data={"id": "0123456789", "reason": "crashed", "signal": "SIGKILL", "requeued": 3})
+    ev = Event(
+        "worker.stopped",
+        ts=T0_MS,
+        worker="h:9:supervisor",
+        data={"id": "0123456789", "reason": "crashed", "signal": "SIGKILL", "requeued": 3},
+    )
     text = worker_line(ev).plain
     assert "crashed" in text and "SIGKILL" in text and "gave back 3" in text
 
@@ -221,8 +251,13 @@ def test_throttled_messages_progress_and_groups_show_in_the_console():
 
     base = dict(message_id="m1", trace_id="t1", step="Mail", topic="mails", queue="mails--Mail--normal")
     m = ConsoleModel()
-    throttled = Event("message.throttled", ts=T0_MS + 1, attempt=1,
-                      data={"key": "acme", "reason": "limit", "wait_ms": 400, "limit": 3, "period_ms": 1000}, **base)
+    throttled = Event(
+        "message.throttled",
+        ts=T0_MS + 1,
+        attempt=1,
+        data={"key": "acme", "reason": "limit", "wait_ms": 400, "limit": 3, "period_ms": 1000},
+        **base,
+    )
     m.ingest([Event("message.enqueued", ts=T0_MS, **base), throttled], NOW)
     assert m.messages["m1"].status == "throttled" and m.throttled() == {"mails": {"acme": 1}}
     progress = Event("progress", ts=T0_MS + 3, data={"done": 3, "total": 10, "percent": 30.0, "note": "rows"}, **base)
@@ -247,6 +282,16 @@ def test_a_fan_in_group_shows_its_children_settled_then_its_completion():
     m.ingest([Event("message.processed", ts=T0_MS + 1, attempt=1, **kids[0])], NOW)
     m.ingest([Event("message.processed", ts=T0_MS + 1, attempt=1, **kids[0])], NOW)  # seen twice: settled once
     assert m.groups["g1"].settled == 1 and m.groups["g1"].done is None
-    m.ingest([Event("message.dead_lettered", ts=T0_MS + 2, attempt=1, data={"dlq": "d", "attempts": 1}, **kids[1]),
-              Event("group.completed", ts=T0_MS + 2, trace_id="t", data={"group_id": "g1", "total": 2, "ok": 1, "failed": 0, "dead": 1})], NOW)
+    m.ingest(
+        [
+            Event("message.dead_lettered", ts=T0_MS + 2, attempt=1, data={"dlq": "d", "attempts": 1}, **kids[1]),
+            Event(
+                "group.completed",
+                ts=T0_MS + 2,
+                trace_id="t",
+                data={"group_id": "g1", "total": 2, "ok": 1, "failed": 0, "dead": 1},
+            ),
+        ],
+        NOW,
+    )
     assert m.groups["g1"].settled == 2 and m.groups["g1"].done["dead"] == 1

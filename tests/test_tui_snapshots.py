@@ -23,43 +23,98 @@ NOW_MS = T0_MS + 12_500
 SIZE = (160, 45)
 
 STEPS = {
-    "CleanupMessages": {"name": "CleanupMessages", "file": "steps/cleanup_messages_step.py", "triggers": ["cron */5 * * * *"],
-                        "trigger_specs": [{"type": "cron", "expression": "*/5 * * * *"}], "enqueues": [], "flows": ["messaging"],
-                        "description": "Removes processed messages older than the retention"},
-    "NotifyCompletion": {"name": "NotifyCompletion", "file": "steps/notify_completion_step.py",
-                         "triggers": ["state messages/* (conditional)"],
-                         "trigger_specs": [{"type": "state", "group": "messages", "key": "*", "conditional": True}],
-                         "enqueues": [], "flows": ["messaging"], "description": "Notifies the recipient when their message is processed"},
-    "ProcessMessage": {"name": "ProcessMessage", "file": "steps/process_message_step.py", "triggers": ["queue message.sent"],
-                       "trigger_specs": [{"type": "queue", "topic": "message.sent", "input": None}], "enqueues": [],
-                       "flows": ["messaging"], "description": "Processes queued messages in the background"},
-    "SendMessage": {"name": "SendMessage", "file": "steps/send_message_step.py", "triggers": ["POST /messages"],
-                    "trigger_specs": [{"type": "http", "method": "POST", "path": "/messages", "body": "MessageIn"}],
-                    "enqueues": ["message.sent"], "flows": ["messaging"],
-                    "description": "Receives a message over HTTP and queues it for background processing"},
+    "CleanupMessages": {
+        "name": "CleanupMessages",
+        "file": "steps/cleanup_messages_step.py",
+        "triggers": ["cron */5 * * * *"],
+        "trigger_specs": [{"type": "cron", "expression": "*/5 * * * *"}],
+        "enqueues": [],
+        "flows": ["messaging"],
+        "description": "Removes processed messages older than the retention",
+    },
+    "NotifyCompletion": {
+        "name": "NotifyCompletion",
+        "file": "steps/notify_completion_step.py",
+        "triggers": ["state messages/* (conditional)"],
+        "trigger_specs": [{"type": "state", "group": "messages", "key": "*", "conditional": True}],
+        "enqueues": [],
+        "flows": ["messaging"],
+        "description": "Notifies the recipient when their message is processed",
+    },
+    "ProcessMessage": {
+        "name": "ProcessMessage",
+        "file": "steps/process_message_step.py",
+        "triggers": ["queue message.sent"],
+        "trigger_specs": [{"type": "queue", "topic": "message.sent", "input": None}],
+        "enqueues": [],
+        "flows": ["messaging"],
+        "description": "Processes queued messages in the background",
+    },
+    "SendMessage": {
+        "name": "SendMessage",
+        "file": "steps/send_message_step.py",
+        "triggers": ["POST /messages"],
+        "trigger_specs": [{"type": "http", "method": "POST", "path": "/messages", "body": "MessageIn"}],
+        "enqueues": ["message.sent"],
+        "flows": ["messaging"],
+        "description": "Receives a message over HTTP and queues it for background processing",
+    },
 }
 STRATEGIES = {
-    "default": {"max_retries": 3, "retry_delay": 1000, "backoff": "exponential", "max_retry_delay": 3600000,
-                "concurrency": 10, "dead_letter_queue": "dead-letters", "priority": "normal"},
-    "message.sent": {"max_retries": 2, "retry_delay": 2000, "backoff": "exponential", "max_retry_delay": 3600000,
-                     "concurrency": 4, "dead_letter_queue": "message.sent.dlq", "priority": "normal"},
+    "default": {
+        "max_retries": 3,
+        "retry_delay": 1000,
+        "backoff": "exponential",
+        "max_retry_delay": 3600000,
+        "concurrency": 10,
+        "dead_letter_queue": "dead-letters",
+        "priority": "normal",
+    },
+    "message.sent": {
+        "max_retries": 2,
+        "retry_delay": 2000,
+        "backoff": "exponential",
+        "max_retry_delay": 3600000,
+        "concurrency": 4,
+        "dead_letter_queue": "message.sent.dlq",
+        "priority": "normal",
+    },
 }
-WORKER = {"id": "7f3e9c1a-5b2d-4e8f-9a61-0c4d2e8b7f10", "name": "host-a:101:worker0", "host": "host-a", "pid": 101,
-          "queues": {"message.sent": 4, "_cron.CleanupMessages": 8, "_state.NotifyCompletion": 8}, "in_flight": 1,
-          "started_ms": T0_MS - 3_600_000}
+WORKER = {
+    "id": "7f3e9c1a-5b2d-4e8f-9a61-0c4d2e8b7f10",
+    "name": "host-a:101:worker0",
+    "host": "host-a",
+    "pid": 101,
+    "queues": {"message.sent": 4, "_cron.CleanupMessages": 8, "_state.NotifyCompletion": 8},
+    "in_flight": 1,
+    "started_ms": T0_MS - 3_600_000,
+}
 
 
 def seed(r: redis.Redis, keys: Keys) -> int:
     """A small, fixed world: three messages (one retried, one dead), a cron run, a worker, state and a DLQ entry."""
-    events = (lifecycle(1, T0_MS) + lifecycle(2, T0_MS + 1500, fails=1) +
-              lifecycle(3, T0_MS + 3000, fails=3, dead=True, priority="high", text="boom") +
-              lifecycle(4, T0_MS + 9000, priority="low", text="slow lane"))
+    events = (
+        lifecycle(1, T0_MS)
+        + lifecycle(2, T0_MS + 1500, fails=1)
+        + lifecycle(3, T0_MS + 3000, fails=3, dead=True, priority="high", text="boom")
+        + lifecycle(4, T0_MS + 9000, priority="low", text="slow lane")
+    )
     events += [
         Event("worker.started", T0_MS - 5000, worker=WORKER["name"], data=WORKER),
-        Event("cron.fired", T0_MS + 500, "c0ffee00c0ffee00c0ffee00c0ffee00", step="CleanupMessages",
-              data={"expression": "*/5 * * * *", "scheduled_ms": T0_MS + 480, "fired_ms": T0_MS + 492, "drift_ms": 12}),
-        Event("log", T0_MS + 510, "c0ffee00c0ffee00c0ffee00c0ffee00", step="CleanupMessages",
-              data={"level": "info", "message": "cleanup done", "removed": 0, "retention_s": 3600}),
+        Event(
+            "cron.fired",
+            T0_MS + 500,
+            "c0ffee00c0ffee00c0ffee00c0ffee00",
+            step="CleanupMessages",
+            data={"expression": "*/5 * * * *", "scheduled_ms": T0_MS + 480, "fired_ms": T0_MS + 492, "drift_ms": 12},
+        ),
+        Event(
+            "log",
+            T0_MS + 510,
+            "c0ffee00c0ffee00c0ffee00c0ffee00",
+            step="CleanupMessages",
+            data={"level": "info", "message": "cleanup done", "removed": 0, "retention_s": 3600},
+        ),
     ]
     events.sort(key=lambda e: e.ts)
     xadd(r, keys, events)
@@ -77,19 +132,41 @@ def seed(r: redis.Redis, keys: Keys) -> int:
     pipe.sadd(f"{ns}:__acks__.{WORKER['id']}.message.sent--ProcessMessage--normal", "m6")
     dead = next(e for e in events if e.type == "message.dead_lettered")
     failed = [e for e in events if e.type == "message.failed" and e.message_id == dead.message_id]
-    entry = DeadLetter(id="dl-0003", dlq="message.sent.dlq", error=dead.error or "", topic="message.sent",
-                       step="ProcessMessage", queue="message.sent--ProcessMessage--high", message_id=dead.message_id,
-                       trace_id=dead.trace_id, data={"id": "rec00003", "text": "boom"}, attempts=3,
-                       first_failure_ms=failed[0].ts, last_failure_ms=dead.ts, priority="high",
-                       traceback=failed[-1].data["traceback"])
+    entry = DeadLetter(
+        id="dl-0003",
+        dlq="message.sent.dlq",
+        error=dead.error or "",
+        topic="message.sent",
+        step="ProcessMessage",
+        queue="message.sent--ProcessMessage--high",
+        message_id=dead.message_id,
+        trace_id=dead.trace_id,
+        data={"id": "rec00003", "text": "boom"},
+        attempts=3,
+        first_failure_ms=failed[0].ts,
+        last_failure_ms=dead.ts,
+        priority="high",
+        traceback=failed[-1].data["traceback"],
+    )
     pipe.sadd(keys.dlq_names, "message.sent.dlq")
     pipe.zadd(keys.dlq("message.sent.dlq"), {entry.id: entry.last_failure_ms})
     pipe.hset(keys.dlq_entries("message.sent.dlq"), entry.id, entry.encode())
     pipe.sadd(keys.state_groups, "messages")
     for n, status in ((1, "processed"), (2, "processed"), (3, "failed"), (4, "processed")):
-        pipe.hset(keys.state_group("messages"), f"rec{n:05d}", json.dumps(
-            {"id": f"rec{n:05d}", "status": status, "priority": "normal", "attempts": 1 + (n == 2) + 2 * (n == 3),
-             "text": "boom" if n == 3 else "hello"}, sort_keys=True))
+        pipe.hset(
+            keys.state_group("messages"),
+            f"rec{n:05d}",
+            json.dumps(
+                {
+                    "id": f"rec{n:05d}",
+                    "status": status,
+                    "priority": "normal",
+                    "attempts": 1 + (n == 2) + 2 * (n == 3),
+                    "text": "boom" if n == 3 else "hello",
+                },
+                sort_keys=True,
+            ),
+        )
     pipe.set(keys.cron_last("CleanupMessages", "*/5 * * * *"), json.dumps({"scheduled_ms": T0_MS + 480, "fired_ms": T0_MS + 492}))
     pipe.execute()
     return len(events)
@@ -111,8 +188,7 @@ def ready(*parts: str, keys: tuple[str, ...] = ()) -> Any:
     async def run_before(pilot: Any) -> None:
         app = pilot.app
         app.animation_level = "none"
-        await until(pilot, lambda: app.ready and app.model.seq == app.expected_events and app.link.connected,
-                    "every event read")
+        await until(pilot, lambda: app.ready and app.model.seq == app.expected_events and app.link.connected, "every event read")
         if keys:
             await pilot.press(*keys)
         need = {"registry", "workers", *parts}

@@ -76,8 +76,13 @@ def test_a_snapshot_reads_registries_workers_queues_dead_letters_state_and_cron(
     sub = {"name": "Proc", "trigger_specs": [{"type": "queue", "topic": "jobs"}], "enqueues": []}
     r.hset(keys.steps_registry, mapping={"Tick": json.dumps(step), "Proc": json.dumps(sub)})
     r.hset(keys.queues_registry, "jobs", json.dumps({"max_retries": 2, "dead_letter_queue": "jobs.dlq"}))
-    r.hset(keys.workers, "w1", json.dumps({"id": "w1", "name": "h:1:worker0", "host": "h", "pid": 1,
-                                           "queues": {"jobs": 4}, "in_flight": 2, "started_ms": T0_MS}))
+    r.hset(
+        keys.workers,
+        "w1",
+        json.dumps(
+            {"id": "w1", "name": "h:1:worker0", "host": "h", "pid": 1, "queues": {"jobs": 4}, "in_flight": 2, "started_ms": T0_MS}
+        ),
+    )
     r.zadd(keys.worker_heartbeats, {"w1": T0_MS + 500})
     r.rpush(f"{keys.dramatiq_namespace}:jobs--Proc--high", "a", "b")
     entry = DeadLetter(id="d1", dlq="jobs.dlq", error="boom", topic="jobs", last_failure_ms=T0_MS)
@@ -120,5 +125,7 @@ def test_a_large_state_group_is_read_up_to_the_limit_plus_the_keys_seen_changing
     snap = fetch(r, keys, Snapshot(), {"state"}, state_group="big", state_limit=100, state_recent=["k2999", "k0007", "gone"])
     assert snap.state_groups == {"big": 3000}
     assert 100 <= len(snap.state_values) <= 102
-    assert snap.state_values["k2999"] == {"n": 2999} and snap.state_values["k0007"] == {"n": 7} and "gone" not in snap.state_values
+    assert (
+        snap.state_values["k2999"] == {"n": 2999} and snap.state_values["k0007"] == {"n": 7} and "gone" not in snap.state_values
+    )
     assert "cmdstat_hgetall" not in r.info("commandstats")

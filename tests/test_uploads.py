@@ -124,6 +124,7 @@ STEPS = {
 
 def png(width: int, height: int) -> bytes:
     """A real PNG image (8-bit RGB gradient), built with zlib: any image viewer opens it."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -132,8 +133,12 @@ def png(width: int, height: int) -> bytes:
         raw.append(0)
         for x in range(width):
             raw += bytes((x * 255 // width, y * 255 // height, (x ^ y) & 255))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(bytes(raw), 1)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(bytes(raw), 1))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +147,17 @@ def app(tmp_path_factory, redis_server):
     shared = root / "shared-blobs"
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
-    make_project(root, STEPS, f"server:\n  port: 0\nblobs:\n  url: {shared.as_uri()}\nqueues:\n  big.in:\n    max_payload_bytes: 65536\n",
-                 redis_url=redis_server.url)
+    make_project(
+        root,
+        STEPS,
+        f"server:\n  port: 0\nblobs:\n  url: {shared.as_uri()}\nqueues:\n  big.in:\n    max_payload_bytes: 65536\n",
+        redis_url=redis_server.url,
+    )
     run = start_cli(root, "--no-ui")
     run.root, run.shared = root, shared  # type: ignore[attr-defined]
     yield run
     assert run.stop() == 0
     client.close()
-
 
 
 def stored(app) -> list:
@@ -162,13 +170,18 @@ def test_an_uploaded_image_is_streamed_to_the_shared_store_processed_by_a_worker
     and in byte ranges (206), every byte checked by sha256."""
     image = png(640, 480)
     digest = hashlib.sha256(image).hexdigest()
-    resp = httpx.post(f"{app.url}/images", content=image,
-                      headers={"content-type": "image/png", "content-disposition": 'attachment; filename="cat.png"'})
+    resp = httpx.post(
+        f"{app.url}/images",
+        content=image,
+        headers={"content-type": "image/png", "content-disposition": 'attachment; filename="cat.png"'},
+    )
     assert resp.status_code == 201, resp.text
     ref = resp.json()["ref"]
     assert ref == {"$blob": f"sha256:{digest}", "size": len(image), "content_type": "image/png", "name": "cat.png"}
-    rec = wait_for(lambda: (lambda raw: json.loads(raw) if raw else None)(rc.hget(KEYS.state_group("files"), digest)),
-                   what="the worker's record")
+    rec = wait_for(
+        lambda: (lambda raw: json.loads(raw) if raw else None)(rc.hget(KEYS.state_group("files"), digest)),
+        what="the worker's record",
+    )
     assert (rec["sha256"], rec["size"], rec["width"], rec["height"]) == (digest, len(image), 640, 480)
     assert rec["path"].startswith(str(app.shared))
 
@@ -209,7 +222,9 @@ def test_an_uploaded_image_is_streamed_to_the_shared_store_processed_by_a_worker
 
 def test_a_csv_upload_in_the_dict_form_reaches_an_async_handler(app):
     """Given the dict form with PUT and text/csv, when a CSV is sent, then the async handler reads it through ctx.blobs."""
-    resp = httpx.put(f"{app.url}/tables/orders", content=b"id,qty\n1,2\n3,4\n", headers={"content-type": "text/csv; charset=utf-8"})
+    resp = httpx.put(
+        f"{app.url}/tables/orders", content=b"id,qty\n1,2\n3,4\n", headers={"content-type": "text/csv; charset=utf-8"}
+    )
     assert resp.status_code == 200 and resp.json() == {"rows": 3, "name": None}
 
 
@@ -221,7 +236,10 @@ def test_undeclared_types_and_oversized_bodies_are_refused_and_store_nothing(app
     bad = httpx.post(f"{app.url}/images", content=b"<svg/>", headers={"content-type": "text/html"})
     assert bad.status_code == 415
     body = bad.json()
-    assert body["accept"] == ["image/*", "application/octet-stream", "text/csv"] and body["fields"][0]["field"] == "headers.Content-Type"
+    assert (
+        body["accept"] == ["image/*", "application/octet-stream", "text/csv"]
+        and body["fields"][0]["field"] == "headers.Content-Type"
+    )
     assert httpx.post(f"{app.url}/images", json={"a": 1}).status_code == 415
     assert httpx.post(f"{app.url}/images", content=b"x").status_code == 415  # no Content-Type at all
 
@@ -305,9 +323,12 @@ def test_openapi_lists_the_raw_body_types(app):
 def test_with_a_token_a_cross_site_upload_is_left_to_the_token(tmp_path, redis_server):
     """Given server.auth_token, when a cross-site upload comes without the token it is 401, with it 201: the token,
     not the browser's site marking, decides (the same rule as every other request)."""
-    make_project(tmp_path, {"upload_step.py": STEPS["upload_step.py"], "process_step.py": STEPS["process_step.py"]},
-                 # A prefix of its own: the module's running app shares this Redis and must not see it.
-                 f"redis:\n  url: {redis_server.url}\n  prefix: 'tok:'\nserver:\n  port: 0\n  auth_token: s3cret-token\n")
+    make_project(
+        tmp_path,
+        {"upload_step.py": STEPS["upload_step.py"], "process_step.py": STEPS["process_step.py"]},
+        # A prefix of its own: the module's running app shares this Redis and must not see it.
+        f"redis:\n  url: {redis_server.url}\n  prefix: 'tok:'\nserver:\n  port: 0\n  auth_token: s3cret-token\n",
+    )
     run = start_cli(tmp_path, "--no-ui")
     try:
         cross = {"content-type": "text/csv", "origin": "http://evil.example", "sec-fetch-site": "cross-site"}
@@ -333,7 +354,10 @@ def test_an_upload_the_store_cannot_write_is_a_503_not_a_500(app):
     finally:
         tmp.unlink()
         tmp.mkdir(mode=0o700)
-    assert httpx.post(f"{app.url}/images", content=b"\x00" * 1000, headers={"content-type": "application/octet-stream"}).status_code == 201
+    assert (
+        httpx.post(f"{app.url}/images", content=b"\x00" * 1000, headers={"content-type": "application/octet-stream"}).status_code
+        == 201
+    )
 
 
 def test_a_state_change_larger_than_max_payload_bytes_still_fires_its_step(app, rc):

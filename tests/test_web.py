@@ -23,7 +23,10 @@ pytest.importorskip("textual_serve", reason="the web extra is not installed (pip
 pytestmark = pytest.mark.slow
 
 TOKEN = "s3cret-web-token"
-CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium", shutil.which("chromium-browser")) if p and os.path.exists(p)), None)
+CHROMIUM = next(
+    (p for p in (shutil.which("chromium"), "/usr/bin/chromium", shutil.which("chromium-browser")) if p and os.path.exists(p)),
+    None,
+)
 
 #: Runs before the page's scripts: keeps a handle on the xterm.js terminal textual-serve creates
 #: (``this.terminal = new Terminal(...)``), so the test reads what the terminal shows.
@@ -42,15 +45,23 @@ SCREEN = """() => { const t = (window.__terminals || [])[0]; if (!t) return "";
 def until(page, pred, what: str, timeout: float = 15) -> str:
     """The terminal's screen once ``pred(screen)`` holds; else fail showing what the page shows."""
     try:
-        return wait_for(lambda: (lambda screen: screen if pred(screen) else None)(page.evaluate(SCREEN)), timeout=timeout, what=what)
+        return wait_for(
+            lambda: (lambda screen: screen if pred(screen) else None)(page.evaluate(SCREEN)), timeout=timeout, what=what
+        )
     except AssertionError as exc:
         raise AssertionError(f"{exc}; the page shows:\n{page.evaluate(SCREEN)}") from None
 
 
 class Proc:
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None, ready: str = r"on (http://\S+)"):
-        self.proc = subprocess.Popen([sys.executable, "-m", "iii_console", *args], cwd=cwd, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "iii_console", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = self.proc.stderr.readline()
         m = re.search(ready, line)
         if m is None:
@@ -139,8 +150,11 @@ def test_the_console_runs_in_a_browser_with_the_token_and_is_read_only(browser, 
 
         page.focus(".xterm-helper-textarea")
         page.keyboard.press("3")
-        until(page, lambda screen: "Waiting" in screen and "message.sent" in screen and "http.received" not in screen,
-              "the Queues view")
+        until(
+            page,
+            lambda screen: "Waiting" in screen and "message.sent" in screen and "http.received" not in screen,
+            "the Queues view",
+        )
         page.keyboard.press("s")  # send: refused, visibly
         until(page, lambda screen: "attached read-only" in " ".join(screen.split()), "the read-only notice")
     finally:
@@ -162,7 +176,12 @@ def test_every_route_needs_the_token_and_the_page_s_own_origin(web):
         assert TOKEN not in r.headers["set-cookie"]
         page = c.get("/")  # the cookie now
         assert page.status_code == 200 and "data-session-websocket-url" in page.text
-        ws = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+        ws = {
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        }
         assert c.get("/ws", headers={**ws, "Origin": "http://evil.example"}).status_code == 403
         host = web.url.split("//", 1)[1]
         assert c.get("/", headers={"Host": f"evil.example:{host.rsplit(':', 1)[1]}"}).status_code == 400
@@ -170,8 +189,14 @@ def test_every_route_needs_the_token_and_the_page_s_own_origin(web):
 
 def test_beyond_loopback_without_a_token_it_refuses_to_start(project):
     env = {k: v for k, v in os.environ.items() if k != "III_AUTH_TOKEN"}
-    out = subprocess.run([sys.executable, "-m", "iii_console", "web", "--host", "0.0.0.0", "--port", "0"], cwd=project, env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "iii_console", "web", "--host", "0.0.0.0", "--port", "0"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert "server.auth_token" in out.stderr and "refusing to serve the console on 0.0.0.0" in out.stderr
 
@@ -186,9 +211,7 @@ def test_the_console_command_is_read_only_unless_actions_are_allowed_and_holds_n
 
 
 def test_without_the_web_extra_it_says_what_to_install(project):
-    code = ("import sys; sys.modules['textual_serve'] = None\n"
-            "from iii_console.cli import main\n"
-            "sys.exit(main(['web']))\n")
+    code = "import sys; sys.modules['textual_serve'] = None\nfrom iii_console.cli import main\nsys.exit(main(['web']))\n"
     out = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1, out.stderr
     assert "pip install 'iii-console[web]'" in out.stderr and "Traceback" not in out.stderr

@@ -14,8 +14,9 @@ from celery import Celery, chord, group
 from bench.peers.images_kit import SIZES, probe_file, record_done, record_pid, render_to_file
 
 app = Celery("bench_images", broker=os.environ["BENCH_REDIS_URL"], backend=os.environ["BENCH_REDIS_URL"])
-app.conf.update(worker_hijack_root_logger=False, broker_connection_retry_on_startup=True, result_expires=3600,
-                task_acks_late=True)
+app.conf.update(
+    worker_hijack_root_logger=False, broker_connection_retry_on_startup=True, result_expires=3600, task_acks_late=True
+)
 
 
 @app.task(name="images.probe")

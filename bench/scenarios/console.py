@@ -40,16 +40,31 @@ def console_available() -> str | None:
 
 def _lifecycle(now_ms: int) -> list[dict[str, str]]:
     trace, mid = uuid.uuid4().hex, str(uuid.uuid4())
-    base: dict[str, Any] = {"trace_id": trace, "message_id": mid, "topic": "message.sent", "step": "ProcessMessage",
-                            "queue": "message.sent--ProcessMessage--normal", "worker": "bench:1:worker0"}
+    base: dict[str, Any] = {
+        "trace_id": trace,
+        "message_id": mid,
+        "topic": "message.sent",
+        "step": "ProcessMessage",
+        "queue": "message.sent--ProcessMessage--normal",
+        "worker": "bench:1:worker0",
+    }
     evs = [
-        Event(type="message.enqueued", ts=now_ms, **base, data={"payload": {"id": mid[:8], "text": "hello"}, "priority": "normal"}),
+        Event(
+            type="message.enqueued", ts=now_ms, **base, data={"payload": {"id": mid[:8], "text": "hello"}, "priority": "normal"}
+        ),
         Event(type="message.started", ts=now_ms, attempt=1, **base),
         Event(type="message.processed", ts=now_ms, attempt=1, duration_ms=20.5, **base),
-        Event(type="state.changed", ts=now_ms, trace_id=trace, step="ProcessMessage",
-              data={"group": "messages", "key": mid[:8], "op": "update", "new": {"status": "processed"}}),
+        Event(
+            type="state.changed",
+            ts=now_ms,
+            trace_id=trace,
+            step="ProcessMessage",
+            data={"group": "messages", "key": mid[:8], "op": "update", "new": {"status": "processed"}},
+        ),
         Event(type="notification.sent", ts=now_ms, trace_id=trace, step="NotifyCompletion", data={"channel": "log"}),
-        Event(type="log", ts=now_ms, trace_id=trace, step="ProcessMessage", data={"level": "info", "message": "message processed"}),
+        Event(
+            type="log", ts=now_ms, trace_id=trace, step="ProcessMessage", data={"level": "info", "message": "message processed"}
+        ),
     ]
     return [e.encode() for e in evs]
 
@@ -95,19 +110,35 @@ def run(bench: Bench) -> Section:
     ready, stop, out = bench.tmp / "console.ready", bench.tmp / "console.stop", bench.tmp / "console.json"
     for f in (ready, stop, out):
         f.unlink(missing_ok=True)
-    driver = bench.procs.start("console", [PY, "-m", "bench.console_driver", "--redis", bench.url, "--ready", str(ready),
-                                           "--stop", str(stop), "--out", str(out), "--max-seconds", str(o.console_seconds + 60)])
+    driver = bench.procs.start(
+        "console",
+        [
+            PY,
+            "-m",
+            "bench.console_driver",
+            "--redis",
+            bench.url,
+            "--ready",
+            str(ready),
+            "--stop",
+            str(stop),
+            "--out",
+            str(out),
+            "--max-seconds",
+            str(o.console_seconds + 60),
+        ],
+    )
     try:
-        wait_until(ready.exists, timeout=60, interval=0.1, what="the console to start",
-                   watch=lambda: bench.procs.check(driver))  # type: ignore[union-attr]
+        wait_until(ready.exists, timeout=60, interval=0.1, what="the console to start", watch=lambda: bench.procs.check(driver))  # type: ignore[union-attr]
         console = psutil.Process(driver.pid)
         t_start = time.time()
         fed, elapsed, rss, cpu = _feed(bench, o.console_rate, o.console_seconds, console)
         t_end = time.time()
         time.sleep(2.0)  # let it catch up, so "behind" below is a real backlog
         stop.write_text("stop")
-        wait_until(out.exists, timeout=60, interval=0.1, what="the console driver to finish",
-                   watch=lambda: bench.procs.check(driver))  # type: ignore[union-attr]
+        wait_until(
+            out.exists, timeout=60, interval=0.1, what="the console driver to finish", watch=lambda: bench.procs.check(driver)
+        )  # type: ignore[union-attr]
     except BenchError as exc:
         sec.note(f"skipped: console failed while running ({exc})")
         return sec
@@ -132,11 +163,18 @@ def run(bench: Bench) -> Section:
     sec.row("render ticks / s", fmt(ticks, 1))
     sec.row("behind at the end (fed − ingested, 2 s after feeding stopped)", fmt(max(0, fed - final_seq)))
     sec.row("console CPU, % of one core", fmt(cpu))
-    sec.row("console RSS start → half-way → end (max), MB",
-            f"{rss[0]:.0f} → {rss[len(rss) // 2]:.0f} → {rss[-1]:.0f} ({max(rss):.0f})" if rss else "—")
-    sec.row(f"key press → repaint, ms, p50 / p95 / max ({len(keys)} presses)", f"{fmt(kp[50], 1)} / {fmt(kp[95], 1)} / {fmt(kp[100], 1)}")
+    sec.row(
+        "console RSS start → half-way → end (max), MB",
+        f"{rss[0]:.0f} → {rss[len(rss) // 2]:.0f} → {rss[-1]:.0f} ({max(rss):.0f})" if rss else "—",
+    )
+    sec.row(
+        f"key press → repaint, ms, p50 / p95 / max ({len(keys)} presses)",
+        f"{fmt(kp[50], 1)} / {fmt(kp[95], 1)} / {fmt(kp[100], 1)}",
+    )
     sec.row("most events read at once, not yet in the model", fmt(result.get("inbox_peak")))
-    sec.note(f"{o.console_seconds:g} s of feeding. Headless Textual at 160×48: frames are composed but not written to a "
-             "terminal, so terminal output cost is not included. Key press = switching tabs (2 / 1), timed from the "
-             "press to the first refresh after it was handled.")
+    sec.note(
+        f"{o.console_seconds:g} s of feeding. Headless Textual at 160×48: frames are composed but not written to a "
+        "terminal, so terminal output cost is not included. Key press = switching tabs (2 / 1), timed from the "
+        "press to the first refresh after it was handled."
+    )
     return sec

@@ -40,8 +40,22 @@ def _start_ours_quiet(bench: Bench, port: int) -> Proc:
 
 def _start_peer(bench: Bench, port: int) -> Proc:
     assert bench.procs is not None
-    return bench.procs.start("litestar", [PY, "-m", "uvicorn", "bench.peers.litestar_app:app", "--host", "127.0.0.1",
-                                          "--port", str(port), "--log-level", "warning", "--no-access-log"])
+    return bench.procs.start(
+        "litestar",
+        [
+            PY,
+            "-m",
+            "uvicorn",
+            "bench.peers.litestar_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+    )
 
 
 def one_run(bench: Bench, start: Callable[[Bench, int], Proc], seconds: float) -> tuple[Load, float]:
@@ -74,23 +88,37 @@ def run(bench: Bench) -> Section:
         for name, start in ((OURS, _start_ours), (OURS_QUIET, _start_ours_quiet), (PEER, _start_peer)):
             load, cpu = one_run(bench, start, seconds)
             runs[name].append((load, cpu))
-            print(f"  [{NAME}] round {rnd + 1} {name}: {load.rps:,.0f} req/s, p99 {load.latency_ms.get('99', 0):.1f} ms "
-                  f"({load.non2xx} non-2xx, {load.errors} errors)", flush=True)
+            print(
+                f"  [{NAME}] round {rnd + 1} {name}: {load.rps:,.0f} req/s, p99 {load.latency_ms.get('99', 0):.1f} ms "
+                f"({load.non2xx} non-2xx, {load.errors} errors)",
+                flush=True,
+            )
 
     med_rps = {n: median(ld.rps for ld, _ in r) for n, r in runs.items()}
-    sec = Section(TITLE, header=["contender", "req/s", "p50 ms", "p90 ms", "p99 ms", "server CPU %", "non-2xx / errors",
-                                 "÷ bare peer"])
+    sec = Section(
+        TITLE, header=["contender", "req/s", "p50 ms", "p90 ms", "p99 ms", "server CPU %", "non-2xx / errors", "÷ bare peer"]
+    )
     for name, r in runs.items():
         p = {k: median(ld.latency_ms.get(k, float("nan")) for ld, _ in r) for k in ("50", "90", "99")}
-        sec.row(name, fmt(med_rps[name]), fmt(p["50"], 2), fmt(p["90"], 2), fmt(p["99"], 2), fmt(median(x for _, x in r)),
-                f"{sum(ld.non2xx for ld, _ in r)} / {sum(ld.errors for ld, _ in r)}", fmt_ratio(ratio(med_rps[name], med_rps[PEER])))
+        sec.row(
+            name,
+            fmt(med_rps[name]),
+            fmt(p["50"], 2),
+            fmt(p["90"], 2),
+            fmt(p["99"], 2),
+            fmt(median(x for _, x in r)),
+            f"{sum(ld.non2xx for ld, _ in r)} / {sum(ld.errors for ld, _ in r)}",
+            fmt_ratio(ratio(med_rps[name], med_rps[PEER])),
+        )
     sec.target("≥ 1.0 × the bare Litestar + Dramatiq endpoint (defaults)", ratio(med_rps[OURS], med_rps[PEER]) >= 1.0)
     sec.target("≥ 1.0 × the bare endpoint with `events.echo: false`", ratio(med_rps[OURS_QUIET], med_rps[PEER]) >= 1.0)
     tool = runs[OURS][0][0].tool
-    sec.note(f"{seconds:g} s per run after a {WARMUP_S:g} s warm-up, load from `{tool}` ({CONNECTIONS} connections) in its "
-             "own process. Ours per request: JSON body validated by the step's pydantic model, `state.set` (one CAS "
-             "script that also appends `state.changed`), one `enqueue.lua` (concurrent requests' script calls share "
-             "pipelined round trips), events `http.received`, "
-             "`message.enqueued`, `log`; `--no-ui` also tails and prints the event stream in the same process. "
-             "Server CPU is the server process's CPU time over the run (100 = one core).")
+    sec.note(
+        f"{seconds:g} s per run after a {WARMUP_S:g} s warm-up, load from `{tool}` ({CONNECTIONS} connections) in its "
+        "own process. Ours per request: JSON body validated by the step's pydantic model, `state.set` (one CAS "
+        "script that also appends `state.changed`), one `enqueue.lua` (concurrent requests' script calls share "
+        "pipelined round trips), events `http.received`, "
+        "`message.enqueued`, `log`; `--no-ui` also tails and prints the event stream in the same process. "
+        "Server CPU is the server process's CPU time over the run (100 = one core)."
+    )
     return sec

@@ -47,6 +47,7 @@ PIDS = "bench:images:pids"
 
 # -- input ----------------------------------------------------------------------
 
+
 def make_image(path: Path, seed: int) -> None:
     """A photo-like JPEG: smooth colour fields, shapes with hard edges and a little grain."""
     from PIL import Image, ImageDraw, ImageFilter
@@ -81,6 +82,7 @@ def make_images(folder: Path, n: int) -> list[Path]:
 
 
 # -- contenders -----------------------------------------------------------------
+
 
 @dataclass
 class Run:
@@ -140,8 +142,9 @@ def _ours(bench: Bench, refs: dict[str, Any]) -> Contender:
 
     def send(path: Path, image_id: str) -> None:
         ref = refs[image_id]
-        producer.enqueue("images.submitted", {"image": ref}, trace_id=uuid.uuid4().hex, source="bench",
-                         dedup_key=ref["$blob"].split(":", 1)[1])
+        producer.enqueue(
+            "images.submitted", {"image": ref}, trace_id=uuid.uuid4().hex, source="bench", dedup_key=ref["$blob"].split(":", 1)[1]
+        )
 
     def completed() -> dict[str, float]:
         entries = bench.redis.xrange(keys.events, min=cursor[0], max="+", count=5000)
@@ -154,8 +157,14 @@ def _ours(bench: Bench, refs: dict[str, Any]) -> Contender:
             cursor[0] = "(" + entries[-1][0].decode()
         return seen
 
-    return Contender("iii-console", start, lambda procs: c.wait_our_workers(bench, procs, config), send, completed,
-                     lambda ids: sum(statuses.get(i) == "done" for i in ids))
+    return Contender(
+        "iii-console",
+        start,
+        lambda procs: c.wait_our_workers(bench, procs, config),
+        send,
+        completed,
+        lambda ids: sum(statuses.get(i) == "done" for i in ids),
+    )
 
 
 def _peer_ready(bench: Bench, ping: Callable[[], None], procs: list[Proc]) -> None:
@@ -163,8 +172,7 @@ def _peer_ready(bench: Bench, ping: Callable[[], None], procs: list[Proc]) -> No
         ping()
         return bench.redis.scard(PIDS) >= PROCESSES
 
-    wait_until(up, timeout=120, interval=0.2, what="every peer worker process to answer",
-               watch=lambda: bench.procs.check(*procs))  # type: ignore[union-attr]
+    wait_until(up, timeout=120, interval=0.2, what="every peer worker process to answer", watch=lambda: bench.procs.check(*procs))  # type: ignore[union-attr]
 
 
 def _peer_done(bench: Bench) -> dict[str, float]:
@@ -184,14 +192,41 @@ def _celery(bench: Bench, out: Path) -> Contender:
 
     def start() -> list[Proc]:
         assert bench.procs is not None
-        return [bench.procs.start(f"celery-images{i}", [
-            PY, "-m", "celery", "-A", "bench.peers.images_celery", "worker", "-P", "threads", "-c", str(THREADS),
-            "-n", f"images{i}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING",
-        ], env={"BENCH_IMAGES_OUT": str(out)}) for i in range(PROCESSES)]
+        return [
+            bench.procs.start(
+                f"celery-images{i}",
+                [
+                    PY,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "bench.peers.images_celery",
+                    "worker",
+                    "-P",
+                    "threads",
+                    "-c",
+                    str(THREADS),
+                    "-n",
+                    f"images{i}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "-l",
+                    "WARNING",
+                ],
+                env={"BENCH_IMAGES_OUT": str(out)},
+            )
+            for i in range(PROCESSES)
+        ]
 
-    return Contender("Celery (chord, threads)", start, lambda procs: _peer_ready(bench, app.ping.delay, procs),
-                     lambda path, image_id: app.probe_image.delay(str(path), image_id), lambda: _peer_done(bench),
-                     _renders_on_disk(out))
+    return Contender(
+        "Celery (chord, threads)",
+        start,
+        lambda procs: _peer_ready(bench, app.ping.delay, procs),
+        lambda path, image_id: app.probe_image.delay(str(path), image_id),
+        lambda: _peer_done(bench),
+        _renders_on_disk(out),
+    )
 
 
 def _dramatiq(bench: Bench, out: Path) -> Contender:
@@ -199,16 +234,35 @@ def _dramatiq(bench: Bench, out: Path) -> Contender:
 
     def start() -> list[Proc]:
         assert bench.procs is not None
-        return [bench.procs.start("dramatiq-images", [
-            PY, "-m", "dramatiq", "bench.peers.images_dramatiq", "--processes", str(PROCESSES), "--threads", str(THREADS),
-        ], env={"BENCH_IMAGES_OUT": str(out)})]
+        return [
+            bench.procs.start(
+                "dramatiq-images",
+                [
+                    PY,
+                    "-m",
+                    "dramatiq",
+                    "bench.peers.images_dramatiq",
+                    "--processes",
+                    str(PROCESSES),
+                    "--threads",
+                    str(THREADS),
+                ],
+                env={"BENCH_IMAGES_OUT": str(out)},
+            )
+        ]
 
-    return Contender("Dramatiq (group + callback)", start, lambda procs: _peer_ready(bench, app.ping.send, procs),
-                     lambda path, image_id: app.probe_image.send(str(path), image_id), lambda: _peer_done(bench),
-                     _renders_on_disk(out))
+    return Contender(
+        "Dramatiq (group + callback)",
+        start,
+        lambda procs: _peer_ready(bench, app.ping.send, procs),
+        lambda path, image_id: app.probe_image.send(str(path), image_id),
+        lambda: _peer_done(bench),
+        _renders_on_disk(out),
+    )
 
 
 # -- one run --------------------------------------------------------------------
+
 
 def _redis_cpu_s(bench: Bench) -> float:
     info = bench.redis.info("cpu")
@@ -225,16 +279,22 @@ def _run(bench: Bench, who: Contender, images: list[tuple[Path, str]], warm: tup
     try:
         who.ready(procs)
         who.send(*warm)  # imports Pillow and opens every connection before the clock starts
-        wait_until(lambda: warm[1] in who.completed(), timeout=120, interval=0.05, what=f"{who.name}: the warm-up image",
-                   watch=watch)
+        wait_until(
+            lambda: warm[1] in who.completed(), timeout=120, interval=0.05, what=f"{who.name}: the warm-up image", watch=watch
+        )
         cpu0, redis0 = cpu_seconds(p for proc in procs for p in proc.tree()), _redis_cpu_s(bench)
         submitted: dict[str, float] = {}
         for path, image_id in images:
             submitted[image_id] = time.time()
             who.send(path, image_id)
         # One read per poll: the harness must not load Redis or the CPU it measures.
-        wait_until(lambda: submitted.keys() <= who.completed().keys(), timeout=120 + 3 * len(images), interval=0.05,
-                   what=f"{who.name}: every image's completion", watch=watch)
+        wait_until(
+            lambda: submitted.keys() <= who.completed().keys(),
+            timeout=120 + 3 * len(images),
+            interval=0.05,
+            what=f"{who.name}: every image's completion",
+            watch=watch,
+        )
         cpu1, redis1 = cpu_seconds(p for proc in procs for p in proc.tree()), _redis_cpu_s(bench)
         done = {i: t for i, t in who.completed().items() if i in submitted}
         return Run(submitted, done, cpu1 - cpu0, redis1 - redis0, who.renders_ok(list(submitted)))
@@ -264,35 +324,69 @@ def run(bench: Bench) -> Section:
     contenders = [_ours(bench, refs), _celery(bench, out), _dramatiq(bench, out)]
     runs: dict[str, list[Run]] = {x.name: [] for x in contenders}
     for r in range(o.rounds):
-        for who in contenders[r % 3:] + contenders[:r % 3]:  # a different one first every round
+        for who in contenders[r % 3 :] + contenders[: r % 3]:  # a different one first every round
             runs[who.name].append(_run(bench, who, images, warm, out))
 
-    sec = Section(TITLE, header=["contender", "images/s", "p50 ms", "p95 ms", "max ms", "worker CPU ms/image",
-                                 "Redis CPU ms/image", "renders complete"])
+    sec = Section(
+        TITLE,
+        header=[
+            "contender",
+            "images/s",
+            "p50 ms",
+            "p95 ms",
+            "max ms",
+            "worker CPU ms/image",
+            "Redis CPU ms/image",
+            "renders complete",
+        ],
+    )
     summary: dict[str, dict[str, float]] = {}
     for who in contenders:
         rs = runs[who.name]
         lat = [percentiles(x.latencies_ms, (50, 95, 100)) for x in rs]
         s = summary[who.name] = {
-            "rate": median(x.rate for x in rs), "p50": median(p[50] for p in lat), "p95": median(p[95] for p in lat),
-            "max": median(p[100] for p in lat), "cpu": median(x.cpu_s * 1000 / n for x in rs),
+            "rate": median(x.rate for x in rs),
+            "p50": median(p[50] for p in lat),
+            "p95": median(p[95] for p in lat),
+            "max": median(p[100] for p in lat),
+            "cpu": median(x.cpu_s * 1000 / n for x in rs),
             "redis": median(x.redis_cpu_s * 1000 / n for x in rs),
         }
-        sec.row(who.name, fmt(s["rate"], 2), fmt(s["p50"]), fmt(s["p95"]), fmt(s["max"]), fmt(s["cpu"]),
-                fmt(s["redis"], 1), " / ".join(f"{x.renders_ok}/{n}" for x in rs))
+        sec.row(
+            who.name,
+            fmt(s["rate"], 2),
+            fmt(s["p50"]),
+            fmt(s["p95"]),
+            fmt(s["max"]),
+            fmt(s["cpu"]),
+            fmt(s["redis"], 1),
+            " / ".join(f"{x.renders_ok}/{n}" for x in rs),
+        )
     ours = summary[contenders[0].name]
     peer = max((x.name for x in contenders[1:]), key=lambda name: summary[name]["rate"])
     p = summary[peer]
-    sec.row(f"ours ÷ {peer}", f"{fmt(ratio(ours['rate'], p['rate']), 2)}×", f"{fmt(ratio(ours['p50'], p['p50']), 2)}×",
-            f"{fmt(ratio(ours['p95'], p['p95']), 2)}×", f"{fmt(ratio(ours['max'], p['max']), 2)}×",
-            f"{fmt(ratio(ours['cpu'], p['cpu']), 2)}×", f"{fmt(ratio(ours['redis'], p['redis']), 2)}×", "")
+    sec.row(
+        f"ours ÷ {peer}",
+        f"{fmt(ratio(ours['rate'], p['rate']), 2)}×",
+        f"{fmt(ratio(ours['p50'], p['p50']), 2)}×",
+        f"{fmt(ratio(ours['p95'], p['p95']), 2)}×",
+        f"{fmt(ratio(ours['max'], p['max']), 2)}×",
+        f"{fmt(ratio(ours['cpu'], p['cpu']), 2)}×",
+        f"{fmt(ratio(ours['redis'], p['redis']), 2)}×",
+        "",
+    )
     sec.target(f"images/s ≥ 1.0× the faster peer ({peer})", ratio(ours["rate"], p["rate"]) >= 1.0)
-    sec.note("Images/s per round: " + "; ".join(
-        f"{who.name} " + ", ".join(fmt(x.rate, 2) for x in runs[who.name]) for who in contenders) + ".")
-    sec.note(f"{n} JPEGs of {megapixels:.1f} MP on average ({mean_kb:.0f} KB), each probed, rendered to 160/800/1600 px "
-             f"boxes and completed once; all submitted at once; {PROCESSES} worker processes × {THREADS} threads each "
-             f"(Celery: {PROCESSES} `celery worker -P threads -c {THREADS}`; Dramatiq: `--processes {PROCESSES} "
-             f"--threads {THREADS}`; ours: `images.render` concurrency {THREADS}), {o.rounds} round(s), medians. "
-             "Latency: submission → the image's completion callback. Ratios: ours ÷ the peer with more images/s "
-             "(below 1× is better for latency and CPU). Renders complete: images with all three sizes written, per round.")
+    sec.note(
+        "Images/s per round: "
+        + "; ".join(f"{who.name} " + ", ".join(fmt(x.rate, 2) for x in runs[who.name]) for who in contenders)
+        + "."
+    )
+    sec.note(
+        f"{n} JPEGs of {megapixels:.1f} MP on average ({mean_kb:.0f} KB), each probed, rendered to 160/800/1600 px "
+        f"boxes and completed once; all submitted at once; {PROCESSES} worker processes × {THREADS} threads each "
+        f"(Celery: {PROCESSES} `celery worker -P threads -c {THREADS}`; Dramatiq: `--processes {PROCESSES} "
+        f"--threads {THREADS}`; ours: `images.render` concurrency {THREADS}), {o.rounds} round(s), medians. "
+        "Latency: submission → the image's completion callback. Ratios: ours ÷ the peer with more images/s "
+        "(below 1× is better for latency and CPU). Renders complete: images with all three sizes written, per round."
+    )
     return sec

@@ -50,8 +50,24 @@ def _http_e2e(bench: Bench) -> tuple[dict[str, list[float]], Counter[int]]:
         wait_http(bench, url, server)
         c.wait_our_workers(bench, workers, config)
         out = bench.tmp / "paced.json"
-        bench.procs.run("loadgen", [PY, "-m", "bench.loadgen", "paced", "--url", url, "--rate", str(o.latency_rate),
-                                    "--seconds", str(o.latency_seconds), "--out", str(out)], timeout=o.latency_seconds + 60)
+        bench.procs.run(
+            "loadgen",
+            [
+                PY,
+                "-m",
+                "bench.loadgen",
+                "paced",
+                "--url",
+                url,
+                "--rate",
+                str(o.latency_rate),
+                "--seconds",
+                str(o.latency_seconds),
+                "--out",
+                str(out),
+            ],
+            timeout=o.latency_seconds + 60,
+        )
         answered = json.loads(out.read_text())["answers"]
         statuses = Counter(a["status"] for a in answered)
         traces = {a["trace_id"] for a in answered if a["status"] == 202 and a["trace_id"]}
@@ -60,13 +76,19 @@ def _http_e2e(bench: Bench) -> tuple[dict[str, list[float]], Counter[int]]:
             got = read_all(bench.redis, types=["notification.sent"])
             return len({e.trace_id for e in got} & traces) >= len(traces)
 
-        wait_until(all_notified, timeout=60, interval=0.25, what=f"{len(traces)} notifications",
-                   watch=lambda: bench.procs.check(server, *workers))  # type: ignore[union-attr]
+        wait_until(
+            all_notified,
+            timeout=60,
+            interval=0.25,
+            what=f"{len(traces)} notifications",
+            watch=lambda: bench.procs.check(server, *workers),
+        )  # type: ignore[union-attr]
     finally:
         for p in (server, *workers):
             bench.procs.stop(p)
-    events = read_all(bench.redis, types=["http.received", "message.enqueued", "message.started", "message.processed",
-                                          "notification.sent"])
+    events = read_all(
+        bench.redis, types=["http.received", "message.enqueued", "message.started", "message.processed", "notification.sent"]
+    )
     # The state-triggered NotifyCompletion step runs on the same trace: keep only ProcessMessage's queue events.
     events = [e for e in events if not e.type.startswith("message.") or e.topic == SEED_TOPIC]
     ts = first_ts(events)
@@ -105,8 +127,12 @@ def _queue_hop(bench: Bench, start: Callable[[], list], send: Callable[[dict], N
         bench.flush()
         _paced(o.latency_rate, o.latency_seconds, send)
         n = int(o.latency_rate * o.latency_seconds)
-        wait_until(lambda: bench.redis.llen(work.LATENCY) >= n, timeout=60, what=f"{n} task starts",
-                   watch=lambda: bench.procs.check(*procs))  # type: ignore[union-attr]
+        wait_until(
+            lambda: bench.redis.llen(work.LATENCY) >= n,
+            timeout=60,
+            what=f"{n} task starts",
+            watch=lambda: bench.procs.check(*procs),
+        )  # type: ignore[union-attr]
     finally:
         for p in procs:
             bench.procs.stop(p)
@@ -169,12 +195,18 @@ def run(bench: Bench) -> Section:
     sec.target("p50 ≤ 5 ms (accepted → processed, net of the handler's own work)", net[50] <= 5)
     sec.target("p99 ≤ 25 ms (same)", net[99] <= 25)
     raw = pct["http.processed"]
-    sec.target("p50 ≤ 5 ms / p99 ≤ 25 ms taken literally (includes the seed handler's 20 ms sleep)", raw[50] <= 5 and raw[99] <= 25)
+    sec.target(
+        "p50 ≤ 5 ms / p99 ≤ 25 ms taken literally (includes the seed handler's 20 ms sleep)", raw[50] <= 5 and raw[99] <= 25
+    )
     sent = sum(statuses.values())
-    sec.note(f"HTTP answers: {', '.join(f'{n:,} × {code}' for code, n in sorted(statuses.items()))} of {sent:,} sent; "
-             "only 202s are traced. A 503 means Redis could not be reached in time; a 429 "
-             "means back-pressure (`server.max_queue_depth`).")
-    sec.note(f"{o.latency_rate}/s for {o.latency_seconds:g} s per round, {o.rounds} round(s) pooled. Event timestamps "
-             "are whole milliseconds (±1 ms). The seed's ProcessMessage does state get + 2 updates and sleeps 20 ms; "
-             "notification.sent comes after the state trigger (state-changes stream → dispatcher → NotifyCompletion step).")
+    sec.note(
+        f"HTTP answers: {', '.join(f'{n:,} × {code}' for code, n in sorted(statuses.items()))} of {sent:,} sent; "
+        "only 202s are traced. A 503 means Redis could not be reached in time; a 429 "
+        "means back-pressure (`server.max_queue_depth`)."
+    )
+    sec.note(
+        f"{o.latency_rate}/s for {o.latency_seconds:g} s per round, {o.rounds} round(s) pooled. Event timestamps "
+        "are whole milliseconds (±1 ms). The seed's ProcessMessage does state get + 2 updates and sleeps 20 ms; "
+        "notification.sent comes after the state trigger (state-changes stream → dispatcher → NotifyCompletion step)."
+    )
     return sec

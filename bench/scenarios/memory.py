@@ -79,18 +79,32 @@ def run(bench: Bench) -> Section:
     xlen = r.xlen(keys.events)
     stream_bytes = r.memory_usage(keys.events, samples=0) or 0
     used = r.info("memory")["used_memory"]
-    print(f"  [{NAME}] ours: {ours['rss']:.0f} MB RSS after {n:,}; stream {xlen:,} entries, {stream_bytes / 2**20:.1f} MB",
-          flush=True)
+    print(
+        f"  [{NAME}] ours: {ours['rss']:.0f} MB RSS after {n:,}; stream {xlen:,} entries, {stream_bytes / 2**20:.1f} MB",
+        flush=True,
+    )
     dram = _measure(bench, c.dramatiq(), n, skip_root=True)
     print(f"  [{NAME}] Dramatiq: {dram['rss']:.0f} MB RSS after {n:,}", flush=True)
 
-    sec = Section(TITLE, header=["contender (1 process × 8 threads)", f"worker RSS after {n:,} msgs, MB",
-                                 "incl. CLI parent, MB", "idle CPU, % of a core", "drain msg/s"])
+    sec = Section(
+        TITLE,
+        header=[
+            "contender (1 process × 8 threads)",
+            f"worker RSS after {n:,} msgs, MB",
+            "incl. CLI parent, MB",
+            "idle CPU, % of a core",
+            "drain msg/s",
+        ],
+    )
     sec.row("iii-console (events on)", fmt(ours["rss"], 1), fmt(ours["tree_rss"], 1), fmt(ours["idle_cpu"], 1), fmt(ours["rate"]))
     sec.row("Dramatiq (RedisBroker)", fmt(dram["rss"], 1), fmt(dram["tree_rss"], 1), fmt(dram["idle_cpu"], 1), fmt(dram["rate"]))
-    sec.note(f"Redis with our event stream at its cap (`events.maxlen` {config.events.maxlen:,}): stream {xlen:,} entries, "
-             f"`MEMORY USAGE` {stream_bytes / 2**20:.1f} MB ({stream_bytes / max(xlen, 1):.0f} B/entry); "
-             f"`used_memory` {used / 2**20:.1f} MB in all (queues drained).")
-    sec.note(f"Idle CPU: sampled for {IDLE_SAMPLE_S:g} s right after the drain, nothing queued. Celery is left out here "
-             "(its client fills 100,000 messages at ~800/s).")
+    sec.note(
+        f"Redis with our event stream at its cap (`events.maxlen` {config.events.maxlen:,}): stream {xlen:,} entries, "
+        f"`MEMORY USAGE` {stream_bytes / 2**20:.1f} MB ({stream_bytes / max(xlen, 1):.0f} B/entry); "
+        f"`used_memory` {used / 2**20:.1f} MB in all (queues drained)."
+    )
+    sec.note(
+        f"Idle CPU: sampled for {IDLE_SAMPLE_S:g} s right after the drain, nothing queued. Celery is left out here "
+        "(its client fills 100,000 messages at ~800/s)."
+    )
     return sec

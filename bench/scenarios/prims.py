@@ -43,8 +43,12 @@ def _busiest(ts: list[float], window_ms: int) -> int:
 
 
 def _throttle(bench: Bench, calls_per_key: int) -> Section:
-    config = c.our_config(bench, steps=STEPS, events=True, queues={
-        "bench.call": {"throttle": {"key": "key", "limit": LIMIT, "period_ms": PERIOD_MS}}})
+    config = c.our_config(
+        bench,
+        steps=STEPS,
+        events=True,
+        queues={"bench.call": {"throttle": {"key": "key", "limit": LIMIT, "period_ms": PERIOD_MS}}},
+    )
     producer = c.our_producer(bench, config, bench.redis)
     for i in range(calls_per_key):
         for k in KEYS:
@@ -52,11 +56,16 @@ def _throttle(bench: Bench, calls_per_key: int) -> Section:
     procs = c.start_our_workers(bench, config, 2, 8)
     c.wait_our_workers(bench, procs, config)
     expect_s = calls_per_key / LIMIT * PERIOD_MS / 1000
-    wait_until(lambda: all(bench.redis.llen(f"bench:calls:{k}") >= calls_per_key for k in KEYS),
-               timeout=expect_s * 3 + 60, what="every throttled call", watch=lambda: bench.procs.check(*procs))  # type: ignore[union-attr]
-    sec = Section(f"8a. Per-key throttle (limit {LIMIT} per {PERIOD_MS} ms, 4 keys, 2 processes × 8 threads)",
-                  header=["key", "calls", f"busiest {PERIOD_MS} ms", f"busiest {PERIOD_MS - SLACK_MS} ms",
-                          "steady rate /s", "limit /s"])
+    wait_until(
+        lambda: all(bench.redis.llen(f"bench:calls:{k}") >= calls_per_key for k in KEYS),
+        timeout=expect_s * 3 + 60,
+        what="every throttled call",
+        watch=lambda: bench.procs.check(*procs),
+    )  # type: ignore[union-attr]
+    sec = Section(
+        f"8a. Per-key throttle (limit {LIMIT} per {PERIOD_MS} ms, 4 keys, 2 processes × 8 threads)",
+        header=["key", "calls", f"busiest {PERIOD_MS} ms", f"busiest {PERIOD_MS - SLACK_MS} ms", "steady rate /s", "limit /s"],
+    )
     worst = 0
     for k in KEYS:
         ts = sorted(float(x) for x in bench.redis.lrange(f"bench:calls:{k}", 0, -1))
@@ -66,9 +75,11 @@ def _throttle(bench: Bench, calls_per_key: int) -> Section:
         steady = (len(ts) - LIMIT) / (ts[-1] - ts[0]) if len(ts) > LIMIT and ts[-1] > ts[0] else 0.0
         sec.row(k, len(ts), busiest, within, fmt(steady, 1), fmt(LIMIT / (PERIOD_MS / 1000), 1))
     sec.target(f"no key above {LIMIT} starts in any {PERIOD_MS - SLACK_MS} ms window of handler start times", worst <= LIMIT)
-    sec.note(f"Admission is decided by Redis's clock; a handler starts a few ms after it is admitted, so measured by "
-             f"the handlers' clocks a {PERIOD_MS} ms window can hold one start more than the limit when the oldest "
-             f"start ran late. {SLACK_MS} ms of slack absorbs that start jitter.")
+    sec.note(
+        f"Admission is decided by Redis's clock; a handler starts a few ms after it is admitted, so measured by "
+        f"the handlers' clocks a {PERIOD_MS} ms window can hold one start more than the limit when the oldest "
+        f"start ran late. {SLACK_MS} ms of slack absorbs that start jitter."
+    )
     for p in procs:
         bench.procs.stop(p, grace_s=5)  # type: ignore[union-attr]
     return sec
@@ -83,10 +94,21 @@ def _fanin(bench: Bench, rounds: int) -> Section:
     try:
         for _ in range(rounds):
             gid = uuid.uuid4().hex
-            producer.enqueue_group("bench.child", [{"group": gid, "i": i} for i in range(CHILDREN)], then="bench.done",
-                                   group_id=gid, trace_id=uuid.uuid4().hex, source="bench")
-            wait_until(lambda: bench.redis.exists(f"bench:done:{gid}") == 1, timeout=120, interval=0.01,
-                       what="the group's completion", watch=lambda: bench.procs.check(*procs))  # type: ignore[union-attr]
+            producer.enqueue_group(
+                "bench.child",
+                [{"group": gid, "i": i} for i in range(CHILDREN)],
+                then="bench.done",
+                group_id=gid,
+                trace_id=uuid.uuid4().hex,
+                source="bench",
+            )
+            wait_until(
+                lambda: bench.redis.exists(f"bench:done:{gid}") == 1,
+                timeout=120,
+                interval=0.01,
+                what="the group's completion",
+                watch=lambda: bench.procs.check(*procs),
+            )  # type: ignore[union-attr]
             last, done = bench.redis.mget(f"bench:child-last:{gid}", f"bench:done:{gid}")
             gaps.append(max(0.0, float(done) - float(last)) * 1000)
             time.sleep(0.2)
@@ -94,11 +116,15 @@ def _fanin(bench: Bench, rounds: int) -> Section:
         for p in procs:
             bench.procs.stop(p, grace_s=5)  # type: ignore[union-attr]
     p = percentiles(gaps, (50, 95, 100))
-    sec = Section(f"8b. Fan-in: {CHILDREN:,} children → completion (2 processes × 8 threads)",
-                  header=["rounds", "p50 ms", "p95 ms", "max ms"])
+    sec = Section(
+        f"8b. Fan-in: {CHILDREN:,} children → completion (2 processes × 8 threads)",
+        header=["rounds", "p50 ms", "p95 ms", "max ms"],
+    )
     sec.row(len(gaps), fmt(p[50], 1), fmt(p[95], 1), fmt(p[100], 1))
-    sec.note("From the last child's handler returning to the completion's handler starting: the last settle "
-             "enqueues the completion in its own script, so this is one fetch away.")
+    sec.note(
+        "From the last child's handler returning to the completion's handler starting: the last settle "
+        "enqueues the completion in its own script, so this is one fetch away."
+    )
     return sec
 
 

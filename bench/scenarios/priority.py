@@ -40,8 +40,13 @@ def _trial(bench: Bench, contender: c.QueueContender, send_urgent: Callable[[], 
         send_urgent()
         sent = time.time()
         drain_s = o.priority_backlog * SLEEP_MS / 1000 / THREADS
-        wait_until(lambda: bench.redis.exists(work.MARK) == 1, timeout=drain_s * 3 + 30, interval=0.005,
-                   what="the high-priority message to start", watch=watch)
+        wait_until(
+            lambda: bench.redis.exists(work.MARK) == 1,
+            timeout=drain_s * 3 + 30,
+            interval=0.005,
+            what="the high-priority message to start",
+            watch=watch,
+        )
         return max(0.0, float(bench.redis.get(work.MARK)) - sent)
     finally:
         for p in procs:
@@ -55,12 +60,13 @@ def run(bench: Bench) -> Section:
     ours = c.ours()
     producer = c.our_producer(bench, c.our_config(bench), bench.redis)
     cases: list[tuple[str, c.QueueContender, Callable[[], None]]] = [
-        ("iii-console, priority=\"high\"", ours,
-         lambda: producer.enqueue(c.TOPIC, {"mark": True}, trace_id=uuid.uuid4().hex, priority="high", source="bench")),
-        ("Dramatiq, urgent actor (priority=0) on the same queue", c.dramatiq(),
-         lambda: dramatiq_app.urgent.send({"mark": True})),
-        ("Dramatiq, urgent actor on its own queue", c.dramatiq(),
-         lambda: dramatiq_app.urgent_own_queue.send({"mark": True})),
+        (
+            'iii-console, priority="high"',
+            ours,
+            lambda: producer.enqueue(c.TOPIC, {"mark": True}, trace_id=uuid.uuid4().hex, priority="high", source="bench"),
+        ),
+        ("Dramatiq, urgent actor (priority=0) on the same queue", c.dramatiq(), lambda: dramatiq_app.urgent.send({"mark": True})),
+        ("Dramatiq, urgent actor on its own queue", c.dramatiq(), lambda: dramatiq_app.urgent_own_queue.send({"mark": True})),
     ]
     waits: dict[str, list[float]] = {name: [] for name, _, _ in cases}
     for trial in range(o.priority_trials):
@@ -74,7 +80,9 @@ def run(bench: Bench) -> Section:
         sec.row(name, len(waits[name]), fmt(p[50], 1), fmt(p[95], 1), fmt(p[100], 1))
     ours_p95 = percentiles(waits[cases[0][0]], (95,))[95]
     sec.target("ours starts within 0.5 s at p95", ours_p95 <= 0.5)
-    sec.note(f"Backlog: {o.priority_backlog:,} normal messages of {SLEEP_MS} ms each on 1 process × {THREADS} threads "
-             f"(≈ {o.priority_backlog * SLEEP_MS / 1000 / THREADS:.1f} s of work); the urgent message is sent once "
-             f"{2 * THREADS} of them are done. With few trials p95 is close to the max.")
+    sec.note(
+        f"Backlog: {o.priority_backlog:,} normal messages of {SLEEP_MS} ms each on 1 process × {THREADS} threads "
+        f"(≈ {o.priority_backlog * SLEEP_MS / 1000 / THREADS:.1f} s of work); the urgent message is sent once "
+        f"{2 * THREADS} of them are done. With few trials p95 is close to the max."
+    )
     return sec

@@ -29,16 +29,21 @@ def measure(bench: Bench, contenders: list[c.QueueContender], n: int) -> Samples
             for con in contenders:
                 d = drain(bench, con, shape[0], shape[1], n)
                 runs.setdefault((con.name, shape), []).append(d)
-                print(f"  [{NAME}] round {rnd + 1} {shape[0]}x{shape[1]} {con.name}: {d.rate:,.0f} msg/s, "
-                      f"{d.cpu_ms:.2f} ms CPU/msg, Redis {d.redis_us:.0f} µs/msg", flush=True)
+                print(
+                    f"  [{NAME}] round {rnd + 1} {shape[0]}x{shape[1]} {con.name}: {d.rate:,.0f} msg/s, "
+                    f"{d.cpu_ms:.2f} ms CPU/msg, Redis {d.redis_us:.0f} µs/msg",
+                    flush=True,
+                )
     return runs
 
 
 def medians(runs: Samples) -> tuple[dict, dict, dict]:
     """(rate, worker CPU ms/msg, Redis µs/msg) medians by (contender, shape)."""
-    return ({k: median(d.rate for d in v) for k, v in runs.items()},
-            {k: median(d.cpu_ms for d in v) for k, v in runs.items()},
-            {k: median(d.redis_us for d in v) for k, v in runs.items()})
+    return (
+        {k: median(d.rate for d in v) for k, v in runs.items()},
+        {k: median(d.cpu_ms for d in v) for k, v in runs.items()},
+        {k: median(d.redis_us for d in v) for k, v in runs.items()},
+    )
 
 
 def run(bench: Bench) -> Section:
@@ -48,22 +53,36 @@ def run(bench: Bench) -> Section:
     runs = measure(bench, contenders, n)
     med, cpu, rus = medians(runs)
 
-    sec = Section(TITLE, header=["contender", *(f"{p}×{t} msg/s" for p, t in SHAPES),
-                                 *(f"ours ÷ this {p}×{t}" for p, t in SHAPES),
-                                 "worker CPU ms/msg (1×8)", "Redis CPU µs/msg (1×8)", "msg/s per round (min–max)"])
+    sec = Section(
+        TITLE,
+        header=[
+            "contender",
+            *(f"{p}×{t} msg/s" for p, t in SHAPES),
+            *(f"ours ÷ this {p}×{t}" for p, t in SHAPES),
+            "worker CPU ms/msg (1×8)",
+            "Redis CPU µs/msg (1×8)",
+            "msg/s per round (min–max)",
+        ],
+    )
     for con in contenders:
-        sec.row(con.name, *(fmt(med[(con.name, s)]) for s in SHAPES),
-                *(fmt_ratio(ratio(med[(ours.name, s)], med[(con.name, s)])) for s in SHAPES),
-                fmt(cpu[(con.name, SHAPES[0])], 2), fmt(rus[(con.name, SHAPES[0])]),
-                "; ".join(spread([d.rate for d in runs[(con.name, s)]]) or "—" for s in SHAPES))
+        sec.row(
+            con.name,
+            *(fmt(med[(con.name, s)]) for s in SHAPES),
+            *(fmt_ratio(ratio(med[(ours.name, s)], med[(con.name, s)])) for s in SHAPES),
+            fmt(cpu[(con.name, SHAPES[0])], 2),
+            fmt(rus[(con.name, SHAPES[0])]),
+            "; ".join(spread([d.rate for d in runs[(con.name, s)]]) or "—" for s in SHAPES),
+        )
     for s in SHAPES:
         shape = f"{s[0]}×{s[1]}"
         best_celery = max(med[(f"Celery ({pool})", s)] for pool in ("prefork", "threads"))
         sec.target(f"{shape}: ≥ 0.9 × Dramatiq (events on)", ratio(med[(ours.name, s)], med[(c.dramatiq().name, s)]) >= 0.9)
         sec.target(f"{shape}: ≥ 2.5 × the faster Celery pool", ratio(med[(ours.name, s)], best_celery) >= 2.5)
-    sec.note(f"{n:,} messages per run; workers are real processes (ours: `python -m iii_console.runtime.worker` as the "
-             "supervisor spawns them; Dramatiq: `dramatiq --processes P --threads 8`; Celery: P × "
-             "`celery worker -P prefork|threads -c 8`). Clock: first to last completion, written by the task to Redis. "
-             "CPU columns count from the first completion on (startup excluded) and are far less sensitive to other "
-             "load on the machine than msg/s.")
+    sec.note(
+        f"{n:,} messages per run; workers are real processes (ours: `python -m iii_console.runtime.worker` as the "
+        "supervisor spawns them; Dramatiq: `dramatiq --processes P --threads 8`; Celery: P × "
+        "`celery worker -P prefork|threads -c 8`). Clock: first to last completion, written by the task to Redis. "
+        "CPU columns count from the first completion on (startup excluded) and are far less sensitive to other "
+        "load on the machine than msg/s."
+    )
     return sec

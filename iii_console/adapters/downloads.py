@@ -78,10 +78,12 @@ async def _file_chunks(path: Path, first: int, length: int) -> AsyncIterator[byt
 
 async def _bytes_chunks(data: bytes) -> AsyncIterator[bytes]:
     for i in range(0, len(data), CHUNK):
-        yield data[i:i + CHUNK]
+        yield data[i : i + CHUNK]
 
 
-def download_response(answer: Any, store: BlobStore, *, status: int, headers: dict[str, str], range_header: str | None) -> Response[Any]:
+def download_response(
+    answer: Any, store: BlobStore, *, status: int, headers: dict[str, str], range_header: str | None
+) -> Response[Any]:
     """Stream ``answer`` (a blob ref, a Path or a Download); :class:`NotFound` if its file is gone."""
     dl = answer if isinstance(answer, Download) else Download(answer)
     src = dl.source
@@ -121,7 +123,7 @@ def download_response(answer: Any, store: BlobStore, *, status: int, headers: di
             out["Content-Range"] = f"bytes {first}-{last}/{size}"
     length = max(0, last - first + 1)
     out["Content-Length"] = str(length)
-    body = _file_chunks(path, first, length) if path is not None else _bytes_chunks(src[first:first + length])
+    body = _file_chunks(path, first, length) if path is not None else _bytes_chunks(src[first : first + length])
     return Stream(body, status_code=status, headers=out, media_type=ctype or "application/octet-stream")
 
 

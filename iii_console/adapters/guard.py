@@ -98,6 +98,7 @@ def guard(app: ASGIApp, *, allowed_hosts: list[str], token: str, open_paths: tup
 
 def _without_body(send: Any) -> Any:
     """``send`` for a ``HEAD`` answered as a ``GET``: the headers (``content-length`` included), no body."""
+
     async def head_send(message: Any) -> None:
         if message["type"] == "http.response.body":
             message = {**message, "body": b""}

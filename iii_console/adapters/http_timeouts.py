@@ -95,6 +95,7 @@ class TimedH11Protocol(_Timed, H11Protocol):
 
 
 if HttpToolsProtocol is not None:
+
     class TimedHttpToolsProtocol(_Timed, HttpToolsProtocol):  # type: ignore[misc]
         pass
 

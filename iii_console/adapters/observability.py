@@ -34,11 +34,16 @@ METRICS_MEDIA_TYPE = "; ".join(p for p in CONTENT_TYPE_LATEST.split("; ") if not
 log = logging.getLogger(__name__)
 
 OUTCOMES = {
-    "message.enqueued": "enqueued", "message.started": "started", "message.processed": "processed",
-    "message.failed": "failed", "message.retrying": "retried", "message.dead_lettered": "dead_lettered",
+    "message.enqueued": "enqueued",
+    "message.started": "started",
+    "message.processed": "processed",
+    "message.failed": "failed",
+    "message.retrying": "retried",
+    "message.dead_lettered": "dead_lettered",
     "message.replayed": "replayed",
     "message.redelivered": "redelivered",
-    "message.throttled": "throttled", "message.deduplicated": "deduplicated",
+    "message.throttled": "throttled",
+    "message.deduplicated": "deduplicated",
 }
 
 
@@ -85,7 +90,9 @@ class _Snapshot(Collector):
             cron.add_metric([step, kind], n)
         yield from (msgs, retries, http, notes, cron, errors)
 
-        dur = HistogramMetricFamily("iii_message_processing_seconds", "Handler run time of finished attempts", labels=["topic", "step"])
+        dur = HistogramMetricFamily(
+            "iii_message_processing_seconds", "Handler run time of finished attempts", labels=["topic", "step"]
+        )
         for (topic, step), h in sorted(hists.items()):
             bounds = [str(b) for b in metrics.BUCKETS] + ["+Inf"]
             dur.add_metric([topic, step], [(b, h.buckets.get(b, 0)) for b in bounds], h.sum)
@@ -115,6 +122,7 @@ def routes(client: redis.Redis, keys: Keys, *, metrics_path: str, health_path: s
 
     out: list[Any] = []
     if metrics_path:
+
         def render() -> bytes:
             registry = CollectorRegistry(auto_describe=False)
             registry.register(_Snapshot(client, keys, heartbeat_timeout))
@@ -125,22 +133,35 @@ def routes(client: redis.Redis, keys: Keys, *, metrics_path: str, health_path: s
             try:
                 body = await anyio.to_thread.run_sync(render)
             except redis.RedisError as exc:
-                return Response({"error": "storage unavailable", "detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+                return Response(
+                    {"error": "storage unavailable", "detail": str(exc)}, status_code=503, headers={"Retry-After": "1"}
+                )
             return Response(body, media_type=METRICS_MEDIA_TYPE)
 
         out.append(metrics_endpoint)
     if health_path:
+
         def check() -> dict[str, Any]:
             t0 = time.perf_counter()
             client.ping()
             latency = round((time.perf_counter() - t0) * 1000, 2)
             alive, stale, now = live_workers(client, keys, heartbeat_timeout)
-            last = {w.decode() if isinstance(w, bytes) else w: int(now - s) for w, s in client.zrange(keys.worker_heartbeats, 0, -1, withscores=True)}
+            last = {
+                w.decode() if isinstance(w, bytes) else w: int(now - s)
+                for w, s in client.zrange(keys.worker_heartbeats, 0, -1, withscores=True)
+            }
             version = server_version(client)
-            return {"status": "ok" if alive else "degraded",
-                    "redis": {"ok": True, "latency_ms": latency, "version": version, "warning": version_warning(version),
-                              **({"primary": primary} if (primary := primary_of(client)) else {})},
-                    "workers": {"alive": len(alive), "stale": stale, "ms_since_heartbeat": last}}
+            return {
+                "status": "ok" if alive else "degraded",
+                "redis": {
+                    "ok": True,
+                    "latency_ms": latency,
+                    "version": version,
+                    "warning": version_warning(version),
+                    **({"primary": primary} if (primary := primary_of(client)) else {}),
+                },
+                "workers": {"alive": len(alive), "stale": stale, "ms_since_heartbeat": last},
+            }
 
         @get(health_path, name="iii:health", include_in_schema=False)
         async def health_endpoint() -> Response[dict[str, Any]]:
@@ -149,8 +170,11 @@ def routes(client: redis.Redis, keys: Keys, *, metrics_path: str, health_path: s
             except redis.RedisError as exc:
                 # The health check is open without the token: say what, not where (no host, port or user).
                 log.warning("health check: Redis unavailable: %s", exc)
-                return Response({"status": "unavailable", "redis": {"ok": False, "error": type(exc).__name__}}, status_code=503,
-                                headers={"Retry-After": "1"})
+                return Response(
+                    {"status": "unavailable", "redis": {"ok": False, "error": type(exc).__name__}},
+                    status_code=503,
+                    headers={"Retry-After": "1"},
+                )
             return Response(body, status_code=200)
 
         out.append(health_endpoint)

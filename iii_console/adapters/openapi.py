@@ -22,7 +22,9 @@ _ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "requir
 
 def _errors(with_body: bool) -> dict[str, Any]:
     out = {
-        "404": "no such route", "405": "method not allowed", "429": "a topic this step enqueues to is full; retry later",
+        "404": "no such route",
+        "405": "method not allowed",
+        "429": "a topic this step enqueues to is full; retry later",
         "503": "storage unavailable; retry later",
     }
     if with_body:
@@ -57,17 +59,32 @@ def document(steps: list[Step], *, title: str = "iii-console steps") -> dict[str
                 "summary": step.description or step.name,
                 "tags": step.flows or ["steps"],
                 "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in t.path_params],
-                "responses": {"2XX": {"description": "accepted by the step", "content": {"application/json": {"schema": {}}}},
-                              **_errors(t.body_schema is not None or t.method in ("POST", "PUT", "PATCH"))},
+                "responses": {
+                    "2XX": {"description": "accepted by the step", "content": {"application/json": {"schema": {}}}},
+                    **_errors(t.body_schema is not None or t.method in ("POST", "PUT", "PATCH")),
+                },
             }
             if t.accept:
-                op["requestBody"] = {"required": True, "description": "stored as a blob; the handler gets its ref",
-                                     "content": {a: {"schema": {"type": "string", "format": "binary"}} for a in t.accept}}
+                op["requestBody"] = {
+                    "required": True,
+                    "description": "stored as a blob; the handler gets its ref",
+                    "content": {a: {"schema": {"type": "string", "format": "binary"}} for a in t.accept},
+                }
                 op["responses"]["415"]["description"] = f"send one of {', '.join(t.accept)}"
             elif t.body_schema is not None:
-                op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(t.body_schema, schemas)}}}
+                op["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": _schema(t.body_schema, schemas)}},
+                }
             for code, schema in sorted(t.response_schema.items()):
-                op["responses"][str(code)] = {"description": f"{code} from the step",
-                                              "content": {"application/json": {"schema": _schema(schema, schemas)}}}
+                op["responses"][str(code)] = {
+                    "description": f"{code} from the step",
+                    "content": {"application/json": {"schema": _schema(schema, schemas)}},
+                }
             paths.setdefault(t.path, {})[t.method.lower()] = op
-    return {"openapi": OPENAPI_VERSION, "info": {"title": title, "version": "1"}, "paths": paths, "components": {"schemas": schemas}}
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": title, "version": "1"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }

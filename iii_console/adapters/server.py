@@ -72,6 +72,7 @@ class Runner(Protocol):
 
     async def call_async(self, step: Step, input: Any, **ctx_kw: Any) -> Any: ...
 
+
 JSON_TYPES = ("application/json",)
 BODY_METHODS = ("POST", "PUT", "PATCH")
 
@@ -117,7 +118,10 @@ def parse_json_body(raw: bytes, content_type: str, schema: type[BaseModel] | Jso
     try:
         return validate_input(schema, data)
     except ValidationError as exc:
-        fields = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False, include_input=False)]
+        fields = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
         raise Reject(400, "invalid request body", fields=fields) from None
     except InvalidInput as exc:
         raise Reject(400, "invalid request body", fields=exc.fields) from None
@@ -201,7 +205,6 @@ class DepthGate:
                 log.exception("queue depth refresh failed; retrying")
             await asyncio.sleep(self.interval)
 
-
     async def _read_redis_depths(self) -> None:
         async with self.runner.async_side.client.pipeline(transaction=False) as pipe:
             for qs in self.queues.values():
@@ -210,7 +213,7 @@ class DepthGate:
             lens = await pipe.execute()
         i = 0
         for t, qs in self.queues.items():
-            self.depth[t] = sum(lens[i:i + len(qs)])
+            self.depth[t] = sum(lens[i : i + len(qs)])
             i += len(qs)
 
 
@@ -236,8 +239,13 @@ class HttpSteps:
                 return await handle(request, uuid.uuid4().hex)
             # Traced: the request's span is current while it runs (its enqueues carry it), and an
             # incoming W3C traceparent gives the request its trace id.
-            run = tracing.http_run(step=step.name, method=request.method, route=trig.path, path=request.url.path,
-                                   traceparent=request.headers.get("traceparent")).enter()
+            run = tracing.http_run(
+                step=step.name,
+                method=request.method,
+                route=trig.path,
+                path=request.url.path,
+                traceparent=request.headers.get("traceparent"),
+            ).enter()
             try:
                 response = await handle(request, run.trace_id)
             except HTTPException as exc:  # the framework's 4xx (a body over the limit) is the client's, not ours
@@ -254,37 +262,68 @@ class HttpSteps:
         async def handle(request: Request[Any, Any, Any], trace_id: str) -> Response[Any]:
             full = gate.over(step.enqueues)
             if full is not None:
-                return _problem(429, f"topic {full!r} has more than {gate.limit} waiting messages; slow down",
-                                headers={"Retry-After": "1"})
+                return _problem(
+                    429, f"topic {full!r} has more than {gate.limit} waiting messages; slow down", headers={"Retry-After": "1"}
+                )
             try:
                 body = None
                 if trig.accept:
                     body = await receive_blob(request, trig, runner.services.blobs, trig.max_body_bytes or self.max_body_bytes)
-                elif trig.method in BODY_METHODS or trig.body_schema is not None or (
-                        trig.method == "DELETE" and request.headers.get("content-length", "0") != "0"):
+                elif (
+                    trig.method in BODY_METHODS
+                    or trig.body_schema is not None
+                    or (trig.method == "DELETE" and request.headers.get("content-length", "0") != "0")
+                ):
                     raw = await request.body()
                     body = parse_json_body(raw, request.headers.get("content-type", ""), trig.body_schema)
             except Reject as rej:
                 return _problem(rej.status, rej.error, **rej.detail)
             idem = request.headers.get("idempotency-key")
             if idem is not None and not _IDEMPOTENCY_KEY.fullmatch(idem):
-                return _problem(400, "invalid Idempotency-Key header: 1 to 255 visible ASCII characters",
-                                errors=[{"field": "headers.Idempotency-Key", "message": "1 to 255 visible ASCII characters"}])
+                return _problem(
+                    400,
+                    "invalid Idempotency-Key header: 1 to 255 visible ASCII characters",
+                    errors=[{"field": "headers.Idempotency-Key", "message": "1 to 255 visible ASCII characters"}],
+                )
             req = HttpRequest(
-                body=body, path_params=dict(request.path_params), query=dict(request.query_params),
-                headers={k: v for k, v in request.headers.items()}, method=request.method, path=request.url.path,
+                body=body,
+                path_params=dict(request.path_params),
+                query=dict(request.query_params),
+                headers={k: v for k, v in request.headers.items()},
+                method=request.method,
+                path=request.url.path,
             )
-            emitter.emit("http.received", trace_id=trace_id, step=step.name,
-                         data={"method": req.method, "path": req.path, "body": body.model_dump(mode="json") if isinstance(body, BaseModel) else body})
+            emitter.emit(
+                "http.received",
+                trace_id=trace_id,
+                step=step.name,
+                data={
+                    "method": req.method,
+                    "path": req.path,
+                    "body": body.model_dump(mode="json") if isinstance(body, BaseModel) else body,
+                },
+            )
             try:
-                out = await runner.call_async(step, req, trace_id=trace_id, trigger={"type": "http", "method": trig.method, "path": trig.path},
-                                              idempotency_key=idem)
+                out = await runner.call_async(
+                    step,
+                    req,
+                    trace_id=trace_id,
+                    trigger={"type": "http", "method": trig.method, "path": trig.path},
+                    idempotency_key=idem,
+                )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("step %s: Redis unavailable: %s", step.name, exc)
                 return _problem(503, "storage unavailable, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
             except PayloadTooLarge as exc:
-                return _problem(413, str(exc), topic=exc.topic, size=exc.size, limit=exc.limit, trace_id=trace_id,
-                                fields=[{"field": "body", "message": f"over queues.{exc.topic}.max_payload_bytes ({exc.limit})"}])
+                return _problem(
+                    413,
+                    str(exc),
+                    topic=exc.topic,
+                    size=exc.size,
+                    limit=exc.limit,
+                    trace_id=trace_id,
+                    fields=[{"field": "body", "message": f"over queues.{exc.topic}.max_payload_bytes ({exc.limit})"}],
+                )
             except BlobNotFound as exc:
                 return _problem(404, str(exc), trace_id=trace_id)
             except BlobError as exc:
@@ -294,8 +333,14 @@ class HttpSteps:
                     log.warning("step %s: Redis refuses writes: %s", step.name, exc)
                     return _problem(503, "storage full, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
                 spans.fail(exc)
-                emit_step_error(emitter, f"{type(exc).__name__}: {exc}", step=step.name, file=step.file, trace_id=trace_id,
-                                traceback=user_traceback(exc)[-8000:])
+                emit_step_error(
+                    emitter,
+                    f"{type(exc).__name__}: {exc}",
+                    step=step.name,
+                    file=step.file,
+                    trace_id=trace_id,
+                    traceback=user_traceback(exc)[-8000:],
+                )
                 return _problem(500, "handler failed", trace_id=trace_id)
             try:
                 streamed = _streamed(out)
@@ -305,8 +350,13 @@ class HttpSteps:
                     if isinstance(answer, ProgressStream):
                         return progress_response(answer, runner.async_side.client, runner.services.keys, headers)
                     try:
-                        return download_response(answer, runner.services.blobs, status=status, headers=headers,
-                                                 range_header=request.headers.get("range"))
+                        return download_response(
+                            answer,
+                            runner.services.blobs,
+                            status=status,
+                            headers=headers,
+                            range_header=request.headers.get("range"),
+                        )
                     except NotFound as exc:
                         return _problem(404, str(exc), trace_id=trace_id)
                 return _to_response(out, trace_id)
@@ -317,11 +367,17 @@ class HttpSteps:
 
         endpoint.__name__ = f"{step.name}_{trig.method.lower()}"
         # status_code: Litestar's default for DELETE is 204, which refuses the handler's answer body.
-        return route(_litestar_path(trig.path), http_method=[cast(Method, trig.method)], name=f"{step.name}:{trig.method}:{trig.path}",
-                     status_code=200, request_max_body_size=(trig.max_body_bytes or self.max_body_bytes) if trig.accept
-                     else self.max_body_bytes)(endpoint)
+        return route(
+            _litestar_path(trig.path),
+            http_method=[cast(Method, trig.method)],
+            name=f"{step.name}:{trig.method}:{trig.path}",
+            status_code=200,
+            request_max_body_size=(trig.max_body_bytes or self.max_body_bytes) if trig.accept else self.max_body_bytes,
+        )(endpoint)
 
-    def app(self, *, on_startup: list[Any] | None = None, on_shutdown: list[Any] | None = None, extra: list[Any] | None = None) -> Litestar:
+    def app(
+        self, *, on_startup: list[Any] | None = None, on_shutdown: list[Any] | None = None, extra: list[Any] | None = None
+    ) -> Litestar:
         handlers = [self._endpoint(s, t) for s in self.steps for t in s.of(HttpTrigger)] + list(extra or [])
         return Litestar(
             route_handlers=handlers,
@@ -352,8 +408,13 @@ async def receive_blob(request: Request[Any, Any, Any], trig: HttpTrigger, store
     ctype = request.headers.get("content-type", "")
     if not trig.accepts(ctype):
         media = ctype.split(";", 1)[0].strip() or "nothing"
-        raise Reject(415, "unsupported media type", detail=f"this route takes {', '.join(trig.accept)}, not {media!r}",
-                     accept=list(trig.accept), fields=[{"field": "headers.Content-Type", "message": f"one of {', '.join(trig.accept)}"}])
+        raise Reject(
+            415,
+            "unsupported media type",
+            detail=f"this route takes {', '.join(trig.accept)}, not {media!r}",
+            accept=list(trig.accept),
+            fields=[{"field": "headers.Content-Type", "message": f"one of {', '.join(trig.accept)}"}],
+        )
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise Reject(413, "request body too large", limit=limit, fields=[{"field": "body", "message": f"at most {limit} bytes"}])
@@ -368,7 +429,9 @@ async def receive_blob(request: Request[Any, Any, Any], trig: HttpTrigger, store
         return await asyncio.to_thread(writer.commit, ctype.split(";", 1)[0].strip().lower(), name)
     except (RequestEntityTooLarge, BlobTooLarge):
         _abort(writer)
-        raise Reject(413, "request body too large", limit=limit, fields=[{"field": "body", "message": f"at most {limit} bytes"}]) from None
+        raise Reject(
+            413, "request body too large", limit=limit, fields=[{"field": "body", "message": f"at most {limit} bytes"}]
+        ) from None
     except InternalServerException:  # the client went away mid-body
         _abort(writer)
         raise Reject(400, "request body cut short") from None
@@ -391,7 +454,9 @@ def _streamed(out: Any) -> tuple[int, dict[str, str], Any] | None:
     status, headers, body = 200, {}, out
     if isinstance(out, dict) and "status" in out and set(out) <= {"status", "body", "headers"}:
         status, body = out["status"], out.get("body")
-        headers = {str(k): str(v) for k, v in (out.get("headers") or {}).items()} if isinstance(out.get("headers") or {}, dict) else {}
+        headers = (
+            {str(k): str(v) for k, v in (out.get("headers") or {}).items()} if isinstance(out.get("headers") or {}, dict) else {}
+        )
     if not is_answer(body):
         return None
     if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 299:
@@ -454,10 +519,13 @@ def create_app(runner: Runner, steps: list[Step], *, max_body_bytes: int) -> Ser
 
     cfg = runner.services.config
     taken = {t.path for s in steps for t in s.of(HttpTrigger)}
-    extra = routes(runner.services.client, runner.services.keys,
-                   metrics_path="" if cfg.server.metrics_path in taken else cfg.server.metrics_path,
-                   health_path="" if cfg.server.health_path in taken else cfg.server.health_path,
-                   heartbeat_timeout=cfg.workers.heartbeat_timeout)
+    extra = routes(
+        runner.services.client,
+        runner.services.keys,
+        metrics_path="" if cfg.server.metrics_path in taken else cfg.server.metrics_path,
+        health_path="" if cfg.server.health_path in taken else cfg.server.health_path,
+        heartbeat_timeout=cfg.workers.heartbeat_timeout,
+    )
     if cfg.server.openapi_path and cfg.server.openapi_path not in taken:
         from litestar import get
 
@@ -475,6 +543,10 @@ def create_app(runner: Runner, steps: list[Step], *, max_body_bytes: int) -> Ser
     app = http.app(extra=extra)
     from iii_console.adapters.guard import guard
 
-    guarded = guard(app, allowed_hosts=cfg.server.hosts, token=cfg.server.auth_token,
-                    open_paths=(cfg.server.health_path,) if cfg.server.health_path else ())
+    guarded = guard(
+        app,
+        allowed_hosts=cfg.server.hosts,
+        token=cfg.server.auth_token,
+        open_paths=(cfg.server.health_path,) if cfg.server.health_path else (),
+    )
     return ServedApp(guarded, http.gate)

@@ -9,8 +9,12 @@ from iii_console.runtime.brokers import console_broker
 
 
 @click.command()
-@click.option("--read-only/--read-write", default=True, show_default=True,
-              help="Read-only hides every action that writes (send, replay, purge, state edits).")
+@click.option(
+    "--read-only/--read-write",
+    default=True,
+    show_default=True,
+    help="Read-only hides every action that writes (send, replay, purge, state edits).",
+)
 @click.option("--server-url", default=None, metavar="URL", help="Server to post test messages to (with --read-write).")
 @common_options
 def attach(read_only: bool, server_url: str | None, config_path: str | None, redis_url: str | None) -> None:
@@ -19,6 +23,12 @@ def attach(read_only: bool, server_url: str | None, config_path: str | None, red
 
     cfg = load_project(config_path, redis_url)
     url = existing_redis(cfg)
-    create_app(redis_url=url, prefix=cfg.redis.prefix, server_url=None if read_only else server_url,
-               read_only=read_only, title="iii-console (attached)", events_maxlen=cfg.events.maxlen,
-               broker=console_broker(cfg)).run()
+    create_app(
+        redis_url=url,
+        prefix=cfg.redis.prefix,
+        server_url=None if read_only else server_url,
+        read_only=read_only,
+        title="iii-console (attached)",
+        events_maxlen=cfg.events.maxlen,
+        broker=console_broker(cfg),
+    ).run()

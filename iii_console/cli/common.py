@@ -40,12 +40,30 @@ def load_project(config_path: str | None, redis_url: str | None, **overrides: An
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--config`` and ``--redis``, which every command takes."""
-    fn = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, envvar="III_CONFIG",
-                      help="Path to iii-config.yaml (default: ./iii-config.yaml).")(fn)
-    fn = click.option("--redis", "redis_url", default=None, metavar="URL",
-                      help="Redis URL (redis://, rediss://, unix://). Overrides REDIS_URL and the config file.")(fn)
-    fn = click.option("--broker", type=click.Choice(("redis", "rabbitmq")), default=None, expose_value=False, is_eager=True,
-                      callback=_set_broker, help="Where queue messages live (default: broker in the config, else redis).")(fn)
+    fn = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        envvar="III_CONFIG",
+        help="Path to iii-config.yaml (default: ./iii-config.yaml).",
+    )(fn)
+    fn = click.option(
+        "--redis",
+        "redis_url",
+        default=None,
+        metavar="URL",
+        help="Redis URL (redis://, rediss://, unix://). Overrides REDIS_URL and the config file.",
+    )(fn)
+    fn = click.option(
+        "--broker",
+        type=click.Choice(("redis", "rabbitmq")),
+        default=None,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_broker,
+        help="Where queue messages live (default: broker in the config, else redis).",
+    )(fn)
     return fn
 
 

@@ -30,14 +30,22 @@ def cron_run(step_name: str, as_json: bool, config_path: str | None, redis_url: 
     crons = sorted(s.name for s in steps.steps if s.cron_like())
     step = next((s for s in steps.steps if s.name == step_name and s.cron_like()), None)
     if step is None:
-        raise click.BadParameter(f"no cron step named {step_name!r} (cron steps: {', '.join(crons) or 'none'})",
-                                 param_hint="STEP")
+        raise click.BadParameter(
+            f"no cron step named {step_name!r} (cron steps: {', '.join(crons) or 'none'})", param_hint="STEP"
+        )
     cfg = cfg.with_overrides(**{"redis.url": existing_redis(cfg)})
     services = Services.open(cfg, "cli")
     try:
         topic = f"_cron.{step.name}"
-        trace_id, mid = fire_cron_now(services.client, services.keys, services.emitter, cfg, step.name,
-                                      step.of(CronTrigger)[0].expression, priority=cfg.queue(topic).priority)
+        trace_id, mid = fire_cron_now(
+            services.client,
+            services.keys,
+            services.emitter,
+            cfg,
+            step.name,
+            step.of(CronTrigger)[0].expression,
+            priority=cfg.queue(topic).priority,
+        )
         ids = [mid]
     finally:
         services.close()
@@ -45,4 +53,3 @@ def cron_run(step_name: str, as_json: bool, config_path: str | None, redis_url: 
         click.echo(json.dumps({"step": step.name, "trace_id": trace_id, "message_ids": ids}))
     else:
         click.echo(f"fired {step.name} now (trace {trace_id})")
-

@@ -27,7 +27,12 @@ from iii_console.format import clock, short
 
 
 def _dlq_filters(fn: Any) -> Any:
-    fn = click.option("--since", default=None, metavar="T", help="Only entries that last failed within T (30s, 10m, 2h, 7d) or since an ISO time.")(fn)
+    fn = click.option(
+        "--since",
+        default=None,
+        metavar="T",
+        help="Only entries that last failed within T (30s, 10m, 2h, 7d) or since an ISO time.",
+    )(fn)
     fn = click.option("--error", "error_text", default=None, metavar="TEXT", help="Only entries whose error contains TEXT.")(fn)
     fn = click.option("--step", default=None, help="Only entries of this step.")(fn)
     fn = click.option("--queue", default=None, metavar="Q", help="Only this dead-letter queue (or topic).")(fn)
@@ -43,8 +48,18 @@ def _filter(queue: str | None, step: str | None, error_text: str | None, since: 
 
 
 def _entry_json(e: DeadLetter, *, full: bool = False) -> dict[str, Any]:
-    d = {"id": e.id, "dlq": e.dlq, "topic": e.topic, "step": e.step, "error": e.error, "attempts": e.attempts,
-         "first_failure_ms": e.first_failure_ms, "last_failure_ms": e.last_failure_ms, "trace_id": e.trace_id, "priority": e.priority}
+    d = {
+        "id": e.id,
+        "dlq": e.dlq,
+        "topic": e.topic,
+        "step": e.step,
+        "error": e.error,
+        "attempts": e.attempts,
+        "first_failure_ms": e.first_failure_ms,
+        "last_failure_ms": e.last_failure_ms,
+        "trace_id": e.trace_id,
+        "priority": e.priority,
+    }
     if full:
         d.update(data=e.data, traceback=e.traceback, raw=e.raw, message_id=e.message_id, queue=e.queue)
     return d
@@ -70,8 +85,15 @@ def dlq() -> None:
 @_dlq_filters
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
 @common_options
-def dlq_list(queue: str | None, step: str | None, error_text: str | None, since: str | None, as_json: bool,
-             config_path: str | None, redis_url: str | None) -> None:
+def dlq_list(
+    queue: str | None,
+    step: str | None,
+    error_text: str | None,
+    since: str | None,
+    as_json: bool,
+    config_path: str | None,
+    redis_url: str | None,
+) -> None:
     """List dead letters, newest first."""
     flt = _filter(queue, step, error_text, since)
     _cfg, client, keys = open_client(config_path, redis_url)
@@ -86,7 +108,9 @@ def dlq_list(queue: str | None, step: str | None, error_text: str | None, since:
     for name in ("dlq", "step", "attempts", "last failure", "error"):
         table.add_column(name)
     for e in entries:
-        table.add_row(*map(cell, (e.id, e.dlq, e.step or "-", str(e.attempts), clock(e.last_failure_ms), short(first_line(e.error), 70))))
+        table.add_row(
+            *map(cell, (e.id, e.dlq, e.step or "-", str(e.attempts), clock(e.last_failure_ms), short(first_line(e.error), 70)))
+        )
     con = table_console()
     if not sys.stdout.isatty():
         con = Console(highlight=False, soft_wrap=False, width=max(con.width, 200))  # piped: no terminal to fit
@@ -106,9 +130,16 @@ def dlq_show(entry_id: str, as_json: bool, config_path: str | None, redis_url: s
         click.echo(json.dumps(_entry_json(e, full=True), default=str))
         return
     con = table_console()
-    for label, value in (("id", e.id), ("dead-letter queue", e.dlq), ("topic / step", f"{e.topic} / {e.step}"),
-                         ("attempts", e.attempts), ("first failure", clock(e.first_failure_ms)),
-                         ("last failure", clock(e.last_failure_ms)), ("trace id", e.trace_id), ("error", e.error)):
+    for label, value in (
+        ("id", e.id),
+        ("dead-letter queue", e.dlq),
+        ("topic / step", f"{e.topic} / {e.step}"),
+        ("attempts", e.attempts),
+        ("first failure", clock(e.first_failure_ms)),
+        ("last failure", clock(e.last_failure_ms)),
+        ("trace id", e.trace_id),
+        ("error", e.error),
+    ):
         con.print(Text.assemble((f"{label:>18}", "bold"), " ", printable(value)), highlight=False)
     con.print("[bold]           payload[/]", markup=True)
     con.print(Text(printable(json.dumps(e.data, indent=2, default=str) if e.raw is None else e.raw, keep_lines=True)))
@@ -125,8 +156,19 @@ def dlq_show(entry_id: str, as_json: bool, config_path: str | None, redis_url: s
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True)
 @common_options
-def dlq_replay(entry_ids: tuple[str, ...], replay_all: bool, queue: str | None, step: str | None, error_text: str | None,
-               since: str | None, dry_run: bool, yes: bool, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
+def dlq_replay(
+    entry_ids: tuple[str, ...],
+    replay_all: bool,
+    queue: str | None,
+    step: str | None,
+    error_text: str | None,
+    since: str | None,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+    config_path: str | None,
+    redis_url: str | None,
+) -> None:
     """Put dead letters back on their queues with attempts reset (ENTRY_ID... or --all with filters)."""
     from iii_console.core.replay import ReplayError
     from iii_console.core.services import Services
@@ -139,7 +181,11 @@ def dlq_replay(entry_ids: tuple[str, ...], replay_all: bool, queue: str | None, 
     entries = _targets(DeadLetterStore(client, keys), entry_ids, flt)
     if dry_run:
         for e in entries:
-            click.echo(json.dumps(_entry_json(e)) if as_json else printable(f"would replay {e.id} ({e.dlq}, {e.step}): {short(e.error, 60)}"))
+            click.echo(
+                json.dumps(_entry_json(e))
+                if as_json
+                else printable(f"would replay {e.id} ({e.dlq}, {e.step}): {short(e.error, 60)}")
+            )
         click.echo(f"{len(entries)} would be replayed", err=True)
         return
     if not _confirm("replay", len(entries), yes):
@@ -171,8 +217,18 @@ def dlq_replay(entry_ids: tuple[str, ...], replay_all: bool, queue: str | None, 
 @click.option("--dry-run", is_flag=True, help="Show what would be purged; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @common_options
-def dlq_purge(entry_ids: tuple[str, ...], purge_all: bool, queue: str | None, step: str | None, error_text: str | None,
-              since: str | None, dry_run: bool, yes: bool, config_path: str | None, redis_url: str | None) -> None:
+def dlq_purge(
+    entry_ids: tuple[str, ...],
+    purge_all: bool,
+    queue: str | None,
+    step: str | None,
+    error_text: str | None,
+    since: str | None,
+    dry_run: bool,
+    yes: bool,
+    config_path: str | None,
+    redis_url: str | None,
+) -> None:
     """Delete dead letters for good (ENTRY_ID... or --all with filters)."""
     if bool(entry_ids) == purge_all:
         raise click.UsageError("give ENTRY_ID... or --all (with optional filters), not both and not neither")
@@ -205,10 +261,13 @@ def _resolve(store: DeadLetterStore, entry_id: str) -> DeadLetter:
     found = store.matching(prefix) if prefix else []
     if len(found) > 1:
         shown = "\n  ".join(found[:10]) + ("\n  …" if len(found) > 10 else "")
-        raise click.BadParameter(f"{entry_id!r} is ambiguous; it starts {len(found)}{'+' if len(found) >= 20 else ''} "
-                                 f"dead letters:\n  {shown}", param_hint="ENTRY_ID")
+        raise click.BadParameter(
+            f"{entry_id!r} is ambiguous; it starts {len(found)}{'+' if len(found) >= 20 else ''} dead letters:\n  {shown}",
+            param_hint="ENTRY_ID",
+        )
     e = store.get(found[0]) if found else None
     if e is None:
-        raise click.BadParameter(f"no dead letter {entry_id!r} (an id or a unique prefix of one; see `iii-console dlq list`)",
-                                 param_hint="ENTRY_ID")
+        raise click.BadParameter(
+            f"no dead letter {entry_id!r} (an id or a unique prefix of one; see `iii-console dlq list`)", param_hint="ENTRY_ID"
+        )
     return e

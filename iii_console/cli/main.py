@@ -41,18 +41,40 @@ class IIIGroup(click.Group):
 
 @click.group(cls=IIIGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--no-ui", is_flag=True, help="Run headless: one JSON event per line on stdout (for production).")
-@click.option("--role", type=click.Choice(ROLE_CHOICES), multiple=True, default=("all",), show_default=True,
-              help="Which parts this process runs; repeat for several.")
+@click.option(
+    "--role",
+    type=click.Choice(ROLE_CHOICES),
+    multiple=True,
+    default=("all",),
+    show_default=True,
+    help="Which parts this process runs; repeat for several.",
+)
 @click.option("--processes", type=click.IntRange(1, 256), default=None, help="Worker processes (default: workers.processes).")
-@click.option("--threads", type=click.IntRange(1, 1000), default=None, help="Threads per worker process, capping each queue's concurrency.")
+@click.option(
+    "--threads", type=click.IntRange(1, 1000), default=None, help="Threads per worker process, capping each queue's concurrency."
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="HTTP port (default: server.port).")
 @click.option("--host", default=None, help="HTTP bind address (default: server.host).")
-@click.option("--reload/--no-reload", default=None, help="Reload steps when their files change (default: on in the console, off with --no-ui).")
+@click.option(
+    "--reload/--no-reload",
+    default=None,
+    help="Reload steps when their files change (default: on in the console, off with --no-ui).",
+)
 @common_options
 @click.version_option(package_name="iii-console")
 @click.pass_context
-def cli(ctx: click.Context, no_ui: bool, role: tuple[str, ...], processes: int | None, threads: int | None,
-        port: int | None, host: str | None, reload: bool | None, config_path: str | None, redis_url: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    no_ui: bool,
+    role: tuple[str, ...],
+    processes: int | None,
+    threads: int | None,
+    port: int | None,
+    host: str | None,
+    reload: bool | None,
+    config_path: str | None,
+    redis_url: str | None,
+) -> None:
     """Run the project's steps: HTTP server, queue workers and cron scheduler, with a live console.
 
     Without a subcommand it runs everything in this terminal. See `iii-console COMMAND --help`.

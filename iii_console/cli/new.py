@@ -15,5 +15,7 @@ def new(name: str) -> None:
 
     target = Path(name).resolve()
     written = create(target)
-    click.echo(f"created {name}/ ({len(written)} files). Next:\n  cd {name}\n  iii-console        # run it\n"
-               "  python -m pytest   # test it")
+    click.echo(
+        f"created {name}/ ({len(written)} files). Next:\n  cd {name}\n  iii-console        # run it\n"
+        "  python -m pytest   # test it"
+    )

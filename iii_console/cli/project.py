@@ -31,7 +31,17 @@ def steps_cmd(as_json: bool, config_path: str | None, redis_url: str | None) -> 
             click.echo(f"{len(found.motia_steps)} Motia step files run on {found.motia}", err=True)
         table = Table("step", "triggers", "enqueues", "flows", box=None, header_style="bold")
         for s in found.steps:
-            table.add_row(*map(cell, (s.name, ", ".join(t.describe() for t in s.triggers), ", ".join(s.enqueues) or "-", ", ".join(s.flows) or "-")))
+            table.add_row(
+                *map(
+                    cell,
+                    (
+                        s.name,
+                        ", ".join(t.describe() for t in s.triggers),
+                        ", ".join(s.enqueues) or "-",
+                        ", ".join(s.flows) or "-",
+                    ),
+                )
+            )
         table_console().print(table)
         for e in found.errors:
             click.echo(f"error: {printable(e)}", err=True)
@@ -69,11 +79,18 @@ def config_check(config_path: str | None, redis_url: str | None) -> None:
     subscribed = {t for s in found.steps for t in s.topics}
     # `enqueues` declares what a step may send (as in Motia): a topic nobody subscribes to
     # yet is worth a warning, not a failed check; messages sent to it are dropped with a `log` event.
-    warnings = [f"warning: {s.file}, step {s.name!r}, field 'enqueues': no step subscribes to topic {t!r}"
-                for s in found.steps for t in s.enqueues if t not in subscribed]
+    warnings = [
+        f"warning: {s.file}, step {s.name!r}, field 'enqueues': no step subscribes to topic {t!r}"
+        for s in found.steps
+        for t in s.enqueues
+        if t not in subscribed
+    ]
     # A cron or state step's own queue (`_cron.STEP`, `_state.STEP`) is configured like a topic's.
-    queues = subscribed | {f"{CRON_TOPIC}.{s.name}" for s in found.steps if s.of(CronTrigger)} \
+    queues = (
+        subscribed
+        | {f"{CRON_TOPIC}.{s.name}" for s in found.steps if s.of(CronTrigger)}
         | {f"{STATE_TOPIC}.{s.name}" for s in found.steps if s.of(StateTrigger)}
+    )
     for topic in cfg.queues:
         if topic != "default" and topic not in queues:
             problems.append(f"{cfg.source or 'iii-config.yaml'}: queues.{topic}: no step subscribes to this topic")

@@ -16,8 +16,9 @@ from iii_console.runtime.brokers import console_broker
 ROLE_CHOICES = ("all", "server", "worker", "scheduler")
 
 
-def run_project(cfg: Config, role: tuple[str, ...], processes: int | None, threads: int | None, no_ui: bool,
-                reload: bool | None) -> int:
+def run_project(
+    cfg: Config, role: tuple[str, ...], processes: int | None, threads: int | None, no_ui: bool, reload: bool | None
+) -> int:
     """Run the roles ``role`` names until Ctrl+C / SIGTERM; the exit code."""
     roles = ("server", "worker", "scheduler") if "all" in role else tuple(dict.fromkeys(role))
     watch = (not no_ui) if reload is None else reload
@@ -30,8 +31,14 @@ def run_project(cfg: Config, role: tuple[str, ...], processes: int | None, threa
     return asyncio.run(_run_console(cfg, roles, processes, threads, watch))
 
 
-async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | None, threads: int | None,
-                        render: Callable[[Event], None], watch: bool = False) -> int:
+async def _run_headless(
+    cfg: Config,
+    roles: tuple[str, ...],
+    processes: int | None,
+    threads: int | None,
+    render: Callable[[Event], None],
+    watch: bool = False,
+) -> int:
     from iii_console.runtime.recycling import RECYCLE_EXIT
     from iii_console.runtime.supervisor import Supervisor
 
@@ -45,8 +52,11 @@ async def _run_headless(cfg: Config, roles: tuple[str, ...], processes: int | No
         sup.watch()
     where = f" on http://{cfg.server.host}:{sup.port}" if sup.port else ""
     version, warning = _redis_version(sup.config.redis.url)
-    print(f"iii-console: running {', '.join(roles)}{where} with Redis {version} at {redact_url(sup.config.redis.url)}; "
-          f"{len(sup.steps.steps)} steps, {len(sup.steps.errors)} errors. Ctrl+C to stop.", file=sys.stderr)
+    print(
+        f"iii-console: running {', '.join(roles)}{where} with Redis {version} at {redact_url(sup.config.redis.url)}; "
+        f"{len(sup.steps.steps)} steps, {len(sup.steps.errors)} errors. Ctrl+C to stop.",
+        file=sys.stderr,
+    )
     for err in sup.steps.errors:
         print(f"step error: {printable(err)}", file=sys.stderr)
     if warning:
@@ -96,9 +106,16 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     await sup.start()
     if watch:
         sup.watch()
-    server_url = f"http://{'127.0.0.1' if cfg.server.host in ('0.0.0.0', '::') else cfg.server.host}:{sup.port}" if sup.port else None
-    app = create_app(redis_url=sup.config.redis.url, prefix=cfg.redis.prefix, server_url=server_url,
-                     events_maxlen=cfg.events.maxlen, broker=console_broker(cfg))
+    server_url = (
+        f"http://{'127.0.0.1' if cfg.server.host in ('0.0.0.0', '::') else cfg.server.host}:{sup.port}" if sup.port else None
+    )
+    app = create_app(
+        redis_url=sup.config.redis.url,
+        prefix=cfg.redis.prefix,
+        server_url=server_url,
+        events_maxlen=cfg.events.maxlen,
+        broker=console_broker(cfg),
+    )
     app.notice = _redis_version(sup.config.redis.url)[1]
     app.stop_runtime = sup.stop
     try:

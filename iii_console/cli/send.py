@@ -29,8 +29,17 @@ from iii_console.core.errors import IIIError
 @click.option("--url", default=None, help="Server base URL (default: from server.host/port).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per message sent.")
 @common_options
-def send(text: str | None, topic: str | None, data: str | None, priority: str | None, count: int, url: str | None,
-         as_json: bool, config_path: str | None, redis_url: str | None) -> None:
+def send(
+    text: str | None,
+    topic: str | None,
+    data: str | None,
+    priority: str | None,
+    count: int,
+    url: str | None,
+    as_json: bool,
+    config_path: str | None,
+    redis_url: str | None,
+) -> None:
     """Inject test messages.
 
     \b
@@ -44,7 +53,11 @@ def send(text: str | None, topic: str | None, data: str | None, priority: str | 
     if topic is not None and text:
         raise click.UsageError("give either TEXT or --topic/--data, not both")
     cfg = load_project(config_path, redis_url)
-    sent = _send_topic(cfg, topic, data, priority, count, as_json) if topic else _send_http(cfg, url, text or "", priority, count, as_json)
+    sent = (
+        _send_topic(cfg, topic, data, priority, count, as_json)
+        if topic
+        else _send_http(cfg, url, text or "", priority, count, as_json)
+    )
     if not as_json:
         click.echo(f"sent {sent} message{'s' if sent != 1 else ''}", err=True)
 
@@ -52,16 +65,21 @@ def send(text: str | None, topic: str | None, data: str | None, priority: str | 
 def _progress(count: int, as_json: bool) -> Any:
     from rich.progress import Progress
 
-    return Progress(disable=count < 2 or as_json or not sys.stderr.isatty(), transient=True,
-                    console=__import__("rich.console").console.Console(stderr=True))
+    return Progress(
+        disable=count < 2 or as_json or not sys.stderr.isatty(),
+        transient=True,
+        console=__import__("rich.console").console.Console(stderr=True),
+    )
 
 
 def _send_http(cfg: Config, url: str | None, text: str, priority: str | None, count: int, as_json: bool) -> int:
     from iii_console.core.send import SendFailed, post_messages
 
     if url is None and cfg.server.port == 0:
-        raise click.UsageError("server.port is 0 (any free port), so the server's address is not known here: "
-                               "pass --url with the address the running server printed")
+        raise click.UsageError(
+            "server.port is 0 (any free port), so the server's address is not known here: "
+            "pass --url with the address the running server printed"
+        )
     base = (url or f"http://{cfg.server.host}:{cfg.server.port}").rstrip("/")
     body: dict[str, Any] = {"text": text}
     if priority:
@@ -76,8 +94,11 @@ def _send_http(cfg: Config, url: str | None, text: str, priority: str | None, co
                 click.echo(json.dumps(body))
             else:
                 # The id the server gave, one line per message (``ID=$(iii-console send hi)`` works).
-                click.echo(body["id"] if isinstance(body, dict) and isinstance(body.get("id"), str)
-                           else json.dumps(body, separators=(",", ":")))
+                click.echo(
+                    body["id"]
+                    if isinstance(body, dict) and isinstance(body.get("id"), str)
+                    else json.dumps(body, separators=(",", ":"))
+                )
             progress.advance(task)
 
         try:

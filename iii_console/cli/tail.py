@@ -13,12 +13,19 @@ from iii_console.core.events import EVENT_TYPES, Event
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--type", "types", multiple=True, metavar="TYPE",
-              help="Only these event types; a trailing dot matches a family (message.). Repeatable.")
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    metavar="TYPE",
+    help="Only these event types; a trailing dot matches a family (message.). Repeatable.",
+)
 @click.option("--trace", default=None, metavar="ID", help="Only events of this trace id (a prefix is enough).")
 @click.option("--history", type=click.IntRange(0, 100_000), default=0, help="First print up to N past events.")
 @common_options
-def tail(as_json: bool, types: tuple[str, ...], trace: str | None, history: int, config_path: str | None, redis_url: str | None) -> None:
+def tail(
+    as_json: bool, types: tuple[str, ...], trace: str | None, history: int, config_path: str | None, redis_url: str | None
+) -> None:
     """Print live events from the event stream."""
     import redis as _redis
 

@@ -47,8 +47,14 @@ class BlobRef(dict):
 
     @classmethod
     def make(cls, sha256: str, size: int, content_type: str | None = None, name: str | None = None) -> BlobRef:
-        return cls({REF_KEY: f"sha256:{sha256}", "size": size, "content_type": content_type or "application/octet-stream",
-                    "name": name or None})
+        return cls(
+            {
+                REF_KEY: f"sha256:{sha256}",
+                "size": size,
+                "content_type": content_type or "application/octet-stream",
+                "name": name or None,
+            }
+        )
 
     @classmethod
     def of(cls, value: Any) -> BlobRef:
@@ -58,8 +64,10 @@ class BlobRef(dict):
                 return cls({REF_KEY: value, "size": None, "content_type": "application/octet-stream", "name": None})
         elif isinstance(value, dict) and isinstance(value.get(REF_KEY), str) and _HASH.fullmatch(value[REF_KEY]):
             return value if isinstance(value, BlobRef) else cls(value)
-        raise BlobError(f"not a blob ref: {_short(value)} (expected what ctx.blobs.put returned, "
-                        "{'$blob': 'sha256:<64 hex digits>', ...}, or 'sha256:<64 hex digits>')")
+        raise BlobError(
+            f"not a blob ref: {_short(value)} (expected what ctx.blobs.put returned, "
+            "{'$blob': 'sha256:<64 hex digits>', ...}, or 'sha256:<64 hex digits>')"
+        )
 
     @property
     def sha256(self) -> str:
@@ -123,10 +131,14 @@ def store_root(url: str, data_dir: Path) -> Path:
     parts = urlsplit(url)
     if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
         if parts.scheme == "file":
-            raise BlobError("a file:// URL names an absolute path on this host, file:///mnt/shared/blobs "
-                            "(three slashes; file://HOST/... is not supported: mount the share instead)")
+            raise BlobError(
+                "a file:// URL names an absolute path on this host, file:///mnt/shared/blobs "
+                "(three slashes; file://HOST/... is not supported: mount the share instead)"
+            )
         got = f"a {parts.scheme}:// URL" if parts.scheme.isalnum() else "no URL"
-        raise BlobError(f"must be empty (the project's .iii/blobs) or file:///absolute/path (a folder every host mounts), not {got}")
+        raise BlobError(
+            f"must be empty (the project's .iii/blobs) or file:///absolute/path (a folder every host mounts), not {got}"
+        )
     return Path(unquote(parts.path))
 
 
@@ -217,8 +229,12 @@ class BlobStore:
     def writer(self, limit: int | None = None) -> Writer:
         return Writer(self, limit)
 
-    def put(self, data: bytes | bytearray | memoryview | BinaryIO | str | os.PathLike[str], content_type: str | None = None,
-            name: str | None = None) -> BlobRef:
+    def put(
+        self,
+        data: bytes | bytearray | memoryview | BinaryIO | str | os.PathLike[str],
+        content_type: str | None = None,
+        name: str | None = None,
+    ) -> BlobRef:
         """Store bytes, a binary file object or the file at a path; returns its ref (equal for equal bytes)."""
         w = self.writer()
         try:

@@ -321,7 +321,9 @@ class Config(_Section):
             try:
                 self.queue(topic)
             except ValidationError as exc:
-                raise ValueError(f"queues.{topic}, with what it inherits from queues.default: {_message(exc.errors()[0])}") from None
+                raise ValueError(
+                    f"queues.{topic}, with what it inherits from queues.default: {_message(exc.errors()[0])}"
+                ) from None
         return self
 
     @model_validator(mode="after")
@@ -420,8 +422,11 @@ def _check_expansion(root: yaml.Node, fname: str) -> None:
         n = stack.pop()
         seen += 1
         if seen > MAX_NODES:
-            raise ConfigError(f"the file expands to more than {MAX_NODES:,} values through its aliases (*name); "
-                              "write the values out", file=fname, line=n.start_mark.line + 1)
+            raise ConfigError(
+                f"the file expands to more than {MAX_NODES:,} values through its aliases (*name); write the values out",
+                file=fname,
+                line=n.start_mark.line + 1,
+            )
         if isinstance(n, yaml.MappingNode):
             for k, v in n.value:
                 stack += (k, v)
@@ -488,7 +493,9 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
         node = yaml.compose(raw_text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=fname, line=mark.line + 1 if mark else None) from None
+        raise ConfigError(
+            f"invalid YAML: {getattr(exc, 'problem', exc)}", file=fname, line=mark.line + 1 if mark else None
+        ) from None
     if node is not None:
         _check_expansion(node, fname)
     lines = _lines(node) if node is not None else {}
@@ -499,7 +506,9 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
             out = {}
             for k, v in n.value:
                 if k.value in out:
-                    raise ConfigError("duplicate key", file=fname, line=k.start_mark.line + 1, key=".".join(map(str, (*path, k.value))))
+                    raise ConfigError(
+                        "duplicate key", file=fname, line=k.start_mark.line + 1, key=".".join(map(str, (*path, k.value)))
+                    )
                 out[k.value] = walk(v, (*path, k.value))
             return out
         if isinstance(n, yaml.SequenceNode):
@@ -508,7 +517,12 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
             try:
                 text = _interpolate(n.value, env)
             except KeyError as missing:
-                raise ConfigError(f"environment variable {missing.args[0]} is not set and has no default", file=fname, line=n.start_mark.line + 1, key=".".join(map(str, path))) from None
+                raise ConfigError(
+                    f"environment variable {missing.args[0]} is not set and has no default",
+                    file=fname,
+                    line=n.start_mark.line + 1,
+                    key=".".join(map(str, path)),
+                ) from None
             # Kept a string (pydantic converts "3111" for int fields): re-parsing it as YAML
             # turned "iii:" into a mapping and "[::1]" into a list, or raised outside ConfigError.
             return text if text.strip() else ""
@@ -518,7 +532,9 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
         data = walk(node, ()) if node is not None else {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=fname, line=mark.line + 1 if mark else None) from None
+        raise ConfigError(
+            f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=fname, line=mark.line + 1 if mark else None
+        ) from None
     if data is None or data == "":
         data = {}
     if not isinstance(data, dict):

@@ -51,8 +51,10 @@ def check_redis(url: str) -> None:
         from urllib.parse import urlsplit
 
         if not urlsplit(url).password:
-            raise RedisUnavailable(f"Redis at {redact_url(url)} needs a password: put it in the URL "
-                                   "(redis://:PASSWORD@host:port/0, or redis://USER:PASSWORD@... for an ACL user)") from None
+            raise RedisUnavailable(
+                f"Redis at {redact_url(url)} needs a password: put it in the URL "
+                "(redis://:PASSWORD@host:port/0, or redis://USER:PASSWORD@... for an ACL user)"
+            ) from None
         raise RedisUnavailable(f"Redis at {redact_url(url)} refused the credentials: {exc}") from None
     except redis.RedisError as exc:
         raise RedisUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from None

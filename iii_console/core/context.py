@@ -84,8 +84,10 @@ class _BaseContext:
         """Emit a domain event (``notification.sent``...) on the same trace. Never blocks."""
         if not isinstance(type, str):
             # Motia's emit({"topic": ..., "data": ...}) sends to a topic; here that is enqueue.
-            raise TypeError("ctx.emit(type, **fields) records an event such as 'notification.sent'; "
-                            "to send data to a topic use ctx.enqueue(topic, data)")
+            raise TypeError(
+                "ctx.emit(type, **fields) records an event such as 'notification.sent'; "
+                "to send data to a topic use ctx.enqueue(topic, data)"
+            )
         fields.setdefault("trace_id", self.trace_id)
         fields.setdefault("step", self.step)
         if self.message_id:  # the queue message whose run emitted it, like the step's log lines
@@ -132,31 +134,60 @@ class Context(_BaseContext):
         assert self._leases is not None
         return await self._leases.acquire(name, ttl_ms)
 
-    async def enqueue_group(self, topic: str, items: list[Any], *, then: str, group_id: str | None = None,
-                            priority: str | list[str | None] | None = None) -> str:
+    async def enqueue_group(
+        self,
+        topic: str,
+        items: list[Any],
+        *,
+        then: str,
+        group_id: str | None = None,
+        priority: str | list[str | None] | None = None,
+    ) -> str:
         """Fan out one child per item to ``topic``; when every child is settled (processed or
         dead-lettered, for any reason) one message goes to ``then`` with the counts. Returns the group id.
 
         ``priority`` is one for every child, or a list of one per item."""
         assert self._enqueue_group is not None
-        return await self._enqueue_group(topic, items, then=then, group_id=self._group_id(group_id), priority=priority,
-                                         trace_id=self.trace_id, source=self.step)
+        return await self._enqueue_group(
+            topic,
+            items,
+            then=then,
+            group_id=self._group_id(group_id),
+            priority=priority,
+            trace_id=self.trace_id,
+            source=self.step,
+        )
 
     async def progress(self, done: float, total: float, note: str | None = None) -> None:
         """Report how far this run has got: a ``progress`` event, and the trace's latest value kept in Redis."""
         assert self._progress is not None
         await self._progress.report(done, total, note, **self._progress_kw())
 
-    async def enqueue(self, topic: str, data: Any, *, priority: str | None = None, delay_ms: int = 0,
-                      dedup_key: str | None = None, dedup_ttl_ms: int | None = None) -> list[str]:
+    async def enqueue(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        priority: str | None = None,
+        delay_ms: int = 0,
+        dedup_key: str | None = None,
+        dedup_ttl_ms: int | None = None,
+    ) -> list[str]:
         """Enqueue ``data`` to ``topic`` (one copy per subscribed step); returns the message ids.
 
         With ``dedup_key``, an enqueue to the same topic under the same key within
         ``dedup_ttl_ms`` (default 24 h) enqueues nothing and returns the first one's ids.
         """
         assert self._enqueue is not None
-        return await self._enqueue(topic, data, trace_id=self.trace_id, priority=priority, delay_ms=delay_ms, source=self.step,
-                                   **_dedup(dedup_key, dedup_ttl_ms))
+        return await self._enqueue(
+            topic,
+            data,
+            trace_id=self.trace_id,
+            priority=priority,
+            delay_ms=delay_ms,
+            source=self.step,
+            **_dedup(dedup_key, dedup_ttl_ms),
+        )
 
 
 @dataclass
@@ -179,21 +210,50 @@ class SyncContext(_BaseContext):
         assert self._leases is not None
         return self._leases.acquire(name, ttl_ms)
 
-    def enqueue_group(self, topic: str, items: list[Any], *, then: str, group_id: str | None = None,
-                      priority: str | list[str | None] | None = None) -> str:
+    def enqueue_group(
+        self,
+        topic: str,
+        items: list[Any],
+        *,
+        then: str,
+        group_id: str | None = None,
+        priority: str | list[str | None] | None = None,
+    ) -> str:
         assert self._enqueue_group is not None
-        return self._enqueue_group(topic, items, then=then, group_id=self._group_id(group_id), priority=priority,
-                                   trace_id=self.trace_id, source=self.step)
+        return self._enqueue_group(
+            topic,
+            items,
+            then=then,
+            group_id=self._group_id(group_id),
+            priority=priority,
+            trace_id=self.trace_id,
+            source=self.step,
+        )
 
     def progress(self, done: float, total: float, note: str | None = None) -> None:
         assert self._progress is not None
         self._progress.report(done, total, note, **self._progress_kw())
 
-    def enqueue(self, topic: str, data: Any, *, priority: str | None = None, delay_ms: int = 0,
-                dedup_key: str | None = None, dedup_ttl_ms: int | None = None) -> list[str]:
+    def enqueue(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        priority: str | None = None,
+        delay_ms: int = 0,
+        dedup_key: str | None = None,
+        dedup_ttl_ms: int | None = None,
+    ) -> list[str]:
         assert self._enqueue is not None
-        return self._enqueue(topic, data, trace_id=self.trace_id, priority=priority, delay_ms=delay_ms, source=self.step,
-                             **_dedup(dedup_key, dedup_ttl_ms))
+        return self._enqueue(
+            topic,
+            data,
+            trace_id=self.trace_id,
+            priority=priority,
+            delay_ms=delay_ms,
+            source=self.step,
+            **_dedup(dedup_key, dedup_ttl_ms),
+        )
 
 
 def _dedup(key: str | None, ttl_ms: int | None) -> dict[str, Any]:

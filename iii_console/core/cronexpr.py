@@ -74,8 +74,10 @@ def _parse(expr: str, tz: tzinfo) -> CronSchedule:
         text = ALIASES[text.lower()]
     parts = text.split()
     if len(parts) not in (5, 6, 7):
-        raise ValueError(f"cron expression {expr!r} has {len(parts)} fields; expected 5, 6 with leading seconds, "
-                         f"or 7 with leading seconds and a trailing year")
+        raise ValueError(
+            f"cron expression {expr!r} has {len(parts)} fields; expected 5, 6 with leading seconds, "
+            f"or 7 with leading seconds and a trailing year"
+        )
     names = {5: FIELDS5, 6: FIELDS6, 7: FIELDS7}[len(parts)]
     kwargs = {"second": "0"}
     for name, raw in zip(names, parts):

@@ -31,8 +31,15 @@ TRIGGER_MODELS = {"http": HttpTrigger, "queue": QueueTrigger, "cron": CronTrigge
 RESERVED_TOPIC_PREFIX = "_"
 
 
-def emit_step_error(emitter: Emitter, error: StepError | str, *, step: str | None = None, file: str | None = None,
-                    trace_id: str | None = None, traceback: str | None = None) -> None:
+def emit_step_error(
+    emitter: Emitter,
+    error: StepError | str,
+    *,
+    step: str | None = None,
+    file: str | None = None,
+    trace_id: str | None = None,
+    traceback: str | None = None,
+) -> None:
     """The one place a ``step.error`` event is built: a step file that did not load (a
     :class:`StepError`, at start or on a reload), or a step's code that failed around its
     handler (a state condition, an HTTP answer that cannot be sent) with the file it is in."""
@@ -182,7 +189,11 @@ class _Source:
     def _assigned(self, name: str) -> ast.stmt | None:
         found = None
         for node in self.tree.body if self.tree else []:
-            if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)) or (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name) or (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name):
+            if (
+                (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets))
+                or (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name)
+                or (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name)
+            ):
                 found = node
         return found
 
@@ -252,12 +263,17 @@ def _legacy_shape(raw: dict[str, Any]) -> tuple[str, str] | None:
         trig = []
         was = f'"type": {kind!r}' if kind else '"emits"'
     if kind == "noop":
-        return "type", ("noop steps are drawn, not run: write \"triggers\": [], \"virtualSubscribes\": [...] and "
-                        "\"virtualEnqueues\": [...] (the topics it stands between) instead of \"type\": \"noop\"")
-    rewrite = f'"triggers": [{", ".join(trig) or "..."}]' + (f', "enqueues": {list(topics)!r}'.replace("'", '"') if topics else "")
+        return "type", (
+            'noop steps are drawn, not run: write "triggers": [], "virtualSubscribes": [...] and '
+            '"virtualEnqueues": [...] (the topics it stands between) instead of "type": "noop"'
+        )
+    rewrite = f'"triggers": [{", ".join(trig) or "..."}]' + (
+        f', "enqueues": {list(topics)!r}'.replace("'", '"') if topics else ""
+    )
     return ("type" if kind else "emits"), (
         f"this is Motia's older step shape ({was}); write {rewrite} instead, "
-        f"and call ctx.enqueue(topic, data) where the handler called emit(...)")
+        f"and call ctx.enqueue(topic, data) where the handler called emit(...)"
+    )
 
 
 def _between_shape(raw: dict[str, Any]) -> tuple[str, str] | None:
@@ -270,15 +286,23 @@ def _between_shape(raw: dict[str, Any]) -> tuple[str, str] | None:
         kind = t.get("type") if isinstance(t, dict) else None
         if kind == "event":
             topic = t.get("topic", "...")
-            return f"triggers.{i}.type", (f"'event' triggers are Motia's older name for queue triggers: write "
-                                          f'{{"type": "queue", "topic": "{topic}"}}' + (', and "enqueues" for "emits"' if "emits" in raw else ""))
+            return f"triggers.{i}.type", (
+                f"'event' triggers are Motia's older name for queue triggers: write "
+                f'{{"type": "queue", "topic": "{topic}"}}' + (', and "enqueues" for "emits"' if "emits" in raw else "")
+            )
         if kind == "api":
-            return f"triggers.{i}.type", (f"'api' triggers are Motia's older name for http triggers: write "
-                                          f'{{"type": "http", "method": "{t.get("method", "POST")}", "path": "{t.get("path", "/...")}"}}')
+            return f"triggers.{i}.type", (
+                f"'api' triggers are Motia's older name for http triggers: write "
+                f'{{"type": "http", "method": "{t.get("method", "POST")}", "path": "{t.get("path", "/...")}"}}'
+            )
     if "emits" in raw:
-        topics = [e if isinstance(e, str) else (e.get("topic") if isinstance(e, dict) else str(e)) for e in raw.get("emits") or []]
-        return "emits", (f"'emits' is Motia's older name for 'enqueues': write \"enqueues\": {json.dumps(topics)}, and call "
-                         "ctx.enqueue(topic, data) (or motia's enqueue({\"topic\", \"data\"})) where the handler called emit(...)")
+        topics = [
+            e if isinstance(e, str) else (e.get("topic") if isinstance(e, dict) else str(e)) for e in raw.get("emits") or []
+        ]
+        return "emits", (
+            f"'emits' is Motia's older name for 'enqueues': write \"enqueues\": {json.dumps(topics)}, and call "
+            'ctx.enqueue(topic, data) (or motia\'s enqueue({"topic", "data"})) where the handler called emit(...)'
+        )
     return None
 
 
@@ -318,8 +342,12 @@ def load_step_file(path: Path, root: Path) -> Step:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
         if exc.filename and exc.filename != file:  # in a module the step imports
-            raise StepError(f"import failed: syntax error in {exc.filename}:{exc.lineno}: {exc.msg}", file=file,
-                            step=declared, line=_line_of(exc, file)) from None
+            raise StepError(
+                f"import failed: syntax error in {exc.filename}:{exc.lineno}: {exc.msg}",
+                file=file,
+                step=declared,
+                line=_line_of(exc, file),
+            ) from None
         raise StepError(f"syntax error: {exc.msg}", file=file, step=declared, line=exc.lineno) from None
     except ValidationError as exc:
         # A typed helper (Step(...), http(...)) rejected its arguments at import time,
@@ -332,7 +360,9 @@ def load_step_file(path: Path, root: Path) -> Step:
     except Exception as exc:
         if type(exc).__name__ == "Unsupported" and getattr(exc, "name", None) == "motia":
             raise StepError(str(exc), file=file, step=declared, line=_line_of(exc, file)) from None
-        raise StepError(f"import failed: {type(exc).__name__}: {exc}", file=file, step=declared, line=_line_of(exc, file)) from None
+        raise StepError(
+            f"import failed: {type(exc).__name__}: {exc}", file=file, step=declared, line=_line_of(exc, file)
+        ) from None
 
     raw = getattr(module, "config", None)
     if raw is None:
@@ -354,8 +384,12 @@ def load_step_file(path: Path, root: Path) -> Step:
             msg, fld, where = _explain(exc)
             raise StepError(msg, file=file, step=name, field=fld, line=src.line_in_config(where)) from None
     else:
-        raise StepError(f"`config` must be a Step or a dict, not {type(raw).__name__}", file=file, field="config",
-                        line=src.line_of_def("config"))
+        raise StepError(
+            f"`config` must be a Step or a dict, not {type(raw).__name__}",
+            file=file,
+            field="config",
+            line=src.line_of_def("config"),
+        )
 
     handler = motia_handler if motia_handler is not None else getattr(module, "handler", None)
     if handler is None and not step.triggers:  # drawn in the flow graph, never run
@@ -363,15 +397,26 @@ def load_step_file(path: Path, root: Path) -> Step:
     if handler is None:
         raise StepError("no `handler` defined", file=file, step=step.name, field="handler")
     if not callable(handler):
-        raise StepError(f"`handler` must be a function, not {type(handler).__name__}", file=file, step=step.name,
-                        field="handler", line=src.line_of_def("handler"))
+        raise StepError(
+            f"`handler` must be a function, not {type(handler).__name__}",
+            file=file,
+            step=step.name,
+            field="handler",
+            line=src.line_of_def("handler"),
+        )
     if call_arity(handler) == 0:
-        raise StepError("handler must take (input, ctx) or (ctx)", file=file, step=step.name, field="handler",
-                        line=src.line_of_def("handler"))
+        raise StepError(
+            "handler must take (input, ctx) or (ctx)", file=file, step=step.name, field="handler", line=src.line_of_def("handler")
+        )
     for i, t in enumerate(step.triggers):
         if isinstance(t, QueueTrigger) and t.topic.startswith(RESERVED_TOPIC_PREFIX):
-            raise StepError(f"topic {t.topic!r}: names starting with '_' are reserved", file=file, step=step.name,
-                            field=f"triggers.{i}.topic", line=src.line_in_config(["triggers", str(i)]))
+            raise StepError(
+                f"topic {t.topic!r}: names starting with '_' are reserved",
+                file=file,
+                step=step.name,
+                field=f"triggers.{i}.topic",
+                line=src.line_in_config(["triggers", str(i)]),
+            )
     return step.model_copy(update={"handler": handler, "file": file})
 
 
@@ -379,8 +424,12 @@ def _imports_motia(tree: ast.Module | None) -> bool:
     for node in ast.walk(tree) if tree else []:
         if isinstance(node, ast.Import) and any(a.name == "motia" or a.name.startswith("motia.") for a in node.names):
             return True
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \
-                (node.module == "motia" or node.module.startswith("motia.")):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and node.module
+            and (node.module == "motia" or node.module.startswith("motia."))
+        ):
             return True
     return False
 
@@ -391,9 +440,12 @@ def _uses_motia(module: Any, src: _Source, file: str, declared: str | None) -> b
 
     imports = _imports_motia(src.tree)
     if imports and getattr(sys.modules.get("motia"), "__name__", PACKAGE) != PACKAGE:
-        raise StepError(f"this step imports {install()}, whose objects need Motia's engine; run iii-console from an "
-                        f"environment without it, where `import motia` gets iii-console's compatibility module",
-                        file=file, step=declared)
+        raise StepError(
+            f"this step imports {install()}, whose objects need Motia's engine; run iii-console from an "
+            f"environment without it, where `import motia` gets iii-console's compatibility module",
+            file=file,
+            step=declared,
+        )
     return imports or is_motia_step(module)
 
 
@@ -419,8 +471,15 @@ def discover(steps_dir: str | Path) -> StepSet:
             out.errors.append(err)
             continue
         if step.name in names:
-            out.errors.append(StepError(f"duplicate step name; also defined in {names[step.name]}", file=str(path), step=step.name,
-                                        field="name", line=_Source(path).line_in_config(["name"])))
+            out.errors.append(
+                StepError(
+                    f"duplicate step name; also defined in {names[step.name]}",
+                    file=str(path),
+                    step=step.name,
+                    field="name",
+                    line=_Source(path).line_in_config(["name"]),
+                )
+            )
             continue
         names[step.name] = str(path)
         out.steps.append(step)
@@ -430,9 +489,15 @@ def discover(steps_dir: str | Path) -> StepSet:
         clash = next(((i, t) for i, t in mine if t.route_key in routes), None)
         if clash is not None:
             i, t = clash
-            out.errors.append(StepError(f"route {t.describe()} is already served by step {routes[t.route_key]!r}", file=step.file,
-                                        step=step.name, field=f"triggers.{i}",
-                                        line=_Source(Path(step.file)).line_in_config(["triggers", str(i)])))
+            out.errors.append(
+                StepError(
+                    f"route {t.describe()} is already served by step {routes[t.route_key]!r}",
+                    file=step.file,
+                    step=step.name,
+                    field=f"triggers.{i}",
+                    line=_Source(Path(step.file)).line_in_config(["triggers", str(i)]),
+                )
+            )
             out.steps.remove(step)
             continue
         routes.update({t.route_key: step.name for _i, t in mine})

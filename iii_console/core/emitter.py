@@ -35,8 +35,13 @@ _EVENTS_ADD = resources.files("iii_console.core").joinpath("lua/events_add.lua")
 #: Errors that clear by themselves (Redis away, loading, failing over, scripts
 #: flushed): the batch waits for them instead of being dropped. Full or read-only
 #: is told by :func:`redis_refuses_writes`, which also knows Redis 6's wording.
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoScriptError, redis.exceptions.TryAgainError,
-              redis.exceptions.ClusterDownError)
+_TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.NoScriptError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
 
 #: Longest an idle flusher sleeps without a wake-up (a safety net, not a poll).
 IDLE_WAIT_S = 1.0
@@ -252,6 +257,7 @@ class StreamSink:
         batch the flusher writes, aggregated over many settles, so they are best
         effort on a crash, like the events that mark no move.
         """
+
         def tables(batch: Sequence[Event], *, counts_only: bool = False) -> list[list[Any]]:
             out: list[list[Any]] = [[], [], []]
             if self._keys is not None and batch:
@@ -261,8 +267,14 @@ class StreamSink:
                         table.extend(kv)
             return out
 
-        body = {"k": self._event_keys, "m": self._maxlen, "p": [ev.flat() for ev in pre], "pt": tables(pre),
-                "s": [ev.flat() for ev in settle], "st": tables(settle, counts_only=True)}
+        body = {
+            "k": self._event_keys,
+            "m": self._maxlen,
+            "p": [ev.flat() for ev in pre],
+            "pt": tables(pre),
+            "s": [ev.flat() for ev in settle],
+            "st": tables(settle, counts_only=True),
+        }
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
     def _args(self, batch: list[Event], timed: Sequence[Event] = ()) -> list[Any]:
@@ -311,7 +323,6 @@ class _SinkLogger:
     def msg(self, event: Event) -> None:
         self._sink(event)
 
-
     info = debug = warning = warn = error = critical = exception = msg
 
 
@@ -354,8 +365,14 @@ class Emitter:
     message's. An event emitted with a trace id keeps that one.
     """
 
-    def __init__(self, sink: Callable[[Event], None] | StreamSink, *, worker: str | None = None, trace_id: str | None = None,
-                 stream: StreamSink | None = None):
+    def __init__(
+        self,
+        sink: Callable[[Event], None] | StreamSink,
+        *,
+        worker: str | None = None,
+        trace_id: str | None = None,
+        stream: StreamSink | None = None,
+    ):
         # A StreamSink (or its ``put``) is also where transition scripts write: the
         # settle events of a process must go to the stream its other events go to.
         owner = sink if isinstance(sink, StreamSink) else getattr(sink, "__self__", None)

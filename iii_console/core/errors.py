@@ -100,4 +100,6 @@ def redis_refuses_writes(exc: BaseException) -> bool:
     if isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)):
         return True
     text = str(exc)
-    return isinstance(exc, redis.exceptions.ResponseError) and ("OOM command not allowed" in text or "READONLY You can't write" in text)
+    return isinstance(exc, redis.exceptions.ResponseError) and (
+        "OOM command not allowed" in text or "READONLY You can't write" in text
+    )

@@ -77,9 +77,9 @@ class Keys:
     def in_flight_queue(self, key: str) -> tuple[str, str] | None:
         """``(worker id, queue)`` of an in-flight set's key (the worker id has no dots); None for another key."""
         prefix = f"{self.dramatiq_namespace}:__acks__."
-        if not key.startswith(prefix) or "." not in key[len(prefix):]:
+        if not key.startswith(prefix) or "." not in key[len(prefix) :]:
             return None
-        worker, queue = key[len(prefix):].split(".", 1)
+        worker, queue = key[len(prefix) :].split(".", 1)
         return worker, queue
 
     def state_group(self, group: str) -> str:

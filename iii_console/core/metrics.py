@@ -20,10 +20,21 @@ from iii_console.core.keys import Keys
 
 #: Events counted, by type.
 COUNTED = {
-    "http.received", "message.enqueued", "message.started", "message.processed", "message.failed",
-    "message.retrying", "message.dead_lettered", "message.replayed", "message.redelivered", "message.throttled",
-    "message.deduplicated", "notification.sent", "cron.fired",
-    "cron.skipped", "step.error",
+    "http.received",
+    "message.enqueued",
+    "message.started",
+    "message.processed",
+    "message.failed",
+    "message.retrying",
+    "message.dead_lettered",
+    "message.replayed",
+    "message.redelivered",
+    "message.throttled",
+    "message.deduplicated",
+    "notification.sent",
+    "cron.fired",
+    "cron.skipped",
+    "step.error",
 }
 #: Histogram bucket upper bounds, seconds.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -60,8 +71,11 @@ def aggregate(batch: Iterable[Event]) -> tuple[dict[str, int], dict[str, int], d
             buckets[f"{base}|{le}"] += n
         buckets[f"{base}|+Inf"] += n
         buckets[f"{base}|count"] += n
-    return ({f"{t}|{topic}|{step}": n for (t, topic, step), n in counts.items()}, buckets,
-            {f"{topic}|{step}|sum": v for (topic, step), v in sums.items()})
+    return (
+        {f"{t}|{topic}|{step}": n for (t, topic, step), n in counts.items()},
+        buckets,
+        {f"{topic}|{step}|sum": v for (topic, step), v in sums.items()},
+    )
 
 
 @dataclass

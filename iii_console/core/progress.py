@@ -49,7 +49,9 @@ class _Base:
         self.keys = keys
         self.emitter = emitter
 
-    def _shape(self, done: Any, total: Any, note: Any, *, trace_id: str, step: str, message_id: str | None) -> tuple[list[Any], Any]:
+    def _shape(
+        self, done: Any, total: Any, note: Any, *, trace_id: str, step: str, message_id: str | None
+    ) -> tuple[list[Any], Any]:
         value = progress_value(done, total, note)
         record = {**value, "step": step, "message_id": message_id, "ts": now_ms()}
         event = self.emitter.make("progress", trace_id=trace_id, step=step, message_id=message_id, data=value)
@@ -71,7 +73,9 @@ class AsyncProgressStore(_Base):
         super().__init__(keys, emitter)
         self._script = client.register_script(_SCRIPT)
 
-    async def report(self, done: Any, total: Any, note: Any = None, *, trace_id: str, step: str, message_id: str | None = None) -> None:
+    async def report(
+        self, done: Any, total: Any, note: Any = None, *, trace_id: str, step: str, message_id: str | None = None
+    ) -> None:
         args, event = self._shape(done, total, note, trace_id=trace_id, step=step, message_id=message_id)
         # On a loop the script cannot wait for the event buffer: earlier buffered events may land after it.
         stream = self.emitter.stream

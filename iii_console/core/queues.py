@@ -40,7 +40,7 @@ def queue_stats(client: redis.Redis, keys: Keys, topics: Iterable[str] = ()) -> 
     legacy_suffix = keys.legacy_delay_name("")
     acks = keys.in_flight("", "").removeprefix(keys.queue("")).rstrip(".")
     for raw in client.scan_iter(match=keys.queue("*--*--*"), count=1000):
-        name = as_str(raw)[len(keys.queue("")):]
+        name = as_str(raw)[len(keys.queue("")) :]
         if name.endswith(side) or name.startswith(acks):
             continue
         names.add(name)

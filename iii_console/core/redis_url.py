@@ -66,9 +66,14 @@ def parse_sentinel(url: str) -> SentinelUrl:
     extra = set(query) - {"sentinel_password"}
     if extra:
         raise ValueError(f"unknown option {sorted(extra)[0]!r} in the URL's query (only sentinel_password)")
-    return SentinelUrl(sentinels=sentinels, service=unquote(path[0]), db=int(path[1]) if len(path) == 2 else 0,
-                       username=username, password=password,
-                       sentinel_password=query["sentinel_password"][0] if "sentinel_password" in query else None)
+    return SentinelUrl(
+        sentinels=sentinels,
+        service=unquote(path[0]),
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=username,
+        password=password,
+        sentinel_password=query["sentinel_password"][0] if "sentinel_password" in query else None,
+    )
 
 
 def _sentinel_kwargs(s: SentinelUrl, kw: dict[str, Any]) -> dict[str, Any]:

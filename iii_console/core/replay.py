@@ -43,8 +43,13 @@ def build_message(entry: DeadLetter) -> dict[str, Any]:
     now = now_ms()
     options.update(replay_of=entry.id, replayed_ms=now, redis_message_id=str(uuid.uuid4()), enqueued_ms=now)
     return {
-        "queue_name": entry.queue, "actor_name": orig["actor_name"], "args": list(orig.get("args") or ()),
-        "kwargs": orig.get("kwargs") or {}, "options": options, "message_id": str(uuid.uuid4()), "message_timestamp": now,
+        "queue_name": entry.queue,
+        "actor_name": orig["actor_name"],
+        "args": list(orig.get("args") or ()),
+        "kwargs": orig.get("kwargs") or {},
+        "options": options,
+        "message_id": str(uuid.uuid4()),
+        "message_timestamp": now,
     }
 
 
@@ -57,13 +62,30 @@ class Replayer:
     def replay(self, entry: DeadLetter) -> str:
         """Returns the new message id."""
         msg = build_message(entry)
-        event = self.emitter.make("message.replayed", trace_id=entry.trace_id, message_id=msg["message_id"], step=entry.step,
-                                  topic=entry.topic, queue=entry.queue,
-                                  data={"replay_of": entry.id, "dlq": entry.dlq, "payload": entry.data})
-        moved = self.emitter.transition(lambda ev: self._replay(args=[
-            self.keys.dramatiq_namespace, entry.queue, msg["options"]["redis_message_id"],
-            json.dumps(msg, separators=(",", ":")), self.keys.dlq_entries(entry.dlq), self.keys.dlq(entry.dlq), entry.id, ev,
-        ]), event)
+        event = self.emitter.make(
+            "message.replayed",
+            trace_id=entry.trace_id,
+            message_id=msg["message_id"],
+            step=entry.step,
+            topic=entry.topic,
+            queue=entry.queue,
+            data={"replay_of": entry.id, "dlq": entry.dlq, "payload": entry.data},
+        )
+        moved = self.emitter.transition(
+            lambda ev: self._replay(
+                args=[
+                    self.keys.dramatiq_namespace,
+                    entry.queue,
+                    msg["options"]["redis_message_id"],
+                    json.dumps(msg, separators=(",", ":")),
+                    self.keys.dlq_entries(entry.dlq),
+                    self.keys.dlq(entry.dlq),
+                    entry.id,
+                    ev,
+                ]
+            ),
+            event,
+        )
         if not moved:
             raise ReplayError(f"{entry.id}: no longer in {entry.dlq} (replayed or purged meanwhile)")
         return str(msg["message_id"])

@@ -27,8 +27,14 @@ class Retry(Exception):
     ``counts=False`` the attempt is not spent (``ctx.attempt`` stays the same).
     """
 
-    def __init__(self, after_ms: int | float | None = None, *, at: datetime | int | float | None = None,
-                 counts: bool = True, reason: str = ""):
+    def __init__(
+        self,
+        after_ms: int | float | None = None,
+        *,
+        at: datetime | int | float | None = None,
+        counts: bool = True,
+        reason: str = "",
+    ):
         if (after_ms is None) == (at is None):
             raise TypeError("Retry takes after_ms=... or at=..., exactly one of them")
         if after_ms is not None:

@@ -25,8 +25,14 @@ class SendFailed(IIIError):
         self.unreachable = unreachable
 
 
-def post_messages(base_url: str, body: dict[str, object], count: int, *, token: str = "",
-                  on_answer: Callable[[httpx.Response], None] | None = None) -> httpx.Response | None:
+def post_messages(
+    base_url: str,
+    body: dict[str, object],
+    count: int,
+    *,
+    token: str = "",
+    on_answer: Callable[[httpx.Response], None] | None = None,
+) -> httpx.Response | None:
     """POST ``body`` to ``base_url``/messages ``count`` times; the last answer (``None`` if ``count`` is 0).
 
     ``on_answer`` sees each accepted answer as it comes (a progress bar, a JSON line).

@@ -46,8 +46,7 @@ class Services:
         keys = Keys(config.redis.prefix)
         sink = StreamSink(client, keys.events, maxlen=config.events.maxlen, keys=keys)
         name = process_name(role)
-        emitter = (Emitter(sink, worker=name, trace_id=uuid.uuid4().hex) if config.events.enabled
-                   else null_emitter())
+        emitter = Emitter(sink, worker=name, trace_id=uuid.uuid4().hex) if config.events.enabled else null_emitter()
         return cls(config, role, client, keys, sink, emitter, name)
 
     @property

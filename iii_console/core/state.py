@@ -96,7 +96,12 @@ def apply_ops(value: Any, ops: Iterable[Mapping[str, Any]]) -> Any:
             cur = parent.get(leaf, 0)
             if cur is None:
                 cur = 0
-            if isinstance(cur, bool) or not isinstance(cur, (int, float)) or isinstance(by, bool) or not isinstance(by, (int, float)):
+            if (
+                isinstance(cur, bool)
+                or not isinstance(cur, (int, float))
+                or isinstance(by, bool)
+                or not isinstance(by, (int, float))
+            ):
                 raise StateError(f"increment {op.get('path')!r}: {cur!r} + {by!r} is not numeric")
             parent[leaf] = cur + by
         else:  # merge
@@ -195,8 +200,16 @@ class AsyncState(Protocol):
 
 
 class _Base:
-    def __init__(self, keys: Keys, *, trace_id: str = "", step: str = "", message_id: str = "", worker: str = "",
-                 events_maxlen: int = 100_000):
+    def __init__(
+        self,
+        keys: Keys,
+        *,
+        trace_id: str = "",
+        step: str = "",
+        message_id: str = "",
+        worker: str = "",
+        events_maxlen: int = 100_000,
+    ):
         self.keys = keys
         self.trace_id = trace_id
         self.step = step
@@ -217,9 +230,30 @@ class _Base:
             raise StateError("group and key must be non-empty strings")
         new_raw = ABSENT if new is None else _dump(new)
         data = encode_data({"group": group, "key": key, "op": op, "old": _load(old_raw), "new": new})
-        keys = [self.keys.state_group(group), self.keys.state_groups, self.keys.state_changes, self.keys.events, self.keys.state_watched]
-        args = [key, ABSENT if old_raw is None else old_raw, new_raw, group, CHANGES_MAXLEN, self.events_maxlen, self.trace_id, now_ms(), data,
-                "step", self.step, "message_id", self.message_id, "worker", self.worker]
+        keys = [
+            self.keys.state_group(group),
+            self.keys.state_groups,
+            self.keys.state_changes,
+            self.keys.events,
+            self.keys.state_watched,
+        ]
+        args = [
+            key,
+            ABSENT if old_raw is None else old_raw,
+            new_raw,
+            group,
+            CHANGES_MAXLEN,
+            self.events_maxlen,
+            self.trace_id,
+            now_ms(),
+            data,
+            "step",
+            self.step,
+            "message_id",
+            self.message_id,
+            "worker",
+            self.worker,
+        ]
         return keys, args
 
     # -- plans -------------------------------------------------------------------

@@ -288,7 +288,7 @@ class StateTrigger(_Model):
     def describe(self) -> str:
         cond = " (conditional)" if self.condition else ""
         if self.group is not None and self.group.startswith(STREAM_GROUP_PREFIX):
-            return f"stream {self.group[len(STREAM_GROUP_PREFIX):]} {self.key}{cond}"
+            return f"stream {self.group[len(STREAM_GROUP_PREFIX) :]} {self.key}{cond}"
         return f"state {self.group if self.group is not None else '*'}/{self.key}{cond}"
 
 
@@ -330,8 +330,10 @@ class Step(_Model):
     @classmethod
     def _some_trigger(cls, v: list[Any], info: Any) -> list[Any]:
         if not v and not (info.data.get("virtual_enqueues") or info.data.get("virtual_subscribes")):
-            raise ValueError("a step needs at least 1 trigger (a step only drawn in the flow graph, like Motia's noop "
-                             "steps, has virtualSubscribes/virtualEnqueues instead)")
+            raise ValueError(
+                "a step needs at least 1 trigger (a step only drawn in the flow graph, like Motia's noop "
+                "steps, has virtualSubscribes/virtualEnqueues instead)"
+            )
         return v
 
     @model_validator(mode="after")
@@ -386,20 +388,33 @@ def _spec(t: Any) -> dict[str, Any]:
     return out
 
 
-def http(method: str, path: str, *, body: type[BaseModel] | dict[str, Any] | None = None,
-         responses: dict[int, Any] | None = None, accept: list[str] | None = None,
-         max_body_bytes: int | None = None) -> HttpTrigger:
+def http(
+    method: str,
+    path: str,
+    *,
+    body: type[BaseModel] | dict[str, Any] | None = None,
+    responses: dict[int, Any] | None = None,
+    accept: list[str] | None = None,
+    max_body_bytes: int | None = None,
+) -> HttpTrigger:
     """An HTTP trigger: ``http("POST", "/messages", body=MessageIn)``; ``body`` may also be a
     JSON-schema dict (the handler then gets the parsed JSON, checked against it).
 
     ``accept=["image/*", "text/csv"]`` takes a raw body of those types instead: it is streamed
     into the blob store (at most ``max_body_bytes``) and ``req.body`` is its ref."""
-    return HttpTrigger(method=method, path=path, body_schema=body, response_schema=responses or {},
-                       accept=accept or [], max_body_bytes=max_body_bytes)
+    return HttpTrigger(
+        method=method,
+        path=path,
+        body_schema=body,
+        response_schema=responses or {},
+        accept=accept or [],
+        max_body_bytes=max_body_bytes,
+    )
 
 
-def queue(topic: str, *, input: type[BaseModel] | dict[str, Any] | None = None,
-          batch: BatchSpec | dict[str, Any] | None = None) -> QueueTrigger:
+def queue(
+    topic: str, *, input: type[BaseModel] | dict[str, Any] | None = None, batch: BatchSpec | dict[str, Any] | None = None
+) -> QueueTrigger:
     """A queue trigger: the step receives one copy of every message enqueued to ``topic``.
 
     With ``batch={"max_size": N, "max_wait_ms": T, "key": "path"}`` the handler gets a list

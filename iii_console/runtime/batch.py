@@ -94,8 +94,15 @@ def batched_actor(runner: Any, step: Step, topic: str, schema: Any, spec: Any, *
 
     def run_batch(values: list[Any], metas: list[dict[str, Any]]) -> None:
         trig = {"type": "queue", "topic": topic, "priority": metas[0]["priority"], "batch": describe_batch(metas)}
-        runner.call_sync(step, values, trace_id=metas[0]["trace_id"], attempt=max(m["attempt"] for m in metas),
-                         trigger=trig, message_id=None, max_attempts=max_attempts)
+        runner.call_sync(
+            step,
+            values,
+            trace_id=metas[0]["trace_id"],
+            attempt=max(m["attempt"] for m in metas),
+            trigger=trig,
+            message_id=None,
+            max_attempts=max_attempts,
+        )
 
     batcher = Batcher(spec.max_size, spec.max_wait_ms, run_batch)
 
@@ -107,12 +114,26 @@ def batched_actor(runner: Any, step: Step, topic: str, schema: Any, spec: Any, *
         if spec.key is not None:
             found = key_value(data, spec.key)
             if found is None:
-                raise InvalidInput([{"field": spec.key, "message": "the batch key has no value in the message data "
-                                                                   "(a string or number of 1 to 256 characters is needed)"}])
+                raise InvalidInput(
+                    [
+                        {
+                            "field": spec.key,
+                            "message": "the batch key has no value in the message data "
+                            "(a string or number of 1 to 256 characters is needed)",
+                        }
+                    ]
+                )
             key = found
-        batcher.submit(key, value, {"message_id": msg.message_id if msg else None, "trace_id": opts.get("trace_id", ""),
-                                    "attempt": opts.get("retries", 0) + 1,
-                                    "priority": parse_queue(msg.queue_name)[2] if msg else "normal"})
+        batcher.submit(
+            key,
+            value,
+            {
+                "message_id": msg.message_id if msg else None,
+                "trace_id": opts.get("trace_id", ""),
+                "attempt": opts.get("retries", 0) + 1,
+                "priority": parse_queue(msg.queue_name)[2] if msg else "normal",
+            },
+        )
 
     run.__name__ = f"{step.name}_{topic}_batch"
     return run

@@ -19,13 +19,27 @@ def make_broker(config: Config, services: Any, subscriptions: Any, middleware: l
         from iii_console.adapters.queue.rmq_broker import RabbitBroker
 
         exchange_topics = {q: topic for topic, subs in subscriptions.items() for s in subs for q in s.queues}
-        return RabbitBroker(url=config.rabbitmq.url, prefix=config.rabbitmq.prefix, client=services.client, keys=services.keys,
-                            exchange_topics=exchange_topics, emitter=services.emitter, middleware=middleware,
-                            max_deliveries=max_deliveries, dead_letter_queue=dead_letter_queue)
+        return RabbitBroker(
+            url=config.rabbitmq.url,
+            prefix=config.rabbitmq.prefix,
+            client=services.client,
+            keys=services.keys,
+            exchange_topics=exchange_topics,
+            emitter=services.emitter,
+            middleware=middleware,
+            max_deliveries=max_deliveries,
+            dead_letter_queue=dead_letter_queue,
+        )
     from iii_console.adapters.queue.broker import IIIBroker
 
-    return IIIBroker(client=services.client, keys=services.keys, emitter=services.emitter, middleware=middleware,
-                     max_deliveries=max_deliveries, dead_letter_queue=dead_letter_queue)
+    return IIIBroker(
+        client=services.client,
+        keys=services.keys,
+        emitter=services.emitter,
+        middleware=middleware,
+        max_deliveries=max_deliveries,
+        dead_letter_queue=dead_letter_queue,
+    )
 
 
 def make_producer(services: Any, subscriptions: Any) -> Any:
@@ -44,7 +58,9 @@ def make_async_producer(services: Any, subscriptions: Any, client: Any, autopipe
     if services.config.broker == "rabbitmq":
         from iii_console.adapters.queue.rmq_producer import AsyncRabbitProducer, RabbitProducer
 
-        return AsyncRabbitProducer(RabbitProducer(services.client, services.keys, services.config, subscriptions, services.emitter))
+        return AsyncRabbitProducer(
+            RabbitProducer(services.client, services.keys, services.config, subscriptions, services.emitter)
+        )
     from iii_console.adapters.queue.producer import AsyncProducer
 
     return AsyncProducer(client, services.keys, services.config, subscriptions, services.emitter, autopipe=autopipe)
@@ -61,8 +77,17 @@ def make_replayer(services: Any) -> Any:
     return Replayer(services.client, services.keys, services.emitter)
 
 
-def fire_cron_now(client: Any, keys: Any, emitter: Any, config: Config, step: str, expression: str, *,
-                  priority: str = "normal", source: str = "cli") -> tuple[str, str]:
+def fire_cron_now(
+    client: Any,
+    keys: Any,
+    emitter: Any,
+    config: Config,
+    step: str,
+    expression: str,
+    *,
+    priority: str = "normal",
+    source: str = "cli",
+) -> tuple[str, str]:
     """A manual tick of ``step``'s cron trigger on the configured broker (``core.cronrun.run_now`` for Redis).
 
     Returns ``(trace id, message id)``. On RabbitMQ the tick is published, then
@@ -82,8 +107,16 @@ def fire_cron_now(client: Any, keys: Any, emitter: Any, config: Config, step: st
     data = {"scheduled_ms": now, "fired_ms": now, "expression": expression, "manual": True}
 
     def fired(ids: list[str]) -> list[Any]:
-        return [emitter.make("cron.fired", trace_id=trace_id, message_id=ids[0] if ids else None, step=step, topic=topic,
-                             data={"expression": expression, "scheduled_ms": now, "fired_ms": now, "drift_ms": 0, "manual": True})]
+        return [
+            emitter.make(
+                "cron.fired",
+                trace_id=trace_id,
+                message_id=ids[0] if ids else None,
+                step=step,
+                topic=topic,
+                data={"expression": expression, "scheduled_ms": now, "fired_ms": now, "drift_ms": 0, "manual": True},
+            )
+        ]
 
     producer = RabbitProducer(client, keys, config, {topic: [Subscription(CRON_TOPIC, step)]}, emitter)
     try:
@@ -109,8 +142,9 @@ class ConsoleBroker:
 
         return RabbitReplayer(client, keys, emitter, self.config)
 
-    def run_cron(self, client: Any, keys: Any, emitter: Any, step: str, expression: str, *, priority: str,
-                 source: str) -> tuple[str, str]:
+    def run_cron(
+        self, client: Any, keys: Any, emitter: Any, step: str, expression: str, *, priority: str, source: str
+    ) -> tuple[str, str]:
         return fire_cron_now(client, keys, emitter, self.config, step, expression, priority=priority, source=source)
 
 

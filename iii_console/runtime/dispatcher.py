@@ -96,8 +96,7 @@ def trim_dispatched_changes(client: redis.Redis, key: str) -> None:
 class TriggerDispatcher:
     """Reads ``state-changes`` as consumer ``consumer`` of the group ``triggers`` and enqueues the matching state steps."""
 
-    def __init__(self, services: Services, producer: Producer, steps: StepSet, *, consumer: str,
-                 guard: Any = None) -> None:
+    def __init__(self, services: Services, producer: Producer, steps: StepSet, *, consumer: str, guard: Any = None) -> None:
         self.services = services
         self.producer = producer
         self.steps = steps
@@ -154,8 +153,14 @@ class TriggerDispatcher:
         # without persistence, a flush), no trigger record would be written again.
         watch_state_triggers(c, self.services.keys, self.steps)
         try:
-            res = c.xautoclaim(self.services.keys.state_changes, TRIGGER_GROUP, self.consumer, min_idle_time=min_idle_ms,
-                               start_id="0-0", count=100)
+            res = c.xautoclaim(
+                self.services.keys.state_changes,
+                TRIGGER_GROUP,
+                self.consumer,
+                min_idle_time=min_idle_ms,
+                start_id="0-0",
+                count=100,
+            )
         except redis.ResponseError:
             return 0
         entries = res[1]
@@ -170,14 +175,18 @@ class TriggerDispatcher:
     def dispatch(self, entry_id: Any, fields: dict[Any, Any]) -> None:
         f = {as_str(k): as_str(v) for k, v in fields.items()}
         eid = as_str(entry_id)
-        change = StateChange(group=f["group"], key=f["key"], old=json.loads(f["old"]), new=json.loads(f["new"]), trace_id=f.get("trace_id", ""))
+        change = StateChange(
+            group=f["group"], key=f["key"], old=json.loads(f["old"]), new=json.loads(f["new"]), trace_id=f.get("trace_id", "")
+        )
         for step in self.steps.state_steps():
             if not any(t.matches(change.group, change.key) and self._condition(step, t, change) for t in step.of(StateTrigger)):
                 continue
             self.producer.enqueue(
                 f"{STATE_TOPIC}.{step.name}",
                 {"group": change.group, "key": change.key, "old": change.old, "new": change.new, "trace_id": change.trace_id},
-                trace_id=change.trace_id, source="state", once=self.services.keys.once(f"{eid}:{step.name}"),
+                trace_id=change.trace_id,
+                source="state",
+                once=self.services.keys.once(f"{eid}:{step.name}"),
                 limit_size=False,  # the change is already stored: its trigger must not be refused for its size
             )
         self.services.client.xack(self.services.keys.state_changes, TRIGGER_GROUP, entry_id)
@@ -188,6 +197,11 @@ class TriggerDispatcher:
         try:
             return bool(trig.condition(change))
         except Exception as exc:
-            emit_step_error(self.services.emitter, f"state condition raised {type(exc).__name__}: {exc}", step=step.name,
-                            file=step.file, trace_id=change.trace_id)
+            emit_step_error(
+                self.services.emitter,
+                f"state condition raised {type(exc).__name__}: {exc}",
+                step=step.name,
+                file=step.file,
+                trace_id=change.trace_id,
+            )
             return False

@@ -151,14 +151,24 @@ class EmbeddedRedis:
         # a second server on the same append-only file would corrupt it.
         where = f" (pid {info['redis_pid']})" if isinstance(info.get("redis_pid"), int) else ""
         said = "names no server that answers" if info else "is missing"
-        raise IIIError(f"a redis-server{where} still uses {self.redis_dir} (it holds owner.lock there) but "
-                       f"{_info_path(self.data_dir)} {said}; stop that redis-server, or pass --redis URL")
+        raise IIIError(
+            f"a redis-server{where} still uses {self.redis_dir} (it holds owner.lock there) but "
+            f"{_info_path(self.data_dir)} {said}; stop that redis-server, or pass --redis URL"
+        )
 
     def _launch(self, lock: Any, *, port: int | None, password: str) -> RedisServer:
         """Start redis-server on the data directory, handing it the owner lock ``lock``."""
-        return RedisServer(self.redis_dir, port=port, appendonly=True, password=password, die_with_parent=True,
-                           pass_fds=(lock.fileno(),) if fcntl is not None else (), binary=self.binary,
-                           maxmemory=self.maxmemory, extra=["--appendfsync", self.appendfsync]).start()
+        return RedisServer(
+            self.redis_dir,
+            port=port,
+            appendonly=True,
+            password=password,
+            die_with_parent=True,
+            pass_fds=(lock.fileno(),) if fcntl is not None else (),
+            binary=self.binary,
+            maxmemory=self.maxmemory,
+            extra=["--appendfsync", self.appendfsync],
+        ).start()
 
     # -- supervision (runtime/redis_watchdog.py) ------------------------------
     def exited(self) -> str | None:

@@ -65,8 +65,10 @@ def listen(config: Config) -> socket.socket:
     """The server's listening socket, or an error naming the setting to change."""
     cfg = config.server
     if not cfg.loopback and not cfg.auth_token:
-        raise ConfigError(f"refusing to listen on {cfg.host} without server.auth_token "
-                          "(anyone who can reach it could enqueue work); set one, or bind 127.0.0.1")
+        raise ConfigError(
+            f"refusing to listen on {cfg.host} without server.auth_token "
+            "(anyone who can reach it could enqueue work); set one, or bind 127.0.0.1"
+        )
     # proto must say TCP: asyncio sets TCP_NODELAY only on sockets whose proto is
     # IPPROTO_TCP, and accepted sockets inherit it. With proto 0 every answer on a
     # kept-alive connection waited ~40 ms for the client's delayed ACK (Nagle).
@@ -79,9 +81,11 @@ def listen(config: Config) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             # Most often a second `iii-console` in the same project: the first one's console
             # is what was wanted, and `attach` opens it on the same Redis.
-            raise IIIError(f"cannot listen on {cfg.host}:{cfg.port}: address already in use. If `iii-console` is "
-                           "already running for this project, open its console with `iii-console attach`; "
-                           "to run another server, set server.port or --port") from None
+            raise IIIError(
+                f"cannot listen on {cfg.host}:{cfg.port}: address already in use. If `iii-console` is "
+                "already running for this project, open its console with `iii-console attach`; "
+                "to run another server, set server.port or --port"
+            ) from None
         raise IIIError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror} (set server.port or --port)") from None
     sock.listen(2048)
     sock.setblocking(False)
@@ -115,9 +119,17 @@ class HttpServer:
             self._current = self._build(self.steps)
             self.app = SwappableApp(self._current.served.asgi)
             srv = self.config.server
-            self._server = uvicorn.Server(uvicorn.Config(
-                self.app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=10,
-                http=timed_protocol(srv.header_timeout, srv.body_timeout), limit_concurrency=srv.max_connections))
+            self._server = uvicorn.Server(
+                uvicorn.Config(
+                    self.app,
+                    log_level="warning",
+                    lifespan="on",
+                    access_log=False,
+                    timeout_graceful_shutdown=10,
+                    http=timed_protocol(srv.header_timeout, srv.body_timeout),
+                    limit_concurrency=srv.max_connections,
+                )
+            )
             self._server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
             self._serve = asyncio.create_task(self._server.serve(sockets=[sock]), name="iii-server")
             for _ in range(500):

@@ -63,8 +63,16 @@ class Child:
 class WorkerPool:
     """``processes`` worker processes with ``threads`` threads each, restarted when they exit."""
 
-    def __init__(self, config: Config, services: Services, *, processes: int, threads: int, log_dir: Path | None = None,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        services: Services,
+        *,
+        processes: int,
+        threads: int,
+        log_dir: Path | None = None,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.config = config
         self.services = services
         self.processes = processes
@@ -132,14 +140,25 @@ class WorkerPool:
         """Start worker process ``index``; returns it and the worker id it runs under."""
         worker_id = str(uuid.uuid4())
         env = dict(os.environ)
-        env.update(III_CONFIG_JSON=self.config.model_dump_json(), III_WORKER_INDEX=str(index), III_WORKER_THREADS=str(self.threads),
-                   III_SUPERVISOR_PID=str(os.getpid()), III_WORKER_ID=worker_id)
+        env.update(
+            III_CONFIG_JSON=self.config.model_dump_json(),
+            III_WORKER_INDEX=str(index),
+            III_WORKER_THREADS=str(self.threads),
+            III_SUPERVISOR_PID=str(os.getpid()),
+            III_WORKER_ID=worker_id,
+        )
         stderr: Any = None
         if self.log_dir is not None:
             stderr = open_private_log(private_dir(self.log_dir) / f"worker-{index}.log")
         try:
-            return subprocess.Popen([sys.executable, "-m", "iii_console.runtime.worker"], env=env, stdin=subprocess.DEVNULL,
-                                    stdout=stderr, stderr=stderr, cwd=self.config.project_dir), worker_id
+            return subprocess.Popen(
+                [sys.executable, "-m", "iii_console.runtime.worker"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                cwd=self.config.project_dir,
+            ), worker_id
         finally:
             if stderr is not None:
                 stderr.close()
@@ -162,8 +181,9 @@ class WorkerPool:
         deadline = time.monotonic() + 10
         while True:
             try:
-                return await asyncio.to_thread(recover_worker, svc.client, svc.keys, Scripts(svc.client), svc.emitter, worker_id,
-                                               reason="crashed", **how)
+                return await asyncio.to_thread(
+                    recover_worker, svc.client, svc.keys, Scripts(svc.client), svc.emitter, worker_id, reason="crashed", **how
+                )
             except redis.RedisError as exc:
                 if self.stopping() and time.monotonic() > deadline:
                     log.warning("could not recover worker %s's messages (%s); the next sweep will", worker_id, exc)
@@ -190,9 +210,21 @@ class WorkerPool:
                 else:
                     if code != 0:
                         await self._recover(child.worker_id, code)
-                    delay = min(RESTART_BACKOFF_MAX_S, 0.5 * (2 ** min(child.restarts, 5))) if time.monotonic() - child.started < 10 else 0.2
-                    self.services.emitter.emit("log", data={"level": "error", "message": f"worker process {proc.pid} exited with {code}; restarting in {delay:.1f}s"})
-                task = asyncio.create_task(self._restart_later(child, proc, delay, counts=code != RECYCLE_EXIT), name="iii-restart")
+                    delay = (
+                        min(RESTART_BACKOFF_MAX_S, 0.5 * (2 ** min(child.restarts, 5)))
+                        if time.monotonic() - child.started < 10
+                        else 0.2
+                    )
+                    self.services.emitter.emit(
+                        "log",
+                        data={
+                            "level": "error",
+                            "message": f"worker process {proc.pid} exited with {code}; restarting in {delay:.1f}s",
+                        },
+                    )
+                task = asyncio.create_task(
+                    self._restart_later(child, proc, delay, counts=code != RECYCLE_EXIT), name="iii-restart"
+                )
                 self._restarts.add(task)
                 task.add_done_callback(self._restarts.discard)
             await asyncio.sleep(0.05)

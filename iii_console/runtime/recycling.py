@@ -53,8 +53,15 @@ class Recycler(dramatiq.Middleware):
     recycle starts draining at once; ``cause`` tells the two apart.
     """
 
-    def __init__(self, *, max_messages: int = 0, max_memory_mb: int = 0, rss: Callable[[], int] = rss_bytes,
-                 clock: Callable[[], float] = time.monotonic, on_request: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        *,
+        max_messages: int = 0,
+        max_memory_mb: int = 0,
+        rss: Callable[[], int] = rss_bytes,
+        clock: Callable[[], float] = time.monotonic,
+        on_request: Callable[[], None] = lambda: None,
+    ):
         self.max_messages = max_messages
         self.max_memory_mb = max_memory_mb
         self.rss = rss
@@ -70,13 +77,16 @@ class Recycler(dramatiq.Middleware):
         self._rss_mb = 0.0
         self.rss_at_start_mb = rss() / 2**20 if max_memory_mb else 0.0
 
-    def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None) -> None:
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
         with self._lock:
             self.settled += 1
             settled = self.settled
         if self.max_messages and settled >= self.max_messages:
-            self.request("max_messages_per_process",
-                         f"settled {settled} messages (workers.max_messages_per_process: {self.max_messages})")
+            self.request(
+                "max_messages_per_process", f"settled {settled} messages (workers.max_messages_per_process: {self.max_messages})"
+            )
         if self.max_memory_mb:
             now = self.clock()
             # Near the limit, after every message; below, at most every RSS_EVERY_S.
@@ -84,8 +94,10 @@ class Recycler(dramatiq.Middleware):
                 self._rss_read = now
                 mb = self._rss_mb = self.rss() / 2**20
                 if mb > self.max_memory_mb:
-                    self.request("max_memory_mb", f"resident memory {mb:.0f} MiB after {settled} messages "
-                                                  f"(workers.max_memory_mb: {self.max_memory_mb})")
+                    self.request(
+                        "max_memory_mb",
+                        f"resident memory {mb:.0f} MiB after {settled} messages (workers.max_memory_mb: {self.max_memory_mb})",
+                    )
 
     def request(self, cause: str, detail: str) -> None:
         """Ask for this process to be replaced; the first cause wins."""
@@ -101,8 +113,13 @@ class Recycler(dramatiq.Middleware):
         """What ``worker.stopped`` reports about why the process stops."""
         if self.cause is None:
             return {"reason": "shutdown"}
-        return {"reason": "recycled", "cause": self.cause, "detail": self.detail, "messages": self.settled,
-                "rss_mb": round(self.rss() / 2**20, 1)}
+        return {
+            "reason": "recycled",
+            "cause": self.cause,
+            "detail": self.detail,
+            "messages": self.settled,
+            "rss_mb": round(self.rss() / 2**20, 1),
+        }
 
     @property
     def exit_code(self) -> int:
@@ -125,12 +142,22 @@ def report_stuck(run: Running, limits: TimeLimits, recycler: Recycler, emitter: 
     except ValueError:
         step = None
     emitter.emit(
-        "message.failed", message_id=run.message_id, **({"trace_id": run.trace_id} if run.trace_id else {}),
-        step=step, topic=run.topic, queue=q_name(run.queue), attempt=run.attempt,
+        "message.failed",
+        message_id=run.message_id,
+        **({"trace_id": run.trace_id} if run.trace_id else {}),
+        step=step,
+        topic=run.topic,
+        queue=q_name(run.queue),
+        attempt=run.attempt,
         duration_ms=round((limits.clock() - run.started) * 1000, 3),
-        error=(f"TimeLimitExceeded: handler ran past queues.{run.topic}.time_limit_ms ({run.hard_ms} ms) and did not "
-               f"stop within {limits.grace_s:g} s (blocked in a call that ignores it); its worker process is recycled "
-               "and the message redelivered"),
-        data={"stuck": True})
-    recycler.request("time_limit", f"the handler of message {run.message_id} on {run.queue} ignored "
-                                   f"queues.{run.topic}.time_limit_ms ({run.hard_ms} ms)")
+        error=(
+            f"TimeLimitExceeded: handler ran past queues.{run.topic}.time_limit_ms ({run.hard_ms} ms) and did not "
+            f"stop within {limits.grace_s:g} s (blocked in a call that ignores it); its worker process is recycled "
+            "and the message redelivered"
+        ),
+        data={"stuck": True},
+    )
+    recycler.request(
+        "time_limit",
+        f"the handler of message {run.message_id} on {run.queue} ignored queues.{run.topic}.time_limit_ms ({run.hard_ms} ms)",
+    )

@@ -54,8 +54,16 @@ class RestartBackoff:
 
 
 class RedisWatchdog:
-    def __init__(self, embedded: EmbeddedRedis, emit: Callable[..., Any], *, stopping: Callable[[], bool] = lambda: False,
-                 backoff: RestartBackoff | None = None, poll_s: float = POLL_S, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        embedded: EmbeddedRedis,
+        emit: Callable[..., Any],
+        *,
+        stopping: Callable[[], bool] = lambda: False,
+        backoff: RestartBackoff | None = None,
+        poll_s: float = POLL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.embedded = embedded
         self.emit = emit
         self.stopping = stopping
@@ -81,9 +89,11 @@ class RedisWatchdog:
         while not self.stopping():
             delay = self.backoff.next_delay(ran_s)
             ran_s = 0.0
-            self.emit("redis.down", error=error or f"embedded redis-server (pid {pid}) {how}",
-                      data={"pid": pid, "exit": how, "attempt": attempt, "restart_in_ms": int(delay * 1000),
-                            "restarts": self.restarts})
+            self.emit(
+                "redis.down",
+                error=error or f"embedded redis-server (pid {pid}) {how}",
+                data={"pid": pid, "exit": how, "attempt": attempt, "restart_in_ms": int(delay * 1000), "restarts": self.restarts},
+            )
             log.warning("embedded Redis %s; restarting it in %.1f s", error or f"(pid {pid}) {how}", delay)
             await asyncio.sleep(delay)
             if self.stopping():
@@ -97,8 +107,17 @@ class RedisWatchdog:
             self.restarts += 1
             self._up_since = self.clock()
             down_ms = int((self._up_since - down_at) * 1000)
-            self.emit("redis.restarted", data={"pid": new_pid, "previous_pid": pid, "exit": how, "down_ms": down_ms,
-                                               "attempts": attempt, "restarts": self.restarts})
+            self.emit(
+                "redis.restarted",
+                data={
+                    "pid": new_pid,
+                    "previous_pid": pid,
+                    "exit": how,
+                    "down_ms": down_ms,
+                    "attempts": attempt,
+                    "restarts": self.restarts,
+                },
+            )
             log.warning("embedded Redis restarted (pid %s) after %d ms down", new_pid, down_ms)
             return
 

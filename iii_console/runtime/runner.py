@@ -86,10 +86,18 @@ class AsyncSide:
     def __init__(self, services: Services, subscriptions: Subscriptions):
         cfg = services.config
         self.client = async_client_from_url(
-            cfg.redis.url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S, socket_connect_timeout=2, socket_timeout=10,
-            health_check_interval=15, retry=AsyncRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3))
+            cfg.redis.url,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT_S,
+            socket_connect_timeout=2,
+            socket_timeout=10,
+            health_check_interval=15,
+            retry=AsyncRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3),
+        )
         self.autopipe = AutoPipeline(self.client)
-        self.state = AsyncStateStore(self.client, services.keys, events_maxlen=cfg.events.maxlen, worker=services.name, autopipe=self.autopipe)
+        self.state = AsyncStateStore(
+            self.client, services.keys, events_maxlen=cfg.events.maxlen, worker=services.name, autopipe=self.autopipe
+        )
         self.producer = make_async_producer(services, subscriptions, self.client, self.autopipe)
         self.progress = AsyncProgressStore(self.client, services.keys, services.emitter)
         self.leases = AsyncLeases(self.client, services.keys)
@@ -103,8 +111,9 @@ class AsyncSide:
         await self.client.aclose()
 
 
-def make_runner(services: Services, steps: StepSet | Iterable[Step], *, loop_thread: LoopThread | None = None,
-                async_side: bool = False) -> StepRunner:
+def make_runner(
+    services: Services, steps: StepSet | Iterable[Step], *, loop_thread: LoopThread | None = None, async_side: bool = False
+) -> StepRunner:
     """The one way the runtime builds a :class:`StepRunner` for a set of steps.
 
     Its producer sends to the subscriptions of ``steps``. Async handlers need
@@ -118,7 +127,14 @@ def make_runner(services: Services, steps: StepSet | Iterable[Step], *, loop_thr
 
 
 class StepRunner:
-    def __init__(self, services: Services, subscriptions: Subscriptions, *, loop_thread: LoopThread | None = None, async_side: AsyncSide | None = None):
+    def __init__(
+        self,
+        services: Services,
+        subscriptions: Subscriptions,
+        *,
+        loop_thread: LoopThread | None = None,
+        async_side: AsyncSide | None = None,
+    ):
         self.services = services
         self.state = StateStore(services.client, services.keys, events_maxlen=services.config.events.maxlen, worker=services.name)
         self.producer = make_producer(services, subscriptions)
@@ -162,20 +178,64 @@ class StepRunner:
         """The queues (every priority of every subscription) a message to ``topic`` lands on."""
         return [q for sub in self._subs.get(topic, []) for q in sub.queues]
 
-    def sync_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
-                     message_id: str | None = None, max_attempts: int = 1, idempotency_key: str | None = None) -> SyncContext:
-        return SyncContext(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
-                           message_id=message_id, max_attempts=max_attempts, idempotency_key=idempotency_key, state=self.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
-                           blobs=self.services.blobs, dead_letters=self.dead_letters, _enqueue=self.producer.enqueue, _progress=self.progress,
-                           _enqueue_group=self.producer.enqueue_group, _leases=self.leases)
+    def sync_context(
+        self,
+        step: Step,
+        *,
+        trace_id: str,
+        attempt: int = 1,
+        trigger: dict[str, Any] | None = None,
+        message_id: str | None = None,
+        max_attempts: int = 1,
+        idempotency_key: str | None = None,
+    ) -> SyncContext:
+        return SyncContext(
+            trace_id=trace_id,
+            step=step.name,
+            emitter=self.services.emitter,
+            attempt=attempt,
+            trigger=trigger or {},
+            message_id=message_id,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+            state=self.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
+            blobs=self.services.blobs,
+            dead_letters=self.dead_letters,
+            _enqueue=self.producer.enqueue,
+            _progress=self.progress,
+            _enqueue_group=self.producer.enqueue_group,
+            _leases=self.leases,
+        )
 
-    def async_context(self, step: Step, *, trace_id: str, attempt: int = 1, trigger: dict[str, Any] | None = None,
-                      message_id: str | None = None, max_attempts: int = 1, idempotency_key: str | None = None) -> Context:
+    def async_context(
+        self,
+        step: Step,
+        *,
+        trace_id: str,
+        attempt: int = 1,
+        trigger: dict[str, Any] | None = None,
+        message_id: str | None = None,
+        max_attempts: int = 1,
+        idempotency_key: str | None = None,
+    ) -> Context:
         side = self.async_side
-        return Context(trace_id=trace_id, step=step.name, emitter=self.services.emitter, attempt=attempt, trigger=trigger or {},
-                       message_id=message_id, max_attempts=max_attempts, idempotency_key=idempotency_key, state=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
-                       blobs=AsyncBlobs(self.services.blobs), dead_letters=AsyncDeadLetters(self.dead_letters), _enqueue=side.producer.enqueue, _progress=side.progress,
-                       _enqueue_group=side.producer.enqueue_group, _leases=side.leases)
+        return Context(
+            trace_id=trace_id,
+            step=step.name,
+            emitter=self.services.emitter,
+            attempt=attempt,
+            trigger=trigger or {},
+            message_id=message_id,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+            state=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
+            blobs=AsyncBlobs(self.services.blobs),
+            dead_letters=AsyncDeadLetters(self.dead_letters),
+            _enqueue=side.producer.enqueue,
+            _progress=side.progress,
+            _enqueue_group=side.producer.enqueue_group,
+            _leases=side.leases,
+        )
 
     def call_sync(self, step: Step, input: Any, **ctx_kw: Any) -> Any:
         """Run ``step``'s handler to completion from a plain (worker) thread."""
@@ -219,6 +279,8 @@ def _not_awaitable(out: Any) -> Any:
     if inspect.isawaitable(out):
         if inspect.iscoroutine(out):
             out.close()
-        raise TypeError("the handler returned an awaitable but is not `async def` (a decorator hides it?); "
-                        "declare the handler itself `async def` so it gets the async context")
+        raise TypeError(
+            "the handler returned an awaitable but is not `async def` (a decorator hides it?); "
+            "declare the handler itself `async def` so it gets the async context"
+        )
     return out

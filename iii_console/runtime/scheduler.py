@@ -112,8 +112,16 @@ def next_tick(expr: str, after_ms: int) -> int | None:
 
 
 class Scheduler:
-    def __init__(self, services: Services, steps: list[Step], producer: Producer, *, clock: Callable[[], float] | None = None,
-                 misfire_grace_ms: int = MISFIRE_GRACE_MS, lookback_ms: int = LOOKBACK_MS):
+    def __init__(
+        self,
+        services: Services,
+        steps: list[Step],
+        producer: Producer,
+        *,
+        clock: Callable[[], float] | None = None,
+        misfire_grace_ms: int = MISFIRE_GRACE_MS,
+        lookback_ms: int = LOOKBACK_MS,
+    ):
         self.services = services
         self.producer = producer
         self.clock = clock or RedisClock(services.client)
@@ -167,7 +175,7 @@ class Scheduler:
         if late:
             self.skip(step, expr, late, now)
             self.cursors[i] = late[-1]
-        for scheduled in ticks[len(late):]:
+        for scheduled in ticks[len(late) :]:
             self.fire(step, expr, scheduled, now)
             self.cursors[i] = scheduled
 
@@ -206,14 +214,27 @@ class Scheduler:
         queue = Subscription(CRON_TOPIC, step.name).queue(self.services.config.queue(topic).priority)
 
         def fired(ids: list[str]) -> list[Any]:  # written by the enqueue script, only if it wins the tick
-            return [self.services.emitter.make(
-                "cron.fired", step=step.name, trace_id=trace_id, message_id=ids[0] if ids else None, topic=topic, queue=queue,
-                data={"expression": expr, "scheduled_ms": scheduled_ms, "fired_ms": now, "drift_ms": now - scheduled_ms})]
+            return [
+                self.services.emitter.make(
+                    "cron.fired",
+                    step=step.name,
+                    trace_id=trace_id,
+                    message_id=ids[0] if ids else None,
+                    topic=topic,
+                    queue=queue,
+                    data={"expression": expr, "scheduled_ms": scheduled_ms, "fired_ms": now, "drift_ms": now - scheduled_ms},
+                )
+            ]
 
         ids = self.producer.enqueue(
-            topic, {"scheduled_ms": scheduled_ms, "fired_ms": now, "expression": expr}, trace_id=trace_id, source="scheduler",
-            once=keys.cron_tick(step.name, expr, scheduled_ms), once_ttl_ms=TICK_MARKER_TTL_MS,
-            floor=(keys.cron_last(step.name, expr), scheduled_ms, last), announce=fired,
+            topic,
+            {"scheduled_ms": scheduled_ms, "fired_ms": now, "expression": expr},
+            trace_id=trace_id,
+            source="scheduler",
+            once=keys.cron_tick(step.name, expr, scheduled_ms),
+            once_ttl_ms=TICK_MARKER_TTL_MS,
+            floor=(keys.cron_last(step.name, expr), scheduled_ms, last),
+            announce=fired,
         )
         return ids is not None
 
@@ -233,11 +254,20 @@ class Scheduler:
             pipe.set(keys.cron_tick(step.name, expr, t), "skipped", nx=True, px=TICK_MARKER_TTL_MS)
         won = [t for t, ok in zip(ticks, pipe.execute()) if ok]
         if won:
-            self.services.emitter.emit("cron.skipped", step=step.name, trace_id=uuid.uuid4().hex, data={
-                "expression": expr, "scheduled_ms": won[0], "last_scheduled_ms": won[-1], "count": len(won), "now_ms": now,
-                "last_fired_ms": self.last_fired(step, expr),
-                "reason": f"no scheduler reached {'it' if len(won) == 1 else 'them'} within {self.misfire_grace_ms // 1000} s",
-            })
+            self.services.emitter.emit(
+                "cron.skipped",
+                step=step.name,
+                trace_id=uuid.uuid4().hex,
+                data={
+                    "expression": expr,
+                    "scheduled_ms": won[0],
+                    "last_scheduled_ms": won[-1],
+                    "count": len(won),
+                    "now_ms": now,
+                    "last_fired_ms": self.last_fired(step, expr),
+                    "reason": f"no scheduler reached {'it' if len(won) == 1 else 'them'} within {self.misfire_grace_ms // 1000} s",
+                },
+            )
         return len(won)
 
 

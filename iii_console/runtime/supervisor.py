@@ -48,8 +48,6 @@ def resolve_redis(config: Config) -> tuple[Config, EmbeddedRedis | None]:
     return config.with_overrides(**{"redis.url": url}), emb
 
 
-
-
 class Supervisor:
     def __init__(
         self,
@@ -112,14 +110,22 @@ class Supervisor:
             stack.callback(task.cancel)
         self.sweeper = await stack.enter_async_context(Sweeper(services, self.steps))
         if "worker" in self.roles:
-            self.pool = await stack.enter_async_context(WorkerPool(
-                self.config, services, processes=self.processes, threads=self.threads, log_dir=self.log_dir,
-                stopping=lambda: self._stopping))
+            self.pool = await stack.enter_async_context(
+                WorkerPool(
+                    self.config,
+                    services,
+                    processes=self.processes,
+                    threads=self.threads,
+                    log_dir=self.log_dir,
+                    stopping=lambda: self._stopping,
+                )
+            )
         if "scheduler" in self.roles:
             self.scheduler = await stack.enter_async_context(CronScheduler(services, self.steps))
         if "server" in self.roles:
-            self.server = await stack.enter_async_context(HttpServer(self.config, services, self.steps,
-                                                                     retire_grace_s=RETIRE_GRACE_S))
+            self.server = await stack.enter_async_context(
+                HttpServer(self.config, services, self.steps, retire_grace_s=RETIRE_GRACE_S)
+            )
 
     def _publish_registry(self) -> None:
         assert self.services is not None
@@ -175,8 +181,11 @@ class Supervisor:
             for err in fresh.errors:
                 emit_step_error(self.services.emitter, err)
                 log.warning("step error: %s", err)  # headless: stderr, next to the start-up ones; console: .iii/logs/
-            emit("config.reloaded", error=f"{len(fresh.errors)} step file(s) have errors; still running the previous version",
-                 data={"ok": False, "changed": changed or [], "errors": [str(e) for e in fresh.errors]})
+            emit(
+                "config.reloaded",
+                error=f"{len(fresh.errors)} step file(s) have errors; still running the previous version",
+                data={"ok": False, "changed": changed or [], "errors": [str(e) for e in fresh.errors]},
+            )
             return False
         self.steps = fresh
         self._publish_registry()

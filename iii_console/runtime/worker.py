@@ -70,12 +70,22 @@ class WorkerRuntime:
         self.runner = make_runner(self.services, steps, loop_thread=self.loop_thread)
         self.events = LifecycleEvents(self.services.emitter)
         # Supervision: when this process asks to be replaced, and the handlers' time limits.
-        self.recycler = Recycler(max_messages=config.workers.max_messages_per_process, max_memory_mb=config.workers.max_memory_mb,
-                                 on_request=lambda: stop_intake(self.workers.values()))
-        self.time_limits = TimeLimits(lambda topic: (config.queue(topic).soft_time_limit_ms, config.queue(topic).time_limit_ms),
-                                      lambda run: report_stuck(run, self.time_limits, self.recycler, self.services.emitter))
-        middleware = [CurrentMessage(), RetryPolicy(config, self.services.emitter),
-                      Throttle(config, self.services.emitter), self.events, self.recycler]
+        self.recycler = Recycler(
+            max_messages=config.workers.max_messages_per_process,
+            max_memory_mb=config.workers.max_memory_mb,
+            on_request=lambda: stop_intake(self.workers.values()),
+        )
+        self.time_limits = TimeLimits(
+            lambda topic: (config.queue(topic).soft_time_limit_ms, config.queue(topic).time_limit_ms),
+            lambda run: report_stuck(run, self.time_limits, self.recycler, self.services.emitter),
+        )
+        middleware = [
+            CurrentMessage(),
+            RetryPolicy(config, self.services.emitter),
+            Throttle(config, self.services.emitter),
+            self.events,
+            self.recycler,
+        ]
         if self.services.tracing is not None:
             from iii_console.adapters.telemetry.queue import CloseRun, OpenRun
 
@@ -87,7 +97,9 @@ class WorkerRuntime:
         if os.environ.get("III_WORKER_ID"):
             self.broker.broker_id = os.environ["III_WORKER_ID"]
         #: Enqueues the state steps whose triggers a state change matches (started by ``start``).
-        self.dispatcher = TriggerDispatcher(self.services, self.runner.producer, steps, consumer=self.worker_id, guard=self._guard)
+        self.dispatcher = TriggerDispatcher(
+            self.services, self.runner.producer, steps, consumer=self.worker_id, guard=self._guard
+        )
         #: The roles this process enters at ``start`` and leaves at ``stop`` (its dispatcher).
         self._roles = ExitStack()
         self.workers: dict[str, dramatiq.Worker] = {}
@@ -134,7 +146,9 @@ class WorkerRuntime:
             msg = CurrentMessage.get_current_message()
             opts = msg.options if msg else {}
             if sub.topic == CRON_TOPIC:
-                value: Any = CronTick(scheduled_ms=data["scheduled_ms"], fired_ms=data["fired_ms"], manual=bool(data.get("manual")))
+                value: Any = CronTick(
+                    scheduled_ms=data["scheduled_ms"], fired_ms=data["fired_ms"], manual=bool(data.get("manual"))
+                )
                 trig = {"type": "cron", **data}  # with the expression, which tells a step's cron triggers apart
             elif sub.topic == STATE_TOPIC:
                 value = StateChange(**data)
@@ -142,14 +156,27 @@ class WorkerRuntime:
             else:
                 value = validate_input(schema, data)
                 trig = {"type": "queue", "topic": sub.topic, "priority": parse_queue(msg.queue_name)[2] if msg else "normal"}
-            def call() -> None:
-                runner.call_sync(step, value, trace_id=opts.get("trace_id", ""), attempt=opts.get("retries", 0) + 1,
-                                 trigger=trig, message_id=msg.message_id if msg else None,
-                                 max_attempts=self.config.queue(opts.get("topic", "")).max_retries + 1)
 
-            self.time_limits.call(call, topic=opts.get("topic", ""), message_id=msg.message_id if msg else "",
-                                  queue=msg.queue_name if msg else "", redis_message_id=opts.get("redis_message_id", ""),
-                                  attempt=opts.get("retries", 0) + 1, trace_id=opts.get("trace_id", ""))
+            def call() -> None:
+                runner.call_sync(
+                    step,
+                    value,
+                    trace_id=opts.get("trace_id", ""),
+                    attempt=opts.get("retries", 0) + 1,
+                    trigger=trig,
+                    message_id=msg.message_id if msg else None,
+                    max_attempts=self.config.queue(opts.get("topic", "")).max_retries + 1,
+                )
+
+            self.time_limits.call(
+                call,
+                topic=opts.get("topic", ""),
+                message_id=msg.message_id if msg else "",
+                queue=msg.queue_name if msg else "",
+                redis_message_id=opts.get("redis_message_id", ""),
+                attempt=opts.get("retries", 0) + 1,
+                trace_id=opts.get("trace_id", ""),
+            )
 
         run.__name__ = f"{step.name}_{sub.topic}"
         return run
@@ -160,8 +187,14 @@ class WorkerRuntime:
             for sub, step in subs:
                 fn = self._actor_fn(step, sub)
                 for p in PRIORITIES:
-                    dramatiq.Actor(fn, broker=self.broker, actor_name=sub.actor(p), queue_name=sub.queue(p),
-                                   priority=ACTOR_PRIORITY[p], options={})
+                    dramatiq.Actor(
+                        fn,
+                        broker=self.broker,
+                        actor_name=sub.actor(p),
+                        queue_name=sub.queue(p),
+                        priority=ACTOR_PRIORITY[p],
+                        options={},
+                    )
                     queues.add(sub.queue(p))
             conc = min(self.config.queue(topic).concurrency, self.threads)
             # A batch of N holds N threads while it gathers: give a batched topic at least that many.
@@ -178,18 +211,30 @@ class WorkerRuntime:
         wait_for_redis(self.heartbeat, stop=self.recycler.requested, orphaned=self.orphaned)
         for w in self.workers.values():
             w.start()
-        self._hb_thread = threading.Thread(target=self._guard(self._heartbeat_loop, self._hb_stop), name="iii-heartbeat", daemon=True)
+        self._hb_thread = threading.Thread(
+            target=self._guard(self._heartbeat_loop, self._hb_stop), name="iii-heartbeat", daemon=True
+        )
         self._hb_thread.start()
         self._spawn(self._sweep_loop, "iii-sweep")
         if self.steps.state_steps():
-            wait_for_redis(lambda: watch_state_triggers(self.services.client, self.services.keys, self.steps),
-                           stop=self.recycler.requested, orphaned=self.orphaned)
+            wait_for_redis(
+                lambda: watch_state_triggers(self.services.client, self.services.keys, self.steps),
+                stop=self.recycler.requested,
+                orphaned=self.orphaned,
+            )
         self._roles.enter_context(self.dispatcher)
         self.services.emitter.emit("worker.started", data=self.info())
         if self.recycler.max_memory_mb and self.recycler.rss_at_start_mb > self.recycler.max_memory_mb:
-            self.services.emitter.emit("log", data={"level": "warning", "message": (
-                f"worker process starts at {self.recycler.rss_at_start_mb:.0f} MiB, above workers.max_memory_mb "
-                f"({self.recycler.max_memory_mb}): it will be replaced after every message")})
+            self.services.emitter.emit(
+                "log",
+                data={
+                    "level": "warning",
+                    "message": (
+                        f"worker process starts at {self.recycler.rss_at_start_mb:.0f} MiB, above workers.max_memory_mb "
+                        f"({self.recycler.max_memory_mb}): it will be replaced after every message"
+                    ),
+                },
+            )
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Drain: running handlers finish, prefetched messages go back to their queues.
@@ -226,9 +271,13 @@ class WorkerRuntime:
             self.abandoned = gave_back or 0
             data["abandoned"] = self.abandoned
             if running:
-                print(f"iii-console worker {self.services.name}: {len(running)} handler(s) still running after "
-                      f"shutdown_timeout ({timeout_ms / 1000:g} s); {self.abandoned} message(s) returned to their queues "
-                      "to run again", file=sys.stderr, flush=True)
+                print(
+                    f"iii-console worker {self.services.name}: {len(running)} handler(s) still running after "
+                    f"shutdown_timeout ({timeout_ms / 1000:g} s); {self.abandoned} message(s) returned to their queues "
+                    "to run again",
+                    file=sys.stderr,
+                    flush=True,
+                )
         self.time_limits.close()
         self._hb_stop.set()
         self._hb_thread.join(5)
@@ -263,8 +312,14 @@ class WorkerRuntime:
         """
         for _ in range(50):
             try:
-                return requeue_worker(self.services.client, self.services.keys, self.broker.iii_scripts,
-                                      self.services.emitter, self.worker_id, reason=reason)
+                return requeue_worker(
+                    self.services.client,
+                    self.services.keys,
+                    self.broker.iii_scripts,
+                    self.services.emitter,
+                    self.worker_id,
+                    reason=reason,
+                )
             except redis.RedisError as exc:
                 log.warning("returning abandoned messages: Redis error: %s; retrying", exc)
                 time.sleep(0.2)
@@ -318,8 +373,14 @@ class WorkerRuntime:
     # -- sweep --------------------------------------------------------------
     def sweep_once(self) -> int:
         """Return dead workers' in-flight messages to their queues; returns how many."""
-        moved = sweep_dead_workers(self.services.client, self.services.keys, self.broker.iii_scripts, self.services.emitter,
-                                   timeout_ms=int(self.config.workers.heartbeat_timeout * 1000), self_id=self.worker_id)
+        moved = sweep_dead_workers(
+            self.services.client,
+            self.services.keys,
+            self.broker.iii_scripts,
+            self.services.emitter,
+            timeout_ms=int(self.config.workers.heartbeat_timeout * 1000),
+            self_id=self.worker_id,
+        )
         moved += self.dispatcher.claim_stale(int(self.config.workers.heartbeat_timeout * 1000))
         self.expire_dead_letters()
         return moved
@@ -336,6 +397,7 @@ class WorkerRuntime:
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.config.workers.sweep_interval):
             self.sweep_once()
+
 
 def main() -> int:
     """Entry of a worker child process: config comes from the supervisor as JSON."""

@@ -35,6 +35,7 @@ __all__ = ["IIIApp", "IIISteps", "StepFailed"]
 
 # -- the pytest plugin ------------------------------------------------------------
 
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("iii_project", "folder of the iii-console project under test (default: the rootdir)", default="")
 

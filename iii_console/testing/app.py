@@ -29,8 +29,18 @@ class IIIApp(_Project):
         self._services: Any = None
 
     def start(self, timeout: float = 60.0) -> IIIApp:
-        cmd = [sys.executable, "-m", "iii_console", "--no-ui", "--port", "0", "--redis", self.config.redis.url,
-               "--config", str(self.project / "iii-config.yaml")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "iii_console",
+            "--no-ui",
+            "--port",
+            "0",
+            "--redis",
+            self.config.redis.url,
+            "--config",
+            str(self.project / "iii-config.yaml"),
+        ]
         self._proc = subprocess.Popen(cmd, cwd=self.project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         timer = threading.Timer(timeout, self._proc.kill)
         timer.start()
@@ -45,8 +55,10 @@ class IIIApp(_Project):
                 self._proc.kill()
             rest = self._proc.stderr.read()  # type: ignore[union-attr]
             raise StepFailed(f"iii-console did not start: {(banner + rest).strip()}")
-        threading.Thread(target=lambda: self.stderr.extend(iter(self._proc.stderr.readline, "")),  # type: ignore[union-attr]
-                         daemon=True).start()
+        threading.Thread(
+            target=lambda: self.stderr.extend(iter(self._proc.stderr.readline, "")),  # type: ignore[union-attr]
+            daemon=True,
+        ).start()
         found = re.search(r"on (http://\S+) with", banner)
         self.url = found.group(1) if found else ""
         headers = {"authorization": f"Bearer {self.config.server.auth_token}"} if self.config.server.auth_token else {}
@@ -88,8 +100,16 @@ class IIIApp(_Project):
             self._services = Services.open(self.config, "test")
         from iii_console.runtime.brokers import fire_cron_now
 
-        trace_id, _mid = fire_cron_now(self.redis, self.keys, self._services.emitter, self.config, found.name, crons[0].expression,
-                                       priority=self.config.queue(f"_cron.{found.name}").priority, source="test")
+        trace_id, _mid = fire_cron_now(
+            self.redis,
+            self.keys,
+            self._services.emitter,
+            self.config,
+            found.name,
+            crons[0].expression,
+            priority=self.config.queue(f"_cron.{found.name}").priority,
+            source="test",
+        )
         return trace_id
 
     def stop(self) -> None:

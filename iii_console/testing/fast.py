@@ -36,11 +36,24 @@ class IIISteps(_Project):
             trigger = {"type": "queue", "topic": queues[0].topic, "priority": "normal"}
         elif https := found.of(HttpTrigger):
             if not isinstance(input, HttpRequest):
-                value = HttpRequest(body=validate_input(https[0].body_schema, input), path_params={}, query={}, headers={}, method=https[0].method, path=https[0].path)
+                value = HttpRequest(
+                    body=validate_input(https[0].body_schema, input),
+                    path_params={},
+                    query={},
+                    headers={},
+                    method=https[0].method,
+                    path=https[0].path,
+                )
             trigger = {"type": "http", "method": https[0].method, "path": https[0].path}
         try:
-            return self._runner.call_sync(found, value, trace_id=trace_id or uuid.uuid4().hex, attempt=attempt, trigger=trigger,
-                                          message_id=str(uuid.uuid4()))
+            return self._runner.call_sync(
+                found,
+                value,
+                trace_id=trace_id or uuid.uuid4().hex,
+                attempt=attempt,
+                trigger=trigger,
+                message_id=str(uuid.uuid4()),
+            )
         finally:
             self._services.sink.flush()
 

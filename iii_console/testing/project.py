@@ -61,8 +61,9 @@ class _Project:
             out.append(ev)
         return out
 
-    def wait_for(self, type: str, *, step: str | None = None, trace: str | None = None, count: int = 1,
-                 timeout: float = 15.0) -> Event:
+    def wait_for(
+        self, type: str, *, step: str | None = None, trace: str | None = None, count: int = 1, timeout: float = 15.0
+    ) -> Event:
         """The ``count``-th event of ``type`` (for ``step``, on ``trace``); fails the test after ``timeout``.
 
         With ``trace``, fails at once, with the step's error, when that trace's message is
@@ -80,8 +81,10 @@ class _Project:
             if time.monotonic() > deadline:
                 seen = self.events("message.failed", step=step, trace=trace) + self.events("step.error", step=step)
                 why = f"; errors: {'; '.join(f'{e.step}: {e.error}' for e in seen[-3:])}" if seen else ""
-                raise StepFailed(f"timed out after {timeout}s waiting for {type}"
-                                 f"{f' of step {step}' if step else ''}{f' on trace {trace}' if trace else ''}{why}")
+                raise StepFailed(
+                    f"timed out after {timeout}s waiting for {type}"
+                    f"{f' of step {step}' if step else ''}{f' on trace {trace}' if trace else ''}{why}"
+                )
             time.sleep(0.05)
 
     def dead_letters(self, queue: str | None = None) -> list[DeadLetter]:

@@ -119,9 +119,21 @@ class ConsoleApp(WriteFlows):
         *[Binding(str(i), f"show_tab('{pid}')", label, show=False) for i, (pid, label, _) in enumerate(TABS, 1)],
     ]
 
-    def __init__(self, *, redis_url: str, keys: Keys, server_url: str | None = None, read_only: bool = False,
-                 clock: Callable[[], float] = time.time, title: str = "iii-console", history: int = 2000,
-                 tick_s: float = 0.25, poll_s: float = 1.0, events_maxlen: int = 100_000, broker: Any = None):
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        keys: Keys,
+        server_url: str | None = None,
+        read_only: bool = False,
+        clock: Callable[[], float] = time.time,
+        title: str = "iii-console",
+        history: int = 2000,
+        tick_s: float = 0.25,
+        poll_s: float = 1.0,
+        events_maxlen: int = 100_000,
+        broker: Any = None,
+    ):
         super().__init__()
         self.title = title
         self.redis_url = redis_url
@@ -179,8 +191,10 @@ class ConsoleApp(WriteFlows):
                 with TabPane(f"{i} {label}", id=pid):
                     if pid == "live":
                         yield cls(id=f"pane-{pid}")  # the others are mounted when first shown
-        yield Input(placeholder="filter: type:message.failed topic:… step:… trace:… status:… or words  (enter keeps, esc cancels)",
-                    id="filter")
+        yield Input(
+            placeholder="filter: type:message.failed topic:… step:… trace:… status:… or words  (enter keeps, esc cancels)",
+            id="filter",
+        )
         yield KeysFooter()
 
     def on_mount(self) -> None:
@@ -220,7 +234,7 @@ class ConsoleApp(WriteFlows):
         it) wait up to 50 ms at 5,000 events/s; here the UI waits at most for one chunk.
         """
         for i in range(0, len(events), INGEST_CHUNK):
-            chunk = events[i:i + INGEST_CHUNK]
+            chunk = events[i : i + INGEST_CHUNK]
             now = self.now_ms()
             with self.model_lock:
                 self.model.ingest(chunk, now, history=not announce)
@@ -232,11 +246,19 @@ class ConsoleApp(WriteFlows):
         """Registries, workers, queue depths, dead letters, state and cron, for the visible tab."""
         self.readers.add("poll")
         try:
-            poll_snapshots(self.redis_url, self.keys, self._stop, self._poke, snap=self.snap,
-                           wants=lambda: {"workers", "dlq_counts"} | set(PANE_CLASSES[self._active].wants),
-                           state_group=lambda: self._state_group, recent_keys=self._recent_state_keys,
-                           interval=lambda: self.poll_s, publish=lambda snap: self.post_message(SnapshotReady(snap)),
-                           state_limit=STATE_KEYS)
+            poll_snapshots(
+                self.redis_url,
+                self.keys,
+                self._stop,
+                self._poke,
+                snap=self.snap,
+                wants=lambda: {"workers", "dlq_counts"} | set(PANE_CLASSES[self._active].wants),
+                state_group=lambda: self._state_group,
+                recent_keys=self._recent_state_keys,
+                interval=lambda: self.poll_s,
+                publish=lambda snap: self.post_message(SnapshotReady(snap)),
+                state_limit=STATE_KEYS,
+            )
         finally:
             self.readers.discard("poll")
 
@@ -265,8 +287,13 @@ class ConsoleApp(WriteFlows):
             last = post_messages(self.server_url, req.body, req.count)
         except SendFailed as exc:
             problem = f"no server at {self.server_url}: is `iii-console` running?" if exc.unreachable else str(exc)
-            self.call_from_thread(self.notify, problem + (f" (after {exc.sent} sent)" if exc.sent else ""),
-                                  title="Send failed", severity="error", markup=False)
+            self.call_from_thread(
+                self.notify,
+                problem + (f" (after {exc.sent} sent)" if exc.sent else ""),
+                title="Send failed",
+                severity="error",
+                markup=False,
+            )
             return
         trace = ""
         if last is not None:
@@ -275,16 +302,25 @@ class ConsoleApp(WriteFlows):
             except ValueError:
                 pass
         n = req.count
-        self.call_from_thread(self.notify, f"{n} message{'s' if n != 1 else ''} sent to {self.server_url}/messages "
-                              f"({last.status_code if last is not None else '-'}){trace}", title="Sent", markup=False)
+        self.call_from_thread(
+            self.notify,
+            f"{n} message{'s' if n != 1 else ''} sent to {self.server_url}/messages "
+            f"({last.status_code if last is not None else '-'}){trace}",
+            title="Sent",
+            markup=False,
+        )
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place worker failures land: say so, and restart the long-running ones."""
         if event.state != WorkerState.ERROR or self._stop.is_set():
             return
         err = event.worker.error
-        self.notify(f"{event.worker.name}: {type(err).__name__}: {err}", title="Console worker failed; restarting",
-                    severity="error", markup=False)
+        self.notify(
+            f"{event.worker.name}: {type(err).__name__}: {err}",
+            title="Console worker failed; restarting",
+            severity="error",
+            markup=False,
+        )
         if event.worker.group == "stream":
             self.set_timer(1.0, self._read_stream)
         elif event.worker.group == "poll":
@@ -388,8 +424,14 @@ class ConsoleApp(WriteFlows):
         dead = [e for e in live if e.type == "message.dead_lettered"]
         if dead:
             dlqs = sorted({str((e.data or {}).get("dlq", "?")) for e in dead if isinstance(e.data, dict)})
-            self.notify(printable(f"{len(dead)} message{'s' if len(dead) != 1 else ''} dead-lettered → {', '.join(dlqs)}: "
-                          f"{dead[-1].error}"), title="Dead letter", severity="warning", markup=False)
+            self.notify(
+                printable(
+                    f"{len(dead)} message{'s' if len(dead) != 1 else ''} dead-lettered → {', '.join(dlqs)}: {dead[-1].error}"
+                ),
+                title="Dead letter",
+                severity="warning",
+                markup=False,
+            )
 
     def _announce_link(self) -> None:
         state = (self.link.connected, self.link.outages)
@@ -397,8 +439,13 @@ class ConsoleApp(WriteFlows):
             return
         before, self._seen_link = self._seen_link, state
         if self.link.connected is False:
-            self.notify(f"Lost Redis: {self.link.error.rstrip('.')}. Retrying; the log resumes where it stopped.",
-                        title="Disconnected", severity="error", timeout=6, markup=False)
+            self.notify(
+                f"Lost Redis: {self.link.error.rstrip('.')}. Retrying; the log resumes where it stopped.",
+                title="Disconnected",
+                severity="error",
+                timeout=6,
+                markup=False,
+            )
         elif self.link.connected and before[0] is False:
             self.notify(f"Redis is back; resumed after event {self.tail.last_id}.", title="Reconnected", markup=False)
 
@@ -508,8 +555,7 @@ class ConsoleApp(WriteFlows):
         return True
 
     def action_read_only(self) -> None:
-        self.notify("This console is attached read-only: sending, replay, purge and state edits are off.",
-                    severity="warning")
+        self.notify("This console is attached read-only: sending, replay, purge and state edits are off.", severity="warning")
 
     @property
     def ready(self) -> bool:
@@ -536,9 +582,15 @@ class ConsoleApp(WriteFlows):
     async def on_event(self, event: events.Event) -> None:
         """While the filter box is open, printable keys are text for it, whatever holds the focus."""
         box = getattr(self, "_filter_box", None)
-        if (isinstance(event, events.Key) and not event.is_forwarded and event.is_printable
-                and box is not None and box.display
-                and self.focused is not box and len(self.screen_stack) == 1):
+        if (
+            isinstance(event, events.Key)
+            and not event.is_forwarded
+            and event.is_printable
+            and box is not None
+            and box.display
+            and self.focused is not box
+            and len(self.screen_stack) == 1
+        ):
             self.set_focus(box)
             box.insert_text_at_cursor(event.character or "")
             event.prevent_default()
@@ -572,8 +624,11 @@ class ConsoleApp(WriteFlows):
             self.action_read_only()
             return
         if not self.server_url:
-            self.notify("Sending needs a running server: start `iii-console` in the project (this console has no server URL).",
-                        severity="warning", markup=False)
+            self.notify(
+                "Sending needs a running server: start `iii-console` in the project (this console has no server URL).",
+                severity="warning",
+                markup=False,
+            )
             return
         self.push_screen(SendScreen(f"{self.server_url}/messages"), self._sent_form)
 
@@ -616,17 +671,26 @@ class ConsoleApp(WriteFlows):
         yield SystemCommand("Pause / resume", "Freeze the view while events keep being read (p)", self.action_pause)
         yield SystemCommand("Filter…", "Filter events, messages and dead letters (/)", self.action_filter)
         yield SystemCommand("Clear filter", "Show everything again", self.clear_filter)
-        yield SystemCommand("Show failures only", "Filter: failed, retried and dead-lettered messages",
-                            lambda: self.set_filter("type:message.failed,message.retrying,message.dead_lettered"))
+        yield SystemCommand(
+            "Show failures only",
+            "Filter: failed, retried and dead-lettered messages",
+            lambda: self.set_filter("type:message.failed,message.retrying,message.dead_lettered"),
+        )
         yield SystemCommand("Show errors only", "Filter: step errors", lambda: self.set_filter("type:step.error"))
         if not self.read_only:
             yield SystemCommand("Send test message", "POST to the running server's /messages (s)", self.action_send)
             pane = self._panes.get(self._active) if screen is self.screen_stack[0] else None
             if isinstance(pane, DeadLettersPane) and pane.ready:
-                yield SystemCommand("Replay dead letters shown", "Every entry listed under the filter, after confirming (R)",
-                                    pane.action_replay_shown)
-                yield SystemCommand("Purge dead letters shown", "Delete every entry listed under the filter, after confirming (D)",
-                                    pane.action_purge_shown)
+                yield SystemCommand(
+                    "Replay dead letters shown",
+                    "Every entry listed under the filter, after confirming (R)",
+                    pane.action_replay_shown,
+                )
+                yield SystemCommand(
+                    "Purge dead letters shown",
+                    "Delete every entry listed under the filter, after confirming (D)",
+                    pane.action_purge_shown,
+                )
             if isinstance(pane, StatePane) and pane.ready:
                 yield SystemCommand("Edit state value", "Edit the highlighted key's JSON (e)", pane.action_edit)
         yield SystemCommand("Help", "Keys and filter syntax (?)", self.action_help)
@@ -654,11 +718,27 @@ def _settle_gc() -> None:
     gc.set_threshold(max(young, 10_000), middle, old)
 
 
-def create_app(*, redis_url: str, prefix: str = "iii:", server_url: str | None = None, read_only: bool = False,
-               clock: Callable[[], float] = time.time, title: str = "iii-console", events_maxlen: int = 100_000,
-               broker: Any = None) -> ConsoleApp:
+def create_app(
+    *,
+    redis_url: str,
+    prefix: str = "iii:",
+    server_url: str | None = None,
+    read_only: bool = False,
+    clock: Callable[[], float] = time.time,
+    title: str = "iii-console",
+    events_maxlen: int = 100_000,
+    broker: Any = None,
+) -> ConsoleApp:
     """The console the CLI runs: attach to ``redis_url`` under ``prefix``; ``s`` posts to ``server_url``;
     the events its writes add trim the stream to ``events_maxlen`` (the deployment's ``events.maxlen``).
     ``broker``: replay and run-now on a broker other than Redis (``runtime.brokers.console_broker``), else ``None``."""
-    return ConsoleApp(redis_url=redis_url, keys=Keys(prefix), server_url=server_url, read_only=read_only,
-                      clock=clock, title=title, events_maxlen=events_maxlen, broker=broker)
+    return ConsoleApp(
+        redis_url=redis_url,
+        keys=Keys(prefix),
+        server_url=server_url,
+        read_only=read_only,
+        clock=clock,
+        title=title,
+        events_maxlen=events_maxlen,
+        broker=broker,
+    )

@@ -61,8 +61,16 @@ class EventFilter:
             return all(w in hay for w in self.words)
         return True
 
-    def matches_values(self, *, type: str = "", topic: str | None = None, step: str | None = None,
-                       trace: str = "", status: str = "", text: Iterable[str | None] = ()) -> bool:
+    def matches_values(
+        self,
+        *,
+        type: str = "",
+        topic: str | None = None,
+        step: str | None = None,
+        trace: str = "",
+        status: str = "",
+        text: Iterable[str | None] = (),
+    ) -> bool:
         """For rows that are not events (messages, dead letters)."""
         for name, value in self.fields:
             if name == "type" and not _type_match(type, value):

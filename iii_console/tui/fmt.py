@@ -114,12 +114,17 @@ def event_line(ev: Event) -> Text:
     style = TYPE_STYLE.get(ev.type, "")
     trace = ev.trace_id[:8] if ev.trace_id else "-" * 8
     line = Text.assemble(
-        (clock(ev.ts), "bright_black"), "  ",
-        (printable(f"{ev.type:<21}"), style), " ",
-        (printable(f"{(ev.step or '-')[:18]:<18}"), "bold" if ev.step else "bright_black"), " ",
-        (printable(trace), "bright_black"), "  ",
+        (clock(ev.ts), "bright_black"),
+        "  ",
+        (printable(f"{ev.type:<21}"), style),
+        " ",
+        (printable(f"{(ev.step or '-')[:18]:<18}"), "bold" if ev.step else "bright_black"),
+        " ",
+        (printable(trace), "bright_black"),
+        "  ",
         (printable(detail(ev)), style if ev.type in ("message.failed", "message.dead_lettered", "step.error") else ""),
-        no_wrap=True, overflow="ellipsis",
+        no_wrap=True,
+        overflow="ellipsis",
     )
     if ev.type == "worker.heartbeat":
         line.stylize("dim")
@@ -151,5 +156,7 @@ def redis_status(restarts: int, last: Event) -> str:
     """The header's word on the embedded Redis once it has died at least once."""
     at = clock(last.ts)[:8]
     if last.type == "redis.down":
-        return f"Redis down since {at}, restarting" + (f" ({restarts} restart{'s' if restarts != 1 else ''} so far)" if restarts else "")
+        return f"Redis down since {at}, restarting" + (
+            f" ({restarts} restart{'s' if restarts != 1 else ''} so far)" if restarts else ""
+        )
     return f"Redis restarted {restarts}× (last {at})"

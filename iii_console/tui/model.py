@@ -281,9 +281,17 @@ class LogEntry(NamedTuple):
 
 
 class ConsoleModel:
-    def __init__(self, *, log_size: int = 5000, max_messages: int = 2000, max_traces: int = 2000,
-                 max_problems: int = 200, max_state_keys: int = 2000, max_step_errors: int = 200,
-                 max_state_groups: int = 200):
+    def __init__(
+        self,
+        *,
+        log_size: int = 5000,
+        max_messages: int = 2000,
+        max_traces: int = 2000,
+        max_problems: int = 200,
+        max_state_keys: int = 2000,
+        max_step_errors: int = 200,
+        max_state_groups: int = 200,
+    ):
         self.seq = 0
         #: The last sequence number of history (the events read back at start,
         #: not as they happened): the log does not call those "too fast to read".
@@ -347,7 +355,8 @@ class ConsoleModel:
             if t.startswith("message.") and ev.topic:
                 self._topic(ev, now_ms)
             if t in ("message.failed", "message.dead_lettered", "message.redelivered", "step.error", "redis.down") or (
-                    t == "log" and isinstance(ev.data, dict) and ev.data.get("level") in ("error", "critical")):
+                t == "log" and isinstance(ev.data, dict) and ev.data.get("level") in ("error", "critical")
+            ):
                 self.problems.append(LogEntry(seq, ev))
             if t == "step.error":
                 d = ev.data if isinstance(ev.data, dict) else {}
@@ -455,8 +464,9 @@ class ConsoleModel:
         if changes is None:
             changes = self.state_changes[group] = OrderedDict()
             if len(self.state_changes) > self.max_state_groups:
-                quiet = min((g for g in self.state_changes if g != group),
-                            key=lambda g: next(reversed(self.state_changes[g].values()), 0))
+                quiet = min(
+                    (g for g in self.state_changes if g != group), key=lambda g: next(reversed(self.state_changes[g].values()), 0)
+                )
                 del self.state_changes[quiet]
                 self.state_writers.pop(quiet, None)
         changes.pop(key, None)
@@ -491,8 +501,14 @@ class ConsoleModel:
         """Newest first."""
         out: list[MessageRow] = []
         for row in reversed(self.messages.values()):
-            if flt and not flt.matches_values(type=row.last_type, topic=row.topic, step=row.step, trace=row.trace_id,
-                                              status=row.status, text=(row.message_id, row.error, row.priority, row.payload)):
+            if flt and not flt.matches_values(
+                type=row.last_type,
+                topic=row.topic,
+                step=row.step,
+                trace=row.trace_id,
+                status=row.status,
+                text=(row.message_id, row.error, row.priority, row.payload),
+            ):
                 continue
             out.append(row)
             if len(out) >= limit:

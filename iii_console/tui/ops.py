@@ -39,8 +39,9 @@ class ReplayResult:
 class Writer:
     """Opens a short-lived connection per action, so an idle console holds no write connection."""
 
-    def __init__(self, redis_url: str, keys: Keys, *, events_maxlen: int = 100_000, worker: str | None = None,
-                 broker: Any = None):
+    def __init__(
+        self, redis_url: str, keys: Keys, *, events_maxlen: int = 100_000, worker: str | None = None, broker: Any = None
+    ):
         self.redis_url = redis_url
         self.keys = keys
         #: Replay and run-now on a broker other than Redis (``runtime.brokers.ConsoleBroker``, handed in
@@ -106,11 +107,25 @@ class Writer:
             sink = StreamSink(client, self.keys.events, maxlen=self.events_maxlen, keys=self.keys)
             try:
                 if self.broker is not None:
-                    _trace, mid = self.broker.run_cron(client, self.keys, Emitter(sink.put, worker=self.worker), step,
-                                                       expression, priority=priority, source="console")
+                    _trace, mid = self.broker.run_cron(
+                        client,
+                        self.keys,
+                        Emitter(sink.put, worker=self.worker),
+                        step,
+                        expression,
+                        priority=priority,
+                        source="console",
+                    )
                 else:
-                    _trace, mid = run_now(client, self.keys, Emitter(sink.put, worker=self.worker), step, expression,
-                                          priority=priority, source="console")
+                    _trace, mid = run_now(
+                        client,
+                        self.keys,
+                        Emitter(sink.put, worker=self.worker),
+                        step,
+                        expression,
+                        priority=priority,
+                        source="console",
+                    )
             finally:
                 sink.close()
         return mid

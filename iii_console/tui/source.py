@@ -47,12 +47,17 @@ def connect_stream(url: str) -> redis.Redis:
     :meth:`StreamTail._decode` pairs the flat field list itself. Undecodable bytes become
     U+FFFD rather than failing the whole read.
     """
-    client = client_from_url(url, socket_connect_timeout=1.0, socket_timeout=3.0, health_check_interval=0,
-                                  decode_responses=True, encoding_errors="replace")
+    client = client_from_url(
+        url,
+        socket_connect_timeout=1.0,
+        socket_timeout=3.0,
+        health_check_interval=0,
+        decode_responses=True,
+        encoding_errors="replace",
+    )
     for command in ("XREAD", "XREVRANGE"):
         client.set_response_callback(command, _raw_reply)
     return client
-
 
 
 class StreamTail:
@@ -144,11 +149,21 @@ def _decode_flat(entry_id: str, flat: list[Any]) -> Event:
         data = f.get("data")
         attempt = f.get("attempt")
         duration = f.get("duration_ms")
-        return Event(type=f["type"], ts=int(f.get("ts", 0)), trace_id=f.get("trace_id", ""),
-                     message_id=f.get("message_id"), step=f.get("step"), topic=f.get("topic"), queue=f.get("queue"),
-                     attempt=int(attempt) if attempt is not None else None, worker=f.get("worker"),
-                     duration_ms=float(duration) if duration is not None else None, error=f.get("error"),
-                     data=_loads(data) if data is not None else None, id=entry_id)
+        return Event(
+            type=f["type"],
+            ts=int(f.get("ts", 0)),
+            trace_id=f.get("trace_id", ""),
+            message_id=f.get("message_id"),
+            step=f.get("step"),
+            topic=f.get("topic"),
+            queue=f.get("queue"),
+            attempt=int(attempt) if attempt is not None else None,
+            worker=f.get("worker"),
+            duration_ms=float(duration) if duration is not None else None,
+            error=f.get("error"),
+            data=_loads(data) if data is not None else None,
+            id=entry_id,
+        )
     except (KeyError, ValueError, TypeError) as exc:
         raise DecodeError(f"not an iii event: {entry_id!r}: {exc}") from exc
 
@@ -227,8 +242,17 @@ class Snapshot:
 PARTS = ("registry", "workers", "queues", "dlq", "dlq_counts", "state", "cron")
 
 
-def fetch(client: redis.Redis, keys: Keys, prev: Snapshot, wants: set[str], *, state_group: str | None = None,
-          dlq_limit: int = 500, state_limit: int = 1000, state_recent: Sequence[str] = ()) -> Snapshot:
+def fetch(
+    client: redis.Redis,
+    keys: Keys,
+    prev: Snapshot,
+    wants: set[str],
+    *,
+    state_group: str | None = None,
+    dlq_limit: int = 500,
+    state_limit: int = 1000,
+    state_recent: Sequence[str] = (),
+) -> Snapshot:
     """A new snapshot with the ``wants`` parts re-read and the rest carried over from ``prev``.
 
     A state group is read up to ``state_limit`` keys (a group of a million keys must not
@@ -289,11 +313,18 @@ def _workers(client: redis.Redis, keys: Keys) -> tuple[WorkerInfo, ...]:
         d = _json(raw)
         raw_queues = d.get("queues")
         queues = raw_queues if isinstance(raw_queues, dict) else {}
-        out.append(WorkerInfo(
-            id=wid, name=str(d.get("name", "")), host=str(d.get("host", "")), pid=d.get("pid"),
-            queues={str(k): int(v) for k, v in queues.items()}, in_flight=int(d.get("in_flight") or 0),
-            started_ms=int(d.get("started_ms") or 0), heartbeat_ms=beats.get(wid),
-        ))
+        out.append(
+            WorkerInfo(
+                id=wid,
+                name=str(d.get("name", "")),
+                host=str(d.get("host", "")),
+                pid=d.get("pid"),
+                queues={str(k): int(v) for k, v in queues.items()},
+                in_flight=int(d.get("in_flight") or 0),
+                started_ms=int(d.get("started_ms") or 0),
+                heartbeat_ms=beats.get(wid),
+            )
+        )
     out.sort(key=lambda w: (w.host, w.name, w.id))
     return tuple(out)
 
@@ -334,8 +365,9 @@ def short_error(exc: BaseException) -> str:
     return text if len(text) <= 60 else text[:59] + "…"
 
 
-def follow_stream(url: str, tail: StreamTail, link: Link, stop: threading.Event,
-                  deliver: Callable[[list[Event], bool], None]) -> None:
+def follow_stream(
+    url: str, tail: StreamTail, link: Link, stop: threading.Event, deliver: Callable[[list[Event], bool], None]
+) -> None:
     """Read the event stream through ``tail`` until ``stop`` is set, reconnecting after outages.
 
     ``deliver(events, history)`` gets each read in order (``history``: the first read, of
@@ -374,10 +406,20 @@ def follow_stream(url: str, tail: StreamTail, link: Link, stop: threading.Event,
             client.close()
 
 
-def poll_snapshots(url: str, keys: Keys, stop: threading.Event, poke: threading.Event, *, snap: Snapshot,
-                   wants: Callable[[], set[str]], state_group: Callable[[], str | None],
-                   recent_keys: Callable[[str], list[str]], interval: Callable[[], float],
-                   publish: Callable[[Snapshot], object], state_limit: int = 1000) -> None:
+def poll_snapshots(
+    url: str,
+    keys: Keys,
+    stop: threading.Event,
+    poke: threading.Event,
+    *,
+    snap: Snapshot,
+    wants: Callable[[], set[str]],
+    state_group: Callable[[], str | None],
+    recent_keys: Callable[[str], list[str]],
+    interval: Callable[[], float],
+    publish: Callable[[Snapshot], object],
+    state_limit: int = 1000,
+) -> None:
     """Fetch a :class:`Snapshot` of what ``wants()`` names every ``interval()`` s (or at once on ``poke``)
     until ``stop`` is set, and ``publish`` each; a Redis error skips a round and reconnects."""
     client: redis.Redis | None = None

@@ -51,8 +51,17 @@ def console_command(*, allow_actions: bool, server_url: str | None, config_path:
 class ConsoleServer(Server):
     """textual-serve's server with our guard in front of every route and a plain start line."""
 
-    def __init__(self, command: str, *, host: str, port: int, token: str = "", public_url: str | None = None,
-                 title: str = "iii-console", on_ready: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        command: str,
+        *,
+        host: str,
+        port: int,
+        token: str = "",
+        public_url: str | None = None,
+        title: str = "iii-console",
+        on_ready: Callable[[str], None] | None = None,
+    ):
         super().__init__(command, host=host, port=port, title=title, public_url=public_url)
         self.token = token
         self.fixed_url = public_url
@@ -75,6 +84,7 @@ class ConsoleServer(Server):
 
     def _presented(self, request: web.Request) -> str | None:
         """How the request proves it knows the token: ``query``, ``header``, ``cookie``, or ``None``."""
+
         def same(value: str) -> bool:
             return hmac.compare_digest(value.encode(), self.token.encode())
 
@@ -96,7 +106,9 @@ class ConsoleServer(Server):
         return None
 
     @web.middleware
-    async def _guard(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if not self._host_ok(request):
             return web.Response(status=400, text="this console answers only to 127.0.0.1 and localhost\n")
         if request.path == "/ws" and not self._same_origin(request):
@@ -105,12 +117,17 @@ class ConsoleServer(Server):
             return await handler(request)
         via = self._presented(request)
         if via is None:
-            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="iii-console", charset="UTF-8"'},
-                                text="this console needs its token: open it as /?token=TOKEN (server.auth_token), "
-                                     "or sign in with the token as the password\n")
+            return web.Response(
+                status=401,
+                headers={"WWW-Authenticate": 'Basic realm="iii-console", charset="UTF-8"'},
+                text="this console needs its token: open it as /?token=TOKEN (server.auth_token), "
+                "or sign in with the token as the password\n",
+            )
         if via == "query" and request.path == "/":
             rest = {k: v for k, v in request.query.items() if k != "token"}
-            return self._with_cookie(web.Response(status=303, headers={"Location": request.rel_url.with_query(rest).path_qs}), request)
+            return self._with_cookie(
+                web.Response(status=303, headers={"Location": request.rel_url.with_query(rest).path_qs}), request
+            )
         response = await handler(request)
         if via != "cookie" and not isinstance(response, web.WebSocketResponse):
             self._with_cookie(response, request)

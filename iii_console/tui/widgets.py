@@ -91,9 +91,12 @@ class CounterTile(Vertical):
 
     def show(self, series: RateSeries, now_ms: int, note: str = "") -> None:
         r = series.rate(now_ms)
-        top = Text.assemble((fmt.num(series.total), "bold"), "\n",
-                            (fmt.rate(r), TYPE_STYLE.get(self.event_type, "") if r else "bright_black"),
-                            ("  " + note if note else "", "bright_black"))
+        top = Text.assemble(
+            (fmt.num(series.total), "bold"),
+            "\n",
+            (fmt.rate(r), TYPE_STYLE.get(self.event_type, "") if r else "bright_black"),
+            ("  " + note if note else "", "bright_black"),
+        )
         update(self.query_one(".tile-value", Static), top, layout=False)
         data = series.series(now_ms, 60)
         spark = self.query_one(Sparkline)
@@ -122,9 +125,11 @@ class KeysFooter(Footer):
 
 def _shown_keys(screen: Any, palette_key: str) -> tuple[Any, ...]:
     """What a footer draws from the screen's active bindings (node identity aside)."""
-    return tuple((key, b.action, b.description, b.key_display, b.group, enabled, tooltip)
-                 for key, (_node, b, enabled, tooltip) in screen.active_bindings.items()
-                 if b.show or key == palette_key)
+    return tuple(
+        (key, b.action, b.description, b.key_display, b.group, enabled, tooltip)
+        for key, (_node, b, enabled, tooltip) in screen.active_bindings.items()
+        if b.show or key == palette_key
+    )
 
 
 def update(widget: Static, content: Any, *, layout: bool = True) -> None:
@@ -260,8 +265,13 @@ def cursor_key(table: DataTable) -> str | None:
 
 def t(value: Any, style: str = "", *, justify: str | None = None) -> Text:
     """A cell: always Text, so user data with brackets is never read as markup."""
-    return Text("-" if value is None or value == "" else fmt.plain(value), style=style, justify=justify,  # type: ignore[arg-type]
-                no_wrap=True, overflow="ellipsis")
+    return Text(
+        "-" if value is None or value == "" else fmt.plain(value),
+        style=style,
+        justify=justify,  # type: ignore[arg-type]
+        no_wrap=True,
+        overflow="ellipsis",
+    )
 
 
 def n(value: int | float | None, style: str = "") -> Text:

@@ -50,15 +50,20 @@ class WriteFlows(App[None]):
             return
         entries, verb = message.entries, message.action
         if not entries:
-            self.notify(f"No dead letters to {verb}" + (f" under the filter {self.filter.text}" if self.filter else "") + ".",
-                        severity="warning", markup=False)
+            self.notify(
+                f"No dead letters to {verb}" + (f" under the filter {self.filter.text}" if self.filter else "") + ".",
+                severity="warning",
+                markup=False,
+            )
             return
         n = len(entries)
         noun = f"{n} dead letter{'s' if n != 1 else ''}"
         question = f"{verb.capitalize()} {noun} from {', '.join(sorted({e.dlq for e in entries}))}?"
         if verb == "replay":
-            what = ("Each goes back to its queue as a new message with attempts reset and its trace id, "
-                    "and leaves the dead-letter queue.")
+            what = (
+                "Each goes back to its queue as a new message with attempts reset and its trace id, "
+                "and leaves the dead-letter queue."
+            )
         else:
             what = "Deleted for good: a purged entry cannot be replayed."
         detail = f"{message.scope[:1].upper()}{message.scope[1:]}.\n{what}" if message.scope else what
@@ -83,8 +88,14 @@ class WriteFlows(App[None]):
             if ok:
                 self._write("Run now", lambda w: f"{step} fired now (message {w.run_cron(step, expression, priority)[:8]})")
 
-        self.push_screen(ConfirmScreen(f"Run cron step {step} now?", f"One tick of {expression}, outside the schedule and "
-                                       "marked manual; the schedule's own ticks fire as usual.", confirm="Run"), confirmed)
+        self.push_screen(
+            ConfirmScreen(
+                f"Run cron step {step} now?",
+                f"One tick of {expression}, outside the schedule and marked manual; the schedule's own ticks fire as usual.",
+                confirm="Run",
+            ),
+            confirmed,
+        )
 
     def on_state_key_chosen(self, message: StateKeyChosen) -> None:
         if self.writer is None:
@@ -93,17 +104,29 @@ class WriteFlows(App[None]):
         group, key = message.group, message.key
         if message.action == "edit":
             writer = self.writer
-            self.push_screen(StateEditScreen(group, key, message.value, lambda edit: _save_state(writer, edit)),
-                             self._state_edited)
+            self.push_screen(
+                StateEditScreen(group, key, message.value, lambda edit: _save_state(writer, edit)), self._state_edited
+            )
             return
 
         def confirmed(ok: bool | None) -> None:
             if ok:
-                self._write("Delete", lambda w: f"deleted {group}/{key}" if w.delete_state(group, key) is not None
-                            else f"{group}/{key} was already gone")
+                self._write(
+                    "Delete",
+                    lambda w: (
+                        f"deleted {group}/{key}" if w.delete_state(group, key) is not None else f"{group}/{key} was already gone"
+                    ),
+                )
 
-        self.push_screen(ConfirmScreen(f"Delete state {group}/{key}?", "A state.changed event is written and state "
-                                       "triggers on this key fire.", confirm="Delete", danger=True), confirmed)
+        self.push_screen(
+            ConfirmScreen(
+                f"Delete state {group}/{key}?",
+                "A state.changed event is written and state triggers on this key fire.",
+                confirm="Delete",
+                danger=True,
+            ),
+            confirmed,
+        )
 
     def _state_edited(self, edit: StateEdit | None) -> None:
         """The editor closes with an edit only once it is stored (a refusal keeps it open)."""
@@ -128,8 +151,10 @@ class WriteFlows(App[None]):
 def _save_state(writer: Writer, edit: StateEdit) -> None:
     """Store an edit only if the key still holds what the editor opened with."""
     if not writer.replace_state(edit.group, edit.key, edit.original, edit.value):
-        raise StateError(f"{edit.group}/{edit.key} changed since the editor opened; nothing was written. "
-                         "Copy your text, close (esc) and open it again (e) to edit the current value.")
+        raise StateError(
+            f"{edit.group}/{edit.key} changed since the editor opened; nothing was written. "
+            "Copy your text, close (esc) and open it again (e) to edit the current value."
+        )
 
 
 def _dlq_write(writer: Writer, verb: str, entries: tuple[DeadLetter, ...]) -> str:
@@ -137,7 +162,9 @@ def _dlq_write(writer: Writer, verb: str, entries: tuple[DeadLetter, ...]) -> st
     n = len(entries)
     if verb == "purge":
         purged = writer.purge(entries)
-        return f"purged {purged} dead letter{'s' if purged != 1 else ''}" + (f" ({n - purged} already gone)" if purged < n else "")
+        return f"purged {purged} dead letter{'s' if purged != 1 else ''}" + (
+            f" ({n - purged} already gone)" if purged < n else ""
+        )
     res = writer.replay(entries)
     done = len(res.replayed)
     out = f"replayed {done} dead letter{'s' if done != 1 else ''}"

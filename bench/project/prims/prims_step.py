@@ -8,8 +8,11 @@ from typing import Any
 from bench.work import client
 from iii_console import Step, queue
 
-config = Step(name="BenchPrims", description="Benchmark throttle and fan-in",
-              triggers=[queue("bench.call"), queue("bench.child"), queue("bench.done")])
+config = Step(
+    name="BenchPrims",
+    description="Benchmark throttle and fan-in",
+    triggers=[queue("bench.call"), queue("bench.child"), queue("bench.done")],
+)
 
 
 def handler(data: Any, ctx: Any) -> None:

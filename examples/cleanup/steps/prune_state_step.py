@@ -17,8 +17,12 @@ def handler(tick: CronTick, ctx: SyncContext) -> Any:
         removed = 0
         for group in settings.STATE_GROUPS:
             for key, value in ctx.state.list(group).items():
-                if (isinstance(value, dict) and value.get("status") in settings.FINISHED
-                        and isinstance(value.get("finished_ms"), (int, float)) and value["finished_ms"] < cutoff):
+                if (
+                    isinstance(value, dict)
+                    and value.get("status") in settings.FINISHED
+                    and isinstance(value.get("finished_ms"), (int, float))
+                    and value["finished_ms"] < cutoff
+                ):
                     ctx.state.delete(group, key)
                     removed += 1
         return {"removed": removed, "groups": settings.STATE_GROUPS}

@@ -34,13 +34,23 @@ def handler(done: Completed, ctx: SyncContext) -> Any:
         w.writerow(["line", "error", "record"])
         rows = conn.execution_options(stream_results=True, yield_per=1000).execute(
             select(import_errors.c.line, import_errors.c.error, import_errors.c.record)
-            .where(import_errors.c.import_id == import_id).order_by(import_errors.c.line))
+            .where(import_errors.c.import_id == import_id)
+            .order_by(import_errors.c.line)
+        )
         for row in rows:
             w.writerow(row)
         out.flush()
         errors_file = ctx.blobs.put(out.name, content_type="text/csv", name=f"import-{import_id}-errors.csv")
     status = "done" if totals["chunks"] == record.get("chunks") else "incomplete"
-    result = {**record, "status": status, "run": int(run), "rows": totals["rows"], "errors": totals["errors"],
-              "chunks_done": totals["chunks"], "chunks_failed": done.failed + done.dead, "errors_file": errors_file}
+    result = {
+        **record,
+        "status": status,
+        "run": int(run),
+        "rows": totals["rows"],
+        "errors": totals["errors"],
+        "chunks_done": totals["chunks"],
+        "chunks_failed": done.failed + done.dead,
+        "errors_file": errors_file,
+    }
     ctx.state.set(GROUP, import_id, result)
     ctx.emit("data.imported", data={"import_id": import_id, "status": status, "rows": totals["rows"], "errors": totals["errors"]})

@@ -36,7 +36,7 @@ def handler(job: ChunkJob, ctx: SyncContext) -> Any:
     with engine().connect() as conn:  # the import's progress, shown on this running chunk too
         before = ledger(conn, job.import_id)
     ctx.progress(min(before["chunks"], job.total), job.total, note=f"chunk {job.chunk + 1} of {job.total}")
-    good: dict[int, tuple[int, str, dict]] = {}   # id -> (line, record, row)
+    good: dict[int, tuple[int, str, dict]] = {}  # id -> (line, record, row)
     bad: list[dict] = []
 
     def reject(line: int, record: str, error: str) -> None:
@@ -57,8 +57,10 @@ def handler(job: ChunkJob, ctx: SyncContext) -> Any:
                 good[row["id"]] = (line, record, {**row, "import_id": job.import_id})
     pause_ms = int(os.environ.get("DATA_CHUNK_PAUSE_MS", "0"))
     with engine().begin() as conn:
-        claim = conn.execute(insert(import_chunks, conn).on_conflict_do_nothing(),
-                             {"import_id": job.import_id, "chunk": job.chunk, "rows": 0, "errors": 0})
+        claim = conn.execute(
+            insert(import_chunks, conn).on_conflict_do_nothing(),
+            {"import_id": job.import_id, "chunk": job.chunk, "rows": 0, "errors": 0},
+        )
         if claim.rowcount == 0:
             ctx.logger.info("chunk already applied", import_id=job.import_id, chunk=job.chunk)
             return {"chunk": job.chunk, "already": True}
@@ -73,12 +75,14 @@ def handler(job: ChunkJob, ctx: SyncContext) -> Any:
                     reject(good[i][0], good[i][1], f"id {i} exists already (import {owners.get(i)})")
         if bad:
             conn.execute(insert(import_errors, conn).on_conflict_do_nothing(), bad)
-        conn.execute(import_chunks.update().where((import_chunks.c.import_id == job.import_id) & (import_chunks.c.chunk == job.chunk))
-                     .values(rows=len(inserted), errors=len(bad)))
+        conn.execute(
+            import_chunks.update()
+            .where((import_chunks.c.import_id == job.import_id) & (import_chunks.c.chunk == job.chunk))
+            .values(rows=len(inserted), errors=len(bad))
+        )
         if pause_ms:  # to watch an import in the console, or to kill a worker mid-chunk
             time.sleep(pause_ms / 1000)
     with engine().connect() as conn:
         done = ledger(conn, job.import_id)
-    ctx.progress(min(done["chunks"], job.total), job.total,
-                 note=f"{done['rows']} rows, {done['errors']} bad")
+    ctx.progress(min(done["chunks"], job.total), job.total, note=f"{done['rows']} rows, {done['errors']} bad")
     return {"chunk": job.chunk, "rows": len(inserted), "errors": len(bad)}

@@ -29,10 +29,20 @@ def handler(req: HttpRequest, ctx: SyncContext) -> Any:
     root = Path(os.environ.get("DATA_IMPORT_DIR") or PROJECT / "imports").resolve()
     path = (root / req.body.path).resolve()
     if not path.is_relative_to(root) or not path.is_file():
-        return {"status": 400, "body": {"error": f"no such file under the imports folder {root}",
-                                        "fields": [{"field": "path", "message": "not a file under the imports folder"}]}}
+        return {
+            "status": 400,
+            "body": {
+                "error": f"no such file under the imports folder {root}",
+                "fields": [{"field": "path", "message": "not a file under the imports folder"}],
+            },
+        }
     fmt = format_of(None, path.name)
     if fmt is None:
-        return {"status": 400, "body": {"error": "the file must end in .csv, .jsonl or .ndjson",
-                                        "fields": [{"field": "path", "message": "not a .csv or .jsonl file"}]}}
+        return {
+            "status": 400,
+            "body": {
+                "error": "the file must end in .csv, .jsonl or .ndjson",
+                "fields": [{"field": "path", "message": "not a .csv or .jsonl file"}],
+            },
+        }
     return start(ctx.blobs.put(path, content_type="text/csv" if fmt == "csv" else "application/x-ndjson"), fmt, ctx)

@@ -39,11 +39,34 @@ def handler(req: ImportRequest, ctx: SyncContext) -> Any:
             raise
     with engine().connect() as conn:
         done = applied_chunks(conn, req.import_id)
-    todo = [{"import_id": req.import_id, "file": req.file, "format": req.format, "header": header, "chunk": c.index,
-             "start": c.start, "end": c.end, "line": c.line, "total": len(chunks)} for c in chunks if c.index not in done]
-    ctx.state.set(GROUP, req.import_id, {"status": "importing", "file": req.file, "format": req.format, "run": req.run,
-                                         "chunks": len(chunks), "records": sum(c.records for c in chunks),
-                                         "resumed_at": len(done)})
+    todo = [
+        {
+            "import_id": req.import_id,
+            "file": req.file,
+            "format": req.format,
+            "header": header,
+            "chunk": c.index,
+            "start": c.start,
+            "end": c.end,
+            "line": c.line,
+            "total": len(chunks),
+        }
+        for c in chunks
+        if c.index not in done
+    ]
+    ctx.state.set(
+        GROUP,
+        req.import_id,
+        {
+            "status": "importing",
+            "file": req.file,
+            "format": req.format,
+            "run": req.run,
+            "chunks": len(chunks),
+            "records": sum(c.records for c in chunks),
+            "resumed_at": len(done),
+        },
+    )
     ctx.progress(len(done), max(len(chunks), 1), note=f"{len(todo)} of {len(chunks)} chunks to import")
     # One group per run of an import: a redelivered plan makes the same group, which enqueues nothing twice.
     ctx.enqueue_group("data.import.chunk", todo, then="data.import.finished", group_id=f"import.{req.import_id}.{req.run}")

@@ -14,14 +14,23 @@ class ExportRequest(BaseModel):
     format: Literal["csv", "jsonl"] = "csv"
 
 
-config = Step(name="RequestExport", triggers=[http("POST", "/exports", body=ExportRequest)],
-              enqueues=["data.export.requested"], flows=["data"])
+config = Step(
+    name="RequestExport",
+    triggers=[http("POST", "/exports", body=ExportRequest)],
+    enqueues=["data.export.requested"],
+    flows=["data"],
+)
 
 
 def handler(req: HttpRequest, ctx: SyncContext) -> Any:
     if req.body.table not in EXPORTABLE:
-        return {"status": 400, "body": {"error": f"tables that export: {', '.join(EXPORTABLE)}",
-                                        "fields": [{"field": "table", "message": f"no table {req.body.table!r}"}]}}
+        return {
+            "status": 400,
+            "body": {
+                "error": f"tables that export: {', '.join(EXPORTABLE)}",
+                "fields": [{"field": "table", "message": f"no table {req.body.table!r}"}],
+            },
+        }
     export_id = uuid.uuid4().hex[:16]
     ctx.state.set("exports", export_id, {"status": "queued", "table": req.body.table, "format": req.body.format})
     ctx.enqueue("data.export.requested", {"export_id": export_id, "table": req.body.table, "format": req.body.format})

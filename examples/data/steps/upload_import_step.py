@@ -8,8 +8,14 @@ from iii_console import HttpRequest, Step, SyncContext, http
 
 config = Step(
     name="UploadImport",
-    triggers=[http("POST", "/imports", accept=["text/csv", "application/csv", "application/x-ndjson", "application/jsonl"],
-                   max_body_bytes=500_000_000)],
+    triggers=[
+        http(
+            "POST",
+            "/imports",
+            accept=["text/csv", "application/csv", "application/x-ndjson", "application/jsonl"],
+            max_body_bytes=500_000_000,
+        )
+    ],
     enqueues=["data.import.requested"],
     flows=["data"],
 )

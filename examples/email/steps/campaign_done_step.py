@@ -18,7 +18,29 @@ def handler(result, ctx):
     failed = {a: o["code"] for a, o in outcomes.items() if o["status"] == "failed"}
     unsent = record.get("recipients", 0) - sent - len(failed)  # in batches dead-lettered: replay them
     status = "done" if unsent == 0 else "incomplete"
-    ctx.state.update("campaigns", campaign, [{"type": "merge", "path": "", "value": {
-        "status": status, "sent": sent, "failed": len(failed), "unsent": unsent, "dead_batches": result["failed"] + result["dead"]}}])
-    ctx.emit("campaign.completed", campaign=campaign, status=status, sent=sent, failed=len(failed), unsent=unsent,
-             bounced=dict(list(failed.items())[:20]))
+    ctx.state.update(
+        "campaigns",
+        campaign,
+        [
+            {
+                "type": "merge",
+                "path": "",
+                "value": {
+                    "status": status,
+                    "sent": sent,
+                    "failed": len(failed),
+                    "unsent": unsent,
+                    "dead_batches": result["failed"] + result["dead"],
+                },
+            }
+        ],
+    )
+    ctx.emit(
+        "campaign.completed",
+        campaign=campaign,
+        status=status,
+        sent=sent,
+        failed=len(failed),
+        unsent=unsent,
+        bounced=dict(list(failed.items())[:20]),
+    )

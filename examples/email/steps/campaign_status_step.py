@@ -17,5 +17,10 @@ def handler(req, ctx):
         return {"status": 404, "body": {"error": f"no campaign {campaign!r}"}}
     outcomes = list(ctx.state.list(f"email.ledger.{campaign}").values())
     sent = sum(1 for o in outcomes if o["status"] == "sent")
-    return {"status": 200, "body": {**{k: v for k, v in record.items() if k != "template"}, "so_far": {
-        "sent": sent, "failed": len(outcomes) - sent, "pending": record["recipients"] - len(outcomes)}}}
+    return {
+        "status": 200,
+        "body": {
+            **{k: v for k, v in record.items() if k != "template"},
+            "so_far": {"sent": sent, "failed": len(outcomes) - sent, "pending": record["recipients"] - len(outcomes)},
+        },
+    }

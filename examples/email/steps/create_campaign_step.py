@@ -51,7 +51,7 @@ def batches(recipients: list[Recipient], size: int) -> list[dict]:
     for domain, people in sorted(by_domain.items()):
         people_list = list(people.values())
         for i in range(0, len(people_list), size):
-            out.append({"domain": domain, "recipients": people_list[i:i + size]})
+            out.append({"domain": domain, "recipients": people_list[i : i + size]})
     return out
 
 
@@ -62,9 +62,28 @@ def handler(req, ctx):
     campaign = hashlib.sha256(key.encode()).hexdigest()[:20] if key else uuid.uuid4().hex[:20]
     parts = batches(body.recipients, body.batch_size)
     total = sum(len(p["recipients"]) for p in parts)
-    ctx.state.set("campaigns", campaign, {"subject": body.subject, "template": body.template, "recipients": total,
-                                          "batches": len(parts), "status": "sending", "trace_id": ctx.trace_id})
-    ctx.enqueue_group("email.batch", [{"campaign": campaign, **p} for p in parts], then="email.campaign.done",
-                      group_id=f"campaign.{campaign}")
-    return {"status": 202, "body": {"campaign": campaign, "recipients": total, "batches": len(parts),
-                                    "status_url": f"/campaigns/{campaign}", "trace_id": ctx.trace_id}}
+    ctx.state.set(
+        "campaigns",
+        campaign,
+        {
+            "subject": body.subject,
+            "template": body.template,
+            "recipients": total,
+            "batches": len(parts),
+            "status": "sending",
+            "trace_id": ctx.trace_id,
+        },
+    )
+    ctx.enqueue_group(
+        "email.batch", [{"campaign": campaign, **p} for p in parts], then="email.campaign.done", group_id=f"campaign.{campaign}"
+    )
+    return {
+        "status": 202,
+        "body": {
+            "campaign": campaign,
+            "recipients": total,
+            "batches": len(parts),
+            "status_url": f"/campaigns/{campaign}",
+            "trace_id": ctx.trace_id,
+        },
+    }

@@ -57,8 +57,11 @@ def handler(batch: Batch, ctx):
                 if isinstance(exc, smtplib.SMTPSenderRefused) and code >= 500:
                     raise  # our sender is refused, not this recipient: fail the batch (fix EMAIL_FROM, replay it)
                 if code >= 500:  # permanent: recorded, never sent again
-                    ctx.state.set(book, address.lower(), {"status": "failed", "code": code, "reply": text[:300],
-                                                          "ms": int(time.time() * 1000)})
+                    ctx.state.set(
+                        book,
+                        address.lower(),
+                        {"status": "failed", "code": code, "reply": text[:300], "ms": int(time.time() * 1000)},
+                    )
                     continue
                 wait_ms = max(wait_ms, retry_delay_ms(text))  # deferred: the rest of the batch still goes now
                 deferred.append(f"{address}: {code} {text[:200]}")
@@ -66,10 +69,12 @@ def handler(batch: Batch, ctx):
                 if code == 421 or isinstance(exc, smtplib.SMTPServerDisconnected):
                     break  # the server closed the session: the others wait for the retry too
                 continue
-            ctx.state.set(book, address.lower(), {"status": "sent", "message_id": msg["Message-ID"],
-                                                  "ms": int(time.time() * 1000)})
+            ctx.state.set(
+                book, address.lower(), {"status": "sent", "message_id": msg["Message-ID"], "ms": int(time.time() * 1000)}
+            )
             ctx.progress(n, len(todo), note=f"{batch.domain}: {n}/{len(todo)}")
     if wait_ms:
         # After the server's delay; the ledger keeps the delivered ones out of the next attempt.
-        raise Retry(after_ms=wait_ms, reason=f"{len(deferred)} deferred by the server, retry in {wait_ms} ms: "
-                                             + "; ".join(deferred[:5]))
+        raise Retry(
+            after_ms=wait_ms, reason=f"{len(deferred)} deferred by the server, retry in {wait_ms} ms: " + "; ".join(deferred[:5])
+        )

@@ -17,7 +17,16 @@ def handler(result, ctx):
     record = ctx.state.get("images", image_id) or {}
     missing = [s.name for s in SIZES if s.name not in record.get("renders", {})]
     status = "done" if result["ok"] == result["total"] and not missing else "partial"
-    ctx.state.update("images", image_id, [{"type": "set", "path": "status", "value": status},
-                                          {"type": "set", "path": "failed_sizes", "value": missing}])
-    ctx.emit("image.ready", image=image_id, status=status, ok=result["ok"], failed=result["failed"] + result["dead"],
-             failed_sizes=missing)
+    ctx.state.update(
+        "images",
+        image_id,
+        [{"type": "set", "path": "status", "value": status}, {"type": "set", "path": "failed_sizes", "value": missing}],
+    )
+    ctx.emit(
+        "image.ready",
+        image=image_id,
+        status=status,
+        ok=result["ok"],
+        failed=result["failed"] + result["dead"],
+        failed_sizes=missing,
+    )

@@ -19,6 +19,11 @@ def handler(req, ctx):
         return {"status": 200, "body": record}
     render = record.get("renders", {}).get(size)
     if render is None:
-        return {"status": 404, "body": {"error": f"no {size!r} render of image {req.path_params['id']!r}",
-                                        "renders": sorted(record.get("renders", {}))}}
+        return {
+            "status": 404,
+            "body": {
+                "error": f"no {size!r} render of image {req.path_params['id']!r}",
+                "renders": sorted(record.get("renders", {})),
+            },
+        }
     return render["blob"]  # the file itself, streamed

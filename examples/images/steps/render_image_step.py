@@ -28,6 +28,9 @@ def handler(job, ctx):
     stem = PurePath(job["image"].get("name") or job["id"]).stem
     ext = "webp" if content_type == "image/webp" else "jpg"
     out = ctx.blobs.put(body, content_type=content_type, name=f"{stem}-{job['size']}.{ext}")
-    ctx.state.update("images", job["id"], [
-        {"type": "set", "path": ["renders", job["size"]], "value": {"blob": out, "width": width, "height": height}}])
+    ctx.state.update(
+        "images",
+        job["id"],
+        [{"type": "set", "path": ["renders", job["size"]], "value": {"blob": out, "width": width, "height": height}}],
+    )
     ctx.progress(3, 3, note=f"{job['size']}: stored")

@@ -35,13 +35,19 @@ def handler(job: ReportJob, ctx: SyncContext) -> Any:
     page = render.html(sales, title, png)
     name = f"{job.report_id}"
     report = {
-        "status": "done", "start": str(job.start), "end": str(job.end), "orders": sales.orders,
-        "revenue": money(sales.total_cents), "revenue_cents": sales.total_cents,
+        "status": "done",
+        "start": str(job.start),
+        "end": str(job.end),
+        "orders": sales.orders,
+        "revenue": money(sales.total_cents),
+        "revenue_cents": sales.total_cents,
         "pdf": ctx.blobs.put(pdf, content_type="application/pdf", name=f"{name}.pdf"),
         "html": ctx.blobs.put(page, content_type="text/html; charset=utf-8", name=f"{name}.html"),
         "chart": ctx.blobs.put(png, content_type="image/png", name=f"{name}.png"),
     }
     ctx.state.set(GROUP, job.report_id, report)
     ctx.progress(4, 4, note="done")
-    ctx.emit("report.built", data={"report_id": job.report_id, "orders": sales.orders, "revenue": report["revenue"],
-                                   "requested_by": job.requested_by})
+    ctx.emit(
+        "report.built",
+        data={"report_id": job.report_id, "orders": sales.orders, "revenue": report["revenue"], "requested_by": job.requested_by},
+    )

@@ -6,8 +6,7 @@ from reportjobs.requests import GROUP
 
 from iii_console import HttpRequest, Step, SyncContext, download, http
 
-config = Step(name="GetReport", triggers=[http("GET", "/reports/{id}"), http("GET", "/reports/{id}/{file}")],
-              flows=["reports"])
+config = Step(name="GetReport", triggers=[http("GET", "/reports/{id}"), http("GET", "/reports/{id}/{file}")], flows=["reports"])
 
 FILES = {"pdf", "html", "chart"}
 

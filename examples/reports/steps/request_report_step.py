@@ -22,8 +22,9 @@ class Period(BaseModel):
         return self
 
 
-config = Step(name="RequestReport", triggers=[http("POST", "/reports", body=Period)], enqueues=["reports.requested"],
-              flows=["reports"])
+config = Step(
+    name="RequestReport", triggers=[http("POST", "/reports", body=Period)], enqueues=["reports.requested"], flows=["reports"]
+)
 
 
 def handler(req: HttpRequest, ctx: SyncContext) -> Any:

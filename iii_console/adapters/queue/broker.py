@@ -79,8 +79,16 @@ YIELD_POLL_S = 0.05
 
 
 class IIIBroker(RedisBroker):
-    def __init__(self, *, client: redis.Redis, keys: Keys, emitter: Any = None, middleware: list[Any] | None = None,
-                 max_deliveries: Any = None, dead_letter_queue: Any = None):
+    def __init__(
+        self,
+        *,
+        client: redis.Redis,
+        keys: Keys,
+        emitter: Any = None,
+        middleware: list[Any] | None = None,
+        max_deliveries: Any = None,
+        dead_letter_queue: Any = None,
+    ):
         super().__init__(client=client, namespace=keys.dramatiq_namespace, middleware=middleware, maintenance_chance=0)
         self.keys = keys
         #: topic -> how many deliveries a message may have before it is dead-lettered unrun.
@@ -135,8 +143,22 @@ class IIIBroker(RedisBroker):
         message.options.pop("eta", None)
         self.emit_before("enqueue", message, delay)
         try:
-            self.iii_scripts.enqueue(args=[self.namespace, "", 0, int(delay or 0), "", "", 0, "", "",
-                                           message.queue_name, message.options["redis_message_id"], message.encode()])
+            self.iii_scripts.enqueue(
+                args=[
+                    self.namespace,
+                    "",
+                    0,
+                    int(delay or 0),
+                    "",
+                    "",
+                    0,
+                    "",
+                    "",
+                    message.queue_name,
+                    message.options["redis_message_id"],
+                    message.encode(),
+                ]
+            )
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
         self.emit_after("enqueue", message, delay)
@@ -153,8 +175,15 @@ class IIIBroker(RedisBroker):
             return run("")
         return self.emitter.transition(run, *events, through=getattr(message, "iii_seq", None))
 
-    def dead_letter(self, consumer_queue: str, message: Message[Any] | MessageProxy, entry: DeadLetter, *, outcome: FaninOutcome = "failed",
-                    deliveries: int | None = None) -> int:
+    def dead_letter(
+        self,
+        consumer_queue: str,
+        message: Message[Any] | MessageProxy,
+        entry: DeadLetter,
+        *,
+        outcome: FaninOutcome = "failed",
+        deliveries: int | None = None,
+    ) -> int:
         """Move an in-flight message into its dead-letter queue, with its ``message.dead_lettered`` event.
 
         The one place a dead letter is written: whoever decided it (the retry
@@ -164,12 +193,30 @@ class IIIBroker(RedisBroker):
         handler raised) or ``dead`` (it never ran to a result).
         """
         event = dead_lettered(self.emitter, entry, deliveries=deliveries) if self.emitter is not None else None
-        return int(self.transition(lambda ev: self.iii_scripts.dead(args=[
-            self.namespace, consumer_queue, self.broker_id, message.options["redis_message_id"],
-            entry.dlq, entry.id, entry.encode(), entry.last_failure_ms,
-            self.keys.dlq(entry.dlq), self.keys.dlq_entries(entry.dlq), self.keys.dlq_names, ev,
-            *self.group_args(message), outcome,
-        ]), event, message=message))
+        return int(
+            self.transition(
+                lambda ev: self.iii_scripts.dead(
+                    args=[
+                        self.namespace,
+                        consumer_queue,
+                        self.broker_id,
+                        message.options["redis_message_id"],
+                        entry.dlq,
+                        entry.id,
+                        entry.encode(),
+                        entry.last_failure_ms,
+                        self.keys.dlq(entry.dlq),
+                        self.keys.dlq_entries(entry.dlq),
+                        self.keys.dlq_names,
+                        ev,
+                        *self.group_args(message),
+                        outcome,
+                    ]
+                ),
+                event,
+                message=message,
+            )
+        )
 
     def group_args(self, message: Any) -> list[str]:
         """The settle scripts' fan-in arguments: the group's key (or "") and the message id."""
@@ -212,9 +259,13 @@ class IIIConsumer(Consumer):
             if outcome is None:
                 rid = message.options["redis_message_id"]
                 group = self.broker.group_args(message)
-                self.broker.transition(lambda ev: self.broker.iii_scripts.ack(
-                    args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, ev, *group]),
-                    getattr(message, "iii_event", None), message=message)
+                self.broker.transition(
+                    lambda ev: self.broker.iii_scripts.ack(
+                        args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, ev, *group]
+                    ),
+                    getattr(message, "iii_event", None),
+                    message=message,
+                )
             elif outcome["kind"] == "retry":
                 self._retry(message, outcome["delay_ms"])
             else:
@@ -235,8 +286,12 @@ class IIIConsumer(Consumer):
         # Dramatiq nacks what it cannot run at all (unknown actor, `throws`).
         # Those go to our dead-letter store like any other dead message.
         exc = getattr(message, "_exception", None)
-        message.options["iii_outcome"] = dead(self.broker.dead_letter_queue(message.options.get("topic", "")),
-                                              describe(exc) if exc else "rejected", attempts=attempts_of(message), fanin="dead")
+        message.options["iii_outcome"] = dead(
+            self.broker.dead_letter_queue(message.options.get("topic", "")),
+            describe(exc) if exc else "rejected",
+            attempts=attempts_of(message),
+            fanin="dead",
+        )
         self.ack(message)
 
     def _undecided(self, message: MessageProxy, exc: BaseException) -> DeadDecision:
@@ -246,23 +301,45 @@ class IIIConsumer(Consumer):
             tb = ""
         error = f"{describe(exc)} (no retry decision could be made for it)"
         log.error("dead-lettering %s on %s: %s", message.message_id, self.queue_name, error)
-        return dead(self.broker.dead_letter_queue(message.options.get("topic", "")), error, traceback=tb,
-                    attempts=attempts_of(message))
+        return dead(
+            self.broker.dead_letter_queue(message.options.get("topic", "")), error, traceback=tb, attempts=attempts_of(message)
+        )
 
     def _retry(self, message: MessageProxy, delay_ms: int) -> None:
         base = q_name(self.queue_name)
         options = {k: v for k, v in message.options.items() if k not in ("iii_outcome", "eta")}
         options.update(redis_message_id=str(uuid.uuid4()), due_ms=now_ms() + int(delay_ms))
-        new: Message[Any] = Message(queue_name=base, actor_name=message.actor_name, args=message.args, kwargs=message.kwargs,
-                      options=options, message_id=message.message_id, message_timestamp=message.message_timestamp)
-        args = [self.broker.namespace, self.queue_name, self.broker.broker_id, message.options["redis_message_id"],
-                base, options["redis_message_id"], new.encode(), int(delay_ms)]
-        self.broker.transition(lambda ev: self.broker.iii_scripts.move(args=[*args, ev]), getattr(message, "iii_event", None),
-                               message=message)
+        new: Message[Any] = Message(
+            queue_name=base,
+            actor_name=message.actor_name,
+            args=message.args,
+            kwargs=message.kwargs,
+            options=options,
+            message_id=message.message_id,
+            message_timestamp=message.message_timestamp,
+        )
+        args = [
+            self.broker.namespace,
+            self.queue_name,
+            self.broker.broker_id,
+            message.options["redis_message_id"],
+            base,
+            options["redis_message_id"],
+            new.encode(),
+            int(delay_ms),
+        ]
+        self.broker.transition(
+            lambda ev: self.broker.iii_scripts.move(args=[*args, ev]), getattr(message, "iii_event", None), message=message
+        )
 
     def _dead(self, message: Message[Any] | MessageProxy, decision: DeadDecision) -> None:
-        self.broker.dead_letter(self.queue_name, message, entry_for(message, decision), outcome=decision["fanin"],
-                                deliveries=decision.get("deliveries"))
+        self.broker.dead_letter(
+            self.queue_name,
+            message,
+            entry_for(message, decision),
+            outcome=decision["fanin"],
+            deliveries=decision.get("deliveries"),
+        )
 
     def requeue(self, messages: Any) -> None:
         """Give back messages Dramatiq fetched but never ran (a stop): not a delivery."""
@@ -319,7 +396,9 @@ class IIIConsumer(Consumer):
                     if self.prefetch - self.outstanding_message_count < self.fetch_min:
                         self.slot_freed.wait(self.block_s)
                     return None
-                flat = self.broker.iii_scripts.fetch(args=[self.broker.namespace, self.queue_name, self.broker.broker_id, want, *self.higher])
+                flat = self.broker.iii_scripts.fetch(
+                    args=[self.broker.namespace, self.queue_name, self.broker.broker_id, want, *self.higher]
+                )
                 if flat == -1:  # a higher-priority backlog goes first
                     time.sleep(YIELD_POLL_S)
                     return None
@@ -334,15 +413,27 @@ class IIIConsumer(Consumer):
 
     def _poisoned(self, message: Message, deliveries: int) -> None:
         """Dead-letter, unrun, a message that keeps killing (or hanging) the workers that take it."""
-        error = (f"delivered {deliveries} times without finishing: it crashed or hung its worker each time "
-                 f"(limit {deliveries - 1}, queues.<topic>.max_deliveries)")
+        error = (
+            f"delivered {deliveries} times without finishing: it crashed or hung its worker each time "
+            f"(limit {deliveries - 1}, queues.<topic>.max_deliveries)"
+        )
         log.error("dead-lettering %s on %s: %s", message.message_id, self.queue_name, error)
-        self._dead(message, dead(self.broker.dead_letter_queue(message.options.get("topic", "")), error,
-                                 attempts=attempts_of(message), fanin="dead", deliveries=deliveries))
+        self._dead(
+            message,
+            dead(
+                self.broker.dead_letter_queue(message.options.get("topic", "")),
+                error,
+                attempts=attempts_of(message),
+                fanin="dead",
+                deliveries=deliveries,
+            ),
+        )
 
     def _quarantine(self, rid: str, data: bytes, exc: BaseException) -> None:
         log.error("quarantined undecodable message %s on %s: %s", rid, self.queue_name, exc)
-        fake: Message[Any] = Message(queue_name=self.queue_name, actor_name="", args=(), kwargs={}, options={"redis_message_id": rid})
+        fake: Message[Any] = Message(
+            queue_name=self.queue_name, actor_name="", args=(), kwargs={}, options={"redis_message_id": rid}
+        )
         self.broker.dead_letter(self.queue_name, fake, undecodable_entry(self.queue_name, rid, data, exc))
 
 
@@ -355,4 +446,4 @@ def _higher_queues(queue_name: str) -> list[str]:
     if priority not in PRIORITIES:
         return []
     sub = Subscription(topic, step)
-    return [sub.queue(p) for p in PRIORITIES[:PRIORITIES.index(priority)]]
+    return [sub.queue(p) for p in PRIORITIES[: PRIORITIES.index(priority)]]

@@ -38,8 +38,9 @@ class DeadDecision(TypedDict):
     deliveries: NotRequired[int]
 
 
-def dead(dlq: str, error: str, *, attempts: int, traceback: str = "", fanin: FaninOutcome = "failed",
-         deliveries: int | None = None) -> DeadDecision:
+def dead(
+    dlq: str, error: str, *, attempts: int, traceback: str = "", fanin: FaninOutcome = "failed", deliveries: int | None = None
+) -> DeadDecision:
     decision = DeadDecision(kind="dead", dlq=dlq, error=error, traceback=traceback, attempts=attempts, fanin=fanin)
     if deliveries is not None:
         decision["deliveries"] = deliveries
@@ -77,10 +78,20 @@ def entry_for(message: Any, decision: DeadDecision) -> DeadLetter:
     original = dict(message.asdict())
     original["options"] = {k: v for k, v in opts.items() if k not in ("iii_outcome", "redis_message_id", "eta")}
     return DeadLetter(
-        id=message.message_id, dlq=decision["dlq"], error=decision["error"], traceback=decision["traceback"],
-        topic=opts.get("topic", topic), step=step, queue=q_name(message.queue_name), message_id=message.message_id,
-        trace_id=opts.get("trace_id", ""), data=message.args[0] if message.args else None, attempts=decision["attempts"],
-        first_failure_ms=opts.get("first_failure_ms", now), last_failure_ms=now, priority=opts.get("priority", "normal"),
+        id=message.message_id,
+        dlq=decision["dlq"],
+        error=decision["error"],
+        traceback=decision["traceback"],
+        topic=opts.get("topic", topic),
+        step=step,
+        queue=q_name(message.queue_name),
+        message_id=message.message_id,
+        trace_id=opts.get("trace_id", ""),
+        data=message.args[0] if message.args else None,
+        attempts=decision["attempts"],
+        first_failure_ms=opts.get("first_failure_ms", now),
+        last_failure_ms=now,
+        priority=opts.get("priority", "normal"),
         message=original,
     )
 
@@ -94,8 +105,15 @@ def undecodable_entry(queue_name: str, rid: str, data: bytes, exc: BaseException
         pass
     now = now_ms()
     return DeadLetter(
-        id=f"undecodable-{rid}", dlq="quarantine", error=f"undecodable message: {type(exc).__name__}: {exc}",
-        topic=topic, step=step, queue=queue_name, attempts=0, first_failure_ms=now, last_failure_ms=now,
+        id=f"undecodable-{rid}",
+        dlq="quarantine",
+        error=f"undecodable message: {type(exc).__name__}: {exc}",
+        topic=topic,
+        step=step,
+        queue=queue_name,
+        attempts=0,
+        first_failure_ms=now,
+        last_failure_ms=now,
         raw=data.decode("utf-8", errors="replace")[:65536],
     )
 
@@ -108,5 +126,14 @@ def dead_lettered(emitter: Any, entry: DeadLetter, *, deliveries: int | None = N
     if deliveries is not None:
         data["deliveries"] = deliveries
     where = {"trace_id": entry.trace_id} if entry.trace_id else {}
-    return emitter.make("message.dead_lettered", **where, message_id=entry.message_id, step=entry.step, topic=entry.topic,
-                        queue=entry.queue, attempt=entry.attempts or None, error=entry.error, data=data)
+    return emitter.make(
+        "message.dead_lettered",
+        **where,
+        message_id=entry.message_id,
+        step=entry.step,
+        topic=entry.topic,
+        queue=entry.queue,
+        attempt=entry.attempts or None,
+        error=entry.error,
+        data=data,
+    )

@@ -116,7 +116,16 @@ def migrate_legacy_delay_queues(client: redis.Redis, keys: Keys) -> int:
                 msg["queue_name"] = queue
             except (ValueError, KeyError, TypeError):
                 continue  # not ours to read; left where it is
-            moved += int(move(keys=[dq, keys.queue_bodies(keys.legacy_delay_name(queue)), keys.queue_bodies(queue),
-                                    keys.queue_delayed(queue), keys.delayed_index],
-                              args=[rid, json.dumps(msg, separators=(",", ":")), eta, queue]))
+            moved += int(
+                move(
+                    keys=[
+                        dq,
+                        keys.queue_bodies(keys.legacy_delay_name(queue)),
+                        keys.queue_bodies(queue),
+                        keys.queue_delayed(queue),
+                        keys.delayed_index,
+                    ],
+                    args=[rid, json.dumps(msg, separators=(",", ":")), eta, queue],
+                )
+            )
     return moved

@@ -16,4 +16,5 @@ class PayloadTooLarge(EnqueueError):
         self.topic, self.size, self.limit = topic, size, limit
         super().__init__(
             f"message for topic {topic!r} is {size} bytes encoded, over queues.{topic}.max_payload_bytes ({limit}): "
-            "store large data with ctx.blobs.put(...) and enqueue the ref it returns")
+            "store large data with ctx.blobs.put(...) and enqueue the ref it returns"
+        )

@@ -24,8 +24,17 @@ GROUP_MAX = 100_000
 RESULT_MARK = "__III_GROUP_RESULT__"
 
 
-def build_group(builder: Any, topic: str, items: Any, *, then: str, group_id: str | None, trace_id: str,
-                priority: str | list[str | None] | None, source: str | None) -> tuple[str, list[Any], list[Any], dict[str, Any]]:
+def build_group(
+    builder: Any,
+    topic: str,
+    items: Any,
+    *,
+    then: str,
+    group_id: str | None,
+    trace_id: str,
+    priority: str | list[str | None] | None,
+    source: str | None,
+) -> tuple[str, list[Any], list[Any], dict[str, Any]]:
     """A fan-in group: ``(id, the children's script triples, their events, the script's X with the record)``.
 
     ``priority`` is one priority for every child or a list of one per item, so
@@ -47,27 +56,52 @@ def build_group(builder: Any, topic: str, items: Any, *, then: str, group_id: st
     gid = uuid.uuid4().hex if group_id is None else group_id
     if not isinstance(gid, str) or not GROUP_ID.fullmatch(gid):
         raise EnqueueError(f"group_id must be 1 to 128 of A-Z a-z 0-9 _ . : -, not {gid!r}")
-    done, c_copies, c_prio = builder.build(then, RESULT_MARK, trace_id=trace_id, priority=None, delay_ms=0, source=source,
-                                           options={"group_of": gid})
+    done, c_copies, c_prio = builder.build(
+        then, RESULT_MARK, trace_id=trace_id, priority=None, delay_ms=0, source=source, options={"group_of": gid}
+    )
     if not c_copies:
         raise EnqueueError(f"no step subscribes to the completion topic {then!r}")
     triples: list[Any] = []
     events: list[Any] = []
     ids: list[str] = []
     for item, item_priority in zip(items, priorities):
-        t, copies, prio = builder.build(topic, item, trace_id=trace_id, priority=item_priority, delay_ms=0, source=source,
-                                        options={"iii_group": gid})
+        t, copies, prio = builder.build(
+            topic, item, trace_id=trace_id, priority=item_priority, delay_ms=0, source=source, options={"iii_group": gid}
+        )
         triples.extend(t)
         events.extend(builder.events(topic, item, copies, prio, 0, source, trace_id, group=gid))
         ids.extend(m.message_id for _, m in copies)
     c_events = builder.events(then, RESULT_MARK, c_copies, c_prio, 0, source, trace_id)
     stream = builder.emitter.stream
     ev = json.loads(stream.payload((), c_events)) if stream is not None else {"s": [], "st": [[], [], []]}
-    fields: list[Any] = ["id", gid, "topic", topic, "then", then, "trace_id", trace_id, "created_ms", now_ms(),
-                         "total", len(ids), "pending", len(ids), "ok", 0, "failed", 0, "dead", 0,
-                         "ids", json.dumps(ids),
-                         "done", json.dumps([[done[i], done[i + 1], done[i + 2].decode()] for i in range(0, len(done), 3)]),
-                         "ev", json.dumps({"s": ev["s"], "st": ev["st"]})]
+    fields: list[Any] = [
+        "id",
+        gid,
+        "topic",
+        topic,
+        "then",
+        then,
+        "trace_id",
+        trace_id,
+        "created_ms",
+        now_ms(),
+        "total",
+        len(ids),
+        "pending",
+        len(ids),
+        "ok",
+        0,
+        "failed",
+        0,
+        "dead",
+        0,
+        "ids",
+        json.dumps(ids),
+        "done",
+        json.dumps([[done[i], done[i + 1], done[i + 2].decode()] for i in range(0, len(done), 3)]),
+        "ev",
+        json.dumps({"s": ev["s"], "st": ev["st"]}),
+    ]
     for mid in ids:
         fields.extend([f"c:{mid}", "pending"])
     return gid, triples, events, {"g": {"key": builder.keys.group(gid), "fields": fields}}

@@ -61,14 +61,21 @@ class LifecycleEvents(dramatiq.Middleware):
         # Its settle writes only after this (an upper bound: another thread may have put one since).
         message.iii_seq = self.emitter.seq
 
-    def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None) -> None:
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
         t0 = self._started.pop(message.message_id, None)
         duration = round((time.perf_counter() - t0) * 1000, 3) if t0 is not None else None
         if exception is None:
             message.iii_event = self.emitter.make("message.processed", duration_ms=duration, **_where(message))
         else:
-            self.emitter.emit("message.failed", duration_ms=duration, error=describe(exception),
-                              data=MessageFailed(traceback=user_traceback(exception)[-8000:]), **_where(message))
+            self.emitter.emit(
+                "message.failed",
+                duration_ms=duration,
+                error=describe(exception),
+                data=MessageFailed(traceback=user_traceback(exception)[-8000:]),
+                **_where(message),
+            )
             message.iii_seq = self.emitter.seq
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
@@ -82,7 +89,9 @@ class RetryPolicy(dramatiq.Middleware):
         self.config = config
         self.emitter = emitter
 
-    def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None) -> None:
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
         if exception is None:
             return
         opts = message.options
@@ -95,8 +104,12 @@ class RetryPolicy(dramatiq.Middleware):
             delay = exception.delay_ms()
             opts["deferrals"] = int(opts.get("deferrals", 0) or 0) + 1
             opts["iii_outcome"] = {"kind": "retry", "delay_ms": delay}
-            message.iii_event = self.emitter.make("message.retrying", **where, error=describe(exception),
-                                                  data=MessageRetrying(delay_ms=delay, retry_after=True, counts=False))
+            message.iii_event = self.emitter.make(
+                "message.retrying",
+                **where,
+                error=describe(exception),
+                data=MessageRetrying(delay_ms=delay, retry_after=True, counts=False),
+            )
             return
         if retries < strategy.max_retries and not non_retryable(exception):
             if isinstance(exception, Retry):
@@ -107,8 +120,9 @@ class RetryPolicy(dramatiq.Middleware):
                 data = MessageRetrying(delay_ms=delay)
             opts["retries"] = retries + 1
             opts["iii_outcome"] = {"kind": "retry", "delay_ms": delay}
-            message.iii_event = self.emitter.make("message.retrying", **{**where, "attempt": retries + 2},
-                                                  error=describe(exception), data=data)
+            message.iii_event = self.emitter.make(
+                "message.retrying", **{**where, "attempt": retries + 2}, error=describe(exception), data=data
+            )
             return
         from pydantic import ValidationError
 
@@ -117,5 +131,10 @@ class RetryPolicy(dramatiq.Middleware):
         # For a fan-in group: invalid input never ran to a result ("dead"); anything else failed.
         invalid = isinstance(exception, (ValidationError, InvalidInput))
         # Carried out by the consumer's settle (``IIIBroker.dead_letter``), which writes the entry and its event.
-        opts["iii_outcome"] = dead(strategy.dead_letter_queue, describe(exception), traceback=user_traceback(exception),
-                                   attempts=retries + 1, fanin="dead" if invalid else "failed")
+        opts["iii_outcome"] = dead(
+            strategy.dead_letter_queue,
+            describe(exception),
+            traceback=user_traceback(exception),
+            attempts=retries + 1,
+            fanin="dead" if invalid else "failed",
+        )

@@ -89,20 +89,53 @@ class _Builder:
             args.extend([queue, opts["redis_message_id"], encoded])
             copies.append((sub, msg))
         if parent is not None:
-            spans.event("enqueue", **{"iii.topic": topic, "iii.priority": prio, "iii.delay_ms": delay_ms,
-                                      "messaging.message.id": [m.message_id for _, m in copies]})
+            spans.event(
+                "enqueue",
+                **{
+                    "iii.topic": topic,
+                    "iii.priority": prio,
+                    "iii.delay_ms": delay_ms,
+                    "messaging.message.id": [m.message_id for _, m in copies],
+                },
+            )
         return args, copies, prio
 
-    def events(self, topic: str, data: Any, copies: list[tuple[Subscription, Message]], prio: str, delay_ms: int,
-               source: str | None, trace_id: str, group: str | None = None) -> list[Any]:
+    def events(
+        self,
+        topic: str,
+        data: Any,
+        copies: list[tuple[Subscription, Message]],
+        prio: str,
+        delay_ms: int,
+        source: str | None,
+        trace_id: str,
+        group: str | None = None,
+    ) -> list[Any]:
         """The copies' ``message.enqueued`` events, written by the enqueue script itself."""
         if not copies:
-            self.emitter.emit("log", trace_id=trace_id, step=source, topic=topic,
-                              data={"level": "warning", "message": f"no step subscribes to topic {topic!r}; message dropped"})
+            self.emitter.emit(
+                "log",
+                trace_id=trace_id,
+                step=source,
+                topic=topic,
+                data={"level": "warning", "message": f"no step subscribes to topic {topic!r}; message dropped"},
+            )
         return [
-            self.emitter.make("message.enqueued", trace_id=trace_id, message_id=msg.message_id, step=sub.step, topic=topic,
-                              queue=sub.queue(prio), data={"payload": data, "priority": prio, "delay_ms": delay_ms, "source": source,
-                                                           **({"group_id": group} if group else {})})
+            self.emitter.make(
+                "message.enqueued",
+                trace_id=trace_id,
+                message_id=msg.message_id,
+                step=sub.step,
+                topic=topic,
+                queue=sub.queue(prio),
+                data={
+                    "payload": data,
+                    "priority": prio,
+                    "delay_ms": delay_ms,
+                    "source": source,
+                    **({"group_id": group} if group else {}),
+                },
+            )
             for sub, msg in copies
         ]
 
@@ -118,15 +151,29 @@ def _dedup_extras(builder: _Builder, topic: str, key: str, ids: list[str], trace
     x: dict[str, Any] = {"v": json.dumps(ids, separators=(",", ":"))}
     stream = builder.emitter.stream
     if stream is not None:
-        ev = builder.emitter.make("message.deduplicated", trace_id=trace_id, step=source, topic=topic,
-                                  data={"dedup_key": key, "message_ids": "__III_IDS__"})
+        ev = builder.emitter.make(
+            "message.deduplicated",
+            trace_id=trace_id,
+            step=source,
+            topic=topic,
+            data={"dedup_key": key, "message_ids": "__III_IDS__"},
+        )
         x["dev"] = [ev.flat()]
         x["dst"] = json.loads(stream.payload((), [ev]))["st"]  # its counter
     return x
 
 
-def _script_args(ns: str, triples: list[Any], *, once: str | None, once_ttl_ms: int, delay_ms: int, events: Any,
-                 floor: tuple[str, int, str] | None, extras: dict[str, Any] | None = None) -> list[Any]:
+def _script_args(
+    ns: str,
+    triples: list[Any],
+    *,
+    once: str | None,
+    once_ttl_ms: int,
+    delay_ms: int,
+    events: Any,
+    floor: tuple[str, int, str] | None,
+    extras: dict[str, Any] | None = None,
+) -> list[Any]:
     f_key, f_ms, f_json = floor or ("", 0, "")
     x = json.dumps(extras, separators=(",", ":")) if extras else ""
     return [ns, once or "", once_ttl_ms, delay_ms, events, f_key, f_ms, f_json, x, *triples]
@@ -146,12 +193,25 @@ class Producer(_Builder):
         super().__init__(keys, config, subscriptions, emitter)
         self.scripts = Scripts(client)
 
-    def enqueue(self, topic: str, data: Any, *, trace_id: str, priority: str | None = None, delay_ms: int = 0,
-                source: str | None = None, once: str | None = None, once_ttl_ms: int = 86_400_000,
-                options: dict[str, Any] | None = None, floor: tuple[str, int, str] | None = None,
-                dedup_key: str | None = None, dedup_ttl_ms: int = DEDUP_TTL_MS,
-                extras: dict[str, Any] | None = None, limit_size: bool = True,
-                announce: Callable[[list[str]], list[Any]] | None = None) -> list[str] | None:
+    def enqueue(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        trace_id: str,
+        priority: str | None = None,
+        delay_ms: int = 0,
+        source: str | None = None,
+        once: str | None = None,
+        once_ttl_ms: int = 86_400_000,
+        options: dict[str, Any] | None = None,
+        floor: tuple[str, int, str] | None = None,
+        dedup_key: str | None = None,
+        dedup_ttl_ms: int = DEDUP_TTL_MS,
+        extras: dict[str, Any] | None = None,
+        limit_size: bool = True,
+        announce: Callable[[list[str]], list[Any]] | None = None,
+    ) -> list[str] | None:
         """Returns the message ids, or ``None`` when ``once`` was already used (or ``floor`` refused it).
 
         ``floor`` is ``(key, ms, json)``: enqueue only if ``key`` records no
@@ -162,8 +222,16 @@ class Producer(_Builder):
         enqueue script writes with the messages' own, only if it enqueues them
         (a cron tick's ``cron.fired``).
         """
-        triples, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source,
-                                           options=options, limit_size=limit_size)
+        triples, copies, prio = self.build(
+            topic,
+            data,
+            trace_id=trace_id,
+            priority=priority,
+            delay_ms=delay_ms,
+            source=source,
+            options=options,
+            limit_size=limit_size,
+        )
         ids = [m.message_id for _, m in copies]
         extras = dict(extras or {})
         if dedup_key is not None:
@@ -175,47 +243,88 @@ class Producer(_Builder):
             events += announce(ids)
         if copies or once or floor:
             ns = self.keys.dramatiq_namespace
-            n = self.emitter.transition(lambda ev: self.scripts.enqueue(args=_script_args(
-                ns, triples, once=once, once_ttl_ms=once_ttl_ms, delay_ms=delay_ms, events=ev, floor=floor, extras=extras)), *events)
+            n = self.emitter.transition(
+                lambda ev: self.scripts.enqueue(
+                    args=_script_args(
+                        ns, triples, once=once, once_ttl_ms=once_ttl_ms, delay_ms=delay_ms, events=ev, floor=floor, extras=extras
+                    )
+                ),
+                *events,
+            )
             if isinstance(n, (bytes, str)):  # a dedup hit: the first enqueue's ids
                 return list(json.loads(n))
             if n == 0 and (once or floor) and dedup_key is None:
                 return None
         return ids
 
-
-    def enqueue_group(self, topic: str, items: Any, *, then: str, trace_id: str, group_id: str | None = None,
-                      priority: str | list[str | None] | None = None, source: str | None = None) -> str:
+    def enqueue_group(
+        self,
+        topic: str,
+        items: Any,
+        *,
+        then: str,
+        trace_id: str,
+        group_id: str | None = None,
+        priority: str | list[str | None] | None = None,
+        source: str | None = None,
+    ) -> str:
         """Enqueue one child per item to ``topic`` and, once every child is settled, one message to ``then``.
 
         Returns the group id. A group id used before (within 24 h) enqueues nothing again.
         """
-        gid, triples, events, extras = build_group(self, topic, items, then=then, group_id=group_id, trace_id=trace_id,
-                                                   priority=priority, source=source)
+        gid, triples, events, extras = build_group(
+            self, topic, items, then=then, group_id=group_id, trace_id=trace_id, priority=priority, source=source
+        )
         once = self.keys.once(f"group:{gid}")
         if not triples:  # no child at all: the group is complete now
             self.enqueue(then, empty_result(gid), trace_id=trace_id, source=source, once=once, options={"group_of": gid})
             return gid
         ns = self.keys.dramatiq_namespace
-        self.emitter.transition(lambda ev: self.scripts.enqueue(args=_script_args(
-            ns, triples, once=once, once_ttl_ms=86_400_000, delay_ms=0, events=ev, floor=None, extras=extras)), *events)
+        self.emitter.transition(
+            lambda ev: self.scripts.enqueue(
+                args=_script_args(
+                    ns, triples, once=once, once_ttl_ms=86_400_000, delay_ms=0, events=ev, floor=None, extras=extras
+                )
+            ),
+            *events,
+        )
         return gid
 
 
 class AsyncProducer(_Builder):
     """The same for the HTTP server and ``async def`` handlers."""
 
-    def __init__(self, client: aredis.Redis, keys: Keys, config: Config, subscriptions: Subscriptions, emitter: Emitter,
-                 *, autopipe: Any = None):
+    def __init__(
+        self,
+        client: aredis.Redis,
+        keys: Keys,
+        config: Config,
+        subscriptions: Subscriptions,
+        emitter: Emitter,
+        *,
+        autopipe: Any = None,
+    ):
         super().__init__(keys, config, subscriptions, emitter)
         #: With an AutoPipeline, concurrent enqueues share round trips.
         self._enqueue = autopipe.script(SOURCES["enqueue"]) if autopipe is not None else Scripts(client).enqueue
 
-    async def enqueue(self, topic: str, data: Any, *, trace_id: str, priority: str | None = None, delay_ms: int = 0,
-                      source: str | None = None, options: dict[str, Any] | None = None,
-                      dedup_key: str | None = None, dedup_ttl_ms: int = DEDUP_TTL_MS,
-                      extras: dict[str, Any] | None = None) -> list[str]:
-        triples, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source, options=options)
+    async def enqueue(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        trace_id: str,
+        priority: str | None = None,
+        delay_ms: int = 0,
+        source: str | None = None,
+        options: dict[str, Any] | None = None,
+        dedup_key: str | None = None,
+        dedup_ttl_ms: int = DEDUP_TTL_MS,
+        extras: dict[str, Any] | None = None,
+    ) -> list[str]:
+        triples, copies, prio = self.build(
+            topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source, options=options
+        )
         ids = [m.message_id for _, m in copies]
         once, extras = None, dict(extras or {})
         if dedup_key is not None:
@@ -229,26 +338,56 @@ class AsyncProducer(_Builder):
             # may land after the message's ``message.enqueued``.
             stream = self.emitter.stream
             ev = stream.payload((), events) if stream is not None else ""
-            n = await self._enqueue(args=_script_args(self.keys.dramatiq_namespace, triples, once=once, once_ttl_ms=dedup_ttl_ms,
-                                                      delay_ms=delay_ms, events=ev, floor=None, extras=extras))
+            n = await self._enqueue(
+                args=_script_args(
+                    self.keys.dramatiq_namespace,
+                    triples,
+                    once=once,
+                    once_ttl_ms=dedup_ttl_ms,
+                    delay_ms=delay_ms,
+                    events=ev,
+                    floor=None,
+                    extras=extras,
+                )
+            )
             if isinstance(n, (bytes, str)):
                 return list(json.loads(n))
         return ids
 
-
-    async def enqueue_group(self, topic: str, items: Any, *, then: str, trace_id: str, group_id: str | None = None,
-                            priority: str | list[str | None] | None = None, source: str | None = None) -> str:
-        gid, triples, events, extras = build_group(self, topic, items, then=then, group_id=group_id, trace_id=trace_id,
-                                                   priority=priority, source=source)
+    async def enqueue_group(
+        self,
+        topic: str,
+        items: Any,
+        *,
+        then: str,
+        trace_id: str,
+        group_id: str | None = None,
+        priority: str | list[str | None] | None = None,
+        source: str | None = None,
+    ) -> str:
+        gid, triples, events, extras = build_group(
+            self, topic, items, then=then, group_id=group_id, trace_id=trace_id, priority=priority, source=source
+        )
         once = self.keys.once(f"group:{gid}")
         if not triples:
-            triples, copies, prio = self.build(then, empty_result(gid), trace_id=trace_id, priority=None, delay_ms=0,
-                                               source=source, options={"group_of": gid})
+            triples, copies, prio = self.build(
+                then, empty_result(gid), trace_id=trace_id, priority=None, delay_ms=0, source=source, options={"group_of": gid}
+            )
             events, extras = self.events(then, empty_result(gid), copies, prio, 0, source, trace_id), {}
         stream = self.emitter.stream
         ev = stream.payload((), events) if stream is not None else ""
-        await self._enqueue(args=_script_args(self.keys.dramatiq_namespace, triples, once=once, once_ttl_ms=86_400_000,
-                                              delay_ms=0, events=ev, floor=None, extras=extras))
+        await self._enqueue(
+            args=_script_args(
+                self.keys.dramatiq_namespace,
+                triples,
+                once=once,
+                once_ttl_ms=86_400_000,
+                delay_ms=0,
+                events=ev,
+                floor=None,
+                extras=extras,
+            )
+        )
         return gid
 
 

@@ -75,15 +75,31 @@ def localize(message: Message, queue_name: str) -> Message:
     ids = options.pop("iii_ids", None)
     topic, step, priority = parse_queue(queue_name)
     mid = ids.get(step) if isinstance(ids, dict) else None
-    return Message(queue_name=queue_name, actor_name=Subscription(topic, step).actor(priority), args=message.args,
-                   kwargs=message.kwargs, options=options, message_id=mid or message.message_id,
-                   message_timestamp=message.message_timestamp)
+    return Message(
+        queue_name=queue_name,
+        actor_name=Subscription(topic, step).actor(priority),
+        args=message.args,
+        kwargs=message.kwargs,
+        options=options,
+        message_id=mid or message.message_id,
+        message_timestamp=message.message_timestamp,
+    )
 
 
 class RabbitBroker(RabbitmqBroker):
-    def __init__(self, *, url: str, prefix: str, client: redis.Redis, keys: Keys, exchange_topics: dict[str, str],
-                 emitter: Any = None, middleware: list[Any] | None = None, max_deliveries: Callable[[str], int] | None = None,
-                 dead_letter_queue: Callable[[str], str] | None = None):
+    def __init__(
+        self,
+        *,
+        url: str,
+        prefix: str,
+        client: redis.Redis,
+        keys: Keys,
+        exchange_topics: dict[str, str],
+        emitter: Any = None,
+        middleware: list[Any] | None = None,
+        max_deliveries: Callable[[str], int] | None = None,
+        dead_letter_queue: Callable[[str], str] | None = None,
+    ):
         super().__init__(url=url, middleware=middleware, confirm_delivery=True)
         self.parameters = parameters(url)
         self.client = client
@@ -226,10 +242,18 @@ class RabbitBroker(RabbitmqBroker):
         except Exception as exc:
             now = now_ms()
             digest = hashlib.sha256(body).hexdigest()[:16]
-            entry = DeadLetter(id=f"undecodable-{digest}-{uuid.uuid4().hex[:8]}", dlq="quarantine",
-                               error=f"undecodable message: {type(exc).__name__}: {exc}", topic=topic, step=step,
-                               queue=queue_name, attempts=0, first_failure_ms=now, last_failure_ms=now,
-                               raw=body.decode("utf-8", errors="replace")[:65536])
+            entry = DeadLetter(
+                id=f"undecodable-{digest}-{uuid.uuid4().hex[:8]}",
+                dlq="quarantine",
+                error=f"undecodable message: {type(exc).__name__}: {exc}",
+                topic=topic,
+                step=step,
+                queue=queue_name,
+                attempts=0,
+                first_failure_ms=now,
+                last_failure_ms=now,
+                raw=body.decode("utf-8", errors="replace")[:65536],
+            )
             log.error("quarantined undecodable message on %s: %s", queue_name, exc)
             self.store_dead_letter(entry, self.dead_event(entry))
             return
@@ -237,11 +261,15 @@ class RabbitBroker(RabbitmqBroker):
         deliveries: int | None = None
         if reason == "delivery_limit":
             deliveries = self.max_deliveries(topic_cfg)
-            error = (f"delivered {deliveries} times without finishing: it crashed or hung its worker each time "
-                     f"(queues.<topic>.max_deliveries = {deliveries})")
+            error = (
+                f"delivered {deliveries} times without finishing: it crashed or hung its worker each time "
+                f"(queues.<topic>.max_deliveries = {deliveries})"
+            )
         else:
             error = f"dead-lettered by RabbitMQ ({reason})"
-        decision = dead(self.dead_letter_queue(topic_cfg), error, attempts=attempts_of(message), fanin="dead", deliveries=deliveries)
+        decision = dead(
+            self.dead_letter_queue(topic_cfg), error, attempts=attempts_of(message), fanin="dead", deliveries=deliveries
+        )
         entry = entry_for(message, decision)
         log.error("dead-lettering %s on %s: %s", message.message_id, queue_name, error)
         self.store_dead_letter(entry, self.dead_event(entry, deliveries=deliveries))
@@ -312,8 +340,13 @@ class RabbitConsumer(Consumer):
                 # A second copy of a once-only message (its producer published, then lost the claim): run once.
                 self.channel.basic_ack(tag)
                 if self.broker.emitter is not None:
-                    self.broker.emitter.emit("log", message_id=message.message_id, topic=message.options.get("topic"), step=step,
-                                             data={"level": "info", "message": f"skipped a second copy of once-only message ({run_key})"})
+                    self.broker.emitter.emit(
+                        "log",
+                        message_id=message.message_id,
+                        topic=message.options.get("topic"),
+                        step=step,
+                        data={"level": "info", "message": f"skipped a second copy of once-only message ({run_key})"},
+                    )
                 return None
         proxy = MessageProxy(message)
         proxy._tag = tag  # type: ignore[attr-defined]  # ours, on Dramatiq's proxy: the delivery to ack
@@ -344,8 +377,15 @@ class RabbitConsumer(Consumer):
                 # The delayed copy is confirmed before the original is acked: a crash in
                 # between runs it twice, never zero times.
                 options = {k: v for k, v in message.options.items() if k not in ("iii_outcome", "eta")}
-                new: Message[Any] = Message(queue_name=self.queue_name, actor_name=message.actor_name, args=message.args, kwargs=message.kwargs,
-                              options=options, message_id=message.message_id, message_timestamp=message.message_timestamp)
+                new: Message[Any] = Message(
+                    queue_name=self.queue_name,
+                    actor_name=message.actor_name,
+                    args=message.args,
+                    kwargs=message.kwargs,
+                    options=options,
+                    message_id=message.message_id,
+                    message_timestamp=message.message_timestamp,
+                )
                 self.broker.publish_to_queue(self.queue_name, new.encode(), int(outcome["delay_ms"]))
             else:
                 decision: DeadDecision = outcome
@@ -361,8 +401,12 @@ class RabbitConsumer(Consumer):
     def nack(self, message: MessageProxy) -> None:
         # What Dramatiq cannot run at all (unknown actor, `throws`) goes to our dead-letter store.
         exc = getattr(message, "_exception", None)
-        message.options["iii_outcome"] = dead(self.broker.dead_letter_queue(message.options.get("topic", "")),
-                                              describe(exc) if exc else "rejected", attempts=attempts_of(message), fanin="dead")
+        message.options["iii_outcome"] = dead(
+            self.broker.dead_letter_queue(message.options.get("topic", "")),
+            describe(exc) if exc else "rejected",
+            attempts=attempts_of(message),
+            fanin="dead",
+        )
         self.ack(message)
 
     def requeue(self, messages: Any) -> None:

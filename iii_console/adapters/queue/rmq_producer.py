@@ -42,8 +42,16 @@ def topology_of(config: Config) -> Topology:
 
 
 class RabbitProducer(_Builder):
-    def __init__(self, client: redis.Redis, keys: Keys, config: Config, subscriptions: Subscriptions, emitter: Emitter,
-                 *, publisher: Publisher | None = None):
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        config: Config,
+        subscriptions: Subscriptions,
+        emitter: Emitter,
+        *,
+        publisher: Publisher | None = None,
+    ):
         super().__init__(keys, config, subscriptions, emitter)
         self.client = client
         self.scripts = Scripts(client)
@@ -61,33 +69,65 @@ class RabbitProducer(_Builder):
 
     def _publish(self, topic: str, copies: list[Any], prio: str, delay_ms: int, run_key: str | None) -> None:
         if delay_ms > 0:
-            declare = [*self._declares(topic), (("delay", delay_bucket(delay_ms)), lambda ch: self.topology.declare_delay(ch, delay_ms))]
+            declare = [
+                *self._declares(topic),
+                (("delay", delay_bucket(delay_ms)), lambda ch: self.topology.declare_delay(ch, delay_ms)),
+            ]
             for sub, msg in copies:
                 msg = msg.copy(options={"iii_run_key": run_key} if run_key else {})
                 msg.options.pop("redis_message_id", None)
-                self.publisher.publish(self.topology.delay(delay_ms), self.topology.queue(sub.queue(prio)), msg.encode(),
-                                       declare=declare)
+                self.publisher.publish(
+                    self.topology.delay(delay_ms), self.topology.queue(sub.queue(prio)), msg.encode(), declare=declare
+                )
             return
         first = copies[0][1]
         options = {k: v for k, v in first.options.items() if k != "redis_message_id"}
         options["iii_ids"] = {sub.step: m.message_id for sub, m in copies}
         if run_key:
             options["iii_run_key"] = run_key
-        body = Message(queue_name=topic, actor_name="", args=first.args, kwargs={}, options=options,
-                       message_id=first.message_id, message_timestamp=first.message_timestamp).encode()
+        body = Message(
+            queue_name=topic,
+            actor_name="",
+            args=first.args,
+            kwargs={},
+            options=options,
+            message_id=first.message_id,
+            message_timestamp=first.message_timestamp,
+        ).encode()
         self.publisher.publish(self.topology.exchange(topic), prio, body, declare=self._declares(topic))
 
-    def enqueue(self, topic: str, data: Any, *, trace_id: str, priority: str | None = None, delay_ms: int = 0,
-                source: str | None = None, once: str | None = None, once_ttl_ms: int = 86_400_000,
-                options: dict[str, Any] | None = None, floor: tuple[str, int, str] | None = None,
-                dedup_key: str | None = None, dedup_ttl_ms: int = DEDUP_TTL_MS,
-                extras: dict[str, Any] | None = None, limit_size: bool = True,
-                announce: Callable[[list[str]], list[Any]] | None = None) -> list[str] | None:
+    def enqueue(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        trace_id: str,
+        priority: str | None = None,
+        delay_ms: int = 0,
+        source: str | None = None,
+        once: str | None = None,
+        once_ttl_ms: int = 86_400_000,
+        options: dict[str, Any] | None = None,
+        floor: tuple[str, int, str] | None = None,
+        dedup_key: str | None = None,
+        dedup_ttl_ms: int = DEDUP_TTL_MS,
+        extras: dict[str, Any] | None = None,
+        limit_size: bool = True,
+        announce: Callable[[list[str]], list[Any]] | None = None,
+    ) -> list[str] | None:
         """The Redis producer's contract (``producer.Producer.enqueue``) on RabbitMQ."""
         if options and options.get("group_of") is not None:
             raise EnqueueError("fan-in groups (enqueue_group) need broker: redis")
-        _triples, copies, prio = self.build(topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source,
-                                           options=options, limit_size=limit_size)
+        _triples, copies, prio = self.build(
+            topic,
+            data,
+            trace_id=trace_id,
+            priority=priority,
+            delay_ms=delay_ms,
+            source=source,
+            options=options,
+            limit_size=limit_size,
+        )
         ids = [m.message_id for _, m in copies]
         extras = dict(extras or {})
         if dedup_key is not None:
@@ -114,8 +154,12 @@ class RabbitProducer(_Builder):
         if once:
             extras.setdefault("v", mark)
         ns = self.keys.dramatiq_namespace
-        n = self.emitter.transition(lambda ev: self.scripts.enqueue(args=_script_args(
-            ns, [], once=once, once_ttl_ms=once_ttl_ms, delay_ms=0, events=ev, floor=floor, extras=extras)), *events)
+        n = self.emitter.transition(
+            lambda ev: self.scripts.enqueue(
+                args=_script_args(ns, [], once=once, once_ttl_ms=once_ttl_ms, delay_ms=0, events=ev, floor=floor, extras=extras)
+            ),
+            *events,
+        )
         if isinstance(n, (bytes, str)):
             held = n.decode() if isinstance(n, bytes) else n
             if dedup_key is not None:
@@ -131,10 +175,13 @@ class RabbitProducer(_Builder):
         """topic -> messages ready in its subscriptions' queues (passive declares, after declaring what is missing)."""
         out: dict[str, int] = {}
         for topic in topics:
-            names = [self.topology.queue(s.queue(p)) for s in self.subscriptions.get(topic, []) for p in ("high", "normal", "low")]
+            names = [
+                self.topology.queue(s.queue(p)) for s in self.subscriptions.get(topic, []) for p in ("high", "normal", "low")
+            ]
             out[topic] = self.publisher.run(
                 lambda ch: sum(ch.queue_declare(q, passive=True).method.message_count for q in names),  # noqa: B023
-                declare=self._declares(topic))
+                declare=self._declares(topic),
+            )
         return out
 
 
@@ -193,14 +240,23 @@ class RabbitReplayer:
             topic = msg["options"].get("topic") or entry.topic or ""
             queue = str(entry.queue)
             declare = [(("queue", queue), lambda ch: self.topology.declare_subscription(ch, topic, [queue]))]
-            self.publisher.publish("", self.topology.queue(queue), json.dumps(msg, separators=(",", ":")).encode(), declare=declare)
+            self.publisher.publish(
+                "", self.topology.queue(queue), json.dumps(msg, separators=(",", ":")).encode(), declare=declare
+            )
         except Exception:
             if raw is not None:
                 self.client.hset(self.keys.dlq_entries(entry.dlq), entry.id, raw)
             raise
         self.client.zrem(self.keys.dlq(entry.dlq), entry.id)
-        self.emitter.emit("message.replayed", trace_id=entry.trace_id, message_id=msg["message_id"], step=entry.step,
-                          topic=entry.topic, queue=entry.queue, data={"replay_of": entry.id, "dlq": entry.dlq, "payload": entry.data})
+        self.emitter.emit(
+            "message.replayed",
+            trace_id=entry.trace_id,
+            message_id=msg["message_id"],
+            step=entry.step,
+            topic=entry.topic,
+            queue=entry.queue,
+            data={"replay_of": entry.id, "dlq": entry.dlq, "payload": entry.data},
+        )
         return str(msg["message_id"])
 
     def close(self) -> None:

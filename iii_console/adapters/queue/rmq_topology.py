@@ -128,9 +128,17 @@ class Topology:
         delay_ms = delay_bucket(delay_ms)
         name = self.delay(delay_ms)
         channel.exchange_declare(name, exchange_type="fanout", durable=True)
-        channel.queue_declare(name, durable=True, arguments={
-            "x-queue-type": "quorum", "x-message-ttl": int(delay_ms), "x-dead-letter-exchange": "",
-            "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+        channel.queue_declare(
+            name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-message-ttl": int(delay_ms),
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
         channel.queue_bind(name, name)
 
 
@@ -193,11 +201,18 @@ class Publisher:
             except AMQP_ERRORS as exc:
                 last = exc
                 self._drop()
-            time.sleep(min(0.1 * 2 ** attempt, 1.0))
+            time.sleep(min(0.1 * 2**attempt, 1.0))
         raise BrokerUnavailable(f"RabbitMQ: {type(last).__name__}: {last}") from None
 
-    def publish(self, exchange: str, routing_key: str, body: bytes, *, declare: Sequence[tuple[Any, Callable[[Any], object]]] = (),
-                headers: dict[str, Any] | None = None) -> None:
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        declare: Sequence[tuple[Any, Callable[[Any], object]]] = (),
+        headers: dict[str, Any] | None = None,
+    ) -> None:
         props = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=headers)
         self.run(lambda ch: ch.basic_publish(exchange, routing_key, body, properties=props, mandatory=True), declare=declare)
 

@@ -31,8 +31,17 @@ def worker_name(client: redis.Redis, keys: Keys, worker_id: str) -> str:
     return str(info.get("name") or "") if isinstance(info, dict) else ""
 
 
-def requeue_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: Emitter, worker_id: str, *,
-                   reason: str, by: str = "", name: str | None = None) -> int:
+def requeue_worker(
+    client: redis.Redis,
+    keys: Keys,
+    scripts: Scripts,
+    emitter: Emitter,
+    worker_id: str,
+    *,
+    reason: str,
+    by: str = "",
+    name: str | None = None,
+) -> int:
     """Return every message ``worker_id`` holds to the head of its queue; returns how many.
 
     The worker must be gone (or be the caller, giving up handlers it abandons):
@@ -46,7 +55,7 @@ def requeue_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: E
     events: Any = stream.payload((), ()) if stream is not None else ""
     n = 0
     for key in client.scan_iter(match=prefix + "*", count=1000):
-        queue = as_str(key)[len(prefix):]
+        queue = as_str(key)[len(prefix) :]
         n += int(scripts.requeue_dead(args=[ns, queue, worker_id, reason, by or emitter.worker, events, name]))
     return n
 
@@ -58,8 +67,17 @@ def forget_worker(client: redis.Redis, keys: Keys, worker_id: str) -> bool:
     return removed
 
 
-def reclaim_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: Emitter, worker_id: str, *, reason: str,
-                   report_once: bool = False, **event: Any) -> int:
+def reclaim_worker(
+    client: redis.Redis,
+    keys: Keys,
+    scripts: Scripts,
+    emitter: Emitter,
+    worker_id: str,
+    *,
+    reason: str,
+    report_once: bool = False,
+    **event: Any,
+) -> int:
     """Give back everything a gone worker held, forget it, and say so in ``worker.stopped``.
 
     With ``report_once`` (sweepers racing for the same dead worker) only the one
@@ -68,8 +86,9 @@ def reclaim_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: E
     name = worker_name(client, keys, worker_id)
     n = requeue_worker(client, keys, scripts, emitter, worker_id, reason=reason, name=name)
     if forget_worker(client, keys, worker_id) or not report_once:
-        emitter.emit("worker.stopped", data={"id": worker_id, **({"name": name} if name else {}), "reason": reason,
-                                             "requeued": n, **event})
+        emitter.emit(
+            "worker.stopped", data={"id": worker_id, **({"name": name} if name else {}), "reason": reason, "requeued": n, **event}
+        )
     return n
 
 
@@ -78,8 +97,9 @@ def recover_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: E
     return reclaim_worker(client, keys, scripts, emitter, worker_id, **{"reason": "crashed", **event})
 
 
-def sweep_dead_workers(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: Emitter, *, timeout_ms: int,
-                       self_id: str | None = None) -> int:
+def sweep_dead_workers(
+    client: redis.Redis, keys: Keys, scripts: Scripts, emitter: Emitter, *, timeout_ms: int, self_id: str | None = None
+) -> int:
     """Requeue every dead worker's in-flight messages; returns how many."""
     moved = 0
     for raw in scripts.sweep(args=[keys.worker_heartbeats, timeout_ms]):

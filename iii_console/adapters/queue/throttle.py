@@ -70,12 +70,20 @@ class Throttle(dramatiq.Middleware):
             _t, step, _p = parse_queue(message.queue_name)
         except ValueError:
             return
-        where = {"message_id": message.message_id, "trace_id": message.options.get("trace_id", ""), "step": step,
-                 "topic": topic, "queue": message.queue_name, "attempt": message.options.get("retries", 0) + 1}
+        where = {
+            "message_id": message.message_id,
+            "trace_id": message.options.get("trace_id", ""),
+            "step": step,
+            "topic": topic,
+            "queue": message.queue_name,
+            "attempt": message.options.get("retries", 0) + 1,
+        }
         value = key_value(message.args[0] if message.args else None, th.key)
         if value is None:
-            error = (f"throttle key {th.key!r} has no value in the message data (a string or number of 1 to 256 "
-                     f"characters is needed; queues.{topic}.throttle.key)")
+            error = (
+                f"throttle key {th.key!r} has no value in the message data (a string or number of 1 to 256 "
+                f"characters is needed; queues.{topic}.throttle.key)"
+            )
             message.options["iii_outcome"] = dead(strategy.dead_letter_queue, error, attempts=attempts_of(message), fanin="dead")
             raise SkipMessage(error)
         keys = broker.keys
@@ -83,9 +91,18 @@ class Throttle(dramatiq.Middleware):
         running = keys.throttle_running(topic, step, value) if strategy.concurrency_per_key else ""
         member = f"{broker.broker_id}|{message.message_id}"
         try:
-            verdict, wait = broker.iii_scripts.throttle(args=[
-                win, th.limit or 0, th.period_ms or 0, running, strategy.concurrency_per_key or 0, member,
-                keys.worker_heartbeats, int(self.config.workers.heartbeat_timeout * 1000)])
+            verdict, wait = broker.iii_scripts.throttle(
+                args=[
+                    win,
+                    th.limit or 0,
+                    th.period_ms or 0,
+                    running,
+                    strategy.concurrency_per_key or 0,
+                    member,
+                    keys.worker_heartbeats,
+                    int(self.config.workers.heartbeat_timeout * 1000),
+                ]
+            )
             reason = {1: "concurrency_per_key", 2: "limit"}.get(int(verdict), "")
         except redis.RedisError as exc:
             log.warning("throttle check for %s failed: %s; it waits %d ms", message.message_id, exc, UNKNOWN_WAIT_MS)
@@ -97,12 +114,23 @@ class Throttle(dramatiq.Middleware):
             return
         message.options["throttled"] = int(message.options.get("throttled", 0) or 0) + 1
         message.options["iii_outcome"] = {"kind": "retry", "delay_ms": int(wait)}
-        message.iii_event = self.emitter.make("message.throttled", **where, data={
-            "key": value, "reason": reason, "wait_ms": int(wait), "limit": th.limit, "period_ms": th.period_ms,
-            "concurrency_per_key": strategy.concurrency_per_key})
+        message.iii_event = self.emitter.make(
+            "message.throttled",
+            **where,
+            data={
+                "key": value,
+                "reason": reason,
+                "wait_ms": int(wait),
+                "limit": th.limit,
+                "period_ms": th.period_ms,
+                "concurrency_per_key": strategy.concurrency_per_key,
+            },
+        )
         raise SkipMessage("throttled")
 
-    def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None) -> None:
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
         self._release(broker, message)
 
     def after_skip_message(self, broker: Any, message: Any) -> None:

@@ -81,8 +81,14 @@ class Running:
 class TimeLimits:
     """Enforces ``limits(topic) -> (soft_ms, hard_ms)`` on handlers run through :meth:`call`."""
 
-    def __init__(self, limits: Callable[[str], tuple[int, int]], on_stuck: Callable[[Running], None], *,
-                 grace_s: float = STUCK_GRACE_S, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        limits: Callable[[str], tuple[int, int]],
+        on_stuck: Callable[[Running], None],
+        *,
+        grace_s: float = STUCK_GRACE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.limits = limits
         self.on_stuck = on_stuck
         self.grace_s = grace_s
@@ -97,15 +103,35 @@ class TimeLimits:
         self.stuck: list[Running] = []
 
     # -- the handler's side ------------------------------------------------
-    def call(self, fn: Callable[[], Any], *, topic: str, message_id: str, queue: str, redis_message_id: str,
-             attempt: int | None = None, trace_id: str = "") -> Any:
+    def call(
+        self,
+        fn: Callable[[], Any],
+        *,
+        topic: str,
+        message_id: str,
+        queue: str,
+        redis_message_id: str,
+        attempt: int | None = None,
+        trace_id: str = "",
+    ) -> Any:
         soft_ms, hard_ms = self.limits(topic)
         if not soft_ms and not hard_ms:
             return fn()
         now = self.clock()
-        entry = Running(threading.get_ident(), topic, message_id, queue, redis_message_id, soft_ms, hard_ms,
-                        now + soft_ms / 1000 if soft_ms else None, now + hard_ms / 1000 if hard_ms else None, attempt,
-                        trace_id, now)
+        entry = Running(
+            threading.get_ident(),
+            topic,
+            message_id,
+            queue,
+            redis_message_id,
+            soft_ms,
+            hard_ms,
+            now + soft_ms / 1000 if soft_ms else None,
+            now + hard_ms / 1000 if hard_ms else None,
+            attempt,
+            trace_id,
+            now,
+        )
         self._add(entry)
         try:
             try:

@@ -48,7 +48,10 @@ def start(config: Config, role: str) -> Any:
     try:
         from iii_console.adapters.telemetry.otel import Tracing
     except ImportError as exc:
-        log.warning("OpenTelemetry export is configured but %s is not installed: "
-                    "pip install 'iii-console[otel]'; running without tracing", exc.name or "opentelemetry-sdk")
+        log.warning(
+            "OpenTelemetry export is configured but %s is not installed: "
+            "pip install 'iii-console[otel]'; running without tracing",
+            exc.name or "opentelemetry-sdk",
+        )
         return None
     return Tracing(url, service_name(config), role)

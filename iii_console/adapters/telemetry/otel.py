@@ -137,21 +137,52 @@ class Tracing:
             parent, trace_id = _PROPAGATOR.extract({"traceparent": traceparent.strip()}), incoming[0]  # type: ignore[union-attr]
         else:
             parent, trace_id = otel_context.Context(), uuid.uuid4().hex
-        return self._start(f"{method} {route}", SpanKind.SERVER, parent, trace_id, {
-            "http.request.method": method, "http.route": route, "url.path": path, "iii.step": step, "iii.trace_id": trace_id})
+        return self._start(
+            f"{method} {route}",
+            SpanKind.SERVER,
+            parent,
+            trace_id,
+            {"http.request.method": method, "http.route": route, "url.path": path, "iii.step": step, "iii.trace_id": trace_id},
+        )
 
-    def message_run(self, *, step: str | None, topic: str | None, options: Mapping[str, Any], message_id: str,
-                    queue: str, attempt: int, queue_wait_ms: int | None) -> Run:
+    def message_run(
+        self,
+        *,
+        step: str | None,
+        topic: str | None,
+        options: Mapping[str, Any],
+        message_id: str,
+        queue: str,
+        attempt: int,
+        queue_wait_ms: int | None,
+    ) -> Run:
         """The span of one attempt at one message, the child of the span that enqueued it."""
         trace_id = str(options.get("trace_id") or "")
         tp = options.get("traceparent")
-        parent = (_PROPAGATOR.extract({"traceparent": tp}) if isinstance(tp, str) and spans.parse_traceparent(tp)
-                  else otel_context.Context())
-        return self._start(f"process {topic or queue}", SpanKind.CONSUMER, parent, trace_id, {
-            "messaging.system": "iii", "messaging.operation.type": "process", "messaging.destination.name": topic,
-            "messaging.message.id": message_id, "iii.step": step, "iii.topic": topic, "iii.queue": queue,
-            "iii.attempt": attempt, "iii.queue_wait_ms": queue_wait_ms, "iii.trace_id": trace_id,
-            "iii.priority": options.get("priority")})
+        parent = (
+            _PROPAGATOR.extract({"traceparent": tp})
+            if isinstance(tp, str) and spans.parse_traceparent(tp)
+            else otel_context.Context()
+        )
+        return self._start(
+            f"process {topic or queue}",
+            SpanKind.CONSUMER,
+            parent,
+            trace_id,
+            {
+                "messaging.system": "iii",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": topic,
+                "messaging.message.id": message_id,
+                "iii.step": step,
+                "iii.topic": topic,
+                "iii.queue": queue,
+                "iii.attempt": attempt,
+                "iii.queue_wait_ms": queue_wait_ms,
+                "iii.trace_id": trace_id,
+                "iii.priority": options.get("priority"),
+            },
+        )
 
     def close(self) -> None:
         """Export what is buffered and stop (at the process's stop)."""

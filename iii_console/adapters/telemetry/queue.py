@@ -34,22 +34,32 @@ class OpenRun(dramatiq.Middleware):
             _topic, step, _prio = parse_queue(message.queue_name)
         except ValueError:
             step = None
-        run = self.tracing.message_run(step=step, topic=opts.get("topic"), options=opts, message_id=message.message_id,
-                                       queue=q_name(message.queue_name), attempt=int(opts.get("retries", 0) or 0) + 1,
-                                       queue_wait_ms=queue_wait_ms(opts, now_ms()))
+        run = self.tracing.message_run(
+            step=step,
+            topic=opts.get("topic"),
+            options=opts,
+            message_id=message.message_id,
+            queue=q_name(message.queue_name),
+            attempt=int(opts.get("retries", 0) or 0) + 1,
+            queue_wait_ms=queue_wait_ms(opts, now_ms()),
+        )
         message.iii_run = run.enter()
 
 
 class CloseRun(dramatiq.Middleware):
-    def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None) -> None:
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
         run = getattr(message, "iii_run", None)
         if run is None:
             return
         message.iii_run = None
         outcome = message.options.get("iii_outcome") if exception is not None else None
         if outcome is not None and outcome.get("kind") == "retry":
-            run.event("retry", {"iii.delay_ms": outcome.get("delay_ms"),
-                                "iii.next_attempt": int(message.options.get("retries", 0) or 0) + 1})
+            run.event(
+                "retry",
+                {"iii.delay_ms": outcome.get("delay_ms"), "iii.next_attempt": int(message.options.get("retries", 0) or 0) + 1},
+            )
         elif outcome is not None:  # a DeadDecision (adapters/queue/deadletters.py)
             run.event("dead_letter", {"iii.dlq": outcome.get("dlq"), "iii.attempts": outcome.get("attempts")})
         run.end(exception)

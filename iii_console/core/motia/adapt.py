@@ -86,16 +86,23 @@ def is_motia_step(module: ModuleType) -> bool:
         if isinstance(value, ModuleType):
             if value.__name__ == PACKAGE or value.__name__.startswith(PACKAGE + "."):
                 return True
-        elif (getattr(value, "__module__", "") or "").startswith(PACKAGE) or \
-                (getattr(type(value), "__module__", "") or "").startswith(PACKAGE):
+        elif (getattr(value, "__module__", "") or "").startswith(PACKAGE) or (
+            getattr(type(value), "__module__", "") or ""
+        ).startswith(PACKAGE):
             return True
     return False
 
 
 # ---- config ---------------------------------------------------------------------------
 
-_ALIASES = {"bodySchema": "body_schema", "responseSchema": "response_schema", "queryParams": "query_params",
-            "streamName": "stream_name", "groupId": "group_id", "itemId": "item_id"}
+_ALIASES = {
+    "bodySchema": "body_schema",
+    "responseSchema": "response_schema",
+    "queryParams": "query_params",
+    "streamName": "stream_name",
+    "groupId": "group_id",
+    "itemId": "item_id",
+}
 _COND_TYPES = ("http", "queue", "cron")
 
 
@@ -164,15 +171,24 @@ def translate(raw: Any) -> tuple[dict[str, Any], list[Plan], Callable[..., Any] 
     if isinstance(raw, StepDefinition):
         raw, handler = raw.config, raw.handler
     if isinstance(raw, StepConfig):
-        data = {"name": raw.name, "triggers": list(raw.triggers), "enqueues": list(raw.enqueues),
-                "flows": raw.flows or [], "description": raw.description or "",
-                "virtual_enqueues": raw.virtual_enqueues, "virtual_subscribes": raw.virtual_subscribes}
+        data = {
+            "name": raw.name,
+            "triggers": list(raw.triggers),
+            "enqueues": list(raw.enqueues),
+            "flows": raw.flows or [],
+            "description": raw.description or "",
+            "virtual_enqueues": raw.virtual_enqueues,
+            "virtual_subscribes": raw.virtual_subscribes,
+        }
     else:
         data = dict(raw)
     out: dict[str, Any] = {}
     for key, value in data.items():
-        key = {"virtualEnqueues": "virtual_enqueues", "virtualSubscribes": "virtual_subscribes",
-               "includeFiles": "include_files"}.get(key, key)
+        key = {
+            "virtualEnqueues": "virtual_enqueues",
+            "virtualSubscribes": "virtual_subscribes",
+            "includeFiles": "include_files",
+        }.get(key, key)
         if key == "include_files" or (key in ("virtual_enqueues", "virtual_subscribes", "flows") and value is None):
             continue  # bundling hints for Motia's deploys; nothing to bundle here
         if key in ("enqueues", "virtual_enqueues", "virtual_subscribes") and isinstance(value, list):
@@ -201,9 +217,12 @@ def _trigger(t: Any, i: int) -> tuple[Any, Plan | None]:
     cond = t.pop("condition", None)
     if kind in ("http", "api"):
         if t.pop("middleware", None):
-            raise Refused("middleware is not supported: do its work at the start of the handler (or in a function it "
-                          "calls); for authentication set server.auth_token in iii-config.yaml", f"triggers.{i}.middleware",
-                          [*where, "middleware"])
+            raise Refused(
+                "middleware is not supported: do its work at the start of the handler (or in a function it "
+                "calls); for authentication set server.auth_token in iii-config.yaml",
+                f"triggers.{i}.middleware",
+                [*where, "middleware"],
+            )
         t.pop("query_params", None)  # documentation only
         body = t.pop("body_schema", None)
         resp = t.pop("response_schema", None)
@@ -214,12 +233,23 @@ def _trigger(t: Any, i: int) -> tuple[Any, Plan | None]:
             ours["responseSchema"] = resp
         path = t.get("path") if isinstance(t.get("path"), str) else ""
         method = t.get("method").upper() if isinstance(t.get("method"), str) else None
-        return ours, Plan("http", i, cond, method=method, path=path, route=_route(path),
-                          body_model=isinstance(body, type) and issubclass(body, BaseModel))
+        return ours, Plan(
+            "http",
+            i,
+            cond,
+            method=method,
+            path=path,
+            route=_route(path),
+            body_model=isinstance(body, type) and issubclass(body, BaseModel),
+        )
     if kind == "queue":
         if t.pop("config", None) is not None:
-            raise Refused("a queue config on the trigger is not supported: set queues.TOPIC.max_retries, retry_delay, "
-                          "backoff and concurrency in iii-config.yaml", f"triggers.{i}.config", [*where, "config"])
+            raise Refused(
+                "a queue config on the trigger is not supported: set queues.TOPIC.max_retries, retry_delay, "
+                "backoff and concurrency in iii-config.yaml",
+                f"triggers.{i}.config",
+                [*where, "config"],
+            )
         if t.get("input") is None:
             t.pop("input", None)
         return t, Plan("queue", i, cond, topic=t.get("topic"))
@@ -235,19 +265,31 @@ def _trigger(t: Any, i: int) -> tuple[Any, Plan | None]:
     if kind == "stream":
         name = t.get("stream_name")
         if not isinstance(name, str) or not name:
-            raise Refused("a stream trigger needs the stream's name: stream(\"name\")", f"triggers.{i}.stream_name", where)
+            raise Refused('a stream trigger needs the stream\'s name: stream("name")', f"triggers.{i}.stream_name", where)
         plan = Plan("stream", i, cond, stream=name)
         extra = {k: v for k, v in t.items() if k not in ("type", "stream_name", "group_id", "item_id")}
-        return {**extra, "type": "state", "group": _run.stream_group(name),
-                "key": _run.stream_key_glob(t.get("group_id"), t.get("item_id")), "condition": _state_condition(plan)}, plan
+        return {
+            **extra,
+            "type": "state",
+            "group": _run.stream_group(name),
+            "key": _run.stream_key_glob(t.get("group_id"), t.get("item_id")),
+            "condition": _state_condition(plan),
+        }, plan
     if cond is not None:
         t["condition"] = cond
     return t, None
 
 
 def _condition_ctx(info: TriggerInfo, value: Any, trace_id: str = "") -> FlowContext[Any]:
-    return FlowContext(trace_id=trace_id, trigger=info, input_value=value, logger=_run.Logger(), state=_run.StateManager(),
-                       streams=_run.Streams(), enqueue_fn=_run.enqueue)
+    return FlowContext(
+        trace_id=trace_id,
+        trigger=info,
+        input_value=value,
+        logger=_run.Logger(),
+        state=_run.StateManager(),
+        streams=_run.Streams(),
+        enqueue_fn=_run.enqueue,
+    )
 
 
 def _state_condition(plan: Plan) -> Callable[[Any], bool]:
@@ -277,6 +319,7 @@ def _input_for_change(plan: Plan, change: Any) -> Any:
 
 # ---- handler --------------------------------------------------------------------------
 
+
 def check_handler(handler: Callable[..., Any]) -> None:
     """Refuse what Motia's handlers may take that cannot work here (raises :class:`Refused`)."""
     try:
@@ -284,9 +327,12 @@ def check_handler(handler: Callable[..., Any]) -> None:
     except (TypeError, ValueError):
         params = []
     if params and "MotiaHttpArgs" in str(params[0].annotation):
-        raise Refused("streamed HTTP (MotiaHttpArgs: request.request_body, response.writer, SSE) needs Motia's channels and is "
-                      "not supported: take an ApiRequest (its JSON body is read whole) and return ApiResponse(status, body, headers)",
-                      "handler", None)
+        raise Refused(
+            "streamed HTTP (MotiaHttpArgs: request.request_body, response.writer, SSE) needs Motia's channels and is "
+            "not supported: take an ApiRequest (its JSON body is read whole) and return ApiResponse(status, body, headers)",
+            "handler",
+            None,
+        )
     if call_arity(handler) == 0:
         raise Refused("a Motia handler takes (input) or (input, ctx)", "handler", None)
 
@@ -350,8 +396,9 @@ def _which(plans: list[Plan], trigger: dict[str, Any], value: Any) -> Plan:
 def _motia_input(plan: Plan, value: Any) -> Any:
     if plan.kind == "http":
         body = value.body.model_dump(mode="json") if plan.body_model and isinstance(value.body, BaseModel) else value.body
-        return ApiRequest(path_params=dict(value.path_params), query_params=dict(value.query), body=body,
-                          headers=dict(value.headers))
+        return ApiRequest(
+            path_params=dict(value.path_params), query_params=dict(value.query), body=body, headers=dict(value.headers)
+        )
     if plan.kind == "cron":
         return None
     if plan.kind in ("state", "stream"):
@@ -382,13 +429,24 @@ def wrap(handler: Callable[..., Any], plans: list[Plan]) -> Callable[..., Any]:
     def motia_handler(value: Any, ctx: Any) -> Any:
         plan = _which(plans, dict(ctx.trigger), value)
         data = _motia_input(plan, value)
-        info = TriggerInfo(type=plan.kind, index=plan.index, path=plan.path, method=plan.method,
-                           topic=ctx.trigger.get("topic") if plan.kind == "queue" else None,
-                           expression=plan.written)
+        info = TriggerInfo(
+            type=plan.kind,
+            index=plan.index,
+            path=plan.path,
+            method=plan.method,
+            topic=ctx.trigger.get("topic") if plan.kind == "queue" else None,
+            expression=plan.written,
+        )
         manager = _run.StateManager()
-        flow: FlowContext[Any] = FlowContext(trace_id=ctx.trace_id, trigger=info, input_value=data, logger=_run.Logger(ctx),
-                           state=_Awaitable(manager) if is_async else manager, streams=_run.Streams(),
-                           enqueue_fn=_awaitable_enqueue if is_async else _run.enqueue)
+        flow: FlowContext[Any] = FlowContext(
+            trace_id=ctx.trace_id,
+            trigger=info,
+            input_value=data,
+            logger=_run.Logger(ctx),
+            state=_Awaitable(manager) if is_async else manager,
+            streams=_run.Streams(),
+            enqueue_fn=_awaitable_enqueue if is_async else _run.enqueue,
+        )
         token = _run.run_in(ctx)
         try:
             if plan.condition is not None and plan.kind in _COND_TYPES and not _resolve(plan.condition(data, flow)):

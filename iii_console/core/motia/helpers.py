@@ -11,10 +11,25 @@ from typing import Any
 from iii_console.core.motia.types import ApiTrigger, CronTrigger, QueueTrigger, StateTrigger, Step, StepConfig, StreamTrigger
 
 
-def http(method: str, path: str, *, body_schema: Any = None, response_schema: dict[int, Any] | None = None,
-         query_params: list[Any] | None = None, middleware: list[Any] | None = None, condition: Any = None) -> ApiTrigger:
-    return ApiTrigger(path=path, method=method, condition=condition, body_schema=body_schema,
-                      response_schema=response_schema, query_params=query_params, middleware=middleware)
+def http(
+    method: str,
+    path: str,
+    *,
+    body_schema: Any = None,
+    response_schema: dict[int, Any] | None = None,
+    query_params: list[Any] | None = None,
+    middleware: list[Any] | None = None,
+    condition: Any = None,
+) -> ApiTrigger:
+    return ApiTrigger(
+        path=path,
+        method=method,
+        condition=condition,
+        body_schema=body_schema,
+        response_schema=response_schema,
+        query_params=query_params,
+        middleware=middleware,
+    )
 
 
 def api(method: str, path: str, **kw: Any) -> ApiTrigger:

@@ -24,15 +24,32 @@ _current: contextvars.ContextVar[SyncContext | None] = contextvars.ContextVar("i
 _stdlib = logging.getLogger("motia")
 
 #: Field names a ``log`` event uses itself; a Motia log field of that name is kept as ``name_``.
-_RESERVED_LOG_KEYS = {"trace_id", "message_id", "step", "topic", "queue", "attempt", "worker", "duration_ms", "error",
-                      "data", "ts", "event", "level", "message", "_log"}
+_RESERVED_LOG_KEYS = {
+    "trace_id",
+    "message_id",
+    "step",
+    "topic",
+    "queue",
+    "attempt",
+    "worker",
+    "duration_ms",
+    "error",
+    "data",
+    "ts",
+    "event",
+    "level",
+    "message",
+    "_log",
+}
 
 
 def current_run(what: str) -> SyncContext:
     ctx = _current.get()
     if ctx is None:
-        raise RuntimeError(f"motia {what} was called outside a step run (at import time, or in a thread started "
-                           f"before the run); call it from the handler or from a thread the handler starts")
+        raise RuntimeError(
+            f"motia {what} was called outside a step run (at import time, or in a thread started "
+            f"before the run); call it from the handler or from a thread the handler starts"
+        )
     return ctx
 
 
@@ -233,10 +250,14 @@ def stream_change(group: str, key: str, old: Any, new: Any) -> dict[str, Any] | 
         return None
     group_id, item_id = key.split("/", 1)
     kind = "create" if old is None else ("delete" if new is None else "update")
-    return {"timestamp": int(time.time() * 1000), "stream_name": group[len(STREAM_GROUP_PREFIX):], "group_id": group_id,
-            "id": item_id, "event": {"type": kind, "data": old if new is None else new}}
+    return {
+        "timestamp": int(time.time() * 1000),
+        "stream_name": group[len(STREAM_GROUP_PREFIX) :],
+        "group_id": group_id,
+        "id": item_id,
+        "event": {"type": kind, "data": old if new is None else new},
+    }
 
 
 def stream_key_glob(group_id: str | None, item_id: str | None) -> str:
     return f"{glob_escape(group_id) if group_id else '*'}/{glob_escape(item_id) if item_id else '*'}"
-

@@ -257,8 +257,13 @@ class FlowContext(BaseModel, Generic[TEnqueueData]):
             out = handler(*args)
             return await out if inspect.isawaitable(out) else out
 
-        checks = [(self.is_queue, ["queue"], True), (self.is_api, ["http", "api"], True), (self.is_cron, ["cron"], False),
-                  (self.is_state, ["state"], True), (self.is_stream, ["stream"], True)]
+        checks = [
+            (self.is_queue, ["queue"], True),
+            (self.is_api, ["http", "api"], True),
+            (self.is_cron, ["cron"], False),
+            (self.is_state, ["state"], True),
+            (self.is_stream, ["stream"], True),
+        ]
         for check, names, has_input in checks:
             if check():
                 handler = next((handlers[k] for k in names if k in handlers), None)
@@ -266,8 +271,10 @@ class FlowContext(BaseModel, Generic[TEnqueueData]):
                     return await call(handler, self.input_value) if has_input else await call(handler)
         if handlers.get("default"):
             return await call(handlers["default"], self.input_value)
-        raise RuntimeError(f"No handler matched for trigger type: {self.trigger.type}. "
-                           f"Available handlers: {', '.join(k for k in handlers if k != 'default')}")
+        raise RuntimeError(
+            f"No handler matched for trigger type: {self.trigger.type}. "
+            f"Available handlers: {', '.join(k for k in handlers if k != 'default')}"
+        )
 
 
 ApiMiddleware = Callable[..., Awaitable[ApiResponse[Any]]]

@@ -10,4 +10,16 @@ from iii_console.tui.screens.send import SendRequest, SendScreen
 from iii_console.tui.screens.state_edit import InvalidValue, StateEdit, StateEditScreen, parse_state_value
 from iii_console.tui.screens.trace import TraceScreen
 
-__all__ = ["HELP", "ConfirmScreen", "DeadLetterScreen", "HelpScreen", "InvalidValue", "SendRequest", "SendScreen", "StateEdit", "StateEditScreen", "TraceScreen", "parse_state_value"]
+__all__ = [
+    "HELP",
+    "ConfirmScreen",
+    "DeadLetterScreen",
+    "HelpScreen",
+    "InvalidValue",
+    "SendRequest",
+    "SendScreen",
+    "StateEdit",
+    "StateEditScreen",
+    "TraceScreen",
+    "parse_state_value",
+]

@@ -43,8 +43,11 @@ class TraceScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(Text(f"trace {self.trace_id}", style="bold"), id="trace-summary")
-        yield Table((("+", 9), ("Time", 12), ("Event", 21), ("Step", 18), ("Att", 3), ("Worker", 22), ("Detail", None)),
-                    title="Timeline", id="timeline")
+        yield Table(
+            (("+", 9), ("Time", 12), ("Event", 21), ("Step", 18), ("Att", 3), ("Worker", 22), ("Detail", None)),
+            title="Timeline",
+            id="timeline",
+        )
         with VerticalScroll(id="event-box") as box:
             retitle(box, title="Event")
             yield Static("", id="event-detail")
@@ -75,15 +78,23 @@ class TraceScreen(Screen[None]):
         evs = self._ordered
         table = self.query_one("#timeline", Table)
         t0 = evs[0].ts if evs else 0
-        table.show_rows([(str(i), (
-            t(f"+{(e.ts - t0) / 1000:.3f}s", "bright_black", justify="right"),
-            t(fmt.clock(e.ts)),
-            t(e.type, TYPE_STYLE.get(e.type, "")),
-            t(e.step, "bold"),
-            t(e.attempt, justify="right"),
-            t(e.worker, "bright_black"),
-            t(detail(e), "red" if e.error else ""),
-        )) for i, e in enumerate(evs)])
+        table.show_rows(
+            [
+                (
+                    str(i),
+                    (
+                        t(f"+{(e.ts - t0) / 1000:.3f}s", "bright_black", justify="right"),
+                        t(fmt.clock(e.ts)),
+                        t(e.type, TYPE_STYLE.get(e.type, "")),
+                        t(e.step, "bold"),
+                        t(e.attempt, justify="right"),
+                        t(e.worker, "bright_black"),
+                        t(detail(e), "red" if e.error else ""),
+                    ),
+                )
+                for i, e in enumerate(evs)
+            ]
+        )
         retitle(table, title=f"Timeline ({len(evs)} events)")
         retitle(table, subtitle="" if self.searched else "searching the stream…")
         self.query_one("#trace-summary", Static).update(self._summary())
@@ -99,23 +110,46 @@ class TraceScreen(Screen[None]):
             if e.type in STATUS and e.message_id:
                 rows.setdefault(e.message_id, MessageRow(e.message_id)).apply(e, i)
         span = evs[-1].ts - evs[0].ts
-        out = [Text.assemble(("trace ", "bright_black"), (self.trace_id, "bold"),
-                             ("  ·  ", "bright_black"), f"{len(evs)} events over {fmt.duration(float(span))}",
-                             ("  ·  started ", "bright_black"), fmt.clock(evs[0].ts))]
+        out = [
+            Text.assemble(
+                ("trace ", "bright_black"),
+                (self.trace_id, "bold"),
+                ("  ·  ", "bright_black"),
+                f"{len(evs)} events over {fmt.duration(float(span))}",
+                ("  ·  started ", "bright_black"),
+                fmt.clock(evs[0].ts),
+            )
+        ]
         for r in rows.values():
             mark = "▶ " if r.message_id == self.message_id else "  "
-            out.append(Text.assemble(mark, ("message ", "bright_black"), (r.message_id[:8], "bold"), "  ",
-                                     (fmt.plain(r.topic or "-"), "blue"), " → ", (fmt.plain(r.step or "-"), "bold"), "  ",
-                                     fmt.status(r.status), f"  {r.attempts} attempt{'s' if r.attempts != 1 else ''}",
-                                     f"  {r.priority} priority",
-                                     (fmt.plain(f"  {first_line(r.error)}") if r.error and r.status != "processed" else "", "red")))
+            out.append(
+                Text.assemble(
+                    mark,
+                    ("message ", "bright_black"),
+                    (r.message_id[:8], "bold"),
+                    "  ",
+                    (fmt.plain(r.topic or "-"), "blue"),
+                    " → ",
+                    (fmt.plain(r.step or "-"), "bold"),
+                    "  ",
+                    fmt.status(r.status),
+                    f"  {r.attempts} attempt{'s' if r.attempts != 1 else ''}",
+                    f"  {r.priority} priority",
+                    (fmt.plain(f"  {first_line(r.error)}") if r.error and r.status != "processed" else "", "red"),
+                )
+            )
         payload = _payload(evs)
         if payload is not None:
             out.append(Text.assemble(("payload ", "bright_black"), fmt.one_line(payload, 140)))
         errors = [e for e in evs if e.error]
         if errors:
-            out.append(Text.assemble(("last error ", "bright_black"), (fmt.plain(first_line(errors[-1].error)), "bold red"),
-                                     ("  (select a failed event below for its traceback)", "bright_black")))
+            out.append(
+                Text.assemble(
+                    ("last error ", "bright_black"),
+                    (fmt.plain(first_line(errors[-1].error)), "bold red"),
+                    ("  (select a failed event below for its traceback)", "bright_black"),
+                )
+            )
         return lines(out)
 
     @on(DataTable.RowHighlighted, "#timeline")
@@ -132,9 +166,15 @@ class TraceScreen(Screen[None]):
             self.query_one("#event-detail", Static).update("")
             return
         retitle(box, title=f"Event {ev.id or ''}")
-        fields = [f for f in ("message_id", "step", "topic", "queue", "attempt", "worker", "duration_ms") if getattr(ev, f) is not None]
-        parts: list[Text] = [Text.assemble((fmt.plain(ev.type), TYPE_STYLE.get(ev.type, "") + " bold"), "  ", (fmt.utc_iso(ev.ts), "bright_black"))]
-        parts.append(Text.assemble(*[x for f in fields for x in ((f"{f} ", "bright_black"), (fmt.plain(f"{getattr(ev, f)}  "), ""))]))
+        fields = [
+            f for f in ("message_id", "step", "topic", "queue", "attempt", "worker", "duration_ms") if getattr(ev, f) is not None
+        ]
+        parts: list[Text] = [
+            Text.assemble((fmt.plain(ev.type), TYPE_STYLE.get(ev.type, "") + " bold"), "  ", (fmt.utc_iso(ev.ts), "bright_black"))
+        ]
+        parts.append(
+            Text.assemble(*[x for f in fields for x in ((f"{f} ", "bright_black"), (fmt.plain(f"{getattr(ev, f)}  "), ""))])
+        )
         if ev.error:
             parts.append(Text.assemble(("error ", "bright_black"), (fmt.plain(ev.error, keep_lines=True), "bold red")))
         data = ev.data if isinstance(ev.data, dict) else ({"value": ev.data} if ev.data is not None else {})

@@ -24,7 +24,6 @@ REFILTER_LINES = 300
 
 
 class LivePane(Pane):
-
     DEFAULT_CSS = """
     LivePane #tiles { height: 5; }
     LivePane CounterTile { width: 1fr; }
@@ -71,7 +70,9 @@ class LivePane(Pane):
         if m.seq == 0:
             if not self._hint_shown:
                 self._hint_shown = True
-                log.write(first_message_hint(getattr(self.app, "server_url", None), read_only=getattr(self.app, "read_only", False)))
+                log.write(
+                    first_message_hint(getattr(self.app, "server_url", None), read_only=getattr(self.app, "read_only", False))
+                )
             return
         if self._hint_shown:
             self._hint_shown = False
@@ -102,11 +103,21 @@ class LivePane(Pane):
         self._seq = m.seq
         out: list[Text] = []
         if earlier:
-            out.append(Text(f"… {fmt.num(earlier)} earlier events read from the stream's history "
-                            "(Messages tab for each message, / to filter)", style="bright_black italic"))
+            out.append(
+                Text(
+                    f"… {fmt.num(earlier)} earlier events read from the stream's history "
+                    "(Messages tab for each message, / to filter)",
+                    style="bright_black italic",
+                )
+            )
         if skipped:
-            out.append(Text(f"… {fmt.num(skipped)} events not shown (too fast to read; "
-                            "/ to filter, p to pause, Messages tab for each message)", style="bright_black italic"))
+            out.append(
+                Text(
+                    f"… {fmt.num(skipped)} events not shown (too fast to read; "
+                    "/ to filter, p to pause, Messages tab for each message)",
+                    style="bright_black italic",
+                )
+            )
         out.extend(fmt.event_line(e.event) for e in entries)
         if out:
             log.write(Text("\n").join(out), scroll_end=follow)
@@ -131,7 +142,11 @@ class LivePane(Pane):
         for ev in m.step_errors.values():
             d = ev.data if isinstance(ev.data, dict) else {}
             where = f"{d.get('file', '?')}:{d.get('line', '?')}" if d.get("line") else str(d.get("file") or ev.step or "")
-            out.append(Text.assemble(("step error ", "bold red"), (where, "bold"), "\n  ", (fmt.plain(first_line(ev.error or "")), "red")))
+            out.append(
+                Text.assemble(
+                    ("step error ", "bold red"), (where, "bold"), "\n  ", (fmt.plain(first_line(ev.error or "")), "red")
+                )
+            )
         out.extend(_problem_line(entry) for entry in list(reversed(m.problems))[:60])
         if not out:
             out.append(Text("No problems: no step errors, failures or dead letters.", style="green"))
@@ -141,22 +156,48 @@ class LivePane(Pane):
 
 def _problem_line(entry: LogEntry) -> Text:
     ev = entry.event
-    style = "bold red" if ev.type in ("message.dead_lettered", "step.error") else "dark_orange" if ev.type == "message.redelivered" else "red"
-    label = {"message.failed": "failed", "message.dead_lettered": "dead", "step.error": "step.error", "log": "error log",
-             "message.redelivered": "redelivered", "redis.down": "redis down"}.get(ev.type, ev.type)
+    style = (
+        "bold red"
+        if ev.type in ("message.dead_lettered", "step.error")
+        else "dark_orange"
+        if ev.type == "message.redelivered"
+        else "red"
+    )
+    label = {
+        "message.failed": "failed",
+        "message.dead_lettered": "dead",
+        "step.error": "step.error",
+        "log": "error log",
+        "message.redelivered": "redelivered",
+        "redis.down": "redis down",
+    }.get(ev.type, ev.type)
     if ev.type == "message.failed" and fmt.timed_out(ev):
         label = "timed out"
     if ev.type == "redis.down":
         msg_data = ev.data if isinstance(ev.data, dict) else {}
-        return Text.assemble((fmt.hms(ev.ts), "bright_black"), " ", (f"{label:<10}", "bold red"), "\n  ",
-                             (f"{ev.error}; restart {msg_data.get('attempt', 0) + 1} in {msg_data.get('restart_in_ms', '?')} ms", "bold red"))
+        return Text.assemble(
+            (fmt.hms(ev.ts), "bright_black"),
+            " ",
+            (f"{label:<10}", "bold red"),
+            "\n  ",
+            (f"{ev.error}; restart {msg_data.get('attempt', 0) + 1} in {msg_data.get('restart_in_ms', '?')} ms", "bold red"),
+        )
     if ev.type == "message.redelivered":
         d = ev.data if isinstance(ev.data, dict) else {}
         msg = f"{d.get('reason', '')}: {ev.worker or d.get('worker_id', '?')} held it (delivery {d.get('deliveries', '?')})"
     else:
         msg = ev.error or (ev.data.get("message") if isinstance(ev.data, dict) else "") or ""
-    return Text.assemble((fmt.hms(ev.ts), "bright_black"), " ", (f"{label:<10}", style), " ",
-                         ((ev.step or "-"), "bold"), " ", (ev.trace_id[:8], "bright_black"), "\n  ", (fmt.plain(first_line(msg)), style))
+    return Text.assemble(
+        (fmt.hms(ev.ts), "bright_black"),
+        " ",
+        (f"{label:<10}", style),
+        " ",
+        ((ev.step or "-"), "bold"),
+        " ",
+        (ev.trace_id[:8], "bright_black"),
+        "\n  ",
+        (fmt.plain(first_line(msg)), style),
+    )
 
 
 def first_message_hint(server_url: str | None, *, read_only: bool = False) -> Text:

@@ -19,12 +19,21 @@ ROWS = 200
 #: Any change to the table (a new row, or an age ticking over) makes Textual re-render every
 #: visible cell, ~40-100 ms of CPU for a full screen: at most this often.
 REBUILD_EVERY_S = 1.0
-COLUMNS = (("Message", 10), ("Topic", 24), ("Step", 18), ("Status", 10), ("Att", 4), ("Priority", 8),
-           ("Age", 7), ("Duration", 10), ("Trace", 9), ("Last error", None))
+COLUMNS = (
+    ("Message", 10),
+    ("Topic", 24),
+    ("Step", 18),
+    ("Status", 10),
+    ("Att", 4),
+    ("Priority", 8),
+    ("Age", 7),
+    ("Duration", 10),
+    ("Trace", 9),
+    ("Last error", None),
+)
 
 
 class MessagesPane(Pane):
-
     DEFAULT_CSS = """
     MessagesPane Table { height: 1fr; }
     MessagesPane #messages-hint { height: 1; color: $text-muted; padding: 0 1; }
@@ -66,7 +75,8 @@ class MessagesPane(Pane):
         if groups:  # the latest fan-in groups: children settled of those seen enqueued, or the completion's counts
             sub += " · groups: " + ", ".join(
                 f"{gid[:8]} " + (f"done {g.done.get('ok')}/{g.done.get('total')} ok" if g.done else f"{g.settled}/{g.total}")
-                for gid, g in groups)
+                for gid, g in groups
+            )
         retitle(table, subtitle=sub)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:

@@ -17,11 +17,31 @@ from iii_console.tui.messages import DeadLettersChosen, InspectDeadLetter, OpenT
 from iii_console.tui.model import TopicCounts
 from iii_console.tui.widgets import Pane, Table, View, cursor_key, lines, n, retitle, t
 
-QUEUE_COLUMNS = (("Topic", 24), ("Subscribers", 18), ("Waiting", 7), ("h / n / l", 11), ("Delayed", 7),
-                 ("In flight", 9), ("Processed/s", 11), ("Processed", 9), ("Failed", 6), ("Retried", 7),
-                 ("Dead", 5), ("Dead-letter queue", None))
-STRATEGY_COLUMNS = (("Topic", 24), ("Retries", 7), ("First retry", 11), ("Backoff", 11), ("Max delay", 9),
-                    ("Concurrency", 11), ("Priority", 8), ("Dead-letter queue", 22), ("Source", None))
+QUEUE_COLUMNS = (
+    ("Topic", 24),
+    ("Subscribers", 18),
+    ("Waiting", 7),
+    ("h / n / l", 11),
+    ("Delayed", 7),
+    ("In flight", 9),
+    ("Processed/s", 11),
+    ("Processed", 9),
+    ("Failed", 6),
+    ("Retried", 7),
+    ("Dead", 5),
+    ("Dead-letter queue", None),
+)
+STRATEGY_COLUMNS = (
+    ("Topic", 24),
+    ("Retries", 7),
+    ("First retry", 11),
+    ("Backoff", 11),
+    ("Max delay", 9),
+    ("Concurrency", 11),
+    ("Priority", 8),
+    ("Dead-letter queue", 22),
+    ("Source", None),
+)
 
 
 def strategy_cells(topic: str, s: dict[str, Any], source: str) -> tuple[Text, ...]:
@@ -45,8 +65,11 @@ def subscribers(view: View, topic: str) -> list[str]:
     st = view.snap.queues.get(topic)
     if st and st.steps:
         return sorted(st.steps)
-    return sorted(name for name, s in view.snap.steps.items()
-                  if any(sp.get("type") == "queue" and sp.get("topic") == topic for sp in s.get("trigger_specs", [])))
+    return sorted(
+        name
+        for name, s in view.snap.steps.items()
+        if any(sp.get("type") == "queue" and sp.get("topic") == topic for sp in s.get("trigger_specs", []))
+    )
 
 
 def known_topics(view: View) -> list[str]:
@@ -91,21 +114,32 @@ class QueuesPane(Pane):
             prio = st.by_priority if st else {}
             r = tc.processed.rate(view.now_ms)
             subs = subscribers(view, topic)
-            rows.append((topic, (
-                t(topic, "bold" if not topic.startswith("_") else "bright_black"),
-                t(", ".join(subs) or "none", "" if subs else "bold red"),
-                n(st.waiting if st else 0, "bold yellow"),
-                t(f"{prio.get('high', 0)} / {prio.get('normal', 0)} / {prio.get('low', 0)}", "bright_black", justify="right"),
-                n(st.delayed if st else 0, "dark_orange"),
-                n(st.in_flight if st else 0, "yellow"),
-                t(fmt.rate(r), "green" if r else "bright_black", justify="right"),
-                n(tc.processed.total, "green"),
-                n(tc.failed, "red"),
-                n(tc.retrying, "dark_orange"),
-                n(tc.dead, "bold red"),
-                t(f"{dlq_name} ({dlq_n})" if dlq_name else "-", "bold red" if dlq_n else "bright_black"),
-            )))
-            strategies.append((topic, strategy_cells(topic, strat, f"queues.{topic}" if configured else "default (not configured)")))
+            rows.append(
+                (
+                    topic,
+                    (
+                        t(topic, "bold" if not topic.startswith("_") else "bright_black"),
+                        t(", ".join(subs) or "none", "" if subs else "bold red"),
+                        n(st.waiting if st else 0, "bold yellow"),
+                        t(
+                            f"{prio.get('high', 0)} / {prio.get('normal', 0)} / {prio.get('low', 0)}",
+                            "bright_black",
+                            justify="right",
+                        ),
+                        n(st.delayed if st else 0, "dark_orange"),
+                        n(st.in_flight if st else 0, "yellow"),
+                        t(fmt.rate(r), "green" if r else "bright_black", justify="right"),
+                        n(tc.processed.total, "green"),
+                        n(tc.failed, "red"),
+                        n(tc.retrying, "dark_orange"),
+                        n(tc.dead, "bold red"),
+                        t(f"{dlq_name} ({dlq_n})" if dlq_name else "-", "bold red" if dlq_n else "bright_black"),
+                    ),
+                )
+            )
+            strategies.append(
+                (topic, strategy_cells(topic, strat, f"queues.{topic}" if configured else "default (not configured)"))
+            )
         table.show_rows(rows)
         retitle(table, title=f"Queues ({len(rows)})")
         sub = "depths every second · h/n/l: waiting by priority · counts since the console started"
@@ -113,7 +147,8 @@ class QueuesPane(Pane):
         if waiting:  # messages over a per-key throttle, and the keys they wait on
             sub += " · throttled: " + "; ".join(
                 f"{topic} " + ", ".join(f"{k}×{c}" for k, c in sorted(keys.items(), key=lambda kv: -kv[1])[:5])
-                for topic, keys in sorted(waiting.items()))
+                for topic, keys in sorted(waiting.items())
+            )
         retitle(table, subtitle=sub)
         st_table = self.query_one("#strategies-table", Table)
         if default:
@@ -122,25 +157,51 @@ class QueuesPane(Pane):
         retitle(st_table, subtitle="retries, then the dead-letter queue")
 
 
-DLQ_COLUMNS = (("Failed", 8), ("DLQ", 20), ("Topic", 18), ("Step", 18), ("Att", 4), ("Priority", 8),
-               ("Trace", 9), ("Error", None))
+DLQ_COLUMNS = (
+    ("Failed", 8),
+    ("DLQ", 20),
+    ("Topic", 18),
+    ("Step", 18),
+    ("Att", 4),
+    ("Priority", 8),
+    ("Trace", 9),
+    ("Error", None),
+)
 
 
 def dead_letter_text(e: DeadLetter) -> Text:
     """Everything a person needs to decide between replay and purge."""
-    return lines([
-        Text.assemble(("entry ", "bright_black"), (fmt.plain(e.id), "bold"), ("  message ", "bright_black"), fmt.plain(e.message_id or "-"),
-                      ("  trace ", "bright_black"), fmt.plain(e.trace_id or "-")),
-        Text.assemble(("dlq ", "bright_black"), (fmt.plain(e.dlq), "bold red"), ("  topic ", "bright_black"), fmt.plain(e.topic),
-                      ("  step ", "bright_black"), fmt.plain(e.step), ("  attempts ", "bright_black"), str(e.attempts),
-                      ("  first failure ", "bright_black"), fmt.hms(e.first_failure_ms),
-                      ("  last ", "bright_black"), fmt.hms(e.last_failure_ms)),
-        Text.assemble(("error ", "bright_black"), (fmt.plain(e.error, keep_lines=True), "bold red")),
-        Text("payload", style="bright_black"),
-        Text(fmt.pretty_json(e.data) if e.raw is None else fmt.plain(e.raw, keep_lines=True)),
-        Text("traceback", style="bright_black"),
-        Text(fmt.plain(e.traceback.rstrip(), keep_lines=True) or "-", style="red"),
-    ])
+    return lines(
+        [
+            Text.assemble(
+                ("entry ", "bright_black"),
+                (fmt.plain(e.id), "bold"),
+                ("  message ", "bright_black"),
+                fmt.plain(e.message_id or "-"),
+                ("  trace ", "bright_black"),
+                fmt.plain(e.trace_id or "-"),
+            ),
+            Text.assemble(
+                ("dlq ", "bright_black"),
+                (fmt.plain(e.dlq), "bold red"),
+                ("  topic ", "bright_black"),
+                fmt.plain(e.topic),
+                ("  step ", "bright_black"),
+                fmt.plain(e.step),
+                ("  attempts ", "bright_black"),
+                str(e.attempts),
+                ("  first failure ", "bright_black"),
+                fmt.hms(e.first_failure_ms),
+                ("  last ", "bright_black"),
+                fmt.hms(e.last_failure_ms),
+            ),
+            Text.assemble(("error ", "bright_black"), (fmt.plain(e.error, keep_lines=True), "bold red")),
+            Text("payload", style="bright_black"),
+            Text(fmt.pretty_json(e.data) if e.raw is None else fmt.plain(e.raw, keep_lines=True)),
+            Text("traceback", style="bright_black"),
+            Text(fmt.plain(e.traceback.rstrip(), keep_lines=True) or "-", style="red"),
+        ]
+    )
 
 
 class DeadLettersPane(Pane):
@@ -180,18 +241,41 @@ class DeadLettersPane(Pane):
             retitle(table, subtitle="loading…")
             return
         flt = view.filter
-        entries = [e for e in view.snap.dead_letters
-                   if not flt or flt.matches_values(type="message.dead_lettered", topic=e.topic, step=e.step,
-                                                    trace=e.trace_id, status="dead", text=(e.error, e.dlq, e.id))]
+        entries = [
+            e
+            for e in view.snap.dead_letters
+            if not flt
+            or flt.matches_values(
+                type="message.dead_lettered",
+                topic=e.topic,
+                step=e.step,
+                trace=e.trace_id,
+                status="dead",
+                text=(e.error, e.dlq, e.id),
+            )
+        ]
         self._entries = {e.id: e for e in entries}
         self._filter_text = flt.text if flt else ""
         total = sum(view.snap.dlq_counts.values())
         self._truncated = len(view.snap.dead_letters) < total
-        table.show_rows([(e.id, (
-            t(fmt.ago(e.last_failure_ms, view.now_ms), justify="right"),
-            t(e.dlq, "bold red"), t(e.topic), t(e.step), n(e.attempts), t(e.priority, fmt.PRIORITY_STYLE.get(e.priority, "")),
-            t(e.trace_id[:8], "bright_black"), t(first_line(e.error or ""), "red"),
-        )) for e in entries])
+        table.show_rows(
+            [
+                (
+                    e.id,
+                    (
+                        t(fmt.ago(e.last_failure_ms, view.now_ms), justify="right"),
+                        t(e.dlq, "bold red"),
+                        t(e.topic),
+                        t(e.step),
+                        n(e.attempts),
+                        t(e.priority, fmt.PRIORITY_STYLE.get(e.priority, "")),
+                        t(e.trace_id[:8], "bright_black"),
+                        t(first_line(e.error or ""), "red"),
+                    ),
+                )
+                for e in entries
+            ]
+        )
         retitle(table, title=f"Dead letters ({total})" + (f" · filter: {flt.text}" if flt else ""))
         retitle(table, subtitle="  ".join(f"{k}: {v}" for k, v in sorted(view.snap.dlq_counts.items())) or "none")
         self._detail(cursor_key(table))
@@ -213,8 +297,10 @@ class DeadLettersPane(Pane):
             return
         self._shown = key
         if e is None:
-            text = Text("No dead letters: every message that ran out of retries would be listed here "
-                        "with its error and traceback.", style="green")
+            text = Text(
+                "No dead letters: every message that ran out of retries would be listed here with its error and traceback.",
+                style="green",
+            )
         else:
             keys = "enter: open the message's trace · i: inspect"
             if not self.read_only:
@@ -249,7 +335,8 @@ class DeadLettersPane(Pane):
     def _scope(self) -> str:
         n = len(self._entries)
         scope = ("the one entry listed" if n == 1 else f"all {n} entries listed") + (
-            f" under the filter {self._filter_text}" if self._filter_text else "")
+            f" under the filter {self._filter_text}" if self._filter_text else ""
+        )
         if self._truncated:
             scope += " (only the newest are listed: act again for older ones)"
         return scope

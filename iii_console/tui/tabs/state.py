@@ -35,7 +35,7 @@ STREAM_PREFIX = "_stream."
 def group_label(group: str, count: int) -> Text:
     """A group as the Groups list shows it; a Motia stream as ``stream NAME``."""
     if group.startswith(STREAM_PREFIX):
-        return Text.assemble(("stream ", "magenta"), (group[len(STREAM_PREFIX):], "bold"), f"  {count}")
+        return Text.assemble(("stream ", "magenta"), (group[len(STREAM_PREFIX) :], "bold"), f"  {count}")
     return Text.assemble((group, "bold"), f"  {count}")
 
 
@@ -99,12 +99,23 @@ class StatePane(Pane):
         self._values = snap.state_values
         recent = view.model.state_recent(self._group) if self._group else {}
         keys = sorted(self._values, key=lambda k: (-recent.get(k, 0), k))[:MAX_KEYS]
-        table.show_rows([(k, (
-            t(k, "bold"),
-            t(fmt.ago(recent.get(k), view.now_ms) if k in recent else "-", "yellow" if k in recent else "bright_black",
-              justify="right"),
-            t(summary(self._values[k])),
-        )) for k in keys])
+        table.show_rows(
+            [
+                (
+                    k,
+                    (
+                        t(k, "bold"),
+                        t(
+                            fmt.ago(recent.get(k), view.now_ms) if k in recent else "-",
+                            "yellow" if k in recent else "bright_black",
+                            justify="right",
+                        ),
+                        t(summary(self._values[k])),
+                    ),
+                )
+                for k in keys
+            ]
+        )
         total = snap.state_groups.get(self._group or "", len(self._values))
         count = f"{len(keys):,} of {total:,}" if len(keys) < total else f"{total:,}"
         retitle(table, title=f"Keys in {self._group} ({count})" if self._group else "Keys (no state yet)")

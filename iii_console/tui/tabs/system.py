@@ -22,8 +22,18 @@ from iii_console.tui.widgets import EventList, Pane, Table, View, cursor_key, li
 #: A worker whose last heartbeat is older than this looks stale (the runtime's default timeout is 30 s).
 STALE_AFTER_MS = 15_000
 
-CRON_COLUMNS = (("Step", 22), ("Expression", 16), ("Next fire (UTC)", 16), ("In", 9), ("Last scheduled", 14),
-                ("Last fired", 10), ("Drift", 9), ("Fired", 6), ("Skipped", 7), ("Note", None))
+CRON_COLUMNS = (
+    ("Step", 22),
+    ("Expression", 16),
+    ("Next fire (UTC)", 16),
+    ("In", 9),
+    ("Last scheduled", 14),
+    ("Last fired", 10),
+    ("Drift", 9),
+    ("Fired", 6),
+    ("Skipped", 7),
+    ("Note", None),
+)
 
 
 class CronPane(Pane):
@@ -48,8 +58,7 @@ class CronPane(Pane):
         yield EventList(id="cron-runs", title="Recent runs")
 
     def show(self, view: View) -> None:
-        self.query_one(EventList).show_events(view.model.cron_events,
-                                              empty="No cron step has fired since the console started.")
+        self.query_one(EventList).show_events(view.model.cron_events, empty="No cron step has fired since the console started.")
         table = self.query_one(Table)
         if "cron" not in view.snap.loaded:
             retitle(table, subtitle="loading…")
@@ -67,21 +76,31 @@ class CronPane(Pane):
             drift = (c.last_fired_ms - c.last_scheduled_ms) if c.last_fired_ms and c.last_scheduled_ms else None
             if seen and seen.last_skip_reason:
                 note = note or f"last skip: {seen.last_skip_reason}"
-            rows.append((f"{c.step}|{c.expression}", (
-                t(c.step, "bold"), t(c.expression, "magenta"),
-                t(datetime.fromtimestamp(nxt_ms / 1000, UTC).strftime("%m-%d %H:%M:%S") if nxt_ms else "-"),
-                t(fmt.until(nxt_ms, view.now_ms), "cyan", justify="right"),
-                t(datetime.fromtimestamp(c.last_scheduled_ms / 1000, UTC).strftime("%H:%M:%S") if c.last_scheduled_ms else "never",
-                  "" if c.last_scheduled_ms else "bright_black"),
-                t(fmt.ago(c.last_fired_ms, view.now_ms) + " ago" if c.last_fired_ms else "-", justify="right"),
-                t(f"{drift} ms" if drift is not None else "-", _drift_style(drift), justify="right"),
-                n(seen.fired if seen else 0), n(seen.skipped if seen else 0, "dark_orange"),
-                t(note, "dark_orange"),
-            )))
+            rows.append(
+                (
+                    f"{c.step}|{c.expression}",
+                    (
+                        t(c.step, "bold"),
+                        t(c.expression, "magenta"),
+                        t(datetime.fromtimestamp(nxt_ms / 1000, UTC).strftime("%m-%d %H:%M:%S") if nxt_ms else "-"),
+                        t(fmt.until(nxt_ms, view.now_ms), "cyan", justify="right"),
+                        t(
+                            datetime.fromtimestamp(c.last_scheduled_ms / 1000, UTC).strftime("%H:%M:%S")
+                            if c.last_scheduled_ms
+                            else "never",
+                            "" if c.last_scheduled_ms else "bright_black",
+                        ),
+                        t(fmt.ago(c.last_fired_ms, view.now_ms) + " ago" if c.last_fired_ms else "-", justify="right"),
+                        t(f"{drift} ms" if drift is not None else "-", _drift_style(drift), justify="right"),
+                        n(seen.fired if seen else 0),
+                        n(seen.skipped if seen else 0, "dark_orange"),
+                        t(note, "dark_orange"),
+                    ),
+                )
+            )
         table.show_rows(rows)
         retitle(table, title=f"Cron ({len(rows)} schedules)")
         retitle(table, subtitle="times in UTC, as the scheduler runs them" if rows else "no cron steps")
-
 
     def action_run_now(self) -> None:
         key = cursor_key(self.query_one(Table))
@@ -98,8 +117,17 @@ def _drift_style(drift: int | None) -> str:
     return "green" if drift < 250 else "yellow" if drift < 2000 else "red"
 
 
-WORKER_COLUMNS = (("Worker", 24), ("Host", 16), ("PID", 8), ("In flight", 9), ("Up", 8), ("Heartbeat", 10),
-                  ("Status", 6), ("Id", 10), ("Queues × concurrency", None))
+WORKER_COLUMNS = (
+    ("Worker", 24),
+    ("Host", 16),
+    ("PID", 8),
+    ("In flight", 9),
+    ("Up", 8),
+    ("Heartbeat", 10),
+    ("Status", 6),
+    ("Id", 10),
+    ("Queues × concurrency", None),
+)
 
 
 class WorkersPane(Pane):
@@ -115,8 +143,9 @@ class WorkersPane(Pane):
         yield EventList(id="worker-events", title="Worker starts and stops", line=worker_line)
 
     def show(self, view: View) -> None:
-        self.query_one(EventList).show_events(view.model.worker_events,
-                                              empty="No worker started or stopped since the console started.")
+        self.query_one(EventList).show_events(
+            view.model.worker_events, empty="No worker started or stopped since the console started."
+        )
         table = self.query_one(Table)
         if "workers" not in view.snap.loaded:
             retitle(table, subtitle="loading…")
@@ -127,21 +156,35 @@ class WorkersPane(Pane):
             age = view.now_ms - w.heartbeat_ms if w.heartbeat_ms else None
             ok = age is not None and age < STALE_AFTER_MS
             stale += not ok
-            rows.append((w.id, (
-                t(w.name or w.id, "bold"), t(w.host), t(w.pid, justify="right"),
-                n(w.in_flight, "yellow"),
-                t(fmt.ago(w.started_ms, view.now_ms), justify="right"),
-                t(fmt.ago(w.heartbeat_ms, view.now_ms) + " ago" if w.heartbeat_ms else "never", "" if ok else "red",
-                  justify="right"),
-                t("alive" if ok else "stale", "green" if ok else "bold red"),
-                t(w.id[:8], "bright_black"),
-                t("  ".join(f"{q}×{c}" for q, c in sorted(w.queues.items(), key=lambda x: (x[0].startswith("_"), x[0])))),
-            )))
+            rows.append(
+                (
+                    w.id,
+                    (
+                        t(w.name or w.id, "bold"),
+                        t(w.host),
+                        t(w.pid, justify="right"),
+                        n(w.in_flight, "yellow"),
+                        t(fmt.ago(w.started_ms, view.now_ms), justify="right"),
+                        t(
+                            fmt.ago(w.heartbeat_ms, view.now_ms) + " ago" if w.heartbeat_ms else "never",
+                            "" if ok else "red",
+                            justify="right",
+                        ),
+                        t("alive" if ok else "stale", "green" if ok else "bold red"),
+                        t(w.id[:8], "bright_black"),
+                        t("  ".join(f"{q}×{c}" for q, c in sorted(w.queues.items(), key=lambda x: (x[0].startswith("_"), x[0])))),
+                    ),
+                )
+            )
         table.show_rows(rows)
         total_flight = sum(w.in_flight for w in view.snap.workers)
         retitle(table, title=f"Workers ({len(rows)})")
-        retitle(table, subtitle=(f"{total_flight} in flight" + (f" · {stale} stale" if stale else "")) if rows else
-                "no workers registered: start `iii-console` or `iii-console --no-ui --role worker`")
+        retitle(
+            table,
+            subtitle=(f"{total_flight} in flight" + (f" · {stale} stale" if stale else ""))
+            if rows
+            else "no workers registered: start `iii-console` or `iii-console --no-ui --role worker`",
+        )
 
 
 def worker_line(ev: Any) -> Text:
@@ -150,12 +193,19 @@ def worker_line(ev: Any) -> Text:
     if ev.type == "worker.started":
         raw_queues = d.get("queues")
         queues = raw_queues if isinstance(raw_queues, dict) else {}
-        what = Text.assemble((str(d.get("name") or d.get("id", "")), "bold"), f"  host {d.get('host', '?')} pid {d.get('pid', '?')}  ",
-                             ("  ".join(f"{q}×{c}" for q, c in queues.items()), "bright_black"))
+        what = Text.assemble(
+            (str(d.get("name") or d.get("id", "")), "bold"),
+            f"  host {d.get('host', '?')} pid {d.get('pid', '?')}  ",
+            ("  ".join(f"{q}×{c}" for q, c in queues.items()), "bright_black"),
+        )
     elif d.get("reason") == "recycled":
         style = "yellow"
-        what = Text.assemble((str(d.get("id", ""))[:8], "bold"), "  ", (f"recycled ({d.get('cause', '?')})", "bold yellow"),
-                             f"  {d.get('detail', '')}")
+        what = Text.assemble(
+            (str(d.get("id", ""))[:8], "bold"),
+            "  ",
+            (f"recycled ({d.get('cause', '?')})", "bold yellow"),
+            f"  {d.get('detail', '')}",
+        )
     else:
         how = d.get("signal") or (f"exit code {d['exit_code']}" if "exit_code" in d else "")
         extra = (f" ({how})" if how else "") + (f"  gave back {d['requeued']} message(s)" if "requeued" in d else "")
@@ -193,22 +243,34 @@ class StepsPane(Pane):
         table = self.query_one(Table)
         errors = list(view.model.step_errors.values())
         writers = {g: set(w) for g, w in view.model.state_writers.items()}
-        key = (tuple(sorted((k, repr(v)) for k, v in steps.items())), len(errors), "registry" in view.snap.loaded,
-               tuple(sorted((g, tuple(sorted(w))) for g, w in writers.items())))
+        key = (
+            tuple(sorted((k, repr(v)) for k, v in steps.items())),
+            len(errors),
+            "registry" in view.snap.loaded,
+            tuple(sorted((g, tuple(sorted(w))) for g, w in writers.items())),
+        )
         if key == self._key:
             return
         self._key = key
         if "registry" not in view.snap.loaded:
             retitle(table, subtitle="loading…")
             return
-        table.show_rows([(name, (
-            t(name, "bold"),
-            t(", ".join(s.get("triggers", [])), "cyan"),
-            t(", ".join(s.get("enqueues", [])) or "-", "blue"),
-            t(", ".join(s.get("flows", [])) or "-"),
-            t(_tail(s.get("file") or ""), "bright_black"),
-            t(s.get("description") or ""),
-        )) for name, s in sorted(steps.items())])
+        table.show_rows(
+            [
+                (
+                    name,
+                    (
+                        t(name, "bold"),
+                        t(", ".join(s.get("triggers", [])), "cyan"),
+                        t(", ".join(s.get("enqueues", [])) or "-", "blue"),
+                        t(", ".join(s.get("flows", [])) or "-"),
+                        t(_tail(s.get("file") or ""), "bright_black"),
+                        t(s.get("description") or ""),
+                    ),
+                )
+                for name, s in sorted(steps.items())
+            ]
+        )
         retitle(table, title=f"Steps ({len(steps)})")
         retitle(table, subtitle=f"{len(errors)} failed to load" if errors else "")
         self.query_one("#flows", Static).update(flow_text(steps, errors, writers))
@@ -230,13 +292,12 @@ def _trigger_label(spec: dict[str, Any]) -> tuple[str, str]:
     if kind == "state":
         group, cond = spec.get("group"), (" if …" if spec.get("conditional") else "")
         if isinstance(group, str) and group.startswith("_stream."):  # a Motia stream (core/motia)
-            return f"stream {group[len('_stream.'):]} {spec.get('key', '*')}{cond}", "bright_black"
+            return f"stream {group[len('_stream.') :]} {spec.get('key', '*')}{cond}", "bright_black"
         return f"state {group if group is not None else '*'}/{spec.get('key', '*')}{cond}", "bright_black"
     return str(kind), ""
 
 
-def flow_text(steps: dict[str, dict[str, Any]], errors: Sequence[Any] = (),
-              writers: dict[str, set[str]] | None = None) -> Text:
+def flow_text(steps: dict[str, dict[str, Any]], errors: Sequence[Any] = (), writers: dict[str, set[str]] | None = None) -> Text:
     """Each entry point (HTTP, cron, ...) followed through what its steps enqueue.
 
     State triggers are followed from the steps *seen* writing their group
@@ -265,21 +326,35 @@ def flow_text(steps: dict[str, dict[str, Any]], errors: Sequence[Any] = (),
         pad = "    " * depth + "└─▶ "
         for topic in steps.get(step, {}).get("enqueues", []):
             subs = sorted(by_topic.get(topic, []))
-            out.append(Text.assemble(pad, (f"queue {topic}", "blue"), " ─▶ ",
-                                     (", ".join(subs) if subs else "no subscriber!", "bold" if subs else "bold red")))
+            out.append(
+                Text.assemble(
+                    pad,
+                    (f"queue {topic}", "blue"),
+                    " ─▶ ",
+                    (", ".join(subs) if subs else "no subscriber!", "bold" if subs else "bold red"),
+                )
+            )
             for sub in subs:
                 if sub not in seen:
                     walk(sub, depth + 1, seen | {sub})
             watchers = sorted(virtual_subs.get(topic, []))
             if watchers:
-                out.append(Text.assemble("    " * depth + "└┈▷ ", (f"queue {topic}", "blue"), " ┈▷ ", (", ".join(watchers), "bold")))
+                out.append(
+                    Text.assemble("    " * depth + "└┈▷ ", (f"queue {topic}", "blue"), " ┈▷ ", (", ".join(watchers), "bold"))
+                )
                 for sub in watchers:
                     if sub not in seen:
                         walk(sub, depth + 1, seen | {sub})
         for topic in steps.get(step, {}).get("virtual_enqueues", []):
             subs = sorted(set(by_topic.get(topic, []) + virtual_subs.get(topic, [])))
-            out.append(Text.assemble("    " * depth + "└┈▷ ", (f"virtual {topic}", "blue"), " ┈▷ ",
-                                     (", ".join(subs) if subs else "(outside)", "bold" if subs else "bright_black")))
+            out.append(
+                Text.assemble(
+                    "    " * depth + "└┈▷ ",
+                    (f"virtual {topic}", "blue"),
+                    " ┈▷ ",
+                    (", ".join(subs) if subs else "(outside)", "bold" if subs else "bright_black"),
+                )
+            )
             for sub in subs:
                 if sub not in seen:
                     walk(sub, depth + 1, seen | {sub})
@@ -307,8 +382,9 @@ def flow_text(steps: dict[str, dict[str, Any]], errors: Sequence[Any] = (),
                 if kind == "queue" and sp.get("topic") in produced:
                     continue  # reached through the step that enqueues it
                 group = sp.get("group", "")
-                if kind == "state" and (writers.get(group) if group is not None
-                                        else any(not g.startswith("_stream.") for g in writers)):
+                if kind == "state" and (
+                    writers.get(group) if group is not None else any(not g.startswith("_stream.") for g in writers)
+                ):
                     continue  # reached through the steps seen writing the group (any group, for a trigger without one)
                 entries.append((order.get(kind, 9), name, sp))
         for _, name, sp in sorted(entries, key=lambda e: (e[0], e[1])):
@@ -324,7 +400,11 @@ def flow_text(steps: dict[str, dict[str, Any]], errors: Sequence[Any] = (),
     for ev in errors:
         d = ev.data if isinstance(ev.data, dict) else {}
         where = f"{d.get('file', '?')}:{d.get('line')}" if d.get("line") else str(d.get("file") or "")
-        out.append(Text.assemble(("✗ ", "bold red"), (ev.step or "?", "bold"), f"  {where}  ", (fmt.plain(first_line(ev.error or "")), "red")))
+        out.append(
+            Text.assemble(
+                ("✗ ", "bold red"), (ev.step or "?", "bold"), f"  {where}  ", (fmt.plain(first_line(ev.error or "")), "red")
+            )
+        )
     if not steps and not errors:
         out.append(Text("No steps registered yet: the running project publishes them at start.", style="bright_black"))
     return lines(out)

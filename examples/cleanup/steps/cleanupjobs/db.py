@@ -12,7 +12,8 @@ from sqlalchemy.engine import Engine
 PROJECT = Path(__file__).resolve().parents[2]
 metadata = MetaData()
 audit_log = Table(
-    "audit_log", metadata,
+    "audit_log",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("created_ms", BigInteger, nullable=False, index=True),
     Column("message", Text, nullable=False),

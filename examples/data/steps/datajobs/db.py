@@ -21,7 +21,8 @@ PROJECT = Path(__file__).resolve().parents[2]
 metadata = MetaData()
 
 orders = Table(
-    "orders", metadata,
+    "orders",
+    metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=False),
     Column("customer", String(200), nullable=False),
     Column("note", Text, nullable=False),
@@ -31,7 +32,8 @@ orders = Table(
 )
 
 import_chunks = Table(
-    "import_chunks", metadata,
+    "import_chunks",
+    metadata,
     Column("import_id", String(64), primary_key=True),
     Column("chunk", Integer, primary_key=True),
     Column("rows", Integer, nullable=False),
@@ -39,7 +41,8 @@ import_chunks = Table(
 )
 
 import_errors = Table(
-    "import_errors", metadata,
+    "import_errors",
+    metadata,
     Column("import_id", String(64), primary_key=True),
     Column("line", Integer, primary_key=True),
     Column("error", Text, nullable=False),
@@ -99,16 +102,20 @@ def insert(table: Table, conn: Connection) -> Any:
     """``INSERT`` for this dialect, which can skip rows whose key is taken (``ON CONFLICT DO NOTHING``)."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
+
         return pg_insert(table)
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
     return sqlite_insert(table)
 
 
 def ledger(conn: Connection, import_id: str) -> dict[str, int]:
     """Chunks applied so far for one import, and their rows and errors."""
-    row = conn.execute(select(func.count(), func.coalesce(func.sum(import_chunks.c.rows), 0),
-                              func.coalesce(func.sum(import_chunks.c.errors), 0))
-                       .where(import_chunks.c.import_id == import_id)).one()
+    row = conn.execute(
+        select(
+            func.count(), func.coalesce(func.sum(import_chunks.c.rows), 0), func.coalesce(func.sum(import_chunks.c.errors), 0)
+        ).where(import_chunks.c.import_id == import_id)
+    ).one()
     return {"chunks": int(row[0]), "rows": int(row[1]), "errors": int(row[2])}
 
 

@@ -140,8 +140,13 @@ def _check(f: dict[str, Any]) -> dict[str, Any]:
         placed_on = dt.date.fromisoformat(str(f["placed_on"]).strip())
     except ValueError:
         raise BadRecord(f"placed_on: not a date (YYYY-MM-DD): {str(f['placed_on'])[:40]!r}") from None
-    return {"id": oid, "customer": customer, "note": str(f["note"] or ""), "amount_cents": int(amount * 100),
-            "placed_on": placed_on}
+    return {
+        "id": oid,
+        "customer": customer,
+        "note": str(f["note"] or ""),
+        "amount_cents": int(amount * 100),
+        "placed_on": placed_on,
+    }
 
 
 def format_of(content_type: str | None, name: str | None) -> str | None:

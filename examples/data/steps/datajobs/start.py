@@ -24,13 +24,19 @@ def start(ref: dict[str, Any], fmt: str | None, ctx: Any) -> dict[str, Any]:
     """
     fmt = fmt or format_of(ref.get("content_type"), ref.get("name"))
     if fmt is None:
-        return {"status": 415, "body": {"error": "send text/csv or application/x-ndjson (or a .csv / .jsonl file)",
-                                        "fields": [{"field": "content-type", "message": "not CSV or JSON lines"}]}}
+        return {
+            "status": 415,
+            "body": {
+                "error": "send text/csv or application/x-ndjson (or a .csv / .jsonl file)",
+                "fields": [{"field": "content-type", "message": "not CSV or JSON lines"}],
+            },
+        }
     iid = import_id(ref)
     record = ctx.state.get(GROUP, iid) or {}
     if record.get("status") == "done":
         return {"status": 200, "body": {"import_id": iid, "already": True, **record}}
     run = int(record.get("run", 0)) + (1 if record.get("status") == "incomplete" else 0)
-    ctx.enqueue("data.import.requested", {"import_id": iid, "file": ref, "format": fmt, "run": run},
-                dedup_key=f"import:{iid}:{run}")
+    ctx.enqueue(
+        "data.import.requested", {"import_id": iid, "file": ref, "format": fmt, "run": run}, dedup_key=f"import:{iid}:{run}"
+    )
     return {"status": 202, "body": {"import_id": iid, "run": run, "trace_id": ctx.trace_id}}

@@ -45,8 +45,9 @@ def template_problems(text: str) -> list[str]:
     tpl = string.Template(text)
     if not tpl.is_valid():
         return ["a '$' that starts no placeholder (write '$$' for a dollar sign)"]
-    return [f"unknown placeholder ${p} (use {', '.join('$' + f for f in FIELDS)})" for p in tpl.get_identifiers()
-            if p not in FIELDS]
+    return [
+        f"unknown placeholder ${p} (use {', '.join('$' + f for f in FIELDS)})" for p in tpl.get_identifiers() if p not in FIELDS
+    ]
 
 
 def message_id(campaign: str, address: str) -> str:

@@ -22,8 +22,8 @@ MAX_PIXELS = 40_000_000
 @dataclass(frozen=True)
 class Size:
     name: str
-    box: int          # the longest side, in pixels (never upscaled)
-    priority: str     # the thumbnail first: a page can show it while the large ones render
+    box: int  # the longest side, in pixels (never upscaled)
+    priority: str  # the thumbnail first: a page can show it while the large ones render
 
 
 SIZES = (Size("thumb", 160, "high"), Size("medium", 800, "normal"), Size("large", 1600, "low"))
@@ -48,8 +48,10 @@ def _decode(fh: IO[bytes]) -> Image.Image:
             img = Image.open(fh)
             width, height = img.size
             if width * height > limit:
-                raise BadImage(f"decompression bomb: {width}x{height} is {width * height:,} pixels, "
-                               f"over the limit of {limit:,} (IMAGES_MAX_PIXELS)")
+                raise BadImage(
+                    f"decompression bomb: {width}x{height} is {width * height:,} pixels, "
+                    f"over the limit of {limit:,} (IMAGES_MAX_PIXELS)"
+                )
             img.load()  # a truncated or corrupt body fails here, not in every render
     except BadImage:
         raise

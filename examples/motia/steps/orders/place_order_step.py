@@ -38,5 +38,8 @@ async def handler(request: ApiRequest[Any], ctx: FlowContext[Any]) -> Any:
     await ctx.state.set("orders", order["id"], {**order, "status": "placed"})
     await ctx.enqueue({"topic": "order.placed", "data": order})
     ctx.logger.info("order placed", {"order_id": order["id"], "path": ctx.trigger.path, "api": ctx.is_api()})
-    return ApiResponse(status=201, body={"id": order["id"], "trace_id": ctx.trace_id},
-                       headers={"Location": f"/orders/{order['region']}/{order['id']}"})
+    return ApiResponse(
+        status=201,
+        body={"id": order["id"], "trace_id": ctx.trace_id},
+        headers={"Location": f"/orders/{order['region']}/{order['id']}"},
+    )

@@ -6,8 +6,11 @@ receipts: Stream[dict] = Stream("receipts")
 
 
 def fulfilled(change: StateTriggerInput, ctx) -> bool:
-    return change.group_id == "orders" and (change.new_value or {}).get("status") == "fulfilled" \
+    return (
+        change.group_id == "orders"
+        and (change.new_value or {}).get("status") == "fulfilled"
         and (change.old_value or {}).get("status") != "fulfilled"
+    )
 
 
 config = {

@@ -75,6 +75,5 @@ def pdf(sales: Sales, title: str, chart_png: bytes) -> bytes:
 def html(sales: Sales, title: str, chart_png: bytes) -> bytes:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
     env.filters["money"] = money
-    page = env.get_template("report.html").render(title=title, sales=sales,
-                                                  chart=base64.b64encode(chart_png).decode("ascii"))
+    page = env.get_template("report.html").render(title=title, sales=sales, chart=base64.b64encode(chart_png).decode("ascii"))
     return page.encode("utf-8")

@@ -22,6 +22,7 @@ def request(start: dt.date, end: dt.date, ctx: Any, requested_by: str) -> tuple[
     built = ctx.state.get(GROUP, rid)
     if built and built.get("status") == "done":
         return rid, built
-    ctx.enqueue("reports.requested", {"report_id": rid, "start": str(start), "end": str(end), "requested_by": requested_by},
-                dedup_key=rid)
+    ctx.enqueue(
+        "reports.requested", {"report_id": rid, "start": str(start), "end": str(end), "requested_by": requested_by}, dedup_key=rid
+    )
     return rid, None

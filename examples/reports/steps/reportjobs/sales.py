@@ -20,14 +20,23 @@ from sqlalchemy.engine import Engine
 PROJECT = Path(__file__).resolve().parents[2]
 metadata = MetaData()
 orders = Table(
-    "orders", metadata,
+    "orders",
+    metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=False),
     Column("customer", String(200), nullable=False),
     Column("amount_cents", BigInteger, nullable=False),
     Column("placed_on", Date, nullable=False),
 )
-CUSTOMERS = ["Acme GmbH", "Zoë's Bakery", "Nordlicht AS", "Café Lumière", "Kowalski & Syn", "Blue Harbor Ltd",
-             "Tanaka Shōten", "Ñandú Viajes"]
+CUSTOMERS = [
+    "Acme GmbH",
+    "Zoë's Bakery",
+    "Nordlicht AS",
+    "Café Lumière",
+    "Kowalski & Syn",
+    "Blue Harbor Ltd",
+    "Tanaka Shōten",
+    "Ñandú Viajes",
+]
 
 
 @dataclass(frozen=True)
@@ -64,8 +73,9 @@ def seed(eng: Engine, year: int = 2026, per_day: int = 12) -> None:
         while day.year == year:
             weekend = day.weekday() >= 5
             for _ in range(rnd.randrange(per_day // 3, per_day) if weekend else rnd.randrange(per_day, per_day * 2)):
-                rows.append({"id": oid, "customer": rnd.choice(CUSTOMERS), "amount_cents": rnd.randrange(500, 250_000),
-                             "placed_on": day})
+                rows.append(
+                    {"id": oid, "customer": rnd.choice(CUSTOMERS), "amount_cents": rnd.randrange(500, 250_000), "placed_on": day}
+                )
                 oid += 1
             day += dt.timedelta(days=1)
         conn.execute(insert(orders), rows)
@@ -75,13 +85,25 @@ def query(start: dt.date, end: dt.date) -> Sales:
     """Totals, revenue per day and the five best customers, ``start`` to ``end`` inclusive."""
     in_period = orders.c.placed_on.between(start, end)
     with engine().connect() as conn:
-        count, total = conn.execute(select(func.count(), func.coalesce(func.sum(orders.c.amount_cents), 0)).where(in_period)).one()
-        by_day = conn.execute(select(orders.c.placed_on, func.sum(orders.c.amount_cents)).where(in_period)
-                              .group_by(orders.c.placed_on).order_by(orders.c.placed_on)).all()
-        top = conn.execute(select(orders.c.customer, func.count(), func.sum(orders.c.amount_cents)).where(in_period)
-                           .group_by(orders.c.customer).order_by(func.sum(orders.c.amount_cents).desc()).limit(5)).all()
-    return Sales(start, end, int(count), int(total), [(_date(d), int(c)) for d, c in by_day],
-                 [(str(c), int(n), int(s)) for c, n, s in top])
+        count, total = conn.execute(
+            select(func.count(), func.coalesce(func.sum(orders.c.amount_cents), 0)).where(in_period)
+        ).one()
+        by_day = conn.execute(
+            select(orders.c.placed_on, func.sum(orders.c.amount_cents))
+            .where(in_period)
+            .group_by(orders.c.placed_on)
+            .order_by(orders.c.placed_on)
+        ).all()
+        top = conn.execute(
+            select(orders.c.customer, func.count(), func.sum(orders.c.amount_cents))
+            .where(in_period)
+            .group_by(orders.c.customer)
+            .order_by(func.sum(orders.c.amount_cents).desc())
+            .limit(5)
+        ).all()
+    return Sales(
+        start, end, int(count), int(total), [(_date(d), int(c)) for d, c in by_day], [(str(c), int(n), int(s)) for c, n, s in top]
+    )
 
 
 def _date(value: object) -> dt.date:

@@ -30,11 +30,13 @@ async def handler(args: MotiaHttpArgs[Any]) -> None:
     logger.info("Data received", {"headers": safe_headers})
 
     await response.status(200)
-    await response.headers({
-        "content-type": "text/event-stream",
-        "cache-control": "no-cache",
-        "connection": "keep-alive",
-    })
+    await response.headers(
+        {
+            "content-type": "text/event-stream",
+            "cache-control": "no-cache",
+            "connection": "keep-alive",
+        }
+    )
 
     raw_chunks: list[str] = []
     for chunk in request.request_body.stream:

@@ -1,6 +1,5 @@
 """Test single cron trigger."""
 
-
 from motia import cron, logger
 
 config = {

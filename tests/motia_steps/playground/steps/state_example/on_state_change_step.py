@@ -1,6 +1,5 @@
 """Step that reacts to state changes."""
 
-
 from motia import StateTriggerInput, enqueue, logger, state
 
 config = {

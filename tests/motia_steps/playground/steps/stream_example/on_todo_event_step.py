@@ -1,6 +1,5 @@
 """Step that reacts to stream events."""
 
-
 from motia import StreamTriggerInput, enqueue, logger, stream
 
 config = {
