@@ -20,7 +20,6 @@ from iii_console.core.discovery import discover
 from iii_console.core.dlq import DeadLetterStore
 from iii_console.runtime.runner import StepRunner
 from iii_console.runtime.services import Services
-from iii_console.runtime.worker import WorkerRuntime
 
 from .checker import EFFECT_STEP, check
 from .helpers import events, events_once, make_project, wait_for
@@ -63,36 +62,6 @@ def rproject(tmp_path, redis_url, rabbit_node, rabbit_prefix):
         return cfg, stepset
 
     return build
-
-
-@pytest.fixture
-def rruntime():
-    started: list[WorkerRuntime] = []
-
-    def start(cfg, steps, **kw):
-        rt = WorkerRuntime(cfg, steps, **kw)
-        rt.start()
-        started.append(rt)
-        return rt
-
-    yield start
-    for rt in started:
-        if not rt._stop.is_set():
-            rt.stop(timeout_s=5)
-
-
-@pytest.fixture
-def rproducer():
-    opened: list[Services] = []
-
-    def make(cfg, steps):
-        svc = Services.open(cfg, "test")
-        opened.append(svc)
-        return StepRunner(svc, subscriptions_for(steps.steps)).producer
-
-    yield make
-    for s in opened:
-        s.close()
 
 
 @pytest.fixture
@@ -154,19 +123,19 @@ def worker_children(pid: int) -> list[int]:
 
 
 def test_fan_out_to_quorum_queues_runs_each_step_once_with_its_events(
-    rproject, rruntime, rproducer, r, keys, rabbit_node, rabbit_prefix
+    rproject, runtime, producer, r, keys, rabbit_node, rabbit_prefix
 ):
     """Given two steps on one topic, when three messages are enqueued, then each step runs each once from its own quorum
     queue, and the stream has every copy's enqueued, started and processed events under that copy's id."""
     other = RECORD.replace('name="Rec"', 'name="Other"').replace('"Rec", [', '"Other", [')
     cfg, steps = rproject({"rec_step.py": RECORD, "other_step.py": other})
-    p = rproducer(cfg, steps)
+    p = producer(cfg, steps)
     ids = [p.enqueue("jobs", {"k": f"m{i}"}, trace_id=f"t{i}") for i in range(3)]
     conn = pika.BlockingConnection(pika.URLParameters(rabbit_node.url))
     args = conn.channel().queue_declare(f"{rabbit_prefix}.jobs--Rec--normal", passive=True)
     conn.close()
     assert args.method.message_count == 3  # one publish, a copy in each step's queue
-    rruntime(cfg, steps)
+    runtime(cfg, steps)
     wait_for(lambda: runs(r, keys, "Rec") == runs(r, keys, "Other") == {"m0": 1, "m1": 1, "m2": 1}, what="every copy run once")
     every = {mid for pair in ids for mid in pair}
     assert len(every) == 6
@@ -233,14 +202,14 @@ def test_a_retry_waits_in_a_delay_queue_and_survives_the_worker_being_killed(
 
 @pytest.mark.slow
 def test_a_poison_message_is_dead_lettered_with_its_traceback_and_replayed_once_from_the_cli(
-    rproject, rruntime, rproducer, r, keys, tmp_path
+    rproject, runtime, producer, r, keys, tmp_path
 ):
     """Given a handler that keeps failing, when a message runs out of retries, then its dead letter in Redis has error,
     traceback, attempts and trace id; once fixed, `iii-console dlq replay` puts it back and it runs once."""
     cfg, steps = rproject({"flaky_step.py": FLAKY}, "queues:\n  flaky:\n    max_retries: 1\n    retry_delay: 100\n")
     r.hset(keys.state_group("switch"), "broken", "true")
-    rruntime(cfg, steps)
-    [mid] = rproducer(cfg, steps).enqueue("flaky", {"k": "p"}, trace_id="t-poison")
+    runtime(cfg, steps)
+    [mid] = producer(cfg, steps).enqueue("flaky", {"k": "p"}, trace_id="t-poison")
     [dead] = events_once(r, keys, "message.dead_lettered", 1)
     assert dead.message_id == mid and dead.trace_id == "t-poison"
     [entry] = DeadLetterStore(r, keys).list("dead-letters")
@@ -273,12 +242,12 @@ def test_a_poison_message_is_dead_lettered_with_its_traceback_and_replayed_once_
 
 
 def test_an_undecodable_message_is_quarantined_with_its_raw_bytes_and_the_queue_flows(
-    rproject, rruntime, rproducer, r, keys, rabbit_node, rabbit_prefix
+    rproject, runtime, producer, r, keys, rabbit_node, rabbit_prefix
 ):
     """Given a body that is not a message in a step's queue, then it lands in the quarantine dead-letter queue with its
     raw bytes, with a message.dead_lettered event, and the message behind it runs."""
     cfg, steps = rproject({"rec_step.py": RECORD})
-    p = rproducer(cfg, steps)
+    p = producer(cfg, steps)
     p.enqueue("jobs", {"k": "warm"}, trace_id="t0")  # declares the topology
     conn = pika.BlockingConnection(pika.URLParameters(rabbit_node.url))
     ch = conn.channel()
@@ -286,7 +255,7 @@ def test_an_undecodable_message_is_quarantined_with_its_raw_bytes_and_the_queue_
     ch.basic_publish("", f"{rabbit_prefix}.jobs--Rec--normal", b"\xff\xfe not a message {", mandatory=True)
     conn.close()
     p.enqueue("jobs", {"k": "after"}, trace_id="t1")
-    rruntime(cfg, steps)
+    runtime(cfg, steps)
     wait_for(lambda: runs(r, keys, "Rec") == {"warm": 1, "after": 1}, what="the good messages")
     store = DeadLetterStore(r, keys)
     [entry] = wait_for(lambda: store.list("quarantine"), what="the quarantined body")
@@ -295,16 +264,16 @@ def test_an_undecodable_message_is_quarantined_with_its_raw_bytes_and_the_queue_
     events_once(r, keys, "message.dead_lettered", 1, where=lambda e: e.data.get("dlq") == "quarantine")
 
 
-def test_priority_is_strict_across_the_three_queues(rproject, rruntime, rproducer, r, keys, redis_url):
+def test_priority_is_strict_across_the_three_queues(rproject, runtime, producer, r, keys, redis_url):
     """Given 6 low, 6 normal and 6 high messages waiting, when one single-threaded worker starts, then every high one
     runs before any normal one is started and every normal one before any low one, but for the bound documented:
     at most one message per priority already handed to the worker (its prefetch of a held queue) may run early."""
     cfg, steps = rproject({"rec_step.py": RECORD}, "queues:\n  jobs:\n    concurrency: 1\nworkers:\n  threads: 1\n")
-    p = rproducer(cfg, steps)
+    p = producer(cfg, steps)
     for prio in ("low", "normal", "high"):
         for i in range(6):
             p.enqueue("jobs", {"k": f"{prio}{i}", "order": redis_url, "sleep": 0.02}, trace_id="t", priority=prio)
-    rruntime(cfg, steps, threads=1)
+    runtime(cfg, steps, threads=1)
     order = wait_for(
         lambda: (got := [x.decode() for x in r.lrange("order", 0, -1)]) and len(got) == 18 and got,
         timeout=30,
@@ -395,7 +364,7 @@ def handler(tick, ctx):
 
 
 def test_two_schedulers_on_rabbitmq_fire_each_tick_once_and_each_runs_once(
-    rproject, rruntime, r, keys, rabbit_node, rabbit_prefix
+    rproject, runtime, r, keys, rabbit_node, rabbit_prefix
 ):
     """Given two schedulers taking turns over 10 s of their clock, each tick is claimed once in Redis (one cron.fired)
     and published once (the second scheduler finds the claim taken before publishing); the worker runs each once."""
@@ -426,23 +395,23 @@ def test_two_schedulers_on_rabbitmq_fire_each_tick_once_and_each_runs_once(
     assert sorted(e.data["scheduled_ms"] for e in events(r, keys, "cron.fired")) == ticks
     published = ready(rabbit_node, f"{rabbit_prefix}._cron--Ticker--normal")
     assert published == 10
-    rruntime(cfg, steps)
+    runtime(cfg, steps)
     wait_for(lambda: ready(rabbit_node, f"{rabbit_prefix}._cron--Ticker--normal") == 0, what="the queue drained")
     time.sleep(0.5)
     raw = r.hget(keys.state_group("ticks"), "Ticker")
     assert json.loads(raw) == {str(t): 1 for t in ticks}
 
 
-def test_a_second_copy_of_a_once_only_message_runs_once(rproject, rruntime, rproducer, r, keys):
+def test_a_second_copy_of_a_once_only_message_runs_once(rproject, runtime, producer, r, keys):
     """Given a state trigger's message published twice under one once-key (a producer that published, then lost the
     claim to another), when a worker takes both, then the handler runs once and the second copy is skipped with a log."""
     cfg, steps = rproject({"rec_step.py": RECORD})
-    p = rproducer(cfg, steps)
+    p = producer(cfg, steps)
     once = keys.once("change-1:Rec")
     for _ in range(2):  # what two racing producers leave in the queue
         _triples, copies, prio = p.build("jobs", {"k": "once"}, trace_id="t", priority=None, delay_ms=0, source="state")
         p._publish("jobs", copies, prio, 0, once)
-    rruntime(cfg, steps)
+    runtime(cfg, steps)
     events_once(r, keys, "log", 1, where=lambda e: "second copy" in str(e.data.get("message")))
     time.sleep(0.3)
     assert runs(r, keys, "Rec") == {"once": 1}
@@ -480,7 +449,7 @@ def handler(req, ctx):
     assert time.monotonic() - t0 < 5
 
 
-def test_the_consoles_replay_and_run_now_go_to_rabbitmq(rproject, rruntime, rproducer, r, keys, redis_url):
+def test_the_consoles_replay_and_run_now_go_to_rabbitmq(rproject, runtime, producer, r, keys, redis_url):
     """Given a console on a RabbitMQ deployment, when it replays a dead letter and fires a cron step now, then both are
     published to RabbitMQ and run (not written to Redis queues no worker reads)."""
     from iii_console.runtime.brokers import console_broker
@@ -489,8 +458,8 @@ def test_the_consoles_replay_and_run_now_go_to_rabbitmq(rproject, rruntime, rpro
     cron_step = TICKER.replace('cron("* * * * * *")', 'cron("0 0 1 1 *")')
     cfg, steps = rproject({"flaky_step.py": FLAKY, "ticker_step.py": cron_step}, "queues:\n  flaky:\n    max_retries: 0\n")
     r.hset(keys.state_group("switch"), "broken", "true")
-    rruntime(cfg, steps)
-    rproducer(cfg, steps).enqueue("flaky", {"k": "c"}, trace_id="t-console")
+    runtime(cfg, steps)
+    producer(cfg, steps).enqueue("flaky", {"k": "c"}, trace_id="t-console")
     store = DeadLetterStore(r, keys)
     [entry] = wait_for(lambda: store.list("dead-letters"), what="the dead letter")
     r.hdel(keys.state_group("switch"), "broken")
@@ -542,34 +511,34 @@ def handler(req, ctx):
 
 
 @pytest.mark.slow
-def test_graceful_restarts_do_not_count_as_deliveries_on_rabbitmq(rproject, rruntime, rproducer, r, keys):
+def test_graceful_restarts_do_not_count_as_deliveries_on_rabbitmq(rproject, runtime, producer, r, keys):
     """Given max_deliveries 2 and messages waiting in a worker's prefetch behind a slow one, when the worker is stopped
     gracefully and started again 3 times, then nothing is dead-lettered and every message runs exactly once (prefetched
     messages go back as fresh copies, not as returns a quorum queue would count)."""
     cfg, steps = rproject(
         {"rec_step.py": RECORD}, "queues:\n  jobs:\n    concurrency: 1\n    max_deliveries: 2\nworkers:\n  threads: 1\n"
     )
-    p = rproducer(cfg, steps)
+    p = producer(cfg, steps)
     for i in range(6):
         p.enqueue("jobs", {"k": f"m{i}", "sleep": 0.3}, trace_id=f"t{i}")
     for _ in range(3):
-        rt = rruntime(cfg, steps, threads=1)
+        rt = runtime(cfg, steps, threads=1)
         time.sleep(0.4)  # one handler runs; the next ones wait in the worker's prefetch
         rt.stop(timeout_s=10)
-    rruntime(cfg, steps, threads=1)
+    runtime(cfg, steps, threads=1)
     wait_for(lambda: runs(r, keys, "Rec") == {f"m{i}": 1 for i in range(6)}, timeout=30, what="every message, once")
     assert DeadLetterStore(r, keys).count("dead-letters") == 0
 
 
-def test_a_replayed_once_only_message_runs_again(rproject, rruntime, rproducer, r, keys):
+def test_a_replayed_once_only_message_runs_again(rproject, runtime, producer, r, keys):
     """Given a once-only message (a state trigger's, say) that failed into the dead letters, when it is replayed, then it
     runs: the replay is a new message, not a second copy its run-key would skip."""
     from iii_console.runtime.brokers import make_replayer
 
     cfg, steps = rproject({"flaky_step.py": FLAKY}, "queues:\n  flaky:\n    max_retries: 0\n")
     r.hset(keys.state_group("switch"), "broken", "true")
-    rruntime(cfg, steps)
-    assert rproducer(cfg, steps).enqueue("flaky", {"k": "o"}, trace_id="t", once=keys.once("change-9:Flaky"))
+    runtime(cfg, steps)
+    assert producer(cfg, steps).enqueue("flaky", {"k": "o"}, trace_id="t", once=keys.once("change-9:Flaky"))
     store = DeadLetterStore(r, keys)
     [entry] = wait_for(lambda: store.list("dead-letters"), what="the dead letter")
     r.hdel(keys.state_group("switch"), "broken")
@@ -581,10 +550,10 @@ def test_a_replayed_once_only_message_runs_again(rproject, rruntime, rproducer, 
     wait_for(lambda: runs(r, keys, "Flaky") == {"o": 2}, what="the replayed message to run")
 
 
-def test_cron_run_from_the_cli_publishes_the_tick_to_rabbitmq(rproject, rruntime, r, keys, tmp_path):
+def test_cron_run_from_the_cli_publishes_the_tick_to_rabbitmq(rproject, runtime, r, keys, tmp_path):
     """`iii-console cron run STEP` on a RabbitMQ project publishes the manual tick there, and the worker runs it."""
     cfg, steps = rproject({"ticker_step.py": TICKER.replace('cron("* * * * * *")', 'cron("0 0 1 1 *")')})
-    rruntime(cfg, steps)
+    runtime(cfg, steps)
     out = subprocess.run(
         [sys.executable, "-m", "iii_console", "cron", "run", "Ticker", "--json", "--config", str(tmp_path / "iii-config.yaml")],
         cwd=tmp_path,

@@ -47,12 +47,19 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
 from iii_console.adapters.queue.broker import IIIConsumer, _higher_queues
-from iii_console.adapters.queue.deadletters import DeadDecision, attempts_of, dead, dead_lettered, describe, entry_for
+from iii_console.adapters.queue.deadletters import (
+    DeadDecision,
+    attempts_of,
+    dead,
+    dead_lettered,
+    describe,
+    entry_for,
+    undecodable_entry,
+)
 from iii_console.adapters.queue.names import Subscription, parse_queue
 from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, Publisher, Topology, delay_bucket, parameters
 from iii_console.adapters.queue.scripts import Scripts
 from iii_console.core.dlq import DeadLetter
-from iii_console.core.events import now_ms
 from iii_console.core.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -234,26 +241,10 @@ class RabbitBroker(RabbitmqBroker):
         rq = _text(death.get("queue")) or ""
         queue_name = self.topology.local(rq)
         try:
-            topic, step, _ = parse_queue(queue_name)
-        except ValueError:
-            topic = step = None  # type: ignore[assignment]  # a queue of another layout: no topic or step to name
-        try:
             message = localize(Message.decode(body), queue_name)
         except Exception as exc:
-            now = now_ms()
-            digest = hashlib.sha256(body).hexdigest()[:16]
-            entry = DeadLetter(
-                id=f"undecodable-{digest}-{uuid.uuid4().hex[:8]}",
-                dlq="quarantine",
-                error=f"undecodable message: {type(exc).__name__}: {exc}",
-                topic=topic,
-                step=step,
-                queue=queue_name,
-                attempts=0,
-                first_failure_ms=now,
-                last_failure_ms=now,
-                raw=body.decode("utf-8", errors="replace")[:65536],
-            )
+            rid = f"{hashlib.sha256(body).hexdigest()[:16]}-{uuid.uuid4().hex[:8]}"
+            entry = undecodable_entry(queue_name, rid, body, exc)
             log.error("quarantined undecodable message on %s: %s", queue_name, exc)
             self.store_dead_letter(entry, self.dead_event(entry))
             return
