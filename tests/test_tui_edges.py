@@ -155,6 +155,12 @@ async def test_an_empty_live_view_says_how_to_send_the_first_message_until_one_a
         text = log_text(log)
         assert "curl -X POST http://127.0.0.1:4321/messages" in text and "iii-console send hello" in text
         assert any(line.lstrip().startswith("s ") for line in text.splitlines())
+        # A worker starting is not a message: the log shows it, and Problems keeps the hint.
+        problems = app.query_one("#problems", RichLog)
+        emit([Event(type="worker.started", ts=T0_MS, worker="vm:1:worker0", data={"id": "vm:1:worker0"})])
+        await until(pilot, lambda: "worker.started" in log_text(log), "the worker's event")
+        await until(pilot, lambda: "No messages yet" in log_text(problems), "the hint in Problems")
         emit(lifecycle(1, T0_MS))
         await until(pilot, lambda: "message.processed" in log_text(log), "the first events")
         assert "No events yet" not in log_text(log)
+        await until(pilot, lambda: "No messages yet" not in log_text(problems), "the hint gone from Problems")

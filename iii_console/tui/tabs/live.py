@@ -37,7 +37,7 @@ class LivePane(Pane):
         super().__init__(**kw)  # type: ignore[arg-type]
         self._seq = 0
         self._filter = EventFilter()
-        self._problems_key: tuple[int, int] = (-1, -1)
+        self._problems_key: tuple[int, int, bool] = (-1, -1, False)
         self._hint_shown = False
 
     def compose(self) -> ComposeResult:
@@ -132,7 +132,10 @@ class LivePane(Pane):
     def _show_problems(self, view: View) -> None:
         m = view.model
         last = m.problems[-1].seq if m.problems else 0
-        key = (last, len(m.step_errors))
+        # Until a first message shows up (the stream's own events, a worker starting, do not
+        # count), the panel also says how to send one: the log has moved past its own hint.
+        quiet = m.tiles["received"].total == 0 and m.tiles["enqueued"].total == 0
+        key = (last, len(m.step_errors), quiet)
         if key == self._problems_key:
             return
         self._problems_key = key
@@ -150,6 +153,13 @@ class LivePane(Pane):
         out.extend(_problem_line(entry) for entry in list(reversed(m.problems))[:60])
         if not out:
             out.append(Text("No problems: no step errors, failures or dead letters.", style="green"))
+            if quiet:
+                hint = first_message_hint(
+                    getattr(self.app, "server_url", None),
+                    read_only=getattr(self.app, "read_only", False),
+                    title="No messages yet",
+                )
+                out.append(Text("\n").join([Text(""), hint.copy()]))
         box.write(Text("\n").join(out), scroll_end=False)
         retitle(box, title=f"Problems ({len(m.step_errors)} step errors)" if m.step_errors else "Problems")
 
@@ -200,10 +210,10 @@ def _problem_line(entry: LogEntry) -> Text:
     )
 
 
-def first_message_hint(server_url: str | None, *, read_only: bool = False) -> Text:
+def first_message_hint(server_url: str | None, *, read_only: bool = False, title: str = "No events yet") -> Text:
     """What an empty log says: nothing has happened yet, and how to send the first message."""
     url = server_url or "http://127.0.0.1:3111"
-    out = Text("No events yet. Send a first message:\n", style="bold")
+    out = Text(f"{title}. Send a first message:\n", style="bold")
     if not read_only and server_url:
         out.append("  s", "bold cyan")
         out.append("  here, to open the send form\n")
