@@ -187,6 +187,7 @@ async def shoot(name: str, out: Path, size: tuple[int, int]) -> Path:
     from iii_console.core.config import load_config
     from iii_console.runtime.supervisor import Supervisor
     from iii_console.tui import create_app
+    from iii_console.tui.filter import EventFilter
 
     with tempfile.TemporaryDirectory(prefix=f"iii-shots-{name}-") as tmp:
         project = Path(tmp) / name
@@ -202,7 +203,7 @@ async def shoot(name: str, out: Path, size: tuple[int, int]) -> Path:
             os.environ["DATA_CHUNK_PAUSE_MS"] = "1500"  # chunks stay on screen while they commit
         elif name == "cleanup":
             os.environ["CLEANUP_CRON"] = "*/5 * * * * *"
-            os.environ["CLEANUP_ROW_BATCH"] = "1000"
+            os.environ["CLEANUP_ROW_BATCH"] = "2000"
         elif name == "email":
             from aiosmtpd.controller import Controller
 
@@ -262,8 +263,8 @@ async def shoot(name: str, out: Path, size: tuple[int, int]) -> Path:
                 elif name == "cleanup":
                     await wait(
                         pilot,
-                        lambda: sum(1 for r in model.messages.values() if r.status == "processed") >= 8,
-                        "two rounds of sweeps",
+                        lambda: sum(1 for r in model.messages.values() if r.status == "processed") >= 12,
+                        "three rounds of sweeps",
                         timeout=60,
                     )
                 else:
@@ -278,7 +279,12 @@ async def shoot(name: str, out: Path, size: tuple[int, int]) -> Path:
                         "batches sent, sending and throttled",
                         timeout=60,
                     )
-                await pilot.press("1" if name == "cleanup" else "2")  # cleanup's story is its cleanup.swept lines
+                if name == "cleanup":  # its story is the Live log's summaries: the whole width for them
+                    await pilot.press("1")
+                    app.filter = EventFilter.parse("type:cleanup.swept,progress")
+                    app.query_one("#problems").display = False
+                else:
+                    await pilot.press("2")
                 start = app.render_count
                 await wait(pilot, lambda: app.render_count >= start + 3, "a few render ticks")
                 path = out / f"examples-{name}.svg"
