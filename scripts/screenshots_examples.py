@@ -36,6 +36,13 @@ from screenshots import to_png, wait  # noqa: E402  (the seed's screenshot helpe
 NAMES = ["images", "email", "data", "reports", "cleanup"]
 
 
+#: The examples shown in the Live log rather than Messages, and the filter that tells their story.
+LIVE_FILTERS = {
+    "cleanup": "type:cleanup.swept,progress",
+    "data": "type:progress,message.processed,message.started,data.",
+}
+
+
 def _images() -> list[tuple[str, bytes, str]]:
     from PIL import Image, ImageDraw
 
@@ -279,9 +286,9 @@ async def shoot(name: str, out: Path, size: tuple[int, int]) -> Path:
                         "batches sent, sending and throttled",
                         timeout=60,
                     )
-                if name == "cleanup":  # its story is the Live log's summaries: the whole width for them
+                if name in LIVE_FILTERS:  # the story is in the Live log's lines: the whole width for them
                     await pilot.press("1")
-                    app.filter = EventFilter.parse("type:cleanup.swept,progress")
+                    app.filter = EventFilter.parse(LIVE_FILTERS[name])
                     app.query_one("#problems").display = False
                 else:
                     await pilot.press("2")
