@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from screenshots import to_png, wait  # noqa: E402  (the seed's screenshot helpers)
 
-
 NAMES = ["images", "email", "data", "reports", "cleanup"]
 
 
@@ -190,7 +189,7 @@ def _seed_cleanup(project: Path, sup: Any) -> Any:
     return Leases(c, keys).acquire("cleanup.state", 120_000)  # PruneState's runs skip while this is held
 
 
-async def shoot(name: str, out: Path, size: tuple[int, int]) -> Path:
+async def shoot(name: str, out: Path, size: tuple[int, int]) -> list[Path]:
     from iii_console.core.config import load_config
     from iii_console.runtime.supervisor import Supervisor
     from iii_console.tui import create_app
@@ -262,7 +261,9 @@ async def shoot(name: str, out: Path, size: tuple[int, int]) -> Path:
                         pilot,
                         lambda: (
                             sum(1 for r in model.messages.values() if r.step == "BuildReport" and r.status == "processed") >= 3
-                            and any(r.step == "BuildReport" and r.status == "running" and r.progress for r in model.messages.values())
+                            and any(
+                                r.step == "BuildReport" and r.status == "running" and r.progress for r in model.messages.values()
+                            )
                         ),
                         "reports built and building",
                         timeout=90,
@@ -295,8 +296,17 @@ async def shoot(name: str, out: Path, size: tuple[int, int]) -> Path:
                 start = app.render_count
                 await wait(pilot, lambda: app.render_count >= start + 3, "a few render ticks")
                 path = out / f"examples-{name}.svg"
+                paths = [path]
                 app.save_screenshot(filename=path.name, path=str(out))
                 print(f"screenshots: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+                if name == "reports":  # and the finished reports in State, with their PDF, HTML and chart refs
+                    await pilot.press("5")
+                    start = app.render_count
+                    await wait(pilot, lambda: app.render_count >= start + 3, "a few render ticks")
+                    extra = out / "examples-reports-state.svg"
+                    app.save_screenshot(filename=extra.name, path=str(out))
+                    print(f"screenshots: {extra.relative_to(ROOT) if extra.is_relative_to(ROOT) else extra}")
+                    paths.append(extra)
                 await pilot.press("q")
         finally:
             if lease is not None:
@@ -304,7 +314,7 @@ async def shoot(name: str, out: Path, size: tuple[int, int]) -> Path:
             await sup.stop()
             if controller is not None:
                 controller.stop()
-    return path
+    return paths
 
 
 def main() -> None:
@@ -318,7 +328,7 @@ def main() -> None:
     cols, rows = (int(x) for x in args.size.lower().split("x"))
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    svgs = [asyncio.run(shoot(name, out, (cols, rows))) for name in (args.only or NAMES)]
+    svgs = [svg for name in (args.only or NAMES) for svg in asyncio.run(shoot(name, out, (cols, rows)))]
     to_png(svgs)
 
 
