@@ -8,6 +8,7 @@ by default, ``.iii/reports.sqlite``, seeded on first use with a year of made-up 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import functools
 import os
 import random
@@ -58,7 +59,11 @@ def engine() -> Engine:
         return create_engine(url)
     (PROJECT / ".iii").mkdir(exist_ok=True)
     eng = create_engine(f"sqlite:///{PROJECT / '.iii' / 'reports.sqlite'}", connect_args={"timeout": 30})
-    seed(eng)
+    # Two first builds at once (two worker processes) would both find no table or an empty one,
+    # and the second's CREATE or INSERT would fail: the seed runs under a file lock.
+    with open(PROJECT / ".iii" / "reports.sqlite.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        seed(eng)
     return eng
 
 
