@@ -5,6 +5,9 @@ stock path answers 500 to invalid UTF-8 and to deeply nested JSON and accepts
 JSON sent as ``text/plain`` (which a browser can send cross-site without a
 preflight). Every rejection is a 4xx naming what is wrong, and nothing is
 written to Redis for a rejected request.
+
+One module because the edge is one path: parsing, the depth gate, uploads and the answer
+shapes share ``Reject`` and the same 4xx rules; split, each piece would re-import the rest.
 """
 
 from __future__ import annotations

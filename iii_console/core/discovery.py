@@ -3,6 +3,10 @@
 A broken file never stops the others: each problem becomes a :class:`StepError`
 (file, line, step, field) in the result, and the runtime reports it as a
 ``step.error`` event while the good steps run.
+
+One module because a step file's errors are explained in one vocabulary (file, line,
+step, field, the nearest accepted key); loading, the shape checks and the explanations
+use each other's helpers.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ that a background thread flushes with one script call (``lua/events_add.lua``:
 the batch's ``XADD``s, one trim, the metric counters) every few milliseconds.
 A handler that emits never waits on Redis. If Redis is away the buffer holds events (up to ``buffer_max``; the oldest are dropped past that and
 counted) and the flusher retries, so a blip leaves no gap in the console's log.
+
+One module because the emitter, the sink and its flusher share one buffer, one lock and
+one ordering rule (a settle takes its message's buffered events along).
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ script hands back the current value and the op is recomputed from it.
 Contention is per key, not per group. ``set`` and ``delete`` do not depend on
 the old value, so they skip the read and first guess "absent": a new key (the
 common case: a new message's record) costs one round trip, an existing one two.
+
+One module because the sync and async stores run the same plans: each operation is
+written once here and both stores execute it.
 """
 
 from __future__ import annotations

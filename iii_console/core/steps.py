@@ -3,6 +3,9 @@
 A step's ``config`` is either built with the typed helpers (``Step(..., triggers=[http(...)])``)
 or written as a Motia-shaped dict; both go through the same pydantic models, so a
 mistake is reported the same way: file, step, field.
+
+One module because the trigger models and ``Step`` validate each other (a trigger's
+fields depend on the step around it) and are what a step file imports by name.
 """
 
 from __future__ import annotations

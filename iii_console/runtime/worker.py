@@ -8,6 +8,9 @@ Per process:
 - a sweep that returns dead workers' in-flight messages to their queues;
 - a promoter that moves due delayed messages (retries, ``delay_ms``) onto their queues;
 - the state-trigger dispatcher (``dispatcher.py``), reading state changes through a consumer group.
+
+One module because the duties above start and stop together, in an order the process's
+stop depends on (intake closed, handlers drained, heartbeat last).
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Only reads, and only through the core (keys, stores, queue stats), so the
 console can watch a remote deployment without running any of it. Nothing here
 knows about Textual: the app runs :func:`follow_stream` and :func:`poll_snapshots`
 on its worker threads, and they hand what they read to callbacks.
+
+One module because the stream reader, the snapshot poller and their reconnect loops
+share the same decoding and back-off; nothing else in the console talks to Redis.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@
   worker's sweep (``sweep.py``) recovers dead workers' messages on a timer,
   judged by Redis's clock, and a supervisor recovers its own crashed
   children's at once.
+
+One module because the broker and its consumer are one protocol (Dramatiq's): each
+settle the consumer makes is a broker transition.
 """
 
 from __future__ import annotations

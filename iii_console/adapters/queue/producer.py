@@ -6,6 +6,9 @@ request that got its 202 has its messages durably in Redis. The same call
 writes each copy's ``message.enqueued`` event, so the stream shows a message
 exactly when Redis holds it. A delayed message waits in Redis (its queue's
 ``.delayed`` set), due by Redis's clock.
+
+One module because the sync and async producers share the message building and the
+events; only the call that sends differs.
 """
 
 from __future__ import annotations

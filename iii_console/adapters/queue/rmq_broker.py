@@ -25,6 +25,9 @@ with queues, delays and dead letters is replaced:
   messages, looking again every 50 ms.
 - **Lifecycle events** go to the Redis event stream as with the Redis broker,
   through the process's event buffer (there is no script to ride on).
+
+One module because the broker, its consumer and the dead-letter ingester share the
+connection rules and the settle semantics listed above.
 """
 
 from __future__ import annotations

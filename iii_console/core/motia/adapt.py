@@ -17,6 +17,9 @@ handler is wrapped so that it is called as Motia's runtime calls it:
 
 What cannot work without Motia's engine is refused here, at load, with the file, the line
 and the equivalent (:class:`Refused`).
+
+One module because each Motia convention (handler arity, request and response shapes,
+conditions, triggers) is adapted at one seam, the wrapped handler.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Cron (schedules and drift), Workers (instances and heartbeats), Steps (triggers and flows)."""
+"""Cron (schedules and drift), Workers (instances and heartbeats), Steps (triggers and flows).
+
+One module because the three views are each small and are built the same way, from the
+same table and formatting helpers.
+"""
 
 from __future__ import annotations
 
