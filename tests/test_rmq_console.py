@@ -149,3 +149,22 @@ def test_config_check_names_the_broker_setting_at_fault(tmp_path, config, env, f
         assert res.returncode == 2 and res.stdout.startswith(finding), res.stdout + res.stderr
     else:
         assert res.returncode == 0 and res.stdout == "", res.stdout + res.stderr
+
+
+@pytest.mark.anyio
+async def test_the_consoles_header_names_a_broker_other_than_redis(redis_url, r, keys):
+    """Given a deployment that published `broker: rabbitmq` (and depths), when the console attaches, then its
+    header names rabbitmq beside the Redis address, and a Redis deployment's header does not."""
+    from .helpers import console, started, topbar, until
+
+    plain = console(redis_url=redis_url)
+    async with plain.run_test(size=(160, 40)) as pilot:
+        await started(pilot)
+        await until(pilot, lambda: plain.snap.polls > 0 and plain.where in topbar(plain), "the header")
+        assert "rabbitmq" not in topbar(plain)
+    r.hset(keys.deployment_registry, "broker", "rabbitmq")
+    r.hset(keys.broker_depths, mapping={"jobs--Rec--normal": 4})
+    app = console(redis_url=redis_url)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await started(pilot)
+        await until(pilot, lambda: f"{app.where}  rabbitmq" in topbar(app), "the broker in the header")

@@ -112,8 +112,9 @@ class DepthMirror:
                 failing = False
             except (*AMQP_ERRORS, redis.RedisError) as exc:
                 # RabbitMQ or Redis away: the copy expires, the console shows no depths; try again.
+                # Info, not a warning: /health and every enqueue already say RabbitMQ is away.
                 if not failing:
-                    log.warning("queue depths not copied from RabbitMQ: %s", type(exc).__name__)
+                    log.info("queue depths not copied from RabbitMQ: %s", type(exc).__name__)
                 failing = True
                 self._close()
             self._stop.wait(self.every_s)
