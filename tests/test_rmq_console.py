@@ -153,9 +153,9 @@ def test_config_check_names_the_broker_setting_at_fault(tmp_path, config, env, f
 
 @pytest.mark.anyio
 async def test_the_consoles_header_names_a_broker_other_than_redis(redis_url, r, keys):
-    """Given a deployment that published `broker: rabbitmq` (and depths), when the console attaches, then its
-    header names rabbitmq beside the Redis address, and a Redis deployment's header does not."""
-    from .helpers import console, started, topbar, until
+    """Given a deployment that published `broker: rabbitmq` and RabbitMQ's depths, when the console attaches, then
+    its header names rabbitmq beside the Redis address (a Redis deployment's does not) and Queues shows the depth."""
+    from .helpers import console, started, table_rows, topbar, until
 
     plain = console(redis_url=redis_url)
     async with plain.run_test(size=(160, 40)) as pilot:
@@ -168,3 +168,6 @@ async def test_the_consoles_header_names_a_broker_other_than_redis(redis_url, r,
     async with app.run_test(size=(160, 40)) as pilot:
         await started(pilot)
         await until(pilot, lambda: f"{app.where}  rabbitmq" in topbar(app), "the broker in the header")
+        await pilot.press("3")
+        row = await until(pilot, lambda: table_rows(app, "#queues-table").get("jobs"), "the jobs row in Queues")
+        assert row[2:4] == ["4", "0 / 4 / 0"], row

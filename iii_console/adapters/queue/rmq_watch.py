@@ -164,16 +164,20 @@ class RabbitHealth:
                 raise self._error
 
     def _probe(self) -> BaseException | None:
-        try:
-            if self._conn is None or not self._conn.is_open:
-                self._conn = pika.BlockingConnection(self.params)
-            self._conn.process_data_events(time_limit=0)
-            if not self._conn.is_open:
-                raise pika.exceptions.ConnectionClosed(320, "closed")
-            return None
-        except AMQP_ERRORS as exc:
-            self.close_connection()
-            return exc
+        # A kept connection may have been closed by the server's heartbeat timeout while
+        # nobody asked (it is only served on a probe): then a fresh one decides.
+        for _ in range(2 if self._conn is not None else 1):
+            try:
+                if self._conn is None or not self._conn.is_open:
+                    self._conn = pika.BlockingConnection(self.params)
+                self._conn.process_data_events(time_limit=0)
+                if not self._conn.is_open:
+                    raise pika.exceptions.ConnectionClosed(320, "closed")
+                return None
+            except AMQP_ERRORS as exc:
+                self.close_connection()
+                error: BaseException = exc
+        return error
 
     def close_connection(self) -> None:
         conn, self._conn = self._conn, None
