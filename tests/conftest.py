@@ -11,6 +11,9 @@ import asyncio
 import inspect
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -277,3 +280,34 @@ def broker(request: pytest.FixtureRequest) -> str:
     node = request.getfixturevalue("rabbit_node")
     prefix = request.getfixturevalue("rabbit_prefix")
     return f"broker: rabbitmq\nrabbitmq:\n  url: {node.url}\n  prefix: {prefix}\n"
+
+
+@pytest.fixture
+def procs():
+    """``iii-console --no-ui`` processes of a test, stopped (or killed) at its end."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(project: Path, *args: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "iii_console", "--no-ui", *args, "--config", str(project / "iii-config.yaml")],
+            cwd=project,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        started.append(p)
+        banner = p.stderr.readline()  # type: ignore[union-attr]
+        assert "running" in banner, banner + (p.stderr.read() if p.poll() is not None else "")  # type: ignore[union-attr]
+        p.banner = banner  # type: ignore[attr-defined]
+        return p
+
+    yield start
+    for p in started:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)

@@ -64,37 +64,6 @@ def rproject(tmp_path, redis_url, rabbit_node, rabbit_prefix):
     return build
 
 
-@pytest.fixture
-def procs():
-    """``iii-console --no-ui`` processes of a test, stopped (or killed) at its end."""
-    started: list[subprocess.Popen[str]] = []
-
-    def start(project: Path, *args: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen(
-            [sys.executable, "-m", "iii_console", "--no-ui", *args, "--config", str(project / "iii-config.yaml")],
-            cwd=project,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        started.append(p)
-        banner = p.stderr.readline()  # type: ignore[union-attr]
-        assert "running" in banner, banner + (p.stderr.read() if p.poll() is not None else "")  # type: ignore[union-attr]
-        p.banner = banner  # type: ignore[attr-defined]
-        return p
-
-    yield start
-    for p in started:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
-
-
 def runs(r, keys, step):
     raw = r.hget(keys.state_group("runs"), step)
     return json.loads(raw) if raw else {}

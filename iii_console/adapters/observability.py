@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from iii_console.core import metrics
 from iii_console.core.dlq import DeadLetterStore
 from iii_console.core.keys import Keys
-from iii_console.core.queues import queue_stats
+from iii_console.core.queues import add_broker_depths, broker_depths, queue_stats
 from iii_console.core.redis_server import server_version, version_warning
 from iii_console.core.redis_url import primary_of
 
@@ -100,7 +100,8 @@ class _Snapshot(Collector):
 
         topics = [t.decode() if isinstance(t, bytes) else t for t in self.client.hkeys(self.keys.queues_registry)]
         depth = GaugeMetricFamily("iii_queue_messages", "Messages per topic by state", labels=["topic", "state"])
-        for topic, st in sorted(queue_stats(self.client, self.keys, [t for t in topics if t != "default"]).items()):
+        stats = queue_stats(self.client, self.keys, [t for t in topics if t != "default"])
+        for topic, st in sorted(add_broker_depths(stats, broker_depths(self.client, self.keys)).items()):
             depth.add_metric([topic, "waiting"], st.waiting)
             depth.add_metric([topic, "delayed"], st.delayed)
             depth.add_metric([topic, "in_flight"], st.in_flight)
@@ -116,8 +117,29 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily("iii_workers", "Worker processes with a recent heartbeat", value=len(alive))
 
 
-def routes(client: redis.Redis, keys: Keys, *, metrics_path: str, health_path: str, heartbeat_timeout: float) -> list[Any]:
-    """Litestar handlers for the configured paths (an empty path is left out)."""
+class BrokerDown(Exception):
+    """The broker named ``name`` failed ``/health``'s check (``cause`` is logged, not answered)."""
+
+    def __init__(self, name: str, cause: BaseException):
+        super().__init__(name)
+        self.name = name
+        self.cause = cause
+
+
+def routes(
+    client: redis.Redis,
+    keys: Keys,
+    *,
+    metrics_path: str,
+    health_path: str,
+    heartbeat_timeout: float,
+    broker_check: tuple[str, Callable[[], None]] | None = None,
+) -> list[Any]:
+    """Litestar handlers for the configured paths (an empty path is left out).
+
+    ``broker_check``: the name and check of a broker other than Redis (it raises when the
+    broker is down); ``/health`` then answers 503 naming it, never its URL.
+    """
     import anyio.to_thread
 
     out: list[Any] = []
@@ -151,6 +173,15 @@ def routes(client: redis.Redis, keys: Keys, *, metrics_path: str, health_path: s
                 for w, s in client.zrange(keys.worker_heartbeats, 0, -1, withscores=True)
             }
             version = server_version(client)
+            broker: dict[str, Any] = {}
+            if broker_check is not None:
+                name, probe = broker_check
+                t1 = time.perf_counter()
+                try:
+                    probe()
+                except Exception as exc:
+                    raise BrokerDown(name, exc) from None
+                broker = {name: {"ok": True, "latency_ms": round((time.perf_counter() - t1) * 1000, 2)}}
             return {
                 "status": "ok" if alive else "degraded",
                 "redis": {
@@ -160,6 +191,7 @@ def routes(client: redis.Redis, keys: Keys, *, metrics_path: str, health_path: s
                     "warning": version_warning(version),
                     **({"primary": primary} if (primary := primary_of(client)) else {}),
                 },
+                **broker,
                 "workers": {"alive": len(alive), "stale": stale, "ms_since_heartbeat": last},
             }
 
@@ -172,6 +204,17 @@ def routes(client: redis.Redis, keys: Keys, *, metrics_path: str, health_path: s
                 log.warning("health check: Redis unavailable: %s", exc)
                 return Response(
                     {"status": "unavailable", "redis": {"ok": False, "error": type(exc).__name__}},
+                    status_code=503,
+                    headers={"Retry-After": "1"},
+                )
+            except BrokerDown as down:
+                log.warning("health check: %s unavailable: %s", down.name, down.cause)
+                return Response(
+                    {
+                        "status": "unavailable",
+                        "redis": {"ok": True},
+                        down.name: {"ok": False, "error": type(down.cause).__name__},
+                    },
                     status_code=503,
                     headers={"Retry-After": "1"},
                 )

@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -516,6 +517,15 @@ class ServedApp:
         await self.gate.aclose()
 
 
+def _broker_check(cfg: Any) -> tuple[str, Callable[[], None]] | None:
+    """``/health``'s check of the broker when it is not Redis (Redis is checked anyway)."""
+    if cfg.broker != "rabbitmq":
+        return None
+    from iii_console.adapters.queue.rmq_watch import RabbitHealth
+
+    return "rabbitmq", RabbitHealth(cfg.rabbitmq.url).check
+
+
 def create_app(runner: Runner, steps: list[Step], *, max_body_bytes: int) -> ServedApp:
     """The app the ``server`` role serves. ``runner`` must have its async clients, built on the server's loop."""
     from iii_console.adapters.observability import routes
@@ -528,6 +538,7 @@ def create_app(runner: Runner, steps: list[Step], *, max_body_bytes: int) -> Ser
         metrics_path="" if cfg.server.metrics_path in taken else cfg.server.metrics_path,
         health_path="" if cfg.server.health_path in taken else cfg.server.health_path,
         heartbeat_timeout=cfg.workers.heartbeat_timeout,
+        broker_check=_broker_check(cfg),
     )
     if cfg.server.openapi_path and cfg.server.openapi_path not in taken:
         from litestar import get

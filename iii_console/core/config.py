@@ -329,7 +329,7 @@ class Config(_Section):
     @model_validator(mode="after")
     def _broker_reachable(self) -> Config:
         if self.broker == "rabbitmq" and not self.rabbitmq.url:
-            raise ValueError("broker: rabbitmq needs rabbitmq.url (amqp://HOST:5672/VHOST)")
+            raise ValueError("broker: rabbitmq needs rabbitmq.url (or RABBITMQ_URL): amqp://HOST:5672/VHOST")
         return self
 
     def queue(self, topic: str) -> QueueConfig:
@@ -544,6 +544,11 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
         data.setdefault("redis", {})
         if isinstance(data["redis"], dict):
             data["redis"]["url"] = env["REDIS_URL"]
+    if env.get("RABBITMQ_URL"):  # likewise; checked here so a `broker: rabbitmq` file without a url is valid
+        _check_env_amqp(env["RABBITMQ_URL"])
+        data.setdefault("rabbitmq", {})
+        if isinstance(data["rabbitmq"], dict):
+            data["rabbitmq"]["url"] = env["RABBITMQ_URL"]
     try:
         return Config(**data, project_dir=str(p.resolve().parent), source=fname)
     except ValidationError as exc:
@@ -563,6 +568,13 @@ def _message(err: Any) -> str:
         return "unknown key"
     msg = str(err["msg"])
     return msg.removeprefix("Value error, ")
+
+
+def _check_env_amqp(url: str) -> None:
+    try:
+        RabbitmqConfig(url=url)
+    except ValidationError as exc:
+        raise ConfigError(_message(exc.errors()[0]), key="RABBITMQ_URL (environment)") from None
 
 
 def _check_env_url(env: dict[str, str]) -> None:

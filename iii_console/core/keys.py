@@ -181,6 +181,20 @@ class Keys:
         return f"{self.prefix}queues"
 
     @property
+    def deployment_registry(self) -> str:
+        """Hash: facts about the running deployment (``broker``), published by the supervisor."""
+        return f"{self.prefix}deployment"
+
+    @property
+    def broker_depths(self) -> str:
+        """Hash: queue name (``topic--step--priority``) -> messages ready on a broker other than Redis.
+
+        Copied from the broker every second by whoever talks to it, with a short TTL, so the
+        console, which reads Redis only, sees depths that live elsewhere (and none once stale).
+        """
+        return f"{self.prefix}broker-depths"
+
+    @property
     def metrics_counts(self) -> str:
         """Hash: ``type|topic|step`` -> count of events, kept by the event sink."""
         return f"{self.prefix}metrics:counts"

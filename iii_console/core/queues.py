@@ -84,3 +84,32 @@ def queue_stats(client: redis.Redis, keys: Keys, topics: Iterable[str] = ()) -> 
         else:
             st.in_flight += n
     return out
+
+
+def broker_depths(client: redis.Redis, keys: Keys) -> dict[str, int]:
+    """Ready messages per queue (``topic--step--priority``) as a broker other than Redis last reported them.
+
+    Empty when the broker is Redis, or when nobody copied them within their TTL (a
+    stopped deployment shows no depths rather than old ones).
+    """
+    out: dict[str, int] = {}
+    for name, n in client.hgetall(keys.broker_depths).items():
+        try:
+            out[as_str(name)] = int(n)
+        except ValueError:
+            continue
+    return out
+
+
+def add_broker_depths(stats: dict[str, QueueStat], depths: dict[str, int]) -> dict[str, QueueStat]:
+    """Count ``depths`` (see :func:`broker_depths`) as waiting messages of their topics, by priority."""
+    for name, n in depths.items():
+        try:
+            topic, step, prio = name.rsplit("--", 2)
+        except ValueError:
+            continue
+        st = stats.setdefault(topic, QueueStat(topic))
+        st.steps.add(step)
+        st.waiting += n
+        st.by_priority[prio] = st.by_priority.get(prio, 0) + n
+    return stats

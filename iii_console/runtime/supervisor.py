@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 from iii_console.core.config import Config
 from iii_console.core.connection import check_redis
@@ -74,6 +75,8 @@ class Supervisor:
         self.pool: WorkerPool | None = None
         self.scheduler: CronScheduler | None = None
         self.sweeper: Sweeper | None = None
+        #: The copier of RabbitMQ queue depths into Redis (``broker: rabbitmq``), for the console.
+        self.depths: Any = None
         self._stack = AsyncExitStack()
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
@@ -109,6 +112,18 @@ class Supervisor:
             task = asyncio.create_task(watchdog.run(), name="iii-redis-watchdog")
             stack.callback(task.cancel)
         self.sweeper = await stack.enter_async_context(Sweeper(services, self.steps))
+        if self.config.broker == "rabbitmq":
+            from iii_console.adapters.queue.rmq_watch import DepthMirror
+
+            self.depths = stack.enter_context(
+                DepthMirror(
+                    self.config.rabbitmq.url,
+                    self.config.rabbitmq.prefix,
+                    services.client,
+                    services.keys,
+                    self._subscriptions(),
+                )
+            )
         if "worker" in self.roles:
             self.pool = await stack.enter_async_context(
                 WorkerPool(
@@ -132,6 +147,7 @@ class Supervisor:
         c, k = self.services.client, self.services.keys
         pipe = c.pipeline()
         pipe.delete(k.steps_registry, k.queues_registry)
+        pipe.hset(k.deployment_registry, "broker", self.config.broker)
         for s in self.steps.steps:
             pipe.hset(k.steps_registry, s.name, json.dumps(s.describe()))
         for t in sorted(set(self.steps.topics) | {"default"}):
@@ -140,6 +156,12 @@ class Supervisor:
         # Before anything of this version can change state: changes to the groups
         # its state steps watch are recorded from now on, and fire once a worker runs.
         watch_state_triggers(c, k, self.steps)
+
+    def _subscriptions(self) -> list[Any]:
+        """Every (topic, step) subscription of the current steps, cron and state steps' own included."""
+        from iii_console.adapters.queue.producer import subscriptions_for
+
+        return [s for subs in subscriptions_for(self.steps.steps).values() for s in subs]
 
     @property
     def port(self) -> int | None:
@@ -191,6 +213,8 @@ class Supervisor:
         self._publish_registry()
         if self.sweeper is not None:
             self.sweeper.reload(fresh)
+        if self.depths is not None:
+            self.depths.reload(self._subscriptions())
         if self.server is not None:
             await self.server.reload(fresh)
         if self.scheduler is not None:

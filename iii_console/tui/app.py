@@ -393,6 +393,8 @@ class ConsoleApp(WriteFlows):
             bar.append("○ connecting…" if level < 3 else "○", "yellow")
         if level < 1:
             bar.append(f"  {self.where}", "bright_black")
+            if self.snap.broker != "redis":
+                bar.append(f"  {self.snap.broker}", "bold cyan")
         if self.read_only:
             bar.append("  read-only" if level < 3 else " ro", "bold magenta")
         bar.append("  │  " if level < 3 else " │ ", "bright_black")

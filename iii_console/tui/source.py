@@ -24,7 +24,7 @@ from iii_console.core.dlq import DeadLetter, DeadLetterStore
 from iii_console.core.errors import DecodeError
 from iii_console.core.events import Event
 from iii_console.core.keys import Keys, as_str
-from iii_console.core.queues import QueueStat, queue_stats
+from iii_console.core.queues import QueueStat, add_broker_depths, broker_depths, queue_stats
 from iii_console.core.redis_url import client_from_url
 from iii_console.core.state import StateStore
 
@@ -236,6 +236,8 @@ class Snapshot:
     state_group: str | None = None
     state_values: dict[str, Any] = field(default_factory=dict)
     cron: tuple[CronInfo, ...] = ()
+    #: Where queue messages live (``redis`` or ``rabbitmq``), as the running deployment published it.
+    broker: str = "redis"
     #: Which parts have been fetched at least once (a view says "loading" until then).
     loaded: frozenset[str] = frozenset()
     polls: int = 0
@@ -266,6 +268,7 @@ def fetch(
     if "registry" in wants:
         upd["steps"] = {as_str(k): _json(v) for k, v in client.hgetall(keys.steps_registry).items()}
         upd["strategies"] = {as_str(k): _json(v) for k, v in client.hgetall(keys.queues_registry).items()}
+        upd["broker"] = as_str(client.hget(keys.deployment_registry, "broker") or b"redis")
     steps = upd.get("steps", prev.steps)
     if "workers" in wants:
         upd["workers"] = _workers(client, keys)
@@ -275,7 +278,8 @@ def fetch(
             for spec in s.get("trigger_specs", []):
                 if spec.get("type") == "queue":
                     topics.add(spec["topic"])
-        upd["queues"] = queue_stats(client, keys, sorted(topics))
+        # On RabbitMQ the waiting messages are not in Redis: the deployment copies their counts here.
+        upd["queues"] = add_broker_depths(queue_stats(client, keys, sorted(topics)), broker_depths(client, keys))
     if wants & {"queues", "dlq", "dlq_counts"}:
         store = DeadLetterStore(client, keys)
         upd["dlq_counts"] = {n: store.count(n) for n in store.names()}

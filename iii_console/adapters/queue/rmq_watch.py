@@ -1,0 +1,188 @@
+"""What the rest of the deployment sees of RabbitMQ: queue depths copied into Redis, and a health check.
+
+The console reads Redis only (it never connects to RabbitMQ), so the supervisor
+of a RabbitMQ deployment runs a :class:`DepthMirror`: every second it reads
+each subscribed queue's ready-message count (a passive ``queue_declare``, which
+creates nothing) and writes them into one Redis hash with a short TTL. A
+stopped deployment leaves no stale depths: the hash expires.
+
+:class:`RabbitHealth` is ``/health``'s RabbitMQ check: one connection kept
+open, probed at most every few seconds, each probe bounded in time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import pika
+import pika.exceptions
+import redis
+
+from iii_console.adapters.queue.names import Subscription
+from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, parameters
+from iii_console.core.keys import Keys
+
+log = logging.getLogger(__name__)
+
+#: How often the depths are copied, and how long a copy stays readable without a newer one.
+MIRROR_EVERY_S = 1.0
+MIRROR_TTL_S = 5
+#: Seconds an AMQP connect or probe may take before it counts as down.
+PROBE_TIMEOUT_S = 2.0
+
+
+def _params(url: str) -> list[pika.URLParameters]:
+    out = parameters(url)
+    for p in out:
+        p.socket_timeout = PROBE_TIMEOUT_S
+        p.stack_timeout = PROBE_TIMEOUT_S
+        p.blocked_connection_timeout = PROBE_TIMEOUT_S
+    return out
+
+
+class DepthMirror:
+    """Copies the ready-message count of each subscribed RabbitMQ queue into ``keys.broker_depths``."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        client: redis.Redis,
+        keys: Keys,
+        subscriptions: Iterable[Subscription],
+        *,
+        every_s: float = MIRROR_EVERY_S,
+    ):
+        self.params = _params(url)
+        self.prefix = prefix
+        self.client = client
+        self.keys = keys
+        self.every_s = every_s
+        self._queues = self._names(subscriptions)
+        self._conn: Any = None
+        self._channel: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _names(subscriptions: Iterable[Subscription]) -> list[str]:
+        return sorted({q for s in subscriptions for q in s.queues})
+
+    def reload(self, subscriptions: Iterable[Subscription]) -> None:
+        """Follow a reload of the steps (the next copy covers the new set of queues)."""
+        self._queues = self._names(subscriptions)
+
+    def _ch(self) -> Any:
+        if self._channel is None or not self._channel.is_open:
+            if self._conn is None or not self._conn.is_open:
+                self._conn = pika.BlockingConnection(self.params)
+            self._channel = self._conn.channel()
+        return self._channel
+
+    def read(self) -> dict[str, int]:
+        """Queue name -> ready messages; a queue no worker declared yet is left out."""
+        out: dict[str, int] = {}
+        for q in self._queues:
+            try:
+                out[q] = int(self._ch().queue_declare(f"{self.prefix}.{q}", passive=True).method.message_count)
+            except pika.exceptions.ChannelClosedByBroker:
+                self._channel = None  # 404: not declared yet (the broker closed the channel, not the connection)
+        return out
+
+    def copy_once(self) -> dict[str, int]:
+        """Read the depths and write them to Redis (replacing the last copy); returns what was written."""
+        depths = self.read()
+        pipe = self.client.pipeline()
+        pipe.delete(self.keys.broker_depths)
+        if depths:
+            pipe.hset(self.keys.broker_depths, mapping=depths)
+            pipe.expire(self.keys.broker_depths, MIRROR_TTL_S)
+        pipe.execute()
+        return depths
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stop.is_set():
+            try:
+                self.copy_once()
+                failing = False
+            except (*AMQP_ERRORS, redis.RedisError) as exc:
+                # RabbitMQ or Redis away: the copy expires, the console shows no depths; try again.
+                # Info, not a warning: /health and every enqueue already say RabbitMQ is away.
+                if not failing:
+                    log.info("queue depths not copied from RabbitMQ: %s", type(exc).__name__)
+                failing = True
+                self._close()
+            self._stop.wait(self.every_s)
+
+    def _close(self) -> None:
+        conn, self._conn, self._channel = self._conn, None, None
+        try:
+            if conn is not None and conn.is_open:
+                conn.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> DepthMirror:
+        self._thread = threading.Thread(target=self._run, name="iii-rmq-depths", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(PROBE_TIMEOUT_S * 3)
+        self._close()
+
+
+class RabbitHealth:
+    """``/health``'s RabbitMQ check: ``check()`` raises an AMQP or OS error when RabbitMQ is down.
+
+    A result is reused for ``cache_s`` seconds, so a health check polled often (or by
+    many probes) costs RabbitMQ at most one heartbeat round per period; a probe takes at
+    most about :data:`PROBE_TIMEOUT_S` (a connect, or one round on the open connection).
+    """
+
+    def __init__(self, url: str, *, cache_s: float = 2.0):
+        self.params = _params(url)
+        self.cache_s = cache_s
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._at = 0.0
+        self._error: BaseException | None = None
+
+    def check(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._at > self.cache_s:
+                self._error = self._probe()
+                self._at = time.monotonic()
+            if self._error is not None:
+                raise self._error
+
+    def _probe(self) -> BaseException | None:
+        # A kept connection may have been closed by the server's heartbeat timeout while
+        # nobody asked (it is only served on a probe): then a fresh one decides.
+        for _ in range(2 if self._conn is not None else 1):
+            try:
+                if self._conn is None or not self._conn.is_open:
+                    self._conn = pika.BlockingConnection(self.params)
+                self._conn.process_data_events(time_limit=0)
+                if not self._conn.is_open:
+                    raise pika.exceptions.ConnectionClosed(320, "closed")
+                return None
+            except AMQP_ERRORS as exc:
+                self.close_connection()
+                error: BaseException = exc
+        return error
+
+    def close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None and conn.is_open:
+                conn.close()
+        except Exception:
+            pass
