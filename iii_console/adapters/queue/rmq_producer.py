@@ -175,9 +175,7 @@ class RabbitProducer(_Builder):
         """topic -> messages ready in its subscriptions' queues (passive declares, after declaring what is missing)."""
         out: dict[str, int] = {}
         for topic in topics:
-            names = [
-                self.topology.queue(s.queue(p)) for s in self.subscriptions.get(topic, []) for p in ("high", "normal", "low")
-            ]
+            names = [self.topology.queue(q) for s in self.subscriptions.get(topic, []) for q in s.queues]
             out[topic] = self.publisher.run(
                 lambda ch: sum(ch.queue_declare(q, passive=True).method.message_count for q in names),  # noqa: B023
                 declare=self._declares(topic),
