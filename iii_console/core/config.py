@@ -88,6 +88,25 @@ class RedisConfig(_Section):
     """Embedded Redis only: when its append-only file is fsynced. ``everysec`` can lose up to
     about a second of acknowledged writes if the machine (not just Redis) crashes; ``always``
     loses none, at the cost of one fsync per write."""
+    wait_replicas: int | None = Field(default=None, ge=0, le=16)
+    """Replicas that must acknowledge (Redis ``WAIT``) the writes a failover must not lose: cron
+    once-keys, dead-letter replays, state changes, once-keys of state triggers and fan-in groups,
+    RabbitMQ run-keys. Unset: 1 on a ``redis+sentinel://`` URL, else 0 (off); the embedded Redis never
+    waits. A write fewer replicas acknowledged within ``wait_timeout_ms`` stands, with a warning."""
+    wait_timeout_ms: int = Field(default=100, ge=1, le=60_000)
+    """How long one ``WAIT`` waits for ``wait_replicas`` replicas, in milliseconds."""
+
+    @property
+    def effective_wait_replicas(self) -> int:
+        """``wait_replicas``, or its default: 1 under Sentinel, 0 otherwise; always 0 for the embedded Redis
+        (it has no replica: every WAIT would only cost its timeout)."""
+        if not self.url:
+            return 0
+        if self.wait_replicas is not None:
+            return self.wait_replicas
+        from iii_console.core.redis_url import is_sentinel
+
+        return 1 if is_sentinel(self.url) else 0
 
     @field_validator("url")
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from iii_console.core import replication
 from iii_console.core.dlq import DeadLetter
 from iii_console.core.emitter import Emitter
 from iii_console.core.errors import IIIError
@@ -57,6 +58,7 @@ class Replayer:
     def __init__(self, client: redis.Redis, keys: Keys, emitter: Emitter):
         self.keys = keys
         self.emitter = emitter
+        self.client = client
         self._replay = client.register_script(_SCRIPT)
 
     def replay(self, entry: DeadLetter) -> str:
@@ -72,7 +74,10 @@ class Replayer:
             data={"replay_of": entry.id, "dlq": entry.dlq, "payload": entry.data},
         )
         moved = self.emitter.transition(
-            lambda ev: self._replay(
+            lambda ev: replication.current().script(
+                self.client,
+                self._replay,
+                what=f"the replay of dead letter {entry.id}",
                 args=[
                     self.keys.dramatiq_namespace,
                     entry.queue,
@@ -82,7 +87,7 @@ class Replayer:
                     self.keys.dlq(entry.dlq),
                     entry.id,
                     ev,
-                ]
+                ],
             ),
             event,
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from iii_console.core import replication
 from iii_console.core.config import Config
 from iii_console.core.connection import redis_client
 from iii_console.core.emitter import Emitter, StreamSink, null_emitter
@@ -47,6 +48,7 @@ class Services:
         sink = StreamSink(client, keys.events, maxlen=config.events.maxlen, keys=keys)
         name = process_name(role)
         emitter = Emitter(sink, worker=name, trace_id=uuid.uuid4().hex) if config.events.enabled else null_emitter()
+        replication.configure(replication.from_config(config.redis, replication.emitter_report(emitter)))
         return cls(config, role, client, keys, sink, emitter, name)
 
     @property

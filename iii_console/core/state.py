@@ -37,7 +37,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import redis
 import redis.asyncio as aredis
 
-from iii_console.core import spans
+from iii_console.core import replication, spans
 from iii_console.core.errors import StateError
 from iii_console.core.events import encode_data, now_ms
 from iii_console.core.keys import Keys
@@ -358,7 +358,9 @@ class StateStore(_Base):
                     reply = None
                 elif step.name == "cas":
                     keys, args = step.args
-                    reply = self._cas(keys=keys, args=args)
+                    reply = replication.current().script(
+                        self.client, self._cas, keys=keys, args=args, what=f"a state change of {args[3]}/{args[0]}"
+                    )
                 else:
                     reply = getattr(self.client, step.name)(*step.args)
         except StopIteration as done:
@@ -401,6 +403,7 @@ class AsyncStateStore(_Base):
         #: With an :class:`~iii_console.core.autopipe.AutoPipeline`, concurrent
         #: writes (the server's requests) share round trips.
         self._cas = autopipe.script(_SCRIPT) if autopipe is not None else client.register_script(_SCRIPT)
+        self._cas_waited = client.register_script(_SCRIPT)
 
     async def _run(self, plan: _Plan[T]) -> T:
         reply: Any = None
@@ -412,7 +415,13 @@ class AsyncStateStore(_Base):
                     reply = None
                 elif step.name == "cas":
                     keys, args = step.args
-                    reply = await self._cas(keys=keys, args=args)
+                    wait = replication.current()
+                    if wait.on:  # the WAIT must follow the write on its connection: not through the autopipe
+                        reply = await wait.ascript(
+                            self.client, self._cas_waited, keys=keys, args=args, what=f"a state change of {args[3]}/{args[0]}"
+                        )
+                    else:
+                        reply = await self._cas(keys=keys, args=args)
                 else:
                     reply = await getattr(self.client, step.name)(*step.args)
         except StopIteration as done:

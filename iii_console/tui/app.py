@@ -393,6 +393,8 @@ class ConsoleApp(WriteFlows):
             bar.append("○ connecting…" if level < 3 else "○", "yellow")
         if level < 1:
             bar.append(f"  {self.where}", "bright_black")
+            if self.snap.primary:  # under Sentinel: which node the sentinels gave us
+                bar.append(f"  primary {self.snap.primary}", "cyan")
             if self.snap.broker != "redis":
                 bar.append(f"  {self.snap.broker}", "bold cyan")
         if self.read_only:

@@ -25,7 +25,7 @@ from iii_console.core.errors import DecodeError
 from iii_console.core.events import Event
 from iii_console.core.keys import Keys, as_str
 from iii_console.core.queues import QueueStat, add_broker_depths, broker_depths, queue_stats
-from iii_console.core.redis_url import client_from_url
+from iii_console.core.redis_url import client_from_url, primary_of
 from iii_console.core.state import StateStore
 
 #: Registries (steps, topics, cron) change only on a deploy or reload: re-read this often.
@@ -238,6 +238,8 @@ class Snapshot:
     cron: tuple[CronInfo, ...] = ()
     #: Where queue messages live (``redis`` or ``rabbitmq``), as the running deployment published it.
     broker: str = "redis"
+    #: ``host:port`` of the Redis primary the console reads, under Sentinel (``None`` for a plain URL).
+    primary: str | None = None
     #: Which parts have been fetched at least once (a view says "loading" until then).
     loaded: frozenset[str] = frozenset()
     polls: int = 0
@@ -269,6 +271,7 @@ def fetch(
         upd["steps"] = {as_str(k): _json(v) for k, v in client.hgetall(keys.steps_registry).items()}
         upd["strategies"] = {as_str(k): _json(v) for k, v in client.hgetall(keys.queues_registry).items()}
         upd["broker"] = as_str(client.hget(keys.deployment_registry, "broker") or b"redis")
+        upd["primary"] = primary_of(client)
     steps = upd.get("steps", prev.steps)
     if "workers" in wants:
         upd["workers"] = _workers(client, keys)

@@ -26,7 +26,7 @@ from iii_console.adapters.queue.errors import EnqueueError, PayloadTooLarge
 from iii_console.adapters.queue.fanin import build_group, empty_result
 from iii_console.adapters.queue.names import Subscription
 from iii_console.adapters.queue.scripts import SOURCES, Scripts
-from iii_console.core import spans
+from iii_console.core import replication, spans
 from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter
 from iii_console.core.events import now_ms
@@ -194,6 +194,7 @@ class Producer(_Builder):
 
     def __init__(self, client: redis.Redis, keys: Keys, config: Config, subscriptions: Subscriptions, emitter: Emitter):
         super().__init__(keys, config, subscriptions, emitter)
+        self.client = client
         self.scripts = Scripts(client)
 
     def enqueue(
@@ -246,11 +247,17 @@ class Producer(_Builder):
             events += announce(ids)
         if copies or once or floor:
             ns = self.keys.dramatiq_namespace
+            # A once-key (cron tick, state trigger, group, dedup) a failover must not lose waits for replicas
+            # when configured (core/replication.py); a plain enqueue, the hot path, never does.
+            wait = replication.current() if (once or floor) else replication.ReplicaWait()
             n = self.emitter.transition(
-                lambda ev: self.scripts.enqueue(
+                lambda ev: wait.script(
+                    self.client,
+                    self.scripts.enqueue,
                     args=_script_args(
                         ns, triples, once=once, once_ttl_ms=once_ttl_ms, delay_ms=delay_ms, events=ev, floor=floor, extras=extras
-                    )
+                    ),
+                    what=f"the once-key of an enqueue to {topic}",
                 ),
                 *events,
             )
@@ -284,10 +291,13 @@ class Producer(_Builder):
             return gid
         ns = self.keys.dramatiq_namespace
         self.emitter.transition(
-            lambda ev: self.scripts.enqueue(
+            lambda ev: replication.current().script(
+                self.client,
+                self.scripts.enqueue,
                 args=_script_args(
                     ns, triples, once=once, once_ttl_ms=86_400_000, delay_ms=0, events=ev, floor=None, extras=extras
-                )
+                ),
+                what=f"the once-key of fan-in group {gid}",
             ),
             *events,
         )
@@ -308,8 +318,18 @@ class AsyncProducer(_Builder):
         autopipe: Any = None,
     ):
         super().__init__(keys, config, subscriptions, emitter)
+        self.client = client
         #: With an AutoPipeline, concurrent enqueues share round trips.
         self._enqueue = autopipe.script(SOURCES["enqueue"]) if autopipe is not None else Scripts(client).enqueue
+        #: A once-key that waits for replicas goes on its own pipeline (the WAIT must follow it on its connection).
+        self._enqueue_waited = Scripts(client).enqueue
+
+    async def _once(self, args: list[Any], what: str) -> Any:
+        """The enqueue script under a once-key: followed by ``WAIT`` when ``redis.wait_replicas`` asks for it."""
+        wait = replication.current()
+        if not wait.on:
+            return await self._enqueue(args=args)
+        return await wait.ascript(self.client, self._enqueue_waited, args=args, what=what)
 
     async def enqueue(
         self,
@@ -341,18 +361,17 @@ class AsyncProducer(_Builder):
             # may land after the message's ``message.enqueued``.
             stream = self.emitter.stream
             ev = stream.payload((), events) if stream is not None else ""
-            n = await self._enqueue(
-                args=_script_args(
-                    self.keys.dramatiq_namespace,
-                    triples,
-                    once=once,
-                    once_ttl_ms=dedup_ttl_ms,
-                    delay_ms=delay_ms,
-                    events=ev,
-                    floor=None,
-                    extras=extras,
-                )
+            args = _script_args(
+                self.keys.dramatiq_namespace,
+                triples,
+                once=once,
+                once_ttl_ms=dedup_ttl_ms,
+                delay_ms=delay_ms,
+                events=ev,
+                floor=None,
+                extras=extras,
             )
+            n = await (self._once(args, f"the dedup key of an enqueue to {topic}") if once else self._enqueue(args=args))
             if isinstance(n, (bytes, str)):
                 return list(json.loads(n))
         return ids
@@ -379,8 +398,8 @@ class AsyncProducer(_Builder):
             events, extras = self.events(then, empty_result(gid), copies, prio, 0, source, trace_id), {}
         stream = self.emitter.stream
         ev = stream.payload((), events) if stream is not None else ""
-        await self._enqueue(
-            args=_script_args(
+        await self._once(
+            _script_args(
                 self.keys.dramatiq_namespace,
                 triples,
                 once=once,
@@ -389,7 +408,8 @@ class AsyncProducer(_Builder):
                 events=ev,
                 floor=None,
                 extras=extras,
-            )
+            ),
+            f"the once-key of fan-in group {gid}",
         )
         return gid
 

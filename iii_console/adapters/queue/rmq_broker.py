@@ -62,6 +62,7 @@ from iii_console.adapters.queue.deadletters import (
 from iii_console.adapters.queue.names import Subscription, parse_queue
 from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, Publisher, Topology, delay_bucket, parameters
 from iii_console.adapters.queue.scripts import Scripts
+from iii_console.core import replication
 from iii_console.core.dlq import DeadLetter
 from iii_console.core.keys import Keys
 
@@ -197,7 +198,9 @@ class RabbitBroker(RabbitmqBroker):
     def claim_run(self, run_key: str, step: str, message_id: str) -> bool:
         """Whether this message is the one copy that runs for ``run_key`` (its redeliveries run again)."""
         key = f"{run_key}:run:{step}"
-        if self.client.set(key, message_id, nx=True, px=RUN_KEY_TTL_MS):
+        if replication.current().command(
+            self.client, "set", key, message_id, nx=True, px=RUN_KEY_TTL_MS, what=f"the run-key of once-only message {run_key}"
+        ):
             return True
         held = self.client.get(key)
         return held is None or held.decode() == message_id

@@ -30,6 +30,7 @@ from iii_console.adapters.queue.errors import EnqueueError
 from iii_console.adapters.queue.producer import DEDUP_TTL_MS, Subscriptions, _Builder, _dedup_extras, _script_args, check_dedup
 from iii_console.adapters.queue.rmq_topology import Publisher, Topology, delay_bucket
 from iii_console.adapters.queue.scripts import Scripts
+from iii_console.core import replication
 from iii_console.core.config import Config
 from iii_console.core.dlq import DeadLetter
 from iii_console.core.emitter import Emitter
@@ -232,7 +233,10 @@ class RabbitReplayer:
         for key in ("redis_message_id", "iii_run_key", "iii_ids"):
             msg["options"].pop(key, None)
         raw = self.client.hget(self.keys.dlq_entries(entry.dlq), entry.id)
-        if not self.client.hdel(self.keys.dlq_entries(entry.dlq), entry.id):
+        taken = replication.current().command(
+            self.client, "hdel", self.keys.dlq_entries(entry.dlq), entry.id, what=f"the replay of dead letter {entry.id}"
+        )
+        if not taken:
             raise ReplayError(f"{entry.id}: no longer in {entry.dlq} (replayed or purged meanwhile)")
         try:
             topic = msg["options"].get("topic") or entry.topic or ""

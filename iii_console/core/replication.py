@@ -1,0 +1,155 @@
+"""``WAIT`` after the writes a failover must not lose (``redis.wait_replicas``, ``redis.wait_timeout_ms``).
+
+Redis replicates asynchronously: a write the primary acknowledged can be gone after a
+failover to a replica that had not received it. For most writes that costs at most a
+repeat (a lost ack runs a message again), but a few claims would be broken by it: a cron
+tick's once-key (the tick fires twice), a dead-letter replay (replayed twice), a state
+trigger's or fan-in group's once-key, a RabbitMQ run-key (a once-only message runs
+twice), and a state change (its trigger never fires). Those writes go through
+:meth:`ReplicaWait.script` (and its async twin), which sends ``WAIT n timeout`` right
+after the script *on the same connection* (one pipeline): ``WAIT`` covers the writes of
+the connection it is sent on, so a ``WAIT`` on another pooled connection would prove
+nothing. The hot queue path (plain enqueues, fetches, acks) never waits.
+
+When fewer replicas than asked acknowledge within the timeout the write stands (it is
+on the primary, and turning it into an error would lose work or repeat it): the caller
+goes on, a warning is logged and a ``log`` event at level ``warning`` says the write may
+not survive a failover. With ``wait_replicas: 0`` nothing is sent.
+
+The setting is per process (like the redaction rule): :func:`configure` at start
+(``Services.open`` does it from the configuration), :func:`current` where a write is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger("iii_console.replication")
+
+#: Called with ``(what, replicas acknowledged, replicas asked)`` when a WAIT came back short.
+Report = Callable[[str, int, int], None]
+
+
+class ReplicaWait:
+    """How many replicas must acknowledge a guarded write, and how long to wait for them."""
+
+    def __init__(self, replicas: int = 0, timeout_ms: int = 100, report: Report | None = None):
+        if replicas < 0 or timeout_ms < 0:
+            raise ValueError("wait_replicas and wait_timeout_ms must be 0 or more")
+        self.replicas = replicas
+        self.timeout_ms = timeout_ms
+        self.report = report
+        #: WAITs sent, and those that came back with fewer replicas than asked (this process).
+        self.waits = 0
+        self.short = 0
+        self._local = threading.local()
+        self._last_warned = 0.0
+
+    @property
+    def on(self) -> bool:
+        return self.replicas > 0
+
+    @property
+    def last(self) -> int | None:
+        """Replicas that acknowledged this thread's last guarded write (``None``: it sent no WAIT)."""
+        return getattr(self._local, "last", None)
+
+    def script(self, client: Any, script: Any, *, keys: Sequence[Any] = (), args: Sequence[Any] = (), what: str) -> Any:
+        """Run a registered script on ``client``, then ``WAIT`` on its connection when configured."""
+        self._local.last = None
+        if not self.on:
+            return script(keys=list(keys), args=list(args))
+        pipe = client.pipeline(transaction=False)
+        script(keys=list(keys), args=list(args), client=pipe)
+        pipe.wait(self.replicas, self.timeout_ms)
+        result, acked = pipe.execute()
+        self._check(int(acked), what)
+        return result
+
+    def command(self, client: Any, name: str, *args: Any, what: str, **kw: Any) -> Any:
+        """``client.<name>(*args, **kw)``, then ``WAIT`` on its connection when configured."""
+        self._local.last = None
+        if not self.on:
+            return getattr(client, name)(*args, **kw)
+        pipe = client.pipeline(transaction=False)
+        getattr(pipe, name)(*args, **kw)
+        pipe.wait(self.replicas, self.timeout_ms)
+        result, acked = pipe.execute()
+        self._check(int(acked), what)
+        return result
+
+    async def ascript(self, client: Any, script: Any, *, keys: Sequence[Any] = (), args: Sequence[Any] = (), what: str) -> Any:
+        """:meth:`script` on a ``redis.asyncio`` client."""
+        self._local.last = None
+        if not self.on:
+            return await script(keys=list(keys), args=list(args))
+        pipe = client.pipeline(transaction=False)
+        script(keys=list(keys), args=list(args), client=pipe)
+        pipe.wait(self.replicas, self.timeout_ms)
+        result, acked = await pipe.execute()
+        self._check(int(acked), what)
+        return result
+
+    def _check(self, acked: int, what: str) -> None:
+        self.waits += 1
+        self._local.last = acked
+        if acked >= self.replicas:
+            return
+        self.short += 1
+        now = time.monotonic()
+        if now - self._last_warned >= 1.0:  # at most one line a second; every one is counted and reported
+            self._last_warned = now
+            log.warning(
+                "%s: %d of %d replicas acknowledged it within %d ms; the write stands but may not survive a failover"
+                " (%d such writes so far)",
+                what,
+                acked,
+                self.replicas,
+                self.timeout_ms,
+                self.short,
+            )
+        if self.report is not None:
+            try:
+                self.report(what, acked, self.replicas)
+            except Exception:  # a report must never fail the write it reports on
+                log.exception("replication: reporting a short WAIT failed")
+
+
+_current = ReplicaWait()
+
+
+def configure(wait: ReplicaWait) -> ReplicaWait:
+    """Make ``wait`` this process's setting; returns it."""
+    global _current
+    _current = wait
+    return wait
+
+
+def current() -> ReplicaWait:
+    return _current
+
+
+def from_config(redis_config: Any, report: Report | None = None) -> ReplicaWait:
+    """The setting a ``RedisConfig`` asks for (``wait_replicas`` unset: 1 under Sentinel, else 0)."""
+    return ReplicaWait(redis_config.effective_wait_replicas, redis_config.wait_timeout_ms, report)
+
+
+def emitter_report(emitter: Any) -> Report:
+    """A :data:`Report` that puts a ``log`` event at level ``warning`` on ``emitter``."""
+
+    def report(what: str, acked: int, asked: int) -> None:
+        emitter.emit(
+            "log",
+            data={
+                "level": "warning",
+                "message": f"{what}: {acked} of {asked} replicas acknowledged it; it may not survive a failover",
+                "replicas_acked": acked,
+                "replicas_asked": asked,
+            },
+        )
+
+    return report
