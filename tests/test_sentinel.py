@@ -175,7 +175,8 @@ from iii_console.core.replay import Replayer, ReplayError
 from iii_console.core.services import Services
 from iii_console.core.state import StateStore
 
-cfg_path, wid, out_path, stop_path, n_dead = sys.argv[1:6]
+cfg_path, wid, out_path, stop_path, n_dead, pad_bytes = sys.argv[1:7]
+pad = "x" * int(pad_bytes)  # state values of some size
 config = load_config(cfg_path)
 svc = Services.open(config, "writer")
 wait, keys, c = replication.current(), svc.keys, svc.client
@@ -209,7 +210,7 @@ while time.monotonic() < deadline and not Path(stop_path).exists():
     try:
         if kind == "state":
             ident = i
-            state.set(f"w{wid}", f"k{i}", i)
+            state.set(f"w{wid}", f"k{i}", {"i": i, "pad": pad})
         elif kind == "once":
             ident = i
             producer.enqueue("nobody", {"i": i}, trace_id="t", once=keys.once(f"w{wid}:{i}"))
@@ -252,7 +253,7 @@ def test_writes_acknowledged_after_a_successful_wait_survive_a_failover(tmp_path
         for w, out in enumerate(outs):
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, str(tmp_path / "writer.py"), str(cfg), str(w), str(out), str(stop), "3000"],
+                    [sys.executable, str(tmp_path / "writer.py"), str(cfg), str(w), str(out), str(stop), "3000", "200"],
                     cwd=tmp_path,
                     env=env,
                     stdout=subprocess.DEVNULL,
@@ -266,12 +267,15 @@ def test_writes_acknowledged_after_a_successful_wait_survive_a_failover(tmp_path
 
         wait_for(lambda: all(["ready"] in lines(o) for o in outs), timeout=30, what="the writers to start")
         wait_for(lambda: all(len(lines(o)) > 300 for o in outs), timeout=30, what="the writers to write")
-        # The replica's link drops for a moment just before the primary dies (a network blip, a replica restart):
-        # what the primary acknowledges meanwhile reaches no replica, and the failover promotes that replica.
-        old = redis.Redis(port=s.primary_port)
+        # The replica loses its link to the primary (a partition between the two) half a second before the primary
+        # dies: what the primary acknowledges meanwhile reaches no replica, and the failover promotes that replica (its
+        # link down for less than 10 x down-after, it is a candidate). A wrong masterauth keeps it from reconnecting.
+        old, replica = redis.Redis(port=s.primary_port), redis.Redis(port=s.replica_port)
+        replica.config_set("masterauth", "wrong")
         old.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        wait_for(lambda: old.info("replication")["connected_slaves"] == 0, timeout=10, what="the replica's link to drop")
         blip = time.time()
-        time.sleep(0.3)  # the window whose writes only the primary holds
+        time.sleep(0.5)  # the window whose writes only the primary holds
         s.kill(s.primary_port)
         killed = time.time()
         old.close()
