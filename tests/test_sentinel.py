@@ -356,7 +356,7 @@ def test_writes_acknowledged_after_a_successful_wait_survive_a_failover(tmp_path
         ("url: redis://h1:6379/0", 0),
         ("url: redis+sentinel://h1:26379/mymaster\n  wait_replicas: 0", 0),
         ("url: redis://h1:6379/0\n  wait_replicas: 2", 2),
-        ("wait_replicas: 1", 0),  # the embedded Redis has no replica to wait for
+        ("wait_replicas: 1", 1),
         ("url: redis://h1:6379/0\n  wait_replicas: -1", "redis.wait_replicas"),
         ("url: redis://h1:6379/0\n  wait_timeout_ms: 0", "redis.wait_timeout_ms"),
         ("url: redis://h1:6379/0\n  wait_replicas: many", "redis.wait_replicas"),
@@ -436,3 +436,41 @@ async def test_the_consoles_header_names_the_primary_the_sentinels_gave(tmp_path
             assert "primary" not in topbar(plain)
     finally:
         s.stop()
+
+
+@pytest.mark.slow
+def test_the_cost_of_wait_per_state_write(tmp_path):
+    """Given a Sentinel set with its replica up, when state writes alternate between WAIT off and `WAIT 1 100` in
+    rounds, then every waited write was acknowledged by the replica; prints p50/p95 of a write each way."""
+    from iii_console.core import replication
+    from iii_console.core.redis_url import client_from_url
+    from iii_console.core.state import StateStore
+
+    problem = sentinel_problem()
+    if problem:
+        pytest.skip(problem)
+    s = SentinelSet(tmp_path / "sentinel").start()
+    previous = replication.current()
+    try:
+        client = client_from_url(s.url)
+        store = StateStore(client, Keys())
+        off, on = replication.ReplicaWait(0), replication.ReplicaWait(1, 100)
+        took: dict[str, list[float]] = {"off": [], "on": []}
+        for rnd in range(6):  # alternated, so the machine's other load weighs on both alike
+            for name, wait in (("off", off), ("on", on)):
+                replication.configure(wait)
+                for i in range(300):
+                    t = time.perf_counter()
+                    store.set("bench", f"{name}{rnd}-{i}", {"i": i})
+                    took[name].append((time.perf_counter() - t) * 1000)
+        client.close()
+    finally:
+        replication.configure(previous)
+        s.stop()
+    assert on.waits == 1800 and on.short <= 18, (on.waits, on.short)  # the replica answered (nearly) every WAIT
+    assert off.waits == 0
+    p = {k: (sorted(v)[len(v) // 2], sorted(v)[int(len(v) * 0.95)]) for k, v in took.items()}
+    print(
+        f"\nstate write: WAIT off p50 {p['off'][0]:.3f} ms, p95 {p['off'][1]:.3f} ms; "
+        f"WAIT 1 p50 {p['on'][0]:.3f} ms, p95 {p['on'][1]:.3f} ms ({on.short} of {on.waits} WAITs short)"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from iii_console.cli.common import common_options, existing_redis, load_project
+from iii_console.core import replication
 from iii_console.runtime.brokers import console_broker
 
 
@@ -23,6 +24,8 @@ def attach(read_only: bool, server_url: str | None, config_path: str | None, red
 
     cfg = load_project(config_path, redis_url)
     url = existing_redis(cfg)
+    # The console's replays and state edits WAIT for replicas as the roles' writes do.
+    replication.configure(replication.from_config(cfg.with_overrides(**{"redis.url": url}).redis))
     create_app(
         redis_url=url,
         prefix=cfg.redis.prefix,

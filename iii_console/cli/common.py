@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from iii_console.core import replication
 from iii_console.core.config import Config, load_config, load_dotenv, redis_url_problem
 from iii_console.core.errors import IIIError, RedisUnavailable
 from iii_console.core.keys import Keys
@@ -92,6 +93,7 @@ def open_client(config_path: str | None, redis_url: str | None) -> tuple[Any, An
     cfg = load_project(config_path, redis_url)
     url = existing_redis(cfg)
     cfg = cfg.with_overrides(**{"redis.url": url})
+    replication.configure(replication.from_config(cfg.redis))  # `dlq replay`, `state set`: WAIT as the roles do
     return cfg, redis_client(url), Keys(cfg.redis.prefix)
 
 

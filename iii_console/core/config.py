@@ -91,17 +91,15 @@ class RedisConfig(_Section):
     wait_replicas: int | None = Field(default=None, ge=0, le=16)
     """Replicas that must acknowledge (Redis ``WAIT``) the writes a failover must not lose: cron
     once-keys, dead-letter replays, state changes, once-keys of state triggers and fan-in groups,
-    RabbitMQ run-keys. Unset: 1 on a ``redis+sentinel://`` URL, else 0 (off); the embedded Redis never
-    waits. A write fewer replicas acknowledged within ``wait_timeout_ms`` stands, with a warning."""
+    RabbitMQ run-keys. Unset: 1 on a ``redis+sentinel://`` URL, else 0 (off). A write fewer replicas
+    acknowledged within ``wait_timeout_ms`` stands, with a warning (on a Redis without replicas, such as
+    the embedded one, every such write would wait out the timeout)."""
     wait_timeout_ms: int = Field(default=100, ge=1, le=60_000)
     """How long one ``WAIT`` waits for ``wait_replicas`` replicas, in milliseconds."""
 
     @property
     def effective_wait_replicas(self) -> int:
-        """``wait_replicas``, or its default: 1 under Sentinel, 0 otherwise; always 0 for the embedded Redis
-        (it has no replica: every WAIT would only cost its timeout)."""
-        if not self.url:
-            return 0
+        """``wait_replicas``, or its default: 1 under Sentinel, 0 otherwise."""
         if self.wait_replicas is not None:
             return self.wait_replicas
         from iii_console.core.redis_url import is_sentinel
