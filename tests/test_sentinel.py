@@ -474,3 +474,38 @@ def test_the_cost_of_wait_per_state_write(tmp_path):
         f"\nstate write: WAIT off p50 {p['off'][0]:.3f} ms, p95 {p['off'][1]:.3f} ms; "
         f"WAIT 1 p50 {p['on'][0]:.3f} ms, p95 {p['on'][1]:.3f} ms ({on.short} of {on.waits} WAITs short)"
     )
+
+
+@pytest.mark.anyio
+async def test_async_guarded_writes_wait_on_their_own_connection_beside_the_autopipe(redis_url, r, keys):
+    """Given the server's async store and producer on an autopipe, with `WAIT 1 20` asked of a Redis without replicas,
+    when a state change and a dedup-keyed enqueue are made, then both are written and both WAITed (short), and with
+    WAIT off they go through the autopipe and send no WAIT."""
+    from iii_console.adapters.queue.producer import AsyncProducer
+    from iii_console.core import replication
+    from iii_console.core.autopipe import AutoPipeline
+    from iii_console.core.config import Config
+    from iii_console.core.emitter import null_emitter
+    from iii_console.core.redis_url import async_client_from_url
+    from iii_console.core.state import AsyncStateStore
+
+    aclient = async_client_from_url(redis_url)
+    pipe = AutoPipeline(aclient)
+    store = AsyncStateStore(aclient, keys, autopipe=pipe)
+    producer = AsyncProducer(aclient, keys, Config(), {}, null_emitter(), autopipe=pipe)
+    previous = replication.current()
+    wait = replication.configure(replication.ReplicaWait(1, 20))
+    try:
+        await store.set("orders", "a1", 1)
+        await producer.enqueue("nobody", {"x": 1}, trace_id="t", dedup_key="d1")
+        assert (wait.waits, wait.short) == (2, 2)
+        off = replication.configure(replication.ReplicaWait(0))
+        await store.set("orders", "a2", 2)
+        await producer.enqueue("nobody", {"x": 2}, trace_id="t", dedup_key="d2")
+        assert off.waits == 0 and wait.waits == 2
+    finally:
+        replication.configure(previous)
+        await aclient.aclose()
+    assert json.loads(r.hget(keys.state_group("orders"), "a1")) == 1
+    assert json.loads(r.hget(keys.state_group("orders"), "a2")) == 2
+    assert r.exists(keys.dedup("nobody", "d1")) and r.exists(keys.dedup("nobody", "d2"))

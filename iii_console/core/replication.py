@@ -88,7 +88,7 @@ class ReplicaWait:
         if not self.on:
             return await script(keys=list(keys), args=list(args))
         pipe = client.pipeline(transaction=False)
-        script(keys=list(keys), args=list(args), client=pipe)
+        await script(keys=list(keys), args=list(args), client=pipe)  # queued on the pipeline (a coroutine all the same)
         pipe.wait(self.replicas, self.timeout_ms)
         result, acked = await pipe.execute()
         self._check(int(acked), what)
