@@ -359,6 +359,7 @@ def test_writes_acknowledged_after_a_successful_wait_survive_a_failover(tmp_path
         ("wait_replicas: 1", 1),
         ("url: redis://h1:6379/0\n  wait_replicas: -1", "redis.wait_replicas"),
         ("url: redis://h1:6379/0\n  wait_timeout_ms: 0", "redis.wait_timeout_ms"),
+        ("url: redis://h1:6379/0\n  wait_timeout_ms: 5000", "redis.wait_timeout_ms"),
         ("url: redis://h1:6379/0\n  wait_replicas: many", "redis.wait_replicas"),
     ],
 )

@@ -94,8 +94,9 @@ class RedisConfig(_Section):
     RabbitMQ run-keys. Unset: 1 on a ``redis+sentinel://`` URL, else 0 (off). A write fewer replicas
     acknowledged within ``wait_timeout_ms`` stands, with a warning (on a Redis without replicas, such as
     the embedded one, every such write would wait out the timeout)."""
-    wait_timeout_ms: int = Field(default=100, ge=1, le=60_000)
-    """How long one ``WAIT`` waits for ``wait_replicas`` replicas, in milliseconds."""
+    wait_timeout_ms: int = Field(default=100, ge=1, le=2_000)
+    """How long one ``WAIT`` waits for ``wait_replicas`` replicas, in milliseconds (at most 2 s: below
+    every client's socket timeout, so a slow replica never reads as a lost connection)."""
 
     @property
     def effective_wait_replicas(self) -> int:
