@@ -406,6 +406,10 @@ def test_a_write_whose_wait_comes_back_short_stands_and_says_so(redis_url, r, ke
         assert json.loads(r.hget(keys.state_group("orders"), "o1")) == {"n": 1}
         assert (wait.waits, wait.short, wait.last) == (1, 1, 0)
         assert took >= 0.015, took  # it did wait (for the 20 ms timeout)
+        pipe = r.pipeline(transaction=False)  # the scheduler's skip claims: a pipeline with WAIT last
+        pipe.set("claim-a", "skipped", nx=True)
+        pipe.set("claim-a", "skipped", nx=True)
+        assert wait.execute(pipe, what="claims") == [True, None] and (wait.waits, wait.short) == (2, 2)
         sink.flush()
     finally:
         replication.configure(previous)

@@ -82,6 +82,16 @@ class ReplicaWait:
         self._check(int(acked), what)
         return result
 
+    def execute(self, pipe: Any, *, what: str) -> list[Any]:
+        """``pipe.execute()`` (a pipeline without a transaction), with ``WAIT`` last on it when configured."""
+        self._local.last = None
+        if not self.on:
+            return list(pipe.execute())
+        pipe.wait(self.replicas, self.timeout_ms)
+        *results, acked = pipe.execute()
+        self._check(int(acked), what)
+        return results
+
     async def ascript(self, client: Any, script: Any, *, keys: Sequence[Any] = (), args: Sequence[Any] = (), what: str) -> Any:
         """:meth:`script` on a ``redis.asyncio`` client."""
         self._local.last = None

@@ -41,6 +41,7 @@ import redis
 
 from iii_console.adapters.queue.names import CRON_TOPIC, Subscription
 from iii_console.adapters.queue.producer import Producer
+from iii_console.core import replication
 from iii_console.core.cronexpr import parse_cron
 from iii_console.core.discovery import StepSet
 from iii_console.core.steps import CronTrigger, Step
@@ -252,7 +253,8 @@ class Scheduler:
         pipe = self.services.client.pipeline(transaction=False)
         for t in ticks:
             pipe.set(keys.cron_tick(step.name, expr, t), "skipped", nx=True, px=TICK_MARKER_TTL_MS)
-        won = [t for t, ok in zip(ticks, pipe.execute()) if ok]
+        claimed = replication.current().execute(pipe, what=f"the skip claims of {step.name}'s cron trigger {expr}")
+        won = [t for t, ok in zip(ticks, claimed) if ok]
         if won:
             self.services.emitter.emit(
                 "cron.skipped",

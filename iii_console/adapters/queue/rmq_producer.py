@@ -156,8 +156,11 @@ class RabbitProducer(_Builder):
             extras.setdefault("v", mark)
         ns = self.keys.dramatiq_namespace
         n = self.emitter.transition(
-            lambda ev: self.scripts.enqueue(
-                args=_script_args(ns, [], once=once, once_ttl_ms=once_ttl_ms, delay_ms=0, events=ev, floor=floor, extras=extras)
+            lambda ev: replication.current().script(
+                self.client,
+                self.scripts.enqueue,
+                args=_script_args(ns, [], once=once, once_ttl_ms=once_ttl_ms, delay_ms=0, events=ev, floor=floor, extras=extras),
+                what=f"the claim of an enqueue to {topic}",
             ),
             *events,
         )
