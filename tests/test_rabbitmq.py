@@ -22,7 +22,7 @@ from iii_console.runtime.runner import StepRunner
 from iii_console.runtime.services import Services
 
 from .checker import EFFECT_STEP, check
-from .helpers import events, events_once, make_project, wait_for
+from .helpers import events, events_once, make_project, ready, wait_for
 
 RECORD = """
 import time
@@ -67,14 +67,6 @@ def rproject(tmp_path, redis_url, rabbit_node, rabbit_prefix):
 def runs(r, keys, step):
     raw = r.hget(keys.state_group("runs"), step)
     return json.loads(raw) if raw else {}
-
-
-def ready(node, queue: str) -> int:
-    conn = pika.BlockingConnection(pika.URLParameters(node.url))
-    try:
-        return conn.channel().queue_declare(queue, passive=True).method.message_count
-    finally:
-        conn.close()
 
 
 def worker_children(pid: int) -> list[int]:
@@ -208,29 +200,6 @@ def test_a_poison_message_is_dead_lettered_with_its_traceback_and_replayed_once_
     assert again.returncode != 0 or "replayed 0" in again.stderr
     time.sleep(0.5)
     assert runs(r, keys, "Flaky") == {"p": 3}
-
-
-def test_an_undecodable_message_is_quarantined_with_its_raw_bytes_and_the_queue_flows(
-    rproject, runtime, producer, r, keys, rabbit_node, rabbit_prefix
-):
-    """Given a body that is not a message in a step's queue, then it lands in the quarantine dead-letter queue with its
-    raw bytes, with a message.dead_lettered event, and the message behind it runs."""
-    cfg, steps = rproject({"rec_step.py": RECORD})
-    p = producer(cfg, steps)
-    p.enqueue("jobs", {"k": "warm"}, trace_id="t0")  # declares the topology
-    conn = pika.BlockingConnection(pika.URLParameters(rabbit_node.url))
-    ch = conn.channel()
-    ch.confirm_delivery()
-    ch.basic_publish("", f"{rabbit_prefix}.jobs--Rec--normal", b"\xff\xfe not a message {", mandatory=True)
-    conn.close()
-    p.enqueue("jobs", {"k": "after"}, trace_id="t1")
-    runtime(cfg, steps)
-    wait_for(lambda: runs(r, keys, "Rec") == {"warm": 1, "after": 1}, what="the good messages")
-    store = DeadLetterStore(r, keys)
-    [entry] = wait_for(lambda: store.list("quarantine"), what="the quarantined body")
-    assert "not a message {" in entry.raw and entry.error.startswith("undecodable message")
-    assert entry.queue == "jobs--Rec--normal" and entry.step == "Rec"
-    events_once(r, keys, "message.dead_lettered", 1, where=lambda e: e.data.get("dlq") == "quarantine")
 
 
 def test_priority_is_strict_across_the_three_queues(rproject, runtime, producer, r, keys, redis_url):

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from iii_console.core.state import StateStore
 from iii_console.runtime.worker import TRIGGER_GROUP, trim_dispatched_changes, watch_state_triggers
 
-from .helpers import events, events_once, wait_for
+from .helpers import events, events_once, ready, wait_for
 
 WATCHER = """
 from iii_console import Step, state
@@ -129,7 +131,10 @@ def test_killed_workers_in_flight_message_is_redelivered_within_the_heartbeat_bo
                 p.wait()
 
 
-def test_sigterm_drains_in_flight_work_and_requeues_the_rest(project, producer, r, keys):
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+def test_sigterm_drains_in_flight_work_and_requeues_the_rest(project, producer, r, keys, broker, request):
+    """Given 10 messages of 0.5 s, when their worker gets SIGTERM mid-run, then it exits 0, every handler that started
+    finished, each ran once, and the rest waits in the queue (on RabbitMQ: ready in its quorum queue)."""
     cfg, steps = project({"slow_step.py": SLOW}, FAST)
     w = _spawn_worker(cfg, 0)
     try:
@@ -144,11 +149,15 @@ def test_sigterm_drains_in_flight_work_and_requeues_the_rest(project, producer, 
         done = json.loads(r.hget(keys.state_group("seen"), "done") or "{}")
         assert starts == done  # everything that started finished: nothing cut off mid-run
         assert set(starts.values()) == {1}
-        left = sum(
-            r.llen(k)
-            for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:jobs--Slow--*")
-            if r.type(k) == b"list" and not k.endswith(b".wake")
-        )
+        if broker:
+            node = request.getfixturevalue("rabbit_node")
+            left = sum(ready(node, f"{cfg.rabbitmq.prefix}.jobs--Slow--{prio}") for prio in ("high", "normal", "low"))
+        else:
+            left = sum(
+                r.llen(k)
+                for k in r.scan_iter(match=f"{keys.dramatiq_namespace}:jobs--Slow--*")
+                if r.type(k) == b"list" and not k.endswith(b".wake")
+            )
         assert len(done) + left == 10  # the rest is back in the queue, not lost
     finally:
         if w.poll() is None:

@@ -34,6 +34,8 @@ import pika.exceptions
 import redis
 from dramatiq.errors import ConnectionClosed
 
+from iii_console.core.keys import Keys
+
 log = logging.getLogger(__name__)
 
 #: Publish attempts (each on a fresh connection after the first fails) before giving up.
@@ -140,6 +142,17 @@ class Topology:
             },
         )
         channel.queue_bind(name, name)
+
+    def delay_declaration(self, delay_ms: int, client: redis.Redis, keys: Keys) -> Callable[[Any], None]:
+        """Declare the delay queue of ``delay_ms`` and record its delay in ``keys.broker_delays``
+        (a Redis set), so the depth copy counts what waits in it."""
+        bucket = delay_bucket(delay_ms)
+
+        def declare(channel: Any) -> None:
+            client.sadd(keys.broker_delays, bucket)
+            self.declare_delay(channel, bucket)
+
+        return declare
 
 
 class Publisher:
