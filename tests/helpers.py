@@ -539,9 +539,10 @@ def ready(node, queue: str) -> int:
         conn.close()
 
 
-def rabbit_messages(node, prefix: str) -> dict[str, int]:
-    """Every queue of ``prefix`` on ``node`` with its messages, ready and unacked (``rabbitmqctl list_queues``)."""
-    out = node.ctl("list_queues", "-q", "--no-table-headers", "name", "messages", timeout=60)
+def rabbit_messages(node, prefix: str, column: str = "messages") -> dict[str, int]:
+    """Every queue of ``prefix`` on ``node`` with its ``column`` of ``rabbitmqctl list_queues``: by default its
+    messages, ready and unacked; ``consumers`` for its consumers."""
+    out = node.ctl("list_queues", "-q", "--no-table-headers", "name", column, timeout=60)
     assert out.returncode == 0, out.stderr
     got = {}
     for line in out.stdout.decode().splitlines():

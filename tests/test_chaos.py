@@ -55,7 +55,7 @@ def test_killing_workers_under_load_loses_nothing(tmp_path, redis_url, r, keys, 
     returns them (no bound of ours to measure) and events are written after the settle, through the
     process's buffer, so a SIGKILL may cost a message its last event (docs/guarantees.md)."""
     rabbit = request.getfixturevalue("rabbit_node") if broker else None
-    messages = MESSAGES if not rabbit or FULL else MESSAGES // 2
+    messages = MESSAGES
     cfg = make_project(tmp_path, {"effect_step.py": EFFECT_STEP}, CHAOS_CONFIG + broker, redis_url=redis_url)
     run = start_cli(tmp_path, "--no-ui", "--role", "worker", "--processes", "2", "--threads", "8", "--reload")
     services = Services.open(cfg, "chaos")
@@ -288,6 +288,14 @@ def test_stopped_worker_is_swept_and_after_continue_its_late_acks_change_nothing
         resumed = stopped
         stopped = None
         wait_for(lambda: resumed in worker_pids(r, keys), timeout=10, what="the resumed worker to heartbeat again")
+        if rabbit:  # its consumers found their connection closed and come back (Dramatiq waits 3 s to reconnect)
+            normal = f"{cfg.rabbitmq.prefix}.chaos--Effect--normal"
+            wait_for(
+                lambda: rabbit_messages(rabbit, cfg.rabbitmq.prefix, "consumers").get(normal) == 2,
+                timeout=30,
+                interval=0.5,
+                what="the resumed worker consuming again",
+            )
         # It goes on working normally: a second batch is shared by both workers.
         second = [f"b{i}" for i in range(300)]
         for key in second:
