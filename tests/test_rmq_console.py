@@ -206,5 +206,11 @@ def test_messages_waiting_out_a_delay_on_rabbitmq_are_the_consoles_delayed_total
     snap = fetch(r, keys, Snapshot(), {"registry", "queues"})
     assert snap.broker_delayed == 4
     assert snap.queues["jobs"].waiting == 0 and snap.queues["flaky"].waiting == 0
+    # The metrics say the same: the total, and no per-topic delayed sample that would read 0.
+    from iii_console.adapters.observability import _Snapshot
+
+    samples = {(m.name, tuple(sorted(s.labels.items()))): s.value for m in _Snapshot(r, keys, 15).collect() for s in m.samples}
+    assert samples[("iii_broker_delayed_messages", ())] == 4
+    assert not [k for k in samples if k[0] == "iii_queue_messages" and ("state", "delayed") in k[1]]
     r.delete(keys.broker_depths)
     assert fetch(r, keys, Snapshot(), {"registry", "queues"}).broker_delayed is None  # as on Redis: nothing reported
