@@ -183,7 +183,7 @@ def test_messages_waiting_out_a_delay_on_rabbitmq_are_the_consoles_delayed_total
 ):
     """Given 2 sends delayed 60 s and 1 delayed an hour on one topic, and a retry waiting out a 60 s backoff on another,
     when the mirror copies RabbitMQ's depths, then the console's snapshot has 4 delayed (the shared delay queues'
-    total, the delay queues found through the set their declarers keep in Redis), none of them counted as waiting;
+    total, the delay queues found through the set their publishers keep in Redis), none of them counted as waiting;
     with no copy (a Redis deployment, or a stale one) there is no total."""
     from iii_console.adapters.queue.producer import subscriptions_for
 

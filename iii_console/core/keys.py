@@ -198,7 +198,7 @@ class Keys:
     def broker_delays(self) -> str:
         """Set: the delays (ms) whose shared delay queue a broker other than Redis has declared.
 
-        Written by whoever declares one (before its first publish), so the depth copy knows
+        Written by whoever publishes to one (once per process and delay), so the depth copy knows
         which delay queues to count; their total is copied as ``broker_depths``'s ``delayed`` field.
         """
         return f"{self.prefix}broker-delays"
