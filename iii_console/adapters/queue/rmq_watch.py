@@ -3,10 +3,9 @@
 The console reads Redis only (it never connects to RabbitMQ), so the supervisor
 of a RabbitMQ deployment runs a :class:`DepthMirror`: every second it reads
 each subscribed queue's ready-message count (a passive ``queue_declare``, which
-creates nothing), and the total waiting in the shared delay queues (their delays
-are listed in Redis by whoever declared them), and writes them into one Redis hash
-with a short TTL. A
-stopped deployment leaves no stale depths: the hash expires.
+creates nothing) and the total waiting in the shared delay queues (their delays
+are listed in Redis by whoever publishes to them), and writes them into one Redis
+hash with a short TTL. A stopped deployment leaves no stale depths: the hash expires.
 
 :class:`RabbitHealth` is ``/health``'s RabbitMQ check: one connection kept
 open, probed at most every few seconds, each probe bounded in time.
