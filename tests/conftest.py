@@ -96,12 +96,15 @@ def running(seed_project):
 
 
 @pytest.fixture
-def project(tmp_path, redis_url):
-    """``build(steps, config)``: a project under tmp_path on the test's Redis, its steps loaded without errors."""
+def project(tmp_path, redis_url, broker):
+    """``build(steps, config)``: a project under tmp_path on the test's Redis and broker (see ``broker``),
+    its steps loaded without errors."""
+    import textwrap
+
     from iii_console.core.discovery import discover
 
     def build(steps: dict[str, str], config: str = ""):
-        cfg = make_project(tmp_path, steps, config, redis_url=redis_url)
+        cfg = make_project(tmp_path, steps, textwrap.dedent(config) + broker, redis_url=redis_url)
         stepset = discover(cfg.steps_path)
         assert not stepset.errors, stepset.errors
         return cfg, stepset

@@ -526,3 +526,27 @@ def table_rows(app: ConsoleApp, selector: str) -> dict[str, list[str]]:
 def notes(app: ConsoleApp) -> str:
     """Every notification the app has raised (Textual posts them, so they land a moment later)."""
     return "\n".join(n.message for n in app._notifications)
+
+
+def ready(node, queue: str) -> int:
+    """Ready messages in RabbitMQ queue ``queue`` (its full name) on ``node`` (``tests/rabbitnode.py``)."""
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(node.url))
+    try:
+        return conn.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        conn.close()
+
+
+def rabbit_messages(node, prefix: str, column: str = "messages") -> dict[str, int]:
+    """Every queue of ``prefix`` on ``node`` with its ``column`` of ``rabbitmqctl list_queues``: by default its
+    messages, ready and unacked; ``consumers`` for its consumers."""
+    out = node.ctl("list_queues", "-q", "--no-table-headers", "name", column, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = {}
+    for line in out.stdout.decode().splitlines():
+        name, _, n = line.rpartition("\t")
+        if name.startswith(f"{prefix}."):
+            got[name] = int(n)
+    return got

@@ -9,9 +9,11 @@ import json
 import threading
 import time
 
+import pytest
+
 from iii_console.core.dlq import DeadLetterStore
 
-from .helpers import events, events_once, runs, wait_for
+from .helpers import events, events_once, ready, runs, wait_for
 
 SLOW = """
 import time
@@ -93,6 +95,28 @@ def test_a_handler_still_running_at_the_stops_timeout_gives_its_message_back(pro
     events_once(r, keys, "message.processed", 1, where=lambda e: e.message_id == mid)
 
 
+@pytest.mark.parametrize("broker", ["rabbitmq"], indirect=True)
+def test_on_rabbitmq_a_handler_still_running_at_the_stops_timeout_is_returned_by_rabbitmq(
+    project, runtime, producer, r, keys, rabbit_node
+):
+    """Given a handler that outlasts shutdown_timeout on RabbitMQ, when its worker stops, then the stop says so and
+    closing its connection returns the unacked message to its quorum queue (RabbitMQ counts it a delivery); the
+    next worker runs it again and it is processed."""
+    cfg, steps = project({"slow_step.py": SLOW})
+    rt = runtime(cfg, steps)
+    [mid] = producer(cfg, steps).enqueue("jobs", {"k": "long", "sleep": 3}, trace_id="t-long")
+    wait_for(lambda: runs(r, keys, "Slow").get("long") == 1, what="the handler to start")
+    rt.stop(timeout_s=0.5)
+    assert rt.abandoned == 0  # nothing for the worker to give back itself: RabbitMQ holds it
+    [stopped] = events_once(r, keys, "worker.stopped", 1)
+    assert stopped.data["abandoned"] == 0
+    wait_for(lambda: ready(rabbit_node, f"{cfg.rabbitmq.prefix}.jobs--Slow--normal") == 1, what="the message back in its queue")
+    runtime(cfg, steps)
+    wait_for(lambda: runs(r, keys, "Slow").get("long") == 2, timeout=20, what="the message run again")
+    events_once(r, keys, "message.processed", 1, where=lambda e: e.message_id == mid)
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_a_draining_worker_keeps_heartbeating_and_is_not_swept(project, runtime, producer, r, keys):
     """Given a 1 s heartbeat timeout and a second worker sweeping every 0.2 s, when a worker running a 3 s handler is
     stopped, then it drains without being swept: the handler runs once and no 'heartbeat lost' is reported."""

@@ -4,28 +4,13 @@ retries, dead letters, priority, and the stock-Dramatiq weak spots we close."""
 from __future__ import annotations
 
 import itertools
-import textwrap
 import uuid
 
 import pytest
 
-from iii_console.core.discovery import discover
 from iii_console.core.dlq import DeadLetterStore
 
-from .helpers import events, events_once, make_project, recorder, runs, wait_for
-
-
-@pytest.fixture
-def project(tmp_path, redis_url, broker):
-    """The conftest's ``project``, on the broker this test runs on (``broker``: a config fragment)."""
-
-    def build(steps: dict[str, str], config: str = ""):
-        cfg = make_project(tmp_path, steps, textwrap.dedent(config) + broker, redis_url=redis_url)
-        stepset = discover(cfg.steps_path)
-        assert not stepset.errors, stepset.errors
-        return cfg, stepset
-
-    return build
+from .helpers import events, events_once, recorder, runs, wait_for
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
@@ -224,6 +209,7 @@ def handler(data, ctx):
 """
 
 
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_an_exception_that_cannot_be_printed_is_still_retried_and_dead_lettered(project, runtime, producer, r, keys):
     cfg, steps = project(
         {"weird_step.py": WEIRD}, "queues:\n  jobs:\n    max_retries: 1\n    retry_delay: 10\n    dead_letter_queue: jobs.dlq\n"
@@ -242,6 +228,7 @@ def test_an_exception_that_cannot_be_printed_is_still_retried_and_dead_lettered(
     )
 
 
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_a_failed_message_the_retry_policy_cannot_decide_on_is_dead_lettered_not_acked(
     project, runtime, producer, r, keys, monkeypatch
 ):
@@ -272,6 +259,7 @@ def test_a_failed_message_the_retry_policy_cannot_decide_on_is_dead_lettered_not
     assert runs(r, keys, "Weird") == {"m1": 1}
 
 
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_invalid_input_goes_straight_to_the_dead_letter_queue(project, runtime, producer, r, keys):
     cfg, steps = project(
         {
@@ -404,21 +392,37 @@ def _garbage(r, keys, queue: str) -> str:
     return rid
 
 
-def test_undecodable_message_is_quarantined_and_the_rest_of_the_batch_flows(project, runtime, producer, r, keys):
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+def test_undecodable_message_is_quarantined_and_the_rest_of_the_batch_flows(project, runtime, producer, r, keys, broker, request):
+    """Given a body that is not a message between good ones in a step's queue, then it lands in the quarantine
+    dead-letter queue with its raw bytes and one message.dead_lettered event, and the messages around it run. On
+    RabbitMQ the consumer rejects it and RabbitMQ dead-letters it to the ingester, which writes the same entry."""
     cfg, steps = project({"a_step.py": recorder("A")})
     p = producer(cfg, steps)
-    p.enqueue("jobs", {"k": "before"}, trace_id="t")
-    rid = _garbage(r, keys, "jobs--A--normal")
+    p.enqueue("jobs", {"k": "before"}, trace_id="t")  # (on RabbitMQ this declares the queues)
+    if broker:
+        import pika
+
+        node = request.getfixturevalue("rabbit_node")
+        conn = pika.BlockingConnection(pika.URLParameters(node.url))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish("", f"{cfg.rabbitmq.prefix}.jobs--A--normal", b"\xff\xfe not a dramatiq message", mandatory=True)
+        conn.close()
+    else:
+        rid = _garbage(r, keys, "jobs--A--normal")
     for i in range(5):
         p.enqueue("jobs", {"k": f"after{i}"}, trace_id="t")
     runtime(cfg, steps)
     wait_for(lambda: len(runs(r, keys, "A")) == 6, what="all valid messages processed")
     store = DeadLetterStore(r, keys)
-    [entry] = store.list("quarantine")
-    assert entry.id == f"undecodable-{rid}" and "undecodable" in entry.error and "not a dramatiq message" in entry.raw
+    [entry] = wait_for(lambda: store.list("quarantine"), what="the quarantined body")
+    assert entry.id.startswith("undecodable-") and "undecodable" in entry.error and "not a dramatiq message" in entry.raw
+    if not broker:
+        assert entry.id == f"undecodable-{rid}"
     assert entry.step == "A" and entry.topic == "jobs"
     # Written with the entry, in the one shape every dead letter's event has; the entry id names it.
-    [dead] = events(r, keys, "message.dead_lettered")
+    [dead] = events_once(r, keys, "message.dead_lettered", 1)
     assert dead.data == {"dlq": "quarantine", "attempts": 0, "entry": entry.id} and dead.error == entry.error
     assert (dead.message_id, dead.step, dead.topic, dead.queue) == (None, "A", "jobs", "jobs--A--normal")
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pika
 import pytest
@@ -21,8 +20,7 @@ from iii_console.core.dlq import DeadLetterStore
 from iii_console.runtime.runner import StepRunner
 from iii_console.runtime.services import Services
 
-from .checker import EFFECT_STEP, check
-from .helpers import events, events_once, make_project, wait_for
+from .helpers import events, events_once, make_project, ready, wait_for
 
 RECORD = """
 import time
@@ -67,28 +65,6 @@ def rproject(tmp_path, redis_url, rabbit_node, rabbit_prefix):
 def runs(r, keys, step):
     raw = r.hget(keys.state_group("runs"), step)
     return json.loads(raw) if raw else {}
-
-
-def ready(node, queue: str) -> int:
-    conn = pika.BlockingConnection(pika.URLParameters(node.url))
-    try:
-        return conn.channel().queue_declare(queue, passive=True).method.message_count
-    finally:
-        conn.close()
-
-
-def worker_children(pid: int) -> list[int]:
-    """Live worker processes of supervisor ``pid`` (not one killed and not yet reaped)."""
-    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "iii_console.runtime.worker"], capture_output=True, text=True).stdout
-    live = []
-    for child in map(int, out.split()):
-        try:
-            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            live.append(child)
-    return live
 
 
 def test_fan_out_to_quorum_queues_runs_each_step_once_with_its_events(
@@ -210,29 +186,6 @@ def test_a_poison_message_is_dead_lettered_with_its_traceback_and_replayed_once_
     assert runs(r, keys, "Flaky") == {"p": 3}
 
 
-def test_an_undecodable_message_is_quarantined_with_its_raw_bytes_and_the_queue_flows(
-    rproject, runtime, producer, r, keys, rabbit_node, rabbit_prefix
-):
-    """Given a body that is not a message in a step's queue, then it lands in the quarantine dead-letter queue with its
-    raw bytes, with a message.dead_lettered event, and the message behind it runs."""
-    cfg, steps = rproject({"rec_step.py": RECORD})
-    p = producer(cfg, steps)
-    p.enqueue("jobs", {"k": "warm"}, trace_id="t0")  # declares the topology
-    conn = pika.BlockingConnection(pika.URLParameters(rabbit_node.url))
-    ch = conn.channel()
-    ch.confirm_delivery()
-    ch.basic_publish("", f"{rabbit_prefix}.jobs--Rec--normal", b"\xff\xfe not a message {", mandatory=True)
-    conn.close()
-    p.enqueue("jobs", {"k": "after"}, trace_id="t1")
-    runtime(cfg, steps)
-    wait_for(lambda: runs(r, keys, "Rec") == {"warm": 1, "after": 1}, what="the good messages")
-    store = DeadLetterStore(r, keys)
-    [entry] = wait_for(lambda: store.list("quarantine"), what="the quarantined body")
-    assert "not a message {" in entry.raw and entry.error.startswith("undecodable message")
-    assert entry.queue == "jobs--Rec--normal" and entry.step == "Rec"
-    events_once(r, keys, "message.dead_lettered", 1, where=lambda e: e.data.get("dlq") == "quarantine")
-
-
 def test_priority_is_strict_across_the_three_queues(rproject, runtime, producer, r, keys, redis_url):
     """Given 6 low, 6 normal and 6 high messages waiting, when one single-threaded worker starts, then every high one
     runs before any normal one is started and every normal one before any low one, but for the bound documented:
@@ -254,41 +207,6 @@ def test_priority_is_strict_across_the_three_queues(rproject, runtime, producer,
     print(f"\nrun order: {' '.join(order)} ({inversions} inversions)")
     assert seq[:4] == [0, 0, 0, 0] and seq[-4:] == [2, 2, 2, 2], order
     assert inversions <= 4, order
-
-
-@pytest.mark.slow
-def test_sigkill_of_workers_under_load_loses_nothing_on_rabbitmq(rproject, procs, r, keys, redis_url, tmp_path):
-    """Given 300 messages of 50 ms through two worker processes of 4 threads, when a busy worker process is SIGKILLed
-    three times, then RabbitMQ redelivers what it held (some run twice) and the checker finds every message's effect
-    exactly once: nothing lost, nothing unexpected, no effect twice."""
-    rproject({"effect_step.py": EFFECT_STEP}, "queues:\n  chaos:\n    max_deliveries: 20\n")
-    from iii_console.core.config import load_config
-
-    svc = Services.open(load_config(tmp_path / "iii-config.yaml"), "test")
-    sent: set[str] = set()
-    try:
-        prod = StepRunner(svc, subscriptions_for(discover(tmp_path / "steps").steps)).producer
-        for i in range(300):
-            prod.enqueue("chaos", {"key": f"k{i}", "redis": redis_url, "work_ms": 50}, trace_id=f"k{i}")
-            sent.add(f"k{i}")
-    finally:
-        svc.close()
-    sup = procs(tmp_path, "--role", "worker", "--processes", "2", "--threads", "4")
-    kills = 0
-    wait_for(lambda: r.hlen("chaos:executions") > 0, what="work under way")
-    while kills < 3:
-        kids = wait_for(lambda: worker_children(sup.pid), what="a worker child")
-        time.sleep(0.4)
-        try:
-            os.kill(kids[0], signal.SIGKILL)
-            kills += 1
-        except ProcessLookupError:  # it was being replaced: take the next one
-            continue
-    wait_for(lambda: r.scard("chaos:done") >= len(sent), timeout=60, what="every message's effect")
-    report = check(r, keys, sent)
-    print("\n" + report.table())
-    assert (report.lost, report.unexpected, report.duplicated_effects) == (0, 0, 0)
-    assert report.duplicate_executions > 0  # the kills hit messages in flight, which ran again
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from iii_console.adapters.queue.rmq_topology import Topology
 from iii_console.adapters.queue.rmq_watch import MIRROR_TTL_S, DepthMirror
 from iii_console.tui.source import Snapshot, fetch
 
-from .helpers import make_project, wait_for
+from .helpers import events, make_project, wait_for
 
 JOBS = """
 from iii_console import Step, queue
@@ -163,11 +163,54 @@ async def test_the_consoles_header_names_a_broker_other_than_redis(redis_url, r,
         await until(pilot, lambda: plain.snap.polls > 0 and plain.where in topbar(plain), "the header")
         assert "rabbitmq" not in topbar(plain)
     r.hset(keys.deployment_registry, "broker", "rabbitmq")
-    r.hset(keys.broker_depths, mapping={"jobs--Rec--normal": 4})
+    r.hset(keys.broker_depths, mapping={"jobs--Rec--normal": 4, "delayed": 3})
     app = console(redis_url=redis_url)
     async with app.run_test(size=(160, 40)) as pilot:
         await started(pilot)
         await until(pilot, lambda: f"{app.where}  rabbitmq" in topbar(app), "the broker in the header")
         await pilot.press("3")
         row = await until(pilot, lambda: table_rows(app, "#queues-table").get("jobs"), "the jobs row in Queues")
-        assert row[2:4] == ["4", "0 / 4 / 0"], row
+        # Delays wait in queues every topic shares: no per-topic figure, the total under the table.
+        assert row[2:5] == ["4", "0 / 4 / 0", "-"], row
+        sub = str(app.query_one("#queues-table").border_subtitle)
+        assert "delayed (retries, delayed sends; all topics, in rabbitmq's delay queues): 3" in sub, sub
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broker", ["rabbitmq"], indirect=True)
+def test_messages_waiting_out_a_delay_on_rabbitmq_are_the_consoles_delayed_total(
+    project, runtime, producer, r, keys, rabbit_node
+):
+    """Given 2 sends delayed 60 s and 1 delayed an hour on one topic, and a retry waiting out a 60 s backoff on another,
+    when the mirror copies RabbitMQ's depths, then the console's snapshot has 4 delayed (the shared delay queues'
+    total, the delay queues found through the set their publishers keep in Redis), none of them counted as waiting;
+    with no copy (a Redis deployment, or a stale one) there is no total."""
+    from iii_console.adapters.queue.producer import subscriptions_for
+
+    flaky = JOBS.replace('"Rec"', '"Flaky"').replace('queue("jobs")', 'queue("flaky")').replace("pass", "raise RuntimeError('x')")
+    cfg, steps = project({"rec_step.py": JOBS, "flaky_step.py": flaky}, "queues:\n  flaky:\n    retry_delay: 60000\n")
+    p = producer(cfg, steps)
+    p.enqueue("jobs", {"k": "a"}, trace_id="t", delay_ms=60_000)
+    p.enqueue("jobs", {"k": "b"}, trace_id="t", delay_ms=60_000)
+    p.enqueue("jobs", {"k": "c"}, trace_id="t", delay_ms=3_600_000)
+    runtime(cfg, steps)
+    p.enqueue("flaky", {"k": "d"}, trace_id="t")
+    wait_for(lambda: events(r, keys, "message.retrying"), what="the retry published")
+    assert {int(d) for d in r.smembers(keys.broker_delays)} == {60_000, 3_600_000}
+    subs = [s for group in subscriptions_for(steps.steps).values() for s in group]
+    mirror = DepthMirror(rabbit_node.url, cfg.rabbitmq.prefix, r, keys, subs)
+    try:
+        assert mirror.copy_once()["delayed"] == 4
+    finally:
+        mirror._close()
+    snap = fetch(r, keys, Snapshot(), {"registry", "queues"})
+    assert snap.broker_delayed == 4
+    assert snap.queues["jobs"].waiting == 0 and snap.queues["flaky"].waiting == 0
+    # The metrics say the same: the total, and no per-topic delayed sample that would read 0.
+    from iii_console.adapters.observability import _Snapshot
+
+    samples = {(m.name, tuple(sorted(s.labels.items()))): s.value for m in _Snapshot(r, keys, 15).collect() for s in m.samples}
+    assert samples[("iii_broker_delayed_messages", ())] == 4
+    assert not [k for k in samples if k[0] == "iii_queue_messages" and ("state", "delayed") in k[1]]
+    r.delete(keys.broker_depths)
+    assert fetch(r, keys, Snapshot(), {"registry", "queues"}).broker_delayed is None  # as on Redis: nothing reported

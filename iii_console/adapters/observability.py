@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from iii_console.core import metrics
 from iii_console.core.dlq import DeadLetterStore
 from iii_console.core.keys import Keys
-from iii_console.core.queues import add_broker_depths, broker_depths, queue_stats
+from iii_console.core.queues import add_broker_depths, broker_delayed, broker_depths, queue_stats
 from iii_console.core.redis_server import server_version, version_warning
 from iii_console.core.redis_url import primary_of
 
@@ -101,11 +101,20 @@ class _Snapshot(Collector):
         topics = [t.decode() if isinstance(t, bytes) else t for t in self.client.hkeys(self.keys.queues_registry)]
         depth = GaugeMetricFamily("iii_queue_messages", "Messages per topic by state", labels=["topic", "state"])
         stats = queue_stats(self.client, self.keys, [t for t in topics if t != "default"])
-        for topic, st in sorted(add_broker_depths(stats, broker_depths(self.client, self.keys)).items()):
+        depths = broker_depths(self.client, self.keys)
+        shared_delayed = broker_delayed(depths)
+        for topic, st in sorted(add_broker_depths(stats, depths).items()):
             depth.add_metric([topic, "waiting"], st.waiting)
-            depth.add_metric([topic, "delayed"], st.delayed)
+            if shared_delayed is None:  # else the broker's delays wait in queues shared by every topic: no per-topic count
+                depth.add_metric([topic, "delayed"], st.delayed)
             depth.add_metric([topic, "in_flight"], st.in_flight)
         yield depth
+        if shared_delayed is not None:
+            yield GaugeMetricFamily(
+                "iii_broker_delayed_messages",
+                "Messages waiting out a delay (retries, delayed sends) in the broker's shared delay queues, all topics",
+                value=shared_delayed,
+            )
 
         store = DeadLetterStore(self.client, self.keys)
         dead = GaugeMetricFamily("iii_dead_letters", "Entries per dead-letter queue", labels=["dlq"])

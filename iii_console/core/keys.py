@@ -195,6 +195,15 @@ class Keys:
         return f"{self.prefix}broker-depths"
 
     @property
+    def broker_delays(self) -> str:
+        """Set: the delays (ms) whose shared delay queue a broker other than Redis has declared.
+
+        Written by whoever publishes to one (once per process and delay), so the depth copy knows
+        which delay queues to count; their total is copied as ``broker_depths``'s ``delayed`` field.
+        """
+        return f"{self.prefix}broker-delays"
+
+    @property
     def metrics_counts(self) -> str:
         """Hash: ``type|topic|step`` -> count of events, kept by the event sink."""
         return f"{self.prefix}metrics:counts"

@@ -101,9 +101,24 @@ def broker_depths(client: redis.Redis, keys: Keys) -> dict[str, int]:
     return out
 
 
+#: The field of ``keys.broker_depths`` holding the total of the broker's shared delay queues.
+BROKER_DELAYED = "delayed"
+
+
+def broker_delayed(depths: dict[str, int]) -> int | None:
+    """Messages waiting out a delay (retries, delayed sends) on a broker other than Redis, all topics together.
+
+    ``None`` when none was reported. RabbitMQ keeps them in delay queues shared by every
+    topic, so the total is known but not how it splits between topics.
+    """
+    return depths.get(BROKER_DELAYED)
+
+
 def add_broker_depths(stats: dict[str, QueueStat], depths: dict[str, int]) -> dict[str, QueueStat]:
     """Count ``depths`` (see :func:`broker_depths`) as waiting messages of their topics, by priority."""
     for name, n in depths.items():
+        if name == BROKER_DELAYED:
+            continue
         try:
             topic, step, prio = name.rsplit("--", 2)
         except ValueError:

@@ -24,7 +24,7 @@ from iii_console.core.dlq import DeadLetter, DeadLetterStore
 from iii_console.core.errors import DecodeError
 from iii_console.core.events import Event
 from iii_console.core.keys import Keys, as_str
-from iii_console.core.queues import QueueStat, add_broker_depths, broker_depths, queue_stats
+from iii_console.core.queues import QueueStat, add_broker_depths, broker_delayed, broker_depths, queue_stats
 from iii_console.core.redis_url import client_from_url, primary_of
 from iii_console.core.state import StateStore
 
@@ -240,6 +240,8 @@ class Snapshot:
     broker: str = "redis"
     #: ``host:port`` of the Redis primary the console reads, under Sentinel (``None`` for a plain URL).
     primary: str | None = None
+    #: On a broker other than Redis: messages waiting out a delay, all topics together (None: not reported).
+    broker_delayed: int | None = None
     #: Which parts have been fetched at least once (a view says "loading" until then).
     loaded: frozenset[str] = frozenset()
     polls: int = 0
@@ -282,7 +284,9 @@ def fetch(
                 if spec.get("type") == "queue":
                     topics.add(spec["topic"])
         # On RabbitMQ the waiting messages are not in Redis: the deployment copies their counts here.
-        upd["queues"] = add_broker_depths(queue_stats(client, keys, sorted(topics)), broker_depths(client, keys))
+        depths = broker_depths(client, keys)
+        upd["queues"] = add_broker_depths(queue_stats(client, keys, sorted(topics)), depths)
+        upd["broker_delayed"] = broker_delayed(depths)
     if wants & {"queues", "dlq", "dlq_counts"}:
         store = DeadLetterStore(client, keys)
         upd["dlq_counts"] = {n: store.count(n) for n in store.names()}

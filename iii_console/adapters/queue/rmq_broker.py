@@ -166,6 +166,7 @@ class RabbitBroker(RabbitmqBroker):
         declare = [self.declaration(queue_name)]
         if delay_ms > 0:
             declare.append((("delay", delay_bucket(delay_ms)), lambda ch: self.topology.declare_delay(ch, delay_ms)))
+            self.topology.note_delay(delay_ms, self.client, self.keys)
             self.publisher.publish(self.topology.delay(delay_ms), target, body, declare=declare)
         else:
             self.publisher.publish("", target, body, declare=declare)

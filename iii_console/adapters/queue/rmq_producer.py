@@ -74,6 +74,7 @@ class RabbitProducer(_Builder):
                 *self._declares(topic),
                 (("delay", delay_bucket(delay_ms)), lambda ch: self.topology.declare_delay(ch, delay_ms)),
             ]
+            self.topology.note_delay(delay_ms, self.client, self.keys)
             for sub, msg in copies:
                 msg = msg.copy(options={"iii_run_key": run_key} if run_key else {})
                 msg.options.pop("redis_message_id", None)

@@ -34,6 +34,8 @@ import pika.exceptions
 import redis
 from dramatiq.errors import ConnectionClosed
 
+from iii_console.core.keys import Keys
+
 log = logging.getLogger(__name__)
 
 #: Publish attempts (each on a fresh connection after the first fails) before giving up.
@@ -81,6 +83,8 @@ class Topology:
         self.prefix = prefix
         #: topic -> its ``max_deliveries`` (the queue's delivery limit is one less: redeliveries).
         self.max_deliveries = max_deliveries
+        #: Delays recorded in Redis by this process (:meth:`note_delay`).
+        self._noted: set[int] = set()
 
     # -- names --------------------------------------------------------------
     def queue(self, queue_name: str) -> str:
@@ -140,6 +144,20 @@ class Topology:
             },
         )
         channel.queue_bind(name, name)
+
+    def note_delay(self, delay_ms: int, client: redis.Redis, keys: Keys) -> None:
+        """Record the delay queue of ``delay_ms`` in ``keys.broker_delays`` (a Redis set), so the depth copy
+        counts what waits in it; once per process and delay. Best effort: a delayed publish does not wait for
+        Redis (a failed write is tried again on the next publish of that delay)."""
+        bucket = delay_bucket(delay_ms)
+        if bucket in self._noted:
+            return
+        try:
+            client.sadd(keys.broker_delays, bucket)
+        except redis.RedisError as exc:
+            log.info("delay queue %s not recorded in Redis yet: %s", bucket, type(exc).__name__)
+            return
+        self._noted.add(bucket)
 
 
 class Publisher:

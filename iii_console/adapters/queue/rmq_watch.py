@@ -3,8 +3,9 @@
 The console reads Redis only (it never connects to RabbitMQ), so the supervisor
 of a RabbitMQ deployment runs a :class:`DepthMirror`: every second it reads
 each subscribed queue's ready-message count (a passive ``queue_declare``, which
-creates nothing) and writes them into one Redis hash with a short TTL. A
-stopped deployment leaves no stale depths: the hash expires.
+creates nothing) and the total waiting in the shared delay queues (their delays
+are listed in Redis by whoever publishes to them), and writes them into one Redis
+hash with a short TTL. A stopped deployment leaves no stale depths: the hash expires.
 
 :class:`RabbitHealth` is ``/health``'s RabbitMQ check: one connection kept
 open, probed at most every few seconds, each probe bounded in time.
@@ -25,6 +26,7 @@ import redis
 from iii_console.adapters.queue.names import Subscription
 from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, parameters
 from iii_console.core.keys import Keys
+from iii_console.core.queues import BROKER_DELAYED
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class DepthMirror:
         self.keys = keys
         self.every_s = every_s
         self._queues = self._names(subscriptions)
+        self._delays: set[int] = set()
         self._conn: Any = None
         self._channel: Any = None
         self._stop = threading.Event()
@@ -83,14 +86,24 @@ class DepthMirror:
             self._channel = self._conn.channel()
         return self._channel
 
+    def _ready(self, queue: str) -> int | None:
+        try:
+            return int(self._ch().queue_declare(queue, passive=True).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker:
+            self._channel = None  # 404: not declared yet (the broker closed the channel, not the connection)
+            return None
+
     def read(self) -> dict[str, int]:
-        """Queue name -> ready messages; a queue no worker declared yet is left out."""
+        """Queue name -> ready messages (a queue no worker declared yet is left out), and under
+        ``delayed`` the messages waiting in the shared delay queues (retries, delayed sends) of every topic."""
         out: dict[str, int] = {}
         for q in self._queues:
-            try:
-                out[q] = int(self._ch().queue_declare(f"{self.prefix}.{q}", passive=True).method.message_count)
-            except pika.exceptions.ChannelClosedByBroker:
-                self._channel = None  # 404: not declared yet (the broker closed the channel, not the connection)
+            n = self._ready(f"{self.prefix}.{q}")
+            if n is not None:
+                out[q] = n
+        # Remembered as well as read: a Redis that lost the set still has its delay queues counted.
+        self._delays.update(int(d) for d in self.client.smembers(self.keys.broker_delays))
+        out[BROKER_DELAYED] = sum(self._ready(f"{self.prefix}.delay.{d}") or 0 for d in sorted(self._delays))
         return out
 
     def copy_once(self) -> dict[str, int]:

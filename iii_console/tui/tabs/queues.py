@@ -104,6 +104,7 @@ class QueuesPane(Pane):
             return
         default = snap.strategies.get("default") or {}
         rows, strategies = [], []
+        shared = snap.broker_delayed is not None
         for topic in known_topics(view):
             st = snap.queues.get(topic)
             tc = m.topics.get(topic) or TopicCounts()
@@ -126,7 +127,8 @@ class QueuesPane(Pane):
                             "bright_black",
                             justify="right",
                         ),
-                        n(st.delayed if st else 0, "dark_orange"),
+                        # On RabbitMQ, delays wait in queues shared by every topic: the total is in the subtitle.
+                        t("-", "bright_black", justify="right") if shared else n(st.delayed if st else 0, "dark_orange"),
                         n(st.in_flight if st else 0, "yellow"),
                         t(fmt.rate(r), "green" if r else "bright_black", justify="right"),
                         n(tc.processed.total, "green"),
@@ -143,6 +145,8 @@ class QueuesPane(Pane):
         table.show_rows(rows)
         retitle(table, title=f"Queues ({len(rows)})")
         sub = "depths every second · h/n/l: waiting by priority · counts since the console started"
+        if shared:
+            sub += f" · delayed (retries, delayed sends; all topics, in {snap.broker}'s delay queues): {snap.broker_delayed}"
         waiting = m.throttled()
         if waiting:  # messages over a per-key throttle, and the keys they wait on
             sub += " · throttled: " + "; ".join(
