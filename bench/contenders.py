@@ -167,7 +167,7 @@ def fill_dramatiq_rabbit(bench: Bench, n: int, data: dict[str, Any] | None = Non
     dramatiq_rmq_app.broker.flush_all()
     for _ in range(n):
         dramatiq_rmq_app.work.send(data or {})
-    dramatiq_rmq_app.broker.close()
+    del dramatiq_rmq_app.broker.connection  # closes it; the next fill opens a new one
 
 
 # -- Celery ---------------------------------------------------------------------
