@@ -60,7 +60,7 @@ class Options:
             console_seconds=10.0,
             memory_messages=10_000,
             ceiling_processes=(1, 2, 4),
-            knee_rates=(50, 100, 200, 300, 400, 600),
+            knee_rates=(25, 50, 100, 200, 300, 400, 600),
             knee_seconds=4.0,
         )
         base.update(kw)

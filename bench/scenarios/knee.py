@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench import contenders as c
@@ -38,6 +39,8 @@ TITLE = "12. Pipeline knee: highest steady rate with p99 ≤ 100 ms (HTTP → qu
 LIMIT_MS = 100.0
 SEED_TOPIC = "message.sent"
 PEER = "Litestar + Dramatiq (HTTP → queue only)"
+#: An unmeasured run at the first rate before the climb (first connections, imports, caches).
+WARMUP_S = 2.0
 
 
 @dataclass
@@ -59,9 +62,8 @@ class Step:
         )
 
 
-def _paced(bench: Bench, url: str, rate: int) -> list[dict]:
+def _paced(bench: Bench, url: str, rate: int, seconds: float) -> list[dict]:
     assert bench.procs is not None
-    o = bench.options
     out = bench.tmp / f"knee-{rate}.json"
     bench.procs.run(
         "loadgen",
@@ -75,13 +77,26 @@ def _paced(bench: Bench, url: str, rate: int) -> list[dict]:
             "--rate",
             str(rate),
             "--seconds",
-            str(o.knee_seconds),
+            str(seconds),
             "--out",
             str(out),
         ],
-        timeout=o.knee_seconds + 120,
+        timeout=seconds + 120,
     )
     return list(json.loads(out.read_text())["answers"])
+
+
+def _climb(rates: tuple[int, ...], measure: Callable[[int], Step], path: str) -> list[Step]:
+    """Each rate in turn; a miss is measured once more (a busy shared machine), and two misses end the climb."""
+    steps: list[Step] = []
+    for rate in rates:
+        steps.append(measure(rate))
+        if steps[-1].ok(path):
+            continue
+        steps.append(measure(rate))
+        if not steps[-1].ok(path):
+            break
+    return steps
 
 
 def _ours(bench: Bench, rates: tuple[int, ...]) -> list[Step]:
@@ -93,51 +108,55 @@ def _ours(bench: Bench, rates: tuple[int, ...]) -> list[Step]:
     server = c.start_our_server(bench, config)
     workers = c.start_our_workers(bench, config, 1, 8)
     procs: list[Proc] = [server, *workers]
-    steps: list[Step] = []
+    url = f"http://127.0.0.1:{port}/messages"
+
+    def measure(rate: int, seconds: float) -> Step:
+        bench.redis.delete(keys.events)
+        answers = _paced(bench, url, rate, seconds)
+        statuses = Counter(a["status"] for a in answers)
+        traces = {a["trace_id"] for a in answers if a["status"] == 202 and a["trace_id"]}
+
+        def notified() -> int:
+            got = read_all(bench.redis, keys, types=["notification.sent"])
+            return len({e.trace_id for e in got} & traces)
+
+        wait_until(
+            lambda: notified() >= len(traces),
+            timeout=120,
+            interval=0.25,
+            what=f"{len(traces)} notifications at {rate}/s",
+            watch=lambda: bench.procs.check(*procs),  # type: ignore[union-attr]
+        )
+        events = read_all(bench.redis, keys, types=["http.received", "message.started", "notification.sent"])
+        events = [e for e in events if not e.type.startswith("message.") or e.topic == SEED_TOPIC]
+        ts = first_ts(events)
+        step = Step(rate, int(rate * seconds), statuses, {"started": [], "notified": []})
+        for t in traces:
+            rec = ts.get((t, "http.received"))
+            if rec is None:
+                continue
+            for key, typ in (("started", "message.started"), ("notified", "notification.sent")):
+                if (t, typ) in ts:
+                    step.delays[key].append(float(ts[(t, typ)] - rec))
+        return step
+
+    def measured(rate: int) -> Step:
+        step = measure(rate, bench.options.knee_seconds)
+        print(
+            f"  [{NAME}] ours {rate}/s: answers {dict(step.statuses)}, → started p99 {step.p('started', 99):.1f} ms, "
+            f"→ notification.sent p99 {step.p('notified', 99):.1f} ms",
+            flush=True,
+        )
+        return step
+
     try:
-        url = f"http://127.0.0.1:{port}/messages"
         wait_http(bench, url, server)
         c.wait_our_workers(bench, workers, config)
-        for rate in rates:
-            bench.redis.delete(keys.events)
-            answers = _paced(bench, url, rate)
-            statuses = Counter(a["status"] for a in answers)
-            traces = {a["trace_id"] for a in answers if a["status"] == 202 and a["trace_id"]}
-
-            def notified() -> int:
-                got = read_all(bench.redis, keys, types=["notification.sent"])
-                return len({e.trace_id for e in got} & traces)
-
-            wait_until(
-                lambda: notified() >= len(traces),
-                timeout=120,
-                interval=0.25,
-                what=f"{len(traces)} notifications at {rate}/s",
-                watch=lambda: bench.procs.check(*procs),  # type: ignore[union-attr]
-            )
-            events = read_all(bench.redis, keys, types=["http.received", "message.started", "notification.sent"])
-            events = [e for e in events if not e.type.startswith("message.") or e.topic == SEED_TOPIC]
-            ts = first_ts(events)
-            step = Step(rate, int(rate * bench.options.knee_seconds), statuses, {"started": [], "notified": []})
-            for t in traces:
-                rec = ts.get((t, "http.received"))
-                if rec is None:
-                    continue
-                for key, typ in (("started", "message.started"), ("notified", "notification.sent")):
-                    if (t, typ) in ts:
-                        step.delays[key].append(float(ts[(t, typ)] - rec))
-            steps.append(step)
-            print(
-                f"  [{NAME}] ours {rate}/s: answers {dict(statuses)}, → started p99 {step.p('started', 99):.1f} ms, "
-                f"→ notification.sent p99 {step.p('notified', 99):.1f} ms",
-                flush=True,
-            )
-            if not step.ok("notified"):
-                break
+        measure(rates[0], WARMUP_S)  # connection pools, first imports, caches: not counted
+        return _climb(rates, measured, "notified")
     finally:
         for p in procs:
             bench.procs.stop(p)
-    return steps
 
 
 def _peer(bench: Bench, rates: tuple[int, ...]) -> list[Step]:
@@ -147,56 +166,44 @@ def _peer(bench: Bench, rates: tuple[int, ...]) -> list[Step]:
     server = bench.procs.start(
         "litestar",
         [
-            PY,
-            "-m",
-            "uvicorn",
-            "bench.peers.litestar_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
+            *(PY, "-m", "uvicorn", "bench.peers.litestar_app:app", "--host", "127.0.0.1", "--port", str(port)),
+            *("--log-level", "warning", "--no-access-log"),
         ],
     )
     workers = c.start_dramatiq(bench, 1, 8)
     procs = [server, workers]
-    steps: list[Step] = []
-    try:
-        url = f"http://127.0.0.1:{port}/pipeline"
-        wait_http(bench, url, server)
+    url = f"http://127.0.0.1:{port}/pipeline"
+
+    def measure(rate: int, seconds: float) -> Step:
+        bench.redis.delete(work.LATENCY)
+        answers = _paced(bench, url, rate, seconds)
+        statuses = Counter(a["status"] for a in answers)
+        accepted = statuses.get(202, 0)
         wait_until(
-            lambda: bench.redis.llen(work.LATENCY) >= 1,
-            timeout=60,
-            what="the first Dramatiq message",
+            lambda: bench.redis.llen(work.LATENCY) >= accepted,
+            timeout=120,
+            interval=0.25,
+            what=f"{accepted} actor starts at {rate}/s",
             watch=lambda: bench.procs.check(*procs),  # type: ignore[union-attr]
         )
-        for rate in rates:
-            bench.redis.delete(work.LATENCY)
-            answers = _paced(bench, url, rate)
-            statuses = Counter(a["status"] for a in answers)
-            accepted = statuses.get(202, 0)
-            wait_until(
-                lambda: bench.redis.llen(work.LATENCY) >= accepted,
-                timeout=120,
-                interval=0.25,
-                what=f"{accepted} actor starts at {rate}/s",
-                watch=lambda: bench.procs.check(*procs),  # type: ignore[union-attr]
-            )
-            delays = [float(x) * 1000 for x in bench.redis.lrange(work.LATENCY, 0, -1)]
-            step = Step(rate, int(rate * bench.options.knee_seconds), statuses, {"started": delays})
-            steps.append(step)
-            print(
-                f"  [{NAME}] peer {rate}/s: answers {dict(statuses)}, → actor start p99 {step.p('started', 99):.1f} ms",
-                flush=True,
-            )
-            if not step.ok("started"):
-                break
+        delays = [float(x) * 1000 for x in bench.redis.lrange(work.LATENCY, 0, -1)]
+        return Step(rate, int(rate * seconds), statuses, {"started": delays})
+
+    def measured(rate: int) -> Step:
+        step = measure(rate, bench.options.knee_seconds)
+        print(
+            f"  [{NAME}] peer {rate}/s: answers {dict(step.statuses)}, → actor start p99 {step.p('started', 99):.1f} ms",
+            flush=True,
+        )
+        return step
+
+    try:
+        wait_http(bench, url, server)
+        measure(rates[0], WARMUP_S)
+        return _climb(rates, measured, "started")
     finally:
         for p in procs:
             bench.procs.stop(p)
-    return steps
 
 
 def _knee(steps: list[Step], path: str) -> int | None:
@@ -255,7 +262,8 @@ def run(bench: Bench) -> Section:
     sec.note(
         f"Each rate held {bench.options.knee_seconds:g} s on the same running processes (server `events.echo: false`, "
         "1 worker process × 8 threads; the peer: uvicorn, one process, and `dramatiq --processes 1 --threads 8`); "
-        "the climb stops at the first rate that misses. Both consumers sleep 20 ms per message, so 1 × 8 threads "
+        "a rate that misses is measured once more and the climb stops at the first rate that misses twice (both "
+        f"attempts shown); an unmeasured {WARMUP_S:g} s at the first rate comes before the climb. Both consumers sleep 20 ms per message, so 1 × 8 threads "
         "top out near 400/s whatever the framework. Ours' delays are event timestamps (whole ms); the peer's "
         "are the endpoint's `time.time()` → the actor's."
     )
