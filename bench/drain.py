@@ -42,7 +42,8 @@ def restore_filled(bench: Bench, contender: QueueContender, n: int, data: dict[s
         contender.fill(bench, n, data)
         _snapshots[key] = {k: r.dump(k) for k in r.scan_iter(count=1000)}
         r.flushall()
-    pipe = r.pipeline(transaction=False)
+    # One transaction: workers already running (warm) never see a queue whose message bodies are not back yet.
+    pipe = r.pipeline(transaction=True)
     for k, v in _snapshots[key].items():
         pipe.restore(k, 0, v, replace=True)
     pipe.execute()
