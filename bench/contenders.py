@@ -142,7 +142,7 @@ def our_rabbit_config(bench: Bench, **extra: Any) -> Config:
     return our_config(bench, broker="rabbitmq", rabbitmq__url=rabbit_url(bench), **extra)
 
 
-def fill_ours_rabbit(bench: Bench, n: int, data: dict[str, Any] | None = None) -> None:
+def fill_ours_rabbit(bench: Bench, n: int, data: dict[str, Any] | None = None, *, priority: str | None = None) -> None:
     """Purge our quorum queues of the topic, then publish ``n`` messages with our RabbitProducer (confirmed)."""
     from iii_console.adapters.queue.rmq_producer import RabbitProducer
 
@@ -154,7 +154,7 @@ def fill_ours_rabbit(bench: Bench, n: int, data: dict[str, Any] | None = None) -
         names = [producer.topology.queue(q) for s in subs.get(TOPIC, []) for q in s.queues]
         producer.publisher.run(lambda ch: [ch.queue_purge(q) for q in names], declare=producer._declares(TOPIC))
         for _ in range(n):
-            producer.enqueue(TOPIC, data or {}, trace_id=uuid.uuid4().hex, source="bench")
+            producer.enqueue(TOPIC, data or {}, trace_id=uuid.uuid4().hex, priority=priority, source="bench")
     finally:
         producer.publisher.close()
 
@@ -256,11 +256,19 @@ def dramatiq() -> QueueContender:
     )
 
 
-def ours_rabbit() -> QueueContender:
+def ours_rabbit(*, priority: str | None = None) -> QueueContender:
+    """Ours on RabbitMQ; ``priority="high"`` fills the high queue, which no higher queue holds back."""
+
     def start(bench: Bench, processes: int, threads: int, target: int) -> list[Proc]:
         return start_our_workers(bench, our_rabbit_config(bench), processes, threads, target=target)
 
-    return QueueContender("iii-console (RabbitMQ quorum queues)", "ours-rabbitmq", fill_ours_rabbit, start, broker="rabbitmq")
+    return QueueContender(
+        "iii-console (RabbitMQ quorum queues)" + (f", {priority} priority" if priority else ""),
+        "ours-rabbitmq" + (f"-{priority}" if priority else ""),
+        lambda b, n, d: fill_ours_rabbit(b, n, d, priority=priority),
+        start,
+        broker="rabbitmq",
+    )
 
 
 def dramatiq_rabbit() -> QueueContender:
