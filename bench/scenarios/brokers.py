@@ -95,12 +95,13 @@ def run(bench: Bench) -> Section:
         "columns start at the first completion. RabbitMQ CPU is the private node's processes (beam.smp and helpers). "
         "Ours on RabbitMQ still writes its events, heartbeats and registry to Redis: hence its Redis column."
     )
-    sec.note(
-        'The row "high priority" is ours on RabbitMQ with every message sent at `priority: high`. Quorum queues have '
-        "no priorities, so each priority has its own queue and a normal message's consumer asks RabbitMQ whether the "
-        "high queue has ready messages (a passive `queue.declare`, one round trip) before it runs each delivery; the "
-        "high queue's consumer has nothing to ask. The difference between the two rows is that check."
-    )
+    if not skipped:
+        sec.note(
+            'The row "high priority" is ours on RabbitMQ with every message sent at `priority: high`. Quorum queues have '
+            "no priorities, so each priority has its own queue and a normal message's consumer asks RabbitMQ whether the "
+            "high queue has ready messages (a passive `queue.declare`, one round trip) before it runs each delivery; the "
+            "high queue's consumer has nothing to ask. The difference between the two rows is that check."
+        )
     if skipped:
         sec.note(f"RabbitMQ rows skipped: {skipped}.")
     return sec

@@ -114,8 +114,12 @@ def run(bench: Bench) -> Section:
             f"**{con.name}**: measured {fmt(med(con.name, best, 'rate'))} msg/s at {best} × {THREADS} with Redis "
             f"{_pct(med(con.name, best, 'redis_core'))} busy (not saturated: a floor); computed ceiling "
             f"{fmt(_per_core(med(con.name, top, 'redis_us')))} msg/s per Redis core (1 s ÷ "
-            f"{fmt(med(con.name, top, 'redis_us'))} µs at {top} × {THREADS}), "
-            f"{fmt(_per_core(med(con.name, top, 'redis_us') - task_us))} net of the task's own Redis work."
+            f"{fmt(med(con.name, top, 'redis_us'))} µs at {top} × {THREADS})"
+            + (
+                "."
+                if math.isnan(task_us)
+                else f", {fmt(_per_core(med(con.name, top, 'redis_us') - task_us))} net of the task's own Redis work."
+            )
         )
     for con in rabbit_side:
         sec.note(
