@@ -15,14 +15,21 @@ from types import ModuleType
 from bench import deps
 
 #: Scenario modules in run order (the console last: it is being built).
-ORDER = ("queue", "http", "latency", "events", "priority", "memory", "console", "prims", "images")
+ORDER = ("queue", "http", "latency", "events", "priority", "memory", "console", "prims", "images", "brokers", "ceiling", "knee")
+#: Run only when named in ``--only`` (long, and they start a RabbitMQ node): not part of the default run.
+ON_REQUEST = ("brokers", "ceiling", "knee")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer messages, shorter loads, 1 round (for development)")
-    ap.add_argument("--only", default="", metavar="NAMES", help=f"comma-separated scenarios: {','.join(ORDER)}")
+    ap.add_argument(
+        "--only",
+        default="",
+        metavar="NAMES",
+        help=f"comma-separated scenarios: {','.join(ORDER)} (the last three only when named here)",
+    )
     ap.add_argument("--rounds", type=int, default=None, help="rounds per scenario (default 3; quick 1)")
     ap.add_argument("--messages", type=int, default=None, help="messages per queue drain (default 20,000; quick 4,000)")
     ap.add_argument("--latency-rate", type=int, default=None, help="scenario 3's steady rate, messages/s (default 200)")
@@ -44,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     elif deps.missing_modules():
         print(f"bench: missing {', '.join(deps.missing_modules())}; run `pip install -e .[bench]`", file=sys.stderr)
         return 2
-    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(ORDER)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or [n for n in ORDER if n not in ON_REQUEST]
     unknown = sorted(set(names) - set(ORDER))
     if unknown:
         print(f"bench: unknown scenario(s) {', '.join(unknown)}; known: {', '.join(ORDER)}", file=sys.stderr)

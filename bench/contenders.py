@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import BENCH_STEPS, PY, Bench
-from bench.procs import Proc, wait_until
+from bench.procs import BenchError, Proc, wait_until
 from iii_console.adapters.queue.producer import Producer, subscriptions_for
 from iii_console.core.config import Config
 from iii_console.core.discovery import discover
@@ -106,13 +106,18 @@ def fill_ours(bench: Bench, config: Config, n: int, data: dict[str, Any] | None 
 # -- Dramatiq -------------------------------------------------------------------
 
 
-def start_dramatiq(bench: Bench, processes: int, threads: int, *, target: int = 0) -> Proc:
+def start_dramatiq(bench: Bench, processes: int, threads: int, *, target: int = 0, app: str = "bench.peers.dramatiq_app") -> Proc:
     assert bench.procs is not None
     return bench.procs.start(
         "dramatiq",
-        [PY, "-m", "dramatiq", "bench.peers.dramatiq_app", "--processes", str(processes), "--threads", str(threads)],
+        [PY, "-m", "dramatiq", app, "--processes", str(processes), "--threads", str(threads)],
         env={"BENCH_TARGET": str(target)},
     )
+
+
+def dramatiq_ready(bench: Bench, processes: int) -> bool:
+    """Every process of ``dramatiq --processes N`` on Redis has fetched once (its heartbeat is in Redis)."""
+    return bench.redis.zcard("bench-dramatiq:__heartbeats__") >= processes
 
 
 def fill_dramatiq(n: int, data: dict[str, Any] | None = None, *, actor: str = "work") -> None:
@@ -121,6 +126,48 @@ def fill_dramatiq(n: int, data: dict[str, Any] | None = None, *, actor: str = "w
     send = getattr(dramatiq_app, actor).send
     for _ in range(n):
         send(data or {})
+
+
+# -- RabbitMQ -------------------------------------------------------------------
+
+
+def rabbit_url(bench: Bench) -> str:
+    node = bench.rabbit()
+    if node is None:
+        raise BenchError(f"no RabbitMQ: {bench.rabbit_skipped()}")
+    return str(node.url)
+
+
+def our_rabbit_config(bench: Bench, **extra: Any) -> Config:
+    return our_config(bench, broker="rabbitmq", rabbitmq__url=rabbit_url(bench), **extra)
+
+
+def fill_ours_rabbit(bench: Bench, n: int, data: dict[str, Any] | None = None, *, priority: str | None = None) -> None:
+    """Purge our quorum queues of the topic, then publish ``n`` messages with our RabbitProducer (confirmed)."""
+    from iii_console.adapters.queue.rmq_producer import RabbitProducer
+
+    config = our_rabbit_config(bench)
+    steps = discover(config.steps_path)
+    subs = subscriptions_for(steps.steps)
+    producer = RabbitProducer(bench.redis, Keys(config.redis.prefix), config, subs, null_emitter())
+    try:
+        names = [producer.topology.queue(q) for s in subs.get(TOPIC, []) for q in s.queues]
+        producer.publisher.run(lambda ch: [ch.queue_purge(q) for q in names], declare=producer._declares(TOPIC))
+        for _ in range(n):
+            producer.enqueue(TOPIC, data or {}, trace_id=uuid.uuid4().hex, priority=priority, source="bench")
+    finally:
+        producer.publisher.close()
+
+
+def fill_dramatiq_rabbit(bench: Bench, n: int, data: dict[str, Any] | None = None) -> None:
+    """Purge the stock broker's queues, then ``work.send`` ``n`` times, as its users enqueue."""
+    rabbit_url(bench)  # the node first: the module reads its URL on import
+    from bench.peers import dramatiq_rmq_app
+
+    dramatiq_rmq_app.broker.flush_all()
+    for _ in range(n):
+        dramatiq_rmq_app.work.send(data or {})
+    del dramatiq_rmq_app.broker.connection  # closes it; the next fill opens a new one
 
 
 # -- Celery ---------------------------------------------------------------------
@@ -177,14 +224,25 @@ class QueueContender:
     fill_key: str
     fill: Callable[[Bench, int, dict[str, Any]], None]
     start: Starter
+    #: Where its messages live: ``redis`` (filled once, then DUMP/RESTORE) or ``rabbitmq`` (filled before every run).
+    broker: str = "redis"
+    #: Whether its started workers are all waiting for messages (``ceiling`` fills only then); None: cannot tell.
+    ready: Callable[[Bench, list[Proc], int], bool] | None = None
 
 
 def ours(*, events: bool = True) -> QueueContender:
     def start(bench: Bench, processes: int, threads: int, target: int) -> list[Proc]:
         return start_our_workers(bench, our_config(bench, events=events), processes, threads, target=target)
 
+    def ready(bench: Bench, procs: list[Proc], processes: int) -> bool:
+        return bench.redis.hlen(Keys(our_config(bench).redis.prefix).workers) >= processes
+
     return QueueContender(
-        "iii-console" + ("" if events else " (events off)"), "ours", lambda b, n, d: fill_ours(b, our_config(b), n, d), start
+        "iii-console" + ("" if events else " (events off)"),
+        "ours",
+        lambda b, n, d: fill_ours(b, our_config(b), n, d),
+        start,
+        ready=ready,
     )
 
 
@@ -194,6 +252,32 @@ def dramatiq() -> QueueContender:
         "dramatiq",
         lambda b, n, d: fill_dramatiq(n, d),
         lambda b, p, t, target: [start_dramatiq(b, p, t, target=target)],
+        ready=lambda b, procs, p: dramatiq_ready(b, p),
+    )
+
+
+def ours_rabbit(*, priority: str | None = None) -> QueueContender:
+    """Ours on RabbitMQ; ``priority="high"`` fills the high queue, which no higher queue holds back."""
+
+    def start(bench: Bench, processes: int, threads: int, target: int) -> list[Proc]:
+        return start_our_workers(bench, our_rabbit_config(bench), processes, threads, target=target)
+
+    return QueueContender(
+        "iii-console (RabbitMQ quorum queues)" + (f", {priority} priority" if priority else ""),
+        "ours-rabbitmq" + (f"-{priority}" if priority else ""),
+        lambda b, n, d: fill_ours_rabbit(b, n, d, priority=priority),
+        start,
+        broker="rabbitmq",
+    )
+
+
+def dramatiq_rabbit() -> QueueContender:
+    return QueueContender(
+        "Dramatiq (RabbitmqBroker)",
+        "dramatiq-rabbitmq",
+        fill_dramatiq_rabbit,
+        lambda b, p, t, target: [start_dramatiq(b, p, t, target=target, app="bench.peers.dramatiq_rmq_app")],
+        broker="rabbitmq",
     )
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import psutil
 import redis
 
 from bench import work
-from bench.procs import Procs
+from bench.procs import Procs, cpu_seconds
 from iii_console.core.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +41,11 @@ class Options:
     console_rate: int = 5_000
     console_seconds: float = 60.0
     memory_messages: int = 100_000
+    #: ``ceiling``: worker processes (× 8 threads) per drain, rising.
+    ceiling_processes: tuple[int, ...] = (1, 2, 4, 6)
+    #: ``knee``: the rates tried in turn (messages/s) and how long each is held.
+    knee_rates: tuple[int, ...] = (25, 50, 100, 150, 200, 250, 300, 400, 600, 800)
+    knee_seconds: float = 10.0
 
     @classmethod
     def quick_mode(cls, **kw: object) -> Options:
@@ -51,6 +59,9 @@ class Options:
             priority_trials=2,
             console_seconds=10.0,
             memory_messages=10_000,
+            ceiling_processes=(1, 2, 4),
+            knee_rates=(25, 50, 100, 200, 300, 400, 600),
+            knee_seconds=4.0,
         )
         base.update(kw)
         return cls(**base)  # type: ignore[arg-type]
@@ -67,6 +78,8 @@ class Bench:
         self.redis_server = RedisServer(self.tmp / "redis", appendonly=False)
         self.r: redis.Redis | None = None
         self.procs: Procs | None = None
+        self._rabbit: Any = None
+        self._rabbit_error: str | None = None
 
     @property
     def url(self) -> str:
@@ -94,6 +107,8 @@ class Bench:
         try:
             if self.procs is not None:
                 self.procs.stop_all()
+            if self._rabbit is not None:
+                self._rabbit.stop()
         finally:
             if self.r is not None:
                 self.r.close()
@@ -109,6 +124,50 @@ class Bench:
     def drain_window(self) -> tuple[float, float] | None:
         first, last = self.redis.mget(work.FIRST, work.LAST)
         return (float(first), float(last)) if first and last else None
+
+    def rabbit(self) -> Any:
+        """The run's private RabbitMQ node (started on first use, stopped with the run), or None.
+
+        None when ``rabbitmq-server`` is not installed or the node would not start;
+        :meth:`rabbit_skipped` then says why. The node has its own ports, name, data
+        directory, cookie and HOME (``tests/rabbitnode.py``); the system's node is never used.
+        """
+        if self._rabbit is None and self._rabbit_error is None:
+            from tests.rabbitnode import RabbitNode, rabbit_bin
+
+            if rabbit_bin("rabbitmq-server") is None:
+                self._rabbit_error = "rabbitmq-server is not installed"
+                return None
+            node = RabbitNode(self.tmp / "rabbitmq")
+            try:
+                node.start(timeout=120)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                try:
+                    node.stop()
+                except (OSError, subprocess.SubprocessError):
+                    pass
+                self._rabbit_error = f"the RabbitMQ node did not start: {str(exc)[:300]}"
+                return None
+            self._rabbit = node
+            os.environ["BENCH_RABBITMQ_URL"] = node.url
+            assert self.procs is not None
+            self.procs.env["BENCH_RABBITMQ_URL"] = node.url
+        return self._rabbit
+
+    def rabbit_skipped(self) -> str | None:
+        """Why there is no RabbitMQ node (None when there is one or none was asked for yet)."""
+        return self._rabbit_error
+
+    def rabbit_cpu_s(self) -> float:
+        """CPU seconds of the RabbitMQ node's processes (beam.smp and its helpers)."""
+        node = self._rabbit
+        if node is None or node.pid is None:
+            return 0.0
+        try:
+            root = psutil.Process(node.pid)
+            return cpu_seconds([root, *root.children(recursive=True)])
+        except psutil.NoSuchProcess:
+            return 0.0
 
     def redis_version(self) -> str:
         return str(self.redis.info("server").get("redis_version", "?"))

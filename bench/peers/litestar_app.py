@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -17,4 +18,12 @@ def send_message(data: dict[str, Any]) -> dict[str, str]:
     return {"id": message_id, "status": "queued"}
 
 
-app = Litestar(route_handlers=[send_message], openapi_config=None, debug=False)
+@post("/pipeline", status_code=202, sync_to_thread=False)
+def pipeline(data: dict[str, Any]) -> dict[str, str]:
+    """The knee scenario's HTTP → queue part: the task records (its start − this arrival) and sleeps 20 ms."""
+    message_id = uuid.uuid4().hex
+    work.send({"id": message_id, "text": data.get("text", ""), "sent": time.time(), "sleep_ms": 20})
+    return {"id": message_id, "status": "queued"}
+
+
+app = Litestar(route_handlers=[send_message, pipeline], openapi_config=None, debug=False)
