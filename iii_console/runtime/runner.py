@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterable
@@ -32,6 +33,7 @@ from iii_console.core.progress import AsyncProgressStore, ProgressStore
 from iii_console.core.redis_url import async_client_from_url
 from iii_console.core.state import AsyncStateStore, StateStore
 from iii_console.core.steps import Step
+from iii_console.runtime import uow
 from iii_console.runtime.brokers import make_async_producer, make_producer
 from iii_console.runtime.services import Services
 
@@ -95,6 +97,8 @@ class AsyncSide:
             retry=AsyncRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3),
         )
         self.autopipe = AutoPipeline(self.client)
+        #: A handler run's writes in one call (``runtime/uow.py``); only where enqueues are Redis scripts.
+        self.uow_script = self.autopipe.script(uow.SOURCE) if cfg.broker == "redis" else None
         self.state = AsyncStateStore(
             self.client, services.keys, events_maxlen=cfg.events.maxlen, worker=services.name, autopipe=self.autopipe
         )
@@ -217,8 +221,11 @@ class StepRunner:
         message_id: str | None = None,
         max_attempts: int = 1,
         idempotency_key: str | None = None,
+        unit: uow.UnitOfWork | None = None,
     ) -> Context:
+        """The context of an ``async def`` handler; with ``unit``, its writes and enqueues go to that unit of work."""
         side = self.async_side
+        state = side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id)
         return Context(
             trace_id=trace_id,
             step=step.name,
@@ -228,13 +235,22 @@ class StepRunner:
             message_id=message_id,
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
-            state=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
+            state=state if unit is None else uow.UnitState(unit),
             blobs=AsyncBlobs(self.services.blobs),
             dead_letters=AsyncDeadLetters(self.dead_letters),
-            _enqueue=side.producer.enqueue,
+            _enqueue=side.producer.enqueue if unit is None else unit.enqueue,
             _progress=side.progress,
-            _enqueue_group=side.producer.enqueue_group,
-            _leases=side.leases,
+            _enqueue_group=side.producer.enqueue_group if unit is None else unit.enqueue_group,
+            _leases=side.leases if unit is None else uow.UnitLeases(unit, side.leases),
+        )
+
+    def new_unit(self, step: Step, *, trace_id: str, message_id: str | None = None) -> uow.UnitOfWork:
+        side = self.async_side
+        assert side.uow_script is not None
+        return uow.UnitOfWork(
+            store=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
+            producer=side.producer,
+            script=side.uow_script,
         )
 
     def call_sync(self, step: Step, input: Any, **ctx_kw: Any) -> Any:
@@ -250,10 +266,21 @@ class StepRunner:
         ctx = self.sync_context(step, **ctx_kw)
         return _not_awaitable(handler(ctx) if call_arity(handler) == 1 else handler(input, ctx))
 
-    async def call_async(self, step: Step, input: Any, **ctx_kw: Any) -> Any:
-        """Run ``step``'s handler from the server's loop; sync handlers go to a thread."""
+    async def call_async(self, step: Step, input: Any, *, atomic: bool = False, **ctx_kw: Any) -> Any:
+        """Run ``step``'s handler from the server's loop; sync handlers go to a thread.
+
+        ``atomic``: an ``async def`` handler's state writes and enqueues are applied together
+        when it returns, and not at all if it raises (``runtime/uow.py``; Redis broker only).
+        """
         handler: Callable[..., Any] = step.handler  # type: ignore[assignment]
         if is_async(handler):
+            if atomic and self.async_side.uow_script is not None:
+                new_unit = functools.partial(
+                    self.new_unit, step, trace_id=ctx_kw["trace_id"], message_id=ctx_kw.get("message_id")
+                )
+                return await uow.run_in_unit(
+                    lambda unit: _invoke(handler, input, self.async_context(step, unit=unit, **ctx_kw)), new_unit
+                )
             return await _invoke(handler, input, self.async_context(step, **ctx_kw))
         ctx = self.sync_context(step, **ctx_kw)
         fn = (lambda: handler(ctx)) if call_arity(handler) == 1 else (lambda: handler(input, ctx))

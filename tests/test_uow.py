@@ -1,0 +1,174 @@
+"""An HTTP step's writes as one unit of work: applied together when the handler returns, not at all when
+it raises; reads see the run's own writes; a value that changed under the run makes it run again.
+Real server process (``--role server``: no worker takes the messages) on real Redis."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import httpx
+import pytest
+import redis
+
+from iii_console.core.keys import Keys
+
+from .helpers import events, make_project, start_cli, wait_for
+
+pytestmark = pytest.mark.slow
+
+KEYS = Keys()
+
+STEPS = {
+    "sink_step.py": """
+        from iii_console import Step, queue
+
+        config = Step(name="Sink", triggers=[queue("uow.t")])
+
+        def handler(data, ctx):
+            pass
+    """,
+    "boom_step.py": """
+        from iii_console import Step, http
+
+        config = Step(name="Boom", triggers=[http("POST", "/boom")], enqueues=["uow.t"])
+
+        async def handler(req, ctx):
+            key = req.body["key"]
+            await ctx.state.set("uow", key, {"v": 1})
+            await ctx.state.update("uow", "counter", [{"type": "increment", "path": "n"}])
+            await ctx.enqueue("uow.t", {"key": key})
+            await ctx.enqueue("uow.t", {"key": key}, dedup_key=key)
+            raise RuntimeError("after the writes")
+    """,
+    "ryw_step.py": """
+        from iii_console import Step, http
+
+        config = Step(name="Ryw", triggers=[http("POST", "/ryw")], enqueues=["uow.t"])
+
+        async def handler(req, ctx):
+            k = req.body["key"]
+            seen = {}
+            seen["before"] = await ctx.state.get("ryw", k)
+            await ctx.state.set("ryw", k, {"n": 1})
+            seen["after_set"] = await ctx.state.get("ryw", k)
+            seen["update"] = await ctx.state.update("ryw", k, [{"type": "increment", "path": "n", "by": 2}])
+            seen["after_update"] = await ctx.state.get("ryw", k)
+            await ctx.state.set("ryw", k + "-gone", {"x": 1})
+            seen["deleted"] = await ctx.state.delete("ryw", k + "-gone")
+            seen["many"] = await ctx.state.get_many("ryw", [k, k + "-gone"])
+            seen["list"] = await ctx.state.list("ryw")
+            seen["replace_wrong"] = await ctx.state.replace("ryw", k, {"n": 1}, {"n": 9})
+            seen["replace_right"] = await ctx.state.replace("ryw", k, {"n": 3}, {"n": 4})
+            seen["ids"] = await ctx.enqueue("uow.t", {"key": k}, dedup_key=k)
+            seen["ids_again"] = await ctx.enqueue("uow.t", {"key": k}, dedup_key=k)
+            return seen
+    """,
+    "bump_step.py": """
+        import json
+
+        import redis
+
+        from iii_console import Step, http
+
+        config = Step(name="Bump", triggers=[http("POST", "/bump")])
+        RUNS = {"n": 0}
+
+        async def handler(req, ctx):
+            RUNS["n"] += 1
+            n = (await ctx.state.update("bump", "c", [{"type": "increment", "path": "n"}]))["n"]
+            if RUNS["n"] == 1:
+                # Another writer changes the value after this run read it, before its writes are applied.
+                r = redis.Redis.from_url(req.body["redis"])
+                r.hset(req.body["hash"], "c", json.dumps({"n": 100}, separators=(",", ":"), sort_keys=True))
+                r.close()
+            return {"n": n, "runs": RUNS["n"]}
+    """,
+}
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, redis_server):
+    root = tmp_path_factory.mktemp("uow")
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    make_project(root, {n: textwrap.dedent(s) for n, s in STEPS.items()}, "server:\n  port: 0\n", redis_url=redis_server.url)
+    run = start_cli(root, "--no-ui", "--role", "server")
+    yield run
+    assert run.stop() == 0
+    client.close()
+
+
+def _queued(rc: redis.Redis) -> int:
+    return sum(rc.hlen(k) for k in rc.scan_iter(f"{KEYS.dramatiq_namespace}:*.msgs"))
+
+
+def test_a_handler_that_raises_after_its_writes_writes_nothing(app, rc):
+    """Given an HTTP step that sets a key, updates a counter, enqueues twice (once with a dedup key) and then
+    raises, when it is called, then it answers 500 and Redis holds no key, no counter, no message, no dedup
+    key, and the stream has no state.changed or message.enqueued of its trace."""
+    before = _queued(rc)
+    resp = httpx.post(f"{app.url}/boom", json={"key": "b1"}, timeout=30)
+    assert resp.status_code == 500
+    trace = resp.json()["trace_id"]
+    assert rc.hget(KEYS.state_group("uow"), "b1") is None
+    assert rc.hget(KEYS.state_group("uow"), "counter") is None
+    assert _queued(rc) == before
+    assert rc.get(KEYS.dedup("uow.t", "b1")) is None
+    assert [e.type for e in events(rc, KEYS) if e.trace_id == trace and e.type in ("state.changed", "message.enqueued")] == []
+    # The failure itself is reported, as before.
+    wait_for(lambda: [e for e in events(rc, KEYS, "step.error") if e.trace_id == trace], what="the step.error")
+
+
+def test_reads_see_the_runs_own_writes_and_everything_lands_in_one_call(app, rc):
+    """Given an HTTP step that reads back each of its writes, when it runs, then every read sees the pending
+    value, replace answers from it, a dedup key used twice gives the first ids, and afterwards Redis and the
+    event stream hold exactly those writes, in the handler's order."""
+    resp = httpx.post(f"{app.url}/ryw", json={"key": "r1"}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    seen = resp.json()
+    trace = resp.headers["x-trace-id"]
+    assert seen["before"] is None
+    assert seen["after_set"] == {"n": 1}
+    assert seen["update"] == seen["after_update"] == {"n": 3}
+    assert seen["deleted"] == {"x": 1}
+    assert seen["many"] == {"r1": {"n": 3}}
+    assert seen["list"] == {"r1": {"n": 3}}
+    assert (seen["replace_wrong"], seen["replace_right"]) == (False, True)
+    assert len(seen["ids"]) == 1 and seen["ids_again"] == seen["ids"]
+
+    assert json.loads(rc.hget(KEYS.state_group("ryw"), "r1")) == {"n": 4}
+    assert rc.hget(KEYS.state_group("ryw"), "r1-gone") is None
+    changed = [e for e in events(rc, KEYS, "state.changed") if e.trace_id == trace]
+    assert [(e.data["key"], e.data["op"], e.data["old"], e.data["new"]) for e in changed] == [
+        ("r1", "set", None, {"n": 1}),
+        ("r1", "update", {"n": 1}, {"n": 3}),
+        ("r1-gone", "set", None, {"x": 1}),
+        ("r1-gone", "delete", {"x": 1}, None),
+        ("r1", "set", {"n": 3}, {"n": 4}),
+    ]
+    assert all(e.step == "Ryw" for e in changed)
+    enq = [e for e in events(rc, KEYS, "message.enqueued") if e.trace_id == trace]
+    assert [e.message_id for e in enq] == seen["ids"]
+    [dup] = [e for e in events(rc, KEYS, "message.deduplicated") if e.trace_id == trace]
+    assert dup.data["message_ids"] == seen["ids"]
+    assert json.loads(rc.get(KEYS.dedup("uow.t", "r1"))) == seen["ids"]
+
+    # A second request: set is blind, so its event's old is the value found, with no rerun.
+    resp = httpx.post(f"{app.url}/ryw", json={"key": "r1"}, timeout=30)
+    assert resp.status_code == 200 and resp.json()["before"] == {"n": 4}
+
+
+def test_a_value_changed_under_the_run_makes_it_run_again_on_the_new_value(app, rc, redis_server):
+    """Given an HTTP step that increments a counter while another writer sets it to 100 after the first run
+    read it, when it is called, then the first run's writes are not applied, the handler runs again and
+    answers 101, which is what Redis holds."""
+    rc.hset(KEYS.state_group("bump"), "c", json.dumps({"n": 5}))
+    body = {"redis": redis_server.url, "hash": KEYS.state_group("bump")}
+    resp = httpx.post(f"{app.url}/bump", json=body, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"n": 101, "runs": 2}
+    assert json.loads(rc.hget(KEYS.state_group("bump"), "c")) == {"n": 101}
+    trace = resp.headers["x-trace-id"]
+    [ev] = [e for e in events(rc, KEYS, "state.changed") if e.trace_id == trace]
+    assert (ev.data["old"], ev.data["new"]) == ({"n": 100}, {"n": 101})
