@@ -64,6 +64,14 @@ STEPS = {
             seen["ids_again"] = await ctx.enqueue("uow.t", {"key": k}, dedup_key=k)
             return seen
     """,
+    "put_step.py": """
+        from iii_console import Step, http
+
+        config = Step(name="Put", triggers=[http("POST", "/put")])
+
+        async def handler(req, ctx):
+            return {"set": await ctx.state.set("put", req.body["key"], req.body["v"])}
+    """,
     "bump_step.py": """
         import json
 
@@ -172,3 +180,15 @@ def test_a_value_changed_under_the_run_makes_it_run_again_on_the_new_value(app, 
     trace = resp.headers["x-trace-id"]
     [ev] = [e for e in events(rc, KEYS, "state.changed") if e.trace_id == trace]
     assert (ev.data["old"], ev.data["new"]) == ({"n": 100}, {"n": 101})
+
+
+def test_a_set_over_a_value_it_did_not_read_records_the_old_value_found(app, rc):
+    """Given a key holding a value, when an HTTP step sets it without reading it first, then the write lands
+    and its state.changed names the value it replaced (the unit's guess "absent" is corrected, no rerun)."""
+    rc.hset(KEYS.state_group("put"), "p1", json.dumps({"old": True}))
+    resp = httpx.post(f"{app.url}/put", json={"key": "p1", "v": {"new": 1}}, timeout=30)
+    assert resp.status_code == 200 and resp.json() == {"set": {"new": 1}}
+    assert json.loads(rc.hget(KEYS.state_group("put"), "p1")) == {"new": 1}
+    trace = resp.headers["x-trace-id"]
+    [ev] = [e for e in events(rc, KEYS, "state.changed") if e.trace_id == trace]
+    assert (ev.data["op"], ev.data["old"], ev.data["new"]) == ("set", {"old": True}, {"new": 1})

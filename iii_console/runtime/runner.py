@@ -148,6 +148,7 @@ class StepRunner:
         self.loop_thread = loop_thread
         self._async = async_side
         self._subs = subscriptions
+        self._async_wrappers: tuple[AsyncBlobs, AsyncDeadLetters] | None = None
         if loop_thread is not None and async_side is None:
             # Build the async clients on the loop they will be used from.
             async def make() -> AsyncSide:
@@ -225,7 +226,9 @@ class StepRunner:
     ) -> Context:
         """The context of an ``async def`` handler; with ``unit``, its writes and enqueues go to that unit of work."""
         side = self.async_side
-        state = side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id)
+        if self._async_wrappers is None:  # stateless wrappers of the sync stores, made once
+            self._async_wrappers = (AsyncBlobs(self.services.blobs), AsyncDeadLetters(self.dead_letters))
+        blobs, dead_letters = self._async_wrappers
         return Context(
             trace_id=trace_id,
             step=step.name,
@@ -235,9 +238,11 @@ class StepRunner:
             message_id=message_id,
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
-            state=state if unit is None else uow.UnitState(unit),
-            blobs=AsyncBlobs(self.services.blobs),
-            dead_letters=AsyncDeadLetters(self.dead_letters),
+            state=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id)
+            if unit is None
+            else uow.UnitState(unit),
+            blobs=blobs,
+            dead_letters=dead_letters,
             _enqueue=side.producer.enqueue if unit is None else unit.enqueue,
             _progress=side.progress,
             _enqueue_group=side.producer.enqueue_group if unit is None else unit.enqueue_group,

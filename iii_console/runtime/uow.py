@@ -90,8 +90,8 @@ class UnitOfWork:
     deferring: bool = True
 
     # -- state --------------------------------------------------------------------
-    async def _current(self, group: str, key: str) -> str | None:
-        if not group or not isinstance(group, str) or not isinstance(key, str) or not key:
+    async def _current(self, group: str, key: str, *, writing: bool = False) -> str | None:
+        if writing and (not group or not isinstance(group, str) or not isinstance(key, str) or not key):
             raise StateError("group and key must be non-empty strings")
         gk = (group, key)
         if gk in self.pending:
@@ -117,20 +117,20 @@ class UnitOfWork:
         return value
 
     async def update(self, group: str, key: str, ops: Iterable[Mapping[str, Any]]) -> Any:
-        old = await self._current(group, key)
+        old = await self._current(group, key, writing=True)
         new = apply_ops(_load(old), list(ops))
         self._record(group, key, old, new, "update", strict=True)
         return new
 
     async def delete(self, group: str, key: str) -> Any:
-        old = await self._current(group, key)
+        old = await self._current(group, key, writing=True)
         self._record(group, key, old, None, "delete", strict=True)
         return _load(old)
 
     async def replace(self, group: str, key: str, expected: Any, value: Any) -> bool:
         if value is None:
             raise StateError("cannot set None; use delete")
-        cur = await self._current(group, key)
+        cur = await self._current(group, key, writing=True)
         if cur != (None if expected is None else _dump(expected)):
             # Answered False from ``cur``: it must still be that when the writes are applied.
             self.ops.append(_StateOp(self.store.keys.state_group(group), key, group, cur, cur, None, "set", True))
@@ -252,9 +252,7 @@ class UnitState:
         self._s = unit.store
 
     async def get(self, group: str, key: str) -> Any:
-        if (group, key) in self._u.pending:
-            return _load(self._u.pending[(group, key)])
-        return await self._s.get(group, key)
+        return _load(await self._u._current(group, key))  # also a later ``set``'s guess of the old value
 
     async def get_many(self, group: str, keys: Sequence[str]) -> dict[str, Any]:
         u = self._u
