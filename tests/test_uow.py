@@ -72,6 +72,24 @@ STEPS = {
         async def handler(req, ctx):
             return {"set": await ctx.state.set("put", req.body["key"], req.body["v"])}
     """,
+    "locked_step.py": """
+        import redis
+
+        from iii_console import Step, http
+
+        config = Step(name="Locked", triggers=[http("POST", "/locked")])
+
+        async def handler(req, ctx):
+            await ctx.state.set("locked", "before", {"v": 1})
+            async with await ctx.lock("uow-lock", 5000):
+                await ctx.state.set("locked", "inside", {"v": 2})
+                r = redis.Redis.from_url(req.body["redis"])
+                seen = [r.hget(req.body["hash"], k) is not None for k in ("before", "inside")]
+                r.close()
+            if req.body.get("fail"):
+                raise RuntimeError("after the lease")
+            return {"seen_while_held": seen}
+    """,
     "bump_step.py": """
         import json
 
@@ -192,3 +210,17 @@ def test_a_set_over_a_value_it_did_not_read_records_the_old_value_found(app, rc)
     trace = resp.headers["x-trace-id"]
     [ev] = [e for e in events(rc, KEYS, "state.changed") if e.trace_id == trace]
     assert (ev.data["op"], ev.data["old"], ev.data["new"]) == ("set", {"old": True}, {"new": 1})
+
+
+def test_taking_a_lease_applies_what_is_pending_and_later_writes_go_out_at_once(app, rc, redis_server):
+    """Given an HTTP step that sets a key, takes a lease, sets another key inside it, when it runs, then both
+    writes are in Redis while the lease is held (the first applied when the lease was taken, the second at
+    once), and a failure after the lease leaves them written."""
+    body = {"redis": redis_server.url, "hash": KEYS.state_group("locked")}
+    resp = httpx.post(f"{app.url}/locked", json=body, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"seen_while_held": [True, True]}
+    rc.delete(KEYS.state_group("locked"))
+    resp = httpx.post(f"{app.url}/locked", json={**body, "fail": True}, timeout=30)
+    assert resp.status_code == 500
+    assert sorted(rc.hkeys(KEYS.state_group("locked"))) == [b"before", b"inside"]
