@@ -115,9 +115,10 @@ def run(bench: Bench) -> Section:
     tool = runs[OURS][0][0].tool
     sec.note(
         f"{seconds:g} s per run after a {WARMUP_S:g} s warm-up, load from `{tool}` ({CONNECTIONS} connections) in its "
-        "own process. Ours per request: JSON body validated by the step's pydantic model, `state.set` (one CAS "
-        "script that also appends `state.changed`), one `enqueue.lua` (concurrent requests' script calls share "
-        "pipelined round trips), events `http.received`, "
+        "own process. Ours per request: JSON body validated by the step's pydantic model, `state.set` and the "
+        "enqueue applied together when the handler returns by one unit-of-work script call that also writes "
+        "`state.changed` and `message.enqueued` (concurrent requests' script calls share pipelined round trips), "
+        "events `http.received`, "
         "`message.enqueued`, `log`; `--no-ui` also tails and prints the event stream in the same process. "
         "Server CPU is the server process's CPU time over the run (100 = one core)."
     )

@@ -74,7 +74,7 @@ class Runner(Protocol):
 
     def queue_names(self, topic: str) -> list[str]: ...
 
-    async def call_async(self, step: Step, input: Any, **ctx_kw: Any) -> Any: ...
+    async def call_async(self, step: Step, input: Any, *, atomic: bool = False, **ctx_kw: Any) -> Any: ...
 
 
 JSON_TYPES = ("application/json",)
@@ -311,6 +311,7 @@ class HttpSteps:
                 out = await runner.call_async(
                     step,
                     req,
+                    atomic=True,
                     trace_id=trace_id,
                     trigger={"type": "http", "method": trig.method, "path": trig.path},
                     idempotency_key=idem,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterable
@@ -21,7 +22,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from iii_console.adapters.queue.producer import Subscriptions, subscriptions_for
-from iii_console.core import spans
+from iii_console.core import replication, spans
 from iii_console.core.autopipe import AutoPipeline
 from iii_console.core.blobs import AsyncBlobs
 from iii_console.core.context import Context, SyncContext, call_arity, is_async
@@ -32,6 +33,7 @@ from iii_console.core.progress import AsyncProgressStore, ProgressStore
 from iii_console.core.redis_url import async_client_from_url
 from iii_console.core.state import AsyncStateStore, StateStore
 from iii_console.core.steps import Step
+from iii_console.runtime import uow
 from iii_console.runtime.brokers import make_async_producer, make_producer
 from iii_console.runtime.services import Services
 
@@ -95,6 +97,8 @@ class AsyncSide:
             retry=AsyncRetry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), 3),
         )
         self.autopipe = AutoPipeline(self.client)
+        #: A handler run's writes in one call (``runtime/uow.py``); only where enqueues are Redis scripts.
+        self.uow_script = self._uow_script() if cfg.broker == "redis" else None
         self.state = AsyncStateStore(
             self.client, services.keys, events_maxlen=cfg.events.maxlen, worker=services.name, autopipe=self.autopipe
         )
@@ -105,6 +109,19 @@ class AsyncSide:
         #: that has min(32, CPUs + 4) threads (6 on two cores), so six slow handlers would queue
         #: every other request, and the loop's own DNS lookups, behind them.
         self.handler_pool = ThreadPoolExecutor(max_workers=SYNC_HANDLER_THREADS, thread_name_prefix="iii-handler")
+
+    def _uow_script(self) -> Callable[..., Any]:
+        wait = replication.current()
+        if not wait.on:
+            return self.autopipe.script(uow.SOURCE)
+        # Under redis.wait_replicas the unit's dedup keys, once-keys and state changes must be
+        # followed by WAIT on the connection that wrote them: its own pipeline, not the shared one.
+        registered = self.client.register_script(uow.SOURCE)
+
+        async def waited(*, args: list[Any]) -> Any:
+            return await wait.ascript(self.client, registered, args=args, what="an HTTP step's writes")
+
+        return waited
 
     async def aclose(self) -> None:
         self.handler_pool.shutdown(wait=False)
@@ -144,6 +161,7 @@ class StepRunner:
         self.loop_thread = loop_thread
         self._async = async_side
         self._subs = subscriptions
+        self._async_wrappers: tuple[AsyncBlobs, AsyncDeadLetters] | None = None
         if loop_thread is not None and async_side is None:
             # Build the async clients on the loop they will be used from.
             async def make() -> AsyncSide:
@@ -217,8 +235,13 @@ class StepRunner:
         message_id: str | None = None,
         max_attempts: int = 1,
         idempotency_key: str | None = None,
+        unit: uow.UnitOfWork | None = None,
     ) -> Context:
+        """The context of an ``async def`` handler; with ``unit``, its writes and enqueues go to that unit of work."""
         side = self.async_side
+        if self._async_wrappers is None:  # stateless wrappers of the sync stores, made once
+            self._async_wrappers = (AsyncBlobs(self.services.blobs), AsyncDeadLetters(self.dead_letters))
+        blobs, dead_letters = self._async_wrappers
         return Context(
             trace_id=trace_id,
             step=step.name,
@@ -228,13 +251,24 @@ class StepRunner:
             message_id=message_id,
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
-            state=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
-            blobs=AsyncBlobs(self.services.blobs),
-            dead_letters=AsyncDeadLetters(self.dead_letters),
-            _enqueue=side.producer.enqueue,
+            state=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id)
+            if unit is None
+            else uow.UnitState(unit),
+            blobs=blobs,
+            dead_letters=dead_letters,
+            _enqueue=side.producer.enqueue if unit is None else unit.enqueue,
             _progress=side.progress,
-            _enqueue_group=side.producer.enqueue_group,
-            _leases=side.leases,
+            _enqueue_group=side.producer.enqueue_group if unit is None else unit.enqueue_group,
+            _leases=side.leases if unit is None else uow.UnitLeases(unit, side.leases),
+        )
+
+    def new_unit(self, step: Step, *, trace_id: str, message_id: str | None = None) -> uow.UnitOfWork:
+        side = self.async_side
+        assert side.uow_script is not None
+        return uow.UnitOfWork(
+            store=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
+            producer=side.producer,
+            script=side.uow_script,
         )
 
     def call_sync(self, step: Step, input: Any, **ctx_kw: Any) -> Any:
@@ -250,10 +284,21 @@ class StepRunner:
         ctx = self.sync_context(step, **ctx_kw)
         return _not_awaitable(handler(ctx) if call_arity(handler) == 1 else handler(input, ctx))
 
-    async def call_async(self, step: Step, input: Any, **ctx_kw: Any) -> Any:
-        """Run ``step``'s handler from the server's loop; sync handlers go to a thread."""
+    async def call_async(self, step: Step, input: Any, *, atomic: bool = False, **ctx_kw: Any) -> Any:
+        """Run ``step``'s handler from the server's loop; sync handlers go to a thread.
+
+        ``atomic``: an ``async def`` handler's state writes and enqueues are applied together
+        when it returns, and not at all if it raises (``runtime/uow.py``; Redis broker only).
+        """
         handler: Callable[..., Any] = step.handler  # type: ignore[assignment]
         if is_async(handler):
+            if atomic and self.async_side.uow_script is not None:
+                new_unit = functools.partial(
+                    self.new_unit, step, trace_id=ctx_kw["trace_id"], message_id=ctx_kw.get("message_id")
+                )
+                return await uow.run_in_unit(
+                    lambda unit: _invoke(handler, input, self.async_context(step, unit=unit, **ctx_kw)), new_unit
+                )
             return await _invoke(handler, input, self.async_context(step, **ctx_kw))
         ctx = self.sync_context(step, **ctx_kw)
         fn = (lambda: handler(ctx)) if call_arity(handler) == 1 else (lambda: handler(input, ctx))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -331,7 +332,7 @@ class AsyncProducer(_Builder):
             return await self._enqueue(args=args)
         return await wait.ascript(self.client, self._enqueue_waited, args=args, what=what)
 
-    async def enqueue(
+    def prepare(
         self,
         topic: str,
         data: Any,
@@ -344,7 +345,8 @@ class AsyncProducer(_Builder):
         dedup_key: str | None = None,
         dedup_ttl_ms: int = DEDUP_TTL_MS,
         extras: dict[str, Any] | None = None,
-    ) -> list[str]:
+    ) -> Prepared:
+        """An enqueue's ``enqueue.lua`` arguments, built but not sent (a unit of work sends them later)."""
         triples, copies, prio = self.build(
             topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source, options=options
         )
@@ -355,28 +357,38 @@ class AsyncProducer(_Builder):
             once = self.keys.dedup(topic, dedup_key)
             extras.update(_dedup_extras(self, topic, dedup_key, ids, trace_id, source))
         events = self.events(topic, data, copies, prio, delay_ms, source, trace_id)
-        if copies or once:
-            # On the server's loop the script cannot wait for the event buffer (it
-            # would block the loop): events buffered before it (``http.received``)
-            # may land after the message's ``message.enqueued``.
-            stream = self.emitter.stream
-            ev = stream.payload((), events) if stream is not None else ""
-            args = _script_args(
-                self.keys.dramatiq_namespace,
-                triples,
-                once=once,
-                once_ttl_ms=dedup_ttl_ms,
-                delay_ms=delay_ms,
-                events=ev,
-                floor=None,
-                extras=extras,
-            )
-            n = await (self._once(args, f"the dedup key of an enqueue to {topic}") if once else self._enqueue(args=args))
-            if isinstance(n, (bytes, str)):
-                return list(json.loads(n))
-        return ids
+        if not (copies or once):
+            return Prepared(None, ids, None)
+        stream = self.emitter.stream
+        ev = stream.payload((), events) if stream is not None else ""
+        args = _script_args(
+            self.keys.dramatiq_namespace,
+            triples,
+            once=once,
+            once_ttl_ms=dedup_ttl_ms,
+            delay_ms=delay_ms,
+            events=ev,
+            floor=None,
+            extras=extras,
+        )
+        return Prepared(args, ids, once)
 
-    async def enqueue_group(
+    async def enqueue(self, topic: str, data: Any, **kw: Any) -> list[str]:
+        """Enqueue now (see :meth:`prepare` for the arguments); the message ids, or a dedup hit's first ids."""
+        # On the server's loop the script cannot wait for the event buffer (it
+        # would block the loop): events buffered before it (``http.received``)
+        # may land after the message's ``message.enqueued``.
+        prep = self.prepare(topic, data, **kw)
+        if prep.args is None:
+            return prep.ids
+        n = await (
+            self._once(prep.args, f"the dedup key of an enqueue to {topic}") if prep.once else self._enqueue(args=prep.args)
+        )
+        if isinstance(n, (bytes, str)):
+            return list(json.loads(n))
+        return prep.ids
+
+    def prepare_group(
         self,
         topic: str,
         items: Any,
@@ -386,7 +398,8 @@ class AsyncProducer(_Builder):
         group_id: str | None = None,
         priority: str | list[str | None] | None = None,
         source: str | None = None,
-    ) -> str:
+    ) -> tuple[str, list[Any]]:
+        """A fan-in group's id and its ``enqueue.lua`` arguments, built but not sent."""
         gid, triples, events, extras = build_group(
             self, topic, items, then=then, group_id=group_id, trace_id=trace_id, priority=priority, source=source
         )
@@ -398,20 +411,31 @@ class AsyncProducer(_Builder):
             events, extras = self.events(then, empty_result(gid), copies, prio, 0, source, trace_id), {}
         stream = self.emitter.stream
         ev = stream.payload((), events) if stream is not None else ""
-        await self._once(
-            _script_args(
-                self.keys.dramatiq_namespace,
-                triples,
-                once=once,
-                once_ttl_ms=86_400_000,
-                delay_ms=0,
-                events=ev,
-                floor=None,
-                extras=extras,
-            ),
-            f"the once-key of fan-in group {gid}",
+        args = _script_args(
+            self.keys.dramatiq_namespace,
+            triples,
+            once=once,
+            once_ttl_ms=86_400_000,
+            delay_ms=0,
+            events=ev,
+            floor=None,
+            extras=extras,
         )
+        return gid, args
+
+    async def enqueue_group(self, topic: str, items: Any, **kw: Any) -> str:
+        gid, args = self.prepare_group(topic, items, **kw)
+        await self._once(args, f"the once-key of fan-in group {gid}")
         return gid
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An enqueue built but not sent: the script's arguments (``None``: nothing to send), the ids, its dedup key."""
+
+    args: list[Any] | None
+    ids: list[str]
+    once: str | None
 
 
 def subscriptions_for(steps: Any) -> Subscriptions:

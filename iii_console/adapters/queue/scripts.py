@@ -21,10 +21,17 @@ _LUA = resources.files(__package__).joinpath("lua")
 
 
 def _source(name: str) -> str:
-    parts = [_LUA.joinpath("_fanin.lua")] if name in _SETTLES else []
-    parts.append(_LUA.joinpath(f"{name}.lua"))
+    parts: list[Any] = [_LUA.joinpath("_fanin.lua")] if name in _SETTLES else []
+    if name == "enqueue":
+        parts += [ENQUEUE_FUNCTION, "return iii_enqueue(ARGV, false)"]
+    else:
+        parts.append(_LUA.joinpath(f"{name}.lua"))
     return with_prelude(*parts) if name in _WITH_PRELUDE else parts[-1].read_text()
 
+
+#: ``enqueue.lua`` as a local function ``iii_enqueue(ARGV, check_only)``, for the
+#: enqueue script itself and for a unit of work that makes several enqueues in one call.
+ENQUEUE_FUNCTION = "local function iii_enqueue(ARGV, check_only)\n" + _LUA.joinpath("enqueue.lua").read_text() + "\nend"
 
 SOURCES = {n: _source(n) for n in _NAMES}
 

@@ -18,6 +18,8 @@
 -- clock + delay_ms, and the queue is indexed in `__delayed__` by its earliest
 -- due time for promote.lua. Each push also drops a token on the queue's wake
 -- list so idle consumers blocked on it fetch at once instead of polling.
+-- The body of `iii_enqueue(ARGV, check_only)` (scripts.py wraps it): with
+-- check_only it returns after its checks (nil, or their error) and writes nothing.
 local ns = ARGV[1]
 local E = iii_decode(ARGV[5])
 local delayed = tonumber(ARGV[4]) > 0
@@ -38,6 +40,8 @@ if ARGV[2] ~= "" then table.insert(checks, {ARGV[2], "string"}) end
 if X ~= nil and X.g ~= nil then table.insert(checks, {X.g.key, "hash"}) end
 local err = iii_checks(checks)
 if err then return err end
+-- A unit of work (runtime/uow.py) checks every enqueue of a request before it writes anything.
+if check_only then return nil end
 iii_pre(E)
 if ARGV[6] ~= "" then
   local last = redis.call("GET", ARGV[6])
