@@ -442,6 +442,29 @@ def test_the_consoles_replay_and_run_now_go_to_rabbitmq(rproject, runtime, produ
     assert [e.message_id for e in events_once(r, keys, "cron.fired", 1)] == [mid]
 
 
+def test_a_list_of_node_urls_is_tried_in_turn(rabbit_node, rabbit_prefix):
+    """Given rabbitmq.url listing a closed port before the node (a cluster with its first node down), then each URL
+    becomes its own connection parameters and a confirmed publish goes to the node that is up."""
+    import socket
+
+    from iii_console.adapters.queue.rmq_topology import Publisher, parameters
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    url = f"amqp://guest:guest@127.0.0.1:{closed}/%2F ; {rabbit_node.url};"
+    assert [(p.host, p.port) for p in parameters(url)] == [("127.0.0.1", closed), ("127.0.0.1", rabbit_node.port)]
+    pub = Publisher(url)
+    queue = f"{rabbit_prefix}.urls"
+    try:
+        pub.run(lambda ch: ch.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"}))
+        pub.publish("", queue, b"{}")
+        assert ready(rabbit_node, queue) == 1
+        pub.run(lambda ch: ch.queue_delete(queue))
+    finally:
+        pub.close()
+
+
 def test_delays_share_a_bounded_set_of_delay_queues_and_never_run_early():
     """Configured delays keep their own queue; computed ones are rounded up to two significant digits (never early, at
     most 10 % late), so a throttle's waits do not make a quorum queue each."""

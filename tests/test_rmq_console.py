@@ -129,8 +129,14 @@ def test_health_answers_503_naming_rabbitmq_without_its_url_when_it_is_down(tmp_
         ("broker: rabbitmq\nrabbitmq:\n  url: http://app:hunter2@h/\n", {}, "a.yaml:3: rabbitmq.url: not an AMQP URL"),
         ("broker: rabbitmq\n", {"RABBITMQ_URL": "redis://app:hunter2@h"}, "RABBITMQ_URL (environment): not an AMQP URL"),
         ("broker: rabbitmq\n", {"RABBITMQ_URL": "amqps://app:hunter2@h/v"}, ""),
+        (
+            "broker: rabbitmq\nrabbitmq:\n  url: 'amqp://a:hunter2@h1/v; http://a:hunter2@h2/v'\n",
+            {},
+            "a.yaml:3: rabbitmq.url: not an AMQP URL (node 2 of 2)",
+        ),
+        ("broker: rabbitmq\n", {"RABBITMQ_URL": "amqp://a:hunter2@h1:5673/v;amqp://a:hunter2@h2:5674/v;"}, ""),
     ],
-    ids=["no url", "http url", "redis env url", "env url"],
+    ids=["no url", "http url", "redis env url", "env url", "a bad node in a list", "env list of nodes"],
 )
 def test_config_check_names_the_broker_setting_at_fault(tmp_path, config, env, finding):
     (tmp_path / "steps").mkdir()

@@ -60,9 +60,9 @@ class BrokerUnavailable(ConnectionClosed, redis.ConnectionError):
 
 
 def parameters(url: str) -> list[pika.URLParameters]:
-    """Connection parameters of each ``;``-separated URL (pika tries them in turn)."""
+    """Connection parameters of each ``;``-separated URL (one per node of a cluster; pika tries them in turn)."""
     out = []
-    for u in filter(None, url.split(";")):
+    for u in filter(None, (part.strip() for part in url.split(";"))):
         p = pika.URLParameters(u)
         p.connection_attempts = 1
         p.socket_timeout = 5
