@@ -147,7 +147,6 @@ class RabbitNode:
         if self.proc is not None:
             self.proc.wait(5)
 
-
     def kill(self) -> None:
         """``kill -9`` the node's whole process group (the VM and its port programs), no goodbye to its peers."""
         if self.pid is None:
