@@ -161,6 +161,7 @@ def test_a_cluster_without_a_majority_answers_503_and_resumes_when_its_nodes_ret
             assert resp is not None and resp.status_code == 503, (answers, "".join(lines[-30:]))
             assert resp.headers.get("retry-after"), answers
             assert took < 20, f"answered after {took:.1f} s"
+        health = client.get(f"{url}/health").json().get("rabbitmq")  # reachability only: the survivor answers
         t_back = time.monotonic()
         first.launch()
         second.launch()
@@ -182,7 +183,7 @@ def test_a_cluster_without_a_majority_answers_503_and_resumes_when_its_nodes_ret
     wait_for(lambda: accepted <= done(r), timeout=90, what="every accepted message's effect")
     report = check(r, keys, accepted)
     print(
-        f"\n{report.table()}\nstatuses {poster.statuses}; 503 answers {answers}; nodes back in {booted:.1f} s, "
+        f"\n{report.table()}\nstatuses {poster.statuses}; 503 answers {answers}; /health's rabbitmq meanwhile {health}; nodes back in {booted:.1f} s, "
         f"first 202 {resumed:.1f} s after restarting them; slowest answer {poster.slowest:.1f} s\n"
         + "".join(line for line in lines if "RabbitMQ" in line)[-3000:]
     )
