@@ -157,6 +157,36 @@ def test_config_check_names_the_broker_setting_at_fault(tmp_path, config, env, f
         assert res.returncode == 0 and res.stdout == "", res.stdout + res.stderr
 
 
+def test_config_check_warns_of_a_step_calling_enqueue_group_on_rabbitmq(tmp_path):
+    """Given broker: rabbitmq and a step whose file calls ctx.enqueue_group, then config check warns naming the file,
+    line and step (fan-in groups need broker: redis); on broker: redis it says nothing of it."""
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "fan_step.py").write_text(
+        "from iii_console import Step, queue\n"
+        'config = Step(name="Fan", triggers=[queue("go")], enqueues=["jobs", "done"])\n'
+        "def handler(data, ctx):\n"
+        '    ctx.enqueue_group("jobs", [1, 2], then="done")\n'
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in ("RABBITMQ_URL", "III_BROKER", "REDIS_URL")}
+
+    def check(config: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "a.yaml").write_text(config)
+        return subprocess.run(
+            [sys.executable, "-m", "iii_console", "config", "check", "--config", "a.yaml"],
+            cwd=tmp_path,
+            env=clean,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    res = check("broker: rabbitmq\nrabbitmq:\n  url: amqp://h/v\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "fan_step.py:4, step 'Fan': calls enqueue_group, and fan-in groups need broker: redis" in res.stdout, res.stdout
+    res = check("")
+    assert res.returncode == 0 and "enqueue_group" not in res.stdout, res.stdout
+
+
 @pytest.mark.anyio
 async def test_the_consoles_header_names_a_broker_other_than_redis(redis_url, r, keys):
     """Given a deployment that published `broker: rabbitmq` and RabbitMQ's depths, when the console attaches, then
