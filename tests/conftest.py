@@ -263,6 +263,21 @@ def rabbit_node(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
+def rabbit_cluster(tmp_path: Path):
+    """A 3-node RabbitMQ cluster of this test alone (free ports, its own data dirs, one cookie); the test may kill
+    and restart its nodes. Never the system node."""
+    from tests.rabbitnode import RabbitCluster, rabbit_bin
+
+    if rabbit_bin("rabbitmq-server") is None:
+        pytest.skip("rabbitmq-server is not installed")
+    cluster = RabbitCluster(tmp_path / "rabbit-cluster")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
 def rabbit_prefix(request: pytest.FixtureRequest) -> str:
     """Exchange and queue names of this test alone, on the session's node."""
     import re

@@ -13,7 +13,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -33,7 +35,15 @@ def rabbit_bin(name: str) -> str | None:
 
 
 class RabbitNode:
-    def __init__(self, root: Path, port: int | None = None, dist_port: int | None = None, pid: int | None = None):
+    def __init__(
+        self,
+        root: Path,
+        port: int | None = None,
+        dist_port: int | None = None,
+        pid: int | None = None,
+        cookie: str | None = None,
+        config: str = "",
+    ):
         self.root = root
         self.port = port or _free_port()
         self.dist_port = dist_port or _free_port()
@@ -41,6 +51,10 @@ class RabbitNode:
         self.proc: subprocess.Popen[bytes] | None = None
         #: The node's process (also when another pytest process started it).
         self.pid = pid
+        #: The Erlang cookie: nodes of one cluster share it.
+        self.cookie = cookie or f"iiitest{self.port}{os.getpid()}"
+        #: Extra rabbitmq.conf lines.
+        self.config = config
 
     @property
     def url(self) -> str:
@@ -72,16 +86,23 @@ class RabbitNode:
         )
 
     def start(self, timeout: float = 60) -> RabbitNode:
+        self.launch()
+        return self.wait_started(timeout)
+
+    def launch(self) -> None:
+        """Start the node's process (over its existing data dir, if any) without waiting for it."""
         home = self.root / "home"
         for d in (home, self.root / "mnesia", self.root / "log"):
             d.mkdir(parents=True, exist_ok=True)
         cookie = home / ".erlang.cookie"
-        cookie.write_text(f"iiitest{self.port}{os.getpid()}")
+        if cookie.exists():
+            cookie.chmod(0o600)
+        cookie.write_text(self.cookie)
         cookie.chmod(0o400)
         (self.root / "enabled_plugins").write_text("[].\n")
         (self.root / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = {self.port}\nloopback_users = none\n"
-            "vm_memory_high_watermark.relative = 0.6\ndisk_free_limit.absolute = 50MB\n"
+            "vm_memory_high_watermark.relative = 0.6\ndisk_free_limit.absolute = 50MB\n" + self.config
         )
         self.log = open(self.root / "server.out", "wb")  # noqa: SIM115  (the node's output, open while it runs)
         self.proc = subprocess.Popen(
@@ -92,6 +113,9 @@ class RabbitNode:
             start_new_session=True,
         )
         self.pid = self.proc.pid
+
+    def wait_started(self, timeout: float = 60) -> RabbitNode:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -122,6 +146,110 @@ class RabbitNode:
             pass
         if self.proc is not None:
             self.proc.wait(5)
+
+    def kill(self) -> None:
+        """``kill -9`` the node's whole process group (the VM and its port programs), no goodbye to its peers."""
+        if self.pid is None:
+            return
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self.proc is not None:
+            self.proc.wait(10)
+            self.log.close()
+
+
+class RabbitCluster:
+    """Three (or ``size``) nodes of one cluster on this host: each its own ports, data dir and HOME, one cookie.
+
+    The nodes boot in parallel as standalone nodes, then the others join the first, one
+    after the other (``stop_app``, ``join_cluster``, ``start_app``). Never the system
+    node: every port is a free one picked here.
+    """
+
+    def __init__(self, root: Path, size: int = 3):
+        cookie = f"iiicluster{os.getpid()}{_free_port()}"
+        self.nodes = [RabbitNode(root / f"n{i}", cookie=cookie) for i in range(size)]
+
+    @property
+    def url(self) -> str:
+        """Every node's URL, ``;``-separated (the form ``rabbitmq.url`` takes for a cluster)."""
+        return ";".join(n.url for n in self.nodes)
+
+    def start(self, timeout: float = 120) -> RabbitCluster:
+        deadline = time.monotonic() + timeout
+        for n in self.nodes:
+            n.launch()
+        for n in self.nodes:
+            n.wait_started(max(1.0, deadline - time.monotonic()))
+        first = self.nodes[0]
+
+        def join(n: RabbitNode) -> None:
+            for args in (("stop_app",), ("join_cluster", first.name), ("start_app",)):
+                got = n.ctl(*args, timeout=max(1.0, deadline - time.monotonic()))
+                if got.returncode != 0:
+                    raise RuntimeError(f"{n.name}: rabbitmqctl {' '.join(args)}: {got.stderr.decode(errors='replace')}")
+
+        for n in self.nodes[1:]:  # one at a time: two nodes joining at once can fail in mnesia
+            join(n)
+        self.wait_running(len(self.nodes), max(1.0, deadline - time.monotonic()))
+        return self
+
+    def running(self, via: RabbitNode | None = None) -> set[str]:
+        """The names of the nodes the cluster counts as running (asked of ``via``, or of any live node)."""
+        for n in [via] if via else self.nodes:
+            if n is None or (n.proc is not None and n.proc.poll() is not None):
+                continue
+            got = n.ctl("cluster_status", "--formatter", "json", timeout=20)
+            if got.returncode == 0:
+                return set(json.loads(got.stdout).get("running_nodes", []))
+        return set()
+
+    def wait_running(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.running()) != count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster does not have {count} running nodes within {timeout:g} s: {self.running()}")
+            time.sleep(0.5)
+
+    def node(self, name: str) -> RabbitNode:
+        return next(n for n in self.nodes if n.name == name)
+
+    def leader(self, queue: str, via: RabbitNode | None = None) -> RabbitNode:
+        """The node that leads quorum queue ``queue`` now."""
+        for n in [via] if via else self.nodes:
+            if n is None or (n.proc is not None and n.proc.poll() is not None):
+                continue
+            got = n.ctl("list_queues", "name", "leader", "--formatter", "json", timeout=20)
+            if got.returncode != 0:
+                continue
+            for row in json.loads(got.stdout):
+                if row.get("name") == queue and row.get("leader"):
+                    return self.node(row["leader"])
+        raise LookupError(f"no leader known for {queue}")
+
+    def stop(self) -> None:
+        _parallel(lambda n: n.kill(), self.nodes)
+
+
+def _parallel(fn: Callable[[RabbitNode], None], nodes: list[RabbitNode]) -> None:
+    """``fn`` on every node at once; the first error is raised once all are done."""
+    errors: list[BaseException] = []
+
+    def run(n: RabbitNode) -> None:
+        try:
+            fn(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 class SharedNode:

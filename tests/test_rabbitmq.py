@@ -336,6 +336,36 @@ def handler(req, ctx):
     assert time.monotonic() - t0 < 5
 
 
+@pytest.mark.slow
+def test_an_http_step_calling_enqueue_group_on_rabbitmq_fails_clearly_and_sends_nothing(
+    rproject, procs, r, keys, rabbit_node, rabbit_prefix, tmp_path
+):
+    """Given broker: rabbitmq, when an HTTP step calls ctx.enqueue_group, then the answer is a 500 (a deployment
+    that needs broker: redis is the server's fault, not the client's), its step.error says fan-in groups need
+    broker: redis, and no child reached the queue: the next plain enqueue is the only message there."""
+    import httpx
+
+    api = """
+from iii_console import Step, http
+config = Step(name="Fan", triggers=[http("POST", "/fan"), http("POST", "/one")], enqueues=["jobs", "done"])
+def handler(req, ctx):
+    if req.path == "/fan":
+        ctx.enqueue_group("jobs", [{"k": "a"}, {"k": "b"}], then="done")
+    else:
+        ctx.enqueue("jobs", {"k": "one"})
+    return {"status": 202, "body": {}}
+"""
+    rproject({"rec_step.py": RECORD, "fan_step.py": api})
+    app = procs(tmp_path, "--role", "server", "--port", "0")
+    url = app.banner.split(" on ", 1)[1].split(" with", 1)[0]
+    resp = httpx.post(f"{url}/fan", json={}, timeout=30)
+    assert resp.status_code == 500, resp.text
+    [err] = wait_for(lambda: events(r, keys, "step.error"), what="the step.error event")
+    assert err.step == "Fan" and "fan-in groups (enqueue_group) need broker: redis" in (err.error or ""), err
+    assert httpx.post(f"{url}/one", json={}, timeout=30).status_code == 202
+    assert ready(rabbit_node, f"{rabbit_prefix}.jobs--Rec--normal") == 1
+
+
 def test_the_consoles_replay_and_run_now_go_to_rabbitmq(rproject, runtime, producer, r, keys, redis_url):
     """Given a console on a RabbitMQ deployment, when it replays a dead letter and fires a cron step now, then both are
     published to RabbitMQ and run (not written to Redis queues no worker reads)."""
@@ -358,6 +388,29 @@ def test_the_consoles_replay_and_run_now_go_to_rabbitmq(rproject, runtime, produ
     assert mid
     wait_for(lambda: r.hget(keys.state_group("ticks"), "Ticker"), what="the manual tick to run")
     assert [e.message_id for e in events_once(r, keys, "cron.fired", 1)] == [mid]
+
+
+def test_a_list_of_node_urls_is_tried_in_turn(rabbit_node, rabbit_prefix):
+    """Given rabbitmq.url listing a closed port before the node (a cluster with its first node down), then each URL
+    becomes its own connection parameters and a confirmed publish goes to the node that is up."""
+    import socket
+
+    from iii_console.adapters.queue.rmq_topology import Publisher, parameters
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    url = f"amqp://guest:guest@127.0.0.1:{closed}/%2F ; {rabbit_node.url};"
+    assert [(p.host, p.port) for p in parameters(url)] == [("127.0.0.1", closed), ("127.0.0.1", rabbit_node.port)]
+    pub = Publisher(url)
+    queue = f"{rabbit_prefix}.urls"
+    try:
+        pub.run(lambda ch: ch.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"}))
+        pub.publish("", queue, b"{}")
+        assert ready(rabbit_node, queue) == 1
+        pub.run(lambda ch: ch.queue_delete(queue))
+    finally:
+        pub.close()
 
 
 def test_delays_share_a_bounded_set_of_delay_queues_and_never_run_early():

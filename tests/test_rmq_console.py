@@ -129,8 +129,14 @@ def test_health_answers_503_naming_rabbitmq_without_its_url_when_it_is_down(tmp_
         ("broker: rabbitmq\nrabbitmq:\n  url: http://app:hunter2@h/\n", {}, "a.yaml:3: rabbitmq.url: not an AMQP URL"),
         ("broker: rabbitmq\n", {"RABBITMQ_URL": "redis://app:hunter2@h"}, "RABBITMQ_URL (environment): not an AMQP URL"),
         ("broker: rabbitmq\n", {"RABBITMQ_URL": "amqps://app:hunter2@h/v"}, ""),
+        (
+            "broker: rabbitmq\nrabbitmq:\n  url: 'amqp://a:hunter2@h1/v; http://a:hunter2@h2/v'\n",
+            {},
+            "a.yaml:3: rabbitmq.url: not an AMQP URL (node 2 of 2)",
+        ),
+        ("broker: rabbitmq\n", {"RABBITMQ_URL": "amqp://a:hunter2@h1:5673/v;amqp://a:hunter2@h2:5674/v;"}, ""),
     ],
-    ids=["no url", "http url", "redis env url", "env url"],
+    ids=["no url", "http url", "redis env url", "env url", "a bad node in a list", "env list of nodes"],
 )
 def test_config_check_names_the_broker_setting_at_fault(tmp_path, config, env, finding):
     (tmp_path / "steps").mkdir()
@@ -149,6 +155,36 @@ def test_config_check_names_the_broker_setting_at_fault(tmp_path, config, env, f
         assert res.returncode == 2 and res.stdout.startswith(finding), res.stdout + res.stderr
     else:
         assert res.returncode == 0 and res.stdout == "", res.stdout + res.stderr
+
+
+def test_config_check_warns_of_a_step_calling_enqueue_group_on_rabbitmq(tmp_path):
+    """Given broker: rabbitmq and a step whose file calls ctx.enqueue_group, then config check warns naming the file,
+    line and step (fan-in groups need broker: redis); on broker: redis it says nothing of it."""
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "fan_step.py").write_text(
+        "from iii_console import Step, queue\n"
+        'config = Step(name="Fan", triggers=[queue("go")], enqueues=["jobs", "done"])\n'
+        "def handler(data, ctx):\n"
+        '    ctx.enqueue_group("jobs", [1, 2], then="done")\n'
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in ("RABBITMQ_URL", "III_BROKER", "REDIS_URL")}
+
+    def check(config: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "a.yaml").write_text(config)
+        return subprocess.run(
+            [sys.executable, "-m", "iii_console", "config", "check", "--config", "a.yaml"],
+            cwd=tmp_path,
+            env=clean,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    res = check("broker: rabbitmq\nrabbitmq:\n  url: amqp://h/v\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "fan_step.py:4, step 'Fan': calls enqueue_group, and fan-in groups need broker: redis" in res.stdout, res.stdout
+    res = check("")
+    assert res.returncode == 0 and "enqueue_group" not in res.stdout, res.stdout
 
 
 @pytest.mark.anyio

@@ -317,7 +317,7 @@ class HttpSteps:
                     idempotency_key=idem,
                 )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("step %s: Redis unavailable: %s", step.name, exc)
+                log.warning("step %s: storage unavailable (answering 503): %s", step.name, exc)
                 return _problem(503, "storage unavailable, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
             except PayloadTooLarge as exc:
                 return _problem(

@@ -299,18 +299,20 @@ class WorkersConfig(_Section):
 class RabbitmqConfig(_Section):
     url: str = ""
     """AMQP URL of a RabbitMQ node (amqp://user:pass@host:5672/vhost); used when ``broker: rabbitmq``.
-    Several nodes of one cluster: separate the URLs with ``;`` (tried in turn)."""
+    Several nodes of one cluster: separate their URLs with ``;`` (tried in turn on every new connection,
+    so a client whose node dies reconnects to the next one up)."""
     prefix: str = Field(default="iii", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     """Start of every exchange and queue name this project declares, so projects can share a vhost."""
 
     @field_validator("url")
     @classmethod
     def _valid_url(cls, v: str) -> str:
-        v = v.strip()
-        for part in filter(None, v.split(";")):
+        parts = [p.strip() for p in v.split(";") if p.strip()]
+        for part in parts:
             if not part.startswith(("amqp://", "amqps://")):
-                raise ValueError(f"not an AMQP URL: {redact_url(part)!r}; it starts with amqp:// or amqps://")
-        return v
+                where = f" (node {parts.index(part) + 1} of {len(parts)})" if len(parts) > 1 else ""
+                raise ValueError(f"not an AMQP URL{where}: {redact_url(part)!r}; it starts with amqp:// or amqps://")
+        return ";".join(parts)
 
 
 class Config(_Section):

@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 #: Publish attempts (each on a fresh connection after the first fails) before giving up.
 PUBLISH_ATTEMPTS = 3
 AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)
+#: How long one publish waits for RabbitMQ's confirm. A quorum queue that has lost the
+#: majority of its nodes takes publishes but never confirms them: without this bound an
+#: enqueue (and the HTTP request behind it) would wait until the majority is back.
+CONFIRM_TIMEOUT_S = 5.0
+
+
+class ConfirmTimeout(pika.exceptions.AMQPError):
+    """No confirm within ``CONFIRM_TIMEOUT_S``: the message may or may not have been taken."""
 
 
 class BrokerUnavailable(ConnectionClosed, redis.ConnectionError):
@@ -54,9 +62,9 @@ class BrokerUnavailable(ConnectionClosed, redis.ConnectionError):
 
 
 def parameters(url: str) -> list[pika.URLParameters]:
-    """Connection parameters of each ``;``-separated URL (pika tries them in turn)."""
+    """Connection parameters of each ``;``-separated URL (one per node of a cluster; pika tries them in turn)."""
     out = []
-    for u in filter(None, url.split(";")):
+    for u in filter(None, (part.strip() for part in url.split(";"))):
         p = pika.URLParameters(u)
         p.connection_attempts = 1
         p.socket_timeout = 5
@@ -169,8 +177,9 @@ class Publisher:
     once per key and process, before the first publish that needs it.
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, confirm_timeout: float = CONFIRM_TIMEOUT_S):
         self.params = parameters(url)
+        self.confirm_timeout = confirm_timeout
         self._local = threading.local()
         self._declared: set[Any] = set()
         self._lock = threading.Lock()
@@ -188,7 +197,7 @@ class Publisher:
                 self._all.append(conn)
         return ch
 
-    def _drop(self) -> None:
+    def _drop(self, *, abort: bool = False) -> None:
         conn = getattr(self._local, "connection", None)
         self._local.connection = self._local.channel = None
         if conn is not None:
@@ -196,7 +205,10 @@ class Publisher:
                 if conn in self._all:
                     self._all.remove(conn)
             try:
-                if conn.is_open:
+                if abort:  # the socket closed under it, at once (pika has no public abort)
+                    conn._impl._adapter_disconnect_stream()
+                    conn.process_data_events(0)
+                elif conn.is_open:
                     conn.close()
             except Exception:
                 pass
@@ -211,16 +223,41 @@ class Publisher:
                     if key not in self._declared:
                         how(ch)
                         self._declared.add(key)
-                return fn(ch)
+                return self._bounded(fn, ch)
+            except ConfirmTimeout as exc:
+                # Not retried: the publish may yet be confirmed, and the caller's answer (a 503) says "try again".
+                # No graceful close either: the broker holds a channel with unconfirmed publishes for up to a minute.
+                self._drop(abort=True)
+                raise BrokerUnavailable(f"RabbitMQ: {exc}") from None
             except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-                # A confirm that says no: the queue was gone (redeclare) or full.
+                # A confirm that says no: the queue was gone (redeclare), full, or had just lost its leader;
+                # a new channel, since one that published to a lost leader can go on being refused.
                 last = exc
                 self._declared.difference_update(k for k, _ in declare)
+                self._drop()
             except AMQP_ERRORS as exc:
                 last = exc
                 self._drop()
             time.sleep(min(0.1 * 2**attempt, 1.0))
         raise BrokerUnavailable(f"RabbitMQ: {type(last).__name__}: {last}") from None
+
+    def _bounded(self, fn: Callable[[Any], Any], ch: Any) -> Any:
+        """``fn(ch)``, ended by :class:`ConfirmTimeout` after ``confirm_timeout`` seconds.
+
+        The timer is the I/O loop's own (``BlockingConnection.call_later`` only fires in
+        ``process_data_events``, not while a publish waits for its confirm); a timer that
+        raises ends that wait, and the connection is then dropped.
+        """
+        ioloop = self._local.connection._impl.ioloop
+
+        def expire() -> None:
+            raise ConfirmTimeout(f"no publisher confirm within {self.confirm_timeout:g} s (a quorum queue without a majority?)")
+
+        timer = ioloop.call_later(self.confirm_timeout, expire)
+        try:
+            return fn(ch)
+        finally:
+            ioloop.remove_timeout(timer)
 
     def publish(
         self,
