@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +136,14 @@ def _libc():  # type: ignore[no-untyped-def]
     return ctypes.CDLL(None, use_errno=True)
 
 
+def _whole_suite(args: list[str]) -> bool:
+    """No selection (a path, ``-k``, ``-m``, a node id) and no process options of its own."""
+    return not any(
+        not a.startswith("-") or a in ("-k", "-m", "-n", "-p") or a.startswith(("-n", "--numprocesses", "--lf", "--last-failed"))
+        for a in args
+    )
+
+
 def _parallel(args: list[str]) -> list[str]:
     """pytest-xdist options for a run of the whole suite, else none.
 
@@ -144,14 +153,39 @@ def _parallel(args: list[str]) -> list[str]:
     A run given a selection (a path, ``-k``, a node id) or its own ``-n``/``-p``
     stays in one process. ``III_TEST_WORKERS=N`` sets the count (0: one process).
     """
-    if any(
-        not a.startswith("-") or a in ("-k", "-m", "-n", "-p") or a.startswith(("-n", "--numprocesses", "--lf", "--last-failed"))
-        for a in args
-    ):
+    if not _whole_suite(args):
         return []
     env = os.environ.get("III_TEST_WORKERS", "")
     n = int(env) if env.isdigit() else min(4, (os.cpu_count() or 1) + 1)
     return ["-n", str(n), "--dist", "worksteal"] if n > 1 else []
+
+
+def _ensure_browser() -> None:
+    """Chromium for the web console's browser test, from Debian as root when it is missing.
+
+    Only for a run of the whole suite; elsewhere (not root, no apt-get, no network) the
+    test is skipped with the reason, as it says.
+    """
+    if any(shutil.which(b) for b in ("chromium", "chromium-browser")) or os.path.exists("/usr/bin/chromium"):
+        return
+    if not shutil.which("apt-get") or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    print("dev.py: installing Chromium for the browser test (apt-get install -y chromium)...", file=sys.stderr, flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        done = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=600,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"dev.py: could not install Chromium ({exc}); the browser test will be skipped", file=sys.stderr)
+        return
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        print(f"dev.py: could not install Chromium ({tail[0]}); the browser test will be skipped", file=sys.stderr)
 
 
 #: What ``dev.py lint`` runs, in order; every one runs, and any finding fails the whole.
@@ -185,6 +219,8 @@ def main(argv: list[str]) -> int:
         os.chdir(ROOT)
         return lint()
     if argv[:1] == ["test"]:
+        if _whole_suite(argv[1:]):
+            _ensure_browser()
         cmd = [str(BIN / "python"), "-m", "pytest", *_parallel(argv[1:]), *argv[1:]]
     elif argv[:1] == ["bench"]:
         cmd = [str(BIN / "python"), "-m", "bench", *argv[1:]]
