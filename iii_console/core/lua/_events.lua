@@ -22,10 +22,13 @@ local function iii_check(key, want)
 end
 
 -- Check a list of {key, type} pairs; returns the first error reply, or nil.
+-- An empty key (an optional one not given, e.g. no fan-in group) is skipped.
 local function iii_checks(pairs_)
   for _, kt in ipairs(pairs_) do
-    local err = iii_check(kt[1], kt[2])
-    if err then return err end
+    if kt[1] ~= "" then
+      local err = iii_check(kt[1], kt[2])
+      if err then return err end
+    end
   end
   return nil
 end
@@ -35,13 +38,56 @@ local function iii_decode(raw)
   return cjson.decode(raw)
 end
 
--- The event keys of E, for iii_checks.
-local function iii_event_keys(E, out)
+-- The settle scripts (ack, move, dead) take E as plain arguments instead, from
+-- ARGV[i] to the end, so Redis decodes no JSON on the hot path:
+--   stream key ("" for no events), counts hash, durations hash, maxlen,
+--   p: n events, each as its field count then its fields,
+--   pt: three tables, each as its item count then the items,
+--   s and st: the same for the transition's own events.
+-- The result has the shape of a decoded E, but its events are {first, last}
+-- ARGV index ranges and its tables {first, last} ranges (E.argv is true):
+-- nothing is copied out of ARGV.
+local function iii_argv(i)
+  if ARGV[i] == nil or ARGV[i] == "" then return nil end
+  local E = {k = {ARGV[i], ARGV[i + 1], ARGV[i + 2]}, m = tonumber(ARGV[i + 3]), argv = true}
+  local j = i + 4
+  local function events()
+    local out = {}
+    for _ = 1, tonumber(ARGV[j]) do
+      local nf = tonumber(ARGV[j + 1])
+      table.insert(out, {j + 2, j + 1 + nf})
+      j = j + 1 + nf
+    end
+    j = j + 1
+    return out
+  end
+  local function tables()
+    local out = {}
+    for t = 1, 3 do
+      local n = tonumber(ARGV[j])
+      out[t] = {j + 1, j + n}
+      j = j + 1 + n
+    end
+    return out
+  end
+  E.p = events()
+  E.pt = tables()
+  E.s = events()
+  E.st = tables()
+  return E
+end
+
+-- The event keys of E, for iii_checks. With no_stream, not the stream: the
+-- caller reads its length first (iii_stream_len), which fails the same way.
+local function iii_event_keys(E, out, no_stream)
   out = out or {}
   if E ~= nil then
-    table.insert(out, {E.k[1], "stream"})
+    if not no_stream then table.insert(out, {E.k[1], "stream"}) end
     if E.k[2] ~= "" then table.insert(out, {E.k[2], "hash"}) end
-    if E.k[3] ~= "" and E.pt and E.pt[2] and #E.pt[2] > 0 then table.insert(out, {E.k[3], "hash"}) end
+    local d = E.pt and E.pt[2]
+    if E.k[3] ~= "" and d and ((E.argv and d[2] >= d[1]) or (not E.argv and #d > 0)) then
+      table.insert(out, {E.k[3], "hash"})
+    end
   end
   return out
 end
@@ -64,13 +110,29 @@ local function iii_write(E, events, tables)
   return n
 end
 
+-- iii_write for E given as plain arguments (iii_argv): ranges of ARGV.
+local function iii_write_argv(E, events, tables)
+  for _, r in ipairs(events) do
+    redis.call("XADD", E.k[1], "*", unpack(ARGV, r[1], r[2]))
+  end
+  local ops = {{E.k[2], "HINCRBY"}, {E.k[3], "HINCRBY"}, {E.k[3], "HINCRBYFLOAT"}}
+  for t, spec in ipairs(ops) do
+    if spec[1] == "" then break end
+    local r = tables[t]
+    for j = r[1], r[2], 2 do redis.call(spec[2], spec[1], ARGV[j], ARGV[j + 1]) end
+  end
+  return #events
+end
+
 local function iii_pre(E)
   if E == nil then return 0 end
+  if E.argv then return iii_write_argv(E, E.p, E.pt) end
   return iii_write(E, E.p, E.pt)
 end
 
 local function iii_settle(E)
   if E == nil then return 0 end
+  if E.argv then return iii_write_argv(E, E.s, E.st) end
   return iii_write(E, E.s, E.st)
 end
 
@@ -78,6 +140,21 @@ end
 -- trim costs as much as the rest of a settle, and settles are one per message.
 local function iii_trim(E)
   if E ~= nil and redis.call("XLEN", E.k[1]) > E.m + 1000 then
+    redis.call("XTRIM", E.k[1], "MAXLEN", "~", E.m)
+  end
+end
+
+-- The stream's length before a settle writes anything (0 with no events). It
+-- is the stream's type check too: XLEN fails on a key of another type, and
+-- nothing has been written yet when it runs.
+local function iii_stream_len(E)
+  if E == nil then return 0 end
+  return redis.call("XLEN", E.k[1])
+end
+
+-- iii_trim for a settle that read the length first and then added `added` entries.
+local function iii_trim_after(E, len, added)
+  if E ~= nil and len + added > E.m + 1000 then
     redis.call("XTRIM", E.k[1], "MAXLEN", "~", E.m)
   end
 end
