@@ -199,9 +199,7 @@ class StreamSink:
         return False
 
     # -- transitions ----------------------------------------------------------
-    def transition(
-        self, run: Callable[[Any], Any], settle: Sequence[Event], *, through: int | None = None, plain: bool = False
-    ) -> Any:
+    def transition(self, run: Callable[[bytes], Any], settle: Sequence[Event], *, through: int | None = None) -> Any:
         """Run a transition script that writes ``settle`` itself, after every event put so far.
 
         ``run`` gets the events argument for the script (the core's
@@ -213,10 +211,6 @@ class StreamSink:
         stream before them: if any are still buffered, they ride along in the
         same script call (written whatever it decides), holding the flush lock
         so no batch the flusher has taken can land after it.
-
-        With ``plain``, ``run`` gets the events as a list of plain script
-        arguments (:meth:`payload_args`, for the settle scripts) instead of one
-        JSON argument (:meth:`payload`).
         """
         through = self.seq if through is None else through
         if self._written < through:
@@ -224,22 +218,21 @@ class StreamSink:
                 while self._written < through and self._buf:
                     batch = self._take()
                     if batch[-1][0] >= through or not self._buf:
-                        return self._settle(run, settle, batch, plain)
+                        return self._settle(run, settle, batch)
                     if not self._write_batch(batch):
                         raise redis.ConnectionError("event sink: Redis unavailable")
         # Everything it had to follow is on the stream (or was dropped): no lock needed.
-        return self._settle(run, settle, [], plain)
+        return self._settle(run, settle, [])
 
-    def _settle(self, run: Callable[[Any], Any], settle: Sequence[Event], batch: list[tuple[int, Event]], plain: bool) -> Any:
+    def _settle(self, run: Callable[[bytes], Any], settle: Sequence[Event], batch: list[tuple[int, Event]]) -> Any:
         """Run the transition with ``batch`` (taken from the buffer, flush lock held) riding along."""
         last = batch[-1][0] if batch else 0
-        shape = self.payload_args if plain else self.payload
         try:
-            payload: Any = shape([ev for _, ev in batch], settle)
+            payload = self.payload([ev for _, ev in batch], settle)
         except Exception:  # an event that cannot be encoded must not block the settle
             log.exception("event sink: dropping %d events that cannot be encoded", len(batch))
             self.dropped += len(batch)
-            payload, batch = shape((), settle), []
+            payload, batch = self.payload((), settle), []
         try:
             result = run(payload)
         except BaseException:
@@ -268,46 +261,24 @@ class StreamSink:
         effort on a crash, like the events that mark no move.
         """
 
+        def tables(batch: Sequence[Event], *, counts_only: bool = False) -> list[list[Any]]:
+            out: list[list[Any]] = [[], [], []]
+            if self._keys is not None and batch:
+                aggs: tuple[Mapping[str, float], ...] = metrics.aggregate(batch)
+                for table, agg in zip(out[:1] if counts_only else out, aggs):
+                    for kv in agg.items():
+                        table.extend(kv)
+            return out
+
         body = {
             "k": self._event_keys,
             "m": self._maxlen,
             "p": [ev.flat() for ev in pre],
-            "pt": self._tables(pre),
+            "pt": tables(pre),
             "s": [ev.flat() for ev in settle],
-            "st": self._tables(settle, counts_only=True),
+            "st": tables(settle, counts_only=True),
         }
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
-
-    def payload_args(self, pre: Sequence[Event], settle: Sequence[Event]) -> list[Any]:
-        """:meth:`payload` as plain script arguments, which Redis reads without decoding JSON.
-
-        The form the settle scripts take (``iii_argv`` in the core's
-        ``lua/_events.lua``): the stream and counter keys, the cap, then ``pre``
-        and ``settle``, each as its event count, every event as its field count
-        and fields, and its three counter tables as item count and items.
-        """
-        out: list[Any] = [*self._event_keys, self._maxlen]
-        for events, counts_only in ((pre, False), (settle, True)):
-            out.append(len(events))
-            for ev in events:
-                flat = ev.flat()
-                out.append(len(flat))
-                # 'replace': a lone surrogate (no Redis string holds one as UTF-8) becomes '?'.
-                out.extend(v.encode("utf-8", "replace") for v in flat)
-            for table in self._tables(events, counts_only=counts_only):
-                out.append(len(table))
-                out.extend(table)
-        return out
-
-    def _tables(self, batch: Sequence[Event], *, counts_only: bool = False) -> list[list[Any]]:
-        """The metric counters of ``batch``: [counts, duration buckets, duration sums] as flat key/value lists."""
-        out: list[list[Any]] = [[], [], []]
-        if self._keys is not None and batch:
-            aggs: tuple[Mapping[str, float], ...] = metrics.aggregate(batch)
-            for table, agg in zip(out[:1] if counts_only else out, aggs):
-                for kv in agg.items():
-                    table.extend(kv)
-        return out
 
     def _args(self, batch: list[Event], timed: Sequence[Event] = ()) -> list[Any]:
         # ensure_ascii=False keeps the JSON small; 'replace' turns lone surrogates
@@ -443,20 +414,16 @@ class Emitter:
         (event,), _ = _to_event(None, "info", _stamp(None, "info", ed))
         return event
 
-    def transition(
-        self, run: Callable[[Any], Any], *events: Event | None, through: int | None = None, plain: bool = False
-    ) -> Any:
+    def transition(self, run: Callable[[bytes | str], Any], *events: Event | None, through: int | None = None) -> Any:
         """Run a transition script (``run(events_arg)``) that writes ``events`` only if it applies.
 
         ``through``: the sequence number (:attr:`seq`) of the last buffered event that
         must be on the stream first (default: every event put so far). With events
-        off, the script gets no events to write. ``plain``: ``run`` gets a list of
-        arguments to append (``StreamSink.payload_args``; empty with events off)
-        instead of one JSON argument.
+        off, the script gets no events to write.
         """
         if self.stream is None:
-            return run([] if plain else "")
-        return self.stream.transition(run, [e for e in events if e is not None], through=through, plain=plain)
+            return run("")
+        return self.stream.transition(run, [e for e in events if e is not None], through=through)
 
     @property
     def seq(self) -> int:

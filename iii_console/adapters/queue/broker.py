@@ -176,15 +176,15 @@ class IIIBroker(RedisBroker):
         return message
 
     def transition(self, run: Any, *events: Any, message: Any = None) -> Any:
-        """Run a settle script with its events as plain arguments at its end (see ``Emitter.transition``).
+        """Run a settle script with its events (see ``Emitter.transition``).
 
         For a message, only its own lifecycle events so far (``iii_seq``, set by
         ``LifecycleEvents``) must reach the stream before its settle: a settle
         does not wait for other messages' events.
         """
         if self.emitter is None:
-            return run([])
-        return self.emitter.transition(run, *events, through=getattr(message, "iii_seq", None), plain=True)
+            return run("")
+        return self.emitter.transition(run, *events, through=getattr(message, "iii_seq", None))
 
     def dead_letter(
         self,
@@ -221,7 +221,7 @@ class IIIBroker(RedisBroker):
                         self.keys.dlq_names,
                         *self.group_args(message),
                         outcome,
-                        *ev,
+                        ev,
                     ]
                 ),
                 event,
@@ -368,7 +368,7 @@ class IIIConsumer(Consumer):
                 group = self.broker.group_args(message)
                 self.broker.transition(
                     lambda ev: self.broker.iii_scripts.ack(
-                        args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, *group, *ev]
+                        args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, *group, ev]
                     ),
                     getattr(message, "iii_event", None),
                     message=message,
@@ -436,7 +436,7 @@ class IIIConsumer(Consumer):
             int(delay_ms),
         ]
         self.broker.transition(
-            lambda ev: self.broker.iii_scripts.move(args=[*args, *ev]), getattr(message, "iii_event", None), message=message
+            lambda ev: self.broker.iii_scripts.move(args=[*args, ev]), getattr(message, "iii_event", None), message=message
         )
 
     def _dead(self, message: Message[Any] | MessageProxy, decision: DeadDecision) -> None:

@@ -38,45 +38,6 @@ local function iii_decode(raw)
   return cjson.decode(raw)
 end
 
--- The settle scripts (ack, move, dead) take E as plain arguments instead, from
--- ARGV[i] to the end, so Redis decodes no JSON on the hot path:
---   stream key ("" for no events), counts hash, durations hash, maxlen,
---   p: n events, each as its field count then its fields,
---   pt: three tables, each as its item count then the items,
---   s and st: the same for the transition's own events.
--- The result has the shape of a decoded E, but its events are {first, last}
--- ARGV index ranges and its tables {first, last} ranges (E.argv is true):
--- nothing is copied out of ARGV.
-local function iii_argv(i)
-  if ARGV[i] == nil or ARGV[i] == "" then return nil end
-  local E = {k = {ARGV[i], ARGV[i + 1], ARGV[i + 2]}, m = tonumber(ARGV[i + 3]), argv = true}
-  local j = i + 4
-  local function events()
-    local out = {}
-    for _ = 1, tonumber(ARGV[j]) do
-      local nf = tonumber(ARGV[j + 1])
-      table.insert(out, {j + 2, j + 1 + nf})
-      j = j + 1 + nf
-    end
-    j = j + 1
-    return out
-  end
-  local function tables()
-    local out = {}
-    for t = 1, 3 do
-      local n = tonumber(ARGV[j])
-      out[t] = {j + 1, j + n}
-      j = j + 1 + n
-    end
-    return out
-  end
-  E.p = events()
-  E.pt = tables()
-  E.s = events()
-  E.st = tables()
-  return E
-end
-
 -- The event keys of E, for iii_checks. With no_stream, not the stream: the
 -- caller reads its length first (iii_stream_len), which fails the same way.
 local function iii_event_keys(E, out, no_stream)
@@ -84,10 +45,7 @@ local function iii_event_keys(E, out, no_stream)
   if E ~= nil then
     if not no_stream then table.insert(out, {E.k[1], "stream"}) end
     if E.k[2] ~= "" then table.insert(out, {E.k[2], "hash"}) end
-    local d = E.pt and E.pt[2]
-    if E.k[3] ~= "" and d and ((E.argv and d[2] >= d[1]) or (not E.argv and #d > 0)) then
-      table.insert(out, {E.k[3], "hash"})
-    end
+    if E.k[3] ~= "" and E.pt and E.pt[2] and #E.pt[2] > 0 then table.insert(out, {E.k[3], "hash"}) end
   end
   return out
 end
@@ -110,29 +68,13 @@ local function iii_write(E, events, tables)
   return n
 end
 
--- iii_write for E given as plain arguments (iii_argv): ranges of ARGV.
-local function iii_write_argv(E, events, tables)
-  for _, r in ipairs(events) do
-    redis.call("XADD", E.k[1], "*", unpack(ARGV, r[1], r[2]))
-  end
-  local ops = {{E.k[2], "HINCRBY"}, {E.k[3], "HINCRBY"}, {E.k[3], "HINCRBYFLOAT"}}
-  for t, spec in ipairs(ops) do
-    if spec[1] == "" then break end
-    local r = tables[t]
-    for j = r[1], r[2], 2 do redis.call(spec[2], spec[1], ARGV[j], ARGV[j + 1]) end
-  end
-  return #events
-end
-
 local function iii_pre(E)
   if E == nil then return 0 end
-  if E.argv then return iii_write_argv(E, E.p, E.pt) end
   return iii_write(E, E.p, E.pt)
 end
 
 local function iii_settle(E)
   if E == nil then return 0 end
-  if E.argv then return iii_write_argv(E, E.s, E.st) end
   return iii_write(E, E.s, E.st)
 end
 

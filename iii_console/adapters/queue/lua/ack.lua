@@ -2,12 +2,11 @@
 -- count, and write its message.processed event, all only if this worker still
 -- holds it; a fan-in child also settles its group (_fanin.lua).
 -- ARGV: namespace, queue_name, worker_id, redis_message_id,
---       group key ("" for none), message id, then the events as plain
---       arguments (iii_argv; "" or nothing for none).
+--       group key ("" for none), message id, events (E; "" for none).
 -- Type checks: the stream's by its XLEN, the in-flight set's by the SREM that
 -- is the first write (it fails before anything is written); every other key
 -- written by TYPE before that.
-local E = iii_argv(7)
+local E = iii_decode(ARGV[7])
 local q = ARGV[1] .. ":" .. ARGV[2]
 local len = iii_stream_len(E)
 local err = iii_checks(iii_event_keys(E, {{q .. ".msgs", "hash"}, {q .. ".deliveries", "hash"}, {ARGV[5] or "", "hash"}}, true))

@@ -5,12 +5,12 @@
 --       dlq_index_key, dlq_entries_key, dlq_names_key,
 --       group key ("" for none), message id, outcome for the group
 --       ("failed": its handler raised; "dead": it never ran to a result),
---       then the events as plain arguments (iii_argv; "" or nothing for none)
+--       events (E)
 -- Same ordering rule as move.lua: write the entry, then release the message.
 -- Returns 1, or -1 (nothing written but E's buffered events) if this worker
 -- no longer owns the message.
 local ns, cur, wid, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local E = iii_argv(15)
+local E = iii_decode(ARGV[15])
 -- The in-flight set's type is checked by SISMEMBER, the stream's by XLEN,
 -- both read before anything is written.
 local acks = ns .. ":__acks__." .. wid .. "." .. cur

@@ -3,15 +3,14 @@
 -- queue's `.delayed` sorted set scored by Redis's clock, until promote.lua
 -- moves it), with its message.retrying event.
 -- ARGV: namespace, from_queue, worker_id, redis_message_id,
---       toqueue, new_redis_message_id, new_data, delay_ms, then the events
---       as plain arguments (iii_argv; "" or nothing for none)
+--       toqueue, new_redis_message_id, new_data, delay_ms, events (E)
 -- Writes the copy first: if that fails, nothing has changed and the message
 -- is still in flight here (so it is retried, never lost).
 -- Returns 1, or -1 if this worker no longer owns the message (it was swept
 -- back while the worker was stalled, and will run again elsewhere), in which
 -- case no copy and no event are written, so the retry chain stays single.
 local ns, from, wid, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local E = iii_argv(9)
+local E = iii_decode(ARGV[9])
 local to = ns .. ":" .. ARGV[5]
 local delay = tonumber(ARGV[8])
 -- The in-flight set's type is checked by SISMEMBER, the stream's by XLEN,
