@@ -394,7 +394,7 @@ def test_a_held_back_fetch_marks_the_higher_queue_and_the_fetch_that_drains_it_w
     assert r.llen(keys.queue_wake(low)) == 0
     assert len(sc.fetch(args=[ns, high, "w3", 1])) == 3  # took the last one
     assert r.llen(keys.queue_wake(low)) == 2
-    assert not r.exists(f"{keys.queue(high)}.held")
+    assert not r.exists(keys.queue_held(high))
     assert sc.fetch(args=[ns, low, "w1", 4, high, normal]) == []  # nothing left ahead of it
 
 

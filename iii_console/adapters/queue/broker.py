@@ -108,7 +108,7 @@ class IIIBroker(RedisBroker):
         # Blocking reads get their own connections so they never hold up acks.
         self.blocking_client = redis.Redis(connection_pool=client.connection_pool)
         #: Hands wake tokens to idle consumers: one BLPOP for all of this broker's queues.
-        self.wake_hub = WakeHub(self.blocking_client, keys.dramatiq_namespace + ":__hub__." + self.broker_id)
+        self.wake_hub = WakeHub(self.blocking_client, keys.wake_hub(self.broker_id))
         #: Moves due delayed messages onto their queues; started with the first consumer.
         self._promoter: threading.Thread | None = None
         self._promoter_stop = threading.Event()
