@@ -365,6 +365,53 @@ def test_low_priority_messages_wait_behind_the_normal_backlog(project, runtime, 
     assert overtaken == [], overtaken
 
 
+def test_a_held_back_fetch_marks_the_higher_queue_and_the_fetch_that_drains_it_wakes_the_lower(r, keys):
+    """A low consumer refused for a high backlog is not left to poll: the fetch
+    that empties the high queue drops one token per held-back worker on the low
+    queue's wake list, and not before."""
+    from iii_console.adapters.queue.scripts import Scripts
+
+    sc, ns = Scripts(r), keys.dramatiq_namespace
+    high, normal, low = "t--S--high", "t--S--normal", "t--S--low"
+    r.rpush(keys.queue(high), "a", "b")
+    r.hset(f"{keys.queue(high)}.msgs", mapping={"a": "{}", "b": "{}"})
+    assert sc.fetch(args=[ns, low, "w1", 4, high, normal]) == -1
+    assert sc.fetch(args=[ns, low, "w2", 4, high, normal]) == -1
+    assert sc.fetch(args=[ns, low, "w2", 4, high, normal]) == -1  # the same worker again: one token for it
+    assert len(sc.fetch(args=[ns, high, "w3", 1])) == 3  # "b" is still waiting
+    assert r.llen(keys.queue_wake(low)) == 0
+    assert len(sc.fetch(args=[ns, high, "w3", 1])) == 3  # took the last one
+    assert r.llen(keys.queue_wake(low)) == 2
+    assert not r.exists(keys.queue_held(high))
+    assert sc.fetch(args=[ns, low, "w1", 4, high, normal]) == []  # nothing left ahead of it
+
+
+@pytest.mark.slow
+def test_an_idle_worker_fetches_only_when_woken_and_picks_up_every_priority(project, runtime, producer, r, keys, monkeypatch):
+    """Idle consumers wait on the worker's wake hub (one BLPOP over all their
+    wake lists) instead of each fetching twice a second, and a message on any
+    of the queues still starts at once. The safety-net refetch is pushed out
+    of the test's reach, so only the hub can start them."""
+    import time
+
+    from iii_console.adapters.queue import broker as broker_mod
+
+    monkeypatch.setattr(broker_mod, "IDLE_REFETCH_S", 60.0)
+    cfg, steps = project({"ordered_step.py": PRIO}, "queues:\n  jobs:\n    concurrency: 2\n")
+    rt = runtime(cfg, steps, threads=2)
+    hub = rt.broker.wake_hub
+    wait_for(lambda: len(hub._waiters) >= 3, what="the three priority queues waiting on the hub")
+    calls = []
+    fetch = rt.broker.iii_scripts.fetch
+    rt.broker.iii_scripts.fetch = lambda *a, **kw: calls.append(1) or fetch(*a, **kw)
+    time.sleep(1.5)  # an observation window: three consumers used to fetch 9 times in it
+    assert len(calls) <= 1, f"{len(calls)} fetches by idle consumers in 1.5 s"
+    p = producer(cfg, steps)
+    for prio in ("low", "normal", "high"):  # within 20 s, where only a refetch after 60 s would find it unwoken
+        p.enqueue("jobs", {"k": prio}, trace_id=prio, priority=prio)
+        wait_for(lambda prio=prio: prio in _order(r, keys), timeout=20, what=f"the {prio} message started")
+
+
 def test_enqueue_with_delay_waits_before_running(project, runtime, producer, r, keys):
     cfg, steps = project({"a_step.py": recorder("A")})
     runtime(cfg, steps)

@@ -34,10 +34,10 @@ def redis_client(url: str, **kw: Any) -> redis.Redis:
     kw.setdefault("socket_connect_timeout", 2)
     kw.setdefault("socket_timeout", 10)
     kw.setdefault("health_check_interval", 15)
-    # A worker's idle queue consumers each block on a connection of this pool (BLPOP on the
-    # queue's wake list), one per queue: three priorities and a delay queue per subscription.
-    # redis-py 8 caps a pool at 100 connections by default ("Too many connections" past ~25
-    # subscriptions, which crashed the worker at start); the need is bounded by the steps.
+    # A worker's blocking reads (its wake hub's BLPOP, the promoter's) and every handler and
+    # consumer thread take connections of this pool: redis-py 8 caps a pool at 100 by default
+    # ("Too many connections" past ~25 subscriptions crashed the worker at start, when each
+    # queue's consumer blocked on its own); the need is bounded by the steps and threads.
     kw.setdefault("max_connections", 10_000)
     return client_from_url(url, **kw)
 

@@ -400,6 +400,11 @@ class Emitter:
             self._logger = self._logger.bind(**bound)
 
     def emit(self, type: str, **fields: Any) -> None:
+        if fields.keys() <= _EVENT_KEYS:
+            # Only event fields (a message's lifecycle): the Event structlog's chain would
+            # shape, built directly, at half its cost.
+            self._sink(Event(type=type, **{**self._bound, "ts": now_ms(), **fields}))
+            return
         self._logger.info(type, **fields)
 
     def put(self, *events: Event | None) -> None:
@@ -410,6 +415,8 @@ class Emitter:
 
     def make(self, type: str, **fields: Any) -> Event:
         """The event ``emit`` would send, shaped the same way but not sent: a transition script writes it."""
+        if fields.keys() <= _EVENT_KEYS:
+            return Event(type=type, **{**self._bound, "ts": now_ms(), **fields})
         ed = {**self._bound, **fields, "event": type}
         (event,), _ = _to_event(None, "info", _stamp(None, "info", ed))
         return event

@@ -51,6 +51,14 @@ class Keys:
         """List an enqueue pushes a token to, so an idle consumer blocked on it wakes at once."""
         return f"{self.queue(name)}.wake"
 
+    def queue_held(self, name: str) -> str:
+        """Set of "queue\\nworker" held back by a backlog on ``name``: the fetch that drains it wakes each (``fetch.lua``)."""
+        return f"{self.queue(name)}.held"
+
+    def wake_hub(self, worker: str) -> str:
+        """A broker's own wake list: pushed to make its wake hub take up a new queue, or stop."""
+        return f"{self.dramatiq_namespace}:__hub__.{worker}"
+
     @staticmethod
     def legacy_delay_name(name: str) -> str:
         """An older version's delay queue of ``name`` (Dramatiq's ``.DQ``); its messages are migrated at start."""

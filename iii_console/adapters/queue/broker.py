@@ -14,7 +14,10 @@
   nothing while high or normal do; otherwise a lower message, once fetched,
   runs whenever the higher consumer is between fetches.
 - **Idle consumers block** on a per-queue wake list instead of polling with
-  backoff, so a new message is picked up in milliseconds on an idle system.
+  backoff, so a new message is picked up in milliseconds on an idle system:
+  one thread per broker (``WakeHub``) blocks on all of them at once and wakes
+  the consumer a token is for, and a consumer held back by a higher-priority
+  backlog is woken by the fetch that drains it.
 - **Delayed messages wait in Redis**, not in worker memory: a retry or a
   ``delay_ms`` message goes into its queue's ``.delayed`` sorted set, due at
   Redis's clock + delay, and ``promote.lua`` (run by every worker's promoter,
@@ -72,13 +75,15 @@ from iii_console.core.steps import PRIORITIES
 
 log = logging.getLogger(__name__)
 
-#: How long an idle consumer blocks on its wake list before returning control
-#: to Dramatiq's consumer loop (so a stopping worker notices within this).
+#: How long an idle consumer waits for a wake-up before returning control to
+#: Dramatiq's consumer loop (so a stopping worker notices within this). Such a
+#: return costs no Redis call: the consumer fetches again only when woken.
 IDLE_BLOCK_S = 0.5
-#: How often a consumer held back by a higher-priority backlog looks again.
-#: A backlog pushes no wake token, so this is a poll; it bounds how long a
-#: lower-priority message waits after the higher queue empties.
-YIELD_POLL_S = 0.05
+#: An idle consumer fetches at least this often even with no wake token (a safety
+#: net: every push onto a queue drops a token, and the wake hub hands it over).
+IDLE_REFETCH_S = 5.0
+#: How long the wake hub blocks in one BLPOP (it returns earlier on a token).
+HUB_BLOCK_S = 5.0
 
 
 class IIIBroker(RedisBroker):
@@ -102,6 +107,8 @@ class IIIBroker(RedisBroker):
         self.iii_scripts = Scripts(client)
         # Blocking reads get their own connections so they never hold up acks.
         self.blocking_client = redis.Redis(connection_pool=client.connection_pool)
+        #: Hands wake tokens to idle consumers: one BLPOP for all of this broker's queues.
+        self.wake_hub = WakeHub(self.blocking_client, keys.wake_hub(self.broker_id))
         #: Moves due delayed messages onto their queues; started with the first consumer.
         self._promoter: threading.Thread | None = None
         self._promoter_stop = threading.Event()
@@ -122,6 +129,7 @@ class IIIBroker(RedisBroker):
 
     def close(self) -> None:
         self._promoter_stop.set()
+        self.wake_hub.close()
         super().close()
 
     @property
@@ -211,9 +219,9 @@ class IIIBroker(RedisBroker):
                         self.keys.dlq(entry.dlq),
                         self.keys.dlq_entries(entry.dlq),
                         self.keys.dlq_names,
-                        ev,
                         *self.group_args(message),
                         outcome,
+                        ev,
                     ]
                 ),
                 event,
@@ -227,6 +235,98 @@ class IIIBroker(RedisBroker):
         return [self.keys.group(gid) if isinstance(gid, str) and gid else "", message.message_id or ""]
 
 
+class WakeHub:
+    """One thread per broker that waits on the wake lists of all its consumers at once.
+
+    An idle consumer used to block in its own ``BLPOP`` for at most
+    ``IDLE_BLOCK_S`` and fetch again after each, so an idle worker made two
+    Redis calls per queue twice a second. Now one ``BLPOP`` over every wake list
+    of the process (and its own ``.hub`` list, pushed to when a queue is added
+    or the broker closes) pops each token and sets the ``threading.Event`` of the
+    consumers of that queue; an idle consumer waits on its event, and a timed-out
+    wait costs no Redis call.
+    """
+
+    def __init__(self, client: redis.Redis, own_key: str):
+        self._client = client
+        self._own_key = own_key
+        # A BLPOP must return before the client's socket timeout would cut it.
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self._block_s = HUB_BLOCK_S if not timeout else max(0.1, min(HUB_BLOCK_S, float(timeout) / 2))
+        self._lock = threading.Lock()
+        #: wake list -> the events of the consumers waiting on it.
+        self._waiters: dict[str, list[threading.Event]] = {}
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    def register(self, key: str) -> threading.Event:
+        """A new event, set whenever a token arrives on ``key`` (from now on)."""
+        event = threading.Event()
+        with self._lock:
+            new = key not in self._waiters
+            self._waiters.setdefault(key, []).append(event)
+            self._stop = False
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="iii-wake-hub", daemon=True)
+                self._thread.start()
+            elif new:
+                self._poke()
+        return event
+
+    def unregister(self, key: str, event: threading.Event) -> None:
+        with self._lock:
+            events = self._waiters.get(key, [])
+            if event in events:
+                events.remove(event)
+            if not events:
+                self._waiters.pop(key, None)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop = True
+            alive = self._thread is not None and self._thread.is_alive()
+        if alive:
+            self._poke()
+
+    def _poke(self) -> None:
+        """Make the hub's ``BLPOP`` return, so it takes up the current set of lists."""
+        try:
+            self._client.rpush(self._own_key, "1")
+        except redis.RedisError:
+            pass  # the hub picks the new list up when its BLPOP times out
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            with self._lock:
+                if self._stop:
+                    return
+                keys = [self._own_key, *self._waiters]
+            try:
+                got = self._client.blpop(keys, timeout=self._block_s)
+                failures = 0
+            except redis.RedisError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "wake hub: Redis unavailable (%s); consumers fall back to fetching every %.0f s", exc, IDLE_REFETCH_S
+                    )
+                time.sleep(min(1.0, 0.05 * failures))
+                self._wake_all()  # they look for themselves meanwhile
+                continue
+            if got is not None:
+                with self._lock:
+                    events = list(self._waiters.get(as_str(got[0]), ()))
+                for event in events:
+                    event.set()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            events = [e for es in self._waiters.values() for e in es]
+        for event in events:
+            event.set()
+
+
 class IIIConsumer(Consumer):
     def __init__(self, broker: IIIBroker, queue_name: str, prefetch: int, timeout: int):
         self.broker = broker
@@ -237,6 +337,10 @@ class IIIConsumer(Consumer):
         self.queued_message_ids: set[str] = set()
         self.wake_key = broker.keys.queue_wake(queue_name)
         self.block_s = IDLE_BLOCK_S
+        #: Set by the broker's wake hub when a token lands on this queue's wake list.
+        self.woken = broker.wake_hub.register(self.wake_key)
+        #: While idle (the last fetch found nothing): when to fetch again without a token.
+        self._refetch_at: float | None = None
         #: Set by ``ack`` (worker threads) so a consumer at prefetch wakes as soon as a slot frees.
         self.slot_freed = threading.Event()
         #: Fetch only once this many slots are free (a quarter of prefetch = half the threads).
@@ -264,7 +368,7 @@ class IIIConsumer(Consumer):
                 group = self.broker.group_args(message)
                 self.broker.transition(
                     lambda ev: self.broker.iii_scripts.ack(
-                        args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, ev, *group]
+                        args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, *group, ev]
                     ),
                     getattr(message, "iii_event", None),
                     message=message,
@@ -359,6 +463,7 @@ class IIIConsumer(Consumer):
         reached its work queue, so without this a drained worker would leave
         them for the sweep to find after its heartbeat times out.
         """
+        self.broker.wake_hub.unregister(self.wake_key, self.woken)
         ids, self.cache = [rid for rid, _data, _n in self.cache], []
         try:
             self._give_back(ids)
@@ -373,7 +478,9 @@ class IIIConsumer(Consumer):
                     rid, data, deliveries = self.cache.pop(0)
                     if data is None:
                         # Body vanished (purged): drop the dangling id.
-                        self.broker.iii_scripts.ack(args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, ""])
+                        self.broker.iii_scripts.ack(
+                            args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, "", ""]
+                        )
                         continue
                     try:
                         message = Message.decode(data)
@@ -399,17 +506,31 @@ class IIIConsumer(Consumer):
                     if self.prefetch - self.outstanding_message_count < self.fetch_min:
                         self.slot_freed.wait(self.block_s)
                     return None
+                if self._refetch_at is not None:
+                    # Idle: the last fetch found nothing, and every push onto the
+                    # queue drops a token, so fetch again only once woken (or as a
+                    # safety net, after IDLE_REFETCH_S).
+                    waiting = not self.woken.is_set() and time.monotonic() < self._refetch_at
+                    if waiting and not self.woken.wait(self.block_s):
+                        return None
+                    self._refetch_at = None
+                # Cleared before the fetch: a token landing after it wakes the wait below.
+                self.woken.clear()
                 flat = self.broker.iii_scripts.fetch(
                     args=[self.broker.namespace, self.queue_name, self.broker.broker_id, want, *self.higher]
                 )
-                if flat == -1:  # a higher-priority backlog goes first
-                    time.sleep(YIELD_POLL_S)
+                if flat == -1:
+                    # A higher-priority backlog goes first. The fetch left a mark
+                    # on it; the fetch that drains it wakes this queue.
+                    self._refetch_at = time.monotonic() + self.block_s
+                    self.woken.wait(self.block_s)
                     return None
                 self.cache = [(as_str(flat[i]), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
                 if self.cache:
                     continue
                 # Idle: wait for a wake token.
-                self.broker.blocking_client.blpop([self.wake_key], timeout=self.block_s)
+                self._refetch_at = time.monotonic() + IDLE_REFETCH_S
+                self.woken.wait(self.block_s)
                 return None
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None

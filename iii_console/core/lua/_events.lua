@@ -22,10 +22,13 @@ local function iii_check(key, want)
 end
 
 -- Check a list of {key, type} pairs; returns the first error reply, or nil.
+-- An empty key (an optional one not given, e.g. no fan-in group) is skipped.
 local function iii_checks(pairs_)
   for _, kt in ipairs(pairs_) do
-    local err = iii_check(kt[1], kt[2])
-    if err then return err end
+    if kt[1] ~= "" then
+      local err = iii_check(kt[1], kt[2])
+      if err then return err end
+    end
   end
   return nil
 end
@@ -35,11 +38,12 @@ local function iii_decode(raw)
   return cjson.decode(raw)
 end
 
--- The event keys of E, for iii_checks.
-local function iii_event_keys(E, out)
+-- The event keys of E, for iii_checks. With no_stream, not the stream: the
+-- caller reads its length first (iii_stream_len), which fails the same way.
+local function iii_event_keys(E, out, no_stream)
   out = out or {}
   if E ~= nil then
-    table.insert(out, {E.k[1], "stream"})
+    if not no_stream then table.insert(out, {E.k[1], "stream"}) end
     if E.k[2] ~= "" then table.insert(out, {E.k[2], "hash"}) end
     if E.k[3] ~= "" and E.pt and E.pt[2] and #E.pt[2] > 0 then table.insert(out, {E.k[3], "hash"}) end
   end
@@ -78,6 +82,21 @@ end
 -- trim costs as much as the rest of a settle, and settles are one per message.
 local function iii_trim(E)
   if E ~= nil and redis.call("XLEN", E.k[1]) > E.m + 1000 then
+    redis.call("XTRIM", E.k[1], "MAXLEN", "~", E.m)
+  end
+end
+
+-- The stream's length before a settle writes anything (0 with no events). It
+-- is the stream's type check too: XLEN fails on a key of another type, and
+-- nothing has been written yet when it runs.
+local function iii_stream_len(E)
+  if E == nil then return 0 end
+  return redis.call("XLEN", E.k[1])
+end
+
+-- iii_trim for a settle that read the length first and then added `added` entries.
+local function iii_trim_after(E, len, added)
+  if E ~= nil and len + added > E.m + 1000 then
     redis.call("XTRIM", E.k[1], "MAXLEN", "~", E.m)
   end
 end

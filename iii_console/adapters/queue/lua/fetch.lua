@@ -9,19 +9,41 @@
 -- Returns -1 and fetches nothing while a higher-priority queue has messages
 -- waiting: a lower-priority message fetched now would sit in the worker's
 -- memory and run whenever the higher consumer is between two fetches, i.e.
--- ahead of a backlog it should wait behind.
+-- ahead of a backlog it should wait behind. It then leaves a mark on that
+-- queue ({queue}.held: this queue and worker), and the fetch that drains the
+-- higher queue drops a token on the wake list of each queue marked, once per
+-- worker, so the held-back consumers look again at once instead of polling.
+local ns = ARGV[1]
 for i = 5, #ARGV do
-  if redis.call("LLEN", ARGV[1] .. ":" .. ARGV[i]) > 0 then return -1 end
+  local h = ns .. ":" .. ARGV[i]
+  if redis.call("LLEN", h) > 0 then
+    redis.call("SADD", h .. ".held", ARGV[2] .. "\n" .. ARGV[3])
+    redis.call("PEXPIRE", h .. ".held", 60000)
+    return -1
+  end
 end
-local q = ARGV[1] .. ":" .. ARGV[2]
-local acks = ARGV[1] .. ":__acks__." .. ARGV[3] .. "." .. ARGV[2]
+local q = ns .. ":" .. ARGV[2]
+local acks = ns .. ":__acks__." .. ARGV[3] .. "." .. ARGV[2]
 local out = {}
-for _ = 1, tonumber(ARGV[4]) do
+local n = tonumber(ARGV[4])
+local drained = false
+for _ = 1, n do
   local id = redis.call("LPOP", q)
-  if not id then break end
+  if not id then drained = true; break end
   redis.call("SADD", acks, id)
   table.insert(out, id)
   table.insert(out, redis.call("HGET", q .. ".msgs", id))
   table.insert(out, redis.call("HINCRBY", q .. ".deliveries", id, 1))
+end
+if drained or redis.call("LLEN", q) == 0 then
+  local held = redis.call("SMEMBERS", q .. ".held")
+  if #held > 0 then
+    for _, m in ipairs(held) do
+      local wake = ns .. ":" .. string.match(m, "^(.-)\n") .. ".wake"
+      redis.call("RPUSH", wake, "1")
+      redis.call("LTRIM", wake, -64, -1)
+    end
+    redis.call("DEL", q .. ".held")
+  end
 end
 return out

@@ -13,8 +13,12 @@ local ns, from, wid, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local E = iii_decode(ARGV[9])
 local to = ns .. ":" .. ARGV[5]
 local delay = tonumber(ARGV[8])
-local checks = {{to .. ".msgs", "hash"}, {ns .. ":__acks__." .. wid .. "." .. from, "set"},
-  {ns .. ":" .. from .. ".msgs", "hash"}, {ns .. ":" .. from .. ".deliveries", "hash"}}
+-- The in-flight set's type is checked by SISMEMBER, the stream's by XLEN,
+-- both read before anything is written.
+local acks = ns .. ":__acks__." .. wid .. "." .. from
+local owned = redis.call("SISMEMBER", acks, id)
+local len = iii_stream_len(E)
+local checks = {{to .. ".msgs", "hash"}, {ns .. ":" .. from .. ".msgs", "hash"}, {ns .. ":" .. from .. ".deliveries", "hash"}}
 if delay > 0 then
   for _, kt in ipairs({{to .. ".delayed", "zset"}, {ns .. ":__delayed__", "zset"}, {ns .. ":__delayed__.wake", "list"}}) do
     table.insert(checks, kt)
@@ -23,12 +27,11 @@ else
   table.insert(checks, {to, "list"})
   table.insert(checks, {to .. ".wake", "list"})
 end
-local err = iii_checks(iii_event_keys(E, checks))
+local err = iii_checks(iii_event_keys(E, checks, true))
 if err then return err end
-iii_pre(E)
-local acks = ns .. ":__acks__." .. wid .. "." .. from
-if redis.call("SISMEMBER", acks, id) == 0 then
-  iii_trim(E)
+local added = iii_pre(E)
+if owned == 0 then
+  iii_trim_after(E, len, added)
   return -1
 end
 redis.call("HSET", to .. ".msgs", ARGV[6], ARGV[7])
@@ -44,6 +47,6 @@ end
 redis.call("SREM", acks, id)
 redis.call("HDEL", ns .. ":" .. from .. ".msgs", id)
 redis.call("HDEL", ns .. ":" .. from .. ".deliveries", id)
-iii_settle(E)
-iii_trim(E)
+added = added + iii_settle(E)
+iii_trim_after(E, len, added)
 return 1
