@@ -66,16 +66,25 @@ def runs(r, keys, step: str) -> dict[str, int]:
     return json.loads(raw) if raw else {}
 
 
+#: (how to raise the alarm, how to clear it (the node's setting in ``tests/rabbitnode.py``), RabbitMQ's reason)
+ALARMS = {
+    "memory": (("set_vm_memory_high_watermark", "0.0000001"), ("set_vm_memory_high_watermark", "0.6"), "low on memory"),
+    "disk": (("set_disk_free_limit", "1000000GB"), ("set_disk_free_limit", "50MB"), "low on disk"),
+}
+
+
 @pytest.mark.slow
-def test_a_memory_alarm_answers_503_at_once_workers_drain_and_publishing_resumes_by_itself(
-    tmp_path, redis_url, private_rabbit, procs, r, keys
+@pytest.mark.parametrize("alarm", sorted(ALARMS))
+def test_an_alarm_answers_503_at_once_workers_drain_and_publishing_resumes_by_itself(
+    tmp_path, redis_url, private_rabbit, procs, r, keys, alarm
 ):
-    """Given a server and workers on a private node with messages waiting, when the node's memory alarm is raised, then
+    """Given a server and workers on a private node with messages waiting, when the node's memory (disk) alarm is raised, then
     HTTP enqueues answer 503 with Retry-After within 3 s each, /health answers 503 naming the alarm, the workers go on
     running what waits; when the alarm clears, enqueues are accepted again without a restart, a retry that fell in the
     alarm runs, and every message answered 202 runs."""
     import httpx
 
+    raise_alarm, clear_alarm, reason = ALARMS[alarm]
     cfg = make_project(
         tmp_path,
         {"rec_step.py": RECORD, "slow_step.py": SLOW_FAIL, "post_step.py": POST},
@@ -111,7 +120,7 @@ def test_a_memory_alarm_answers_503_at_once_workers_drain_and_publishing_resumes
                 assert post("jobs", {"k": f"pre{i}", "sleep": 0.5}).status_code == 202
             wait_for(lambda: runs(r, keys, "Slow") == {"s": 1}, timeout=30, what="the slow message started")
 
-            done = private_rabbit.ctl("set_vm_memory_high_watermark", "0.0000001")
+            done = private_rabbit.ctl(*raise_alarm)
             assert done.returncode == 0, done.stderr
             raised = True
             at = time.monotonic()
@@ -131,7 +140,7 @@ def test_a_memory_alarm_answers_503_at_once_workers_drain_and_publishing_resumes
             assert slowest < 3.0, refused
             health = http.get("/health")
             assert health.status_code == 503, health.text
-            assert "memory" in health.json()["rabbitmq"]["blocked"], health.text
+            assert health.json()["rabbitmq"]["blocked"] == reason, health.text
             # Workers go on running what waits, and the slow message's first attempt fails meanwhile.
             wait_for(
                 lambda: len(runs(r, keys, "Rec")) >= drained_at_alarm + 4, timeout=30, what="workers draining during the alarm"
@@ -139,7 +148,7 @@ def test_a_memory_alarm_answers_503_at_once_workers_drain_and_publishing_resumes
             time.sleep(max(0.0, 3.5 - (time.monotonic() - at)))  # the slow message's retry falls in the alarm
             assert runs(r, keys, "Slow") == {"s": 1}  # its retry waits for the alarm to clear
 
-            done = private_rabbit.ctl("set_vm_memory_high_watermark", "0.6")
+            done = private_rabbit.ctl(*clear_alarm)
             assert done.returncode == 0, done.stderr
             raised = False
             cleared = time.monotonic()
@@ -152,7 +161,7 @@ def test_a_memory_alarm_answers_503_at_once_workers_drain_and_publishing_resumes
             resumed = time.monotonic() - cleared
             wait_for(lambda: http.get("/health").status_code == 200, timeout=15, what="/health 200 again")
             print(
-                f"\nalarm: {len(refused)} refused, slowest 503 {slowest:.2f} s; first 202 {resumed:.2f} s after the alarm cleared"
+                f"\n{alarm} alarm: {len(refused)} refused, slowest 503 {slowest:.2f} s; first 202 {resumed:.2f} s after the alarm cleared"
             )
             wait_for(lambda: set(accepted) <= set(runs(r, keys, "Rec")), timeout=60, what="every accepted message run")
             wait_for(lambda: runs(r, keys, "Slow").get("s", 0) >= 2, timeout=30, what="the retry after the alarm")
@@ -162,12 +171,12 @@ def test_a_memory_alarm_answers_503_at_once_workers_drain_and_publishing_resumes
             )
     finally:
         if raised:
-            private_rabbit.ctl("set_vm_memory_high_watermark", "0.6")
+            private_rabbit.ctl(*clear_alarm)
     os.killpg(app.pid, signal.SIGTERM)
     try:
         _, err = app.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(app.pid, signal.SIGKILL)
         _, err = app.communicate(timeout=10)
-    assert "RabbitMQ blocked publishing (resource alarm: low on memory)" in err, err[-3000:]
+    assert f"RabbitMQ blocked publishing (resource alarm: {reason})" in err, err[-3000:]
     assert "RabbitMQ unblocked publishing after" in err, err[-3000:]
