@@ -36,3 +36,56 @@ def test_systemd_analyze_verify_accepts_every_unit_without_a_warning(tmp_path: P
         copies.append(str(tmp_path / unit.name))
     done = subprocess.run(["systemd-analyze", "verify", *copies], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stderr.strip() == "" and done.stdout.strip() == "", done.stderr + done.stdout
+
+
+def unit_sections(text: str) -> dict[str, dict[str, list[str]]]:
+    """A unit file's sections: key -> every value it is given (systemd allows repeats), comments left out."""
+    out: dict[str, dict[str, list[str]]] = {}
+    section = None
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            assert section not in out, f"line {n}: section [{section}] twice"
+            out[section] = {}
+            continue
+        assert section is not None, f"line {n}: {line!r} before any section"
+        key, sep, value = line.partition("=")
+        assert sep and key.strip() and key.strip() == key.strip().strip("-"), f"line {n}: not KEY=VALUE: {line!r}"
+        out[section].setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.stem)
+def test_every_unit_runs_a_command_line_our_cli_accepts_and_stops_it_gracefully(unit: Path) -> None:
+    """Each unit's ExecStart is parsed by iii-console's own click parser (every option and value checked, nothing run),
+    and the unit keeps what a supervised run needs: an env file, a user, SIGTERM to the main process only, a restart on
+    failure, a stop timeout above what the role drains for, and a sandbox that leaves the project's .iii/ writable."""
+    import shlex
+
+    from iii_console.cli.main import cli
+    from iii_console.core.config import Config
+
+    role = unit.stem.removeprefix("iii-console-")
+    sections = unit_sections(unit.read_text())
+    assert set(sections) == {"Unit", "Service", "Install"}
+    service = {k: v[-1] for k, v in sections["Service"].items()}
+    argv = shlex.split(service["ExecStart"])
+    assert argv[0].endswith("/iii-console"), argv
+    ctx = cli.make_context("iii-console", argv[1:])  # a bad option, choice or range raises click's UsageError here
+    assert ctx.params["no_ui"] is True and ctx.params["role"] == (role,), ctx.params
+    leftover = [*vars(ctx).get("_protected_args", []), *ctx.args]  # a subcommand (click 8.2+ keeps it apart), extra words
+    assert not leftover, argv
+    assert service["Type"] == "exec"
+    assert service["User"] and service["User"] != "root"
+    assert service["EnvironmentFile"].lstrip("-").startswith("/")
+    assert service["WorkingDirectory"] == "/opt/app" and argv[0].startswith("/opt/app/")
+    assert service["Restart"] == "on-failure"
+    assert service["KillSignal"] == "SIGTERM" and service["KillMode"] == "mixed"
+    drain = {"worker": Config().workers.shutdown_timeout + 5, "server": 10.0, "scheduler": 0.0}[role]
+    assert float(service["TimeoutStopSec"]) >= drain + 5, (role, service["TimeoutStopSec"], drain)
+    assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict" and service["PrivateTmp"] == "yes"
+    assert "/opt/app/.iii" in sections["Service"]["ReadWritePaths"]
+    assert sections["Install"]["WantedBy"] == ["multi-user.target"]

@@ -222,7 +222,12 @@ def routes(
                     {
                         "status": "unavailable",
                         "redis": {"ok": True},
-                        down.name: {"ok": False, "error": type(down.cause).__name__},
+                        down.name: {
+                            "ok": False,
+                            "error": type(down.cause).__name__,
+                            # RabbitMQ's reason for blocking publishes ("low on memory", "low on disk").
+                            **({"blocked": str(down.cause)} if type(down.cause).__name__ == "PublishingBlocked" else {}),
+                        },
                     },
                     status_code=503,
                     headers={"Retry-After": "1"},

@@ -51,6 +51,10 @@ class ConfirmTimeout(pika.exceptions.AMQPError):
     """No confirm within ``CONFIRM_TIMEOUT_S``: the message may or may not have been taken."""
 
 
+class PublishingBlocked(pika.exceptions.AMQPError):
+    """RabbitMQ blocked this connection (``connection.blocked``): a memory or disk alarm is on."""
+
+
 class BrokerUnavailable(ConnectionClosed, redis.ConnectionError):
     """RabbitMQ refused or could not be reached: the caller may try again.
 
@@ -59,6 +63,21 @@ class BrokerUnavailable(ConnectionClosed, redis.ConnectionError):
     runtime's retry loops already treat as "storage away": a ``503`` with
     ``Retry-After``, never a ``500``.
     """
+
+
+#: url -> (RabbitMQ's reason, monotonic time it was seen) while a resource alarm blocks publishing on it,
+#: as learnt by this process's publishers; ``/health`` reads it (:func:`alarm_of`).
+_ALARMS: dict[str, tuple[str, float]] = {}
+_ALARMS_LOCK = threading.Lock()
+#: The routing key of the alarm watch's probe: no queue is bound to it, so RabbitMQ drops the probe.
+PROBE_ROUTING_KEY = "iii-console.alarm-probe.unroutable"
+
+
+def alarm_of(url: str) -> tuple[str, float] | None:
+    """``(reason, seconds blocked)`` while a publisher of this process to ``url`` is blocked by a resource alarm."""
+    with _ALARMS_LOCK:
+        got = _ALARMS.get(url)
+    return None if got is None else (got[0], time.monotonic() - got[1])
 
 
 def parameters(url: str) -> list[pika.URLParameters]:
@@ -184,12 +203,20 @@ class Publisher:
         self._declared: set[Any] = set()
         self._lock = threading.Lock()
         self._all: list[Any] = []
+        self.url = url
+        #: RabbitMQ's reason ("low on memory", "low on disk") while it blocks our publishes, else ``None``.
+        self.blocked: str | None = None
+        self._watch: threading.Thread | None = None
+        self._closed = threading.Event()
 
     def channel(self) -> Any:
         ch = getattr(self._local, "channel", None)
         if ch is None or not ch.is_open:
             self._drop()
             conn = pika.BlockingConnection(self.params)
+            # The connection's own callback (pika's BlockingConnection would only run its callbacks after the
+            # publish's wait): it runs in the wait, and its timer ends that wait at once.
+            conn._impl.add_on_connection_blocked_callback(self._on_blocked)
             ch = conn.channel()
             ch.confirm_delivery()
             self._local.connection, self._local.channel = conn, ch
@@ -224,6 +251,11 @@ class Publisher:
                         how(ch)
                         self._declared.add(key)
                 return self._bounded(fn, ch)
+            except PublishingBlocked:
+                # The publish that ran into the alarm stays in RabbitMQ's socket buffer, unread: it may be
+                # taken when the alarm clears (like a confirm timeout). Aborting keeps this thread from waiting.
+                self._drop(abort=True)
+                raise self._refusal() from None
             except ConfirmTimeout as exc:
                 # Not retried: the publish may yet be confirmed, and the caller's answer (a 503) says "try again".
                 # No graceful close either: the broker holds a channel with unconfirmed publishes for up to a minute.
@@ -268,10 +300,79 @@ class Publisher:
         declare: Sequence[tuple[Any, Callable[[Any], object]]] = (),
         headers: dict[str, Any] | None = None,
     ) -> None:
+        if self.blocked is not None:
+            raise self._refusal()
         props = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=headers)
         self.run(lambda ch: ch.basic_publish(exchange, routing_key, body, properties=props, mandatory=True), declare=declare)
 
+    # -- resource alarms ------------------------------------------------------
+    def _refusal(self) -> BrokerUnavailable:
+        return BrokerUnavailable(f"RabbitMQ blocked publishing: resource alarm ({self.blocked or 'blocked'}); try again")
+
+    def _on_blocked(self, impl: Any, frame: Any) -> None:
+        """``connection.blocked`` on a publishing connection (in its thread, while a publish waits for its confirm)."""
+        reason = str(getattr(frame.method, "reason", "") or "blocked")
+        self._set_blocked(reason)
+
+        def refuse() -> None:
+            raise PublishingBlocked(reason)
+
+        impl.ioloop.call_later(0, refuse)
+
+    def _set_blocked(self, reason: str) -> None:
+        with self._lock:
+            first = self.blocked is None
+            self.blocked = reason
+            if first and not self._closed.is_set():
+                self._watch = threading.Thread(target=self._watch_alarm, name="iii-rmq-alarm", daemon=True)
+                self._watch.start()
+        if first:
+            with _ALARMS_LOCK:
+                _ALARMS.setdefault(self.url, (reason, time.monotonic()))
+            log.warning("RabbitMQ blocked publishing (resource alarm: %s): enqueues are refused until it clears", reason)
+
+    def _watch_alarm(self) -> None:
+        """Publish a probe (unroutable, so dropped) on a connection of its own until RabbitMQ takes it: it confirms
+        the probe only once it reads from the connection again, i.e. once the alarm has cleared.
+
+        Each round ends within the connection's ``blocked_connection_timeout`` (30 s); the watch ends with the alarm
+        or with :meth:`close`.
+        """
+        t0 = time.monotonic()
+        while not self._closed.is_set():
+            conn = None
+            try:
+                conn = pika.BlockingConnection(self.params)
+                conn._impl.add_on_connection_blocked_callback(lambda _c, f: self._note_reason(f))
+                ch = conn.channel()
+                ch.confirm_delivery()
+                ch.basic_publish("", PROBE_ROUTING_KEY, b"", properties=pika.BasicProperties(delivery_mode=1))
+                break
+            except AMQP_ERRORS as exc:
+                log.debug("RabbitMQ alarm probe: %s", exc)
+                self._closed.wait(1.0)
+            finally:
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass
+        with self._lock:
+            self.blocked, self._watch = None, None
+        with _ALARMS_LOCK:
+            _ALARMS.pop(self.url, None)
+        if not self._closed.is_set():
+            log.warning("RabbitMQ unblocked publishing after %.1f s: enqueues resume", time.monotonic() - t0)
+
+    def _note_reason(self, frame: Any) -> None:
+        reason = str(getattr(frame.method, "reason", "") or "blocked")
+        self.blocked = reason
+        with _ALARMS_LOCK:
+            if self.url in _ALARMS:
+                _ALARMS[self.url] = (reason, _ALARMS[self.url][1])
+
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             conns, self._all = self._all, []
         for conn in conns:

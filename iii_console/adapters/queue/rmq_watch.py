@@ -8,7 +8,8 @@ are listed in Redis by whoever publishes to them), and writes them into one Redi
 hash with a short TTL. A stopped deployment leaves no stale depths: the hash expires.
 
 :class:`RabbitHealth` is ``/health``'s RabbitMQ check: one connection kept
-open, probed at most every few seconds, each probe bounded in time.
+open, probed at most every few seconds, each probe bounded in time; it also fails
+while a resource alarm blocks this process's publishing (``rmq_topology.alarm_of``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pika.exceptions
 import redis
 
 from iii_console.adapters.queue.names import Subscription
-from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, parameters
+from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, PublishingBlocked, alarm_of, parameters
 from iii_console.core.keys import Keys
 from iii_console.core.queues import BROKER_DELAYED
 
@@ -162,6 +163,7 @@ class RabbitHealth:
 
     def __init__(self, url: str, *, cache_s: float = 2.0):
         self.params = _params(url)
+        self.url = url
         self.cache_s = cache_s
         self._lock = threading.Lock()
         self._conn: Any = None
@@ -169,6 +171,9 @@ class RabbitHealth:
         self._error: BaseException | None = None
 
     def check(self) -> None:
+        blocked = alarm_of(self.url)
+        if blocked is not None:
+            raise PublishingBlocked(blocked[0])
         with self._lock:
             if time.monotonic() - self._at > self.cache_s:
                 self._error = self._probe()
