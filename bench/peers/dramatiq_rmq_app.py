@@ -16,7 +16,6 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from bench.work import work as _work
 
 
-
 class QuorumRabbitmqBroker(RabbitmqBroker):
     """The stock broker with its work and delay queues declared as quorum queues."""
 
