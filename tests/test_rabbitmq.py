@@ -20,7 +20,7 @@ from iii_console.core.dlq import DeadLetterStore
 from iii_console.runtime.runner import StepRunner
 from iii_console.runtime.services import Services
 
-from .helpers import events, events_once, make_project, ready, wait_for
+from .helpers import events, events_once, make_project, rabbit_messages, ready, wait_for
 
 RECORD = """
 import time
@@ -184,6 +184,47 @@ def test_a_poison_message_is_dead_lettered_with_its_traceback_and_replayed_once_
     assert again.returncode != 0 or "replayed 0" in again.stderr
     time.sleep(0.5)
     assert runs(r, keys, "Flaky") == {"p": 3}
+
+
+HELD = """
+import time
+import redis
+from iii_console import Step, queue
+config = Step(name="Held", triggers=[queue("jobs")])
+def handler(data, ctx):
+    r = redis.Redis.from_url(data["url"])
+    r.rpush("started", data["k"])
+    deadline = time.monotonic() + 60
+    while data.get("hold") and not r.exists("release") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    r.rpush("finished", data["k"])
+"""
+
+
+def test_batched_acks_never_cover_a_delivery_still_running(rproject, runtime, producer, r, rabbit_node, rabbit_prefix, redis_url):
+    """Given one held message ahead of 30 quick ones on a 4-thread worker, when the quick ones finish first, then their
+    acks (batched, ``multiple`` below the lowest unsettled tag) leave exactly the held one unacked while it runs; once
+    released it is acked too, nothing is left in the queue and every message ran once."""
+    cfg, steps = rproject({"held_step.py": HELD}, "queues:\n  jobs:\n    concurrency: 4\nworkers:\n  threads: 4\n")
+    p = producer(cfg, steps)
+    p.enqueue("jobs", {"k": "held", "url": redis_url, "hold": True}, trace_id="t")
+    for i in range(30):
+        p.enqueue("jobs", {"k": f"q{i}", "url": redis_url}, trace_id="t")
+    runtime(cfg, steps, threads=4)
+    queue = f"{rabbit_prefix}.jobs--Held--normal"
+
+    def count(column: str) -> int | None:
+        return rabbit_messages(rabbit_node, rabbit_prefix, column).get(queue)
+
+    wait_for(lambda: r.llen("finished") == 30, timeout=60, what="the 30 quick messages")
+    assert b"held" in r.lrange("started", 0, -1) and b"held" not in r.lrange("finished", 0, -1)
+    wait_for(lambda: count("messages_unacknowledged") == 1, timeout=30, what="every ack but the held message's")
+    assert count("messages_unacknowledged") == 1 and b"held" not in r.lrange("finished", 0, -1)
+    r.set("release", 1)
+    wait_for(lambda: count("messages") == 0, timeout=30, what="the held message's ack")
+    finished = sorted(x.decode() for x in r.lrange("finished", 0, -1))
+    assert finished == sorted(["held", *(f"q{i}" for i in range(30))]), finished
+    assert r.llen("started") == 31
 
 
 def test_priority_is_strict_across_the_three_queues(rproject, runtime, producer, r, keys, redis_url):
