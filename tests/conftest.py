@@ -317,6 +317,7 @@ def procs():
         started.append(p)
         banner = p.stderr.readline()  # type: ignore[union-attr]
         assert "running" in banner, banner + (p.stderr.read() if p.poll() is not None else "")  # type: ignore[union-attr]
+        # The banner is the first line: a library's log line before it is a defect (a user sees it first).
         p.banner = banner  # type: ignore[attr-defined]
         return p
 

@@ -70,6 +70,21 @@ def test_messages_waiting_on_rabbitmq_show_in_the_consoles_snapshot(rabbit_node,
     assert 0 < r.ttl(keys.broker_depths) <= MIRROR_TTL_S
 
 
+def test_reading_the_depth_of_a_queue_not_declared_yet_logs_nothing(rabbit_node, rabbit_prefix, r, keys, caplog):
+    """Given a subscription whose queues no worker declared yet (a server started before its workers), when the
+    mirror reads its depths, then it leaves them out and no pika warning of the 404 reaches the logs (it is
+    expected, and a user's terminal showed it before the server's banner)."""
+    mirror = DepthMirror(rabbit_node.url, rabbit_prefix, r, keys, [Subscription("nobody", "Idle")])
+    try:
+        with caplog.at_level("DEBUG", logger="pika"):
+            read = mirror.read()
+            read_again = mirror.read()  # on a reopened channel
+    finally:
+        mirror._close()
+    assert set(read) == set(read_again) == {"delayed"}
+    assert not [rec for rec in caplog.records if rec.levelno >= 30], [rec.getMessage() for rec in caplog.records]
+
+
 @pytest.mark.slow
 def test_a_rabbitmq_deployment_shows_its_depths_and_broker_to_the_console_and_health(
     tmp_path, redis_url, rabbit_node, rabbit_prefix, procs, r, keys

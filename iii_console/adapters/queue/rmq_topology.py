@@ -38,6 +38,15 @@ from iii_console.core.keys import Keys
 
 log = logging.getLogger(__name__)
 
+
+def _not_a_missing_queue(record: logging.LogRecord) -> bool:
+    """Drop pika's warning for a channel RabbitMQ closed with 404 (a passive declare of a queue
+    no worker has declared yet: the depth readers expect it, catch it and reopen the channel)."""
+    return "Channel.Close (404)" not in record.getMessage()
+
+
+logging.getLogger("pika.channel").addFilter(_not_a_missing_queue)
+
 #: Publish attempts (each on a fresh connection after the first fails) before giving up.
 PUBLISH_ATTEMPTS = 3
 AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)
