@@ -195,3 +195,23 @@ async def test_a_scaffolded_project_gets_a_working_hint_a_form_on_its_route_and_
 
     bad = await _cli(project, "--path", "/orders", "--data", '{"sku": "x"}', "--url", base)
     assert bad.returncode != 0 and "qty" in bad.stderr and "400" in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--path", "/orders"], "--path needs --data"),
+        (["--path", "orders", "--data", "{}"], "must start with '/'"),
+        (["--path", "/orders", "--topic", "t", "--data", "{}"], "not both"),
+        (["hi", "--path", "/orders", "--data", "{}"], "not TEXT"),
+        (["--data", "{}"], "--data needs --topic or --path"),
+    ],
+)
+def test_send_path_refuses_what_it_cannot_post_naming_the_option(args: list[str], says: str) -> None:
+    """Given `send --path` used wrongly, when run, then it exits 2 with one line naming what is wrong."""
+    from click.testing import CliRunner
+
+    from iii_console.cli import cli as group
+
+    res = CliRunner().invoke(group, ["send", *args])
+    assert res.exit_code == 2 and says in res.stderr, res.stderr
