@@ -215,3 +215,83 @@ def test_send_path_refuses_what_it_cannot_post_naming_the_option(args: list[str]
 
     res = CliRunner().invoke(group, ["send", *args])
     assert res.exit_code == 2 and says in res.stderr, res.stderr
+
+
+REFUND_STEP = """
+from pydantic import BaseModel
+
+from iii_console import HttpRequest, Step, SyncContext, http
+
+
+class Refund(BaseModel):
+    order_sku: str
+    amount: float
+    reason: str = "damaged"
+
+
+config = Step(name="Refund", triggers=[http("POST", "/refunds", body=Refund)], flows=["orders"])
+
+
+def handler(req: HttpRequest, ctx: SyncContext):
+    ctx.state.set("refunds", req.body.order_sku, req.body.model_dump())
+    return {"status": 201, "body": {"refunded": req.body.amount}}
+"""
+
+
+@pytest.fixture
+async def two_routes(scaffolded: Config) -> AsyncIterator[Supervisor]:
+    """The scaffolded project with a second POST route, running."""
+    (Path(scaffolded.project_dir) / "steps" / "refund_step.py").write_text(REFUND_STEP)
+    sup = Supervisor(scaffolded)
+    await sup.start()
+    try:
+        yield sup
+    finally:
+        await sup.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_the_send_form_offers_each_post_route_with_its_own_example(two_routes: Supervisor, redis_url: str) -> None:
+    """Given a project serving POST /orders and POST /refunds, when /refunds is picked in the form, then its example body is filled in and the post is accepted."""
+    from textual.widgets import Select
+
+    base = f"http://127.0.0.1:{two_routes.port}"
+    app = console(redis_url=redis_url, server_url=base)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await until(pilot, lambda: len(app.snap.steps) == 3, "the registry")
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, SendScreen), "the send form")
+        form = app.screen
+        route = form.query_one("#send-route", Select)
+        text = form.query_one("#send-text", Input)
+        assert route.value == "/orders" and json.loads(text.value) == {"sku": "example", "qty": 1}
+        route.value = "/refunds"
+        await until(pilot, lambda: text.value.startswith('{"order_sku"'), "the refund's example body")
+        assert json.loads(text.value) == {"order_sku": "example", "amount": 1}
+        assert f"POST {base}/refunds" in plain(form.query_one("#send-title", Label).content)
+        await pilot.press("enter")
+        await until(pilot, lambda: f"1 message sent to {base}/refunds (201)" in notes(app), "the refund accepted")
+
+
+@pytest.mark.anyio
+async def test_a_project_without_http_steps_is_told_to_send_onto_a_topic(redis_url: str) -> None:
+    """Given a registry with a queue step only, when the console opens and s is pressed, then the hint and a toast point to `send --topic`, and no form opens."""
+    import redis
+
+    from iii_console.core.keys import Keys
+
+    client = redis.Redis.from_url(redis_url)
+    step = Step(name="Pack", triggers=[queue("shipments.made", input=Item)])
+    client.hset(Keys().steps_registry, "Pack", json.dumps(step.describe()))
+    client.close()
+    app = console(redis_url=redis_url, server_url="http://127.0.0.1:9")
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        problems = app.query_one("#problems", RichLog)
+        await until(pilot, lambda: "--topic shipments.made" in log_text(problems), "the hint naming the topic")
+        assert "curl" not in log_text(problems)
+        await pilot.press("s")
+        await until(pilot, lambda: "no step taking a JSON POST" in notes(app), "why there is no form")
+        assert not isinstance(app.screen, SendScreen)

@@ -646,6 +646,14 @@ class ConsoleApp(WriteFlows):
         if self.server_url is None or isinstance(self.screen, SendScreen):
             return
         routes = post_routes(self.snap.steps)
+        if self.snap.steps and not routes:
+            self.notify(
+                "This project has no step taking a JSON POST: send with `iii-console send --topic TOPIC --data JSON` "
+                "(the Live view names a topic).",
+                severity="warning",
+                markup=False,
+            )
+            return
         self.push_screen(SendScreen(self.server_url, routes, again=again, error=error), self._sent_form)
 
     def _sent_form(self, req: SendRequest | None) -> None:
