@@ -63,6 +63,8 @@ def test_an_example_body_holds_each_required_field_with_a_placeholder_of_its_typ
     }
     assert example_body(schema) == {"id": "example", "level": "info", "size": 1, "at": {"x": 2.5}}
     assert example_body({"$ref": "#/$defs/Loop", "$defs": {"Loop": {"$ref": "#/$defs/Loop"}}}) is None  # bounded
+    assert example_body({"type": "object", "required": True, "properties": []}) == {}  # odd shapes: no crash
+    assert example_body({"type": "array", "minItems": 2, "items": {"type": "integer"}}) == [1]
 
 
 def test_the_registry_carries_each_routes_example_and_the_hint_follows_it() -> None:

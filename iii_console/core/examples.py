@@ -61,11 +61,13 @@ def example_body(schema: Any, *, defs: dict[str, Any] | None = None, depth: int 
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object" or (kind is None and "properties" in schema):
         props: dict[str, Any] = schema["properties"] if isinstance(schema.get("properties"), dict) else {}
-        required = [r for r in schema.get("required", []) if isinstance(r, str)]
+        listed = schema.get("required")
+        required = [r for r in listed if isinstance(r, str)] if isinstance(listed, list) else []
         return {name: example_body(props.get(name, {}), defs=defs, depth=depth + 1) for name in required}
     if kind == "array":
         items = schema.get("items")
-        if isinstance(items, dict) and int(schema.get("minItems", 0) or 0) > 0:
+        least = schema.get("minItems")
+        if isinstance(items, dict) and isinstance(least, int) and least > 0:
             return [example_body(items, defs=defs, depth=depth + 1)]
         return []
     if kind == "string":
@@ -93,7 +95,12 @@ def json_schema_of(schema: Any) -> dict[str, Any] | None:
 def example_of(schema: Any) -> Any:
     """:func:`example_body` of a trigger's schema; ``None`` where there is none or it cannot be described."""
     described = json_schema_of(schema)
-    return None if described is None else example_body(described)
+    if described is None:
+        return None
+    try:
+        return example_body(described)
+    except (TypeError, ValueError, AttributeError):  # a schema shaped past what is read here: no example, not a failed load
+        return None
 
 
 @dataclass(frozen=True)
