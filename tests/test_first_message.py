@@ -188,7 +188,7 @@ async def test_a_scaffolded_project_gets_a_working_hint_a_form_on_its_route_and_
     assert "--topic orders.placed --data" in said.stderr
     # The line it suggests works as given.
     assert said.stderr.count("\n") == 1  # one line, as every error
-    suggested = re.search(r"iii-console send (--path /orders [^|]*)", said.stderr)
+    suggested = re.search(r"iii-console send (--path /orders .*?); or enqueue", said.stderr)
     assert suggested, said.stderr
     argv = shlex.split(suggested.group(1))
     posted = await _cli(project, *argv, "--url", base)

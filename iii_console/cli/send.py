@@ -157,7 +157,7 @@ def _no_route(cfg: Config, base: str, path: str) -> str:
     topic = (
         f"--topic {topics[0].topic} --data {shlex.quote(topics[0].example_json)}" if topics else "--topic TOPIC --data '{...}'"
     )
-    return f"{why}. POST JSON to a route: iii-console send {route} | or enqueue onto a topic: iii-console send {topic}"
+    return f"{why}. POST JSON to a route: iii-console send {route}; or enqueue onto a topic: iii-console send {topic}"
 
 
 def _send_topic(cfg: Config, topic: str, data: str | None, priority: str | None, count: int, as_json: bool) -> int:
