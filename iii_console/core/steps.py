@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from iii_console.core.examples import example_of
+
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$"
 TOPIC_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$"
 PRIORITIES = ("high", "normal", "low")
@@ -378,10 +380,14 @@ def _spec(t: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"type": t.type}
     if isinstance(t, HttpTrigger):
         out.update(method=t.method, path=t.path, body=schema_name(t.body_schema))
+        if t.body_schema is not None:
+            out.update(example=example_of(t.body_schema))
         if t.accept:
             out.update(accept=list(t.accept), max_body_bytes=t.max_body_bytes)
     elif isinstance(t, QueueTrigger):
         out.update(topic=t.topic, input=schema_name(t.input_schema))
+        if t.input_schema is not None:
+            out.update(example=example_of(t.input_schema))
         if t.batch is not None:
             out.update(batch=t.batch.model_dump(exclude_none=True))
     elif isinstance(t, CronTrigger):

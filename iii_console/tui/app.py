@@ -284,9 +284,12 @@ class ConsoleApp(WriteFlows):
 
         assert self.server_url is not None
         try:
-            last = post_messages(self.server_url, req.body, req.count)
+            last = post_messages(self.server_url, req.body, req.count, path=req.path)
         except SendFailed as exc:
             problem = f"no server at {self.server_url}: is `iii-console` running?" if exc.unreachable else str(exc)
+            if exc.status is not None and 400 <= exc.status < 500 and not exc.sent:
+                # Refused as it stands (a field missing or of the wrong type): back to the form to fix it.
+                self.call_from_thread(self._open_send_form, req, problem)
             self.call_from_thread(
                 self.notify,
                 problem + (f" (after {exc.sent} sent)" if exc.sent else ""),
@@ -304,7 +307,7 @@ class ConsoleApp(WriteFlows):
         n = req.count
         self.call_from_thread(
             self.notify,
-            f"{n} message{'s' if n != 1 else ''} sent to {self.server_url}/messages "
+            f"{n} message{'s' if n != 1 else ''} sent to {self.server_url}{req.path} "
             f"({last.status_code if last is not None else '-'}){trace}",
             title="Sent",
             markup=False,
@@ -634,7 +637,24 @@ class ConsoleApp(WriteFlows):
                 markup=False,
             )
             return
-        self.push_screen(SendScreen(f"{self.server_url}/messages"), self._sent_form)
+        self._open_send_form()
+
+    def _open_send_form(self, again: SendRequest | None = None, error: str = "") -> None:
+        """The send form on the project's POST routes (the registry's), ``again`` refilled with ``error`` shown."""
+        from iii_console.core.examples import post_routes
+
+        if self.server_url is None or isinstance(self.screen, SendScreen):
+            return
+        routes = post_routes(self.snap.steps)
+        if self.snap.steps and not routes:
+            self.notify(
+                "This project has no step taking a JSON POST: send with `iii-console send --topic TOPIC --data JSON` "
+                "(the Live view names a topic).",
+                severity="warning",
+                markup=False,
+            )
+            return
+        self.push_screen(SendScreen(self.server_url, routes, again=again, error=error), self._sent_form)
 
     def _sent_form(self, req: SendRequest | None) -> None:
         if req is not None:
@@ -682,7 +702,7 @@ class ConsoleApp(WriteFlows):
         )
         yield SystemCommand("Show errors only", "Filter: step errors", lambda: self.set_filter("type:step.error"))
         if not self.read_only:
-            yield SystemCommand("Send test message", "POST to the running server's /messages (s)", self.action_send)
+            yield SystemCommand("Send test message", "POST to one of the running server's routes (s)", self.action_send)
             pane = self._panes.get(self._active) if screen is self.screen_stack[0] else None
             if isinstance(pane, DeadLettersPane) and pane.ready:
                 yield SystemCommand(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
+from typing import Any
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import RichLog
 
+from iii_console.core.examples import MESSAGES_PATH, post_routes, topic_targets
 from iii_console.core.text import first_line
 from iii_console.tui import fmt
 from iii_console.tui.filter import EventFilter
@@ -37,8 +41,8 @@ class LivePane(Pane):
         super().__init__(**kw)  # type: ignore[arg-type]
         self._seq = 0
         self._filter = EventFilter()
-        self._problems_key: tuple[int, int, bool] = (-1, -1, False)
-        self._hint_shown = False
+        self._problems_key: tuple[Any, ...] = ()
+        self._hint_shown: str | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="tiles"):
@@ -68,14 +72,15 @@ class LivePane(Pane):
         log = self.query_one("#events", RichLog)
         m, flt = view.model, view.filter
         if m.seq == 0:
-            if not self._hint_shown:
-                self._hint_shown = True
-                log.write(
-                    first_message_hint(getattr(self.app, "server_url", None), read_only=getattr(self.app, "read_only", False))
-                )
+            # Written again when the registry (what the project serves) arrives or changes.
+            hint = self._hint(view)
+            if hint.plain != self._hint_shown:
+                log.clear()
+                self._hint_shown = hint.plain
+                log.write(hint)
             return
-        if self._hint_shown:
-            self._hint_shown = False
+        if self._hint_shown is not None:
+            self._hint_shown = None
             log.clear()
         follow = log.is_vertical_scroll_end or log.max_scroll_y == 0
         if flt != self._filter:
@@ -135,7 +140,8 @@ class LivePane(Pane):
         # Until a first message shows up (the stream's own events, a worker starting, do not
         # count), the panel also says how to send one: the log has moved past its own hint.
         quiet = m.tiles["received"].total == 0 and m.tiles["enqueued"].total == 0
-        key = (last, len(m.step_errors), quiet)
+        hint = self._hint(view, title="No messages yet") if quiet else None
+        key = (last, len(m.step_errors), hint.plain if hint is not None else None)
         if key == self._problems_key:
             return
         self._problems_key = key
@@ -153,15 +159,18 @@ class LivePane(Pane):
         out.extend(_problem_line(entry) for entry in list(reversed(m.problems))[:60])
         if not out:
             out.append(Text("No problems: no step errors, failures or dead letters.", style="green"))
-            if quiet:
-                hint = first_message_hint(
-                    getattr(self.app, "server_url", None),
-                    read_only=getattr(self.app, "read_only", False),
-                    title="No messages yet",
-                )
-                out.append(Text("\n").join([Text(""), hint.copy()]))
+            if hint is not None:
+                out.append(Text("\n").join([Text(""), hint]))
         box.write(Text("\n").join(out), scroll_end=False)
         retitle(box, title=f"Problems ({len(m.step_errors)} step errors)" if m.step_errors else "Problems")
+
+    def _hint(self, view: View, title: str = "No events yet") -> Text:
+        return first_message_hint(
+            getattr(self.app, "server_url", None),
+            view.snap.steps,
+            read_only=getattr(self.app, "read_only", False),
+            title=title,
+        )
 
 
 def _problem_line(entry: LogEntry) -> Text:
@@ -210,14 +219,36 @@ def _problem_line(entry: LogEntry) -> Text:
     )
 
 
-def first_message_hint(server_url: str | None, *, read_only: bool = False, title: str = "No events yet") -> Text:
-    """What an empty log says: nothing has happened yet, and how to send the first message."""
-    url = server_url or "http://127.0.0.1:3111"
+def first_message_hint(
+    server_url: str | None, steps: dict[str, Any] | None = None, *, read_only: bool = False, title: str = "No events yet"
+) -> Text:
+    """What an empty log says: nothing has happened yet, and how to send the first message.
+
+    ``steps`` is the step registry: the hint names a route the project serves (``/messages``
+    where it exists, else its first JSON ``POST`` route, with a body fitting its schema), or,
+    with no HTTP step, a topic a step subscribes to. No registry yet: the seed's ``/messages``.
+    """
+    url = (server_url or "http://127.0.0.1:3111").rstrip("/")
     out = Text(f"{title}. Send a first message:\n", style="bold")
+    routes = post_routes(steps or {})
+    topics = topic_targets(steps or {})
+    if steps and not routes:
+        if topics:
+            t = topics[0]
+            out.append(f"  iii-console send --topic {t.topic} --data {shlex.quote(t.example_json)}", "cyan")
+            out.append("   (from the project's folder; no step takes a JSON POST)", "bright_black")
+        else:
+            out.append("  no step takes a JSON POST or subscribes to a topic: add one in steps/", "bright_black")
+        return out
+    route = routes[0].path if routes else MESSAGES_PATH
+    body = routes[0].example_json if routes and route != MESSAGES_PATH else '{"text": "hello"}'
     if not read_only and server_url:
         out.append("  s", "bold cyan")
         out.append("  here, to open the send form\n")
-    out.append(f"  curl -X POST {url}/messages -H 'content-type: application/json' -d '{{\"text\": \"hello\"}}'\n", "cyan")
-    out.append("  iii-console send hello", "cyan")
+    out.append(f"  curl -X POST {url}{route} -H 'content-type: application/json' -d {shlex.quote(body)}\n", "cyan")
+    if route == MESSAGES_PATH:
+        out.append("  iii-console send hello", "cyan")
+    else:
+        out.append(f"  iii-console send --path {route} --data {shlex.quote(body)}", "cyan")
     out.append("   (from the project's folder)", "bright_black")
     return out
