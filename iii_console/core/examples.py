@@ -103,6 +103,11 @@ def example_of(schema: Any) -> Any:
         return None
 
 
+def _json(example: Any) -> str:
+    """An example as the one-line JSON a form or a command line shows (``{}`` when there is none)."""
+    return json.dumps(example if example is not None else {}, separators=(", ", ": "))
+
+
 @dataclass(frozen=True)
 class Route:
     """A route that takes a JSON body, as the registry describes it."""
@@ -115,7 +120,7 @@ class Route:
 
     @property
     def example_json(self) -> str:
-        return json.dumps(self.example if self.example is not None else {}, separators=(", ", ": "))
+        return _json(self.example)
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ class Topic:
 
     @property
     def example_json(self) -> str:
-        return json.dumps(self.example if self.example is not None else {}, separators=(", ", ": "))
+        return _json(self.example)
 
 
 def post_routes(steps: dict[str, Any]) -> list[Route]:

@@ -359,19 +359,7 @@ class AsyncProducer(_Builder):
         events = self.events(topic, data, copies, prio, delay_ms, source, trace_id)
         if not (copies or once):
             return Prepared(None, ids, None)
-        stream = self.emitter.stream
-        ev = stream.payload((), events) if stream is not None else ""
-        args = _script_args(
-            self.keys.dramatiq_namespace,
-            triples,
-            once=once,
-            once_ttl_ms=dedup_ttl_ms,
-            delay_ms=delay_ms,
-            events=ev,
-            floor=None,
-            extras=extras,
-        )
-        return Prepared(args, ids, once)
+        return Prepared(self._args(triples, events, once, dedup_ttl_ms, delay_ms, extras), ids, once)
 
     async def enqueue(self, topic: str, data: Any, **kw: Any) -> list[str]:
         """Enqueue now (see :meth:`prepare` for the arguments); the message ids, or a dedup hit's first ids."""
@@ -409,19 +397,24 @@ class AsyncProducer(_Builder):
                 then, empty_result(gid), trace_id=trace_id, priority=None, delay_ms=0, source=source, options={"group_of": gid}
             )
             events, extras = self.events(then, empty_result(gid), copies, prio, 0, source, trace_id), {}
+        return gid, self._args(triples, events, once, 86_400_000, 0, extras)
+
+    def _args(
+        self, triples: Any, events: Any, once: str | None, once_ttl_ms: int, delay_ms: int, extras: dict[str, Any]
+    ) -> list[Any]:
+        """``enqueue.lua``'s arguments, with the events encoded for the stream."""
         stream = self.emitter.stream
         ev = stream.payload((), events) if stream is not None else ""
-        args = _script_args(
+        return _script_args(
             self.keys.dramatiq_namespace,
             triples,
             once=once,
-            once_ttl_ms=86_400_000,
-            delay_ms=0,
+            once_ttl_ms=once_ttl_ms,
+            delay_ms=delay_ms,
             events=ev,
             floor=None,
             extras=extras,
         )
-        return gid, args
 
     async def enqueue_group(self, topic: str, items: Any, **kw: Any) -> str:
         gid, args = self.prepare_group(topic, items, **kw)
