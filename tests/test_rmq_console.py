@@ -7,6 +7,7 @@ its broker's name there, and the console shows them as it shows Redis's own.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -111,6 +112,11 @@ def test_a_rabbitmq_deployment_shows_its_depths_and_broker_to_the_console_and_he
     assert snap.broker == "rabbitmq" and snap.queues["jobs"].by_priority == {"high": 1, "normal": 2, "low": 0}
     health = httpx.get(f"{url}/health", timeout=10)
     assert health.status_code == 200 and health.json()["rabbitmq"]["ok"] is True, health.text
+    # What the terminal showed meanwhile: no library's INFO lines (pika's "Created channel", ...).
+    app.send_signal(signal.SIGTERM)
+    assert app.wait(30) == 0
+    rest = app.stderr.read()
+    assert not [ln for ln in rest.splitlines() if ln.startswith(("INFO", "DEBUG")) or " INFO " in ln], rest
 
 
 @pytest.mark.slow

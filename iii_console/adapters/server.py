@@ -391,6 +391,10 @@ class HttpSteps:
             exception_handlers=_EXC_HANDLERS,
             request_max_body_size=self.max_body_bytes,
             openapi_config=None,
+            # The process owns its logging (cli/run.py, runtime/worker.py): Litestar's default
+            # would set the root logger to INFO with a stderr handler, so every library's INFO
+            # lines (pika's channel opens, ...) reached the terminal, and the console's screen.
+            logging_config=None,
             debug=False,
         )
 

@@ -39,9 +39,14 @@ async def _run_headless(
     render: Callable[[Event], None],
     watch: bool = False,
 ) -> int:
+    import logging
+
     from iii_console.runtime.recycling import RECYCLE_EXIT
     from iii_console.runtime.supervisor import Supervisor
 
+    # Warnings and errors of this process (the server, the scheduler, the supervisor) on stderr,
+    # in the workers' format; INFO of libraries stays out of the terminal.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s server %(process)d %(name)s: %(message)s", stream=sys.stderr)
     sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, on_event=render if cfg.events.echo else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
