@@ -46,6 +46,10 @@ def _not_a_missing_queue(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("pika.channel").addFilter(_not_a_missing_queue)
+# pika logs every failed connect and closed channel on its own, before our code decides what
+# it means (a retry on the next node, a 503 with Retry-After, /health's answer, our own
+# warning): as Dramatiq's own CLI does, only its critical lines are kept.
+logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 #: Publish attempts (each on a fresh connection after the first fails) before giving up.
 PUBLISH_ATTEMPTS = 3
