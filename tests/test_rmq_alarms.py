@@ -37,6 +37,9 @@ def handler(data, ctx):
         raise RuntimeError("first attempt fails")
 """
 
+#: How long the slow message's first attempt runs before it fails.
+SLOW_S = 10
+
 POST = """
 from iii_console import Step, http
 config = Step(name="Post", triggers=[http("POST", "/jobs/{topic}")], enqueues=["jobs", "slow"])
@@ -115,10 +118,12 @@ def test_an_alarm_answers_503_at_once_workers_drain_and_publishing_resumes_by_it
                 return resp
 
             # Work waiting before the alarm: 12 jobs run one at a time (0.5 s each), and a message that fails in it.
-            assert post("slow", {"k": "s", "sleep": 3}).status_code == 202
+            # Its first attempt fails 10 s after it starts: after the alarm is on even on a loaded machine.
+            assert post("slow", {"k": "s", "sleep": SLOW_S}).status_code == 202
             for i in range(12):
                 assert post("jobs", {"k": f"pre{i}", "sleep": 0.5}).status_code == 202
             wait_for(lambda: runs(r, keys, "Slow") == {"s": 1}, timeout=30, what="the slow message started")
+            slow_started = time.monotonic()
 
             done = private_rabbit.ctl(*raise_alarm)
             assert done.returncode == 0, done.stderr
@@ -132,6 +137,7 @@ def test_an_alarm_answers_503_at_once_workers_drain_and_publishing_resumes_by_it
                 post("jobs", {"k": f"during{n}"})
                 n += 1
                 time.sleep(0.1)
+            alarm_on = time.monotonic()
             # From now on every enqueue is refused, each at once.
             for i in range(10):
                 post("jobs", {"k": f"refused{i}"})
@@ -145,7 +151,8 @@ def test_an_alarm_answers_503_at_once_workers_drain_and_publishing_resumes_by_it
             wait_for(
                 lambda: len(runs(r, keys, "Rec")) >= drained_at_alarm + 4, timeout=30, what="workers draining during the alarm"
             )
-            time.sleep(max(0.0, 3.5 - (time.monotonic() - at)))  # the slow message's retry falls in the alarm
+            assert alarm_on - slow_started < SLOW_S - 1, "the alarm took effect after the slow message failed"
+            time.sleep(max(0.0, SLOW_S + 0.5 - (time.monotonic() - slow_started)))  # its first attempt has failed
             assert runs(r, keys, "Slow") == {"s": 1}  # its retry waits for the alarm to clear
 
             done = private_rabbit.ctl(*clear_alarm)
