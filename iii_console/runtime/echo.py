@@ -81,8 +81,11 @@ class EventEcho:
         except OSError:
             pass
         try:
-            proc.wait(STOP_S)
+            code = proc.wait(STOP_S)
         except subprocess.TimeoutExpired:
             log.warning("the event echo did not finish within %.0f s; stopped", STOP_S)
             proc.kill()
             proc.wait()
+            return
+        if code != 0:
+            log.warning("the event echo exited with code %s; events after that were not printed (they are on the stream)", code)
