@@ -212,9 +212,7 @@ def run(bench: Bench) -> Section:
     sec.target("p50 ≤ 5 ms (accepted → processed, net of the handler's own work)", net[50] <= 5)
     sec.target("p99 ≤ 25 ms (same)", net[99] <= 25)
     quiet = pct["quiet.processed_net"]
-    sec.target(
-        "the same two with `events.echo: false` (no echo process)", quiet[50] <= 5 and quiet[99] <= 25
-    )
+    sec.target("the same two with `events.echo: false` (no echo process)", quiet[50] <= 5 and quiet[99] <= 25)
     raw = pct["http.processed"]
     sec.target(
         "p50 ≤ 5 ms / p99 ≤ 25 ms taken literally (includes the seed handler's 20 ms sleep)", raw[50] <= 5 and raw[99] <= 25
