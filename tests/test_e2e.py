@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from iii_console.core.dlq import DeadLetterStore
+from iii_console.core.events import Event
 
 from .conftest import ROOT
 from .helpers import Running, events, events_once, make_project, start_cli, wait_for
@@ -412,3 +414,67 @@ def test_health_is_503_while_redis_is_down(tmp_path):
     finally:
         run.stop()
         server.kill()
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The child processes of ``pid`` (Linux ``/proc``) and their command lines."""
+    out = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids = [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            try:
+                with open(f"/proc/{kid}/cmdline", "rb") as f:
+                    out[kid] = f.read().replace(b"\0", b" ").decode()
+            except OSError:
+                pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads child processes from /proc")
+def test_sigterm_stop_prints_every_event_of_the_run_before_exit(running, r, keys):
+    """The echo runs in a child process; a stop still prints the stream to its end (the stop's own events)."""
+    before = r.xrevrange(keys.events, count=1)
+    app = running()
+    httpx.post(f"{app.url}/messages", json={"text": "one"}).raise_for_status()
+    wait_for(lambda: events(r, keys, "message.processed"), what="message processed")
+    echo = [pid for pid, cmd in _children(app.proc.pid).items() if "iii_console.cli.echo" in cmd]
+    assert len(echo) == 1, _children(app.proc.pid)
+    assert app.stop() == 0
+    assert not _alive(echo[0])
+    app.proc.out.seek(0)
+    printed = [json.loads(line)["type"] for line in app.proc.out.read().splitlines()]
+    after = f"({before[0][0].decode()}" if before else "-"
+    written = [Event.decode(i, f).type for i, f in r.xrange(keys.events, min=after)]
+    assert "worker.stopped" in written
+    assert printed == written  # in order, the stop's own events included
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads child processes from /proc")
+def test_sigkilled_supervisor_leaves_no_echo_process(running, r, keys):
+    app = running()
+    wait_for(lambda: events(r, keys, "worker.started"), what="worker started")
+    kids = _children(app.proc.pid)
+    [echo] = [pid for pid, cmd in kids.items() if "iii_console.cli.echo" in cmd]
+    app.proc.kill()
+    app.proc.wait(10)
+    try:
+        wait_for(lambda: not _alive(echo), timeout=10, what="the echo process gone")
+    finally:
+        for pid in kids:  # the workers exit on their own once orphaned; never leave one behind
+            if _alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

@@ -485,7 +485,7 @@ def test_console_logs_are_private_with_an_external_redis(project, redis_url, tmp
     try:
 
         async def run() -> None:
-            sup = Supervisor(cfg, roles=("worker",), processes=1, on_event=None, log_dir=log_dir)
+            sup = Supervisor(cfg, roles=("worker",), processes=1, log_dir=log_dir)
             await sup.start()
             await sup.stop()
 

@@ -52,6 +52,11 @@ def reserve_stdout() -> None:
         sys.stdout.reconfigure(line_buffering=True)  # now stderr-bound: shown as it is printed
 
 
+def events_out() -> Any:
+    """The file event lines are written to (stdout, or its private copy): the echo process's stdout."""
+    return _out()
+
+
 def _stdout_gone() -> None:
     """Point the event stream at /dev/null, so what is buffered and any later write go nowhere quietly."""
     global _stdout_closed

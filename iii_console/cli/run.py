@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from iii_console.cli.output import print_human, print_json, reserve_stdout
+from iii_console.cli.output import events_out, reserve_stdout
 from iii_console.core.config import Config, redact_url
-from iii_console.core.events import Event
 from iii_console.core.text import printable
 from iii_console.runtime.brokers import console_broker
+
+if TYPE_CHECKING:
+    from iii_console.runtime.echo import EchoCommand
 
 ROLE_CHOICES = ("all", "server", "worker", "scheduler")
 
@@ -23,11 +25,13 @@ def run_project(
     roles = ("server", "worker", "scheduler") if "all" in role else tuple(dict.fromkeys(role))
     watch = (not no_ui) if reload is None else reload
     if no_ui or not sys.stdout.isatty():
-        render: Callable[[Event], None] = print_json if no_ui else print_human
+        from iii_console.runtime.echo import EchoCommand
+
         reserve_stdout()
+        echo = EchoCommand([sys.executable, "-m", "iii_console.cli.echo", "json" if no_ui else "human"], events_out())
         from iii_console.runtime.loop import run as run_loop
 
-        return run_loop(_run_headless(cfg, roles, processes, threads, render, watch))
+        return run_loop(_run_headless(cfg, roles, processes, threads, echo, watch))
     return asyncio.run(_run_console(cfg, roles, processes, threads, watch))
 
 
@@ -36,7 +40,7 @@ async def _run_headless(
     roles: tuple[str, ...],
     processes: int | None,
     threads: int | None,
-    render: Callable[[Event], None],
+    echo: EchoCommand,
     watch: bool = False,
 ) -> int:
     import logging
@@ -47,7 +51,7 @@ async def _run_headless(
     # Warnings and errors of this process (the server, the scheduler, the supervisor) on stderr,
     # in the workers' format; INFO of libraries stays out of the terminal.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s server %(process)d %(name)s: %(message)s", stream=sys.stderr)
-    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, on_event=render if cfg.events.echo else None)
+    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, echo=echo if cfg.events.echo else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,7 +111,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
-    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, on_event=None, log_dir=log_dir)
+    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, log_dir=log_dir)
     await sup.start()
     if watch:
         sup.watch()

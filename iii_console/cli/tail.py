@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from iii_console.cli import output
 from iii_console.cli.common import common_options, existing_redis, load_project
 from iii_console.core.events import EVENT_TYPES, Event
+from iii_console.core.keys import as_str
 
 
 @click.command()
@@ -27,7 +30,6 @@ def tail(
     as_json: bool, types: tuple[str, ...], trace: str | None, history: int, config_path: str | None, redis_url: str | None
 ) -> None:
     """Print live events from the event stream."""
-    import redis as _redis
 
     for t in types:
         if t not in EVENT_TYPES and not (t.endswith(".") and any(e.startswith(t) for e in EVENT_TYPES)):
@@ -56,22 +58,56 @@ def tail(
         output.flush_stdout()
         if past:
             last = past[-1][0].decode()
+
+    def render_wanted(ev: Event) -> None:
+        if wanted(ev):
+            render(ev)
+
+    def lost(_exc: Exception) -> None:
+        click.echo("tail: lost Redis, reconnecting...", err=True)
+
     try:
-        while True:
-            try:
-                got = client.xread({keys.events: last}, count=500, block=1000)
-            except _redis.ConnectionError:
-                click.echo("tail: lost Redis, reconnecting...", err=True)
-                time.sleep(1)
-                continue
-            for _s, entries in got or []:
-                for entry_id, fields in entries:
-                    last = entry_id.decode()
-                    ev = Event.decode(entry_id, fields)
-                    if wanted(ev):
-                        render(ev)
-            output.flush_stdout()
-            if output.stdout_closed():
-                return  # `tail | head -5` got its lines
+        follow(client, keys.events, last, render_wanted, on_lost=lost)
     except KeyboardInterrupt:
         pass
+
+
+def follow(
+    client: Any,
+    stream: str,
+    last: str,
+    render: Callable[[Event], None],
+    *,
+    done: Callable[[], bool] = lambda: False,
+    on_lost: Callable[[Exception], None] | None = None,
+    block_ms: int = 1000,
+) -> None:
+    """Print the events of ``stream`` after ``last`` as they are written; the reader of ``tail`` and of the echo.
+
+    stdout is flushed once per batch read (a write per event would cost a syscall
+    each). Returns once our stdout's reader went away, or, after ``done()`` turned
+    true, at the first read that finds nothing new: the stream read to its end.
+    A lost Redis is retried (``on_lost`` told) until ``done()``.
+    """
+    import redis as _redis
+
+    while True:
+        try:
+            got: Any = client.xread({stream: last}, count=500, block=block_ms)
+        except _redis.RedisError as exc:
+            if done():
+                return
+            if on_lost is not None:
+                on_lost(exc)
+            time.sleep(0.5)
+            continue
+        for _s, entries in got or []:
+            for entry_id, fields in entries:
+                last = as_str(entry_id)
+                render(Event.decode(entry_id, fields))
+        if got:
+            output.flush_stdout()
+        if output.stdout_closed():
+            return  # `tail | head -5` got its lines; nobody is left to print to
+        if not got and done():
+            return

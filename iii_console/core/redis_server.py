@@ -152,8 +152,8 @@ def server_version(client: redis.Redis) -> str:
     return str(client.info("server").get("redis_version", ""))
 
 
-def _pdeathsig_preexec() -> Any:
-    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux).
+def pdeathsig_preexec(sig: int = signal.SIGTERM) -> Any:
+    """A ``preexec_fn`` that makes the child get ``sig`` when this process dies (Linux).
 
     Without it a ``kill -9`` of the owner leaves redis-server running with nobody
     to stop it. The C function is looked up here, before the fork, so the child
@@ -173,7 +173,7 @@ def _pdeathsig_preexec() -> Any:
         return None
 
     def preexec() -> None:
-        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl(1, sig)  # PR_SET_PDEATHSIG
 
     return preexec
 
@@ -261,7 +261,7 @@ class RedisServer:
             stderr=subprocess.PIPE,
             start_new_session=True,
             pass_fds=self.pass_fds,
-            preexec_fn=_pdeathsig_preexec() if self.die_with_parent else None,
+            preexec_fn=pdeathsig_preexec() if self.die_with_parent else None,
         )
         assert self.proc.stdin is not None
         try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,8 @@ from typing import Any
 from iii_console.core.config import Config
 from iii_console.core.connection import check_redis
 from iii_console.core.discovery import StepSet, discover, emit_step_error
-from iii_console.core.events import Event
 from iii_console.runtime.dispatcher import watch_state_triggers
-from iii_console.runtime.echo import EventEcho
+from iii_console.runtime.echo import EchoCommand, EventEcho
 from iii_console.runtime.embedded import EmbeddedRedis
 from iii_console.runtime.http_server import RETIRE_GRACE_S, HttpServer
 from iii_console.runtime.pool import Child, WorkerPool, exit_description  # noqa: F401  (part of this module's names)
@@ -57,14 +55,15 @@ class Supervisor:
         roles: tuple[str, ...] = ROLES,
         processes: int | None = None,
         threads: int | None = None,
-        on_event: Callable[[Event], None] | None = None,
+        echo: EchoCommand | None = None,
         log_dir: Path | None = None,
     ):
         self.config = config
         self.roles = roles
         self.processes = processes or config.workers.processes
         self.threads = threads or config.workers.threads
-        self.on_event = on_event
+        #: The event echo's process (headless runs), or none.
+        self.echo = echo
         #: When set (the interactive console owns the terminal), worker processes'
         #: stderr goes to ``log_dir/worker-N.log`` instead of the screen.
         self.log_dir = log_dir
@@ -99,8 +98,8 @@ class Supervisor:
         check_redis(self.config.redis.url)
         self.services = services = open_services(self.config, "supervisor", traced="server" in self.roles)
         stack.callback(services.close)
-        if self.on_event is not None:
-            stack.enter_context(EventEcho(services, self.on_event))
+        if self.echo is not None:
+            stack.enter_context(EventEcho(services, self.echo))
         self.steps = discover(self.config.steps_path)
         for err in self.steps.errors:
             emit_step_error(services.emitter, err)
