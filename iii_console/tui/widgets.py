@@ -205,9 +205,9 @@ class Table(DataTable[Text]):
         if row_index < 0 or column_index < 0 or self.fixed_rows or self.fixed_columns:
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
         row_key = self._row_locations.get_key(row_index)
-        row = self.rows[row_key]
+        row = self.rows.get(row_key) if row_key is not None else None
         cell = self._get_row_renderables(row_index).cells[column_index]
-        if not isinstance(cell, Text) or row.height != 1:
+        if row is None or not isinstance(cell, Text) or row.height != 1:
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
         component_style, post_style = self._get_styles_to_render_cell(
             False,
