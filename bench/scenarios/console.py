@@ -216,12 +216,17 @@ def run(bench: Bench) -> Section:
             f"{fmt(cp[50], 1)} / {fmt(cp[95], 1)} / {fmt(cp[100], 1)}",
         )
     by_key: dict[str, list[float]] = {}
-    for key, ms, *_ in result.get("keys", []):
+    cpu_by_key: dict[str, list[float]] = {}
+    for key, ms, *rest in result.get("keys", []):
         if ms == ms:
             by_key.setdefault(key, []).append(ms)
+            cpu_by_key.setdefault(key, []).extend(rest[:1])
     sec.row(
-        "key press → repaint by key, ms, median (presses)",
-        ", ".join(f"{k} {fmt(percentiles(v, (50,))[50], 0)} ({len(v)})" for k, v in by_key.items()),
+        "key press → repaint by key, median ms wall / UI thread CPU (presses)",
+        ", ".join(
+            f"{k} {fmt(percentiles(v, (50,))[50], 0)} / {fmt(percentiles(cpu_by_key[k], (50,))[50], 0) if cpu_by_key[k] else '—'} ({len(v)})"
+            for k, v in by_key.items()
+        ),
     )
     sec.row("most events read at once, not yet in the model", fmt(result.get("inbox_peak")))
     sec.note(

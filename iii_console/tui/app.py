@@ -365,6 +365,9 @@ class ConsoleApp(WriteFlows):
         if self._pending_tab and self.ready:
             self._tabs.active, self._pending_tab = self._pending_tab, None
 
+    def _redraw_now(self) -> None:
+        self._redraw(self.now_ms())
+
     def _redraw(self, now: int) -> None:
         if not self.is_running:
             return  # shutting down: the widgets are being removed
@@ -498,7 +501,9 @@ class ConsoleApp(WriteFlows):
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
         self._active = event.pane.id or "live"
         self._poke.set()
-        self._redraw(self.now_ms())
+        # The tab shows first as it was last drawn; its new data follows right after that frame,
+        # so the switch itself is not kept waiting for a rebuild (a table's, the log's catch-up).
+        self.call_after_refresh(self._redraw_now)
         self._focus_pane()
 
     def _pane(self, pid: str) -> Pane:
