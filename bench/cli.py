@@ -33,6 +33,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=None, help="rounds per scenario (default 3; quick 1)")
     ap.add_argument("--messages", type=int, default=None, help="messages per queue drain (default 20,000; quick 4,000)")
     ap.add_argument("--latency-rate", type=int, default=None, help="scenario 3's steady rate, messages/s (default 200)")
+    ap.add_argument(
+        "--console-seconds",
+        type=float,
+        default=None,
+        help="how long scenario 6 feeds the console (default 60; quick 30); 600 measures whether memory stays flat",
+    )
     ap.add_argument("--no-install", action="store_true", help="do not pip/apt-install missing peers and tools")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where to keep the report (default bench/results)")
     return ap.parse_args(argv)
@@ -64,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {
         k: v
-        for k, v in (("rounds", args.rounds), ("messages", args.messages), ("latency_rate", args.latency_rate))
+        for k, v in (
+            ("rounds", args.rounds),
+            ("messages", args.messages),
+            ("latency_rate", args.latency_rate),
+            ("console_seconds", args.console_seconds),
+        )
         if v is not None
     }
     options = Options.quick_mode(**overrides) if args.quick else Options(**overrides)

@@ -4,9 +4,11 @@ The app is the one the CLI builds (``iii_console.tui.app.create_app``), run
 headless by Textual's test harness at 160×48: it still composes and renders
 every frame, it only does not write them to a terminal. While it runs this
 process records, once a second, how many events the console has taken into its
-model and how many render ticks it has done, and every few seconds presses a
-tab key and times key → handled → next screen refresh. It stops when the
-harness creates ``--stop`` (or after ``--max-seconds``) and writes JSON to ``--out``.
+model and how many render ticks it has done, and presses keys as a user would
+(:data:`SCRIPT`: tab switches, moving the cursor, scrolling the log, filtering and
+clearing the filter), spread evenly over ``--feed-seconds``, timing each from the
+press to the first screen refresh after it was handled. It stops when the harness
+creates ``--stop`` (or after ``--max-seconds``) and writes JSON to ``--out``.
 """
 
 from __future__ import annotations
@@ -19,60 +21,138 @@ import time
 from pathlib import Path
 from typing import Any
 
-KEY_EVERY_S = 3.0
+#: One timed press: (keys typed first, untimed; the key timed; what marks it handled:
+#: ``action``, any action it is bound to, or ``set_filter``, the filter being applied).
+Press = tuple[tuple[str, ...], str, str]
+
+#: Seconds between the untimed keys typed before a timed one (a fast typist), so the timed
+#: key measures its own handling, not that of a burst queued in front of it.
+TYPE_GAP_S = 0.08
+
+#: What a user does, in turn, round and round.
+SCRIPT: tuple[Press, ...] = (
+    ((), "2", "action"),  # Messages
+    ((), "down", "action"),  # cursor down the table
+    ((), "pagedown", "action"),
+    ((), "1", "action"),  # Live
+    ((), "pageup", "action"),  # scroll the log back
+    ((), "end", "action"),  # and follow it again
+    (("slash", *"step:ProcessMessage"), "enter", "set_filter"),  # filter
+    ((), "2", "action"),
+    ((), "up", "action"),
+    ((), "escape", "action"),  # clear the filter
+    ((), "1", "action"),
+    ((), "2", "action"),
+)
 
 
-async def drive(url: str, prefix: str, ready: Path, stop: Path, max_s: float) -> dict[str, Any]:
+async def drive(
+    url: str, prefix: str, ready: Path, stop: Path, max_s: float, presses: int, feed_s: float, profile: Path | None = None
+) -> dict[str, Any]:
+    import cProfile
+
     from iii_console.tui.app import create_app
 
+    #: Profiles the UI thread from each press to its repaint only (``--profile-keys``).
+    profiler = cProfile.Profile() if profile else None
     app = create_app(redis_url=url, prefix=prefix)
     samples: list[tuple[float, int, int]] = []
-    keys: list[float] = []
+    #: (key, ms to the repaint, ms of the UI thread's CPU meanwhile: less sensitive to other load)
+    keys: list[tuple[str, float, float]] = []
+
+    def sample() -> None:
+        model = getattr(app, "model", None)
+        samples.append((time.time(), getattr(model, "seq", -1), getattr(app, "render_count", -1)))
+
+    async def press_keys() -> None:
+        every = feed_s / (presses + 1)
+        t0 = time.monotonic()
+        for i in range(presses):
+            await asyncio.sleep(max(0.0, t0 + (i + 1) * every - time.monotonic()))
+            if stop.exists():
+                return
+            before, key, hook = SCRIPT[i % len(SCRIPT)]
+            for k in before:  # typed as a person types, each handled before the next
+                _post_key(app, k)
+                await asyncio.sleep(TYPE_GAP_S)
+            cpu0 = time.thread_time()
+            if profiler is not None:
+                profiler.enable()
+            ms = await _key_to_repaint(app, key, hook)
+            if profiler is not None:
+                profiler.disable()
+            keys.append((key, ms, (time.thread_time() - cpu0) * 1000))
+
     async with app.run_test(headless=True, size=(160, 48)) as pilot:
         await pilot.pause(0.5)
         ready.write_text("ready")
         t_end = time.monotonic() + max_s
-        next_key = time.monotonic() + KEY_EVERY_S
-        tab = "2"
-        while not stop.exists() and time.monotonic() < t_end:
-            model = getattr(app, "model", None)
-            samples.append((time.time(), getattr(model, "seq", -1), getattr(app, "render_count", -1)))
-            if time.monotonic() >= next_key:
-                keys.append(await _key_to_repaint(app, pilot, tab))
-                tab = "1" if tab == "2" else "2"
-                next_key = time.monotonic() + KEY_EVERY_S
-            await asyncio.sleep(1.0)
-        model = getattr(app, "model", None)
-        samples.append((time.time(), getattr(model, "seq", -1), getattr(app, "render_count", -1)))
-        return {"samples": samples, "key_ms": keys, "inbox_peak": getattr(app, "inbox_peak", None)}
+        presser = asyncio.create_task(press_keys())
+        try:
+            while not stop.exists() and time.monotonic() < t_end:
+                sample()
+                await asyncio.sleep(1.0)
+        finally:
+            presser.cancel()
+        sample()
+        if profiler is not None and profile is not None:
+            profiler.dump_stats(str(profile))
+        return {
+            "samples": samples,
+            "key_ms": [ms for _, ms, _ in keys],
+            "key_cpu_ms": [cpu for _, ms, cpu in keys if ms == ms],
+            "keys": keys,
+            "inbox_peak": getattr(app, "inbox_peak", None),
+        }
 
 
-async def _key_to_repaint(app: Any, pilot: Any, key: str) -> float:
-    """Milliseconds from a key press to the first screen refresh after its action ran.
+def _post_key(app: Any, key: str) -> None:
+    """A key as a terminal sends it (printable ones with their character), not waiting for idle."""
+    from textual import events
 
-    The key is posted like a terminal's (``simulate_key``), not with
-    ``pilot.press``, which also waits for the whole app to go idle.
+    app.post_message(events.Key(key, key if len(key) == 1 else None))
+
+
+async def _key_to_repaint(app: Any, key: str, hook: str) -> float:
+    """Milliseconds from a key press to the first screen refresh after it was handled.
+
+    The key is posted like a terminal's, not with ``pilot.press``, which also waits for
+    the whole app to go idle. Handled = the action it is bound to returned (wrapping the
+    app's ``_dispatch_action``, through which every bound key's action runs), or for
+    ``set_filter`` the filter applied.
     """
-    action = getattr(app, "action_show_tab", None)
-    if action is None:
-        return float("nan")
     loop = asyncio.get_running_loop()
     painted: asyncio.Future[float] = loop.create_future()
 
-    def timed(*args: Any, **kw: Any) -> Any:
-        out = action(*args, **kw)
+    def mark() -> None:
         app.call_after_refresh(lambda: painted.done() or painted.set_result(time.perf_counter()))
-        return out
 
-    app.action_show_tab = timed
+    name = "_dispatch_action" if hook == "action" else "set_filter"
+    original = getattr(app, name)
+    if hook == "action":
+
+        async def timed_action(*args: Any, **kw: Any) -> Any:
+            out = await original(*args, **kw)
+            mark()
+            return out
+
+        setattr(app, name, timed_action)
+    else:
+
+        def timed(*args: Any, **kw: Any) -> Any:
+            out = original(*args, **kw)
+            mark()
+            return out
+
+        setattr(app, name, timed)
     try:
         t0 = time.perf_counter()
-        app.simulate_key(key)
+        _post_key(app, key)
         t1 = await asyncio.wait_for(painted, 10)
     except TimeoutError:
         return float("nan")
     finally:
-        del app.action_show_tab  # back to the class's method
+        delattr(app, name)  # back to the class's method
     return (t1 - t0) * 1000
 
 
@@ -84,8 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-seconds", type=float, default=180)
+    ap.add_argument("--presses", type=int, default=24, help="timed key presses, spread over --feed-seconds")
+    ap.add_argument("--feed-seconds", type=float, default=60)
+    ap.add_argument("--profile-keys", type=Path, default=None, help="cProfile the UI thread from each press to its repaint")
     a = ap.parse_args(argv)
-    result = asyncio.run(drive(a.redis, a.prefix, Path(a.ready), Path(a.stop), a.max_seconds))
+    result = asyncio.run(
+        drive(a.redis, a.prefix, Path(a.ready), Path(a.stop), a.max_seconds, a.presses, a.feed_seconds, a.profile_keys)
+    )
     Path(a.out).write_text(json.dumps(result))
     return 0
 

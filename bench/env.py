@@ -57,7 +57,7 @@ class Options:
             latency_seconds=4.0,
             priority_backlog=2_000,
             priority_trials=2,
-            console_seconds=10.0,
+            console_seconds=30.0,
             memory_messages=10_000,
             ceiling_processes=(1, 2, 4),
             knee_rates=(25, 50, 100, 200, 300, 400, 600),

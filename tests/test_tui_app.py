@@ -430,3 +430,52 @@ async def test_hostile_text_in_events_reaches_the_console_escaped_and_a_startup_
         assert "\x1b" not in shown and "\x07" not in shown and "\nFAKE" not in shown
         assert "x\\nFAKE" in shown and "[bold]B[/]" in notes(app)
         assert "6.2.20" in notes(app)
+
+
+async def test_table_draws_cells_like_datatable_and_renders_each_content_once():
+    """`Table` reuses a rendered cell across rebuilds (Textual re-rendered every visible cell on any
+    change), and draws exactly what a plain `DataTable` draws with the same rows."""
+    from rich.text import Text
+    from textual.app import App, ComposeResult
+    from textual.widgets import DataTable
+
+    cols = (("Id", 6), ("Status", 10), ("Note", 12))
+    rows = [
+        (f"m{i}", (Text(f"m{i}", style="bold"), Text("processed", style="green"), Text(f"note {i}", justify="right")))
+        for i in range(8)
+    ]
+
+    class Both(App[None]):
+        def compose(self) -> ComposeResult:
+            yield Table(cols, id="ours")
+            yield DataTable(cursor_type="row", zebra_stripes=True, id="plain")
+
+    def drawn(table: DataTable[Any], y: int) -> list[tuple[str, str]]:
+        """Each character with its style (segment boundaries aside)."""
+        return [(ch, str(seg.style)) for seg in table.render_line(y) for ch in seg.text]
+
+    app = Both()
+    async with app.run_test(size=(80, 30)) as pilot:
+        ours, theirs = app.query_one("#ours", Table), app.query_one("#plain", DataTable)
+        for label, width in cols:
+            theirs.add_column(label, width=width, key=label.lower())
+        ours.show_rows(rows)
+        for key, cells in rows:
+            theirs.add_row(*cells, key=key)
+        app.set_focus(None)  # neither has the focus (it styles the cursor row)
+        await pilot.pause()
+        for y in range(1, 9):
+            assert drawn(ours, y) == drawn(theirs, y)
+        cached = len(ours._cells)
+        assert cached > 0
+        ours.clear()  # a rebuild with the same content: nothing rendered again
+        ours.show_rows(rows)
+        await pilot.pause()
+        for y in range(1, 9):
+            ours.render_line(y)
+        assert len(ours._cells) == cached
+        changed = [(k, (c[0], Text("failed", style="red"), c[2])) if k == "m0" else (k, c) for k, c in rows]
+        ours.show_rows(changed)
+        await pilot.pause()
+        assert "failed" in ours.render_line(1).text
+        assert len(ours._cells) > cached

@@ -1,16 +1,19 @@
-"""6. Console: the live console fed 5,000 events/s for 60 s.
+"""6. Console: the live console fed 5,000 events/s for 60 s (``--console-seconds``).
 
 The console runs in its own process (``bench/console_driver.py``, the CLI's
 ``create_app`` under Textual's headless test harness). This process feeds the
 event stream with realistic message lifecycles (enqueued, started, processed,
 state.changed, notification.sent, log) at a steady rate in 20 ms batches, and
-samples the console process's CPU and RSS. Events rendered per second = events
+samples the console process's CPU and RSS (every second; every 10 s on a feed of
+over two minutes, where the RSS slope over the last 8 minutes, or the second half of
+a shorter feed, says whether memory is flat). Events rendered per second = events
 taken into the console's model (which the 4 Hz render tick draws in batches).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from typing import Any
@@ -27,6 +30,12 @@ from iii_console.core.keys import Keys
 NAME = "console"
 TITLE = "6. Console: live console fed 5,000 events/s"
 BATCH_S = 0.02
+#: Timed key presses over the feed (``bench/console_driver.py``'s script, spread evenly):
+#: one every this many seconds, and at least :data:`MIN_PRESSES`.
+PRESS_EVERY_S = 1.5
+MIN_PRESSES = 24
+#: The RSS slope is taken over the last this many seconds of a long feed.
+SLOPE_WINDOW_S = 480.0
 
 
 def console_available() -> str | None:
@@ -69,12 +78,15 @@ def _lifecycle(now_ms: int) -> list[dict[str, str]]:
     return [e.encode() for e in evs]
 
 
-def _feed(bench: Bench, rate: int, seconds: float, console: psutil.Process) -> tuple[int, float, list[float], float]:
-    """Feed ``rate`` events/s; returns (events fed, feed seconds, console RSS samples MB, console CPU %)."""
+def _feed(
+    bench: Bench, rate: int, seconds: float, console: psutil.Process
+) -> tuple[int, float, list[tuple[float, float]], float]:
+    """Feed ``rate`` events/s; returns (events fed, feed seconds, console RSS samples (s, MB), console CPU %)."""
     key = Keys().events
     per_batch = max(1, int(rate * BATCH_S))
     fed = 0
-    rss: list[float] = []
+    rss: list[tuple[float, float]] = []
+    sample_every = 10.0 if seconds > 120 else 1.0
     t0 = time.perf_counter()
     cpu0 = sum(console.cpu_times()[:2])
     next_sample = t0
@@ -91,11 +103,25 @@ def _feed(bench: Bench, rate: int, seconds: float, console: psutil.Process) -> t
         pipe.execute()
         fed += per_batch
         if time.perf_counter() >= next_sample:
-            rss.append(console.memory_info().rss / 2**20)
-            next_sample += 1.0
+            rss.append((time.perf_counter() - t0, console.memory_info().rss / 2**20))
+            next_sample += sample_every
     elapsed = time.perf_counter() - t0
     cpu = (sum(console.cpu_times()[:2]) - cpu0) / elapsed * 100
     return fed, elapsed, rss, cpu
+
+
+def rss_slope(samples: list[tuple[float, float]], window_s: float) -> float:
+    """Least-squares slope, MB per minute, of the RSS samples ``(s, MB)`` in the last ``window_s`` seconds."""
+    if not samples:
+        return float("nan")
+    end = samples[-1][0]
+    pts = [(t, m) for t, m in samples if t >= end - window_s]
+    if len(pts) < 2:
+        return float("nan")
+    mt = sum(t for t, _ in pts) / len(pts)
+    mm = sum(m for _, m in pts) / len(pts)
+    var = sum((t - mt) ** 2 for t, _ in pts)
+    return sum((t - mt) * (m - mm) for t, m in pts) / var * 60 if var else float("nan")
 
 
 def run(bench: Bench) -> Section:
@@ -126,6 +152,11 @@ def run(bench: Bench) -> Section:
             str(out),
             "--max-seconds",
             str(o.console_seconds + 60),
+            "--presses",
+            str(max(MIN_PRESSES, int(o.console_seconds / PRESS_EVERY_S))),
+            "--feed-seconds",
+            str(o.console_seconds),
+            *(["--profile-keys", os.environ["III_BENCH_PROFILE_KEYS"]] if os.environ.get("III_BENCH_PROFILE_KEYS") else []),
         ],
     )
     try:
@@ -163,18 +194,45 @@ def run(bench: Bench) -> Section:
     sec.row("render ticks / s", fmt(ticks, 1))
     sec.row("behind at the end (fed − ingested, 2 s after feeding stopped)", fmt(max(0, fed - final_seq)))
     sec.row("console CPU, % of one core", fmt(cpu))
+    mb = [m for _, m in rss]
     sec.row(
         "console RSS start → half-way → end (max), MB",
-        f"{rss[0]:.0f} → {rss[len(rss) // 2]:.0f} → {rss[-1]:.0f} ({max(rss):.0f})" if rss else "—",
+        f"{mb[0]:.0f} → {mb[len(mb) // 2]:.0f} → {mb[-1]:.0f} ({max(mb):.0f})" if mb else "—",
     )
+    slope_s = SLOPE_WINDOW_S if o.console_seconds >= SLOPE_WINDOW_S + 60 else o.console_seconds / 2
+    sec.row(f"console RSS slope over the last {slope_s:g} s, MB/min", fmt(rss_slope(rss, slope_s), 2))
+    missed = len(result["key_ms"]) - len(keys)
     sec.row(
-        f"key press → repaint, ms, p50 / p95 / max ({len(keys)} presses)",
+        f"key press → repaint, ms, p50 / p95 / max ({len(keys)} presses"
+        + (f", {missed} unanswered in 10 s" if missed else "")
+        + ")",
         f"{fmt(kp[50], 1)} / {fmt(kp[95], 1)} / {fmt(kp[100], 1)}",
+    )
+    key_cpu = [c for c in result.get("key_cpu_ms", []) if c == c]
+    if key_cpu:
+        cp = percentiles(key_cpu, (50, 95, 100))
+        sec.row(
+            "UI thread CPU from press to repaint, ms, p50 / p95 / max",
+            f"{fmt(cp[50], 1)} / {fmt(cp[95], 1)} / {fmt(cp[100], 1)}",
+        )
+    by_key: dict[str, list[float]] = {}
+    cpu_by_key: dict[str, list[float]] = {}
+    for key, ms, *rest in result.get("keys", []):
+        if ms == ms:
+            by_key.setdefault(key, []).append(ms)
+            cpu_by_key.setdefault(key, []).extend(rest[:1])
+    sec.row(
+        "key press → repaint by key, median ms wall / UI thread CPU (presses)",
+        ", ".join(
+            f"{k} {fmt(percentiles(v, (50,))[50], 0)} / {fmt(percentiles(cpu_by_key[k], (50,))[50], 0) if cpu_by_key[k] else '—'} ({len(v)})"
+            for k, v in by_key.items()
+        ),
     )
     sec.row("most events read at once, not yet in the model", fmt(result.get("inbox_peak")))
     sec.note(
         f"{o.console_seconds:g} s of feeding. Headless Textual at 160×48: frames are composed but not written to a "
-        "terminal, so terminal output cost is not included. Key press = switching tabs (2 / 1), timed from the "
-        "press to the first refresh after it was handled."
+        "terminal, so terminal output cost is not included. Key presses: tab switches (2 / 1), cursor and page "
+        "keys on Messages, scrolling the Live log, a filter typed and entered, and esc clearing it, spread over the "
+        "feed; each timed from the press to the first refresh after its action ran (for enter, the filter applied)."
     )
     return sec

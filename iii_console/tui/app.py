@@ -91,9 +91,15 @@ TABS = (
 PANE_CLASSES: dict[str, type[Pane]] = {pid: cls for pid, _, cls in TABS}
 
 #: Events the reader thread moves into the model per hold of the model lock, so a render
-#: (and so a key press) never waits for more than one chunk (a few ms).
-INGEST_CHUNK = 500
+#: (and so a key press) never waits for more than one chunk (a few ms); between chunks it
+#: offers the GIL to the UI thread.
+INGEST_CHUNK = 200
 FILTER_DEBOUNCE_S = 0.2
+#: Above this many events/s the tab is redrawn at most every :data:`BUSY_DRAW_S`, not every
+#: tick: each redraw's frame costs the UI thread 40-100 ms there (a screenful of new log
+#: lines, tiles and sparklines, or a table), and a key press waits behind the one being painted.
+BUSY_RATE = 1000.0
+BUSY_DRAW_S = 0.5
 #: How many ways the status bar can be shortened (:meth:`ConsoleApp._topbar_text`).
 TOPBAR_LEVELS = 5
 ANNOUNCED = frozenset({"step.error", "message.dead_lettered"})
@@ -175,6 +181,7 @@ class ConsoleApp(WriteFlows):
         #: A tab asked for (a number key) before the tab bar was mounted.
         self._pending_tab: str | None = None
         self._seen_link: tuple[bool | None, int] = (None, 0)
+        self._drawn_at = 0.0
         self._revs = (0, 0, 0)
         self.render_count = 0
         #: Most events read at once and not yet in the model (at most ``tail.batch``); a backlog
@@ -240,6 +247,7 @@ class ConsoleApp(WriteFlows):
                 self.model.ingest(chunk, now, history=not announce)
             if announce:
                 self._announce_q.extend(e for e in chunk if e.type in ANNOUNCED)
+            time.sleep(0)  # a waiting UI thread takes the GIL now, not at the end of the switch interval
 
     @work(thread=True, exclusive=True, group="poll", name="snapshots", exit_on_error=False)
     def _poll(self) -> None:
@@ -344,7 +352,11 @@ class ConsoleApp(WriteFlows):
             self._revs = revs
             self._poke.set()
         self._announce_link()
-        self._redraw(now)
+        mono = time.monotonic()
+        if mono - self._drawn_at >= BUSY_DRAW_S or self.model.all_events.rate(now) < BUSY_RATE:
+            self._redraw(now)
+        else:
+            self._render_topbar(now)
         self.render_count += 1
         if self.render_count == 2:
             # After the first frame. Not call_after_refresh: that waits for a repaint with nothing
@@ -353,6 +365,9 @@ class ConsoleApp(WriteFlows):
         if self._pending_tab and self.ready:
             self._tabs.active, self._pending_tab = self._pending_tab, None
 
+    def _redraw_now(self) -> None:
+        self._redraw(self.now_ms())
+
     def _redraw(self, now: int) -> None:
         if not self.is_running:
             return  # shutting down: the widgets are being removed
@@ -360,6 +375,7 @@ class ConsoleApp(WriteFlows):
             self._draw(now)
 
     def _draw(self, now: int) -> None:
+        self._drawn_at = time.monotonic()
         self._render_topbar(now)
         if self.paused:
             return
@@ -485,7 +501,9 @@ class ConsoleApp(WriteFlows):
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
         self._active = event.pane.id or "live"
         self._poke.set()
-        self._redraw(self.now_ms())
+        # The tab shows first as it was last drawn; its new data follows right after that frame,
+        # so the switch itself is not kept waiting for a rebuild (a table's, the log's catch-up).
+        self.call_after_refresh(self._redraw_now)
         self._focus_pane()
 
     def _pane(self, pid: str) -> Pane:

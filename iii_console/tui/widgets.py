@@ -6,11 +6,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rich.padding import Padding
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.color import Color
 from textual.containers import Vertical
 from textual.message import Message
+from textual.renderables.styled import Styled
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, RichLog, Sparkline, Static
 from textual.widgets.data_table import CellDoesNotExist, ColumnKey
@@ -150,11 +154,22 @@ def retitle(widget: Widget, title: str | None = None, subtitle: str | None = Non
         widget.border_subtitle = subtitle
 
 
+#: Rendered cells kept by content (:meth:`Table._render_cell`); cleared when it grows past this.
+CELL_CACHE = 4000
+
+
 class Table(DataTable[Text]):
-    """A row-cursor table whose one flexible column (width ``None``) fills the rest of the width."""
+    """A row-cursor table whose one flexible column (width ``None``) fills the rest of the width.
+
+    Cells are rendered once per content and look: Textual keys its own cell cache by the
+    table's update count, so any change (a new row, an age ticking over, the focus
+    moving) re-rendered every visible cell through Rich, ~100 ms for a screenful under
+    load. Here an unchanged cell is a dictionary hit whatever else changed.
+    """
 
     def __init__(self, columns: Sequence[tuple[str, int | None]], *, title: str = "", **kw: Any):
         super().__init__(cursor_type="row", zebra_stripes=True, **kw)
+        self._cells: dict[tuple[Any, ...], list[list[Segment]]] = {}
         self._flex: str | None = None
         for label, width in columns:
             key = label.lower()
@@ -177,6 +192,57 @@ class Table(DataTable[Text]):
 
     def on_resize(self) -> None:
         self.fit()
+
+    def _render_cell(
+        self,
+        row_index: int,
+        column_index: int,
+        base_style: Style,
+        width: int,
+        cursor: bool = False,
+        hover: bool = False,
+    ) -> list[list[Segment]]:
+        if row_index < 0 or column_index < 0 or self.fixed_rows or self.fixed_columns:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        row_key = self._row_locations.get_key(row_index)
+        row = self.rows.get(row_key) if row_key is not None else None
+        cell = self._get_row_renderables(row_index).cells[column_index]
+        if row is None or not isinstance(cell, Text) or row.height != 1:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        component_style, post_style = self._get_styles_to_render_cell(
+            False,
+            False,
+            False,
+            hover,
+            cursor,
+            self.show_cursor,
+            self._show_hover_cursor,
+            self.cursor_foreground_priority == "css",
+            self.cursor_background_priority == "css",
+        )
+        key = (
+            cell.plain,
+            cell.style,
+            tuple(cell.spans),
+            cell.justify,
+            cell.overflow,
+            width,
+            base_style,
+            component_style,
+            post_style,
+        )
+        lines = self._cells.get(key)
+        if lines is None:
+            if len(self._cells) >= CELL_CACHE:
+                self._cells.clear()
+            options = self.app.console_options.update_dimensions(width, 1).update(no_wrap=True)
+            lines = self._cells[key] = self.app.console.render_lines(
+                Styled(Padding(cell, (0, self.cell_padding)), pre_style=base_style + component_style, post_style=post_style),
+                options,
+            )
+        # What Textual adds to every cell for mouse clicks: which row and column it is.
+        meta = Style.from_meta({"row": row_index, "column": column_index})
+        return [[Segment(seg.text, (seg.style + meta) if seg.style else meta, seg.control) for seg in line] for line in lines]
 
     def fit(self) -> None:
         if self._flex is None or not self.size.width:
