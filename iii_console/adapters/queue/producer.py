@@ -44,6 +44,24 @@ class _Builder:
         self.subscriptions = subscriptions
         self.emitter = emitter
 
+    def dedup_claim(
+        self,
+        topic: str,
+        dedup_key: str | None,
+        dedup_ttl_ms: int,
+        ids: list[str],
+        trace_id: str,
+        source: str | None,
+        extras: dict[str, Any] | None,
+    ) -> tuple[str | None, dict[str, Any]]:
+        """A dedup key's once-key and the enqueue script's extras with its record (``None`` and a copy without one)."""
+        extras = dict(extras or {})
+        if dedup_key is None:
+            return None, extras
+        check_dedup(dedup_key, dedup_ttl_ms)
+        extras.update(_dedup_extras(self, topic, dedup_key, ids, trace_id, source))
+        return self.keys.dedup(topic, dedup_key), extras
+
     def build(
         self,
         topic: str,
@@ -238,11 +256,9 @@ class Producer(_Builder):
             limit_size=limit_size,
         )
         ids = [m.message_id for _, m in copies]
-        extras = dict(extras or {})
-        if dedup_key is not None:
-            check_dedup(dedup_key, dedup_ttl_ms)
-            once, once_ttl_ms = self.keys.dedup(topic, dedup_key), dedup_ttl_ms
-            extras.update(_dedup_extras(self, topic, dedup_key, ids, trace_id, source))
+        dedup_once, extras = self.dedup_claim(topic, dedup_key, dedup_ttl_ms, ids, trace_id, source, extras)
+        if dedup_once is not None:
+            once, once_ttl_ms = dedup_once, dedup_ttl_ms
         events = self.events(topic, data, copies, prio, delay_ms, source, trace_id)
         if announce is not None:
             events += announce(ids)
@@ -351,11 +367,7 @@ class AsyncProducer(_Builder):
             topic, data, trace_id=trace_id, priority=priority, delay_ms=delay_ms, source=source, options=options
         )
         ids = [m.message_id for _, m in copies]
-        once, extras = None, dict(extras or {})
-        if dedup_key is not None:
-            check_dedup(dedup_key, dedup_ttl_ms)
-            once = self.keys.dedup(topic, dedup_key)
-            extras.update(_dedup_extras(self, topic, dedup_key, ids, trace_id, source))
+        once, extras = self.dedup_claim(topic, dedup_key, dedup_ttl_ms, ids, trace_id, source, extras)
         events = self.events(topic, data, copies, prio, delay_ms, source, trace_id)
         if not (copies or once):
             return Prepared(None, ids, None)

@@ -27,7 +27,7 @@ import redis
 from dramatiq.message import Message
 
 from iii_console.adapters.queue.errors import EnqueueError
-from iii_console.adapters.queue.producer import DEDUP_TTL_MS, Subscriptions, _Builder, _dedup_extras, _script_args, check_dedup
+from iii_console.adapters.queue.producer import DEDUP_TTL_MS, Subscriptions, _Builder, _script_args
 from iii_console.adapters.queue.rmq_topology import Publisher, Topology, delay_bucket
 from iii_console.adapters.queue.scripts import Scripts
 from iii_console.core import replication
@@ -131,11 +131,9 @@ class RabbitProducer(_Builder):
             limit_size=limit_size,
         )
         ids = [m.message_id for _, m in copies]
-        extras = dict(extras or {})
-        if dedup_key is not None:
-            check_dedup(dedup_key, dedup_ttl_ms)
-            once, once_ttl_ms = self.keys.dedup(topic, dedup_key), dedup_ttl_ms
-            extras.update(_dedup_extras(self, topic, dedup_key, ids, trace_id, source))
+        dedup_once, extras = self.dedup_claim(topic, dedup_key, dedup_ttl_ms, ids, trace_id, source, extras)
+        if dedup_once is not None:
+            once, once_ttl_ms = dedup_once, dedup_ttl_ms
         events = self.events(topic, data, copies, prio, delay_ms, source, trace_id)
         if announce is not None:
             events += announce(ids)
