@@ -15,16 +15,13 @@ from __future__ import annotations
 import math
 
 from bench import contenders as c
-from bench.drain import Drained, drain
 from bench.env import Bench
 from bench.report import Section
+from bench.scenarios.queue import SHAPES, measure
 from bench.stats import fmt, fmt_ratio, median, ratio, spread
 
 NAME = "brokers"
 TITLE = "10. Queue drain on both brokers (Redis and RabbitMQ), ours and bare Dramatiq"
-SHAPES = ((1, 8), (2, 8))
-
-Samples = dict[tuple[str, tuple[int, int]], list[Drained]]
 
 
 def run(bench: Bench) -> Section:
@@ -38,17 +35,7 @@ def run(bench: Bench) -> Section:
     else:
         skipped = bench.rabbit_skipped()
         print(f"  [{NAME}] RabbitMQ columns skipped: {skipped}", flush=True)
-    runs: Samples = {}
-    for rnd in range(bench.options.rounds):
-        for shape in SHAPES:
-            for con in contenders:
-                d = drain(bench, con, shape[0], shape[1], n)
-                runs.setdefault((con.name, shape), []).append(d)
-                print(
-                    f"  [{NAME}] round {rnd + 1} {shape[0]}x{shape[1]} {con.name}: {d.rate:,.0f} msg/s, "
-                    f"{d.cpu_ms:.2f} ms CPU/msg, Redis {d.redis_us:.0f} µs/msg, RabbitMQ {d.rabbit_us:.0f} µs/msg",
-                    flush=True,
-                )
+    runs = measure(bench, contenders, n, label=NAME)
 
     def med(name: str, shape: tuple[int, int], attr: str) -> float:
         return median(getattr(d, attr) for d in runs.get((name, shape), []))

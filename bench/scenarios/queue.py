@@ -7,6 +7,8 @@ first completion to the last, as recorded by the task itself.
 
 from __future__ import annotations
 
+import math
+
 from bench import contenders as c
 from bench.drain import Drained, drain
 from bench.env import Bench
@@ -21,7 +23,7 @@ SHAPES = ((1, 8), (2, 8))
 Samples = dict[tuple[str, tuple[int, int]], list[Drained]]
 
 
-def measure(bench: Bench, contenders: list[c.QueueContender], n: int) -> Samples:
+def measure(bench: Bench, contenders: list[c.QueueContender], n: int, label: str = NAME) -> Samples:
     """Rounds × shapes × contenders, alternating contenders within each round."""
     runs: Samples = {}
     for rnd in range(bench.options.rounds):
@@ -29,9 +31,10 @@ def measure(bench: Bench, contenders: list[c.QueueContender], n: int) -> Samples
             for con in contenders:
                 d = drain(bench, con, shape[0], shape[1], n)
                 runs.setdefault((con.name, shape), []).append(d)
+                rabbit = "" if math.isnan(d.rabbit_us) else f", RabbitMQ {d.rabbit_us:.0f} µs/msg"
                 print(
-                    f"  [{NAME}] round {rnd + 1} {shape[0]}x{shape[1]} {con.name}: {d.rate:,.0f} msg/s, "
-                    f"{d.cpu_ms:.2f} ms CPU/msg, Redis {d.redis_us:.0f} µs/msg",
+                    f"  [{label}] round {rnd + 1} {shape[0]}x{shape[1]} {con.name}: {d.rate:,.0f} msg/s, "
+                    f"{d.cpu_ms:.2f} ms CPU/msg, Redis {d.redis_us:.0f} µs/msg{rabbit}",
                     flush=True,
                 )
     return runs
