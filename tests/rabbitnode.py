@@ -111,6 +111,7 @@ class RabbitNode:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=self.root,  # a crashing node writes its MnesiaCore dump to its working directory
         )
         self.pid = self.proc.pid
 
