@@ -8,7 +8,7 @@ from __future__ import annotations
 from bench import contenders as c
 from bench.env import Bench
 from bench.report import Section
-from bench.scenarios.queue import SHAPES, measure, medians
+from bench.scenarios.queue import SHAPES, measure, medians, per_round
 from bench.stats import fmt, ratio
 
 NAME = "events"
@@ -17,7 +17,8 @@ TITLE = "4. Event overhead (queue drain, event stream on vs off)"
 
 def run(bench: Bench) -> Section:
     on, off = c.ours(events=True), c.ours(events=False)
-    med, cpu, _ = medians(measure(bench, [on, off], bench.options.messages))
+    runs = measure(bench, [on, off], bench.options.messages)
+    med, cpu, _ = medians(runs)
     sec = Section(
         TITLE,
         header=[
@@ -43,7 +44,9 @@ def run(bench: Bench) -> Section:
             fmt(c_off, 2),
             f"{ratio(c_on, c_off) - 1:+.1%}",
         )
-        sec.target(f"{s[0]}×{s[1]}: throughput overhead ≤ 10%", overhead <= 0.10)
+        rounds = [1 - r for r in per_round(runs, on.name, [off.name], s, "rate")]
+        each = " / ".join(f"{o:+.0%}" for o in rounds)
+        sec.target(f"{s[0]}×{s[1]}: throughput overhead ≤ 10%, every round ({each})", all(o <= 0.10 for o in rounds))
     sec.note(
         "Each message emits `message.started` and `message.processed`; a background sink "
         "thread writes each batch with one script call (the `XADD`s, one trim and the metric counters). Off = `events.enabled: false`."

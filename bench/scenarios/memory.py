@@ -98,6 +98,11 @@ def run(bench: Bench) -> Section:
     )
     sec.row("iii-console (events on)", fmt(ours["rss"], 1), fmt(ours["tree_rss"], 1), fmt(ours["idle_cpu"], 1), fmt(ours["rate"]))
     sec.row("Dramatiq (RedisBroker)", fmt(dram["rss"], 1), fmt(dram["tree_rss"], 1), fmt(dram["idle_cpu"], 1), fmt(dram["rate"]))
+    sec.target(f"idle worker ≤ 1 % of a core ({ours['idle_cpu']:.1f} %)", ours["idle_cpu"] <= 1.0)
+    sec.target(
+        f"worker RSS ≤ Dramatiq's worker plus its CLI parent ({ours['rss']:.1f} vs {dram['tree_rss']:.1f} MB)",
+        ours["rss"] <= dram["tree_rss"],
+    )
     sec.note(
         f"Redis with our event stream at its cap (`events.maxlen` {config.events.maxlen:,}): stream {xlen:,} entries, "
         f"`MEMORY USAGE` {stream_bytes / 2**20:.1f} MB ({stream_bytes / max(xlen, 1):.0f} B/entry); "
