@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 
 import pytest
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ConstantBackoff, NoBackoff
 
 from iii_console.core.autopipe import AutoPipeline
+from iii_console.core.redis_server import RedisServer
 
 ECHO = "return {KEYS[1], ARGV[1]}"
 FAIL_ON_BAD = "if ARGV[1] == 'bad' then return redis.error_reply('bad input') end return redis.call('INCR', KEYS[1])"
@@ -84,3 +90,78 @@ def test_a_cancelled_caller_does_not_disturb_the_others(redis_url, n):
 
     got = run(redis_url, body)
     assert got == [[b"k", str(i).encode()] for i in range(1, n + 1)]
+
+
+def test_a_restarted_redis_is_reconnected_to_and_scripts_loaded_again(tmp_path):
+    """Redis stops (losing its scripts) and comes back on the same port: the next calls reconnect and succeed."""
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+
+    async def body():
+        client = aredis.Redis.from_url(server.url, socket_connect_timeout=1, retry=Retry(ConstantBackoff(0.2), 5))
+        pipe = AutoPipeline(client)
+        echo = pipe.script(ECHO)
+        try:
+            before = await asyncio.gather(*(echo(keys=["a"], args=[i]) for i in range(20)))
+            server.stop()
+            down = await asyncio.gather(echo(keys=["a"], args=["x"]), return_exceptions=True)
+            server.start()
+            after = await asyncio.gather(*(echo(keys=["b"], args=[i]) for i in range(20)))
+            return before, down, after
+        finally:
+            await client.aclose()
+
+    try:
+        before, down, after = asyncio.run(body())
+    finally:
+        server.stop()
+    assert before == [[b"a", str(i).encode()] for i in range(20)]
+    assert isinstance(down[0], redis.ConnectionError), down
+    assert after == [[b"b", str(i).encode()] for i in range(20)]
+
+
+def test_a_redis_that_does_not_answer_in_time_is_a_timeout_and_the_connection_stays_usable(tmp_path):
+    """A Redis that stops answering (SIGSTOP) fails the waiting callers as a timeout within the socket timeout
+    (the server's 503), and once it answers again no reply left on that socket reaches a later caller."""
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    assert server.proc is not None
+
+    async def body():
+        client = aredis.Redis.from_url(server.url, socket_timeout=0.3, retry=Retry(NoBackoff(), 0))
+        pipe = AutoPipeline(client)
+        echo = pipe.script(ECHO)
+        try:
+            await echo(keys=["warm"], args=[0])  # the script is loaded: the stall below hits the call itself
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                slow = await asyncio.gather(*(echo(keys=["s"], args=[i]) for i in range(3)), return_exceptions=True)
+                waited = time.monotonic() - t0
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            later = await asyncio.gather(*(echo(keys=["l"], args=[i]) for i in range(10)))
+            return slow, waited, later
+        finally:
+            await client.aclose()
+
+    try:
+        slow, waited, later = asyncio.run(body())
+    finally:
+        server.stop()
+    assert all(isinstance(e, redis.TimeoutError) for e in slow), slow
+    assert waited < 1.5
+    assert later == [[b"l", str(i).encode()] for i in range(10)]
+
+
+def test_arguments_go_out_as_redis_py_would_send_them(redis_url):
+    """Text (any script), bytes, ints and floats arrive as redis-py's own packer sends them; what it refuses
+    (None, a bool) is refused with its error, and nothing is sent."""
+
+    async def body(client, pipe):
+        echo = pipe.script("return ARGV")
+        ok = await echo(args=["é ü 中", b"\x00\xff", 7, -3, 1.5, 1e16, ""])
+        bad = await asyncio.gather(echo(args=[None]), echo(args=[True]), return_exceptions=True)
+        return ok, bad
+
+    ok, bad = run(redis_url, body)
+    assert ok == ["é ü 中".encode(), b"\x00\xff", b"7", b"-3", b"1.5", repr(1e16).encode(), b""]
+    assert all(isinstance(e, redis.DataError) for e in bad), bad

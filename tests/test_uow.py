@@ -110,6 +110,15 @@ STEPS = {
                 r.close()
             return {"n": n, "runs": RUNS["n"]}
     """,
+    "relay_step.py": """
+        from iii_console import Step, http
+
+        config = Step(name="Relay", triggers=[http("POST", "/relay")], enqueues=["uow.t"])
+
+        async def handler(req, ctx):
+            ids = await ctx.enqueue("uow.t", {"text": req.body["text"]})
+            return {"ids": ids}
+    """,
 }
 
 
@@ -251,3 +260,21 @@ def test_under_wait_replicas_the_units_call_is_followed_by_wait_on_its_own_conne
     finally:
         assert run.stop() == 0
         client.close()
+
+
+def test_any_text_a_json_body_can_carry_is_enqueued_and_on_the_stream_as_sent(app, rc):
+    """Given a body whose text holds non-ASCII characters, a control character and a lone surrogate (JSON's
+    ``\\ud800`` escape), when an HTTP step enqueues it, then it answers 200 and the message and its
+    message.enqueued event carry the text as sent."""
+    text = "é 中 \x01 a\ud800b"
+    raw = json.dumps({"text": text})  # ASCII, the surrogate as an escape
+    resp = httpx.post(f"{app.url}/relay", content=raw, headers={"content-type": "application/json"}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    [mid] = resp.json()["ids"]
+    trace = resp.headers["x-trace-id"]
+    [ev] = [e for e in events(rc, KEYS, "message.enqueued") if e.trace_id == trace]
+    assert ev.message_id == mid and ev.data["payload"] == {"text": text}
+    [stored] = [
+        json.loads(v) for k in rc.scan_iter(f"{KEYS.dramatiq_namespace}:*.msgs") for v in rc.hvals(k) if mid.encode() in v
+    ]
+    assert stored["args"] == [{"text": text}]

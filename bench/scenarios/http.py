@@ -119,7 +119,8 @@ def run(bench: Bench) -> Section:
         "enqueue applied together when the handler returns by one unit-of-work script call that also writes "
         "`state.changed` and `message.enqueued` (concurrent requests' script calls share pipelined round trips), "
         "events `http.received`, "
-        "`message.enqueued`, `log`; `--no-ui` also tails and prints the event stream, in a child process of the server's (its CPU is not in the server CPU column). "
-        "Server CPU is the server process's CPU time over the run (100 = one core)."
+        "`message.enqueued`, `log`; `--no-ui` also tails and prints the event stream, in a child process of the server's. "
+        "Server CPU is the CPU time of the server process and its children (the echo included) over the run "
+        "(100 = one core)."
     )
     return sec

@@ -43,6 +43,7 @@ async def _run_headless(
     echo: EchoCommand,
     watch: bool = False,
 ) -> int:
+    import gc
     import logging
 
     from iii_console.runtime.recycling import RECYCLE_EXIT
@@ -57,6 +58,10 @@ async def _run_headless(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await sup.start()
+    # What start-up built (modules, the app, the steps, the clients) lives as long as the process: frozen,
+    # the cyclic collector's full passes no longer walk it (~30 ms each, about once a second under load).
+    gc.collect()
+    gc.freeze()
     if watch:
         sup.watch()
     where = f" on http://{cfg.server.host}:{sup.port}" if sup.port else ""

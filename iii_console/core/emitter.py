@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+import msgspec
 import redis
 import structlog
 
@@ -278,12 +279,12 @@ class StreamSink:
             "s": [ev.flat() for ev in settle],
             "st": tables(settle, counts_only=True),
         }
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+        return _json_bytes(body)
 
     def _args(self, batch: list[Event], timed: Sequence[Event] = ()) -> list[Any]:
         # ensure_ascii=False keeps the JSON small; 'replace' turns lone surrogates
         # (which no Redis string can hold as UTF-8) into '?' instead of failing.
-        events = json.dumps([ev.flat() for ev in batch], ensure_ascii=False, separators=(",", ":"))
+        events = _json_bytes([ev.flat() for ev in batch])
         tables: list[list[Any]] = [[], [], []]
         if self._keys is not None:
             counts, buckets, sums = metrics.aggregate(batch)
@@ -298,7 +299,7 @@ class StreamSink:
             for table, agg in zip(tables, aggs):
                 for kv in agg.items():
                     table.extend(kv)
-        return [self._maxlen, events.encode("utf-8", "replace"), json.dumps(tables, separators=(",", ":"))]
+        return [self._maxlen, events, _json_bytes(tables)]
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until the buffer is written (or ``timeout``); used at shutdown and in tests."""
@@ -315,6 +316,22 @@ class StreamSink:
             self._stop = True
             self._cond.notify()
         self._thread.join(timeout)
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _json_bytes(value: Any) -> bytes:
+    """Compact UTF-8 JSON of strings, numbers and lists of them (a batch's fields, its counters).
+
+    msgspec writes it at a fraction of ``json.dumps``'s cost. A lone surrogate, which no
+    Redis string can hold as UTF-8, makes it refuse: then ``json`` writes it and ``'replace'``
+    turns the surrogate into '?'.
+    """
+    try:
+        return _encode(value)
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
 
 class _SinkLogger:

@@ -7,6 +7,7 @@ nested field; it is JSON, size-capped and redacted at encode time.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -129,14 +130,22 @@ def _finite(value: Any) -> Any:
     return value
 
 
+#: What an event's data and an echoed line are written with. ``json.dumps`` given any
+#: argument builds a new encoder on every call, half its cost for an event's data; the
+#: encoder for these arguments is built once (same class, same options, same output).
+_COMPACT = {"default": str, "separators": (",", ":")}
+_COMPACT_STRICT = json.JSONEncoder(allow_nan=False, **_COMPACT)  # type: ignore[arg-type]
+
+
 def dumps_strict(value: Any, **kw: Any) -> str:
     """JSON with no ``NaN``/``Infinity`` (written as strings instead), which every JSON parser reads."""
+    encode = _COMPACT_STRICT.encode if kw == _COMPACT else functools.partial(json.dumps, allow_nan=False, **kw)
     try:
-        return json.dumps(value, allow_nan=False, **kw)
+        return encode(value)
     except ValueError as exc:
         if "Out of range float" not in str(exc):
             raise
-        return json.dumps(_finite(value), allow_nan=False, **kw)
+        return encode(_finite(value))
 
 
 def _no_constant(name: str) -> Any:

@@ -118,9 +118,13 @@ def apply_ops(value: Any, ops: Iterable[Mapping[str, Any]]) -> Any:
     return root.get("")
 
 
+#: ``json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)``, its encoder built once, not per call.
+_DUMP = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
 def _dump(value: Any) -> str:
     try:
-        return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+        return _DUMP.encode(value)
     except (TypeError, ValueError) as exc:
         raise StateError(f"value is not JSON-serialisable: {exc}") from None
 
