@@ -24,10 +24,13 @@
   ``delays.py``) moves due ones onto the queue. No worker holds a message it
   cannot run yet, so far-future messages cannot crowd out due ones, and a
   stop or a restart does not touch them.
-- **Every settle writes its own event**: ``ack.lua``, ``move.lua`` and
+- **Every settle writes its own event**: ``ack_many.lua`` (``ack.lua``), ``move.lua`` and
   ``dead.lua`` write ``message.processed``, ``message.retrying`` and
   ``message.dead_lettered`` (with the metric counters) in the script that
   makes the transition (``lua/_events.lua``); a refused settle writes none.
+- **Acks are committed in groups** (``AckGroup``): the acks of the worker's
+  threads that arrive while one call is on the wire go out together in the
+  next, each still settled, with its event, only if this worker holds it.
 - **A graceful return is not a delivery**: messages fetched but never started
   go back to the head of their queue with their delivery count undone
   (``requeue.lua``), so restarts never push a message to ``max_deliveries``.
