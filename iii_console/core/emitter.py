@@ -36,6 +36,21 @@ log = logging.getLogger(__name__)
 _EVENTS_ADD = resources.files("iii_console.core").joinpath("lua/events_add.lua").read_text()
 
 
+_encode = msgspec.json.Encoder().encode
+
+
+def _json(value: Any) -> bytes:
+    """Compact UTF-8 JSON of the sink's lists of strings and numbers (msgspec: a tenth of ``json.dumps``'s time).
+
+    A lone surrogate (which no Redis string can hold as UTF-8) becomes ``?``
+    instead of failing the write.
+    """
+    try:
+        return _encode(value)
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+
+
 #: Errors that clear by themselves (Redis away, loading, failing over, scripts
 #: flushed): the batch waits for them instead of being dropped. Full or read-only
 #: is told by :func:`redis_refuses_writes`, which also knows Redis 6's wording.
@@ -122,7 +137,9 @@ class StreamSink:
                 self._idle = True
                 if not self._buf and not self._stop:
                     self._cond.wait(IDLE_WAIT_S)
-                    if self._buf and not self._stop:
+                    # Woken for settles' processing times alone, it waits too: those of
+                    # the next few milliseconds' settles go out in the same batch.
+                    if (self._buf or self._timed) and not self._stop:
                         self._idle = False
                         self._cond.wait(self._interval)
                 self._idle = False
@@ -213,34 +230,60 @@ class StreamSink:
         same script call (written whatever it decides), holding the flush lock
         so no batch the flusher has taken can land after it.
         """
+        return self._transition(run, lambda pre: self.payload(pre, settle), settle, through)
+
+    def transition_many(
+        self, run: Callable[[bytes], Any], settles: Sequence[Sequence[Event]], *, through: int | None = None
+    ) -> Any:
+        """:meth:`transition` for a script that makes several transitions, each writing its own ``settles[i]``.
+
+        The events argument (:meth:`payload_many`) carries, instead of one
+        ``s``/``st`` pair, one ``{s, c}`` per transition in ``a``; the script
+        writes each one's events and adds its counters only if it applies.
+        """
+        return self._transition(run, lambda pre: self.payload_many(pre, settles), [e for s in settles for e in s], through)
+
+    def _transition(
+        self,
+        run: Callable[[bytes], Any],
+        build: Callable[[Sequence[Event]], bytes],
+        settled: Sequence[Event],
+        through: int | None,
+    ) -> Any:
         through = self.seq if through is None else through
         if self._written < through:
             with self._flush_lock:
                 while self._written < through and self._buf:
                     batch = self._take()
                     if batch[-1][0] >= through or not self._buf:
-                        return self._settle(run, settle, batch)
+                        return self._settle(run, build, settled, batch)
                     if not self._write_batch(batch):
                         raise redis.ConnectionError("event sink: Redis unavailable")
         # Everything it had to follow is on the stream (or was dropped): no lock needed.
-        return self._settle(run, settle, [])
+        return self._settle(run, build, settled, [])
 
-    def _settle(self, run: Callable[[bytes], Any], settle: Sequence[Event], batch: list[tuple[int, Event]]) -> Any:
+    def _settle(
+        self,
+        run: Callable[[bytes], Any],
+        build: Callable[[Sequence[Event]], bytes],
+        settled: Sequence[Event],
+        batch: list[tuple[int, Event]],
+    ) -> Any:
         """Run the transition with ``batch`` (taken from the buffer, flush lock held) riding along."""
         last = batch[-1][0] if batch else 0
         try:
-            payload = self.payload([ev for _, ev in batch], settle)
+            payload = build([ev for _, ev in batch])
         except Exception:  # an event that cannot be encoded must not block the settle
             log.exception("event sink: dropping %d events that cannot be encoded", len(batch))
             self.dropped += len(batch)
-            payload, batch = self.payload((), settle), []
+            payload, batch = build(()), []
         try:
             result = run(payload)
         except BaseException:
             self._buf.extendleft(reversed(batch))  # written by a later call, in order
             raise
         self._written = max(self._written, last)
-        self._observe(settle)
+        self._observe(settled)
         return result
 
     def _observe(self, settle: Sequence[Event]) -> None:
@@ -279,12 +322,34 @@ class StreamSink:
             "s": [ev.flat() for ev in settle],
             "st": tables(settle, counts_only=True),
         }
-        return _json_bytes(body)
+        return _json(body)
+
+    def payload_many(self, pre: Sequence[Event], settles: Sequence[Sequence[Event]]) -> bytes:
+        """The events argument of a script making several transitions: ``pre`` always written, ``settles[i]`` with the i-th.
+
+        Each transition's counters are a flat ``[field, n, ...]`` list (``c``); the
+        script sums those of the transitions that apply and adds each field once.
+        """
+        pre_tables: list[list[Any]] = [[], [], []]
+        if self._keys is not None and pre:
+            aggs: tuple[Mapping[str, float], ...] = metrics.aggregate(pre)
+            for table, agg in zip(pre_tables, aggs):
+                for kv in agg.items():
+                    table.extend(kv)
+        counted = self._keys is not None
+        body = {
+            "k": self._event_keys,
+            "m": self._maxlen,
+            "p": [ev.flat() for ev in pre],
+            "pt": pre_tables,
+            "a": [
+                {"s": [ev.flat() for ev in settle], "c": metrics.count_fields(settle) if counted else []} for settle in settles
+            ],
+        }
+        return _json(body)
 
     def _args(self, batch: list[Event], timed: Sequence[Event] = ()) -> list[Any]:
-        # ensure_ascii=False keeps the JSON small; 'replace' turns lone surrogates
-        # (which no Redis string can hold as UTF-8) into '?' instead of failing.
-        events = _json_bytes([ev.flat() for ev in batch])
+        events = _json([ev.flat() for ev in batch])
         tables: list[list[Any]] = [[], [], []]
         if self._keys is not None:
             counts, buckets, sums = metrics.aggregate(batch)
@@ -299,7 +364,7 @@ class StreamSink:
             for table, agg in zip(tables, aggs):
                 for kv in agg.items():
                     table.extend(kv)
-        return [self._maxlen, events, _json_bytes(tables)]
+        return [self._maxlen, events, _json(tables)]
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until the buffer is written (or ``timeout``); used at shutdown and in tests."""
@@ -316,22 +381,6 @@ class StreamSink:
             self._stop = True
             self._cond.notify()
         self._thread.join(timeout)
-
-
-_encode = msgspec.json.Encoder().encode
-
-
-def _json_bytes(value: Any) -> bytes:
-    """Compact UTF-8 JSON of strings, numbers and lists of them (a batch's fields, its counters).
-
-    msgspec writes it at a fraction of ``json.dumps``'s cost. A lone surrogate, which no
-    Redis string can hold as UTF-8, makes it refuse: then ``json`` writes it and ``'replace'``
-    turns the surrogate into '?'.
-    """
-    try:
-        return _encode(value)
-    except UnicodeEncodeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
 
 class _SinkLogger:
@@ -448,6 +497,14 @@ class Emitter:
         if self.stream is None:
             return run("")
         return self.stream.transition(run, [e for e in events if e is not None], through=through)
+
+    def transition_many(
+        self, run: Callable[[bytes | str], Any], settles: Sequence[Sequence[Event | None]], *, through: int | None = None
+    ) -> Any:
+        """Run a script making several transitions, the i-th writing ``settles[i]`` only if it applies (``StreamSink.transition_many``)."""
+        if self.stream is None:
+            return run("")
+        return self.stream.transition_many(run, [[e for e in s if e is not None] for s in settles], through=through)
 
     @property
     def seq(self) -> int:

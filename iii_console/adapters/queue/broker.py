@@ -24,10 +24,13 @@
   ``delays.py``) moves due ones onto the queue. No worker holds a message it
   cannot run yet, so far-future messages cannot crowd out due ones, and a
   stop or a restart does not touch them.
-- **Every settle writes its own event**: ``ack.lua``, ``move.lua`` and
+- **Every settle writes its own event**: ``ack_many.lua`` (``ack.lua``), ``move.lua`` and
   ``dead.lua`` write ``message.processed``, ``message.retrying`` and
   ``message.dead_lettered`` (with the metric counters) in the script that
   makes the transition (``lua/_events.lua``); a refused settle writes none.
+- **Acks are committed in groups** (``AckGroup``): the acks of the worker's
+  threads that arrive while one call is on the wire go out together in the
+  next, each still settled, with its event, only if this worker holds it.
 - **A graceful return is not a delivery**: messages fetched but never started
   go back to the head of their queue with their delivery count undone
   (``requeue.lua``), so restarts never push a message to ``max_deliveries``.
@@ -42,6 +45,7 @@ settle the consumer makes is a broker transition.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -105,6 +109,8 @@ class IIIBroker(RedisBroker):
         self.dead_letter_queue = dead_letter_queue or (lambda _topic: "dead-letters")
         self.emitter = emitter
         self.iii_scripts = Scripts(client)
+        #: Acks of processed messages from every worker thread, committed in groups (``ack_many.lua``).
+        self.acks = AckGroup(self._ack_many)
         # Blocking reads get their own connections so they never hold up acks.
         self.blocking_client = redis.Redis(connection_pool=client.connection_pool)
         #: Hands wake tokens to idle consumers: one BLPOP for all of this broker's queues.
@@ -234,6 +240,25 @@ class IIIBroker(RedisBroker):
         gid = message.options.get("iii_group")
         return [self.keys.group(gid) if isinstance(gid, str) and gid else "", message.message_id or ""]
 
+    def _ack_many(self, acks: list[_Ack]) -> list[int]:
+        """Settle ``acks`` (processed messages) in one ``ack_many.lua`` call; 1 or 0 (not held) per ack.
+
+        Each ack's ``message.processed`` is written only if its settle applies,
+        after every event its message put before (the latest ``iii_seq`` of the
+        group: one message's buffered events never land after its settle).
+        """
+        args: list[Any] = [self.namespace, self.broker_id]
+        for a in acks:
+            args += (a.queue, a.rid, a.group, a.mid)
+        if self.emitter is None:
+            return [int(r) for r in self.iii_scripts.ack_many(args=[*args[:2], "", *args[2:]])]
+        throughs = [a.through for a in acks]
+        through = None if None in throughs else max(t for t in throughs if t is not None)
+        result = self.emitter.transition_many(
+            lambda ev: self.iii_scripts.ack_many(args=[*args[:2], ev, *args[2:]]), [[a.event] for a in acks], through=through
+        )
+        return [int(r) for r in result]
+
 
 class WakeHub:
     """One thread per broker that waits on the wake lists of all its consumers at once.
@@ -327,6 +352,108 @@ class WakeHub:
             event.set()
 
 
+class _Ack:
+    """One processed message waiting in an :class:`AckGroup`."""
+
+    __slots__ = ("done", "error", "event", "group", "lead", "mid", "queue", "result", "rid", "through")
+
+    def __init__(self, queue: str, rid: str, group: str, mid: str, event: Any, through: int | None):
+        self.queue, self.rid, self.group, self.mid = queue, rid, group, mid
+        self.event, self.through = event, through
+        self.done = threading.Event()
+        #: Set (with ``done``) when this ack's thread is to commit the next group.
+        self.lead = False
+        self.result = 0
+        self.error: BaseException | None = None
+
+
+class AckGroup:
+    """Group commit of acks: those that arrive while one call is on the wire go out together in the next.
+
+    Dramatiq settles from each worker thread, so 8 threads made 8 separate
+    script round trips (and, with events on, queued on the event sink's flush
+    lock one after another). Here the first ack to arrive commits at once (no
+    timer: an idle worker adds no latency); acks arriving meanwhile wait, and
+    when the call returns, the first of them commits all that have gathered.
+    Every ack's outcome is its own: settled (1) or not held by this worker (0),
+    and a failed call raises its error in every thread whose ack it carried
+    (Dramatiq retries each; the SREM tells an ack that applied after all). A
+    call Redis refuses for what is in it (a key of the wrong type) is retried
+    one ack at a time, so one bad queue does not hold up the others.
+    """
+
+    def __init__(self, commit: Any):
+        #: ``commit(acks) -> [1 or 0 per ack]``: one script call.
+        self._commit = commit
+        self._lock = threading.Lock()
+        self._waiting: list[_Ack] = []
+        self._busy = False
+        #: Calls made and acks they carried (for tests and the benchmarks).
+        self.calls = 0
+        self.acks = 0
+
+    def ack(self, queue: str, rid: str, group: str, mid: str, event: Any, through: int | None) -> int:
+        me = _Ack(queue, rid, group, mid, event, through)
+        with self._lock:
+            self._waiting.append(me)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            me.done.wait()
+            if not me.lead:
+                if me.error is not None:
+                    raise _own(me.error)
+                return me.result
+        with self._lock:
+            acks, self._waiting = self._waiting, []
+        try:
+            self._run(acks)
+        finally:
+            with self._lock:
+                if self._waiting:
+                    self._waiting[0].lead = True
+                    self._waiting[0].done.set()
+                else:
+                    self._busy = False
+            for a in acks:
+                if a is not me:
+                    a.done.set()
+        if me.error is not None:
+            raise me.error
+        return me.result
+
+    def _run(self, acks: list[_Ack]) -> None:
+        self.calls += 1
+        self.acks += len(acks)
+        try:
+            results = self._commit(acks)
+        except redis.ResponseError as exc:
+            if len(acks) == 1 or isinstance(exc, redis.exceptions.NoScriptError):
+                _fail(acks, exc)
+                return
+            for a in acks:  # refused for what is in it: find the ack it is about
+                self._run([a])
+            return
+        except BaseException as exc:
+            _fail(acks, exc)
+            return
+        for a, r in zip(acks, results):
+            a.result = r
+
+
+def _own(exc: BaseException) -> BaseException:
+    """A copy of an error raised in several threads at once, so each raises (and chains onto) its own."""
+    try:
+        return copy.copy(exc)
+    except Exception:
+        return exc
+
+
+def _fail(acks: list[_Ack], exc: BaseException) -> None:
+    for a in acks:
+        a.error = exc
+
+
 class IIIConsumer(Consumer):
     def __init__(self, broker: IIIBroker, queue_name: str, prefetch: int, timeout: int):
         self.broker = broker
@@ -364,14 +491,14 @@ class IIIConsumer(Consumer):
             outcome = message.options["iii_outcome"] = self._undecided(message, failure)
         try:
             if outcome is None:
-                rid = message.options["redis_message_id"]
-                group = self.broker.group_args(message)
-                self.broker.transition(
-                    lambda ev: self.broker.iii_scripts.ack(
-                        args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, *group, ev]
-                    ),
+                gkey, mid = self.broker.group_args(message)
+                self.broker.acks.ack(
+                    self.queue_name,
+                    message.options["redis_message_id"],
+                    gkey,
+                    mid,
                     getattr(message, "iii_event", None),
-                    message=message,
+                    getattr(message, "iii_seq", None),
                 )
             elif outcome["kind"] == "retry":
                 self._retry(message, outcome["delay_ms"])

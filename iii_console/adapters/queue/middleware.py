@@ -57,7 +57,9 @@ class LifecycleEvents(dramatiq.Middleware):
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         self._started[message.message_id] = time.perf_counter()
-        self.emitter.emit("message.started", **_where(message))
+        # Where it runs, shaped once for its start and its settle event.
+        where = message.iii_where = _where(message)
+        self.emitter.emit("message.started", **where)
         # Its settle writes only after this (an upper bound: another thread may have put one since).
         message.iii_seq = self.emitter.seq
 
@@ -67,7 +69,8 @@ class LifecycleEvents(dramatiq.Middleware):
         t0 = self._started.pop(message.message_id, None)
         duration = round((time.perf_counter() - t0) * 1000, 3) if t0 is not None else None
         if exception is None:
-            message.iii_event = self.emitter.make("message.processed", duration_ms=duration, **_where(message))
+            where = getattr(message, "iii_where", None) or _where(message)
+            message.iii_event = self.emitter.make("message.processed", duration_ms=duration, **where)
         else:
             self.emitter.emit(
                 "message.failed",

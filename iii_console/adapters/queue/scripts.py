@@ -12,11 +12,24 @@ from typing import Any
 
 from iii_console.core.luasrc import with_prelude
 
-_NAMES = ("enqueue", "fetch", "move", "dead", "heartbeat", "sweep", "requeue_dead", "requeue", "ack", "promote", "throttle")
+_NAMES = (
+    "enqueue",
+    "fetch",
+    "move",
+    "dead",
+    "heartbeat",
+    "sweep",
+    "requeue_dead",
+    "requeue",
+    "ack",
+    "ack_many",
+    "promote",
+    "throttle",
+)
 #: Scripts that move messages or write events, and so start with the shared prelude.
-_WITH_PRELUDE = {"enqueue", "move", "dead", "requeue_dead", "requeue", "ack", "promote"}
+_WITH_PRELUDE = {"enqueue", "move", "dead", "requeue_dead", "requeue", "ack", "ack_many", "promote"}
 #: Scripts that settle a message, and so may settle its fan-in group (``lua/_fanin.lua``).
-_SETTLES = {"ack", "dead"}
+_SETTLES = {"ack", "ack_many", "dead"}
 _LUA = resources.files(__package__).joinpath("lua")
 
 
@@ -46,6 +59,7 @@ class Scripts:
     requeue_dead: Any
     requeue: Any
     ack: Any
+    ack_many: Any
     promote: Any
     throttle: Any
 
