@@ -175,7 +175,8 @@ def test_with_two_worker_processes_killed_at_random_the_completion_fires_exactly
     groups = 6
     steps = {"part_step.py": CHILD, "done_step.py": DONE, "split_step.py": PARENT}
     make_project(tmp_path, {n: textwrap.dedent(s) for n, s in steps.items()}, CONFIG, redis_url=redis_url)
-    os.environ["PART_SLEEP"] = "0.01"
+    # Long enough that the groups outlast at least three kills (0.1-0.4 s apart) however fast acks are.
+    os.environ["PART_SLEEP"] = "0.04"
     try:
         run = start_cli(tmp_path, "--no-ui", "--role", "worker", "--processes", "2", "--threads", "4")
     finally:
@@ -198,7 +199,7 @@ def test_with_two_worker_processes_killed_at_random_the_completion_fires_exactly
         kills = 0
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(completions(r, keys)) < groups:
-            time.sleep(rng.uniform(0.1, 0.6))
+            time.sleep(rng.uniform(0.1, 0.4))
             pids = _worker_pids(r, keys)
             if pids and kills < 6:
                 try:
