@@ -6,18 +6,19 @@ import time
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from iii_console.core.text import first_line
 from iii_console.tui import fmt
 from iii_console.tui.messages import OpenTrace
 from iii_console.tui.model import MessageRow
-from iii_console.tui.widgets import Pane, Table, View, n, retitle, t
+from iii_console.tui.lines import LineTable
+from iii_console.tui.widgets import Pane, View, n, retitle, t
 
 #: Rows shown (newest first); older messages are still in the model, reachable with the filter.
 ROWS = 200
-#: Any change to the table (a new row, or an age ticking over) makes Textual re-render every
-#: visible cell, ~40-100 ms of CPU for a full screen: at most this often.
+#: New rows at most this often (an age ticking over is shown whenever it does): a row that
+#: moves keeps its rendered strip, but a new one at the top shifts every row's zebra stripe.
 REBUILD_EVERY_S = 1.0
 COLUMNS = (
     ("Message", 10),
@@ -35,12 +36,12 @@ COLUMNS = (
 
 class MessagesPane(Pane):
     DEFAULT_CSS = """
-    MessagesPane Table { height: 1fr; }
+    MessagesPane LineTable { height: 1fr; }
     MessagesPane #messages-hint { height: 1; color: $text-muted; padding: 0 1; }
     """
 
     def compose(self) -> ComposeResult:
-        yield Table(COLUMNS, title="Messages", id="messages-table")
+        yield LineTable(COLUMNS, title="Messages", id="messages-table")
         yield Static("enter: open trace · / filter (status:failed, topic:…, step:…) · newest first", id="messages-hint")
 
     def __init__(self, **kw: object) -> None:
@@ -53,9 +54,9 @@ class MessagesPane(Pane):
         key = (view.model.seq, view.now_ms // 1000, view.filter)
         if key == self._shown:
             return  # nothing new, and ages only change by the second
-        table = self.query_one(Table)
+        table = self.query_one(LineTable)
         rows = view.model.message_rows(view.filter, ROWS)
-        same_rows = [r.message_id for r in rows] == [k.value for k in table.rows]
+        same_rows = [r.message_id for r in rows] == table.row_keys
         mono = time.monotonic()
         if not same_rows and view.filter == self._shown[2] and mono - self._rebuilt_at < REBUILD_EVERY_S:
             return  # a rebuild just happened: a later tick shows these
@@ -79,9 +80,9 @@ class MessagesPane(Pane):
             )
         retitle(table, subtitle=sub)
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_line_table_row_selected(self, event: LineTable.RowSelected) -> None:
         event.stop()
-        key = event.row_key.value
+        key = event.row_key
         trace = self._traces.get(key or "")
         if key and trace:
             self.post_message(OpenTrace(trace, key))
