@@ -27,6 +27,8 @@ from textual.strip import Strip
 
 #: Rendered rows (or log lines) kept by content; cleared when it grows past this.
 STRIP_CACHE = 2000
+#: Rendered table cells kept by content and look; cleared when it grows past this.
+CELL_CACHE = 4000
 
 
 def _text_key(cell: Text) -> tuple[Any, ...]:
@@ -140,6 +142,7 @@ class LineTable(ScrollView, can_focus=True):
         self._rows: list[_Row] = []
         self._index: dict[str, int] = {}
         self._strips: dict[tuple[Any, ...], Strip] = {}
+        self._cells: dict[tuple[Any, ...], list[Segment]] = {}
         self._look: tuple[Any, ...] = ()
         self.cursor_row = 0
         self.border_title = title
@@ -258,9 +261,9 @@ class LineTable(ScrollView, can_focus=True):
             cursor,
             post,
         )
-        if look != self._look:
-            self._look = look
-            self._strips.clear()
+        # Not a reason to drop what is cached: focus comes and goes with every tab switch, and
+        # the strips for both looks are kept (they are keyed by it).
+        self._look = look
         return super().render_lines(crop)
 
     def _column_widths(self) -> list[int]:
@@ -273,7 +276,7 @@ class LineTable(ScrollView, can_focus=True):
     def render_line(self, y: int) -> Strip:
         width, widths, base, header, even, odd, cursor, post = self._look
         if y == 0:
-            key: tuple[Any, ...] = ("header",)
+            key: tuple[Any, ...] = ("header", self._look)
             cells: Sequence[Text] = self.labels
             pre, post_style, extend = header, Style.null(), header
         else:
@@ -283,7 +286,7 @@ class LineTable(ScrollView, can_focus=True):
             data = self._rows[row]
             row_style = odd if row % 2 else even
             at = row == self.cursor_row
-            key = (data.signature(), row % 2, at)
+            key = (data.signature(), row % 2, at, self._look)
             cells = data.cells
             pre = row_style + cursor if at else row_style
             post_style = post if at else Style.null()
@@ -298,13 +301,20 @@ class LineTable(ScrollView, can_focus=True):
     def _render_row(
         self, cells: Sequence[Text], widths: Sequence[int], width: int, base: Style, pre: Style, post: Style, extend: Style
     ) -> Strip:
-        console = self.app.console
-        options = self.app.console_options
+        """One row's strip from its cells' segments, each rendered once per content, width and look
+        (a row whose age ticked over re-renders one cell, not ten)."""
         segments: list[Segment] = []
+        cache = self._cells
         for cell, w in zip(cells, widths):
-            opts = options.update_dimensions(w, 1).update(no_wrap=True)
-            lines = console.render_lines(Styled(Padding(cell, (0, self.cell_padding)), pre_style=pre, post_style=post), opts)
-            segments.extend(lines[0])
+            key = (_text_key(cell), w, pre, post)
+            line = cache.get(key)
+            if line is None:
+                if len(cache) >= CELL_CACHE:
+                    cache.clear()
+                opts = self.app.console_options.update_dimensions(w, 1).update(no_wrap=True)
+                styled = Styled(Padding(cell, (0, self.cell_padding)), pre_style=pre, post_style=post)
+                line = cache[key] = self.app.console.render_lines(styled, opts)[0]
+            segments.extend(line)
         used = sum(widths)
         if width > used:
             segments.append(Segment(" " * (width - used), extend))
