@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,12 @@ async def drive(
     #: Profiles the UI thread from each press to its repaint only (``--profile-keys``).
     profiler = cProfile.Profile() if profile else None
     app = create_app(redis_url=url, prefix=prefix)
+    lock = app.model_lock = _TimedLock(app.model_lock)
     samples: list[tuple[float, int, int]] = []
-    #: (key, ms to the repaint, ms of the UI thread's CPU meanwhile: less sensitive to other load)
-    keys: list[tuple[str, float, float]] = []
+    #: (key, ms to the repaint, ms of the UI thread's CPU meanwhile: less sensitive to other load,
+    #: ms of the other threads' CPU meanwhile (the reader's, sharing the GIL), ms the UI thread
+    #: waited for the model lock meanwhile)
+    keys: list[tuple[str, float, float, float, float]] = []
 
     def sample() -> None:
         model = getattr(app, "model", None)
@@ -75,13 +79,15 @@ async def drive(
             for k in before:  # typed as a person types, each handled before the next
                 _post_key(app, k)
                 await asyncio.sleep(TYPE_GAP_S)
-            cpu0 = time.thread_time()
+            cpu0, proc0, wait0 = time.thread_time(), time.process_time(), lock.waited
             if profiler is not None:
                 profiler.enable()
             ms = await _key_to_repaint(app, key, hook)
             if profiler is not None:
                 profiler.disable()
-            keys.append((key, ms, (time.thread_time() - cpu0) * 1000))
+            ui = time.thread_time() - cpu0
+            others = time.process_time() - proc0 - ui
+            keys.append((key, ms, ui * 1000, others * 1000, (lock.waited - wait0) * 1000))
 
     async with app.run_test(headless=True, size=(160, 48)) as pilot:
         await pilot.pause(0.5)
@@ -99,11 +105,37 @@ async def drive(
             profiler.dump_stats(str(profile))
         return {
             "samples": samples,
-            "key_ms": [ms for _, ms, _ in keys],
-            "key_cpu_ms": [cpu for _, ms, cpu in keys if ms == ms],
+            "key_ms": [ms for _, ms, *_ in keys],
+            "key_cpu_ms": [cpu for _, ms, cpu, *_ in keys if ms == ms],
             "keys": keys,
             "inbox_peak": getattr(app, "inbox_peak", None),
         }
+
+
+class _TimedLock:
+    """The app's model lock, adding up how long the UI (main) thread waited to take it."""
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._main = threading.main_thread()
+        self.waited = 0.0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if threading.current_thread() is not self._main:
+            return bool(self._lock.acquire(blocking, timeout))
+        t0 = time.perf_counter()
+        got = bool(self._lock.acquire(blocking, timeout))
+        self.waited += time.perf_counter() - t0
+        return got
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _post_key(app: Any, key: str) -> None:
