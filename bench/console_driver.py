@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import threading
 import time
@@ -89,17 +90,21 @@ async def drive(
             others = time.process_time() - proc0 - ui
             keys.append((key, ms, ui * 1000, others * 1000, (lock.waited - wait0) * 1000))
 
+    trace = os.environ.get("III_BENCH_TRACEMALLOC")
     async with app.run_test(headless=True, size=(160, 48)) as pilot:
         await pilot.pause(0.5)
         ready.write_text("ready")
         t_end = time.monotonic() + max_s
         presser = asyncio.create_task(press_keys())
+        tracer = asyncio.create_task(_trace_memory(Path(trace), feed_s)) if trace else None
         try:
             while not stop.exists() and time.monotonic() < t_end:
                 sample()
                 await asyncio.sleep(1.0)
         finally:
             presser.cancel()
+            if tracer is not None:
+                tracer.cancel()
         sample()
         if profiler is not None and profile is not None:
             profiler.dump_stats(str(profile))
@@ -110,6 +115,36 @@ async def drive(
             "keys": keys,
             "inbox_peak": getattr(app, "inbox_peak", None),
         }
+
+
+async def _trace_memory(out: Path, feed_s: float) -> None:
+    """``III_BENCH_TRACEMALLOC=FILE``: what grew between a third and the end of the feed, by line.
+
+    Snapshots once the buffers have filled (a third of the feed) and again near its end,
+    and writes the 40 biggest differences (tracemalloc slows the console: CPU and key
+    figures from such a run are not comparable)."""
+    import gc
+    import tracemalloc
+
+    tracemalloc.start(8)
+    await asyncio.sleep(feed_s / 3)
+    gc.collect()
+    first = tracemalloc.take_snapshot()
+    await asyncio.sleep(feed_s * 2 / 3 - 5)
+    gc.collect()
+    last = tracemalloc.take_snapshot()
+    lines = [f"objects by kind: {_kinds()}"]
+    for stat in last.compare_to(first, "traceback")[:40]:
+        lines.append(f"{stat.size_diff / 1024:+.1f} KiB {stat.count_diff:+d} blocks")
+        lines.extend("    " + str(f) for f in stat.traceback.format()[-8:])
+    out.write_text("\n".join(lines))
+
+
+def _kinds() -> list[tuple[str, int]]:
+    import gc
+    from collections import Counter
+
+    return Counter(type(o).__name__ for o in gc.get_objects()).most_common(25)
 
 
 class _TimedLock:

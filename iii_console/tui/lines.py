@@ -383,7 +383,9 @@ class LineLog(ScrollView, can_focus=True):
         self._lines.extend(_Line(make) for make in lines[-self.max_lines :])
         self.virtual_size = Size(self.scrollable_content_region.width, len(self._lines))
         if self.auto_scroll if scroll_end is None else scroll_end:
-            self.scroll_end(animate=False, immediate=False, x_axis=False)
+            # Now, not after the next refresh: that frame would draw (and render) lines at the
+            # old position, never to be seen.
+            self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
         self.refresh()
         return self
 
