@@ -385,7 +385,10 @@ class LineLog(ScrollView, can_focus=True):
         if self.auto_scroll if scroll_end is None else scroll_end:
             # Now, not after the next refresh: that frame would draw (and render) lines at the
             # old position, never to be seen.
-            self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
+            if self.size.height:
+                self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
+            else:  # not laid out yet: once it is
+                self.scroll_end(animate=False, immediate=False, x_axis=False)
         self.refresh()
         return self
 
