@@ -206,3 +206,22 @@ async def test_log_cuts_a_long_line_without_an_ellipsis() -> None:
         await pilot.pause()
         drawn = log.render_line(0).text
         assert len(drawn) == log.scrollable_content_region.width and set(drawn) == {"x"}
+
+
+class Framed(Host):
+    CSS = "LineLog { height: 10; border: round red; overflow-y: auto; } LineTable { display: none; }"
+
+
+async def test_log_follows_the_end_over_many_writes() -> None:
+    """As the Live tab writes: follow while at the end, from before the scrollbar first shows."""
+    app = Framed()
+    async with app.run_test(size=(60, 20)) as pilot:
+        log = app.query_one(LineLog)
+        await pilot.pause()
+        for i in range(12):
+            follow = log.is_vertical_scroll_end or log.max_scroll_y == 0
+            log.write_lines([Text(f"l{i}-{j}") for j in range(7)], scroll_end=follow)
+            assert follow, f"write {i}: still at the end"
+            await pilot.pause()
+        assert log.scroll_y == log.max_scroll_y > 0
+        assert log.render_line(log.scrollable_content_region.height - 1).text.strip() == "l11-6"

@@ -202,9 +202,9 @@ class LineTable(ScrollView, can_focus=True):
         height = self.scrollable_content_region.height - 1  # under the header
         top = int(self.scroll_y)
         if self.cursor_row < top:
-            self.scroll_to(y=self.cursor_row, animate=False, immediate=True)
+            self.scroll_to(y=self.cursor_row, animate=False, immediate=True, force=True)
         elif height > 0 and self.cursor_row >= top + height:
-            self.scroll_to(y=self.cursor_row - height + 1, animate=False, immediate=True)
+            self.scroll_to(y=self.cursor_row - height + 1, animate=False, immediate=True, force=True)
 
     def _page(self) -> int:
         return max(1, self.scrollable_content_region.height - 1)
@@ -373,7 +373,7 @@ class LineLog(ScrollView, can_focus=True):
         self._lines.clear()
         self._drop_strips()
         self.virtual_size = Size(self.virtual_size.width, 0)
-        self.scroll_to(y=0, animate=False, immediate=True)
+        self.scroll_to(y=0, animate=False, immediate=True, force=True)
         self.refresh()
         return self
 
@@ -386,7 +386,7 @@ class LineLog(ScrollView, can_focus=True):
             # Now, not after the next refresh: that frame would draw (and render) lines at the
             # old position, never to be seen.
             if self.size.height:
-                self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
+                self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True, force=True)
             else:  # not laid out yet: once it is
                 self.scroll_end(animate=False, immediate=False, x_axis=False)
         self.refresh()
