@@ -31,6 +31,12 @@ STRIP_CACHE = 2000
 CELL_CACHE = 4000
 
 
+def _sync_scrollbar(view: ScrollView) -> None:
+    """A scroll made before the scrollbar first showed (``force``) did not move its thumb."""
+    if view.show_vertical_scrollbar and view.vertical_scrollbar.position != view.scroll_y:
+        view.vertical_scrollbar.position = view.scroll_y
+
+
 def _text_key(cell: Text) -> tuple[Any, ...]:
     return (cell.plain, cell.style, tuple(cell.spans), cell.justify, cell.overflow)
 
@@ -264,6 +270,7 @@ class LineTable(ScrollView, can_focus=True):
         # Not a reason to drop what is cached: focus comes and goes with every tab switch, and
         # the strips for both looks are kept (they are keyed by it).
         self._look = look
+        _sync_scrollbar(self)
         return super().render_lines(crop)
 
     def _column_widths(self) -> list[int]:
@@ -402,6 +409,7 @@ class LineLog(ScrollView, can_focus=True):
         if look != self._look:
             self._width, self._style = self._look = look
             self._drop_strips()
+        _sync_scrollbar(self)
         return super().render_lines(crop)
 
     def render_line(self, y: int) -> Strip:
