@@ -25,10 +25,13 @@ from textual.renderables.styled import Styled
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-#: Rendered rows (or log lines) kept by content; cleared when it grows past this.
-STRIP_CACHE = 2000
+#: Rendered table rows kept by content and look (a few screens: ages tick every second, so
+#: older ones are not drawn again); cleared when it grows past this.
+STRIP_CACHE = 400
 #: Rendered table cells kept by content and look; cleared when it grows past this.
-CELL_CACHE = 4000
+CELL_CACHE = 2000
+#: Log lines holding their rendered strip (the last ones drawn: a few screens).
+LOG_STRIPS = 300
 
 
 def _sync_scrollbar(view: ScrollView) -> None:
@@ -341,7 +344,7 @@ class LineLog(ScrollView, can_focus=True):
 
     ``write_lines`` takes a ``Text`` or a function making one (an event's line), so lines
     written and scrolled past unseen, or replaced by a filter change, cost no Rich rendering.
-    At most ``max_lines`` are kept; rendered strips are kept for the last few screens drawn.
+    At most ``max_lines`` are kept; rendered strips are kept for the last few screens drawn (:data:`LOG_STRIPS`).
     Lines longer than the width are cut, as the log does not scroll sideways.
     """
 
@@ -425,6 +428,6 @@ class LineLog(ScrollView, can_focus=True):
             first = next(iter(Segment.split_lines(self.app.console.render(text, opts))), [])
             ln.strip = Strip(first).crop_extend(0, width, self._style).apply_style(self._style)
             self._drawn.append(ln)
-            if len(self._drawn) > STRIP_CACHE // 4:
+            if len(self._drawn) > LOG_STRIPS:
                 self._drawn.popleft().strip = None
         return ln.strip
