@@ -7,14 +7,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from textual.widgets import RichLog
 
-from iii_console.tui.lines import LineLog, LineTable
 from iii_console.core.dlq import DeadLetter, DeadLetterStore
 from iii_console.core.keys import Keys
 from iii_console.core.redis_server import RedisServer
 from iii_console.core.state import StateStore
 from iii_console.tui import create_app
+from iii_console.tui.lines import LineLog
 from iii_console.tui.messages import DeadLettersChosen, StateKeyChosen
 from iii_console.tui.screens import ConfirmScreen, DeadLetterScreen, StateEditScreen
 

@@ -21,11 +21,11 @@ from textual import events
 from textual.command import CommandInput, CommandList, CommandPalette
 from textual.widgets import Input, RichLog, Static, TabbedContent
 
-from iii_console.tui.lines import LineLog, LineTable
 from iii_console.core.events import Event
 from iii_console.core.redis_server import RedisServer
 from iii_console.core.state import StateStore
 from iii_console.tui import ConsoleApp
+from iii_console.tui.lines import LineLog
 from iii_console.tui.model import TILES
 from iii_console.tui.screens import HelpScreen, SendScreen, TraceScreen
 from iii_console.tui.widgets import Table

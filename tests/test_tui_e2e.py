@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from textual.widgets import Input, RichLog
+from textual.widgets import Input
 
-from iii_console.tui.lines import LineLog, LineTable
 from iii_console.core.config import Config, load_config
 from iii_console.runtime.supervisor import Supervisor
+from iii_console.tui.lines import LineLog, LineTable
 from iii_console.tui.screens import SendScreen, TraceScreen
 from iii_console.tui.widgets import Table
 

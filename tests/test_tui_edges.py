@@ -8,9 +8,9 @@ import pytest
 from textual import events
 from textual.widgets import Input, RichLog, Static
 
-from iii_console.tui.lines import LineLog, LineTable
 from iii_console.core.events import Event
 from iii_console.tui import ConsoleApp
+from iii_console.tui.lines import LineLog, LineTable
 from iii_console.tui.screens import TraceScreen
 from iii_console.tui.widgets import Table
 

@@ -82,7 +82,7 @@ class LivePane(Pane):
             if hint.plain != self._hint_shown:
                 log.clear()
                 self._hint_shown = hint.plain
-                log.write_lines(hint.split("\n"))
+                log.write_lines(list(hint.split("\n")))
             return
         if self._hint_shown is not None:
             self._hint_shown = None

@@ -10,9 +10,9 @@ from textual.widgets import Static
 
 from iii_console.core.text import first_line
 from iii_console.tui import fmt
+from iii_console.tui.lines import LineTable
 from iii_console.tui.messages import OpenTrace
 from iii_console.tui.model import MessageRow
-from iii_console.tui.lines import LineTable
 from iii_console.tui.widgets import Pane, View, n, retitle, t
 
 #: Rows shown (newest first); older messages are still in the model, reachable with the filter.
