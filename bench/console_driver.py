@@ -121,30 +121,42 @@ async def _trace_memory(out: Path, feed_s: float) -> None:
     """``III_BENCH_TRACEMALLOC=FILE``: what grew between a third and the end of the feed, by line.
 
     Snapshots once the buffers have filled (a third of the feed) and again near its end,
-    and writes the 40 biggest differences (tracemalloc slows the console: CPU and key
+    and writes the memory Python holds and the process's RSS at both, the object counts by
+    type at both, and the 40 biggest differences (tracemalloc slows the console: CPU and key
     figures from such a run are not comparable)."""
     import gc
     import tracemalloc
 
-    tracemalloc.start(8)
+    tracemalloc.start(4)
     await asyncio.sleep(feed_s / 3)
     gc.collect()
-    first = tracemalloc.take_snapshot()
+    first, kinds0, rss0 = tracemalloc.take_snapshot(), dict(_kinds()), _rss_mb()
+    traced0 = tracemalloc.get_traced_memory()[0]
     await asyncio.sleep(feed_s * 2 / 3 - 5)
     gc.collect()
-    last = tracemalloc.take_snapshot()
-    lines = [f"objects by kind: {_kinds()}"]
+    last, kinds1, rss1 = tracemalloc.take_snapshot(), dict(_kinds()), _rss_mb()
+    traced1 = tracemalloc.get_traced_memory()[0]
+    lines = [
+        f"traced by Python: {traced0 / 2**20:.1f} -> {traced1 / 2**20:.1f} MB; RSS {rss0:.1f} -> {rss1:.1f} MB",
+        "objects by type (then -> now): "
+        + ", ".join(f"{k} {kinds0.get(k, 0)} -> {v}" for k, v in sorted(kinds1.items(), key=lambda kv: -kv[1])),
+    ]
     for stat in last.compare_to(first, "traceback")[:40]:
         lines.append(f"{stat.size_diff / 1024:+.1f} KiB {stat.count_diff:+d} blocks")
         lines.extend("    " + str(f) for f in stat.traceback.format()[-8:])
     out.write_text("\n".join(lines))
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def _kinds() -> list[tuple[str, int]]:
     import gc
     from collections import Counter
 
-    return Counter(type(o).__name__ for o in gc.get_objects()).most_common(25)
+    return Counter(type(o).__name__ for o in gc.get_objects()).most_common(30)
 
 
 class _TimedLock:
