@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from rich.text import Text
@@ -225,3 +225,37 @@ async def test_log_follows_the_end_over_many_writes() -> None:
             await pilot.pause()
         assert log.scroll_y == log.max_scroll_y > 0
         assert log.render_line(log.scrollable_content_region.height - 1).text.strip() == "l11-6"
+
+
+class WithFooter(App[None]):
+    BINDINGS: ClassVar[list[Any]] = [("q", "quit", "Quit"), ("p", "pause", "Pause")]
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import Input
+
+        from iii_console.tui.widgets import KeysFooter
+
+        yield LineLog(id="log")
+        yield Input(id="box")
+        yield KeysFooter()
+
+
+async def test_footer_rebuilds_do_not_keep_their_old_keys_alive() -> None:
+    """Textual keeps every FooterKey a footer ever composed (a data binding never dropped)."""
+    import gc
+
+    from textual.widgets import Input
+    from textual.widgets._footer import FooterKey
+
+    app = WithFooter()
+    async with app.run_test(size=(80, 20)) as pilot:
+        await pilot.pause()
+        for _ in range(20):  # the keys shown change with the focus: the footer rebuilds each time
+            app.query_one(Input).focus()
+            await pilot.pause()
+            app.query_one(LineLog).focus()
+            await pilot.pause()
+        await pilot.pause(0.3)
+        gc.collect()
+        alive = sum(1 for o in gc.get_objects() if isinstance(o, FooterKey))
+        assert alive <= 2 * len(app.query(FooterKey)), alive
