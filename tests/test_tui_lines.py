@@ -259,3 +259,24 @@ async def test_footer_rebuilds_do_not_keep_their_old_keys_alive() -> None:
         gc.collect()
         alive = sum(1 for o in gc.get_objects() if isinstance(o, FooterKey))
         assert alive <= 2 * len(app.query(FooterKey)), alive
+
+
+async def test_table_narrower_than_its_columns_scrolls_sideways() -> None:
+    app = Host()
+    async with app.run_test(size=(18, 12)) as pilot:
+        app.query_one(LineLog).display = False
+        table = app.query_one(LineTable)
+        table.show_rows(rows(3))
+        table.focus()
+        await pilot.pause()
+        assert table.virtual_size.width == 8 + 12 + 6 > table.size.width
+        assert "Note" not in table.render_line(0).text
+        for _ in range(10):
+            await pilot.press("right")
+        await pilot.pause()
+        assert table.scroll_x > 0
+        header, first = table.render_line(0).text, table.render_line(1).text
+        assert "Note" in header and "x 2" in first
+        assert len(header) == len(first) == table.size.width
+        await pilot.press("down")
+        assert table.cursor_row == 1 and table.scroll_x > 0

@@ -81,7 +81,6 @@ class LineTable(ScrollView, can_focus=True):
         color: $foreground;
         height: auto;
         max-height: 100%;
-        overflow-x: hidden;
         &:focus {
             background-tint: $foreground 5%;
             & > .datatable--cursor {
@@ -128,6 +127,8 @@ class LineTable(ScrollView, can_focus=True):
         Binding("pagedown", "page_down", "Page down", show=False),
         Binding("home,ctrl+home", "first", "Top", show=False),
         Binding("end,ctrl+end", "last", "Bottom", show=False),
+        Binding("left", "scroll_left", "Scroll left", show=False),
+        Binding("right", "scroll_right", "Scroll right", show=False),
     ]
 
     class RowSelected(Message):
@@ -191,7 +192,8 @@ class LineTable(ScrollView, can_focus=True):
         self.refresh()
 
     def _sync_size(self) -> None:
-        self.virtual_size = Size(self.scrollable_content_region.width, len(self._rows) + 1)
+        # Narrower than its columns, the table scrolls sideways (left / right), as DataTable did.
+        self.virtual_size = Size(max(sum(self._column_widths()), self.scrollable_content_region.width), len(self._rows) + 1)
 
     def on_resize(self) -> None:
         self._sync_size()
@@ -261,7 +263,7 @@ class LineTable(ScrollView, can_focus=True):
         cursor = get("datatable--cursor")
         post = Style.from_color(color=cursor.color) + Style.from_color(bgcolor=cursor.bgcolor)
         look = (
-            self.size.width,
+            max(self.size.width, self.virtual_size.width),
             tuple(self._column_widths()),
             self.rich_style,
             get("datatable--header"),
@@ -292,7 +294,7 @@ class LineTable(ScrollView, can_focus=True):
         else:
             row = int(self.scroll_y) + y - 1
             if row >= len(self._rows):
-                return Strip.blank(width, base)
+                return Strip.blank(self.size.width, base)
             data = self._rows[row]
             row_style = odd if row % 2 else even
             at = row == self.cursor_row
@@ -306,6 +308,10 @@ class LineTable(ScrollView, can_focus=True):
             if len(self._strips) >= STRIP_CACHE:
                 self._strips.clear()
             strip = self._strips[key] = self._render_row(cells, widths, width, base, pre, post_style, extend)
+        shown = self.size.width
+        if width > shown:  # scrolled sideways, or wider than the view
+            x = int(self.scroll_x)
+            return strip.crop(x, x + shown)
         return strip
 
     def _render_row(
