@@ -280,3 +280,21 @@ async def test_table_narrower_than_its_columns_scrolls_sideways() -> None:
         assert len(header) == len(first) == table.size.width
         await pilot.press("down")
         assert table.cursor_row == 1 and table.scroll_x > 0
+
+
+async def test_table_highlights_the_row_under_the_mouse_until_a_key_moves_the_cursor() -> None:
+    app = Host()
+    async with app.run_test(size=(80, 20)) as pilot:
+        table = app.query_one(LineTable)
+        table.show_rows(rows(5))
+        await pilot.pause()
+
+        def bg(y: int) -> set[Any]:
+            return {s.style.bgcolor for s in table.render_line(y) if s.style and s.text.strip()}
+
+        plain = bg(4)
+        await pilot.hover(LineTable, offset=(10, 4))
+        assert table.hover_row == 3
+        assert bg(4) != plain and bg(4) != bg(1), "hovered: neither a plain nor the cursor row"
+        await pilot.press("down")
+        assert table.hover_row is None and bg(4) == plain

@@ -73,6 +73,7 @@ class LineTable(ScrollView, can_focus=True):
         "datatable--cursor",
         "datatable--even-row",
         "datatable--odd-row",
+        "datatable--hover",
     }
 
     DEFAULT_CSS = """
@@ -116,6 +117,9 @@ class LineTable(ScrollView, can_focus=True):
             color: $block-cursor-blurred-foreground;
             text-style: $block-cursor-blurred-text-style;
         }
+        & > .datatable--hover {
+            background: $block-hover-background;
+        }
     }
     """
 
@@ -155,6 +159,8 @@ class LineTable(ScrollView, can_focus=True):
         self._cells: dict[tuple[Any, ...], list[Segment]] = {}
         self._look: tuple[Any, ...] = ()
         self.cursor_row = 0
+        #: The row under the mouse (highlighted until a key moves the cursor), else None.
+        self.hover_row: int | None = None
         self.border_title = title
 
     # -- data -----------------------------------------------------------------
@@ -221,21 +227,27 @@ class LineTable(ScrollView, can_focus=True):
         return max(1, self.scrollable_content_region.height - 1)
 
     def action_cursor_up(self) -> None:
+        self._set_hover(None)
         self.move_cursor(row=self.cursor_row - 1)
 
     def action_cursor_down(self) -> None:
+        self._set_hover(None)
         self.move_cursor(row=self.cursor_row + 1)
 
     def action_page_up(self) -> None:
+        self._set_hover(None)
         self.move_cursor(row=self.cursor_row - self._page())
 
     def action_page_down(self) -> None:
+        self._set_hover(None)
         self.move_cursor(row=self.cursor_row + self._page())
 
     def action_first(self) -> None:
+        self._set_hover(None)
         self.move_cursor(row=0)
 
     def action_last(self) -> None:
+        self._set_hover(None)
         self.move_cursor(row=len(self._rows) - 1)
 
     def action_select_cursor(self) -> None:
@@ -243,12 +255,29 @@ class LineTable(ScrollView, can_focus=True):
         if key is not None:
             self.post_message(self.RowSelected(self, key, self.cursor_row))
 
-    def on_click(self, event: events.Click) -> None:
+    def _row_at(self, event: events.MouseEvent) -> int | None:
         offset = event.get_content_offset(self)
         if offset is None or offset.y < 1:
-            return  # the border or the header
+            return None  # the border or the header
         row = int(self.scroll_y) + offset.y - 1
-        if not 0 <= row < len(self._rows):
+        return row if 0 <= row < len(self._rows) else None
+
+    def _set_hover(self, row: int | None) -> None:
+        if row != self.hover_row:
+            for old in (self.hover_row, row):
+                if old is not None:
+                    self.refresh_line(old + 1 - int(self.scroll_y))
+            self.hover_row = row
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        self._set_hover(self._row_at(event))
+
+    def on_leave(self, event: events.Leave) -> None:
+        self._set_hover(None)
+
+    def on_click(self, event: events.Click) -> None:
+        row = self._row_at(event)
+        if row is None:
             return
         event.stop()
         if row == self.cursor_row:
@@ -261,7 +290,6 @@ class LineTable(ScrollView, can_focus=True):
         # What every line's look depends on, read once per frame (focus changes the cursor's).
         get = self.get_component_rich_style
         cursor = get("datatable--cursor")
-        post = Style.from_color(color=cursor.color) + Style.from_color(bgcolor=cursor.bgcolor)
         look = (
             max(self.size.width, self.virtual_size.width),
             tuple(self._column_widths()),
@@ -270,7 +298,7 @@ class LineTable(ScrollView, can_focus=True):
             get("datatable--even-row"),
             get("datatable--odd-row"),
             cursor,
-            post,
+            get("datatable--hover"),
         )
         # Not a reason to drop what is cached: focus comes and goes with every tab switch, and
         # the strips for both looks are kept (they are keyed by it).
@@ -286,7 +314,7 @@ class LineTable(ScrollView, can_focus=True):
         return [f if w is not None else max(len(label) + pad, rest) for f, w, label in zip(fixed, self._widths, self.labels)]
 
     def render_line(self, y: int) -> Strip:
-        width, widths, base, header, even, odd, cursor, post = self._look
+        width, widths, base, header, even, odd, cursor, hover = self._look
         if y == 0:
             key: tuple[Any, ...] = ("header", self._look)
             cells: Sequence[Text] = self.labels
@@ -298,10 +326,13 @@ class LineTable(ScrollView, can_focus=True):
             data = self._rows[row]
             row_style = odd if row % 2 else even
             at = row == self.cursor_row
-            key = (data.signature(), row % 2, at, self._look)
+            under = row == self.hover_row
+            key = (data.signature(), row % 2, at, under, self._look)
             cells = data.cells
-            pre = row_style + cursor if at else row_style
-            post_style = post if at else Style.null()
+            # As DataTable: the hover's and the cursor's styles over the stripe, their colours again on top.
+            over = (hover if under else Style.null()) + (cursor if at else Style.null())
+            pre = row_style + over
+            post_style = Style.from_color(over.color) + Style.from_color(bgcolor=over.bgcolor) if over else Style.null()
             extend = pre
         strip = self._strips.get(key)
         if strip is None:
