@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,9 +58,12 @@ async def drive(
     #: Profiles the UI thread from each press to its repaint only (``--profile-keys``).
     profiler = cProfile.Profile() if profile else None
     app = create_app(redis_url=url, prefix=prefix)
+    lock = app.model_lock = _TimedLock(app.model_lock)
     samples: list[tuple[float, int, int]] = []
-    #: (key, ms to the repaint, ms of the UI thread's CPU meanwhile: less sensitive to other load)
-    keys: list[tuple[str, float, float]] = []
+    #: (key, ms to the repaint, ms of the UI thread's CPU meanwhile: less sensitive to other load,
+    #: ms of the other threads' CPU meanwhile (the reader's, sharing the GIL), ms the UI thread
+    #: waited for the model lock meanwhile)
+    keys: list[tuple[str, float, float, float, float]] = []
 
     def sample() -> None:
         model = getattr(app, "model", None)
@@ -75,35 +80,109 @@ async def drive(
             for k in before:  # typed as a person types, each handled before the next
                 _post_key(app, k)
                 await asyncio.sleep(TYPE_GAP_S)
-            cpu0 = time.thread_time()
+            cpu0, proc0, wait0 = time.thread_time(), time.process_time(), lock.waited
             if profiler is not None:
                 profiler.enable()
             ms = await _key_to_repaint(app, key, hook)
             if profiler is not None:
                 profiler.disable()
-            keys.append((key, ms, (time.thread_time() - cpu0) * 1000))
+            ui = time.thread_time() - cpu0
+            others = time.process_time() - proc0 - ui
+            keys.append((key, ms, ui * 1000, others * 1000, (lock.waited - wait0) * 1000))
 
+    trace = os.environ.get("III_BENCH_TRACEMALLOC")
     async with app.run_test(headless=True, size=(160, 48)) as pilot:
         await pilot.pause(0.5)
         ready.write_text("ready")
         t_end = time.monotonic() + max_s
         presser = asyncio.create_task(press_keys())
+        tracer = asyncio.create_task(_trace_memory(Path(trace), feed_s)) if trace else None
         try:
             while not stop.exists() and time.monotonic() < t_end:
                 sample()
                 await asyncio.sleep(1.0)
         finally:
             presser.cancel()
+            if tracer is not None:
+                tracer.cancel()
         sample()
         if profiler is not None and profile is not None:
             profiler.dump_stats(str(profile))
         return {
             "samples": samples,
-            "key_ms": [ms for _, ms, _ in keys],
-            "key_cpu_ms": [cpu for _, ms, cpu in keys if ms == ms],
+            "key_ms": [ms for _, ms, *_ in keys],
+            "key_cpu_ms": [cpu for _, ms, cpu, *_ in keys if ms == ms],
             "keys": keys,
             "inbox_peak": getattr(app, "inbox_peak", None),
         }
+
+
+async def _trace_memory(out: Path, feed_s: float) -> None:
+    """``III_BENCH_TRACEMALLOC=FILE``: what grew between a third and the end of the feed, by line.
+
+    Snapshots once the buffers have filled (a third of the feed) and again near its end,
+    and writes the memory Python holds and the process's RSS at both, the object counts by
+    type at both, and the 40 biggest differences (tracemalloc slows the console: CPU and key
+    figures from such a run are not comparable)."""
+    import gc
+    import tracemalloc
+
+    tracemalloc.start(4)
+    await asyncio.sleep(feed_s / 3)
+    gc.collect()
+    first, kinds0, rss0 = tracemalloc.take_snapshot(), dict(_kinds()), _rss_mb()
+    traced0 = tracemalloc.get_traced_memory()[0]
+    await asyncio.sleep(feed_s * 2 / 3 - 5)
+    gc.collect()
+    last, kinds1, rss1 = tracemalloc.take_snapshot(), dict(_kinds()), _rss_mb()
+    traced1 = tracemalloc.get_traced_memory()[0]
+    lines = [
+        f"traced by Python: {traced0 / 2**20:.1f} -> {traced1 / 2**20:.1f} MB; RSS {rss0:.1f} -> {rss1:.1f} MB",
+        "objects by type (then -> now): "
+        + ", ".join(f"{k} {kinds0.get(k, 0)} -> {v}" for k, v in sorted(kinds1.items(), key=lambda kv: -kv[1])),
+    ]
+    for stat in last.compare_to(first, "traceback")[:40]:
+        lines.append(f"{stat.size_diff / 1024:+.1f} KiB {stat.count_diff:+d} blocks")
+        lines.extend("    " + str(f) for f in stat.traceback.format()[-8:])
+    out.write_text("\n".join(lines))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _kinds() -> list[tuple[str, int]]:
+    import gc
+    from collections import Counter
+
+    return Counter(type(o).__name__ for o in gc.get_objects()).most_common(30)
+
+
+class _TimedLock:
+    """The app's model lock, adding up how long the UI (main) thread waited to take it."""
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._main = threading.main_thread()
+        self.waited = 0.0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if threading.current_thread() is not self._main:
+            return bool(self._lock.acquire(blocking, timeout))
+        t0 = time.perf_counter()
+        got = bool(self._lock.acquire(blocking, timeout))
+        self.waited += time.perf_counter() - t0
+        return got
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _post_key(app: Any, key: str) -> None:

@@ -464,7 +464,9 @@ def plain(value: Any) -> str:
 
 
 def log_text(log: Any) -> str:
-    """Every line a RichLog currently holds."""
+    """Every line a log (a RichLog, or the Live tab's LineLog) currently holds."""
+    if hasattr(log, "plain_lines"):
+        return "\n".join(log.plain_lines())
     return "\n".join(strip.text for strip in log.lines)
 
 
@@ -517,8 +519,12 @@ def topbar(app: ConsoleApp) -> str:
 
 
 def table_rows(app: ConsoleApp, selector: str) -> dict[str, list[str]]:
+    from iii_console.tui.lines import LineTable
     from iii_console.tui.widgets import Table
 
+    found = app.query_one(selector)
+    if isinstance(found, LineTable):
+        return {key: [plain(c) for c in found.get_row(key)] for key in found.row_keys}
     table = app.query_one(selector, Table)
     return {row.key.value: [plain(c) for c in table.get_row(row.key)] for row in table.ordered_rows}
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from textual.widgets import RichLog
 
 from iii_console.core.dlq import DeadLetter, DeadLetterStore
 from iii_console.core.keys import Keys
 from iii_console.core.redis_server import RedisServer
 from iii_console.core.state import StateStore
 from iii_console.tui import create_app
+from iii_console.tui.lines import LineLog
 from iii_console.tui.messages import DeadLettersChosen, StateKeyChosen
 from iii_console.tui.screens import ConfirmScreen, DeadLetterScreen, StateEditScreen
 
@@ -90,7 +90,7 @@ async def test_read_only_attach_with_a_read_only_user_views_everything_and_write
     app.NOTIFICATION_TIMEOUT = 120  # every refusal stays countable
     async with app.run_test(size=(160, 45)) as pilot:
         await started(pilot)
-        await until(pilot, lambda: "message.processed" in log_text(app.query_one("#events", RichLog)), "events on screen")
+        await until(pilot, lambda: "message.processed" in log_text(app.query_one("#events", LineLog)), "events on screen")
         for key in "12345678":  # every view, each of which reads Redis
             await pilot.press(key)
             await pilot.pause(0.3)

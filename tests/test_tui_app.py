@@ -25,6 +25,7 @@ from iii_console.core.events import Event
 from iii_console.core.redis_server import RedisServer
 from iii_console.core.state import StateStore
 from iii_console.tui import ConsoleApp
+from iii_console.tui.lines import LineLog
 from iii_console.tui.model import TILES
 from iii_console.tui.screens import HelpScreen, SendScreen, TraceScreen
 from iii_console.tui.widgets import Table
@@ -39,7 +40,7 @@ async def test_live_shows_past_events_then_follows_new_ones(redis_url, emit):
     emit([e for n in range(3) for e in lifecycle(n, T0_MS + n * 100)])
     app = console(redis_url=redis_url)
     async with app.run_test(size=SIZE) as pilot:
-        events = app.query_one("#events", RichLog)
+        events = app.query_one("#events", LineLog)
         await until(pilot, lambda: "message.processed" in log_text(events), "history in the log")
         assert app.model.tiles["processed"].total == 3
         emit(lifecycle(7, T0_MS + 5000, fails=1))
@@ -90,7 +91,7 @@ async def test_filter_narrows_the_log_and_the_messages_and_esc_clears_it(redis_u
     emit(lifecycle(1, T0_MS) + lifecycle(2, T0_MS + 10, fails=3, dead=True))
     app = console(redis_url=redis_url)
     async with app.run_test(size=SIZE) as pilot:
-        events = app.query_one("#events", RichLog)
+        events = app.query_one("#events", LineLog)
         await until(pilot, lambda: "message.dead_lettered" in log_text(events), "both messages in the log")
         box = app.query_one("#filter", Input)
         # Pilot's press returns once the app looks idle, which on a loaded machine can be before
@@ -126,7 +127,7 @@ async def test_pause_freezes_the_view_while_reading_continues_then_resumes_where
     emit(lifecycle(1, T0_MS))
     app = console(redis_url=redis_url)
     async with app.run_test(size=SIZE) as pilot:
-        events = app.query_one("#events", RichLog)
+        events = app.query_one("#events", LineLog)
         await until(pilot, lambda: "notification.sent" in log_text(events), "the first message")
         await pilot.press("p")
         before = log_text(events)
@@ -424,7 +425,7 @@ async def test_hostile_text_in_events_reaches_the_console_escaped_and_a_startup_
                 ),
             ]
         )
-        events = app.query_one("#events", RichLog)
+        events = app.query_one("#events", LineLog)
         await until(pilot, lambda: "state.changed" in log_text(events) and "FAKE" in notes(app), "both events")
         shown = log_text(events) + notes(app)
         assert "\x1b" not in shown and "\x07" not in shown and "\nFAKE" not in shown

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from textual.widgets import Input, RichLog
+from textual.widgets import Input
 
 from iii_console.core.config import Config, load_config
 from iii_console.runtime.supervisor import Supervisor
+from iii_console.tui.lines import LineLog, LineTable
 from iii_console.tui.screens import SendScreen, TraceScreen
 from iii_console.tui.widgets import Table
 
@@ -66,7 +67,7 @@ async def test_a_message_sent_with_s_is_processed_and_its_trace_shows_every_hop(
         await pilot.press("enter")
         await until(pilot, lambda: "1 message sent" in "\n".join(n.message for n in app._notifications), "the send result")
 
-        events = app.query_one("#events", RichLog)
+        events = app.query_one("#events", LineLog)
         await until(pilot, lambda: "notification.sent" in log_text(events), "the whole flow in the Live log")
         assert "http.received" in log_text(events) and "message.processed" in log_text(events)
 
@@ -76,8 +77,8 @@ async def test_a_message_sent_with_s_is_processed_and_its_trace_shows_every_hop(
             return [k for k, r in table_rows(app, "#messages-table").items() if r[1] == "message.sent" and r[3] == "processed"]
 
         await until(pilot, processed, "the message row at processed")
-        table = app.query_one("#messages-table", Table)
-        table.move_cursor(row=[r.key.value for r in table.ordered_rows].index(processed()[0]))
+        table = app.query_one("#messages-table", LineTable)
+        table.move_cursor(row=table.row_keys.index(processed()[0]))
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen.searched, "the trace")
         timeline = app.screen.query_one("#timeline", Table)

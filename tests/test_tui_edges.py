@@ -10,6 +10,7 @@ from textual.widgets import Input, RichLog, Static
 
 from iii_console.core.events import Event
 from iii_console.tui import ConsoleApp
+from iii_console.tui.lines import LineLog, LineTable
 from iii_console.tui.screens import TraceScreen
 from iii_console.tui.widgets import Table
 
@@ -46,7 +47,7 @@ async def test_a_multi_line_error_is_one_line_in_the_log_and_problems_and_whole_
     app = console(redis_url=redis_url)
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot)
-        log, problems = app.query_one("#events", RichLog), app.query_one("#problems", RichLog)
+        log, problems = app.query_one("#events", LineLog), app.query_one("#problems", RichLog)
         await until(pilot, lambda: "2 validation errors for Order" in log_text(log), "the failure in the log")
         line = next(x for x in log_text(log).splitlines() if "validation errors" in x)
         assert "(+4 lines)" in line and "quantity" not in log_text(log) and "\\n" not in line
@@ -55,7 +56,7 @@ async def test_a_multi_line_error_is_one_line_in_the_log_and_problems_and_whole_
         assert "(+4 lines)" in text and "Field required" not in text
 
         await pilot.press("2")
-        await until(pilot, lambda: app.query_one("#messages-table", Table).row_count == 1, "the message row")
+        await until(pilot, lambda: app.query_one("#messages-table", LineTable).row_count == 1, "the message row")
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, TraceScreen), "the trace screen")
         timeline = app.screen.query_one("#timeline", Table)
@@ -137,7 +138,7 @@ async def test_history_read_at_start_is_not_counted_as_too_fast_to_read(redis_ur
     app = console(redis_url=redis_url)
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot)
-        log = app.query_one("#events", RichLog)
+        log = app.query_one("#events", LineLog)
         await until(pilot, lambda: app.model.seq >= 80 * 7 and "notification.sent" in log_text(log), "the history")
         await pilot.pause(0.3)
         text = log_text(log)
@@ -150,7 +151,7 @@ async def test_an_empty_live_view_says_how_to_send_the_first_message_until_one_a
     app = console(redis_url=redis_url, server_url="http://127.0.0.1:4321")
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot)
-        log = app.query_one("#events", RichLog)
+        log = app.query_one("#events", LineLog)
         await until(pilot, lambda: "No events yet" in log_text(log), "the hint")
         text = log_text(log)
         assert "curl -X POST http://127.0.0.1:4321/messages" in text and "iii-console send hello" in text

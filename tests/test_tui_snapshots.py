@@ -215,7 +215,7 @@ def test_trace_of_a_retried_message(app, snap_compare):
     async def run_before(pilot: Any) -> None:
         await ready(keys=("2",))(pilot)
         table = pilot.app.query_one("#messages-table")
-        table.move_cursor(row=[r.key.value for r in table.ordered_rows].index(lifecycle(2, 0)[2].message_id))
+        table.move_cursor(row=table.row_keys.index(lifecycle(2, 0)[2].message_id))
         await pilot.press("enter")
         await until(pilot, lambda: pilot.app.screen.query("#timeline") and pilot.app.screen.searched, "the trace")
         timeline = pilot.app.screen.query_one("#timeline")

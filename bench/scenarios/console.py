@@ -228,6 +228,19 @@ def run(bench: Bench) -> Section:
             for k, v in by_key.items()
         ),
     )
+    others: dict[str, list[float]] = {}
+    waits: dict[str, list[float]] = {}
+    for key, ms, *rest in result.get("keys", []):
+        if ms == ms and len(rest) >= 3:
+            others.setdefault(key, []).append(rest[1])
+            waits.setdefault(key, []).append(rest[2])
+    if others:
+        sec.row(
+            "meanwhile by key, median ms: other threads' CPU (the reader's) / UI thread waiting for the model lock",
+            ", ".join(
+                f"{k} {fmt(percentiles(v, (50,))[50], 0)} / {fmt(percentiles(waits[k], (50,))[50], 1)}" for k, v in others.items()
+            ),
+        )
     sec.row("most events read at once, not yet in the model", fmt(result.get("inbox_peak")))
     sec.note(
         f"{o.console_seconds:g} s of feeding. Headless Textual at 160×48: frames are composed but not written to a "

@@ -532,7 +532,7 @@ class ConsoleApp(WriteFlows):
         if not pane.ready:
             self.set_focus(None)  # until it mounts (Pane.Ready), so the hidden tab does not take focus back
             return
-        for selector in ("DataTable", "RichLog", "OptionList"):
+        for selector in ("DataTable", "LineTable", "LineLog", "RichLog", "OptionList"):
             for widget in pane.query(selector):
                 if widget.focusable:
                     widget.focus()

@@ -126,6 +126,15 @@ class KeysFooter(Footer):
             self._shown = shown
         super().bindings_changed(screen)
 
+    async def recompose(self) -> None:
+        await super().recompose()
+        # Each FooterKey binds to the footer's ``compact`` (Textual's ``data_bind``), and Textual
+        # drops a closed watcher only when that value changes, which it never does: every key
+        # of every rebuild stayed alive (~2 widgets and their queues per `/` or `esc`).
+        watchers: dict[str, list[tuple[Any, Any]]] = getattr(self, "__watchers", {})
+        for entries in watchers.values():
+            entries[:] = [(node, cb) for node, cb in entries if not (node._closing or node._closed)]
+
 
 def _shown_keys(screen: Any, palette_key: str) -> tuple[Any, ...]:
     """What a footer draws from the screen's active bindings (node identity aside)."""

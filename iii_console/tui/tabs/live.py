@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from rich.text import Text
@@ -14,6 +16,7 @@ from iii_console.core.examples import MESSAGES_PATH, post_routes, topic_targets
 from iii_console.core.text import first_line
 from iii_console.tui import fmt
 from iii_console.tui.filter import EventFilter
+from iii_console.tui.lines import LineLog
 from iii_console.tui.model import TILES, LogEntry
 from iii_console.tui.widgets import CounterTile, Pane, View, retitle
 
@@ -51,7 +54,7 @@ class LivePane(Pane):
             for tile in TILES:
                 yield CounterTile(tile.name, tile.type, id=f"tile-{tile.name}")
         with Horizontal(id="live-body"):
-            log = RichLog(id="events", max_lines=LOG_LINES, wrap=False, markup=False, highlight=False, auto_scroll=True)
+            log = LineLog(id="events", max_lines=LOG_LINES, auto_scroll=True)
             retitle(log, title="Events")
             yield log
             problems = RichLog(id="problems", max_lines=400, wrap=True, markup=False, highlight=False, auto_scroll=False)
@@ -71,7 +74,7 @@ class LivePane(Pane):
         self._show_problems(view)
 
     def _show_log(self, view: View) -> None:
-        log = self.query_one("#events", RichLog)
+        log = self.query_one("#events", LineLog)
         m, flt = view.model, view.filter
         if m.seq == 0:
             # Written again when the registry (what the project serves) arrives or changes.
@@ -79,7 +82,7 @@ class LivePane(Pane):
             if hint.plain != self._hint_shown:
                 log.clear()
                 self._hint_shown = hint.plain
-                log.write(hint)
+                log.write_lines(list(hint.split("\n")))
             return
         if self._hint_shown is not None:
             self._hint_shown = None
@@ -108,7 +111,7 @@ class LivePane(Pane):
                 skipped += len(gap) - in_history
             entries = entries[-limit:]
         self._seq = m.seq
-        out: list[Text] = []
+        out: list[Text | Callable[[], Text]] = []
         if earlier:
             out.append(
                 Text(
@@ -125,9 +128,9 @@ class LivePane(Pane):
                     style="bright_black italic",
                 )
             )
-        out.extend(fmt.event_line(e.event) for e in entries)
+        out.extend(partial(fmt.event_line, e.event) for e in entries)
         if out:
-            log.write(Text("\n").join(out), scroll_end=follow)
+            log.write_lines(out, scroll_end=follow)
         title = "Events"
         if flt:
             title += f" · filter: {flt.text}"

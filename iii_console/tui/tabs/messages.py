@@ -6,18 +6,19 @@ import time
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from iii_console.core.text import first_line
 from iii_console.tui import fmt
+from iii_console.tui.lines import LineTable
 from iii_console.tui.messages import OpenTrace
 from iii_console.tui.model import MessageRow
-from iii_console.tui.widgets import Pane, Table, View, n, retitle, t
+from iii_console.tui.widgets import Pane, View, n, retitle, t
 
 #: Rows shown (newest first); older messages are still in the model, reachable with the filter.
 ROWS = 200
-#: Any change to the table (a new row, or an age ticking over) makes Textual re-render every
-#: visible cell, ~40-100 ms of CPU for a full screen: at most this often.
+#: New rows at most this often (an age ticking over is shown whenever it does): a row that
+#: moves keeps its rendered strip, but a new one at the top shifts every row's zebra stripe.
 REBUILD_EVERY_S = 1.0
 COLUMNS = (
     ("Message", 10),
@@ -35,12 +36,12 @@ COLUMNS = (
 
 class MessagesPane(Pane):
     DEFAULT_CSS = """
-    MessagesPane Table { height: 1fr; }
+    MessagesPane LineTable { height: 1fr; }
     MessagesPane #messages-hint { height: 1; color: $text-muted; padding: 0 1; }
     """
 
     def compose(self) -> ComposeResult:
-        yield Table(COLUMNS, title="Messages", id="messages-table")
+        yield LineTable(COLUMNS, title="Messages", id="messages-table")
         yield Static("enter: open trace · / filter (status:failed, topic:…, step:…) · newest first", id="messages-hint")
 
     def __init__(self, **kw: object) -> None:
@@ -48,14 +49,18 @@ class MessagesPane(Pane):
         self._traces: dict[str, str] = {}
         self._shown: tuple[int, int, object] = (-1, -1, None)
         self._rebuilt_at = 0.0
+        #: Each shown row's cells by message id, with the change (``rev``) and age they show:
+        #: a row is built again only when one of them moved (building all 200 rows through
+        #: Rich's Text was ~10 ms a redraw).
+        self._built: dict[str, tuple[int, str, tuple[Text, ...]]] = {}
 
     def show(self, view: View) -> None:
         key = (view.model.seq, view.now_ms // 1000, view.filter)
         if key == self._shown:
             return  # nothing new, and ages only change by the second
-        table = self.query_one(Table)
+        table = self.query_one(LineTable)
         rows = view.model.message_rows(view.filter, ROWS)
-        same_rows = [r.message_id for r in rows] == [k.value for k in table.rows]
+        same_rows = [r.message_id for r in rows] == table.row_keys
         mono = time.monotonic()
         if not same_rows and view.filter == self._shown[2] and mono - self._rebuilt_at < REBUILD_EVERY_S:
             return  # a rebuild just happened: a later tick shows these
@@ -63,7 +68,7 @@ class MessagesPane(Pane):
         if not same_rows:
             self._rebuilt_at = mono
         self._traces = {r.message_id: r.trace_id for r in rows}
-        table.show_rows([(r.message_id, _cells(r, view.now_ms)) for r in rows])
+        table.show_rows([(r.message_id, self._row_cells(r, view.now_ms)) for r in rows])
         total = len(view.model.messages)
         title = f"Messages ({len(rows)} of {total})" if view.filter else f"Messages ({total})"
         retitle(table, title=title + (f" · filter: {view.filter.text}" if view.filter else ""))
@@ -79,9 +84,20 @@ class MessagesPane(Pane):
             )
         retitle(table, subtitle=sub)
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def _row_cells(self, r: MessageRow, now_ms: int) -> tuple[Text, ...]:
+        age = fmt.age(r.created_ms, now_ms)
+        built = self._built.get(r.message_id)
+        if built is not None and built[0] == r.rev and built[1] == age:
+            return built[2]
+        if len(self._built) >= 2 * ROWS:
+            self._built.clear()
+        cells = _cells(r, now_ms, age)
+        self._built[r.message_id] = (r.rev, age, cells)
+        return cells
+
+    def on_line_table_row_selected(self, event: LineTable.RowSelected) -> None:
         event.stop()
-        key = event.row_key.value
+        key = event.row_key
         trace = self._traces.get(key or "")
         if key and trace:
             self.post_message(OpenTrace(trace, key))
@@ -94,7 +110,7 @@ def _duration(r: MessageRow) -> Text:
     return t(fmt.duration(r.duration_ms), justify="right")
 
 
-def _cells(r: MessageRow, now_ms: int) -> tuple[Text, ...]:
+def _cells(r: MessageRow, now_ms: int, age: str | None = None) -> tuple[Text, ...]:
     return (
         t(r.message_id[:8], "bold"),
         t(r.topic),
@@ -102,7 +118,7 @@ def _cells(r: MessageRow, now_ms: int) -> tuple[Text, ...]:
         fmt.status(r.status),
         n(r.attempts),
         t(r.priority, fmt.PRIORITY_STYLE.get(r.priority, "")),
-        t(fmt.age(r.created_ms, now_ms), justify="right"),
+        t(fmt.age(r.created_ms, now_ms) if age is None else age, justify="right"),
         _duration(r),
         t(r.trace_id[:8], "bright_black"),
         t(first_line(r.error or ""), "red" if r.status in ("failed", "retrying", "dead") else "bright_black"),
