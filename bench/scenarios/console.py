@@ -36,6 +36,9 @@ PRESS_EVERY_S = 1.5
 MIN_PRESSES = 24
 #: The RSS slope is taken over the last this many seconds of a long feed.
 SLOPE_WINDOW_S = 480.0
+#: Targets: key press → repaint p95, and what counts as flat memory (6 MB an hour).
+KEY_P95_MS = 150.0
+FLAT_MB_PER_MIN = 0.1
 
 
 def console_available() -> str | None:
@@ -200,7 +203,8 @@ def run(bench: Bench) -> Section:
         f"{mb[0]:.0f} → {mb[len(mb) // 2]:.0f} → {mb[-1]:.0f} ({max(mb):.0f})" if mb else "—",
     )
     slope_s = SLOPE_WINDOW_S if o.console_seconds >= SLOPE_WINDOW_S + 60 else o.console_seconds / 2
-    sec.row(f"console RSS slope over the last {slope_s:g} s, MB/min", fmt(rss_slope(rss, slope_s), 2))
+    slope = rss_slope(rss, slope_s)
+    sec.row(f"console RSS slope over the last {slope_s:g} s, MB/min", fmt(slope, 2))
     missed = len(result["key_ms"]) - len(keys)
     sec.row(
         f"key press → repaint, ms, p50 / p95 / max ({len(keys)} presses"
@@ -242,6 +246,16 @@ def run(bench: Bench) -> Section:
             ),
         )
     sec.row("most events read at once, not yet in the model", fmt(result.get("inbox_peak")))
+    sec.target(
+        f"key press → repaint p95 ≤ {KEY_P95_MS:g} ms over ≥ 20 presses ({fmt(kp[95], 1)} ms, {len(keys)} presses)",
+        len(keys) >= 20 and kp[95] <= KEY_P95_MS,
+    )
+    long_run = o.console_seconds >= SLOPE_WINDOW_S + 60
+    sec.target(
+        f"memory flat over a {SLOPE_WINDOW_S / 60 + 1:g}+ minute feed: RSS slope ≤ {FLAT_MB_PER_MIN:g} MB/min"
+        + (f" ({slope:.2f})" if long_run else " (needs --console-seconds 600)"),
+        (slope <= FLAT_MB_PER_MIN) if long_run else None,
+    )
     sec.note(
         f"{o.console_seconds:g} s of feeding. Headless Textual at 160×48: frames are composed but not written to a "
         "terminal, so terminal output cost is not included. Key presses: tab switches (2 / 1), cursor and page "
