@@ -251,8 +251,15 @@ def test_stopped_worker_is_swept_and_after_continue_its_late_acks_change_nothing
         first = [f"a{i}" for i in range(800)]
         for key in first:
             producer.enqueue("chaos", {"key": key, "redis": redis_url, "work_ms": 40}, trace_id=key)
-        wait_for(lambda: r.scard("chaos:done") >= 50, what="both workers busy")
         pids = worker_pids(r, keys)
+
+        def both_busy() -> bool:
+            # Each worker has finished some messages, so each is consuming (on a loaded machine one can
+            # start consuming late, and a stopped worker that held nothing would test nothing).
+            done_by = {int(e.worker.split(":")[-2]) for e in events(r, keys, "message.processed") if e.worker}
+            return r.scard("chaos:done") >= 50 and set(pids) <= done_by
+
+        wait_for(both_busy, what="both workers busy")
         stopped, survivor = sorted(pids)
         wid = pids[stopped]
         os.kill(stopped, signal.SIGSTOP)
