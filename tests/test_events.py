@@ -224,6 +224,56 @@ def test_logger_bind_adds_fields_to_later_lines():
     assert (out[0].type, out[0].step, out[0].message_id, out[0].data) == ("log", "S", "m7", {"level": "info", "message": "hi"})
 
 
+_LINES = [
+    ("info", ("message accepted",), {"id": "m1", "priority": "high"}),
+    ("debug", ("plain",), {}),
+    ("warning", ("careful",), {"password": "hunter2", "url": "redis://u:pw@h:1/0"}),
+    ("warn", ("old name",), {"n": 1.5}),
+    ("error", ("failed",), {"trace_id": "other", "topic": "t", "ts": 7}),
+    ("critical", ("down",), {"nested": {"token": "x", "ok": [1, None, True]}}),
+    ("fatal", ("down too",), {}),
+    ("info", ("sent %s to %s", "a", "b"), {}),
+    ("exception", ("boom",), {"k": "v"}),
+    ("msg", ("m",), {}),
+]
+
+
+@pytest.mark.parametrize(("method", "args", "kw"), _LINES)
+def test_a_step_logger_line_is_the_event_structlogs_chain_makes(method, args, kw):
+    """Given a step logger (lines built without structlog's chain) and a structlog logger bound the same way, when
+    each writes the same line, then the two events are equal but for the time."""
+    ours: list[Event] = []
+    theirs: list[Event] = []
+    bound = {"step": "S", "trace_id": "t1", "message_id": None, "span_id": "s1"}
+    getattr(Emitter(ours.append, worker="w1", trace_id="own").logger(**bound), method)(*args, **dict(kw))
+    ref = Emitter(theirs.append, worker="w1", trace_id="own")._logger.bind(_log=True, **bound)
+    getattr(ref, method)(*args, **dict(kw))
+    (a,), (b,) = ours, theirs
+    if "ts" not in kw:
+        a, b = dataclasses.replace(a, ts=0), dataclasses.replace(b, ts=0)
+    assert a == b
+    assert list(a.data) == list(b.data)  # same field order on the stream
+    assert encode_data(a.data) == encode_data(b.data)
+
+
+def test_a_step_logger_keeps_structlogs_level_filter():
+    """Given structlog configured to drop lines below warning, when a step logger writes info and warning lines,
+    then only the warning line becomes an event (the lines go through structlog's own logger)."""
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    try:
+        out: list[Event] = []
+        log = Emitter(out.append).logger(step="S", trace_id="t")
+        log.info("dropped")
+        log.warning("kept")
+        assert [e.data["message"] for e in out] == ["kept"]
+    finally:
+        structlog.reset_defaults()
+
+
 def test_emit_after_logger_is_not_a_log_event():
     """Given an emitter whose logger was used, when emitting afterwards, then the emitted event keeps its own type."""
     out: list[Event] = []

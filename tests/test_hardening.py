@@ -5,14 +5,25 @@ from __future__ import annotations
 import http.server
 import json
 import math
+import random
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 
 from iii_console.core.config import load_config, redact_url, redis_url_problem
 from iii_console.core.errors import ConfigError
-from iii_console.core.events import REDACTED, Event, encode_data, loads_finite, redact, set_redaction
+from iii_console.core.events import (
+    DATA_MAX_BYTES,
+    REDACTED,
+    Event,
+    dumps_strict,
+    encode_data,
+    loads_finite,
+    redact,
+    set_redaction,
+)
 from iii_console.core.redact import DEFAULT_WORDS, Redactor
 from iii_console.core.redis_server import version_warning
 from iii_console.core.steps import JsonSchema
@@ -308,3 +319,84 @@ def test_glob_characters_in_state_names_are_stored_literally(r, keys):
     assert sorted(store.groups()) == sorted(["a*", "ab", "[ab]"])
     assert store.list("a*") == {"k?": {"v": 1}} and store.list("[ab]") == {"*": {"v": 3}}
     assert store.get("a*", "kk") is None and store.get("[ab]", "x") is None and store.get("a*", "k?") == {"v": 1}
+
+
+def _encode_data_through_json(data: object) -> str:
+    """What ``encode_data`` wrote before plain data went to msgspec: redacted, then ``json``."""
+    try:
+        text = dumps_strict(redact(data), default=str, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        text = json.dumps({"unencodable": True, "error": f"{type(exc).__name__}: {exc}"[:500]})
+    if len(text) > DATA_MAX_BYTES:
+        text = json.dumps({"truncated": True, "bytes": len(text), "preview": text[: DATA_MAX_BYTES // 2]})
+    return text
+
+
+_PIECES = [
+    "plain",
+    "x=1",
+    "password=hunter2",
+    "redis://u:pw@host:6379/0",
+    "Bearer abc.def",
+    "héllo",
+    "del\x7f",
+    'ctl\x01\n\t"\\',
+    "emoji 🎉",
+    "",
+]
+_KEYS = ["id", "text", "password", "apiKey", "name", "key", "value", "Set-Cookie", "naïve", "k\x7f", "tokens"]
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> object:
+    pick = rng.randrange(12 if depth < 4 else 7)
+    if pick == 0:
+        return rng.choice(_PIECES)
+    if pick == 1:
+        return rng.choice([0, -1, 7, 2**70, -(2**65)])
+    if pick == 2:
+        return rng.choice([True, False, None])
+    if pick == 3:
+        return rng.choice([1.5, 1e16, -0.0, float("nan"), float("inf")])
+    if pick == 4:
+        return rng.choice([b"raw", {1, 2}, (1, "a"), datetime(2026, 1, 1, tzinfo=UTC)])
+    if pick in (5, 6):
+        return rng.choice(_PIECES) + rng.choice(_PIECES)
+    if pick in (7, 8, 9):
+        return {rng.choice(_KEYS): _random_value(rng, depth + 1) for _ in range(rng.randrange(5))}
+    if pick == 10:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return [rng.choice(["authorization", "Accept", 3]), _random_value(rng, depth + 1)]
+
+
+def test_plain_data_encodes_to_the_bytes_json_wrote_and_redacts_the_same():
+    """Given 5,000 random values (secret names at any depth, credentials in text, non-ASCII, DEL, control
+    characters, big ints, floats, NaN, bytes, sets, tuples, datetimes, header pairs, non-str keys), when encoded
+    as event data, then the text is exactly what redacting and ``json`` wrote, and the plain path's copy is the
+    redacted copy."""
+    rng = random.Random(20261205)
+    plain_seen = 0
+    for _ in range(5000):
+        value = _random_value(rng)
+        if rng.random() < 0.2:
+            value = {1: value} if rng.random() < 0.5 else {"data": value}
+        copy, plain = Redactor().plain_copy(value)
+        assert copy == redact(value) or copy != copy  # NaN is not equal to itself
+        plain_seen += plain
+        assert encode_data(value) == _encode_data_through_json(value), value
+    assert plain_seen > 500  # the fast path was taken, not only the fallback
+
+
+def test_plain_copy_redacts_every_secret_redact_does():
+    """Given the secret-bearing shapes of the redaction tests, when copied by the plain path, then nothing secret is left."""
+    r = Redactor()
+    value = {
+        "password": "p1",
+        "nested": [{"apiKey": "p2"}, {"name": "Authorization", "value": "p3"}, ["Set-Cookie", "p4"]],
+        "url": "redis://u:p5@h:1/0",
+        "q": "x=1&token=p6",
+        "h": "Bearer p7",
+    }
+    copy, _ = r.plain_copy(value)
+    assert copy == r(value)
+    text = json.dumps(copy)
+    assert not any(f"p{i}" in text for i in range(1, 8))

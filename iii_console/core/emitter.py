@@ -464,6 +464,8 @@ class Emitter:
         bound = {k: v for k, v in (("worker", worker), ("trace_id", trace_id)) if v}
         if bound:
             self._logger = self._logger.bind(**bound)
+        #: Whether step loggers may build their lines without structlog's chain (decided on first use).
+        self._plain_chain: bool | None = None
 
     def emit(self, type: str, **fields: Any) -> None:
         if fields.keys() <= _EVENT_KEYS:
@@ -513,7 +515,68 @@ class Emitter:
 
     def logger(self, **bound: Any) -> Any:
         """A structlog logger whose calls become ``log`` events bound to step and trace."""
+        fast = self._plain_chain
+        if fast is None:
+            # structlog's wrapper class is fixed on first use (``cache_logger_on_first_use``): lines
+            # skip its chain only if that class filters nothing (structlog's default, no level set).
+            probe = self._logger.bind()
+            fast = self._plain_chain = type(probe) is structlog.make_filtering_bound_logger(0)
+        if fast:
+            return StepLogger(self, bound)
         return self._logger.bind(_log=True, **bound)
+
+
+class StepLogger:
+    """``ctx.logger``: a plain line (``info("text", k=v)``) is built into its ``log`` event directly,
+    as structlog's chain (``_stamp``, ``_to_event``) would shape it; anything else (``bind``,
+    ``new``, ``%`` arguments, other methods) goes through a structlog logger bound the same way."""
+
+    __slots__ = ("_emitter", "_fields")
+
+    def __init__(self, emitter: Emitter, fields: dict[str, Any]):
+        self._emitter = emitter
+        self._fields = fields
+
+    def _structlog(self) -> Any:
+        return self._emitter._logger.bind(_log=True, **self._fields)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._structlog(), name)
+
+    def _line(self, level: str, event: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+        if args or "_log" in kw:
+            getattr(self._structlog(), level)(event, *args, **kw)
+            return
+        em = self._emitter
+        ed = {**em._bound, **self._fields, **kw} if kw else {**em._bound, **self._fields}
+        ts = ed.pop("ts", None)
+        known: dict[str, Any] = {"ts": now_ms() if ts is None else ts}
+        data: dict[str, Any] = {"level": level, "message": str(event)}
+        for k, v in ed.items():
+            if k in _EVENT_KEYS:
+                known[k] = v
+            else:
+                data[k] = v
+        em._sink(Event(type="log", data=data, **known))
+
+    def debug(self, event: Any, *args: Any, **kw: Any) -> None:
+        self._line("debug", event, args, kw)
+
+    def info(self, event: Any, *args: Any, **kw: Any) -> None:
+        self._line("info", event, args, kw)
+
+    def warning(self, event: Any, *args: Any, **kw: Any) -> None:
+        self._line("warning", event, args, kw)
+
+    warn = warning
+
+    def error(self, event: Any, *args: Any, **kw: Any) -> None:
+        self._line("error", event, args, kw)
+
+    def critical(self, event: Any, *args: Any, **kw: Any) -> None:
+        self._line("critical", event, args, kw)
+
+    fatal = critical
 
 
 def null_emitter() -> Emitter:

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, get_args
 
+import msgspec
+
 from iii_console.core.errors import DecodeError
 from iii_console.core.eventdata import EventType
 from iii_console.core.redact import REDACTED, Redactor  # noqa: F401  (REDACTED is part of this module's names)
@@ -164,9 +166,14 @@ def loads_finite(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
 
 
+#: msgspec's JSON encoder: for plain data (``Redactor.plain_copy``) the bytes ``json.dumps`` writes, at a tenth of the time.
+_encode_plain = msgspec.json.Encoder().encode
+
+
 def encode_data(data: Any) -> str:
     try:
-        text = dumps_strict(redact(data), default=str, separators=(",", ":"))
+        value, plain = _redactor.plain_copy(data)
+        text = _encode_plain(value).decode("ascii") if plain else dumps_strict(value, default=str, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError) as exc:
         # Non-str keys or a cycle: keep the event (encoding runs on the sink's thread, which must not die).
         text = json.dumps({"unencodable": True, "error": f"{type(exc).__name__}: {exc}"[:500]})

@@ -22,6 +22,9 @@ from typing import Any
 
 REDACTED = "[redacted]"
 
+#: Values that hold no text, so no secret: kept as they are.
+_PLAIN = frozenset((int, float, bool))
+
 DEFAULT_WORDS = (
     "password",
     "pass",
@@ -111,8 +114,9 @@ class Redactor:
 
     def __call__(self, value: Any) -> Any:
         """``value`` with secrets replaced, at any depth (a new object; ``value`` is not changed)."""
-        if isinstance(value, Mapping):
-            # Runs for every event: scalars and plain strings are kept without a call per value.
+        if type(value) is dict or isinstance(value, Mapping):
+            # Runs for every event: scalars and plain strings are kept without a call per value,
+            # and the exact built-in types are told apart without the ABCs' isinstance.
             hide_value = "value" in value and self.is_secret(value.get("name", value.get("key")))
             seen = self._seen
             out = {}
@@ -120,11 +124,14 @@ class Redactor:
                 secret = seen.get(k) if type(k) is str else None
                 if secret is None:
                     secret = self.is_secret(k)
+                tv = type(v)
                 if secret or (hide_value and k == "value"):
                     out[k] = REDACTED
-                elif type(v) is str:
+                elif tv is str:
                     out[k] = self.scrub(v) if ("=" in v or "@" in v or "earer" in v) else v
-                elif isinstance(v, (Mapping, list, tuple)):
+                elif v is None or tv in _PLAIN:
+                    out[k] = v
+                elif tv is dict or tv is list or isinstance(v, (Mapping, list, tuple)):
                     out[k] = self(v)
                 else:
                     out[k] = v
@@ -136,6 +143,54 @@ class Redactor:
         if isinstance(value, str):
             return self.scrub(value)
         return value
+
+    def plain_copy(self, value: Any) -> tuple[Any, bool]:
+        """``(self(value), plain)``: the same redacted copy, and whether it holds only dicts with
+        printable-ASCII string keys, lists, printable-ASCII strings, ints, booleans and ``None``
+        (what any JSON encoder writes byte for byte as ``json.dumps`` does, ``ensure_ascii`` included)."""
+        t = type(value)
+        if t is dict:
+            hide_value = "value" in value and self.is_secret(value.get("name", value.get("key")))
+            seen = self._seen
+            plain = True
+            out = {}
+            for k, v in value.items():
+                if type(k) is not str:
+                    return self(value), False
+                secret = seen.get(k)
+                if secret is None:
+                    secret = self.is_secret(k)
+                if plain and not (k.isascii() and "\x7f" not in k):
+                    plain = False
+                tv = type(v)
+                if secret or (hide_value and k == "value"):
+                    out[k] = REDACTED
+                elif tv is str:
+                    if "=" in v or "@" in v or "earer" in v:
+                        v = self.scrub(v)
+                    if plain and not (v.isascii() and "\x7f" not in v):
+                        plain = False
+                    out[k] = v
+                elif v is None or tv is int or tv is bool:
+                    out[k] = v
+                elif tv is dict or tv is list:
+                    out[k], p = self.plain_copy(v)
+                    plain = plain and p
+                else:
+                    out[k] = self(v) if isinstance(v, (Mapping, list, tuple)) else v
+                    plain = False
+            return out, plain
+        if t is list:
+            if len(value) == 2 and isinstance(value[0], str) and self.is_secret(value[0]):
+                return self(value), False  # a header as a (name, value) pair: rare, kept simple
+            items = [self.plain_copy(v) for v in value]
+            return [v for v, _ in items], all(p for _, p in items)
+        if t is str:
+            v = self.scrub(value)
+            return v, v.isascii() and "\x7f" not in v
+        if value is None or t is int or t is bool:
+            return value, True
+        return self(value), False
 
 
 #: ``scheme://user:password@`` (also ``scheme://:password@``). The password runs to the

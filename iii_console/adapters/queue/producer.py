@@ -76,7 +76,8 @@ class _Builder:
         limit_size: bool = True,
     ) -> tuple[list[Any], list[tuple[Subscription, Message]], str]:
         subs = self.subscriptions.get(topic, [])
-        prio = priority or self.config.queue(topic).priority
+        strategy = self.config.queue(topic)
+        prio = priority or strategy.priority
         if prio not in PRIORITIES:
             raise EnqueueError(f"priority must be one of {', '.join(PRIORITIES)}, not {prio!r}")
         if delay_ms < 0:
@@ -84,7 +85,7 @@ class _Builder:
         args: list[Any] = []
         copies = []
         now = now_ms()
-        limit = self.config.queue(topic).max_payload_bytes if limit_size else None
+        limit = strategy.max_payload_bytes if limit_size else None
         #: The span enqueueing it (tracing on): the message's run becomes its child.
         parent = spans.traceparent()
         for sub in subs:
