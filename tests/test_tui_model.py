@@ -295,3 +295,17 @@ def test_a_fan_in_group_shows_its_children_settled_then_its_completion():
         NOW,
     )
     assert m.groups["g1"].settled == 2 and m.groups["g1"].done["dead"] == 1
+
+
+def test_a_traces_events_in_one_millisecond_keep_stream_order_past_nine() -> None:
+    """Entry ids compare as numbers: ``…-10`` comes after ``…-9``, not between ``…-1`` and ``…-2``."""
+    from iii_console.core.events import Event, order_key
+
+    from iii_console.tui.model import TraceIndex
+
+    events = [Event(type="log", ts=5, trace_id="t", id=f"5-{i}") for i in (10, 2, 9, 1, 11)]
+    assert [e.id for e in sorted(events, key=order_key)] == ["5-1", "5-2", "5-9", "5-10", "5-11"]
+    index = TraceIndex()
+    for rev, ev in enumerate(events):
+        index.add(ev, rev)
+    assert [e.id for e in index.get("t") or []] == ["5-1", "5-2", "5-9", "5-10", "5-11"]

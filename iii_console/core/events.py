@@ -121,6 +121,19 @@ EVENT_FIELDS = tuple(f.name for f in fields(Event) if f.name != "id")
 _ALL_FIELDS = tuple(f.name for f in fields(Event))
 
 
+def order_key(event: Event) -> tuple[int, int, int]:
+    """Sort key of events read back: time, then stream order (entry ids compared as numbers, not text).
+
+    As text, ``…-10`` sorts before ``…-9``: a trace with ten or more entries in one
+    millisecond would show out of order.
+    """
+    ms, _, seq = event.id.partition("-")
+    try:
+        return event.ts, int(ms or 0), int(seq or 0)
+    except ValueError:
+        return event.ts, 0, 0
+
+
 def _finite(value: Any) -> Any:
     """``value`` with NaN and the infinities as strings: strict JSON parsers (jq) refuse them as numbers."""
     if isinstance(value, float):

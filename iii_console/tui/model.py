@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, NamedTuple
 
-from iii_console.core.events import Event
+from iii_console.core.events import Event, order_key
 from iii_console.tui.filter import EventFilter
 
 
@@ -232,7 +232,7 @@ class TraceIndex:
 
     def get(self, trace_id: str) -> list[Event] | None:
         events = self._traces.get(trace_id)
-        return sorted(events, key=lambda e: (e.ts, e.id)) if events is not None else None
+        return sorted(events, key=order_key) if events is not None else None
 
     def rev(self, trace_id: str) -> int:
         return self._revs.get(trace_id, 0)

@@ -12,7 +12,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from iii_console.core.events import Event
+from iii_console.core.events import Event, order_key
 from iii_console.core.text import first_line
 from iii_console.format import TYPE_STYLE, detail
 from iii_console.tui import fmt
@@ -71,7 +71,7 @@ class TraceScreen(Screen[None]):
                 self._events[key] = ev
                 changed = True
         if changed:
-            self._ordered = sorted(self._events.values(), key=lambda e: (e.ts, e.id))
+            self._ordered = sorted(self._events.values(), key=order_key)
         return changed
 
     def _redraw(self) -> None:
