@@ -300,7 +300,6 @@ def test_a_fan_in_group_shows_its_children_settled_then_its_completion():
 def test_a_traces_events_in_one_millisecond_keep_stream_order_past_nine() -> None:
     """Entry ids compare as numbers: ``…-10`` comes after ``…-9``, not between ``…-1`` and ``…-2``."""
     from iii_console.core.events import Event, order_key
-
     from iii_console.tui.model import TraceIndex
 
     events = [Event(type="log", ts=5, trace_id="t", id=f"5-{i}") for i in (10, 2, 9, 1, 11)]
