@@ -187,7 +187,7 @@ async def shoot(out: Path, size: tuple[int, int], only: set[str] | None = None) 
 
                 async def open_trace() -> None:
                     table = app.query_one("#messages-table")
-                    keys = [r.key.value for r in table.ordered_rows]
+                    keys = table.row_keys
                     retried = [
                         k for k in keys if (row := model.messages.get(k)) and row.attempts >= 2 and row.status == "processed"
                     ]
