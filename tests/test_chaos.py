@@ -232,7 +232,7 @@ def _held(client, keys, worker_id: str) -> dict[str, str]:
 def test_stopped_worker_is_swept_and_after_continue_its_late_acks_change_nothing(tmp_path, redis_url, r, keys, broker, request):
     """SIGSTOP stands in for a long GC pause or a frozen VM: the worker looks dead, its
     messages go to the other worker, and when it wakes it finishes and acks messages it
-    no longer owns. Those acks must be no-ops (ack.lua releases only what the acking
+    no longer owns. Those acks must be no-ops (ack_many.lua releases only what the acking
     worker's own in-flight set still holds), so nothing is lost or applied twice.
 
     On RabbitMQ what takes its messages is RabbitMQ's heartbeat timeout (here ``heartbeat=2`` in

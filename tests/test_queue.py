@@ -440,6 +440,26 @@ def _garbage(r, keys, queue: str) -> str:
     return rid
 
 
+def test_a_queued_id_whose_body_is_gone_is_dropped_and_the_rest_run(project, runtime, producer, r, keys):
+    """Given an id in a step's queue whose body was purged, then the worker drops it (out of its
+    in-flight set, nothing written for it) and runs the messages around it."""
+    cfg, steps = project({"a_step.py": recorder("A")})
+    p = producer(cfg, steps)
+    p.enqueue("jobs", {"k": "before"}, trace_id="t")
+    ns, queue = keys.dramatiq_namespace, "jobs--A--normal"
+    dangling = str(uuid.uuid4())
+    r.rpush(f"{ns}:{queue}", dangling)  # no body in {queue}.msgs
+    for i in range(3):
+        p.enqueue("jobs", {"k": f"after{i}"}, trace_id="t")
+    runtime(cfg, steps)
+    wait_for(lambda: len(runs(r, keys, "A")) == 4, what="the messages around it processed")
+    acks = [k for k in r.scan_iter(match=f"{ns}:__acks__.*.{queue}")]
+    wait_for(lambda: not any(r.sismember(k, dangling) for k in acks), what="the dangling id out of the in-flight set")
+    assert dangling.encode() not in r.lrange(f"{ns}:{queue}", 0, -1)
+    assert not r.hexists(f"{ns}:{queue}.deliveries", dangling)
+    assert len(events_once(r, keys, "message.processed", 4)) == 4  # none for the dangling id
+
+
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_undecodable_message_is_quarantined_and_the_rest_of_the_batch_flows(project, runtime, producer, r, keys, broker, request):
     """Given a body that is not a message between good ones in a step's queue, then it lands in the quarantine

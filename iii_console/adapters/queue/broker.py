@@ -24,7 +24,7 @@
   ``delays.py``) moves due ones onto the queue. No worker holds a message it
   cannot run yet, so far-future messages cannot crowd out due ones, and a
   stop or a restart does not touch them.
-- **Every settle writes its own event**: ``ack_many.lua`` (``ack.lua``), ``move.lua`` and
+- **Every settle writes its own event**: ``ack_many.lua``, ``move.lua`` and
   ``dead.lua`` write ``message.processed``, ``message.retrying`` and
   ``message.dead_lettered`` (with the metric counters) in the script that
   makes the transition (``lua/_events.lua``); a refused settle writes none.
@@ -604,9 +604,9 @@ class IIIConsumer(Consumer):
                 if self.cache:
                     rid, data, deliveries = self.cache.pop(0)
                     if data is None:
-                        # Body vanished (purged): drop the dangling id.
-                        self.broker.iii_scripts.ack(
-                            args=[self.broker.namespace, self.queue_name, self.broker.broker_id, rid, "", ""]
+                        # Body vanished (purged): drop the dangling id (an ack with no events).
+                        self.broker.iii_scripts.ack_many(
+                            args=[self.broker.namespace, self.broker.broker_id, "", self.queue_name, rid, "", ""]
                         )
                         continue
                     try:

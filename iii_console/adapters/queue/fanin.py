@@ -3,7 +3,7 @@
 The record holds the completion ready-made (each copy's queue, id and encoded
 body, and its ``message.enqueued`` events, with ``RESULT_MARK`` where the result
 goes), so the settle that finishes the group (``lua/_fanin.lua``, in
-``ack.lua`` and ``dead.lua``) can enqueue it in its own script.
+``ack_many.lua`` and ``dead.lua``) can enqueue it in its own script.
 """
 
 from __future__ import annotations

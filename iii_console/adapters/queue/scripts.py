@@ -21,15 +21,14 @@ _NAMES = (
     "sweep",
     "requeue_dead",
     "requeue",
-    "ack",
     "ack_many",
     "promote",
     "throttle",
 )
 #: Scripts that move messages or write events, and so start with the shared prelude.
-_WITH_PRELUDE = {"enqueue", "move", "dead", "requeue_dead", "requeue", "ack", "ack_many", "promote"}
+_WITH_PRELUDE = {"enqueue", "move", "dead", "requeue_dead", "requeue", "ack_many", "promote"}
 #: Scripts that settle a message, and so may settle its fan-in group (``lua/_fanin.lua``).
-_SETTLES = {"ack", "ack_many", "dead"}
+_SETTLES = {"ack_many", "dead"}
 _LUA = resources.files(__package__).joinpath("lua")
 
 
@@ -58,7 +57,6 @@ class Scripts:
     sweep: Any
     requeue_dead: Any
     requeue: Any
-    ack: Any
     ack_many: Any
     promote: Any
     throttle: Any

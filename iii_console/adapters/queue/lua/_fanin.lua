@@ -1,5 +1,5 @@
 -- Fan-in (prepended, after _events.lua, to the scripts that settle a message:
--- ack.lua and dead.lua). A group's record is a hash written with its children
+-- ack_many.lua and dead.lua). A group's record is a hash written with its children
 -- by enqueue.lua (producer.py builds it):
 --   id, total, pending, ok, failed, dead, trace_id, ids (JSON list),
 --   c:<child message id> = "pending" | "ok" | "failed" | "dead",
