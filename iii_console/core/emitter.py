@@ -51,6 +51,15 @@ def _json(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
 
+def _flat_tables(aggs: Sequence[Mapping[str, float]]) -> list[list[Any]]:
+    """``metrics.aggregate``'s tables as the scripts take them: ``[field, n, ...]`` each, three in all."""
+    out: list[list[Any]] = [[], [], []]
+    for table, agg in zip(out, aggs):
+        for kv in agg.items():
+            table.extend(kv)
+    return out
+
+
 #: Errors that clear by themselves (Redis away, loading, failing over, scripts
 #: flushed): the batch waits for them instead of being dropped. Full or read-only
 #: is told by :func:`redis_refuses_writes`, which also knows Redis 6's wording.
@@ -304,23 +313,13 @@ class StreamSink:
         batch the flusher writes, aggregated over many settles, so they are best
         effort on a crash, like the events that mark no move.
         """
-
-        def tables(batch: Sequence[Event], *, counts_only: bool = False) -> list[list[Any]]:
-            out: list[list[Any]] = [[], [], []]
-            if self._keys is not None and batch:
-                aggs: tuple[Mapping[str, float], ...] = metrics.aggregate(batch)
-                for table, agg in zip(out[:1] if counts_only else out, aggs):
-                    for kv in agg.items():
-                        table.extend(kv)
-            return out
-
         body = {
             "k": self._event_keys,
             "m": self._maxlen,
             "p": [ev.flat() for ev in pre],
-            "pt": tables(pre),
+            "pt": self._tables(pre),
             "s": [ev.flat() for ev in settle],
-            "st": tables(settle, counts_only=True),
+            "st": self._tables(settle, counts_only=True),
         }
         return _json(body)
 
@@ -330,18 +329,12 @@ class StreamSink:
         Each transition's counters are a flat ``[field, n, ...]`` list (``c``); the
         script sums those of the transitions that apply and adds each field once.
         """
-        pre_tables: list[list[Any]] = [[], [], []]
-        if self._keys is not None and pre:
-            aggs: tuple[Mapping[str, float], ...] = metrics.aggregate(pre)
-            for table, agg in zip(pre_tables, aggs):
-                for kv in agg.items():
-                    table.extend(kv)
         counted = self._keys is not None
         body = {
             "k": self._event_keys,
             "m": self._maxlen,
             "p": [ev.flat() for ev in pre],
-            "pt": pre_tables,
+            "pt": self._tables(pre),
             "a": [
                 {"s": [ev.flat() for ev in settle], "c": metrics.count_fields(settle) if counted else []} for settle in settles
             ],
@@ -360,11 +353,15 @@ class StreamSink:
                     buckets[k] = buckets.get(k, 0) + n
                 for k, v in more_sums.items():
                     sums[k] = sums.get(k, 0.0) + v
-            aggs: tuple[Mapping[str, float], ...] = (counts, buckets, sums)
-            for table, agg in zip(tables, aggs):
-                for kv in agg.items():
-                    table.extend(kv)
+            tables = _flat_tables((counts, buckets, sums))
         return [self._maxlen, events, _json(tables)]
+
+    def _tables(self, batch: Sequence[Event], *, counts_only: bool = False) -> list[list[Any]]:
+        """The counter tables of ``batch`` for a script (only the counts with ``counts_only``)."""
+        if self._keys is None or not batch:
+            return [[], [], []]
+        counts, buckets, sums = metrics.aggregate(batch)
+        return _flat_tables((counts,) if counts_only else (counts, buckets, sums))
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until the buffer is written (or ``timeout``); used at shutdown and in tests."""

@@ -59,9 +59,7 @@ def aggregate(batch: Iterable[Event]) -> tuple[dict[str, int], dict[str, int], d
             continue
         topic, step = ev.topic or "", ev.step or ""
         key = (t, topic, step)
-        # One cron.skipped stands for a batch of missed ticks; the metric counts ticks.
-        n = ev.data.get("count", 1) if t == "cron.skipped" and isinstance(ev.data, dict) else 1
-        counts[key] = counts.get(key, 0) + n
+        counts[key] = counts.get(key, 0) + (_ticks(ev) if t == "cron.skipped" else 1)
         if ev.duration_ms is not None and t in _TIMED:
             secs = ev.duration_ms / 1000
             at = (topic, step, bisect_left(BUCKETS, secs))
@@ -87,9 +85,13 @@ def count_fields(batch: Iterable[Event]) -> list[str | int]:
     for ev in batch:
         t = ev.type
         if t in COUNTED:
-            n = ev.data.get("count", 1) if t == "cron.skipped" and isinstance(ev.data, dict) else 1
-            out += (f"{t}|{ev.topic or ''}|{ev.step or ''}", n)
+            out += (f"{t}|{ev.topic or ''}|{ev.step or ''}", _ticks(ev) if t == "cron.skipped" else 1)
     return out
+
+
+def _ticks(ev: Event) -> int:
+    """What a ``cron.skipped`` counts for: one stands for a batch of missed ticks, and the metric counts ticks."""
+    return ev.data.get("count", 1) if isinstance(ev.data, dict) else 1
 
 
 @dataclass
