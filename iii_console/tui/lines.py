@@ -40,8 +40,16 @@ def _sync_scrollbar(view: ScrollView) -> None:
         view.vertical_scrollbar.position = view.scroll_y
 
 
-def _text_key(cell: Text) -> tuple[Any, ...]:
+def text_key(cell: Text) -> tuple[Any, ...]:
+    """What a cell's rendering depends on besides its width and look (a cache key)."""
     return (cell.plain, cell.style, tuple(cell.spans), cell.justify, cell.overflow)
+
+
+def render_cell(app: Any, cell: Text, width: int, padding: int, pre: Style, post: Style) -> list[list[Segment]]:
+    """A table cell rendered as ``DataTable`` renders it: padded, on one line, ``pre`` under its own
+    styles and ``post`` over them (the cursor's colours); its lines of segments."""
+    opts = app.console_options.update_dimensions(width, 1).update(no_wrap=True)
+    return app.console.render_lines(Styled(Padding(cell, (0, padding)), pre_style=pre, post_style=post), opts)
 
 
 class _Row:
@@ -54,7 +62,7 @@ class _Row:
 
     def signature(self) -> tuple[Any, ...]:
         if self.sig is None:
-            self.sig = tuple(_text_key(c) for c in self.cells)
+            self.sig = tuple(text_key(c) for c in self.cells)
         return self.sig
 
 
@@ -353,14 +361,12 @@ class LineTable(ScrollView, can_focus=True):
         segments: list[Segment] = []
         cache = self._cells
         for cell, w in zip(cells, widths):
-            key = (_text_key(cell), w, pre, post)
+            key = (text_key(cell), w, pre, post)
             line = cache.get(key)
             if line is None:
                 if len(cache) >= CELL_CACHE:
                     cache.clear()
-                opts = self.app.console_options.update_dimensions(w, 1).update(no_wrap=True)
-                styled = Styled(Padding(cell, (0, self.cell_padding)), pre_style=pre, post_style=post)
-                line = cache[key] = self.app.console.render_lines(styled, opts)[0]
+                line = cache[key] = render_cell(self.app, cell, w, self.cell_padding, pre, post)[0]
             segments.extend(line)
         used = sum(widths)
         if width > used:
@@ -402,7 +408,7 @@ class LineLog(ScrollView, can_focus=True):
         self.max_lines = max_lines
         self.auto_scroll = auto_scroll
         self._lines: deque[_Line] = deque(maxlen=max_lines)
-        #: The lines holding a rendered strip, oldest drawn first (their strips are dropped past STRIP_CACHE).
+        #: The lines holding a rendered strip, oldest drawn first (their strips are dropped past LOG_STRIPS).
         self._drawn: deque[_Line] = deque()
         self._width = 0
         self._style = Style.null()

@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rich.padding import Padding
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -14,7 +13,6 @@ from textual.app import ComposeResult
 from textual.color import Color
 from textual.containers import Vertical
 from textual.message import Message
-from textual.renderables.styled import Styled
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, RichLog, Sparkline, Static
 from textual.widgets.data_table import CellDoesNotExist, ColumnKey
@@ -22,6 +20,7 @@ from textual.widgets.data_table import CellDoesNotExist, ColumnKey
 from iii_console.format import TYPE_STYLE
 from iii_console.tui import fmt
 from iii_console.tui.filter import EventFilter
+from iii_console.tui.lines import render_cell, text_key
 from iii_console.tui.model import ConsoleModel, RateSeries
 from iii_console.tui.source import Snapshot
 
@@ -229,25 +228,13 @@ class Table(DataTable[Text]):
             self.cursor_foreground_priority == "css",
             self.cursor_background_priority == "css",
         )
-        key = (
-            cell.plain,
-            cell.style,
-            tuple(cell.spans),
-            cell.justify,
-            cell.overflow,
-            width,
-            base_style,
-            component_style,
-            post_style,
-        )
+        key = (text_key(cell), width, base_style, component_style, post_style)
         lines = self._cells.get(key)
         if lines is None:
             if len(self._cells) >= CELL_CACHE:
                 self._cells.clear()
-            options = self.app.console_options.update_dimensions(width, 1).update(no_wrap=True)
-            lines = self._cells[key] = self.app.console.render_lines(
-                Styled(Padding(cell, (0, self.cell_padding)), pre_style=base_style + component_style, post_style=post_style),
-                options,
+            lines = self._cells[key] = render_cell(
+                self.app, cell, width, self.cell_padding, base_style + component_style, post_style
             )
         # What Textual adds to every cell for mouse clicks: which row and column it is.
         meta = Style.from_meta({"row": row_index, "column": column_index})

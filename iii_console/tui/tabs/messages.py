@@ -91,7 +91,7 @@ class MessagesPane(Pane):
             return built[2]
         if len(self._built) >= 2 * ROWS:
             self._built.clear()
-        cells = _cells(r, now_ms, age)
+        cells = _cells(r, age)
         self._built[r.message_id] = (r.rev, age, cells)
         return cells
 
@@ -110,7 +110,7 @@ def _duration(r: MessageRow) -> Text:
     return t(fmt.duration(r.duration_ms), justify="right")
 
 
-def _cells(r: MessageRow, now_ms: int, age: str | None = None) -> tuple[Text, ...]:
+def _cells(r: MessageRow, age: str) -> tuple[Text, ...]:
     return (
         t(r.message_id[:8], "bold"),
         t(r.topic),
@@ -118,7 +118,7 @@ def _cells(r: MessageRow, now_ms: int, age: str | None = None) -> tuple[Text, ..
         fmt.status(r.status),
         n(r.attempts),
         t(r.priority, fmt.PRIORITY_STYLE.get(r.priority, "")),
-        t(fmt.age(r.created_ms, now_ms) if age is None else age, justify="right"),
+        t(age, justify="right"),
         _duration(r),
         t(r.trace_id[:8], "bright_black"),
         t(first_line(r.error or ""), "red" if r.status in ("failed", "retrying", "dead") else "bright_black"),
