@@ -38,7 +38,9 @@ def test_two_processes_share_the_load_and_concurrency_holds_per_process(tmp_path
     )
     run = start_cli(tmp_path, "--no-ui", "--role", "worker", "--processes", "2", "--threads", "8")
     try:
-        wait_for(lambda: r.hlen(keys.workers) == 2, what="two workers")
+        # worker.started, not the registry: a worker registers (its first heartbeat) before its
+        # consumers start, and on a busy machine one could take every message before the other looks.
+        wait_for(lambda: len(events(r, keys, "worker.started")) == 2, what="two workers consuming")
         p = producer(cfg, discover(cfg.steps_path))
         for i in range(120):
             p.enqueue("load", {"redis": redis_url}, trace_id=f"t{i}")
