@@ -110,6 +110,19 @@ STEPS = {
                 r.close()
             return {"n": n, "runs": RUNS["n"]}
     """,
+    "ordered_step.py": """
+        from iii_console import Step, http
+
+        config = Step(name="Ordered", triggers=[http("POST", "/ordered")], enqueues=["uow.t"])
+
+        async def handler(req, ctx):
+            k = req.body["key"]
+            ctx.logger.info("before the writes", key=k)
+            await ctx.state.set("ordered", k, {"k": k})
+            await ctx.enqueue("uow.t", {"key": k})
+            ctx.logger.info("after the writes", key=k)
+            return {"key": k}
+    """,
     "relay_step.py": """
         from iii_console import Step, http
 
@@ -192,6 +205,54 @@ def test_reads_see_the_runs_own_writes_and_everything_lands_in_one_call(app, rc)
     # A second request: set is blind, so its event's old is the value found, with no rerun.
     resp = httpx.post(f"{app.url}/ryw", json={"key": "r1"}, timeout=30)
     assert resp.status_code == 200 and resp.json()["before"] == {"n": 4}
+
+
+def test_a_requests_events_are_on_the_stream_before_the_writes_it_led_to_for_every_request(app, rc):
+    """Given an HTTP step that logs, sets a key, enqueues and logs again, when 60 requests run 12 at a time,
+    then for every request the stream holds, in entry order and nothing else of its trace, its
+    http.received, its two log lines, its state.changed and its message.enqueued: the held-back events ride
+    in the unit's call ahead of its writes (before, a state.changed could land before its http.received)."""
+    import asyncio
+
+    async def post_all() -> list[httpx.Response]:
+        sem = asyncio.Semaphore(12)
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def one(i: int) -> httpx.Response:
+                async with sem:
+                    return await client.post(f"{app.url}/ordered", json={"key": f"o{i}"})
+
+            return await asyncio.gather(*(one(i) for i in range(60)))
+
+    answers = asyncio.run(post_all())
+    assert [r.status_code for r in answers] == [200] * 60, [r.text for r in answers if r.status_code != 200]
+    traces = {r.headers["x-trace-id"]: r.json()["key"] for r in answers}
+    by_trace: dict[str, list] = {t: [] for t in traces}
+    for e in events(rc, KEYS):
+        if e.trace_id in by_trace:
+            by_trace[e.trace_id].append(e)
+    for trace, key in traces.items():
+        seen = by_trace[trace]
+        shape = [(e.type, (e.data or {}).get("message") if e.type == "log" else None) for e in seen]
+        assert shape == [
+            ("http.received", None),
+            ("log", "before the writes"),
+            ("log", "after the writes"),
+            ("state.changed", None),
+            ("message.enqueued", None),
+        ], (key, shape)
+        assert seen[3].data["key"] == key and seen[0].data["body"] == {"key": key}
+
+
+def test_a_handler_that_raises_still_has_its_request_on_the_stream_before_its_error(app, rc):
+    """Given the step that raises after its writes, when it is called, then the request's held-back
+    http.received is written (the unit's call never ran) and precedes its step.error."""
+    resp = httpx.post(f"{app.url}/boom", json={"key": "b2"}, timeout=30)
+    assert resp.status_code == 500
+    trace = resp.json()["trace_id"]
+    wait_for(lambda: "step.error" in [e.type for e in events(rc, KEYS) if e.trace_id == trace], what="its step.error")
+    seen = [e.type for e in events(rc, KEYS) if e.trace_id == trace]
+    assert seen == ["http.received", "step.error"], seen
 
 
 def test_a_value_changed_under_the_run_makes_it_run_again_on_the_new_value(app, rc, redis_server):

@@ -76,6 +76,8 @@ class Runner(Protocol):
 
     async def call_async(self, step: Step, input: Any, *, atomic: bool = False, **ctx_kw: Any) -> Any: ...
 
+    def runs_in_unit(self, step: Step) -> bool: ...
+
 
 JSON_TYPES = ("application/json",)
 BODY_METHODS = ("POST", "PUT", "PATCH")
@@ -239,6 +241,12 @@ class HttpSteps:
         tracing = runner.services.tracing
 
         async def endpoint(request: Request[Any, Any, Any]) -> Response[Any]:
+            # A handler run in a unit of work: this request's events (``http.received``, its logs)
+            # ride along with the unit's one script call, ahead of the writes they led to.
+            with emitter.holding(runner.runs_in_unit(step)):
+                return await traced(request)
+
+        async def traced(request: Request[Any, Any, Any]) -> Response[Any]:
             if tracing is None:
                 return await handle(request, uuid.uuid4().hex)
             # Traced: the request's span is current while it runs (its enqueues carry it), and an

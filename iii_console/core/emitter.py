@@ -18,7 +18,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib import resources
 from typing import Any
 
@@ -380,6 +382,20 @@ class StreamSink:
         self._thread.join(timeout)
 
 
+class Held:
+    """The events one context holds back for a unit of work's script call (:meth:`Emitter.holding`)."""
+
+    __slots__ = ("emitter", "events", "open")
+
+    def __init__(self, emitter: Emitter):
+        self.emitter = emitter
+        self.events: list[Event] = []
+        self.open = True
+
+
+_HELD: ContextVar[Held | None] = ContextVar("iii_held_events", default=None)
+
+
 class _SinkLogger:
     """structlog's terminal 'logger': hands the shaped Event to the sink."""
 
@@ -453,7 +469,7 @@ class Emitter:
         self.worker = worker or ""
         self._bound = {k: v for k, v in (("worker", worker), ("trace_id", trace_id)) if v}
         self._logger = structlog.wrap_logger(
-            _SinkLogger(sink),
+            _SinkLogger(self._put),
             processors=[_stamp, _to_event],  # type: ignore[list-item]  # structlog types an event dict as MutableMapping
             context_class=dict,
             cache_logger_on_first_use=True,
@@ -468,15 +484,59 @@ class Emitter:
         if fields.keys() <= _EVENT_KEYS:
             # Only event fields (a message's lifecycle): the Event structlog's chain would
             # shape, built directly, at half its cost.
-            self._sink(Event(type=type, **{**self._bound, "ts": now_ms(), **fields}))
+            self._put(Event(type=type, **{**self._bound, "ts": now_ms(), **fields}))
             return
         self._logger.info(type, **fields)
+
+    def _put(self, event: Event) -> None:
+        """Where every event of this emitter goes: the current hold's list (:meth:`holding`), else the sink."""
+        held = _HELD.get()
+        if held is not None and held.emitter is self and held.open:
+            held.events.append(event)
+        else:
+            self._sink(event)
 
     def put(self, *events: Event | None) -> None:
         """Send events shaped by :meth:`make` through the buffer, when no script writes them (RabbitMQ settles)."""
         for event in events:
             if event is not None:
-                self._sink(event)
+                self._put(event)
+
+    @contextmanager
+    def holding(self, on: bool = True) -> Iterator[Held | None]:
+        """Hold back the events this task emits, for a unit of work's script call to write (``runtime/uow.py``).
+
+        While the block runs, events emitted in this context (its task, and tasks it
+        starts) go to a list instead of the buffer; a unit of work's call takes them
+        along and writes them before its own writes, so a request's ``http.received``
+        and its handler's log lines land on the stream before the ``state.changed`` and
+        ``message.enqueued`` the request caused, in one round trip. What no call took
+        (no writes, a handler that raised, Redis away) goes to the buffer when the block
+        ends, in order. With events off (no stream) nothing is held.
+        """
+        if not on or self.stream is None:
+            yield None
+            return
+        held = Held(self)
+        token = _HELD.set(held)
+        try:
+            yield held
+        finally:
+            _HELD.reset(token)
+            self.release(held)
+
+    def held(self) -> Held | None:
+        """The open hold of the current context on this emitter, if any."""
+        held = _HELD.get()
+        return held if held is not None and held.emitter is self and held.open else None
+
+    def release(self, held: Held, *, close: bool = True) -> None:
+        """Send what ``held`` still holds to the buffer, in order; with ``close``, later events go there directly."""
+        if close:
+            held.open = False
+        events, held.events = held.events, []
+        for event in events:
+            self._sink(event)
 
     def make(self, type: str, **fields: Any) -> Event:
         """The event ``emit`` would send, shaped the same way but not sent: a transition script writes it."""
@@ -495,6 +555,7 @@ class Emitter:
         """
         if self.stream is None:
             return run("")
+        self._unhold()
         return self.stream.transition(run, [e for e in events if e is not None], through=through)
 
     def transition_many(
@@ -503,7 +564,14 @@ class Emitter:
         """Run a script making several transitions, the i-th writing ``settles[i]`` only if it applies (``StreamSink.transition_many``)."""
         if self.stream is None:
             return run("")
+        self._unhold()
         return self.stream.transition_many(run, [[e for e in s if e is not None] for s in settles], through=through)
+
+    def _unhold(self) -> None:
+        """Before a transition script: held events go to the buffer, which the script waits for (order kept)."""
+        held = self.held()
+        if held is not None and held.events:
+            self.release(held, close=False)
 
     @property
     def seq(self) -> int:
@@ -554,7 +622,7 @@ class StepLogger:
                 known[k] = v
             else:
                 data[k] = v
-        em._sink(Event(type="log", data=data, **known))
+        em._put(Event(type="log", data=data, **known))
 
     def debug(self, event: Any, *args: Any, **kw: Any) -> None:
         self._line("debug", event, args, kw)

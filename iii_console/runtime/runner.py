@@ -284,6 +284,10 @@ class StepRunner:
         ctx = self.sync_context(step, **ctx_kw)
         return _not_awaitable(handler(ctx) if call_arity(handler) == 1 else handler(input, ctx))
 
+    def runs_in_unit(self, step: Step) -> bool:
+        """Whether ``call_async(step, ..., atomic=True)`` runs the handler in a unit of work."""
+        return is_async(step.handler) and self.async_side.uow_script is not None  # type: ignore[arg-type]
+
     async def call_async(self, step: Step, input: Any, *, atomic: bool = False, **ctx_kw: Any) -> Any:
         """Run ``step``'s handler from the server's loop; sync handlers go to a thread.
 

@@ -2,7 +2,8 @@
 -- (runtime/uow.py). Follows the prelude (_events.lua) and iii_enqueue (enqueue.lua as a function).
 --
 -- ARGV: groups_set, changes_stream, events_stream, watched_set, changes_maxlen, events_maxlen,
---       trace_id, step, message_id, worker, then the operations in the order the handler made them:
+--       trace_id, step, message_id, worker, E (the events the request held back: _events.lua's
+--       argument with only p/pt, or ""), then the operations in the order the handler made them:
 --   "s", hash, field, expected, new, group, ts, event_data    a state write, compare-and-set as
 --        state_cas.lua ("\0" for absent); expected is what the handler's run saw (or guessed)
 --   "e", expect, expect_value, n, then n arguments of enqueue.lua    an enqueue; expect is ""
@@ -11,13 +12,15 @@
 -- not hold, nothing is written and the reply is {0, i, current, ...}: the 1-based number of each
 -- such operation and the value it found (false: absent). Otherwise every operation is applied in
 -- order, each state write that changes its value with its state.changed event (and its trigger
--- record), each enqueue with its events, and the reply is {1}.
+-- record), each enqueue with its events, and the reply is {1}. The held-back events (E) are
+-- written first, and only then: a refused call writes none, and the caller sends them again.
 local ABSENT = "\0"
 local groups, changes, events, watched = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local trace, step, mid, worker = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local E = iii_decode(ARGV[11])
 
 local ops = {}
-local i = 11
+local i = 12
 while i <= #ARGV do
   if ARGV[i] == "s" then
     table.insert(ops, {"s", i + 1})
@@ -48,6 +51,7 @@ if any_state then
   table.insert(checks, {events, "stream"})
   table.insert(checks, {watched, "set"})
 end
+iii_event_keys(E, checks)
 local err = iii_checks(checks)
 if err then return err end
 for _, op in ipairs(ops) do
@@ -84,7 +88,8 @@ for n, op in ipairs(ops) do
 end
 if #bad > 1 then return bad end
 
--- Apply, in the handler's order.
+-- Apply: the held-back events, then the operations in the handler's order.
+iii_pre(E)
 for _, op in ipairs(ops) do
   local j = op[2]
   if op[1] == "e" then
@@ -116,4 +121,5 @@ for _, op in ipairs(ops) do
     end
   end
 end
+iii_trim(E)
 return {1}

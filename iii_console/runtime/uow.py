@@ -167,7 +167,7 @@ class UnitOfWork:
         return gid
 
     # -- applying -----------------------------------------------------------------
-    def _args(self) -> list[Any]:
+    def _args(self, events: bytes | str = "") -> list[Any]:
         s = self.store
         k = s.keys
         args: list[Any] = [
@@ -181,6 +181,7 @@ class UnitOfWork:
             s.step,
             s.message_id,
             s.worker,
+            events,
         ]
         ts = now_ms()
         for op in self.ops:
@@ -204,9 +205,17 @@ class UnitOfWork:
         """Apply every pending write in one call; :class:`Conflict` if the run must be made again."""
         if not self.ops:
             return
+        emitter = self.producer.emitter
         for attempt in range(MAX_CALLS):
-            reply = await self.script(args=self._args())
+            # The events this request holds back (its ``http.received``, its logs) go first in the
+            # same call; taken off the hold only once written (a refused call writes none of them).
+            held = emitter.held()
+            pre = list(held.events) if held is not None else []
+            stream = emitter.stream
+            reply = await self.script(args=self._args(stream.payload(pre, ()) if pre and stream is not None else ""))
             if reply[0] == 1:
+                if held is not None:
+                    del held.events[: len(pre)]
                 self._clear()
                 return
             for i in range(1, len(reply), 2):
@@ -229,6 +238,9 @@ class UnitOfWork:
         """Apply what is pending now, and let later writes go out as they are made (a lease was taken)."""
         await self.apply()
         self.deferring = False
+        held = self.producer.emitter.held()
+        if held is not None:  # later writes go out as they are made: their events must not wait behind these
+            self.producer.emitter.release(held)
 
 
 class UnitLeases:

@@ -389,9 +389,9 @@ class AsyncProducer(_Builder):
 
     async def enqueue(self, topic: str, data: Any, **kw: Any) -> list[str]:
         """Enqueue now (see :meth:`prepare` for the arguments); the message ids, or a dedup hit's first ids."""
-        # On the server's loop the script cannot wait for the event buffer (it
-        # would block the loop): events buffered before it (``http.received``)
-        # may land after the message's ``message.enqueued``.
+        # On the server's loop the script cannot wait for the event buffer (it would block
+        # the loop): outside a unit of work (which writes its request's held-back events
+        # first), events buffered before it may land after its ``message.enqueued``.
         prep = self.prepare(topic, data, **kw)
         if prep.args is None:
             return prep.ids
