@@ -88,7 +88,7 @@ class Event:
         """Build an event from a stream entry; raises :class:`DecodeError` on a foreign entry."""
         try:
             f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
-            data = json.loads(f["data"]) if "data" in f else None
+            data = _load_data(f["data"]) if "data" in f else None
             return cls(
                 type=f["type"],
                 ts=int(f.get("ts", 0)),
@@ -150,6 +150,18 @@ def _finite(value: Any) -> Any:
 #: encoder for these arguments is built once (same class, same options, same output).
 _COMPACT = {"default": str, "separators": (",", ":")}
 _COMPACT_STRICT = json.JSONEncoder(allow_nan=False, **_COMPACT)  # type: ignore[arg-type]
+
+
+_decode_json = msgspec.json.decode
+
+
+def _load_data(text: str) -> Any:
+    """An entry's ``data``: msgspec (a tenth of ``json.loads``'s time) for what it reads, ``json.loads`` for the
+    rest (``NaN``, ``Infinity``, numbers past a float, lone surrogates), so the value is what ``json.loads`` gives."""
+    try:
+        return _decode_json(text)
+    except msgspec.MsgspecError:
+        return json.loads(text)
 
 
 def dumps_strict(value: Any, **kw: Any) -> str:
