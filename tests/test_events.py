@@ -463,3 +463,41 @@ def test_a_full_redis_keeps_events_buffered_until_it_has_room(tmp_path, sinks, b
     finally:
         client.close()
         server.stop()
+
+
+def test_a_json_line_read_off_the_entry_holds_what_the_decoded_events_line_holds(r: redis.Redis):
+    """Given entries of every shape a stream holds (every field, few fields, text outside ASCII, data that is
+    not strict JSON, NaN in data or in duration_ms, a number past a float, data that is null or empty text,
+    an entry with no type), when the echo's line is built from the entry as read, then it parses to the same
+    value as the line of the decoded event, or it is that line, and it is always strict JSON."""
+    from iii_console.core.events import loads_finite
+    from iii_console.format import json_line, json_line_of
+
+    key = "iii:test:lines"
+    r.delete(key)
+    entries: list[dict[str, str]] = [
+        FULL.encode(),
+        Event(type="log", ts=5, data={"level": "info", "message": "héllo ✓ \u0001", "k": [1.5, -2, True]}).encode(),
+        Event(type="worker.started", ts=7, trace_id="t", worker="w").encode(),
+        {"type": "message.processed", "ts": "9", "duration_ms": "0.001", "attempt": "1", "data": "{}"},
+        {"type": "progress", "ts": "9", "data": '{"a": NaN}'},
+        {"type": "progress", "ts": "9", "data": "[1e999]"},
+        {"type": "progress", "ts": "9", "data": '{"x" : [ 1 , 2 ] }'},
+        {"type": "message.processed", "ts": "9", "duration_ms": "nan"},
+        {"type": "log", "ts": "9", "data": "null"},
+        {"type": "log", "ts": "9", "data": '""'},
+        {"type": "log", "ts": "9", "trace_id": "", "step": "", "error": "E: \u00e9"},
+        {"type": "log"},
+    ]
+    for fields in entries:
+        r.xadd(key, fields)
+    r.xadd(key, {"not": "an event"})
+    for entry_id, fields in r.xrange(key):
+        if b"type" not in fields:
+            with pytest.raises(DecodeError):
+                json_line_of(entry_id, fields)
+            continue
+        fast = json_line_of(entry_id, fields)
+        full = json_line(Event.decode(entry_id, fields))
+        assert loads_finite(fast) == loads_finite(full), (fields, fast, full)
+    r.delete(key)

@@ -47,7 +47,13 @@ def main(argv: list[str]) -> int:
     client = redis_client(os.environ["III_ECHO_REDIS_URL"], socket_timeout=5)
     try:
         follow(
-            client, os.environ["III_ECHO_STREAM"], os.environ["III_ECHO_FROM"], render, done=stopping.is_set, block_ms=BLOCK_MS
+            client,
+            os.environ["III_ECHO_STREAM"],
+            os.environ["III_ECHO_FROM"],
+            render,
+            done=stopping.is_set,
+            block_ms=BLOCK_MS,
+            render_entry=output.print_json_entry if argv[1] == "json" else None,
         )
     finally:
         client.close()

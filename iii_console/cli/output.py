@@ -88,6 +88,16 @@ def flush_stdout() -> None:
 print_json.flush = flush_stdout  # type: ignore[attr-defined]
 
 
+def print_json_entry(entry_id: Any, fields: Any) -> None:
+    """:func:`print_json` of a stream entry as read, without building the event (``format.json_line_of``)."""
+    from iii_console.format import json_line_of
+
+    try:
+        _out().write(json_line_of(entry_id, fields) + "\n")
+    except BrokenPipeError:
+        _stdout_gone()
+
+
 def print_human(ev: Event) -> None:
     from iii_console.format import TYPE_STYLE, line
 

@@ -67,7 +67,8 @@ def tail(
         click.echo("tail: lost Redis, reconnecting...", err=True)
 
     try:
-        follow(client, keys.events, last, render_wanted, on_lost=lost)
+        every = as_json and not types and not trace
+        follow(client, keys.events, last, render_wanted, on_lost=lost, render_entry=output.print_json_entry if every else None)
     except KeyboardInterrupt:
         pass
 
@@ -81,13 +82,15 @@ def follow(
     done: Callable[[], bool] = lambda: False,
     on_lost: Callable[[Exception], None] | None = None,
     block_ms: int = 1000,
+    render_entry: Callable[[Any, Any], None] | None = None,
 ) -> None:
     """Print the events of ``stream`` after ``last`` as they are written; the reader of ``tail`` and of the echo.
 
     stdout is flushed once per batch read (a write per event would cost a syscall
     each). Returns once our stdout's reader went away, or, after ``done()`` turned
     true, at the first read that finds nothing new: the stream read to its end.
-    A lost Redis is retried (``on_lost`` told) until ``done()``.
+    A lost Redis is retried (``on_lost`` told) until ``done()``. ``render_entry``, if given,
+    gets each entry as read instead (``output.print_json_entry``: no event built).
     """
     import redis as _redis
 
@@ -104,7 +107,10 @@ def follow(
         for _s, entries in got or []:
             for entry_id, fields in entries:
                 last = as_str(entry_id)
-                render(Event.decode(entry_id, fields))
+                if render_entry is not None:
+                    render_entry(entry_id, fields)
+                else:
+                    render(Event.decode(entry_id, fields))
         if got:
             output.flush_stdout()
         if output.stdout_closed():
