@@ -187,8 +187,18 @@ def _finite_float(text: str) -> float:
 
 
 def loads_finite(text: str | bytes) -> Any:
-    """``json.loads`` that refuses ``NaN``, ``Infinity`` and numbers too large for a float (``ValueError``)."""
-    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    """``json.loads`` that refuses ``NaN``, ``Infinity`` and numbers too large for a float (``ValueError``).
+
+    msgspec reads it first (several times faster, and strict the same way: it accepts what this
+    accepts and gives the same value); whatever it refuses is read again by ``json`` for the
+    error this raises (``json.JSONDecodeError`` with line and column, ``ValueError``,
+    ``RecursionError``) or, for the few texts ``json`` takes and msgspec does not (a lone
+    surrogate escape), the value.
+    """
+    try:
+        return _decode_json(text)
+    except (msgspec.MsgspecError, UnicodeError, RecursionError):
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
 
 
 #: msgspec's JSON encoder: for plain data (``Redactor.plain_copy``) the bytes ``json.dumps`` writes, at a tenth of the time.
