@@ -306,3 +306,73 @@ def test_a_handler_emits_thousands_of_events_while_redis_answers_nothing(tmp_pat
         events_once(r, keys, "message.processed", 1, where=lambda e: e.step == "Chatty")
     finally:
         assert worker.stop() == 0
+
+
+ORDERED = """
+from iii_console import Step, queue
+config = Step(name="Ordered", triggers=[queue("ordered")], enqueues=["ordered.next"])
+def handler(data, ctx):
+    k = data["k"]
+    ctx.logger.info("before", k=k)
+    ctx.state.set("ordered", k, {"n": 0})
+    ctx.logger.info("between", k=k)
+    ctx.state.update("ordered", k, [{"type": "increment", "path": "n"}])
+    ctx.enqueue("ordered.next", {"k": k})
+"""
+
+ORDERED_NEXT = """
+from iii_console import Step, queue
+config = Step(name="OrderedNext", triggers=[queue("ordered.next")])
+def handler(data, ctx):
+    pass
+"""
+
+
+def _sid(e: Event) -> tuple[int, int]:
+    ms, _, seq = e.id.partition("-")
+    return int(ms), int(seq)
+
+
+def test_a_runs_own_events_precede_the_state_changes_and_enqueues_it_writes_for_every_message(
+    tmp_path, redis_url, r, keys, producer
+):
+    """Given a queue step that logs, sets a key, logs, updates it and enqueues, on a worker of 8 threads,
+    when 150 messages run, then for every message the stream holds its events in the order the handler
+    made them: message.started, the first log line, state.changed, the second, state.changed, then the
+    enqueue's message.enqueued and message.processed. A state write carries what its thread still buffered
+    (before, the buffered start and log lines could land after the write's state.changed)."""
+    from iii_console.core.discovery import discover
+
+    cfg = make_project(
+        tmp_path, {"ordered_step.py": ORDERED, "next_step.py": ORDERED_NEXT}, "server:\n  port: 0\n", redis_url=redis_url
+    )
+    run = start_cli(tmp_path, "--no-ui", "--role", "worker", "--threads", "8")
+    try:
+        wait_for(lambda: events(r, keys, "worker.started"), what="the worker consuming")
+        p = producer(cfg, discover(cfg.steps_path))
+        for i in range(150):
+            p.enqueue("ordered", {"k": f"k{i}"}, trace_id=f"trace-{i}")
+        wait_for(lambda: len(events(r, keys, "message.processed")) >= 300, timeout=60, what="150 runs and their next")
+    finally:
+        assert run.stop() == 0
+    runs: dict[str, list[Event]] = {}
+    for e in events(r, keys):
+        if e.step == "Ordered" and e.message_id and e.type != "message.enqueued":
+            runs.setdefault(e.message_id, []).append(e)
+        elif e.type == "message.enqueued" and e.topic == "ordered.next":
+            runs.setdefault(f"next:{e.trace_id}", []).append(e)
+    by_trace = {evs[0].trace_id: mid for mid, evs in runs.items() if not mid.startswith("next:")}
+    assert len(by_trace) == 150
+    for trace, mid in by_trace.items():
+        shape = [(e.type, (e.data or {}).get("message") if e.type == "log" else None) for e in runs[mid]]
+        assert shape == [
+            ("message.started", None),
+            ("log", "before"),
+            ("state.changed", None),
+            ("log", "between"),
+            ("state.changed", None),
+            ("message.processed", None),
+        ], (trace, shape)
+        # The enqueue's event sits between the second state change and the settle.
+        [nxt] = runs[f"next:{trace}"]
+        assert _sid(runs[mid][4]) < _sid(nxt) < _sid(runs[mid][5]), (trace, [e.id for e in runs[mid]], nxt.id)

@@ -404,6 +404,10 @@ class Held:
 
 
 _HELD: ContextVar[Held | None] = ContextVar("iii_held_events", default=None)
+#: The buffer's sequence number just after the last event this context (a thread, or a task) put: what
+#: a transition it makes waits for by default (its run's start, its log lines), not every other thread's
+#: events. An upper bound: another thread may have put one in between.
+_LAST_PUT: ContextVar[int] = ContextVar("iii_last_put", default=0)
 
 
 class _SinkLogger:
@@ -503,8 +507,10 @@ class Emitter:
         held = _HELD.get()
         if held is not None and held.emitter is self and held.open:
             held.events.append(event)
-        else:
-            self._sink(event)
+            return
+        self._sink(event)
+        if self.stream is not None:
+            _LAST_PUT.set(self.stream.seq)
 
     def put(self, *events: Event | None) -> None:
         """Send events shaped by :meth:`make` through the buffer, when no script writes them (RabbitMQ settles)."""
@@ -547,6 +553,8 @@ class Emitter:
         events, held.events = held.events, []
         for event in events:
             self._sink(event)
+        if events and self.stream is not None:
+            _LAST_PUT.set(self.stream.seq)
 
     def make(self, type: str, **fields: Any) -> Event:
         """The event ``emit`` would send, shaped the same way but not sent: a transition script writes it."""
@@ -560,13 +568,17 @@ class Emitter:
         """Run a transition script (``run(events_arg)``) that writes ``events`` only if it applies.
 
         ``through``: the sequence number (:attr:`seq`) of the last buffered event that
-        must be on the stream first (default: every event put so far). With events
-        off, the script gets no events to write.
+        must be on the stream first (default: the last one this thread or task put:
+        a handler's enqueue or state write follows its run's start and log lines,
+        without waiting for other threads' events). With events off, the script gets
+        no events to write.
         """
         if self.stream is None:
             return run("")
         self._unhold()
-        return self.stream.transition(run, [e for e in events if e is not None], through=through)
+        return self.stream.transition(
+            run, [e for e in events if e is not None], through=_LAST_PUT.get() if through is None else through
+        )
 
     def transition_many(
         self, run: Callable[[bytes | str], Any], settles: Sequence[Sequence[Event | None]], *, through: int | None = None
@@ -575,6 +587,7 @@ class Emitter:
         if self.stream is None:
             return run("")
         self._unhold()
+        # Default: every event put so far (the group's leader writes for other threads' runs).
         return self.stream.transition_many(run, [[e for e in s if e is not None] for s in settles], through=through)
 
     def _unhold(self) -> None:

@@ -41,9 +41,10 @@ from iii_console.core import replication, spans
 from iii_console.core.errors import StateError
 from iii_console.core.events import encode_data, now_ms
 from iii_console.core.keys import Keys
+from iii_console.core.luasrc import core_script
 
 ABSENT = "\0"
-_SCRIPT = resources.files("iii_console.core").joinpath("lua/state_cas.lua").read_text()
+_SCRIPT = core_script("state_cas")
 _OPS = ("set", "merge", "increment", "remove")
 MAX_CAS_TRIES = 100
 CHANGES_MAXLEN = 100_000
@@ -216,8 +217,13 @@ class _Base:
         message_id: str = "",
         worker: str = "",
         events_maxlen: int = 100_000,
+        emitter: Any = None,
     ):
         self.keys = keys
+        #: The process's emitter (sync store): a write carries the events its thread put before it,
+        #: as an enqueue does (``Emitter.transition``), so a run's start and log lines precede its
+        #: ``state.changed`` on the stream.
+        self.emitter = emitter
         self.trace_id = trace_id
         self.step = step
         #: Which run and which process made the change: the ``state.changed`` event is
@@ -254,6 +260,7 @@ class _Base:
             self.trace_id,
             now_ms(),
             data,
+            "",  # E: events the caller carries along (_events.lua), filled in by the sync store
             "step",
             self.step,
             "message_id",
@@ -361,14 +368,19 @@ class StateStore(_Base):
                     time.sleep(step.seconds)
                     reply = None
                 elif step.name == "cas":
-                    keys, args = step.args
-                    reply = replication.current().script(
-                        self.client, self._cas, keys=keys, args=args, what=f"a state change of {args[3]}/{args[0]}"
-                    )
+                    reply = self._write_cas(*step.args)
                 else:
                     reply = getattr(self.client, step.name)(*step.args)
         except StopIteration as done:
             return done.value
+
+    def _write_cas(self, keys: list[str], args: list[Any]) -> Any:
+        wait, what = replication.current(), f"a state change of {args[3]}/{args[0]}"
+
+        def call(events: bytes | str) -> Any:
+            return wait.script(self.client, self._cas, keys=keys, args=[*args[:9], events, *args[10:]], what=what)
+
+        return call("") if self.emitter is None else self.emitter.transition(call)
 
     def bind(self, *, trace_id: str = "", step: str = "", message_id: str | None = None) -> StateStore:
         return self._bound(trace_id, step, message_id)

@@ -153,7 +153,13 @@ class StepRunner:
         async_side: AsyncSide | None = None,
     ):
         self.services = services
-        self.state = StateStore(services.client, services.keys, events_maxlen=services.config.events.maxlen, worker=services.name)
+        self.state = StateStore(
+            services.client,
+            services.keys,
+            events_maxlen=services.config.events.maxlen,
+            worker=services.name,
+            emitter=services.emitter,
+        )
         self.producer = make_producer(services, subscriptions)
         self.progress = ProgressStore(services.client, services.keys, services.emitter)
         self.leases = Leases(services.client, services.keys)

@@ -2,15 +2,24 @@
 --
 -- KEYS: hash, groups_set, changes_stream, events_stream, watched_groups_set
 -- ARGV: field, expected, new, group, changes_maxlen, events_maxlen,
---       trace_id, ts, event_data, then name/value pairs of the event's other
---       fields (step, message_id, worker; an empty value is left out)
+--       trace_id, ts, event_data, E (the prelude's events argument with only p/pt:
+--       what the writer's process still buffered, or ""), then name/value pairs of
+--       the event's other fields (step, message_id, worker; an empty value is left out)
 -- expected/new use "\0" for "absent" (expected: key must not exist; new: delete).
 -- Returns {1} when written, {2} when new equals current (no change), and
 -- {0, current} when the current value is not `expected` (current is false when
 -- absent): the caller recomputes from it and retries without another read.
+-- E's events are written in every case, before the change's own event.
 local ABSENT = "\0"
 local field, expected, new = ARGV[1], ARGV[2], ARGV[3]
+local E = iii_decode(ARGV[10])
+local err = iii_checks(iii_event_keys(E))
+if err then return err end
 local cur = redis.call("HGET", KEYS[1], field)
+if E ~= nil then
+  iii_pre(E)
+  iii_trim(E)
+end
 if cur == false then
   if expected ~= ABSENT then return {0, false} end
 elseif cur ~= expected then
@@ -42,7 +51,7 @@ if redis.call("SISMEMBER", KEYS[5], ARGV[4]) == 1 or redis.call("SISMEMBER", KEY
 end
 local ev = {"type", "state.changed", "ts", ARGV[8], "data", ARGV[9]}
 if ARGV[7] ~= "" then table.insert(ev, "trace_id"); table.insert(ev, ARGV[7]) end
-for i = 10, #ARGV - 1, 2 do
+for i = 11, #ARGV - 1, 2 do
   if ARGV[i + 1] ~= "" then table.insert(ev, ARGV[i]); table.insert(ev, ARGV[i + 1]) end
 end
 redis.call("XADD", KEYS[4], "MAXLEN", "~", ARGV[6], "*", unpack(ev))
