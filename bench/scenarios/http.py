@@ -89,14 +89,26 @@ def run(bench: Bench) -> Section:
             load, cpu = one_run(bench, start, seconds)
             runs[name].append((load, cpu))
             print(
-                f"  [{NAME}] round {rnd + 1} {name}: {load.rps:,.0f} req/s, p99 {load.latency_ms.get('99', 0):.1f} ms "
+                f"  [{NAME}] round {rnd + 1} {name}: {load.rps:,.0f} req/s, p99 {load.latency_ms.get('99', 0):.1f} ms, "
+                f"{cpu / 100 / max(load.rps, 1e-9) * 1000:.3f} ms server CPU/req "
                 f"({load.non2xx} non-2xx, {load.errors} errors)",
                 flush=True,
             )
 
     med_rps = {n: median(ld.rps for ld, _ in r) for n, r in runs.items()}
     sec = Section(
-        TITLE, header=["contender", "req/s", "p50 ms", "p90 ms", "p99 ms", "server CPU %", "non-2xx / errors", "÷ bare peer"]
+        TITLE,
+        header=[
+            "contender",
+            "req/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "server CPU %",
+            "server CPU ms/req",
+            "non-2xx / errors",
+            "÷ bare peer",
+        ],
     )
     for name, r in runs.items():
         p = {k: median(ld.latency_ms.get(k, float("nan")) for ld, _ in r) for k in ("50", "90", "99")}
@@ -107,6 +119,7 @@ def run(bench: Bench) -> Section:
             fmt(p["90"], 2),
             fmt(p["99"], 2),
             fmt(median(x for _, x in r)),
+            fmt(median(cpu / 100 / ld.rps * 1000 if ld.rps else float("nan") for ld, cpu in r), 3),
             f"{sum(ld.non2xx for ld, _ in r)} / {sum(ld.errors for ld, _ in r)}",
             fmt_ratio(ratio(med_rps[name], med_rps[PEER])),
         )
@@ -121,9 +134,9 @@ def run(bench: Bench) -> Section:
         "own process. Ours per request: JSON body validated by the step's pydantic model, `state.set` and the "
         "enqueue applied together when the handler returns by one unit-of-work script call that also writes "
         "`state.changed` and `message.enqueued` (concurrent requests' script calls share pipelined round trips), "
-        "events `http.received`, "
-        "`message.enqueued`, `log`; `--no-ui` also tails and prints the event stream, in a child process of the server's. "
+        "events `http.received` and `log` "
+        "(written in that same call, ahead of the writes), `message.enqueued`; `--no-ui` also tails and prints the event stream, in a child process of the server's. "
         "Server CPU is the CPU time of the server process and its children (the echo included) over the run "
-        "(100 = one core)."
+        "(100 = one core); per request it is that over the requests answered, steadier than req/s on a shared machine."
     )
     return sec
