@@ -15,13 +15,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from iii_console.core.errors import ConfigError
 from iii_console.core.redact import DEFAULT_WORDS, redact_url, words
+
+if TYPE_CHECKING:  # PyYAML is imported where a file is read: a worker gets its configuration as JSON
+    import yaml
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
@@ -420,6 +422,8 @@ def _interpolate(text: str, env: dict[str, str]) -> str:
 
 def _lines(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
     """Map each dotted key path to the 1-based line it appears on."""
+    import yaml
+
     out: dict[tuple[Any, ...], int] = {path: node.start_mark.line + 1}
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
@@ -439,6 +443,8 @@ MAX_NODES = 20_000
 
 def _check_expansion(root: yaml.Node, fname: str) -> None:
     """Refuse a document whose aliases expand beyond :data:`MAX_NODES` (counted without expanding it)."""
+    import yaml
+
     seen = 0
     stack = [root]
     while stack:
@@ -507,6 +513,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
         from_env = {"redis": {"url": env["REDIS_URL"]}} if env.get("REDIS_URL") else {}
         return Config(**from_env, project_dir=str(Path.cwd()))
     fname = str(p)
+    import yaml
+
     try:
         raw_text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

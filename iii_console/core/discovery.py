@@ -12,7 +12,6 @@ use each other's helpers.
 from __future__ import annotations
 
 import ast
-import difflib
 import importlib.util
 import json
 import re
@@ -148,6 +147,8 @@ def _explain(exc: ValidationError) -> tuple[str, str, list[str]]:
     close: list[str] = []
     if kind == "extra_forbidden":
         key = path[-1] if path else "?"
+        import difflib  # only for a step error
+
         close = difflib.get_close_matches(key, _accepted_keys(first["loc"]), n=1, cutoff=0.6)
         msg = f"unknown field {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
     elif kind in ("union_tag_invalid", "union_tag_not_found"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -26,7 +27,6 @@ from typing import Any
 
 import msgspec
 import redis
-import structlog
 
 from iii_console.core import metrics
 from iii_console.core.errors import redis_refuses_writes
@@ -482,17 +482,28 @@ class Emitter:
         #: The process name its events carry as ``worker``.
         self.worker = worker or ""
         self._bound = {k: v for k, v in (("worker", worker), ("trace_id", trace_id)) if v}
-        self._logger = structlog.wrap_logger(
-            _SinkLogger(self._put),
-            processors=[_stamp, _to_event],  # type: ignore[list-item]  # structlog types an event dict as MutableMapping
-            context_class=dict,
-            cache_logger_on_first_use=True,
-        )
-        bound = {k: v for k, v in (("worker", worker), ("trace_id", trace_id)) if v}
-        if bound:
-            self._logger = self._logger.bind(**bound)
+        #: structlog's logger for what the direct paths do not shape (built on first use: a worker whose
+        #: events and step lines all take those paths never imports structlog, nor the Rich it pulls in).
+        self._chain: Any = None
         #: Whether step loggers may build their lines without structlog's chain (decided on first use).
         self._plain_chain: bool | None = None
+
+    @property
+    def _logger(self) -> Any:
+        logger = self._chain
+        if logger is None:
+            import structlog
+
+            logger = structlog.wrap_logger(
+                _SinkLogger(self._put),
+                processors=[_stamp, _to_event],  # type: ignore[list-item]  # structlog types an event dict as MutableMapping
+                context_class=dict,
+                cache_logger_on_first_use=True,
+            )
+            if self._bound:
+                logger = logger.bind(**self._bound)
+            self._chain = logger  # two threads racing here build two equal loggers; either will do
+        return logger
 
     def emit(self, type: str, **fields: Any) -> None:
         if fields.keys() <= _EVENT_KEYS:
@@ -607,8 +618,14 @@ class Emitter:
         if fast is None:
             # structlog's wrapper class is fixed on first use (``cache_logger_on_first_use``): lines
             # skip its chain only if that class filters nothing (structlog's default, no level set).
-            probe = self._logger.bind()
-            fast = self._plain_chain = type(probe) is structlog.make_filtering_bound_logger(0)
+            # Not imported by anyone yet: nothing configured it, so it has its default.
+            structlog = sys.modules.get("structlog")
+            if structlog is None:
+                fast = True
+            else:
+                probe = self._logger.bind()
+                fast = type(probe) is structlog.make_filtering_bound_logger(0)
+            self._plain_chain = fast
         if fast:
             return StepLogger(self, bound)
         return self._logger.bind(_log=True, **bound)

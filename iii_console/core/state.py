@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import redis
