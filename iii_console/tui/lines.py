@@ -26,12 +26,26 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 #: Rendered table rows kept by content and look (a few screens: ages tick every second, so
-#: older ones are not drawn again); cleared when it grows past this.
+#: older ones are not drawn again); past this the oldest is dropped.
 STRIP_CACHE = 400
-#: Rendered table cells kept by content and look; cleared when it grows past this.
+#: Rendered table cells kept by content and look; past this the oldest is dropped.
 CELL_CACHE = 2000
 #: Log lines holding their rendered strip (the last ones drawn: a few screens).
 LOG_STRIPS = 300
+
+
+def bounded_put(cache: dict[Any, Any], key: Any, value: Any, cap: int) -> Any:
+    """``cache[key] = value``, dropping the oldest entry first when ``cap`` are held; returns ``value``.
+
+    One at a time, not the whole cache at once: a cache that fills steadily (ages tick,
+    rows change) and was emptied wholesale freed a few MB of small objects in one go and
+    rebuilt them among whatever the reader had allocated meanwhile, and each cycle left
+    Python's allocator holding more partly used arenas (RSS crept up for minutes).
+    """
+    if len(cache) >= cap:
+        del cache[next(iter(cache))]
+    cache[key] = value
+    return value
 
 
 def _sync_scrollbar(view: ScrollView) -> None:
@@ -344,9 +358,9 @@ class LineTable(ScrollView, can_focus=True):
             extend = pre
         strip = self._strips.get(key)
         if strip is None:
-            if len(self._strips) >= STRIP_CACHE:
-                self._strips.clear()
-            strip = self._strips[key] = self._render_row(cells, widths, width, base, pre, post_style, extend)
+            strip = bounded_put(
+                self._strips, key, self._render_row(cells, widths, width, base, pre, post_style, extend), STRIP_CACHE
+            )
         shown = self.size.width
         if width > shown:  # scrolled sideways, or wider than the view
             x = int(self.scroll_x)
@@ -364,9 +378,7 @@ class LineTable(ScrollView, can_focus=True):
             key = (text_key(cell), w, pre, post)
             line = cache.get(key)
             if line is None:
-                if len(cache) >= CELL_CACHE:
-                    cache.clear()
-                line = cache[key] = render_cell(self.app, cell, w, self.cell_padding, pre, post)[0]
+                line = bounded_put(cache, key, render_cell(self.app, cell, w, self.cell_padding, pre, post)[0], CELL_CACHE)
             segments.extend(line)
         used = sum(widths)
         if width > used:

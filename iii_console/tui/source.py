@@ -477,4 +477,3 @@ def poll_snapshots(
     finally:
         if client is not None:
             client.close()
-
