@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any, ClassVar
 
 import pytest
 from rich.text import Text
 from textual.app import App, ComposeResult
+from textual.strip import Strip
 
 from iii_console.tui import lines
 from iii_console.tui.lines import LineLog, LineTable, bounded_put
@@ -185,6 +187,31 @@ async def test_table_caches_stay_at_their_caps_as_rows_keep_changing(monkeypatch
         assert len(table._strips) == 30  # full, not emptied
         drawn = {key[0] for key in table._strips}
         assert all(r.signature() in drawn for r in table._rows)  # what is on screen is still cached
+
+
+async def test_drawn_strips_are_freed_when_dropped_not_left_to_the_cycle_collector() -> None:
+    """Given a table and a log redrawn for a few frames with the collector off, when what they left is
+    collected, then no strip is among it: none refers to itself through its own caches (Textual's
+    ``divide`` and ``crop_extend`` did), so each is freed as soon as the frame drops it."""
+    app = Host()
+    async with app.run_test(size=(80, 20)) as pilot:
+        table, log = app.query_one(LineTable), app.query_one(LineLog)
+        gc.collect()
+        gc.disable()
+        try:
+            for tick in range(10):
+                table.show_rows(rows(8, note=f"t{tick}"))
+                log.write_lines([Text(f"line {tick}.{i}") for i in range(30)])
+                await pilot.pause()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            cyclic = [o for o in gc.garbage if isinstance(o, Strip)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+            gc.collect()
+        assert len(cyclic) == 0
 
 
 async def test_log_renders_only_the_lines_it_shows() -> None:
