@@ -94,8 +94,8 @@ PANE_CLASSES: dict[str, type[Pane]] = {pid: cls for pid, _, cls in TABS}
 #: (and so a key press) never waits for more than one chunk (a few ms); between chunks it
 #: offers the GIL to the UI thread. It also reads the stream this many at a time: a read of
 #: 2,000 (a reply of ~40,000 small strings, then as many events) put a burst of a few MB on
-#: top of what the model holds whenever the reader fell behind, and each such peak left the
-#: Python allocator holding more arenas.
+#: top of what the model holds whenever the reader fell behind (a peak the allocator keeps
+#: arenas for).
 INGEST_CHUNK = 200
 FILTER_DEBOUNCE_S = 0.2
 #: Above this many events/s the tab is redrawn at most every :data:`BUSY_DRAW_S`, not every

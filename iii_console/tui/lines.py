@@ -39,10 +39,10 @@ def _strips_without_self_references() -> None:
     return the strip itself: ``divide`` at a single cut at its end (what the compositor does
     to nearly every line of every frame) and ``crop_extend`` to its own length. Such a strip
     then refers to itself through its cache, so it is freed only by a full pass of the cycle
-    collector, not when the frame is done with it: ~5 MB of dead strips (each with its seven
-    ``FIFOCache`` dicts and its segments) piled up between two passes at 5,000 events/s, and
-    every pile reached further into fresh allocator arenas (RSS crept up ~0.4 MB/min).
-    These two cases now return the strip without caching it: the same strips, no cycle.
+    collector, not when the frame is done with it: dead strips (each with its seven
+    ``FIFOCache`` dicts and its segments) piled up between two passes, a few MB at 5,000
+    events/s, and the piles pushed the allocator into more arenas. These two cases now
+    return the strip without caching it: the same strips, no cycle.
     """
     if getattr(Strip, "_iii_no_self_cache", False):
         return
@@ -73,8 +73,8 @@ def bounded_put(cache: dict[Any, Any], key: Any, value: Any, cap: int) -> Any:
 
     One at a time, not the whole cache at once: a cache that fills steadily (ages tick,
     rows change) and was emptied wholesale freed a few MB of small objects in one go and
-    rebuilt them among whatever the reader had allocated meanwhile, and each cycle left
-    Python's allocator holding more partly used arenas (RSS crept up for minutes).
+    rebuilt them among whatever the reader had allocated meanwhile, a swing that can leave
+    Python's allocator holding more partly used arenas.
     """
     if len(cache) >= cap:
         del cache[next(iter(cache))]
