@@ -97,6 +97,8 @@ async def drive(
         t_end = time.monotonic() + max_s
         presser = asyncio.create_task(press_keys())
         tracer = asyncio.create_task(_trace_memory(Path(trace), feed_s)) if trace else None
+        stats = os.environ.get("III_BENCH_MEMSTATS")
+        statter = asyncio.create_task(_mem_stats(Path(stats))) if stats else None
         try:
             while not stop.exists() and time.monotonic() < t_end:
                 sample()
@@ -105,6 +107,8 @@ async def drive(
             presser.cancel()
             if tracer is not None:
                 tracer.cancel()
+            if statter is not None:
+                statter.cancel()
         sample()
         if profiler is not None and profile is not None:
             profiler.dump_stats(str(profile))
@@ -145,6 +149,76 @@ async def _trace_memory(out: Path, feed_s: float) -> None:
         lines.append(f"{stat.size_diff / 1024:+.1f} KiB {stat.count_diff:+d} blocks")
         lines.extend("    " + str(f) for f in stat.traceback.format()[-8:])
     out.write_text("\n".join(lines))
+
+
+async def _mem_stats(out: Path, every: float = 10.0) -> None:
+    """``III_BENCH_MEMSTATS=FILE``: every ``every`` s a JSON line of where the process's memory is:
+    RSS, glibc's heap (``mallinfo2``: bytes in use, free inside the heaps, mmapped) and
+    Python's small-object allocator (arenas, bytes in used and free blocks), and the cycle
+    collector's passes and what they freed. Telling these apart says whether RSS growth is
+    objects kept, garbage waiting for a collector pass, or memory freed but not returned."""
+    import ctypes
+    import gc
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError):
+        libc = None
+    with out.open("a") as f:
+        while True:
+            row: dict[str, float] = {"t": time.time(), "rss": _rss_mb(), "blocks": sys.getallocatedblocks()}
+            if libc is not None:
+                m = libc.mallinfo2()
+                row.update(heap=m.arena / 2**20, mmapped=m.hblkhd / 2**20, used=m.uordblks / 2**20, free=m.fordblks / 2**20)
+            row.update(_pymalloc_stats())
+            # Per generation of the cycle collector: (passes, objects it freed), since start.
+            row.update({f"gc{i}": (st["collections"], st["collected"]) for i, st in enumerate(gc.get_stats())})  # type: ignore[misc]
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            await asyncio.sleep(every)
+
+
+def _pymalloc_stats() -> dict[str, float]:
+    """Arenas and bytes of Python's small-object allocator, from ``sys._debugmallocstats`` (written to fd 2)."""
+    r, w = os.pipe()
+    saved = os.dup(2)
+    os.dup2(w, 2)
+    try:
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(w)
+    chunks = []
+    while chunk := os.read(r, 1 << 16):
+        chunks.append(chunk)
+    os.close(r)
+    names = {
+        "# arenas allocated current": "py_arenas",
+        "# bytes in allocated blocks": "py_used",
+        "# bytes in available blocks": "py_free",
+    }
+    out: dict[str, float] = {}
+    for line in b"".join(chunks).decode(errors="replace").splitlines():
+        name, _, value = line.partition("=")
+        key = names.get(name.strip())
+        if key:
+            n = int(value.strip().replace(",", ""))
+            out[key] = n if key == "py_arenas" else n / 2**20
+    return out
+
+
+try:
+    import ctypes as _ctypes
+
+    class _MallInfo2(_ctypes.Structure):
+        _fields_ = [
+            (n, _ctypes.c_size_t)
+            for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+        ]
+except ImportError:  # pragma: no cover
+    pass
 
 
 def _rss_mb() -> float:

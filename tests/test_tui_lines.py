@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any, ClassVar
 
 import pytest
 from rich.text import Text
 from textual.app import App, ComposeResult
+from textual.strip import Strip
 
-from iii_console.tui.lines import LineLog, LineTable
+from iii_console.tui import lines
+from iii_console.tui.lines import LineLog, LineTable, bounded_put
 
 pytestmark = pytest.mark.anyio
 
@@ -159,6 +162,56 @@ async def test_table_renders_a_cell_once_per_content() -> None:
         await pilot.pause()
         # Only the changed cells (plus the cursor row's): not whole rows.
         assert len(table._cells) - cells <= 2 * 3 * 2 + 3 * 2 + 8 + 3
+
+
+def test_a_full_cache_drops_its_oldest_entry_not_everything() -> None:
+    """Given a cache at its cap, when one more entry goes in, then only the oldest is dropped."""
+    cache: dict[str, int] = {}
+    for i in range(10):
+        assert bounded_put(cache, f"k{i}", i, 4) == i
+    assert list(cache) == ["k6", "k7", "k8", "k9"]
+
+
+async def test_table_caches_stay_at_their_caps_as_rows_keep_changing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given rows whose text changes on every draw (ages ticking over), when drawn many times, then the row and cell
+    caches hold at most their caps and keep the strips of the rows shown now."""
+    monkeypatch.setattr(lines, "STRIP_CACHE", 30)
+    monkeypatch.setattr(lines, "CELL_CACHE", 60)
+    app = Host()
+    async with app.run_test(size=(80, 20)) as pilot:
+        table = app.query_one(LineTable)
+        for tick in range(40):
+            table.show_rows(rows(8, note=f"t{tick}"))
+            await pilot.pause()
+            assert len(table._strips) <= 30 and len(table._cells) <= 60
+        assert len(table._strips) == 30  # full, not emptied
+        drawn = {key[0] for key in table._strips}
+        assert all(r.signature() in drawn for r in table._rows)  # what is on screen is still cached
+
+
+async def test_drawn_strips_are_freed_when_dropped_not_left_to_the_cycle_collector() -> None:
+    """Given a table and a log redrawn for a few frames with the collector off, when what they left is
+    collected, then no strip is among it: none refers to itself through its own caches (Textual's
+    ``divide`` and ``crop_extend`` did), so each is freed as soon as the frame drops it."""
+    app = Host()
+    async with app.run_test(size=(80, 20)) as pilot:
+        table, log = app.query_one(LineTable), app.query_one(LineLog)
+        gc.collect()
+        gc.disable()
+        try:
+            for tick in range(10):
+                table.show_rows(rows(8, note=f"t{tick}"))
+                log.write_lines([Text(f"line {tick}.{i}") for i in range(30)])
+                await pilot.pause()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            cyclic = [o for o in gc.garbage if isinstance(o, Strip)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+            gc.collect()
+        assert len(cyclic) == 0
 
 
 async def test_log_renders_only_the_lines_it_shows() -> None:

@@ -97,6 +97,27 @@ def test_long_traces_state_groups_and_step_errors_are_bounded_too():
     assert len(m.step_errors) == 20
 
 
+def test_ever_new_topics_cron_steps_and_state_writers_are_bounded_too():
+    """Given thousands of distinct topics, cron steps and writers of one state group, when ingested, then each
+    container keeps at most ``max_names``, the most recently seen."""
+    m = ConsoleModel(max_names=50)
+    for n in range(2000):
+        m.ingest(
+            [
+                Event("message.enqueued", T0_MS + n, f"t{n}", message_id=f"m{n}", topic=f"topic{n}"),
+                Event("cron.fired", T0_MS + n, step=f"Cron{n}", data={"drift_ms": 1}),
+                Event("state.changed", T0_MS + n, step=f"Writer{n}", data={"group": "g", "key": "k"}),
+            ],
+            NOW,
+        )
+    assert len(m.topics) == 50 and "topic1999" in m.topics and "topic0" not in m.topics
+    assert len(m.cron) == 50 and m.cron["Cron1999"].fired == 1
+    assert len(m.state_writers["g"]) == 50
+    m.ingest([Event("message.processed", T0_MS + 3000, "t", message_id="m1950", topic="topic1950")], NOW)
+    m.ingest([Event("message.enqueued", T0_MS + 3001, "t", message_id="x", topic="new")], NOW)
+    assert "topic1950" in m.topics and "topic1951" not in m.topics  # a topic seen again is kept longer
+
+
 def test_log_since_returns_only_new_entries_and_survives_the_buffer_wrapping():
     """Given a full log, when asking for entries after a sequence number that fell out, then what is still buffered comes back."""
     m = ConsoleModel(log_size=10)

@@ -51,6 +51,27 @@ def test_the_console_s_stream_client_decodes_the_same_events_as_a_plain_client(r
     assert [e.type for e in got] == [e.type for e in evs] and raw.decode_errors == plain.decode_errors == 2
 
 
+def test_the_console_s_stream_client_shares_data_keys_and_still_reads_what_only_json_reads(r, keys, redis_url):
+    """Given events whose data repeat the same keys, and data only Python's json reads (NaN, a lone surrogate),
+    when read with the console's stream client, then the key strings are one object each and every value is read."""
+    from iii_console.tui.source import connect_stream
+
+    xadd(r, keys, [Event("log", T0_MS + i, data={"level": "info", "message": f"m{i}"}) for i in range(3)])
+    r.xadd(keys.events, {"type": "log", "ts": str(T0_MS + 5), "data": '{"level": NaN, "message": "\\ud800"}'})
+    tail = StreamTail(keys.events, history=0)
+    tail.last_id = "0-0"
+    fast = connect_stream(redis_url)
+    try:
+        got = tail.read(fast)
+    finally:
+        fast.close()
+    assert [e.data["message"] for e in got[:3]] == ["m0", "m1", "m2"]
+    first, second = (list(e.data) for e in got[:2])
+    assert all(a is b for a, b in zip(first, second))  # not a new "level" and "message" per event
+    assert got[3].data["level"] != got[3].data["level"] and got[3].data["message"] == "\ud800"  # NaN
+    assert tail.decode_errors == 0
+
+
 def test_after_an_empty_restart_the_tail_reads_the_new_stream_from_its_start(r, keys):
     """Given a tail that has read far, when the stream is recreated with smaller ids, then resync makes it read them."""
     xadd(r, keys, [Event("log", T0_MS + 5000)])

@@ -92,7 +92,10 @@ PANE_CLASSES: dict[str, type[Pane]] = {pid: cls for pid, _, cls in TABS}
 
 #: Events the reader thread moves into the model per hold of the model lock, so a render
 #: (and so a key press) never waits for more than one chunk (a few ms); between chunks it
-#: offers the GIL to the UI thread.
+#: offers the GIL to the UI thread. It also reads the stream this many at a time: a read of
+#: 2,000 (a reply of ~40,000 small strings, then as many events) put a burst of a few MB on
+#: top of what the model holds whenever the reader fell behind (a peak the allocator keeps
+#: arenas for).
 INGEST_CHUNK = 200
 FILTER_DEBOUNCE_S = 0.2
 #: Above this many events/s the tab is redrawn at most every :data:`BUSY_DRAW_S`, not every
@@ -166,7 +169,7 @@ class ConsoleApp(WriteFlows):
         self.filter = EventFilter()
         self.paused = False
         self.link = Link()
-        self.tail = StreamTail(keys.events, history=history)
+        self.tail = StreamTail(keys.events, history=history, batch=INGEST_CHUNK)
         #: The reader thread writes the model and the UI thread draws from it: one holds this at a time.
         self.model_lock = threading.RLock()
         #: Step errors and dead letters read live (not history), for the next tick to announce.

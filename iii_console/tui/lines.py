@@ -10,7 +10,7 @@ hit per visible line, and the cursor row is the only one restyled.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 from rich.padding import Padding
@@ -26,12 +26,60 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 #: Rendered table rows kept by content and look (a few screens: ages tick every second, so
-#: older ones are not drawn again); cleared when it grows past this.
+#: older ones are not drawn again); past this the oldest is dropped.
 STRIP_CACHE = 400
-#: Rendered table cells kept by content and look; cleared when it grows past this.
+#: Rendered table cells kept by content and look; past this the oldest is dropped.
 CELL_CACHE = 2000
 #: Log lines holding their rendered strip (the last ones drawn: a few screens).
 LOG_STRIPS = 300
+
+
+def _strips_without_self_references() -> None:
+    """Textual's ``Strip`` stores its result in its own caches, and two of its methods can
+    return the strip itself: ``divide`` at a single cut at its end (what the compositor does
+    to nearly every line of every frame) and ``crop_extend`` to its own length. Such a strip
+    then refers to itself through its cache, so it is freed only by a full pass of the cycle
+    collector, not when the frame is done with it: dead strips (each with its seven
+    ``FIFOCache`` dicts and its segments) piled up between two passes, a few MB at 5,000
+    events/s, and the piles pushed the allocator into more arenas. These two cases now
+    return the strip without caching it: the same strips, no cycle.
+    """
+    if getattr(Strip, "_iii_no_self_cache", False):
+        return
+    divide, crop_extend = Strip.divide, Strip.crop_extend
+
+    def divide_no_cycle(self: Strip, cuts: Iterable[int]) -> Sequence[Strip]:
+        cuts = list(cuts)
+        length = self.cell_length
+        if [cut for cut in cuts if cut <= length] == [length]:
+            return [self]
+        return divide(self, cuts)
+
+    def crop_extend_no_cycle(self: Strip, start: int, end: int, style: Style | None) -> Strip:
+        if start <= 0 and end == self.cell_length:
+            return self
+        return crop_extend(self, start, end, style)
+
+    Strip.divide = divide_no_cycle  # type: ignore[method-assign]
+    Strip.crop_extend = crop_extend_no_cycle  # type: ignore[method-assign]
+    Strip._iii_no_self_cache = True  # type: ignore[attr-defined]
+
+
+_strips_without_self_references()
+
+
+def bounded_put(cache: dict[Any, Any], key: Any, value: Any, cap: int) -> Any:
+    """``cache[key] = value``, dropping the oldest entry first when ``cap`` are held; returns ``value``.
+
+    One at a time, not the whole cache at once: a cache that fills steadily (ages tick,
+    rows change) and was emptied wholesale freed a few MB of small objects in one go and
+    rebuilt them among whatever the reader had allocated meanwhile, a swing that can leave
+    Python's allocator holding more partly used arenas.
+    """
+    if len(cache) >= cap:
+        del cache[next(iter(cache))]
+    cache[key] = value
+    return value
 
 
 def _sync_scrollbar(view: ScrollView) -> None:
@@ -344,9 +392,9 @@ class LineTable(ScrollView, can_focus=True):
             extend = pre
         strip = self._strips.get(key)
         if strip is None:
-            if len(self._strips) >= STRIP_CACHE:
-                self._strips.clear()
-            strip = self._strips[key] = self._render_row(cells, widths, width, base, pre, post_style, extend)
+            strip = bounded_put(
+                self._strips, key, self._render_row(cells, widths, width, base, pre, post_style, extend), STRIP_CACHE
+            )
         shown = self.size.width
         if width > shown:  # scrolled sideways, or wider than the view
             x = int(self.scroll_x)
@@ -364,9 +412,7 @@ class LineTable(ScrollView, can_focus=True):
             key = (text_key(cell), w, pre, post)
             line = cache.get(key)
             if line is None:
-                if len(cache) >= CELL_CACHE:
-                    cache.clear()
-                line = cache[key] = render_cell(self.app, cell, w, self.cell_padding, pre, post)[0]
+                line = bounded_put(cache, key, render_cell(self.app, cell, w, self.cell_padding, pre, post)[0], CELL_CACHE)
             segments.extend(line)
         used = sum(widths)
         if width > used:

@@ -280,6 +280,18 @@ class LogEntry(NamedTuple):
     event: Event
 
 
+def _recent(names: OrderedDict[str, Any], name: str, make: Any, cap: int) -> Any:
+    """``names[name]``, made if new and moved to the end; past ``cap`` names the one seen longest ago goes."""
+    value = names.get(name)
+    if value is None:
+        value = names[name] = make()
+        if len(names) > cap:
+            names.popitem(last=False)
+    else:
+        names.move_to_end(name)
+    return value
+
+
 class ConsoleModel:
     def __init__(
         self,
@@ -291,6 +303,7 @@ class ConsoleModel:
         max_state_keys: int = 2000,
         max_step_errors: int = 200,
         max_state_groups: int = 200,
+        max_names: int = 500,
     ):
         self.seq = 0
         #: The last sequence number of history (the events read back at start,
@@ -305,7 +318,10 @@ class ConsoleModel:
         self.max_messages = max_messages
         self.messages: OrderedDict[str, MessageRow] = OrderedDict()
         self.traces = TraceIndex(max_traces)
-        self.topics: dict[str, TopicCounts] = {}
+        #: Topics, cron steps and state writers are named by the project, so few; a stream of
+        #: ever-new names still keeps only the :attr:`max_names` seen most recently.
+        self.max_names = max_names
+        self.topics: OrderedDict[str, TopicCounts] = OrderedDict()
         self.problems: deque[LogEntry] = deque(maxlen=max_problems)
         #: Step load errors, latest per (step, file, message); a reload keeps only those it still reports.
         self.step_errors: OrderedDict[tuple[str, str, str], Event] = OrderedDict()
@@ -318,7 +334,7 @@ class ConsoleModel:
         self.state_writers: dict[str, set[str]] = {}
         self.dlq_rev = 0
         self.workers_rev = 0
-        self.cron: dict[str, CronSeen] = {}
+        self.cron: OrderedDict[str, CronSeen] = OrderedDict()
         #: Fan-in groups by id (newest last), and the group of each child message seen.
         self.groups: OrderedDict[str, GroupSeen] = OrderedDict()
         self._child_group: OrderedDict[str, str] = OrderedDict()
@@ -384,7 +400,7 @@ class ConsoleModel:
                     self.worker_events.append(ev)
             elif t in ("cron.fired", "cron.skipped") and ev.step:
                 self.cron_events.append(ev)
-                cron_seen = self.cron.setdefault(ev.step, CronSeen())
+                cron_seen = _recent(self.cron, ev.step, CronSeen, self.max_names)
                 d = ev.data if isinstance(ev.data, dict) else {}
                 if t == "cron.fired":
                     cron_seen.fired += 1
@@ -437,9 +453,7 @@ class ConsoleModel:
             row.progress, row.rev = (float(done), float(total)), seq
 
     def _topic(self, ev: Event, now_ms: int) -> None:
-        tc = self.topics.get(ev.topic or "")
-        if tc is None:
-            tc = self.topics[ev.topic or ""] = TopicCounts()
+        tc = _recent(self.topics, ev.topic or "", TopicCounts, self.max_names)
         t = ev.type
         if t == "message.enqueued":
             tc.enqueued.add(ev.ts, now_ms)
@@ -459,7 +473,9 @@ class ConsoleModel:
         if not isinstance(group, str) or not isinstance(key, str):
             return
         if ev.step:
-            self.state_writers.setdefault(group, set()).add(ev.step)
+            writers = self.state_writers.setdefault(group, set())
+            if len(writers) < self.max_names:
+                writers.add(ev.step)
         changes = self.state_changes.get(group)
         if changes is None:
             changes = self.state_changes[group] = OrderedDict()

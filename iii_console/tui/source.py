@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgspec
 import redis
 
 from iii_console.core.dlq import DeadLetter, DeadLetterStore
@@ -124,7 +125,21 @@ class StreamTail:
         return out
 
 
-_loads = json.loads
+_msgspec_loads = msgspec.json.decode
+_json_errors = (msgspec.DecodeError, msgspec.ValidationError)
+
+
+def _loads(text: str) -> Any:
+    """An event's ``data`` from its JSON: msgspec's decoder, which shares the text of dict keys
+    across calls (the same few names in every event, where ``json.loads`` made a new string
+    for each), at a fraction of the time; what only ``json.loads`` reads (NaN, a lone
+    surrogate escape, a number out of a double's range) is read by it."""
+    try:
+        return _msgspec_loads(text)
+    except _json_errors:
+        return json.loads(text)
+
+
 #: Values repeated across events (types, steps, topics, queues, workers) are kept once, not once per event.
 _INTERNED = ("type", "step", "topic", "queue", "worker")
 _intern_cache: dict[str, str] = {}

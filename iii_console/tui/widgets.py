@@ -20,7 +20,7 @@ from textual.widgets.data_table import CellDoesNotExist, ColumnKey
 from iii_console.format import TYPE_STYLE
 from iii_console.tui import fmt
 from iii_console.tui.filter import EventFilter
-from iii_console.tui.lines import render_cell, text_key
+from iii_console.tui.lines import bounded_put, render_cell, text_key
 from iii_console.tui.model import ConsoleModel, RateSeries
 from iii_console.tui.source import Snapshot
 
@@ -162,7 +162,7 @@ def retitle(widget: Widget, title: str | None = None, subtitle: str | None = Non
         widget.border_subtitle = subtitle
 
 
-#: Rendered cells kept by content (:meth:`Table._render_cell`); cleared when it grows past this.
+#: Rendered cells kept by content (:meth:`Table._render_cell`); past this the oldest is dropped.
 CELL_CACHE = 4000
 
 
@@ -231,10 +231,11 @@ class Table(DataTable[Text]):
         key = (text_key(cell), width, base_style, component_style, post_style)
         lines = self._cells.get(key)
         if lines is None:
-            if len(self._cells) >= CELL_CACHE:
-                self._cells.clear()
-            lines = self._cells[key] = render_cell(
-                self.app, cell, width, self.cell_padding, base_style + component_style, post_style
+            lines = bounded_put(
+                self._cells,
+                key,
+                render_cell(self.app, cell, width, self.cell_padding, base_style + component_style, post_style),
+                CELL_CACHE,
             )
         # What Textual adds to every cell for mouse clicks: which row and column it is.
         meta = Style.from_meta({"row": row_index, "column": column_index})

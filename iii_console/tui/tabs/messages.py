@@ -10,7 +10,7 @@ from textual.widgets import Static
 
 from iii_console.core.text import first_line
 from iii_console.tui import fmt
-from iii_console.tui.lines import LineTable
+from iii_console.tui.lines import LineTable, bounded_put
 from iii_console.tui.messages import OpenTrace
 from iii_console.tui.model import MessageRow
 from iii_console.tui.widgets import Pane, View, n, retitle, t
@@ -89,10 +89,9 @@ class MessagesPane(Pane):
         built = self._built.get(r.message_id)
         if built is not None and built[0] == r.rev and built[1] == age:
             return built[2]
-        if len(self._built) >= 2 * ROWS:
-            self._built.clear()
         cells = _cells(r, age)
-        self._built[r.message_id] = (r.rev, age, cells)
+        self._built.pop(r.message_id, None)  # rebuilt: the newest again, so the last to be dropped
+        bounded_put(self._built, r.message_id, (r.rev, age, cells), 2 * ROWS)
         return cells
 
     def on_line_table_row_selected(self, event: LineTable.RowSelected) -> None:
