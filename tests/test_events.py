@@ -307,27 +307,6 @@ def test_sink_writes_events_in_order_across_batches(r, keys, sinks):
     assert got[10].trace_id == "t3"
 
 
-def test_a_steady_flow_of_events_goes_out_one_batch_per_interval(r, keys, sinks):
-    """Given a sink with a 20 ms flush interval on real Redis, when an event is put every 0.2 ms for 0.6 s
-    (a flow that never leaves the buffer empty), then every event is on the stream in order, written by no
-    more script calls than one per interval (plus a few at the edges), not one per round trip."""
-    import time as _time
-
-    sink = StreamSink(r, keys.events, flush_interval=0.02)
-    sinks.append(sink)
-    calls = lambda: int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))  # noqa: E731
-    before = calls()
-    n, t0 = 0, _time.monotonic()
-    while _time.monotonic() - t0 < 0.6:
-        sink.put(Event(type="log", ts=n))
-        n += 1
-        _time.sleep(0.0002)
-    assert sink.flush() is True
-    made = calls() - before
-    assert [e.ts for e in stream(r, keys.events)] == list(range(n))
-    assert made <= 0.6 / 0.02 + 5, f"{made} script calls for {n} events"
-
-
 def test_flush_on_an_idle_sink_is_true_at_once(r, keys, sinks):
     """Given a sink with nothing buffered, when flushed, then it returns True."""
     sink = StreamSink(r, keys.events)

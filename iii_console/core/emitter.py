@@ -140,7 +140,6 @@ class StreamSink:
                 self._cond.notify()
 
     def _run(self) -> None:
-        last = 0.0  # when the last batch started
         while True:
             with self._cond:
                 # Asleep until an event arrives (an idle process does not wake 200
@@ -154,18 +153,9 @@ class StreamSink:
                     if (self._buf or self._timed) and not self._stop:
                         self._idle = False
                         self._cond.wait(self._interval)
-                elif not self._stop:
-                    # Events that arrived while the last batch was on its way wait out the
-                    # rest of the interval since it started: a steady flow goes out one batch
-                    # per interval, not one script call per round trip.
-                    rest = self._interval - (time.monotonic() - last)
-                    if rest > 0:
-                        self._idle = False
-                        self._cond.wait(rest)
                 self._idle = False
                 stopping = self._stop
             if self._buf or self._timed:
-                last = time.monotonic()
                 if not self._flush() and stopping:
                     log.error("event sink: stopping with %d events unwritten (Redis unavailable)", len(self._buf))
                     return
