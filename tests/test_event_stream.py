@@ -318,6 +318,7 @@ def handler(data, ctx):
     ctx.logger.info("between", k=k)
     ctx.state.update("ordered", k, [{"type": "increment", "path": "n"}])
     ctx.enqueue("ordered.next", {"k": k})
+    ctx.logger.info("after", k=k)
 """
 
 ORDERED_NEXT = """
@@ -338,8 +339,8 @@ def test_a_runs_own_events_precede_the_state_changes_and_enqueues_it_writes_for_
 ):
     """Given a queue step that logs, sets a key, logs, updates it and enqueues, on a worker of 8 threads,
     when 150 messages run, then for every message the stream holds its events in the order the handler
-    made them: message.started, the first log line, state.changed, the second, state.changed, then the
-    enqueue's message.enqueued and message.processed. A state write carries what its thread still buffered
+    made them: message.started, the first log line, state.changed, the second, state.changed, the enqueue's
+    message.enqueued, the last log line and message.processed. A state write carries what its thread still buffered
     (before, the buffered start and log lines could land after the write's state.changed)."""
     from iii_console.core.discovery import discover
 
@@ -371,8 +372,9 @@ def test_a_runs_own_events_precede_the_state_changes_and_enqueues_it_writes_for_
             ("state.changed", None),
             ("log", "between"),
             ("state.changed", None),
+            ("log", "after"),
             ("message.processed", None),
         ], (trace, shape)
         # The enqueue's event sits between the second state change and the settle.
         [nxt] = runs[f"next:{trace}"]
-        assert _sid(runs[mid][4]) < _sid(nxt) < _sid(runs[mid][5]), (trace, [e.id for e in runs[mid]], nxt.id)
+        assert _sid(runs[mid][4]) < _sid(nxt) < _sid(runs[mid][6]), (trace, [e.id for e in runs[mid]], nxt.id)

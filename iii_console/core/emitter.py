@@ -598,6 +598,11 @@ class Emitter:
             self.release(held, close=False)
 
     @property
+    def last_put(self) -> int:
+        """The buffer's sequence number just after the last event this thread or task put (0: none yet)."""
+        return _LAST_PUT.get()
+
+    @property
     def seq(self) -> int:
         """Sequence number of the last event put to the stream (0 with events off)."""
         return self.stream.seq if self.stream is not None else 0

@@ -71,6 +71,8 @@ class LifecycleEvents(dramatiq.Middleware):
         if exception is None:
             where = getattr(message, "iii_where", None) or _where(message)
             message.iii_event = self.emitter.make("message.processed", duration_ms=duration, **where)
+            # Its settle follows the handler's own log lines too, not only its start.
+            message.iii_seq = max(getattr(message, "iii_seq", 0) or 0, self.emitter.last_put)
         else:
             self.emitter.emit(
                 "message.failed",
