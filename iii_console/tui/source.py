@@ -18,12 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import msgspec
 import redis
 
 from iii_console.core.dlq import DeadLetter, DeadLetterStore
 from iii_console.core.errors import DecodeError
-from iii_console.core.events import Event
+from iii_console.core.events import Event, load_data
 from iii_console.core.keys import Keys, as_str
 from iii_console.core.queues import QueueStat, add_broker_depths, broker_delayed, broker_depths, queue_stats
 from iii_console.core.redis_url import client_from_url, primary_of
@@ -125,21 +124,6 @@ class StreamTail:
         return out
 
 
-_msgspec_loads = msgspec.json.decode
-_json_errors = (msgspec.DecodeError, msgspec.ValidationError)
-
-
-def _loads(text: str) -> Any:
-    """An event's ``data`` from its JSON: msgspec's decoder, which shares the text of dict keys
-    across calls (the same few names in every event, where ``json.loads`` made a new string
-    for each), at a fraction of the time; what only ``json.loads`` reads (NaN, a lone
-    surrogate escape, a number out of a double's range) is read by it."""
-    try:
-        return _msgspec_loads(text)
-    except _json_errors:
-        return json.loads(text)
-
-
 #: Values repeated across events (types, steps, topics, queues, workers) are kept once, not once per event.
 _INTERNED = ("type", "step", "topic", "queue", "worker")
 _intern_cache: dict[str, str] = {}
@@ -179,7 +163,7 @@ def _decode_flat(entry_id: str, flat: list[Any]) -> Event:
             worker=f.get("worker"),
             duration_ms=float(duration) if duration is not None else None,
             error=f.get("error"),
-            data=_loads(data) if data is not None else None,
+            data=load_data(data) if data is not None else None,
             id=entry_id,
         )
     except (KeyError, ValueError, TypeError) as exc:
