@@ -31,10 +31,19 @@ def test_a_foreign_entry_on_the_stream_is_skipped_and_counted(r, keys):
     assert [e.type for e in tail.read(r)] == ["log"] and tail.decode_errors == 1
 
 
-def test_the_console_s_stream_client_decodes_the_same_events_as_a_plain_client(r, keys, redis_url):
-    """Given every kind of event and a foreign entry, when read with the console's raw stream client, then the events equal the plain decode."""
+def _read_with_stream_client(tail: StreamTail, redis_url: str) -> list[Event]:
+    """What ``tail`` reads through the console's own stream client (``connect_stream``)."""
     from iii_console.tui.source import connect_stream
 
+    fast = connect_stream(redis_url)
+    try:
+        return tail.read(fast)
+    finally:
+        fast.close()
+
+
+def test_the_console_s_stream_client_decodes_the_same_events_as_a_plain_client(r, keys, redis_url):
+    """Given every kind of event and a foreign entry, when read with the console's raw stream client, then the events equal the plain decode."""
     evs = lifecycle(1, T0_MS) + lifecycle(2, T0_MS + 10, fails=3, dead=True)
     xadd(r, keys, evs)
     r.xadd(keys.events, {"something": "else"})
@@ -42,11 +51,7 @@ def test_the_console_s_stream_client_decodes_the_same_events_as_a_plain_client(r
     plain, raw = StreamTail(keys.events, history=0), StreamTail(keys.events, history=0)
     for tail in (plain, raw):
         tail.last_id = "0-0"
-    fast = connect_stream(redis_url)
-    try:
-        got = raw.read(fast)
-    finally:
-        fast.close()
+    got = _read_with_stream_client(raw, redis_url)
     assert got == plain.read(r) and len(got) == len(evs)
     assert [e.type for e in got] == [e.type for e in evs] and raw.decode_errors == plain.decode_errors == 2
 
@@ -54,17 +59,11 @@ def test_the_console_s_stream_client_decodes_the_same_events_as_a_plain_client(r
 def test_the_console_s_stream_client_shares_data_keys_and_still_reads_what_only_json_reads(r, keys, redis_url):
     """Given events whose data repeat the same keys, and data only Python's json reads (NaN, a lone surrogate),
     when read with the console's stream client, then the key strings are one object each and every value is read."""
-    from iii_console.tui.source import connect_stream
-
     xadd(r, keys, [Event("log", T0_MS + i, data={"level": "info", "message": f"m{i}"}) for i in range(3)])
     r.xadd(keys.events, {"type": "log", "ts": str(T0_MS + 5), "data": '{"level": NaN, "message": "\\ud800"}'})
     tail = StreamTail(keys.events, history=0)
     tail.last_id = "0-0"
-    fast = connect_stream(redis_url)
-    try:
-        got = tail.read(fast)
-    finally:
-        fast.close()
+    got = _read_with_stream_client(tail, redis_url)
     assert [e.data["message"] for e in got[:3]] == ["m0", "m1", "m2"]
     first, second = (list(e.data) for e in got[:2])
     assert all(a is b for a, b in zip(first, second))  # not a new "level" and "message" per event
