@@ -505,8 +505,8 @@ class Emitter:
 
     def _put(self, event: Event) -> None:
         """Where every event of this emitter goes: the current hold's list (:meth:`holding`), else the sink."""
-        held = _HELD.get()
-        if held is not None and held.emitter is self and held.open:
+        held = self.held()
+        if held is not None:
             held.events.append(event)
             return
         self._sink(event)
