@@ -78,6 +78,10 @@ YIELD_POLL_S = 0.05
 #: How long a consumer reuses its last "the higher queues are empty" answer (the strictness bound:
 #: a lower message may start up to this long after a higher one became ready).
 PRIORITY_CHECK_S = 0.005
+#: How long after its start a consumer retries a consume refused because its new queue was still starting.
+CONSUME_START_S = 10.0
+#: The pause before each such retry.
+CONSUME_RETRY_S = 0.05
 #: How long a run-key (one run per cron tick, state change or dedup key) is kept.
 RUN_KEY_TTL_MS = 86_400_000
 
@@ -302,14 +306,47 @@ class RabbitConsumer(Consumer):
         self.to_ack: list[int] = []
         self.ack_lock = threading.Lock()
         self.ack_scheduled = False
+        self.prefetch = prefetch
+        # Idle, it returns to Dramatiq's loop every worker timeout (so a stop is noticed within it).
+        self.inactivity_timeout = max(0.05, timeout / 1000)
+        #: Whether RabbitMQ took the consume (pika sends it on the first read); until then, and for
+        #: ``CONSUME_START_S``, a refusal of a queue whose replica is still starting is retried here.
+        self.consuming = False
+        self.start_by = time.monotonic() + CONSUME_START_S
         try:
-            self.connection = pika.BlockingConnection(broker.parameters)
-            self.channel = self.connection.channel()
-            self.channel.basic_qos(prefetch_count=prefetch)
-            # Idle, it returns to Dramatiq's loop every worker timeout (so a stop is noticed within it).
-            self.iterator = self.channel.consume(self.rabbit_queue, inactivity_timeout=max(0.05, timeout / 1000))
+            self._open()
         except AMQP_ERRORS as e:
             raise ConnectionClosed(e) from None
+
+    def _open(self) -> None:
+        self.connection = pika.BlockingConnection(self.broker.parameters)
+        self.channel = self.connection.channel()
+        self.channel.basic_qos(prefetch_count=self.prefetch)
+        self.iterator = self.channel.consume(self.rabbit_queue, inactivity_timeout=self.inactivity_timeout)
+
+    def _reopen_after(self, exc: Exception) -> bool:
+        """Whether ``exc`` was a consume refused while the queue was starting (then a new connection consumes).
+
+        RabbitMQ 3.10 answers a consume that reaches a new quorum queue before its
+        replica process is up (another connection declared it a moment before) by
+        closing the connection with 541 INTERNAL_ERROR. Without this, the consumer
+        would wait out Dramatiq's restart delay (3 s) with a CRITICAL log line.
+        """
+        code = getattr(exc, "reply_code", None)
+        if self.consuming or code != 541 or time.monotonic() > self.start_by:
+            return False
+        log.info("the consume of %s was refused while its queue was starting (%s); consuming again", self.queue_name, exc)
+        try:
+            if self.connection.is_open:
+                self.connection.close()
+        except Exception:
+            pass
+        time.sleep(CONSUME_RETRY_S)
+        try:
+            self._open()
+        except AMQP_ERRORS:
+            return False
+        return True
 
     # -- fetching -----------------------------------------------------------
     def __next__(self) -> MessageProxy | None:
@@ -321,6 +358,7 @@ class RabbitConsumer(Consumer):
                 method, body = self.held.pop(0)
                 return self._deliver(method, body)
             method, _props, body = next(self.iterator)
+            self.consuming = True
             if method is None:
                 return None
             self.unsettled.add(method.delivery_tag)
@@ -329,6 +367,8 @@ class RabbitConsumer(Consumer):
                 return None
             return self._deliver(method, body)
         except (AssertionError, *AMQP_ERRORS) as e:
+            if self._reopen_after(e):
+                return None
             raise ConnectionClosed(e) from None
 
     def _higher_waiting(self) -> bool:

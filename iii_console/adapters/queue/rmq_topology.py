@@ -214,6 +214,7 @@ class Publisher:
         self.confirm_timeout = confirm_timeout
         self._local = threading.local()
         self._declared: set[Any] = set()
+        self._declare_lock = threading.Lock()
         self._lock = threading.Lock()
         self._all: list[Any] = []
         self.url = url
@@ -259,10 +260,14 @@ class Publisher:
         for attempt in range(PUBLISH_ATTEMPTS):
             try:
                 ch = self.channel()
-                for key, how in declare:
-                    if key not in self._declared:
-                        how(ch)
-                        self._declared.add(key)
+                if any(key not in self._declared for key, _ in declare):
+                    # One thread declares at a time: RabbitMQ (3.10) refuses two connections declaring one new
+                    # quorum queue at once, and answers a consume that follows the second declare too early.
+                    with self._declare_lock:
+                        for key, how in declare:
+                            if key not in self._declared:
+                                how(ch)
+                                self._declared.add(key)
                 return self._bounded(fn, ch)
             except PublishingBlocked:
                 # The publish that ran into the alarm stays in RabbitMQ's socket buffer, unread: it may be
