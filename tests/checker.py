@@ -22,18 +22,22 @@ config = Step(name="Effect", triggers=[queue("chaos")])
 _clients = {}
 APPLY = \"\"\"
 redis.call("HINCRBY", "chaos:executions", ARGV[1], 1)
+redis.call("SADD", "chaos:running:" .. ARGV[2], ARGV[1])
 if redis.call("SADD", "chaos:done", ARGV[1]) == 1 then redis.call("RPUSH", "chaos:effects", ARGV[1]) end
 \"\"\"
 
 
 def handler(data, ctx):
+    import os
     url = data["redis"]
     r = _clients.get(url) or _clients.setdefault(url, redis.Redis.from_url(url))
-    # Count the execution and apply the effect at most once per key, atomically.
-    r.eval(APPLY, 0, data["key"])
+    # Count the execution and apply the effect at most once per key, atomically; while it runs, the key is in
+    # its process's chaos:running:<pid> set (a frozen process's set names the handlers it froze in).
+    r.eval(APPLY, 0, data["key"], os.getpid())
     if data.get("work_ms"):
         import time
         time.sleep(data["work_ms"] / 1000)
+    r.srem(f"chaos:running:{os.getpid()}", data["key"])
 """
 
 

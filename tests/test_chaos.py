@@ -218,6 +218,22 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _stop_mid_run(client, pids: list[int]) -> tuple[int, set[str]]:
+    """SIGSTOP a worker process while handlers of it are running; returns it and the keys of those handlers
+    (``EFFECT_STEP``'s running set of the process, read once it is frozen)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for pid in pids:
+            if client.scard(f"chaos:running:{pid}"):
+                os.kill(pid, signal.SIGSTOP)
+                frozen = {k.decode() for k in client.smembers(f"chaos:running:{pid}")}
+                if frozen:
+                    return pid, frozen
+                os.kill(pid, signal.SIGCONT)  # its handlers ended in between: try again
+        time.sleep(0.01)
+    raise AssertionError("no worker process was running a handler to stop")
+
+
 def _held(client, keys, worker_id: str) -> dict[str, str]:
     """redis message id -> queue, for every message ``worker_id`` holds (in flight or prefetched)."""
     prefix = f"{keys.dramatiq_namespace}:__acks__.{worker_id}."
@@ -260,9 +276,9 @@ def test_stopped_worker_is_swept_and_after_continue_its_late_acks_change_nothing
             return r.scard("chaos:done") >= 50 and set(pids) <= done_by
 
         wait_for(both_busy, what="both workers busy")
-        stopped, survivor = sorted(pids)
+        stopped, frozen = _stop_mid_run(r, sorted(pids))
+        [survivor] = set(pids) - {stopped}
         wid = pids[stopped]
-        os.kill(stopped, signal.SIGSTOP)
         t_stop = time.monotonic()
         if rabbit:
             # Every message of the first batch done and nothing left in RabbitMQ, ready or unacked, while
@@ -332,7 +348,9 @@ def test_stopped_worker_is_swept_and_after_continue_its_late_acks_change_nothing
         assert report.lost == 0 and report.unexpected == 0 and report.duplicated_effects == 0 and report.stuck == 0
         # Handlers that were running when it stopped ran again on the survivor; nothing
         # outside what it held can have run twice.
-        assert 1 <= report.duplicate_executions <= (len(held) if not rabbit else len(sent))
+        executions = {k.decode(): int(v) for k, v in r.hgetall("chaos:executions").items()}
+        assert all(executions[k] >= 2 for k in frozen), {k: executions[k] for k in frozen}
+        assert len(frozen) <= report.duplicate_executions <= (len(held) if not rabbit else len(sent))
         assert by_pid[resumed] > 0 and by_pid[survivor] > 0
     finally:
         if stopped is not None:
