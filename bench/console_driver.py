@@ -58,7 +58,8 @@ async def drive(
     #: Profiles the UI thread from each press to its repaint only (``--profile-keys``).
     profiler = cProfile.Profile() if profile else None
     app = create_app(redis_url=url, prefix=prefix)
-    lock = app.model_lock = _TimedLock(app.model_lock)
+    lock = _TimedLock(app.model_lock)
+    app.model_lock = lock  # type: ignore[assignment]  # the app's lock, timed: same acquire/release/with
     samples: list[tuple[float, int, int]] = []
     #: (key, ms to the repaint, ms of the UI thread's CPU meanwhile: less sensitive to other load,
     #: ms of the other threads' CPU meanwhile (the reader's, sharing the GIL), ms the UI thread
@@ -277,8 +278,12 @@ async def _key_to_repaint(app: Any, key: str, hook: str) -> float:
     loop = asyncio.get_running_loop()
     painted: asyncio.Future[float] = loop.create_future()
 
+    def done() -> None:
+        if not painted.done():
+            painted.set_result(time.perf_counter())
+
     def mark() -> None:
-        app.call_after_refresh(lambda: painted.done() or painted.set_result(time.perf_counter()))
+        app.call_after_refresh(done)
 
     name = "_dispatch_action" if hook == "action" else "set_filter"
     original = getattr(app, name)
