@@ -142,7 +142,8 @@ def test_a_cluster_without_a_majority_answers_503_and_resumes_when_its_nodes_ret
     """Given a 3-node cluster and our processes on every node's URL, when 2 of the 3 nodes go (one killed -9, one stopped), then a post is
     answered 503 with Retry-After within a bound (no confirm can come: the quorum queue has no majority), never 500
     and never a hang; when the two come back, posts are accepted and processed again without restarting our
-    processes, and nothing answered 202 before, during or after is lost."""
+    processes, and nothing answered 202 before, during or after is lost. ``/health`` answers 503 meanwhile (its
+    probe's confirmed publish gets no confirm either), and 200 again once the nodes are back."""
     url, lines = start_app(tmp_path, rabbit_cluster, redis_url, rabbit_prefix, procs)
     poster = Poster(url, redis_url)
     with httpx.Client(timeout=60) as client:
@@ -161,7 +162,11 @@ def test_a_cluster_without_a_majority_answers_503_and_resumes_when_its_nodes_ret
             assert resp is not None and resp.status_code == 503, (answers, "".join(lines[-30:]))
             assert resp.headers.get("retry-after"), answers
             assert took < 20, f"answered after {took:.1f} s"
-        health = client.get(f"{url}/health").json().get("rabbitmq")  # reachability only: the survivor answers
+        # The survivor still takes connections; /health's confirmed publish to its quorum queue gets no confirm.
+        down = client.get(f"{url}/health")
+        health = down.json().get("rabbitmq")
+        assert down.status_code == 503 and down.headers.get("retry-after"), (down.status_code, down.text)
+        assert health["ok"] is False and health["error"] in ("ConfirmTimeout", "NackError"), health
         t_back = time.monotonic()
         first.launch()
         second.launch()
@@ -176,6 +181,7 @@ def test_a_cluster_without_a_majority_answers_503_and_resumes_when_its_nodes_ret
 
         wait_for(accepted_again, timeout=60, interval=0.2, what="a 202 once the nodes are back")
         resumed = time.monotonic() - t_back
+        wait_for(lambda: client.get(f"{url}/health").status_code == 200, timeout=30, what="/health 200 again")
         for i in range(20):
             resp = poster.post(client, f"later{i}")
             assert resp is not None and resp.status_code == 202, (resp and resp.status_code, "".join(lines[-30:]))

@@ -225,8 +225,10 @@ def routes(
                         down.name: {
                             "ok": False,
                             "error": type(down.cause).__name__,
-                            # RabbitMQ's reason for blocking publishes ("low on memory", "low on disk").
+                            # RabbitMQ's reason for blocking publishes ("low on memory", "low on disk"), or what
+                            # a publish without a confirm means (a cluster without a majority); never an address.
                             **({"blocked": str(down.cause)} if type(down.cause).__name__ == "PublishingBlocked" else {}),
+                            **({"detail": str(down.cause)} if type(down.cause).__name__ == "ConfirmTimeout" else {}),
                         },
                     },
                     status_code=503,

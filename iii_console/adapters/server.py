@@ -536,7 +536,7 @@ def _broker_check(cfg: Any) -> tuple[str, Callable[[], None]] | None:
         return None
     from iii_console.adapters.queue.rmq_watch import RabbitHealth
 
-    return "rabbitmq", RabbitHealth(cfg.rabbitmq.url).check
+    return "rabbitmq", RabbitHealth(cfg.rabbitmq.url, prefix=cfg.rabbitmq.prefix).check
 
 
 def create_app(runner: Runner, steps: list[Step], *, max_body_bytes: int) -> ServedApp:

@@ -23,6 +23,7 @@ reject-publish``: a publish to a full queue is refused (nack), never dropped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -76,6 +77,25 @@ class BrokerUnavailable(ConnectionClosed, redis.ConnectionError):
     runtime's retry loops already treat as "storage away": a ``503`` with
     ``Retry-After``, never a ``500``.
     """
+
+
+def bounded(connection: Any, seconds: float, fn: Callable[[], Any]) -> Any:
+    """``fn()`` (a publish waiting for its confirm, on ``connection``), ended by :class:`ConfirmTimeout` after ``seconds``.
+
+    The timer is the I/O loop's own (``BlockingConnection.call_later`` only fires in
+    ``process_data_events``, not while a publish waits for its confirm); a timer that
+    raises ends that wait, and the caller then drops the connection.
+    """
+    ioloop = connection._impl.ioloop
+
+    def expire() -> None:
+        raise ConfirmTimeout(f"no publisher confirm within {seconds:g} s (a quorum queue without a majority?)")
+
+    timer = ioloop.call_later(seconds, expire)
+    try:
+        return fn()
+    finally:
+        ioloop.remove_timeout(timer)
 
 
 #: url -> (RabbitMQ's reason, monotonic time it was seen) while a resource alarm blocks publishing on it,
@@ -268,7 +288,7 @@ class Publisher:
                             if key not in self._declared:
                                 how(ch)
                                 self._declared.add(key)
-                return self._bounded(fn, ch)
+                return bounded(self._local.connection, self.confirm_timeout, functools.partial(fn, ch))
             except PublishingBlocked:
                 # The publish that ran into the alarm stays in RabbitMQ's socket buffer, unread: it may be
                 # taken when the alarm clears (like a confirm timeout). Aborting keeps this thread from waiting.
@@ -290,24 +310,6 @@ class Publisher:
                 self._drop()
             time.sleep(min(0.1 * 2**attempt, 1.0))
         raise BrokerUnavailable(f"RabbitMQ: {type(last).__name__}: {last}") from None
-
-    def _bounded(self, fn: Callable[[Any], Any], ch: Any) -> Any:
-        """``fn(ch)``, ended by :class:`ConfirmTimeout` after ``confirm_timeout`` seconds.
-
-        The timer is the I/O loop's own (``BlockingConnection.call_later`` only fires in
-        ``process_data_events``, not while a publish waits for its confirm); a timer that
-        raises ends that wait, and the connection is then dropped.
-        """
-        ioloop = self._local.connection._impl.ioloop
-
-        def expire() -> None:
-            raise ConfirmTimeout(f"no publisher confirm within {self.confirm_timeout:g} s (a quorum queue without a majority?)")
-
-        timer = ioloop.call_later(self.confirm_timeout, expire)
-        try:
-            return fn(ch)
-        finally:
-            ioloop.remove_timeout(timer)
 
     def publish(
         self,

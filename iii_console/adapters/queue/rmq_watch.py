@@ -8,8 +8,10 @@ are listed in Redis by whoever publishes to them), and writes them into one Redi
 hash with a short TTL. A stopped deployment leaves no stale depths: the hash expires.
 
 :class:`RabbitHealth` is ``/health``'s RabbitMQ check: one connection kept
-open, probed at most every few seconds, each probe bounded in time; it also fails
-while a resource alarm blocks this process's publishing (``rmq_topology.alarm_of``).
+open, probed at most every few seconds with a confirmed publish to a quorum queue of
+its own (so a cluster without a majority fails it), each probe bounded in time; it
+also fails while a resource alarm blocks this process's publishing
+(``rmq_topology.alarm_of``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pika.exceptions
 import redis
 
 from iii_console.adapters.queue.names import Subscription
-from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, PublishingBlocked, alarm_of, parameters
+from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, ConfirmTimeout, PublishingBlocked, alarm_of, bounded, parameters
 from iii_console.core.keys import Keys
 from iii_console.core.queues import BROKER_DELAYED
 
@@ -154,19 +156,29 @@ class DepthMirror:
 
 
 class RabbitHealth:
-    """``/health``'s RabbitMQ check: ``check()`` raises an AMQP or OS error when RabbitMQ is down.
+    """``/health``'s RabbitMQ check: ``check()`` raises an AMQP or OS error when RabbitMQ cannot take work.
 
-    A result is reused for ``cache_s`` seconds, so a health check polled often (or by
-    many probes) costs RabbitMQ at most one heartbeat round per period; a probe takes at
-    most about :data:`PROBE_TIMEOUT_S` (a connect, or one round on the open connection).
+    A probe connects (or serves the kept connection's heartbeats) and, given a
+    ``prefix``, publishes one empty message with a confirm to the quorum queue
+    ``P.health`` (at most one message long: each probe's replaces the last). A
+    cluster that has lost the majority of its nodes still accepts connections,
+    but confirms nothing: the probe then raises :class:`ConfirmTimeout`, as every
+    enqueue would. A result is reused for ``cache_s`` seconds, so a health check
+    polled often (or by many probes) costs RabbitMQ at most one probe per period; a
+    probe takes at most about :data:`PROBE_TIMEOUT_S` (a connect, then one confirm).
     """
 
-    def __init__(self, url: str, *, cache_s: float = 2.0):
+    def __init__(self, url: str, *, prefix: str | None = None, cache_s: float = 2.0, confirm_s: float = PROBE_TIMEOUT_S):
         self.params = _params(url)
         self.url = url
         self.cache_s = cache_s
+        self.confirm_s = confirm_s
+        self.queue = f"{prefix}.health" if prefix else None
         self._lock = threading.Lock()
         self._conn: Any = None
+        self._channel: Any = None
+        #: RabbitMQ's reason while it blocks the probe's connection (a resource alarm), else ``None``.
+        self._blocked: str | None = None
         self._at = 0.0
         self._error: BaseException | None = None
 
@@ -187,18 +199,39 @@ class RabbitHealth:
         for _ in range(2 if self._conn is not None else 1):
             try:
                 if self._conn is None or not self._conn.is_open:
-                    self._conn = pika.BlockingConnection(self.params)
+                    self._conn, self._channel, self._blocked = pika.BlockingConnection(self.params), None, None
+                    self._conn._impl.add_on_connection_blocked_callback(self._on_blocked)
                 self._conn.process_data_events(time_limit=0)
                 if not self._conn.is_open:
                     raise pika.exceptions.ConnectionClosed(320, "closed")
+                if self.queue is not None:
+                    bounded(self._conn, self.confirm_s, self._publish)
                 return None
+            except ConfirmTimeout as exc:
+                # Not retried: a new connection would wait the same. Dropped: its channel has a publish pending.
+                blocked = self._blocked
+                self.close_connection()
+                return PublishingBlocked(blocked) if blocked else exc
             except AMQP_ERRORS as exc:
                 self.close_connection()
                 error: BaseException = exc
         return error
 
+    def _on_blocked(self, _conn: Any, frame: Any) -> None:
+        """RabbitMQ blocked the probe's connection: a resource alarm (its reason names which)."""
+        self._blocked = str(getattr(frame.method, "reason", "") or "blocked")
+
+    def _publish(self) -> None:
+        """One confirmed publish to ``P.health`` (declared on first use); raises on a nack or a return."""
+        if self._channel is None or not self._channel.is_open:
+            ch = self._conn.channel()
+            ch.confirm_delivery()
+            ch.queue_declare(self.queue, durable=True, arguments={"x-queue-type": "quorum", "x-max-length": 1})
+            self._channel = ch
+        self._channel.basic_publish("", self.queue, b"", properties=pika.BasicProperties(delivery_mode=2), mandatory=True)
+
     def close_connection(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._channel = self._conn, None, None
         try:
             if conn is not None and conn.is_open:
                 conn.close()
