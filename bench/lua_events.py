@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -82,10 +83,11 @@ def main() -> None:
     for f in started + processed:
         flat += [len(f), *f]
     blobs = [json.dumps(f, separators=(",", ":")) for f in started + processed]
-    server = RedisServer(Path(tempfile.mkdtemp(prefix="iii-lua-events-")) / "redis", appendonly=False)
+    tmp = Path(tempfile.mkdtemp(prefix="iii-lua-events-"))
+    server = RedisServer(tmp / "redis", appendonly=False)
     server.start()
+    r = redis.Redis.from_url(server.url)
     try:
-        r = redis.Redis.from_url(server.url)
         print(f"events argument: {len(payload) / b:.0f} bytes per message; {b} messages per call, {opts.calls} calls\n")
         print("| script | Redis CPU µs per message | of which XADD |\n|---|---:|---:|")
         for name, src in SCRIPTS.items():
@@ -102,7 +104,9 @@ def main() -> None:
             xadd = stats.get("cmdstat_xadd", {"usec": 0})["usec"] / (opts.calls * b)
             print(f"| {name} | {total:.2f} | {xadd:.2f} |")
     finally:
+        r.close()
         server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -546,13 +546,13 @@ def ready(node, queue: str) -> int:
 
 
 def rabbit_messages(node, prefix: str, column: str = "messages") -> dict[str, int]:
-    """Every queue of ``prefix`` on ``node`` with its ``column`` of ``rabbitmqctl list_queues``: by default its
-    messages, ready and unacked; ``consumers`` for its consumers."""
+    """Every queue of ``prefix`` on ``node`` but ``/health``'s probe queue, with its ``column`` of ``rabbitmqctl
+    list_queues``: by default its messages, ready and unacked; ``consumers`` for its consumers."""
     out = node.ctl("list_queues", "-q", "--no-table-headers", "name", column, timeout=60)
     assert out.returncode == 0, out.stderr
     got = {}
     for line in out.stdout.decode().splitlines():
         name, _, n = line.rpartition("\t")
-        if name.startswith(f"{prefix}."):
+        if name.startswith(f"{prefix}.") and name != f"{prefix}.health":  # /health's probe queue keeps one message
             got[name] = int(n)
     return got

@@ -80,7 +80,7 @@ YIELD_POLL_S = 0.05
 PRIORITY_CHECK_S = 0.005
 #: How long after its start a consumer retries a consume refused because its new queue was still starting.
 CONSUME_START_S = 10.0
-#: The pause before each such retry.
+#: The pause before the first such retry (doubled for each next one, up to 1 s).
 CONSUME_RETRY_S = 0.05
 #: How long a run-key (one run per cron tick, state change or dedup key) is kept.
 RUN_KEY_TTL_MS = 86_400_000
@@ -313,6 +313,7 @@ class RabbitConsumer(Consumer):
         #: ``CONSUME_START_S``, a refusal of a queue whose replica is still starting is retried here.
         self.consuming = False
         self.start_by = time.monotonic() + CONSUME_START_S
+        self.refusals = 0
         try:
             self._open()
         except AMQP_ERRORS as e:
@@ -335,13 +336,16 @@ class RabbitConsumer(Consumer):
         code = getattr(exc, "reply_code", None)
         if self.consuming or code != 541 or time.monotonic() > self.start_by:
             return False
-        log.info("the consume of %s was refused while its queue was starting (%s); consuming again", self.queue_name, exc)
+        self.refusals += 1
+        (log.info if self.refusals == 1 else log.debug)(
+            "the consume of %s was refused while its queue was starting (%s); consuming again", self.queue_name, exc
+        )
         try:
             if self.connection.is_open:
                 self.connection.close()
         except Exception:
             pass
-        time.sleep(CONSUME_RETRY_S)
+        time.sleep(min(CONSUME_RETRY_S * 2 ** (self.refusals - 1), 1.0))
         try:
             self._open()
         except AMQP_ERRORS:

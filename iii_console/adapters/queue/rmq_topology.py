@@ -15,6 +15,8 @@ Topology (``P`` is ``rabbitmq.prefix``):
   one delay queue has the same TTL, so expiry order is queue order.
 - ``P.dead``: the dead-letter exchange (fanout) and its quorum queue, read by
   the ingester that writes our dead-letter store in Redis.
+- ``P.health``: a quorum queue at most one message long, where ``/health``'s
+  probe publishes (``rmq_watch.RabbitHealth``); nothing reads it.
 
 Quorum queues refuse ``x-max-priority``; priority is three queues (see
 ``rmq_broker.py``). At-least-once dead-lettering needs ``x-overflow:
@@ -234,7 +236,7 @@ class Publisher:
         self.confirm_timeout = confirm_timeout
         self._local = threading.local()
         self._declared: set[Any] = set()
-        self._declare_lock = threading.Lock()
+        self._declare_locks: dict[Any, threading.Lock] = {}
         self._lock = threading.Lock()
         self._all: list[Any] = []
         self.url = url
@@ -258,6 +260,10 @@ class Publisher:
                 self._all.append(conn)
         return ch
 
+    def _declare_lock(self, key: Any) -> threading.Lock:
+        with self._lock:
+            return self._declare_locks.setdefault(key, threading.Lock())
+
     def _drop(self, *, abort: bool = False) -> None:
         conn = getattr(self._local, "connection", None)
         self._local.connection = self._local.channel = None
@@ -280,14 +286,15 @@ class Publisher:
         for attempt in range(PUBLISH_ATTEMPTS):
             try:
                 ch = self.channel()
-                if any(key not in self._declared for key, _ in declare):
-                    # One thread declares at a time: RabbitMQ (3.10) refuses two connections declaring one new
-                    # quorum queue at once, and answers a consume that follows the second declare too early.
-                    with self._declare_lock:
-                        for key, how in declare:
-                            if key not in self._declared:
-                                how(ch)
-                                self._declared.add(key)
+                for key, how in declare:
+                    if key in self._declared:
+                        continue
+                    # One thread declares a key at a time: RabbitMQ (3.10) refuses two connections declaring one
+                    # new quorum queue at once, and answers a consume that follows the second declare too early.
+                    with self._declare_lock(key):
+                        if key not in self._declared:
+                            how(ch)
+                            self._declared.add(key)
                 return bounded(self._local.connection, self.confirm_timeout, functools.partial(fn, ch))
             except PublishingBlocked:
                 # The publish that ran into the alarm stays in RabbitMQ's socket buffer, unread: it may be

@@ -164,8 +164,10 @@ class RabbitHealth:
     cluster that has lost the majority of its nodes still accepts connections,
     but confirms nothing: the probe then raises :class:`ConfirmTimeout`, as every
     enqueue would. A result is reused for ``cache_s`` seconds, so a health check
-    polled often (or by many probes) costs RabbitMQ at most one probe per period; a
-    probe takes at most about :data:`PROBE_TIMEOUT_S` (a connect, then one confirm).
+    polled often (or by many probes) costs RabbitMQ at most one probe per period. A
+    probe waits :data:`PROBE_TIMEOUT_S` at most for each step: the connect (a second
+    connect when the kept connection turns out closed), then the confirm; a connection
+    that failed is dropped with its socket closed at once, never a graceful close.
     """
 
     def __init__(self, url: str, *, prefix: str | None = None, cache_s: float = 2.0, confirm_s: float = PROBE_TIMEOUT_S):
@@ -201,6 +203,7 @@ class RabbitHealth:
                 if self._conn is None or not self._conn.is_open:
                     self._conn, self._channel, self._blocked = pika.BlockingConnection(self.params), None, None
                     self._conn._impl.add_on_connection_blocked_callback(self._on_blocked)
+                    self._conn._impl.add_on_connection_unblocked_callback(self._on_unblocked)
                 self._conn.process_data_events(time_limit=0)
                 if not self._conn.is_open:
                     raise pika.exceptions.ConnectionClosed(320, "closed")
@@ -208,18 +211,33 @@ class RabbitHealth:
                     bounded(self._conn, self.confirm_s, self._publish)
                 return None
             except ConfirmTimeout as exc:
-                # Not retried: a new connection would wait the same. Dropped: its channel has a publish pending.
+                # Not retried: a new connection would wait the same.
                 blocked = self._blocked
-                self.close_connection()
+                self._drop()
                 return PublishingBlocked(blocked) if blocked else exc
             except AMQP_ERRORS as exc:
-                self.close_connection()
+                self._drop()
                 error: BaseException = exc
         return error
+
+    def _drop(self) -> None:
+        """Forget the probe's connection, its socket closed at once: a graceful close waits for RabbitMQ to
+        close each channel, and one with a publish still unconfirmed (no majority) can take a minute."""
+        conn, self._conn, self._channel, self._blocked = self._conn, None, None, None
+        if conn is None:
+            return
+        try:
+            conn._impl._adapter_disconnect_stream()
+            conn.process_data_events(0)
+        except Exception:
+            pass
 
     def _on_blocked(self, _conn: Any, frame: Any) -> None:
         """RabbitMQ blocked the probe's connection: a resource alarm (its reason names which)."""
         self._blocked = str(getattr(frame.method, "reason", "") or "blocked")
+
+    def _on_unblocked(self, _conn: Any, _frame: Any) -> None:
+        self._blocked = None
 
     def _publish(self) -> None:
         """One confirmed publish to ``P.health`` (declared on first use); raises on a nack or a return."""
@@ -229,11 +247,3 @@ class RabbitHealth:
             ch.queue_declare(self.queue, durable=True, arguments={"x-queue-type": "quorum", "x-max-length": 1})
             self._channel = ch
         self._channel.basic_publish("", self.queue, b"", properties=pika.BasicProperties(delivery_mode=2), mandatory=True)
-
-    def close_connection(self) -> None:
-        conn, self._conn, self._channel = self._conn, None, None
-        try:
-            if conn is not None and conn.is_open:
-                conn.close()
-        except Exception:
-            pass
