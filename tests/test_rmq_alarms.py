@@ -82,7 +82,8 @@ def test_an_alarm_answers_503_at_once_workers_drain_and_publishing_resumes_by_it
     tmp_path, redis_url, private_rabbit, procs, r, keys, alarm
 ):
     """Given a server and workers on a private node with messages waiting, when the node's memory (disk) alarm is raised, then
-    HTTP enqueues answer 503 with Retry-After within 3 s each, /health answers 503 naming the alarm, the workers go on
+    /health answers 503 naming the alarm (before the server's first enqueue since: its probe publishes), HTTP enqueues
+    answer 503 with Retry-After within 3 s each, /health answers 503 naming the alarm, the workers go on
     running what waits; when the alarm clears, enqueues are accepted again without a restart, a retry that fell in the
     alarm runs, and every message answered 202 runs."""
     import httpx
@@ -130,6 +131,13 @@ def test_an_alarm_answers_503_at_once_workers_drain_and_publishing_resumes_by_it
             raised = True
             at = time.monotonic()
             drained_at_alarm = len(runs(r, keys, "Rec"))
+
+            # /health learns of the alarm from its own probe's publish: this server has not published since.
+            def health_blocked() -> bool:
+                h = http.get("/health")
+                return h.status_code == 503 and h.json()["rabbitmq"].get("blocked") == reason
+
+            wait_for(health_blocked, timeout=30, interval=0.5, what="/health naming the alarm before any enqueue")
             # Enqueues until one is refused: the alarm is on and our publisher knows it.
             n = 0
             while not refused:

@@ -209,7 +209,15 @@ class RabbitHealth:
                     raise pika.exceptions.ConnectionClosed(320, "closed")
                 if self.queue is not None:
                     bounded(self._conn, self.confirm_s, self._publish)
+                    # Under a resource alarm RabbitMQ still takes a connection's first publish, then blocks it
+                    # (``connection.blocked``, read here): the next publish would wait, so say so now.
+                    self._conn.process_data_events(time_limit=0)
+                    if self._blocked is not None:
+                        raise PublishingBlocked(self._blocked)
                 return None
+            except PublishingBlocked as exc:
+                self._drop()
+                return exc
             except ConfirmTimeout as exc:
                 # Not retried: a new connection would wait the same.
                 blocked = self._blocked
