@@ -14,6 +14,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -218,18 +219,24 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _stop_mid_run(client, pids: list[int]) -> tuple[int, set[str]]:
+def _stop_mid_run(client, pids: list[int], top_up: Callable[[], None]) -> tuple[int, set[str]]:
     """SIGSTOP a worker process while handlers of it are running; returns it and the keys of those handlers
-    (``EFFECT_STEP``'s running set of the process, read once it is frozen)."""
-    deadline = time.monotonic() + 30
+    (``EFFECT_STEP``'s running set of the process, read once it is frozen). When no handler has run for a second
+    (on a loaded machine the batch can be drained by then), ``top_up()`` sends more work."""
+    deadline = time.monotonic() + 60
+    idle_since = time.monotonic()
     while time.monotonic() < deadline:
         for pid in pids:
             if client.scard(f"chaos:running:{pid}"):
+                idle_since = time.monotonic()
                 os.kill(pid, signal.SIGSTOP)
                 frozen = {k.decode() for k in client.smembers(f"chaos:running:{pid}")}
                 if frozen:
                     return pid, frozen
                 os.kill(pid, signal.SIGCONT)  # its handlers ended in between: try again
+        if time.monotonic() - idle_since > 1.0:
+            top_up()
+            idle_since = time.monotonic()
         time.sleep(0.01)
     raise AssertionError("no worker process was running a handler to stop")
 
@@ -276,7 +283,14 @@ def test_stopped_worker_is_swept_and_after_continue_its_late_acks_change_nothing
             return r.scard("chaos:done") >= 50 and set(pids) <= done_by
 
         wait_for(both_busy, what="both workers busy")
-        stopped, frozen = _stop_mid_run(r, sorted(pids))
+
+        def top_up() -> None:
+            more = [f"a{len(first) + i}" for i in range(200)]
+            for key in more:
+                producer.enqueue("chaos", {"key": key, "redis": redis_url, "work_ms": 40}, trace_id=key)
+            first.extend(more)
+
+        stopped, frozen = _stop_mid_run(r, sorted(pids), top_up)
         [survivor] = set(pids) - {stopped}
         wid = pids[stopped]
         t_stop = time.monotonic()

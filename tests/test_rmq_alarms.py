@@ -16,29 +16,50 @@ from iii_console.core.discovery import discover
 
 from .helpers import make_project, wait_for
 
-RECORD = """
+#: Waits (at most 60 s) until the test opens the gate named ``name``: state group ``gates``, key ``name``.
+GATE = """
+def wait_gate(ctx, name):
+    for _ in range(1200):
+        if ctx.state.get("gates", name):
+            return
+        time.sleep(0.05)
+"""
+
+# A job given a "gate" waits for it, so the jobs queued before the alarm are still waiting when it is raised
+# however long raising it takes on a loaded machine.
+RECORD = (
+    """
 import time
 from iii_console import Step, queue
 config = Step(name="Rec", triggers=[queue("jobs")])
+"""
+    + GATE
+    + """
 def handler(data, ctx):
+    if data.get("gate"):
+        wait_gate(ctx, data["gate"])
     time.sleep(data.get("sleep", 0))
     ctx.state.update("runs", "Rec", [{"type": "increment", "path": data["k"]}])
 """
+)
 
-# Fails its first attempt after a while (during the alarm): its retry is a publish to a delay queue.
-SLOW_FAIL = """
+# Fails its first attempt once the test opens its gate (during the alarm): its retry is a publish to a delay queue.
+SLOW_FAIL = (
+    """
 import time
 from iii_console import Step, queue
 config = Step(name="Slow", triggers=[queue("slow")])
+"""
+    + GATE
+    + """
 def handler(data, ctx):
     ctx.state.update("runs", "Slow", [{"type": "increment", "path": data["k"]}])
     if ctx.attempt == 1:
-        time.sleep(data["sleep"])
+        wait_gate(ctx, "fail")
+        ctx.state.set("runs", "SlowFailing", True)
         raise RuntimeError("first attempt fails")
 """
-
-#: How long the slow message's first attempt runs before it fails.
-SLOW_S = 10
+)
 
 POST = """
 from iii_console import Step, http
@@ -118,13 +139,12 @@ def test_an_alarm_answers_503_at_once_workers_drain_and_publishing_resumes_by_it
                     refused.append((body["k"], took))
                 return resp
 
-            # Work waiting before the alarm: 12 jobs run one at a time (0.5 s each), and a message that fails in it.
-            # Its first attempt fails 10 s after it starts: after the alarm is on even on a loaded machine.
-            assert post("slow", {"k": "s", "sleep": SLOW_S}).status_code == 202
+            # Work waiting before the alarm: 12 jobs run one at a time, held until the alarm is on, and a message
+            # whose first attempt fails once the test says (during the alarm).
+            assert post("slow", {"k": "s"}).status_code == 202
             for i in range(12):
-                assert post("jobs", {"k": f"pre{i}", "sleep": 0.5}).status_code == 202
+                assert post("jobs", {"k": f"pre{i}", "sleep": 0.2, "gate": "drain"}).status_code == 202
             wait_for(lambda: runs(r, keys, "Slow") == {"s": 1}, timeout=30, what="the slow message started")
-            slow_started = time.monotonic()
 
             done = private_rabbit.ctl(*raise_alarm)
             assert done.returncode == 0, done.stderr
@@ -145,7 +165,6 @@ def test_an_alarm_answers_503_at_once_workers_drain_and_publishing_resumes_by_it
                 post("jobs", {"k": f"during{n}"})
                 n += 1
                 time.sleep(0.1)
-            alarm_on = time.monotonic()
             # From now on every enqueue is refused, each at once.
             for i in range(10):
                 post("jobs", {"k": f"refused{i}"})
@@ -156,11 +175,16 @@ def test_an_alarm_answers_503_at_once_workers_drain_and_publishing_resumes_by_it
             assert health.status_code == 503, health.text
             assert health.json()["rabbitmq"]["blocked"] == reason, health.text
             # Workers go on running what waits, and the slow message's first attempt fails meanwhile.
+            r.hset(keys.state_group("gates"), mapping={"drain": "true", "fail": "true"})
             wait_for(
                 lambda: len(runs(r, keys, "Rec")) >= drained_at_alarm + 4, timeout=30, what="workers draining during the alarm"
             )
-            assert alarm_on - slow_started < SLOW_S - 1, "the alarm took effect after the slow message failed"
-            time.sleep(max(0.0, SLOW_S + 0.5 - (time.monotonic() - slow_started)))  # its first attempt has failed
+            wait_for(
+                lambda: r.hexists(keys.state_group("runs"), "SlowFailing"),
+                timeout=30,
+                what="the slow message's first attempt failing",
+            )
+            time.sleep(1.0)  # its retry would have run by now without the alarm (retry_delay 200 ms)
             assert runs(r, keys, "Slow") == {"s": 1}  # its retry waits for the alarm to clear
 
             done = private_rabbit.ctl(*clear_alarm)
