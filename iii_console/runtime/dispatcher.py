@@ -139,13 +139,8 @@ class TriggerDispatcher:
                 continue
             for _stream, entries in got or []:
                 for entry_id, fields in entries:
-                    self.dispatch(entry_id, fields, ack=False)
-                # One XACK for the read: most records match no step and cost nothing else, so a
-                # round trip each was most of the dispatcher's time. A record dispatched but not yet
-                # acknowledged when this process dies is claimed again; its once-keys make that
-                # enqueue nothing twice.
-                if entries:
-                    c.xack(key, TRIGGER_GROUP, *[entry_id for entry_id, _f in entries])
+                    self.dispatch(entry_id, fields)
+                self._ack(entries)
             if got and time.monotonic() - trimmed >= TRIM_EVERY_S:
                 trim_dispatched_changes(c, key)
                 trimmed = time.monotonic()
@@ -171,14 +166,25 @@ class TriggerDispatcher:
             return 0
         entries = res[1]
         for entry_id, fields in entries:
-            if fields:
+            if fields:  # a record trimmed away since it was read has none
                 self.dispatch(entry_id, fields)
-            else:
-                c.xack(self.services.keys.state_changes, TRIGGER_GROUP, entry_id)
+        self._ack(entries)
         trim_dispatched_changes(c, self.services.keys.state_changes)
         return len(entries)
 
-    def dispatch(self, entry_id: Any, fields: dict[Any, Any], *, ack: bool = True) -> None:
+    def _ack(self, entries: list[Any]) -> None:
+        """One ``XACK`` for the records of a read, once each is dispatched.
+
+        Most records match no step and cost nothing else, so a round trip each was
+        most of the dispatcher's time. A record dispatched but not yet acknowledged
+        when this process dies is claimed again; its once-keys make that enqueue
+        nothing twice.
+        """
+        if entries:
+            self.services.client.xack(self.services.keys.state_changes, TRIGGER_GROUP, *[eid for eid, _f in entries])
+
+    def dispatch(self, entry_id: Any, fields: dict[Any, Any]) -> None:
+        """Enqueue the triggers of one state-change record (acknowledged by the caller, with its read)."""
         f = {as_str(k): as_str(v) for k, v in fields.items()}
         eid = as_str(entry_id)
         change = StateChange(
@@ -195,8 +201,6 @@ class TriggerDispatcher:
                 once=self.services.keys.once(f"{eid}:{step.name}"),
                 limit_size=False,  # the change is already stored: its trigger must not be refused for its size
             )
-        if ack:
-            self.services.client.xack(self.services.keys.state_changes, TRIGGER_GROUP, entry_id)
 
     def _condition(self, step: Step, trig: StateTrigger, change: StateChange) -> bool:
         if trig.condition is None:
