@@ -100,6 +100,21 @@ def bounded(connection: Any, seconds: float, fn: Callable[[], Any]) -> Any:
         ioloop.remove_timeout(timer)
 
 
+def abort_connection(connection: Any) -> None:
+    """Close a pika ``BlockingConnection``'s socket at once (pika has no public abort): a graceful close
+    waits for RabbitMQ to close each channel, which a channel with an unconfirmed publish can make a minute."""
+    try:
+        connection._impl._adapter_disconnect_stream()
+        connection.process_data_events(0)
+    except Exception:
+        pass
+
+
+def blocked_reason(frame: Any) -> str:
+    """RabbitMQ's reason in a ``connection.blocked`` frame ("low on memory", "low on disk")."""
+    return str(getattr(frame.method, "reason", "") or "blocked")
+
+
 #: url -> (RabbitMQ's reason, monotonic time it was seen) while a resource alarm blocks publishing on it,
 #: as learnt by this process's publishers; ``/health`` reads it (:func:`alarm_of`).
 _ALARMS: dict[str, tuple[str, float]] = {}
@@ -271,11 +286,11 @@ class Publisher:
             with self._lock:
                 if conn in self._all:
                     self._all.remove(conn)
+            if abort:
+                abort_connection(conn)
+                return
             try:
-                if abort:  # the socket closed under it, at once (pika has no public abort)
-                    conn._impl._adapter_disconnect_stream()
-                    conn.process_data_events(0)
-                elif conn.is_open:
+                if conn.is_open:
                     conn.close()
             except Exception:
                 pass
@@ -338,7 +353,7 @@ class Publisher:
 
     def _on_blocked(self, impl: Any, frame: Any) -> None:
         """``connection.blocked`` on a publishing connection (in its thread, while a publish waits for its confirm)."""
-        reason = str(getattr(frame.method, "reason", "") or "blocked")
+        reason = blocked_reason(frame)
         self._set_blocked(reason)
 
         def refuse() -> None:
@@ -392,7 +407,7 @@ class Publisher:
             log.warning("RabbitMQ unblocked publishing after %.1f s: enqueues resume", time.monotonic() - t0)
 
     def _note_reason(self, frame: Any) -> None:
-        reason = str(getattr(frame.method, "reason", "") or "blocked")
+        reason = blocked_reason(frame)
         self.blocked = reason
         with _ALARMS_LOCK:
             if self.url in _ALARMS:

@@ -27,7 +27,16 @@ import pika.exceptions
 import redis
 
 from iii_console.adapters.queue.names import Subscription
-from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, ConfirmTimeout, PublishingBlocked, alarm_of, bounded, parameters
+from iii_console.adapters.queue.rmq_topology import (
+    AMQP_ERRORS,
+    ConfirmTimeout,
+    PublishingBlocked,
+    abort_connection,
+    alarm_of,
+    blocked_reason,
+    bounded,
+    parameters,
+)
 from iii_console.core.keys import Keys
 from iii_console.core.queues import BROKER_DELAYED
 
@@ -215,11 +224,8 @@ class RabbitHealth:
                     if self._blocked is not None:
                         raise PublishingBlocked(self._blocked)
                 return None
-            except PublishingBlocked as exc:
-                self._drop()
-                return exc
-            except ConfirmTimeout as exc:
-                # Not retried: a new connection would wait the same.
+            except (PublishingBlocked, ConfirmTimeout) as exc:
+                # Not retried: a new connection would wait the same. A blocked connection says why.
                 blocked = self._blocked
                 self._drop()
                 return PublishingBlocked(blocked) if blocked else exc
@@ -229,20 +235,14 @@ class RabbitHealth:
         return error
 
     def _drop(self) -> None:
-        """Forget the probe's connection, its socket closed at once: a graceful close waits for RabbitMQ to
-        close each channel, and one with a publish still unconfirmed (no majority) can take a minute."""
+        """Forget the probe's connection, its socket closed at once (:func:`abort_connection`)."""
         conn, self._conn, self._channel, self._blocked = self._conn, None, None, None
-        if conn is None:
-            return
-        try:
-            conn._impl._adapter_disconnect_stream()
-            conn.process_data_events(0)
-        except Exception:
-            pass
+        if conn is not None:
+            abort_connection(conn)
 
     def _on_blocked(self, _conn: Any, frame: Any) -> None:
         """RabbitMQ blocked the probe's connection: a resource alarm (its reason names which)."""
-        self._blocked = str(getattr(frame.method, "reason", "") or "blocked")
+        self._blocked = blocked_reason(frame)
 
     def _on_unblocked(self, _conn: Any, _frame: Any) -> None:
         self._blocked = None
