@@ -26,7 +26,7 @@ from iii_console.core.emitter import Emitter, StreamSink
 from iii_console.core.events import Event
 from iii_console.core.keys import Keys
 
-from .helpers import wait_for
+from .helpers import ping, wait_for
 from .tcpproxy import TcpProxy
 
 QUEUE = "jobs--Work--normal"
@@ -109,13 +109,6 @@ def setup(redis_url, keys):
     yield make
     for s in made:
         s.close()
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
 
 
 def _slowed(broker: IIIBroker, seconds: float) -> None:
@@ -217,7 +210,7 @@ def test_a_connection_lost_mid_group_leaves_each_message_settled_once_or_in_flig
             assert processed[mid] == (0 if rid in holding else 1), (mid, rid in holding, processed[mid])
         # Dramatiq retries every failed ack once its connection is back (the sink may have had nothing to write,
         # so its flush says nothing of the link): each settles, and one that had applied writes nothing twice.
-        wait_for(lambda: _pings(s.client), timeout=10, what="the link to Redis back")
+        wait_for(lambda: ping(proxy.url), timeout=10, what="the link to Redis back")
         for m in failed:
             s.consumer.ack(m)
         assert s.in_flight(r) == set()
