@@ -95,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
                 section = Section(mod.TITLE)
                 section.note(f"failed: {exc}")
             finally:
-                assert bench.procs is not None
                 bench.procs.stop_all()
             section.note(f"_({time.monotonic() - t0:.0f} s)_")
             sections.append(section.markdown())

@@ -47,7 +47,6 @@ def our_config(bench: Bench, *, steps: Path = BENCH_STEPS, events: bool = True, 
 
 
 def start_our_workers(bench: Bench, config: Config, processes: int, threads: int, *, target: int = 0) -> list[Proc]:
-    assert bench.procs is not None
     return [
         bench.procs.start(
             f"ours-worker{i}",
@@ -66,18 +65,16 @@ def start_our_workers(bench: Bench, config: Config, processes: int, threads: int
 
 def wait_our_workers(bench: Bench, procs: list[Proc], config: Config) -> None:
     keys = Keys(config.redis.prefix)
-    assert bench.procs is not None
     wait_until(
         lambda: bench.redis.hlen(keys.workers) >= len(procs),
         timeout=60,
         what="our workers to register",
         watch=lambda: bench.procs.check(*procs),
-    )  # type: ignore[union-attr]
+    )
 
 
 def start_our_server(bench: Bench, config: Config, *, roles: tuple[str, ...] = ("server",)) -> Proc:
     """``iii-console --no-ui --role server`` with a config file written for this run."""
-    assert bench.procs is not None
     path = bench.project_dir / "iii-config.yaml"
     # JSON is YAML; the CLI then validates it like any config file.
     path.write_text(json.dumps(json.loads(config.model_dump_json(exclude={"project_dir", "source"}))))
@@ -107,7 +104,6 @@ def fill_ours(bench: Bench, config: Config, n: int, data: dict[str, Any] | None 
 
 
 def start_dramatiq(bench: Bench, processes: int, threads: int, *, target: int = 0, app: str = "bench.peers.dramatiq_app") -> Proc:
-    assert bench.procs is not None
     return bench.procs.start(
         "dramatiq",
         [PY, "-m", "dramatiq", app, "--processes", str(processes), "--threads", str(threads)],
@@ -174,7 +170,6 @@ def fill_dramatiq_rabbit(bench: Bench, n: int, data: dict[str, Any] | None = Non
 
 
 def start_celery(bench: Bench, instances: int, pool: str, concurrency: int, *, target: int = 0) -> list[Proc]:
-    assert bench.procs is not None
     return [
         bench.procs.start(
             f"celery-{pool}{i}",

@@ -81,14 +81,13 @@ def drain(
     ready (``contender.ready``), and only then put the messages in, so that no
     process is still starting while the others drain (Redis contenders only).
     """
-    assert bench.procs is not None
     warm = warm and contender.ready is not None and contender.broker == "redis"
     restore_filled(bench, contender, n, data or {})  # fills the snapshot the first time
     if warm:
         bench.flush()
     procs = contender.start(bench, processes, threads, n)
     try:
-        watch = lambda: bench.procs.check(*procs)  # type: ignore[union-attr]  # noqa: E731
+        watch = lambda: bench.procs.check(*procs)  # noqa: E731
         if warm:
             assert contender.ready is not None
             wait_until(

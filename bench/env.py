@@ -77,7 +77,7 @@ class Bench:
         self.project_dir.mkdir()
         self.redis_server = RedisServer(self.tmp / "redis", appendonly=False)
         self.r: redis.Redis | None = None
-        self.procs: Procs | None = None
+        self._procs: Procs | None = None
         self._rabbit: Any = None
         self._rabbit_error: str | None = None
 
@@ -90,6 +90,12 @@ class Bench:
         assert self.r is not None
         return self.r
 
+    @property
+    def procs(self) -> Procs:
+        """Every process of the run (set on entering the run)."""
+        assert self._procs is not None
+        return self._procs
+
     def __enter__(self) -> Bench:
         self.redis_server.start()
         self.r = redis.Redis.from_url(self.url)
@@ -100,13 +106,13 @@ class Bench:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
         }
-        self.procs = Procs(self.tmp / "logs", env)
+        self._procs = Procs(self.tmp / "logs", env)
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
-            if self.procs is not None:
-                self.procs.stop_all()
+            if self._procs is not None:
+                self._procs.stop_all()
             if self._rabbit is not None:
                 self._rabbit.stop()
         finally:
@@ -150,7 +156,6 @@ class Bench:
                 return None
             self._rabbit = node
             os.environ["BENCH_RABBITMQ_URL"] = node.url
-            assert self.procs is not None
             self.procs.env["BENCH_RABBITMQ_URL"] = node.url
         return self._rabbit
 

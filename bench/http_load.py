@@ -46,12 +46,10 @@ def wait_http(bench: Bench, url: str, server: Proc) -> None:
         except OSError:
             return False
 
-    assert bench.procs is not None
-    wait_until(ready, timeout=60, interval=0.1, what=f"{url} to answer", watch=lambda: bench.procs.check(server))  # type: ignore[union-attr]
+    wait_until(ready, timeout=60, interval=0.1, what=f"{url} to answer", watch=lambda: bench.procs.check(server))
 
 
 def closed_load(bench: Bench, url: str, *, connections: int, seconds: float) -> Load:
-    assert bench.procs is not None
     wrk = shutil.which("wrk")
     if wrk:
         script = bench.tmp / "post.lua"
@@ -89,8 +87,11 @@ _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
 def parse_wrk(text: str) -> Load:
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
-    requests = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
+    rps_m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    requests_m = re.search(r"(\d+) requests in", text)
+    assert rps_m is not None and requests_m is not None, f"wrk printed no totals: {text[-300:]}"
+    rps = float(rps_m.group(1))
+    requests = int(requests_m.group(1))
     lat = {
         m.group(1): float(m.group(2)) * _UNIT[m.group(3)]
         for m in re.finditer(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M)

@@ -119,10 +119,14 @@ async def wait(pilot: Any, cond: Callable[[], Any], what: str, timeout: float = 
 
 
 async def shoot(out: Path, size: tuple[int, int], only: set[str] | None = None) -> list[Path]:
+    from textual.widgets import Input
+
     from iii_console.core.config import load_config
     from iii_console.runtime.supervisor import Supervisor
     from iii_console.tui import create_app
+    from iii_console.tui.lines import LineTable
     from iii_console.tui.screens import SendScreen, TraceScreen
+    from iii_console.tui.widgets import Table
 
     saved: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="iii-shots-") as tmp:
@@ -186,7 +190,7 @@ async def shoot(out: Path, size: tuple[int, int], only: set[str] | None = None) 
                 await save("messages", lambda: tab("2"))
 
                 async def open_trace() -> None:
-                    table = app.query_one("#messages-table")
+                    table = app.query_one("#messages-table", LineTable)
                     keys = table.row_keys
                     retried = [
                         k for k in keys if (row := model.messages.get(k)) and row.attempts >= 2 and row.status == "processed"
@@ -194,7 +198,7 @@ async def shoot(out: Path, size: tuple[int, int], only: set[str] | None = None) 
                     table.move_cursor(row=keys.index(retried[0] if retried else keys[0]))
                     await pilot.press("enter")
                     await wait(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen.searched, "the trace")
-                    timeline = app.screen.query_one("#timeline")
+                    timeline = app.screen.query_one("#timeline", Table)
                     kinds = [str(timeline.get_row(r.key)[2]) for r in timeline.ordered_rows]
                     if "message.failed" in kinds:
                         timeline.move_cursor(row=kinds.index("message.failed"))
@@ -212,8 +216,9 @@ async def shoot(out: Path, size: tuple[int, int], only: set[str] | None = None) 
                     await tab("1")
                     await pilot.press("s")
                     await wait(pilot, lambda: isinstance(app.screen, SendScreen), "the send form")
-                    app.screen.query_one("#send-text").insert_text_at_cursor("hello from the console")
-                    app.screen.query_one("#send-text").cursor_blink = False
+                    text = app.screen.query_one("#send-text", Input)
+                    text.insert_text_at_cursor("hello from the console")
+                    text.cursor_blink = False
 
                 await save("send", send_form)
                 await pilot.press("escape")
@@ -246,6 +251,7 @@ def to_png(svgs: list[Path]) -> None:
             if rsvg:
                 subprocess.run([rsvg, "-w", "1600", fixed.name, "-o", str(png)], check=True)
             else:
+                assert chrome is not None  # neither found returned above
                 subprocess.run(
                     [
                         chrome,

@@ -133,7 +133,6 @@ def run(bench: Bench) -> Section:
     if why is not None:
         sec.note(f"skipped: console not available ({why})")
         return sec
-    assert bench.procs is not None
     o = bench.options
     bench.flush()
     ready, stop, out = bench.tmp / "console.ready", bench.tmp / "console.stop", bench.tmp / "console.json"
@@ -163,7 +162,7 @@ def run(bench: Bench) -> Section:
         ],
     )
     try:
-        wait_until(ready.exists, timeout=60, interval=0.1, what="the console to start", watch=lambda: bench.procs.check(driver))  # type: ignore[union-attr]
+        wait_until(ready.exists, timeout=60, interval=0.1, what="the console to start", watch=lambda: bench.procs.check(driver))
         console = psutil.Process(driver.pid)
         t_start = time.time()
         fed, elapsed, rss, cpu = _feed(bench, o.console_rate, o.console_seconds, console)
@@ -172,7 +171,7 @@ def run(bench: Bench) -> Section:
         stop.write_text("stop")
         wait_until(
             out.exists, timeout=60, interval=0.1, what="the console driver to finish", watch=lambda: bench.procs.check(driver)
-        )  # type: ignore[union-attr]
+        )
     except BenchError as exc:
         sec.note(f"skipped: console failed while running ({exc})")
         return sec

@@ -39,7 +39,6 @@ def _start_ours_quiet(bench: Bench, port: int) -> Proc:
 
 
 def _start_peer(bench: Bench, port: int) -> Proc:
-    assert bench.procs is not None
     return bench.procs.start(
         "litestar",
         [
@@ -60,7 +59,6 @@ def _start_peer(bench: Bench, port: int) -> Proc:
 
 def one_run(bench: Bench, start: Callable[[Bench, int], Proc], seconds: float) -> tuple[Load, float]:
     """(load result, server CPU % of one core during the load)."""
-    assert bench.procs is not None
     bench.flush()
     port = free_port()
     server = start(bench, port)

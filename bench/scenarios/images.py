@@ -109,7 +109,7 @@ class Contender:
     #: Blocks until every worker process can take work.
     ready: Callable[[list[Proc]], None]
     #: Submits one image (path, image id).
-    send: Callable[[Path, str], None]
+    send: Callable[[Path, str], object]
     #: image id → completion time (s) of what has completed so far.
     completed: Callable[[], dict[str, float]]
     #: How many images have all three renders, once done.
@@ -167,12 +167,12 @@ def _ours(bench: Bench, refs: dict[str, Any]) -> Contender:
     )
 
 
-def _peer_ready(bench: Bench, ping: Callable[[], None], procs: list[Proc]) -> None:
+def _peer_ready(bench: Bench, ping: Callable[[], object], procs: list[Proc]) -> None:
     def up() -> bool:
         ping()
         return bench.redis.scard(PIDS) >= PROCESSES
 
-    wait_until(up, timeout=120, interval=0.2, what="every peer worker process to answer", watch=lambda: bench.procs.check(*procs))  # type: ignore[union-attr]
+    wait_until(up, timeout=120, interval=0.2, what="every peer worker process to answer", watch=lambda: bench.procs.check(*procs))
 
 
 def _peer_done(bench: Bench) -> dict[str, float]:
@@ -191,7 +191,6 @@ def _celery(bench: Bench, out: Path) -> Contender:
     from bench.peers import images_celery as app
 
     def start() -> list[Proc]:
-        assert bench.procs is not None
         return [
             bench.procs.start(
                 f"celery-images{i}",
@@ -233,7 +232,6 @@ def _dramatiq(bench: Bench, out: Path) -> Contender:
     from bench.peers import images_dramatiq as app
 
     def start() -> list[Proc]:
-        assert bench.procs is not None
         return [
             bench.procs.start(
                 "dramatiq-images",
@@ -270,12 +268,11 @@ def _redis_cpu_s(bench: Bench) -> float:
 
 
 def _run(bench: Bench, who: Contender, images: list[tuple[Path, str]], warm: tuple[Path, str], out: Path) -> Run:
-    assert bench.procs is not None
     bench.flush()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     procs = who.start()
-    watch = lambda: bench.procs.check(*procs)  # type: ignore[union-attr]  # noqa: E731
+    watch = lambda: bench.procs.check(*procs)  # noqa: E731
     try:
         who.ready(procs)
         who.send(*warm)  # imports Pillow and opens every connection before the clock starts
@@ -364,18 +361,18 @@ def run(bench: Bench) -> Section:
         )
     ours = summary[contenders[0].name]
     peer = max((x.name for x in contenders[1:]), key=lambda name: summary[name]["rate"])
-    p = summary[peer]
+    best = summary[peer]
     sec.row(
         f"ours ÷ {peer}",
-        f"{fmt(ratio(ours['rate'], p['rate']), 2)}×",
-        f"{fmt(ratio(ours['p50'], p['p50']), 2)}×",
-        f"{fmt(ratio(ours['p95'], p['p95']), 2)}×",
-        f"{fmt(ratio(ours['max'], p['max']), 2)}×",
-        f"{fmt(ratio(ours['cpu'], p['cpu']), 2)}×",
-        f"{fmt(ratio(ours['redis'], p['redis']), 2)}×",
+        f"{fmt(ratio(ours['rate'], best['rate']), 2)}×",
+        f"{fmt(ratio(ours['p50'], best['p50']), 2)}×",
+        f"{fmt(ratio(ours['p95'], best['p95']), 2)}×",
+        f"{fmt(ratio(ours['max'], best['max']), 2)}×",
+        f"{fmt(ratio(ours['cpu'], best['cpu']), 2)}×",
+        f"{fmt(ratio(ours['redis'], best['redis']), 2)}×",
         "",
     )
-    sec.target(f"images/s ≥ 1.0× the faster peer ({peer})", ratio(ours["rate"], p["rate"]) >= 1.0)
+    sec.target(f"images/s ≥ 1.0× the faster peer ({peer})", ratio(ours["rate"], best["rate"]) >= 1.0)
     sec.note(
         "Images/s per round: "
         + "; ".join(f"{who.name} " + ", ".join(fmt(x.rate, 2) for x in runs[who.name]) for who in contenders)

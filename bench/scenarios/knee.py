@@ -63,7 +63,6 @@ class Step:
 
 
 def _paced(bench: Bench, url: str, rate: int, seconds: float) -> list[dict]:
-    assert bench.procs is not None
     out = bench.tmp / f"knee-{rate}.json"
     bench.procs.run(
         "loadgen",
@@ -107,7 +106,6 @@ def _climb(rates: tuple[int, ...], measure: Callable[[int], Step], path: str) ->
 
 
 def _ours(bench: Bench, rates: tuple[int, ...]) -> list[Step]:
-    assert bench.procs is not None
     bench.flush()
     port = free_port()
     config = c.our_config(bench, steps=SEED_STEPS, port=port, events__echo=False)
@@ -132,7 +130,7 @@ def _ours(bench: Bench, rates: tuple[int, ...]) -> list[Step]:
             timeout=120,
             interval=0.25,
             what=f"{len(traces)} notifications at {rate}/s",
-            watch=lambda: bench.procs.check(*procs),  # type: ignore[union-attr]
+            watch=lambda: bench.procs.check(*procs),
         )
         events = read_all(bench.redis, keys, types=["http.received", "message.started", "notification.sent"])
         events = [e for e in events if not e.type.startswith("message.") or e.topic == SEED_TOPIC]
@@ -167,7 +165,6 @@ def _ours(bench: Bench, rates: tuple[int, ...]) -> list[Step]:
 
 
 def _peer(bench: Bench, rates: tuple[int, ...]) -> list[Step]:
-    assert bench.procs is not None
     bench.flush()
     port = free_port()
     server = bench.procs.start(
@@ -191,7 +188,7 @@ def _peer(bench: Bench, rates: tuple[int, ...]) -> list[Step]:
             timeout=120,
             interval=0.25,
             what=f"{accepted} actor starts at {rate}/s",
-            watch=lambda: bench.procs.check(*procs),  # type: ignore[union-attr]
+            watch=lambda: bench.procs.check(*procs),
         )
         delays = [float(x) * 1000 for x in bench.redis.lrange(work.LATENCY, 0, -1)]
         return Step(rate, int(rate * seconds), statuses, {"started": delays})

@@ -34,7 +34,7 @@ from bench import work
 from bench.env import PY, SEED_STEPS, Bench
 from bench.events_read import first_ts, read_all
 from bench.http_load import wait_http
-from bench.procs import BenchError, wait_until
+from bench.procs import BenchError, Proc, wait_until
 from bench.report import Section
 from bench.stats import fmt, percentiles
 from iii_console.core.redis_server import free_port
@@ -49,7 +49,6 @@ E2E_THREADS = 16
 
 def _http_e2e(bench: Bench, *, echo: bool = True) -> tuple[dict[str, list[float]], Counter[int]]:
     """Ours through HTTP: per-trace delays (ms) from the event stream, and the answers' status codes."""
-    assert bench.procs is not None
     o = bench.options
     bench.flush()
     port = free_port()
@@ -93,7 +92,7 @@ def _http_e2e(bench: Bench, *, echo: bool = True) -> tuple[dict[str, list[float]
             interval=0.25,
             what=f"{len(traces)} notifications",
             watch=lambda: bench.procs.check(server, *workers),
-        )  # type: ignore[union-attr]
+        )
     finally:
         for p in (server, *workers):
             bench.procs.stop(p)
@@ -119,7 +118,7 @@ def _http_e2e(bench: Bench, *, echo: bool = True) -> tuple[dict[str, list[float]
     return out_ms, statuses
 
 
-def _paced(rate: int, seconds: float, send: Callable[[dict], None]) -> None:
+def _paced(rate: int, seconds: float, send: Callable[[dict], object]) -> None:
     start = time.perf_counter()
     for i in range(int(rate * seconds)):
         delay = start + i / rate - time.perf_counter()
@@ -128,7 +127,9 @@ def _paced(rate: int, seconds: float, send: Callable[[dict], None]) -> None:
         send({"sent": time.time()})
 
 
-def _queue_hop(bench: Bench, start: Callable[[], list], send: Callable[[dict], None], ready: Callable[[], None]) -> list[float]:
+def _queue_hop(
+    bench: Bench, start: Callable[[], list[Proc]], send: Callable[[dict], object], ready: Callable[[], None]
+) -> list[float]:
     """Enqueue → task start (ms), recorded by the task (bench/work.py)."""
     o = bench.options
     bench.flush()
@@ -143,14 +144,14 @@ def _queue_hop(bench: Bench, start: Callable[[], list], send: Callable[[dict], N
             timeout=60,
             what=f"{n} task starts",
             watch=lambda: bench.procs.check(*procs),
-        )  # type: ignore[union-attr]
+        )
     finally:
         for p in procs:
             bench.procs.stop(p)
     return [float(x) * 1000 for x in bench.redis.lrange(work.LATENCY, 0, -1)]
 
 
-def _warm(bench: Bench, send: Callable[[dict], None]) -> None:
+def _warm(bench: Bench, send: Callable[[dict], object]) -> None:
     send({})
     wait_until(lambda: bench.done() >= 1, timeout=60, what="the first message")
 
@@ -211,8 +212,8 @@ def run(bench: Bench) -> Section:
     net = pct["http.processed_net"]
     sec.target("p50 ≤ 5 ms (accepted → processed, net of the handler's own work)", net[50] <= 5)
     sec.target("p99 ≤ 25 ms (same)", net[99] <= 25)
-    quiet = pct["quiet.processed_net"]
-    sec.target("the same two with `events.echo: false` (no echo process)", quiet[50] <= 5 and quiet[99] <= 25)
+    quiet_net = pct["quiet.processed_net"]
+    sec.target("the same two with `events.echo: false` (no echo process)", quiet_net[50] <= 5 and quiet_net[99] <= 25)
     raw = pct["http.processed"]
     sec.target(
         "p50 ≤ 5 ms / p99 ≤ 25 ms taken literally (includes the seed handler's 20 ms sleep)", raw[50] <= 5 and raw[99] <= 25

@@ -61,7 +61,7 @@ def _throttle(bench: Bench, calls_per_key: int) -> Section:
         timeout=expect_s * 3 + 60,
         what="every throttled call",
         watch=lambda: bench.procs.check(*procs),
-    )  # type: ignore[union-attr]
+    )
     sec = Section(
         f"8a. Per-key throttle (limit {LIMIT} per {PERIOD_MS} ms, 4 keys, 2 processes × 8 threads)",
         header=["key", "calls", f"busiest {PERIOD_MS} ms", f"busiest {PERIOD_MS - SLACK_MS} ms", "steady rate /s", "limit /s"],
@@ -81,7 +81,7 @@ def _throttle(bench: Bench, calls_per_key: int) -> Section:
         f"start ran late. {SLACK_MS} ms of slack absorbs that start jitter."
     )
     for p in procs:
-        bench.procs.stop(p, grace_s=5)  # type: ignore[union-attr]
+        bench.procs.stop(p, grace_s=5)
     return sec
 
 
@@ -108,19 +108,19 @@ def _fanin(bench: Bench, rounds: int) -> Section:
                 interval=0.01,
                 what="the group's completion",
                 watch=lambda: bench.procs.check(*procs),
-            )  # type: ignore[union-attr]
+            )
             last, done = bench.redis.mget(f"bench:child-last:{gid}", f"bench:done:{gid}")
             gaps.append(max(0.0, float(done) - float(last)) * 1000)
             time.sleep(0.2)
     finally:
         for p in procs:
-            bench.procs.stop(p, grace_s=5)  # type: ignore[union-attr]
-    p = percentiles(gaps, (50, 95, 100))
+            bench.procs.stop(p, grace_s=5)
+    pct = percentiles(gaps, (50, 95, 100))
     sec = Section(
         f"8b. Fan-in: {CHILDREN:,} children → completion (2 processes × 8 threads)",
         header=["rounds", "p50 ms", "p95 ms", "max ms"],
     )
-    sec.row(len(gaps), fmt(p[50], 1), fmt(p[95], 1), fmt(p[100], 1))
+    sec.row(len(gaps), fmt(pct[50], 1), fmt(pct[95], 1), fmt(pct[100], 1))
     sec.note(
         "From the last child's handler returning to the completion's handler starting: the last settle "
         "enqueues the completion in its own script, so this is one fetch away."

@@ -30,12 +30,12 @@ SLEEP_MS = 20
 THREADS = 8
 
 
-def _trial(bench: Bench, contender: c.QueueContender, send_urgent: Callable[[], None]) -> float:
+def _trial(bench: Bench, contender: c.QueueContender, send_urgent: Callable[[], object]) -> float:
     o = bench.options
     restore_filled(bench, contender, o.priority_backlog, {"sleep_ms": SLEEP_MS})
     procs: list[Proc] = contender.start(bench, 1, THREADS, 0)
     try:
-        watch = lambda: bench.procs.check(*procs)  # type: ignore[union-attr]  # noqa: E731
+        watch = lambda: bench.procs.check(*procs)  # noqa: E731
         wait_until(lambda: bench.done() >= 2 * THREADS, timeout=60, what="the backlog to be worked", watch=watch)
         send_urgent()
         sent = time.time()
@@ -59,7 +59,7 @@ def run(bench: Bench) -> Section:
     o = bench.options
     ours = c.ours()
     producer = c.our_producer(bench, c.our_config(bench), bench.redis)
-    cases: list[tuple[str, c.QueueContender, Callable[[], None]]] = [
+    cases: list[tuple[str, c.QueueContender, Callable[[], object]]] = [
         (
             'iii-console, priority="high"',
             ours,
