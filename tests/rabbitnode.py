@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _free_port() -> int:
@@ -271,7 +272,7 @@ class SharedNode:
     def acquire(self) -> RabbitNode:
         info = self.root / "node.json"
         with self._locked():
-            state = json.loads(info.read_text()) if info.exists() else {"users": 0}
+            state: dict[str, Any] = json.loads(info.read_text()) if info.exists() else {"users": 0}
             if state["users"] == 0:
                 self.node = RabbitNode(self.root / f"node-{os.getpid()}").start()
                 state = {

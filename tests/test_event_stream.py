@@ -321,6 +321,21 @@ def handler(data, ctx):
     ctx.logger.info("after", k=k)
 """
 
+ORDERED_ASYNC = """
+import asyncio
+from iii_console import Step, queue
+config = Step(name="Ordered", triggers=[queue("ordered")], enqueues=["ordered.next"])
+async def handler(data, ctx):
+    k = data["k"]
+    ctx.logger.info("before", k=k)
+    await ctx.state.set("ordered", k, {"n": 0})
+    ctx.logger.info("between", k=k)
+    await asyncio.sleep(0)
+    await ctx.state.update("ordered", k, [{"type": "increment", "path": "n"}])
+    await ctx.enqueue("ordered.next", {"k": k})
+    ctx.logger.info("after", k=k)
+"""
+
 ORDERED_NEXT = """
 from iii_console import Step, queue
 config = Step(name="OrderedNext", triggers=[queue("ordered.next")])
@@ -334,18 +349,22 @@ def _sid(e: Event) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
+@pytest.mark.parametrize("kind", ["def", "async def"])
 def test_a_runs_own_events_precede_the_state_changes_and_enqueues_it_writes_for_every_message(
-    tmp_path, redis_url, r, keys, producer
+    kind, tmp_path, redis_url, r, keys, producer
 ):
     """Given a queue step that logs, sets a key, logs, updates it and enqueues, on a worker of 8 threads,
     when 150 messages run, then for every message the stream holds its events in the order the handler
     made them: message.started, the first log line, state.changed, the second, state.changed, the enqueue's
     message.enqueued, the last log line and message.processed. A state write carries what its thread still buffered
-    (before, the buffered start and log lines could land after the write's state.changed)."""
+    (before, the buffered start and log lines could land after the write's state.changed); an ``async def``
+    handler's writes, on the worker's event loop, first wait (without blocking the loop) until what its
+    task put is on the stream, and its settle follows its log lines (before, neither held for it)."""
     from iii_console.core.discovery import discover
 
+    step = ORDERED if kind == "def" else ORDERED_ASYNC
     cfg = make_project(
-        tmp_path, {"ordered_step.py": ORDERED, "next_step.py": ORDERED_NEXT}, "server:\n  port: 0\n", redis_url=redis_url
+        tmp_path, {"ordered_step.py": step, "next_step.py": ORDERED_NEXT}, "server:\n  port: 0\n", redis_url=redis_url
     )
     run = start_cli(tmp_path, "--no-ui", "--role", "worker", "--threads", "8")
     try:

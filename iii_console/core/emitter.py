@@ -13,6 +13,7 @@ one ordering rule (a settle takes its message's buffered events along).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -296,6 +297,25 @@ class StreamSink:
         self._written = max(self._written, last)
         self._observe(settled)
         return result
+
+    @property
+    def written(self) -> int:
+        """Every event whose sequence number is at most this is on the stream (or was dropped)."""
+        return self._written
+
+    def write_through(self, through: int) -> None:
+        """Block until every event put up to ``through`` is on the stream, writing it from this thread if need be.
+
+        For a script called on an event loop (which must not block on the buffer): the loop
+        hands this to a thread, then makes its call. Raises ``redis.ConnectionError`` when
+        Redis is unavailable (the events stay buffered, in order).
+        """
+        if self._written >= through:
+            return
+        with self._flush_lock:
+            while self._written < through and self._buf:
+                if not self._write_batch(self._take()):
+                    raise redis.ConnectionError("event sink: Redis unavailable")
 
     def _observe(self, settle: Sequence[Event]) -> None:
         """Hand the processing times of settle events just written to the next batch's histograms."""
@@ -590,6 +610,29 @@ class Emitter:
         self._unhold()
         # Default: every event put so far (the group's leader writes for other threads' runs).
         return self.stream.transition_many(run, [[e for e in s if e is not None] for s in settles], through=through)
+
+    async def flush_own(self, through: int | None = None) -> None:
+        """On an event loop, before a script that writes events: wait, without blocking the loop,
+        until the events this task put (``through``, default :attr:`last_put`) are on the stream.
+
+        The asynchronous twin of :meth:`transition`'s ordering: an ``async def`` handler's
+        state write, enqueue or progress report lands after its run's start and log lines.
+        Costs nothing when they are written already; otherwise a thread writes them (the
+        flusher would have, a few milliseconds later) while the loop runs other tasks.
+        """
+        stream = self.stream
+        if stream is None:
+            return
+        self._unhold()
+        through = _LAST_PUT.get() if through is None else through
+        if stream.written < through:
+            await asyncio.to_thread(stream.write_through, through)
+
+    def follow(self, seq: int) -> None:
+        """This context's next transitions also wait for the events put up to ``seq`` (another
+        context's, e.g. an ``async def`` handler's task on the loop thread, that it waited for)."""
+        if seq > _LAST_PUT.get():
+            _LAST_PUT.set(seq)
 
     def _unhold(self) -> None:
         """Before a transition script: held events go to the buffer, which the script waits for (order kept)."""

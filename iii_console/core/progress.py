@@ -77,6 +77,6 @@ class AsyncProgressStore(_Base):
         self, done: Any, total: Any, note: Any = None, *, trace_id: str, step: str, message_id: str | None = None
     ) -> None:
         args, event = self._shape(done, total, note, trace_id=trace_id, step=step, message_id=message_id)
-        # On a loop the script cannot wait for the event buffer: earlier buffered events may land after it.
+        await self.emitter.flush_own()  # after the events this task put (the run's start, its log lines)
         stream = self.emitter.stream
         await self._script(args=[*args, stream.payload((), [event]) if stream is not None else ""])

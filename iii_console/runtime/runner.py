@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from iii_console.adapters.queue.producer import Subscriptions, subscriptions_for
-from iii_console.core import replication, spans
+from iii_console.core import replication
 from iii_console.core.autopipe import AutoPipeline
 from iii_console.core.blobs import AsyncBlobs
 from iii_console.core.context import Context, SyncContext, call_arity, is_async
@@ -100,7 +100,12 @@ class AsyncSide:
         #: A handler run's writes in one call (``runtime/uow.py``); only where enqueues are Redis scripts.
         self.uow_script = self._uow_script() if cfg.broker == "redis" else None
         self.state = AsyncStateStore(
-            self.client, services.keys, events_maxlen=cfg.events.maxlen, worker=services.name, autopipe=self.autopipe
+            self.client,
+            services.keys,
+            events_maxlen=cfg.events.maxlen,
+            worker=services.name,
+            autopipe=self.autopipe,
+            emitter=services.emitter,
         )
         self.producer = make_async_producer(services, subscriptions, self.client, self.autopipe)
         self.progress = AsyncProgressStore(self.client, services.keys, services.emitter)
@@ -283,10 +288,16 @@ class StepRunner:
         if is_async(handler):
             assert self.loop_thread is not None
             actx = self.async_context(step, **ctx_kw)
-            coro = _invoke(handler, input, actx)
-            if spans.current() is not None:  # the loop thread's task would not see this thread's span
-                coro = _carrying(contextvars.copy_context(), coro)
-            return self.loop_thread.run(coro)
+            # The task on the loop thread runs with this thread's context variables (its span, and
+            # the events it put: the run's start, which the handler's writes must follow), and hands
+            # back the last event it put, which the run's settle must follow (its log lines).
+            emitter = self.services.emitter
+            seen: list[int] = []
+            try:
+                return self.loop_thread.run(_carrying(contextvars.copy_context(), _invoke(handler, input, actx), emitter, seen))
+            finally:
+                if seen:
+                    emitter.follow(seen[0])
         ctx = self.sync_context(step, **ctx_kw)
         return _not_awaitable(handler(ctx) if call_arity(handler) == 1 else handler(input, ctx))
 
@@ -317,11 +328,15 @@ class StepRunner:
         return _not_awaitable(out)
 
 
-async def _carrying(ctxvars: contextvars.Context, coro: Any) -> Any:
-    """Run ``coro`` with the caller's context variables (the task it runs in has its own copy)."""
+async def _carrying(ctxvars: contextvars.Context, coro: Any, emitter: Any, seen: list[int]) -> Any:
+    """Run ``coro`` with the caller's context variables (the task it runs in has its own copy);
+    ``seen`` gets the sequence number of the last event the task put."""
     for var, value in ctxvars.items():
         var.set(value)
-    return await coro
+    try:
+        return await coro
+    finally:
+        seen.append(emitter.last_put)
 
 
 async def _invoke(handler: Callable[..., Any], input: Any, ctx: Any) -> Any:

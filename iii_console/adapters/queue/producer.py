@@ -389,12 +389,10 @@ class AsyncProducer(_Builder):
 
     async def enqueue(self, topic: str, data: Any, **kw: Any) -> list[str]:
         """Enqueue now (see :meth:`prepare` for the arguments); the message ids, or a dedup hit's first ids."""
-        # On the server's loop the script cannot wait for the event buffer (it would block
-        # the loop): outside a unit of work (which writes its request's held-back events
-        # first), events buffered before it may land after its ``message.enqueued``.
         prep = self.prepare(topic, data, **kw)
         if prep.args is None:
             return prep.ids
+        await self.emitter.flush_own()  # after the events this task put (a run's start and log lines)
         n = await (
             self._once(prep.args, f"the dedup key of an enqueue to {topic}") if prep.once else self._enqueue(args=prep.args)
         )
@@ -444,6 +442,7 @@ class AsyncProducer(_Builder):
 
     async def enqueue_group(self, topic: str, items: Any, **kw: Any) -> str:
         gid, args = self.prepare_group(topic, items, **kw)
+        await self.emitter.flush_own()
         await self._once(args, f"the once-key of fan-in group {gid}")
         return gid
 
