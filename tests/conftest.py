@@ -29,9 +29,7 @@ from iii_console.core.keys import Keys
 from iii_console.core.redis_server import RedisServer
 from iii_console.core.state import AsyncStateStore, StateStore
 
-from .helpers import E2E_CONFIG, Running, make_project, start_cli
-
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import E2E_CONFIG, ROOT, Running, make_project, start_cli
 
 # REDIS_URL overrides a project's redis.url, so a developer's own would send the
 # commands the tests start to their Redis instead of the test's.

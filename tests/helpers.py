@@ -29,6 +29,11 @@ from iii_console.core.keys import Keys
 if TYPE_CHECKING:  # the console's modules load Textual: only the console tests import them
     from iii_console.tui import ConsoleApp
 
+#: This folder (``tests/``: the shared helpers, ``clockshim/``, ``motia_steps/``) and the repository's root,
+#: wherever under ``tests/`` the module using them lives (``unit/``, ``redis/``, ``processes/``, ``tui/``).
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
 
 def make_project(root: Path, steps: dict[str, str], config: str = "", *, redis_url: str = "") -> Config:
     """Write ``steps/<name>`` files and an iii-config.yaml under ``root``; return the loaded config."""

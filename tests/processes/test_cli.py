@@ -1,0 +1,298 @@
+"""The command line as a user meets it: every mistake is one line on stderr and a
+non-zero exit, `--no-ui` prints nothing but JSON lines on stdout, and SIGTERM
+lets a running handler finish."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import click
+import httpx
+import pytest
+
+from iii_console.core.redis_server import free_port
+
+from ..helpers import make_project, wait_for
+
+UNREACHABLE = "redis://127.0.0.1:1/0"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "III_CONFIG")}
+    env.update(extra)
+    return env
+
+
+def _run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "iii_console", *args],
+        cwd=cwd,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    make_project(root, {}, "server:\n  port: 0\n")
+    (root / "broken.yaml").write_text("server:\n  port: [\n")
+    (root / "unknown.yaml").write_text("server:\n  port: 3111\nqueues:\n  message.sent:\n    concurency: 3\n")
+    (root / "badurl.yaml").write_text("server:\n  port: 0\nredis:\n  url: redis://localhost:notaport/0\n")
+    return root
+
+
+CASES = [
+    # (args, extra env, exit code, text the one line must contain)
+    (["--bogus"], {}, 2, "--bogus"),
+    (["--role", "bogus", "--no-ui"], {}, 2, "--role"),
+    (["--processes", "0", "--no-ui"], {}, 2, "--processes"),
+    (["--threads", "0", "--no-ui"], {}, 2, "--threads"),
+    (["--port", "70000", "--no-ui"], {}, 2, "--port"),
+    (["nope"], {}, 2, "nope"),
+    (["send"], {}, 2, "TEXT"),
+    (["send", "hi", "--priority", "urgent"], {}, 2, "--priority"),
+    (["send", "hi", "--count", "-1"], {}, 2, "--count"),
+    (["send", "--topic", "message.sent", "--data", "not json"], {}, 2, "--data"),
+    (["send", "--data", "{}"], {}, 2, "--topic"),
+    (["send", "--topic", "message.sent", "--data", "[" * 5000 + "]" * 5000], {}, 2, "nested too deeply"),
+    (["send", "--topic", "message.sent", "--data", "[" * 40000 + "]" * 40000], {}, 2, "nested too deeply"),
+    (["state", "set", "g", "k", '{"a":' * 5000 + "1" + "}" * 5000], {}, 2, "nested too deeply"),
+    (["state", "set", "g", "k", "[" * 40000 + "]" * 40000], {}, 2, "nested too deeply"),
+    (["tail", "--type", "bogus"], {}, 2, "--type"),
+    (["dlq", "replay"], {}, 2, "--all"),
+    (["dlq", "list", "--since", "bogus", "--redis", UNREACHABLE], {}, 2, "--since"),
+    # Unreachable Redis, for every command that talks to it.
+    (["--no-ui", "--redis", UNREACHABLE], {}, 3, "cannot reach Redis"),
+    (["send", "--topic", "message.sent", "--data", "{}", "--redis", UNREACHABLE], {}, 3, "cannot reach Redis"),
+    (["tail", "--redis", UNREACHABLE], {}, 3, "cannot reach Redis"),
+    (["attach", "--redis", UNREACHABLE], {}, 3, "cannot reach Redis"),
+    (["attach"], {}, 3, "start `iii-console` in this project first, or pass --redis URL"),
+    (["dlq", "list", "--redis", UNREACHABLE], {}, 3, "cannot reach Redis"),
+    (["state", "groups", "--redis", UNREACHABLE], {}, 3, "cannot reach Redis"),
+    (["tail"], {"REDIS_URL": UNREACHABLE}, 3, "cannot reach Redis"),
+    # Not a Redis URL at all, from the flag, the environment or the file.
+    (["--no-ui", "--redis", "http://x"], {}, 2, "redis://, rediss:// or unix://"),
+    (["--no-ui", "--redis", "redis://localhost:notaport"], {}, 2, "notaport"),
+    (["--no-ui", "--redis", "redis://localhost:6379/abc"], {}, 2, "database"),
+    # The value is not repeated (it may come from an environment variable): only its scheme.
+    (["--no-ui", "--redis", "http://user:hunter2@x"], {}, 2, "the scheme 'http://'"),
+    (["send", "--topic", "message.sent", "--data", "{}", "--redis", "http://x"], {}, 2, "--redis"),
+    (["send", "hi", "--redis", "http://x"], {}, 2, "--redis"),
+    (["tail", "--redis", "http://x"], {}, 2, "--redis"),
+    (["attach", "--redis", "http://x"], {}, 2, "--redis"),
+    (["dlq", "list", "--redis", "http://x"], {}, 2, "--redis"),
+    (["state", "groups", "--redis", "http://x"], {}, 2, "--redis"),
+    (["steps", "--redis", "http://x"], {}, 2, "--redis"),
+    (["config", "check", "--redis", "http://x"], {}, 2, "--redis"),
+    (["tail"], {"REDIS_URL": "garbage"}, 2, "REDIS_URL"),
+    (["--no-ui", "--config", "badurl.yaml"], {}, 2, "badurl.yaml:4: redis.url"),
+    # Config files: missing, unparsable, unknown key; each named with its line and key.
+    (["--no-ui", "--config", "missing.yaml"], {}, 2, "missing.yaml: file not found"),
+    (["--no-ui", "--config", "broken.yaml"], {}, 2, "broken.yaml:3: invalid YAML"),
+    (["--no-ui", "--config", "unknown.yaml"], {}, 2, "unknown.yaml:5: queues.message.sent.concurency: unknown key"),
+    (["send", "hi", "--config", "unknown.yaml"], {}, 2, "unknown.yaml:5"),
+    (["tail", "--config", "missing.yaml"], {}, 2, "missing.yaml"),
+    (["dlq", "list", "--config", "broken.yaml"], {}, 2, "broken.yaml:3"),
+    (["steps", "--config", "missing.yaml"], {}, 2, "missing.yaml"),
+    (["config", "check", "--config", "missing.yaml"], {}, 2, "missing.yaml"),
+    (["--no-ui"], {"III_CONFIG": "unknown.yaml"}, 2, "unknown.yaml:5"),
+    # `send TEXT` with no server to post to, or no way to know where it listens.
+    # (FREE_PORT is a free port picked when the test runs: test ids stay the same in every process.)
+    (["send", "hi", "--url", "http://127.0.0.1:FREE_PORT"], {}, 1, "no iii-console server"),
+    (["send", "hi"], {}, 2, "server.port is 0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "needle"),
+    CASES,
+    ids=[(" ".join(c[0]) + "".join(f" {k}={v}" for k, v in c[1].items()))[:100] for c in CASES],
+)
+def test_mistakes_are_one_line_on_stderr_and_a_non_zero_exit(project, args, env, code, needle):
+    args = [a.replace("FREE_PORT", str(free_port())) for a in args]
+    res = _run(project, *args, **env)
+    lines = res.stderr.splitlines()
+    assert res.returncode == code, res.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.stderr, res.stderr
+    assert needle in lines[0], lines[0]
+    assert res.stdout == "" and "hunter2" not in res.stderr
+
+
+def test_config_check_reports_a_broken_file_as_a_finding(project):
+    res = _run(project, "config", "check", "--config", "unknown.yaml")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stdout.strip() == "unknown.yaml:5: queues.message.sent.concurency: unknown key"
+
+
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    out: list[tuple[tuple[str, ...], click.Command]] = [(path, group)]
+    for name, cmd in group.commands.items():
+        out += _commands(cmd, (*path, name)) if isinstance(cmd, click.Group) else [((*path, name), cmd)]
+    return out
+
+
+def test_every_command_takes_redis_and_config_and_has_help(project):
+    from iii_console.cli import cli
+
+    commands = _commands(cli)
+    assert len(commands) > 15
+    for path, cmd in commands:
+        if isinstance(cmd, click.Group) and path:
+            continue  # a group only dispatches
+        if list(path) == ["new"]:
+            continue  # writes files only: no Redis, no project yet
+        opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
+        assert {"--redis", "--config"} <= opts, f"iii-console {' '.join(path)} lacks --redis/--config"
+    from click.testing import CliRunner
+
+    for path, _cmd in commands:
+        res = CliRunner().invoke(cli, [*path, "--help"], prog_name="iii-console")
+        assert res.exit_code == 0 and res.output.startswith("Usage: iii-console"), (path, res.output)
+
+
+# -- headless runs ----------------------------------------------------------------
+
+LOUD = """
+import logging
+from iii_console import Step, http
+config = Step(name="Loud", triggers=[http("GET", "/loud")])
+def handler(req, ctx):
+    print("print from an HTTP handler")
+    logging.getLogger("somelib").warning("a library warning")
+    return {"status": 200, "body": {"ok": True}}
+"""
+
+GATED = """
+import os, time
+from iii_console import Step, queue
+config = Step(name="Gated", triggers=[queue("gated")])
+def handler(data, ctx):
+    print("print from a queue handler")
+    ctx.state.set("gated", data["k"], {"status": "running"})
+    while not os.path.exists(data["gate"]):
+        time.sleep(0.02)
+    ctx.state.set("gated", data["k"], {"status": "done"})
+"""
+
+
+def test_no_ui_stdout_is_only_json_and_sigterm_lets_a_running_handler_finish(tmp_path, redis_url, r, keys):
+    make_project(tmp_path, {"loud_step.py": LOUD, "gated_step.py": GATED}, "server:\n  port: 0\n", redis_url=redis_url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", "--no-ui"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    err: list[str] = []
+    out: list[str] = []
+    banner = proc.stderr.readline()
+    assert "running" in banner, banner + proc.stderr.read()
+    readers = [
+        threading.Thread(target=lambda: err.extend(iter(proc.stderr.readline, "")), daemon=True),
+        threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True),
+    ]
+    for t in readers:
+        t.start()
+    gate = tmp_path / "gate"
+    try:
+        url = banner.split(" on ")[1].split(" ")[0]
+        assert httpx.get(f"{url}/loud").json() == {"ok": True}
+        sent = _run(
+            tmp_path,
+            "send",
+            "--topic",
+            "gated",
+            "--data",
+            json.dumps({"k": "a", "gate": str(gate)}),
+            "--json",
+            "--redis",
+            redis_url,
+        )
+        assert sent.returncode == 0, sent.stderr
+        message_id = json.loads(sent.stdout)["message_ids"][0]
+        wait_for(
+            lambda: json.loads(r.hget(keys.state_group("gated"), "a") or "{}").get("status") == "running",
+            what="the handler to start",
+        )
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: any("stopping" in line for line in err), what="the stop to begin")
+        assert proc.poll() is None  # waiting for the running handler, which waits for the gate
+        gate.touch()
+        assert proc.wait(60) == 0
+    finally:
+        gate.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert json.loads(r.hget(keys.state_group("gated"), "a"))["status"] == "done"
+    for t in readers:
+        t.join(30)  # both pipes are at EOF once the process and its workers are gone
+    events = [json.loads(line) for line in out]  # every line is one JSON object
+    assert all(isinstance(e, dict) and "type" in e for e in events)
+    assert any(e["type"] == "message.processed" and e.get("message_id") == message_id for e in events)
+    stderr = "".join(err)
+    assert "print from an HTTP handler" in stderr and "print from a queue handler" in stderr and "a library warning" in stderr
+
+
+def test_send_json_prints_one_object_per_message(running, seed_project, redis_url):
+    app = running()
+    res = _run(seed_project, "send", "hello", "--priority", "high", "--count", "3", "--json", "--url", app.url)
+    assert res.returncode == 0, res.stderr
+    sent = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(sent) == 3 and all(s["status"] == "queued" and s["id"] and s["trace_id"] for s in sent)
+    res = _run(
+        seed_project,
+        "send",
+        "--topic",
+        "message.sent",
+        "--data",
+        '{"id": "d1", "text": "hi"}',
+        "--count",
+        "2",
+        "--json",
+        "--redis",
+        redis_url,
+    )
+    assert res.returncode == 0, res.stderr
+    direct = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(direct) == 2 and all(d["topic"] == "message.sent" and len(d["message_ids"]) == 1 for d in direct)
+    res = _run(seed_project, "send", "plain", "--url", app.url)
+    assert res.returncode == 0 and res.stderr.strip() == "sent 1 message"
+    assert res.stdout.count("\n") == 1 and len(res.stdout.strip()) == 32  # the id it got (a uuid hex), alone
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.4, 0.7, 1.2])
+def test_ctrl_c_at_any_moment_of_start_up_exits_quietly(tmp_path, redis_url, delay):
+    """Given `--no-ui` starting (still importing, connecting, or already running), when Ctrl+C arrives,
+    then it exits 130 (nothing had started) or 0 (drained), and stderr holds no traceback."""
+    import time
+
+    make_project(tmp_path, {}, "server:\n  port: 0\n", redis_url=redis_url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", "--no-ui"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    if "init_import_site" in err:  # a loaded machine: it landed in the interpreter's own start, before any of ours
+        pytest.skip("the signal arrived while Python itself was starting")
+    assert proc.returncode in (0, 130, -signal.SIGINT), err  # a shell shows death by SIGINT as 130 too
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

@@ -1,0 +1,184 @@
+"""Faults: Redis dies and comes back while messages are failing and retrying."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import httpx
+import pytest
+
+from iii_console.core.dlq import DeadLetterStore
+from iii_console.core.keys import Keys
+from iii_console.core.redis_server import RedisServer
+
+from ..checker import check_stream
+from ..helpers import ROOT, events, make_project, rabbit_messages, start_cli, wait_for
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+server:
+  port: 0
+queues:
+  message.sent:
+    max_retries: 2
+    retry_delay: 300
+    backoff: fixed
+    dead_letter_queue: message.sent.dlq
+workers:
+  heartbeat_interval: 0.5
+  heartbeat_timeout: 10
+  sweep_interval: 0.5
+"""
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+def test_redis_restart_mid_retries_loses_nothing_and_everything_reconnects(tmp_path, broker, request):
+    """Given 15 messages that succeed, 10 that fail once and 5 that always fail, when Redis is killed while their retries
+    wait and started again 1.5 s later, then HTTP answers 503 meanwhile, every message ends processed or (the 5) in its
+    dead-letter queue, and new work flows. On Redis the stream also agrees with the queues about every message; on
+    RabbitMQ the retries waited in its delay queues and nothing is left in any queue."""
+    keys = Keys()
+    server = RedisServer(tmp_path / "redis", appendonly=True, extra=["--appendfsync", "always"]).start()
+    shutil.copytree(ROOT / "steps", tmp_path / "steps")
+    cfg = make_project(tmp_path, {}, CONFIG + broker, redis_url=server.url)
+    run = start_cli(tmp_path, "--no-ui")
+    try:
+        plan = {f"ok{i}": 0 for i in range(15)} | {f"flaky{i}": 1 for i in range(10)} | {f"doomed{i}": 99 for i in range(5)}
+        ids, traces = {}, set()
+        for name, fails in plan.items():
+            resp = httpx.post(f"{run.url}/messages", json={"text": name, "fail_times": fails})
+            assert resp.status_code == 202
+            ids[name] = resp.json()["id"]
+            traces.add(resp.json()["trace_id"])
+        time.sleep(0.4)  # retries are now waiting in the delayed sets and in flight
+        server.kill()
+        t0 = time.monotonic()
+        down = httpx.post(f"{run.url}/messages", json={"text": "while down"}, timeout=10)
+        assert down.status_code == 503 and time.monotonic() - t0 < 2
+        time.sleep(1.5)
+        server.start()
+
+        client = server_client(server)
+
+        def status():
+            return {n: (json.loads(client.hget(keys.state_group("messages"), i) or "{}")).get("status") for n, i in ids.items()}
+
+        store = DeadLetterStore(client, keys)
+        wait_for(
+            lambda: (
+                store.count("message.sent.dlq") == 5
+                and all(v == "processed" for n, v in status().items() if not n.startswith("doomed"))
+            ),
+            timeout=60,
+            what="every message processed or dead-lettered after the restart",
+        )
+        assert {e.data["id"] for e in store.list("message.sent.dlq")} == {ids[f"doomed{i}"] for i in range(5)}
+        after = httpx.post(f"{run.url}/messages", json={"text": "after"})
+        assert after.status_code == 202  # the server reconnected by itself
+        wait_for(
+            lambda: (
+                json.loads(client.hget(keys.state_group("messages"), after.json()["id"]) or "{}").get("status") == "processed"
+            ),
+            timeout=30,
+            what="new work flows after the restart",
+        )
+        # A message's notification comes from the state step its last status change triggers, after that change.
+        wanted = {ids[n] for n in plan if not n.startswith("doomed")}
+        wait_for(
+            lambda: wanted <= {e.data["message_id"] for e in events(client, keys, "notification.sent")},
+            timeout=30,
+            what="a notification for every processed message",
+        )
+        if broker:
+            rabbit = request.getfixturevalue("rabbit_node")
+            wait_for(lambda: not any(rabbit_messages(rabbit, cfg.rabbitmq.prefix).values()), what="every queue empty")
+        else:
+            # Every message settled: the stream says so exactly once each, and the counters agree with it.
+            report = check_stream(client, keys, traces, topic="message.sent")
+            assert report.ok, report
+    finally:
+        assert run.stop() == 0
+        server.stop()
+
+
+def server_client(server: RedisServer):
+    import redis
+
+    return redis.Redis.from_url(server.url)
+
+
+SLOW_STEP = """
+import time
+from iii_console import Step, queue
+config = Step(name="Slow", triggers=[queue("slow")])
+def handler(data, ctx):
+    ctx.state.update("runs", "Slow", [{"type": "increment", "path": data["k"]}])
+    time.sleep(data["sleep"])
+"""
+
+
+def test_a_crash_while_redis_is_down_is_recovered_once_redis_is_back(tmp_path):
+    """Given a worker running a long handler and a heartbeat timeout of 60 s (the sweep cannot help), when Redis goes
+    down and then the worker is SIGKILLed, then its supervisor keeps trying to give the message back and does so once
+    Redis is back: the message runs again and is processed, with its message.redelivered and worker.stopped events."""
+    import os
+    import signal
+
+    keys = Keys()
+    server = RedisServer(tmp_path / "redis", appendonly=True, extra=["--appendfsync", "always"]).start()
+    make_project(
+        tmp_path,
+        {"slow_step.py": SLOW_STEP},
+        "workers:\n  heartbeat_interval: 0.5\n  heartbeat_timeout: 60\n  sweep_interval: 0.5\n",
+        redis_url=server.url,
+    )
+    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
+    client = server_client(server)
+    try:
+        wait_for(lambda: client.hlen(keys.workers) == 1, timeout=30, what="the worker up")
+        [info] = [json.loads(v) for v in client.hvals(keys.workers)]
+        from iii_console.adapters.queue.producer import subscriptions_for
+        from iii_console.core.config import load_config
+        from iii_console.core.discovery import discover
+        from iii_console.runtime.runner import StepRunner
+        from iii_console.runtime.services import Services
+
+        cfg = load_config(tmp_path / "iii-config.yaml", env={})
+        svc = Services.open(cfg, "test")
+        try:
+            StepRunner(svc, subscriptions_for(discover(cfg.steps_path).steps)).producer.enqueue(
+                "slow", {"k": "m", "sleep": 3}, trace_id="t-slow"
+            )
+        finally:
+            svc.close()
+        wait_for(
+            lambda: json.loads(client.hget(keys.state_group("runs"), "Slow") or "{}").get("m") == 1, what="the handler to start"
+        )
+        server.kill()
+        os.kill(info["pid"], signal.SIGKILL)
+        time.sleep(2.0)  # the supervisor is retrying its recovery meanwhile
+        server.start()
+        client = server_client(server)
+        wait_for(
+            lambda: json.loads(client.hget(keys.state_group("runs"), "Slow") or "{}").get("m") == 2,
+            timeout=30,
+            what="the message run again after Redis came back",
+        )
+        wait_for(
+            lambda: [e for e in events(client, keys, "message.processed") if e.trace_id == "t-slow"],
+            timeout=30,
+            what="it processed",
+        )
+        [back] = [e for e in events(client, keys, "message.redelivered") if e.trace_id == "t-slow"]
+        assert back.data["reason"] == "crashed"
+        assert [
+            e
+            for e in events(client, keys, "worker.stopped")
+            if e.data.get("id") == info["id"] and e.data.get("signal") == "SIGKILL"
+        ]
+    finally:
+        run.stop()
+        server.stop()

@@ -1,0 +1,182 @@
+"""Worker processes replaced on purpose, with real processes: past
+``max_messages_per_process``, past ``max_memory_mb`` (RSS), and when a handler is stuck
+in a C call that ignores its time limit. Nothing is lost, nothing runs twice (except the
+stuck message, which is redelivered and counted as a delivery)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from iii_console.adapters.queue.producer import subscriptions_for
+from iii_console.core.discovery import discover
+from iii_console.core.dlq import DeadLetterStore
+from iii_console.runtime.recycling import RECYCLE_EXIT, Recycler
+from iii_console.runtime.runner import StepRunner
+from iii_console.runtime.services import Services
+
+from ..helpers import events, events_once, make_project, start_cli, wait_for
+
+pytestmark = pytest.mark.slow
+
+COUNTER = """
+import os
+from iii_console import Step, queue
+config = Step(name="Count", triggers=[queue("jobs")])
+KEEP = []
+def handler(data, ctx):
+    if data.get("mb"):
+        KEEP.append(b"x" * (data["mb"] * 2**20))   # written, so resident: a leak
+    ctx.state.update("runs", data["k"], [{"type": "increment", "path": "n"}, {"type": "set", "path": "pid", "value": os.getpid()}])
+"""
+
+BASE = """
+server:
+  port: 0
+workers:
+  processes: 1
+  heartbeat_interval: 0.5
+  heartbeat_timeout: 5
+  sweep_interval: 0.5
+"""
+
+
+def _send(project, redis_url, topic, payloads):
+    cfg = make_project(project, {}, (project / "iii-config.yaml").read_text(), redis_url=redis_url)
+    steps = discover(cfg.steps_path)
+    svc = Services.open(cfg, "test")
+    try:
+        prod = StepRunner(svc, subscriptions_for(steps.steps)).producer
+        return [prod.enqueue(topic, p, trace_id="t")[0] for p in payloads]
+    finally:
+        svc.close()
+
+
+def _runs(r, keys) -> dict[str, dict]:
+    return {k.decode(): json.loads(v) for k, v in r.hgetall(keys.state_group("runs")).items()}
+
+
+def _recycled(r, keys, cause):
+    return [e for e in events(r, keys, "worker.stopped") if e.data.get("reason") == "recycled" and e.data.get("cause") == cause]
+
+
+def test_a_worker_is_replaced_after_max_messages_per_process_and_every_message_runs_once(tmp_path, redis_url, r, keys):
+    make_project(
+        tmp_path, {"count_step.py": COUNTER}, BASE + "  threads: 2\n  max_messages_per_process: 5\n", redis_url=redis_url
+    )
+    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
+    try:
+        _send(tmp_path, redis_url, "jobs", [{"k": f"m{i}"} for i in range(24)])
+        wait_for(lambda: len(_runs(r, keys)) == 24, timeout=90, what="every message to run")
+        runs = _runs(r, keys)
+        assert all(v["n"] == 1 for v in runs.values()), runs  # nothing ran twice
+        recycled = _recycled(r, keys, "max_messages_per_process")
+        assert len(recycled) >= 3, [e.data for e in events(r, keys, "worker.stopped")]
+        # Each process settles its five, plus at most what its other thread was running.
+        assert all(5 <= e.data["messages"] <= 6 for e in recycled), [e.data["messages"] for e in recycled]
+        assert "max_messages_per_process: 5" in recycled[0].data["detail"]
+        assert len({v["pid"] for v in runs.values()}) >= 4
+        assert not [e for e in events(r, keys, "log") if e.data.get("level") == "error"]  # a replacement is no crash
+    finally:
+        assert run.stop() == 0
+
+
+def test_a_leaking_worker_is_replaced_at_max_memory_mb_with_nothing_lost(tmp_path, redis_url, r, keys):
+    make_project(tmp_path, {"count_step.py": COUNTER}, BASE + "  threads: 1\n  max_memory_mb: 250\n", redis_url=redis_url)
+    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
+    try:
+        _send(tmp_path, redis_url, "jobs", [{"k": f"m{i}", "mb": 50} for i in range(12)])
+        wait_for(lambda: len(_runs(r, keys)) == 12, timeout=120, what="every leaking message to run")
+        runs = _runs(r, keys)
+        assert all(v["n"] == 1 for v in runs.values()), runs
+        recycled = _recycled(r, keys, "max_memory_mb")
+        assert recycled, [e.data for e in events(r, keys, "worker.stopped")]
+        assert all(e.data["rss_mb"] > 250 for e in recycled)
+        # A process starts well below the limit, so each one took several 50 MB messages.
+        assert all(2 <= e.data["messages"] <= 5 for e in recycled), [e.data for e in recycled]
+        print(
+            f"\nrecycled at RSS {[e.data['rss_mb'] for e in recycled]} MiB after {[e.data['messages'] for e in recycled]} messages"
+        )
+    finally:
+        assert run.stop() == 0
+
+
+STUCK = """
+import socket, threading, time
+from iii_console import Step, queue
+config = Step(name="Stuck", triggers=[queue("jobs")])
+KEEP = []
+def handler(data, ctx):
+    ctx.state.update("runs", data["k"], [{"type": "increment", "path": "n"}])
+    if data["k"] == "stuck":            # blocked in C: the asynchronous exception never lands
+        {block}
+    ctx.state.set("done", data["k"], True)
+"""
+BLOCKS = {
+    "lock-wait": "threading.Event().wait()",
+    "socket-read": "KEEP.append(socket.socketpair()); KEEP[-1][0].recv(1)",  # a read without a timeout
+}
+
+
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+def test_a_handler_stuck_in_a_c_call_does_not_hold_the_queue_its_process_is_recycled_and_the_message_redelivered(
+    tmp_path, redis_url, r, keys, block
+):
+    make_project(
+        tmp_path,
+        {"stuck_step.py": STUCK.replace("{block}", BLOCKS[block])},
+        BASE
+        + "  threads: 2\n"
+        + """
+queues:
+  jobs:
+    time_limit_ms: 500
+    max_deliveries: 2
+    dead_letter_queue: jobs.dlq
+""",
+        redis_url=redis_url,
+    )
+    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
+    try:
+        [stuck] = _send(tmp_path, redis_url, "jobs", [{"k": "stuck"}])
+        wait_for(lambda: r.hexists(keys.state_group("runs"), "stuck"), what="the stuck handler to start")
+        t0 = time.monotonic()
+        quick = _send(tmp_path, redis_url, "jobs", [{"k": f"q{i}"} for i in range(10)])
+        wait_for(lambda: r.hlen(keys.state_group("done")) == 10, timeout=60, what="the other messages to run")
+        print(f"\n10 messages sent behind a stuck handler done in {time.monotonic() - t0:.1f} s")
+        store = DeadLetterStore(r, keys)
+        wait_for(lambda: store.count("jobs.dlq") == 1, timeout=60, what="the always-stuck message dead-lettered")
+        [entry] = store.list("jobs.dlq")
+        assert entry.message_id == stuck and "delivered 3 times" in entry.error
+        # Two deliveries, each recycled its process; the third was dead-lettered unrun.
+        assert json.loads(r.hget(keys.state_group("runs"), "stuck"))["n"] == 2
+        recycled = _recycled(r, keys, "time_limit")
+        assert len(recycled) == 2 and stuck in recycled[0].data["detail"]
+        failed = events_once(r, keys, "message.failed", 2, where=lambda e: e.message_id == stuck)
+        assert all(
+            e.error.startswith("TimeLimitExceeded: handler ran past queues.jobs.time_limit_ms (500 ms) and did not stop")
+            and e.data["stuck"]
+            for e in failed
+        )
+        assert [e.attempt for e in failed] == [1, 1] and all(e.trace_id == "t" and e.duration_ms >= 2400 for e in failed)
+        runs = _runs(r, keys)
+        assert all(runs[f"q{i}"]["n"] == 1 for i in range(10))  # the rest ran once each
+        assert {e.message_id for e in events(r, keys, "message.processed")} == set(quick)
+    finally:
+        assert run.stop() == 0
+
+
+def test_the_recycler_asks_once_with_the_first_cause_and_says_why():
+    rss = [100 * 2**20]
+    rec = Recycler(max_messages=3, max_memory_mb=150, rss=lambda: rss[0], clock=iter(range(0, 1000)).__next__)
+    rec.after_process_message(None, None)
+    assert not rec.requested.is_set() and rec.stop_data() == {"reason": "shutdown"} and rec.exit_code == 0
+    rss[0] = 200 * 2**20
+    rec.after_process_message(None, None)
+    assert rec.requested.is_set() and rec.cause == "max_memory_mb" and rec.exit_code == RECYCLE_EXIT
+    rec.after_process_message(None, None)  # the third message: the first cause stays
+    data = rec.stop_data()
+    assert data["reason"] == "recycled" and data["cause"] == "max_memory_mb" and data["messages"] == 3
+    assert data["detail"] == "resident memory 200 MiB after 2 messages (workers.max_memory_mb: 150)"

@@ -1,0 +1,1 @@
+"""Tests on the session's real Redis, with in-process runtimes and producers; no process started."""

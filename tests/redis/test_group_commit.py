@@ -1,0 +1,249 @@
+"""Group commit of acks: concurrent acks from many worker threads settle in shared script calls.
+
+Real Redis, a real ``IIIBroker`` and event sink. Each test fetches messages into
+this worker's in-flight set the way a consumer does, then acks them from many
+threads at once, and checks the stream and Redis message by message: every
+message settled once and its ``message.processed`` written once, after its own
+``message.started``; a message this worker no longer holds gets none.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+import redis
+from dramatiq.errors import ConnectionClosed
+
+from iii_console.adapters.queue.broker import IIIBroker
+from iii_console.core import metrics
+from iii_console.core.connection import redis_client
+from iii_console.core.emitter import Emitter, StreamSink
+from iii_console.core.events import Event
+from iii_console.core.keys import Keys
+
+from ..helpers import ping, wait_for
+from ..tcpproxy import TcpProxy
+
+QUEUE = "jobs--Work--normal"
+
+
+def _stream(r: redis.Redis, keys: Keys) -> list[Event]:
+    return [Event.decode(i, f) for i, f in r.xrange(keys.events)]
+
+
+class _Setup:
+    def __init__(self, url: str, keys: Keys):
+        self.client = redis_client(url)
+        self.sink = StreamSink(self.client, keys.events, keys=keys)
+        self.emitter = Emitter(self.sink, worker="w1")
+        self.broker = IIIBroker(client=self.client, keys=keys, emitter=self.emitter)
+        self.broker.declare_queue(QUEUE)
+        self.consumer: Any = None
+
+    def fetch(self, n: int) -> list[Any]:
+        """Enqueue ``n`` messages and fetch them into this worker's in-flight set, each with its started event."""
+        import dramatiq
+        from dramatiq.message import Message
+
+        for i in range(n):
+            self.broker.enqueue(Message(queue_name=QUEUE, actor_name="work", args=(i,), kwargs={}, options={"topic": "jobs"}))
+        self.consumer = self.broker.consume(QUEUE, prefetch=n, timeout=100)
+        got: list[Any] = []
+        deadline = time.monotonic() + 10
+        while len(got) < n and time.monotonic() < deadline:
+            m = next(self.consumer)
+            if m is not None:
+                got.append(m)
+        assert len(got) == n
+        for m in got:
+            where = {"message_id": m.message_id, "topic": "jobs", "step": "Work", "queue": "jobs", "attempt": 1}
+            self.emitter.emit("message.started", **where)
+            m.iii_seq = self.emitter.seq
+            m.iii_event = self.emitter.make("message.processed", duration_ms=1.0, **where)
+        assert dramatiq  # the broker's message proxies come from Dramatiq
+        return got
+
+    def ack_all(self, messages: list[Any]) -> dict[str, BaseException | None]:
+        """Ack every message from its own thread, all released at once."""
+        gate = threading.Barrier(len(messages))
+        out: dict[str, BaseException | None] = {}
+
+        def one(m: Any) -> None:
+            gate.wait()
+            try:
+                self.consumer.ack(m)
+                out[m.message_id] = None
+            except BaseException as exc:
+                out[m.message_id] = exc
+
+        threads = [threading.Thread(target=one, args=(m,)) for m in messages]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        return out
+
+    def in_flight(self, r: redis.Redis) -> set[str]:
+        return {v.decode() for v in r.smembers(f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{QUEUE}")}
+
+    def close(self) -> None:
+        self.sink.close()
+        self.broker.close()
+        self.client.close()
+
+
+@pytest.fixture
+def setup(redis_url, keys):
+    made: list[_Setup] = []
+
+    def make(url: str = redis_url) -> _Setup:
+        s = _Setup(url, keys)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def _slowed(broker: IIIBroker, seconds: float) -> None:
+    """Make each group's call take ``seconds`` longer, so acks gather behind it."""
+    commit = broker.acks._commit
+
+    def slow(acks: list[Any]) -> list[int]:
+        time.sleep(seconds)
+        return commit(acks)
+
+    broker.acks._commit = slow
+
+
+def _check_once(r: redis.Redis, keys: Keys, settled: set[str]) -> None:
+    """Each message in ``settled`` has one processed event, after its started; no other message has any."""
+    stream = _stream(r, keys)
+    processed = Counter(e.message_id for e in stream if e.type == "message.processed")
+    assert set(processed) == settled
+    assert all(n == 1 for n in processed.values()), processed
+    position = {(e.type, e.message_id): i for i, e in enumerate(stream)}
+    for mid in settled:
+        assert position[("message.started", mid)] < position[("message.processed", mid)]
+
+
+def test_concurrent_acks_go_out_together_and_each_writes_one_processed(setup, r, keys):
+    s = setup()
+    messages = s.fetch(48)
+    _slowed(s.broker, 0.02)
+    errors = s.ack_all(messages)
+    assert errors == {m.message_id: None for m in messages}
+    assert s.broker.acks.acks == 48
+    assert s.broker.acks.calls < 48, "acks that arrived while a call was on the wire were not grouped"
+    assert s.in_flight(r) == set()
+    assert r.hlen(f"{s.broker.namespace}:{QUEUE}.msgs") == 0
+    s.sink.flush()
+    _check_once(r, keys, {m.message_id for m in messages})
+    counts, _ = metrics.read(r, keys)
+    assert counts[("message.processed", "jobs", "Work")] == 48
+
+
+def test_a_settle_refused_in_a_group_writes_nothing_for_that_message(setup, r, keys):
+    s = setup()
+    messages = s.fetch(12)
+    swept = messages[:3]
+    # Swept to another worker: no longer in this worker's in-flight set.
+    ack_key = f"{s.broker.namespace}:__acks__.{s.broker.broker_id}.{QUEUE}"
+    for m in swept:
+        r.srem(ack_key, m.options["redis_message_id"])
+    _slowed(s.broker, 0.02)
+    results: dict[str, int] = {}
+    commit = s.broker.acks._commit
+
+    def record(acks: list[Any]) -> list[int]:
+        out = commit(acks)
+        results.update(zip((a.mid for a in acks), out))
+        return out
+
+    s.broker.acks._commit = record
+    errors = s.ack_all(messages)
+    assert set(errors.values()) == {None}
+    assert {mid for mid, ok in results.items() if not ok} == {m.message_id for m in swept}
+    # The refused ones' bodies stay for the worker that holds them now.
+    assert all(r.hexists(f"{s.broker.namespace}:{QUEUE}.msgs", m.options["redis_message_id"]) for m in swept)
+    s.sink.flush()
+    _check_once(r, keys, {m.message_id for m in messages[3:]})
+
+
+def test_a_connection_lost_mid_group_leaves_each_message_settled_once_or_in_flight(setup, redis_server, r, keys):
+    proxy = TcpProxy("127.0.0.1", redis_server.port)
+    try:
+        s = setup(proxy.url)
+        messages = s.fetch(24)
+        s.sink.flush()
+        cut = threading.Event()
+
+        commit = s.broker.acks._commit
+
+        def cutting(acks: list[Any]) -> list[int]:
+            if not cut.is_set() and len(acks) > 1:
+                cut.set()
+                # The link drops while this group's call is on the wire (or just before it).
+                threading.Timer(0.001, proxy.cut, args=[1.0]).start()
+            time.sleep(0.01)
+            return commit(acks)
+
+        s.broker.acks._commit = cutting
+        errors = s.ack_all(messages)
+        failed = [m for m in messages if errors[m.message_id] is not None]
+        assert failed, "the cut hit no ack"
+        assert all(isinstance(errors[m.message_id], ConnectionClosed) for m in failed)
+        # Right after: each message settled (gone from the in-flight set, one processed)
+        # or still in flight (no processed); never in between.
+        holding = s.in_flight(r)
+        rids = {m.options["redis_message_id"]: m.message_id for m in messages}
+        wait_for(lambda: s.sink.flush(0.5), timeout=10, what="the sink to write again")
+        stream = _stream(r, keys)
+        processed = Counter(e.message_id for e in stream if e.type == "message.processed")
+        for rid, mid in rids.items():
+            assert processed[mid] == (0 if rid in holding else 1), (mid, rid in holding, processed[mid])
+        # Dramatiq retries every failed ack once its connection is back (the sink may have had nothing to write,
+        # so its flush says nothing of the link): each settles, and one that had applied writes nothing twice.
+        wait_for(lambda: ping(proxy.url), timeout=10, what="the link to Redis back")
+        for m in failed:
+            s.consumer.ack(m)
+        assert s.in_flight(r) == set()
+        s.sink.flush()
+        _check_once(r, keys, {m.message_id for m in messages})
+    finally:
+        proxy.close()
+
+
+def test_an_idle_ack_goes_out_at_once_alone(setup, r, keys):
+    s = setup()
+    (m,) = s.fetch(1)
+    t0 = time.monotonic()
+    s.consumer.ack(m)
+    assert time.monotonic() - t0 < 1.0
+    assert (s.broker.acks.calls, s.broker.acks.acks) == (1, 1)
+    s.sink.flush()
+    _check_once(r, keys, {m.message_id})
+
+
+def test_a_group_redis_refuses_for_one_queue_settles_the_others(setup, r, keys):
+    """A key of the wrong type fails the whole script: the group is retried one ack at a time."""
+    s = setup()
+    messages = s.fetch(6)
+    # One message's fan-in group key holds a string: its settle is refused, the rest go through.
+    bad = messages[0]
+    gkey = Keys().group(str(uuid.uuid4()))
+    r.set(gkey, "not a hash")
+    s.broker.group_args = lambda m: [gkey if m is bad else "", m.message_id or ""]  # type: ignore[method-assign]
+    _slowed(s.broker, 0.02)
+    errors = s.ack_all(messages)
+    assert isinstance(errors[bad.message_id], ConnectionClosed)
+    assert all(errors[m.message_id] is None for m in messages[1:])
+    assert s.in_flight(r) == {bad.options["redis_message_id"]}
+    s.sink.flush()
+    _check_once(r, keys, {m.message_id for m in messages[1:]})

@@ -1,0 +1,1 @@
+"""Unit tests: no Redis, no process started (pure functions, parsing, config, models)."""
