@@ -308,19 +308,6 @@ def test_schema_refs_never_fetch_urls_and_local_files_resolve(tmp_path):
     assert schema.validate(3) == 3
 
 
-def test_glob_characters_in_state_names_are_stored_literally(r, keys):
-    """What held up: given groups and keys with *, ? and [...] in them, when read back, then each name means itself and matches no other."""
-    from iii_console.core.state import StateStore
-
-    store = StateStore(r, keys, trace_id="t", step="test")
-    store.set("a*", "k?", {"v": 1})
-    store.set("ab", "kk", {"v": 2})
-    store.set("[ab]", "*", {"v": 3})
-    assert sorted(store.groups()) == sorted(["a*", "ab", "[ab]"])
-    assert store.list("a*") == {"k?": {"v": 1}} and store.list("[ab]") == {"*": {"v": 3}}
-    assert store.get("a*", "kk") is None and store.get("[ab]", "x") is None and store.get("a*", "k?") == {"v": 1}
-
-
 def _encode_data_through_json(data: object) -> str:
     """What ``encode_data`` wrote before plain data went to msgspec: redacted, then ``json``."""
     try:
