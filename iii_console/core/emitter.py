@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib import resources
@@ -125,6 +126,7 @@ class StreamSink:
         self._script_keys = [key, *metric_keys]
         #: Stream and counter keys handed to transition scripts ("" for no counters).
         self._event_keys = [key, *(metric_keys if keys else ("", ""))]
+        self._writer: ThreadPoolExecutor | None = None
         self._thread = threading.Thread(target=self._run, name="iii-event-sink", daemon=True)
         self._thread.start()
 
@@ -265,12 +267,16 @@ class StreamSink:
         through = self.seq if through is None else through
         if self._written < through:
             with self._flush_lock:
-                while self._written < through and self._buf:
-                    batch = self._take()
-                    if batch[-1][0] >= through or not self._buf:
-                        return self._settle(run, build, settled, batch)
-                    if not self._write_batch(batch):
-                        raise redis.ConnectionError("event sink: Redis unavailable")
+                self._busy = True  # a batch out of the buffer: flush() and close() wait for it
+                try:
+                    while self._written < through and self._buf:
+                        batch = self._take()
+                        if batch[-1][0] >= through or not self._buf:
+                            return self._settle(run, build, settled, batch)
+                        if not self._write_batch(batch):
+                            raise redis.ConnectionError("event sink: Redis unavailable")
+                finally:
+                    self._busy = False
         # Everything it had to follow is on the stream (or was dropped): no lock needed.
         return self._settle(run, build, settled, [])
 
@@ -313,9 +319,27 @@ class StreamSink:
         if self._written >= through:
             return
         with self._flush_lock:
-            while self._written < through and self._buf:
-                if not self._write_batch(self._take()):
-                    raise redis.ConnectionError("event sink: Redis unavailable")
+            self._busy = True  # a batch out of the buffer: flush() and close() wait for it
+            try:
+                while self._written < through and self._buf:
+                    if not self._write_batch(self._take()):
+                        raise redis.ConnectionError("event sink: Redis unavailable")
+            finally:
+                self._busy = False
+
+    def writer(self) -> ThreadPoolExecutor:
+        """The one thread that runs :meth:`write_through` for event loops (made on first use).
+
+        One is enough (the writes take the flush lock in turn), and it is not a loop's default
+        executor: a Redis outage parks it without starving the loop's other thread work.
+        """
+        pool = self._writer
+        if pool is None:
+            with self._put_lock:
+                pool = self._writer
+                if pool is None:
+                    pool = self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iii-event-writer")
+        return pool
 
     def _observe(self, settle: Sequence[Event]) -> None:
         """Hand the processing times of settle events just written to the next batch's histograms."""
@@ -400,6 +424,8 @@ class StreamSink:
             self._stop = True
             self._cond.notify()
         self._thread.join(timeout)
+        if self._writer is not None:
+            self._writer.shutdown(wait=False)
 
 
 class Held:
@@ -617,16 +643,17 @@ class Emitter:
 
         The asynchronous twin of :meth:`transition`'s ordering: an ``async def`` handler's
         state write, enqueue or progress report lands after its run's start and log lines.
-        Costs nothing when they are written already; otherwise a thread writes them (the
-        flusher would have, a few milliseconds later) while the loop runs other tasks.
+        Costs nothing when they are written already; otherwise the sink's writer thread writes
+        them (the flusher would have, a few milliseconds later) while the loop runs other tasks.
+        Inside a hold (an HTTP step's unit of work) it waits for nothing: the held events are
+        the unit's to write, in its own call, and are not taken off the hold under it.
         """
         stream = self.stream
-        if stream is None:
+        if stream is None or self.held() is not None:
             return
-        self._unhold()
         through = _LAST_PUT.get() if through is None else through
         if stream.written < through:
-            await asyncio.to_thread(stream.write_through, through)
+            await asyncio.get_running_loop().run_in_executor(stream.writer(), stream.write_through, through)
 
     def follow(self, seq: int) -> None:
         """This context's next transitions also wait for the events put up to ``seq`` (another

@@ -317,6 +317,7 @@ def handler(data, ctx):
     ctx.logger.info("between", k=k)
     ctx.state.update("ordered", k, [{"type": "increment", "path": "n"}])
     ctx.enqueue("ordered.next", {"k": k})
+    ctx.state.update("ordered", k, [{"type": "increment", "path": "n"}])
     ctx.logger.info("after", k=k)
 """
 
@@ -332,6 +333,7 @@ async def handler(data, ctx):
     await asyncio.sleep(0)
     await ctx.state.update("ordered", k, [{"type": "increment", "path": "n"}])
     await ctx.enqueue("ordered.next", {"k": k})
+    await ctx.state.update("ordered", k, [{"type": "increment", "path": "n"}])
     ctx.logger.info("after", k=k)
 """
 
@@ -348,14 +350,16 @@ def _sid(e: Event) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-@pytest.mark.parametrize("kind", ["def", "async def"])
+@pytest.mark.parametrize(
+    ("kind", "broker"), [("def", "redis"), ("async def", "redis"), ("async def", "rabbitmq")], indirect=["broker"]
+)
 def test_a_runs_own_events_precede_the_state_changes_and_enqueues_it_writes_for_every_message(
-    kind, tmp_path, redis_url, r, keys, producer
+    kind, broker, tmp_path, redis_url, r, keys, producer
 ):
-    """Given a queue step that logs, sets a key, logs, updates it and enqueues, on a worker of 8 threads,
-    when 150 messages run, then for every message the stream holds its events in the order the handler
+    """Given a queue step that logs, sets a key, logs, updates it, enqueues and updates it again, on a worker of
+    8 threads, when 150 messages run, then for every message the stream holds its events in the order the handler
     made them: message.started, the first log line, state.changed, the second, state.changed, the enqueue's
-    message.enqueued, the last log line and message.processed. A state write carries what its thread still buffered
+    message.enqueued, state.changed, the last log line and message.processed. A state write carries what its thread still buffered
     (before, the buffered start and log lines could land after the write's state.changed); an ``async def``
     handler's writes, on the worker's event loop, first wait (without blocking the loop) until what its
     task put is on the stream, and its settle follows its log lines (before, neither held for it)."""
@@ -363,7 +367,7 @@ def test_a_runs_own_events_precede_the_state_changes_and_enqueues_it_writes_for_
 
     step = ORDERED if kind == "def" else ORDERED_ASYNC
     cfg = make_project(
-        tmp_path, {"ordered_step.py": step, "next_step.py": ORDERED_NEXT}, "server:\n  port: 0\n", redis_url=redis_url
+        tmp_path, {"ordered_step.py": step, "next_step.py": ORDERED_NEXT}, "server:\n  port: 0\n" + broker, redis_url=redis_url
     )
     run = start_cli(tmp_path, "--no-ui", "--role", "worker", "--threads", "8")
     try:
@@ -390,9 +394,10 @@ def test_a_runs_own_events_precede_the_state_changes_and_enqueues_it_writes_for_
             ("state.changed", None),
             ("log", "between"),
             ("state.changed", None),
+            ("state.changed", None),
             ("log", "after"),
             ("message.processed", None),
         ], (trace, shape)
-        # The enqueue's event sits between the second state change and the settle.
+        # The enqueue's event sits between the second state change and the third.
         [nxt] = runs[f"next:{trace}"]
-        assert _sid(runs[mid][4]) < _sid(nxt) < _sid(runs[mid][6]), (trace, [e.id for e in runs[mid]], nxt.id)
+        assert _sid(runs[mid][4]) < _sid(nxt) < _sid(runs[mid][5]), (trace, [e.id for e in runs[mid]], nxt.id)

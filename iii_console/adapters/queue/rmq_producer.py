@@ -201,7 +201,15 @@ class AsyncRabbitProducer:
         self.sync = sync
 
     async def enqueue(self, topic: str, data: Any, **kwargs: Any) -> list[str]:
-        got = await asyncio.to_thread(lambda: self.sync.enqueue(topic, data, **kwargs))
+        emitter = self.sync.emitter
+
+        def publish() -> tuple[list[str] | None, int]:
+            # In a copy of the task's context: the events it puts (``message.enqueued``) are the
+            # task's too, so its next write waits for them (``Emitter.follow``).
+            return self.sync.enqueue(topic, data, **kwargs), emitter.last_put
+
+        got, seq = await asyncio.to_thread(publish)
+        emitter.follow(seq)
         return got or []
 
     async def enqueue_group(self, *args: Any, **kwargs: Any) -> str:
