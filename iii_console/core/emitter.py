@@ -13,7 +13,6 @@ one ordering rule (a settle takes its message's buffered events along).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
@@ -21,7 +20,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib import resources
@@ -126,7 +124,6 @@ class StreamSink:
         self._script_keys = [key, *metric_keys]
         #: Stream and counter keys handed to transition scripts ("" for no counters).
         self._event_keys = [key, *(metric_keys if keys else ("", ""))]
-        self._writer: ThreadPoolExecutor | None = None
         self._thread = threading.Thread(target=self._run, name="iii-event-sink", daemon=True)
         self._thread.start()
 
@@ -304,43 +301,6 @@ class StreamSink:
         self._observe(settled)
         return result
 
-    @property
-    def written(self) -> int:
-        """Every event whose sequence number is at most this is on the stream (or was dropped)."""
-        return self._written
-
-    def write_through(self, through: int) -> None:
-        """Block until every event put up to ``through`` is on the stream, writing it from this thread if need be.
-
-        For a script called on an event loop (which must not block on the buffer): the loop
-        hands this to a thread, then makes its call. Raises ``redis.ConnectionError`` when
-        Redis is unavailable (the events stay buffered, in order).
-        """
-        if self._written >= through:
-            return
-        with self._flush_lock:
-            self._busy = True  # a batch out of the buffer: flush() and close() wait for it
-            try:
-                while self._written < through and self._buf:
-                    if not self._write_batch(self._take()):
-                        raise redis.ConnectionError("event sink: Redis unavailable")
-            finally:
-                self._busy = False
-
-    def writer(self) -> ThreadPoolExecutor:
-        """The one thread that runs :meth:`write_through` for event loops (made on first use).
-
-        One is enough (the writes take the flush lock in turn), and it is not a loop's default
-        executor: a Redis outage parks it without starving the loop's other thread work.
-        """
-        pool = self._writer
-        if pool is None:
-            with self._put_lock:
-                pool = self._writer
-                if pool is None:
-                    pool = self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iii-event-writer")
-        return pool
-
     def _observe(self, settle: Sequence[Event]) -> None:
         """Hand the processing times of settle events just written to the next batch's histograms."""
         timed = [ev for ev in settle if ev.duration_ms is not None]
@@ -424,8 +384,6 @@ class StreamSink:
             self._stop = True
             self._cond.notify()
         self._thread.join(timeout)
-        if self._writer is not None:
-            self._writer.shutdown(wait=False)
 
 
 class Held:
@@ -636,24 +594,6 @@ class Emitter:
         self._unhold()
         # Default: every event put so far (the group's leader writes for other threads' runs).
         return self.stream.transition_many(run, [[e for e in s if e is not None] for s in settles], through=through)
-
-    async def flush_own(self, through: int | None = None) -> None:
-        """On an event loop, before a script that writes events: wait, without blocking the loop,
-        until the events this task put (``through``, default :attr:`last_put`) are on the stream.
-
-        The asynchronous twin of :meth:`transition`'s ordering: an ``async def`` handler's
-        state write, enqueue or progress report lands after its run's start and log lines.
-        Costs nothing when they are written already; otherwise the sink's writer thread writes
-        them (the flusher would have, a few milliseconds later) while the loop runs other tasks.
-        Inside a hold (an HTTP step's unit of work) it waits for nothing: the held events are
-        the unit's to write, in its own call, and are not taken off the hold under it.
-        """
-        stream = self.stream
-        if stream is None or self.held() is not None:
-            return
-        through = _LAST_PUT.get() if through is None else through
-        if stream.written < through:
-            await asyncio.get_running_loop().run_in_executor(stream.writer(), stream.write_through, through)
 
     def follow(self, seq: int) -> None:
         """This context's next transitions also wait for the events put up to ``seq`` (another

@@ -77,6 +77,7 @@ class AsyncProgressStore(_Base):
         self, done: Any, total: Any, note: Any = None, *, trace_id: str, step: str, message_id: str | None = None
     ) -> None:
         args, event = self._shape(done, total, note, trace_id=trace_id, step=step, message_id=message_id)
-        await self.emitter.flush_own()  # after the events this task put (the run's start, its log lines)
+        # On a loop the script does not wait for the event buffer (see docs/guarantees.md): events this
+        # task put before it (the run's start, its log lines) may land after it.
         stream = self.emitter.stream
         await self._script(args=[*args, stream.payload((), [event]) if stream is not None else ""])

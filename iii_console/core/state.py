@@ -219,9 +219,9 @@ class _Base:
         emitter: Any = None,
     ):
         self.keys = keys
-        #: The process's emitter: a write carries the events its thread put before it, as an
-        #: enqueue does (``Emitter.transition``; the async store waits for them, ``Emitter.flush_own``),
-        #: so a run's start and log lines precede its ``state.changed`` on the stream.
+        #: The process's emitter (sync store): a write carries the events its thread put before it,
+        #: as an enqueue does (``Emitter.transition``), so a run's start and log lines precede its
+        #: ``state.changed`` on the stream.
         self.emitter = emitter
         self.trace_id = trace_id
         self.step = step
@@ -430,8 +430,6 @@ class AsyncStateStore(_Base):
                     reply = None
                 elif step.name == "cas":
                     keys, args = step.args
-                    if self.emitter is not None:  # after the run's start and log lines, as the sync store does
-                        await self.emitter.flush_own()
                     wait = replication.current()
                     if wait.on:  # the WAIT must follow the write on its connection: not through the autopipe
                         reply = await wait.ascript(

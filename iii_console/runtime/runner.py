@@ -105,7 +105,6 @@ class AsyncSide:
             events_maxlen=cfg.events.maxlen,
             worker=services.name,
             autopipe=self.autopipe,
-            emitter=services.emitter,
         )
         self.producer = make_async_producer(services, subscriptions, self.client, self.autopipe)
         self.progress = AsyncProgressStore(self.client, services.keys, services.emitter)

@@ -392,7 +392,9 @@ class AsyncProducer(_Builder):
         prep = self.prepare(topic, data, **kw)
         if prep.args is None:
             return prep.ids
-        await self.emitter.flush_own()  # after the events this task put (a run's start and log lines)
+        # On a loop the script does not wait for the event buffer (see docs/guarantees.md): outside a
+        # unit of work (which writes its request's held-back events first), events this task put
+        # before it may land after its ``message.enqueued``.
         n = await (
             self._once(prep.args, f"the dedup key of an enqueue to {topic}") if prep.once else self._enqueue(args=prep.args)
         )
@@ -442,7 +444,6 @@ class AsyncProducer(_Builder):
 
     async def enqueue_group(self, topic: str, items: Any, **kw: Any) -> str:
         gid, args = self.prepare_group(topic, items, **kw)
-        await self.emitter.flush_own()
         await self._once(args, f"the once-key of fan-in group {gid}")
         return gid
 
