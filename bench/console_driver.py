@@ -132,7 +132,7 @@ async def _trace_memory(out: Path, feed_s: float) -> None:
     import gc
     import tracemalloc
 
-    tracemalloc.start(4)
+    tracemalloc.start(int(os.environ.get("III_BENCH_TRACEMALLOC_FRAMES") or 4))
     await asyncio.sleep(feed_s / 3)
     gc.collect()
     first, kinds0, rss0 = tracemalloc.take_snapshot(), dict(_kinds()), _rss_mb()

@@ -355,3 +355,30 @@ async def test_table_highlights_the_row_under_the_mouse_until_a_key_moves_the_cu
         assert bg(4) != plain and bg(4) != bg(1), "hovered: neither a plain nor the cursor row"
         await pilot.press("down")
         assert table.hover_row is None and bg(4) == plain
+
+
+async def test_the_styles_caches_of_removed_widgets_are_freed() -> None:
+    """Textual's ``StylesCache.get_inner_outer`` (an ``lru_cache`` on an instance method) kept the styles cache
+    of every widget that drew, with the strips it held, for 1,024 more keys: the footer's keys, made again at
+    every rebuild, piled up that way. Given 20 footer rebuilds, then no styles cache outlives its widget."""
+    import gc
+    import weakref
+
+    from textual._styles_cache import StylesCache
+    from textual.widgets import Input
+
+    gc.collect()
+    earlier = weakref.WeakSet(o for o in gc.get_objects() if isinstance(o, StylesCache))
+    app = WithFooter()
+    async with app.run_test(size=(80, 20)) as pilot:
+        await pilot.pause()
+        for _ in range(20):
+            app.query_one(Input).focus()
+            await pilot.pause()
+            app.query_one(LineLog).focus()
+            await pilot.pause()
+        await pilot.pause(0.3)
+        gc.collect()
+        live = {id(w._styles_cache) for w in [app.screen, *app.screen.walk_children()]}
+        stray = [o for o in gc.get_objects() if isinstance(o, StylesCache) and o not in earlier and id(o) not in live]
+        assert len(stray) <= 2, len(stray)
