@@ -32,6 +32,22 @@ if TYPE_CHECKING:  # the console's modules load Textual: only the console tests 
 #: This folder (``tests/``: the shared helpers, ``clockshim/``, ``motia_steps/``) and the repository's root,
 #: wherever under ``tests/`` the module using them lives (``unit/``, ``redis/``, ``processes/``, ``tui/``).
 TESTS = Path(__file__).resolve().parent
+#: An event with every field set (for encode/decode round trips).
+FULL_EVENT = Event(
+    type="message.failed",
+    ts=1_700_000_000_123,
+    trace_id="t-1",
+    message_id="m-1",
+    step="Process",
+    topic="message.sent",
+    queue="message.sent--Process--normal",
+    attempt=3,
+    worker="host:42",
+    duration_ms=12.5,
+    error="ValueError: nope",
+    data={"text": "hi", "n": [1, 2, {"deep": None}]},
+)
+
 ROOT = TESTS.parent
 
 

@@ -14,22 +14,7 @@ from iii_console.core.errors import DecodeError
 from iii_console.core.events import REDACTED, Event
 from iii_console.core.redis_server import RedisServer, free_port
 
-from ..helpers import redis_binaries
-
-FULL = Event(
-    type="message.failed",
-    ts=1_700_000_000_123,
-    trace_id="t-1",
-    message_id="m-1",
-    step="Process",
-    topic="message.sent",
-    queue="message.sent--Process--normal",
-    attempt=3,
-    worker="host:42",
-    duration_ms=12.5,
-    error="ValueError: nope",
-    data={"text": "hi", "n": [1, 2, {"deep": None}]},
-)
+from ..helpers import FULL_EVENT, redis_binaries
 
 
 def stream(r: redis.Redis, key: str) -> list[Event]:
@@ -229,7 +214,7 @@ def test_a_json_line_read_off_the_entry_holds_what_the_decoded_events_line_holds
     key = "iii:test:lines"
     r.delete(key)
     entries: list[dict[str, str]] = [
-        FULL.encode(),
+        FULL_EVENT.encode(),
         Event(type="log", ts=5, data={"level": "info", "message": "héllo ✓ \u0001", "k": [1.5, -2, True]}).encode(),
         Event(type="worker.started", ts=7, trace_id="t", worker="w").encode(),
         {"type": "message.processed", "ts": "9", "duration_ms": "0.001", "attempt": "1", "data": "{}"},

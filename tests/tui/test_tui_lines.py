@@ -293,12 +293,23 @@ class WithFooter(App[None]):
         yield KeysFooter()
 
 
+async def _rebuild_footer(app: WithFooter, pilot: Any, times: int) -> None:
+    """Move the focus back and forth: the keys shown change with it, so the footer rebuilds each time."""
+    from textual.widgets import Input
+
+    for _ in range(times):
+        app.query_one(Input).focus()
+        await pilot.pause()
+        app.query_one(LineLog).focus()
+        await pilot.pause()
+    await pilot.pause(0.3)
+
+
 async def test_footer_rebuilds_do_not_keep_their_old_keys_alive() -> None:
     """Textual keeps every FooterKey a footer ever composed (a data binding never dropped)."""
     import gc
     import weakref
 
-    from textual.widgets import Input
     from textual.widgets._footer import FooterKey
 
     # Keys left alive by earlier tests in this process are not this footer's.
@@ -307,12 +318,7 @@ async def test_footer_rebuilds_do_not_keep_their_old_keys_alive() -> None:
     app = WithFooter()
     async with app.run_test(size=(80, 20)) as pilot:
         await pilot.pause()
-        for _ in range(20):  # the keys shown change with the focus: the footer rebuilds each time
-            app.query_one(Input).focus()
-            await pilot.pause()
-            app.query_one(LineLog).focus()
-            await pilot.pause()
-        await pilot.pause(0.3)
+        await _rebuild_footer(app, pilot, 20)
         gc.collect()
         alive = sum(1 for o in gc.get_objects() if isinstance(o, FooterKey) and o not in earlier)
         assert alive <= 2 * len(app.query(FooterKey)), alive
@@ -365,19 +371,13 @@ async def test_the_styles_caches_of_removed_widgets_are_freed() -> None:
     import weakref
 
     from textual._styles_cache import StylesCache
-    from textual.widgets import Input
 
     gc.collect()
     earlier = weakref.WeakSet(o for o in gc.get_objects() if isinstance(o, StylesCache))
     app = WithFooter()
     async with app.run_test(size=(80, 20)) as pilot:
         await pilot.pause()
-        for _ in range(20):
-            app.query_one(Input).focus()
-            await pilot.pause()
-            app.query_one(LineLog).focus()
-            await pilot.pause()
-        await pilot.pause(0.3)
+        await _rebuild_footer(app, pilot, 20)
         gc.collect()
         live = {id(w._styles_cache) for w in [app.screen, *app.screen.walk_children()]}
         stray = [o for o in gc.get_objects() if isinstance(o, StylesCache) and o not in earlier and id(o) not in live]

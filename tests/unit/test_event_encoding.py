@@ -12,34 +12,20 @@ from iii_console.core.emitter import Emitter
 from iii_console.core.errors import DecodeError
 from iii_console.core.events import DATA_MAX_BYTES, REDACTED, Event, encode_data, redact
 
-FULL = Event(
-    type="message.failed",
-    ts=1_700_000_000_123,
-    trace_id="t-1",
-    message_id="m-1",
-    step="Process",
-    topic="message.sent",
-    queue="message.sent--Process--normal",
-    attempt=3,
-    worker="host:42",
-    duration_ms=12.5,
-    error="ValueError: nope",
-    data={"text": "hi", "n": [1, 2, {"deep": None}]},
-)
-
+from ..helpers import FULL_EVENT
 
 # --- the record -------------------------------------------------------------------------------
 
 
 def test_every_field_survives_encode_and_decode():
     """Given an event with every field set, when encoded and decoded, then it is the same event with the entry id filled in."""
-    assert Event.decode("5-0", FULL.encode()) == dataclasses.replace(FULL, id="5-0")
+    assert Event.decode("5-0", FULL_EVENT.encode()) == dataclasses.replace(FULL_EVENT, id="5-0")
 
 
 def test_decode_accepts_bytes_as_redis_returns_them():
     """Given the encoded fields and entry id as bytes, when decoded, then the event is the same as from str."""
-    raw = {k.encode(): v.encode() for k, v in FULL.encode().items()}
-    assert Event.decode(b"5-0", raw) == Event.decode("5-0", FULL.encode())
+    raw = {k.encode(): v.encode() for k, v in FULL_EVENT.encode().items()}
+    assert Event.decode(b"5-0", raw) == Event.decode("5-0", FULL_EVENT.encode())
 
 
 def test_none_and_empty_fields_are_omitted():
