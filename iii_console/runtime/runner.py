@@ -100,11 +100,7 @@ class AsyncSide:
         #: A handler run's writes in one call (``runtime/uow.py``); only where enqueues are Redis scripts.
         self.uow_script = self._uow_script() if cfg.broker == "redis" else None
         self.state = AsyncStateStore(
-            self.client,
-            services.keys,
-            events_maxlen=cfg.events.maxlen,
-            worker=services.name,
-            autopipe=self.autopipe,
+            self.client, services.keys, events_maxlen=cfg.events.maxlen, worker=services.name, autopipe=self.autopipe
         )
         self.producer = make_async_producer(services, subscriptions, self.client, self.autopipe)
         self.progress = AsyncProgressStore(self.client, services.keys, services.emitter)
@@ -287,9 +283,9 @@ class StepRunner:
         if is_async(handler):
             assert self.loop_thread is not None
             actx = self.async_context(step, **ctx_kw)
-            # The task on the loop thread runs with this thread's context variables (its span, and
-            # the events it put: the run's start, which the handler's writes must follow), and hands
-            # back the last event it put, which the run's settle must follow (its log lines).
+            # The task on the loop thread runs with this thread's context variables (its span, the
+            # last event it put), and hands back the last event it put: the run's settle, made by
+            # this thread, must follow it (the handler's log lines, its enqueues' events).
             emitter = self.services.emitter
             seen: list[int] = []
             try:

@@ -205,7 +205,7 @@ class AsyncRabbitProducer:
 
         def publish() -> tuple[list[str] | None, int]:
             # In a copy of the task's context: the events it puts (``message.enqueued``) are the
-            # task's too, so its next write waits for them (``Emitter.follow``).
+            # task's too, so the run's settle follows them (``Emitter.follow``).
             return self.sync.enqueue(topic, data, **kwargs), emitter.last_put
 
         got, seq = await asyncio.to_thread(publish)
