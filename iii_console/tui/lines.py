@@ -98,52 +98,6 @@ def _inner_outer_by_colours() -> None:
 _inner_outer_by_colours()
 
 
-#: The end of Textual 8.2.8's ``Compositor._arrange_root``, where its recursive helper is dropped.
-_ARRANGE_END = "    widgets -= invisible_widgets\n    return map, widgets\n"
-
-
-def _arrange_without_cycle() -> None:
-    """Textual's ``Compositor._arrange_root`` places widgets with a nested function that calls
-    itself, so the function and its closure refer to each other: a cycle that holds the map
-    the arrange built (a ``MapGeometry``, ``Region``, ``Size`` and tuples per widget) after the
-    compositor has replaced it. Each such map waited for a full pass of the cycle collector: at
-    5,000 events/s, about 25,000 objects a minute, three quarters of all the console's cyclic
-    garbage, spread over the arenas among the events that live on and pushing the allocator
-    into new ones. The same function, compiled from Textual's own source with ``del
-    add_widget`` before it returns, empties the closure's cell: the old map is freed when the
-    next one replaces it. Only for the source it was written against (Textual is pinned at
-    8.2.8); any other is left as it is.
-    """
-    import __future__
-    import ast
-    import inspect
-    import textwrap
-
-    from textual import _compositor
-    from textual._compositor import Compositor
-
-    if getattr(Compositor, "_iii_arrange_without_cycle", False):
-        return
-    try:
-        lines, first = inspect.getsourcelines(Compositor._arrange_root)
-    except (OSError, TypeError):
-        return
-    source = textwrap.dedent("".join(lines))
-    if source.count(_ARRANGE_END) != 1 or not source.endswith(_ARRANGE_END):
-        return
-    source = source.replace(_ARRANGE_END, "    widgets -= invisible_widgets\n    del add_widget\n    return map, widgets\n")
-    tree = ast.parse(source)
-    ast.increment_lineno(tree, first - 1)  # tracebacks point at Textual's file and line
-    code = compile(tree, inspect.getfile(Compositor), "exec", flags=__future__.annotations.compiler_flag, dont_inherit=True)
-    namespace: dict[str, Any] = {}
-    exec(code, vars(_compositor), namespace)
-    Compositor._arrange_root = namespace["_arrange_root"]  # type: ignore[method-assign]
-    Compositor._iii_arrange_without_cycle = True  # type: ignore[attr-defined]
-
-
-_arrange_without_cycle()
-
-
 def bounded_put(cache: dict[Any, Any], key: Any, value: Any, cap: int) -> Any:
     """``cache[key] = value``, dropping the oldest entry first when ``cap`` are held; returns ``value``.
 

@@ -214,32 +214,6 @@ async def test_drawn_strips_are_freed_when_dropped_not_left_to_the_cycle_collect
         assert len(cyclic) == 0
 
 
-async def test_a_replaced_layout_is_freed_when_the_next_one_is_made_not_left_to_the_cycle_collector() -> None:
-    """Given a screen laid out again a few times with the collector off, when what that left is
-    collected, then no widget placement (``MapGeometry``) is among it: the maps of earlier
-    layouts went when the next replaced them (Textual's arrange kept each in a cycle)."""
-    from textual.map_geometry import MapGeometry
-
-    app = Host()
-    async with app.run_test(size=(80, 20)) as pilot:
-        log = app.query_one(LineLog)
-        gc.collect()
-        gc.disable()
-        try:
-            for tick in range(10):
-                log.styles.height = 4 + tick % 3  # a new layout: the screen is arranged again
-                await pilot.pause()
-            gc.set_debug(gc.DEBUG_SAVEALL)
-            gc.collect()
-            cyclic = [o for o in gc.garbage if isinstance(o, MapGeometry)]
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
-            gc.collect()
-        assert len(cyclic) == 0
-
-
 async def test_log_renders_only_the_lines_it_shows() -> None:
     app = Host()
     made: list[int] = []
