@@ -56,7 +56,8 @@ local err = iii_checks(checks)
 if err then return err end
 for _, op in ipairs(ops) do
   if op[1] == "e" then
-    err = iii_enqueue(op[3], true)
+    -- op[4]: what the check decoded, so that applying it decodes and checks nothing again
+    err, op[4] = iii_enqueue(op[3], true)
     if err then return err end
   end
 end
@@ -93,7 +94,7 @@ iii_pre(E)
 for _, op in ipairs(ops) do
   local j = op[2]
   if op[1] == "e" then
-    iii_enqueue(op[3], false)
+    iii_enqueue(op[3], false, op[4])
   else
     local hash, field, new, group = ARGV[j], ARGV[j + 1], ARGV[j + 3], ARGV[j + 4]
     local cur = redis.call("HGET", hash, field)

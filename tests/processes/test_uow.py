@@ -244,6 +244,36 @@ def test_a_requests_events_are_on_the_stream_before_the_writes_it_led_to_for_eve
         assert seen[3].data["key"] == key and seen[0].data["body"] == {"key": key}
 
 
+@pytest.mark.parametrize("suffix", [".msgs", ".wake"])
+def test_an_enqueue_whose_queue_key_has_the_wrong_type_fails_the_unit_before_anything_is_written(app, rc, suffix):
+    """Given the queue's message hash (or its wake list) holding a string, when a step that logs, sets a key
+    and enqueues is called, then it answers 500 and nothing of the unit is written: no key, no message, no
+    state.changed or message.enqueued (each key is checked once per call, and every check comes first)."""
+    bad = KEYS.queue("uow.t--Sink--normal") + suffix
+    saved = rc.dump(bad)
+    rc.delete(bad)
+    rc.set(bad, "not a " + suffix)
+    try:
+        before = _queued(rc) if suffix != ".msgs" else None
+        resp = httpx.post(f"{app.url}/ordered", json={"key": f"wrong{suffix}"}, timeout=30)
+        assert resp.status_code == 500, resp.text
+        trace = resp.json()["trace_id"]
+        assert rc.hget(KEYS.state_group("ordered"), f"wrong{suffix}") is None
+        if before is not None:
+            assert _queued(rc) == before
+        assert rc.get(bad) == b"not a " + suffix.encode()
+        wait_for(lambda: "step.error" in [e.type for e in events(rc, KEYS) if e.trace_id == trace], what="its step.error")
+        kinds = [e.type for e in events(rc, KEYS) if e.trace_id == trace]
+        assert "state.changed" not in kinds and "message.enqueued" not in kinds, kinds
+    finally:
+        rc.delete(bad)
+        if saved is not None:
+            rc.restore(bad, 0, saved)
+    resp = httpx.post(f"{app.url}/ordered", json={"key": f"right{suffix}"}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert rc.hget(KEYS.state_group("ordered"), f"right{suffix}") is not None
+
+
 def test_a_handler_that_raises_still_has_its_request_on_the_stream_before_its_error(app, rc):
     """Given the step that raises after its writes, when it is called, then the request's held-back
     http.received is written (the unit's call never ran) and precedes its step.error."""

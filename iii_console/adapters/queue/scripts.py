@@ -43,7 +43,7 @@ def _source(name: str) -> str:
 
 #: ``enqueue.lua`` as a local function ``iii_enqueue(ARGV, check_only)``, for the
 #: enqueue script itself and for a unit of work that makes several enqueues in one call.
-ENQUEUE_FUNCTION = "local function iii_enqueue(ARGV, check_only)\n" + _LUA.joinpath("enqueue.lua").read_text() + "\nend"
+ENQUEUE_FUNCTION = "local function iii_enqueue(ARGV, check_only, checked)\n" + _LUA.joinpath("enqueue.lua").read_text() + "\nend"
 
 SOURCES = {n: _source(n) for n in _NAMES}
 

@@ -13,11 +13,16 @@
 -- every script first checks that each key it will write is absent or of the
 -- type it writes (a key of the wrong type is the one error left once Redis
 -- has accepted the call): a transition then happens whole or not at all.
+-- A key that passed a check is not asked about again in the same call: a script writes
+-- only keys it checked, of the type it checked them for, so the answer cannot change.
+local iii_passed = {}
 local function iii_check(key, want)
+  if iii_passed[key] == want then return nil end
   local t = redis.call("TYPE", key)["ok"]
   if t ~= "none" and t ~= want then
     return redis.error_reply("WRONGTYPE " .. key .. " holds a " .. t .. ", not a " .. want)
   end
+  iii_passed[key] = want
   return nil
 end
 

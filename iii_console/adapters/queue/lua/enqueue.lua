@@ -18,30 +18,38 @@
 -- clock + delay_ms, and the queue is indexed in `__delayed__` by its earliest
 -- due time for promote.lua. Each push also drops a token on the queue's wake
 -- list so idle consumers blocked on it fetch at once instead of polling.
--- The body of `iii_enqueue(ARGV, check_only)` (scripts.py wraps it): with
--- check_only it returns after its checks (nil, or their error) and writes nothing.
+-- The body of `iii_enqueue(ARGV, check_only, checked)` (scripts.py wraps it): with
+-- check_only it returns after its checks (nil, or their error) and writes nothing, and hands
+-- back as a second value what it decoded; given that back as `checked`, it neither decodes
+-- its arguments again nor repeats the checks (nothing the caller wrote in between changed a
+-- checked key's type: a unit of work writes only keys it checked, of the types checked).
 local ns = ARGV[1]
-local E = iii_decode(ARGV[5])
-local delayed = tonumber(ARGV[4]) > 0
-local checks = iii_event_keys(E, delayed and {{ns .. ":__delayed__", "zset"}, {ns .. ":__delayed__.wake", "list"}} or {})
-local X = iii_decode(ARGV[9])
-for i = 10, #ARGV, 3 do
-  local q = ns .. ":" .. ARGV[i]
-  table.insert(checks, {q .. ".msgs", "hash"})
-  if delayed then
-    table.insert(checks, {q .. ".delayed", "zset"})
-  else
-    table.insert(checks, {q, "list"})
-    table.insert(checks, {q .. ".wake", "list"})
+local E, X
+if checked then
+  E, X = checked.E, checked.X
+else
+  E = iii_decode(ARGV[5])
+  local delayed = tonumber(ARGV[4]) > 0
+  local checks = iii_event_keys(E, delayed and {{ns .. ":__delayed__", "zset"}, {ns .. ":__delayed__.wake", "list"}} or {})
+  X = iii_decode(ARGV[9])
+  for i = 10, #ARGV, 3 do
+    local q = ns .. ":" .. ARGV[i]
+    table.insert(checks, {q .. ".msgs", "hash"})
+    if delayed then
+      table.insert(checks, {q .. ".delayed", "zset"})
+    else
+      table.insert(checks, {q, "list"})
+      table.insert(checks, {q .. ".wake", "list"})
+    end
   end
+  if ARGV[6] ~= "" then table.insert(checks, {ARGV[6], "string"}) end
+  if ARGV[2] ~= "" then table.insert(checks, {ARGV[2], "string"}) end
+  if X ~= nil and X.g ~= nil then table.insert(checks, {X.g.key, "hash"}) end
+  local err = iii_checks(checks)
+  if err then return err end
+  -- A unit of work (runtime/uow.py) checks every enqueue of a request before it writes anything.
+  if check_only then return nil, {E = E, X = X} end
 end
-if ARGV[6] ~= "" then table.insert(checks, {ARGV[6], "string"}) end
-if ARGV[2] ~= "" then table.insert(checks, {ARGV[2], "string"}) end
-if X ~= nil and X.g ~= nil then table.insert(checks, {X.g.key, "hash"}) end
-local err = iii_checks(checks)
-if err then return err end
--- A unit of work (runtime/uow.py) checks every enqueue of a request before it writes anything.
-if check_only then return nil end
 iii_pre(E)
 if ARGV[6] ~= "" then
   local last = redis.call("GET", ARGV[6])
