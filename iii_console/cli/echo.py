@@ -24,6 +24,9 @@ from iii_console.core.connection import redis_client
 
 #: How long one read waits for new events; also how long the last, empty read of a stop takes.
 BLOCK_MS = 200
+#: After a read of less than a full batch, how long to let events gather before the next: the
+#: echo of a busy server then costs about a third less CPU, and its lines lag by up to this much.
+GATHER_S = 0.05
 
 
 def main(argv: list[str]) -> int:
@@ -53,7 +56,8 @@ def main(argv: list[str]) -> int:
             render,
             done=stopping.is_set,
             block_ms=BLOCK_MS,
-            render_entry=output.print_json_entry if argv[1] == "json" else None,
+            gather_s=GATHER_S,
+            render_entries=output.print_json_entries if argv[1] == "json" else None,
         )
     finally:
         client.close()

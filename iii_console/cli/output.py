@@ -88,12 +88,13 @@ def flush_stdout() -> None:
 print_json.flush = flush_stdout  # type: ignore[attr-defined]
 
 
-def print_json_entry(entry_id: Any, fields: Any) -> None:
-    """:func:`print_json` of a stream entry as read, without building the event (``format.json_line_of``)."""
+def print_json_entries(entries: Any) -> None:
+    """:func:`print_json` of each stream entry as read, without building the events
+    (``format.json_line_of``), the batch written at once."""
     from iii_console.format import json_line_of
 
     try:
-        _out().write(json_line_of(entry_id, fields) + "\n")
+        _out().write("".join([json_line_of(entry_id, fields) + "\n" for entry_id, fields in entries]))
     except BrokenPipeError:
         _stdout_gone()
 

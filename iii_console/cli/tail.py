@@ -13,6 +13,9 @@ from iii_console.cli.common import common_options, existing_redis, load_project
 from iii_console.core.events import EVENT_TYPES, Event
 from iii_console.core.keys import as_str
 
+#: Entries one read takes at most.
+BATCH = 500
+
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -68,7 +71,7 @@ def tail(
 
     try:
         every = as_json and not types and not trace
-        follow(client, keys.events, last, render_wanted, on_lost=lost, render_entry=output.print_json_entry if every else None)
+        follow(client, keys.events, last, render_wanted, on_lost=lost, render_entries=output.print_json_entries if every else None)
     except KeyboardInterrupt:
         pass
 
@@ -82,21 +85,25 @@ def follow(
     done: Callable[[], bool] = lambda: False,
     on_lost: Callable[[Exception], None] | None = None,
     block_ms: int = 1000,
-    render_entry: Callable[[Any, Any], None] | None = None,
+    render_entries: Callable[[Any], None] | None = None,
+    gather_s: float = 0.0,
 ) -> None:
     """Print the events of ``stream`` after ``last`` as they are written; the reader of ``tail`` and of the echo.
 
     stdout is flushed once per batch read (a write per event would cost a syscall
     each). Returns once our stdout's reader went away, or, after ``done()`` turned
     true, at the first read that finds nothing new: the stream read to its end.
-    A lost Redis is retried (``on_lost`` told) until ``done()``. ``render_entry``, if given,
-    gets each entry as read instead (``output.print_json_entry``: no event built).
+    A lost Redis is retried (``on_lost`` told) until ``done()``. ``render_entries``, if given,
+    gets the entries of each read as read instead (``output.print_json_entries``: no event built).
+    ``gather_s``: after a read that found fewer than a full batch, wait this long before the
+    next, so a steady flow is read and printed in batches rather than a few entries per call
+    (each call and each flush has a cost of its own); the lines then lag by up to that much.
     """
     import redis as _redis
 
     while True:
         try:
-            got: Any = client.xread({stream: last}, count=500, block=block_ms)
+            got: Any = client.xread({stream: last}, count=BATCH, block=block_ms)
         except _redis.RedisError as exc:
             if done():
                 return
@@ -105,14 +112,18 @@ def follow(
             time.sleep(0.5)
             continue
         for _s, entries in got or []:
-            for entry_id, fields in entries:
-                last = as_str(entry_id)
-                if render_entry is not None:
-                    render_entry(entry_id, fields)
-                else:
+            if not entries:
+                continue
+            last = as_str(entries[-1][0])
+            if render_entries is not None:
+                render_entries(entries)
+            else:
+                for entry_id, fields in entries:
                     render(Event.decode(entry_id, fields))
         if got:
             output.flush_stdout()
+            if gather_s and sum(len(entries) for _s, entries in got) < BATCH // 2 and not done():
+                time.sleep(gather_s)
         if output.stdout_closed():
             return  # `tail | head -5` got its lines; nobody is left to print to
         if not got and done():
