@@ -188,7 +188,9 @@ async def _garbage_census(out: Path, feed_s: float, window: float = 60.0) -> Non
     for o in found:
         tb = tracemalloc.get_object_traceback(o)
         if tb is not None:
-            where[f"{type(o).__qualname__} <- " + " <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in reversed(tb))] += 1
+            where[
+                f"{type(o).__qualname__} <- " + " <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in reversed(tb))
+            ] += 1
     tracemalloc.stop()
     lines.append("where the commonest were allocated (innermost frame first):")
     lines += [f"{n:8d} {k}" for k, n in where.most_common(40)]

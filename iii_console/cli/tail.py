@@ -71,7 +71,9 @@ def tail(
 
     try:
         every = as_json and not types and not trace
-        follow(client, keys.events, last, render_wanted, on_lost=lost, render_entries=output.print_json_entries if every else None)
+        follow(
+            client, keys.events, last, render_wanted, on_lost=lost, render_entries=output.print_json_entries if every else None
+        )
     except KeyboardInterrupt:
         pass
 
