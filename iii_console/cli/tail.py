@@ -97,7 +97,7 @@ def follow(
     true, at the first read that finds nothing new: the stream read to its end.
     A lost Redis is retried (``on_lost`` told) until ``done()``. ``render_entries``, if given,
     gets the entries of each read as read instead (``output.print_json_entries``: no event built).
-    ``gather_s``: after a read that found fewer than a full batch, wait this long before the
+    ``gather_s``: after a read that found under half a batch, wait this long before the
     next, so a steady flow is read and printed in batches rather than a few entries per call
     (each call and each flush has a cost of its own); the lines then lag by up to that much.
     """

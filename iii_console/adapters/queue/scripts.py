@@ -41,8 +41,9 @@ def _source(name: str) -> str:
     return with_prelude(*parts) if name in _WITH_PRELUDE else parts[-1].read_text()
 
 
-#: ``enqueue.lua`` as a local function ``iii_enqueue(ARGV, check_only)``, for the
-#: enqueue script itself and for a unit of work that makes several enqueues in one call.
+#: ``enqueue.lua`` as a local function ``iii_enqueue(ARGV, check_only, checked)``, for the
+#: enqueue script itself and for a unit of work that makes several enqueues in one call
+#: (it checks each first, then applies each from what its check decoded).
 ENQUEUE_FUNCTION = "local function iii_enqueue(ARGV, check_only, checked)\n" + _LUA.joinpath("enqueue.lua").read_text() + "\nend"
 
 SOURCES = {n: _source(n) for n in _NAMES}
