@@ -61,8 +61,12 @@ def _unescape(s: bytes) -> bytes:
 def capture(url: str, work: Path) -> list[bytes]:
     """The ARGV of the ``uow.lua`` call one seed request makes."""
     port = free_port()
-    config = {"redis": {"url": url}, "server": {"host": "127.0.0.1", "port": port}, "steps_dir": str(ROOT / "steps")}
-    config["events"] = {"echo": False}
+    config = {
+        "redis": {"url": url},
+        "server": {"host": "127.0.0.1", "port": port},
+        "steps_dir": str(ROOT / "steps"),
+        "events": {"echo": False},
+    }
     (work / "iii-config.yaml").write_text(json.dumps(config))
     log = (work / "server.log").open("w")
     server = subprocess.Popen(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
 import pytest
@@ -305,23 +308,26 @@ async def _rebuild_footer(app: WithFooter, pilot: Any, times: int) -> None:
     await pilot.pause(0.3)
 
 
-async def test_footer_rebuilds_do_not_keep_their_old_keys_alive() -> None:
-    """Textual keeps every FooterKey a footer ever composed (a data binding never dropped)."""
-    import gc
-    import weakref
-
-    from textual.widgets._footer import FooterKey
-
-    # Keys left alive by earlier tests in this process are not this footer's.
+@asynccontextmanager
+async def _footer_rebuilt(kind: type, times: int = 20) -> AsyncIterator[tuple[WithFooter, list[Any]]]:
+    """A footer rebuilt ``times`` times, and the objects of ``kind`` alive after a collection that were
+    not alive before it started (those left by earlier tests in this process are not its own)."""
     gc.collect()
-    earlier = weakref.WeakSet(o for o in gc.get_objects() if isinstance(o, FooterKey))
+    earlier = weakref.WeakSet(o for o in gc.get_objects() if isinstance(o, kind))
     app = WithFooter()
     async with app.run_test(size=(80, 20)) as pilot:
         await pilot.pause()
-        await _rebuild_footer(app, pilot, 20)
+        await _rebuild_footer(app, pilot, times)
         gc.collect()
-        alive = sum(1 for o in gc.get_objects() if isinstance(o, FooterKey) and o not in earlier)
-        assert alive <= 2 * len(app.query(FooterKey)), alive
+        yield app, [o for o in gc.get_objects() if isinstance(o, kind) and o not in earlier]
+
+
+async def test_footer_rebuilds_do_not_keep_their_old_keys_alive() -> None:
+    """Textual keeps every FooterKey a footer ever composed (a data binding never dropped)."""
+    from textual.widgets._footer import FooterKey
+
+    async with _footer_rebuilt(FooterKey) as (app, alive):
+        assert len(alive) <= 2 * len(app.query(FooterKey)), len(alive)
 
 
 async def test_table_narrower_than_its_columns_scrolls_sideways() -> None:
@@ -367,18 +373,9 @@ async def test_the_styles_caches_of_removed_widgets_are_freed() -> None:
     """Textual's ``StylesCache.get_inner_outer`` (an ``lru_cache`` on an instance method) kept the styles cache
     of every widget that drew, with the strips it held, for 1,024 more keys: the footer's keys, made again at
     every rebuild, piled up that way. Given 20 footer rebuilds, then no styles cache outlives its widget."""
-    import gc
-    import weakref
-
     from textual._styles_cache import StylesCache
 
-    gc.collect()
-    earlier = weakref.WeakSet(o for o in gc.get_objects() if isinstance(o, StylesCache))
-    app = WithFooter()
-    async with app.run_test(size=(80, 20)) as pilot:
-        await pilot.pause()
-        await _rebuild_footer(app, pilot, 20)
-        gc.collect()
+    async with _footer_rebuilt(StylesCache) as (app, new):
         live = {id(w._styles_cache) for w in [app.screen, *app.screen.walk_children()]}
-        stray = [o for o in gc.get_objects() if isinstance(o, StylesCache) and o not in earlier and id(o) not in live]
+        stray = [o for o in new if id(o) not in live]
         assert len(stray) <= 2, len(stray)
