@@ -8,7 +8,9 @@ the serving process nothing. Its stdin is a pipe from the supervisor: end of
 file (the supervisor stopping, or dead) means read the stream to its end, then
 exit. SIGINT and SIGTERM are the supervisor's to act on (a terminal's Ctrl+C
 reaches the whole process group): ignored here, so the events of the stop
-itself are still printed.
+itself are still printed. A hang-up (the terminal closed) points its output at
+``/dev/null`` and changes nothing else: the stop it starts ends the echo as any
+stop does.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 from iii_console.cli import output
 from iii_console.cli.tail import follow
 from iii_console.core.connection import redis_client
+from iii_console.runtime import hangup
 
 #: How long one read waits for new events; also how long the last, empty read of a stop takes.
 BLOCK_MS = 200
@@ -32,6 +35,7 @@ GATHER_S = 0.05
 def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    hangup.watch(lambda: None)
     if argv[1:] not in (["json"], ["human"]):
         print(f"usage: {argv[0]} json|human (the supervisor starts this)", file=sys.stderr)
         return 2

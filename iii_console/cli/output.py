@@ -1,11 +1,13 @@
 """Where a command's output goes: event lines on a stdout kept for them alone, and tables.
 
-``run --no-ui`` and ``tail`` print events here; a reader that goes away (``| head``)
-ends the printing quietly instead of with a ``BrokenPipeError``.
+``run --no-ui`` and ``tail`` print events here; a reader that goes away (``| head``), or
+a terminal that hung up, ends the printing quietly instead of with a ``BrokenPipeError``
+or an ``EIO``.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Any
@@ -68,21 +70,30 @@ def _stdout_gone() -> None:
         os.close(devnull)
 
 
+def _gone_or_raise(exc: OSError) -> None:
+    """A write to stdout failed: a reader that went away (``EPIPE``) or a terminal that hung up
+    (``EIO``) means nobody is left to print to, so printing goes quiet; anything else is raised."""
+    if isinstance(exc, BrokenPipeError) or exc.errno == errno.EIO:
+        _stdout_gone()
+    else:
+        raise exc
+
+
 def print_json(ev: Event) -> None:
     """One JSON line; flushed by the caller once per batch read (``flush``), not per event."""
     from iii_console.format import json_line
 
     try:
         _out().write(json_line(ev) + "\n")
-    except BrokenPipeError:
-        _stdout_gone()
+    except OSError as exc:
+        _gone_or_raise(exc)
 
 
 def flush_stdout() -> None:
     try:
         _out().flush()
-    except BrokenPipeError:
-        _stdout_gone()
+    except OSError as exc:
+        _gone_or_raise(exc)
 
 
 print_json.flush = flush_stdout  # type: ignore[attr-defined]
@@ -95,8 +106,8 @@ def print_json_entries(entries: Any) -> None:
 
     try:
         _out().write("".join([json_line_of(entry_id, fields) + "\n" for entry_id, fields in entries]))
-    except BrokenPipeError:
-        _stdout_gone()
+    except OSError as exc:
+        _gone_or_raise(exc)
 
 
 def print_human(ev: Event) -> None:
@@ -105,8 +116,8 @@ def print_human(ev: Event) -> None:
     con = print_human.__dict__.setdefault("console", Console(file=_out(), highlight=False, soft_wrap=True))
     try:
         con.print(Text(line(ev), style=TYPE_STYLE.get(ev.type, "")))
-    except BrokenPipeError:
-        _stdout_gone()
+    except OSError as exc:
+        _gone_or_raise(exc)
 
 
 def stdout_closed() -> bool:

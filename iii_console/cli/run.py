@@ -46,6 +46,7 @@ async def _run_headless(
     import gc
     import logging
 
+    from iii_console.runtime import hangup
     from iii_console.runtime.recycling import RECYCLE_EXIT
     from iii_console.runtime.supervisor import Supervisor
 
@@ -57,6 +58,7 @@ async def _run_headless(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    hangup.watch_loop(loop, stop.set)  # the terminal closed: stop as SIGTERM does (not under nohup)
     await sup.start()
     # What start-up built (modules, the app, the steps, the clients) lives as long as the process: frozen,
     # the cyclic collector's full passes no longer walk it (~30 ms each, about once a second under load).
@@ -104,6 +106,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     import logging
 
     from iii_console.core.files import private_dir, private_file
+    from iii_console.runtime import hangup
     from iii_console.runtime.supervisor import Supervisor
     from iii_console.tui.app import create_app
 
@@ -132,6 +135,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     )
     app.notice = _redis_version(sup.config.redis.url)[1]
     app.stop_runtime = sup.stop
+    hangup.watch_loop(asyncio.get_running_loop(), app.exit)  # the terminal closed: leave, then stop the runtime
     try:
         await app.run_async()
     finally:

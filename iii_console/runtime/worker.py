@@ -42,6 +42,7 @@ from iii_console.core.context import CronTick, StateChange
 from iii_console.core.discovery import StepSet, discover
 from iii_console.core.events import now_ms
 from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step, validate_input
+from iii_console.runtime import hangup
 from iii_console.runtime.batch import batched_actor
 from iii_console.runtime.brokers import make_broker
 from iii_console.runtime.dispatcher import (
@@ -418,6 +419,7 @@ def main() -> int:
     stop = rt.recycler.requested  # set by SIGTERM, or when this process should be replaced
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    hangup.watch(stop.set)  # the terminal closed (it reaches the whole job): drain as on SIGTERM
     rt.start()
     # What start-up built (modules, the steps, the broker, the clients) lives as long as the process:
     # frozen, the cyclic collector's full passes no longer walk it (as the server does in cli/run.py).

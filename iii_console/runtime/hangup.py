@@ -1,0 +1,88 @@
+"""A hang-up (the terminal a run was started in closed) stops the run as SIGTERM does.
+
+Closing a terminal, or a dropped SSH session, sends SIGHUP to every process of
+the job: the supervisor, its workers and the event echo. SIGHUP's default is to
+die on the spot, which leaves in-flight messages to the sweeper and skips the
+stop's own events. Instead each process treats it as a stop request, after
+pointing its standard output and error at ``/dev/null`` where they were that
+terminal: a write to a hung-up terminal fails with ``EIO``, and the stop path
+(its "stopping..." line, a handler's ``print``, the echo's lines) must not fail
+for want of a reader.
+
+A process started with SIGHUP ignored (``nohup``, or a parent that ignores it)
+keeps ignoring it: that is what the person asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+
+#: The standard descriptors that were a terminal when ``watch`` ran (a hung-up
+#: terminal no longer answers ``isatty``, so this is read before it happens).
+_tty_fds: tuple[int, ...] = ()
+
+
+def watched() -> bool:
+    """Whether this process acts on a hang-up: SIGHUP exists here and was not inherited ignored."""
+    sig = getattr(signal, "SIGHUP", None)
+    return sig is not None and signal.getsignal(sig) is signal.SIG_DFL
+
+
+def _note_ttys() -> None:
+    global _tty_fds
+    fds = []
+    for fd in (1, 2):
+        try:
+            if os.isatty(fd):
+                fds.append(fd)
+        except OSError:
+            pass
+    _tty_fds = tuple(fds)
+
+
+def terminal_gone() -> None:
+    """Point stdout and stderr at ``/dev/null`` where they were the terminal: later writes succeed, unseen."""
+    if not _tty_fds:
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in _tty_fds:
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def watch(stop: Callable[[], object]) -> bool:
+    """Call ``stop`` on SIGHUP, once the terminal's descriptors point at ``/dev/null``.
+
+    For a process without an event loop (a worker, the echo): ``stop`` runs in
+    the main thread, between two bytecodes, so it should only set a flag.
+    Returns whether the handler was installed (not when SIGHUP was ignored).
+    """
+    if not watched():
+        return False
+    _note_ttys()
+
+    def on_hangup(_signum: int, _frame: object) -> None:
+        terminal_gone()
+        stop()
+
+    signal.signal(signal.SIGHUP, on_hangup)
+    return True
+
+
+def watch_loop(loop: asyncio.AbstractEventLoop, stop: Callable[[], object]) -> bool:
+    """``watch`` for a process whose main thread runs an asyncio loop: ``stop`` runs on the loop."""
+    if not watched():
+        return False
+    _note_ttys()
+
+    def on_hangup() -> None:
+        terminal_gone()
+        stop()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    return True

@@ -1,0 +1,239 @@
+"""A hang-up: `iii-console --no-ui` in a terminal that closes (an SSH session dropped) stops
+the way SIGTERM does, and under `nohup` it goes on.
+
+The run gets a pseudo-terminal of its own as its controlling terminal, as a shell's job has.
+The hang-up is what the kernel and the shell do when the terminal goes: the terminal's
+master side closes (the run's later writes to it fail with EIO) and the whole job gets SIGHUP.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..helpers import make_project, wait_for
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+
+#: A queue step that holds its run until a file exists, and prints on both sides of the wait:
+#: the print after it happens once the terminal is gone.
+GATED = """
+import os, time
+from iii_console import Step, queue
+config = Step(name="Gated", triggers=[queue("gated")])
+def handler(data, ctx):
+    print("print before the gate")
+    ctx.state.set("gated", data["k"], {"status": "running"})
+    while not os.path.exists(data["gate"]):
+        time.sleep(0.02)
+    print("print after the gate")
+    ctx.state.set("gated", data["k"], {"status": "done"})
+"""
+
+
+class Terminal:
+    """A pseudo-terminal whose master side is read into ``text`` until ``hang_up``."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = pty.openpty()
+        self.text = ""
+        self._open = True
+        self._reader = threading.Thread(target=self._read, daemon=True)
+
+    def controlling(self) -> None:
+        """A ``preexec_fn`` (after ``start_new_session``'s setsid): this terminal becomes the child's."""
+        fcntl.ioctl(self.slave, termios.TIOCSCTTY, 0)
+
+    def start(self) -> None:
+        os.close(self.slave)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while self._open:
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if not ready or not self._open:
+                continue
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.text += chunk.decode(errors="replace")
+
+    def hang_up(self, job: int) -> None:
+        """Close the terminal, then SIGHUP the job's process group, as the shell it ran in would."""
+        self._open = False
+        self._reader.join(5)
+        os.close(self.master)
+        os.killpg(job, signal.SIGHUP)
+
+
+def _start(
+    project: Path, term: Terminal, *, stdio: Any, ignore_hup: bool = False, args: tuple[str, ...] = ("--no-ui",)
+) -> subprocess.Popen[bytes]:
+    def preexec() -> None:
+        if ignore_hup:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does before it runs the command
+        term.controlling()
+
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "III_CONFIG")}
+    env["TERM"] = "xterm-256color"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", *args],
+        cwd=project,
+        env=env,
+        start_new_session=True,
+        preexec_fn=preexec,
+        **stdio,
+    )
+    term.start()
+    return proc
+
+
+def _send(project: Path, redis_url: str, data: dict[str, str]) -> str:
+    sent = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iii_console",
+            "send",
+            "--topic",
+            "gated",
+            "--data",
+            json.dumps(data),
+            "--json",
+            "--redis",
+            redis_url,
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+    return str(json.loads(sent.stdout)["message_ids"][0])
+
+
+def _events_after(r: Any, keys: Any, after: bytes) -> list[dict[str, str]]:
+    """The stream's entries after entry id ``after``, as text."""
+    entries = r.xrange(keys.events, min=b"(" + after)
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _id, fields in entries]
+
+
+def _workers_stopped(run: list[dict[str, str]]) -> tuple[set[str], dict[str, str]]:
+    """The ids of the workers that started in ``run``, and each stopped one's reason."""
+    started = {json.loads(e["data"])["id"] for e in run if e["type"] == "worker.started"}
+    stopped = {json.loads(e["data"])["id"]: json.loads(e["data"])["reason"] for e in run if e["type"] == "worker.stopped"}
+    return started, stopped
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_a_hang_up_stops_like_sigterm_and_the_running_handler_finishes(tmp_path, redis_url, r, keys):
+    """Given `--no-ui` running in a terminal with a handler mid-run, when the terminal closes,
+    then the run drains as on SIGTERM: the handler finishes (its print to the closed terminal
+    does not fail it), every worker stops with reason `shutdown`, nothing is redelivered, and
+    the run exits 0."""
+    make_project(tmp_path, {"gated_step.py": GATED}, "server:\n  port: 0\n", redis_url=redis_url)
+    first = r.xrevrange(keys.events, count=1)
+    term = Terminal()
+    proc = _start(tmp_path, term, stdio={"stdin": term.slave, "stdout": term.slave, "stderr": term.slave})
+    gate = tmp_path / "gate"
+    try:
+        wait_for(lambda: "running" in term.text or proc.poll() is not None, timeout=60, what="the banner")
+        assert proc.poll() is None, term.text
+        message_id = _send(tmp_path, redis_url, {"k": "a", "gate": str(gate)})
+        wait_for(
+            lambda: json.loads(r.hget(keys.state_group("gated"), "a") or "{}").get("status") == "running",
+            what="the handler to start",
+        )
+        wait_for(lambda: "print before the gate" in term.text, what="the handler's first print on the terminal")
+        term.hang_up(proc.pid)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the run died at the hang-up instead of draining"  # the handler waits for the gate
+        gate.touch()
+        assert proc.wait(60) == 0
+    finally:
+        gate.touch()
+        _stop(proc)
+    assert json.loads(r.hget(keys.state_group("gated"), "a"))["status"] == "done"
+    run = _events_after(r, keys, first[0][0] if first else b"0-0")
+    mine = [e for e in run if e.get("message_id") == message_id]
+    assert [e["type"] for e in mine if e["type"].startswith("message.")] == [
+        "message.enqueued",
+        "message.started",
+        "message.processed",
+    ], mine
+    started, stopped = _workers_stopped(run)
+    assert started and all(stopped.get(w) == "shutdown" for w in started), (started, stopped)
+
+
+def test_under_nohup_a_hang_up_changes_nothing(tmp_path, redis_url, r, keys):
+    """Given `nohup iii-console --no-ui` (SIGHUP ignored, output to a file), when its terminal
+    closes, then it goes on: a message sent after the hang-up is processed, and SIGTERM
+    still stops it cleanly."""
+    make_project(tmp_path, {"gated_step.py": GATED}, "server:\n  port: 0\n", redis_url=redis_url)
+    gate = tmp_path / "gate"
+    gate.touch()
+    term = Terminal()
+    log = tmp_path / "nohup.out"
+    with open(log, "wb") as out:
+        proc = _start(
+            tmp_path, term, stdio={"stdin": subprocess.DEVNULL, "stdout": out, "stderr": subprocess.STDOUT}, ignore_hup=True
+        )
+    try:
+        wait_for(lambda: "running" in log.read_text() or proc.poll() is not None, timeout=60, what="the banner")
+        assert proc.poll() is None, log.read_text()
+        term.hang_up(proc.pid)
+        time.sleep(1.0)
+        assert proc.poll() is None, log.read_text()
+        _send(tmp_path, redis_url, {"k": "after", "gate": str(gate)})
+        wait_for(
+            lambda: json.loads(r.hget(keys.state_group("gated"), "after") or "{}").get("status") == "done",
+            what="a message sent after the hang-up to be processed",
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        _stop(proc)
+    assert "print after the gate" in log.read_text()
+
+
+def test_the_live_console_leaves_at_a_hang_up_and_stops_its_runtime(tmp_path, redis_url, r, keys):
+    """Given the live console running in a terminal, when the terminal closes, then it leaves
+    as `q` does: its workers stop with reason `shutdown` and it exits 0."""
+    make_project(tmp_path, {"gated_step.py": GATED}, "server:\n  port: 0\n", redis_url=redis_url)
+    first = r.xrevrange(keys.events, count=1)
+    term = Terminal()
+    proc = _start(tmp_path, term, stdio={"stdin": term.slave, "stdout": term.slave, "stderr": term.slave}, args=())
+    try:
+        wait_for(lambda: "connected" in term.text or proc.poll() is not None, timeout=60, what="the console to draw")
+        wait_for(
+            lambda: any(e["type"] == "worker.started" for e in _events_after(r, keys, first[0][0] if first else b"0-0")),
+            what="its worker to start",
+        )
+        assert proc.poll() is None
+        term.hang_up(proc.pid)
+        assert proc.wait(60) == 0
+    finally:
+        _stop(proc)
+    started, stopped = _workers_stopped(_events_after(r, keys, first[0][0] if first else b"0-0"))
+    assert started and all(stopped.get(w) == "shutdown" for w in started), (started, stopped)
