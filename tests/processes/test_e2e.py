@@ -352,18 +352,31 @@ def test_metrics_match_what_was_processed_and_health_reports_workers(running, r,
         httpx.post(f"{app.url}/messages", json={"text": f"ok {i}"})
     httpx.post(f"{app.url}/messages", json={"text": "flaky", "fail_times": 1})
     wait_for(lambda: len(events(r, keys, "notification.sent")) == 6, timeout=20, what="six notifications")
-    wait_for(
-        lambda: 'outcome="processed",step="NotifyCompletion"' in httpx.get(f"{app.url}/metrics").text, what="metrics caught up"
-    )
-    text = httpx.get(f"{app.url}/metrics").text
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-    }
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
     def val(name: str, **labels: str) -> float:
         return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = httpx.get(f"{app.url}/metrics").text
+        samples.clear()
+        samples.update(
+            ((s.name, tuple(sorted(s.labels.items()))), s.value)
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        )
+        return samples
+
     proc = {"topic": "message.sent", "step": "ProcessMessage"}
+    # Counters go with their events; processing times are added about once a second per process.
+    wait_for(
+        lambda: (
+            scrape()
+            and val("iii_notifications_total", step="NotifyCompletion") == 6
+            and val("iii_message_processing_seconds_count", **proc) == 7
+        ),
+        what="metrics caught up",
+    )
     assert val("iii_messages_total", outcome="processed", **proc) == 6
     assert val("iii_messages_total", outcome="started", **proc) == 7
     assert val("iii_messages_total", outcome="failed", **proc) == 1
