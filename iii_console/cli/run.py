@@ -68,20 +68,28 @@ async def _run_headless(
         sup.watch()
     where = f" on http://{cfg.server.host}:{sup.port}" if sup.port else ""
     version, warning = _redis_version(sup.config.redis.url)
-    print(
+    _say(
         f"iii-console: running {', '.join(roles)}{where} with Redis {version} at {redact_url(sup.config.redis.url)}; "
-        f"{len(sup.steps.steps)} steps, {len(sup.steps.errors)} errors. Ctrl+C to stop.",
-        file=sys.stderr,
+        f"{len(sup.steps.steps)} steps, {len(sup.steps.errors)} errors. Ctrl+C to stop."
     )
     for err in sup.steps.errors:
-        print(f"step error: {printable(err)}", file=sys.stderr)
+        _say(f"step error: {printable(err)}")
     if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+        _say(f"warning: {warning}")
     await stop.wait()
-    print("iii-console: stopping (draining in-flight work)...", file=sys.stderr)
+    _say("iii-console: stopping (draining in-flight work)...")
     await sup.stop()
     bad = [c for c in sup.worker_codes if c not in (0, None, -signal.SIGTERM, RECYCLE_EXIT)]
     return 1 if bad else 0
+
+
+def _say(line: str) -> None:
+    """A line on stderr that nobody may be reading any more (a log shipper that died, a closed
+    terminal): the run and its stop go on whether or not it could be written."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _redis_version(url: str) -> tuple[str, str | None]:

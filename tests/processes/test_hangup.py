@@ -1,5 +1,6 @@
 """A hang-up: `iii-console --no-ui` in a terminal that closes (an SSH session dropped) stops
-the way SIGTERM does, and under `nohup` it goes on.
+the way SIGTERM does, and under `nohup` it goes on. A stop drains whether or not anyone still
+reads the run's output.
 
 The run gets a pseudo-terminal of its own as its controlling terminal, as a shell's job has.
 The hang-up is what the kernel and the shell do when the terminal goes: the terminal's
@@ -236,4 +237,54 @@ def test_the_live_console_leaves_at_a_hang_up_and_stops_its_runtime(tmp_path, re
     finally:
         _stop(proc)
     started, stopped = _workers_stopped(_events_after(r, keys, first[0][0] if first else b"0-0"))
+    assert started and all(stopped.get(w) == "shutdown" for w in started), (started, stopped)
+
+
+def test_a_stop_drains_when_nobody_reads_stderr_any_more(tmp_path, redis_url, r, keys):
+    """Given `--no-ui` whose stderr went to a reader that has gone (a log shipper that died),
+    when SIGTERM arrives with a handler mid-run, then the "stopping" line's failed write does
+    not cut the stop short: the handler finishes, the workers stop with reason `shutdown`,
+    and the run exits 0."""
+    # Without the print after the gate: a handler's own write to the gone reader fails it (and it
+    # is retried); what is checked here is the stop's.
+    quiet = GATED.replace('    print("print after the gate")\n', "")
+    assert quiet != GATED
+    make_project(tmp_path, {"gated_step.py": quiet}, "server:\n  port: 0\n", redis_url=redis_url)
+    first = r.xrevrange(keys.events, count=1)
+    gate = tmp_path / "gate"
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "III_CONFIG")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", "--no-ui"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline().decode()
+        assert "running" in banner, banner
+        message_id = _send(tmp_path, redis_url, {"k": "a", "gate": str(gate)})
+        wait_for(
+            lambda: json.loads(r.hget(keys.state_group("gated"), "a") or "{}").get("status") == "running",
+            what="the handler to start",
+        )
+        proc.stderr.close()  # the reader goes away: the next write to stderr fails with EPIPE
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the stop ended before the running handler"
+        gate.touch()
+        assert proc.wait(60) == 0
+    finally:
+        gate.touch()
+        _stop(proc)
+    run = _events_after(r, keys, first[0][0] if first else b"0-0")
+    assert [e["type"] for e in run if e.get("message_id") == message_id and e["type"].startswith("message.")] == [
+        "message.enqueued",
+        "message.started",
+        "message.processed",
+    ]
+    started, stopped = _workers_stopped(run)
     assert started and all(stopped.get(w) == "shutdown" for w in started), (started, stopped)
