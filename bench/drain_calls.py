@@ -22,7 +22,21 @@ from bench.drain import Drained, drain, restore_filled
 from bench.env import Bench, Options
 
 #: Commands not worth a row (the bench's own bookkeeping between drains).
-_SKIP = {"config|resetstat", "flushall", "restore", "dump", "multi", "exec", "mget", "get", "scan", "info", "hlen", "zcard", "ping"}
+_SKIP = {
+    "config|resetstat",
+    "flushall",
+    "restore",
+    "dump",
+    "multi",
+    "exec",
+    "mget",
+    "get",
+    "scan",
+    "info",
+    "hlen",
+    "zcard",
+    "ping",
+}
 
 
 def _stats(bench: Bench, n: int) -> dict[str, tuple[float, float]]:
