@@ -53,6 +53,7 @@ async def _run_headless(
     # Warnings and errors of this process (the server, the scheduler, the supervisor) on stderr,
     # in the workers' format; INFO of libraries stays out of the terminal.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s server %(process)d %(name)s: %(message)s", stream=sys.stderr)
+    hangup.keep_writing()  # an HTTP step's print to output nobody reads any more must not fail its request
     sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, echo=echo if cfg.events.echo else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -156,8 +156,8 @@ class StreamSink:
     def _run(self) -> None:
         while True:
             with self._cond:
-                # Asleep until an event arrives (an idle process does not wake 200
-                # times a second for nothing), then a few milliseconds more so a
+                # Asleep until an event arrives (an idle process does not wake 50
+                # times a second for nothing), then the flush interval more so a
                 # burst goes out as one batch rather than one event at a time.
                 self._idle = True
                 if not self._buf and not self._stop:

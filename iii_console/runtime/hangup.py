@@ -11,14 +11,22 @@ for want of a reader.
 
 A process started with SIGHUP ignored (``nohup``, or a parent that ignores it)
 keeps ignoring it: that is what the person asked for.
+
+Output can also lose its reader without a hang-up (a log shipper that died, a job
+``disown``ed from a terminal that closed): ``keep_writing`` gives step code a
+``sys.stdout`` and ``sys.stderr`` whose writes then go to ``/dev/null`` instead of
+failing the handler that printed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
+import sys
 from collections.abc import Callable
+from typing import Any
 
 #: The standard descriptors that were a terminal when ``watch`` ran (a hung-up
 #: terminal no longer answers ``isatty``, so this is read before it happens).
@@ -86,3 +94,65 @@ def watch_loop(loop: asyncio.AbstractEventLoop, stop: Callable[[], object]) -> b
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     return True
+
+
+def _gone(exc: OSError) -> bool:
+    """A write failed because nobody can read it any more: a closed pipe or a hung-up terminal."""
+    return isinstance(exc, BrokenPipeError) or exc.errno == errno.EIO
+
+
+class _KeepsWriting:
+    """``sys.stdout`` or ``sys.stderr`` for step code: a write its reader can no longer take goes
+    to ``/dev/null`` (and so does every later one) instead of raising in the handler.
+
+    A step's ``print`` is diagnostics: a log shipper that died, or a terminal gone without a
+    hang-up (``& disown``), must not fail the attempt it is in, nor, retried, send the message
+    to the dead-letter queue. Everything else is the stream's own.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _lost(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except OSError as exc:
+            if not _gone(exc):
+                raise
+            self._lost()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            if not _gone(exc):
+                raise
+            self._lost()
+            try:
+                self._stream.flush()  # what it still held goes to /dev/null
+            except OSError:
+                pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def keep_writing() -> None:
+    """Give step code a ``sys.stdout`` and ``sys.stderr`` that outlive their reader (``_KeepsWriting``)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None or isinstance(stream, _KeepsWriting):
+            continue
+        try:
+            stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            continue  # not a file descriptor: nothing the kernel can refuse
+        setattr(sys, name, _KeepsWriting(stream))

@@ -420,6 +420,7 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     hangup.watch(stop.set)  # the terminal closed (it reaches the whole job): drain as on SIGTERM
+    hangup.keep_writing()  # a step's print to output nobody reads any more must not fail its attempt
     rt.start()
     # What start-up built (modules, the steps, the broker, the clients) lives as long as the process:
     # frozen, the cyclic collector's full passes no longer walk it (as the server does in cli/run.py).

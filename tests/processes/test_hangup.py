@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from ..helpers import make_project, wait_for
@@ -240,16 +241,23 @@ def test_the_live_console_leaves_at_a_hang_up_and_stops_its_runtime(tmp_path, re
     assert started and all(stopped.get(w) == "shutdown" for w in started), (started, stopped)
 
 
+#: An HTTP step that prints (to stdout, which `--no-ui` points at stderr).
+LOUD = """
+from iii_console import Step, http
+config = Step(name="Loud", triggers=[http("GET", "/loud")])
+def handler(req, ctx):
+    print("print from an HTTP handler")
+    return {"status": 200, "body": {"ok": True}}
+"""
+
+
 def test_a_stop_drains_when_nobody_reads_stderr_any_more(tmp_path, redis_url, r, keys):
     """Given `--no-ui` whose stderr went to a reader that has gone (a log shipper that died),
-    when SIGTERM arrives with a handler mid-run, then the "stopping" line's failed write does
-    not cut the stop short: the handler finishes, the workers stop with reason `shutdown`,
-    and the run exits 0."""
-    # Without the print after the gate: a handler's own write to the gone reader fails it (and it
-    # is retried); what is checked here is the stop's.
-    quiet = GATED.replace('    print("print after the gate")\n', "")
-    assert quiet != GATED
-    make_project(tmp_path, {"gated_step.py": quiet}, "server:\n  port: 0\n", redis_url=redis_url)
+    when an HTTP step prints, it still answers 200; and when SIGTERM arrives with a handler
+    mid-run, neither the "stopping" line's failed write nor the handler's own `print` after it
+    cuts anything short: the handler's attempt succeeds, the workers stop with reason
+    `shutdown`, and the run exits 0."""
+    make_project(tmp_path, {"gated_step.py": GATED, "loud_step.py": LOUD}, "server:\n  port: 0\n", redis_url=redis_url)
     first = r.xrevrange(keys.events, count=1)
     gate = tmp_path / "gate"
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "III_CONFIG")}
@@ -272,6 +280,9 @@ def test_a_stop_drains_when_nobody_reads_stderr_any_more(tmp_path, redis_url, r,
             what="the handler to start",
         )
         proc.stderr.close()  # the reader goes away: the next write to stderr fails with EPIPE
+        url = banner.split(" on ")[1].split(" ")[0]
+        for _ in range(3):  # the first print finds the pipe gone; the later ones go to /dev/null
+            assert httpx.get(f"{url}/loud", timeout=10).status_code == 200
         proc.send_signal(signal.SIGTERM)
         time.sleep(1.0)
         assert proc.poll() is None, "the stop ended before the running handler"
