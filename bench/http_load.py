@@ -49,6 +49,18 @@ def wait_http(bench: Bench, url: str, server: Proc) -> None:
     wait_until(ready, timeout=60, interval=0.1, what=f"{url} to answer", watch=lambda: bench.procs.check(server))
 
 
+def paced_load(bench: Bench, url: str, rate: int, seconds: float, *, name: str = "paced") -> list[dict]:
+    """POST to ``url`` at a steady ``rate`` for ``seconds`` (``bench.loadgen paced``, its own process);
+    each answer as the load generator recorded it (status, trace id, times)."""
+    out = bench.tmp / f"{name}-{rate}.json"
+    bench.procs.run(
+        "loadgen",
+        [PY, "-m", "bench.loadgen", "paced", "--url", url, "--rate", str(rate), "--seconds", f"{seconds:g}", "--out", str(out)],
+        timeout=seconds + 120,
+    )
+    return list(json.loads(out.read_text())["answers"])
+
+
 def closed_load(bench: Bench, url: str, *, connections: int, seconds: float) -> Load:
     wrk = shutil.which("wrk")
     if wrk:

@@ -18,7 +18,6 @@ recorded by the actor. It climbs until its p99 passes 100 ms.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from bench import contenders as c
 from bench import work
 from bench.env import PY, SEED_STEPS, Bench
 from bench.events_read import first_ts, read_all
-from bench.http_load import wait_http
+from bench.http_load import paced_load, wait_http
 from bench.procs import Proc, wait_until
 from bench.report import Section
 from bench.stats import fmt, percentile
@@ -62,29 +61,6 @@ class Step:
         )
 
 
-def _paced(bench: Bench, url: str, rate: int, seconds: float) -> list[dict]:
-    out = bench.tmp / f"knee-{rate}.json"
-    bench.procs.run(
-        "loadgen",
-        [
-            PY,
-            "-m",
-            "bench.loadgen",
-            "paced",
-            "--url",
-            url,
-            "--rate",
-            str(rate),
-            "--seconds",
-            str(seconds),
-            "--out",
-            str(out),
-        ],
-        timeout=seconds + 120,
-    )
-    return list(json.loads(out.read_text())["answers"])
-
-
 def _climb(rates: tuple[int, ...], measure: Callable[[int], Step], path: str) -> list[Step]:
     """Each rate in turn; a miss is measured once more (a busy shared machine).
 
@@ -117,7 +93,7 @@ def _ours(bench: Bench, rates: tuple[int, ...]) -> list[Step]:
 
     def measure(rate: int, seconds: float) -> Step:
         bench.redis.delete(keys.events)
-        answers = _paced(bench, url, rate, seconds)
+        answers = paced_load(bench, url, rate, seconds, name="knee")
         statuses = Counter(a["status"] for a in answers)
         traces = {a["trace_id"] for a in answers if a["status"] == 202 and a["trace_id"]}
 
@@ -180,7 +156,7 @@ def _peer(bench: Bench, rates: tuple[int, ...]) -> list[Step]:
 
     def measure(rate: int, seconds: float) -> Step:
         bench.redis.delete(work.LATENCY)
-        answers = _paced(bench, url, rate, seconds)
+        answers = paced_load(bench, url, rate, seconds, name="knee")
         statuses = Counter(a["status"] for a in answers)
         accepted = statuses.get(202, 0)
         wait_until(

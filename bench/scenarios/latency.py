@@ -30,7 +30,6 @@ from the harness, the task records ``start − enqueue time`` itself.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -41,9 +40,9 @@ import redis
 
 from bench import contenders as c
 from bench import work
-from bench.env import PY, SEED_STEPS, Bench
+from bench.env import SEED_STEPS, Bench
 from bench.events_read import first_ts, read_all
-from bench.http_load import wait_http
+from bench.http_load import paced_load, wait_http
 from bench.procs import BenchError, Proc, wait_until
 from bench.report import Section
 from bench.stats import fmt, percentiles
@@ -102,28 +101,8 @@ def _http_e2e(
         url = f"http://127.0.0.1:{port}/messages"
         wait_http(bench, url, server)
         c.wait_our_workers(bench, workers, config)
-        out = bench.tmp / "paced.json"
-        depth = _Depth(bench, Keys(config.redis.prefix).queue(SEED_QUEUE))
-        with depth:
-            bench.procs.run(
-                "loadgen",
-                [
-                    PY,
-                    "-m",
-                    "bench.loadgen",
-                    "paced",
-                    "--url",
-                    url,
-                    "--rate",
-                    str(o.latency_rate),
-                    "--seconds",
-                    str(o.latency_seconds),
-                    "--out",
-                    str(out),
-                ],
-                timeout=o.latency_seconds + 60,
-            )
-        answered = json.loads(out.read_text())["answers"]
+        with _Depth(bench, Keys(config.redis.prefix).queue(SEED_QUEUE)) as depth:
+            answered = paced_load(bench, url, o.latency_rate, o.latency_seconds)
         statuses = Counter(a["status"] for a in answered)
         traces = {a["trace_id"] for a in answered if a["status"] == 202 and a["trace_id"]}
 
