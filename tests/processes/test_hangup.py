@@ -88,8 +88,9 @@ def _start(
     project: Path, term: Terminal, *, stdio: Any, ignore_hup: bool = False, args: tuple[str, ...] = ("--no-ui",)
 ) -> subprocess.Popen[bytes]:
     def preexec() -> None:
-        if ignore_hup:
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does before it runs the command
+        # What nohup does before it runs the command; or the default an interactive shell gives
+        # its jobs (whatever this test process inherited: a CI job may itself run under nohup).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if ignore_hup else signal.SIG_DFL)
         term.controlling()
 
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "III_CONFIG")}
