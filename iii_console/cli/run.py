@@ -144,7 +144,11 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     )
     app.notice = _redis_version(sup.config.redis.url)[1]
     app.stop_runtime = sup.stop
-    hangup.watch_loop(asyncio.get_running_loop(), app.exit)  # the terminal closed: leave, then stop the runtime
+    loop = asyncio.get_running_loop()
+    # SIGTERM (a `kill`, a wrapper that died) and a hang-up leave as `q` does: the runtime then
+    # drains and stops its Redis, instead of the process dying with its workers mid-stop.
+    loop.add_signal_handler(signal.SIGTERM, app.exit)
+    hangup.watch_loop(loop, app.exit)
     try:
         await app.run_async()
     finally:

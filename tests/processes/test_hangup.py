@@ -220,9 +220,11 @@ def test_under_nohup_a_hang_up_changes_nothing(tmp_path, redis_url, r, keys):
     assert "print after the gate" in log.read_text()
 
 
-def test_the_live_console_leaves_at_a_hang_up_and_stops_its_runtime(tmp_path, redis_url, r, keys):
-    """Given the live console running in a terminal, when the terminal closes, then it leaves
-    as `q` does: its workers stop with reason `shutdown` and it exits 0."""
+@pytest.mark.parametrize("how", ["hang-up", "sigterm"])
+def test_the_live_console_leaves_at_a_hang_up_and_stops_its_runtime(tmp_path, redis_url, r, keys, how):
+    """Given the live console running in a terminal, when the terminal closes (or SIGTERM
+    arrives: a `kill`, a wrapper that died), then it leaves as `q` does: its workers stop with
+    reason `shutdown` and it exits 0."""
     make_project(tmp_path, {"gated_step.py": GATED}, "server:\n  port: 0\n", redis_url=redis_url)
     first = r.xrevrange(keys.events, count=1)
     term = Terminal()
@@ -234,7 +236,10 @@ def test_the_live_console_leaves_at_a_hang_up_and_stops_its_runtime(tmp_path, re
             what="its worker to start",
         )
         assert proc.poll() is None
-        term.hang_up(proc.pid)
+        if how == "hang-up":
+            term.hang_up(proc.pid)
+        else:
+            proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:
         _stop(proc)
