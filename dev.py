@@ -238,9 +238,11 @@ def main(argv: list[str]) -> int:
     child = subprocess.Popen(cmd, preexec_fn=_child_setup if os.name != "nt" else None)
     signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
     if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
-        # A closed terminal hangs up the child too, which drains: wait for it rather than die
-        # first (dying would SIGTERM it mid-stop). Under nohup SIGHUP stays ignored, as it was.
-        signal.signal(signal.SIGHUP, lambda *_: None)
+        # A closed terminal: pass the hang-up on (run as the terminal's first process, as tmux
+        # runs a pane's command, this wrapper is the only one the kernel tells) and wait for the
+        # child to drain rather than die first (dying would SIGTERM it mid-stop). Under nohup
+        # SIGHUP stays ignored, as it was.
+        signal.signal(signal.SIGHUP, lambda *_: child.send_signal(signal.SIGHUP))
     code = child.wait()
     # A child killed by a signal reports -N; a shell reports 128+N.
     return 128 - code if code < 0 else code

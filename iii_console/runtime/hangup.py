@@ -39,7 +39,8 @@ def watched() -> bool:
     return sig is not None and signal.getsignal(sig) is signal.SIG_DFL
 
 
-def _note_ttys() -> None:
+def note_terminal() -> None:
+    """Remember which of stdout and stderr are a terminal (for ``terminal_gone``)."""
     global _tty_fds
     fds = []
     for fd in (1, 2):
@@ -72,7 +73,7 @@ def watch(stop: Callable[[], object]) -> bool:
     """
     if not watched():
         return False
-    _note_ttys()
+    note_terminal()
 
     def on_hangup(_signum: int, _frame: object) -> None:
         terminal_gone()
@@ -86,7 +87,7 @@ def watch_loop(loop: asyncio.AbstractEventLoop, stop: Callable[[], object]) -> b
     """``watch`` for a process whose main thread runs an asyncio loop: ``stop`` runs on the loop."""
     if not watched():
         return False
-    _note_ttys()
+    note_terminal()
 
     def on_hangup() -> None:
         terminal_gone()

@@ -228,7 +228,8 @@ def test_the_live_console_leaves_at_a_hang_up_and_stops_its_runtime(tmp_path, re
     make_project(tmp_path, {"gated_step.py": GATED}, "server:\n  port: 0\n", redis_url=redis_url)
     first = r.xrevrange(keys.events, count=1)
     term = Terminal()
-    proc = _start(tmp_path, term, stdio={"stdin": term.slave, "stdout": term.slave, "stderr": term.slave}, args=())
+    stdio = {"stdin": term.slave, "stdout": term.slave, "stderr": term.slave}
+    proc = _start(tmp_path, term, stdio=stdio, args=())
     try:
         wait_for(lambda: "connected" in term.text or proc.poll() is not None, timeout=60, what="the console to draw")
         wait_for(
@@ -236,10 +237,10 @@ def test_the_live_console_leaves_at_a_hang_up_and_stops_its_runtime(tmp_path, re
             what="its worker to start",
         )
         assert proc.poll() is None
-        if how == "hang-up":
-            term.hang_up(proc.pid)
-        else:
+        if how == "sigterm":
             proc.send_signal(signal.SIGTERM)
+        else:
+            term.hang_up(proc.pid)
         assert proc.wait(60) == 0
     finally:
         _stop(proc)
