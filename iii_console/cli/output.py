@@ -7,7 +7,6 @@ or an ``EIO``.
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 from typing import Any
@@ -17,6 +16,7 @@ from rich.text import Text
 
 from iii_console.core.events import Event
 from iii_console.core.text import printable
+from iii_console.runtime import hangup
 
 #: Where events are printed: stdout, or a private copy of it once ``reserve_stdout`` ran.
 _events_out: Any = None
@@ -63,17 +63,13 @@ def _stdout_gone() -> None:
     """Point the event stream at /dev/null, so what is buffered and any later write go nowhere quietly."""
     global _stdout_closed
     _stdout_closed = True
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, _out().fileno())
-    finally:
-        os.close(devnull)
+    hangup.to_devnull(_out().fileno())
 
 
 def _gone_or_raise(exc: OSError) -> None:
     """A write to stdout failed: a reader that went away (``EPIPE``) or a terminal that hung up
     (``EIO``) means nobody is left to print to, so printing goes quiet; anything else is raised."""
-    if isinstance(exc, BrokenPipeError) or exc.errno == errno.EIO:
+    if hangup.reader_gone(exc):
         _stdout_gone()
     else:
         raise exc

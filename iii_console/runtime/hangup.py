@@ -20,13 +20,15 @@ failing the handler that printed.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 #: The standard descriptors that were a terminal when ``watch`` ran (a hung-up
 #: terminal no longer answers ``isatty``, so this is read before it happens).
@@ -52,16 +54,26 @@ def note_terminal() -> None:
     _tty_fds = tuple(fds)
 
 
-def terminal_gone() -> None:
-    """Point stdout and stderr at ``/dev/null`` where they were the terminal: later writes succeed, unseen."""
-    if not _tty_fds:
+def reader_gone(exc: OSError) -> bool:
+    """Whether a write failed because nobody can read it any more: a closed pipe or a hung-up terminal."""
+    return isinstance(exc, BrokenPipeError) or exc.errno == errno.EIO
+
+
+def to_devnull(*fds: int) -> None:
+    """Point each of ``fds`` at ``/dev/null``: what is written to them from now on succeeds, unseen."""
+    if not fds:
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        for fd in _tty_fds:
+        for fd in fds:
             os.dup2(devnull, fd)
     finally:
         os.close(devnull)
+
+
+def terminal_gone() -> None:
+    """Point stdout and stderr at ``/dev/null`` where they were the terminal: later writes succeed, unseen."""
+    to_devnull(*_tty_fds)
 
 
 def watch(stop: Callable[[], object]) -> bool:
@@ -97,11 +109,6 @@ def watch_loop(loop: asyncio.AbstractEventLoop, stop: Callable[[], object]) -> b
     return True
 
 
-def _gone(exc: OSError) -> bool:
-    """A write failed because nobody can read it any more: a closed pipe or a hung-up terminal."""
-    return isinstance(exc, BrokenPipeError) or exc.errno == errno.EIO
-
-
 class _KeepsWriting:
     """``sys.stdout`` or ``sys.stderr`` for step code: a write its reader can no longer take goes
     to ``/dev/null`` (and so does every later one) instead of raising in the handler.
@@ -114,29 +121,22 @@ class _KeepsWriting:
     def __init__(self, stream: Any) -> None:
         self._stream = stream
 
-    def _lost(self) -> None:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, self._stream.fileno())
-        finally:
-            os.close(devnull)
-
     def write(self, text: str) -> int:
         try:
             return int(self._stream.write(text))
         except OSError as exc:
-            if not _gone(exc):
+            if not reader_gone(exc):
                 raise
-            self._lost()
+            to_devnull(self._stream.fileno())
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except OSError as exc:
-            if not _gone(exc):
+            if not reader_gone(exc):
                 raise
-            self._lost()
+            to_devnull(self._stream.fileno())
             try:
                 self._stream.flush()  # what it still held goes to /dev/null
             except OSError:
