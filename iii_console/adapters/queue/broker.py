@@ -69,6 +69,7 @@ from iii_console.adapters.queue.deadletters import (
     entry_for,
     undecodable_entry,
 )
+from iii_console.adapters.queue.middleware import HookCache
 from iii_console.adapters.queue.names import Subscription, parse_queue
 from iii_console.adapters.queue.scripts import Scripts
 from iii_console.core.dlq import DeadLetter
@@ -90,7 +91,7 @@ IDLE_REFETCH_S = 5.0
 HUB_BLOCK_S = 5.0
 
 
-class IIIBroker(RedisBroker):
+class IIIBroker(HookCache, RedisBroker):
     def __init__(
         self,
         *,
@@ -352,6 +353,24 @@ class WakeHub:
             event.set()
 
 
+class Delivery(MessageProxy):
+    """Dramatiq's message proxy with the message's fields as properties.
+
+    ``MessageProxy`` reaches them through ``__getattr__``, which Python calls only
+    after the ordinary lookup has failed and built its ``AttributeError``: each
+    read of ``message.options`` cost an exception. The middleware, the runner and
+    the settle read these fields some thirty times per message.
+    """
+
+    queue_name = property(lambda self: self._message.queue_name)
+    actor_name = property(lambda self: self._message.actor_name)
+    args = property(lambda self: self._message.args)
+    kwargs = property(lambda self: self._message.kwargs)
+    options = property(lambda self: self._message.options)
+    message_id = property(lambda self: self._message.message_id)
+    message_timestamp = property(lambda self: self._message.message_timestamp)
+
+
 class _Ack:
     """One processed message waiting in an :class:`AckGroup`."""
 
@@ -360,8 +379,13 @@ class _Ack:
     def __init__(self, queue: str, rid: str, group: str, mid: str, event: Any, through: int | None):
         self.queue, self.rid, self.group, self.mid = queue, rid, group, mid
         self.event, self.through = event, through
-        self.done = threading.Event()
-        #: Set (with ``done``) when this ack's thread is to commit the next group.
+        #: Held until this ack's outcome is in, or it is to lead: released exactly once, by the
+        #: thread that committed it or handed it the lead. A bare lock, not a ``threading.Event``:
+        #: one is made per processed message, and an Event (a Condition over a lock) costs ten
+        #: times as much to make, set and wait on.
+        self.done = threading.Lock()
+        self.done.acquire()
+        #: Set (before ``done`` is released) when this ack's thread is to commit the next group.
         self.lead = False
         self.result = 0
         self.error: BaseException | None = None
@@ -399,7 +423,7 @@ class AckGroup:
             lead = not self._busy
             self._busy = True
         if not lead:
-            me.done.wait()
+            me.done.acquire()
             if not me.lead:
                 if me.error is not None:
                     raise _own(me.error)
@@ -412,12 +436,12 @@ class AckGroup:
             with self._lock:
                 if self._waiting:
                     self._waiting[0].lead = True
-                    self._waiting[0].done.set()
+                    self._waiting[0].done.release()
                 else:
                     self._busy = False
             for a in acks:
                 if a is not me:
-                    a.done.set()
+                    a.done.release()
         if me.error is not None:
             raise me.error
         return me.result
@@ -621,7 +645,7 @@ class IIIConsumer(Consumer):
                         self._poisoned(message, deliveries)
                         continue
                     self.queued_message_ids.add(message.message_id)
-                    return MessageProxy(message)
+                    return Delivery(message)
 
                 want = self.prefetch - self.outstanding_message_count
                 if want < self.fetch_min:

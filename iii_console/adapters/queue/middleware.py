@@ -17,6 +17,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.common import q_name
+from dramatiq.middleware import MiddlewareError
 
 from iii_console.adapters.queue.deadletters import dead, describe
 from iii_console.adapters.queue.names import parse_queue
@@ -26,6 +27,55 @@ from iii_console.core.errors import user_traceback
 from iii_console.core.eventdata import MessageFailed, MessageRetrying
 from iii_console.core.events import now_ms
 from iii_console.core.retry import Retry
+
+
+class HookCache:
+    """Broker mixin: each signal calls only the middleware that define a hook for it.
+
+    Dramatiq's ``emit_before``/``emit_after`` look every middleware up for every
+    signal, and a processed message raises four (before and after ``process_message``
+    and ``ack``): most lookups find ``Middleware``'s empty default. Here the hooks a
+    signal reaches are listed once, in Dramatiq's order and with its error handling
+    (a ``MiddlewareError`` such as ``SkipMessage`` raised before a step propagates;
+    any other error is logged and the next hook runs), and listed again when a
+    middleware is added.
+    """
+
+    middleware: list[dramatiq.Middleware]
+    logger: Any
+
+    def add_middleware(self, middleware: dramatiq.Middleware, **kwargs: Any) -> None:
+        super().add_middleware(middleware, **kwargs)  # type: ignore[misc]
+        self._hooks: dict[str, tuple[list[Any], int]] = {}
+
+    def _hooks_for(self, name: str, order: Any) -> list[Any]:
+        cache = self.__dict__.setdefault("_hooks", {})
+        hit = cache.get(name)
+        if hit is not None and hit[1] == len(self.middleware):
+            return hit[0]
+        default = getattr(dramatiq.Middleware, name, None)
+        found = (getattr(m, name, None) for m in order(self.middleware))
+        hooks = [h for h in found if h is not None and getattr(h, "__func__", None) is not default]
+        cache[name] = (hooks, len(self.middleware))
+        return hooks
+
+    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        name = "before_" + signal
+        for hook in self._hooks_for(name, list):
+            try:
+                hook(self, *args, **kwargs)
+            except MiddlewareError:
+                raise
+            except Exception:
+                self.logger.critical("Unexpected failure in %s of %r.", name, hook.__self__, exc_info=True)
+
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        name = "after_" + signal
+        for hook in self._hooks_for(name, reversed):
+            try:
+                hook(self, *args, **kwargs)
+            except Exception:
+                self.logger.critical("Unexpected failure in %s of %r.", name, hook.__self__, exc_info=True)
 
 
 def _where(message: Any) -> dict[str, Any]:

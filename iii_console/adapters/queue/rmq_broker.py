@@ -53,7 +53,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
-from iii_console.adapters.queue.broker import IIIConsumer, _higher_queues
+from iii_console.adapters.queue.broker import Delivery, IIIConsumer, _higher_queues
 from iii_console.adapters.queue.deadletters import (
     DeadDecision,
     attempts_of,
@@ -63,6 +63,7 @@ from iii_console.adapters.queue.deadletters import (
     entry_for,
     undecodable_entry,
 )
+from iii_console.adapters.queue.middleware import HookCache
 from iii_console.adapters.queue.names import Subscription, parse_queue
 from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, Publisher, Topology, delay_bucket, parameters
 from iii_console.adapters.queue.scripts import Scripts
@@ -108,7 +109,7 @@ def localize(message: Message, queue_name: str) -> Message:
     )
 
 
-class RabbitBroker(RabbitmqBroker):
+class RabbitBroker(HookCache, RabbitmqBroker):
     def __init__(
         self,
         *,
@@ -415,7 +416,7 @@ class RabbitConsumer(Consumer):
                         data={"level": "info", "message": f"skipped a second copy of once-only message ({run_key})"},
                     )
                 return None
-        proxy = MessageProxy(message)
+        proxy = Delivery(message)
         proxy._tag = tag  # type: ignore[attr-defined]  # ours, on Dramatiq's proxy: the delivery to ack
         self.tags.add(tag)
         return proxy
