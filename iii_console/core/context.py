@@ -265,6 +265,18 @@ def _dedup(key: str | None, ttl_ms: int | None) -> dict[str, Any]:
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` (a function, or an object whose ``__call__`` is) is ``async def``.
+
+    Memoised like :func:`call_arity`: it runs on every message, and ``inspect``
+    looks an object's ``__call__`` up the slow way.
+    """
+    try:
+        return _is_async_cached(fn)
+    except TypeError:  # an unhashable callable object
+        return _is_async(fn)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004  (the method, not callability)
 
 
@@ -295,3 +307,4 @@ def _call_arity(fn: Callable[..., Any]) -> int:
 
 
 _call_arity_cached = functools.lru_cache(maxsize=512)(_call_arity)
+_is_async_cached = functools.lru_cache(maxsize=512)(_is_async)

@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 import redis
 
-from iii_console.core import metrics
+from iii_console.core import luasrc, metrics
 from iii_console.core.errors import redis_refuses_writes
 from iii_console.core.events import Event, now_ms
 from iii_console.core.keys import Keys
@@ -133,7 +133,7 @@ class StreamSink:
         #: True while a batch is out of the buffer but not yet written (or put back).
         self._busy = False
         self._idle = False
-        self._script = client.register_script(_EVENTS_ADD)
+        self._script = luasrc.register(client, _EVENTS_ADD)
         metric_keys = (keys.metrics_counts, keys.metrics_durations) if keys else (key, key)
         self._script_keys = [key, *metric_keys]
         #: Stream and counter keys handed to transition scripts ("" for no counters).

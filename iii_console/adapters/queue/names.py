@@ -8,6 +8,7 @@ first in the worker's in-memory work queue too.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from iii_console.core.keys import Keys
@@ -37,8 +38,12 @@ class Subscription:
         return [self.queue(p) for p in PRIORITIES]
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_queue(queue_name: str) -> tuple[str, str, str]:
-    """``message.sent--ProcessMessage--high`` -> (topic, step, priority)."""
+    """``message.sent--ProcessMessage--high`` -> (topic, step, priority); ``ValueError`` for another name.
+
+    Memoised (a worker parses its few queue names several times per message).
+    """
     base = queue_name.removesuffix(Keys.legacy_delay_name(""))
     topic, step, priority = base.rsplit("--", 2)
     return topic, step, priority

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from iii_console.core.luasrc import with_prelude
+from iii_console.core.luasrc import register, with_prelude
 
 _NAMES = (
     "enqueue",
@@ -64,4 +64,4 @@ class Scripts:
 
     def __init__(self, client: Any):
         for name, src in SOURCES.items():
-            setattr(self, name, client.register_script(src))
+            setattr(self, name, register(client, src))
