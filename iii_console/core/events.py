@@ -1,6 +1,6 @@
 """The lifecycle event record: one entry on the Redis event stream.
 
-Events are frozen and flat so that a stream entry maps 1:1 to a record and the
+Events are flat records, never changed once made, so that a stream entry maps 1:1 to a record and the
 console can decode them without knowing who wrote them. ``data`` is the only
 nested field; it is JSON, size-capped and redacted at encode time.
 """
@@ -48,8 +48,11 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Event:
+    """One event. Never changed once made (by convention: a frozen dataclass costs
+    three times as much to build, and a processed message builds two)."""
+
     type: str
     ts: int = field(default_factory=now_ms)
     trace_id: str = ""
