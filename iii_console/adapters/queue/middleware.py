@@ -38,7 +38,7 @@ class HookCache:
     signal reaches are listed once, in Dramatiq's order and with its error handling
     (a ``MiddlewareError`` such as ``SkipMessage`` raised before a step propagates;
     any other error is logged and the next hook runs), and listed again when a
-    middleware is added.
+    middleware is added through ``add_middleware``.
     """
 
     middleware: list[dramatiq.Middleware]
@@ -46,17 +46,18 @@ class HookCache:
 
     def add_middleware(self, middleware: dramatiq.Middleware, **kwargs: Any) -> None:
         super().add_middleware(middleware, **kwargs)  # type: ignore[misc]
-        self._hooks: dict[str, tuple[list[Any], int]] = {}
+        self._hooks: dict[str, list[Any]] = {}
 
     def _hooks_for(self, name: str, order: Any) -> list[Any]:
-        cache = self.__dict__.setdefault("_hooks", {})
-        hit = cache.get(name)
-        if hit is not None and hit[1] == len(self.middleware):
-            return hit[0]
+        try:
+            return self._hooks[name]
+        except AttributeError:  # no middleware added yet
+            self._hooks = {}
+        except KeyError:
+            pass
         default = getattr(dramatiq.Middleware, name, None)
         found = (getattr(m, name, None) for m in order(self.middleware))
-        hooks = [h for h in found if h is not None and getattr(h, "__func__", None) is not default]
-        cache[name] = (hooks, len(self.middleware))
+        hooks = self._hooks[name] = [h for h in found if h is not None and getattr(h, "__func__", None) is not default]
         return hooks
 
     def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
@@ -93,6 +94,23 @@ def _where(message: Any) -> dict[str, Any]:
     }
 
 
+def _at(message: Any) -> tuple[str, str, str | None, str | None, str, int]:
+    """:func:`_where` as the positional arguments of :meth:`Emitter.lifecycle` (a message's start and settle)."""
+    try:
+        _topic, step, _ = parse_queue(message.queue_name)
+    except ValueError:
+        step = None
+    opts = message.options
+    return (
+        opts.get("trace_id", ""),
+        message.message_id,
+        step,
+        opts.get("topic"),
+        q_name(message.queue_name),
+        opts.get("retries", 0) + 1,
+    )
+
+
 def non_retryable(exc: BaseException) -> bool:
     """Errors that retrying cannot fix: invalid input, or ``exc.retryable = False``."""
     from pydantic import ValidationError
@@ -108,8 +126,8 @@ class LifecycleEvents(dramatiq.Middleware):
     def before_process_message(self, broker: Any, message: Any) -> None:
         self._started[message.message_id] = time.perf_counter()
         # Where it runs, shaped once for its start and its settle event.
-        where = message.iii_where = _where(message)
-        self.emitter.emit("message.started", **where)
+        at = message.iii_at = _at(message)
+        self.emitter.put(self.emitter.lifecycle("message.started", *at))
         # Its settle writes only after this (an upper bound: another thread may have put one since).
         message.iii_seq = self.emitter.seq
 
@@ -119,8 +137,8 @@ class LifecycleEvents(dramatiq.Middleware):
         t0 = self._started.pop(message.message_id, None)
         duration = round((time.perf_counter() - t0) * 1000, 3) if t0 is not None else None
         if exception is None:
-            where = getattr(message, "iii_where", None) or _where(message)
-            message.iii_event = self.emitter.make("message.processed", duration_ms=duration, **where)
+            at = getattr(message, "iii_at", None) or _at(message)
+            message.iii_event = self.emitter.lifecycle("message.processed", *at, duration_ms=duration)
             # Its settle follows the handler's own log lines too, not only its start.
             message.iii_seq = max(getattr(message, "iii_seq", 0) or 0, self.emitter.last_put)
         else:
