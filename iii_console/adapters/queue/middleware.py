@@ -79,23 +79,8 @@ class HookCache:
                 self.logger.critical("Unexpected failure in %s of %r.", name, hook.__self__, exc_info=True)
 
 
-def _where(message: Any) -> dict[str, Any]:
-    try:
-        _topic, step, _ = parse_queue(message.queue_name)
-    except ValueError:
-        step = None
-    return {
-        "message_id": message.message_id,
-        "trace_id": message.options.get("trace_id", ""),
-        "step": step,
-        "topic": message.options.get("topic"),
-        "queue": q_name(message.queue_name),
-        "attempt": message.options.get("retries", 0) + 1,
-    }
-
-
 def _at(message: Any) -> tuple[str, str, str | None, str | None, str, int]:
-    """:func:`_where` as the positional arguments of :meth:`Emitter.lifecycle` (a message's start and settle)."""
+    """Where ``message`` runs, as the positional arguments of :meth:`Emitter.lifecycle` (``_AT``)."""
     try:
         _topic, step, _ = parse_queue(message.queue_name)
     except ValueError:
@@ -109,6 +94,15 @@ def _at(message: Any) -> tuple[str, str, str | None, str | None, str, int]:
         q_name(message.queue_name),
         opts.get("retries", 0) + 1,
     )
+
+
+#: The event fields :func:`_at` gives, in its order.
+_AT = ("trace_id", "message_id", "step", "topic", "queue", "attempt")
+
+
+def _where(message: Any) -> dict[str, Any]:
+    """:func:`_at` as event fields by name, for the events built with more than those."""
+    return dict(zip(_AT, _at(message)))
 
 
 def non_retryable(exc: BaseException) -> bool:
