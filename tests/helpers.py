@@ -191,6 +191,14 @@ class Result:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
+def cli_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a run of its own: without ``REDIS_URL`` and ``III_CONFIG``
+    (which would point it at another Redis or config), with ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "III_CONFIG")}
+    env.update(extra)
+    return env
+
+
 def env_without_redis() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("REDIS_URL", None)

@@ -5,7 +5,6 @@ lets a running handler finish."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,15 +17,12 @@ import pytest
 
 from iii_console.core.redis_server import free_port
 
-from ..helpers import make_project, wait_for
+from ..helpers import cli_env, make_project, wait_for
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "III_CONFIG")}
-    env.update(extra)
-    return env
+_env = cli_env
 
 
 def _run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

