@@ -60,6 +60,8 @@ from iii_console.runtime.services import open_services
 log = logging.getLogger(__name__)
 #: How long a stop waits for the async handlers' clients to close.
 ASYNC_CLOSE_S = 2.0
+#: How long a stop waits for the acks its handlers handed over to be committed (Redis broker).
+ACKS_CLOSE_S = 5.0
 
 __all__ = ["TRIGGER_GROUP", "WorkerRuntime", "ensure_trigger_group", "trim_dispatched_changes", "watch_state_triggers"]
 
@@ -262,6 +264,10 @@ class WorkerRuntime:
             t.join()
         for t in self._threads:
             t.join(5)
+        # Acks the handlers handed over are committed before anything this worker holds is given back.
+        settle = getattr(self.broker, "settle_handed_over", None)
+        if settle is not None:
+            settle(ACKS_CLOSE_S)
         self._roles.close()
         running = [t for w in self.workers.values() for t in w.workers if t.is_alive()]
         data: dict[str, Any] = {"id": self.worker_id, "name": self.services.name, **self.recycler.stop_data()}
