@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import threading
 from typing import Any
@@ -37,12 +38,41 @@ def _totals(procs: list[Proc]) -> tuple[float, float, int, int]:
     for proc in procs:
         for p in proc.tree():
             try:
-                t, cs = p.cpu_times(), p.num_ctx_switches()
+                t = p.cpu_times()
             except psutil.NoSuchProcess:
                 continue
             user, system = user + t.user, system + t.system
-            vol, invol = vol + cs.voluntary, invol + cs.involuntary
+            v, i = _switches(p)
+            vol, invol = vol + v, invol + i
     return user, system, vol, invol
+
+
+def _switches(p: psutil.Process) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of every thread of ``p``.
+
+    On Linux ``/proc/PID/status`` (what psutil reads) counts the main thread's only; the
+    threads' own counts are under ``/proc/PID/task``.
+    """
+    vol = invol = 0
+    try:
+        tids = os.listdir(f"/proc/{p.pid}/task")
+    except OSError:
+        try:
+            cs = p.num_ctx_switches()
+        except psutil.NoSuchProcess:
+            return 0, 0
+        return cs.voluntary, cs.involuntary
+    for tid in tids:
+        try:
+            with open(f"/proc/{p.pid}/task/{tid}/status") as fh:
+                for line in fh:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return vol, invol
 
 
 def run_one(bench: Bench, name: str, processes: int, threads: int, n: int) -> dict[str, float]:
