@@ -266,17 +266,17 @@ class WorkerRuntime:
             t.join(5)
         # Acks the handlers handed over are committed before anything this worker holds is given back.
         settle = getattr(self.broker, "settle_handed_over", None)
-        if settle is not None:
-            settle(ACKS_CLOSE_S)
+        settled = settle(ACKS_CLOSE_S) if settle is not None else True
         self._roles.close()
         running = [t for w in self.workers.values() for t in w.workers if t.is_alive()]
         data: dict[str, Any] = {"id": self.worker_id, "name": self.services.name, **self.recycler.stop_data()}
         returned = True
-        if running or stuck:
+        if running or stuck or not settled:
             # Everything this worker still holds belongs to a handler that is
-            # still running: one past its time limit and stuck in C code, or
-            # one the shutdown timeout ran out on.
-            reason = "abandoned at shutdown" if running else "stuck past its time limit"
+            # still running (one past its time limit and stuck in C code, or
+            # one the shutdown timeout ran out on) or to one whose ack could
+            # not be committed (Redis away): it runs again.
+            reason = "abandoned at shutdown" if running else "stuck past its time limit" if stuck else "not settled at shutdown"
             gave_back = self._give_up_running(reason)
             returned = gave_back is not None
             self.abandoned = gave_back or 0
@@ -286,6 +286,13 @@ class WorkerRuntime:
                     f"iii-console worker {self.services.name}: {len(running)} handler(s) still running after "
                     f"shutdown_timeout ({timeout_ms / 1000:g} s); {self.abandoned} message(s) returned to their queues "
                     "to run again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            elif not settled and gave_back is not None:
+                print(
+                    f"iii-console worker {self.services.name}: Redis did not take the acks of some processed messages "
+                    f"before the stop; {self.abandoned} message(s) returned to their queues to run again",
                     file=sys.stderr,
                     flush=True,
                 )

@@ -255,6 +255,7 @@ def test_a_handed_over_ack_frees_its_prefetch_slot_only_once_it_applies(setup, r
     assert (s.broker.acks.calls, s.broker.acks.acks) == (2, 2)
     assert s.consumer.queued_message_ids == set()
     assert s.in_flight(r) == set()
+    assert s.broker.settle_handed_over(1.0) is True
     s.sink.flush()
     _check_once(r, keys, {first.message_id, second.message_id})
 
@@ -272,7 +273,7 @@ def test_a_stop_while_redis_is_away_gives_up_and_leaves_the_messages_in_flight(s
         for m in messages[1:]:
             s.consumer.ack(m)
         t0 = time.monotonic()
-        s.broker.settle_handed_over(0.5)
+        assert s.broker.settle_handed_over(0.5) is False  # they are still this worker's to give back
         leader.join(10)
         assert not leader.is_alive()
         assert time.monotonic() - t0 < 5

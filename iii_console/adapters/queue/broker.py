@@ -135,10 +135,11 @@ class IIIBroker(HookCache, RedisBroker):
             self._promoter = threading.Thread(target=promoter.run_forever, name="iii-promoter", daemon=True)
             self._promoter.start()
 
-    def settle_handed_over(self, timeout: float = 10.0) -> None:
+    def settle_handed_over(self, timeout: float = 10.0) -> bool:
         """Commit the acks the worker threads handed over (``AckGroup.close``): a stop calls this before
-        it gives back what the worker still holds, so no processed message is given back to run again."""
-        self.acks.close(timeout)
+        it gives back what the worker still holds, so no processed message is given back to run again.
+        False if some could not be committed: their messages are still this worker's to give back."""
+        return self.acks.close(timeout)
 
     def close(self) -> None:
         self.acks.close()  # what the worker threads handed over is committed before anything else stops
@@ -435,6 +436,8 @@ class AckGroup:
         self._busy = False
         self._backing_off = False
         self._closed = False
+        #: Acks a stop gave up on (Redis away): their messages stay in flight, to be given back.
+        self._given_up = 0
         #: Calls made and acks they carried (for tests and the benchmarks).
         self.calls = 0
         self.acks = 0
@@ -485,6 +488,7 @@ class AckGroup:
                     if self._closed:
                         # Stopping: the messages stay in this worker's in-flight set and are redelivered.
                         n = len(held) + len(self._waiting)
+                        self._given_up += n
                         log.warning("stopping with %d message(s) not settled: they will be redelivered", n)
                         held, self._waiting = [], []
                         self._busy = False
@@ -503,8 +507,10 @@ class AckGroup:
                 self._cond.notify_all()
             raise
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Commit what is still handed over (waiting up to ``timeout`` for a call on the wire); then stop retrying."""
+    def close(self, timeout: float = 10.0) -> bool:
+        """Commit what is still handed over (waiting up to ``timeout`` for a call on the wire), then stop
+        retrying. True if every ack handed over was applied; False if some were given up on (their
+        messages are still in this worker's in-flight set) or a failing call is still being retried."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while self._busy:
@@ -512,13 +518,15 @@ class AckGroup:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self._closed = True
-                    return
+                    return False
                 self._cond.wait(min(left, 0.1))
             self._closed = True
-            if not self._waiting:
-                return
-            self._busy = True
+            if self._waiting:
+                self._busy = True
+            else:
+                return self._given_up == 0
         self._lead()
+        return self._given_up == 0
 
     def _run(self, acks: list[_Ack]) -> list[_Ack]:
         """Commit ``acks`` in one call (one at a time if Redis refuses the call for what is in it); the ones that failed."""
