@@ -103,7 +103,8 @@ class Bench:
         os.environ["BENCH_REDIS_URL"] = self.url
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            # A PYTHONPATH of the caller's comes first: an older checkout on it is the code measured.
+            "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])),
             "PYTHONUNBUFFERED": "1",
         }
         self._procs = Procs(self.tmp / "logs", env)
