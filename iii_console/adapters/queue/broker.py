@@ -404,7 +404,7 @@ class AckGroup:
     meanwhile, until none is waiting. The other threads do not wait for their
     ack's call: each hands its ack over and takes its next message, so no thread
     parks and wakes again per message (on two busy cores that convoy cost the
-    event stream a fifth of the drain's throughput).
+    event stream a tenth to a fifth of the drain's throughput).
 
     Each ack's message stays in this worker's in-flight set in Redis, and counts
     against the consumer's prefetch, until its call applies it: the consumer is
