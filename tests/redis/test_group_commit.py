@@ -112,6 +112,16 @@ def setup(redis_url, keys):
         s.close()
 
 
+@pytest.fixture
+def proxied(setup, redis_server):
+    """A setup whose client reaches Redis through a TCP proxy the test can cut: (proxy, setup)."""
+    proxy = TcpProxy("127.0.0.1", redis_server.port)
+    try:
+        yield proxy, setup(proxy.url)
+    finally:
+        proxy.close()
+
+
 def _slowed(broker: IIIBroker, seconds: float) -> None:
     """Make each group's call take ``seconds`` longer, so acks gather behind it."""
     commit = broker.acks._commit
@@ -177,56 +187,52 @@ def test_a_settle_refused_in_a_group_writes_nothing_for_that_message(setup, r, k
     _check_once(r, keys, {m.message_id for m in messages[3:]})
 
 
-def test_a_connection_lost_mid_group_leaves_each_message_settled_once_or_in_flight(setup, redis_server, r, keys):
+def test_a_connection_lost_mid_group_leaves_each_message_settled_once_or_in_flight(proxied, r, keys):
     """The committing thread retries until the link is back; no thread that handed an ack over sees the error."""
-    proxy = TcpProxy("127.0.0.1", redis_server.port)
-    try:
-        s = setup(proxy.url)
-        messages = s.fetch(24)
-        s.sink.flush()
-        cut = threading.Event()
-        failures: list[BaseException] = []
-        rids = {m.options["redis_message_id"]: m.message_id for m in messages}
-        mid_outage: list[str] = []
+    proxy, s = proxied
+    messages = s.fetch(24)
+    s.sink.flush()
+    cut = threading.Event()
+    failures: list[BaseException] = []
+    rids = {m.options["redis_message_id"]: m.message_id for m in messages}
+    mid_outage: list[str] = []
 
-        commit = s.broker.acks._commit
+    commit = s.broker.acks._commit
 
-        def cutting(acks: list[Any]) -> list[int]:
-            time.sleep(0.01)
-            if not cut.is_set() and len(acks) > 1:
-                cut.set()
-                proxy.cut(1.0)  # the link drops just as this group's call goes out
-            try:
-                return commit(acks)
-            except BaseException as exc:
-                failures.append(exc)
-                if len(failures) == 1:
-                    # Read past the proxy, mid-outage: each message settled (gone from the
-                    # in-flight set, one processed) or still in flight (none); never in between.
-                    holding = s.in_flight(r)
-                    processed = Counter(e.message_id for e in _stream(r, keys) if e.type == "message.processed")
-                    mid_outage.extend(
-                        f"{mid}: in flight {rid in holding}, processed {processed[mid]}"
-                        for rid, mid in rids.items()
-                        if processed[mid] != (0 if rid in holding else 1)
-                    )
-                raise
+    def cutting(acks: list[Any]) -> list[int]:
+        time.sleep(0.01)
+        if not cut.is_set() and len(acks) > 1:
+            cut.set()
+            proxy.cut(1.0)  # the link drops just as this group's call goes out
+        try:
+            return commit(acks)
+        except BaseException as exc:
+            failures.append(exc)
+            if len(failures) == 1:
+                # Read past the proxy, mid-outage: each message settled (gone from the
+                # in-flight set, one processed) or still in flight (none); never in between.
+                holding = s.in_flight(r)
+                processed = Counter(e.message_id for e in _stream(r, keys) if e.type == "message.processed")
+                mid_outage.extend(
+                    f"{mid}: in flight {rid in holding}, processed {processed[mid]}"
+                    for rid, mid in rids.items()
+                    if processed[mid] != (0 if rid in holding else 1)
+                )
+            raise
 
-        s.broker.acks._commit = cutting
-        t0 = time.monotonic()
-        errors = s.ack_all(messages)
-        assert failures, "the cut hit no call"
-        assert all(isinstance(e, redis.ConnectionError) for e in failures), failures
-        assert mid_outage == []
-        # Nobody saw the error: the committing thread retried until the link came back (~1 s).
-        assert errors == {m.message_id: None for m in messages}
-        assert time.monotonic() - t0 < 20
-        assert s.in_flight(r) == set()
-        assert s.consumer.queued_message_ids == set()
-        wait_for(lambda: s.sink.flush(0.5), timeout=10, what="the sink to write again")
-        _check_once(r, keys, {m.message_id for m in messages})
-    finally:
-        proxy.close()
+    s.broker.acks._commit = cutting
+    t0 = time.monotonic()
+    errors = s.ack_all(messages)
+    assert failures, "the cut hit no call"
+    assert all(isinstance(e, redis.ConnectionError) for e in failures), failures
+    assert mid_outage == []
+    # Nobody saw the error: the committing thread retried until the link came back (~1 s).
+    assert errors == {m.message_id: None for m in messages}
+    assert time.monotonic() - t0 < 20
+    assert s.in_flight(r) == set()
+    assert s.consumer.queued_message_ids == set()
+    wait_for(lambda: s.sink.flush(0.5), timeout=10, what="the sink to write again")
+    _check_once(r, keys, {m.message_id for m in messages})
 
 
 def test_a_handed_over_ack_frees_its_prefetch_slot_only_once_it_applies(setup, r, keys):
@@ -260,28 +266,24 @@ def test_a_handed_over_ack_frees_its_prefetch_slot_only_once_it_applies(setup, r
     _check_once(r, keys, {first.message_id, second.message_id})
 
 
-def test_a_stop_while_redis_is_away_gives_up_and_leaves_the_messages_in_flight(setup, redis_server, r, keys):
-    proxy = TcpProxy("127.0.0.1", redis_server.port)
-    try:
-        s = setup(proxy.url)
-        messages = s.fetch(4)
-        s.sink.flush()
-        proxy.cut(30.0)
-        leader = threading.Thread(target=s.consumer.ack, args=(messages[0],))
-        leader.start()
-        wait_for(lambda: s.broker.acks.calls >= 2, timeout=10, what="a retry")
-        for m in messages[1:]:
-            s.consumer.ack(m)
-        t0 = time.monotonic()
-        assert s.broker.settle_handed_over(0.5) is False  # they are still this worker's to give back
-        leader.join(10)
-        assert not leader.is_alive()
-        assert time.monotonic() - t0 < 5
-        # Nothing applied: all four are still this worker's, for a stop's requeue or the sweep.
-        assert s.in_flight(r) == {m.options["redis_message_id"] for m in messages}
-        assert not [e for e in _stream(r, keys) if e.type == "message.processed"]
-    finally:
-        proxy.close()
+def test_a_stop_while_redis_is_away_gives_up_and_leaves_the_messages_in_flight(proxied, r, keys):
+    proxy, s = proxied
+    messages = s.fetch(4)
+    s.sink.flush()
+    proxy.cut(30.0)
+    leader = threading.Thread(target=s.consumer.ack, args=(messages[0],))
+    leader.start()
+    wait_for(lambda: s.broker.acks.calls >= 2, timeout=10, what="a retry")
+    for m in messages[1:]:
+        s.consumer.ack(m)
+    t0 = time.monotonic()
+    assert s.broker.settle_handed_over(0.5) is False  # they are still this worker's to give back
+    leader.join(10)
+    assert not leader.is_alive()
+    assert time.monotonic() - t0 < 5
+    # Nothing applied: all four are still this worker's, for a stop's requeue or the sweep.
+    assert s.in_flight(r) == {m.options["redis_message_id"] for m in messages}
+    assert not [e for e in _stream(r, keys) if e.type == "message.processed"]
 
 
 def test_an_idle_ack_goes_out_at_once_alone(setup, r, keys):
