@@ -6,7 +6,6 @@ import argparse
 import datetime as dt
 import importlib
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -44,10 +43,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")  # so every finally stops its processes
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if not args.no_install:
@@ -62,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"bench: unknown scenario(s) {', '.join(unknown)}; known: {', '.join(ORDER)}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
+    from bench.env import Bench, Options, stop_on_sigterm
 
-    from bench.env import Bench, Options
+    stop_on_sigterm()
     from bench.procs import BenchError
     from bench.report import Section, preamble, write
 

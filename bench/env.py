@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,17 @@ class Options:
         return cls(**base)  # type: ignore[arg-type]
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # so every finally stops its processes
+
+
+def stop_on_sigterm() -> None:
+    """A SIGTERM ends the run the way Ctrl+C does: every ``finally`` runs, so the private Redis,
+    the workers and the servers it started are stopped, not left running without it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+
+
 class Bench:
     """One private Redis (appendonly off) and every process of the run."""
 
@@ -97,6 +110,7 @@ class Bench:
         return self._procs
 
     def __enter__(self) -> Bench:
+        stop_on_sigterm()  # the side tools (python -m bench.switches, ...) as well as the harness
         self.redis_server.start()
         self.r = redis.Redis.from_url(self.url)
         # The peers' modules and the work function read the URL from the environment.
