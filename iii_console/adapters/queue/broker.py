@@ -382,14 +382,13 @@ class Delivery(MessageProxy):
 class _Ack:
     """One processed message waiting in an :class:`AckGroup`."""
 
-    __slots__ = ("error", "event", "group", "mid", "owner", "queue", "result", "rid", "through")
+    __slots__ = ("error", "event", "group", "mid", "owner", "queue", "rid", "through")
 
     def __init__(self, queue: str, rid: str, group: str, mid: str, event: Any, through: int | None, owner: Any):
         self.queue, self.rid, self.group, self.mid = queue, rid, group, mid
         self.event, self.through = event, through
         #: Told once the settle is in (``owner.settled(mid)``): the consumer that fetched the message.
         self.owner = owner
-        self.result = 0
         self.error: BaseException | None = None
 
 
@@ -463,8 +462,7 @@ class AckGroup:
                     held += self._waiting
                     self._waiting = []
                     if not held:
-                        self._busy = False
-                        self._cond.notify_all()
+                        self._stand_down()
                         return
                 failed = self._run(held)
                 for a in held:
@@ -491,8 +489,7 @@ class AckGroup:
                         self._given_up += n
                         log.warning("stopping with %d message(s) not settled: they will be redelivered", n)
                         held, self._waiting = [], []
-                        self._busy = False
-                        self._cond.notify_all()
+                        self._stand_down()
                         return
                     if not self._waiting:  # nothing new to commit meanwhile: back off
                         self._backing_off = True
@@ -503,9 +500,13 @@ class AckGroup:
             # held goes back for the next ack's thread (or ``close``) to commit.
             with self._lock:
                 self._waiting[:0] = held
-                self._busy = False
-                self._cond.notify_all()
+                self._stand_down()
             raise
+
+    def _stand_down(self) -> None:
+        """No call on the wire any more (lock held): the next ack's thread commits; ``close`` may go on."""
+        self._busy = False
+        self._cond.notify_all()
 
     def close(self, timeout: float = 10.0) -> bool:
         """Commit what is still handed over (waiting up to ``timeout`` for a call on the wire), then stop
@@ -533,7 +534,7 @@ class AckGroup:
         self.calls += 1
         self.acks += len(acks)
         try:
-            results = self._commit(acks)
+            self._commit(acks)  # each settle's own outcome (held or not) needs nothing more here
         except redis.ResponseError as exc:
             if len(acks) == 1 or isinstance(exc, redis.exceptions.NoScriptError):
                 _fail(acks, exc)
@@ -545,8 +546,6 @@ class AckGroup:
         except Exception as exc:
             _fail(acks, exc)
             return acks
-        for a, r in zip(acks, results):
-            a.result = r
         return []
 
 
