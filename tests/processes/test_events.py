@@ -207,7 +207,8 @@ def test_a_json_line_read_off_the_entry_holds_what_the_decoded_events_line_holds
     """Given entries of every shape a stream holds (every field, few fields, text outside ASCII, data that is
     not strict JSON, NaN in data or in duration_ms, a number past a float, data that is null or empty text,
     an entry with no type), when the echo's line is built from the entry as read, then it parses to the same
-    value as the line of the decoded event, or it is that line, and it is always strict JSON."""
+    value as the line of the decoded event, or it is that line, and it is always strict JSON; read with text
+    keys and values instead of bytes, the line is the same."""
     from iii_console.core.events import loads_finite
     from iii_console.format import json_line, json_line_of
 
@@ -238,4 +239,7 @@ def test_a_json_line_read_off_the_entry_holds_what_the_decoded_events_line_holds
         fast = json_line_of(entry_id, fields)
         full = json_line(Event.decode(entry_id, fields))
         assert loads_finite(fast) == loads_finite(full), (fields, fast, full)
+        # The same entry as a client with decode_responses reads it: text keys and values.
+        text = {k.decode(): v.decode() for k, v in fields.items()}
+        assert json_line_of(entry_id.decode(), text) == fast
     r.delete(key)
