@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -30,7 +29,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from iii_console.adapters.downloads import NotFound, download_response, progress_response
 from iii_console.adapters.queue.errors import PayloadTooLarge
-from iii_console.core import spans
+from iii_console.core import ids, spans
 from iii_console.core.answers import ProgressStream, is_answer
 from iii_console.core.blobs import BlobError, BlobNotFound, BlobTooLarge
 from iii_console.core.context import HttpRequest
@@ -248,7 +247,7 @@ class HttpSteps:
 
         async def traced(request: Request[Any, Any, Any]) -> Response[Any]:
             if tracing is None:
-                return await handle(request, uuid.uuid4().hex)
+                return await handle(request, ids.trace_id())
             # Traced: the request's span is current while it runs (its enqueues carry it), and an
             # incoming W3C traceparent gives the request its trace id.
             run = tracing.http_run(

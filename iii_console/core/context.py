@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from iii_console.core import spans
+from iii_console.core import ids, spans
 from iii_console.core.emitter import Emitter
 
 if TYPE_CHECKING:
@@ -24,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def new_trace_id() -> str:
-    return uuid.uuid4().hex
+    return ids.trace_id()
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from typing import Any
 
 import redis
@@ -73,6 +72,7 @@ from iii_console.adapters.queue.deadletters import (
 from iii_console.adapters.queue.middleware import HookCache
 from iii_console.adapters.queue.names import Subscription, parse_queue
 from iii_console.adapters.queue.scripts import Scripts
+from iii_console.core import ids
 from iii_console.core.dlq import DeadLetter
 from iii_console.core.errors import user_traceback
 from iii_console.core.events import now_ms
@@ -165,7 +165,7 @@ class IIIBroker(HookCache, RedisBroker):
         clock + ``delay``. The runtime enqueues through ``producer.py``; this is
         for code that sends with Dramatiq's own ``actor.send``.
         """
-        message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+        message = message.copy(options={"redis_message_id": ids.message_id()})
         message.options.pop("eta", None)
         self.emit_before("enqueue", message, delay)
         try:
@@ -649,7 +649,7 @@ class IIIConsumer(Consumer):
     def _retry(self, message: MessageProxy, delay_ms: int) -> None:
         base = q_name(self.queue_name)
         options = {k: v for k, v in message.options.items() if k not in ("iii_outcome", "eta")}
-        options.update(redis_message_id=str(uuid.uuid4()), due_ms=now_ms() + int(delay_ms))
+        options.update(redis_message_id=ids.message_id(), due_ms=now_ms() + int(delay_ms))
         new: Message[Any] = Message(
             queue_name=base,
             actor_name=message.actor_name,

@@ -14,7 +14,6 @@ events; only the call that sends differs.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,7 @@ from iii_console.adapters.queue.errors import EnqueueError, PayloadTooLarge
 from iii_console.adapters.queue.fanin import build_group, empty_result
 from iii_console.adapters.queue.names import Subscription
 from iii_console.adapters.queue.scripts import SOURCES, Scripts
-from iii_console.core import replication, spans
+from iii_console.core import ids, replication, spans
 from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter
 from iii_console.core.events import now_ms
@@ -95,7 +94,7 @@ class _Builder:
                 "priority": prio,
                 "source": source or "",
                 "enqueued_ms": now,
-                "redis_message_id": str(uuid.uuid4()),
+                "redis_message_id": ids.message_id(),
                 **(options or {}),
             }
             if parent is not None:
@@ -103,7 +102,9 @@ class _Builder:
             if delay_ms:
                 opts["due_ms"] = now + delay_ms
             queue = sub.queue(prio)
-            msg: Message[Any] = Message(queue_name=queue, actor_name=sub.actor(prio), args=(data,), kwargs={}, options=opts)
+            msg: Message[Any] = Message(
+                queue_name=queue, actor_name=sub.actor(prio), args=(data,), kwargs={}, options=opts, message_id=ids.message_id()
+            )
             try:
                 encoded = _encode(msg)
             except (TypeError, ValueError) as exc:
