@@ -144,10 +144,6 @@ _TEXT = ("trace_id", "message_id", "step", "topic", "queue")
 _TEXT_BYTES = tuple((name.encode(), name) for name in _TEXT)
 
 
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
 def json_line_of(entry_id: Any, raw: Mapping[Any, Any]) -> str:
     """``json_line(Event.decode(entry_id, raw))`` read off the stream entry, without building the event.
 
@@ -158,21 +154,24 @@ def json_line_of(entry_id: Any, raw: Mapping[Any, Any]) -> str:
     ``duration_ms``, an entry that is not an event) takes the full path. The line holds the
     same values as :func:`json_line`'s; text outside ASCII is written as UTF-8 instead of
     ``\\u`` escapes. An entry as a client without ``decode_responses`` reads it (bytes keys
-    and values, what the echo reads) is looked up as it is; one with text keys is copied first.
+    and values, what the echo reads) is looked up as it is; one with text keys is copied to bytes first.
     """
     try:
-        kind = raw.get(b"type")
-        if isinstance(kind, bytes):
-            return _line_of_bytes(entry_id, raw, kind)
-        return _line_of_fields(entry_id, {_text(k): v for k, v in raw.items()})
+        if not isinstance(raw.get(b"type"), bytes):  # text keys (a client with decode_responses), or no type
+            raw = {_bytes(k): _bytes(v) for k, v in raw.items()}
+        return _line_of_bytes(entry_id, raw)
     except (KeyError, ValueError, UnicodeError, AttributeError, TypeError, msgspec.MsgspecError):
         return json_line(Event.decode(entry_id, raw))
 
 
-def _line_of_bytes(entry_id: Any, raw: Mapping[Any, Any], kind: bytes) -> str:
-    """:func:`json_line_of` of an entry with bytes keys and values (no key is decoded)."""
+def _bytes(v: Any) -> Any:
+    return v.encode() if isinstance(v, str) else v
+
+
+def _line_of_bytes(entry_id: Any, raw: Mapping[Any, Any]) -> str:
+    """:func:`json_line_of` of an entry with bytes keys and values, looked up as they are."""
     get = raw.get
-    out: dict[str, Any] = {"type": kind.decode(), "ts": int(get(b"ts", 0))}
+    out: dict[str, Any] = {"type": get(b"type").decode(), "ts": int(get(b"ts", 0))}
     for key, name in _TEXT_BYTES:
         v = get(key)
         if v:
@@ -198,36 +197,4 @@ def _line_of_bytes(entry_id: Any, raw: Mapping[Any, Any], kind: bytes) -> str:
         if value is not None and value != "":
             out["data"] = msgspec.Raw(v)
     out["id"] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return _encode(out).decode()
-
-
-def _line_of_fields(entry_id: Any, f: Mapping[str, Any]) -> str:
-    """:func:`json_line_of` of an entry whose keys are text (values bytes or text)."""
-    out: dict[str, Any] = {"type": _text(f["type"]), "ts": int(f.get("ts", 0))}
-    for name in _TEXT:
-        v = f.get(name)
-        if v:
-            out[name] = _text(v)
-    v = f.get("attempt")
-    if v is not None:
-        out["attempt"] = int(v)
-    v = f.get("worker")
-    if v:
-        out["worker"] = _text(v)
-    v = f.get("duration_ms")
-    if v is not None:
-        d = float(v)
-        if not math.isfinite(d):
-            raise ValueError(d)
-        out["duration_ms"] = d
-    v = f.get("error")
-    if v:
-        out["error"] = _text(v)
-    v = f.get("data")
-    if v is not None:
-        data = v if isinstance(v, bytes) else v.encode()
-        value = _validate(data)
-        if value is not None and value != "":
-            out["data"] = msgspec.Raw(data)
-    out["id"] = _text(entry_id)
     return _encode(out).decode()
