@@ -171,7 +171,7 @@ def _bytes(v: Any) -> Any:
 def _line_of_bytes(entry_id: Any, raw: Mapping[Any, Any]) -> str:
     """:func:`json_line_of` of an entry with bytes keys and values, looked up as they are."""
     get = raw.get
-    out: dict[str, Any] = {"type": get(b"type").decode(), "ts": int(get(b"ts", 0))}
+    out: dict[str, Any] = {"type": raw[b"type"].decode(), "ts": int(get(b"ts", 0))}
     for key, name in _TEXT_BYTES:
         v = get(key)
         if v:
