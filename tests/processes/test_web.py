@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import deque
 from pathlib import Path
 
 import httpx
@@ -53,6 +54,8 @@ def until(page, pred, what: str, timeout: float = 15) -> str:
 
 class Proc:
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None, ready: str = r"on (http://\S+)"):
+        #: What the process said on stderr after its first line (kept for a stop that fails).
+        self.said: deque[str] = deque(maxlen=200)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "iii_console", *args],
             cwd=cwd,
@@ -67,13 +70,17 @@ class Proc:
             self.stop()
             raise AssertionError(f"iii-console {args[0]} did not start: {line}{self.proc.stderr.read()}")
         self.url = m.group(1).rstrip(",")
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
+        threading.Thread(target=lambda: self.said.extend(self.proc.stderr), daemon=True).start()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"iii-console {self.proc.args[2:]} did not stop within 30 s of SIGTERM; its stderr:\n{''.join(self.said)}"
+            ) from None
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
