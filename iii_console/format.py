@@ -139,9 +139,8 @@ def json_line(ev: Event) -> str:
 
 _encode = msgspec.json.encode
 _validate = msgspec.json.decode
-#: An entry's text fields, in the order ``Event.as_dict`` gives them (``ts`` first after ``type``).
-_TEXT = ("trace_id", "message_id", "step", "topic", "queue")
-_TEXT_BYTES = tuple((name.encode(), name) for name in _TEXT)
+#: An entry's text fields (its key, the line's name), in the order ``Event.as_dict`` gives them (``ts`` first after ``type``).
+_TEXT = tuple((name.encode(), name) for name in ("trace_id", "message_id", "step", "topic", "queue"))
 
 
 def json_line_of(entry_id: Any, raw: Mapping[Any, Any]) -> str:
@@ -172,7 +171,7 @@ def _line_of_bytes(entry_id: Any, raw: Mapping[Any, Any]) -> str:
     """:func:`json_line_of` of an entry with bytes keys and values, looked up as they are."""
     get = raw.get
     out: dict[str, Any] = {"type": raw[b"type"].decode(), "ts": int(get(b"ts", 0))}
-    for key, name in _TEXT_BYTES:
+    for key, name in _TEXT:
         v = get(key)
         if v:
             out[name] = v.decode()

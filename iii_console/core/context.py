@@ -15,15 +15,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from iii_console.core import ids, spans
+from iii_console.core import spans
 from iii_console.core.emitter import Emitter
 
 if TYPE_CHECKING:
     from iii_console.core.state import AsyncState, State
-
-
-def new_trace_id() -> str:
-    return ids.trace_id()
 
 
 @dataclass(frozen=True)
