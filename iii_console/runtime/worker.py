@@ -56,7 +56,6 @@ from iii_console.runtime.recycling import Recycler, report_stuck, stop_intake
 from iii_console.runtime.redis_watchdog import wait_for_redis
 from iii_console.runtime.runner import LoopThread, make_runner
 from iii_console.runtime.services import open_services
-from iii_console.runtime.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 #: How long a stop waits for the async handlers' clients to close.
@@ -208,10 +207,7 @@ class WorkerRuntime:
             # A batch of N holds N threads while it gathers: give a batched topic at least that many.
             sizes = [spec.max_size for sub, step in subs if (spec := self._batch_spec(step, sub.topic)) is not None]
             conc = max([conc, *sizes])
-            worker = dramatiq.Worker(self.broker, queues=queues, worker_threads=conc, worker_timeout=200)
-            # Its threads wait for fetched messages in C instead of on a Python Condition (runtime/workqueue.py).
-            worker.work_queue = WorkQueue()  # type: ignore[assignment]
-            self.workers[topic] = worker
+            self.workers[topic] = dramatiq.Worker(self.broker, queues=queues, worker_threads=conc, worker_timeout=200)
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
