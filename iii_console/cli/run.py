@@ -47,6 +47,7 @@ async def _run_headless(
     import logging
 
     from iii_console.runtime import hangup
+    from iii_console.runtime.hardstop import GRACE_S, HardStop
     from iii_console.runtime.recycling import RECYCLE_EXIT
     from iii_console.runtime.supervisor import Supervisor
 
@@ -79,7 +80,12 @@ async def _run_headless(
         _say(f"warning: {warning}")
     await stop.wait()
     _say("iii-console: stopping (draining in-flight work)...")
+    hard = HardStop("", kill=sup.kill_children)
+    hard.arm(sup.config.workers.shutdown_timeout + GRACE_S)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl+C or SIGTERM: stop now
+        loop.add_signal_handler(sig, hard.now, "a second signal")
     await sup.stop()
+    hard.disarm()
     bad = [c for c in sup.worker_codes if c not in (0, None, -signal.SIGTERM, RECYCLE_EXIT)]
     return 1 if bad else 0
 
@@ -116,6 +122,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
 
     from iii_console.core.files import private_dir, private_file
     from iii_console.runtime import hangup
+    from iii_console.runtime.hardstop import GRACE_S, HardStop
     from iii_console.runtime.supervisor import Supervisor
     from iii_console.tui.app import create_app
 
@@ -143,7 +150,21 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
         broker=console_broker(cfg),
     )
     app.notice = _redis_version(sup.config.redis.url)[1]
-    app.stop_runtime = sup.stop
+    terminal = _TerminalState()
+
+    def kill() -> None:
+        sup.kill_children()
+        terminal.restore()
+
+    hard = HardStop("", kill=kill)
+
+    async def stop_runtime() -> None:
+        # However the stop goes, it ends by the deadline; the terminal is given back first.
+        hard.arm(sup.config.workers.shutdown_timeout + GRACE_S)
+        await sup.stop()
+        hard.disarm()
+
+    app.stop_runtime = stop_runtime
     loop = asyncio.get_running_loop()
     # SIGTERM (a `kill`, a wrapper that died) and a hang-up leave as `q` does: the runtime then
     # drains and stops its Redis, instead of the process dying with its workers mid-stop.
@@ -152,7 +173,43 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     try:
         await app.run_async()
     finally:
-        await sup.stop()  # at once if `q` already stopped it
+        # The console is gone (its terminal restored): a Ctrl+C or SIGTERM now stops at once.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, hard.now, "a second signal")
+        await stop_runtime()  # at once if `q` already stopped it
     if app.stop_error is not None:
         raise app.stop_error
     return 0
+
+
+class _TerminalState:
+    """The terminal's modes before the console took it, to give back on a forced exit (the console,
+    stopped from another thread, cannot restore them itself)."""
+
+    #: Leave the alternate screen; show the cursor; mouse reporting, focus events and bracketed paste off.
+    RESET = b"\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?1004l\x1b[?2004l"
+
+    def __init__(self) -> None:
+        self.attrs: list | None = None
+        try:
+            import termios
+
+            self.attrs = termios.tcgetattr(sys.__stdin__.fileno()) if sys.__stdin__ and sys.__stdin__.isatty() else None
+        except (ImportError, OSError, ValueError):  # Windows, or no terminal
+            pass
+
+    def restore(self) -> None:
+        if self.attrs is None:
+            return
+        import os
+        import termios
+
+        try:
+            termios.tcsetattr(sys.__stdin__.fileno(), termios.TCSANOW, self.attrs)  # type: ignore[union-attr]
+            tty = os.open("/dev/tty", os.O_WRONLY | os.O_NOCTTY)
+            try:
+                os.write(tty, self.RESET)
+            finally:
+                os.close(tty)
+        except (OSError, ValueError, termios.error):
+            pass

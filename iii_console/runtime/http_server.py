@@ -12,6 +12,7 @@ app it built, the one serving and any still in their grace period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -130,7 +131,9 @@ class HttpServer:
                     limit_concurrency=srv.max_connections,
                 )
             )
-            self._server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
+            # Signals are the supervisor's: uvicorn would otherwise take SIGINT and SIGTERM over while it
+            # serves (stopping on its own) and raise them again once it has stopped.
+            self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
             self._serve = asyncio.create_task(self._server.serve(sockets=[sock]), name="iii-server")
             for _ in range(500):
                 if self._server.started:

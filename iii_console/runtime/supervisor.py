@@ -223,6 +223,12 @@ class Supervisor:
         emit("config.reloaded", data={"ok": True, "changed": changed or [], "steps": [s.name for s in fresh.steps]})
         return True
 
+    def kill_children(self) -> None:
+        """SIGKILL the worker processes (a forced stop): what they held is recovered as after a crash."""
+        for child in self.children:
+            if child.proc.poll() is None:
+                child.proc.kill()
+
     # -- stop ---------------------------------------------------------------
     async def stop(self) -> None:
         if self._stopping:

@@ -25,6 +25,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from contextlib import ExitStack
 from typing import Any
 
@@ -52,6 +53,7 @@ from iii_console.runtime.dispatcher import (
     trim_dispatched_changes,
     watch_state_triggers,
 )
+from iii_console.runtime.hardstop import GRACE_S, HardStop
 from iii_console.runtime.recycling import Recycler, report_stuck, stop_intake
 from iii_console.runtime.redis_watchdog import wait_for_redis
 from iii_console.runtime.runner import LoopThread, make_runner
@@ -62,6 +64,9 @@ log = logging.getLogger(__name__)
 ASYNC_CLOSE_S = 2.0
 #: How long a stop waits for the acks its handlers handed over to be committed (Redis broker).
 ACKS_CLOSE_S = 5.0
+#: How long past ``shutdown_timeout`` a stop waits for a topic's Dramatiq worker to stop (its consumers
+#: stop, give back what they prefetched and close) before going on without it.
+STOP_MARGIN_S = 3.0
 
 __all__ = ["TRIGGER_GROUP", "WorkerRuntime", "ensure_trigger_group", "trim_dispatched_changes", "watch_state_triggers"]
 
@@ -256,12 +261,21 @@ class WorkerRuntime:
         timeout_ms = int((timeout_s or self.config.workers.shutdown_timeout) * 1000)
         self._stop.set()
         stuck = self.time_limits.detach_stuck(self.workers.values())
-        # Each topic's Worker drains independently; stop them side by side.
-        stoppers = [threading.Thread(target=w.stop, kwargs={"timeout": timeout_ms}) for w in self.workers.values()]
-        for t in stoppers:
+        # Each topic's Worker drains independently; stop them side by side. A Worker's stop waits up to
+        # the timeout for its handlers, then for its consumers; past that (plus a margin for the
+        # consumers' requeue and close) the stop goes on without it and says where it was.
+        stoppers = {
+            topic: threading.Thread(target=w.stop, kwargs={"timeout": timeout_ms}, name=f"iii-stop-{topic}", daemon=True)
+            for topic, w in self.workers.items()
+        }
+        for t in stoppers.values():
             t.start()
-        for t in stoppers:
-            t.join()
+        deadline = time.monotonic() + timeout_ms / 1000 + STOP_MARGIN_S
+        for t in stoppers.values():
+            t.join(max(0.0, deadline - time.monotonic()))
+        hung = [topic for topic, t in stoppers.items() if t.is_alive()]
+        if hung:
+            self._report_hung_stop(hung, stoppers, timeout_ms / 1000 + STOP_MARGIN_S)
         for t in self._threads:
             t.join(5)
         # Acks the handlers handed over are committed before anything this worker holds is given back.
@@ -271,12 +285,19 @@ class WorkerRuntime:
         running = [t for w in self.workers.values() for t in w.workers if t.is_alive()]
         data: dict[str, Any] = {"id": self.worker_id, "name": self.services.name, **self.recycler.stop_data()}
         returned = True
-        if running or stuck or not settled:
+        if running or stuck or hung or not settled:
             # Everything this worker still holds belongs to a handler that is
             # still running (one past its time limit and stuck in C code, or
-            # one the shutdown timeout ran out on) or to one whose ack could
-            # not be committed (Redis away): it runs again.
-            reason = "abandoned at shutdown" if running else "stuck past its time limit" if stuck else "not settled at shutdown"
+            # one the shutdown timeout ran out on), to a consumer whose stop
+            # did not end, or to a handler whose ack could not be committed
+            # (Redis away): it runs again.
+            reason = (
+                "abandoned at shutdown"
+                if running or hung
+                else "stuck past its time limit"
+                if stuck
+                else "not settled at shutdown"
+            )
             gave_back = self._give_up_running(reason)
             returned = gave_back is not None
             self.abandoned = gave_back or 0
@@ -321,6 +342,25 @@ class WorkerRuntime:
         except Exception as exc:  # a stop must go on: the process is about to exit anyway
             closing.cancel()
             log.warning("closing the async clients failed: %r", exc)
+
+    def _report_hung_stop(self, hung: list[str], stoppers: dict[str, threading.Thread], waited_s: float) -> None:
+        """Say on stderr which topics' stops did not end, with where their threads are."""
+        frames = sys._current_frames()
+        threads = [stoppers[topic] for topic in hung]
+        for topic in hung:
+            w = self.workers[topic]
+            threads += [t for t in [*w.workers, *w.consumers.values()] if t.is_alive()]
+        where = []
+        for t in threads:
+            frame = frames.get(t.ident) if t.ident is not None else None
+            stack = "".join(traceback.format_stack(frame)[-4:]) if frame is not None else "  (no frame)\n"
+            where.append(f"  thread {t.name}:\n{stack}")
+        print(
+            f"iii-console worker {self.services.name}: the stop of {', '.join(hung)} did not end within "
+            f"{waited_s:g} s; going on without it. Where its threads were:\n{''.join(where)}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _give_up_running(self, reason: str) -> int | None:
         """Return the messages of handlers still running at the end of the stop to their queues.
@@ -430,8 +470,20 @@ def main() -> int:
     supervisor = int(os.environ.get("III_SUPERVISOR_PID") or os.getppid())
     rt.orphaned = lambda: os.getppid() != supervisor
     stop = rt.recycler.requested  # set by SIGTERM, or when this process should be replaced
+    hard = HardStop(f"worker {rt.services.name}")
+    interrupts = 0
+
+    def on_signal(sig: int, _frame: object) -> None:
+        # A second Ctrl+C stops it now. Only SIGINT counts: one Ctrl+C in a terminal reaches this
+        # process as a SIGINT and, through its supervisor, as a SIGTERM too.
+        nonlocal interrupts
+        interrupts += sig == signal.SIGINT
+        if interrupts >= 2:
+            hard.now("a second Ctrl+C")
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     hangup.watch(stop.set)  # the terminal closed (it reaches the whole job): drain as on SIGTERM
     hangup.keep_writing()  # a step's print to output nobody reads any more must not fail its attempt
     rt.start()
@@ -442,7 +494,10 @@ def main() -> int:
     while not stop.wait(0.5):
         if os.getppid() != supervisor:  # it died without telling us; we were handed to init or a subreaper
             break
+    # Its supervisor kills it 5 s after the drain; an orphan or a recycled process has only this deadline.
+    hard.arm(config.workers.shutdown_timeout + GRACE_S)
     rt.stop()
+    hard.disarm()
     return rt.recycler.exit_code
 
 

@@ -1,0 +1,84 @@
+"""A stop that cannot hang: a deadline after which the process says where it was and exits, and
+a second Ctrl+C (or, for a supervisor, a second SIGTERM) that stops it at once.
+
+A graceful stop waits for running handlers (up to ``workers.shutdown_timeout``), then gives back
+what its workers hold and writes its last events. Those last steps talk to Redis, and a Redis
+that stops answering without closing its connections (a frozen process or VM, a partition that
+drops packets) holds each call for its socket timeout and every retry, and the stop with them,
+for minutes. Past the deadline the process prints every thread's stack on stderr (what it was
+waiting on), kills the processes it started, and exits with code 1.
+
+What a forced exit leaves is recovered as after a crash: a worker's in-flight messages by its
+supervisor at once, or by the sweep once its heartbeat ages past ``heartbeat_timeout``; the
+HTTP server has drained its requests before anything else stops, and every write of a handler
+is a unit applied whole or not at all.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import threading
+from collections.abc import Callable
+from typing import NoReturn
+
+#: How long past ``workers.shutdown_timeout`` a stop may take before it is forced: the pool's
+#: 5 s for its children, then the last recoveries and events. Below the systemd units'
+#: ``TimeoutStopSec`` (45 s with the default 30 s drain).
+GRACE_S = 10.0
+#: Where the report goes: the process's stderr, whatever ``sys.stderr`` was replaced with.
+STDERR = 2
+#: The exit code of a forced stop.
+FORCED_EXIT = 1
+#: After the deadline, how long the watchdog thread may wait for the interpreter before the C-level
+#: fallback (``faulthandler``) dumps and exits without it (a thread that never releases the GIL).
+FALLBACK_S = 5.0
+
+
+class HardStop:
+    """The deadline and the forced exit of one process's stop.
+
+    ``kill`` runs just before the exit (the supervisor SIGKILLs its worker processes there). Arm
+    it when the stop begins; :meth:`now` forces the exit at once (a second signal).
+    """
+
+    def __init__(self, name: str, kill: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self._who = f"iii-console {name}" if name else "iii-console"
+        self.kill = kill
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+
+    def arm(self, after_s: float) -> None:
+        """Force the exit if the process is still running ``after_s`` seconds from now."""
+
+        def watch() -> None:
+            if not self._done.wait(after_s):
+                self.now(f"the stop did not end within {after_s:g} s")
+
+        threading.Thread(target=watch, name="iii-hard-stop", daemon=True).start()
+        try:
+            faulthandler.dump_traceback_later(after_s + FALLBACK_S, exit=True, file=STDERR)
+        except (ValueError, OSError):  # no usable stderr: the thread alone
+            pass
+
+    def disarm(self) -> None:
+        """The stop ended: no forced exit."""
+        self._done.set()
+        faulthandler.cancel_dump_traceback_later()
+
+    def now(self, why: str) -> NoReturn:
+        """Say why and where every thread was, run ``kill``, exit with :data:`FORCED_EXIT`."""
+        with self._lock:  # the watchdog and a second signal at once: one report
+            try:
+                line = f"{self._who}: {why}; stopping now (what its workers held is recovered as after a crash). "
+                os.write(STDERR, (line + "Where its threads were:\n").encode(errors="replace"))
+                faulthandler.dump_traceback(file=STDERR, all_threads=True)
+            except (ValueError, OSError):  # nobody reads stderr any more: exit all the same
+                pass
+            if self.kill is not None:
+                try:
+                    self.kill()
+                except Exception:
+                    pass
+            os._exit(FORCED_EXIT)
