@@ -38,7 +38,7 @@ FALLBACK_S = 5.0
 class HardStop:
     """The deadline and the forced exit of one process's stop.
 
-    ``kill`` runs just before the exit (the supervisor SIGKILLs its worker processes there). Arm
+    ``kill`` runs first when the exit is forced (the supervisor SIGKILLs its worker processes there). Arm
     it when the stop begins; :meth:`now` forces the exit at once (a second signal).
     """
 
@@ -68,17 +68,21 @@ class HardStop:
         faulthandler.cancel_dump_traceback_later()
 
     def now(self, why: str) -> NoReturn:
-        """Say why and where every thread was, run ``kill``, exit with :data:`FORCED_EXIT`."""
+        """Run ``kill``, say why and where every thread was, exit with :data:`FORCED_EXIT`.
+
+        ``kill`` first: it gives the terminal back, so the report is not written to a screen that
+        is about to be thrown away.
+        """
         with self._lock:  # the watchdog and a second signal at once: one report
+            if self.kill is not None:
+                try:
+                    self.kill()
+                except Exception:
+                    pass
             try:
                 line = f"{self._who}: {why}; stopping now (what its workers held is recovered as after a crash). "
                 os.write(STDERR, (line + "Where its threads were:\n").encode(errors="replace"))
                 faulthandler.dump_traceback(file=STDERR, all_threads=True)
             except (ValueError, OSError):  # nobody reads stderr any more: exit all the same
                 pass
-            if self.kill is not None:
-                try:
-                    self.kill()
-                except Exception:
-                    pass
             os._exit(FORCED_EXIT)
