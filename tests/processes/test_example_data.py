@@ -237,16 +237,24 @@ def test_a_worker_killed_mid_chunk_leaves_no_duplicate_rows(app, db):
     first = 1_000_001
     body, good, _, _ = make_orders(CHUNK * 5, 3, seed=11, first_id=first)
     trace = _upload(app, body, "more-orders.csv").json()["trace_id"]
-    victim = None
+    killed = None
     deadline = time.monotonic() + 30
-    while victim is None and time.monotonic() < deadline:
+    while killed is None and time.monotonic() < deadline:
         settled = {e.message_id for e in app.events("message.processed", step="ImportChunk", trace=trace)}
         running = [e for e in app.events("message.started", step="ImportChunk", trace=trace) if e.message_id not in settled]
-        if running and settled:  # one chunk committed already, another in its transaction
-            victim = running[-1]
+        if running and settled:  # one chunk committed already, another in its transaction (as the stream says)
+            pid = int(running[-1].worker.split(":")[-2])
+            # The stream lags on a loaded machine: freeze the process, then make sure it still holds a message,
+            # so the kill takes a chunk with it (else let it go on and look again).
+            os.kill(pid, signal.SIGSTOP)
+            _wait_stopped(pid)
+            if _holds_messages(app, pid):
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+            else:
+                os.kill(pid, signal.SIGCONT)
         time.sleep(0.02)
-    assert victim is not None, "no chunk was seen running"
-    os.kill(int(victim.worker.split(":")[-2]), signal.SIGKILL)
+    assert killed is not None, "no worker was seen holding a chunk"
     app.wait_for("data.imported", trace=trace, timeout=60)
     assert _count_sum(db, range(first, first + CHUNK * 5)) == (
         len(good),
@@ -256,6 +264,24 @@ def test_a_worker_killed_mid_chunk_leaves_no_duplicate_rows(app, db):
     # The killed worker held a chunk of this import (the one seen running, or the next it took): it came back.
     assert app.events("message.redelivered", step="ImportChunk", trace=trace)
     assert len(app.events("data.imported", trace=trace)) == 1
+
+
+def _wait_stopped(pid: int) -> None:
+    """Until ``pid`` is stopped (a signal is delivered asynchronously)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as fh:
+            if fh.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        time.sleep(0.005)
+
+
+def _holds_messages(app, pid: int) -> bool:
+    """Whether the worker process ``pid`` has a message in flight or prefetched, as Redis records it."""
+    ids = [w["id"] for w in map(json.loads, app.redis.hvals(app.keys.workers)) if w.get("pid") == pid]
+    return any(
+        app.redis.scard(k) for wid in ids for k in app.redis.scan_iter(match=f"{app.keys.dramatiq_namespace}:__acks__.{wid}.*")
+    )
 
 
 @pytest.fixture(scope="module")

@@ -186,13 +186,19 @@ def test_the_rate_limit_holds_while_worker_processes_are_killed(cluster, r, keys
             p.enqueue("calls", {"customer": {"id": cust}, "i": i}, trace_id=f"{cust}{i}")
     rng = random.Random(5)
     kills = 0
+
+    def live_pids() -> list[int]:
+        return sorted(json.loads(v)["pid"] for v in r.hgetall(keys.workers).values())
+
     for _ in range(2):
         time.sleep(rng.uniform(0.4, 1.0))
-        pids = [json.loads(v)["pid"] for v in r.hgetall(keys.workers).values()]
-        if pids:
-            os.kill(rng.choice(pids), signal.SIGKILL)
-            kills += 1
-        wait_for(lambda: len(r.hgetall(keys.workers)) >= 2, timeout=30, what="the killed worker replaced")
+        victim = rng.choice(live_pids())
+        os.kill(victim, signal.SIGKILL)
+        kills += 1
+        # Replaced, and its entry gone: the next victim is never the dead one still registered.
+        wait_for(
+            lambda v=victim: v not in (pids := live_pids()) and len(pids) == 2, timeout=30, what="the killed worker replaced"
+        )
     wait_for(
         lambda: len({e.message_id for e in events(r, keys, "message.processed")}) == 40, timeout=60, what="all 40 calls processed"
     )
