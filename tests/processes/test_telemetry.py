@@ -62,6 +62,8 @@ STEPS = {
 CONFIG = """
 server:
   port: 0
+workers:
+  shutdown_timeout: 5
 telemetry:
   otlp_endpoint: {endpoint}
 queues:
@@ -147,14 +149,19 @@ def app(receiver, redis_server, tmp_path_factory):
     if m is None:
         proc.kill()
         raise AssertionError(f"iii-console did not start: {banner}{proc.stderr.read()}")
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
+    said: list[str] = []  # what it says on stderr, for a stop that fails
+    threading.Thread(target=lambda: said.extend(proc.stderr), daemon=True).start()
     yield m.group(1)
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(30)
+        code = proc.wait(30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the app did not stop within 30 s of SIGTERM; its stderr:\n{''.join(said)}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
+    # A clean drain exits 0; a forced stop (its deadline passed) exits 1 and says where it hung.
+    assert code == 0, f"the app exited {code} on SIGTERM; its stderr:\n{''.join(said)}"
 
 
 def spans_of(receiver: Receiver, trace_id: str, count: int) -> dict[str, list[Any]]:

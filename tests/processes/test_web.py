@@ -76,7 +76,7 @@ class Proc:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(30)
+            code = self.proc.wait(30)
         except subprocess.TimeoutExpired:
             raise AssertionError(
                 f"iii-console {self.proc.args[2:]} did not stop within 30 s of SIGTERM; its stderr:\n{''.join(self.said)}"
@@ -84,13 +84,21 @@ class Proc:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
+        # A clean drain exits 0; a forced stop (its deadline passed) exits 1 and says where it hung.
+        assert code == 0, f"iii-console {self.proc.args[2:]} exited {code} on SIGTERM; its stderr:\n{''.join(self.said)}"
 
 
 @pytest.fixture(scope="module")
 def project(redis_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("webproj")
     shutil.copytree(ROOT / "steps", root / "steps")
-    make_project(root, {}, "server:\n  port: 0\nqueues:\n  message.sent:\n    max_retries: 0\n", redis_url=redis_server.url)
+    # A short drain: a stop that hangs is forced (and says where) well within the 30 s the fixtures wait.
+    make_project(
+        root,
+        {},
+        "server:\n  port: 0\nworkers:\n  shutdown_timeout: 5\nqueues:\n  message.sent:\n    max_retries: 0\n",
+        redis_url=redis_server.url,
+    )
     return root
 
 
