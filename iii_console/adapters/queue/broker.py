@@ -59,6 +59,7 @@ from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
+from iii_console.adapters.queue.codec import decode_message
 from iii_console.adapters.queue.deadletters import (
     DeadDecision,
     FaninOutcome,
@@ -717,7 +718,7 @@ class IIIConsumer(Consumer):
                         )
                         continue
                     try:
-                        message = Message.decode(data)
+                        message = decode_message(data)
                     except Exception as exc:  # DecodeError and anything a hostile payload triggers
                         self._quarantine(rid, data, exc)
                         continue

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import dramatiq
 import redis
 import redis.asyncio as aredis
 from dramatiq.message import Message
 
+from iii_console.adapters.queue.codec import encode_message
 from iii_console.adapters.queue.errors import EnqueueError, PayloadTooLarge
 from iii_console.adapters.queue.fanin import build_group, empty_result
 from iii_console.adapters.queue.names import Subscription
@@ -106,7 +106,7 @@ class _Builder:
                 queue_name=queue, actor_name=sub.actor(prio), args=(data,), kwargs={}, options=opts, message_id=ids.message_id()
             )
             try:
-                encoded = _encode(msg)
+                encoded = encode_message(msg)
             except (TypeError, ValueError) as exc:
                 raise EnqueueError(f"data for topic {topic!r} is not JSON-serialisable: {exc}") from None
             if limit is not None and len(encoded) > limit:
@@ -163,18 +163,6 @@ class _Builder:
             )
             for sub, msg in copies
         ]
-
-
-#: ``json.dumps(data, separators=(",", ":"))``, what Dramatiq's stock encoder writes, its encoder built once.
-_MESSAGE_JSON = json.JSONEncoder(separators=(",", ":"))
-
-
-def _encode(msg: Message[Any]) -> bytes:
-    """``msg.encode()``: with Dramatiq's stock JSON encoder the same bytes without a new ``json`` encoder per
-    message; an encoder set with ``dramatiq.set_encoder`` is used as it is."""
-    if type(dramatiq.get_encoder()) is not dramatiq.JSONEncoder:
-        return msg.encode()
-    return _MESSAGE_JSON.encode(msg.asdict()).encode("utf-8")
 
 
 #: How long a dedup key holds when ``dedup_ttl_ms`` is not given (24 h, as Inngest's event ids).

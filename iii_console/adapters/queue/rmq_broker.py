@@ -54,6 +54,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
 from iii_console.adapters.queue.broker import Delivery, IIIConsumer, _higher_queues
+from iii_console.adapters.queue.codec import decode_message
 from iii_console.adapters.queue.deadletters import (
     DeadDecision,
     attempts_of,
@@ -260,7 +261,7 @@ class RabbitBroker(HookCache, RabbitmqBroker):
         rq = _text(death.get("queue")) or ""
         queue_name = self.topology.local(rq)
         try:
-            message = localize(Message.decode(body), queue_name)
+            message = localize(decode_message(body), queue_name)
         except Exception as exc:
             rid = f"{hashlib.sha256(body).hexdigest()[:16]}-{uuid.uuid4().hex[:8]}"
             entry = undecodable_entry(queue_name, rid, body, exc)
@@ -389,7 +390,7 @@ class RabbitConsumer(Consumer):
     def _deliver(self, method: Any, body: bytes) -> MessageProxy | None:
         tag = method.delivery_tag
         try:
-            message = localize(Message.decode(body), self.queue_name)
+            message = localize(decode_message(body), self.queue_name)
         except Exception as exc:  # DecodeError and anything a hostile payload triggers
             # Rejected without requeue: RabbitMQ dead-letters it, raw bytes and all, to the ingester.
             log.error("rejecting undecodable message on %s: %s", self.queue_name, exc)
