@@ -276,6 +276,12 @@ class WorkerRuntime:
         hung = [topic for topic, t in stoppers.items() if t.is_alive()]
         if hung:
             self._report_hung_stop(hung, stoppers, timeout_ms / 1000 + STOP_MARGIN_S)
+            for topic in hung:  # as Dramatiq's stop begins: its threads take nothing more
+                w = self.workers[topic]
+                for handler_thread in w.workers:
+                    handler_thread.stop()
+                for consumer in w.consumers.values():
+                    consumer.stop()
         for t in self._threads:
             t.join(5)
         # Acks the handlers handed over are committed before anything this worker holds is given back.
@@ -299,7 +305,9 @@ class WorkerRuntime:
                 else "not settled at shutdown"
             )
             gave_back = self._give_up_running(reason)
-            returned = gave_back is not None
+            # A consumer whose stop did not end may still be inside a fetch: the heartbeat entry stays
+            # then, so the sweep also returns what that fetch brings in after this.
+            returned = gave_back is not None and not hung
             self.abandoned = gave_back or 0
             data["abandoned"] = self.abandoned
             if running:

@@ -142,3 +142,64 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return not open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z")
+
+
+#: Runs long on its first delivery only (counted in state), so its redelivery ends at once.
+LONG_ONCE = """
+import time
+from iii_console import Step, queue
+config = Step(name="Slow", triggers=[queue("jobs")])
+def handler(data, ctx):
+    ctx.state.update("runs", "Slow", [{"type": "increment", "path": data["k"]}])
+    if ctx.state.get("runs", "Slow")[data["k"]] == 1:
+        time.sleep(8)
+"""
+
+
+def test_a_topic_whose_dramatiq_stop_does_not_end_is_left_behind_and_nothing_is_lost(project, runtime, producer, r, keys, capfd):
+    """Given a worker whose topic's Dramatiq stop never returns (held here on an event: a consumer stuck in a
+    call that does not time out), when the worker stops, then it goes on without that topic after shutdown_timeout
+    + STOP_MARGIN_S, says on stderr where its threads were, gives back what it held (``message.redelivered``) and
+    leaves its heartbeat entry for the sweep (a fetch still under way may bring more in); the next worker runs
+    the message to the end, and the first handler's late end changes nothing."""
+    import threading
+
+    from iii_console.runtime.worker import STOP_MARGIN_S
+
+    cfg, steps = project({"slow_step.py": LONG_ONCE}, CONFIG.format(timeout=1))
+    rt = runtime(cfg, steps)
+    producer(cfg, steps).enqueue("jobs", {"k": "k"}, trace_id="t-held")
+    wait_for(lambda: runs(r, keys, "Slow").get("k") == 1, what="the handler to start")
+    [worker] = rt.workers.values()
+    release = threading.Event()
+    stop = worker.stop
+
+    def hung_stop(timeout: int) -> None:
+        release.wait(60)
+        stop(timeout=timeout)
+
+    worker.stop = hung_stop  # type: ignore[method-assign]
+    try:
+        t0 = time.monotonic()
+        rt.stop()
+        took = time.monotonic() - t0
+    finally:
+        release.set()
+    err = capfd.readouterr().err
+    assert f"the stop of jobs did not end within {1 + STOP_MARGIN_S:g} s; going on without it" in err, err
+    assert "thread iii-stop-jobs:" in err and "hung_stop" in err, err
+    assert 1 + STOP_MARGIN_S <= took < 1 + STOP_MARGIN_S + 8, took
+    back = [e for e in events(r, keys, "message.redelivered") if e.trace_id == "t-held"]
+    assert [e.data["reason"] for e in back] == ["abandoned at shutdown"], back
+    assert rt.worker_id.encode() in r.hkeys(keys.workers)  # left for the sweep
+    runtime(cfg, steps)  # sweeps it once its heartbeat is 3 s old, and runs what it finds
+    wait_for(lambda: runs(r, keys, "Slow").get("k") == 2, timeout=30, what="the message run again")
+    processed = lambda: [e for e in events(r, keys, "message.processed") if e.trace_id == "t-held"]  # noqa: E731
+    wait_for(processed, timeout=30, what="it processed")
+    # The first handler ends later; its message is no longer that worker's, so its settle changes nothing.
+    wait_for(lambda: not any(t.is_alive() for t in worker.workers), timeout=30, what="the abandoned handler to end")
+    time.sleep(0.5)
+    assert len(processed()) == 1 and runs(r, keys, "Slow")["k"] == 2
+    ns = keys.dramatiq_namespace
+    assert r.llen(f"{ns}:jobs--Slow--normal") == 0
+    assert not any(r.scard(k) for k in r.scan_iter(match=f"{ns}:__acks__.*"))
