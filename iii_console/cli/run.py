@@ -47,7 +47,7 @@ async def _run_headless(
     import logging
 
     from iii_console.runtime import hangup
-    from iii_console.runtime.hardstop import GRACE_S, HardStop
+    from iii_console.runtime.hardstop import HardStop
     from iii_console.runtime.recycling import RECYCLE_EXIT
     from iii_console.runtime.supervisor import Supervisor
 
@@ -81,11 +81,10 @@ async def _run_headless(
     await stop.wait()
     _say("iii-console: stopping (draining in-flight work)...")
     hard = HardStop("", kill=sup.kill_children)
-    hard.arm(sup.config.workers.shutdown_timeout + GRACE_S)
     for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl+C or SIGTERM: stop now
         loop.add_signal_handler(sig, hard.now, "a second signal")
-    await sup.stop()
-    hard.disarm()
+    with hard.armed(sup.config.workers.shutdown_timeout):
+        await sup.stop()
     bad = [c for c in sup.worker_codes if c not in (0, None, -signal.SIGTERM, RECYCLE_EXIT)]
     return 1 if bad else 0
 
@@ -122,7 +121,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
 
     from iii_console.core.files import private_dir, private_file
     from iii_console.runtime import hangup
-    from iii_console.runtime.hardstop import GRACE_S, HardStop
+    from iii_console.runtime.hardstop import HardStop
     from iii_console.runtime.supervisor import Supervisor
     from iii_console.tui.app import create_app
 
@@ -160,9 +159,8 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
 
     async def stop_runtime() -> None:
         # However the stop goes, it ends by the deadline; the terminal is given back first.
-        hard.arm(sup.config.workers.shutdown_timeout + GRACE_S)
-        await sup.stop()
-        hard.disarm()
+        with hard.armed(sup.config.workers.shutdown_timeout):
+            await sup.stop()
 
     app.stop_runtime = stop_runtime
     loop = asyncio.get_running_loop()

@@ -16,10 +16,11 @@ is a unit applied whole or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 #: How long past ``workers.shutdown_timeout`` a stop may take before it is forced: the pool's
@@ -38,22 +39,24 @@ FALLBACK_S = 5.0
 class HardStop:
     """The deadline and the forced exit of one process's stop.
 
-    ``kill`` runs first when the exit is forced (the supervisor SIGKILLs its worker processes there). Arm
-    it when the stop begins; :meth:`now` forces the exit at once (a second signal).
+    ``kill`` runs first when the exit is forced (the supervisor SIGKILLs its worker processes there). A stop
+    runs inside :meth:`armed`; :meth:`now` forces the exit at once (a second signal).
     """
 
     def __init__(self, name: str, kill: Callable[[], None] | None = None) -> None:
         self.name = name
         self._who = f"iii-console {name}" if name else "iii-console"
         self.kill = kill
-        self._done = threading.Event()
         self._lock = threading.Lock()
 
-    def arm(self, after_s: float) -> None:
-        """Force the exit if the process is still running ``after_s`` seconds from now."""
+    @contextlib.contextmanager
+    def armed(self, shutdown_timeout_s: float) -> Iterator[None]:
+        """Around a stop: force the exit if it has not ended ``shutdown_timeout_s`` + :data:`GRACE_S` from now."""
+        after_s = shutdown_timeout_s + GRACE_S
+        done = threading.Event()
 
         def watch() -> None:
-            if not self._done.wait(after_s):
+            if not done.wait(after_s):
                 self.now(f"the stop did not end within {after_s:g} s")
 
         threading.Thread(target=watch, name="iii-hard-stop", daemon=True).start()
@@ -61,11 +64,11 @@ class HardStop:
             faulthandler.dump_traceback_later(after_s + FALLBACK_S, exit=True, file=STDERR)
         except (ValueError, OSError):  # no usable stderr: the thread alone
             pass
-
-    def disarm(self) -> None:
-        """The stop ended: no forced exit."""
-        self._done.set()
-        faulthandler.cancel_dump_traceback_later()
+        try:
+            yield
+        finally:  # the stop ended (or raised): no forced exit
+            done.set()
+            faulthandler.cancel_dump_traceback_later()
 
     def now(self, why: str) -> NoReturn:
         """Run ``kill``, say why and where every thread was, exit with :data:`FORCED_EXIT`.

@@ -53,7 +53,7 @@ from iii_console.runtime.dispatcher import (
     trim_dispatched_changes,
     watch_state_triggers,
 )
-from iii_console.runtime.hardstop import GRACE_S, HardStop
+from iii_console.runtime.hardstop import HardStop
 from iii_console.runtime.recycling import Recycler, report_stuck, stop_intake
 from iii_console.runtime.redis_watchdog import wait_for_redis
 from iii_console.runtime.runner import LoopThread, make_runner
@@ -503,9 +503,8 @@ def main() -> int:
         if os.getppid() != supervisor:  # it died without telling us; we were handed to init or a subreaper
             break
     # Its supervisor kills it 5 s after the drain; an orphan or a recycled process has only this deadline.
-    hard.arm(config.workers.shutdown_timeout + GRACE_S)
-    rt.stop()
-    hard.disarm()
+    with hard.armed(config.workers.shutdown_timeout):
+        rt.stop()
     return rt.recycler.exit_code
 
 

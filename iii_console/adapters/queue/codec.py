@@ -36,11 +36,9 @@ def decode_message(data: bytes) -> Message[Any]:
         return Message.decode(data)
     try:
         fields = _DECODER.decode(data)
-    except msgspec.DecodeError:
-        return Message.decode(data)  # what only json reads, or Dramatiq's own error
-    if not isinstance(fields, dict):
-        return Message.decode(data)  # Dramatiq's own error for a body that is not an object
-    try:
-        return Message(**fields)
-    except TypeError:
-        return Message.decode(data)  # unknown or missing fields: Dramatiq's own error
+        if isinstance(fields, dict):
+            return Message(**fields)
+    except (msgspec.DecodeError, TypeError):  # not JSON to msgspec, or unknown or missing fields
+        pass
+    # What only json reads, or Dramatiq's own error (a body that is not an object included).
+    return Message.decode(data)
