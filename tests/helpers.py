@@ -287,6 +287,33 @@ def worker_pids(client, keys) -> dict[int, str]:
     return out
 
 
+def wait_stopped(pid: int) -> None:
+    """Return once every thread of ``pid`` is stopped (state ``T`` in ``/proc``): a SIGSTOP is delivered
+    asynchronously, and a thread may still settle a handler meanwhile."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            states = []
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/stat") as fh:
+                    states.append(fh.read().rsplit(")", 1)[1].split()[0])
+        except OSError:
+            states = []
+        if states and all(st in ("T", "t") for st in states):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not stop")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def worker_holds(client, keys, worker_id: str) -> int:
     """Messages a worker holds in flight (its ack sets)."""
     return sum(client.scard(k) for k in client.scan_iter(match=f"{keys.dramatiq_namespace}:__acks__.{worker_id}.*"))

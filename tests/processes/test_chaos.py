@@ -33,6 +33,7 @@ from ..helpers import (
     rabbit_messages,
     start_cli,
     wait_for,
+    wait_stopped,
     worker_holds,
     worker_pids,
 )
@@ -219,23 +220,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_stopped(pid: int) -> None:
-    """Return once every thread of ``pid`` is stopped (state ``T`` in ``/proc``)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            states = []
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/stat") as fh:
-                    states.append(fh.read().rsplit(")", 1)[1].split()[0])
-        except OSError:
-            states = []
-        if states and all(st in ("T", "t") for st in states):
-            return
-        time.sleep(0.001)
-    raise AssertionError(f"process {pid} did not stop")
-
-
 def _stop_mid_run(client, pids: list[int], top_up: Callable[[], None]) -> tuple[int, set[str]]:
     """SIGSTOP a worker process while handlers of it are running; returns it and the keys of those handlers
     (``EFFECT_STEP``'s running set of the process, read once it is frozen). When no handler has run for a second
@@ -247,7 +231,7 @@ def _stop_mid_run(client, pids: list[int], top_up: Callable[[], None]) -> tuple[
             if client.scard(f"chaos:running:{pid}"):
                 idle_since = time.monotonic()
                 os.kill(pid, signal.SIGSTOP)
-                _wait_stopped(pid)  # the signal is asynchronous: a thread may still settle a handler meanwhile
+                wait_stopped(pid)  # the signal is asynchronous: a thread may still settle a handler meanwhile
                 frozen = {k.decode() for k in client.smembers(f"chaos:running:{pid}")}
                 if frozen:
                     return pid, frozen

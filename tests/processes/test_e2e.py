@@ -18,7 +18,7 @@ import pytest
 from iii_console.core.dlq import DeadLetterStore
 from iii_console.core.events import Event
 
-from ..helpers import ROOT, Running, events, events_once, make_project, start_cli, wait_for
+from ..helpers import ROOT, Running, events, events_once, make_project, pid_alive, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -446,14 +446,6 @@ def _children(pid: int) -> dict[int, str]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads child processes from /proc")
 def test_sigterm_stop_prints_every_event_of_the_run_before_exit(running, r, keys):
     """The echo runs in a child process; a stop still prints the stream to its end (the stop's own events)."""
@@ -464,7 +456,7 @@ def test_sigterm_stop_prints_every_event_of_the_run_before_exit(running, r, keys
     echo = [pid for pid, cmd in _children(app.proc.pid).items() if "iii_console.cli.echo" in cmd]
     assert len(echo) == 1, _children(app.proc.pid)
     assert app.stop() == 0
-    assert not _alive(echo[0])
+    assert not pid_alive(echo[0])
     app.proc.out.seek(0)
     printed = [json.loads(line)["type"] for line in app.proc.out.read().splitlines()]
     after = f"({before[0][0].decode()}" if before else "-"
@@ -482,10 +474,10 @@ def test_sigkilled_supervisor_leaves_no_echo_process(running, r, keys):
     app.proc.kill()
     app.proc.wait(10)
     try:
-        wait_for(lambda: not _alive(echo), timeout=10, what="the echo process gone")
+        wait_for(lambda: not pid_alive(echo), timeout=10, what="the echo process gone")
     finally:
         for pid in kids:  # the workers exit on their own once orphaned; never leave one behind
-            if _alive(pid):
+            if pid_alive(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:

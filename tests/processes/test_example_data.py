@@ -21,7 +21,7 @@ import redis
 
 from iii_console.testing import IIIApp
 
-from ..helpers import ROOT
+from ..helpers import ROOT, wait_stopped, worker_holds, worker_pids
 
 pytestmark = pytest.mark.slow
 sqlalchemy = pytest.importorskip("sqlalchemy", reason="the examples extra is not installed")
@@ -247,8 +247,9 @@ def test_a_worker_killed_mid_chunk_leaves_no_duplicate_rows(app, db):
             # The stream lags on a loaded machine: freeze the process, then make sure it still holds a message,
             # so the kill takes a chunk with it (else let it go on and look again).
             os.kill(pid, signal.SIGSTOP)
-            _wait_stopped(pid)
-            if _holds_messages(app, pid):
+            wait_stopped(pid)
+            wid = worker_pids(app.redis, app.keys).get(pid)
+            if wid is not None and worker_holds(app.redis, app.keys, wid):
                 os.kill(pid, signal.SIGKILL)
                 killed = pid
             else:
@@ -264,24 +265,6 @@ def test_a_worker_killed_mid_chunk_leaves_no_duplicate_rows(app, db):
     # The killed worker held a chunk of this import (the one seen running, or the next it took): it came back.
     assert app.events("message.redelivered", step="ImportChunk", trace=trace)
     assert len(app.events("data.imported", trace=trace)) == 1
-
-
-def _wait_stopped(pid: int) -> None:
-    """Until ``pid`` is stopped (a signal is delivered asynchronously)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/stat") as fh:
-            if fh.read().rsplit(")", 1)[1].split()[0] == "T":
-                return
-        time.sleep(0.005)
-
-
-def _holds_messages(app, pid: int) -> bool:
-    """Whether the worker process ``pid`` has a message in flight or prefetched, as Redis records it."""
-    ids = [w["id"] for w in map(json.loads, app.redis.hvals(app.keys.workers)) if w.get("pid") == pid]
-    return any(
-        app.redis.scard(k) for wid in ids for k in app.redis.scan_iter(match=f"{app.keys.dramatiq_namespace}:__acks__.{wid}.*")
-    )
 
 
 @pytest.fixture(scope="module")

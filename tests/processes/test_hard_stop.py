@@ -4,7 +4,6 @@ held runs again in the next run."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -18,7 +17,7 @@ from iii_console.core.keys import Keys
 from iii_console.core.redis_server import RedisServer
 from iii_console.runtime.hardstop import FORCED_EXIT, GRACE_S
 
-from ..helpers import events, make_project, runs, start_cli, wait_for
+from ..helpers import events, make_project, pid_alive, runs, start_cli, wait_for, worker_pids
 
 pytestmark = pytest.mark.slow
 
@@ -38,10 +37,6 @@ workers:
   heartbeat_timeout: 3
   sweep_interval: 0.5
 """
-
-
-def _worker_pids(client, keys: Keys) -> list[int]:
-    return [json.loads(v)["pid"] for v in client.hvals(keys.workers)]
 
 
 def _runs_again_in_the_next_run(tmp_path, client, keys: Keys, trace: str) -> None:
@@ -77,7 +72,7 @@ def test_a_stop_with_redis_frozen_ends_by_its_deadline_and_the_next_run_recovers
     client = redis.Redis.from_url(server.url)
     run = start_cli(tmp_path, "--no-ui", "--role", "worker")
     try:
-        wait_for(lambda: len(_worker_pids(client, keys)) == 1, timeout=30, what="the worker up")
+        wait_for(lambda: len(worker_pids(client, keys)) == 1, timeout=30, what="the worker up")
         producer(cfg, discover(cfg.steps_path)).enqueue("slow", {"k": "k", "sleep": 2}, trace_id="t-held")
         wait_for(lambda: runs(client, keys, "Slow").get("k") == 1, what="the handler to start")
         os.kill(server.proc.pid, signal.SIGSTOP)
@@ -110,8 +105,8 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_run_runs_what_it_held(tmp_pa
     cfg = make_project(tmp_path, {"slow_step.py": SLOW}, CONFIG.format(timeout=120), redis_url=redis_url)
     run = start_cli(tmp_path, "--no-ui", "--role", "worker")
     try:
-        wait_for(lambda: len(_worker_pids(r, keys)) == 1, timeout=30, what="the worker up")
-        [worker] = _worker_pids(r, keys)
+        wait_for(lambda: len(worker_pids(r, keys)) == 1, timeout=30, what="the worker up")
+        [worker] = worker_pids(r, keys)
         producer(cfg, discover(cfg.steps_path)).enqueue("slow", {"k": "k", "sleep": 60}, trace_id="t-held")
         wait_for(lambda: runs(r, keys, "Slow").get("k") == 1, what="the handler to start")
 
@@ -130,18 +125,10 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_run_runs_what_it_held(tmp_pa
         assert code == FORCED_EXIT, said
         assert time.monotonic() - t0 < 5, said
         assert "a second signal; stopping now" in said, said
-        wait_for(lambda: not _pid_alive(worker), timeout=5, what="the worker process gone")
+        wait_for(lambda: not pid_alive(worker), timeout=5, what="the worker process gone")
         _runs_again_in_the_next_run(tmp_path, r, keys, "t-held")
     finally:
         run.stop()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return not open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z")
 
 
 #: Runs long on its first delivery only (counted in state), so its redelivery ends at once.

@@ -18,7 +18,7 @@ from iii_console.core.dlq import DeadLetterStore
 from iii_console.runtime.runner import StepRunner
 from iii_console.runtime.services import Services
 
-from ..helpers import events, make_project, start_cli, wait_for
+from ..helpers import events, make_project, start_cli, wait_for, worker_pids
 
 pytestmark = pytest.mark.slow
 
@@ -187,17 +187,16 @@ def test_the_rate_limit_holds_while_worker_processes_are_killed(cluster, r, keys
     rng = random.Random(5)
     kills = 0
 
-    def live_pids() -> list[int]:
-        return sorted(json.loads(v)["pid"] for v in r.hgetall(keys.workers).values())
-
     for _ in range(2):
         time.sleep(rng.uniform(0.4, 1.0))
-        victim = rng.choice(live_pids())
+        victim = rng.choice(sorted(worker_pids(r, keys)))
         os.kill(victim, signal.SIGKILL)
         kills += 1
         # Replaced, and its entry gone: the next victim is never the dead one still registered.
         wait_for(
-            lambda v=victim: v not in (pids := live_pids()) and len(pids) == 2, timeout=30, what="the killed worker replaced"
+            lambda v=victim: v not in (pids := worker_pids(r, keys)) and len(pids) == 2,
+            timeout=30,
+            what="the killed worker replaced",
         )
     wait_for(
         lambda: len({e.message_id for e in events(r, keys, "message.processed")}) == 40, timeout=60, what="all 40 calls processed"
