@@ -275,13 +275,7 @@ class WorkerRuntime:
             t.join(max(0.0, deadline - time.monotonic()))
         hung = [topic for topic, t in stoppers.items() if t.is_alive()]
         if hung:
-            self._report_hung_stop(hung, stoppers, timeout_ms / 1000 + STOP_MARGIN_S)
-            for topic in hung:  # as Dramatiq's stop begins: its threads take nothing more
-                w = self.workers[topic]
-                for handler_thread in w.workers:
-                    handler_thread.stop()
-                for consumer in w.consumers.values():
-                    consumer.stop()
+            self._leave_behind(hung, stoppers, timeout_ms / 1000 + STOP_MARGIN_S)
         for t in self._threads:
             t.join(5)
         # Acks the handlers handed over are committed before anything this worker holds is given back.
@@ -351,13 +345,18 @@ class WorkerRuntime:
             closing.cancel()
             log.warning("closing the async clients failed: %r", exc)
 
-    def _report_hung_stop(self, hung: list[str], stoppers: dict[str, threading.Thread], waited_s: float) -> None:
-        """Say on stderr which topics' stops did not end, with where their threads are."""
+    def _leave_behind(self, hung: list[str], stoppers: dict[str, threading.Thread], waited_s: float) -> None:
+        """Go on without the topics whose stops did not end: say on stderr where their threads are, and stop
+        those threads taking more, as Dramatiq's stop does first."""
         frames = sys._current_frames()
         threads = [stoppers[topic] for topic in hung]
         for topic in hung:
             w = self.workers[topic]
             threads += [t for t in [*w.workers, *w.consumers.values()] if t.is_alive()]
+            for handler_thread in w.workers:
+                handler_thread.stop()
+            for consumer in w.consumers.values():
+                consumer.stop()
         where = []
         for t in threads:
             frame = frames.get(t.ident) if t.ident is not None else None
