@@ -7,11 +7,11 @@ else of theirs: the system node keeps 5672 and its own data.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -19,11 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.ports import free_port
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: Node names of this process: with the pid, no two test processes can name two nodes alike.
+_NAMES = itertools.count()
 
 
 def rabbit_bin(name: str) -> str | None:
@@ -44,11 +43,13 @@ class RabbitNode:
         pid: int | None = None,
         cookie: str | None = None,
         config: str = "",
+        name: str | None = None,
     ):
         self.root = root
-        self.port = port or _free_port()
-        self.dist_port = dist_port or _free_port()
-        self.name = f"iii-test-{self.port}@localhost"
+        self.port = port or free_port()
+        self.dist_port = dist_port or free_port()
+        #: Unique on the machine (epmd refuses a second node of a name: ``duplicate_node_name``).
+        self.name = name or f"iii-test-{self.port}-{os.getpid()}-{next(_NAMES)}@localhost"
         self.proc: subprocess.Popen[bytes] | None = None
         #: The node's process (also when another pytest process started it).
         self.pid = pid
@@ -171,7 +172,7 @@ class RabbitCluster:
     """
 
     def __init__(self, root: Path, size: int = 3):
-        cookie = f"iiicluster{os.getpid()}{_free_port()}"
+        cookie = f"iiicluster{os.getpid()}{free_port()}"
         self.nodes = [RabbitNode(root / f"n{i}", cookie=cookie) for i in range(size)]
 
     @property
@@ -281,9 +282,10 @@ class SharedNode:
                     "port": self.node.port,
                     "dist_port": self.node.dist_port,
                     "pid": self.node.pid,
+                    "name": self.node.name,
                 }
             else:
-                self.node = RabbitNode(Path(state["root"]), state["port"], state["dist_port"], state["pid"])
+                self.node = RabbitNode(Path(state["root"]), state["port"], state["dist_port"], state["pid"], name=state["name"])
             state["users"] += 1
             info.write_text(json.dumps(state))
         return self.node

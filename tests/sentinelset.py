@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
+from tests.ports import free_port
+
 SERVICE = "iiimaster"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sentinel_problem() -> str | None:
@@ -34,8 +29,8 @@ def sentinel_problem() -> str | None:
 class SentinelSet:
     def __init__(self, root: Path):
         self.root = root
-        self.primary_port, self.replica_port = _free_port(), _free_port()
-        self.sentinel_ports = [_free_port() for _ in range(3)]
+        self.primary_port, self.replica_port = free_port(), free_port()
+        self.sentinel_ports = [free_port() for _ in range(3)]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property

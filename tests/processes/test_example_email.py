@@ -7,7 +7,6 @@ from __future__ import annotations
 import email
 import mailbox
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from aiosmtpd.controller import Controller
 from iii_console.testing import IIIApp
 
 from ..helpers import ROOT, wait_for
+from ..ports import free_port
 
 DOMAINS = ["alpha.test", "beta.test", "gamma.test", "delta.test"]
 RECIPIENTS = [f"user{i:03d}@{DOMAINS[i % 4]}" for i in range(200)]
@@ -65,12 +65,6 @@ class Server:
     def delivered(self, address: str) -> int:
         with self.lock:
             return sum(1 for r in self.received if r[2] == address)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
