@@ -65,6 +65,8 @@ def aggregate(batch: Iterable[Event]) -> tuple[dict[str, int], dict[str, int], d
             at = (topic, step, bisect_left(BUCKETS, secs))
             slots[at] = slots.get(at, 0) + 1
             sums[(topic, step)] = sums.get((topic, step), 0.0) + secs
+    if not slots:  # a batch with no settles (a message's start, its log lines): counts only
+        return {f"{t}|{topic}|{step}": n for (t, topic, step), n in counts.items()}, {}, {}
     buckets: Counter[str] = Counter()
     for (topic, step, slot), n in slots.items():
         base = f"{topic}|{step}"

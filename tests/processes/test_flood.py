@@ -22,6 +22,8 @@ import time
 import pytest
 import redis
 
+from iii_console.adapters.queue.broker import PREFETCH_MAX_FACTOR
+
 from ..checker import EFFECT_STEP, check
 from ..helpers import make_project, redis_binaries, start_cli, wait_for
 
@@ -48,8 +50,8 @@ FIXED_BYTES = 8 * 2**20
 #: admitted since) is within the limit; what can still slip past is the requests in
 #: progress when a refresh reads the depths, at most one per client connection.
 BACKLOG_BOUND = MAX_QUEUE_DEPTH + 2 * CONNECTIONS
-#: What the workers hold besides the backlog: in flight plus prefetched.
-HELD_BOUND = PROCESSES * 2 * THREADS
+#: What the workers hold besides the backlog: in flight plus prefetched (at most 2 x threads x PREFETCH_MAX_FACTOR).
+HELD_BOUND = PROCESSES * 2 * THREADS * PREFETCH_MAX_FACTOR
 
 FLOOD_HTTP = """
 from pydantic import BaseModel

@@ -33,6 +33,12 @@
   while one call is on the wire go out together in the next, each still
   settled, with its event, only if this worker holds it, and its message
   keeps its prefetch slot until then.
+- **The prefetch follows the pace**: Dramatiq's fixed 2 x threads made a drain of quick
+  handlers fetch a few messages per call, and its threads wait on each fetch. A consumer
+  holds about ``PREFETCH_AHEAD_S`` of work beyond what its threads run, at the rate it
+  settles, between 2 and 8 x threads: quick handlers get 8 x threads, handlers of 50 ms
+  or more Dramatiq's 2 x threads, so what can run ahead of a later higher-priority
+  message stays a few tens of milliseconds of work.
 - **A graceful return is not a delivery**: messages fetched but never started
   go back to the head of their queue with their delivery count undone
   (``requeue.lua``), so restarts never push a message to ``max_deliveries``.
@@ -91,6 +97,13 @@ IDLE_BLOCK_S = 0.5
 IDLE_REFETCH_S = 5.0
 #: How long the wake hub blocks in one BLPOP (it returns earlier on a token).
 HUB_BLOCK_S = 5.0
+#: A consumer's prefetch follows its pace: besides what its threads run, it holds about
+#: this much of their work at the rate it settles messages (``IIIConsumer._pace``)...
+PREFETCH_AHEAD_S = 0.05
+#: ... never less than Dramatiq's prefetch (2 x threads), never more than this many times it.
+PREFETCH_MAX_FACTOR = 4
+#: How often a consumer measures its pace.
+PACE_INTERVAL_S = 0.1
 
 
 class IIIBroker(HookCache, RedisBroker):
@@ -573,6 +586,12 @@ class IIIConsumer(Consumer):
         self.slot_freed = threading.Event()
         #: Fetch only once this many slots are free (a quarter of prefetch = half the threads).
         self.fetch_min = max(1, prefetch // 4)
+        #: Dramatiq's prefetch (2 x threads): ``prefetch`` moves between it and ``PREFETCH_MAX_FACTOR`` times it.
+        self.base_prefetch = prefetch
+        #: Settles since the pace was last measured (``settled``; a lost increment between threads only blurs it).
+        self._settles = 0
+        self._pace_from = time.monotonic()
+        self._pace_due = self._pace_from + PACE_INTERVAL_S
         #: Queues of higher priority for the same subscription: this consumer
         #: fetches nothing while any has messages waiting (strict priority).
         self.higher: list[str] = _higher_queues(queue_name)
@@ -621,6 +640,7 @@ class IIIConsumer(Consumer):
     def settled(self, message_id: str) -> None:
         """``message_id``'s settle is in: its prefetch slot is free."""
         self.queued_message_ids.discard(message_id)
+        self._settles += 1
         if not self.slot_freed.is_set():  # set() takes a lock and notifies even when already set
             self.slot_freed.set()
 
@@ -731,6 +751,9 @@ class IIIConsumer(Consumer):
                     self.queued_message_ids.add(message.message_id)
                     return Delivery(message)
 
+                now = time.monotonic()
+                if now >= self._pace_due:
+                    self._pace(now)
                 want = self.prefetch - self.outstanding_message_count
                 if want < self.fetch_min:
                     # Near prefetch: wait for acks to free a few slots, not for a
@@ -769,6 +792,22 @@ class IIIConsumer(Consumer):
                 return None
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
+
+    def _pace(self, now: float) -> None:
+        """Set the prefetch from the pace of the last ``PACE_INTERVAL_S`` (consumer thread).
+
+        Threads (half of Dramatiq's prefetch) plus the messages settled in
+        ``PREFETCH_AHEAD_S`` at that pace, between Dramatiq's prefetch and
+        ``PREFETCH_MAX_FACTOR`` times it. Idle, the pace is nil and the prefetch
+        is Dramatiq's again by the next burst's first fetch.
+        """
+        span = now - self._pace_from
+        settles, self._settles = self._settles, 0
+        self._pace_from, self._pace_due = now, now + PACE_INTERVAL_S
+        base = self.base_prefetch
+        ahead = int(settles / span * PREFETCH_AHEAD_S) if span > 0 else 0
+        self.prefetch = min(base * PREFETCH_MAX_FACTOR, max(base, base // 2 + ahead))
+        self.fetch_min = max(1, self.prefetch // 4)
 
     def _poisoned(self, message: Message, deliveries: int) -> None:
         """Dead-letter, unrun, a message that keeps killing (or hanging) the workers that take it."""
