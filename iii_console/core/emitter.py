@@ -109,6 +109,8 @@ class StreamSink:
         #: (sequence number, event), in sequence order.
         self._buf: deque[tuple[int, Event]] = deque(maxlen=buffer_max)
         self._put_lock = threading.Lock()
+        #: When the oldest buffered event was put (monotonic; 0 if none or not known: due at once).
+        self._oldest = 0.0
         #: Sequence number of the last event put.
         self.seq = 0
         #: Every event whose sequence number is at most this is written (or was dropped).
@@ -143,6 +145,8 @@ class StreamSink:
 
     def put(self, event: Event) -> None:
         with self._put_lock:
+            if not self._buf:
+                self._oldest = time.monotonic()
             self.seq += 1
             if len(self._buf) == self._buf.maxlen:
                 self.dropped += 1
@@ -162,10 +166,18 @@ class StreamSink:
                 self._idle = True
                 if not self._buf and not self._stop:
                     self._cond.wait(self._idle_wait())
-                    if self._buf and not self._stop:
-                        self._idle = False
-                        self._cond.wait(self._interval)
                 self._idle = False
+                # Then until the oldest buffered event has waited the interval: a burst goes
+                # out as one batch, and in a busy process, whose settles take the buffer along
+                # every few milliseconds, the flusher writes nothing at all (it used to write
+                # whatever it found waiting, a call for every event or two in a drain).
+                while self._buf and not self._stop and not self._flushing:
+                    left = self._oldest + self._interval - time.monotonic()
+                    if self._timed:
+                        left = min(left, self._timed_due - time.monotonic())
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 stopping = self._stop
             if self._buf or self._timed_ready():
                 if not self._flush() and stopping:
@@ -196,6 +208,9 @@ class StreamSink:
         batch: list[tuple[int, Event]] = []
         while self._buf and len(batch) < 2000:
             batch.append(self._buf.popleft())
+        # Left as it was if events remain: older than they are, so written no later.
+        if not self._buf:
+            self._oldest = 0.0
         return batch
 
     def _write_batch(self, batch: list[tuple[int, Event]]) -> bool:

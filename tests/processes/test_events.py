@@ -9,7 +9,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from iii_console.core.emitter import Emitter, StreamSink
+from iii_console.core.emitter import FLUSH_INTERVAL_S, Emitter, StreamSink
 from iii_console.core.errors import DecodeError
 from iii_console.core.events import REDACTED, Event
 from iii_console.core.redis_server import RedisServer, free_port
@@ -51,6 +51,60 @@ def test_flush_on_an_idle_sink_is_true_at_once(r, keys, sinks):
     sinks.append(sink)
     assert sink.flush(timeout=0.5) is True
     assert r.xlen(keys.events) == 0
+
+
+def test_a_lone_event_is_written_about_one_flush_interval_after_it_is_put(r, keys, sinks):
+    """Given an idle sink, when one event is put, then it is on the stream after about the
+    flush interval (not at once: a burst would go out one event at a time), and well within 0.5 s."""
+    import time
+
+    sink = StreamSink(r, keys.events)
+    sinks.append(sink)
+    t0 = time.monotonic()
+    sink.put(Event(type="log", ts=1))
+    while not r.xlen(keys.events) and time.monotonic() - t0 < 2:
+        time.sleep(0.001)
+    took = time.monotonic() - t0
+    assert r.xlen(keys.events) == 1
+    assert FLUSH_INTERVAL_S * 0.9 <= took < 0.5, took
+
+
+def test_a_busy_process_whose_settles_take_the_buffer_along_makes_no_flusher_calls(r, keys, sinks):
+    """Given a sink whose events wait 2 ms in the buffer and are then taken along by a
+    transition (a draining worker's settles carry its messages' starts), when that goes on for 1 s, then the flusher
+    writes no batch of its own (every event waited less than its interval), and every event
+    is on the stream once, in order."""
+    import time
+
+    sink = StreamSink(r, keys.events, keys=keys)
+    sinks.append(sink)
+    flusher_calls = 0
+    script = sink._script
+
+    def counted(*a, **kw):
+        nonlocal flusher_calls
+        flusher_calls += 1
+        return script(*a, **kw)
+
+    sink._script = counted
+    emitter = Emitter(sink, worker="w1")
+    # The transition scripts write their events themselves; this one writes what rode along.
+    write = lambda ev: r.eval(  # noqa: E731
+        "local E = cjson.decode(ARGV[1]) for _, f in ipairs(E.p) do redis.call('XADD', E.k[1], '*', unpack(f)) end return 0",
+        0,
+        ev,
+    )
+    deadline = time.monotonic() + 1.0
+    n = 0
+    while time.monotonic() < deadline:
+        # Each start waits in the buffer until the next settle, 2 ms on (a handler's run).
+        emitter.put(emitter.lifecycle("message.started", "t", f"m{n}", "S", "jobs", "jobs--S", 1))
+        n += 1
+        time.sleep(0.002)
+        emitter.transition(write)
+    assert flusher_calls == 0
+    ids = [e.message_id for e in stream(r, keys.events)]
+    assert ids == [f"m{i}" for i in range(n)]
 
 
 def test_sink_caps_the_stream(r, keys, sinks):
