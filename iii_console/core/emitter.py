@@ -53,6 +53,19 @@ def _json(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
 
+_encode_msgpack = msgspec.msgpack.Encoder().encode
+
+
+def _msgpack(value: Any) -> bytes:
+    """:func:`_json`'s value as MessagePack, for the scripts that read it with ``cmsgpack``: Redis's Lua
+    unpacks it in four fifths of the time ``cjson`` takes for the same JSON (its strings are
+    length-prefixed, not scanned). A lone surrogate becomes ``?``, as in :func:`_json`."""
+    try:
+        return _encode_msgpack(value)
+    except UnicodeEncodeError:
+        return _encode_msgpack(json.loads(_json(value)))
+
+
 def _flat_tables(aggs: Sequence[Mapping[str, float]]) -> list[list[Any]]:
     """``metrics.aggregate``'s tables as the scripts take them: ``[field, n, ...]`` each, three in all."""
     out: list[list[Any]] = [[], [], []]
@@ -376,6 +389,7 @@ class StreamSink:
 
         Each transition's counters are a flat ``[field, n, ...]`` list (``c``); the
         script sums those of the transitions that apply and adds each field once.
+        MessagePack, not JSON: this is every processed message's settle (``ack_many.lua``).
         """
         counted = self._keys is not None
         body = {
@@ -387,7 +401,7 @@ class StreamSink:
                 {"s": [ev.flat() for ev in settle], "c": metrics.count_fields(settle) if counted else []} for settle in settles
             ],
         }
-        return _json(body)
+        return _msgpack(body)
 
     def _args(self, batch: list[Event], timed: Sequence[Event] = ()) -> list[Any]:
         events = _json([ev.flat() for ev in batch])

@@ -160,6 +160,23 @@ def test_concurrent_acks_go_out_together_and_each_writes_one_processed(setup, r,
     assert counts[("message.processed", "jobs", "Work")] == 48
 
 
+def test_a_buffered_event_with_text_utf8_cannot_hold_rides_along_with_an_ack(setup, r, keys):
+    """Given a handler's log line whose text holds a lone surrogate (no UTF-8 for it) still
+    buffered when its message is acked, when the ack's call carries it (MessagePack), then
+    the message settles with its processed event and the line lands with a ``?`` in its place."""
+    s = setup()
+    s.sink._interval = 5.0  # the flusher leaves them: the ack's call is what writes them
+    (m,) = s.fetch(1)
+    s.emitter.emit("log", message_id=m.message_id, step="Work", error="bad \ud800 text")
+    m.iii_seq = s.emitter.seq
+    assert s.ack_all([m]) == {m.message_id: None}
+    wait_for(lambda: not s.in_flight(r), timeout=5, what="the ack applied")
+    s.sink.flush()
+    got = [e for e in _stream(r, keys) if e.message_id == m.message_id]
+    assert [e.type for e in got] == ["message.started", "log", "message.processed"]
+    assert got[1].error == "bad ? text"
+
+
 def test_a_settle_refused_in_a_group_writes_nothing_for_that_message(setup, r, keys):
     s = setup()
     messages = s.fetch(12)

@@ -2,7 +2,7 @@
 -- arrived while the previous call was on the wire): each is released, its
 -- body and delivery count forgotten and its message.processed written only if
 -- this worker still holds it (its SREM); a fan-in child also settles its group.
--- ARGV: namespace, worker_id, events (E; "" for none), then four per message:
+-- ARGV: namespace, worker_id, events (E, MessagePack; "" for none), then four per message:
 --       queue_name, redis_message_id, group key ("" for none), message id.
 -- E is _events.lua's object with, instead of s/st, a: one {s = events,
 -- c = [counts field, n, ...]} per message, in ARGV order. p (what the process
@@ -10,7 +10,9 @@
 -- the counters of the settles that applied are summed and added once per field.
 -- Returns one 1 (settled) or 0 (not held by this worker) per message.
 -- Type checks: every key the call can write, before the first write.
-local E = iii_decode(ARGV[3])
+-- E arrives as MessagePack (StreamSink.payload_many): unpacked in four fifths of cjson's time.
+local E = nil
+if ARGV[3] ~= "" then E = cmsgpack.unpack(ARGV[3]) end
 local ns, wid = ARGV[1], ARGV[2]
 local len = iii_stream_len(E)
 local checks, seen = iii_event_keys(E, {}, true), {}
