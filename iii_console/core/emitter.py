@@ -174,8 +174,7 @@ class StreamSink:
         while True:
             with self._cond:
                 # Asleep until an event arrives (an idle process does not wake 50
-                # times a second for nothing), then the flush interval more so a
-                # burst goes out as one batch rather than one event at a time.
+                # times a second for nothing).
                 self._idle = True
                 if not self._buf and not self._stop:
                     self._cond.wait(self._idle_wait())
@@ -185,9 +184,10 @@ class StreamSink:
                 # every few milliseconds, the flusher writes nothing at all (it used to write
                 # whatever it found waiting, a call for every event or two in a drain).
                 while self._buf and not self._stop and not self._flushing:
-                    left = self._oldest + self._interval - time.monotonic()
+                    due = self._oldest + self._interval
                     if self._timed:
-                        left = min(left, self._timed_due - time.monotonic())
+                        due = min(due, self._timed_due)
+                    left = due - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)

@@ -572,7 +572,6 @@ class IIIConsumer(Consumer):
     def __init__(self, broker: IIIBroker, queue_name: str, prefetch: int, timeout: int):
         self.broker = broker
         self.queue_name = queue_name
-        self.prefetch = prefetch
         self.timeout = timeout
         self.cache: list[tuple[str, bytes | None, int]] = []
         self.queued_message_ids: set[str] = set()
@@ -584,8 +583,8 @@ class IIIConsumer(Consumer):
         self._refetch_at: float | None = None
         #: Set by ``ack`` (worker threads) so a consumer at prefetch wakes as soon as a slot frees.
         self.slot_freed = threading.Event()
-        #: Fetch only once this many slots are free (a quarter of prefetch = half the threads).
-        self.fetch_min = max(1, prefetch // 4)
+        #: ``prefetch``, and ``fetch_min``: fetch only once that many slots are free.
+        self._set_prefetch(prefetch)
         #: Dramatiq's prefetch (2 x threads): ``prefetch`` moves between it and ``PREFETCH_MAX_FACTOR`` times it.
         self.base_prefetch = prefetch
         #: Settles since the pace was last measured (``settled``; a lost increment between threads only blurs it).
@@ -806,8 +805,13 @@ class IIIConsumer(Consumer):
         self._pace_from, self._pace_due = now, now + PACE_INTERVAL_S
         base = self.base_prefetch
         ahead = int(settles / span * PREFETCH_AHEAD_S) if span > 0 else 0
-        self.prefetch = min(base * PREFETCH_MAX_FACTOR, max(base, base // 2 + ahead))
-        self.fetch_min = max(1, self.prefetch // 4)
+        self._set_prefetch(min(base * PREFETCH_MAX_FACTOR, max(base, base // 2 + ahead)))
+
+    def _set_prefetch(self, prefetch: int) -> None:
+        """Hold up to ``prefetch`` messages; fetch once a quarter of that is free (at Dramatiq's
+        prefetch, half the threads), in one call rather than one per ack."""
+        self.prefetch = prefetch
+        self.fetch_min = max(1, prefetch // 4)
 
     def _poisoned(self, message: Message, deliveries: int) -> None:
         """Dead-letter, unrun, a message that keeps killing (or hanging) the workers that take it."""

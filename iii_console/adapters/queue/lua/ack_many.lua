@@ -10,9 +10,7 @@
 -- the counters of the settles that applied are summed and added once per field.
 -- Returns one 1 (settled) or 0 (not held by this worker) per message.
 -- Type checks: every key the call can write, before the first write.
--- E arrives as MessagePack (StreamSink.payload_many): unpacked in four fifths of cjson's time.
-local E = nil
-if ARGV[3] ~= "" then E = cmsgpack.unpack(ARGV[3]) end
+local E = iii_unpack(ARGV[3])
 local ns, wid = ARGV[1], ARGV[2]
 local len = iii_stream_len(E)
 local checks, seen = iii_event_keys(E, {}, true), {}
