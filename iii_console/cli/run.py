@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from iii_console.cli.output import events_out, reserve_stdout
 from iii_console.core.config import Config, redact_url
@@ -22,17 +22,26 @@ def run_project(
     cfg: Config, role: tuple[str, ...], processes: int | None, threads: int | None, no_ui: bool, reload: bool | None
 ) -> int:
     """Run the roles ``role`` names until Ctrl+C / SIGTERM; the exit code."""
+    from iii_console.runtime import hangup
+
     roles = ("server", "worker", "scheduler") if "all" in role else tuple(dict.fromkeys(role))
     watch = (not no_ui) if reload is None else reload
-    if no_ui or not sys.stdout.isatty():
-        from iii_console.runtime.echo import EchoCommand
+    watched = hangup.watched()
+    try:
+        if no_ui or not sys.stdout.isatty():
+            from iii_console.runtime.echo import EchoCommand
 
-        reserve_stdout()
-        echo = EchoCommand([sys.executable, "-m", "iii_console.cli.echo", "json" if no_ui else "human"], events_out())
-        from iii_console.runtime.loop import run as run_loop
+            reserve_stdout()
+            echo = EchoCommand([sys.executable, "-m", "iii_console.cli.echo", "json" if no_ui else "human"], events_out())
+            from iii_console.runtime.loop import run as run_loop
 
-        return run_loop(_run_headless(cfg, roles, processes, threads, echo, watch))
-    return asyncio.run(_run_console(cfg, roles, processes, threads, watch))
+            return run_loop(_run_headless(cfg, roles, processes, threads, echo, watch))
+        return asyncio.run(_run_console(cfg, roles, processes, threads, watch))
+    finally:
+        # The loop has closed, its signal handlers with it (SIGHUP's default is back: die), and the process
+        # is leaving: a hang-up now, a second one or one that came late, must not cut its last steps short.
+        if watched:
+            hangup.ignore()
 
 
 async def _run_headless(
@@ -149,25 +158,32 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
         broker=console_broker(cfg),
     )
     app.notice = _redis_version(sup.config.redis.url)[1]
+    app.driver_class = outliving_output(app.driver_class)
     terminal = _TerminalState()
 
     def kill() -> None:
         sup.kill_children()
         terminal.restore()
 
-    hard = HardStop("", kill=kill)
+    hard = HardStop("", kill=kill, log=log_dir / "console.log")
+    shutdown_timeout = sup.config.workers.shutdown_timeout
 
     async def stop_runtime() -> None:
-        # However the stop goes, it ends by the deadline; the terminal is given back first.
-        with hard.armed(sup.config.workers.shutdown_timeout):
-            await sup.stop()
+        # However the leaving goes (the runtime's stop, the UI's exit, the interpreter's), it ends by
+        # the deadline; the terminal is given back first.
+        hard.leaving(shutdown_timeout)
+        await sup.stop()
+
+    def leave() -> None:
+        hard.leaving(shutdown_timeout)
+        app.exit()
 
     app.stop_runtime = stop_runtime
     loop = asyncio.get_running_loop()
     # SIGTERM (a `kill`, a wrapper that died) and a hang-up leave as `q` does: the runtime then
     # drains and stops its Redis, instead of the process dying with its workers mid-stop.
-    loop.add_signal_handler(signal.SIGTERM, app.exit)
-    hangup.watch_loop(loop, app.exit)
+    loop.add_signal_handler(signal.SIGTERM, leave)
+    hangup.watch_loop(loop, leave)
     try:
         await app.run_async()
     finally:
@@ -178,6 +194,24 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     if app.stop_error is not None:
         raise app.stop_error
     return 0
+
+
+def outliving_output(driver_class: type[Any]) -> type[Any]:
+    """``driver_class`` whose output outlives its terminal.
+
+    Textual writes the screen from one thread through a queue of 30 writes; the first write that
+    fails (a terminal closed under it, before the hang-up's signal is handled or without one) ends
+    that thread, and the UI's next writes then block on the full queue for good, its exit with
+    them. Here a write nobody can read any more goes to ``/dev/null`` instead.
+    """
+    from iii_console.runtime import hangup
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        driver_class.__init__(self, *args, **kwargs)
+        if getattr(self, "_file", None) is not None:
+            self._file = hangup.outliving(self._file)
+
+    return type(driver_class.__name__, (driver_class,), {"__init__": __init__, "__module__": __name__})
 
 
 class _TerminalState:

@@ -41,6 +41,13 @@ def watched() -> bool:
     return sig is not None and signal.getsignal(sig) is signal.SIG_DFL
 
 
+def ignore() -> None:
+    """Ignore SIGHUP from now on (a process past its stop: what is left is its exit)."""
+    sig = getattr(signal, "SIGHUP", None)
+    if sig is not None:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def note_terminal() -> None:
     """Remember which of stdout and stderr are a terminal (for ``terminal_gone``)."""
     global _tty_fds
@@ -144,6 +151,12 @@ class _KeepsWriting:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def outliving(stream: Any) -> Any:
+    """``stream``, whose writes go to ``/dev/null`` once its reader has gone instead of raising
+    (for a writer that must not die with its terminal: the console's output thread)."""
+    return stream if isinstance(stream, _KeepsWriting) else _KeepsWriting(stream)
 
 
 def keep_writing() -> None:

@@ -21,6 +21,7 @@ import faulthandler
 import os
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NoReturn
 
 #: How long past ``workers.shutdown_timeout`` a stop may take before it is forced: the pool's
@@ -40,20 +41,26 @@ class HardStop:
     """The deadline and the forced exit of one process's stop.
 
     ``kill`` runs first when the exit is forced (the supervisor SIGKILLs its worker processes there). A stop
-    runs inside :meth:`armed`; :meth:`now` forces the exit at once (a second signal).
+    runs inside :meth:`armed`, or from :meth:`leaving` to the process's end; :meth:`now` forces the exit at
+    once (a second signal). The report goes to stderr, and to ``log`` too when given.
     """
 
-    def __init__(self, name: str, kill: Callable[[], None] | None = None) -> None:
+    def __init__(self, name: str, kill: Callable[[], None] | None = None, log: Path | None = None) -> None:
         self.name = name
         self._who = f"iii-console {name}" if name else "iii-console"
         self.kill = kill
         self._lock = threading.Lock()
+        self._leaving = False
+        #: A file that keeps the report when stderr reaches nobody (a console whose terminal closed).
+        self._log: int | None = None
+        if log is not None:
+            try:
+                self._log = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            except OSError:
+                pass
 
-    @contextlib.contextmanager
-    def armed(self, shutdown_timeout_s: float) -> Iterator[None]:
-        """Around a stop: force the exit if it has not ended ``shutdown_timeout_s`` + :data:`GRACE_S` from now."""
-        after_s = shutdown_timeout_s + GRACE_S
-        done = threading.Event()
+    def _watch(self, after_s: float, done: threading.Event) -> None:
+        """Force the exit ``after_s`` from now unless ``done`` is set first; the C-level fallback after it."""
 
         def watch() -> None:
             if not done.wait(after_s):
@@ -61,14 +68,33 @@ class HardStop:
 
         threading.Thread(target=watch, name="iii-hard-stop", daemon=True).start()
         try:
-            faulthandler.dump_traceback_later(after_s + FALLBACK_S, exit=True, file=STDERR)
+            faulthandler.dump_traceback_later(after_s + FALLBACK_S, exit=True, file=STDERR if self._log is None else self._log)
         except (ValueError, OSError):  # no usable stderr: the thread alone
             pass
+
+    @contextlib.contextmanager
+    def armed(self, shutdown_timeout_s: float) -> Iterator[None]:
+        """Around a stop: force the exit if it has not ended ``shutdown_timeout_s`` + :data:`GRACE_S` from now."""
+        done = threading.Event()
+        self._watch(shutdown_timeout_s + GRACE_S, done)
         try:
             yield
         finally:  # the stop ended (or raised): no forced exit
             done.set()
             faulthandler.cancel_dump_traceback_later()
+
+    def leaving(self, shutdown_timeout_s: float) -> None:
+        """The process has begun to leave: force the exit if it is still here ``shutdown_timeout_s`` +
+        :data:`GRACE_S` from now (the first call counts; later ones change nothing).
+
+        For a process whose stop is the last thing it does (the live console): everything after the
+        request is covered, the UI's own exit and the interpreter's, not only the runtime's stop.
+        """
+        with self._lock:
+            if self._leaving:
+                return
+            self._leaving = True
+        self._watch(shutdown_timeout_s + GRACE_S, threading.Event())
 
     def now(self, why: str) -> NoReturn:
         """Run ``kill``, say why and where every thread was, exit with :data:`FORCED_EXIT`.
@@ -82,10 +108,13 @@ class HardStop:
                     self.kill()
                 except Exception:
                     pass
-            try:
-                line = f"{self._who}: {why}; stopping now (what its workers held is recovered as after a crash). "
-                os.write(STDERR, (line + "Where its threads were:\n").encode(errors="replace"))
-                faulthandler.dump_traceback(file=STDERR, all_threads=True)
-            except (ValueError, OSError):  # nobody reads stderr any more: exit all the same
-                pass
+            line = f"{self._who}: {why}; stopping now (what its workers held is recovered as after a crash). "
+            for fd in (STDERR, self._log):
+                if fd is None:
+                    continue
+                try:
+                    os.write(fd, (line + "Where its threads were:\n").encode(errors="replace"))
+                    faulthandler.dump_traceback(file=fd, all_threads=True)
+                except (ValueError, OSError):  # nobody reads it any more: exit all the same
+                    pass
             os._exit(FORCED_EXIT)

@@ -9,6 +9,8 @@ master side closes (the run's later writes to it fail with EIO) and the whole jo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -76,11 +78,15 @@ class Terminal:
                 return
             self.text += chunk.decode(errors="replace")
 
-    def hang_up(self, job: int) -> None:
-        """Close the terminal, then SIGHUP the job's process group, as the shell it ran in would."""
+    def close(self) -> None:
+        """Close the terminal's master side: the job's reads and writes on it fail from now on."""
         self._open = False
         self._reader.join(5)
         os.close(self.master)
+
+    def hang_up(self, job: int) -> None:
+        """Close the terminal, then SIGHUP the job's process group, as the shell it ran in would."""
+        self.close()
         os.killpg(job, signal.SIGHUP)
 
 
@@ -142,6 +148,12 @@ def _workers_stopped(run: list[dict[str, str]]) -> tuple[set[str], dict[str, str
     started = {json.loads(e["data"])["id"] for e in run if e["type"] == "worker.started"}
     stopped = {json.loads(e["data"])["id"]: json.loads(e["data"])["reason"] for e in run if e["type"] == "worker.stopped"}
     return started, stopped
+
+
+def _console_log(project: Path) -> str:
+    """The live console's log (where a forced exit's report goes once its terminal is gone)."""
+    log = project / ".iii" / "logs" / "console.log"
+    return log.read_text(errors="replace") if log.exists() else "(no console.log)"
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -220,11 +232,12 @@ def test_under_nohup_a_hang_up_changes_nothing(tmp_path, redis_url, r, keys):
     assert "print after the gate" in log.read_text()
 
 
-@pytest.mark.parametrize("how", ["hang-up", "sigterm"])
+@pytest.mark.parametrize("how", ["hang-up", "sigterm", "late-hang-up", "closed-unannounced"])
 def test_the_live_console_leaves_at_a_hang_up_and_stops_its_runtime(tmp_path, redis_url, r, keys, how):
     """Given the live console running in a terminal, when the terminal closes (or SIGTERM
     arrives: a `kill`, a wrapper that died), then it leaves as `q` does: its workers stop with
-    reason `shutdown` and it exits 0."""
+    reason `shutdown` and it exits 0. So it does when the hang-up's signal comes a second after
+    the close, or never (a job `disown`ed from the shell that closed)."""
     make_project(tmp_path, {"gated_step.py": GATED}, "server:\n  port: 0\n", redis_url=redis_url)
     first = r.xrevrange(keys.events, count=1)
     term = Terminal()
@@ -239,9 +252,14 @@ def test_the_live_console_leaves_at_a_hang_up_and_stops_its_runtime(tmp_path, re
         assert proc.poll() is None
         if how == "sigterm":
             proc.send_signal(signal.SIGTERM)
-        else:
+        elif how == "hang-up":
             term.hang_up(proc.pid)
-        assert proc.wait(60) == 0
+        else:
+            term.close()
+            if how == "late-hang-up":
+                time.sleep(1.0)
+                os.killpg(proc.pid, signal.SIGHUP)
+        assert proc.wait(60) == 0, _console_log(tmp_path)
     finally:
         _stop(proc)
     started, stopped = _workers_stopped(_events_after(r, keys, first[0][0] if first else b"0-0"))
@@ -306,3 +324,95 @@ def test_a_stop_drains_when_nobody_reads_stderr_any_more(tmp_path, redis_url, r,
     ]
     started, stopped = _workers_stopped(run)
     assert started and all(stopped.get(w) == "shutdown" for w in started), (started, stopped)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # Textual's own writer, dying
+def test_the_consoles_screen_writer_outlives_a_terminal_that_closed():
+    """Given the console's output thread writing to a terminal that has closed (each write fails with EIO,
+    as in the moment between the close and the hang-up's signal, or with no signal at all), when more
+    than its queue's worth of writes follow, then none blocks: the thread goes on, to /dev/null, and
+    stops when told. Textual's own thread dies at the first failed write, after which the UI's writes
+    block for good on its full queue."""
+    from textual.app import App
+    from textual.drivers._writer_thread import MAX_QUEUED_WRITES, WriterThread
+
+    from iii_console.cli.run import outliving_output
+    from iii_console.runtime import hangup
+
+    def closed_terminal() -> Any:
+        master, slave = pty.openpty()
+        os.close(master)
+        return os.fdopen(slave, "w")
+
+    bare_file = closed_terminal()
+    bare = WriterThread(bare_file)
+    bare.start()
+    bare.write("frame\n")
+    bare.join(5)
+    assert not bare.is_alive(), "Textual's writer survived a failed write: the wrapper may no longer be needed"
+    with contextlib.suppress(OSError):  # what it holds cannot be flushed either
+        bare_file.close()
+
+    out = closed_terminal()
+    writer = WriterThread(hangup.outliving(out))
+    writer.start()
+    done = threading.Event()
+
+    def write_all() -> None:
+        for _ in range(3 * MAX_QUEUED_WRITES):
+            writer.write("frame\n")
+        writer.stop()
+        done.set()
+
+    threading.Thread(target=write_all, daemon=True).start()
+    assert done.wait(10), "the console's writes blocked behind a dead output thread"
+    assert os.path.samestat(os.fstat(out.fileno()), os.stat(os.devnull))
+    out.close()
+
+    async def make_driver() -> Any:
+        return outliving_output(app.driver_class)(app)
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTSTP, signal.SIGCONT)}
+    try:
+        app = App()
+        driver = asyncio.run(make_driver())
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert isinstance(driver, app.driver_class)
+    assert driver._file is not sys.__stderr__ and driver._file.fileno() == sys.__stderr__.fileno()
+
+
+@pytest.mark.slow
+def test_a_console_whose_leaving_hangs_ends_by_its_deadline_with_the_report_in_its_log(tmp_path):
+    """Given the live console on a Redis that froze (SIGSTOP: connections open, nothing answers), when
+    its terminal hangs up, then it still leaves by ``shutdown_timeout`` + ``GRACE_S``, exit code 1, and
+    why and where its threads were is in ``.iii/logs/console.log`` (its stderr was the terminal)."""
+    from iii_console.core.redis_server import RedisServer
+    from iii_console.runtime.hardstop import FORCED_EXIT, GRACE_S
+
+    server = RedisServer(tmp_path / "redis").start()
+    assert server.proc is not None
+    make_project(tmp_path, {"gated_step.py": GATED}, "server:\n  port: 0\nworkers:\n  shutdown_timeout: 1\n", redis_url=server.url)
+    term = Terminal()
+    proc = _start(tmp_path, term, stdio={"stdin": term.slave, "stdout": term.slave, "stderr": term.slave}, args=())
+    frozen = False
+    try:
+        wait_for(lambda: "connected" in term.text or proc.poll() is not None, timeout=60, what="the console to draw")
+        assert proc.poll() is None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        frozen = True
+        t0 = time.monotonic()
+        term.hang_up(proc.pid)
+        code = proc.wait(1 + GRACE_S + 20)
+        took = time.monotonic() - t0
+    finally:
+        if frozen:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        _stop(proc)
+        server.stop()
+    log = _console_log(tmp_path)
+    assert code == FORCED_EXIT, log
+    assert took < 1 + GRACE_S + 8, (took, log)
+    assert f"the stop did not end within {1 + GRACE_S:g} s; stopping now" in log, log
+    assert "Where its threads were:" in log and 'File "' in log, log
