@@ -103,7 +103,7 @@ def drain(
         done0, cpu0, redis0, rabbit0, t0 = (
             bench.done(),
             _cpu_s(procs),
-            _redis_cpu_s(bench),
+            bench.redis_cpu_s(),
             bench.rabbit_cpu_s(),
             time.monotonic(),
         )
@@ -114,7 +114,7 @@ def drain(
             what=f"{contender.name} to process {n} messages (done: {bench.done()})",
             watch=watch,
         )
-        cpu1, redis1, rabbit1, t1 = _cpu_s(procs), _redis_cpu_s(bench), bench.rabbit_cpu_s(), time.monotonic()
+        cpu1, redis1, rabbit1, t1 = _cpu_s(procs), bench.redis_cpu_s(), bench.rabbit_cpu_s(), time.monotonic()
         window = bench.drain_window()
         assert window is not None
         if before_stop is not None:
@@ -140,8 +140,3 @@ def drain(
 
 def _cpu_s(procs: list[Proc]) -> float:
     return cpu_seconds(p for proc in procs for p in proc.tree())
-
-
-def _redis_cpu_s(bench: Bench) -> float:
-    info = bench.redis.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])

@@ -139,6 +139,11 @@ class Bench:
     def flush(self) -> None:
         self.redis.flushall()
 
+    def redis_cpu_s(self) -> float:
+        """The run's Redis server's CPU time so far (``INFO cpu``: user + system), seconds."""
+        info = self.redis.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
     def done(self) -> int:
         return int(self.redis.get(work.DONE) or 0)
 

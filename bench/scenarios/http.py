@@ -57,8 +57,8 @@ def _start_peer(bench: Bench, port: int) -> Proc:
     )
 
 
-def one_run(bench: Bench, start: Callable[[Bench, int], Proc], seconds: float) -> tuple[Load, float]:
-    """(load result, server CPU % of one core during the load)."""
+def one_run(bench: Bench, start: Callable[[Bench, int], Proc], seconds: float) -> tuple[Load, float, float]:
+    """(load result, server CPU % of one core during the load, Redis CPU % of one core during the load)."""
     bench.flush()
     port = free_port()
     server = start(bench, port)
@@ -66,13 +66,15 @@ def one_run(bench: Bench, start: Callable[[Bench, int], Proc], seconds: float) -
         url = f"http://127.0.0.1:{port}/messages"
         wait_http(bench, url, server)
         closed_load(bench, url, connections=CONNECTIONS, seconds=WARMUP_S)
-        cpu0, t0 = _cpu(server), time.monotonic()
+        cpu0, redis0, t0 = _cpu(server), bench.redis_cpu_s(), time.monotonic()
         load = closed_load(bench, url, connections=CONNECTIONS, seconds=seconds)
-        cpu = (_cpu(server) - cpu0) / (time.monotonic() - t0) * 100
+        took = time.monotonic() - t0
+        cpu = (_cpu(server) - cpu0) / took * 100
+        redis_cpu = (bench.redis_cpu_s() - redis0) / took * 100
         bench.procs.check(server)
     finally:
         bench.procs.stop(server)
-    return load, cpu
+    return load, cpu, redis_cpu
 
 
 def _cpu(proc: Proc) -> float:
@@ -82,13 +84,15 @@ def _cpu(proc: Proc) -> float:
 def run(bench: Bench) -> Section:
     seconds = bench.options.http_seconds
     runs: dict[str, list[tuple[Load, float]]] = {OURS: [], OURS_QUIET: [], PEER: []}
+    redis: dict[str, list[float]] = {OURS: [], OURS_QUIET: [], PEER: []}
     for rnd in range(bench.options.rounds):
         for name, start in ((OURS, _start_ours), (OURS_QUIET, _start_ours_quiet), (PEER, _start_peer)):
-            load, cpu = one_run(bench, start, seconds)
+            load, cpu, redis_cpu = one_run(bench, start, seconds)
             runs[name].append((load, cpu))
+            redis[name].append(redis_cpu / 100 / load.rps * 1e6 if load.rps else float("nan"))
             print(
                 f"  [{NAME}] round {rnd + 1} {name}: {load.rps:,.0f} req/s, p99 {load.latency_ms.get('99', 0):.1f} ms, "
-                f"{cpu / 100 / max(load.rps, 1e-9) * 1000:.3f} ms server CPU/req "
+                f"{cpu / 100 / max(load.rps, 1e-9) * 1000:.3f} ms server CPU/req, Redis {redis[name][-1]:.0f} µs/req "
                 f"({load.non2xx} non-2xx, {load.errors} errors)",
                 flush=True,
             )
@@ -104,6 +108,7 @@ def run(bench: Bench) -> Section:
             "p99 ms",
             "server CPU %",
             "server CPU ms/req",
+            "Redis CPU µs/req",
             "non-2xx / errors",
             "÷ bare peer",
         ],
@@ -118,6 +123,7 @@ def run(bench: Bench) -> Section:
             fmt(p["99"], 2),
             fmt(median(x for _, x in r)),
             fmt(median(cpu / 100 / ld.rps * 1000 if ld.rps else float("nan") for ld, cpu in r), 3),
+            fmt(median(redis[name])),
             f"{sum(ld.non2xx for ld, _ in r)} / {sum(ld.errors for ld, _ in r)}",
             fmt_ratio(ratio(med_rps[name], med_rps[PEER])),
         )
@@ -135,6 +141,7 @@ def run(bench: Bench) -> Section:
         "events `http.received` and `log` "
         "(written in that same call, ahead of the writes), `message.enqueued`; `--no-ui` also tails and prints the event stream, in a child process of the server's. "
         "Server CPU is the CPU time of the server process and its children (the echo included) over the run "
-        "(100 = one core); per request it is that over the requests answered, steadier than req/s on a shared machine."
+        "(100 = one core); per request it is that over the requests answered, steadier than req/s on a shared machine. "
+        "Redis CPU per request: the run's Redis server's (`INFO cpu`) over the same window."
     )
     return sec

@@ -262,11 +262,6 @@ def _dramatiq(bench: Bench, out: Path) -> Contender:
 # -- one run --------------------------------------------------------------------
 
 
-def _redis_cpu_s(bench: Bench) -> float:
-    info = bench.redis.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
 def _run(bench: Bench, who: Contender, images: list[tuple[Path, str]], warm: tuple[Path, str], out: Path) -> Run:
     bench.flush()
     shutil.rmtree(out, ignore_errors=True)
@@ -279,7 +274,7 @@ def _run(bench: Bench, who: Contender, images: list[tuple[Path, str]], warm: tup
         wait_until(
             lambda: warm[1] in who.completed(), timeout=120, interval=0.05, what=f"{who.name}: the warm-up image", watch=watch
         )
-        cpu0, redis0 = cpu_seconds(p for proc in procs for p in proc.tree()), _redis_cpu_s(bench)
+        cpu0, redis0 = cpu_seconds(p for proc in procs for p in proc.tree()), bench.redis_cpu_s()
         submitted: dict[str, float] = {}
         for path, image_id in images:
             submitted[image_id] = time.time()
@@ -292,7 +287,7 @@ def _run(bench: Bench, who: Contender, images: list[tuple[Path, str]], warm: tup
             what=f"{who.name}: every image's completion",
             watch=watch,
         )
-        cpu1, redis1 = cpu_seconds(p for proc in procs for p in proc.tree()), _redis_cpu_s(bench)
+        cpu1, redis1 = cpu_seconds(p for proc in procs for p in proc.tree()), bench.redis_cpu_s()
         done = {i: t for i, t in who.completed().items() if i in submitted}
         return Run(submitted, done, cpu1 - cpu0, redis1 - redis0, who.renders_ok(list(submitted)))
     finally:
