@@ -393,7 +393,9 @@ def test_a_console_whose_leaving_hangs_ends_by_its_deadline_with_the_report_in_i
 
     server = RedisServer(tmp_path / "redis").start()
     assert server.proc is not None
-    make_project(tmp_path, {"gated_step.py": GATED}, "server:\n  port: 0\nworkers:\n  shutdown_timeout: 1\n", redis_url=server.url)
+    make_project(
+        tmp_path, {"gated_step.py": GATED}, "server:\n  port: 0\nworkers:\n  shutdown_timeout: 1\n", redis_url=server.url
+    )
     term = Terminal()
     proc = _start(tmp_path, term, stdio={"stdin": term.slave, "stdout": term.slave, "stderr": term.slave}, args=())
     frozen = False
