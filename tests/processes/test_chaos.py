@@ -30,6 +30,7 @@ from ..helpers import (
     SWEEP,
     events,
     make_project,
+    pid_alive,
     rabbit_messages,
     start_cli,
     wait_for,
@@ -111,7 +112,7 @@ def test_killing_workers_under_load_loses_nothing(tmp_path, redis_url, r, keys, 
             def live_worker() -> bool:
                 nonlocal pids, alive
                 pids = worker_pids(r, keys)
-                alive = [p for p in pids if _alive(p)]
+                alive = [p for p in pids if pid_alive(p)]
                 return bool(alive)
 
             wait_for(live_worker, timeout=30, interval=0.05, what="a live worker to fault")
@@ -210,14 +211,6 @@ def _freeze(supervisor: int) -> list[int]:
         except OSError:
             pass
     return stopped
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
 
 
 def _stop_mid_run(client, pids: list[int], top_up: Callable[[], None]) -> tuple[int, set[str]]:
@@ -415,7 +408,7 @@ def test_a_crashed_worker_is_recovered_by_its_supervisor_at_once(tmp_path, redis
         for _ in range(KILLS):
 
             def victim() -> tuple[int, str] | None:
-                alive = {p: w for p, w in worker_pids(r, keys).items() if _alive(p)}
+                alive = {p: w for p, w in worker_pids(r, keys).items() if pid_alive(p)}
                 busy = [(p, w) for p, w in alive.items() if worker_holds(r, keys, w)]
                 return rng.choice(busy) if len(alive) >= 2 and busy else None
 
