@@ -95,14 +95,18 @@ def test_a_busy_process_whose_settles_take_the_buffer_along_makes_no_flusher_cal
         ev,
     )
     deadline = time.monotonic() + 1.0
-    n = 0
+    n = late = 0
     while time.monotonic() < deadline:
         # Each start waits in the buffer until the next settle, 2 ms on (a handler's run).
+        t_put = time.monotonic()
         emitter.put(emitter.lifecycle("message.started", "t", f"m{n}", "S", "jobs", "jobs--S", 1))
         n += 1
         time.sleep(0.002)
         emitter.transition(write)
-    assert flusher_calls == 0
+        # A loaded machine can hold this thread up past the interval: then the flusher's write is its due.
+        late += time.monotonic() - t_put >= FLUSH_INTERVAL_S
+    assert late < n // 10, (late, n)  # the run was what it says: settles every few ms
+    assert flusher_calls <= late, (flusher_calls, late, n)
     ids = [e.message_id for e in stream(r, keys.events)]
     assert ids == [f"m{i}" for i in range(n)]
 
