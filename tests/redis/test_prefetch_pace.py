@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from iii_console.adapters.queue.broker import PACE_INTERVAL_S, PREFETCH_MAX_FACTOR, IIIBroker
+from iii_console.adapters.queue.broker import PACE_INTERVAL_S, PREFETCH_AHEAD_S, PREFETCH_MAX_FACTOR, IIIBroker
 from iii_console.core.connection import redis_client
 from iii_console.core.emitter import null_emitter
 from iii_console.core.keys import Keys
@@ -92,11 +92,19 @@ def test_quick_handlers_grow_the_prefetch_to_its_cap_and_an_idle_consumer_shrink
     reaches PREFETCH_MAX_FACTOR times Dramatiq's 8 and never passes it, every message runs
     once, and once the queue is idle the prefetch is Dramatiq's again."""
     r = run(4, 0.0)
+    t0 = time.monotonic()
     r.start(3000)
     wait_for(lambda: len(r.ran) == 3000, timeout=60, what="3,000 messages processed")
+    rate = 3000 / (time.monotonic() - t0)
     base = r.consumer().base_prefetch
     assert base == 8
-    assert max(r.seen) == base * PREFETCH_MAX_FACTOR > base, Counter(r.seen)
+    cap = base * PREFETCH_MAX_FACTOR
+    # The cap takes 4 threads + (cap - 4) settles in PREFETCH_AHEAD_S: 560 a second. A machine too loaded
+    # for twice that (the rate here counts the start-up too) may stop short of it, never at Dramatiq's 8.
+    if rate >= 2 * (cap - 4) / PREFETCH_AHEAD_S:
+        assert max(r.seen) == cap, (Counter(r.seen), rate)
+    else:
+        assert base < max(r.seen) <= cap, (Counter(r.seen), rate)
     assert min(r.seen) >= base
     assert set(r.ran.values()) == {1}
     wait_for(lambda: r.consumer().prefetch == base, timeout=3 * PACE_INTERVAL_S + 1, what="the prefetch back to 8 when idle")
