@@ -33,6 +33,7 @@ OURS_NOT_IN_A_WORKER = (
 PROBE = """
 import importlib
 import json
+import os
 import sys
 
 from iii_console import Step, queue
@@ -44,9 +45,10 @@ def handler(data, ctx):
     ctx.logger.info("probing", n=data["n"])
     if data.get("load"):
         importlib.import_module(data["load"])
-    if data.get("out"):
-        with open(data["out"], "w") as fh:
+    if data.get("out"):  # whole or not at all: the test reads it as soon as it exists
+        with open(data["out"] + ".part", "w") as fh:
             json.dump(sorted(sys.modules), fh)
+        os.replace(data["out"] + ".part", data["out"])
 """
 
 
