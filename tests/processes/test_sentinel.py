@@ -485,7 +485,8 @@ def test_the_cost_of_wait_per_state_write(tmp_path):
 async def test_async_guarded_writes_wait_on_their_own_connection_beside_the_autopipe(redis_url, r, keys):
     """Given the server's async store and producer on an autopipe, with `WAIT 1 20` asked of a Redis without replicas,
     when a state change and a dedup-keyed enqueue are made, then both are written and both WAITed (short), and with
-    WAIT off they go through the autopipe and send no WAIT."""
+    WAIT off they go through the autopipe and send no WAIT. Each on a Redis that has lost its scripts (a restart,
+    a SCRIPT FLUSH): the guarded enqueue's script, queued on its own pipeline, used never to be loaded again."""
     from iii_console.adapters.queue.producer import AsyncProducer
     from iii_console.core import replication
     from iii_console.core.autopipe import AutoPipeline
@@ -501,10 +502,12 @@ async def test_async_guarded_writes_wait_on_their_own_connection_beside_the_auto
     previous = replication.current()
     wait = replication.configure(replication.ReplicaWait(1, 20))
     try:
+        r.script_flush()
         await store.set("orders", "a1", 1)
         await producer.enqueue("nobody", {"x": 1}, trace_id="t", dedup_key="d1")
         assert (wait.waits, wait.short) == (2, 2)
         off = replication.configure(replication.ReplicaWait(0))
+        r.script_flush()
         await store.set("orders", "a2", 2)
         await producer.enqueue("nobody", {"x": 2}, trace_id="t", dedup_key="d2")
         assert off.waits == 0 and wait.waits == 2
