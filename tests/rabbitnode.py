@@ -89,7 +89,7 @@ class RabbitNode:
 
     def start(self, timeout: float = 60) -> RabbitNode:
         self.launch()
-        return self.wait_started(timeout)
+        return self.wait_started(timeout, repick=True)
 
     def launch(self) -> None:
         """Start the node's process (over its existing data dir, if any) without waiting for it."""
@@ -117,11 +117,22 @@ class RabbitNode:
         )
         self.pid = self.proc.pid
 
-    def wait_started(self, timeout: float = 60) -> RabbitNode:
+    def wait_started(self, timeout: float = 60, *, repick: bool = False) -> RabbitNode:
+        """Wait for the node to run. With ``repick`` (a first boot: nobody knows its ports yet), a node
+        that found a port taken (``eaddrinuse``: another process bound it after ``free_port`` saw it
+        free) is started again on new ports, up to twice."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
+        repicks = 2 if repick else 0
         while True:
             if self.proc.poll() is not None:
+                said = (self.root / "server.out").read_text(errors="replace")
+                if repicks and "eaddrinuse" in said:
+                    repicks -= 1
+                    self.log.close()
+                    self.port, self.dist_port = free_port(), free_port()
+                    self.launch()
+                    continue
                 raise RuntimeError(
                     f"rabbitmq-server exited {self.proc.returncode}: "
                     f"{(self.root / 'server.out').read_text(errors='replace')[-2000:]}"
@@ -185,7 +196,7 @@ class RabbitCluster:
         for n in self.nodes:
             n.launch()
         for n in self.nodes:
-            n.wait_started(max(1.0, deadline - time.monotonic()))
+            n.wait_started(max(1.0, deadline - time.monotonic()), repick=True)
         first = self.nodes[0]
 
         def join(n: RabbitNode) -> None:
