@@ -46,8 +46,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
+    """The worker's Redis, emptied: no keys and, as after a restart, no scripts loaded (a script an
+    earlier test loaded must not hide a path that never loads its own)."""
     c = redis.Redis.from_url(redis_server.url)
     c.flushall()
+    c.script_flush()
     c.close()
     return redis_server.url
 
