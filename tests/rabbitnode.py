@@ -133,10 +133,7 @@ class RabbitNode:
                     self.port, self.dist_port = free_port(), free_port()
                     self.launch()
                     continue
-                raise RuntimeError(
-                    f"rabbitmq-server exited {self.proc.returncode}: "
-                    f"{(self.root / 'server.out').read_text(errors='replace')[-2000:]}"
-                )
+                raise RuntimeError(f"rabbitmq-server exited {self.proc.returncode}: {said[-2000:]}")
             if self.ctl("await_startup", "--timeout", "20").returncode == 0:
                 return self
             if time.monotonic() > deadline:

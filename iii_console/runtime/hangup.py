@@ -163,10 +163,10 @@ def keep_writing() -> None:
     """Give step code a ``sys.stdout`` and ``sys.stderr`` that outlive their reader (``_KeepsWriting``)."""
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
-        if stream is None or isinstance(stream, _KeepsWriting):
+        if stream is None:
             continue
         try:
             stream.fileno()
         except (OSError, ValueError, AttributeError):
             continue  # not a file descriptor: nothing the kernel can refuse
-        setattr(sys, name, _KeepsWriting(stream))
+        setattr(sys, name, outliving(stream))

@@ -339,14 +339,12 @@ class AsyncProducer(_Builder):
     ):
         super().__init__(keys, config, subscriptions, emitter)
         self.client = client
-        #: With an AutoPipeline, concurrent enqueues share round trips. Otherwise redis-py's async script,
-        #: which loads itself again when Redis lost it (a restart, a SCRIPT FLUSH), called directly or
-        #: queued on a pipeline.
-        self._enqueue = (
-            autopipe.script(SOURCES["enqueue"]) if autopipe is not None else client.register_script(SOURCES["enqueue"])
-        )
-        #: A once-key that waits for replicas goes on its own pipeline (the WAIT must follow it on its connection).
+        #: A once-key that waits for replicas goes on its own pipeline (the WAIT must follow it on its connection):
+        #: redis-py's async script, which loads itself again when Redis lost it (a restart, a SCRIPT FLUSH),
+        #: called directly or queued on a pipeline.
         self._enqueue_waited = client.register_script(SOURCES["enqueue"])
+        #: With an AutoPipeline, concurrent enqueues share round trips.
+        self._enqueue = autopipe.script(SOURCES["enqueue"]) if autopipe is not None else self._enqueue_waited
 
     async def _once(self, args: list[Any], what: str) -> Any:
         """The enqueue script under a once-key: followed by ``WAIT`` when ``redis.wait_replicas`` asks for it."""
