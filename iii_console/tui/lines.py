@@ -97,6 +97,30 @@ def _inner_outer_by_colours() -> None:
 
 _inner_outer_by_colours()
 
+#: Segments cut at a cell position that Rich keeps (``Segment._split_cells``; Rich's own size is 16,384).
+SPLIT_CACHE = 1024
+
+
+def _split_cells_bounded() -> None:
+    """Rich caches every segment it cuts at a cell position (``Segment._split_cells``, an
+    ``lru_cache`` of 16,384 cuts). A log line cut at the edge of the view is cut once, and each
+    new line was a new entry: at 5,000 events/s the cache took ~220 entries a minute (two
+    segments, their texts and two tuples each) and was full only after more than an hour, about
+    half of the console's memory growth until then. What is cut frame after frame (borders,
+    labels, the rows on screen) fits in far fewer: the cache keeps :data:`SPLIT_CACHE`.
+    """
+    if getattr(Segment, "_iii_split_cells", False):
+        return
+    cached = vars(Segment).get("_split_cells")
+    original = getattr(getattr(cached, "__func__", None), "__wrapped__", None)
+    if original is None:  # not the cached class method this was written for: leave it
+        return
+    Segment._split_cells = classmethod(lru_cache(SPLIT_CACHE)(original))  # type: ignore[method-assign,assignment]
+    Segment._iii_split_cells = True  # type: ignore[attr-defined]
+
+
+_split_cells_bounded()
+
 
 def bounded_put(cache: dict[Any, Any], key: Any, value: Any, cap: int) -> Any:
     """``cache[key] = value``, dropping the oldest entry first when ``cap`` are held; returns ``value``.

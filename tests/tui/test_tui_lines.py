@@ -379,3 +379,20 @@ async def test_the_styles_caches_of_removed_widgets_are_freed() -> None:
         live = {id(w._styles_cache) for w in [app.screen, *app.screen.walk_children()]}
         stray = [o for o in new if id(o) not in live]
         assert len(stray) <= 2, len(stray)
+
+
+def test_rich_keeps_a_bounded_number_of_cut_segments() -> None:
+    """Rich cached every segment it cut at a cell position, up to 16,384: each new log line with a symbol in it,
+    cut at the edge of the view, was one more entry, and the console grew for over an hour. Given 5,000 distinct
+    lines cut through a strip, it keeps at most ``SPLIT_CACHE``, and the cuts are Rich's own."""
+    from rich.segment import Segment
+
+    Segment._split_cells.cache_clear()
+    for i in range(5000):
+        strip = Strip([Segment(f"✓ message {i:05d} processed in 2 ms")])
+        left, right = strip.divide([8, strip.cell_length])
+        assert (left.text, right.text) == ("✓ messag", f"e {i:05d} processed in 2 ms")
+    info = Segment._split_cells.cache_info()
+    assert info.misses >= 5000
+    assert info.currsize == lines.SPLIT_CACHE < 16384
+    assert Segment("héllo wörld ✓").split_cells(3) == (Segment("hél"), Segment("lo wörld ✓"))
