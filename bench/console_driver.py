@@ -141,7 +141,7 @@ def _lru_caches(least: int = 100) -> dict[str, list[int]]:
     def look(name: str, value: object) -> None:
         if isinstance(value, (classmethod, staticmethod)):
             value = value.__func__
-        if isinstance(value, functools._lru_cache_wrapper):  # type: ignore[attr-defined]
+        if isinstance(value, functools._lru_cache_wrapper):
             info = value.cache_info()
             if info.currsize >= least:
                 out[name] = [info.currsize, info.maxsize or 0]

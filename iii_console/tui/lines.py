@@ -115,7 +115,7 @@ def _split_cells_bounded() -> None:
     original = getattr(getattr(cached, "__func__", None), "__wrapped__", None)
     if original is None:  # not the cached class method this was written for: leave it
         return
-    Segment._split_cells = classmethod(lru_cache(SPLIT_CACHE)(original))  # type: ignore[method-assign,assignment]
+    Segment._split_cells = classmethod(lru_cache(SPLIT_CACHE)(original))  # type: ignore[method-assign,assignment,arg-type]
     Segment._iii_split_cells = True  # type: ignore[attr-defined]
 
 
