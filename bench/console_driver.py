@@ -132,36 +132,39 @@ async def drive(
 
 def _lru_caches(least: int = 100) -> dict[str, list[int]]:
     """The ``functools.lru_cache``s of the loaded modules (functions, methods, class and static methods)
-    holding at least ``least`` entries, by name: ``[entries, maxsize]``. A cache filling is growth that
+    holding at least ``least`` entries, each once under the name of the function it wraps (a module
+    that imports one does not list it again): ``[entries, maxsize]``. A cache filling is growth that
     stops; a leak is not. (``gc.get_objects`` misses them: made at import, they are frozen.)"""
     import functools
 
     out: dict[str, list[int]] = {}
 
-    def look(name: str, value: object) -> None:
+    def look(value: object) -> None:
         if isinstance(value, (classmethod, staticmethod)):
             value = value.__func__
         if isinstance(value, functools._lru_cache_wrapper):
             info = value.cache_info()
             if info.currsize >= least:
+                name = f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', '?')}"
                 out[name] = [info.currsize, info.maxsize or 0]
 
     for mod_name, mod in list(sys.modules.items()):
         if mod is None or not mod_name.startswith(("rich", "textual", "iii_console", "msgspec", "redis")):
             continue
-        for attr, value in list(vars(mod).items()):
-            look(f"{mod_name}.{attr}", value)
+        for value in list(vars(mod).values()):
+            look(value)
             if isinstance(value, type) and value.__module__ == mod_name:
-                for k, v in list(vars(value).items()):
-                    look(f"{mod_name}.{attr}.{k}", v)
+                for v in list(vars(value).values()):
+                    look(v)
     return out
 
 
 async def _live_census(out: Path, every: float = 60.0) -> None:
     """``III_BENCH_LIVE=FILE``: every ``every`` s, a full collection, then a JSON line of the blocks
-    Python's allocator still holds, RSS and the tracked objects by type. Taken after the collection,
-    the blocks are what the console keeps, without the garbage waiting for a pass: if they stay
-    level while RSS rises, the growth is the allocators', not objects kept."""
+    Python's allocator still holds, RSS, the tracked objects by type and the ``lru_cache``s with how
+    full they are (:func:`_lru_caches`). Taken after the collection, the blocks are what the console
+    keeps, without the garbage waiting for a pass: if they stay level while RSS rises, the growth is
+    the allocators', not objects kept."""
     import gc
     from collections import Counter
 
@@ -170,10 +173,8 @@ async def _live_census(out: Path, every: float = 60.0) -> None:
             await asyncio.sleep(every)
             gc.collect()
             blocks = sys.getallocatedblocks()
-            found = gc.get_objects()
-            kinds = Counter(type(o).__name__ for o in found)
+            kinds = Counter(type(o).__name__ for o in gc.get_objects())
             caches = _lru_caches()
-            del found
             f.write(
                 json.dumps(
                     {
