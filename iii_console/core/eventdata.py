@@ -65,6 +65,8 @@ class MessageRetrying(TypedDict):
     retry_after: NotRequired[bool]
     #: With ``retry_after``: whether the wait spends an attempt.
     counts: NotRequired[bool]
+    #: The handler failed because the deployment's Redis was unreachable: no attempt spent.
+    store_unreachable: NotRequired[bool]
 
 
 class MessageDeadLettered(TypedDict):

@@ -14,7 +14,7 @@ from iii_console.core.keys import Keys
 from iii_console.core.redis_server import RedisServer
 
 from ..checker import check_stream
-from ..helpers import ROOT, events, make_project, rabbit_messages, start_cli, wait_for
+from ..helpers import ROOT, events, events_once, make_project, rabbit_messages, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -67,14 +67,22 @@ def test_redis_restart_mid_retries_loses_nothing_and_everything_reconnects(tmp_p
             return {n: (json.loads(client.hget(keys.state_group("messages"), i) or "{}")).get("status") for n, i in ids.items()}
 
         store = DeadLetterStore(client, keys)
-        wait_for(
-            lambda: (
-                store.count("message.sent.dlq") == 5
-                and all(v == "processed" for n, v in status().items() if not n.startswith("doomed"))
-            ),
-            timeout=60,
-            what="every message processed or dead-lettered after the restart",
-        )
+        try:
+            wait_for(
+                lambda: (
+                    store.count("message.sent.dlq") == 5
+                    and all(v == "processed" for n, v in status().items() if not n.startswith("doomed"))
+                ),
+                timeout=60,
+                what="every message processed or dead-lettered after the restart",
+            )
+        except AssertionError:
+            where = rabbit_messages(request.getfixturevalue("rabbit_node"), cfg.rabbitmq.prefix) if broker else {}
+            late = {n: v for n, v in status().items() if v != "processed"}
+            raise AssertionError(
+                f"dead letters {store.count('message.sent.dlq')}, not processed {late}, queues {where},"
+                f" log tail {''.join(run.lines[-40:])}"
+            ) from None
         assert {e.data["id"] for e in store.list("message.sent.dlq")} == {ids[f"doomed{i}"] for i in range(5)}
         after = httpx.post(f"{run.url}/messages", json={"text": "after"})
         assert after.status_code == 202  # the server reconnected by itself
@@ -181,4 +189,65 @@ def test_a_crash_while_redis_is_down_is_recovered_once_redis_is_back(tmp_path):
         ]
     finally:
         run.stop()
+        server.stop()
+
+
+WAITING_STEP = """
+import os, time
+from iii_console import Step, queue
+config = Step(name="Waiting", triggers=[queue("waiting")])
+def handler(data, ctx):
+    ctx.state.set("runs", f"started-{ctx.attempt}", 1)
+    while not os.path.exists(data["go"]):
+        time.sleep(0.02)
+    ctx.state.set("runs", "done", {"attempt": ctx.attempt})
+"""
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+def test_a_handler_that_fails_because_redis_is_down_spends_no_attempt(tmp_path, broker, request):
+    """Given a topic with no retries at all, when Redis goes down while its handler runs so that the handler's state
+    write fails, then the failure is the store's, not the handler's: the message waits (no attempt spent, a
+    message.retrying with store_unreachable) and runs again once Redis is back, to success, never dead-lettered. With
+    RabbitMQ deliveries go on while Redis is down, so a spent attempt would dead-letter it on the spot."""
+    keys = Keys()
+    server = RedisServer(tmp_path / "redis", appendonly=True, extra=["--appendfsync", "always"]).start()
+    cfg = make_project(
+        tmp_path,
+        {"waiting_step.py": WAITING_STEP},
+        "queues:\n  waiting:\n    max_retries: 0\n" + broker,
+        redis_url=server.url,
+    )
+    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
+    client = server_client(server)
+    go = tmp_path / "go"
+    try:
+        from iii_console.adapters.queue.producer import subscriptions_for
+        from iii_console.core.discovery import discover
+        from iii_console.runtime.runner import StepRunner
+        from iii_console.runtime.services import Services
+
+        svc = Services.open(cfg, "test")
+        try:
+            StepRunner(svc, subscriptions_for(discover(cfg.steps_path).steps)).producer.enqueue(
+                "waiting", {"go": str(go)}, trace_id="t-wait"
+            )
+        finally:
+            svc.close()
+        wait_for(lambda: client.hget(keys.state_group("runs"), "started-1"), timeout=30, what="the handler to start")
+        server.kill()
+        go.touch()  # its next write meets no Redis
+        time.sleep(2.0)
+        server.start()
+        client = server_client(server)
+        done = wait_for(lambda: client.hget(keys.state_group("runs"), "done"), timeout=30, what="the message run again")
+        assert json.loads(done) == {"attempt": 1}  # the attempt was not spent
+        [waited, *_] = events_once(client, keys, "message.retrying", 1, lambda e: e.trace_id == "t-wait")
+        assert waited.data.get("store_unreachable") is True and waited.data.get("counts") is False, waited.data
+        assert "ConnectionError" in (waited.error or "")
+        events_once(client, keys, "message.processed", 1, lambda e: e.trace_id == "t-wait")
+        assert DeadLetterStore(client, keys).count(cfg.queue("waiting").dead_letter_queue) == 0
+        assert not [e for e in events(client, keys, "message.dead_lettered") if e.trace_id == "t-wait"]
+    finally:
+        assert run.stop() == 0
         server.stop()

@@ -288,6 +288,13 @@ def test_throttled_messages_progress_and_groups_show_in_the_console():
     assert _duration(row).plain == "██░░░ 30%"
     assert detail(throttled) == "key acme: over limit; waits 400 ms (attempt not spent)"
     assert detail(progress) == "███░░░░░░░ 3/10 rows"
+    for data, how in [
+        ({"delay_ms": 500}, ""),
+        ({"delay_ms": 500, "retry_after": True, "counts": True}, " (Retry)"),
+        ({"delay_ms": 500, "retry_after": True, "counts": False}, " (Retry, attempt not spent)"),
+        ({"delay_ms": 500, "counts": False, "store_unreachable": True}, " (Redis unreachable, attempt not spent)"),
+    ]:
+        assert detail(Event("message.retrying", ts=T0_MS, attempt=2, data=data, **base)) == f"attempt 2 in 500 ms{how}"
     done = Event("group.completed", ts=T0_MS, trace_id="t1", data={"group_id": "g", "total": 4, "ok": 2, "failed": 1, "dead": 1})
     assert detail(done) == "group g: 2 ok, 1 failed, 1 dead of 4"
     assert [e.type for e in m.traces.get("t1") or []][-1] == "progress"

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.common import q_name
 from dramatiq.middleware import MiddlewareError
 
@@ -149,6 +150,37 @@ class LifecycleEvents(dramatiq.Middleware):
         self._started.pop(message.message_id, None)
 
 
+#: A handler that failed because Redis was unreachable runs again after this, doubling up to the cap.
+STORE_WAIT_MS = 500
+STORE_WAIT_CAP_MS = 30_000
+
+
+def store_unreachable(broker: Any, exc: BaseException) -> bool:
+    """Whether ``exc`` is (or was raised while handling) a Redis connection error or timeout and the
+    deployment's own Redis does not answer a ``PING`` now: a failure of the store, not of the handler.
+
+    A handler's own connection to something else that fails while our Redis answers is a failure
+    like any other (it spends an attempt).
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, (redis.ConnectionError, redis.TimeoutError)):
+            break
+        seen = seen.__cause__ or seen.__context__
+    else:
+        return False
+    client = getattr(broker, "client", None)
+    if client is None:
+        return False
+    try:
+        client.ping()
+    except redis.RedisError:
+        return True
+    return False
+
+
 class RetryPolicy(dramatiq.Middleware):
     """Per-topic retries with fixed or exponential delay, then the topic's dead-letter queue."""
 
@@ -176,6 +208,22 @@ class RetryPolicy(dramatiq.Middleware):
                 **where,
                 error=describe(exception),
                 data=MessageRetrying(delay_ms=delay, retry_after=True, counts=False),
+            )
+            return
+        if not non_retryable(exception) and store_unreachable(broker, exception):
+            # The deployment's own Redis went away under the handler (its state, its enqueues): not the
+            # handler's failure, so no attempt is spent; it runs again once Redis answers, waiting
+            # 0.5 s, doubling to 30 s. (With RabbitMQ, deliveries go on while Redis is down: without
+            # this, a restart of Redis longer than the retries' delays dead-lettered good messages.)
+            waits = int(opts.get("iii_store_waits", 0) or 0)
+            opts["iii_store_waits"] = waits + 1
+            delay = min(STORE_WAIT_CAP_MS, STORE_WAIT_MS << min(waits, 6))
+            opts["iii_outcome"] = {"kind": "retry", "delay_ms": delay}
+            message.iii_event = self.emitter.make(
+                "message.retrying",
+                **where,
+                error=describe(exception),
+                data=MessageRetrying(delay_ms=delay, counts=False, store_unreachable=True),
             )
             return
         if retries < strategy.max_retries and not non_retryable(exception):
