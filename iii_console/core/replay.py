@@ -29,7 +29,16 @@ from iii_console.core.keys import Keys
 from iii_console.core.luasrc import core_script
 
 _SCRIPT = core_script("replay")
-_DROP = ("retries", "iii_store_waits", "first_failure_ms", "iii_outcome", "eta", "redis_message_id", "traceback", "requeue_timestamp")
+_DROP = (
+    "retries",
+    "iii_store_waits",
+    "first_failure_ms",
+    "iii_outcome",
+    "eta",
+    "redis_message_id",
+    "traceback",
+    "requeue_timestamp",
+)
 
 
 class ReplayError(IIIError):
