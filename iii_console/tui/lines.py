@@ -98,7 +98,9 @@ def _inner_outer_by_colours() -> None:
 _inner_outer_by_colours()
 
 #: Segments cut at a cell position that Rich keeps (``Segment._split_cells``; Rich's own size is 16,384).
-SPLIT_CACHE = 1024
+#: A screen's worth of cuts fits; 256 fill within a minute of a busy stream, so the memory they
+#: take stops growing soon after start (1,024 took five minutes).
+SPLIT_CACHE = 256
 
 
 def _split_cells_bounded() -> None:

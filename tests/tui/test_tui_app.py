@@ -480,3 +480,36 @@ async def test_table_draws_cells_like_datatable_and_renders_each_content_once():
         await pilot.pause()
         assert "failed" in ours.render_line(1).text
         assert len(ours._cells) > cached
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+def test_a_trim_hands_the_heaps_freed_pages_back():
+    """Given 80 MB of C-heap blocks of which all but every 64th are freed (the heap's top stays in use, so free() alone
+    returns nothing), when the console's trim runs, then the resident size drops by most of what was freed."""
+    import iii_console.tui.app as app_mod
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+
+    blocks = [bytes(4000) + bytes([i % 256]) for i in range(20_000)]  # over pymalloc's 512 B: glibc's heap
+    kept = blocks[::64]
+    del blocks
+    before = rss_mb()
+    app_mod._trim_heap()
+    after = rss_mb()
+    assert before - after > 40, (before, after)
+    assert len(kept) == 313
+
+
+async def test_the_console_trims_its_heap_while_it_runs(redis_url, monkeypatch):
+    """Given a console whose trim interval is short, when it runs a moment, then it has trimmed more than once."""
+    import iii_console.tui.app as app_mod
+
+    calls: list[float] = []
+    trim = app_mod._trim_heap
+    monkeypatch.setattr(app_mod, "TRIM_S", 0.05)
+    monkeypatch.setattr(app_mod, "_trim_heap", lambda: (calls.append(time.monotonic()), trim()))
+    app = console(redis_url=redis_url)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(calls) >= 3, "three trims")
