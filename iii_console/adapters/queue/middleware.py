@@ -201,14 +201,7 @@ class RetryPolicy(dramatiq.Middleware):
         if isinstance(exception, Retry) and not exception.counts:
             # A wait the handler asked for, not a failure: run again then, attempt not spent.
             delay = exception.delay_ms()
-            opts["deferrals"] = int(opts.get("deferrals", 0) or 0) + 1
-            opts["iii_outcome"] = {"kind": "retry", "delay_ms": delay}
-            message.iii_event = self.emitter.make(
-                "message.retrying",
-                **where,
-                error=describe(exception),
-                data=MessageRetrying(delay_ms=delay, retry_after=True, counts=False),
-            )
+            self._wait(message, where, exception, "deferrals", MessageRetrying(delay_ms=delay, retry_after=True, counts=False))
             return
         if not non_retryable(exception) and store_unreachable(broker, exception):
             # The deployment's own Redis went away under the handler (its state, its enqueues): not the
@@ -216,14 +209,13 @@ class RetryPolicy(dramatiq.Middleware):
             # 0.5 s, doubling to 30 s. (With RabbitMQ, deliveries go on while Redis is down: without
             # this, a restart of Redis longer than the retries' delays dead-lettered good messages.)
             waits = int(opts.get("iii_store_waits", 0) or 0)
-            opts["iii_store_waits"] = waits + 1
             delay = min(STORE_WAIT_CAP_MS, STORE_WAIT_MS << min(waits, 6))
-            opts["iii_outcome"] = {"kind": "retry", "delay_ms": delay}
-            message.iii_event = self.emitter.make(
-                "message.retrying",
-                **where,
-                error=describe(exception),
-                data=MessageRetrying(delay_ms=delay, counts=False, store_unreachable=True),
+            self._wait(
+                message,
+                where,
+                exception,
+                "iii_store_waits",
+                MessageRetrying(delay_ms=delay, counts=False, store_unreachable=True),
             )
             return
         if retries < strategy.max_retries and not non_retryable(exception):
@@ -253,3 +245,10 @@ class RetryPolicy(dramatiq.Middleware):
             attempts=retries + 1,
             fanin="dead" if invalid else "failed",
         )
+
+    def _wait(self, message: Any, where: dict[str, Any], exception: BaseException, counter: str, data: MessageRetrying) -> None:
+        """Run ``message`` again after ``data["delay_ms"]`` without spending an attempt, counting the wait in ``counter``."""
+        opts = message.options
+        opts[counter] = int(opts.get(counter, 0) or 0) + 1
+        opts["iii_outcome"] = {"kind": "retry", "delay_ms": data["delay_ms"]}
+        message.iii_event = self.emitter.make("message.retrying", **where, error=describe(exception), data=data)
