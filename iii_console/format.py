@@ -81,15 +81,12 @@ def _detail(ev: Event) -> str:
     if t == "message.failed":
         return f"attempt {ev.attempt}: {ev.error}" if ev.attempt is not None else str(ev.error)
     if t == "message.retrying":
-        how = (
-            " (Redis unreachable, attempt not spent)"
-            if d.get("store_unreachable")
-            else ""
-            if not d.get("retry_after")
-            else " (Retry)"
-            if d.get("counts", True)
-            else " (Retry, attempt not spent)"
-        )
+        if d.get("store_unreachable"):
+            how = " (Redis unreachable, attempt not spent)"
+        elif not d.get("retry_after"):
+            how = ""
+        else:
+            how = " (Retry)" if d.get("counts", True) else " (Retry, attempt not spent)"
         return f"attempt {ev.attempt} in {d.get('delay_ms')} ms{how}"
     if t == "message.throttled":
         return f"key {d.get('key')}: over {d.get('reason')}; waits {d.get('wait_ms')} ms (attempt not spent)"

@@ -28,6 +28,7 @@ and screens post up are methods of the :class:`ConsoleApp` itself.
 
 from __future__ import annotations
 
+import functools
 import gc
 import sys
 import threading
@@ -761,21 +762,17 @@ def _trim_heap() -> None:
         trim(0)
 
 
-_trim_fn: Any = False
-
-
+@functools.cache
 def _malloc_trim() -> Any:
-    global _trim_fn
-    if _trim_fn is False:
-        _trim_fn = None
-        if sys.platform.startswith("linux"):
-            import ctypes
+    """glibc's ``malloc_trim``, looked up once; ``None`` where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
 
-            try:
-                _trim_fn = ctypes.CDLL("libc.so.6").malloc_trim
-            except (OSError, AttributeError):
-                pass
-    return _trim_fn
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def _settle_gc() -> None:

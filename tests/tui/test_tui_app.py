@@ -498,8 +498,8 @@ def test_a_trim_hands_the_heaps_freed_pages_back():
     before = rss_mb()
     app_mod._trim_heap()
     after = rss_mb()
+    del kept  # held until measured: the freed blocks between them are what the trim returns
     assert before - after > 40, (before, after)
-    assert len(kept) == 313
 
 
 async def test_the_console_trims_its_heap_while_it_runs(redis_url, monkeypatch):
