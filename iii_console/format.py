@@ -83,6 +83,8 @@ def _detail(ev: Event) -> str:
     if t == "message.retrying":
         if d.get("store_unreachable"):
             how = " (Redis unreachable, attempt not spent)"
+        elif d.get("store_refuses_writes"):
+            how = " (Redis refuses writes, attempt not spent)"
         elif not d.get("retry_after"):
             how = ""
         else:

@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+import redis
 
 from iii_console.core.dlq import DeadLetterStore
 from iii_console.core.keys import Keys
@@ -248,6 +249,125 @@ def test_a_handler_that_fails_because_redis_is_down_spends_no_attempt(tmp_path, 
         events_once(client, keys, "message.processed", 1, lambda e: e.trace_id == "t-wait")
         assert DeadLetterStore(client, keys).count(cfg.queue("waiting").dead_letter_queue) == 0
         assert not [e for e in events(client, keys, "message.dead_lettered") if e.trace_id == "t-wait"]
+    finally:
+        assert run.stop() == 0
+        server.stop()
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+def test_a_handler_that_fails_because_redis_is_full_spends_no_attempt(tmp_path, broker, request):
+    """Given a topic with no retries at all, when the deployment's Redis fills up (``maxmemory`` with
+    ``noeviction``) while its handler runs so that the handler's state write is refused, then the failure is
+    the store's: no attempt is spent, and once Redis has room again the message runs to success, never
+    dead-lettered; the wait is told as a message.retrying with store_refuses_writes."""
+    keys = Keys()
+    server = RedisServer(tmp_path / "redis", appendonly=False, extra=["--maxmemory-policy", "noeviction"]).start()
+    cfg = make_project(
+        tmp_path,
+        {"waiting_step.py": WAITING_STEP},
+        "queues:\n  waiting:\n    max_retries: 0\n" + broker,
+        redis_url=server.url,
+    )
+    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
+    client = server_client(server)
+    go = tmp_path / "go"
+    try:
+        from iii_console.adapters.queue.producer import subscriptions_for
+        from iii_console.core.discovery import discover
+        from iii_console.runtime.runner import StepRunner
+        from iii_console.runtime.services import Services
+
+        svc = Services.open(cfg, "test")
+        try:
+            StepRunner(svc, subscriptions_for(discover(cfg.steps_path).steps)).producer.enqueue(
+                "waiting", {"go": str(go)}, trace_id="t-full"
+            )
+        finally:
+            svc.close()
+        wait_for(lambda: client.hget(keys.state_group("runs"), "started-1"), timeout=30, what="the handler to start")
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) // 2)  # every write is refused now
+        go.touch()  # its next write is refused
+        time.sleep(2.0)
+        assert client.hget(keys.state_group("runs"), "done") is None
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            client.set("still-full", 1)  # it was full all along
+        client.config_set("maxmemory", 0)
+        done = wait_for(lambda: client.hget(keys.state_group("runs"), "done"), timeout=30, what="the message run again")
+        assert json.loads(done) == {"attempt": 1}  # the attempt was not spent
+        [waited, *_] = events_once(client, keys, "message.retrying", 1, lambda e: e.trace_id == "t-full")
+        assert waited.data.get("store_refuses_writes") is True and waited.data.get("counts") is False, waited.data
+        assert "OutOfMemoryError" in (waited.error or "") or "OOM" in (waited.error or ""), waited.error
+        events_once(client, keys, "message.processed", 1, lambda e: e.trace_id == "t-full")
+        assert DeadLetterStore(client, keys).count(cfg.queue("waiting").dead_letter_queue) == 0
+        assert not [e for e in events(client, keys, "message.dead_lettered") if e.trace_id == "t-full"]
+    finally:
+        assert run.stop() == 0
+        server.stop()
+
+
+HELD_STEP = """
+import os, time
+from iii_console import Step, queue
+config = Step(name="Held", triggers=[queue("held")])
+def handler(data, ctx):
+    with open(data["log"], "a") as f:
+        f.write(f"{data['n']}\\n")
+    while not os.path.exists(data["go"]):
+        time.sleep(0.02)
+    ctx.state.set("held", str(data["n"]), ctx.attempt)
+"""
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq"], indirect=True)
+def test_while_redis_is_down_a_rabbitmq_worker_holds_its_deliveries(tmp_path, broker, request):
+    """Given 20 messages on RabbitMQ and two handler threads, when Redis goes down and the two running
+    handlers fail for it, then the worker stops starting handlers: during a 3 s outage only what it had
+    already prefetched runs (each run writes a line to a file before it touches Redis), not every waiting
+    message again and again. Once Redis is back each message runs to success on its first attempt."""
+    keys = Keys()
+    server = RedisServer(tmp_path / "redis", appendonly=True, extra=["--appendfsync", "always"]).start()
+    cfg = make_project(
+        tmp_path,
+        {"held_step.py": HELD_STEP},
+        "workers:\n  threads: 2\nqueues:\n  held:\n    max_retries: 0\n" + broker,
+        redis_url=server.url,
+    )
+    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
+    client = server_client(server)
+    go, log = tmp_path / "go", tmp_path / "runs.log"
+    log.touch()
+    try:
+        from iii_console.adapters.queue.producer import subscriptions_for
+        from iii_console.core.discovery import discover
+        from iii_console.runtime.runner import StepRunner
+        from iii_console.runtime.services import Services
+
+        svc = Services.open(cfg, "test")
+        try:
+            producer = StepRunner(svc, subscriptions_for(discover(cfg.steps_path).steps)).producer
+            for n in range(20):
+                producer.enqueue("held", {"n": n, "go": str(go), "log": str(log)}, trace_id=f"t-held-{n}")
+        finally:
+            svc.close()
+        wait_for(lambda: len(log.read_text().split()) >= 2, timeout=30, what="two handlers to start")
+        time.sleep(0.3)
+        assert len(log.read_text().split()) == 2  # two threads, both waiting for "go"
+        server.kill()
+        go.touch()  # both running handlers now fail for want of Redis
+        time.sleep(3.0)
+        during = len(log.read_text().split()) - 2
+        # What the worker had prefetched (twice its threads) may still start; nothing beyond, and nothing twice.
+        assert during <= 4, f"{during} handler runs while Redis was down"
+        server.start()
+        client = server_client(server)
+        done = wait_for(
+            lambda: (got := client.hgetall(keys.state_group("held"))) and len(got) == 20 and got,
+            timeout=60,
+            what="all 20 messages to run again",
+        )
+        assert {json.loads(v) for v in done.values()} == {1}  # no attempt was spent on the outage
+        assert DeadLetterStore(client, keys).count(cfg.queue("held").dead_letter_queue) == 0
+        assert not events(client, keys, "message.dead_lettered")
     finally:
         assert run.stop() == 0
         server.stop()

@@ -293,6 +293,7 @@ def test_throttled_messages_progress_and_groups_show_in_the_console():
         ({"delay_ms": 500, "retry_after": True, "counts": True}, " (Retry)"),
         ({"delay_ms": 500, "retry_after": True, "counts": False}, " (Retry, attempt not spent)"),
         ({"delay_ms": 500, "counts": False, "store_unreachable": True}, " (Redis unreachable, attempt not spent)"),
+        ({"delay_ms": 500, "counts": False, "store_refuses_writes": True}, " (Redis refuses writes, attempt not spent)"),
     ]:
         assert detail(Event("message.retrying", ts=T0_MS, attempt=2, data=data, **base)) == f"attempt 2 in 500 ms{how}"
     done = Event("group.completed", ts=T0_MS, trace_id="t1", data={"group_id": "g", "total": 4, "ok": 2, "failed": 1, "dead": 1})

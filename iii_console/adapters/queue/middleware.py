@@ -16,12 +16,12 @@ import time
 from typing import Any
 
 import dramatiq
-import redis
 from dramatiq.common import q_name
 from dramatiq.middleware import MiddlewareError
 
 from iii_console.adapters.queue.deadletters import dead, describe
 from iii_console.adapters.queue.names import parse_queue
+from iii_console.adapters.queue.storefault import STORE_WAIT_CAP_MS, STORE_WAIT_MS, store_fault
 from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter
 from iii_console.core.errors import user_traceback
@@ -150,37 +150,6 @@ class LifecycleEvents(dramatiq.Middleware):
         self._started.pop(message.message_id, None)
 
 
-#: A handler that failed because Redis was unreachable runs again after this, doubling up to the cap.
-STORE_WAIT_MS = 500
-STORE_WAIT_CAP_MS = 30_000
-
-
-def store_unreachable(broker: Any, exc: BaseException) -> bool:
-    """Whether ``exc`` is (or was raised while handling) a Redis connection error or timeout and the
-    deployment's own Redis does not answer a ``PING`` now: a failure of the store, not of the handler.
-
-    A handler's own connection to something else that fails while our Redis answers is a failure
-    like any other (it spends an attempt).
-    """
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return False
-        if isinstance(seen, (redis.ConnectionError, redis.TimeoutError)):
-            break
-        seen = seen.__cause__ or seen.__context__
-    else:
-        return False
-    client = getattr(broker, "client", None)
-    if client is None:
-        return False
-    try:
-        client.ping()
-    except redis.RedisError:
-        return True
-    return False
-
-
 class RetryPolicy(dramatiq.Middleware):
     """Per-topic retries with fixed or exponential delay, then the topic's dead-letter queue."""
 
@@ -203,11 +172,13 @@ class RetryPolicy(dramatiq.Middleware):
             delay = exception.delay_ms()
             self._wait(message, where, exception, "deferrals", MessageRetrying(delay_ms=delay, retry_after=True, counts=False))
             return
-        if not non_retryable(exception) and store_unreachable(broker, exception):
-            # The deployment's own Redis went away under the handler (its state, its enqueues): not the
-            # handler's failure, so no attempt is spent; it runs again once Redis answers, waiting
-            # 0.5 s, doubling to 30 s. (With RabbitMQ, deliveries go on while Redis is down: without
-            # this, a restart of Redis longer than the retries' delays dead-lettered good messages.)
+        fault = None if non_retryable(exception) else store_fault(broker, exception)
+        if fault is not None:
+            # The deployment's own Redis went away under the handler (its state, its enqueues), or refused
+            # its writes (full): not the handler's failure, so no attempt is spent; it runs again once
+            # Redis answers and takes writes, waiting 0.5 s, doubling to 30 s. (With RabbitMQ, deliveries go
+            # on while Redis is down: without this, a restart of Redis longer than the retries' delays
+            # dead-lettered good messages.)
             waits = int(opts.get("iii_store_waits", 0) or 0)
             delay = min(STORE_WAIT_CAP_MS, STORE_WAIT_MS << min(waits, 6))
             self._wait(
@@ -215,7 +186,9 @@ class RetryPolicy(dramatiq.Middleware):
                 where,
                 exception,
                 "iii_store_waits",
-                MessageRetrying(delay_ms=delay, counts=False, store_unreachable=True),
+                MessageRetrying(delay_ms=delay, counts=False, store_unreachable=True)
+                if fault == "unreachable"
+                else MessageRetrying(delay_ms=delay, counts=False, store_refuses_writes=True),
             )
             return
         if retries < strategy.max_retries and not non_retryable(exception):

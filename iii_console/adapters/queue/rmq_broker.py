@@ -68,6 +68,7 @@ from iii_console.adapters.queue.middleware import HookCache
 from iii_console.adapters.queue.names import Subscription, parse_queue
 from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, Publisher, Topology, delay_bucket, parameters
 from iii_console.adapters.queue.scripts import Scripts
+from iii_console.adapters.queue.storefault import StoreGate
 from iii_console.core import replication
 from iii_console.core.dlq import DeadLetter
 from iii_console.core.keys import Keys
@@ -77,6 +78,8 @@ log = logging.getLogger(__name__)
 #: How often a consumer held back by a higher-priority backlog looks again (the bound on a
 #: lower message's wait once the higher queues are empty).
 YIELD_POLL_S = 0.05
+#: While the store gate is shut, how long a consumer waits on its connection between looks at it.
+STORE_HOLD_POLL_S = 0.1
 #: How long a consumer reuses its last "the higher queues are empty" answer (the strictness bound:
 #: a lower message may start up to this long after a higher one became ready).
 PRIORITY_CHECK_S = 0.005
@@ -138,6 +141,8 @@ class RabbitBroker(HookCache, RabbitmqBroker):
         self.publisher = Publisher(url)
         #: The Redis scripts the worker's heartbeat, sweep and throttle use.
         self.iii_scripts = Scripts(client)
+        #: Shut while the deployment's Redis fails handlers (``storefault``): deliveries wait in RabbitMQ meanwhile.
+        self.store_gate = StoreGate(client, keys)
         self._ingester: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -357,6 +362,11 @@ class RabbitConsumer(Consumer):
     # -- fetching -----------------------------------------------------------
     def __next__(self) -> MessageProxy | None:
         try:
+            if not self.broker.store_gate.open():
+                # Redis fails handlers now: what RabbitMQ delivers waits, unacked, until it is back
+                # (the connection's heartbeats still answered) instead of each running up to its first write.
+                self.connection.process_data_events(time_limit=STORE_HOLD_POLL_S)
+                return None
             if self.held:
                 if self._higher_waiting():
                     self.connection.process_data_events(time_limit=YIELD_POLL_S)
