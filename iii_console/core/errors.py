@@ -99,7 +99,7 @@ def redis_refuses_writes(exc: BaseException) -> bool:
     """
     if isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)):
         return True
+    if not isinstance(exc, redis.exceptions.ResponseError):
+        return False  # and not str() of just any exception: a handler's own may not print
     text = str(exc)
-    return isinstance(exc, redis.exceptions.ResponseError) and (
-        "OOM command not allowed" in text or "READONLY You can't write" in text
-    )
+    return "OOM command not allowed" in text or "READONLY You can't write" in text

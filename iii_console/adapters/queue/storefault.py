@@ -39,7 +39,7 @@ def fault_in(exc: BaseException) -> Fault | None:
             return None
         if isinstance(seen, (redis.ConnectionError, redis.TimeoutError)):
             return "unreachable"
-        if redis_refuses_writes(seen):
+        if isinstance(seen, redis.RedisError) and redis_refuses_writes(seen):
             return "refuses_writes"
         seen = seen.__cause__ or seen.__context__
     return None

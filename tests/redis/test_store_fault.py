@@ -1,0 +1,80 @@
+"""Telling the deployment's Redis failing a handler from the handler failing (``adapters/queue/storefault.py``),
+against a real Redis made full with ``maxmemory`` and one that is gone."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from iii_console.adapters.queue.storefault import StoreGate, fault_in, probe
+from iii_console.core.keys import Keys
+from iii_console.core.redis_server import RedisServer
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no description")
+
+
+def _raised_from(inner: BaseException) -> BaseException:
+    try:
+        try:
+            raise inner
+        except Exception as exc:
+            raise ValueError("the handler's own wrapping") from exc
+    except ValueError as outer:
+        return outer
+
+
+def test_a_store_failure_is_found_anywhere_in_the_chain_and_nothing_else_is_one():
+    assert fault_in(redis.ConnectionError("gone")) == "unreachable"
+    assert fault_in(_raised_from(redis.TimeoutError("slow"))) == "unreachable"
+    assert fault_in(_raised_from(redis.exceptions.OutOfMemoryError("OOM command not allowed"))) == "refuses_writes"
+    # Redis 6 wraps an error raised inside a script as a plain ResponseError.
+    wrapped = redis.ResponseError(
+        "ERR Error running script (call to f_1): @user_script:1: -OOM command not allowed when used memory > 'maxmemory'."
+    )
+    assert fault_in(wrapped) == "refuses_writes"
+    assert fault_in(redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")) is None
+    assert fault_in(ValueError("bad input")) is None
+    assert fault_in(Unprintable()) is None  # judged without printing it
+
+
+def test_the_probe_tells_a_full_redis_and_writes_nothing(tmp_path):
+    server = RedisServer(tmp_path / "redis", appendonly=False, extra=["--maxmemory-policy", "noeviction"]).start()
+    client = redis.Redis.from_url(server.url)
+    try:
+        keys = Keys()
+        assert probe(client, "refuses_writes", keys) is None
+        assert probe(client, "unreachable", keys) is None
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) // 2)
+        assert probe(client, "refuses_writes", keys) == "refuses_writes"
+        assert probe(client, "unreachable", keys) is None  # a full Redis still answers PING
+        client.config_set("maxmemory", 0)
+        assert probe(client, "refuses_writes", keys) is None
+        assert client.dbsize() == 0  # the probe wrote nothing
+        server.kill()
+        assert probe(client, "refuses_writes", keys) == "unreachable"
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_shut_gate_opens_when_a_probe_finds_redis_back(tmp_path):
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    client = redis.Redis.from_url(server.url, socket_timeout=2)
+    try:
+        gate = StoreGate(client, Keys(), probe_s=0.05)
+        assert gate.open() and gate.shut_for is None
+        server.kill()
+        gate.shut("unreachable")
+        assert not gate.open()  # before its next probe is due
+        time.sleep(0.1)
+        assert not gate.open() and gate.shut_for == "unreachable"  # probed: still gone
+        server.start()
+        time.sleep(0.1)
+        assert gate.open() and gate.shut_for is None
+    finally:
+        client.close()
+        server.stop()
