@@ -149,20 +149,9 @@ def test_a_crash_while_redis_is_down_is_recovered_once_redis_is_back(tmp_path):
     try:
         wait_for(lambda: client.hlen(keys.workers) == 1, timeout=30, what="the worker up")
         [info] = [json.loads(v) for v in client.hvals(keys.workers)]
-        from iii_console.adapters.queue.producer import subscriptions_for
         from iii_console.core.config import load_config
-        from iii_console.core.discovery import discover
-        from iii_console.runtime.runner import StepRunner
-        from iii_console.runtime.services import Services
 
-        cfg = load_config(tmp_path / "iii-config.yaml", env={})
-        svc = Services.open(cfg, "test")
-        try:
-            StepRunner(svc, subscriptions_for(discover(cfg.steps_path).steps)).producer.enqueue(
-                "slow", {"k": "m", "sleep": 3}, trace_id="t-slow"
-            )
-        finally:
-            svc.close()
+        _enqueue(load_config(tmp_path / "iii-config.yaml", env={}), "slow", [({"k": "m", "sleep": 3}, "t-slow")])
         wait_for(
             lambda: json.loads(client.hget(keys.state_group("runs"), "Slow") or "{}").get("m") == 1, what="the handler to start"
         )
@@ -205,53 +194,73 @@ def handler(data, ctx):
 """
 
 
+def _enqueue(cfg, topic: str, items: list[tuple[dict, str]]) -> None:
+    """Enqueue each (data, trace id) to ``topic`` as a step of the project would."""
+    from iii_console.adapters.queue.producer import subscriptions_for
+    from iii_console.core.discovery import discover
+    from iii_console.runtime.runner import StepRunner
+    from iii_console.runtime.services import Services
+
+    svc = Services.open(cfg, "test")
+    try:
+        producer = StepRunner(svc, subscriptions_for(discover(cfg.steps_path).steps)).producer
+        for data, trace_id in items:
+            producer.enqueue(topic, data, trace_id=trace_id)
+    finally:
+        svc.close()
+
+
+def _start_worker(tmp_path, server: RedisServer, steps: dict[str, str], config: str):
+    """A project of ``steps`` and ``config`` on ``server``, and ``--no-ui --role worker`` running it: (cfg, run, client)."""
+    cfg = make_project(tmp_path, steps, config, redis_url=server.url)
+    return cfg, start_cli(tmp_path, "--no-ui", "--role", "worker"), server_client(server)
+
+
+def _fail_for_redis(tmp_path, broker: str, server: RedisServer, break_redis, heal_redis, trace_id: str):
+    """Run WAITING_STEP on a topic with no retries, break Redis (``break_redis(client)``) while the handler runs so
+    that its next write fails, heal it (``heal_redis(client)`` returns the client to use after), and check that the
+    message then ran to success on its first attempt, never dead-lettered. Returns the message's first
+    ``message.retrying`` event."""
+    keys = Keys()
+    cfg, run, client = _start_worker(
+        tmp_path, server, {"waiting_step.py": WAITING_STEP}, "queues:\n  waiting:\n    max_retries: 0\n" + broker
+    )
+    go = tmp_path / "go"
+    try:
+        _enqueue(cfg, "waiting", [({"go": str(go)}, trace_id)])
+        wait_for(lambda: client.hget(keys.state_group("runs"), "started-1"), timeout=30, what="the handler to start")
+        break_redis(client)
+        go.touch()  # its next write fails
+        time.sleep(2.0)
+        client = heal_redis(client)
+        done = wait_for(lambda: client.hget(keys.state_group("runs"), "done"), timeout=30, what="the message run again")
+        assert json.loads(done) == {"attempt": 1}  # the attempt was not spent
+        [waited, *_] = events_once(client, keys, "message.retrying", 1, lambda e: e.trace_id == trace_id)
+        assert waited.data.get("counts") is False, waited.data
+        events_once(client, keys, "message.processed", 1, lambda e: e.trace_id == trace_id)
+        assert DeadLetterStore(client, keys).count(cfg.queue("waiting").dead_letter_queue) == 0
+        assert not [e for e in events(client, keys, "message.dead_lettered") if e.trace_id == trace_id]
+        return waited
+    finally:
+        assert run.stop() == 0
+        server.stop()
+
+
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_a_handler_that_fails_because_redis_is_down_spends_no_attempt(tmp_path, broker, request):
     """Given a topic with no retries at all, when Redis goes down while its handler runs so that the handler's state
     write fails, then the failure is the store's, not the handler's: the message waits (no attempt spent, a
     message.retrying with store_unreachable) and runs again once Redis is back, to success, never dead-lettered. With
     RabbitMQ deliveries go on while Redis is down, so a spent attempt would dead-letter it on the spot."""
-    keys = Keys()
     server = RedisServer(tmp_path / "redis", appendonly=True, extra=["--appendfsync", "always"]).start()
-    cfg = make_project(
-        tmp_path,
-        {"waiting_step.py": WAITING_STEP},
-        "queues:\n  waiting:\n    max_retries: 0\n" + broker,
-        redis_url=server.url,
-    )
-    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
-    client = server_client(server)
-    go = tmp_path / "go"
-    try:
-        from iii_console.adapters.queue.producer import subscriptions_for
-        from iii_console.core.discovery import discover
-        from iii_console.runtime.runner import StepRunner
-        from iii_console.runtime.services import Services
 
-        svc = Services.open(cfg, "test")
-        try:
-            StepRunner(svc, subscriptions_for(discover(cfg.steps_path).steps)).producer.enqueue(
-                "waiting", {"go": str(go)}, trace_id="t-wait"
-            )
-        finally:
-            svc.close()
-        wait_for(lambda: client.hget(keys.state_group("runs"), "started-1"), timeout=30, what="the handler to start")
-        server.kill()
-        go.touch()  # its next write meets no Redis
-        time.sleep(2.0)
+    def heal(_client):
         server.start()
-        client = server_client(server)
-        done = wait_for(lambda: client.hget(keys.state_group("runs"), "done"), timeout=30, what="the message run again")
-        assert json.loads(done) == {"attempt": 1}  # the attempt was not spent
-        [waited, *_] = events_once(client, keys, "message.retrying", 1, lambda e: e.trace_id == "t-wait")
-        assert waited.data.get("store_unreachable") is True and waited.data.get("counts") is False, waited.data
-        assert "ConnectionError" in (waited.error or "")
-        events_once(client, keys, "message.processed", 1, lambda e: e.trace_id == "t-wait")
-        assert DeadLetterStore(client, keys).count(cfg.queue("waiting").dead_letter_queue) == 0
-        assert not [e for e in events(client, keys, "message.dead_lettered") if e.trace_id == "t-wait"]
-    finally:
-        assert run.stop() == 0
-        server.stop()
+        return server_client(server)
+
+    waited = _fail_for_redis(tmp_path, broker, server, lambda _client: server.kill(), heal, "t-wait")
+    assert waited.data.get("store_unreachable") is True, waited.data
+    assert "ConnectionError" in (waited.error or "")
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
@@ -260,49 +269,21 @@ def test_a_handler_that_fails_because_redis_is_full_spends_no_attempt(tmp_path, 
     ``noeviction``) while its handler runs so that the handler's state write is refused, then the failure is
     the store's: no attempt is spent, and once Redis has room again the message runs to success, never
     dead-lettered; the wait is told as a message.retrying with store_refuses_writes."""
-    keys = Keys()
     server = RedisServer(tmp_path / "redis", appendonly=False, extra=["--maxmemory-policy", "noeviction"]).start()
-    cfg = make_project(
-        tmp_path,
-        {"waiting_step.py": WAITING_STEP},
-        "queues:\n  waiting:\n    max_retries: 0\n" + broker,
-        redis_url=server.url,
-    )
-    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
-    client = server_client(server)
-    go = tmp_path / "go"
-    try:
-        from iii_console.adapters.queue.producer import subscriptions_for
-        from iii_console.core.discovery import discover
-        from iii_console.runtime.runner import StepRunner
-        from iii_console.runtime.services import Services
 
-        svc = Services.open(cfg, "test")
-        try:
-            StepRunner(svc, subscriptions_for(discover(cfg.steps_path).steps)).producer.enqueue(
-                "waiting", {"go": str(go)}, trace_id="t-full"
-            )
-        finally:
-            svc.close()
-        wait_for(lambda: client.hget(keys.state_group("runs"), "started-1"), timeout=30, what="the handler to start")
+    def fill(client):
         client.config_set("maxmemory", int(client.info("memory")["used_memory"]) // 2)  # every write is refused now
-        go.touch()  # its next write is refused
-        time.sleep(2.0)
-        assert client.hget(keys.state_group("runs"), "done") is None
+
+    def heal(client):
+        assert client.hget(Keys().state_group("runs"), "done") is None
         with pytest.raises(redis.exceptions.OutOfMemoryError):
             client.set("still-full", 1)  # it was full all along
         client.config_set("maxmemory", 0)
-        done = wait_for(lambda: client.hget(keys.state_group("runs"), "done"), timeout=30, what="the message run again")
-        assert json.loads(done) == {"attempt": 1}  # the attempt was not spent
-        [waited, *_] = events_once(client, keys, "message.retrying", 1, lambda e: e.trace_id == "t-full")
-        assert waited.data.get("store_refuses_writes") is True and waited.data.get("counts") is False, waited.data
-        assert "OutOfMemoryError" in (waited.error or "") or "OOM" in (waited.error or ""), waited.error
-        events_once(client, keys, "message.processed", 1, lambda e: e.trace_id == "t-full")
-        assert DeadLetterStore(client, keys).count(cfg.queue("waiting").dead_letter_queue) == 0
-        assert not [e for e in events(client, keys, "message.dead_lettered") if e.trace_id == "t-full"]
-    finally:
-        assert run.stop() == 0
-        server.stop()
+        return client
+
+    waited = _fail_for_redis(tmp_path, broker, server, fill, heal, "t-full")
+    assert waited.data.get("store_refuses_writes") is True, waited.data
+    assert "OutOfMemoryError" in (waited.error or "") or "OOM" in (waited.error or ""), waited.error
 
 
 HELD_STEP = """
@@ -326,29 +307,13 @@ def test_while_redis_is_down_a_rabbitmq_worker_holds_its_deliveries(tmp_path, br
     message again and again. Once Redis is back each message runs to success on its first attempt."""
     keys = Keys()
     server = RedisServer(tmp_path / "redis", appendonly=True, extra=["--appendfsync", "always"]).start()
-    cfg = make_project(
-        tmp_path,
-        {"held_step.py": HELD_STEP},
-        "workers:\n  threads: 2\nqueues:\n  held:\n    max_retries: 0\n" + broker,
-        redis_url=server.url,
+    cfg, run, client = _start_worker(
+        tmp_path, server, {"held_step.py": HELD_STEP}, "workers:\n  threads: 2\nqueues:\n  held:\n    max_retries: 0\n" + broker
     )
-    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
-    client = server_client(server)
     go, log = tmp_path / "go", tmp_path / "runs.log"
     log.touch()
     try:
-        from iii_console.adapters.queue.producer import subscriptions_for
-        from iii_console.core.discovery import discover
-        from iii_console.runtime.runner import StepRunner
-        from iii_console.runtime.services import Services
-
-        svc = Services.open(cfg, "test")
-        try:
-            producer = StepRunner(svc, subscriptions_for(discover(cfg.steps_path).steps)).producer
-            for n in range(20):
-                producer.enqueue("held", {"n": n, "go": str(go), "log": str(log)}, trace_id=f"t-held-{n}")
-        finally:
-            svc.close()
+        _enqueue(cfg, "held", [({"n": n, "go": str(go), "log": str(log)}, f"t-held-{n}") for n in range(20)])
         wait_for(lambda: len(log.read_text().split()) >= 2, timeout=30, what="two handlers to start")
         time.sleep(0.3)
         assert len(log.read_text().split()) == 2  # two threads, both waiting for "go"
