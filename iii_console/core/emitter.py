@@ -136,7 +136,7 @@ class StreamSink:
         #: batch adds to the duration histograms (see :meth:`transition`): the first
         #: batch at or after ``_timed_due`` (``HISTOGRAM_INTERVAL_S`` after the first
         #: of them), or any batch while ``flush`` waits.
-        self._timed: list[Event] = []
+        self._timed = metrics.Timings()
         self._timed_due = 0.0
         self._flushing = 0
         self._cond = threading.Condition()
@@ -227,10 +227,10 @@ class StreamSink:
         return batch
 
     def _write_batch(self, batch: list[tuple[int, Event]]) -> bool:
-        timed: list[Event] = []
+        timed = metrics.Timings()
         if self._timed_ready():
             with self._put_lock:
-                timed, self._timed = self._timed, []
+                timed, self._timed = self._timed, timed
         if not batch and not timed:
             return True
         try:
@@ -266,14 +266,14 @@ class StreamSink:
         except redis.RedisError as exc:
             return self._retry_later(batch, exc, timed)
 
-    def _retry_later(self, batch: list[tuple[int, Event]], exc: Exception, timed: list[Event] | None = None) -> bool:
+    def _retry_later(self, batch: list[tuple[int, Event]], exc: Exception, timed: metrics.Timings | None = None) -> bool:
         self.failures += 1
         self.total_failures += 1
         # Put the batch back in order so nothing is lost while Redis is away.
         self._buf.extendleft(reversed(batch))
         if timed:
             with self._put_lock:
-                self._timed[:0] = timed
+                self._timed.merge(timed)
         if self.failures == 1 or self.total_failures % 100 == 0:
             log.warning("event sink: Redis unavailable (%s); %d events buffered", exc, len(self._buf))
         time.sleep(min(1.0, 0.05 * self.failures))
@@ -354,17 +354,18 @@ class StreamSink:
         return result
 
     def _observe(self, settle: Sequence[Event]) -> None:
-        """Gather the processing times of settle events just written for the histograms (``HISTOGRAM_INTERVAL_S``)."""
-        timed = [ev for ev in settle if ev.duration_ms is not None]
-        if timed and self._keys is not None:
-            with self._put_lock:
-                first = not self._timed
-                if first:
-                    self._timed_due = time.monotonic() + HISTOGRAM_INTERVAL_S
-                self._timed.extend(timed)
-            if first and self._idle:  # an idle flusher sleeps until they are due
-                with self._cond:
-                    self._cond.notify()
+        """Count the processing times of settle events just written for the histograms (``HISTOGRAM_INTERVAL_S``)."""
+        if self._keys is None or not settle:
+            return
+        with self._put_lock:
+            first = not self._timed
+            self._timed.add(settle)
+            first = first and bool(self._timed)
+            if first:
+                self._timed_due = time.monotonic() + HISTOGRAM_INTERVAL_S
+        if first and self._idle:  # an idle flusher sleeps until they are due
+            with self._cond:
+                self._cond.notify()
 
     def payload(self, pre: Sequence[Event], settle: Sequence[Event]) -> bytes:
         """The events argument of a transition script: ``pre`` always written, ``settle`` with the transition.
@@ -403,13 +404,13 @@ class StreamSink:
         }
         return _msgpack(body)
 
-    def _args(self, batch: list[Event], timed: Sequence[Event] = ()) -> list[Any]:
+    def _args(self, batch: list[Event], timed: metrics.Timings | None = None) -> list[Any]:
         events = _json([ev.flat() for ev in batch])
         tables: list[list[Any]] = [[], [], []]
         if self._keys is not None:
             counts, buckets, sums = metrics.aggregate(batch)
             if timed:  # settles' processing times: their counts went with their transition
-                _counts, more_buckets, more_sums = metrics.aggregate(timed)
+                more_buckets, more_sums = timed.tables()
                 buckets, sums = dict(buckets), dict(sums)
                 for k, n in more_buckets.items():
                     buckets[k] = buckets.get(k, 0) + n

@@ -67,6 +67,13 @@ def aggregate(batch: Iterable[Event]) -> tuple[dict[str, int], dict[str, int], d
             sums[(topic, step)] = sums.get((topic, step), 0.0) + secs
     if not slots:  # a batch with no settles (a message's start, its log lines): counts only
         return {f"{t}|{topic}|{step}": n for (t, topic, step), n in counts.items()}, {}, {}
+    return ({f"{t}|{topic}|{step}": n for (t, topic, step), n in counts.items()}, *_duration_tables(slots, sums))
+
+
+def _duration_tables(
+    slots: dict[tuple[str, str, int], int], sums: dict[tuple[str, str], float]
+) -> tuple[Counter[str], dict[str, float]]:
+    """The duration histograms' fields from counts by (topic, step, bucket index) and sums by (topic, step)."""
     buckets: Counter[str] = Counter()
     for (topic, step, slot), n in slots.items():
         base = f"{topic}|{step}"
@@ -74,11 +81,53 @@ def aggregate(batch: Iterable[Event]) -> tuple[dict[str, int], dict[str, int], d
             buckets[f"{base}|{le}"] += n
         buckets[f"{base}|+Inf"] += n
         buckets[f"{base}|count"] += n
-    return (
-        {f"{t}|{topic}|{step}": n for (t, topic, step), n in counts.items()},
-        buckets,
-        {f"{topic}|{step}|sum": v for (topic, step), v in sums.items()},
-    )
+    return buckets, {f"{topic}|{step}|sum": v for (topic, step), v in sums.items()}
+
+
+class Timings:
+    """Processing times gathered between two writes of the duration histograms, counted as they arrive.
+
+    The sink writes the histograms about once a second, aggregated over every settle since. It used to
+    hold the settle events themselves until then (a second's worth: thousands in a busy worker) and
+    aggregate them in one go; here each time becomes a bucket count and a sum as it is observed, and no
+    event is kept (in a 2 × 8 drain, a few µs less worker CPU per message).
+    """
+
+    __slots__ = ("n", "slots", "sums")
+
+    def __init__(self) -> None:
+        self.slots: dict[tuple[str, str, int], int] = {}
+        self.sums: dict[tuple[str, str], float] = {}
+        #: Times counted so far.
+        self.n = 0
+
+    def __bool__(self) -> bool:
+        return self.n > 0
+
+    def add(self, events: Iterable[Event]) -> None:
+        """Count the processing times of the timed events among ``events`` (``message.processed``, ``message.failed``)."""
+        slots, sums = self.slots, self.sums
+        for ev in events:
+            d = ev.duration_ms
+            if d is None or ev.type not in _TIMED:
+                continue
+            topic, step, secs = ev.topic or "", ev.step or "", d / 1000
+            at = (topic, step, bisect_left(BUCKETS, secs))
+            slots[at] = slots.get(at, 0) + 1
+            sums[(topic, step)] = sums.get((topic, step), 0.0) + secs
+            self.n += 1
+
+    def merge(self, other: Timings) -> None:
+        """Add ``other``'s counts and sums to these (a write that failed gives its times back)."""
+        for at, n in other.slots.items():
+            self.slots[at] = self.slots.get(at, 0) + n
+        for ts, v in other.sums.items():
+            self.sums[ts] = self.sums.get(ts, 0.0) + v
+        self.n += other.n
+
+    def tables(self) -> tuple[Counter[str], dict[str, float]]:
+        """(bucket counts, sums) as ``aggregate`` gives its second and third tables."""
+        return _duration_tables(self.slots, self.sums)
 
 
 def count_fields(batch: Iterable[Event]) -> list[str | int]:

@@ -279,3 +279,33 @@ def test_flat_writes_every_set_field_in_order_and_leaves_out_none_and_empty(fiel
     assert ev.flat() == ["type", "message.processed", "ts", "1733480000123", *expected]
     if "" not in fields.values():  # an empty field is left out, and reads back as None
         assert Event.decode("1-0", ev.encode()) == dataclasses.replace(ev, id="1-0")
+
+
+def test_timings_counted_as_they_come_equal_the_histograms_of_the_events():
+    """The sink counts settles' processing times as they are written (``metrics.Timings``) instead of holding the
+    events until the histograms are due: the tables are the same as aggregating the events, merged or not."""
+    from iii_console.core import metrics
+
+    evs = [
+        Event(type="message.processed", topic="orders", step="Ship", duration_ms=d)
+        for d in (0.4, 3.0, 7.5, 120.0, 9_000.0, 70_000.0)
+    ]
+    evs += [
+        Event(type="message.failed", topic="orders", step="Ship", duration_ms=30.0),
+        Event(type="message.processed", topic="mail", step="Send", duration_ms=12.0),
+        Event(type="message.started", topic="orders", step="Ship"),  # no time: not counted
+        Event(type="log", topic="orders", step="Ship", duration_ms=5.0),  # not a settle: not counted
+    ]
+    _counts, buckets, sums = metrics.aggregate(evs)
+    whole = metrics.Timings()
+    whole.add(evs)
+    assert whole.n == 8 and bool(whole)
+    assert whole.tables() == (buckets, sums)
+    first, second = metrics.Timings(), metrics.Timings()
+    first.add(evs[:3])
+    second.add(evs[3:])
+    first.merge(second)
+    got_buckets, got_sums = first.tables()
+    assert got_buckets == buckets
+    assert got_sums == pytest.approx(sums)
+    assert not metrics.Timings()
