@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--window", default="500:3500", help="messages done when counting starts and stops")
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--keep", metavar="DIR", help="keep each contender's callgrind output here (for callgrind_annotate)")
     opts = ap.parse_args()
     names = [n.strip() for n in opts.contenders.split(",") if n.strip()]
     unknown = [n for n in names if n not in _CONTENDERS]
@@ -97,6 +98,10 @@ def main() -> None:
         for rnd in range(opts.rounds):
             for name in names:
                 done, per, rate = count(bench, name, w0, w1, opts.threads, Path(tmp))
+                if opts.keep:
+                    Path(opts.keep).mkdir(parents=True, exist_ok=True)
+                    for f in glob.glob(str(Path(tmp) / f"callgrind.{name}.out*")):
+                        shutil.copy(f, Path(opts.keep) / f"{Path(f).name}.{rnd + 1}")
                 results.setdefault(name, []).append(per)
                 print(
                     f"  round {rnd + 1} {name}: {per / 1000:,.1f}k instructions per message ({done} messages, {rate:,.0f}/s under valgrind)",
