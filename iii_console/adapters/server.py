@@ -341,9 +341,11 @@ class HttpSteps:
             except BlobError as exc:
                 return _problem(400, str(exc), trace_id=trace_id)
             except Exception as exc:
-                if redis_refuses_writes(exc):  # full (maxmemory with noeviction) or a read-only replica
+                if redis_refuses_writes(exc):  # full (maxmemory with noeviction), read-only, busy, failing to save
                     log.warning("step %s: Redis refuses writes: %s", step.name, exc)
-                    return _problem(503, "storage full, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
+                    oom = isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM command not allowed" in str(exc)
+                    what = "storage full" if oom else "storage refuses writes"
+                    return _problem(503, f"{what}, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
                 spans.fail(exc)
                 emit_step_error(
                     emitter,

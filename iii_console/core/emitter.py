@@ -132,10 +132,10 @@ class StreamSink:
         #: or by a transition that takes the buffer along (:meth:`transition`), so
         #: batches reach Redis in the order they were put.
         self._flush_lock = threading.Lock()
-        #: Settle events written by transition scripts whose processing time a later
-        #: batch adds to the duration histograms (see :meth:`transition`): the first
-        #: batch at or after ``_timed_due`` (``HISTOGRAM_INTERVAL_S`` after the first
-        #: of them), or any batch while ``flush`` waits.
+        #: The processing times of settle events written by transition scripts, counted
+        #: into buckets (see :meth:`transition`), that a later batch adds to the duration
+        #: histograms: the first batch at or after ``_timed_due`` (``HISTOGRAM_INTERVAL_S``
+        #: after the first of them), or any batch while ``flush`` waits. Guarded by ``_put_lock``.
         self._timed = metrics.Timings()
         self._timed_due = 0.0
         self._flushing = 0
@@ -252,9 +252,9 @@ class StreamSink:
         except _TRANSIENT as exc:
             return self._retry_later(batch, exc, timed)
         except redis.ResponseError as exc:
-            # A long script is running (redis-py has no class for it), or Redis is full
-            # or read-only and older than 7, which wraps those inside our script.
-            if str(exc).startswith("BUSY ") or redis_refuses_writes(exc):
+            # Redis refuses writes for where it is (a long script running, full, read-only,
+            # a failed snapshot; Redis before 7 wraps those inside our script).
+            if redis_refuses_writes(exc):
                 return self._retry_later(batch, exc, timed)
             # Refused for what it is (never for where Redis is): retrying would
             # block every later event behind it.

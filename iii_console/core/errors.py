@@ -90,8 +90,10 @@ def user_traceback(exc: BaseException) -> str:
 
 def redis_refuses_writes(exc: BaseException) -> bool:
     """Redis refuses writes for where it is, not for what they are: full (``noeviction``
-    at ``maxmemory``) or a read-only replica. Both clear by themselves, so a client is
-    told to retry and a buffer waits.
+    at ``maxmemory``), a read-only replica, busy running a long script (``BUSY``), unable to
+    save its snapshot (``MISCONF``) or short of replicas (``NOREPLICAS``, ``min-replicas-to-write``).
+    Each clears once Redis does (or its operator fixes it), not by sending the write otherwise,
+    so a client is told to retry and a buffer waits.
 
     redis-py knows these by their error codes, but Redis before 7 wraps an error
     raised inside a script as ``ERR Error running script ... -OOM command not
@@ -102,4 +104,10 @@ def redis_refuses_writes(exc: BaseException) -> bool:
     if not isinstance(exc, redis.exceptions.ResponseError):
         return False  # and not str() of just any exception: a handler's own may not print
     text = str(exc)
-    return "OOM command not allowed" in text or "READONLY You can't write" in text
+    return text.startswith(_REFUSING) or any(code in text for code in _REFUSING_IN_SCRIPT)
+
+
+#: Error codes of a Redis that refuses a write for where it is (``redis_refuses_writes``).
+_REFUSING = ("OOM ", "READONLY ", "BUSY ", "MISCONF ", "NOREPLICAS ")
+#: The same as Redis 6 wraps them when a script's call fails: ``ERR Error running script ... -OOM ...``.
+_REFUSING_IN_SCRIPT = ("OOM command not allowed", "READONLY You can't write", "-MISCONF ", "-NOREPLICAS ")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from iii_console.adapters.queue.storefault import StoreGate, fault_in, probe
 from iii_console.core.keys import Keys
@@ -61,20 +63,39 @@ def test_the_probe_tells_a_full_redis_and_writes_nothing(tmp_path):
         server.stop()
 
 
-def test_a_shut_gate_opens_when_a_probe_finds_redis_back(tmp_path):
+def test_a_shut_gate_opens_when_its_prober_finds_redis_back(tmp_path):
+    """Shut, the gate answers at once (it never asks Redis itself) while a thread of its own probes;
+    the first probe that finds Redis back opens it."""
     server = RedisServer(tmp_path / "redis", appendonly=False).start()
-    client = redis.Redis.from_url(server.url, socket_timeout=2)
+    client = redis.Redis.from_url(server.url, socket_timeout=2, retry=Retry(NoBackoff(), 0))
     try:
         gate = StoreGate(client, Keys(), probe_s=0.05)
         assert gate.open() and gate.shut_for is None
         server.kill()
         gate.shut("unreachable")
-        assert not gate.open()  # before its next probe is due
-        time.sleep(0.1)
-        assert not gate.open() and gate.shut_for == "unreachable"  # probed: still gone
+        time.sleep(0.3)  # several probes, each finding no Redis
+        started = time.monotonic()
+        assert not gate.open() and gate.shut_for == "unreachable"
+        assert time.monotonic() - started < 0.01
         server.start()
-        time.sleep(0.1)
+        deadline = time.monotonic() + 5
+        while not gate.open() and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert gate.open() and gate.shut_for is None
     finally:
         client.close()
         server.stop()
+
+
+def test_a_redis_refusing_for_where_it_is_is_told_from_a_refused_command():
+    """Busy with a long script, failing to save its snapshot, short of replicas: each refuses writes until it is
+    over, as a full Redis does; a command Redis refuses for what it is does not count."""
+    for text in (
+        "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSCRIPT.",
+        "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+        "NOREPLICAS Not enough good replicas to write.",
+        "ERR Error running script (call to f_1): @user_script:1: -MISCONF Errors writing to the AOF file",
+    ):
+        assert fault_in(_raised_from(redis.ResponseError(text))) == "refuses_writes", text
+    for text in ("ERR unknown command 'FOO'", "WRONGTYPE Operation against a key holding the wrong kind of value"):
+        assert fault_in(redis.ResponseError(text)) is None, text

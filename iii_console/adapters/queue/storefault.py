@@ -88,9 +88,11 @@ def store_fault(broker: Any, exc: BaseException) -> Fault | None:
 class StoreGate:
     """Open while the deployment's Redis takes a handler's writes as far as this process knows.
 
-    Shut by ``store_fault`` when a handler failed for its store. While shut, ``open()`` answers
-    ``False`` and, every ``GATE_PROBE_S``, one caller probes Redis; the first probe that finds it
-    back opens the gate for every consumer of the process.
+    Shut by ``store_fault`` when a handler failed for its store. While shut, a thread of its own
+    probes Redis every ``probe_s`` and opens the gate once a probe finds it back, unless a new
+    fault was found meanwhile. ``open()`` only reads a flag: a consumer asking it never waits on
+    Redis (a Redis that accepts connections but never answers holds a probe for as long as the
+    client's timeouts and retries allow), so it goes on serving its own connection meanwhile.
     """
 
     def __init__(self, client: redis.Redis, keys: Keys | None = None, probe_s: float = GATE_PROBE_S):
@@ -98,40 +100,47 @@ class StoreGate:
         self.keys = keys
         self.probe_s = probe_s
         self._kind: Fault | None = None
-        self._next_probe = 0.0
-        self._probing = threading.Lock()
+        #: Faults found so far: a probe that succeeds opens the gate only if none was found while it ran.
+        self._shuts = 0
+        self._lock = threading.Lock()
+        self._prober: threading.Thread | None = None
 
     @property
     def shut_for(self) -> Fault | None:
         """Why the gate is shut, or ``None`` when it is open."""
         return self._kind
 
-    def shut(self, kind: Fault) -> None:
-        if self._kind is None:
-            log.warning(
-                "Redis %s: holding new deliveries until it %s",
-                "is unreachable" if kind == "unreachable" else "refuses writes",
-                "answers" if kind == "unreachable" else "takes writes",
-            )
-        self._kind = kind
-        self._next_probe = time.monotonic() + self.probe_s
-
     def open(self) -> bool:
-        kind = self._kind
-        if kind is None:
-            return True
-        if time.monotonic() < self._next_probe or not self._probing.acquire(blocking=False):
-            return False
-        try:
-            if self._kind is None:
-                return True
+        return self._kind is None
+
+    def shut(self, kind: Fault) -> None:
+        with self._lock:
+            self._shuts += 1
+            self._kind = kind
+            if self._prober is not None and self._prober.is_alive():
+                return
+            self._prober = threading.Thread(target=self._probe_until_back, name="iii-store-gate", daemon=True)
+            self._prober.start()
+        log.warning(
+            "Redis %s: holding new deliveries until it %s",
+            "is unreachable" if kind == "unreachable" else "refuses writes",
+            "answers" if kind == "unreachable" else "takes writes",
+        )
+
+    def _probe_until_back(self) -> None:
+        while True:
+            time.sleep(self.probe_s)
+            with self._lock:
+                kind, shuts = self._kind, self._shuts
+                if kind is None:
+                    self._prober = None
+                    return
             still = probe(self.client, kind, self.keys)
-            if still is None:
-                self._kind = None
-                log.warning("Redis is back: delivering again")
-                return True
-            self._kind = still
-            self._next_probe = time.monotonic() + self.probe_s
-            return False
-        finally:
-            self._probing.release()
+            with self._lock:
+                if self._shuts != shuts:
+                    continue  # a fault was found while this probe ran: ask again
+                if still is None:
+                    self._kind, self._prober = None, None
+                    break
+                self._kind = still
+        log.warning("Redis is back: delivering again")
