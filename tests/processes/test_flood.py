@@ -267,7 +267,58 @@ def test_redis_out_of_memory_answers_503_not_500(tmp_path, binary):
 
 
 def _post(url: str, key: str) -> tuple[int, str | None]:
+    resp = _post_full(url, key)
+    return resp.status_code, resp.headers.get("retry-after")
+
+
+def test_a_redis_busy_with_a_long_script_answers_503_and_nothing_is_lost(tmp_path):
+    """While Redis runs someone's long script it answers every other command with ``BUSY``: that is storage
+    refusing writes for where it is, so an HTTP step answers ``503`` with ``Retry-After`` (not ``500``), and
+    once the script is killed the same request is accepted."""
+    from iii_console.core.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    client = redis.Redis.from_url(server.url)
+    client.config_set("lua-time-limit", 100)  # BUSY to others once a script has run 100 ms
+    steps = {"flood_step.py": FLOOD_HTTP.format(redis=server.url, work_ms=0), "effect_step.py": EFFECT_STEP}
+    make_project(tmp_path, steps, "server:\n  port: 0\n", redis_url=server.url)
+    run = start_cli(tmp_path, "--no-ui", "--role", "server")
+    spinner = redis.Redis.from_url(server.url, socket_timeout=30)
+    busy = threading.Thread(target=lambda: _ignore_errors(lambda: spinner.eval("while true do end", 0)), daemon=True)
+    try:
+        host_url = run.url + "/messages"
+        assert _post(host_url, "before") == (202, None)
+        busy.start()
+        wait_for(lambda: _busy(client), timeout=10, what="Redis to answer BUSY")
+        resp = _post_full(host_url, "busy")
+        assert (resp.status_code, resp.headers.get("retry-after")) == (503, "1"), resp.text
+        assert "storage refuses writes" in resp.text
+        client.script_kill()
+        busy.join(timeout=10)
+        assert _post(host_url, "after") == (202, None)
+    finally:
+        run.stop()
+        spinner.close()
+        client.close()
+        server.stop()
+
+
+def _busy(client: redis.Redis) -> bool:
+    try:
+        client.ping()
+    except redis.ResponseError as exc:
+        return str(exc).startswith("BUSY ")
+    return False
+
+
+def _ignore_errors(fn) -> None:
+    try:
+        fn()
+    except redis.RedisError:
+        pass
+
+
+def _post_full(url: str, key: str):
     import httpx
 
-    resp = httpx.post(url, json={"key": key}, timeout=10)
-    return resp.status_code, resp.headers.get("retry-after")
+    return httpx.post(url, json={"key": key}, timeout=10)
