@@ -271,7 +271,7 @@ def _post(url: str, key: str) -> tuple[int, str | None]:
     return resp.status_code, resp.headers.get("retry-after")
 
 
-def test_a_redis_busy_with_a_long_script_answers_503_and_nothing_is_lost(tmp_path):
+def test_a_redis_busy_with_a_long_script_answers_503_not_500(tmp_path):
     """While Redis runs someone's long script it answers every other command with ``BUSY``: that is storage
     refusing writes for where it is, so an HTTP step answers ``503`` with ``Retry-After`` (not ``500``), and
     once the script is killed the same request is accepted."""
