@@ -119,6 +119,10 @@ class Bench:
             **os.environ,
             # A PYTHONPATH of the caller's comes first: an older checkout on it is the code measured.
             "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])),
+            # And nothing comes before it: without this, ``python -m`` puts the working directory
+            # first on the path, so a process started in this checkout (the console's driver) ran
+            # this checkout's ``iii_console`` whatever PYTHONPATH said.
+            "PYTHONSAFEPATH": "1",
             "PYTHONUNBUFFERED": "1",
         }
         self._procs = Procs(self.tmp / "logs", env)
