@@ -34,7 +34,7 @@ from iii_console.core.answers import ProgressStream, is_answer
 from iii_console.core.blobs import BlobError, BlobNotFound, BlobTooLarge
 from iii_console.core.context import HttpRequest
 from iii_console.core.discovery import emit_step_error
-from iii_console.core.errors import redis_refuses_writes, user_traceback
+from iii_console.core.errors import redis_is_full, redis_refuses_writes, user_traceback
 from iii_console.core.events import loads_finite
 from iii_console.core.services import Services
 from iii_console.core.steps import HttpTrigger, InvalidInput, JsonSchema, Step, validate_input
@@ -343,8 +343,7 @@ class HttpSteps:
             except Exception as exc:
                 if redis_refuses_writes(exc):  # full (maxmemory with noeviction), read-only, busy, failing to save
                     log.warning("step %s: Redis refuses writes: %s", step.name, exc)
-                    oom = isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM command not allowed" in str(exc)
-                    what = "storage full" if oom else "storage refuses writes"
+                    what = "storage full" if redis_is_full(exc) else "storage refuses writes"
                     return _problem(503, f"{what}, try again shortly", headers={"Retry-After": "1"}, trace_id=trace_id)
                 spans.fail(exc)
                 emit_step_error(

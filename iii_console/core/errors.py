@@ -107,6 +107,13 @@ def redis_refuses_writes(exc: BaseException) -> bool:
     return text.startswith(_REFUSING) or any(code in text for code in _REFUSING_IN_SCRIPT)
 
 
+def redis_is_full(exc: BaseException) -> bool:
+    """Of :func:`redis_refuses_writes`'s refusals, whether ``exc`` is Redis at ``maxmemory`` (``OOM``)."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and "OOM command not allowed" in str(exc)
+
+
 #: Error codes of a Redis that refuses a write for where it is (``redis_refuses_writes``).
 _REFUSING = ("OOM ", "READONLY ", "BUSY ", "MISCONF ", "NOREPLICAS ")
 #: The same as Redis 6 wraps them when a script's call fails: ``ERR Error running script ... -OOM ...``.

@@ -67,7 +67,7 @@ class MessageRetrying(TypedDict):
     counts: NotRequired[bool]
     #: The handler failed because the deployment's Redis was unreachable: no attempt spent.
     store_unreachable: NotRequired[bool]
-    #: The handler failed because the deployment's Redis refused its writes (full, or read-only): no attempt spent.
+    #: The handler failed because the deployment's Redis refused its writes (full, read-only, busy): no attempt spent.
     store_refuses_writes: NotRequired[bool]
 
 

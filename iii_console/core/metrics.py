@@ -51,8 +51,7 @@ def aggregate(batch: Iterable[Event]) -> tuple[dict[str, int], dict[str, int], d
     this for every batch on every worker, so it stays off the per-event path.
     """
     counts: dict[tuple[str, str, str], int] = {}
-    slots: dict[tuple[str, str, int], int] = {}
-    sums: dict[tuple[str, str], float] = {}
+    timed = Timings()
     for ev in batch:
         t = ev.type
         if t not in COUNTED:
@@ -61,27 +60,10 @@ def aggregate(batch: Iterable[Event]) -> tuple[dict[str, int], dict[str, int], d
         key = (t, topic, step)
         counts[key] = counts.get(key, 0) + (_ticks(ev) if t == "cron.skipped" else 1)
         if ev.duration_ms is not None and t in _TIMED:
-            secs = ev.duration_ms / 1000
-            at = (topic, step, bisect_left(BUCKETS, secs))
-            slots[at] = slots.get(at, 0) + 1
-            sums[(topic, step)] = sums.get((topic, step), 0.0) + secs
-    if not slots:  # a batch with no settles (a message's start, its log lines): counts only
+            timed.count(topic, step, ev.duration_ms)
+    if not timed:  # a batch with no settles (a message's start, its log lines): counts only
         return {f"{t}|{topic}|{step}": n for (t, topic, step), n in counts.items()}, {}, {}
-    return ({f"{t}|{topic}|{step}": n for (t, topic, step), n in counts.items()}, *_duration_tables(slots, sums))
-
-
-def _duration_tables(
-    slots: dict[tuple[str, str, int], int], sums: dict[tuple[str, str], float]
-) -> tuple[Counter[str], dict[str, float]]:
-    """The duration histograms' fields from counts by (topic, step, bucket index) and sums by (topic, step)."""
-    buckets: Counter[str] = Counter()
-    for (topic, step, slot), n in slots.items():
-        base = f"{topic}|{step}"
-        for le in BUCKETS[slot:]:  # cumulative: every bucket at or above the value
-            buckets[f"{base}|{le}"] += n
-        buckets[f"{base}|+Inf"] += n
-        buckets[f"{base}|count"] += n
-    return buckets, {f"{topic}|{step}|sum": v for (topic, step), v in sums.items()}
+    return ({f"{t}|{topic}|{step}": n for (t, topic, step), n in counts.items()}, *timed.tables())
 
 
 class Timings:
@@ -106,16 +88,17 @@ class Timings:
 
     def add(self, events: Iterable[Event]) -> None:
         """Count the processing times of the timed events among ``events`` (``message.processed``, ``message.failed``)."""
-        slots, sums = self.slots, self.sums
         for ev in events:
-            d = ev.duration_ms
-            if d is None or ev.type not in _TIMED:
-                continue
-            topic, step, secs = ev.topic or "", ev.step or "", d / 1000
-            at = (topic, step, bisect_left(BUCKETS, secs))
-            slots[at] = slots.get(at, 0) + 1
-            sums[(topic, step)] = sums.get((topic, step), 0.0) + secs
-            self.n += 1
+            if ev.duration_ms is not None and ev.type in _TIMED:
+                self.count(ev.topic or "", ev.step or "", ev.duration_ms)
+
+    def count(self, topic: str, step: str, duration_ms: float) -> None:
+        """Count one processing time of ``step`` on ``topic``: its bucket and its sum."""
+        secs = duration_ms / 1000
+        at = (topic, step, bisect_left(BUCKETS, secs))
+        self.slots[at] = self.slots.get(at, 0) + 1
+        self.sums[(topic, step)] = self.sums.get((topic, step), 0.0) + secs
+        self.n += 1
 
     def merge(self, other: Timings) -> None:
         """Add ``other``'s counts and sums to these (a write that failed gives its times back)."""
@@ -126,8 +109,15 @@ class Timings:
         self.n += other.n
 
     def tables(self) -> tuple[Counter[str], dict[str, float]]:
-        """(bucket counts, sums) as ``aggregate`` gives its second and third tables."""
-        return _duration_tables(self.slots, self.sums)
+        """The duration histograms' fields: (bucket counts, sums), ``aggregate``'s second and third tables."""
+        buckets: Counter[str] = Counter()
+        for (topic, step, slot), n in self.slots.items():
+            base = f"{topic}|{step}"
+            for le in BUCKETS[slot:]:  # cumulative: every bucket at or above the value
+                buckets[f"{base}|{le}"] += n
+            buckets[f"{base}|+Inf"] += n
+            buckets[f"{base}|count"] += n
+        return buckets, {f"{topic}|{step}|sum": v for (topic, step), v in self.sums.items()}
 
 
 def count_fields(batch: Iterable[Event]) -> list[str | int]:

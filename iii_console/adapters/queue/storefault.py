@@ -1,7 +1,8 @@
 """Failures of the deployment's own Redis, told apart from a handler's own.
 
-A handler whose state write or enqueue meets no Redis, or a Redis that refuses writes (full at
-``maxmemory`` with ``noeviction``, or read-only), failed for where it ran, not for what it is:
+A handler whose state write or enqueue meets no Redis, or a Redis that refuses writes for where
+it is (full at ``maxmemory`` with ``noeviction``, read-only, busy: ``core.errors.redis_refuses_writes``),
+failed for where it ran, not for what it is:
 ``RetryPolicy`` runs it again without spending an attempt. ``store_fault`` judges a failure by
 asking that Redis now; ``StoreGate`` lets a consumer that can fetch without Redis (RabbitMQ's)
 hold its deliveries while Redis is known to fail them, so a Redis outage does not run every
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 
@@ -27,7 +28,7 @@ Fault = Literal["unreachable", "refuses_writes"]
 #: A handler that failed for its store runs again after this, doubling up to the cap.
 STORE_WAIT_MS = 500
 STORE_WAIT_CAP_MS = 30_000
-#: While the gate is shut, how often one consumer thread asks Redis whether it is back.
+#: While the gate is shut, how often its own thread asks Redis whether it is back.
 GATE_PROBE_S = 0.5
 
 
@@ -130,11 +131,8 @@ class StoreGate:
     def _probe_until_back(self) -> None:
         while True:
             time.sleep(self.probe_s)
-            with self._lock:
-                kind, shuts = self._kind, self._shuts
-                if kind is None:
-                    self._prober = None
-                    return
+            with self._lock:  # only this thread opens the gate: it is shut for some kind here
+                kind, shuts = cast(Fault, self._kind), self._shuts
             still = probe(self.client, kind, self.keys)
             with self._lock:
                 if self._shuts != shuts:
