@@ -279,7 +279,9 @@ class HttpSteps:
             try:
                 body = None
                 if trig.accept:
-                    body = await receive_blob(request, trig, runner.services.blobs, trig.max_body_bytes or self.max_body_bytes)
+                    body = await receive_blob(
+                        request, trig, lambda: runner.services.blobs, trig.max_body_bytes or self.max_body_bytes
+                    )
                 elif (
                     trig.method in BODY_METHODS
                     or trig.body_schema is not None
@@ -414,11 +416,12 @@ class BadReturn(Exception):
 _FILENAME = re.compile(r"""filename\s*=\s*(?:"([^"]{1,255})"|([^;\s]{1,255}))""", re.I)
 
 
-async def receive_blob(request: Request[Any, Any, Any], trig: HttpTrigger, store: Any, limit: int) -> Any:
+async def receive_blob(request: Request[Any, Any, Any], trig: HttpTrigger, blobs: Callable[[], Any], limit: int) -> Any:
     """Stream a raw request body of a declared type into the blob store; its ref, or :class:`Reject`.
 
     The name comes from a ``Content-Disposition: ...; filename="x.png"`` request header, if sent.
-    Nothing is kept of a body that is refused or cut short.
+    Nothing is kept of a body that is refused or cut short. ``blobs()`` is the store, which
+    makes its folders on first use: a folder it cannot make is the store unavailable (503).
     """
     import asyncio
 
@@ -439,6 +442,7 @@ async def receive_blob(request: Request[Any, Any, Any], trig: HttpTrigger, store
     name = (m.group(1) or m.group(2)).rsplit("/", 1)[-1] if m else None
     writer = None
     try:
+        store = await asyncio.to_thread(blobs)
         writer = await asyncio.to_thread(store.writer, limit)
         async for chunk in request.stream():
             if chunk:

@@ -21,7 +21,7 @@ from typing import Any
 
 import uvicorn
 
-from iii_console.adapters.http_timeouts import timed_protocol
+from iii_console.adapters.http_protocol import timed_protocol
 from iii_console.adapters.server import ServedApp, create_app
 from iii_console.core.config import Config
 from iii_console.core.discovery import StepSet

@@ -341,6 +341,70 @@ def test_slow_clients_are_dropped_and_health_stays_up(ping_project):
         run.stop()
 
 
+def _data_segments_in(sock) -> int:
+    """Linux's count of the TCP segments with data ``sock`` received (``tcp_info.tcpi_data_segs_in``)."""
+    import socket
+    import struct
+
+    return struct.unpack_from("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), 152)[0]
+
+
+def _read_answer(sock) -> tuple[int, bytes]:
+    """One HTTP answer with a Content-Length from ``sock``: its status and body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1])
+    while len(body) < length:
+        body += sock.recv(65536)
+    assert len(body) == length, "the next answer started inside this one's body"
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts TCP segments with Linux's TCP_INFO")
+def test_an_answer_leaves_in_one_write_and_pipelined_requests_are_answered_in_order(ping_project):
+    """Given a running server, when requests come one at a time on a kept-alive connection, then each answer's
+    headers and body reach the client in one TCP segment (one write, not one for the headers and one for the body);
+    and when three requests come in one packet, the three answers come whole and in order, and a request that asks
+    to close gets its whole answer before the connection closes."""
+    import socket
+
+    run = start_cli(ping_project(), "--no-ui", "--role", "server")
+    try:
+        host, port = run.url.removeprefix("http://").rsplit(":", 1)
+        hostport = f"{host}:{port}".encode()
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            for i in range(5):
+                before = _data_segments_in(sock)
+                sock.sendall(b"GET /ping HTTP/1.1\r\nHost: " + hostport + b"\r\n\r\n")
+                status, body = _read_answer(sock)
+                assert status == 200 and json.loads(body)["ok"] is True
+                time.sleep(0.05)  # anything else of this answer would have arrived by now
+                assert _data_segments_in(sock) - before == 1, f"answer {i} came in more than one segment"
+
+        def echo(n: int, last: bool = False) -> bytes:
+            payload = json.dumps({"n": n}).encode()
+            return (
+                b"POST /echo HTTP/1.1\r\nHost: "
+                + hostport
+                + b"\r\nContent-Type: application/json\r\n"
+                + (b"Connection: close\r\n" if last else b"")
+                + b"Content-Length: "
+                + str(len(payload)).encode()
+                + b"\r\n\r\n"
+                + payload
+            )
+
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(echo(1) + echo(2) + echo(3, last=True))
+            answers = [_read_answer(sock) for _ in range(3)]
+            assert [(status, json.loads(body)["body"]) for status, body in answers] == [(200, {"n": n}) for n in (1, 2, 3)]
+            assert sock.recv(65536) == b"", "the connection stays open after an answer to Connection: close"
+    finally:
+        run.stop()
+
+
 def test_send_carries_the_configured_token(ping_project, tmp_path):
     """Given a server with a token, when `iii-console send TEXT` runs in its project, then the message is accepted (not 401)."""
     shutil.copytree(ROOT / "steps", tmp_path / "steps", dirs_exist_ok=True)

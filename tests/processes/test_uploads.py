@@ -346,7 +346,9 @@ def test_an_upload_the_store_cannot_write_is_a_503_not_a_500(app):
     import shutil
 
     tmp = app.shared / "tmp"
-    shutil.rmtree(tmp)
+    # The store makes its folders at its first upload, which another test may not have run yet.
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_bytes(b"")
     try:
         resp = httpx.post(f"{app.url}/images", content=b"\x00" * 1000, headers={"content-type": "application/octet-stream"})

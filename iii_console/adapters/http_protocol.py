@@ -1,6 +1,6 @@
-"""Read timeouts for the HTTP server's connections.
+"""The HTTP server's connection protocol: uvicorn's, with read timeouts and one write per response.
 
-uvicorn closes a connection idle *between* requests (``timeout_keep_alive``),
+**Read timeouts.** uvicorn closes a connection idle *between* requests (``timeout_keep_alive``),
 but not one that sends a request slowly: headers a byte at a time, a body
 that never arrives, or nothing at all after connecting. Each such connection
 would stay open for good, before any token check, with the file-descriptor
@@ -8,6 +8,14 @@ limit as the only bound. This protocol closes a connection whose request
 headers are not complete within ``header_timeout`` seconds of its first byte
 (or of the connection, for a new one), or whose body is not complete within
 ``body_timeout`` seconds of its headers.
+
+**One write per response.** uvicorn writes a response's status line and headers
+to the socket when the app sends ``http.response.start``, then its body when the
+app sends ``http.response.body``: two ``write`` calls, and on a TCP socket two
+segments for the kernel to send and the client to read, for every small answer.
+With httptools, a request's writes made in the same turn of the event loop go out
+together at the end of that turn (:class:`OneWrite`); a streamed body's later
+chunks are still written as they come, each in its own turn.
 """
 
 from __future__ import annotations
@@ -90,6 +98,45 @@ class _Timed(_Protocol):
             self.transport.close()
 
 
+class OneWrite:
+    """A request's transport whose writes made in one turn of the loop reach the socket in one call.
+
+    The first write of a turn is kept and a flush is scheduled (``call_soon``): the
+    headers and a body sent right after them leave together. Closing writes what is
+    kept first; a transport already closing drops it, as its own ``write`` would.
+    Everything else is the connection's transport's.
+    """
+
+    __slots__ = ("_kept", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._kept: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._kept is None:
+            self._kept = [data]
+            self._loop.call_soon(self.flush)
+        else:
+            self._kept.append(data)
+
+    def flush(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept and not self._transport.is_closing():
+            self._transport.write(kept[0] if len(kept) == 1 else b"".join(kept))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class TimedH11Protocol(_Timed, H11Protocol):
     pass
 
@@ -97,7 +144,11 @@ class TimedH11Protocol(_Timed, H11Protocol):
 if HttpToolsProtocol is not None:
 
     class TimedHttpToolsProtocol(_Timed, HttpToolsProtocol):  # type: ignore[misc]
-        pass
+        if hasattr(HttpToolsProtocol, "_start_asgi_task"):  # where uvicorn starts every request's app (pipelined or not) here
+
+            def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+                cycle.transport = OneWrite(self.transport, self.loop)
+                super()._start_asgi_task(cycle, app)
 
 
 def timed_protocol(header_timeout: float, body_timeout: float) -> type[Any]:
