@@ -91,10 +91,11 @@ class WorkerRuntime:
             lambda topic: (config.queue(topic).soft_time_limit_ms, config.queue(topic).time_limit_ms),
             lambda run: report_stuck(run, self.time_limits, self.recycler, self.services.emitter),
         )
+        self.throttle = Throttle(config, self.services.emitter)
         middleware = [
             CurrentMessage(),
             RetryPolicy(config, self.services.emitter),
-            Throttle(config, self.services.emitter),
+            self.throttle,
             self.events,
             self.recycler,
         ]
@@ -170,6 +171,8 @@ class WorkerRuntime:
                 trig = {"type": "queue", "topic": sub.topic, "priority": parse_queue(msg.queue_name)[2] if msg else "normal"}
 
             def call() -> None:
+                if msg is not None:
+                    self.throttle.starting(self.broker, msg)  # admitted well before now: the window counts from here
                 runner.call_sync(
                     step,
                     value,

@@ -43,6 +43,27 @@ STEPS = {
             time.sleep(0.15)
             r.rpush("test:runs:" + data["tenant"], json.dumps([t0, time.time() * 1000]))
     """,
+    "late_step.py": """
+        import json, os, time
+        import redis
+        from pydantic import BaseModel, field_validator
+        from iii_console import Step, queue
+
+        class Late(BaseModel):
+            k: str
+            slow_ms: int = 0
+
+            @field_validator("slow_ms")
+            @classmethod
+            def take_time(cls, v):
+                time.sleep(v / 1000)  # an input check that takes a while, after the throttle let the message in
+                return v
+
+        config = Step(name="Late", triggers=[queue("late", input=Late)])
+        r = redis.Redis.from_url(os.environ["REDIS_URL"])
+        def handler(data, ctx):
+            r.rpush("test:late-starts", json.dumps(time.time() * 1000))
+    """,
 }
 
 CONFIG = """
@@ -56,6 +77,8 @@ queues:
   exports:
     throttle: {key: tenant}
     concurrency_per_key: 2
+  late:
+    throttle: {key: k, limit: 3, period_ms: 600}
 workers:
   heartbeat_interval: 0.3
   heartbeat_timeout: 3
@@ -143,6 +166,25 @@ def test_the_rate_limit_per_key_holds_across_two_processes_and_waiting_spends_no
     store = DeadLetterStore(r, keys)
     wait_for(lambda: store.count("calls.dlq") == 3, what="three dead letters")
     assert all("throttle key 'customer.id'" in e.error for e in store.list("calls.dlq"))
+
+
+def test_the_window_counts_a_late_handler_from_its_start_not_its_admission(cluster, r, keys):
+    """Given a limit of 3 per 600 ms, when the first admitted message's handler starts 400 ms after its admission (its
+    input check takes that long) and six more wait behind it, then no 600 ms window of the handlers' own start times
+    holds four starts: its record in the window moved to its start. (Counted from admissions only, the next
+    period's starts, on time, came 200 ms after the late one: four within 600 ms.)"""
+    _run, p = cluster
+    wait_for(lambda: len(r.hgetall(keys.workers)) == 2, what="two workers")
+    p.enqueue("late", {"k": "x", "slow_ms": 400}, trace_id="late0")
+    window = keys.throttle("late", "Late", "x")
+    wait_for(lambda: r.zcard(window) == 1, timeout=10, interval=0.005, what="the slow message admitted")
+    for i in range(1, 7):
+        p.enqueue("late", {"k": "x"}, trace_id=f"late{i}")
+    wait_for(lambda: r.llen("test:late-starts") == 7, timeout=30, what="all seven handlers started")
+    starts = sorted(json.loads(x) for x in r.lrange("test:late-starts", 0, -1))
+    spans = [b - a for a, b in zip(starts, starts[3:])]
+    # The handlers' clocks start a few ms after Redis's: allow 100 ms (the bug gave ~200 ms, not ~600).
+    assert min(spans) >= 500, [round(t - starts[0]) for t in starts]
 
 
 def test_concurrency_per_key_holds_across_two_processes(cluster, r, keys):

@@ -24,6 +24,7 @@ _NAMES = (
     "ack_many",
     "promote",
     "throttle",
+    "throttle_started",
 )
 #: Scripts that move messages or write events, and so start with the shared prelude.
 _WITH_PRELUDE = {"enqueue", "move", "dead", "requeue_dead", "requeue", "ack_many", "promote"}
@@ -61,6 +62,7 @@ class Scripts:
     ack_many: Any
     promote: Any
     throttle: Any
+    throttle_started: Any
 
     def __init__(self, client: Any):
         for name, src in SOURCES.items():

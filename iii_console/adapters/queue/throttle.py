@@ -3,7 +3,10 @@
 
 Checked as a message is about to start, in Redis (``lua/throttle.lua``): a
 sliding window of the key's recent starts, and the key's running slots held
-by live workers. A message over either limit does not start: it goes back to
+by live workers. A handler that starts more than :data:`LATE_MS` after its
+admission (a worker's first messages, a slow input check) has its record in
+the window moved to its real start (``lua/throttle_started.lua``), so the
+window counts when handlers start, not only when they were let through. A message over either limit does not start: it goes back to
 its queue's delayed set until the window has room (``move.lua`` through the
 consumer's settle, with a ``message.throttled`` event), its attempt not spent.
 A message whose data has no value at the key's path is dead-lettered, since
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import dramatiq
@@ -28,6 +32,8 @@ from iii_console.core.emitter import Emitter
 log = logging.getLogger(__name__)
 #: How long a message waits when Redis cannot be asked (it is not run unthrottled).
 UNKNOWN_WAIT_MS = 1000
+#: A handler starting this long after its admission moves its record in the window to its start.
+LATE_MS = 5.0
 _MISSING = object()
 
 
@@ -111,6 +117,8 @@ class Throttle(dramatiq.Middleware):
             if running:
                 with self._lock:
                     self._held[message.message_id] = (running, member)
+            if win:
+                message.iii_admitted = (win, f"{member}|{int(wait)}", th.period_ms, time.monotonic())
             return
         message.options["throttled"] = int(message.options.get("throttled", 0) or 0) + 1
         message.options["iii_outcome"] = {"kind": "retry", "delay_ms": int(wait)}
@@ -127,6 +135,22 @@ class Throttle(dramatiq.Middleware):
             },
         )
         raise SkipMessage("throttled")
+
+    def starting(self, broker: Any, message: Any) -> None:
+        """Called as the handler of an admitted ``message`` starts: if that is more than
+        :data:`LATE_MS` after its admission, its record in the window moves to now. On a
+        Redis error the handler still starts (its admission stays counted)."""
+        admitted = getattr(message, "iii_admitted", None)
+        if admitted is None:
+            return
+        win, recorded, period_ms, at = admitted
+        message.iii_admitted = None
+        if (time.monotonic() - at) * 1000 < LATE_MS:
+            return
+        try:
+            broker.iii_scripts.throttle_started(args=[win, recorded, period_ms])
+        except redis.RedisError as exc:
+            log.warning("moving the throttle record of %s to its start failed: %s", message.message_id, exc)
 
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None

@@ -2,8 +2,8 @@
 -- ARGV: window_key ("" for no rate limit), limit, period_ms,
 --       running_key ("" for no per-key concurrency), concurrency, member
 --       (worker_id|message_id), heartbeats zset, heartbeat_timeout_ms.
--- Returns {0, 0} (admitted: its start is recorded in the window and it holds
--- a running slot), {1, wait_ms} (the key's running slots are taken) or
+-- Returns {0, now} (admitted: its start is recorded in the window, as member|now,
+-- and it holds a running slot), {1, wait_ms} (the key's running slots are taken) or
 -- {2, wait_ms} (the key's window is full; wait_ms until its oldest start leaves it).
 -- A running slot whose worker has no recent heartbeat (Redis clock) is freed,
 -- so a killed worker holds none for longer than heartbeat_timeout.
@@ -37,4 +37,4 @@ if win ~= "" then
   redis.call("PEXPIRE", win, period)
 end
 if running ~= "" then redis.call("ZADD", running, now, ARGV[6]) end
-return {0, 0}
+return {0, now}
