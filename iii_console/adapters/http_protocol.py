@@ -98,28 +98,37 @@ class _Timed(_Protocol):
             self.transport.close()
 
 
+#: What a request's writes of one turn may add up to before they are written at once.
+KEEP_BYTES = 64 * 1024
+
+
 class OneWrite:
     """A request's transport whose writes made in one turn of the loop reach the socket in one call.
 
     The first write of a turn is kept and a flush is scheduled (``call_soon``): the
-    headers and a body sent right after them leave together. Closing writes what is
-    kept first; a transport already closing drops it, as its own ``write`` would.
+    headers and a body sent right after them leave together; once what is kept reaches
+    :data:`KEEP_BYTES` it is written at once. Closing writes what is kept first; a transport already closing drops it, as its own ``write`` would.
     Everything else is the connection's transport's.
     """
 
-    __slots__ = ("_kept", "_loop", "_transport")
+    __slots__ = ("_kept", "_kept_bytes", "_loop", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._kept: list[bytes] | None = None
+        self._kept_bytes = 0
 
     def write(self, data: bytes) -> None:
         if self._kept is None:
             self._kept = [data]
+            self._kept_bytes = len(data)
             self._loop.call_soon(self.flush)
         else:
             self._kept.append(data)
+            self._kept_bytes += len(data)
+        if self._kept_bytes >= KEEP_BYTES:  # a large body written in one turn goes out as it comes, not copied into one
+            self.flush()
 
     def flush(self) -> None:
         kept, self._kept = self._kept, None
