@@ -183,8 +183,9 @@ def test_the_window_counts_a_late_handler_from_its_start_not_its_admission(clust
     wait_for(lambda: r.llen("test:late-starts") == 7, timeout=30, what="all seven handlers started")
     starts = sorted(json.loads(x) for x in r.lrange("test:late-starts", 0, -1))
     spans = [b - a for a, b in zip(starts, starts[3:])]
-    # The handlers' clocks start a few ms after Redis's: allow 100 ms (the bug gave ~200 ms, not ~600).
-    assert min(spans) >= 500, [round(t - starts[0]) for t in starts]
+    # A handler's clock reads a moment after its record, more on a loaded machine: allow 200 ms
+    # (counted from admissions, the four starts fell within ~210 ms).
+    assert min(spans) >= 400, [round(t - starts[0]) for t in starts]
 
 
 def test_concurrency_per_key_holds_across_two_processes(cluster, r, keys):
