@@ -159,6 +159,14 @@ if HttpToolsProtocol is not None:
                 cycle.transport = OneWrite(self.transport, self.loop)
                 super()._start_asgi_task(cycle, app)
 
+            def shutdown(self) -> None:
+                # A graceful stop closes the connection of a finished request at once: write what
+                # its answer still keeps for the end of this turn first.
+                transport = getattr(self.cycle, "transport", None)
+                if isinstance(transport, OneWrite):
+                    transport.flush()
+                super().shutdown()
+
 
 def timed_protocol(header_timeout: float, body_timeout: float) -> type[Any]:
     """The protocol class for ``uvicorn.Config(http=...)`` with these timeouts: on httptools where it is installed."""

@@ -405,6 +405,56 @@ def test_an_answer_leaves_in_one_write_and_pipelined_requests_are_answered_in_or
         run.stop()
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_graceful_stop_in_the_turn_an_answer_is_finished_still_sends_it(loop):
+    """Given uvicorn serving on our protocol class, when the server's graceful stop closes a connection in the same
+    turn of the loop as its request's answer was finished (the answer still kept for the end of that turn), then the
+    client receives the whole answer before the connection closes, every time."""
+    import socket
+
+    import uvicorn
+
+    from iii_console.adapters.http_protocol import timed_protocol
+
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    servers: list[uvicorn.Server] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+        for conn in list(servers[0].server_state.connections):  # what a stop does, in this same turn
+            conn.shutdown()
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, http=timed_protocol(10, 30), loop=loop, log_level="warning"))
+    servers.append(server)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=10, what="the server started")
+        answers = []
+        for _ in range(10):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(4096):
+                    data += chunk
+            answers.append(data)
+        assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(b"\r\n\r\nok") for a in answers), answers
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()
+
+
 def test_send_carries_the_configured_token(ping_project, tmp_path):
     """Given a server with a token, when `iii-console send TEXT` runs in its project, then the message is accepted (not 401)."""
     shutil.copytree(ROOT / "steps", tmp_path / "steps", dirs_exist_ok=True)
