@@ -378,7 +378,9 @@ class RabbitConsumer(Consumer):
             if method is None:
                 return None
             self.unsettled.add(method.delivery_tag)
-            if self.higher and self._higher_waiting():
+            # The gate may have shut while this read waited (a handler failed for Redis, and its settle
+            # freed the prefetch slot this delivery took): it waits with the held ones.
+            if not self.broker.store_gate.open() or (self.higher and self._higher_waiting()):
                 self.held.append((method, body))
                 return None
             return self._deliver(method, body)
