@@ -107,8 +107,9 @@ class OneWrite:
 
     The first write of a turn is kept and a flush is scheduled (``call_soon``): the
     headers and a body sent right after them leave together; once what is kept reaches
-    :data:`KEEP_BYTES` it is written at once. Closing writes what is kept first; a transport already closing drops it, as its own ``write`` would.
-    Everything else is the connection's transport's.
+    :data:`KEEP_BYTES` it is written at once. Closing writes what is kept first; a
+    transport already closing drops it, as its own ``write`` would. Everything else is
+    the connection's transport's.
     """
 
     __slots__ = ("_kept", "_kept_bytes", "_loop", "_transport")

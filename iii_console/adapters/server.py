@@ -442,8 +442,7 @@ async def receive_blob(request: Request[Any, Any, Any], trig: HttpTrigger, blobs
     name = (m.group(1) or m.group(2)).rsplit("/", 1)[-1] if m else None
     writer = None
     try:
-        store = await asyncio.to_thread(blobs)
-        writer = await asyncio.to_thread(store.writer, limit)
+        writer = await asyncio.to_thread(lambda: blobs().writer(limit))
         async for chunk in request.stream():
             if chunk:
                 await asyncio.to_thread(writer.write, chunk)

@@ -6,7 +6,8 @@ sliding window of the key's recent starts, and the key's running slots held
 by live workers. A handler that starts more than :data:`LATE_MS` after its
 admission (a worker's first messages, a slow input check) has its record in
 the window moved to its real start (``lua/throttle_started.lua``), so the
-window counts when handlers start, not only when they were let through. A message over either limit does not start: it goes back to
+window counts when handlers start, not only when they were let through.
+A message over either limit does not start: it goes back to
 its queue's delayed set until the window has room (``move.lua`` through the
 consumer's settle, with a ``message.throttled`` event), its attempt not spent.
 A message whose data has no value at the key's path is dead-lettered, since
@@ -117,7 +118,7 @@ class Throttle(dramatiq.Middleware):
             if running:
                 with self._lock:
                     self._held[message.message_id] = (running, member)
-            if win:
+            if win:  # admitted: the second value is Redis's now, which names the start's record (member|now)
                 message.iii_admitted = (win, f"{member}|{int(wait)}", th.period_ms, time.monotonic())
             return
         message.options["throttled"] = int(message.options.get("throttled", 0) or 0) + 1
@@ -140,11 +141,11 @@ class Throttle(dramatiq.Middleware):
         """Called as the handler of an admitted ``message`` starts: if that is more than
         :data:`LATE_MS` after its admission, its record in the window moves to now. On a
         Redis error the handler still starts (its admission stays counted)."""
-        admitted = getattr(message, "iii_admitted", None)
+        # Every message's start passes here: a dict lookup, not the proxy's failing attribute lookup (~1 µs).
+        admitted = vars(message).pop("iii_admitted", None)
         if admitted is None:
             return
         win, recorded, period_ms, at = admitted
-        message.iii_admitted = None
         if (time.monotonic() - at) * 1000 < LATE_MS:
             return
         try:
