@@ -13,9 +13,14 @@ headers are not complete within ``header_timeout`` seconds of its first byte
 to the socket when the app sends ``http.response.start``, then its body when the
 app sends ``http.response.body``: two ``write`` calls, and on a TCP socket two
 segments for the kernel to send and the client to read, for every small answer.
-With httptools, a request's writes made in the same turn of the event loop go out
-together at the end of that turn (:class:`OneWrite`); a streamed body's later
-chunks are still written as they come, each in its own turn.
+With httptools, the connection's writes go through :class:`OneWrite`, which keeps
+them until the response is complete or the turn of the event loop ends, and
+writes what it kept in one call; a streamed body's later chunks are still written
+as they come, each in its own turn. Every write and close of the connection, the
+protocol's own (a ``400`` for a malformed request, a timeout) included, goes
+through it, so nothing overtakes a kept answer; it is written before the
+transport closes for any reason, the peer's end of input (a client that sends
+its request and shuts its side down at once) included.
 """
 
 from __future__ import annotations
@@ -103,19 +108,20 @@ KEEP_BYTES = 64 * 1024
 
 
 class OneWrite:
-    """A request's transport whose writes made in one turn of the loop reach the socket in one call.
+    """A connection's transport whose writes reach the socket together: one call per answer.
 
-    The first write of a turn is kept and a flush is scheduled (``call_soon``): the
-    headers and a body sent right after them leave together; once what is kept reaches
-    :data:`KEEP_BYTES` it is written at once. Closing writes what is kept first; a
-    transport already closing drops it, as its own ``write`` would. Everything else is
-    the connection's transport's.
+    The first write after a flush is kept and a flush is scheduled for the end of the
+    loop's turn (``call_soon``); the protocol flushes sooner when a response is
+    complete, and once what is kept reaches :data:`KEEP_BYTES` it is written at once.
+    Closing writes what is kept first; a transport already closing drops it, as its
+    own ``write`` would. Everything else is the connection's transport's.
     """
 
-    __slots__ = ("_kept", "_kept_bytes", "_loop", "_transport")
+    __slots__ = ("_kept", "_kept_bytes", "_loop", "transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
+        #: The connection's own transport.
+        self.transport = transport
         self._loop = loop
         self._kept: list[bytes] | None = None
         self._kept_bytes = 0
@@ -131,20 +137,31 @@ class OneWrite:
         if self._kept_bytes >= KEEP_BYTES:  # a large body written in one turn goes out as it comes, not copied into one
             self.flush()
 
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
     def flush(self) -> None:
         kept, self._kept = self._kept, None
-        if kept and not self._transport.is_closing():
-            self._transport.write(kept[0] if len(kept) == 1 else b"".join(kept))
+        if kept and not self.transport.is_closing():
+            self.transport.write(kept[0] if len(kept) == 1 else b"".join(kept))
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.transport.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() + (self._kept_bytes if self._kept else 0)
 
     def close(self) -> None:
         self.flush()
-        self._transport.close()
+        self.transport.close()
 
     def is_closing(self) -> bool:
-        return self._transport.is_closing()
+        return self.transport.is_closing()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+        return getattr(self.transport, name)
 
 
 class TimedH11Protocol(_Timed, H11Protocol):
@@ -154,19 +171,30 @@ class TimedH11Protocol(_Timed, H11Protocol):
 if HttpToolsProtocol is not None:
 
     class TimedHttpToolsProtocol(_Timed, HttpToolsProtocol):  # type: ignore[misc]
-        if hasattr(HttpToolsProtocol, "_start_asgi_task"):  # where uvicorn starts every request's app (pipelined or not) here
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            # Flow control and the addresses read the connection's own transport; every write and close goes through OneWrite.
+            super().connection_made(transport)
+            self.transport = OneWrite(transport, self.loop)  # type: ignore[assignment]
 
-            def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-                cycle.transport = OneWrite(self.transport, self.loop)
-                super()._start_asgi_task(cycle, app)
+        def on_response_complete(self) -> None:
+            # The answer is whole: out now (work the app still does in this turn does not hold it back),
+            # and before a pipelined request's answer starts.
+            self.transport.flush()  # type: ignore[attr-defined]
+            super().on_response_complete()
 
-            def shutdown(self) -> None:
-                # A graceful stop closes the connection of a finished request at once: write what
-                # its answer still keeps for the end of this turn first.
-                transport = getattr(self.cycle, "transport", None)
-                if isinstance(transport, OneWrite):
-                    transport.flush()
-                super().shutdown()
+        def eof_received(self) -> None:
+            # The peer shut its side: the transport closes when this returns, and an answer kept for the
+            # end of this turn would be dropped with it.
+            self.transport.flush()  # type: ignore[attr-defined]
+            return super().eof_received()
+
+        def handle_websocket_upgrade(self, *args: Any) -> None:
+            # The websocket protocol takes the connection's own transport; nothing kept is left behind.
+            kept = self.transport
+            if isinstance(kept, OneWrite):
+                kept.flush()
+                self.transport = kept.transport
+            super().handle_websocket_upgrade(*args)
 
 
 def timed_protocol(header_timeout: float, body_timeout: float) -> type[Any]:

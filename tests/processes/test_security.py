@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -405,11 +406,9 @@ def test_an_answer_leaves_in_one_write_and_pipelined_requests_are_answered_in_or
         run.stop()
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_a_graceful_stop_in_the_turn_an_answer_is_finished_still_sends_it(loop):
-    """Given uvicorn serving on our protocol class, when the server's graceful stop closes a connection in the same
-    turn of the loop as its request's answer was finished (the answer still kept for the end of that turn), then the
-    client receives the whole answer before the connection closes, every time."""
+@contextlib.contextmanager
+def _serving(app, loop: str):
+    """uvicorn serving the ASGI ``app`` with our protocol class on ``loop`` in a thread: (server, port)."""
     import socket
 
     import uvicorn
@@ -418,41 +417,124 @@ def test_a_graceful_stop_in_the_turn_an_answer_is_finished_still_sends_it(loop):
 
     if loop == "uvloop":
         pytest.importorskip("uvloop")
-    servers: list[uvicorn.Server] = []
 
-    async def app(scope, receive, send):
+    async def lifespan_or(scope, receive, send):
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
-        for conn in list(servers[0].server_state.connections):  # what a stop does, in this same turn
-            conn.shutdown()
+        await app(scope, receive, send)
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, http=timed_protocol(10, 30), loop=loop, log_level="warning"))
-    servers.append(server)
+    server = uvicorn.Server(uvicorn.Config(lifespan_or, http=timed_protocol(10, 30), loop=loop, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:
         wait_for(lambda: server.started, timeout=10, what="the server started")
-        answers = []
-        for _ in range(10):
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-                sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-                data = b""
-                while chunk := sock.recv(4096):
-                    data += chunk
-            answers.append(data)
-        assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(b"\r\n\r\nok") for a in answers), answers
+        yield server, listener.getsockname()[1]
     finally:
         server.should_exit = True
         thread.join(10)
         listener.close()
+
+
+async def _answer_ok(send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _all_of(sock) -> bytes:
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_graceful_stop_in_the_turn_an_answer_is_finished_still_sends_it(loop):
+    """Given uvicorn serving on our protocol class, when the server's graceful stop closes a connection in the same
+    turn of the loop as its request's answer was finished, then the client receives the whole answer before the
+    connection closes, every time."""
+    import socket
+
+    servers = []
+
+    async def app(scope, receive, send):
+        await _answer_ok(send)
+        for conn in list(servers[0].server_state.connections):  # what a stop does, in this same turn
+            conn.shutdown()
+
+    with _serving(app, loop) as (server, port):
+        servers.append(server)
+        answers = []
+        for _ in range(10):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+                answers.append(_all_of(sock))
+        assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(b"\r\n\r\nok") for a in answers), answers
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_client_that_shuts_its_side_right_after_its_request_gets_the_answer(loop):
+    """Given uvicorn serving on our protocol class and an app that answers at once, when a client sends its request
+    and shuts down its sending side in the same breath (as scripted clients and probes do), then it receives the
+    whole answer every time (the transport closes for the peer's end of input right after the answer is made)."""
+    import socket
+
+    async def app(scope, receive, send):
+        await _answer_ok(send)
+
+    with _serving(app, loop) as (_server, port):
+        answers = []
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+                sock.shutdown(socket.SHUT_WR)
+                answers.append(_all_of(sock))
+        assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(b"\r\n\r\nok") for a in answers), answers
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_an_answer_is_not_held_back_by_work_after_it_and_nothing_overtakes_it(loop):
+    """Given uvicorn serving on our protocol class, when the app finishes an answer and then keeps the loop busy,
+    then the client has the answer while that work still runs (the app waits for the client to say so); and when the
+    protocol answers a malformed request itself (a 400) in the same turn as a streamed answer's first chunk was
+    written, that chunk comes first, then the 400."""
+    import socket
+
+    got = threading.Event()
+    released: list[bool] = []
+    servers = []
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"first-chunk", "more_body": True})
+            for conn in list(servers[0].server_state.connections):  # a malformed request read in this same turn
+                conn.data_received(b"NOT HTTP AT ALL\r\n\r\n")
+            return
+        await _answer_ok(send)
+        if scope["path"] == "/busy":
+            released.append(got.wait(5))  # blocks the loop: an answer kept for the end of this turn is not out
+
+    with _serving(app, loop) as (server, port):
+        servers.append(server)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /busy HTTP/1.1\r\nHost: test\r\n\r\n")
+            status, body = _read_answer(sock)
+            got.set()
+            assert (status, body) == (200, b"ok")
+        wait_for(lambda: released, timeout=10, what="the app's wait ended")
+        assert released == [True], "the answer reached the client only after the app's later work ended"
+
+        for _ in range(10):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+                data = _all_of(sock)
+            assert data.startswith(b"HTTP/1.1 200 "), data
+            assert data.index(b"first-chunk") < data.index(b"HTTP/1.1 400 "), data
 
 
 def test_send_carries_the_configured_token(ping_project, tmp_path):
