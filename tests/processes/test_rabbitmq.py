@@ -589,3 +589,56 @@ def test_a_consume_refused_while_its_queue_is_starting_is_retried_at_once(rabbit
         assert any("refused while its queue was starting" in rec.getMessage() for rec in caplog.records)
     finally:
         broker.close()
+
+
+@pytest.mark.parametrize("gate", ["open", "shut"])
+def test_held_deliveries_are_not_copied_when_rabbitmq_takes_them_back_with_the_channel(rabbit_node, rabbit_prefix, r, keys, gate):
+    """Given a consumer holding deliveries (a higher-priority queue has a backlog: one held, two behind it), with the store gate open or
+    shut (Redis away), when RabbitMQ closes the consumer's channel (a consumer_timeout passing during a long hold, a
+    channel error) and so takes them back, then the consumer raises ConnectionClosed within a few reads (pika's waits
+    do not raise for a closed channel), and its close publishes no copy of them: the queue holds each message once."""
+    from dramatiq.errors import ConnectionClosed
+    from dramatiq.message import Message
+
+    from iii_console.adapters.queue.rmq_broker import RabbitBroker
+    from iii_console.adapters.queue.storefault import StoreGate
+
+    broker = RabbitBroker(url=rabbit_node.url, prefix=rabbit_prefix, client=r, keys=keys, exchange_topics={})
+    low, high = "jobs--S--low", "jobs--S--high"
+    try:
+        broker.publisher.run(lambda _ch: None, declare=[broker.declaration(q) for q in ("jobs--S--high", "jobs--S--normal", low)])
+        broker.publish_to_queue(high, Message(high, "a", (), {}, {}, message_id="urgent").encode())
+        for i in range(3):
+            broker.publish_to_queue(low, Message(low, "a", (), {}, {}, message_id=f"m{i}").encode())
+        consumer = broker.consume(low, prefetch=3, timeout=50)
+        deadline = time.monotonic() + 15
+        while not consumer.held and time.monotonic() < deadline:
+            assert next(consumer) is None, "a low-priority delivery ran while the high queue has a backlog"
+        for _ in range(10):  # the other two arrive too, and wait in pika's buffer behind the held one
+            assert next(consumer) is None, "a low-priority delivery ran while the high queue has a backlog"
+        assert [Message.decode(body).message_id for _m, body in consumer.held] == ["m0"]
+        if gate == "shut":
+            broker.store_gate = StoreGate(r, keys, probe_s=3600)  # no probe opens it during the test
+            broker.store_gate.shut("unreachable")
+        consumer.channel.basic_ack(delivery_tag=10_000)  # an unknown tag: RabbitMQ closes the channel (406)
+        raised = None
+        for _ in range(50):
+            try:
+                next(consumer)
+            except ConnectionClosed as exc:
+                raised = exc
+                break
+        assert raised is not None, "the consumer went on reading a closed channel"
+        consumer.close()  # what Dramatiq does next
+        with pika.BlockingConnection(pika.URLParameters(rabbit_node.url)) as conn:
+            ch = conn.channel()
+            name = broker.topology.queue(low)
+            counts = []
+            for _ in range(20):  # settled: the same count for a second
+                counts.append(ch.queue_declare(name, passive=True).method.message_count)
+                if len(counts) >= 5 and len(set(counts[-5:])) == 1:
+                    break
+                time.sleep(0.25)
+            assert counts[-1] == 3, f"the queue holds {counts[-1]} messages, not the three published: {counts}"
+    finally:
+        broker.close()

@@ -362,6 +362,12 @@ class RabbitConsumer(Consumer):
     # -- fetching -----------------------------------------------------------
     def __next__(self) -> MessageProxy | None:
         try:
+            if not self.channel.is_open:
+                # RabbitMQ closed the channel (its consumer_timeout passed during a long hold, a channel
+                # error) and took back every unacked delivery, the held ones too: they are its again, not
+                # ours. pika's waits do not raise for a closed channel, so this is where it is noticed.
+                self._drop_held()
+                raise ConnectionClosed(pika.exceptions.ChannelClosed(0, "the consumer's channel is closed"))
             if not self.broker.store_gate.open():
                 # Redis fails handlers now: what RabbitMQ delivers waits, unacked, until it is back
                 # (the connection's heartbeats still answered) instead of each running up to its first write.
@@ -534,7 +540,17 @@ class RabbitConsumer(Consumer):
                 self._give_back(tag, message._message.encode())
                 self.tags.discard(tag)
 
+    def _drop_held(self) -> None:
+        """Forget the held deliveries (RabbitMQ took them back with the channel)."""
+        for method, _body in self.held:
+            self.unsettled.discard(method.delivery_tag)
+        self.held = []
+
     def _give_back(self, tag: int, body: bytes) -> None:
+        if not self.channel.is_open:
+            # The channel is gone and RabbitMQ has the delivery back already: a copy would run it twice.
+            self.unsettled.discard(tag)
+            return
         try:
             self.broker.publish_to_queue(self.queue_name, body)
             self.unsettled.discard(tag)
