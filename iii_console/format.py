@@ -91,7 +91,8 @@ def _detail(ev: Event) -> str:
             how = " (Retry)" if d.get("counts", True) else " (Retry, attempt not spent)"
         return f"attempt {ev.attempt} in {d.get('delay_ms')} ms{how}"
     if t == "message.throttled":
-        return f"key {d.get('key')}: over {d.get('reason')}; waits {d.get('wait_ms')} ms (attempt not spent)"
+        when = " at its start" if d.get("at_start") else ""
+        return f"key {d.get('key')}: over {d.get('reason')}{when}; waits {d.get('wait_ms')} ms (attempt not spent)"
     if t == "message.deduplicated":
         return f"dedup key {d.get('dedup_key')}: already enqueued as {short(d.get('message_ids'), 40)}"
     if t == "group.completed":

@@ -142,9 +142,11 @@ class MessageRow:
     progress: tuple[float, float] | None = None
     #: The throttle key it last waited on.
     throttle_key: str | None = None
+    #: Times it went back to wait on its throttle (at admission, or a run that started too late).
+    throttles: int = 0
     #: The start of its payload (from ``message.enqueued``), for the `/` filter's free text.
     payload: str = ""
-    _status_at: tuple[int, int, int, int] = (-1, -1, -1, -1)
+    _status_at: tuple[int, int, int, int, int] = (-1, -1, -1, -1, -1)
 
     def apply(self, ev: Event, rev: int) -> None:
         self.rev = rev
@@ -173,6 +175,8 @@ class MessageRow:
             self.replays += 1
         if ev.type == "message.throttled":
             self.throttle_key = str(d.get("key", "")) or None
+            # Its start may be on the stream already (a run that started too late, sent back): waiting comes after it.
+            self.throttles += 1
         if ev.type == "message.redelivered":
             # Written by the script that put it back, after anything of the run it
             # ends: what follows (the next start) moves on from here.
@@ -186,7 +190,7 @@ class MessageRow:
             attempt = max(self.attempts, 1)
         else:
             attempt = ev.attempt or 1
-        at = (self.replays, attempt, self.redeliveries, rank)
+        at = (self.replays, attempt, self.redeliveries, self.throttles, rank)
         if at >= self._status_at:
             self.status, self._status_at, self.last_type = status, at, ev.type
 

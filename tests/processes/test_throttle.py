@@ -188,6 +188,35 @@ def test_the_window_counts_a_late_handler_from_its_start_not_its_admission(clust
     assert min(spans) >= 400, [round(t - starts[0]) for t in starts]
 
 
+def test_a_handler_starting_more_than_a_period_after_its_admission_is_admitted_again(cluster, r, keys):
+    """Given a limit of 3 per 600 ms, when three admitted messages' handlers start 800 ms after their admission (their
+    input checks take that long: their records have left the window, and six more messages were admitted in their
+    place), then no 600 ms window of the handlers' own start times holds four starts: a start that finds its record
+    gone is admitted again, or goes back to wait (``message.throttled`` with ``at_start``, no attempt spent); and
+    every message runs once."""
+    _run, p = cluster
+    wait_for(lambda: len(r.hgetall(keys.workers)) == 2, what="two workers")
+    for i in range(3):
+        p.enqueue("late", {"k": "y", "slow_ms": 800}, trace_id=f"slow{i}")
+    window = keys.throttle("late", "Late", "y")
+    wait_for(lambda: r.zcard(window) == 3, timeout=10, interval=0.005, what="the three slow messages admitted")
+    for i in range(3, 9):
+        p.enqueue("late", {"k": "y"}, trace_id=f"fast{i}")
+    wait_for(lambda: len(events(r, keys, "message.processed")) == 9, timeout=60, what="all nine processed")
+    starts = sorted(json.loads(x) for x in r.lrange("test:late-starts", 0, -1))
+    assert len(starts) == 9, "a handler ran twice"
+    spans = [b - a for a, b in zip(starts, starts[3:])]
+    # A handler's clock reads a moment after its record: allow 100 ms (without the new admission: six within ~170 ms).
+    assert min(spans) >= 500, [round(t - starts[0]) for t in starts]
+    processed = events(r, keys, "message.processed")
+    assert sorted(e.trace_id for e in processed) == sorted([f"slow{i}" for i in range(3)] + [f"fast{i}" for i in range(3, 9)])
+    assert {e.attempt for e in processed} == {1}, "waiting on the throttle spent an attempt"
+    at_start = [e for e in events(r, keys, "message.throttled") if e.data.get("at_start")]
+    assert at_start and {e.trace_id for e in at_start} <= {"slow0", "slow1", "slow2"}
+    assert all(e.data["reason"] == "limit" and e.data["wait_ms"] > 0 for e in at_start)
+    assert not events(r, keys, "message.failed"), "a start sent back to wait was reported as a failure"
+
+
 def test_concurrency_per_key_holds_across_two_processes(cluster, r, keys):
     _run, p = cluster
     wait_for(lambda: len(r.hgetall(keys.workers)) == 2, what="two workers")

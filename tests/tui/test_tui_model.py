@@ -301,6 +301,32 @@ def test_throttled_messages_progress_and_groups_show_in_the_console():
     assert [e.type for e in m.traces.get("t1") or []][-1] == "progress"
 
 
+def test_a_run_sent_back_to_wait_at_its_start_shows_as_throttled_then_runs_again():
+    """Given a message whose run started and was then sent back to its throttle (it started too late for its
+    admission and the key's window was full), when the events are ingested, then the row reads throttled, not
+    running, and its next start and settle move it on as usual."""
+    from iii_console.format import detail
+
+    base = dict(message_id="m1", trace_id="t1", step="Mail", topic="mails", queue="mails--Mail--normal")
+    m = ConsoleModel()
+    back = Event(
+        "message.throttled",
+        ts=T0_MS + 900,
+        attempt=1,
+        data={"key": "acme", "reason": "limit", "wait_ms": 120, "limit": 3, "period_ms": 600, "at_start": True},
+        **base,
+    )
+    m.ingest(
+        [Event("message.enqueued", ts=T0_MS, **base), Event("message.started", ts=T0_MS + 800, attempt=1, **base), back], NOW
+    )
+    assert m.messages["m1"].status == "throttled" and m.throttled() == {"mails": {"acme": 1}}
+    assert detail(back) == "key acme: over limit at its start; waits 120 ms (attempt not spent)"
+    m.ingest([Event("message.started", ts=T0_MS + 1100, attempt=1, **base)], NOW)
+    assert m.messages["m1"].status == "running"
+    m.ingest([Event("message.processed", ts=T0_MS + 1101, attempt=1, duration_ms=1.0, **base)], NOW)
+    assert (m.messages["m1"].status, m.messages["m1"].attempts) == ("processed", 1)
+
+
 def test_a_fan_in_group_shows_its_children_settled_then_its_completion():
     """Given a group of two children enqueued, one processed, when the last is dead-lettered and the group
     completes, then the console's group goes 0/2 → 1/2 → done with the completion's counts."""

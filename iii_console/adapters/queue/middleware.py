@@ -22,6 +22,7 @@ from dramatiq.middleware import MiddlewareError
 from iii_console.adapters.queue.deadletters import dead, describe
 from iii_console.adapters.queue.names import parse_queue
 from iii_console.adapters.queue.storefault import STORE_WAIT_CAP_MS, STORE_WAIT_MS, store_fault
+from iii_console.adapters.queue.throttle import ThrottledAtStart
 from iii_console.core.config import Config
 from iii_console.core.emitter import Emitter
 from iii_console.core.errors import user_traceback
@@ -131,6 +132,8 @@ class LifecycleEvents(dramatiq.Middleware):
     ) -> None:
         t0 = self._started.pop(message.message_id, None)
         duration = round((time.perf_counter() - t0) * 1000, 3) if t0 is not None else None
+        if isinstance(exception, ThrottledAtStart):
+            return  # its handler never ran: not a failure (``RetryPolicy`` sends it back to wait, ``message.throttled``)
         if exception is None:
             at = getattr(message, "iii_at", None) or _at(message)
             message.iii_event = self.emitter.lifecycle("message.processed", *at, duration_ms=duration)
@@ -163,10 +166,16 @@ class RetryPolicy(dramatiq.Middleware):
         if exception is None:
             return
         opts = message.options
+        where = _where(message)
+        if isinstance(exception, ThrottledAtStart):
+            # Started too late for its admission, and its key's window is full now: back to wait, as at admission.
+            opts["throttled"] = int(opts.get("throttled", 0) or 0) + 1
+            opts["iii_outcome"] = {"kind": "retry", "delay_ms": exception.wait_ms}
+            message.iii_event = self.emitter.make("message.throttled", **where, data=exception.data)
+            return
         strategy = self.config.queue(opts.get("topic", ""))
         retries = opts.get("retries", 0)
         opts.setdefault("first_failure_ms", now_ms())
-        where = _where(message)
         if isinstance(exception, Retry) and not exception.counts:
             # A wait the handler asked for, not a failure: run again then, attempt not spent.
             delay = exception.delay_ms()

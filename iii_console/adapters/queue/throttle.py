@@ -6,8 +6,10 @@ sliding window of the key's recent starts, and the key's running slots held
 by live workers. A handler that starts more than :data:`LATE_MS` after its
 admission (a worker's first messages, a slow input check) has its record in
 the window moved to its real start (``lua/throttle_started.lua``), so the
-window counts when handlers start, not only when they were let through.
-A message over either limit does not start: it goes back to
+window counts when handlers start, not only when they were let through; one
+that starts more than the period after it (its record gone from the window,
+others admitted in its place) is admitted again, or sent back to wait
+(:class:`ThrottledAtStart`). A message over either limit does not start: it goes back to
 its queue's delayed set until the window has room (``move.lua`` through the
 consumer's settle, with a ``message.throttled`` event), its attempt not spent.
 A message whose data has no value at the key's path is dead-lettered, since
@@ -54,6 +56,19 @@ def key_value(data: Any, path: str) -> str | None:
         return None
     text = str(node)
     return text if 0 < len(text) <= 256 else None
+
+
+class ThrottledAtStart(Exception):
+    """Raised as a handler is about to start too late for its admission: its key's window filled up since.
+
+    Handled by ``RetryPolicy`` as a throttle at admission is: the message goes back
+    to wait ``wait_ms``, its attempt not spent, with a ``message.throttled`` event (``data``).
+    """
+
+    def __init__(self, wait_ms: int, data: dict[str, Any]):
+        super().__init__(f"throttled at its start: the key's window filled up since its admission; waits {wait_ms} ms")
+        self.wait_ms = wait_ms
+        self.data = data
 
 
 class Throttle(dramatiq.Middleware):
@@ -119,7 +134,14 @@ class Throttle(dramatiq.Middleware):
                 with self._lock:
                     self._held[message.message_id] = (running, member)
             if win:  # admitted: the second value is Redis's now, which names the start's record (member|now)
-                message.iii_admitted = (win, f"{member}|{int(wait)}", th.period_ms, time.monotonic())
+                event_data = {
+                    "key": value,
+                    "reason": "limit",
+                    "limit": th.limit,
+                    "period_ms": th.period_ms,
+                    "concurrency_per_key": strategy.concurrency_per_key,
+                }
+                message.iii_admitted = (win, f"{member}|{int(wait)}", th.period_ms, th.limit, time.monotonic(), event_data)
             return
         message.options["throttled"] = int(message.options.get("throttled", 0) or 0) + 1
         message.options["iii_outcome"] = {"kind": "retry", "delay_ms": int(wait)}
@@ -139,19 +161,24 @@ class Throttle(dramatiq.Middleware):
 
     def starting(self, broker: Any, message: Any) -> None:
         """Called as the handler of an admitted ``message`` starts: if that is more than
-        :data:`LATE_MS` after its admission, its record in the window moves to now. On a
-        Redis error the handler still starts (its admission stays counted)."""
+        :data:`LATE_MS` after its admission, its record in the window moves to now, or, if
+        the record has left the window since, the start is admitted again: raises
+        :class:`ThrottledAtStart` when the window is full. On a Redis error the handler
+        still starts (its admission stays counted)."""
         # Every message's start passes here: a dict lookup, not the proxy's failing attribute lookup (~1 µs).
         admitted = vars(message).pop("iii_admitted", None)
         if admitted is None:
             return
-        win, recorded, period_ms, at = admitted
+        win, recorded, period_ms, limit, at, event_data = admitted
         if (time.monotonic() - at) * 1000 < LATE_MS:
             return
         try:
-            broker.iii_scripts.throttle_started(args=[win, recorded, period_ms])
+            verdict, wait = broker.iii_scripts.throttle_started(args=[win, recorded, period_ms, limit])
         except redis.RedisError as exc:
             log.warning("moving the throttle record of %s to its start failed: %s", message.message_id, exc)
+            return
+        if int(verdict) != 0:
+            raise ThrottledAtStart(int(wait), {**event_data, "wait_ms": int(wait), "at_start": True})
 
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None

@@ -2,10 +2,28 @@
 -- window moves to now (Redis clock), so the window counts when handlers really start.
 -- Without it, starts delayed after admission (a worker's first messages, a slow input
 -- check) and the next period's starts, on time, fell closer together than the period.
--- ARGV: window_key, member (as throttle.lua recorded it), period_ms.
--- GT: a record only ever moves later; one already gone from the window is added back.
+-- ARGV: window_key, member (as throttle.lua recorded it), period_ms, limit.
+-- Returns {0, now}: it starts. {2, wait_ms}: it must not start, and waits.
+-- A record still in the window only ever moves later. One that has left it (the
+-- handler starts more than period_ms after its admission, or the key expired) no
+-- longer counts, and others may have been admitted in its place: the start is
+-- admitted again, recorded now if the window has room, else it waits as throttle.lua
+-- would have it wait (until its oldest start leaves the window).
+local win, member = ARGV[1], ARGV[2]
+local period, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call("ZADD", ARGV[1], "GT", now, ARGV[2])
-redis.call("PEXPIRE", ARGV[1], ARGV[3])
-return now
+local recorded = redis.call("ZSCORE", win, member)
+if recorded and tonumber(recorded) > now - period then
+  redis.call("ZADD", win, "GT", now, member)
+  redis.call("PEXPIRE", win, period)
+  return {0, now}
+end
+redis.call("ZREMRANGEBYSCORE", win, "-inf", now - period)
+if redis.call("ZCARD", win) >= limit then
+  local oldest = redis.call("ZRANGE", win, 0, 0, "WITHSCORES")
+  return {2, math.max(1, tonumber(oldest[2]) + period - now + 1)}
+end
+redis.call("ZADD", win, now, member)
+redis.call("PEXPIRE", win, period)
+return {0, now}
