@@ -19,8 +19,13 @@ writes what it kept in one call; a streamed body's later chunks are still writte
 as they come, each in its own turn. Every write and close of the connection, the
 protocol's own (a ``400`` for a malformed request, a timeout) included, goes
 through it, so nothing overtakes a kept answer; it is written before the
-transport closes for any reason, the peer's end of input (a client that sends
-its request and shuts its side down at once) included.
+transport closes for any reason.
+
+**Half-closed connections.** A client that sends its request and shuts its
+sending side at once (scripted clients, probes) still gets its answer: the
+connection stays open for writing until the requests it sent are answered, then
+closes. uvicorn closed it at the peer's end of input, losing any answer not
+written by then.
 """
 
 from __future__ import annotations
@@ -176,17 +181,27 @@ if HttpToolsProtocol is not None:
             super().connection_made(transport)
             self.transport = OneWrite(transport, self.loop)  # type: ignore[assignment]
 
+        #: The peer shut its sending side after whole requests: close once they are answered.
+        _peer_done = False
+
         def on_response_complete(self) -> None:
             # The answer is whole: out now (work the app still does in this turn does not hold it back),
             # and before a pipelined request's answer starts.
             self.transport.flush()  # type: ignore[attr-defined]
             super().on_response_complete()
+            if self._peer_done and not self._in_request() and not self.pipeline:
+                self.transport.close()
 
-        def eof_received(self) -> None:
-            # The peer shut its side: the transport closes when this returns, and an answer kept for the
-            # end of this turn would be dropped with it.
+        def eof_received(self) -> bool | None:  # type: ignore[override]
             self.transport.flush()  # type: ignore[attr-defined]
-            return super().eof_received()
+            whole = self._in_request() and not self.cycle.more_body
+            if whole or self.pipeline:
+                # The peer shut its side after sending whole requests (scripted clients and probes do): ours
+                # stays open to answer them, then closes. uvicorn let the transport close here, and an
+                # answer that waited on anything (Redis, a thread) was lost.
+                self._peer_done = True
+                return True
+            return super().eof_received()  # nothing to answer, or a body that can no longer come: closed
 
         def handle_websocket_upgrade(self, *args: Any) -> None:
             # The websocket protocol takes the connection's own transport; nothing kept is left behind.

@@ -478,22 +478,32 @@ def test_a_graceful_stop_in_the_turn_an_answer_is_finished_still_sends_it(loop):
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_client_that_shuts_its_side_right_after_its_request_gets_the_answer(loop):
-    """Given uvicorn serving on our protocol class and an app that answers at once, when a client sends its request
-    and shuts down its sending side in the same breath (as scripted clients and probes do), then it receives the
-    whole answer every time (the transport closes for the peer's end of input right after the answer is made)."""
+    """Given uvicorn serving on our protocol class, when a client sends its request (or three pipelined) and shuts down
+    its sending side in the same breath (as scripted clients and probes do), then it receives every answer whole,
+    whether the app answers at once or after waiting on something, and the connection closes once they are out."""
+    import asyncio
     import socket
 
     async def app(scope, receive, send):
+        if scope["path"] == "/later":
+            await asyncio.sleep(0.05)  # an answer that waits on something (Redis, a thread)
         await _answer_ok(send)
 
     with _serving(app, loop) as (_server, port):
-        answers = []
-        for _ in range(20):
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-                sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-                sock.shutdown(socket.SHUT_WR)
-                answers.append(_all_of(sock))
-        assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(b"\r\n\r\nok") for a in answers), answers
+        for path, requests in ((b"/", 1), (b"/later", 1), (b"/later", 3)):
+            answers = []
+            for _ in range(20 if requests == 1 else 5):
+                # A 3 s timeout: the connection must close once the answers are out, not at the keep-alive's 5 s.
+                with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+                    sock.sendall((b"GET " + path + b" HTTP/1.1\r\nHost: test\r\n\r\n") * requests)
+                    sock.shutdown(socket.SHUT_WR)
+                    answers.append(_all_of(sock))
+            whole = b"HTTP/1.1 200 OK\r\n"
+            assert all(a.startswith(whole) and a.endswith(b"\r\n\r\nok") and a.count(whole) == requests for a in answers), (
+                path,
+                requests,
+                answers,
+            )
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
