@@ -263,6 +263,15 @@ def test_the_workers_view_names_a_crashed_process_signal_and_what_it_gave_back()
     assert "crashed" in text and "SIGKILL" in text and "gave back 3" in text
 
 
+#: Where the throttle tests' message runs.
+MAIL = dict(message_id="m1", trace_id="t1", step="Mail", topic="mails", queue="mails--Mail--normal")
+
+
+def _throttled(ts: int, **data) -> Event:
+    """A ``message.throttled`` of the mail on key ``acme`` (limit 3), its ``data`` completed by ``data``."""
+    return Event("message.throttled", ts=ts, attempt=1, data={"key": "acme", "reason": "limit", "limit": 3, **data}, **MAIL)
+
+
 def test_throttled_messages_progress_and_groups_show_in_the_console():
     """Given a message throttled on a key, then started with progress reported, and a completed group, when the
     events are ingested, then the row goes throttled → running with its progress, the Queues view can list what
@@ -270,15 +279,9 @@ def test_throttled_messages_progress_and_groups_show_in_the_console():
     from iii_console.format import detail
     from iii_console.tui.tabs.messages import _duration
 
-    base = dict(message_id="m1", trace_id="t1", step="Mail", topic="mails", queue="mails--Mail--normal")
+    base = MAIL
     m = ConsoleModel()
-    throttled = Event(
-        "message.throttled",
-        ts=T0_MS + 1,
-        attempt=1,
-        data={"key": "acme", "reason": "limit", "wait_ms": 400, "limit": 3, "period_ms": 1000},
-        **base,
-    )
+    throttled = _throttled(T0_MS + 1, wait_ms=400, period_ms=1000)
     m.ingest([Event("message.enqueued", ts=T0_MS, **base), throttled], NOW)
     assert m.messages["m1"].status == "throttled" and m.throttled() == {"mails": {"acme": 1}}
     progress = Event("progress", ts=T0_MS + 3, data={"done": 3, "total": 10, "percent": 30.0, "note": "rows"}, **base)
@@ -307,15 +310,9 @@ def test_a_run_sent_back_to_wait_at_its_start_shows_as_throttled_then_runs_again
     running, and its next start and settle move it on as usual."""
     from iii_console.format import detail
 
-    base = dict(message_id="m1", trace_id="t1", step="Mail", topic="mails", queue="mails--Mail--normal")
+    base = MAIL
     m = ConsoleModel()
-    back = Event(
-        "message.throttled",
-        ts=T0_MS + 900,
-        attempt=1,
-        data={"key": "acme", "reason": "limit", "wait_ms": 120, "limit": 3, "period_ms": 600, "at_start": True},
-        **base,
-    )
+    back = _throttled(T0_MS + 900, wait_ms=120, period_ms=600, at_start=True)
     m.ingest(
         [Event("message.enqueued", ts=T0_MS, **base), Event("message.started", ts=T0_MS + 800, attempt=1, **base), back], NOW
     )
