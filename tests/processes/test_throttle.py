@@ -217,6 +217,23 @@ def test_a_handler_starting_more_than_a_period_after_its_admission_is_admitted_a
     assert not events(r, keys, "message.failed"), "a start sent back to wait was reported as a failure"
 
 
+def test_messages_that_all_start_more_than_a_period_after_admission_all_run_within_the_limit(cluster, r, keys):
+    """Given a limit of 3 per 600 ms, when six messages' handlers all start 800 ms after their admission, then all
+    six run (a message sent back at its start is admitted at its start from then on: admitted early again, each
+    group's records would leave the window before its start, and the two groups would send each other back for
+    good), and no 600 ms window of start times holds four."""
+    _run, p = cluster
+    wait_for(lambda: len(r.hgetall(keys.workers)) == 2, what="two workers")
+    for i in range(6):
+        p.enqueue("late", {"k": "z", "slow_ms": 800}, trace_id=f"all-slow{i}")
+    wait_for(lambda: len(events(r, keys, "message.processed")) == 6, timeout=40, what="all six processed")
+    starts = sorted(json.loads(x) for x in r.lrange("test:late-starts", 0, -1))
+    assert len(starts) == 6, "a handler ran twice"
+    spans = [b - a for a, b in zip(starts, starts[3:])]
+    assert min(spans) >= 500, [round(t - starts[0]) for t in starts]
+    assert {e.attempt for e in events(r, keys, "message.processed")} == {1}
+
+
 def test_concurrency_per_key_holds_across_two_processes(cluster, r, keys):
     _run, p = cluster
     wait_for(lambda: len(r.hgetall(keys.workers)) == 2, what="two workers")

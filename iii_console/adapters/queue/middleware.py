@@ -170,6 +170,7 @@ class RetryPolicy(dramatiq.Middleware):
         if isinstance(exception, ThrottledAtStart):
             # Started too late for its admission, and its key's window is full now: back to wait, as at admission.
             opts["throttled"] = int(opts.get("throttled", 0) or 0) + 1
+            opts["iii_throttle_at_start"] = True  # from now on admitted to the window as it starts (``Throttle``)
             opts["iii_outcome"] = {"kind": "retry", "delay_ms": exception.wait_ms}
             message.iii_event = self.emitter.make("message.throttled", **where, data=exception.data)
             return

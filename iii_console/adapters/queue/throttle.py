@@ -112,10 +112,14 @@ class Throttle(dramatiq.Middleware):
         win = keys.throttle(topic, step, value) if th.limit else ""
         running = keys.throttle_running(topic, step, value) if strategy.concurrency_per_key else ""
         member = f"{broker.broker_id}|{message.message_id}"
+        # A message once sent back at its start (its handler starts more than a period after an admission
+        # here) is admitted to the window at its start from then on: admitted here again, its record would
+        # leave the window before its start, and two such messages could send each other back for good.
+        at_start = bool(win) and bool(message.options.get("iii_throttle_at_start"))
         try:
             verdict, wait = broker.iii_scripts.throttle(
                 args=[
-                    win,
+                    "" if at_start else win,
                     th.limit or 0,
                     th.period_ms or 0,
                     running,
@@ -141,7 +145,10 @@ class Throttle(dramatiq.Middleware):
                     "period_ms": th.period_ms,
                     "concurrency_per_key": strategy.concurrency_per_key,
                 }
-                message.iii_admitted = (win, f"{member}|{int(wait)}", th.period_ms, th.limit, time.monotonic(), event_data)
+                # Admitted at its start: a member of its own (a record of the window is member|admission ms).
+                recorded = f"{member}|start-{int(wait)}" if at_start else f"{member}|{int(wait)}"
+                since = float("-inf") if at_start else time.monotonic()
+                message.iii_admitted = (win, recorded, th.period_ms, th.limit, since, event_data)
             return
         message.options["throttled"] = int(message.options.get("throttled", 0) or 0) + 1
         message.options["iii_outcome"] = {"kind": "retry", "delay_ms": int(wait)}
@@ -162,9 +169,10 @@ class Throttle(dramatiq.Middleware):
     def starting(self, broker: Any, message: Any) -> None:
         """Called as the handler of an admitted ``message`` starts: if that is more than
         :data:`LATE_MS` after its admission, its record in the window moves to now, or, if
-        the record has left the window since, the start is admitted again: raises
+        the record has left the window since (or the message is admitted at its start, having
+        been sent back at one before), the start is admitted now: raises
         :class:`ThrottledAtStart` when the window is full. On a Redis error the handler
-        still starts (its admission stays counted)."""
+        still starts if an admission of it is counted, else it waits as at admission."""
         # Every message's start passes here: a dict lookup, not the proxy's failing attribute lookup (~1 µs).
         admitted = vars(message).pop("iii_admitted", None)
         if admitted is None:
@@ -175,8 +183,12 @@ class Throttle(dramatiq.Middleware):
         try:
             verdict, wait = broker.iii_scripts.throttle_started(args=[win, recorded, period_ms, limit])
         except redis.RedisError as exc:
-            log.warning("moving the throttle record of %s to its start failed: %s", message.message_id, exc)
-            return
+            if at != float("-inf"):  # its admission is counted: it may start
+                log.warning("moving the throttle record of %s to its start failed: %s", message.message_id, exc)
+                return
+            log.warning("throttle check for %s failed: %s; it waits %d ms", message.message_id, exc, UNKNOWN_WAIT_MS)
+            data = {**event_data, "reason": "redis unavailable", "wait_ms": UNKNOWN_WAIT_MS, "at_start": True}
+            raise ThrottledAtStart(UNKNOWN_WAIT_MS, data) from None
         if int(verdict) != 0:
             raise ThrottledAtStart(int(wait), {**event_data, "wait_ms": int(wait), "at_start": True})
 
