@@ -205,10 +205,8 @@ if HttpToolsProtocol is not None:
 
         def handle_websocket_upgrade(self, *args: Any) -> None:
             # The websocket protocol takes the connection's own transport; nothing kept is left behind.
-            kept = self.transport
-            if isinstance(kept, OneWrite):
-                kept.flush()
-                self.transport = kept.transport
+            self.transport.flush()  # type: ignore[attr-defined]
+            self.transport = self.transport.transport  # type: ignore[attr-defined]
             super().handle_websocket_upgrade(*args)
 
 

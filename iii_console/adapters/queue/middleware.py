@@ -131,9 +131,9 @@ class LifecycleEvents(dramatiq.Middleware):
         self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
     ) -> None:
         t0 = self._started.pop(message.message_id, None)
-        duration = round((time.perf_counter() - t0) * 1000, 3) if t0 is not None else None
         if isinstance(exception, ThrottledAtStart):
             return  # its handler never ran: not a failure (``RetryPolicy`` sends it back to wait, ``message.throttled``)
+        duration = round((time.perf_counter() - t0) * 1000, 3) if t0 is not None else None
         if exception is None:
             at = getattr(message, "iii_at", None) or _at(message)
             message.iii_event = self.emitter.lifecycle("message.processed", *at, duration_ms=duration)

@@ -30,16 +30,22 @@ _NAMES = (
 _WITH_PRELUDE = {"enqueue", "move", "dead", "requeue_dead", "requeue", "ack_many", "promote"}
 #: Scripts that settle a message, and so may settle its fan-in group (``lua/_fanin.lua``).
 _SETTLES = {"ack_many", "dead"}
+#: Scripts that admit a start to a throttle's window (``lua/_window.lua``).
+_WINDOWS = {"throttle", "throttle_started"}
 _LUA = resources.files(__package__).joinpath("lua")
 
 
 def _source(name: str) -> str:
     parts: list[Any] = [_LUA.joinpath("_fanin.lua")] if name in _SETTLES else []
+    if name in _WINDOWS:
+        parts.append(_LUA.joinpath("_window.lua"))
     if name == "enqueue":
         parts += [ENQUEUE_FUNCTION, "return iii_enqueue(ARGV, false)"]
     else:
         parts.append(_LUA.joinpath(f"{name}.lua"))
-    return with_prelude(*parts) if name in _WITH_PRELUDE else parts[-1].read_text()
+    if name in _WITH_PRELUDE:
+        return with_prelude(*parts)
+    return "\n".join(p if isinstance(p, str) else p.read_text() for p in parts)
 
 
 #: ``enqueue.lua`` as a local function ``iii_enqueue(ARGV, check_only, checked)``, for the

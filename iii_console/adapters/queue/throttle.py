@@ -71,6 +71,18 @@ class ThrottledAtStart(Exception):
         self.data = data
 
 
+def _throttled(value: str, th: Any, strategy: Any, reason: str, wait_ms: int) -> dict[str, Any]:
+    """The ``data`` of a ``message.throttled`` event: the key, why and how long it waits, the limits."""
+    return {
+        "key": value,
+        "reason": reason,
+        "wait_ms": wait_ms,
+        "limit": th.limit,
+        "period_ms": th.period_ms,
+        "concurrency_per_key": strategy.concurrency_per_key,
+    }
+
+
 class Throttle(dramatiq.Middleware):
     def __init__(self, config: Config, emitter: Emitter):
         self.config = config
@@ -138,31 +150,15 @@ class Throttle(dramatiq.Middleware):
                 with self._lock:
                     self._held[message.message_id] = (running, member)
             if win:  # admitted: the second value is Redis's now, which names the start's record (member|now)
-                event_data = {
-                    "key": value,
-                    "reason": "limit",
-                    "limit": th.limit,
-                    "period_ms": th.period_ms,
-                    "concurrency_per_key": strategy.concurrency_per_key,
-                }
-                # Admitted at its start: a member of its own (a record of the window is member|admission ms).
-                recorded = f"{member}|start-{int(wait)}" if at_start else f"{member}|{int(wait)}"
-                since = float("-inf") if at_start else time.monotonic()
-                message.iii_admitted = (win, recorded, th.period_ms, th.limit, since, event_data)
+                if at_start:  # admitted to the window by the start hook, under a member of its own; since: none
+                    message.iii_admitted = (win, f"{member}|start-{int(wait)}", th, strategy, value, None)
+                else:
+                    message.iii_admitted = (win, f"{member}|{int(wait)}", th, strategy, value, time.monotonic())
             return
         message.options["throttled"] = int(message.options.get("throttled", 0) or 0) + 1
         message.options["iii_outcome"] = {"kind": "retry", "delay_ms": int(wait)}
         message.iii_event = self.emitter.make(
-            "message.throttled",
-            **where,
-            data={
-                "key": value,
-                "reason": reason,
-                "wait_ms": int(wait),
-                "limit": th.limit,
-                "period_ms": th.period_ms,
-                "concurrency_per_key": strategy.concurrency_per_key,
-            },
+            "message.throttled", **where, data=_throttled(value, th, strategy, reason, int(wait))
         )
         raise SkipMessage("throttled")
 
@@ -177,20 +173,20 @@ class Throttle(dramatiq.Middleware):
         admitted = vars(message).pop("iii_admitted", None)
         if admitted is None:
             return
-        win, recorded, period_ms, limit, at, event_data = admitted
-        if (time.monotonic() - at) * 1000 < LATE_MS:
+        win, recorded, th, strategy, value, since = admitted
+        if since is not None and (time.monotonic() - since) * 1000 < LATE_MS:
             return
         try:
-            verdict, wait = broker.iii_scripts.throttle_started(args=[win, recorded, period_ms, limit])
+            verdict, wait = broker.iii_scripts.throttle_started(args=[win, recorded, th.period_ms, th.limit])
+            reason = "limit"
         except redis.RedisError as exc:
-            if at != float("-inf"):  # its admission is counted: it may start
+            if since is not None:  # its admission is counted: it may start
                 log.warning("moving the throttle record of %s to its start failed: %s", message.message_id, exc)
                 return
             log.warning("throttle check for %s failed: %s; it waits %d ms", message.message_id, exc, UNKNOWN_WAIT_MS)
-            data = {**event_data, "reason": "redis unavailable", "wait_ms": UNKNOWN_WAIT_MS, "at_start": True}
-            raise ThrottledAtStart(UNKNOWN_WAIT_MS, data) from None
+            verdict, wait, reason = -1, UNKNOWN_WAIT_MS, "redis unavailable"
         if int(verdict) != 0:
-            raise ThrottledAtStart(int(wait), {**event_data, "wait_ms": int(wait), "at_start": True})
+            raise ThrottledAtStart(int(wait), {**_throttled(value, th, strategy, reason, int(wait)), "at_start": True})
 
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None

@@ -27,14 +27,8 @@ if running ~= "" then
   if redis.call("ZCARD", running) >= tonumber(ARGV[5]) then return {1, 100} end
 end
 if win ~= "" then
-  local period = tonumber(ARGV[3])
-  redis.call("ZREMRANGEBYSCORE", win, "-inf", now - period)
-  if redis.call("ZCARD", win) >= tonumber(ARGV[2]) then
-    local oldest = redis.call("ZRANGE", win, 0, 0, "WITHSCORES")
-    return {2, math.max(1, tonumber(oldest[2]) + period - now + 1)}
-  end
-  redis.call("ZADD", win, now, ARGV[6] .. "|" .. now)
-  redis.call("PEXPIRE", win, period)
+  local wait = iii_window_admit(win, tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[6] .. "|" .. now, now)
+  if wait then return {2, wait} end
 end
 if running ~= "" then redis.call("ZADD", running, now, ARGV[6]) end
 return {0, now}

@@ -19,11 +19,6 @@ if recorded and tonumber(recorded) > now - period then
   redis.call("PEXPIRE", win, period)
   return {0, now}
 end
-redis.call("ZREMRANGEBYSCORE", win, "-inf", now - period)
-if redis.call("ZCARD", win) >= limit then
-  local oldest = redis.call("ZRANGE", win, 0, 0, "WITHSCORES")
-  return {2, math.max(1, tonumber(oldest[2]) + period - now + 1)}
-end
-redis.call("ZADD", win, now, member)
-redis.call("PEXPIRE", win, period)
+local wait = iii_window_admit(win, limit, period, member, now)
+if wait then return {2, wait} end
 return {0, now}
