@@ -170,9 +170,12 @@ class WorkerRuntime:
                 value = validate_input(schema, data)
                 trig = {"type": "queue", "topic": sub.topic, "priority": parse_queue(msg.queue_name)[2] if msg else "normal"}
 
+            if msg is not None:
+                # Admitted well before now: the window counts from here. Outside the time limit: its wait for
+                # Redis is not the handler's time (a Redis that answers late would spend the attempts).
+                self.throttle.starting(self.broker, msg)
+
             def call() -> None:
-                if msg is not None:
-                    self.throttle.starting(self.broker, msg)  # admitted well before now: the window counts from here
                 runner.call_sync(
                     step,
                     value,

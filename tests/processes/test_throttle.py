@@ -52,11 +52,20 @@ STEPS = {
         class Late(BaseModel):
             k: str
             slow_ms: int = 0
+            pause_redis_ms: int = 0
 
             @field_validator("slow_ms")
             @classmethod
             def take_time(cls, v):
                 time.sleep(v / 1000)  # an input check that takes a while, after the throttle let the message in
+                return v
+
+            @field_validator("pause_redis_ms")
+            @classmethod
+            def pause_redis(cls, v):
+                if v:  # Redis stops answering every client (the start hook's call included) for a while
+                    redis.Redis.from_url(os.environ["REDIS_URL"]).execute_command("CLIENT", "PAUSE", v, "ALL")
+                    time.sleep(0.02)  # and the handler starts late enough for the start hook to ask Redis
                 return v
 
         config = Step(name="Late", triggers=[queue("late", input=Late)])
@@ -79,6 +88,7 @@ queues:
     concurrency_per_key: 2
   late:
     throttle: {key: k, limit: 3, period_ms: 600}
+    time_limit_ms: 1000
 workers:
   heartbeat_interval: 0.3
   heartbeat_timeout: 3
@@ -232,6 +242,20 @@ def test_messages_that_all_start_more_than_a_period_after_admission_all_run_with
     spans = [b - a for a, b in zip(starts, starts[3:])]
     assert min(spans) >= 500, [round(t - starts[0]) for t in starts]
     assert {e.attempt for e in events(r, keys, "message.processed")} == {1}
+
+
+def test_the_start_hooks_wait_for_redis_is_not_charged_to_the_handlers_time_limit(cluster, r, keys):
+    """Given a time limit of 1,000 ms, when Redis answers no client for 1,500 ms just as an admitted message's
+    handler is about to start late, then the handler runs once its start is counted, on its first attempt, and
+    no ``message.failed`` says it ran past its time limit: the throttle's own wait for Redis is not the handler's."""
+    _run, p = cluster
+    wait_for(lambda: len(r.hgetall(keys.workers)) == 2, what="two workers")
+    p.enqueue("late", {"k": "p", "pause_redis_ms": 1500}, trace_id="paused")
+    wait_for(lambda: events(r, keys, "message.processed"), timeout=30, what="the message processed")
+    assert not events(r, keys, "message.failed"), [e.error for e in events(r, keys, "message.failed")]
+    processed = events(r, keys, "message.processed")
+    assert [(e.trace_id, e.attempt) for e in processed] == [("paused", 1)]
+    assert r.llen("test:late-starts") == 1
 
 
 def test_concurrency_per_key_holds_across_two_processes(cluster, r, keys):
