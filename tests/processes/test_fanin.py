@@ -257,3 +257,53 @@ def test_a_parent_run_twice_makes_its_group_once(project, runtime, producer, r, 
     [result] = completions(r, keys)
     assert result["total"] == 3 and result["ok"] == 3
     assert len([e for e in events(r, keys, "message.enqueued") if e.topic == "parts"]) == 3
+
+
+NOOP_CHILD = """
+from iii_console import Step, queue
+config = Step(name="Part", triggers=[queue("parts")])
+def handler(part, ctx):
+    pass
+"""
+
+
+def test_a_group_of_thousands_of_children_is_enqueued_whole_and_completes(project, runtime, producer, r, keys):
+    """A record of 5,000 children (two fields each) is more than one Lua ``unpack`` takes: it is written in parts,
+    not refused halfway (which left the id taken, no record and no child, and a retry enqueued nothing)."""
+    cfg, steps = project({"part_step.py": NOOP_CHILD, "done_step.py": DONE})
+    p = producer(cfg, steps)
+    gid = p.enqueue_group("parts", [{"n": i} for i in range(5000)], then="parts.done", trace_id="t", group_id="big")
+    assert r.llen(keys.queue("parts--Part--normal")) == 5000
+    assert r.hget(keys.group(gid), "total") == b"5000" and r.hlen(keys.group(gid)) == 13 + 5000
+    runtime(cfg, steps)
+    wait_for(lambda: completions(r, keys), timeout=60, what="the completion")
+    [result] = completions(r, keys)
+    assert (result["total"], result["ok"], len(result["children"])) == (5000, 5000, 5000)
+
+
+def test_a_group_id_used_again_starts_clean_once_the_old_group_completed_and_not_while_it_runs(
+    project, runtime, producer, r, keys
+):
+    """Past the once-key's 24 h (deleted here) a completed group's id makes a new group: none of the old
+    children, counts or expiry carry over. A group of that id still running is not replaced."""
+    cfg, steps = project({"part_step.py": CHILD, "done_step.py": DONE}, "queues:\n  parts:\n    max_retries: 0\n")
+    p = producer(cfg, steps)
+    rt = runtime(cfg, steps)
+    p.enqueue_group("parts", parts(1, 1, 0), then="parts.done", trace_id="day1", group_id="nightly")
+    wait_for(lambda: completions(r, keys), timeout=30, what="day 1's completion")
+    assert completions(r, keys)[0]["failed"] == 1
+    r.delete(keys.once("group:nightly"))  # its 24 h are over
+    rt.stop()
+    r.delete(keys.state_group("completions"))
+    p.enqueue_group("parts", parts(2, 0, 0), then="parts.done", trace_id="day2", group_id="nightly")
+    assert r.pttl(keys.group("nightly")) == -1  # not the old record's 7 days
+    assert r.hget(keys.group("nightly"), "completed_ms") is None
+    # Running (its children wait): the id used again past its once-key enqueues nothing and keeps this group.
+    r.delete(keys.once("group:nightly"))
+    p.enqueue_group("parts", parts(5, 0, 0), then="parts.done", trace_id="day2-again", group_id="nightly")
+    assert r.hget(keys.group("nightly"), "total") == b"2"
+    runtime(cfg, steps)
+    wait_for(lambda: completions(r, keys), timeout=30, what="day 2's completion")
+    [result] = completions(r, keys)
+    assert (result["total"], result["ok"], result["failed"], result["failed_ids"]) == (2, 2, 0, [])
+    assert len([e for e in events(r, keys, "message.enqueued") if e.topic == "parts" and e.trace_id == "day2-again"]) == 0

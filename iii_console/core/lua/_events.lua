@@ -120,6 +120,14 @@ local function iii_fill(s, placeholder, value)
   return string.sub(s, 1, a - 1) .. value .. string.sub(s, b + 1)
 end
 
+-- HSET of a flat {field, value, ...} list of any length: Lua's unpack takes at most ~8,000
+-- values (a fan-in group's record has two per child), so it goes 1,000 pairs a call.
+local function iii_hset_many(key, fields)
+  for i = 1, #fields, 2000 do
+    redis.call("HSET", key, unpack(fields, i, math.min(i + 1999, #fields)))
+  end
+end
+
 -- Drop a token on a wake list (a queue's, or `__delayed__.wake`): whoever blocks
 -- on it (an idle consumer, a promoter) looks at once. Capped, so it never grows.
 local function iii_wake(key)

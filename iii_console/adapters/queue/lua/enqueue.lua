@@ -9,7 +9,8 @@
 -- JSON) and a second enqueue under it returns what it holds (a string) and
 -- writes X.dev (a message.deduplicated event whose "__III_IDS__" becomes those
 -- ids, with its counters X.dst) instead of enqueueing. X.g = {key, fields} writes a fan-in group's
--- record (fanin.lua) with its children, so a group exists exactly when they do. With floor_key (a cron trigger's `cron-last`), nothing is
+-- record (fanin.lua) with its children, so a group exists exactly when they do; nothing is
+-- enqueued (returns 0) while a group of that id is still running. With floor_key (a cron trigger's `cron-last`), nothing is
 -- enqueued either if that key records a tick at or after floor_ms, and on
 -- success it is set to floor_json: a tick is never fired at or before the last
 -- one fired, whatever the schedulers' clocks say and however long ago the
@@ -61,6 +62,11 @@ if ARGV[6] ~= "" then
     end
   end
 end
+if X ~= nil and X.g ~= nil and redis.call("EXISTS", X.g.key) == 1 and not redis.call("HGET", X.g.key, "completed_ms") then
+  -- A group of this id is still running (used more than the once-key's 24 h ago): it is not replaced.
+  iii_trim(E)
+  return 0
+end
 if ARGV[2] ~= "" then
   local value = (X ~= nil and X.v) or "1"
   if not redis.call("SET", ARGV[2], value, "NX", "PX", ARGV[3]) then
@@ -79,7 +85,12 @@ if ARGV[2] ~= "" then
     return 0
   end
 end
-if X ~= nil and X.g ~= nil then redis.call("HSET", X.g.key, unpack(X.g.fields)) end
+if X ~= nil and X.g ~= nil then
+  -- A completed group of this id (kept 7 days) gives way to the new one: none of its children or
+  -- counts, nor its expiry, carry over.
+  redis.call("DEL", X.g.key)
+  iii_hset_many(X.g.key, X.g.fields)
+end
 local delay = tonumber(ARGV[4])
 local due = 0
 if delay > 0 then due = iii_now_ms() + delay end
