@@ -69,6 +69,10 @@ class _BaseContext:
     #: An HTTP request's ``Idempotency-Key`` header (``None`` without one, and outside HTTP steps):
     #: pass it as ``dedup_key`` so a client's retried request enqueues its work once.
     idempotency_key: str | None = None
+    #: What a run's default group ids start with when it has no ``message_id`` of its own: a
+    #: batch's (``batch-`` and a digest of its message ids), so a rerun of the same batch makes
+    #: each of its groups once too.
+    run_key: str | None = None
 
     @property
     def logger(self) -> Any:
@@ -92,14 +96,15 @@ class _BaseContext:
     def _group_id(self, group_id: str | None) -> str | None:
         """A group id that a rerun of this message's handler gives again (so the group is not made twice).
 
-        The n-th group a queue run makes is ``{message_id}.{n}``; outside a queue
-        run (HTTP) a fresh id is made by the producer.
+        The n-th group a queue run makes is ``{message_id}.{n}`` (a batch's run:
+        ``{run_key}.{n}``); outside a queue run (HTTP) a fresh id is made by the producer.
         """
-        if group_id is not None or not self.message_id:
+        base = self.message_id or self.run_key
+        if group_id is not None or not base:
             return group_id
         n = self.__dict__.get("_groups_made", 0)
         self.__dict__["_groups_made"] = n + 1
-        return f"{self.message_id}.{n}"
+        return f"{base}.{n}"
 
     def _progress_kw(self) -> dict[str, Any]:
         return {"trace_id": self.trace_id, "step": self.step, "message_id": self.message_id}

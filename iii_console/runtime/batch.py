@@ -10,6 +10,7 @@ retried or dead-lettered, on its own.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -89,20 +90,46 @@ class Batcher:
             batch.done.set()
 
 
-def batched_actor(runner: Any, step: Step, topic: str, schema: Any, spec: Any, *, max_attempts: int) -> Callable[[Any], None]:
-    """The actor function of a batched subscription: each message is validated, then joins its key's batch."""
+#: ``limit(fn, meta)``: runs ``fn`` (the handler's run over a batch) under the topic's time limits, as
+#: the run of the message ``meta`` describes (``TimeLimits.call``'s arguments).
+Limit = Callable[[Callable[[], None], dict[str, Any]], None]
+
+
+def run_key(metas: list[dict[str, Any]]) -> str:
+    """A batch run's key (its default group ids start with it): the same messages, in any order, give the same key."""
+    ids = sorted(str(m["message_id"]) for m in metas)
+    return "batch-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:32]
+
+
+def batched_actor(
+    runner: Any, step: Step, topic: str, schema: Any, spec: Any, *, max_attempts: int, limit: Limit | None = None
+) -> Callable[[Any], None]:
+    """The actor function of a batched subscription: each message is validated, then joins its key's batch.
+
+    The handler's run over a batch is held to the topic's time limits (``limit``), counted from
+    when it starts, not from when its messages arrived: past ``time_limit_ms`` it fails, and so
+    does every message of the batch (each then retried or dead-lettered on its own).
+    """
 
     def run_batch(values: list[Any], metas: list[dict[str, Any]]) -> None:
         trig = {"type": "queue", "topic": topic, "priority": metas[0]["priority"], "batch": describe_batch(metas)}
-        runner.call_sync(
-            step,
-            values,
-            trace_id=metas[0]["trace_id"],
-            attempt=max(m["attempt"] for m in metas),
-            trigger=trig,
-            message_id=None,
-            max_attempts=max_attempts,
-        )
+
+        def call() -> None:
+            runner.call_sync(
+                step,
+                values,
+                trace_id=metas[0]["trace_id"],
+                attempt=max(m["attempt"] for m in metas),
+                trigger=trig,
+                message_id=None,
+                max_attempts=max_attempts,
+                run_key=run_key(metas),
+            )
+
+        if limit is None:
+            call()
+        else:
+            limit(call, metas[0])
 
     batcher = Batcher(spec.max_size, spec.max_wait_ms, run_batch)
 
@@ -132,6 +159,8 @@ def batched_actor(runner: Any, step: Step, topic: str, schema: Any, spec: Any, *
                 "trace_id": opts.get("trace_id", ""),
                 "attempt": opts.get("retries", 0) + 1,
                 "priority": parse_queue(msg.queue_name)[2] if msg else "normal",
+                "queue": msg.queue_name if msg else "",
+                "redis_message_id": opts.get("redis_message_id", ""),
             },
         )
 

@@ -212,6 +212,7 @@ class StepRunner:
         message_id: str | None = None,
         max_attempts: int = 1,
         idempotency_key: str | None = None,
+        run_key: str | None = None,
     ) -> SyncContext:
         return SyncContext(
             trace_id=trace_id,
@@ -222,6 +223,7 @@ class StepRunner:
             message_id=message_id,
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
+            run_key=run_key,
             state=self.state.bind(trace_id=trace_id, step=step.name, message_id=message_id),
             blobs=self.services.blobs,
             dead_letters=self.dead_letters,
@@ -242,6 +244,7 @@ class StepRunner:
         max_attempts: int = 1,
         idempotency_key: str | None = None,
         unit: uow.UnitOfWork | None = None,
+        run_key: str | None = None,
     ) -> Context:
         """The context of an ``async def`` handler; with ``unit``, its writes and enqueues go to that unit of work."""
         side = self.async_side
@@ -257,6 +260,7 @@ class StepRunner:
             message_id=message_id,
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
+            run_key=run_key,
             state=side.state.bind(trace_id=trace_id, step=step.name, message_id=message_id)
             if unit is None
             else uow.UnitState(unit),

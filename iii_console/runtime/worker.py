@@ -153,7 +153,21 @@ class WorkerRuntime:
         schema = next((t.input_schema for t in trigger if t.topic == sub.topic), None)
         spec = self._batch_spec(step, sub.topic)
         if spec is not None:
-            return batched_actor(runner, step, sub.topic, schema, spec, max_attempts=self.config.queue(sub.topic).max_retries + 1)
+
+            def limit(fn: Any, meta: dict[str, Any]) -> None:
+                self.time_limits.call(
+                    fn,
+                    topic=sub.topic,
+                    message_id=meta["message_id"] or "",
+                    queue=meta["queue"],
+                    redis_message_id=meta["redis_message_id"],
+                    attempt=meta["attempt"],
+                    trace_id=meta["trace_id"],
+                )
+
+            return batched_actor(
+                runner, step, sub.topic, schema, spec, max_attempts=self.config.queue(sub.topic).max_retries + 1, limit=limit
+            )
 
         def run(data: Any) -> None:
             msg = CurrentMessage.get_current_message()

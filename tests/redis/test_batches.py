@@ -117,3 +117,83 @@ def test_batch_failures_are_checked():
     res = outcomes(BatchFailures({1: "no"}), 3)
     assert res[0] is None and res[2] is None and str(res[1]) == "no"
     assert all(isinstance(e, IndexError) for e in outcomes(BatchFailures({5: "no"}), 2))
+
+
+SLOW_SENDER = """
+import time
+from iii_console import Step, queue
+config = Step(name="SendMails", triggers=[queue("mails", batch={"max_size": 2, "max_wait_ms": 1500})])
+def handler(mails, ctx):
+    t0 = time.monotonic()
+    if any(m.get("slow") for m in mails):
+        while time.monotonic() - t0 < 4:  # in Python: the time limit's exception reaches it
+            time.sleep(0.01)
+    ctx.state.set("runs", ctx.trigger["batch"]["message_ids"][0], {"mails": [m["to"] for m in mails]})
+"""
+
+
+def test_a_batch_run_is_held_to_the_time_limit_counted_from_its_start(project, runtime, producer, r, keys):
+    """Given ``time_limit_ms: 1000`` and batches that wait up to 1,500 ms to fill: a lone message's batch runs after
+    its wait (which the limit does not count), and a batch whose handler runs 4 s is stopped at 1 s, each of its
+    messages failing on its own (dead-lettered here, ``max_retries: 0``)."""
+    cfg, steps = project(
+        {"send_step.py": SLOW_SENDER},
+        "queues:\n  mails:\n    time_limit_ms: 1000\n    max_retries: 0\n    dead_letter_queue: mails.dlq\n",
+    )
+    runtime(cfg, steps, threads=4)
+    p = producer(cfg, steps)
+    [lone] = p.enqueue("mails", {"to": "lone"}, trace_id="lone")
+    wait_for(lambda: r.hget(keys.state_group("runs"), lone), timeout=10, what="the lone batch run")
+    assert [e.message_id for e in events(r, keys, "message.processed")] == [lone]
+    t0 = time.monotonic()
+    a, b = p.enqueue("mails", {"to": "a", "slow": True}, trace_id="slow")[0], p.enqueue("mails", {"to": "b"}, trace_id="slow")[0]
+    store = DeadLetterStore(r, keys)
+    wait_for(lambda: store.count("mails.dlq") == 2, timeout=10, what="both messages of the slow batch dead-lettered")
+    assert time.monotonic() - t0 < 3.5, "the handler ran on past its time limit"
+    dead = {e.id: e for e in store.list("mails.dlq")}
+    assert set(dead) == {a, b} and all("time_limit_ms (1000 ms)" in e.error for e in dead.values())
+    assert not r.hget(keys.state_group("runs"), a) and not r.hget(keys.state_group("runs"), b)
+
+
+GROUP_SENDER = """
+from iii_console import Step, queue
+config = Step(name="SendMails", triggers=[queue("mails", batch={"max_size": 3, "max_wait_ms": 300})])
+def handler(mails, ctx):
+    gid = ctx.enqueue_group("parts", [{"to": m["to"]} for m in mails], then="parts.done")
+    ctx.state.update("groups", "made", [{"type": "set", "path": [str(ctx.attempt)], "value": gid}])
+    if ctx.attempt == 1:
+        raise RuntimeError("the batch fails after making its group")
+"""
+GROUP_PART = """
+from iii_console import Step, queue
+config = Step(name="Part", triggers=[queue("parts")])
+def handler(part, ctx):
+    ctx.state.update("part-runs", part["to"], [{"type": "increment", "path": "n"}])
+"""
+GROUP_DONE = """
+from iii_console import Step, queue
+config = Step(name="Done", triggers=[queue("parts.done")])
+def handler(result, ctx):
+    ctx.state.set("completions", ctx.message_id, result)
+"""
+
+
+def test_a_batch_run_again_makes_its_group_once(project, runtime, producer, r, keys):
+    """A batch's handler that makes a fan-in group and fails is run again with the same messages: the group's
+    default id is the batch's (a digest of its message ids), so it is made once and each child runs once."""
+    cfg, steps = project(
+        {"send_step.py": GROUP_SENDER, "part_step.py": GROUP_PART, "done_step.py": GROUP_DONE},
+        "queues:\n  mails:\n    max_retries: 1\n    retry_delay: 50\n",
+    )
+    p = producer(cfg, steps)
+    for to in ("x", "y", "z"):
+        p.enqueue("mails", {"to": to}, trace_id="t")
+    runtime(cfg, steps, threads=4)
+    wait_for(lambda: len(json.loads(r.hget(keys.state_group("groups"), "made") or "{}")) == 2, what="two batch runs")
+    wait_for(lambda: r.hlen(keys.state_group("completions")) >= 1, what="the completion")
+    time.sleep(0.5)
+    made = json.loads(r.hget(keys.state_group("groups"), "made"))
+    assert made["1"] == made["2"] and made["1"].startswith("batch-") and made["1"].endswith(".0")
+    assert r.hlen(keys.state_group("completions")) == 1
+    runs = {k.decode(): json.loads(v)["n"] for k, v in r.hgetall(keys.state_group("part-runs")).items()}
+    assert runs == {"x": 1, "y": 1, "z": 1}
