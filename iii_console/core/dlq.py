@@ -179,27 +179,51 @@ def purge(store: DeadLetterStore, entries: list[DeadLetter]) -> int:
     return sum(int(x) for x in res[0::2])
 
 
-def expire(store: DeadLetterStore, ttl_ms: Any, now_ms: int, *, shortest_ms: int, batch: int = 500) -> int:
+def expire(
+    store: DeadLetterStore,
+    ttl_ms: Any,
+    now_ms: int,
+    *,
+    shortest_ms: int,
+    batch: int = 500,
+    pages: int = 4,
+    cursor: dict[str, int] | None = None,
+) -> int:
     """Delete entries older than their topic's ``dead_letter_ttl`` (``ttl_ms(topic)``, None = kept).
 
-    Only entries older than ``shortest_ms`` (the shortest TTL configured) are read.
-    Returns how many were deleted.
+    Only entries older than ``shortest_ms`` (the shortest TTL configured) are read, oldest
+    first, at most ``pages`` pages of ``batch`` per dead-letter queue and call. With
+    ``cursor`` (kept by the caller between calls) each call goes on where the last one
+    stopped and starts over at the oldest once it has read them all: entries that stay
+    (a topic without a TTL, or with a longer one, sharing the queue) cannot hide the ones
+    behind them. Returns how many were deleted.
     """
     gone: list[DeadLetter] = []
     for name in store.names():
-        ids = store.client.zrangebyscore(store.keys.dlq(name), "-inf", now_ms - shortest_ms, start=0, num=batch)
-        if not ids:
-            continue
-        for raw in store.client.hmget(store.keys.dlq_entries(name), ids):
-            if not raw:
-                continue
-            try:
-                e = DeadLetter.decode(raw)
-            except Exception:
-                continue
-            ttl = ttl_ms(e.topic or "")
-            if ttl is not None and e.last_failure_ms <= now_ms - ttl:
-                gone.append(e)
+        start = cursor.get(name, 0) if cursor is not None else 0
+        key, entries = store.keys.dlq(name), store.keys.dlq_entries(name)
+        read = deleted = 0
+        at_end = False
+        for _ in range(pages):
+            ids = store.client.zrangebyscore(key, "-inf", now_ms - shortest_ms, start=start + read, num=batch)
+            read += len(ids)
+            for raw in store.client.hmget(entries, ids) if ids else ():
+                if not raw:
+                    continue
+                try:
+                    e = DeadLetter.decode(raw)
+                except Exception:
+                    continue
+                ttl = ttl_ms(e.topic or "")
+                if ttl is not None and e.last_failure_ms <= now_ms - ttl:
+                    gone.append(e)
+                    deleted += 1
+            if len(ids) < batch:
+                at_end = True
+                break
+        if cursor is not None:
+            # The entries deleted now were among those read: the next unread one moves up by as many.
+            cursor[name] = 0 if at_end else start + read - deleted
     return purge(store, gone) if gone else 0
 
 

@@ -123,6 +123,8 @@ class WorkerRuntime:
         #: Messages this process gave up at its last stop (handlers still running at the timeout).
         self.abandoned = 0
         self._threads: list[threading.Thread] = []
+        #: Where each dead-letter queue's expiry goes on at the next sweep (``dlq.expire``).
+        self._dlq_cursor: dict[str, int] = {}
         #: Whether the process that started this one has died (set by ``main``).
         self.orphaned: Any = lambda: False
         self.started_ms = now_ms()
@@ -477,7 +479,8 @@ class WorkerRuntime:
             return 0
         from iii_console.core.dlq import DeadLetterStore, expire
 
-        return expire(DeadLetterStore(self.services.client, self.services.keys), ttl_for, now_ms(), shortest_ms=shortest)
+        store = DeadLetterStore(self.services.client, self.services.keys)
+        return expire(store, ttl_for, now_ms(), shortest_ms=shortest, cursor=self._dlq_cursor)
 
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.config.workers.sweep_interval):

@@ -98,3 +98,31 @@ def test_handlers_reach_the_store_as_ctx_dead_letters_sync_and_async(tmp_path, r
         assert steps.run("APurge", {"before": 2500}) == [1, 1]
     finally:
         steps.stop()
+
+
+def test_expiry_goes_on_past_entries_that_stay_until_it_has_read_them_all(r, keys):
+    """Given one dead-letter queue shared by topic ``b`` (kept) and topic ``a`` (``dead_letter_ttl`` 1 s), with a's
+    entries behind more of b's than one sweep reads, when expiry runs sweep after sweep (8 entries each here), then
+    each sweep goes on where the last stopped: every a entry is dropped within the sweeps it takes to read them all,
+    no b entry is, and the next sweep starts over at the oldest. (Reading the oldest entries only, every sweep
+    read the same kept b's and never reached the a's.)"""
+    from iii_console.core.dlq import expire
+
+    store = DeadLetterStore(r, keys)
+    a_at = {7, 15, 28}
+    for ms in range(1, 31):
+        topic = "a" if ms in a_at else "b"
+        entry = DeadLetter(id=f"{topic}-{ms}", dlq="dead-letters", topic=topic, error="boom", last_failure_ms=ms)
+        r.hset(keys.dlq_entries("dead-letters"), entry.id, entry.encode())
+        r.zadd(keys.dlq("dead-letters"), {entry.id: ms})
+    r.sadd(keys.dlq_names, "dead-letters")
+    cursor: dict[str, int] = {}
+
+    def sweep() -> int:
+        return expire(store, lambda t: 1000 if t == "a" else None, 100_000, shortest_ms=1000, batch=4, pages=2, cursor=cursor)
+
+    assert [sweep() for _ in range(4)] == [1, 1, 0, 1]
+    assert cursor == {"dead-letters": 0}  # read to the end: the next sweep starts at the oldest again
+    left = {e.id for e in store.list("dead-letters")}
+    assert left == {f"b-{ms}" for ms in range(1, 31) if ms not in a_at}
+    assert sweep() == 0 and len(store.list("dead-letters")) == 27
