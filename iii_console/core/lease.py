@@ -4,8 +4,8 @@ A lease is held until ``release`` or until ``ttl_ms`` passes (Redis's clock):
 a holder that stalls past it loses it, and another may take it. Each
 acquisition gets a token larger than every earlier one for that name, so the
 work it guards can refuse a late holder: ``lease.fence(resource)`` succeeds
-only for the newest token that has touched ``resource`` (``LockLost``
-otherwise), and ``check``/``extend``/``release`` act only while the lock is
+only for the newest token that has touched ``resource``, and only while no
+newer lease of its name was taken (``LockLost`` otherwise), and ``check``/``extend``/``release`` act only while the lock is
 still this token's.
 """
 
@@ -38,6 +38,13 @@ def _check(name: Any, ttl_ms: Any) -> None:
         raise ValueError(f"ttl_ms must be a whole number of milliseconds from 1 to 86400000, not {ttl_ms!r}")
 
 
+def _fenced_out(name: str, token: int, resource: str) -> str:
+    return (
+        f"lock {name!r} token {token} is older than the last writer of {resource!r} or than a later holder "
+        "of the lock (it expired and was taken over); write refused"
+    )
+
+
 @dataclass
 class Lease:
     """A held lease (sync). Use as a context manager to release it at the end."""
@@ -61,10 +68,11 @@ class Lease:
             raise LockLost(f"lock {self.name!r} (token {self.token}) cannot be extended: it expired or was taken over")
 
     def fence(self, resource: str) -> None:
-        """Record this token as the newest to touch ``resource``; ``LockLost`` if a newer token already has."""
+        """Record this token as the newest to touch ``resource``; ``LockLost`` if a newer token already has, or a
+        newer lease of this name was taken since (this one expired and was taken over)."""
         _check(resource, 1)
-        if not self._run("fence", self._keys.fence(resource), self.token):
-            raise LockLost(f"lock {self.name!r} token {self.token} is older than the last writer of {resource!r}; write refused")
+        if not self._run("fence", self._keys.fence(resource), self.token, self._keys.lock_tokens(self.name)):
+            raise LockLost(_fenced_out(self.name, self.token, resource))
 
     def release(self) -> bool:
         """Give the lease up; False if it had already expired (a successor's lock is never deleted)."""
@@ -100,8 +108,8 @@ class AsyncLease:
 
     async def fence(self, resource: str) -> None:
         _check(resource, 1)
-        if not await self._run("fence", self._keys.fence(resource), self.token):
-            raise LockLost(f"lock {self.name!r} token {self.token} is older than the last writer of {resource!r}; write refused")
+        if not await self._run("fence", self._keys.fence(resource), self.token, self._keys.lock_tokens(self.name)):
+            raise LockLost(_fenced_out(self.name, self.token, resource))
 
     async def release(self) -> bool:
         return bool(await self._run("release", self._keys.lock(self.name), self.token))

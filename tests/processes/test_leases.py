@@ -57,6 +57,44 @@ def test_a_lease_lost_to_expiry_is_refused_by_the_fencing_token(project, runtime
     assert "older than the last writer of 'report-file'" in slow["refused"] and slow["released"] is False
 
 
+def test_a_holder_whose_lease_was_taken_over_is_refused_at_fence_before_its_successor_fences(r, keys, redis_url):
+    """Given a lease that expired and was taken by a second holder who has not written yet, when the first holder
+    fences the resource, it is refused (a newer lease of that name exists), and the successor's fence then passes."""
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    from iii_console.core.lease import AsyncLeases
+
+    leases = Leases(r, keys)
+    first = leases.acquire("export", 100)
+    time.sleep(0.2)
+    second = leases.acquire("export", 5000)
+    with pytest.raises(LockLost, match="later holder"):
+        first.fence("exports/today")
+    second.fence("exports/today")
+    with pytest.raises(LockLost):
+        first.fence("exports/today")
+
+    async def async_holder() -> None:
+        client = aredis.Redis.from_url(redis_url)
+        try:
+            aleases = AsyncLeases(client, keys)
+            late = await aleases.acquire("export-async", 100)
+            await asyncio.sleep(0.2)
+            await aleases.acquire("export-async", 5000)
+            with pytest.raises(LockLost, match="later holder"):
+                await late.fence("exports/async")
+        finally:
+            await client.aclose()
+
+    asyncio.run(async_holder())
+    # Not taken over: a holder whose lease expired with no one after it may still fence.
+    alone = leases.acquire("export-alone", 100)
+    time.sleep(0.2)
+    alone.fence("exports/alone")
+
+
 def test_leases_check_extend_and_refuse_bad_names(r, keys):
     leases = Leases(r, keys)
     with leases.acquire("job:1", 200) as lease:

@@ -2,8 +2,9 @@
 --   acquire lock_key fence_key ttl_ms     -> the new token, or 0 if the lock is held
 --   extend  lock_key token ttl_ms         -> 1, or 0 if the lock is no longer this token's
 --   release lock_key token                -> 1, or 0 (a lease that expired never deletes its successor's lock)
---   fence   resource_key token            -> 1 if token is the newest that touched the resource
---                                            (it is recorded), 0 if a newer token has: the late writer is refused
+--   fence   resource_key token tokens_key -> 1 if token is the newest that touched the resource and no newer
+--                                            lease of its name was taken since (it is recorded), 0 otherwise:
+--                                            the late writer is refused, whether or not its successor fenced yet
 --   held    lock_key token                -> 1 if the lock is still this token's
 local op, key = ARGV[1], ARGV[2]
 local t = redis.call("TYPE", key)["ok"]
@@ -22,8 +23,11 @@ elseif op == "release" then
   redis.call("DEL", key)
   return 1
 elseif op == "fence" then
+  local tt = redis.call("TYPE", ARGV[4])["ok"]
+  if tt ~= "none" and tt ~= "string" then return redis.error_reply("WRONGTYPE " .. ARGV[4] .. " holds a " .. tt) end
   local seen = tonumber(redis.call("GET", key) or "0")
-  if tonumber(ARGV[3]) < seen then return 0 end
+  local issued = tonumber(redis.call("GET", ARGV[4]) or "0")
+  if tonumber(ARGV[3]) < seen or tonumber(ARGV[3]) < issued then return 0 end
   redis.call("SET", key, ARGV[3])
   return 1
 elseif op == "held" then
