@@ -19,6 +19,8 @@ _SCRIPT = core_script("progress")
 #: How long a trace's latest progress is kept after its last update.
 PROGRESS_TTL_MS = 86_400_000
 NOTE_MAX = 500
+#: Largest ``total`` (and so ``done``): exact as a JSON number in every reader, the browser's included.
+PROGRESS_MAX = 2**53
 
 
 def progress_value(done: Any, total: Any, note: Any = None) -> dict[str, Any]:
@@ -28,6 +30,8 @@ def progress_value(done: Any, total: Any, note: Any = None) -> dict[str, Any]:
             raise TypeError(f"ctx.progress: {name} must be a number, not {v!r}")
     if total <= 0:
         raise ValueError(f"ctx.progress: total must be > 0, not {total!r}")
+    if total > PROGRESS_MAX:
+        raise ValueError(f"ctx.progress: total must be at most 2**53 ({PROGRESS_MAX}), not {total!r}")
     if not 0 <= done <= total:
         raise ValueError(f"ctx.progress: done must be between 0 and total ({total!r}), not {done!r}")
     if note is not None and not isinstance(note, str):

@@ -9,6 +9,7 @@ attempt number unchanged, as often as the handler asks.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -25,6 +26,7 @@ class Retry(Exception):
     means "now". With ``counts=True`` (the default) the retry is an attempt
     like any failure's: past ``max_retries`` the message is dead-lettered. With
     ``counts=False`` the attempt is not spent (``ctx.attempt`` stays the same).
+    A wait longer than 7 days (``MAX_AFTER_MS``) is capped at 7 days.
     """
 
     def __init__(
@@ -38,15 +40,18 @@ class Retry(Exception):
         if (after_ms is None) == (at is None):
             raise TypeError("Retry takes after_ms=... or at=..., exactly one of them")
         if after_ms is not None:
-            if isinstance(after_ms, bool) or not isinstance(after_ms, (int, float)) or after_ms != after_ms or after_ms < 0:
-                raise ValueError(f"Retry(after_ms=...) must be a number of milliseconds >= 0, not {after_ms!r}")
+            if (
+                isinstance(after_ms, bool)
+                or not isinstance(after_ms, (int, float))
+                or not math.isfinite(after_ms)
+                or after_ms < 0
+            ):
+                raise ValueError(f"Retry(after_ms=...) must be a finite number of milliseconds >= 0, not {after_ms!r}")
             self.due_ms: float | None = None
-            self.after = int(after_ms)
+            self.after = int(min(after_ms, MAX_AFTER_MS))  # a longer wait is capped, as a date's is
         else:
             self.due_ms = _epoch_ms(at)
             self.after = 0
-        if self.after > MAX_AFTER_MS:
-            raise ValueError(f"Retry waits at most {MAX_AFTER_MS} ms (7 days), not {self.after}")
         self.counts = bool(counts)
         self.reason = reason
         super().__init__(reason or self._text())
@@ -66,14 +71,16 @@ class Retry(Exception):
         """From an HTTP ``Retry-After`` value: seconds (``"120"``) or an HTTP date
         (``"Wed, 21 Oct 2026 07:28:00 GMT"``)."""
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return cls(after_ms=float(value) * 1000, counts=counts, reason=reason)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"Retry-After must be seconds >= 0 or an HTTP date, not {value!r}")
+            return cls(after_ms=min(float(value) * 1000, MAX_AFTER_MS), counts=counts, reason=reason)
         text = str(value).strip()
         try:
             seconds = float(text)
         except ValueError:
             seconds = None
         if seconds is not None:
-            if seconds < 0 or seconds != seconds:
+            if seconds < 0 or not math.isfinite(seconds):
                 raise ValueError(f"Retry-After must be seconds >= 0 or an HTTP date, not {value!r}")
             return cls(after_ms=seconds * 1000, counts=counts, reason=reason)
         try:
@@ -88,6 +95,6 @@ def _epoch_ms(at: Any) -> float:
         if at.tzinfo is None:
             raise ValueError("Retry(at=...) needs an aware datetime (tzinfo set), e.g. datetime.now(timezone.utc)")
         return at.astimezone(UTC).timestamp() * 1000
-    if isinstance(at, bool) or not isinstance(at, (int, float)) or at != at:
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
         raise ValueError(f"Retry(at=...) must be an aware datetime or epoch milliseconds, not {at!r}")
     return float(at)

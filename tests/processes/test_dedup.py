@@ -52,6 +52,8 @@ def test_invalid_dedup_arguments_are_clear_errors_that_enqueue_nothing(project, 
         {"dedup_key": "x" * 600},
         {"dedup_key": "k", "dedup_ttl_ms": 0},
         {"dedup_key": "k", "dedup_ttl_ms": 1.5},
+        {"dedup_key": "k", "dedup_ttl_ms": 10**19},  # past what Redis takes: refused here, not by Redis
+        {"dedup_key": "\ud800"},  # a lone surrogate cannot be encoded
     ):
         with pytest.raises(EnqueueError, match="dedup_"):
             p.enqueue("jobs", {"k": "m"}, trace_id="t", **kw)

@@ -57,7 +57,9 @@ def test_sync_and_async_handlers_report_progress_as_events_and_the_latest_value(
     assert read_progress(r, keys, "no-such-trace") is None
 
 
-@pytest.mark.parametrize("args", [(True, 3), ("1", 3), (1, 0), (-1, 3), (4, 3), (1, float("nan")), (1, 3, 7)])
+@pytest.mark.parametrize(
+    "args", [(True, 3), ("1", 3), (1, 0), (-1, 3), (4, 3), (1, float("nan")), (1, 3, 7), (0, 10**400), (0, 2**53 + 1)]
+)
 def test_bad_progress_values_are_refused_naming_the_argument(args):
     with pytest.raises((TypeError, ValueError), match=r"ctx.progress: (done|total|note)"):
         progress_value(*args)

@@ -106,7 +106,17 @@ def test_retry_values_are_checked_and_parsed():
         lambda: Retry(at=datetime(2030, 1, 1)),
         lambda: Retry.after_header("soon"),
         lambda: Retry.after_header("-5"),
-        lambda: Retry(after_ms=8 * 86_400_000),
+        lambda: Retry(after_ms=float("inf")),
+        lambda: Retry(at=float("inf")),
+        lambda: Retry.after_header("Infinity"),
+        lambda: Retry.after_header("1e400"),
+        lambda: Retry.after_header(float("nan")),
     ):
         with pytest.raises((TypeError, ValueError)):
             bad()
+    # Longer than 7 days: capped at 7 days, whichever way the wait is given.
+    week = 7 * 86_400_000
+    assert Retry(after_ms=8 * 86_400_000).delay_ms() == week
+    assert Retry.after_header("700000").delay_ms() == week
+    assert Retry.after_header(700000).delay_ms() == week
+    assert Retry(at=datetime.now(UTC) + timedelta(days=8)).delay_ms() == week

@@ -79,8 +79,10 @@ class _Builder:
         prio = priority or strategy.priority
         if prio not in PRIORITIES:
             raise EnqueueError(f"priority must be one of {', '.join(PRIORITIES)}, not {prio!r}")
-        if delay_ms < 0:
-            raise EnqueueError("delay_ms must be >= 0")
+        if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or not 0 <= delay_ms <= DELAY_MAX_MS:
+            raise EnqueueError(
+                f"delay_ms must be a whole number of milliseconds from 0 to {DELAY_MAX_MS} (100 years), not {delay_ms!r}"
+            )
         args: list[Any] = []
         copies = []
         now = now_ms()
@@ -169,6 +171,10 @@ class _Builder:
 DEDUP_TTL_MS = 86_400_000
 #: Longest dedup key accepted (it is part of a Redis key).
 DEDUP_KEY_MAX = 512
+#: The longest delay an enqueue may ask for.
+DELAY_MAX_MS = 100 * 365 * 86_400_000
+#: The longest a dedup key may be remembered (``dedup_ttl_ms``).
+DEDUP_TTL_MAX_MS = 365 * 86_400_000
 
 
 def _dedup_extras(builder: _Builder, topic: str, key: str, ids: list[str], trace_id: str, source: str | None) -> dict[str, Any]:
@@ -207,8 +213,14 @@ def _script_args(
 def check_dedup(dedup_key: Any, dedup_ttl_ms: Any) -> None:
     if not isinstance(dedup_key, str) or not dedup_key or len(dedup_key) > DEDUP_KEY_MAX:
         raise EnqueueError(f"dedup_key must be a non-empty string of at most {DEDUP_KEY_MAX} characters, not {dedup_key!r}")
-    if isinstance(dedup_ttl_ms, bool) or not isinstance(dedup_ttl_ms, int) or dedup_ttl_ms < 1:
-        raise EnqueueError(f"dedup_ttl_ms must be a whole number of milliseconds >= 1, not {dedup_ttl_ms!r}")
+    try:
+        dedup_key.encode()
+    except UnicodeEncodeError:
+        raise EnqueueError(f"dedup_key must be valid Unicode text (no lone surrogates), not {dedup_key!r}") from None
+    if isinstance(dedup_ttl_ms, bool) or not isinstance(dedup_ttl_ms, int) or not 1 <= dedup_ttl_ms <= DEDUP_TTL_MAX_MS:
+        raise EnqueueError(
+            f"dedup_ttl_ms must be a whole number of milliseconds from 1 to {DEDUP_TTL_MAX_MS} (365 days), not {dedup_ttl_ms!r}"
+        )
 
 
 class Producer(_Builder):
