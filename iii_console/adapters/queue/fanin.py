@@ -61,6 +61,9 @@ def build_group(
     )
     if not c_copies:
         raise EnqueueError(f"no step subscribes to the completion topic {then!r}")
+    if items and not builder.subscriptions.get(topic):
+        # Its children would all be dropped and the group complete at once with total 0.
+        raise EnqueueError(f"no step subscribes to the group's topic {topic!r}: its children would run nowhere")
     triples: list[Any] = []
     events: list[Any] = []
     ids: list[str] = []
