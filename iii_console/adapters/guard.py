@@ -97,11 +97,25 @@ def guard(app: ASGIApp, *, allowed_hosts: list[str], token: str, open_paths: tup
 
 
 def _without_body(send: Any) -> Any:
-    """``send`` for a ``HEAD`` answered as a ``GET``: the headers (``content-length`` included), no body."""
+    """``send`` for a ``HEAD`` answered as a ``GET``: the headers (``content-length`` included), no body.
+
+    The answer ends with its headers: what the app sends after them goes nowhere, and the
+    app is told the client is gone (``receive`` answers ``http.disconnect``). A stream (a
+    progress stream runs up to an hour) stops there instead of running on for a client
+    that will never read it, holding a connection slot.
+    """
+    ended = False
 
     async def head_send(message: Any) -> None:
-        if message["type"] == "http.response.body":
-            message = {**message, "body": b""}
+        nonlocal ended
+        if ended:
+            return
+        if message["type"] == "http.response.body":  # a body before any start: as the server would take it
+            await send({**message, "body": b""})
+            return
         await send(message)
+        if message["type"] == "http.response.start":
+            ended = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     return head_send

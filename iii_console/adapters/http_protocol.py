@@ -25,7 +25,8 @@ transport closes for any reason.
 sending side at once (scripted clients, probes) still gets its answer: the
 connection stays open for writing until the requests it sent are answered, then
 closes. uvicorn closed it at the peer's end of input, losing any answer not
-written by then.
+written by then. The app is told the client is done (``receive`` answers
+``http.disconnect``), so a streamed answer, which listens for that, stops.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from typing import TYPE_CHECKING, Any
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 try:  # the C parser (httptools) where it is installed: about a fifth of a request's server time is h11's
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 except ImportError:  # pragma: no cover - httptools is a dependency where it has wheels
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
+    RequestResponseCycle = object  # type: ignore[assignment,misc]
 
 
 if TYPE_CHECKING:  # the attributes the mixin uses, typed as uvicorn's h11 protocol has them
@@ -173,9 +175,36 @@ class TimedH11Protocol(_Timed, H11Protocol):
     pass
 
 
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request cycle, told when the peer shut its sending side after the whole request.
+
+    From then on a ``receive`` answers ``http.disconnect``: what listens for the client going
+    away (a streamed answer: Litestar's ``Stream``, a progress stream) stops, as it would if
+    the connection had closed, and the connection closes when it has; an answer still being
+    made (by an app that does not listen) is written all the same.
+    """
+
+    peer_done = False
+
+    async def receive(self) -> Any:
+        if self.peer_done and not self.more_body and not self.body:
+            self.disconnected = True  # to the app the client is gone: what it sends from now on goes nowhere
+            return {"type": "http.disconnect"}
+        return await super().receive()
+
+    async def run_asgi(self, app: Any) -> None:
+        await super().run_asgi(app)
+        if self.peer_done and not self.response_complete and not self.transport.is_closing():
+            self.transport.close()  # the app stopped for a client that had shut its side: nothing more will come
+
+
 if HttpToolsProtocol is not None:
 
     class TimedHttpToolsProtocol(_Timed, HttpToolsProtocol):  # type: ignore[misc]
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            cycle.__class__ = _Cycle  # the same object and fields, with the receive above (before the task runs it)
+            super()._start_asgi_task(cycle, app)
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             # Flow control and the addresses read the connection's own transport; every write and close goes through OneWrite.
             super().connection_made(transport)
@@ -198,8 +227,13 @@ if HttpToolsProtocol is not None:
             if whole or self.pipeline:
                 # The peer shut its side after sending whole requests (scripted clients and probes do): ours
                 # stays open to answer them, then closes. uvicorn let the transport close here, and an
-                # answer that waited on anything (Redis, a thread) was lost.
+                # answer that waited on anything (Redis, a thread) was lost. A stream listening for the
+                # client to go (``_Cycle``) is told it has: a client that closed mid-stream shuts its
+                # side first, and would otherwise hold the stream and its slot until a write failed.
                 self._peer_done = True
+                if whole and isinstance(self.cycle, _Cycle):
+                    self.cycle.peer_done = True
+                    self.cycle.message_event.set()
                 return True
             return super().eof_received()  # nothing to answer, or a body that can no longer come: closed
 

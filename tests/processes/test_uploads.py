@@ -370,3 +370,45 @@ def test_a_state_change_larger_than_max_payload_bytes_still_fires_its_step(app, 
     StateStore(rc, KEYS).set("big-values", "k1", {"blob": "v" * 400_000})
     got = wait_for(lambda: rc.hget(KEYS.state_group("seen-big"), "k1"), what="the state step's run")
     assert json.loads(got) == {"len": 400_000}
+
+
+def test_progress_streams_a_client_left_or_asked_for_with_head_free_their_connection_slot(tmp_path, redis_server):
+    """Given a server limited to 6 connections at once and a progress stream that would run for a minute, when 12
+    clients each ask for the stream with HEAD, and 12 more open it with GET, read its first bytes and close, then the
+    server still answers after each (no stream runs on for a client that is gone, holding its slot), and a HEAD gets
+    the stream's headers at once."""
+    import socket
+    import time
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    steps = {
+        "prog_step.py": """
+        from iii_console import Step, http, progress_stream
+        config = Step(name="Prog", triggers=[http("GET", "/jobs/{trace}/progress")])
+        def handler(req, ctx):
+            return progress_stream(req.path_params["trace"], interval_ms=50, timeout_s=60)
+        """
+    }
+    make_project(tmp_path, steps, "server:\n  port: 0\n  max_connections: 6\n", redis_url=redis_server.url)
+    run = start_cli(tmp_path, "--no-ui", "--role", "server")
+    host, port = run.url.removeprefix("http://").split(":")
+    try:
+        for i in range(12):
+            t0 = time.monotonic()
+            head = httpx.head(f"{run.url}/jobs/h{i}/progress", timeout=5)
+            assert head.status_code == 200 and head.headers["content-type"].startswith("text/event-stream")
+            assert time.monotonic() - t0 < 2 and head.content == b""
+        wait_for(lambda: httpx.get(f"{run.url}/health", timeout=5).status_code == 200, timeout=5, what="a free slot")
+        for i in range(12):
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                sock.sendall(f"GET /jobs/g{i}/progress HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+            # Closed: the client's FIN reaches the server while the stream runs.
+            wait_for(lambda: httpx.get(f"{run.url}/health", timeout=5).status_code == 200, timeout=5, what="a free slot")
+    finally:
+        assert run.stop() == 0
+        client.close()
+    with open(run.proc.out.name) as out:  # type: ignore[attr-defined]
+        said = "".join(run.lines) + out.read()
+    assert "Exception in ASGI application" not in said and "without completing" not in said, said[-2000:]
