@@ -120,7 +120,7 @@ def test_an_empty_group_completes_at_once_and_bad_groups_are_refused(project, ru
     assert completions(r, keys) == [
         {"group_id": gid, "total": 0, "ok": 0, "failed": 0, "dead": 0, "children": [], "failed_ids": [], "dead_ids": []}
     ]
-    with pytest.raises(EnqueueError, match="group's topic 'nobody.works'"):
+    with pytest.raises(EnqueueError, match=r"group's topic 'nobody\.works'"):
         p.enqueue_group("nobody.works", [{"n": 1}], then="parts.done", trace_id="t")
     for kw, msg in (
         ({"then": "nobody.listens"}, "no step subscribes"),
