@@ -577,6 +577,7 @@ def create_app(runner: Runner, steps: list[Step], *, max_body_bytes: int) -> Ser
         app,
         allowed_hosts=cfg.server.hosts,
         token=cfg.server.auth_token,
-        open_paths=(cfg.server.health_path,) if cfg.server.health_path else (),
+        # The built-in health check answers without the token; a step that took its path over does not.
+        open_paths=(cfg.server.health_path,) if cfg.server.health_path and cfg.server.health_path not in taken else (),
     )
     return ServedApp(guarded, http.gate)

@@ -54,6 +54,25 @@ def test_with_a_token_requests_without_it_get_401_and_health_stays_open(seed, r,
         run.stop()
 
 
+def test_with_a_token_a_step_on_the_health_path_is_behind_it(tmp_path, redis_url):
+    """Given a token and a step that serves the health path itself (the built-in check then steps aside), when it is
+    asked without the token, then it answers 401 like every other step; with the token, the step answers."""
+    step = (
+        "from iii_console import Step, http\n"
+        "config = Step(name='OwnHealth', triggers=[http('GET', '/health')])\n"
+        "def handler(req, ctx):\n"
+        "    return {'status': 200, 'body': {'secret': 'behind the token'}}\n"
+    )
+    make_project(tmp_path, {"own_health_step.py": step}, "server:\n  port: 0\n  auth_token: s3cret-token\n", redis_url=redis_url)
+    run = start_cli(tmp_path, "--no-ui", "--role", "server")
+    try:
+        assert httpx.get(f"{run.url}/health").status_code == 401
+        ok = httpx.get(f"{run.url}/health", headers={"Authorization": "Bearer s3cret-token"})
+        assert ok.status_code == 200 and ok.json() == {"secret": "behind the token"}
+    finally:
+        run.stop()
+
+
 def test_host_header_allow_list_stops_dns_rebinding(seed, r, keys):
     run = start_cli(seed(""), "--no-ui", "--role", "server")
     try:
