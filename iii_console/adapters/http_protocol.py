@@ -7,7 +7,10 @@ would stay open for good, before any token check, with the file-descriptor
 limit as the only bound. This protocol closes a connection whose request
 headers are not complete within ``header_timeout`` seconds of its first byte
 (or of the connection, for a new one), or whose body is not complete within
-``body_timeout`` seconds of its headers.
+``body_timeout`` seconds of its headers. A request whose line and headers pass
+:data:`MAX_HEADER_BYTES` is answered ``431`` and its connection closed: httptools keeps
+headers without a bound, so one connection could fill the server's memory before any
+token check.
 
 **One write per response.** uvicorn writes a response's status line and headers
 to the socket when the app sends ``http.response.start``, then its body when the
@@ -49,6 +52,17 @@ else:
     _Protocol = object
 
 
+#: Most bytes a request's line and headers may take (nginx takes 4 x 8 KiB by default, h11 16 KiB).
+MAX_HEADER_BYTES = 64 * 1024
+#: How long a refused connection's further input is read and dropped before it is closed.
+LINGER_S = 2.0
+_TOO_LARGE_BODY = b"request headers too large (at most 65536 bytes)\n"
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\ncontent-length: " + str(len(_TOO_LARGE_BODY)).encode() + b"\r\n\r\n" + _TOO_LARGE_BODY
+)
+
+
 class _Timed(_Protocol):
     """The deadlines, for either of uvicorn's HTTP/1.1 protocols (both keep the request in ``self.cycle``)."""
 
@@ -59,6 +73,8 @@ class _Timed(_Protocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._waiting_for: str = ""
+        #: Bytes received since the request's headers began (while ``_waiting_for == "headers"``).
+        self._header_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -69,10 +85,32 @@ class _Timed(_Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._waiting_for == "refused":
+            return  # read and dropped until the peer stops or the linger ends (closing with unread input resets)
         if not self._waiting_for and not self._in_request():
             self._arm("headers", self.header_timeout)  # the first bytes of the next request on a kept-alive connection
         super().data_received(data)
         self._track()
+        if self._waiting_for == "headers":
+            # Still in a request's headers: every byte so far is theirs (httptools keeps them all, unbounded).
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+                self._refuse()
+
+    def _refuse(self) -> None:
+        """Answer ``431`` and shut our side; what the peer still sends is read and dropped for up to
+        :data:`LINGER_S` (closed on unread input, the socket would be reset and the answer lost)."""
+        self.transport.write(_TOO_LARGE)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._arm("refused", LINGER_S)
+        else:  # pragma: no cover - TCP transports can
+            self.transport.close()
+
+    def eof_received(self) -> None:
+        if self._waiting_for == "refused":
+            return  # the peer is done too: the transport closes
+        super().eof_received()
 
     def on_response_complete(self) -> None:
         self._disarm()
@@ -95,6 +133,7 @@ class _Timed(_Protocol):
     def _arm(self, what: str, seconds: float) -> None:
         self._disarm()
         self._waiting_for = what
+        self._header_bytes = 0
         self._deadline = self.loop.call_later(seconds, self._expired)
 
     def _disarm(self) -> None:
@@ -222,6 +261,8 @@ if HttpToolsProtocol is not None:
                 self.transport.close()
 
         def eof_received(self) -> bool | None:  # type: ignore[override]
+            if self._waiting_for == "refused":
+                return super().eof_received()
             self.transport.flush()  # type: ignore[attr-defined]
             whole = self._in_request() and not self.cycle.more_body
             if whole or self.pipeline:

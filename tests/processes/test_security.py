@@ -188,6 +188,32 @@ def _raw(url: str, request: bytes, timeout: float = 10) -> tuple[int, bytes]:
     return int(data.split(b" ", 2)[1]), data
 
 
+def test_request_headers_past_64_kib_are_a_431_and_nothing_runs(ping_project, r, keys):
+    """Given the server, when a request's headers pass 64 KiB (sent within the header timeout, in pieces), then it is
+    answered 431 and its connection closed, before any step runs; headers of 40 KiB (a large cookie) pass."""
+    import socket
+
+    run = start_cli(ping_project(), "--no-ui", "--role", "server")
+    host, port = run.url.removeprefix("http://").rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET /ping HTTP/1.1\r\nHost: " + host.encode() + b"\r\n")
+            data = b""
+            try:
+                for _ in range(40):  # 40 x 8 KiB, a header line at a time
+                    sock.sendall(b"X-Filler: " + b"a" * 8192 + b"\r\n")
+            except OSError:  # closed on us mid-way: what was answered is in the socket
+                pass
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 431 "), data[:200]
+        assert r.hlen(keys.state_group("pings")) == 0
+        big_cookie = {"Cookie": "session=" + "c" * 40_000}
+        assert httpx.get(f"{run.url}/ping", headers=big_cookie).status_code == 200
+    finally:
+        run.stop()
+
+
 def test_cross_site_requests_are_refused_without_a_token(ping_project, r, keys):
     """Given the default loopback server without a token, when a page on another site sends a GET or POST
     (Sec-Fetch-Site: cross-site, or a foreign or opaque Origin), then it gets 403 and no step runs; same-origin requests run."""
