@@ -40,17 +40,24 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
     if m is None or (not m.group(1) and not m.group(2)):
         return None
     if not m.group(1):  # bytes=-N: the last N bytes
-        n = int(m.group(2))
+        n = _position(m.group(2))
         if n == 0 or size == 0:
             return False
         return max(0, size - n), size - 1
-    first = int(m.group(1))
-    last = int(m.group(2)) if m.group(2) else size - 1
+    first = _position(m.group(1))
+    last = _position(m.group(2)) if m.group(2) else size - 1
     if first >= size:
         return False
     if last < first:
         return None
     return first, min(last, size - 1)
+
+
+def _position(digits: str) -> int:
+    """A range's byte position; past any file's size (more than 18 digits) it stands as 10**18, not converted
+    (Python refuses to convert over 4,300 digits)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 10**18
 
 
 def disposition(filename: str | None, inline: bool) -> str:

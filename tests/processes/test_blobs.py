@@ -196,6 +196,10 @@ def test_a_shared_store_leaves_its_folder_modes_and_makes_group_readable_files(t
         ("bytes=0-1,5-6", 100, None),  # several ranges: the whole file
         ("items=0-5", 100, None),
         ("bytes=x-y", 100, None),
+        ("bytes=" + "9" * 5000 + "-", 100, False),  # past the end, however many digits
+        ("bytes=-" + "9" * 5000, 100, (0, 99)),  # more than the file: all of it
+        ("bytes=10-" + "9" * 5000, 100, (10, 99)),
+        ("bytes=" + "0" * 5000 + "5-9", 100, (5, 9)),
     ],
 )
 def test_range_headers_read_as_rfc_9110_says(header, size, expected):
