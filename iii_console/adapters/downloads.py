@@ -31,6 +31,22 @@ class NotFound(Exception):
     """A download whose file or blob is not there."""
 
 
+class BadAnswer(ValueError):
+    """A download whose content type or file name cannot be sent (a handler's fault, answered 500 with ``step.error``)."""
+
+
+#: A media type as a ``Content-Type`` carries it (parameters allowed), on one line.
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+(\s*;[^\r\n\0]*)?")
+
+
+def _checked(ctype: Any, name: Any) -> tuple[str | None, str | None]:
+    if ctype is not None and (not isinstance(ctype, str) or not _MEDIA_TYPE.fullmatch(ctype) or not ctype.isascii()):
+        raise BadAnswer(f"content type {str(ctype)[:100]!r}: not a media type such as 'text/csv'")
+    if name is not None and not isinstance(name, str):
+        raise BadAnswer(f"file name of type {type(name).__name__}: not a string")
+    return ctype, name
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
     """``(first, last)`` of one satisfiable ``bytes=`` range; ``None`` for no usable range
     (absent, malformed, several: the whole file is sent); ``False`` if unsatisfiable (416)."""
@@ -115,6 +131,7 @@ def download_response(
             ctype = mimetypes.guess_type(src.name)[0] or "application/octet-stream"
     else:
         path, ctype, name = None, dl.content_type, dl.filename
+    ctype, name = _checked(ctype, name)
     size = path.stat().st_size if path is not None else len(src)
     out["Content-Disposition"] = disposition(name, dl.inline)
     out["Accept-Ranges"] = "bytes"

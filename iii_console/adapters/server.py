@@ -19,15 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+import msgspec
 import redis
-from litestar import Litestar, Request, Response, route
+from litestar import Litestar, MediaType, Request, Response, route
 from litestar.exceptions import HTTPException, InternalServerException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.types import ExceptionHandlersMap, Method
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from iii_console.adapters.downloads import NotFound, download_response, progress_response
+from iii_console.adapters.downloads import BadAnswer, NotFound, download_response, progress_response
 from iii_console.adapters.queue.errors import PayloadTooLarge
 from iii_console.core import ids, spans
 from iii_console.core.answers import ProgressStream, is_answer
@@ -375,7 +376,7 @@ class HttpSteps:
                     except NotFound as exc:
                         return _problem(404, str(exc), trace_id=trace_id)
                 return _to_response(out, trace_id)
-            except BadReturn as exc:
+            except (BadReturn, BadAnswer) as exc:
                 spans.fail(exc)
                 emit_step_error(emitter, f"handler returned {exc}", step=step.name, file=step.file, trace_id=trace_id)
                 return _problem(500, "handler failed", trace_id=trace_id)
@@ -469,14 +470,43 @@ def _abort(writer: Any) -> None:
         writer.abort()
 
 
+#: A header name (RFC 9110 ``token``).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _headers(extra: Any) -> dict[str, str]:
+    """A handler's ``headers``, checked: a name that is not a token, or a value with a line break,
+    a NUL or a character HTTP/1.1 cannot carry (outside Latin-1), is a :class:`BadReturn` (a 500
+    with ``step.error``), not an answer the server fails to write after the handler ran."""
+    if not isinstance(extra, dict):
+        raise BadReturn(f"headers of type {type(extra).__name__}: not a dict")
+    out: dict[str, str] = {}
+    for k, v in extra.items():
+        name, value = str(k), str(v)
+        if not _HEADER_NAME.fullmatch(name):
+            raise BadReturn(f"header name {name[:100]!r}: not a valid HTTP header name")
+        if any(c in value for c in "\r\n\0") or (not value.isascii() and not _latin1(value)):
+            raise BadReturn(f"header {name!r}: a value with a line break, a NUL or a character outside Latin-1")
+        out[name] = value
+    return out
+
+
+def _latin1(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _streamed(out: Any) -> tuple[int, dict[str, str], Any] | None:
     """``(status, headers, answer)`` when a handler answers with a file or a progress stream."""
     status, headers, body = 200, {}, out
     if isinstance(out, dict) and "status" in out and set(out) <= {"status", "body", "headers"}:
         status, body = out["status"], out.get("body")
-        headers = (
-            {str(k): str(v) for k, v in (out.get("headers") or {}).items()} if isinstance(out.get("headers") or {}, dict) else {}
-        )
+        if not is_answer(body):
+            return None
+        headers = _headers(out.get("headers") or {})
     if not is_answer(body):
         return None
     if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 299:
@@ -497,17 +527,16 @@ def _to_response(out: Any, trace_id: str) -> Response[Any]:
         status, body = out["status"], out.get("body")
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
             raise BadReturn(f"status {status!r}: not an HTTP status code")
-        extra = out.get("headers") or {}
-        if not isinstance(extra, dict):
-            raise BadReturn(f"headers of type {type(extra).__name__}: not a dict")
-        headers.update({str(k): str(v) for k, v in extra.items()})
+        headers.update(_headers(out.get("headers") or {}))
     if status < 200 or status in (204, 304):
         return Response(None, status_code=status, headers=headers)  # answers that carry no body
     try:
-        body = to_jsonable_python(body)
-    except PydanticSerializationError as exc:
+        # Encoded here, as Litestar would when sending it: text that is not valid Unicode (a lone
+        # surrogate read from a request), nesting past the encoders' depth, are found now.
+        encoded = msgspec.json.encode(to_jsonable_python(body))
+    except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
         raise BadReturn(f"a body that cannot be sent as JSON: {exc}") from None
-    return Response(body, status_code=status, headers=headers)
+    return Response(encoded, status_code=status, headers=headers, media_type=MediaType.JSON)
 
 
 def _http_exc(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

@@ -139,15 +139,24 @@ STEPS = {
         class Row:
             b: int
 
-        config = Step(name="Answer", triggers=[http("GET", "/answer/{kind}")])
+        config = Step(name="Answer", triggers=[http("GET", "/answer/{kind}"), http("POST", "/answer/{kind}")])
 
         def handler(req, ctx):
+            deep = []
+            for _ in range(400):
+                deep = [deep]
             return {
-                "model": Out(a=1),
-                "wrapped": {"status": 201, "body": [Out(a=2), Row(b=3)], "headers": {"x-n": 2}},
-                "object": object(),
-                "status": {"status": "ok"},
-            }[req.path_params["kind"]]
+                "model": lambda: Out(a=1),
+                "wrapped": lambda: {"status": 201, "body": [Out(a=2), Row(b=3)], "headers": {"x-n": 2}},
+                "object": lambda: object(),
+                "status": lambda: {"status": "ok"},
+                "echo": lambda: req.body,
+                "deep": lambda: deep,
+                "header": lambda: {"status": 200, "body": {}, "headers": {"x-a": "1\\r\\nSet-Cookie: pwn=1"}},
+                "header-name": lambda: {"status": 200, "body": {}, "headers": {"bad name": "1"}},
+                "ref-name": lambda: {**ctx.blobs.put(b"x"), "name": [1]},
+                "ref-type": lambda: {**ctx.blobs.put(b"x"), "content_type": "text/plain\\r\\nSet-Cookie: pwn=1"},
+            }[req.path_params["kind"]]()
         """,
     # Broken: must be reported, and must not stop anything above.
     "broken_step.py": """
@@ -378,8 +387,22 @@ def test_what_a_handler_returns_becomes_the_answer_or_a_reported_500(app, rc):
     assert (model.status_code, model.json()) == (200, {"a": 1})
     wrapped = httpx.get(f"{app.url}/answer/wrapped")
     assert (wrapped.status_code, wrapped.json(), wrapped.headers["x-n"]) == (201, [{"a": 2}, {"b": 3}], "2")
-    for kind, words in (("object", "cannot be sent as JSON"), ("status", "status 'ok': not an HTTP status code")):
-        resp = httpx.get(f"{app.url}/answer/{kind}")
+    for kind, words, body in (
+        ("object", "cannot be sent as JSON", None),
+        ("status", "status 'ok': not an HTTP status code", None),
+        ("echo", "cannot be sent as JSON", b'{"a": "\\ud800"}'),  # a lone surrogate, as JSON allows it written
+        ("deep", "cannot be sent as JSON", None),
+        ("header", "header 'x-a': a value with a line break", None),
+        ("header-name", "not a valid HTTP header name", None),
+        ("ref-name", "file name of type list", None),
+        ("ref-type", "not a media type", None),
+    ):
+        resp = (
+            httpx.post(f"{app.url}/answer/{kind}", content=body, headers={"content-type": "application/json"})
+            if body
+            else httpx.get(f"{app.url}/answer/{kind}")
+        )
+        assert "set-cookie" not in resp.headers
         assert resp.status_code == 500 and resp.json()["error"] == "handler failed"
         trace = resp.json()["trace_id"]
         [err] = wait_for(
