@@ -39,6 +39,22 @@ def load_project(config_path: str | None, redis_url: str | None, **overrides: An
     return cfg.with_overrides(**{"redis.url": redis_url.strip() if redis_url else redis_url, **broker, **overrides})
 
 
+def _inherited(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """``--config``/``--redis`` given before the subcommand (``iii-console --config c.yaml steps``) are the
+    subcommand's too, unless it was given its own on the command line (an environment variable comes after)."""
+    from click.core import ParameterSource
+
+    name = param.name or ""
+    if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+        return value
+    parent = ctx.parent
+    while parent is not None:
+        if parent.params.get(name) is not None and parent.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            return parent.params[name]
+        parent = parent.parent
+    return value
+
+
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--config`` and ``--redis``, which every command takes."""
     fn = click.option(
@@ -47,6 +63,7 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(dir_okay=False),
         default=None,
         envvar="III_CONFIG",
+        callback=_inherited,
         help="Path to iii-config.yaml (default: ./iii-config.yaml).",
     )(fn)
     fn = click.option(
@@ -54,6 +71,7 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "redis_url",
         default=None,
         metavar="URL",
+        callback=_inherited,
         help="Redis URL (redis://, rediss://, unix://). Overrides REDIS_URL and the config file.",
     )(fn)
     fn = click.option(

@@ -80,6 +80,25 @@ def cli(
     Without a subcommand it runs everything in this terminal. See `iii-console COMMAND --help`.
     """
     if ctx.invoked_subcommand is not None:
+        # --config and --redis pass on to the subcommand (``_inherited``); these run the project only.
+        given = [
+            flag
+            for flag, on in (
+                ("--no-ui", no_ui),
+                ("--role", role != ("all",)),
+                ("--processes", processes is not None),
+                ("--threads", threads is not None),
+                ("--port", port is not None),
+                ("--host", host is not None),
+                ("--reload/--no-reload", reload is not None),
+            )
+            if on
+        ]
+        if given:
+            raise click.UsageError(
+                f"{', '.join(given)}: only for running the project (`iii-console` with no command), "
+                f"not for `{ctx.invoked_subcommand}`"
+            )
         return
     cfg = load_project(config_path, redis_url, **{"server.port": port, "server.host": host})
     ctx.exit(run_project(cfg, role, processes, threads, no_ui, reload))

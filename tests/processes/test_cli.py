@@ -102,6 +102,16 @@ CASES = [
     (["steps", "--config", "missing.yaml"], {}, 2, "missing.yaml"),
     (["config", "check", "--config", "missing.yaml"], {}, 2, "missing.yaml"),
     (["--no-ui"], {"III_CONFIG": "unknown.yaml"}, 2, "unknown.yaml:5"),
+    # --config and --redis before a command are that command's (the command's own win); run-only flags are refused.
+    (["--config", "missing.yaml", "config", "check"], {}, 2, "missing.yaml: file not found"),
+    (["--config", "missing.yaml", "steps"], {}, 2, "missing.yaml"),
+    (["--config", "missing.yaml", "dlq", "list"], {}, 2, "missing.yaml"),
+    (["--config", "missing.yaml", "steps", "--config", "unknown.yaml"], {}, 2, "unknown.yaml:5"),
+    (["--config", "missing.yaml", "tail"], {"III_CONFIG": "unknown.yaml"}, 2, "missing.yaml"),
+    (["--redis", UNREACHABLE, "state", "groups"], {}, 3, "cannot reach Redis"),
+    (["--redis", "http://x", "tail"], {}, 2, "--redis"),
+    (["--port", "4000", "steps"], {}, 2, "--port: only for running the project"),
+    (["--no-ui", "--role", "worker", "dlq", "list"], {}, 2, "--no-ui, --role: only for running the project"),
     # `send TEXT` with no server to post to, or no way to know where it listens.
     # (FREE_PORT is a free port picked when the test runs: test ids stay the same in every process.)
     (["send", "hi", "--url", "http://127.0.0.1:FREE_PORT"], {}, 1, "no iii-console server"),
