@@ -26,7 +26,7 @@ def cron_run(step_name: str, as_json: bool, config_path: str | None, redis_url: 
     from iii_console.runtime.brokers import fire_cron_now
 
     cfg = load_project(config_path, redis_url)
-    steps = discover(cfg.steps_path)
+    steps = discover(cfg.steps_path, cfg.project_dir)
     crons = sorted(s.name for s in steps.steps if s.cron_like())
     step = next((s for s in steps.steps if s.name == step_name and s.cron_like()), None)
     if step is None:

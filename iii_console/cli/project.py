@@ -24,7 +24,7 @@ def steps_cmd(as_json: bool, config_path: str | None, redis_url: str | None) -> 
     from iii_console.core.discovery import discover
 
     cfg = load_project(config_path, redis_url)
-    found = discover(cfg.steps_path)
+    found = discover(cfg.steps_path, cfg.project_dir)
     motia = {"motia": found.motia} if found.motia_steps else {}
     if as_json:
         click.echo(json.dumps({"steps": [s.describe() for s in found.steps], "errors": [str(e) for e in found.errors], **motia}))
@@ -96,7 +96,7 @@ def config_check(config_path: str | None, redis_url: str | None) -> None:
         click.echo(printable(exc))  # a problem the check found: the report, like every other
         click.echo("1 problem in the configuration; steps not checked", err=True)
         sys.exit(2)
-    found = discover(cfg.steps_path)
+    found = discover(cfg.steps_path, cfg.project_dir)
     problems = [str(e) for e in found.errors]
     subscribed = {t for s in found.steps for t in s.topics}
     # `enqueues` declares what a step may send (as in Motia): a topic nobody subscribes to

@@ -145,7 +145,7 @@ def _no_route(cfg: Config, base: str, path: str) -> str:
     if path == MESSAGES_PATH:
         why += ' (`iii-console send TEXT` posts {"text": TEXT} there, as the seed project does)'
     try:
-        steps = {s.name: s.describe() for s in discover(cfg.steps_path).steps}
+        steps = {s.name: s.describe() for s in discover(cfg.steps_path, cfg.project_dir).steps}
     except Exception as exc:  # the steps may not load here; the rest still says what to try
         why += f"; its routes could not be listed (the steps in {cfg.steps_path} did not load: {first_line(str(exc))})"
         steps = {}
@@ -169,7 +169,7 @@ def _send_topic(cfg: Config, topic: str, data: str | None, priority: str | None,
     payload = parse_json_arg(data, "--data") if data is not None else {}
     url = existing_redis(cfg)
     cfg = cfg.with_overrides(**{"redis.url": url})
-    steps = discover(cfg.steps_path)
+    steps = discover(cfg.steps_path, cfg.project_dir)
     subs = subscriptions_for(steps.steps)
     if topic not in subs:
         known = ", ".join(steps.topics) or "none"

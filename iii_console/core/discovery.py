@@ -454,8 +454,15 @@ def _uses_motia(module: Any, src: _Source, file: str, declared: str | None) -> b
     return imports or is_motia_step(module)
 
 
-def discover(steps_dir: str | Path) -> StepSet:
+def discover(steps_dir: str | Path, project_dir: str | Path | None = None) -> StepSet:
+    """Every step file under ``steps_dir``. Steps import helpers beside them (``steps_dir`` goes first on
+    ``sys.path``) and packages of the project (``project_dir``, last: an installed package or the standard
+    library keeps its name), the same whether the project runs as ``iii-console`` or ``python -m``."""
     root = Path(steps_dir).resolve()
+    if project_dir is not None:
+        top = str(Path(project_dir).resolve())
+        if top not in sys.path:
+            sys.path.append(top)
     out = StepSet()
     from iii_console.core.motia.adapt import install
 

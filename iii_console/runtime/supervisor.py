@@ -100,7 +100,7 @@ class Supervisor:
         stack.callback(services.close)
         if self.echo is not None:
             stack.enter_context(EventEcho(services, self.echo))
-        self.steps = discover(self.config.steps_path)
+        self.steps = discover(self.config.steps_path, self.config.project_dir)
         for err in self.steps.errors:
             emit_step_error(services.emitter, err)
         self._publish_registry()

@@ -493,7 +493,7 @@ def main() -> int:
     config = Config(**json.loads(os.environ["III_CONFIG_JSON"]))
     index = int(os.environ.get("III_WORKER_INDEX", "0"))
     threads = int(os.environ.get("III_WORKER_THREADS", config.workers.threads))
-    steps = discover(config.steps_path)
+    steps = discover(config.steps_path, config.project_dir)
     rt = WorkerRuntime(config, steps, threads=threads, index=index)
     # From the supervisor itself: one that died while we were still importing would
     # otherwise be mistaken for whoever adopted us.

@@ -38,7 +38,7 @@ class _Project:
     @property
     def steps(self) -> StepSet:
         if self._steps is None:
-            self._steps = discover(self.config.steps_path)
+            self._steps = discover(self.config.steps_path, self.config.project_dir)
             if self._steps.errors:
                 raise StepFailed("steps failed to load: " + "; ".join(str(e) for e in self._steps.errors))
         return self._steps

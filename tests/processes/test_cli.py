@@ -302,3 +302,29 @@ def test_ctrl_c_at_any_moment_of_start_up_exits_quietly(tmp_path, redis_url, del
         pytest.skip("the signal arrived while Python itself was starting")
     assert proc.returncode in (0, 130, -signal.SIGINT), err  # a shell shows death by SIGINT as 130 too
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_steps_import_the_projects_own_packages_from_wherever_the_command_runs(tmp_path):
+    """Given a step that imports ``lib.money`` from the project's root, when `config check` and `steps` run from
+    another directory (where ``python -m`` puts nothing of the project on the path), then the step loads; a module
+    of the project named like a standard one (``email.py``) does not shadow it."""
+    proj = tmp_path / "proj"
+    make_project(proj, {}, "server:\n  port: 0\n")
+    (proj / "lib").mkdir()
+    (proj / "lib" / "__init__.py").write_text("")
+    (proj / "lib" / "money.py").write_text("def cents(x):\n    return round(x * 100)\n")
+    (proj / "email.py").write_text("raise RuntimeError('the project shadowed the standard library')\n")
+    (proj / "steps" / "pay_step.py").write_text(
+        "import email.message\n"
+        "from lib.money import cents\n"
+        "from iii_console import Step, queue\n"
+        "config = Step(name='Pay', triggers=[queue('pay')])\n"
+        "def handler(data, ctx):\n"
+        "    return cents(data['eur'])\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    checked = _run(elsewhere, "config", "check", "--config", str(proj / "iii-config.yaml"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    listed = _run(elsewhere, "steps", "--json", "--config", str(proj / "iii-config.yaml"))
+    assert listed.returncode == 0 and "Pay" in listed.stdout, listed.stderr
