@@ -208,6 +208,29 @@ async def test_step_errors_are_shown_in_the_bar_the_problems_panel_and_a_toast(r
         await until(pilot, lambda: "field required" in notes(app), "a toast with the error")
 
 
+@pytest.mark.parametrize("size", [SIZE, (100, 30)], ids=["wide", "narrow"])
+async def test_the_problems_panel_fits_its_lines_to_its_width_beside_or_under_the_log(redis_url, emit, size):
+    """Given a step error with a long message, when the console shows it, then every line of the Problems panel fits
+    the panel (none is cut at its edge: RichLog's default wrapped at 78 columns, wider than the panel); a terminal
+    under 140 columns shows the panel under the event log, full width, while it has something to say."""
+    app = console(redis_url=redis_url)
+    async with app.run_test(size=size) as pilot:
+        await started(pilot)
+        problems = app.query_one("#problems", RichLog)
+        long = "steps/place_order_step.py:19, step 'PlaceOrder': syntax error: expected ':' after the function's arguments"
+        emit([Event("step.error", int(time.time() * 1000), step="PlaceOrder", error=long, data={"file": "steps/x.py"})])
+        await until(pilot, lambda: "PlaceOrder" in log_text(problems), "the error in Problems")
+        await settle(pilot)
+        width = problems.scrollable_content_region.width
+        assert width > 20 and all(line.cell_length <= width for line in problems.lines), (width, log_text(problems))
+        assert "expected ':' after the function's arguments" in " ".join(log_text(problems).split())
+        events_box = app.query_one("#events").region
+        if size[0] < 140:
+            assert problems.display and problems.region.y >= events_box.bottom and problems.region.width == events_box.width
+        else:
+            assert problems.region.x >= events_box.right
+
+
 async def test_help_and_the_command_palette(redis_url):
     """Given the console, when ? is pressed then esc, and a palette command is chosen, then help opens and closes and the command runs."""
     app = console(redis_url=redis_url)

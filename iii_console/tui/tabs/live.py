@@ -30,6 +30,8 @@ MAX_LINES_PER_TICK = 80
 #: ~100 ms at 5,000 events/s).
 LOG_LINES = 1000
 REFILTER_LINES = 100
+#: Below this many columns the Problems panel goes under the event log instead of beside it.
+NARROW_BELOW = 140
 
 
 class LivePane(Pane):
@@ -39,6 +41,8 @@ class LivePane(Pane):
     LivePane #live-body { height: 1fr; }
     LivePane #events { width: 1fr; border: round $panel-lighten-2; border-title-color: $text; }
     LivePane #problems { width: 56; border: round $error 60%; border-title-color: $error; }
+    LivePane.narrow #live-body { layout: vertical; }
+    LivePane.narrow #problems { width: 1fr; height: 10; }
     LivePane #events:focus, LivePane #problems:focus { border: round $accent; }
     """
 
@@ -48,6 +52,8 @@ class LivePane(Pane):
         self._filter = EventFilter()
         self._problems_key: tuple[Any, ...] = ()
         self._hint_shown: str | None = None
+        #: Whether the Problems panel has more than "No problems" to say (a narrow terminal shows it only then).
+        self._problems_to_show = False
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="tiles"):
@@ -57,13 +63,23 @@ class LivePane(Pane):
             log = LineLog(id="events", max_lines=LOG_LINES, auto_scroll=True)
             retitle(log, title="Events")
             yield log
-            problems = RichLog(id="problems", max_lines=400, wrap=True, markup=False, highlight=False, auto_scroll=False)
+            # min_width: wrapped at the panel's own width (RichLog's default, 78 columns, is wider than the
+            # panel: lines were wrapped there, then cut at the panel's edge).
+            problems = RichLog(
+                id="problems", max_lines=400, wrap=True, markup=False, highlight=False, auto_scroll=False, min_width=20
+            )
             retitle(problems, title="Problems")
             yield problems
 
     def on_resize(self) -> None:
-        # A narrow terminal gives the whole width to the event log.
-        self.query_one("#problems").display = self.size.width >= 140
+        # A narrow terminal gives the whole width to the event log, and the problems go under it,
+        # shown only while there is one (or the first-message hint) to show.
+        self.set_class(self.size.width < NARROW_BELOW, "narrow")
+        self._problems_key = ()  # written again at the next tick: RichLog wraps lines as they are written
+        self._fit_problems()
+
+    def _fit_problems(self) -> None:
+        self.query_one("#problems").display = not self.has_class("narrow") or self._problems_to_show
 
     def show(self, view: View) -> None:
         m = view.model
@@ -162,6 +178,8 @@ class LivePane(Pane):
                 )
             )
         out.extend(_problem_line(entry) for entry in list(reversed(m.problems))[:60])
+        self._problems_to_show = bool(out) or hint is not None
+        self._fit_problems()
         if not out:
             out.append(Text("No problems: no step errors, failures or dead letters.", style="green"))
             if hint is not None:
