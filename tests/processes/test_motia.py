@@ -21,6 +21,10 @@ from iii_console.core.discovery import discover
 from ..helpers import ROOT, events, events_once, make_project, start_cli, wait_for
 
 PLAYGROUND = ROOT / "tests" / "motia_steps" / "playground" / "steps"
+#: The same playground as Motia 1.0.1 to 1.0.3 wrote it: ``async def`` handlers that ``await`` the module-level
+#: ``stateManager``, ``enqueue`` and streams (1.0.4 made those plain calls again).
+PLAYGROUND_103 = ROOT / "tests" / "motia_steps" / "playground-1.0.3" / "steps"
+PLAYGROUNDS = pytest.mark.parametrize("playground", [PLAYGROUND, PLAYGROUND_103], ids=["motia-1.0.4", "motia-1.0.3"])
 UNSUPPORTED = ROOT / "tests" / "motia_steps" / "unsupported"
 EXAMPLE = ROOT / "examples" / "motia" / "steps"
 CONFIG = """
@@ -38,8 +42,9 @@ def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 # ---- loading ----------------------------------------------------------------------------
 
 
-def test_motias_playground_steps_load_unmodified_and_config_check_passes(tmp_path):
-    found = discover(PLAYGROUND)
+@PLAYGROUNDS
+def test_motias_playground_steps_load_unmodified_and_config_check_passes(tmp_path, playground):
+    found = discover(playground)
     assert found.errors == []
     assert len(found.steps) == 28 and len(found.motia_steps) == 28
     assert "compatibility module" in found.motia
@@ -48,7 +53,7 @@ def test_motias_playground_steps_load_unmodified_and_config_check_passes(tmp_pat
     assert [t.describe() for t in by["on-todo-stream-event"].triggers] == ["stream todo */* (conditional)"]
     assert [t.describe() for t in by["CronWithCondition"].triggers] == ["cron 5 * * * * * *"]
 
-    shutil.copytree(PLAYGROUND, tmp_path / "steps")
+    shutil.copytree(playground, tmp_path / "steps")
     make_project(tmp_path, {})
     res = _cli(tmp_path, "config", "check")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -220,9 +225,10 @@ def _logs(r, keys, step: str, message: str | None = None):
 
 
 @pytest.mark.slow
-def test_motias_playground_answers_enqueues_and_reacts_as_under_motia(project, r, keys):
+@PLAYGROUNDS
+def test_motias_playground_answers_enqueues_and_reacts_as_under_motia(project, r, keys, playground):
     # the playground's .env.example, as its README says to copy it
-    app = project(PLAYGROUND, dotenv="GREETING_PREFIX=hello\nAPP_NAME=MotiaPlayground\nSECRET_KEY=my-secret-key-123\n")
+    app = project(playground, dotenv="GREETING_PREFIX=hello\nAPP_NAME=MotiaPlayground\nSECRET_KEY=my-secret-key-123\n")
     url = app.url
     with httpx.Client(base_url=url, timeout=10) as http:
         # the project's .env is in the environment of the steps

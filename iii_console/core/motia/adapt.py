@@ -24,6 +24,7 @@ conditions, triggers) is adapted at one seam, the wrapped handler.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib
 import importlib.util
@@ -32,6 +33,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -356,19 +358,41 @@ def _resolve(value: Any) -> Any:
 
 def _awaitable_enqueue(event: dict[str, Any]) -> _Done:
     """``enqueue`` for an ``async def`` handler: done at once, and awaitable (``await enqueue(...)``)."""
-    _run.enqueue(event)
-    return _Done(None)
+    out = _run.enqueue(event)
+    return out if isinstance(out, _Done) else _Done(None)
 
 
-class _Done:
-    """A result already computed that may also be awaited (``await ctx.state.get(...)`` in ``async def``)."""
+_Done = _run.Done
 
-    def __init__(self, value: Any) -> None:
-        self.value = value
 
-    def __await__(self) -> Any:
-        return self.value
-        yield  # pragma: no cover  (makes this a generator)
+def awaits_module_objects(handler: Callable[..., Any]) -> bool:
+    """Whether ``handler``'s step file awaits Motia's module-level objects: ``await stateManager.set(...)``,
+    ``await enqueue(...)``, ``await some_stream.get(...)`` (a ``Stream`` made or imported there), or
+    ``await ctx.streams.NAME.set(...)``, as files written for Motia 1.0.1 to 1.0.3 do (their methods were
+    ``async def``). Such a file's runs get awaitable results from them; a file written for 1.0.4 and
+    later, which calls them plainly, gets plain values. Read from the file's source and the objects its
+    module holds (what a name awaited there is, once imported)."""
+    code, names = getattr(handler, "__code__", None), getattr(handler, "__globals__", None)
+    if code is None or names is None:
+        return False
+    try:
+        tree = ast.parse(Path(code.co_filename).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Await) or not isinstance(node.value, ast.Call):
+            continue
+        func, chain = node.value.func, []
+        while isinstance(func, ast.Attribute):
+            chain.append(func.attr)
+            func = func.value
+        if "streams" in chain[1:]:
+            return True  # ctx.streams.NAME.method(...)
+        if isinstance(func, ast.Name):
+            obj = names.get(func.id)
+            if isinstance(obj, (_run.StateManager, _run.Stream, _run.Streams)) or obj is _run.enqueue:
+                return True
+    return False
 
 
 class _Awaitable:
@@ -428,6 +452,7 @@ def wrap(handler: Callable[..., Any], plans: list[Plan]) -> Callable[..., Any]:
     """The handler as iii-console calls it (``def handler(input, ctx)``), calling Motia's as Motia does."""
     two = call_arity(handler) == 2
     is_async = inspect.iscoroutinefunction(handler)
+    awaited = is_async and awaits_module_objects(handler)
 
     def motia_handler(value: Any, ctx: Any) -> Any:
         plan = _which(plans, dict(ctx.trigger), value)
@@ -450,7 +475,7 @@ def wrap(handler: Callable[..., Any], plans: list[Plan]) -> Callable[..., Any]:
             streams=_run.Streams(),
             enqueue_fn=_awaitable_enqueue if is_async else _run.enqueue,
         )
-        token = _run.run_in(ctx)
+        token = _run.run_in(ctx, awaited=awaited)
         try:
             if plan.condition is not None and plan.kind in _COND_TYPES and not _resolve(plan.condition(data, flow)):
                 if plan.kind == "http":

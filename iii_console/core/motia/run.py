@@ -21,6 +21,9 @@ from iii_console.core.context import SyncContext
 from iii_console.core.steps import STREAM_GROUP_PREFIX  # stream NAME is the state group _stream.NAME, items GROUP_ID/ITEM_ID
 
 _current: contextvars.ContextVar[SyncContext | None] = contextvars.ContextVar("iii_motia_run", default=None)
+#: Whether the current run's step file awaits the module-level objects (Motia 1.0.1 to 1.0.3 made
+#: ``stateManager``, ``enqueue`` and ``Stream``'s methods ``async def``; 1.0.4 made them plain again).
+_awaited: contextvars.ContextVar[bool] = contextvars.ContextVar("iii_motia_awaited", default=False)
 _stdlib = logging.getLogger("motia")
 
 #: Field names a ``log`` event uses itself; a Motia log field of that name is kept as ``name_``.
@@ -53,11 +56,31 @@ def current_run(what: str) -> SyncContext:
     return ctx
 
 
-def run_in(ctx: SyncContext) -> contextvars.Token[SyncContext | None]:
-    return _current.set(ctx)
+class Done:
+    """A result already computed that may also be awaited (``await stateManager.get(...)``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Any:
+        return self.value
+        yield  # pragma: no cover  (makes this a generator)
 
 
-def leave(token: contextvars.Token[SyncContext | None]) -> None:
+def _out(value: Any) -> Any:
+    """A module-level object's result: awaitable in a run whose step file awaits them, else the value itself."""
+    return Done(value) if _awaited.get() else value
+
+
+def run_in(ctx: SyncContext, *, awaited: bool = False) -> tuple[contextvars.Token[SyncContext | None], contextvars.Token[bool]]:
+    return _current.set(ctx), _awaited.set(awaited)
+
+
+def leave(tokens: tuple[contextvars.Token[SyncContext | None], contextvars.Token[bool]]) -> None:
+    token, awaited = tokens
+    _awaited.reset(awaited)
     _current.reset(token)
 
 
@@ -131,13 +154,14 @@ class Logger:
         self._emit("debug", message, data, **kw)
 
 
-def enqueue(event: dict[str, Any]) -> None:
+def enqueue(event: dict[str, Any]) -> Any:
     """Motia's ``enqueue({"topic": ..., "data": ...})``: one copy to every step subscribed to the topic,
     on the current run's trace."""
     ctx = current_run("enqueue()")
     if not isinstance(event, dict) or not isinstance(event.get("topic"), str):
         raise TypeError('enqueue() takes {"topic": "name", "data": ...}')
     ctx.enqueue(event["topic"], event.get("data"))
+    return _out(None)
 
 
 class StateManager:
@@ -148,31 +172,32 @@ class StateManager:
         return current_run("stateManager").state
 
     def get(self, scope: str, key: str) -> Any:
-        return self._store().get(scope, key)
+        return _out(self._store().get(scope, key))
 
-    def set(self, scope: str, key: str, value: Any) -> dict[str, Any]:
+    def set(self, scope: str, key: str, value: Any) -> Any:
         store = self._store()
         old = store.get(scope, key)
-        return {"old_value": old, "new_value": store.set(scope, key, value)}
+        return _out({"old_value": old, "new_value": store.set(scope, key, value)})
 
-    def update(self, scope: str, key: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    def update(self, scope: str, key: str, ops: list[dict[str, Any]]) -> Any:
         store = self._store()
         old = store.get(scope, key)
-        return {"old_value": old, "new_value": store.update(scope, key, ops)}
+        return _out({"old_value": old, "new_value": store.update(scope, key, ops)})
 
     def delete(self, scope: str, key: str) -> Any:
-        return self._store().delete(scope, key)
+        return _out(self._store().delete(scope, key))
 
-    def list(self, scope: str) -> list[Any]:
-        return list(self._store().list(scope).values())
+    def list(self, scope: str) -> Any:
+        return _out(builtins.list(self._store().list(scope).values()))
 
-    def list_groups(self) -> builtins.list[str]:
-        return [g for g in self._store().groups() if not g.startswith(STREAM_GROUP_PREFIX)]
+    def list_groups(self) -> Any:
+        return _out([g for g in self._store().groups() if not g.startswith(STREAM_GROUP_PREFIX)])
 
-    def clear(self, scope: str) -> None:
+    def clear(self, scope: str) -> Any:
         store = self._store()
-        for key in list(store.list(scope)):
+        for key in builtins.list(store.list(scope)):
             store.delete(scope, key)
+        return _out(None)
 
 
 TData = TypeVar("TData")
@@ -205,31 +230,32 @@ class Stream(Generic[TData]):
         return current_run(f"Stream({self.stream_name!r})").state
 
     def get(self, group_id: str, item_id: str) -> Any:
-        return self._store().get(stream_group(self.stream_name), stream_key(group_id, item_id))
+        return _out(self._store().get(stream_group(self.stream_name), stream_key(group_id, item_id)))
 
-    def set(self, group_id: str, item_id: str, data: Any) -> dict[str, Any]:
+    def set(self, group_id: str, item_id: str, data: Any) -> Any:
         store, key = self._store(), stream_key(group_id, item_id)
         old = store.get(stream_group(self.stream_name), key)
-        return {"old_value": old, "new_value": store.set(stream_group(self.stream_name), key, data)}
+        return _out({"old_value": old, "new_value": store.set(stream_group(self.stream_name), key, data)})
 
-    def update(self, group_id: str, item_id: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    def update(self, group_id: str, item_id: str, ops: list[dict[str, Any]]) -> Any:
         store, key = self._store(), stream_key(group_id, item_id)
         old = store.get(stream_group(self.stream_name), key)
-        return {"old_value": old, "new_value": store.update(stream_group(self.stream_name), key, ops)}
+        return _out({"old_value": old, "new_value": store.update(stream_group(self.stream_name), key, ops)})
 
-    def delete(self, group_id: str, item_id: str) -> None:
+    def delete(self, group_id: str, item_id: str) -> Any:
         self._store().delete(stream_group(self.stream_name), stream_key(group_id, item_id))
+        return _out(None)
 
-    def get_group(self, group_id: str) -> list[Any]:
+    def get_group(self, group_id: str) -> Any:
         prefix = stream_key(group_id, "")
         items = self._store().list(stream_group(self.stream_name))
-        return [v for k, v in items.items() if k.startswith(prefix)]
+        return _out([v for k, v in items.items() if k.startswith(prefix)])
 
     list = get_group
 
-    def list_groups(self) -> builtins.list[str]:
+    def list_groups(self) -> Any:
         items = self._store().list(stream_group(self.stream_name))
-        return sorted({k.split("/", 1)[0] for k in items})
+        return _out(sorted({k.split("/", 1)[0] for k in items}))
 
 
 class Streams:

@@ -1,0 +1,1 @@
+"""Motia Example Steps."""
