@@ -286,7 +286,10 @@ class HttpSteps:
                 elif (
                     trig.method in BODY_METHODS
                     or trig.body_schema is not None
-                    or (trig.method == "DELETE" and request.headers.get("content-length", "0") != "0")
+                    or (
+                        trig.method == "DELETE"
+                        and (request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers)
+                    )
                 ):
                     raw = await request.body()
                     body = parse_json_body(raw, request.headers.get("content-type", ""), trig.body_schema)
@@ -414,7 +417,40 @@ class BadReturn(Exception):
     """A handler's return value that cannot become an HTTP answer."""
 
 
-_FILENAME = re.compile(r"""filename\s*=\s*(?:"([^"]{1,255})"|([^;\s]{1,255}))""", re.I)
+_FILENAME = re.compile(r"""(?:^|;)\s*filename\s*=\s*(?:"((?:[^"\\]|\\.){1,255})"|([^;\s"]{1,255}))""", re.I)
+#: RFC 6266's ``filename*=UTF-8''%E2%82%AC.txt`` (RFC 8187: a charset, a language, a percent-encoded value).
+_FILENAME_EXT = re.compile(r"""(?:^|;)\s*filename\*\s*=\s*([\w!#$&+.^`|~-]+)'[^']*'([^;\s]{1,765})""", re.I)
+
+
+def upload_name(header: str) -> str | None:
+    """The file name a request's ``Content-Disposition`` gives, as the client meant it, without its folders.
+
+    ``filename*=`` (percent-encoded, with its charset) wins over ``filename=``; a quoted name's
+    ``\\"`` escapes are undone; raw UTF-8 in ``filename="…"`` (what browsers send; the header
+    arrives decoded as Latin-1) is read as UTF-8; a Windows path keeps its last part as a POSIX
+    one does. ``None`` when there is none, or nothing printable is left.
+    """
+    from urllib.parse import unquote
+
+    name: str | None = None
+    ext = _FILENAME_EXT.search(header)
+    if ext is not None:
+        try:
+            name = unquote(ext.group(2), encoding=ext.group(1), errors="strict")
+        except (LookupError, UnicodeDecodeError):
+            name = None
+    if name is None:
+        m = _FILENAME.search(header)
+        if m is None:
+            return None
+        # Only the escapes clients write (\" and \\): an old browser's C:\Users\... path keeps its separators.
+        name = re.sub(r'\\(["\\])', r"\1", m.group(1)) if m.group(1) is not None else m.group(2)
+        try:
+            name = name.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass  # not UTF-8 bytes: the Latin-1 reading stands
+    name = "".join(c for c in re.split(r"[/\\]", name)[-1] if c.isprintable()).strip()
+    return name[:255] or None
 
 
 async def receive_blob(request: Request[Any, Any, Any], trig: HttpTrigger, blobs: Callable[[], Any], limit: int) -> Any:
@@ -439,8 +475,7 @@ async def receive_blob(request: Request[Any, Any, Any], trig: HttpTrigger, blobs
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise Reject(413, "request body too large", limit=limit, fields=[{"field": "body", "message": f"at most {limit} bytes"}])
-    m = _FILENAME.search(request.headers.get("content-disposition", ""))
-    name = (m.group(1) or m.group(2)).rsplit("/", 1)[-1] if m else None
+    name = upload_name(request.headers.get("content-disposition", ""))
     writer = None
     try:
         writer = await asyncio.to_thread(lambda: blobs().writer(limit))

@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from iii_console.core.errors import ConfigError
 from iii_console.core.redact import DEFAULT_WORDS, redact_url, words
@@ -30,6 +30,18 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``port: true`` is no port: YAML's booleans are refused where a number is wanted (pydantic would take
+        ``true`` as 1). A field that takes a boolean too (none of ours mixes them) is left alone."""
+        field = cls.model_fields.get(info.field_name or "") if isinstance(value, bool) else None
+        if field is not None:
+            kinds = set(get_args(field.annotation)) or {field.annotation}
+            if kinds & {int, float} and bool not in kinds:
+                raise ValueError(f"a number is needed here, not {str(value).lower()}")
+        return value
 
 
 def redis_url_problem(url: str) -> str | None:

@@ -8,7 +8,7 @@ on a queue. One place prepends it, for the core's scripts and the queue adapter'
 from __future__ import annotations
 
 from importlib import resources
-from importlib.abc import Traversable
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import redis

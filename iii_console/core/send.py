@@ -57,15 +57,21 @@ def post_messages(
     ``on_answer`` sees each accepted answer as it comes (a progress bar, a JSON line).
     """
     base = base_url.rstrip("/")
+    if token and not (token.isascii() and token.isprintable()):
+        raise SendFailed("the auth token (III_AUTH_TOKEN or server.auth_token) must be printable ASCII", sent=0)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     sent, last = 0, None
-    with httpx.Client(base_url=base, timeout=10, headers=headers) as client:
+    try:
+        client = httpx.Client(base_url=base, timeout=10, headers=headers)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise SendFailed(f"not a URL to send to: {base!r} ({exc})", sent=0) from None
+    with client:
         for _ in range(count):
             try:
                 resp = client.post(path, json=body)
             except httpx.ConnectError:
                 raise SendFailed(f"nothing answers at {base}", sent=sent, unreachable=True) from None
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise SendFailed(f"request to {base}{path} failed: {exc}", sent=sent) from None
             if resp.status_code >= 400:
                 raise SendFailed(refusal(resp), sent=sent, status=resp.status_code)

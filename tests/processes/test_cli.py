@@ -44,6 +44,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "broken.yaml").write_text("server:\n  port: [\n")
     (root / "unknown.yaml").write_text("server:\n  port: 3111\nqueues:\n  message.sent:\n    concurency: 3\n")
     (root / "badurl.yaml").write_text("server:\n  port: 0\nredis:\n  url: redis://localhost:notaport/0\n")
+    (root / "boolport.yaml").write_text("server:\n  port: true\n")
     return root
 
 
@@ -102,6 +103,7 @@ CASES = [
     (["steps", "--config", "missing.yaml"], {}, 2, "missing.yaml"),
     (["config", "check", "--config", "missing.yaml"], {}, 2, "missing.yaml"),
     (["--no-ui"], {"III_CONFIG": "unknown.yaml"}, 2, "unknown.yaml:5"),
+    (["--no-ui", "--config", "boolport.yaml"], {}, 2, "boolport.yaml:2: server.port: a number is needed here, not true"),
     # --config and --redis before a command are that command's (the command's own win); run-only flags are refused.
     (["--config", "missing.yaml", "config", "check"], {}, 2, "missing.yaml: file not found"),
     (["--config", "missing.yaml", "steps"], {}, 2, "missing.yaml"),
@@ -116,6 +118,9 @@ CASES = [
     # (FREE_PORT is a free port picked when the test runs: test ids stay the same in every process.)
     (["send", "hi", "--url", "http://127.0.0.1:FREE_PORT"], {}, 1, "no iii-console server"),
     (["send", "hi"], {}, 2, "server.port is 0"),
+    (["send", "hi", "--url", "http://[::1"], {}, 1, "not a URL to send to"),
+    (["send", "--path", "/x", "--data", "{}", "--url", "http://[::1"], {}, 1, "not a URL to send to"),
+    (["send", "hi", "--url", "http://127.0.0.1:FREE_PORT"], {"III_AUTH_TOKEN": "tökén"}, 1, "printable ASCII"),
 ]
 
 

@@ -156,7 +156,7 @@ def test_messages_are_json_never_pickle(project, runtime, producer, r, keys):
 
 PING = """
 from iii_console import Step, http
-config = Step(name="Ping", triggers=[http("GET", "/ping"), http("POST", "/echo")])
+config = Step(name="Ping", triggers=[http("GET", "/ping"), http("POST", "/echo"), http("DELETE", "/echo")])
 def handler(req, ctx):
     ctx.state.set("pings", req.method + req.path, {"n": 1})
     return {"status": 200, "body": {"ok": True, "body": req.body}}
@@ -186,6 +186,21 @@ def _raw(url: str, request: bytes, timeout: float = 10) -> tuple[int, bytes]:
                 break
             data += chunk
     return int(data.split(b" ", 2)[1]), data
+
+
+def test_a_delete_body_reaches_the_handler_whether_its_length_is_given_or_it_is_chunked(ping_project):
+    """Given a DELETE route, when a JSON body is sent with a Content-Length or chunked, then the handler gets it either
+    way, and a chunked body that is not JSON is refused as one with a length is."""
+    run = start_cli(ping_project(), "--no-ui", "--role", "server")
+    try:
+        for content in (b'{"x": 1}', iter([b'{"x"', b": 1}"])):  # an iterator: httpx sends it chunked
+            resp = httpx.request("DELETE", f"{run.url}/echo", content=content, headers={"content-type": "application/json"})
+            assert resp.status_code == 200 and resp.json()["body"] == {"x": 1}, resp.text
+        for content in (b"garbage", iter([b"garb", b"age"])):
+            assert httpx.request("DELETE", f"{run.url}/echo", content=content).status_code == 415
+        assert httpx.request("DELETE", f"{run.url}/echo").json()["body"] is None  # no body at all
+    finally:
+        run.stop()
 
 
 def test_request_headers_past_64_kib_are_a_431_and_nothing_runs(ping_project, r, keys):

@@ -228,6 +228,30 @@ def test_a_csv_upload_in_the_dict_form_reaches_an_async_handler(app):
     assert resp.status_code == 200 and resp.json() == {"rows": 3, "name": None}
 
 
+@pytest.mark.parametrize(
+    ("disposition", "name"),
+    [
+        ('attachment; filename="€-report.csv"'.encode(), "€-report.csv"),  # raw UTF-8, as browsers send it
+        (b"attachment; filename*=UTF-8''%E2%82%AC-report.csv", "€-report.csv"),
+        (b"attachment; filename=\"old.csv\"; filename*=UTF-8''%C3%A9t%C3%A9.csv", "été.csv"),
+        (b'attachment; filename="a\\"b.csv"', 'a"b.csv'),
+        (b'attachment; filename="C:\\Users\\ada\\q3.csv"', "q3.csv"),
+        (b'attachment; filename="../../etc/passwd"', "passwd"),
+        (b"attachment", None),
+    ],
+)
+def test_an_uploads_file_name_is_read_as_the_client_meant_it_without_folders(app, disposition, name):
+    """Given a raw-body step, when a file is sent with a Content-Disposition naming it (raw UTF-8, RFC 8187's
+    filename*, escaped quotes, a Windows or relative path), then the handler's ref carries the name the client
+    meant, its last path part only."""
+    resp = httpx.put(
+        f"{app.url}/tables/orders",
+        content=b"id\n1\n",
+        headers=[(b"content-type", b"text/csv"), (b"content-disposition", disposition)],
+    )
+    assert resp.status_code == 200 and resp.json() == {"rows": 2, "name": name}
+
+
 def test_undeclared_types_and_oversized_bodies_are_refused_and_store_nothing(app):
     """Given raw-body steps with limits, when a body of an undeclared type, one over the step's max_body_bytes (with
     Content-Length, and chunked) or JSON to an upload route arrives, then 415 or 413 names the field, and no blob nor
