@@ -34,6 +34,24 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 SESSION_STOP_S = 5.0
 
 
+#: The largest window a browser may ask the console to draw (a browser's own, at any zoom, is smaller).
+#: Past it one frame is megabytes, and a session dropped while its console writes one left that console
+#: blocked on the pipe, for good.
+MAX_WIDTH, MAX_HEIGHT = 500, 200
+
+
+def _bounded_size(request: web.Request) -> web.Request:
+    """``request`` with its ``width``/``height`` query brought within :data:`MAX_WIDTH` x :data:`MAX_HEIGHT`."""
+    query = dict(request.query)
+    for key, most in (("width", MAX_WIDTH), ("height", MAX_HEIGHT)):
+        value = query.get(key, "")
+        if value.isdigit() and int(value) > most:
+            query[key] = str(most)
+    if query == dict(request.query):
+        return request
+    return request.clone(rel_url=request.rel_url.with_query(query))
+
+
 def is_loopback(host: str) -> bool:
     return host in LOOPBACK_NAMES or host.startswith("127.")
 
@@ -153,6 +171,7 @@ class ConsoleServer(Server):
         pass  # textual-serve prints a logo; the CLI prints one line once the socket is bound
 
     async def handle_websocket(self, request: web.Request) -> web.WebSocketResponse:
+        request = _bounded_size(request)
         task = asyncio.current_task()
         assert task is not None
         self._sessions.add(task)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -199,6 +200,43 @@ def test_every_route_needs_the_token_and_the_page_s_own_origin(web):
         assert c.get("/ws", headers={**ws, "Origin": "http://evil.example"}).status_code == 403
         host = web.url.split("//", 1)[1]
         assert c.get("/", headers={"Host": f"evil.example:{host.rsplit(':', 1)[1]}"}).status_code == 400
+
+
+def _attach_children(web) -> list:
+    import psutil
+
+    try:
+        kids = psutil.Process(web.proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [p for p in kids if "attach" in " ".join(p.cmdline())]
+
+
+def test_a_session_asking_for_a_huge_window_and_dropped_leaves_no_console_behind(web):
+    """Given the web console, when a session asks for a 3000 x 3000 window and its connection is then dropped
+    without a close (a reset), then the console it started is gone within seconds (the size is bounded: frames of
+    megabytes left that console blocked on its pipe for good)."""
+    import base64
+    import socket
+    import struct
+
+    host, port = web.url.split("//", 1)[1].rsplit(":", 1)
+    before = {p.pid for p in _attach_children(web)}
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /ws?width=3000&height=3000 HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {TOKEN}\r\n\r\n"
+        ).encode()
+    )
+    assert sock.recv(100).startswith(b"HTTP/1.1 101")
+    wait_for(lambda: {p.pid for p in _attach_children(web)} - before, timeout=20, what="the session's console started")
+    time.sleep(3)  # it draws (and writes) its first frames
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # a reset: no close frame
+    wait_for(lambda: not ({p.pid for p in _attach_children(web)} - before), timeout=20, what="the session's console gone")
 
 
 def test_beyond_loopback_without_a_token_it_refuses_to_start(project):
