@@ -96,7 +96,17 @@ def listen(config: Config) -> socket.socket:
 class HttpServer:
     """Serves ``steps``' HTTP triggers (and health, metrics, OpenAPI) on ``server.host:port``."""
 
-    def __init__(self, config: Config, services: Services, steps: StepSet, *, retire_grace_s: float = RETIRE_GRACE_S) -> None:
+    def __init__(
+        self,
+        config: Config,
+        services: Services,
+        steps: StepSet,
+        *,
+        retire_grace_s: float = RETIRE_GRACE_S,
+        sock: socket.socket | None = None,
+    ) -> None:
+        #: A socket already bound by :func:`listen` (the supervisor binds first, before it writes anything), or None.
+        self._sock = sock
         self.config = config
         self.services = services
         self.steps = steps
@@ -114,7 +124,7 @@ class HttpServer:
         return _Version(runner, create_app(runner, steps.http_steps(), max_body_bytes=self.config.server.max_body_bytes))
 
     async def __aenter__(self) -> HttpServer:
-        sock = listen(self.config)
+        sock, self._sock = self._sock or listen(self.config), None
         try:
             self.port = sock.getsockname()[1]
             self._current = self._build(self.steps)

@@ -27,7 +27,7 @@ from iii_console.core.discovery import StepSet, discover, emit_step_error
 from iii_console.runtime.dispatcher import watch_state_triggers
 from iii_console.runtime.echo import EchoCommand, EventEcho
 from iii_console.runtime.embedded import EmbeddedRedis
-from iii_console.runtime.http_server import RETIRE_GRACE_S, HttpServer
+from iii_console.runtime.http_server import RETIRE_GRACE_S, HttpServer, listen
 from iii_console.runtime.pool import Child, WorkerPool, exit_description  # noqa: F401  (part of this module's names)
 from iii_console.runtime.redis_watchdog import RedisWatchdog
 from iii_console.runtime.scheduler import CronScheduler
@@ -92,6 +92,14 @@ class Supervisor:
         """Enter every role, the last to stop first."""
         from iii_console.adapters.queue.delays import migrate_legacy_delay_queues
 
+        sock = None
+        if "server" in self.roles:
+            # Bound before anything is started or written: a second `iii-console` in the same project stops
+            # here ("address already in use"), before its workers start (and, stopped, are reported as
+            # crashed in the first one's console) or its registry replaces the first one's.
+            sock = listen(self.config)
+            bound = sock
+            stack.callback(lambda: None if self.server is not None else bound.close())  # the server closes its own
         self.config, self.embedded = resolve_redis(self.config)
         if self.embedded is not None:
             stack.push_async_callback(asyncio.to_thread, self.embedded.stop)
@@ -138,7 +146,7 @@ class Supervisor:
             self.scheduler = await stack.enter_async_context(CronScheduler(services, self.steps))
         if "server" in self.roles:
             self.server = await stack.enter_async_context(
-                HttpServer(self.config, services, self.steps, retire_grace_s=RETIRE_GRACE_S)
+                HttpServer(self.config, services, self.steps, retire_grace_s=RETIRE_GRACE_S, sock=sock)
             )
 
     def _publish_registry(self) -> None:

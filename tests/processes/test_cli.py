@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -17,7 +18,7 @@ import pytest
 
 from iii_console.core.redis_server import free_port
 
-from ..helpers import cli_env, make_project, wait_for
+from ..helpers import cli_env, events, make_project, start_cli, wait_for
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
@@ -333,3 +334,22 @@ def test_steps_import_the_projects_own_packages_from_wherever_the_command_runs(t
     assert checked.returncode == 0, checked.stdout + checked.stderr
     listed = _run(elsewhere, "steps", "--json", "--config", str(proj / "iii-config.yaml"))
     assert listed.returncode == 0 and "Pay" in listed.stdout, listed.stderr
+
+
+def test_a_second_run_on_a_port_in_use_stops_before_it_starts_anything(tmp_path, redis_url, r, keys):
+    """Given `iii-console --no-ui` running, when a second one starts in the same project (same port), then it exits
+    naming the port and `attach` before it starts a worker or writes anything: the first one's stream gets no worker
+    of its (reported crashed when it stopped)."""
+    port = free_port()
+    make_project(tmp_path, {}, f"server:\n  port: {port}\n", redis_url=redis_url)
+    first = start_cli(tmp_path, "--no-ui")
+    try:
+        wait_for(lambda: events(r, keys, "worker.started"), timeout=30, what="the first run's worker")
+        seen = len(r.xrange(keys.events))
+        second = _run(tmp_path, "--no-ui")
+        assert second.returncode != 0 and "address already in use" in second.stderr and "attach" in second.stderr
+        time.sleep(1)
+        later = [e.type for e in events(r, keys)[seen:] if e.type.startswith("worker.") and e.type != "worker.heartbeat"]
+        assert later == [], later
+    finally:
+        assert first.stop() == 0
