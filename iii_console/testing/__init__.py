@@ -54,6 +54,19 @@ def iii_project(pytestconfig: pytest.Config) -> Path:
 @pytest.fixture(scope="session")
 def iii_redis() -> Iterator[RedisServer]:
     """A private redis-server for the test session (not the project's embedded one, never a shared one)."""
+    from iii_console.core.errors import IIIError
+    from iii_console.core.redis_server import _os_release, find_redis_server, install_hint
+
+    try:
+        find_redis_server()
+    except IIIError:
+        # Not "pass --redis": these fixtures empty their Redis before every test, so they only ever use their own.
+        import platform
+
+        pytest.fail(
+            f"the iii-console test fixtures start a private redis-server and none was found: {install_hint(platform.system(), _os_release())}",
+            pytrace=False,
+        )
     with tempfile.TemporaryDirectory(prefix="iii-test-redis-") as data:
         server = RedisServer(data, appendonly=False).start()
         try:
