@@ -17,6 +17,7 @@ import json
 import re
 import sys
 import traceback
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,13 +334,45 @@ def _motia(module: Any, raw: Any, src: _Source, file: str, declared: str | None)
     return config, handler
 
 
+#: The package step files are imported under (``iii_steps.orders.place_step``), so a relative import in one
+#: (``from .helpers import x``) finds the modules beside it.
+STEPS_PACKAGE = "iii_steps"
+
+
+def _packages(root: Path, rel_dir: Path) -> None:
+    """Make ``iii_steps`` (the steps folder) and a package for each folder down to ``rel_dir`` importable."""
+    name, folder = STEPS_PACKAGE, root
+    for part in ("", *rel_dir.parts):
+        if part:
+            name, folder = f"{name}.{part}", folder / part
+        known = sys.modules.get(name)
+        if known is not None and list(getattr(known, "__path__", None) or ()) == [str(folder)]:
+            continue
+        module: Any = None
+        init = folder / "__init__.py"
+        if part and init.is_file():
+            spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(folder)])
+            if spec is not None and spec.loader is not None:
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except Exception:  # the step that imports it reports it, at its own line
+                    module = None
+        if module is None:  # a folder without __init__.py (or one that fails): a namespace
+            module = types.ModuleType(name)
+            module.__path__ = [str(folder)]
+            sys.modules[name] = module
+
+
 def load_step_file(path: Path, root: Path) -> Step:
     file = str(path)
     rel = path.relative_to(root).with_suffix("")
-    mod_name = "iii_steps." + ".".join(rel.parts)
+    mod_name = f"{STEPS_PACKAGE}." + ".".join(rel.parts)
     src = _Source(path)
     declared = _declared_name(src.text)
     try:
+        _packages(root, rel.parent)
         spec = importlib.util.spec_from_file_location(mod_name, path)
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)

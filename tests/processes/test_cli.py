@@ -353,3 +353,24 @@ def test_a_second_run_on_a_port_in_use_stops_before_it_starts_anything(tmp_path,
         assert later == [], later
     finally:
         assert first.stop() == 0
+
+
+def test_steps_import_modules_beside_them_relatively(tmp_path):
+    """Given step files that import with relative imports (a helper beside a top-level step, one beside a step in a
+    folder with an __init__.py, a name from that __init__), when `config check` runs, then every step loads."""
+    make_project(tmp_path, {}, "server:\n  port: 0\n")
+    steps = tmp_path / "steps"
+    (steps / "helpers.py").write_text("def x():\n    return 1\n")
+    (steps / "top_step.py").write_text(
+        "from .helpers import x\nfrom iii_console import Step, queue\n"
+        "config = Step(name='Top', triggers=[queue('top')])\ndef handler(d, ctx):\n    return x()\n"
+    )
+    (steps / "orders").mkdir()
+    (steps / "orders" / "__init__.py").write_text("SHARED = 'orders'\n")
+    (steps / "orders" / "helpers.py").write_text("def y():\n    return 2\n")
+    (steps / "orders" / "place_step.py").write_text(
+        "from . import SHARED\nfrom .helpers import y\nfrom iii_console import Step, queue\n"
+        "config = Step(name='Place', triggers=[queue(SHARED)])\ndef handler(d, ctx):\n    return y()\n"
+    )
+    checked = _run(tmp_path, "config", "check")
+    assert checked.returncode == 0 and "2 steps, 0 problems" in checked.stderr, checked.stdout + checked.stderr
