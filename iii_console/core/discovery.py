@@ -528,15 +528,17 @@ def discover(steps_dir: str | Path, project_dir: str | Path | None = None) -> St
             continue
         names[step.name] = str(path)
         out.steps.append(step)
-    routes: dict[tuple[str, str], str] = {}
+    routes: dict[tuple[str, str], Step] = {}
     for step in list(out.steps):
         mine = [(i, t) for i, t in enumerate(step.triggers) if isinstance(t, HttpTrigger)]
         clash = next(((i, t) for i, t in mine if t.route_key in routes), None)
         if clash is not None:
             i, t = clash
+            other = routes[t.route_key]
             out.errors.append(
                 StepError(
-                    f"route {t.describe()} is already served by step {routes[t.route_key]!r}",
+                    f"route {t.describe()} is already served by step {other.name!r} ({other.file}, loaded first: "
+                    "files load in path order); this step is not loaded until one of them takes another route",
                     file=step.file,
                     step=step.name,
                     field=f"triggers.{i}",
@@ -545,5 +547,5 @@ def discover(steps_dir: str | Path, project_dir: str | Path | None = None) -> St
             )
             out.steps.remove(step)
             continue
-        routes.update({t.route_key: step.name for _i, t in mine})
+        routes.update({t.route_key: step for _i, t in mine})
     return out

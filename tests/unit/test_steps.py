@@ -326,6 +326,8 @@ def test_duplicate_route_names_the_step_already_serving_it(found):
     err = error_for(found, "nested/deeper/route_step.py")
     assert (err.step, err.field, err.line) == ("SameRoute", "triggers.0", 3)
     assert "route GET /things/{key} is already served by step 'Good'" in str(err)
+    root, _ = found
+    assert f"({root.resolve() / 'a_good_step.py'}, loaded first" in str(err)
 
 
 def test_nested_step_files_are_found_and_others_ignored(found):
