@@ -93,8 +93,11 @@ def config_check(config_path: str | None, redis_url: str | None) -> None:
     except ConfigError as exc:
         if config_path is not None and not os.path.exists(config_path):
             raise  # nothing to check: a usage error, not a finding
-        click.echo(printable(exc))  # a problem the check found: the report, like every other
-        click.echo("1 problem in the configuration; steps not checked", err=True)
+        every = [exc, *exc.more]
+        for problem in every:
+            click.echo(printable(problem))  # a problem the check found: the report, like every other
+        n = len(every)
+        click.echo(f"{n} problem{'s' if n != 1 else ''} in the configuration; steps not checked", err=True)
         sys.exit(2)
     found = discover(cfg.steps_path, cfg.project_dir)
     problems = [str(e) for e in found.errors]

@@ -595,15 +595,19 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, st
     try:
         return Config(**data, project_dir=str(p.resolve().parent), source=fname)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(x for x in err["loc"])
-        key = ".".join(str(x) for x in loc)
-        line = None
-        for n in range(len(loc), -1, -1):
-            if loc[:n] in lines:
-                line = lines[loc[:n]]
-                break
-        raise ConfigError(_message(err), file=fname, line=line, key=key) from None
+        found = []
+        for err in exc.errors():
+            loc = tuple(x for x in err["loc"])
+            key = ".".join(str(x) for x in loc)
+            line = None
+            for n in range(len(loc), -1, -1):
+                if loc[:n] in lines:
+                    line = lines[loc[:n]]
+                    break
+            found.append(ConfigError(_message(err), file=fname, line=line, key=key))
+        first = found[0]
+        first.more = found[1:]  # `config check` lists them all; a start names the first
+        raise first from None
 
 
 def _message(err: Any) -> str:

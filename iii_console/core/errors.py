@@ -18,6 +18,8 @@ class ConfigError(IIIError):
 
     def __init__(self, message: str, *, file: str | None = None, line: int | None = None, key: str | None = None):
         self.file, self.line, self.key = file, line, key
+        #: Further problems found in the same file (``config check`` lists every one).
+        self.more: list[ConfigError] = []
         where = file or ""
         if line is not None:
             where += f":{line}"

@@ -46,6 +46,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "unknown.yaml").write_text("server:\n  port: 3111\nqueues:\n  message.sent:\n    concurency: 3\n")
     (root / "badurl.yaml").write_text("server:\n  port: 0\nredis:\n  url: redis://localhost:notaport/0\n")
     (root / "boolport.yaml").write_text("server:\n  port: true\n")
+    (root / "three.yaml").write_text("server:\n  port: abc\nqueues:\n  q:\n    max_retries: -1\n    backoff: linear\n")
     return root
 
 
@@ -144,6 +145,14 @@ def test_config_check_reports_a_broken_file_as_a_finding(project):
     res = _run(project, "config", "check", "--config", "unknown.yaml")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stdout.strip() == "unknown.yaml:5: queues.message.sent.concurency: unknown key"
+    # Every problem of the file, each with its line and key (a start names the first only).
+    res = _run(project, "config", "check", "--config", "three.yaml")
+    assert res.returncode == 2 and "3 problems in the configuration" in res.stderr
+    assert [ln.split(": ")[0:2] for ln in res.stdout.splitlines()] == [
+        ["three.yaml:2", "server.port"],
+        ["three.yaml:5", "queues.q.max_retries"],
+        ["three.yaml:6", "queues.q.backoff"],
+    ]
 
 
 def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
