@@ -218,18 +218,36 @@ def state_store(request: pytest.FixtureRequest, r: redis.Redis, redis_url: str) 
     loop.close()
 
 
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A PostgreSQL database of this test module's own (``iii_test_<random>``), dropped afterwards.
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server of this test process's own (``tests/pgserver.py``: free port, temporary data,
+    never the system's), started on first use; ``III_TEST_POSTGRES_URL`` names one to use instead."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (the examples extra)")
+    given = os.environ.get("III_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    from tests.pgserver import PgServer, pg_bin
 
-    The server is ``III_TEST_POSTGRES_URL``, else ``postgresql://postgres@127.0.0.1:5432/postgres``;
-    the test is skipped, saying why, when psycopg is missing or no server answers.
-    """
+    if pg_bin("initdb") is None or pg_bin("postgres") is None:
+        pytest.skip("PostgreSQL is not installed (initdb and postgres; or set III_TEST_POSTGRES_URL)")
+    try:
+        server = PgServer().start()
+    except RuntimeError as exc:
+        pytest.skip(f"no PostgreSQL of our own: {exc}")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres_server):
+    """A PostgreSQL database of this test module's own (``iii_test_<random>``), dropped afterwards, on
+    ``postgres_server``; the test is skipped, saying why, when psycopg or PostgreSQL is missing."""
     import uuid
     from urllib.parse import urlsplit, urlunsplit
 
     psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (the examples extra)")
-    admin = os.environ.get("III_TEST_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+    admin = postgres_server
     try:
         conn = psycopg.connect(admin, autocommit=True, connect_timeout=3)
     except psycopg.Error as exc:
