@@ -26,6 +26,7 @@ from iii_console.adapters.server import ServedApp, create_app
 from iii_console.core.config import Config
 from iii_console.core.discovery import StepSet
 from iii_console.core.errors import ConfigError, IIIError
+from iii_console.runtime import unawaited
 from iii_console.runtime.runner import StepRunner, make_runner
 from iii_console.runtime.services import Services
 
@@ -125,6 +126,7 @@ class HttpServer:
 
     async def __aenter__(self) -> HttpServer:
         sock, self._sock = self._sock or listen(self.config), None
+        unawaited.install_for(self.services.emitter.emit, self.config, self.steps)
         try:
             self.port = sock.getsockname()[1]
             self._current = self._build(self.steps)

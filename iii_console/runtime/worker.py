@@ -43,7 +43,7 @@ from iii_console.core.context import CronTick, StateChange
 from iii_console.core.discovery import StepSet, discover
 from iii_console.core.events import now_ms
 from iii_console.core.steps import PRIORITIES, QueueTrigger, StateTrigger, Step, validate_input
-from iii_console.runtime import hangup
+from iii_console.runtime import hangup, unawaited
 from iii_console.runtime.batch import batched_actor
 from iii_console.runtime.brokers import make_broker
 from iii_console.runtime.dispatcher import (
@@ -241,6 +241,7 @@ class WorkerRuntime:
         logging.getLogger("dramatiq.broker").setLevel(logging.ERROR)  # one Worker per topic shares the broker
         # Handler failures reach the console as message.failed events with their traceback.
         logging.getLogger("dramatiq.worker.WorkerThread").setLevel(logging.CRITICAL)
+        unawaited.install_for(self.services.emitter.emit, self.config, self.steps)
         self.declare()
         wait_for_redis(self.heartbeat, stop=self.recycler.requested, orphaned=self.orphaned)
         for w in self.workers.values():

@@ -409,3 +409,51 @@ def test_what_a_handler_returns_becomes_the_answer_or_a_reported_500(app, rc):
             lambda: [e for e in events(rc, KEYS, "step.error") if e.trace_id == trace], what=f"the {kind} step.error"
         )
         assert err.step == "Answer" and words in err.error
+
+
+def test_a_call_an_async_handler_forgot_to_await_is_reported_where_it_was_made(tmp_path, redis_url, r):
+    """Given `async def` handlers (a queue step and an HTTP step) that call ctx.state.set and ctx.enqueue without
+    `await`, when they run, then each forgotten call is a `log` event at error level naming the step, its file and
+    line and the call, and says to await it (the call did nothing: nothing was written or enqueued)."""
+    from iii_console.core.keys import Keys
+
+    keys = Keys()
+    step = (
+        "from iii_console import Step, http, queue\n"
+        "config = Step(name='Forgetful', triggers=[queue('jobs'), http('POST', '/forget')], enqueues=['later'])\n"
+        "async def handler(data, ctx):\n"
+        "    ctx.state.set('forgot', 'k', {'v': 1})\n"
+        "    ctx.enqueue('later', {})\n"
+        "    return {'status': 200, 'body': {}}\n"
+    )
+    make_project(tmp_path, {"forgetful_step.py": step}, "server:\n  port: 0\n", redis_url=redis_url)
+    run = start_cli(tmp_path, "--no-ui")
+    try:
+        assert httpx.post(f"{run.url}/forget", json={}).status_code == 200  # the server's process
+        sent = subprocess.run(  # and a worker process
+            [sys.executable, "-m", "iii_console", "send", "--topic", "jobs", "--data", "{}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stderr
+
+        def reports():
+            return [
+                e for e in events(r, keys, "log") if e.data.get("level") == "error" and "was not awaited" in e.data["message"]
+            ]
+
+        wait_for(lambda: len(reports()) >= 4, timeout=30, what="the forgotten calls of both runs reported")
+        got = reports()
+        assert all(e.step == "Forgetful" for e in got)
+        assert sorted(e.data["line"] for e in got) == [4, 4, 5, 5], [e.data for e in got]
+        said = [e.data["message"] for e in got]
+        assert (
+            sum(".set(...) was not awaited" in m for m in said) == 2
+            and sum(".enqueue(...) was not awaited" in m for m in said) == 2
+        ), said
+        assert all(e.data["file"].endswith("forgetful_step.py") and "write `await`" in e.data["message"] for e in got)
+        assert r.hget(keys.state_group("forgot"), "k") is None  # it did nothing
+    finally:
+        run.stop()
