@@ -96,9 +96,15 @@ def _parse(expr: str, tz: tzinfo) -> CronSchedule:
         triggers: tuple[_APCron, ...] = (_APCron(**kwargs, timezone=tz),)
     else:
         triggers = (_APCron(**{**kwargs, "day_of_week": "*"}, timezone=tz), _APCron(**{**kwargs, "day": "*"}, timezone=tz))
-    schedule = CronSchedule(expr, triggers)
-    if schedule.next_after(_EPOCH.astimezone(tz)) is None:
+    # A half of the day-of-month OR day-of-week union that no date matches (`0 0 30 2 mon`: the 30th of
+    # February) is dropped: asked on every tick, it searched every year up to 9999 first (0.3 s each time).
+    epoch = _EPOCH.astimezone(tz)
+    triggers = tuple(t for t in triggers if t.get_next_fire_time(None, epoch) is not None)
+    if not triggers:
         raise ValueError(f"cron expression {expr!r} never fires: no date matches its day and month fields")
+    schedule = CronSchedule(expr, triggers)
+    if len(parts) == 7 and schedule.next_after(datetime.now(tz)) is None:
+        raise ValueError(f"cron expression {expr!r} never fires again: every year it names is past")
     return schedule
 
 

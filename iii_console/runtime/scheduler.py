@@ -63,30 +63,38 @@ CLOCK_SYNC_S = 5.0
 
 
 class RedisClock:
-    """This host's clock corrected to Redis's: the one clock every scheduler agrees on.
+    """Redis's clock, read here: the one clock every scheduler agrees on.
 
-    The offset is read with ``TIME`` at most every ``CLOCK_SYNC_S`` (taking half
-    the round trip as the one-way delay); while Redis is away the last offset holds.
+    Redis's ``TIME`` is read at most every ``CLOCK_SYNC_S`` (taking half the round
+    trip as the one-way delay) and carried forward between reads by this host's
+    monotonic clock, which a change of the host's wall clock (an NTP step, a person
+    setting it) does not move: the wall clock is not read at all once Redis answered
+    (carried forward by the wall clock, a step of it inside the interval moved every
+    tick by as much: an hour's correction fired an hour of ticks early, then none).
+    Before Redis first answers, the host's own clock (``local``) stands in.
     """
 
     def __init__(self, client: redis.Redis, local: Callable[[], float] = time.time):
         self.client = client
         self.local = local
-        self.offset = 0.0
+        #: Redis's time minus the monotonic clock at the last read (None until Redis answers).
+        self._base: float | None = None
         self._synced = float("-inf")
 
     def __call__(self) -> float:
         now = time.monotonic()
         if now - self._synced >= CLOCK_SYNC_S:
             try:
-                t0 = self.local()
+                m0 = time.monotonic()
                 secs, micros = self.client.time()
-                t1 = self.local()
-                self.offset = (secs + micros / 1e6) - (t0 + t1) / 2
+                m1 = time.monotonic()
+                self._base = (secs + micros / 1e6) - (m0 + m1) / 2
                 self._synced = now
             except redis.RedisError:
                 pass
-        return self.local() + self.offset
+        if self._base is None:
+            return self.local()
+        return time.monotonic() + self._base
 
 
 def due_ticks(expr: str, after_ms: int, until_ms: int) -> list[int]:

@@ -165,12 +165,23 @@ def test_out_of_range_fields_are_rejected_naming_the_field(expr, field):
         ("0 0 30 2 *", "'0 0 30 2 *' never fires"),
         ("0 0 31 4,6,9,11 *", "never fires"),
         ("0 0 0 31 2 *", "never fires"),
+        ("0 0 0 1 1 * 2001", "never fires again: every year it names is past"),
+        ("0 0 0 1 1 * 2010-2020", "never fires again"),
     ],
 )
 def test_unsupported_aliases_and_expressions_that_never_fire_are_rejected(expr, words):
     """Given an alias cron has no schedule for, or fields no date matches, when parsed, then ValueError says so."""
     with pytest.raises(ValueError, match=re.escape(words)):
         parse_cron(expr)
+
+
+def test_an_or_half_no_date_matches_costs_nothing_on_each_tick():
+    """Given `0 0 30 2 mon` (the 30th of February, or a Monday in February), when parsed, then the half no date
+    matches is dropped (asked on every tick, it searched every year up to 9999: 0.3 s of CPU each loop), and the
+    next fire is the next Monday in February."""
+    sched = parse_cron("0 0 30 2 mon")
+    assert len(sched.triggers) == 1
+    assert sched.next_after(at(2025, 1, 1)) == at(2025, 2, 3)
 
 
 def test_a_leap_day_is_rare_but_not_never():
@@ -485,6 +496,27 @@ def test_schedulers_judge_ticks_by_redis_clock_not_their_own(schedulers, r, keys
     redis_now = secs * 1000 + micros // 1000
     [first, *_] = fired(r, keys)
     assert redis_now - 3000 <= first <= redis_now, first - redis_now
+
+
+def test_a_step_of_the_hosts_wall_clock_does_not_move_the_schedulers_clock(r):
+    """Given a scheduler's clock synced with Redis on a host whose clock is an hour slow, when the host's clock is
+    set right (an NTP step) between two syncs, then the scheduler's clock still reads Redis's time (carried
+    forward by the wall clock, it jumped an hour ahead: an hour of ticks fired early, then none for an hour)."""
+    import time as _time
+
+    from iii_console.runtime.scheduler import RedisClock
+
+    def redis_now() -> float:
+        secs, micros = r.time()
+        return secs + micros / 1e6
+
+    skew = [-3600.0]
+    clock = RedisClock(r, local=lambda: _time.time() + skew[0])
+    assert abs(clock() - redis_now()) < 0.5
+    skew[0] = 0.0  # corrected, within the sync interval
+    assert abs(clock() - redis_now()) < 0.5
+    skew[0] = 7200.0  # or set two hours ahead
+    assert abs(clock() - redis_now()) < 0.5
 
 
 def test_each_cron_trigger_of_a_step_fires_its_own_ticks_and_resumes_from_its_own_last_one(tmp_path, redis_url, r, keys):
