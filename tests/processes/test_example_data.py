@@ -12,6 +12,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import time
@@ -39,6 +40,10 @@ BAD_KINDS = [
     ("customer", "   "),
     ("amount", "1.234"),
     ("fields", None),
+    # Past what a BIGINT holds: the record is bad, its chunk's other rows import (the database refused the chunk).
+    ("id", "99999999999999999999999"),
+    ("amount", "100000000000000000.00"),
+    ("amount", "1e30"),
 ]
 
 
@@ -224,6 +229,9 @@ def test_bad_input_is_refused_naming_the_field_or_dead_lettered_with_the_reason(
     with the missing columns in its error and in the import's record."""
     outside = app.post("/imports/from-path", json={"path": "../iii-config.yaml"})
     assert outside.status_code == 400 and outside.json()["fields"][0]["field"] == "path"
+    for odd in ("a\u0000b.csv", "x" * 5000 + ".csv"):  # a NUL, a name past what the file system takes: not a 500
+        refused = app.post("/imports/from-path", json={"path": odd})
+        assert refused.status_code == 400 and refused.json()["fields"][0]["field"] == "path", refused.text
     assert _upload(app, b"<html/>", "page.html", "text/html").status_code == 415
     bad = _upload(app, b"id,name\n1,x\n", "wrong.csv").json()
     dead = app.wait_for("message.dead_lettered", step="PlanImport", trace=bad["trace_id"])
@@ -267,6 +275,29 @@ def test_a_worker_killed_mid_chunk_leaves_no_duplicate_rows(app, db):
     assert len(app.events("data.imported", trace=trace)) == 1
 
 
+@pytest.mark.parametrize(
+    "fields, error",
+    [
+        ({"id": "99999999999999999999999"}, "id: must be from 1 to 9223372036854775807"),
+        ({"id": "9" * 5000}, "id: must be from 1"),
+        ({"amount": "100000000000000000.00"}, "amount: at most 92233720368547758.07"),
+        ({"amount": "1e30"}, "amount: not an amount in cents' range"),
+        ({"customer": "Ada\x00Co"}, "customer: holds a NUL character"),
+        ({"customer": None}, "customer: must be text, not null"),
+        ({"note": {"a": 1}}, 'note: must be text, not {"a": 1}'),
+        ({"placed_on": "20260102"}, "placed_on: not a date (YYYY-MM-DD)"),
+    ],
+)
+def test_a_record_a_database_would_refuse_is_a_bad_record_naming_the_field(records_module, fields, error):
+    """Given a JSON-lines record with a value no orders row can hold (past BIGINT, a NUL, a null or an object for
+    text, a date not written YYYY-MM-DD), when checked, then it is a bad record naming the field (the database
+    refused it, failing its whole chunk, good rows and all)."""
+    good = {"id": 7, "customer": "Ada", "note": None, "amount": "2.50", "placed_on": "2026-01-02"}
+    assert records_module.parse(json.dumps(good).encode(), "jsonl", [])["amount_cents"] == 250
+    with pytest.raises(records_module.BadRecord, match=re.escape(error)):
+        records_module.parse(json.dumps({**good, **fields}).encode(), "jsonl", [])
+
+
 @pytest.fixture(scope="module")
 def records_module():
     """The example's file scanner, imported from its steps folder as its steps import it."""
@@ -290,6 +321,14 @@ def records_module():
             2,
             1,
             [2, 4],
+        ),
+        # A quote inside a plain field is a character, as the csv module reads it (counting quotes, the rest of
+        # the file became one record); one that opens a field still spans lines.
+        (
+            'id,customer,note,amount,placed_on\n1,Pipe Co,6" pipe,1,2026-01-01\n2,b,"x\ny",2,2026-01-02\n3,c,a"b"c,3,2026-01-03\n',
+            1,
+            3,
+            [2, 3, 5],
         ),
     ],
 )

@@ -27,8 +27,12 @@ config = Step(
 def handler(req: HttpRequest, ctx: SyncContext) -> Any:
     # Only files under one folder: a request must not read whatever the server can.
     root = Path(os.environ.get("DATA_IMPORT_DIR") or PROJECT / "imports").resolve()
-    path = (root / req.body.path).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
+    try:
+        path = (root / req.body.path).resolve()
+        usable = path.is_relative_to(root) and path.is_file()
+    except (ValueError, OSError):  # a NUL in it, a name longer than the file system takes
+        usable = False
+    if not usable:
         return {
             "status": 400,
             "body": {

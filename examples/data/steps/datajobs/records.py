@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -56,7 +57,7 @@ def records(fh: BinaryIO, fmt: str, end: int | None = None, line: int = 1) -> It
         line += 1
         buf.append(raw)
         if fmt == "csv":
-            open_quotes ^= raw.count(b'"') % 2 == 1
+            open_quotes = _in_quotes_after(raw, open_quotes)
             if open_quotes:
                 continue
         record = b"".join(buf)
@@ -65,6 +66,33 @@ def records(fh: BinaryIO, fmt: str, end: int | None = None, line: int = 1) -> It
             yield start_line, start, pos, record
     if buf:  # a quote never closed: the rest is one bad record
         yield start_line, start, pos, b"".join(buf)
+
+
+def _in_quotes_after(line: bytes, in_quotes: bool) -> bool:
+    """Whether a CSV line ends inside a quoted field, given whether it starts in one.
+
+    As the ``csv`` module reads it (RFC 4180): a quote opens a quoted field only as the field's
+    first character; inside one, ``""`` is a quote and a lone ``"`` closes it. A quote in the
+    middle of a plain field (``6" pipe``) is just a character: counting quotes took it for an
+    opening one, and the rest of the file became one bad record.
+    """
+    if b'"' not in line:
+        return in_quotes
+    at_start = not in_quotes  # a line that does not continue a quoted field starts a field
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if in_quotes:
+            if c == 0x22:  # "
+                if i + 1 < n and line[i + 1] == 0x22:
+                    i += 1  # "" inside quotes
+                else:
+                    in_quotes = False
+        elif c == 0x22 and at_start:
+            in_quotes = True
+        at_start = c == 0x2C and not in_quotes  # ,
+        i += 1
+    return in_quotes
 
 
 def plan(fh: BinaryIO, fmt: str, chunk_records: int) -> tuple[list[str], list[Chunk]]:
@@ -117,34 +145,60 @@ def parse(raw: bytes, fmt: str, header: list[str]) -> dict[str, Any]:
     return _check(fields)
 
 
+#: The largest id and amount in cents a row can hold (``BIGINT``, SQLite's ``INTEGER``).
+INT64_MAX = 2**63 - 1
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _text(f: dict[str, Any], name: str, *, empty_ok: bool = False) -> str:
+    """A text field: JSON lines give it as a string (a number is taken as its digits); no NUL (PostgreSQL refuses it)."""
+    value = f[name]
+    if value is None and empty_ok:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise BadRecord(f"{name}: must be text, not {json.dumps(value)[:40]}")
+    text = str(value)
+    if "\x00" in text:
+        raise BadRecord(f"{name}: holds a NUL character")
+    return text
+
+
 def _check(f: dict[str, Any]) -> dict[str, Any]:
     missing = [c for c in COLUMNS if c not in f]
     if missing:
         raise BadRecord(f"missing {', '.join(missing)}")
-    try:
-        oid = int(str(f["id"]).strip())
-    except ValueError:
-        raise BadRecord(f"id: not a whole number: {str(f['id'])[:40]!r}") from None
-    if oid <= 0:
-        raise BadRecord(f"id: must be positive, not {oid}")
-    customer = str(f["customer"]).strip()
+    raw_id = _text(f, "id").strip()
+    if not raw_id.isascii() or not raw_id.isdigit():
+        raise BadRecord(f"id: not a whole number: {raw_id[:40]!r}")
+    if len(raw_id) > 19 or not 0 < int(raw_id) <= INT64_MAX:
+        raise BadRecord(f"id: must be from 1 to {INT64_MAX}, not {raw_id[:40]}")
+    oid = int(raw_id)
+    customer = _text(f, "customer").strip()
     if not customer or len(customer) > 200:
         raise BadRecord("customer: empty" if not customer else "customer: longer than 200 characters")
+    raw_amount = _text(f, "amount").strip()
     try:
-        amount = Decimal(str(f["amount"]).strip())
-    except InvalidOperation:
-        raise BadRecord(f"amount: not a number: {str(f['amount'])[:40]!r}") from None
-    if not amount.is_finite() or amount < 0 or amount != amount.quantize(Decimal("0.01")):
-        raise BadRecord(f"amount: must be a non-negative amount with at most 2 decimals, not {f['amount']!r}")
+        amount = Decimal(raw_amount)
+        exact = amount.is_finite() and amount == amount.quantize(Decimal("0.01"))
+    except InvalidOperation:  # not a number, or too many digits to hold in cents
+        raise BadRecord(f"amount: not an amount in cents' range: {raw_amount[:40]!r}") from None
+    if not exact or amount < 0:
+        raise BadRecord(f"amount: must be a non-negative amount with at most 2 decimals, not {raw_amount[:40]!r}")
+    cents = int(amount * 100)
+    if cents > INT64_MAX:
+        raise BadRecord(f"amount: at most {Decimal(INT64_MAX) / 100}, not {raw_amount[:40]}")
+    placed = _text(f, "placed_on").strip()
     try:
-        placed_on = dt.date.fromisoformat(str(f["placed_on"]).strip())
+        if not _DATE.fullmatch(placed):
+            raise ValueError
+        placed_on = dt.date.fromisoformat(placed)
     except ValueError:
-        raise BadRecord(f"placed_on: not a date (YYYY-MM-DD): {str(f['placed_on'])[:40]!r}") from None
+        raise BadRecord(f"placed_on: not a date (YYYY-MM-DD): {placed[:40]!r}") from None
     return {
         "id": oid,
         "customer": customer,
-        "note": str(f["note"] or ""),
-        "amount_cents": int(amount * 100),
+        "note": _text(f, "note", empty_ok=True),
+        "amount_cents": cents,
         "placed_on": placed_on,
     }
 
