@@ -42,7 +42,11 @@ class Server:
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         with self.lock:
-            self.sessions.setdefault(id(session), time.monotonic())
+            # A number of its own per session: id(session) is reused once a finished session is collected, which
+            # gave a later session an earlier one's EHLO time (and merged their recipients).
+            if not hasattr(session, "iii_n"):
+                session.iii_n = len(self.sessions)
+                self.sessions[session.iii_n] = time.monotonic()
         return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -59,7 +63,7 @@ class Server:
         with self.lock:
             self.box.add(envelope.content)
             for rcpt in envelope.rcpt_tos:
-                self.received.append((time.monotonic(), id(session), rcpt, msg["Message-ID"]))
+                self.received.append((time.monotonic(), session.iii_n, rcpt, msg["Message-ID"]))
         return "250 2.0.0 Message accepted"
 
     def delivered(self, address: str) -> int:
@@ -133,6 +137,13 @@ def test_a_campaign_of_200_with_bounces_deferrals_a_throttle_and_a_replay(app, s
         ({"subject": "Hi", "template": "Hello $name", "recipients": [{"email": "not-an-address"}]}, "recipients.0.email"),
         ({"subject": "Hi", "template": "Hello $nmae", "recipients": [{"email": "a@b.test"}]}, "template"),
         ({"subject": "Hi", "template": "Hello", "recipients": []}, "recipients"),
+        # What the mail library would refuse at sending time, blocking the rest of the batch: refused here.
+        ({"subject": "Hi", "template": "Hello", "recipients": [{"email": "jöhn@utf.test"}]}, "recipients.0.email"),
+        (
+            {"subject": "Hi", "template": "Hi", "recipients": [{"email": "a@b.test", "name": "Eve\nBcc: x@evil.test"}]},
+            "recipients.0.name",
+        ),
+        ({"subject": "Line1\nLine2", "template": "Hello", "recipients": [{"email": "a@b.test"}]}, "subject"),
     ):
         resp = app.post("/campaigns", json=body)
         assert resp.status_code == 400 and field in resp.text, resp.text
@@ -229,6 +240,16 @@ def test_a_campaign_of_200_with_bounces_deferrals_a_throttle_and_a_replay(app, s
     time.sleep(0.3)
     assert len(app.events("message.processed", step="CampaignDone")) == 2
     assert len(app.events("campaign.completed")) == 2
+    # The same request with its key again, after the campaign is done: the campaign as it stands (not reset to
+    # "sending", nothing sent); the key with another campaign: a 409, nothing stored.
+    cid = first.json()["campaign"]
+    before = app.request("GET", f"/campaigns/{cid}").json()
+    late = app.post("/campaigns", json=body, headers={"idempotency-key": "december-news"})
+    assert late.status_code == 202 and late.json()["campaign"] == cid
+    assert app.request("GET", f"/campaigns/{cid}").json() == before and before["status"] == "done"
+    other = app.post("/campaigns", json={**body, "subject": "Another"}, headers={"idempotency-key": "december-news"})
+    assert other.status_code == 409 and "Idempotency-Key" in other.text
+    assert app.request("GET", f"/campaigns/{cid}").json() == before
     assert app.request("GET", f"/campaigns/{first.json()['campaign']}").json()["so_far"] == {
         "sent": 195,
         "failed": 5,

@@ -49,9 +49,18 @@ def handler(batch: Batch, ctx):
     with session as smtp:  # one session for the whole batch
         for n, person in enumerate(todo, 1):
             address = person["email"]
-            msg = build(batch.campaign, campaign["subject"], campaign["template"], person)
             try:
+                msg = build(batch.campaign, campaign["subject"], campaign["template"], person)
                 smtp.send_message(msg, from_addr=sender(), to_addrs=[address])
+            except (ValueError, UnicodeError, smtplib.SMTPNotSupportedError) as exc:
+                # This recipient's message cannot be made or sent here (a header the mail library refuses, an
+                # address the server cannot take without SMTPUTF8): it fails alone, for good; the rest go.
+                ctx.state.set(
+                    book,
+                    address.lower(),
+                    {"status": "failed", "code": 0, "reply": f"{type(exc).__name__}: {exc}"[:300], "ms": int(time.time() * 1000)},
+                )
+                continue
             except (smtplib.SMTPRecipientsRefused, smtplib.SMTPResponseException, smtplib.SMTPServerDisconnected) as exc:
                 code, text = reply_of(exc, address)
                 if isinstance(exc, smtplib.SMTPSenderRefused) and code >= 500:
