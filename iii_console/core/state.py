@@ -56,6 +56,8 @@ T = TypeVar("T")
 def _path(path: str | list[str] | None) -> list[str]:
     if path is None or path == "" or path == []:
         return []
+    if not isinstance(path, (str, list, tuple)):
+        raise StateError(f"invalid path {path!r}: a dotted string or a list of keys")
     parts = path.split(".") if isinstance(path, str) else list(path)
     if any(not isinstance(p, str) or p == "" for p in parts):
         raise StateError(f"invalid path {path!r}")
@@ -70,8 +72,12 @@ def apply_ops(value: Any, ops: Iterable[Mapping[str, Any]]) -> Any:
     "path": "attempts", "by": 1}``, ``{"type": "remove", "path": "error"}``.
     An empty path means the whole value.
     """
+    if isinstance(ops, (str, bytes, Mapping)) or not isinstance(ops, Iterable):
+        raise StateError(f"update ops must be a list of ops, not {type(ops).__name__} (one op goes in a list: [op])")
     root = {"": deepcopy(value)}
     for op in ops:
+        if not isinstance(op, Mapping):
+            raise StateError(f"an update op must be an object like {{'type': 'set', 'path': ..., 'value': ...}}, not {op!r}")
         kind = op.get("type")
         if kind not in _OPS:
             raise StateError(f"unknown update op {kind!r}; expected one of {', '.join(_OPS)}")
@@ -125,7 +131,7 @@ _DUMP = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False)
 def _dump(value: Any) -> str:
     try:
         return _DUMP.encode(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise StateError(f"value is not JSON-serialisable: {exc}") from None
 
 
@@ -240,6 +246,10 @@ class _Base:
     def _cas_args(self, group: str, key: str, old_raw: str | None, new: Any, op: str) -> tuple[list[str], list[Any]]:
         if not group or not isinstance(group, str) or not isinstance(key, str) or not key:
             raise StateError("group and key must be non-empty strings")
+        try:
+            group.encode(), key.encode()
+        except UnicodeEncodeError:
+            raise StateError("group and key must be valid Unicode text (no lone surrogates)") from None
         new_raw = ABSENT if new is None else _dump(new)
         data = encode_data({"group": group, "key": key, "op": op, "old": _load(old_raw), "new": new})
         keys = [

@@ -11,6 +11,7 @@ fields depend on the step around it) and are what a step file imports by name.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import json
 import re
 from collections.abc import Callable
@@ -274,6 +275,16 @@ class StateTrigger(_Model):
     #: ``None``: every group (Motia's state triggers have no group; their condition filters).
     group: str | None = Field(default=None, pattern=NAME_RE, validate_default=True)
     key: str = "*"
+
+    @field_validator("condition")
+    @classmethod
+    def _plain_condition(cls, v: Callable[[Any], bool] | None) -> Callable[[Any], bool] | None:
+        if v is not None and inspect.iscoroutinefunction(v):
+            raise ValueError(
+                "condition must be a plain `def` returning True or False: it runs for every change before the step is "
+                "enqueued, and an `async def` one would never be awaited"
+            )
+        return v
 
     @field_validator("group")
     @classmethod

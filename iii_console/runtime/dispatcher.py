@@ -16,6 +16,7 @@ evaluates.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -206,7 +207,11 @@ class TriggerDispatcher:
         if trig.condition is None:
             return True
         try:
-            return bool(trig.condition(change))
+            verdict = trig.condition(change)
+            if inspect.isawaitable(verdict):  # a condition that returns a coroutine: never true by accident
+                getattr(verdict, "close", lambda: None)()
+                raise TypeError("the condition returned an awaitable: it must return True or False")
+            return bool(verdict)
         except Exception as exc:
             emit_step_error(
                 self.services.emitter,

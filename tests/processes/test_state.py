@@ -71,11 +71,35 @@ def test_update_ops_on_paths():
         ([{"type": "explode"}], "unknown update op"),
         ([{"type": "merge", "path": "status", "value": {}}], "must be objects"),
         ([{"type": "set", "path": "status.x", "value": 1}], "not an object"),
+        # The shapes a hand-written op list gets wrong: named, not a TypeError from deep inside.
+        ({"type": "set", "path": "a", "value": 1}, "must be a list of ops"),
+        (None, "must be a list of ops"),
+        ("set", "must be a list of ops"),
+        (["set"], "an update op must be an object"),
+        ([{"type": "set", "path": 5, "value": 1}], "invalid path 5"),
+        ([{"type": "set", "path": {"a": 1}, "value": 1}], "invalid path"),
     ],
 )
 def test_bad_ops_raise_state_error(ops, msg):
     with pytest.raises(StateError, match=msg):
         apply_ops({"status": "queued"}, ops)
+
+
+def test_keys_and_values_no_store_can_hold_are_state_errors(r, keys):
+    """Given a key holding a lone surrogate (a JSON body can carry one) or a value nested past the encoder's depth,
+    when written, then a StateError says so, and nothing is written."""
+    from iii_console.core.state import StateStore
+
+    store = StateStore(r, keys)
+    for group, key in (("g", "\ud800"), ("\udfff", "k")):
+        with pytest.raises(StateError, match="valid Unicode"):
+            store.set(group, key, {"v": 1})
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(StateError, match="not JSON-serialisable"):
+        store.set("g", "deep", deep)
+    assert r.hlen(keys.state_group("g")) == 0
 
 
 def test_concurrent_increments_lose_nothing(state_store, r, keys):

@@ -676,3 +676,22 @@ def test_a_queue_priority_is_not_a_step_setting():
     with pytest.raises(ValidationError) as info:
         Step.model_validate({"name": "P", "priority": "high", "triggers": [{"type": "queue", "topic": "t"}]})
     assert first_error(info.value)[0] == ("priority",)
+
+
+def test_an_async_condition_on_a_state_trigger_is_a_step_error(tmp_path):
+    """Given a state trigger whose condition is an `async def`, when discovered, then it is a step error naming the
+    condition (never awaited, it passed every change); a condition returning a coroutine some other way counts as
+    false at run time."""
+    from iii_console.core.discovery import discover
+
+    (tmp_path / "async_cond_step.py").write_text(
+        "from iii_console import Step, state\n"
+        "async def only_paid(change):\n"
+        "    return change.new.get('paid')\n"
+        "config = Step(name='AsyncCond', triggers=[state('orders', condition=only_paid)])\n"
+        "def handler(change, ctx):\n"
+        "    pass\n"
+    )
+    found = discover(tmp_path)
+    assert found.steps == [] and len(found.errors) == 1
+    assert "condition must be a plain `def`" in str(found.errors[0]) and "async_cond_step.py" in str(found.errors[0])
