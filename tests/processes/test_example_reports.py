@@ -91,3 +91,35 @@ def test_the_weekly_cron_step_builds_last_weeks_report_once(reports):
     start = dt.date.fromisoformat(built.data["report_id"].split("-", 1)[1][:10])
     assert start.weekday() == 0 and (dt.datetime.now(dt.UTC).date() - start).days in range(7, 14)
     assert built.data["requested_by"] == "cron"
+
+
+def test_a_report_whose_build_failed_is_built_again_on_the_next_request(tmp_path, redis_server):
+    """Given the example reading a database with no orders table, when a report is asked for, then its build is
+    dead-lettered and GET says it failed and why; when the table exists and the report is asked for again, then it is
+    built (the failure changed its dedup key: before, the request was deduplicated for 24 h and nothing ran)."""
+    with pytest.MonkeyPatch.context() as mp:
+        other = tmp_path / "other.sqlite"
+        sqlite3.connect(other).close()
+        mp.setenv("REPORTS_DATABASE_URL", f"sqlite:///{other}")
+        project = tmp_path / "reports"
+        shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns(".iii", "__pycache__"))
+        redis.Redis.from_url(redis_server.url).flushall()
+        app = IIIApp(project, redis_server.url).start()
+    try:
+        period = {"start": "2026-10-01", "end": "2026-10-31"}
+        first = app.post("/reports", json=period)
+        assert first.status_code == 202, first.text
+        rid = first.json()["report_id"]
+        app.wait_for("message.dead_lettered", step="BuildReport", trace=first.json()["trace_id"], timeout=60)
+        record = app.request("GET", f"/reports/{rid}").json()
+        assert record["status"] == "failed" and "no such table: orders" in record["error"]
+
+        with sqlite3.connect(other) as db:
+            db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, amount_cents INTEGER, placed_on DATE)")
+            db.execute("INSERT INTO orders VALUES (1, 'Ada', 1250, '2026-10-05')")
+        again = app.post("/reports", json=period)
+        assert again.status_code == 202, again.text
+        built = app.wait_for("report.built", trace=again.json()["trace_id"], timeout=60)
+        assert built.data["orders"] == 1 and app.request("GET", f"/reports/{rid}").json()["status"] == "done"
+    finally:
+        app.stop()

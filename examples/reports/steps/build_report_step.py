@@ -24,6 +24,27 @@ config = Step(name="BuildReport", triggers=[queue("reports.requested", input=Rep
 def handler(job: ReportJob, ctx: SyncContext) -> Any:
     if (ctx.state.get(GROUP, job.report_id) or {}).get("status") == "done":
         return  # a redelivery after the report was stored
+    try:
+        build(job, ctx)
+    except Exception as exc:
+        if ctx.attempt >= ctx.max_attempts:
+            # The last attempt: say so where GET /reports/ID looks, and let a new request build it again
+            # (its dedup key changes with this failure, see reportjobs.requests).
+            ctx.state.set(
+                GROUP,
+                job.report_id,
+                {
+                    "status": "failed",
+                    "start": str(job.start),
+                    "end": str(job.end),
+                    "error": f"{type(exc).__name__}: {exc}"[:500],
+                    "failed_ms": int(dt.datetime.now(dt.UTC).timestamp() * 1000),
+                },
+            )
+        raise
+
+
+def build(job: ReportJob, ctx: SyncContext) -> None:
     title = f"Sales report {job.start} to {job.end}"
     ctx.progress(0, 4, note="query")
     sales = query(job.start, job.end)
