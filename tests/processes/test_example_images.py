@@ -96,6 +96,25 @@ def test_transparency_is_kept_in_every_mode_that_has_it(kit, mode):
     assert out.getpixel((5, 25))[3] == 0 and out.getpixel((45, 25))[3] == 255
 
 
+@pytest.mark.parametrize(("mode", "fmt", "top"), [("I;16", "PNG", 65535), ("I", "TIFF", 2**20), ("F", "TIFF", 0.001)])
+def test_deep_greyscale_renders_with_its_levels_scaled_not_clipped(kit, mode, fmt, top):
+    """Given a left-to-right gradient in 16-bit, 32-bit or float greyscale, when rendered, then the output runs from
+    dark on the left to bright on the right (Pillow's plain conversion clips at 255: 16-bit came out white, float
+    black)."""
+    w, h = 256, 32
+    src = Image.new("I" if mode == "I;16" else mode, (w, h))
+    src.putdata([x / (w - 1) * top for _y in range(h) for x in range(w)])
+    if mode == "I;16":
+        src = src.convert("I;16")
+    buf = io.BytesIO()
+    src.save(buf, fmt)
+    body, content_type, size = kit.render(io.BytesIO(buf.getvalue()), 128)
+    out = Image.open(io.BytesIO(body)).convert("L")
+    assert content_type == "image/jpeg" and size == (128, 16)
+    left, middle, right = (out.getpixel((x, 8)) for x in (2, 64, 125))
+    assert left < 20 and 90 < middle < 170 and right > 235, (mode, left, middle, right)
+
+
 @pytest.mark.parametrize(
     "body, reason",
     [

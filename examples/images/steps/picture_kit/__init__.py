@@ -77,10 +77,29 @@ def has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
 
 
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float greyscale image as 8-bit greyscale (``L``), its levels scaled, not clipped.
+
+    Pillow's ``convert("RGB")`` clips such values at 255: a 16-bit PNG came out almost all
+    white, a float TIFF all black. 16-bit images keep their brightness (a 256th of each
+    value); 32-bit and float ones, whose range has no fixed top, are stretched from their
+    darkest to their brightest value.
+    """
+    if img.mode.startswith("I;16"):
+        return img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    if img.mode in ("I", "F"):
+        lo, hi = img.getextrema()
+        if hi == lo:
+            return Image.new("L", img.size, 0 if hi <= 0 else 255)
+        scale = 255 / (hi - lo)
+        return img.point(lambda v: v * scale - lo * scale).convert("L")
+    return img
+
+
 def render(fh: IO[bytes], box: int) -> tuple[bytes, str, tuple[int, int]]:
     """The image upright (EXIF orientation applied), fit in ``box``×``box``: WebP when it has
     alpha (kept), else JPEG. Returns ``(bytes, content type, (width, height))``."""
-    img = ImageOps.exif_transpose(_decode(fh))
+    img = _eight_bit(ImageOps.exif_transpose(_decode(fh)))
     alpha = has_alpha(img)
     img = img.convert("RGBA" if alpha else "RGB")
     img.thumbnail((box, box), Image.Resampling.LANCZOS)
