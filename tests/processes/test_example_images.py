@@ -221,6 +221,8 @@ def test_the_image_pipeline(app, tmp_path):
         letter = dead[sent[which]["trace_id"]]
         assert letter.attempts == 1 and reason in letter.error and letter.step == "ProbeImage", letter
         assert len(app.events("message.started", trace=sent[which]["trace_id"])) == 1
+        status = app.request("GET", sent[which]["status_url"])  # not "it may still be queued", for good
+        assert status.status_code == 200 and status.json()["status"] == "failed" and reason in status.json()["error"]
     assert len(dead) == 2
 
     # Resubmitting the same bytes enqueues nothing.

@@ -1,6 +1,6 @@
 """Decode the image once, record what it is, and fan out one render per size."""
 
-from picture_kit import SIZES, probe
+from picture_kit import SIZES, BadImage, probe
 
 from iii_console import Step, queue
 
@@ -18,7 +18,13 @@ def handler(data, ctx):
     digest = ref["$blob"].split(":", 1)[1]
     image_id = digest[:24]
     with ctx.blobs.open(ref) as fh:
-        info = probe(fh)  # BadImage is not retryable: straight to the dead-letter queue with its reason
+        try:
+            info = probe(fh)
+        except BadImage as exc:
+            # Not retryable: straight to the dead-letter queue with its reason, and GET /images/ID says so
+            # (it answered "it may still be queued" for good).
+            ctx.state.set("images", image_id, {"status": "failed", "name": ref.get("name"), "error": str(exc), "renders": {}})
+            raise
     ctx.state.set("images", image_id, {"status": "rendering", "name": ref.get("name"), "source": ref, **info, "renders": {}})
     # The group id names the image, so the completion knows which one it completes; it holds the
     # message id too, so a redelivered probe makes the same group (enqueued once).
