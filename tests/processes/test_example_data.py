@@ -154,6 +154,7 @@ def test_a_csv_imports_once_with_its_bad_lines_listed_and_exports_back(app, db, 
     assert _count_sum(db, ids) == (len(good), len(good), sum(r["amount_cents"] for r in good.values()))
     record = app.request("GET", f"/imports/{iid}").json()
     assert (record["status"], record["rows"], record["errors"]) == ("done", len(good), BAD)
+    assert record["finished_ms"] > 0  # what examples/cleanup's PruneState ages a finished import by
     errors = list(csv.DictReader(io.StringIO(app.request("GET", f"/imports/{iid}/errors").text)))
     assert [int(e["line"]) for e in errors] == bad_lines
     assert any("amount" in e["error"] for e in errors) and any("placed_on" in e["error"] for e in errors)

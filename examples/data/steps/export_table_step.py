@@ -4,6 +4,7 @@ import csv
 import datetime as dt
 import json
 import tempfile
+import time
 from typing import Any
 
 from datajobs.db import EXPORTABLE, engine
@@ -53,4 +54,15 @@ def handler(job: ExportJob, ctx: SyncContext) -> Any:
         ctype = "text/csv" if writer else "application/x-ndjson"
         ref = ctx.blobs.put(out.name, content_type=ctype, name=f"{job.table}.{job.format}")
     ctx.progress(n, max(n, 1), note=f"{n} rows")
-    ctx.state.set("exports", job.export_id, {"status": "done", "table": job.table, "format": job.format, "rows": n, "file": ref})
+    ctx.state.set(
+        "exports",
+        job.export_id,
+        {
+            "status": "done",
+            "table": job.table,
+            "format": job.format,
+            "rows": n,
+            "file": ref,
+            "finished_ms": int(time.time() * 1000),
+        },
+    )

@@ -2,6 +2,7 @@
 
 import csv
 import tempfile
+import time
 from typing import Any
 
 from datajobs.db import engine, import_errors, ledger
@@ -51,6 +52,7 @@ def handler(done: Completed, ctx: SyncContext) -> Any:
         "chunks_done": totals["chunks"],
         "chunks_failed": done.failed + done.dead,
         "errors_file": errors_file,
+        "finished_ms": int(time.time() * 1000),  # what a retention sweep (examples/cleanup) ages it by
     }
     ctx.state.set(GROUP, import_id, result)
     ctx.emit("data.imported", data={"import_id": import_id, "status": status, "rows": totals["rows"], "errors": totals["errors"]})

@@ -1,6 +1,7 @@
 """Plan an import with one scan of the file, then fan the chunks out; the last one settled finishes it."""
 
 import os
+import time
 from typing import Any
 
 from datajobs.db import applied_chunks, engine
@@ -35,7 +36,11 @@ def handler(req: ImportRequest, ctx: SyncContext) -> Any:
         try:
             header, chunks = plan(fh, req.format, size)
         except BadRecord as exc:  # nothing importable: say so, do not retry
-            ctx.state.set(GROUP, req.import_id, {"status": "failed", "error": str(exc), "file": req.file, "run": req.run})
+            ctx.state.set(
+                GROUP,
+                req.import_id,
+                {"status": "failed", "error": str(exc), "file": req.file, "run": req.run, "finished_ms": int(time.time() * 1000)},
+            )
             raise
     with engine().connect() as conn:
         done = applied_chunks(conn, req.import_id)
