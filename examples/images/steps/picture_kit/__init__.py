@@ -10,7 +10,7 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -88,7 +88,7 @@ def _eight_bit(img: Image.Image) -> Image.Image:
     if img.mode.startswith("I;16"):
         return img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
     if img.mode in ("I", "F"):
-        lo, hi = img.getextrema()
+        lo, hi = cast("tuple[float, float]", img.getextrema())  # one band: (lowest, highest)
         if hi == lo:
             return Image.new("L", img.size, 0 if hi <= 0 else 255)
         scale = 255 / (hi - lo)
