@@ -93,18 +93,21 @@ def test_the_weekly_cron_step_builds_last_weeks_report_once(reports):
     assert built.data["requested_by"] == "cron"
 
 
-def test_a_report_whose_build_failed_is_built_again_on_the_next_request(tmp_path, redis_server):
+def test_a_report_whose_build_failed_is_built_again_on_the_next_request(tmp_path):
     """Given the example reading a database with no orders table, when a report is asked for, then its build is
     dead-lettered and GET says it failed and why; when the table exists and the report is asked for again, then it is
     built (the failure changed its dedup key: before, the request was deduplicated for 24 h and nothing ran)."""
+    from iii_console.core.redis_server import RedisServer
+
+    # A Redis of its own: the module's running copy (the `reports` fixture) must not take these builds.
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
     with pytest.MonkeyPatch.context() as mp:
         other = tmp_path / "other.sqlite"
         sqlite3.connect(other).close()
         mp.setenv("REPORTS_DATABASE_URL", f"sqlite:///{other}")
         project = tmp_path / "reports"
         shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns(".iii", "__pycache__"))
-        redis.Redis.from_url(redis_server.url).flushall()
-        app = IIIApp(project, redis_server.url).start()
+        app = IIIApp(project, server.url).start()
     try:
         period = {"start": "2026-10-01", "end": "2026-10-31"}
         first = app.post("/reports", json=period)
@@ -123,3 +126,4 @@ def test_a_report_whose_build_failed_is_built_again_on_the_next_request(tmp_path
         assert built.data["orders"] == 1 and app.request("GET", f"/reports/{rid}").json()["status"] == "done"
     finally:
         app.stop()
+        server.stop()
