@@ -191,6 +191,18 @@ class Result:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
+def cli_send(project: Path, topic: str, data: Any, *extra: str) -> None:
+    """``iii-console send --topic TOPIC --data JSON`` in ``project``, as a user runs it; asserts it succeeded."""
+    res = subprocess.run(
+        [sys.executable, "-m", "iii_console", "send", "--topic", topic, "--data", json.dumps(data), *extra],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """This process's environment for a run of its own: without ``REDIS_URL`` and ``III_CONFIG``
     (which would point it at another Redis or config), with ``extra``."""

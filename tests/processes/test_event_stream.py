@@ -18,7 +18,7 @@ import redis
 
 from iii_console.core.events import DATA_MAX_BYTES, EVENT_TYPES, REDACTED, Event
 
-from ..helpers import REQUIRED, ROOT, events, events_once, make_project, start_cli, wait_for
+from ..helpers import REQUIRED, ROOT, cli_send, events, events_once, make_project, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -132,25 +132,11 @@ def test_every_event_type_reaches_the_stream_with_the_fields_that_apply(seed, r,
         events_once(r, keys, "config.reloaded", 2, timeout=30)
         events_once(r, keys, "worker.heartbeat", 1, timeout=30)  # one every ~10 s per worker
         events_once(r, keys, "notification.sent", 1)
-        res = subprocess.run(
-            [sys.executable, "-m", "iii_console", "send", "--topic", "prims", "--data", "{}"],
-            cwd=seed,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert res.returncode == 0, res.stderr
+        cli_send(seed, "prims", {})
         events_once(r, keys, "group.completed", 1, timeout=30)
         events_once(r, keys, "message.throttled", 1, timeout=30)
         # A handler still running when the stop's shutdown_timeout ends gives its message back.
-        res = subprocess.run(
-            [sys.executable, "-m", "iii_console", "send", "--topic", "slow", "--data", "{}"],
-            cwd=seed,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert res.returncode == 0, res.stderr
+        cli_send(seed, "slow", {})
         events_once(r, keys, "message.started", 1, where=lambda e: e.step == "Sleeper", timeout=30)
     finally:
         assert app.stop() == 0
@@ -278,14 +264,7 @@ def test_a_handler_emits_thousands_of_events_while_redis_answers_nothing(tmp_pat
     n = 2000
     try:
         wait_for(lambda: events(r, keys, "worker.started"), timeout=30, what="worker started")
-        res = subprocess.run(
-            [sys.executable, "-m", "iii_console", "send", "--topic", "chatty", "--data", json.dumps({**files, "n": n})],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert res.returncode == 0, res.stderr
+        cli_send(tmp_path, "chatty", {**files, "n": n})
         wait_for(lambda: (tmp_path / "started").exists(), timeout=30, what="the handler to start")
 
         pauser = redis.Redis.from_url(redis_url)

@@ -16,7 +16,7 @@ import redis
 
 from iii_console.core.keys import Keys
 
-from ..helpers import events, make_project, start_cli, wait_for
+from ..helpers import cli_send, events, make_project, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -430,14 +430,7 @@ def test_a_call_an_async_handler_forgot_to_await_is_reported_where_it_was_made(t
     run = start_cli(tmp_path, "--no-ui")
     try:
         assert httpx.post(f"{run.url}/forget", json={}).status_code == 200  # the server's process
-        sent = subprocess.run(  # and a worker process
-            [sys.executable, "-m", "iii_console", "send", "--topic", "jobs", "--data", "{}"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert sent.returncode == 0, sent.stderr
+        cli_send(tmp_path, "jobs", {})  # and a worker process
 
         def reports():
             return [
