@@ -35,6 +35,11 @@ from iii_console.runtime.services import Services
 
 log = logging.getLogger(__name__)
 TRIGGER_GROUP = "triggers"
+#: How long the published steps' watched groups are taken as read (``TriggerDispatcher._published_groups``).
+REGISTRY_TTL_S = 1.0
+#: A record no running version's dispatcher took within this long is acknowledged anyway (with a warning):
+#: the registry watches its group, but no worker with that step ever started.
+UNCLAIMED_MAX_MS = 10 * 60 * 1000
 #: At most this often the dispatcher drops the trigger records it is done with
 #: (the sweep does too, every ``sweep_interval``).
 TRIM_EVERY_S = 1.0
@@ -106,6 +111,8 @@ class TriggerDispatcher:
         self._guard = guard or (lambda fn, stop: fn)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: (when read, groups) of the published steps' state triggers ("*" for any group).
+        self._published: tuple[float, set[str]] = (float("-inf"), set())
 
     def __enter__(self) -> TriggerDispatcher:
         if self.steps.state_steps():
@@ -139,9 +146,7 @@ class TriggerDispatcher:
                 watch_state_triggers(c, self.services.keys, self.steps)
                 continue
             for _stream, entries in got or []:
-                for entry_id, fields in entries:
-                    self.dispatch(entry_id, fields)
-                self._ack(entries)
+                self._ack([(eid, f) for eid, f in entries if self.dispatch(eid, f)])
             if got and time.monotonic() - trimmed >= TRIM_EVERY_S:
                 trim_dispatched_changes(c, key)
                 trimmed = time.monotonic()
@@ -166,10 +171,8 @@ class TriggerDispatcher:
         except redis.ResponseError:
             return 0
         entries = res[1]
-        for entry_id, fields in entries:
-            if fields:  # a record trimmed away since it was read has none
-                self.dispatch(entry_id, fields)
-        self._ack(entries)
+        # A record trimmed away since it was read has no fields: nothing to dispatch, acknowledged.
+        self._ack([(eid, f) for eid, f in entries if not f or self.dispatch(eid, f)])
         trim_dispatched_changes(c, self.services.keys.state_changes)
         return len(entries)
 
@@ -184,13 +187,31 @@ class TriggerDispatcher:
         if entries:
             self.services.client.xack(self.services.keys.state_changes, TRIGGER_GROUP, *[eid for eid, _f in entries])
 
-    def dispatch(self, entry_id: Any, fields: dict[Any, Any]) -> None:
-        """Enqueue the triggers of one state-change record (acknowledged by the caller, with its read)."""
+    def dispatch(self, entry_id: Any, fields: dict[Any, Any]) -> bool:
+        """Enqueue the triggers of one state-change record; whether it is done with (the caller acknowledges it).
+
+        A record of a group none of this process's state steps watches, while the published
+        steps (the newest version's, ``steps_registry``) do, is not done with: a newer version
+        brought in that step (a reload, a rolling deploy) and this worker is an older one still
+        draining. Left pending, it is claimed by a dispatcher of the newer version
+        (:meth:`claim_stale`), not acknowledged unseen by this one.
+        """
         f = {as_str(k): as_str(v) for k, v in fields.items()}
         eid = as_str(entry_id)
         change = StateChange(
             group=f["group"], key=f["key"], old=json.loads(f["old"]), new=json.loads(f["new"]), trace_id=f.get("trace_id", "")
         )
+        if not self._watches(change.group) and self._newer_version_watches(change.group):
+            age_ms = time.time() * 1000 - int(eid.split("-", 1)[0])
+            if age_ms < UNCLAIMED_MAX_MS:
+                return False
+            log.warning(
+                "state change %s of %s/%s: no running worker has the state step that watches its group; dropped",
+                eid,
+                change.group,
+                change.key,
+            )
+            return True
         for step in self.steps.state_steps():
             if not any(t.matches(change.group, change.key) and self._condition(step, t, change) for t in step.of(StateTrigger)):
                 continue
@@ -202,6 +223,26 @@ class TriggerDispatcher:
                 once=self.services.keys.once(f"{eid}:{step.name}"),
                 limit_size=False,  # the change is already stored: its trigger must not be refused for its size
             )
+        return True
+
+    def _watches(self, group: str) -> bool:
+        """Whether a state step of this process watches ``group`` (or every group)."""
+        return any(t.group is None or t.group == group for step in self.steps.state_steps() for t in step.of(StateTrigger))
+
+    def _newer_version_watches(self, group: str) -> bool:
+        """Whether the published steps (``steps_registry``, read at most every ``REGISTRY_TTL_S``) watch ``group``."""
+        read_at, groups = self._published
+        if time.monotonic() - read_at >= REGISTRY_TTL_S:
+            groups = set()
+            try:
+                for raw in self.services.client.hvals(self.services.keys.steps_registry):
+                    for spec in json.loads(raw).get("trigger_specs", []):
+                        if spec.get("type") == "state":
+                            groups.add(spec.get("group") or "*")
+            except (redis.RedisError, ValueError, AttributeError):
+                groups = set()  # unknown: this process's own steps decide, as before
+            self._published = (time.monotonic(), groups)
+        return group in groups or "*" in groups
 
     def _condition(self, step: Step, trig: StateTrigger, change: StateChange) -> bool:
         if trig.condition is None:

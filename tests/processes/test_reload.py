@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 
 import httpx
 import pytest
@@ -145,3 +146,67 @@ async def test_a_worker_the_monitor_is_restarting_when_a_reload_comes_is_replace
     finally:
         await sup.stop()
     assert _worker_children() == []
+
+
+OTHER = """
+from iii_console import Step, state
+config = Step(name="Other", triggers=[state("other")])
+def handler(change, ctx):
+    pass
+"""
+SLOW = """
+import time
+from iii_console import Step, http, queue
+config = Step(name="Slow", triggers=[queue("slow"), http("POST", "/slow")], enqueues=["slow"])
+def handler(input, ctx):
+    if ctx.trigger["type"] == "http":
+        ctx.enqueue("slow", {})
+        return {"status": 202, "body": {}}
+    time.sleep(5)
+"""
+ON_ORDER = """
+from iii_console import Step, state
+config = Step(name="OnOrder", triggers=[state("orders")])
+def handler(change, ctx):
+    ctx.state.set("seen", change.key, True)
+"""
+
+
+def test_a_state_step_a_reload_adds_fires_for_changes_made_while_the_old_worker_drains(tmp_path, r, keys, redis_url):
+    """Given a worker with a state step on another group and a 5 s handler running, when a reload adds a state step
+    on `orders` and `orders` changes every 0.3 s until the reload is done, then every change made once the group was
+    watched fires the new step: the old worker, still draining, leaves those records for the new one (it read them,
+    matched none of its steps and acknowledged them: the new step never saw them)."""
+    from iii_console.core.state import StateStore
+
+    make_project(
+        tmp_path,
+        {"other_step.py": OTHER, "slow_step.py": SLOW},
+        "server:\n  port: 0\nworkers:\n  heartbeat_interval: 0.3\n  heartbeat_timeout: 2\n  sweep_interval: 0.5\n",
+        redis_url=redis_url,
+    )
+    run = start_cli(tmp_path, "--no-ui", "--reload", "--processes", "1")
+    try:
+        store = StateStore(r, keys)
+        assert httpx.post(f"{run.url}/slow", json={}).status_code == 202
+        wait_for(lambda: [e for e in events(r, keys, "message.started") if e.step == "Slow"], what="the slow handler started")
+        (tmp_path / "steps" / "on_order_step.py").write_text(textwrap.dedent(ON_ORDER))
+        written: list[str] = []
+        for n in range(100):
+            if [e for e in events(r, keys, "config.reloaded") if e.data.get("ok")]:
+                break
+            watched = r.sismember(keys.state_watched, "orders")
+            store.set("orders", f"d{n}", 1)
+            if watched:
+                written.append(f"d{n}")
+            time.sleep(0.3)
+        assert written, "no change was made while the reload ran"
+        store.set("orders", "after", 1)
+        expected = {*written, "after"}
+
+        def seen() -> set[str]:
+            return {k.decode() for k in r.hkeys(keys.state_group("seen"))}
+
+        wait_for(lambda: expected <= seen(), timeout=40, what=f"every change fired OnOrder (seen {sorted(seen())})")
+    finally:
+        run.stop()
