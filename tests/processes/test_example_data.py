@@ -234,6 +234,9 @@ def test_bad_input_is_refused_naming_the_field_or_dead_lettered_with_the_reason(
         refused = app.post("/imports/from-path", json={"path": odd})
         assert refused.status_code == 400 and refused.json()["fields"][0]["field"] == "path", refused.text
     assert _upload(app, b"<html/>", "page.html", "text/html").status_code == 415
+    for name, ctype in (("empty.csv", "text/csv"), ("empty.jsonl", "application/x-ndjson")):
+        empty = _upload(app, b"", name, ctype)
+        assert empty.status_code == 400 and empty.json()["fields"][0]["field"] == "body", empty.text
     bad = _upload(app, b"id,name\n1,x\n", "wrong.csv").json()
     dead = app.wait_for("message.dead_lettered", step="PlanImport", trace=bad["trace_id"])
     assert "the header lacks customer, note, amount, placed_on" in dead.error and dead.attempt == 1

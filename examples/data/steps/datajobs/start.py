@@ -31,6 +31,11 @@ def start(ref: dict[str, Any], fmt: str | None, ctx: Any) -> dict[str, Any]:
                 "fields": [{"field": "content-type", "message": "not CSV or JSON lines"}],
             },
         }
+    if ref.get("size") == 0:  # nothing to import (and every empty file is the same content: the same import)
+        return {
+            "status": 400,
+            "body": {"error": "the file is empty", "fields": [{"field": "body", "message": "an empty file"}]},
+        }
     iid = import_id(ref)
     record = ctx.state.get(GROUP, iid) or {}
     if record.get("status") == "done":
