@@ -44,6 +44,19 @@ class _Section(BaseModel):
         return value
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether binding ``host`` listens on this machine's loopback only: ``localhost``, or a loopback
+    address (127.0.0.0/8, ::1). A name is not read by its look: ``127.example.com`` may point anywhere."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def redis_url_problem(url: str) -> str | None:
     """Why ``url`` cannot be a Redis URL, or ``None``.
 
@@ -160,7 +173,7 @@ class ServerConfig(_Section):
 
     @property
     def loopback(self) -> bool:
-        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+        return is_loopback_host(self.host)
 
     @property
     def hosts(self) -> list[str]:

@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from textual_serve.server import Server
 
+from iii_console.core.config import is_loopback_host
+
 COOKIE = "iii_console_web"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 #: How long a stop waits for the browser sessions' consoles to quit.
@@ -53,7 +55,7 @@ def _bounded_size(request: web.Request) -> web.Request:
 
 
 def is_loopback(host: str) -> bool:
-    return host in LOOPBACK_NAMES or host.startswith("127.")
+    return is_loopback_host(host)
 
 
 def console_command(*, allow_actions: bool, server_url: str | None, config_path: str | None) -> str:

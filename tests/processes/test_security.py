@@ -30,12 +30,14 @@ def seed(tmp_path, redis_url):
     return write
 
 
-def test_refuses_to_listen_beyond_loopback_without_a_token(seed):
-    proj = seed("  host: 0.0.0.0\n")
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.evil.example"])
+def test_refuses_to_listen_beyond_loopback_without_a_token(seed, host):
+    """A host name that only looks like a loopback address (it may resolve anywhere) needs the token too."""
+    proj = seed(f"  host: {host}\n")
     res = subprocess.run(
         [sys.executable, "-m", "iii_console", "--no-ui", "--role", "server"], cwd=proj, capture_output=True, text=True, timeout=60
     )
-    assert res.returncode == 2 and "refusing to listen on 0.0.0.0 without server.auth_token" in res.stderr
+    assert res.returncode == 2 and f"refusing to listen on {host} without server.auth_token" in res.stderr
 
 
 def test_with_a_token_requests_without_it_get_401_and_health_stays_open(seed, r, keys):

@@ -267,3 +267,24 @@ def test_with_overrides_keeps_topic_inheritance(tmp_path):
 def test_with_overrides_on_defaults_builds_missing_sections():
     """Given a default Config, when overriding redis.url, then the redis section is created with that URL."""
     assert Config().with_overrides(**{"redis.url": "redis://y:2/0"}).redis.url == "redis://y:2/0"
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("127.evil.example", False),  # a name that only looks like a loopback address may point anywhere
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("example.com", False),
+    ],
+)
+def test_only_loopback_addresses_and_localhost_count_as_loopback(host, loopback):
+    from iii_console.core.config import ServerConfig
+
+    assert ServerConfig(host=host).loopback is loopback
