@@ -166,11 +166,14 @@ class Scheduler:
         for i, (step, expr) in enumerate(self.jobs):
             try:
                 self._advance(i, step, expr, now)
+                cursor = self.cursors[i]
+                nxt = next_tick(expr, cursor if cursor is not None else now)
             except redis.RedisError as exc:
                 log.warning("cron %s: Redis unavailable (%s); will retry the tick", step.name, exc)
                 continue
-            cursor = self.cursors[i]
-            nxt = next_tick(expr, cursor if cursor is not None else now)
+            except Exception:  # one trigger's failure must not stop every other's (the loop would end)
+                log.exception("cron %s (%s): this round failed; trying again at the next", step.name, expr)
+                continue
             if nxt is not None:
                 wait = min(wait, (nxt - self.now_ms()) / 1000)
         return max(0.001, wait)
