@@ -536,14 +536,13 @@ def _latin1(value: str) -> bool:
 
 def _streamed(out: Any) -> tuple[int, dict[str, str], Any] | None:
     """``(status, headers, answer)`` when a handler answers with a file or a progress stream."""
-    status, headers, body = 200, {}, out
+    status, body = 200, out
+    given: Any = {}  # the handler's headers, checked once it is a file or a stream
     if isinstance(out, dict) and "status" in out and set(out) <= {"status", "body", "headers"}:
-        status, body = out["status"], out.get("body")
-        if not is_answer(body):
-            return None
-        headers = _headers(out.get("headers") or {})
+        status, body, given = out["status"], out.get("body"), out.get("headers") or {}
     if not is_answer(body):
         return None
+    headers = _headers(given)
     if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 299:
         raise BadReturn(f"status {status!r} with a file or stream body: use a 2xx status")
     return status, headers, body

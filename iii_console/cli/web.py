@@ -49,13 +49,14 @@ def web(
     Starts no server, worker or scheduler: run `iii-console` for those.
     """
     try:
-        from iii_console.tui.web import ConsoleServer, console_command, is_loopback
+        from iii_console.core.config import is_loopback_host
+        from iii_console.tui.web import ConsoleServer, console_command
     except ImportError as exc:
         raise IIIError(f"the console in a browser needs {exc.name or 'textual-serve'}: pip install 'iii-console[web]'") from None
 
     cfg = load_project(config_path, redis_url)
     token = cfg.server.auth_token or os.environ.get("III_AUTH_TOKEN", "")
-    if not is_loopback(host) and not token:
+    if not is_loopback_host(host) and not token:
         raise ConfigError(
             f"refusing to serve the console on {host} without server.auth_token (anyone who can reach it "
             "would read every payload and dead letter); set one (or III_AUTH_TOKEN), or bind 127.0.0.1",

@@ -35,7 +35,7 @@ from iii_console.runtime.services import Services
 
 log = logging.getLogger(__name__)
 TRIGGER_GROUP = "triggers"
-#: How long the published steps' watched groups are taken as read (``TriggerDispatcher._published_groups``).
+#: How long the published steps' watched groups are taken as read (``TriggerDispatcher._newer_version_watches``).
 REGISTRY_TTL_S = 1.0
 #: A record no running version's dispatcher took within this long is acknowledged anyway (with a warning):
 #: the registry watches its group, but no worker with that step ever started.
@@ -198,20 +198,20 @@ class TriggerDispatcher:
         """
         f = {as_str(k): as_str(v) for k, v in fields.items()}
         eid = as_str(entry_id)
-        change = StateChange(
-            group=f["group"], key=f["key"], old=json.loads(f["old"]), new=json.loads(f["new"]), trace_id=f.get("trace_id", "")
-        )
-        if not self._watches(change.group) and self._newer_version_watches(change.group):
+        if not self._watches(f["group"]) and self._newer_version_watches(f["group"]):
             age_ms = time.time() * 1000 - int(eid.split("-", 1)[0])
             if age_ms < UNCLAIMED_MAX_MS:
                 return False
             log.warning(
                 "state change %s of %s/%s: no running worker has the state step that watches its group; dropped",
                 eid,
-                change.group,
-                change.key,
+                f["group"],
+                f["key"],
             )
             return True
+        change = StateChange(
+            group=f["group"], key=f["key"], old=json.loads(f["old"]), new=json.loads(f["new"]), trace_id=f.get("trace_id", "")
+        )
         for step in self.steps.state_steps():
             if not any(t.matches(change.group, change.key) and self._condition(step, t, change) for t in step.of(StateTrigger)):
                 continue

@@ -20,7 +20,8 @@ from typing import Any
 
 _NEVER_AWAITED = re.compile(r"coroutine '([^']+)' was never awaited")
 _lock = threading.Lock()
-_installed: list[Callable[..., Any]] = []
+#: ``warnings.showwarning`` as it was before the first :func:`install`, which every report passes on to.
+_original: Callable[..., Any] | None = None
 
 
 def install_for(emit: Callable[..., None], config: Any, steps: Any) -> None:
@@ -32,15 +33,17 @@ def install_for(emit: Callable[..., None], config: Any, steps: Any) -> None:
 def install(emit: Callable[..., None], steps_dir: Path, step_of: Callable[[str], str | None]) -> None:
     """Report never-awaited coroutines made in files under ``steps_dir`` through ``emit`` (``Emitter.emit``);
     ``step_of(file)`` names the step a file holds. Once per process (a second call replaces the first's target)."""
+    global _original
     root = str(steps_dir.resolve())
 
     def report(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         m = _NEVER_AWAITED.search(str(message)) if issubclass(category, RuntimeWarning) else None
-        if m is not None and str(Path(filename).resolve()).startswith(root):
+        where = str(Path(filename).resolve()) if m is not None else ""
+        if m is not None and where.startswith(root):
             try:
                 emit(
                     "log",
-                    step=step_of(str(Path(filename).resolve())),
+                    step=step_of(where),
                     data={
                         "level": "error",
                         "message": (
@@ -53,10 +56,10 @@ def install(emit: Callable[..., None], steps_dir: Path, step_of: Callable[[str],
                 )
             except Exception:  # a report must never break the run that caused it
                 pass
-        original(message, category, filename, lineno, file, line)
+        assert _original is not None  # set below, before this hook is installed
+        _original(message, category, filename, lineno, file, line)
 
     with _lock:
-        original = _installed[0] if _installed else warnings.showwarning
-        if not _installed:
-            _installed.append(warnings.showwarning)
+        if _original is None:
+            _original = warnings.showwarning
         warnings.showwarning = report

@@ -54,10 +54,6 @@ def _bounded_size(request: web.Request) -> web.Request:
     return request.clone(rel_url=request.rel_url.with_query(query))
 
 
-def is_loopback(host: str) -> bool:
-    return is_loopback_host(host)
-
-
 def console_command(*, allow_actions: bool, server_url: str | None, config_path: str | None) -> str:
     """The shell command textual-serve runs per browser tab (no secret in it: Redis comes from REDIS_URL)."""
     parts = [sys.executable, "-m", "iii_console", "attach", "--read-write" if allow_actions else "--read-only"]
@@ -93,7 +89,7 @@ class ConsoleServer(Server):
 
     # -- the guard ------------------------------------------------------------
     def _host_ok(self, request: web.Request) -> bool:
-        if not is_loopback(self.host):
+        if not is_loopback_host(self.host):
             return True  # reached by any name; the token guards
         name = urlsplit(f"//{request.host}").hostname or ""
         return name in LOOPBACK_NAMES

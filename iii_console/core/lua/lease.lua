@@ -7,8 +7,14 @@
 --                                            the late writer is refused, whether or not its successor fenced yet
 --   held    lock_key token                -> 1 if the lock is still this token's
 local op, key = ARGV[1], ARGV[2]
-local t = redis.call("TYPE", key)["ok"]
-if t ~= "none" and t ~= "string" then return redis.error_reply("WRONGTYPE " .. key .. " holds a " .. t) end
+-- A key of another type than the string every operation reads or writes: the error names it.
+local function wrong_type(k)
+  local t = redis.call("TYPE", k)["ok"]
+  if t ~= "none" and t ~= "string" then return redis.error_reply("WRONGTYPE " .. k .. " holds a " .. t) end
+  return nil
+end
+local err = wrong_type(key)
+if err then return err end
 if op == "acquire" then
   if redis.call("EXISTS", key) == 1 then return 0 end
   local token = redis.call("INCR", ARGV[3])
@@ -23,8 +29,8 @@ elseif op == "release" then
   redis.call("DEL", key)
   return 1
 elseif op == "fence" then
-  local tt = redis.call("TYPE", ARGV[4])["ok"]
-  if tt ~= "none" and tt ~= "string" then return redis.error_reply("WRONGTYPE " .. ARGV[4] .. " holds a " .. tt) end
+  err = wrong_type(ARGV[4])
+  if err then return err end
   local seen = tonumber(redis.call("GET", key) or "0")
   local issued = tonumber(redis.call("GET", ARGV[4]) or "0")
   if tonumber(ARGV[3]) < seen or tonumber(ARGV[3]) < issued then return 0 end

@@ -79,9 +79,9 @@ def run_in(ctx: SyncContext, *, awaited: bool = False) -> tuple[contextvars.Toke
 
 
 def leave(tokens: tuple[contextvars.Token[SyncContext | None], contextvars.Token[bool]]) -> None:
-    token, awaited = tokens
+    current, awaited = tokens
     _awaited.reset(awaited)
-    _current.reset(token)
+    _current.reset(current)
 
 
 def inherit_in_threads() -> None:
