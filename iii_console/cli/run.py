@@ -64,7 +64,7 @@ async def _run_headless(
     # in the workers' format; INFO of libraries stays out of the terminal.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s server %(process)d %(name)s: %(message)s", stream=sys.stderr)
     hangup.keep_writing()  # an HTTP step's print to output nobody reads any more must not fail its request
-    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, echo=echo if cfg.events.echo else None)
+    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, echo=echo if cfg.events.echo else None, say=_say)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -143,7 +143,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
-    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, log_dir=log_dir)
+    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, log_dir=log_dir, say=_say)
     await sup.start()
     if watch:
         sup.watch()
@@ -158,6 +158,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
         broker=console_broker(cfg),
     )
     app.notice = _redis_version(sup.config.redis.url)[1]
+    app.local_workers = sup.processes if "worker" in roles else 0
     app.driver_class = outliving_output(app.driver_class)
     terminal = _TerminalState()
 

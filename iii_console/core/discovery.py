@@ -18,6 +18,7 @@ import re
 import sys
 import traceback
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -487,10 +488,15 @@ def _uses_motia(module: Any, src: _Source, file: str, declared: str | None) -> b
     return imports or is_motia_step(module)
 
 
-def discover(steps_dir: str | Path, project_dir: str | Path | None = None) -> StepSet:
+def discover(
+    steps_dir: str | Path, project_dir: str | Path | None = None, *, on_file: Callable[[Path | None], None] | None = None
+) -> StepSet:
     """Every step file under ``steps_dir``. Steps import helpers beside them (``steps_dir`` goes first on
     ``sys.path``) and packages of the project (``project_dir``, last: an installed package or the standard
-    library keeps its name), the same whether the project runs as ``iii-console`` or ``python -m``."""
+    library keeps its name), the same whether the project runs as ``iii-console`` or ``python -m``.
+
+    ``on_file`` is called with each file's path before it is imported, and with ``None`` after the last.
+    """
     root = Path(steps_dir).resolve()
     if project_dir is not None:
         top = str(Path(project_dir).resolve())
@@ -510,6 +516,8 @@ def discover(steps_dir: str | Path, project_dir: str | Path | None = None) -> St
     for path in sorted(root.rglob("*_step.py")):
         if any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(root).parts):
             continue
+        if on_file is not None:
+            on_file(path)
         try:
             step = load_step_file(path, root)
         except StepError as err:
@@ -528,6 +536,8 @@ def discover(steps_dir: str | Path, project_dir: str | Path | None = None) -> St
             continue
         names[step.name] = str(path)
         out.steps.append(step)
+    if on_file is not None:
+        on_file(None)
     routes: dict[tuple[str, str], Step] = {}
     for step in list(out.steps):
         mine = [(i, t) for i, t in enumerate(step.triggers) if isinstance(t, HttpTrigger)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from iii_console.runtime.pool import Child, WorkerPool, exit_description  # noqa
 from iii_console.runtime.redis_watchdog import RedisWatchdog
 from iii_console.runtime.scheduler import CronScheduler
 from iii_console.runtime.services import Services, open_services
+from iii_console.runtime.startup import SlowImports, interruptible
 from iii_console.runtime.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class Supervisor:
         threads: int | None = None,
         echo: EchoCommand | None = None,
         log_dir: Path | None = None,
+        say: Callable[[str], None] | None = None,
     ):
         self.config = config
         self.roles = roles
@@ -67,6 +70,8 @@ class Supervisor:
         #: When set (the interactive console owns the terminal), worker processes'
         #: stderr goes to ``log_dir/worker-N.log`` instead of the screen.
         self.log_dir = log_dir
+        #: Where a start tells a person what it is waiting for (a slow step import), or nowhere.
+        self.say = say
         self.embedded: EmbeddedRedis | None = None
         self.steps = StepSet()
         self.services: Services | None = None
@@ -83,7 +88,9 @@ class Supervisor:
     # -- start --------------------------------------------------------------
     async def start(self) -> None:
         try:
-            await self._enter(self._stack)
+            # Most of a start blocks the loop (Redis, the steps' imports): a Ctrl+C stops it there, not after.
+            with interruptible():
+                await self._enter(self._stack)
         except BaseException:
             await self.stop()
             raise
@@ -108,7 +115,11 @@ class Supervisor:
         stack.callback(services.close)
         if self.echo is not None:
             stack.enter_context(EventEcho(services, self.echo))
-        self.steps = discover(self.config.steps_path, self.config.project_dir)
+        if self.say is None:
+            self.steps = discover(self.config.steps_path, self.config.project_dir)
+        else:
+            with SlowImports(self.say, self.config.steps_path) as on_file:
+                self.steps = discover(self.config.steps_path, self.config.project_dir, on_file=on_file)
         for err in self.steps.errors:
             emit_step_error(services.emitter, err)
         self._publish_registry()

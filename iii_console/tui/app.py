@@ -155,6 +155,8 @@ class ConsoleApp(WriteFlows):
         #: Stops the runtime this console runs in (``iii-console`` sets it); ``q`` awaits it with
         #: the console still up and saying so, rather than a blank terminal while work drains.
         self.stop_runtime: Callable[[], Awaitable[None]] | None = None
+        #: Worker processes the runtime this console runs in started (0: it runs none, or it only attaches).
+        self.local_workers = 0
         self._quitting = False
         #: What ``stop_runtime`` raised, for the caller to report once the terminal is back.
         self.stop_error: BaseException | None = None

@@ -18,7 +18,7 @@ import pytest
 
 from iii_console.core.redis_server import free_port
 
-from ..helpers import cli_env, events, make_project, start_cli, wait_for
+from ..helpers import cli_env, events, make_project, pid_alive, start_cli, wait_for
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
@@ -317,6 +317,53 @@ def test_ctrl_c_at_any_moment_of_start_up_exits_quietly(tmp_path, redis_url, del
         pytest.skip("the signal arrived while Python itself was starting")
     assert proc.returncode in (0, 130, -signal.SIGINT), err  # a shell shows death by SIGINT as 130 too
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+SLOW_IMPORT = """
+import time
+time.sleep(60)  # module code that takes long: a model loaded, a large library
+config = {"name": "Slow", "triggers": [{"type": "queue", "topic": "slow"}]}
+def handler(data, ctx):
+    pass
+"""
+
+
+def test_a_slow_step_import_is_named_and_a_first_ctrl_c_stops_it_at_once(tmp_path):
+    """Given a step file whose module code takes a minute and no Redis configured, when `--no-ui` starts, then
+    stderr names the file it is importing within seconds; a first Ctrl+C then exits 130 at once with no
+    traceback, and the project's Redis stops with it."""
+    make_project(tmp_path, {"slow_step.py": SLOW_IMPORT}, "server:\n  port: 0\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", "--no-ui"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_for(lambda: any("importing steps/slow_step.py" in line for line in lines), timeout=30, what="the slow file named")
+        said = "".join(lines)
+        assert "iii-console: importing steps/slow_step.py (1 s so far;" in said and "Ctrl+C stops" in said, said
+        redis_pid = json.loads((tmp_path / ".iii" / "redis.json").read_text())["redis_pid"]
+        assert pid_alive(redis_pid)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(20)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(5)
+    said = "".join(lines)
+    assert code == 130 and took < 10, (code, took, said)
+    assert "Traceback" not in said and "KeyboardInterrupt" not in said and "imported steps/" not in said, said
+    wait_for(lambda: not pid_alive(redis_pid), timeout=15, what="the project's Redis to stop")
 
 
 def test_steps_import_the_projects_own_packages_from_wherever_the_command_runs(tmp_path):

@@ -428,6 +428,24 @@ async def test_quit_stops_the_readers(redis_url):
     assert app.readers == set()
 
 
+@pytest.mark.parametrize("local", [0, 2])
+async def test_with_no_worker_registered_the_workers_tab_says_whether_its_own_are_starting(redis_url, local):
+    """Given no worker registered, when the Workers tab shows, then a console that started workers of its own says
+    they are starting (they import the steps first); one that only attaches says how to start some."""
+    app = console(redis_url=redis_url)
+    app.local_workers = local
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await pilot.press("7")
+        table = app.query_one("#workers-table", Table)
+        await until(pilot, lambda: "worker" in str(table.border_subtitle), "the workers table's subtitle")
+        said = str(table.border_subtitle)
+    if local:
+        assert said == "no workers registered yet: this console's 2 worker process(es) are starting (importing the steps)"
+    else:
+        assert said == "no workers registered: start `iii-console` or `iii-console --no-ui --role worker`"
+
+
 async def test_hostile_text_in_events_reaches_the_console_escaped_and_a_startup_notice_is_shown(redis_url, emit):
     """Given a console with a startup notice, when events arrive whose step, error and data hold ESC sequences, newlines and
     markup, then the log and the toasts show them escaped (no control character, markup as text) and the notice is a toast."""

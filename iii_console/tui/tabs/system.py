@@ -185,10 +185,15 @@ class WorkersPane(Pane):
         retitle(table, title=f"Workers ({len(rows)})")
         retitle(
             table,
-            subtitle=(f"{total_flight} in flight" + (f" · {stale} stale" if stale else ""))
-            if rows
-            else "no workers registered: start `iii-console` or `iii-console --no-ui --role worker`",
+            subtitle=(f"{total_flight} in flight" + (f" · {stale} stale" if stale else "")) if rows else self._no_workers(),
         )
+
+    def _no_workers(self) -> str:
+        starting = getattr(self.app, "local_workers", 0)
+        if starting:
+            # Each imports the steps before it registers: seconds, for a step whose module code is slow.
+            return f"no workers registered yet: this console's {starting} worker process(es) are starting (importing the steps)"
+        return "no workers registered: start `iii-console` or `iii-console --no-ui --role worker`"
 
 
 def worker_line(ev: Any) -> Text:
