@@ -180,6 +180,7 @@ class HttpServer:
         assert self.app is not None and self._current is not None
         self.steps = steps
         old, self._current = self._current, self._build(steps)
+        unawaited.install_for(self.services.emitter.emit, self.config, steps)  # a file the reload added names its step
         self.app.app = self._current.served.asgi
         retire = asyncio.create_task(self._retire(old), name="iii-retire")
         self._retiring[retire] = old

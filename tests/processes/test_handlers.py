@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import httpx
 import pytest
@@ -448,5 +449,43 @@ def test_a_call_an_async_handler_forgot_to_await_is_reported_where_it_was_made(t
         ), said
         assert all(e.data["file"].endswith("forgetful_step.py") and "write `await`" in e.data["message"] for e in got)
         assert r.hget(keys.state_group("forgot"), "k") is None  # it did nothing
+    finally:
+        run.stop()
+
+
+def test_a_forgotten_await_in_a_step_file_a_reload_added_names_its_step(tmp_path, redis_url, r):
+    """Given a running server with `--reload`, when an `async def` HTTP step that forgets an `await` is saved as a new
+    file and called, then its report names the new step (the server's process learnt the file at the reload)."""
+    from iii_console.core.keys import Keys
+
+    keys = Keys()
+    first = "from iii_console import Step, http\nconfig = Step(name='First', triggers=[http('GET', '/first')])\n"
+    first += "def handler(data, ctx):\n    return {'status': 200, 'body': {}}\n"
+    make_project(tmp_path, {"first_step.py": first}, "server:\n  port: 0\n", redis_url=redis_url)
+    run = start_cli(tmp_path, "--no-ui", "--reload", "--role", "server")
+    try:
+        later = (
+            "from iii_console import Step, http\n"
+            "config = Step(name='Later', triggers=[http('POST', '/later')])\n"
+            "async def handler(data, ctx):\n"
+            "    ctx.state.set('forgot', 'k', {'v': 1})\n"
+            "    return {'status': 200, 'body': {}}\n"
+        )
+        served = False
+        for attempt in range(10):  # the file watcher may still be starting when the first save lands: save again
+            (tmp_path / "steps" / "later_step.py").write_text(later + f"# save {attempt}\n")
+            deadline = time.monotonic() + 3
+            while not served and time.monotonic() < deadline:
+                served = httpx.post(f"{run.url}/later", json={}).status_code == 200
+                time.sleep(0.1)
+            if served:
+                break
+        assert served, run.lines
+        [report] = wait_for(
+            lambda: [e for e in events(r, keys, "log") if "was not awaited" in str(e.data.get("message"))],
+            timeout=20,
+            what="the forgotten call reported",
+        )
+        assert report.step == "Later" and report.data["file"].endswith("later_step.py"), report
     finally:
         run.stop()
