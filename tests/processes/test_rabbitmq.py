@@ -345,6 +345,25 @@ def test_a_second_copy_of_a_once_only_message_runs_once(rproject, runtime, produ
     assert runs(r, keys, "Rec") == {"once": 1}
 
 
+def test_a_dedup_key_used_again_after_its_ttl_runs_its_message_on_rabbitmq(rproject, runtime, producer, r, keys):
+    """Given a message enqueued with a dedup key and run, when the key's TTL has passed and a message is enqueued
+    with the same key, then it is accepted with new ids and runs too (its run-key is not the first one's); within
+    the TTL a third is deduplicated to the second's ids."""
+    cfg, steps = rproject({"rec_step.py": RECORD})
+    runtime(cfg, steps)
+    p = producer(cfg, steps)
+    first = p.enqueue("jobs", {"k": "first"}, trace_id="t1", dedup_key="order-42", dedup_ttl_ms=300)
+    wait_for(lambda: runs(r, keys, "Rec").get("first") == 1, what="the first message run")
+    wait_for(lambda: not r.exists(keys.dedup("jobs", "order-42")), what="the dedup key to expire")
+    second = p.enqueue("jobs", {"k": "second"}, trace_id="t2", dedup_key="order-42", dedup_ttl_ms=60_000)
+    assert second and set(second).isdisjoint(first or [])
+    wait_for(lambda: runs(r, keys, "Rec").get("second") == 1, timeout=20, what="the second message run")
+    assert p.enqueue("jobs", {"k": "third"}, trace_id="t3", dedup_key="order-42", dedup_ttl_ms=60_000) == second
+    time.sleep(0.5)
+    assert runs(r, keys, "Rec") == {"first": 1, "second": 1}
+    assert not [e for e in events(r, keys, "log") if "second copy" in str(e.data.get("message"))]
+
+
 @pytest.mark.slow
 def test_http_answers_503_not_500_while_rabbitmq_is_unreachable(tmp_path, redis_url, procs):
     """Given a server whose rabbitmq.url points at a closed port, when a step enqueues, then the answer is 503 with

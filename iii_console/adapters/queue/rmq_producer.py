@@ -13,12 +13,16 @@ The message is published first, then the claim is taken in Redis by
 claim (the caller tries again), and a crash between the two leaves a message
 whose claim the next attempt finds free. A copy published by an attempt that
 then lost the claim carries the same run-key (``iii_run_key``) and the
-consumer runs only the first copy it sees for that key.
+consumer runs only the first copy it sees for that key. A once-key claimed
+again after it expired (a dedup key used again after its TTL) gets a run-key
+of its own: named after the value of the last claim taken on it (``…:won``,
+written by the claim), which every attempt of the new claim reads alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -137,15 +141,23 @@ class RabbitProducer(_Builder):
         events = self.events(topic, data, copies, prio, delay_ms, source, trace_id)
         if announce is not None:
             events += announce(ids)
+        run_key = once
         if (once or floor) and copies:
             # A claim already taken needs no publish (a race between the check and the claim still can publish one).
-            held = self.client.get(once) if once else None
+            held, last_won = self.client.mget([once, _won(once)]) if once else (None, None)
             if held is not None:
                 return list(json.loads(held)) if dedup_key is not None else None
             if floor is not None and _at_or_after(self.client.get(floor[0]), floor[1]):
                 return None
+            if once and last_won is not None:
+                # The once-key was claimed before and has expired (a dedup key used again after its TTL): the copies
+                # of this claim get a run-key of their own, apart from the copy that ran for the last one.
+                run_key = f"{once}:after:{hashlib.sha256(last_won).hexdigest()[:16]}"
+        if once:
+            extras["won"] = _won(once)  # the claim, if taken, says so there (``enqueue.lua``)
+            extras["won_ttl"] = once_ttl_ms + WON_KEEP_MS
         if copies:
-            self._publish(topic, copies, prio, delay_ms, once)
+            self._publish(topic, copies, prio, delay_ms, run_key)
         if not (once or floor):
             self.emitter.put(*events)
             return ids
@@ -184,6 +196,16 @@ class RabbitProducer(_Builder):
                 declare=self._declares(topic),
             )
         return out
+
+
+#: How long the record of a once-key's last claim outlives the claim: longer than a run-key (24 h), so a
+#: claim taken again after its TTL never finds the record gone while the last claim's run-key is kept.
+WON_KEEP_MS = 7 * 86_400_000
+
+
+def _won(once: str) -> str:
+    """Where ``enqueue.lua`` records the value of the last claim taken on the once-key ``once``."""
+    return f"{once}:won"
 
 
 def _at_or_after(last: bytes | None, ms: int) -> bool:

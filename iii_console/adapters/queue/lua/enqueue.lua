@@ -10,7 +10,9 @@
 -- writes X.dev (a message.deduplicated event whose "__III_IDS__" becomes those
 -- ids, with its counters X.dst) instead of enqueueing. X.g = {key, fields} writes a fan-in group's
 -- record (fanin.lua) with its children, so a group exists exactly when they do; nothing is
--- enqueued (returns 0) while a group of that id is still running. With floor_key (a cron trigger's `cron-last`), nothing is
+-- enqueued (returns 0) while a group of that id is still running. X.won (RabbitMQ) is where a claim
+-- taken on once_key is also recorded, for X.won_ttl ms: the run-key of the next claim is named after it.
+-- With floor_key (a cron trigger's `cron-last`), nothing is
 -- enqueued either if that key records a tick at or after floor_ms, and on
 -- success it is set to floor_json: a tick is never fired at or before the last
 -- one fired, whatever the schedulers' clocks say and however long ago the
@@ -69,7 +71,10 @@ if X ~= nil and X.g ~= nil and redis.call("EXISTS", X.g.key) == 1 and not redis.
 end
 if ARGV[2] ~= "" then
   local value = (X ~= nil and X.v) or "1"
-  if not redis.call("SET", ARGV[2], value, "NX", "PX", ARGV[3]) then
+  if redis.call("SET", ARGV[2], value, "NX", "PX", ARGV[3]) then
+    -- RabbitMQ: the claim's value, kept past the claim, names the run-key of the next claim on this key.
+    if X ~= nil and X.won then redis.call("SET", X.won, value, "PX", X.won_ttl) end
+  else
     if X ~= nil and X.v then
       local first = redis.call("GET", ARGV[2])
       if E ~= nil and X.dev then
