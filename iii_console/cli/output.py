@@ -106,10 +106,19 @@ def print_json_entries(entries: Any) -> None:
         _gone_or_raise(exc)
 
 
+class _EventConsole(Console):
+    """Rich's console for event lines: a reader that went away ends the printing quietly (Rich's own
+    answer is ``SystemExit(1)``, which made ``tail | head -1`` fail under ``set -o pipefail``)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _stdout_gone()
+
+
 def print_human(ev: Event) -> None:
     from iii_console.format import TYPE_STYLE, line
 
-    con = print_human.__dict__.setdefault("console", Console(file=_out(), highlight=False, soft_wrap=True))
+    con = print_human.__dict__.setdefault("console", _EventConsole(file=_out(), highlight=False, soft_wrap=True))
     try:
         con.print(Text(line(ev), style=TYPE_STYLE.get(ev.type, "")))
     except OSError as exc:

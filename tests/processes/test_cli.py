@@ -18,7 +18,7 @@ import pytest
 
 from iii_console.core.redis_server import free_port
 
-from ..helpers import cli_env, events, make_project, pid_alive, start_cli, wait_for
+from ..helpers import cli_env, cli_send, events, make_project, pid_alive, start_cli, wait_for
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
@@ -317,6 +317,67 @@ def test_ctrl_c_at_any_moment_of_start_up_exits_quietly(tmp_path, redis_url, del
         pytest.skip("the signal arrived while Python itself was starting")
     assert proc.returncode in (0, 130, -signal.SIGINT), err  # a shell shows death by SIGINT as 130 too
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+LONE = """
+from iii_console import Step, queue
+config = Step(name="Lone", triggers=[queue("lone")])
+def handler(data, ctx):
+    ctx.logger.info(f"got {data['x']}")
+    raise ValueError(f"bad value {data['x']}")
+"""
+
+
+def test_a_lone_surrogate_in_a_dead_letter_an_event_or_a_state_value_is_printed_escaped(tmp_path, redis_url):
+    """Given a dead letter, a log event and a state value holding a lone surrogate (the valid JSON escape
+    ``\\ud800``), when `dlq list`, `dlq show`, `tail` and `state get`/`list` print them for a person, then each
+    exits 0 and shows the escape, with no traceback."""
+    make_project(
+        tmp_path, {"lone_step.py": LONE}, "server:\n  port: 0\nqueues:\n  lone:\n    max_retries: 0\n", redis_url=redis_url
+    )
+    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
+    try:
+        cli_send(tmp_path, "lone", {"x": "A\ud800B"})
+        wait_for(lambda: _run(tmp_path, "dlq", "list", "--json").stdout.strip(), timeout=30, what="the dead letter")
+    finally:
+        run.stop()
+    entry = json.loads(_run(tmp_path, "dlq", "list", "--json").stdout.splitlines()[0])
+    assert _run(tmp_path, "state", "set", "g", "k", '"C\\ud800D"').returncode == 0
+    for args, shown in (
+        (("dlq", "list"), "A\\ud800B"),
+        (("dlq", "show", entry["id"]), "A\\ud800B"),
+        (("state", "get", "g", "k"), "C\\ud800D"),
+        (("state", "list", "g"), "C\\ud800D"),
+    ):
+        res = _run(tmp_path, *args)
+        assert res.returncode == 0 and "Traceback" not in res.stderr, (args, res.stderr)
+        assert shown in res.stdout, (args, res.stdout)
+    # `tail` follows: its reader takes lines until the escaped one, then goes away (`| head`); the next event ends it.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", "tail", "--history", "50"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    seen = False
+    try:
+        for line in iter(proc.stdout.readline, ""):  # type: ignore[union-attr]
+            if "got A\\ud800B" in line:
+                seen = True
+                break
+    finally:
+        proc.stdout.close()  # type: ignore[union-attr]
+    assert seen
+    for _ in range(100):
+        if proc.poll() is not None:
+            break
+        _run(tmp_path, "state", "set", "g", "tick", "1")  # an event to print into the closed pipe
+    code = proc.wait(10)
+    err = proc.stderr.read()  # type: ignore[union-attr]
+    assert code == 0 and "Traceback" not in err, (code, err)
 
 
 SLOW_IMPORT = """
