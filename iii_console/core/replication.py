@@ -25,8 +25,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+import redis
 
 log = logging.getLogger("iii_console.replication")
 
@@ -66,7 +69,8 @@ class ReplicaWait:
         pipe = client.pipeline(transaction=False)
         script(keys=list(keys), args=list(args), client=pipe)
         pipe.wait(self.replicas, self.timeout_ms)
-        result, acked = pipe.execute()
+        with _demotion(what):
+            result, acked = pipe.execute()
         self._check(int(acked), what)
         return result
 
@@ -78,7 +82,8 @@ class ReplicaWait:
         pipe = client.pipeline(transaction=False)
         getattr(pipe, name)(*args, **kw)
         pipe.wait(self.replicas, self.timeout_ms)
-        result, acked = pipe.execute()
+        with _demotion(what):
+            result, acked = pipe.execute()
         self._check(int(acked), what)
         return result
 
@@ -88,7 +93,8 @@ class ReplicaWait:
         if not self.on:
             return list(pipe.execute())
         pipe.wait(self.replicas, self.timeout_ms)
-        *results, acked = pipe.execute()
+        with _demotion(what):
+            *results, acked = pipe.execute()
         self._check(int(acked), what)
         return results
 
@@ -100,7 +106,8 @@ class ReplicaWait:
         pipe = client.pipeline(transaction=False)
         await script(keys=list(keys), args=list(args), client=pipe)  # queued on the pipeline (a coroutine all the same)
         pipe.wait(self.replicas, self.timeout_ms)
-        result, acked = await pipe.execute()
+        with _demotion(what):
+            result, acked = await pipe.execute()
         self._check(int(acked), what)
         return result
 
@@ -127,6 +134,22 @@ class ReplicaWait:
                 self.report(what, acked, self.replicas)
             except Exception:  # a report must never fail the write it reports on
                 log.exception("replication: reporting a short WAIT failed")
+
+
+@contextmanager
+def _demotion(what: str) -> Iterator[None]:
+    """A guarded write whose node was demoted between the write and its ``WAIT`` (a failover: ``WAIT``
+    refused on a replica) is a lost connection to the primary, not a refused command: the caller answers
+    ``503`` or runs the message again once the new primary answers, as for a primary that died. (A write
+    refused as read-only is already told apart: ``errors.redis_refuses_writes``.)
+    """
+    try:
+        yield
+    except redis.ResponseError as exc:
+        text = str(exc)
+        if "WAIT cannot be used with replica" in text:
+            raise redis.ConnectionError(f"{what}: the Redis primary was demoted under this write ({text})") from exc
+        raise
 
 
 _current = ReplicaWait()

@@ -419,6 +419,32 @@ def test_a_write_whose_wait_comes_back_short_stands_and_says_so(redis_url, r, ke
     assert "orders/o1" in warned[0].data["message"]
 
 
+def test_a_guarded_write_whose_node_is_a_replica_by_its_wait_is_a_lost_primary(tmp_path):
+    """Given a guarded write whose WAIT reaches a node that is a replica by then (a primary demoted by a failover
+    between the write and its WAIT), when it runs, then it is a ConnectionError (the server answers 503, a queue
+    handler runs again without spending an attempt), not a refused command (a 500 or a spent attempt)."""
+    import redis as redis_lib
+
+    from iii_console.core import replication
+    from iii_console.core.redis_server import RedisServer
+
+    primary = RedisServer(tmp_path / "primary", appendonly=False).start()
+    replica = RedisServer(tmp_path / "replica", appendonly=False, extra=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    client = redis_lib.Redis.from_url(replica.url)
+    try:
+        wait = replication.ReplicaWait(1, 20)
+        with pytest.raises(redis_lib.ConnectionError, match="the Redis primary was demoted under this write"):
+            wait.command(client, "get", "k", what="state orders/o1")
+        pipe = client.pipeline(transaction=False)
+        pipe.get("k")
+        with pytest.raises(redis_lib.ConnectionError):
+            wait.execute(pipe, what="claims")
+    finally:
+        client.close()
+        replica.stop()
+        primary.stop()
+
+
 @pytest.mark.slow
 @pytest.mark.anyio
 async def test_the_consoles_header_names_the_primary_the_sentinels_gave(tmp_path):
