@@ -5,7 +5,13 @@ Every client the project makes goes through :func:`client_from_url` (and
 does. A Sentinel client asks the sentinels for the service's primary on every
 new connection (redis-py's ``Sentinel.master_for``): after a failover the
 connections to the old primary fail, the callers' own retry loops try again,
-and the new connections go to the promoted replica.
+and the new connections go to the promoted replica. A failover that leaves the
+old primary answering (``SENTINEL FAILOVER``: it stays a primary until the
+sentinels demote it, seconds later) fails no connection, so a client in use also
+asks the sentinels at most once a second (``PRIMARY_CHECK_S``, with the
+connection it is handing out); when the primary changed, its idle connections to
+the old one are closed at once and those in use when they are next handed out, instead of
+writing on for seconds to a node whose writes are then lost.
 
 The password in the URL is the data nodes' (``requirepass``); sentinels that
 need one of their own get it from ``?sentinel_password=``.
@@ -13,11 +19,19 @@ need one of their own get it from ``?sentinel_password=``.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
+from redis.sentinel import SentinelConnectionPool
+
+log = logging.getLogger(__name__)
+
+#: How often a Sentinel client in use asks the sentinels whether its service's primary changed.
+PRIMARY_CHECK_S = 1.0
 
 SENTINEL_SCHEME = "redis+sentinel"
 
@@ -85,6 +99,31 @@ def _sentinel_kwargs(s: SentinelUrl, kw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _FollowingPool(SentinelConnectionPool):
+    """A Sentinel pool that also follows a failover whose old primary still answers (see the module's text)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._check_at = 0.0
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now >= self._check_at and self.master_address is not None:  # none yet: the first connection asks anyway
+            self._check_at = now + PRIMARY_CHECK_S
+            before = self.master_address
+            try:
+                after = self.get_master_address()  # on a change, closes the idle connections to the old one
+            except redis.RedisError as exc:
+                log.debug("sentinels not answering (%s); keeping primary %s", exc, before)
+            else:
+                if after != before:  # the connections in use now are closed as they come back (``owns_connection``)
+                    log.warning("Redis primary moved from %s to %s; closing the connections to the old one", before, after)
+        conn = super().get_connection(*args, **kwargs)
+        if self.master_address is not None and (conn.host, conn.port) != self.master_address:
+            conn.disconnect()  # to the old primary (in use at the change): its command connects to the new one
+        return conn
+
+
 def client_from_url(url: str, **kw: Any) -> redis.Redis:
     """``redis.Redis.from_url`` that also takes a Sentinel URL."""
     if not is_sentinel(url):
@@ -93,7 +132,9 @@ def client_from_url(url: str, **kw: Any) -> redis.Redis:
 
     s = parse_sentinel(url)
     sentinel = Sentinel(s.sentinels, sentinel_kwargs=_sentinel_kwargs(s, kw), **_node_kwargs(kw))
-    return sentinel.master_for(s.service, db=s.db, username=s.username, password=s.password, **kw)
+    return sentinel.master_for(
+        s.service, db=s.db, username=s.username, password=s.password, connection_pool_class=_FollowingPool, **kw
+    )
 
 
 def async_client_from_url(url: str, **kw: Any) -> Any:
@@ -105,9 +146,48 @@ def async_client_from_url(url: str, **kw: Any) -> Any:
     from redis.asyncio.sentinel import Sentinel
 
     s = parse_sentinel(url)
-    kw.pop("timeout", None)  # BlockingConnectionPool's wait; the Sentinel pool does not block
     sentinel = Sentinel(s.sentinels, sentinel_kwargs=_sentinel_kwargs(s, kw), **_node_kwargs(kw))
-    return sentinel.master_for(s.service, db=s.db, username=s.username, password=s.password, **kw)
+    return sentinel.master_for(
+        s.service, db=s.db, username=s.username, password=s.password, connection_pool_class=_async_pool_class(), **kw
+    )
+
+
+_ASYNC_POOL: Any = None
+
+
+def _async_pool_class() -> Any:
+    """The async Sentinel pool: blocking like the plain URL's (a burst waits up to ``timeout`` for a connection
+    instead of failing at ``max_connections``), and following a failover as :class:`_FollowingPool` does."""
+    global _ASYNC_POOL
+    if _ASYNC_POOL is not None:
+        return _ASYNC_POOL
+    from redis.asyncio import BlockingConnectionPool
+    from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
+
+    class AsyncFollowingPool(AsyncSentinelPool, BlockingConnectionPool):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._check_at = 0.0
+
+        async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            now = time.monotonic()
+            if now >= self._check_at and self.master_address is not None:
+                self._check_at = now + PRIMARY_CHECK_S
+                before = self.master_address
+                try:
+                    after = await self.get_master_address()
+                except redis.RedisError as exc:
+                    log.debug("sentinels not answering (%s); keeping primary %s", exc, before)
+                else:
+                    if after != before:
+                        log.warning("Redis primary moved from %s to %s; closing the connections to the old one", before, after)
+            conn = await super().get_connection(*args, **kwargs)
+            if self.master_address is not None and (conn.host, conn.port) != self.master_address:
+                await conn.disconnect()  # to the old primary (in use at the change): its command connects to the new one
+            return conn
+
+    _ASYNC_POOL = AsyncFollowingPool
+    return _ASYNC_POOL
 
 
 def _node_kwargs(kw: dict[str, Any]) -> dict[str, Any]:

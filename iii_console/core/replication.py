@@ -71,7 +71,8 @@ class ReplicaWait:
         pipe.wait(self.replicas, self.timeout_ms)
         with _demotion(what):
             result, acked = pipe.execute()
-        self._check(int(acked), what)
+        if self._check(int(acked), what):
+            _not_moved(pipe, what)
         return result
 
     def command(self, client: Any, name: str, *args: Any, what: str, **kw: Any) -> Any:
@@ -84,7 +85,8 @@ class ReplicaWait:
         pipe.wait(self.replicas, self.timeout_ms)
         with _demotion(what):
             result, acked = pipe.execute()
-        self._check(int(acked), what)
+        if self._check(int(acked), what):
+            _not_moved(pipe, what)
         return result
 
     def execute(self, pipe: Any, *, what: str) -> list[Any]:
@@ -95,7 +97,8 @@ class ReplicaWait:
         pipe.wait(self.replicas, self.timeout_ms)
         with _demotion(what):
             *results, acked = pipe.execute()
-        self._check(int(acked), what)
+        if self._check(int(acked), what):
+            _not_moved(pipe, what)
         return results
 
     async def ascript(self, client: Any, script: Any, *, keys: Sequence[Any] = (), args: Sequence[Any] = (), what: str) -> Any:
@@ -108,14 +111,16 @@ class ReplicaWait:
         pipe.wait(self.replicas, self.timeout_ms)
         with _demotion(what):
             result, acked = await pipe.execute()
-        self._check(int(acked), what)
+        if self._check(int(acked), what):
+            await _not_moved_async(pipe, what)
         return result
 
-    def _check(self, acked: int, what: str) -> None:
+    def _check(self, acked: int, what: str) -> bool:
+        """Count a ``WAIT``'s answer; whether it came back short (then warned of, and reported)."""
         self.waits += 1
         self._local.last = acked
         if acked >= self.replicas:
-            return
+            return False
         self.short += 1
         now = time.monotonic()
         if now - self._last_warned >= 1.0:  # at most one line a second; every one is counted and reported
@@ -134,6 +139,56 @@ class ReplicaWait:
                 self.report(what, acked, self.replicas)
             except Exception:  # a report must never fail the write it reports on
                 log.exception("replication: reporting a short WAIT failed")
+        return True
+
+
+def _failing_over(state: Any) -> bool:
+    """Whether a sentinel's view of the primary (``SENTINEL MASTER``) says it is failing it over now."""
+    return isinstance(state, dict) and "failover_in_progress" in str(state.get("flags", ""))
+
+
+def _moved(what: str, before: Any, after: Any, moving: bool) -> None:
+    if after != before:
+        raise redis.ConnectionError(
+            f"{what}: the Redis primary moved from {before} to {after} under this write (no replica acknowledged it)"
+        )
+    if moving:
+        # Between the replica's promotion and the sentinels naming it, the old primary still looks like the one.
+        raise redis.ConnectionError(f"{what}: a failover of the Redis primary {before} is under way (no replica acknowledged it)")
+
+
+def _not_moved(pipe: Any, what: str) -> None:
+    """After a short ``WAIT`` under Sentinel: if the sentinels name another primary than the one the pool
+    handed this write's connection to, or a sentinel is failing that one over, the write went to a primary
+    about to be demoted (it goes on answering meanwhile: ``SENTINEL FAILOVER``) and will be lost with it.
+    That is a lost primary (``503``, or a run again), not a write that stands. (The pool hands out
+    connections to the primary it last heard of: ``redis_url.PRIMARY_CHECK_S``.)"""
+    before = getattr(pipe.connection_pool, "master_address", None)  # None: a plain URL's pool
+    if before is None:
+        return
+    pool = pipe.connection_pool
+    try:
+        after = pool.get_master_address()
+        moving = any(_failing_over(sentinel.sentinel_master(pool.service_name)) for sentinel in pool.sentinel_manager.sentinels)
+    except redis.RedisError:
+        return  # the sentinels are not answering: nothing says the primary moved
+    _moved(what, before, after, moving)
+
+
+async def _not_moved_async(pipe: Any, what: str) -> None:
+    """:func:`_not_moved` for a ``redis.asyncio`` pipeline."""
+    before = getattr(pipe.connection_pool, "master_address", None)
+    if before is None:
+        return
+    pool = pipe.connection_pool
+    try:
+        after = await pool.get_master_address()
+        moving = False
+        for sentinel in pool.sentinel_manager.sentinels:
+            moving = moving or _failing_over(await sentinel.sentinel_master(pool.service_name))
+    except redis.RedisError:
+        return
+    _moved(what, before, after, moving)
 
 
 @contextmanager

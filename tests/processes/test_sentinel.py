@@ -159,6 +159,112 @@ def test_the_app_carries_on_on_the_promoted_replica_after_its_primary_is_killed(
         s.stop()
 
 
+SEEN = """
+from iii_console import Step, http
+config = Step(name="Seen", triggers=[http("POST", "/seen")])
+async def handler(req, ctx):
+    await ctx.state.set("seen", req.body["k"], 1)
+    return {"status": 202, "body": {}}
+"""
+
+
+def test_a_graceful_failover_is_followed_and_no_accepted_write_is_lost(tmp_path):
+    """Given iii-console on a Sentinel URL answering state writes, when `SENTINEL FAILOVER` promotes the replica while
+    the old primary goes on answering (until the sentinels demote it, seconds later), then the server moves to the new
+    primary within about a second, answers only 202 or 503 meanwhile, and every write it answered 202 for is on the new
+    primary once the old one has been demoted and resynced (none lost with it)."""
+    problem = sentinel_problem()
+    if problem:
+        pytest.skip(problem)
+    s = SentinelSet(tmp_path / "sentinel").start()
+    proc = None
+    try:
+        make_project(tmp_path / "app", {"seen_step.py": SEEN})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iii_console", "--no-ui", "--role", "server", "--port", "0", "--redis", s.url],
+            cwd=tmp_path / "app",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        banner = proc.stderr.readline()  # type: ignore[union-attr]
+        assert "running" in banner, banner
+        url = banner.split(" on ", 1)[1].split(" with", 1)[0]
+        http = httpx.Client(base_url=url, timeout=10)
+        old, new = s.primary_port, s.replica_port
+        accepted: list[str] = []
+        codes: set[int] = set()
+        t0 = time.monotonic()
+        failed_over = None
+        i = 0
+        while time.monotonic() - t0 < 8:
+            if failed_over is None and time.monotonic() - t0 > 1.5:
+                assert s.sentinel(s.sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", "iiimaster")
+                failed_over = time.monotonic() - t0
+            i += 1
+            resp = http.post("/seen", json={"k": f"k{i}"})
+            codes.add(resp.status_code)
+            if resp.status_code == 202:
+                accepted.append(f"k{i}")
+            time.sleep(0.02)
+        assert codes <= {202, 503}, codes
+        assert s.primary() == new
+        old_node = redis.Redis(port=old)
+        wait_for(
+            lambda: (
+                old_node.info("replication").get("role") == "slave"
+                and old_node.info("replication").get("master_link_status") == "up"
+            ),
+            timeout=60,
+            what="the old primary demoted and resynced",
+        )
+        primary = redis.Redis(port=new)
+        seen = {k.decode() for k in primary.hkeys(Keys().state_group("seen"))}
+        lost = [k for k in accepted if k not in seen]
+        assert not lost, f"{len(lost)} of {len(accepted)} accepted writes lost: {lost[:10]}"
+        assert len(accepted) > 50  # it kept accepting before and after the failover
+        http.close()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        s.stop()
+
+
+@pytest.mark.anyio
+async def test_the_async_sentinel_client_waits_for_a_connection_as_the_plain_one_does(tmp_path):
+    """Given the async client of a Sentinel URL with 2 connections at most (the server's pool is 64), when 10 commands
+    that hold a connection for 0.2 s run at once, then each waits for a connection and answers, as on a plain URL,
+    instead of failing with 'Too many connections'."""
+    import anyio
+
+    from iii_console.core.redis_url import async_client_from_url
+
+    problem = sentinel_problem()
+    if problem:
+        pytest.skip(problem)
+    s = SentinelSet(tmp_path / "sentinel").start()
+    try:
+        for url in (s.url, f"redis://127.0.0.1:{s.primary_port}/0"):
+            client = async_client_from_url(url, max_connections=2, timeout=5)
+            answers: list[object] = []
+
+            async def hold(i: int, c=client, out=answers) -> None:
+                out.append(await c.blpop([f"nothing-{i}"], timeout=0.2))
+
+            async with anyio.create_task_group() as tg:
+                for i in range(10):
+                    tg.start_soon(hold, i)
+            assert answers == [None] * 10, url
+            await client.aclose()
+    finally:
+        s.stop()
+
+
 #: A writer process for the failover test: state changes, once-keys and dead-letter replays, one after another, as
 #: fast as Redis answers; one line per acknowledged write (kind, id, replicas WAIT reported or -1, when, seconds taken).
 WRITER = r"""
