@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import redis
 
-from iii_console.core.config import Config, load_config
+from iii_console.core.config import Config, load_config, read_dotenv
 from iii_console.core.discovery import StepSet, discover
 from iii_console.core.dlq import DeadLetter, DeadLetterStore
 from iii_console.core.events import Event
@@ -21,7 +22,12 @@ class StepFailed(AssertionError):
 
 
 def _load(project: Path, redis_url: str) -> Config:
-    return load_config(project / "iii-config.yaml", env={}).with_overrides(**{"redis.url": redis_url})
+    """The project's config as the ``iii-console`` the fixtures start reads it (the environment, then the
+    project's ``.env`` under it: an ``auth_token`` or ``redis.prefix`` from there), on the tests' Redis."""
+    dotenv = project / ".env"
+    env = {**(read_dotenv(dotenv) if dotenv.is_file() else {}), **os.environ}
+    env.pop("REDIS_URL", None)  # the tests' private Redis, whatever the shell points at
+    return load_config(project / "iii-config.yaml", env=env).with_overrides(**{"redis.url": redis_url})
 
 
 class _Project:

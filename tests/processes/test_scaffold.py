@@ -55,6 +55,28 @@ def test_new_makes_a_project_whose_topics_all_have_subscribers_and_whose_own_tes
     assert tests.returncode == 0 and "2 passed" in tests.stdout, tests.stdout + tests.stderr
 
 
+def test_the_plugin_reads_the_config_as_the_app_does_from_the_environment_and_dotenv(tmp_path: Path) -> None:
+    """Given a new project whose config takes its auth token from `.env` and its key prefix from an exported variable,
+    when its own tests run, then they pass: the helpers send the token and read the prefix the app writes under."""
+    assert _new(tmp_path, "shop").returncode == 0
+    project = tmp_path / "shop"
+    config = project / "iii-config.yaml"
+    config.write_text(
+        config.read_text().replace("server:\n", "server:\n  auth_token: ${III_AUTH_TOKEN:}\n")
+        + "redis:\n  prefix: ${APP_PREFIX:iii:}\n"
+    )
+    (project / ".env").write_text("III_AUTH_TOKEN=from-the-dotenv-file\n")
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_env(), "APP_PREFIX": "shop:"},
+    )
+    assert tests.returncode == 0 and "2 passed" in tests.stdout, tests.stdout + tests.stderr
+
+
 def test_new_refuses_a_folder_that_is_not_empty_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "shop").mkdir()
     (tmp_path / "shop" / "keep.txt").write_text("mine")
