@@ -335,11 +335,56 @@ class RabbitmqConfig(_Section):
     @classmethod
     def _valid_url(cls, v: str) -> str:
         parts = [p.strip() for p in v.split(";") if p.strip()]
-        for part in parts:
+        for n, part in enumerate(parts, 1):
+            where = f" (node {n} of {len(parts)})" if len(parts) > 1 else ""
             if not part.startswith(("amqp://", "amqps://")):
-                where = f" (node {parts.index(part) + 1} of {len(parts)})" if len(parts) > 1 else ""
                 raise ValueError(f"not an AMQP URL{where}: {redact_url(part)!r}; it starts with amqp:// or amqps://")
+            problem = _amqp_url_problem(part)
+            if problem:
+                raise ValueError(f"{problem}{where}: {redact_url(part)!r}")
         return ";".join(parts)
+
+
+#: The query options of an AMQP URL that pika (the RabbitMQ client) takes, and the type of each value: any
+#: other is refused by the client at the first connection (``Unknown URL parameter``), so it is refused here.
+AMQP_URL_OPTIONS: dict[str, type] = {
+    "blocked_connection_timeout": float,
+    "channel_max": int,
+    "client_properties": str,
+    "connection_attempts": int,
+    "frame_max": int,
+    "heartbeat": int,
+    "locale": str,
+    "retry_delay": float,
+    "socket_timeout": float,
+    "stack_timeout": float,
+    "ssl_options": str,
+    "tcp_options": str,
+}
+
+
+def _amqp_url_problem(url: str) -> str | None:
+    """What the RabbitMQ client would refuse in ``url`` at its first connection (a port that is not a number,
+    an option it does not know or a value of the wrong type), or ``None``."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises for a port that is not a number from 0 to 65535)
+    except ValueError as exc:
+        return f"not a valid AMQP URL ({exc})"
+    if not parts.hostname:
+        return "not a valid AMQP URL (no host)"
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        kind = AMQP_URL_OPTIONS.get(name)
+        if kind is None:
+            return f"unknown AMQP URL option {name!r} (known: {', '.join(AMQP_URL_OPTIONS)})"
+        if kind is not str:
+            try:
+                kind(value)
+            except ValueError:
+                return f"AMQP URL option {name}={value!r} is not {'a whole number' if kind is int else 'a number'}"
+    return None
 
 
 class Config(_Section):

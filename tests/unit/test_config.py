@@ -288,3 +288,46 @@ def test_only_loopback_addresses_and_localhost_count_as_loopback(host, loopback)
     from iii_console.core.config import ServerConfig
 
     assert ServerConfig(host=host).loopback is loopback
+
+
+@pytest.mark.parametrize(
+    "url,words",
+    [
+        ("amqp://guest:secret@127.0.0.1:notaport/%2F", "not a valid AMQP URL (Port could not be cast"),
+        ("amqp://127.0.0.1:99999/", "Port out of range"),
+        ("amqp://127.0.0.1/?heartbeat=abc", "heartbeat='abc' is not a whole number"),
+        ("amqp://127.0.0.1/?socket_timeout=soon", "socket_timeout='soon' is not a number"),
+        ("amqp://127.0.0.1/?bogus=1", "unknown AMQP URL option 'bogus'"),
+        ("amqp://127.0.0.1/;amqp://127.0.0.1:x/", "(node 2 of 2)"),
+    ],
+)
+def test_an_amqp_url_the_client_would_refuse_names_the_key_and_hides_its_password(tmp_path, url, words):
+    """Given a rabbitmq.url whose port, option or option value the RabbitMQ client refuses at its first connection,
+    when the config loads (`config check` as much as a start), then it is a ConfigError naming its line and key,
+    with the password hidden."""
+    import pika
+
+    err = config_error(tmp_path, f"broker: rabbitmq\nrabbitmq:\n  url: '{url}'\n")
+    assert (err.line, err.key) == (3, "rabbitmq.url") and words in str(err), str(err)
+    assert "secret" not in str(err)
+    for part in url.split(";"):  # what the client itself says of each node that was refused
+        try:
+            pika.URLParameters(part)
+        except ValueError:
+            break
+    else:
+        pytest.fail(f"pika takes {url!r}")
+
+
+def test_the_amqp_url_options_are_the_ones_the_client_takes_and_a_good_url_loads():
+    """The options the config accepts are exactly those pika's URLParameters sets, and a URL using them loads and
+    is taken by pika."""
+    import pika
+
+    from iii_console.core.config import AMQP_URL_OPTIONS
+
+    assert set(AMQP_URL_OPTIONS) == {n[len("_set_url_") :] for n in dir(pika.URLParameters) if n.startswith("_set_url_")}
+    url = "amqp://guest:guest@127.0.0.1:5672/%2F?heartbeat=30&socket_timeout=2.5&connection_attempts=3&locale=en_US"
+    cfg = Config.model_validate({"broker": "rabbitmq", "rabbitmq": {"url": url}})
+    assert cfg.rabbitmq.url == url
+    assert pika.URLParameters(url).heartbeat == 30
