@@ -180,21 +180,33 @@ def dlq_replay(
     cfg, client, keys = open_client(config_path, redis_url)
     entries = _targets(DeadLetterStore(client, keys), entry_ids, flt)
     if dry_run:
+        running = _running_steps(client, keys)
+        skipped = 0
         for e in entries:
+            unrun = _unrun(e, running)
+            if unrun:
+                click.echo(f"would skip {e.id}: {printable(unrun)}", err=True)
+                skipped += 1
+                continue
             click.echo(
                 json.dumps(_entry_json(e))
                 if as_json
                 else printable(f"would replay {e.id} ({e.dlq}, {e.step}): {short(e.error, 60)}")
             )
-        click.echo(f"{len(entries)} would be replayed", err=True)
+        click.echo(f"{len(entries) - skipped} would be replayed", err=True)
         return
     if not _confirm("replay", len(entries), yes):
         return
     services = Services.open(cfg, "cli")
     done = 0
+    running = _running_steps(client, keys)
     try:
         replayer = make_replayer(services)
         for e in entries:
+            unrun = _unrun(e, running)
+            if unrun:
+                click.echo(f"skipped {e.id}: {printable(unrun)}; it stays in {printable(e.dlq)}", err=True)
+                continue
             try:
                 new_id = replayer.replay(e)
             except ReplayError as exc:
@@ -208,6 +220,42 @@ def dlq_replay(
     click.echo(f"replayed {done} of {len(entries)}", err=True)
     if done < len(entries):
         sys.exit(1)
+
+
+def _running_steps(client: Any, keys: Any) -> dict[str, dict[str, Any]] | None:
+    """The steps the project's running (or last) deployment published (``None``: none ever did, nothing to check)."""
+    raw = client.hgetall(keys.steps_registry)
+    if not raw:
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in raw.items():
+        try:
+            desc = json.loads(value)
+        except ValueError:
+            desc = {}
+        out[name.decode() if isinstance(name, bytes) else str(name)] = desc if isinstance(desc, dict) else {}
+    return out
+
+
+def _unrun(entry: Any, running: dict[str, dict[str, Any]] | None) -> str | None:
+    """Why nothing of the deployment would run ``entry`` once replayed onto its queue (a step renamed or removed,
+    or no longer subscribed to the topic), or ``None``."""
+    if running is None or not entry.step:
+        return None
+    step = running.get(entry.step)
+    if step is None:
+        return f"step {entry.step!r} is not among the deployment's steps (renamed or removed?): nothing would run it"
+    topic = entry.topic or ""
+    specs = [t for t in step.get("trigger_specs") or [] if isinstance(t, dict)]
+    kind = "cron" if topic.startswith("_cron.") else "state" if topic.startswith("_state.") else None
+    subscribed = (
+        any(t.get("type") == kind for t in specs)
+        if kind
+        else any(t.get("type") == "queue" and t.get("topic") == topic for t in specs)
+    )
+    if not subscribed:
+        return f"step {entry.step!r} no longer takes topic {topic!r}: nothing would run it"
+    return None
 
 
 @dlq.command("purge")

@@ -179,3 +179,32 @@ def test_steps_and_config_check_report_problems_with_file_line_and_field(tmp_pat
     res = run("config", "check")
     assert res.returncode == 2 and "iii-config.yaml:3: queues.t.retry_delay" in res.stdout
     assert cfg.steps_path.exists()
+
+
+def test_replay_of_a_step_the_deployment_no_longer_runs_is_refused_and_the_entry_stays(dead, r, keys, tmp_path):
+    """Given dead letters of step A and a deployment that has since renamed A to A2 (its published steps), when they
+    are replayed, then each of A's is skipped naming why (nothing would run it) and stays in its dead-letter queue, the
+    command exits 1 and A's queue gets nothing; B's, still run, is replayed. `--dry-run` says the same."""
+    from iii_console.core.discovery import discover
+
+    cfg, _steps, store = dead
+    renamed = tmp_path / "v2"
+    make_project(
+        renamed,
+        {
+            "a_step.py": FAILS.format(name="A2", topic="alpha", exc="ValueError"),
+            "b_step.py": FAILS.format(name="B", topic="beta", exc="RuntimeError"),
+        },
+    )
+    v2 = discover(renamed / "steps")
+    r.delete(keys.steps_registry)
+    for s in v2.steps:  # what the new version's supervisor publishes
+        r.hset(keys.steps_registry, s.name, json.dumps(s.describe()))
+    a_ids = {e.id for e in store.list("alpha.dlq")}
+    dry = cli_in_process(cfg, "dlq", "replay", "--all", "--dry-run")
+    assert dry.returncode == 0 and dry.stderr.count("would skip") == 2 and "2 would be replayed" in dry.stderr, dry.stderr
+    res = cli_in_process(cfg, "dlq", "replay", "--all", "--yes", "--json")
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.count("step 'A' is not among the deployment's steps") == 2 and "replayed 2 of 4" in res.stderr
+    assert {e.id for e in store.list("alpha.dlq")} == a_ids and store.count("beta.dlq") == 0
+    assert not [k for k in r.scan_iter(f"{keys.dramatiq_namespace}:alpha--A--*") if r.type(k) == b"list" and r.llen(k)]
