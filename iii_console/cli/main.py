@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as e:
+        # A command group without its subcommand (`iii-console dlq`): its help, as it reads, not flattened into a line.
+        click.echo(e.format_message(), err=True)
+        return e.exit_code
     except click.UsageError as e:
         # click's own rendering is a usage block, a blank line and the error: one line instead.
         where = e.ctx.command_path if e.ctx is not None else "iii-console"

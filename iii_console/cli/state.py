@@ -18,6 +18,18 @@ def state_cmd() -> None:
     """Look at and correct state. Edits fire state triggers like any other change."""
 
 
+def _name(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A group or key name as the store takes it: non-empty Unicode text (a usage error, exit 2, otherwise)."""
+    what = (param.name or "name").upper()
+    if not value:
+        raise click.BadParameter("must not be empty", param_hint=what)
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise click.BadParameter("must be valid Unicode text (no lone surrogates)", param_hint=what) from None
+    return value
+
+
 def _store(config_path: str | None, redis_url: str | None) -> Any:
     from iii_console.core.state import StateStore
 
@@ -44,7 +56,7 @@ def state_groups(as_json: bool, config_path: str | None, redis_url: str | None) 
 
 
 @state_cmd.command("list")
-@click.argument("group")
+@click.argument("group", callback=_name)
 @click.option("--json", "as_json", is_flag=True)
 @common_options
 def state_list(group: str, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
@@ -59,8 +71,8 @@ def state_list(group: str, as_json: bool, config_path: str | None, redis_url: st
 
 
 @state_cmd.command("get")
-@click.argument("group")
-@click.argument("key")
+@click.argument("group", callback=_name)
+@click.argument("key", callback=_name)
 @click.option("--json", "as_json", is_flag=True)
 @common_options
 def state_get(group: str, key: str, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
@@ -72,8 +84,8 @@ def state_get(group: str, key: str, as_json: bool, config_path: str | None, redi
 
 
 @state_cmd.command("set")
-@click.argument("group")
-@click.argument("key")
+@click.argument("group", callback=_name)
+@click.argument("key", callback=_name)
 @click.argument("value", metavar="JSON")
 @common_options
 def state_set(group: str, key: str, value: str, config_path: str | None, redis_url: str | None) -> None:
@@ -86,8 +98,8 @@ def state_set(group: str, key: str, value: str, config_path: str | None, redis_u
 
 
 @state_cmd.command("delete")
-@click.argument("group")
-@click.argument("key")
+@click.argument("group", callback=_name)
+@click.argument("key", callback=_name)
 @common_options
 def state_delete(group: str, key: str, config_path: str | None, redis_url: str | None) -> None:
     """Delete GROUP/KEY."""

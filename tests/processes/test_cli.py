@@ -491,3 +491,15 @@ def test_steps_import_modules_beside_them_relatively(tmp_path):
     )
     checked = _run(tmp_path, "config", "check")
     assert checked.returncode == 0 and "2 steps, 0 problems" in checked.stderr, checked.stdout + checked.stderr
+
+
+def test_a_group_without_its_subcommand_prints_its_help_and_an_empty_name_is_a_usage_error(tmp_path):
+    """Given `dlq` with no subcommand, then its help is printed as it reads (one command a line), exit 2; given
+    an empty state group or key, then it is a usage error naming the argument (exit 2), before Redis is asked."""
+    for group in ("dlq", "state", "cron"):
+        res = _run(tmp_path, group)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.startswith(f"Usage: iii-console {group} ") and "\nCommands:\n" in res.stderr, res.stderr
+    for args, name in ((("state", "set", "", "k", "1"), "GROUP"), (("state", "get", "g", ""), "KEY")):
+        res = _run(tmp_path, *args, "--redis", UNREACHABLE)
+        assert res.returncode == 2 and f"Invalid value for {name}: must not be empty" in res.stderr, res.stderr
