@@ -6,7 +6,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from iii_console.core.steps import HttpTrigger, QueueTrigger, validate_input
+from iii_console.core.context import CronTick, StateChange
+from iii_console.core.events import now_ms
+from iii_console.core.steps import CronTrigger, HttpTrigger, QueueTrigger, StateTrigger, validate_input
 from iii_console.testing.project import _Project
 
 
@@ -19,8 +21,13 @@ class IIISteps(_Project):
         self._services: Any = None
 
     def run(self, step: str, input: Any = None, *, trace_id: str | None = None, attempt: int = 1) -> Any:
-        """Run ``step``'s handler on ``input`` (validated as its queue trigger validates it; for an HTTP
-        step a request body, or an ``HttpRequest``) and return its result; its exception propagates."""
+        """Run ``step``'s handler on ``input`` and return its result; its exception propagates.
+
+        ``input`` is what the step's trigger gives its handler: a queue step's data (validated as its
+        trigger validates it); an HTTP step's request body (or an ``HttpRequest``); a cron step's
+        ``CronTick`` (or its fields as a dict; none: a tick due and fired now); a state step's
+        ``StateChange`` (or a dict of ``group``, ``key``, ``old`` and ``new``).
+        """
         from iii_console.core.context import HttpRequest
         from iii_console.runtime.runner import LoopThread, make_runner
         from iii_console.runtime.services import Services
@@ -31,7 +38,24 @@ class IIISteps(_Project):
             self._runner = make_runner(self._services, self.steps, loop_thread=LoopThread())
         trigger: dict[str, Any] = {"type": "test"}
         value = input
-        if queues := found.of(QueueTrigger):
+        crons, states = found.of(CronTrigger), found.of(StateTrigger)
+        # A tick or a change given as such; else, for a step without queue or HTTP triggers, what its own trigger gives.
+        other = bool(found.of(QueueTrigger) or found.of(HttpTrigger))
+        as_cron = isinstance(input, CronTick) or (bool(crons) and not other and not isinstance(input, StateChange) and not states)
+        as_state = isinstance(input, StateChange) or (bool(states) and not other and not isinstance(input, CronTick))
+        if crons and as_cron:
+            value = _tick(input)
+            trigger = {
+                "type": "cron",
+                "expression": crons[0].expression,
+                "scheduled_ms": value.scheduled_ms,
+                "fired_ms": value.fired_ms,
+                "manual": value.manual,
+            }
+        elif states and as_state:
+            value = _change(input)
+            trigger = {"type": "state", "group": value.group, "key": value.key}
+        elif queues := found.of(QueueTrigger):
             value = validate_input(queues[0].input_schema, input)
             trigger = {"type": "queue", "topic": queues[0].topic, "priority": "normal"}
         elif https := found.of(HttpTrigger):
@@ -63,3 +87,26 @@ class IIISteps(_Project):
         if self._services is not None:
             self._services.close()
         self.close()
+
+
+def _tick(input: Any) -> CronTick:
+    """A cron step's input: a ``CronTick``, its fields as a dict, or none (a tick due and fired now)."""
+    if isinstance(input, CronTick):
+        return input
+    if input is None:
+        now = now_ms()
+        return CronTick(scheduled_ms=now, fired_ms=now)
+    try:
+        return CronTick(**input)
+    except TypeError as exc:
+        raise ValueError(f"a cron step's input is a CronTick or a dict of scheduled_ms, fired_ms and manual: {exc}") from None
+
+
+def _change(input: Any) -> StateChange:
+    """A state step's input: a ``StateChange``, or a dict of ``group``, ``key``, ``old`` and ``new``."""
+    if isinstance(input, StateChange):
+        return input
+    try:
+        return StateChange(**input)
+    except TypeError as exc:
+        raise ValueError(f"a state step's input is a StateChange or a dict of group, key, old and new: {exc}") from None

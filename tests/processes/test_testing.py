@@ -42,6 +42,14 @@ STEPS = {
                 raise RuntimeError("card declined by the bank")
             ctx.state.set("charges", charge.card, {"cents": charge.cents})
     """,
+    "watch_step.py": """
+        from iii_console import Step, state
+
+        config = Step(name="Watch", triggers=[state("charges")])
+
+        def handler(change, ctx):
+            ctx.state.set("watched", change.key, change.new)
+    """,
     "tick_step.py": """
         from iii_console import Step, cron
 
@@ -90,6 +98,16 @@ def test_ok_fast_mode_runs_one_handler_with_a_real_context(iii_steps):
 def test_fails_fast_mode_runs_a_declined_charge(iii_steps):
     iii_steps.run("Settle", {"card": "declined", "cents": 7})
 
+def test_ok_fast_mode_runs_a_cron_step_with_a_tick(iii_steps):
+    iii_steps.run("Nightly")
+    assert iii_steps.state.get("nightly", "last") == {"manual": False}
+    iii_steps.run("Nightly", {"scheduled_ms": 1, "fired_ms": 2, "manual": True})
+    assert iii_steps.state.get("nightly", "last") == {"manual": True}
+
+def test_ok_fast_mode_runs_a_state_step_with_a_change(iii_steps):
+    iii_steps.run("Watch", {"group": "charges", "key": "c9", "old": None, "new": {"cents": 1}})
+    assert iii_steps.state.get("watched", "c9") == {"cents": 1}
+
 def test_fails_waiting_for_what_never_comes(iii_app):
     iii_app.wait_for("notification.sent", step="Settle", timeout=1)
 """
@@ -128,7 +146,7 @@ def test_the_plugin_passes_a_users_steps_that_work(user_run: dict[str, str | Non
     assert passed == {n for n in user_run if n.startswith("test_ok_")}, {
         n: user_run[n] for n in user_run if n.startswith("test_ok_")
     }
-    assert len(passed) == 4
+    assert len(passed) == 6
 
 
 def test_the_plugin_fails_a_test_whose_step_dead_letters_with_the_steps_error(user_run: dict[str, str | None]) -> None:
