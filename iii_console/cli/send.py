@@ -166,6 +166,10 @@ def _send_topic(cfg: Config, topic: str, data: str | None, priority: str | None,
     from iii_console.core.services import Services
     from iii_console.runtime.runner import StepRunner
 
+    if topic.startswith(("_cron.", "_state.")):
+        # The internal topics of cron and state steps: their handlers take a tick or a change, never free data.
+        how = "iii-console cron run STEP" if topic.startswith("_cron.") else "iii-console state set GROUP KEY JSON"
+        raise click.BadParameter(f"{topic!r} is a cron or state step's own topic; to run it, use `{how}`", param_hint="--topic")
     payload = parse_json_arg(data, "--data") if data is not None else {}
     url = existing_redis(cfg)
     cfg = cfg.with_overrides(**{"redis.url": url})

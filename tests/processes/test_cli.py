@@ -503,3 +503,11 @@ def test_a_group_without_its_subcommand_prints_its_help_and_an_empty_name_is_a_u
     for args, name in ((("state", "set", "", "k", "1"), "GROUP"), (("state", "get", "g", ""), "KEY")):
         res = _run(tmp_path, *args, "--redis", UNREACHABLE)
         assert res.returncode == 2 and f"Invalid value for {name}: must not be empty" in res.stderr, res.stderr
+
+
+def test_send_to_a_cron_or_state_steps_own_topic_is_refused_naming_the_command_to_use(tmp_path):
+    """Given `send --topic _cron.STEP` or `_state.STEP` (whose handlers take a tick or a change, not free data), then
+    it is a usage error naming `cron run` or `state set`, before anything is enqueued."""
+    for topic, how in (("_cron.Nightly", "iii-console cron run STEP"), ("_state.Watch", "iii-console state set")):
+        res = _run(tmp_path, "send", "--topic", topic, "--data", "{}", "--redis", UNREACHABLE)
+        assert res.returncode == 2 and how in res.stderr and "--topic" in res.stderr, res.stderr
