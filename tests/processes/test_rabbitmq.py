@@ -345,6 +345,28 @@ def test_a_second_copy_of_a_once_only_message_runs_once(rproject, runtime, produ
     assert runs(r, keys, "Rec") == {"once": 1}
 
 
+def test_a_delay_longer_than_a_delay_queue_holds_is_waited_out_in_hops_never_early(
+    rproject, runtime, producer, r, keys, monkeypatch
+):
+    """Given delay queues that hold at most 1 s (RabbitMQ's TTL timer tops out at 49.7 days; the hop is 23 days),
+    when a message is enqueued 3.5 s ahead, then it waits in the 1 s queue hop after hop and runs once, not before
+    its due time; no delay queue longer than a hop is made."""
+    from iii_console.adapters.queue import rmq_broker, rmq_producer, rmq_topology
+
+    for module in (rmq_topology, rmq_broker, rmq_producer):
+        monkeypatch.setattr(module, "MAX_HOP_MS", 1000)
+    cfg, steps = rproject({"rec_step.py": RECORD})
+    runtime(cfg, steps)
+    t0 = time.time() * 1000
+    producer(cfg, steps).enqueue("jobs", {"k": "later"}, trace_id="t-hops", delay_ms=3500)
+    wait_for(lambda: runs(r, keys, "Rec").get("later") == 1, timeout=20, what="the delayed message run")
+    [started] = [e for e in events(r, keys, "message.started") if e.trace_id == "t-hops"]
+    assert started.ts >= t0 + 3500, started.ts - t0
+    assert max(int(m) for m in r.smembers(keys.broker_delays)) <= 1000  # hops of 1 s, then the rest
+    time.sleep(1.5)
+    assert runs(r, keys, "Rec") == {"later": 1}
+
+
 def test_a_dedup_key_used_again_after_its_ttl_runs_its_message_on_rabbitmq(rproject, runtime, producer, r, keys):
     """Given a message enqueued with a dedup key and run, when the key's TTL has passed and a message is enqueued
     with the same key, then it is accepted with new ids and runs too (its run-key is not the first one's); within

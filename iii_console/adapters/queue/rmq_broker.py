@@ -66,11 +66,12 @@ from iii_console.adapters.queue.deadletters import (
 )
 from iii_console.adapters.queue.middleware import HookCache
 from iii_console.adapters.queue.names import Subscription, parse_queue
-from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, Publisher, Topology, delay_bucket, parameters
+from iii_console.adapters.queue.rmq_topology import AMQP_ERRORS, MAX_HOP_MS, Publisher, Topology, delay_bucket, parameters
 from iii_console.adapters.queue.scripts import Scripts
 from iii_console.adapters.queue.storefault import StoreGate
 from iii_console.core import replication
 from iii_console.core.dlq import DeadLetter
+from iii_console.core.events import now_ms
 from iii_console.core.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -179,9 +180,15 @@ class RabbitBroker(HookCache, RabbitmqBroker):
         return message
 
     def publish_to_queue(self, queue_name: str, body: bytes, delay_ms: int = 0) -> None:
-        """Publish ``body`` to one queue, through the delay queue of ``delay_ms`` if above 0; confirmed."""
+        """Publish ``body`` to one queue, through the delay queue of ``delay_ms`` if above 0; confirmed.
+
+        A delay longer than one delay queue holds (``MAX_HOP_MS``) goes with its due time in the message
+        (``iii_due_ms``), and the consumer sends it on for the rest when the first hop ends."""
         target = self.topology.queue(queue_name)
         declare = [self.declaration(queue_name)]
+        if delay_ms > MAX_HOP_MS:
+            message = Message.decode(body)
+            body = message.copy(options={"iii_due_ms": now_ms() + delay_ms}).encode()
         if delay_ms > 0:
             declare.append((("delay", delay_bucket(delay_ms)), lambda ch: self.topology.declare_delay(ch, delay_ms)))
             self.topology.note_delay(delay_ms, self.client, self.keys)
@@ -414,6 +421,17 @@ class RabbitConsumer(Consumer):
             log.error("rejecting undecodable message on %s: %s", self.queue_name, exc)
             self.unsettled.discard(tag)
             self.channel.basic_reject(tag, requeue=False)
+            return None
+        due = message.options.get("iii_due_ms")
+        if isinstance(due, int) and not isinstance(due, bool) and due > now_ms():
+            # A long delay's hop ended (``MAX_HOP_MS``): on for the rest, confirmed before this delivery is acked
+            # (a crash in between leaves two copies waiting, never none).
+            try:
+                self.broker.publish_to_queue(self.queue_name, body, due - now_ms())
+            except redis.RedisError as exc:
+                raise ConnectionClosed(exc) from None
+            self.unsettled.discard(tag)
+            self.channel.basic_ack(tag)
             return None
         run_key = message.options.get("iii_run_key")
         if isinstance(run_key, str) and run_key:

@@ -32,12 +32,13 @@ from dramatiq.message import Message
 
 from iii_console.adapters.queue.errors import EnqueueError
 from iii_console.adapters.queue.producer import DEDUP_TTL_MS, Subscriptions, _Builder, _script_args
-from iii_console.adapters.queue.rmq_topology import Publisher, Topology, delay_bucket
+from iii_console.adapters.queue.rmq_topology import MAX_HOP_MS, Publisher, Topology, delay_bucket
 from iii_console.adapters.queue.scripts import Scripts
 from iii_console.core import replication
 from iii_console.core.config import Config
 from iii_console.core.dlq import DeadLetter
 from iii_console.core.emitter import Emitter
+from iii_console.core.events import now_ms
 from iii_console.core.keys import Keys
 from iii_console.core.replay import ReplayError, build_message
 
@@ -79,8 +80,10 @@ class RabbitProducer(_Builder):
                 (("delay", delay_bucket(delay_ms)), lambda ch: self.topology.declare_delay(ch, delay_ms)),
             ]
             self.topology.note_delay(delay_ms, self.client, self.keys)
+            # Longer than one delay queue holds: waited out in hops, the message carrying its due time (``MAX_HOP_MS``).
+            due = {"iii_due_ms": now_ms() + delay_ms} if delay_ms > MAX_HOP_MS else {}
             for sub, msg in copies:
-                msg = msg.copy(options={"iii_run_key": run_key} if run_key else {})
+                msg = msg.copy(options={**({"iii_run_key": run_key} if run_key else {}), **due})
                 msg.options.pop("redis_message_id", None)
                 self.publisher.publish(
                     self.topology.delay(delay_ms), self.topology.queue(sub.queue(prio)), msg.encode(), declare=declare

@@ -142,6 +142,13 @@ def parameters(url: str) -> list[pika.URLParameters]:
     return out
 
 
+#: The longest wait one delay queue holds a message. RabbitMQ's message TTL is an Erlang timer, at most
+#: 2**32 - 1 ms (49.7 days); a quorum queue takes a longer ``x-message-ttl`` without a word, and what its
+#: messages then do is not documented. A longer delay is waited out in hops of at most this, the message
+#: carrying its due time (``iii_due_ms``): each hop's end sends it on for the rest (``RabbitConsumer``).
+MAX_HOP_MS = 2_000_000_000  # 23 days; its bucket is itself
+
+
 def delay_bucket(delay_ms: int) -> int:
     """``delay_ms`` rounded up to two significant digits: the delay queue that holds it.
 
@@ -150,7 +157,7 @@ def delay_bucket(delay_ms: int) -> int:
     90 per power of ten) instead of one quorum queue each. A message never runs
     early, at most 10 % late.
     """
-    ms = max(1, int(delay_ms))
+    ms = min(max(1, int(delay_ms)), MAX_HOP_MS)
     step = 10 ** max(0, len(str(ms)) - 2)
     return -(-ms // step) * step
 
