@@ -64,7 +64,9 @@ async def _run_headless(
     # in the workers' format; INFO of libraries stays out of the terminal.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s server %(process)d %(name)s: %(message)s", stream=sys.stderr)
     hangup.keep_writing()  # an HTTP step's print to output nobody reads any more must not fail its request
-    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, echo=echo if cfg.events.echo else None, say=_say)
+    sup = Supervisor(
+        cfg, roles=roles, processes=processes, threads=threads, echo=echo if cfg.events.echo else None, say=_say_slow()
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,6 +109,15 @@ def _say(line: str) -> None:
         pass
 
 
+def _say_slow() -> Any:
+    """Where a start names a slow step import: stderr, when a person reads it there (a terminal). Piped, the
+    banner stays stderr's first line, which the pytest plugin and supervisors' scripts wait for."""
+    try:
+        return _say if sys.stderr.isatty() else None
+    except (AttributeError, ValueError):  # stderr closed or replaced
+        return None
+
+
 def _redis_version(url: str) -> tuple[str, str | None]:
     """The Redis server's version for the banner, and a warning if it has known security issues."""
     import redis as _redis
@@ -143,7 +154,7 @@ async def _run_console(cfg: Config, roles: tuple[str, ...], processes: int | Non
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
-    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, log_dir=log_dir, say=_say)
+    sup = Supervisor(cfg, roles=roles, processes=processes, threads=threads, log_dir=log_dir, say=_say_slow())
     await sup.start()
     if watch:
         sup.watch()

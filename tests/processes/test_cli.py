@@ -390,26 +390,41 @@ def handler(data, ctx):
 
 
 def test_a_slow_step_import_is_named_and_a_first_ctrl_c_stops_it_at_once(tmp_path):
-    """Given a step file whose module code takes a minute and no Redis configured, when `--no-ui` starts, then
-    stderr names the file it is importing within seconds; a first Ctrl+C then exits 130 at once with no
-    traceback, and the project's Redis stops with it."""
+    """Given a step file whose module code takes a minute and no Redis configured, when `--no-ui` starts with its
+    stderr on a terminal, then stderr names the file it is importing within seconds; a first Ctrl+C then exits 130
+    at once with no traceback, and the project's Redis stops with it. (Piped, stderr's first line stays the banner.)"""
+    import os
+    import pty
+
     make_project(tmp_path, {"slow_step.py": SLOW_IMPORT}, "server:\n  port: 0\n")
+    master, slave = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "iii_console", "--no-ui"],
         cwd=tmp_path,
         env=_env(),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=slave,
         stdin=subprocess.DEVNULL,
     )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the terminal's other end closed: the process is gone
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    said = lambda: b"".join(chunks).decode(errors="replace")  # noqa: E731
     try:
-        wait_for(lambda: any("importing steps/slow_step.py" in line for line in lines), timeout=30, what="the slow file named")
-        said = "".join(lines)
-        assert "iii-console: importing steps/slow_step.py (1 s so far;" in said and "Ctrl+C stops" in said, said
+        wait_for(lambda: "importing steps/slow_step.py" in said(), timeout=30, what="the slow file named")
+        assert "iii-console: importing steps/slow_step.py (1 s so far;" in said() and "Ctrl+C stops" in said(), said()
         redis_pid = json.loads((tmp_path / ".iii" / "redis.json").read_text())["redis_pid"]
         assert pid_alive(redis_pid)
         t0 = time.monotonic()
@@ -421,10 +436,27 @@ def test_a_slow_step_import_is_named_and_a_first_ctrl_c_stops_it_at_once(tmp_pat
             proc.kill()
             proc.wait()
     reader.join(5)
-    said = "".join(lines)
-    assert code == 130 and took < 10, (code, took, said)
-    assert "Traceback" not in said and "KeyboardInterrupt" not in said and "imported steps/" not in said, said
+    os.close(master)
+    out = said()
+    assert code == 130 and took < 10, (code, took, out)
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out and "imported steps/" not in out, out
     wait_for(lambda: not pid_alive(redis_pid), timeout=15, what="the project's Redis to stop")
+
+
+def test_piped_stderr_starts_with_the_banner_even_after_a_slow_import(tmp_path, redis_url):
+    """Given a step file whose import takes 1.5 s, when `--no-ui` starts with stderr piped (a supervisor, the pytest
+    plugin), then stderr's first line is still the banner."""
+    make_project(
+        tmp_path,
+        {"slow_step.py": SLOW_IMPORT.replace("time.sleep(60)", "time.sleep(1.5)")},
+        "server:\n  port: 0\n",
+        redis_url=redis_url,
+    )
+    run = start_cli(tmp_path, "--no-ui", "--role", "server")  # asserts the first line is the banner
+    try:
+        assert not any("importing" in line for line in run.lines)
+    finally:
+        run.stop()
 
 
 def test_steps_import_the_projects_own_packages_from_wherever_the_command_runs(tmp_path):
