@@ -14,7 +14,7 @@ import redis
 
 from iii_console.testing import IIIApp
 
-from ..helpers import ROOT
+from ..helpers import ROOT, wait_for
 
 pytestmark = pytest.mark.slow
 pypdf = pytest.importorskip("pypdf", reason="the examples extra is not installed")
@@ -79,6 +79,23 @@ def test_a_report_is_built_once_into_a_pdf_with_its_period_and_totals_and_a_real
     assert len([e for e in app.events("report.built") if e.data["report_id"] == rid]) == 1
     assert len(app.events("message.enqueued", step="BuildReport", trace=first.json()["trace_id"])) == 1
     assert app.post("/reports", json={"start": "2026-11-30", "end": "2026-11-01"}).status_code == 400
+
+
+def test_a_period_without_sales_gets_a_report_whose_chart_says_so(reports):
+    """Given a period with no orders, when its report is asked for, then it is built (0 orders) and its chart says
+    "no sales in this period" in the middle of its plot, in grey, instead of a bare grid of 0 to 1."""
+    app, project = reports
+    period = {"start": "2001-01-01", "end": "2001-01-07"}
+    rid = app.post("/reports", json=period).json()["report_id"]
+    wait_for(lambda: [e for e in app.events("report.built") if e.data["report_id"] == rid], timeout=60, what="the build")
+    assert _totals(project, period["start"], period["end"])[0] == 0
+    text = "".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(app.request("GET", f"/reports/{rid}/pdf").content)).pages)
+    assert "Orders: 0" in text
+    png = Image.open(io.BytesIO(app.request("GET", f"/reports/{rid}/chart").content)).convert("RGB")
+    w, h = png.size
+    middle = png.crop((w // 3, h // 3, 2 * w // 3, 2 * h // 3)).getcolors(maxcolors=1 << 16) or []
+    greys = sum(n for n, (r, g, b) in middle if r == g == b and 100 <= r <= 140)
+    assert greys > 50, middle[:10]  # the words, drawn in #777777
 
 
 def test_the_weekly_cron_step_builds_last_weeks_report_once(reports):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import os
 from pathlib import Path
@@ -30,6 +31,12 @@ def chart(sales: Sales) -> bytes:
         values = [c / 100 for _, c in sales.by_day]
         colors = ["#4C72B0" if d.weekday() < 5 else "#DD8452" for d in days]
         ax.bar(days, values, color=colors, width=0.8)
+        if not days:
+            # No sale in the period: its dates along the bottom and a word in the middle, not a bare 0–1 grid.
+            ax.set_xlim(sales.start - dt.timedelta(days=0.5), sales.end + dt.timedelta(days=0.5))
+            ax.set_ylim(0, 1)
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, "no sales in this period", transform=ax.transAxes, ha="center", va="center", color="#777777")
         ax.set_title(f"Revenue per day, {sales.start} – {sales.end}")
         ax.set_ylabel("revenue")
         ax.grid(axis="y", alpha=0.3)
