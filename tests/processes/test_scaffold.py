@@ -28,6 +28,18 @@ def _new(where: Path, name: str, python: str = sys.executable) -> subprocess.Com
     )
 
 
+def _pytest(project: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """The project's own tests, run as its user runs them."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_env(), **env},
+    )
+
+
 def test_new_makes_a_project_whose_topics_all_have_subscribers_and_whose_own_tests_pass(tmp_path: Path) -> None:
     made = _new(tmp_path, "shop")
     assert made.returncode == 0, made.stderr
@@ -44,14 +56,7 @@ def test_new_makes_a_project_whose_topics_all_have_subscribers_and_whose_own_tes
         env=_env(),
     )
     assert check.returncode == 0 and "warning" not in check.stdout + check.stderr, check.stdout + check.stderr
-    tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_env(),
-    )
+    tests = _pytest(project)
     assert tests.returncode == 0 and "2 passed" in tests.stdout, tests.stdout + tests.stderr
 
 
@@ -66,14 +71,7 @@ def test_the_plugin_reads_the_config_as_the_app_does_from_the_environment_and_do
         + "redis:\n  prefix: ${APP_PREFIX:iii:}\n"
     )
     (project / ".env").write_text("III_AUTH_TOKEN=from-the-dotenv-file\n")
-    tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**_env(), "APP_PREFIX": "shop:"},
-    )
+    tests = _pytest(project, APP_PREFIX="shop:")
     assert tests.returncode == 0 and "2 passed" in tests.stdout, tests.stdout + tests.stderr
 
 

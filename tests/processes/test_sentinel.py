@@ -54,6 +54,21 @@ def test_sentinel_urls_are_checked_like_redis_urls(url, problem):
 
 
 @pytest.mark.slow
+def _run_on(s: SentinelSet, project: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """``iii-console --no-ui`` of ``project`` on the Sentinel URL of ``s`` (its own session); it and its server's URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iii_console", "--no-ui", "--port", "0", "--redis", s.url, *args],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    banner = proc.stderr.readline()  # type: ignore[union-attr]
+    assert "running" in banner, banner
+    return proc, banner.split(" on ", 1)[1].split(" with", 1)[0]
+
+
 def test_the_app_carries_on_on_the_promoted_replica_after_its_primary_is_killed(tmp_path):
     """Given iii-console on a Sentinel URL (a primary, a replica, three sentinels), when the primary is SIGKILLed, then
     HTTP answers 202 again once the replica is promoted, /health names the new primary, and messages posted after the
@@ -65,28 +80,7 @@ def test_the_app_carries_on_on_the_promoted_replica_after_its_primary_is_killed(
     proc = None
     try:
         make_project(tmp_path / "app", {"post_step.py": POST, "rec_step.py": RECORD})
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "iii_console",
-                "--no-ui",
-                "--port",
-                "0",
-                "--redis",
-                s.url,
-                "--config",
-                str(tmp_path / "app" / "iii-config.yaml"),
-            ],
-            cwd=tmp_path / "app",
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        banner = proc.stderr.readline()  # type: ignore[union-attr]
-        assert "running" in banner, banner
-        url = banner.split(" on ", 1)[1].split(" with", 1)[0]
+        proc, url = _run_on(s, tmp_path / "app", "--config", str(tmp_path / "app" / "iii-config.yaml"))
         http = httpx.Client(base_url=url, timeout=10)
         client = redis_client(s.url)
         keys = Keys()
@@ -180,17 +174,7 @@ def test_a_graceful_failover_is_followed_and_no_accepted_write_is_lost(tmp_path)
     proc = None
     try:
         make_project(tmp_path / "app", {"seen_step.py": SEEN})
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "iii_console", "--no-ui", "--role", "server", "--port", "0", "--redis", s.url],
-            cwd=tmp_path / "app",
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        banner = proc.stderr.readline()  # type: ignore[union-attr]
-        assert "running" in banner, banner
-        url = banner.split(" on ", 1)[1].split(" with", 1)[0]
+        proc, url = _run_on(s, tmp_path / "app", "--role", "server")
         http = httpx.Client(base_url=url, timeout=10)
         old, new = s.primary_port, s.replica_port
         accepted: list[str] = []
