@@ -54,6 +54,16 @@ def test_sentinel_urls_are_checked_like_redis_urls(url, problem):
 
 
 @pytest.mark.slow
+def _stop(proc: subprocess.Popen[str] | None) -> None:
+    """Stop a run of :func:`_run_on` as SIGTERM does, or kill its session after 15 s."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _run_on(s: SentinelSet, project: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
     """``iii-console --no-ui`` of ``project`` on the Sentinel URL of ``s`` (its own session); it and its server's URL."""
     proc = subprocess.Popen(
@@ -127,7 +137,7 @@ def test_the_app_carries_on_on_the_promoted_replica_after_its_primary_is_killed(
                     views.append(repr(exc))
             raise AssertionError(
                 f"no 202 after the failover; answers {sorted(set(codes))}, sentinels say {views}, "
-                f"replica at {s.replica_port}; server stderr: {proc.stderr.read(4000) if proc.poll() is not None else ''}"
+                f"replica at {s.replica_port}; server stderr: {proc.stderr.read(4000) if proc.poll() is not None else ''}"  # type: ignore[union-attr]
             ) from None
         reconnect = time.monotonic() - t0
         assert set(codes) <= {202, 503}, codes  # never a 500 while the primary is away
@@ -144,12 +154,7 @@ def test_the_app_carries_on_on_the_promoted_replica_after_its_primary_is_killed(
         http.close()
         client.close()
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc)
         s.stop()
 
 
@@ -210,12 +215,7 @@ def test_a_graceful_failover_is_followed_and_no_accepted_write_is_lost(tmp_path)
         assert len(accepted) > 50  # it kept accepting before and after the failover
         http.close()
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc)
         s.stop()
 
 
