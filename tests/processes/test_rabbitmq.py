@@ -345,6 +345,22 @@ def test_a_second_copy_of_a_once_only_message_runs_once(rproject, runtime, produ
     assert runs(r, keys, "Rec") == {"once": 1}
 
 
+def test_a_run_key_is_kept_as_long_as_a_dedup_key_longer_than_a_day(rproject, runtime, producer, r, keys):
+    """Given a message enqueued on RabbitMQ with a dedup key kept 3 days, when it runs, then its run-key (which skips
+    a second copy a racing producer published) is kept as long, not the default day: a copy consumed on day two
+    would otherwise run again while the key still says it was done."""
+    cfg, steps = rproject({"rec_step.py": RECORD})
+    runtime(cfg, steps)
+    three_days = 3 * 86_400_000
+    producer(cfg, steps).enqueue("jobs", {"k": "long"}, trace_id="t-long", dedup_key="long-1", dedup_ttl_ms=three_days)
+    wait_for(lambda: runs(r, keys, "Rec").get("long") == 1, what="the message run")
+    ttl = r.pttl(f"{keys.dedup('jobs', 'long-1')}:run:Rec")
+    assert three_days - 60_000 < ttl <= three_days, ttl
+    producer(cfg, steps).enqueue("jobs", {"k": "short"}, trace_id="t-short", dedup_key="short-1", dedup_ttl_ms=60_000)
+    wait_for(lambda: runs(r, keys, "Rec").get("short") == 1, what="the other message run")
+    assert 86_400_000 - 60_000 < r.pttl(f"{keys.dedup('jobs', 'short-1')}:run:Rec") <= 86_400_000
+
+
 def test_a_delay_longer_than_a_delay_queue_holds_is_waited_out_in_hops_never_early(
     rproject, runtime, producer, r, keys, monkeypatch
 ):

@@ -221,11 +221,13 @@ class RabbitBroker(HookCache, RabbitmqBroker):
         if self.emitter is not None:
             self.emitter.put(event)
 
-    def claim_run(self, run_key: str, step: str, message_id: str) -> bool:
-        """Whether this message is the one copy that runs for ``run_key`` (its redeliveries run again)."""
+    def claim_run(self, run_key: str, step: str, message_id: str, ttl_ms: int = RUN_KEY_TTL_MS) -> bool:
+        """Whether this message is the one copy that runs for ``run_key`` (its redeliveries run again); the
+        run-key is kept ``ttl_ms`` (at least a day: as long as the claim it stands for, a long dedup TTL)."""
         key = f"{run_key}:run:{step}"
+        px = max(RUN_KEY_TTL_MS, ttl_ms)
         if replication.current().command(
-            self.client, "set", key, message_id, nx=True, px=RUN_KEY_TTL_MS, what=f"the run-key of once-only message {run_key}"
+            self.client, "set", key, message_id, nx=True, px=px, what=f"the run-key of once-only message {run_key}"
         ):
             return True
         held = self.client.get(key)
@@ -437,7 +439,9 @@ class RabbitConsumer(Consumer):
         if isinstance(run_key, str) and run_key:
             _topic, step, _ = parse_queue(self.queue_name)
             try:
-                ours = self.broker.claim_run(run_key, step, message.message_id)
+                ttl = message.options.get("iii_run_ttl_ms")
+                ttl = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) else RUN_KEY_TTL_MS
+                ours = self.broker.claim_run(run_key, step, message.message_id, ttl)
             except redis.RedisError as exc:
                 raise ConnectionClosed(exc) from None
             if not ours:

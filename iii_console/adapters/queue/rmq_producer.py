@@ -32,6 +32,7 @@ from dramatiq.message import Message
 
 from iii_console.adapters.queue.errors import EnqueueError
 from iii_console.adapters.queue.producer import DEDUP_TTL_MS, Subscriptions, _Builder, _script_args
+from iii_console.adapters.queue.rmq_broker import RUN_KEY_TTL_MS
 from iii_console.adapters.queue.rmq_topology import MAX_HOP_MS, Publisher, Topology, delay_bucket
 from iii_console.adapters.queue.scripts import Scripts
 from iii_console.core import replication
@@ -73,7 +74,12 @@ class RabbitProducer(_Builder):
 
         return [(("topic", topic), declare)]
 
-    def _publish(self, topic: str, copies: list[Any], prio: str, delay_ms: int, run_key: str | None) -> None:
+    def _publish(self, topic: str, copies: list[Any], prio: str, delay_ms: int, run_key: str | None, run_ttl_ms: int = 0) -> None:
+        """Publish ``copies`` (one per subscribed step), once-only under ``run_key`` if given; a run-key is kept at
+        least as long as the claim it stands for (``run_ttl_ms``, carried when longer than the consumer's default)."""
+        run = (
+            {"iii_run_key": run_key, **({"iii_run_ttl_ms": run_ttl_ms} if run_ttl_ms > RUN_KEY_TTL_MS else {})} if run_key else {}
+        )
         if delay_ms > 0:
             declare = [
                 *self._declares(topic),
@@ -83,7 +89,7 @@ class RabbitProducer(_Builder):
             # Longer than one delay queue holds: waited out in hops, the message carrying its due time (``MAX_HOP_MS``).
             due = {"iii_due_ms": now_ms() + delay_ms} if delay_ms > MAX_HOP_MS else {}
             for sub, msg in copies:
-                msg = msg.copy(options={**({"iii_run_key": run_key} if run_key else {}), **due})
+                msg = msg.copy(options={**run, **due})
                 msg.options.pop("redis_message_id", None)
                 self.publisher.publish(
                     self.topology.delay(delay_ms), self.topology.queue(sub.queue(prio)), msg.encode(), declare=declare
@@ -92,8 +98,7 @@ class RabbitProducer(_Builder):
         first = copies[0][1]
         options = {k: v for k, v in first.options.items() if k != "redis_message_id"}
         options["iii_ids"] = {sub.step: m.message_id for sub, m in copies}
-        if run_key:
-            options["iii_run_key"] = run_key
+        options.update(run)
         body = Message(
             queue_name=topic,
             actor_name="",
@@ -160,7 +165,7 @@ class RabbitProducer(_Builder):
             extras["won"] = _won(once)  # the claim, if taken, says so there (``enqueue.lua``)
             extras["won_ttl"] = once_ttl_ms + WON_KEEP_MS
         if copies:
-            self._publish(topic, copies, prio, delay_ms, run_key)
+            self._publish(topic, copies, prio, delay_ms, run_key, once_ttl_ms if once else 0)
         if not (once or floor):
             self.emitter.put(*events)
             return ids
