@@ -60,6 +60,10 @@ class Child:
     restarting: bool = False
 
 
+#: Beyond ``shutdown_timeout``, how long a reload waits for an old worker process before it kills it.
+RELOAD_GRACE_S = 5.0
+
+
 class WorkerPool:
     """``processes`` worker processes with ``threads`` threads each, restarted when they exit."""
 
@@ -123,8 +127,24 @@ class WorkerPool:
                 old, old_id = child.proc, child.worker_id
                 if old.poll() is None:
                     old.send_signal(signal.SIGTERM)
-                    while old.poll() is None:
+                    # As at a stop: its handlers get ``shutdown_timeout``; one that cannot stop (stalled, or stuck
+                    # in a call that holds the GIL) is killed, and what it held runs again, rather than holding
+                    # every later reload (and the other workers' new code) for good.
+                    deadline = time.monotonic() + self.config.workers.shutdown_timeout + RELOAD_GRACE_S
+                    while old.poll() is None and time.monotonic() < deadline:
                         await asyncio.sleep(0.05)
+                    if old.poll() is None:
+                        log.warning("worker process %s did not stop for the reload; killing it", old.pid)
+                        self.services.emitter.emit(
+                            "log",
+                            data={
+                                "level": "warning",
+                                "message": f"worker process {old.pid} did not stop within "
+                                f"{self.config.workers.shutdown_timeout + RELOAD_GRACE_S:g} s of the reload; killed, what it held runs again",
+                            },
+                        )
+                        old.kill()
+                        await asyncio.to_thread(old.wait)
                 if old.returncode not in (0, RECYCLE_EXIT) and not child.restarting:  # (the monitor recovered a crash it saw)
                     await self._recover(old_id, old.returncode)
                 child.proc, child.worker_id = self._spawn(child.index)

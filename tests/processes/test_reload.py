@@ -210,3 +210,39 @@ def test_a_state_step_a_reload_adds_fires_for_changes_made_while_the_old_worker_
         wait_for(lambda: expected <= seen(), timeout=40, what=f"every change fired OnOrder (seen {sorted(seen())})")
     finally:
         run.stop()
+
+
+def test_a_worker_that_cannot_stop_does_not_hold_a_reload_for_good(tmp_path, r, keys, redis_url):
+    """Given two worker processes and one of them stalled (SIGSTOP), when a step file is saved, then the reload
+    kills the stalled one once `shutdown_timeout` and its grace have passed, reloads (`config.reloaded` ok), and
+    the new code handles the messages after it, instead of waiting on that process for ever."""
+    import os
+    import signal
+
+    from ..helpers import pid_alive, wait_stopped, worker_pids
+
+    make_project(
+        tmp_path,
+        {"job_step.py": V1},
+        "server:\n  port: 0\nworkers:\n  processes: 2\n  shutdown_timeout: 1\n",
+        redis_url=redis_url,
+    )
+    run = start_cli(tmp_path, "--no-ui", "--reload")
+    stalled = None
+    try:
+        wait_for(lambda: len(worker_pids(r, keys)) == 2, timeout=30, what="both workers up")
+        stalled = sorted(worker_pids(r, keys))[0]
+        os.kill(stalled, signal.SIGSTOP)
+        wait_stopped(stalled)
+        (tmp_path / "steps" / "job_step.py").write_text(textwrap.dedent(V1).replace("VERSION = 1", "VERSION = 2"))
+        wait_for(lambda: [e for e in events(r, keys, "config.reloaded") if e.data.get("ok")], timeout=30, what="the reload")
+        assert not pid_alive(stalled)
+        assert [e for e in events(r, keys, "log") if "did not stop within 6 s of the reload" in str(e.data.get("message"))]
+        for i in range(6):
+            assert httpx.post(f"{run.url}/jobs", json={"k": f"after{i}"}).status_code == 202
+        version = lambda k: (json.loads(r.hget(keys.state_group("jobs"), k) or "null") or {}).get("version")  # noqa: E731
+        wait_for(lambda: all(version(f"after{i}") == 2 for i in range(6)), timeout=30, what="the new code on every worker")
+    finally:
+        if stalled is not None and pid_alive(stalled):
+            os.kill(stalled, signal.SIGCONT)
+        run.stop()
