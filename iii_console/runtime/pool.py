@@ -58,10 +58,29 @@ class Child:
     reloading: bool = False
     #: Set from the monitor seeing it exit until its replacement is started.
     restarting: bool = False
+    #: Its heartbeat's last score seen in Redis (``None``: none yet, or swept), whether it ever had one,
+    #: and when (monotonic) the score last changed or the watch last restarted (``_frozen``).
+    heartbeat: float | None = None
+    heartbeat_seen: bool = False
+    heartbeat_changed: float = field(default_factory=time.monotonic)
 
 
 #: Beyond ``shutdown_timeout``, how long a reload waits for an old worker process before it kills it.
 RELOAD_GRACE_S = 5.0
+#: How often the pool looks for a worker process that runs but no longer heartbeats, and how long past
+#: ``heartbeat_timeout`` its heartbeat must have stood still (by this process's clock, Redis answering) before it is killed.
+FROZEN_CHECK_S = 1.0
+FROZEN_GRACE_S = 2.0
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` is scheduled to run (not stopped by a signal or a debugger, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the heartbeat alone decides
+    return state not in (b"T", b"t", b"Z", b"X")
 
 
 class WorkerPool:
@@ -149,6 +168,7 @@ class WorkerPool:
                     await self._recover(old_id, old.returncode)
                 child.proc, child.worker_id = self._spawn(child.index)
                 child.started = time.monotonic()
+                child.heartbeat, child.heartbeat_seen, child.heartbeat_changed = None, False, time.monotonic()
             finally:
                 child.reloading = False
 
@@ -218,7 +238,11 @@ class WorkerPool:
         The restart waits in a task of its own, so a backoff for one child never
         delays noticing (and recovering) another.
         """
+        next_check = time.monotonic() + FROZEN_CHECK_S
         while not self.stopping():
+            if time.monotonic() >= next_check:
+                await self._kill_frozen()
+                next_check = time.monotonic() + FROZEN_CHECK_S
             for child in self.children:
                 proc = child.proc
                 code = proc.poll()
@@ -249,6 +273,55 @@ class WorkerPool:
                 task.add_done_callback(self._restarts.discard)
             await asyncio.sleep(0.05)
 
+    async def _kill_frozen(self) -> None:
+        """Kill a worker process that runs but no longer heartbeats (``_frozen``): the monitor then recovers what
+        it held and starts another, as after a crash."""
+        try:
+            scores = await asyncio.to_thread(self._heartbeats)
+        except redis.RedisError:
+            # Redis away (or paused): nothing says a worker froze, and its clock may jump when it is back.
+            for child in self.children:
+                child.heartbeat_changed = time.monotonic()
+            return
+        for child in self.children:
+            if not self._frozen(child, scores.get(child.worker_id)):
+                continue
+            proc = child.proc
+            timeout = self.config.workers.heartbeat_timeout
+            log.error("worker process %s has not heartbeaten for over %g s while running; killing it", proc.pid, timeout)
+            self.services.emitter.emit(
+                "log",
+                data={
+                    "level": "error",
+                    "message": f"worker process {proc.pid} runs but has not heartbeaten for over {timeout:g} s (a handler "
+                    "stuck in a call that holds the GIL?); killed: what it held runs again",
+                },
+            )
+            proc.kill()
+
+    def _heartbeats(self) -> dict[str, float | None]:
+        """Each child's heartbeat score in Redis (``None``: none), read in one round trip."""
+        ids = [c.worker_id for c in self.children]
+        scores = self.services.client.zmscore(self.services.keys.worker_heartbeats, ids) if ids else []
+        return dict(zip(ids, scores))
+
+    def _frozen(self, child: Child, score: float | None) -> bool:
+        """Whether ``child`` runs (not stopped: a SIGSTOP is a stall the sweep handles, and it may be resumed) but its
+        heartbeat, once seen, has not moved for ``heartbeat_timeout`` + ``FROZEN_GRACE_S`` by this process's clock.
+        A worker whose threads are all held by a handler that keeps the GIL (a catastrophic regular expression, a C
+        loop) heartbeats no more and cannot act on its time limit: only a kill ends it."""
+        now = time.monotonic()
+        if child.proc.poll() is not None or child.reloading or child.restarting or self.stopping():
+            return False
+        if score is not None:
+            child.heartbeat_seen = True
+        if score != child.heartbeat:
+            child.heartbeat, child.heartbeat_changed = score, now
+            return False
+        if not child.heartbeat_seen or now - child.heartbeat_changed < self.config.workers.heartbeat_timeout + FROZEN_GRACE_S:
+            return False
+        return _running(child.proc.pid)
+
     async def _restart_later(self, child: Child, proc: subprocess.Popen[bytes], delay: float, *, counts: bool = True) -> None:
         try:
             await asyncio.sleep(delay)
@@ -256,6 +329,7 @@ class WorkerPool:
                 return  # a reload has replaced it meanwhile (or is doing so)
             child.proc, child.worker_id = self._spawn(child.index)
             child.started = time.monotonic()
+            child.heartbeat, child.heartbeat_seen, child.heartbeat_changed = None, False, time.monotonic()
             child.restarts += counts
         finally:
             child.restarting = False

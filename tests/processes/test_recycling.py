@@ -180,3 +180,40 @@ def test_the_recycler_asks_once_with_the_first_cause_and_says_why():
     data = rec.stop_data()
     assert data["reason"] == "recycled" and data["cause"] == "max_memory_mb" and data["messages"] == 3
     assert data["detail"] == "resident memory 200 MiB after 2 messages (workers.max_memory_mb: 150)"
+
+
+def test_a_handler_that_holds_the_gil_for_good_is_killed_by_its_supervisor_and_the_queue_goes_on(tmp_path, redis_url, r, keys):
+    """Given a handler stuck in a regular expression that never gives up the GIL (its worker's heartbeat and time-limit
+    threads frozen with it), when it runs, then the supervisor kills the process once its heartbeat has stood still
+    past `heartbeat_timeout`, starts another, the other messages run, and the message that freezes every worker is
+    dead-lettered after `max_deliveries`, instead of the queue stopping for good."""
+    make_project(
+        tmp_path,
+        {"stuck_step.py": STUCK.replace("{block}", "import re; re.match(r'(a+)+$', 'a' * 40 + 'b')")},
+        BASE.replace("heartbeat_timeout: 5", "heartbeat_timeout: 2")
+        + "  threads: 2\n"
+        + """
+queues:
+  jobs:
+    time_limit_ms: 500
+    max_deliveries: 2
+    dead_letter_queue: jobs.dlq
+""",
+        redis_url=redis_url,
+    )
+    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
+    try:
+        [stuck] = _send(tmp_path, redis_url, "jobs", [{"k": "stuck"}])
+        wait_for(lambda: r.hexists(keys.state_group("runs"), "stuck"), what="the stuck handler to start")
+        _send(tmp_path, redis_url, "jobs", [{"k": f"q{i}"} for i in range(10)])
+        wait_for(lambda: r.hlen(keys.state_group("done")) == 10, timeout=90, what="the other messages to run")
+        store = DeadLetterStore(r, keys)
+        wait_for(lambda: store.count("jobs.dlq") == 1, timeout=90, what="the message that freezes its worker dead-lettered")
+        assert store.list("jobs.dlq")[0].message_id == stuck
+        killed = [e for e in events(r, keys, "log") if "has not heartbeaten for over 2 s" in str(e.data.get("message"))]
+        assert len(killed) >= 1, [e.data for e in events(r, keys, "log")]
+        # Each ran; one the frozen process held beside the stuck handler (it could not settle) runs again, as after a crash.
+        assert all(_runs(r, keys)[f"q{i}"]["n"] >= 1 for i in range(10))
+        assert sum(_runs(r, keys)[f"q{i}"]["n"] for i in range(10)) <= 12
+    finally:
+        run.stop()
