@@ -107,6 +107,8 @@ class WorkerPool:
         self.children: list[Child] = []
         self._monitor_task: asyncio.Task[None] | None = None
         self._restarts: set[asyncio.Task[None]] = set()
+        #: When (monotonic) Redis last answered the frozen-worker check (0: not lately).
+        self._last_answer = 0.0
 
     def stopping(self) -> bool:
         return self._stopping()
@@ -239,9 +241,13 @@ class WorkerPool:
         delays noticing (and recovering) another.
         """
         next_check = time.monotonic() + FROZEN_CHECK_S
+        checking: asyncio.Task[None] | None = None
         while not self.stopping():
-            if time.monotonic() >= next_check:
-                await self._kill_frozen()
+            if time.monotonic() >= next_check and (checking is None or checking.done()):
+                # In a task of its own: a Redis that does not answer must not keep exits from being noticed.
+                checking = asyncio.create_task(self._kill_frozen(), name="iii-frozen-check")
+                self._restarts.add(checking)
+                checking.add_done_callback(self._restarts.discard)
                 next_check = time.monotonic() + FROZEN_CHECK_S
             for child in self.children:
                 proc = child.proc
@@ -276,13 +282,21 @@ class WorkerPool:
     async def _kill_frozen(self) -> None:
         """Kill a worker process that runs but no longer heartbeats (``_frozen``): the monitor then recovers what
         it held and starts another, as after a crash."""
+        asked = time.monotonic()
         try:
             scores = await asyncio.to_thread(self._heartbeats)
         except redis.RedisError:
-            # Redis away (or paused): nothing says a worker froze, and its clock may jump when it is back.
+            scores = None
+        answered = time.monotonic()
+        steady = scores is not None and answered - asked < FROZEN_CHECK_S and asked - self._last_answer < 3 * FROZEN_CHECK_S
+        self._last_answer = answered if scores is not None else 0.0
+        if not steady:
+            # Redis away, slow or paused (or this loop was): nothing says a worker froze, and the workers'
+            # heartbeats resume after it; their stillness is counted again from now.
             for child in self.children:
-                child.heartbeat_changed = time.monotonic()
+                child.heartbeat_changed = answered
             return
+        assert scores is not None
         for child in self.children:
             if not self._frozen(child, scores.get(child.worker_id)):
                 continue

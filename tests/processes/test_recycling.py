@@ -1,7 +1,8 @@
 """Worker processes replaced on purpose, with real processes: past
 ``max_messages_per_process``, past ``max_memory_mb`` (RSS), and when a handler is stuck
-in a C call that ignores its time limit. Nothing is lost, nothing runs twice (except the
-stuck message, which is redelivered and counted as a delivery)."""
+in a C call that ignores its time limit, or in one that holds the GIL (killed by its supervisor).
+Nothing is lost, nothing runs twice (except the stuck message, which is redelivered and counted as
+a delivery, and what a killed process held)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import json
 import time
 
 import pytest
+import redis
 
 from iii_console.adapters.queue.producer import subscriptions_for
 from iii_console.core.discovery import discover
 from iii_console.core.dlq import DeadLetterStore
+from iii_console.core.keys import Keys
 from iii_console.runtime.recycling import RECYCLE_EXIT, Recycler
 from iii_console.runtime.runner import StepRunner
 from iii_console.runtime.services import Services
@@ -217,3 +220,37 @@ queues:
         assert sum(_runs(r, keys)[f"q{i}"]["n"] for i in range(10)) <= 12
     finally:
         run.stop()
+
+
+def test_a_redis_paused_past_heartbeat_timeout_does_not_get_healthy_workers_killed(tmp_path):
+    """Given workers whose supervisor watches their heartbeats, when Redis itself is paused (SIGSTOP) longer than
+    `heartbeat_timeout` + 2 s and resumed, then no worker process is killed for the heartbeats it could not write:
+    their stillness counts only while Redis answers."""
+    import os
+    import signal
+
+    from iii_console.core.redis_server import RedisServer
+
+    from ..helpers import pid_alive, worker_pids
+
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    client = redis.Redis.from_url(server.url)
+    make_project(
+        tmp_path, {"count_step.py": COUNTER}, BASE.replace("heartbeat_timeout: 5", "heartbeat_timeout: 2"), redis_url=server.url
+    )
+    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
+    keys = Keys()
+    try:
+        wait_for(lambda: len(worker_pids(client, keys)) == 1, timeout=30, what="the worker up")
+        [pid] = worker_pids(client, keys)
+        time.sleep(3)  # the supervisor's watch has seen its heartbeat move
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        time.sleep(6)
+        os.kill(server.proc.pid, signal.SIGCONT)
+        time.sleep(6)
+        assert pid_alive(pid)
+        assert not [e for e in events(client, keys, "log") if "has not heartbeaten" in str(e.data.get("message"))]
+    finally:
+        run.stop()
+        client.close()
+        server.stop()
