@@ -142,6 +142,11 @@ class Keys:
         """Sorted set: worker id scored by its last heartbeat, in Redis server time (ms)."""
         return f"{self.prefix}workers-hb"
 
+    @property
+    def sweep_clock(self) -> str:
+        """Redis time (ms) of the last sweep for dead workers by any process (``lua/sweep.lua``)."""
+        return f"{self.prefix}sweep-clock"
+
     def once(self, token: str) -> str:
         """Marker that makes an enqueue happen once (state trigger dispatch)."""
         return f"{self.prefix}once:{token}"

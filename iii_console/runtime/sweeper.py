@@ -51,7 +51,15 @@ class Sweeper:
         while True:
             await asyncio.sleep(workers.sweep_interval)
             try:
-                await asyncio.to_thread(sweep_dead_workers, svc.client, svc.keys, scripts, svc.emitter, timeout_ms=timeout_ms)
+                await asyncio.to_thread(
+                    sweep_dead_workers,
+                    svc.client,
+                    svc.keys,
+                    scripts,
+                    svc.emitter,
+                    timeout_ms=timeout_ms,
+                    interval_ms=int(workers.sweep_interval * 1000),
+                )
                 await asyncio.to_thread(watch_state_triggers, svc.client, svc.keys, self.steps)
             except redis.RedisError as exc:
                 log.warning("sweep: Redis unavailable: %s", exc)

@@ -468,6 +468,7 @@ class WorkerRuntime:
             self.services.emitter,
             timeout_ms=int(self.config.workers.heartbeat_timeout * 1000),
             self_id=self.worker_id,
+            interval_ms=int(self.config.workers.sweep_interval * 1000),
         )
         moved += self.dispatcher.claim_stale(int(self.config.workers.heartbeat_timeout * 1000))
         self.expire_dead_letters()

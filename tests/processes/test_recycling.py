@@ -254,3 +254,51 @@ def test_a_redis_paused_past_heartbeat_timeout_does_not_get_healthy_workers_kill
         run.stop()
         client.close()
         server.stop()
+
+
+PAUSED = """
+import os, time
+from iii_console import Step, queue
+config = Step(name="Slow", triggers=[queue("slow")])
+def handler(data, ctx):
+    ctx.state.update("runs", data["k"], [{"type": "increment", "path": "n"}])
+    time.sleep(4)
+"""
+
+
+def test_a_redis_paused_past_heartbeat_timeout_does_not_make_live_workers_sweep_each_other(tmp_path):
+    """Given two worker processes running 4 s handlers, when Redis itself is paused (SIGSTOP) for 5 s, past
+    `heartbeat_timeout` (2 s), and resumed, then no live worker is swept as dead: each message runs once, and no
+    `worker.stopped` says "heartbeat lost" (the time Redis did not answer counts against no heartbeat)."""
+    import os
+    import signal
+
+    from iii_console.core.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    client = redis.Redis.from_url(server.url)
+    make_project(
+        tmp_path,
+        {"slow_step.py": PAUSED},
+        BASE.replace("processes: 1", "processes: 2").replace("heartbeat_timeout: 5", "heartbeat_timeout: 2") + "  threads: 2\n",
+        redis_url=server.url,
+    )
+    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
+    keys = Keys()
+    try:
+        wait_for(lambda: client.zcard(keys.worker_heartbeats) == 2, timeout=30, what="both workers up")
+        _send(tmp_path, server.url, "slow", [{"k": f"m{i}"} for i in range(4)])
+        wait_for(lambda: client.hlen(keys.state_group("runs")) == 4, timeout=20, what="the four handlers running")
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        time.sleep(5)
+        os.kill(server.proc.pid, signal.SIGCONT)
+        processed = lambda: [e for e in events(client, keys, "message.processed")]  # noqa: E731
+        wait_for(lambda: len(processed()) >= 4, timeout=30, what="the four processed")
+        time.sleep(3)
+        assert {k: v["n"] for k, v in _runs(client, keys).items()} == {f"m{i}": 1 for i in range(4)}
+        assert not [e for e in events(client, keys, "worker.stopped") if (e.data or {}).get("reason") == "heartbeat lost"]
+        assert not events(client, keys, "message.redelivered")
+    finally:
+        run.stop()
+        client.close()
+        server.stop()

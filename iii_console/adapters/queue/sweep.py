@@ -98,11 +98,23 @@ def recover_worker(client: redis.Redis, keys: Keys, scripts: Scripts, emitter: E
 
 
 def sweep_dead_workers(
-    client: redis.Redis, keys: Keys, scripts: Scripts, emitter: Emitter, *, timeout_ms: int, self_id: str | None = None
+    client: redis.Redis,
+    keys: Keys,
+    scripts: Scripts,
+    emitter: Emitter,
+    *,
+    timeout_ms: int,
+    self_id: str | None = None,
+    interval_ms: int = 0,
 ) -> int:
-    """Requeue every dead worker's in-flight messages; returns how many."""
+    """Requeue every dead worker's in-flight messages; returns how many.
+
+    ``interval_ms``: how often sweeps come (``workers.sweep_interval``). With it, time Redis spent not
+    answering (paused, stalled) does not count against any worker's heartbeat (``lua/sweep.lua``).
+    """
     moved = 0
-    for raw in scripts.sweep(args=[keys.worker_heartbeats, timeout_ms]):
+    clock = keys.sweep_clock if interval_ms > 0 else ""
+    for raw in scripts.sweep(args=[keys.worker_heartbeats, timeout_ms, clock, interval_ms]):
         dead = as_str(raw)
         if dead != self_id:
             moved += reclaim_worker(client, keys, scripts, emitter, dead, reason="heartbeat lost", report_once=True)
