@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from iii_console.adapters.queue.names import CRON_TOPIC, STATE_TOPIC
 from iii_console.cli.common import common_options, open_client
 from iii_console.cli.output import cell, table_console
 from iii_console.core.dlq import (
@@ -22,6 +23,7 @@ from iii_console.core.dlq import (
     select,
 )
 from iii_console.core.events import now_ms
+from iii_console.core.keys import as_str
 from iii_console.core.text import first_line, printable
 from iii_console.format import clock, short
 
@@ -179,33 +181,29 @@ def dlq_replay(
     flt = _filter(queue, step, error_text, since)
     cfg, client, keys = open_client(config_path, redis_url)
     entries = _targets(DeadLetterStore(client, keys), entry_ids, flt)
+    running = _running_steps(client, keys)
+    unrun = {e.id: why for e in entries if (why := _unrun(e, running))}
     if dry_run:
-        running = _running_steps(client, keys)
-        skipped = 0
         for e in entries:
-            unrun = _unrun(e, running)
-            if unrun:
-                click.echo(f"would skip {e.id}: {printable(unrun)}", err=True)
-                skipped += 1
+            if e.id in unrun:
+                click.echo(f"would skip {e.id}: {printable(unrun[e.id])}", err=True)
                 continue
             click.echo(
                 json.dumps(_entry_json(e))
                 if as_json
                 else printable(f"would replay {e.id} ({e.dlq}, {e.step}): {short(e.error, 60)}")
             )
-        click.echo(f"{len(entries) - skipped} would be replayed", err=True)
+        click.echo(f"{len(entries) - len(unrun)} would be replayed", err=True)
         return
     if not _confirm("replay", len(entries), yes):
         return
     services = Services.open(cfg, "cli")
     done = 0
-    running = _running_steps(client, keys)
     try:
         replayer = make_replayer(services)
         for e in entries:
-            unrun = _unrun(e, running)
-            if unrun:
-                click.echo(f"skipped {e.id}: {printable(unrun)}; it stays in {printable(e.dlq)}", err=True)
+            if e.id in unrun:
+                click.echo(f"skipped {e.id}: {printable(unrun[e.id])}; it stays in {printable(e.dlq)}", err=True)
                 continue
             try:
                 new_id = replayer.replay(e)
@@ -233,7 +231,7 @@ def _running_steps(client: Any, keys: Any) -> dict[str, dict[str, Any]] | None:
             desc = json.loads(value)
         except ValueError:
             desc = {}
-        out[name.decode() if isinstance(name, bytes) else str(name)] = desc if isinstance(desc, dict) else {}
+        out[as_str(name)] = desc if isinstance(desc, dict) else {}
     return out
 
 
@@ -247,7 +245,7 @@ def _unrun(entry: Any, running: dict[str, dict[str, Any]] | None) -> str | None:
         return f"step {entry.step!r} is not among the deployment's steps (renamed or removed?): nothing would run it"
     topic = entry.topic or ""
     specs = [t for t in step.get("trigger_specs") or [] if isinstance(t, dict)]
-    kind = "cron" if topic.startswith("_cron.") else "state" if topic.startswith("_state.") else None
+    kind = "cron" if topic.startswith(f"{CRON_TOPIC}.") else "state" if topic.startswith(f"{STATE_TOPIC}.") else None
     subscribed = (
         any(t.get("type") == kind for t in specs)
         if kind

@@ -161,14 +161,15 @@ def _no_route(cfg: Config, base: str, path: str) -> str:
 
 
 def _send_topic(cfg: Config, topic: str, data: str | None, priority: str | None, count: int, as_json: bool) -> int:
+    from iii_console.adapters.queue.names import CRON_TOPIC, STATE_TOPIC
     from iii_console.adapters.queue.producer import subscriptions_for
     from iii_console.core.discovery import discover
     from iii_console.core.services import Services
     from iii_console.runtime.runner import StepRunner
 
-    if topic.startswith(("_cron.", "_state.")):
+    if topic.startswith((f"{CRON_TOPIC}.", f"{STATE_TOPIC}.")):
         # The internal topics of cron and state steps: their handlers take a tick or a change, never free data.
-        how = "iii-console cron run STEP" if topic.startswith("_cron.") else "iii-console state set GROUP KEY JSON"
+        how = "iii-console cron run STEP" if topic.startswith(f"{CRON_TOPIC}.") else "iii-console state set GROUP KEY JSON"
         raise click.BadParameter(f"{topic!r} is a cron or state step's own topic; to run it, use `{how}`", param_hint="--topic")
     payload = parse_json_arg(data, "--data") if data is not None else {}
     url = existing_redis(cfg)

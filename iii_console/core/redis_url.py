@@ -107,21 +107,36 @@ class _FollowingPool(SentinelConnectionPool):
         self._check_at = 0.0
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        now = time.monotonic()
-        if now >= self._check_at and self.master_address is not None:  # none yet: the first connection asks anyway
-            self._check_at = now + PRIMARY_CHECK_S
-            before = self.master_address
+        before = _check_due(self)
+        if before is not None:
             try:
-                after = self.get_master_address()  # on a change, closes the idle connections to the old one
+                _moved(before, self.get_master_address())  # on a change, it closes the idle connections to the old one
             except redis.RedisError as exc:
                 log.debug("sentinels not answering (%s); keeping primary %s", exc, before)
-            else:
-                if after != before:  # the connections in use now are closed as they come back (``owns_connection``)
-                    log.warning("Redis primary moved from %s to %s; closing the connections to the old one", before, after)
         conn = super().get_connection(*args, **kwargs)
-        if self.master_address is not None and (conn.host, conn.port) != self.master_address:
-            conn.disconnect()  # to the old primary (in use at the change): its command connects to the new one
+        if _to_old_primary(self, conn):
+            conn.disconnect()  # in use at the change: its command connects to the new one
         return conn
+
+
+def _check_due(pool: Any) -> Any:
+    """The primary a Sentinel pool knows, when it is time (``PRIMARY_CHECK_S``) to ask the sentinels again; else
+    ``None`` (and before its first connection, which asks them anyway)."""
+    now = time.monotonic()
+    if now < pool._check_at or pool.master_address is None:
+        return None
+    pool._check_at = now + PRIMARY_CHECK_S
+    return pool.master_address
+
+
+def _moved(before: Any, after: Any) -> None:
+    if after != before:
+        log.warning("Redis primary moved from %s to %s; closing the connections to the old one", before, after)
+
+
+def _to_old_primary(pool: Any, conn: Any) -> bool:
+    """Whether ``conn`` (just handed out) is to another primary than the one ``pool`` now knows."""
+    return pool.master_address is not None and (conn.host, conn.port) != pool.master_address
 
 
 def client_from_url(url: str, **kw: Any) -> redis.Redis:
@@ -170,20 +185,15 @@ def _async_pool_class() -> Any:
             self._check_at = 0.0
 
         async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-            now = time.monotonic()
-            if now >= self._check_at and self.master_address is not None:
-                self._check_at = now + PRIMARY_CHECK_S
-                before = self.master_address
+            before = _check_due(self)
+            if before is not None:
                 try:
-                    after = await self.get_master_address()
+                    _moved(before, await self.get_master_address())
                 except redis.RedisError as exc:
                     log.debug("sentinels not answering (%s); keeping primary %s", exc, before)
-                else:
-                    if after != before:
-                        log.warning("Redis primary moved from %s to %s; closing the connections to the old one", before, after)
             conn = await super().get_connection(*args, **kwargs)
-            if self.master_address is not None and (conn.host, conn.port) != self.master_address:
-                await conn.disconnect()  # to the old primary (in use at the change): its command connects to the new one
+            if _to_old_primary(self, conn):
+                await conn.disconnect()
             return conn
 
     _ASYNC_POOL = AsyncFollowingPool

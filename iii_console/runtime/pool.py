@@ -65,12 +65,23 @@ class Child:
     heartbeat_changed: float = field(default_factory=time.monotonic)
 
 
-#: Beyond ``shutdown_timeout``, how long a reload waits for an old worker process before it kills it.
-RELOAD_GRACE_S = 5.0
+#: Beyond ``shutdown_timeout``, how long a stop or a reload waits for a worker process before it kills it.
+STOP_GRACE_S = 5.0
 #: How often the pool looks for a worker process that runs but no longer heartbeats, and how long past
 #: ``heartbeat_timeout`` its heartbeat must have stood still (by this process's clock, Redis answering) before it is killed.
 FROZEN_CHECK_S = 1.0
 FROZEN_GRACE_S = 2.0
+
+
+async def _end_by(proc: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Wait for ``proc`` to exit until ``deadline`` (monotonic), then kill it; whether it had to be killed."""
+    while proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if proc.poll() is not None:
+        return False
+    proc.kill()
+    await asyncio.to_thread(proc.wait)
+    return True
 
 
 def _running(pid: int) -> bool:
@@ -123,13 +134,9 @@ class WorkerPool:
         for child in self.children:
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.config.workers.shutdown_timeout + 5
+        deadline = time.monotonic() + self.config.workers.shutdown_timeout + STOP_GRACE_S
         for child in self.children:
-            while child.proc.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if child.proc.poll() is None:
-                child.proc.kill()
-                child.proc.wait()
+            await _end_by(child.proc, deadline)
             if child.proc.returncode not in (0, RECYCLE_EXIT) and not child.restarting:
                 await self._recover(child.worker_id, child.proc.returncode)
         for task in [self._monitor_task, *self._restarts]:
@@ -151,32 +158,32 @@ class WorkerPool:
                     # As at a stop: its handlers get ``shutdown_timeout``; one that cannot stop (stalled, or stuck
                     # in a call that holds the GIL) is killed, and what it held runs again, rather than holding
                     # every later reload (and the other workers' new code) for good.
-                    deadline = time.monotonic() + self.config.workers.shutdown_timeout + RELOAD_GRACE_S
-                    while old.poll() is None and time.monotonic() < deadline:
-                        await asyncio.sleep(0.05)
-                    if old.poll() is None:
-                        log.warning("worker process %s did not stop for the reload; killing it", old.pid)
+                    grace = self.config.workers.shutdown_timeout + STOP_GRACE_S
+                    if await _end_by(old, time.monotonic() + grace):
+                        log.warning("worker process %s did not stop for the reload; killed it", old.pid)
                         self.services.emitter.emit(
                             "log",
                             data={
                                 "level": "warning",
                                 "message": f"worker process {old.pid} did not stop within "
-                                f"{self.config.workers.shutdown_timeout + RELOAD_GRACE_S:g} s of the reload; killed, what it held runs again",
+                                f"{grace:g} s of the reload; killed, what it held runs again",
                             },
                         )
-                        old.kill()
-                        await asyncio.to_thread(old.wait)
                 if old.returncode not in (0, RECYCLE_EXIT) and not child.restarting:  # (the monitor recovered a crash it saw)
                     await self._recover(old_id, old.returncode)
-                child.proc, child.worker_id = self._spawn(child.index)
-                child.started = time.monotonic()
-                child.heartbeat, child.heartbeat_seen, child.heartbeat_changed = None, False, time.monotonic()
+                self._respawn(child)
             finally:
                 child.reloading = False
 
     @property
     def codes(self) -> list[int | None]:
         return [c.proc.returncode for c in self.children]
+
+    def _respawn(self, child: Child) -> None:
+        """Start a new process in ``child``'s place, its heartbeat watch (``_frozen``) starting over."""
+        child.proc, child.worker_id = self._spawn(child.index)
+        child.started = child.heartbeat_changed = time.monotonic()
+        child.heartbeat, child.heartbeat_seen = None, False
 
     def _spawn(self, index: int) -> tuple[subprocess.Popen[bytes], str]:
         """Start worker process ``index``; returns it and the worker id it runs under."""
@@ -341,9 +348,7 @@ class WorkerPool:
             await asyncio.sleep(delay)
             if self.stopping() or child.proc is not proc or child.reloading:
                 return  # a reload has replaced it meanwhile (or is doing so)
-            child.proc, child.worker_id = self._spawn(child.index)
-            child.started = time.monotonic()
-            child.heartbeat, child.heartbeat_seen, child.heartbeat_changed = None, False, time.monotonic()
+            self._respawn(child)
             child.restarts += counts
         finally:
             child.restarting = False

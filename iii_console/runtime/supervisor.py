@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +115,8 @@ class Supervisor:
         stack.callback(services.close)
         if self.echo is not None:
             stack.enter_context(EventEcho(services, self.echo))
-        if self.say is None:
-            self.steps = discover(self.config.steps_path, self.config.project_dir)
-        else:
-            with SlowImports(self.say, self.config.steps_path) as on_file:
-                self.steps = discover(self.config.steps_path, self.config.project_dir, on_file=on_file)
+        with SlowImports(self.say, self.config.steps_path) if self.say is not None else nullcontext() as on_file:
+            self.steps = discover(self.config.steps_path, self.config.project_dir, on_file=on_file)
         for err in self.steps.errors:
             emit_step_error(services.emitter, err)
         self._publish_registry()

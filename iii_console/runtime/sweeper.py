@@ -47,19 +47,10 @@ class Sweeper:
         svc = self.services
         scripts = Scripts(svc.client)
         workers = svc.config.workers
-        timeout_ms = int(workers.heartbeat_timeout * 1000)
         while True:
             await asyncio.sleep(workers.sweep_interval)
             try:
-                await asyncio.to_thread(
-                    sweep_dead_workers,
-                    svc.client,
-                    svc.keys,
-                    scripts,
-                    svc.emitter,
-                    timeout_ms=timeout_ms,
-                    interval_ms=int(workers.sweep_interval * 1000),
-                )
+                await asyncio.to_thread(sweep_dead_workers, svc.client, svc.keys, scripts, svc.emitter, workers=workers)
                 await asyncio.to_thread(watch_state_triggers, svc.client, svc.keys, self.steps)
             except redis.RedisError as exc:
                 log.warning("sweep: Redis unavailable: %s", exc)

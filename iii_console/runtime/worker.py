@@ -466,9 +466,8 @@ class WorkerRuntime:
             self.services.keys,
             self.broker.iii_scripts,
             self.services.emitter,
-            timeout_ms=int(self.config.workers.heartbeat_timeout * 1000),
+            workers=self.config.workers,
             self_id=self.worker_id,
-            interval_ms=int(self.config.workers.sweep_interval * 1000),
         )
         moved += self.dispatcher.claim_stale(int(self.config.workers.heartbeat_timeout * 1000))
         self.expire_dead_letters()

@@ -40,10 +40,10 @@ class IIISteps(_Project):
         value = input
         crons, states = found.of(CronTrigger), found.of(StateTrigger)
         # A tick or a change given as such; else, for a step without queue or HTTP triggers, what its own trigger gives.
-        other = bool(found.of(QueueTrigger) or found.of(HttpTrigger))
-        as_cron = isinstance(input, CronTick) or (bool(crons) and not other and not isinstance(input, StateChange) and not states)
-        as_state = isinstance(input, StateChange) or (bool(states) and not other and not isinstance(input, CronTick))
-        if crons and as_cron:
+        kind = "cron" if isinstance(input, CronTick) else "state" if isinstance(input, StateChange) else None
+        if kind is None and not (found.of(QueueTrigger) or found.of(HttpTrigger)):
+            kind = "state" if states else "cron"
+        if crons and kind == "cron":
             value = _tick(input)
             trigger = {
                 "type": "cron",
@@ -52,7 +52,7 @@ class IIISteps(_Project):
                 "fired_ms": value.fired_ms,
                 "manual": value.manual,
             }
-        elif states and as_state:
+        elif states and kind == "state":
             value = _change(input)
             trigger = {"type": "state", "group": value.group, "key": value.key}
         elif queues := found.of(QueueTrigger):

@@ -300,6 +300,11 @@ class RabbitBroker(HookCache, RabbitmqBroker):
         self.store_dead_letter(entry, self.dead_event(entry, deliveries=deliveries))
 
 
+def _whole(v: Any, default: int) -> int:
+    """A message option that must be a whole number (not a bool), else ``default``."""
+    return v if isinstance(v, int) and not isinstance(v, bool) else default
+
+
 def _text(v: Any) -> str | None:
     return v.decode() if isinstance(v, bytes) else v
 
@@ -424,12 +429,12 @@ class RabbitConsumer(Consumer):
             self.unsettled.discard(tag)
             self.channel.basic_reject(tag, requeue=False)
             return None
-        due = message.options.get("iii_due_ms")
-        if isinstance(due, int) and not isinstance(due, bool) and due > now_ms():
+        left = _whole(message.options.get("iii_due_ms"), 0) - now_ms()
+        if left > 0:
             # A long delay's hop ended (``MAX_HOP_MS``): on for the rest, confirmed before this delivery is acked
             # (a crash in between leaves two copies waiting, never none).
             try:
-                self.broker.publish_to_queue(self.queue_name, body, due - now_ms())
+                self.broker.publish_to_queue(self.queue_name, body, left)
             except redis.RedisError as exc:
                 raise ConnectionClosed(exc) from None
             self.unsettled.discard(tag)
@@ -439,8 +444,7 @@ class RabbitConsumer(Consumer):
         if isinstance(run_key, str) and run_key:
             _topic, step, _ = parse_queue(self.queue_name)
             try:
-                ttl = message.options.get("iii_run_ttl_ms")
-                ttl = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) else RUN_KEY_TTL_MS
+                ttl = _whole(message.options.get("iii_run_ttl_ms"), RUN_KEY_TTL_MS)
                 ours = self.broker.claim_run(run_key, step, message.message_id, ttl)
             except redis.RedisError as exc:
                 raise ConnectionClosed(exc) from None

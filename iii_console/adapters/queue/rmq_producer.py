@@ -77,9 +77,11 @@ class RabbitProducer(_Builder):
     def _publish(self, topic: str, copies: list[Any], prio: str, delay_ms: int, run_key: str | None, run_ttl_ms: int = 0) -> None:
         """Publish ``copies`` (one per subscribed step), once-only under ``run_key`` if given; a run-key is kept at
         least as long as the claim it stands for (``run_ttl_ms``, carried when longer than the consumer's default)."""
-        run = (
-            {"iii_run_key": run_key, **({"iii_run_ttl_ms": run_ttl_ms} if run_ttl_ms > RUN_KEY_TTL_MS else {})} if run_key else {}
-        )
+        run: dict[str, Any] = {}
+        if run_key:
+            run["iii_run_key"] = run_key
+            if run_ttl_ms > RUN_KEY_TTL_MS:
+                run["iii_run_ttl_ms"] = run_ttl_ms
         if delay_ms > 0:
             declare = [
                 *self._declares(topic),

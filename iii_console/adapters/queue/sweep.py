@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from iii_console.adapters.queue.scripts import Scripts
+from iii_console.core.config import WorkersConfig
 from iii_console.core.emitter import Emitter
 from iii_console.core.keys import Keys, as_str
 
@@ -103,18 +104,17 @@ def sweep_dead_workers(
     scripts: Scripts,
     emitter: Emitter,
     *,
-    timeout_ms: int,
+    workers: WorkersConfig,
     self_id: str | None = None,
-    interval_ms: int = 0,
 ) -> int:
-    """Requeue every dead worker's in-flight messages; returns how many.
+    """Requeue the in-flight messages of every worker silent past ``workers.heartbeat_timeout``; returns how many.
 
-    ``interval_ms``: how often sweeps come (``workers.sweep_interval``). With it, time Redis spent not
-    answering (paused, stalled) does not count against any worker's heartbeat (``lua/sweep.lua``).
+    Sweeps come every ``workers.sweep_interval`` from each process; time Redis spent not answering
+    (paused, stalled) counts against no worker's heartbeat (``lua/sweep.lua``).
     """
     moved = 0
-    clock = keys.sweep_clock if interval_ms > 0 else ""
-    for raw in scripts.sweep(args=[keys.worker_heartbeats, timeout_ms, clock, interval_ms]):
+    args = [keys.worker_heartbeats, int(workers.heartbeat_timeout * 1000), keys.sweep_clock, int(workers.sweep_interval * 1000)]
+    for raw in scripts.sweep(args=args):
         dead = as_str(raw)
         if dead != self_id:
             moved += reclaim_worker(client, keys, scripts, emitter, dead, reason="heartbeat lost", report_once=True)

@@ -9,17 +9,15 @@
 -- worker dead and ran its messages again.
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local timeout, interval = tonumber(ARGV[2]), tonumber(ARGV[4] or "0")
-if ARGV[3] and ARGV[3] ~= "" and interval > 0 then
-  local last = tonumber(redis.call("GET", ARGV[3]) or "0") or 0
-  redis.call("SET", ARGV[3], now, "PX", math.max(timeout, interval) * 10)
-  local gap = now - last
-  if last > 0 and gap > 2 * interval then
-    local shift = gap - interval
-    local all = redis.call("ZRANGE", ARGV[1], 0, -1, "WITHSCORES")
-    for i = 1, #all, 2 do
-      redis.call("ZADD", ARGV[1], "XX", math.min(now, tonumber(all[i + 1]) + shift), all[i])
-    end
+local timeout, interval = tonumber(ARGV[2]), tonumber(ARGV[4])
+local last = tonumber(redis.call("GET", ARGV[3]) or "0") or 0
+redis.call("SET", ARGV[3], now, "PX", math.max(timeout, interval) * 10)
+local gap = now - last
+if last > 0 and gap > 2 * interval then
+  local shift = gap - interval
+  local all = redis.call("ZRANGE", ARGV[1], 0, -1, "WITHSCORES")
+  for i = 1, #all, 2 do
+    redis.call("ZADD", ARGV[1], "XX", math.min(now, tonumber(all[i + 1]) + shift), all[i])
   end
 end
 return redis.call("ZRANGEBYSCORE", ARGV[1], "-inf", now - timeout)
