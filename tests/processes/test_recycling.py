@@ -123,25 +123,20 @@ BLOCKS = {
 }
 
 
+def _run_stuck(project, redis_url, block: str, base: str = BASE):
+    """A worker (2 threads) of ``STUCK`` whose stuck message blocks in ``block``: 500 ms limit, 2 deliveries, a DLQ."""
+    config = (
+        base + "  threads: 2\nqueues:\n  jobs:\n    time_limit_ms: 500\n    max_deliveries: 2\n    dead_letter_queue: jobs.dlq\n"
+    )
+    make_project(project, {"stuck_step.py": STUCK.replace("{block}", block)}, config, redis_url=redis_url)
+    return start_cli(project, "--no-ui", "--role", "worker")
+
+
 @pytest.mark.parametrize("block", sorted(BLOCKS))
 def test_a_handler_stuck_in_a_c_call_does_not_hold_the_queue_its_process_is_recycled_and_the_message_redelivered(
     tmp_path, redis_url, r, keys, block
 ):
-    make_project(
-        tmp_path,
-        {"stuck_step.py": STUCK.replace("{block}", BLOCKS[block])},
-        BASE
-        + "  threads: 2\n"
-        + """
-queues:
-  jobs:
-    time_limit_ms: 500
-    max_deliveries: 2
-    dead_letter_queue: jobs.dlq
-""",
-        redis_url=redis_url,
-    )
-    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
+    run = _run_stuck(tmp_path, redis_url, BLOCKS[block])
     try:
         [stuck] = _send(tmp_path, redis_url, "jobs", [{"k": "stuck"}])
         wait_for(lambda: r.hexists(keys.state_group("runs"), "stuck"), what="the stuck handler to start")
@@ -190,21 +185,12 @@ def test_a_handler_that_holds_the_gil_for_good_is_killed_by_its_supervisor_and_t
     threads frozen with it), when it runs, then the supervisor kills the process once its heartbeat has stood still
     past `heartbeat_timeout`, starts another, the other messages run, and the message that freezes every worker is
     dead-lettered after `max_deliveries`, instead of the queue stopping for good."""
-    make_project(
+    run = _run_stuck(
         tmp_path,
-        {"stuck_step.py": STUCK.replace("{block}", "import re; re.match(r'(a+)+$', 'a' * 40 + 'b')")},
-        BASE.replace("heartbeat_timeout: 5", "heartbeat_timeout: 2")
-        + "  threads: 2\n"
-        + """
-queues:
-  jobs:
-    time_limit_ms: 500
-    max_deliveries: 2
-    dead_letter_queue: jobs.dlq
-""",
-        redis_url=redis_url,
+        redis_url,
+        "import re; re.match(r'(a+)+$', 'a' * 40 + 'b')",
+        BASE.replace("heartbeat_timeout: 5", "heartbeat_timeout: 2"),
     )
-    run = start_cli(tmp_path, "--no-ui", "--role", "worker")
     try:
         [stuck] = _send(tmp_path, redis_url, "jobs", [{"k": "stuck"}])
         wait_for(lambda: r.hexists(keys.state_group("runs"), "stuck"), what="the stuck handler to start")

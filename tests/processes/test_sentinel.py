@@ -54,6 +54,14 @@ def test_sentinel_urls_are_checked_like_redis_urls(url, problem):
 
 
 @pytest.mark.slow
+def _sentinel_set(tmp_path: Path) -> SentinelSet:
+    """A started primary, replica and three sentinels of the test's own (skips where the binaries are missing)."""
+    problem = sentinel_problem()
+    if problem:
+        pytest.skip(problem)
+    return SentinelSet(tmp_path / "sentinel").start()
+
+
 def _stop(proc: subprocess.Popen[str] | None) -> None:
     """Stop a run of :func:`_run_on` as SIGTERM does, or kill its session after 15 s."""
     if proc is not None and proc.poll() is None:
@@ -83,10 +91,7 @@ def test_the_app_carries_on_on_the_promoted_replica_after_its_primary_is_killed(
     """Given iii-console on a Sentinel URL (a primary, a replica, three sentinels), when the primary is SIGKILLed, then
     HTTP answers 202 again once the replica is promoted, /health names the new primary, and messages posted after the
     failover are processed."""
-    problem = sentinel_problem()
-    if problem:
-        pytest.skip(problem)
-    s = SentinelSet(tmp_path / "sentinel").start()
+    s = _sentinel_set(tmp_path)
     proc = None
     try:
         make_project(tmp_path / "app", {"post_step.py": POST, "rec_step.py": RECORD})
@@ -172,10 +177,7 @@ def test_a_graceful_failover_is_followed_and_no_accepted_write_is_lost(tmp_path)
     the old primary goes on answering (until the sentinels demote it, seconds later), then the server moves to the new
     primary within about a second, answers only 202 or 503 meanwhile, and every write it answered 202 for is on the new
     primary once the old one has been demoted and resynced (none lost with it)."""
-    problem = sentinel_problem()
-    if problem:
-        pytest.skip(problem)
-    s = SentinelSet(tmp_path / "sentinel").start()
+    s = _sentinel_set(tmp_path)
     proc = None
     try:
         make_project(tmp_path / "app", {"seen_step.py": SEEN})
@@ -228,10 +230,7 @@ async def test_the_async_sentinel_client_waits_for_a_connection_as_the_plain_one
 
     from iii_console.core.redis_url import async_client_from_url
 
-    problem = sentinel_problem()
-    if problem:
-        pytest.skip(problem)
-    s = SentinelSet(tmp_path / "sentinel").start()
+    s = _sentinel_set(tmp_path)
     try:
         for url in (s.url, f"redis://127.0.0.1:{s.primary_port}/0"):
             client = async_client_from_url(url, max_connections=2, timeout=5)
@@ -327,10 +326,7 @@ def test_writes_acknowledged_after_a_successful_wait_survive_a_failover(tmp_path
     writes, the reconnect time and the cost of a write with and without WAIT."""
     import statistics
 
-    problem = sentinel_problem()
-    if problem:
-        pytest.skip(problem)
-    s = SentinelSet(tmp_path / "sentinel").start()
+    s = _sentinel_set(tmp_path)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         (tmp_path / "steps").mkdir()
@@ -541,10 +537,7 @@ async def test_the_consoles_header_names_the_primary_the_sentinels_gave(tmp_path
     """Given a console attached through a Sentinel URL, its header names the primary in use; a plain URL's does not."""
     from ..helpers import console, started, topbar, until
 
-    problem = sentinel_problem()
-    if problem:
-        pytest.skip(problem)
-    s = SentinelSet(tmp_path / "sentinel").start()
+    s = _sentinel_set(tmp_path)
     try:
         app = console(redis_url=s.url)
         async with app.run_test(size=(200, 40)) as pilot:
@@ -567,10 +560,7 @@ def test_the_cost_of_wait_per_state_write(tmp_path):
     from iii_console.core.redis_url import client_from_url
     from iii_console.core.state import StateStore
 
-    problem = sentinel_problem()
-    if problem:
-        pytest.skip(problem)
-    s = SentinelSet(tmp_path / "sentinel").start()
+    s = _sentinel_set(tmp_path)
     previous = replication.current()
     try:
         client = client_from_url(s.url)
